@@ -1,0 +1,580 @@
+//! The VRRP state machine (RFC 3768 §6.4, RFC 5798 §6.4), sans-IO.
+//!
+//! Driven by `(now, event)`: feed it [`Machine::handle_event`] and
+//! [`Machine::handle_timeout`], drain [`Machine::poll_action`], and wake it
+//! up at [`Machine::poll_timeout`]. It never reads a clock and never does I/O.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use crate::packet::{Advert, Auth, Version};
+use crate::timers::{from_cs, master_down_interval, skew_time};
+
+/// Protocol state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum State {
+    Initialize,
+    Backup,
+    Master,
+    Fault,
+}
+
+impl State {
+    /// Upper-case name as keepalived prints it (used in logs, notify arguments and metrics).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Initialize => "INIT",
+            State::Backup => "BACKUP",
+            State::Master => "MASTER",
+            State::Fault => "FAULT",
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Parameters of one virtual router, as the state machine needs them.
+#[derive(Debug, Clone)]
+pub struct MachineConfig {
+    pub version: Version,
+    pub vrid: u8,
+    /// Configured priority 1..=255 (255 = address owner).
+    pub priority: u8,
+    /// Our advertisement interval.
+    pub advert_int: Duration,
+    /// Preempt a lower-priority master (RFC default true; keepalived `nopreempt` = false).
+    pub preempt: bool,
+    /// keepalived `preempt_delay`: a backup that sees a lower-priority master
+    /// keeps accepting it for this long before preempting.
+    pub preempt_delay: Duration,
+    /// Our primary address (source of adverts), used for the equal-priority tie-break.
+    pub primary_ip: IpAddr,
+    /// v2 authentication we send and require.
+    pub auth: Auth,
+    /// Virtual addresses carried in adverts.
+    pub vips: Vec<IpAddr>,
+    /// Check TTL = 255 (multicast mode). keepalived skips it for unicast.
+    pub check_ttl: bool,
+    /// Gratuitous ARP / NA burst size on becoming master (keepalived `garp_master_repeat`, 5).
+    pub garp_repeat: u32,
+    /// Delay of the second burst (keepalived `garp_master_delay`, 5 s); zero disables it.
+    pub garp_delay: Duration,
+    /// Periodic refresh (keepalived `garp_master_refresh`, default off).
+    pub garp_refresh: Option<Duration>,
+}
+
+impl MachineConfig {
+    /// Convenience constructor with keepalived defaults for the optional knobs.
+    pub fn new(
+        version: Version,
+        vrid: u8,
+        priority: u8,
+        advert_int: Duration,
+        primary_ip: IpAddr,
+    ) -> Self {
+        MachineConfig {
+            version,
+            vrid,
+            priority,
+            advert_int,
+            preempt: true,
+            preempt_delay: Duration::ZERO,
+            primary_ip,
+            auth: Auth::None,
+            vips: Vec::new(),
+            check_ttl: true,
+            garp_repeat: 5,
+            garp_delay: Duration::from_secs(5),
+            garp_refresh: None,
+        }
+    }
+}
+
+/// Input to the machine.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Start the router (leaves Initialize).
+    Startup,
+    /// Stop: a master sends priority 0 and releases its addresses.
+    Shutdown,
+    /// A received advertisement (already decoded and checksum-verified).
+    Advert {
+        src: IpAddr,
+        ttl: u8,
+        advert: Advert,
+    },
+    /// New health verdict: sum of track weights, and a fault reason if any
+    /// tracked item is in a fault-causing state.
+    Health {
+        weight_delta: i32,
+        fault: Option<String>,
+    },
+}
+
+/// Output of the machine; the I/O layer performs these in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send an advertisement with this priority (0 = resigning).
+    SendAdvert { priority: u8 },
+    /// Add the virtual addresses to the interface.
+    AddAddresses,
+    /// Remove the virtual addresses.
+    RemoveAddresses,
+    /// Send `count` gratuitous ARPs / unsolicited NAs for every virtual address.
+    Announce { count: u32 },
+    /// A state change, with its reason (to log, notify and publish).
+    Transition {
+        from: State,
+        to: State,
+        reason: String,
+    },
+}
+
+/// Why an advertisement was dropped. [`DropReason::reason`] gives a metric label.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DropReason {
+    #[error("VRID {0} is not ours")]
+    OtherVrid(u8),
+    #[error("version {got:?} but this instance runs {want:?}")]
+    VersionMismatch { got: Version, want: Version },
+    #[error("TTL {0} != 255 on a multicast advert")]
+    BadTtl(u8),
+    #[error("authentication mismatch")]
+    AuthMismatch,
+    #[error("v2 advertisement interval {got_cs} cs differs from ours {want_cs} cs")]
+    IntervalMismatch { got_cs: u16, want_cs: u16 },
+    #[error("our own advert looped back")]
+    Own,
+    #[error("not running (state {0})")]
+    NotRunning(State),
+}
+
+impl DropReason {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DropReason::OtherVrid(_) => "other_vrid",
+            DropReason::VersionMismatch { .. } => "version_mismatch",
+            DropReason::BadTtl(_) => "bad_ttl",
+            DropReason::AuthMismatch => "auth_mismatch",
+            DropReason::IntervalMismatch { .. } => "interval_mismatch",
+            DropReason::Own => "own_advert",
+            DropReason::NotRunning(_) => "not_running",
+        }
+    }
+}
+
+/// One virtual router.
+#[derive(Debug)]
+pub struct Machine {
+    cfg: MachineConfig,
+    state: State,
+    weight_delta: i32,
+    fault: Option<String>,
+    master_adver_interval: Duration,
+    adver_timer: Option<Instant>,
+    master_down_timer: Option<Instant>,
+    garp_delay_timer: Option<Instant>,
+    garp_refresh_timer: Option<Instant>,
+    preempt_at: Option<Instant>,
+    last_reannounce: Option<Instant>,
+    master_ip: Option<IpAddr>,
+    started: bool,
+    actions: VecDeque<Action>,
+}
+
+impl Machine {
+    pub fn new(cfg: MachineConfig) -> Self {
+        let mai = cfg.advert_int;
+        Machine {
+            cfg,
+            state: State::Initialize,
+            weight_delta: 0,
+            fault: None,
+            master_adver_interval: mai,
+            adver_timer: None,
+            master_down_timer: None,
+            garp_delay_timer: None,
+            garp_refresh_timer: None,
+            preempt_at: None,
+            last_reannounce: None,
+            master_ip: None,
+            started: false,
+            actions: VecDeque::new(),
+        }
+    }
+
+    pub fn config(&self) -> &MachineConfig {
+        &self.cfg
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Address of the current master as last seen (ourselves when master).
+    pub fn master_ip(&self) -> Option<IpAddr> {
+        self.master_ip
+    }
+
+    /// Master_Adver_Interval (learned from the master in v3).
+    pub fn master_adver_interval(&self) -> Duration {
+        self.master_adver_interval
+    }
+
+    /// Priority after track weights: the owner (255) is never adjusted;
+    /// others are clamped to 1..=254 like keepalived.
+    pub fn effective_priority(&self) -> u8 {
+        if self.cfg.priority == 255 {
+            return 255;
+        }
+        (i32::from(self.cfg.priority) + self.weight_delta).clamp(1, 254) as u8
+    }
+
+    /// Current Master_Down_Interval for our effective priority.
+    pub fn master_down_interval(&self) -> Duration {
+        master_down_interval(
+            self.cfg.version,
+            self.effective_priority(),
+            self.master_adver_interval,
+        )
+    }
+
+    fn skew(&self) -> Duration {
+        skew_time(
+            self.cfg.version,
+            self.effective_priority(),
+            self.master_adver_interval,
+        )
+    }
+
+    /// Next action to perform, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Earliest instant at which [`Machine::handle_timeout`] must be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.adver_timer,
+            self.master_down_timer,
+            self.garp_delay_timer,
+            self.garp_refresh_timer,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn transition(&mut self, to: State, reason: String) {
+        let from = self.state;
+        self.state = to;
+        if to != State::Backup {
+            self.preempt_at = None;
+        }
+        self.actions
+            .push_back(Action::Transition { from, to, reason });
+    }
+
+    fn become_master(&mut self, now: Instant, reason: String) {
+        self.actions.push_back(Action::SendAdvert {
+            priority: self.effective_priority(),
+        });
+        self.actions.push_back(Action::AddAddresses);
+        self.actions.push_back(Action::Announce {
+            count: self.cfg.garp_repeat,
+        });
+        self.adver_timer = Some(now + self.cfg.advert_int);
+        self.master_down_timer = None;
+        self.garp_delay_timer = (!self.cfg.garp_delay.is_zero()).then(|| now + self.cfg.garp_delay);
+        self.garp_refresh_timer = self.cfg.garp_refresh.map(|r| now + r);
+        self.master_adver_interval = self.cfg.advert_int;
+        self.master_ip = Some(self.cfg.primary_ip);
+        self.transition(State::Master, reason);
+    }
+
+    fn become_backup(&mut self, now: Instant, reason: String) {
+        let was_master = self.state == State::Master;
+        self.adver_timer = None;
+        self.garp_delay_timer = None;
+        self.garp_refresh_timer = None;
+        self.master_down_timer = Some(now + self.master_down_interval());
+        if was_master {
+            self.actions.push_back(Action::RemoveAddresses);
+        }
+        self.transition(State::Backup, reason);
+    }
+
+    fn leave_master_resigning(&mut self) {
+        // Priority 0 lets the backup take over after Skew_Time instead of Master_Down_Interval.
+        self.actions.push_back(Action::SendAdvert { priority: 0 });
+        self.actions.push_back(Action::RemoveAddresses);
+        self.adver_timer = None;
+        self.garp_delay_timer = None;
+        self.garp_refresh_timer = None;
+    }
+
+    fn start(&mut self, now: Instant) {
+        self.started = true;
+        if let Some(f) = self.fault.clone() {
+            self.transition(State::Fault, format!("startup while faulty: {f}"));
+        } else if self.effective_priority() == 255 {
+            self.become_master(now, "startup as address owner (priority 255)".into());
+        } else {
+            self.master_adver_interval = self.cfg.advert_int;
+            let mdi = self.master_down_interval();
+            self.become_backup(
+                now,
+                format!("startup; master down timer {:.3}s", mdi.as_secs_f64()),
+            );
+        }
+    }
+
+    /// Feed one event.
+    pub fn handle_event(&mut self, now: Instant, event: Event) -> Result<(), DropReason> {
+        match event {
+            Event::Startup => {
+                if self.state == State::Initialize && !self.started {
+                    self.start(now);
+                }
+                Ok(())
+            }
+            Event::Shutdown => {
+                self.started = false;
+                match self.state {
+                    State::Master => {
+                        self.leave_master_resigning();
+                        self.transition(State::Initialize, "shutdown: sent priority 0".into());
+                    }
+                    State::Backup | State::Fault => {
+                        self.master_down_timer = None;
+                        self.transition(State::Initialize, "shutdown".into());
+                    }
+                    State::Initialize => {}
+                }
+                Ok(())
+            }
+            Event::Health {
+                weight_delta,
+                fault,
+            } => {
+                self.on_health(now, weight_delta, fault);
+                Ok(())
+            }
+            Event::Advert { src, ttl, advert } => self.on_advert(now, src, ttl, advert),
+        }
+    }
+
+    fn on_health(&mut self, now: Instant, weight_delta: i32, fault: Option<String>) {
+        let old_prio = self.effective_priority();
+        self.weight_delta = weight_delta;
+        let new_prio = self.effective_priority();
+        let was_faulty = self.fault.is_some();
+        self.fault = fault.clone();
+        if !self.started {
+            return;
+        }
+        match (was_faulty, fault) {
+            (_, Some(reason)) if self.state != State::Fault => {
+                if self.state == State::Master {
+                    self.leave_master_resigning();
+                }
+                self.master_down_timer = None;
+                self.transition(State::Fault, format!("fault: {reason}"));
+            }
+            (true, None) if self.state == State::Fault => {
+                if self.effective_priority() == 255 {
+                    self.become_master(now, "fault cleared; address owner".into());
+                } else {
+                    self.master_adver_interval = self.cfg.advert_int;
+                    self.become_backup(now, "fault cleared".into());
+                }
+            }
+            _ => {
+                if old_prio != new_prio && self.state == State::Master {
+                    // Tell the backup at once so it can preempt if it now outranks us.
+                    self.actions
+                        .push_back(Action::SendAdvert { priority: new_prio });
+                    self.adver_timer = Some(now + self.cfg.advert_int);
+                }
+            }
+        }
+    }
+
+    fn validate(&self, src: IpAddr, ttl: u8, a: &Advert) -> Result<(), DropReason> {
+        if a.vrid != self.cfg.vrid {
+            return Err(DropReason::OtherVrid(a.vrid));
+        }
+        if a.version != self.cfg.version {
+            return Err(DropReason::VersionMismatch {
+                got: a.version,
+                want: self.cfg.version,
+            });
+        }
+        if self.cfg.check_ttl && ttl != crate::packet::VRRP_TTL {
+            return Err(DropReason::BadTtl(ttl));
+        }
+        if src == self.cfg.primary_ip {
+            return Err(DropReason::Own);
+        }
+        if self.cfg.version == Version::V2 {
+            if a.auth != self.cfg.auth {
+                return Err(DropReason::AuthMismatch);
+            }
+            let want_cs = (self.cfg.advert_int.as_millis() / 10) as u16;
+            if a.interval_cs != want_cs && a.priority != 0 {
+                return Err(DropReason::IntervalMismatch {
+                    got_cs: a.interval_cs,
+                    want_cs,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn on_advert(
+        &mut self,
+        now: Instant,
+        src: IpAddr,
+        ttl: u8,
+        a: Advert,
+    ) -> Result<(), DropReason> {
+        self.validate(src, ttl, &a)?;
+        let ours = self.effective_priority();
+        match self.state {
+            State::Initialize | State::Fault => Err(DropReason::NotRunning(self.state)),
+            State::Backup => {
+                if a.priority == 0 {
+                    self.master_down_timer = Some(now + self.skew());
+                    return Ok(());
+                }
+                let lower = a.priority < ours;
+                let mut accept = !self.cfg.preempt || !lower;
+                if !accept && !self.cfg.preempt_delay.is_zero() {
+                    let at = *self.preempt_at.get_or_insert(now + self.cfg.preempt_delay);
+                    accept = now < at;
+                }
+                if accept {
+                    if self.cfg.version == Version::V3 {
+                        self.master_adver_interval = from_cs(a.interval_cs);
+                    }
+                    self.master_ip = Some(src);
+                    self.master_down_timer = Some(now + self.master_down_interval());
+                }
+                // else: discard, so the master down timer fires and we preempt.
+                Ok(())
+            }
+            State::Master => {
+                if a.priority == 0 {
+                    self.actions
+                        .push_back(Action::SendAdvert { priority: ours });
+                    self.adver_timer = Some(now + self.cfg.advert_int);
+                    return Ok(());
+                }
+                let higher = a.priority > ours
+                    || (a.priority == ours && ip_greater(src, self.cfg.primary_ip));
+                if higher {
+                    if self.cfg.version == Version::V3 {
+                        self.master_adver_interval = from_cs(a.interval_cs);
+                    }
+                    self.master_ip = Some(src);
+                    let why = if a.priority > ours {
+                        format!("higher priority master {src} ({} > {ours})", a.priority)
+                    } else {
+                        format!("equal priority {ours}, master {src} has the higher address")
+                    };
+                    self.become_backup(now, why);
+                } else {
+                    // Split brain resolving: assert ourselves at once and refresh
+                    // neighbours' ARP caches, which may point at the other node.
+                    self.actions
+                        .push_back(Action::SendAdvert { priority: ours });
+                    self.adver_timer = Some(now + self.cfg.advert_int);
+                    let due = self
+                        .last_reannounce
+                        .map_or(true, |t| now.duration_since(t) >= Duration::from_secs(1));
+                    if due {
+                        self.last_reannounce = Some(now);
+                        self.actions.push_back(Action::Announce {
+                            count: self.cfg.garp_repeat,
+                        });
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Fire every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.master_down_timer.is_some_and(|t| t <= now) && self.state == State::Backup {
+            let why = match self.master_ip {
+                Some(ip) => format!(
+                    "master down timer expired ({:.3}s without an acceptable advert from {ip})",
+                    self.master_down_interval().as_secs_f64()
+                ),
+                None => format!(
+                    "master down timer expired ({:.3}s without any master)",
+                    self.master_down_interval().as_secs_f64()
+                ),
+            };
+            self.become_master(now, why);
+        }
+        if self.state != State::Master {
+            self.adver_timer = None;
+            self.garp_delay_timer = None;
+            self.garp_refresh_timer = None;
+            return;
+        }
+        if self.adver_timer.is_some_and(|t| t <= now) {
+            self.actions.push_back(Action::SendAdvert {
+                priority: self.effective_priority(),
+            });
+            self.adver_timer = Some(now + self.cfg.advert_int);
+        }
+        if self.garp_delay_timer.is_some_and(|t| t <= now) {
+            self.garp_delay_timer = None;
+            self.actions.push_back(Action::Announce {
+                count: self.cfg.garp_repeat,
+            });
+        }
+        if let Some(r) = self.cfg.garp_refresh {
+            if self.garp_refresh_timer.is_some_and(|t| t <= now) {
+                self.garp_refresh_timer = Some(now + r);
+                self.actions.push_back(Action::Announce { count: 1 });
+            }
+        }
+    }
+
+    /// Build the advertisement to send for [`Action::SendAdvert`].
+    pub fn advert(&self, priority: u8) -> Advert {
+        Advert {
+            version: self.cfg.version,
+            vrid: self.cfg.vrid,
+            priority,
+            interval_cs: (self.cfg.advert_int.as_millis() / 10).clamp(1, 4095) as u16,
+            auth: if self.cfg.version == Version::V2 {
+                self.cfg.auth
+            } else {
+                Auth::None
+            },
+            addrs: self.cfg.vips.clone(),
+        }
+    }
+}
+
+fn ip_greater(a: IpAddr, b: IpAddr) -> bool {
+    match (a, b) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => u32::from(a) > u32::from(b),
+        (IpAddr::V6(a), IpAddr::V6(b)) => u128::from(a) > u128::from(b),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;

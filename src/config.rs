@@ -1,0 +1,325 @@
+//! The TOML configuration, validated once at start.
+//!
+//! Every error names the key and says what to do, because the person reading
+//! it is usually an operator at 3 a.m.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::tls::Fingerprint;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {msg}")]
+pub struct ConfigError {
+    pub file: String,
+    pub msg: String,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    node_id: Option<String>,
+    export: PathBuf,
+    export_id: Option<String>,
+    state_dir: Option<PathBuf>,
+    listen: Option<String>,
+    peer: Option<String>,
+    cert: PathBuf,
+    key: PathBuf,
+    peer_cert: Option<PathBuf>,
+    peer_fingerprint: Option<String>,
+    admin: Option<String>,
+    #[serde(default)]
+    sync: RawSync,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawSync {
+    #[serde(default = "yes")]
+    delete: bool,
+    #[serde(default = "default_delta_min")]
+    delta_min_size: u64,
+    #[serde(default)]
+    checksum: bool,
+    #[serde(default = "yes")]
+    durable: bool,
+}
+
+impl Default for RawSync {
+    fn default() -> Self {
+        RawSync { delete: true, delta_min_size: default_delta_min(), checksum: false, durable: true }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_delta_min() -> u64 {
+    64 << 10
+}
+
+/// How the peer's certificate is pinned.
+#[derive(Debug, Clone)]
+pub enum PeerPin {
+    Cert(PathBuf),
+    Fingerprint(Fingerprint),
+}
+
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    pub delete: bool,
+    pub delta_min_size: u64,
+    pub checksum: bool,
+    /// syncfs before acknowledging; off only for throwaway benchmarks.
+    pub durable: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub node_id: String,
+    pub export: PathBuf,
+    pub export_id: String,
+    pub state_dir: PathBuf,
+    pub listen: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub peer_pin: PeerPin,
+    pub admin: Option<SocketAddr>,
+    pub sync: SyncOptions,
+}
+
+impl Config {
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let err = |msg: String| ConfigError { file: file.display().to_string(), msg };
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            err(format!("cannot read the config file: {e}; pass an existing file with --config"))
+        })?;
+        let raw: Raw = toml::from_str(&text).map_err(|e| {
+            let m = e.message().to_string();
+            let hint = if m.contains("missing field") {
+                " (see contrib/syncd.example.toml for every key)"
+            } else if m.contains("unknown field") {
+                " (check the spelling; see contrib/syncd.example.toml)"
+            } else {
+                ""
+            };
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].lines().count().max(1);
+                    format!(" at line {line}")
+                })
+                .unwrap_or_default();
+            err(format!("{m}{at}{hint}"))
+        })?;
+        let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let abs = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+
+        let export = abs(&raw.export);
+        match std::fs::metadata(&export) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(err(format!(
+                    "export: {} is not a directory; point it at the directory to replicate",
+                    export.display()
+                )))
+            }
+            Err(e) => {
+                return Err(err(format!(
+                    "export: {}: {e}; create the directory or fix the path",
+                    export.display()
+                )))
+            }
+        }
+        let export = export.canonicalize().map_err(|e| err(format!("export: {e}")))?;
+        let state_dir = raw.state_dir.as_deref().map(abs).unwrap_or_else(|| export.join(".syncd"));
+
+        for (key, p) in [("cert", &raw.cert), ("key", &raw.key)] {
+            let p = abs(p);
+            if let Err(e) = std::fs::File::open(&p) {
+                return Err(err(format!(
+                    "{key}: cannot read {}: {e}; run `syncd keygen --out DIR` and point {key} at the file",
+                    p.display()
+                )));
+            }
+        }
+        let peer_pin = match (&raw.peer_cert, &raw.peer_fingerprint) {
+            (Some(_), Some(_)) => {
+                return Err(err("peer_cert and peer_fingerprint are both set; keep exactly one".into()))
+            }
+            (None, None) => {
+                return Err(err(
+                    "peer_cert: missing; set peer_cert to the peer's certificate file, or peer_fingerprint to the \"sha256:...\" that `syncd keygen` printed on the peer"
+                        .into(),
+                ))
+            }
+            (Some(c), None) => {
+                let c = abs(c);
+                if let Err(e) = std::fs::File::open(&c) {
+                    return Err(err(format!(
+                        "peer_cert: cannot read {}: {e}; copy the peer's node.crt here",
+                        c.display()
+                    )));
+                }
+                PeerPin::Cert(c)
+            }
+            (None, Some(f)) => PeerPin::Fingerprint(f.parse().map_err(|e| err(format!("peer_fingerprint: {e}")))?),
+        };
+        let listen = raw
+            .listen
+            .as_deref()
+            .map(|s| resolve(s).map_err(|e| err(format!("listen: {e}"))))
+            .transpose()?;
+        let peer = raw
+            .peer
+            .as_deref()
+            .map(|s| resolve(s).map_err(|e| err(format!("peer: {e}"))))
+            .transpose()?;
+        let admin = raw
+            .admin
+            .as_deref()
+            .map(|s| resolve(s).map_err(|e| err(format!("admin: {e}"))))
+            .transpose()?;
+        let export_id = raw.export_id.unwrap_or_else(|| "default".into());
+        if export_id.is_empty() || export_id.len() > 128 {
+            return Err(err("export_id: must be 1 to 128 characters".into()));
+        }
+        let node_id = raw.node_id.unwrap_or_else(hostname);
+        if raw.sync.delta_min_size == 0 {
+            return Err(err("sync.delta_min_size: must be at least 1 (bytes); the default is 65536".into()));
+        }
+        Ok(Config {
+            file: file.to_path_buf(),
+            node_id,
+            export,
+            export_id,
+            state_dir,
+            listen,
+            peer,
+            cert: abs(&raw.cert),
+            key: abs(&raw.key),
+            peer_pin,
+            admin,
+            sync: SyncOptions {
+                delete: raw.sync.delete,
+                delta_min_size: raw.sync.delta_min_size,
+                checksum: raw.sync.checksum,
+                durable: raw.sync.durable,
+            },
+        })
+    }
+
+    fn err(&self, msg: String) -> ConfigError {
+        ConfigError { file: self.file.display().to_string(), msg }
+    }
+
+    pub fn require_listen(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen.ok_or_else(|| {
+            self.err("listen: missing; the standby needs listen = \"0.0.0.0:7400\" (address to accept the primary on)".into())
+        })
+    }
+
+    pub fn require_peer(&self) -> Result<SocketAddr, ConfigError> {
+        self.peer.ok_or_else(|| {
+            self.err("peer: missing; the primary needs peer = \"STANDBY-HOST:7400\" (the standby's listen address)".into())
+        })
+    }
+
+    /// Checks that the listen and admin ports can be bound (for `--check`).
+    pub fn check_ports(&self) -> Result<(), ConfigError> {
+        if let Some(a) = self.listen {
+            std::net::UdpSocket::bind(a).map_err(|e| self.port_error("listen", a, e))?;
+        }
+        if let Some(a) = self.admin {
+            std::net::TcpListener::bind(a).map_err(|e| self.port_error("admin", a, e))?;
+        }
+        Ok(())
+    }
+
+    pub fn port_error(&self, key: &str, a: SocketAddr, e: std::io::Error) -> ConfigError {
+        let what = if e.kind() == std::io::ErrorKind::AddrInUse {
+            "is already in use; stop the other process or choose another port".to_string()
+        } else {
+            format!("cannot be bound: {e}")
+        };
+        self.err(format!("{key}: {a} {what}"))
+    }
+}
+
+fn resolve(s: &str) -> Result<SocketAddr, String> {
+    let mut it = s
+        .to_socket_addrs()
+        .map_err(|e| format!("\"{s}\" is not a HOST:PORT address ({e}); write e.g. \"192.0.2.10:7400\""))?;
+    it.next().ok_or_else(|| format!("\"{s}\" resolves to no address"))
+}
+
+fn hostname() -> String {
+    rustix::system::uname().nodename().to_string_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("export")).unwrap();
+        crate::tls::keygen(&d.path().join("keys"), "t").unwrap();
+        let f = d.path().join("syncd.toml");
+        (d, f)
+    }
+
+    fn write(f: &Path, s: &str) {
+        std::fs::write(f, s).unwrap();
+    }
+
+    const BASE: &str = "export = \"export\"\ncert = \"keys/node.crt\"\nkey = \"keys/node.key\"\npeer_cert = \"keys/node.crt\"\n";
+
+    #[test]
+    fn minimal_config_loads_with_defaults() {
+        let (_d, f) = setup();
+        write(&f, &format!("{BASE}listen = \"127.0.0.1:0\"\n"));
+        let c = Config::load(&f).unwrap();
+        assert!(c.sync.delete);
+        assert_eq!(c.export_id, "default");
+        assert!(c.state_dir.ends_with(".syncd"));
+        assert!(c.require_peer().unwrap_err().to_string().contains("peer: missing"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let (_d, f) = setup();
+        write(&f, "cert = \"keys/node.crt\"\n");
+        assert!(Config::load(&f).unwrap_err().to_string().contains("export"));
+        write(&f, &format!("{BASE}exprot = 1\n"));
+        assert!(Config::load(&f).unwrap_err().to_string().contains("exprot"));
+        write(&f, &format!("{BASE}listen = 7400\n"));
+        let e = Config::load(&f).unwrap_err().to_string();
+        assert!(e.contains("line 5"), "{e}");
+        write(&f, &BASE.replace("\"export\"", "\"nope\""));
+        assert!(Config::load(&f).unwrap_err().to_string().contains("export: "));
+        write(&f, &BASE.replace("keys/node.key", "keys/missing.key"));
+        let e = Config::load(&f).unwrap_err().to_string();
+        assert!(e.contains("key: cannot read") && e.contains("keygen"), "{e}");
+        write(&f, &format!("{BASE}listen = \"nohost\"\n"));
+        assert!(Config::load(&f).unwrap_err().to_string().contains("listen: "));
+        write(&f, &format!("{BASE}[sync]\ndelete = \"yes\"\n"));
+        assert!(Config::load(&f).unwrap_err().to_string().contains("line 6"));
+    }
+
+    #[test]
+    fn port_in_use_is_named() {
+        let (_d, f) = setup();
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let a = s.local_addr().unwrap();
+        write(&f, &format!("{BASE}listen = \"{a}\"\n"));
+        let c = Config::load(&f).unwrap();
+        let e = c.check_ports().unwrap_err().to_string();
+        assert!(e.contains("listen") && e.contains("in use"), "{e}");
+    }
+}

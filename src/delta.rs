@@ -1,0 +1,236 @@
+//! rsync-style deltas with `fast_rsync`, in bounded memory.
+//!
+//! fast_rsync works on slices, so large files are processed in windows: the
+//! signature is the concatenation of per-window block sums (windows are whole
+//! blocks, so it equals the one-shot signature), and the delta is a sequence
+//! of segments, each a complete fast_rsync delta that reproduces the next
+//! window of the new file against the *whole* base. A match straddling a
+//! window edge is lost, which costs at most one block per window.
+//!
+//! fast_rsync's MD4 is not trusted for integrity: the result is always checked
+//! against the sender's BLAKE3 before it becomes visible.
+
+use std::io::{Read, Write};
+
+use fast_rsync::{Signature, SignatureOptions};
+
+use crate::wire::MAX_FRAME;
+
+/// Bytes of new data covered by one delta segment (a multiple of the block size).
+pub const WINDOW: usize = 4 << 20;
+const MAX_SIG_BYTES: usize = MAX_FRAME - 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaError {
+    #[error("signature options out of range (block {0}, strong {1})")]
+    BadOptions(u32, u32),
+    #[error("invalid signature from peer")]
+    BadSignature,
+    #[error("delta computation failed: {0}")]
+    Diff(String),
+    #[error("delta does not apply: {0}")]
+    Apply(String),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Block size and strong-hash length for a file of `size` bytes, like rsync:
+/// block ≈ √size (power of two, 1 KiB to 1 MiB, enlarged so the signature fits
+/// one frame), strong hash long enough that a false block match across the
+/// whole file is improbable (≈ 2⁻²⁰), never less than 4 bytes.
+pub fn options_for(size: u64) -> (u32, u32) {
+    let mut block = (size as f64).sqrt() as u64;
+    block = block.next_power_of_two().clamp(1 << 10, 1 << 20);
+    while block < (1 << 24) && size / block * 20 > MAX_SIG_BYTES as u64 {
+        block *= 2;
+    }
+    let log2 = |x: u64| 64 - x.max(1).leading_zeros();
+    let blocks = size.div_ceil(block).max(1);
+    let bits = log2(size) + log2(blocks) + 20;
+    let strong = (bits.saturating_sub(32)).div_ceil(8).clamp(4, 16);
+    (block as u32, strong)
+}
+
+pub fn check_options(block: u32, strong: u32, size: u64) -> Result<(), DeltaError> {
+    let ok = (512..=1 << 24).contains(&block)
+        && (4..=16).contains(&strong)
+        && size.div_ceil(block as u64) * (4 + strong as u64) <= MAX_SIG_BYTES as u64;
+    if ok {
+        Ok(())
+    } else {
+        Err(DeltaError::BadOptions(block, strong))
+    }
+}
+
+/// Signature of a base file, read window by window.
+pub fn signature(mut base: impl Read, size: u64, block: u32, strong: u32) -> Result<Vec<u8>, DeltaError> {
+    check_options(block, strong, size)?;
+    let opts = SignatureOptions { block_size: block, crypto_hash_size: strong };
+    let win = (WINDOW / block as usize).max(1) * block as usize;
+    let mut buf = vec![0u8; win];
+    let mut out: Vec<u8> = Vec::new();
+    loop {
+        let n = read_full(&mut base, &mut buf)?;
+        if n == 0 && !out.is_empty() {
+            break;
+        }
+        let sig = Signature::calculate(&buf[..n], opts);
+        let bytes = sig.serialized();
+        if out.is_empty() {
+            out.extend_from_slice(bytes);
+        } else {
+            out.extend_from_slice(&bytes[12..]);
+        }
+        if n < win {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Fills `buf` as far as the reader allows.
+pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Parsed peer signature, ready to diff windows against.
+pub struct Differ {
+    sig: Signature,
+    pub block: u32,
+}
+
+impl Differ {
+    pub fn new(sig: Vec<u8>) -> Result<Differ, DeltaError> {
+        let block = match sig.get(4..8) {
+            Some(b) => u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+            None => return Err(DeltaError::BadSignature),
+        };
+        let sig = Signature::deserialize(sig).map_err(|_| DeltaError::BadSignature)?;
+        if !(512..=1 << 24).contains(&block) {
+            return Err(DeltaError::BadSignature);
+        }
+        Ok(Differ { sig, block })
+    }
+
+    /// Window length for the new file: whole blocks, about [`WINDOW`] bytes.
+    pub fn window(&self) -> usize {
+        (WINDOW / self.block as usize).max(1) * self.block as usize
+    }
+
+    /// Builds the block lookup table once per file.
+    pub fn indexed(&self) -> Indexed<'_> {
+        Indexed(self.sig.index())
+    }
+}
+
+pub struct Indexed<'a>(fast_rsync::IndexedSignature<'a>);
+
+impl Indexed<'_> {
+    /// One delta segment for `window`.
+    pub fn diff(&self, window: &[u8], out: &mut Vec<u8>) -> Result<(), DeltaError> {
+        out.clear();
+        fast_rsync::diff(&self.0, window, out).map_err(|e| DeltaError::Diff(e.to_string()))
+    }
+}
+
+/// Applies one segment against `base`, writing at most `limit` bytes to `out`.
+pub fn apply_segment(base: &[u8], segment: &[u8], out: &mut impl Write, limit: usize) -> Result<(), DeltaError> {
+    fast_rsync::apply_limited(base, segment, out, limit).map_err(|e| DeltaError::Apply(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    fn round_trip(base: &[u8], new: &[u8]) -> usize {
+        let (block, strong) = options_for(base.len() as u64);
+        let sig = signature(base, base.len() as u64, block, strong).unwrap();
+        let d = Differ::new(sig).unwrap();
+        let ix = d.indexed();
+        let mut rebuilt = Vec::new();
+        let mut wire = 0;
+        let mut seg = Vec::new();
+        for w in new.chunks(d.window()) {
+            ix.diff(w, &mut seg).unwrap();
+            wire += seg.len();
+            apply_segment(base, &seg, &mut rebuilt, w.len()).unwrap();
+        }
+        if new.is_empty() {
+            ix.diff(&[], &mut seg).unwrap();
+            apply_segment(base, &seg, &mut rebuilt, 0).unwrap();
+        }
+        assert_eq!(rebuilt, new);
+        wire
+    }
+
+    #[test]
+    fn windowed_signature_equals_one_shot() {
+        let data = pseudo(10 << 20, 3);
+        let (b, s) = options_for(data.len() as u64);
+        let ours = signature(&data[..], data.len() as u64, b, s).unwrap();
+        let one = Signature::calculate(&data, SignatureOptions { block_size: b, crypto_hash_size: s });
+        assert_eq!(ours, one.serialized());
+    }
+
+    #[test]
+    fn delta_round_trips_and_is_small() {
+        let base = pseudo(9 << 20, 1);
+        let mut new = base.clone();
+        new[5 << 20..(5 << 20) + 1000].copy_from_slice(&pseudo(1000, 9));
+        new.extend_from_slice(b"tail");
+        let wire = round_trip(&base, &new);
+        assert!(wire < 64 << 10, "delta too big: {wire}");
+        round_trip(&base, &[]);
+        round_trip(&[], b"abc");
+        round_trip(&base[..10], &pseudo(3 << 20, 5));
+    }
+
+    #[test]
+    fn options_scale_and_bound() {
+        assert_eq!(options_for(0).0, 1024);
+        let (b, s) = options_for(1 << 30);
+        assert_eq!(b, 32 << 10);
+        assert!((4..=8).contains(&s));
+        for size in [1u64, 1 << 20, 1 << 40, 1 << 42] {
+            let (b, s) = options_for(size);
+            check_options(b, s, size).unwrap();
+        }
+        assert!(check_options(1, 4, 10).is_err());
+        assert!(check_options(1024, 17, 10).is_err());
+        assert!(check_options(1024, 8, 1 << 40).is_err());
+    }
+
+    #[test]
+    fn hostile_signature_and_delta_are_errors() {
+        assert!(Differ::new(vec![1, 2, 3]).is_err());
+        let mut out = Vec::new();
+        assert!(apply_segment(b"base", &pseudo(100, 7), &mut out, 1000).is_err());
+        // A delta that would write more than the limit is refused.
+        let (b, s) = options_for(0);
+        let d = Differ::new(signature(&[][..], 0, b, s).unwrap()).unwrap();
+        let mut seg = Vec::new();
+        d.indexed().diff(&[7u8; 5000], &mut seg).unwrap();
+        assert!(apply_segment(&[], &seg, &mut out, 100).is_err());
+    }
+}

@@ -1,0 +1,356 @@
+//! The standby's only way to touch its export: every operation resolves its
+//! parent with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` from the root
+//! descriptor, so neither `..` nor a symlink planted in a parent directory can
+//! lead a write outside the export. New content is written in the staging
+//! directory (same filesystem) and renamed into place, so a reader sees each
+//! file old or new, never partial.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
+
+use crate::path::RelPath;
+use crate::wire::Meta;
+
+const STAGING: &str = "staging";
+
+pub struct Root {
+    dir: OwnedFd,
+    staging: OwnedFd,
+    path: PathBuf,
+    is_root_user: bool,
+    seq: AtomicU64,
+}
+
+fn os(b: &[u8]) -> &OsStr {
+    OsStr::from_bytes(b)
+}
+
+fn resolve() -> ResolveFlags {
+    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS
+}
+
+fn ts(sec: i64, nsec: u32) -> Timespec {
+    Timespec { tv_sec: sec, tv_nsec: nsec as _ }
+}
+
+fn times(m: &Meta) -> Timestamps {
+    let t = ts(m.mtime_sec, m.mtime_nsec);
+    Timestamps { last_access: t, last_modification: t }
+}
+
+/// A file being written in the staging area; removed on drop unless committed.
+pub struct Staged<'r> {
+    root: &'r Root,
+    name: String,
+    pub file: File,
+    done: bool,
+}
+
+impl Drop for Staged<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = rustix::fs::unlinkat(&self.root.staging, self.name.as_str(), AtFlags::empty());
+        }
+    }
+}
+
+impl Root {
+    /// Opens the export and its staging area (`state_dir/staging`, which must be
+    /// on the same filesystem), removing staging leftovers from a crash.
+    pub fn open(export: &Path, state_dir: &Path) -> io::Result<Root> {
+        let dir = rustix::fs::open(export, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let sp = state_dir.join(STAGING);
+        std::fs::create_dir_all(&sp)?;
+        let staging = rustix::fs::open(&sp, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let a = rustix::fs::fstat(&dir)?;
+        let b = rustix::fs::fstat(&staging)?;
+        if a.st_dev != b.st_dev {
+            return Err(io::Error::other(format!(
+                "staging directory {} is not on the export's filesystem; renames could not be atomic (set state_dir inside the export's filesystem)",
+                sp.display()
+            )));
+        }
+        let root = Root {
+            dir,
+            staging,
+            path: export.to_path_buf(),
+            is_root_user: rustix::process::geteuid().is_root(),
+            seq: AtomicU64::new(0),
+        };
+        let n = root.clean_staging()?;
+        if n > 0 {
+            tracing::info!(files = n, "removed leftover staging files from an interrupted transfer");
+        }
+        Ok(root)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn clean_staging(&self) -> io::Result<usize> {
+        let mut n = 0;
+        let mut names = Vec::new();
+        for e in rustix::fs::Dir::read_from(&self.staging)? {
+            let e = e?;
+            let name = e.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                names.push(name.to_vec());
+            }
+        }
+        for name in names {
+            remove_any(&self.staging, &name)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Opens a directory beneath the root (empty = the root itself).
+    pub fn open_dir(&self, rel: &[u8]) -> io::Result<OwnedFd> {
+        let p = if rel.is_empty() { os(b".") } else { os(rel) };
+        Ok(rustix::fs::openat2(&self.dir, p, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty(), resolve())?)
+    }
+
+    fn parent(&self, p: &RelPath) -> io::Result<(OwnedFd, Vec<u8>)> {
+        let (parent, name) = p.split_last();
+        Ok((self.open_dir(parent)?, name.to_vec()))
+    }
+
+    /// Opens an existing regular file for reading (delta base, signature).
+    pub fn open_file(&self, p: &RelPath) -> io::Result<File> {
+        let fd = rustix::fs::openat2(&self.dir, os(p.as_bytes()), OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty(), resolve())?;
+        let f = File::from(fd);
+        if !f.metadata()?.is_file() {
+            return Err(io::Error::other("not a regular file"));
+        }
+        Ok(f)
+    }
+
+    pub fn stage(&self) -> io::Result<Staged<'_>> {
+        let name = format!("{}.{}.tmp", std::process::id(), self.seq.fetch_add(1, Ordering::Relaxed));
+        let fd = rustix::fs::openat(
+            &self.staging,
+            name.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )?;
+        Ok(Staged { root: self, name, file: File::from(fd), done: false })
+    }
+
+    /// Applies metadata to a staged file and renames it over `p`.
+    pub fn commit(&self, mut s: Staged<'_>, p: &RelPath, meta: &Meta) -> io::Result<File> {
+        let fd = s.file.as_fd();
+        if self.is_root_user {
+            rustix::fs::fchown(fd, Some(uid(meta.uid)), Some(gid(meta.gid)))?;
+        }
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))?;
+        rustix::fs::futimens(fd, &times(meta))?;
+        self.place(&s.name, p)?;
+        s.done = true;
+        let f = s.file.try_clone()?;
+        Ok(f)
+    }
+
+    /// Renames a staging entry onto `p`, replacing whatever is there (a
+    /// directory in the way is removed: the primary no longer has it).
+    fn place(&self, staged: &str, p: &RelPath) -> io::Result<()> {
+        let (pd, name) = self.parent(p)?;
+        match rustix::fs::renameat(&self.staging, staged, &pd, os(&name)) {
+            Ok(()) => Ok(()),
+            Err(e) if e == rustix::io::Errno::ISDIR || e == rustix::io::Errno::NOTEMPTY || e == rustix::io::Errno::EXIST => {
+                remove_any(&pd, &name)?;
+                Ok(rustix::fs::renameat(&self.staging, staged, &pd, os(&name))?)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn mkdir(&self, p: &RelPath) -> io::Result<()> {
+        let (pd, name) = self.parent(p)?;
+        match rustix::fs::mkdirat(&pd, os(&name), Mode::from_raw_mode(0o700)) {
+            Ok(()) => Ok(()),
+            Err(rustix::io::Errno::EXIST) => {
+                let st = rustix::fs::statat(&pd, os(&name), AtFlags::SYMLINK_NOFOLLOW)?;
+                if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory {
+                    Ok(())
+                } else {
+                    rustix::fs::unlinkat(&pd, os(&name), AtFlags::empty())?;
+                    Ok(rustix::fs::mkdirat(&pd, os(&name), Mode::from_raw_mode(0o700))?)
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn delete(&self, p: &RelPath) -> io::Result<()> {
+        let (pd, name) = match self.parent(p) {
+            Ok(x) => x,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        match remove_any(&pd, &name) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
+    }
+
+    pub fn symlink(&self, p: &RelPath, target: &[u8], meta: &Meta) -> io::Result<()> {
+        let name = format!("{}.{}.lnk", std::process::id(), self.seq.fetch_add(1, Ordering::Relaxed));
+        rustix::fs::symlinkat(os(target), &self.staging, name.as_str())?;
+        let r = (|| {
+            if self.is_root_user {
+                rustix::fs::chownat(&self.staging, name.as_str(), Some(uid(meta.uid)), Some(gid(meta.gid)), AtFlags::SYMLINK_NOFOLLOW)?;
+            }
+            rustix::fs::utimensat(&self.staging, name.as_str(), &times(meta), AtFlags::SYMLINK_NOFOLLOW)?;
+            self.place(&name, p)
+        })();
+        if r.is_err() {
+            let _ = rustix::fs::unlinkat(&self.staging, name.as_str(), AtFlags::empty());
+        }
+        r
+    }
+
+    /// Makes `p` another name of `leader` (atomically replacing `p`).
+    pub fn link(&self, p: &RelPath, leader: &RelPath) -> io::Result<()> {
+        let (ld, lname) = self.parent(leader)?;
+        let name = format!("{}.{}.lnk", std::process::id(), self.seq.fetch_add(1, Ordering::Relaxed));
+        rustix::fs::linkat(&ld, os(&lname), &self.staging, name.as_str(), AtFlags::empty())?;
+        let r = self.place(&name, p);
+        if r.is_err() {
+            let _ = rustix::fs::unlinkat(&self.staging, name.as_str(), AtFlags::empty());
+        }
+        r
+    }
+
+    /// Sets mode, owner (as root) and mtime of an existing entry without
+    /// following a final symlink.
+    pub fn set_meta(&self, p: &RelPath, meta: &Meta) -> io::Result<()> {
+        let (pd, name) = self.parent(p)?;
+        let st = rustix::fs::statat(&pd, os(&name), AtFlags::SYMLINK_NOFOLLOW)?;
+        let is_link = rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink;
+        if self.is_root_user {
+            rustix::fs::chownat(&pd, os(&name), Some(uid(meta.uid)), Some(gid(meta.gid)), AtFlags::SYMLINK_NOFOLLOW)?;
+        }
+        if !is_link {
+            // chmod follows symlinks, so it is only applied to non-links.
+            rustix::fs::chmodat(&pd, os(&name), Mode::from_raw_mode(meta.mode), AtFlags::empty())?;
+        }
+        rustix::fs::utimensat(&pd, os(&name), &times(meta), AtFlags::SYMLINK_NOFOLLOW)?;
+        Ok(())
+    }
+
+    /// Flushes everything written on the export's filesystem.
+    pub fn sync(&self) -> io::Result<()> {
+        Ok(rustix::fs::syncfs(&self.staging)?)
+    }
+}
+
+fn uid(u: u32) -> rustix::fs::Uid {
+    // SAFETY-free: from_raw is unsafe only because it may name any uid, which is our intent.
+    unsafe { rustix::fs::Uid::from_raw(u) }
+}
+
+fn gid(g: u32) -> rustix::fs::Gid {
+    unsafe { rustix::fs::Gid::from_raw(g) }
+}
+
+/// Removes `name` in `dir`, recursively if it is a directory, never following symlinks.
+fn remove_any(dir: &impl AsFd, name: &[u8]) -> io::Result<()> {
+    match rustix::fs::unlinkat(dir, os(name), AtFlags::empty()) {
+        Ok(()) => return Ok(()),
+        Err(rustix::io::Errno::ISDIR) | Err(rustix::io::Errno::PERM) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let sub = rustix::fs::openat(dir, os(name), OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+    let mut names = Vec::new();
+    for e in rustix::fs::Dir::read_from(&sub)? {
+        let e = e?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(n.to_vec());
+        }
+    }
+    for n in names {
+        remove_any(&sub, &n)?;
+    }
+    Ok(rustix::fs::unlinkat(dir, os(name), AtFlags::REMOVEDIR)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn meta() -> Meta {
+        Meta { mode: 0o640, uid: 0, gid: 0, mtime_sec: 1_000_000_000, mtime_nsec: 123_456_789 }
+    }
+
+    fn rp(s: &str) -> RelPath {
+        RelPath::new(s.as_bytes().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn staged_write_commit_and_cleanup() {
+        let d = tempfile::tempdir().unwrap();
+        let ex = d.path().join("ex");
+        std::fs::create_dir(&ex).unwrap();
+        let root = Root::open(&ex, &ex.join(".syncd")).unwrap();
+        root.mkdir(&rp("a")).unwrap();
+        let mut s = root.stage().unwrap();
+        s.file.write_all(b"data").unwrap();
+        root.commit(s, &rp("a/f"), &meta()).unwrap();
+        let m = std::fs::metadata(ex.join("a/f")).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(m.mode() & 0o7777, 0o640);
+        assert_eq!(m.mtime_nsec(), 123_456_789);
+        // A dropped stage leaves nothing behind.
+        drop(root.stage().unwrap());
+        assert_eq!(std::fs::read_dir(ex.join(".syncd/staging")).unwrap().count(), 0);
+        // Leftovers from a "crash" are removed at open.
+        std::fs::write(ex.join(".syncd/staging/old.tmp"), b"x").unwrap();
+        Root::open(&ex, &ex.join(".syncd")).unwrap();
+        assert_eq!(std::fs::read_dir(ex.join(".syncd/staging")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn planted_symlink_in_parent_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let ex = d.path().join("ex");
+        let outside = d.path().join("outside");
+        std::fs::create_dir(&ex).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        let root = Root::open(&ex, &ex.join(".syncd")).unwrap();
+        root.symlink(&rp("evil"), outside.as_os_str().as_bytes(), &meta()).unwrap();
+        let s = root.stage().unwrap();
+        assert!(root.commit(s, &rp("evil/pwned"), &meta()).is_err());
+        assert!(root.mkdir(&rp("evil/dir")).is_err());
+        assert!(root.open_file(&rp("evil")).is_err());
+        assert!(root.delete(&rp("evil/x")).is_err());
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+        // Replacing the symlink itself is fine and does not touch its target.
+        root.delete(&rp("evil")).unwrap();
+        assert!(outside.exists());
+    }
+
+    #[test]
+    fn type_changes_replace() {
+        let d = tempfile::tempdir().unwrap();
+        let ex = d.path().join("ex");
+        std::fs::create_dir_all(ex.join("x/y")).unwrap();
+        std::fs::write(ex.join("x/y/z"), b"1").unwrap();
+        let root = Root::open(&ex, &ex.join(".syncd")).unwrap();
+        let s = root.stage().unwrap();
+        root.commit(s, &rp("x"), &meta()).unwrap();
+        assert!(std::fs::metadata(ex.join("x")).unwrap().is_file());
+        root.mkdir(&rp("x")).unwrap();
+        assert!(std::fs::metadata(ex.join("x")).unwrap().is_dir());
+        root.link(&rp("x2"), &rp("x")).unwrap_err();
+    }
+}

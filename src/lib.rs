@@ -1,0 +1,13 @@
+//! syncd: replication for a primary/standby pair.
+//!
+//! Data flow and the reasons behind it are in DESIGN.md; each module holds one
+//! piece of it.
+
+pub mod config;
+pub mod delta;
+pub mod fsroot;
+pub mod index;
+pub mod path;
+pub mod scan;
+pub mod tls;
+pub mod wire;

@@ -1,0 +1,258 @@
+//! Wire messages and their framing.
+//!
+//! Every message is a `u32` little-endian length followed by a postcard
+//! payload. The length is checked against [`MAX_FRAME`] before anything is
+//! allocated, and every path inside is a [`RelPath`], validated as it is
+//! decoded, so a hostile peer cannot make us allocate without bound or name
+//! anything outside the export.
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::path::RelPath;
+
+/// Bumped on any incompatible change to the messages below.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// ALPN identifier for the QUIC/TLS handshake.
+pub const ALPN: &[u8] = b"syncd/1";
+/// Largest frame either side accepts.
+pub const MAX_FRAME: usize = 8 << 20;
+/// Largest file data chunk we send in one frame.
+pub const CHUNK: usize = 256 << 10;
+/// Largest symlink target we accept.
+pub const MAX_LINK_TARGET: usize = 4096;
+
+pub type Hash = [u8; 32];
+
+/// Metadata carried for every entry.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meta {
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_sec: i64,
+    pub mtime_nsec: u32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    File { size: u64, hash: Option<Hash> },
+    Dir,
+    Symlink { target: Vec<u8> },
+    /// Another name for the regular file `leader` (same inode on the primary).
+    HardLink { leader: RelPath },
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub path: RelPath,
+    pub kind: Kind,
+    pub meta: Meta,
+    /// Inode on the sender's side; lets the primary see which standby names
+    /// already share an inode (hard links) without another round trip.
+    pub ino: u64,
+}
+
+/// How the content of a file travels.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    /// `FileData` chunks carry the bytes.
+    Whole,
+    /// `DeltaSegment`s, each a complete fast_rsync delta against the
+    /// standby's current file at the same path, reproducing the next window.
+    Delta,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    Resync,
+    Verify,
+}
+
+/// Primary → standby.
+#[derive(Serialize, Deserialize, Debug)]
+pub enum Request {
+    Hello {
+        version: u32,
+        export_id: String,
+        node_id: String,
+        purpose: Purpose,
+    },
+    /// Ask for the standby's manifest; `checksum` forces content hashes.
+    List { checksum: bool },
+    Mkdir { path: RelPath, meta: Meta },
+    Delete { path: RelPath },
+    Symlink { path: RelPath, target: Vec<u8>, meta: Meta },
+    Link { path: RelPath, leader: RelPath },
+    SetMeta { path: RelPath, meta: Meta },
+    SigRequest { id: u64, path: RelPath, block_size: u32, strong_len: u32 },
+    FileBegin { id: u64, path: RelPath, meta: Meta, size: u64, encoding: Encoding },
+    FileData { id: u64, data: Vec<u8> },
+    DeltaSegment { id: u64, data: Vec<u8> },
+    FileEnd { id: u64, hash: Hash },
+    /// The source changed or vanished while being read: drop what was sent.
+    FileAbort { id: u64 },
+    /// Finish all outstanding work, then report failures since the last barrier.
+    Barrier { id: u64 },
+    /// Make everything durable and close the session.
+    Finish,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub path: RelPath,
+    pub error: String,
+    /// True when resending the file whole may fix it (hash mismatch, bad delta).
+    pub retry_whole: bool,
+}
+
+/// Standby → primary.
+#[derive(Serialize, Deserialize, Debug)]
+pub enum Reply {
+    Welcome { version: u32, node_id: String },
+    Refused { reason: String },
+    ListChunk { entries: Vec<Entry> },
+    ListEnd,
+    Signature { id: u64, data: Vec<u8> },
+    /// No usable base for a delta (vanished, not a file): send whole.
+    NoSignature { id: u64 },
+    BarrierDone { id: u64, failures: Vec<Failure> },
+    Finished { committed: u64 },
+    /// Fatal protocol error; the standby closes after sending it.
+    Fatal { reason: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("connection closed")]
+    Closed,
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    #[error("malformed message: {0}")]
+    Decode(#[from] postcard::Error),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub async fn write_msg<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    msg: &T,
+    buf: &mut Vec<u8>,
+) -> Result<(), WireError> {
+    buf.clear();
+    buf.extend_from_slice(&[0; 4]);
+    let mut out = postcard::to_extend(msg, std::mem::take(buf))?;
+    let len = out.len() - 4;
+    if len > MAX_FRAME {
+        *buf = out;
+        return Err(WireError::TooLarge(len));
+    }
+    out[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    let r = w.write_all(&out).await;
+    *buf = out;
+    r?;
+    Ok(())
+}
+
+/// Reads one frame into `buf` and decodes it. `Ok(None)` on a clean end of stream.
+pub async fn read_msg<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+) -> Result<Option<T>, WireError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(WireError::TooLarge(len));
+    }
+    buf.resize(len, 0);
+    r.read_exact(buf).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            WireError::Closed
+        } else {
+            WireError::Io(e)
+        }
+    })?;
+    Ok(Some(decode(buf)?))
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> Meta {
+        Meta { mode: 0o644, uid: 0, gid: 0, mtime_sec: 1, mtime_nsec: 2 }
+    }
+
+    #[tokio::test]
+    async fn round_trip() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 20);
+        let mut buf = Vec::new();
+        let p = RelPath::new(vec![b'x', 0xff]).unwrap();
+        write_msg(&mut a, &Request::Mkdir { path: p.clone(), meta: meta() }, &mut buf).await.unwrap();
+        drop(a);
+        let mut rb = Vec::new();
+        match read_msg::<_, Request>(&mut b, &mut rb).await.unwrap() {
+            Some(Request::Mkdir { path, meta: m }) => {
+                assert_eq!(path, p);
+                assert_eq!(m, meta());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(read_msg::<_, Request>(&mut b, &mut rb).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn oversized_length_is_refused_before_allocation() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
+        let mut rb = Vec::new();
+        let e = read_msg::<_, Request>(&mut b, &mut rb).await.unwrap_err();
+        assert!(matches!(e, WireError::TooLarge(_)), "{e}");
+        assert!(rb.capacity() < 1024);
+    }
+
+    #[test]
+    fn garbage_and_truncation_are_errors_not_panics() {
+        let msg = Request::FileData { id: 7, data: vec![1; 100] };
+        let bytes = postcard::to_stdvec(&msg).unwrap();
+        for cut in 0..bytes.len() {
+            assert!(decode::<Request>(&bytes[..cut]).is_err());
+        }
+        // A huge declared vector length inside a small frame fails cleanly.
+        let mut evil = vec![11u8, 7];
+        evil.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+        assert!(decode::<Request>(&evil).is_err());
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        for _ in 0..20_000 {
+            let len = (x % 64) as usize;
+            let mut v = Vec::with_capacity(len);
+            for _ in 0..len {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                v.push(x as u8);
+            }
+            let _ = decode::<Request>(&v);
+            let _ = decode::<Reply>(&v);
+        }
+    }
+
+    #[test]
+    fn hostile_path_in_message_is_rejected() {
+        let ok = Request::Delete { path: RelPath::new(b"aa/etc".to_vec()).unwrap() };
+        let mut bytes = postcard::to_stdvec(&ok).unwrap();
+        let n = bytes.len();
+        bytes[n - 6..n - 4].copy_from_slice(b"..");
+        assert!(decode::<Request>(&bytes).is_err());
+    }
+}

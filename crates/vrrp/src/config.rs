@@ -176,7 +176,13 @@ pub struct InstanceConfig {
 impl InstanceConfig {
     /// The state machine's view, given the primary (source) address found on the interface.
     pub fn machine_config(&self, primary_ip: IpAddr) -> MachineConfig {
-        let mut m = MachineConfig::new(self.version, self.vrid, self.priority, self.advert_int, primary_ip);
+        let mut m = MachineConfig::new(
+            self.version,
+            self.vrid,
+            self.priority,
+            self.advert_int,
+            primary_ip,
+        );
         m.preempt = self.preempt;
         m.preempt_delay = self.preempt_delay;
         m.auth = self.auth;
@@ -209,24 +215,33 @@ pub enum ConfigError {
 
 /// Read and validate a config file.
 pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|err| ConfigError::Read { path: path.display().to_string(), err })?;
+    let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
+        path: path.display().to_string(),
+        err,
+    })?;
     parse(&text).map_err(|e| match e {
-        ConfigError::Parse { err, .. } => ConfigError::Parse { path: path.display().to_string(), err },
+        ConfigError::Parse { err, .. } => ConfigError::Parse {
+            path: path.display().to_string(),
+            err,
+        },
         other => other,
     })
 }
 
 /// Parse and validate TOML text.
 pub fn parse(text: &str) -> Result<Config, ConfigError> {
-    let file: VrrpFile =
-        toml::from_str(text).map_err(|e| ConfigError::Parse { path: "<config>".into(), err: e.to_string() })?;
+    let file: VrrpFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: "<config>".into(),
+        err: e.to_string(),
+    })?;
     validate(&file)
 }
 
 fn secs(key: &str, v: f64, min: f64, errs: &mut Vec<String>) -> Duration {
     if !v.is_finite() || v < min || v > 86_400.0 {
-        errs.push(format!("{key}: {v} is out of range; use seconds between {min} and 86400"));
+        errs.push(format!(
+            "{key}: {v} is out of range; use seconds between {min} and 86400"
+        ));
         return Duration::from_secs(1);
     }
     Duration::from_secs_f64(v)
@@ -238,7 +253,10 @@ pub fn parse_vip(s: &str) -> Result<Vip, String> {
         Some((a, p)) => (a, Some(p)),
         None => (s, None),
     };
-    let addr: IpAddr = a.trim().parse().map_err(|_| format!("{a:?} is not an IP address"))?;
+    let addr: IpAddr = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("{a:?} is not an IP address"))?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let prefix = match p {
         None => max,
@@ -258,13 +276,17 @@ pub fn validate(file: &VrrpFile) -> Result<Config, ConfigError> {
         Some(a) => match a.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
-                errs.push(format!("admin: {a:?} is not an address:port; write e.g. \"127.0.0.1:9180\""));
+                errs.push(format!(
+                    "admin: {a:?} is not an address:port; write e.g. \"127.0.0.1:9180\""
+                ));
                 None
             }
         },
     };
     if file.vrrp.is_empty() {
-        errs.push("vrrp: no [[vrrp]] instance is configured; add at least one [[vrrp]] table".into());
+        errs.push(
+            "vrrp: no [[vrrp]] instance is configured; add at least one [[vrrp]] table".into(),
+        );
     }
     let mut instances = Vec::new();
     for (i, c) in file.vrrp.iter().enumerate() {
@@ -273,12 +295,19 @@ pub fn validate(file: &VrrpFile) -> Result<Config, ConfigError> {
             2 => Version::V2,
             3 => Version::V3,
             v => {
-                errs.push(format!("{}: {v} is not a VRRP version; set 2 (RFC 3768) or 3 (RFC 5798)", k("version")));
+                errs.push(format!(
+                    "{}: {v} is not a VRRP version; set 2 (RFC 3768) or 3 (RFC 5798)",
+                    k("version")
+                ));
                 Version::V3
             }
         };
         if !(1..=255).contains(&c.vrid) {
-            errs.push(format!("{}: {} is out of range 1..=255; pick the same VRID on both nodes", k("vrid"), c.vrid));
+            errs.push(format!(
+                "{}: {} is out of range 1..=255; pick the same VRID on both nodes",
+                k("vrid"),
+                c.vrid
+            ));
         }
         if !(1..=255).contains(&c.priority) {
             errs.push(format!(
@@ -288,7 +317,11 @@ pub fn validate(file: &VrrpFile) -> Result<Config, ConfigError> {
             ));
         }
         if c.interface.is_empty() || c.interface.len() > 15 || c.interface.contains('/') {
-            errs.push(format!("{}: {:?} is not an interface name (1..15 chars)", k("interface"), c.interface));
+            errs.push(format!(
+                "{}: {:?} is not an interface name (1..15 chars)",
+                k("interface"),
+                c.interface
+            ));
         }
         let advert_int = secs(&k("advert_int"), c.advert_int, 0.01, &mut errs);
         match version {
@@ -316,12 +349,18 @@ pub fn validate(file: &VrrpFile) -> Result<Config, ConfigError> {
             (None, _) => Auth::None,
             (Some(p), Version::V2) => {
                 if p.is_empty() || p.len() > 8 {
-                    errs.push(format!("{}: must be 1..=8 bytes (keepalived truncates longer ones; shorten it)", k("auth_pass")));
+                    errs.push(format!(
+                        "{}: must be 1..=8 bytes (keepalived truncates longer ones; shorten it)",
+                        k("auth_pass")
+                    ));
                 }
                 Auth::simple(p)
             }
             (Some(_), Version::V3) => {
-                errs.push(format!("{}: VRRPv3 has no authentication; remove auth_pass or set version = 2", k("auth_pass")));
+                errs.push(format!(
+                    "{}: VRRPv3 has no authentication; remove auth_pass or set version = 2",
+                    k("auth_pass")
+                ));
                 Auth::None
             }
         };
@@ -329,30 +368,51 @@ pub fn validate(file: &VrrpFile) -> Result<Config, ConfigError> {
         for (j, s) in c.virtual_ips.iter().enumerate() {
             match parse_vip(s) {
                 Ok(v) => vips.push(v),
-                Err(e) => errs.push(format!("{}[{j}]: {e}; write \"192.168.1.100/24\" or \"2001:db8::1/64\"", k("virtual_ips"))),
+                Err(e) => errs.push(format!(
+                    "{}[{j}]: {e}; write \"192.168.1.100/24\" or \"2001:db8::1/64\"",
+                    k("virtual_ips")
+                )),
             }
         }
         if c.virtual_ips.is_empty() {
-            errs.push(format!("{}: is empty; list at least one address", k("virtual_ips")));
+            errs.push(format!(
+                "{}: is empty; list at least one address",
+                k("virtual_ips")
+            ));
         }
         let ipv6 = vips.first().is_some_and(|v| v.addr.is_ipv6());
         if vips.iter().any(|v| v.addr.is_ipv6() != ipv6) {
-            errs.push(format!("{}: mixes IPv4 and IPv6; use one [[vrrp]] instance per family", k("virtual_ips")));
+            errs.push(format!(
+                "{}: mixes IPv4 and IPv6; use one [[vrrp]] instance per family",
+                k("virtual_ips")
+            ));
         }
         if ipv6 && version == Version::V2 {
-            errs.push(format!("{}: IPv6 needs VRRPv3; set version = 3", k("version")));
+            errs.push(format!(
+                "{}: IPv6 needs VRRPv3; set version = 3",
+                k("version")
+            ));
         }
         if let Some(s) = c.unicast_src {
             if s.is_ipv6() != ipv6 {
-                errs.push(format!("{}: {s} is not of the virtual addresses' family", k("unicast_src")));
+                errs.push(format!(
+                    "{}: {s} is not of the virtual addresses' family",
+                    k("unicast_src")
+                ));
             }
         }
         for p in &c.unicast_peers {
             if p.is_ipv6() != ipv6 {
-                errs.push(format!("{}: {p} is not of the virtual addresses' family", k("unicast_peers")));
+                errs.push(format!(
+                    "{}: {p} is not of the virtual addresses' family",
+                    k("unicast_peers")
+                ));
             }
             if p.is_multicast() {
-                errs.push(format!("{}: {p} is multicast; list the peers' own addresses", k("unicast_peers")));
+                errs.push(format!(
+                    "{}: {p} is multicast; list the peers' own addresses",
+                    k("unicast_peers")
+                ));
             }
         }
         if c.unicast_src.is_some() && c.unicast_peers.is_empty() {
@@ -362,7 +422,11 @@ pub fn validate(file: &VrrpFile) -> Result<Config, ConfigError> {
         let garp_delay = secs(&k("garp_delay"), c.garp_delay, 0.0, &mut errs);
         let garp_refresh = secs(&k("garp_refresh"), c.garp_refresh, 0.0, &mut errs);
         if c.garp_repeat > 100 {
-            errs.push(format!("{}: {} is too many; use 1..=100", k("garp_repeat"), c.garp_repeat));
+            errs.push(format!(
+                "{}: {} is too many; use 1..=100",
+                k("garp_repeat"),
+                c.garp_repeat
+            ));
         }
         let mut tracks = Vec::new();
         for (j, t) in c.track.iter().enumerate() {
@@ -376,10 +440,20 @@ pub fn validate(file: &VrrpFile) -> Result<Config, ConfigError> {
                             Some(p) => (rest[..p].to_string(), rest[p..].to_string()),
                             None => (rest.to_string(), "/".to_string()),
                         };
-                        let hp = if hp.contains(':') { hp } else { format!("{hp}:80") };
-                        CheckKind::Http { host_port: hp, path }
+                        let hp = if hp.contains(':') {
+                            hp
+                        } else {
+                            format!("{hp}:80")
+                        };
+                        CheckKind::Http {
+                            host_port: hp,
+                            path,
+                        }
                     }
-                    None => CheckKind::Http { host_port: String::new(), path: u.to_string() },
+                    None => CheckKind::Http {
+                        host_port: String::new(),
+                        path: u.to_string(),
+                    },
                 }),
                 t.process.clone().map(CheckKind::Process),
             ]
@@ -387,22 +461,38 @@ pub fn validate(file: &VrrpFile) -> Result<Config, ConfigError> {
             .flatten()
             .collect();
             if kinds.len() != 1 {
-                errs.push(format!("vrrp[{i}].track[{j}]: set exactly one of script, tcp, http, process"));
+                errs.push(format!(
+                    "vrrp[{i}].track[{j}]: set exactly one of script, tcp, http, process"
+                ));
                 continue;
             }
             let kind = kinds[0].clone();
             if let CheckKind::Http { host_port, .. } = &kind {
                 if host_port.is_empty() {
-                    errs.push(format!("{}: only http:// URLs are supported (e.g. \"http://127.0.0.1:80/health\")", tk("http")));
+                    errs.push(format!(
+                        "{}: only http:// URLs are supported (e.g. \"http://127.0.0.1:80/health\")",
+                        tk("http")
+                    ));
                 }
             }
             let interval = secs(&tk("interval"), t.interval, 0.01, &mut errs);
-            let timeout = secs(&tk("timeout"), t.timeout.unwrap_or(t.interval), 0.01, &mut errs);
+            let timeout = secs(
+                &tk("timeout"),
+                t.timeout.unwrap_or(t.interval),
+                0.01,
+                &mut errs,
+            );
             if !(-253..=253).contains(&t.weight) {
-                errs.push(format!("{}: {} is out of range -253..=253", tk("weight"), t.weight));
+                errs.push(format!(
+                    "{}: {} is out of range -253..=253",
+                    tk("weight"),
+                    t.weight
+                ));
             }
             if t.fall == 0 || t.rise == 0 {
-                errs.push(format!("vrrp[{i}].track[{j}]: fall and rise must be at least 1"));
+                errs.push(format!(
+                    "vrrp[{i}].track[{j}]: fall and rise must be at least 1"
+                ));
             }
             if c.priority == 255 && t.weight != 0 {
                 errs.push(format!("{}: the address owner (priority 255) ignores weights; use priority 254 or weight 0", tk("weight")));
@@ -453,10 +543,16 @@ pub fn validate(file: &VrrpFile) -> Result<Config, ConfigError> {
     for (a, x) in instances.iter().enumerate() {
         for y in &instances[a + 1..] {
             if x.interface == y.interface && x.vrid == y.vrid && x.ipv6 == y.ipv6 {
-                errs.push(format!("vrrp: instances {:?} and {:?} both use VRID {} on {}; give each its own vrid", x.name, y.name, x.vrid, x.interface));
+                errs.push(format!(
+                    "vrrp: instances {:?} and {:?} both use VRID {} on {}; give each its own vrid",
+                    x.name, y.name, x.vrid, x.interface
+                ));
             }
             if x.name == y.name {
-                errs.push(format!("vrrp: two instances are named {:?}; names must be unique", x.name));
+                errs.push(format!(
+                    "vrrp: two instances are named {:?}; names must be unique",
+                    x.name
+                ));
             }
         }
     }
@@ -497,7 +593,13 @@ rise = 2
         let i = &c.instances[0];
         assert_eq!(i.name, "VI_51");
         assert_eq!(i.advert_int, Duration::from_millis(100));
-        assert_eq!(i.vips[0], Vip { addr: "192.168.1.100".parse().unwrap(), prefix: 24 });
+        assert_eq!(
+            i.vips[0],
+            Vip {
+                addr: "192.168.1.100".parse().unwrap(),
+                prefix: 24
+            }
+        );
         assert_eq!(i.vips[1].prefix, 32);
         assert!(!i.preempt);
         assert_eq!(i.tracks[0].weight, -20);
@@ -517,18 +619,27 @@ rise = 2
             "{e}"
         );
         let e = err(&OK.replace("version = 3", "version = 2"));
-        assert!(e.contains("vrrp[0].advert_int: 0.1 is not whole seconds"), "{e}");
+        assert!(
+            e.contains("vrrp[0].advert_int: 0.1 is not whole seconds"),
+            "{e}"
+        );
         let e = err(&OK.replace("\"192.168.1.101\"", "\"192.168.1.500\""));
         assert!(e.contains("vrrp[0].virtual_ips[1]"), "{e}");
         let e = err(&OK.replace("nopreempt", "nopremept"));
         assert!(e.contains("nopremept"), "{e}");
         let e = err(&OK.replace("script = ", "tcp = \"127.0.0.1:80\"\nscript = "));
-        assert!(e.contains("exactly one of script, tcp, http, process"), "{e}");
+        assert!(
+            e.contains("exactly one of script, tcp, http, process"),
+            "{e}"
+        );
         let e = err(&format!("{OK}\nauth_pass = \"x\"").replace("[[vrrp.track]]\nscript = \"pidof nginx\"\ninterval = 2\nweight = -20\nfall = 3\nrise = 2\n", ""));
         assert!(e.contains("VRRPv3 has no authentication"), "{e}");
         let e = err("[[vrrp]]\ninterface = \"eth0\"\nvrid = 1\nvirtual_ips = [\"10.0.0.1\"]\nunicast_src = \"10.0.0.2\"\n");
         assert!(e.contains("no fallback to multicast"), "{e}");
         let e = err("admin = \"nope\"\n");
-        assert!(e.contains("admin:") && e.contains("no [[vrrp]] instance"), "{e}");
+        assert!(
+            e.contains("admin:") && e.contains("no [[vrrp]] instance"),
+            "{e}"
+        );
     }
 }

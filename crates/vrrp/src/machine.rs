@@ -14,6 +14,7 @@ use crate::timers::{from_cs, master_down_interval, skew_time};
 
 /// Protocol state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum State {
     Initialize,
     Backup,

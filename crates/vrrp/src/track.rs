@@ -21,7 +21,14 @@ pub struct TrackState {
 
 impl TrackState {
     pub fn new(name: impl Into<String>, weight: i32, fall: u32, rise: u32) -> Self {
-        TrackState { name: name.into(), weight, fall: fall.max(1), rise: rise.max(1), ok: None, streak: 0 }
+        TrackState {
+            name: name.into(),
+            weight,
+            fall: fall.max(1),
+            rise: rise.max(1),
+            ok: None,
+            streak: 0,
+        }
     }
 
     /// `Some(true)` healthy, `Some(false)` failed, `None` not yet run.
@@ -109,15 +116,27 @@ mod tests {
         let mut pos = TrackState::new("pos", 15, 1, 1);
         let mut zero = TrackState::new("zero", 0, 1, 1);
         // nothing known yet: no effect
-        assert_eq!(health(&[neg.clone(), pos.clone(), zero.clone()], &[]), (0, None));
+        assert_eq!(
+            health(&[neg.clone(), pos.clone(), zero.clone()], &[]),
+            (0, None)
+        );
         neg.record(true);
         pos.record(true);
         zero.record(true);
-        assert_eq!(health(&[neg.clone(), pos.clone(), zero.clone()], &[]), (15, None));
+        assert_eq!(
+            health(&[neg.clone(), pos.clone(), zero.clone()], &[]),
+            (15, None)
+        );
         neg.record(false);
-        assert_eq!(health(&[neg.clone(), pos.clone(), zero.clone()], &[]), (-5, None));
+        assert_eq!(
+            health(&[neg.clone(), pos.clone(), zero.clone()], &[]),
+            (-5, None)
+        );
         pos.record(false);
-        assert_eq!(health(&[neg.clone(), pos.clone(), zero.clone()], &[]), (-20, None));
+        assert_eq!(
+            health(&[neg.clone(), pos.clone(), zero.clone()], &[]),
+            (-20, None)
+        );
         zero.record(false);
         let (d, f) = health(&[neg, pos, zero], &[]);
         assert_eq!(d, -20);
@@ -126,7 +145,19 @@ mod tests {
 
     #[test]
     fn link_down_is_fault() {
-        let links = [LinkState { name: "eth0".into(), up: true }, LinkState { name: "eth1".into(), up: false }];
-        assert_eq!(health(&[], &links), (0, Some("interface eth1 is down".into())));
+        let links = [
+            LinkState {
+                name: "eth0".into(),
+                up: true,
+            },
+            LinkState {
+                name: "eth1".into(),
+                up: false,
+            },
+        ];
+        assert_eq!(
+            health(&[], &links),
+            (0, Some("interface eth1 is down".into()))
+        );
     }
 }

@@ -52,11 +52,18 @@ impl Net {
 
     /// Look a link up by name.
     pub async fn link(&self, name: &str) -> Result<LinkInfo, NetError> {
-        let mut s = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut s = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         let msg = match s.try_next().await {
             Ok(Some(m)) => m,
             Ok(None) => return Err(NetError::NoSuchInterface(name.into())),
-            Err(e) if errno(&e) == Some(libc::ENODEV) => return Err(NetError::NoSuchInterface(name.into())),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => {
+                return Err(NetError::NoSuchInterface(name.into()))
+            }
             Err(e) => return Err(e.into()),
         };
         let mac = msg.attributes.iter().find_map(|a| match a {
@@ -68,13 +75,23 @@ impl Net {
             _ => None,
         });
         let f = msg.header.flags;
-        let up = f.contains(LinkFlags::Up) && (f.contains(LinkFlags::Running) || f.contains(LinkFlags::LowerUp));
-        Ok(LinkInfo { index: msg.header.index, mac, up })
+        let up = f.contains(LinkFlags::Up)
+            && (f.contains(LinkFlags::Running) || f.contains(LinkFlags::LowerUp));
+        Ok(LinkInfo {
+            index: msg.header.index,
+            mac,
+            up,
+        })
     }
 
     /// Addresses on a link: (address, prefix length).
     pub async fn addresses(&self, index: u32) -> Result<Vec<(IpAddr, u8)>, NetError> {
-        let mut s = self.handle.address().get().set_link_index_filter(index).execute();
+        let mut s = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
         let mut out = Vec::new();
         while let Some(m) = s.try_next().await? {
             let prefix = m.header.prefix_len;
@@ -98,7 +115,13 @@ impl Net {
 
     /// Add a virtual address; already present is fine.
     pub async fn add(&self, index: u32, vip: Vip) -> Result<(), NetError> {
-        match self.handle.address().add(index, vip.addr, vip.prefix).execute().await {
+        match self
+            .handle
+            .address()
+            .add(index, vip.addr, vip.prefix)
+            .execute()
+            .await
+        {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
             Err(e) => Err(e.into()),

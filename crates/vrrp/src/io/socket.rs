@@ -45,7 +45,13 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
 fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, val: &T) -> io::Result<()> {
     // SAFETY: `val` points to a live T of the given size.
     cvt(unsafe {
-        libc::setsockopt(fd, level, name, val as *const T as *const libc::c_void, size_of::<T>() as libc::socklen_t)
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            val as *const T as *const libc::c_void,
+            size_of::<T>() as libc::socklen_t,
+        )
     })
     .map(|_| ())
 }
@@ -87,7 +93,11 @@ impl VrrpSocket {
         let domain = if ipv6 { libc::AF_INET6 } else { libc::AF_INET };
         // SAFETY: plain socket(2) call; the fd is owned right after.
         let raw = cvt(unsafe {
-            libc::socket(domain, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, libc::c_int::from(IPPROTO_VRRP))
+            libc::socket(
+                domain,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::c_int::from(IPPROTO_VRRP),
+            )
         })?;
         // SAFETY: `raw` is a fresh, valid descriptor that nothing else owns.
         let owned = unsafe { OwnedFd::from_raw_fd(raw) };
@@ -105,7 +115,12 @@ impl VrrpSocket {
             let idx = ifindex as libc::c_int;
             setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_IF, &idx)?;
             if multicast {
-                let mreq = libc::ipv6_mreq { ipv6mr_multiaddr: libc::in6_addr { s6_addr: MCAST_V6.octets() }, ipv6mr_interface: ifindex };
+                let mreq = libc::ipv6_mreq {
+                    ipv6mr_multiaddr: libc::in6_addr {
+                        s6_addr: MCAST_V6.octets(),
+                    },
+                    ipv6mr_interface: ifindex,
+                };
                 setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_ADD_MEMBERSHIP, &mreq)?;
             }
         } else {
@@ -113,7 +128,9 @@ impl VrrpSocket {
             setsockopt(fd, libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP, &zero)?;
             setsockopt(fd, libc::IPPROTO_IP, libc::IP_MULTICAST_TTL, &ttl)?;
             let mreqn = libc::ip_mreqn {
-                imr_multiaddr: libc::in_addr { s_addr: u32::from_ne_bytes(MCAST_V4.octets()) },
+                imr_multiaddr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(MCAST_V4.octets()),
+                },
                 imr_address: libc::in_addr { s_addr: 0 },
                 imr_ifindex: ifindex as libc::c_int,
             };
@@ -122,14 +139,23 @@ impl VrrpSocket {
                 setsockopt(fd, libc::IPPROTO_IP, libc::IP_ADD_MEMBERSHIP, &mreqn)?;
             }
         }
-        Ok(VrrpSocket { fd: AsyncFd::new(owned)?, ipv6, ifindex })
+        // SAFETY: OwnedFd keeps the descriptor open for the AsyncFd's whole life
+        // and always returns the same raw fd.
+        let fd = unsafe { AsyncFd::register(owned) }.map_err(io::Error::from)?;
+        Ok(VrrpSocket { fd, ipv6, ifindex })
     }
 
     /// Wait for the next packet.
     pub async fn recv(&self) -> Result<Received, RecvError> {
         loop {
             let mut guard = self.fd.readable().await.map_err(RecvError::Io)?;
-            let r = guard.try_io(|fd| if self.ipv6 { recv_v6(fd.as_raw_fd()) } else { recv_v4(fd.as_raw_fd()) });
+            let r = guard.try_io(|fd| {
+                if self.ipv6 {
+                    recv_v6(fd.as_raw_fd())
+                } else {
+                    recv_v4(fd.as_raw_fd())
+                }
+            });
             match r {
                 Ok(Ok(x)) => return x,
                 Ok(Err(e)) => return Err(RecvError::Io(e)),
@@ -144,8 +170,13 @@ impl VrrpSocket {
             let mut guard = self.fd.writable().await?;
             let r = guard.try_io(|fd| match (src, dst) {
                 (IpAddr::V4(s), IpAddr::V4(d)) => send_v4(fd.as_raw_fd(), s, d, payload),
-                (IpAddr::V6(s), IpAddr::V6(d)) => send_v6(fd.as_raw_fd(), s, d, self.ifindex, payload),
-                _ => Err(io::Error::new(io::ErrorKind::InvalidInput, "address family mismatch")),
+                (IpAddr::V6(s), IpAddr::V6(d)) => {
+                    send_v6(fd.as_raw_fd(), s, d, self.ifindex, payload)
+                }
+                _ => Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "address family mismatch",
+                )),
             });
             match r {
                 Ok(res) => return res,
@@ -164,7 +195,12 @@ fn recv_v4(fd: RawFd) -> io::Result<Result<Received, RecvError>> {
     }
     let n = n as usize;
     Ok(match packet::parse_ipv4(&buf[..n]) {
-        Ok((h, payload)) => Ok(Received { src: IpAddr::V4(h.src), dst: IpAddr::V4(h.dst), ttl: h.ttl, payload: payload.to_vec() }),
+        Ok((h, payload)) => Ok(Received {
+            src: IpAddr::V4(h.src),
+            dst: IpAddr::V4(h.dst),
+            ttl: h.ttl,
+            payload: payload.to_vec(),
+        }),
         Err(e) => Err(RecvError::Bad(e)),
     })
 }
@@ -174,7 +210,10 @@ fn recv_v6(fd: RawFd) -> io::Result<Result<Received, RecvError>> {
     let mut cbuf = [0u64; 32];
     // SAFETY: zeroed sockaddr_in6/msghdr are valid initial values.
     let mut from: libc::sockaddr_in6 = unsafe { zeroed() };
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
     // SAFETY: as above.
     let mut msg: libc::msghdr = unsafe { zeroed() };
     msg.msg_name = &mut from as *mut _ as *mut libc::c_void;
@@ -197,7 +236,8 @@ fn recv_v6(fd: RawFd) -> io::Result<Result<Received, RecvError>> {
             if (*c).cmsg_level == libc::IPPROTO_IPV6 && (*c).cmsg_type == libc::IPV6_HOPLIMIT {
                 let v = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::c_int);
                 ttl = v.clamp(0, 255) as u8;
-            } else if (*c).cmsg_level == libc::IPPROTO_IPV6 && (*c).cmsg_type == libc::IPV6_PKTINFO {
+            } else if (*c).cmsg_level == libc::IPPROTO_IPV6 && (*c).cmsg_type == libc::IPV6_PKTINFO
+            {
                 let p = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::in6_pktinfo);
                 dst = Ipv6Addr::from(p.ipi6_addr.s6_addr);
             }
@@ -205,7 +245,12 @@ fn recv_v6(fd: RawFd) -> io::Result<Result<Received, RecvError>> {
         }
     }
     let src = Ipv6Addr::from(from.sin6_addr.s6_addr);
-    Ok(Ok(Received { src: IpAddr::V6(src), dst: IpAddr::V6(dst), ttl, payload: buf[..n as usize].to_vec() }))
+    Ok(Ok(Received {
+        src: IpAddr::V6(src),
+        dst: IpAddr::V6(dst),
+        ttl,
+        payload: buf[..n as usize].to_vec(),
+    }))
 }
 
 fn send_v4(fd: RawFd, src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> io::Result<()> {
@@ -228,9 +273,18 @@ fn send_v4(fd: RawFd, src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> io::Resul
     Ok(())
 }
 
-fn send_v6(fd: RawFd, src: Ipv6Addr, dst: Ipv6Addr, ifindex: u32, payload: &[u8]) -> io::Result<()> {
+fn send_v6(
+    fd: RawFd,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    ifindex: u32,
+    payload: &[u8],
+) -> io::Result<()> {
     let mut sa = sockaddr_v6(dst, ifindex);
-    let mut iov = libc::iovec { iov_base: payload.as_ptr() as *mut libc::c_void, iov_len: payload.len() };
+    let mut iov = libc::iovec {
+        iov_base: payload.as_ptr() as *mut libc::c_void,
+        iov_len: payload.len(),
+    };
     let mut cbuf = [0u64; 16];
     // SAFETY: zeroed msghdr is valid; fields set below point at live data.
     let mut msg: libc::msghdr = unsafe { zeroed() };
@@ -247,7 +301,12 @@ fn send_v6(fd: RawFd, src: Ipv6Addr, dst: Ipv6Addr, ifindex: u32, payload: &[u8]
         (*c).cmsg_level = libc::IPPROTO_IPV6;
         (*c).cmsg_type = libc::IPV6_PKTINFO;
         (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::in6_pktinfo>() as u32) as _;
-        let info = libc::in6_pktinfo { ipi6_addr: libc::in6_addr { s6_addr: src.octets() }, ipi6_ifindex: ifindex };
+        let info = libc::in6_pktinfo {
+            ipi6_addr: libc::in6_addr {
+                s6_addr: src.octets(),
+            },
+            ipi6_ifindex: ifindex,
+        };
         std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut libc::in6_pktinfo, info);
     }
     // SAFETY: msg is fully initialised.

@@ -1,0 +1,180 @@
+//! `syncd vrrp ...` command line.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "syncd vrrp",
+    about = "VRRP v2/v3 virtual addresses (a keepalived replacement)"
+)]
+struct Cli {
+    /// TOML file with [[vrrp]] instances.
+    #[arg(long, short = 'c', global = true)]
+    config: Option<PathBuf>,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    check: bool,
+    /// Convert the vrrp_instance / vrrp_script blocks of a keepalived.conf to TOML on stdout.
+    #[arg(long, value_name = "KEEPALIVED_CONF")]
+    import_keepalived: Option<PathBuf>,
+    /// Log as JSON.
+    #[arg(long)]
+    log_json: bool,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Print /status from the running daemon's admin address.
+    Status {
+        /// Print /metrics instead.
+        #[arg(long)]
+        metrics: bool,
+    },
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        b.json().try_init()
+    } else {
+        b.try_init()
+    };
+}
+
+/// Entry point: args exclude the program name and the word `vrrp`.
+pub fn cli_main(args: Vec<OsString>) -> i32 {
+    let cli = match Cli::try_parse_from(std::iter::once(OsString::from("syncd vrrp")).chain(args)) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    init_tracing(cli.log_json);
+    if let Some(path) = &cli.import_keepalived {
+        return match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let r = crate::import::convert(&text);
+                print!("{}", r.toml);
+                for w in &r.warnings {
+                    eprintln!("warning: {w}");
+                }
+                if r.instances == 0 {
+                    eprintln!("error: no vrrp_instance block found in {}", path.display());
+                    1
+                } else {
+                    0
+                }
+            }
+            Err(e) => {
+                eprintln!("error: cannot read {}: {e}", path.display());
+                1
+            }
+        };
+    }
+    let Some(path) = cli.config.clone() else {
+        eprintln!("error: --config FILE is required (or --import-keepalived FILE)");
+        return 2;
+    };
+    let config = match crate::config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: invalid configuration:\n{e}");
+            return 1;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    if let Some(Cmd::Status { metrics }) = cli.cmd {
+        let Some(addr) = config.admin else {
+            eprintln!(
+                "error: {} has no `admin = \"127.0.0.1:PORT\"`; status needs it",
+                path.display()
+            );
+            return 1;
+        };
+        return match rt.block_on(crate::admin::fetch(
+            addr,
+            if metrics { "/metrics" } else { "/status" },
+        )) {
+            Ok(body) => {
+                print!("{body}");
+                0
+            }
+            Err(e) => {
+                eprintln!("error: cannot read status from {addr}: {e} (is the daemon running?)");
+                1
+            }
+        };
+    }
+    if cli.check {
+        for i in &config.instances {
+            println!(
+                "{}: {} vrid {} priority {} v{} advert_int {:.2}s {} [{}]",
+                i.name,
+                i.interface,
+                i.vrid,
+                i.priority,
+                i.version.number(),
+                i.advert_int.as_secs_f64(),
+                if i.unicast_peers.is_empty() {
+                    "multicast".to_string()
+                } else {
+                    format!("unicast to {:?}", i.unicast_peers)
+                },
+                i.vips
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        println!("configuration OK");
+        return 0;
+    }
+    let r = rt.block_on(async move {
+        let vrrp = crate::daemon::Vrrp::start(config).await?;
+        vrrp.run_until(shutdown_signal()).await
+    });
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: releasing virtual addresses (priority 0)"),
+        _ = int.recv() => tracing::info!("SIGINT: releasing virtual addresses (priority 0)"),
+    }
+}

@@ -1,0 +1,426 @@
+//! One running instance: the thin async shell around [`Machine`].
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant as TokioInstant;
+
+use crate::config::InstanceConfig;
+use crate::io::arp::Announcer;
+use crate::io::checks;
+use crate::io::netlink::{Net, NetError};
+use crate::io::socket::{RecvError, VrrpSocket};
+use crate::machine::{Action, Event, Machine, State};
+use crate::metrics::{unix_now, Counters, InstanceStatus};
+use crate::notify::{Hooks, Notifier};
+use crate::packet::{Advert, MCAST_V4, MCAST_V6};
+use crate::track::{health, LinkState, TrackState};
+
+/// Errors that stop an instance.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("instance {name}: {err}")]
+    Net { name: String, err: NetError },
+    #[error("instance {name}: cannot open the VRRP socket on {iface}: {err} (are you root / CAP_NET_RAW?)")]
+    Socket {
+        name: String,
+        iface: String,
+        err: std::io::Error,
+    },
+    #[error("instance {name}: interface {iface} has no {family} address to send from; add one or set unicast_src")]
+    NoSource {
+        name: String,
+        iface: String,
+        family: &'static str,
+    },
+    #[error("instance {name}: interface {iface} has no MAC address for gratuitous ARP")]
+    NoMac { name: String, iface: String },
+    #[error("admin endpoint {addr}: {err}")]
+    Admin {
+        addr: std::net::SocketAddr,
+        err: std::io::Error,
+    },
+    #[error("no tokio runtime: {0}")]
+    Runtime(String),
+}
+
+enum HealthMsg {
+    Track(usize, bool),
+    Link(usize, bool),
+}
+
+const LINK_POLL: Duration = Duration::from_millis(200);
+
+/// Pick the source address: `unicast_src`, else the first non-virtual address
+/// of the family on the interface (IPv6: a link-local one, as RFC 5798 requires).
+async fn source_address(cfg: &InstanceConfig, net: &Net, index: u32) -> Result<IpAddr, RunError> {
+    if let Some(s) = cfg.unicast_src {
+        return Ok(s);
+    }
+    let addrs = net.addresses(index).await.map_err(|err| RunError::Net {
+        name: cfg.name.clone(),
+        err,
+    })?;
+    addrs
+        .into_iter()
+        .map(|a| a.0)
+        .find(|a| {
+            !cfg.vips.iter().any(|v| v.addr == *a)
+                && match a {
+                    IpAddr::V4(_) => !cfg.ipv6,
+                    IpAddr::V6(v6) => cfg.ipv6 && (v6.segments()[0] & 0xffc0) == 0xfe80,
+                }
+        })
+        .ok_or(RunError::NoSource {
+            name: cfg.name.clone(),
+            iface: cfg.interface.clone(),
+            family: if cfg.ipv6 { "IPv6 link-local" } else { "IPv4" },
+        })
+}
+
+/// Run one instance until `shutdown` turns true, then resign (priority 0) and release.
+pub async fn run(
+    cfg: InstanceConfig,
+    net: Net,
+    status: watch::Sender<InstanceStatus>,
+    counters: Arc<Counters>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), RunError> {
+    let name = cfg.name.clone();
+    let nerr = |err| RunError::Net {
+        name: name.clone(),
+        err,
+    };
+    let link = net.link(&cfg.interface).await.map_err(nerr)?;
+    let src = source_address(&cfg, &net, link.index).await?;
+    // A node killed while master leaves its VIPs behind; never start holding them.
+    for v in &cfg.vips {
+        match net.del(link.index, *v).await {
+            Ok(true) => {
+                tracing::warn!(instance = %name, vip = %v, "removed a stale virtual address left from a previous run")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(instance = %name, vip = %v, error = %e, "cannot check for a stale virtual address")
+            }
+        }
+    }
+    let multicast = cfg.unicast_peers.is_empty();
+    let sock =
+        VrrpSocket::open(&cfg.interface, link.index, cfg.ipv6, multicast).map_err(|err| {
+            RunError::Socket {
+                name: name.clone(),
+                iface: cfg.interface.clone(),
+                err,
+            }
+        })?;
+    let mac = match link.mac {
+        Some(m) => m,
+        None if cfg.ipv6 => [0; 6],
+        None => {
+            return Err(RunError::NoMac {
+                name: name.clone(),
+                iface: cfg.interface.clone(),
+            })
+        }
+    };
+    let announcer = Announcer::open(&cfg.interface, link.index, mac, cfg.ipv6).map_err(|err| {
+        RunError::Socket {
+            name: name.clone(),
+            iface: cfg.interface.clone(),
+            err,
+        }
+    })?;
+    let dests: Vec<IpAddr> = if multicast {
+        vec![if cfg.ipv6 {
+            IpAddr::V6(MCAST_V6)
+        } else {
+            IpAddr::V4(MCAST_V4)
+        }]
+    } else {
+        cfg.unicast_peers.clone()
+    };
+    let vip_addrs: Vec<IpAddr> = cfg.vips.iter().map(|v| v.addr).collect();
+
+    // Health: one task per check, one link poller; results come back on a channel.
+    let (htx, mut hrx) = mpsc::channel::<HealthMsg>(64);
+    let mut tracks: Vec<TrackState> = cfg
+        .tracks
+        .iter()
+        .map(|t| TrackState::new(t.name.clone(), t.weight, t.fall, t.rise))
+        .collect();
+    let mut link_names = vec![cfg.interface.clone()];
+    for t in &cfg.track_interfaces {
+        if !link_names.contains(t) {
+            link_names.push(t.clone());
+        }
+    }
+    let mut links: Vec<LinkState> = Vec::new();
+    for l in &link_names {
+        let up = net.link(l).await.map(|i| i.up).unwrap_or(false);
+        links.push(LinkState {
+            name: l.clone(),
+            up,
+        });
+    }
+    let mut helpers = tokio::task::JoinSet::new();
+    for (i, t) in cfg.tracks.iter().cloned().enumerate() {
+        let tx = htx.clone();
+        helpers.spawn(async move {
+            let mut tick = tokio::time::interval(t.interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let ok = checks::probe(&t.kind, t.timeout).await;
+                if tx.send(HealthMsg::Track(i, ok)).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    {
+        let tx = htx.clone();
+        let net = net.clone();
+        let names = link_names.clone();
+        helpers.spawn(async move {
+            loop {
+                tokio::time::sleep(LINK_POLL).await;
+                for (i, l) in names.iter().enumerate() {
+                    let up = net.link(l).await.map(|i| i.up).unwrap_or(false);
+                    if tx.send(HealthMsg::Link(i, up)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    drop(htx);
+
+    let hooks = Hooks {
+        master: cfg.notify_master.clone(),
+        backup: cfg.notify_backup.clone(),
+        fault: cfg.notify_fault.clone(),
+        stop: cfg.notify_stop.clone(),
+        generic: cfg.notify.clone(),
+    };
+    let (notifier, notify_task) = Notifier::spawn(name.clone(), hooks);
+
+    let mut shell = Shell {
+        cfg: &cfg,
+        machine: Machine::new(cfg.machine_config(src)),
+        sock: &sock,
+        announcer: &announcer,
+        net: &net,
+        ifindex: link.index,
+        src,
+        dests,
+        vip_addrs,
+        counters: &counters,
+        status: &status,
+        notifier: &notifier,
+    };
+    tracing::info!(
+        instance = %name, interface = %cfg.interface, vrid = cfg.vrid, priority = cfg.priority,
+        version = ?cfg.version, source = %src, mode = if multicast { "multicast" } else { "unicast" },
+        "starting"
+    );
+    let (delta, fault) = health(&tracks, &links);
+    let now = std::time::Instant::now();
+    let _ = shell.machine.handle_event(
+        now,
+        Event::Health {
+            weight_delta: delta,
+            fault,
+        },
+    );
+    let _ = shell.machine.handle_event(now, Event::Startup);
+    shell.drain().await;
+
+    loop {
+        let deadline = shell.machine.poll_timeout();
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            _ = async {
+                match deadline {
+                    Some(t) => tokio::time::sleep_until(TokioInstant::from_std(t)).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                shell.machine.handle_timeout(std::time::Instant::now());
+            }
+            r = sock.recv() => shell.on_packet(r),
+            Some(m) = hrx.recv() => {
+                let changed = match m {
+                    HealthMsg::Track(i, ok) => tracks.get_mut(i).is_some_and(|t| t.record(ok)),
+                    HealthMsg::Link(i, up) => links.get_mut(i).is_some_and(|l| {
+                        let c = l.up != up;
+                        l.up = up;
+                        c
+                    }),
+                };
+                if changed {
+                    let (delta, fault) = health(&tracks, &links);
+                    tracing::info!(instance = %name, weight_delta = delta, fault = ?fault, "health changed");
+                    let _ = shell.machine.handle_event(std::time::Instant::now(), Event::Health { weight_delta: delta, fault });
+                    shell.publish(None);
+                }
+            }
+        }
+        shell.drain().await;
+    }
+    let _ = shell
+        .machine
+        .handle_event(std::time::Instant::now(), Event::Shutdown);
+    shell.drain().await;
+    notifier.notify("STOP", shell.machine.effective_priority());
+    helpers.shutdown().await;
+    drop(shell);
+    drop(notifier);
+    let _ = tokio::time::timeout(Duration::from_secs(10), notify_task).await;
+    tracing::info!(instance = %name, "stopped; virtual addresses released");
+    Ok(())
+}
+
+struct Shell<'a> {
+    cfg: &'a InstanceConfig,
+    machine: Machine,
+    sock: &'a VrrpSocket,
+    announcer: &'a Announcer,
+    net: &'a Net,
+    ifindex: u32,
+    src: IpAddr,
+    dests: Vec<IpAddr>,
+    vip_addrs: Vec<IpAddr>,
+    counters: &'a Counters,
+    status: &'a watch::Sender<InstanceStatus>,
+    notifier: &'a Notifier,
+}
+
+impl Shell<'_> {
+    fn on_packet(&mut self, r: Result<crate::io::socket::Received, RecvError>) {
+        let name = &self.cfg.name;
+        let p = match r {
+            Ok(p) => p,
+            Err(RecvError::Bad(e)) => {
+                self.counters.bad(e.reason());
+                tracing::debug!(instance = %name, error = %e, "malformed packet");
+                return;
+            }
+            Err(RecvError::Io(e)) => {
+                tracing::warn!(instance = %name, error = %e, "receive failed");
+                return;
+            }
+        };
+        if !self.cfg.unicast_peers.is_empty() && !self.cfg.unicast_peers.contains(&p.src) {
+            self.counters.bad("unknown_peer");
+            tracing::debug!(instance = %name, src = %p.src, "advert from an address not in unicast_peers");
+            return;
+        }
+        let adv = match Advert::decode(&p.payload, p.src, p.dst) {
+            Ok(a) => a,
+            Err(e) => {
+                self.counters.bad(e.reason());
+                tracing::debug!(instance = %name, src = %p.src, error = %e, "malformed advert");
+                return;
+            }
+        };
+        if adv.vrid != self.cfg.vrid {
+            // Another virtual router on the same link: not ours, not an error.
+            return;
+        }
+        match self.machine.handle_event(
+            std::time::Instant::now(),
+            Event::Advert {
+                src: p.src,
+                ttl: p.ttl,
+                advert: adv,
+            },
+        ) {
+            Ok(()) => Counters::inc(&self.counters.adverts_received),
+            Err(d) => {
+                self.counters.bad(d.reason());
+                tracing::debug!(instance = %name, src = %p.src, reason = %d, "advert dropped");
+            }
+        }
+    }
+
+    fn publish(&self, transition: Option<(State, String)>) {
+        let m = &self.machine;
+        self.status.send_modify(|s| {
+            s.effective_priority = m.effective_priority();
+            s.master = m.master_ip();
+            if let Some((st, reason)) = transition {
+                s.state = st;
+                s.reason = reason;
+                s.since = unix_now();
+                s.transitions += 1;
+            }
+        });
+    }
+
+    async fn drain(&mut self) {
+        while let Some(a) = self.machine.poll_action() {
+            match a {
+                Action::SendAdvert { priority } => {
+                    let adv = self.machine.advert(priority);
+                    for d in &self.dests {
+                        match adv.encode(self.src, *d) {
+                            Ok(bytes) => match self.sock.send(self.src, *d, &bytes).await {
+                                Ok(()) => Counters::inc(&self.counters.adverts_sent),
+                                Err(e) => {
+                                    Counters::inc(&self.counters.send_errors);
+                                    tracing::warn!(instance = %self.cfg.name, dst = %d, error = %e, "advert send failed");
+                                }
+                            },
+                            Err(e) => {
+                                tracing::error!(instance = %self.cfg.name, error = %e, "cannot encode advert")
+                            }
+                        }
+                    }
+                }
+                Action::AddAddresses => {
+                    for v in &self.cfg.vips {
+                        if let Err(e) = self.net.add(self.ifindex, *v).await {
+                            Counters::inc(&self.counters.netlink_errors);
+                            tracing::error!(instance = %self.cfg.name, vip = %v, error = %e, "cannot add virtual address");
+                        }
+                    }
+                }
+                Action::RemoveAddresses => {
+                    for v in &self.cfg.vips {
+                        if let Err(e) = self.net.del(self.ifindex, *v).await {
+                            Counters::inc(&self.counters.netlink_errors);
+                            tracing::error!(instance = %self.cfg.name, vip = %v, error = %e, "cannot remove virtual address");
+                        }
+                    }
+                }
+                Action::Announce { count } => match self.announcer.announce(&self.vip_addrs, count)
+                {
+                    Ok(n) => {
+                        self.counters
+                            .announcements_sent
+                            .fetch_add(u64::from(n), std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        Counters::inc(&self.counters.send_errors);
+                        tracing::warn!(instance = %self.cfg.name, error = %e, "gratuitous ARP/NA failed");
+                    }
+                },
+                Action::Transition { from, to, reason } => {
+                    tracing::info!(
+                        instance = %self.cfg.name, from = %from, to = %to,
+                        priority = self.machine.effective_priority(), "{from} -> {to}: {reason}"
+                    );
+                    if matches!(to, State::Master | State::Backup | State::Fault) {
+                        self.notifier
+                            .notify(to.as_str(), self.machine.effective_priority());
+                    }
+                    self.publish(Some((to, reason)));
+                }
+            }
+        }
+    }
+}

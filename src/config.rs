@@ -50,7 +50,12 @@ struct RawSync {
 
 impl Default for RawSync {
     fn default() -> Self {
-        RawSync { delete: true, delta_min_size: default_delta_min(), checksum: false, durable: true }
+        RawSync {
+            delete: true,
+            delta_min_size: default_delta_min(),
+            checksum: false,
+            durable: true,
+        }
     }
 }
 
@@ -95,9 +100,14 @@ pub struct Config {
 
 impl Config {
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
-        let err = |msg: String| ConfigError { file: file.display().to_string(), msg };
+        let err = |msg: String| ConfigError {
+            file: file.display().to_string(),
+            msg,
+        };
         let text = std::fs::read_to_string(file).map_err(|e| {
-            err(format!("cannot read the config file: {e}; pass an existing file with --config"))
+            err(format!(
+                "cannot read the config file: {e}; pass an existing file with --config"
+            ))
         })?;
         let raw: Raw = toml::from_str(&text).map_err(|e| {
             let m = e.message().to_string();
@@ -118,7 +128,13 @@ impl Config {
             err(format!("{m}{at}{hint}"))
         })?;
         let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
-        let abs = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+        let abs = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
 
         let export = abs(&raw.export);
         match std::fs::metadata(&export) {
@@ -136,8 +152,14 @@ impl Config {
                 )))
             }
         }
-        let export = export.canonicalize().map_err(|e| err(format!("export: {e}")))?;
-        let state_dir = raw.state_dir.as_deref().map(abs).unwrap_or_else(|| export.join(".syncd"));
+        let export = export
+            .canonicalize()
+            .map_err(|e| err(format!("export: {e}")))?;
+        let state_dir = raw
+            .state_dir
+            .as_deref()
+            .map(abs)
+            .unwrap_or_else(|| export.join(".syncd"));
 
         for (key, p) in [("cert", &raw.cert), ("key", &raw.key)] {
             let p = abs(p);
@@ -191,7 +213,9 @@ impl Config {
         }
         let node_id = raw.node_id.unwrap_or_else(hostname);
         if raw.sync.delta_min_size == 0 {
-            return Err(err("sync.delta_min_size: must be at least 1 (bytes); the default is 65536".into()));
+            return Err(err(
+                "sync.delta_min_size: must be at least 1 (bytes); the default is 65536".into(),
+            ));
         }
         Ok(Config {
             file: file.to_path_buf(),
@@ -215,7 +239,10 @@ impl Config {
     }
 
     fn err(&self, msg: String) -> ConfigError {
-        ConfigError { file: self.file.display().to_string(), msg }
+        ConfigError {
+            file: self.file.display().to_string(),
+            msg,
+        }
     }
 
     pub fn require_listen(&self) -> Result<SocketAddr, ConfigError> {
@@ -252,14 +279,18 @@ impl Config {
 }
 
 fn resolve(s: &str) -> Result<SocketAddr, String> {
-    let mut it = s
-        .to_socket_addrs()
-        .map_err(|e| format!("\"{s}\" is not a HOST:PORT address ({e}); write e.g. \"192.0.2.10:7400\""))?;
-    it.next().ok_or_else(|| format!("\"{s}\" resolves to no address"))
+    let mut it = s.to_socket_addrs().map_err(|e| {
+        format!("\"{s}\" is not a HOST:PORT address ({e}); write e.g. \"192.0.2.10:7400\"")
+    })?;
+    it.next()
+        .ok_or_else(|| format!("\"{s}\" resolves to no address"))
 }
 
 fn hostname() -> String {
-    rustix::system::uname().nodename().to_string_lossy().into_owned()
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
 }
 
 #[cfg(test)]
@@ -288,7 +319,11 @@ mod tests {
         assert!(c.sync.delete);
         assert_eq!(c.export_id, "default");
         assert!(c.state_dir.ends_with(".syncd"));
-        assert!(c.require_peer().unwrap_err().to_string().contains("peer: missing"));
+        assert!(c
+            .require_peer()
+            .unwrap_err()
+            .to_string()
+            .contains("peer: missing"));
     }
 
     #[test]
@@ -302,12 +337,21 @@ mod tests {
         let e = Config::load(&f).unwrap_err().to_string();
         assert!(e.contains("line 5"), "{e}");
         write(&f, &BASE.replace("\"export\"", "\"nope\""));
-        assert!(Config::load(&f).unwrap_err().to_string().contains("export: "));
+        assert!(Config::load(&f)
+            .unwrap_err()
+            .to_string()
+            .contains("export: "));
         write(&f, &BASE.replace("keys/node.key", "keys/missing.key"));
         let e = Config::load(&f).unwrap_err().to_string();
-        assert!(e.contains("key: cannot read") && e.contains("keygen"), "{e}");
+        assert!(
+            e.contains("key: cannot read") && e.contains("keygen"),
+            "{e}"
+        );
         write(&f, &format!("{BASE}listen = \"nohost\"\n"));
-        assert!(Config::load(&f).unwrap_err().to_string().contains("listen: "));
+        assert!(Config::load(&f)
+            .unwrap_err()
+            .to_string()
+            .contains("listen: "));
         write(&f, &format!("{BASE}[sync]\ndelete = \"yes\"\n"));
         assert!(Config::load(&f).unwrap_err().to_string().contains("line 6"));
     }

@@ -63,9 +63,17 @@ pub fn check_options(block: u32, strong: u32, size: u64) -> Result<(), DeltaErro
 }
 
 /// Signature of a base file, read window by window.
-pub fn signature(mut base: impl Read, size: u64, block: u32, strong: u32) -> Result<Vec<u8>, DeltaError> {
+pub fn signature(
+    mut base: impl Read,
+    size: u64,
+    block: u32,
+    strong: u32,
+) -> Result<Vec<u8>, DeltaError> {
     check_options(block, strong, size)?;
-    let opts = SignatureOptions { block_size: block, crypto_hash_size: strong };
+    let opts = SignatureOptions {
+        block_size: block,
+        crypto_hash_size: strong,
+    };
     let win = (WINDOW / block as usize).max(1) * block as usize;
     let mut buf = vec![0u8; win];
     let mut out: Vec<u8> = Vec::new();
@@ -143,8 +151,14 @@ impl Indexed<'_> {
 }
 
 /// Applies one segment against `base`, writing at most `limit` bytes to `out`.
-pub fn apply_segment(base: &[u8], segment: &[u8], out: &mut impl Write, limit: usize) -> Result<(), DeltaError> {
-    fast_rsync::apply_limited(base, segment, out, limit).map_err(|e| DeltaError::Apply(e.to_string()))
+pub fn apply_segment(
+    base: &[u8],
+    segment: &[u8],
+    out: &mut impl Write,
+    limit: usize,
+) -> Result<(), DeltaError> {
+    fast_rsync::apply_limited(base, segment, out, limit)
+        .map_err(|e| DeltaError::Apply(e.to_string()))
 }
 
 #[cfg(test)]
@@ -189,7 +203,13 @@ mod tests {
         let data = pseudo(10 << 20, 3);
         let (b, s) = options_for(data.len() as u64);
         let ours = signature(&data[..], data.len() as u64, b, s).unwrap();
-        let one = Signature::calculate(&data, SignatureOptions { block_size: b, crypto_hash_size: s });
+        let one = Signature::calculate(
+            &data,
+            SignatureOptions {
+                block_size: b,
+                crypto_hash_size: s,
+            },
+        );
         assert_eq!(ours, one.serialized());
     }
 

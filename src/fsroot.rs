@@ -37,12 +37,18 @@ fn resolve() -> ResolveFlags {
 }
 
 fn ts(sec: i64, nsec: u32) -> Timespec {
-    Timespec { tv_sec: sec, tv_nsec: nsec as _ }
+    Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec as _,
+    }
 }
 
 fn times(m: &Meta) -> Timestamps {
     let t = ts(m.mtime_sec, m.mtime_nsec);
-    Timestamps { last_access: t, last_modification: t }
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
 }
 
 /// A file being written in the staging area; removed on drop unless committed.
@@ -65,10 +71,18 @@ impl Root {
     /// Opens the export and its staging area (`state_dir/staging`, which must be
     /// on the same filesystem), removing staging leftovers from a crash.
     pub fn open(export: &Path, state_dir: &Path) -> io::Result<Root> {
-        let dir = rustix::fs::open(export, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let dir = rustix::fs::open(
+            export,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
         let sp = state_dir.join(STAGING);
         std::fs::create_dir_all(&sp)?;
-        let staging = rustix::fs::open(&sp, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let staging = rustix::fs::open(
+            &sp,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
         let a = rustix::fs::fstat(&dir)?;
         let b = rustix::fs::fstat(&staging)?;
         if a.st_dev != b.st_dev {
@@ -86,7 +100,10 @@ impl Root {
         };
         let n = root.clean_staging()?;
         if n > 0 {
-            tracing::info!(files = n, "removed leftover staging files from an interrupted transfer");
+            tracing::info!(
+                files = n,
+                "removed leftover staging files from an interrupted transfer"
+            );
         }
         Ok(root)
     }
@@ -115,7 +132,13 @@ impl Root {
     /// Opens a directory beneath the root (empty = the root itself).
     pub fn open_dir(&self, rel: &[u8]) -> io::Result<OwnedFd> {
         let p = if rel.is_empty() { os(b".") } else { os(rel) };
-        Ok(rustix::fs::openat2(&self.dir, p, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty(), resolve())?)
+        Ok(rustix::fs::openat2(
+            &self.dir,
+            p,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            resolve(),
+        )?)
     }
 
     fn parent(&self, p: &RelPath) -> io::Result<(OwnedFd, Vec<u8>)> {
@@ -125,7 +148,13 @@ impl Root {
 
     /// Opens an existing regular file for reading (delta base, signature).
     pub fn open_file(&self, p: &RelPath) -> io::Result<File> {
-        let fd = rustix::fs::openat2(&self.dir, os(p.as_bytes()), OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty(), resolve())?;
+        let fd = rustix::fs::openat2(
+            &self.dir,
+            os(p.as_bytes()),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            resolve(),
+        )?;
         let f = File::from(fd);
         if !f.metadata()?.is_file() {
             return Err(io::Error::other("not a regular file"));
@@ -134,14 +163,23 @@ impl Root {
     }
 
     pub fn stage(&self) -> io::Result<Staged<'_>> {
-        let name = format!("{}.{}.tmp", std::process::id(), self.seq.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "{}.{}.tmp",
+            std::process::id(),
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        );
         let fd = rustix::fs::openat(
             &self.staging,
             name.as_str(),
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
         )?;
-        Ok(Staged { root: self, name, file: File::from(fd), done: false })
+        Ok(Staged {
+            root: self,
+            name,
+            file: File::from(fd),
+            done: false,
+        })
     }
 
     /// Applies metadata to a staged file and renames it over `p`.
@@ -164,7 +202,11 @@ impl Root {
         let (pd, name) = self.parent(p)?;
         match rustix::fs::renameat(&self.staging, staged, &pd, os(&name)) {
             Ok(()) => Ok(()),
-            Err(e) if e == rustix::io::Errno::ISDIR || e == rustix::io::Errno::NOTEMPTY || e == rustix::io::Errno::EXIST => {
+            Err(e)
+                if e == rustix::io::Errno::ISDIR
+                    || e == rustix::io::Errno::NOTEMPTY
+                    || e == rustix::io::Errno::EXIST =>
+            {
                 remove_any(&pd, &name)?;
                 Ok(rustix::fs::renameat(&self.staging, staged, &pd, os(&name))?)
             }
@@ -178,11 +220,17 @@ impl Root {
             Ok(()) => Ok(()),
             Err(rustix::io::Errno::EXIST) => {
                 let st = rustix::fs::statat(&pd, os(&name), AtFlags::SYMLINK_NOFOLLOW)?;
-                if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory {
+                if rustix::fs::FileType::from_raw_mode(st.st_mode)
+                    == rustix::fs::FileType::Directory
+                {
                     Ok(())
                 } else {
                     rustix::fs::unlinkat(&pd, os(&name), AtFlags::empty())?;
-                    Ok(rustix::fs::mkdirat(&pd, os(&name), Mode::from_raw_mode(0o700))?)
+                    Ok(rustix::fs::mkdirat(
+                        &pd,
+                        os(&name),
+                        Mode::from_raw_mode(0o700),
+                    )?)
                 }
             }
             Err(e) => Err(e.into()),
@@ -202,13 +250,28 @@ impl Root {
     }
 
     pub fn symlink(&self, p: &RelPath, target: &[u8], meta: &Meta) -> io::Result<()> {
-        let name = format!("{}.{}.lnk", std::process::id(), self.seq.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "{}.{}.lnk",
+            std::process::id(),
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        );
         rustix::fs::symlinkat(os(target), &self.staging, name.as_str())?;
         let r = (|| {
             if self.is_root_user {
-                rustix::fs::chownat(&self.staging, name.as_str(), Some(uid(meta.uid)), Some(gid(meta.gid)), AtFlags::SYMLINK_NOFOLLOW)?;
+                rustix::fs::chownat(
+                    &self.staging,
+                    name.as_str(),
+                    Some(uid(meta.uid)),
+                    Some(gid(meta.gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )?;
             }
-            rustix::fs::utimensat(&self.staging, name.as_str(), &times(meta), AtFlags::SYMLINK_NOFOLLOW)?;
+            rustix::fs::utimensat(
+                &self.staging,
+                name.as_str(),
+                &times(meta),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )?;
             self.place(&name, p)
         })();
         if r.is_err() {
@@ -220,8 +283,18 @@ impl Root {
     /// Makes `p` another name of `leader` (atomically replacing `p`).
     pub fn link(&self, p: &RelPath, leader: &RelPath) -> io::Result<()> {
         let (ld, lname) = self.parent(leader)?;
-        let name = format!("{}.{}.lnk", std::process::id(), self.seq.fetch_add(1, Ordering::Relaxed));
-        rustix::fs::linkat(&ld, os(&lname), &self.staging, name.as_str(), AtFlags::empty())?;
+        let name = format!(
+            "{}.{}.lnk",
+            std::process::id(),
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        );
+        rustix::fs::linkat(
+            &ld,
+            os(&lname),
+            &self.staging,
+            name.as_str(),
+            AtFlags::empty(),
+        )?;
         let r = self.place(&name, p);
         if r.is_err() {
             let _ = rustix::fs::unlinkat(&self.staging, name.as_str(), AtFlags::empty());
@@ -234,13 +307,25 @@ impl Root {
     pub fn set_meta(&self, p: &RelPath, meta: &Meta) -> io::Result<()> {
         let (pd, name) = self.parent(p)?;
         let st = rustix::fs::statat(&pd, os(&name), AtFlags::SYMLINK_NOFOLLOW)?;
-        let is_link = rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink;
+        let is_link =
+            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink;
         if self.is_root_user {
-            rustix::fs::chownat(&pd, os(&name), Some(uid(meta.uid)), Some(gid(meta.gid)), AtFlags::SYMLINK_NOFOLLOW)?;
+            rustix::fs::chownat(
+                &pd,
+                os(&name),
+                Some(uid(meta.uid)),
+                Some(gid(meta.gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )?;
         }
         if !is_link {
             // chmod follows symlinks, so it is only applied to non-links.
-            rustix::fs::chmodat(&pd, os(&name), Mode::from_raw_mode(meta.mode), AtFlags::empty())?;
+            rustix::fs::chmodat(
+                &pd,
+                os(&name),
+                Mode::from_raw_mode(meta.mode),
+                AtFlags::empty(),
+            )?;
         }
         rustix::fs::utimensat(&pd, os(&name), &times(meta), AtFlags::SYMLINK_NOFOLLOW)?;
         Ok(())
@@ -268,7 +353,12 @@ fn remove_any(dir: &impl AsFd, name: &[u8]) -> io::Result<()> {
         Err(rustix::io::Errno::ISDIR) | Err(rustix::io::Errno::PERM) => {}
         Err(e) => return Err(e.into()),
     }
-    let sub = rustix::fs::openat(dir, os(name), OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+    let sub = rustix::fs::openat(
+        dir,
+        os(name),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
     let mut names = Vec::new();
     for e in rustix::fs::Dir::read_from(&sub)? {
         let e = e?;
@@ -289,7 +379,13 @@ mod tests {
     use std::io::Write;
 
     fn meta() -> Meta {
-        Meta { mode: 0o640, uid: 0, gid: 0, mtime_sec: 1_000_000_000, mtime_nsec: 123_456_789 }
+        Meta {
+            mode: 0o640,
+            uid: 0,
+            gid: 0,
+            mtime_sec: 1_000_000_000,
+            mtime_nsec: 123_456_789,
+        }
     }
 
     fn rp(s: &str) -> RelPath {
@@ -312,11 +408,21 @@ mod tests {
         assert_eq!(m.mtime_nsec(), 123_456_789);
         // A dropped stage leaves nothing behind.
         drop(root.stage().unwrap());
-        assert_eq!(std::fs::read_dir(ex.join(".syncd/staging")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(ex.join(".syncd/staging"))
+                .unwrap()
+                .count(),
+            0
+        );
         // Leftovers from a "crash" are removed at open.
         std::fs::write(ex.join(".syncd/staging/old.tmp"), b"x").unwrap();
         Root::open(&ex, &ex.join(".syncd")).unwrap();
-        assert_eq!(std::fs::read_dir(ex.join(".syncd/staging")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(ex.join(".syncd/staging"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 
     #[test]
@@ -327,7 +433,8 @@ mod tests {
         std::fs::create_dir(&ex).unwrap();
         std::fs::create_dir(&outside).unwrap();
         let root = Root::open(&ex, &ex.join(".syncd")).unwrap();
-        root.symlink(&rp("evil"), outside.as_os_str().as_bytes(), &meta()).unwrap();
+        root.symlink(&rp("evil"), outside.as_os_str().as_bytes(), &meta())
+            .unwrap();
         let s = root.stage().unwrap();
         assert!(root.commit(s, &rp("evil/pwned"), &meta()).is_err());
         assert!(root.mkdir(&rp("evil/dir")).is_err());

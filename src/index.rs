@@ -58,7 +58,11 @@ impl Index {
             })
             .map(|v| v.into_iter().map(|(k, s, h)| (k, (s, h))).collect())
             .unwrap_or_default();
-        Index { map, path: path.to_path_buf(), dirty: false }
+        Index {
+            map,
+            path: path.to_path_buf(),
+            dirty: false,
+        }
     }
 
     pub fn get(&self, key: &[u8], now: &Stamp) -> Option<Hash> {
@@ -102,7 +106,8 @@ impl Index {
         if let Some(d) = self.path.parent() {
             std::fs::create_dir_all(d).map_err(err)?;
         }
-        let v: Vec<(&Vec<u8>, &Stamp, &Hash)> = self.map.iter().map(|(k, (s, h))| (k, s, h)).collect();
+        let v: Vec<(&Vec<u8>, &Stamp, &Hash)> =
+            self.map.iter().map(|(k, (s, h))| (k, s, h)).collect();
         let mut bytes = MAGIC.to_vec();
         bytes = postcard::to_extend(&v, bytes).map_err(|e| err(std::io::Error::other(e)))?;
         let tmp = self.path.with_extension("tmp");
@@ -124,7 +129,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("s/index.bin");
         let mut ix = Index::load(&p);
-        let s = Stamp { size: 1, mtime: (2, 3), ctime: (4, 5), ino: 6 };
+        let s = Stamp {
+            size: 1,
+            mtime: (2, 3),
+            ctime: (4, 5),
+            ino: 6,
+        };
         ix.insert(b"a".to_vec(), s, [7; 32]);
         ix.save().unwrap();
         let ix = Index::load(&p);

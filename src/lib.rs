@@ -3,11 +3,16 @@
 //! Data flow and the reasons behind it are in DESIGN.md; each module holds one
 //! piece of it.
 
+pub mod client;
 pub mod config;
 pub mod delta;
+pub mod demo;
 pub mod fsroot;
 pub mod index;
 pub mod path;
+pub mod plan;
+pub mod primary;
 pub mod scan;
+pub mod standby;
 pub mod tls;
 pub mod wire;

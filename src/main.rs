@@ -1,1 +1,258 @@
-fn main() {}
+//! The `syncd` command line: the only place that uses `anyhow`.
+
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use syncd::client::{self, ResyncOptions};
+use syncd::config::Config;
+use syncd::standby::Standby;
+
+#[derive(Parser)]
+#[command(
+    name = "syncd",
+    version,
+    about = "Replication for a primary/standby pair: QUIC + mutual TLS, rsync deltas, atomic apply"
+)]
+struct Cli {
+    /// Run as a daemon in this role.
+    #[arg(long, value_enum)]
+    role: Option<Role>,
+    /// Configuration file (TOML); see contrib/syncd.example.toml.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// Validate the configuration (and that ports can be bound) and exit.
+    #[arg(long, global = true)]
+    check: bool,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "human", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum Role {
+    Primary,
+    Standby,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create this node's certificate and key for mutual TLS; prints the fingerprint.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+        /// Name in the certificate (defaults to the host name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// One-shot: make the standby equal to this primary, print a summary, exit.
+    Resync {
+        /// Show what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Compare file contents by BLAKE3 instead of size and mtime.
+        #[arg(long)]
+        checksum: bool,
+        /// Delete what the primary no longer has (default).
+        #[arg(long, overrides_with = "no_delete")]
+        delete: bool,
+        /// Keep files on the standby that the primary does not have.
+        #[arg(long)]
+        no_delete: bool,
+    },
+    /// Compare both trees by content and metadata; change nothing. Exit 0 iff equal.
+    Verify,
+    /// Self-contained demo on loopback: generated tree, certificates, a standby, a resync.
+    Demo {
+        /// Where to put the demo (default: a new temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Number of small files to generate.
+        #[arg(long, default_value_t = 2000)]
+        files: usize,
+    },
+    /// VRRP failover (keepalived replacement); see crates/vrrp/README.md.
+    #[command(disable_help_flag = true)]
+    Vrrp {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+fn init_logs(f: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SYNCD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match f {
+        LogFormat::Human => b.try_init(),
+        LogFormat::Json => b.json().try_init(),
+    };
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Cmd::Vrrp { args }) = cli.cmd {
+        let mut a = args;
+        if let Some(c) = &cli.config {
+            a.insert(0, c.clone().into_os_string());
+            a.insert(0, "--config".into());
+        }
+        if cli.check {
+            a.insert(0, "--check".into());
+        }
+        return ExitCode::from(syncd_vrrp::cli_main(a).clamp(0, 255) as u8);
+    }
+    init_logs(cli.log_format);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("syncd: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn load(cli_config: &Option<PathBuf>) -> Result<Config> {
+    let Some(p) = cli_config else {
+        bail!("--config FILE is required (see contrib/syncd.example.toml)")
+    };
+    Ok(Config::load(p)?)
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Some(Cmd::Keygen { out, name }) => {
+            let name = name.unwrap_or_else(|| {
+                rustix::system::uname()
+                    .nodename()
+                    .to_string_lossy()
+                    .into_owned()
+            });
+            let fp = syncd::tls::keygen(&out, &name)?;
+            println!("wrote {0}/node.crt and {0}/node.key", out.display());
+            println!("fingerprint {fp}");
+            println!("give the peer node.crt (peer_cert) or this fingerprint (peer_fingerprint)");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Cmd::Resync {
+            dry_run,
+            checksum,
+            delete: _,
+            no_delete,
+        }) => {
+            let cfg = load(&cli.config)?;
+            cfg.require_peer()?;
+            if cli.check {
+                println!("config OK: {}", cfg.file.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            let o = ResyncOptions {
+                dry_run,
+                checksum: checksum || cfg.sync.checksum,
+                delete: if no_delete { false } else { cfg.sync.delete },
+                progress: std::io::stderr().is_terminal(),
+            };
+            let sum = runtime()?.block_on(client::resync(&cfg, &o))?;
+            println!("{sum}");
+            Ok(if sum.failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Some(Cmd::Verify) => {
+            let cfg = load(&cli.config)?;
+            cfg.require_peer()?;
+            if cli.check {
+                println!("config OK: {}", cfg.file.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            let diffs = runtime()?.block_on(client::verify(&cfg))?;
+            if diffs.is_empty() {
+                println!(
+                    "equal: primary {} and standby {} match",
+                    cfg.export.display(),
+                    cfg.peer.map(|p| p.to_string()).unwrap_or_default()
+                );
+                Ok(ExitCode::SUCCESS)
+            } else {
+                for d in &diffs {
+                    println!("{}: {}", d.path, d.what);
+                }
+                println!("{} difference(s)", diffs.len());
+                Ok(ExitCode::from(1))
+            }
+        }
+        Some(Cmd::Demo { dir, files }) => {
+            syncd::demo::run(dir, files)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Cmd::Vrrp { .. }) => unreachable!("handled before logging is set up"),
+        None => match cli.role {
+            Some(Role::Standby) => {
+                let cfg = load(&cli.config)?;
+                cfg.require_listen()?;
+                if cli.check {
+                    cfg.check_ports()?;
+                    println!("config OK: {}", cfg.file.display());
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let rt = runtime()?;
+                rt.block_on(async {
+                    let s = Standby::bind(cfg)?;
+                    s.run(shutdown_signal()).await;
+                    anyhow::Ok(())
+                })?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Some(Role::Primary) => {
+                let cfg = load(&cli.config)?;
+                cfg.require_peer()?;
+                if cli.check {
+                    cfg.check_ports()?;
+                    println!("config OK: {}", cfg.file.display());
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let rt = runtime()?;
+                rt.block_on(syncd::primary::run(cfg, shutdown_signal()))?;
+                Ok(ExitCode::SUCCESS)
+            }
+            None => {
+                bail!("nothing to do: pass --role primary|standby, or a command (see --help)")
+            }
+        },
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: shutting down"),
+    }
+}

@@ -211,10 +211,19 @@ mod tests {
     #[test]
     fn rejects_escapes() {
         assert_eq!(RelPath::new(b"".to_vec()), Err(PathError::Empty));
-        assert_eq!(RelPath::new(b"/etc/passwd".to_vec()), Err(PathError::Absolute));
+        assert_eq!(
+            RelPath::new(b"/etc/passwd".to_vec()),
+            Err(PathError::Absolute)
+        );
         assert_eq!(RelPath::new(b"../x".to_vec()), Err(PathError::BadComponent));
-        assert_eq!(RelPath::new(b"a/../../x".to_vec()), Err(PathError::BadComponent));
-        assert_eq!(RelPath::new(b"a/./x".to_vec()), Err(PathError::BadComponent));
+        assert_eq!(
+            RelPath::new(b"a/../../x".to_vec()),
+            Err(PathError::BadComponent)
+        );
+        assert_eq!(
+            RelPath::new(b"a/./x".to_vec()),
+            Err(PathError::BadComponent)
+        );
         assert_eq!(RelPath::new(b"a//x".to_vec()), Err(PathError::BadComponent));
         assert_eq!(RelPath::new(b"a/".to_vec()), Err(PathError::BadComponent));
         assert_eq!(RelPath::new(b"a\0b".to_vec()), Err(PathError::Nul));

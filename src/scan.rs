@@ -85,7 +85,11 @@ pub fn scan(root: &Path, index: &mut Index, hash: bool, force: bool) -> std::io:
         };
         let m = match e.metadata() {
             Ok(m) => m,
-            Err(err) if err.io_error().map(|io| io.kind()) == Some(std::io::ErrorKind::NotFound) => continue,
+            Err(err)
+                if err.io_error().map(|io| io.kind()) == Some(std::io::ErrorKind::NotFound) =>
+            {
+                continue
+            }
             Err(err) => return Err(std::io::Error::other(err)),
         };
         let ft = m.file_type();
@@ -93,15 +97,25 @@ pub fn scan(root: &Path, index: &mut Index, hash: bool, force: bool) -> std::io:
             Kind::Dir
         } else if ft.is_symlink() {
             match std::fs::read_link(e.path()) {
-                Ok(t) => Kind::Symlink { target: t.as_os_str().as_bytes().to_vec() },
+                Ok(t) => Kind::Symlink {
+                    target: t.as_os_str().as_bytes().to_vec(),
+                },
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(err) => return Err(err),
             }
         } else if ft.is_file() {
-            let leader = (m.nlink() > 1).then(|| leaders.entry((m.dev(), m.ino())).or_insert_with(|| path.clone()).clone());
+            let leader = (m.nlink() > 1).then(|| {
+                leaders
+                    .entry((m.dev(), m.ino()))
+                    .or_insert_with(|| path.clone())
+                    .clone()
+            });
             match leader {
                 Some(l) if l != path => Kind::HardLink { leader: l },
-                _ => Kind::File { size: m.size(), hash: None },
+                _ => Kind::File {
+                    size: m.size(),
+                    hash: None,
+                },
             }
         } else {
             let what = if ft.is_fifo() {
@@ -117,10 +131,16 @@ pub fn scan(root: &Path, index: &mut Index, hash: bool, force: bool) -> std::io:
         };
         let is_file = matches!(kind, Kind::File { .. });
         stamps.push(is_file.then(|| (e.path().to_path_buf(), Stamp::of(&m))));
-        out.entries.push(Entry { path, kind, meta: meta_of(&m), ino: m.ino() });
+        out.entries.push(Entry {
+            path,
+            kind,
+            meta: meta_of(&m),
+            ino: m.ino(),
+        });
     }
     // Forget paths that are gone so the index does not grow forever.
-    let live: std::collections::HashSet<&[u8]> = out.entries.iter().map(|e| e.path.as_bytes()).collect();
+    let live: std::collections::HashSet<&[u8]> =
+        out.entries.iter().map(|e| e.path.as_bytes()).collect();
     index.retain(|k| live.contains(k));
     if hash {
         hash_entries(&mut out, &stamps, index, force)?;
@@ -128,7 +148,12 @@ pub fn scan(root: &Path, index: &mut Index, hash: bool, force: bool) -> std::io:
     Ok(out)
 }
 
-fn hash_entries(out: &mut Scan, stamps: &[Option<(PathBuf, Stamp)>], index: &mut Index, force: bool) -> std::io::Result<()> {
+fn hash_entries(
+    out: &mut Scan,
+    stamps: &[Option<(PathBuf, Stamp)>],
+    index: &mut Index,
+    force: bool,
+) -> std::io::Result<()> {
     let mut todo = Vec::new();
     for (i, e) in out.entries.iter_mut().enumerate() {
         if let (Kind::File { hash, .. }, Some((_, st))) = (&mut e.kind, &stamps[i]) {
@@ -138,7 +163,10 @@ fn hash_entries(out: &mut Scan, stamps: &[Option<(PathBuf, Stamp)>], index: &mut
             }
         }
     }
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .min(8);
     let chunk = todo.len().div_ceil(threads).max(1);
     let results: Vec<Vec<(usize, std::io::Result<Hash>)>> = std::thread::scope(|s| {
         let hs: Vec<_> = todo
@@ -146,12 +174,21 @@ fn hash_entries(out: &mut Scan, stamps: &[Option<(PathBuf, Stamp)>], index: &mut
             .map(|part| {
                 s.spawn(move || {
                     part.iter()
-                        .map(|&i| (i, hash_file(&stamps[i].as_ref().map(|x| x.0.clone()).unwrap_or_default())))
+                        .map(|&i| {
+                            (
+                                i,
+                                hash_file(
+                                    &stamps[i].as_ref().map(|x| x.0.clone()).unwrap_or_default(),
+                                ),
+                            )
+                        })
                         .collect()
                 })
             })
             .collect();
-        hs.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
     });
     let mut vanished = Vec::new();
     for (i, r) in results.into_iter().flatten() {
@@ -190,13 +227,22 @@ mod tests {
         std::os::unix::fs::symlink("../nowhere", r.join("a/l")).unwrap();
         std::fs::create_dir(r.join(".syncd")).unwrap();
         std::fs::write(r.join(".syncd/x"), b"no").unwrap();
-        rustix::fs::mknodat(rustix::fs::CWD, r.join("fifo"), rustix::fs::FileType::Fifo, rustix::fs::Mode::from(0o644), 0).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            r.join("fifo"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from(0o644),
+            0,
+        )
+        .unwrap();
         let mut ix = Index::default();
         let s = scan(r, &mut ix, true, false).unwrap();
         let names: Vec<_> = s.entries.iter().map(|e| e.path.to_string()).collect();
         assert_eq!(names, ["a", "a/empty", "a/f", "a/l", "g"]);
         assert_eq!(s.skipped.len(), 1);
-        assert!(matches!(&s.entries[4].kind, Kind::HardLink { leader } if leader.to_string() == "a/f"));
+        assert!(
+            matches!(&s.entries[4].kind, Kind::HardLink { leader } if leader.to_string() == "a/f")
+        );
         assert!(matches!(&s.entries[3].kind, Kind::Symlink { target } if target == b"../nowhere"));
         assert_eq!(s.hashed_bytes, 5);
         // Second scan takes hashes from the index.

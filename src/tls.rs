@@ -65,7 +65,12 @@ impl fmt::Debug for Fingerprint {
 impl FromStr for Fingerprint {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let hex: String = s.trim().trim_start_matches("sha256:").chars().filter(|c| *c != ':').collect();
+        let hex: String = s
+            .trim()
+            .trim_start_matches("sha256:")
+            .chars()
+            .filter(|c| *c != ':')
+            .collect();
         if hex.len() != 64 {
             return Err(format!("\"{s}\" is not a SHA-256 fingerprint; expected \"sha256:\" and 64 hex digits as printed by `syncd keygen`"));
         }
@@ -81,7 +86,10 @@ impl FromStr for Fingerprint {
 /// Writes `node.crt` and `node.key` (mode 0600) into `dir` and returns the fingerprint.
 pub fn keygen(dir: &Path, name: &str) -> Result<Fingerprint, TlsError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let ferr = |p: &Path, e: std::io::Error| TlsError::File { path: p.display().to_string(), msg: e.to_string() };
+    let ferr = |p: &Path, e: std::io::Error| TlsError::File {
+        path: p.display().to_string(),
+        msg: e.to_string(),
+    };
     std::fs::create_dir_all(dir).map_err(|e| ferr(dir, e))?;
     let ck = rcgen::generate_simple_self_signed(vec![name.to_string()])?;
     let crt = dir.join("node.crt");
@@ -90,7 +98,8 @@ pub fn keygen(dir: &Path, name: &str) -> Result<Fingerprint, TlsError> {
         if p.exists() {
             return Err(TlsError::File {
                 path: p.display().to_string(),
-                msg: "already exists; refusing to overwrite a node identity (remove it first)".into(),
+                msg: "already exists; refusing to overwrite a node identity (remove it first)"
+                    .into(),
             });
         }
     }
@@ -100,7 +109,8 @@ pub fn keygen(dir: &Path, name: &str) -> Result<Fingerprint, TlsError> {
         .mode(0o600)
         .open(&key)
         .map_err(|e| ferr(&key, e))?;
-    std::io::Write::write_all(&mut f, ck.key_pair.serialize_pem().as_bytes()).map_err(|e| ferr(&key, e))?;
+    std::io::Write::write_all(&mut f, ck.key_pair.serialize_pem().as_bytes())
+        .map_err(|e| ferr(&key, e))?;
     std::fs::write(&crt, ck.cert.pem()).map_err(|e| ferr(&crt, e))?;
     Ok(Fingerprint::of(ck.cert.der()))
 }
@@ -148,16 +158,28 @@ impl Pinned {
         }
     }
 
-    fn v12(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn v12(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         verify_tls12_signature(m, c, d, &self.provider.signature_verification_algorithms)
     }
 
-    fn v13(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn v13(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         verify_tls13_signature(m, c, d, &self.provider.signature_verification_algorithms)
     }
 
     fn schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -170,12 +192,23 @@ impl ServerCertVerifier for Pinned {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.check(end_entity, "standby").map(|_| ServerCertVerified::assertion())
+        self.check(end_entity, "standby")
+            .map(|_| ServerCertVerified::assertion())
     }
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.v12(m, c, d)
     }
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.v13(m, c, d)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -193,12 +226,23 @@ impl ClientCertVerifier for Pinned {
         _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.check(end_entity, "primary").map(|_| ClientCertVerified::assertion())
+        self.check(end_entity, "primary")
+            .map(|_| ClientCertVerified::assertion())
     }
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.v12(m, c, d)
     }
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.v13(m, c, d)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -219,7 +263,11 @@ impl Identity {
             PeerPin::Cert(p) => cert_fingerprint(p)?,
             PeerPin::Fingerprint(f) => *f,
         };
-        Ok(Identity { cert: load_cert(&c.cert)?, key: load_key(&c.key)?, peer })
+        Ok(Identity {
+            cert: load_cert(&c.cert)?,
+            key: load_key(&c.key)?,
+            peer,
+        })
     }
 }
 
@@ -241,13 +289,17 @@ fn transport() -> Arc<quinn::TransportConfig> {
 
 pub fn server_config(id: &Identity) -> Result<quinn::ServerConfig, TlsError> {
     let p = provider();
-    let verifier = Arc::new(Pinned { pin: id.peer, provider: p.clone() });
+    let verifier = Arc::new(Pinned {
+        pin: id.peer,
+        provider: p.clone(),
+    });
     let mut tls = rustls::ServerConfig::builder_with_provider(p)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![id.cert.clone()], id.key.clone_key())?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let q = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let q = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(q));
     sc.transport_config(transport());
     Ok(sc)
@@ -255,14 +307,18 @@ pub fn server_config(id: &Identity) -> Result<quinn::ServerConfig, TlsError> {
 
 pub fn client_config(id: &Identity) -> Result<quinn::ClientConfig, TlsError> {
     let p = provider();
-    let verifier = Arc::new(Pinned { pin: id.peer, provider: p.clone() });
+    let verifier = Arc::new(Pinned {
+        pin: id.peer,
+        provider: p.clone(),
+    });
     let mut tls = rustls::ClientConfig::builder_with_provider(p)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(vec![id.cert.clone()], id.key.clone_key())?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let q = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let q = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut cc = quinn::ClientConfig::new(Arc::new(q));
     cc.transport_config(transport());
     Ok(cc)
@@ -277,7 +333,9 @@ mod tests {
         let f = Fingerprint::of(b"x");
         assert_eq!(f.to_string().parse::<Fingerprint>().unwrap(), f);
         assert!("sha256:zz".parse::<Fingerprint>().is_err());
-        assert!(format!("sha256:{}", "g".repeat(64)).parse::<Fingerprint>().is_err());
+        assert!(format!("sha256:{}", "g".repeat(64))
+            .parse::<Fingerprint>()
+            .is_err());
     }
 
     #[test]
@@ -286,7 +344,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let f = keygen(d.path(), "n").unwrap();
         assert_eq!(cert_fingerprint(&d.path().join("node.crt")).unwrap(), f);
-        let mode = std::fs::metadata(d.path().join("node.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(d.path().join("node.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(keygen(d.path(), "n").is_err());
         load_key(&d.path().join("node.key")).unwrap();

@@ -37,11 +37,18 @@ pub struct Meta {
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Kind {
-    File { size: u64, hash: Option<Hash> },
+    File {
+        size: u64,
+        hash: Option<Hash>,
+    },
     Dir,
-    Symlink { target: Vec<u8> },
+    Symlink {
+        target: Vec<u8>,
+    },
     /// Another name for the regular file `leader` (same inode on the primary).
-    HardLink { leader: RelPath },
+    HardLink {
+        leader: RelPath,
+    },
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -80,21 +87,62 @@ pub enum Request {
         purpose: Purpose,
     },
     /// Ask for the standby's manifest; `checksum` forces content hashes.
-    List { checksum: bool },
-    Mkdir { path: RelPath, meta: Meta },
-    Delete { path: RelPath },
-    Symlink { path: RelPath, target: Vec<u8>, meta: Meta },
-    Link { path: RelPath, leader: RelPath },
-    SetMeta { path: RelPath, meta: Meta },
-    SigRequest { id: u64, path: RelPath, block_size: u32, strong_len: u32 },
-    FileBegin { id: u64, path: RelPath, meta: Meta, size: u64, encoding: Encoding },
-    FileData { id: u64, data: Vec<u8> },
-    DeltaSegment { id: u64, data: Vec<u8> },
-    FileEnd { id: u64, hash: Hash },
+    List {
+        checksum: bool,
+    },
+    Mkdir {
+        path: RelPath,
+        meta: Meta,
+    },
+    Delete {
+        path: RelPath,
+    },
+    Symlink {
+        path: RelPath,
+        target: Vec<u8>,
+        meta: Meta,
+    },
+    Link {
+        path: RelPath,
+        leader: RelPath,
+    },
+    SetMeta {
+        path: RelPath,
+        meta: Meta,
+    },
+    SigRequest {
+        id: u64,
+        path: RelPath,
+        block_size: u32,
+        strong_len: u32,
+    },
+    FileBegin {
+        id: u64,
+        path: RelPath,
+        meta: Meta,
+        size: u64,
+        encoding: Encoding,
+    },
+    FileData {
+        id: u64,
+        data: Vec<u8>,
+    },
+    DeltaSegment {
+        id: u64,
+        data: Vec<u8>,
+    },
+    FileEnd {
+        id: u64,
+        hash: Hash,
+    },
     /// The source changed or vanished while being read: drop what was sent.
-    FileAbort { id: u64 },
+    FileAbort {
+        id: u64,
+    },
     /// Finish all outstanding work, then report failures since the last barrier.
-    Barrier { id: u64 },
+    Barrier {
+        id: u64,
+    },
     /// Make everything durable and close the session.
     Finish,
 }
@@ -110,17 +158,36 @@ pub struct Failure {
 /// Standby → primary.
 #[derive(Serialize, Deserialize, Debug)]
 pub enum Reply {
-    Welcome { version: u32, node_id: String },
-    Refused { reason: String },
-    ListChunk { entries: Vec<Entry> },
+    Welcome {
+        version: u32,
+        node_id: String,
+    },
+    Refused {
+        reason: String,
+    },
+    ListChunk {
+        entries: Vec<Entry>,
+    },
     ListEnd,
-    Signature { id: u64, data: Vec<u8> },
+    Signature {
+        id: u64,
+        data: Vec<u8>,
+    },
     /// No usable base for a delta (vanished, not a file): send whole.
-    NoSignature { id: u64 },
-    BarrierDone { id: u64, failures: Vec<Failure> },
-    Finished { committed: u64 },
+    NoSignature {
+        id: u64,
+    },
+    BarrierDone {
+        id: u64,
+        failures: Vec<Failure>,
+    },
+    Finished {
+        committed: u64,
+    },
     /// Fatal protocol error; the standby closes after sending it.
-    Fatal { reason: String },
+    Fatal {
+        reason: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -190,7 +257,13 @@ mod tests {
     use super::*;
 
     fn meta() -> Meta {
-        Meta { mode: 0o644, uid: 0, gid: 0, mtime_sec: 1, mtime_nsec: 2 }
+        Meta {
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_sec: 1,
+            mtime_nsec: 2,
+        }
     }
 
     #[tokio::test]
@@ -198,7 +271,16 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(1 << 20);
         let mut buf = Vec::new();
         let p = RelPath::new(vec![b'x', 0xff]).unwrap();
-        write_msg(&mut a, &Request::Mkdir { path: p.clone(), meta: meta() }, &mut buf).await.unwrap();
+        write_msg(
+            &mut a,
+            &Request::Mkdir {
+                path: p.clone(),
+                meta: meta(),
+            },
+            &mut buf,
+        )
+        .await
+        .unwrap();
         drop(a);
         let mut rb = Vec::new();
         match read_msg::<_, Request>(&mut b, &mut rb).await.unwrap() {
@@ -208,7 +290,10 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert!(read_msg::<_, Request>(&mut b, &mut rb).await.unwrap().is_none());
+        assert!(read_msg::<_, Request>(&mut b, &mut rb)
+            .await
+            .unwrap()
+            .is_none());
     }
 
     #[tokio::test]
@@ -223,7 +308,10 @@ mod tests {
 
     #[test]
     fn garbage_and_truncation_are_errors_not_panics() {
-        let msg = Request::FileData { id: 7, data: vec![1; 100] };
+        let msg = Request::FileData {
+            id: 7,
+            data: vec![1; 100],
+        };
         let bytes = postcard::to_stdvec(&msg).unwrap();
         for cut in 0..bytes.len() {
             assert!(decode::<Request>(&bytes[..cut]).is_err());
@@ -249,7 +337,9 @@ mod tests {
 
     #[test]
     fn hostile_path_in_message_is_rejected() {
-        let ok = Request::Delete { path: RelPath::new(b"aa/etc".to_vec()).unwrap() };
+        let ok = Request::Delete {
+            path: RelPath::new(b"aa/etc".to_vec()).unwrap(),
+        };
         let mut bytes = postcard::to_stdvec(&ok).unwrap();
         let n = bytes.len();
         bytes[n - 6..n - 4].copy_from_slice(b"..");

@@ -1,0 +1,322 @@
+//! Compares the primary's manifest with the standby's and decides what to
+//! send: pure logic, no I/O, so it is unit-tested directly.
+
+use std::collections::HashMap;
+
+use crate::path::RelPath;
+use crate::wire::{Entry, Kind, Meta};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileOp {
+    pub path: RelPath,
+    pub meta: Meta,
+    pub size: u64,
+    /// Send as a delta against the standby's current file.
+    pub delta: bool,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Top-most paths to remove (recursive), deepest first.
+    pub deletes: Vec<RelPath>,
+    /// Directories to create, parents first.
+    pub mkdirs: Vec<RelPath>,
+    pub files: Vec<FileOp>,
+    pub symlinks: Vec<(RelPath, Vec<u8>, Meta)>,
+    pub links: Vec<(RelPath, RelPath)>,
+    /// Metadata to (re)apply: changed files and all created/changed
+    /// directories, deepest first so a child's arrival does not disturb a
+    /// parent's mtime afterwards.
+    pub metas: Vec<(RelPath, Meta)>,
+    pub unchanged: u64,
+    pub content_bytes: u64,
+}
+
+pub struct PlanOptions {
+    pub delete: bool,
+    pub checksum: bool,
+    pub delta_min_size: u64,
+    /// Compare owners (only meaningful when the standby runs as root).
+    pub owners: bool,
+}
+
+fn same_meta(a: &Meta, b: &Meta, owners: bool, mode: bool) -> bool {
+    a.mtime_sec == b.mtime_sec
+        && a.mtime_nsec == b.mtime_nsec
+        && (!mode || a.mode == b.mode)
+        && (!owners || (a.uid == b.uid && a.gid == b.gid))
+}
+
+pub fn plan(local: &[Entry], remote: &[Entry], o: &PlanOptions) -> Plan {
+    let rmap: HashMap<&RelPath, &Entry> = remote.iter().map(|e| (&e.path, e)).collect();
+    let lmap: HashMap<&RelPath, &Entry> = local.iter().map(|e| (&e.path, e)).collect();
+    let mut p = Plan::default();
+
+    if o.delete {
+        let mut last: Option<&RelPath> = None;
+        for e in remote {
+            if lmap.contains_key(&e.path) || last.is_some_and(|d| e.path.starts_with(d)) {
+                continue;
+            }
+            p.deletes.push(e.path.clone());
+            last = Some(&e.path);
+        }
+        p.deletes.reverse();
+    }
+
+    // Leaders whose content is re-sent get a new inode on the standby, so
+    // their followers must be re-linked.
+    let mut resent: std::collections::HashSet<&RelPath> = Default::default();
+    let mut dir_metas = Vec::new();
+    for e in local {
+        let r = rmap.get(&e.path).copied();
+        match &e.kind {
+            Kind::Dir => match r.map(|r| &r.kind) {
+                Some(Kind::Dir) => {
+                    if !same_meta(&e.meta, &r.unwrap_or(e).meta, o.owners, true) {
+                        dir_metas.push((e.path.clone(), e.meta));
+                    } else {
+                        p.unchanged += 1;
+                    }
+                }
+                _ => {
+                    p.mkdirs.push(e.path.clone());
+                    dir_metas.push((e.path.clone(), e.meta));
+                }
+            },
+            Kind::File { size, hash } => {
+                let content_same = match r.map(|r| (&r.kind, r)) {
+                    Some((Kind::File { size: rs, hash: rh }, r)) if rs == size => {
+                        if o.checksum {
+                            hash.is_some() && hash == rh
+                        } else {
+                            r.meta.mtime_sec == e.meta.mtime_sec
+                                && r.meta.mtime_nsec == e.meta.mtime_nsec
+                        }
+                    }
+                    _ => false,
+                };
+                if content_same {
+                    if same_meta(
+                        &e.meta,
+                        &r.map(|r| r.meta).unwrap_or(e.meta),
+                        o.owners,
+                        true,
+                    ) {
+                        p.unchanged += 1;
+                    } else {
+                        p.metas.push((e.path.clone(), e.meta));
+                    }
+                } else {
+                    let base = matches!(r.map(|r| &r.kind), Some(Kind::File { size: rs, .. }) if *rs >= o.delta_min_size);
+                    p.files.push(FileOp {
+                        path: e.path.clone(),
+                        meta: e.meta,
+                        size: *size,
+                        delta: base && *size >= o.delta_min_size,
+                    });
+                    p.content_bytes += size;
+                    resent.insert(&e.path);
+                }
+            }
+            Kind::Symlink { target } => match r.map(|r| (&r.kind, r.meta)) {
+                Some((Kind::Symlink { target: rt }, rm)) if rt == target => {
+                    if same_meta(&e.meta, &rm, o.owners, false) {
+                        p.unchanged += 1;
+                    } else {
+                        p.metas.push((e.path.clone(), e.meta));
+                    }
+                }
+                _ => p.symlinks.push((e.path.clone(), target.clone(), e.meta)),
+            },
+            Kind::HardLink { leader } => {
+                let linked = !resent.contains(leader)
+                    && match (r, rmap.get(leader)) {
+                        (Some(r), Some(rl)) => {
+                            matches!(r.kind, Kind::File { .. } | Kind::HardLink { .. })
+                                && r.ino == rl.ino
+                        }
+                        _ => false,
+                    };
+                if linked {
+                    p.unchanged += 1;
+                } else {
+                    p.links.push((e.path.clone(), leader.clone()));
+                }
+            }
+        }
+    }
+    dir_metas.sort_by_key(|(path, _)| std::cmp::Reverse(path.depth()));
+    p.metas.extend(dir_metas);
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rp(s: &str) -> RelPath {
+        RelPath::new(s.as_bytes().to_vec()).unwrap()
+    }
+    fn m(t: i64) -> Meta {
+        Meta {
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_sec: t,
+            mtime_nsec: 0,
+        }
+    }
+    fn file(p: &str, size: u64, t: i64, ino: u64) -> Entry {
+        Entry {
+            path: rp(p),
+            kind: Kind::File { size, hash: None },
+            meta: m(t),
+            ino,
+        }
+    }
+    fn dir(p: &str) -> Entry {
+        Entry {
+            path: rp(p),
+            kind: Kind::Dir,
+            meta: m(1),
+            ino: 0,
+        }
+    }
+    fn opts() -> PlanOptions {
+        PlanOptions {
+            delete: true,
+            checksum: false,
+            delta_min_size: 100,
+            owners: false,
+        }
+    }
+
+    #[test]
+    fn identical_trees_plan_nothing() {
+        let t = vec![dir("a"), file("a/f", 5, 1, 1)];
+        let p = plan(&t, &t, &opts());
+        assert_eq!(p.unchanged, 2);
+        assert!(p.files.is_empty() && p.deletes.is_empty() && p.metas.is_empty());
+    }
+
+    #[test]
+    fn new_changed_deleted_and_delta() {
+        let local = vec![
+            dir("a"),
+            file("a/big", 1000, 2, 1),
+            file("a/new", 5, 1, 2),
+            file("small", 5, 2, 3),
+        ];
+        let remote = vec![
+            dir("a"),
+            file("a/big", 900, 1, 7),
+            dir("gone"),
+            file("gone/x", 1, 1, 8),
+            file("small", 5, 1, 9),
+        ];
+        let p = plan(&local, &remote, &opts());
+        assert_eq!(p.deletes, vec![rp("gone")]);
+        let f: Vec<_> = p
+            .files
+            .iter()
+            .map(|f| (f.path.to_string(), f.delta))
+            .collect();
+        assert_eq!(
+            f,
+            [
+                ("a/big".to_string(), true),
+                ("a/new".into(), false),
+                ("small".into(), false)
+            ]
+        );
+        assert_eq!(p.content_bytes, 1010);
+        let p = plan(
+            &local,
+            &remote,
+            &PlanOptions {
+                delete: false,
+                ..opts()
+            },
+        );
+        assert!(p.deletes.is_empty());
+    }
+
+    #[test]
+    fn meta_only_and_checksum() {
+        let mut l = file("f", 5, 1, 1);
+        l.meta.mode = 0o600;
+        let r = file("f", 5, 1, 2);
+        let p = plan(&[l.clone()], &[r.clone()], &opts());
+        assert!(p.files.is_empty());
+        assert_eq!(p.metas.len(), 1);
+        // --checksum: same size and mtime but different content is sent.
+        let mut l2 = file("f", 5, 1, 1);
+        l2.kind = Kind::File {
+            size: 5,
+            hash: Some([1; 32]),
+        };
+        let mut r2 = r;
+        r2.kind = Kind::File {
+            size: 5,
+            hash: Some([2; 32]),
+        };
+        let p = plan(
+            &[l2],
+            &[r2],
+            &PlanOptions {
+                checksum: true,
+                ..opts()
+            },
+        );
+        assert_eq!(p.files.len(), 1);
+    }
+
+    #[test]
+    fn hard_links_follow_their_leader() {
+        let local = vec![
+            file("a", 5, 1, 1),
+            Entry {
+                path: rp("b"),
+                kind: Kind::HardLink { leader: rp("a") },
+                meta: m(1),
+                ino: 1,
+            },
+        ];
+        let linked = vec![
+            file("a", 5, 1, 9),
+            Entry {
+                path: rp("b"),
+                kind: Kind::HardLink { leader: rp("a") },
+                meta: m(1),
+                ino: 9,
+            },
+        ];
+        assert!(plan(&local, &linked, &opts()).links.is_empty());
+        let separate = vec![file("a", 5, 1, 9), file("b", 5, 1, 10)];
+        assert_eq!(
+            plan(&local, &separate, &opts()).links,
+            vec![(rp("b"), rp("a"))]
+        );
+        // Leader re-sent → follower re-linked.
+        let changed = vec![
+            file("a", 4, 1, 9),
+            Entry {
+                path: rp("b"),
+                kind: Kind::HardLink { leader: rp("a") },
+                meta: m(1),
+                ino: 9,
+            },
+        ];
+        assert_eq!(plan(&local, &changed, &opts()).links.len(), 1);
+    }
+
+    #[test]
+    fn dir_metas_deepest_first() {
+        let local = vec![dir("a"), dir("a/b"), dir("a/b/c")];
+        let p = plan(&local, &[], &opts());
+        assert_eq!(p.mkdirs, vec![rp("a"), rp("a/b"), rp("a/b/c")]);
+        let order: Vec<_> = p.metas.iter().map(|(p, _)| p.to_string()).collect();
+        assert_eq!(order, ["a/b/c", "a/b", "a"]);
+    }
+}

@@ -1,0 +1,672 @@
+//! The standby: accepts one authenticated primary at a time and applies what
+//! it sends.
+//!
+//! The receive loop only decodes and dispatches. File work (staging, delta
+//! application, verification) runs on a few worker threads; metadata
+//! operations all go to worker 0 so they keep their order. A verified file is
+//! not renamed into place at once: workers collect verified files and, per
+//! batch, `syncfs` first and rename after, so a name never points at content
+//! that is not yet on disk, and durability costs one flush per batch rather
+//! than one per file.
+
+use std::collections::HashMap;
+use std::io::{BufWriter, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::delta;
+use crate::fsroot::{Root, Staged};
+use crate::index::{Index, Stamp};
+use crate::path::RelPath;
+use crate::scan;
+use crate::tls::{self, Identity};
+use crate::wire::{self, Encoding, Failure, Hash, Meta, Purpose, Reply, Request};
+
+/// Verified files held back before one `syncfs` + rename pass.
+const BATCH_FILES: usize = 4096;
+const BATCH_BYTES: u64 = 256 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StandbyError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("export {0}: {1}")]
+    Export(String, std::io::Error),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+}
+
+struct Shared {
+    root: Root,
+    index: Mutex<Index>,
+    failures: Mutex<Vec<Failure>>,
+    committed: AtomicU64,
+    durable: bool,
+}
+
+pub struct Standby {
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    cfg: Config,
+    busy: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Standby {
+    /// Opens the export (cleaning staging leftovers) and binds the listen address.
+    pub fn bind(cfg: Config) -> Result<Standby, StandbyError> {
+        let listen = cfg.require_listen()?;
+        let id = Identity::from_config(&cfg)?;
+        let root = Root::open(&cfg.export, &cfg.state_dir)
+            .map_err(|e| StandbyError::Export(cfg.export.display().to_string(), e))?;
+        let index = Index::load(&cfg.state_dir.join("index.bin"));
+        let sc = tls::server_config(&id)?;
+        let endpoint = quinn::Endpoint::server(sc, listen).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                StandbyError::Config(cfg.port_error("listen", listen, e))
+            } else {
+                StandbyError::Listen(listen, e)
+            }
+        })?;
+        let shared = Arc::new(Shared {
+            root,
+            index: Mutex::new(index),
+            failures: Mutex::new(Vec::new()),
+            committed: AtomicU64::new(0),
+            durable: cfg.sync.durable,
+        });
+        Ok(Standby {
+            endpoint,
+            shared,
+            cfg,
+            busy: Arc::new(tokio::sync::Mutex::new(())),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves; an active session is abandoned
+    /// safely (its staged files are removed, nothing half-applied).
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        tracing::info!(addr = %self.local_addr().map(|a| a.to_string()).unwrap_or_default(), export = %self.cfg.export.display(), "standby listening");
+        tokio::pin!(shutdown);
+        loop {
+            let incoming = tokio::select! {
+                i = self.endpoint.accept() => match i { Some(i) => i, None => break },
+                _ = &mut shutdown => break,
+            };
+            let shared = self.shared.clone();
+            let cfg = self.cfg.clone();
+            let busy = self.busy.clone();
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                match incoming.await {
+                    Ok(conn) => {
+                        if let Err(e) = session(conn, shared, cfg, busy).await {
+                            tracing::warn!(peer = %remote, "session ended: {e}");
+                        }
+                    }
+                    Err(e) => tracing::warn!(peer = %remote, "refused connection: {e}"),
+                }
+            });
+        }
+        self.endpoint.close(0u32.into(), b"shutdown");
+        tracing::info!("standby stopped");
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("{0}")]
+    Wire(#[from] wire::WireError),
+    #[error("{0}")]
+    Conn(#[from] quinn::ConnectionError),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+async fn session(
+    conn: quinn::Connection,
+    shared: Arc<Shared>,
+    cfg: Config,
+    busy: Arc<tokio::sync::Mutex<()>>,
+) -> Result<(), SessionError> {
+    let (mut send, mut recv) = conn.accept_bi().await?;
+    let mut rbuf = Vec::new();
+    let mut wbuf = Vec::new();
+    let hello: Option<Request> = wire::read_msg(&mut recv, &mut rbuf).await?;
+    let purpose = match hello {
+        Some(Request::Hello {
+            version,
+            export_id,
+            node_id,
+            purpose,
+        }) => {
+            let refuse = if version != wire::PROTOCOL_VERSION {
+                Some(format!("protocol version {version} is not supported (this standby speaks {}); upgrade both nodes to the same syncd release", wire::PROTOCOL_VERSION))
+            } else if export_id != cfg.export_id {
+                Some(format!("export_id \"{export_id}\" does not match this standby's \"{}\"; set the same export_id on both nodes", cfg.export_id))
+            } else {
+                None
+            };
+            if let Some(reason) = refuse {
+                wire::write_msg(
+                    &mut send,
+                    &Reply::Refused {
+                        reason: reason.clone(),
+                    },
+                    &mut wbuf,
+                )
+                .await?;
+                let _ = send.finish();
+                let _ = send.stopped().await;
+                return Err(SessionError::Refused(reason));
+            }
+            tracing::info!(peer = %conn.remote_address(), node = %node_id, ?purpose, "primary connected");
+            purpose
+        }
+        _ => return Err(SessionError::Protocol("expected Hello".into())),
+    };
+    let _guard = match busy.try_lock() {
+        Ok(g) => g,
+        Err(_) => {
+            let reason = "another primary session is active on this standby".to_string();
+            wire::write_msg(
+                &mut send,
+                &Reply::Refused {
+                    reason: reason.clone(),
+                },
+                &mut wbuf,
+            )
+            .await?;
+            let _ = send.finish();
+            return Err(SessionError::Refused(reason));
+        }
+    };
+    wire::write_msg(
+        &mut send,
+        &Reply::Welcome {
+            version: wire::PROTOCOL_VERSION,
+            node_id: cfg.node_id.clone(),
+        },
+        &mut wbuf,
+    )
+    .await?;
+
+    let (reply_tx, mut reply_rx) = mpsc::unbounded_channel::<Reply>();
+    let writer = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        while let Some(r) = reply_rx.recv().await {
+            let last = matches!(r, Reply::Finished { .. } | Reply::Fatal { .. });
+            if wire::write_msg(&mut send, &r, &mut buf).await.is_err() {
+                return;
+            }
+            if last {
+                let _ = send.finish();
+                let _ = send.stopped().await;
+                return;
+            }
+        }
+    });
+
+    let nworkers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 8);
+    let mut workers = Vec::new();
+    let mut txs = Vec::new();
+    for _ in 0..nworkers {
+        let (tx, rx) = mpsc::channel::<Job>(16);
+        let sh = shared.clone();
+        let rt = reply_tx.clone();
+        workers.push(std::thread::spawn(move || worker(sh, rx, rt)));
+        txs.push(tx);
+    }
+    let result = dispatch(&mut recv, &mut rbuf, &purpose, &shared, &txs, &reply_tx).await;
+    if let Err(e) = &result {
+        let _ = reply_tx.send(Reply::Fatal {
+            reason: e.to_string(),
+        });
+    }
+    drop(txs);
+    drop(reply_tx);
+    for w in workers {
+        let _ = tokio::task::spawn_blocking(move || w.join()).await;
+    }
+    let _ = writer.await;
+    if result.is_ok() {
+        tracing::info!(peer = %conn.remote_address(), "session finished");
+    }
+    result
+}
+
+enum Job {
+    Op(Request),
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+async fn dispatch(
+    recv: &mut quinn::RecvStream,
+    rbuf: &mut Vec<u8>,
+    purpose: &Purpose,
+    shared: &Arc<Shared>,
+    txs: &[mpsc::Sender<Job>],
+    reply: &mpsc::UnboundedSender<Reply>,
+) -> Result<(), SessionError> {
+    let send = |i: usize, j: Job| async move {
+        txs[i]
+            .send(j)
+            .await
+            .map_err(|_| SessionError::Protocol("worker stopped".into()))
+    };
+    loop {
+        let msg: Request = match wire::read_msg(recv, rbuf).await? {
+            Some(m) => m,
+            None => {
+                return Err(SessionError::Protocol(
+                    "primary closed the stream without Finish".into(),
+                ))
+            }
+        };
+        let mutating = !matches!(msg, Request::List { .. } | Request::Finish);
+        if *purpose == Purpose::Verify && mutating {
+            return Err(SessionError::Protocol(
+                "a verify session may not change anything".into(),
+            ));
+        }
+        match msg {
+            Request::Hello { .. } => return Err(SessionError::Protocol("duplicate Hello".into())),
+            Request::List { checksum } => {
+                let sh = shared.clone();
+                let scanned = tokio::task::spawn_blocking(move || {
+                    let mut ix = sh.index.lock().unwrap_or_else(|p| p.into_inner());
+                    scan::scan(sh.root.path(), &mut ix, checksum, checksum)
+                })
+                .await
+                .map_err(|e| SessionError::Protocol(e.to_string()))??;
+                for e in &scanned.skipped {
+                    tracing::warn!("standby scan skipped {e}");
+                }
+                let mut chunk = Vec::new();
+                let mut bytes = 0;
+                for e in scanned.entries {
+                    bytes += e.path.as_bytes().len() + 64;
+                    if let wire::Kind::Symlink { target } = &e.kind {
+                        bytes += target.len();
+                    }
+                    chunk.push(e);
+                    if bytes > 1 << 20 {
+                        let _ = reply.send(Reply::ListChunk {
+                            entries: std::mem::take(&mut chunk),
+                        });
+                        bytes = 0;
+                    }
+                }
+                let _ = reply.send(Reply::ListChunk { entries: chunk });
+                let _ = reply.send(Reply::ListEnd);
+            }
+            Request::Barrier { id } => {
+                flush_all(txs).await?;
+                let failures =
+                    std::mem::take(&mut *shared.failures.lock().unwrap_or_else(|p| p.into_inner()));
+                let _ = reply.send(Reply::BarrierDone { id, failures });
+            }
+            Request::Finish => {
+                flush_all(txs).await?;
+                let sh = shared.clone();
+                tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                    if sh.durable {
+                        sh.root.sync()?;
+                    }
+                    sh.index
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .save()
+                        .map_err(std::io::Error::other)
+                })
+                .await
+                .map_err(|e| SessionError::Protocol(e.to_string()))??;
+                let committed = shared.committed.swap(0, Ordering::Relaxed);
+                let _ = reply.send(Reply::Finished { committed });
+                return Ok(());
+            }
+            Request::FileBegin { id, .. }
+            | Request::FileData { id, .. }
+            | Request::DeltaSegment { id, .. }
+            | Request::FileEnd { id, .. }
+            | Request::FileAbort { id }
+            | Request::SigRequest { id, .. } => {
+                send((id % txs.len() as u64) as usize, Job::Op(msg)).await?
+            }
+            op => send(0, Job::Op(op)).await?,
+        }
+    }
+}
+
+async fn flush_all(txs: &[mpsc::Sender<Job>]) -> Result<(), SessionError> {
+    let mut waits = Vec::new();
+    for tx in txs {
+        let (t, r) = std::sync::mpsc::channel();
+        tx.send(Job::Flush(t))
+            .await
+            .map_err(|_| SessionError::Protocol("worker stopped".into()))?;
+        waits.push(r);
+    }
+    tokio::task::spawn_blocking(move || {
+        for w in waits {
+            let _ = w.recv();
+        }
+    })
+    .await
+    .map_err(|e| SessionError::Protocol(e.to_string()))
+}
+
+struct InFlight<'r> {
+    path: RelPath,
+    meta: Meta,
+    size: u64,
+    written: u64,
+    out: BufWriter<HashingFile<'r>>,
+    base: Option<memmap2::Mmap>,
+}
+
+struct HashingFile<'r> {
+    staged: Staged<'r>,
+    hasher: blake3::Hasher,
+}
+
+impl Write for HashingFile<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.staged.file.write(b)?;
+        self.hasher.update(&b[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.staged.file.flush()
+    }
+}
+
+struct Verified<'r> {
+    staged: Staged<'r>,
+    path: RelPath,
+    meta: Meta,
+    hash: Hash,
+}
+
+fn worker(sh: Arc<Shared>, mut rx: mpsc::Receiver<Job>, reply: mpsc::UnboundedSender<Reply>) {
+    let root = &sh.root;
+    let mut inflight: HashMap<u64, InFlight<'_>> = HashMap::new();
+    let mut pending: Vec<Verified<'_>> = Vec::new();
+    let mut pending_bytes = 0u64;
+    let fail = |path: &RelPath, error: String, retry_whole: bool| {
+        tracing::warn!(path = %path, "{error}");
+        sh.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Failure {
+                path: path.clone(),
+                error,
+                retry_whole,
+            });
+    };
+    while let Some(job) = rx.blocking_recv() {
+        let op = match job {
+            Job::Flush(done) => {
+                commit_batch(&sh, &mut pending, &fail);
+                pending_bytes = 0;
+                let _ = done.send(());
+                continue;
+            }
+            Job::Op(op) => op,
+        };
+        match op {
+            Request::Mkdir { path, meta: _ } => {
+                if let Err(e) = root.mkdir(&path) {
+                    fail(&path, format!("mkdir: {e}"), false);
+                }
+            }
+            Request::Delete { path } => match root.delete(&path) {
+                Ok(()) => sh
+                    .index
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(path.as_bytes()),
+                Err(e) => fail(&path, format!("delete: {e}"), false),
+            },
+            Request::Symlink { path, target, meta } => {
+                if target.len() > wire::MAX_LINK_TARGET || target.is_empty() || target.contains(&0)
+                {
+                    fail(
+                        &path,
+                        "symlink target is empty, too long or contains NUL".into(),
+                        false,
+                    );
+                } else if let Err(e) = root.symlink(&path, &target, &meta) {
+                    fail(&path, format!("symlink: {e}"), false);
+                }
+            }
+            Request::Link { path, leader } => {
+                if let Err(e) = root.link(&path, &leader) {
+                    fail(&path, format!("hard link to {leader}: {e}"), false);
+                }
+            }
+            Request::SetMeta { path, meta } => {
+                if let Err(e) = root.set_meta(&path, &meta) {
+                    fail(&path, format!("set metadata: {e}"), false);
+                }
+            }
+            Request::SigRequest {
+                id,
+                path,
+                block_size,
+                strong_len,
+            } => {
+                let sig = root.open_file(&path).and_then(|f| {
+                    let size = f.metadata()?.len();
+                    delta::signature(
+                        std::io::BufReader::with_capacity(1 << 20, f),
+                        size,
+                        block_size,
+                        strong_len,
+                    )
+                    .map_err(std::io::Error::other)
+                });
+                let _ = reply.send(match sig {
+                    Ok(data) => Reply::Signature { id, data },
+                    Err(_) => Reply::NoSignature { id },
+                });
+            }
+            Request::FileBegin {
+                id,
+                path,
+                meta,
+                size,
+                encoding,
+            } => {
+                let base = match encoding {
+                    Encoding::Whole => None,
+                    Encoding::Delta => match root
+                        .open_file(&path)
+                        .and_then(|f| unsafe { memmap2::Mmap::map(&f) })
+                    {
+                        Ok(m) => Some(m),
+                        Err(e) => {
+                            fail(&path, format!("delta base unavailable: {e}"), true);
+                            continue;
+                        }
+                    },
+                };
+                match root.stage() {
+                    Ok(staged) => {
+                        let out = BufWriter::with_capacity(
+                            1 << 20,
+                            HashingFile {
+                                staged,
+                                hasher: blake3::Hasher::new(),
+                            },
+                        );
+                        inflight.insert(
+                            id,
+                            InFlight {
+                                path,
+                                meta,
+                                size,
+                                written: 0,
+                                out,
+                                base,
+                            },
+                        );
+                    }
+                    Err(e) => fail(&path, format!("staging: {e}"), false),
+                }
+            }
+            Request::FileData { id, data } => {
+                let Some(f) = inflight.get_mut(&id) else {
+                    continue;
+                };
+                f.written += data.len() as u64;
+                let r = if f.written > f.size {
+                    Err("more data than the announced size".to_string())
+                } else {
+                    f.out.write_all(&data).map_err(|e| format!("write: {e}"))
+                };
+                if let Err(e) = r {
+                    let f = inflight.remove(&id).map(|f| f.path);
+                    if let Some(p) = f {
+                        fail(&p, e, false);
+                    }
+                }
+            }
+            Request::DeltaSegment { id, data } => {
+                let Some(f) = inflight.get_mut(&id) else {
+                    continue;
+                };
+                let limit = f.size.saturating_sub(f.written) as usize;
+                let base = f.base.as_deref().unwrap_or(&[]);
+                let mut counter = Counting {
+                    inner: &mut f.out,
+                    n: 0,
+                };
+                let r = delta::apply_segment(base, &data, &mut counter, limit);
+                let n = counter.n;
+                f.written += n;
+                if let Some(m) = &f.base {
+                    // Drop the base pages we touched from our RSS; they stay in the page cache.
+                    unsafe {
+                        let _ = m.unchecked_advise(memmap2::UncheckedAdvice::DontNeed);
+                    }
+                }
+                if let Err(e) = r {
+                    if let Some(f) = inflight.remove(&id) {
+                        fail(&f.path, format!("{e}"), true);
+                    }
+                }
+            }
+            Request::FileAbort { id } => {
+                inflight.remove(&id);
+            }
+            Request::FileEnd { id, hash } => {
+                let Some(f) = inflight.remove(&id) else {
+                    continue;
+                };
+                let InFlight {
+                    path,
+                    meta,
+                    size,
+                    written,
+                    out,
+                    ..
+                } = f;
+                let hf = match out.into_inner() {
+                    Ok(h) => h,
+                    Err(e) => {
+                        fail(&path, format!("write: {}", e.error()), false);
+                        continue;
+                    }
+                };
+                let got = *hf.hasher.finalize().as_bytes();
+                if written != size || got != hash {
+                    fail(&path, format!("content check failed (got {written} of {size} bytes, BLAKE3 {}); not committed", if got == hash { "ok" } else { "mismatch" }), true);
+                    continue;
+                }
+                pending_bytes += size;
+                pending.push(Verified {
+                    staged: hf.staged,
+                    path,
+                    meta,
+                    hash,
+                });
+                if pending.len() >= BATCH_FILES || pending_bytes >= BATCH_BYTES {
+                    commit_batch(&sh, &mut pending, &fail);
+                    pending_bytes = 0;
+                }
+            }
+            other => {
+                tracing::warn!("unexpected request in worker: {other:?}");
+            }
+        }
+    }
+    // Session over: uncommitted staged files are removed by their Drop.
+}
+
+struct Counting<'a, W: Write> {
+    inner: &'a mut W,
+    n: u64,
+}
+
+impl<W: Write> Write for Counting<'_, W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Makes a batch of verified files durable, then renames them into place in order.
+fn commit_batch(
+    sh: &Shared,
+    pending: &mut Vec<Verified<'_>>,
+    fail: &impl Fn(&RelPath, String, bool),
+) {
+    if pending.is_empty() {
+        return;
+    }
+    if sh.durable {
+        if let Err(e) = sh.root.sync() {
+            for v in pending.drain(..) {
+                fail(&v.path, format!("syncfs: {e}"), false);
+            }
+            return;
+        }
+    }
+    let mut done = Vec::with_capacity(pending.len());
+    for v in pending.drain(..) {
+        match sh.root.commit(v.staged, &v.path, &v.meta) {
+            Ok(f) => {
+                if let Ok(m) = f.metadata() {
+                    done.push((v.path, Stamp::of(&m), v.hash));
+                }
+            }
+            Err(e) => fail(&v.path, format!("commit: {e}"), false),
+        }
+    }
+    sh.committed.fetch_add(done.len() as u64, Ordering::Relaxed);
+    let mut ix = sh.index.lock().unwrap_or_else(|p| p.into_inner());
+    for (p, st, h) in done {
+        ix.insert(p.as_bytes().to_vec(), st, h);
+    }
+}

@@ -1,0 +1,442 @@
+//! Network-namespace test bench: a bridge namespace, node namespaces joined
+//! to it by veth pairs, and processes started inside them. Everything is
+//! removed on drop (children killed and waited, namespaces deleted).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// VRRP timing tests must not overlap on a 2-core CI box.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_syncd-vrrp");
+
+fn ok(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Print a visible SKIP and return false unless we are root with `ip netns`.
+pub fn can_run(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: {test}: needs root for network namespaces and raw sockets");
+        return false;
+    }
+    if !ok(Command::new("ip").args(["netns", "list"])) {
+        eprintln!("SKIP: {test}: `ip netns` is not available");
+        return false;
+    }
+    true
+}
+
+pub fn have(tool: &str, test: &str) -> bool {
+    let found = ok(Command::new("sh").args(["-c", &format!("command -v {tool}")]));
+    if !found {
+        eprintln!("SKIP: {test}: `{tool}` is not installed");
+    }
+    found
+}
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output();
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => panic!("{args:?} failed: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => panic!("{args:?}: {e}"),
+    }
+}
+
+fn output(args: &[&str]) -> String {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A LAN: `br` namespace with bridge `br0`; node namespaces with `eth0` at 10.<net>.0.<i+1>/24.
+pub struct Lan {
+    pub prefix: String,
+    pub net: u8,
+    pub nodes: Vec<String>,
+    pub dir: PathBuf,
+    procs: Vec<Proc>,
+}
+
+impl Lan {
+    /// `tag` distinguishes tests; `n` nodes (the last is usually the observer).
+    pub fn new(tag: &str, n: usize) -> Lan {
+        let seq = SEQ.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("sv{}{}{}", std::process::id(), tag, seq);
+        let net = 100 + (std::process::id() % 50) as u8 + (seq as u8 % 50);
+        let dir = std::env::temp_dir().join(&prefix);
+        let _ = std::fs::create_dir_all(&dir);
+        let mut lan = Lan {
+            prefix: prefix.clone(),
+            net,
+            nodes: vec![],
+            dir,
+            procs: vec![],
+        };
+        let br = format!("{prefix}br");
+        run(&["ip", "netns", "add", &br]);
+        lan.nodes.push(br.clone()); // so Drop removes it even if a later step panics
+        run(&["ip", "-n", &br, "link", "add", "br0", "type", "bridge"]);
+        run(&["ip", "-n", &br, "link", "set", "br0", "up"]);
+        for i in 0..n {
+            let ns = format!("{prefix}n{i}");
+            run(&["ip", "netns", "add", &ns]);
+            lan.nodes.push(ns.clone());
+            let port = format!("p{i}");
+            run(&[
+                "ip", "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port,
+                "netns", &br,
+            ]);
+            run(&["ip", "-n", &br, "link", "set", &port, "master", "br0", "up"]);
+            run(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("10.{net}.0.{}/24", i + 1),
+                "dev",
+                "eth0",
+            ]);
+            run(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+            run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        }
+        lan
+    }
+
+    /// Namespace of node `i`.
+    pub fn ns(&self, i: usize) -> &str {
+        &self.nodes[i + 1]
+    }
+
+    pub fn br(&self) -> &str {
+        &self.nodes[0]
+    }
+
+    pub fn ip(&self, i: usize) -> String {
+        format!("10.{}.0.{}", self.net, i + 1)
+    }
+
+    pub fn vip(&self) -> String {
+        format!("10.{}.0.100", self.net)
+    }
+
+    pub fn mac(&self, i: usize) -> String {
+        let s = output(&["ip", "-n", self.ns(i), "link", "show", "eth0"]);
+        s.split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .unwrap_or("")
+            .to_string()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Does node `i` have `addr` on eth0?
+    pub fn has_addr(&self, i: usize, addr: &str) -> bool {
+        let s = output(&["ip", "-n", self.ns(i), "-o", "addr", "show", "dev", "eth0"]);
+        s.split_whitespace()
+            .any(|w| w.split('/').next() == Some(addr))
+    }
+
+    pub fn holders(&self, nodes: &[usize]) -> Vec<usize> {
+        let vip = self.vip();
+        nodes
+            .iter()
+            .copied()
+            .filter(|&i| self.has_addr(i, &vip))
+            .collect()
+    }
+
+    /// Bridge port of node `i`: state 0 = disabled (silent partition), 3 = forwarding.
+    pub fn port_state(&self, i: usize, state: u8) {
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            self.br(),
+            "bridge",
+            "link",
+            "set",
+            "dev",
+            &format!("p{i}"),
+            "state",
+            &state.to_string(),
+        ]);
+    }
+
+    /// Carrier loss on node `i` (its bridge-side veth goes down).
+    pub fn port_link(&self, i: usize, up: bool) {
+        run(&[
+            "ip",
+            "-n",
+            self.br(),
+            "link",
+            "set",
+            &format!("p{i}"),
+            if up { "up" } else { "down" },
+        ]);
+    }
+
+    /// Stop the bridge flooding multicast to every port (unicast-only LAN).
+    pub fn block_multicast(&self, n: usize) {
+        for i in 0..n {
+            run(&[
+                "ip",
+                "netns",
+                "exec",
+                self.br(),
+                "bridge",
+                "link",
+                "set",
+                "dev",
+                &format!("p{i}"),
+                "mcast_flood",
+                "off",
+            ]);
+        }
+    }
+
+    /// Write a syncd-vrrp TOML config for node `i` and return its path.
+    pub fn syncd_config(&self, i: usize, body: &str) -> PathBuf {
+        let p = self.path(&format!("n{i}.toml"));
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    /// Start syncd-vrrp on node `i`.
+    pub fn start_syncd(&mut self, i: usize, cfg: &Path) -> usize {
+        let log = self.path(&format!("syncd-n{i}-{}.log", self.procs.len()));
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.ns(i), BIN, "--config"])
+            .arg(cfg);
+        cmd.env("RUST_LOG", "info,syncd_vrrp=debug");
+        self.spawn(format!("syncd@n{i}"), cmd, log, None)
+    }
+
+    /// Start keepalived (VRRP only) on node `i` with a fresh set of pid files.
+    pub fn start_keepalived(&mut self, i: usize, conf: &str) -> usize {
+        let k = self.procs.len();
+        let cfg = self.path(&format!("ka-n{i}-{k}.conf"));
+        std::fs::write(&cfg, conf).unwrap();
+        let pid = self.path(&format!("ka-n{i}-{k}.pid"));
+        let vpid = self.path(&format!("ka-n{i}-{k}.vrrp.pid"));
+        let cpid = self.path(&format!("ka-n{i}-{k}.check.pid"));
+        let log = self.path(&format!("ka-n{i}-{k}.log"));
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            self.ns(i),
+            "keepalived",
+            "-n",
+            "-l",
+            "-D",
+            "-R",
+            "--vrrp",
+            "-f",
+        ])
+        .arg(&cfg);
+        cmd.arg("-p")
+            .arg(&pid)
+            .arg("-r")
+            .arg(&vpid)
+            .arg("-c")
+            .arg(&cpid);
+        self.spawn(format!("keepalived@n{i}"), cmd, log, Some(vpid))
+    }
+
+    /// Start tcpdump on node `i`; returns the index of a process whose log holds the capture.
+    pub fn start_capture(&mut self, i: usize, filter: &str) -> usize {
+        let log = self.path(&format!("tcpdump-n{i}-{}.txt", self.procs.len()));
+        let err = self.path(&format!("tcpdump-n{i}-{}.err", self.procs.len()));
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            self.ns(i),
+            "tcpdump",
+            "-i",
+            "eth0",
+            "-n",
+            "-l",
+            "-e",
+            "-tt",
+            filter,
+        ]);
+        let stderr = std::fs::File::create(&err).unwrap();
+        cmd.stderr(stderr);
+        let k = self.spawn(format!("tcpdump@n{i}"), cmd, log, None);
+        wait_for(Duration::from_secs(10), || {
+            std::fs::read_to_string(&err).is_ok_and(|s| s.contains("listening on"))
+        });
+        k
+    }
+
+    fn spawn(
+        &mut self,
+        name: String,
+        mut cmd: Command,
+        log: PathBuf,
+        child_pidfile: Option<PathBuf>,
+    ) -> usize {
+        let out = std::fs::File::create(&log).unwrap();
+        cmd.stdin(Stdio::null()).stdout(out.try_clone().unwrap());
+        if !format!("{cmd:?}").contains("tcpdump") {
+            cmd.stderr(out);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        self.procs.push(Proc {
+            name,
+            child: Some(child),
+            log,
+            child_pidfile,
+        });
+        self.procs.len() - 1
+    }
+
+    pub fn log(&self, k: usize) -> String {
+        std::fs::read_to_string(&self.procs[k].log).unwrap_or_default()
+    }
+
+    /// kill -9 process `k` (and keepalived's VRRP child), and wait for it.
+    pub fn kill9(&mut self, k: usize) {
+        self.procs[k].kill(libc::SIGKILL);
+    }
+
+    /// SIGTERM process `k` and wait for it (graceful: priority 0).
+    pub fn term(&mut self, k: usize) -> Option<i32> {
+        self.procs[k].kill(libc::SIGTERM)
+    }
+
+    /// Dump all logs (on failure).
+    pub fn dump_logs(&self) {
+        for p in &self.procs {
+            eprintln!(
+                "===== {} ({}) =====\n{}",
+                p.name,
+                p.log.display(),
+                std::fs::read_to_string(&p.log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        for p in &mut self.procs {
+            p.kill(libc::SIGKILL);
+        }
+        for ns in self.nodes.iter().rev() {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct Proc {
+    name: String,
+    child: Option<Child>,
+    log: PathBuf,
+    child_pidfile: Option<PathBuf>,
+}
+
+impl Proc {
+    fn kill(&mut self, sig: i32) -> Option<i32> {
+        let mut child = self.child.take()?;
+        if sig == libc::SIGKILL {
+            // keepalived: kill the VRRP child too, it would otherwise run on (and resign cleanly)
+            if let Some(pid) = self
+                .child_pidfile
+                .as_ref()
+                .and_then(|p| std::fs::read_to_string(p).ok())
+            {
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    // SAFETY: kill(2) on a pid we started (keepalived's child).
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match child.try_wait() {
+                Ok(Some(s)) => return s.code(),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Poll `cond` every 20 ms until true or `timeout`; returns the elapsed time if it became true.
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Master_Down_Interval for a priority and interval (seconds), v3 formula (= v2 at 1 s).
+pub fn mdi(priority: u8, interval: f64) -> Duration {
+    Duration::from_secs_f64(3.0 * interval + (256.0 - f64::from(priority)) / 256.0 * interval)
+}
+
+/// A syncd-vrrp config with one instance.
+pub fn syncd_toml(version: u8, priority: u8, vip: &str, advert_int: f64, extra: &str) -> String {
+    format!(
+        "admin = \"127.0.0.1:9180\"\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 51\npriority = {priority}\nadvert_int = {advert_int}\nversion = {version}\nvirtual_ips = [\"{vip}/24\"]\n{extra}\n"
+    )
+}
+
+/// A keepalived.conf with one instance.
+pub fn keepalived_conf(
+    version: u8,
+    priority: u8,
+    vip: &str,
+    advert_int: f64,
+    extra: &str,
+) -> String {
+    format!(
+        "global_defs {{\n  router_id n{priority}\n  enable_script_security\n  script_user root\n  vrrp_garp_master_delay 5\n}}\nvrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {priority}\n  advert_int {advert_int}\n  version {version}\n  virtual_ipaddress {{\n    {vip}/24\n  }}\n{extra}\n}}\n"
+    )
+}

@@ -1,0 +1,299 @@
+//! Two syncd-vrrp nodes in network namespaces (needs root; skips visibly otherwise).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const MARGIN: Duration = Duration::from_millis(1500);
+
+/// Election, kill -9 failover with gratuitous ARP seen by a third namespace, and preemption back.
+#[test]
+fn elect_failover_garp_and_preempt() {
+    if !can_run("elect_failover_garp_and_preempt")
+        || !have("tcpdump", "elect_failover_garp_and_preempt")
+    {
+        return;
+    }
+    let _g = serial();
+    let mut lan = Lan::new("el", 3);
+    let vip = lan.vip();
+    let a = lan.syncd_config(0, &syncd_toml(3, 150, &vip, 1.0, ""));
+    let b = lan.syncd_config(1, &syncd_toml(3, 100, &vip, 1.0, ""));
+    let pa = lan.start_syncd(0, &a);
+    let _pb = lan.start_syncd(1, &b);
+    assert!(
+        wait_for(Duration::from_secs(15), || lan.holders(&[0, 1]) == vec![0]).is_some(),
+        "node 0 (150) must win"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(lan.holders(&[0, 1]), vec![0], "exactly one holder");
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", lan.ns(0), BIN, "status", "--config"])
+        .arg(&a)
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(status.contains("\"state\": \"MASTER\""), "{status}");
+
+    let cap = lan.start_capture(2, "arp");
+    lan.kill9(pa);
+    let took = wait_for(Duration::from_secs(20), || lan.has_addr(1, &vip))
+        .expect("backup never took the VIP");
+    eprintln!("failover after kill -9: {took:?}");
+    assert!(
+        took <= mdi(100, 1.0) + MARGIN,
+        "took {took:?}, Master_Down_Interval is {:?}",
+        mdi(100, 1.0)
+    );
+    let mac_b = lan.mac(1);
+    let seen = wait_for(Duration::from_secs(5), || {
+        lan.log(cap)
+            .lines()
+            .any(|l| l.contains(&mac_b) && l.contains(&format!("tell {vip}")))
+    });
+    assert!(
+        seen.is_some(),
+        "no gratuitous ARP from {mac_b} for {vip}:\n{}",
+        lan.log(cap)
+    );
+    let garps = lan
+        .log(cap)
+        .lines()
+        .filter(|l| l.contains(&mac_b) && l.contains(&format!("tell {vip}")))
+        .count();
+    assert!(
+        garps >= 5,
+        "expected a burst of 5 gratuitous ARPs, saw {garps}"
+    );
+
+    // the old master comes back (its stale VIP is cleaned at start) and preempts
+    let _pa2 = lan.start_syncd(0, &a);
+    assert!(
+        wait_for(Duration::from_secs(15), || lan.holders(&[0, 1]) == vec![0]).is_some(),
+        "returning higher-priority node must preempt; holders {:?}",
+        lan.holders(&[0, 1])
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(lan.holders(&[0, 1]), vec![0]);
+}
+
+/// nopreempt: the returning higher-priority node stays backup.
+#[test]
+fn nopreempt_returning_node_stays_backup() {
+    if !can_run("nopreempt_returning_node_stays_backup") {
+        return;
+    }
+    let _g = serial();
+    let mut lan = Lan::new("np", 2);
+    let vip = lan.vip();
+    let a = lan.syncd_config(0, &syncd_toml(3, 150, &vip, 1.0, "nopreempt = true"));
+    let b = lan.syncd_config(1, &syncd_toml(3, 100, &vip, 1.0, "nopreempt = true"));
+    let pa = lan.start_syncd(0, &a);
+    let _pb = lan.start_syncd(1, &b);
+    assert!(wait_for(Duration::from_secs(15), || lan.holders(&[0, 1]) == vec![0]).is_some());
+    lan.kill9(pa);
+    assert!(wait_for(mdi(100, 1.0) + MARGIN, || lan.has_addr(1, &vip)).is_some());
+    let pa2 = lan.start_syncd(0, &a);
+    std::thread::sleep(mdi(150, 1.0) + Duration::from_secs(3));
+    assert_eq!(
+        lan.holders(&[0, 1]),
+        vec![1],
+        "nopreempt: node 0 must not take the VIP back"
+    );
+    assert!(lan.log(pa2).contains("INIT -> BACKUP"));
+    assert!(!lan.log(pa2).contains("-> MASTER"));
+}
+
+/// Planned switchover: SIGTERM sends priority 0; the backup takes over after Skew_Time.
+#[test]
+fn sigterm_releases_with_priority_zero() {
+    if !can_run("sigterm_releases_with_priority_zero") {
+        return;
+    }
+    let _g = serial();
+    let mut lan = Lan::new("st", 2);
+    let vip = lan.vip();
+    let a = lan.syncd_config(0, &syncd_toml(3, 150, &vip, 1.0, ""));
+    let b = lan.syncd_config(1, &syncd_toml(3, 100, &vip, 1.0, ""));
+    let pa = lan.start_syncd(0, &a);
+    let pb = lan.start_syncd(1, &b);
+    assert!(wait_for(Duration::from_secs(15), || lan.holders(&[0, 1]) == vec![0]).is_some());
+    let start = std::time::Instant::now();
+    let code = lan.term(pa);
+    assert_eq!(code, Some(0), "clean exit on SIGTERM");
+    assert!(!lan.has_addr(0, &vip), "VIP released on SIGTERM");
+    let took = wait_for(Duration::from_secs(10), || lan.has_addr(1, &vip)).map(|_| start.elapsed());
+    let took = took.expect("backup never took over");
+    eprintln!("planned switchover: {took:?}");
+    // Skew_Time(100) is 0.61 s; without priority 0 it would take Master_Down_Interval (3.6 s)
+    assert!(
+        took < Duration::from_millis(2500),
+        "took {took:?}: priority 0 not honoured?"
+    );
+    assert!(lan.log(pb).contains("BACKUP -> MASTER"));
+    assert!(lan.log(pa).contains("shutdown: sent priority 0"));
+}
+
+/// A failing track script (weight -60) moves the VIP; recovery moves it back.
+#[test]
+fn failing_track_script_moves_vip() {
+    if !can_run("failing_track_script_moves_vip") {
+        return;
+    }
+    let _g = serial();
+    let mut lan = Lan::new("tr", 2);
+    let vip = lan.vip();
+    let flag = lan.path("down");
+    let track = format!(
+        "[[vrrp.track]]\nname = \"chk\"\nscript = \"test ! -e {}\"\ninterval = 0.2\nweight = -60\nfall = 2\nrise = 2\n",
+        flag.display()
+    );
+    let a = lan.syncd_config(0, &syncd_toml(3, 150, &vip, 1.0, &track));
+    let b = lan.syncd_config(1, &syncd_toml(3, 100, &vip, 1.0, ""));
+    let pa = lan.start_syncd(0, &a);
+    let _pb = lan.start_syncd(1, &b);
+    assert!(wait_for(Duration::from_secs(15), || lan.holders(&[0, 1]) == vec![0]).is_some());
+    std::fs::write(&flag, "").unwrap();
+    assert!(
+        wait_for(Duration::from_secs(15), || lan.holders(&[0, 1]) == vec![1]).is_some(),
+        "failed check (150-60=90 < 100) must move the VIP; holders {:?}",
+        lan.holders(&[0, 1])
+    );
+    assert!(lan.log(pa).contains("higher priority master"));
+    std::fs::remove_file(&flag).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(15), || lan.holders(&[0, 1]) == vec![0]).is_some(),
+        "recovered node preempts back"
+    );
+}
+
+/// Carrier loss on the master's interface → FAULT, and the backup takes over.
+#[test]
+fn link_down_is_fault() {
+    if !can_run("link_down_is_fault") {
+        return;
+    }
+    let _g = serial();
+    let mut lan = Lan::new("lf", 2);
+    let vip = lan.vip();
+    let a = lan.syncd_config(0, &syncd_toml(2, 150, &vip, 1.0, "auth_pass = \"s3cret\""));
+    let b = lan.syncd_config(1, &syncd_toml(2, 100, &vip, 1.0, "auth_pass = \"s3cret\""));
+    let pa = lan.start_syncd(0, &a);
+    let _pb = lan.start_syncd(1, &b);
+    assert!(wait_for(Duration::from_secs(15), || lan.holders(&[0, 1]) == vec![0]).is_some());
+    lan.port_link(0, false);
+    assert!(
+        wait_for(Duration::from_secs(10), || lan.log(pa).contains("-> FAULT")).is_some(),
+        "no FAULT on carrier loss"
+    );
+    assert!(wait_for(mdi(100, 1.0) + MARGIN, || lan.has_addr(1, &vip)).is_some());
+    assert!(!lan.has_addr(0, &vip), "a faulty node releases the VIP");
+    lan.port_link(0, true);
+    assert!(
+        wait_for(Duration::from_secs(15), || lan.holders(&[0, 1]) == vec![0]).is_some(),
+        "back from FAULT, preempts"
+    );
+}
+
+/// Unicast peers work when the bridge does not forward multicast, where multicast mode splits.
+#[test]
+fn unicast_works_with_multicast_blocked() {
+    if !can_run("unicast_works_with_multicast_blocked")
+        || !have("tcpdump", "unicast_works_with_multicast_blocked")
+    {
+        return;
+    }
+    let _g = serial();
+    let mut lan = Lan::new("uc", 3);
+    lan.block_multicast(3);
+    let vip = lan.vip();
+    // control: multicast mode cannot see each other → both become master
+    let a = lan.syncd_config(0, &syncd_toml(3, 150, &vip, 1.0, ""));
+    let b = lan.syncd_config(1, &syncd_toml(3, 100, &vip, 1.0, ""));
+    let pa = lan.start_syncd(0, &a);
+    let pb = lan.start_syncd(1, &b);
+    assert!(
+        wait_for(Duration::from_secs(15), || lan.holders(&[0, 1])
+            == vec![0, 1])
+        .is_some(),
+        "control failed: multicast is not blocked"
+    );
+    lan.term(pa);
+    lan.term(pb);
+    let cap = lan.start_capture(2, "ip proto 112");
+    let ua = lan.syncd_config(
+        0,
+        &syncd_toml(
+            3,
+            150,
+            &vip,
+            1.0,
+            &format!(
+                "unicast_src = \"{}\"\nunicast_peers = [\"{}\"]",
+                lan.ip(0),
+                lan.ip(1)
+            ),
+        ),
+    );
+    let ub = lan.syncd_config(
+        1,
+        &syncd_toml(
+            3,
+            100,
+            &vip,
+            1.0,
+            &format!(
+                "unicast_src = \"{}\"\nunicast_peers = [\"{}\"]",
+                lan.ip(1),
+                lan.ip(0)
+            ),
+        ),
+    );
+    let pa = lan.start_syncd(0, &ua);
+    let _pb = lan.start_syncd(1, &ub);
+    assert!(wait_for(Duration::from_secs(15), || lan.holders(&[0, 1]) == vec![0]).is_some());
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(lan.holders(&[0, 1]), vec![0], "unicast: exactly one master");
+    lan.kill9(pa);
+    assert!(
+        wait_for(mdi(100, 1.0) + MARGIN, || lan.has_addr(1, &vip)).is_some(),
+        "unicast failover"
+    );
+    assert!(
+        !lan.log(cap).contains("224.0.0.18"),
+        "unicast mode sent multicast:\n{}",
+        lan.log(cap)
+    );
+}
+
+/// A silent partition (bridge port disabled) makes a split brain; when it heals,
+/// exactly one master remains and it re-announces.
+#[test]
+fn split_brain_heals() {
+    if !can_run("split_brain_heals") {
+        return;
+    }
+    let _g = serial();
+    let mut lan = Lan::new("sb", 2);
+    let vip = lan.vip();
+    let a = lan.syncd_config(0, &syncd_toml(3, 150, &vip, 1.0, ""));
+    let b = lan.syncd_config(1, &syncd_toml(3, 100, &vip, 1.0, ""));
+    let pa = lan.start_syncd(0, &a);
+    let _pb = lan.start_syncd(1, &b);
+    assert!(wait_for(Duration::from_secs(15), || lan.holders(&[0, 1]) == vec![0]).is_some());
+    lan.port_state(0, 0);
+    assert!(
+        wait_for(Duration::from_secs(10), || lan.holders(&[0, 1])
+            == vec![0, 1])
+        .is_some(),
+        "partition → split brain"
+    );
+    lan.port_state(0, 3);
+    assert!(
+        wait_for(Duration::from_secs(10), || lan.holders(&[0, 1]) == vec![0]).is_some(),
+        "healed → one master"
+    );
+    assert!(lan.log(pa).contains("MASTER -> BACKUP") || !lan.has_addr(1, &vip));
+}

@@ -1,0 +1,640 @@
+//! The balancer core: server selection and passive failure accounting for one
+//! upstream group, with nginx semantics. Sans-IO: time is passed in, nothing
+//! here touches a socket or a runtime, so it is tested with simulated clocks.
+//!
+//! The state per server mirrors `ngx_http_upstream_rr_peer_t`:
+//! `current_weight`/`effective_weight` for smooth weighted round-robin,
+//! `fails`/`accessed`/`checked` for `max_fails`/`fail_timeout`, `conns` for
+//! `least_conn` and `max_conns`. On top of that, `health` holds the result of
+//! active checks (rise/fall).
+//!
+//! nginx rules reproduced here:
+//! - a server with `fails >= max_fails` is skipped while
+//!   `now - checked <= fail_timeout`; after that one request is let through
+//!   (selection sets `checked = now`), and if it succeeds `fails` resets;
+//! - failures only accumulate within a `fail_timeout` window: a success resets
+//!   `fails` only if `checked` moved past the last failure (`accessed < checked`);
+//! - a failure lowers `effective_weight` by `weight / max_fails`, which then
+//!   recovers by one per selection round (nginx's gradual return);
+//! - a group with a single primary server and no backups ("single") never
+//!   counts failures and never marks its server down passively;
+//! - backup servers are used only when no primary server can be selected.
+
+pub mod hash;
+pub mod least_conn;
+pub mod rr;
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use crate::health::{Health, Transition};
+
+/// Static settings of one server (the `server` line in nginx).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSpec {
+    /// Identity of the server across reloads (the address as written).
+    pub key: String,
+    pub weight: u32,
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+    pub max_conns: u32,
+    pub down: bool,
+    pub backup: bool,
+}
+
+impl PeerSpec {
+    /// A server with nginx's defaults (weight 1, max_fails 1, fail_timeout 10s).
+    pub fn new(key: impl Into<String>) -> PeerSpec {
+        PeerSpec {
+            key: key.into(),
+            weight: 1,
+            max_fails: 1,
+            fail_timeout: Duration::from_secs(10),
+            max_conns: 0,
+            down: false,
+            backup: false,
+        }
+    }
+}
+
+/// Which selection algorithm a group uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    RoundRobin,
+    LeastConn,
+    IpHash,
+    /// Consistent hash (ketama ring) on a per-request key.
+    Hash,
+}
+
+/// One server and its dynamic state. `T` is whatever the I/O layer attaches
+/// (connection pool, metrics).
+#[derive(Debug)]
+pub struct Peer<T> {
+    pub id: u64,
+    pub spec: PeerSpec,
+    pub data: T,
+    pub(crate) current_weight: i64,
+    pub(crate) effective_weight: i64,
+    pub(crate) conns: u32,
+    pub(crate) fails: u32,
+    pub(crate) accessed: Option<Instant>,
+    pub(crate) checked: Option<Instant>,
+    pub(crate) health: Health,
+}
+
+impl<T> Peer<T> {
+    fn new(id: u64, spec: PeerSpec, data: T) -> Peer<T> {
+        let w = i64::from(spec.weight);
+        Peer {
+            id,
+            spec,
+            data,
+            current_weight: 0,
+            effective_weight: w,
+            conns: 0,
+            fails: 0,
+            accessed: None,
+            checked: None,
+            health: Health::new(),
+        }
+    }
+
+    /// Is the server inside its `fail_timeout` window after `max_fails` failures?
+    pub fn passively_failed(&self, now: Instant) -> bool {
+        self.spec.max_fails != 0
+            && self.fails >= self.spec.max_fails
+            && match self.checked {
+                Some(c) => now.saturating_duration_since(c) <= self.spec.fail_timeout,
+                None => false,
+            }
+    }
+
+    fn at_max_conns(&self) -> bool {
+        self.spec.max_conns != 0 && self.conns >= self.spec.max_conns
+    }
+
+    /// Can this server take a request now (ignoring which ones were tried)?
+    /// `single` servers skip the passive-failure check.
+    pub(crate) fn usable(&self, now: Instant, single: bool) -> bool {
+        !self.spec.down && self.health.is_up() && !self.at_max_conns() && (single || !self.passively_failed(now))
+    }
+
+    /// nginx: `if (now - best->checked > best->fail_timeout) best->checked = now;`
+    pub(crate) fn mark_selected(&mut self, now: Instant) {
+        let stale = match self.checked {
+            Some(c) => now.saturating_duration_since(c) > self.spec.fail_timeout,
+            None => true,
+        };
+        if stale {
+            self.checked = Some(now);
+        }
+        self.conns += 1;
+    }
+
+    pub fn conns(&self) -> u32 {
+        self.conns
+    }
+    pub fn fails(&self) -> u32 {
+        self.fails
+    }
+    pub fn health_up(&self) -> bool {
+        self.health.is_up()
+    }
+    pub fn effective_weight(&self) -> i64 {
+        self.effective_weight
+    }
+}
+
+/// What the I/O layer knows about the request, for hashing algorithms.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Key {
+    pub client_ip: Option<IpAddr>,
+    /// Hash of the evaluated `hash_key` (see [`hash::KeyTemplate`]).
+    pub hash: Option<u32>,
+}
+
+/// Per-request selection state: which servers were already tried, and the
+/// hash walk state (ip_hash re-hashes from where the previous try stopped).
+#[derive(Debug, Default, Clone)]
+pub struct Attempt {
+    tried: Vec<u64>,
+    pub(crate) hash_state: Option<u32>,
+    pub(crate) hash_tries: u32,
+}
+
+impl Attempt {
+    pub fn new() -> Attempt {
+        Attempt::default()
+    }
+    pub fn tried(&self, id: u64) -> bool {
+        self.tried.contains(&id)
+    }
+    pub fn mark_tried(&mut self, id: u64) {
+        if !self.tried.contains(&id) {
+            self.tried.push(id);
+        }
+    }
+    pub fn count(&self) -> usize {
+        self.tried.len()
+    }
+}
+
+/// Outcome of one attempt on one server, reported back by the I/O layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The server answered (any status) or the failure was not its fault.
+    Success,
+    /// Connect error, timeout, reset or invalid response: counts toward `max_fails`.
+    Failure,
+}
+
+/// An upstream group: primary and backup servers and the algorithm.
+#[derive(Debug)]
+pub struct Group<T> {
+    method: Method,
+    primary: Vec<Peer<T>>,
+    backup: Vec<Peer<T>>,
+    ring: hash::Ring,
+    next_id: u64,
+}
+
+impl<T> Group<T> {
+    pub fn new(method: Method, servers: Vec<(PeerSpec, T)>) -> Group<T> {
+        let mut g = Group {
+            method,
+            primary: Vec::new(),
+            backup: Vec::new(),
+            ring: hash::Ring::default(),
+            next_id: 1,
+        };
+        for (spec, data) in servers {
+            let id = g.next_id;
+            g.next_id += 1;
+            let p = Peer::new(id, spec, data);
+            if p.spec.backup {
+                g.backup.push(p);
+            } else {
+                g.primary.push(p);
+            }
+        }
+        g.rebuild_ring();
+        g
+    }
+
+    /// Replace the server list (config reload), keeping the dynamic state
+    /// (health, failures, active connections, id) of servers whose key is
+    /// unchanged. Smooth-WRR positions restart, as on an nginx reload.
+    pub fn reconfigure(&mut self, method: Method, servers: Vec<(PeerSpec, T)>) {
+        let mut old: Vec<Peer<T>> = self.primary.drain(..).chain(self.backup.drain(..)).collect();
+        self.method = method;
+        for (spec, data) in servers {
+            let mut peer = match old.iter().position(|p| p.spec.key == spec.key) {
+                Some(i) => {
+                    let o = old.swap_remove(i);
+                    let mut p = Peer::new(o.id, spec, data);
+                    p.conns = o.conns;
+                    p.fails = o.fails;
+                    p.accessed = o.accessed;
+                    p.checked = o.checked;
+                    p.health = o.health;
+                    p
+                }
+                None => {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    Peer::new(id, spec, data)
+                }
+            };
+            peer.current_weight = 0;
+            if peer.spec.backup {
+                self.backup.push(peer);
+            } else {
+                self.primary.push(peer);
+            }
+        }
+        self.rebuild_ring();
+    }
+
+    fn rebuild_ring(&mut self) {
+        self.ring = hash::Ring::build(self.primary.iter().map(|p| (p.spec.key.as_str(), p.spec.weight)));
+    }
+
+    /// nginx's `peers->single`: exactly one primary server and no backups.
+    pub fn is_single(&self) -> bool {
+        self.primary.len() == 1 && self.backup.is_empty()
+    }
+
+    pub fn method(&self) -> Method {
+        self.method
+    }
+
+    pub fn len(&self) -> usize {
+        self.primary.len() + self.backup.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = &Peer<T>> {
+        self.primary.iter().chain(self.backup.iter())
+    }
+
+    fn peer_mut(&mut self, id: u64) -> Option<&mut Peer<T>> {
+        self.primary.iter_mut().chain(self.backup.iter_mut()).find(|p| p.id == id)
+    }
+
+    pub fn peer(&self, id: u64) -> Option<&Peer<T>> {
+        self.peers().find(|p| p.id == id)
+    }
+
+    /// Is any server selectable right now (for `/healthz`)?
+    pub fn any_usable(&self, now: Instant) -> bool {
+        let single = self.is_single();
+        self.peers().any(|p| p.usable(now, single))
+    }
+
+    /// Is this server selectable right now (for metrics)?
+    pub fn usable(&self, id: u64, now: Instant) -> bool {
+        let single = self.is_single();
+        self.peer(id).is_some_and(|p| p.usable(now, single))
+    }
+
+    /// Pick a server for the next attempt of a request. Counts an active
+    /// connection on it; the caller must call [`Group::release`] exactly once.
+    /// Returns `None` when no untried server is available.
+    pub fn select(&mut self, now: Instant, key: Key, attempt: &mut Attempt) -> Option<(u64, &T)> {
+        let single = self.is_single();
+        let idx = match self.method {
+            Method::RoundRobin => {
+                Self::select_set(&mut self.primary, now, single, attempt, rr::select).map(|i| (false, i))
+            }
+            Method::LeastConn => {
+                Self::select_set(&mut self.primary, now, single, attempt, least_conn::select).map(|i| (false, i))
+            }
+            Method::IpHash => {
+                let found = match key.client_ip {
+                    Some(ip) if !single => hash::select_ip_hash(&self.primary, now, ip, attempt),
+                    _ => None,
+                };
+                found.or_else(|| rr::select(&mut self.primary, now, single, attempt)).map(|i| (false, i))
+            }
+            Method::Hash => {
+                let found = match key.hash {
+                    Some(h) if !single => self.ring.select(&self.primary, now, h, attempt),
+                    _ => None,
+                };
+                found.or_else(|| rr::select(&mut self.primary, now, single, attempt)).map(|i| (false, i))
+            }
+        };
+        let idx = match idx {
+            Some(i) => Some(i),
+            None => {
+                let algo = if self.method == Method::LeastConn {
+                    least_conn::select::<T>
+                } else {
+                    rr::select::<T>
+                };
+                Self::select_set(&mut self.backup, now, false, attempt, algo).map(|i| (true, i))
+            }
+        }?;
+        let peer = if idx.0 { &mut self.backup[idx.1] } else { &mut self.primary[idx.1] };
+        peer.mark_selected(now);
+        attempt.mark_tried(peer.id);
+        Some((peer.id, &peer.data))
+    }
+
+    fn select_set(
+        set: &mut [Peer<T>],
+        now: Instant,
+        single: bool,
+        attempt: &Attempt,
+        algo: fn(&mut [Peer<T>], Instant, bool, &Attempt) -> Option<usize>,
+    ) -> Option<usize> {
+        algo(set, now, single, attempt)
+    }
+
+    /// The attempt on server `id` is over (nginx `free_peer`): release its
+    /// connection slot and account the outcome for `max_fails`/`fail_timeout`.
+    pub fn release(&mut self, id: u64, now: Instant, outcome: Outcome) {
+        let single = self.is_single();
+        let Some(peer) = self.peer_mut(id) else {
+            return; // removed by a reload while the request was in flight
+        };
+        peer.conns = peer.conns.saturating_sub(1);
+        if single {
+            return;
+        }
+        match outcome {
+            Outcome::Failure => {
+                peer.fails = peer.fails.saturating_add(1);
+                peer.accessed = Some(now);
+                peer.checked = Some(now);
+                if peer.spec.max_fails != 0 {
+                    peer.effective_weight -= i64::from(peer.spec.weight / peer.spec.max_fails);
+                }
+                if peer.effective_weight < 0 {
+                    peer.effective_weight = 0;
+                }
+            }
+            Outcome::Success => {
+                if peer.accessed < peer.checked {
+                    peer.fails = 0;
+                }
+            }
+        }
+    }
+
+    /// Feed an active health-check result. Returns the transition, if any.
+    pub fn record_check(&mut self, id: u64, ok: bool, rise: u32, fall: u32) -> Option<Transition> {
+        let peer = self.peer_mut(id)?;
+        let t = peer.health.record(ok, rise, fall);
+        if t == Some(Transition::WentUp) {
+            // a server returning from an active-check outage starts clean
+            peer.fails = 0;
+        }
+        t
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use super::*;
+
+    pub fn spec(key: &str, weight: u32) -> PeerSpec {
+        PeerSpec {
+            weight,
+            ..PeerSpec::new(key)
+        }
+    }
+
+    pub fn group(method: Method, specs: Vec<PeerSpec>) -> Group<String> {
+        Group::new(method, specs.into_iter().map(|s| (s.key.clone(), s)).map(|(k, s)| (s, k)).collect())
+    }
+
+    /// Select and immediately release with success, `n` times.
+    pub fn sequence(g: &mut Group<String>, now: Instant, n: usize) -> String {
+        let mut out = String::new();
+        for _ in 0..n {
+            let mut a = Attempt::new();
+            let (id, name) = g.select(now, Key::default(), &mut a).expect("a server");
+            out.push_str(name);
+            g.release(id, now, Outcome::Success);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::*;
+    use super::*;
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    fn fail(g: &mut Group<String>, now: Instant, want: &str) {
+        let mut a = Attempt::new();
+        let (id, name) = g.select(now, Key::default(), &mut a).expect("a server");
+        assert_eq!(name, want);
+        g.release(id, now, Outcome::Failure);
+    }
+
+    fn pick(g: &mut Group<String>, now: Instant) -> Option<String> {
+        let mut a = Attempt::new();
+        let (id, name) = g.select(now, Key::default(), &mut a)?;
+        let name = name.clone();
+        g.release(id, now, Outcome::Success);
+        Some(name)
+    }
+
+    #[test]
+    fn max_fails_marks_down_for_fail_timeout_then_probes() {
+        let t0 = Instant::now();
+        let mut a = spec("a", 1);
+        a.max_fails = 2;
+        a.fail_timeout = secs(10);
+        let mut g = group(Method::RoundRobin, vec![a, spec("b", 1)]);
+        fail(&mut g, t0, "a");
+        // one failure of two: still used
+        assert_eq!(sequence(&mut g, t0 + secs(1), 2), "ba");
+        let mut g2 = {
+            let mut a = spec("a", 1);
+            a.max_fails = 2;
+            group(Method::RoundRobin, vec![a, spec("b", 1)])
+        };
+        fail(&mut g2, t0, "a");
+        assert_eq!(pick(&mut g2, t0 + secs(1)), Some("b".into()));
+        fail(&mut g2, t0 + secs(2), "a");
+        // a is down for fail_timeout (10s after its last failure, inclusive)
+        for s in [2, 5, 12] {
+            assert_eq!(pick(&mut g2, t0 + secs(s)), Some("b".into()), "at t={s}s");
+        }
+        // after the window, one request probes a; success brings it back fully
+        let probe_t = t0 + secs(13);
+        let got: Vec<_> = (0..4).map(|_| pick(&mut g2, probe_t).unwrap()).collect();
+        assert!(got.contains(&"a".to_string()), "a probed after fail_timeout: {got:?}");
+        assert_eq!(g2.peers().find(|p| p.spec.key == "a").unwrap().fails(), 0);
+    }
+
+    #[test]
+    fn failed_probe_keeps_server_down_for_another_window() {
+        let t0 = Instant::now();
+        let mut g = group(Method::RoundRobin, vec![spec("a", 1), spec("b", 1)]);
+        fail(&mut g, t0, "a"); // max_fails = 1: down until t0+10s
+        assert_eq!(pick(&mut g, t0 + secs(10)), Some("b".into()));
+        assert_eq!(pick(&mut g, t0 + secs(10)), Some("b".into()));
+        // t0+11: a is probed
+        // t0+11: a is eligible again (its effective weight recovers by one per round)
+        let mut probed = false;
+        for _ in 0..5 {
+            let mut at = Attempt::new();
+            let (id, n) = g.select(t0 + secs(11), Key::default(), &mut at).unwrap();
+            let is_a = n == "a";
+            g.release(id, t0 + secs(11), if is_a { Outcome::Failure } else { Outcome::Success });
+            if is_a {
+                probed = true;
+                break;
+            }
+        }
+        assert!(probed, "a was probed after fail_timeout");
+        // the probe failed: down again until t0+21
+        for s in [12, 15, 21] {
+            assert_eq!(pick(&mut g, t0 + secs(s)), Some("b".into()), "at t={s}s");
+        }
+    }
+
+    #[test]
+    fn failures_outside_the_window_do_not_accumulate() {
+        let t0 = Instant::now();
+        let mut a = spec("a", 1);
+        a.max_fails = 2;
+        let mut g = group(Method::RoundRobin, vec![a, spec("b", 1)]);
+        fail(&mut g, t0, "a");
+        // 11s later (window over) a success on a resets its failure count
+        assert_eq!(sequence(&mut g, t0 + secs(11), 2), "ba");
+        assert_eq!(g.peers().next().unwrap().fails(), 0);
+        fail(&mut g, t0 + secs(12), "b");
+        fail(&mut g, t0 + secs(12), "a");
+        assert!(!g.peers().next().unwrap().passively_failed(t0 + secs(12)), "only one failure in window");
+    }
+
+    #[test]
+    fn max_fails_zero_never_marks_down() {
+        let t0 = Instant::now();
+        let mut a = spec("a", 1);
+        a.max_fails = 0;
+        let mut g = group(Method::RoundRobin, vec![a, spec("b", 1)]);
+        for _ in 0..5 {
+            fail(&mut g, t0, "a");
+            assert_eq!(pick(&mut g, t0), Some("b".into()));
+        }
+    }
+
+    #[test]
+    fn single_server_group_is_never_marked_down() {
+        let t0 = Instant::now();
+        let mut g = group(Method::RoundRobin, vec![spec("only", 1)]);
+        for _ in 0..10 {
+            fail(&mut g, t0, "only");
+        }
+        assert_eq!(pick(&mut g, t0 + secs(1)), Some("only".into()));
+        assert_eq!(g.peers().next().unwrap().fails(), 0);
+    }
+
+    #[test]
+    fn single_primary_with_backup_is_not_single() {
+        let t0 = Instant::now();
+        let mut b = spec("bk", 1);
+        b.backup = true;
+        let mut g = group(Method::RoundRobin, vec![spec("p", 1), b]);
+        assert!(!g.is_single());
+        fail(&mut g, t0, "p");
+        assert_eq!(pick(&mut g, t0 + secs(1)), Some("bk".into()));
+    }
+
+    #[test]
+    fn backup_used_only_when_all_primaries_unavailable() {
+        let t0 = Instant::now();
+        let mut bk = spec("z", 1);
+        bk.backup = true;
+        let mut g = group(Method::RoundRobin, vec![spec("a", 1), spec("b", 1), bk]);
+        assert!(!sequence(&mut g, t0, 20).contains('z'));
+        fail(&mut g, t0, "a");
+        assert_eq!(sequence(&mut g, t0, 4), "bbbb");
+        fail(&mut g, t0, "b");
+        assert_eq!(sequence(&mut g, t0 + secs(1), 3), "zzz");
+        // after fail_timeout, primaries are probed again before the backup
+        assert!(!sequence(&mut g, t0 + secs(11), 2).contains('z'));
+    }
+
+    #[test]
+    fn retries_skip_tried_servers_and_then_use_backup() {
+        let t0 = Instant::now();
+        let mut bk = spec("z", 1);
+        bk.backup = true;
+        let mut g = group(Method::RoundRobin, vec![spec("a", 1), spec("b", 1), bk]);
+        let mut at = Attempt::new();
+        let mut seen = Vec::new();
+        while let Some((id, n)) = g.select(t0, Key::default(), &mut at) {
+            seen.push(n.clone());
+            g.release(id, t0, Outcome::Failure);
+        }
+        assert_eq!(seen, vec!["a", "b", "z"]);
+        assert_eq!(at.count(), 3);
+    }
+
+    #[test]
+    fn down_and_max_conns_are_respected() {
+        let t0 = Instant::now();
+        let mut a = spec("a", 1);
+        a.down = true;
+        let mut b = spec("b", 1);
+        b.max_conns = 1;
+        let mut g = group(Method::RoundRobin, vec![a, b, spec("c", 1)]);
+        let mut at1 = Attempt::new();
+        let (b_id, _) = g.select(t0, Key::default(), &mut at1).unwrap();
+        assert_eq!(g.peer(b_id).unwrap().spec.key, "b");
+        // b is at max_conns while the first request is in flight
+        assert_eq!(sequence(&mut g, t0, 3), "ccc");
+        g.release(b_id, t0, Outcome::Success);
+        assert!(sequence(&mut g, t0, 2).contains('b'));
+    }
+
+    #[test]
+    fn active_health_down_excludes_and_rise_restores() {
+        let t0 = Instant::now();
+        let mut g = group(Method::RoundRobin, vec![spec("a", 1), spec("b", 1)]);
+        let a_id = g.peers().next().unwrap().id;
+        assert_eq!(g.record_check(a_id, false, 2, 1), Some(Transition::WentDown));
+        assert_eq!(sequence(&mut g, t0, 4), "bbbb");
+        assert_eq!(g.record_check(a_id, true, 2, 1), None);
+        assert_eq!(sequence(&mut g, t0, 4), "bbbb", "one success of rise=2 is not enough");
+        assert_eq!(g.record_check(a_id, true, 2, 1), Some(Transition::WentUp));
+        assert!(sequence(&mut g, t0, 4).contains('a'));
+    }
+
+    #[test]
+    fn reconfigure_keeps_state_by_key() {
+        let t0 = Instant::now();
+        let mut g = group(Method::RoundRobin, vec![spec("a", 1), spec("b", 1)]);
+        let a_id = g.peers().next().unwrap().id;
+        g.record_check(a_id, false, 1, 1);
+        let mut at = Attempt::new();
+        let (b_id, _) = g.select(t0, Key::default(), &mut at).unwrap();
+        g.reconfigure(
+            Method::RoundRobin,
+            vec![(spec("a", 2), "a".into()), (spec("b", 1), "b".into()), (spec("c", 1), "c".into())],
+        );
+        let a = g.peers().find(|p| p.spec.key == "a").unwrap();
+        assert_eq!(a.id, a_id);
+        assert!(!a.health_up(), "health survives reload");
+        assert_eq!(a.spec.weight, 2);
+        assert_eq!(g.peer(b_id).unwrap().conns(), 1, "in-flight conns survive reload");
+        g.release(b_id, t0, Outcome::Success);
+        assert_eq!(g.peer(b_id).unwrap().conns(), 0);
+        assert_eq!(g.len(), 3);
+    }
+}

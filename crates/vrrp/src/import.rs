@@ -1,16 +1,570 @@
-//! keepalived.conf → TOML converter (placeholder; filled in below).
+//! keepalived.conf → syncd TOML: maps the `vrrp_instance` and `vrrp_script`
+//! blocks and says what it could not map.
+//!
+//! The parser follows keepalived's own rules loosely and tolerates the mess
+//! found in the wild: `#` and `!` comments anywhere, braces glued to words,
+//! quoted strings, and prose around the configuration (ignored).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
 
 /// Result of a conversion.
+#[derive(Debug, Clone)]
 pub struct Imported {
+    /// The TOML text (one `[[vrrp]]` per `vrrp_instance`).
     pub toml: String,
+    /// Everything that was not mapped, or was mapped with a change of meaning.
     pub warnings: Vec<String>,
     pub instances: usize,
 }
 
-pub fn convert(_text: &str) -> Imported {
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Word(String, usize),
+    Open(usize),
+    Close(usize),
+    Eol,
+}
+
+fn tokenize(text: &str) -> Vec<Tok> {
+    let mut out = Vec::new();
+    for (ln, line) in text.lines().enumerate() {
+        let ln = ln + 1;
+        let mut chars = line.chars().peekable();
+        let mut cur = String::new();
+        let flush = |cur: &mut String, out: &mut Vec<Tok>| {
+            if !cur.is_empty() {
+                out.push(Tok::Word(std::mem::take(cur), ln));
+            }
+        };
+        while let Some(c) = chars.next() {
+            match c {
+                '#' | '!' => break,
+                '"' => {
+                    flush(&mut cur, &mut out);
+                    let mut s = String::new();
+                    for c in chars.by_ref() {
+                        if c == '"' {
+                            break;
+                        }
+                        s.push(c);
+                    }
+                    out.push(Tok::Word(s, ln));
+                }
+                '{' => {
+                    flush(&mut cur, &mut out);
+                    out.push(Tok::Open(ln));
+                }
+                '}' => {
+                    flush(&mut cur, &mut out);
+                    out.push(Tok::Close(ln));
+                }
+                c if c.is_whitespace() => flush(&mut cur, &mut out),
+                c => cur.push(c),
+            }
+        }
+        flush(&mut cur, &mut out);
+        out.push(Tok::Eol);
+    }
+    out
+}
+
+/// A statement: words on one line, optionally followed by a `{ ... }` block.
+#[derive(Debug, Clone, Default)]
+struct Node {
+    words: Vec<String>,
+    line: usize,
+    children: Vec<Node>,
+    has_block: bool,
+}
+
+impl Node {
+    fn key(&self) -> &str {
+        self.words.first().map_or("", |s| s.as_str())
+    }
+    fn arg(&self, i: usize) -> Option<&str> {
+        self.words.get(i).map(|s| s.as_str())
+    }
+}
+
+fn parse_nodes(toks: &[Tok], pos: &mut usize, depth: usize) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    let mut cur = Node::default();
+    while *pos < toks.len() {
+        let t = toks[*pos].clone();
+        *pos += 1;
+        match t {
+            Tok::Word(w, ln) => {
+                if cur.words.is_empty() {
+                    cur.line = ln;
+                }
+                cur.words.push(w);
+            }
+            Tok::Eol => {
+                if !cur.words.is_empty() {
+                    nodes.push(std::mem::take(&mut cur));
+                }
+            }
+            Tok::Open(ln) => {
+                if cur.words.is_empty() {
+                    // "{" on its own line belongs to the previous statement
+                    if let Some(prev) = nodes.pop().filter(|p: &Node| !p.has_block) {
+                        cur = prev;
+                    } else {
+                        cur.line = ln;
+                    }
+                }
+                cur.has_block = true;
+                cur.children = parse_nodes(toks, pos, depth + 1);
+                nodes.push(std::mem::take(&mut cur));
+            }
+            Tok::Close(_) => {
+                if !cur.words.is_empty() {
+                    nodes.push(std::mem::take(&mut cur));
+                }
+                if depth > 0 {
+                    return nodes;
+                }
+            }
+        }
+    }
+    if !cur.words.is_empty() {
+        nodes.push(cur);
+    }
+    nodes
+}
+
+fn q(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            '\t' => o.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(o, "\\u{:04x}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+#[derive(Debug, Clone, Default)]
+struct Script {
+    script: Option<String>,
+    interval: Option<String>,
+    timeout: Option<String>,
+    weight: Option<i64>,
+    fall: Option<String>,
+    rise: Option<String>,
+}
+
+fn is_num(s: &str) -> bool {
+    s.parse::<f64>().is_ok_and(|v| v.is_finite())
+}
+
+/// Convert keepalived.conf text.
+pub fn convert(text: &str) -> Imported {
+    let toks = tokenize(text);
+    let mut pos = 0;
+    let top = parse_nodes(&toks, &mut pos, 0);
+    let mut warnings = Vec::new();
+    let mut scripts: BTreeMap<String, Script> = BTreeMap::new();
+    let mut global_version: Option<String> = None;
+
+    for n in &top {
+        match n.key() {
+            "vrrp_script" if n.has_block => {
+                let name = n.arg(1).unwrap_or("").to_string();
+                let mut s = Script::default();
+                for c in &n.children {
+                    let v = c.arg(1).map(str::to_string);
+                    match c.key() {
+                        "script" => s.script = Some(c.words[1..].join(" ")),
+                        "interval" => s.interval = v,
+                        "timeout" => s.timeout = v,
+                        "weight" => {
+                            s.weight = v.as_deref().and_then(|w| w.parse().ok());
+                            if c.arg(2) == Some("reverse") {
+                                warnings.push(format!("line {}: vrrp_script {name}: `weight ... reverse` is not mapped; invert the script's exit status instead", c.line));
+                            }
+                        }
+                        "fall" => s.fall = v,
+                        "rise" => s.rise = v,
+                        other => warnings.push(format!(
+                            "line {}: vrrp_script {name}: `{other}` is not mapped",
+                            c.line
+                        )),
+                    }
+                }
+                scripts.insert(name, s);
+            }
+            "global_defs" => {
+                for c in &n.children {
+                    match c.key() {
+                        "vrrp_version" => global_version = c.arg(1).map(str::to_string),
+                        "router_id"
+                        | "notification_email"
+                        | "notification_email_from"
+                        | "smtp_server"
+                        | "smtp_connect_timeout"
+                        | "enable_script_security"
+                        | "script_user" => {}
+                        other => warnings.push(format!(
+                            "line {}: global_defs `{other}` is not mapped",
+                            c.line
+                        )),
+                    }
+                }
+            }
+            "vrrp_instance" | "static_ipaddress" | "static_routes" => {}
+            "virtual_server" | "virtual_server_group" => warnings.push(format!(
+                "line {}: `{}` (LVS) is not mapped; see syncd-proxy for load balancing",
+                n.line,
+                n.key()
+            )),
+            "vrrp_sync_group" => warnings.push(format!(
+                "line {}: vrrp_sync_group {} is not mapped: each instance fails over on its own",
+                n.line,
+                n.arg(1).unwrap_or("")
+            )),
+            _ => {}
+        }
+    }
+
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# Converted from keepalived.conf by `syncd vrrp --import-keepalived`."
+    );
+    let _ = writeln!(out, "# Review the warnings printed on stderr before use.");
+    let mut instances = 0;
+    for n in top
+        .iter()
+        .filter(|n| n.key() == "vrrp_instance" && n.has_block)
+    {
+        instances += 1;
+        let name = n.arg(1).unwrap_or("VI").to_string();
+        let w = |msg: String| format!("line {}: vrrp_instance {name}: {msg}", n.line);
+        let mut kv: Vec<(String, String)> = vec![("name".into(), q(&name))];
+        let mut vips = Vec::new();
+        let mut peers = Vec::new();
+        let mut tracks = Vec::new();
+        let mut track_ifs = Vec::new();
+        let mut version = global_version.clone();
+        let mut unicast_src = None;
+        let mut interface = None;
+        for c in &n.children {
+            let a1 = c.arg(1);
+            let simple_num =
+                |key: &str, kv: &mut Vec<(String, String)>, warnings: &mut Vec<String>| match a1 {
+                    Some(v) if is_num(v) => kv.push((key.into(), v.to_string())),
+                    _ => warnings.push(w(format!("`{}` needs a number", c.key()))),
+                };
+            match c.key() {
+                "state" => {
+                    if a1 == Some("MASTER") {
+                        warnings.push(w("`state MASTER` is only a start-up hint in keepalived; syncd starts as BACKUP and elects by priority (use priority 255 for an address owner)".into()));
+                    }
+                }
+                "interface" => interface = a1.map(str::to_string),
+                "virtual_router_id" => simple_num("vrid", &mut kv, &mut warnings),
+                "priority" => simple_num("priority", &mut kv, &mut warnings),
+                "advert_int" => simple_num("advert_int", &mut kv, &mut warnings),
+                "version" => version = a1.map(str::to_string),
+                "nopreempt" => kv.push(("nopreempt".into(), "true".into())),
+                "preempt" => {}
+                "preempt_delay" => simple_num("preempt_delay", &mut kv, &mut warnings),
+                "garp_master_delay" => simple_num("garp_delay", &mut kv, &mut warnings),
+                "garp_master_repeat" => simple_num("garp_repeat", &mut kv, &mut warnings),
+                "garp_master_refresh" => simple_num("garp_refresh", &mut kv, &mut warnings),
+                "authentication" => {
+                    let mut ty = None;
+                    for a in &c.children {
+                        match a.key() {
+                            "auth_type" => ty = a.arg(1).map(str::to_string),
+                            "auth_pass" => {
+                                if let Some(p) = a.arg(1) {
+                                    kv.push((
+                                        "auth_pass".into(),
+                                        q(&p.chars().take(8).collect::<String>()),
+                                    ));
+                                    if p.len() > 8 {
+                                        warnings.push(w("auth_pass longer than 8 bytes: truncated to 8, as keepalived does".into()));
+                                    }
+                                }
+                            }
+                            other => {
+                                warnings.push(w(format!("authentication `{other}` is not mapped")))
+                            }
+                        }
+                    }
+                    if ty.as_deref() == Some("AH") {
+                        warnings.push(w("auth_type AH is not supported (deprecated by RFC 3768); the password was kept as PASS — change both nodes".into()));
+                    }
+                }
+                "virtual_ipaddress" | "virtual_ipaddress_excluded" => {
+                    if c.key() == "virtual_ipaddress_excluded" {
+                        warnings.push(w("virtual_ipaddress_excluded mapped into virtual_ips (they will be carried in adverts)".into()));
+                    }
+                    for v in &c.children {
+                        let addr = v.key();
+                        if crate::config::parse_vip(addr).is_err() {
+                            warnings.push(format!("line {}: vrrp_instance {name}: virtual address {addr:?} is not an address; skipped", v.line));
+                            continue;
+                        }
+                        vips.push(q(addr));
+                        let rest: Vec<&str> = v.words[1..].iter().map(|s| s.as_str()).collect();
+                        if let Some(i) = rest.iter().position(|w| *w == "dev") {
+                            if rest
+                                .get(i + 1)
+                                .map(|d| Some(*d) != interface.as_deref())
+                                .unwrap_or(false)
+                            {
+                                warnings.push(format!("line {}: vrrp_instance {name}: {addr} on `dev {}` is not mapped: syncd adds addresses on the instance interface", v.line, rest.get(i + 1).unwrap_or(&"")));
+                            }
+                        }
+                        let extra: Vec<&str> = rest
+                            .iter()
+                            .copied()
+                            .filter(|w| *w != "dev" && Some(*w) != interface.as_deref())
+                            .collect();
+                        if !extra.is_empty() && !rest.contains(&"dev") {
+                            warnings.push(format!("line {}: vrrp_instance {name}: options {:?} of {addr} are not mapped", v.line, extra));
+                        }
+                    }
+                }
+                "unicast_src_ip" => unicast_src = a1.map(str::to_string),
+                "unicast_peer" => {
+                    for p in &c.children {
+                        peers.push(q(p.key()));
+                        if p.words.len() > 1 {
+                            warnings.push(format!(
+                                "line {}: unicast_peer options {:?} are not mapped",
+                                p.line,
+                                &p.words[1..]
+                            ));
+                        }
+                    }
+                }
+                "mcast_src_ip" => warnings.push(w(format!(
+                    "mcast_src_ip {} is not mapped: syncd sends from the interface's first address",
+                    a1.unwrap_or("")
+                ))),
+                "track_script" => {
+                    for t in &c.children {
+                        let sname = t.key().to_string();
+                        let weight_override = (t.arg(1) == Some("weight"))
+                            .then(|| t.arg(2).and_then(|x| x.parse::<i64>().ok()))
+                            .flatten();
+                        match scripts.get(&sname) {
+                            Some(s) => tracks.push((sname, s.clone(), weight_override)),
+                            None => warnings.push(format!("line {}: vrrp_instance {name}: track_script {sname} has no vrrp_script block; skipped", t.line)),
+                        }
+                    }
+                }
+                "track_interface" => {
+                    for t in &c.children {
+                        track_ifs.push(q(t.key()));
+                        if t.words.len() > 1 {
+                            warnings.push(format!("line {}: track_interface {} `weight` is not mapped: a down interface means FAULT", t.line, t.key()));
+                        }
+                    }
+                }
+                k @ ("notify_master" | "notify_backup" | "notify_fault" | "notify_stop"
+                | "notify") => {
+                    kv.push((k.into(), q(&c.words[1..].join(" "))));
+                }
+                other => warnings.push(w(format!("`{other}` is not mapped"))),
+            }
+        }
+        let _ = writeln!(out, "\n[[vrrp]]");
+        match &interface {
+            Some(i) => {
+                let _ = writeln!(out, "interface = {}", q(i));
+            }
+            None => warnings.push(w("has no `interface`; set one".into())),
+        }
+        for (k, v) in &kv {
+            let _ = writeln!(out, "{k} = {v}");
+        }
+        let ver = version.as_deref().unwrap_or("2");
+        let _ = writeln!(out, "version = {}", if ver == "3" { 3 } else { 2 });
+        let _ = writeln!(out, "virtual_ips = [{}]", vips.join(", "));
+        if vips.is_empty() {
+            warnings.push(w("has no virtual_ipaddress".into()));
+        }
+        if !peers.is_empty() {
+            if let Some(s) = &unicast_src {
+                let _ = writeln!(out, "unicast_src = {}", q(s));
+            }
+            let _ = writeln!(out, "unicast_peers = [{}]", peers.join(", "));
+        } else if unicast_src.is_some() {
+            warnings.push(w(
+                "unicast_src_ip without unicast_peer is not mapped (multicast is used)".into(),
+            ));
+        }
+        if !track_ifs.is_empty() {
+            let _ = writeln!(out, "track_interfaces = [{}]", track_ifs.join(", "));
+        }
+        for (sname, s, wo) in tracks {
+            let _ = writeln!(out, "\n[[vrrp.track]]\nname = {}", q(&sname));
+            match &s.script {
+                Some(sc) => {
+                    let _ = writeln!(out, "script = {}", q(sc));
+                }
+                None => warnings.push(format!("vrrp_script {sname}: has no `script`")),
+            }
+            for (k, v) in [
+                ("interval", &s.interval),
+                ("timeout", &s.timeout),
+                ("fall", &s.fall),
+                ("rise", &s.rise),
+            ] {
+                if let Some(v) = v.as_deref().filter(|v| is_num(v)) {
+                    let _ = writeln!(out, "{k} = {v}");
+                }
+            }
+            let weight = wo.or(s.weight).unwrap_or(0);
+            let _ = writeln!(out, "weight = {weight}");
+        }
+    }
     Imported {
-        toml: String::new(),
-        warnings: vec![],
-        instances: 0,
+        toml: out,
+        warnings,
+        instances,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// From a real write-up (shared/seeds/003), comments and all.
+    const SEED: &str = r#"
+! Configuration File for keepalived     #全局定义
+global_defs {
+  notification_email {     #指定keepalived在发生事件时
+  ops@wangshibo.cn
+  }
+  router_id master-node     #运行keepalived的机器的一个标识
+}
+vrrp_script chk_http_port {      #检测nginx服务是否在运行
+    script "/etc/keepalived/check_nginx.sh"   #这里通过脚本监测
+    interval 2                   #脚本执行间隔，每2s检测一次
+    weight -5                    #检测失败则优先级 -5
+    fall 2
+    rise 1
+}
+vrrp_instance VI_1 {    #keepalived在同一virtual_router_id中priority最大的会成为master
+    state MASTER
+    interface em1
+    mcast_src_ip 103.110.98.14
+    virtual_router_id 51
+    priority 101
+    advert_int 1
+    nopreempt                    # 非抢占模式
+    authentication {
+        auth_type PASS
+        auth_pass 1111
+    }
+    virtual_ipaddress {          #VRRP HA 虚拟地址
+        103.110.98.20
+    }
+  track_script {
+    chk_http_port
+  }
+}
+virtual_server 10.0.0.1 80 {
+  lb_algo rr
+}
+"#;
+
+    #[test]
+    fn converts_seed_and_result_validates() {
+        let r = convert(SEED);
+        assert_eq!(r.instances, 1);
+        let c = crate::config::parse(&r.toml).unwrap_or_else(|e| panic!("{e}\n{}", r.toml));
+        let i = &c.instances[0];
+        assert_eq!(i.name, "VI_1");
+        assert_eq!(i.interface, "em1");
+        assert_eq!(i.vrid, 51);
+        assert_eq!(i.priority, 101);
+        assert!(!i.preempt);
+        assert_eq!(i.auth, crate::packet::Auth::simple("1111"));
+        assert_eq!(i.vips[0].to_string(), "103.110.98.20/32");
+        assert_eq!(i.tracks[0].weight, -5);
+        assert_eq!(i.tracks[0].fall, 2);
+        assert_eq!(
+            i.tracks[0].kind,
+            crate::config::CheckKind::Script("/etc/keepalived/check_nginx.sh".into())
+        );
+        let w = r.warnings.join("\n");
+        assert!(
+            w.contains("mcast_src_ip 103.110.98.14 is not mapped"),
+            "{w}"
+        );
+        assert!(w.contains("state MASTER"), "{w}");
+        assert!(w.contains("virtual_server` (LVS) is not mapped"), "{w}");
+    }
+
+    #[test]
+    fn unicast_v3_notify_and_weight_override() {
+        let conf = r#"
+vrrp_script chk { script "pidof nginx"
+  interval 1 }
+vrrp_instance VI_9 {
+  interface eth0
+  virtual_router_id 9
+  priority 150
+  advert_int 0.1
+  version 3
+  unicast_src_ip 10.0.0.1
+  unicast_peer {
+    10.0.0.2
+  }
+  virtual_ipaddress {
+    10.0.0.100/24 dev eth0
+  }
+  track_script {
+    chk weight 20
+  }
+  notify "/usr/local/bin/notify.sh"
+  smtp_alert
+}
+"#;
+        let r = convert(conf);
+        let c = crate::config::parse(&r.toml).unwrap_or_else(|e| panic!("{e}\n{}", r.toml));
+        let i = &c.instances[0];
+        assert_eq!(
+            i.unicast_peers,
+            vec!["10.0.0.2".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert_eq!(i.advert_int, std::time::Duration::from_millis(100));
+        assert_eq!(i.tracks[0].weight, 20);
+        assert_eq!(i.notify.as_deref(), Some("/usr/local/bin/notify.sh"));
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.contains("`smtp_alert` is not mapped")),
+            "{:?}",
+            r.warnings
+        );
+    }
+
+    #[test]
+    fn garbage_does_not_panic() {
+        for s in [
+            "}}}{{{",
+            "vrrp_instance {",
+            "vrrp_instance X { virtual_ipaddress { \"",
+            "",
+            "\"unterminated",
+        ] {
+            let _ = convert(s);
+        }
     }
 }

@@ -106,8 +106,29 @@ impl Session {
         }
     }
 
+    /// Closes the connection and gives the close a moment to reach the standby,
+    /// so it can start the next session at once.
+    pub async fn close(&self) {
+        self.conn.close(0u32.into(), b"done");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self._endpoint.wait_idle()).await;
+    }
+
     pub async fn send(&mut self, r: &Request) -> Result<(), ClientError> {
         wire::write_msg(&mut self.send, r, &mut self.wbuf).await?;
+        Ok(())
+    }
+
+    /// Sends an already-encoded payload as one frame. Exists so tests can
+    /// play a hostile primary; a real primary only sends typed requests.
+    #[doc(hidden)]
+    pub async fn send_frame(&mut self, payload: &[u8]) -> Result<(), ClientError> {
+        use tokio::io::AsyncWriteExt;
+        let mut f = (payload.len() as u32).to_le_bytes().to_vec();
+        f.extend_from_slice(payload);
+        self.send
+            .write_all(&f)
+            .await
+            .map_err(|e| ClientError::Wire(wire::WireError::Io(e.into())))?;
         Ok(())
     }
 
@@ -185,7 +206,7 @@ impl Session {
         self.send(&Request::Finish).await?;
         let r = self.control_reply().await?;
         let stats = self.conn.stats();
-        self.conn.close(0u32.into(), b"done");
+        self.close().await;
         match r {
             Reply::Finished { committed } => Ok((committed, stats)),
             other => Err(ClientError::Protocol(format!(
@@ -471,11 +492,7 @@ async fn execute(
         })
         .await?;
     }
-    sum.meta_only = p
-        .metas
-        .iter()
-        .filter(|(path, _)| !p.mkdirs.contains(path))
-        .count() as u64;
+    sum.meta_only = p.meta_changes;
     sum.failures.extend(s.barrier(next_barrier()).await?);
     Ok(())
 }

@@ -29,6 +29,8 @@ pub struct Plan {
     /// parent's mtime afterwards.
     pub metas: Vec<(RelPath, Meta)>,
     pub unchanged: u64,
+    /// Entries whose content is current but whose metadata is not.
+    pub meta_changes: u64,
     pub content_bytes: u64,
 }
 
@@ -74,6 +76,7 @@ pub fn plan(local: &[Entry], remote: &[Entry], o: &PlanOptions) -> Plan {
             Kind::Dir => match r.map(|r| &r.kind) {
                 Some(Kind::Dir) => {
                     if !same_meta(&e.meta, &r.unwrap_or(e).meta, o.owners, true) {
+                        p.meta_changes += 1;
                         dir_metas.push((e.path.clone(), e.meta));
                     } else {
                         p.unchanged += 1;
@@ -105,6 +108,7 @@ pub fn plan(local: &[Entry], remote: &[Entry], o: &PlanOptions) -> Plan {
                     ) {
                         p.unchanged += 1;
                     } else {
+                        p.meta_changes += 1;
                         p.metas.push((e.path.clone(), e.meta));
                     }
                 } else {
@@ -124,6 +128,7 @@ pub fn plan(local: &[Entry], remote: &[Entry], o: &PlanOptions) -> Plan {
                     if same_meta(&e.meta, &rm, o.owners, false) {
                         p.unchanged += 1;
                     } else {
+                        p.meta_changes += 1;
                         p.metas.push((e.path.clone(), e.meta));
                     }
                 }
@@ -142,6 +147,24 @@ pub fn plan(local: &[Entry], remote: &[Entry], o: &PlanOptions) -> Plan {
                     p.unchanged += 1;
                 } else {
                     p.links.push((e.path.clone(), leader.clone()));
+                }
+            }
+        }
+    }
+    // Creating, replacing or removing an entry changes its parent's mtime on
+    // the standby, so every touched parent gets its metadata re-applied.
+    let mut touched: Vec<&RelPath> = p.files.iter().map(|f| &f.path).collect();
+    touched.extend(p.symlinks.iter().map(|(x, _, _)| x));
+    touched.extend(p.links.iter().map(|(x, _)| x));
+    touched.extend(p.deletes.iter());
+    touched.extend(p.mkdirs.iter());
+    let mut seen: std::collections::HashSet<RelPath> =
+        dir_metas.iter().map(|(x, _)| x.clone()).collect();
+    for t in touched {
+        if let Some(parent) = t.parent() {
+            if let Some(e) = lmap.get(&parent).filter(|e| e.kind == Kind::Dir) {
+                if seen.insert(parent.clone()) {
+                    dir_metas.push((parent, e.meta));
                 }
             }
         }

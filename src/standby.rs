@@ -54,7 +54,16 @@ pub struct Standby {
     endpoint: quinn::Endpoint,
     shared: Arc<Shared>,
     cfg: Config,
-    busy: Arc<tokio::sync::Mutex<()>>,
+    busy: Arc<Busy>,
+}
+
+/// One writing session at a time. A new session from the (authenticated)
+/// primary supersedes the current one, which is most likely a primary that
+/// died without closing: waiting for its idle timeout would only add lag.
+#[derive(Default)]
+struct Busy {
+    lock: tokio::sync::Mutex<()>,
+    current: Mutex<Option<quinn::Connection>>,
 }
 
 impl Standby {
@@ -84,7 +93,7 @@ impl Standby {
             endpoint,
             shared,
             cfg,
-            busy: Arc::new(tokio::sync::Mutex::new(())),
+            busy: Arc::new(Busy::default()),
         })
     }
 
@@ -140,7 +149,23 @@ async fn session(
     conn: quinn::Connection,
     shared: Arc<Shared>,
     cfg: Config,
-    busy: Arc<tokio::sync::Mutex<()>>,
+    busy: Arc<Busy>,
+) -> Result<(), SessionError> {
+    let r = session_inner(&conn, shared, cfg, &busy).await;
+    // Let the primary read our last reply and close first; do not hang on a dead one.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn.closed()).await;
+    let mut cur = busy.current.lock().unwrap_or_else(|p| p.into_inner());
+    if cur.as_ref().map(|c| c.stable_id()) == Some(conn.stable_id()) {
+        *cur = None;
+    }
+    r
+}
+
+async fn session_inner(
+    conn: &quinn::Connection,
+    shared: Arc<Shared>,
+    cfg: Config,
+    busy: &Busy,
 ) -> Result<(), SessionError> {
     let (mut send, mut recv) = conn.accept_bi().await?;
     let mut rbuf = Vec::new();
@@ -170,7 +195,6 @@ async fn session(
                 )
                 .await?;
                 let _ = send.finish();
-                let _ = send.stopped().await;
                 return Err(SessionError::Refused(reason));
             }
             tracing::info!(peer = %conn.remote_address(), node = %node_id, ?purpose, "primary connected");
@@ -178,20 +202,33 @@ async fn session(
         }
         _ => return Err(SessionError::Protocol("expected Hello".into())),
     };
-    let _guard = match busy.try_lock() {
-        Ok(g) => g,
-        Err(_) => {
-            let reason = "another primary session is active on this standby".to_string();
-            wire::write_msg(
-                &mut send,
-                &Reply::Refused {
-                    reason: reason.clone(),
-                },
-                &mut wbuf,
-            )
-            .await?;
-            let _ = send.finish();
-            return Err(SessionError::Refused(reason));
+    let _guard = if purpose == Purpose::Verify {
+        None // read-only: runs beside a writing session
+    } else {
+        let old = busy
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(conn.clone());
+        if let Some(old) = old {
+            tracing::warn!(old = %old.remote_address(), "a new primary session supersedes the current one");
+            old.close(1u32.into(), b"superseded by a new session");
+        }
+        match tokio::time::timeout(std::time::Duration::from_secs(30), busy.lock.lock()).await {
+            Ok(g) => Some(g),
+            Err(_) => {
+                let reason = "the previous session did not end within 30 s".to_string();
+                wire::write_msg(
+                    &mut send,
+                    &Reply::Refused {
+                        reason: reason.clone(),
+                    },
+                    &mut wbuf,
+                )
+                .await?;
+                let _ = send.finish();
+                return Err(SessionError::Refused(reason));
+            }
         }
     };
     wire::write_msg(
@@ -214,7 +251,6 @@ async fn session(
             }
             if last {
                 let _ = send.finish();
-                let _ = send.stopped().await;
                 return;
             }
         }

@@ -1,0 +1,244 @@
+//! Shared harness for the end-to-end tests: a primary/standby pair of real
+//! `syncd` processes on loopback, in a temporary directory.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_syncd");
+
+pub struct Pair {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub standby: Option<Child>,
+    starts: u32,
+}
+
+impl Pair {
+    pub fn new() -> Pair {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = dir.path();
+        std::fs::create_dir(b.join("primary")).unwrap();
+        std::fs::create_dir(b.join("standby")).unwrap();
+        for n in ["primary", "standby", "mallory"] {
+            syncd::tls::keygen(&b.join(format!("{n}-keys")), n).unwrap();
+        }
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        std::fs::write(
+            b.join("standby.toml"),
+            format!("export = \"standby\"\nlisten = \"127.0.0.1:{port}\"\ncert = \"standby-keys/node.crt\"\nkey = \"standby-keys/node.key\"\npeer_cert = \"primary-keys/node.crt\"\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            b.join("primary.toml"),
+            format!("export = \"primary\"\npeer = \"127.0.0.1:{port}\"\ncert = \"primary-keys/node.crt\"\nkey = \"primary-keys/node.key\"\npeer_cert = \"standby-keys/node.crt\"\n"),
+        )
+        .unwrap();
+        // A primary holding a certificate the standby does not pin.
+        std::fs::write(
+            b.join("mallory.toml"),
+            format!("export = \"primary\"\npeer = \"127.0.0.1:{port}\"\ncert = \"mallory-keys/node.crt\"\nkey = \"mallory-keys/node.key\"\npeer_cert = \"standby-keys/node.crt\"\n"),
+        )
+        .unwrap();
+        Pair {
+            dir,
+            port,
+            standby: None,
+            starts: 0,
+        }
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+    pub fn primary(&self) -> PathBuf {
+        self.path("primary")
+    }
+    pub fn standby_dir(&self) -> PathBuf {
+        self.path("standby")
+    }
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path(&format!("standby-{}.log", self.starts)))
+            .unwrap_or_default()
+    }
+
+    /// Starts the standby process and waits until it listens.
+    pub fn start_standby(&mut self) {
+        self.starts += 1;
+        let log =
+            std::fs::File::create(self.path(&format!("standby-{}.log", self.starts))).unwrap();
+        let child = Command::new(BIN)
+            .args(["--role", "standby", "--config"])
+            .arg(self.path("standby.toml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn standby");
+        self.standby = Some(child);
+        let t = Instant::now();
+        while !self.log().contains("standby listening") {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "standby did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill_standby(&mut self) {
+        if let Some(mut c) = self.standby.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn syncd(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run syncd")
+    }
+
+    pub fn resync(&self, extra: &[&str]) -> String {
+        let mut a = vec!["resync", "--config", "primary.toml"];
+        a.extend_from_slice(extra);
+        let o = self.syncd(&a);
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(
+            o.status.success(),
+            "resync failed: {out}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        out
+    }
+
+    pub fn verify(&self) -> (bool, String) {
+        let o = self.syncd(&["verify", "--config", "primary.toml"]);
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr),
+        )
+    }
+
+    pub fn assert_equal(&self) {
+        let (ok, out) = self.verify();
+        assert!(ok, "verify found differences:\n{out}");
+        assert_eq!(
+            snapshot(&self.primary()),
+            snapshot(&self.standby_dir()),
+            "independent comparison differs"
+        );
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        self.kill_standby();
+    }
+}
+
+/// An independent description of a tree (not using syncd's scanner):
+/// per path, type, permissions, mtime (ns), content or link target, and
+/// which paths share an inode.
+pub fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p
+                .strip_prefix(root)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
+            if rel == b".syncd" {
+                continue;
+            }
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let ft = m.file_type();
+            let desc = if ft.is_dir() {
+                stack.push(p.clone());
+                format!(
+                    "dir {:o} {}.{}",
+                    m.mode() & 0o7777,
+                    m.mtime(),
+                    m.mtime_nsec()
+                )
+            } else if ft.is_symlink() {
+                format!(
+                    "link {:?} {}.{}",
+                    std::fs::read_link(&p).unwrap(),
+                    m.mtime(),
+                    m.mtime_nsec()
+                )
+            } else if ft.is_file() {
+                let h = blake3::hash(&std::fs::read(&p).unwrap());
+                let shared = if m.nlink() > 1 {
+                    format!(" nlink{}", m.nlink())
+                } else {
+                    String::new()
+                };
+                format!(
+                    "file {:o} {}.{} {}{}",
+                    m.mode() & 0o7777,
+                    m.mtime(),
+                    m.mtime_nsec(),
+                    h.to_hex(),
+                    shared
+                )
+            } else {
+                "special".to_string()
+            };
+            out.insert(rel, desc);
+        }
+    }
+    // Hard-link groups, by sorted member names.
+    let mut groups: BTreeMap<u64, Vec<Vec<u8>>> = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            if m.is_dir()
+                && e.path().strip_prefix(root).unwrap().as_os_str().as_bytes() != b".syncd"
+            {
+                stack.push(e.path());
+            } else if m.is_file() && m.nlink() > 1 {
+                groups.entry(m.ino()).or_default().push(
+                    e.path()
+                        .strip_prefix(root)
+                        .unwrap()
+                        .as_os_str()
+                        .as_bytes()
+                        .to_vec(),
+                );
+            }
+        }
+    }
+    for (_, mut g) in groups {
+        g.sort();
+        for p in &g {
+            if let Some(v) = out.get_mut(p) {
+                v.push_str(&format!(
+                    " group{:?}",
+                    g.iter()
+                        .map(|x| String::from_utf8_lossy(x).to_string())
+                        .collect::<Vec<_>>()
+                ));
+            }
+        }
+    }
+    out
+}

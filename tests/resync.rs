@@ -1,0 +1,453 @@
+//! End-to-end: real `syncd` processes on loopback.
+
+mod common;
+
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::Pair;
+
+fn set_mtime_ns(p: &Path, sec: i64, nsec: i64) {
+    let t = rustix::fs::Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec as _,
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        p,
+        &rustix::fs::Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+}
+
+/// Every kind the issue names: files with odd modes and ns mtimes, empty
+/// dirs, symlinks (relative, absolute, dangling), hard links, zero-length
+/// files, non-UTF-8 names, and a FIFO that must be skipped.
+fn rich_tree(root: &Path) {
+    syncd::demo::generate_tree(root, 300, 7).unwrap();
+    std::fs::create_dir_all(root.join("deep/a/b/c/d/e")).unwrap();
+    std::fs::write(root.join("deep/a/b/c/d/e/leaf"), b"leaf").unwrap();
+    std::fs::write(root.join("exec.sh"), b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(root.join("exec.sh"), std::fs::Permissions::from_mode(0o751)).unwrap();
+    std::fs::create_dir(root.join("private")).unwrap();
+    std::fs::set_permissions(root.join("private"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    set_mtime_ns(&root.join("exec.sh"), 1_600_000_000, 123_456_789);
+    symlink("/etc/passwd", root.join("abs-link")).unwrap();
+    symlink("deep/a", root.join("dir-link")).unwrap();
+    std::fs::write(
+        root.join(std::ffi::OsStr::from_bytes(b"bin\xff\xfename")),
+        b"raw bytes",
+    )
+    .unwrap();
+    std::fs::hard_link(root.join("exec.sh"), root.join("deep/exec-hardlink")).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        root.join("fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from(0o644),
+        0,
+    )
+    .unwrap();
+    set_mtime_ns(&root.join("deep/a"), 1_500_000_000, 1);
+}
+
+#[test]
+fn resync_copies_every_kind_then_sends_nothing() {
+    let mut p = Pair::new();
+    rich_tree(&p.primary());
+    p.start_standby();
+    let out = p.resync(&[]);
+    assert!(out.contains("sent as delta 0"), "{out}");
+    assert!(
+        !p.standby_dir().join("fifo").exists(),
+        "FIFO must be skipped"
+    );
+    std::fs::remove_file(p.primary().join("fifo")).unwrap();
+    p.assert_equal();
+    let st = std::fs::symlink_metadata(p.standby_dir().join("abs-link")).unwrap();
+    assert!(st.file_type().is_symlink(), "symlinks are copied as links");
+    // Second run of an unchanged tree: nothing moves.
+    let out = p.resync(&[]);
+    assert!(
+        out.contains("sent whole 0, sent as delta 0, deleted 0"),
+        "{out}"
+    );
+    assert!(out.contains("metadata-only 0"), "{out}");
+}
+
+#[test]
+fn edits_deletes_renames_and_type_changes_converge() {
+    let mut p = Pair::new();
+    rich_tree(&p.primary());
+    std::fs::remove_file(p.primary().join("fifo")).unwrap();
+    p.start_standby();
+    p.resync(&[]);
+    let r = p.primary();
+    // A delta: change 4 KiB in the middle of the 8 MiB file.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(r.join("big.bin"))
+            .unwrap();
+        f.write_all_at(&[1u8; 4096], 3 << 20).unwrap();
+    }
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(r.join("d00/e00/f00000.dat"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"appended"))
+        .unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(r.join("d01/e01/f00001.dat"))
+        .unwrap()
+        .set_len(3)
+        .unwrap();
+    std::fs::rename(r.join("deep/a"), r.join("deep/renamed")).unwrap();
+    std::fs::remove_file(r.join("exec.sh")).unwrap();
+    std::fs::set_permissions(r.join("d02"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::fs::remove_dir_all(r.join("empty")).unwrap();
+    std::fs::write(r.join("empty"), b"now a file").unwrap();
+    std::fs::remove_file(r.join("zero-length")).unwrap();
+    std::fs::create_dir(r.join("zero-length")).unwrap();
+    std::fs::remove_file(r.join("dir-link")).unwrap();
+    std::fs::create_dir(r.join("dir-link")).unwrap();
+    let out = p.resync(&[]);
+    assert!(out.contains("sent as delta 1"), "{out}");
+    p.assert_equal();
+
+    // --dry-run changes nothing; --no-delete keeps extras.
+    std::fs::write(p.standby_dir().join("extra"), b"only here").unwrap();
+    std::fs::write(r.join("fresh"), b"new").unwrap();
+    let out = p.resync(&["--dry-run"]);
+    assert!(
+        out.contains("delete extra") && out.contains("send   fresh"),
+        "{out}"
+    );
+    assert!(!p.standby_dir().join("fresh").exists());
+    p.resync(&["--no-delete"]);
+    assert!(p.standby_dir().join("extra").exists());
+    assert!(p.standby_dir().join("fresh").exists());
+    let (ok, out) = p.verify();
+    assert!(!ok && out.contains("extra: only on standby"), "{out}");
+    p.resync(&[]);
+    p.assert_equal();
+}
+
+#[test]
+fn checksum_finds_same_size_same_mtime_changes() {
+    let mut p = Pair::new();
+    std::fs::write(p.primary().join("f"), b"aaaa").unwrap();
+    p.start_standby();
+    p.resync(&[]);
+    // Same size and mtime, different content: only --checksum notices.
+    std::fs::write(p.standby_dir().join("f"), b"bbbb").unwrap();
+    let m = std::fs::metadata(p.primary().join("f")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    set_mtime_ns(&p.standby_dir().join("f"), m.mtime(), m.mtime_nsec());
+    let out = p.resync(&[]);
+    assert!(out.contains("sent whole 0"), "{out}");
+    let (ok, _) = p.verify();
+    assert!(!ok, "verify must hash contents");
+    let out = p.resync(&["--checksum"]);
+    assert!(out.contains("sent whole 1"), "{out}");
+    p.assert_equal();
+}
+
+#[test]
+fn wrong_certificate_is_refused_before_any_data() {
+    let mut p = Pair::new();
+    std::fs::write(p.primary().join("secret"), b"data").unwrap();
+    p.start_standby();
+    let o = p.syncd(&["resync", "--config", "mallory.toml"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("cannot connect") || err.contains("certificate"),
+        "{err}"
+    );
+    assert!(!p.standby_dir().join("secret").exists());
+    let t = Instant::now();
+    while !p.log().contains("not the pinned one") {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "standby log lacks the reason: {}",
+            p.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // And the primary refuses a standby it does not pin.
+    let cfg = std::fs::read_to_string(p.path("primary.toml"))
+        .unwrap()
+        .replace("standby-keys/node.crt\"\n", "mallory-keys/node.crt\"\n");
+    std::fs::write(p.path("primary-wrongpin.toml"), cfg).unwrap();
+    let o = p.syncd(&["resync", "--config", "primary-wrongpin.toml"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("pinned"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!p.standby_dir().join("secret").exists());
+}
+
+#[test]
+fn bad_config_is_refused_with_the_key_named() {
+    let p = Pair::new();
+    std::fs::write(p.path("bad.toml"), "export = \"primary\"\ncert = \"primary-keys/node.crt\"\nkey = \"primary-keys/node.key\"\npeer_cert = \"standby-keys/node.crt\"\nlisten = 7400\n").unwrap();
+    let o = p.syncd(&["--role", "standby", "--config", "bad.toml", "--check"]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("bad.toml") && e.contains("line 5"), "{e}");
+    let o = p.syncd(&["--role", "standby", "--config", "standby.toml", "--check"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let busy = std::net::UdpSocket::bind(("127.0.0.1", p.port)).unwrap();
+    let o = p.syncd(&["--role", "standby", "--config", "standby.toml"]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("listen") && e.contains("in use"), "{e}");
+    drop(busy);
+}
+
+#[test]
+fn export_id_and_version_mismatch_are_refused() {
+    let mut p = Pair::new();
+    p.start_standby();
+    let cfg = std::fs::read_to_string(p.path("primary.toml")).unwrap() + "export_id = \"other\"\n";
+    std::fs::write(p.path("other.toml"), cfg).unwrap();
+    let o = p.syncd(&["resync", "--config", "other.toml"]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("export_id"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Plays a hostile primary (with the right certificate) against the real standby.
+#[test]
+fn hostile_paths_are_refused_and_nothing_escapes() {
+    use syncd::client::Session;
+    use syncd::path::RelPath;
+    use syncd::wire::{Encoding, Meta, Purpose, Request};
+    let mut p = Pair::new();
+    let outside = p.path("outside");
+    std::fs::create_dir(&outside).unwrap();
+    p.start_standby();
+    let cfg = syncd::config::Config::load(&p.path("primary.toml")).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let meta = Meta {
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime_sec: 0,
+        mtime_nsec: 0,
+    };
+    rt.block_on(async {
+        // `..` and absolute paths cannot even be decoded: the standby ends the session.
+        for (placeholder, evil) in [
+            (&b"xx/outside/pwn"[..], &b"../outside/pwn"[..]),
+            (b"xtmp/pwn", b"/tmp/pwn"),
+            (b"a/xx/xx/b", b"a/../../b"),
+        ] {
+            let mut s = Session::connect(&cfg, Purpose::Resync).await.unwrap();
+            let req = Request::Mkdir {
+                path: RelPath::new(placeholder.to_vec()).unwrap(),
+                meta,
+            };
+            let mut bytes = postcard::to_stdvec(&req).unwrap();
+            let at = bytes
+                .windows(placeholder.len())
+                .position(|w| w == placeholder)
+                .unwrap();
+            bytes[at..at + evil.len()].copy_from_slice(evil);
+            s.send_frame(&bytes).await.unwrap();
+            let r = s.barrier(1).await;
+            assert!(
+                r.is_err(),
+                "hostile path {:?} was accepted",
+                String::from_utf8_lossy(evil)
+            );
+        }
+        // A symlink planted in a parent directory does not lead outside.
+        let mut s = Session::connect(&cfg, Purpose::Resync).await.unwrap();
+        let rp = |s: &str| RelPath::new(s.as_bytes().to_vec()).unwrap();
+        s.send(&Request::Symlink {
+            path: rp("evil"),
+            target: outside.as_os_str().as_bytes().to_vec(),
+            meta,
+        })
+        .await
+        .unwrap();
+        s.barrier(1).await.unwrap();
+        s.send(&Request::FileBegin {
+            id: 1,
+            path: rp("evil/pwned"),
+            meta,
+            size: 3,
+            encoding: Encoding::Whole,
+        })
+        .await
+        .unwrap();
+        s.send(&Request::FileData {
+            id: 1,
+            data: b"bad".to_vec(),
+        })
+        .await
+        .unwrap();
+        s.send(&Request::FileEnd {
+            id: 1,
+            hash: *blake3::hash(b"bad").as_bytes(),
+        })
+        .await
+        .unwrap();
+        s.send(&Request::Mkdir {
+            path: rp("evil/dir"),
+            meta,
+        })
+        .await
+        .unwrap();
+        s.send(&Request::Link {
+            path: rp("evil/hard"),
+            leader: rp("evil"),
+        })
+        .await
+        .unwrap();
+        let failures = s.barrier(2).await.unwrap();
+        assert!(failures.len() >= 2, "{failures:?}");
+        // More data than announced, and a wrong hash, are never committed.
+        s.send(&Request::FileBegin {
+            id: 2,
+            path: rp("liar"),
+            meta,
+            size: 2,
+            encoding: Encoding::Whole,
+        })
+        .await
+        .unwrap();
+        s.send(&Request::FileData {
+            id: 2,
+            data: b"abc".to_vec(),
+        })
+        .await
+        .unwrap();
+        s.send(&Request::FileEnd {
+            id: 2,
+            hash: [0; 32],
+        })
+        .await
+        .unwrap();
+        s.send(&Request::FileBegin {
+            id: 3,
+            path: rp("badhash"),
+            meta,
+            size: 3,
+            encoding: Encoding::Whole,
+        })
+        .await
+        .unwrap();
+        s.send(&Request::FileData {
+            id: 3,
+            data: b"abc".to_vec(),
+        })
+        .await
+        .unwrap();
+        s.send(&Request::FileEnd {
+            id: 3,
+            hash: [0; 32],
+        })
+        .await
+        .unwrap();
+        let failures = s.barrier(3).await.unwrap();
+        assert_eq!(failures.len(), 2, "{failures:?}");
+        // A garbage frame ends the session (and only the session).
+        s.send_frame(&vec![0u8; 0]).await.unwrap();
+        let _ = s.finish().await;
+    });
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "something was written outside the export"
+    );
+    assert!(!p.standby_dir().join("liar").exists());
+    assert!(!p.standby_dir().join("badhash").exists());
+    // The standby is still alive and serving.
+    std::fs::write(p.primary().join("ok"), b"fine").unwrap();
+    p.resync(&[]);
+    assert_eq!(std::fs::read(p.standby_dir().join("ok")).unwrap(), b"fine");
+}
+
+/// kill -9 of the standby in the middle of a large transfer: no partial file
+/// is ever visible under its real name, and the next resync completes it.
+#[test]
+fn standby_killed_mid_transfer_leaves_no_partial_file() {
+    let mut p = Pair::new();
+    let size: usize = 256 << 20;
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(p.primary().join("large.bin")).unwrap();
+        let mut x: u64 = 99;
+        let mut buf = vec![0u8; 1 << 20];
+        for _ in 0..size >> 20 {
+            for b in buf.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            f.write_all(&buf).unwrap();
+        }
+    }
+    let expect = syncd::scan::hash_file(&p.primary().join("large.bin")).unwrap();
+    p.start_standby();
+    let target = p.standby_dir().join("large.bin");
+    let staging = p.standby_dir().join(".syncd/staging");
+    let mut resync = std::process::Command::new(common::BIN)
+        .args(["resync", "--config", "primary.toml"])
+        .current_dir(p.dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Watch until a good part of the file is staged, checking the real name all along.
+    let t = Instant::now();
+    loop {
+        assert!(
+            !target.exists(),
+            "the file appeared under its real name before it was complete"
+        );
+        let staged: u64 = std::fs::read_dir(&staging)
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        if staged > (size as u64) / 4 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "transfer did not progress"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    p.kill_standby();
+    let _ = resync.wait();
+    assert!(!target.exists(), "partial file visible after kill -9");
+    p.start_standby();
+    assert_eq!(
+        std::fs::read_dir(&staging).unwrap().count(),
+        0,
+        "staging leftovers were not cleaned at start"
+    );
+    p.resync(&[]);
+    assert_eq!(syncd::scan::hash_file(&target).unwrap(), expect);
+    p.assert_equal();
+}

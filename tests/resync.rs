@@ -391,18 +391,16 @@ fn standby_killed_mid_transfer_leaves_no_partial_file() {
     let size: usize = 256 << 20;
     {
         use std::io::Write;
-        let mut f = std::fs::File::create(p.primary().join("large.bin")).unwrap();
-        let mut x: u64 = 99;
+        let f = std::fs::File::create(p.primary().join("large.bin")).unwrap();
+        // Incompressible pseudo-random content, quickly (BLAKE3's XOF).
+        let mut xof = blake3::Hasher::new().update(b"seed").finalize_xof();
+        let mut w = std::io::BufWriter::new(f);
         let mut buf = vec![0u8; 1 << 20];
         for _ in 0..size >> 20 {
-            for b in buf.iter_mut() {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                *b = x as u8;
-            }
-            f.write_all(&buf).unwrap();
+            xof.fill(&mut buf);
+            w.write_all(&buf).unwrap();
         }
+        w.flush().unwrap();
     }
     let expect = syncd::scan::hash_file(&p.primary().join("large.bin")).unwrap();
     p.start_standby();

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pair in keepalived:keepalived ip:iproute2 bridge:iproute2 tcpdump:tcpdump rsync:rsync wrk:wrk nginx:nginx; do
+for pair in keepalived:keepalived ip:iproute2 bridge:iproute2 tcpdump:tcpdump; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ]; then need+=("$pkg"); fi
 done
@@ -20,7 +20,7 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 # keepalived/nginx from the package must not run as system services during tests.
-if command -v systemctl >/dev/null 2>&1; then systemctl stop keepalived nginx >/dev/null 2>&1 || true; fi
+if command -v systemctl >/dev/null 2>&1; then systemctl stop keepalived >/dev/null 2>&1 || true; fi
 pkill -x keepalived 2>/dev/null || true
 
 exec cargo test --workspace "$@"

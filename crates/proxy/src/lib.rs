@@ -3,10 +3,21 @@
 //!
 //! The decision-making core is sans-IO and tested with simulated time:
 //! [`balancer`] (selection algorithms and passive failure accounting),
-//! [`health`] (rise/fall), [`retry`] (retry rules and budget). The rest is a
-//! thin tokio/hyper layer around it.
+//! [`health`] (rise/fall), [`retry`] (retry rules and budget), [`forward`]
+//! (header rewriting). The rest is a thin tokio/hyper layer around it:
+//! [`listener`], [`proxy`], [`tcp`], [`checker`], [`admin`], [`reload`].
 
+pub mod admin;
 pub mod balancer;
+pub mod checker;
 pub mod config;
+pub mod forward;
 pub mod health;
+pub mod listener;
+pub mod metrics;
+pub mod proxy;
+pub mod reload;
 pub mod retry;
+pub mod state;
+pub mod tcp;
+pub mod upstream;

@@ -1,1 +1,111 @@
-fn main() {}
+//! `syncd-proxy --config FILE [--check]`
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use syncd_proxy::config::Config;
+use syncd_proxy::reload::App;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Load balancer with nginx upstream semantics, active health checks and retries.
+#[derive(Parser, Debug)]
+#[command(name = "syncd-proxy", version)]
+struct Cli {
+    /// Configuration file (TOML). See contrib/proxy.example.toml.
+    #[arg(short, long)]
+    config: PathBuf,
+    /// Validate the configuration and exit (0 = valid).
+    #[arg(long)]
+    check: bool,
+    /// Worker threads (overrides global.workers; 0 = one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Log format (overrides global.log_format).
+    #[arg(long, value_parser = ["text", "json"])]
+    log_format: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut cfg = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("syncd-proxy: {e}");
+            std::process::exit(2);
+        }
+    };
+    if cli.check {
+        println!(
+            "{}: ok ({} listener(s), {} upstream(s))",
+            cli.config.display(),
+            cfg.listeners.len(),
+            cfg.upstreams.len()
+        );
+        return Ok(());
+    }
+    if let Some(w) = cli.workers {
+        cfg.global.workers = w;
+    }
+    if let Some(f) = &cli.log_format {
+        cfg.global.log_json = f == "json";
+    }
+    init_tracing(cfg.global.log_json);
+
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if cfg.global.workers > 0 {
+        rt.worker_threads(cfg.global.workers);
+    }
+    let rt = rt.enable_all().build().context("starting the tokio runtime")?;
+    rt.block_on(run(cli, cfg))
+}
+
+fn init_tracing(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SYNCD_PROXY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
+    let workers = cfg.global.workers;
+    let mut app = App::start(cfg).context("starting syncd-proxy")?;
+    tracing::info!(config = %cli.config.display(), workers, "syncd-proxy started");
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                match Config::load(&cli.config) {
+                    Ok(mut new) => {
+                        if let Some(w) = cli.workers { new.global.workers = w; }
+                        match app.reload(new) {
+                            Ok(()) => tracing::info!("configuration reloaded"),
+                            Err(e) => {
+                                app.shared().metrics.reload_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                tracing::error!(error = %e, "reload failed; keeping the running configuration");
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        app.shared().metrics.reload_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::error!(error = %e, "reload failed; keeping the running configuration");
+                    }
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    let timeout = app.shared().current().config.global.shutdown_timeout;
+    tracing::info!(?timeout, "shutting down: no new connections, finishing in-flight requests");
+    app.shutdown(timeout.max(Duration::from_millis(1))).await;
+    tracing::info!("stopped");
+    Ok(())
+}

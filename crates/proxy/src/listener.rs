@@ -1,0 +1,194 @@
+//! Listening sockets and accept loops for HTTP (optionally TLS) listeners.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{self, Mode};
+use crate::proxy::{self, ConnInfo};
+use crate::state::Shared;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("listener {name:?}: cannot listen on {addr}: {source}")]
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    #[error("listener {name:?}: TLS: {message}")]
+    Tls { name: String, message: String },
+}
+
+/// Bind with SO_REUSEADDR and SO_REUSEPORT so that a reload can open the new
+/// socket before the old one is closed (no refused connections).
+pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = if addr.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let sock = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(backlog.min(i32::MAX as u32) as i32)?;
+    TcpListener::from_std(sock.into())
+}
+
+/// Load a certificate chain and key into a rustls acceptor.
+pub fn tls_acceptor(name: &str, tls: &config::Tls) -> Result<TlsAcceptor, ListenError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let err = |message: String| ListenError::Tls {
+        name: name.to_string(),
+        message,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
+        .map_err(|e| err(format!("cannot read certificate {}: {e}", tls.cert.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(format!("bad certificate PEM in {}: {e}", tls.cert.display())))?;
+    if certs.is_empty() {
+        return Err(err(format!("no certificate found in {}", tls.cert.display())));
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.key)
+        .map_err(|e| err(format!("cannot read private key {}: {e}", tls.key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| err(format!("certificate and key do not match or are unsupported: {e}")))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// A bound, not yet running listener (so that all binds of a reload can
+/// succeed or fail together).
+pub struct Bound {
+    pub cfg: Arc<config::Listener>,
+    pub sockets: Vec<TcpListener>,
+    pub tls: Option<TlsAcceptor>,
+}
+
+pub fn prepare(cfg: &config::Listener) -> Result<Bound, ListenError> {
+    let tls = match &cfg.tls {
+        Some(t) => Some(tls_acceptor(&cfg.name, t)?),
+        None => None,
+    };
+    let mut sockets = Vec::new();
+    for addr in &cfg.listen {
+        let s = bind(*addr, cfg.backlog).map_err(|source| ListenError::Bind {
+            name: cfg.name.clone(),
+            addr: *addr,
+            source,
+        })?;
+        sockets.push(s);
+    }
+    Ok(Bound {
+        cfg: Arc::new(cfg.clone()),
+        sockets,
+        tls,
+    })
+}
+
+/// Run one listening socket until `stop` flips, then drain its connections.
+pub async fn run(
+    socket: TcpListener,
+    cfg: Arc<config::Listener>,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(cfg.header_timeout)
+        .max_headers(cfg.max_headers)
+        .max_buf_size(cfg.max_header_size.max(8192) * 2)
+        .max_header_size(cfg.max_header_size);
+    let builder = Arc::new(builder);
+    // TCP sessions each hold a clone; draining waits for the count to drop
+    let sessions = Arc::new(());
+    loop {
+        let accepted = tokio::select! {
+            r = socket.accept() => r,
+            _ = stop.changed() => break,
+        };
+        let (stream, client) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning
+                tracing::warn!(listener = %cfg.name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        match cfg.mode {
+            Mode::Tcp => {
+                let shared = shared.clone();
+                let cfg = cfg.clone();
+                let token = sessions.clone();
+                tokio::spawn(crate::tcp::serve(stream, client, cfg, shared, token));
+            }
+            Mode::Http => {
+                let info = Arc::new(ConnInfo {
+                    client,
+                    tls: tls.is_some(),
+                    listener: cfg.name.clone(),
+                    upstream: cfg.upstream.clone(),
+                });
+                let shared = shared.clone();
+                let svc = service_fn(move |req| proxy::handle(req, info.clone(), shared.clone()));
+                let builder = builder.clone();
+                match &tls {
+                    None => {
+                        let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                        let fut = graceful.watch(conn);
+                        tokio::spawn(async move {
+                            if let Err(e) = fut.await {
+                                tracing::debug!(error = %e, "client connection ended with error");
+                            }
+                        });
+                    }
+                    Some(acceptor) => {
+                        let acceptor = acceptor.clone();
+                        let watcher = graceful.watcher();
+                        let timeout = cfg.header_timeout;
+                        tokio::spawn(async move {
+                            let tls_stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(error = %e, %client, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => return,
+                            };
+                            let conn = builder.serve_connection(TokioIo::new(tls_stream), svc);
+                            if let Err(e) = watcher.watch(conn).await {
+                                tracing::debug!(error = %e, "client connection ended with error");
+                            }
+                        });
+                    }
+                }
+            }
+        }
+    }
+    drop(socket);
+    tracing::debug!(listener = %cfg.name, open = graceful.count(), "listener stopped; draining connections");
+    graceful.shutdown().await;
+    while Arc::strong_count(&sessions) > 1 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

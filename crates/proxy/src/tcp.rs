@@ -1,0 +1,159 @@
+//! TCP (layer-4) mode: the LVS role. Same upstream machinery (algorithms,
+//! max_fails/fail_timeout, backup, health checks, retries on connect
+//! failure), then bytes are copied both ways until either side closes or the
+//! session is idle for `idle_timeout`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::balancer::{Attempt, Key, Outcome};
+use crate::config;
+use crate::state::Shared;
+
+/// Wraps a stream and stamps the time of the last successful read.
+struct Activity<S> {
+    inner: S,
+    epoch: Instant,
+    last: Arc<AtomicU64>,
+}
+
+impl<S> Activity<S> {
+    fn touch(&self) {
+        self.last
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.touch();
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+pub async fn serve(
+    client: TcpStream,
+    peer_addr: SocketAddr,
+    cfg: Arc<config::Listener>,
+    shared: Arc<Shared>,
+    _session: Arc<()>,
+) {
+    shared.metrics.tcp_connections.fetch_add(1, Ordering::Relaxed);
+    let snap = shared.current();
+    let Some(up) = snap.upstreams.get(&cfg.upstream).cloned() else {
+        return;
+    };
+    shared.deposit_retry_token();
+    let key = Key {
+        client_ip: Some(peer_addr.ip().to_canonical()),
+        hash: up.key.as_ref().map(|t| {
+            struct V(SocketAddr);
+            impl crate::balancer::hash::KeyVars for V {
+                fn var(&self, name: &str) -> Option<String> {
+                    (name == "remote_addr").then(|| self.0.ip().to_canonical().to_string())
+                }
+            }
+            t.hash(&V(peer_addr))
+        }),
+    };
+    let mut attempt = Attempt::new();
+    let started = Instant::now();
+    let (peer, server, backend) = loop {
+        let selected = {
+            let mut g = up.group();
+            let max_tries = if up.cfg.tries == 0 { g.len() } else { up.cfg.tries as usize };
+            if attempt.count() >= max_tries {
+                None
+            } else {
+                g.select(Instant::now(), key, &mut attempt).map(|(id, s)| (id, s.clone()))
+            }
+        };
+        let Some((peer, server)) = selected else {
+            tracing::warn!(listener = %cfg.name, client = %peer_addr, "no upstream server could take the TCP connection");
+            return;
+        };
+        server.metrics.requests.fetch_add(1, Ordering::Relaxed);
+        match server.connect_tcp(up.cfg.connect_timeout).await {
+            Ok(s) => break (peer, server, s),
+            Err(e) => {
+                server.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                up.group().release(peer, Instant::now(), Outcome::Failure);
+                tracing::warn!(upstream = %up.cfg.name, server = %server.name, error = %e, "TCP connect failed");
+                let over = !up.cfg.next_upstream_timeout.is_zero() && started.elapsed() >= up.cfg.next_upstream_timeout;
+                if over || !shared.withdraw_retry(Instant::now()) {
+                    return;
+                }
+            }
+        }
+    };
+    server.metrics.observe(started.elapsed());
+    let epoch = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let mut a = Activity {
+        inner: client,
+        epoch,
+        last: last.clone(),
+    };
+    let mut b = Activity {
+        inner: backend,
+        epoch,
+        last: last.clone(),
+    };
+    let idle = cfg.idle_timeout;
+    let watchdog = async {
+        loop {
+            let since = epoch.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+            if since >= idle {
+                return;
+            }
+            tokio::time::sleep(idle - since).await;
+        }
+    };
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut a, &mut b) => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "TCP session ended with error");
+            }
+        }
+        _ = watchdog => {
+            tracing::debug!(client = %peer_addr, "TCP session idle timeout");
+        }
+    }
+    up.group().release(peer, Instant::now(), Outcome::Success);
+    if shared.access_log() {
+        tracing::info!(
+            target: "access",
+            listener = %cfg.name,
+            client = %peer_addr,
+            upstream = %up.cfg.name,
+            server = %server.name,
+            secs = epoch.elapsed().as_secs_f64(),
+            "tcp session"
+        );
+    }
+}

@@ -1,0 +1,221 @@
+//! Runtime side of upstream groups: per-server connection pools and metrics,
+//! and the shared, lock-protected balancer state of each group.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::balancer::{hash::KeyTemplate, Group, Method, PeerSpec};
+use crate::config::{self, Algorithm};
+use crate::metrics::ServerMetrics;
+
+/// Body sent to a backend: buffered (replayable) or streamed from the client.
+pub type ReqBody = Either<Full<Bytes>, Incoming>;
+
+pub type Sender = SendRequest<ReqBody>;
+
+/// Failure to open a backend connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {0} timed out")]
+    Timeout(SocketAddr),
+    #[error("connect to {addr}: {source}")]
+    Io { addr: SocketAddr, source: std::io::Error },
+    #[error("HTTP handshake with {addr}: {source}")]
+    Handshake { addr: SocketAddr, source: hyper::Error },
+}
+
+struct Idle {
+    tx: Sender,
+    since: Instant,
+}
+
+/// Idle keep-alive connections to one server (nginx `keepalive`), LIFO so
+/// the most recently used (least likely to be closed by the server) goes first.
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<Vec<Idle>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // a panic while holding one of these short locks cannot leave the data
+    // half-updated in a way that matters more than stopping the proxy
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Pool {
+    /// Take the freshest idle connection not older than `max_idle`.
+    pub fn take(&self, now: Instant, max_idle: Duration) -> Option<Sender> {
+        let mut idle = lock(&self.idle);
+        while let Some(c) = idle.pop() {
+            if now.saturating_duration_since(c.since) < max_idle && !c.tx.is_closed() {
+                return Some(c.tx);
+            }
+        }
+        None
+    }
+
+    /// Return a connection after a complete response.
+    pub fn put(&self, tx: Sender, now: Instant, max_idle: Duration, capacity: usize) {
+        if capacity == 0 || tx.is_closed() {
+            return;
+        }
+        let mut idle = lock(&self.idle);
+        idle.retain(|c| now.saturating_duration_since(c.since) < max_idle && !c.tx.is_closed());
+        if idle.len() >= capacity {
+            idle.remove(0);
+        }
+        idle.push(Idle { tx, since: now });
+    }
+
+    pub fn clear(&self) {
+        lock(&self.idle).clear();
+    }
+}
+
+/// One backend server's runtime: address, pool, metrics. Kept across reloads
+/// for the same (upstream, address).
+pub struct ServerRt {
+    pub upstream: String,
+    pub name: String,
+    pub addr: SocketAddr,
+    pub pool: Pool,
+    pub metrics: ServerMetrics,
+}
+
+impl ServerRt {
+    /// Open a new HTTP/1.1 connection within `timeout`.
+    pub async fn connect_http(&self, timeout: Duration) -> Result<Sender, ConnectError> {
+        let stream = self.connect_tcp(timeout).await?;
+        let (tx, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| ConnectError::Handshake { addr: self.addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "backend connection ended");
+            }
+        });
+        Ok(tx)
+    }
+
+    pub async fn connect_tcp(&self, timeout: Duration) -> Result<TcpStream, ConnectError> {
+        let addr = self.addr;
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Err(_) => return Err(ConnectError::Timeout(addr)),
+            Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+}
+
+pub type SharedGroup = Arc<Mutex<Group<Arc<ServerRt>>>>;
+
+/// One upstream as configured now: settings plus the (persistent) group.
+pub struct UpstreamRt {
+    pub cfg: config::Upstream,
+    pub group: SharedGroup,
+    pub key: Option<KeyTemplate>,
+}
+
+impl UpstreamRt {
+    pub fn group(&self) -> MutexGuard<'_, Group<Arc<ServerRt>>> {
+        lock(&self.group)
+    }
+}
+
+pub fn method_of(alg: &Algorithm) -> Method {
+    match alg {
+        Algorithm::RoundRobin => Method::RoundRobin,
+        Algorithm::LeastConn => Method::LeastConn,
+        Algorithm::IpHash => Method::IpHash,
+        Algorithm::Hash(_) => Method::Hash,
+    }
+}
+
+pub fn peer_spec(s: &config::Server) -> PeerSpec {
+    PeerSpec {
+        key: s.name.clone(),
+        weight: s.weight,
+        max_fails: s.max_fails,
+        fail_timeout: s.fail_timeout,
+        max_conns: s.max_conns,
+        down: s.down,
+        backup: s.backup,
+    }
+}
+
+/// Groups and servers that outlive a single configuration.
+#[derive(Default)]
+pub struct Registry {
+    groups: HashMap<String, SharedGroup>,
+}
+
+impl Registry {
+    /// Build the upstreams of a new configuration, reusing groups (and their
+    /// health/failure state, pools and metrics) of same-named upstreams.
+    pub fn apply(&mut self, cfg: &config::Config) -> HashMap<String, Arc<UpstreamRt>> {
+        let mut out = HashMap::new();
+        let mut groups = HashMap::new();
+        for u in &cfg.upstreams {
+            let method = method_of(&u.algorithm);
+            let existing = self.groups.get(&u.name).cloned();
+            let servers = |g: Option<&Group<Arc<ServerRt>>>| -> Vec<(PeerSpec, Arc<ServerRt>)> {
+                u.servers
+                    .iter()
+                    .map(|s| {
+                        let reuse = g
+                            .and_then(|g| g.peers().find(|p| p.spec.key == s.name).map(|p| p.data.clone()))
+                            .filter(|rt| rt.addr == s.addr);
+                        let rt = reuse.unwrap_or_else(|| {
+                            Arc::new(ServerRt {
+                                upstream: u.name.clone(),
+                                name: s.name.clone(),
+                                addr: s.addr,
+                                pool: Pool::default(),
+                                metrics: ServerMetrics::default(),
+                            })
+                        });
+                        (peer_spec(s), rt)
+                    })
+                    .collect()
+            };
+            let group = match existing {
+                Some(shared) => {
+                    {
+                        let mut g = lock(&shared);
+                        let list = servers(Some(&g));
+                        g.reconfigure(method, list);
+                    }
+                    shared
+                }
+                None => Arc::new(Mutex::new(Group::new(method, servers(None)))),
+            };
+            let key = match &u.algorithm {
+                Algorithm::Hash(k) => KeyTemplate::parse(k).ok(),
+                _ => None,
+            };
+            groups.insert(u.name.clone(), group.clone());
+            out.insert(
+                u.name.clone(),
+                Arc::new(UpstreamRt {
+                    cfg: u.clone(),
+                    group,
+                    key,
+                }),
+            );
+        }
+        self.groups = groups;
+        out
+    }
+}

@@ -498,7 +498,7 @@ impl Machine {
                     self.adver_timer = Some(now + self.cfg.advert_int);
                     let due = self
                         .last_reannounce
-                        .map_or(true, |t| now.duration_since(t) >= Duration::from_secs(1));
+                        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
                     if due {
                         self.last_reannounce = Some(now);
                         self.actions.push_back(Action::Announce {

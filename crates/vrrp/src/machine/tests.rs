@@ -302,7 +302,7 @@ fn priority_zero_release_takes_over_after_skew_time() {
         assert_eq!(sim.holders(), vec![0]);
         sim.stop(0);
         assert_eq!(sim.state(0), State::Initialize);
-        assert_eq!(sim.nodes[0].holds_vip, false);
+        assert!(!sim.nodes[0].holds_vip);
         sim.run_until(20 * S);
         assert_eq!(sim.state(1), State::Master);
         let took = sim.became_master_at(1).unwrap() - 10 * S;

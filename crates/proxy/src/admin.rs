@@ -19,7 +19,8 @@ use crate::state::Shared;
 fn text(status: StatusCode, body: String, ctype: &'static str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
     r
 }
 
@@ -40,8 +41,16 @@ pub fn respond<B>(req: &Request<B>, shared: &Shared) -> Response<Full<Bytes>> {
                 )
             }
         }
-        "/metrics" => text(StatusCode::OK, shared.render_metrics(), "text/plain; version=0.0.4"),
-        _ => text(StatusCode::NOT_FOUND, "not found; try /healthz or /metrics\n".into(), "text/plain"),
+        "/metrics" => text(
+            StatusCode::OK,
+            shared.render_metrics(),
+            "text/plain; version=0.0.4",
+        ),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /healthz or /metrics\n".into(),
+            "text/plain",
+        ),
     }
 }
 
@@ -64,7 +73,9 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Re
                 let r = respond(&req, &shared);
                 async move { Ok::<_, Infallible>(r) }
             });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }

@@ -15,7 +15,10 @@ use crate::upstream::UpstreamRt;
 
 /// Run one check against `addr`; true when healthy.
 pub async fn check_once(addr: SocketAddr, hc: &HealthCheck) -> bool {
-    matches!(tokio::time::timeout(hc.timeout, probe(addr, &hc.kind)).await, Ok(true))
+    matches!(
+        tokio::time::timeout(hc.timeout, probe(addr, &hc.kind)).await,
+        Ok(true)
+    )
 }
 
 async fn probe(addr: SocketAddr, kind: &CheckKind) -> bool {
@@ -43,7 +46,9 @@ async fn probe(addr: SocketAddr, kind: &CheckKind) -> bool {
     if !line.starts_with(b"HTTP/1.") {
         return false;
     }
-    let status = std::str::from_utf8(&line[9..12]).ok().and_then(|s| s.parse::<u16>().ok());
+    let status = std::str::from_utf8(&line[9..12])
+        .ok()
+        .and_then(|s| s.parse::<u16>().ok());
     status.is_some_and(|s| kind.status_ok(s))
 }
 
@@ -125,7 +130,8 @@ mod tests {
     #[tokio::test]
     async fn http_check_compares_status() {
         let ok = http_server("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
-        let bad = http_server("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n").await;
+        let bad =
+            http_server("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n").await;
         let kind = CheckKind::Http {
             path: "/health".into(),
             host: None,

@@ -286,7 +286,9 @@ impl CheckKind {
     pub fn status_ok(&self, status: u16) -> bool {
         match self {
             CheckKind::Tcp => true,
-            CheckKind::Http { expect, .. } => expect.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status)),
+            CheckKind::Http { expect, .. } => {
+                expect.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status))
+            }
         }
     }
 }
@@ -305,13 +307,17 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     let mut total = Duration::ZERO;
     let mut rest = text;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return None;
         }
         let value: u64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let part = match unit {
@@ -326,7 +332,11 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     Some(total)
 }
 
-fn duration(key: &str, raw: Option<RawDuration>, default: Duration) -> Result<Duration, ConfigError> {
+fn duration(
+    key: &str,
+    raw: Option<RawDuration>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
     match raw {
         None => Ok(default),
         Some(RawDuration::Secs(s)) if s >= 0 => Ok(Duration::from_secs(s as u64)),
@@ -343,7 +353,11 @@ fn duration(key: &str, raw: Option<RawDuration>, default: Duration) -> Result<Du
     }
 }
 
-fn positive_duration(key: &str, raw: Option<RawDuration>, default: Duration) -> Result<Duration, ConfigError> {
+fn positive_duration(
+    key: &str,
+    raw: Option<RawDuration>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
     let d = duration(key, raw, default)?;
     if d.is_zero() {
         return Err(invalid(key, "must be greater than zero; use e.g. \"5s\""));
@@ -351,7 +365,14 @@ fn positive_duration(key: &str, raw: Option<RawDuration>, default: Duration) -> 
     Ok(d)
 }
 
-fn int(key: &str, raw: Option<i64>, default: u64, min: u64, max: u64, hint: &str) -> Result<u64, ConfigError> {
+fn int(
+    key: &str,
+    raw: Option<i64>,
+    default: u64,
+    min: u64,
+    max: u64,
+    hint: &str,
+) -> Result<u64, ConfigError> {
     match raw {
         None => Ok(default),
         Some(v) if v >= min as i64 && (v as u64) <= max => Ok(v as u64),
@@ -394,7 +415,9 @@ fn resolve(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
             .ok_or_else(|| invalid(key, format!("{text:?} resolved to no address"))),
         Err(e) => Err(invalid(
             key,
-            format!("cannot resolve {text:?}: {e}; use an IP address and port, e.g. \"10.0.0.5:80\""),
+            format!(
+                "cannot resolve {text:?}: {e}; use an IP address and port, e.g. \"10.0.0.5:80\""
+            ),
         )),
     }
 }
@@ -422,7 +445,10 @@ fn parse_status_ranges(key: &str, items: Vec<String>) -> Result<Vec<(u16, u16)>,
         }
     }
     if out.is_empty() {
-        return Err(invalid(key, "is empty; list at least one status, e.g. [\"200-399\"]"));
+        return Err(invalid(
+            key,
+            "is empty; list at least one status, e.g. [\"200-399\"]",
+        ));
     }
     Ok(out)
 }
@@ -473,8 +499,19 @@ impl Config {
             }
         };
         let global = Global {
-            workers: int("global.workers", g.workers, 0, 0, 1024, "use 0 (one per core) or a thread count")? as usize,
-            shutdown_timeout: duration("global.shutdown_timeout", g.shutdown_timeout, Duration::from_secs(30))?,
+            workers: int(
+                "global.workers",
+                g.workers,
+                0,
+                0,
+                1024,
+                "use 0 (one per core) or a thread count",
+            )? as usize,
+            shutdown_timeout: duration(
+                "global.shutdown_timeout",
+                g.shutdown_timeout,
+                Duration::from_secs(30),
+            )?,
             access_log: g.access_log.unwrap_or(true),
             log_json,
         };
@@ -524,7 +561,10 @@ impl Config {
             if !names.insert(up.name.clone()) {
                 return Err(invalid(
                     format!("upstream[{i}].name"),
-                    format!("{:?} is defined twice; give each upstream a unique name", up.name),
+                    format!(
+                        "{:?} is defined twice; give each upstream a unique name",
+                        up.name
+                    ),
                 ));
             }
             upstreams.push(up);
@@ -559,18 +599,28 @@ impl Config {
         })
     }
 
-    fn listener(i: usize, l: RawListener, upstreams: &HashSet<String>) -> Result<Listener, ConfigError> {
+    fn listener(
+        i: usize,
+        l: RawListener,
+        upstreams: &HashSet<String>,
+    ) -> Result<Listener, ConfigError> {
         let name = l.name.unwrap_or_else(|| format!("listener{i}"));
         let k = |field: &str| format!("listener {name:?}.{field}");
         let mode = match l.mode.as_deref() {
             None | Some("http") => Mode::Http,
             Some("tcp") => Mode::Tcp,
             Some(other) => {
-                return Err(invalid(k("mode"), format!("{other:?} is unknown; use \"http\" or \"tcp\"")))
+                return Err(invalid(
+                    k("mode"),
+                    format!("{other:?} is unknown; use \"http\" or \"tcp\""),
+                ))
             }
         };
         let listen_raw = l.listen.ok_or_else(|| {
-            invalid(k("listen"), "is missing; add e.g. listen = \"0.0.0.0:80\" or a list of addresses")
+            invalid(
+                k("listen"),
+                "is missing; add e.g. listen = \"0.0.0.0:80\" or a list of addresses",
+            )
         })?;
         let mut listen = Vec::new();
         for (j, text) in strings(&k("listen"), listen_raw)?.into_iter().enumerate() {
@@ -586,22 +636,37 @@ impl Config {
             return Err(invalid(k("listen"), "is empty; give at least one address"));
         }
         let upstream = l.upstream.ok_or_else(|| {
-            invalid(k("upstream"), "is missing; name the [[upstream]] this listener forwards to")
+            invalid(
+                k("upstream"),
+                "is missing; name the [[upstream]] this listener forwards to",
+            )
         })?;
         if !upstreams.contains(&upstream) {
             return Err(invalid(
                 k("upstream"),
-                format!("{upstream:?} is not defined; add an [[upstream]] with name = {upstream:?}"),
+                format!(
+                    "{upstream:?} is not defined; add an [[upstream]] with name = {upstream:?}"
+                ),
             ));
         }
         let tls = match l.tls {
             None => None,
             Some(t) => {
                 if mode == Mode::Tcp {
-                    return Err(invalid(k("tls"), "TLS termination is only supported on mode = \"http\" listeners"));
+                    return Err(invalid(
+                        k("tls"),
+                        "TLS termination is only supported on mode = \"http\" listeners",
+                    ));
                 }
-                let cert = t.cert.ok_or_else(|| invalid(k("tls.cert"), "is missing; give a PEM certificate chain file"))?;
-                let key = t.key.ok_or_else(|| invalid(k("tls.key"), "is missing; give a PEM private key file"))?;
+                let cert = t.cert.ok_or_else(|| {
+                    invalid(
+                        k("tls.cert"),
+                        "is missing; give a PEM certificate chain file",
+                    )
+                })?;
+                let key = t.key.ok_or_else(|| {
+                    invalid(k("tls.key"), "is missing; give a PEM private key file")
+                })?;
                 Some(Tls {
                     cert: PathBuf::from(cert),
                     key: PathBuf::from(key),
@@ -613,7 +678,11 @@ impl Config {
             Mode::Tcp => Duration::from_secs(600),
         };
         Ok(Listener {
-            header_timeout: positive_duration(&k("header_timeout"), l.header_timeout, Duration::from_secs(60))?,
+            header_timeout: positive_duration(
+                &k("header_timeout"),
+                l.header_timeout,
+                Duration::from_secs(60),
+            )?,
             max_header_size: int(
                 &k("max_header_size"),
                 l.max_header_size,
@@ -622,10 +691,23 @@ impl Config {
                 1024 * 1024,
                 "use a byte count between 1024 and 1048576 (default 32768)",
             )? as usize,
-            max_headers: int(&k("max_headers"), l.max_headers, 100, 1, 10_000, "use a count between 1 and 10000 (default 100)")?
-                as usize,
+            max_headers: int(
+                &k("max_headers"),
+                l.max_headers,
+                100,
+                1,
+                10_000,
+                "use a count between 1 and 10000 (default 100)",
+            )? as usize,
             idle_timeout: positive_duration(&k("idle_timeout"), l.idle_timeout, idle_default)?,
-            backlog: int(&k("backlog"), l.backlog, 1024, 1, 65535, "use a value between 1 and 65535")? as u32,
+            backlog: int(
+                &k("backlog"),
+                l.backlog,
+                1024,
+                1,
+                65535,
+                "use a value between 1 and 65535",
+            )? as u32,
             name,
             listen,
             mode,
@@ -635,9 +717,12 @@ impl Config {
     }
 
     fn upstream(i: usize, u: RawUpstream) -> Result<Upstream, ConfigError> {
-        let name = u
-            .name
-            .ok_or_else(|| invalid(format!("upstream[{i}].name"), "is missing; every [[upstream]] needs a name"))?;
+        let name = u.name.ok_or_else(|| {
+            invalid(
+                format!("upstream[{i}].name"),
+                "is missing; every [[upstream]] needs a name",
+            )
+        })?;
         let k = |field: &str| format!("upstream {name:?}.{field}");
         let algorithm = match u.algorithm.as_deref() {
             None | Some("round_robin") => Algorithm::RoundRobin,
@@ -658,12 +743,20 @@ impl Config {
             }
         };
         if u.hash_key.is_some() && !matches!(algorithm, Algorithm::Hash(_)) {
-            return Err(invalid(k("hash_key"), "is only used with algorithm = \"hash\"; remove it or set the algorithm"));
+            return Err(invalid(
+                k("hash_key"),
+                "is only used with algorithm = \"hash\"; remove it or set the algorithm",
+            ));
         }
         let host_header = match u.host_header.as_deref() {
             None | Some("$host") | Some("preserve") => HostHeader::Preserve,
             Some("$proxy_host") | Some("upstream") => HostHeader::Upstream,
-            Some("") => return Err(invalid(k("host_header"), "is empty; use \"$host\", \"$proxy_host\" or a host name")),
+            Some("") => {
+                return Err(invalid(
+                    k("host_header"),
+                    "is empty; use \"$host\", \"$proxy_host\" or a host name",
+                ))
+            }
             Some(other) => HostHeader::Fixed(other.to_string()),
         };
         if u.server.is_empty() {
@@ -681,7 +774,10 @@ impl Config {
                 .ok_or_else(|| invalid(sk("addr"), "is missing; write addr = \"IP:port\""))?;
             let addr = resolve(&sk("addr"), &text)?;
             if !seen.insert(text.clone()) {
-                return Err(invalid(sk("addr"), format!("{text:?} is listed twice in this upstream")));
+                return Err(invalid(
+                    sk("addr"),
+                    format!("{text:?} is listed twice in this upstream"),
+                ));
             }
             let weight = match s.weight {
                 None => 1,
@@ -689,7 +785,9 @@ impl Config {
                 Some(w) => {
                     return Err(invalid(
                         sk("weight"),
-                        format!("{w} is invalid; use a positive integer up to 1000 (nginx default 1)"),
+                        format!(
+                            "{w} is invalid; use a positive integer up to 1000 (nginx default 1)"
+                        ),
                     ))
                 }
             };
@@ -704,15 +802,36 @@ impl Config {
                 name: text,
                 addr,
                 weight,
-                max_fails: int(&sk("max_fails"), s.max_fails, 1, 0, 1_000_000, "use 0 (never mark down) or a positive count (nginx default 1)")? as u32,
-                fail_timeout: duration(&sk("fail_timeout"), s.fail_timeout, Duration::from_secs(10))?,
+                max_fails: int(
+                    &sk("max_fails"),
+                    s.max_fails,
+                    1,
+                    0,
+                    1_000_000,
+                    "use 0 (never mark down) or a positive count (nginx default 1)",
+                )? as u32,
+                fail_timeout: duration(
+                    &sk("fail_timeout"),
+                    s.fail_timeout,
+                    Duration::from_secs(10),
+                )?,
                 backup,
                 down: s.down.unwrap_or(false),
-                max_conns: int(&sk("max_conns"), s.max_conns, 0, 0, 10_000_000, "use 0 (unlimited) or a positive count")? as u32,
+                max_conns: int(
+                    &sk("max_conns"),
+                    s.max_conns,
+                    0,
+                    0,
+                    10_000_000,
+                    "use 0 (unlimited) or a positive count",
+                )? as u32,
             });
         }
         if servers.iter().all(|s| s.backup) {
-            return Err(invalid(k("server"), "has only backup servers; mark at least one server as primary (backup = false)"));
+            return Err(invalid(
+                k("server"),
+                "has only backup servers; mark at least one server as primary (backup = false)",
+            ));
         }
         let health_check = match u.health_check {
             None => None,
@@ -720,13 +839,42 @@ impl Config {
         };
         Ok(Upstream {
             algorithm,
-            connect_timeout: positive_duration(&k("connect_timeout"), u.connect_timeout, Duration::from_secs(5))?,
-            read_timeout: positive_duration(&k("read_timeout"), u.read_timeout, Duration::from_secs(60))?,
-            keepalive: int(&k("keepalive"), u.keepalive, 32, 0, 100_000, "use 0 (no pooling) or a count of idle connections per server")?
-                as usize,
-            keepalive_timeout: duration(&k("keepalive_timeout"), u.keepalive_timeout, Duration::from_secs(4))?,
-            tries: int(&k("tries"), u.tries, 0, 0, 1000, "use 0 (as many as servers) or a positive count")? as u32,
-            next_upstream_timeout: duration(&k("next_upstream_timeout"), u.next_upstream_timeout, Duration::ZERO)?,
+            connect_timeout: positive_duration(
+                &k("connect_timeout"),
+                u.connect_timeout,
+                Duration::from_secs(5),
+            )?,
+            read_timeout: positive_duration(
+                &k("read_timeout"),
+                u.read_timeout,
+                Duration::from_secs(60),
+            )?,
+            keepalive: int(
+                &k("keepalive"),
+                u.keepalive,
+                32,
+                0,
+                100_000,
+                "use 0 (no pooling) or a count of idle connections per server",
+            )? as usize,
+            keepalive_timeout: duration(
+                &k("keepalive_timeout"),
+                u.keepalive_timeout,
+                Duration::from_secs(4),
+            )?,
+            tries: int(
+                &k("tries"),
+                u.tries,
+                0,
+                0,
+                1000,
+                "use 0 (as many as servers) or a positive count",
+            )? as u32,
+            next_upstream_timeout: duration(
+                &k("next_upstream_timeout"),
+                u.next_upstream_timeout,
+                Duration::ZERO,
+            )?,
             host_header,
             servers,
             health_check,
@@ -739,7 +887,10 @@ impl Config {
         let kind = match h.kind.as_deref() {
             None | Some("tcp") => {
                 if h.path.is_some() || h.expect_status.is_some() || h.host.is_some() {
-                    return Err(invalid(k("type"), "path/host/expect_status need type = \"http\""));
+                    return Err(invalid(
+                        k("type"),
+                        "path/host/expect_status need type = \"http\"",
+                    ));
                 }
                 CheckKind::Tcp
             }
@@ -750,7 +901,10 @@ impl Config {
                 }
                 let expect = match h.expect_status {
                     None => vec![(200, 399)],
-                    Some(raw) => parse_status_ranges(&k("expect_status"), strings(&k("expect_status"), raw)?)?,
+                    Some(raw) => parse_status_ranges(
+                        &k("expect_status"),
+                        strings(&k("expect_status"), raw)?,
+                    )?,
                 };
                 CheckKind::Http {
                     path,
@@ -758,7 +912,12 @@ impl Config {
                     expect,
                 }
             }
-            Some(other) => return Err(invalid(k("type"), format!("{other:?} is unknown; use \"tcp\" or \"http\""))),
+            Some(other) => {
+                return Err(invalid(
+                    k("type"),
+                    format!("{other:?} is unknown; use \"tcp\" or \"http\""),
+                ))
+            }
         };
         let interval = positive_duration(&k("interval"), h.interval, Duration::from_secs(2))?;
         let timeout = positive_duration(&k("timeout"), h.timeout, Duration::from_secs(1))?;
@@ -766,11 +925,32 @@ impl Config {
             kind,
             interval,
             timeout,
-            rise: int(&k("rise"), h.rise, 2, 1, 1000, "use a positive count (default 2)")? as u32,
-            fall: int(&k("fall"), h.fall, 3, 1, 1000, "use a positive count (default 3)")? as u32,
+            rise: int(
+                &k("rise"),
+                h.rise,
+                2,
+                1,
+                1000,
+                "use a positive count (default 2)",
+            )? as u32,
+            fall: int(
+                &k("fall"),
+                h.fall,
+                3,
+                1,
+                1000,
+                "use a positive count (default 3)",
+            )? as u32,
             port: match h.port {
                 None => None,
-                Some(p) => Some(int(&k("port"), Some(p), 0, 1, 65535, "use a port between 1 and 65535")? as u16),
+                Some(p) => Some(int(
+                    &k("port"),
+                    Some(p),
+                    0,
+                    1,
+                    65535,
+                    "use a port between 1 and 65535",
+                )? as u16),
             },
         })
     }
@@ -835,14 +1015,20 @@ mod tests {
     fn unknown_upstream_reference_is_rejected() {
         let text = BASE.replace("upstream = \"web\"", "upstream = \"api\"");
         let e = err(&text);
-        assert!(e.starts_with("listener \"listener0\".upstream: \"api\" is not defined"), "{e}");
+        assert!(
+            e.starts_with("listener \"listener0\".upstream: \"api\" is not defined"),
+            "{e}"
+        );
     }
 
     #[test]
     fn bad_duration_names_key() {
         let text = BASE.replace("\"30s\"", "\"thirty\"");
         let e = err(&text);
-        assert!(e.starts_with("upstream \"web\".server[1].fail_timeout: \"thirty\" is not a duration"), "{e}");
+        assert!(
+            e.starts_with("upstream \"web\".server[1].fail_timeout: \"thirty\" is not a duration"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -890,12 +1076,17 @@ mod tests {
     #[test]
     fn vrrp_section_is_refused_with_explanation() {
         let e = err(&format!("{BASE}\n[vrrp]\ninterface = \"eth0\"\n"));
-        assert!(e.starts_with("vrrp: the built-in VRRP section is not implemented yet"), "{e}");
+        assert!(
+            e.starts_with("vrrp: the built-in VRRP section is not implemented yet"),
+            "{e}"
+        );
     }
 
     #[test]
     fn duplicate_listen_address_is_rejected() {
-        let text = format!("{BASE}\n[[listener]]\nname = \"b\"\nlisten = \"127.0.0.1:8080\"\nupstream = \"web\"\n");
+        let text = format!(
+            "{BASE}\n[[listener]]\nname = \"b\"\nlisten = \"127.0.0.1:8080\"\nupstream = \"web\"\n"
+        );
         assert!(err(&text).starts_with("listener \"b\".listen: 127.0.0.1:8080 is already used"));
     }
 }

@@ -47,7 +47,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub fn prepare_request(parts: &mut Parts, client: SocketAddr, tls: bool) {
     strip_hop_by_hop(&mut parts.headers);
     let ip = client.ip().to_canonical().to_string();
-    let xff = match parts.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+    let xff = match parts
+        .headers
+        .get(&X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+    {
         Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
         _ => ip.clone(),
     };
@@ -70,7 +74,11 @@ pub fn prepare_request(parts: &mut Parts, client: SocketAddr, tls: bool) {
         }
     }
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
         if let Ok(uri) = pq.parse::<Uri>() {
             parts.uri = uri;
         }
@@ -163,7 +171,10 @@ mod tests {
         );
         prepare_request(&mut p, "10.1.2.3:5555".parse().unwrap(), false);
         assert_eq!(p.headers["x-forwarded-for"], "1.1.1.1, 10.1.2.3");
-        assert_eq!(p.headers["x-forwarded-proto"], "http", "client cannot claim https");
+        assert_eq!(
+            p.headers["x-forwarded-proto"], "http",
+            "client cannot claim https"
+        );
         assert_eq!(p.headers["x-real-ip"], "10.1.2.3");
         assert_eq!(p.headers["host"], "example.com");
         let mut p = parts(Request::get("/x").body(()).unwrap());
@@ -174,7 +185,11 @@ mod tests {
 
     #[test]
     fn absolute_form_becomes_origin_form_with_host() {
-        let mut p = parts(Request::get("http://example.org:8080/a/b?c=d").body(()).unwrap());
+        let mut p = parts(
+            Request::get("http://example.org:8080/a/b?c=d")
+                .body(())
+                .unwrap(),
+        );
         prepare_request(&mut p, "10.1.2.3:5555".parse().unwrap(), false);
         assert_eq!(p.uri, "/a/b?c=d");
         assert_eq!(p.headers["host"], "example.org:8080");
@@ -199,7 +214,10 @@ mod tests {
         assert_eq!(body_len(&h), BodyLen::None);
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
         assert_eq!(body_len(&h), BodyLen::Known(12));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         assert_eq!(body_len(&h), BodyLen::Chunked);
     }
 }

@@ -33,7 +33,11 @@ pub enum ListenError {
 /// socket before the old one is closed (no refused connections).
 pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let domain = if addr.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
     let sock = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
     sock.set_reuse_address(true)?;
     sock.set_reuse_port(true)?;
@@ -52,21 +56,42 @@ pub fn tls_acceptor(name: &str, tls: &config::Tls) -> Result<TlsAcceptor, Listen
         message,
     };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
-        .map_err(|e| err(format!("cannot read certificate {}: {e}", tls.cert.display())))?
+        .map_err(|e| {
+            err(format!(
+                "cannot read certificate {}: {e}",
+                tls.cert.display()
+            ))
+        })?
         .collect::<Result<_, _>>()
-        .map_err(|e| err(format!("bad certificate PEM in {}: {e}", tls.cert.display())))?;
+        .map_err(|e| {
+            err(format!(
+                "bad certificate PEM in {}: {e}",
+                tls.cert.display()
+            ))
+        })?;
     if certs.is_empty() {
-        return Err(err(format!("no certificate found in {}", tls.cert.display())));
+        return Err(err(format!(
+            "no certificate found in {}",
+            tls.cert.display()
+        )));
     }
-    let key = PrivateKeyDer::from_pem_file(&tls.key)
-        .map_err(|e| err(format!("cannot read private key {}: {e}", tls.key.display())))?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| {
+        err(format!(
+            "cannot read private key {}: {e}",
+            tls.key.display()
+        ))
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| err(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| err(format!("certificate and key do not match or are unsupported: {e}")))?;
+        .map_err(|e| {
+            err(format!(
+                "certificate and key do not match or are unsupported: {e}"
+            ))
+        })?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }
@@ -167,7 +192,12 @@ pub async fn run(
                         let watcher = graceful.watcher();
                         let timeout = cfg.header_timeout;
                         tokio::spawn(async move {
-                            let tls_stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                            let tls_stream = match tokio::time::timeout(
+                                timeout,
+                                acceptor.accept(stream),
+                            )
+                            .await
+                            {
                                 Ok(Ok(s)) => s,
                                 Ok(Err(e)) => {
                                     tracing::debug!(error = %e, %client, "TLS handshake failed");

@@ -57,14 +57,20 @@ fn main() -> anyhow::Result<()> {
     if cfg.global.workers > 0 {
         rt.worker_threads(cfg.global.workers);
     }
-    let rt = rt.enable_all().build().context("starting the tokio runtime")?;
+    let rt = rt
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
     rt.block_on(run(cli, cfg))
 }
 
 fn init_tracing(json: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("SYNCD_PROXY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_env("SYNCD_PROXY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         b.json().init();
     } else {
@@ -104,7 +110,10 @@ async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
         }
     }
     let timeout = app.shared().current().config.global.shutdown_timeout;
-    tracing::info!(?timeout, "shutting down: no new connections, finishing in-flight requests");
+    tracing::info!(
+        ?timeout,
+        "shutting down: no new connections, finishing in-flight requests"
+    );
     app.shutdown(timeout.max(Duration::from_millis(1))).await;
     tracing::info!("stopped");
     Ok(())

@@ -42,7 +42,10 @@ impl Body for RespBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             RespBody::Local(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             RespBody::Proxied(t) => Pin::new(t).poll_frame(cx),
@@ -85,7 +88,9 @@ impl Finish {
         self.up.group().release(self.peer, now, Outcome::Success);
         if let (true, Some(tx)) = (complete, self.conn.take()) {
             let cfg = &self.up.cfg;
-            self.server.pool.put(tx, now, cfg.keepalive_timeout, cfg.keepalive);
+            self.server
+                .pool
+                .put(tx, now, cfg.keepalive_timeout, cfg.keepalive);
         }
     }
 }
@@ -94,7 +99,10 @@ impl Body for TrackedBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_frame(cx);
         match &r {
@@ -140,8 +148,10 @@ pub fn local(status: StatusCode, msg: &str) -> Response<RespBody> {
     let body = Bytes::from(format!("{} {}\n", status.as_str(), msg));
     let mut r = Response::new(RespBody::Local(Some(body)));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
@@ -184,14 +194,26 @@ impl KeyVars for ReqVars<'_> {
                 .headers
                 .get(header::HOST)
                 .and_then(|v| v.to_str().ok())
-                .map(|h| h.rsplit_once(':').map_or(h, |(host, _)| host).to_ascii_lowercase()),
+                .map(|h| {
+                    h.rsplit_once(':')
+                        .map_or(h, |(host, _)| host)
+                        .to_ascii_lowercase()
+                }),
             "uri" => Some(self.uri.path().to_string()),
-            "request_uri" => Some(self.uri.path_and_query().map_or("/", |p| p.as_str()).to_string()),
+            "request_uri" => Some(
+                self.uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_string(),
+            ),
             "args" => Some(query.to_string()),
             _ => {
                 if let Some(h) = name.strip_prefix("http_") {
                     let h = h.replace('_', "-");
-                    self.headers.get(h.as_str()).and_then(|v| v.to_str().ok()).map(str::to_string)
+                    self.headers
+                        .get(h.as_str())
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
                 } else if let Some(a) = name.strip_prefix("arg_") {
                     query
                         .split('&')
@@ -227,8 +249,20 @@ pub async fn handle(
     let log = access.then(|| (req.method().clone(), req.uri().clone()));
     let snap = shared.current();
     let (resp, server) = match snap.upstreams.get(&info.upstream) {
-        Some(up) => proxy(req, &info, &shared, up.clone(), snap.config.retry.max_replay_body).await,
-        None => (local(StatusCode::SERVICE_UNAVAILABLE, "upstream not configured"), None),
+        Some(up) => {
+            proxy(
+                req,
+                &info,
+                &shared,
+                up.clone(),
+                snap.config.retry.max_replay_body,
+            )
+            .await
+        }
+        None => (
+            local(StatusCode::SERVICE_UNAVAILABLE, "upstream not configured"),
+            None,
+        ),
     };
     let status = resp.status().as_u16();
     shared.metrics.count_status(status);
@@ -304,14 +338,21 @@ async fn proxy(
         let now = Instant::now();
         let selected = {
             let mut g = up.group();
-            let max_tries = if cfg.tries == 0 { g.len() } else { cfg.tries as usize };
+            let max_tries = if cfg.tries == 0 {
+                g.len()
+            } else {
+                cfg.tries as usize
+            };
             if attempt.count() >= max_tries {
                 None
             } else {
-                g.select(now, key, &mut attempt).map(|(id, s)| (id, s.clone()))
+                g.select(now, key, &mut attempt)
+                    .map(|(id, s)| (id, s.clone()))
             }
         };
-        let Some((peer, server)) = selected else { break };
+        let Some((peer, server)) = selected else {
+            break;
+        };
         let sent_at = Instant::now();
         match send_attempt(&server, cfg, &mut out, &method, idempotent).await {
             Ok((resp, tx)) => {
@@ -351,7 +392,9 @@ async fn proxy(
                 if !retry::retryable(f, &method, out.can_resend()) {
                     break;
                 }
-                if !cfg.next_upstream_timeout.is_zero() && started.elapsed() >= cfg.next_upstream_timeout {
+                if !cfg.next_upstream_timeout.is_zero()
+                    && started.elapsed() >= cfg.next_upstream_timeout
+                {
                     break;
                 }
                 if !shared.withdraw_retry(Instant::now()) {
@@ -364,7 +407,10 @@ async fn proxy(
     let resp = match last {
         None => {
             shared.metrics.local_503.fetch_add(1, Ordering::Relaxed);
-            local(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable (no live upstream)")
+            local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable (no live upstream)",
+            )
         }
         Some(f) if f.is_timeout() => {
             shared.metrics.local_504.fetch_add(1, Ordering::Relaxed);
@@ -398,10 +444,12 @@ async fn send_attempt(
             server.pool.take(Instant::now(), cfg.keepalive_timeout)
         };
         let (mut tx, reused) = match pooled {
-            Some(mut tx) => match tokio::time::timeout(Duration::from_millis(100), tx.ready()).await {
-                Ok(Ok(())) => (tx, true),
-                _ => continue,
-            },
+            Some(mut tx) => {
+                match tokio::time::timeout(Duration::from_millis(100), tx.ready()).await {
+                    Ok(Ok(())) => (tx, true),
+                    _ => continue,
+                }
+            }
             None => match server.connect_http(cfg.connect_timeout).await {
                 Ok(tx) => (tx, false),
                 Err(ConnectError::Timeout(_)) => return Err(Failure::ConnectTimeout),

@@ -27,7 +27,10 @@ pub enum LifecycleError {
     #[error(transparent)]
     Listen(#[from] ListenError),
     #[error("admin.listen: cannot listen on {addr}: {source}")]
-    Admin { addr: SocketAddr, source: std::io::Error },
+    Admin {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 struct Running {
@@ -60,7 +63,11 @@ impl App {
             .map(listener::prepare)
             .collect::<Result<_, _>>()?;
         let admin_socket = match cfg.admin {
-            Some(addr) => Some((addr, listener::bind(addr, 128).map_err(|source| LifecycleError::Admin { addr, source })?)),
+            Some(addr) => Some((
+                addr,
+                listener::bind(addr, 128)
+                    .map_err(|source| LifecycleError::Admin { addr, source })?,
+            )),
             None => None,
         };
         let upstreams = registry.apply(&cfg);
@@ -150,9 +157,11 @@ impl App {
             }
         }
         let new_admin = match cfg.admin {
-            Some(addr) if self.admin.as_ref().map(|a| a.addr) != Some(addr) => {
-                Some((addr, listener::bind(addr, 128).map_err(|source| LifecycleError::Admin { addr, source })?))
-            }
+            Some(addr) if self.admin.as_ref().map(|a| a.addr) != Some(addr) => Some((
+                addr,
+                listener::bind(addr, 128)
+                    .map_err(|source| LifecycleError::Admin { addr, source })?,
+            )),
             _ => None,
         };
         // 2. swap the configuration
@@ -186,7 +195,10 @@ impl App {
         }
         self.restart_checkers();
         self.draining.retain(|t| !t.is_finished());
-        self.shared.metrics.config_generation.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .metrics
+            .config_generation
+            .fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -201,7 +213,8 @@ impl App {
         for c in self.checkers.drain(..) {
             c.abort();
         }
-        let mut tasks: Vec<JoinHandle<()>> = self.listeners.drain(..).flat_map(|r| r.tasks).collect();
+        let mut tasks: Vec<JoinHandle<()>> =
+            self.listeners.drain(..).flat_map(|r| r.tasks).collect();
         tasks.append(&mut self.draining);
         let wait = async {
             for t in tasks {
@@ -209,7 +222,10 @@ impl App {
             }
         };
         if tokio::time::timeout(timeout, wait).await.is_err() {
-            tracing::warn!(?timeout, "shutdown timeout reached; closing remaining connections");
+            tracing::warn!(
+                ?timeout,
+                "shutdown timeout reached; closing remaining connections"
+            );
         }
     }
 }

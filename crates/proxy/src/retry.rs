@@ -32,7 +32,10 @@ pub enum Failure {
 impl Failure {
     /// Did the request (possibly) reach the server?
     pub fn request_sent(self) -> bool {
-        !matches!(self, Failure::Connect | Failure::ConnectTimeout | Failure::StaleUnsent)
+        !matches!(
+            self,
+            Failure::Connect | Failure::ConnectTimeout | Failure::StaleUnsent
+        )
     }
 
     /// Does it count toward `max_fails`? A stale pooled connection is not the
@@ -139,7 +142,10 @@ mod tests {
         assert!(!retryable(Failure::ResetAfterSend, &Method::POST, true));
         assert!(!retryable(Failure::ResponseTimeout, &Method::POST, true));
         assert!(retryable(Failure::ResetAfterSend, &Method::GET, true));
-        assert!(!retryable(Failure::ResetAfterSend, &Method::PUT, false), "streamed body cannot be replayed");
+        assert!(
+            !retryable(Failure::ResetAfterSend, &Method::PUT, false),
+            "streamed body cannot be replayed"
+        );
     }
 
     #[test]
@@ -153,7 +159,9 @@ mod tests {
         let granted = (0..50).filter(|_| b.withdraw(t0)).count();
         assert_eq!(granted, 12);
         // next second: the per-second minimum is available again, nothing more
-        let granted = (0..50).filter(|_| b.withdraw(t0 + Duration::from_millis(1000))).count();
+        let granted = (0..50)
+            .filter(|_| b.withdraw(t0 + Duration::from_millis(1000)))
+            .count();
         assert_eq!(granted, 2);
     }
 

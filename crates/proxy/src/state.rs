@@ -49,7 +49,8 @@ impl Shared {
 
     pub fn replace(&self, snapshot: Snapshot) {
         let r = &snapshot.config.retry;
-        self.budget_lock().reconfigure(r.budget_ratio, r.budget_min_per_sec);
+        self.budget_lock()
+            .reconfigure(r.budget_ratio, r.budget_min_per_sec);
         self.access_log
             .store(snapshot.config.global.access_log, Ordering::Relaxed);
         let new = Arc::new(snapshot);
@@ -69,7 +70,11 @@ impl Shared {
 
     pub fn withdraw_retry(&self, now: Instant) -> bool {
         let ok = self.budget_lock().withdraw(now);
-        let c = if ok { &self.metrics.retries } else { &self.metrics.retries_denied };
+        let c = if ok {
+            &self.metrics.retries
+        } else {
+            &self.metrics.retries_denied
+        };
         c.fetch_add(1, Ordering::Relaxed);
         ok
     }

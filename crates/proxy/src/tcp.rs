@@ -33,7 +33,11 @@ impl<S> Activity<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
@@ -45,7 +49,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -63,7 +71,10 @@ pub async fn serve(
     shared: Arc<Shared>,
     _session: Arc<()>,
 ) {
-    shared.metrics.tcp_connections.fetch_add(1, Ordering::Relaxed);
+    shared
+        .metrics
+        .tcp_connections
+        .fetch_add(1, Ordering::Relaxed);
     let snap = shared.current();
     let Some(up) = snap.upstreams.get(&cfg.upstream).cloned() else {
         return;
@@ -86,11 +97,16 @@ pub async fn serve(
     let (peer, server, backend) = loop {
         let selected = {
             let mut g = up.group();
-            let max_tries = if up.cfg.tries == 0 { g.len() } else { up.cfg.tries as usize };
+            let max_tries = if up.cfg.tries == 0 {
+                g.len()
+            } else {
+                up.cfg.tries as usize
+            };
             if attempt.count() >= max_tries {
                 None
             } else {
-                g.select(Instant::now(), key, &mut attempt).map(|(id, s)| (id, s.clone()))
+                g.select(Instant::now(), key, &mut attempt)
+                    .map(|(id, s)| (id, s.clone()))
             }
         };
         let Some((peer, server)) = selected else {
@@ -104,7 +120,8 @@ pub async fn serve(
                 server.metrics.errors.fetch_add(1, Ordering::Relaxed);
                 up.group().release(peer, Instant::now(), Outcome::Failure);
                 tracing::warn!(upstream = %up.cfg.name, server = %server.name, error = %e, "TCP connect failed");
-                let over = !up.cfg.next_upstream_timeout.is_zero() && started.elapsed() >= up.cfg.next_upstream_timeout;
+                let over = !up.cfg.next_upstream_timeout.is_zero()
+                    && started.elapsed() >= up.cfg.next_upstream_timeout;
                 if over || !shared.withdraw_retry(Instant::now()) {
                     return;
                 }
@@ -127,7 +144,9 @@ pub async fn serve(
     let idle = cfg.idle_timeout;
     let watchdog = async {
         loop {
-            let since = epoch.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+            let since = epoch
+                .elapsed()
+                .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
             if since >= idle {
                 return;
             }

@@ -28,9 +28,15 @@ pub enum ConnectError {
     #[error("connect to {0} timed out")]
     Timeout(SocketAddr),
     #[error("connect to {addr}: {source}")]
-    Io { addr: SocketAddr, source: std::io::Error },
+    Io {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("HTTP handshake with {addr}: {source}")]
-    Handshake { addr: SocketAddr, source: hyper::Error },
+    Handshake {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
 }
 
 struct Idle {
@@ -98,7 +104,10 @@ impl ServerRt {
         let (tx, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|source| ConnectError::Handshake { addr: self.addr, source })?;
+            .map_err(|source| ConnectError::Handshake {
+                addr: self.addr,
+                source,
+            })?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "backend connection ended");
@@ -175,7 +184,11 @@ impl Registry {
                     .iter()
                     .map(|s| {
                         let reuse = g
-                            .and_then(|g| g.peers().find(|p| p.spec.key == s.name).map(|p| p.data.clone()))
+                            .and_then(|g| {
+                                g.peers()
+                                    .find(|p| p.spec.key == s.name)
+                                    .map(|p| p.data.clone())
+                            })
                             .filter(|rt| rt.addr == s.addr);
                         let rt = reuse.unwrap_or_else(|| {
                             Arc::new(ServerRt {

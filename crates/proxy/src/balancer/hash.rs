@@ -14,7 +14,11 @@ pub fn crc32(data: &[u8]) -> u32 {
             let mut c = i as u32;
             let mut k = 0;
             while k < 8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
                 k += 1;
             }
             t[i] = c;
@@ -36,7 +40,12 @@ const MAX_HASH_TRIES: u32 = 20;
 /// `ip_hash`: the first three octets of an IPv4 address (the whole IPv6
 /// address) select a server, with nginx's hash (`89`, `*113`, `%6271`) so the
 /// same clients land on the same servers as behind nginx.
-pub fn select_ip_hash<T>(set: &[Peer<T>], now: Instant, ip: IpAddr, attempt: &mut Attempt) -> Option<usize> {
+pub fn select_ip_hash<T>(
+    set: &[Peer<T>],
+    now: Instant,
+    ip: IpAddr,
+    attempt: &mut Attempt,
+) -> Option<usize> {
     let octets: Vec<u8> = match ip {
         IpAddr::V4(v4) => v4.octets()[..3].to_vec(),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -97,7 +106,13 @@ impl Ring {
     }
 
     /// Walk the ring clockwise from the key's hash to the first available server.
-    pub fn select<T>(&self, set: &[Peer<T>], now: Instant, hash: u32, attempt: &mut Attempt) -> Option<usize> {
+    pub fn select<T>(
+        &self,
+        set: &[Peer<T>],
+        now: Instant,
+        hash: u32,
+        attempt: &mut Attempt,
+    ) -> Option<usize> {
         if self.points.is_empty() {
             return None;
         }
@@ -153,10 +168,12 @@ impl KeyTemplate {
                     break;
                 }
             }
-            let known = matches!(name.as_str(), "remote_addr" | "host" | "uri" | "request_uri" | "args")
-                || ["http_", "arg_", "cookie_"]
-                    .iter()
-                    .any(|p| name.len() > p.len() && name.starts_with(p));
+            let known = matches!(
+                name.as_str(),
+                "remote_addr" | "host" | "uri" | "request_uri" | "args"
+            ) || ["http_", "arg_", "cookie_"]
+                .iter()
+                .any(|p| name.len() > p.len() && name.starts_with(p));
             if !known {
                 return Err(format!(
                     "unknown variable ${name}; use $remote_addr, $host, $uri, $request_uri, $args, $http_NAME, $arg_NAME or $cookie_NAME"
@@ -215,7 +232,10 @@ mod tests {
 
     #[test]
     fn ip_hash_is_sticky_per_slash24_and_spreads() {
-        let mut g = group(Method::IpHash, vec![spec("a", 1), spec("b", 1), spec("c", 1)]);
+        let mut g = group(
+            Method::IpHash,
+            vec![spec("a", 1), spec("b", 1), spec("c", 1)],
+        );
         let ip = |s: &str| Key {
             client_ip: Some(s.parse().unwrap()),
             hash: None,
@@ -223,7 +243,11 @@ mod tests {
         let first = pick(&mut g, ip("192.168.1.10"));
         for _ in 0..5 {
             assert_eq!(pick(&mut g, ip("192.168.1.10")), first);
-            assert_eq!(pick(&mut g, ip("192.168.1.200")), first, "same /24, same server");
+            assert_eq!(
+                pick(&mut g, ip("192.168.1.200")),
+                first,
+                "same /24, same server"
+            );
         }
         let mut seen = std::collections::HashSet::new();
         for i in 0..50 {
@@ -239,7 +263,10 @@ mod tests {
         for b in [192u32, 168, 1] {
             h = (h * 113 + b) % 6271;
         }
-        let mut g = group(Method::IpHash, vec![spec("a", 1), spec("b", 1), spec("c", 1)]);
+        let mut g = group(
+            Method::IpHash,
+            vec![spec("a", 1), spec("b", 1), spec("c", 1)],
+        );
         let want = ["a", "b", "c"][(h % 3) as usize];
         let got = pick(
             &mut g,
@@ -290,7 +317,10 @@ mod tests {
     #[test]
     fn key_template() {
         let t = KeyTemplate::parse("u:$request_uri|$http_x_user").unwrap();
-        let v = Vars(HashMap::from([("request_uri", "/a?b=1"), ("http_x_user", "bob")]));
+        let v = Vars(HashMap::from([
+            ("request_uri", "/a?b=1"),
+            ("http_x_user", "bob"),
+        ]));
         assert_eq!(t.eval(&v), "u:/a?b=1|bob");
         assert!(KeyTemplate::parse("$bogus").is_err());
         assert!(KeyTemplate::parse("constant").is_err());

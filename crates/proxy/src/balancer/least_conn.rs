@@ -7,7 +7,12 @@ use std::time::Instant;
 
 use super::{Attempt, Peer};
 
-pub fn select<T>(set: &mut [Peer<T>], now: Instant, single: bool, attempt: &Attempt) -> Option<usize> {
+pub fn select<T>(
+    set: &mut [Peer<T>],
+    now: Instant,
+    single: bool,
+    attempt: &Attempt,
+) -> Option<usize> {
     let eligible = |p: &Peer<T>| !attempt.tried(p.id) && p.usable(now, single);
     let mut best: Option<usize> = None;
     let mut many = false;
@@ -72,7 +77,10 @@ mod tests {
     #[test]
     fn picks_fewest_active_connections() {
         let t0 = Instant::now();
-        let mut g = group(Method::LeastConn, vec![spec("a", 1), spec("b", 1), spec("c", 1)]);
+        let mut g = group(
+            Method::LeastConn,
+            vec![spec("a", 1), spec("b", 1), spec("c", 1)],
+        );
         let mut held = Vec::new();
         // three requests in flight spread over the three servers
         let mut names = Vec::new();
@@ -110,7 +118,10 @@ mod tests {
     #[test]
     fn ties_use_weighted_round_robin() {
         let t0 = Instant::now();
-        let mut g = group(Method::LeastConn, vec![spec("a", 5), spec("b", 1), spec("c", 1)]);
+        let mut g = group(
+            Method::LeastConn,
+            vec![spec("a", 5), spec("b", 1), spec("c", 1)],
+        );
         // released immediately, so every pick is a tie at zero connections
         assert_eq!(sequence(&mut g, t0, 7), "aabacaa");
     }

@@ -117,7 +117,10 @@ impl<T> Peer<T> {
     /// Can this server take a request now (ignoring which ones were tried)?
     /// `single` servers skip the passive-failure check.
     pub(crate) fn usable(&self, now: Instant, single: bool) -> bool {
-        !self.spec.down && self.health.is_up() && !self.at_max_conns() && (single || !self.passively_failed(now))
+        !self.spec.down
+            && self.health.is_up()
+            && !self.at_max_conns()
+            && (single || !self.passively_failed(now))
     }
 
     /// nginx: `if (now - best->checked > best->fail_timeout) best->checked = now;`
@@ -189,6 +192,9 @@ pub enum Outcome {
     Failure,
 }
 
+/// A selection algorithm over one set of servers.
+type SelectFn<T> = fn(&mut [Peer<T>], Instant, bool, &Attempt) -> Option<usize>;
+
 /// An upstream group: primary and backup servers and the algorithm.
 #[derive(Debug)]
 pub struct Group<T> {
@@ -226,7 +232,11 @@ impl<T> Group<T> {
     /// (health, failures, active connections, id) of servers whose key is
     /// unchanged. Smooth-WRR positions restart, as on an nginx reload.
     pub fn reconfigure(&mut self, method: Method, servers: Vec<(PeerSpec, T)>) {
-        let mut old: Vec<Peer<T>> = self.primary.drain(..).chain(self.backup.drain(..)).collect();
+        let mut old: Vec<Peer<T>> = self
+            .primary
+            .drain(..)
+            .chain(self.backup.drain(..))
+            .collect();
         self.method = method;
         for (spec, data) in servers {
             let mut peer = match old.iter().position(|p| p.spec.key == spec.key) {
@@ -257,7 +267,11 @@ impl<T> Group<T> {
     }
 
     fn rebuild_ring(&mut self) {
-        self.ring = hash::Ring::build(self.primary.iter().map(|p| (p.spec.key.as_str(), p.spec.weight)));
+        self.ring = hash::Ring::build(
+            self.primary
+                .iter()
+                .map(|p| (p.spec.key.as_str(), p.spec.weight)),
+        );
     }
 
     /// nginx's `peers->single`: exactly one primary server and no backups.
@@ -282,7 +296,10 @@ impl<T> Group<T> {
     }
 
     fn peer_mut(&mut self, id: u64) -> Option<&mut Peer<T>> {
-        self.primary.iter_mut().chain(self.backup.iter_mut()).find(|p| p.id == id)
+        self.primary
+            .iter_mut()
+            .chain(self.backup.iter_mut())
+            .find(|p| p.id == id)
     }
 
     pub fn peer(&self, id: u64) -> Option<&Peer<T>> {
@@ -308,30 +325,36 @@ impl<T> Group<T> {
         let single = self.is_single();
         let idx = match self.method {
             Method::RoundRobin => {
-                Self::select_set(&mut self.primary, now, single, attempt, rr::select).map(|i| (false, i))
+                Self::select_set(&mut self.primary, now, single, attempt, rr::select)
+                    .map(|i| (false, i))
             }
             Method::LeastConn => {
-                Self::select_set(&mut self.primary, now, single, attempt, least_conn::select).map(|i| (false, i))
+                Self::select_set(&mut self.primary, now, single, attempt, least_conn::select)
+                    .map(|i| (false, i))
             }
             Method::IpHash => {
                 let found = match key.client_ip {
                     Some(ip) if !single => hash::select_ip_hash(&self.primary, now, ip, attempt),
                     _ => None,
                 };
-                found.or_else(|| rr::select(&mut self.primary, now, single, attempt)).map(|i| (false, i))
+                found
+                    .or_else(|| rr::select(&mut self.primary, now, single, attempt))
+                    .map(|i| (false, i))
             }
             Method::Hash => {
                 let found = match key.hash {
                     Some(h) if !single => self.ring.select(&self.primary, now, h, attempt),
                     _ => None,
                 };
-                found.or_else(|| rr::select(&mut self.primary, now, single, attempt)).map(|i| (false, i))
+                found
+                    .or_else(|| rr::select(&mut self.primary, now, single, attempt))
+                    .map(|i| (false, i))
             }
         };
         let idx = match idx {
             Some(i) => Some(i),
             None => {
-                let algo = if self.method == Method::LeastConn {
+                let algo: SelectFn<T> = if self.method == Method::LeastConn {
                     least_conn::select::<T>
                 } else {
                     rr::select::<T>
@@ -339,7 +362,11 @@ impl<T> Group<T> {
                 Self::select_set(&mut self.backup, now, false, attempt, algo).map(|i| (true, i))
             }
         }?;
-        let peer = if idx.0 { &mut self.backup[idx.1] } else { &mut self.primary[idx.1] };
+        let peer = if idx.0 {
+            &mut self.backup[idx.1]
+        } else {
+            &mut self.primary[idx.1]
+        };
         peer.mark_selected(now);
         attempt.mark_tried(peer.id);
         Some((peer.id, &peer.data))
@@ -350,7 +377,7 @@ impl<T> Group<T> {
         now: Instant,
         single: bool,
         attempt: &Attempt,
-        algo: fn(&mut [Peer<T>], Instant, bool, &Attempt) -> Option<usize>,
+        algo: SelectFn<T>,
     ) -> Option<usize> {
         algo(set, now, single, attempt)
     }
@@ -371,8 +398,8 @@ impl<T> Group<T> {
                 peer.fails = peer.fails.saturating_add(1);
                 peer.accessed = Some(now);
                 peer.checked = Some(now);
-                if peer.spec.max_fails != 0 {
-                    peer.effective_weight -= i64::from(peer.spec.weight / peer.spec.max_fails);
+                if let Some(step) = peer.spec.weight.checked_div(peer.spec.max_fails) {
+                    peer.effective_weight -= i64::from(step);
                 }
                 if peer.effective_weight < 0 {
                     peer.effective_weight = 0;
@@ -410,7 +437,14 @@ pub(crate) mod testutil {
     }
 
     pub fn group(method: Method, specs: Vec<PeerSpec>) -> Group<String> {
-        Group::new(method, specs.into_iter().map(|s| (s.key.clone(), s)).map(|(k, s)| (s, k)).collect())
+        Group::new(
+            method,
+            specs
+                .into_iter()
+                .map(|s| (s.key.clone(), s))
+                .map(|(k, s)| (s, k))
+                .collect(),
+        )
     }
 
     /// Select and immediately release with success, `n` times.
@@ -475,7 +509,10 @@ mod tests {
         // after the window, one request probes a; success brings it back fully
         let probe_t = t0 + secs(13);
         let got: Vec<_> = (0..4).map(|_| pick(&mut g2, probe_t).unwrap()).collect();
-        assert!(got.contains(&"a".to_string()), "a probed after fail_timeout: {got:?}");
+        assert!(
+            got.contains(&"a".to_string()),
+            "a probed after fail_timeout: {got:?}"
+        );
         assert_eq!(g2.peers().find(|p| p.spec.key == "a").unwrap().fails(), 0);
     }
 
@@ -493,7 +530,15 @@ mod tests {
             let mut at = Attempt::new();
             let (id, n) = g.select(t0 + secs(11), Key::default(), &mut at).unwrap();
             let is_a = n == "a";
-            g.release(id, t0 + secs(11), if is_a { Outcome::Failure } else { Outcome::Success });
+            g.release(
+                id,
+                t0 + secs(11),
+                if is_a {
+                    Outcome::Failure
+                } else {
+                    Outcome::Success
+                },
+            );
             if is_a {
                 probed = true;
                 break;
@@ -518,7 +563,10 @@ mod tests {
         assert_eq!(g.peers().next().unwrap().fails(), 0);
         fail(&mut g, t0 + secs(12), "b");
         fail(&mut g, t0 + secs(12), "a");
-        assert!(!g.peers().next().unwrap().passively_failed(t0 + secs(12)), "only one failure in window");
+        assert!(
+            !g.peers().next().unwrap().passively_failed(t0 + secs(12)),
+            "only one failure in window"
+        );
     }
 
     #[test]
@@ -608,10 +656,17 @@ mod tests {
         let t0 = Instant::now();
         let mut g = group(Method::RoundRobin, vec![spec("a", 1), spec("b", 1)]);
         let a_id = g.peers().next().unwrap().id;
-        assert_eq!(g.record_check(a_id, false, 2, 1), Some(Transition::WentDown));
+        assert_eq!(
+            g.record_check(a_id, false, 2, 1),
+            Some(Transition::WentDown)
+        );
         assert_eq!(sequence(&mut g, t0, 4), "bbbb");
         assert_eq!(g.record_check(a_id, true, 2, 1), None);
-        assert_eq!(sequence(&mut g, t0, 4), "bbbb", "one success of rise=2 is not enough");
+        assert_eq!(
+            sequence(&mut g, t0, 4),
+            "bbbb",
+            "one success of rise=2 is not enough"
+        );
         assert_eq!(g.record_check(a_id, true, 2, 1), Some(Transition::WentUp));
         assert!(sequence(&mut g, t0, 4).contains('a'));
     }
@@ -626,13 +681,21 @@ mod tests {
         let (b_id, _) = g.select(t0, Key::default(), &mut at).unwrap();
         g.reconfigure(
             Method::RoundRobin,
-            vec![(spec("a", 2), "a".into()), (spec("b", 1), "b".into()), (spec("c", 1), "c".into())],
+            vec![
+                (spec("a", 2), "a".into()),
+                (spec("b", 1), "b".into()),
+                (spec("c", 1), "c".into()),
+            ],
         );
         let a = g.peers().find(|p| p.spec.key == "a").unwrap();
         assert_eq!(a.id, a_id);
         assert!(!a.health_up(), "health survives reload");
         assert_eq!(a.spec.weight, 2);
-        assert_eq!(g.peer(b_id).unwrap().conns(), 1, "in-flight conns survive reload");
+        assert_eq!(
+            g.peer(b_id).unwrap().conns(),
+            1,
+            "in-flight conns survive reload"
+        );
         g.release(b_id, t0, Outcome::Success);
         assert_eq!(g.peer(b_id).unwrap().conns(), 0);
         assert_eq!(g.len(), 3);

@@ -9,7 +9,12 @@ use std::time::Instant;
 use super::{Attempt, Peer};
 
 /// Select among `set`; returns the index of the chosen server.
-pub fn select<T>(set: &mut [Peer<T>], now: Instant, single: bool, attempt: &Attempt) -> Option<usize> {
+pub fn select<T>(
+    set: &mut [Peer<T>],
+    now: Instant,
+    single: bool,
+    attempt: &Attempt,
+) -> Option<usize> {
     let mut best: Option<usize> = None;
     let mut total: i64 = 0;
     for i in 0..set.len() {

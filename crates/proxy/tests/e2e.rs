@@ -1,0 +1,581 @@
+//! End-to-end tests: real backends, the real `syncd-proxy` binary, loopback.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distribution_follows_weights() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let c = Backend::start("c").await;
+    let cfg = http_listener("web")
+        + &upstream(
+            "web",
+            "",
+            &[
+                (a.addr, "weight = 5"),
+                (b.addr, "weight = 1"),
+                (c.addr, "weight = 1"),
+            ],
+        );
+    let p = Proxy::start(&cfg).await;
+    let mut seq = String::new();
+    for _ in 0..70 {
+        let r = p.get("/").await;
+        assert_eq!(r.status, 200, "{r:?}");
+        seq.push_str(&r.backend());
+    }
+    // sequential requests follow nginx's smooth WRR sequence exactly
+    assert_eq!(&seq[..7], "aabacaa");
+    assert_eq!(a.count(), 50);
+    assert_eq!(b.count(), 10);
+    assert_eq!(c.count(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_reach_the_backend() {
+    let a = Backend::start("a").await;
+    let cfg = http_listener("web") + &upstream("web", "", &[(a.addr, "")]);
+    let p = Proxy::start(&cfg).await;
+    let raw = b"GET /x HTTP/1.1\r\nHost: site.example\r\nX-Forwarded-For: 203.0.113.7\r\nConnection: close, X-Drop-Me\r\nX-Drop-Me: 1\r\nKeep-Alive: timeout=5\r\n\r\n";
+    let r = send_raw(p.listen, raw).await.unwrap();
+    assert_eq!(r.status, 200);
+    let h = a.stats.last_headers.lock().unwrap().clone().unwrap();
+    assert_eq!(h["host"], "site.example");
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-real-ip"], "127.0.0.1");
+    assert!(!h.contains_key("x-drop-me"));
+    assert!(!h.contains_key("keep-alive"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_backend_under_load_gives_zero_failed_gets() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let c = Backend::start("c").await;
+    let cfg = http_listener("web")
+        + &upstream(
+            "web",
+            "",
+            &[
+                (a.addr, "max_fails = 1\nfail_timeout = \"2s\""),
+                (b.addr, ""),
+                (c.addr, ""),
+            ],
+        );
+    let p = Proxy::start(&cfg).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        let (stop, ok, failures, addr) = (stop.clone(), ok.clone(), failures.clone(), p.listen);
+        clients.push(tokio::spawn(async move {
+            let mut conn = None;
+            while !stop.load(Ordering::SeqCst) {
+                match keepalive_get(&mut conn, addr, "/").await {
+                    Ok((200, _)) => {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok((s, body)) => failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("status {s}: {body:?}")),
+                    Err(e) => {
+                        failures.lock().unwrap().push(e);
+                        conn = None;
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let before_kill = ok.load(Ordering::SeqCst);
+    a.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let a_after_kill = a.count();
+    a.restart().await;
+    // fail_timeout (2s) passes, a is probed and used again
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let failures = failures.lock().unwrap().clone();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(before_kill > 0);
+    assert!(
+        ok.load(Ordering::SeqCst) > before_kill * 2,
+        "load kept flowing"
+    );
+    assert!(a.count() > a_after_kill, "restarted backend is used again");
+    assert!(b.count() > 0 && c.count() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_is_never_replayed_but_get_is_retried() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    a.behaviour.reset.store(true, Ordering::SeqCst);
+    b.behaviour.reset.store(true, Ordering::SeqCst);
+    // max_fails = 0 so both stay eligible for this test
+    let cfg = http_listener("web")
+        + &upstream(
+            "web",
+            "",
+            &[(a.addr, "max_fails = 0"), (b.addr, "max_fails = 0")],
+        );
+    let p = Proxy::start(&cfg).await;
+
+    let r = request(p.listen, "POST", "/order", b"item=1")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(
+        a.stats.method("POST") + b.stats.method("POST"),
+        1,
+        "POST sent exactly once"
+    );
+
+    let r = request(p.listen, "PATCH", "/order", b"x").await.unwrap();
+    assert_eq!(r.status, 502);
+    assert_eq!(
+        a.stats.method("PATCH") + b.stats.method("PATCH"),
+        1,
+        "PATCH sent exactly once"
+    );
+
+    let r = request(p.listen, "GET", "/", b"").await.unwrap();
+    assert_eq!(r.status, 502);
+    assert_eq!(
+        a.stats.method("GET") + b.stats.method("GET"),
+        2,
+        "GET tried on both servers"
+    );
+
+    // with one healthy server the GET succeeds through the retry
+    b.behaviour.reset.store(false, Ordering::SeqCst);
+    for _ in 0..4 {
+        let r = request(p.listen, "GET", "/", b"").await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.backend(), "b");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_is_used_only_when_primaries_are_down() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let z = Backend::start("z").await;
+    let cfg = http_listener("web")
+        + &upstream(
+            "web",
+            "",
+            &[
+                (a.addr, "fail_timeout = \"30s\""),
+                (b.addr, "fail_timeout = \"30s\""),
+                (z.addr, "backup = true"),
+            ],
+        );
+    let p = Proxy::start(&cfg).await;
+    for _ in 0..10 {
+        assert_eq!(p.get("/").await.status, 200);
+    }
+    assert_eq!(z.count(), 0, "backup idle while primaries are up");
+    a.kill();
+    for _ in 0..4 {
+        let r = p.get("/").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.backend(), "b");
+    }
+    assert_eq!(z.count(), 0, "one primary left: still no backup");
+    b.kill();
+    for _ in 0..5 {
+        let r = p.get("/").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.backend(), "z");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_live_server_gives_502_or_503_with_short_body() {
+    let a = Backend::start("a").await;
+    let cfg = http_listener("web")
+        + &upstream(
+            "web",
+            "",
+            &[
+                (a.addr, ""),
+                ("127.0.0.1:1".parse().unwrap(), "down = true"),
+            ],
+        );
+    let p = Proxy::start(&cfg).await;
+    a.kill();
+    let r = p.get("/").await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(r.body.len() < 100);
+    // a is now marked failed (max_fails 1) and the other is down: nothing to try
+    let r = p.get("/").await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.text().contains("no live upstream"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_in_flight_requests_and_health_state() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let cfg1 = http_listener("web") + &upstream("web", "", &[(a.addr, "")]);
+    let p = Proxy::start(&cfg1).await;
+    let listen = p.listen;
+    let slow = tokio::spawn(async move { request(listen, "GET", "/slow", b"").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cfg2 = http_listener("web")
+        + &upstream("web", "", &[(a.addr, "weight = 1"), (b.addr, "weight = 3")]);
+    p.reload(&cfg2).await;
+    let r = slow.await.unwrap().unwrap();
+    assert_eq!(
+        r.status, 200,
+        "in-flight request survived the reload: {r:?}"
+    );
+    assert_eq!(r.backend(), "a");
+    // the new configuration applies to new requests
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..8 {
+        *counts.entry(p.get("/").await.backend()).or_default() += 1;
+    }
+    assert_eq!(counts.get("a"), Some(&2));
+    assert_eq!(counts.get("b"), Some(&6));
+
+    // passive failure state survives a reload: kill b, mark it failed, reload
+    b.kill();
+    for _ in 0..3 {
+        assert_eq!(p.get("/").await.status, 200);
+    }
+    let cfg3 = http_listener("web")
+        + &upstream(
+            "web",
+            "",
+            &[
+                (a.addr, "weight = 1"),
+                (b.addr, "weight = 3\nfail_timeout = \"60s\""),
+            ],
+        );
+    p.reload(&cfg3).await;
+    let errors_before = p
+        .metric(&format!(
+            "syncd_proxy_upstream_errors_total{{upstream=\"web\",server=\"{}\"}}",
+            b.addr
+        ))
+        .await;
+    for _ in 0..5 {
+        let r = p.get("/").await;
+        assert_eq!(r.backend(), "a");
+    }
+    let errors_after = p
+        .metric(&format!(
+            "syncd_proxy_upstream_errors_total{{upstream=\"web\",server=\"{}\"}}",
+            b.addr
+        ))
+        .await;
+    assert_eq!(
+        errors_before, errors_after,
+        "b stayed marked failed across the reload"
+    );
+    assert!(errors_before >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_reload_keeps_running_config() {
+    let a = Backend::start("a").await;
+    let cfg = http_listener("web") + &upstream("web", "", &[(a.addr, "")]);
+    let p = Proxy::start(&cfg).await;
+    std::fs::write(&p.config, "this is not toml [").unwrap();
+    p.signal(libc::SIGHUP);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while p.metric("syncd_proxy_reload_failures_total").await < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reload failure not reported"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(p.get("/").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_4xx_not_a_crash() {
+    let a = Backend::start("a").await;
+    let cfg = http_listener("web") + &upstream("web", "", &[(a.addr, "")]);
+    let p = Proxy::start(&cfg).await;
+    let cases: [&[u8]; 4] = [
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello",
+        b"\x00\x01\x02\x03\xff\xfe\r\n\r\n",
+    ];
+    for raw in cases {
+        let r = send_raw(p.listen, raw).await.unwrap();
+        assert_eq!(
+            r.status,
+            400,
+            "for {:?}: {r:?}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let r = send_raw(p.listen, huge.as_bytes()).await.unwrap();
+    assert_eq!(r.status, 431, "{r:?}");
+    assert_eq!(a.count(), 0, "nothing malformed reached the backend");
+    assert_eq!(p.get("/").await.status, 200, "proxy still serving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_health_check_removes_and_restores_after_rise() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let cfg = http_listener("web")
+        + &upstream(
+            "web",
+            "[upstream.health_check]\ntype = \"http\"\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"1s\"\nrise = 3\nfall = 2\n",
+            &[(a.addr, ""), (b.addr, "")],
+        );
+    let p = Proxy::start(&cfg).await;
+    let up_metric = format!(
+        "syncd_proxy_upstream_health_check_up{{upstream=\"web\",server=\"{}\"}}",
+        a.addr
+    );
+    assert_eq!(p.metric(&up_metric).await, 1.0);
+    a.behaviour.unhealthy.store(true, Ordering::SeqCst);
+    wait_metric(&p, &up_metric, 0.0).await;
+    let before = a.count();
+    for _ in 0..6 {
+        assert_eq!(p.get("/").await.backend(), "b");
+    }
+    assert_eq!(a.count(), before);
+    a.behaviour.unhealthy.store(false, Ordering::SeqCst);
+    wait_metric(&p, &up_metric, 1.0).await;
+    let mut seen_a = false;
+    for _ in 0..4 {
+        seen_a |= p.get("/").await.backend() == "a";
+    }
+    assert!(seen_a, "a back in rotation after rise");
+    let r = request(p.admin, "GET", "/healthz", b"").await.unwrap();
+    assert_eq!(r.status, 200);
+    b.behaviour.unhealthy.store(true, Ordering::SeqCst);
+    a.behaviour.unhealthy.store(true, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = request(p.admin, "GET", "/healthz", b"").await.unwrap();
+        if r.status == 503 {
+            assert!(r.text().contains("web"));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "healthz never reported 503"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_metric(p: &Proxy, name: &str, want: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = p.metric(name).await;
+        if v == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} stuck at {v}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_pooled_connections_are_retried_on_fresh_ones() {
+    // the backend closes idle keep-alive connections after 150 ms, while
+    // the proxy would keep them for 60 s: every request meets a pooled
+    // connection the backend has closed (or is closing right now)
+    let a = Backend::start_idle_closing("a", Duration::from_millis(150)).await;
+    let cfg =
+        http_listener("web") + &upstream("web", "keepalive_timeout = \"60s\"", &[(a.addr, "")]);
+    let p = Proxy::start(&cfg).await;
+    for i in 0..24u64 {
+        let method = if i % 2 == 0 { "GET" } else { "POST" };
+        let r = request(p.listen, method, "/", b"x").await.unwrap();
+        assert_eq!(r.status, 200, "request {i} ({method}): {r:?}");
+        // land around the backend's idle timeout to provoke the race
+        tokio::time::sleep(Duration::from_millis(130 + (i % 5) * 10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_requests() {
+    let a = Backend::start("a").await;
+    let cfg = http_listener("web") + &upstream("web", "", &[(a.addr, "")]);
+    let mut p = Proxy::start(&cfg).await;
+    let listen = p.listen;
+    let slow = tokio::spawn(async move { request(listen, "GET", "/slow", b"").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.signal(libc::SIGTERM);
+    let r = slow.await.unwrap().unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let status = tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(10)));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "clean exit: {status:?}"
+    );
+    assert!(
+        request(listen, "GET", "/", b"").await.is_err(),
+        "no longer listening"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_mode_forwards_bytes_and_skips_dead_servers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // echo server
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let dead = format!("127.0.0.1:{}", free_port());
+    let cfg = format!(
+        "[[listener]]\nlisten = \"{{listen}}\"\nmode = \"tcp\"\nupstream = \"db\"\n\n[[upstream]]\nname = \"db\"\nalgorithm = \"least_conn\"\n[[upstream.server]]\naddr = \"{dead}\"\n[[upstream.server]]\naddr = \"{echo}\"\n"
+    );
+    let p = Proxy::start(&cfg).await;
+    for i in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(p.listen).await.unwrap();
+        let msg = format!("hello {i}\n");
+        s.write_all(msg.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(buf, msg.as_bytes());
+    }
+}
+
+#[test]
+fn check_flag_reports_errors_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[[listener]]\nlisten = \"127.0.0.1:8080\"\nupstream = \"web\"\n[[upstream]]\nname = \"web\"\n[[upstream.server]]\naddr = \"127.0.0.1:9000\"\n[[upstream.server]]\naddr = \"127.0.0.1:9001\"\nweight = 0\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_syncd-proxy"))
+        .args(["--check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("upstream \"web\".server[1].weight: 0 is invalid; use a positive integer"),
+        "{err}"
+    );
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../contrib/proxy.example.toml"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_syncd-proxy"))
+        .args(["--check", "--config", example])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A raw backend that answers the first request on each connection with
+/// keep-alive, then closes the connection when the second request arrives,
+/// without answering: exactly what the proxy sees when a backend's idle
+/// close crosses a request on a pooled connection.
+async fn closing_backend() -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let (ans, dro) = (answered.clone(), dropped.clone());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let (ans, dro) = (ans.clone(), dro.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    buf.drain(..end);
+                    n += 1;
+                    if n >= 2 {
+                        dro.fetch_add(1, Ordering::SeqCst);
+                        return; // close without answering
+                    }
+                    ans.fetch_add(1, Ordering::SeqCst);
+                    if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, answered, dropped)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_on_pooled_connection_closed_by_backend_is_retried_fresh() {
+    let (addr, answered, dropped) = closing_backend().await;
+    let cfg = http_listener("web") + &upstream("web", "keepalive_timeout = \"60s\"", &[(addr, "")]);
+    let p = Proxy::start(&cfg).await;
+    for i in 0..10 {
+        let r = p.get("/").await;
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+        assert_eq!(r.text(), "ok");
+    }
+    assert_eq!(answered.load(Ordering::SeqCst), 10);
+    assert!(
+        dropped.load(Ordering::SeqCst) >= 5,
+        "the race was exercised"
+    );
+    // the backend is a single server: had the stale connection been counted
+    // as a failure or not retried, requests would have failed with 502
+    assert_eq!(
+        p.metric("syncd_proxy_local_errors_total{code=\"502\"}")
+            .await,
+        0.0
+    );
+}

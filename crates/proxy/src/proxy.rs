@@ -444,6 +444,9 @@ async fn send_attempt(
             server.pool.take(Instant::now(), cfg.keepalive_timeout)
         };
         let (mut tx, reused) = match pooled {
+            Some(tx) if tx.is_ready() => (tx, true),
+            // just returned to the pool: the connection task may still be
+            // finishing the previous response; wait briefly for it
             Some(mut tx) => {
                 match tokio::time::timeout(Duration::from_millis(100), tx.ready()).await {
                     Ok(Ok(())) => (tx, true),

@@ -579,3 +579,52 @@ async fn request_on_pooled_connection_closed_by_backend_is_retried_fresh() {
         0.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_termination_forwards_with_https_proto() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Backend::start("a").await;
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, certified.cert.pem()).unwrap();
+    std::fs::write(&key_path, certified.key_pair.serialize_pem()).unwrap();
+    let cfg = format!(
+        "[[listener]]\nlisten = \"{{listen}}\"\nupstream = \"web\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n\n",
+        cert_path.display(),
+        key_path.display()
+    ) + &upstream("web", "", &[(a.addr, "")]);
+    let p = Proxy::start(&cfg).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    for _ in 0..3 {
+        let tcp = tokio::net::TcpStream::connect(p.listen).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        tls.write_all(b"GET /secure HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        // a TLS peer may close without close_notify; what was read is enough
+        let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut buf)).await;
+        let r = parse_reply(&buf);
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.backend(), "a");
+    }
+    let h = a.stats.last_headers.lock().unwrap().clone().unwrap();
+    assert_eq!(h["x-forwarded-proto"], "https");
+    // a plain-text request on the TLS port does not reach the backend
+    let before = a.count();
+    let _ = tokio::time::timeout(Duration::from_secs(5), request(p.listen, "GET", "/", b"")).await;
+    assert_eq!(a.count(), before);
+}

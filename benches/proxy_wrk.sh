@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# Benchmark harness: wrk against syncd-proxy and against nginx, configured
+# equivalently (same worker count, keep-alive upstream pool, no access log),
+# in front of the same three nginx backends on loopback.
+#
+# Usage: benches/proxy_wrk.sh            (env: WORKERS=1 CONNS=64 DURATION=10 THREADS=1
+#                                               PROXY_BIN=path/to/syncd-proxy)
+# Prints req/s, p50, p99 for both and the ratios, then a failover run in which
+# one of the three backends is killed (SIGKILL) and restarted during the load,
+# reporting client-visible errors for both proxies.
+#
+# Not a test: numbers depend on the machine. All traffic stays on 127.0.0.1.
+set -euo pipefail
+
+WORKERS=${WORKERS:-1}
+CONNS=${CONNS:-64}
+DURATION=${DURATION:-10}
+THREADS=${THREADS:-1}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=$(mktemp -d /tmp/syncd-proxy-bench.XXXXXX)
+PIDS=()
+
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+command -v wrk >/dev/null || { echo "wrk not found (apt-get install wrk)"; exit 1; }
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+[ -x "$NGINX" ] || { echo "nginx not found (apt-get install nginx)"; exit 1; }
+
+if [ -z "${PROXY_BIN:-}" ]; then
+    TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+    (cd "$ROOT" && cargo build --release -q -p syncd-proxy)
+    PROXY_BIN=$TARGET/release/syncd-proxy
+fi
+
+BE_PORTS=(18101 18102 18103)
+SP_PORT=18080; NX_PORT=18081; ADMIN_PORT=18090
+BE_PIDS=()
+
+start_backend() { # index
+    local i=$1 port=${BE_PORTS[$1]}
+    mkdir -p "$WORK/be$i"
+    cat > "$WORK/be$i/nginx.conf" <<CONF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $WORK/be$i/nginx.pid;
+error_log $WORK/be$i/error.log;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 100000;
+    server {
+        listen 127.0.0.1:$port reuseport;
+        location / { return 200 "backend $i: hello from a small static response\n"; }
+    }
+}
+CONF
+    "$NGINX" -c "$WORK/be$i/nginx.conf" -p "$WORK/be$i" &
+    BE_PIDS[$i]=$!
+    PIDS+=($!)
+}
+
+wait_port() { # port
+    for _ in $(seq 100); do
+        (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "port $1 did not open"; exit 1
+}
+
+for i in 0 1 2; do start_backend $i; done
+for p in "${BE_PORTS[@]}"; do wait_port "$p"; done
+
+# ---- syncd-proxy
+cat > "$WORK/proxy.toml" <<CONF
+[global]
+workers = $WORKERS
+access_log = false
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
+[[listener]]
+listen = "127.0.0.1:$SP_PORT"
+upstream = "web"
+[[upstream]]
+name = "web"
+keepalive = 64
+keepalive_timeout = "60s"
+[[upstream.server]]
+addr = "127.0.0.1:${BE_PORTS[0]}"
+[[upstream.server]]
+addr = "127.0.0.1:${BE_PORTS[1]}"
+[[upstream.server]]
+addr = "127.0.0.1:${BE_PORTS[2]}"
+CONF
+SYNCD_PROXY_LOG=warn "$PROXY_BIN" --config "$WORK/proxy.toml" 2>"$WORK/proxy.log" &
+PIDS+=($!)
+
+# ---- nginx, configured the same way
+mkdir -p "$WORK/nx"
+cat > "$WORK/nx/nginx.conf" <<CONF
+daemon off;
+worker_processes $WORKERS;
+pid $WORK/nx/nginx.pid;
+error_log $WORK/nx/error.log;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    upstream web {
+        server 127.0.0.1:${BE_PORTS[0]};
+        server 127.0.0.1:${BE_PORTS[1]};
+        server 127.0.0.1:${BE_PORTS[2]};
+        keepalive 64;
+        keepalive_timeout 60s;
+    }
+    server {
+        listen 127.0.0.1:$NX_PORT;
+        keepalive_requests 100000;
+        location / {
+            proxy_pass http://web;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Real-IP \$remote_addr;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+        }
+    }
+}
+CONF
+"$NGINX" -c "$WORK/nx/nginx.conf" -p "$WORK/nx" &
+PIDS+=($!)
+wait_port $SP_PORT; wait_port $NX_PORT
+
+run_wrk() { # port outfile
+    wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$1/" > "$2" 2>&1 || true
+}
+
+# wrk prints latencies as 1.23ms / 456.78us / 1.02s: convert to ms
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v; sub(/[a-z]+$/, "", n); u = v; sub(/^[0-9.]+/, "", u);
+        if (u == "us") n = n / 1000; else if (u == "s") n = n * 1000; else if (u == "m") n = n * 60000;
+        printf "%.3f", n }'
+}
+rps()   { awk '/^Requests\/sec/ {print $2}' "$1"; }
+pct()   { to_ms "$(awk -v p="$2" '$1 == p {print $2}' "$1")"; }
+errs()  {
+    local non2xx sock
+    non2xx=$(awk '/Non-2xx/ {print $NF}' "$1"); non2xx=${non2xx:-0}
+    sock=$(awk '/Socket errors/ {gsub(",", ""); print $4 + $6 + $8 + $10}' "$1"); sock=${sock:-0}
+    echo "non-2xx=$non2xx socket-errors=$sock"
+}
+
+echo "== syncd-proxy vs nginx $("$NGINX" -v 2>&1 | sed 's/.*\///') | workers=$WORKERS wrk -t$THREADS -c$CONNS -d${DURATION}s | $(nproc) cores"
+# warm-up (pools, caches), then measured runs
+wrk -t1 -c8 -d2s "http://127.0.0.1:$SP_PORT/" >/dev/null 2>&1 || true
+wrk -t1 -c8 -d2s "http://127.0.0.1:$NX_PORT/" >/dev/null 2>&1 || true
+run_wrk $SP_PORT "$WORK/sp.txt"
+run_wrk $NX_PORT "$WORK/nx.txt"
+
+SP_RPS=$(rps "$WORK/sp.txt"); NX_RPS=$(rps "$WORK/nx.txt")
+SP_P50=$(pct "$WORK/sp.txt" 50%); NX_P50=$(pct "$WORK/nx.txt" 50%)
+SP_P99=$(pct "$WORK/sp.txt" 99%); NX_P99=$(pct "$WORK/nx.txt" 99%)
+printf '%-12s %12s %10s %10s  %s\n' proxy req/s p50_ms p99_ms errors
+printf '%-12s %12s %10s %10s  %s\n' syncd-proxy "$SP_RPS" "$SP_P50" "$SP_P99" "$(errs "$WORK/sp.txt")"
+printf '%-12s %12s %10s %10s  %s\n' nginx "$NX_RPS" "$NX_P50" "$NX_P99" "$(errs "$WORK/nx.txt")"
+awk -v a="$SP_RPS" -v b="$NX_RPS" -v c="$SP_P99" -v d="$NX_P99" \
+    'BEGIN { printf "ratio syncd/nginx: req/s %.2fx (target >= 1.00), p99 %.2fx (target <= 1.00)\n", a / b, c / d }'
+
+failover() { # port name
+    local port=$1 name=$2
+    run_wrk "$port" "$WORK/fo-$name.txt" &
+    local w=$!
+    sleep $((DURATION / 3))
+    kill -9 "${BE_PIDS[1]}" 2>/dev/null || true
+    wait "${BE_PIDS[1]}" 2>/dev/null || true
+    sleep $((DURATION / 3))
+    start_backend 1
+    wait $w
+    printf '%-12s %12s req/s  %s\n' "$name" "$(rps "$WORK/fo-$name.txt")" "$(errs "$WORK/fo-$name.txt")"
+}
+echo "== failover: backend 2 of 3 killed (SIGKILL) at ${DURATION}/3 s, restarted at 2*${DURATION}/3 s"
+failover $SP_PORT syncd-proxy
+wait_port "${BE_PORTS[1]}"; sleep 1
+failover $NX_PORT nginx

@@ -297,3 +297,51 @@ fn split_brain_heals() {
     );
     assert!(lan.log(pa).contains("MASTER -> BACKUP") || !lan.has_addr(1, &vip));
 }
+
+/// IPv6 (VRRPv3 over ff02::12): election, kill -9 failover, unsolicited NA seen by a third namespace.
+#[test]
+fn ipv6_failover_and_unsolicited_na() {
+    if !can_run("ipv6_failover_and_unsolicited_na")
+        || !have("tcpdump", "ipv6_failover_and_unsolicited_na")
+    {
+        return;
+    }
+    let _g = serial();
+    let mut lan = Lan::new("v6", 3);
+    let vip = lan.vip6();
+    let cfg = |prio: u8| {
+        format!(
+            "[[vrrp]]\nname = \"VI_6\"\ninterface = \"eth0\"\nvrid = 61\npriority = {prio}\nadvert_int = 0.5\nversion = 3\nvirtual_ips = [\"{vip}/64\"]\n"
+        )
+    };
+    let a = lan.syncd_config(0, &cfg(150));
+    let b = lan.syncd_config(1, &cfg(100));
+    let pa = lan.start_syncd(0, &a);
+    let pb = lan.start_syncd(1, &b);
+    let holders = |lan: &Lan| {
+        (0..2)
+            .filter(|&i| lan.has_addr(i, &vip))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        wait_for(Duration::from_secs(15), || holders(&lan) == vec![0]).is_some(),
+        "v6 election"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(holders(&lan), vec![0]);
+    assert!(lan.log(pb).contains("INIT -> BACKUP") && !lan.log(pb).contains("-> MASTER"));
+    let cap = lan.start_capture(2, "icmp6 and ip6[40] == 136");
+    lan.kill9(pa);
+    assert!(
+        wait_for(mdi(100, 0.5) + MARGIN, || lan.has_addr(1, &vip)).is_some(),
+        "v6 failover"
+    );
+    let seen = wait_for(Duration::from_secs(5), || {
+        lan.log(cap).contains(&format!("tgt is {vip}"))
+    });
+    assert!(
+        seen.is_some(),
+        "no unsolicited NA for {vip}:\n{}",
+        lan.log(cap)
+    );
+}

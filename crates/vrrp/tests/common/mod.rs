@@ -139,6 +139,10 @@ impl Lan {
         format!("10.{}.0.100", self.net)
     }
 
+    pub fn vip6(&self) -> String {
+        format!("fd00:{}::100", self.net)
+    }
+
     pub fn mac(&self, i: usize) -> String {
         let s = output(&["ip", "-n", self.ns(i), "link", "show", "eth0"]);
         s.split_whitespace()

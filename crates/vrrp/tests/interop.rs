@@ -123,3 +123,48 @@ fn interop_v3_keepalived_master_syncd_backup() {
 fn interop_v3_syncd_master_keepalived_backup() {
     mixed(3, true, "interop_v3_syncd_master_keepalived_backup");
 }
+
+/// IPv6: keepalived (higher priority) and syncd, VRRPv3 over ff02::12.
+#[test]
+fn interop_v3_ipv6() {
+    let test = "interop_v3_ipv6";
+    if !can_run(test) || !have("keepalived", test) {
+        return;
+    }
+    let _g = serial();
+    let mut lan = Lan::new("k6", 2);
+    let vip = lan.vip6();
+    let syncd = format!(
+        "[[vrrp]]\nname = \"VI_6\"\ninterface = \"eth0\"\nvrid = 61\npriority = 100\nadvert_int = 1\nversion = 3\nvirtual_ips = [\"{vip}/64\"]\n"
+    );
+    let ka = format!(
+        "global_defs {{\n  router_id k6\n}}\nvrrp_instance VI_6 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 61\n  priority 150\n  advert_int 1\n  version 3\n  virtual_ipaddress {{\n    {vip}/64\n  }}\n}}\n"
+    );
+    let scfg = lan.syncd_config(1, &syncd);
+    let ps = lan.start_syncd(1, &scfg);
+    let pk = lan.start_keepalived(0, &ka);
+    let holders = |lan: &Lan| {
+        (0..2)
+            .filter(|&i| lan.has_addr(i, &vip))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        wait_for(Duration::from_secs(20), || holders(&lan) == vec![0]).is_some(),
+        "keepalived (150) must win over IPv6; holders {:?}",
+        holders(&lan)
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(holders(&lan), vec![0]);
+    assert!(
+        !lan.log(ps).contains("-> MASTER"),
+        "syncd must stay backup:\n{}",
+        lan.log(ps)
+    );
+    lan.kill9(pk);
+    assert!(
+        wait_for(mdi(100, 1.0) + MARGIN + Duration::from_secs(1), || lan
+            .has_addr(1, &vip))
+        .is_some(),
+        "syncd must take over the IPv6 VIP"
+    );
+}

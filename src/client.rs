@@ -113,8 +113,21 @@ impl Session {
         let _ = tokio::time::timeout(Duration::from_secs(1), self._endpoint.wait_idle()).await;
     }
 
+    /// Queues a request; small messages are batched into larger stream
+    /// writes, and everything queued is flushed before we wait for a reply.
     pub async fn send(&mut self, r: &Request) -> Result<(), ClientError> {
-        wire::write_msg(&mut self.send, r, &mut self.wbuf).await?;
+        wire::encode_frame(r, &mut self.wbuf)?;
+        if self.wbuf.len() >= 256 << 10 {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), ClientError> {
+        if !self.wbuf.is_empty() {
+            self.send.write_all(&self.wbuf).await.map_err(|e| wire::WireError::Io(e.into()))?;
+            self.wbuf.clear();
+        }
         Ok(())
     }
 
@@ -122,7 +135,7 @@ impl Session {
     /// play a hostile primary; a real primary only sends typed requests.
     #[doc(hidden)]
     pub async fn send_frame(&mut self, payload: &[u8]) -> Result<(), ClientError> {
-        use tokio::io::AsyncWriteExt;
+        self.flush().await?;
         let mut f = (payload.len() as u32).to_le_bytes().to_vec();
         f.extend_from_slice(payload);
         self.send
@@ -133,6 +146,7 @@ impl Session {
     }
 
     async fn reply(&mut self) -> Result<Reply, ClientError> {
+        self.flush().await?;
         match wire::read_msg::<_, Reply>(&mut self.recv, &mut self.rbuf).await? {
             Some(Reply::Fatal { reason }) => Err(ClientError::Fatal(reason)),
             Some(r) => Ok(r),

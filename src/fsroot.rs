@@ -52,17 +52,24 @@ fn times(m: &Meta) -> Timestamps {
 }
 
 /// A file being written in the staging area; removed on drop unless committed.
+///
+/// Preferably an unnamed `O_TMPFILE` in the destination's own directory: it
+/// has no name until committed, so a crash leaves nothing to clean up, and
+/// inode allocation and directory locks spread over the tree instead of all
+/// contending on one staging directory. Where the filesystem lacks
+/// `O_TMPFILE`, a named file in the staging directory is used instead.
 pub struct Staged<'r> {
     root: &'r Root,
-    name: String,
+    /// `None` for an unnamed (O_TMPFILE) file.
+    name: Option<String>,
     pub file: File,
     done: bool,
 }
 
 impl Drop for Staged<'_> {
     fn drop(&mut self) {
-        if !self.done {
-            let _ = rustix::fs::unlinkat(&self.root.staging, self.name.as_str(), AtFlags::empty());
+        if let (false, Some(n)) = (self.done, &self.name) {
+            let _ = rustix::fs::unlinkat(&self.root.staging, n.as_str(), AtFlags::empty());
         }
     }
 }
@@ -162,12 +169,37 @@ impl Root {
         Ok(f)
     }
 
-    pub fn stage(&self) -> io::Result<Staged<'_>> {
-        let name = format!(
+    fn tmp_name(&self) -> String {
+        format!(
             "{}.{}.tmp",
             std::process::id(),
             self.seq.fetch_add(1, Ordering::Relaxed)
-        );
+        )
+    }
+
+    /// Stages new content for `p` (see [`Staged`]).
+    pub fn stage_for(&self, p: &RelPath) -> io::Result<Staged<'_>> {
+        let dir = self.open_dir(p.split_last().0)?;
+        match rustix::fs::openat(
+            &dir,
+            ".",
+            OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        ) {
+            Ok(fd) => Ok(Staged {
+                root: self,
+                name: None,
+                file: File::from(fd),
+                done: false,
+            }),
+            Err(rustix::io::Errno::OPNOTSUPP) | Err(rustix::io::Errno::ISDIR) => self.stage(),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stages new content as a named file in the staging directory.
+    pub fn stage(&self) -> io::Result<Staged<'_>> {
+        let name = self.tmp_name();
         let fd = rustix::fs::openat(
             &self.staging,
             name.as_str(),
@@ -176,7 +208,7 @@ impl Root {
         )?;
         Ok(Staged {
             root: self,
-            name,
+            name: Some(name),
             file: File::from(fd),
             done: false,
         })
@@ -190,7 +222,30 @@ impl Root {
         }
         rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))?;
         rustix::fs::futimens(fd, &times(meta))?;
-        self.place(&s.name, p)?;
+        match &s.name {
+            Some(n) => self.place(n, p)?,
+            None => {
+                // Give the unnamed file a name: directly when the destination
+                // is free (one syscall), else via staging + atomic rename.
+                let (pd, name) = self.parent(p)?;
+                let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&s.file));
+                let link = |dir: &dyn AsFd, n: &OsStr| {
+                    rustix::fs::linkat(rustix::fs::CWD, proc_path.as_str(), dir, n, AtFlags::SYMLINK_FOLLOW)
+                };
+                match link(&pd, os(&name)) {
+                    Ok(()) => {}
+                    Err(rustix::io::Errno::EXIST) => {
+                        let tmp = self.tmp_name();
+                        link(&self.staging, OsStr::new(&tmp))?;
+                        if let Err(e) = self.place(&tmp, p) {
+                            let _ = rustix::fs::unlinkat(&self.staging, tmp.as_str(), AtFlags::empty());
+                            return Err(e);
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
         s.done = true;
         let f = s.file.try_clone()?;
         Ok(f)

@@ -543,10 +543,11 @@ fn worker(sh: Arc<Shared>, mut rx: mpsc::Receiver<Job>, reply: mpsc::UnboundedSe
                         }
                     },
                 };
-                match root.stage() {
+                match root.stage_for(&path) {
                     Ok(staged) => {
                         let out = BufWriter::with_capacity(
-                            1 << 20,
+                            // Whole files arrive in big chunks; only delta output is fragmented.
+                            if base.is_some() { 1 << 20 } else { 0 },
                             HashingFile {
                                 staged,
                                 hasher: blake3::Hasher::new(),

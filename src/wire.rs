@@ -43,6 +43,7 @@ pub enum Kind {
     },
     Dir,
     Symlink {
+        #[serde(with = "serde_bytes")]
         target: Vec<u8>,
     },
     /// Another name for the regular file `leader` (same inode on the primary).
@@ -99,6 +100,7 @@ pub enum Request {
     },
     Symlink {
         path: RelPath,
+        #[serde(with = "serde_bytes")]
         target: Vec<u8>,
         meta: Meta,
     },
@@ -125,10 +127,12 @@ pub enum Request {
     },
     FileData {
         id: u64,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     DeltaSegment {
         id: u64,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     FileEnd {
@@ -171,6 +175,7 @@ pub enum Reply {
     ListEnd,
     Signature {
         id: u64,
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// No usable base for a delta (vanished, not a file): send whole.
@@ -219,6 +224,23 @@ pub async fn write_msg<W: AsyncWrite + Unpin, T: Serialize>(
     let r = w.write_all(&out).await;
     *buf = out;
     r?;
+    Ok(())
+}
+
+/// Appends one frame to `out` (for callers that batch many small messages
+/// into one stream write).
+pub fn encode_frame<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), WireError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let mut v = postcard::to_extend(msg, std::mem::take(out))?;
+    let len = v.len() - start - 4;
+    if len > MAX_FRAME {
+        v.truncate(start);
+        *out = v;
+        return Err(WireError::TooLarge(len));
+    }
+    v[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+    *out = v;
     Ok(())
 }
 

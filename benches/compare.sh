@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: syncd resync vs `rsync -a --delete` to an rsync
+# daemon, both on loopback, same generated data, same (warm) page cache.
+#
+#   benches/compare.sh [small|big|nochange|rss|all]     (default: all)
+#
+# Environment: FILES (100000), FILE_KIB (4), BIG_MIB (1024), HUGE_MIB (4096),
+# BENCH_DIR (/tmp/syncd-bench), SYNCD_DURABLE (true: syncd flushes with
+# syncfs before it reports success; rsync never fsyncs, so "false" is the
+# like-for-like comparison and "true" is what syncd does by default).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FILES=${FILES:-100000}
+FILE_KIB=${FILE_KIB:-4}
+BIG_MIB=${BIG_MIB:-1024}
+HUGE_MIB=${HUGE_MIB:-4096}
+DIR=${BENCH_DIR:-/tmp/syncd-bench}
+DURABLE=${SYNCD_DURABLE:-true}
+WHAT=${1:-all}
+
+command -v rsync >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync >/dev/null; }
+cargo build --release -q --bin syncd
+SYNCD=$PWD/target/release/syncd
+
+mkdir -p "$DIR"
+cd "$DIR"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; }
+trap 'cleanup; rm -rf "$DIR"/old' EXIT
+# Fresh destination directories each run; old ones are removed at exit, not
+# just before a run (freshly freed inodes slow ext4's allocator for whoever
+# creates files next, which would skew the comparison).
+fresh() { mkdir -p old; for d in "$@"; do [ -e "$d" ] && mv "$d" "old/$d.$RANDOM$RANDOM"; mkdir -p "$d"; done; }
+
+now() { date +%s.%N; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+
+# --- generators ----------------------------------------------------------
+gen_small() { # $1 dir
+  [ -f "$1/.done" ] && return
+  rm -rf "$1"; mkdir -p "$1"
+  python3 - "$1" "$FILES" "$FILE_KIB" <<'PY'
+import os, sys
+root, n, kib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+blob = os.urandom(kib * 1024 + 4096)
+for i in range(n):
+    d = os.path.join(root, "d%03d" % (i // 1000))
+    if i % 1000 == 0:
+        os.makedirs(d, exist_ok=True)
+    off = i % 4096
+    with open(os.path.join(d, "f%06d" % i), "wb") as f:
+        f.write(blob[off:off + kib * 1024])
+PY
+  touch "$1/.done"
+}
+
+gen_big() { # $1 file $2 MiB
+  [ -f "$1" ] && [ "$(stat -c %s "$1")" = $(( $2 * 1048576 )) ] && return
+  head -c $(( $2 * 1048576 )) /dev/urandom > "$1"
+}
+
+# --- peers ---------------------------------------------------------------
+RSYNC_PORT=18730
+start_rsyncd() { # $1 dest dir
+  cat > rsyncd.conf <<EOF
+pid file = $DIR/rsyncd.pid
+use chroot = no
+[bench]
+  path = $1
+  read only = no
+  uid = root
+  gid = root
+EOF
+  rm -f rsyncd.pid
+  rsync --daemon --no-detach --config="$DIR/rsyncd.conf" --port=$RSYNC_PORT --address=127.0.0.1 &
+  PIDS+=($!)
+  sleep 0.5
+}
+
+SYNCD_PORT=17400
+setup_syncd() { # $1 primary export, $2 standby export
+  [ -f keys/p/node.crt ] || { "$SYNCD" keygen --out keys/p --name p >/dev/null; "$SYNCD" keygen --out keys/s --name s >/dev/null; }
+  cat > standby.toml <<EOF
+export = "$2"
+listen = "127.0.0.1:$SYNCD_PORT"
+cert = "keys/s/node.crt"
+key = "keys/s/node.key"
+peer_cert = "keys/p/node.crt"
+[sync]
+durable = $DURABLE
+EOF
+  cat > primary.toml <<EOF
+export = "$1"
+peer = "127.0.0.1:$SYNCD_PORT"
+cert = "keys/p/node.crt"
+key = "keys/p/node.key"
+peer_cert = "keys/s/node.crt"
+[sync]
+durable = $DURABLE
+EOF
+}
+start_standby() {
+  "$SYNCD" --role standby --config standby.toml 2>standby.log &
+  STANDBY_PID=$!
+  PIDS+=($STANDBY_PID)
+  for _ in $(seq 100); do grep -q "standby listening" standby.log 2>/dev/null && return; sleep 0.05; done
+  echo "standby did not start"; cat standby.log; exit 1
+}
+stop_standby() { kill "$STANDBY_PID" 2>/dev/null || true; wait "$STANDBY_PID" 2>/dev/null || true; }
+
+run_rsync() { # $1 src/ → module; prints seconds, sets RSYNC_WIRE
+  local t0 t1 out
+  t0=$(now)
+  out=$(rsync -a --delete --stats "$1/" "rsync://127.0.0.1:$RSYNC_PORT/bench/")
+  t1=$(now)
+  RSYNC_WIRE=$(echo "$out" | awk -F': ' '/^Total bytes sent/ {gsub(/,/,"",$2); s=$2} /^Total bytes received/ {gsub(/,/,"",$2); r=$2} END {print s + r}')
+  awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }'
+}
+
+run_syncd() { # prints seconds, sets SYNCD_WIRE (UDP payload bytes both ways)
+  local t0 t1 out
+  t0=$(now)
+  out=$("$SYNCD" resync --config primary.toml 2>/dev/null)
+  t1=$(now)
+  echo "$out" > syncd-last.txt
+  SYNCD_WIRE=$(echo "$out" | awk '/on the wire/ { for (i = 1; i <= NF; i++) if ($i == "wire") { s = $(i+1); r = $(i+4) } } END { printf "%.0f", (s + r) * 1048576 }')
+  awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }'
+}
+
+report() { # name syncd rsync target
+  printf '%-44s syncd %8ss  rsync %8ss  ratio %s  (target %s)\n' "$1" "$2" "$3" "$(ratio "$2" "$3")" "$4"
+}
+
+# --- scenarios -----------------------------------------------------------
+small() {
+  gen_small src-small
+  sync
+  fresh dst-rsync dst-syncd
+  start_rsyncd "$DIR/dst-rsync"
+  setup_syncd "$DIR/src-small" "$DIR/dst-syncd"; start_standby
+  local r s
+  r=$(run_rsync src-small)
+  s=$(run_syncd)
+  report "1. initial sync ${FILES} x ${FILE_KIB} KiB" "$s" "$r" "<= 0.5"
+  r=$(run_rsync src-small)
+  s=$(run_syncd)
+  report "3. no-change resync of the same tree" "$s" "$r" "<= 1.0"
+  stop_standby; cleanup; PIDS=()
+}
+
+big() {
+  mkdir -p src-big
+  gen_big src-big/big.bin "$BIG_MIB"
+  fresh dst-rsync dst-syncd
+  cp src-big/big.bin dst-rsync/big.bin; cp src-big/big.bin dst-syncd/big.bin
+  touch -r src-big/big.bin dst-rsync/big.bin dst-syncd/big.bin
+  # 1 MiB changed in the middle.
+  head -c 1048576 /dev/urandom | dd of=src-big/big.bin bs=1M seek=$(( BIG_MIB / 2 )) conv=notrunc status=none
+  sync
+  start_rsyncd "$DIR/dst-rsync"
+  setup_syncd "$DIR/src-big" "$DIR/dst-syncd"; start_standby
+  local r s
+  r=$(run_rsync src-big)
+  s=$(run_syncd)
+  report "2. ${BIG_MIB} MiB file, 1 MiB changed: time" "$s" "$r" "<= 0.5"
+  printf '%-44s syncd %8s B  rsync %8s B  ratio %s  (target <= 1.05)\n' "2. ${BIG_MIB} MiB file, 1 MiB changed: wire" "$SYNCD_WIRE" "$RSYNC_WIRE" "$(ratio "$SYNCD_WIRE" "$RSYNC_WIRE")"
+  cat syncd-last.txt | sed 's/^/   syncd: /'
+  stop_standby; cleanup; PIDS=()
+}
+
+nochange() {
+  gen_small src-small
+  fresh dst-rsync dst-syncd
+  start_rsyncd "$DIR/dst-rsync"
+  setup_syncd "$DIR/src-small" "$DIR/dst-syncd"; start_standby
+  run_rsync src-small >/dev/null; run_syncd >/dev/null
+  local r s
+  r=$(run_rsync src-small)
+  s=$(run_syncd)
+  report "3. no-change resync ${FILES} files" "$s" "$r" "<= 1.0"
+  stop_standby; cleanup; PIDS=()
+}
+
+rss() {
+  mkdir -p src-huge
+  gen_big src-huge/huge.bin "$HUGE_MIB"
+  fresh dst-syncd
+  setup_syncd "$DIR/src-huge" "$DIR/dst-syncd"; start_standby
+  local t0 t1 prim
+  t0=$(now)
+  prim=$( { /usr/bin/time -f '%M' "$SYNCD" resync --config primary.toml >/dev/null 2>/dev/null; } 2>&1 | tail -1)
+  t1=$(now)
+  local sb
+  sb=$(awk '/VmHWM/ {print $2}' /proc/$STANDBY_PID/status)
+  printf '%-44s primary %6s MiB  standby %6s MiB  (target < 200 each; %.1f s)\n' "4. peak RSS, ${HUGE_MIB} MiB file whole" "$((prim / 1024))" "$((sb / 1024))" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')"
+  # And as a delta against a slightly different copy.
+  head -c 1048576 /dev/urandom | dd of=src-huge/huge.bin bs=1M seek=$(( HUGE_MIB / 2 )) conv=notrunc status=none
+  prim=$( { /usr/bin/time -f '%M' "$SYNCD" resync --config primary.toml >/dev/null 2>/dev/null; } 2>&1 | tail -1)
+  sb=$(awk '/VmHWM/ {print $2}' /proc/$STANDBY_PID/status)
+  printf '%-44s primary %6s MiB  standby %6s MiB  (target < 200 each)\n' "4. peak RSS, ${HUGE_MIB} MiB file as delta" "$((prim / 1024))" "$((sb / 1024))"
+  stop_standby; cleanup; PIDS=()
+}
+
+echo "syncd $("$SYNCD" --version | awk '{print $2}') vs $(rsync --version | head -1 | awk '{print $1, $3}'), $(nproc) cores, durable=$DURABLE"
+case "$WHAT" in
+  small) small ;;
+  big) big ;;
+  nochange) nochange ;;
+  rss) rss ;;
+  all) small; big; rss ;;
+  *) echo "usage: $0 [small|big|nochange|rss|all]"; exit 2 ;;
+esac

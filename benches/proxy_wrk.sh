@@ -3,9 +3,10 @@
 # equivalently (same worker count, keep-alive upstream pool, no access log),
 # in front of the same three nginx backends on loopback.
 #
-# Usage: benches/proxy_wrk.sh            (env: WORKERS=1 CONNS=64 DURATION=10 THREADS=1
+# Usage: benches/proxy_wrk.sh   (env: WORKERS=1 CONNS=64 DURATION=10 THREADS=1 ROUNDS=5
 #                                               PROXY_BIN=path/to/syncd-proxy)
-# Prints req/s, p50, p99 for both and the ratios, then a failover run in which
+# Runs ROUNDS alternating wrk runs per proxy and prints per-round and median
+# req/s, p50, p99, CPU time per request, and the ratios; then a failover run in which
 # one of the three backends is killed (SIGKILL) and restarted during the load,
 # reporting client-visible errors for both proxies.
 #
@@ -98,6 +99,7 @@ addr = "127.0.0.1:${BE_PORTS[1]}"
 addr = "127.0.0.1:${BE_PORTS[2]}"
 CONF
 SYNCD_PROXY_LOG=warn "$PROXY_BIN" --config "$WORK/proxy.toml" 2>"$WORK/proxy.log" &
+SP_PID=$!
 PIDS+=($!)
 
 # ---- nginx, configured the same way
@@ -133,6 +135,7 @@ http {
 }
 CONF
 "$NGINX" -c "$WORK/nx/nginx.conf" -p "$WORK/nx" &
+NX_PID=$!
 PIDS+=($!)
 wait_port $SP_PORT; wait_port $NX_PORT
 
@@ -145,7 +148,7 @@ to_ms() {
     awk -v v="$1" 'BEGIN {
         n = v; sub(/[a-z]+$/, "", n); u = v; sub(/^[0-9.]+/, "", u);
         if (u == "us") n = n / 1000; else if (u == "s") n = n * 1000; else if (u == "m") n = n * 60000;
-        printf "%.3f", n }'
+        printf "%.3f\n", n }'
 }
 rps()   { awk '/^Requests\/sec/ {print $2}' "$1"; }
 pct()   { to_ms "$(awk -v p="$2" '$1 == p {print $2}' "$1")"; }
@@ -156,21 +159,52 @@ errs()  {
     echo "non-2xx=$non2xx socket-errors=$sock"
 }
 
-echo "== syncd-proxy vs nginx $("$NGINX" -v 2>&1 | sed 's/.*\///') | workers=$WORKERS wrk -t$THREADS -c$CONNS -d${DURATION}s | $(nproc) cores"
-# warm-up (pools, caches), then measured runs
+# CPU time (user+sys, clock ticks) of a process and its children (nginx workers)
+cpu_ticks() {
+    local t=0 p
+    for p in "$1" $(ps -o pid= --ppid "$1" 2>/dev/null); do
+        t=$((t + $(awk '{print $14 + $15}' /proc/"$p"/stat 2>/dev/null || echo 0)))
+    done
+    echo $t
+}
+requests() { awk '/requests in/ {print $1}' "$1"; }
+median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+
+HZ=$(getconf CLK_TCK)
+ROUNDS=${ROUNDS:-5}
+echo "== syncd-proxy vs nginx $("$NGINX" -v 2>&1 | sed 's/.*\///') | workers=$WORKERS wrk -t$THREADS -c$CONNS -d${DURATION}s x $ROUNDS rounds, alternating | $(nproc) cores | load $(cut -d' ' -f1-3 /proc/loadavg)"
+# warm-up (pools, caches), then alternating measured runs so that background
+# load affects both proxies alike; medians are reported
 wrk -t1 -c8 -d2s "http://127.0.0.1:$SP_PORT/" >/dev/null 2>&1 || true
 wrk -t1 -c8 -d2s "http://127.0.0.1:$NX_PORT/" >/dev/null 2>&1 || true
-run_wrk $SP_PORT "$WORK/sp.txt"
-run_wrk $NX_PORT "$WORK/nx.txt"
-
-SP_RPS=$(rps "$WORK/sp.txt"); NX_RPS=$(rps "$WORK/nx.txt")
-SP_P50=$(pct "$WORK/sp.txt" 50%); NX_P50=$(pct "$WORK/nx.txt" 50%)
-SP_P99=$(pct "$WORK/sp.txt" 99%); NX_P99=$(pct "$WORK/nx.txt" 99%)
-printf '%-12s %12s %10s %10s  %s\n' proxy req/s p50_ms p99_ms errors
-printf '%-12s %12s %10s %10s  %s\n' syncd-proxy "$SP_RPS" "$SP_P50" "$SP_P99" "$(errs "$WORK/sp.txt")"
-printf '%-12s %12s %10s %10s  %s\n' nginx "$NX_RPS" "$NX_P50" "$NX_P99" "$(errs "$WORK/nx.txt")"
-awk -v a="$SP_RPS" -v b="$NX_RPS" -v c="$SP_P99" -v d="$NX_P99" \
-    'BEGIN { printf "ratio syncd/nginx: req/s %.2fx (target >= 1.00), p99 %.2fx (target <= 1.00)\n", a / b, c / d }'
+for r in $(seq "$ROUNDS"); do
+    for who in sp nx; do
+        if [ $who = sp ]; then port=$SP_PORT; pid=$SP_PID; else port=$NX_PORT; pid=$NX_PID; fi
+        c0=$(cpu_ticks "$pid")
+        run_wrk "$port" "$WORK/$who-$r.txt"
+        c1=$(cpu_ticks "$pid")
+        n=$(requests "$WORK/$who-$r.txt")
+        awk -v t=$((c1 - c0)) -v n="${n:-1}" -v hz="$HZ" 'BEGIN {printf "%.2f\n", t * 1e6 / hz / n}' > "$WORK/$who-$r.cpu"
+        printf 'round %d %-12s %10s req/s  p99 %8s ms  cpu %6s us/req  %s\n' "$r" \
+            "$([ $who = sp ] && echo syncd-proxy || echo nginx)" "$(rps "$WORK/$who-$r.txt")" \
+            "$(pct "$WORK/$who-$r.txt" 99%)" "$(cat "$WORK/$who-$r.cpu")" "$(errs "$WORK/$who-$r.txt")"
+    done
+done
+summary() { # who
+    local f
+    RPS=$(for f in "$WORK/$1"-*.txt; do rps "$f"; done | median)
+    P50=$(for f in "$WORK/$1"-*.txt; do pct "$f" 50%; done | median)
+    P99=$(for f in "$WORK/$1"-*.txt; do pct "$f" 99%; done | median)
+    CPU=$(cat "$WORK/$1"-*.cpu | median)
+}
+summary sp; SP_RPS=$RPS; SP_P50=$P50; SP_P99=$P99; SP_CPU=$CPU
+summary nx; NX_RPS=$RPS; NX_P50=$P50; NX_P99=$P99; NX_CPU=$CPU
+echo "-- medians"
+printf '%-12s %12s %10s %10s %14s\n' proxy req/s p50_ms p99_ms cpu_us/req
+printf '%-12s %12s %10s %10s %14s\n' syncd-proxy "$SP_RPS" "$SP_P50" "$SP_P99" "$SP_CPU"
+printf '%-12s %12s %10s %10s %14s\n' nginx "$NX_RPS" "$NX_P50" "$NX_P99" "$NX_CPU"
+awk -v a="$SP_RPS" -v b="$NX_RPS" -v c="$SP_P99" -v d="$NX_P99" -v e="$SP_CPU" -v f="$NX_CPU" \
+    'BEGIN { printf "ratio syncd/nginx: req/s %.2fx (target >= 1.00), p99 %.2fx (target <= 1.00), cpu per request %.2fx\n", a / b, c / d, e / f }'
 
 failover() { # port name
     local port=$1 name=$2

@@ -60,7 +60,9 @@ async fn killed_backend_under_load_gives_zero_failed_gets() {
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;
     let c = Backend::start("c").await;
-    let cfg = http_listener("web")
+    // one worker: the single-threaded runtime path
+    let cfg = "[global]\nworkers = 1\n\n".to_string()
+        + &http_listener("web")
         + &upstream(
             "web",
             "",

@@ -7,7 +7,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::admin::{self, AdminState};
-use crate::config::{Config, VrrpConfig, VrrpFile};
+use crate::config::{Config, ConfigError, VrrpConfig, VrrpFile};
 use crate::instance::{self, RunError};
 use crate::io::netlink::Net;
 use crate::metrics::{Counters, InstanceStatus};
@@ -106,12 +106,21 @@ impl Vrrp {
     }
 }
 
+/// Either a configuration problem or a runtime failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
 /// Validate `cfgs` and run them until `shutdown` completes (convenience for embedding).
 pub async fn run_instances(
     cfgs: Vec<VrrpConfig>,
     admin: Option<String>,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), anyhow::Error> {
+) -> Result<(), Error> {
     let config = crate::config::validate(&VrrpFile { admin, vrrp: cfgs })?;
     Vrrp::start(config).await?.run_until(shutdown).await?;
     Ok(())

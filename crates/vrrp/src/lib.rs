@@ -23,8 +23,8 @@ pub mod timers;
 pub mod track;
 
 pub use cli::cli_main;
-pub use config::{Config, InstanceConfig, VrrpConfig, VrrpFile};
-pub use daemon::{run_instances, Vrrp};
+pub use config::{Config, ConfigError, InstanceConfig, VrrpConfig, VrrpFile};
+pub use daemon::{run_instances, Error, Vrrp};
 pub use instance::RunError;
 pub use machine::{Action, Event, Machine, MachineConfig, State};
 pub use metrics::InstanceStatus;

@@ -337,6 +337,13 @@ async fn malformed_requests_get_4xx_not_a_crash() {
     );
     let r = send_raw(p.listen, huge.as_bytes()).await.unwrap();
     assert_eq!(r.status, 431, "{r:?}");
+    let mut many = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..150 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let r = send_raw(p.listen, many.as_bytes()).await.unwrap();
+    assert_eq!(r.status, 431, "150 headers > max_headers (100): {r:?}");
     assert_eq!(a.count(), 0, "nothing malformed reached the backend");
     assert_eq!(p.get("/").await.status, 200, "proxy still serving");
 }

@@ -49,6 +49,12 @@ pub struct Session {
     wbuf: Vec<u8>,
     rbuf: Vec<u8>,
     _endpoint: quinn::Endpoint,
+    /// Delta payload sent in this session (for the summary).
+    pub delta_bytes: u64,
+    /// Application bytes (frames) sent and received, the figure comparable
+    /// with rsync's "Total bytes sent/received".
+    pub app_tx: u64,
+    pub app_rx: u64,
     /// Signatures that arrived while we waited for something else.
     sigs: HashMap<u64, Option<Vec<u8>>>,
 }
@@ -89,6 +95,9 @@ impl Session {
             rbuf: Vec::new(),
             _endpoint: endpoint,
             sigs: HashMap::new(),
+            delta_bytes: 0,
+            app_tx: 0,
+            app_rx: 0,
         };
         s.send(&Request::Hello {
             version: wire::PROTOCOL_VERSION,
@@ -125,7 +134,11 @@ impl Session {
 
     async fn flush(&mut self) -> Result<(), ClientError> {
         if !self.wbuf.is_empty() {
-            self.send.write_all(&self.wbuf).await.map_err(|e| wire::WireError::Io(e.into()))?;
+            self.send
+                .write_all(&self.wbuf)
+                .await
+                .map_err(|e| wire::WireError::Io(e.into()))?;
+            self.app_tx += self.wbuf.len() as u64;
             self.wbuf.clear();
         }
         Ok(())
@@ -147,7 +160,9 @@ impl Session {
 
     async fn reply(&mut self) -> Result<Reply, ClientError> {
         self.flush().await?;
-        match wire::read_msg::<_, Reply>(&mut self.recv, &mut self.rbuf).await? {
+        let r = wire::read_msg::<_, Reply>(&mut self.recv, &mut self.rbuf).await?;
+        self.app_rx += 4 + self.rbuf.len() as u64;
+        match r {
             Some(Reply::Fatal { reason }) => Err(ClientError::Fatal(reason)),
             Some(r) => Ok(r),
             None => Err(ClientError::Protocol("standby closed the session".into())),
@@ -216,13 +231,13 @@ impl Session {
         }
     }
 
-    pub async fn finish(mut self) -> Result<(u64, quinn::ConnectionStats), ClientError> {
+    pub async fn finish(mut self) -> Result<(u64, quinn::ConnectionStats, u64, u64), ClientError> {
         self.send(&Request::Finish).await?;
         let r = self.control_reply().await?;
         let stats = self.conn.stats();
         self.close().await;
         match r {
-            Reply::Finished { committed } => Ok((committed, stats)),
+            Reply::Finished { committed } => Ok((committed, stats, self.app_tx, self.app_rx)),
             other => Err(ClientError::Protocol(format!(
                 "expected Finished, got {other:?}"
             ))),
@@ -252,8 +267,13 @@ pub struct Summary {
     pub skipped: Vec<String>,
     pub vanished: u64,
     pub content_bytes: u64,
+    /// Bytes of delta instructions and literals sent for delta files.
+    pub delta_bytes: u64,
+    /// Protocol bytes sent / received (frames, like rsync's --stats totals).
     pub wire_tx: u64,
     pub wire_rx: u64,
+    /// UDP payload both ways, including QUIC and TLS overhead.
+    pub udp_bytes: u64,
     pub elapsed: Duration,
     pub failures: Vec<Failure>,
     pub dry_run: bool,
@@ -275,10 +295,14 @@ impl std::fmt::Display for Summary {
         writeln!(f, "directories created {}, symlinks {}, hard links {}, metadata-only {}, skipped {}, vanished {}", self.dirs_created, self.symlinks, self.hard_links, self.meta_only, self.skipped.len(), self.vanished)?;
         write!(
             f,
-            "changed content {:.1} MiB, on the wire {:.1} MiB sent + {:.1} MiB received, time {:.2} s",
+            "changed content {:.1} MiB (delta payload {} bytes), on the wire {:.1} MiB sent + {:.1} MiB received ({} + {} bytes; {} bytes of UDP payload with QUIC overhead), time {:.2} s",
             mib(self.content_bytes),
+            self.delta_bytes,
             mib(self.wire_tx),
             mib(self.wire_rx),
+            self.wire_tx,
+            self.wire_rx,
+            self.udp_bytes,
             self.elapsed.as_secs_f64()
         )?;
         for fl in &self.failures {
@@ -348,21 +372,23 @@ pub async fn resync(cfg: &Config, o: &ResyncOptions) -> Result<Summary, ClientEr
         sum.sent_whole = p.files.iter().filter(|f| !f.delta).count() as u64;
         sum.sent_delta = p.files.len() as u64 - sum.sent_whole;
         sum.deleted = p.deletes.len() as u64;
-        let (_, stats) = s.finish().await?;
-        sum.wire_tx = stats.udp_tx.bytes;
-        sum.wire_rx = stats.udp_rx.bytes;
+        let (_, stats, tx, rx) = s.finish().await?;
+        sum.wire_tx = tx;
+        sum.wire_rx = rx;
+        sum.udp_bytes = stats.udp_tx.bytes + stats.udp_rx.bytes;
         sum.elapsed = t0.elapsed();
         return Ok(sum);
     }
     let bar = progress_bar(o.progress, &p);
     execute(&mut s, cfg, &p, &mut sum, &mut index, &bar).await?;
     bar.finish_and_clear();
-    let (_committed, stats) = s.finish().await?;
+    let (_committed, stats, tx, rx) = s.finish().await?;
     if let Err(e) = index.save() {
         tracing::warn!("could not save the primary's index: {e}");
     }
-    sum.wire_tx = stats.udp_tx.bytes;
-    sum.wire_rx = stats.udp_rx.bytes;
+    sum.wire_tx = tx;
+    sum.wire_rx = rx;
+    sum.udp_bytes = stats.udp_tx.bytes + stats.udp_rx.bytes;
     sum.elapsed = t0.elapsed();
     Ok(sum)
 }
@@ -508,6 +534,7 @@ async fn execute(
     }
     sum.meta_only = p.meta_changes;
     sum.failures.extend(s.barrier(next_barrier()).await?);
+    sum.delta_bytes = s.delta_bytes;
     Ok(())
 }
 
@@ -729,6 +756,7 @@ async fn forward(
         match &m {
             Request::FileBegin { .. } => began = true,
             Request::FileData { data, .. } => bar.inc(data.len() as u64),
+            Request::DeltaSegment { data, .. } => s.delta_bytes += data.len() as u64,
             _ => {}
         }
         s.send(&m).await?;
@@ -776,32 +804,61 @@ async fn send_delta(
                 return Ok(Ok(None));
             }
             let mut h = blake3::Hasher::new();
-            let mut buf = vec![0u8; differ.window()];
-            let mut total = 0u64;
-            let mut first = true;
-            loop {
-                let n = delta::read_full(&mut file, &mut buf)?;
-                if n == 0 && !first {
-                    break;
-                }
-                first = false;
-                h.update(&buf[..n]);
-                total += n as u64;
+            // Two stages on two threads: read + BLAKE3, and rolling diff.
+            let win = differ.window();
+            let (wtx, wrx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(2);
+            let (rtx, rrx) = std::sync::mpsc::channel::<Vec<u8>>();
+            let (total, diffed) = std::thread::scope(|sc| {
+                let (file, h) = (&mut file, &mut h);
+                let reader = sc.spawn(move || -> std::io::Result<u64> {
+                    let mut total = 0u64;
+                    loop {
+                        let mut buf = rrx.try_recv().unwrap_or_else(|_| vec![0u8; win]);
+                        let n = delta::read_full(file, &mut buf)?;
+                        h.update(&buf[..n]);
+                        total += n as u64;
+                        let last = n < win;
+                        if wtx.send((buf, n)).is_err() || last {
+                            return Ok(total);
+                        }
+                    }
+                });
+                let mut diffed = Ok(Ok(()));
                 let mut seg = Vec::new();
-                if ix.diff(&buf[..n], &mut seg).is_err() {
+                for (buf, n) in wrx.iter() {
+                    if ix.diff(&buf[..n], &mut seg).is_err() {
+                        diffed = Ok(Err(()));
+                        break;
+                    }
+                    barc.inc(n as u64);
+                    let _ = rtx.send(buf);
+                    if tx
+                        .blocking_send(Request::DeltaSegment {
+                            id,
+                            data: std::mem::take(&mut seg),
+                        })
+                        .is_err()
+                    {
+                        diffed = Err(());
+                        break;
+                    }
+                }
+                drop(wrx);
+                (
+                    reader
+                        .join()
+                        .unwrap_or_else(|_| Err(std::io::Error::other("reader thread panicked"))),
+                    diffed,
+                )
+            });
+            let total = total?;
+            match diffed {
+                Ok(Ok(())) => {}
+                Ok(Err(())) => {
                     let _ = tx.blocking_send(Request::FileAbort { id });
                     return Ok(Err(()));
                 }
-                barc.inc(n as u64);
-                if tx
-                    .blocking_send(Request::DeltaSegment { id, data: seg })
-                    .is_err()
-                {
-                    return Ok(Ok(None));
-                }
-                if n < buf.len() {
-                    break;
-                }
+                Err(()) => return Ok(Ok(None)),
             }
             let after = file.metadata()?;
             if changed(&before, &after) || total != size {

@@ -228,9 +228,16 @@ impl Root {
                 // Give the unnamed file a name: directly when the destination
                 // is free (one syscall), else via staging + atomic rename.
                 let (pd, name) = self.parent(p)?;
-                let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&s.file));
+                let proc_path =
+                    format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&s.file));
                 let link = |dir: &dyn AsFd, n: &OsStr| {
-                    rustix::fs::linkat(rustix::fs::CWD, proc_path.as_str(), dir, n, AtFlags::SYMLINK_FOLLOW)
+                    rustix::fs::linkat(
+                        rustix::fs::CWD,
+                        proc_path.as_str(),
+                        dir,
+                        n,
+                        AtFlags::SYMLINK_FOLLOW,
+                    )
                 };
                 match link(&pd, os(&name)) {
                     Ok(()) => {}
@@ -238,7 +245,8 @@ impl Root {
                         let tmp = self.tmp_name();
                         link(&self.staging, OsStr::new(&tmp))?;
                         if let Err(e) = self.place(&tmp, p) {
-                            let _ = rustix::fs::unlinkat(&self.staging, tmp.as_str(), AtFlags::empty());
+                            let _ =
+                                rustix::fs::unlinkat(&self.staging, tmp.as_str(), AtFlags::empty());
                             return Err(e);
                         }
                     }

@@ -414,7 +414,7 @@ struct InFlight<'r> {
     size: u64,
     written: u64,
     out: BufWriter<HashingFile<'r>>,
-    base: Option<memmap2::Mmap>,
+    base: Option<std::fs::File>,
 }
 
 struct HashingFile<'r> {
@@ -445,6 +445,7 @@ fn worker(sh: Arc<Shared>, mut rx: mpsc::Receiver<Job>, reply: mpsc::UnboundedSe
     let mut inflight: HashMap<u64, InFlight<'_>> = HashMap::new();
     let mut pending: Vec<Verified<'_>> = Vec::new();
     let mut pending_bytes = 0u64;
+    let mut copy_buf = Vec::new();
     let fail = |path: &RelPath, error: String, retry_whole: bool| {
         tracing::warn!(path = %path, "{error}");
         sh.failures
@@ -532,10 +533,7 @@ fn worker(sh: Arc<Shared>, mut rx: mpsc::Receiver<Job>, reply: mpsc::UnboundedSe
             } => {
                 let base = match encoding {
                     Encoding::Whole => None,
-                    Encoding::Delta => match root
-                        .open_file(&path)
-                        .and_then(|f| unsafe { memmap2::Mmap::map(&f) })
-                    {
+                    Encoding::Delta => match root.open_file(&path) {
                         Ok(m) => Some(m),
                         Err(e) => {
                             fail(&path, format!("delta base unavailable: {e}"), true);
@@ -589,24 +587,21 @@ fn worker(sh: Arc<Shared>, mut rx: mpsc::Receiver<Job>, reply: mpsc::UnboundedSe
                 let Some(f) = inflight.get_mut(&id) else {
                     continue;
                 };
-                let limit = f.size.saturating_sub(f.written) as usize;
-                let base = f.base.as_deref().unwrap_or(&[]);
-                let mut counter = Counting {
-                    inner: &mut f.out,
-                    n: 0,
-                };
-                let r = delta::apply_segment(base, &data, &mut counter, limit);
-                let n = counter.n;
-                f.written += n;
-                if let Some(m) = &f.base {
-                    // Drop the base pages we touched from our RSS; they stay in the page cache.
-                    unsafe {
-                        let _ = m.unchecked_advise(memmap2::UncheckedAdvice::DontNeed);
+                let limit = f.size.saturating_sub(f.written);
+                let r = match &f.base {
+                    Some(base) => {
+                        delta::apply_segment_file(base, &data, &mut f.out, limit, &mut copy_buf)
                     }
-                }
-                if let Err(e) = r {
-                    if let Some(f) = inflight.remove(&id) {
-                        fail(&f.path, format!("{e}"), true);
+                    None => Err(delta::DeltaError::Apply(
+                        "delta for a file announced whole".into(),
+                    )),
+                };
+                match r {
+                    Ok(n) => f.written += n,
+                    Err(e) => {
+                        if let Some(f) = inflight.remove(&id) {
+                            fail(&f.path, format!("{e}"), true);
+                        }
                     }
                 }
             }
@@ -655,22 +650,6 @@ fn worker(sh: Arc<Shared>, mut rx: mpsc::Receiver<Job>, reply: mpsc::UnboundedSe
         }
     }
     // Session over: uncommitted staged files are removed by their Drop.
-}
-
-struct Counting<'a, W: Write> {
-    inner: &'a mut W,
-    n: u64,
-}
-
-impl<W: Write> Write for Counting<'_, W> {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(b)?;
-        self.n += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 /// Makes a batch of verified files durable, then renames them into place in order.

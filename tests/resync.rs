@@ -404,6 +404,7 @@ fn standby_killed_mid_transfer_leaves_no_partial_file() {
     }
     let expect = syncd::scan::hash_file(&p.primary().join("large.bin")).unwrap();
     p.start_standby();
+    let pid = p.standby.as_ref().unwrap().id();
     let target = p.standby_dir().join("large.bin");
     let staging = p.standby_dir().join(".syncd/staging");
     let mut resync = std::process::Command::new(common::BIN)
@@ -420,11 +421,19 @@ fn standby_killed_mid_transfer_leaves_no_partial_file() {
             !target.exists(),
             "the file appeared under its real name before it was complete"
         );
-        let staged: u64 = std::fs::read_dir(&staging)
+        // Content is staged in an unnamed (O_TMPFILE) file, or a named one
+        // under .syncd/staging on filesystems without O_TMPFILE: either way
+        // it is reachable only through the standby's open descriptors.
+        let staged: u64 = std::fs::read_dir(format!("/proc/{pid}/fd"))
             .map(|d| {
-                d.filter_map(|e| e.ok()?.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
+                d.filter_map(|e| {
+                    let e = e.ok()?;
+                    let l = std::fs::read_link(e.path()).ok()?;
+                    let s = l.to_string_lossy();
+                    (s.ends_with("(deleted)") || s.contains(".syncd/staging"))
+                        .then(|| std::fs::metadata(e.path()).ok().map(|m| m.len()))?
+                })
+                .sum()
             })
             .unwrap_or(0);
         if staged > (size as u64) / 4 {

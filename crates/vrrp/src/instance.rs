@@ -251,7 +251,12 @@ pub async fn run(
             } => {
                 shell.machine.handle_timeout(std::time::Instant::now());
             }
-            r = sock.recv() => shell.on_packet(r),
+            r = sock.recv() => {
+                if shell.on_packet(r).is_err() {
+                    // e.g. the interface vanished: do not spin; link polling reports the fault
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
             Some(m) = hrx.recv() => {
                 let changed = match m {
                     HealthMsg::Track(i, ok) => tracks.get_mut(i).is_some_and(|t| t.record(ok)),
@@ -300,36 +305,37 @@ struct Shell<'a> {
 }
 
 impl Shell<'_> {
-    fn on_packet(&mut self, r: Result<crate::io::socket::Received, RecvError>) {
+    /// Handle one receive result; `Err(())` only for a socket error.
+    fn on_packet(&mut self, r: Result<crate::io::socket::Received, RecvError>) -> Result<(), ()> {
         let name = &self.cfg.name;
         let p = match r {
             Ok(p) => p,
             Err(RecvError::Bad(e)) => {
                 self.counters.bad(e.reason());
                 tracing::debug!(instance = %name, error = %e, "malformed packet");
-                return;
+                return Ok(());
             }
             Err(RecvError::Io(e)) => {
                 tracing::warn!(instance = %name, error = %e, "receive failed");
-                return;
+                return Err(());
             }
         };
         if !self.cfg.unicast_peers.is_empty() && !self.cfg.unicast_peers.contains(&p.src) {
             self.counters.bad("unknown_peer");
             tracing::debug!(instance = %name, src = %p.src, "advert from an address not in unicast_peers");
-            return;
+            return Ok(());
         }
         let adv = match Advert::decode(&p.payload, p.src, p.dst) {
             Ok(a) => a,
             Err(e) => {
                 self.counters.bad(e.reason());
                 tracing::debug!(instance = %name, src = %p.src, error = %e, "malformed advert");
-                return;
+                return Ok(());
             }
         };
         if adv.vrid != self.cfg.vrid {
             // Another virtual router on the same link: not ours, not an error.
-            return;
+            return Ok(());
         }
         match self.machine.handle_event(
             std::time::Instant::now(),
@@ -345,6 +351,7 @@ impl Shell<'_> {
                 tracing::debug!(instance = %name, src = %p.src, reason = %d, "advert dropped");
             }
         }
+        Ok(())
     }
 
     fn publish(&self, transition: Option<(State, String)>) {

@@ -200,7 +200,7 @@ pub fn apply_segment_file(
         let op = take(&mut d, 1)?[0];
         match op {
             0 => break,
-            1..=0x40 | 0x41..=0x44 => {
+            1..=0x44 => {
                 let len = if op <= 0x40 {
                     op as u64
                 } else {

@@ -270,7 +270,7 @@ mod tests {
         let mut l = file("f", 5, 1, 1);
         l.meta.mode = 0o600;
         let r = file("f", 5, 1, 2);
-        let p = plan(&[l.clone()], &[r.clone()], &opts());
+        let p = plan(std::slice::from_ref(&l), std::slice::from_ref(&r), &opts());
         assert!(p.files.is_empty());
         assert_eq!(p.metas.len(), 1);
         // --checksum: same size and mtime but different content is sent.

@@ -367,7 +367,7 @@ fn hostile_paths_are_refused_and_nothing_escapes() {
         let failures = s.barrier(3).await.unwrap();
         assert_eq!(failures.len(), 2, "{failures:?}");
         // A garbage frame ends the session (and only the session).
-        s.send_frame(&vec![0u8; 0]).await.unwrap();
+        s.send_frame(&[0u8; 0]).await.unwrap();
         let _ = s.finish().await;
     });
     assert_eq!(

@@ -12,6 +12,7 @@ pub mod balancer;
 pub mod checker;
 pub mod config;
 pub mod forward;
+pub mod h1client;
 pub mod health;
 pub mod listener;
 pub mod metrics;

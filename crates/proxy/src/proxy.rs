@@ -7,10 +7,10 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
@@ -19,9 +19,10 @@ use crate::balancer::hash::KeyVars;
 use crate::balancer::{Attempt, Key, Outcome};
 use crate::config;
 use crate::forward::{self, BodyLen};
+use crate::h1client::{BackendBody, Conn, ExchangeError, OutBody};
 use crate::retry::{self, Failure};
 use crate::state::Shared;
-use crate::upstream::{ConnectError, ReqBody, Sender, ServerRt, UpstreamRt};
+use crate::upstream::{ConnectError, ServerRt, UpstreamRt};
 
 /// What a connection handler knows about its client.
 #[derive(Debug)]
@@ -40,12 +41,12 @@ pub enum RespBody {
 
 impl Body for RespBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = std::io::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         match self.get_mut() {
             RespBody::Local(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             RespBody::Proxied(t) => Pin::new(t).poll_frame(cx),
@@ -71,7 +72,7 @@ impl Body for RespBody {
 /// Releases the server (least_conn / max_conns accounting) and returns the
 /// keep-alive connection to the pool when the response body is complete.
 pub struct TrackedBody {
-    inner: Incoming,
+    inner: BackendBody,
     finish: Option<Finish>,
 }
 
@@ -79,49 +80,40 @@ struct Finish {
     up: Arc<UpstreamRt>,
     server: Arc<ServerRt>,
     peer: u64,
-    conn: Option<Sender>,
 }
 
 impl Finish {
-    fn run(mut self, complete: bool) {
+    fn run(self, reusable: Option<Conn>) {
         let now = Instant::now();
         self.up.group().release(self.peer, now, Outcome::Success);
-        if let (true, Some(tx)) = (complete, self.conn.take()) {
+        if let Some(conn) = reusable {
             let cfg = &self.up.cfg;
             self.server
                 .pool
-                .put(tx, now, cfg.keepalive_timeout, cfg.keepalive);
+                .put(conn, now, cfg.keepalive_timeout, cfg.keepalive);
         }
     }
 }
 
 impl Body for TrackedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = std::io::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_frame(cx);
-        match &r {
-            Poll::Ready(None) => {
-                if let Some(f) = this.finish.take() {
-                    f.run(true);
-                }
+        let done = match &r {
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            Poll::Pending => false,
+        };
+        if done {
+            if let Some(f) = this.finish.take() {
+                f.run(this.inner.take_reusable());
             }
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
-                if let Some(f) = this.finish.take() {
-                    f.run(true);
-                }
-            }
-            Poll::Ready(Some(Err(_))) => {
-                if let Some(f) = this.finish.take() {
-                    f.run(false);
-                }
-            }
-            _ => {}
         }
         r
     }
@@ -138,7 +130,7 @@ impl Body for TrackedBody {
 impl Drop for TrackedBody {
     fn drop(&mut self) {
         if let Some(f) = self.finish.take() {
-            f.run(self.inner.is_end_stream());
+            f.run(self.inner.take_reusable());
         }
     }
 }
@@ -155,27 +147,18 @@ pub fn local(status: StatusCode, msg: &str) -> Response<RespBody> {
     r
 }
 
-/// The request to send, rebuilt for each attempt when the body is buffered.
+/// The request to send. The head is serialised from here for each attempt;
+/// a buffered body can be sent any number of times, a streamed one once.
 struct Outgoing {
-    template: Option<(Method, Uri, HeaderMap, Bytes)>,
-    pending: Option<Request<ReqBody>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Option<OutBody>,
 }
 
 impl Outgoing {
-    fn take(&mut self) -> Option<Request<ReqBody>> {
-        if let Some(r) = self.pending.take() {
-            return Some(r);
-        }
-        let (m, u, h, b) = self.template.as_ref()?;
-        let mut r = Request::new(Either::Left(Full::new(b.clone())));
-        *r.method_mut() = m.clone();
-        *r.uri_mut() = u.clone();
-        *r.headers_mut() = h.clone();
-        Some(r)
-    }
-
     fn can_resend(&self) -> bool {
-        self.pending.is_some() || self.template.is_some()
+        matches!(self.body, Some(OutBody::Bytes(_)))
     }
 }
 
@@ -304,32 +287,24 @@ async fn proxy(
     let (mut parts, body) = req.into_parts();
     forward::prepare_request(&mut parts, info.client, info.tls);
     let idempotent = retry::is_idempotent(&parts.method);
-    let mut out = match forward::body_len(&parts.headers) {
-        BodyLen::None => Outgoing {
-            template: Some((parts.method, parts.uri, parts.headers, Bytes::new())),
-            pending: None,
-        },
+    let out_body = match forward::body_len(&parts.headers) {
+        BodyLen::None => OutBody::Bytes(Bytes::new()),
         BodyLen::Known(n) if idempotent && n <= max_replay as u64 => {
             match tokio::time::timeout(cfg.read_timeout, body.collect()).await {
-                Ok(Ok(c)) => Outgoing {
-                    template: Some((parts.method, parts.uri, parts.headers, c.to_bytes())),
-                    pending: None,
-                },
+                Ok(Ok(c)) => OutBody::Bytes(c.to_bytes()),
                 Ok(Err(_)) => return (local(StatusCode::BAD_REQUEST, "Bad Request (body)"), None),
                 Err(_) => return (local(StatusCode::REQUEST_TIMEOUT, "Request Timeout"), None),
             }
         }
-        _ => Outgoing {
-            template: None,
-            pending: Some(Request::from_parts(parts, Either::Right(body))),
-        },
+        _ => OutBody::Stream(body),
     };
-    let method = out
-        .template
-        .as_ref()
-        .map(|t| t.0.clone())
-        .or_else(|| out.pending.as_ref().map(|r| r.method().clone()))
-        .unwrap_or(Method::GET);
+    let mut out = Outgoing {
+        method: parts.method,
+        uri: parts.uri,
+        headers: parts.headers,
+        body: Some(out_body),
+    };
+    let method = out.method.clone();
 
     let started = Instant::now();
     let mut attempt = Attempt::new();
@@ -354,8 +329,8 @@ async fn proxy(
             break;
         };
         let sent_at = Instant::now();
-        match send_attempt(&server, cfg, &mut out, &method, idempotent).await {
-            Ok((resp, tx)) => {
+        match send_attempt(&server, cfg, &mut out, idempotent).await {
+            Ok(resp) => {
                 server.metrics.observe(sent_at.elapsed());
                 let (mut rparts, rbody) = resp.into_parts();
                 forward::prepare_response(&mut rparts.headers);
@@ -365,7 +340,6 @@ async fn proxy(
                         up: up.clone(),
                         server: server.clone(),
                         peer,
-                        conn: Some(tx),
                     }),
                 };
                 return (
@@ -425,17 +399,21 @@ async fn proxy(
 }
 
 /// One attempt on one server: a pooled connection if there is a usable one,
-/// else a fresh one. A pooled connection found closed before the request was
-/// written is skipped silently; one closed by the server just as we wrote (the
-/// classic keep-alive race) is retried once on a fresh connection when the
-/// request may be replayed.
+/// else a fresh one. A pooled connection that fails before the request head
+/// is written is skipped silently; one closed by the server just as we wrote
+/// (the classic keep-alive race: no response byte at all) is retried once on a
+/// fresh connection when the request may be replayed.
 async fn send_attempt(
     server: &ServerRt,
     cfg: &config::Upstream,
     out: &mut Outgoing,
-    method: &Method,
     idempotent: bool,
-) -> Result<(Response<Incoming>, Sender), Failure> {
+) -> Result<Response<BackendBody>, Failure> {
+    let host = match &cfg.host_header {
+        config::HostHeader::Preserve => None,
+        config::HostHeader::Upstream => HeaderValue::from_str(&server.addr.to_string()).ok(),
+        config::HostHeader::Fixed(h) => HeaderValue::from_str(h).ok(),
+    };
     let mut fresh_only = false;
     loop {
         let pooled = if fresh_only {
@@ -443,18 +421,11 @@ async fn send_attempt(
         } else {
             server.pool.take(Instant::now(), cfg.keepalive_timeout)
         };
-        let (mut tx, reused) = match pooled {
-            Some(tx) if tx.is_ready() => (tx, true),
-            // just returned to the pool: the connection task may still be
-            // finishing the previous response; wait briefly for it
-            Some(mut tx) => {
-                match tokio::time::timeout(Duration::from_millis(100), tx.ready()).await {
-                    Ok(Ok(())) => (tx, true),
-                    _ => continue,
-                }
-            }
+        let reused = pooled.is_some();
+        let conn = match pooled {
+            Some(c) => c,
             None => match server.connect_http(cfg.connect_timeout).await {
-                Ok(tx) => (tx, false),
+                Ok(c) => c,
                 Err(ConnectError::Timeout(_)) => return Err(Failure::ConnectTimeout),
                 Err(e) => {
                     tracing::debug!(error = %e, "connect failed");
@@ -462,32 +433,34 @@ async fn send_attempt(
                 }
             },
         };
-        let Some(mut req) = out.take() else {
-            return Err(Failure::ResetAfterSend);
-        };
-        forward::set_host(req.headers_mut(), &cfg.host_header, server.addr);
+        if out.body.is_none() {
+            return Err(Failure::ResetAfterSend); // a streamed body already went out
+        }
         server.metrics.requests.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(cfg.read_timeout, tx.try_send_request(req)).await {
+        let exchange = conn.exchange(
+            &out.method,
+            &out.uri,
+            &out.headers,
+            host.as_ref(),
+            &mut out.body,
+        );
+        match tokio::time::timeout(cfg.read_timeout, exchange).await {
             Err(_) => return Err(Failure::ResponseTimeout),
-            Ok(Ok(resp)) => return Ok((resp, tx)),
-            Ok(Err(mut e)) => {
-                if let Some(req) = e.take_message() {
-                    out.pending = Some(req);
-                    if reused {
-                        continue; // closed pooled connection; nothing was written
+            Ok(Ok(resp)) => return Ok(resp),
+            Ok(Err(e)) => {
+                tracing::debug!(error = ?e, reused, method = %out.method, "exchange failed");
+                match e {
+                    ExchangeError::WriteHead(_) if reused => continue,
+                    ExchangeError::WriteHead(_) => return Err(Failure::Connect),
+                    ExchangeError::Invalid(_) => return Err(Failure::InvalidResponse),
+                    ExchangeError::ClosedBeforeResponse
+                        if reused && !fresh_only && idempotent && out.can_resend() =>
+                    {
+                        fresh_only = true;
+                        continue;
                     }
-                    return Err(Failure::StaleUnsent);
+                    _ => return Err(Failure::ResetAfterSend),
                 }
-                let err = e.into_error();
-                tracing::debug!(error = %err, reused, %method, "request failed");
-                if err.is_parse() || err.is_parse_status() || err.is_parse_too_large() {
-                    return Err(Failure::InvalidResponse);
-                }
-                if reused && !fresh_only && idempotent && out.can_resend() {
-                    fresh_only = true;
-                    continue;
-                }
-                return Err(Failure::ResetAfterSend);
             }
         }
     }

@@ -6,21 +6,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::balancer::{hash::KeyTemplate, Group, Method, PeerSpec};
 use crate::config::{self, Algorithm};
+use crate::h1client::Conn;
 use crate::metrics::ServerMetrics;
-
-/// Body sent to a backend: buffered (replayable) or streamed from the client.
-pub type ReqBody = Either<Full<Bytes>, Incoming>;
-
-pub type Sender = SendRequest<ReqBody>;
 
 /// Failure to open a backend connection.
 #[derive(Debug, thiserror::Error)]
@@ -32,15 +23,10 @@ pub enum ConnectError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("HTTP handshake with {addr}: {source}")]
-    Handshake {
-        addr: SocketAddr,
-        source: hyper::Error,
-    },
 }
 
 struct Idle {
-    tx: Sender,
+    conn: Conn,
     since: Instant,
 }
 
@@ -59,27 +45,32 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Pool {
     /// Take the freshest idle connection not older than `max_idle`.
-    pub fn take(&self, now: Instant, max_idle: Duration) -> Option<Sender> {
+    pub fn take(&self, now: Instant, max_idle: Duration) -> Option<Conn> {
         let mut idle = lock(&self.idle);
         while let Some(c) = idle.pop() {
-            if now.saturating_duration_since(c.since) < max_idle && !c.tx.is_closed() {
-                return Some(c.tx);
+            if now.saturating_duration_since(c.since) < max_idle && c.conn.looks_alive() {
+                return Some(c.conn);
             }
         }
         None
     }
 
     /// Return a connection after a complete response.
-    pub fn put(&self, tx: Sender, now: Instant, max_idle: Duration, capacity: usize) {
-        if capacity == 0 || tx.is_closed() {
+    pub fn put(&self, conn: Conn, now: Instant, max_idle: Duration, capacity: usize) {
+        if capacity == 0 {
             return;
         }
         let mut idle = lock(&self.idle);
-        idle.retain(|c| now.saturating_duration_since(c.since) < max_idle && !c.tx.is_closed());
+        if idle
+            .first()
+            .is_some_and(|c| now.saturating_duration_since(c.since) >= max_idle)
+        {
+            idle.retain(|c| now.saturating_duration_since(c.since) < max_idle);
+        }
         if idle.len() >= capacity {
             idle.remove(0);
         }
-        idle.push(Idle { tx, since: now });
+        idle.push(Idle { conn, since: now });
     }
 
     pub fn clear(&self) {
@@ -99,21 +90,8 @@ pub struct ServerRt {
 
 impl ServerRt {
     /// Open a new HTTP/1.1 connection within `timeout`.
-    pub async fn connect_http(&self, timeout: Duration) -> Result<Sender, ConnectError> {
-        let stream = self.connect_tcp(timeout).await?;
-        let (tx, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ConnectError::Handshake {
-                addr: self.addr,
-                source,
-            })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "backend connection ended");
-            }
-        });
-        Ok(tx)
+    pub async fn connect_http(&self, timeout: Duration) -> Result<Conn, ConnectError> {
+        Ok(Conn::new(self.connect_tcp(timeout).await?))
     }
 
     pub async fn connect_tcp(&self, timeout: Duration) -> Result<TcpStream, ConnectError> {

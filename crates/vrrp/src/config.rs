@@ -39,6 +39,8 @@ pub struct VrrpConfig {
     pub unicast_src: Option<IpAddr>,
     #[serde(default)]
     pub unicast_peers: Vec<IpAddr>,
+    /// Source address in multicast mode (keepalived `mcast_src_ip`); default: the interface's first address.
+    pub mcast_src: Option<IpAddr>,
     #[serde(default)]
     pub nopreempt: bool,
     /// Seconds.
@@ -158,6 +160,7 @@ pub struct InstanceConfig {
     pub vips: Vec<Vip>,
     pub unicast_src: Option<IpAddr>,
     pub unicast_peers: Vec<IpAddr>,
+    pub mcast_src: Option<IpAddr>,
     pub preempt: bool,
     pub preempt_delay: Duration,
     pub auth: Auth,
@@ -415,6 +418,20 @@ pub fn validate(file: &VrrpFile) -> Result<Config, ConfigError> {
                 ));
             }
         }
+        if let Some(s) = c.mcast_src {
+            if s.is_ipv6() != ipv6 {
+                errs.push(format!(
+                    "{}: {s} is not of the virtual addresses' family",
+                    k("mcast_src")
+                ));
+            }
+            if !c.unicast_peers.is_empty() {
+                errs.push(format!(
+                    "{}: is for multicast mode; with unicast_peers set unicast_src instead",
+                    k("mcast_src")
+                ));
+            }
+        }
         if c.unicast_src.is_some() && c.unicast_peers.is_empty() {
             errs.push(format!("{}: unicast_src is set but unicast_peers is empty; list the peers (there is no fallback to multicast)", k("unicast_peers")));
         }
@@ -525,6 +542,7 @@ pub fn validate(file: &VrrpFile) -> Result<Config, ConfigError> {
             vips,
             unicast_src: c.unicast_src,
             unicast_peers: c.unicast_peers.clone(),
+            mcast_src: c.mcast_src,
             preempt: !c.nopreempt,
             preempt_delay,
             auth,

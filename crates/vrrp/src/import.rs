@@ -256,6 +256,7 @@ pub fn convert(text: &str) -> Imported {
         let mut track_ifs = Vec::new();
         let mut version = global_version.clone();
         let mut unicast_src = None;
+        let mut mcast_src = None;
         let mut interface = None;
         for c in &n.children {
             let a1 = c.arg(1);
@@ -350,10 +351,7 @@ pub fn convert(text: &str) -> Imported {
                         }
                     }
                 }
-                "mcast_src_ip" => warnings.push(w(format!(
-                    "mcast_src_ip {} is not mapped: syncd sends from the interface's first address",
-                    a1.unwrap_or("")
-                ))),
+                "mcast_src_ip" => mcast_src = a1.map(str::to_string),
                 "track_script" => {
                     for t in &c.children {
                         let sname = t.key().to_string();
@@ -402,10 +400,15 @@ pub fn convert(text: &str) -> Imported {
                 let _ = writeln!(out, "unicast_src = {}", q(s));
             }
             let _ = writeln!(out, "unicast_peers = [{}]", peers.join(", "));
-        } else if unicast_src.is_some() {
-            warnings.push(w(
-                "unicast_src_ip without unicast_peer is not mapped (multicast is used)".into(),
-            ));
+        } else {
+            if unicast_src.is_some() {
+                warnings.push(w(
+                    "unicast_src_ip without unicast_peer is not mapped (multicast is used)".into(),
+                ));
+            }
+            if let Some(s) = &mcast_src {
+                let _ = writeln!(out, "mcast_src = {}", q(s));
+            }
         }
         if !track_ifs.is_empty() {
             let _ = writeln!(out, "track_interfaces = [{}]", track_ifs.join(", "));
@@ -503,10 +506,7 @@ virtual_server 10.0.0.1 80 {
             crate::config::CheckKind::Script("/etc/keepalived/check_nginx.sh".into())
         );
         let w = r.warnings.join("\n");
-        assert!(
-            w.contains("mcast_src_ip 103.110.98.14 is not mapped"),
-            "{w}"
-        );
+        assert_eq!(i.mcast_src, Some("103.110.98.14".parse().unwrap()));
         assert!(w.contains("state MASTER"), "{w}");
         assert!(w.contains("virtual_server` (LVS) is not mapped"), "{w}");
     }

@@ -53,10 +53,10 @@ enum HealthMsg {
 
 const LINK_POLL: Duration = Duration::from_millis(200);
 
-/// Pick the source address: `unicast_src`, else the first non-virtual address
+/// Pick the source address: `unicast_src` / `mcast_src`, else the first non-virtual address
 /// of the family on the interface (IPv6: a link-local one, as RFC 5798 requires).
 async fn source_address(cfg: &InstanceConfig, net: &Net, index: u32) -> Result<IpAddr, RunError> {
-    if let Some(s) = cfg.unicast_src {
+    if let Some(s) = cfg.unicast_src.or(cfg.mcast_src) {
         return Ok(s);
     }
     let addrs = net.addresses(index).await.map_err(|err| RunError::Net {

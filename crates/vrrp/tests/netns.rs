@@ -278,7 +278,10 @@ fn split_brain_heals() {
     let _g = serial();
     let mut lan = Lan::new("sb", 2);
     let vip = lan.vip();
-    let a = lan.syncd_config(0, &syncd_toml(3, 150, &vip, 1.0, ""));
+    let a = lan.syncd_config(
+        0,
+        &syncd_toml(3, 150, &vip, 1.0, &format!("mcast_src = \"{}\"", lan.ip(0))),
+    );
     let b = lan.syncd_config(1, &syncd_toml(3, 100, &vip, 1.0, ""));
     let pa = lan.start_syncd(0, &a);
     let _pb = lan.start_syncd(1, &b);

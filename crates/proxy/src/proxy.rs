@@ -285,9 +285,11 @@ async fn proxy(
         }),
     };
     let (mut parts, body) = req.into_parts();
+    // framing is read before hop-by-hop headers (Transfer-Encoding) go
+    let body_len = forward::body_len(&parts.headers);
     forward::prepare_request(&mut parts, info.client, info.tls);
     let idempotent = retry::is_idempotent(&parts.method);
-    let out_body = match forward::body_len(&parts.headers) {
+    let out_body = match body_len {
         BodyLen::None => OutBody::Bytes(Bytes::new()),
         BodyLen::Known(n) if idempotent && n <= max_replay as u64 => {
             match tokio::time::timeout(cfg.read_timeout, body.collect()).await {

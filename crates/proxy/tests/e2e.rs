@@ -637,3 +637,35 @@ async fn tls_termination_forwards_with_https_proto() {
     let _ = tokio::time::timeout(Duration::from_secs(5), request(p.listen, "GET", "/", b"")).await;
     assert_eq!(a.count(), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_stream_both_ways() {
+    let a = Backend::start("a").await;
+    let cfg = http_listener("web") + &upstream("web", "", &[(a.addr, "")]);
+    let p = Proxy::start(&cfg).await;
+    // 1 MiB response
+    let r = p.get("/big").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 1 << 20);
+    assert!(r.body.iter().all(|b| *b == b'x'));
+    // 1 MiB upload with Content-Length (streamed, not buffered)
+    let body = vec![b'y'; 1 << 20];
+    let r = request(p.listen, "POST", "/upload", &body).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.text(), format!("a {}", 1 << 20));
+    // chunked upload: re-chunked to the backend
+    let mut raw = b"PUT /upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..20 {
+        raw.extend_from_slice(format!("{:x}\r\n", 5000).as_bytes());
+        raw.extend_from_slice(&[b'z'; 5000]);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    let r = send_raw(p.listen, &raw).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.text(), "a 100000");
+    // and keep-alive reuse after all that still works
+    for _ in 0..3 {
+        assert_eq!(p.get("/").await.text(), "a 0");
+    }
+}

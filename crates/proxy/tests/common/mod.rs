@@ -188,6 +188,11 @@ async fn serve(
     if path == "/slow" {
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
+    if path == "/big" {
+        let mut r = Response::new(Full::new(Bytes::from(vec![b'x'; 1 << 20])));
+        r.headers_mut().insert("x-backend", name.parse().unwrap());
+        return Ok(r);
+    }
     let text = format!("{name} {}", body.len());
     let mut r = Response::new(Full::new(Bytes::from(text)));
     r.headers_mut().insert("x-backend", name.parse().unwrap());

@@ -36,6 +36,33 @@ fn elect_failover_garp_and_preempt() {
         .unwrap();
     let status = String::from_utf8_lossy(&out.stdout);
     assert!(status.contains("\"state\": \"MASTER\""), "{status}");
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            lan.ns(1),
+            BIN,
+            "status",
+            "--metrics",
+            "--config",
+        ])
+        .arg(&b)
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        metrics.contains("vrrp_state{instance=\"VI_1\",vrid=\"51\",state=\"BACKUP\"} 1"),
+        "{metrics}"
+    );
+    let received: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("vrrp_adverts_received_total{instance=\"VI_1\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        received >= 2,
+        "backup must count received adverts:\n{metrics}"
+    );
 
     let cap = lan.start_capture(2, "arp");
     lan.kill9(pa);
@@ -115,7 +142,20 @@ fn sigterm_releases_with_priority_zero() {
     let _g = serial();
     let mut lan = Lan::new("st", 2);
     let vip = lan.vip();
-    let a = lan.syncd_config(0, &syncd_toml(3, 150, &vip, 1.0, ""));
+    let hooks = lan.path("hooks.log");
+    let a = lan.syncd_config(
+        0,
+        &syncd_toml(
+            3,
+            150,
+            &vip,
+            1.0,
+            &format!(
+                "notify = \"echo >> {0}\"\nnotify_master = \"echo master-hook >> {0}\"",
+                hooks.display()
+            ),
+        ),
+    );
     let b = lan.syncd_config(1, &syncd_toml(3, 100, &vip, 1.0, ""));
     let pa = lan.start_syncd(0, &a);
     let pb = lan.start_syncd(1, &b);
@@ -134,6 +174,11 @@ fn sigterm_releases_with_priority_zero() {
     );
     assert!(lan.log(pb).contains("BACKUP -> MASTER"));
     assert!(lan.log(pa).contains("shutdown: sent priority 0"));
+    let h = std::fs::read_to_string(&hooks).unwrap_or_default();
+    assert!(h.contains("INSTANCE VI_1 BACKUP 150"), "{h}");
+    assert!(h.contains("INSTANCE VI_1 MASTER 150"), "{h}");
+    assert!(h.contains("master-hook"), "{h}");
+    assert!(h.contains("INSTANCE VI_1 STOP 150"), "{h}");
 }
 
 /// A failing track script (weight -60) moves the VIP; recovery moves it back.

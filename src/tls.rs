@@ -275,9 +275,9 @@ fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     // Generous windows: loopback and LAN links are fast and the standby
     // drains quickly; small defaults would cap bulk throughput.
-    t.stream_receive_window(quinn::VarInt::from_u32(32 << 20));
-    t.receive_window(quinn::VarInt::from_u32(128 << 20));
-    t.send_window(128 << 20);
+    t.stream_receive_window(quinn::VarInt::from_u32(16 << 20));
+    t.receive_window(quinn::VarInt::from_u32(32 << 20));
+    t.send_window(32 << 20);
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(256));
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(16));
     t.keep_alive_interval(Some(Duration::from_secs(2)));

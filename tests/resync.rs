@@ -54,6 +54,27 @@ fn rich_tree(root: &Path) {
         0,
     )
     .unwrap();
+    if rustix::process::geteuid().is_root() {
+        // Ownership is kept when the standby runs as root (CI does).
+        let (u, g) = unsafe {
+            (
+                rustix::fs::Uid::from_raw(1234),
+                rustix::fs::Gid::from_raw(5678),
+            )
+        };
+        rustix::fs::chown(root.join("d03"), Some(u), Some(g)).unwrap();
+        rustix::fs::chown(root.join("exec.sh"), Some(u), Some(g)).unwrap();
+        rustix::fs::chownat(
+            rustix::fs::CWD,
+            root.join("dir-link"),
+            Some(u),
+            None,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .unwrap();
+    } else {
+        eprintln!("note: not root, ownership is not exercised");
+    }
     set_mtime_ns(&root.join("deep/a"), 1_500_000_000, 1);
 }
 

@@ -171,15 +171,19 @@ pub fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, String> {
             let desc = if ft.is_dir() {
                 stack.push(p.clone());
                 format!(
-                    "dir {:o} {}.{}",
+                    "dir {:o} {}:{} {}.{}",
                     m.mode() & 0o7777,
+                    m.uid(),
+                    m.gid(),
                     m.mtime(),
                     m.mtime_nsec()
                 )
             } else if ft.is_symlink() {
                 format!(
-                    "link {:?} {}.{}",
+                    "link {:?} {}:{} {}.{}",
                     std::fs::read_link(&p).unwrap(),
+                    m.uid(),
+                    m.gid(),
                     m.mtime(),
                     m.mtime_nsec()
                 )
@@ -191,8 +195,10 @@ pub fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, String> {
                     String::new()
                 };
                 format!(
-                    "file {:o} {}.{} {}{}",
+                    "file {:o} {}:{} {}.{} {}{}",
                     m.mode() & 0o7777,
+                    m.uid(),
+                    m.gid(),
                     m.mtime(),
                     m.mtime_nsec(),
                     h.to_hex(),

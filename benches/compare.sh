@@ -192,14 +192,16 @@ rss() {
   setup_syncd "$DIR/src-huge" "$DIR/dst-syncd"; start_standby
   local t0 t1 prim
   t0=$(now)
-  prim=$( { /usr/bin/time -f '%M' "$SYNCD" resync --config primary.toml >/dev/null 2>/dev/null; } 2>&1 | tail -1)
+  /usr/bin/time -o prim-rss.txt -f '%M' "$SYNCD" resync --config primary.toml >/dev/null 2>&1
+  prim=$(tail -1 prim-rss.txt)
   t1=$(now)
   local sb
   sb=$(awk '/VmHWM/ {print $2}' /proc/$STANDBY_PID/status)
   printf '%-44s primary %6s MiB  standby %6s MiB  (target < 200 each; %.1f s)\n' "4. peak RSS, ${HUGE_MIB} MiB file whole" "$((prim / 1024))" "$((sb / 1024))" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')"
   # And as a delta against a slightly different copy.
   head -c 1048576 /dev/urandom | dd of=src-huge/huge.bin bs=1M seek=$(( HUGE_MIB / 2 )) conv=notrunc status=none
-  prim=$( { /usr/bin/time -f '%M' "$SYNCD" resync --config primary.toml >/dev/null 2>/dev/null; } 2>&1 | tail -1)
+  /usr/bin/time -o prim-rss.txt -f '%M' "$SYNCD" resync --config primary.toml >/dev/null 2>&1
+  prim=$(tail -1 prim-rss.txt)
   sb=$(awk '/VmHWM/ {print $2}' /proc/$STANDBY_PID/status)
   printf '%-44s primary %6s MiB  standby %6s MiB  (target < 200 each)\n' "4. peak RSS, ${HUGE_MIB} MiB file as delta" "$((prim / 1024))" "$((sb / 1024))"
   stop_standby; cleanup; PIDS=()

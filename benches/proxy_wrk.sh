@@ -159,13 +159,14 @@ errs()  {
     echo "non-2xx=$non2xx socket-errors=$sock"
 }
 
-# CPU time (user+sys, clock ticks) of a process and its children (nginx workers)
+# CPU time "user sys" (clock ticks) of a process and its children (nginx workers)
 cpu_ticks() {
-    local t=0 p
+    local u=0 s=0 p pu ps_
     for p in "$1" $(ps -o pid= --ppid "$1" 2>/dev/null); do
-        t=$((t + $(awk '{print $14 + $15}' /proc/"$p"/stat 2>/dev/null || echo 0)))
+        read -r pu ps_ < <(awk '{print $14, $15}' /proc/"$p"/stat 2>/dev/null || echo "0 0")
+        u=$((u + pu)); s=$((s + ps_))
     done
-    echo $t
+    echo "$u $s"
 }
 requests() { awk '/requests in/ {print $1}' "$1"; }
 median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
@@ -180,14 +181,16 @@ wrk -t1 -c8 -d2s "http://127.0.0.1:$NX_PORT/" >/dev/null 2>&1 || true
 for r in $(seq "$ROUNDS"); do
     for who in sp nx; do
         if [ $who = sp ]; then port=$SP_PORT; pid=$SP_PID; else port=$NX_PORT; pid=$NX_PID; fi
-        c0=$(cpu_ticks "$pid")
+        read -r u0 s0 < <(cpu_ticks "$pid")
         run_wrk "$port" "$WORK/$who-$r.txt"
-        c1=$(cpu_ticks "$pid")
+        read -r u1 s1 < <(cpu_ticks "$pid")
         n=$(requests "$WORK/$who-$r.txt")
-        awk -v t=$((c1 - c0)) -v n="${n:-1}" -v hz="$HZ" 'BEGIN {printf "%.2f\n", t * 1e6 / hz / n}' > "$WORK/$who-$r.cpu"
-        printf 'round %d %-12s %10s req/s  p99 %8s ms  cpu %6s us/req  %s\n' "$r" \
+        awk -v t=$((u1 - u0 + s1 - s0)) -v n="${n:-1}" -v hz="$HZ" 'BEGIN {printf "%.2f\n", t * 1e6 / hz / n}' > "$WORK/$who-$r.cpu"
+        awk -v t=$((u1 - u0)) -v n="${n:-1}" -v hz="$HZ" 'BEGIN {printf "%.2f\n", t * 1e6 / hz / n}' > "$WORK/$who-$r.ucpu"
+        printf 'round %d %-12s %10s req/s  p99 %8s ms  cpu %6s us/req (user %6s)  %s\n' "$r" \
             "$([ $who = sp ] && echo syncd-proxy || echo nginx)" "$(rps "$WORK/$who-$r.txt")" \
-            "$(pct "$WORK/$who-$r.txt" 99%)" "$(cat "$WORK/$who-$r.cpu")" "$(errs "$WORK/$who-$r.txt")"
+            "$(pct "$WORK/$who-$r.txt" 99%)" "$(cat "$WORK/$who-$r.cpu")" "$(cat "$WORK/$who-$r.ucpu")" \
+            "$(errs "$WORK/$who-$r.txt")"
     done
 done
 summary() { # who
@@ -196,13 +199,14 @@ summary() { # who
     P50=$(for f in "$WORK/$1"-*.txt; do pct "$f" 50%; done | median)
     P99=$(for f in "$WORK/$1"-*.txt; do pct "$f" 99%; done | median)
     CPU=$(cat "$WORK/$1"-*.cpu | median)
+    UCPU=$(cat "$WORK/$1"-*.ucpu | median)
 }
-summary sp; SP_RPS=$RPS; SP_P50=$P50; SP_P99=$P99; SP_CPU=$CPU
-summary nx; NX_RPS=$RPS; NX_P50=$P50; NX_P99=$P99; NX_CPU=$CPU
+summary sp; SP_RPS=$RPS; SP_P50=$P50; SP_P99=$P99; SP_CPU=$CPU; SP_UCPU=$UCPU
+summary nx; NX_RPS=$RPS; NX_P50=$P50; NX_P99=$P99; NX_CPU=$CPU; NX_UCPU=$UCPU
 echo "-- medians"
-printf '%-12s %12s %10s %10s %14s\n' proxy req/s p50_ms p99_ms cpu_us/req
-printf '%-12s %12s %10s %10s %14s\n' syncd-proxy "$SP_RPS" "$SP_P50" "$SP_P99" "$SP_CPU"
-printf '%-12s %12s %10s %10s %14s\n' nginx "$NX_RPS" "$NX_P50" "$NX_P99" "$NX_CPU"
+printf '%-12s %12s %10s %10s %14s %14s\n' proxy req/s p50_ms p99_ms cpu_us/req user_us/req
+printf '%-12s %12s %10s %10s %14s %14s\n' syncd-proxy "$SP_RPS" "$SP_P50" "$SP_P99" "$SP_CPU" "$SP_UCPU"
+printf '%-12s %12s %10s %10s %14s %14s\n' nginx "$NX_RPS" "$NX_P50" "$NX_P99" "$NX_CPU" "$NX_UCPU"
 awk -v a="$SP_RPS" -v b="$NX_RPS" -v c="$SP_P99" -v d="$NX_P99" -v e="$SP_CPU" -v f="$NX_CPU" \
     'BEGIN { printf "ratio syncd/nginx: req/s %.2fx (target >= 1.00), p99 %.2fx (target <= 1.00), cpu per request %.2fx\n", a / b, c / d, e / f }'
 

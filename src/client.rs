@@ -119,7 +119,7 @@ impl Session {
     /// so it can start the next session at once.
     pub async fn close(&self) {
         self.conn.close(0u32.into(), b"done");
-        let _ = tokio::time::timeout(Duration::from_secs(1), self._endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(Duration::from_millis(50), self._endpoint.wait_idle()).await;
     }
 
     /// Queues a request; small messages are batched into larger stream

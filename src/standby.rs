@@ -28,6 +28,22 @@ use crate::wire::{self, Encoding, Failure, Hash, Meta, Purpose, Reply, Request};
 
 /// Verified files held back before one `syncfs` + rename pass.
 const BATCH_FILES: usize = 4096;
+
+/// Each verified-but-uncommitted file holds a descriptor until its batch is
+/// committed, so the batch size also respects the descriptor limit (raised
+/// to the hard limit at start; the usual soft default of 1024 is too small).
+fn batch_files(workers: usize) -> usize {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if let Some(max) = lim.maximum {
+        if lim.current.is_some_and(|c| c < max) {
+            lim.current = Some(max.min(1 << 20));
+            let _ = setrlimit(Resource::Nofile, lim.clone());
+        }
+    }
+    let soft = getrlimit(Resource::Nofile).current.unwrap_or(1 << 20) as usize;
+    (soft.saturating_sub(256) / workers.max(1)).clamp(16, BATCH_FILES)
+}
 const BATCH_BYTES: u64 = 256 << 20;
 
 #[derive(Debug, thiserror::Error)]
@@ -260,13 +276,14 @@ async fn session_inner(
         .map(|n| n.get())
         .unwrap_or(2)
         .clamp(2, 8);
+    let batch_max = batch_files(nworkers);
     let mut workers = Vec::new();
     let mut txs = Vec::new();
     for _ in 0..nworkers {
         let (tx, rx) = mpsc::channel::<Job>(16);
         let sh = shared.clone();
         let rt = reply_tx.clone();
-        workers.push(std::thread::spawn(move || worker(sh, rx, rt)));
+        workers.push(std::thread::spawn(move || worker(sh, rx, rt, batch_max)));
         txs.push(tx);
     }
     let result = dispatch(&mut recv, &mut rbuf, &purpose, &shared, &txs, &reply_tx).await;
@@ -440,7 +457,12 @@ struct Verified<'r> {
     hash: Hash,
 }
 
-fn worker(sh: Arc<Shared>, mut rx: mpsc::Receiver<Job>, reply: mpsc::UnboundedSender<Reply>) {
+fn worker(
+    sh: Arc<Shared>,
+    mut rx: mpsc::Receiver<Job>,
+    reply: mpsc::UnboundedSender<Reply>,
+    batch_max: usize,
+) {
     let root = &sh.root;
     let mut inflight: HashMap<u64, InFlight<'_>> = HashMap::new();
     let mut pending: Vec<Verified<'_>> = Vec::new();
@@ -639,7 +661,7 @@ fn worker(sh: Arc<Shared>, mut rx: mpsc::Receiver<Job>, reply: mpsc::UnboundedSe
                     meta,
                     hash,
                 });
-                if pending.len() >= BATCH_FILES || pending_bytes >= BATCH_BYTES {
+                if pending.len() >= batch_max || pending_bytes >= BATCH_BYTES {
                     commit_batch(&sh, &mut pending, &fail);
                     pending_bytes = 0;
                 }

@@ -22,3 +22,4 @@ pub mod retry;
 pub mod state;
 pub mod tcp;
 pub mod upstream;
+pub mod workers;

@@ -31,7 +31,7 @@ pub enum ListenError {
 
 /// Bind with SO_REUSEADDR and SO_REUSEPORT so that a reload can open the new
 /// socket before the old one is closed (no refused connections).
-pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+pub fn bind_std(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let domain = if addr.is_ipv4() {
         Domain::IPV4
@@ -44,7 +44,12 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
     sock.listen(backlog.min(i32::MAX as u32) as i32)?;
-    TcpListener::from_std(sock.into())
+    Ok(sock.into())
+}
+
+/// Bind and register with the current runtime.
+pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    TcpListener::from_std(bind_std(addr, backlog)?)
 }
 
 /// Load a certificate chain and key into a rustls acceptor.
@@ -100,23 +105,26 @@ pub fn tls_acceptor(name: &str, tls: &config::Tls) -> Result<TlsAcceptor, Listen
 /// succeed or fail together).
 pub struct Bound {
     pub cfg: Arc<config::Listener>,
-    pub sockets: Vec<TcpListener>,
+    /// `copies` sockets per address, one per worker (SO_REUSEPORT group).
+    pub sockets: Vec<std::net::TcpListener>,
     pub tls: Option<TlsAcceptor>,
 }
 
-pub fn prepare(cfg: &config::Listener) -> Result<Bound, ListenError> {
+pub fn prepare(cfg: &config::Listener, copies: usize) -> Result<Bound, ListenError> {
     let tls = match &cfg.tls {
         Some(t) => Some(tls_acceptor(&cfg.name, t)?),
         None => None,
     };
     let mut sockets = Vec::new();
     for addr in &cfg.listen {
-        let s = bind(*addr, cfg.backlog).map_err(|source| ListenError::Bind {
-            name: cfg.name.clone(),
-            addr: *addr,
-            source,
-        })?;
-        sockets.push(s);
+        for _ in 0..copies.max(1) {
+            let s = bind_std(*addr, cfg.backlog).map_err(|source| ListenError::Bind {
+                name: cfg.name.clone(),
+                addr: *addr,
+                source,
+            })?;
+            sockets.push(s);
+        }
     }
     Ok(Bound {
         cfg: Arc::new(cfg.clone()),
@@ -127,12 +135,20 @@ pub fn prepare(cfg: &config::Listener) -> Result<Bound, ListenError> {
 
 /// Run one listening socket until `stop` flips, then drain its connections.
 pub async fn run(
-    socket: TcpListener,
+    socket: std::net::TcpListener,
     cfg: Arc<config::Listener>,
     tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // register with the runtime of the worker this task runs on
+    let socket = match TcpListener::from_std(socket) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(listener = %cfg.name, error = %e, "cannot register listening socket");
+            return;
+        }
+    };
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder

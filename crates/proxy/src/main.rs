@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use syncd_proxy::config::Config;
 use syncd_proxy::reload::App;
+use syncd_proxy::workers::Workers;
 use tokio::signal::unix::{signal, SignalKind};
 
 // mimalloc: measurably cheaper than glibc malloc for the many small,
@@ -58,21 +59,19 @@ fn main() -> anyhow::Result<()> {
     }
     init_tracing(cfg.global.log_json);
 
-    // One worker: a single-threaded runtime (like one nginx worker process),
-    // which avoids the work-stealing scheduler's cross-thread bookkeeping.
-    let mut rt = if cfg.global.workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    if cfg.global.workers > 1 {
-        rt.worker_threads(cfg.global.workers);
+    if cfg.global.workers == 0 {
+        cfg.global.workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     }
-    let rt = rt
+    // worker threads serve traffic; this thread handles signals, reloads,
+    // health checks and the admin endpoint
+    let workers = Workers::start(cfg.global.workers).context("starting worker threads")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    rt.block_on(run(cli, cfg))
+    let result = rt.block_on(run(cli, cfg, workers.handles()));
+    workers.stop();
+    result
 }
 
 fn init_tracing(json: bool) {
@@ -89,9 +88,9 @@ fn init_tracing(json: bool) {
     }
 }
 
-async fn run(cli: Cli, cfg: Config) -> anyhow::Result<()> {
-    let workers = cfg.global.workers;
-    let mut app = App::start(cfg).context("starting syncd-proxy")?;
+async fn run(cli: Cli, cfg: Config, handles: Vec<tokio::runtime::Handle>) -> anyhow::Result<()> {
+    let workers = handles.len();
+    let mut app = App::start(cfg, handles).context("starting syncd-proxy")?;
     tracing::info!(config = %cli.config.display(), workers, "syncd-proxy started");
     let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;

@@ -45,6 +45,7 @@ struct Admin {
 }
 
 pub struct App {
+    workers: Vec<tokio::runtime::Handle>,
     shared: Arc<Shared>,
     registry: Registry,
     listeners: Vec<Running>,
@@ -54,13 +55,16 @@ pub struct App {
 }
 
 impl App {
-    /// Bind everything and start serving. Must run inside a tokio runtime.
-    pub fn start(cfg: Config) -> Result<App, LifecycleError> {
+    /// Bind everything and start serving: listeners on the `workers`
+    /// runtimes (one socket per worker and address), admin and health checks
+    /// on the current runtime.
+    pub fn start(cfg: Config, workers: Vec<tokio::runtime::Handle>) -> Result<App, LifecycleError> {
         let mut registry = Registry::default();
+        let copies = workers.len().max(1);
         let bound: Vec<_> = cfg
             .listeners
             .iter()
-            .map(listener::prepare)
+            .map(|l| listener::prepare(l, copies))
             .collect::<Result<_, _>>()?;
         let admin_socket = match cfg.admin {
             Some(addr) => Some((
@@ -77,6 +81,7 @@ impl App {
         }));
         shared.metrics.config_generation.store(1, Ordering::Relaxed);
         let mut app = App {
+            workers,
             shared,
             registry,
             listeners: Vec::new(),
@@ -103,14 +108,19 @@ impl App {
         let tasks = b
             .sockets
             .into_iter()
-            .map(|s| {
-                tokio::spawn(listener::run(
+            .enumerate()
+            .map(|(i, s)| {
+                let task = listener::run(
                     s,
                     b.cfg.clone(),
                     b.tls.clone(),
                     self.shared.clone(),
                     rx.clone(),
-                ))
+                );
+                match self.workers.get(i % self.workers.len().max(1)) {
+                    Some(h) => h.spawn(task),
+                    None => tokio::spawn(task),
+                }
             })
             .collect();
         for a in &b.cfg.listen {
@@ -153,7 +163,7 @@ impl App {
                 .position(|r| r.cfg == *l && l.tls.is_none());
             match same {
                 Some(i) if !keep[i] => keep[i] = true,
-                _ => bound.push(listener::prepare(l)?),
+                _ => bound.push(listener::prepare(l, self.workers.len().max(1))?),
             }
         }
         let new_admin = match cfg.admin {

@@ -31,10 +31,21 @@ struct Idle {
 }
 
 /// Idle keep-alive connections to one server (nginx `keepalive`), LIFO so
-/// the most recently used (least likely to be closed by the server) goes first.
-#[derive(Default)]
+/// the most recently used (least likely to be closed by the server) goes
+/// first. One shard per worker thread, like nginx's per-worker cache, so a
+/// connection stays with the worker (and reactor) that opened it.
 pub struct Pool {
-    idle: Mutex<Vec<Idle>>,
+    shards: Vec<Mutex<Vec<Idle>>>,
+}
+
+const POOL_SHARDS: usize = 16;
+
+impl Default for Pool {
+    fn default() -> Pool {
+        Pool {
+            shards: (0..POOL_SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -45,8 +56,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Pool {
     /// Take the freshest idle connection not older than `max_idle`.
+    fn shard(&self) -> &Mutex<Vec<Idle>> {
+        &self.shards[crate::workers::index() % self.shards.len()]
+    }
+
     pub fn take(&self, now: Instant, max_idle: Duration) -> Option<Conn> {
-        let mut idle = lock(&self.idle);
+        let mut idle = lock(self.shard());
         while let Some(c) = idle.pop() {
             if now.saturating_duration_since(c.since) < max_idle && c.conn.looks_alive() {
                 return Some(c.conn);
@@ -60,7 +75,7 @@ impl Pool {
         if capacity == 0 {
             return;
         }
-        let mut idle = lock(&self.idle);
+        let mut idle = lock(self.shard());
         if idle
             .first()
             .is_some_and(|c| now.saturating_duration_since(c.since) >= max_idle)
@@ -74,7 +89,9 @@ impl Pool {
     }
 
     pub fn clear(&self) {
-        lock(&self.idle).clear();
+        for s in &self.shards {
+            lock(s).clear();
+        }
     }
 }
 

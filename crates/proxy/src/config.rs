@@ -169,7 +169,7 @@ pub struct Config {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Global {
-    /// Tokio worker threads (0 = one per core).
+    /// Worker threads, each with its own runtime and sockets (0 = one per core).
     pub workers: usize,
     pub shutdown_timeout: Duration,
     pub access_log: bool,

@@ -43,24 +43,30 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Rewrite a client request for the backend.
-pub fn prepare_request(parts: &mut Parts, client: SocketAddr, tls: bool) {
+/// The client address as a header value (computed once per connection).
+pub fn ip_value(client: SocketAddr) -> HeaderValue {
+    HeaderValue::from_str(&client.ip().to_canonical().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Rewrite a client request for the backend. `client_ip` is [`ip_value`].
+pub fn prepare_request(parts: &mut Parts, client_ip: &HeaderValue, tls: bool) {
     strip_hop_by_hop(&mut parts.headers);
-    let ip = client.ip().to_canonical().to_string();
     let xff = match parts
         .headers
         .get(&X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
     {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip.clone(),
+        Some(prev) if !prev.trim().is_empty() => {
+            let ip = client_ip.to_str().unwrap_or("unknown");
+            HeaderValue::from_str(&format!("{prev}, {ip}")).ok()
+        }
+        _ => Some(client_ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         parts.headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    if let Ok(v) = HeaderValue::from_str(&ip) {
-        parts.headers.insert(X_REAL_IP.clone(), v);
-    }
+    parts.headers.insert(X_REAL_IP.clone(), client_ip.clone());
     parts.headers.insert(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(if tls { "https" } else { "http" }),
@@ -152,7 +158,7 @@ mod tests {
                 .body(())
                 .unwrap(),
         );
-        prepare_request(&mut p, "10.1.2.3:5555".parse().unwrap(), false);
+        prepare_request(&mut p, &ip_value("10.1.2.3:5555".parse().unwrap()), false);
         for h in ["connection", "keep-alive", "x-secret", "te", "upgrade"] {
             assert!(!p.headers.contains_key(h), "{h} must be removed");
         }
@@ -169,7 +175,7 @@ mod tests {
                 .body(())
                 .unwrap(),
         );
-        prepare_request(&mut p, "10.1.2.3:5555".parse().unwrap(), false);
+        prepare_request(&mut p, &ip_value("10.1.2.3:5555".parse().unwrap()), false);
         assert_eq!(p.headers["x-forwarded-for"], "1.1.1.1, 10.1.2.3");
         assert_eq!(
             p.headers["x-forwarded-proto"], "http",
@@ -178,7 +184,11 @@ mod tests {
         assert_eq!(p.headers["x-real-ip"], "10.1.2.3");
         assert_eq!(p.headers["host"], "example.com");
         let mut p = parts(Request::get("/x").body(()).unwrap());
-        prepare_request(&mut p, "[::ffff:10.0.0.9]:1".parse().unwrap(), true);
+        prepare_request(
+            &mut p,
+            &ip_value("[::ffff:10.0.0.9]:1".parse().unwrap()),
+            true,
+        );
         assert_eq!(p.headers["x-forwarded-for"], "10.0.0.9");
         assert_eq!(p.headers["x-forwarded-proto"], "https");
     }
@@ -190,7 +200,7 @@ mod tests {
                 .body(())
                 .unwrap(),
         );
-        prepare_request(&mut p, "10.1.2.3:5555".parse().unwrap(), false);
+        prepare_request(&mut p, &ip_value("10.1.2.3:5555".parse().unwrap()), false);
         assert_eq!(p.uri, "/a/b?c=d");
         assert_eq!(p.headers["host"], "example.org:8080");
     }

@@ -15,7 +15,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -151,8 +151,7 @@ impl Conn {
         }
         let head_request = method == Method::HEAD;
         loop {
-            let (resp, consumed) = self.read_head().await?;
-            self.rbuf.advance(consumed);
+            let resp = self.read_head().await?;
             if resp.status().is_informational() {
                 continue; // 100 Continue and friends
             }
@@ -170,40 +169,57 @@ impl Conn {
         }
     }
 
-    async fn read_head(&mut self) -> Result<(Response<()>, usize), ExchangeError> {
+    /// Read and parse a response head. Header values are slices of the
+    /// read buffer (no copy); the head's bytes are consumed from the buffer.
+    async fn read_head(&mut self) -> Result<Response<()>, ExchangeError> {
+        type Span = (usize, usize, usize, usize);
         let mut got_any = !self.rbuf.is_empty();
         loop {
             if !self.rbuf.is_empty() {
-                let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut r = httparse::Response::new(&mut storage);
-                match r.parse(&self.rbuf) {
-                    Ok(httparse::Status::Complete(n)) => {
-                        let status = r
-                            .code
-                            .and_then(|c| StatusCode::from_u16(c).ok())
-                            .ok_or_else(|| ExchangeError::Invalid("bad status code".into()))?;
-                        let mut resp = Response::new(());
-                        *resp.status_mut() = status;
-                        *resp.version_mut() = if r.version == Some(0) {
-                            Version::HTTP_10
-                        } else {
-                            Version::HTTP_11
-                        };
-                        let map = resp.headers_mut();
-                        map.reserve(r.headers.len());
-                        for h in r.headers.iter() {
-                            let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| {
-                                ExchangeError::Invalid(format!("bad header name {:?}", h.name))
-                            })?;
-                            let value = HeaderValue::from_bytes(h.value).map_err(|_| {
-                                ExchangeError::Invalid(format!("bad value for {}", h.name))
-                            })?;
-                            map.append(name, value);
+                let parsed = {
+                    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    let mut r = httparse::Response::new(&mut storage);
+                    match r.parse(&self.rbuf) {
+                        Ok(httparse::Status::Complete(n)) => {
+                            let base = self.rbuf.as_ptr() as usize;
+                            let mut spans: [Span; MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
+                            for (span, h) in spans.iter_mut().zip(r.headers.iter()) {
+                                let ns = h.name.as_ptr() as usize - base;
+                                let vs = h.value.as_ptr() as usize - base;
+                                *span = (ns, ns + h.name.len(), vs, vs + h.value.len());
+                            }
+                            Some((n, r.code, r.version, spans, r.headers.len()))
                         }
-                        return Ok((resp, n));
+                        Ok(httparse::Status::Partial) => None,
+                        Err(e) => return Err(ExchangeError::Invalid(e.to_string())),
                     }
-                    Ok(httparse::Status::Partial) => {}
-                    Err(e) => return Err(ExchangeError::Invalid(e.to_string())),
+                };
+                if let Some((n, code, version, spans, count)) = parsed {
+                    let head = self.rbuf.split_to(n).freeze();
+                    let status = code
+                        .and_then(|c| StatusCode::from_u16(c).ok())
+                        .ok_or_else(|| ExchangeError::Invalid("bad status code".into()))?;
+                    let mut resp = Response::new(());
+                    *resp.status_mut() = status;
+                    *resp.version_mut() = if version == Some(0) {
+                        Version::HTTP_10
+                    } else {
+                        Version::HTTP_11
+                    };
+                    let map = resp.headers_mut();
+                    map.reserve(count);
+                    for &(ns, ne, vs, ve) in &spans[..count] {
+                        let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| {
+                            ExchangeError::Invalid(format!(
+                                "bad header name {:?}",
+                                String::from_utf8_lossy(&head[ns..ne])
+                            ))
+                        })?;
+                        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+                            .map_err(|_| ExchangeError::Invalid(format!("bad value for {name}")))?;
+                        map.append(name, value);
+                    }
+                    return Ok(resp);
                 }
                 if self.rbuf.len() > MAX_HEAD {
                     return Err(ExchangeError::Invalid("response head too large".into()));

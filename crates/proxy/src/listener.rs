@@ -186,6 +186,7 @@ pub async fn run(
             Mode::Http => {
                 let info = Arc::new(ConnInfo {
                     client,
+                    client_ip: crate::forward::ip_value(client),
                     tls: tls.is_some(),
                     listener: cfg.name.clone(),
                     upstream: cfg.upstream.clone(),

@@ -28,6 +28,8 @@ use crate::upstream::{ConnectError, ServerRt, UpstreamRt};
 #[derive(Debug)]
 pub struct ConnInfo {
     pub client: SocketAddr,
+    /// `client`'s IP as a header value, for X-Forwarded-For / X-Real-IP.
+    pub client_ip: HeaderValue,
     pub tls: bool,
     pub listener: String,
     pub upstream: String,
@@ -287,7 +289,7 @@ async fn proxy(
     let (mut parts, body) = req.into_parts();
     // framing is read before hop-by-hop headers (Transfer-Encoding) go
     let body_len = forward::body_len(&parts.headers);
-    forward::prepare_request(&mut parts, info.client, info.tls);
+    forward::prepare_request(&mut parts, &info.client_ip, info.tls);
     let idempotent = retry::is_idempotent(&parts.method);
     let out_body = match body_len {
         BodyLen::None => OutBody::Bytes(Bytes::new()),

@@ -27,6 +27,9 @@ pub enum Failure {
     ResponseTimeout,
     /// The response could not be parsed.
     InvalidResponse,
+    /// The client's request body broke off while it was being forwarded:
+    /// not the server's fault, and nothing to retry.
+    ClientAborted,
 }
 
 impl Failure {
@@ -41,7 +44,7 @@ impl Failure {
     /// Does it count toward `max_fails`? A stale pooled connection is not the
     /// server's fault: the server closed an idle connection, as it may.
     pub fn counts_as_server_failure(self) -> bool {
-        !matches!(self, Failure::StaleUnsent)
+        !matches!(self, Failure::StaleUnsent | Failure::ClientAborted)
     }
 
     pub fn is_timeout(self) -> bool {
@@ -52,6 +55,9 @@ impl Failure {
 /// May this failure be retried, considering the method and whether the body
 /// can be sent again?
 pub fn retryable(failure: Failure, method: &Method, body_replayable: bool) -> bool {
+    if failure == Failure::ClientAborted {
+        return false;
+    }
     if !failure.request_sent() {
         return true; // nothing reached the server
     }
@@ -146,6 +152,8 @@ mod tests {
             !retryable(Failure::ResetAfterSend, &Method::PUT, false),
             "streamed body cannot be replayed"
         );
+        assert!(!retryable(Failure::ClientAborted, &Method::PUT, true));
+        assert!(!Failure::ClientAborted.counts_as_server_failure());
     }
 
     #[test]

@@ -669,3 +669,49 @@ async fn large_bodies_stream_both_ways() {
         assert_eq!(p.get("/").await.text(), "a 0");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_abort_mid_upload_neither_marks_servers_down_nor_leaks() {
+    use tokio::io::AsyncWriteExt;
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let cfg = http_listener("web") + &upstream("web", "", &[(a.addr, ""), (b.addr, "")]);
+    let p = Proxy::start(&cfg).await;
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(p.listen).await.unwrap();
+        s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
+            .await
+            .unwrap();
+        s.write_all(&[b'q'; 10_000]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        drop(s); // the client goes away mid-body
+    }
+    // and a client that gives up while the backend is still thinking
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(p.listen).await.unwrap();
+        s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..6 {
+        let r = p.get("/").await;
+        assert_eq!(r.status, 200, "{r:?}");
+        seen.insert(r.backend());
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "aborted uploads must not mark servers down: {seen:?}"
+    );
+    for be in [&a, &b] {
+        let name = format!(
+            "syncd_proxy_upstream_active_connections{{upstream=\"web\",server=\"{}\"}}",
+            be.addr
+        );
+        wait_metric(&p, &name, 0.0).await;
+    }
+}

@@ -425,8 +425,17 @@ async fn stale_pooled_connections_are_retried_on_fresh_ones() {
         let method = if i % 2 == 0 { "GET" } else { "POST" };
         let r = request(p.listen, method, "/", b"x").await.unwrap();
         assert_eq!(r.status, 200, "request {i} ({method}): {r:?}");
-        // land around the backend's idle timeout to provoke the race
-        tokio::time::sleep(Duration::from_millis(130 + (i % 5) * 10)).await;
+        // GETs land around the backend's idle timeout to provoke the race
+        // (a GET caught in it is retried on a fresh connection); a POST in
+        // that instant would rightly get a 502 (never replayed), so POSTs
+        // come after the close, which the pool must notice
+        let next_is_post = (i + 1) % 2 == 1;
+        let gap = if next_is_post {
+            300
+        } else {
+            130 + (i % 5) * 10
+        };
+        tokio::time::sleep(Duration::from_millis(gap)).await;
     }
 }
 

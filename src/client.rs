@@ -449,8 +449,10 @@ async fn execute(
     let mut next_id = 0u64;
     let mut deltas = Vec::new();
     for f in p.files.iter().filter(|f| f.delta) {
-        let (block, strong) = delta::options_for(f.size);
-        if delta::check_options(block, strong, f.size).is_err() {
+        // Block size follows the base (the standby's file), like rsync, so
+        // a signature the standby cached when it wrote that file matches.
+        let (block, strong) = delta::options_for(f.base_size);
+        if delta::check_options(block, strong, f.base_size).is_err() {
             continue;
         }
         next_id += 1;

@@ -62,6 +62,60 @@ pub fn check_options(block: u32, strong: u32, size: u64) -> Result<(), DeltaErro
     }
 }
 
+/// Builds a signature from data as it streams past (e.g. while the standby
+/// writes a file), one window at a time.
+pub struct SigBuilder {
+    opts: SignatureOptions,
+    win: usize,
+    buf: Vec<u8>,
+    out: Vec<u8>,
+}
+
+impl SigBuilder {
+    pub fn new(block: u32, strong: u32, size: u64) -> Result<SigBuilder, DeltaError> {
+        check_options(block, strong, size)?;
+        Ok(SigBuilder {
+            opts: SignatureOptions {
+                block_size: block,
+                crypto_hash_size: strong,
+            },
+            win: (WINDOW / block as usize).max(1) * block as usize,
+            buf: Vec::new(),
+            out: Vec::new(),
+        })
+    }
+
+    fn emit(&mut self) {
+        let sig = Signature::calculate(&self.buf, self.opts);
+        let bytes = sig.serialized();
+        // Every window's signature starts with the same 12-byte header; keep the first.
+        self.out.extend_from_slice(if self.out.is_empty() {
+            bytes
+        } else {
+            &bytes[12..]
+        });
+        self.buf.clear();
+    }
+
+    pub fn update(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let k = (self.win - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..k]);
+            data = &data[k..];
+            if self.buf.len() == self.win {
+                self.emit();
+            }
+        }
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        if !self.buf.is_empty() || self.out.is_empty() {
+            self.emit();
+        }
+        self.out
+    }
+}
+
 /// Signature of a base file, read window by window.
 pub fn signature(
     mut base: impl Read,
@@ -69,31 +123,16 @@ pub fn signature(
     block: u32,
     strong: u32,
 ) -> Result<Vec<u8>, DeltaError> {
-    check_options(block, strong, size)?;
-    let opts = SignatureOptions {
-        block_size: block,
-        crypto_hash_size: strong,
-    };
-    let win = (WINDOW / block as usize).max(1) * block as usize;
-    let mut buf = vec![0u8; win];
-    let mut out: Vec<u8> = Vec::new();
+    let mut b = SigBuilder::new(block, strong, size)?;
+    let mut buf = vec![0u8; b.win];
     loop {
         let n = read_full(&mut base, &mut buf)?;
-        if n == 0 && !out.is_empty() {
-            break;
-        }
-        let sig = Signature::calculate(&buf[..n], opts);
-        let bytes = sig.serialized();
-        if out.is_empty() {
-            out.extend_from_slice(bytes);
-        } else {
-            out.extend_from_slice(&bytes[12..]);
-        }
-        if n < win {
+        b.update(&buf[..n]);
+        if n < buf.len() {
             break;
         }
     }
-    Ok(out)
+    Ok(b.finish())
 }
 
 /// Fills `buf` as far as the reader allows.
@@ -303,6 +342,22 @@ mod tests {
             },
         );
         assert_eq!(ours, one.serialized());
+    }
+
+    #[test]
+    fn streamed_signature_equals_read_signature() {
+        let data = pseudo((9 << 20) + 123, 4);
+        let (b, s) = options_for(data.len() as u64);
+        let mut sb = SigBuilder::new(b, s, data.len() as u64).unwrap();
+        for c in data.chunks(100_000) {
+            sb.update(c);
+        }
+        assert_eq!(
+            sb.finish(),
+            signature(&data[..], data.len() as u64, b, s).unwrap()
+        );
+        let e = SigBuilder::new(b, s, 0).unwrap().finish();
+        assert_eq!(e, signature(&[][..], 0, b, s).unwrap());
     }
 
     #[test]

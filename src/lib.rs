@@ -13,6 +13,7 @@ pub mod path;
 pub mod plan;
 pub mod primary;
 pub mod scan;
+pub mod sigcache;
 pub mod standby;
 pub mod tls;
 pub mod wire;

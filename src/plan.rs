@@ -13,6 +13,8 @@ pub struct FileOp {
     pub size: u64,
     /// Send as a delta against the standby's current file.
     pub delta: bool,
+    /// Size of the standby's current file (the delta base), if any.
+    pub base_size: u64,
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -118,6 +120,10 @@ pub fn plan(local: &[Entry], remote: &[Entry], o: &PlanOptions) -> Plan {
                         meta: e.meta,
                         size: *size,
                         delta: base && *size >= o.delta_min_size,
+                        base_size: match r.map(|r| &r.kind) {
+                            Some(Kind::File { size, .. }) => *size,
+                            _ => 0,
+                        },
                     });
                     p.content_bytes += size;
                     resent.insert(&e.path);

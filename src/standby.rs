@@ -23,6 +23,7 @@ use crate::fsroot::{Root, Staged};
 use crate::index::{Index, Stamp};
 use crate::path::RelPath;
 use crate::scan;
+use crate::sigcache::SigCache;
 use crate::tls::{self, Identity};
 use crate::wire::{self, Encoding, Failure, Hash, Meta, Purpose, Reply, Request};
 
@@ -64,6 +65,9 @@ struct Shared {
     failures: Mutex<Vec<Failure>>,
     committed: AtomicU64,
     durable: bool,
+    sigs: SigCache,
+    /// Files at least this big get their signature cached as they are written.
+    sig_min: u64,
 }
 
 pub struct Standby {
@@ -104,6 +108,8 @@ impl Standby {
             failures: Mutex::new(Vec::new()),
             committed: AtomicU64::new(0),
             durable: cfg.sync.durable,
+            sigs: SigCache::new(&cfg.state_dir),
+            sig_min: cfg.sync.delta_min_size,
         });
         Ok(Standby {
             endpoint,
@@ -434,15 +440,21 @@ struct InFlight<'r> {
     base: Option<std::fs::File>,
 }
 
+/// The staged file, with BLAKE3 (and for large files the block signature)
+/// computed over exactly the bytes written.
 struct HashingFile<'r> {
     staged: Staged<'r>,
     hasher: blake3::Hasher,
+    sig: Option<(u32, u32, delta::SigBuilder)>,
 }
 
 impl Write for HashingFile<'_> {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
         let n = self.staged.file.write(b)?;
         self.hasher.update(&b[..n]);
+        if let Some((_, _, sb)) = &mut self.sig {
+            sb.update(&b[..n]);
+        }
         Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -455,6 +467,7 @@ struct Verified<'r> {
     path: RelPath,
     meta: Meta,
     hash: Hash,
+    sig: Option<(u32, u32, Vec<u8>)>,
 }
 
 fn worker(
@@ -496,11 +509,13 @@ fn worker(
                 }
             }
             Request::Delete { path } => match root.delete(&path) {
-                Ok(()) => sh
-                    .index
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(path.as_bytes()),
+                Ok(()) => {
+                    sh.sigs.remove(&path);
+                    sh.index
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(path.as_bytes())
+                }
                 Err(e) => fail(&path, format!("delete: {e}"), false),
             },
             Request::Symlink { path, target, meta } => {
@@ -532,14 +547,20 @@ fn worker(
                 strong_len,
             } => {
                 let sig = root.open_file(&path).and_then(|f| {
-                    let size = f.metadata()?.len();
-                    delta::signature(
+                    let m = f.metadata()?;
+                    let stamp = Stamp::of(&m);
+                    if let Some(cached) = sh.sigs.get(&path, &stamp, block_size, strong_len) {
+                        return Ok(cached);
+                    }
+                    let sig = delta::signature(
                         std::io::BufReader::with_capacity(1 << 20, f),
-                        size,
+                        m.len(),
                         block_size,
                         strong_len,
                     )
-                    .map_err(std::io::Error::other)
+                    .map_err(std::io::Error::other)?;
+                    sh.sigs.put(&path, &stamp, block_size, strong_len, &sig);
+                    Ok(sig)
                 });
                 let _ = reply.send(match sig {
                     Ok(data) => Reply::Signature { id, data },
@@ -571,6 +592,14 @@ fn worker(
                             HashingFile {
                                 staged,
                                 hasher: blake3::Hasher::new(),
+                                sig: (size >= sh.sig_min)
+                                    .then(|| {
+                                        let (b, st) = delta::options_for(size);
+                                        delta::SigBuilder::new(b, st, size)
+                                            .ok()
+                                            .map(|sb| (b, st, sb))
+                                    })
+                                    .flatten(),
                             },
                         );
                         inflight.insert(
@@ -660,6 +689,7 @@ fn worker(
                     path,
                     meta,
                     hash,
+                    sig: hf.sig.map(|(b, st, sb)| (b, st, sb.finish())),
                 });
                 if pending.len() >= batch_max || pending_bytes >= BATCH_BYTES {
                     commit_batch(&sh, &mut pending, &fail);
@@ -696,7 +726,12 @@ fn commit_batch(
         match sh.root.commit(v.staged, &v.path, &v.meta) {
             Ok(f) => {
                 if let Ok(m) = f.metadata() {
-                    done.push((v.path, Stamp::of(&m), v.hash));
+                    let stamp = Stamp::of(&m);
+                    // A stale entry for a small file is harmless: its stamp no longer matches.
+                    if let Some((b, st, sig)) = &v.sig {
+                        sh.sigs.put(&v.path, &stamp, *b, *st, sig);
+                    }
+                    done.push((v.path, stamp, v.hash));
                 }
             }
             Err(e) => fail(&v.path, format!("commit: {e}"), false),

@@ -39,7 +39,7 @@ fn batch_files(workers: usize) -> usize {
     if let Some(max) = lim.maximum {
         if lim.current.is_some_and(|c| c < max) {
             lim.current = Some(max.min(1 << 20));
-            let _ = setrlimit(Resource::Nofile, lim.clone());
+            let _ = setrlimit(Resource::Nofile, lim);
         }
     }
     let soft = getrlimit(Resource::Nofile).current.unwrap_or(1 << 20) as usize;

@@ -157,7 +157,7 @@ def ts_monitor(line):
     return datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%f").timestamp()
 
 
-def one_run(impl, binary, version, adv, mode):
+def one_run(impl, binary, version, adv, mode, phase):
     for i in (0, 1):
         subprocess.run(["ip", "-n", ns(i), "addr", "del", f"{VIP}/24", "dev", "eth0"], capture_output=True)
     m = start(impl, binary, 0, 150, version, adv)
@@ -175,7 +175,8 @@ def one_run(impl, binary, version, adv, mode):
                     "arp or ip proto 112"], f"{DIR}/cap-{SEQ[0]}.txt")
         mon = Proc(["ip", "-n", ns(1), "-ts", "monitor", "address"], f"{DIR}/mon-{SEQ[0]}.txt")
         procs += [cap, mon]
-        time.sleep(0.5 + (adv * (SEQ[0] % 7) / 7.0))  # vary the phase of the kill vs. the advert timer
+        # vary the phase of the signal vs. the advert timer, identically for both implementations
+        time.sleep(0.5 + adv * phase)
         t0 = time.time()
         m.send(signal.SIGKILL if mode == "kill" else signal.SIGTERM)
         ok = wait(lambda: has_vip(1), 10)
@@ -241,7 +242,7 @@ def main():
             for impl in ("syncd", "keepalived"):
                 rs = []
                 for r in range(runs):
-                    res = one_run(impl, binary, version, adv, mode)
+                    res = one_run(impl, binary, version, adv, mode, (r % runs) / runs)
                     rs.append(res)
                     print(f"  {impl:10} v{version} adv {adv:>4}s {mode:4} run {r + 1}: "
                           + "  ".join(f"{k} {v:7.1f} ms" for k, v in res.items()), flush=True)

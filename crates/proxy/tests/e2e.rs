@@ -724,3 +724,40 @@ async fn client_abort_mid_upload_neither_marks_servers_down_nor_leaks() {
         wait_metric(&p, &name, 0.0).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_conn_avoids_the_busy_server_across_workers() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let cfg = "[global]\nworkers = 2\n\n".to_string()
+        + &http_listener("web")
+        + &upstream(
+            "web",
+            "algorithm = \"least_conn\"",
+            &[(a.addr, ""), (b.addr, "")],
+        );
+    let p = Proxy::start(&cfg).await;
+    let listen = p.listen;
+    let slow = tokio::spawn(async move { request(listen, "GET", "/slow", b"").await });
+    // wait until the slow request is in flight on one server
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while a.count() + b.count() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slow request never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let busy = if a.count() == 1 { "a" } else { "b" };
+    for _ in 0..6 {
+        let r = p.get("/").await;
+        assert_eq!(r.status, 200);
+        assert_ne!(
+            r.backend(),
+            busy,
+            "least_conn sent a request to the busy server"
+        );
+    }
+    let r = slow.await.unwrap().unwrap();
+    assert_eq!(r.backend(), busy);
+}

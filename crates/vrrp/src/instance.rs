@@ -10,7 +10,7 @@ use tokio::time::Instant as TokioInstant;
 use crate::config::InstanceConfig;
 use crate::io::arp::Announcer;
 use crate::io::checks;
-use crate::io::netlink::{Net, NetError};
+use crate::io::netlink::{LinkAddr, Net, NetError};
 use crate::io::socket::{RecvError, VrrpSocket};
 use crate::machine::{Action, Event, Machine, State};
 use crate::metrics::{unix_now, Counters, InstanceStatus};
@@ -35,6 +35,12 @@ pub enum RunError {
         iface: String,
         family: &'static str,
     },
+    #[error("instance {name}: source address {addr} on {iface} failed duplicate address detection (another host uses it); fix the address clash or set mcast_src / unicast_src")]
+    DadFailed {
+        name: String,
+        iface: String,
+        addr: IpAddr,
+    },
     #[error("instance {name}: interface {iface} has no MAC address for gratuitous ARP")]
     NoMac { name: String, iface: String },
     #[error("admin endpoint {addr}: {err}")]
@@ -53,31 +59,90 @@ enum HealthMsg {
 
 const LINK_POLL: Duration = Duration::from_millis(200);
 
-/// Pick the source address: `unicast_src` / `mcast_src`, else the first non-virtual address
-/// of the family on the interface (IPv6: a link-local one, as RFC 5798 requires).
+/// How long to wait for IPv6 duplicate address detection on the link-local source.
+/// The kernel default is about 1-2 s after link up (RFC 4862); a slow DAD (many
+/// `dad_transmits`) still gets a chance, and after this we start anyway and say why.
+const DAD_WAIT: Duration = Duration::from_secs(10);
+const DAD_POLL: Duration = Duration::from_millis(100);
+
+/// What the addresses on the interface allow as an advert source.
+#[derive(Debug, PartialEq, Eq)]
+enum SourcePick {
+    Ready(IpAddr),
+    /// The only candidates are still in DAD: sending from them fails, and a master
+    /// that cannot advertise would cause a split brain, so wait.
+    Tentative(IpAddr),
+    /// A candidate failed DAD (a duplicate on the link) and none other exists.
+    DadFailed(IpAddr),
+    None,
+}
+
+/// The first non-virtual address of the family (IPv6: link-local, as RFC 5798 requires),
+/// preferring one whose DAD has finished.
+fn pick_source(cfg: &InstanceConfig, addrs: &[LinkAddr]) -> SourcePick {
+    let candidates = addrs.iter().filter(|a| {
+        !cfg.vips.iter().any(|v| v.addr == a.ip)
+            && match a.ip {
+                IpAddr::V4(_) => !cfg.ipv6,
+                IpAddr::V6(v6) => cfg.ipv6 && (v6.segments()[0] & 0xffc0) == 0xfe80,
+            }
+    });
+    let mut pick = SourcePick::None;
+    for a in candidates {
+        if !a.tentative && !a.dad_failed {
+            return SourcePick::Ready(a.ip);
+        }
+        pick = match (pick, a.dad_failed) {
+            (SourcePick::None | SourcePick::DadFailed(_), false) => SourcePick::Tentative(a.ip),
+            (SourcePick::None, true) => SourcePick::DadFailed(a.ip),
+            (p, _) => p,
+        };
+    }
+    pick
+}
+
+/// Pick the source address: `unicast_src` / `mcast_src`, else [`pick_source`], waiting
+/// (bounded by [`DAD_WAIT`]) for a link-local address that is still tentative.
 async fn source_address(cfg: &InstanceConfig, net: &Net, index: u32) -> Result<IpAddr, RunError> {
     if let Some(s) = cfg.unicast_src.or(cfg.mcast_src) {
         return Ok(s);
     }
-    let addrs = net.addresses(index).await.map_err(|err| RunError::Net {
-        name: cfg.name.clone(),
-        err,
-    })?;
-    addrs
-        .into_iter()
-        .map(|a| a.0)
-        .find(|a| {
-            !cfg.vips.iter().any(|v| v.addr == *a)
-                && match a {
-                    IpAddr::V4(_) => !cfg.ipv6,
-                    IpAddr::V6(v6) => cfg.ipv6 && (v6.segments()[0] & 0xffc0) == 0xfe80,
-                }
-        })
-        .ok_or(RunError::NoSource {
+    let deadline = TokioInstant::now() + DAD_WAIT;
+    let mut logged = false;
+    loop {
+        let addrs = net.addresses(index).await.map_err(|err| RunError::Net {
             name: cfg.name.clone(),
-            iface: cfg.interface.clone(),
-            family: if cfg.ipv6 { "IPv6 link-local" } else { "IPv4" },
-        })
+            err,
+        })?;
+        match pick_source(cfg, &addrs) {
+            SourcePick::Ready(ip) => return Ok(ip),
+            SourcePick::Tentative(ip) if TokioInstant::now() < deadline => {
+                if !logged {
+                    tracing::info!(instance = %cfg.name, source = %ip, "waiting for duplicate address detection to finish on the source address");
+                    logged = true;
+                }
+                tokio::time::sleep(DAD_POLL).await;
+            }
+            SourcePick::Tentative(ip) => {
+                tracing::warn!(instance = %cfg.name, source = %ip, "source address still tentative after {DAD_WAIT:?}; starting anyway, adverts may fail until DAD finishes");
+                return Ok(ip);
+            }
+            SourcePick::DadFailed(ip) => {
+                return Err(RunError::DadFailed {
+                    name: cfg.name.clone(),
+                    iface: cfg.interface.clone(),
+                    addr: ip,
+                })
+            }
+            SourcePick::None => {
+                return Err(RunError::NoSource {
+                    name: cfg.name.clone(),
+                    iface: cfg.interface.clone(),
+                    family: if cfg.ipv6 { "IPv6 link-local" } else { "IPv4" },
+                })
+            }
+        }
+    }
 }
 
 /// Run one instance until `shutdown` turns true, then resign (priority 0) and release.
@@ -429,5 +494,72 @@ impl Shell<'_> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v6_cfg() -> InstanceConfig {
+        crate::config::parse(
+            "[[vrrp]]\nname = \"VI_6\"\ninterface = \"eth0\"\nvrid = 6\npriority = 100\nversion = 3\nvirtual_ips = [\"fd00::100/64\"]\n",
+        )
+        .unwrap()
+        .instances
+        .remove(0)
+    }
+
+    fn addr(ip: &str, tentative: bool, dad_failed: bool) -> LinkAddr {
+        LinkAddr {
+            ip: ip.parse().unwrap(),
+            prefix: 64,
+            tentative,
+            dad_failed,
+        }
+    }
+
+    #[test]
+    fn tentative_link_local_means_wait() {
+        let cfg = v6_cfg();
+        let a = [
+            addr("fd00::100", false, false), // the VIP itself is never a source
+            addr("fd00::7", false, false),   // global: VRRPv3 over IPv6 needs link-local
+            addr("fe80::1", true, false),
+        ];
+        assert_eq!(
+            pick_source(&cfg, &a),
+            SourcePick::Tentative("fe80::1".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn a_finished_link_local_wins_over_a_tentative_one() {
+        let cfg = v6_cfg();
+        let a = [addr("fe80::1", true, false), addr("fe80::2", false, false)];
+        assert_eq!(
+            pick_source(&cfg, &a),
+            SourcePick::Ready("fe80::2".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn dad_failure_is_reported_unless_another_candidate_exists() {
+        let cfg = v6_cfg();
+        assert_eq!(
+            pick_source(&cfg, &[addr("fe80::1", true, true)]),
+            SourcePick::DadFailed("fe80::1".parse().unwrap())
+        );
+        assert_eq!(
+            pick_source(
+                &cfg,
+                &[addr("fe80::1", true, true), addr("fe80::2", true, false)]
+            ),
+            SourcePick::Tentative("fe80::2".parse().unwrap())
+        );
+        assert_eq!(
+            pick_source(&cfg, &[addr("10.0.0.1", false, false)]),
+            SourcePick::None
+        );
     }
 }

@@ -364,7 +364,21 @@ fn ipv6_failover_and_unsolicited_na() {
     };
     let a = lan.syncd_config(0, &cfg(150));
     let b = lan.syncd_config(1, &cfg(100));
+    // n0 starts while its link-local address is still in DAD (links came up just now):
+    // the daemon must wait for DAD rather than fail its first adverts and NAs.
     let pa = lan.start_syncd(0, &a);
+    assert!(
+        wait_for(Duration::from_secs(15), || lan
+            .log(pa)
+            .contains("INIT -> BACKUP"))
+        .is_some(),
+        "n0 never started"
+    );
+    // n1 starts after n0 and has the longer master-down timer, so it must stay backup.
+    assert!(
+        wait_for(Duration::from_secs(15), || lan.dad_done(1)).is_some(),
+        "n1 DAD never finished"
+    );
     let pb = lan.start_syncd(1, &b);
     let holders = |lan: &Lan| {
         (0..2)
@@ -378,6 +392,11 @@ fn ipv6_failover_and_unsolicited_na() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(holders(&lan), vec![0]);
     assert!(lan.log(pb).contains("INIT -> BACKUP") && !lan.log(pb).contains("-> MASTER"));
+    assert!(
+        !lan.log(pa).contains("advert send failed") && !lan.log(pa).contains("ARP/NA failed"),
+        "n0 sent from a tentative address:\n{}",
+        lan.log(pa)
+    );
     let cap = lan.start_capture(2, "icmp6 and ip6[40] == 136");
     lan.kill9(pa);
     assert!(

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 
 use futures_util::TryStreamExt;
-use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags};
 use rtnetlink::Handle;
 
@@ -27,6 +27,17 @@ pub struct LinkInfo {
     pub mac: Option<[u8; 6]>,
     /// Administratively up and carrier present (IFF_UP and IFF_RUNNING/LOWER_UP).
     pub up: bool,
+}
+
+/// One address on a link, with its IPv6 duplicate-address-detection state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkAddr {
+    pub ip: IpAddr,
+    pub prefix: u8,
+    /// DAD still running: the kernel refuses to send from it (EINVAL / EADDRNOTAVAIL).
+    pub tentative: bool,
+    /// DAD found a duplicate: the address will never become usable.
+    pub dad_failed: bool,
 }
 
 /// A netlink handle; its connection task runs on the current tokio runtime.
@@ -84,8 +95,8 @@ impl Net {
         })
     }
 
-    /// Addresses on a link: (address, prefix length).
-    pub async fn addresses(&self, index: u32) -> Result<Vec<(IpAddr, u8)>, NetError> {
+    /// Addresses on a link.
+    pub async fn addresses(&self, index: u32) -> Result<Vec<LinkAddr>, NetError> {
         let mut s = self
             .handle
             .address()
@@ -106,8 +117,24 @@ impl Net {
                     _ => None,
                 })
             });
-            if let Some(a) = addr {
-                out.push((a, prefix));
+            // IFA_FLAGS (32 bits) supersedes the 8-bit header copy when present.
+            let flags = m
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    AddressAttribute::Flags(f) => Some(*f),
+                    _ => None,
+                })
+                .unwrap_or_else(|| {
+                    AddressFlags::from_bits_retain(u32::from(m.header.flags.bits()))
+                });
+            if let Some(ip) = addr {
+                out.push(LinkAddr {
+                    ip,
+                    prefix,
+                    tentative: flags.contains(AddressFlags::Tentative),
+                    dad_failed: flags.contains(AddressFlags::Dadfailed),
+                });
             }
         }
         Ok(out)

@@ -163,6 +163,38 @@ impl Lan {
             .any(|w| w.split('/').next() == Some(addr))
     }
 
+    /// Has node `i` an IPv6 link-local address on eth0 whose duplicate address detection is over?
+    pub fn dad_done(&self, i: usize) -> bool {
+        let all = output(&[
+            "ip",
+            "-n",
+            self.ns(i),
+            "-6",
+            "-o",
+            "addr",
+            "show",
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ]);
+        let tentative = output(&[
+            "ip",
+            "-n",
+            self.ns(i),
+            "-6",
+            "-o",
+            "addr",
+            "show",
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+            "tentative",
+        ]);
+        all.contains("fe80::") && tentative.trim().is_empty()
+    }
+
     pub fn holders(&self, nodes: &[usize]) -> Vec<usize> {
         let vip = self.vip();
         nodes

@@ -27,10 +27,16 @@ mkdir -p "$DIR"
 cd "$DIR"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; }
-trap 'cleanup; rm -rf "$DIR"/old' EXIT
-# Fresh destination directories each run; old ones are removed at exit, not
-# just before a run (freshly freed inodes slow ext4's allocator for whoever
-# creates files next, which would skew the comparison).
+trap 'cleanup' EXIT
+# Fresh destination directories each run. Freshly freed inodes slow ext4's
+# allocator for whoever creates files next (its "recently deleted" check
+# covers 60 s after a sync, without a journal), so what earlier runs left is deleted
+# here, before anything is measured, followed by a pause long enough for
+# that window to pass.
+if [ -d old ] && [ -n "$(ls -A old 2>/dev/null)" ]; then
+  echo "removing earlier runs' trees, then waiting 65 s (ext4 recently-deleted window)" >&2
+  rm -rf old; sync; sleep 65
+fi
 fresh() { mkdir -p old; for d in "$@"; do [ -e "$d" ] && mv "$d" "old/$d.$RANDOM$RANDOM"; mkdir -p "$d"; done; }
 
 now() { date +%s.%N; }

@@ -16,7 +16,7 @@ use crate::path::RelPath;
 use crate::plan::{self, FileOp, Plan, PlanOptions};
 use crate::scan::{self, Scan};
 use crate::tls::{self, Identity};
-use crate::wire::{self, Encoding, Entry, Failure, Kind, Purpose, Reply, Request, CHUNK};
+use crate::wire::{self, Encoding, Entry, Failure, Kind, Purpose, Reply, Request, Scope, CHUNK};
 
 /// Files at most this big are read in one go and pipelined.
 const SMALL: u64 = 1 << 20;
@@ -207,6 +207,16 @@ impl Session {
 
     pub async fn list(&mut self, checksum: bool) -> Result<Vec<Entry>, ClientError> {
         self.send(&Request::List { checksum }).await?;
+        self.list_reply().await
+    }
+
+    /// Like [`Session::list`] for part of the tree.
+    pub async fn list_scope(&mut self, scope: Vec<Scope>) -> Result<Vec<Entry>, ClientError> {
+        self.send(&Request::ListScope { scope }).await?;
+        self.list_reply().await
+    }
+
+    async fn list_reply(&mut self) -> Result<Vec<Entry>, ClientError> {
         let mut out = Vec::new();
         loop {
             match self.control_reply().await? {
@@ -221,14 +231,29 @@ impl Session {
         }
     }
 
-    pub async fn barrier(&mut self, id: u64) -> Result<Vec<Failure>, ClientError> {
-        self.send(&Request::Barrier { id }).await?;
+    /// Everything sent so far is committed and durable on the standby.
+    pub async fn commit(&mut self, id: u64) -> Result<Vec<Failure>, ClientError> {
+        self.send(&Request::Commit { id }).await?;
+        self.barrier_reply(id).await
+    }
+
+    async fn barrier_reply(&mut self, id: u64) -> Result<Vec<Failure>, ClientError> {
         match self.control_reply().await? {
             Reply::BarrierDone { id: got, failures } if got == id => Ok(failures),
             other => Err(ClientError::Protocol(format!(
                 "expected BarrierDone, got {other:?}"
             ))),
         }
+    }
+
+    /// Sends a rename to replay (best effort on the standby).
+    pub async fn rename(&mut self, from: RelPath, to: RelPath) -> Result<(), ClientError> {
+        self.send(&Request::Rename { from, to }).await
+    }
+
+    pub async fn barrier(&mut self, id: u64) -> Result<Vec<Failure>, ClientError> {
+        self.send(&Request::Barrier { id }).await?;
+        self.barrier_reply(id).await
     }
 
     pub async fn finish(mut self) -> Result<(u64, quinn::ConnectionStats, u64, u64), ClientError> {
@@ -267,6 +292,9 @@ pub struct Summary {
     pub skipped: Vec<String>,
     pub vanished: u64,
     pub content_bytes: u64,
+    /// Planned content bytes of files sent whole / as deltas.
+    pub bytes_whole: u64,
+    pub bytes_delta: u64,
     /// Bytes of delta instructions and literals sent for delta files.
     pub delta_bytes: u64,
     /// Protocol bytes sent / received (frames, like rsync's --stats totals).
@@ -312,23 +340,56 @@ impl std::fmt::Display for Summary {
     }
 }
 
-fn local_scan(cfg: &Config, hash: bool) -> Result<(Scan, Index), ClientError> {
-    let mut ix = Index::load(&cfg.state_dir.join("index.bin"));
-    let s = scan::scan(&cfg.export, &mut ix, hash, hash)?;
-    Ok((s, ix))
-}
-
 /// One-shot: make the standby equal to this primary.
 pub async fn resync(cfg: &Config, o: &ResyncOptions) -> Result<Summary, ClientError> {
     let t0 = Instant::now();
     let mut s = Session::connect(cfg, Purpose::Resync).await?;
-    let c2 = cfg.clone();
+    let mut index = Index::load(&cfg.state_dir.join("index.bin"));
+    let mut sum = reconcile(&mut s, cfg, o, &mut index, None).await?;
+    let (_committed, stats, tx, rx) = s.finish().await?;
+    if !o.dry_run {
+        if let Err(e) = index.save() {
+            tracing::warn!("could not save the primary's index: {e}");
+        }
+    }
+    sum.wire_tx = tx;
+    sum.wire_rx = rx;
+    sum.udp_bytes = stats.udp_tx.bytes + stats.udp_rx.bytes;
+    sum.elapsed = t0.elapsed();
+    Ok(sum)
+}
+
+/// Compares this primary with the standby, over the whole tree or just
+/// `scope`, and sends what differs; ends with a barrier (not yet durable).
+/// The one comparison behind `resync`, reconnects and live replication.
+pub async fn reconcile(
+    s: &mut Session,
+    cfg: &Config,
+    o: &ResyncOptions,
+    index: &mut Index,
+    scope: Option<Vec<Scope>>,
+) -> Result<Summary, ClientError> {
+    let t0 = Instant::now();
     let checksum = o.checksum;
-    let local = tokio::task::spawn_blocking(move || local_scan(&c2, checksum));
-    let remote = s.list(o.checksum).await?;
-    let (local, mut index) = local
+    let root = cfg.export.clone();
+    let mut ix = std::mem::take(index);
+    let local_scope = scope.clone();
+    let local = tokio::task::spawn_blocking(move || {
+        let r = match &local_scope {
+            None => scan::scan(&root, &mut ix, checksum, checksum),
+            Some(sc) => scan::scan_scoped(&root, &mut ix, sc, checksum),
+        };
+        (r, ix)
+    });
+    let remote = match scope {
+        None => s.list(o.checksum).await,
+        Some(sc) => s.list_scope(sc).await,
+    };
+    let (local, ix) = local
         .await
-        .map_err(|e| ClientError::Protocol(e.to_string()))??;
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    *index = ix;
+    let (local, remote): (Scan, _) = (local?, remote?);
     let owners = rustix::process::geteuid().is_root();
     let p = plan::plan(
         &local.entries,
@@ -340,11 +401,14 @@ pub async fn resync(cfg: &Config, o: &ResyncOptions) -> Result<Summary, ClientEr
             owners,
         },
     );
+    let bytes_delta = p.files.iter().filter(|f| f.delta).map(|f| f.size).sum();
     let mut sum = Summary {
         scanned: local.entries.len() as u64,
         unchanged: p.unchanged,
         skipped: local.skipped.clone(),
         content_bytes: p.content_bytes,
+        bytes_whole: p.content_bytes - bytes_delta,
+        bytes_delta,
         dry_run: o.dry_run,
         ..Default::default()
     };
@@ -372,23 +436,14 @@ pub async fn resync(cfg: &Config, o: &ResyncOptions) -> Result<Summary, ClientEr
         sum.sent_whole = p.files.iter().filter(|f| !f.delta).count() as u64;
         sum.sent_delta = p.files.len() as u64 - sum.sent_whole;
         sum.deleted = p.deletes.len() as u64;
-        let (_, stats, tx, rx) = s.finish().await?;
-        sum.wire_tx = tx;
-        sum.wire_rx = rx;
-        sum.udp_bytes = stats.udp_tx.bytes + stats.udp_rx.bytes;
         sum.elapsed = t0.elapsed();
         return Ok(sum);
     }
     let bar = progress_bar(o.progress, &p);
-    execute(&mut s, cfg, &p, &mut sum, &mut index, &bar).await?;
+    let delta0 = s.delta_bytes;
+    execute(s, cfg, &p, &mut sum, index, &bar).await?;
+    sum.delta_bytes = s.delta_bytes - delta0;
     bar.finish_and_clear();
-    let (_committed, stats, tx, rx) = s.finish().await?;
-    if let Err(e) = index.save() {
-        tracing::warn!("could not save the primary's index: {e}");
-    }
-    sum.wire_tx = tx;
-    sum.wire_rx = rx;
-    sum.udp_bytes = stats.udp_tx.bytes + stats.udp_rx.bytes;
     sum.elapsed = t0.elapsed();
     Ok(sum)
 }
@@ -536,7 +591,6 @@ async fn execute(
     }
     sum.meta_only = p.meta_changes;
     sum.failures.extend(s.barrier(next_barrier()).await?);
-    sum.delta_bytes = s.delta_bytes;
     Ok(())
 }
 
@@ -897,9 +951,12 @@ pub struct Difference {
 pub async fn verify(cfg: &Config) -> Result<Vec<Difference>, ClientError> {
     let mut s = Session::connect(cfg, Purpose::Verify).await?;
     let c2 = cfg.clone();
-    let local = tokio::task::spawn_blocking(move || local_scan(&c2, true));
+    let local = tokio::task::spawn_blocking(move || {
+        let mut ix = Index::load(&c2.state_dir.join("index.bin"));
+        scan::scan(&c2.export, &mut ix, true, true)
+    });
     let remote = s.list(true).await?;
-    let (local, _) = local
+    let local = local
         .await
         .map_err(|e| ClientError::Protocol(e.to_string()))??;
     let _ = s.finish().await;

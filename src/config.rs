@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::batch::BatchConfig;
+
 use crate::tls::Fingerprint;
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +48,16 @@ struct RawSync {
     checksum: bool,
     #[serde(default = "yes")]
     durable: bool,
+    #[serde(default = "default_window_ms")]
+    batch_window_ms: u64,
+    #[serde(default = "default_max_delay_ms")]
+    batch_max_delay_ms: u64,
+    #[serde(default = "default_max_paths")]
+    batch_max_paths: usize,
+    #[serde(default = "default_settle_ms")]
+    settle_ms: u64,
+    #[serde(default = "default_full_secs")]
+    full_reconcile_secs: u64,
 }
 
 impl Default for RawSync {
@@ -55,8 +67,29 @@ impl Default for RawSync {
             delta_min_size: default_delta_min(),
             checksum: false,
             durable: true,
+            batch_window_ms: default_window_ms(),
+            batch_max_delay_ms: default_max_delay_ms(),
+            batch_max_paths: default_max_paths(),
+            settle_ms: default_settle_ms(),
+            full_reconcile_secs: default_full_secs(),
         }
     }
+}
+
+fn default_window_ms() -> u64 {
+    BatchConfig::default().window.as_millis() as u64
+}
+fn default_max_delay_ms() -> u64 {
+    BatchConfig::default().max_delay.as_millis() as u64
+}
+fn default_max_paths() -> usize {
+    BatchConfig::default().max_paths
+}
+fn default_settle_ms() -> u64 {
+    BatchConfig::default().settle.as_millis() as u64
+}
+fn default_full_secs() -> u64 {
+    3600
 }
 
 fn yes() -> bool {
@@ -80,6 +113,10 @@ pub struct SyncOptions {
     pub checksum: bool,
     /// syncfs before acknowledging; off only for throwaway benchmarks.
     pub durable: bool,
+    /// Live replication: how changes are coalesced.
+    pub batch: BatchConfig,
+    /// A full reconcile this often while live (0 = never), as a safety net.
+    pub full_reconcile: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -217,6 +254,30 @@ impl Config {
                 "sync.delta_min_size: must be at least 1 (bytes); the default is 65536".into(),
             ));
         }
+        let rs = &raw.sync;
+        if rs.batch_max_delay_ms == 0 || rs.batch_window_ms > rs.batch_max_delay_ms {
+            return Err(err(format!(
+                "sync.batch_max_delay_ms: must be at least 1 and at least sync.batch_window_ms ({}); the defaults are {} and {}",
+                rs.batch_window_ms,
+                default_max_delay_ms(),
+                default_window_ms()
+            )));
+        }
+        if rs.batch_max_paths == 0 {
+            return Err(err(format!(
+                "sync.batch_max_paths: must be at least 1; the default is {}",
+                default_max_paths()
+            )));
+        }
+        let ms = std::time::Duration::from_millis;
+        let batch = BatchConfig {
+            window: ms(rs.batch_window_ms),
+            max_delay: ms(rs.batch_max_delay_ms),
+            max_paths: rs.batch_max_paths,
+            settle: ms(rs.settle_ms),
+        };
+        let full_reconcile = (rs.full_reconcile_secs > 0)
+            .then(|| std::time::Duration::from_secs(rs.full_reconcile_secs));
         Ok(Config {
             file: file.to_path_buf(),
             node_id,
@@ -234,6 +295,8 @@ impl Config {
                 delta_min_size: raw.sync.delta_min_size,
                 checksum: raw.sync.checksum,
                 durable: raw.sync.durable,
+                batch,
+                full_reconcile,
             },
         })
     }

@@ -76,7 +76,20 @@ fn free_udp_port() -> std::io::Result<u16> {
         .port())
 }
 
-pub fn run(dir: Option<PathBuf>, files: usize) -> Result<(), DemoError> {
+fn free_tcp_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// `live`: after the resync part, run a primary daemon and write a file every
+/// `interval` until Ctrl-C (or for `seconds`), showing each one's latency.
+pub fn run(
+    dir: Option<PathBuf>,
+    files: usize,
+    seconds: Option<u64>,
+    interval: Duration,
+) -> Result<(), DemoError> {
     let base = match dir {
         Some(d) => {
             std::fs::create_dir_all(&d)?;
@@ -100,13 +113,14 @@ pub fn run(dir: Option<PathBuf>, files: usize) -> Result<(), DemoError> {
         }
     }
     let port = free_udp_port()?;
+    let admin = free_tcp_port()?;
     write_config(
         &base.join("standby.toml"),
         &format!("node_id = \"standby\"\nexport = \"standby\"\nlisten = \"127.0.0.1:{port}\"\ncert = \"standby-keys/node.crt\"\nkey = \"standby-keys/node.key\"\npeer_cert = \"primary-keys/node.crt\"\n"),
     )?;
     write_config(
         &base.join("primary.toml"),
-        &format!("node_id = \"primary\"\nexport = \"primary\"\npeer = \"127.0.0.1:{port}\"\ncert = \"primary-keys/node.crt\"\nkey = \"primary-keys/node.key\"\npeer_cert = \"standby-keys/node.crt\"\n"),
+        &format!("node_id = \"primary\"\nexport = \"primary\"\npeer = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin}\"\ncert = \"primary-keys/node.crt\"\nkey = \"primary-keys/node.key\"\npeer_cert = \"standby-keys/node.crt\"\n"),
     )?;
     let t = Instant::now();
     let bytes = generate_tree(&pex, files, 42)?;
@@ -118,7 +132,7 @@ pub fn run(dir: Option<PathBuf>, files: usize) -> Result<(), DemoError> {
 
     let exe = std::env::current_exe()?;
     let log = std::fs::File::create(base.join("standby.log"))?;
-    let child = Command::new(exe)
+    let child = Command::new(&exe)
         .args(["--role", "standby", "--config"])
         .arg(base.join("standby.toml"))
         .stdout(Stdio::null())
@@ -182,6 +196,112 @@ pub fn run(dir: Option<PathBuf>, files: usize) -> Result<(), DemoError> {
             diffs.len()
         )));
     }
-    println!("\nTry it yourself:\n  syncd resync --config {0}/primary.toml --dry-run\n  syncd verify --config {0}/primary.toml\n(the standby process stops when the demo exits; start it with `syncd --role standby --config {0}/standby.toml`)", base.display());
+    live(&rt, &exe, &base, &pex, &sex, seconds, interval)?;
+    println!("\nTry it yourself:\n  syncd resync --config {0}/primary.toml --dry-run\n  syncd verify --config {0}/primary.toml\n(the daemons stop when the demo exits; start them with `syncd --role standby --config {0}/standby.toml` and `syncd --role primary --config {0}/primary.toml`)", base.display());
+    Ok(())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn live(
+    rt: &tokio::runtime::Runtime,
+    exe: &Path,
+    base: &Path,
+    pex: &Path,
+    sex: &Path,
+    seconds: Option<u64>,
+    interval: Duration,
+) -> Result<(), DemoError> {
+    let log = std::fs::File::create(base.join("primary.log"))?;
+    let child = Command::new(exe)
+        .args(["--role", "primary", "--config"])
+        .arg(base.join("primary.toml"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    let _primary = KillOnDrop(child);
+    std::fs::create_dir_all(pex.join("live"))?;
+    match seconds {
+        Some(s) => println!("\n== live replication for {s} s: a write every {interval:?} on the primary, timed until it is readable on the standby =="),
+        None => println!("\n== live replication: a write every {interval:?} on the primary, timed until it is readable on the standby (Ctrl-C to stop) =="),
+    }
+    let cfg = Config::load(&base.join("primary.toml")).map_err(msg)?;
+    let lat = rt.block_on(async {
+        let start = Instant::now();
+        let mut lat = Vec::new();
+        let mut i = 0u64;
+        let stop = tokio::signal::ctrl_c();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            if seconds.is_some_and(|s| start.elapsed() >= Duration::from_secs(s)) {
+                break;
+            }
+            i += 1;
+            let name = format!("live/{i:05}.txt");
+            let body = format!("write {i} at {:?}\n", start.elapsed());
+            std::fs::write(pex.join(&name), &body)?;
+            let t = Instant::now();
+            let seen = loop {
+                if std::fs::read(sex.join(&name)).is_ok_and(|b| b == body.as_bytes()) {
+                    break Some(t.elapsed());
+                }
+                if t.elapsed() > Duration::from_secs(10) {
+                    break None;
+                }
+                tokio::time::sleep(Duration::from_micros(500)).await;
+            };
+            match seen {
+                Some(d) => {
+                    println!(
+                        "  {name}: on the standby after {:6.1} ms",
+                        d.as_secs_f64() * 1e3
+                    );
+                    lat.push(d);
+                }
+                None => println!(
+                    "  {name}: not on the standby after 10 s (see {}/primary.log)",
+                    base.display()
+                ),
+            }
+            if i % 10 == 0 {
+                let to = format!("live/renamed-{i:05}.txt");
+                std::fs::rename(pex.join(&name), pex.join(&to))?;
+                let t = Instant::now();
+                while !sex.join(&to).exists() && t.elapsed() < Duration::from_secs(10) {
+                    tokio::time::sleep(Duration::from_micros(500)).await;
+                }
+                println!(
+                    "  renamed {name} -> {to}: on the standby after {:6.1} ms",
+                    t.elapsed().as_secs_f64() * 1e3
+                );
+            }
+        }
+        if let Some(a) = cfg.admin {
+            if let Ok(st) = crate::admin::fetch(a, "/status").await {
+                println!("\n== syncd status (primary) ==\n{st}");
+            }
+        }
+        Ok::<_, DemoError>(lat)
+    })?;
+    let mut sorted = lat.clone();
+    sorted.sort();
+    if !sorted.is_empty() {
+        println!(
+            "{} writes: latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            sorted.len(),
+            percentile(&sorted, 0.5).as_secs_f64() * 1e3,
+            percentile(&sorted, 0.99).as_secs_f64() * 1e3,
+            sorted[sorted.len() - 1].as_secs_f64() * 1e3
+        );
+    }
     Ok(())
 }

@@ -312,6 +312,14 @@ impl Root {
         }
     }
 
+    /// Renames `from` to `to` beneath the root (both parents resolved with
+    /// openat2, so neither can escape). Replaces a file or empty directory at `to`.
+    pub fn rename(&self, from: &RelPath, to: &RelPath) -> io::Result<()> {
+        let (fd, fname) = self.parent(from)?;
+        let (td, tname) = self.parent(to)?;
+        Ok(rustix::fs::renameat(&fd, os(&fname), &td, os(&tname))?)
+    }
+
     pub fn symlink(&self, p: &RelPath, target: &[u8], meta: &Meta) -> io::Result<()> {
         let name = format!(
             "{}.{}.lnk",

@@ -3,6 +3,8 @@
 //! Data flow and the reasons behind it are in DESIGN.md; each module holds one
 //! piece of it.
 
+pub mod admin;
+pub mod batch;
 pub mod client;
 pub mod config;
 pub mod delta;
@@ -15,5 +17,7 @@ pub mod primary;
 pub mod scan;
 pub mod sigcache;
 pub mod standby;
+pub mod stats;
 pub mod tls;
+pub mod watch;
 pub mod wire;

@@ -74,6 +74,12 @@ enum Cmd {
     },
     /// Compare both trees by content and metadata; change nothing. Exit 0 iff equal.
     Verify,
+    /// Print the running daemon's status (role, peer, lag, counters) from its admin address.
+    Status {
+        /// Print the Prometheus metrics instead.
+        #[arg(long)]
+        metrics: bool,
+    },
     /// Self-contained demo on loopback: generated tree, certificates, a standby, a resync.
     Demo {
         /// Where to put the demo (default: a new temporary directory).
@@ -82,6 +88,12 @@ enum Cmd {
         /// Number of small files to generate.
         #[arg(long, default_value_t = 2000)]
         files: usize,
+        /// Stop the live part after this many seconds (default: at Ctrl-C).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Time between the live part's writes, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        interval_ms: u64,
     },
     /// VRRP failover (keepalived replacement); see crates/vrrp/README.md.
     #[command(disable_help_flag = true)]
@@ -204,8 +216,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::from(1))
             }
         }
-        Some(Cmd::Demo { dir, files }) => {
-            syncd::demo::run(dir, files)?;
+        Some(Cmd::Status { metrics }) => {
+            let cfg = load(&cli.config)?;
+            let Some(admin) = cfg.admin else {
+                bail!(
+                    "{}: admin: missing; set admin = \"127.0.0.1:7401\" so the daemon serves its status",
+                    cfg.file.display()
+                )
+            };
+            let path = if metrics { "/metrics" } else { "/status" };
+            let text = runtime()?.block_on(syncd::admin::fetch(admin, path))?;
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Cmd::Demo {
+            dir,
+            files,
+            seconds,
+            interval_ms,
+        }) => {
+            syncd::demo::run(
+                dir,
+                files,
+                seconds,
+                std::time::Duration::from_millis(interval_ms),
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Cmd::Vrrp { .. }) => unreachable!("handled before logging is set up"),
@@ -220,7 +255,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 let rt = runtime()?;
                 rt.block_on(async {
+                    let admin = cfg.admin;
                     let s = Standby::bind(cfg)?;
+                    if let Some(a) = admin {
+                        syncd::admin::start(a, s.stats())
+                            .await
+                            .with_context(|| format!("admin: cannot listen on {a}"))?;
+                    }
                     s.run(shutdown_signal()).await;
                     anyhow::Ok(())
                 })?;

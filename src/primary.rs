@@ -1,104 +1,316 @@
-//! `syncd --role primary`, first cut: reconcile-driven.
+//! `syncd --role primary`: connect, reconcile, then follow changes live.
 //!
-//! Correctness comes from reconcile (the same comparison as `syncd resync`);
-//! inotify events only decide *when* to reconcile. Each burst of events is
-//! coalesced for a short window, then one reconcile runs. Without a usable
-//! watch (e.g. the inotify watch limit) it falls back to a periodic reconcile
-//! and says so. Per-path incremental shipping is the next step (issue 3).
+//! Correctness comes from reconcile (the comparison behind `syncd resync`):
+//! a (re)connect runs it over the whole tree, and each batch of inotify
+//! changes runs it over just the changed paths. Renames are replayed first so
+//! a moved file or directory costs bytes, not a copy. Each batch ends with a
+//! durable commit on the standby; that acknowledgement is what the lag counts.
 
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
-use tokio::sync::mpsc;
+use tokio::time::Instant;
 
-use crate::client::{self, ClientError, ResyncOptions};
+use crate::batch::{Batch, Batcher, Change};
+use crate::client::{self, ClientError, ResyncOptions, Session};
 use crate::config::Config;
+use crate::index::Index;
+use crate::path::RelPath;
+use crate::stats::{unix_now, Stats};
+use crate::watch::Watch;
+use crate::wire::Purpose;
 
-const QUIET: Duration = Duration::from_millis(20);
-const MAX_DELAY: Duration = Duration::from_millis(200);
-const PERIODIC: Duration = Duration::from_secs(60);
+/// Without a working watch, reconcile this often.
 const PERIODIC_NO_WATCH: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Files the standby could not apply are retried after this (doubling).
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
 
+/// Runs until `shutdown`; serves `/metrics` and `/status` on `admin` if set.
 pub async fn run(
     cfg: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ClientError> {
+    let peer = cfg.require_peer()?;
+    let stats = Arc::new(Stats::new("primary", peer.to_string()));
+    if let Some(a) = cfg.admin {
+        crate::admin::start(a, stats.clone()).await.map_err(|e| {
+            ClientError::Io(std::io::Error::new(
+                e.kind(),
+                format!("admin: cannot listen on {a}: {e}"),
+            ))
+        })?;
+    }
+    run_with(cfg, stats, shutdown).await
+}
+
+struct Retry {
+    paths: Vec<RelPath>,
+    at: Option<Instant>,
+    delay: Duration,
+}
+
+pub async fn run_with(
+    cfg: Config,
+    stats: Arc<Stats>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ClientError> {
     tokio::pin!(shutdown);
-    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-    let state = cfg.state_dir.clone();
-    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        let relevant = match &res {
-            Ok(ev) => ev.paths.is_empty() || ev.paths.iter().any(|p| !p.starts_with(&state)),
-            Err(_) => true,
-        };
-        if relevant {
-            let _ = tx.send(());
-        }
-    })
-    .and_then(|mut w| w.watch(&cfg.export, RecursiveMode::Recursive).map(|_| w));
-    let period = match &watcher {
-        Ok(_) => PERIODIC,
+    let mut watch = match Watch::start(&cfg.export) {
+        Ok(w) => Some(w),
         Err(e) => {
-            tracing::error!("cannot watch {} ({e}); falling back to a reconcile every {:?} (raise fs.inotify.max_user_watches)", cfg.export.display(), PERIODIC_NO_WATCH);
-            PERIODIC_NO_WATCH
+            tracing::error!("{e}; falling back to a full reconcile every {PERIODIC_NO_WATCH:?}");
+            stats.error(&e);
+            None
         }
     };
+    let periodic = match (&watch, cfg.sync.full_reconcile) {
+        (None, _) => Some(PERIODIC_NO_WATCH),
+        (Some(_), p) => p,
+    };
+    let mut next_full = periodic.map(|p| Instant::now() + p);
+    let mut index = Index::load(&cfg.state_dir.join("index.bin"));
     let opts = ResyncOptions {
         dry_run: false,
-        checksum: false,
+        checksum: cfg.sync.checksum,
         delete: cfg.sync.delete,
         progress: false,
     };
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        match client::resync(&cfg, &opts).await {
-            Ok(s) => {
-                backoff = Duration::from_millis(500);
-                if s.sent_whole
-                    + s.sent_delta
-                    + s.deleted
-                    + s.meta_only
-                    + s.symlinks
-                    + s.hard_links
-                    + s.dirs_created
-                    > 0
-                {
-                    tracing::info!(
-                        whole = s.sent_whole,
-                        delta = s.sent_delta,
-                        deleted = s.deleted,
-                        ms = s.elapsed.as_millis() as u64,
-                        "replicated"
-                    );
+    let wake = watch.as_ref().map(|w| w.wake.clone());
+    let mut retry = Retry {
+        paths: Vec::new(),
+        at: None,
+        delay: RETRY_MIN,
+    };
+    let mut backoff = BACKOFF_MIN;
+    let mut commit_id = 0u64;
+    'connect: loop {
+        let mut s = tokio::select! {
+            r = Session::connect(&cfg, Purpose::Resync) => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("standby unavailable: {e}; retrying in {backoff:?}");
+                    stats.error(&e);
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = &mut shutdown => return Ok(()),
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue 'connect;
                 }
-                for f in &s.failures {
-                    tracing::warn!(path = %f.path, "not replicated: {}", f.error);
+            },
+            _ = &mut shutdown => return Ok(()),
+        };
+        backoff = BACKOFF_MIN;
+        stats.connects.fetch_add(1, Relaxed);
+        stats.connected_since.store(unix_now(), Relaxed);
+        tracing::info!(peer = %stats.peer, "connected to the standby; reconciling");
+        // The full reconcile covers everything seen so far; changes from now on
+        // arrive as events.
+        if let Some(w) = &mut watch {
+            while w.rx.try_recv().is_ok() {}
+            w.dropped.store(false, Relaxed);
+        }
+        let mut batcher = Batcher::new(cfg.sync.batch);
+        batcher.force_full(Instant::now().into_std());
+        let mut live = false;
+        loop {
+            let now = Instant::now();
+            if let Some(w) = &mut watch {
+                while let Ok(c) = w.rx.try_recv() {
+                    stats.events.fetch_add(1, Relaxed);
+                    batcher.push(c, now.into_std());
+                }
+                if w.dropped.swap(false, Relaxed) {
+                    stats.overflows.fetch_add(1, Relaxed);
+                    tracing::warn!("change queue overflowed; a full reconcile follows");
+                    batcher.push(Change::Lost, now.into_std());
+                }
+                if w.limit_hit.swap(false, Relaxed) && next_full.is_none() {
+                    tracing::error!("inotify watch limit reached (raise fs.inotify.max_user_watches); adding a full reconcile every {PERIODIC_NO_WATCH:?}");
+                    next_full = Some(now + PERIODIC_NO_WATCH);
                 }
             }
-            Err(e) => {
-                tracing::warn!("reconcile failed: {e}; retrying in {backoff:?}");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = &mut shutdown => return Ok(()),
+            if next_full.is_some_and(|t| now >= t) {
+                batcher.force_full(now.into_std());
+                next_full = periodic.map(|p| now + p).or(Some(now + PERIODIC_NO_WATCH));
+            }
+            if retry.at.is_some_and(|t| now >= t) {
+                retry.at = None;
+                for p in retry.paths.drain(..) {
+                    batcher.push(Change::Settled(p), now.into_std());
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            stats.queue.store(batcher.pending() as u64, Relaxed);
+            if let Some(b) = batcher.take(now.into_std()) {
+                commit_id += 1;
+                let pending = batcher.pending() as u64;
+                match ship(
+                    &mut s, &cfg, &opts, &mut index, &mut watch, b, &stats, commit_id, pending,
+                )
+                .await
+                {
+                    Ok(failed) => {
+                        if failed.is_empty() {
+                            retry.delay = RETRY_MIN;
+                        } else {
+                            retry.paths.extend(failed);
+                            retry.at = Some(Instant::now() + retry.delay);
+                            retry.delay = (retry.delay * 2).min(RETRY_MAX);
+                        }
+                        if !live {
+                            live = true;
+                            tracing::info!("in sync; following changes");
+                        }
+                        stats.set_lag(batcher.pending() as u64, batcher.oldest());
+                    }
+                    Err(e) => {
+                        tracing::warn!("lost the standby: {e}; reconnecting");
+                        stats.error(&e);
+                        stats.connected_since.store(0, Relaxed);
+                        s.close().await;
+                        continue 'connect;
+                    }
+                }
                 continue;
             }
-        }
-        tokio::select! {
-            _ = rx.recv() => {}
-            _ = tokio::time::sleep(period) => {}
-            _ = &mut shutdown => return Ok(()),
-        }
-        // Coalesce the burst: wait for QUIET without events, at most MAX_DELAY.
-        let deadline = tokio::time::Instant::now() + MAX_DELAY;
-        loop {
+            let deadline = [
+                batcher.deadline().map(Instant::from_std),
+                next_full,
+                retry.at,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let far = now + Duration::from_secs(3600);
             tokio::select! {
-                ev = rx.recv() => if ev.is_none() { break },
-                _ = tokio::time::sleep(QUIET) => break,
-                _ = tokio::time::sleep_until(deadline) => break,
+                c = async {
+                    match &mut watch {
+                        Some(w) => w.rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Some(c) = c {
+                        stats.events.fetch_add(1, Relaxed);
+                        batcher.push(c, Instant::now().into_std());
+                    }
+                }
+                _ = async {
+                    match &wake {
+                        Some(w) => w.notified().await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+                _ = tokio::time::sleep_until(deadline.unwrap_or(far)) => {}
+                _ = &mut shutdown => {
+                    // Ship what is ready, then close cleanly; anything else is
+                    // caught by the full reconcile at the next start.
+                    let at = Instant::now() + cfg.sync.batch.max_delay;
+                    if let Some(b) = batcher.take(at.into_std()) {
+                        commit_id += 1;
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(10),
+                            ship(&mut s, &cfg, &opts, &mut index, &mut watch, b, &stats, commit_id, 0),
+                        )
+                        .await;
+                    }
+                    let _ = tokio::time::timeout(Duration::from_secs(10), s.finish()).await;
+                    save_index(&mut index).await;
+                    tracing::info!("primary stopped");
+                    return Ok(());
+                }
             }
         }
-        while rx.try_recv().is_ok() {}
     }
+}
+
+async fn save_index(index: &mut Index) {
+    let mut ix = std::mem::take(index);
+    let r = tokio::task::spawn_blocking(move || {
+        let r = ix.save();
+        (ix, r)
+    })
+    .await;
+    if let Ok((ix, r)) = r {
+        *index = ix;
+        if let Err(e) = r {
+            tracing::warn!("could not save the primary's index: {e}");
+        }
+    }
+}
+
+/// Replays renames, reconciles the batch's scope, and waits for the standby's
+/// durable commit. Returns the paths the standby could not apply.
+#[allow(clippy::too_many_arguments)]
+async fn ship(
+    s: &mut Session,
+    cfg: &Config,
+    opts: &ResyncOptions,
+    index: &mut Index,
+    watch: &mut Option<Watch>,
+    b: Batch,
+    stats: &Stats,
+    commit_id: u64,
+    pending: u64,
+) -> Result<Vec<RelPath>, ClientError> {
+    stats.set_lag(b.changes + pending, b.oldest);
+    for (from, to) in &b.renames {
+        s.rename(from.clone(), to.clone()).await?;
+    }
+    stats.renames.fetch_add(b.renames.len() as u64, Relaxed);
+    if let Some(w) = watch {
+        for sc in b.scope.iter().filter(|s| s.recursive) {
+            let abs = cfg.export.join(sc.path.as_path());
+            if abs.is_dir() {
+                w.ensure(&abs);
+            }
+        }
+    }
+    let full = b.full;
+    let scope = (!full).then_some(b.scope);
+    let mut sum = client::reconcile(s, cfg, opts, index, scope).await?;
+    stats.lag_bytes.store(sum.content_bytes, Relaxed);
+    sum.failures.extend(s.commit(commit_id).await?);
+    stats.lag_bytes.store(0, Relaxed);
+    stats.reconciles.fetch_add(1, Relaxed);
+    stats.batches.fetch_add(1, Relaxed);
+    stats.files_whole.fetch_add(sum.sent_whole, Relaxed);
+    stats.files_delta.fetch_add(sum.sent_delta, Relaxed);
+    stats.bytes_whole.fetch_add(sum.bytes_whole, Relaxed);
+    stats.bytes_delta.fetch_add(sum.bytes_delta, Relaxed);
+    stats.delta_wire_bytes.fetch_add(sum.delta_bytes, Relaxed);
+    stats.deletes.fetch_add(sum.deleted, Relaxed);
+    stats.wire_tx.store(s.app_tx, Relaxed);
+    stats.wire_rx.store(s.app_rx, Relaxed);
+    if let Some(o) = b.oldest {
+        stats
+            .last_batch_us
+            .store(o.elapsed().as_micros() as u64, Relaxed);
+    }
+    if full {
+        stats.full_reconciles.fetch_add(1, Relaxed);
+        save_index(index).await;
+    }
+    let changed = sum.sent_whole + sum.sent_delta + sum.deleted + sum.meta_only + sum.symlinks;
+    if full || changed > 0 {
+        tracing::debug!(
+            full,
+            whole = sum.sent_whole,
+            delta = sum.sent_delta,
+            deleted = sum.deleted,
+            renames = b.renames.len(),
+            ms = sum.elapsed.as_millis() as u64,
+            "replicated"
+        );
+    }
+    let mut failed = Vec::new();
+    for f in sum.failures {
+        tracing::warn!(path = %f.path, "not replicated, will retry: {}", f.error);
+        stats.error(format!("{}: {}", f.path, f.error));
+        failed.push(f.path);
+    }
+    Ok(failed)
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use crate::index::{Index, Stamp};
 use crate::path::{RelPath, STATE_DIR_NAME};
-use crate::wire::{Entry, Hash, Kind, Meta};
+use crate::wire::{Entry, Hash, Kind, Meta, Scope};
 
 #[derive(Default, Debug)]
 pub struct Scan {
@@ -52,60 +52,37 @@ pub fn hash_reader(mut r: impl Read) -> std::io::Result<Hash> {
     Ok(*h.finalize().as_bytes())
 }
 
-/// Scans `root`. With `hash`, every regular file carries its BLAKE3, taken
-/// from `index` when the stamp still matches unless `force` is set.
-pub fn scan(root: &Path, index: &mut Index, hash: bool, force: bool) -> std::io::Result<Scan> {
-    let mut out = Scan::default();
-    let mut stamps: Vec<Option<(PathBuf, Stamp)>> = Vec::new();
-    let mut leaders: HashMap<(u64, u64), RelPath> = HashMap::new();
-    let walker = walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .sort_by_file_name()
-        .min_depth(1)
-        .into_iter()
-        .filter_entry(|e| !(e.depth() == 1 && e.file_name().as_bytes() == STATE_DIR_NAME));
-    for item in walker {
-        let e = match item {
-            Ok(e) => e,
-            Err(err) => {
-                // A file that vanished mid-walk is not an error; anything else is.
-                if err.io_error().map(|io| io.kind()) == Some(std::io::ErrorKind::NotFound) {
-                    continue;
-                }
-                return Err(std::io::Error::other(err));
-            }
-        };
-        let rel = e.path().strip_prefix(root).unwrap_or(e.path());
-        let path = match RelPath::from_path(rel) {
-            Ok(p) => p,
-            Err(err) => {
-                out.skipped.push(format!("{}: {err}", rel.display()));
-                continue;
-            }
-        };
-        let m = match e.metadata() {
-            Ok(m) => m,
-            Err(err)
-                if err.io_error().map(|io| io.kind()) == Some(std::io::ErrorKind::NotFound) =>
-            {
-                continue
-            }
-            Err(err) => return Err(std::io::Error::other(err)),
-        };
+/// Order of a depth-first walk with names sorted per directory (what
+/// `walkdir::sort_by_file_name` yields): parents first, each subtree contiguous.
+pub fn walk_order(a: &RelPath, b: &RelPath) -> std::cmp::Ordering {
+    a.components().cmp(b.components())
+}
+
+/// Accumulates entries in walk order, grouping hard links.
+#[derive(Default)]
+struct Collector {
+    out: Scan,
+    stamps: Vec<Option<(PathBuf, Stamp)>>,
+    leaders: HashMap<(u64, u64), RelPath>,
+}
+
+impl Collector {
+    /// Adds one entry; `Ok(false)` when it vanished meanwhile.
+    fn visit(&mut self, abs: &Path, path: RelPath, m: &std::fs::Metadata) -> std::io::Result<bool> {
         let ft = m.file_type();
         let kind = if ft.is_dir() {
             Kind::Dir
         } else if ft.is_symlink() {
-            match std::fs::read_link(e.path()) {
+            match std::fs::read_link(abs) {
                 Ok(t) => Kind::Symlink {
                     target: t.as_os_str().as_bytes().to_vec(),
                 },
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(false),
                 Err(err) => return Err(err),
             }
         } else if ft.is_file() {
             let leader = (m.nlink() > 1).then(|| {
-                leaders
+                self.leaders
                     .entry((m.dev(), m.ino()))
                     .or_insert_with(|| path.clone())
                     .clone()
@@ -126,26 +103,133 @@ pub fn scan(root: &Path, index: &mut Index, hash: bool, force: bool) -> std::io:
                 "device"
             };
             tracing::warn!(path = %path, "skipping {what}: special files are not replicated");
-            out.skipped.push(format!("{path}: {what}"));
-            continue;
+            self.out.skipped.push(format!("{path}: {what}"));
+            return Ok(false);
         };
         let is_file = matches!(kind, Kind::File { .. });
-        stamps.push(is_file.then(|| (e.path().to_path_buf(), Stamp::of(&m))));
-        out.entries.push(Entry {
+        self.stamps
+            .push(is_file.then(|| (abs.to_path_buf(), Stamp::of(m))));
+        self.out.entries.push(Entry {
             path,
             kind,
-            meta: meta_of(&m),
+            meta: meta_of(m),
             ino: m.ino(),
         });
+        Ok(true)
     }
+
+    /// Walks `dir` (absolute) depth-first; `min_depth` 0 includes `dir` itself.
+    fn walk(&mut self, root: &Path, dir: &Path, min_depth: usize) -> std::io::Result<()> {
+        let walker = walkdir::WalkDir::new(dir)
+            .follow_links(false)
+            .sort_by_file_name()
+            .min_depth(min_depth)
+            .into_iter()
+            .filter_entry(|e| {
+                !(e.path().parent() == Some(root) && e.file_name().as_bytes() == STATE_DIR_NAME)
+            });
+        for item in walker {
+            let e = match item {
+                Ok(e) => e,
+                Err(err) => {
+                    // A file that vanished mid-walk is not an error; anything else is.
+                    if err.io_error().map(|io| io.kind()) == Some(std::io::ErrorKind::NotFound) {
+                        continue;
+                    }
+                    return Err(std::io::Error::other(err));
+                }
+            };
+            let rel = e.path().strip_prefix(root).unwrap_or(e.path());
+            let path = match RelPath::from_path(rel) {
+                Ok(p) => p,
+                Err(err) => {
+                    self.out.skipped.push(format!("{}: {err}", rel.display()));
+                    continue;
+                }
+            };
+            let m = match e.metadata() {
+                Ok(m) => m,
+                Err(err)
+                    if err.io_error().map(|io| io.kind()) == Some(std::io::ErrorKind::NotFound) =>
+                {
+                    continue
+                }
+                Err(err) => return Err(std::io::Error::other(err)),
+            };
+            self.visit(e.path(), path, &m)?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, index: &mut Index, hash: bool, force: bool) -> std::io::Result<Scan> {
+        if hash {
+            hash_entries(&mut self.out, &self.stamps, index, force)?;
+        }
+        Ok(self.out)
+    }
+}
+
+/// Scans `root`. With `hash`, every regular file carries its BLAKE3, taken
+/// from `index` when the stamp still matches unless `force` is set.
+pub fn scan(root: &Path, index: &mut Index, hash: bool, force: bool) -> std::io::Result<Scan> {
+    let mut c = Collector::default();
+    c.walk(root, root, 1)?;
     // Forget paths that are gone so the index does not grow forever.
     let live: std::collections::HashSet<&[u8]> =
-        out.entries.iter().map(|e| e.path.as_bytes()).collect();
+        c.out.entries.iter().map(|e| e.path.as_bytes()).collect();
     index.retain(|k| live.contains(k));
-    if hash {
-        hash_entries(&mut out, &stamps, index, force)?;
+    c.finish(index, hash, force)
+}
+
+/// Scans only `scope` (each path, and the subtree of a recursive one), in
+/// walk order. Both sides scan the same scope, so comparing the two results
+/// is a reconcile of just that part of the tree. A hard link whose other
+/// names lie outside the scope is seen as a plain file (a full reconcile
+/// restores the link).
+pub fn scan_scoped(
+    root: &Path,
+    index: &mut Index,
+    scope: &[Scope],
+    hash: bool,
+) -> std::io::Result<Scan> {
+    let mut items: Vec<&Scope> = scope.iter().collect();
+    items.sort_by(|a, b| walk_order(&a.path, &b.path).then(b.recursive.cmp(&a.recursive)));
+    let mut c = Collector::default();
+    let mut covered: Option<&RelPath> = None; // last recursive scope: its subtree is done
+    let mut last: Option<&RelPath> = None;
+    for s in items {
+        if covered.is_some_and(|d| s.path.starts_with(d)) || last == Some(&s.path) {
+            continue;
+        }
+        last = Some(&s.path);
+        let abs = root.join(s.path.as_path());
+        // Ancestors must be directories, never symlinks that lead out of the root.
+        let mut ancestors = std::iter::successors(s.path.parent(), |p| p.parent());
+        if !ancestors
+            .all(|p| std::fs::symlink_metadata(root.join(p.as_path())).is_ok_and(|m| m.is_dir()))
+        {
+            continue;
+        }
+        let m = match std::fs::symlink_metadata(&abs) {
+            Ok(m) => m,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                continue
+            }
+            Err(e) => return Err(e),
+        };
+        if s.recursive && m.is_dir() {
+            c.walk(root, &abs, 0)?;
+            covered = Some(&s.path);
+        } else {
+            c.visit(&abs, s.path.clone(), &m)?;
+        }
     }
-    Ok(out)
+    c.finish(index, hash, false)
 }
 
 fn hash_entries(

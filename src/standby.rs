@@ -68,6 +68,7 @@ struct Shared {
     sigs: SigCache,
     /// Files at least this big get their signature cached as they are written.
     sig_min: u64,
+    stats: Arc<crate::stats::Stats>,
 }
 
 pub struct Standby {
@@ -110,6 +111,7 @@ impl Standby {
             durable: cfg.sync.durable,
             sigs: SigCache::new(&cfg.state_dir),
             sig_min: cfg.sync.delta_min_size,
+            stats: Arc::new(crate::stats::Stats::new("standby", listen.to_string())),
         });
         Ok(Standby {
             endpoint,
@@ -125,6 +127,11 @@ impl Standby {
 
     /// Serves until `shutdown` resolves; an active session is abandoned
     /// safely (its staged files are removed, nothing half-applied).
+    /// Counters served on the admin address.
+    pub fn stats(&self) -> Arc<crate::stats::Stats> {
+        self.shared.stats.clone()
+    }
+
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         tracing::info!(addr = %self.local_addr().map(|a| a.to_string()).unwrap_or_default(), export = %self.cfg.export.display(), "standby listening");
         tokio::pin!(shutdown);
@@ -173,7 +180,12 @@ async fn session(
     cfg: Config,
     busy: Arc<Busy>,
 ) -> Result<(), SessionError> {
+    let stats = shared.stats.clone();
     let r = session_inner(&conn, shared, cfg, &busy).await;
+    if let Err(e) = &r {
+        stats.error(e);
+    }
+    stats.connected_since.store(0, Ordering::Relaxed);
     // Let the primary read our last reply and close first; do not hang on a dead one.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn.closed()).await;
     let mut cur = busy.current.lock().unwrap_or_else(|p| p.into_inner());
@@ -220,6 +232,13 @@ async fn session_inner(
                 return Err(SessionError::Refused(reason));
             }
             tracing::info!(peer = %conn.remote_address(), node = %node_id, ?purpose, "primary connected");
+            if purpose == Purpose::Resync {
+                shared.stats.connects.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .stats
+                    .connected_since
+                    .store(crate::stats::unix_now(), Ordering::Relaxed);
+            }
             purpose
         }
         _ => return Err(SessionError::Protocol("expected Hello".into())),
@@ -338,7 +357,10 @@ async fn dispatch(
                 ))
             }
         };
-        let mutating = !matches!(msg, Request::List { .. } | Request::Finish);
+        let mutating = !matches!(
+            msg,
+            Request::List { .. } | Request::ListScope { .. } | Request::Finish
+        );
         if *purpose == Purpose::Verify && mutating {
             return Err(SessionError::Protocol(
                 "a verify session may not change anything".into(),
@@ -354,26 +376,31 @@ async fn dispatch(
                 })
                 .await
                 .map_err(|e| SessionError::Protocol(e.to_string()))??;
-                for e in &scanned.skipped {
-                    tracing::warn!("standby scan skipped {e}");
-                }
-                let mut chunk = Vec::new();
-                let mut bytes = 0;
-                for e in scanned.entries {
-                    bytes += e.path.as_bytes().len() + 64;
-                    if let wire::Kind::Symlink { target } = &e.kind {
-                        bytes += target.len();
-                    }
-                    chunk.push(e);
-                    if bytes > 1 << 20 {
-                        let _ = reply.send(Reply::ListChunk {
-                            entries: std::mem::take(&mut chunk),
-                        });
-                        bytes = 0;
-                    }
-                }
-                let _ = reply.send(Reply::ListChunk { entries: chunk });
-                let _ = reply.send(Reply::ListEnd);
+                send_list(scanned, reply);
+            }
+            Request::ListScope { scope } => {
+                // Earlier operations (renames, deletes) must be visible to the scan.
+                flush_all(txs).await?;
+                let sh = shared.clone();
+                let scanned = tokio::task::spawn_blocking(move || {
+                    let mut ix = sh.index.lock().unwrap_or_else(|p| p.into_inner());
+                    scan::scan_scoped(sh.root.path(), &mut ix, &scope, false)
+                })
+                .await
+                .map_err(|e| SessionError::Protocol(e.to_string()))??;
+                send_list(scanned, reply);
+            }
+            Request::Commit { id } => {
+                flush_all(txs).await?;
+                let sh = shared.clone();
+                tokio::task::spawn_blocking(
+                    move || if sh.durable { sh.root.sync() } else { Ok(()) },
+                )
+                .await
+                .map_err(|e| SessionError::Protocol(e.to_string()))??;
+                let failures =
+                    std::mem::take(&mut *shared.failures.lock().unwrap_or_else(|p| p.into_inner()));
+                let _ = reply.send(Reply::BarrierDone { id, failures });
             }
             Request::Barrier { id } => {
                 flush_all(txs).await?;
@@ -411,6 +438,30 @@ async fn dispatch(
             op => send(0, Job::Op(op)).await?,
         }
     }
+}
+
+/// Sends a manifest in chunks of about 1 MiB (well under the frame limit).
+fn send_list(scanned: scan::Scan, reply: &mpsc::UnboundedSender<Reply>) {
+    for e in &scanned.skipped {
+        tracing::warn!("standby scan skipped {e}");
+    }
+    let mut chunk = Vec::new();
+    let mut bytes = 0;
+    for e in scanned.entries {
+        bytes += e.path.as_bytes().len() + 64;
+        if let wire::Kind::Symlink { target } = &e.kind {
+            bytes += target.len();
+        }
+        chunk.push(e);
+        if bytes > 1 << 20 {
+            let _ = reply.send(Reply::ListChunk {
+                entries: std::mem::take(&mut chunk),
+            });
+            bytes = 0;
+        }
+    }
+    let _ = reply.send(Reply::ListChunk { entries: chunk });
+    let _ = reply.send(Reply::ListEnd);
 }
 
 async fn flush_all(txs: &[mpsc::Sender<Job>]) -> Result<(), SessionError> {
@@ -535,6 +586,17 @@ fn worker(
                     fail(&path, format!("hard link to {leader}: {e}"), false);
                 }
             }
+            Request::Rename { from, to } => match root.rename(&from, &to) {
+                Ok(()) => {
+                    sh.sigs.remove(&from);
+                    sh.sigs.remove(&to);
+                    let mut ix = sh.index.lock().unwrap_or_else(|p| p.into_inner());
+                    ix.remove(from.as_bytes());
+                    ix.remove(to.as_bytes());
+                }
+                // Best effort: the scoped reconcile that follows fixes both names.
+                Err(e) => tracing::debug!(%from, %to, "rename not applied: {e}"),
+            },
             Request::SetMeta { path, meta } => {
                 if let Err(e) = root.set_meta(&path, &meta) {
                     fail(&path, format!("set metadata: {e}"), false);
@@ -738,6 +800,9 @@ fn commit_batch(
         }
     }
     sh.committed.fetch_add(done.len() as u64, Ordering::Relaxed);
+    sh.stats
+        .committed
+        .fetch_add(done.len() as u64, Ordering::Relaxed);
     let mut ix = sh.index.lock().unwrap_or_else(|p| p.into_inner());
     for (p, st, h) in done {
         ix.insert(p.as_bytes().to_vec(), st, h);

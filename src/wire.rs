@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::path::RelPath;
 
 /// Bumped on any incompatible change to the messages below.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// ALPN identifier for the QUIC/TLS handshake.
 pub const ALPN: &[u8] = b"syncd/1";
 /// Largest frame either side accepts.
@@ -62,6 +62,14 @@ pub struct Entry {
     pub ino: u64,
 }
 
+/// Part of the tree a scoped scan looks at: the path itself, and with
+/// `recursive` everything beneath it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Scope {
+    pub path: RelPath,
+    pub recursive: bool,
+}
+
 /// How the content of a file travels.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Encoding {
@@ -91,9 +99,19 @@ pub enum Request {
     List {
         checksum: bool,
     },
+    /// Like `List`, restricted to `scope` (a reconcile of part of the tree).
+    ListScope {
+        scope: Vec<Scope>,
+    },
     Mkdir {
         path: RelPath,
         meta: Meta,
+    },
+    /// A rename seen on the primary; best effort (a later scoped reconcile
+    /// of both names corrects whatever it could not do).
+    Rename {
+        from: RelPath,
+        to: RelPath,
     },
     Delete {
         path: RelPath,
@@ -145,6 +163,11 @@ pub enum Request {
     },
     /// Finish all outstanding work, then report failures since the last barrier.
     Barrier {
+        id: u64,
+    },
+    /// Like `Barrier`, and what is committed is durable (syncfs) before the
+    /// reply: the primary's acknowledgement for a batch.
+    Commit {
         id: u64,
     },
     /// Make everything durable and close the session.

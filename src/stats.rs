@@ -1,0 +1,276 @@
+//! Counters and gauges of a running daemon, rendered for `/metrics`
+//! (Prometheus text) and `/status` (what `syncd status` prints).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+#[derive(Default)]
+pub struct Stats {
+    pub role: &'static str,
+    pub peer: String,
+    pub events: AtomicU64,
+    pub batches: AtomicU64,
+    pub files_whole: AtomicU64,
+    pub files_delta: AtomicU64,
+    /// Content bytes of files sent whole / as delta (before encoding).
+    pub bytes_whole: AtomicU64,
+    pub bytes_delta: AtomicU64,
+    /// Delta instructions and literals actually sent.
+    pub delta_wire_bytes: AtomicU64,
+    pub wire_tx: AtomicU64,
+    pub wire_rx: AtomicU64,
+    pub deletes: AtomicU64,
+    pub renames: AtomicU64,
+    pub reconciles: AtomicU64,
+    pub full_reconciles: AtomicU64,
+    pub overflows: AtomicU64,
+    pub errors: AtomicU64,
+    pub connects: AtomicU64,
+    /// Files committed (standby).
+    pub committed: AtomicU64,
+    /// Changes waiting on this side (queue depth).
+    pub queue: AtomicU64,
+    /// Changes not yet acknowledged by the standby, and their content bytes
+    /// once planned: the data at risk if this node died now.
+    pub lag_ops: AtomicU64,
+    pub lag_bytes: AtomicU64,
+    /// When the oldest unacknowledged change was seen.
+    pub lag_since: Mutex<Option<Instant>>,
+    /// Change-to-ack latency of the last batch, microseconds.
+    pub last_batch_us: AtomicU64,
+    /// Unix seconds when the current session started; 0 when disconnected.
+    pub connected_since: AtomicU64,
+    pub last_error: Mutex<String>,
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Stats {
+    pub fn new(role: &'static str, peer: String) -> Stats {
+        Stats {
+            role,
+            peer,
+            ..Default::default()
+        }
+    }
+
+    pub fn error(&self, e: impl std::fmt::Display) {
+        self.errors.fetch_add(1, Relaxed);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = format!("{} {e}", unix_now());
+    }
+
+    /// Sets the lag from the oldest unacknowledged change.
+    pub fn set_lag(&self, ops: u64, oldest: Option<Instant>) {
+        self.lag_ops.store(ops, Relaxed);
+        *self.lag_since.lock().unwrap_or_else(|p| p.into_inner()) = oldest;
+    }
+
+    /// Age of the oldest unacknowledged change.
+    pub fn lag_seconds(&self, now: Instant) -> f64 {
+        let since = *self.lag_since.lock().unwrap_or_else(|p| p.into_inner());
+        since.map_or(0.0, |o| now.saturating_duration_since(o).as_secs_f64())
+    }
+
+    fn counters(&self) -> Vec<(&'static str, &'static str, &AtomicU64)> {
+        vec![
+            ("events_total", "filesystem events seen", &self.events),
+            (
+                "batches_total",
+                "batches shipped and acknowledged",
+                &self.batches,
+            ),
+            (
+                "files_sent_whole_total",
+                "files sent whole",
+                &self.files_whole,
+            ),
+            (
+                "files_sent_delta_total",
+                "files sent as rsync deltas",
+                &self.files_delta,
+            ),
+            (
+                "bytes_sent_whole_total",
+                "content bytes of files sent whole",
+                &self.bytes_whole,
+            ),
+            (
+                "bytes_sent_delta_total",
+                "content bytes of files sent as deltas",
+                &self.bytes_delta,
+            ),
+            (
+                "delta_wire_bytes_total",
+                "delta instructions and literals sent",
+                &self.delta_wire_bytes,
+            ),
+            ("wire_tx_bytes_total", "protocol bytes sent", &self.wire_tx),
+            (
+                "wire_rx_bytes_total",
+                "protocol bytes received",
+                &self.wire_rx,
+            ),
+            (
+                "deletes_total",
+                "paths deleted on the standby",
+                &self.deletes,
+            ),
+            ("renames_total", "renames replayed", &self.renames),
+            (
+                "reconciles_total",
+                "reconcile runs (scoped or full)",
+                &self.reconciles,
+            ),
+            (
+                "full_reconciles_total",
+                "full-tree reconcile runs",
+                &self.full_reconciles,
+            ),
+            (
+                "overflows_total",
+                "inotify queue overflows and lost watches",
+                &self.overflows,
+            ),
+            (
+                "errors_total",
+                "errors (failed files, lost sessions)",
+                &self.errors,
+            ),
+            ("connects_total", "sessions established", &self.connects),
+            (
+                "committed_files_total",
+                "files committed (standby)",
+                &self.committed,
+            ),
+        ]
+    }
+
+    fn gauges(&self) -> Vec<(&'static str, &'static str, f64)> {
+        let g = |a: &AtomicU64| a.load(Relaxed) as f64;
+        vec![
+            (
+                "queue_depth",
+                "changes waiting to be shipped",
+                g(&self.queue),
+            ),
+            (
+                "lag_operations",
+                "changes not yet acknowledged by the standby",
+                g(&self.lag_ops),
+            ),
+            (
+                "lag_bytes",
+                "content bytes of the batch in flight",
+                g(&self.lag_bytes),
+            ),
+            (
+                "lag_seconds",
+                "age of the oldest unacknowledged change",
+                self.lag_seconds(Instant::now()),
+            ),
+            (
+                "last_batch_seconds",
+                "first change to acknowledgement, last batch",
+                g(&self.last_batch_us) / 1e6,
+            ),
+            (
+                "connected",
+                "1 while a session is up",
+                f64::from(self.connected_since.load(Relaxed) > 0),
+            ),
+            (
+                "connected_since_seconds",
+                "unix time the session started",
+                g(&self.connected_since),
+            ),
+        ]
+    }
+
+    /// Prometheus text exposition format.
+    pub fn prometheus(&self) -> String {
+        let mut s = String::new();
+        for (name, help, v) in self.counters() {
+            let _ = writeln!(s, "# HELP syncd_{name} {help}\n# TYPE syncd_{name} counter\nsyncd_{name}{{role=\"{}\"}} {}", self.role, v.load(Relaxed));
+        }
+        for (name, help, v) in self.gauges() {
+            let _ = writeln!(s, "# HELP syncd_{name} {help}\n# TYPE syncd_{name} gauge\nsyncd_{name}{{role=\"{}\"}} {v}", self.role);
+        }
+        s
+    }
+
+    /// Human-readable status, one `key: value` per line.
+    pub fn status(&self) -> String {
+        let since = self.connected_since.load(Relaxed);
+        let mut s = String::new();
+        let _ = writeln!(s, "role: {}", self.role);
+        let _ = writeln!(s, "peer: {}", self.peer);
+        if since > 0 {
+            let _ = writeln!(
+                s,
+                "connected since: {since} (unix; {} s ago)",
+                unix_now().saturating_sub(since)
+            );
+        } else {
+            let _ = writeln!(s, "connected since: not connected");
+        }
+        let _ = writeln!(s, "queue depth: {}", self.queue.load(Relaxed));
+        let _ = writeln!(
+            s,
+            "lag: {} operations, {} bytes, {:.3} s",
+            self.lag_ops.load(Relaxed),
+            self.lag_bytes.load(Relaxed),
+            self.lag_seconds(Instant::now())
+        );
+        let err = self
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let _ = writeln!(
+            s,
+            "last error: {}",
+            if err.is_empty() { "none" } else { &err }
+        );
+        for (name, _, v) in self.counters() {
+            let _ = writeln!(
+                s,
+                "{}: {}",
+                name.trim_end_matches("_total"),
+                v.load(Relaxed)
+            );
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_both_formats() {
+        let s = Stats::new("primary", "127.0.0.1:7700".into());
+        s.events.fetch_add(3, Relaxed);
+        s.error("boom");
+        let t0 = Instant::now() - std::time::Duration::from_secs(90);
+        s.set_lag(2, Some(t0));
+        let m = s.prometheus();
+        assert!(
+            m.contains("syncd_events_total{role=\"primary\"} 3\n"),
+            "{m}"
+        );
+        assert!(m.contains("syncd_lag_seconds{role=\"primary\"} 90."), "{m}");
+        assert!(m.contains("# TYPE syncd_errors_total counter"));
+        let st = s.status();
+        assert!(st.contains("lag: 2 operations, 0 bytes, 90."), "{st}");
+        assert!(st.contains("last error: ") && st.contains("boom"));
+        assert!(st.contains("connected since: not connected"));
+    }
+}

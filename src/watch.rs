@@ -1,0 +1,246 @@
+//! Recursive inotify (via `notify`), translated into batcher [`Change`]s.
+//!
+//! Events only make replication fast; correctness comes from reconcile. So
+//! every way of losing events (kernel queue overflow, our own queue full, a
+//! watch that could not be added) becomes [`Change::Lost`], a full reconcile.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio::sync::{mpsc, Notify};
+
+use crate::batch::Change;
+use crate::path::RelPath;
+
+/// Changes queued between the notify thread and the daemon; beyond this the
+/// oldest are not kept and a full reconcile takes their place.
+const QUEUE: usize = 1 << 16;
+
+pub struct Watch {
+    watcher: notify::RecommendedWatcher,
+    pub rx: mpsc::Receiver<Change>,
+    /// Set when changes were dropped (our queue full); cleared by the reader.
+    pub dropped: Arc<AtomicBool>,
+    /// Set when a watch could not be added (e.g. `max_user_watches`).
+    pub limit_hit: Arc<AtomicBool>,
+    pub wake: Arc<Notify>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot watch {path}: {err}{hint}")]
+pub struct WatchError {
+    path: String,
+    err: notify::Error,
+    hint: &'static str,
+}
+
+fn hint(e: &notify::Error) -> &'static str {
+    if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
+        " (the inotify watch limit is reached: raise fs.inotify.max_user_watches)"
+    } else {
+        ""
+    }
+}
+
+impl Watch {
+    pub fn start(export: &Path) -> Result<Watch, WatchError> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let dropped = Arc::new(AtomicBool::new(false));
+        let limit_hit = Arc::new(AtomicBool::new(false));
+        let wake = Arc::new(Notify::new());
+        let root = export.to_path_buf();
+        let (d, l, w) = (dropped.clone(), limit_hit.clone(), wake.clone());
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            let changes = match res {
+                Ok(ev) => translate(&root, &ev),
+                Err(e) => {
+                    if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
+                        l.store(true, Ordering::Relaxed);
+                    }
+                    tracing::warn!("watch error: {e}{}; a full reconcile follows", hint(&e));
+                    vec![Change::Lost]
+                }
+            };
+            for c in changes {
+                if tx.try_send(c).is_err() {
+                    d.store(true, Ordering::Relaxed);
+                    w.notify_one();
+                }
+            }
+        })
+        .map_err(|err| WatchError {
+            path: export.display().to_string(),
+            hint: hint(&err),
+            err,
+        })?;
+        watcher
+            .watch(export, RecursiveMode::Recursive)
+            .map_err(|err| WatchError {
+                path: export.display().to_string(),
+                hint: hint(&err),
+                err,
+            })?;
+        Ok(Watch {
+            watcher,
+            rx,
+            dropped,
+            limit_hit,
+            wake,
+        })
+    }
+
+    /// Makes sure a new directory's watches are in place before it is
+    /// scanned (notify adds them on its own thread, after delivering the
+    /// create event), so nothing written into it in between is missed.
+    pub fn ensure(&mut self, dir: &Path) {
+        match self.watcher.watch(dir, RecursiveMode::Recursive) {
+            Ok(()) => {}
+            Err(e) if matches!(e.kind, notify::ErrorKind::PathNotFound) => {}
+            Err(e) => {
+                if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
+                    self.limit_hit.store(true, Ordering::Relaxed);
+                }
+                tracing::warn!("cannot watch {}: {e}{}", dir.display(), hint(&e));
+            }
+        }
+    }
+}
+
+fn rel(root: &Path, p: &Path) -> Option<RelPath> {
+    // Paths outside the export, the root itself and the state directory are not replicated.
+    RelPath::from_path(p.strip_prefix(root).ok()?).ok()
+}
+
+/// What one notify event means for replication.
+pub fn translate(root: &Path, ev: &notify::Event) -> Vec<Change> {
+    if ev.need_rescan() {
+        return vec![Change::Lost];
+    }
+    let paths: Vec<(PathBuf, Option<RelPath>)> =
+        ev.paths.iter().map(|p| (p.clone(), rel(root, p))).collect();
+    let one = || {
+        paths
+            .first()
+            .and_then(|(abs, r)| r.clone().map(|r| (abs, r)))
+    };
+    match ev.kind {
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+            match (paths.first(), paths.get(1)) {
+                (Some((_, Some(from))), Some((_, Some(to)))) => vec![Change::Renamed {
+                    from: from.clone(),
+                    to: to.clone(),
+                }],
+                // Moved out of the export: a delete; moved in: a new tree.
+                (Some((_, Some(from))), _) => vec![Change::Settled(from.clone())],
+                (_, Some((_, Some(to)))) => vec![Change::Tree(to.clone())],
+                _ => vec![],
+            }
+        }
+        // The `From` half is also what a move out of the export looks like.
+        EventKind::Modify(ModifyKind::Name(RenameMode::From)) => one()
+            .map(|(_, r)| vec![Change::Settled(r)])
+            .unwrap_or_default(),
+        // Moved in (or the `To` half of a rename): the whole subtree is new here.
+        EventKind::Modify(ModifyKind::Name(_)) => one()
+            .map(|(_, r)| vec![Change::Tree(r)])
+            .unwrap_or_default(),
+        EventKind::Create(CreateKind::Folder) => one()
+            .map(|(_, r)| vec![Change::Tree(r)])
+            .unwrap_or_default(),
+        EventKind::Create(_) => match one() {
+            Some((abs, r)) => match std::fs::symlink_metadata(abs) {
+                // A symlink or a new name for an existing file is complete at once;
+                // a new regular file is written next and shipped when closed.
+                Ok(m) if m.file_type().is_symlink() || (m.is_file() && m.nlink() > 1) => {
+                    vec![Change::Settled(r)]
+                }
+                Ok(m) if m.is_dir() => vec![Change::Tree(r)],
+                Ok(m) if m.is_file() => vec![Change::Writing(r)],
+                _ => vec![Change::Settled(r)],
+            },
+            None => vec![],
+        },
+        EventKind::Modify(ModifyKind::Metadata(_)) => one()
+            .map(|(_, r)| vec![Change::Meta(r)])
+            .unwrap_or_default(),
+        EventKind::Modify(_) => one()
+            .map(|(_, r)| vec![Change::Writing(r)])
+            .unwrap_or_default(),
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) | EventKind::Remove(_) => one()
+            .map(|(_, r)| vec![Change::Settled(r)])
+            .unwrap_or_default(),
+        EventKind::Access(_) => vec![],
+        EventKind::Any | EventKind::Other => {
+            if paths.is_empty() {
+                vec![Change::Lost]
+            } else {
+                one()
+                    .map(|(_, r)| vec![Change::Settled(r)])
+                    .unwrap_or_default()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn p(s: &str) -> RelPath {
+        RelPath::new(s.as_bytes().to_vec()).unwrap()
+    }
+
+    /// Real inotify: the events of common operations become the right changes.
+    #[tokio::test]
+    async fn real_events_translate() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().canonicalize().unwrap();
+        let mut w = Watch::start(&root).unwrap();
+        std::fs::write(root.join("f"), b"x").unwrap();
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::rename(root.join("f"), root.join("a/g")).unwrap();
+        std::fs::create_dir(root.join(".syncd")).unwrap();
+        std::fs::write(root.join(".syncd/ignored"), b"x").unwrap();
+        let mut got = Vec::new();
+        while let Ok(Some(c)) = tokio::time::timeout(Duration::from_millis(300), w.rx.recv()).await
+        {
+            got.push(c);
+        }
+        assert!(got.contains(&Change::Writing(p("f"))), "{got:?}");
+        assert!(
+            got.contains(&Change::Settled(p("f"))),
+            "close-write: {got:?}"
+        );
+        assert!(got.contains(&Change::Tree(p("a"))), "{got:?}");
+        assert!(
+            got.contains(&Change::Renamed {
+                from: p("f"),
+                to: p("a/g")
+            }),
+            "{got:?}"
+        );
+        assert!(
+            !got.iter().any(|c| format!("{c:?}").contains("ignored")),
+            "state dir leaked: {got:?}"
+        );
+        w.ensure(&root.join("a/b"));
+    }
+
+    #[test]
+    fn overflow_is_lost() {
+        let ev = notify::Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
+        assert_eq!(translate(Path::new("/x"), &ev), vec![Change::Lost]);
+        let out = notify::Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::Both)))
+            .add_path("/x/a".into())
+            .add_path("/elsewhere/a".into());
+        assert_eq!(
+            translate(Path::new("/x"), &out),
+            vec![Change::Settled(p("a"))]
+        );
+    }
+}

@@ -51,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
 
     let cfg = Config::load(&d.join("primary.toml"))?;
     let o = ResyncOptions {
+        settle: None,
         dry_run: false,
         checksum: false,
         delete: true,

@@ -132,6 +132,10 @@ impl Batcher {
                 self.ready.entry(p).or_insert(false);
             }
             Change::Writing(p) => {
+                // Written again after a close: wait for the new close.
+                if self.ready.get(&p) == Some(&false) {
+                    self.ready.remove(&p);
+                }
                 self.writing.insert(p, now);
             }
             Change::Meta(p) => {
@@ -200,8 +204,8 @@ impl Batcher {
             return None;
         }
         let due = self.ready.len() + self.renames.len() >= self.cfg.max_paths
-            || self.last.map_or(true, |l| now >= l + self.cfg.window)
-            || self.oldest.map_or(true, |o| now >= o + self.cfg.max_delay);
+            || self.last.is_none_or(|l| now >= l + self.cfg.window)
+            || self.oldest.is_none_or(|o| now >= o + self.cfg.max_delay);
         if !due {
             return None;
         }
@@ -325,6 +329,15 @@ mod tests {
         );
         let got = b.take(t0 + Duration::from_millis(800)).unwrap();
         assert_eq!(scope(&got), [("log".into(), false)]);
+        // Rewritten after a close: waits for the new close.
+        b.push(Change::Settled(p("y")), t0 + Duration::from_millis(900));
+        b.push(Change::Writing(p("y")), t0 + Duration::from_millis(901));
+        assert!(b.take(t0 + Duration::from_millis(950)).is_none());
+        b.push(Change::Settled(p("y")), t0 + Duration::from_millis(960));
+        assert_eq!(
+            scope(&b.take(t0 + Duration::from_millis(970)).unwrap()),
+            [("y".into(), false)]
+        );
         // Closed: ships after the window, not after settle.
         b.push(Change::Writing(p("x")), t0 + Duration::from_secs(1));
         b.push(Change::Settled(p("x")), t0 + Duration::from_millis(1001));

@@ -4,6 +4,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::Read;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -272,6 +274,9 @@ impl Session {
 
 #[derive(Debug, Clone, Default)]
 pub struct ResyncOptions {
+    /// Live replication: hold back files open for writing until closed or
+    /// quiet this long (see [`crate::lease`]). `None` for one-shot resync.
+    pub settle: Option<Duration>,
     pub dry_run: bool,
     pub checksum: bool,
     pub delete: bool,
@@ -304,6 +309,9 @@ pub struct Summary {
     pub udp_bytes: u64,
     pub elapsed: Duration,
     pub failures: Vec<Failure>,
+    /// Files not sent because another process has them open for writing
+    /// (live replication only); they go once closed.
+    pub busy: Vec<RelPath>,
     pub dry_run: bool,
 }
 
@@ -441,7 +449,7 @@ pub async fn reconcile(
     }
     let bar = progress_bar(o.progress, &p);
     let delta0 = s.delta_bytes;
-    execute(s, cfg, &p, &mut sum, index, &bar).await?;
+    execute(s, cfg, o.settle, &p, &mut sum, index, &bar).await?;
     sum.delta_bytes = s.delta_bytes - delta0;
     bar.finish_and_clear();
     sum.elapsed = t0.elapsed();
@@ -466,6 +474,7 @@ fn progress_bar(enabled: bool, p: &Plan) -> ProgressBar {
 async fn execute(
     s: &mut Session,
     cfg: &Config,
+    settle: Option<Duration>,
     p: &Plan,
     sum: &mut Summary,
     index: &mut Index,
@@ -527,7 +536,7 @@ async fn execute(
         .iter()
         .filter(|f| !delta_paths.contains(&f.path))
         .collect();
-    send_whole(s, cfg, &whole, &mut next_id, sum, index, bar).await?;
+    send_whole(s, cfg, settle, &whole, &mut next_id, sum, index, bar).await?;
     for (path, target, meta) in &p.symlinks {
         s.send(&Request::Symlink {
             path: path.clone(),
@@ -542,16 +551,17 @@ async fn execute(
         match s.signature(*sig_id).await? {
             Some(sig) => {
                 next_id += 1;
-                match send_delta(s, cfg, f, sig, next_id, index, bar).await? {
+                match send_delta(s, cfg, settle, f, sig, next_id, index, bar).await? {
                     Sent::Done => sum.sent_delta += 1,
                     Sent::Vanished => sum.vanished += 1,
+                    Sent::Busy => sum.busy.push(f.path.clone()),
                     Sent::Fallback => fallback.push(*f),
                 }
             }
             None => fallback.push(*f),
         }
     }
-    send_whole(s, cfg, &fallback, &mut next_id, sum, index, bar).await?;
+    send_whole(s, cfg, settle, &fallback, &mut next_id, sum, index, bar).await?;
     let failures = s.barrier(next_barrier()).await?;
     // Anything that failed verification is resent whole once.
     let mut retry = Vec::new();
@@ -570,7 +580,7 @@ async fn execute(
         }
     }
     if !retry.is_empty() {
-        send_whole(s, cfg, &retry, &mut next_id, sum, index, bar).await?;
+        send_whole(s, cfg, settle, &retry, &mut next_id, sum, index, bar).await?;
         sum.failures.extend(s.barrier(next_barrier()).await?);
     }
     // 4. Hard links (their leaders are now in place), then metadata, deepest first.
@@ -597,6 +607,8 @@ async fn execute(
 enum Sent {
     Done,
     Vanished,
+    /// Open for writing elsewhere (live replication): send once closed.
+    Busy,
     /// Could not produce a delta: send whole instead.
     Fallback,
 }
@@ -605,23 +617,71 @@ enum Sent {
 enum Read1 {
     Msgs(Vec<Request>, Option<(Stamp, wire::Hash)>),
     Vanished,
+    /// Open for writing elsewhere: try again once it is closed.
+    Busy,
 }
 
 fn changed(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
     Stamp::of(a) != Stamp::of(b)
 }
 
-/// Reads a small file completely; `None` if it changed while being read.
-fn read_small(path: std::path::PathBuf, op: FileOp, id: u64) -> std::io::Result<Option<Read1>> {
-    let mut f = match std::fs::File::open(&path) {
+/// A source file opened for sending.
+enum Opened {
+    Gone,
+    /// Open for writing elsewhere and not quiet: send it once closed.
+    Busy,
+    /// `leased`: a read lease is held and must still be intact after reading.
+    File(std::fs::File, std::fs::Metadata, bool),
+}
+
+/// Opens a file to send. With `settle` (live replication), a file another
+/// process has open for writing is held back unless quiet that long.
+fn open_source(path: &std::path::Path, settle: Option<Duration>) -> std::io::Result<Opened> {
+    let f = match std::fs::File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some(Read1::Vanished)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Opened::Gone),
         Err(e) => return Err(e),
     };
-    let before = f.metadata()?;
+    let m = f.metadata()?;
+    let leased = match settle {
+        Some(settle) => match crate::lease::take(&f) {
+            crate::lease::Lease::Busy => {
+                let age = m.modified().ok().and_then(|t| t.elapsed().ok());
+                if age.is_none_or(|a| a < settle) {
+                    return Ok(Opened::Busy);
+                }
+                false
+            }
+            l => l == crate::lease::Lease::Held,
+        },
+        None => false,
+    };
+    Ok(Opened::File(f, m, leased))
+}
+
+/// No writer opened or truncated the file since [`open_source`].
+fn untouched(f: &std::fs::File, leased: bool) -> bool {
+    !leased || crate::lease::intact(f)
+}
+
+/// Reads a small file completely; `None` if it changed while being read.
+fn read_small(
+    path: std::path::PathBuf,
+    op: FileOp,
+    id: u64,
+    settle: Option<Duration>,
+) -> std::io::Result<Option<Read1>> {
+    let (mut f, before, lease) = match open_source(&path, settle)? {
+        Opened::Gone => return Ok(Some(Read1::Vanished)),
+        Opened::Busy => return Ok(Some(Read1::Busy)),
+        Opened::File(f, m, leased) => (f, m, leased),
+    };
     let mut data = Vec::with_capacity(before.len() as usize);
     f.read_to_end(&mut data)?;
     let after = f.metadata()?;
+    if !untouched(&f, lease) {
+        return Ok(Some(Read1::Busy));
+    }
     if changed(&before, &after) || data.len() as u64 != after.len() {
         return Ok(None);
     }
@@ -641,9 +701,11 @@ fn read_small(path: std::path::PathBuf, op: FileOp, id: u64) -> std::io::Result<
     Ok(Some(Read1::Msgs(msgs, Some((Stamp::of(&after), hash)))))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn send_whole(
     s: &mut Session,
     cfg: &Config,
+    settle: Option<Duration>,
     files: &[&FileOp],
     next_id: &mut u64,
     sum: &mut Summary,
@@ -667,7 +729,7 @@ async fn send_whole(
                     let op = f.clone();
                     queue.push_back((
                         f,
-                        tokio::task::spawn_blocking(move || read_small(path, op, id)),
+                        tokio::task::spawn_blocking(move || read_small(path, op, id, settle)),
                     ));
                 }
                 _ => break,
@@ -677,10 +739,11 @@ async fn send_whole(
             match it.next() {
                 Some(f) => {
                     *next_id += 1;
-                    let r = send_large(s, cfg, f, *next_id, index, bar).await?;
+                    let r = send_large(s, cfg, settle, f, *next_id, index, bar).await?;
                     match r {
                         Sent::Done => sum.sent_whole += 1,
                         Sent::Vanished => sum.vanished += 1,
+                        Sent::Busy => sum.busy.push(f.path.clone()),
                         Sent::Fallback => sum.failures.push(Failure { path: f.path.clone(), error: "kept changing while being read; skipped (the next run will send it)".into(), retry_whole: false }),
                     }
                     continue;
@@ -695,7 +758,7 @@ async fn send_whole(
             tries += 1;
             *next_id += 1;
             let (path, op, id) = (cfg.export.join(f.path.as_path()), f.clone(), *next_id);
-            res = tokio::task::spawn_blocking(move || read_small(path, op, id))
+            res = tokio::task::spawn_blocking(move || read_small(path, op, id, settle))
                 .await
                 .map_err(|e| ClientError::Protocol(e.to_string()))?;
         }
@@ -712,6 +775,7 @@ async fn send_whole(
                 bar.set_message(format!("{} files", sum.sent_whole + sum.sent_delta));
             }
             Ok(Some(Read1::Vanished)) => sum.vanished += 1,
+            Ok(Some(Read1::Busy)) => sum.busy.push(f.path.clone()),
             Ok(None) => sum.failures.push(Failure {
                 path: f.path.clone(),
                 error: "kept changing while being read; skipped (the next run will send it)".into(),
@@ -730,6 +794,7 @@ async fn send_whole(
 async fn send_large(
     s: &mut Session,
     cfg: &Config,
+    settle: Option<Duration>,
     f: &FileOp,
     id: u64,
     index: &mut Index,
@@ -738,14 +803,18 @@ async fn send_large(
     let path = cfg.export.join(f.path.as_path());
     let rel = f.path.clone();
     let (tx, rx) = mpsc::channel::<Request>(8);
+    let busy = Arc::new(AtomicBool::new(false));
+    let busy2 = busy.clone();
     let reader =
         tokio::task::spawn_blocking(move || -> std::io::Result<Option<(Stamp, wire::Hash)>> {
-            let mut file = match std::fs::File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(e),
+            let (mut file, before, leased) = match open_source(&path, settle)? {
+                Opened::Gone => return Ok(None),
+                Opened::Busy => {
+                    busy2.store(true, Ordering::Relaxed);
+                    return Ok(None);
+                }
+                Opened::File(f, m, l) => (f, m, l),
             };
-            let before = file.metadata()?;
             let size = before.len();
             if tx
                 .blocking_send(Request::FileBegin {
@@ -779,6 +848,11 @@ async fn send_large(
                 }
             }
             let after = file.metadata()?;
+            if !untouched(&file, leased) {
+                busy2.store(true, Ordering::Relaxed);
+                let _ = tx.blocking_send(Request::FileAbort { id });
+                return Ok(None);
+            }
             if changed(&before, &after) || total != size {
                 let _ = tx.blocking_send(Request::FileAbort { id });
                 return Ok(None);
@@ -791,6 +865,9 @@ async fn send_large(
     let r = reader
         .await
         .map_err(|e| ClientError::Protocol(e.to_string()))??;
+    if busy.load(Ordering::Relaxed) {
+        return Ok(Sent::Busy);
+    }
     Ok(match (r, sent) {
         (Some((st, h)), _) => {
             index.insert(f.path.as_bytes().to_vec(), st, h);
@@ -820,9 +897,11 @@ async fn forward(
     Ok(began)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn send_delta(
     s: &mut Session,
     cfg: &Config,
+    settle: Option<Duration>,
     f: &FileOp,
     sig: Vec<u8>,
     id: u64,
@@ -833,6 +912,8 @@ async fn send_delta(
     let rel = f.path.clone();
     let (tx, rx) = mpsc::channel::<Request>(4);
     let barc = bar.clone();
+    let busy = Arc::new(AtomicBool::new(false));
+    let busy2 = busy.clone();
     let worker = tokio::task::spawn_blocking(
         move || -> std::io::Result<Result<Option<(Stamp, wire::Hash)>, ()>> {
             let differ = match delta::Differ::new(sig) {
@@ -840,12 +921,14 @@ async fn send_delta(
                 Err(_) => return Ok(Err(())),
             };
             let ix = differ.indexed();
-            let mut file = match std::fs::File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Ok(None)),
-                Err(e) => return Err(e),
+            let (mut file, before, leased) = match open_source(&path, settle)? {
+                Opened::Gone => return Ok(Ok(None)),
+                Opened::Busy => {
+                    busy2.store(true, Ordering::Relaxed);
+                    return Ok(Ok(None));
+                }
+                Opened::File(f, m, l) => (f, m, l),
             };
-            let before = file.metadata()?;
             let size = before.len();
             if tx
                 .blocking_send(Request::FileBegin {
@@ -917,6 +1000,11 @@ async fn send_delta(
                 Err(()) => return Ok(Ok(None)),
             }
             let after = file.metadata()?;
+            if !untouched(&file, leased) {
+                busy2.store(true, Ordering::Relaxed);
+                let _ = tx.blocking_send(Request::FileAbort { id });
+                return Ok(Ok(None));
+            }
             if changed(&before, &after) || total != size {
                 let _ = tx.blocking_send(Request::FileAbort { id });
                 return Ok(Err(()));
@@ -930,6 +1018,9 @@ async fn send_delta(
     let r = worker
         .await
         .map_err(|e| ClientError::Protocol(e.to_string()))??;
+    if busy.load(Ordering::Relaxed) {
+        return Ok(Sent::Busy);
+    }
     Ok(match r {
         Ok(Some((st, h))) => {
             index.insert(f.path.as_bytes().to_vec(), st, h);

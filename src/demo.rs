@@ -149,6 +149,7 @@ pub fn run(
         .enable_all()
         .build()?;
     let o = ResyncOptions {
+        settle: None,
         dry_run: false,
         checksum: false,
         delete: true,
@@ -272,7 +273,7 @@ fn live(
                     base.display()
                 ),
             }
-            if i % 10 == 0 {
+            if i.is_multiple_of(10) {
                 let to = format!("live/renamed-{i:05}.txt");
                 std::fs::rename(pex.join(&name), pex.join(&to))?;
                 let t = Instant::now();

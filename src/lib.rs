@@ -11,6 +11,7 @@ pub mod delta;
 pub mod demo;
 pub mod fsroot;
 pub mod index;
+pub mod lease;
 pub mod path;
 pub mod plan;
 pub mod primary;

@@ -180,6 +180,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let o = ResyncOptions {
+                settle: None,
                 dry_run,
                 checksum: checksum || cfg.sync.checksum,
                 delete: if no_delete { false } else { cfg.sync.delete },

@@ -73,7 +73,9 @@ pub async fn run_with(
     };
     let mut next_full = periodic.map(|p| Instant::now() + p);
     let mut index = Index::load(&cfg.state_dir.join("index.bin"));
+    crate::lease::ignore_break_signal();
     let opts = ResyncOptions {
+        settle: Some(cfg.sync.batch.settle),
         dry_run: false,
         checksum: cfg.sync.checksum,
         delete: cfg.sync.delete,
@@ -121,8 +123,7 @@ pub async fn run_with(
             let now = Instant::now();
             if let Some(w) = &mut watch {
                 while let Ok(c) = w.rx.try_recv() {
-                    stats.events.fetch_add(1, Relaxed);
-                    batcher.push(c, now.into_std());
+                    accept(&stats, &mut batcher, c);
                 }
                 if w.dropped.swap(false, Relaxed) {
                     stats.overflows.fetch_add(1, Relaxed);
@@ -147,9 +148,16 @@ pub async fn run_with(
             stats.queue.store(batcher.pending() as u64, Relaxed);
             if let Some(b) = batcher.take(now.into_std()) {
                 commit_id += 1;
-                let pending = batcher.pending() as u64;
                 match ship(
-                    &mut s, &cfg, &opts, &mut index, &mut watch, b, &stats, commit_id, pending,
+                    &mut s,
+                    &cfg,
+                    &opts,
+                    &mut index,
+                    &mut watch,
+                    b,
+                    &mut batcher,
+                    &stats,
+                    commit_id,
                 )
                 .await
                 {
@@ -194,8 +202,7 @@ pub async fn run_with(
                     }
                 } => {
                     if let Some(c) = c {
-                        stats.events.fetch_add(1, Relaxed);
-                        batcher.push(c, Instant::now().into_std());
+                        accept(&stats, &mut batcher, c);
                     }
                 }
                 _ = async {
@@ -213,7 +220,7 @@ pub async fn run_with(
                         commit_id += 1;
                         let _ = tokio::time::timeout(
                             Duration::from_secs(10),
-                            ship(&mut s, &cfg, &opts, &mut index, &mut watch, b, &stats, commit_id, 0),
+                            ship(&mut s, &cfg, &opts, &mut index, &mut watch, b, &mut batcher, &stats, commit_id),
                         )
                         .await;
                     }
@@ -225,6 +232,17 @@ pub async fn run_with(
             }
         }
     }
+}
+
+fn accept(stats: &Stats, batcher: &mut Batcher, c: Change) {
+    stats.events.fetch_add(1, Relaxed);
+    if c == Change::Lost {
+        stats.overflows.fetch_add(1, Relaxed);
+        tracing::warn!(
+            "inotify lost events (queue overflow or a failed watch); a full reconcile follows"
+        );
+    }
+    batcher.push(c, std::time::Instant::now());
 }
 
 async fn save_index(index: &mut Index) {
@@ -252,10 +270,11 @@ async fn ship(
     index: &mut Index,
     watch: &mut Option<Watch>,
     b: Batch,
+    batcher: &mut Batcher,
     stats: &Stats,
     commit_id: u64,
-    pending: u64,
 ) -> Result<Vec<RelPath>, ClientError> {
+    let pending = batcher.pending() as u64;
     stats.set_lag(b.changes + pending, b.oldest);
     for (from, to) in &b.renames {
         s.rename(from.clone(), to.clone()).await?;
@@ -305,6 +324,11 @@ async fn ship(
             ms = sum.elapsed.as_millis() as u64,
             "replicated"
         );
+    }
+    // Open for writing elsewhere: wait for their close (or quiet).
+    let now = std::time::Instant::now();
+    for p in sum.busy {
+        batcher.push(Change::Writing(p), now);
     }
     let mut failed = Vec::new();
     for f in sum.failures {

@@ -280,8 +280,8 @@ fn transport() -> Arc<quinn::TransportConfig> {
     t.send_window(32 << 20);
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(256));
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(16));
-    t.keep_alive_interval(Some(Duration::from_secs(2)));
-    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(15)) {
+    t.keep_alive_interval(Some(Duration::from_secs(1)));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(6)) {
         t.max_idle_timeout(Some(idle));
     }
     Arc::new(t)

@@ -14,8 +14,11 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_syncd");
 pub struct Pair {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    pub admin: u16,
     pub standby: Option<Child>,
+    pub primary: Option<Child>,
     starts: u32,
+    primary_starts: u32,
 }
 
 impl Pair {
@@ -37,9 +40,14 @@ impl Pair {
             format!("export = \"standby\"\nlisten = \"127.0.0.1:{port}\"\ncert = \"standby-keys/node.crt\"\nkey = \"standby-keys/node.key\"\npeer_cert = \"primary-keys/node.crt\"\n"),
         )
         .unwrap();
+        let admin = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         std::fs::write(
             b.join("primary.toml"),
-            format!("export = \"primary\"\npeer = \"127.0.0.1:{port}\"\ncert = \"primary-keys/node.crt\"\nkey = \"primary-keys/node.key\"\npeer_cert = \"standby-keys/node.crt\"\n"),
+            format!("export = \"primary\"\npeer = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin}\"\ncert = \"primary-keys/node.crt\"\nkey = \"primary-keys/node.key\"\npeer_cert = \"standby-keys/node.crt\"\n"),
         )
         .unwrap();
         // A primary holding a certificate the standby does not pin.
@@ -51,8 +59,11 @@ impl Pair {
         Pair {
             dir,
             port,
+            admin,
             standby: None,
+            primary: None,
             starts: 0,
+            primary_starts: 0,
         }
     }
 
@@ -92,6 +103,105 @@ impl Pair {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    pub fn primary_log(&self) -> String {
+        std::fs::read_to_string(self.path(&format!("primary-{}.log", self.primary_starts)))
+            .unwrap_or_default()
+    }
+
+    /// Starts `syncd --role primary` and waits until its watch is set up
+    /// and it has connected (not necessarily reconciled).
+    pub fn start_primary(&mut self) {
+        self.primary_starts += 1;
+        let log = std::fs::File::create(self.path(&format!("primary-{}.log", self.primary_starts)))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["--role", "primary", "--config", "primary.toml"])
+            .current_dir(self.dir.path())
+            .env("SYNCD_LOG", "info,syncd=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn primary");
+        self.primary = Some(child);
+        let t = Instant::now();
+        while !self.primary_log().contains("connected to the standby") {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "primary did not connect: {}",
+                self.primary_log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until the primary has finished its first reconcile.
+    pub fn wait_live(&self) {
+        let t = Instant::now();
+        while !self.primary_log().contains("in sync; following changes") {
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "primary never went live: {}",
+                self.primary_log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM, then wait; returns whether it exited successfully.
+    pub fn stop_primary(&mut self) -> bool {
+        match self.primary.take() {
+            Some(mut c) => {
+                let _ = rustix::process::kill_process(
+                    rustix::process::Pid::from_raw(c.id() as i32).unwrap(),
+                    rustix::process::Signal::Term,
+                );
+                c.wait().map(|s| s.success()).unwrap_or(false)
+            }
+            None => true,
+        }
+    }
+
+    /// Polls `syncd verify` until the trees are equal.
+    pub fn wait_equal(&self, timeout: Duration) {
+        let t = Instant::now();
+        loop {
+            let (ok, out) = self.verify();
+            if ok {
+                return;
+            }
+            assert!(
+                t.elapsed() < timeout,
+                "not equal after {timeout:?}:\n{out}\nprimary log:\n{}",
+                self.primary_log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// GET from the primary's admin address.
+    pub fn admin_get(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.admin)).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    /// A counter from the primary's `/metrics`.
+    pub fn metric(&self, name: &str) -> f64 {
+        let m = self.admin_get("/metrics");
+        m.lines()
+            .find(|l| l.starts_with(&format!("syncd_{name}{{")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{m}"))
     }
 
     pub fn kill_standby(&mut self) {
@@ -143,6 +253,10 @@ impl Pair {
 
 impl Drop for Pair {
     fn drop(&mut self) {
+        if let Some(mut c) = self.primary.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         self.kill_standby();
     }
 }

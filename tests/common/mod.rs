@@ -19,6 +19,22 @@ pub struct Pair {
     pub primary: Option<Child>,
     starts: u32,
     primary_starts: u32,
+    /// Network namespaces to run the standby / the primary (and its
+    /// commands) in, for partition tests.
+    pub standby_ns: Option<String>,
+    pub primary_ns: Option<String>,
+}
+
+/// `BIN`, run inside `ns` when given.
+fn command(ns: &Option<String>) -> Command {
+    match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, BIN]);
+            c
+        }
+        None => Command::new(BIN),
+    }
 }
 
 impl Pair {
@@ -64,6 +80,8 @@ impl Pair {
             primary: None,
             starts: 0,
             primary_starts: 0,
+            standby_ns: None,
+            primary_ns: None,
         }
     }
 
@@ -86,7 +104,7 @@ impl Pair {
         self.starts += 1;
         let log =
             std::fs::File::create(self.path(&format!("standby-{}.log", self.starts))).unwrap();
-        let child = Command::new(BIN)
+        let child = command(&self.standby_ns)
             .args(["--role", "standby", "--config"])
             .arg(self.path("standby.toml"))
             .stdout(Stdio::null())
@@ -116,7 +134,7 @@ impl Pair {
         self.primary_starts += 1;
         let log = std::fs::File::create(self.path(&format!("primary-{}.log", self.primary_starts)))
             .unwrap();
-        let child = Command::new(BIN)
+        let child = command(&self.primary_ns)
             .args(["--role", "primary", "--config", "primary.toml"])
             .current_dir(self.dir.path())
             .env("SYNCD_LOG", "info,syncd=debug")
@@ -212,7 +230,7 @@ impl Pair {
     }
 
     pub fn syncd(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
+        command(&self.primary_ns)
             .args(args)
             .current_dir(self.dir.path())
             .output()

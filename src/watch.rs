@@ -203,10 +203,21 @@ mod tests {
         let mut w = Watch::start(&root).unwrap();
         std::fs::write(root.join("f"), b"x").unwrap();
         std::fs::create_dir_all(root.join("a/b")).unwrap();
+        let mut got = Vec::new();
+        // A rename into a directory is only seen whole once that directory is
+        // watched; notify adds the watch just after emitting the create, so do
+        // what the primary does before scanning a new tree: `ensure` it.
+        // (Before then the move reads as a delete plus the Tree scan of `a`.)
+        while !got.contains(&Change::Tree(p("a"))) {
+            match tokio::time::timeout(Duration::from_secs(5), w.rx.recv()).await {
+                Ok(Some(c)) => got.push(c),
+                other => panic!("no Tree(a) after mkdir: {other:?} {got:?}"),
+            }
+        }
+        w.ensure(&root.join("a"));
         std::fs::rename(root.join("f"), root.join("a/g")).unwrap();
         std::fs::create_dir(root.join(".syncd")).unwrap();
         std::fs::write(root.join(".syncd/ignored"), b"x").unwrap();
-        let mut got = Vec::new();
         while let Ok(Some(c)) = tokio::time::timeout(Duration::from_millis(300), w.rx.recv()).await
         {
             got.push(c);

@@ -4,25 +4,34 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::Read;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::delta;
 use crate::index::{Index, Stamp};
 use crate::path::RelPath;
 use crate::plan::{self, FileOp, Plan, PlanOptions};
 use crate::scan::{self, Scan};
+use crate::stream::{Stream, StreamError};
 use crate::tls::{self, Identity};
-use crate::wire::{self, Encoding, Entry, Failure, Kind, Purpose, Reply, Request, Scope, CHUNK};
+use crate::transfer::{changed, open_source, untouched, Opened, Outcome, Sent, Transfers};
+use crate::wire::{self, Encoding, Entry, Failure, Kind, Purpose, Reply, Request, Scope};
 
-/// Files at most this big are read in one go and pipelined.
+/// Files at most this big are read in one go and pipelined on the control
+/// stream; bigger ones (and deltas) get a stream each (see [`crate::transfer`]).
 const SMALL: u64 = 1 << 20;
 const PIPELINE: usize = 64;
+
+impl From<StreamError> for ClientError {
+    fn from(e: StreamError) -> ClientError {
+        match e {
+            StreamError::Fatal(r) => ClientError::Fatal(r),
+            StreamError::Closed => ClientError::Protocol("standby closed the session".into()),
+            StreamError::Wire(w) => ClientError::Wire(w),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -46,19 +55,16 @@ pub enum ClientError {
 
 pub struct Session {
     conn: quinn::Connection,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    wbuf: Vec<u8>,
-    rbuf: Vec<u8>,
+    /// Requests and replies in order: metadata, small files, barriers.
+    ctl: Stream,
     _endpoint: quinn::Endpoint,
+    /// Large files, each on its own stream beside `ctl`.
+    transfers: Transfers,
     /// Delta payload sent in this session (for the summary).
     pub delta_bytes: u64,
-    /// Application bytes (frames) sent and received, the figure comparable
-    /// with rsync's "Total bytes sent/received".
-    pub app_tx: u64,
-    pub app_rx: u64,
-    /// Signatures that arrived while we waited for something else.
-    sigs: HashMap<u64, Option<Vec<u8>>>,
+    /// Frame bytes of file streams that have ended.
+    files_tx: u64,
+    files_rx: u64,
 }
 
 impl Session {
@@ -90,16 +96,13 @@ impl Session {
             .await
             .map_err(|e| ClientError::Connect(peer, e.to_string()))?;
         let mut s = Session {
+            transfers: Transfers::new(conn.clone(), cfg.export.clone()),
             conn,
-            send,
-            recv,
-            wbuf: Vec::new(),
-            rbuf: Vec::new(),
+            ctl: Stream::new(send, recv),
             _endpoint: endpoint,
-            sigs: HashMap::new(),
             delta_bytes: 0,
-            app_tx: 0,
-            app_rx: 0,
+            files_tx: 0,
+            files_rx: 0,
         };
         s.send(&Request::Hello {
             version: wire::PROTOCOL_VERSION,
@@ -124,87 +127,81 @@ impl Session {
         let _ = tokio::time::timeout(Duration::from_millis(50), self._endpoint.wait_idle()).await;
     }
 
-    /// Queues a request; small messages are batched into larger stream
-    /// writes, and everything queued is flushed before we wait for a reply.
+    /// Queues a request on the control stream; small messages are batched
+    /// into larger stream writes, and everything queued is flushed before we
+    /// wait for a reply.
     pub async fn send(&mut self, r: &Request) -> Result<(), ClientError> {
-        wire::encode_frame(r, &mut self.wbuf)?;
-        if self.wbuf.len() >= 256 << 10 {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    async fn flush(&mut self) -> Result<(), ClientError> {
-        if !self.wbuf.is_empty() {
-            self.send
-                .write_all(&self.wbuf)
-                .await
-                .map_err(|e| wire::WireError::Io(e.into()))?;
-            self.app_tx += self.wbuf.len() as u64;
-            self.wbuf.clear();
-        }
-        Ok(())
+        Ok(self.ctl.send(r).await?)
     }
 
     /// Sends an already-encoded payload as one frame. Exists so tests can
     /// play a hostile primary; a real primary only sends typed requests.
     #[doc(hidden)]
     pub async fn send_frame(&mut self, payload: &[u8]) -> Result<(), ClientError> {
-        self.flush().await?;
-        let mut f = (payload.len() as u32).to_le_bytes().to_vec();
-        f.extend_from_slice(payload);
-        self.send
-            .write_all(&f)
-            .await
-            .map_err(|e| ClientError::Wire(wire::WireError::Io(e.into())))?;
-        Ok(())
+        Ok(self.ctl.send_frame(payload).await?)
     }
 
     async fn reply(&mut self) -> Result<Reply, ClientError> {
-        self.flush().await?;
-        let r = wire::read_msg::<_, Reply>(&mut self.recv, &mut self.rbuf).await?;
-        self.app_rx += 4 + self.rbuf.len() as u64;
-        match r {
-            Some(Reply::Fatal { reason }) => Err(ClientError::Fatal(reason)),
-            Some(r) => Ok(r),
-            None => Err(ClientError::Protocol("standby closed the session".into())),
+        Ok(self.ctl.reply().await?)
+    }
+
+    /// Application bytes (frames) sent and received on all streams, the
+    /// figure comparable with rsync's "Total bytes sent/received".
+    pub fn wire_bytes(&self) -> (u64, u64) {
+        (self.ctl.tx + self.files_tx, self.ctl.rx + self.files_rx)
+    }
+
+    /// Large transfers still running (live replication leaves them running
+    /// between batches).
+    pub fn transfers(&self) -> &Transfers {
+        &self.transfers
+    }
+
+    /// The next large transfer to end, already accounted in `sum` and
+    /// `index`; never resolves while none is running. Cancel-safe.
+    pub async fn next_transfer(&mut self, sum: &mut Summary, index: &mut Index) -> Option<RelPath> {
+        let o = self.transfers.next().await?;
+        let p = o.op.path.clone();
+        self.absorb(o, sum, index);
+        Some(p)
+    }
+
+    /// Waits for every large transfer (before Finish, or before a barrier
+    /// that must cover them).
+    pub async fn drain_transfers(&mut self, sum: &mut Summary, index: &mut Index) {
+        for o in self.transfers.drain().await {
+            self.absorb(o, sum, index);
         }
     }
 
-    /// Next reply that is not a signature (signatures are stashed).
+    fn absorb(&mut self, o: Outcome, sum: &mut Summary, index: &mut Index) {
+        self.files_tx += o.tx;
+        self.files_rx += o.rx;
+        self.delta_bytes += o.delta_bytes;
+        sum.delta_bytes += o.delta_bytes;
+        match o.result {
+            Ok(Sent::Done(stamp, hash)) => {
+                index.insert(o.op.path.as_bytes().to_vec(), stamp, hash);
+                if o.as_delta {
+                    sum.sent_delta += 1;
+                } else {
+                    sum.sent_whole += 1;
+                }
+            }
+            Ok(Sent::Vanished) => sum.vanished += 1,
+            Ok(Sent::Busy) => sum.busy.push(o.op.path),
+            Ok(Sent::Fallback) => sum.failures.push(Failure {
+                path: o.op.path,
+                error: "could not be sent".into(),
+                retry_whole: false,
+            }),
+            Err(f) => sum.failures.push(f),
+        }
+    }
+
+    /// Next reply on the control stream.
     async fn control_reply(&mut self) -> Result<Reply, ClientError> {
-        loop {
-            match self.reply().await? {
-                Reply::Signature { id, data } => {
-                    self.sigs.insert(id, Some(data));
-                }
-                Reply::NoSignature { id } => {
-                    self.sigs.insert(id, None);
-                }
-                r => return Ok(r),
-            }
-        }
-    }
-
-    async fn signature(&mut self, id: u64) -> Result<Option<Vec<u8>>, ClientError> {
-        loop {
-            if let Some(s) = self.sigs.remove(&id) {
-                return Ok(s);
-            }
-            match self.reply().await? {
-                Reply::Signature { id, data } => {
-                    self.sigs.insert(id, Some(data));
-                }
-                Reply::NoSignature { id } => {
-                    self.sigs.insert(id, None);
-                }
-                other => {
-                    return Err(ClientError::Protocol(format!(
-                        "expected a signature, got {other:?}"
-                    )))
-                }
-            }
-        }
+        self.reply().await
     }
 
     pub async fn list(&mut self, checksum: bool) -> Result<Vec<Entry>, ClientError> {
@@ -264,7 +261,10 @@ impl Session {
         let stats = self.conn.stats();
         self.close().await;
         match r {
-            Reply::Finished { committed } => Ok((committed, stats, self.app_tx, self.app_rx)),
+            Reply::Finished { committed } => {
+                let (tx, rx) = self.wire_bytes();
+                Ok((committed, stats, tx, rx))
+            }
             other => Err(ClientError::Protocol(format!(
                 "expected Finished, got {other:?}"
             ))),
@@ -277,6 +277,9 @@ pub struct ResyncOptions {
     /// Live replication: hold back files open for writing until closed or
     /// quiet this long (see [`crate::lease`]). `None` for one-shot resync.
     pub settle: Option<Duration>,
+    /// Live replication: large transfers keep running after `reconcile`
+    /// returns; their outcomes come from [`Session::next_transfer`].
+    pub background: bool,
     pub dry_run: bool,
     pub checksum: bool,
     pub delete: bool,
@@ -448,9 +451,7 @@ pub async fn reconcile(
         return Ok(sum);
     }
     let bar = progress_bar(o.progress, &p);
-    let delta0 = s.delta_bytes;
-    execute(s, cfg, o.settle, &p, &mut sum, index, &bar).await?;
-    sum.delta_bytes = s.delta_bytes - delta0;
+    execute(s, cfg, o, &p, &mut sum, index, &bar).await?;
     bar.finish_and_clear();
     sum.elapsed = t0.elapsed();
     Ok(sum)
@@ -474,12 +475,13 @@ fn progress_bar(enabled: bool, p: &Plan) -> ProgressBar {
 async fn execute(
     s: &mut Session,
     cfg: &Config,
-    settle: Option<Duration>,
+    o: &ResyncOptions,
     p: &Plan,
     sum: &mut Summary,
     index: &mut Index,
     bar: &ProgressBar,
 ) -> Result<(), ClientError> {
+    let (settle, background) = (o.settle, o.background);
     let mut barrier_id = 0u64;
     let mut next_barrier = || {
         barrier_id += 1;
@@ -509,34 +511,21 @@ async fn execute(
     let f = s.barrier(next_barrier()).await?;
     sum.failures.extend(f);
 
-    // 3. Content. Ask for all signatures first so they are computed while whole files stream.
+    // 3. Content. Large files and deltas start on their own streams first, so
+    // they run while the small files stream in order on the control stream.
     let mut next_id = 0u64;
-    let mut deltas = Vec::new();
-    for f in p.files.iter().filter(|f| f.delta) {
-        // Block size follows the base (the standby's file), like rsync, so
-        // a signature the standby cached when it wrote that file matches.
-        let (block, strong) = delta::options_for(f.base_size);
-        if delta::check_options(block, strong, f.base_size).is_err() {
+    let (large, small): (Vec<&FileOp>, Vec<&FileOp>) =
+        p.files.iter().partition(|f| f.delta || f.size > SMALL);
+    for f in large {
+        if s.transfers.busy(&f.path) {
+            // Still going from an earlier batch; its end re-checks the path.
             continue;
         }
-        next_id += 1;
-        s.send(&Request::SigRequest {
-            id: next_id,
-            path: f.path.clone(),
-            block_size: block,
-            strong_len: strong,
-        })
-        .await?;
-        deltas.push((next_id, f));
+        if let Some(o) = s.transfers.start(f.clone(), settle, bar).await {
+            s.absorb(o, sum, index);
+        }
     }
-    let delta_paths: std::collections::HashSet<&RelPath> =
-        deltas.iter().map(|(_, f)| &f.path).collect();
-    let whole: Vec<&FileOp> = p
-        .files
-        .iter()
-        .filter(|f| !delta_paths.contains(&f.path))
-        .collect();
-    send_whole(s, cfg, settle, &whole, &mut next_id, sum, index, bar).await?;
+    send_whole(s, cfg, settle, &small, &mut next_id, sum, index, bar).await?;
     for (path, target, meta) in &p.symlinks {
         s.send(&Request::Symlink {
             path: path.clone(),
@@ -546,35 +535,18 @@ async fn execute(
         .await?;
     }
     sum.symlinks = p.symlinks.len() as u64;
-    let mut fallback = Vec::new();
-    for (sig_id, f) in &deltas {
-        match s.signature(*sig_id).await? {
-            Some(sig) => {
-                next_id += 1;
-                match send_delta(s, cfg, settle, f, sig, next_id, index, bar).await? {
-                    Sent::Done => sum.sent_delta += 1,
-                    Sent::Vanished => sum.vanished += 1,
-                    Sent::Busy => sum.busy.push(f.path.clone()),
-                    Sent::Fallback => fallback.push(*f),
-                }
-            }
-            None => fallback.push(*f),
-        }
+    if !background {
+        s.drain_transfers(sum, index).await;
     }
-    send_whole(s, cfg, settle, &fallback, &mut next_id, sum, index, bar).await?;
     let failures = s.barrier(next_barrier()).await?;
-    // Anything that failed verification is resent whole once.
+    // A small file that failed verification is resent whole once.
     let mut retry = Vec::new();
     for fl in failures {
-        match p.files.iter().find(|f| f.path == fl.path) {
+        match small.iter().find(|f| f.path == fl.path) {
             Some(f) if fl.retry_whole => {
                 tracing::info!(path = %f.path, "resending whole after: {}", fl.error);
-                if deltas.iter().any(|(_, d)| d.path == f.path) {
-                    sum.sent_delta = sum.sent_delta.saturating_sub(1);
-                } else {
-                    sum.sent_whole = sum.sent_whole.saturating_sub(1);
-                }
-                retry.push(f);
+                sum.sent_whole = sum.sent_whole.saturating_sub(1);
+                retry.push(*f);
             }
             _ => sum.failures.push(fl),
         }
@@ -604,64 +576,12 @@ async fn execute(
     Ok(())
 }
 
-enum Sent {
-    Done,
-    Vanished,
-    /// Open for writing elsewhere (live replication): send once closed.
-    Busy,
-    /// Could not produce a delta: send whole instead.
-    Fallback,
-}
-
 /// What a reader thread produced for one file.
 enum Read1 {
     Msgs(Vec<Request>, Option<(Stamp, wire::Hash)>),
     Vanished,
     /// Open for writing elsewhere: try again once it is closed.
     Busy,
-}
-
-fn changed(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
-    Stamp::of(a) != Stamp::of(b)
-}
-
-/// A source file opened for sending.
-enum Opened {
-    Gone,
-    /// Open for writing elsewhere and not quiet: send it once closed.
-    Busy,
-    /// `leased`: a read lease is held and must still be intact after reading.
-    File(std::fs::File, std::fs::Metadata, bool),
-}
-
-/// Opens a file to send. With `settle` (live replication), a file another
-/// process has open for writing is held back unless quiet that long.
-fn open_source(path: &std::path::Path, settle: Option<Duration>) -> std::io::Result<Opened> {
-    let f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Opened::Gone),
-        Err(e) => return Err(e),
-    };
-    let m = f.metadata()?;
-    let leased = match settle {
-        Some(settle) => match crate::lease::take(&f) {
-            crate::lease::Lease::Busy => {
-                let age = m.modified().ok().and_then(|t| t.elapsed().ok());
-                if age.is_none_or(|a| a < settle) {
-                    return Ok(Opened::Busy);
-                }
-                false
-            }
-            l => l == crate::lease::Lease::Held,
-        },
-        None => false,
-    };
-    Ok(Opened::File(f, m, leased))
-}
-
-/// No writer opened or truncated the file since [`open_source`].
-fn untouched(f: &std::fs::File, leased: bool) -> bool {
-    !leased || crate::lease::intact(f)
 }
 
 /// Reads a small file completely; `None` if it changed while being read.
@@ -716,12 +636,13 @@ async fn send_whole(
         &FileOp,
         tokio::task::JoinHandle<std::io::Result<Option<Read1>>>,
     )> = VecDeque::new();
+    // Only small files come here; large ones have their own streams.
     let mut it = files.iter().peekable();
     loop {
         // Keep up to PIPELINE small files being read ahead.
         while queue.len() < PIPELINE {
             match it.peek() {
-                Some(f) if f.size <= SMALL => {
+                Some(_) => {
                     let f = *it.next().unwrap_or(&files[0]);
                     *next_id += 1;
                     let id = *next_id;
@@ -736,20 +657,7 @@ async fn send_whole(
             }
         }
         let Some((f, h)) = queue.pop_front() else {
-            match it.next() {
-                Some(f) => {
-                    *next_id += 1;
-                    let r = send_large(s, cfg, settle, f, *next_id, index, bar).await?;
-                    match r {
-                        Sent::Done => sum.sent_whole += 1,
-                        Sent::Vanished => sum.vanished += 1,
-                        Sent::Busy => sum.busy.push(f.path.clone()),
-                        Sent::Fallback => sum.failures.push(Failure { path: f.path.clone(), error: "kept changing while being read; skipped (the next run will send it)".into(), retry_whole: false }),
-                    }
-                    continue;
-                }
-                None => return Ok(()),
-            }
+            return Ok(());
         };
         let mut res = h.await.map_err(|e| ClientError::Protocol(e.to_string()))?;
         // A file that changed while being read is re-read a few times.
@@ -788,247 +696,6 @@ async fn send_whole(
             }),
         }
     }
-}
-
-/// Streams a large file chunk by chunk from a reader thread.
-async fn send_large(
-    s: &mut Session,
-    cfg: &Config,
-    settle: Option<Duration>,
-    f: &FileOp,
-    id: u64,
-    index: &mut Index,
-    bar: &ProgressBar,
-) -> Result<Sent, ClientError> {
-    let path = cfg.export.join(f.path.as_path());
-    let rel = f.path.clone();
-    let (tx, rx) = mpsc::channel::<Request>(8);
-    let busy = Arc::new(AtomicBool::new(false));
-    let busy2 = busy.clone();
-    let reader =
-        tokio::task::spawn_blocking(move || -> std::io::Result<Option<(Stamp, wire::Hash)>> {
-            let (mut file, before, leased) = match open_source(&path, settle)? {
-                Opened::Gone => return Ok(None),
-                Opened::Busy => {
-                    busy2.store(true, Ordering::Relaxed);
-                    return Ok(None);
-                }
-                Opened::File(f, m, l) => (f, m, l),
-            };
-            let size = before.len();
-            if tx
-                .blocking_send(Request::FileBegin {
-                    id,
-                    path: rel,
-                    meta: scan::meta_of(&before),
-                    size,
-                    encoding: Encoding::Whole,
-                })
-                .is_err()
-            {
-                return Ok(None);
-            }
-            let mut h = blake3::Hasher::new();
-            let mut total = 0u64;
-            loop {
-                let mut buf = vec![0u8; CHUNK];
-                let n = delta::read_full(&mut file, &mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                buf.truncate(n);
-                h.update(&buf);
-                total += n as u64;
-                if total > size
-                    || tx
-                        .blocking_send(Request::FileData { id, data: buf })
-                        .is_err()
-                {
-                    break;
-                }
-            }
-            let after = file.metadata()?;
-            if !untouched(&file, leased) {
-                busy2.store(true, Ordering::Relaxed);
-                let _ = tx.blocking_send(Request::FileAbort { id });
-                return Ok(None);
-            }
-            if changed(&before, &after) || total != size {
-                let _ = tx.blocking_send(Request::FileAbort { id });
-                return Ok(None);
-            }
-            let hash = *h.finalize().as_bytes();
-            let _ = tx.blocking_send(Request::FileEnd { id, hash });
-            Ok(Some((Stamp::of(&after), hash)))
-        });
-    let sent = forward(s, rx, bar).await?;
-    let r = reader
-        .await
-        .map_err(|e| ClientError::Protocol(e.to_string()))??;
-    if busy.load(Ordering::Relaxed) {
-        return Ok(Sent::Busy);
-    }
-    Ok(match (r, sent) {
-        (Some((st, h)), _) => {
-            index.insert(f.path.as_bytes().to_vec(), st, h);
-            Sent::Done
-        }
-        (None, false) => Sent::Vanished,
-        (None, true) => Sent::Fallback,
-    })
-}
-
-/// Sends what a reader thread produces; true if a FileBegin went out.
-async fn forward(
-    s: &mut Session,
-    mut rx: mpsc::Receiver<Request>,
-    bar: &ProgressBar,
-) -> Result<bool, ClientError> {
-    let mut began = false;
-    while let Some(m) = rx.recv().await {
-        match &m {
-            Request::FileBegin { .. } => began = true,
-            Request::FileData { data, .. } => bar.inc(data.len() as u64),
-            Request::DeltaSegment { data, .. } => s.delta_bytes += data.len() as u64,
-            _ => {}
-        }
-        s.send(&m).await?;
-    }
-    Ok(began)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn send_delta(
-    s: &mut Session,
-    cfg: &Config,
-    settle: Option<Duration>,
-    f: &FileOp,
-    sig: Vec<u8>,
-    id: u64,
-    index: &mut Index,
-    bar: &ProgressBar,
-) -> Result<Sent, ClientError> {
-    let path = cfg.export.join(f.path.as_path());
-    let rel = f.path.clone();
-    let (tx, rx) = mpsc::channel::<Request>(4);
-    let barc = bar.clone();
-    let busy = Arc::new(AtomicBool::new(false));
-    let busy2 = busy.clone();
-    let worker = tokio::task::spawn_blocking(
-        move || -> std::io::Result<Result<Option<(Stamp, wire::Hash)>, ()>> {
-            let differ = match delta::Differ::new(sig) {
-                Ok(d) => d,
-                Err(_) => return Ok(Err(())),
-            };
-            let ix = differ.indexed();
-            let (mut file, before, leased) = match open_source(&path, settle)? {
-                Opened::Gone => return Ok(Ok(None)),
-                Opened::Busy => {
-                    busy2.store(true, Ordering::Relaxed);
-                    return Ok(Ok(None));
-                }
-                Opened::File(f, m, l) => (f, m, l),
-            };
-            let size = before.len();
-            if tx
-                .blocking_send(Request::FileBegin {
-                    id,
-                    path: rel,
-                    meta: scan::meta_of(&before),
-                    size,
-                    encoding: Encoding::Delta,
-                })
-                .is_err()
-            {
-                return Ok(Ok(None));
-            }
-            let mut h = blake3::Hasher::new();
-            // Two stages on two threads: read + BLAKE3, and rolling diff.
-            let win = differ.window();
-            let (wtx, wrx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(2);
-            let (rtx, rrx) = std::sync::mpsc::channel::<Vec<u8>>();
-            let (total, diffed) = std::thread::scope(|sc| {
-                let (file, h) = (&mut file, &mut h);
-                let reader = sc.spawn(move || -> std::io::Result<u64> {
-                    let mut total = 0u64;
-                    loop {
-                        let mut buf = rrx.try_recv().unwrap_or_else(|_| vec![0u8; win]);
-                        let n = delta::read_full(file, &mut buf)?;
-                        h.update(&buf[..n]);
-                        total += n as u64;
-                        let last = n < win;
-                        if wtx.send((buf, n)).is_err() || last {
-                            return Ok(total);
-                        }
-                    }
-                });
-                let mut diffed = Ok(Ok(()));
-                let mut seg = Vec::new();
-                for (buf, n) in wrx.iter() {
-                    if ix.diff(&buf[..n], &mut seg).is_err() {
-                        diffed = Ok(Err(()));
-                        break;
-                    }
-                    barc.inc(n as u64);
-                    let _ = rtx.send(buf);
-                    if tx
-                        .blocking_send(Request::DeltaSegment {
-                            id,
-                            data: std::mem::take(&mut seg),
-                        })
-                        .is_err()
-                    {
-                        diffed = Err(());
-                        break;
-                    }
-                }
-                drop(wrx);
-                (
-                    reader
-                        .join()
-                        .unwrap_or_else(|_| Err(std::io::Error::other("reader thread panicked"))),
-                    diffed,
-                )
-            });
-            let total = total?;
-            match diffed {
-                Ok(Ok(())) => {}
-                Ok(Err(())) => {
-                    let _ = tx.blocking_send(Request::FileAbort { id });
-                    return Ok(Err(()));
-                }
-                Err(()) => return Ok(Ok(None)),
-            }
-            let after = file.metadata()?;
-            if !untouched(&file, leased) {
-                busy2.store(true, Ordering::Relaxed);
-                let _ = tx.blocking_send(Request::FileAbort { id });
-                return Ok(Ok(None));
-            }
-            if changed(&before, &after) || total != size {
-                let _ = tx.blocking_send(Request::FileAbort { id });
-                return Ok(Err(()));
-            }
-            let hash = *h.finalize().as_bytes();
-            let _ = tx.blocking_send(Request::FileEnd { id, hash });
-            Ok(Ok(Some((Stamp::of(&after), hash))))
-        },
-    );
-    let began = forward(s, rx, &ProgressBar::hidden()).await?;
-    let r = worker
-        .await
-        .map_err(|e| ClientError::Protocol(e.to_string()))??;
-    if busy.load(Ordering::Relaxed) {
-        return Ok(Sent::Busy);
-    }
-    Ok(match r {
-        Ok(Some((st, h))) => {
-            index.insert(f.path.as_bytes().to_vec(), st, h);
-            Sent::Done
-        }
-        Ok(None) if !began => Sent::Vanished,
-        _ => Sent::Fallback,
-    })
 }
 
 /// One difference found by `verify`.

@@ -150,6 +150,7 @@ pub fn run(
         .build()?;
     let o = ResyncOptions {
         settle: None,
+        background: false,
         dry_run: false,
         checksum: false,
         delete: true,

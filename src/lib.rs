@@ -19,6 +19,8 @@ pub mod scan;
 pub mod sigcache;
 pub mod standby;
 pub mod stats;
+pub mod stream;
 pub mod tls;
+pub mod transfer;
 pub mod watch;
 pub mod wire;

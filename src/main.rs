@@ -181,6 +181,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let o = ResyncOptions {
                 settle: None,
+                background: false,
                 dry_run,
                 checksum: checksum || cfg.sync.checksum,
                 delete: if no_delete { false } else { cfg.sync.delete },

@@ -76,6 +76,7 @@ pub async fn run_with(
     crate::lease::ignore_break_signal();
     let opts = ResyncOptions {
         settle: Some(cfg.sync.batch.settle),
+        background: true,
         dry_run: false,
         checksum: cfg.sync.checksum,
         delete: cfg.sync.delete,
@@ -119,6 +120,8 @@ pub async fn run_with(
         let mut batcher = Batcher::new(cfg.sync.batch);
         batcher.force_full(Instant::now().into_std());
         let mut live = false;
+        // Outcomes of large transfers that ended between batches.
+        let mut tsum = client::Summary::default();
         loop {
             let now = Instant::now();
             if let Some(w) = &mut watch {
@@ -169,11 +172,8 @@ pub async fn run_with(
                             retry.at = Some(Instant::now() + retry.delay);
                             retry.delay = (retry.delay * 2).min(RETRY_MAX);
                         }
-                        if !live {
-                            live = true;
-                            tracing::info!("in sync; following changes");
-                        }
-                        stats.set_lag(batcher.pending() as u64, batcher.oldest());
+                        announce_live(&mut live, &s);
+                        set_lag(&stats, &batcher, &s);
                     }
                     Err(e) => {
                         tracing::warn!("lost the standby: {e}; reconnecting");
@@ -195,6 +195,22 @@ pub async fn run_with(
             .min();
             let far = now + Duration::from_secs(3600);
             tokio::select! {
+                t = s.next_transfer(&mut tsum, &mut index) => {
+                    // A large file finished on its own stream. Compare it once
+                    // more: anything that happened to it meanwhile (another
+                    // write, a delete, a rename of its directory) shows now.
+                    let _ = t.map(|p| batcher.push(Change::Settled(p), std::time::Instant::now()));
+                    record(&stats, &s, &tsum);
+                    match followups(std::mem::take(&mut tsum), &mut batcher, &stats) {
+                        failed if failed.is_empty() => {}
+                        failed => {
+                            retry.paths.extend(failed);
+                            retry.at.get_or_insert(Instant::now() + retry.delay);
+                        }
+                    }
+                    announce_live(&mut live, &s);
+                    set_lag(&stats, &batcher, &s);
+                }
                 c = async {
                     match &mut watch {
                         Some(w) => w.rx.recv().await,
@@ -224,6 +240,13 @@ pub async fn run_with(
                         )
                         .await;
                     }
+                    // Large transfers under way get a while to finish; the
+                    // standby drops any that do not (staged, never visible).
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        s.drain_transfers(&mut tsum, &mut index),
+                    )
+                    .await;
                     let _ = tokio::time::timeout(Duration::from_secs(10), s.finish()).await;
                     save_index(&mut index).await;
                     tracing::info!("primary stopped");
@@ -296,14 +319,7 @@ async fn ship(
     stats.lag_bytes.store(0, Relaxed);
     stats.reconciles.fetch_add(1, Relaxed);
     stats.batches.fetch_add(1, Relaxed);
-    stats.files_whole.fetch_add(sum.sent_whole, Relaxed);
-    stats.files_delta.fetch_add(sum.sent_delta, Relaxed);
-    stats.bytes_whole.fetch_add(sum.bytes_whole, Relaxed);
-    stats.bytes_delta.fetch_add(sum.bytes_delta, Relaxed);
-    stats.delta_wire_bytes.fetch_add(sum.delta_bytes, Relaxed);
-    stats.deletes.fetch_add(sum.deleted, Relaxed);
-    stats.wire_tx.store(s.app_tx, Relaxed);
-    stats.wire_rx.store(s.app_rx, Relaxed);
+    record(stats, s, &sum);
     if let Some(o) = b.oldest {
         stats
             .last_batch_us
@@ -325,7 +341,32 @@ async fn ship(
             "replicated"
         );
     }
-    // Open for writing elsewhere: wait for their close (or quiet).
+    Ok(followups(sum, batcher, stats))
+}
+
+/// After the first reconcile of a connection, and its large files, are done.
+fn announce_live(live: &mut bool, s: &Session) {
+    if !*live && s.transfers().is_empty() {
+        *live = true;
+        tracing::info!("in sync; following changes");
+    }
+}
+
+/// Counts what a reconcile (or a large transfer) sent.
+fn record(stats: &Stats, s: &Session, sum: &client::Summary) {
+    stats.files_whole.fetch_add(sum.sent_whole, Relaxed);
+    stats.files_delta.fetch_add(sum.sent_delta, Relaxed);
+    stats.bytes_whole.fetch_add(sum.bytes_whole, Relaxed);
+    stats.bytes_delta.fetch_add(sum.bytes_delta, Relaxed);
+    stats.delta_wire_bytes.fetch_add(sum.delta_bytes, Relaxed);
+    stats.deletes.fetch_add(sum.deleted, Relaxed);
+    let (tx, rx) = s.wire_bytes();
+    stats.wire_tx.store(tx, Relaxed);
+    stats.wire_rx.store(rx, Relaxed);
+}
+
+/// Files busy elsewhere wait for their close; returns the paths to retry.
+fn followups(sum: client::Summary, batcher: &mut Batcher, stats: &Stats) -> Vec<RelPath> {
     let now = std::time::Instant::now();
     for p in sum.busy {
         batcher.push(Change::Writing(p), now);
@@ -336,5 +377,15 @@ async fn ship(
         stats.error(format!("{}: {}", f.path, f.error));
         failed.push(f.path);
     }
-    Ok(failed)
+    failed
+}
+
+/// Lag: changes not yet acknowledged, queued or on their way.
+fn set_lag(stats: &Stats, batcher: &Batcher, s: &Session) {
+    let t = s.transfers();
+    let oldest = match (batcher.oldest(), t.oldest()) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    stats.set_lag((batcher.pending() + t.len()) as u64, oldest);
 }

@@ -62,7 +62,6 @@ pub enum StandbyError {
 struct Shared {
     root: Root,
     index: Mutex<Index>,
-    failures: Mutex<Vec<Failure>>,
     committed: AtomicU64,
     durable: bool,
     sigs: SigCache,
@@ -106,7 +105,6 @@ impl Standby {
         let shared = Arc::new(Shared {
             root,
             index: Mutex::new(index),
-            failures: Mutex::new(Vec::new()),
             committed: AtomicU64::new(0),
             durable: cfg.sync.durable,
             sigs: SigCache::new(&cfg.state_dir),
@@ -302,16 +300,31 @@ async fn session_inner(
         .unwrap_or(2)
         .clamp(2, 8);
     let batch_max = batch_files(nworkers);
+    let failures = Failures::default();
     let mut workers = Vec::new();
     let mut txs = Vec::new();
     for _ in 0..nworkers {
         let (tx, rx) = mpsc::channel::<Job>(16);
         let sh = shared.clone();
         let rt = reply_tx.clone();
-        workers.push(std::thread::spawn(move || worker(sh, rx, rt, batch_max)));
+        let fl = failures.clone();
+        workers.push(std::thread::spawn(move || {
+            worker(sh, rx, rt, fl, batch_max)
+        }));
         txs.push(tx);
     }
-    let result = dispatch(&mut recv, &mut rbuf, &purpose, &shared, &txs, &reply_tx).await;
+    // Large files arrive on streams of their own, beside this one.
+    let streams = (purpose != Purpose::Verify).then(|| {
+        let (conn, sh) = (conn.clone(), shared.clone());
+        tokio::spawn(accept_file_streams(conn, sh))
+    });
+    let result = dispatch(
+        &mut recv, &mut rbuf, &purpose, &shared, &txs, &reply_tx, &failures,
+    )
+    .await;
+    if let Some(s) = streams {
+        s.abort();
+    }
     if let Err(e) = &result {
         let _ = reply_tx.send(Reply::Fatal {
             reason: e.to_string(),
@@ -341,6 +354,7 @@ async fn dispatch(
     shared: &Arc<Shared>,
     txs: &[mpsc::Sender<Job>],
     reply: &mpsc::UnboundedSender<Reply>,
+    failures: &Failures,
 ) -> Result<(), SessionError> {
     let send = |i: usize, j: Job| async move {
         txs[i]
@@ -398,15 +412,17 @@ async fn dispatch(
                 )
                 .await
                 .map_err(|e| SessionError::Protocol(e.to_string()))??;
-                let failures =
-                    std::mem::take(&mut *shared.failures.lock().unwrap_or_else(|p| p.into_inner()));
-                let _ = reply.send(Reply::BarrierDone { id, failures });
+                let _ = reply.send(Reply::BarrierDone {
+                    id,
+                    failures: take(failures),
+                });
             }
             Request::Barrier { id } => {
                 flush_all(txs).await?;
-                let failures =
-                    std::mem::take(&mut *shared.failures.lock().unwrap_or_else(|p| p.into_inner()));
-                let _ = reply.send(Reply::BarrierDone { id, failures });
+                let _ = reply.send(Reply::BarrierDone {
+                    id,
+                    failures: take(failures),
+                });
             }
             Request::Finish => {
                 flush_all(txs).await?;
@@ -437,6 +453,96 @@ async fn dispatch(
             }
             op => send(0, Job::Op(op)).await?,
         }
+    }
+}
+
+async fn accept_file_streams(conn: quinn::Connection, sh: Arc<Shared>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let sh = sh.clone();
+        let peer = conn.remote_address();
+        tasks.spawn(async move {
+            if let Err(e) = file_stream(send, recv, sh).await {
+                tracing::warn!(%peer, "file stream: {e}");
+            }
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    // Connection gone: the tasks end as their streams fail.
+    tasks.detach_all();
+}
+
+/// One large file's stream: a signature request (for a delta), the content,
+/// then the verdict once the file is committed. Runs on a worker thread of
+/// its own, so it proceeds beside the control stream.
+async fn file_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    sh: Arc<Shared>,
+) -> Result<(), SessionError> {
+    let (reply_tx, mut reply_rx) = mpsc::unbounded_channel::<Reply>();
+    let writer = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        while let Some(r) = reply_rx.recv().await {
+            if wire::write_msg(&mut send, &r, &mut buf).await.is_err() {
+                return;
+            }
+        }
+        let _ = send.finish();
+    });
+    let failures = Failures::default();
+    let (tx, rx) = mpsc::channel::<Job>(16);
+    let w = {
+        let (sh, rt, fl) = (sh.clone(), reply_tx.clone(), failures.clone());
+        std::thread::spawn(move || worker(sh, rx, rt, fl, 1))
+    };
+    let mut rbuf = Vec::new();
+    let result = async {
+        while let Some(msg) = wire::read_msg::<_, Request>(&mut recv, &mut rbuf).await? {
+            match msg {
+                Request::SigRequest { .. }
+                | Request::FileBegin { .. }
+                | Request::FileData { .. }
+                | Request::DeltaSegment { .. }
+                | Request::FileEnd { .. }
+                | Request::FileAbort { .. } => tx
+                    .send(Job::Op(msg))
+                    .await
+                    .map_err(|_| SessionError::Protocol("worker stopped".into()))?,
+                other => {
+                    return Err(SessionError::Protocol(format!(
+                        "{} on a file stream",
+                        request_name(&other)
+                    )))
+                }
+            }
+        }
+        flush_all(std::slice::from_ref(&tx)).await
+    }
+    .await;
+    drop(tx);
+    let _ = tokio::task::spawn_blocking(move || w.join()).await;
+    let _ = reply_tx.send(match &result {
+        Ok(()) => Reply::BarrierDone {
+            id: 0,
+            failures: take(&failures),
+        },
+        Err(e) => Reply::Fatal {
+            reason: e.to_string(),
+        },
+    });
+    drop(reply_tx);
+    let _ = writer.await;
+    result
+}
+
+fn request_name(r: &Request) -> &'static str {
+    match r {
+        Request::Hello { .. } => "Hello",
+        Request::List { .. } | Request::ListScope { .. } => "List",
+        Request::Finish => "Finish",
+        Request::Commit { .. } | Request::Barrier { .. } => "a barrier",
+        _ => "a metadata request",
     }
 }
 
@@ -521,10 +627,18 @@ struct Verified<'r> {
     sig: Option<(u32, u32, Vec<u8>)>,
 }
 
+/// Failures since the last barrier, reported with it.
+type Failures = Arc<Mutex<Vec<Failure>>>;
+
+fn take(f: &Failures) -> Vec<Failure> {
+    std::mem::take(&mut *f.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
 fn worker(
     sh: Arc<Shared>,
     mut rx: mpsc::Receiver<Job>,
     reply: mpsc::UnboundedSender<Reply>,
+    failures: Failures,
     batch_max: usize,
 ) {
     let root = &sh.root;
@@ -534,7 +648,7 @@ fn worker(
     let mut copy_buf = Vec::new();
     let fail = |path: &RelPath, error: String, retry_whole: bool| {
         tracing::warn!(path = %path, "{error}");
-        sh.failures
+        failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(Failure {

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::path::RelPath;
 
 /// Bumped on any incompatible change to the messages below.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// ALPN identifier for the QUIC/TLS handshake.
 pub const ALPN: &[u8] = b"syncd/1";
 /// Largest frame either side accepts.

@@ -234,6 +234,38 @@ fn rename_of_a_big_file_moves_no_content() {
     assert_eq!(p.metric("files_sent_delta_total"), 0.0);
 }
 
+/// A huge file travels on its own stream: small files written after it
+/// arrive while it is still on its way, not after it.
+#[test]
+fn small_files_are_not_held_up_by_a_big_one() {
+    let mut p = Pair::new();
+    p.start_standby();
+    start_primary(&mut p);
+    p.wait_live();
+    // Seconds on loopback (sent, written, flushed), against milliseconds for a small file.
+    {
+        let mut f = std::fs::File::create(p.primary().join("big")).unwrap();
+        let chunk = Rng(9).bytes(1 << 20);
+        for _ in 0..768 {
+            std::io::Write::write_all(&mut f, &chunk).unwrap();
+        }
+    }
+    std::fs::write(p.primary().join("small"), b"after the big one").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let small = p.standby_dir().join("small");
+    while std::fs::read(&small).ok().as_deref() != Some(b"after the big one".as_slice()) {
+        assert!(Instant::now() < deadline, "small file never arrived");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(
+        !p.standby_dir().join("big").exists(),
+        "the small file only arrived after the big one"
+    );
+    p.wait_equal(Duration::from_secs(120));
+    p.assert_equal();
+    assert_eq!(p.metric("files_sent_whole_total"), 2.0);
+}
+
 #[test]
 fn standby_killed_mid_workload_then_restarted_converges() {
     let mut p = Pair::new();

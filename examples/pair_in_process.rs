@@ -52,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
     let cfg = Config::load(&d.join("primary.toml"))?;
     let o = ResyncOptions {
         settle: None,
+        background: false,
         dry_run: false,
         checksum: false,
         delete: true,

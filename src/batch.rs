@@ -23,7 +23,8 @@ use crate::wire::Scope;
 pub struct BatchConfig {
     /// Wait this long without new changes before shipping.
     pub window: Duration,
-    /// Never hold a change longer than this.
+    /// Never hold a change longer than this. Under a steady stream the
+    /// window never goes quiet, so this is what bounds the latency.
     pub max_delay: Duration,
     /// Ship at once when this many paths are pending.
     pub max_paths: usize,
@@ -35,7 +36,7 @@ impl Default for BatchConfig {
     fn default() -> Self {
         BatchConfig {
             window: Duration::from_millis(5),
-            max_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(10),
             max_paths: 4096,
             settle: Duration::from_millis(500),
         }

@@ -316,7 +316,7 @@ async fn ship(
     let mut sum = client::reconcile(s, cfg, opts, index, scope).await?;
     stats.lag_bytes.store(sum.content_bytes, Relaxed);
     sum.failures.extend(s.commit(commit_id).await?);
-    stats.lag_bytes.store(0, Relaxed);
+    stats.lag_bytes.store(s.transfers().bytes(), Relaxed);
     stats.reconciles.fetch_add(1, Relaxed);
     stats.batches.fetch_add(1, Relaxed);
     record(stats, s, &sum);
@@ -388,4 +388,5 @@ fn set_lag(stats: &Stats, batcher: &Batcher, s: &Session) {
         (a, b) => a.or(b),
     };
     stats.set_lag((batcher.pending() + t.len()) as u64, oldest);
+    stats.lag_bytes.store(t.bytes(), Relaxed);
 }

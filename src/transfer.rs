@@ -44,7 +44,8 @@ pub struct Transfers {
     conn: quinn::Connection,
     export: Arc<PathBuf>,
     set: JoinSet<Outcome>,
-    running: HashMap<tokio::task::Id, (RelPath, Instant)>,
+    /// Path, start, size of each running transfer.
+    running: HashMap<tokio::task::Id, (RelPath, Instant, u64)>,
 }
 
 impl Transfers {
@@ -59,7 +60,7 @@ impl Transfers {
 
     /// A transfer of `p` is under way (its outcome will re-check it).
     pub fn busy(&self, p: &RelPath) -> bool {
-        self.running.values().any(|(q, _)| q == p)
+        self.running.values().any(|(q, _, _)| q == p)
     }
 
     pub fn len(&self) -> usize {
@@ -72,7 +73,12 @@ impl Transfers {
 
     /// When the oldest running transfer started.
     pub fn oldest(&self) -> Option<Instant> {
-        self.running.values().map(|(_, t)| *t).min()
+        self.running.values().map(|(_, t, _)| *t).min()
+    }
+
+    /// Content bytes of the running transfers (part of the lag).
+    pub fn bytes(&self) -> u64 {
+        self.running.values().map(|(_, _, n)| n).sum()
     }
 
     /// Starts `op` on its own stream; with [`MAX_STREAMS`] already running,
@@ -89,11 +95,11 @@ impl Transfers {
             None
         };
         let (conn, export, bar) = (self.conn.clone(), self.export.clone(), bar.clone());
-        let path = op.path.clone();
+        let (path, size) = (op.path.clone(), op.size);
         let h = self
             .set
             .spawn(async move { transfer(conn, &export, settle, op, &bar).await });
-        self.running.insert(h.id(), (path, Instant::now()));
+        self.running.insert(h.id(), (path, Instant::now(), size));
         done
     }
 
@@ -111,7 +117,7 @@ impl Transfers {
             Err(e) => {
                 // A panicked or aborted task: its path is compared again by
                 // the next reconcile that covers it.
-                let path = self.running.remove(&e.id()).map(|(p, _)| p);
+                let path = self.running.remove(&e.id()).map(|(p, _, _)| p);
                 tracing::error!(?path, "transfer task failed: {e}");
                 None
             }

@@ -67,7 +67,7 @@ pub async fn run_with(
             None
         }
     };
-    let periodic = match (&watch, cfg.sync.full_reconcile) {
+    let mut periodic = match (&watch, cfg.sync.full_reconcile) {
         (None, _) => Some(PERIODIC_NO_WATCH),
         (Some(_), p) => p,
     };
@@ -133,9 +133,13 @@ pub async fn run_with(
                     tracing::warn!("change queue overflowed; a full reconcile follows");
                     batcher.push(Change::Lost, now.into_std());
                 }
-                if w.limit_hit.swap(false, Relaxed) && next_full.is_none() {
-                    tracing::error!("inotify watch limit reached (raise fs.inotify.max_user_watches); adding a full reconcile every {PERIODIC_NO_WATCH:?}");
-                    next_full = Some(now + PERIODIC_NO_WATCH);
+                if w.limit_hit.swap(false, Relaxed) && periodic != Some(PERIODIC_NO_WATCH) {
+                    // Directories without a watch change silently: only a
+                    // periodic compare finds those changes.
+                    tracing::error!("inotify watch limit reached (raise fs.inotify.max_user_watches); adding a full reconcile every {PERIODIC_NO_WATCH:?} until restart");
+                    periodic = Some(PERIODIC_NO_WATCH);
+                    let soon = now + PERIODIC_NO_WATCH;
+                    next_full = Some(next_full.map_or(soon, |t| t.min(soon)));
                 }
             }
             if next_full.is_some_and(|t| now >= t) {

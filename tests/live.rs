@@ -234,6 +234,38 @@ fn rename_of_a_big_file_moves_no_content() {
     assert_eq!(p.metric("files_sent_delta_total"), 0.0);
 }
 
+/// Moved in from outside the export: a create of the whole subtree; moved
+/// out: a delete.
+#[test]
+fn moves_into_and_out_of_the_export() {
+    let mut p = Pair::new();
+    seed_tree(&p.primary());
+    p.start_standby();
+    start_primary(&mut p);
+    p.wait_live();
+    let outside = p.path("outside");
+    std::fs::create_dir_all(outside.join("tree/a/b")).unwrap();
+    for i in 0..20 {
+        std::fs::write(outside.join(format!("tree/a/b/f{i}")), vec![i as u8; 3000]).unwrap();
+    }
+    std::fs::write(outside.join("tree/top"), b"top").unwrap();
+    std::fs::write(outside.join("loose"), b"a single file").unwrap();
+    std::fs::rename(outside.join("tree"), p.primary().join("d1/tree")).unwrap();
+    std::fs::rename(outside.join("loose"), p.primary().join("loose")).unwrap();
+    std::fs::rename(p.primary().join("d2"), outside.join("d2")).unwrap();
+    std::fs::rename(p.primary().join("d0/f3"), outside.join("f3")).unwrap();
+    p.wait_equal(Duration::from_secs(20));
+    p.assert_equal();
+    let s = p.standby_dir();
+    assert_eq!(
+        std::fs::read(s.join("d1/tree/a/b/f7")).unwrap(),
+        vec![7u8; 3000]
+    );
+    assert_eq!(std::fs::read(s.join("loose")).unwrap(), b"a single file");
+    assert!(!s.join("d2").exists() && !s.join("d0/f3").exists());
+    assert!(p.metric("deletes_total") >= 2.0);
+}
+
 /// A huge file travels on its own stream: small files written after it
 /// arrive while it is still on its way, not after it.
 #[test]

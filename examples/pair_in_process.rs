@@ -53,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
     let o = ResyncOptions {
         settle: None,
         background: false,
+        defer_links: None,
         dry_run: false,
         checksum: false,
         delete: true,

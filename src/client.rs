@@ -1,9 +1,10 @@
 //! The primary's side of a session: connect, compare, send.
 //! Used by `syncd resync` and `syncd verify`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Read;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -280,6 +281,12 @@ pub struct ResyncOptions {
     /// Live replication: large transfers keep running after `reconcile`
     /// returns; their outcomes come from [`Session::next_transfer`].
     pub background: bool,
+    /// Live replication: a scoped reconcile leaves out hard-linked files
+    /// whose other names are outside its scope (sending one as a file would
+    /// break the link on the standby) and counts them in
+    /// [`Summary::deferred_links`], for a full reconcile to link them;
+    /// except inodes listed here, known to have names outside the export.
+    pub defer_links: Option<Arc<HashSet<(u64, u64)>>>,
     pub dry_run: bool,
     pub checksum: bool,
     pub delete: bool,
@@ -315,6 +322,11 @@ pub struct Summary {
     /// Files not sent because another process has them open for writing
     /// (live replication only); they go once closed.
     pub busy: Vec<RelPath>,
+    /// Hard-linked files left for a full reconcile (see
+    /// [`ResyncOptions::defer_links`]).
+    pub deferred_links: u64,
+    /// After a full scan: hard-linked inodes with names outside the export.
+    pub links_outside: HashSet<(u64, u64)>,
     pub dry_run: bool,
 }
 
@@ -385,6 +397,7 @@ pub async fn reconcile(
     let root = cfg.export.clone();
     let mut ix = std::mem::take(index);
     let local_scope = scope.clone();
+    let scoped = scope.is_some();
     let local = tokio::task::spawn_blocking(move || {
         let r = match &local_scope {
             None => scan::scan(&root, &mut ix, checksum, checksum),
@@ -400,7 +413,26 @@ pub async fn reconcile(
         .await
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
     *index = ix;
-    let (local, remote): (Scan, _) = (local?, remote?);
+    let (mut local, mut remote): (Scan, Vec<Entry>) = (local?, remote?);
+    let mut deferred_links = 0;
+    let mut links_outside = HashSet::new();
+    if !scoped {
+        links_outside = local.partial_links.iter().map(|g| g.key).collect();
+    } else if let Some(outside) = &o.defer_links {
+        let defer: HashSet<&RelPath> = local
+            .partial_links
+            .iter()
+            .filter(|g| !outside.contains(&g.key))
+            .flat_map(|g| &g.names)
+            .collect();
+        if !defer.is_empty() {
+            deferred_links = defer.len() as u64;
+            // Out of both sides' lists: neither sent nor deleted now.
+            let defer: HashSet<RelPath> = defer.into_iter().cloned().collect();
+            local.entries.retain(|e| !defer.contains(&e.path));
+            remote.retain(|e| !defer.contains(&e.path));
+        }
+    }
     let owners = rustix::process::geteuid().is_root();
     let p = plan::plan(
         &local.entries,
@@ -420,6 +452,8 @@ pub async fn reconcile(
         content_bytes: p.content_bytes,
         bytes_whole: p.content_bytes - bytes_delta,
         bytes_delta,
+        deferred_links,
+        links_outside,
         dry_run: o.dry_run,
         ..Default::default()
     };

@@ -151,6 +151,7 @@ pub fn run(
     let o = ResyncOptions {
         settle: None,
         background: false,
+        defer_links: None,
         dry_run: false,
         checksum: false,
         delete: true,

@@ -182,6 +182,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let o = ResyncOptions {
                 settle: None,
                 background: false,
+                defer_links: None,
                 dry_run,
                 checksum: checksum || cfg.sync.checksum,
                 delete: if no_delete { false } else { cfg.sync.delete },

@@ -28,6 +28,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Files the standby could not apply are retried after this (doubling).
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
+/// A hard link made to a file outside a batch's scope is linked on the
+/// standby by a full reconcile this soon (one for all that arrive meanwhile).
+const LINKS_DELAY: Duration = Duration::from_secs(1);
 
 /// Runs until `shutdown`; serves `/metrics` and `/status` on `admin` if set.
 pub async fn run(
@@ -74,9 +77,10 @@ pub async fn run_with(
     let mut next_full = periodic.map(|p| Instant::now() + p);
     let mut index = Index::load(&cfg.state_dir.join("index.bin"));
     crate::lease::ignore_break_signal();
-    let opts = ResyncOptions {
+    let mut opts = ResyncOptions {
         settle: Some(cfg.sync.batch.settle),
         background: true,
+        defer_links: Some(Default::default()),
         dry_run: false,
         checksum: cfg.sync.checksum,
         delete: cfg.sync.delete,
@@ -158,7 +162,7 @@ pub async fn run_with(
                 match ship(
                     &mut s,
                     &cfg,
-                    &opts,
+                    &mut opts,
                     &mut index,
                     &mut watch,
                     b,
@@ -168,7 +172,12 @@ pub async fn run_with(
                 )
                 .await
                 {
-                    Ok(failed) => {
+                    Ok((failed, deferred_links)) => {
+                        if deferred_links > 0 {
+                            // Link them soon, in one compare of the whole tree.
+                            let soon = Instant::now() + LINKS_DELAY;
+                            next_full = Some(next_full.map_or(soon, |t| t.min(soon)));
+                        }
                         if failed.is_empty() {
                             retry.delay = RETRY_MIN;
                         } else {
@@ -240,7 +249,7 @@ pub async fn run_with(
                         commit_id += 1;
                         let _ = tokio::time::timeout(
                             Duration::from_secs(10),
-                            ship(&mut s, &cfg, &opts, &mut index, &mut watch, b, &mut batcher, &stats, commit_id),
+                            ship(&mut s, &cfg, &mut opts, &mut index, &mut watch, b, &mut batcher, &stats, commit_id),
                         )
                         .await;
                     }
@@ -288,19 +297,20 @@ async fn save_index(index: &mut Index) {
 }
 
 /// Replays renames, reconciles the batch's scope, and waits for the standby's
-/// durable commit. Returns the paths the standby could not apply.
+/// durable commit. Returns the paths the standby could not apply, and how
+/// many hard-linked files were left for a full reconcile.
 #[allow(clippy::too_many_arguments)]
 async fn ship(
     s: &mut Session,
     cfg: &Config,
-    opts: &ResyncOptions,
+    opts: &mut ResyncOptions,
     index: &mut Index,
     watch: &mut Option<Watch>,
     b: Batch,
     batcher: &mut Batcher,
     stats: &Stats,
     commit_id: u64,
-) -> Result<Vec<RelPath>, ClientError> {
+) -> Result<(Vec<RelPath>, u64), ClientError> {
     let pending = batcher.pending() as u64;
     stats.set_lag(b.changes + pending, b.oldest);
     for (from, to) in &b.renames {
@@ -332,6 +342,14 @@ async fn ship(
     if full {
         stats.full_reconciles.fetch_add(1, Relaxed);
         save_index(index).await;
+        opts.defer_links = Some(Arc::new(std::mem::take(&mut sum.links_outside)));
+    }
+    let deferred_links = sum.deferred_links;
+    if deferred_links > 0 {
+        tracing::debug!(
+            deferred_links,
+            "hard links with names outside the batch; a full reconcile links them"
+        );
     }
     let changed = sum.sent_whole + sum.sent_delta + sum.deleted + sum.meta_only + sum.symlinks;
     if full || changed > 0 {
@@ -345,7 +363,7 @@ async fn ship(
             "replicated"
         );
     }
-    Ok(followups(sum, batcher, stats))
+    Ok((followups(sum, batcher, stats), deferred_links))
 }
 
 /// After the first reconcile of a connection, and its large files, are done.

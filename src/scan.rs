@@ -21,6 +21,17 @@ pub struct Scan {
     /// Special files (FIFOs, sockets, devices) and unrepresentable names.
     pub skipped: Vec<String>,
     pub hashed_bytes: u64,
+    /// Hard-link groups of which this scan saw fewer names than the inode
+    /// has links: the other names are outside the scan's scope (or outside
+    /// the export).
+    pub partial_links: Vec<PartialLink>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartialLink {
+    /// (device, inode)
+    pub key: (u64, u64),
+    pub names: Vec<RelPath>,
 }
 
 pub fn meta_of(m: &std::fs::Metadata) -> Meta {
@@ -63,7 +74,8 @@ pub fn walk_order(a: &RelPath, b: &RelPath) -> std::cmp::Ordering {
 struct Collector {
     out: Scan,
     stamps: Vec<Option<(PathBuf, Stamp)>>,
-    leaders: HashMap<(u64, u64), RelPath>,
+    /// Per hard-linked inode: its names seen so far (the first leads) and its link count.
+    groups: HashMap<(u64, u64), (Vec<RelPath>, u64)>,
 }
 
 impl Collector {
@@ -82,10 +94,12 @@ impl Collector {
             }
         } else if ft.is_file() {
             let leader = (m.nlink() > 1).then(|| {
-                self.leaders
+                let g = self
+                    .groups
                     .entry((m.dev(), m.ino()))
-                    .or_insert_with(|| path.clone())
-                    .clone()
+                    .or_insert_with(|| (Vec::new(), m.nlink()));
+                g.0.push(path.clone());
+                g.0[0].clone()
             });
             match leader {
                 Some(l) if l != path => Kind::HardLink { leader: l },
@@ -162,6 +176,14 @@ impl Collector {
     }
 
     fn finish(mut self, index: &mut Index, hash: bool, force: bool) -> std::io::Result<Scan> {
+        let mut partial: Vec<PartialLink> = self
+            .groups
+            .drain()
+            .filter(|(_, (names, nlink))| (names.len() as u64) < *nlink)
+            .map(|(key, (names, _))| PartialLink { key, names })
+            .collect();
+        partial.sort_by_key(|a| a.key);
+        self.out.partial_links = partial;
         if hash {
             hash_entries(&mut self.out, &self.stamps, index, force)?;
         }
@@ -184,8 +206,7 @@ pub fn scan(root: &Path, index: &mut Index, hash: bool, force: bool) -> std::io:
 /// Scans only `scope` (each path, and the subtree of a recursive one), in
 /// walk order. Both sides scan the same scope, so comparing the two results
 /// is a reconcile of just that part of the tree. A hard link whose other
-/// names lie outside the scope is seen as a plain file (a full reconcile
-/// restores the link).
+/// names lie outside the scope is listed in [`Scan::partial_links`].
 pub fn scan_scoped(
     root: &Path,
     index: &mut Index,

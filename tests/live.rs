@@ -266,6 +266,55 @@ fn moves_into_and_out_of_the_export() {
     assert!(p.metric("deletes_total") >= 2.0);
 }
 
+/// Hard links made while live arrive as links, also when the other name is
+/// outside the batch (`ln` to an old file, a `cp -al` snapshot), without
+/// sending content.
+#[test]
+fn hard_links_made_live_stay_links() {
+    use std::os::unix::fs::MetadataExt;
+    let mut p = Pair::new();
+    seed_tree(&p.primary());
+    p.start_standby();
+    start_primary(&mut p);
+    p.wait_live();
+    let whole0 = p.metric("files_sent_whole_total");
+    let pr = p.primary();
+    std::fs::hard_link(pr.join("d0/f1"), pr.join("d1/link")).unwrap();
+    std::fs::create_dir(pr.join("snap")).unwrap();
+    for f in 0..10 {
+        std::fs::hard_link(pr.join(format!("d2/f{f}")), pr.join(format!("snap/f{f}"))).unwrap();
+    }
+    p.wait_equal(Duration::from_secs(20));
+    p.assert_equal();
+    let ino = |rel: &str| std::fs::metadata(p.standby_dir().join(rel)).unwrap().ino();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ino("d0/f1") != ino("d1/link")
+        || (0..10).any(|f| ino(&format!("d2/f{f}")) != ino(&format!("snap/f{f}")))
+    {
+        assert!(Instant::now() < deadline, "not linked on the standby");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        p.metric("files_sent_whole_total"),
+        whole0,
+        "content was sent for a hard link"
+    );
+    // Written in place through one name: the inotify events name only that
+    // one, yet the other name on the standby must show the new content too.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(pr.join("d0/f1"))
+        .unwrap();
+    f.write_all(b"appended through one name").unwrap();
+    drop(f);
+    p.wait_equal(Duration::from_secs(20));
+    p.assert_equal();
+    assert_eq!(ino("d0/f1"), ino("d1/link"), "the link was broken");
+    assert!(std::fs::read(p.standby_dir().join("d1/link"))
+        .unwrap()
+        .ends_with(b"appended through one name"));
+}
+
 /// A huge file travels on its own stream: small files written after it
 /// arrive while it is still on its way, not after it.
 #[test]

@@ -108,7 +108,9 @@ fn init_logs(f: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // colour codes only on a terminal, not in journald or log files
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match f {
         LogFormat::Human => b.try_init(),
         LogFormat::Json => b.json().try_init(),

@@ -1,5 +1,5 @@
-//! Admin endpoint: `/healthz` (cheap, for a VRRP track script) and
-//! `/metrics` (Prometheus text format).
+//! Admin endpoint: `/healthz` (cheap, for a VRRP track script),
+//! `/metrics` (Prometheus text format) and `/vrrp` (built-in VRRP state, JSON).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -46,9 +46,17 @@ pub fn respond<B>(req: &Request<B>, shared: &Shared) -> Response<Full<Bytes>> {
             shared.render_metrics(),
             "text/plain; version=0.0.4",
         ),
+        "/vrrp" => match shared.vrrp_status() {
+            Some(json) => text(StatusCode::OK, json, "application/json"),
+            None => text(
+                StatusCode::NOT_FOUND,
+                "built-in VRRP is not configured (no [[vrrp]] section)\n".into(),
+                "text/plain",
+            ),
+        },
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /healthz or /metrics\n".into(),
+            "not found; try /healthz, /metrics or /vrrp\n".into(),
             "text/plain",
         ),
     }

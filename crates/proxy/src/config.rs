@@ -46,8 +46,9 @@ struct RawConfig {
     listener: Vec<RawListener>,
     #[serde(default)]
     upstream: Vec<RawUpstream>,
-    /// Reserved for the built-in VRRP instance (not implemented yet).
-    vrrp: Option<toml::Value>,
+    /// Built-in VRRP: the same `[[vrrp]]` tables as `syncd vrrp`.
+    #[serde(default)]
+    vrrp: Vec<syncd_vrrp::config::VrrpConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -165,6 +166,9 @@ pub struct Config {
     pub retry: RetrySettings,
     pub listeners: Vec<Listener>,
     pub upstreams: Vec<Upstream>,
+    /// Built-in VRRP instances (`[[vrrp]]`) as written, already validated;
+    /// kept in this form so a reload can tell whether they changed.
+    pub vrrp: Vec<syncd_vrrp::config::VrrpConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -455,7 +459,41 @@ fn parse_status_ranges(key: &str, items: Vec<String>) -> Result<Vec<(u16, u16)>,
 
 // ---------------------------------------------------------------- validation
 
+/// Validate `[[vrrp]]` with the VRRP crate's own rules (errors already name
+/// `vrrp[i].key`); the first problem becomes the error, the rest follow it.
+fn vrrp(
+    tables: &[syncd_vrrp::config::VrrpConfig],
+) -> Result<Option<syncd_vrrp::config::Config>, ConfigError> {
+    use syncd_vrrp::config::{validate, ConfigError as VrrpError, VrrpFile};
+    if tables.is_empty() {
+        return Ok(None);
+    }
+    let file = VrrpFile {
+        admin: None,
+        vrrp: tables.to_vec(),
+    };
+    match validate(&file) {
+        Ok(c) => Ok(Some(c)),
+        Err(VrrpError::Invalid(lines)) => {
+            let first = lines.first().map(String::as_str).unwrap_or("vrrp: invalid");
+            let (key, msg) = first.split_once(": ").unwrap_or(("vrrp", first));
+            let mut message = msg.to_string();
+            for more in lines.iter().skip(1) {
+                message.push('\n');
+                message.push_str(more);
+            }
+            Err(invalid(key, message))
+        }
+        Err(other) => Err(invalid("vrrp", other.to_string())),
+    }
+}
+
 impl Config {
+    /// The validated VRRP instances to run, if any.
+    pub fn vrrp_config(&self) -> Result<Option<syncd_vrrp::config::Config>, ConfigError> {
+        vrrp(&self.vrrp)
+    }
+
     /// Read and validate a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -481,12 +519,7 @@ impl Config {
     }
 
     fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
-        if raw.vrrp.is_some() {
-            return Err(invalid(
-                "vrrp",
-                "the built-in VRRP section is not implemented yet; remove it and run keepalived or `syncd vrrp` beside syncd-proxy",
-            ));
-        }
+        vrrp(&raw.vrrp)?;
         let g = raw.global.unwrap_or_default();
         let log_json = match g.log_format.as_deref() {
             None | Some("text") => false,
@@ -596,6 +629,7 @@ impl Config {
             retry,
             listeners,
             upstreams,
+            vrrp: raw.vrrp,
         })
     }
 
@@ -1074,12 +1108,27 @@ mod tests {
     }
 
     #[test]
-    fn vrrp_section_is_refused_with_explanation() {
-        let e = err(&format!("{BASE}\n[vrrp]\ninterface = \"eth0\"\n"));
-        assert!(
-            e.starts_with("vrrp: the built-in VRRP section is not implemented yet"),
-            "{e}"
+    fn vrrp_tables_are_validated_by_the_vrrp_rules() {
+        let ok = format!(
+            "{BASE}\n[[vrrp]]\ninterface = \"eth0\"\nvrid = 51\npriority = 150\nvirtual_ips = [\"10.0.0.100/24\"]\n"
         );
+        let c = Config::parse(&ok).unwrap();
+        let v = c.vrrp_config().unwrap().expect("vrrp instances");
+        assert_eq!(v.instances.len(), 1);
+        assert_eq!(v.instances[0].vrid, 51);
+        assert_eq!(v.instances[0].priority, 150);
+        assert!(Config::parse(BASE)
+            .unwrap()
+            .vrrp_config()
+            .unwrap()
+            .is_none());
+
+        let bad = ok.replace("vrid = 51", "vrid = 300");
+        let e = err(&bad);
+        assert!(e.starts_with("vrrp[0].vrid: "), "{e}");
+        // a single table instead of an array of tables is a syntax error naming the key
+        let single = format!("{BASE}\n[vrrp]\ninterface = \"eth0\"\n");
+        assert!(err(&single).contains("vrrp"), "{}", err(&single));
     }
 
     #[test]

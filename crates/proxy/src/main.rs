@@ -8,6 +8,7 @@ use clap::Parser;
 use syncd_proxy::config::Config;
 use syncd_proxy::reload::App;
 use syncd_proxy::workers::Workers;
+use syncd_vrrp::daemon::Vrrp;
 use tokio::signal::unix::{signal, SignalKind};
 
 // mimalloc: measurably cheaper than glibc malloc for the many small,
@@ -44,10 +45,11 @@ fn main() -> anyhow::Result<()> {
     };
     if cli.check {
         println!(
-            "{}: ok ({} listener(s), {} upstream(s))",
+            "{}: ok ({} listener(s), {} upstream(s), {} VRRP instance(s))",
             cli.config.display(),
             cfg.listeners.len(),
-            cfg.upstreams.len()
+            cfg.upstreams.len(),
+            cfg.vrrp.len()
         );
         return Ok(());
     }
@@ -80,7 +82,9 @@ fn init_tracing(json: bool) {
         EnvFilter::try_from_env("SYNCD_PROXY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // colour codes only on a terminal, not in journald or log files
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if json {
         b.json().init();
     } else {
@@ -90,8 +94,26 @@ fn init_tracing(json: bool) {
 
 async fn run(cli: Cli, cfg: Config, handles: Vec<tokio::runtime::Handle>) -> anyhow::Result<()> {
     let workers = handles.len();
+    let vrrp_cfg = cfg.vrrp_config()?;
+    let vrrp_written = cfg.vrrp.clone();
     let mut app = App::start(cfg, handles).context("starting syncd-proxy")?;
+    // VRRP starts after the listeners are bound: a node must be able to
+    // serve before it can claim the virtual IP.
+    let (vrrp_stop, vrrp_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut vrrp = match vrrp_cfg {
+        None => None,
+        Some(vc) => {
+            let n = vc.instances.len();
+            let v = Vrrp::start(vc).await.context("starting built-in VRRP")?;
+            app.shared().set_vrrp(v.view());
+            tracing::info!(instances = n, "built-in VRRP started");
+            Some(tokio::spawn(v.run_until(async {
+                let _ = vrrp_stopped.await;
+            })))
+        }
+    };
     tracing::info!(config = %cli.config.display(), workers, "syncd-proxy started");
+    let mut failed = None;
     let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
@@ -101,6 +123,9 @@ async fn run(cli: Cli, cfg: Config, handles: Vec<tokio::runtime::Handle>) -> any
                 match Config::load(&cli.config) {
                     Ok(mut new) => {
                         if let Some(w) = cli.workers { new.global.workers = w; }
+                        if new.vrrp != vrrp_written {
+                            tracing::warn!("[[vrrp]] changed: VRRP changes take effect at restart; the instances keep running as started");
+                        }
                         match app.reload(new) {
                             Ok(()) => tracing::info!("configuration reloaded"),
                             Err(e) => {
@@ -117,6 +142,32 @@ async fn run(cli: Cli, cfg: Config, handles: Vec<tokio::runtime::Handle>) -> any
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
+            r = async {
+                match vrrp.as_mut() {
+                    Some(h) => h.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                vrrp = None;
+                let why = match r {
+                    Ok(Ok(())) => "stopped unexpectedly".to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                tracing::error!(error = %why, "built-in VRRP failed; shutting down");
+                failed = Some(why);
+                break;
+            }
+        }
+    }
+    // Resign first (priority 0, addresses removed) so the peer takes the
+    // virtual IP at once, then drain what this node still has in flight.
+    if let Some(h) = vrrp.take() {
+        let _ = vrrp_stop.send(());
+        match h.await {
+            Ok(Ok(())) => tracing::info!("built-in VRRP stopped; virtual IPs released"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "built-in VRRP stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "built-in VRRP task failed"),
         }
     }
     let timeout = app.shared().current().config.global.shutdown_timeout;
@@ -126,5 +177,8 @@ async fn run(cli: Cli, cfg: Config, handles: Vec<tokio::runtime::Handle>) -> any
     );
     app.shutdown(timeout.max(Duration::from_millis(1))).await;
     tracing::info!("stopped");
-    Ok(())
+    match failed {
+        None => Ok(()),
+        Some(why) => Err(anyhow::anyhow!("built-in VRRP: {why}")),
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
 use crate::config::Config;
@@ -25,6 +25,8 @@ pub struct Shared {
     budget: Mutex<RetryBudget>,
     pub metrics: GlobalMetrics,
     access_log: AtomicBool,
+    /// Built-in VRRP instances, once started (read by `/metrics` and `/vrrp`).
+    vrrp: OnceLock<syncd_vrrp::admin::AdminState>,
 }
 
 impl Shared {
@@ -37,6 +39,7 @@ impl Shared {
             budget: Mutex::new(budget),
             metrics: GlobalMetrics::default(),
             access_log: AtomicBool::new(access),
+            vrrp: OnceLock::new(),
         }
     }
 
@@ -98,6 +101,16 @@ impl Shared {
         bad
     }
 
+    /// Attach the running built-in VRRP instances (once, at start).
+    pub fn set_vrrp(&self, view: syncd_vrrp::admin::AdminState) {
+        let _ = self.vrrp.set(view);
+    }
+
+    /// VRRP instance status as JSON, if built-in VRRP runs.
+    pub fn vrrp_status(&self) -> Option<String> {
+        self.vrrp.get().map(|v| v.status_json())
+    }
+
     pub fn render_metrics(&self) -> String {
         let snap = self.current();
         let now = Instant::now();
@@ -135,6 +148,10 @@ impl Shared {
                 fails: r.fails,
             })
             .collect();
-        metrics::render(&self.metrics, &views)
+        let mut out = metrics::render(&self.metrics, &views);
+        if let Some(v) = self.vrrp.get() {
+            out.push_str(&v.metrics());
+        }
+        out
     }
 }

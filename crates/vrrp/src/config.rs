@@ -20,7 +20,7 @@ pub struct VrrpFile {
 }
 
 /// One `[[vrrp]]` entry, as written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VrrpConfig {
     /// Instance name (logs, notify, metrics). Default `VI_<vrid>`.
@@ -70,7 +70,7 @@ pub struct VrrpConfig {
 }
 
 /// A tracked health check: exactly one of `script`, `tcp`, `http`, `process`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrackConfig {
     pub name: Option<String>,

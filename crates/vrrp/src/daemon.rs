@@ -18,6 +18,7 @@ pub struct Vrrp {
     statuses: Vec<watch::Receiver<InstanceStatus>>,
     stop_tx: watch::Sender<bool>,
     tasks: JoinSet<Result<(), RunError>>,
+    view: AdminState,
 }
 
 impl Vrrp {
@@ -49,14 +50,15 @@ impl Vrrp {
                 stop_rx.clone(),
             ));
         }
+        let view = AdminState {
+            instances: admin_view,
+        };
         if let Some(addr) = config.admin {
             let l = admin::bind(addr)
                 .await
                 .map_err(|err| RunError::Admin { addr, err })?;
             tracing::info!(%addr, "admin endpoint serving /status and /metrics");
-            let st = AdminState {
-                instances: admin_view,
-            };
+            let st = view.clone();
             let mut stop = stop_rx.clone();
             tasks.spawn(async move {
                 tokio::select! {
@@ -70,7 +72,14 @@ impl Vrrp {
             statuses,
             stop_tx,
             tasks,
+            view,
         })
+    }
+
+    /// Status and counters of every instance, for an embedding program's own
+    /// metrics or status endpoint.
+    pub fn view(&self) -> AdminState {
+        self.view.clone()
     }
 
     /// One receiver per instance, in configuration order.

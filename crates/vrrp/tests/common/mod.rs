@@ -17,7 +17,12 @@ pub fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_syncd-vrrp");
+/// The syncd-vrrp binary; empty when this module is included by another
+/// crate's tests (the proxy's), which start their own binary with [`Lan::start`].
+pub const BIN: &str = match option_env!("CARGO_BIN_EXE_syncd-vrrp") {
+    Some(b) => b,
+    None => "",
+};
 
 fn ok(cmd: &mut Command) -> bool {
     cmd.stdout(Stdio::null())
@@ -268,6 +273,14 @@ impl Lan {
             .arg(cfg);
         cmd.env("RUST_LOG", "info,syncd_vrrp=debug");
         self.spawn(format!("syncd@n{i}"), cmd, log, None)
+    }
+
+    /// Start `program args...` in node `i`'s namespace; output goes to a log.
+    pub fn start(&mut self, i: usize, name: &str, program: &str, args: &[&str]) -> usize {
+        let log = self.path(&format!("{name}-n{i}-{}.log", self.procs.len()));
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.ns(i), program]).args(args);
+        self.spawn(format!("{name}@n{i}"), cmd, log, None)
     }
 
     /// Start keepalived (VRRP only) on node `i` with a fresh set of pid files.

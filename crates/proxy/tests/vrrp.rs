@@ -1,0 +1,271 @@
+//! Built-in VRRP: two syncd-proxy nodes in network namespaces share a
+//! virtual IP, and a client in a third namespace always reaches the node that
+//! holds it. Needs root; skips visibly otherwise.
+
+#[path = "../../vrrp/tests/common/mod.rs"]
+mod netns;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use netns::{can_run, mdi, serial, wait_for, Lan};
+
+const PROXY: &str = env!("CARGO_BIN_EXE_syncd-proxy");
+const MARGIN: Duration = Duration::from_millis(1500);
+
+/// Run `f` on a thread that has joined namespace `ns`: sockets it creates
+/// live in that namespace (setns affects only the calling thread).
+fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // SAFETY: setns(2) with a valid namespace fd; affects this thread only.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("namespace thread panicked")
+}
+
+/// A web server in namespace `ns` on 127.0.0.1:9000 answering `body`; it
+/// closes its socket once the returned flag is set.
+fn backend(ns: &str, body: &'static str) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let path = format!("/run/netns/{ns}");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: as in `in_ns`.
+        assert_eq!(
+            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        let l = TcpListener::bind("127.0.0.1:9000").unwrap();
+        l.set_nonblocking(true).unwrap();
+        tx.send(()).unwrap();
+        while !flag.load(Ordering::SeqCst) {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("backend did not start");
+    stop
+}
+
+/// `GET path` from namespace `ns`; `(status, body)` or `None` when nothing answered.
+fn get(ns: &str, addr: &str, path: &str) -> Option<(u16, String)> {
+    let addr = addr.to_string();
+    let path = path.to_string();
+    in_ns(ns, move || {
+        let mut s =
+            TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_millis(500)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        let status = out.split_whitespace().nth(1)?.parse().ok()?;
+        let body = out.split_once("\r\n\r\n")?.1.to_string();
+        Some((status, body))
+    })
+}
+
+fn proxy_toml(priority: u8, vip: &str) -> String {
+    format!(
+        r#"[global]
+workers = 1
+shutdown_timeout = "5s"
+access_log = false
+
+[admin]
+listen = "127.0.0.1:9901"
+
+[[listener]]
+listen = "0.0.0.0:8080"
+upstream = "web"
+
+[[upstream]]
+name = "web"
+connect_timeout = "500ms"
+
+[[upstream.server]]
+addr = "127.0.0.1:9000"
+
+[upstream.health_check]
+type = "tcp"
+interval = "200ms"
+timeout = "200ms"
+fall = 1
+rise = 1
+
+[[vrrp]]
+name = "VI_LB"
+interface = "eth0"
+vrid = 52
+priority = {priority}
+advert_int = 1
+version = 3
+virtual_ips = ["{vip}/24"]
+
+[[vrrp.track]]
+http = "http://127.0.0.1:9901/healthz"
+interval = 0.2
+weight = -60
+"#
+    )
+}
+
+/// The client's view: which backend answers on the virtual IP.
+fn via_vip(lan: &Lan) -> Option<String> {
+    let url = format!("{}:8080", lan.vip());
+    get(lan.ns(2), &url, "/").and_then(|(s, b)| (s == 200).then_some(b))
+}
+
+#[test]
+fn proxy_pair_moves_the_vip_with_health_and_shutdown() {
+    let name = "proxy_pair_moves_the_vip_with_health_and_shutdown";
+    if !can_run(name) {
+        return;
+    }
+    let _g = serial();
+    let mut lan = Lan::new("px", 3);
+    let vip = lan.vip();
+    let _b1 = backend(lan.ns(1), "backend n1");
+    let mut b0 = backend(lan.ns(0), "backend n0");
+    let c0 = lan.syncd_config(0, &proxy_toml(150, &vip));
+    let c1 = lan.syncd_config(1, &proxy_toml(100, &vip));
+    let c0s = c0.to_str().unwrap().to_string();
+    let c1s = c1.to_str().unwrap().to_string();
+    let p0 = lan.start(0, "proxy", PROXY, &["--config", &c0s]);
+    let _p1 = lan.start(1, "proxy", PROXY, &["--config", &c1s]);
+
+    // election: the higher priority holds the VIP and the client reaches it
+    assert!(
+        wait_for(Duration::from_secs(15), || lan.holders(&[0, 1]) == vec![0]).is_some(),
+        "node 0 (150) must hold the VIP; holders {:?}",
+        lan.holders(&[0, 1])
+    );
+    assert_eq!(via_vip(&lan).as_deref(), Some("backend n0"));
+    let (s, json) = get(lan.ns(0), "127.0.0.1:9901", "/vrrp").expect("admin /vrrp");
+    assert_eq!(s, 200);
+    assert!(json.contains("\"state\": \"MASTER\""), "{json}");
+    let (_, metrics) = get(lan.ns(1), "127.0.0.1:9901", "/metrics").expect("admin /metrics");
+    assert!(
+        metrics.contains("vrrp_state{instance=\"VI_LB\",vrid=\"52\",state=\"BACKUP\"} 1"),
+        "{metrics}"
+    );
+
+    // node 0 loses its only backend: /healthz fails, the track lowers its
+    // priority below the peer's, and the VIP moves to a node that can serve
+    b0.store(true, Ordering::SeqCst);
+    assert!(
+        wait_for(Duration::from_secs(10), || lan.holders(&[0, 1]) == vec![1]).is_some(),
+        "VIP must leave the node without a backend; holders {:?}",
+        lan.holders(&[0, 1])
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || via_vip(&lan).as_deref()
+            == Some("backend n1"))
+        .is_some(),
+        "client must reach node 1 through the VIP"
+    );
+
+    // the backend returns: node 0 is healthy again and preempts
+    b0 = backend(lan.ns(0), "backend n0");
+    assert!(
+        wait_for(Duration::from_secs(10), || lan.holders(&[0, 1]) == vec![0]).is_some(),
+        "healthy higher-priority node must take the VIP back; holders {:?}",
+        lan.holders(&[0, 1])
+    );
+    assert!(wait_for(Duration::from_secs(5), || via_vip(&lan).as_deref()
+        == Some("backend n0"))
+    .is_some());
+
+    // planned switchover: SIGTERM resigns with priority 0; the backup takes
+    // over after Skew_Time, not Master_Down_Interval
+    let start = std::time::Instant::now();
+    let code = lan.term(p0);
+    assert_eq!(code, Some(0), "SIGTERM must stop the proxy cleanly");
+    let took = wait_for(Duration::from_secs(10), || lan.has_addr(1, &vip))
+        .map(|_| start.elapsed())
+        .expect("backup never took the VIP after SIGTERM");
+    eprintln!("switchover after SIGTERM: {took:?}");
+    assert!(
+        !lan.has_addr(0, &vip),
+        "the resigning node released the VIP"
+    );
+    assert!(
+        took < mdi(100, 1.0),
+        "priority 0 must hand over before Master_Down_Interval; took {took:?}"
+    );
+    assert_eq!(via_vip(&lan).as_deref(), Some("backend n1"));
+
+    // the node returns and preempts; then a crash (kill -9): the backup
+    // takes over within Master_Down_Interval
+    let p0 = lan.start(0, "proxy", PROXY, &["--config", &c0s]);
+    assert!(
+        wait_for(Duration::from_secs(15), || lan.holders(&[0, 1]) == vec![0]).is_some(),
+        "restarted node must preempt; holders {:?}",
+        lan.holders(&[0, 1])
+    );
+    lan.kill9(p0);
+    let took = wait_for(Duration::from_secs(20), || lan.has_addr(1, &vip))
+        .expect("backup never took the VIP after kill -9");
+    eprintln!("failover after kill -9: {took:?}");
+    assert!(took <= mdi(100, 1.0) + MARGIN, "took {took:?}");
+    assert!(wait_for(Duration::from_secs(5), || via_vip(&lan).as_deref()
+        == Some("backend n1"))
+    .is_some());
+    b0.store(true, Ordering::SeqCst);
+}
+
+#[test]
+fn vrrp_without_privileges_or_interface_fails_clearly() {
+    // A wrong interface name must stop the proxy at start with a message
+    // naming it, not leave it serving without the VIP.
+    let name = "vrrp_without_privileges_or_interface_fails_clearly";
+    if !can_run(name) {
+        return;
+    }
+    let _g = serial();
+    let mut lan = Lan::new("pf", 1);
+    let cfg =
+        proxy_toml(100, &lan.vip()).replace("interface = \"eth0\"", "interface = \"nosuch0\"");
+    let c = lan.syncd_config(0, &cfg);
+    let k = lan.start(0, "proxy", PROXY, &["--config", c.to_str().unwrap()]);
+    let exited = wait_for(Duration::from_secs(10), || {
+        lan.log(k).contains("nosuch0") && lan.log(k).to_lowercase().contains("error")
+    });
+    assert!(exited.is_some(), "log: {}", lan.log(k));
+    eprintln!("{}", lan.log(k));
+    let code = lan.term(k);
+    assert_ne!(code, Some(0), "log: {}", lan.log(k));
+}

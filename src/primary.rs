@@ -221,7 +221,8 @@ pub async fn run_with(
                             retry.at.get_or_insert(Instant::now() + retry.delay);
                         }
                     }
-                    announce_live(&mut live, &s);
+                    // Not live yet: the batch that compares this file once
+                    // more announces it, so "in sync" means settled.
                     set_lag(&stats, &batcher, &s);
                 }
                 c = async {

@@ -149,15 +149,20 @@ pub async fn run(
             return;
         }
     };
+    const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .keep_alive(true)
         .header_read_timeout(cfg.header_timeout)
-        .max_headers(cfg.max_headers)
         .max_buf_size(cfg.max_header_size.max(8192) * 2)
         .max_header_size(cfg.max_header_size);
+    // hyper's default limit is 100 headers in an array on the stack; setting
+    // any limit explicitly makes it build that array on every request.
+    if cfg.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+        builder.max_headers(cfg.max_headers);
+    }
     let builder = Arc::new(builder);
     // TCP sessions each hold a clone; draining waits for the count to drop
     let sessions = Arc::new(());

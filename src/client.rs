@@ -36,9 +36,9 @@ impl From<StreamError> for ClientError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    #[error("{0}")]
+    #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error("cannot connect to standby {0}: {1}")]
     Connect(SocketAddr, String),
@@ -48,7 +48,7 @@ pub enum ClientError {
     Fatal(String),
     #[error("protocol: {0}")]
     Protocol(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Wire(#[from] wire::WireError),
     #[error("local export: {0}")]
     Io(#[from] std::io::Error),

@@ -49,9 +49,9 @@ const BATCH_BYTES: u64 = 256 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StandbyError {
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    #[error("{0}")]
+    #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error("export {0}: {1}")]
     Export(String, std::io::Error),
@@ -160,9 +160,9 @@ impl Standby {
 
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
-    #[error("{0}")]
+    #[error(transparent)]
     Wire(#[from] wire::WireError),
-    #[error("{0}")]
+    #[error(transparent)]
     Conn(#[from] quinn::ConnectionError),
     #[error("refused: {0}")]
     Refused(String),

@@ -10,7 +10,7 @@ pub enum StreamError {
     Fatal(String),
     #[error("standby closed the stream")]
     Closed,
-    #[error("{0}")]
+    #[error(transparent)]
     Wire(#[from] wire::WireError),
 }
 

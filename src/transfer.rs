@@ -406,7 +406,22 @@ async fn forward(
     delta_bytes: &mut u64,
 ) -> Result<bool, StreamError> {
     let mut began = false;
-    while let Some(m) = rx.recv().await {
+    loop {
+        // Flush whenever the producer has nothing more ready: a delta of a
+        // mostly unchanged file is a trickle of tiny segments, and holding
+        // them for a full write buffer would leave the standby idle until
+        // the first changed region (or the end of the file).
+        let m = match rx.try_recv() {
+            Ok(m) => m,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                st.flush().await?;
+                match rx.recv().await {
+                    Some(m) => m,
+                    None => break,
+                }
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+        };
         match &m {
             Request::FileBegin { .. } => began = true,
             Request::FileData { data, .. } => bar.inc(data.len() as u64),

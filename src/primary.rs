@@ -54,6 +54,30 @@ struct Retry {
     paths: Vec<RelPath>,
     at: Option<Instant>,
     delay: Duration,
+    /// Size of the files waiting (part of the lag: data at risk).
+    bytes: u64,
+    /// When the oldest of them first failed.
+    since: Option<std::time::Instant>,
+}
+
+impl Retry {
+    fn add(&mut self, export: &std::path::Path, failed: Vec<RelPath>) {
+        for p in &failed {
+            if let Ok(m) = std::fs::symlink_metadata(export.join(p.as_path())) {
+                self.bytes += m.len();
+            }
+        }
+        if !failed.is_empty() {
+            self.since.get_or_insert_with(std::time::Instant::now);
+        }
+        self.paths.extend(failed);
+    }
+
+    fn take(&mut self) -> Vec<RelPath> {
+        self.bytes = 0;
+        self.since = None;
+        std::mem::take(&mut self.paths)
+    }
 }
 
 pub async fn run_with(
@@ -91,6 +115,8 @@ pub async fn run_with(
         paths: Vec::new(),
         at: None,
         delay: RETRY_MIN,
+        bytes: 0,
+        since: None,
     };
     let mut backoff = BACKOFF_MIN;
     let mut commit_id = 0u64;
@@ -152,7 +178,7 @@ pub async fn run_with(
             }
             if retry.at.is_some_and(|t| now >= t) {
                 retry.at = None;
-                for p in retry.paths.drain(..) {
+                for p in retry.take() {
                     batcher.push(Change::Settled(p), now.into_std());
                 }
             }
@@ -181,12 +207,12 @@ pub async fn run_with(
                         if failed.is_empty() {
                             retry.delay = RETRY_MIN;
                         } else {
-                            retry.paths.extend(failed);
+                            retry.add(&cfg.export, failed);
                             retry.at = Some(Instant::now() + retry.delay);
                             retry.delay = (retry.delay * 2).min(RETRY_MAX);
                         }
                         announce_live(&mut live, &s);
-                        set_lag(&stats, &batcher, &s);
+                        set_lag(&stats, &batcher, &s, &retry);
                     }
                     Err(e) => {
                         tracing::warn!("lost the standby: {e}; reconnecting");
@@ -217,13 +243,13 @@ pub async fn run_with(
                     match followups(std::mem::take(&mut tsum), &mut batcher, &stats) {
                         failed if failed.is_empty() => {}
                         failed => {
-                            retry.paths.extend(failed);
+                            retry.add(&cfg.export, failed);
                             retry.at.get_or_insert(Instant::now() + retry.delay);
                         }
                     }
                     // Not live yet: the batch that compares this file once
                     // more announces it, so "in sync" means settled.
-                    set_lag(&stats, &batcher, &s);
+                    set_lag(&stats, &batcher, &s, &retry);
                 }
                 c = async {
                     match &mut watch {
@@ -404,12 +430,15 @@ fn followups(sum: client::Summary, batcher: &mut Batcher, stats: &Stats) -> Vec<
 }
 
 /// Lag: changes not yet acknowledged, queued or on their way.
-fn set_lag(stats: &Stats, batcher: &Batcher, s: &Session) {
+fn set_lag(stats: &Stats, batcher: &Batcher, s: &Session, retry: &Retry) {
     let t = s.transfers();
-    let oldest = match (batcher.oldest(), t.oldest()) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    stats.set_lag((batcher.pending() + t.len()) as u64, oldest);
-    stats.lag_bytes.store(t.bytes(), Relaxed);
+    let oldest = [batcher.oldest(), t.oldest(), retry.since]
+        .into_iter()
+        .flatten()
+        .min();
+    stats.set_lag(
+        (batcher.pending() + t.len() + retry.paths.len()) as u64,
+        oldest,
+    );
+    stats.lag_bytes.store(t.bytes() + retry.bytes, Relaxed);
 }

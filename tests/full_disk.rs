@@ -118,6 +118,20 @@ fn standby_disk_full_then_room_again() {
     );
 
     eprintln!("status:\n{text}");
+    // what could not be replicated counts as lag (data at risk), also
+    // while it waits for its next retry: after the second failure the
+    // next attempt is 2 s away
+    let t = Instant::now();
+    while p.metric("errors_total") < 2.0 {
+        assert!(t.elapsed() < Duration::from_secs(15), "no second attempt");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let m = p.admin_get("/metrics");
+    assert!(
+        p.metric("lag_bytes") >= (8 << 20) as f64 && p.metric("lag_operations") >= 1.0,
+        "lag must include the 8 MiB waiting for room:\n{m}"
+    );
     // room again: the retry converges without a restart
     let ok = Command::new("mount")
         .args(["-o", "remount,size=64m"])

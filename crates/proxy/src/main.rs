@@ -97,6 +97,11 @@ async fn run(cli: Cli, cfg: Config, handles: Vec<tokio::runtime::Handle>) -> any
     let vrrp_cfg = cfg.vrrp_config()?;
     let vrrp_written = cfg.vrrp.clone();
     let mut app = App::start(cfg, handles).context("starting syncd-proxy")?;
+    // Handlers first: a SIGTERM right after VRRP claims the address must
+    // still resign it, not kill the process with the address held.
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     // VRRP starts after the listeners are bound: a node must be able to
     // serve before it can claim the virtual IP.
     let (vrrp_stop, vrrp_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -114,9 +119,6 @@ async fn run(cli: Cli, cfg: Config, handles: Vec<tokio::runtime::Handle>) -> any
     };
     tracing::info!(config = %cli.config.display(), workers, "syncd-proxy started");
     let mut failed = None;
-    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     loop {
         tokio::select! {
             _ = hup.recv() => {

@@ -168,8 +168,7 @@ pub async fn run_with(
                     // periodic compare finds those changes.
                     tracing::error!("inotify watch limit reached (raise fs.inotify.max_user_watches); adding a full reconcile every {PERIODIC_NO_WATCH:?} until restart");
                     periodic = Some(PERIODIC_NO_WATCH);
-                    let soon = now + PERIODIC_NO_WATCH;
-                    next_full = Some(next_full.map_or(soon, |t| t.min(soon)));
+                    sooner(&mut next_full, now + PERIODIC_NO_WATCH);
                 }
             }
             if next_full.is_some_and(|t| now >= t) {
@@ -201,8 +200,7 @@ pub async fn run_with(
                     Ok((failed, deferred_links)) => {
                         if deferred_links > 0 {
                             // Link them soon, in one compare of the whole tree.
-                            let soon = Instant::now() + LINKS_DELAY;
-                            next_full = Some(next_full.map_or(soon, |t| t.min(soon)));
+                            sooner(&mut next_full, Instant::now() + LINKS_DELAY);
                         }
                         if failed.is_empty() {
                             retry.delay = RETRY_MIN;
@@ -391,6 +389,11 @@ async fn ship(
         );
     }
     Ok((followups(sum, batcher, stats), deferred_links))
+}
+
+/// Brings a deadline forward to `at` (never later).
+fn sooner(deadline: &mut Option<Instant>, at: Instant) {
+    *deadline = Some(deadline.map_or(at, |t| t.min(at)));
 }
 
 /// After the first reconcile of a connection, and its large files, are done.

@@ -36,18 +36,6 @@ fn mount_tmpfs(dir: &std::path::Path, size: &str) -> Option<Mount> {
     Some(Mount(dir.to_path_buf()))
 }
 
-/// Incompressible bytes (xorshift).
-fn noise(mut x: u64, n: usize) -> Vec<u8> {
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn wait_log(p: &Pair, what: &str, timeout: Duration) -> bool {
     let t = Instant::now();
     while t.elapsed() < timeout {
@@ -65,7 +53,7 @@ fn standby_disk_full_then_room_again() {
     let Some(_m) = mount_tmpfs(&p.standby_dir(), "4m") else {
         return;
     };
-    let old = noise(5, 1 << 20);
+    let old = Rng(5).bytes(1 << 20);
     std::fs::write(p.primary().join("old.bin"), &old).unwrap();
     std::fs::write(p.primary().join("keep.txt"), b"version 1\n").unwrap();
     p.start_standby();
@@ -74,7 +62,7 @@ fn standby_disk_full_then_room_again() {
     p.wait_equal(Duration::from_secs(20));
 
     // 8 MiB cannot fit in 4 MiB; a small change made after it still can
-    std::fs::write(p.primary().join("big.bin"), noise(6, 8 << 20)).unwrap();
+    std::fs::write(p.primary().join("big.bin"), Rng(6).bytes(8 << 20)).unwrap();
     std::fs::write(p.primary().join("keep.txt"), b"version 2\n").unwrap();
 
     assert!(
@@ -151,7 +139,7 @@ fn one_shot_resync_into_a_full_disk_fails_clearly() {
         return;
     };
     std::fs::write(p.primary().join("small.txt"), b"fits\n").unwrap();
-    std::fs::write(p.primary().join("huge.bin"), noise(7, 4 << 20)).unwrap();
+    std::fs::write(p.primary().join("huge.bin"), Rng(7).bytes(4 << 20)).unwrap();
     p.start_standby();
     let o = p.syncd(&["resync", "--config", "primary.toml"]);
     let out = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::Pair;
+use common::{Pair, Rng};
 
 /// Starting a primary is serialised: the overflow test shrinks the global
 /// inotify queue limit while its primary starts.
@@ -21,22 +21,6 @@ static START: Mutex<()> = Mutex::new(());
 fn start_primary(p: &mut Pair) {
     let _g = START.lock().unwrap_or_else(|e| e.into_inner());
     p.start_primary();
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
 }
 
 /// Every file, directory and symlink under `root` (not `.syncd`), relative.

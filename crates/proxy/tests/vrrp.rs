@@ -149,6 +149,27 @@ fn via_vip(lan: &Lan) -> Option<String> {
     get(lan.ns(2), &url, "/").and_then(|(s, b)| (s == 200).then_some(b))
 }
 
+/// Wait until exactly `node` of the two proxies holds the VIP.
+fn expect_holder(lan: &Lan, node: usize, secs: u64, why: &str) {
+    assert!(
+        wait_for(Duration::from_secs(secs), || lan.holders(&[0, 1])
+            == vec![node])
+        .is_some(),
+        "{why}; holders {:?}",
+        lan.holders(&[0, 1])
+    );
+}
+
+/// Wait until the client reaches `backend` through the VIP.
+fn expect_served_by(lan: &Lan, backend: &str) {
+    assert!(
+        wait_for(Duration::from_secs(5), || via_vip(lan).as_deref()
+            == Some(backend))
+        .is_some(),
+        "client must reach {backend:?} through the VIP"
+    );
+}
+
 #[test]
 fn proxy_pair_moves_the_vip_with_health_and_shutdown() {
     let name = "proxy_pair_moves_the_vip_with_health_and_shutdown";
@@ -168,11 +189,7 @@ fn proxy_pair_moves_the_vip_with_health_and_shutdown() {
     let _p1 = lan.start(1, "proxy", PROXY, &["--config", &c1s]);
 
     // election: the higher priority holds the VIP and the client reaches it
-    assert!(
-        wait_for(Duration::from_secs(15), || lan.holders(&[0, 1]) == vec![0]).is_some(),
-        "node 0 (150) must hold the VIP; holders {:?}",
-        lan.holders(&[0, 1])
-    );
+    expect_holder(&lan, 0, 15, "node 0 (150) must hold the VIP");
     assert_eq!(via_vip(&lan).as_deref(), Some("backend n0"));
     let (s, json) = get(lan.ns(0), "127.0.0.1:9901", "/vrrp").expect("admin /vrrp");
     assert_eq!(s, 200);
@@ -186,28 +203,18 @@ fn proxy_pair_moves_the_vip_with_health_and_shutdown() {
     // node 0 loses its only backend: /healthz fails, the track lowers its
     // priority below the peer's, and the VIP moves to a node that can serve
     b0.store(true, Ordering::SeqCst);
-    assert!(
-        wait_for(Duration::from_secs(10), || lan.holders(&[0, 1]) == vec![1]).is_some(),
-        "VIP must leave the node without a backend; holders {:?}",
-        lan.holders(&[0, 1])
-    );
-    assert!(
-        wait_for(Duration::from_secs(5), || via_vip(&lan).as_deref()
-            == Some("backend n1"))
-        .is_some(),
-        "client must reach node 1 through the VIP"
-    );
+    expect_holder(&lan, 1, 10, "VIP must leave the node without a backend");
+    expect_served_by(&lan, "backend n1");
 
     // the backend returns: node 0 is healthy again and preempts
     b0 = backend(lan.ns(0), "backend n0");
-    assert!(
-        wait_for(Duration::from_secs(10), || lan.holders(&[0, 1]) == vec![0]).is_some(),
-        "healthy higher-priority node must take the VIP back; holders {:?}",
-        lan.holders(&[0, 1])
+    expect_holder(
+        &lan,
+        0,
+        10,
+        "healthy higher-priority node must take the VIP back",
     );
-    assert!(wait_for(Duration::from_secs(5), || via_vip(&lan).as_deref()
-        == Some("backend n0"))
-    .is_some());
+    expect_served_by(&lan, "backend n0");
 
     // planned switchover: SIGTERM resigns with priority 0; the backup takes
     // over after Skew_Time, not Master_Down_Interval
@@ -231,19 +238,13 @@ fn proxy_pair_moves_the_vip_with_health_and_shutdown() {
     // the node returns and preempts; then a crash (kill -9): the backup
     // takes over within Master_Down_Interval
     let p0 = lan.start(0, "proxy", PROXY, &["--config", &c0s]);
-    assert!(
-        wait_for(Duration::from_secs(15), || lan.holders(&[0, 1]) == vec![0]).is_some(),
-        "restarted node must preempt; holders {:?}",
-        lan.holders(&[0, 1])
-    );
+    expect_holder(&lan, 0, 15, "restarted node must preempt");
     lan.kill9(p0);
     let took = wait_for(Duration::from_secs(20), || lan.has_addr(1, &vip))
         .expect("backup never took the VIP after kill -9");
     eprintln!("failover after kill -9: {took:?}");
     assert!(took <= mdi(100, 1.0) + MARGIN, "took {took:?}");
-    assert!(wait_for(Duration::from_secs(5), || via_vip(&lan).as_deref()
-        == Some("backend n1"))
-    .is_some());
+    expect_served_by(&lan, "backend n1");
     b0.store(true, Ordering::SeqCst);
 }
 

@@ -4,7 +4,8 @@
 //! piece of it.
 
 pub mod admin;
-pub mod batch;
+// The sans-IO rules live in `syncd-proto`; these names keep their old paths.
+pub use syncd_proto::{batch, live, path};
 pub mod client;
 pub mod config;
 pub mod delta;
@@ -12,7 +13,6 @@ pub mod demo;
 pub mod fsroot;
 pub mod index;
 pub mod lease;
-pub mod path;
 pub mod plan;
 pub mod primary;
 pub mod scan;

@@ -12,25 +12,14 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::batch::{Batch, Batcher, Change};
+use crate::batch::{Batch, Change};
 use crate::client::{self, ClientError, ResyncOptions, Session};
 use crate::config::Config;
 use crate::index::Index;
-use crate::path::RelPath;
+use crate::live::{Action, Event, Followups, Live, LiveConfig, PERIODIC_NO_WATCH};
 use crate::stats::{unix_now, Stats};
 use crate::watch::Watch;
 use crate::wire::Purpose;
-
-/// Without a working watch, reconcile this often.
-const PERIODIC_NO_WATCH: Duration = Duration::from_secs(5);
-const BACKOFF_MIN: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
-/// Files the standby could not apply are retried after this (doubling).
-const RETRY_MIN: Duration = Duration::from_secs(1);
-const RETRY_MAX: Duration = Duration::from_secs(60);
-/// A hard link made to a file outside a batch's scope is linked on the
-/// standby by a full reconcile this soon (one for all that arrive meanwhile).
-const LINKS_DELAY: Duration = Duration::from_secs(1);
 
 /// Runs until `shutdown`; serves `/metrics` and `/status` on `admin` if set.
 pub async fn run(
@@ -50,36 +39,6 @@ pub async fn run(
     run_with(cfg, stats, shutdown).await
 }
 
-struct Retry {
-    paths: Vec<RelPath>,
-    at: Option<Instant>,
-    delay: Duration,
-    /// Size of the files waiting (part of the lag: data at risk).
-    bytes: u64,
-    /// When the oldest of them first failed.
-    since: Option<std::time::Instant>,
-}
-
-impl Retry {
-    fn add(&mut self, export: &std::path::Path, failed: Vec<RelPath>) {
-        for p in &failed {
-            if let Ok(m) = std::fs::symlink_metadata(export.join(p.as_path())) {
-                self.bytes += m.len();
-            }
-        }
-        if !failed.is_empty() {
-            self.since.get_or_insert_with(std::time::Instant::now);
-        }
-        self.paths.extend(failed);
-    }
-
-    fn take(&mut self) -> Vec<RelPath> {
-        self.bytes = 0;
-        self.since = None;
-        std::mem::take(&mut self.paths)
-    }
-}
-
 pub async fn run_with(
     cfg: Config,
     stats: Arc<Stats>,
@@ -94,11 +53,14 @@ pub async fn run_with(
             None
         }
     };
-    let mut periodic = match (&watch, cfg.sync.full_reconcile) {
-        (None, _) => Some(PERIODIC_NO_WATCH),
-        (Some(_), p) => p,
-    };
-    let mut next_full = periodic.map(|p| Instant::now() + p);
+    let mut live = Live::new(
+        LiveConfig {
+            batch: cfg.sync.batch,
+            full_reconcile: cfg.sync.full_reconcile,
+            watching: watch.is_some(),
+        },
+        std::time::Instant::now(),
+    );
     let mut index = Index::load(&cfg.state_dir.join("index.bin"));
     crate::lease::ignore_break_signal();
     let mut opts = ResyncOptions {
@@ -111,191 +73,183 @@ pub async fn run_with(
         progress: false,
     };
     let wake = watch.as_ref().map(|w| w.wake.clone());
-    let mut retry = Retry {
-        paths: Vec::new(),
-        at: None,
-        delay: RETRY_MIN,
-        bytes: 0,
-        since: None,
-    };
-    let mut backoff = BACKOFF_MIN;
-    let mut commit_id = 0u64;
-    'connect: loop {
-        let mut s = tokio::select! {
-            r = Session::connect(&cfg, Purpose::Resync) => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!("standby unavailable: {e}; retrying in {backoff:?}");
-                    stats.error(&e);
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = &mut shutdown => return Ok(()),
-                    }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                    continue 'connect;
-                }
-            },
-            _ = &mut shutdown => return Ok(()),
-        };
-        backoff = BACKOFF_MIN;
-        stats.connects.fetch_add(1, Relaxed);
-        stats.connected_since.store(unix_now(), Relaxed);
-        tracing::info!(peer = %stats.peer, "connected to the standby; reconciling");
-        // The full reconcile covers everything seen so far; changes from now on
-        // arrive as events.
-        if let Some(w) = &mut watch {
-            while w.rx.try_recv().is_ok() {}
-            w.dropped.store(false, Relaxed);
+    let mut session: Option<Session> = None;
+    // Outcomes of large transfers that ended between batches.
+    let mut tsum = client::Summary::default();
+    loop {
+        while let Some(e) = live.poll_event() {
+            on_event(e);
         }
-        let mut batcher = Batcher::new(cfg.sync.batch);
-        batcher.force_full(Instant::now().into_std());
-        let mut live = false;
-        // Outcomes of large transfers that ended between batches.
-        let mut tsum = client::Summary::default();
-        loop {
-            let now = Instant::now();
-            if let Some(w) = &mut watch {
-                while let Ok(c) = w.rx.try_recv() {
-                    accept(&stats, &mut batcher, c);
-                }
-                if w.dropped.swap(false, Relaxed) {
-                    stats.overflows.fetch_add(1, Relaxed);
-                    tracing::warn!("change queue overflowed; a full reconcile follows");
-                    batcher.push(Change::Lost, now.into_std());
-                }
-                if w.limit_hit.swap(false, Relaxed) && periodic != Some(PERIODIC_NO_WATCH) {
-                    // Directories without a watch change silently: only a
-                    // periodic compare finds those changes.
-                    tracing::error!("inotify watch limit reached (raise fs.inotify.max_user_watches); adding a full reconcile every {PERIODIC_NO_WATCH:?} until restart");
-                    periodic = Some(PERIODIC_NO_WATCH);
-                    sooner(&mut next_full, now + PERIODIC_NO_WATCH);
+        let now = std::time::Instant::now();
+        if let Some(w) = &mut watch {
+            while let Ok(c) = w.rx.try_recv() {
+                accept(&stats, &mut live, c);
+            }
+            if w.dropped.swap(false, Relaxed) {
+                stats.overflows.fetch_add(1, Relaxed);
+                tracing::warn!("change queue overflowed; a full reconcile follows");
+                live.handle_change(Change::Lost, now);
+            }
+            if w.limit_hit.swap(false, Relaxed) {
+                live.handle_watch_limit(now);
+            }
+        }
+        stats.queue.store(live.pending() as u64, Relaxed);
+        match live.poll_action(now) {
+            Some(Action::Connect) => {
+                let r = tokio::select! {
+                    r = Session::connect(&cfg, Purpose::Resync) => r,
+                    _ = &mut shutdown => return Ok(()),
+                };
+                match r {
+                    Ok(s) => {
+                        live.handle_connected(std::time::Instant::now());
+                        session = Some(s);
+                        stats.connects.fetch_add(1, Relaxed);
+                        stats.connected_since.store(unix_now(), Relaxed);
+                        tracing::info!(peer = %stats.peer, "connected to the standby; reconciling");
+                    }
+                    Err(e) => {
+                        let wait = live.handle_connect_failed(std::time::Instant::now());
+                        tracing::warn!("standby unavailable: {e}; retrying in {wait:?}");
+                        stats.error(&e);
+                    }
                 }
             }
-            if next_full.is_some_and(|t| now >= t) {
-                batcher.force_full(now.into_std());
-                next_full = periodic.map(|p| now + p).or(Some(now + PERIODIC_NO_WATCH));
-            }
-            if retry.at.is_some_and(|t| now >= t) {
-                retry.at = None;
-                for p in retry.take() {
-                    batcher.push(Change::Settled(p), now.into_std());
-                }
-            }
-            stats.queue.store(batcher.pending() as u64, Relaxed);
-            if let Some(b) = batcher.take(now.into_std()) {
-                commit_id += 1;
+            Some(Action::Ship { batch, commit_id }) => {
+                let Some(s) = session.as_mut() else {
+                    live.handle_session_lost(now);
+                    continue;
+                };
                 match ship(
-                    &mut s,
-                    &cfg,
-                    &mut opts,
-                    &mut index,
-                    &mut watch,
-                    b,
-                    &mut batcher,
-                    &stats,
-                    commit_id,
+                    s, &cfg, &mut opts, &mut index, &mut watch, batch, &live, &stats, commit_id,
                 )
                 .await
                 {
-                    Ok((failed, deferred_links)) => {
-                        if deferred_links > 0 {
-                            // Link them soon, in one compare of the whole tree.
-                            sooner(&mut next_full, Instant::now() + LINKS_DELAY);
-                        }
-                        if failed.is_empty() {
-                            retry.delay = RETRY_MIN;
-                        } else {
-                            retry.add(&cfg.export, failed);
-                            retry.at = Some(Instant::now() + retry.delay);
-                            retry.delay = (retry.delay * 2).min(RETRY_MAX);
-                        }
-                        announce_live(&mut live, &s);
-                        set_lag(&stats, &batcher, &s, &retry);
+                    Ok((f, deferred_links)) => {
+                        live.handle_shipped(
+                            std::time::Instant::now(),
+                            f,
+                            deferred_links,
+                            s.transfers().is_empty(),
+                        );
+                        set_lag(&stats, &live, s);
                     }
                     Err(e) => {
                         tracing::warn!("lost the standby: {e}; reconnecting");
                         stats.error(&e);
                         stats.connected_since.store(0, Relaxed);
-                        s.close().await;
-                        continue 'connect;
-                    }
-                }
-                continue;
-            }
-            let deadline = [
-                batcher.deadline().map(Instant::from_std),
-                next_full,
-                retry.at,
-            ]
-            .into_iter()
-            .flatten()
-            .min();
-            let far = now + Duration::from_secs(3600);
-            tokio::select! {
-                t = s.next_transfer(&mut tsum, &mut index) => {
-                    // A large file finished on its own stream. Compare it once
-                    // more: anything that happened to it meanwhile (another
-                    // write, a delete, a rename of its directory) shows now.
-                    let _ = t.map(|p| batcher.push(Change::Settled(p), std::time::Instant::now()));
-                    record(&stats, &s, &tsum);
-                    match followups(std::mem::take(&mut tsum), &mut batcher, &stats) {
-                        failed if failed.is_empty() => {}
-                        failed => {
-                            retry.add(&cfg.export, failed);
-                            retry.at.get_or_insert(Instant::now() + retry.delay);
+                        if let Some(s) = session.take() {
+                            s.close().await;
                         }
-                    }
-                    // Not live yet: the batch that compares this file once
-                    // more announces it, so "in sync" means settled.
-                    set_lag(&stats, &batcher, &s, &retry);
-                }
-                c = async {
-                    match &mut watch {
-                        Some(w) => w.rx.recv().await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    if let Some(c) = c {
-                        accept(&stats, &mut batcher, c);
+                        live.handle_session_lost(std::time::Instant::now());
                     }
                 }
-                _ = async {
-                    match &wake {
-                        Some(w) => w.notified().await,
-                        None => std::future::pending().await,
-                    }
-                } => {}
-                _ = tokio::time::sleep_until(deadline.unwrap_or(far)) => {}
-                _ = &mut shutdown => {
-                    // Ship what is ready, then close cleanly; anything else is
-                    // caught by the full reconcile at the next start.
-                    let at = Instant::now() + cfg.sync.batch.max_delay;
-                    if let Some(b) = batcher.take(at.into_std()) {
-                        commit_id += 1;
-                        let _ = tokio::time::timeout(
-                            Duration::from_secs(10),
-                            ship(&mut s, &cfg, &mut opts, &mut index, &mut watch, b, &mut batcher, &stats, commit_id),
-                        )
-                        .await;
-                    }
-                    // Large transfers under way get a while to finish; the
-                    // standby drops any that do not (staged, never visible).
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(10),
-                        s.drain_transfers(&mut tsum, &mut index),
+            }
+            Some(Action::Stop { flush }) => {
+                if let Some(s) = session.take() {
+                    stop(
+                        s, &cfg, &mut opts, &mut index, &mut watch, flush, &live, &stats, &mut tsum,
                     )
                     .await;
-                    let _ = tokio::time::timeout(Duration::from_secs(10), s.finish()).await;
-                    save_index(&mut index).await;
-                    tracing::info!("primary stopped");
-                    return Ok(());
+                }
+                save_index(&mut index).await;
+                tracing::info!("primary stopped");
+                return Ok(());
+            }
+            None => {
+                let far = Instant::now() + Duration::from_secs(3600);
+                let deadline = live.poll_timeout().map_or(far, Instant::from_std);
+                tokio::select! {
+                    t = async {
+                        match session.as_mut() {
+                            Some(s) => s.next_transfer(&mut tsum, &mut index).await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        if let Some(s) = &session {
+                            record(&stats, s, &tsum);
+                        }
+                        let f = followups(std::mem::take(&mut tsum), &stats, &cfg.export);
+                        live.handle_transfer_done(std::time::Instant::now(), t, f);
+                        // Not in sync yet: the batch that compares this file
+                        // once more says so, so "in sync" means settled.
+                        if let Some(s) = &session {
+                            set_lag(&stats, &live, s);
+                        }
+                    }
+                    c = async {
+                        match &mut watch {
+                            Some(w) => w.rx.recv().await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        if let Some(c) = c {
+                            accept(&stats, &mut live, c);
+                        }
+                    }
+                    _ = async {
+                        match &wake {
+                            Some(w) => w.notified().await,
+                            None => std::future::pending().await,
+                        }
+                    } => {}
+                    _ = tokio::time::sleep_until(deadline) => {}
+                    _ = &mut shutdown => live.handle_shutdown(),
                 }
             }
         }
     }
 }
 
-fn accept(stats: &Stats, batcher: &mut Batcher, c: Change) {
+/// Ships what was seen before the stop, lets large transfers finish, and
+/// closes the session, each under a deadline: what does not make it is
+/// found by the full reconcile at the next start (the standby never shows
+/// a partial file).
+#[allow(clippy::too_many_arguments)]
+async fn stop(
+    mut s: Session,
+    cfg: &Config,
+    opts: &mut ResyncOptions,
+    index: &mut Index,
+    watch: &mut Option<Watch>,
+    flush: Option<(Batch, u64)>,
+    live: &Live,
+    stats: &Stats,
+    tsum: &mut client::Summary,
+) {
+    const GRACE: Duration = Duration::from_secs(10);
+    if let Some((b, id)) = flush {
+        let _ = tokio::time::timeout(
+            GRACE,
+            ship(&mut s, cfg, opts, index, watch, b, live, stats, id),
+        )
+        .await;
+    }
+    let _ = tokio::time::timeout(GRACE, s.drain_transfers(tsum, index)).await;
+    let _ = tokio::time::timeout(GRACE, s.finish()).await;
+}
+
+fn on_event(e: Event) {
+    match e {
+        Event::InSync => tracing::info!("in sync; following changes"),
+        Event::EventsLost => {}
+        Event::WatchLimit => {
+            // Directories without a watch change silently: only a periodic
+            // compare finds those changes.
+            tracing::error!("inotify watch limit reached (raise fs.inotify.max_user_watches); adding a full reconcile every {PERIODIC_NO_WATCH:?} until restart");
+        }
+        Event::Retrying { files, after } => {
+            tracing::debug!(
+                files,
+                ?after,
+                "files the standby could not apply are retried"
+            );
+        }
+    }
+}
+
+fn accept(stats: &Stats, live: &mut Live, c: Change) {
     stats.events.fetch_add(1, Relaxed);
     if c == Change::Lost {
         stats.overflows.fetch_add(1, Relaxed);
@@ -303,7 +257,7 @@ fn accept(stats: &Stats, batcher: &mut Batcher, c: Change) {
             "inotify lost events (queue overflow or a failed watch); a full reconcile follows"
         );
     }
-    batcher.push(c, std::time::Instant::now());
+    live.handle_change(c, std::time::Instant::now());
 }
 
 async fn save_index(index: &mut Index) {
@@ -332,11 +286,11 @@ async fn ship(
     index: &mut Index,
     watch: &mut Option<Watch>,
     b: Batch,
-    batcher: &mut Batcher,
+    live: &Live,
     stats: &Stats,
     commit_id: u64,
-) -> Result<(Vec<RelPath>, u64), ClientError> {
-    let pending = batcher.pending() as u64;
+) -> Result<(Followups, u64), ClientError> {
+    let pending = live.pending() as u64;
     stats.set_lag(b.changes + pending, b.oldest);
     for (from, to) in &b.renames {
         s.rename(from.clone(), to.clone()).await?;
@@ -388,20 +342,7 @@ async fn ship(
             "replicated"
         );
     }
-    Ok((followups(sum, batcher, stats), deferred_links))
-}
-
-/// Brings a deadline forward to `at` (never later).
-fn sooner(deadline: &mut Option<Instant>, at: Instant) {
-    *deadline = Some(deadline.map_or(at, |t| t.min(at)));
-}
-
-/// After the first reconcile of a connection, and its large files, are done.
-fn announce_live(live: &mut bool, s: &Session) {
-    if !*live && s.transfers().is_empty() {
-        *live = true;
-        tracing::info!("in sync; following changes");
-    }
+    Ok((followups(sum, stats, &cfg.export), deferred_links))
 }
 
 /// Counts what a reconcile (or a large transfer) sent.
@@ -417,31 +358,27 @@ fn record(stats: &Stats, s: &Session, sum: &client::Summary) {
     stats.wire_rx.store(rx, Relaxed);
 }
 
-/// Files busy elsewhere wait for their close; returns the paths to retry.
-fn followups(sum: client::Summary, batcher: &mut Batcher, stats: &Stats) -> Vec<RelPath> {
-    let now = std::time::Instant::now();
-    for p in sum.busy {
-        batcher.push(Change::Writing(p), now);
+/// Files busy elsewhere wait for their close; failed ones are retried
+/// (their size counts as lag: data at risk).
+fn followups(sum: client::Summary, stats: &Stats, export: &std::path::Path) -> Followups {
+    let mut f = Followups {
+        busy: sum.busy,
+        failed: Vec::new(),
+    };
+    for e in sum.failures {
+        tracing::warn!(path = %e.path, "not replicated, will retry: {}", e.error);
+        stats.error(format!("{}: {}", e.path, e.error));
+        let bytes = std::fs::symlink_metadata(export.join(e.path.as_path())).map_or(0, |m| m.len());
+        f.failed.push((e.path, bytes));
     }
-    let mut failed = Vec::new();
-    for f in sum.failures {
-        tracing::warn!(path = %f.path, "not replicated, will retry: {}", f.error);
-        stats.error(format!("{}: {}", f.path, f.error));
-        failed.push(f.path);
-    }
-    failed
+    f
 }
 
 /// Lag: changes not yet acknowledged, queued or on their way.
-fn set_lag(stats: &Stats, batcher: &Batcher, s: &Session, retry: &Retry) {
+fn set_lag(stats: &Stats, live: &Live, s: &Session) {
     let t = s.transfers();
-    let oldest = [batcher.oldest(), t.oldest(), retry.since]
-        .into_iter()
-        .flatten()
-        .min();
-    stats.set_lag(
-        (batcher.pending() + t.len() + retry.paths.len()) as u64,
-        oldest,
-    );
-    stats.lag_bytes.store(t.bytes() + retry.bytes, Relaxed);
+    let l = live.lag();
+    let oldest = [l.oldest, t.oldest()].into_iter().flatten().min();
+    stats.set_lag(l.ops + t.len() as u64, oldest);
+    stats.lag_bytes.store(t.bytes() + l.bytes, Relaxed);
 }

@@ -63,11 +63,7 @@ pub fn hash_reader(mut r: impl Read) -> std::io::Result<Hash> {
     Ok(*h.finalize().as_bytes())
 }
 
-/// Order of a depth-first walk with names sorted per directory (what
-/// `walkdir::sort_by_file_name` yields): parents first, each subtree contiguous.
-pub fn walk_order(a: &RelPath, b: &RelPath) -> std::cmp::Ordering {
-    a.components().cmp(b.components())
-}
+pub use crate::path::walk_order;
 
 /// Accumulates entries in walk order, grouping hard links.
 #[derive(Default)]

@@ -62,13 +62,7 @@ pub struct Entry {
     pub ino: u64,
 }
 
-/// Part of the tree a scoped scan looks at: the path itself, and with
-/// `recursive` everything beneath it.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct Scope {
-    pub path: RelPath,
-    pub recursive: bool,
-}
+pub use syncd_proto::model::Scope;
 
 /// How the content of a file travels.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]

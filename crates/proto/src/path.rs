@@ -22,6 +22,12 @@ pub const MAX_PATH_LEN: usize = 4096;
 /// Longest single component (Linux NAME_MAX).
 pub const MAX_NAME_LEN: usize = 255;
 
+/// Order of a depth-first walk with names sorted per directory (what
+/// `walkdir::sort_by_file_name` yields): parents first, each subtree contiguous.
+pub fn walk_order(a: &RelPath, b: &RelPath) -> std::cmp::Ordering {
+    a.components().cmp(b.components())
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PathError {
     #[error("empty path")]

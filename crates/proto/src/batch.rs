@@ -15,8 +15,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use crate::model::Scope;
 use crate::path::RelPath;
-use crate::wire::Scope;
 
 /// Tunables (see `[sync]` in the config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,7 +223,7 @@ impl Batcher {
             .into_iter()
             .map(|(path, recursive)| Scope { path, recursive })
             .collect();
-        scope.sort_by(|a, b| crate::scan::walk_order(&a.path, &b.path));
+        scope.sort_by(|a, b| crate::path::walk_order(&a.path, &b.path));
         let b = Batch {
             full: std::mem::take(&mut self.full),
             renames: std::mem::take(&mut self.renames),

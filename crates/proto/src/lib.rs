@@ -9,4 +9,5 @@
 pub mod batch;
 pub mod live;
 pub mod model;
+pub mod pair;
 pub mod path;

@@ -1,0 +1,552 @@
+//! The role rules under a simulated clock: each rule alone, then seeded runs
+//! of two nodes with a simplified VRRP, crashes, and partitions of either
+//! path, checking that no two leaders coexist while a path is up and that a
+//! node behind its live peer never leads.
+
+use super::*;
+use crate::pair::lineage::HISTORY_MAX;
+
+const A: NodeId = NodeId(0xa);
+const B: NodeId = NodeId(0xb);
+
+fn cfg() -> RoleConfig {
+    RoleConfig::default()
+}
+
+fn synced(me: NodeId) -> Lineage {
+    let mut l = Lineage::default();
+    l.promote(me, None);
+    l
+}
+
+fn drain(r: &mut Role) -> Vec<Action> {
+    std::iter::from_fn(|| r.poll_action()).collect()
+}
+
+fn gate(actions: &[Action]) -> Option<bool> {
+    actions.iter().rev().find_map(|a| match a {
+        Action::Gate { open, .. } => Some(*open),
+        _ => None,
+    })
+}
+
+fn hello(node: NodeId, lineage: &Lineage, leading: bool) -> PeerState {
+    PeerState {
+        node,
+        lineage: lineage.clone(),
+        leading,
+    }
+}
+
+/// Promote `r` through VRRP and the shell's answer.
+fn lead(r: &mut Role, now: Instant) -> Generation {
+    r.handle_vrrp(true, now);
+    let mut acts = drain(r);
+    if acts.iter().any(|a| matches!(a, Action::Ask { .. })) {
+        r.handle_peer_answer(true, now);
+        acts = drain(r);
+    }
+    let gen = acts
+        .iter()
+        .find_map(|a| match a {
+            Action::Promote { gen } => Some(*gen),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("expected a promotion, got {acts:?}"));
+    let persisted = acts
+        .iter()
+        .position(|a| matches!(a, Action::Persist { lineage, .. } if lineage.gen == gen));
+    let promoted = acts
+        .iter()
+        .position(|a| matches!(a, Action::Promote { .. }));
+    assert!(
+        persisted < promoted,
+        "the generation is durable before the promotion: {acts:?}"
+    );
+    r.handle_promoted(now);
+    assert_eq!(r.state(), RoleState::Leader);
+    gen
+}
+
+#[test]
+fn a_node_that_never_synced_leads_only_when_forced() {
+    let t0 = Instant::now();
+    let mut r = Role::new(A, cfg(), Lineage::default(), None, t0);
+    assert_eq!(gate(&drain(&mut r)), Some(false));
+    r.handle_timeout(t0 + cfg().unsure_wait * 2);
+    r.handle_vrrp(true, t0 + cfg().unsure_wait * 2);
+    assert!(!r.gate_open());
+    assert!(drain(&mut r)
+        .iter()
+        .all(|a| !matches!(a, Action::Promote { .. })));
+    r.handle_force(t0 + cfg().unsure_wait * 2);
+    let acts = drain(&mut r);
+    assert!(acts
+        .iter()
+        .any(|a| matches!(a, Action::Promote { gen } if gen.counter == 1 && gen.node == A)));
+}
+
+#[test]
+fn at_start_the_peer_is_heard_first_and_the_newer_data_leads() {
+    let t0 = Instant::now();
+    let old = synced(B);
+    let mut new = old.clone();
+    new.promote(A, None);
+    // A has the newer data but the lower priority: VRRP would pick B
+    let mut a = Role::new(A, cfg(), new.clone(), None, t0);
+    let mut b = Role::new(B, cfg(), old.clone(), None, t0);
+    assert_eq!(gate(&drain(&mut a)), Some(false), "waits to hear the peer");
+    assert_eq!(gate(&drain(&mut b)), Some(false));
+    assert_eq!(a.poll_timeout(), Some(t0 + cfg().peer_wait));
+    let t1 = t0 + Duration::from_millis(300);
+    a.handle_peer(hello(B, &old, false), t1);
+    b.handle_peer(hello(A, &new, false), t1);
+    assert!(a.gate_open(), "newer data may lead");
+    assert!(!b.gate_open(), "older data catches up first");
+    b.handle_vrrp(true, t1);
+    assert!(drain(&mut b)
+        .iter()
+        .all(|x| !matches!(x, Action::Promote { .. })));
+    // equal data: both may lead, VRRP's priorities decide
+    let mut c = Role::new(B, cfg(), new.clone(), None, t0);
+    c.handle_peer(hello(A, &new, false), t1);
+    let mut d = Role::new(A, cfg(), new.clone(), None, t0);
+    d.handle_peer(hello(B, &new, false), t1);
+    assert!(c.gate_open() && d.gate_open());
+}
+
+#[test]
+fn alone_at_start_a_node_leads_after_the_peer_wait() {
+    let t0 = Instant::now();
+    let mut r = Role::new(A, cfg(), synced(A), Some(synced(A).gen), t0);
+    assert!(!r.gate_open());
+    let t1 = r.poll_timeout().unwrap();
+    assert_eq!(t1, t0 + cfg().peer_wait);
+    r.handle_timeout(t1);
+    assert!(r.gate_open());
+    assert_eq!(r.poll_timeout(), None, "nothing left to wait for");
+}
+
+#[test]
+fn the_follower_takes_over_at_once_when_the_leader_dies() {
+    let t0 = Instant::now();
+    let la = synced(A);
+    let mut b = Role::new(B, cfg(), Lineage::default(), None, t0);
+    b.handle_peer(hello(A, &la, true), t0);
+    let acts = drain(&mut b);
+    assert!(
+        acts.contains(&Action::Follow { preserve: false }),
+        "{acts:?}"
+    );
+    assert!(acts
+        .iter()
+        .any(|a| matches!(a, Action::Persist { peer_seen: Some(g), .. } if *g == la.gen)));
+    b.handle_caught_up(&la, t0);
+    b.handle_commit(40);
+    assert!(!b.gate_open(), "the peer leads");
+    // VRRP adverts are lost but the leader's heartbeats arrive: no promotion
+    let t1 = t0 + Duration::from_secs(2);
+    b.handle_peer(hello(A, &la, true), t1);
+    b.handle_vrrp(true, t1);
+    assert!(drain(&mut b)
+        .iter()
+        .all(|a| !matches!(a, Action::Promote { .. })));
+    // the leader dies: heartbeats stop, the gate opens, VRRP promotes
+    let t2 = b.poll_timeout().unwrap();
+    assert_eq!(t2, t1 + cfg().heartbeat_timeout);
+    b.handle_timeout(t2);
+    assert!(b.gate_open(), "our generation is the newest we saw");
+    let acts = drain(&mut b);
+    let gen = acts
+        .iter()
+        .find_map(|a| match a {
+            Action::Promote { gen } => Some(*gen),
+            _ => None,
+        })
+        .expect("promotes: VRRP already wants master");
+    assert_eq!((gen.counter, gen.node), (2, B));
+    assert_eq!(b.lineage().history, vec![(la.gen, 40)]);
+    b.handle_promoted(t2);
+    assert_eq!(b.state(), RoleState::Leader);
+    let log: Vec<_> = std::iter::from_fn(|| b.poll_change())
+        .map(|c| c.to)
+        .collect();
+    assert_eq!(log, [RoleState::Promoting, RoleState::Leader]);
+}
+
+#[test]
+fn the_old_leader_returns_follows_and_keeps_its_writes() {
+    let t0 = Instant::now();
+    let mut la = synced(A);
+    la.commit = 40;
+    let mut lb = Lineage::default();
+    lb.follow(&la);
+    lb.promote(B, Some(la.gen));
+    // A restarts with the higher priority and preempt: it must not lead
+    let mut a = Role::new(A, cfg(), la.clone(), Some(la.gen), t0);
+    drain(&mut a);
+    a.handle_vrrp(true, t0);
+    a.handle_peer(hello(B, &lb, true), t0);
+    let acts = drain(&mut a);
+    assert!(
+        acts.contains(&Action::Follow { preserve: true }),
+        "{acts:?}"
+    );
+    assert!(acts.iter().all(|x| !matches!(x, Action::Promote { .. })));
+    assert!(!a.gate_open());
+    // caught up: same data; the peer still leads, so no preemption yet
+    a.handle_caught_up(&lb, t0);
+    a.handle_peer(hello(B, &lb, true), t0);
+    assert!(!a.gate_open());
+    // the peer hands over (switchover): now A may lead and preempt
+    a.handle_peer(hello(B, &lb, false), t0);
+    assert!(a.gate_open());
+    let gen = lead(&mut a, t0);
+    assert_eq!(gen.counter, 3);
+}
+
+#[test]
+fn a_leader_that_loses_vrrp_or_stops_demotes_first() {
+    let t0 = Instant::now();
+    let mut a = Role::new(A, cfg(), synced(A), None, t0);
+    a.handle_timeout(t0 + cfg().peer_wait);
+    lead(&mut a, t0 + cfg().peer_wait);
+    a.handle_vrrp(false, t0 + cfg().peer_wait);
+    assert_eq!(
+        drain(&mut a),
+        vec![Action::Demote {
+            why: "VRRP left master".into()
+        }]
+    );
+    assert_eq!(a.state(), RoleState::Demoting);
+    a.handle_demoted(t0 + cfg().peer_wait);
+    assert_eq!(a.state(), RoleState::Follower);
+
+    let mut a = Role::new(A, cfg(), synced(A), None, t0);
+    a.handle_timeout(t0 + cfg().peer_wait);
+    lead(&mut a, t0 + cfg().peer_wait);
+    a.handle_shutdown(t0 + cfg().peer_wait);
+    let acts = drain(&mut a);
+    assert_eq!(
+        acts[0],
+        Action::Demote {
+            why: "shutdown".into()
+        }
+    );
+    assert_eq!(gate(&acts), Some(false));
+}
+
+#[test]
+fn after_a_partition_one_leader_remains_and_the_loser_keeps_its_writes() {
+    let t0 = Instant::now();
+    let mut base = synced(A);
+    base.commit = 10;
+    let mut la = base.clone();
+    let mut lb = Lineage::default();
+    lb.follow(&base);
+    let mut a = Role::new(A, cfg(), la.clone(), Some(base.gen), t0);
+    let mut b = Role::new(B, cfg(), lb.clone(), Some(base.gen), t0);
+    let t1 = t0 + cfg().peer_wait;
+    a.handle_timeout(t1);
+    b.handle_timeout(t1);
+    lead(&mut a, t1);
+    lead(&mut b, t1);
+    a.handle_commit(5);
+    la = a.lineage().clone();
+    lb = b.lineage().clone();
+    // heal: each hears the other leading
+    a.handle_peer(hello(B, &lb, true), t1);
+    b.handle_peer(hello(A, &la, true), t1);
+    let (aa, ba) = (drain(&mut a), drain(&mut b));
+    let a_demotes = aa.iter().any(|x| matches!(x, Action::Demote { .. }));
+    let b_demotes = ba.iter().any(|x| matches!(x, Action::Demote { .. }));
+    assert!(
+        a_demotes != b_demotes,
+        "exactly one demotes: {aa:?} / {ba:?}"
+    );
+    assert!(b_demotes, "A has more batches in the same counter");
+    b.handle_demoted(t1);
+    let ba = drain(&mut b);
+    assert!(ba.contains(&Action::Follow { preserve: true }), "{ba:?}");
+    assert_eq!(a.state(), RoleState::Leader);
+}
+
+#[test]
+fn a_node_that_knows_it_is_stale_waits_before_leading_alone() {
+    let t0 = Instant::now();
+    let old = synced(A);
+    let mut newer = old.clone();
+    newer.promote(B, None);
+    let mut a = Role::new(A, cfg(), old, Some(newer.gen), t0);
+    let t1 = t0 + cfg().peer_wait;
+    a.handle_timeout(t1);
+    assert!(!a.gate_open());
+    assert_eq!(a.poll_timeout(), Some(t0 + cfg().unsure_wait));
+    a.handle_timeout(t0 + cfg().unsure_wait);
+    let acts = drain(&mut a);
+    assert!(
+        acts.iter()
+            .any(|x| matches!(x, Action::Gate { open: true, why } if why.contains("older"))),
+        "{acts:?}"
+    );
+}
+
+#[test]
+fn a_failed_promotion_demotes_and_waits() {
+    let t0 = Instant::now();
+    let mut a = Role::new(A, cfg(), synced(A), None, t0);
+    let t1 = t0 + cfg().peer_wait;
+    a.handle_timeout(t1);
+    a.handle_vrrp(true, t1);
+    drain(&mut a);
+    a.handle_promote_failed("exportfs: exit status 1", t1);
+    let acts = drain(&mut a);
+    assert!(matches!(&acts[0], Action::Demote { why } if why.contains("exportfs")));
+    assert_eq!(gate(&acts), Some(false));
+    a.handle_demoted(t1);
+    assert!(drain(&mut a)
+        .iter()
+        .all(|x| !matches!(x, Action::Promote { .. })));
+    let t2 = a.poll_timeout().unwrap();
+    assert_eq!(t2, t1 + cfg().promote_retry);
+    a.handle_timeout(t2);
+    assert!(
+        drain(&mut a)
+            .iter()
+            .any(|x| matches!(x, Action::Promote { .. })),
+        "retries"
+    );
+}
+
+/// Deterministic choices (xorshift).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+struct SimNode {
+    id: NodeId,
+    prio: u8,
+    role: Option<Role>,
+    /// Durable state, as the shell would have fsync'd it.
+    disk: (Lineage, Option<Generation>),
+    /// Currently holds the VIP (VRRP master with the gate open and promoted).
+    master: bool,
+}
+
+/// A message between the two nodes over the replication path.
+enum Msg {
+    Ask(u8),
+    Answer(bool),
+}
+
+impl SimNode {
+    /// Carries out the role's actions; returns what goes to the peer.
+    fn apply(&mut self, now: Instant) -> Vec<Msg> {
+        let mut out = Vec::new();
+        let Some(r) = self.role.as_mut() else {
+            return out;
+        };
+        while let Some(a) = r.poll_action() {
+            match a {
+                Action::Persist { lineage, peer_seen } => self.disk = (lineage, peer_seen),
+                Action::Promote { .. } => r.handle_promoted(now),
+                Action::Demote { .. } => r.handle_demoted(now),
+                Action::Ask { priority } => out.push(Msg::Ask(priority)),
+                Action::Answer { grant } => out.push(Msg::Answer(grant)),
+                Action::Gate { .. } | Action::Follow { .. } => {}
+            }
+        }
+        while r.poll_change().is_some() {}
+        out
+    }
+}
+
+/// Applies both nodes' actions, delivering messages while the path is up,
+/// until nothing more happens.
+fn settle(nodes: &mut [SimNode; 2], link: bool, now: Instant) {
+    for _ in 0..20 {
+        let out = [nodes[0].apply(now), nodes[1].apply(now)];
+        if out.iter().all(|o| o.is_empty()) {
+            return;
+        }
+        for (j, msgs) in out.into_iter().enumerate() {
+            let both = nodes.iter().all(|n| n.role.is_some());
+            if !(link && both) {
+                continue;
+            }
+            let to = nodes[1 - j].role.as_mut().unwrap();
+            for m in msgs {
+                match m {
+                    Msg::Ask(p) => to.handle_peer_ask(p, now),
+                    Msg::Answer(g) => to.handle_peer_answer(g, now),
+                }
+            }
+        }
+    }
+    panic!("messages never settled");
+}
+
+#[test]
+fn seeded_runs_never_have_two_leaders_while_a_path_is_up() {
+    for seed in 1..=2000u64 {
+        run_seed(seed);
+    }
+}
+
+fn run_seed(seed: u64) {
+    let mut rng = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
+    let t0 = Instant::now();
+    let step = Duration::from_millis(500);
+    let mut nodes: [SimNode; 2] = [A, B].map(|id| SimNode {
+        id,
+        prio: if id == A { 150 } else { 100 },
+        role: None,
+        disk: (Lineage::default(), None),
+        master: false,
+    });
+    // bootstrap: A was forced once, B followed it
+    nodes[0].disk.0 = synced(A);
+    nodes[1].disk = (synced(A), Some(synced(A).gen));
+    for n in nodes.iter_mut() {
+        n.role = Some(Role::new(n.id, cfg(), n.disk.0.clone(), n.disk.1, t0));
+    }
+    let (mut vrrp_up, mut link_up) = (true, true);
+    let mut link_since = t0;
+    let mut now = t0;
+    for i in 0..400 {
+        now += step;
+        // faults: crash/restart a node, cut or heal a path
+        if rng.chance(3) {
+            let n = &mut nodes[(rng.next() % 2) as usize];
+            if n.role.is_some() {
+                n.role = None;
+                n.master = false;
+            } else {
+                n.role = Some(Role::new(n.id, cfg(), n.disk.0.clone(), n.disk.1, now));
+            }
+        }
+        if rng.chance(3) {
+            vrrp_up = !vrrp_up;
+        }
+        if rng.chance(3) {
+            link_up = !link_up;
+            link_since = now;
+        }
+        // the replication path: hellos and heartbeats both ways
+        let alive = [nodes[0].role.is_some(), nodes[1].role.is_some()];
+        if link_up && alive[0] && alive[1] {
+            let states: Vec<PeerState> = nodes
+                .iter()
+                .map(|n| {
+                    let r = n.role.as_ref().unwrap();
+                    hello(n.id, r.lineage(), r.state() == RoleState::Leader)
+                })
+                .collect();
+            for (j, n) in nodes.iter_mut().enumerate() {
+                let peer = states[1 - j].clone();
+                let r = n.role.as_mut().unwrap();
+                // a follower of a leading peer catches up while linked
+                if peer.leading && r.state() == RoleState::Follower {
+                    let rel = r.lineage().relation(n.id, &peer.lineage);
+                    if matches!(
+                        rel,
+                        Relation::Behind { .. } | Relation::Diverged { we_win: false }
+                    ) {
+                        r.handle_caught_up(&peer.lineage, now);
+                    }
+                }
+                r.handle_peer(peer, now);
+            }
+        }
+        for n in nodes.iter_mut() {
+            if let Some(r) = n.role.as_mut() {
+                if r.poll_timeout().is_some_and(|t| t <= now) {
+                    r.handle_timeout(now);
+                }
+            }
+        }
+        let link = link_up;
+        settle(&mut nodes, link, now);
+        // a simplified VRRP: gate-open nodes elect the higher priority when
+        // they hear each other, else each is master alone
+        let open: Vec<bool> = nodes
+            .iter()
+            .map(|n| n.role.as_ref().is_some_and(|r| r.gate_open()))
+            .collect();
+        for j in 0..2 {
+            let other_competes = vrrp_up && open[1 - j];
+            let want = open[j] && (!other_competes || nodes[j].prio > nodes[1 - j].prio);
+            if let Some(r) = nodes[j].role.as_mut() {
+                r.handle_vrrp(want, now);
+            }
+            settle(&mut nodes, link, now);
+        }
+        for n in nodes.iter_mut() {
+            n.master = n
+                .role
+                .as_ref()
+                .is_some_and(|r| r.state() == RoleState::Leader);
+        }
+        // the leader's batches, acknowledged by a follower of the same
+        // generation while the path is up
+        if link_up && nodes.iter().all(|n| n.role.is_some()) {
+            for j in 0..2 {
+                let (l, f) = (
+                    nodes[j].role.as_ref().unwrap(),
+                    nodes[1 - j].role.as_ref().unwrap(),
+                );
+                if l.state() == RoleState::Leader && f.lineage().gen == l.lineage().gen {
+                    let c = l.lineage().commit + 1;
+                    nodes[j].role.as_mut().unwrap().handle_commit(c);
+                    nodes[1 - j].role.as_mut().unwrap().handle_commit(c);
+                }
+            }
+        }
+        // invariants, once the paths have been steady for a while
+        let leaders: Vec<NodeId> = nodes.iter().filter(|n| n.master).map(|n| n.id).collect();
+        let settled = now >= link_since + cfg().heartbeat_timeout + step * 2;
+        if (vrrp_up || link_up) && settled && leaders.len() > 1 {
+            // with VRRP up the election resolves within one step
+            assert!(
+                !(link_up && nodes.iter().all(|n| n.role.is_some())),
+                "seed {seed} step {i}: two leaders with the replication path up: {:?} / {:?} vrrp {vrrp_up}",
+                nodes[0].role.as_ref().map(|r| (r.lineage().clone(), r.peer().cloned())),
+                nodes[1].role.as_ref().map(|r| (r.lineage().clone(), r.peer().cloned())),
+            );
+            assert!(!vrrp_up, "seed {seed} step {i}: two leaders with VRRP up");
+        }
+        if link_up && settled && nodes.iter().all(|n| n.role.is_some()) {
+            for j in 0..2 {
+                let r = nodes[j].role.as_ref().unwrap();
+                let peer = nodes[1 - j].role.as_ref().unwrap();
+                if r.state() == RoleState::Leader {
+                    let rel = r.lineage().relation(nodes[j].id, peer.lineage());
+                    assert!(
+                        !matches!(rel, Relation::Behind { .. }),
+                        "seed {seed} step {i}: a leader behind its live peer: {:?} {:?} vs {:?} {:?}",
+                        r.state(), r.lineage(), peer.state(), peer.lineage()
+                    );
+                }
+            }
+        }
+        for n in &nodes {
+            if let Some(r) = &n.role {
+                assert!(r.lineage().history.len() <= HISTORY_MAX);
+                let gens: Vec<_> = r.lineage().history.iter().map(|(g, _)| *g).collect();
+                assert!(
+                    gens.windows(2).all(|w| w[0] < w[1]),
+                    "seed {seed}: history out of order"
+                );
+            }
+        }
+    }
+}

@@ -21,7 +21,7 @@ impl Drop for Mount {
 fn mount_tmpfs(dir: &std::path::Path, size: &str) -> Option<Mount> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIP: full_disk: needs root to mount a small tmpfs");
+        syncd_testkit::skip::skip("full_disk", "needs root to mount a small tmpfs");
         return None;
     }
     let ok = Command::new("mount")
@@ -30,7 +30,7 @@ fn mount_tmpfs(dir: &std::path::Path, size: &str) -> Option<Mount> {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        eprintln!("SKIP: full_disk: cannot mount tmpfs");
+        syncd_testkit::skip::skip("full_disk", "cannot mount tmpfs");
         return None;
     }
     Some(Mount(dir.to_path_buf()))

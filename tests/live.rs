@@ -388,7 +388,7 @@ impl Drop for Sysctl {
 fn inotify_overflow_still_converges() {
     const Q: &str = "/proc/sys/fs/inotify/max_queued_events";
     let Ok(old) = std::fs::read_to_string(Q) else {
-        eprintln!("SKIP: no {Q}");
+        syncd_testkit::skip::skip("inotify_overflow_still_converges", &format!("no {Q}"));
         return;
     };
     let mut p = Pair::new();
@@ -399,7 +399,10 @@ fn inotify_overflow_still_converges() {
         // The limit is taken when the inotify instance is created: shrink it
         // just for this primary's start.
         if std::fs::write(Q, "16").is_err() {
-            eprintln!("SKIP: cannot set {Q} (needs root)");
+            syncd_testkit::skip::skip(
+                "inotify_overflow_still_converges",
+                &format!("cannot set {Q} (needs root)"),
+            );
             return;
         }
         let _restore = Sysctl(Q, old);

@@ -59,8 +59,9 @@ fn silent_partition_while_primary_changes_then_heals() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !root || !netns {
-        eprintln!(
-            "SKIP: silent_partition_while_primary_changes_then_heals needs root and `ip netns`"
+        syncd_testkit::skip::skip(
+            "silent_partition_while_primary_changes_then_heals",
+            "needs root and `ip netns`",
         );
         return;
     }

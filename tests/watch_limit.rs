@@ -42,7 +42,7 @@ fn watches_in_use() -> usize {
 #[test]
 fn watch_limit_falls_back_to_periodic_reconcile() {
     let Ok(old) = std::fs::read_to_string(LIMIT) else {
-        eprintln!("SKIP: no {LIMIT}");
+        syncd_testkit::skip::skip("watch_limit", &format!("no {LIMIT}"));
         return;
     };
     let mut p = Pair::new();
@@ -54,7 +54,7 @@ fn watch_limit_falls_back_to_periodic_reconcile() {
     // Room for exactly the existing tree: the root and 8 directories.
     let limit = watches_in_use() + 9;
     if std::fs::write(LIMIT, limit.to_string()).is_err() {
-        eprintln!("SKIP: cannot set {LIMIT} (needs root)");
+        syncd_testkit::skip::skip("watch_limit", &format!("cannot set {LIMIT} (needs root)"));
         return;
     }
     let _restore = Restore(old);

@@ -1,0 +1,3 @@
+//! What the test suites of `syncd`, `syncd-vrrp` and `syncd-proxy` share.
+
+pub mod skip;

@@ -1,6 +1,6 @@
 //! syncd: replication for a primary/standby pair.
 //!
-//! Data flow and the reasons behind it are in DESIGN.md; each module holds one
+//! Data flow and the reasons behind it are in ARCHITECTURE.md; each module holds one
 //! piece of it.
 
 pub mod admin;

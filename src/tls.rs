@@ -71,13 +71,22 @@ impl FromStr for Fingerprint {
             .chars()
             .filter(|c| *c != ':')
             .collect();
+        // Byte-wise: a non-ASCII character must be an error, not a slice
+        // through the middle of it; and only hex digits (from_str_radix
+        // would take a sign).
+        let hex = hex.as_bytes();
         if hex.len() != 64 {
             return Err(format!("\"{s}\" is not a SHA-256 fingerprint; expected \"sha256:\" and 64 hex digits as printed by `syncd keygen`"));
         }
+        let digit = |c: u8| {
+            (c as char)
+                .to_digit(16)
+                .map(|d| d as u8)
+                .ok_or_else(|| format!("\"{s}\" contains a non-hex digit"))
+        };
         let mut out = [0u8; 32];
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-                .map_err(|_| format!("\"{s}\" contains a non-hex digit"))?;
+        for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+            *o = digit(pair[0])? << 4 | digit(pair[1])?;
         }
         Ok(Fingerprint(out))
     }
@@ -336,6 +345,20 @@ mod tests {
         assert!(format!("sha256:{}", "g".repeat(64))
             .parse::<Fingerprint>()
             .is_err());
+    }
+
+    #[test]
+    fn hostile_fingerprints_are_errors_not_panics() {
+        // 64 bytes, but multi-byte characters: slicing by byte used to panic
+        let s = format!("sha256:a{}a", "é".repeat(31));
+        assert!(s.parse::<Fingerprint>().is_err());
+        // a sign is not a hex digit
+        assert!("+f".repeat(32).parse::<Fingerprint>().is_err());
+        assert!("-0".repeat(32).parse::<Fingerprint>().is_err());
+        assert_eq!(
+            "AB".repeat(32).parse::<Fingerprint>().unwrap(),
+            Fingerprint([0xab; 32])
+        );
     }
 
     #[test]

@@ -54,7 +54,7 @@ impl Watch {
         let wake = Arc::new(Notify::new());
         let root = export.to_path_buf();
         let (d, l, w) = (dropped.clone(), limit_hit.clone(), wake.clone());
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let handler = move |res: notify::Result<notify::Event>| {
             let changes = match res {
                 Ok(ev) => translate(&root, &ev),
                 Err(e) => {
@@ -71,12 +71,17 @@ impl Watch {
                     w.notify_one();
                 }
             }
-        })
-        .map_err(|err| WatchError {
-            path: export.display().to_string(),
-            hint: hint(&err),
-            err,
-        })?;
+        };
+        // Symlinks are replicated as links, never followed: a link to `/`
+        // would otherwise walk the host and use up the per-user watch limit
+        // shared with every other service.
+        let config = notify::Config::default().with_follow_symlinks(false);
+        let mut watcher =
+            notify::RecommendedWatcher::new(handler, config).map_err(|err| WatchError {
+                path: export.display().to_string(),
+                hint: hint(&err),
+                err,
+            })?;
         watcher
             .watch(export, RecursiveMode::Recursive)
             .map_err(|err| WatchError {

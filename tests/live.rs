@@ -487,3 +487,36 @@ fn a_reader_of_the_standby_never_sees_a_partial_file() {
     assert!(reads > 100, "reader barely ran: {reads}");
     assert!(bad.is_empty(), "partial files seen on the standby: {bad:?}");
 }
+
+#[test]
+fn the_watch_does_not_follow_symlinks_out_of_the_export() {
+    let mut p = Pair::new();
+    // a tree outside the export, reachable through a link inside it
+    let outside = p.path("outside");
+    for i in 0..40 {
+        std::fs::create_dir_all(outside.join(format!("d{i}/sub"))).unwrap();
+    }
+    std::fs::create_dir_all(p.primary().join("a/b")).unwrap();
+    std::os::unix::fs::symlink(&outside, p.primary().join("a/out")).unwrap();
+    std::os::unix::fs::symlink("/", p.primary().join("root")).unwrap();
+    p.start_standby();
+    start_primary(&mut p);
+    p.wait_live();
+    let pid = p.primary.as_ref().unwrap().id();
+    let n = common::watches_of(pid);
+    // the export's own directories: the root, a, a/b (and at most the state dir)
+    assert!(
+        n <= 4,
+        "the primary holds {n} inotify watches: it followed a symlink"
+    );
+    assert!(
+        n >= 3,
+        "the primary holds {n} inotify watches: the export is not watched"
+    );
+    // the links themselves are replicated as links
+    let l = std::fs::symlink_metadata(p.standby_dir().join("a/out")).unwrap();
+    assert!(l.file_type().is_symlink());
+    // and the export itself is still followed live
+    std::fs::write(p.primary().join("a/b/f"), b"y").unwrap();
+    p.wait_equal(Duration::from_secs(10));
+}

@@ -397,3 +397,14 @@ impl Rng {
         (0..n).map(|_| self.next() as u8).collect()
     }
 }
+
+/// inotify watches held by process `pid` (from /proc/PID/fdinfo).
+pub fn watches_of(pid: u32) -> usize {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return 0;
+    };
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
+        .map(|s| s.lines().filter(|l| l.starts_with("inotify wd:")).count())
+        .sum()
+}

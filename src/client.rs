@@ -620,18 +620,20 @@ enum Read1 {
 
 /// Reads a small file completely; `None` if it changed while being read.
 fn read_small(
-    path: std::path::PathBuf,
+    export: &std::path::Path,
     op: FileOp,
     id: u64,
     settle: Option<Duration>,
 ) -> std::io::Result<Option<Read1>> {
-    let (mut f, before, lease) = match open_source(&path, settle)? {
+    let (f, before, lease) = match open_source(export, &op.path, settle)? {
         Opened::Gone => return Ok(Some(Read1::Vanished)),
         Opened::Busy => return Ok(Some(Read1::Busy)),
         Opened::File(f, m, leased) => (f, m, leased),
     };
     let mut data = Vec::with_capacity(before.len() as usize);
-    f.read_to_end(&mut data)?;
+    // One byte more than the scan saw tells "grew" without reading on
+    // behind a writer that keeps appending.
+    (&f).take(before.len() + 1).read_to_end(&mut data)?;
     let after = f.metadata()?;
     if !untouched(&f, lease) {
         return Ok(Some(Read1::Busy));
@@ -680,11 +682,11 @@ async fn send_whole(
                     let f = *it.next().unwrap_or(&files[0]);
                     *next_id += 1;
                     let id = *next_id;
-                    let path = cfg.export.join(f.path.as_path());
+                    let export = cfg.export.clone();
                     let op = f.clone();
                     queue.push_back((
                         f,
-                        tokio::task::spawn_blocking(move || read_small(path, op, id, settle)),
+                        tokio::task::spawn_blocking(move || read_small(&export, op, id, settle)),
                     ));
                 }
                 _ => break,
@@ -699,8 +701,8 @@ async fn send_whole(
         while res.as_ref().map(|r| r.is_none()).unwrap_or(false) && tries < 3 {
             tries += 1;
             *next_id += 1;
-            let (path, op, id) = (cfg.export.join(f.path.as_path()), f.clone(), *next_id);
-            res = tokio::task::spawn_blocking(move || read_small(path, op, id, settle))
+            let (export, op, id) = (cfg.export.clone(), f.clone(), *next_id);
+            res = tokio::task::spawn_blocking(move || read_small(&export, op, id, settle))
                 .await
                 .map_err(|e| ClientError::Protocol(e.to_string()))?;
         }

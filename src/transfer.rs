@@ -283,18 +283,48 @@ pub(crate) enum Opened {
     File(std::fs::File, std::fs::Metadata, bool),
 }
 
-/// Opens a file to send. With `settle` (live replication), a file another
-/// process has open for writing is held back unless quiet that long.
+/// Opens a file to send: `rel` beneath `export`, never through a symlink
+/// (neither the file nor a parent swapped for one since the scan), never a
+/// FIFO or device (a FIFO would hang the reader, `/dev/zero` never ends).
+/// Either counts as gone: the compare that follows sees what is there now.
+/// With `settle` (live replication), a file another process has open for
+/// writing is held back unless quiet that long.
 pub(crate) fn open_source(
-    path: &std::path::Path,
+    export: &Path,
+    rel: &RelPath,
     settle: Option<Duration>,
 ) -> std::io::Result<Opened> {
-    let f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Opened::Gone),
-        Err(e) => return Err(e),
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let gone = |e: &rustix::io::Errno| {
+        matches!(
+            *e,
+            rustix::io::Errno::NOENT
+                | rustix::io::Errno::LOOP
+                | rustix::io::Errno::NOTDIR
+                | rustix::io::Errno::XDEV
+        )
     };
+    let root = rustix::fs::open(
+        export,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let fd = match rustix::fs::openat2(
+        &root,
+        rel.as_path(),
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    ) {
+        Ok(fd) => fd,
+        Err(e) if gone(&e) => return Ok(Opened::Gone),
+        Err(e) => return Err(e.into()),
+    };
+    let f = std::fs::File::from(fd);
     let m = f.metadata()?;
+    if !m.file_type().is_file() {
+        return Ok(Opened::Gone);
+    }
     let leased = match settle {
         Some(settle) => match crate::lease::take(&f) {
             crate::lease::Lease::Busy => {
@@ -325,14 +355,14 @@ async fn send_large(
     id: u64,
     bar: &ProgressBar,
 ) -> Result<Sent, TransferError> {
-    let path = export.join(f.path.as_path());
+    let export = export.to_path_buf();
     let rel = f.path.clone();
     let (tx, rx) = mpsc::channel::<Request>(8);
     let busy = Arc::new(AtomicBool::new(false));
     let busy2 = busy.clone();
     let reader =
         tokio::task::spawn_blocking(move || -> std::io::Result<Option<(Stamp, wire::Hash)>> {
-            let (mut file, before, leased) = match open_source(&path, settle)? {
+            let (mut file, before, leased) = match open_source(&export, &rel, settle)? {
                 Opened::Gone => return Ok(None),
                 Opened::Busy => {
                     busy2.store(true, Ordering::Relaxed);
@@ -444,7 +474,7 @@ async fn send_delta(
     delta_bytes: &mut u64,
     bar: &ProgressBar,
 ) -> Result<Sent, TransferError> {
-    let path = export.join(f.path.as_path());
+    let export = export.to_path_buf();
     let rel = f.path.clone();
     let (tx, rx) = mpsc::channel::<Request>(4);
     let barc = bar.clone();
@@ -457,7 +487,7 @@ async fn send_delta(
                 Err(_) => return Ok(Err(())),
             };
             let ix = differ.indexed();
-            let (mut file, before, leased) = match open_source(&path, settle)? {
+            let (mut file, before, leased) = match open_source(&export, &rel, settle)? {
                 Opened::Gone => return Ok(Ok(None)),
                 Opened::Busy => {
                     busy2.store(true, Ordering::Relaxed);
@@ -560,4 +590,63 @@ async fn send_delta(
         Ok(None) if !began => Sent::Vanished,
         _ => Sent::Fallback,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rel(s: &str) -> RelPath {
+        RelPath::new(s.as_bytes().to_vec()).unwrap()
+    }
+
+    fn is_file(o: Opened) -> bool {
+        matches!(o, Opened::File(..))
+    }
+
+    #[test]
+    fn a_source_is_read_only_through_no_symlink_and_only_if_regular() {
+        let d = tempfile::tempdir().unwrap();
+        let export = d.path().join("export");
+        std::fs::create_dir_all(export.join("dir")).unwrap();
+        std::fs::write(d.path().join("secret"), b"root only").unwrap();
+        std::fs::write(export.join("dir/ok"), b"fine").unwrap();
+        assert!(is_file(open_source(&export, &rel("dir/ok"), None).unwrap()));
+
+        // swapped for a symlink to a file outside the export
+        std::os::unix::fs::symlink(d.path().join("secret"), export.join("link")).unwrap();
+        assert!(matches!(
+            open_source(&export, &rel("link"), None).unwrap(),
+            Opened::Gone
+        ));
+        // a parent swapped for a symlink
+        std::os::unix::fs::symlink(d.path(), export.join("up")).unwrap();
+        assert!(matches!(
+            open_source(&export, &rel("up/secret"), None).unwrap(),
+            Opened::Gone
+        ));
+        // a FIFO: opening must not hang, and it is not sent
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            export.join("fifo"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        assert!(matches!(
+            open_source(&export, &rel("fifo"), None).unwrap(),
+            Opened::Gone
+        ));
+        // a device
+        std::os::unix::fs::symlink("/dev/zero", export.join("zero")).unwrap();
+        assert!(matches!(
+            open_source(&export, &rel("zero"), None).unwrap(),
+            Opened::Gone
+        ));
+        assert!(matches!(
+            open_source(&export, &rel("missing"), None).unwrap(),
+            Opened::Gone
+        ));
+    }
 }

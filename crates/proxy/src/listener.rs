@@ -195,6 +195,7 @@ pub async fn run(
                     tls: tls.is_some(),
                     listener: cfg.name.clone(),
                     upstream: cfg.upstream.clone(),
+                    client_body_timeout: cfg.client_body_timeout,
                 });
                 let shared = shared.clone();
                 let svc = service_fn(move |req| proxy::handle(req, info.clone(), shared.clone()));

@@ -761,3 +761,78 @@ async fn least_conn_avoids_the_busy_server_across_workers() {
     let r = slow.await.unwrap().unwrap();
     assert_eq!(r.backend(), busy);
 }
+
+/// Two clients that send a POST head and one body byte, then stall, must not
+/// be charged to the servers: the client gets 408 after client_body_timeout,
+/// read_timeout starts only once the request is sent, and traffic and
+/// /healthz are unaffected meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_uploads_get_408_and_never_take_servers_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let cfg =
+        "[[listener]]\nlisten = \"{listen}\"\nupstream = \"web\"\nclient_body_timeout = \"3s\"\n\n"
+            .to_string()
+            + &upstream(
+                "web",
+                "read_timeout = \"1s\"",
+                &[(a.addr, ""), (b.addr, "")],
+            );
+    let p = Proxy::start(&cfg).await;
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(p.listen).await.unwrap();
+        s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nq")
+            .await
+            .unwrap();
+        stalled.push(s);
+    }
+    // round-robin: one stalled upload on each server
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while a.count() + b.count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "uploads never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!((a.count(), b.count()), (1, 1));
+    // well past read_timeout (1s), before client_body_timeout (3s)
+    let until = std::time::Instant::now() + Duration::from_millis(2300);
+    while std::time::Instant::now() < until {
+        let r = p.get("/").await;
+        assert_eq!(r.status, 200, "GET while uploads stall: {r:?}");
+        let h = request(p.admin, "GET", "/healthz", b"").await.unwrap();
+        assert_eq!(h.status, 200, "/healthz while uploads stall: {h:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for mut s in stalled {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "stalled client never answered or closed");
+        if !buf.is_empty() {
+            let r = parse_reply(&buf);
+            assert_eq!(r.status, 408, "{r:?}");
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..4 {
+        let r = p.get("/").await;
+        assert_eq!(r.status, 200, "{r:?}");
+        seen.insert(r.backend());
+    }
+    assert_eq!(seen.len(), 2, "no server was marked down: {seen:?}");
+    for be in [&a, &b] {
+        let fails = format!(
+            "syncd_proxy_upstream_fails{{upstream=\"web\",server=\"{}\"}}",
+            be.addr
+        );
+        assert_eq!(p.metric(&fails).await, 0.0, "{fails}");
+        let active = format!(
+            "syncd_proxy_upstream_active_connections{{upstream=\"web\",server=\"{}\"}}",
+            be.addr
+        );
+        wait_metric(&p, &active, 0.0).await;
+    }
+}

@@ -836,3 +836,89 @@ async fn stalled_uploads_get_408_and_never_take_servers_out() {
         wait_metric(&p, &active, 0.0).await;
     }
 }
+
+/// A client that requests a large response and never reads it is cut off
+/// after send_timeout, releasing the backend connection and the server's
+/// least_conn/max_conns slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_that_stops_reading_is_cut_after_send_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let a = Backend::start("a").await;
+    let cfg = "[[listener]]\nlisten = \"{listen}\"\nupstream = \"web\"\nsend_timeout = \"1s\"\n\n"
+        .to_string()
+        + &upstream("web", "algorithm = \"least_conn\"", &[(a.addr, "")]);
+    let p = Proxy::start(&cfg).await;
+    let mut s = tokio::net::TcpStream::connect(p.listen).await.unwrap();
+    s.write_all(b"GET /huge HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let active = format!(
+        "syncd_proxy_upstream_active_connections{{upstream=\"web\",server=\"{}\"}}",
+        a.addr
+    );
+    // the response is stuck in flight: the server's slot is held...
+    wait_metric(&p, &active, 1.0).await;
+    // ...until send_timeout, although the client socket stays open
+    wait_metric(&p, &active, 0.0).await;
+    assert_eq!(p.get("/").await.status, 200);
+    drop(s);
+}
+
+/// idle_timeout closes HTTP keep-alive connections idle between requests
+/// (it used to be ignored for HTTP listeners), and the admin listener closes
+/// connections that never send a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keepalive_and_silent_admin_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Backend::start("a").await;
+    let cfg = "[[listener]]\nlisten = \"{listen}\"\nupstream = \"web\"\nidle_timeout = \"1s\"\n\n"
+        .to_string()
+        + &upstream("web", "", &[(a.addr, "")]);
+    let p = Proxy::start(&cfg).await;
+    let admin = p.admin;
+    let silent_admin = tokio::spawn(async move {
+        let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(25), s.read_to_end(&mut buf))
+            .await
+            .map(|r| r.map(|_| buf.len()))
+    });
+    let mut s = tokio::net::TcpStream::connect(p.listen).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // read the whole keep-alive response (Content-Length framed)
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before the response");
+        buf.extend_from_slice(&chunk[..n]);
+        let r = parse_reply(&buf);
+        let len = r
+            .head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length: ")
+                    .map(str::to_string)
+            })
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        if r.status != 0 && len.is_some_and(|l| r.body.len() >= l) {
+            assert_eq!(r.status, 200);
+            break;
+        }
+    }
+    // now idle: the proxy closes the connection after idle_timeout (the
+    // 60s header_timeout default would keep it much longer)
+    let rest = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await;
+    assert!(
+        matches!(rest, Ok(Ok(0)) | Ok(Err(_))),
+        "idle keep-alive connection not closed: {rest:?}"
+    );
+    let admin_closed = silent_admin.await.unwrap();
+    assert!(
+        admin_closed.is_ok(),
+        "admin connection without a request was never closed"
+    );
+}

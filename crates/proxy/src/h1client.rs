@@ -172,6 +172,11 @@ impl Conn {
             }
             let (mut parts, ()) = resp.into_parts();
             let decode = body_framing(&parts.headers, parts.status, head_request)?;
+            if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+                // Transfer-Encoding wins (RFC 9112 §6.3); passing the stale
+                // length on would let the client frame the body differently
+                parts.headers.remove(header::CONTENT_LENGTH);
+            }
             let keep_alive =
                 parts.version == Version::HTTP_11 && !has_token(&parts.headers, "close");
             parts.version = Version::HTTP_11;
@@ -363,10 +368,7 @@ fn body_framing(
     match lengths.next() {
         None => Ok(Decode::UntilClose),
         Some(v) => {
-            let n = v
-                .to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
+            let n = crate::forward::digits(v.as_bytes().trim_ascii())
                 .ok_or_else(|| ExchangeError::Invalid("bad content-length".into()))?;
             if lengths.any(|o| o != v) {
                 return Err(ExchangeError::Invalid("conflicting content-length".into()));
@@ -378,6 +380,17 @@ fn body_framing(
             })
         }
     }
+}
+
+/// A chunk size: hex digits only (`from_str_radix` would accept `+5`).
+fn chunk_size(s: &[u8]) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, &b| {
+        let d = (b as char).to_digit(16)?;
+        n.checked_mul(16)?.checked_add(u64::from(d))
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -543,10 +556,8 @@ impl Body for BackendBody {
                         Decode::Trailers => Decode::Trailers, // trailer fields are dropped
                         _ => {
                             let hex = line.split(|b| *b == b';').next().unwrap_or(b"");
-                            let size = std::str::from_utf8(hex)
-                                .ok()
-                                .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
-                                .ok_or_else(|| bad("bad chunk size"));
+                            let size =
+                                chunk_size(hex.trim_ascii()).ok_or_else(|| bad("bad chunk size"));
                             match size {
                                 Ok(0) => Decode::Trailers,
                                 Ok(n) => Decode::ChunkData(n),
@@ -797,6 +808,67 @@ mod tests {
             )
             .await;
         assert!(matches!(r, Err(ExchangeError::Timeout)));
+    }
+
+    #[tokio::test]
+    async fn transfer_encoding_wins_over_content_length() {
+        let addr = backend(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        )
+        .await;
+        let conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+        let resp = conn
+            .exchange(
+                &Method::GET,
+                &Uri::from_static("/"),
+                &HeaderMap::new(),
+                None,
+                &mut None,
+                LIMITS,
+            )
+            .await
+            .unwrap();
+        assert!(!resp.headers().contains_key(header::CONTENT_LENGTH));
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"hello");
+    }
+
+    #[tokio::test]
+    async fn signed_lengths_are_invalid() {
+        let addr = backend(b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello").await;
+        let conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+        let r = conn
+            .exchange(
+                &Method::GET,
+                &Uri::from_static("/"),
+                &HeaderMap::new(),
+                None,
+                &mut None,
+                LIMITS,
+            )
+            .await;
+        assert!(matches!(r, Err(ExchangeError::Invalid(_))));
+
+        let addr = backend(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n",
+        )
+        .await;
+        let conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+        let resp = conn
+            .exchange(
+                &Method::GET,
+                &Uri::from_static("/"),
+                &HeaderMap::new(),
+                None,
+                &mut None,
+                LIMITS,
+            )
+            .await
+            .unwrap();
+        assert!(resp.into_body().collect().await.is_err());
+        assert_eq!(chunk_size(b"1aF"), Some(0x1af));
+        assert_eq!(chunk_size(b"-5"), None);
+        assert_eq!(chunk_size(b"11111111111111111"), None, "overflow");
     }
 
     #[test]

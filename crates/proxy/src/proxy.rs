@@ -303,6 +303,13 @@ async fn proxy(
     max_replay: usize,
 ) -> (Response<RespBody>, Option<Arc<ServerRt>>) {
     let cfg = &up.cfg;
+    if let Err(e) = forward::check_request(req.version(), req.uri(), req.headers()) {
+        tracing::debug!(client = %info.client, error = %e, "request refused");
+        return (
+            local(StatusCode::BAD_REQUEST, &format!("Bad Request ({e})")),
+            None,
+        );
+    }
     shared.deposit_retry_token();
     let key = Key {
         client_ip: Some(info.client.ip().to_canonical()),

@@ -922,3 +922,74 @@ async fn idle_keepalive_and_silent_admin_connections_are_closed() {
         "admin connection without a request was never closed"
     );
 }
+
+/// A backend on a raw socket that answers every request with `reply`.
+async fn raw_backend(reply: &'static [u8]) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut have = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !have.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => have.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(reply).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Ambiguous framing and routing: duplicate or missing Host and signed
+/// lengths are refused, Connection cannot strip Host/Authorization, and a
+/// backend's Content-Length next to chunked encoding is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_requests_and_responses_are_refused_or_normalised() {
+    let a = Backend::start("a").await;
+    let cfg = http_listener("web") + &upstream("web", "", &[(a.addr, "")]);
+    let p = Proxy::start(&cfg).await;
+    for raw in [
+        &b"GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\nConnection: close\r\n\r\nhello",
+    ] {
+        let r = send_raw(p.listen, raw).await.unwrap();
+        assert_eq!(r.status, 400, "{}: {r:?}", String::from_utf8_lossy(raw));
+    }
+    assert_eq!(a.count(), 0, "nothing ambiguous reached the backend");
+    // HTTP/1.0 may omit Host
+    let r = send_raw(p.listen, b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+
+    let raw = b"GET / HTTP/1.1\r\nHost: site\r\nAuthorization: Bearer t\r\nConnection: close, Host, Authorization\r\n\r\n";
+    let r = send_raw(p.listen, raw).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let h = a.stats.last_headers.lock().unwrap().clone().unwrap();
+    assert_eq!(h["host"], "site");
+    assert_eq!(h["authorization"], "Bearer t");
+
+    let signed = raw_backend(b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello").await;
+    let both = raw_backend(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let cfg = http_listener("web") + &upstream("web", "", &[(signed, "")]);
+    let p = Proxy::start(&cfg).await;
+    let r = p.get("/").await;
+    assert_eq!(r.status, 502, "{r:?}");
+    let cfg = http_listener("web") + &upstream("web", "", &[(both, "")]);
+    let p = Proxy::start(&cfg).await;
+    let r = p.get("/").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        !r.head.to_ascii_lowercase().contains("content-length: 3"),
+        "{r:?}"
+    );
+    assert!(r.text().contains("hello"), "{r:?}");
+}

@@ -89,14 +89,19 @@ pub struct Busy(Activity);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let mut s = self.0.lock();
-        s.busy = s.busy.saturating_sub(1);
-        if s.busy == 0 {
+        let reader = {
+            let mut s = self.0.lock();
+            s.busy = s.busy.saturating_sub(1);
+            if s.busy != 0 {
+                return;
+            }
             s.phase = Phase::Idle;
             s.since = Instant::now();
-            if let Some(w) = s.reader.take() {
-                w.wake();
-            }
+            s.reader.take()
+        };
+        // woken outside the lock
+        if let Some(w) = reader {
+            w.wake();
         }
     }
 }

@@ -400,20 +400,34 @@ async fn proxy(
                 );
             }
             Err(f) => {
-                server.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                let client_fault = matches!(f, Failure::ClientAborted | Failure::ClientTimeout);
+                if !client_fault {
+                    server.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                }
                 let outcome = if f.counts_as_server_failure() {
                     Outcome::Failure
                 } else {
                     Outcome::Success
                 };
                 up.group().release(peer, Instant::now(), outcome);
-                tracing::warn!(
-                    upstream = %cfg.name,
-                    server = %server.name,
-                    failure = ?f,
-                    method = %method,
-                    "upstream attempt failed"
-                );
+                if client_fault {
+                    // the client's doing: not an upstream problem to alert on
+                    tracing::info!(
+                        upstream = %cfg.name,
+                        server = %server.name,
+                        client = %info.client,
+                        failure = ?f,
+                        "client request body failed or stalled; attempt abandoned"
+                    );
+                } else {
+                    tracing::warn!(
+                        upstream = %cfg.name,
+                        server = %server.name,
+                        failure = ?f,
+                        method = %method,
+                        "upstream attempt failed"
+                    );
+                }
                 last = Some(f);
                 if !retry::retryable(f, &method, out.can_resend()) {
                     break;

@@ -829,6 +829,11 @@ async fn stalled_uploads_get_408_and_never_take_servers_out() {
             be.addr
         );
         assert_eq!(p.metric(&fails).await, 0.0, "{fails}");
+        let errors = format!(
+            "syncd_proxy_upstream_errors_total{{upstream=\"web\",server=\"{}\"}}",
+            be.addr
+        );
+        assert_eq!(p.metric(&errors).await, 0.0, "{errors}");
         let active = format!(
             "syncd_proxy_upstream_active_connections{{upstream=\"web\",server=\"{}\"}}",
             be.addr

@@ -14,7 +14,16 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::client_io::{ClientIo, Limits, WithBusy};
 use crate::state::Shared;
+
+/// Header, keep-alive idle and send limits of admin connections: the
+/// answers are small and local, so these are short and fixed.
+const ADMIN_LIMITS: Limits = Limits {
+    header: std::time::Duration::from_secs(10),
+    idle: std::time::Duration::from_secs(10),
+    send: std::time::Duration::from_secs(10),
+};
 
 fn text(status: StatusCode, body: String, ctype: &'static str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -76,13 +85,18 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Re
             _ = stop.changed() => return,
         };
         let shared = shared.clone();
+        // a scraper or health checker that stalls must not hold a
+        // connection (and its task) forever
+        let io = ClientIo::new(stream, ADMIN_LIMITS);
+        let activity = io.activity();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let r = respond(&req, &shared);
+                let busy = activity.begin();
+                let r = respond(&req, &shared).map(|b| WithBusy::new(b, busy));
                 async move { Ok::<_, Infallible>(r) }
             });
             let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
+                .serve_connection(TokioIo::new(io), svc)
                 .await;
         });
     }

@@ -86,6 +86,8 @@ struct RawListener {
     max_header_size: Option<i64>,
     max_headers: Option<i64>,
     idle_timeout: Option<RawDuration>,
+    client_body_timeout: Option<RawDuration>,
+    send_timeout: Option<RawDuration>,
     backlog: Option<i64>,
 }
 
@@ -214,6 +216,12 @@ pub struct Listener {
     pub max_header_size: usize,
     pub max_headers: usize,
     pub idle_timeout: Duration,
+    /// HTTP: longest wait for each read of a request body (nginx
+    /// `client_body_timeout`); a stall gets 408 and is not the server's fault.
+    pub client_body_timeout: Duration,
+    /// HTTP: longest wait for the client to accept any response bytes (nginx
+    /// `send_timeout`); then the connection is closed and the server released.
+    pub send_timeout: Duration,
     pub backlog: u32,
 }
 
@@ -683,6 +691,20 @@ impl Config {
                 ),
             ));
         }
+        if mode == Mode::Tcp {
+            // HTTP-only limits: reject rather than silently ignore them
+            for (key, set) in [
+                ("client_body_timeout", l.client_body_timeout.is_some()),
+                ("send_timeout", l.send_timeout.is_some()),
+            ] {
+                if set {
+                    return Err(invalid(
+                        k(key),
+                        "applies to mode = \"http\" listeners only; for tcp use idle_timeout",
+                    ));
+                }
+            }
+        }
         let tls = match l.tls {
             None => None,
             Some(t) => {
@@ -734,6 +756,16 @@ impl Config {
                 "use a count between 1 and 10000 (default 100)",
             )? as usize,
             idle_timeout: positive_duration(&k("idle_timeout"), l.idle_timeout, idle_default)?,
+            client_body_timeout: positive_duration(
+                &k("client_body_timeout"),
+                l.client_body_timeout,
+                Duration::from_secs(60),
+            )?,
+            send_timeout: positive_duration(
+                &k("send_timeout"),
+                l.send_timeout,
+                Duration::from_secs(60),
+            )?,
             backlog: int(
                 &k("backlog"),
                 l.backlog,
@@ -1034,6 +1066,39 @@ mod tests {
         assert_eq!(up.servers[1].fail_timeout, Duration::from_secs(30));
         assert_eq!(c.listeners[0].mode, Mode::Http);
         assert_eq!(c.listeners[0].name, "listener0");
+    }
+
+    #[test]
+    fn client_timeouts_parse_with_nginx_defaults() {
+        let c = Config::parse(BASE).unwrap();
+        let l = &c.listeners[0];
+        assert_eq!(l.client_body_timeout, Duration::from_secs(60));
+        assert_eq!(l.send_timeout, Duration::from_secs(60));
+        assert_eq!(l.idle_timeout, Duration::from_secs(75));
+        let text = BASE.replace(
+            "upstream = \"web\"\n",
+            "upstream = \"web\"\nclient_body_timeout = \"1500ms\"\nsend_timeout = 3\n",
+        );
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(
+            c.listeners[0].client_body_timeout,
+            Duration::from_millis(1500)
+        );
+        assert_eq!(c.listeners[0].send_timeout, Duration::from_secs(3));
+        let zero = BASE.replace(
+            "upstream = \"web\"\n",
+            "upstream = \"web\"\nsend_timeout = \"0s\"\n",
+        );
+        assert!(err(&zero).starts_with("listener \"listener0\".send_timeout: "));
+        let tcp = BASE.replace(
+            "upstream = \"web\"\n",
+            "upstream = \"web\"\nmode = \"tcp\"\nclient_body_timeout = \"5s\"\n",
+        );
+        let e = err(&tcp);
+        assert!(
+            e.starts_with("listener \"listener0\".client_body_timeout: "),
+            "{e}"
+        );
     }
 
     #[test]

@@ -20,11 +20,30 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
+/// End-to-end headers that a `Connection` token must not remove: nginx
+/// ignores Connection tokens altogether, and honouring them for these would
+/// let either side strip routing, authentication or framing from a message
+/// the other side relies on.
+const END_TO_END: [HeaderName; 11] = [
+    header::HOST,
+    header::AUTHORIZATION,
+    header::COOKIE,
+    header::SET_COOKIE,
+    header::CONTENT_LENGTH,
+    header::CONTENT_TYPE,
+    header::CONTENT_ENCODING,
+    header::CONTENT_RANGE,
+    header::LOCATION,
+    header::WWW_AUTHENTICATE,
+    header::CACHE_CONTROL,
+];
+
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-/// Remove hop-by-hop headers, including any header named in `Connection`.
+/// Remove hop-by-hop headers, including any header named in `Connection`
+/// except the end-to-end essentials above.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
         let listed: Vec<HeaderName> = headers
@@ -35,11 +54,38 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
             .collect();
         for name in listed {
-            headers.remove(name);
+            if !END_TO_END.contains(&name) {
+                headers.remove(name);
+            }
         }
     }
     for name in &HOP_BY_HOP {
         headers.remove(name);
+    }
+}
+
+/// Why a client request is refused (400) before anything is forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Reject {
+    /// Two Host headers: the proxy and the backend could disagree on which
+    /// one names the site (RFC 9112 §3.2: 400).
+    #[error("more than one Host header")]
+    DuplicateHost,
+    /// HTTP/1.1 requires Host (RFC 9112 §3.2: 400), as nginx enforces.
+    #[error("HTTP/1.1 request without Host")]
+    MissingHost,
+}
+
+/// Refuse requests whose target site is ambiguous. An absolute-form target
+/// names the site itself, so it needs no Host.
+pub fn check_request(version: Version, uri: &Uri, headers: &HeaderMap) -> Result<(), Reject> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err(Reject::DuplicateHost),
+        (None, _) if version == Version::HTTP_11 && uri.authority().is_none() => {
+            Err(Reject::MissingHost)
+        }
+        _ => Ok(()),
     }
 }
 
@@ -128,12 +174,26 @@ pub fn body_len(headers: &HeaderMap) -> BodyLen {
     }
     match headers
         .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.trim().parse::<u64>().ok())
+        .and_then(|v| digits(v.as_bytes().trim_ascii()))
     {
         Some(0) | None => BodyLen::None,
         Some(n) => BodyLen::Known(n),
     }
+}
+
+/// A decimal length: digits only (`str::parse` would accept `+5`, which
+/// another parser may read differently).
+pub fn digits(s: &[u8]) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, &b| {
+        if b.is_ascii_digit() {
+            n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        } else {
+            None
+        }
+    })
 }
 
 #[cfg(test)]
@@ -163,6 +223,68 @@ mod tests {
             assert!(!p.headers.contains_key(h), "{h} must be removed");
         }
         assert_eq!(p.headers["x-keep"], "yes");
+    }
+
+    #[test]
+    fn connection_cannot_strip_end_to_end_headers() {
+        let mut p = parts(
+            Request::get("/x")
+                .header(
+                    "connection",
+                    "Host, Authorization, X-Secret, Content-Length",
+                )
+                .header("host", "site")
+                .header("authorization", "Bearer t")
+                .header("content-length", "0")
+                .header("x-secret", "1")
+                .body(())
+                .unwrap(),
+        );
+        prepare_request(&mut p, &ip_value("10.1.2.3:5555".parse().unwrap()), false);
+        assert_eq!(p.headers["host"], "site");
+        assert_eq!(p.headers["authorization"], "Bearer t");
+        assert_eq!(p.headers["content-length"], "0");
+        assert!(!p.headers.contains_key("x-secret"));
+        assert!(!p.headers.contains_key("connection"));
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("set-cookie"));
+        h.insert(header::SET_COOKIE, HeaderValue::from_static("a=1"));
+        prepare_response(&mut h);
+        assert_eq!(h[header::SET_COOKIE], "a=1");
+    }
+
+    #[test]
+    fn ambiguous_host_is_rejected() {
+        let uri = Uri::from_static("/x");
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            check_request(Version::HTTP_11, &uri, &h),
+            Err(Reject::MissingHost)
+        );
+        assert_eq!(check_request(Version::HTTP_10, &uri, &h), Ok(()));
+        let abs = Uri::from_static("http://example.org/x");
+        assert_eq!(check_request(Version::HTTP_11, &abs, &h), Ok(()));
+        h.append(header::HOST, HeaderValue::from_static("a"));
+        assert_eq!(check_request(Version::HTTP_11, &uri, &h), Ok(()));
+        h.append(header::HOST, HeaderValue::from_static("b"));
+        assert_eq!(
+            check_request(Version::HTTP_11, &uri, &h),
+            Err(Reject::DuplicateHost)
+        );
+        assert_eq!(
+            check_request(Version::HTTP_10, &uri, &h),
+            Err(Reject::DuplicateHost)
+        );
+    }
+
+    #[test]
+    fn lengths_are_digits_only() {
+        assert_eq!(digits(b"5"), Some(5));
+        assert_eq!(digits(b"+5"), None);
+        assert_eq!(digits(b"-5"), None);
+        assert_eq!(digits(b""), None);
+        assert_eq!(digits(b"5 5"), None);
+        assert_eq!(digits(b"99999999999999999999999"), None);
     }
 
     #[test]

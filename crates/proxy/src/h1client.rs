@@ -11,9 +11,11 @@
 //! responses are skipped. A connection is reusable when the response was
 //! HTTP/1.1 without `Connection: close` and its body was read to the end.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
@@ -22,6 +24,7 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Response, StatusCode, Uri, Version};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 /// Largest response head accepted from a backend.
 const MAX_HEAD: usize = 64 * 1024;
@@ -35,6 +38,21 @@ pub enum OutBody {
     Stream(Incoming),
 }
 
+/// Per-operation time limits of one exchange, nginx style: each limit is
+/// the longest wait for one read or write, not for the whole exchange, so a
+/// slow but moving transfer is fine and a stall is caught.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Each read of the client's request body (`client_body_timeout`). A
+    /// stall here is the client's fault, reported as
+    /// [`ExchangeError::ClientBodyTimeout`].
+    pub client_body: Duration,
+    /// Each write to the backend and each read of its response
+    /// (`read_timeout`; nginx `proxy_send_timeout`/`proxy_read_timeout`).
+    /// Reading starts only once the request is fully sent.
+    pub backend: Duration,
+}
+
 /// Why an exchange failed, and whether the request may have been received.
 #[derive(Debug)]
 pub enum ExchangeError {
@@ -44,6 +62,11 @@ pub enum ExchangeError {
     WriteBody(io::Error),
     /// The client's request body failed while streaming it.
     ClientBody,
+    /// The client sent no request body bytes for `client_body` time.
+    ClientBodyTimeout,
+    /// The backend accepted no request bytes, or sent no response bytes,
+    /// for the `backend` time.
+    Timeout,
     /// The connection closed (or reset) before any response byte.
     ClosedBeforeResponse,
     /// The connection closed in the middle of the response head.
@@ -82,6 +105,7 @@ impl Conn {
         headers: &HeaderMap,
         host: Option<&HeaderValue>,
         body: &mut Option<OutBody>,
+        limits: Timeouts,
     ) -> Result<Response<BackendBody>, ExchangeError> {
         // a streamed body is taken only once the head is written, so that a
         // request that never left can be sent again on another connection
@@ -103,60 +127,56 @@ impl Conn {
                 head.extend_from_slice(b);
             }
         }
-        self.io
-            .write_all(&head)
-            .await
-            .map_err(ExchangeError::WriteHead)?;
+        let send = limits.backend;
+        self.write(&head, send, ExchangeError::WriteHead).await?;
         if let Some(b) = &body_bytes {
             if b.len() > 16 * 1024 {
-                self.io
-                    .write_all(b)
-                    .await
-                    .map_err(ExchangeError::WriteBody)?;
+                self.write(b, send, ExchangeError::WriteBody).await?;
             }
         }
         if let Some(OutBody::Stream(mut s)) = body.take_if(|b| matches!(b, OutBody::Stream(_))) {
             let chunked = matches!(framing, Framing::Chunked);
-            while let Some(frame) = s.frame().await {
-                let frame = frame.map_err(|_| ExchangeError::ClientBody)?;
+            loop {
+                // the client's pace is timed on its own: a slow upload must
+                // never look like a slow server
+                let frame = match tokio::time::timeout(limits.client_body, s.frame()).await {
+                    Err(_) => return Err(ExchangeError::ClientBodyTimeout),
+                    Ok(None) => break,
+                    Ok(Some(f)) => f.map_err(|_| ExchangeError::ClientBody)?,
+                };
                 if let Ok(data) = frame.into_data() {
                     if data.is_empty() {
                         continue;
                     }
                     if chunked {
                         let size = format!("{:x}\r\n", data.len());
-                        self.io
-                            .write_all(size.as_bytes())
-                            .await
-                            .map_err(ExchangeError::WriteBody)?;
+                        self.write(size.as_bytes(), send, ExchangeError::WriteBody)
+                            .await?;
                     }
-                    self.io
-                        .write_all(&data)
-                        .await
-                        .map_err(ExchangeError::WriteBody)?;
+                    self.write(&data, send, ExchangeError::WriteBody).await?;
                     if chunked {
-                        self.io
-                            .write_all(b"\r\n")
-                            .await
-                            .map_err(ExchangeError::WriteBody)?;
+                        self.write(b"\r\n", send, ExchangeError::WriteBody).await?;
                     }
                 }
             }
             if chunked {
-                self.io
-                    .write_all(b"0\r\n\r\n")
-                    .await
-                    .map_err(ExchangeError::WriteBody)?;
+                self.write(b"0\r\n\r\n", send, ExchangeError::WriteBody)
+                    .await?;
             }
         }
         let head_request = method == Method::HEAD;
         loop {
-            let resp = self.read_head().await?;
+            let resp = self.read_head(limits.backend).await?;
             if resp.status().is_informational() {
                 continue; // 100 Continue and friends
             }
             let (mut parts, ()) = resp.into_parts();
             let decode = body_framing(&parts.headers, parts.status, head_request)?;
+            if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+                // Transfer-Encoding wins (RFC 9112 §6.3); passing the stale
+                // length on would let the client frame the body differently
+                parts.headers.remove(header::CONTENT_LENGTH);
+            }
             let keep_alive =
                 parts.version == Version::HTTP_11 && !has_token(&parts.headers, "close");
             parts.version = Version::HTTP_11;
@@ -164,14 +184,37 @@ impl Conn {
                 conn: Some(self),
                 decode,
                 keep_alive,
+                read_timeout: limits.backend,
+                timer: None,
             };
             return Ok(Response::from_parts(parts, body));
         }
     }
 
+    /// Write all of `buf`, waiting at most `limit` for the backend to accept
+    /// each part of it.
+    async fn write(
+        &mut self,
+        mut buf: &[u8],
+        limit: Duration,
+        err: fn(io::Error) -> ExchangeError,
+    ) -> Result<(), ExchangeError> {
+        while !buf.is_empty() {
+            let n = match tokio::time::timeout(limit, self.io.write(buf)).await {
+                Err(_) => return Err(ExchangeError::Timeout),
+                Ok(Ok(0)) => return Err(err(io::ErrorKind::WriteZero.into())),
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => return Err(err(e)),
+            };
+            buf = &buf[n..];
+        }
+        Ok(())
+    }
+
     /// Read and parse a response head. Header values are slices of the
     /// read buffer (no copy); the head's bytes are consumed from the buffer.
-    async fn read_head(&mut self) -> Result<Response<()>, ExchangeError> {
+    /// `limit` bounds each read, like nginx's `proxy_read_timeout`.
+    async fn read_head(&mut self, limit: Duration) -> Result<Response<()>, ExchangeError> {
         type Span = (usize, usize, usize, usize);
         let mut got_any = !self.rbuf.is_empty();
         loop {
@@ -226,10 +269,12 @@ impl Conn {
                 }
             }
             self.rbuf.reserve(8192);
-            let n = match tokio::io::AsyncReadExt::read_buf(&mut self.io, &mut self.rbuf).await {
-                Ok(n) => n,
-                Err(_) if !got_any => return Err(ExchangeError::ClosedBeforeResponse),
-                Err(_) => return Err(ExchangeError::Incomplete),
+            let read = tokio::io::AsyncReadExt::read_buf(&mut self.io, &mut self.rbuf);
+            let n = match tokio::time::timeout(limit, read).await {
+                Err(_) => return Err(ExchangeError::Timeout),
+                Ok(Ok(n)) => n,
+                Ok(Err(_)) if !got_any => return Err(ExchangeError::ClosedBeforeResponse),
+                Ok(Err(_)) => return Err(ExchangeError::Incomplete),
             };
             if n == 0 {
                 return Err(if got_any {
@@ -323,10 +368,7 @@ fn body_framing(
     match lengths.next() {
         None => Ok(Decode::UntilClose),
         Some(v) => {
-            let n = v
-                .to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
+            let n = crate::forward::digits(v.as_bytes().trim_ascii())
                 .ok_or_else(|| ExchangeError::Invalid("bad content-length".into()))?;
             if lengths.any(|o| o != v) {
                 return Err(ExchangeError::Invalid("conflicting content-length".into()));
@@ -338,6 +380,17 @@ fn body_framing(
             })
         }
     }
+}
+
+/// A chunk size: hex digits only (`from_str_radix` would accept `+5`).
+fn chunk_size(s: &[u8]) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, &b| {
+        let d = (b as char).to_digit(16)?;
+        n.checked_mul(16)?.checked_add(u64::from(d))
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -356,6 +409,10 @@ pub struct BackendBody {
     conn: Option<Conn>,
     decode: Decode,
     keep_alive: bool,
+    /// Longest wait for the next bytes of the body (`read_timeout`).
+    read_timeout: Duration,
+    /// Runs while a read waits; cleared whenever bytes arrive.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl BackendBody {
@@ -371,12 +428,30 @@ impl BackendBody {
         None
     }
 
-    fn poll_fill(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    /// Read more bytes into the buffer. The socket is checked before the
+    /// timer, so a client that paused reading never turns bytes that did
+    /// arrive into a backend timeout.
+    fn poll_fill(
+        conn: &mut Conn,
+        timer: &mut Option<Pin<Box<Sleep>>>,
+        limit: Duration,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
         loop {
-            ready!(conn.io.poll_read_ready(cx))?;
+            if conn.io.poll_read_ready(cx)?.is_pending() {
+                let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                ready!(t.as_mut().poll(cx));
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "backend sent no response bytes within read_timeout",
+                )));
+            }
             conn.rbuf.reserve(8192);
             match conn.io.try_read_buf(&mut conn.rbuf) {
-                Ok(n) => return Poll::Ready(Ok(n)),
+                Ok(n) => {
+                    *timer = None;
+                    return Poll::Ready(Ok(n));
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(Err(e)),
             }
@@ -412,7 +487,12 @@ impl Body for BackendBody {
                 Decode::Done => return Poll::Ready(None),
                 Decode::Length(rem) | Decode::ChunkData(rem) => {
                     if conn.rbuf.is_empty() {
-                        match ready!(Self::poll_fill(conn, cx)) {
+                        match ready!(Self::poll_fill(
+                            conn,
+                            &mut this.timer,
+                            this.read_timeout,
+                            cx
+                        )) {
                             Ok(0) => return Poll::Ready(Some(Err(eof()))),
                             Ok(_) => {}
                             Err(e) => return Poll::Ready(Some(Err(e))),
@@ -431,7 +511,12 @@ impl Body for BackendBody {
                 }
                 Decode::UntilClose => {
                     if conn.rbuf.is_empty() {
-                        match ready!(Self::poll_fill(conn, cx)) {
+                        match ready!(Self::poll_fill(
+                            conn,
+                            &mut this.timer,
+                            this.read_timeout,
+                            cx
+                        )) {
                             Ok(0) => {
                                 this.decode = Decode::Done;
                                 this.keep_alive = false;
@@ -449,7 +534,12 @@ impl Body for BackendBody {
                         if conn.rbuf.len() > 4096 {
                             return Poll::Ready(Some(Err(bad("chunk line too long"))));
                         }
-                        match ready!(Self::poll_fill(conn, cx)) {
+                        match ready!(Self::poll_fill(
+                            conn,
+                            &mut this.timer,
+                            this.read_timeout,
+                            cx
+                        )) {
                             Ok(0) => return Poll::Ready(Some(Err(eof()))),
                             Ok(_) => continue,
                             Err(e) => return Poll::Ready(Some(Err(e))),
@@ -466,10 +556,8 @@ impl Body for BackendBody {
                         Decode::Trailers => Decode::Trailers, // trailer fields are dropped
                         _ => {
                             let hex = line.split(|b| *b == b';').next().unwrap_or(b"");
-                            let size = std::str::from_utf8(hex)
-                                .ok()
-                                .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
-                                .ok_or_else(|| bad("bad chunk size"));
+                            let size =
+                                chunk_size(hex.trim_ascii()).ok_or_else(|| bad("bad chunk size"));
                             match size {
                                 Ok(0) => Decode::Trailers,
                                 Ok(n) => Decode::ChunkData(n),
@@ -500,6 +588,11 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
+
+    const LIMITS: Timeouts = Timeouts {
+        client_body: Duration::from_secs(60),
+        backend: Duration::from_secs(60),
+    };
 
     /// A backend that answers every request on a connection with `reply`.
     async fn backend(reply: &'static [u8]) -> std::net::SocketAddr {
@@ -537,6 +630,7 @@ mod tests {
                 &HeaderMap::new(),
                 None,
                 &mut None,
+                LIMITS,
             )
             .await
             .unwrap();
@@ -565,6 +659,7 @@ mod tests {
                 &HeaderMap::new(),
                 None,
                 &mut None,
+                LIMITS,
             )
             .await
             .unwrap();
@@ -611,6 +706,7 @@ mod tests {
                 &HeaderMap::new(),
                 None,
                 &mut None,
+                LIMITS,
             )
             .await;
         assert!(matches!(r, Err(ExchangeError::Invalid(_))));
@@ -631,9 +727,148 @@ mod tests {
                 &HeaderMap::new(),
                 None,
                 &mut None,
+                LIMITS,
             )
             .await;
         assert!(matches!(r, Err(ExchangeError::ClosedBeforeResponse)));
+    }
+
+    /// A backend that writes `parts` with `gap` between them, then stalls.
+    async fn dripping(parts: &'static [&'static [u8]], gap: Duration) -> std::net::SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut b = [0u8; 4096];
+            let _ = s.read(&mut b).await;
+            for p in parts {
+                tokio::time::sleep(gap).await;
+                if s.write_all(p).await.is_err() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn read_timeout_is_per_read_and_covers_the_body() {
+        let limits = Timeouts {
+            client_body: Duration::from_secs(60),
+            backend: Duration::from_millis(600),
+        };
+        // the head arrives in pieces over ~1s, each within the limit: fine
+        let addr = dripping(
+            &[
+                b"HTTP/1.1 200 OK\r\n",
+                b"Content-Length: 10\r\n",
+                b"\r\n",
+                b"01234",
+            ],
+            Duration::from_millis(250),
+        )
+        .await;
+        let conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+        let resp = conn
+            .exchange(
+                &Method::GET,
+                &Uri::from_static("/"),
+                &HeaderMap::new(),
+                None,
+                &mut None,
+                limits,
+            )
+            .await
+            .expect("slow but moving head is not a timeout");
+        let mut body = resp.into_body();
+        let mut got = Vec::new();
+        let err = loop {
+            match body.frame().await {
+                Some(Ok(f)) => got.extend_from_slice(&f.into_data().unwrap()),
+                Some(Err(e)) => break e,
+                None => panic!("body cannot complete: the backend stalls"),
+            }
+        };
+        // then the body stalls: a timeout, not a hang
+        assert_eq!(got, b"01234");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+
+        // a backend that never answers: Timeout after the request was sent
+        let addr = dripping(&[], Duration::ZERO).await;
+        let conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+        let r = conn
+            .exchange(
+                &Method::GET,
+                &Uri::from_static("/"),
+                &HeaderMap::new(),
+                None,
+                &mut None,
+                limits,
+            )
+            .await;
+        assert!(matches!(r, Err(ExchangeError::Timeout)));
+    }
+
+    #[tokio::test]
+    async fn transfer_encoding_wins_over_content_length() {
+        let addr = backend(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        )
+        .await;
+        let conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+        let resp = conn
+            .exchange(
+                &Method::GET,
+                &Uri::from_static("/"),
+                &HeaderMap::new(),
+                None,
+                &mut None,
+                LIMITS,
+            )
+            .await
+            .unwrap();
+        assert!(!resp.headers().contains_key(header::CONTENT_LENGTH));
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"hello");
+    }
+
+    #[tokio::test]
+    async fn signed_lengths_are_invalid() {
+        let addr = backend(b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello").await;
+        let conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+        let r = conn
+            .exchange(
+                &Method::GET,
+                &Uri::from_static("/"),
+                &HeaderMap::new(),
+                None,
+                &mut None,
+                LIMITS,
+            )
+            .await;
+        assert!(matches!(r, Err(ExchangeError::Invalid(_))));
+
+        let addr = backend(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n",
+        )
+        .await;
+        let conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+        let resp = conn
+            .exchange(
+                &Method::GET,
+                &Uri::from_static("/"),
+                &HeaderMap::new(),
+                None,
+                &mut None,
+                LIMITS,
+            )
+            .await
+            .unwrap();
+        assert!(resp.into_body().collect().await.is_err());
+        assert_eq!(chunk_size(b"1aF"), Some(0x1af));
+        assert_eq!(chunk_size(b"-5"), None);
+        assert_eq!(chunk_size(b"11111111111111111"), None, "overflow");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod balancer;
 pub mod checker;
+pub mod client_io;
 pub mod config;
 pub mod forward;
 pub mod h1client;

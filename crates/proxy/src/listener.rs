@@ -1,5 +1,6 @@
 //! Listening sockets and accept loops for HTTP (optionally TLS) listeners.
 
+use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::client_io::{ClientIo, Limits, WithBusy};
 use crate::config::{self, Mode};
 use crate::proxy::{self, ConnInfo};
 use crate::state::Shared;
@@ -155,7 +157,10 @@ pub async fn run(
     builder
         .timer(TokioTimer::new())
         .keep_alive(true)
-        .header_read_timeout(cfg.header_timeout)
+        // hyper's header timer also runs while a keep-alive connection is
+        // idle; ClientIo times header and idle separately (nginx
+        // client_header_timeout / keepalive_timeout) and adds send_timeout
+        .header_read_timeout(None)
         .max_buf_size(cfg.max_header_size.max(8192) * 2)
         .max_header_size(cfg.max_header_size);
     // hyper's default limit is 100 headers in an array on the stack; setting
@@ -195,13 +200,32 @@ pub async fn run(
                     tls: tls.is_some(),
                     listener: cfg.name.clone(),
                     upstream: cfg.upstream.clone(),
+                    client_body_timeout: cfg.client_body_timeout,
                 });
                 let shared = shared.clone();
-                let svc = service_fn(move |req| proxy::handle(req, info.clone(), shared.clone()));
+                let io = ClientIo::new(
+                    stream,
+                    Limits {
+                        header: cfg.header_timeout,
+                        idle: cfg.idle_timeout,
+                        send: cfg.send_timeout,
+                    },
+                );
+                let activity = io.activity();
+                let svc = service_fn(move |req| {
+                    // busy until the response body is done: no header/idle
+                    // limit meanwhile (the handler times the request body)
+                    let busy = activity.begin();
+                    let resp = proxy::handle(req, info.clone(), shared.clone());
+                    async move {
+                        let resp = resp.await?;
+                        Ok::<_, Infallible>(resp.map(|b| WithBusy::new(b, busy)))
+                    }
+                });
                 let builder = builder.clone();
                 match &tls {
                     None => {
-                        let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                        let conn = builder.serve_connection(TokioIo::new(io), svc);
                         let fut = graceful.watch(conn);
                         tokio::spawn(async move {
                             if let Err(e) = fut.await {
@@ -216,7 +240,7 @@ pub async fn run(
                         tokio::spawn(async move {
                             let tls_stream = match tokio::time::timeout(
                                 timeout,
-                                acceptor.accept(stream),
+                                acceptor.accept(io),
                             )
                             .await
                             {

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -19,7 +19,7 @@ use crate::balancer::hash::KeyVars;
 use crate::balancer::{Attempt, Key, Outcome};
 use crate::config;
 use crate::forward::{self, BodyLen};
-use crate::h1client::{BackendBody, Conn, ExchangeError, OutBody};
+use crate::h1client::{BackendBody, Conn, ExchangeError, OutBody, Timeouts};
 use crate::retry::{self, Failure};
 use crate::state::Shared;
 use crate::upstream::{ConnectError, ServerRt, UpstreamRt};
@@ -33,6 +33,9 @@ pub struct ConnInfo {
     pub tls: bool,
     pub listener: String,
     pub upstream: String,
+    /// Longest wait for each read of the request body (nginx
+    /// `client_body_timeout`).
+    pub client_body_timeout: Duration,
 }
 
 /// Response body to the client: a short local message or a proxied stream.
@@ -300,6 +303,13 @@ async fn proxy(
     max_replay: usize,
 ) -> (Response<RespBody>, Option<Arc<ServerRt>>) {
     let cfg = &up.cfg;
+    if let Err(e) = forward::check_request(req.version(), req.uri(), req.headers()) {
+        tracing::debug!(client = %info.client, error = %e, "request refused");
+        return (
+            local(StatusCode::BAD_REQUEST, &format!("Bad Request ({e})")),
+            None,
+        );
+    }
     shared.deposit_retry_token();
     let key = Key {
         client_ip: Some(info.client.ip().to_canonical()),
@@ -319,10 +329,12 @@ async fn proxy(
     let out_body = match body_len {
         BodyLen::None => OutBody::Bytes(Bytes::new()),
         BodyLen::Known(n) if idempotent && n <= max_replay as u64 => {
-            match tokio::time::timeout(cfg.read_timeout, body.collect()).await {
-                Ok(Ok(c)) => OutBody::Bytes(c.to_bytes()),
-                Ok(Err(_)) => return (local(StatusCode::BAD_REQUEST, "Bad Request (body)"), None),
-                Err(_) => return (local(StatusCode::REQUEST_TIMEOUT, "Request Timeout"), None),
+            match collect_body(body, info.client_body_timeout).await {
+                Ok(b) => OutBody::Bytes(b),
+                Err(ExchangeError::ClientBodyTimeout) => {
+                    return (local(StatusCode::REQUEST_TIMEOUT, "Request Timeout"), None)
+                }
+                Err(_) => return (local(StatusCode::BAD_REQUEST, "Bad Request (body)"), None),
             }
         }
         _ => OutBody::Stream(body),
@@ -363,7 +375,11 @@ async fn proxy(
             armed: true,
         };
         let sent_at = Instant::now();
-        let result = send_attempt(&server, cfg, &mut out, idempotent).await;
+        let limits = Timeouts {
+            client_body: info.client_body_timeout,
+            backend: cfg.read_timeout,
+        };
+        let result = send_attempt(&server, cfg, &mut out, idempotent, limits).await;
         guard.disarm(); // from here on, Finish or the error path releases
         match result {
             Ok(resp) => {
@@ -384,20 +400,34 @@ async fn proxy(
                 );
             }
             Err(f) => {
-                server.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                let client_fault = matches!(f, Failure::ClientAborted | Failure::ClientTimeout);
+                if !client_fault {
+                    server.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                }
                 let outcome = if f.counts_as_server_failure() {
                     Outcome::Failure
                 } else {
                     Outcome::Success
                 };
                 up.group().release(peer, Instant::now(), outcome);
-                tracing::warn!(
-                    upstream = %cfg.name,
-                    server = %server.name,
-                    failure = ?f,
-                    method = %method,
-                    "upstream attempt failed"
-                );
+                if client_fault {
+                    // the client's doing: not an upstream problem to alert on
+                    tracing::info!(
+                        upstream = %cfg.name,
+                        server = %server.name,
+                        client = %info.client,
+                        failure = ?f,
+                        "client request body failed or stalled; attempt abandoned"
+                    );
+                } else {
+                    tracing::warn!(
+                        upstream = %cfg.name,
+                        server = %server.name,
+                        failure = ?f,
+                        method = %method,
+                        "upstream attempt failed"
+                    );
+                }
                 last = Some(f);
                 if !retry::retryable(f, &method, out.can_resend()) {
                     break;
@@ -426,6 +456,7 @@ async fn proxy(
             StatusCode::BAD_REQUEST,
             "Bad Request (request body aborted)",
         ),
+        Some(Failure::ClientTimeout) => local(StatusCode::REQUEST_TIMEOUT, "Request Timeout"),
         Some(f) if f.is_timeout() => {
             shared.metrics.local_504.fetch_add(1, Ordering::Relaxed);
             local(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout")
@@ -438,6 +469,24 @@ async fn proxy(
     (resp, None)
 }
 
+/// Read a whole (small) request body, waiting at most `per_read` for each
+/// part of it (nginx `client_body_timeout` is per read, not per body).
+async fn collect_body(mut body: Incoming, per_read: Duration) -> Result<Bytes, ExchangeError> {
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match tokio::time::timeout(per_read, body.frame()).await {
+            Err(_) => return Err(ExchangeError::ClientBodyTimeout),
+            Ok(None) => return Ok(buf.freeze()),
+            Ok(Some(Err(_))) => return Err(ExchangeError::ClientBody),
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                }
+            }
+        }
+    }
+}
+
 /// One attempt on one server: a pooled connection if there is a usable one,
 /// else a fresh one. A pooled connection that fails before the request head
 /// is written is skipped silently; one closed by the server just as we wrote
@@ -448,6 +497,7 @@ async fn send_attempt(
     cfg: &config::Upstream,
     out: &mut Outgoing,
     idempotent: bool,
+    limits: Timeouts,
 ) -> Result<Response<BackendBody>, Failure> {
     let host = match &cfg.host_header {
         config::HostHeader::Preserve => None,
@@ -477,23 +527,27 @@ async fn send_attempt(
             return Err(Failure::ResetAfterSend); // a streamed body already went out
         }
         server.metrics.requests.fetch_add(1, Ordering::Relaxed);
+        // no timeout around the whole exchange: the client's upload pace and
+        // the backend's are timed separately, per read/write, inside it
         let exchange = conn.exchange(
             &out.method,
             &out.uri,
             &out.headers,
             host.as_ref(),
             &mut out.body,
+            limits,
         );
-        match tokio::time::timeout(cfg.read_timeout, exchange).await {
-            Err(_) => return Err(Failure::ResponseTimeout),
-            Ok(Ok(resp)) => return Ok(resp),
-            Ok(Err(e)) => {
+        match exchange.await {
+            Ok(resp) => return Ok(resp),
+            Err(e) => {
                 tracing::debug!(error = ?e, reused, method = %out.method, "exchange failed");
                 match e {
                     ExchangeError::WriteHead(_) if reused => continue,
                     ExchangeError::WriteHead(_) => return Err(Failure::Connect),
                     ExchangeError::Invalid(_) => return Err(Failure::InvalidResponse),
                     ExchangeError::ClientBody => return Err(Failure::ClientAborted),
+                    ExchangeError::ClientBodyTimeout => return Err(Failure::ClientTimeout),
+                    ExchangeError::Timeout => return Err(Failure::ResponseTimeout),
                     ExchangeError::ClosedBeforeResponse
                         if reused && !fresh_only && idempotent && out.can_resend() =>
                     {

@@ -30,6 +30,9 @@ pub enum Failure {
     /// The client's request body broke off while it was being forwarded:
     /// not the server's fault, and nothing to retry.
     ClientAborted,
+    /// The client stopped sending its request body for
+    /// `client_body_timeout`: the client's fault (408), never the server's.
+    ClientTimeout,
 }
 
 impl Failure {
@@ -44,7 +47,10 @@ impl Failure {
     /// Does it count toward `max_fails`? A stale pooled connection is not the
     /// server's fault: the server closed an idle connection, as it may.
     pub fn counts_as_server_failure(self) -> bool {
-        !matches!(self, Failure::StaleUnsent | Failure::ClientAborted)
+        !matches!(
+            self,
+            Failure::StaleUnsent | Failure::ClientAborted | Failure::ClientTimeout
+        )
     }
 
     pub fn is_timeout(self) -> bool {
@@ -55,8 +61,8 @@ impl Failure {
 /// May this failure be retried, considering the method and whether the body
 /// can be sent again?
 pub fn retryable(failure: Failure, method: &Method, body_replayable: bool) -> bool {
-    if failure == Failure::ClientAborted {
-        return false;
+    if matches!(failure, Failure::ClientAborted | Failure::ClientTimeout) {
+        return false; // the client is the problem; another server will not help
     }
     if !failure.request_sent() {
         return true; // nothing reached the server
@@ -154,6 +160,10 @@ mod tests {
         );
         assert!(!retryable(Failure::ClientAborted, &Method::PUT, true));
         assert!(!Failure::ClientAborted.counts_as_server_failure());
+        // a client that stalls its upload is never the server's failure
+        assert!(!retryable(Failure::ClientTimeout, &Method::PUT, true));
+        assert!(!Failure::ClientTimeout.counts_as_server_failure());
+        assert!(!Failure::ClientTimeout.is_timeout(), "408, not 504");
     }
 
     #[test]

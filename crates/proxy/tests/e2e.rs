@@ -761,3 +761,240 @@ async fn least_conn_avoids_the_busy_server_across_workers() {
     let r = slow.await.unwrap().unwrap();
     assert_eq!(r.backend(), busy);
 }
+
+/// Two clients that send a POST head and one body byte, then stall, must not
+/// be charged to the servers: the client gets 408 after client_body_timeout,
+/// read_timeout starts only once the request is sent, and traffic and
+/// /healthz are unaffected meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_uploads_get_408_and_never_take_servers_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let cfg =
+        "[[listener]]\nlisten = \"{listen}\"\nupstream = \"web\"\nclient_body_timeout = \"3s\"\n\n"
+            .to_string()
+            + &upstream(
+                "web",
+                "read_timeout = \"1s\"",
+                &[(a.addr, ""), (b.addr, "")],
+            );
+    let p = Proxy::start(&cfg).await;
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(p.listen).await.unwrap();
+        s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nq")
+            .await
+            .unwrap();
+        stalled.push(s);
+    }
+    // round-robin: one stalled upload on each server
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while a.count() + b.count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "uploads never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!((a.count(), b.count()), (1, 1));
+    // well past read_timeout (1s), before client_body_timeout (3s)
+    let until = std::time::Instant::now() + Duration::from_millis(2300);
+    while std::time::Instant::now() < until {
+        let r = p.get("/").await;
+        assert_eq!(r.status, 200, "GET while uploads stall: {r:?}");
+        let h = request(p.admin, "GET", "/healthz", b"").await.unwrap();
+        assert_eq!(h.status, 200, "/healthz while uploads stall: {h:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for mut s in stalled {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "stalled client never answered or closed");
+        if !buf.is_empty() {
+            let r = parse_reply(&buf);
+            assert_eq!(r.status, 408, "{r:?}");
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..4 {
+        let r = p.get("/").await;
+        assert_eq!(r.status, 200, "{r:?}");
+        seen.insert(r.backend());
+    }
+    assert_eq!(seen.len(), 2, "no server was marked down: {seen:?}");
+    for be in [&a, &b] {
+        let fails = format!(
+            "syncd_proxy_upstream_fails{{upstream=\"web\",server=\"{}\"}}",
+            be.addr
+        );
+        assert_eq!(p.metric(&fails).await, 0.0, "{fails}");
+        let errors = format!(
+            "syncd_proxy_upstream_errors_total{{upstream=\"web\",server=\"{}\"}}",
+            be.addr
+        );
+        assert_eq!(p.metric(&errors).await, 0.0, "{errors}");
+        let active = format!(
+            "syncd_proxy_upstream_active_connections{{upstream=\"web\",server=\"{}\"}}",
+            be.addr
+        );
+        wait_metric(&p, &active, 0.0).await;
+    }
+}
+
+/// A client that requests a large response and never reads it is cut off
+/// after send_timeout, releasing the backend connection and the server's
+/// least_conn/max_conns slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_that_stops_reading_is_cut_after_send_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let a = Backend::start("a").await;
+    let cfg = "[[listener]]\nlisten = \"{listen}\"\nupstream = \"web\"\nsend_timeout = \"1s\"\n\n"
+        .to_string()
+        + &upstream("web", "algorithm = \"least_conn\"", &[(a.addr, "")]);
+    let p = Proxy::start(&cfg).await;
+    let mut s = tokio::net::TcpStream::connect(p.listen).await.unwrap();
+    s.write_all(b"GET /huge HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let active = format!(
+        "syncd_proxy_upstream_active_connections{{upstream=\"web\",server=\"{}\"}}",
+        a.addr
+    );
+    // the response is stuck in flight: the server's slot is held...
+    wait_metric(&p, &active, 1.0).await;
+    // ...until send_timeout, although the client socket stays open
+    wait_metric(&p, &active, 0.0).await;
+    assert_eq!(p.get("/").await.status, 200);
+    drop(s);
+}
+
+/// idle_timeout closes HTTP keep-alive connections idle between requests
+/// (it used to be ignored for HTTP listeners), and the admin listener closes
+/// connections that never send a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keepalive_and_silent_admin_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Backend::start("a").await;
+    let cfg = "[[listener]]\nlisten = \"{listen}\"\nupstream = \"web\"\nidle_timeout = \"1s\"\n\n"
+        .to_string()
+        + &upstream("web", "", &[(a.addr, "")]);
+    let p = Proxy::start(&cfg).await;
+    let admin = p.admin;
+    let silent_admin = tokio::spawn(async move {
+        let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(25), s.read_to_end(&mut buf))
+            .await
+            .map(|r| r.map(|_| buf.len()))
+    });
+    let mut s = tokio::net::TcpStream::connect(p.listen).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // read the whole keep-alive response (Content-Length framed)
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before the response");
+        buf.extend_from_slice(&chunk[..n]);
+        let r = parse_reply(&buf);
+        let len = r
+            .head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length: ")
+                    .map(str::to_string)
+            })
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        if r.status != 0 && len.is_some_and(|l| r.body.len() >= l) {
+            assert_eq!(r.status, 200);
+            break;
+        }
+    }
+    // now idle: the proxy closes the connection after idle_timeout (the
+    // 60s header_timeout default would keep it much longer)
+    let rest = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await;
+    assert!(
+        matches!(rest, Ok(Ok(0)) | Ok(Err(_))),
+        "idle keep-alive connection not closed: {rest:?}"
+    );
+    let admin_closed = silent_admin.await.unwrap();
+    assert!(
+        admin_closed.is_ok(),
+        "admin connection without a request was never closed"
+    );
+}
+
+/// A backend on a raw socket that answers every request with `reply`.
+async fn raw_backend(reply: &'static [u8]) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut have = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !have.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => have.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(reply).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Ambiguous framing and routing: duplicate or missing Host and signed
+/// lengths are refused, Connection cannot strip Host/Authorization, and a
+/// backend's Content-Length next to chunked encoding is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_requests_and_responses_are_refused_or_normalised() {
+    let a = Backend::start("a").await;
+    let cfg = http_listener("web") + &upstream("web", "", &[(a.addr, "")]);
+    let p = Proxy::start(&cfg).await;
+    for raw in [
+        &b"GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\nConnection: close\r\n\r\nhello",
+    ] {
+        let r = send_raw(p.listen, raw).await.unwrap();
+        assert_eq!(r.status, 400, "{}: {r:?}", String::from_utf8_lossy(raw));
+    }
+    assert_eq!(a.count(), 0, "nothing ambiguous reached the backend");
+    // HTTP/1.0 may omit Host
+    let r = send_raw(p.listen, b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+
+    let raw = b"GET / HTTP/1.1\r\nHost: site\r\nAuthorization: Bearer t\r\nConnection: close, Host, Authorization\r\n\r\n";
+    let r = send_raw(p.listen, raw).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let h = a.stats.last_headers.lock().unwrap().clone().unwrap();
+    assert_eq!(h["host"], "site");
+    assert_eq!(h["authorization"], "Bearer t");
+
+    let signed = raw_backend(b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello").await;
+    let both = raw_backend(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let cfg = http_listener("web") + &upstream("web", "", &[(signed, "")]);
+    let p = Proxy::start(&cfg).await;
+    let r = p.get("/").await;
+    assert_eq!(r.status, 502, "{r:?}");
+    let cfg = http_listener("web") + &upstream("web", "", &[(both, "")]);
+    let p = Proxy::start(&cfg).await;
+    let r = p.get("/").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        !r.head.to_ascii_lowercase().contains("content-length: 3"),
+        "{r:?}"
+    );
+    assert!(r.text().contains("hello"), "{r:?}");
+}

@@ -19,6 +19,10 @@
 //! - a group with a single primary server and no backups ("single") never
 //!   counts failures and never marks its server down passively;
 //! - backup servers are used only when no primary server can be selected.
+//! - when every server (primaries and backups) is held back by passive
+//!   failures, their failure state is reset and selection runs again (nginx:
+//!   "if all servers are unavailable, reset"); not when a server is `down`
+//!   or failed by active checks.
 
 pub mod hash;
 pub mod least_conn;
@@ -361,7 +365,20 @@ impl<T> Group<T> {
                 };
                 Self::select_set(&mut self.backup, now, false, attempt, algo).map(|i| (true, i))
             }
-        }?;
+        };
+        let Some(idx) = idx else {
+            // nginx: "if all servers are unavailable, reset" -- a transient
+            // burst of failures must not keep the whole group at 503 for
+            // fail_timeout. After the reset no server is passively failed, so
+            // this recursion happens at most once.
+            if self.reset_if_all_failed(now, attempt) {
+                tracing::warn!(
+                    "every server of the upstream group is marked failed; resetting their failure state"
+                );
+                return self.select(now, key, attempt);
+            }
+            return None;
+        };
         let peer = if idx.0 {
             &mut self.backup[idx.1]
         } else {
@@ -370,6 +387,26 @@ impl<T> Group<T> {
         peer.mark_selected(now);
         attempt.mark_tried(peer.id);
         Some((peer.id, &peer.data))
+    }
+
+    /// When every server of the group (primaries and backups) is held back
+    /// by passive failure accounting, forget all failures (as nginx does when
+    /// every peer has failed). A server that is `down` or failed by active
+    /// checks means the group is not merely in a transient failure burst, so
+    /// nothing is reset then. Returns whether it reset.
+    fn reset_if_all_failed(&mut self, now: Instant, attempt: &Attempt) -> bool {
+        let all_failed = self
+            .peers()
+            .all(|p| p.health.is_up() && p.passively_failed(now));
+        let untried = self.peers().any(|p| !attempt.tried(p.id));
+        if !all_failed || !untried {
+            return false;
+        }
+        for p in self.primary.iter_mut().chain(self.backup.iter_mut()) {
+            p.fails = 0;
+            p.effective_weight = i64::from(p.spec.weight);
+        }
+        true
     }
 
     fn select_set(
@@ -567,6 +604,51 @@ mod tests {
             !g.peers().next().unwrap().passively_failed(t0 + secs(12)),
             "only one failure in window"
         );
+    }
+
+    #[test]
+    fn all_servers_failed_resets_and_serves() {
+        let t0 = Instant::now();
+        let mut g = group(Method::RoundRobin, vec![spec("a", 1), spec("b", 1)]);
+        fail(&mut g, t0, "a");
+        fail(&mut g, t0, "b");
+        assert!(!g.any_usable(t0 + secs(1)));
+        // both inside fail_timeout: nginx resets rather than answering 503
+        let got = pick(&mut g, t0 + secs(1));
+        assert!(got.is_some(), "a server is tried after the reset");
+        assert!(g.peers().all(|p| p.fails() == 0));
+        assert!(g.any_usable(t0 + secs(1)));
+        assert_eq!(sequence(&mut g, t0 + secs(1), 4).len(), 4);
+    }
+
+    #[test]
+    fn no_reset_with_down_or_check_failed_servers_or_within_one_request() {
+        let t0 = Instant::now();
+        // a: marked down in the config; b: failed by active checks
+        let mut a = spec("a", 1);
+        a.down = true;
+        let mut g = group(Method::RoundRobin, vec![a, spec("b", 1)]);
+        let b_id = g.peers().nth(1).unwrap().id;
+        g.record_check(b_id, false, 1, 1);
+        assert_eq!(pick(&mut g, t0), None);
+
+        // a is down by config, b failed passively: not an all-failed group
+        let mut a = spec("a", 1);
+        a.down = true;
+        let mut g = group(Method::RoundRobin, vec![a, spec("b", 1), spec("c", 1)]);
+        fail(&mut g, t0, "b");
+        fail(&mut g, t0, "c");
+        assert_eq!(pick(&mut g, t0 + secs(1)), None);
+
+        // within one request, servers it already tried are not retried
+        let mut g = group(Method::RoundRobin, vec![spec("a", 1), spec("b", 1)]);
+        let mut at = Attempt::new();
+        let mut seen = Vec::new();
+        while let Some((id, n)) = g.select(t0, Key::default(), &mut at) {
+            seen.push(n.clone());
+            g.release(id, t0, Outcome::Failure);
+        }
+        assert_eq!(seen.len(), 2, "each server once: {seen:?}");
     }
 
     #[test]

@@ -45,7 +45,8 @@ pub struct Behaviour {
 }
 
 /// A small hyper server answering with its name. `/slow` waits 1.5 s,
-/// `/health` answers 200 (or 503 when `unhealthy`).
+/// `/big` is 1 MiB, `/huge` 32 MiB, `/health` answers 200 (or 503 when
+/// `unhealthy`).
 pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
@@ -187,6 +188,11 @@ async fn serve(
     }
     if path == "/slow" {
         tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    if path == "/huge" {
+        // larger than every socket buffer between here and the client
+        let r = Response::new(Full::new(Bytes::from(vec![b'x'; 32 << 20])));
+        return Ok(r);
     }
     if path == "/big" {
         let mut r = Response::new(Full::new(Bytes::from(vec![b'x'; 1 << 20])));

@@ -44,9 +44,20 @@ pub fn meta_of(m: &std::fs::Metadata) -> Meta {
     }
 }
 
-/// Hashes a file with a bounded buffer (never the whole file in memory).
+/// Hashes a regular file with a bounded buffer (never the whole file in
+/// memory). A symlink or special file swapped in since the walk is refused:
+/// O_NOFOLLOW, and O_NONBLOCK so a FIFO cannot block the open.
 pub fn hash_file(path: &Path) -> std::io::Result<Hash> {
-    let f = std::fs::File::open(path)?;
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let f = std::fs::File::from(fd);
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
     hash_reader(f)
 }
 
@@ -356,5 +367,30 @@ mod tests {
         assert_eq!(s2.entries, s.entries);
         // Forced re-hash reads again.
         assert_eq!(scan(r, &mut ix, true, true).unwrap().hashed_bytes, 5);
+    }
+
+    #[test]
+    fn hashing_refuses_symlinks_and_fifos_without_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path().to_path_buf();
+        std::fs::write(r.join("f"), b"x").unwrap();
+        std::os::unix::fs::symlink(r.join("f"), r.join("l")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            r.join("fifo"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from(0o644),
+            0,
+        )
+        .unwrap();
+        assert!(hash_file(&r.join("f")).is_ok());
+        assert!(hash_file(&r.join("l")).is_err());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(hash_file(&r.join("fifo")).is_err());
+        });
+        assert!(rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("hashing blocked on a FIFO"));
     }
 }

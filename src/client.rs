@@ -237,12 +237,22 @@ impl Session {
         self.barrier_reply(id).await
     }
 
+    /// Collects barrier `id`'s failures: any `FailureChunk`s, then `BarrierDone`.
     async fn barrier_reply(&mut self, id: u64) -> Result<Vec<Failure>, ClientError> {
-        match self.control_reply().await? {
-            Reply::BarrierDone { id: got, failures } if got == id => Ok(failures),
-            other => Err(ClientError::Protocol(format!(
-                "expected BarrierDone, got {other:?}"
-            ))),
+        let mut all = Vec::new();
+        loop {
+            match self.control_reply().await? {
+                Reply::FailureChunk { id: got, failures } if got == id => all.extend(failures),
+                Reply::BarrierDone { id: got, failures } if got == id => {
+                    all.extend(failures);
+                    return Ok(all);
+                }
+                other => {
+                    return Err(ClientError::Protocol(format!(
+                        "expected BarrierDone, got {other:?}"
+                    )))
+                }
+            }
         }
     }
 

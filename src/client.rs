@@ -443,6 +443,15 @@ pub async fn reconcile(
             remote.retain(|e| !defer.contains(&e.path));
         }
     }
+    if !local.unreadable.is_empty() {
+        // What is there locally is unknown: leave the standby's copy alone
+        // rather than delete it as if it were gone here.
+        let unknown: HashSet<&RelPath> = local.unreadable.iter().collect();
+        remote.retain(|e| {
+            !std::iter::successors(Some(e.path.clone()), |p| p.parent())
+                .any(|p| unknown.contains(&p))
+        });
+    }
     let owners = rustix::process::geteuid().is_root();
     let p = plan::plan(
         &local.entries,

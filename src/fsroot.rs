@@ -84,10 +84,11 @@ impl Root {
             Mode::empty(),
         )?;
         let sp = state_dir.join(STAGING);
-        std::fs::create_dir_all(&sp)?;
+        crate::state::private_dir(state_dir)?;
+        crate::state::private_dir(&sp)?;
         let staging = rustix::fs::open(
             &sp,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
         let a = rustix::fs::fstat(&dir)?;

@@ -237,12 +237,22 @@ impl Session {
         self.barrier_reply(id).await
     }
 
+    /// Collects barrier `id`'s failures: any `FailureChunk`s, then `BarrierDone`.
     async fn barrier_reply(&mut self, id: u64) -> Result<Vec<Failure>, ClientError> {
-        match self.control_reply().await? {
-            Reply::BarrierDone { id: got, failures } if got == id => Ok(failures),
-            other => Err(ClientError::Protocol(format!(
-                "expected BarrierDone, got {other:?}"
-            ))),
+        let mut all = Vec::new();
+        loop {
+            match self.control_reply().await? {
+                Reply::FailureChunk { id: got, failures } if got == id => all.extend(failures),
+                Reply::BarrierDone { id: got, failures } if got == id => {
+                    all.extend(failures);
+                    return Ok(all);
+                }
+                other => {
+                    return Err(ClientError::Protocol(format!(
+                        "expected BarrierDone, got {other:?}"
+                    )))
+                }
+            }
         }
     }
 
@@ -432,6 +442,15 @@ pub async fn reconcile(
             local.entries.retain(|e| !defer.contains(&e.path));
             remote.retain(|e| !defer.contains(&e.path));
         }
+    }
+    if !local.unreadable.is_empty() {
+        // What is there locally is unknown: leave the standby's copy alone
+        // rather than delete it as if it were gone here.
+        let unknown: HashSet<&RelPath> = local.unreadable.iter().collect();
+        remote.retain(|e| {
+            !std::iter::successors(Some(e.path.clone()), |p| p.parent())
+                .any(|p| unknown.contains(&p))
+        });
     }
     let owners = rustix::process::geteuid().is_root();
     let p = plan::plan(

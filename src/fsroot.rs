@@ -84,10 +84,11 @@ impl Root {
             Mode::empty(),
         )?;
         let sp = state_dir.join(STAGING);
-        std::fs::create_dir_all(&sp)?;
+        crate::state::private_dir(state_dir)?;
+        crate::state::private_dir(&sp)?;
         let staging = rustix::fs::open(
             &sp,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
         let a = rustix::fs::fstat(&dir)?;
@@ -155,18 +156,21 @@ impl Root {
 
     /// Opens an existing regular file for reading (delta base, signature).
     pub fn open_file(&self, p: &RelPath) -> io::Result<File> {
+        // O_NONBLOCK: a FIFO planted at the path must not block a worker in
+        // open(); the type is then checked on the descriptor itself.
         let fd = rustix::fs::openat2(
             &self.dir,
             os(p.as_bytes()),
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
             Mode::empty(),
             resolve(),
         )?;
-        let f = File::from(fd);
-        if !f.metadata()?.is_file() {
+        let st = rustix::fs::fstat(&fd)?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
             return Err(io::Error::other("not a regular file"));
         }
-        Ok(f)
+        rustix::fs::fcntl_setfl(&fd, OFlags::empty())?;
+        Ok(File::from(fd))
     }
 
     fn tmp_name(&self) -> String {
@@ -328,21 +332,8 @@ impl Root {
         );
         rustix::fs::symlinkat(os(target), &self.staging, name.as_str())?;
         let r = (|| {
-            if self.is_root_user {
-                rustix::fs::chownat(
-                    &self.staging,
-                    name.as_str(),
-                    Some(uid(meta.uid)),
-                    Some(gid(meta.gid)),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )?;
-            }
-            rustix::fs::utimensat(
-                &self.staging,
-                name.as_str(),
-                &times(meta),
-                AtFlags::SYMLINK_NOFOLLOW,
-            )?;
+            let fd = open_nofollow(&self.staging, name.as_bytes())?;
+            apply_meta(&fd, rustix::fs::FileType::Symlink, meta, self.is_root_user)?;
             self.place(&name, p)
         })();
         if r.is_err() {
@@ -377,35 +368,65 @@ impl Root {
     /// following a final symlink.
     pub fn set_meta(&self, p: &RelPath, meta: &Meta) -> io::Result<()> {
         let (pd, name) = self.parent(p)?;
-        let st = rustix::fs::statat(&pd, os(&name), AtFlags::SYMLINK_NOFOLLOW)?;
-        let is_link =
-            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink;
-        if self.is_root_user {
-            rustix::fs::chownat(
-                &pd,
-                os(&name),
-                Some(uid(meta.uid)),
-                Some(gid(meta.gid)),
-                AtFlags::SYMLINK_NOFOLLOW,
-            )?;
-        }
-        if !is_link {
-            // chmod follows symlinks, so it is only applied to non-links.
-            rustix::fs::chmodat(
-                &pd,
-                os(&name),
-                Mode::from_raw_mode(meta.mode),
-                AtFlags::empty(),
-            )?;
-        }
-        rustix::fs::utimensat(&pd, os(&name), &times(meta), AtFlags::SYMLINK_NOFOLLOW)?;
-        Ok(())
+        // One descriptor, the type check and every change act on it: a name
+        // swapped for a symlink after the open cannot redirect them.
+        let fd = open_nofollow(&pd, &name)?;
+        let st = rustix::fs::fstat(&fd)?;
+        apply_meta(
+            &fd,
+            rustix::fs::FileType::from_raw_mode(st.st_mode),
+            meta,
+            self.is_root_user,
+        )
     }
 
     /// Flushes everything written on the export's filesystem.
     pub fn sync(&self) -> io::Result<()> {
         Ok(rustix::fs::syncfs(&self.staging)?)
     }
+}
+
+/// An `O_PATH` descriptor for `name` itself (a symlink stays a symlink).
+fn open_nofollow(dir: &impl AsFd, name: &[u8]) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(
+        dir,
+        os(name),
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Applies owner (as root), mode and mtime to the inode behind an `O_PATH`
+/// descriptor, never by name.
+fn apply_meta(
+    fd: &OwnedFd,
+    ft: rustix::fs::FileType,
+    meta: &Meta,
+    as_root: bool,
+) -> io::Result<()> {
+    if as_root {
+        rustix::fs::chownat(
+            fd,
+            "",
+            Some(uid(meta.uid)),
+            Some(gid(meta.gid)),
+            AtFlags::EMPTY_PATH,
+        )?;
+    }
+    // Symlinks have no mode of their own. Otherwise chmod through the
+    // descriptor's /proc entry, which names this inode, not a path
+    // (fchmod refuses O_PATH descriptors; fchmodat2 is Linux 6.6+).
+    if ft != rustix::fs::FileType::Symlink {
+        let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd));
+        rustix::fs::chmodat(
+            rustix::fs::CWD,
+            proc_path.as_str(),
+            Mode::from_raw_mode(meta.mode),
+            AtFlags::empty(),
+        )?;
+    }
+    rustix::fs::utimensat(fd, "", &times(meta), AtFlags::EMPTY_PATH)?;
+    Ok(())
 }
 
 fn uid(u: u32) -> rustix::fs::Uid {
@@ -515,6 +536,116 @@ mod tests {
         // Replacing the symlink itself is fine and does not touch its target.
         root.delete(&rp("evil")).unwrap();
         assert!(outside.exists());
+    }
+
+    /// An outside file and a symlink to it planted in the export.
+    fn outside_target(d: &Path) -> (PathBuf, PathBuf, Root) {
+        let ex = d.join("ex");
+        std::fs::create_dir(&ex).unwrap();
+        let outside = d.join("secret");
+        std::fs::write(&outside, b"root-owned").unwrap();
+        std::fs::set_permissions(
+            &outside,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let root = Root::open(&ex, &ex.join(".syncd")).unwrap();
+        (ex, outside, root)
+    }
+
+    fn evil_meta() -> Meta {
+        Meta {
+            mode: 0o4777,
+            uid: 12345,
+            gid: 12345,
+            mtime_sec: 7,
+            mtime_nsec: 0,
+        }
+    }
+
+    #[test]
+    fn set_meta_on_a_symlink_leaves_its_target_alone() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let (ex, outside, root) = outside_target(d.path());
+        let before = std::fs::metadata(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, ex.join("l")).unwrap();
+        root.set_meta(&rp("l"), &evil_meta()).unwrap();
+        let link = std::fs::symlink_metadata(ex.join("l")).unwrap();
+        assert_eq!(link.mtime(), 7);
+        let after = std::fs::metadata(&outside).unwrap();
+        assert_eq!(after.mode(), before.mode());
+        assert_eq!((after.uid(), after.gid()), (before.uid(), before.gid()));
+        assert_eq!(after.mtime(), before.mtime());
+        assert!(std::fs::symlink_metadata(ex.join("l"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+    }
+
+    /// A local user swaps a replicated file for a symlink to an outside file
+    /// while metadata is being applied: no interleaving may reach the target.
+    #[test]
+    fn set_meta_racing_a_symlink_swap_never_reaches_outside() {
+        use std::os::unix::fs::MetadataExt;
+        use std::sync::atomic::AtomicBool;
+        let d = tempfile::tempdir().unwrap();
+        let (ex, outside, root) = outside_target(d.path());
+        let before = std::fs::metadata(&outside).unwrap();
+        std::fs::write(ex.join("f"), b"x").unwrap();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let swapper = {
+            let (ex, outside, stop) = (ex.clone(), outside.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = std::fs::remove_file(ex.join("tl"));
+                    std::os::unix::fs::symlink(&outside, ex.join("tl")).unwrap();
+                    std::fs::rename(ex.join("tl"), ex.join("f")).unwrap();
+                    std::fs::write(ex.join("tf"), b"x").unwrap();
+                    std::fs::rename(ex.join("tf"), ex.join("f")).unwrap();
+                }
+            })
+        };
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let mut applied = 0;
+        while std::time::Instant::now() < end {
+            if root.set_meta(&rp("f"), &evil_meta()).is_ok() {
+                applied += 1;
+            }
+            let m = std::fs::metadata(&outside).unwrap();
+            if m.mode() != before.mode() || m.uid() != before.uid() || m.mtime() != before.mtime() {
+                stop.store(true, Ordering::Relaxed);
+                let _ = swapper.join();
+                panic!("metadata reached the outside file after {applied} applies");
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        swapper.join().unwrap();
+        assert!(applied > 0, "the race never let an apply through");
+    }
+
+    #[test]
+    fn a_fifo_as_delta_base_is_refused_without_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        let ex = d.path().join("ex");
+        std::fs::create_dir(&ex).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            ex.join("fifo"),
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let root = Root::open(&ex, &ex.join(".syncd")).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(root.open_file(&rp("fifo")).is_err());
+        });
+        let refused = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("open_file blocked on a FIFO");
+        assert!(refused);
     }
 
     #[test]

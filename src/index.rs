@@ -50,7 +50,7 @@ pub enum IndexError {
 impl Index {
     /// Loads the index; a missing or unreadable one starts empty (it is only a cache).
     pub fn load(path: &Path) -> Index {
-        let map = std::fs::read(path)
+        let map = crate::state::read_private(path)
             .ok()
             .and_then(|b| {
                 let rest = b.strip_prefix(MAGIC.as_slice())?;
@@ -104,14 +104,14 @@ impl Index {
         }
         let err = |e| IndexError::Io(self.path.display().to_string(), e);
         if let Some(d) = self.path.parent() {
-            std::fs::create_dir_all(d).map_err(err)?;
+            crate::state::private_dir(d).map_err(err)?;
         }
         let v: Vec<(&Vec<u8>, &Stamp, &Hash)> =
             self.map.iter().map(|(k, (s, h))| (k, s, h)).collect();
         let mut bytes = MAGIC.to_vec();
         bytes = postcard::to_extend(&v, bytes).map_err(|e| err(std::io::Error::other(e)))?;
         let tmp = self.path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        let mut f = crate::state::create_private(&tmp).map_err(err)?;
         f.write_all(&bytes).map_err(err)?;
         f.sync_all().map_err(err)?;
         std::fs::rename(&tmp, &self.path).map_err(err)?;

@@ -18,6 +18,7 @@ pub mod primary;
 pub mod scan;
 pub mod sigcache;
 pub mod standby;
+pub mod state;
 pub mod stats;
 pub mod stream;
 pub mod tls;

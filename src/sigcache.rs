@@ -20,7 +20,10 @@ pub struct SigCache {
 impl SigCache {
     pub fn new(state_dir: &Path) -> SigCache {
         let dir = state_dir.join("sigs");
-        let _ = std::fs::create_dir_all(&dir);
+        if let Err(e) = crate::state::private_dir(&dir) {
+            // Only an accelerator: without it every delta reads its base.
+            tracing::warn!(dir = %dir.display(), "signature cache unavailable: {e}");
+        }
         SigCache { dir }
     }
 
@@ -29,7 +32,7 @@ impl SigCache {
     }
 
     pub fn get(&self, rel: &RelPath, stamp: &Stamp, block: u32, strong: u32) -> Option<Vec<u8>> {
-        let bytes = std::fs::read(self.file(rel)).ok()?;
+        let bytes = crate::state::read_private(&self.file(rel)).ok()?;
         let rest = bytes.strip_prefix(MAGIC.as_slice())?;
         let (head, sig): ((Stamp, u32, u32), &[u8]) = postcard::take_from_bytes(rest).ok()?;
         (head == (*stamp, block, strong)).then(|| sig.to_vec())
@@ -42,7 +45,7 @@ impl SigCache {
         let r = (|| -> std::io::Result<()> {
             let head =
                 postcard::to_stdvec(&(*stamp, block, strong)).map_err(std::io::Error::other)?;
-            let mut w = std::fs::File::create(&tmp)?;
+            let mut w = crate::state::create_private(&tmp)?;
             w.write_all(MAGIC)?;
             w.write_all(&head)?;
             w.write_all(sig)?;

@@ -285,7 +285,8 @@ async fn session_inner(
         let mut buf = Vec::new();
         while let Some(r) = reply_rx.recv().await {
             let last = matches!(r, Reply::Finished { .. } | Reply::Fatal { .. });
-            if wire::write_msg(&mut send, &r, &mut buf).await.is_err() {
+            if let Err(e) = wire::write_msg(&mut send, &r, &mut buf).await {
+                reply_failed(&mut send, &mut buf, e).await;
                 return;
             }
             if last {
@@ -340,6 +341,22 @@ async fn session_inner(
         tracing::info!(peer = %conn.remote_address(), "session finished");
     }
     result
+}
+
+/// A reply writer cannot go on. A reply that could not be encoded is a bug
+/// or a limit hit: say so in the log and to the primary (as `Fatal`) rather
+/// than leave it to guess from a closed stream.
+async fn reply_failed(send: &mut quinn::SendStream, buf: &mut Vec<u8>, e: wire::WireError) {
+    match e {
+        wire::WireError::TooLarge(_) | wire::WireError::Decode(_) => {
+            let reason = format!("standby could not encode a reply: {e}");
+            tracing::error!("{reason}; ending the session");
+            let _ = wire::write_msg(send, &Reply::Fatal { reason }, buf).await;
+            let _ = send.finish();
+        }
+        // The stream is gone; the session ends on its own.
+        e => tracing::debug!("reply not sent: {e}"),
+    }
 }
 
 enum Job {
@@ -412,17 +429,15 @@ async fn dispatch(
                 )
                 .await
                 .map_err(|e| SessionError::Protocol(e.to_string()))??;
-                let _ = reply.send(Reply::BarrierDone {
-                    id,
-                    failures: take(failures),
-                });
+                for r in wire::barrier_replies(id, take(failures)) {
+                    let _ = reply.send(r);
+                }
             }
             Request::Barrier { id } => {
                 flush_all(txs).await?;
-                let _ = reply.send(Reply::BarrierDone {
-                    id,
-                    failures: take(failures),
-                });
+                for r in wire::barrier_replies(id, take(failures)) {
+                    let _ = reply.send(r);
+                }
             }
             Request::Finish => {
                 flush_all(txs).await?;
@@ -484,7 +499,8 @@ async fn file_stream(
     let writer = tokio::spawn(async move {
         let mut buf = Vec::new();
         while let Some(r) = reply_rx.recv().await {
-            if wire::write_msg(&mut send, &r, &mut buf).await.is_err() {
+            if let Err(e) = wire::write_msg(&mut send, &r, &mut buf).await {
+                reply_failed(&mut send, &mut buf, e).await;
                 return;
             }
         }

@@ -12,13 +12,16 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::path::RelPath;
 
 /// Bumped on any incompatible change to the messages below.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// ALPN identifier for the QUIC/TLS handshake.
 pub const ALPN: &[u8] = b"syncd/1";
 /// Largest frame either side accepts.
 pub const MAX_FRAME: usize = 8 << 20;
 /// Largest file data chunk we send in one frame.
 pub const CHUNK: usize = 256 << 10;
+/// Failures per `FailureChunk`/`BarrierDone` frame are cut at about this
+/// many bytes, far under [`MAX_FRAME`].
+pub const FAILURE_CHUNK_BYTES: usize = 1 << 20;
 /// Largest symlink target we accept.
 pub const MAX_LINK_TARGET: usize = 4096;
 
@@ -210,6 +213,37 @@ pub enum Reply {
     Fatal {
         reason: String,
     },
+    /// Part of barrier `id`'s failures, ahead of its `BarrierDone` (which
+    /// carries the rest): a full disk can fail more files than one frame holds.
+    FailureChunk {
+        id: u64,
+        failures: Vec<Failure>,
+    },
+}
+
+/// The replies answering barrier `id`: `FailureChunk`s of at most about
+/// [`FAILURE_CHUNK_BYTES`] each, then `BarrierDone` with the remainder.
+pub fn barrier_replies(id: u64, failures: Vec<Failure>) -> Vec<Reply> {
+    let mut out = Vec::new();
+    let mut chunk = Vec::new();
+    let mut bytes = 0;
+    for f in failures {
+        // Postcard overhead per failure is a few varint bytes.
+        bytes += f.path.as_bytes().len() + f.error.len() + 16;
+        chunk.push(f);
+        if bytes >= FAILURE_CHUNK_BYTES {
+            out.push(Reply::FailureChunk {
+                id,
+                failures: std::mem::take(&mut chunk),
+            });
+            bytes = 0;
+        }
+    }
+    out.push(Reply::BarrierDone {
+        id,
+        failures: chunk,
+    });
+    out
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -383,5 +417,48 @@ mod tests {
         let n = bytes.len();
         bytes[n - 6..n - 4].copy_from_slice(b"..");
         assert!(decode::<Request>(&bytes).is_err());
+    }
+
+    #[test]
+    fn a_huge_failure_list_is_split_into_frames_that_fit() {
+        let failures: Vec<Failure> = (0..120_000)
+            .map(|i| Failure {
+                path: RelPath::new(format!("{}/{i}", "d".repeat(60))).unwrap(),
+                error: "write: No space left on device (os error 28)".into(),
+                retry_whole: false,
+            })
+            .collect();
+        // One frame cannot carry them all: this is what killed the reply writer.
+        let mut out = Vec::new();
+        let one = Reply::BarrierDone {
+            id: 9,
+            failures: failures.clone(),
+        };
+        assert!(matches!(
+            encode_frame(&one, &mut out),
+            Err(WireError::TooLarge(_))
+        ));
+        let replies = barrier_replies(9, failures.clone());
+        assert!(replies.len() > 1);
+        let mut got = Vec::new();
+        for (i, r) in replies.iter().enumerate() {
+            let mut frame = Vec::new();
+            encode_frame(r, &mut frame).unwrap();
+            match decode::<Reply>(&frame[4..]).unwrap() {
+                Reply::FailureChunk { id: 9, failures } if i + 1 < replies.len() => {
+                    got.extend(failures)
+                }
+                Reply::BarrierDone { id: 9, failures } if i + 1 == replies.len() => {
+                    got.extend(failures)
+                }
+                other => panic!("unexpected reply {i}: {other:?}"),
+            }
+        }
+        assert_eq!(got, failures);
+        // No failures: just the BarrierDone.
+        assert!(matches!(
+            barrier_replies(3, Vec::new()).as_slice(),
+            [Reply::BarrierDone { id: 3, failures }] if failures.is_empty()
+        ));
     }
 }

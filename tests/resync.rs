@@ -78,6 +78,75 @@ fn rich_tree(root: &Path) {
     set_mtime_ns(&root.join("deep/a"), 1_500_000_000, 1);
 }
 
+/// Nests `levels` directories of 250-byte names under `top`, each holding a
+/// file `f`, creating them relative to descriptors (the total path may
+/// exceed PATH_MAX); returns each level's path relative to `top`.
+fn deep_chain(top: &Path, levels: usize) -> Vec<String> {
+    use rustix::fs::{Mode, OFlags};
+    let name = "d".repeat(250);
+    let mut dir = rustix::fs::open(top, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+    let (mut rels, mut rel) = (Vec::new(), String::new());
+    for _ in 0..levels {
+        rustix::fs::mkdirat(&dir, name.as_str(), Mode::from_raw_mode(0o755)).unwrap();
+        dir = rustix::fs::openat(
+            &dir,
+            name.as_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+        .unwrap();
+        let f = rustix::fs::openat(
+            &dir,
+            "f",
+            OFlags::WRONLY | OFlags::CREATE,
+            Mode::from_raw_mode(0o644),
+        )
+        .unwrap();
+        rustix::io::write(&f, b"deep").unwrap();
+        rel = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
+        rels.push(rel.clone());
+    }
+    rels
+}
+
+/// A local user on either node nests directories past PATH_MAX: the rest
+/// of the tree still replicates, the part too deep for the wire is reported
+/// as skipped, and the standby's own deep tree is removed like any other.
+#[test]
+fn a_path_longer_than_path_max_on_either_side_does_not_stop_replication() {
+    let mut p = Pair::new();
+    std::fs::write(p.primary().join("plain"), b"plain").unwrap();
+    std::fs::create_dir(p.primary().join("z")).unwrap();
+    std::fs::write(p.primary().join("z/after"), b"after").unwrap();
+    let rels = deep_chain(&p.primary().join("z"), 20);
+    std::fs::create_dir(p.standby_dir().join("junk")).unwrap();
+    deep_chain(&p.standby_dir().join("junk"), 20);
+    p.start_standby();
+    let out = p.resync(&[]);
+    assert!(out.contains("skipped 1"), "{out}");
+    assert_eq!(
+        std::fs::read(p.standby_dir().join("plain")).unwrap(),
+        b"plain"
+    );
+    assert_eq!(
+        std::fs::read(p.standby_dir().join("z/after")).unwrap(),
+        b"after"
+    );
+    // Deep, but short enough for the wire (and for absolute paths here): replicated.
+    let ok = rels.iter().rposition(|r| r.len() + 4 <= 4000).unwrap();
+    assert!(ok >= 10);
+    assert_eq!(
+        std::fs::read(p.standby_dir().join(format!("z/{}/f", rels[ok]))).unwrap(),
+        b"deep"
+    );
+    assert!(!p.standby_dir().join("junk").exists(), "{out}");
+    assert!(!p.log().contains("ERROR"), "{}", p.log());
+}
+
 #[test]
 fn resync_copies_every_kind_then_sends_nothing() {
     let mut p = Pair::new();

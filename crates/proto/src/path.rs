@@ -23,7 +23,7 @@ pub const MAX_PATH_LEN: usize = 4096;
 pub const MAX_NAME_LEN: usize = 255;
 
 /// Order of a depth-first walk with names sorted per directory (what
-/// `walkdir::sort_by_file_name` yields): parents first, each subtree contiguous.
+/// the scan yields): parents first, each subtree contiguous.
 pub fn walk_order(a: &RelPath, b: &RelPath) -> std::cmp::Ordering {
     a.components().cmp(b.components())
 }

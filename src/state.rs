@@ -1,0 +1,158 @@
+//! Files syncd keeps for itself (index, signature cache, staging): private to
+//! the daemon. Directories are 0700 and files 0600, and none is opened
+//! through a symlink, so a local user who can write where the state lives
+//! (by default `.syncd` in the export) can neither read the index nor plant
+//! a link that makes the daemon write somewhere else.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+
+use rustix::fs::{Mode, OFlags};
+
+/// Creates `path` (and missing parents) mode 0700, or checks an existing
+/// one: a real directory (not a symlink), owned by this process's user;
+/// group and other access is removed.
+pub fn private_dir(path: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)?;
+    let fd = rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| {
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!(
+                "state directory {} is not a directory (a symlink is refused): {e}",
+                path.display()
+            ),
+        )
+    })?;
+    let st = rustix::fs::fstat(&fd)?;
+    let me = rustix::process::geteuid().as_raw();
+    if st.st_uid != me {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "state directory {} is owned by uid {}, not {me}; refusing to keep state where another user controls it",
+                path.display(),
+                st.st_uid
+            ),
+        ));
+    }
+    if st.st_mode & 0o077 != 0 {
+        chmod_fd(&fd, 0o700)?;
+    }
+    Ok(())
+}
+
+/// chmod of the inode behind `fd` (an `O_PATH` descriptor), never by name.
+fn chmod_fd(fd: &impl AsFd, mode: u32) -> io::Result<()> {
+    let p = format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd());
+    Ok(rustix::fs::chmodat(
+        rustix::fs::CWD,
+        p.as_str(),
+        Mode::from_raw_mode(mode),
+        rustix::fs::AtFlags::empty(),
+    )?)
+}
+
+/// Creates or truncates `path` for writing, mode 0600 (also when it already
+/// existed), refusing a symlink.
+pub fn create_private(path: &Path) -> io::Result<File> {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    rustix::fs::fchmod(&f, Mode::from_raw_mode(0o600))?;
+    Ok(f)
+}
+
+/// Reads a whole state file, refusing a symlink or anything not regular
+/// (O_NONBLOCK: a FIFO must not block).
+pub fn read_private(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    let mut v = Vec::new();
+    f.read_to_end(&mut v)?;
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn state_is_private_and_never_reached_through_a_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let ex = d.path().join("ex");
+        std::fs::create_dir(&ex).unwrap();
+        // An older release left .syncd world-readable.
+        std::fs::create_dir(ex.join(".syncd")).unwrap();
+        std::fs::set_permissions(ex.join(".syncd"), PermissionsExt::from_mode(0o755)).unwrap();
+        let _root = crate::fsroot::Root::open(&ex, &ex.join(".syncd")).unwrap();
+        assert_eq!(mode(&ex.join(".syncd")), 0o700);
+        assert_eq!(mode(&ex.join(".syncd/staging")), 0o700);
+
+        let mut ix = crate::index::Index::load(&ex.join(".syncd/index.bin"));
+        let st = crate::index::Stamp {
+            size: 1,
+            mtime: (2, 3),
+            ctime: (4, 5),
+            ino: 6,
+        };
+        ix.insert(b"a".to_vec(), st, [1; 32]);
+        ix.save().unwrap();
+        assert_eq!(mode(&ex.join(".syncd/index.bin")), 0o600);
+
+        let sigs = crate::sigcache::SigCache::new(&ex.join(".syncd"));
+        let p = crate::path::RelPath::new(b"a".to_vec()).unwrap();
+        sigs.put(&p, &st, 1024, 8, b"sig");
+        assert_eq!(mode(&ex.join(".syncd/sigs")), 0o700);
+        for e in std::fs::read_dir(ex.join(".syncd/sigs")).unwrap() {
+            assert_eq!(mode(&e.unwrap().path()), 0o600);
+        }
+
+        // A planted symlink is neither followed to read nor to write.
+        let outside = d.path().join("outside");
+        std::fs::write(&outside, b"keep").unwrap();
+        std::fs::remove_file(ex.join(".syncd/index.bin")).unwrap();
+        std::os::unix::fs::symlink(&outside, ex.join(".syncd/index.bin")).unwrap();
+        std::os::unix::fs::symlink(&outside, ex.join(".syncd/index.tmp")).unwrap();
+        assert!(crate::index::Index::load(&ex.join(".syncd/index.bin")).is_empty());
+        let mut ix = crate::index::Index::load(&ex.join(".syncd/index.bin"));
+        ix.insert(b"b".to_vec(), st, [2; 32]);
+        assert!(ix.save().is_err());
+        assert_eq!(std::fs::read(&outside).unwrap(), b"keep");
+        assert!(read_private(&ex.join(".syncd/index.bin")).is_err());
+
+        // A state directory that is a symlink is refused.
+        let ex2 = d.path().join("ex2");
+        std::fs::create_dir(&ex2).unwrap();
+        let elsewhere = d.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, ex2.join(".syncd")).unwrap();
+        assert!(crate::fsroot::Root::open(&ex2, &ex2.join(".syncd")).is_err());
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    }
+}

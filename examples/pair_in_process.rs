@@ -58,6 +58,7 @@ async fn main() -> anyhow::Result<()> {
         checksum: false,
         delete: true,
         progress: false,
+        take_over: false,
     };
     println!("{}", client::resync(&cfg, &o).await?);
     let diffs = client::verify(&cfg).await?;

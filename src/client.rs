@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::Config;
+use crate::generation::Leading;
 use crate::index::{Index, Stamp};
 use crate::path::RelPath;
 use crate::plan::{self, FileOp, Plan, PlanOptions};
@@ -18,6 +19,7 @@ use crate::stream::{Stream, StreamError};
 use crate::tls::{self, Identity};
 use crate::transfer::{changed, open_source, untouched, Opened, Outcome, Sent, Transfers};
 use crate::wire::{self, Encoding, Entry, Failure, Kind, Purpose, Reply, Request, Scope};
+use syncd_proto::pair::lineage::{Lineage, NodeId};
 
 /// Files at most this big are read in one go and pipelined on the control
 /// stream; bigger ones (and deltas) get a stream each (see [`crate::transfer`]).
@@ -43,7 +45,7 @@ pub enum ClientError {
     #[error("cannot connect to standby {0}: {1}")]
     Connect(SocketAddr, String),
     #[error("standby refused the session: {0}")]
-    Refused(String),
+    Refused(String, Option<Lineage>),
     #[error("standby reported a fatal error: {0}")]
     Fatal(String),
     #[error("protocol: {0}")]
@@ -54,8 +56,14 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
 }
 
+fn record_error(e: crate::generation::RecordError) -> ClientError {
+    ClientError::Io(std::io::Error::other(e.to_string()))
+}
+
 pub struct Session {
     conn: quinn::Connection,
+    /// The standby's node and generation, from its Welcome.
+    pub peer: Option<(NodeId, Lineage)>,
     /// Requests and replies in order: metadata, small files, barriers.
     ctl: Stream,
     _endpoint: quinn::Endpoint,
@@ -69,7 +77,12 @@ pub struct Session {
 }
 
 impl Session {
-    pub async fn connect(cfg: &Config, purpose: Purpose) -> Result<Session, ClientError> {
+    /// Opens a session as `me` (our node and generation, sent in the Hello).
+    pub async fn connect(
+        cfg: &Config,
+        purpose: Purpose,
+        me: &Leading,
+    ) -> Result<Session, ClientError> {
         let peer = cfg.require_peer()?;
         let id = Identity::from_config(cfg)?;
         let bind: SocketAddr = if peer.is_ipv4() {
@@ -97,6 +110,7 @@ impl Session {
             .await
             .map_err(|e| ClientError::Connect(peer, e.to_string()))?;
         let mut s = Session {
+            peer: None,
             transfers: Transfers::new(conn.clone(), cfg.export.clone()),
             conn,
             ctl: Stream::new(send, recv),
@@ -110,15 +124,26 @@ impl Session {
             export_id: cfg.export_id.clone(),
             node_id: cfg.node_id.clone(),
             purpose,
+            node: me.node,
+            lineage: me.record.lineage.clone(),
         })
         .await?;
         match s.reply().await? {
-            Reply::Welcome { .. } => Ok(s),
-            Reply::Refused { reason } => Err(ClientError::Refused(reason)),
+            Reply::Welcome { node, lineage, .. } => {
+                s.peer = Some((node, lineage));
+                Ok(s)
+            }
+            Reply::Refused { reason, lineage } => Err(ClientError::Refused(reason, lineage)),
             other => Err(ClientError::Protocol(format!(
                 "expected Welcome, got {other:?}"
             ))),
         }
+    }
+
+    /// A handle to watch for the connection's end (e.g. the standby closing
+    /// it for another primary) while the session is idle.
+    pub fn connection(&self) -> quinn::Connection {
+        self.conn.clone()
     }
 
     /// Closes the connection and gives the close a moment to reach the standby,
@@ -301,6 +326,10 @@ pub struct ResyncOptions {
     pub checksum: bool,
     pub delete: bool,
     pub progress: bool,
+    /// Start a new generation above the standby's even when it holds newer
+    /// data (`syncd resync --take-over`): its diverged files are kept in
+    /// its conflicts area.
+    pub take_over: bool,
 }
 
 #[derive(Debug, Default)]
@@ -376,10 +405,26 @@ impl std::fmt::Display for Summary {
 /// One-shot: make the standby equal to this primary.
 pub async fn resync(cfg: &Config, o: &ResyncOptions) -> Result<Summary, ClientError> {
     let t0 = Instant::now();
-    let mut s = Session::connect(cfg, Purpose::Resync).await?;
+    let mut me = Leading::start(cfg, o.take_over).map_err(record_error)?;
+    let mut s = match Session::connect(cfg, Purpose::Resync, &me).await {
+        Err(ClientError::Refused(reason, Some(theirs))) => {
+            me.saw_peer(&theirs);
+            if !o.take_over {
+                return Err(ClientError::Refused(reason, Some(theirs)));
+            }
+            // Taking over: start a generation above the one that refused us.
+            me = Leading::start(cfg, true).map_err(record_error)?;
+            Session::connect(cfg, Purpose::Resync, &me).await?
+        }
+        r => r?,
+    };
+    if let Some((_, theirs)) = &s.peer {
+        me.saw_peer(&theirs.clone());
+    }
     let mut index = Index::load(&cfg.state_dir.join("index.bin"));
     let mut sum = reconcile(&mut s, cfg, o, &mut index, None).await?;
     let (_committed, stats, tx, rx) = s.finish().await?;
+    me.save();
     if !o.dry_run {
         if let Err(e) = index.save() {
             tracing::warn!("could not save the primary's index: {e}");
@@ -762,7 +807,8 @@ pub struct Difference {
 
 /// Compares both trees with full content hashes; changes nothing.
 pub async fn verify(cfg: &Config) -> Result<Vec<Difference>, ClientError> {
-    let mut s = Session::connect(cfg, Purpose::Verify).await?;
+    let me = Leading::current(cfg).map_err(record_error)?;
+    let mut s = Session::connect(cfg, Purpose::Verify, &me).await?;
     let c2 = cfg.clone();
     let local = tokio::task::spawn_blocking(move || {
         let mut ix = Index::load(&c2.state_dir.join("index.bin"));

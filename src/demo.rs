@@ -156,6 +156,7 @@ pub fn run(
         checksum: false,
         delete: true,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        take_over: false,
     };
     let first = rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -149,6 +149,11 @@ impl Root {
         )?)
     }
 
+    /// The directory holding `p` (resolved beneath the root) and `p`'s name.
+    pub fn parent_of(&self, p: &RelPath) -> io::Result<(OwnedFd, Vec<u8>)> {
+        self.parent(p)
+    }
+
     fn parent(&self, p: &RelPath) -> io::Result<(OwnedFd, Vec<u8>)> {
         let (parent, name) = p.split_last();
         Ok((self.open_dir(parent)?, name.to_vec()))

@@ -48,6 +48,21 @@ enum LogFormat {
 }
 
 #[derive(Subcommand)]
+enum ConflictsCmd {
+    /// List kept entries as `<generation>/<path>`, with kind, size and mtime.
+    List,
+    /// Copy a kept entry back to its path in the export (or to --to); never
+    /// over an existing file. Run it on the primary, or copy the file there:
+    /// on a standby the next reconcile removes what the primary lacks.
+    Restore {
+        /// As `syncd conflicts list` prints it.
+        name: String,
+        #[arg(long)]
+        to: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Create this node's certificate and key for mutual TLS; prints the fingerprint.
     Keygen {
@@ -71,9 +86,19 @@ enum Cmd {
         /// Keep files on the standby that the primary does not have.
         #[arg(long)]
         no_delete: bool,
+        /// Lead even if the standby holds newer data (it refuses otherwise):
+        /// start a generation above its own; the standby keeps the files
+        /// this overwrites or deletes in its conflicts area.
+        #[arg(long)]
+        take_over: bool,
     },
     /// Compare both trees by content and metadata; change nothing. Exit 0 iff equal.
     Verify,
+    /// Files a catch-up kept instead of overwriting or deleting them.
+    Conflicts {
+        #[command(subcommand)]
+        what: ConflictsCmd,
+    },
     /// Print the running daemon's status (role, peer, lag, counters) from its admin address.
     Status {
         /// Print the Prometheus metrics instead.
@@ -191,6 +216,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             checksum,
             delete: _,
             no_delete,
+            take_over,
         }) => {
             let cfg = load(&cli.config)?;
             cfg.require_peer()?;
@@ -206,6 +232,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 checksum: checksum || cfg.sync.checksum,
                 delete: if no_delete { false } else { cfg.sync.delete },
                 progress: std::io::stderr().is_terminal(),
+                take_over,
             };
             let sum = runtime()?.block_on(client::resync(&cfg, &o))?;
             println!("{sum}");
@@ -237,6 +264,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{} difference(s)", diffs.len());
                 Ok(ExitCode::from(1))
             }
+        }
+        Some(Cmd::Conflicts { what }) => {
+            let cfg = load(&cli.config)?;
+            match what {
+                ConflictsCmd::List => {
+                    let kept = syncd::conflicts::list(&cfg.state_dir)?;
+                    for k in &kept {
+                        println!("{}\t{}\t{}\t{}", k.name.display(), k.kind, k.size, k.mtime);
+                    }
+                    println!(
+                        "{} kept entr{}",
+                        kept.len(),
+                        if kept.len() == 1 { "y" } else { "ies" }
+                    );
+                }
+                ConflictsCmd::Restore { name, to } => {
+                    let dest = syncd::conflicts::restore(
+                        &cfg.state_dir,
+                        &cfg.export,
+                        &name,
+                        to.as_deref(),
+                    )?;
+                    println!("restored {name} to {}", dest.display());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Some(Cmd::Status { metrics }) => {
             let cfg = load(&cli.config)?;

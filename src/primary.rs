@@ -15,8 +15,9 @@ use tokio::time::Instant;
 use crate::batch::{Batch, Change};
 use crate::client::{self, ClientError, ResyncOptions, Session};
 use crate::config::Config;
+use crate::generation::Leading;
 use crate::index::Index;
-use crate::live::{Action, Event, Followups, Live, LiveConfig, PERIODIC_NO_WATCH};
+use crate::live::{Action, Event, Followups, Live, LiveConfig, PERIODIC_NO_WATCH, SUPERSEDED_WAIT};
 use crate::stats::{unix_now, Stats};
 use crate::watch::Watch;
 use crate::wire::Purpose;
@@ -61,6 +62,10 @@ pub async fn run_with(
         },
         std::time::Instant::now(),
     );
+    let mut me = Leading::start(&cfg, false)
+        .map_err(|e| ClientError::Io(std::io::Error::other(e.to_string())))?;
+    live.resume_commits(me.record.lineage.commit);
+    stats.set_generation(&me.record.lineage, None);
     let mut index = Index::load(&cfg.state_dir.join("index.bin"));
     crate::lease::ignore_break_signal();
     let mut opts = ResyncOptions {
@@ -71,6 +76,7 @@ pub async fn run_with(
         checksum: cfg.sync.checksum,
         delete: cfg.sync.delete,
         progress: false,
+        take_over: false,
     };
     let wake = watch.as_ref().map(|w| w.wake.clone());
     let mut session: Option<Session> = None;
@@ -98,11 +104,15 @@ pub async fn run_with(
         match live.poll_action(now) {
             Some(Action::Connect) => {
                 let r = tokio::select! {
-                    r = Session::connect(&cfg, Purpose::Resync) => r,
+                    r = Session::connect(&cfg, Purpose::Resync, &me) => r,
                     _ = &mut shutdown => return Ok(()),
                 };
                 match r {
                     Ok(s) => {
+                        if let Some((_, theirs)) = &s.peer {
+                            me.saw_peer(theirs);
+                            stats.set_generation(&me.record.lineage, Some(theirs));
+                        }
                         live.handle_connected(std::time::Instant::now());
                         session = Some(s);
                         stats.connects.fetch_add(1, Relaxed);
@@ -110,6 +120,10 @@ pub async fn run_with(
                         tracing::info!(peer = %stats.peer, "connected to the standby; reconciling");
                     }
                     Err(e) => {
+                        if let ClientError::Refused(_, Some(theirs)) = &e {
+                            me.saw_peer(theirs);
+                            stats.refused.fetch_add(1, Relaxed);
+                        }
                         let wait = live.handle_connect_failed(std::time::Instant::now());
                         tracing::warn!("standby unavailable: {e}; retrying in {wait:?}");
                         stats.error(&e);
@@ -117,6 +131,7 @@ pub async fn run_with(
                 }
             }
             Some(Action::Ship { batch, commit_id }) => {
+                let batch_full = batch.full;
                 let Some(s) = session.as_mut() else {
                     live.handle_session_lost(now);
                     continue;
@@ -127,6 +142,12 @@ pub async fn run_with(
                 .await
                 {
                     Ok((f, deferred_links)) => {
+                        me.committed(commit_id);
+                        if batch_full {
+                            me.save();
+                        }
+                        // Acknowledged: the standby follows our generation up to this batch.
+                        stats.set_generation(&me.record.lineage, Some(&me.record.lineage));
                         live.handle_shipped(
                             std::time::Instant::now(),
                             f,
@@ -135,15 +156,7 @@ pub async fn run_with(
                         );
                         set_lag(&stats, &live, s);
                     }
-                    Err(e) => {
-                        tracing::warn!("lost the standby: {e}; reconnecting");
-                        stats.error(&e);
-                        stats.connected_since.store(0, Relaxed);
-                        if let Some(s) = session.take() {
-                            s.close().await;
-                        }
-                        live.handle_session_lost(std::time::Instant::now());
-                    }
+                    Err(e) => lost(&mut session, &mut live, &stats, e).await,
                 }
             }
             Some(Action::Stop { flush }) => {
@@ -154,11 +167,13 @@ pub async fn run_with(
                     .await;
                 }
                 save_index(&mut index).await;
+                me.save();
                 tracing::info!("primary stopped");
                 return Ok(());
             }
             None => {
                 let far = Instant::now() + Duration::from_secs(3600);
+                let conn = session.as_ref().map(Session::connection);
                 let deadline = live.poll_timeout().map_or(far, Instant::from_std);
                 tokio::select! {
                     t = async {
@@ -194,6 +209,17 @@ pub async fn run_with(
                             None => std::future::pending().await,
                         }
                     } => {}
+                    e = async {
+                        match &conn {
+                            Some(c) => c.closed().await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        // Noticed while idle, not only at the next batch: a
+                        // primary whose session is gone must not look in sync.
+                        let e = ClientError::Protocol(format!("session closed: {e}"));
+                        lost(&mut session, &mut live, &stats, e).await;
+                    }
                     _ = tokio::time::sleep_until(deadline) => {}
                     _ = &mut shutdown => live.handle_shutdown(),
                 }
@@ -228,6 +254,30 @@ async fn stop(
     }
     let _ = tokio::time::timeout(GRACE, s.drain_transfers(tsum, index)).await;
     let _ = tokio::time::timeout(GRACE, s.finish()).await;
+}
+
+/// The session failed: reconnect, unless another primary took the standby.
+async fn lost(session: &mut Option<Session>, live: &mut Live, stats: &Stats, e: ClientError) {
+    stats.error(&e);
+    stats.connected_since.store(0, Relaxed);
+    if let Some(s) = session.take() {
+        s.close().await;
+    }
+    if superseded(&e) {
+        // Another primary with our key (a cloned VM, a restored backup)
+        // took the standby: say so at once and do not fight over it.
+        stats.superseded.fetch_add(1, Relaxed);
+        tracing::error!("another primary took over the standby ({e}): two primaries must never run for one export; stop one of them. Trying again in {SUPERSEDED_WAIT:?}");
+        live.handle_superseded(std::time::Instant::now());
+    } else {
+        tracing::warn!("lost the standby: {e}; reconnecting");
+        live.handle_session_lost(std::time::Instant::now());
+    }
+}
+
+/// The standby closed our session for a newer one (see `standby.rs`).
+fn superseded(e: &ClientError) -> bool {
+    e.to_string().contains(crate::wire::SUPERSEDED)
 }
 
 fn on_event(e: Event) {

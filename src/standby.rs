@@ -18,14 +18,17 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
+use crate::conflicts::Keeper;
 use crate::delta;
 use crate::fsroot::{Root, Staged};
+use crate::generation;
 use crate::index::{Index, Stamp};
 use crate::path::RelPath;
 use crate::scan;
 use crate::sigcache::SigCache;
 use crate::tls::{self, Identity};
 use crate::wire::{self, Encoding, Failure, Hash, Meta, Purpose, Reply, Request};
+use syncd_proto::pair::lineage::{Lineage, NodeId};
 
 /// Verified files held back before one `syncfs` + rename pass.
 const BATCH_FILES: usize = 4096;
@@ -68,6 +71,10 @@ struct Shared {
     /// Files at least this big get their signature cached as they are written.
     sig_min: u64,
     stats: Arc<crate::stats::Stats>,
+    /// This node and its generation record (see `generation.rs`).
+    node: NodeId,
+    store: generation::Store,
+    record: Mutex<generation::Record>,
 }
 
 pub struct Standby {
@@ -94,6 +101,13 @@ impl Standby {
         let root = Root::open(&cfg.export, &cfg.state_dir)
             .map_err(|e| StandbyError::Export(cfg.export.display().to_string(), e))?;
         let index = Index::load(&cfg.state_dir.join("index.bin"));
+        let store = generation::Store::new(&cfg.state_dir);
+        let record = store.load().map_err(|e| {
+            StandbyError::Export(
+                cfg.export.display().to_string(),
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
         let sc = tls::server_config(&id)?;
         let endpoint = quinn::Endpoint::server(sc, listen).map_err(|e| {
             if e.kind() == std::io::ErrorKind::AddrInUse {
@@ -110,7 +124,14 @@ impl Standby {
             sigs: SigCache::new(&cfg.state_dir),
             sig_min: cfg.sync.delta_min_size,
             stats: Arc::new(crate::stats::Stats::new("standby", listen.to_string())),
+            node: generation::node_id(&id),
+            store,
+            record: Mutex::new(record),
         });
+        {
+            let r = shared.record.lock().unwrap_or_else(|p| p.into_inner());
+            shared.stats.set_generation(&r.lineage, None);
+        }
         Ok(Standby {
             endpoint,
             shared,
@@ -203,25 +224,52 @@ async fn session_inner(
     let mut rbuf = Vec::new();
     let mut wbuf = Vec::new();
     let hello: Option<Request> = wire::read_msg(&mut recv, &mut rbuf).await?;
+    // The primary's generation, and whether to keep what catching up with
+    // it overwrites (for a writing session).
+    let mut follow: Option<(Lineage, bool)> = None;
     let purpose = match hello {
         Some(Request::Hello {
             version,
             export_id,
             node_id,
             purpose,
+            node: _,
+            lineage,
         }) => {
+            let ours = shared
+                .record
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .lineage
+                .clone();
+            let mut newer = None;
             let refuse = if version != wire::PROTOCOL_VERSION {
                 Some(format!("protocol version {version} is not supported (this standby speaks {}); upgrade both nodes to the same syncd release", wire::PROTOCOL_VERSION))
             } else if export_id != cfg.export_id {
                 Some(format!("export_id \"{export_id}\" does not match this standby's \"{}\"; set the same export_id on both nodes", cfg.export_id))
+            } else if purpose == Purpose::Verify {
+                None // read-only: any generation may compare
             } else {
-                None
+                match generation::judge(shared.node, &ours, &lineage) {
+                    generation::Verdict::Refuse(why) => {
+                        newer = Some(ours.clone());
+                        Some(why)
+                    }
+                    generation::Verdict::Follow { preserve } => {
+                        shared.stats.set_generation(&ours, Some(&lineage));
+                        follow = Some((lineage.clone(), preserve));
+                        None
+                    }
+                }
             };
             if let Some(reason) = refuse {
+                shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(peer = %conn.remote_address(), "refused a primary: {reason}");
                 wire::write_msg(
                     &mut send,
                     &Reply::Refused {
                         reason: reason.clone(),
+                        lineage: newer,
                     },
                     &mut wbuf,
                 )
@@ -251,7 +299,7 @@ async fn session_inner(
             .replace(conn.clone());
         if let Some(old) = old {
             tracing::warn!(old = %old.remote_address(), "a new primary session supersedes the current one");
-            old.close(1u32.into(), b"superseded by a new session");
+            old.close(1u32.into(), wire::SUPERSEDED.as_bytes());
         }
         match tokio::time::timeout(std::time::Duration::from_secs(30), busy.lock.lock()).await {
             Ok(g) => Some(g),
@@ -261,6 +309,7 @@ async fn session_inner(
                     &mut send,
                     &Reply::Refused {
                         reason: reason.clone(),
+                        lineage: None,
                     },
                     &mut wbuf,
                 )
@@ -270,11 +319,19 @@ async fn session_inner(
             }
         }
     };
+    let ours = shared
+        .record
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .lineage
+        .clone();
     wire::write_msg(
         &mut send,
         &Reply::Welcome {
             version: wire::PROTOCOL_VERSION,
             node_id: cfg.node_id.clone(),
+            node: shared.node,
+            lineage: ours,
         },
         &mut wbuf,
     )
@@ -296,6 +353,23 @@ async fn session_inner(
         }
     });
 
+    // Catching up with data that may overwrite our own writes: keep them.
+    let preserve: Preserve = Arc::default();
+    if let Some((_, true)) = &follow {
+        let ours = shared
+            .record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .lineage
+            .gen;
+        let k = Keeper::open(&cfg.state_dir, &ours.to_string())?;
+        tracing::warn!(
+            conflicts = %k.path().display(),
+            "this node may hold writes the primary never received (it led generation {ours}); \
+             what the catch-up replaces or deletes is kept in the conflicts area"
+        );
+        *preserve.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(k));
+    }
     let nworkers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
@@ -309,20 +383,27 @@ async fn session_inner(
         let sh = shared.clone();
         let rt = reply_tx.clone();
         let fl = failures.clone();
+        let pr = preserve.clone();
         workers.push(std::thread::spawn(move || {
-            worker(sh, rx, rt, fl, batch_max)
+            worker(sh, rx, rt, fl, batch_max, pr)
         }));
         txs.push(tx);
     }
     // Large files arrive on streams of their own, beside this one.
     let streams = (purpose != Purpose::Verify).then(|| {
-        let (conn, sh) = (conn.clone(), shared.clone());
-        tokio::spawn(accept_file_streams(conn, sh))
+        let (conn, sh, pr) = (conn.clone(), shared.clone(), preserve.clone());
+        tokio::spawn(accept_file_streams(conn, sh, pr))
     });
-    let result = dispatch(
-        &mut recv, &mut rbuf, &purpose, &shared, &txs, &reply_tx, &failures,
-    )
-    .await;
+    let mut ctx = Dispatch {
+        purpose: &purpose,
+        shared: &shared,
+        txs: &txs,
+        reply: &reply_tx,
+        failures: &failures,
+        follow: follow.map(|(l, _)| l),
+        preserve: &preserve,
+    };
+    let result = dispatch(&mut recv, &mut rbuf, &mut ctx).await;
     if let Some(s) = streams {
         s.abort();
     }
@@ -364,15 +445,57 @@ enum Job {
     Flush(std::sync::mpsc::Sender<()>),
 }
 
+/// What the receive loop of one session works with.
+struct Dispatch<'a> {
+    purpose: &'a Purpose,
+    shared: &'a Arc<Shared>,
+    txs: &'a [mpsc::Sender<Job>],
+    reply: &'a mpsc::UnboundedSender<Reply>,
+    failures: &'a Failures,
+    /// The primary's generation, until its first durable commit makes it ours.
+    follow: Option<Lineage>,
+    preserve: &'a Preserve,
+}
+
+impl Dispatch<'_> {
+    /// A durable commit: the first one ends the catch-up, and this node's
+    /// generation becomes the primary's; each records its batch. Written
+    /// before the commit's `syncfs` (the state directory is on the export's
+    /// filesystem), so it is as durable as the batch.
+    fn record_commit(&mut self, id: u64) {
+        let sh = self.shared;
+        let mut r = sh.record.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = self.follow.take() {
+            r.lineage.follow(&l);
+            tracing::info!(generation = %r.lineage.gen, "caught up; following the primary's generation");
+            if let Some(k) = self
+                .preserve
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+            {
+                if k.kept() > 0 {
+                    tracing::warn!(kept = k.kept(), area = %k.path().display(), "diverged entries kept; list them with `syncd conflicts list`");
+                }
+            }
+        }
+        if self.follow.is_none() && *self.purpose == Purpose::Resync {
+            r.lineage.commit = r.lineage.commit.max(id);
+            if let Err(e) = sh.store.save_unsynced(&r) {
+                tracing::warn!("{e}");
+            }
+            sh.stats.set_generation(&r.lineage, None);
+        }
+    }
+}
+
 async fn dispatch(
     recv: &mut quinn::RecvStream,
     rbuf: &mut Vec<u8>,
-    purpose: &Purpose,
-    shared: &Arc<Shared>,
-    txs: &[mpsc::Sender<Job>],
-    reply: &mpsc::UnboundedSender<Reply>,
-    failures: &Failures,
+    cx: &mut Dispatch<'_>,
 ) -> Result<(), SessionError> {
+    let (purpose, shared, txs, reply, failures) =
+        (cx.purpose, cx.shared, cx.txs, cx.reply, cx.failures);
     let send = |i: usize, j: Job| async move {
         txs[i]
             .send(j)
@@ -423,6 +546,7 @@ async fn dispatch(
             }
             Request::Commit { id } => {
                 flush_all(txs).await?;
+                cx.record_commit(id);
                 let sh = shared.clone();
                 tokio::task::spawn_blocking(
                     move || if sh.durable { sh.root.sync() } else { Ok(()) },
@@ -441,6 +565,8 @@ async fn dispatch(
             }
             Request::Finish => {
                 flush_all(txs).await?;
+                // A one-shot resync ends here: its data is the primary's now.
+                cx.record_commit(0);
                 let sh = shared.clone();
                 tokio::task::spawn_blocking(move || -> std::io::Result<()> {
                     if sh.durable {
@@ -471,13 +597,15 @@ async fn dispatch(
     }
 }
 
-async fn accept_file_streams(conn: quinn::Connection, sh: Arc<Shared>) {
+async fn accept_file_streams(conn: quinn::Connection, sh: Arc<Shared>, preserve: Preserve) {
     let mut tasks = tokio::task::JoinSet::new();
     while let Ok((send, recv)) = conn.accept_bi().await {
         let sh = sh.clone();
         let peer = conn.remote_address();
+        // A stream begun during the catch-up keeps preserving to its end.
+        let pr: Preserve = Arc::new(Mutex::new(keeper(&preserve)));
         tasks.spawn(async move {
-            if let Err(e) = file_stream(send, recv, sh).await {
+            if let Err(e) = file_stream(send, recv, sh, pr).await {
                 tracing::warn!(%peer, "file stream: {e}");
             }
         });
@@ -494,6 +622,7 @@ async fn file_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     sh: Arc<Shared>,
+    preserve: Preserve,
 ) -> Result<(), SessionError> {
     let (reply_tx, mut reply_rx) = mpsc::unbounded_channel::<Reply>();
     let writer = tokio::spawn(async move {
@@ -510,7 +639,7 @@ async fn file_stream(
     let (tx, rx) = mpsc::channel::<Job>(16);
     let w = {
         let (sh, rt, fl) = (sh.clone(), reply_tx.clone(), failures.clone());
-        std::thread::spawn(move || worker(sh, rx, rt, fl, 1))
+        std::thread::spawn(move || worker(sh, rx, rt, fl, 1, preserve))
     };
     let mut rbuf = Vec::new();
     let result = async {
@@ -646,6 +775,16 @@ struct Verified<'r> {
     base: Option<std::fs::File>,
 }
 
+/// While catching up with a primary whose data may overwrite writes of this
+/// node's own (see `generation::judge`), what the catch-up replaces or
+/// deletes is kept here first. Control-stream workers read the slot per
+/// operation; a file stream takes the keeper it had when it began.
+type Preserve = Arc<Mutex<Option<Arc<Keeper>>>>;
+
+fn keeper(p: &Preserve) -> Option<Arc<Keeper>> {
+    p.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
 /// Failures since the last barrier, reported with it.
 type Failures = Arc<Mutex<Vec<Failure>>>;
 
@@ -659,6 +798,7 @@ fn worker(
     reply: mpsc::UnboundedSender<Reply>,
     failures: Failures,
     batch_max: usize,
+    preserve: Preserve,
 ) {
     let root = &sh.root;
     let mut inflight: HashMap<u64, InFlight<'_>> = HashMap::new();
@@ -676,10 +816,36 @@ fn worker(
                 retry_whole,
             });
     };
+    // Keeps what `p` holds before an operation replaces or removes it; a
+    // failure to keep is a failure of the operation (never lose it).
+    let keep = |p: &RelPath, spare_dirs: bool| -> bool {
+        match keeper(&preserve) {
+            None => true,
+            Some(k) => match k.keep(root, p, spare_dirs) {
+                Ok(kept) => {
+                    if kept {
+                        sh.stats.conflicts_kept.fetch_add(1, Ordering::Relaxed);
+                    }
+                    true
+                }
+                Err(e) => {
+                    fail(
+                        p,
+                        format!(
+                            "cannot keep the diverged copy in {}: {e}",
+                            k.path().display()
+                        ),
+                        false,
+                    );
+                    false
+                }
+            },
+        }
+    };
     while let Some(job) = rx.blocking_recv() {
         let op = match job {
             Job::Flush(done) => {
-                commit_batch(&sh, &mut pending, &fail);
+                commit_batch(&sh, &mut pending, &fail, &keep);
                 pending_bytes = 0;
                 let _ = done.send(());
                 continue;
@@ -688,10 +854,12 @@ fn worker(
         };
         match op {
             Request::Mkdir { path, meta: _ } => {
-                if let Err(e) = root.mkdir(&path) {
+                if !keep(&path, true) {
+                } else if let Err(e) = root.mkdir(&path) {
                     fail(&path, format!("mkdir: {e}"), false);
                 }
             }
+            Request::Delete { path } if !keep(&path, false) => {}
             Request::Delete { path } => match root.delete(&path) {
                 Ok(()) => {
                     sh.sigs.remove(&path);
@@ -710,15 +878,18 @@ fn worker(
                         "symlink target is empty, too long or contains NUL".into(),
                         false,
                     );
+                } else if !keep(&path, false) {
                 } else if let Err(e) = root.symlink(&path, &target, &meta) {
                     fail(&path, format!("symlink: {e}"), false);
                 }
             }
             Request::Link { path, leader } => {
-                if let Err(e) = root.link(&path, &leader) {
+                if !keep(&path, false) {
+                } else if let Err(e) = root.link(&path, &leader) {
                     fail(&path, format!("hard link to {leader}: {e}"), false);
                 }
             }
+            Request::Rename { to, .. } if !keep(&to, false) => {}
             Request::Rename { from, to } => match root.rename(&from, &to) {
                 Ok(()) => {
                     sh.sigs.remove(&from);
@@ -889,7 +1060,7 @@ fn worker(
                     base,
                 });
                 if pending.len() >= batch_max || pending_bytes >= BATCH_BYTES {
-                    commit_batch(&sh, &mut pending, &fail);
+                    commit_batch(&sh, &mut pending, &fail, &keep);
                     pending_bytes = 0;
                 }
             }
@@ -906,6 +1077,7 @@ fn commit_batch(
     sh: &Shared,
     pending: &mut Vec<Verified<'_>>,
     fail: &impl Fn(&RelPath, String, bool),
+    keep: &impl Fn(&RelPath, bool) -> bool,
 ) {
     if pending.is_empty() {
         return;
@@ -922,6 +1094,9 @@ fn commit_batch(
     let mut replaced = Vec::new();
     for v in pending.drain(..) {
         replaced.extend(v.base);
+        if !keep(&v.path, false) {
+            continue;
+        }
         match sh.root.commit(v.staged, &v.path, &v.meta) {
             Ok(f) => {
                 if let Ok(m) = f.metadata() {

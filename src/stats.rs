@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use syncd_proto::pair::lineage::Lineage;
+
 #[derive(Default)]
 pub struct Stats {
     pub role: &'static str,
@@ -43,6 +45,14 @@ pub struct Stats {
     /// Unix seconds when the current session started; 0 when disconnected.
     pub connected_since: AtomicU64,
     pub last_error: Mutex<String>,
+    /// Sessions refused: a standby holding newer data, or a primary refused by one.
+    pub refused: AtomicU64,
+    /// Times another primary took the standby over from this one.
+    pub superseded: AtomicU64,
+    /// Entries kept in the conflicts area by catch-ups.
+    pub conflicts_kept: AtomicU64,
+    /// This node's generation, and the peer's as last heard.
+    pub generation: Mutex<(Lineage, Option<Lineage>)>,
 }
 
 pub fn unix_now() -> u64 {
@@ -66,6 +76,15 @@ impl Stats {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = format!("{} {e}", unix_now());
     }
 
+    /// Our generation, and the peer's when it is known (`None` keeps it).
+    pub fn set_generation(&self, ours: &Lineage, peer: Option<&Lineage>) {
+        let mut g = self.generation.lock().unwrap_or_else(|p| p.into_inner());
+        g.0 = ours.clone();
+        if let Some(p) = peer {
+            g.1 = Some(p.clone());
+        }
+    }
+
     /// Sets the lag from the oldest unacknowledged change.
     pub fn set_lag(&self, ops: u64, oldest: Option<Instant>) {
         self.lag_ops.store(ops, Relaxed);
@@ -81,6 +100,21 @@ impl Stats {
     fn counters(&self) -> Vec<(&'static str, &'static str, &AtomicU64)> {
         vec![
             ("events_total", "filesystem events seen", &self.events),
+            (
+                "sessions_refused_total",
+                "writing sessions refused because the standby holds newer data",
+                &self.refused,
+            ),
+            (
+                "superseded_total",
+                "times another primary took the standby over from this one",
+                &self.superseded,
+            ),
+            (
+                "conflicts_kept_total",
+                "diverged entries kept in the conflicts area",
+                &self.conflicts_kept,
+            ),
             (
                 "batches_total",
                 "batches shipped and acknowledged",
@@ -154,7 +188,27 @@ impl Stats {
 
     fn gauges(&self) -> Vec<(&'static str, &'static str, f64)> {
         let g = |a: &AtomicU64| a.load(Relaxed) as f64;
+        let (ours, peer) = self
+            .generation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         vec![
+            (
+                "generation",
+                "counter of the generation this node leads or follows (0: never synced)",
+                ours.gen.counter as f64,
+            ),
+            (
+                "generation_batch",
+                "last batch committed in this node's generation",
+                ours.commit as f64,
+            ),
+            (
+                "peer_generation",
+                "the peer's generation counter as last heard (0: unknown)",
+                peer.map_or(0.0, |p| p.gen.counter as f64),
+            ),
             (
                 "queue_depth",
                 "changes waiting to be shipped",
@@ -211,6 +265,18 @@ impl Stats {
         let mut s = String::new();
         let _ = writeln!(s, "role: {}", self.role);
         let _ = writeln!(s, "peer: {}", self.peer);
+        let (ours, peer) = self
+            .generation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let _ = writeln!(s, "generation: {}", crate::generation::describe(&ours));
+        let _ = writeln!(
+            s,
+            "peer generation: {}",
+            peer.as_ref()
+                .map_or("unknown".into(), crate::generation::describe)
+        );
         if since > 0 {
             let _ = writeln!(
                 s,

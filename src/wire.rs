@@ -10,11 +10,14 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::path::RelPath;
+use syncd_proto::pair::lineage::{Lineage, NodeId};
 
 /// Bumped on any incompatible change to the messages below.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// ALPN identifier for the QUIC/TLS handshake.
 pub const ALPN: &[u8] = b"syncd/1";
+/// The standby's close reason for a session replaced by a newer one.
+pub const SUPERSEDED: &str = "superseded by a new session";
 /// Largest frame either side accepts.
 pub const MAX_FRAME: usize = 8 << 20;
 /// Largest file data chunk we send in one frame.
@@ -91,6 +94,10 @@ pub enum Request {
         export_id: String,
         node_id: String,
         purpose: Purpose,
+        /// The primary's identity and generation: the standby follows only
+        /// data at least as new as its own.
+        node: NodeId,
+        lineage: Lineage,
     },
     /// Ask for the standby's manifest; `checksum` forces content hashes.
     List {
@@ -185,9 +192,13 @@ pub enum Reply {
     Welcome {
         version: u32,
         node_id: String,
+        node: NodeId,
+        lineage: Lineage,
     },
     Refused {
         reason: String,
+        /// The standby's generation when it refused for holding newer data.
+        lineage: Option<Lineage>,
     },
     ListChunk {
         entries: Vec<Entry>,

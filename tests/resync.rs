@@ -339,6 +339,7 @@ fn hostile_paths_are_refused_and_nothing_escapes() {
         mtime_sec: 0,
         mtime_nsec: 0,
     };
+    let me = syncd::generation::Leading::start(&cfg, false).unwrap();
     rt.block_on(async {
         // `..` and absolute paths cannot even be decoded: the standby ends the session.
         for (placeholder, evil) in [
@@ -346,7 +347,7 @@ fn hostile_paths_are_refused_and_nothing_escapes() {
             (b"xtmp/pwn", b"/tmp/pwn"),
             (b"a/xx/xx/b", b"a/../../b"),
         ] {
-            let mut s = Session::connect(&cfg, Purpose::Resync).await.unwrap();
+            let mut s = Session::connect(&cfg, Purpose::Resync, &me).await.unwrap();
             let req = Request::Mkdir {
                 path: RelPath::new(placeholder.to_vec()).unwrap(),
                 meta,
@@ -366,7 +367,7 @@ fn hostile_paths_are_refused_and_nothing_escapes() {
             );
         }
         // A symlink planted in a parent directory does not lead outside.
-        let mut s = Session::connect(&cfg, Purpose::Resync).await.unwrap();
+        let mut s = Session::connect(&cfg, Purpose::Resync, &me).await.unwrap();
         let rp = |s: &str| RelPath::new(s.as_bytes().to_vec()).unwrap();
         s.send(&Request::Symlink {
             path: rp("evil"),

@@ -36,6 +36,9 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Files the standby could not apply are retried after this (doubling).
 pub const RETRY_MIN: Duration = Duration::from_secs(1);
 pub const RETRY_MAX: Duration = Duration::from_secs(60);
+/// Another primary took the standby over from us: two primaries holding one
+/// key must not fight over it, so wait this long before trying again.
+pub const SUPERSEDED_WAIT: Duration = Duration::from_secs(60);
 /// A hard link made to a file outside a batch's scope is linked on the
 /// standby by a full reconcile this soon (one for all that arrive meanwhile).
 pub const LINKS_DELAY: Duration = Duration::from_secs(1);
@@ -202,6 +205,16 @@ impl Live {
     /// The session failed (mid-ship or while idle): reconnect at once.
     pub fn handle_session_lost(&mut self, now: Instant) {
         self.conn = Conn::Down(now);
+    }
+
+    /// The standby dropped us for a newer session of another primary.
+    pub fn handle_superseded(&mut self, now: Instant) {
+        self.conn = Conn::Down(now + SUPERSEDED_WAIT);
+    }
+
+    /// Batch ids continue from the last one committed (in this generation).
+    pub fn resume_commits(&mut self, last: u64) {
+        self.commit_id = self.commit_id.max(last);
     }
 
     /// The last `Ship` completed: the standby committed it durably, except

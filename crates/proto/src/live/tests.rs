@@ -476,3 +476,21 @@ fn run_seed(seed: u64) {
     );
     assert_eq!(l.lag().ops, 0, "seed {seed}: lag left after convergence");
 }
+
+#[test]
+fn a_superseded_primary_waits_before_it_reconnects_and_ids_resume() {
+    let t0 = Instant::now();
+    let mut l = up(t0);
+    l.handle_superseded(t0);
+    assert_eq!(l.poll_action(t0), None);
+    assert_eq!(l.poll_timeout(), Some(t0 + SUPERSEDED_WAIT));
+    assert_eq!(l.poll_action(t0 + SUPERSEDED_WAIT), Some(Action::Connect));
+    let mut l = Live::new(cfg(), t0);
+    l.resume_commits(41);
+    assert_eq!(l.poll_action(t0), Some(Action::Connect));
+    l.handle_connected(t0);
+    assert!(matches!(
+        l.poll_action(t0),
+        Some(Action::Ship { commit_id: 42, .. })
+    ));
+}

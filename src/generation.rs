@@ -1,0 +1,246 @@
+//! The node's generation record, kept durably in the state directory.
+//!
+//! The rules (which data is newer, who wins after a heal) are in
+//! `syncd_proto::pair::lineage`; this module only stores them: the lineage
+//! this node last led or followed and the newest generation it heard from
+//! its peer, written to a temporary file, fsync'd, renamed over `lineage`,
+//! and the directory fsync'd, so a crash leaves the old record or the new.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use syncd_proto::pair::lineage::{Generation, Lineage, NodeId, Relation};
+
+use crate::config::Config;
+use crate::tls::{Fingerprint, Identity};
+
+const FILE: &str = "lineage";
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Record {
+    pub lineage: Lineage,
+    /// The newest generation heard from the peer.
+    pub peer_seen: Option<Generation>,
+}
+
+/// A node's identity in generations: the first 8 bytes of its
+/// certificate's SHA-256 (two nodes never share a key).
+pub fn node_id(id: &Identity) -> NodeId {
+    let f = Fingerprint::of(&id.cert);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&f.0[..8]);
+    NodeId(u64::from_be_bytes(b))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("generation record {path}: {err}")]
+    Io { path: PathBuf, err: io::Error },
+    #[error("generation record {path} is damaged ({err}); move it away to start this node as never synced")]
+    Damaged { path: PathBuf, err: postcard::Error },
+}
+
+/// Where the record lives.
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    pub fn new(state_dir: &Path) -> Store {
+        Store {
+            dir: state_dir.to_path_buf(),
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join(FILE)
+    }
+
+    /// The stored record; a node that never stored one has never synced.
+    pub fn load(&self) -> Result<Record, RecordError> {
+        let path = self.path();
+        match crate::state::read_private(&path) {
+            Ok(bytes) => {
+                postcard::from_bytes(&bytes).map_err(|err| RecordError::Damaged { path, err })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Record::default()),
+            Err(err) => Err(RecordError::Io { path, err }),
+        }
+    }
+
+    /// Writes `r` durably (see the module comment).
+    pub fn save(&self, r: &Record) -> Result<(), RecordError> {
+        self.write(r, true)
+    }
+
+    /// Writes `r` atomically, leaving the flush to a `syncfs` that follows.
+    pub fn save_unsynced(&self, r: &Record) -> Result<(), RecordError> {
+        self.write(r, false)
+    }
+
+    fn write(&self, r: &Record, sync: bool) -> Result<(), RecordError> {
+        let io = |err| RecordError::Io {
+            path: self.path(),
+            err,
+        };
+        crate::state::private_dir(&self.dir).map_err(io)?;
+        let bytes = postcard::to_stdvec(r).map_err(|e| io(io::Error::other(e)))?;
+        let tmp = self.dir.join(format!("{FILE}.tmp"));
+        let mut f = crate::state::create_private(&tmp).map_err(io)?;
+        f.write_all(&bytes).map_err(io)?;
+        if sync {
+            f.sync_all().map_err(io)?;
+        }
+        drop(f);
+        std::fs::rename(&tmp, self.path()).map_err(io)?;
+        if sync {
+            std::fs::File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+        }
+        Ok(())
+    }
+}
+
+/// The sending side's record: who we are and the generation we lead.
+pub struct Leading {
+    store: Store,
+    pub node: NodeId,
+    pub record: Record,
+}
+
+impl Leading {
+    /// Loads the record and, unless this node already leads the current
+    /// generation, starts a new one (durably, before anything is sent):
+    /// a node that followed another, or never synced, leads a generation of
+    /// its own from now on. `take_over` starts a new one regardless, above
+    /// every generation seen from the peer.
+    pub fn start(cfg: &Config, take_over: bool) -> Result<Leading, RecordError> {
+        let id = Identity::from_config(cfg).map_err(|e| RecordError::Io {
+            path: cfg.cert.clone(),
+            err: io::Error::other(e),
+        })?;
+        let node = node_id(&id);
+        let store = Store::new(&cfg.state_dir);
+        let mut record = store.load()?;
+        let l = &record.lineage;
+        if take_over || !l.synced() || l.gen.node != node {
+            let gen = record.lineage.promote(node, record.peer_seen);
+            store.save(&record)?;
+            tracing::info!(generation = %gen, "leading a new generation");
+        }
+        Ok(Leading {
+            store,
+            node,
+            record,
+        })
+    }
+
+    /// Read-only use (verify): the record as it is.
+    pub fn current(cfg: &Config) -> Result<Leading, RecordError> {
+        let id = Identity::from_config(cfg).map_err(|e| RecordError::Io {
+            path: cfg.cert.clone(),
+            err: io::Error::other(e),
+        })?;
+        let store = Store::new(&cfg.state_dir);
+        let record = store.load()?;
+        Ok(Leading {
+            store,
+            node: node_id(&id),
+            record,
+        })
+    }
+
+    /// The peer told us its generation; a newer one is remembered durably.
+    pub fn saw_peer(&mut self, peer: &Lineage) {
+        if peer.synced() && self.record.peer_seen.is_none_or(|g| peer.gen > g) {
+            self.record.peer_seen = Some(peer.gen);
+            self.save();
+        }
+    }
+
+    /// The standby acknowledged batch `id` durably.
+    pub fn committed(&mut self, id: u64) {
+        self.record.lineage.commit = self.record.lineage.commit.max(id);
+    }
+
+    pub fn save(&self) {
+        if let Err(e) = self.store.save(&self.record) {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+/// How a standby answers a primary, from its own record and the primary's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Follow it; `preserve`: keep every local file the catch-up would
+    /// overwrite or delete in the conflicts area (this node may hold writes
+    /// the primary never received).
+    Follow { preserve: bool },
+    /// Refuse: this node's data is newer; following would lose it.
+    Refuse(String),
+}
+
+/// The standby's rule for a writing session from `primary`.
+pub fn judge(me: NodeId, ours: &Lineage, primary: &Lineage) -> Verdict {
+    match ours.relation(me, primary) {
+        Relation::Same => Verdict::Follow { preserve: false },
+        Relation::Behind { preserve } => Verdict::Follow { preserve },
+        Relation::Diverged { we_win: false } => Verdict::Follow { preserve: true },
+        Relation::Ahead | Relation::Diverged { we_win: true } => Verdict::Refuse(format!(
+            "this standby holds newer data (generation {} batch {}) than the primary (generation {} batch {}); \
+             following it would overwrite that data. Make this node the primary, or start a new generation \
+             on the primary with `syncd resync --take-over`",
+            ours.gen, ours.commit, primary.gen, primary.commit
+        )),
+    }
+}
+
+/// One line for status and logs: "3-00ab…cd batch 17".
+pub fn describe(l: &Lineage) -> String {
+    if l.synced() {
+        format!("{} batch {}", l.gen, l.commit)
+    } else {
+        "none (never synced)".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_record_survives_a_reload_and_damage_is_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::new(&d.path().join("state"));
+        assert_eq!(s.load().unwrap(), Record::default());
+        let mut r = Record::default();
+        r.lineage.promote(NodeId(7), None);
+        r.lineage.commit = 42;
+        r.peer_seen = Some(r.lineage.gen);
+        s.save(&r).unwrap();
+        assert_eq!(s.load().unwrap(), r);
+        std::fs::write(d.path().join("state/lineage"), b"\xff\xff\xff").unwrap();
+        let e = s.load().unwrap_err().to_string();
+        assert!(e.contains("damaged"), "{e}");
+    }
+
+    #[test]
+    fn a_standby_refuses_older_data_and_preserves_when_it_may_hold_writes() {
+        let (a, b) = (NodeId(0xa), NodeId(0xb));
+        let mut la = Lineage::default();
+        la.promote(a, None);
+        let mut lb = Lineage::default();
+        // a fresh standby follows
+        assert_eq!(judge(b, &lb, &la), Verdict::Follow { preserve: false });
+        lb.follow(&la);
+        assert_eq!(judge(b, &lb, &la), Verdict::Follow { preserve: false });
+        // b took over; a comes back as the primary with its old data
+        lb.promote(b, Some(la.gen));
+        assert!(matches!(judge(b, &lb, &la), Verdict::Refuse(m) if m.contains("newer data")));
+        // a as the standby of b: it led, it may hold writes b never got
+        assert_eq!(judge(a, &la, &lb), Verdict::Follow { preserve: true });
+    }
+}

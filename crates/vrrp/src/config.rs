@@ -67,6 +67,10 @@ pub struct VrrpConfig {
     /// Seconds between periodic gratuitous ARPs while master (0 = off).
     #[serde(default)]
     pub garp_refresh: f64,
+    /// Accept adverts whose address list differs from `virtual_ips`
+    /// (keepalived `vrrp_skip_check_adv_addr`); by default they are dropped.
+    #[serde(default)]
+    pub skip_check_adv_addr: bool,
 }
 
 /// A tracked health check: exactly one of `script`, `tcp`, `http`, `process`.
@@ -174,6 +178,7 @@ pub struct InstanceConfig {
     pub garp_repeat: u32,
     pub garp_delay: Duration,
     pub garp_refresh: Option<Duration>,
+    pub skip_check_adv_addr: bool,
 }
 
 impl InstanceConfig {
@@ -191,6 +196,7 @@ impl InstanceConfig {
         m.auth = self.auth;
         m.vips = self.vips.iter().map(|v| v.addr).collect();
         m.check_ttl = self.unicast_peers.is_empty();
+        m.skip_check_adv_addr = self.skip_check_adv_addr;
         m.garp_repeat = self.garp_repeat;
         m.garp_delay = self.garp_delay;
         m.garp_refresh = self.garp_refresh;
@@ -556,6 +562,7 @@ pub fn validate(file: &VrrpFile) -> Result<Config, ConfigError> {
             garp_repeat: c.garp_repeat,
             garp_delay,
             garp_refresh: (!garp_refresh.is_zero()).then_some(garp_refresh),
+            skip_check_adv_addr: c.skip_check_adv_addr,
         });
     }
     for (a, x) in instances.iter().enumerate() {
@@ -623,6 +630,16 @@ rise = 2
         assert_eq!(i.tracks[0].weight, -20);
         assert_eq!(i.tracks[0].timeout, Duration::from_secs(2));
         assert!(i.machine_config("10.0.0.1".parse().unwrap()).check_ttl);
+        assert!(
+            !i.machine_config("10.0.0.1".parse().unwrap())
+                .skip_check_adv_addr
+        );
+        let c = parse(&OK.replace("nopreempt", "skip_check_adv_addr = true\nnopreempt")).unwrap();
+        assert!(
+            c.instances[0]
+                .machine_config("10.0.0.1".parse().unwrap())
+                .skip_check_adv_addr
+        );
     }
 
     fn err(text: &str) -> String {

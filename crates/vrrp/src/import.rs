@@ -174,6 +174,7 @@ pub fn convert(text: &str) -> Imported {
     let mut warnings = Vec::new();
     let mut scripts: BTreeMap<String, Script> = BTreeMap::new();
     let mut global_version: Option<String> = None;
+    let mut global_skip_check_adv_addr = false;
 
     for n in &top {
         match n.key() {
@@ -206,6 +207,7 @@ pub fn convert(text: &str) -> Imported {
                 for c in &n.children {
                     match c.key() {
                         "vrrp_version" => global_version = c.arg(1).map(str::to_string),
+                        "vrrp_skip_check_adv_addr" => global_skip_check_adv_addr = true,
                         "router_id"
                         | "notification_email"
                         | "notification_email_from"
@@ -258,6 +260,7 @@ pub fn convert(text: &str) -> Imported {
         let mut unicast_src = None;
         let mut mcast_src = None;
         let mut interface = None;
+        let mut skip_check_adv_addr = global_skip_check_adv_addr;
         for c in &n.children {
             let a1 = c.arg(1);
             let simple_num =
@@ -277,6 +280,7 @@ pub fn convert(text: &str) -> Imported {
                 "advert_int" => simple_num("advert_int", &mut kv, &mut warnings),
                 "version" => version = a1.map(str::to_string),
                 "nopreempt" => kv.push(("nopreempt".into(), "true".into())),
+                "skip_check_adv_addr" => skip_check_adv_addr = true,
                 "preempt" => {}
                 "preempt_delay" => simple_num("preempt_delay", &mut kv, &mut warnings),
                 "garp_master_delay" => simple_num("garp_delay", &mut kv, &mut warnings),
@@ -388,6 +392,9 @@ pub fn convert(text: &str) -> Imported {
         }
         for (k, v) in &kv {
             let _ = writeln!(out, "{k} = {v}");
+        }
+        if skip_check_adv_addr {
+            let _ = writeln!(out, "skip_check_adv_addr = true");
         }
         let ver = version.as_deref().unwrap_or("2");
         let _ = writeln!(out, "version = {}", if ver == "3" { 3 } else { 2 });
@@ -553,6 +560,25 @@ vrrp_instance VI_9 {
             "{:?}",
             r.warnings
         );
+    }
+
+    #[test]
+    fn maps_skip_check_adv_addr() {
+        let inst = "vrrp_instance VI_1 {\n interface eth0\n virtual_router_id 1\n virtual_ipaddress {\n 10.0.0.100\n }\n}\n";
+        let skip = |text: &str| {
+            let r = convert(text);
+            assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+            let c = crate::config::parse(&r.toml).unwrap_or_else(|e| panic!("{e}\n{}", r.toml));
+            c.instances[0].skip_check_adv_addr
+        };
+        assert!(!skip(inst));
+        assert!(skip(&format!(
+            "global_defs {{\n vrrp_skip_check_adv_addr\n}}\n{inst}"
+        )));
+        assert!(skip(&inst.replace(
+            "interface eth0",
+            "interface eth0\n skip_check_adv_addr"
+        )));
     }
 
     #[test]

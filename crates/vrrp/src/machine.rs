@@ -62,6 +62,10 @@ pub struct MachineConfig {
     pub vips: Vec<IpAddr>,
     /// Check TTL = 255 (multicast mode). keepalived skips it for unicast.
     pub check_ttl: bool,
+    /// Accept adverts whose address list differs from [`MachineConfig::vips`]
+    /// (keepalived `vrrp_skip_check_adv_addr`). Off by default: a mismatch means
+    /// a misconfigured or spoofed peer.
+    pub skip_check_adv_addr: bool,
     /// Gratuitous ARP / NA burst size on becoming master (keepalived `garp_master_repeat`, 5).
     pub garp_repeat: u32,
     /// Delay of the second burst (keepalived `garp_master_delay`, 5 s); zero disables it.
@@ -90,6 +94,7 @@ impl MachineConfig {
             auth: Auth::None,
             vips: Vec::new(),
             check_ttl: true,
+            skip_check_adv_addr: false,
             garp_repeat: 5,
             garp_delay: Duration::from_secs(5),
             garp_refresh: None,
@@ -150,6 +155,8 @@ pub enum DropReason {
     AuthMismatch,
     #[error("v2 advertisement interval {got_cs} cs differs from ours {want_cs} cs")]
     IntervalMismatch { got_cs: u16, want_cs: u16 },
+    #[error("addresses {got:?} differ from our virtual addresses {want:?}")]
+    AddressMismatch { got: Vec<IpAddr>, want: Vec<IpAddr> },
     #[error("our own advert looped back")]
     Own,
     #[error("not running (state {0})")]
@@ -164,6 +171,7 @@ impl DropReason {
             DropReason::BadTtl(_) => "bad_ttl",
             DropReason::AuthMismatch => "auth_mismatch",
             DropReason::IntervalMismatch { .. } => "interval_mismatch",
+            DropReason::AddressMismatch { .. } => "address_mismatch",
             DropReason::Own => "own_advert",
             DropReason::NotRunning(_) => "not_running",
         }
@@ -433,6 +441,26 @@ impl Machine {
                     got_cs: a.interval_cs,
                     want_cs,
                 });
+            }
+        }
+        if !self.cfg.skip_check_adv_addr {
+            // As keepalived: one or more VIPs of the VRID differ from the master's
+            // advert. Compared as sets of the packet's family, since an advert only
+            // carries addresses of its own family (see `Advert::encode`).
+            let mut got = a.addrs.clone();
+            got.sort();
+            got.dedup();
+            let mut want: Vec<IpAddr> = self
+                .cfg
+                .vips
+                .iter()
+                .copied()
+                .filter(|v| v.is_ipv4() == src.is_ipv4())
+                .collect();
+            want.sort();
+            want.dedup();
+            if got != want {
+                return Err(DropReason::AddressMismatch { got, want });
             }
         }
         Ok(())

@@ -573,3 +573,72 @@ fn garp_second_burst_and_refresh() {
     assert_eq!(a[3], (120 * S, 1));
     assert_eq!(a.len(), 4);
 }
+
+#[test]
+fn drops_adverts_whose_addresses_differ_from_our_vips() {
+    for v in [Version::V2, Version::V3] {
+        let mut c = cfg(v, 100, 2, 1000);
+        c.vips = vec![ip(100), ip(101)];
+        let mut m = Machine::new(c.clone());
+        let t = Instant::now();
+        m.handle_event(t, Event::Startup).unwrap();
+        let ev = |advert| Event::Advert {
+            src: ip(1),
+            ttl: 255,
+            advert,
+        };
+        let good = Machine::new(c.clone()).advert(200);
+        // same set in another order is fine
+        let mut reordered = good.clone();
+        reordered.addrs.reverse();
+        assert_eq!(m.handle_event(t, ev(reordered)), Ok(()));
+        for addrs in [vec![ip(100)], vec![ip(100), ip(102)], vec![]] {
+            let mut bad = good.clone();
+            bad.addrs = addrs;
+            let r = m.handle_event(t, ev(bad));
+            assert!(
+                matches!(r, Err(DropReason::AddressMismatch { .. })),
+                "{v:?}: {r:?}"
+            );
+            assert_eq!(r.unwrap_err().reason(), "address_mismatch");
+        }
+        // the dropped adverts did not refresh the master down timer
+        m.handle_timeout(t + m.master_down_interval());
+        assert_eq!(m.state(), State::Master, "{v:?}");
+        // vrrp_skip_check_adv_addr
+        c.skip_check_adv_addr = true;
+        let mut m = Machine::new(c);
+        m.handle_event(t, Event::Startup).unwrap();
+        let mut other = good.clone();
+        other.addrs = vec![ip(99)];
+        assert_eq!(m.handle_event(t, ev(other)), Ok(()));
+    }
+}
+
+#[test]
+fn address_check_uses_the_packet_family_only() {
+    let mut c = cfg(Version::V3, 100, 2, 1000);
+    let v6: IpAddr = "2001:db8::100".parse().unwrap();
+    c.vips = vec![ip(100), v6];
+    let mut m = Machine::new(c.clone());
+    let t = Instant::now();
+    m.handle_event(t, Event::Startup).unwrap();
+    // what a peer with the same config puts on the wire over IPv4
+    let bytes = Machine::new(c)
+        .advert(200)
+        .encode(ip(1), IpAddr::V4(crate::packet::MCAST_V4))
+        .unwrap();
+    let adv = Advert::decode(&bytes, ip(1), IpAddr::V4(crate::packet::MCAST_V4)).unwrap();
+    assert_eq!(adv.addrs, vec![ip(100)]);
+    assert_eq!(
+        m.handle_event(
+            t,
+            Event::Advert {
+                src: ip(1),
+                ttl: 255,
+                advert: adv
+            }
+        ),
+        Ok(())
+    );
+}

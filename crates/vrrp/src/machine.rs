@@ -254,6 +254,13 @@ impl Machine {
         )
     }
 
+    /// v3 Master_Adver_Interval learned from an advert, capped at our own
+    /// advert_int: adverts are unauthenticated, and a spoofed 40.95 s interval
+    /// would otherwise stretch failover to about two minutes.
+    fn learned_interval(&self, interval_cs: u16) -> Duration {
+        from_cs(interval_cs).min(self.cfg.advert_int)
+    }
+
     fn skew(&self) -> Duration {
         skew_time(
             self.cfg.version,
@@ -490,7 +497,7 @@ impl Machine {
                 }
                 if accept {
                     if self.cfg.version == Version::V3 {
-                        self.master_adver_interval = from_cs(a.interval_cs);
+                        self.master_adver_interval = self.learned_interval(a.interval_cs);
                     }
                     self.master_ip = Some(src);
                     self.master_down_timer = Some(now + self.master_down_interval());
@@ -509,7 +516,7 @@ impl Machine {
                     || (a.priority == ours && ip_greater(src, self.cfg.primary_ip));
                 if higher {
                     if self.cfg.version == Version::V3 {
-                        self.master_adver_interval = from_cs(a.interval_cs);
+                        self.master_adver_interval = self.learned_interval(a.interval_cs);
                     }
                     self.master_ip = Some(src);
                     let why = if a.priority > ours {

@@ -642,3 +642,34 @@ fn address_check_uses_the_packet_family_only() {
         Ok(())
     );
 }
+
+#[test]
+fn spoofed_long_interval_does_not_delay_takeover() {
+    let own = cfg(Version::V3, 100, 2, 1000);
+    let mut m = Machine::new(own.clone());
+    let t = Instant::now();
+    m.handle_event(t, Event::Startup).unwrap();
+    let mut spoof = Machine::new(cfg(Version::V3, 200, 1, 1000)).advert(200);
+    spoof.interval_cs = 4095;
+    let at = t + S;
+    m.handle_event(
+        at,
+        Event::Advert {
+            src: ip(1),
+            ttl: 255,
+            advert: spoof,
+        },
+    )
+    .unwrap();
+    assert_eq!(m.master_adver_interval(), S);
+    // nothing more is heard: the backup takes over within its own 3×advert_int + skew
+    let limit = at + master_down_interval(Version::V3, 100, S);
+    let mut now = at;
+    while m.state() == State::Backup {
+        now = m.poll_timeout().unwrap();
+        assert!(now <= limit, "no takeover by {:?}", limit - at);
+        m.handle_timeout(now);
+    }
+    assert_eq!(m.state(), State::Master);
+    assert_eq!(now, limit);
+}

@@ -433,6 +433,28 @@ impl Shell<'_> {
         });
     }
 
+    /// Add every VIP; the first failure (all are attempted) is the cause reported.
+    async fn add_all(&self) -> Result<(), String> {
+        let mut first = None;
+        for v in &self.cfg.vips {
+            if let Err(e) = self.net.add(self.ifindex, *v).await {
+                Counters::inc(&self.counters.netlink_errors);
+                tracing::error!(instance = %self.cfg.name, vip = %v, error = %e, "cannot add virtual address");
+                first.get_or_insert(format!("{v} on {}: {e}", self.cfg.interface));
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    async fn remove_all(&self) {
+        for v in &self.cfg.vips {
+            if let Err(e) = self.net.del(self.ifindex, *v).await {
+                Counters::inc(&self.counters.netlink_errors);
+                tracing::error!(instance = %self.cfg.name, vip = %v, error = %e, "cannot remove virtual address");
+            }
+        }
+    }
+
     async fn drain(&mut self) {
         while let Some(a) = self.machine.poll_action() {
             match a {
@@ -454,21 +476,24 @@ impl Shell<'_> {
                     }
                 }
                 Action::AddAddresses => {
-                    for v in &self.cfg.vips {
-                        if let Err(e) = self.net.add(self.ifindex, *v).await {
-                            Counters::inc(&self.counters.netlink_errors);
-                            tracing::error!(instance = %self.cfg.name, vip = %v, error = %e, "cannot add virtual address");
-                        }
-                    }
+                    let r = self.add_all().await;
+                    // The machine decides: a master without its VIPs goes FAULT.
+                    let _ = self
+                        .machine
+                        .handle_event(std::time::Instant::now(), Event::AddressResult(r));
                 }
-                Action::RemoveAddresses => {
-                    for v in &self.cfg.vips {
-                        if let Err(e) = self.net.del(self.ifindex, *v).await {
-                            Counters::inc(&self.counters.netlink_errors);
-                            tracing::error!(instance = %self.cfg.name, vip = %v, error = %e, "cannot remove virtual address");
-                        }
+                Action::ProbeAddresses => {
+                    let r = self.add_all().await;
+                    // Only a probe: the machine re-adds them if it becomes master.
+                    self.remove_all().await;
+                    if let Err(e) = &r {
+                        tracing::warn!(instance = %self.cfg.name, error = %e, "virtual addresses still cannot be added; staying in FAULT and retrying");
                     }
+                    let _ = self
+                        .machine
+                        .handle_event(std::time::Instant::now(), Event::AddressResult(r));
                 }
+                Action::RemoveAddresses => self.remove_all().await,
                 Action::Announce { count } => match self.announcer.announce(&self.vip_addrs, count)
                 {
                     Ok(n) => {

@@ -233,12 +233,13 @@ pub async fn run(
     let mut helpers = tokio::task::JoinSet::new();
     for (i, t) in cfg.tracks.iter().cloned().enumerate() {
         let tx = htx.clone();
+        let runner = cfg.scripts.clone();
         helpers.spawn(async move {
             let mut tick = tokio::time::interval(t.interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let ok = checks::probe(&t.kind, t.timeout).await;
+                let ok = checks::probe(&t.kind, t.timeout, &runner).await;
                 if tx.send(HealthMsg::Track(i, ok)).await.is_err() {
                     return;
                 }
@@ -269,6 +270,7 @@ pub async fn run(
         fault: cfg.notify_fault.clone(),
         stop: cfg.notify_stop.clone(),
         generic: cfg.notify.clone(),
+        runner: cfg.scripts.clone(),
     };
     let (notifier, notify_task) = Notifier::spawn(name.clone(), hooks);
 

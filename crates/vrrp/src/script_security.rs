@@ -49,19 +49,26 @@ impl ScriptUser {
     }
 }
 
+/// (uid, primary gid). A number without a passwd entry is accepted with gid = uid.
 fn lookup_user(name: &str) -> Result<(u32, u32), String> {
-    if let Ok(uid) = name.parse::<u32>() {
-        return Ok((uid, uid));
-    }
+    let numeric = name.parse::<u32>().ok();
     let c = CString::new(name).map_err(|_| format!("user {name:?} contains a NUL byte"))?;
+    // SAFETY: passwd is plain old data; all-zero is a valid value.
     let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     let mut out: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: every pointer refers to live, correctly sized storage for the call.
-    let rc =
-        unsafe { libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
+    let rc = unsafe {
+        match numeric {
+            Some(uid) => libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out),
+            None => libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut out),
+        }
+    };
     if rc != 0 || out.is_null() {
-        return Err(format!("no user {name:?} on this system"));
+        return match numeric {
+            Some(uid) => Ok((uid, uid)),
+            None => Err(format!("no user {name:?} on this system")),
+        };
     }
     Ok((pw.pw_uid, pw.pw_gid))
 }
@@ -71,6 +78,7 @@ fn lookup_group(name: &str) -> Result<u32, String> {
         return Ok(gid);
     }
     let c = CString::new(name).map_err(|_| format!("group {name:?} contains a NUL byte"))?;
+    // SAFETY: group is plain old data; all-zero is a valid value.
     let mut gr: libc::group = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     let mut out: *mut libc::group = std::ptr::null_mut();
@@ -335,7 +343,9 @@ mod tests {
         assert_eq!((r.uid, r.gid), (0, 0));
         let r = ScriptUser::resolve("root:0").unwrap();
         assert_eq!(r.gid, 0);
-        assert_eq!(ScriptUser::resolve("65534").unwrap().uid, 65534);
+        let n = ScriptUser::resolve("65534").unwrap();
+        assert_eq!((n.uid, n.gid), (65534, 65534));
+        assert_eq!(ScriptUser::resolve("0").unwrap().gid, 0);
         assert!(ScriptUser::resolve("no-such-user-here")
             .unwrap_err()
             .contains("no user"));

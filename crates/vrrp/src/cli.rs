@@ -66,10 +66,17 @@ pub fn cli_main(args: Vec<OsString>) -> i32 {
         return match std::fs::read_to_string(path) {
             Ok(text) => {
                 let r = crate::import::convert(&text);
-                print!("{}", r.toml);
                 for w in &r.warnings {
                     eprintln!("warning: {w}");
                 }
+                if !r.errors.is_empty() {
+                    // No TOML at all: a half-converted file could be deployed by mistake.
+                    for e in &r.errors {
+                        eprintln!("error: {e}");
+                    }
+                    return 1;
+                }
+                print!("{}", r.toml);
                 if r.instances == 0 {
                     eprintln!("error: no vrrp_instance block found in {}", path.display());
                     1

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::machine::MachineConfig;
 use crate::packet::{Auth, Version};
+use crate::script_security::{check_command, ScriptRunner, ScriptUser};
 
 /// The whole file: an optional admin address and the instances.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -67,6 +68,16 @@ pub struct VrrpConfig {
     /// Seconds between periodic gratuitous ARPs while master (0 = off).
     #[serde(default)]
     pub garp_refresh: f64,
+    /// Accept adverts whose address list differs from `virtual_ips`
+    /// (keepalived `vrrp_skip_check_adv_addr`); by default they are dropped.
+    #[serde(default)]
+    pub skip_check_adv_addr: bool,
+    /// keepalived `enable_script_security`: refuse track/notify scripts that a
+    /// non-root user could modify (file or any directory above it).
+    #[serde(default = "d_true")]
+    pub script_security: bool,
+    /// Run track and notify scripts as `"user"` or `"user:group"` (keepalived `script_user`); default root.
+    pub script_user: Option<String>,
 }
 
 /// A tracked health check: exactly one of `script`, `tcp`, `http`, `process`.
@@ -96,6 +107,9 @@ pub struct TrackConfig {
 
 fn d_priority() -> i64 {
     100
+}
+fn d_true() -> bool {
+    true
 }
 fn d_one() -> f64 {
     1.0
@@ -174,6 +188,9 @@ pub struct InstanceConfig {
     pub garp_repeat: u32,
     pub garp_delay: Duration,
     pub garp_refresh: Option<Duration>,
+    pub skip_check_adv_addr: bool,
+    /// How track and notify scripts are run (`script_user`, `script_security`).
+    pub scripts: ScriptRunner,
 }
 
 impl InstanceConfig {
@@ -191,6 +208,7 @@ impl InstanceConfig {
         m.auth = self.auth;
         m.vips = self.vips.iter().map(|v| v.addr).collect();
         m.check_ttl = self.unicast_peers.is_empty();
+        m.skip_check_adv_addr = self.skip_check_adv_addr;
         m.garp_repeat = self.garp_repeat;
         m.garp_delay = self.garp_delay;
         m.garp_refresh = self.garp_refresh;
@@ -530,6 +548,49 @@ pub fn validate(file: &VrrpFile) -> Result<Config, ConfigError> {
                 rise: t.rise.max(1),
             });
         }
+        let user = c
+            .script_user
+            .as_deref()
+            .and_then(|u| match ScriptUser::resolve(u) {
+                Ok(u) => Some(u),
+                Err(e) => {
+                    errs.push(format!(
+                        "{}: {e}; create it or remove script_user (scripts then run as root)",
+                        k("script_user")
+                    ));
+                    None
+                }
+            });
+        if c.script_security {
+            let mut scripts: Vec<(String, &String)> = c
+                .track
+                .iter()
+                .enumerate()
+                .filter_map(|(j, t)| {
+                    t.script
+                        .as_ref()
+                        .map(|s| (format!("vrrp[{i}].track[{j}].script"), s))
+                })
+                .collect();
+            for (key, v) in [
+                ("notify_master", &c.notify_master),
+                ("notify_backup", &c.notify_backup),
+                ("notify_fault", &c.notify_fault),
+                ("notify_stop", &c.notify_stop),
+                ("notify", &c.notify),
+            ] {
+                if let Some(v) = v {
+                    scripts.push((k(key), v));
+                }
+            }
+            for (key, cmd) in scripts {
+                if let Err(e) = check_command(cmd) {
+                    errs.push(format!(
+                        "{key}: {cmd:?} is not safe to run: {e}. A non-root user could change what runs; make the program and every directory above it owned by root and not writable by group or others (chown root:root; chmod go-w), or set script_security = false"
+                    ));
+                }
+            }
+        }
         let vrid = c.vrid.clamp(1, 255) as u8;
         instances.push(InstanceConfig {
             name: c.name.clone().unwrap_or_else(|| format!("VI_{vrid}")),
@@ -556,6 +617,11 @@ pub fn validate(file: &VrrpFile) -> Result<Config, ConfigError> {
             garp_repeat: c.garp_repeat,
             garp_delay,
             garp_refresh: (!garp_refresh.is_zero()).then_some(garp_refresh),
+            skip_check_adv_addr: c.skip_check_adv_addr,
+            scripts: ScriptRunner {
+                user,
+                secure: c.script_security,
+            },
         });
     }
     for (a, x) in instances.iter().enumerate() {
@@ -623,6 +689,16 @@ rise = 2
         assert_eq!(i.tracks[0].weight, -20);
         assert_eq!(i.tracks[0].timeout, Duration::from_secs(2));
         assert!(i.machine_config("10.0.0.1".parse().unwrap()).check_ttl);
+        assert!(
+            !i.machine_config("10.0.0.1".parse().unwrap())
+                .skip_check_adv_addr
+        );
+        let c = parse(&OK.replace("nopreempt", "skip_check_adv_addr = true\nnopreempt")).unwrap();
+        assert!(
+            c.instances[0]
+                .machine_config("10.0.0.1".parse().unwrap())
+                .skip_check_adv_addr
+        );
     }
 
     fn err(text: &str) -> String {
@@ -654,10 +730,68 @@ rise = 2
         assert!(e.contains("VRRPv3 has no authentication"), "{e}");
         let e = err("[[vrrp]]\ninterface = \"eth0\"\nvrid = 1\nvirtual_ips = [\"10.0.0.1\"]\nunicast_src = \"10.0.0.2\"\n");
         assert!(e.contains("no fallback to multicast"), "{e}");
+        let e = err(&OK.replace(
+            "nopreempt",
+            "script_user = \"no-such-user-here\"\nnopreempt",
+        ));
+        assert!(e.contains("vrrp[0].script_user: no user"), "{e}");
         let e = err("admin = \"nope\"\n");
         assert!(
             e.contains("admin:") && e.contains("no [[vrrp]] instance"),
             "{e}"
         );
+    }
+}
+
+#[cfg(test)]
+mod script_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn conf(script: &str, extra: &str) -> String {
+        format!("[[vrrp]]\ninterface = \"eth0\"\nvrid = 1\nvirtual_ips = [\"10.0.0.1\"]\nnotify_master = \"echo up\"\n{extra}\n[[vrrp.track]]\nscript = \"{script} --quick\"\n")
+    }
+
+    #[test]
+    fn insecure_scripts_are_refused_at_load_naming_the_key() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return; // needs root to create a root-owned script
+        }
+        let d = std::env::temp_dir().join(format!("syncd-vrrp-cfg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let s = d.join("check.sh");
+        std::fs::write(&s, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&s, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let script = s.display().to_string();
+        let c = parse(&conf(&script, "")).unwrap();
+        assert!(c.instances[0].scripts.secure);
+        assert_eq!(c.instances[0].scripts.user, None);
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = parse(&conf(&script, "")).unwrap_err().to_string();
+        assert!(
+            e.contains("vrrp[0].track[0].script:")
+                && e.contains("writable by everyone")
+                && e.contains("chmod go-w")
+                && e.contains("script_security = false"),
+            "{e}"
+        );
+        // the same for a notify hook
+        let e = parse(&conf("true", &format!("notify = \"{script}\"")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vrrp[0].notify:"), "{e}");
+        // explicit opt-out, and script_user
+        let c = parse(&conf(
+            &script,
+            "script_security = false\nscript_user = \"nobody\"",
+        ))
+        .unwrap();
+        let r = &c.instances[0].scripts;
+        assert!(!r.secure);
+        assert_eq!(r.user.as_ref().map(|u| u.uid), Some(65534));
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -15,6 +15,8 @@ pub struct Imported {
     pub toml: String,
     /// Everything that was not mapped, or was mapped with a change of meaning.
     pub warnings: Vec<String>,
+    /// What must not be converted at all (e.g. `auth_type AH`): the TOML must not be used.
+    pub errors: Vec<String>,
     pub instances: usize,
 }
 
@@ -174,6 +176,10 @@ pub fn convert(text: &str) -> Imported {
     let mut warnings = Vec::new();
     let mut scripts: BTreeMap<String, Script> = BTreeMap::new();
     let mut global_version: Option<String> = None;
+    let mut global_skip_check_adv_addr = false;
+    let mut script_security = false;
+    let mut script_user: Option<String> = None;
+    let mut errors = Vec::new();
 
     for n in &top {
         match n.key() {
@@ -206,13 +212,21 @@ pub fn convert(text: &str) -> Imported {
                 for c in &n.children {
                     match c.key() {
                         "vrrp_version" => global_version = c.arg(1).map(str::to_string),
+                        "vrrp_skip_check_adv_addr" => global_skip_check_adv_addr = true,
                         "router_id"
                         | "notification_email"
                         | "notification_email_from"
                         | "smtp_server"
-                        | "smtp_connect_timeout"
-                        | "enable_script_security"
-                        | "script_user" => {}
+                        | "smtp_connect_timeout" => {}
+                        "enable_script_security" => script_security = true,
+                        "script_user" => match (c.arg(1), c.arg(2)) {
+                            (Some(u), Some(g)) => script_user = Some(format!("{u}:{g}")),
+                            (Some(u), None) => script_user = Some(u.to_string()),
+                            _ => warnings.push(format!(
+                                "line {}: global_defs `script_user` needs a user name",
+                                c.line
+                            )),
+                        },
                         other => warnings.push(format!(
                             "line {}: global_defs `{other}` is not mapped",
                             c.line
@@ -258,6 +272,7 @@ pub fn convert(text: &str) -> Imported {
         let mut unicast_src = None;
         let mut mcast_src = None;
         let mut interface = None;
+        let mut skip_check_adv_addr = global_skip_check_adv_addr;
         for c in &n.children {
             let a1 = c.arg(1);
             let simple_num =
@@ -277,6 +292,7 @@ pub fn convert(text: &str) -> Imported {
                 "advert_int" => simple_num("advert_int", &mut kv, &mut warnings),
                 "version" => version = a1.map(str::to_string),
                 "nopreempt" => kv.push(("nopreempt".into(), "true".into())),
+                "skip_check_adv_addr" => skip_check_adv_addr = true,
                 "preempt" => {}
                 "preempt_delay" => simple_num("preempt_delay", &mut kv, &mut warnings),
                 "garp_master_delay" => simple_num("garp_delay", &mut kv, &mut warnings),
@@ -284,27 +300,31 @@ pub fn convert(text: &str) -> Imported {
                 "garp_master_refresh" => simple_num("garp_refresh", &mut kv, &mut warnings),
                 "authentication" => {
                     let mut ty = None;
+                    let mut pass = None;
                     for a in &c.children {
                         match a.key() {
                             "auth_type" => ty = a.arg(1).map(str::to_string),
-                            "auth_pass" => {
-                                if let Some(p) = a.arg(1) {
-                                    kv.push((
-                                        "auth_pass".into(),
-                                        q(&p.chars().take(8).collect::<String>()),
-                                    ));
-                                    if p.len() > 8 {
-                                        warnings.push(w("auth_pass longer than 8 bytes: truncated to 8, as keepalived does".into()));
-                                    }
-                                }
-                            }
+                            "auth_pass" => pass = a.arg(1).map(str::to_string),
                             other => {
                                 warnings.push(w(format!("authentication `{other}` is not mapped")))
                             }
                         }
                     }
-                    if ty.as_deref() == Some("AH") {
-                        warnings.push(w("auth_type AH is not supported (deprecated by RFC 3768); the password was kept as PASS — change both nodes".into()));
+                    if ty.as_deref().is_some_and(|t| t.eq_ignore_ascii_case("AH")) {
+                        // Never downgrade: an AH secret sent as a cleartext PASS would leak it
+                        // on the wire, and the peers would not interoperate anyway.
+                        errors.push(w("auth_type AH is not supported (IPsec AH, dropped by RFC 3768); refusing to convert it into a cleartext password. Switch both nodes to no authentication (firewall protocol 112 to the peer, see the README) or to auth_type PASS, then import again".into()));
+                    } else if let Some(p) = pass {
+                        kv.push((
+                            "auth_pass".into(),
+                            q(&p.chars().take(8).collect::<String>()),
+                        ));
+                        if p.len() > 8 {
+                            warnings.push(w(
+                                "auth_pass longer than 8 bytes: truncated to 8, as keepalived does"
+                                    .into(),
+                            ));
+                        }
                     }
                 }
                 "virtual_ipaddress" | "virtual_ipaddress_excluded" => {
@@ -389,6 +409,16 @@ pub fn convert(text: &str) -> Imported {
         for (k, v) in &kv {
             let _ = writeln!(out, "{k} = {v}");
         }
+        if skip_check_adv_addr {
+            let _ = writeln!(out, "skip_check_adv_addr = true");
+        }
+        if script_security {
+            // also syncd's default; written so the intent survives a default change
+            let _ = writeln!(out, "script_security = true");
+        }
+        if let Some(u) = &script_user {
+            let _ = writeln!(out, "script_user = {}", q(u));
+        }
         let ver = version.as_deref().unwrap_or("2");
         let _ = writeln!(out, "version = {}", if ver == "3" { 3 } else { 2 });
         let _ = writeln!(out, "virtual_ips = [{}]", vips.join(", "));
@@ -438,6 +468,7 @@ pub fn convert(text: &str) -> Imported {
     Imported {
         toml: out,
         warnings,
+        errors,
         instances,
     }
 }
@@ -553,6 +584,65 @@ vrrp_instance VI_9 {
             "{:?}",
             r.warnings
         );
+    }
+
+    #[test]
+    fn maps_skip_check_adv_addr() {
+        let inst = "vrrp_instance VI_1 {\n interface eth0\n virtual_router_id 1\n virtual_ipaddress {\n 10.0.0.100\n }\n}\n";
+        let skip = |text: &str| {
+            let r = convert(text);
+            assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+            let c = crate::config::parse(&r.toml).unwrap_or_else(|e| panic!("{e}\n{}", r.toml));
+            c.instances[0].skip_check_adv_addr
+        };
+        assert!(!skip(inst));
+        assert!(skip(&format!(
+            "global_defs {{\n vrrp_skip_check_adv_addr\n}}\n{inst}"
+        )));
+        assert!(skip(&inst.replace(
+            "interface eth0",
+            "interface eth0\n skip_check_adv_addr"
+        )));
+    }
+
+    #[test]
+    fn maps_script_security_and_script_user() {
+        let conf = "global_defs {\n enable_script_security\n script_user nobody nogroup\n}\nvrrp_instance VI_1 {\n interface eth0\n virtual_router_id 1\n virtual_ipaddress {\n 10.0.0.100\n }\n notify_master \"/usr/local/bin/up.sh\"\n}\n";
+        let r = convert(conf);
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert!(r.toml.contains("script_security = true"), "{}", r.toml);
+        assert!(
+            r.toml.contains("script_user = \"nobody:nogroup\""),
+            "{}",
+            r.toml
+        );
+        let c = crate::config::parse(&r.toml).unwrap_or_else(|e| panic!("{e}\n{}", r.toml));
+        let s = &c.instances[0].scripts;
+        assert!(s.secure);
+        assert_eq!(s.user.as_ref().map(|u| u.uid), Some(65534));
+        let r = convert(&conf.replace("nobody nogroup", "root"));
+        assert!(r.toml.contains("script_user = \"root\""), "{}", r.toml);
+    }
+
+    #[test]
+    fn refuses_auth_type_ah() {
+        for ah in ["AH", "ah"] {
+            let conf = format!("vrrp_instance VI_1 {{\n interface eth0\n virtual_router_id 1\n authentication {{\n  auth_pass s3cret\n  auth_type {ah}\n }}\n virtual_ipaddress {{\n 10.0.0.100\n }}\n}}\n");
+            let r = convert(&conf);
+            assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+            assert!(
+                r.errors[0].contains("auth_type AH is not supported"),
+                "{:?}",
+                r.errors
+            );
+            // the secret never ends up as a cleartext password
+            assert!(!r.toml.contains("auth_pass"), "{}", r.toml);
+            assert!(!r.toml.contains("s3cret"), "{}", r.toml);
+        }
+        let r = convert(&SEED.replace("auth_type PASS", "auth_type AH"));
+        assert!(!r.errors.is_empty());
+        assert!(convert(SEED).errors.is_empty());
     }
 
     #[test]

@@ -233,12 +233,13 @@ pub async fn run(
     let mut helpers = tokio::task::JoinSet::new();
     for (i, t) in cfg.tracks.iter().cloned().enumerate() {
         let tx = htx.clone();
+        let runner = cfg.scripts.clone();
         helpers.spawn(async move {
             let mut tick = tokio::time::interval(t.interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let ok = checks::probe(&t.kind, t.timeout).await;
+                let ok = checks::probe(&t.kind, t.timeout, &runner).await;
                 if tx.send(HealthMsg::Track(i, ok)).await.is_err() {
                     return;
                 }
@@ -269,6 +270,7 @@ pub async fn run(
         fault: cfg.notify_fault.clone(),
         stop: cfg.notify_stop.clone(),
         generic: cfg.notify.clone(),
+        runner: cfg.scripts.clone(),
     };
     let (notifier, notify_task) = Notifier::spawn(name.clone(), hooks);
 
@@ -433,6 +435,28 @@ impl Shell<'_> {
         });
     }
 
+    /// Add every VIP; the first failure (all are attempted) is the cause reported.
+    async fn add_all(&self) -> Result<(), String> {
+        let mut first = None;
+        for v in &self.cfg.vips {
+            if let Err(e) = self.net.add(self.ifindex, *v).await {
+                Counters::inc(&self.counters.netlink_errors);
+                tracing::error!(instance = %self.cfg.name, vip = %v, error = %e, "cannot add virtual address");
+                first.get_or_insert(format!("{v} on {}: {e}", self.cfg.interface));
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    async fn remove_all(&self) {
+        for v in &self.cfg.vips {
+            if let Err(e) = self.net.del(self.ifindex, *v).await {
+                Counters::inc(&self.counters.netlink_errors);
+                tracing::error!(instance = %self.cfg.name, vip = %v, error = %e, "cannot remove virtual address");
+            }
+        }
+    }
+
     async fn drain(&mut self) {
         while let Some(a) = self.machine.poll_action() {
             match a {
@@ -454,21 +478,24 @@ impl Shell<'_> {
                     }
                 }
                 Action::AddAddresses => {
-                    for v in &self.cfg.vips {
-                        if let Err(e) = self.net.add(self.ifindex, *v).await {
-                            Counters::inc(&self.counters.netlink_errors);
-                            tracing::error!(instance = %self.cfg.name, vip = %v, error = %e, "cannot add virtual address");
-                        }
-                    }
+                    let r = self.add_all().await;
+                    // The machine decides: a master without its VIPs goes FAULT.
+                    let _ = self
+                        .machine
+                        .handle_event(std::time::Instant::now(), Event::AddressResult(r));
                 }
-                Action::RemoveAddresses => {
-                    for v in &self.cfg.vips {
-                        if let Err(e) = self.net.del(self.ifindex, *v).await {
-                            Counters::inc(&self.counters.netlink_errors);
-                            tracing::error!(instance = %self.cfg.name, vip = %v, error = %e, "cannot remove virtual address");
-                        }
+                Action::ProbeAddresses => {
+                    let r = self.add_all().await;
+                    // Only a probe: the machine re-adds them if it becomes master.
+                    self.remove_all().await;
+                    if let Err(e) = &r {
+                        tracing::warn!(instance = %self.cfg.name, error = %e, "virtual addresses still cannot be added; staying in FAULT and retrying");
                     }
+                    let _ = self
+                        .machine
+                        .handle_event(std::time::Instant::now(), Event::AddressResult(r));
                 }
+                Action::RemoveAddresses => self.remove_all().await,
                 Action::Announce { count } => match self.announcer.announce(&self.vip_addrs, count)
                 {
                     Ok(n) => {

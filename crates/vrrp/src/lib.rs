@@ -19,6 +19,7 @@ pub mod machine;
 pub mod metrics;
 pub mod notify;
 pub mod packet;
+pub mod script_security;
 pub mod timers;
 pub mod track;
 

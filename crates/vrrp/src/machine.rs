@@ -40,6 +40,10 @@ impl fmt::Display for State {
     }
 }
 
+/// How often a node in FAULT because its virtual addresses could not be added
+/// tries again ([`Action::ProbeAddresses`]).
+pub const ADDRESS_RETRY: Duration = Duration::from_secs(5);
+
 /// Parameters of one virtual router, as the state machine needs them.
 #[derive(Debug, Clone)]
 pub struct MachineConfig {
@@ -62,6 +66,10 @@ pub struct MachineConfig {
     pub vips: Vec<IpAddr>,
     /// Check TTL = 255 (multicast mode). keepalived skips it for unicast.
     pub check_ttl: bool,
+    /// Accept adverts whose address list differs from [`MachineConfig::vips`]
+    /// (keepalived `vrrp_skip_check_adv_addr`). Off by default: a mismatch means
+    /// a misconfigured or spoofed peer.
+    pub skip_check_adv_addr: bool,
     /// Gratuitous ARP / NA burst size on becoming master (keepalived `garp_master_repeat`, 5).
     pub garp_repeat: u32,
     /// Delay of the second burst (keepalived `garp_master_delay`, 5 s); zero disables it.
@@ -90,6 +98,7 @@ impl MachineConfig {
             auth: Auth::None,
             vips: Vec::new(),
             check_ttl: true,
+            skip_check_adv_addr: false,
             garp_repeat: 5,
             garp_delay: Duration::from_secs(5),
             garp_refresh: None,
@@ -116,6 +125,9 @@ pub enum Event {
         weight_delta: i32,
         fault: Option<String>,
     },
+    /// Outcome of [`Action::AddAddresses`] or [`Action::ProbeAddresses`]:
+    /// `Err` carries the cause (e.g. the netlink error) for the log.
+    AddressResult(Result<(), String>),
 }
 
 /// Output of the machine; the I/O layer performs these in order.
@@ -127,6 +139,9 @@ pub enum Action {
     AddAddresses,
     /// Remove the virtual addresses.
     RemoveAddresses,
+    /// Add the virtual addresses and remove them again at once, then report with
+    /// [`Event::AddressResult`]: a FAULT caused by a failed add checks whether adding works again.
+    ProbeAddresses,
     /// Send `count` gratuitous ARPs / unsolicited NAs for every virtual address.
     Announce { count: u32 },
     /// A state change, with its reason (to log, notify and publish).
@@ -150,6 +165,8 @@ pub enum DropReason {
     AuthMismatch,
     #[error("v2 advertisement interval {got_cs} cs differs from ours {want_cs} cs")]
     IntervalMismatch { got_cs: u16, want_cs: u16 },
+    #[error("addresses {got:?} differ from our virtual addresses {want:?}")]
+    AddressMismatch { got: Vec<IpAddr>, want: Vec<IpAddr> },
     #[error("our own advert looped back")]
     Own,
     #[error("not running (state {0})")]
@@ -164,6 +181,7 @@ impl DropReason {
             DropReason::BadTtl(_) => "bad_ttl",
             DropReason::AuthMismatch => "auth_mismatch",
             DropReason::IntervalMismatch { .. } => "interval_mismatch",
+            DropReason::AddressMismatch { .. } => "address_mismatch",
             DropReason::Own => "own_advert",
             DropReason::NotRunning(_) => "not_running",
         }
@@ -177,6 +195,10 @@ pub struct Machine {
     state: State,
     weight_delta: i32,
     fault: Option<String>,
+    /// Set when adding the virtual addresses failed: a master without its VIPs
+    /// blackholes traffic while its adverts keep the peer in BACKUP, so it goes FAULT.
+    address_fault: Option<String>,
+    address_retry_timer: Option<Instant>,
     master_adver_interval: Duration,
     adver_timer: Option<Instant>,
     master_down_timer: Option<Instant>,
@@ -197,6 +219,8 @@ impl Machine {
             state: State::Initialize,
             weight_delta: 0,
             fault: None,
+            address_fault: None,
+            address_retry_timer: None,
             master_adver_interval: mai,
             adver_timer: None,
             master_down_timer: None,
@@ -246,6 +270,13 @@ impl Machine {
         )
     }
 
+    /// v3 Master_Adver_Interval learned from an advert, capped at our own
+    /// advert_int: adverts are unauthenticated, and a spoofed 40.95 s interval
+    /// would otherwise stretch failover to about two minutes.
+    fn learned_interval(&self, interval_cs: u16) -> Duration {
+        from_cs(interval_cs).min(self.cfg.advert_int)
+    }
+
     fn skew(&self) -> Duration {
         skew_time(
             self.cfg.version,
@@ -266,6 +297,7 @@ impl Machine {
             self.master_down_timer,
             self.garp_delay_timer,
             self.garp_refresh_timer,
+            self.address_retry_timer,
         ]
         .into_iter()
         .flatten()
@@ -320,6 +352,68 @@ impl Machine {
         self.garp_refresh_timer = None;
     }
 
+    /// Health fault first (it is what the operator configured), then the address fault.
+    fn current_fault(&self) -> Option<String> {
+        self.fault.clone().or_else(|| {
+            self.address_fault
+                .as_ref()
+                .map(|e| format!("cannot add the virtual addresses: {e}"))
+        })
+    }
+
+    /// Leave FAULT once nothing is faulty any more.
+    fn recover(&mut self, now: Instant, reason: &str) {
+        if self.effective_priority() == 255 {
+            self.become_master(now, format!("{reason}; address owner"));
+        } else {
+            self.master_adver_interval = self.cfg.advert_int;
+            self.become_backup(now, reason.into());
+        }
+    }
+
+    fn on_address_result(&mut self, now: Instant, r: Result<(), String>) {
+        match r {
+            Err(e) => {
+                if !self.started {
+                    return;
+                }
+                let first = self.address_fault.is_none();
+                self.address_fault = Some(e.clone());
+                self.address_retry_timer = Some(now + ADDRESS_RETRY);
+                if self.state == State::Master {
+                    // Clients must not be pointed at us: cancel the queued ARP burst,
+                    // and resign so the peer takes over after Skew_Time.
+                    self.actions
+                        .retain(|a| !matches!(a, Action::Announce { .. }));
+                    self.leave_master_resigning();
+                    self.master_down_timer = None;
+                    self.transition(
+                        State::Fault,
+                        format!(
+                            "fault: cannot add the virtual addresses: {e} (retrying every {}s)",
+                            ADDRESS_RETRY.as_secs()
+                        ),
+                    );
+                } else if first && self.state != State::Fault {
+                    self.master_down_timer = None;
+                    self.transition(
+                        State::Fault,
+                        format!("fault: cannot add the virtual addresses: {e}"),
+                    );
+                }
+            }
+            Ok(()) => {
+                if self.address_fault.take().is_none() {
+                    return;
+                }
+                self.address_retry_timer = None;
+                if self.started && self.state == State::Fault && self.fault.is_none() {
+                    self.recover(now, "virtual addresses can be added again");
+                }
+            }
+        }
+    }
+
     fn start(&mut self, now: Instant) {
         self.started = true;
         if let Some(f) = self.fault.clone() {
@@ -347,6 +441,8 @@ impl Machine {
             }
             Event::Shutdown => {
                 self.started = false;
+                self.address_fault = None;
+                self.address_retry_timer = None;
                 match self.state {
                     State::Master => {
                         self.leave_master_resigning();
@@ -368,6 +464,10 @@ impl Machine {
                 Ok(())
             }
             Event::Advert { src, ttl, advert } => self.on_advert(now, src, ttl, advert),
+            Event::AddressResult(r) => {
+                self.on_address_result(now, r);
+                Ok(())
+            }
         }
     }
 
@@ -375,27 +475,19 @@ impl Machine {
         let old_prio = self.effective_priority();
         self.weight_delta = weight_delta;
         let new_prio = self.effective_priority();
-        let was_faulty = self.fault.is_some();
-        self.fault = fault.clone();
+        self.fault = fault;
         if !self.started {
             return;
         }
-        match (was_faulty, fault) {
-            (_, Some(reason)) if self.state != State::Fault => {
+        match self.current_fault() {
+            Some(reason) if self.state != State::Fault => {
                 if self.state == State::Master {
                     self.leave_master_resigning();
                 }
                 self.master_down_timer = None;
                 self.transition(State::Fault, format!("fault: {reason}"));
             }
-            (true, None) if self.state == State::Fault => {
-                if self.effective_priority() == 255 {
-                    self.become_master(now, "fault cleared; address owner".into());
-                } else {
-                    self.master_adver_interval = self.cfg.advert_int;
-                    self.become_backup(now, "fault cleared".into());
-                }
-            }
+            None if self.state == State::Fault => self.recover(now, "fault cleared"),
             _ => {
                 if old_prio != new_prio && self.state == State::Master {
                     // Tell the backup at once so it can preempt if it now outranks us.
@@ -435,6 +527,26 @@ impl Machine {
                 });
             }
         }
+        if !self.cfg.skip_check_adv_addr {
+            // As keepalived: one or more VIPs of the VRID differ from the master's
+            // advert. Compared as sets of the packet's family, since an advert only
+            // carries addresses of its own family (see `Advert::encode`).
+            let mut got = a.addrs.clone();
+            got.sort();
+            got.dedup();
+            let mut want: Vec<IpAddr> = self
+                .cfg
+                .vips
+                .iter()
+                .copied()
+                .filter(|v| v.is_ipv4() == src.is_ipv4())
+                .collect();
+            want.sort();
+            want.dedup();
+            if got != want {
+                return Err(DropReason::AddressMismatch { got, want });
+            }
+        }
         Ok(())
     }
 
@@ -462,7 +574,7 @@ impl Machine {
                 }
                 if accept {
                     if self.cfg.version == Version::V3 {
-                        self.master_adver_interval = from_cs(a.interval_cs);
+                        self.master_adver_interval = self.learned_interval(a.interval_cs);
                     }
                     self.master_ip = Some(src);
                     self.master_down_timer = Some(now + self.master_down_interval());
@@ -481,7 +593,7 @@ impl Machine {
                     || (a.priority == ours && ip_greater(src, self.cfg.primary_ip));
                 if higher {
                     if self.cfg.version == Version::V3 {
-                        self.master_adver_interval = from_cs(a.interval_cs);
+                        self.master_adver_interval = self.learned_interval(a.interval_cs);
                     }
                     self.master_ip = Some(src);
                     let why = if a.priority > ours {
@@ -513,6 +625,12 @@ impl Machine {
 
     /// Fire every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.address_retry_timer.is_some_and(|t| t <= now) {
+            self.address_retry_timer = Some(now + ADDRESS_RETRY);
+            if self.started && self.state == State::Fault {
+                self.actions.push_back(Action::ProbeAddresses);
+            }
+        }
         if self.master_down_timer.is_some_and(|t| t <= now) && self.state == State::Backup {
             let why = match self.master_ip {
                 Some(ip) => format!(

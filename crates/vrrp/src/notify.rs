@@ -15,9 +15,12 @@ pub struct Hooks {
     pub stop: Option<String>,
     /// Generic: `CMD INSTANCE <name> <STATE> <priority>` (keepalived's `notify`).
     pub generic: Option<String>,
+    /// As whom and with which PATH the hooks run.
+    pub runner: crate::script_security::ScriptRunner,
 }
 
 struct Job {
+    runner: crate::script_security::ScriptRunner,
     cmd: String,
     args: Vec<String>,
     env: Vec<(&'static str, String)>,
@@ -62,6 +65,7 @@ impl Notifier {
         ];
         if let Some(cmd) = specific {
             let _ = self.tx.send(Job {
+                runner: self.hooks.runner.clone(),
                 cmd: cmd.clone(),
                 args: vec![],
                 env: env.clone(),
@@ -75,6 +79,7 @@ impl Notifier {
                 priority.to_string(),
             ];
             let _ = self.tx.send(Job {
+                runner: self.hooks.runner.clone(),
                 cmd: cmd.clone(),
                 args,
                 env,
@@ -90,7 +95,7 @@ async fn run(job: Job) {
     } else {
         format!("{} \"$@\"", job.cmd)
     };
-    let mut c = tokio::process::Command::new("/bin/sh");
+    let mut c = job.runner.command();
     c.arg("-c").arg(&script).arg("sh").args(&job.args);
     c.envs(job.env.iter().map(|(k, v)| (*k, v.as_str())));
     c.stdin(Stdio::null()).kill_on_drop(true);

@@ -96,6 +96,12 @@ pub enum PacketError {
     NotVrrp(u8),
     #[error("source and destination address families differ")]
     FamilyMismatch,
+    #[error("{extra} unexpected bytes after the message ({need} expected for {count} addresses)")]
+    TrailingBytes {
+        count: u8,
+        need: usize,
+        extra: usize,
+    },
 }
 
 impl PacketError {
@@ -114,6 +120,7 @@ impl PacketError {
             PacketError::BadIpHeader(_) => "bad_ip_header",
             PacketError::NotVrrp(_) => "not_vrrp",
             PacketError::FamilyMismatch => "family_mismatch",
+            PacketError::TrailingBytes { .. } => "trailing_bytes",
         }
     }
 }
@@ -213,6 +220,15 @@ impl Advert {
                 count,
                 need,
                 have: buf.len(),
+            });
+        }
+        // keepalived and RFC senders emit exactly this much; extra bytes mean a
+        // forged or corrupted packet (or one whose count field lies).
+        if buf.len() > need {
+            return Err(PacketError::TrailingBytes {
+                count,
+                need,
+                extra: buf.len() - need,
             });
         }
         let got = u16::from_be_bytes([buf[6], buf[7]]);
@@ -512,6 +528,36 @@ mod tests {
     }
 
     #[test]
+    fn rejects_trailing_bytes() {
+        let src = v4("10.0.0.1");
+        let dst = v4("224.0.0.18");
+        for version in [Version::V2, Version::V3] {
+            let a = Advert {
+                version,
+                vrid: 1,
+                priority: 100,
+                interval_cs: 100,
+                auth: Auth::None,
+                addrs: vec![v4("10.0.0.100")],
+            };
+            let mut b = a.encode(src, dst).unwrap();
+            assert_eq!(Advert::decode(&b, src, dst).unwrap(), a);
+            b.extend_from_slice(&[10, 0, 0, 101]);
+            // fix the checksum so only the length is wrong
+            b[6] = 0;
+            b[7] = 0;
+            let c = checksum_for(version, &b, src, dst).unwrap();
+            b[6..8].copy_from_slice(&c.to_be_bytes());
+            let e = Advert::decode(&b, src, dst).unwrap_err();
+            assert!(
+                matches!(e, PacketError::TrailingBytes { extra: 4, .. }),
+                "{version:?}: {e:?}"
+            );
+            assert_eq!(e.reason(), "trailing_bytes");
+        }
+    }
+
+    #[test]
     fn ipv4_header_roundtrip() {
         let p = build_ipv4(Ipv4Addr::new(10, 0, 0, 1), MCAST_V4, &[1, 2, 3]);
         let (h, pl) = parse_ipv4(&p).unwrap();
@@ -542,6 +588,13 @@ mod tests {
                 buf[0] = if i % 4 == 0 { 0x21 } else { 0x31 };
                 buf[3] %= 4;
                 let fam = (i / 2 % 2) as usize;
+                // mostly exact lengths (trailing bytes are rejected), sometimes not
+                if i % 8 != 0 {
+                    let alen = if fam == 0 { 4 } else { 16 };
+                    let need =
+                        8 + usize::from(buf[3]) * alen + if buf[0] == 0x21 { AUTH_LEN } else { 0 };
+                    buf.truncate(need);
+                }
                 let c = checksum_for(
                     if buf[0] == 0x21 {
                         Version::V2

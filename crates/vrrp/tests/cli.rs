@@ -67,6 +67,23 @@ fn import_keepalived_prints_toml_and_warnings() {
 }
 
 #[test]
+fn import_keepalived_refuses_auth_type_ah() {
+    let p = tmp(
+        "ka-ah.conf",
+        "vrrp_instance VI_1 {\n interface eth0\n virtual_router_id 51\n authentication {\n  auth_type AH\n  auth_pass s3cret\n }\n virtual_ipaddress {\n  192.168.2.242\n }\n}\n",
+    );
+    let (code, out, err) = run(&["--import-keepalived", p.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&p);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.is_empty(), "no TOML on stdout: {out}");
+    assert!(
+        err.contains("error:") && err.contains("auth_type AH is not supported"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret"), "{err}");
+}
+
+#[test]
 fn status_without_daemon_fails_clearly() {
     let p = tmp("st.toml", "admin = \"127.0.0.1:1\"\n[[vrrp]]\ninterface = \"eth0\"\nvrid = 51\nvirtual_ips = [\"10.0.0.1\"]\n");
     let (code, _, err) = run(&["status", "--config", p.to_str().unwrap()]);

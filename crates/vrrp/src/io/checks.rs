@@ -8,11 +8,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::CheckKind;
+use crate::script_security::ScriptRunner;
 
 /// Run one probe; `true` = healthy. Anything that cannot run counts as a failure
 /// (unlike keepalived #2126, where an unexecutable script is ignored).
-pub async fn probe(kind: &CheckKind, timeout: Duration) -> bool {
-    match tokio::time::timeout(timeout, probe_inner(kind)).await {
+pub async fn probe(kind: &CheckKind, timeout: Duration, runner: &ScriptRunner) -> bool {
+    match tokio::time::timeout(timeout, probe_inner(kind, runner)).await {
         Ok(r) => r,
         Err(_) => {
             tracing::debug!(?kind, "check timed out");
@@ -21,10 +22,11 @@ pub async fn probe(kind: &CheckKind, timeout: Duration) -> bool {
     }
 }
 
-async fn probe_inner(kind: &CheckKind) -> bool {
+async fn probe_inner(kind: &CheckKind, runner: &ScriptRunner) -> bool {
     match kind {
         CheckKind::Script(cmd) => {
-            let child = tokio::process::Command::new("/bin/sh")
+            let child = runner
+                .command()
                 .arg("-c")
                 .arg(cmd)
                 .stdin(Stdio::null())
@@ -116,18 +118,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn scripts_run_as_script_user_with_the_safe_path() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return; // only root can switch users
+        }
+        let t = Duration::from_secs(5);
+        let runner = ScriptRunner {
+            user: Some(crate::script_security::ScriptUser::resolve("nobody").unwrap()),
+            secure: true,
+        };
+        let cmd = format!(
+            "test \"$(id -u)\" = 65534 && test \"$PATH\" = {}",
+            crate::script_security::SAFE_PATH
+        );
+        assert!(probe(&CheckKind::Script(cmd.clone()), t, &runner).await);
+        assert!(!probe(&CheckKind::Script(cmd), t, &ScriptRunner::default()).await);
+    }
+
+    #[tokio::test]
     async fn probes() {
         let t = Duration::from_secs(5);
-        assert!(probe(&CheckKind::Script("true".into()), t).await);
-        assert!(!probe(&CheckKind::Script("false".into()), t).await);
         assert!(
-            !probe(&CheckKind::Script("/nonexistent/script.sh".into()), t).await,
+            probe(
+                &CheckKind::Script("true".into()),
+                t,
+                &ScriptRunner::default()
+            )
+            .await
+        );
+        assert!(
+            !probe(
+                &CheckKind::Script("false".into()),
+                t,
+                &ScriptRunner::default()
+            )
+            .await
+        );
+        assert!(
+            !probe(
+                &CheckKind::Script("/nonexistent/script.sh".into()),
+                t,
+                &ScriptRunner::default()
+            )
+            .await,
             "unexecutable = failed"
         );
         assert!(
             !probe(
                 &CheckKind::Script("sleep 5".into()),
-                Duration::from_millis(100)
+                Duration::from_millis(100),
+                &ScriptRunner::default()
             )
             .await,
             "timeout = failed"
@@ -143,18 +184,26 @@ mod tests {
                     .await;
             }
         });
-        assert!(probe(&CheckKind::Tcp(addr.clone()), t).await);
+        assert!(probe(&CheckKind::Tcp(addr.clone()), t, &ScriptRunner::default()).await);
         assert!(
             probe(
                 &CheckKind::Http {
                     host_port: addr.clone(),
                     path: "/".into()
                 },
-                t
+                t,
+                &ScriptRunner::default()
             )
             .await
         );
-        assert!(!probe(&CheckKind::Tcp("127.0.0.1:1".into()), t).await);
+        assert!(
+            !probe(
+                &CheckKind::Tcp("127.0.0.1:1".into()),
+                t,
+                &ScriptRunner::default()
+            )
+            .await
+        );
         // our own test binary is running; a made-up name is not
         let me = std::fs::read_to_string("/proc/self/comm").unwrap();
         assert!(process_running(me.trim_end()));

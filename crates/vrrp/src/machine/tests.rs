@@ -19,6 +19,9 @@ struct Node {
     holds_vip: bool,
     announces: Vec<(Duration, u32)>,
     transitions: Vec<(Duration, State, String)>,
+    /// Simulated netlink error for adding the VIP.
+    add_fails: Option<String>,
+    probes: u32,
 }
 
 /// A LAN of machines: adverts are delivered to every other running node instantly.
@@ -42,6 +45,8 @@ impl Sim {
                     holds_vip: false,
                     announces: vec![],
                     transitions: vec![],
+                    add_fails: None,
+                    probes: 0,
                 })
                 .collect(),
         }
@@ -86,7 +91,19 @@ impl Sim {
                         Action::SendAdvert { priority } => {
                             sent.push((i, n.m.config().primary_ip, n.m.advert(priority)))
                         }
-                        Action::AddAddresses => n.holds_vip = true,
+                        Action::AddAddresses => {
+                            if n.add_fails.is_some() {
+                                let e = n.add_fails.clone().map_or(Ok(()), Err);
+                                let _ = n.m.handle_event(self.now, Event::AddressResult(e));
+                            } else {
+                                n.holds_vip = true;
+                            }
+                        }
+                        Action::ProbeAddresses => {
+                            n.probes += 1;
+                            let e = n.add_fails.clone().map_or(Ok(()), Err);
+                            let _ = n.m.handle_event(self.now, Event::AddressResult(e));
+                        }
                         Action::RemoveAddresses => n.holds_vip = false,
                         Action::Announce { count } => n.announces.push((self.now - self.t0, count)),
                         Action::Transition { to, reason, .. } => {
@@ -572,4 +589,166 @@ fn garp_second_burst_and_refresh() {
     assert_eq!(a[2], (60 * S, 1));
     assert_eq!(a[3], (120 * S, 1));
     assert_eq!(a.len(), 4);
+}
+
+#[test]
+fn drops_adverts_whose_addresses_differ_from_our_vips() {
+    for v in [Version::V2, Version::V3] {
+        let mut c = cfg(v, 100, 2, 1000);
+        c.vips = vec![ip(100), ip(101)];
+        let mut m = Machine::new(c.clone());
+        let t = Instant::now();
+        m.handle_event(t, Event::Startup).unwrap();
+        let ev = |advert| Event::Advert {
+            src: ip(1),
+            ttl: 255,
+            advert,
+        };
+        let good = Machine::new(c.clone()).advert(200);
+        // same set in another order is fine
+        let mut reordered = good.clone();
+        reordered.addrs.reverse();
+        assert_eq!(m.handle_event(t, ev(reordered)), Ok(()));
+        for addrs in [vec![ip(100)], vec![ip(100), ip(102)], vec![]] {
+            let mut bad = good.clone();
+            bad.addrs = addrs;
+            let r = m.handle_event(t, ev(bad));
+            assert!(
+                matches!(r, Err(DropReason::AddressMismatch { .. })),
+                "{v:?}: {r:?}"
+            );
+            assert_eq!(r.unwrap_err().reason(), "address_mismatch");
+        }
+        // the dropped adverts did not refresh the master down timer
+        m.handle_timeout(t + m.master_down_interval());
+        assert_eq!(m.state(), State::Master, "{v:?}");
+        // vrrp_skip_check_adv_addr
+        c.skip_check_adv_addr = true;
+        let mut m = Machine::new(c);
+        m.handle_event(t, Event::Startup).unwrap();
+        let mut other = good.clone();
+        other.addrs = vec![ip(99)];
+        assert_eq!(m.handle_event(t, ev(other)), Ok(()));
+    }
+}
+
+#[test]
+fn address_check_uses_the_packet_family_only() {
+    let mut c = cfg(Version::V3, 100, 2, 1000);
+    let v6: IpAddr = "2001:db8::100".parse().unwrap();
+    c.vips = vec![ip(100), v6];
+    let mut m = Machine::new(c.clone());
+    let t = Instant::now();
+    m.handle_event(t, Event::Startup).unwrap();
+    // what a peer with the same config puts on the wire over IPv4
+    let bytes = Machine::new(c)
+        .advert(200)
+        .encode(ip(1), IpAddr::V4(crate::packet::MCAST_V4))
+        .unwrap();
+    let adv = Advert::decode(&bytes, ip(1), IpAddr::V4(crate::packet::MCAST_V4)).unwrap();
+    assert_eq!(adv.addrs, vec![ip(100)]);
+    assert_eq!(
+        m.handle_event(
+            t,
+            Event::Advert {
+                src: ip(1),
+                ttl: 255,
+                advert: adv
+            }
+        ),
+        Ok(())
+    );
+}
+
+#[test]
+fn spoofed_long_interval_does_not_delay_takeover() {
+    let own = cfg(Version::V3, 100, 2, 1000);
+    let mut m = Machine::new(own.clone());
+    let t = Instant::now();
+    m.handle_event(t, Event::Startup).unwrap();
+    let mut spoof = Machine::new(cfg(Version::V3, 200, 1, 1000)).advert(200);
+    spoof.interval_cs = 4095;
+    let at = t + S;
+    m.handle_event(
+        at,
+        Event::Advert {
+            src: ip(1),
+            ttl: 255,
+            advert: spoof,
+        },
+    )
+    .unwrap();
+    assert_eq!(m.master_adver_interval(), S);
+    // nothing more is heard: the backup takes over within its own 3×advert_int + skew
+    let limit = at + master_down_interval(Version::V3, 100, S);
+    let mut now = at;
+    while m.state() == State::Backup {
+        now = m.poll_timeout().unwrap();
+        assert!(now <= limit, "no takeover by {:?}", limit - at);
+        m.handle_timeout(now);
+    }
+    assert_eq!(m.state(), State::Master);
+    assert_eq!(now, limit);
+}
+
+#[test]
+fn master_that_cannot_add_its_vip_goes_fault_and_retries() {
+    let mut sim = Sim::new(vec![
+        cfg(Version::V3, 150, 1, 1000),
+        cfg(Version::V3, 100, 2, 1000),
+    ]);
+    sim.nodes[0].add_fails = Some("10.0.0.100/32 on eth0: Operation not permitted".into());
+    sim.start(0);
+    sim.start(1);
+    sim.run_until(10 * S);
+    // node 0 won the election, could not add the VIP, resigned: the peer holds it
+    assert_eq!(sim.state(0), State::Fault);
+    assert_eq!(sim.state(1), State::Master);
+    assert_eq!(sim.holders(), vec![1]);
+    let t = &sim.nodes[0].transitions;
+    let fault = t.iter().find(|t| t.1 == State::Fault).unwrap();
+    assert!(
+        fault.2.contains("cannot add the virtual addresses")
+            && fault.2.contains("Operation not permitted"),
+        "{fault:?}"
+    );
+    // no gratuitous ARP pointed clients at the node without the VIP
+    assert!(sim.nodes[0].announces.is_empty());
+    // it keeps retrying every ADDRESS_RETRY while faulty
+    let p = sim.nodes[0].probes;
+    assert!(p >= 1, "{p}");
+    sim.run_until(20 * S);
+    assert_eq!(sim.nodes[0].probes, p + 2);
+    assert_eq!(sim.state(0), State::Fault);
+    // the add works again: fault cleared, back to BACKUP, then it preempts
+    sim.nodes[0].add_fails = None;
+    sim.run_until(26 * S);
+    assert_ne!(sim.state(0), State::Fault);
+    sim.run_until(40 * S);
+    assert_eq!(sim.state(0), State::Master);
+    assert_eq!(sim.holders(), vec![0]);
+    assert_eq!(sim.nodes[0].probes, p + 3);
+    // a health fault that clears while the address fault persists stays FAULT
+    let mut m = Machine::new(cfg(Version::V3, 150, 1, 1000));
+    let t0 = Instant::now();
+    m.handle_event(t0, Event::Startup).unwrap();
+    m.handle_timeout(t0 + 10 * S);
+    m.handle_event(t0 + 10 * S, Event::AddressResult(Err("boom".into())))
+        .unwrap();
+    assert_eq!(m.state(), State::Fault);
+    let health = |fault: Option<&str>| Event::Health {
+        weight_delta: 0,
+        fault: fault.map(String::from),
+    };
+    m.handle_event(t0 + 11 * S, health(Some("eth0 down")))
+        .unwrap();
+    m.handle_event(t0 + 12 * S, health(None)).unwrap();
+    assert_eq!(m.state(), State::Fault);
+    m.handle_event(t0 + 13 * S, Event::AddressResult(Ok(())))
+        .unwrap();
+    assert_eq!(m.state(), State::Backup);
+    assert_eq!(
+        m.poll_timeout(),
+        Some(t0 + 13 * S + m.master_down_interval())
+    );
 }

@@ -756,7 +756,11 @@ mod script_tests {
     fn insecure_scripts_are_refused_at_load_naming_the_key() {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            return; // needs root to create a root-owned script
+            syncd_testkit::skip::skip(
+                "insecure_scripts_are_refused_at_load_naming_the_key",
+                "needs root to create a root-owned script",
+            );
+            return;
         }
         let d = std::env::temp_dir().join(format!("syncd-vrrp-cfg-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);

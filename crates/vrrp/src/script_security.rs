@@ -274,6 +274,7 @@ mod tests {
     #[test]
     fn world_writable_directory_is_refused() {
         if !is_root() {
+            syncd_testkit::skip::skip("world_writable_directory_is_refused", "needs root to chown");
             return;
         }
         let b = base("0777");
@@ -300,6 +301,10 @@ mod tests {
     #[test]
     fn files_or_dirs_owned_by_nobody_or_writable_by_others_are_refused() {
         if !is_root() {
+            syncd_testkit::skip::skip(
+                "files_or_dirs_owned_by_nobody_or_writable_by_others_are_refused",
+                "needs root to chown",
+            );
             return;
         }
         let b = base("owner");

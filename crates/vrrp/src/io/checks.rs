@@ -121,7 +121,11 @@ mod tests {
     async fn scripts_run_as_script_user_with_the_safe_path() {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            return; // only root can switch users
+            syncd_testkit::skip::skip(
+                "scripts_run_as_script_user_with_the_safe_path",
+                "only root can switch users",
+            );
+            return;
         }
         let t = Duration::from_secs(5);
         let runner = ScriptRunner {

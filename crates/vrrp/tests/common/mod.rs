@@ -31,15 +31,16 @@ fn ok(cmd: &mut Command) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Print a visible SKIP and return false unless we are root with `ip netns`.
+/// Record a skip (see `syncd_testkit::skip`) and return false unless we are
+/// root with `ip netns`.
 pub fn can_run(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIP: {test}: needs root for network namespaces and raw sockets");
+        syncd_testkit::skip::skip(test, "needs root for network namespaces and raw sockets");
         return false;
     }
     if !ok(Command::new("ip").args(["netns", "list"])) {
-        eprintln!("SKIP: {test}: `ip netns` is not available");
+        syncd_testkit::skip::skip(test, "`ip netns` is not available");
         return false;
     }
     true
@@ -48,7 +49,7 @@ pub fn can_run(test: &str) -> bool {
 pub fn have(tool: &str, test: &str) -> bool {
     let found = ok(Command::new("sh").args(["-c", &format!("command -v {tool}")]));
     if !found {
-        eprintln!("SKIP: {test}: `{tool}` is not installed");
+        syncd_testkit::skip::skip(test, &format!("`{tool}` is not installed"));
     }
     found
 }
@@ -336,9 +337,14 @@ impl Lan {
         let stderr = std::fs::File::create(&err).unwrap();
         cmd.stderr(stderr);
         let k = self.spawn(format!("tcpdump@n{i}"), cmd, log, None);
-        wait_for(Duration::from_secs(10), || {
-            std::fs::read_to_string(&err).is_ok_and(|s| s.contains("listening on"))
-        });
+        assert!(
+            wait_for(Duration::from_secs(10), || {
+                std::fs::read_to_string(&err).is_ok_and(|s| s.contains("listening on"))
+            })
+            .is_some(),
+            "tcpdump on node {i} did not start: {}",
+            std::fs::read_to_string(&err).unwrap_or_default()
+        );
         k
     }
 

@@ -83,6 +83,16 @@ impl Session {
         purpose: Purpose,
         me: &Leading,
     ) -> Result<Session, ClientError> {
+        Session::connect_as(cfg, purpose, me.node, &me.record.lineage).await
+    }
+
+    /// [`Session::connect`] with the node and lineage given directly.
+    pub async fn connect_as(
+        cfg: &Config,
+        purpose: Purpose,
+        node: NodeId,
+        lineage: &Lineage,
+    ) -> Result<Session, ClientError> {
         let peer = cfg.require_peer()?;
         let id = Identity::from_config(cfg)?;
         let bind: SocketAddr = if peer.is_ipv4() {
@@ -124,8 +134,8 @@ impl Session {
             export_id: cfg.export_id.clone(),
             node_id: cfg.node_id.clone(),
             purpose,
-            node: me.node,
-            lineage: me.record.lineage.clone(),
+            node,
+            lineage: lineage.clone(),
         })
         .await?;
         match s.reply().await? {
@@ -138,6 +148,11 @@ impl Session {
                 "expected Welcome, got {other:?}"
             ))),
         }
+    }
+
+    /// Sends everything queued (for sessions that expect no reply).
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
+        Ok(self.ctl.flush().await?)
     }
 
     /// A handle to watch for the connection's end (e.g. the standby closing

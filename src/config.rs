@@ -35,6 +35,64 @@ struct Raw {
     admin: Option<String>,
     #[serde(default)]
     sync: RawSync,
+    /// `--role auto`: the service address, same tables as `syncd vrrp`.
+    #[serde(default)]
+    vrrp: Vec<syncd_vrrp::config::VrrpConfig>,
+    #[serde(default)]
+    pair: RawPair,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawPair {
+    #[serde(default = "default_heartbeat_ms")]
+    heartbeat_ms: u64,
+    #[serde(default = "default_heartbeat_timeout_ms")]
+    heartbeat_timeout_ms: u64,
+    #[serde(default = "default_peer_wait_secs")]
+    peer_wait_secs: u64,
+    #[serde(default = "default_unsure_wait_secs")]
+    unsure_wait_secs: u64,
+}
+
+impl Default for RawPair {
+    fn default() -> Self {
+        RawPair {
+            heartbeat_ms: default_heartbeat_ms(),
+            heartbeat_timeout_ms: default_heartbeat_timeout_ms(),
+            peer_wait_secs: default_peer_wait_secs(),
+            unsure_wait_secs: default_unsure_wait_secs(),
+        }
+    }
+}
+
+fn default_heartbeat_ms() -> u64 {
+    500
+}
+/// Below VRRP's Master_Down_Interval (3 s + skew at advert_int 1): the peer
+/// counts as gone before VRRP would make us master.
+fn default_heartbeat_timeout_ms() -> u64 {
+    2500
+}
+fn default_peer_wait_secs() -> u64 {
+    10
+}
+fn default_unsure_wait_secs() -> u64 {
+    60
+}
+
+/// `--role auto` timing (`[pair]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PairOptions {
+    /// How often a node tells its peer its state.
+    pub heartbeat: std::time::Duration,
+    /// A peer silent this long is gone (below VRRP's Master_Down_Interval).
+    pub heartbeat_timeout: std::time::Duration,
+    /// At start, how long to wait to hear the peer before leading alone.
+    pub peer_wait: std::time::Duration,
+    /// How long a node that knows the peer had newer data waits before
+    /// leading without it.
+    pub unsure_wait: std::time::Duration,
 }
 
 #[derive(Deserialize, Debug)]
@@ -133,6 +191,9 @@ pub struct Config {
     pub peer_pin: PeerPin,
     pub admin: Option<SocketAddr>,
     pub sync: SyncOptions,
+    /// `[[vrrp]]` as written (validated at load).
+    pub vrrp: Vec<syncd_vrrp::config::VrrpConfig>,
+    pub pair: PairOptions,
 }
 
 impl Config {
@@ -278,6 +339,22 @@ impl Config {
         };
         let full_reconcile = (rs.full_reconcile_secs > 0)
             .then(|| std::time::Duration::from_secs(rs.full_reconcile_secs));
+        vrrp_tables(&raw.vrrp).map_err(&err)?;
+        let rp = &raw.pair;
+        if rp.heartbeat_ms == 0 || rp.heartbeat_timeout_ms < 2 * rp.heartbeat_ms {
+            return Err(err(format!(
+                "pair.heartbeat_timeout_ms: must be at least twice pair.heartbeat_ms ({}) so one lost heartbeat is not a dead peer; the defaults are {} and {}",
+                rp.heartbeat_ms,
+                default_heartbeat_timeout_ms(),
+                default_heartbeat_ms()
+            )));
+        }
+        let pair = PairOptions {
+            heartbeat: ms(rp.heartbeat_ms),
+            heartbeat_timeout: ms(rp.heartbeat_timeout_ms),
+            peer_wait: std::time::Duration::from_secs(rp.peer_wait_secs),
+            unsure_wait: std::time::Duration::from_secs(rp.unsure_wait_secs),
+        };
         Ok(Config {
             file: file.to_path_buf(),
             node_id,
@@ -298,7 +375,14 @@ impl Config {
                 batch,
                 full_reconcile,
             },
+            vrrp: raw.vrrp,
+            pair,
         })
+    }
+
+    /// The validated `[[vrrp]]` instances (`--role auto`), if any.
+    pub fn vrrp_config(&self) -> Result<Option<syncd_vrrp::config::Config>, ConfigError> {
+        vrrp_tables(&self.vrrp).map_err(|m| self.err(m))
     }
 
     fn err(&self, msg: String) -> ConfigError {
@@ -354,6 +438,26 @@ fn hostname() -> String {
         .nodename()
         .to_string_lossy()
         .into_owned()
+}
+
+/// `[[vrrp]]` validated by the VRRP crate's own rules; its messages already
+/// name `vrrp[i].key` and the fix, and every problem is reported at once.
+fn vrrp_tables(
+    tables: &[syncd_vrrp::config::VrrpConfig],
+) -> Result<Option<syncd_vrrp::config::Config>, String> {
+    use syncd_vrrp::config::{validate, ConfigError as VrrpError, VrrpFile};
+    if tables.is_empty() {
+        return Ok(None);
+    }
+    let file = VrrpFile {
+        admin: None,
+        vrrp: tables.to_vec(),
+    };
+    match validate(&file) {
+        Ok(c) => Ok(Some(c)),
+        Err(VrrpError::Invalid(lines)) => Err(lines.join("\n")),
+        Err(other) => Err(format!("vrrp: {other}")),
+    }
 }
 
 #[cfg(test)]

@@ -86,7 +86,13 @@ impl Store {
         };
         crate::state::private_dir(&self.dir).map_err(io)?;
         let bytes = postcard::to_stdvec(r).map_err(|e| io(io::Error::other(e)))?;
-        let tmp = self.dir.join(format!("{FILE}.tmp"));
+        // A name of its own per write: two writers (the standby and the
+        // source of one node) must not rename each other's file away.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self
+            .dir
+            .join(format!("{FILE}.{}.{n}.tmp", std::process::id()));
         let mut f = crate::state::create_private(&tmp).map_err(io)?;
         f.write_all(&bytes).map_err(io)?;
         if sync {

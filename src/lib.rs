@@ -4,6 +4,7 @@
 //! piece of it.
 
 pub mod admin;
+pub mod auto;
 // The sans-IO rules live in `syncd-proto`; these names keep their old paths.
 pub use syncd_proto::{batch, live, path};
 pub mod client;

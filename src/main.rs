@@ -39,6 +39,9 @@ struct Cli {
 enum Role {
     Primary,
     Standby,
+    /// The pair as one system: VRRP moves the service address and the
+    /// replication direction together; data decides who may lead.
+    Auto,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -354,8 +357,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 rt.block_on(syncd::primary::run(cfg, shutdown_signal()))?;
                 Ok(ExitCode::SUCCESS)
             }
+            Some(Role::Auto) => {
+                let cfg = load(&cli.config)?;
+                cfg.require_listen()?;
+                cfg.require_peer()?;
+                if cfg.vrrp.is_empty() {
+                    bail!(
+                        "{}: --role auto needs a [[vrrp]] table (the service address that follows the leader); see contrib/syncd-auto.example.toml",
+                        cfg.file.display()
+                    );
+                }
+                if cli.check {
+                    cfg.check_ports()?;
+                    println!("config OK: {}", cfg.file.display());
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let rt = runtime()?;
+                rt.block_on(syncd::auto::run(cfg, shutdown_signal()))?;
+                Ok(ExitCode::SUCCESS)
+            }
             None => {
-                bail!("nothing to do: pass --role primary|standby, or a command (see --help)")
+                bail!("nothing to do: pass --role primary|standby|auto, or a command (see --help)")
             }
         },
     }

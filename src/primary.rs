@@ -117,7 +117,7 @@ pub async fn run_with(
                         session = Some(s);
                         stats.connects.fetch_add(1, Relaxed);
                         stats.connected_since.store(unix_now(), Relaxed);
-                        tracing::info!(peer = %stats.peer, "connected to the standby; reconciling");
+                        tracing::info!(peer = %cfg.peer.map(|p| p.to_string()).unwrap_or_default(), "connected to the standby; reconciling");
                     }
                     Err(e) => {
                         if let ClientError::Refused(_, Some(theirs)) = &e {

@@ -75,6 +75,8 @@ struct Shared {
     node: NodeId,
     store: generation::Store,
     record: Mutex<generation::Record>,
+    /// Where events go when a program embeds this standby.
+    events: std::sync::OnceLock<mpsc::Sender<StandbyEvent>>,
 }
 
 pub struct Standby {
@@ -96,6 +98,11 @@ struct Busy {
 impl Standby {
     /// Opens the export (cleaning staging leftovers) and binds the listen address.
     pub fn bind(cfg: Config) -> Result<Standby, StandbyError> {
+        Standby::bind_as(cfg, "standby")
+    }
+
+    /// [`Standby::bind`], reporting `role` in status and metrics.
+    pub fn bind_as(cfg: Config, role: &'static str) -> Result<Standby, StandbyError> {
         let listen = cfg.require_listen()?;
         let id = Identity::from_config(&cfg)?;
         let root = Root::open(&cfg.export, &cfg.state_dir)
@@ -123,10 +130,11 @@ impl Standby {
             durable: cfg.sync.durable,
             sigs: SigCache::new(&cfg.state_dir),
             sig_min: cfg.sync.delta_min_size,
-            stats: Arc::new(crate::stats::Stats::new("standby", listen.to_string())),
+            stats: Arc::new(crate::stats::Stats::new(role, listen.to_string())),
             node: generation::node_id(&id),
             store,
             record: Mutex::new(record),
+            events: std::sync::OnceLock::new(),
         });
         {
             let r = shared.record.lock().unwrap_or_else(|p| p.into_inner());
@@ -138,6 +146,17 @@ impl Standby {
             cfg,
             busy: Arc::new(Busy::default()),
         })
+    }
+
+    /// Sends this standby's events (peer sessions, catch-ups, commits) to
+    /// `tx` (see [`StandbyEvent`]).
+    pub fn events(&self, tx: mpsc::Sender<StandbyEvent>) {
+        let _ = self.shared.events.set(tx);
+    }
+
+    /// For an embedder that changes the generation record while this runs.
+    pub fn handle(&self) -> StandbyHandle {
+        StandbyHandle(self.shared.clone())
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -227,15 +246,17 @@ async fn session_inner(
     // The primary's generation, and whether to keep what catching up with
     // it overwrites (for a writing session).
     let mut follow: Option<(Lineage, bool)> = None;
+    let peer_node;
     let purpose = match hello {
         Some(Request::Hello {
             version,
             export_id,
             node_id,
             purpose,
-            node: _,
+            node,
             lineage,
         }) => {
+            peer_node = node;
             let ours = shared
                 .record
                 .lock()
@@ -247,8 +268,8 @@ async fn session_inner(
                 Some(format!("protocol version {version} is not supported (this standby speaks {}); upgrade both nodes to the same syncd release", wire::PROTOCOL_VERSION))
             } else if export_id != cfg.export_id {
                 Some(format!("export_id \"{export_id}\" does not match this standby's \"{}\"; set the same export_id on both nodes", cfg.export_id))
-            } else if purpose == Purpose::Verify {
-                None // read-only: any generation may compare
+            } else if purpose != Purpose::Resync {
+                None // changes nothing: any generation may compare or talk
             } else {
                 match generation::judge(shared.node, &ours, &lineage) {
                     generation::Verdict::Refuse(why) => {
@@ -277,7 +298,11 @@ async fn session_inner(
                 let _ = send.finish();
                 return Err(SessionError::Refused(reason));
             }
-            tracing::info!(peer = %conn.remote_address(), node = %node_id, ?purpose, "primary connected");
+            if purpose == Purpose::Peer {
+                tracing::debug!(peer = %conn.remote_address(), node = %node_id, "peer session");
+            } else {
+                tracing::info!(peer = %conn.remote_address(), node = %node_id, ?purpose, "primary connected");
+            }
             if purpose == Purpose::Resync {
                 shared.stats.connects.fetch_add(1, Ordering::Relaxed);
                 shared
@@ -289,7 +314,7 @@ async fn session_inner(
         }
         _ => return Err(SessionError::Protocol("expected Hello".into())),
     };
-    let _guard = if purpose == Purpose::Verify {
+    let _guard = if purpose != Purpose::Resync {
         None // read-only: runs beside a writing session
     } else {
         let old = busy
@@ -336,6 +361,9 @@ async fn session_inner(
         &mut wbuf,
     )
     .await?;
+    if purpose == Purpose::Peer {
+        return peer_session(&mut recv, &mut rbuf, &shared, peer_node).await;
+    }
 
     let (reply_tx, mut reply_rx) = mpsc::unbounded_channel::<Reply>();
     let writer = tokio::spawn(async move {
@@ -424,6 +452,93 @@ async fn session_inner(
     result
 }
 
+/// An embedder's view of a running standby's generation record.
+#[derive(Clone)]
+pub struct StandbyHandle(Arc<Shared>);
+
+impl StandbyHandle {
+    pub fn record(&self) -> generation::Record {
+        self.0
+            .record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Saves `r` durably and makes it the one the standby judges by (a
+    /// promotion, a newer generation heard from the peer).
+    pub fn save_record(&self, r: generation::Record) -> Result<(), generation::RecordError> {
+        let mut cur = self.0.record.lock().unwrap_or_else(|p| p.into_inner());
+        self.0.store.save(&r)?;
+        self.0.stats.set_generation(&r.lineage, None);
+        *cur = r;
+        Ok(())
+    }
+}
+
+/// What this standby tells the program embedding it (`--role auto`).
+#[derive(Debug, Clone)]
+pub enum StandbyEvent {
+    /// The peer's state, from its peer session (hello and heartbeats).
+    PeerState {
+        node: NodeId,
+        leading: bool,
+        lineage: Lineage,
+    },
+    /// The peer asks whether it may lead.
+    Ask { priority: u8 },
+    /// The peer's answer to our `Ask`.
+    Answer { grant: bool },
+    /// The peer session ended.
+    PeerGone,
+    /// A catch-up finished: this node now follows `lineage`.
+    Adopted(Lineage),
+    /// Batch `id` of the followed generation is durable here.
+    Committed(u64),
+}
+
+impl Shared {
+    fn emit(&self, e: StandbyEvent) {
+        if let Some(tx) = self.events.get() {
+            let _ = tx.try_send(e);
+        }
+    }
+}
+
+/// A peer session: the peer's own state and questions, forwarded to the
+/// embedder; nothing here touches the export.
+async fn peer_session(
+    recv: &mut quinn::RecvStream,
+    rbuf: &mut Vec<u8>,
+    shared: &Shared,
+    node: NodeId,
+) -> Result<(), SessionError> {
+    let r = loop {
+        let msg = match wire::read_msg::<_, Request>(recv, rbuf).await {
+            Ok(Some(m)) => m,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e.into()),
+        };
+        shared.emit(match msg {
+            Request::PeerState { leading, lineage } => StandbyEvent::PeerState {
+                node,
+                leading,
+                lineage,
+            },
+            Request::Ask { priority } => StandbyEvent::Ask { priority },
+            Request::Answer { grant } => StandbyEvent::Answer { grant },
+            other => {
+                break Err(SessionError::Protocol(format!(
+                    "{} on a peer session",
+                    request_name(&other)
+                )))
+            }
+        });
+    };
+    shared.emit(StandbyEvent::PeerGone);
+    r
+}
+
 /// A reply writer cannot go on. A reply that could not be encoded is a bug
 /// or a limit hit: say so in the log and to the primary (as `Fatal`) rather
 /// than leave it to guess from a closed stream.
@@ -467,6 +582,7 @@ impl Dispatch<'_> {
         let mut r = sh.record.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(l) = self.follow.take() {
             r.lineage.follow(&l);
+            sh.emit(StandbyEvent::Adopted(l.clone()));
             tracing::info!(generation = %r.lineage.gen, "caught up; following the primary's generation");
             if let Some(k) = self
                 .preserve
@@ -481,6 +597,7 @@ impl Dispatch<'_> {
         }
         if self.follow.is_none() && *self.purpose == Purpose::Resync {
             r.lineage.commit = r.lineage.commit.max(id);
+            sh.emit(StandbyEvent::Committed(id));
             if let Err(e) = sh.store.save_unsynced(&r) {
                 tracing::warn!("{e}");
             }

@@ -51,8 +51,26 @@ pub struct Stats {
     pub superseded: AtomicU64,
     /// Entries kept in the conflicts area by catch-ups.
     pub conflicts_kept: AtomicU64,
+    /// `--role auto`: leader/follower/..., the VRRP gate, and why.
+    pub pair: Mutex<Option<PairView>>,
+    /// Role changes (`--role auto`).
+    pub role_changes: AtomicU64,
     /// This node's generation, and the peer's as last heard.
     pub generation: Mutex<(Lineage, Option<Lineage>)>,
+}
+
+/// What `--role auto` shows of the pair.
+#[derive(Debug, Clone, Default)]
+pub struct PairView {
+    /// follower, promoting, leader, demoting, stopped.
+    pub role: String,
+    pub leading: bool,
+    pub gate_open: bool,
+    /// Why the gate is as it is (or why the last role change happened).
+    pub why: String,
+    /// current / behind / ahead / diverged / unknown (peer not heard).
+    pub data: &'static str,
+    pub last_change: String,
 }
 
 pub fn unix_now() -> u64 {
@@ -74,6 +92,10 @@ impl Stats {
     pub fn error(&self, e: impl std::fmt::Display) {
         self.errors.fetch_add(1, Relaxed);
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = format!("{} {e}", unix_now());
+    }
+
+    pub fn set_pair(&self, v: PairView) {
+        *self.pair.lock().unwrap_or_else(|p| p.into_inner()) = Some(v);
     }
 
     /// Our generation, and the peer's when it is known (`None` keeps it).
@@ -109,6 +131,11 @@ impl Stats {
                 "superseded_total",
                 "times another primary took the standby over from this one",
                 &self.superseded,
+            ),
+            (
+                "role_changes_total",
+                "role changes of this node (--role auto)",
+                &self.role_changes,
             ),
             (
                 "conflicts_kept_total",
@@ -193,11 +220,22 @@ impl Stats {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let pair = self.pair.lock().unwrap_or_else(|p| p.into_inner()).clone();
         vec![
             (
                 "generation",
                 "counter of the generation this node leads or follows (0: never synced)",
                 ours.gen.counter as f64,
+            ),
+            (
+                "leader",
+                "1 while this node leads the pair (--role auto)",
+                pair.as_ref().map_or(0.0, |p| f64::from(p.leading)),
+            ),
+            (
+                "gate_open",
+                "1 while this node may hold the service address (--role auto)",
+                pair.as_ref().map_or(0.0, |p| f64::from(p.gate_open)),
             ),
             (
                 "generation_batch",
@@ -271,6 +309,17 @@ impl Stats {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let _ = writeln!(s, "generation: {}", crate::generation::describe(&ours));
+        if let Some(p) = self.pair.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            let _ = writeln!(s, "pair role: {}", p.role);
+            let _ = writeln!(
+                s,
+                "may lead: {} ({})",
+                if p.gate_open { "yes" } else { "no" },
+                p.why
+            );
+            let _ = writeln!(s, "data: {}", p.data);
+            let _ = writeln!(s, "last role change: {}", p.last_change);
+        }
         let _ = writeln!(
             s,
             "peer generation: {}",

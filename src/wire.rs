@@ -13,7 +13,7 @@ use crate::path::RelPath;
 use syncd_proto::pair::lineage::{Lineage, NodeId};
 
 /// Bumped on any incompatible change to the messages below.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 /// ALPN identifier for the QUIC/TLS handshake.
 pub const ALPN: &[u8] = b"syncd/1";
 /// The standby's close reason for a session replaced by a newer one.
@@ -84,6 +84,9 @@ pub enum Encoding {
 pub enum Purpose {
     Resync,
     Verify,
+    /// `--role auto`: the peer's state and its questions, one way (each node
+    /// opens one such session to the other); changes nothing.
+    Peer,
 }
 
 /// Primary → standby.
@@ -176,6 +179,21 @@ pub enum Request {
     },
     /// Make everything durable and close the session.
     Finish,
+    /// Peer sessions: the sender's role and data, sent at every change and
+    /// at least every heartbeat period (syncd's own heartbeat: QUIC
+    /// keep-alives are answered by a hung process too).
+    PeerState {
+        leading: bool,
+        lineage: Lineage,
+    },
+    /// May the sender lead? (It lost VRRP adverts, or wins the election.)
+    Ask {
+        priority: u8,
+    },
+    /// The answer to the receiver's last `Ask`.
+    Answer {
+        grant: bool,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

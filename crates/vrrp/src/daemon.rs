@@ -8,7 +8,7 @@ use tokio::task::JoinSet;
 
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigError, VrrpConfig, VrrpFile};
-use crate::instance::{self, RunError};
+use crate::instance::{self, Hooks, RunError};
 use crate::io::netlink::Net;
 use crate::metrics::{Counters, InstanceStatus};
 
@@ -24,6 +24,12 @@ pub struct Vrrp {
 impl Vrrp {
     /// Start every instance of `config` (and its admin endpoint) on the current tokio runtime.
     pub async fn start(config: Config) -> Result<Vrrp, RunError> {
+        Vrrp::start_embedded(config, Hooks::default()).await
+    }
+
+    /// Like [`Vrrp::start`], with an embedder's gate and promotion hook on
+    /// every instance (see [`Hooks`]).
+    pub async fn start_embedded(config: Config, hooks: Hooks) -> Result<Vrrp, RunError> {
         let net = Net::new().map_err(|err| RunError::Net {
             name: "netlink".into(),
             err,
@@ -48,6 +54,7 @@ impl Vrrp {
                 tx,
                 counters,
                 stop_rx.clone(),
+                hooks.clone(),
             ));
         }
         let view = AdminState {

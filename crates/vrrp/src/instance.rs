@@ -14,7 +14,7 @@ use crate::io::netlink::{LinkAddr, Net, NetError};
 use crate::io::socket::{RecvError, VrrpSocket};
 use crate::machine::{Action, Event, Machine, State};
 use crate::metrics::{unix_now, Counters, InstanceStatus};
-use crate::notify::{Hooks, Notifier};
+use crate::notify::{Hooks as NotifyHooks, Notifier};
 use crate::packet::{Advert, MCAST_V4, MCAST_V6};
 use crate::track::{health, LinkState, TrackState};
 
@@ -146,12 +146,31 @@ async fn source_address(cfg: &InstanceConfig, net: &Net, index: u32) -> Result<I
 }
 
 /// Run one instance until `shutdown` turns true, then resign (priority 0) and release.
+/// What an embedding program adds to its instances (see [`crate::Embed`]).
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// `Some(reason)`: the embedder forbids this node to hold the address
+    /// now; the instance is held in FAULT (a master resigns first).
+    pub gate: Option<watch::Receiver<Option<String>>>,
+    /// Awaited before the addresses are added on becoming master; an error
+    /// leaves them off (the embedder is expected to close the gate).
+    pub before_master: Option<BeforeMaster>,
+}
+
+/// See [`Hooks::before_master`].
+pub type BeforeMaster = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+        + Send
+        + Sync,
+>;
+
 pub async fn run(
     cfg: InstanceConfig,
     net: Net,
     status: watch::Sender<InstanceStatus>,
     counters: Arc<Counters>,
     mut shutdown: watch::Receiver<bool>,
+    hooks: Hooks,
 ) -> Result<(), RunError> {
     let name = cfg.name.clone();
     let nerr = |err| RunError::Net {
@@ -264,7 +283,17 @@ pub async fn run(
     }
     drop(htx);
 
-    let hooks = Hooks {
+    let mut gate = hooks.gate;
+    let before_master = hooks.before_master;
+    // The embedder's gate is one more health input: closed means FAULT.
+    let health = |tracks: &[TrackState],
+                  links: &[LinkState],
+                  gate: &Option<watch::Receiver<Option<String>>>| {
+        let (delta, fault) = health(tracks, links);
+        let closed = gate.as_ref().and_then(|g| g.borrow().clone());
+        (delta, fault.or(closed))
+    };
+    let hooks = NotifyHooks {
         master: cfg.notify_master.clone(),
         backup: cfg.notify_backup.clone(),
         fault: cfg.notify_fault.clone(),
@@ -287,13 +316,14 @@ pub async fn run(
         counters: &counters,
         status: &status,
         notifier: &notifier,
+        before_master,
     };
     tracing::info!(
         instance = %name, interface = %cfg.interface, vrid = cfg.vrid, priority = cfg.priority,
         version = ?cfg.version, source = %src, mode = if multicast { "multicast" } else { "unicast" },
         "starting"
     );
-    let (delta, fault) = health(&tracks, &links);
+    let (delta, fault) = health(&tracks, &links, &gate);
     let now = std::time::Instant::now();
     let _ = shell.machine.handle_event(
         now,
@@ -324,6 +354,17 @@ pub async fn run(
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
+            _ = async {
+                match gate.as_mut() {
+                    Some(g) => { if g.changed().await.is_err() { std::future::pending::<()>().await } }
+                    None => std::future::pending().await,
+                }
+            } => {
+                let (delta, fault) = health(&tracks, &links, &gate);
+                tracing::info!(instance = %name, fault = ?fault, "gate changed");
+                let _ = shell.machine.handle_event(std::time::Instant::now(), Event::Health { weight_delta: delta, fault });
+                shell.publish(None);
+            }
             Some(m) = hrx.recv() => {
                 let changed = match m {
                     HealthMsg::Track(i, ok) => tracks.get_mut(i).is_some_and(|t| t.record(ok)),
@@ -334,7 +375,7 @@ pub async fn run(
                     }),
                 };
                 if changed {
-                    let (delta, fault) = health(&tracks, &links);
+                    let (delta, fault) = health(&tracks, &links, &gate);
                     tracing::info!(instance = %name, weight_delta = delta, fault = ?fault, "health changed");
                     let _ = shell.machine.handle_event(std::time::Instant::now(), Event::Health { weight_delta: delta, fault });
                     shell.publish(None);
@@ -369,6 +410,7 @@ struct Shell<'a> {
     counters: &'a Counters,
     status: &'a watch::Sender<InstanceStatus>,
     notifier: &'a Notifier,
+    before_master: Option<BeforeMaster>,
 }
 
 impl Shell<'_> {
@@ -458,6 +500,8 @@ impl Shell<'_> {
     }
 
     async fn drain(&mut self) {
+        // Set when the embedder refused the addresses: nothing to announce.
+        let mut refused = false;
         while let Some(a) = self.machine.poll_action() {
             match a {
                 Action::SendAdvert { priority } => {
@@ -478,6 +522,15 @@ impl Shell<'_> {
                     }
                 }
                 Action::AddAddresses => {
+                    if let Some(hook) = &self.before_master {
+                        // The embedder's promotion comes first (e.g. become
+                        // the replication source, export NFS), then the address.
+                        if let Err(why) = hook().await {
+                            tracing::warn!(instance = %self.cfg.name, "not taking the virtual addresses: {why}");
+                            refused = true;
+                            continue;
+                        }
+                    }
                     let r = self.add_all().await;
                     // The machine decides: a master without its VIPs goes FAULT.
                     let _ = self
@@ -496,6 +549,7 @@ impl Shell<'_> {
                         .handle_event(std::time::Instant::now(), Event::AddressResult(r));
                 }
                 Action::RemoveAddresses => self.remove_all().await,
+                Action::Announce { .. } if refused => {}
                 Action::Announce { count } => match self.announcer.announce(&self.vip_addrs, count)
                 {
                     Ok(n) => {

@@ -26,7 +26,7 @@ pub mod track;
 pub use cli::cli_main;
 pub use config::{Config, ConfigError, InstanceConfig, VrrpConfig, VrrpFile};
 pub use daemon::{run_instances, Error, Vrrp};
-pub use instance::RunError;
+pub use instance::{BeforeMaster, Hooks, RunError};
 pub use machine::{Action, Event, Machine, MachineConfig, State};
 pub use metrics::InstanceStatus;
 pub use packet::{Advert, Auth, PacketError, Version};

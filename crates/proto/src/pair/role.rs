@@ -144,6 +144,8 @@ pub struct Role {
     vrrp_master: bool,
     forced: bool,
     retry_at: Option<Instant>,
+    /// Shutting down: never open the gate or promote again.
+    stopping: bool,
     /// Our `Ask` is out, since then.
     asking: Option<Instant>,
     /// We consented to the peer leading; no promotion of ours until then.
@@ -184,6 +186,7 @@ impl Role {
             vrrp_master: false,
             forced: false,
             retry_at: None,
+            stopping: false,
             asking: None,
             granted_until: None,
             ask_again: None,
@@ -216,6 +219,11 @@ impl Role {
         self.peer
             .as_ref()
             .map(|p| self.lineage.relation(self.me, &p.lineage))
+    }
+
+    /// What the peer should hear: leading (or promoting to).
+    pub fn leading(&self) -> bool {
+        matches!(self.state, RoleState::Leader | RoleState::Promoting)
     }
 
     pub fn gate_open(&self) -> bool {
@@ -316,6 +324,10 @@ impl Role {
 
     pub fn handle_demoted(&mut self, now: Instant) {
         if self.state == RoleState::Demoting {
+            if self.stopping {
+                self.set_state(RoleState::Stopped, "shutdown".into());
+                return;
+            }
             self.set_state(RoleState::Follower, "demoted".into());
         }
         self.update(now);
@@ -339,6 +351,7 @@ impl Role {
     /// Stop: a leader demotes first (hook, source off), so the peer can
     /// take over at once.
     pub fn handle_shutdown(&mut self, now: Instant) {
+        self.stopping = true;
         match self.state {
             RoleState::Leader | RoleState::Promoting => {
                 self.set_state(RoleState::Demoting, "shutdown".into());
@@ -440,8 +453,16 @@ impl Role {
         if matches!(self.state, RoleState::Leader | RoleState::Promoting) {
             return (true, "leading".into(), None);
         }
-        if self.state == RoleState::Stopped {
-            return (false, "stopped".into(), None);
+        if self.stopping {
+            return (false, "shutting down".into(), None);
+        }
+        if let Some(t) = self.ask_again.filter(|&t| now < t) {
+            // Stepping out of the election lets the peer's VRRP settle.
+            return (
+                false,
+                "the peer did not consent to our leading; asking again soon".into(),
+                Some(t),
+            );
         }
         if let Some(t) = self.retry_at.filter(|&t| now < t) {
             return (
@@ -459,9 +480,15 @@ impl Role {
         }
         if let Some(p) = &self.peer {
             if p.leading {
+                // Stay in the election (BACKUP) so that, once its heartbeats
+                // stop, VRRP's own Master_Down_Interval is the whole
+                // failover; promotion is refused while it is heard.
                 return (
-                    false,
-                    format!("peer {} leads generation {}", p.node, p.lineage.gen),
+                    true,
+                    format!(
+                        "peer {} leads generation {}; standing by",
+                        p.node, p.lineage.gen
+                    ),
                     None,
                 );
             }
@@ -555,6 +582,15 @@ impl Role {
             }
         }
         let want = self.state == RoleState::Follower && self.vrrp_master && open;
+        if want && self.peer.as_ref().is_some_and(|p| p.leading) {
+            // VRRP lost the peer's adverts, but its heartbeats arrive: the
+            // second path says it lives. Step out of the election a while.
+            if self.ask_again.is_none() {
+                self.ask_again = Some(now + self.cfg.heartbeat_timeout);
+                self.update(now);
+            }
+            return;
+        }
         if want && self.peer.is_some() && !self.consent {
             if self.asking.is_none() && self.granted_until.is_none() && self.ask_again.is_none() {
                 self.asking = Some(now);

@@ -143,14 +143,19 @@ fn the_follower_takes_over_at_once_when_the_leader_dies() {
         .any(|a| matches!(a, Action::Persist { peer_seen: Some(g), .. } if *g == la.gen)));
     b.handle_caught_up(&la, t0);
     b.handle_commit(40);
-    assert!(!b.gate_open(), "the peer leads");
-    // VRRP adverts are lost but the leader's heartbeats arrive: no promotion
+    assert!(
+        b.gate_open(),
+        "standing by in the election while the peer leads"
+    );
+    // VRRP adverts are lost but the leader's heartbeats arrive: no
+    // promotion, and the node steps out of the election a while
     let t1 = t0 + Duration::from_secs(2);
     b.handle_peer(hello(A, &la, true), t1);
     b.handle_vrrp(true, t1);
     assert!(drain(&mut b)
         .iter()
         .all(|a| !matches!(a, Action::Promote { .. })));
+    assert!(!b.gate_open());
     // the leader dies: heartbeats stop, the gate opens, VRRP promotes
     let t2 = b.poll_timeout().unwrap();
     assert_eq!(t2, t1 + cfg().heartbeat_timeout);
@@ -199,9 +204,11 @@ fn the_old_leader_returns_follows_and_keeps_its_writes() {
     a.handle_peer(hello(B, &lb, true), t0);
     assert!(!a.gate_open());
     // the peer hands over (switchover): now A may lead and preempt
-    a.handle_peer(hello(B, &lb, false), t0);
+    let t1 = t0 + cfg().heartbeat_timeout;
+    a.handle_peer(hello(B, &lb, false), t1);
+    a.handle_timeout(t1);
     assert!(a.gate_open());
-    let gen = lead(&mut a, t0);
+    let gen = lead(&mut a, t1);
     assert_eq!(gen.counter, 3);
 }
 

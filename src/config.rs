@@ -59,6 +59,8 @@ struct RawSync {
     settle_ms: u64,
     #[serde(default = "default_full_secs")]
     full_reconcile_secs: u64,
+    #[serde(default = "default_reply_timeout_secs")]
+    reply_timeout_secs: u64,
 }
 
 impl Default for RawSync {
@@ -73,6 +75,7 @@ impl Default for RawSync {
             batch_max_paths: default_max_paths(),
             settle_ms: default_settle_ms(),
             full_reconcile_secs: default_full_secs(),
+            reply_timeout_secs: default_reply_timeout_secs(),
         }
     }
 }
@@ -91,6 +94,10 @@ fn default_settle_ms() -> u64 {
 }
 fn default_full_secs() -> u64 {
     3600
+}
+
+fn default_reply_timeout_secs() -> u64 {
+    crate::stream::REPLY_DEADLINE.as_secs()
 }
 
 fn yes() -> bool {
@@ -118,6 +125,9 @@ pub struct SyncOptions {
     pub batch: BatchConfig,
     /// A full reconcile this often while live (0 = never), as a safety net.
     pub full_reconcile: Option<std::time::Duration>,
+    /// The primary gives a session up after waiting this long for any
+    /// reply (0 = never).
+    pub reply_timeout: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -312,6 +322,8 @@ impl Config {
                 durable: raw.sync.durable,
                 batch,
                 full_reconcile,
+                reply_timeout: (rs.reply_timeout_secs > 0)
+                    .then(|| std::time::Duration::from_secs(rs.reply_timeout_secs)),
             },
         })
     }

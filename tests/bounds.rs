@@ -1,0 +1,394 @@
+//! Everything a peer controls is bounded: a hostile (certificate-holding)
+//! primary against the real standby, and a hostile standby against the
+//! primary's session. Each case must end with a clear error, leave the
+//! standby's export unchanged and the standby serving the next session.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{snapshot, Pair};
+use syncd::client::{ClientError, Session};
+use syncd::path::RelPath;
+use syncd::wire::{Encoding, Meta, Purpose, Reply, Request};
+
+const META: Meta = Meta {
+    mode: 0o644,
+    uid: 0,
+    gid: 0,
+    mtime_sec: 0,
+    mtime_nsec: 0,
+};
+
+fn rp(s: &str) -> RelPath {
+    RelPath::new(s.as_bytes().to_vec()).unwrap()
+}
+
+fn primary_cfg(p: &Pair) -> syncd::config::Config {
+    syncd::config::Config::load(&p.path("primary.toml")).unwrap()
+}
+
+/// The standby still runs, its staging area is empty, and an honest resync
+/// goes through.
+fn assert_serving(p: &mut Pair) {
+    assert!(
+        p.standby.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "the standby died:\n{}",
+        p.log()
+    );
+    std::fs::write(p.primary().join("honest"), b"after the attack").unwrap();
+    p.resync(&[]);
+    assert_eq!(
+        std::fs::read(p.standby_dir().join("honest")).unwrap(),
+        b"after the attack"
+    );
+}
+
+/// A standby export with one file, and a primary export that agrees.
+fn pair_with_base() -> Pair {
+    let mut p = Pair::new();
+    let base: Vec<u8> = (0..64 << 10).map(|i| (i % 251) as u8).collect();
+    std::fs::write(p.standby_dir().join("base.bin"), &base).unwrap();
+    std::fs::write(p.primary().join("base.bin"), &base).unwrap();
+    p.start_standby();
+    p
+}
+
+/// Staged files are in `.syncd`; what a reader sees is everything else.
+fn visible(p: &Pair) -> std::collections::BTreeMap<Vec<u8>, String> {
+    let mut s = snapshot(&p.standby_dir());
+    s.retain(|k, _| !k.starts_with(b".syncd"));
+    s
+}
+
+#[test]
+fn a_thousand_files_begun_without_end_end_the_session() {
+    let mut p = pair_with_base();
+    let before = visible(&p);
+    let cfg = primary_cfg(&p);
+    let me = syncd::generation::Leading::start(&cfg, false).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let r = rt.block_on(async {
+        let mut s = Session::connect(&cfg, Purpose::Resync, &me).await.unwrap();
+        for id in 0..1000u64 {
+            let sent = s
+                .send(&Request::FileBegin {
+                    id,
+                    // Each a delta: a staged file, the base open, a 1 MiB buffer.
+                    path: rp("base.bin"),
+                    meta: META,
+                    size: 10,
+                    encoding: Encoding::Delta,
+                })
+                .await;
+            if sent.is_err() {
+                break; // the standby has already ended the session
+            }
+        }
+        s.barrier(1).await
+    });
+    match r {
+        Err(ClientError::Fatal(why)) => {
+            assert!(why.contains("too many files in flight"), "{why}")
+        }
+        other => panic!("1000 files in flight were accepted: {other:?}"),
+    }
+    assert_eq!(visible(&p), before, "the export changed");
+    assert_serving(&mut p);
+}
+
+#[test]
+fn a_file_declared_at_one_exbibyte_fails_before_staging() {
+    let mut p = pair_with_base();
+    let before = visible(&p);
+    let cfg = primary_cfg(&p);
+    let me = syncd::generation::Leading::start(&cfg, false).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let failures = rt.block_on(async {
+        let mut s = Session::connect(&cfg, Purpose::Resync, &me).await.unwrap();
+        // As a delta of the base: a few copy instructions would fill the disk.
+        s.send(&Request::FileBegin {
+            id: 1,
+            path: rp("base.bin"),
+            meta: META,
+            size: 1 << 60,
+            encoding: Encoding::Delta,
+        })
+        .await
+        .unwrap();
+        let mut seg = 0x7273_0236u32.to_be_bytes().to_vec();
+        for _ in 0..1000 {
+            // copy 64 KiB from offset 0 (2-byte offset, 4-byte length)
+            seg.extend_from_slice(&[0x4b, 0, 0, 0, 1, 0, 0]);
+        }
+        seg.push(0);
+        s.send(&Request::DeltaSegment { id: 1, data: seg })
+            .await
+            .unwrap();
+        s.send(&Request::FileEnd {
+            id: 1,
+            hash: [0; 32],
+        })
+        .await
+        .unwrap();
+        let f = s.barrier(1).await.unwrap();
+        let _ = s.finish().await;
+        f
+    });
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    let e = &failures[0].error;
+    assert!(
+        e.contains("declared size") && e.contains("No space left on device"),
+        "{e}"
+    );
+    assert_eq!(visible(&p), before, "the export changed");
+    assert_serving(&mut p);
+}
+
+#[test]
+fn a_delta_copying_past_the_declared_size_is_refused() {
+    let mut p = pair_with_base();
+    let before = visible(&p);
+    let cfg = primary_cfg(&p);
+    let me = syncd::generation::Leading::start(&cfg, false).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let failures = rt.block_on(async {
+        let mut s = Session::connect(&cfg, Purpose::Resync, &me).await.unwrap();
+        s.send(&Request::FileBegin {
+            id: 1,
+            path: rp("base.bin"),
+            meta: META,
+            size: 100,
+            encoding: Encoding::Delta,
+        })
+        .await
+        .unwrap();
+        let mut seg = 0x7273_0236u32.to_be_bytes().to_vec();
+        for _ in 0..10 {
+            // copy 64 bytes from offset 0 (1-byte offset, 1-byte length)
+            seg.extend_from_slice(&[0x45, 0, 64]);
+        }
+        seg.push(0);
+        s.send(&Request::DeltaSegment { id: 1, data: seg })
+            .await
+            .unwrap();
+        s.send(&Request::FileEnd {
+            id: 1,
+            hash: [0; 32],
+        })
+        .await
+        .unwrap();
+        let f = s.barrier(1).await.unwrap();
+        let _ = s.finish().await;
+        f
+    });
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(
+        failures[0].error.contains("more than the announced size"),
+        "{failures:?}"
+    );
+    assert_eq!(visible(&p), before, "the export changed");
+    assert_serving(&mut p);
+}
+
+#[test]
+fn a_flood_of_verify_sessions_is_refused_beyond_the_limit() {
+    let mut p = pair_with_base();
+    let cfg = primary_cfg(&p);
+    let me = syncd::generation::Leading::start(&cfg, false).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut open = Vec::new();
+        for _ in 0..syncd::standby::MAX_VERIFY_SESSIONS {
+            open.push(Session::connect(&cfg, Purpose::Verify, &me).await.unwrap());
+        }
+        for _ in 0..3 {
+            match Session::connect(&cfg, Purpose::Verify, &me).await {
+                Err(ClientError::Refused(why, _)) => {
+                    assert!(why.contains("too many verify sessions"), "{why}")
+                }
+                Err(e) => panic!("refused without a clear reason: {e}"),
+                Ok(_) => panic!("a verify session beyond the limit was accepted"),
+            }
+        }
+        // Writing sessions are not verify sessions: still served.
+        let w = Session::connect(&cfg, Purpose::Resync, &me).await.unwrap();
+        w.finish().await.unwrap();
+        for s in open {
+            s.finish().await.unwrap();
+        }
+        // Slots are given back when sessions end.
+        let t = Instant::now();
+        loop {
+            match Session::connect(&cfg, Purpose::Verify, &me).await {
+                Ok(s) => {
+                    s.finish().await.unwrap();
+                    break;
+                }
+                Err(e) => {
+                    assert!(t.elapsed() < Duration::from_secs(10), "{e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    assert_serving(&mut p);
+}
+
+#[test]
+fn failures_beyond_the_cap_are_counted_not_kept() {
+    let mut p = pair_with_base();
+    let before = visible(&p);
+    let cfg = primary_cfg(&p);
+    let me = syncd::generation::Leading::start(&cfg, false).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let extra = 25;
+    let (failures, dropped) = rt.block_on(async {
+        let mut s = Session::connect(&cfg, Purpose::Resync, &me).await.unwrap();
+        for id in 0..(syncd::standby::MAX_FAILURES + extra) as u64 {
+            // A wrong hash: never committed, reported as a failure.
+            s.send(&Request::FileBegin {
+                id,
+                path: rp(&format!("bad-{id}")),
+                meta: META,
+                size: 1,
+                encoding: Encoding::Whole,
+            })
+            .await
+            .unwrap();
+            s.send(&Request::FileData {
+                id,
+                data: b"x".to_vec(),
+            })
+            .await
+            .unwrap();
+            s.send(&Request::FileEnd { id, hash: [0; 32] })
+                .await
+                .unwrap();
+        }
+        let f = s.barrier(1).await.unwrap();
+        let dropped = s.take_failures_dropped();
+        s.finish().await.unwrap();
+        (f, dropped)
+    });
+    assert_eq!(failures.len(), syncd::standby::MAX_FAILURES);
+    assert_eq!(dropped, extra as u64);
+    assert_eq!(visible(&p), before, "the export changed");
+    assert_serving(&mut p);
+}
+
+/// A standby that answers the handshake, then `behave`s on the control stream.
+async fn fake_standby<F, Fut>(p: &Pair, behave: F) -> std::net::SocketAddr
+where
+    F: FnOnce(quinn::SendStream, quinn::RecvStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let cfg = syncd::config::Config::load(&p.path("standby.toml")).unwrap();
+    let id = syncd::tls::Identity::from_config(&cfg).unwrap();
+    let node = syncd::generation::node_id(&id);
+    let sc = syncd::tls::server_config(&id).unwrap();
+    let ep = quinn::Endpoint::server(sc, cfg.listen.unwrap()).unwrap();
+    let addr = ep.local_addr().unwrap();
+    tokio::spawn(async move {
+        let conn = ep.accept().await.unwrap().await.unwrap();
+        let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+        let mut buf = Vec::new();
+        let _hello: Option<Request> = syncd::wire::read_msg(&mut recv, &mut buf).await.unwrap();
+        let welcome = Reply::Welcome {
+            version: syncd::wire::PROTOCOL_VERSION,
+            node_id: "fake".into(),
+            node,
+            lineage: Default::default(),
+        };
+        syncd::wire::write_msg(&mut send, &welcome, &mut buf)
+            .await
+            .unwrap();
+        behave(send, recv).await;
+        drop(conn);
+        drop(ep);
+    });
+    addr
+}
+
+#[test]
+fn a_standby_that_stops_replying_ends_the_session_at_the_deadline() {
+    let p = Pair::new();
+    let toml = std::fs::read_to_string(p.path("primary.toml")).unwrap();
+    std::fs::write(
+        p.path("primary.toml"),
+        format!("{toml}[sync]\nreply_timeout_secs = 2\n"),
+    )
+    .unwrap();
+    let cfg = primary_cfg(&p);
+    let me = syncd::generation::Leading::start(&cfg, false).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // Hung: reads requests, answers nothing; the connection (and its
+        // keep-alives) stays up.
+        fake_standby(&p, |send, mut recv| async move {
+            let _open = send; // dropping it would end the stream
+            let mut buf = Vec::new();
+            while let Ok(Some(_)) = syncd::wire::read_msg::<_, Request>(&mut recv, &mut buf).await {
+            }
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        })
+        .await;
+        let mut s = Session::connect(&cfg, Purpose::Resync, &me).await.unwrap();
+        let t = Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(20), s.barrier(1))
+            .await
+            .expect("the primary waited for a hung standby past its deadline");
+        match r {
+            Err(e @ ClientError::Timeout(_)) => {
+                let msg = e.to_string();
+                assert!(msg.contains("no reply from the standby within"), "{msg}");
+            }
+            other => panic!("expected a reply timeout, got {other:?}"),
+        }
+        assert!(t.elapsed() >= Duration::from_secs(2));
+    });
+}
+
+#[test]
+fn an_endless_list_from_the_standby_is_refused() {
+    let p = Pair::new();
+    let cfg = primary_cfg(&p);
+    let me = syncd::generation::Leading::start(&cfg, false).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        fake_standby(&p, |mut send, mut recv| async move {
+            let mut buf = Vec::new();
+            let _list: Option<Request> = syncd::wire::read_msg(&mut recv, &mut buf).await.unwrap();
+            let entries: Vec<syncd::wire::Entry> = (0..1000)
+                .map(|i| syncd::wire::Entry {
+                    path: rp(&format!("f{i}")),
+                    kind: syncd::wire::Kind::Dir,
+                    meta: META,
+                    ino: i,
+                })
+                .collect();
+            // Never a ListEnd.
+            loop {
+                let chunk = Reply::ListChunk {
+                    entries: entries.clone(),
+                };
+                if syncd::wire::write_msg(&mut send, &chunk, &mut buf)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        })
+        .await;
+        let mut s = Session::connect(&cfg, Purpose::Resync, &me).await.unwrap();
+        s.set_list_limits(100_000, 1 << 30);
+        let r = tokio::time::timeout(Duration::from_secs(30), s.list(false))
+            .await
+            .expect("the primary kept taking an endless list");
+        match r {
+            Err(e) => assert!(e.to_string().contains("list exceeds"), "{e}"),
+            Ok(l) => panic!("an endless list ended with {} entries", l.len()),
+        }
+    });
+}

@@ -392,3 +392,95 @@ fn an_endless_list_from_the_standby_is_refused() {
         }
     });
 }
+
+/// Bytes the process has read so far (`rchar`): how far a hash has got.
+fn read_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+/// `syncd verify` rehashes the whole standby export; a live commit made
+/// meanwhile must not wait for it (the index is not locked while hashing).
+#[test]
+fn a_commit_completes_while_a_verify_rehashes_the_standby() {
+    let mut p = Pair::new();
+    // Without syncfs the commit's time is the lock's, not the disk's.
+    let toml = std::fs::read_to_string(p.path("standby.toml")).unwrap();
+    std::fs::write(
+        p.path("standby.toml"),
+        format!("{toml}[sync]\ndurable = false\n"),
+    )
+    .unwrap();
+    const FILES: usize = 64;
+    const SIZE: usize = 4 << 20; // 256 MiB in all
+    std::fs::create_dir(p.standby_dir().join("big")).unwrap();
+    for i in 0..FILES {
+        std::fs::write(
+            p.standby_dir().join(format!("big/{i:02}")),
+            vec![i as u8; SIZE],
+        )
+        .unwrap();
+    }
+    p.start_standby();
+    let pid = p.standby.as_ref().unwrap().id();
+    let cfg = primary_cfg(&p);
+    let me = syncd::generation::Leading::start(&cfg, false).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut w = Session::connect(&cfg, Purpose::Resync, &me).await.unwrap();
+        let mut v = Session::connect(&cfg, Purpose::Verify, &me).await.unwrap();
+        let start = read_bytes(pid);
+        let verify = tokio::spawn(async move {
+            let r = v.list(true).await;
+            let _ = v.finish().await;
+            r
+        });
+        // Hashing is under way once the standby has read 16 MiB.
+        while read_bytes(pid) - start < 16 << 20 {
+            assert!(!verify.is_finished(), "the verify ended before hashing");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let data = b"live".to_vec();
+        let hash = *blake3::hash(&data).as_bytes();
+        w.send(&Request::FileBegin {
+            id: 1,
+            path: rp("live"),
+            meta: META,
+            size: data.len() as u64,
+            encoding: Encoding::Whole,
+        })
+        .await
+        .unwrap();
+        w.send(&Request::FileData { id: 1, data }).await.unwrap();
+        w.send(&Request::FileEnd { id: 1, hash }).await.unwrap();
+        let failures = w.commit(1).await.unwrap();
+        let hashed = read_bytes(pid) - start;
+        let verify_done = verify.is_finished();
+        assert!(failures.is_empty(), "{failures:?}");
+        assert!(
+            !verify_done,
+            "the commit waited for the verify to finish hashing"
+        );
+        assert!(
+            hashed < (FILES * SIZE) as u64,
+            "the commit completed only after the whole export was hashed ({hashed} bytes read)"
+        );
+        let listed = verify.await.unwrap().unwrap();
+        assert_eq!(
+            listed
+                .iter()
+                .filter(|e| e.path.as_bytes().starts_with(b"big/"))
+                .count(),
+            FILES
+        );
+        w.finish().await.unwrap();
+    });
+    assert_eq!(
+        std::fs::read(p.standby_dir().join("live")).unwrap(),
+        b"live"
+    );
+}

@@ -52,8 +52,9 @@ const BATCH_BYTES: u64 = 256 << 20;
 
 /// Replies queued for the writer: beyond this, workers and the receive loop
 /// wait (and so stop reading requests), so a primary that does not read its
-/// replies cannot grow the standby's memory.
-const REPLY_QUEUE: usize = 256;
+/// replies cannot grow the standby's memory. A reply is at most a frame
+/// (8 MiB; list chunks about 1 MiB), so this bounds the queue to 128 MiB.
+pub const REPLY_QUEUE: usize = 16;
 /// Files begun but not yet ended, per connection (control stream and file
 /// streams together). Each holds descriptors and up to a 1 MiB buffer; an
 /// honest primary has a handful in flight.

@@ -484,3 +484,71 @@ fn a_commit_completes_while_a_verify_rehashes_the_standby() {
         b"live"
     );
 }
+
+/// Resident memory of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+/// A primary that asks and never reads the answers: the standby stops
+/// reading its requests instead of queueing replies without bound.
+#[test]
+fn a_primary_that_reads_no_replies_cannot_grow_the_standby() {
+    let mut p = Pair::new();
+    std::fs::write(p.standby_dir().join("sigbase.bin"), vec![7u8; 4 << 20]).unwrap();
+    p.start_standby();
+    let pid = p.standby.as_ref().unwrap().id();
+    let cfg = primary_cfg(&p);
+    let me = syncd::generation::Leading::start(&cfg, false).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let before = rss(pid);
+    let grown = rt.block_on(async {
+        let mut s = Session::connect(&cfg, Purpose::Resync, &me).await.unwrap();
+        // Each answer is a 160 KiB signature (4 MiB in 512-byte blocks):
+        // 3000 of them would be 480 MiB queued.
+        for id in 0..3000u64 {
+            let r = Request::SigRequest {
+                id,
+                path: rp("sigbase.bin"),
+                block_size: 512,
+                strong_len: 16,
+            };
+            let sent = tokio::time::timeout(Duration::from_secs(5), s.send(&r)).await;
+            if !matches!(sent, Ok(Ok(()))) {
+                break; // the standby stopped reading: back-pressure
+            }
+        }
+        // Flush what is batched (with one more request); the standby may
+        // have stopped reading.
+        let last = postcard::to_stdvec(&Request::SigRequest {
+            id: 3000,
+            path: rp("sigbase.bin"),
+            block_size: 512,
+            strong_len: 16,
+        })
+        .unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.send_frame(&last)).await;
+        let mut most = 0;
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(5) {
+            most = most.max(rss(pid).saturating_sub(before));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(s);
+        most
+    });
+    eprintln!("standby grew by {} MiB", grown >> 20);
+    assert!(
+        grown < 150 << 20,
+        "the standby grew by {} MiB holding replies nobody reads",
+        grown >> 20
+    );
+    // The stuck session is superseded by the next one.
+    assert_serving(&mut p);
+}

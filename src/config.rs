@@ -381,6 +381,11 @@ fn resolve(s: &str) -> Result<SocketAddr, String> {
 fn resolve_path(p: &Path) -> PathBuf {
     use std::path::Component;
     let mut lexical = PathBuf::new();
+    let p = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(p)
+    };
     for c in p.components() {
         match c {
             Component::ParentDir => {

@@ -545,6 +545,13 @@ async fn dispatch(
             .map_err(|_| SessionError::Protocol("worker stopped".into()))
     };
     loop {
+        if reply.is_closed() {
+            // The writer has gone: a worker sent a Fatal (e.g. too many
+            // files in flight) or the stream broke. Nothing more is answered.
+            return Err(SessionError::Protocol(
+                "session ended by a fatal error".into(),
+            ));
+        }
         let msg: Request = match wire::read_msg(recv, rbuf).await? {
             Some(m) => m,
             None => {

@@ -383,7 +383,7 @@ fn an_endless_list_from_the_standby_is_refused() {
         .await;
         let mut s = Session::connect(&cfg, Purpose::Resync, &me).await.unwrap();
         s.set_list_limits(100_000, 1 << 30);
-        let r = tokio::time::timeout(Duration::from_secs(30), s.list(false))
+        let r = tokio::time::timeout(Duration::from_secs(10), s.list(false))
             .await
             .expect("the primary kept taking an endless list");
         match r {
@@ -551,4 +551,47 @@ fn a_primary_that_reads_no_replies_cannot_grow_the_standby() {
     );
     // The stuck session is superseded by the next one.
     assert_serving(&mut p);
+}
+
+/// The live primary against a standby that stops answering: the session
+/// ends at the deadline, the primary says so, reconnects, and `syncd status`
+/// shows why.
+#[test]
+fn a_live_primary_gives_up_on_a_hung_standby_and_says_so() {
+    let mut p = Pair::new();
+    let toml = std::fs::read_to_string(p.path("primary.toml")).unwrap();
+    std::fs::write(
+        p.path("primary.toml"),
+        format!("{toml}[sync]\nreply_timeout_secs = 2\n"),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(fake_standby(&p, |send, mut recv| async move {
+        let _open = send;
+        let mut buf = Vec::new();
+        while let Ok(Some(_)) = syncd::wire::read_msg::<_, Request>(&mut recv, &mut buf).await {}
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }));
+    p.start_primary();
+    let t = Instant::now();
+    while !p
+        .primary_log()
+        .contains("no reply from the standby within 2s")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the primary did not give up on the hung standby:\n{}",
+            p.primary_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        p.primary_log().contains("reconnecting"),
+        "{}",
+        p.primary_log()
+    );
+    let st = p.syncd(&["status", "--config", "primary.toml"]);
+    let text = String::from_utf8_lossy(&st.stdout);
+    assert!(text.contains("no reply from the standby"), "{text}");
+    assert!(p.stop_primary());
 }

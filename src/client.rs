@@ -32,6 +32,7 @@ impl From<StreamError> for ClientError {
             StreamError::Fatal(r) => ClientError::Fatal(r),
             StreamError::Closed => ClientError::Protocol("standby closed the session".into()),
             StreamError::Wire(w) => ClientError::Wire(w),
+            StreamError::Timeout(d) => ClientError::Timeout(d),
         }
     }
 }
@@ -54,7 +55,17 @@ pub enum ClientError {
     Wire(#[from] wire::WireError),
     #[error("local export: {0}")]
     Io(#[from] std::io::Error),
+    #[error(
+        "no reply from the standby within {0:?}: it is hung or overloaded; ending the session"
+    )]
+    Timeout(Duration),
 }
+
+/// A standby's manifest larger than this is refused (a hostile or broken
+/// standby could otherwise send an endless list): 50 million entries, or
+/// 16 GiB of paths and targets.
+pub const MAX_LIST_ENTRIES: usize = 50_000_000;
+pub const MAX_LIST_BYTES: u64 = 16 << 30;
 
 fn record_error(e: crate::generation::RecordError) -> ClientError {
     ClientError::Io(std::io::Error::other(e.to_string()))
@@ -74,6 +85,10 @@ pub struct Session {
     /// Frame bytes of file streams that have ended.
     files_tx: u64,
     files_rx: u64,
+    /// Failures the standby only counted (see `Reply::FailuresDropped`).
+    failures_dropped: u64,
+    /// Caps on a manifest (tests lower them).
+    list_limits: (usize, u64),
 }
 
 impl Session {
@@ -121,14 +136,17 @@ impl Session {
             .map_err(|e| ClientError::Connect(peer, e.to_string()))?;
         let mut s = Session {
             peer: None,
-            transfers: Transfers::new(conn.clone(), cfg.export.clone()),
+            transfers: Transfers::new(conn.clone(), cfg.export.clone(), cfg.sync.reply_timeout),
             conn,
             ctl: Stream::new(send, recv),
             _endpoint: endpoint,
             delta_bytes: 0,
             files_tx: 0,
             files_rx: 0,
+            failures_dropped: 0,
+            list_limits: (MAX_LIST_ENTRIES, MAX_LIST_BYTES),
         };
+        s.ctl.deadline = cfg.sync.reply_timeout;
         s.send(&Request::Hello {
             version: wire::PROTOCOL_VERSION,
             export_id: cfg.export_id.clone(),
@@ -184,6 +202,18 @@ impl Session {
 
     async fn reply(&mut self) -> Result<Reply, ClientError> {
         Ok(self.ctl.reply().await?)
+    }
+
+    /// Failures the standby reported only as a number since the last call:
+    /// which files they were is unknown, so a whole-tree compare retries them.
+    pub fn take_failures_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.failures_dropped)
+    }
+
+    /// Lowers the caps on a manifest (tests play a standby with an endless one).
+    #[doc(hidden)]
+    pub fn set_list_limits(&mut self, entries: usize, bytes: u64) {
+        self.list_limits = (entries, bytes);
     }
 
     /// Application bytes (frames) sent and received on all streams, the
@@ -247,7 +277,15 @@ impl Session {
 
     pub async fn list(&mut self, checksum: bool) -> Result<Vec<Entry>, ClientError> {
         self.send(&Request::List { checksum }).await?;
-        self.list_reply().await
+        if !checksum {
+            return self.list_reply().await;
+        }
+        // Hashing the whole export comes before the first chunk: as long
+        // as that takes, the reply deadline does not apply to it.
+        let d = self.ctl.deadline.take();
+        let r = self.list_reply().await;
+        self.ctl.deadline = d;
+        r
     }
 
     /// Like [`Session::list`] for part of the tree.
@@ -258,9 +296,29 @@ impl Session {
 
     async fn list_reply(&mut self) -> Result<Vec<Entry>, ClientError> {
         let mut out = Vec::new();
+        let mut bytes = 0u64;
+        let (max_entries, max_bytes) = self.list_limits;
         loop {
             match self.control_reply().await? {
-                Reply::ListChunk { entries } => out.extend(entries),
+                Reply::ListChunk { entries } => {
+                    bytes += entries
+                        .iter()
+                        .map(|e| {
+                            let extra = match &e.kind {
+                                Kind::Symlink { target } => target.len(),
+                                Kind::HardLink { leader } => leader.as_bytes().len(),
+                                _ => 0,
+                            };
+                            (e.path.as_bytes().len() + extra) as u64
+                        })
+                        .sum::<u64>();
+                    if out.len() + entries.len() > max_entries || bytes > max_bytes {
+                        return Err(ClientError::Protocol(format!(
+                            "the standby's list exceeds {max_entries} entries or {max_bytes} bytes of names; refusing it (is the standby's export the right directory?)"
+                        )));
+                    }
+                    out.extend(entries)
+                }
                 Reply::ListEnd => return Ok(out),
                 other => {
                     return Err(ClientError::Protocol(format!(
@@ -283,6 +341,9 @@ impl Session {
         loop {
             match self.control_reply().await? {
                 Reply::FailureChunk { id: got, failures } if got == id => all.extend(failures),
+                Reply::FailuresDropped { id: got, count } if got == id => {
+                    self.failures_dropped += count
+                }
                 Reply::BarrierDone { id: got, failures } if got == id => {
                     all.extend(failures);
                     return Ok(all);
@@ -381,6 +442,8 @@ pub struct Summary {
     pub deferred_links: u64,
     /// After a full scan: hard-linked inodes with names outside the export.
     pub links_outside: HashSet<(u64, u64)>,
+    /// Failures beyond those listed, which the standby only counted.
+    pub failures_dropped: u64,
     pub dry_run: bool,
 }
 
@@ -413,6 +476,13 @@ impl std::fmt::Display for Summary {
         for fl in &self.failures {
             write!(f, "\nFAILED {}: {}", fl.path, fl.error)?;
         }
+        if self.failures_dropped > 0 {
+            write!(
+                f,
+                "\nFAILED {} more files, not listed by the standby; run the resync again",
+                self.failures_dropped
+            )?;
+        }
         Ok(())
     }
 }
@@ -438,6 +508,7 @@ pub async fn resync(cfg: &Config, o: &ResyncOptions) -> Result<Summary, ClientEr
     }
     let mut index = Index::load(&cfg.state_dir.join("index.bin"));
     let mut sum = reconcile(&mut s, cfg, o, &mut index, None).await?;
+    sum.failures_dropped = s.take_failures_dropped();
     let (_committed, stats, tx, rx) = s.finish().await?;
     me.save();
     if !o.dry_run {

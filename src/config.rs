@@ -4,6 +4,7 @@
 //! it is usually an operator at 3 a.m.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -116,6 +117,8 @@ struct RawSync {
     settle_ms: u64,
     #[serde(default = "default_full_secs")]
     full_reconcile_secs: u64,
+    #[serde(default = "default_reply_timeout_secs")]
+    reply_timeout_secs: u64,
 }
 
 impl Default for RawSync {
@@ -130,6 +133,7 @@ impl Default for RawSync {
             batch_max_paths: default_max_paths(),
             settle_ms: default_settle_ms(),
             full_reconcile_secs: default_full_secs(),
+            reply_timeout_secs: default_reply_timeout_secs(),
         }
     }
 }
@@ -148,6 +152,10 @@ fn default_settle_ms() -> u64 {
 }
 fn default_full_secs() -> u64 {
     3600
+}
+
+fn default_reply_timeout_secs() -> u64 {
+    crate::stream::REPLY_DEADLINE.as_secs()
 }
 
 fn yes() -> bool {
@@ -175,6 +183,9 @@ pub struct SyncOptions {
     pub batch: BatchConfig,
     /// A full reconcile this often while live (0 = never), as a safety net.
     pub full_reconcile: Option<std::time::Duration>,
+    /// The primary gives a session up after waiting this long for any
+    /// reply (0 = never).
+    pub reply_timeout: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -258,6 +269,20 @@ impl Config {
             .as_deref()
             .map(abs)
             .unwrap_or_else(|| export.join(".syncd"));
+        // Inside the export, anything but the reserved `.syncd` would be
+        // listed, replicated and deleted like data (the index, lineage and
+        // conflicts with it).
+        let reserved = export.join(std::ffi::OsStr::from_bytes(crate::path::STATE_DIR_NAME));
+        let resolved = resolve_path(&state_dir);
+        if resolved.starts_with(&export) && !resolved.starts_with(&reserved) {
+            return Err(err(format!(
+                "state_dir: {} is inside the export {}, where it would be replicated and deleted like data; \
+                 remove state_dir to use the default {}, or point it outside the export",
+                state_dir.display(),
+                export.display(),
+                reserved.display()
+            )));
+        }
 
         for (key, p) in [("cert", &raw.cert), ("key", &raw.key)] {
             let p = abs(p);
@@ -374,6 +399,8 @@ impl Config {
                 durable: raw.sync.durable,
                 batch,
                 full_reconcile,
+                reply_timeout: (rs.reply_timeout_secs > 0)
+                    .then(|| std::time::Duration::from_secs(rs.reply_timeout_secs)),
             },
             vrrp: raw.vrrp,
             pair,
@@ -431,6 +458,41 @@ fn resolve(s: &str) -> Result<SocketAddr, String> {
     })?;
     it.next()
         .ok_or_else(|| format!("\"{s}\" resolves to no address"))
+}
+
+/// `p` made absolute with `..`, `.` and symlinks resolved as far as it
+/// exists (a state directory may not exist yet).
+fn resolve_path(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut lexical = PathBuf::new();
+    let p = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(p)
+    };
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                lexical.pop();
+            }
+            Component::CurDir => {}
+            c => lexical.push(c),
+        }
+    }
+    let mut rest = Vec::new();
+    let mut head = lexical.clone();
+    loop {
+        if let Ok(real) = head.canonicalize() {
+            return rest.iter().rev().fold(real, |acc, c| acc.join(c));
+        }
+        match (head.file_name().map(|n| n.to_os_string()), head.parent()) {
+            (Some(n), Some(parent)) => {
+                rest.push(n);
+                head = parent.to_path_buf();
+            }
+            _ => return lexical,
+        }
+    }
 }
 
 fn hostname() -> String {
@@ -521,6 +583,42 @@ mod tests {
             .contains("listen: "));
         write(&f, &format!("{BASE}[sync]\ndelete = \"yes\"\n"));
         assert!(Config::load(&f).unwrap_err().to_string().contains("line 6"));
+    }
+
+    #[test]
+    fn a_state_dir_inside_the_export_is_refused() {
+        let (d, f) = setup();
+        for bad in [
+            "export/state",
+            "export",
+            "export/sub/../state",
+            "./export/a/b",
+        ] {
+            write(&f, &format!("{BASE}state_dir = \"{bad}\"\n"));
+            let e = Config::load(&f).unwrap_err().to_string();
+            assert!(
+                e.contains("state_dir: ")
+                    && e.contains("inside the export")
+                    && e.contains("outside the export"),
+                "{bad}: {e}"
+            );
+        }
+        // Through a symlink to the export, too.
+        std::os::unix::fs::symlink(d.path().join("export"), d.path().join("alias")).unwrap();
+        write(&f, &format!("{BASE}state_dir = \"alias/st\"\n"));
+        assert!(Config::load(&f).is_err());
+        // The default, the reserved directory, and anywhere outside are fine.
+        for good in [
+            "export/.syncd",
+            "export/.syncd/deeper",
+            "state",
+            "/var/lib/x",
+        ] {
+            write(&f, &format!("{BASE}state_dir = \"{good}\"\n"));
+            Config::load(&f).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        write(&f, BASE);
+        Config::load(&f).unwrap();
     }
 
     #[test]

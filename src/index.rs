@@ -82,6 +82,13 @@ impl Index {
         }
     }
 
+    /// Takes in every entry of `other` (hashes learnt without holding this one).
+    pub fn absorb(&mut self, other: Index) {
+        for (k, (s, h)) in other.map {
+            self.insert(k, s, h);
+        }
+    }
+
     /// Drops entries for paths that no longer exist.
     pub fn retain(&mut self, mut keep: impl FnMut(&[u8]) -> bool) {
         let before = self.map.len();

@@ -380,6 +380,12 @@ async fn ship(
             "hard links with names outside the batch; a full reconcile links them"
         );
     }
+    let dropped = s.take_failures_dropped();
+    if dropped > 0 {
+        let e = format!("{dropped} more files failed on the standby than it lists; a full reconcile retries them");
+        tracing::warn!("{e}");
+        stats.error(e);
+    }
     let changed = sum.sent_whole + sum.sent_delta + sum.deleted + sum.meta_only + sum.symlinks;
     if full || changed > 0 {
         tracing::debug!(
@@ -392,7 +398,8 @@ async fn ship(
             "replicated"
         );
     }
-    Ok((followups(sum, stats, &cfg.export), deferred_links))
+    // A whole-tree compare soon: the same path that links deferred links.
+    Ok((followups(sum, stats, &cfg.export), deferred_links + dropped))
 }
 
 /// Counts what a reconcile (or a large transfer) sent.

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::io::{BufWriter, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
@@ -50,6 +50,26 @@ fn batch_files(workers: usize) -> usize {
 }
 const BATCH_BYTES: u64 = 256 << 20;
 
+/// Replies queued for the writer: beyond this, workers and the receive loop
+/// wait (and so stop reading requests), so a primary that does not read its
+/// replies cannot grow the standby's memory. A reply is at most a frame
+/// (8 MiB; list chunks about 1 MiB), so this bounds the queue to 128 MiB.
+pub const REPLY_QUEUE: usize = 16;
+/// Files begun but not yet ended, per connection (control stream and file
+/// streams together). Each holds descriptors and up to a 1 MiB buffer; an
+/// honest primary has a handful in flight.
+pub const MAX_IN_FLIGHT: usize = 256;
+/// Verify sessions at once: each hashes the whole export on threads of its own.
+pub const MAX_VERIFY_SESSIONS: usize = 4;
+/// Failures kept with full detail between two barriers; more are counted and
+/// reported as a number, which makes the primary compare the whole tree.
+pub const MAX_FAILURES: usize = 10_000;
+/// Free space kept on the export's filesystem: a declared size must fit in
+/// what is free less this (1% of the filesystem, at most 256 MiB).
+fn space_margin(total: u64) -> u64 {
+    (total / 100).min(256 << 20)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StandbyError {
     #[error(transparent)]
@@ -77,6 +97,11 @@ struct Shared {
     record: Mutex<generation::Record>,
     /// Where events go when a program embeds this standby.
     events: std::sync::OnceLock<mpsc::Sender<StandbyEvent>>,
+    /// Bytes that files in flight (all sessions) have declared but not yet
+    /// written: room already promised on the export's filesystem.
+    reserved: AtomicU64,
+    /// Verify sessions running.
+    verifies: AtomicUsize,
 }
 
 pub struct Standby {
@@ -135,6 +160,8 @@ impl Standby {
             store,
             record: Mutex::new(record),
             events: std::sync::OnceLock::new(),
+            reserved: AtomicU64::new(0),
+            verifies: AtomicUsize::new(0),
         });
         {
             let r = shared.record.lock().unwrap_or_else(|p| p.into_inner());
@@ -247,6 +274,8 @@ async fn session_inner(
     // it overwrites (for a writing session).
     let mut follow: Option<(Lineage, bool)> = None;
     let peer_node;
+    // Held for a verify session's whole life.
+    let mut verify_slot = None;
     let purpose = match hello {
         Some(Request::Hello {
             version,
@@ -268,8 +297,18 @@ async fn session_inner(
                 Some(format!("protocol version {version} is not supported (this standby speaks {}); upgrade both nodes to the same syncd release", wire::PROTOCOL_VERSION))
             } else if export_id != cfg.export_id {
                 Some(format!("export_id \"{export_id}\" does not match this standby's \"{}\"; set the same export_id on both nodes", cfg.export_id))
-            } else if purpose != Purpose::Resync {
-                None // changes nothing: any generation may compare or talk
+            } else if purpose == Purpose::Verify {
+                // Read-only: any generation may compare; but each one hashes
+                // the whole export, so only a few at once.
+                if shared.verifies.fetch_add(1, Ordering::AcqRel) >= MAX_VERIFY_SESSIONS {
+                    shared.verifies.fetch_sub(1, Ordering::AcqRel);
+                    Some(format!("too many verify sessions at once (limit {MAX_VERIFY_SESSIONS}); try again when one has finished"))
+                } else {
+                    verify_slot = Some(VerifySlot(shared.clone()));
+                    None
+                }
+            } else if purpose == Purpose::Peer {
+                None // changes nothing: any generation may talk
             } else {
                 match generation::judge(shared.node, &ours, &lineage) {
                     generation::Verdict::Refuse(why) => {
@@ -365,7 +404,8 @@ async fn session_inner(
         return peer_session(&mut recv, &mut rbuf, &shared, peer_node).await;
     }
 
-    let (reply_tx, mut reply_rx) = mpsc::unbounded_channel::<Reply>();
+    let _verify_slot = verify_slot;
+    let (reply_tx, mut reply_rx) = mpsc::channel::<Reply>(REPLY_QUEUE);
     let writer = tokio::spawn(async move {
         let mut buf = Vec::new();
         while let Some(r) = reply_rx.recv().await {
@@ -404,6 +444,7 @@ async fn session_inner(
         .clamp(2, 8);
     let batch_max = batch_files(nworkers);
     let failures = Failures::default();
+    let in_flight = InFlightCount::default();
     let mut workers = Vec::new();
     let mut txs = Vec::new();
     for _ in 0..nworkers {
@@ -412,15 +453,16 @@ async fn session_inner(
         let rt = reply_tx.clone();
         let fl = failures.clone();
         let pr = preserve.clone();
+        let n = in_flight.clone();
         workers.push(std::thread::spawn(move || {
-            worker(sh, rx, rt, fl, batch_max, pr)
+            worker(sh, rx, rt, fl, batch_max, pr, n)
         }));
         txs.push(tx);
     }
     // Large files arrive on streams of their own, beside this one.
     let streams = (purpose != Purpose::Verify).then(|| {
         let (conn, sh, pr) = (conn.clone(), shared.clone(), preserve.clone());
-        tokio::spawn(accept_file_streams(conn, sh, pr))
+        tokio::spawn(accept_file_streams(conn, sh, pr, in_flight.clone()))
     });
     let mut ctx = Dispatch {
         purpose: &purpose,
@@ -436,9 +478,11 @@ async fn session_inner(
         s.abort();
     }
     if let Err(e) = &result {
-        let _ = reply_tx.send(Reply::Fatal {
+        // Not forever: the writer may be stuck behind a primary that reads nothing.
+        let fatal = Reply::Fatal {
             reason: e.to_string(),
-        });
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), reply_tx.send(fatal)).await;
     }
     drop(txs);
     drop(reply_tx);
@@ -565,7 +609,7 @@ struct Dispatch<'a> {
     purpose: &'a Purpose,
     shared: &'a Arc<Shared>,
     txs: &'a [mpsc::Sender<Job>],
-    reply: &'a mpsc::UnboundedSender<Reply>,
+    reply: &'a mpsc::Sender<Reply>,
     failures: &'a Failures,
     /// The primary's generation, until its first durable commit makes it ours.
     follow: Option<Lineage>,
@@ -620,6 +664,13 @@ async fn dispatch(
             .map_err(|_| SessionError::Protocol("worker stopped".into()))
     };
     loop {
+        if reply.is_closed() {
+            // The writer has gone: a worker sent a Fatal (e.g. too many
+            // files in flight) or the stream broke. Nothing more is answered.
+            return Err(SessionError::Protocol(
+                "session ended by a fatal error".into(),
+            ));
+        }
         let msg: Request = match wire::read_msg(recv, rbuf).await? {
             Some(m) => m,
             None => {
@@ -642,24 +693,37 @@ async fn dispatch(
             Request::List { checksum } => {
                 let sh = shared.clone();
                 let scanned = tokio::task::spawn_blocking(move || {
+                    // Not under the index lock: a verify rehashes the whole
+                    // export, and commits (which update the index) must go
+                    // on meanwhile. A list either hashes everything (forced)
+                    // or nothing, so it needs no cached hashes: it scans
+                    // with an index of its own, then records what it learnt.
+                    let mut fresh = Index::default();
+                    let scanned = scan::scan(sh.root.path(), &mut fresh, checksum, checksum)?;
+                    let live: std::collections::HashSet<&[u8]> =
+                        scanned.entries.iter().map(|e| e.path.as_bytes()).collect();
                     let mut ix = sh.index.lock().unwrap_or_else(|p| p.into_inner());
-                    scan::scan(sh.root.path(), &mut ix, checksum, checksum)
+                    // A file committed during the scan may be forgotten
+                    // here: the index is only a cache.
+                    ix.retain(|k| live.contains(k));
+                    ix.absorb(fresh);
+                    Ok::<_, std::io::Error>(scanned)
                 })
                 .await
                 .map_err(|e| SessionError::Protocol(e.to_string()))??;
-                send_list(scanned, reply);
+                send_list(scanned, reply).await;
             }
             Request::ListScope { scope } => {
                 // Earlier operations (renames, deletes) must be visible to the scan.
                 flush_all(txs).await?;
                 let sh = shared.clone();
                 let scanned = tokio::task::spawn_blocking(move || {
-                    let mut ix = sh.index.lock().unwrap_or_else(|p| p.into_inner());
-                    scan::scan_scoped(sh.root.path(), &mut ix, &scope, false)
+                    // Without hashes a scoped scan never reads the index.
+                    scan::scan_scoped(sh.root.path(), &mut Index::default(), &scope, false)
                 })
                 .await
                 .map_err(|e| SessionError::Protocol(e.to_string()))??;
-                send_list(scanned, reply);
+                send_list(scanned, reply).await;
             }
             Request::Commit { id } => {
                 flush_all(txs).await?;
@@ -670,14 +734,16 @@ async fn dispatch(
                 )
                 .await
                 .map_err(|e| SessionError::Protocol(e.to_string()))??;
-                for r in wire::barrier_replies(id, take(failures)) {
-                    let _ = reply.send(r);
+                let (kept, dropped) = take(failures);
+                for r in wire::barrier_replies(id, kept, dropped) {
+                    let _ = reply.send(r).await;
                 }
             }
             Request::Barrier { id } => {
                 flush_all(txs).await?;
-                for r in wire::barrier_replies(id, take(failures)) {
-                    let _ = reply.send(r);
+                let (kept, dropped) = take(failures);
+                for r in wire::barrier_replies(id, kept, dropped) {
+                    let _ = reply.send(r).await;
                 }
             }
             Request::Finish => {
@@ -698,7 +764,7 @@ async fn dispatch(
                 .await
                 .map_err(|e| SessionError::Protocol(e.to_string()))??;
                 let committed = shared.committed.swap(0, Ordering::Relaxed);
-                let _ = reply.send(Reply::Finished { committed });
+                let _ = reply.send(Reply::Finished { committed }).await;
                 return Ok(());
             }
             Request::FileBegin { id, .. }
@@ -714,15 +780,23 @@ async fn dispatch(
     }
 }
 
-async fn accept_file_streams(conn: quinn::Connection, sh: Arc<Shared>, preserve: Preserve) {
+/// Streams at once are bounded by QUIC itself (`max_concurrent_bidi_streams`
+/// in `tls.rs`): the primary cannot open more than that before some end.
+async fn accept_file_streams(
+    conn: quinn::Connection,
+    sh: Arc<Shared>,
+    preserve: Preserve,
+    in_flight: InFlightCount,
+) {
     let mut tasks = tokio::task::JoinSet::new();
     while let Ok((send, recv)) = conn.accept_bi().await {
         let sh = sh.clone();
+        let n = in_flight.clone();
         let peer = conn.remote_address();
         // A stream begun during the catch-up keeps preserving to its end.
         let pr: Preserve = Arc::new(Mutex::new(keeper(&preserve)));
         tasks.spawn(async move {
-            if let Err(e) = file_stream(send, recv, sh, pr).await {
+            if let Err(e) = file_stream(send, recv, sh, pr, n).await {
                 tracing::warn!(%peer, "file stream: {e}");
             }
         });
@@ -740,8 +814,9 @@ async fn file_stream(
     mut recv: quinn::RecvStream,
     sh: Arc<Shared>,
     preserve: Preserve,
+    in_flight: InFlightCount,
 ) -> Result<(), SessionError> {
-    let (reply_tx, mut reply_rx) = mpsc::unbounded_channel::<Reply>();
+    let (reply_tx, mut reply_rx) = mpsc::channel::<Reply>(REPLY_QUEUE);
     let writer = tokio::spawn(async move {
         let mut buf = Vec::new();
         while let Some(r) = reply_rx.recv().await {
@@ -756,7 +831,7 @@ async fn file_stream(
     let (tx, rx) = mpsc::channel::<Job>(16);
     let w = {
         let (sh, rt, fl) = (sh.clone(), reply_tx.clone(), failures.clone());
-        std::thread::spawn(move || worker(sh, rx, rt, fl, 1, preserve))
+        std::thread::spawn(move || worker(sh, rx, rt, fl, 1, preserve, in_flight))
     };
     let mut rbuf = Vec::new();
     let result = async {
@@ -784,15 +859,17 @@ async fn file_stream(
     .await;
     drop(tx);
     let _ = tokio::task::spawn_blocking(move || w.join()).await;
-    let _ = reply_tx.send(match &result {
+    let last = match &result {
+        // One file per stream: its failures never reach the cap.
         Ok(()) => Reply::BarrierDone {
             id: 0,
-            failures: take(&failures),
+            failures: take(&failures).0,
         },
         Err(e) => Reply::Fatal {
             reason: e.to_string(),
         },
-    });
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), reply_tx.send(last)).await;
     drop(reply_tx);
     let _ = writer.await;
     result
@@ -809,7 +886,7 @@ fn request_name(r: &Request) -> &'static str {
 }
 
 /// Sends a manifest in chunks of about 1 MiB (well under the frame limit).
-fn send_list(scanned: scan::Scan, reply: &mpsc::UnboundedSender<Reply>) {
+async fn send_list(scanned: scan::Scan, reply: &mpsc::Sender<Reply>) {
     for e in &scanned.skipped {
         tracing::warn!("standby scan skipped {e}");
     }
@@ -822,14 +899,16 @@ fn send_list(scanned: scan::Scan, reply: &mpsc::UnboundedSender<Reply>) {
         }
         chunk.push(e);
         if bytes > 1 << 20 {
-            let _ = reply.send(Reply::ListChunk {
-                entries: std::mem::take(&mut chunk),
-            });
+            let _ = reply
+                .send(Reply::ListChunk {
+                    entries: std::mem::take(&mut chunk),
+                })
+                .await;
             bytes = 0;
         }
     }
-    let _ = reply.send(Reply::ListChunk { entries: chunk });
-    let _ = reply.send(Reply::ListEnd);
+    let _ = reply.send(Reply::ListChunk { entries: chunk }).await;
+    let _ = reply.send(Reply::ListEnd).await;
 }
 
 async fn flush_all(txs: &[mpsc::Sender<Job>]) -> Result<(), SessionError> {
@@ -851,6 +930,8 @@ async fn flush_all(txs: &[mpsc::Sender<Job>]) -> Result<(), SessionError> {
 }
 
 struct InFlight<'r> {
+    /// Released (count and reserved room) when the file is ended or dropped.
+    slot: Slot<'r>,
     path: RelPath,
     meta: Meta,
     size: u64,
@@ -902,20 +983,116 @@ fn keeper(p: &Preserve) -> Option<Arc<Keeper>> {
     p.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
-/// Failures since the last barrier, reported with it.
-type Failures = Arc<Mutex<Vec<Failure>>>;
+/// A running verify session, counted against [`MAX_VERIFY_SESSIONS`].
+struct VerifySlot(Arc<Shared>);
 
-fn take(f: &Failures) -> Vec<Failure> {
-    std::mem::take(&mut *f.lock().unwrap_or_else(|p| p.into_inner()))
+impl Drop for VerifySlot {
+    fn drop(&mut self) {
+        self.0.verifies.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Failures since the last barrier, reported with it: the first
+/// [`MAX_FAILURES`] in full, the rest only counted.
+type Failures = Arc<Mutex<FailureLog>>;
+
+#[derive(Default)]
+struct FailureLog {
+    kept: Vec<Failure>,
+    dropped: u64,
+}
+
+impl FailureLog {
+    fn push(&mut self, f: Failure) {
+        if self.kept.len() < MAX_FAILURES {
+            self.kept.push(f);
+        } else {
+            self.dropped += 1;
+        }
+    }
+}
+
+fn take(f: &Failures) -> (Vec<Failure>, u64) {
+    let log = std::mem::take(&mut *f.lock().unwrap_or_else(|p| p.into_inner()));
+    (log.kept, log.dropped)
+}
+
+/// Files in flight on one connection.
+type InFlightCount = Arc<AtomicUsize>;
+
+/// One file in flight: counted against [`MAX_IN_FLIGHT`], and its declared
+/// size not yet written reserved in `Shared::reserved`.
+struct Slot<'r> {
+    count: InFlightCount,
+    reserved: &'r AtomicU64,
+    left: u64,
+}
+
+impl Slot<'_> {
+    /// `n` more bytes written: they are on disk now, no longer a promise.
+    fn wrote(&mut self, n: u64) {
+        let n = n.min(self.left);
+        self.left -= n;
+        self.reserved.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.reserved.fetch_sub(self.left, Ordering::AcqRel);
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Takes a slot for a file of `size` bytes, or says why not: too many files
+/// in flight is fatal to the session (`Err(true, ..)`); no room for this
+/// file fails only the file.
+fn begin_slot<'r>(
+    sh: &'r Shared,
+    count: &InFlightCount,
+    size: u64,
+) -> Result<Slot<'r>, (bool, String)> {
+    if count.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
+        count.fetch_sub(1, Ordering::AcqRel);
+        return Err((
+            true,
+            format!("too many files in flight: more than {MAX_IN_FLIGHT} begun without FileEnd"),
+        ));
+    }
+    // From here the slot releases the count on any error.
+    let mut slot = Slot {
+        count: count.clone(),
+        reserved: &sh.reserved,
+        left: 0,
+    };
+    let vfs = rustix::fs::statvfs(sh.root.path())
+        .map_err(|e| (false, format!("cannot check free space on the export: {e}")))?;
+    let frsize = vfs.f_frsize.max(1);
+    let free = vfs.f_bavail.saturating_mul(frsize);
+    let margin = space_margin(vfs.f_blocks.saturating_mul(frsize));
+    let promised = sh.reserved.fetch_add(size, Ordering::AcqRel);
+    slot.left = size;
+    if size.saturating_add(promised).saturating_add(margin) > free {
+        return Err((
+            false,
+            format!(
+                "declared size of {size} bytes does not fit: {free} bytes free on the export's filesystem, \
+                 {promised} promised to other files in flight, {margin} kept free \
+                 (No space left on device); not staged"
+            ),
+        ));
+    }
+    Ok(slot)
 }
 
 fn worker(
     sh: Arc<Shared>,
     mut rx: mpsc::Receiver<Job>,
-    reply: mpsc::UnboundedSender<Reply>,
+    reply: mpsc::Sender<Reply>,
     failures: Failures,
     batch_max: usize,
     preserve: Preserve,
+    in_flight: InFlightCount,
 ) {
     let root = &sh.root;
     let mut inflight: HashMap<u64, InFlight<'_>> = HashMap::new();
@@ -1045,7 +1222,7 @@ fn worker(
                     sh.sigs.put(&path, &stamp, block_size, strong_len, &sig);
                     Ok(sig)
                 });
-                let _ = reply.send(match sig {
+                let _ = reply.blocking_send(match sig {
                     Ok(data) => Reply::Signature { id, data },
                     Err(_) => Reply::NoSignature { id },
                 });
@@ -1057,6 +1234,20 @@ fn worker(
                 size,
                 encoding,
             } => {
+                let slot = match begin_slot(&sh, &in_flight, size) {
+                    Ok(s) => s,
+                    Err((true, reason)) => {
+                        // Fatal: this worker stops (its files in flight are
+                        // dropped, staging removed) and the session ends.
+                        tracing::error!("{reason}; ending the session");
+                        let _ = reply.blocking_send(Reply::Fatal { reason });
+                        return;
+                    }
+                    Err((false, e)) => {
+                        fail(&path, e, false);
+                        continue;
+                    }
+                };
                 let base = match encoding {
                     Encoding::Whole => None,
                     Encoding::Delta => match root.open_file(&path) {
@@ -1088,6 +1279,7 @@ fn worker(
                         inflight.insert(
                             id,
                             InFlight {
+                                slot,
                                 path,
                                 meta,
                                 size,
@@ -1108,6 +1300,7 @@ fn worker(
                 let r = if f.written > f.size {
                     Err("more data than the announced size".to_string())
                 } else {
+                    f.slot.wrote(data.len() as u64);
                     f.out.write_all(&data).map_err(|e| format!("write: {e}"))
                 };
                 if let Err(e) = r {
@@ -1131,7 +1324,10 @@ fn worker(
                     )),
                 };
                 match r {
-                    Ok(n) => f.written += n,
+                    Ok(n) => {
+                        f.written += n;
+                        f.slot.wrote(n);
+                    }
                     Err(e) => {
                         if let Some(f) = inflight.remove(&id) {
                             fail(&f.path, format!("{e}"), true);

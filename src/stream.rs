@@ -12,7 +12,16 @@ pub enum StreamError {
     Closed,
     #[error(transparent)]
     Wire(#[from] wire::WireError),
+    #[error(
+        "no reply from the standby within {0:?}: it is hung or overloaded; ending the session"
+    )]
+    Timeout(std::time::Duration),
 }
+
+/// How long to wait for the next reply before giving the session up. QUIC
+/// keep-alives hold the connection open even when the standby's session is
+/// stuck, so without this a hung standby only shows as growing lag.
+pub const REPLY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub struct Stream {
     send: quinn::SendStream,
@@ -22,6 +31,8 @@ pub struct Stream {
     /// Frame bytes sent and received (comparable with rsync's --stats totals).
     pub tx: u64,
     pub rx: u64,
+    /// See [`REPLY_DEADLINE`]; `None` waits as long as it takes.
+    pub deadline: Option<std::time::Duration>,
 }
 
 impl Stream {
@@ -33,6 +44,7 @@ impl Stream {
             rbuf: Vec::new(),
             tx: 0,
             rx: 0,
+            deadline: Some(REPLY_DEADLINE),
         }
     }
 
@@ -80,7 +92,13 @@ impl Stream {
 
     pub async fn reply(&mut self) -> Result<Reply, StreamError> {
         self.flush().await?;
-        let r = wire::read_msg::<_, Reply>(&mut self.recv, &mut self.rbuf).await?;
+        let read = wire::read_msg::<_, Reply>(&mut self.recv, &mut self.rbuf);
+        let r = match self.deadline {
+            Some(d) => tokio::time::timeout(d, read)
+                .await
+                .map_err(|_| StreamError::Timeout(d))??,
+            None => read.await?,
+        };
         self.rx += 4 + self.rbuf.len() as u64;
         match r {
             Some(Reply::Fatal { reason }) => Err(StreamError::Fatal(reason)),

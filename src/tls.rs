@@ -280,6 +280,9 @@ impl Identity {
     }
 }
 
+/// Bidirectional streams a peer may have open at once.
+pub const MAX_STREAMS: u32 = 16;
+
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     // Generous windows: loopback and LAN links are fast and the standby
@@ -287,8 +290,10 @@ fn transport() -> Arc<quinn::TransportConfig> {
     t.stream_receive_window(quinn::VarInt::from_u32(16 << 20));
     t.receive_window(quinn::VarInt::from_u32(32 << 20));
     t.send_window(32 << 20);
-    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(256));
-    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(16));
+    // What the peer may open at once: the control stream and up to 15 file
+    // streams (each a worker thread on the standby); no unidirectional ones.
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_STREAMS));
     t.keep_alive_interval(Some(Duration::from_secs(1)));
     if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(6)) {
         t.max_idle_timeout(Some(idle));

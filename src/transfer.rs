@@ -46,11 +46,14 @@ pub struct Transfers {
     set: JoinSet<Outcome>,
     /// Path, start, size of each running transfer.
     running: HashMap<tokio::task::Id, (RelPath, Instant, u64)>,
+    deadline: Option<Duration>,
 }
 
 impl Transfers {
-    pub fn new(conn: quinn::Connection, export: PathBuf) -> Transfers {
+    /// `deadline`: how long each stream waits for a reply (see `stream.rs`).
+    pub fn new(conn: quinn::Connection, export: PathBuf, deadline: Option<Duration>) -> Transfers {
         Transfers {
+            deadline,
             conn,
             export: Arc::new(export),
             set: JoinSet::new(),
@@ -95,10 +98,10 @@ impl Transfers {
             None
         };
         let (conn, export, bar) = (self.conn.clone(), self.export.clone(), bar.clone());
-        let (path, size) = (op.path.clone(), op.size);
+        let (path, size, deadline) = (op.path.clone(), op.size, self.deadline);
         let h = self
             .set
-            .spawn(async move { transfer(conn, &export, settle, op, &bar).await });
+            .spawn(async move { transfer(conn, &export, settle, op, &bar, deadline).await });
         self.running.insert(h.id(), (path, Instant::now(), size));
         done
     }
@@ -142,6 +145,7 @@ async fn transfer(
     settle: Option<Duration>,
     op: FileOp,
     bar: &ProgressBar,
+    deadline: Option<Duration>,
 ) -> Outcome {
     let mut o = Outcome {
         op,
@@ -151,7 +155,7 @@ async fn transfer(
         rx: 0,
         delta_bytes: 0,
     };
-    let r = transfer_inner(&conn, export, settle, bar, &mut o).await;
+    let r = transfer_inner(&conn, export, settle, bar, &mut o, deadline).await;
     o.result = match r {
         Ok(r) => r,
         Err(e) => Err(Failure {
@@ -183,6 +187,7 @@ async fn transfer_inner(
     settle: Option<Duration>,
     bar: &ProgressBar,
     o: &mut Outcome,
+    deadline: Option<Duration>,
 ) -> Result<Result<Sent, Failure>, TransferError> {
     let op = o.op.clone();
     let mut try_delta = op.delta;
@@ -190,6 +195,7 @@ async fn transfer_inner(
     loop {
         let (send, recv) = conn.open_bi().await?;
         let mut st = Stream::new(send, recv);
+        st.deadline = deadline;
         let mut sent = None;
         o.as_delta = false;
         if try_delta {

@@ -13,7 +13,7 @@ use crate::path::RelPath;
 use syncd_proto::pair::lineage::{Lineage, NodeId};
 
 /// Bumped on any incompatible change to the messages below.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 /// ALPN identifier for the QUIC/TLS handshake.
 pub const ALPN: &[u8] = b"syncd/1";
 /// The standby's close reason for a session replaced by a newer one.
@@ -248,11 +248,19 @@ pub enum Reply {
         id: u64,
         failures: Vec<Failure>,
     },
+    /// Ahead of barrier `id`'s `BarrierDone`: `count` more failures than
+    /// the standby keeps in detail. Which files they were is unknown, so
+    /// the primary compares the whole tree to retry them (protocol 6).
+    FailuresDropped {
+        id: u64,
+        count: u64,
+    },
 }
 
 /// The replies answering barrier `id`: `FailureChunk`s of at most about
-/// [`FAILURE_CHUNK_BYTES`] each, then `BarrierDone` with the remainder.
-pub fn barrier_replies(id: u64, failures: Vec<Failure>) -> Vec<Reply> {
+/// [`FAILURE_CHUNK_BYTES`] each, `FailuresDropped` when `dropped` more
+/// were only counted, then `BarrierDone` with the remainder.
+pub fn barrier_replies(id: u64, failures: Vec<Failure>, dropped: u64) -> Vec<Reply> {
     let mut out = Vec::new();
     let mut chunk = Vec::new();
     let mut bytes = 0;
@@ -267,6 +275,9 @@ pub fn barrier_replies(id: u64, failures: Vec<Failure>) -> Vec<Reply> {
             });
             bytes = 0;
         }
+    }
+    if dropped > 0 {
+        out.push(Reply::FailuresDropped { id, count: dropped });
     }
     out.push(Reply::BarrierDone {
         id,
@@ -467,7 +478,7 @@ mod tests {
             encode_frame(&one, &mut out),
             Err(WireError::TooLarge(_))
         ));
-        let replies = barrier_replies(9, failures.clone());
+        let replies = barrier_replies(9, failures.clone(), 0);
         assert!(replies.len() > 1);
         let mut got = Vec::new();
         for (i, r) in replies.iter().enumerate() {
@@ -486,8 +497,16 @@ mod tests {
         assert_eq!(got, failures);
         // No failures: just the BarrierDone.
         assert!(matches!(
-            barrier_replies(3, Vec::new()).as_slice(),
+            barrier_replies(3, Vec::new(), 0).as_slice(),
             [Reply::BarrierDone { id: 3, failures }] if failures.is_empty()
+        ));
+        // Failures only counted are announced ahead of the BarrierDone.
+        assert!(matches!(
+            barrier_replies(4, Vec::new(), 7).as_slice(),
+            [
+                Reply::FailuresDropped { id: 4, count: 7 },
+                Reply::BarrierDone { id: 4, .. }
+            ]
         ));
     }
 }

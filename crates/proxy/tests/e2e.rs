@@ -998,3 +998,162 @@ async fn ambiguous_requests_and_responses_are_refused_or_normalised() {
     );
     assert!(r.text().contains("hello"), "{r:?}");
 }
+
+/// A WebSocket backend: greets each client with `hello from <name>`, then
+/// echoes every message. Counts handshakes.
+async fn ws_echo_backend(name: &'static str) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                if ws
+                    .send(Message::text(format!("hello from {name}")))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                while let Some(Ok(m)) = ws.next().await {
+                    if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+async fn next_ws<S>(ws: &mut S) -> tokio_tungstenite::tungstenite::Message
+where
+    S: futures_util::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    use futures_util::StreamExt;
+    tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("a message within 10 s")
+        .expect("stream open")
+        .expect("a valid message")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_is_spliced_both_ways_and_releases_the_slot() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (addr, accepted) = ws_echo_backend("ws1").await;
+    // max_conns = 1: the open tunnel must hold the server's only slot
+    let cfg = http_listener("ws") + &upstream("ws", "", &[(addr, "max_conns = 1")]);
+    let p = Proxy::start(&cfg).await;
+    let url = format!("ws://{}/chat", p.listen);
+    let (mut ws, resp) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("WebSocket handshake through the proxy");
+    assert_eq!(resp.status(), 101);
+    assert_eq!(next_ws(&mut ws).await, Message::text("hello from ws1"));
+    for i in 0..20 {
+        let text = format!("message {i}");
+        ws.send(Message::text(text.clone())).await.unwrap();
+        assert_eq!(next_ws(&mut ws).await, Message::text(text));
+    }
+    let big = vec![7u8; 256 * 1024];
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    assert_eq!(next_ws(&mut ws).await, Message::binary(big));
+
+    // while the tunnel is open, the server's one slot is taken
+    let busy = p.get("/").await;
+    assert!(
+        busy.status == 502 || busy.status == 503,
+        "max_conns reached by the tunnel: {busy:?}"
+    );
+
+    ws.close(None).await.unwrap();
+    // the close handshake completes: the server's close frame, then the end
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("close within 10 s")
+        {
+            Some(Ok(Message::Close(_))) | None => break,
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("close failed: {e}"),
+        }
+    }
+    drop(ws);
+
+    // the slot comes back when the tunnel ends; a new tunnel then works
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut ws = loop {
+        match tokio_tungstenite::connect_async(&url).await {
+            Ok((ws, _)) => break ws,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("slot never released after the tunnel closed: {e}"),
+        }
+    };
+    assert_eq!(next_ws(&mut ws).await, Message::text("hello from ws1"));
+    ws.send(Message::text("again")).await.unwrap();
+    assert_eq!(next_ws(&mut ws).await, Message::text("again"));
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_websocket_tunnel_closes_after_read_timeout() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let (addr, _) = ws_echo_backend("ws1").await;
+    let cfg = http_listener("ws") + &upstream("ws", "read_timeout = \"1s\"", &[(addr, "")]);
+    let p = Proxy::start(&cfg).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/", p.listen))
+        .await
+        .unwrap();
+    assert_eq!(next_ws(&mut ws).await, Message::text("hello from ws1"));
+    let t = std::time::Instant::now();
+    // nothing is sent either way: the proxy ends the tunnel
+    let end = tokio::time::timeout(Duration::from_secs(15), ws.next())
+        .await
+        .expect("an idle tunnel must be closed by the proxy");
+    assert!(
+        !matches!(end, Some(Ok(Message::Text(_)))),
+        "unexpected message: {end:?}"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_request_answered_without_101_is_relayed_normally() {
+    let a = Backend::start("a").await;
+    let cfg = http_listener("web") + &upstream("web", "", &[(a.addr, "")]);
+    let p = Proxy::start(&cfg).await;
+    let raw = b"GET /ws HTTP/1.1\r\nHost: site.example\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let r = send_raw(p.listen, raw).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.text(), "a 0");
+    // the backend was asked to upgrade (nginx's Upgrade/Connection pass-on)
+    let h = a.stats.last_headers.lock().unwrap().clone().unwrap();
+    assert_eq!(h["upgrade"], "websocket");
+    assert_eq!(h["connection"], "upgrade");
+    // and the connection to it is still a plain HTTP one: reused normally
+    assert_eq!(p.get("/").await.status, 200);
+    assert_eq!(a.count(), 2);
+}

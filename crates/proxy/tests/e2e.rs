@@ -98,14 +98,33 @@ async fn killed_backend_under_load_gives_zero_failed_gets() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // load flows through all three servers before the kill
+    wait_for("load on every server", Duration::from_secs(20), || {
+        ok.load(Ordering::SeqCst) >= 60 && a.count() > 0 && b.count() > 0 && c.count() > 0
+    })
+    .await;
     let before_kill = ok.load(Ordering::SeqCst);
     a.kill();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // the proxy meets the dead server (and marks it failed)...
+    let a_errors = format!(
+        "syncd_proxy_upstream_errors_total{{upstream=\"web\",server=\"{}\"}}",
+        a.addr
+    );
+    wait_metric_at_least(&p, &a_errors, 1.0).await;
+    // ...while the load keeps flowing on the others
+    wait_for("load after the kill", Duration::from_secs(20), || {
+        ok.load(Ordering::SeqCst) > before_kill * 2
+    })
+    .await;
     let a_after_kill = a.count();
     a.restart().await;
     // fail_timeout (2s) passes, a is probed and used again
-    tokio::time::sleep(Duration::from_millis(3000)).await;
+    wait_for(
+        "the restarted backend to be used again",
+        Duration::from_secs(20),
+        || a.count() > a_after_kill,
+    )
+    .await;
     stop.store(true, Ordering::SeqCst);
     for c in clients {
         c.await.unwrap();
@@ -237,7 +256,12 @@ async fn reload_keeps_in_flight_requests_and_health_state() {
     let p = Proxy::start(&cfg1).await;
     let listen = p.listen;
     let slow = tokio::spawn(async move { request(listen, "GET", "/slow", b"").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for(
+        "the slow request to reach a",
+        Duration::from_secs(10),
+        || a.count() == 1,
+    )
+    .await;
     let cfg2 = http_listener("web")
         + &upstream("web", "", &[(a.addr, "weight = 1"), (b.addr, "weight = 3")]);
     p.reload(&cfg2).await;
@@ -397,6 +421,34 @@ async fn active_health_check_removes_and_restores_after_rise() {
     }
 }
 
+/// Poll `cond` until it holds; fail naming `what` after `limit`. Tests wait
+/// for the condition itself, never for a guessed time.
+async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn wait_metric_at_least(p: &Proxy, name: &str, min: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = p.metric(name).await;
+        if v >= min {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} stuck at {v}, want at least {min}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn wait_metric(p: &Proxy, name: &str, want: f64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -446,7 +498,12 @@ async fn sigterm_finishes_in_flight_requests() {
     let mut p = Proxy::start(&cfg).await;
     let listen = p.listen;
     let slow = tokio::spawn(async move { request(listen, "GET", "/slow", b"").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for(
+        "the slow request to reach a",
+        Duration::from_secs(10),
+        || a.count() == 1,
+    )
+    .await;
     p.signal(libc::SIGTERM);
     let r = slow.await.unwrap().unwrap();
     assert_eq!(r.status, 200, "{r:?}");
@@ -507,7 +564,8 @@ fn check_flag_reports_errors_naming_the_key() {
         .arg(&path)
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    // the README documents `--check`: exit 0 valid, 2 invalid
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("upstream \"web\".server[1].weight: 0 is invalid; use a positive integer"),
@@ -686,25 +744,44 @@ async fn client_abort_mid_upload_neither_marks_servers_down_nor_leaks() {
     let b = Backend::start("b").await;
     let cfg = http_listener("web") + &upstream("web", "", &[(a.addr, ""), (b.addr, "")]);
     let p = Proxy::start(&cfg).await;
-    for _ in 0..4 {
+    let arrived = || a.count() + b.count();
+    for i in 0..4 {
         let mut s = tokio::net::TcpStream::connect(p.listen).await.unwrap();
         s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
             .await
             .unwrap();
         s.write_all(&[b'q'; 10_000]).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        drop(s); // the client goes away mid-body
+        // the upload is being streamed to a server...
+        wait_for(
+            "the upload to reach a server",
+            Duration::from_secs(10),
+            || arrived() == i + 1,
+        )
+        .await;
+        drop(s); // ...when the client goes away mid-body
     }
     // and a client that gives up while the backend is still thinking
-    for _ in 0..2 {
+    for i in 0..2 {
         let mut s = tokio::net::TcpStream::connect(p.listen).await.unwrap();
         s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        wait_for(
+            "the slow GET to reach a server",
+            Duration::from_secs(10),
+            || arrived() == 5 + i,
+        )
+        .await;
         drop(s);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // every abandoned attempt has been released before servers are judged
+    for be in [&a, &b] {
+        let name = format!(
+            "syncd_proxy_upstream_active_connections{{upstream=\"web\",server=\"{}\"}}",
+            be.addr
+        );
+        wait_metric(&p, &name, 0.0).await;
+    }
     let mut seen = std::collections::HashSet::new();
     for _ in 0..6 {
         let r = p.get("/").await;
@@ -1156,4 +1233,211 @@ async fn upgrade_request_answered_without_101_is_relayed_normally() {
     // and the connection to it is still a plain HTTP one: reused normally
     assert_eq!(p.get("/").await.status, 200);
     assert_eq!(a.count(), 2);
+}
+
+/// An address whose connects hang (time out) rather than fail: a listener
+/// with a full accept queue, never accepting; Linux drops further SYNs.
+struct Blackhole {
+    addr: std::net::SocketAddr,
+    _listener: socket2::Socket,
+    _queued: Vec<std::net::TcpStream>,
+}
+
+fn blackhole() -> Blackhole {
+    use socket2::{Domain, Socket, Type};
+    let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    l.bind(&any.into()).unwrap();
+    l.listen(0).unwrap();
+    let addr = l.local_addr().unwrap().as_socket().unwrap();
+    let mut queued = Vec::new();
+    // fill the queue until a connect times out: from then on, connects hang
+    for _ in 0..16 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            Ok(s) => queued.push(s),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return Blackhole {
+                    addr,
+                    _listener: l,
+                    _queued: queued,
+                }
+            }
+            Err(e) => panic!("blackhole: {e}"),
+        }
+    }
+    panic!("blackhole: the accept queue never filled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_read_timeout_gives_504() {
+    let a = Backend::start("a").await;
+    let cfg = http_listener("web") + &upstream("web", "read_timeout = \"500ms\"", &[(a.addr, "")]);
+    let p = Proxy::start(&cfg).await;
+    let t = std::time::Instant::now();
+    let r = p.get("/slow").await; // the backend answers after 1.5 s
+    assert_eq!(r.status, 504, "{r:?}");
+    assert_eq!(r.text(), "504 Gateway Timeout\n");
+    assert!(
+        t.elapsed() < Duration::from_millis(1400),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        p.metric("syncd_proxy_local_errors_total{code=\"504\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout_moves_on_to_the_next_server() {
+    let hole = tokio::task::block_in_place(blackhole);
+    let b = Backend::start("b").await;
+    let cfg = http_listener("web")
+        + &upstream(
+            "web",
+            "connect_timeout = \"400ms\"",
+            &[(hole.addr, ""), (b.addr, "")],
+        );
+    let p = Proxy::start(&cfg).await;
+    // round-robin starts with the first server: the connect hangs, then
+    // times out, and the request goes on to b
+    let t = std::time::Instant::now();
+    let r = p.get("/").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.backend(), "b");
+    assert!(
+        t.elapsed() >= Duration::from_millis(350),
+        "waited for connect_timeout, not a refusal: {:?}",
+        t.elapsed()
+    );
+    let errors = format!(
+        "syncd_proxy_upstream_errors_total{{upstream=\"web\",server=\"{}\"}}",
+        hole.addr
+    );
+    assert_eq!(p.metric(&errors).await, 1.0);
+    // marked failed (max_fails 1): the next requests go straight to b
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        assert_eq!(p.get("/").await.backend(), "b");
+        assert!(t.elapsed() < Duration::from_millis(350));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_upstream_timeout_stops_retrying() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let servers = [(a.addr, ""), (b.addr, "")];
+    // each attempt times out after 400 ms; retrying stops once 300 ms have
+    // passed since the first attempt, so b is never tried
+    let cfg = http_listener("web")
+        + &upstream(
+            "web",
+            "read_timeout = \"400ms\"\nnext_upstream_timeout = \"300ms\"",
+            &servers,
+        );
+    let p = Proxy::start(&cfg).await;
+    let r = p.get("/slow").await;
+    assert_eq!(r.status, 504, "{r:?}");
+    assert_eq!(
+        a.count() + b.count(),
+        1,
+        "no retry after next_upstream_timeout"
+    );
+    drop(p);
+    // control: without it, the same request is tried on both servers
+    let cfg = http_listener("web") + &upstream("web", "read_timeout = \"400ms\"", &servers);
+    let p = Proxy::start(&cfg).await;
+    let r = p.get("/slow").await;
+    assert_eq!(r.status, 504, "{r:?}");
+    assert_eq!(a.count() + b.count(), 3, "retried on the other server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_with_an_unbindable_address_is_refused_and_logged() {
+    let a = Backend::start("a").await;
+    let cfg = http_listener("web") + &upstream("web", "", &[(a.addr, "")]);
+    let p = Proxy::start(&cfg).await;
+    // held without SO_REUSEPORT: the proxy cannot bind it
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap();
+    let generation = p.metric("syncd_proxy_config_generation").await;
+    let bad =
+        cfg.clone() + &format!("[[listener]]\nlisten = \"{taken_addr}\"\nupstream = \"web\"\n\n");
+    std::fs::write(
+        &p.config,
+        format!(
+            "[admin]\nlisten = \"{}\"\n\n{}",
+            p.admin,
+            bad.replace("{listen}", &p.listen.to_string())
+        ),
+    )
+    .unwrap();
+    p.signal(libc::SIGHUP);
+    wait_metric_at_least(&p, "syncd_proxy_reload_failures_total", 1.0).await;
+    assert_eq!(p.metric("syncd_proxy_config_generation").await, generation);
+    let want = format!("cannot listen on {taken_addr}");
+    wait_for(
+        "the reload error in the log",
+        Duration::from_secs(10),
+        || {
+            let log = p.log();
+            log.contains("reload failed") && log.contains(&want)
+        },
+    )
+    .await;
+    // the old configuration keeps serving
+    for _ in 0..3 {
+        let r = p.get("/").await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    drop(taken);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_max_replay_body_are_not_retried() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    a.behaviour.reset.store(true, Ordering::SeqCst);
+    b.behaviour.reset.store(true, Ordering::SeqCst);
+    let cfg = "[retry]\nmax_replay_body = 16\n\n".to_string()
+        + &http_listener("web")
+        + &upstream(
+            "web",
+            "",
+            &[(a.addr, "max_fails = 0"), (b.addr, "max_fails = 0")],
+        );
+    let p = Proxy::start(&cfg).await;
+    let puts = || a.stats.method("PUT") + b.stats.method("PUT");
+    // within the limit: buffered, so replayed on the other server
+    let r = request(p.listen, "PUT", "/doc", &[b'x'; 16]).await.unwrap();
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(puts(), 2, "a small idempotent body is retried");
+    // over the limit: streamed, so sent once
+    let r = request(p.listen, "PUT", "/doc", &[b'x'; 17]).await.unwrap();
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(puts(), 3, "a body over max_replay_body is not retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_a_request_head_is_closed_after_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Backend::start("a").await;
+    let cfg = "[[listener]]\nlisten = \"{listen}\"\nupstream = \"web\"\nheader_timeout = \"1s\"\n\n"
+        .to_string() + &upstream("web", "", &[(a.addr, "")]);
+    let p = Proxy::start(&cfg).await;
+    let mut s = tokio::net::TcpStream::connect(p.listen).await.unwrap();
+    let t = std::time::Instant::now();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    assert!(end.is_ok(), "a half-sent head was never closed");
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "closed before header_timeout: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(a.count(), 0, "nothing reached the backend");
+    assert_eq!(p.get("/").await.status, 200);
 }

@@ -366,12 +366,7 @@ async fn proxy(
         let now = Instant::now();
         let selected = {
             let mut g = up.group();
-            let max_tries = if cfg.tries == 0 {
-                g.len()
-            } else {
-                cfg.tries as usize
-            };
-            if attempt.count() >= max_tries {
+            if attempt.count() >= max_tries(cfg, g.len()) {
                 None
             } else {
                 g.select(now, key, &mut attempt)
@@ -466,6 +461,11 @@ async fn proxy(
                 {
                     break;
                 }
+                // the budget pays only for an attempt that can follow: after
+                // the last try it would be spent (or "denied") for nothing
+                if attempt.count() >= max_tries(cfg, up.group().len()) {
+                    break;
+                }
                 if !shared.withdraw_retry(Instant::now()) {
                     tracing::warn!(upstream = %cfg.name, "retry budget exhausted; not retrying");
                     break;
@@ -496,6 +496,16 @@ async fn proxy(
         }
     };
     (resp, None)
+}
+
+/// Attempts allowed per request (nginx `proxy_next_upstream_tries`; 0 means
+/// one per server).
+fn max_tries(cfg: &config::Upstream, servers: usize) -> usize {
+    if cfg.tries == 0 {
+        servers
+    } else {
+        cfg.tries as usize
+    }
 }
 
 /// Relay a backend's 101 to the client and splice the two connections once

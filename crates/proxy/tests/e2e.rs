@@ -1421,6 +1421,37 @@ async fn bodies_over_max_replay_body_are_not_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_budget_limits_retries_end_to_end() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    a.behaviour.reset.store(true, Ordering::SeqCst);
+    b.behaviour.reset.store(true, Ordering::SeqCst);
+    // half a retry per request and no free per-second allowance: every
+    // second request may retry, deterministically
+    let cfg = "[retry]\nbudget_ratio = 0.5\nbudget_min_per_sec = 0\n\n".to_string()
+        + &http_listener("web")
+        + &upstream(
+            "web",
+            "",
+            &[(a.addr, "max_fails = 0"), (b.addr, "max_fails = 0")],
+        );
+    let p = Proxy::start(&cfg).await;
+    let gets = || a.stats.method("GET") + b.stats.method("GET");
+    let mut tries = Vec::new();
+    for _ in 0..4 {
+        let before = gets();
+        let r = p.get("/").await;
+        assert_eq!(r.status, 502, "{r:?}");
+        tries.push(gets() - before);
+    }
+    assert_eq!(tries, [1, 2, 1, 2], "attempts per request");
+    // the budget is asked only when another attempt could follow: after the
+    // last server failed, nothing is spent and nothing is "denied"
+    assert_eq!(p.metric("syncd_proxy_retries_total").await, 2.0);
+    assert_eq!(p.metric("syncd_proxy_retries_denied_total").await, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_a_request_head_is_closed_after_header_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let a = Backend::start("a").await;

@@ -1133,8 +1133,12 @@ async fn websocket_upgrade_is_spliced_both_ways_and_releases_the_slot() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let (addr, accepted) = ws_echo_backend("ws1").await;
-    // max_conns = 1: the open tunnel must hold the server's only slot
-    let cfg = http_listener("ws") + &upstream("ws", "", &[(addr, "max_conns = 1")]);
+    // max_conns = 1: the open tunnel must hold the server's only slot;
+    // the client connection's idle_timeout and header_timeout (meant for
+    // keep-alive waits and request heads) must not cut a tunnel
+    let cfg = "[[listener]]\nlisten = \"{listen}\"\nupstream = \"ws\"\nidle_timeout = \"1s\"\nheader_timeout = \"1s\"\n\n"
+        .to_string()
+        + &upstream("ws", "", &[(addr, "max_conns = 1")]);
     let p = Proxy::start(&cfg).await;
     let url = format!("ws://{}/chat", p.listen);
     let (mut ws, resp) = tokio_tungstenite::connect_async(&url)
@@ -1156,6 +1160,17 @@ async fn websocket_upgrade_is_spliced_both_ways_and_releases_the_slot() {
     assert!(
         busy.status == 502 || busy.status == 503,
         "max_conns reached by the tunnel: {busy:?}"
+    );
+
+    // quiet for longer than those limits: a tunnel is neither a keep-alive
+    // wait nor a request head, so it stays open
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    ws.send(Message::text("still there")).await.unwrap();
+    assert_eq!(next_ws(&mut ws).await, Message::text("still there"));
+    assert_eq!(
+        p.metric("syncd_proxy_responses_total{class=\"1xx\"}").await,
+        1.0,
+        "the 101 is counted as 1xx"
     );
 
     ws.close(None).await.unwrap();

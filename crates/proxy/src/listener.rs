@@ -167,8 +167,8 @@ pub async fn run(
         builder.max_headers(cfg.max_headers);
     }
     let builder = Arc::new(builder);
-    // HTTP connections and TCP sessions each hold a clone; draining waits
-    // for the count to drop
+    // HTTP connections, their upgraded tunnels and TCP sessions each hold a
+    // clone; draining waits for the count to drop
     let sessions = Arc::new(());
     loop {
         let accepted = tokio::select! {
@@ -210,6 +210,7 @@ pub async fn run(
                     upstream: cfg.upstream.clone(),
                     client_body_timeout: cfg.client_body_timeout,
                     activity: Some(activity.clone()),
+                    drain: Some(sessions.clone()),
                 });
                 let shared = shared.clone();
                 let svc = service_fn(move |req| {
@@ -271,7 +272,8 @@ pub async fn run(
 /// Serve one HTTP connection; once `stop` flips (or its sender is gone),
 /// finish the request in flight and close. hyper-util's GracefulShutdown
 /// cannot watch a connection with upgrades, hence this. A connection that
-/// upgraded is finished here: its tunnel runs on in its own task.
+/// upgraded is finished here: its tunnel runs on in its own task, holding
+/// its own drain token.
 async fn drive<I, S, B>(
     conn: http1::UpgradeableConnection<I, S>,
     mut stop: watch::Receiver<bool>,

@@ -42,6 +42,10 @@ pub struct ConnInfo {
     /// The connection's header/idle clock: an upgraded tunnel keeps it busy,
     /// so the keep-alive idle limit never cuts a live tunnel.
     pub activity: Option<Activity>,
+    /// Held by upgraded tunnels so that a stopping listener (reload,
+    /// SIGTERM) drains them too, within `shutdown_timeout`, as nginx keeps
+    /// them until `worker_shutdown_timeout`.
+    pub drain: Option<Arc<()>>,
 }
 
 /// Response body to the client: a short local message or a proxied stream.
@@ -528,10 +532,12 @@ fn switch_protocols(
     };
     forward::prepare_upgrade_response(&mut head.headers);
     let busy = info.activity.as_ref().map(Activity::begin);
+    let drain = info.drain.clone();
     let peer = info.client;
     tokio::spawn(async move {
         let _slot = slot;
         let _busy = busy;
+        let _drain = drain;
         match client.await {
             Ok(io) => match crate::tunnel::splice(TokioIo::new(io), backend, early, idle).await {
                 Ok(m) => tracing::debug!(

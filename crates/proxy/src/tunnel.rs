@@ -1,7 +1,9 @@
 //! The bidirectional splice behind a protocol switch (HTTP Upgrade, e.g.
-//! WebSocket): bytes are copied both ways until both sides have closed, an
-//! error, or `idle` passes without a read in either direction (nginx times
-//! upgraded connections with `proxy_read_timeout` the same way).
+//! WebSocket): bytes are copied both ways until one side closes (its end is
+//! passed on, then both connections close, as nginx does: a half-open
+//! tunnel would hold the server's slot for nothing), an error, or `idle`
+//! passes without a read in either direction (nginx times upgraded
+//! connections with `proxy_read_timeout` the same way).
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,14 +37,15 @@ where
     let start = Instant::now();
     // milliseconds since `start` of the last read on either side
     let last = AtomicU64::new(0);
-    let early_len = early.len() as u64;
-    let up = pump(&mut cr, &mut bw, &last, start);
+    let (to_backend, to_client) = (AtomicU64::new(0), AtomicU64::new(0));
+    let up = pump(&mut cr, &mut bw, &last, start, &to_backend);
     let down = async {
         if !early.is_empty() {
             cw.write_all(&early).await?;
             cw.flush().await?;
+            to_client.fetch_add(early.len() as u64, Ordering::Relaxed);
         }
-        pump(&mut br, &mut cw, &last, start).await
+        pump(&mut br, &mut cw, &last, start, &to_client).await
     };
     let watchdog = async {
         loop {
@@ -54,37 +57,44 @@ where
         }
     };
     tokio::select! {
-        r = async { tokio::try_join!(up, down) } => {
-            let (to_backend, to_client) = r?;
-            Ok(Moved { to_backend, to_client: to_client + early_len })
-        }
-        () = watchdog => Err(io::Error::new(
+        r = up => r?,
+        r = down => r?,
+        () = watchdog => return Err(io::Error::new(
             io::ErrorKind::TimedOut,
             "upgraded connection idle for read_timeout",
         )),
     }
+    Ok(Moved {
+        to_backend: to_backend.load(Ordering::Relaxed),
+        to_client: to_client.load(Ordering::Relaxed),
+    })
 }
 
-/// Copy one direction until end of stream, then pass the half-close on.
-async fn pump<R, W>(r: &mut R, w: &mut W, last: &AtomicU64, start: Instant) -> io::Result<u64>
+/// Copy one direction until end of stream, then pass the end on.
+async fn pump<R, W>(
+    r: &mut R,
+    w: &mut W,
+    last: &AtomicU64,
+    start: Instant,
+    moved: &AtomicU64,
+) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; 16 * 1024];
-    let mut total = 0u64;
     loop {
         let n = r.read(&mut buf).await?;
         last.fetch_max(start.elapsed().as_millis() as u64, Ordering::Relaxed);
         if n == 0 {
-            // the peer may already be gone; the other direction decides
+            // the peer may already be gone: nothing more to tell it
             let _ = w.shutdown().await;
-            return Ok(total);
+            return Ok(());
         }
         w.write_all(&buf[..n]).await?;
         // TLS and hyper's upgraded stream may hold bytes until flushed
         w.flush().await?;
-        total += n as u64;
+        moved.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
@@ -112,9 +122,15 @@ mod tests {
         backend_peer.write_all(b"pong").await.unwrap();
         client_peer.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"pong");
+        // the backend closes: the client sees the end and the tunnel is over,
+        // though the client has not closed (no half-open tunnel)
         drop(backend_peer);
-        drop(client_peer);
-        let moved = task.await.unwrap().unwrap();
+        let moved = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("one side's close ends the tunnel")
+            .unwrap()
+            .unwrap();
+        assert_eq!(client_peer.read(&mut buf).await.unwrap(), 0);
         assert_eq!(
             moved,
             Moved {

@@ -1487,3 +1487,40 @@ async fn half_a_request_head_is_closed_after_header_timeout() {
     assert_eq!(a.count(), 0, "nothing reached the backend");
     assert_eq!(p.get("/").await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_open_websocket_tunnels() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (addr, _) = ws_echo_backend("ws1").await;
+    let cfg = http_listener("ws") + &upstream("ws", "", &[(addr, "")]);
+    let mut p = Proxy::start(&cfg).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/", p.listen))
+        .await
+        .unwrap();
+    assert_eq!(next_ws(&mut ws).await, Message::text("hello from ws1"));
+    p.signal(libc::SIGTERM);
+    // the listener stops accepting...
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(p.listen).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still listening after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...while the open tunnel is drained like a request in flight
+    ws.send(Message::text("after SIGTERM")).await.unwrap();
+    assert_eq!(next_ws(&mut ws).await, Message::text("after SIGTERM"));
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "exited under a tunnel"
+    );
+    ws.close(None).await.unwrap();
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await {}
+    let status = tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(10)));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "clean exit once the tunnel closed: {status:?}"
+    );
+}

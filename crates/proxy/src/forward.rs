@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
-use hyper::{Uri, Version};
+use hyper::{Method, Uri, Version};
 
 use crate::config::HostHeader;
 
@@ -62,6 +62,48 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
+}
+
+/// The `Upgrade` value of a request that asks to switch protocols
+/// (WebSocket and the like): a GET with `Upgrade` and an `upgrade` token in
+/// `Connection`. Other requests' Upgrade is a hop-by-hop header like any.
+pub fn upgrade_request(
+    method: &Method,
+    version: Version,
+    headers: &HeaderMap,
+) -> Option<HeaderValue> {
+    if method != Method::GET || version != Version::HTTP_11 {
+        return None;
+    }
+    let value = headers.get(header::UPGRADE)?;
+    has_connection_token(headers, "upgrade").then(|| value.clone())
+}
+
+/// Forward an upgrade request's wish, as nginx does with
+/// `proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection "upgrade"`
+/// (the hop-by-hop headers themselves are already gone).
+pub fn keep_upgrade(headers: &mut HeaderMap, upgrade: HeaderValue) {
+    headers.insert(header::UPGRADE, upgrade);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+}
+
+/// Rewrite a backend's 101 for the client: hop-by-hop headers go, except
+/// the protocol switch itself.
+pub fn prepare_upgrade_response(headers: &mut HeaderMap) {
+    let upgrade = headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(headers);
+    if let Some(u) = upgrade {
+        keep_upgrade(headers, u);
+    }
+}
+
+fn has_connection_token(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// Why a client request is refused (400) before anything is forwarded.
@@ -251,6 +293,50 @@ mod tests {
         h.insert(header::SET_COOKIE, HeaderValue::from_static("a=1"));
         prepare_response(&mut h);
         assert_eq!(h[header::SET_COOKIE], "a=1");
+    }
+
+    #[test]
+    fn upgrade_requests_keep_their_upgrade() {
+        let req = Request::get("/ws")
+            .header("connection", "keep-alive, Upgrade")
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap();
+        let (mut p, ()) = req.into_parts();
+        let up = upgrade_request(&p.method, p.version, &p.headers).expect("an upgrade request");
+        prepare_request(&mut p, &ip_value("10.1.2.3:5555".parse().unwrap()), false);
+        assert!(!p.headers.contains_key("upgrade"), "stripped as hop-by-hop");
+        keep_upgrade(&mut p.headers, up);
+        assert_eq!(p.headers["upgrade"], "websocket");
+        assert_eq!(p.headers["connection"], "upgrade");
+
+        let no_token = Request::get("/ws")
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap();
+        assert!(
+            upgrade_request(no_token.method(), no_token.version(), no_token.headers()).is_none()
+        );
+        let post = Request::post("/ws")
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap();
+        assert!(upgrade_request(post.method(), post.version(), post.headers()).is_none());
+
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Upgrade, X-Secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("sec-websocket-accept", HeaderValue::from_static("abc"));
+        prepare_upgrade_response(&mut h);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["sec-websocket-accept"], "abc");
+        assert!(!h.contains_key("x-secret"));
     }
 
     #[test]

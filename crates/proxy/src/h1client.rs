@@ -8,7 +8,8 @@
 //! streamed client body, chunk-encoded when its length is unknown);
 //! responses are parsed with `httparse`; bodies are framed by
 //! Content-Length, chunked encoding, or connection close. 1xx interim
-//! responses are skipped. A connection is reusable when the response was
+//! responses are skipped, except a 101 answering a request that carries
+//! `Upgrade`: it ends the exchange and hands over the raw connection. A connection is reusable when the response was
 //! HTTP/1.1 without `Connection: close` and its body was read to the end.
 
 use std::future::Future;
@@ -167,6 +168,26 @@ impl Conn {
         let head_request = method == Method::HEAD;
         loop {
             let resp = self.read_head(limits.backend).await?;
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                if !headers.contains_key(header::UPGRADE) {
+                    // what follows would not be HTTP: never parse it as such
+                    return Err(ExchangeError::Invalid(
+                        "101 without an Upgrade request".into(),
+                    ));
+                }
+                // the connection now belongs to the new protocol: no body,
+                // never reused; see BackendBody::take_upgraded
+                let (mut parts, ()) = resp.into_parts();
+                parts.version = Version::HTTP_11;
+                let body = BackendBody {
+                    conn: Some(self),
+                    decode: Decode::Done,
+                    keep_alive: false,
+                    read_timeout: limits.backend,
+                    timer: None,
+                };
+                return Ok(Response::from_parts(parts, body));
+            }
             if resp.status().is_informational() {
                 continue; // 100 Continue and friends
             }
@@ -426,6 +447,13 @@ impl BackendBody {
             }
         }
         None
+    }
+
+    /// After a 101 response: the raw connection and any bytes of the new
+    /// protocol the backend sent right behind the response head.
+    pub fn take_upgraded(&mut self) -> Option<(TcpStream, BytesMut)> {
+        self.keep_alive = false;
+        self.conn.take().map(|c| (c.io, c.rbuf))
     }
 
     /// Read more bytes into the buffer. The socket is checked before the
@@ -808,6 +836,55 @@ mod tests {
             )
             .await;
         assert!(matches!(r, Err(ExchangeError::Timeout)));
+    }
+
+    #[tokio::test]
+    async fn switching_protocols_hands_over_the_connection_with_early_bytes() {
+        let addr = backend(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nEARLY",
+        )
+        .await;
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        let conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+        let resp = conn
+            .exchange(
+                &Method::GET,
+                &Uri::from_static("/ws"),
+                &h,
+                None,
+                &mut None,
+                LIMITS,
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 101);
+        let mut body = resp.into_body();
+        assert!(body.is_end_stream());
+        let (mut io, early) = body.take_upgraded().expect("the raw connection");
+        assert!(body.take_reusable().is_none(), "never pooled");
+        let mut rest = early.to_vec();
+        while rest.len() < 5 {
+            let mut b = [0u8; 16];
+            let n = io.read(&mut b).await.unwrap();
+            assert_ne!(n, 0);
+            rest.extend_from_slice(&b[..n]);
+        }
+        assert_eq!(rest, b"EARLY");
+
+        // a 101 nobody asked for is not HTTP any more: refused
+        let conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+        let r = conn
+            .exchange(
+                &Method::GET,
+                &Uri::from_static("/"),
+                &HeaderMap::new(),
+                None,
+                &mut None,
+                LIMITS,
+            )
+            .await;
+        assert!(matches!(r, Err(ExchangeError::Invalid(_))));
     }
 
     #[tokio::test]

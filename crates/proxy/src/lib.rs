@@ -5,7 +5,7 @@
 //! [`balancer`] (selection algorithms and passive failure accounting),
 //! [`health`] (rise/fall), [`retry`] (retry rules and budget), [`forward`]
 //! (header rewriting). The rest is a thin tokio/hyper layer around it:
-//! [`listener`], [`proxy`], [`tcp`], [`checker`], [`admin`], [`reload`].
+//! [`listener`], [`proxy`], [`tcp`], [`tunnel`], [`checker`], [`admin`], [`reload`].
 
 pub mod admin;
 pub mod balancer;
@@ -22,5 +22,6 @@ pub mod reload;
 pub mod retry;
 pub mod state;
 pub mod tcp;
+pub mod tunnel;
 pub mod upstream;
 pub mod workers;

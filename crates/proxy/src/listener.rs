@@ -9,7 +9,6 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -152,7 +151,6 @@ pub async fn run(
         }
     };
     const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
-    let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -169,7 +167,8 @@ pub async fn run(
         builder.max_headers(cfg.max_headers);
     }
     let builder = Arc::new(builder);
-    // TCP sessions each hold a clone; draining waits for the count to drop
+    // HTTP connections, their upgraded tunnels and TCP sessions each hold a
+    // clone; draining waits for the count to drop
     let sessions = Arc::new(());
     loop {
         let accepted = tokio::select! {
@@ -194,15 +193,6 @@ pub async fn run(
                 tokio::spawn(crate::tcp::serve(stream, client, cfg, shared, token));
             }
             Mode::Http => {
-                let info = Arc::new(ConnInfo {
-                    client,
-                    client_ip: crate::forward::ip_value(client),
-                    tls: tls.is_some(),
-                    listener: cfg.name.clone(),
-                    upstream: cfg.upstream.clone(),
-                    client_body_timeout: cfg.client_body_timeout,
-                });
-                let shared = shared.clone();
                 let io = ClientIo::new(
                     stream,
                     Limits {
@@ -212,6 +202,17 @@ pub async fn run(
                     },
                 );
                 let activity = io.activity();
+                let info = Arc::new(ConnInfo {
+                    client,
+                    client_ip: crate::forward::ip_value(client),
+                    tls: tls.is_some(),
+                    listener: cfg.name.clone(),
+                    upstream: cfg.upstream.clone(),
+                    client_body_timeout: cfg.client_body_timeout,
+                    activity: Some(activity.clone()),
+                    drain: Some(sessions.clone()),
+                });
+                let shared = shared.clone();
                 let svc = service_fn(move |req| {
                     // busy until the response body is done: no header/idle
                     // limit meanwhile (the handler times the request body)
@@ -223,19 +224,17 @@ pub async fn run(
                     }
                 });
                 let builder = builder.clone();
+                let stop = stop.clone();
+                let token = sessions.clone();
                 match &tls {
                     None => {
-                        let conn = builder.serve_connection(TokioIo::new(io), svc);
-                        let fut = graceful.watch(conn);
                         tokio::spawn(async move {
-                            if let Err(e) = fut.await {
-                                tracing::debug!(error = %e, "client connection ended with error");
-                            }
+                            let conn = builder.serve_connection(TokioIo::new(io), svc);
+                            drive(conn.with_upgrades(), stop, token).await;
                         });
                     }
                     Some(acceptor) => {
                         let acceptor = acceptor.clone();
-                        let watcher = graceful.watcher();
                         let timeout = cfg.header_timeout;
                         tokio::spawn(async move {
                             let tls_stream = match tokio::time::timeout(
@@ -252,9 +251,7 @@ pub async fn run(
                                 Err(_) => return,
                             };
                             let conn = builder.serve_connection(TokioIo::new(tls_stream), svc);
-                            if let Err(e) = watcher.watch(conn).await {
-                                tracing::debug!(error = %e, "client connection ended with error");
-                            }
+                            drive(conn.with_upgrades(), stop, token).await;
                         });
                     }
                 }
@@ -262,9 +259,45 @@ pub async fn run(
         }
     }
     drop(socket);
-    tracing::debug!(listener = %cfg.name, open = graceful.count(), "listener stopped; draining connections");
-    graceful.shutdown().await;
+    tracing::debug!(
+        listener = %cfg.name,
+        open = Arc::strong_count(&sessions) - 1,
+        "listener stopped; draining connections"
+    );
     while Arc::strong_count(&sessions) > 1 {
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Serve one HTTP connection; once `stop` flips (or its sender is gone),
+/// finish the request in flight and close. hyper-util's GracefulShutdown
+/// cannot watch a connection with upgrades, hence this. A connection that
+/// upgraded is finished here: its tunnel runs on in its own task, holding
+/// its own drain token.
+async fn drive<I, S, B>(
+    conn: http1::UpgradeableConnection<I, S>,
+    mut stop: watch::Receiver<bool>,
+    _token: Arc<()>,
+) where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut conn = std::pin::pin!(conn);
+    // the guard wait_for returns must not live across an await (not Send)
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let r = tokio::select! {
+        r = conn.as_mut() => r,
+        () = stopped => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "client connection ended with error");
     }
 }

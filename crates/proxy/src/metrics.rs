@@ -43,6 +43,8 @@ pub struct GlobalMetrics {
     pub requests: AtomicU64,
     pub retries: AtomicU64,
     pub retries_denied: AtomicU64,
+    /// 101 Switching Protocols (upgraded connections).
+    pub responses_1xx: AtomicU64,
     pub responses_2xx: AtomicU64,
     pub responses_3xx: AtomicU64,
     pub responses_4xx: AtomicU64,
@@ -58,6 +60,7 @@ pub struct GlobalMetrics {
 impl GlobalMetrics {
     pub fn count_status(&self, status: u16) {
         let c = match status {
+            100..=199 => &self.responses_1xx,
             200..=299 => &self.responses_2xx,
             300..=399 => &self.responses_3xx,
             400..=499 => &self.responses_4xx,
@@ -131,6 +134,7 @@ pub fn render(global: &GlobalMetrics, servers: &[ServerView<'_>]) -> String {
     );
     let _ = writeln!(out, "# HELP syncd_proxy_responses_total Responses sent to clients by status class.\n# TYPE syncd_proxy_responses_total counter");
     for (class, c) in [
+        ("1xx", &global.responses_1xx),
         ("2xx", &global.responses_2xx),
         ("3xx", &global.responses_3xx),
         ("4xx", &global.responses_4xx),

@@ -13,10 +13,13 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
 
 use crate::balancer::hash::KeyVars;
 use crate::balancer::{Attempt, Key, Outcome};
+use crate::client_io::Activity;
 use crate::config;
 use crate::forward::{self, BodyLen};
 use crate::h1client::{BackendBody, Conn, ExchangeError, OutBody, Timeouts};
@@ -36,6 +39,13 @@ pub struct ConnInfo {
     /// Longest wait for each read of the request body (nginx
     /// `client_body_timeout`).
     pub client_body_timeout: Duration,
+    /// The connection's header/idle clock: an upgraded tunnel keeps it busy,
+    /// so the keep-alive idle limit never cuts a live tunnel.
+    pub activity: Option<Activity>,
+    /// Held by upgraded tunnels so that a stopping listener (reload,
+    /// SIGTERM) drains them too, within `shutdown_timeout`, as nginx keeps
+    /// them until `worker_shutdown_timeout`.
+    pub drain: Option<Arc<()>>,
 }
 
 /// Response body to the client: a short local message or a proxied stream.
@@ -324,7 +334,13 @@ async fn proxy(
     let (mut parts, body) = req.into_parts();
     // framing is read before hop-by-hop headers (Transfer-Encoding) go
     let body_len = forward::body_len(&parts.headers);
+    let upgrade = forward::upgrade_request(&parts.method, parts.version, &parts.headers);
+    let mut on_upgrade = None;
     forward::prepare_request(&mut parts, &info.client_ip, info.tls);
+    if let Some(u) = upgrade {
+        on_upgrade = parts.extensions.remove::<OnUpgrade>();
+        forward::keep_upgrade(&mut parts.headers, u);
+    }
     let idempotent = retry::is_idempotent(&parts.method);
     let out_body = match body_len {
         BodyLen::None => OutBody::Bytes(Bytes::new()),
@@ -354,12 +370,7 @@ async fn proxy(
         let now = Instant::now();
         let selected = {
             let mut g = up.group();
-            let max_tries = if cfg.tries == 0 {
-                g.len()
-            } else {
-                cfg.tries as usize
-            };
-            if attempt.count() >= max_tries {
+            if attempt.count() >= max_tries(cfg, g.len()) {
                 None
             } else {
                 g.select(now, key, &mut attempt)
@@ -384,7 +395,24 @@ async fn proxy(
         match result {
             Ok(resp) => {
                 server.metrics.observe(sent_at.elapsed());
-                let (mut rparts, rbody) = resp.into_parts();
+                let (mut rparts, mut rbody) = resp.into_parts();
+                if rparts.status == StatusCode::SWITCHING_PROTOCOLS {
+                    let upgraded = rbody.take_upgraded();
+                    let guard = PeerGuard {
+                        up: up.clone(),
+                        peer,
+                        armed: true,
+                    };
+                    let resp = switch_protocols(
+                        rparts,
+                        upgraded,
+                        on_upgrade.take(),
+                        guard,
+                        info,
+                        cfg.read_timeout,
+                    );
+                    return (resp, Some(server));
+                }
                 forward::prepare_response(&mut rparts.headers);
                 let body = TrackedBody {
                     inner: rbody,
@@ -437,6 +465,11 @@ async fn proxy(
                 {
                     break;
                 }
+                // the budget pays only for an attempt that can follow: after
+                // the last try it would be spent (or "denied") for nothing
+                if attempt.count() >= max_tries(cfg, up.group().len()) {
+                    break;
+                }
                 if !shared.withdraw_retry(Instant::now()) {
                     tracing::warn!(upstream = %cfg.name, "retry budget exhausted; not retrying");
                     break;
@@ -467,6 +500,60 @@ async fn proxy(
         }
     };
     (resp, None)
+}
+
+/// Attempts allowed per request (nginx `proxy_next_upstream_tries`; 0 means
+/// one per server).
+fn max_tries(cfg: &config::Upstream, servers: usize) -> usize {
+    if cfg.tries == 0 {
+        servers
+    } else {
+        cfg.tries as usize
+    }
+}
+
+/// Relay a backend's 101 to the client and splice the two connections once
+/// hyper hands over the client's. The tunnel holds the server's slot
+/// (least_conn / max_conns) and the client connection's busy mark until it
+/// ends; the backend connection is never pooled again.
+fn switch_protocols(
+    mut head: hyper::http::response::Parts,
+    backend: Option<(tokio::net::TcpStream, bytes::BytesMut)>,
+    client: Option<OnUpgrade>,
+    slot: PeerGuard,
+    info: &ConnInfo,
+    idle: Duration,
+) -> Response<RespBody> {
+    let (Some((backend, early)), Some(client)) = (backend, client) else {
+        // h1client accepts a 101 only for a request carrying Upgrade, and
+        // those always take hyper's upgrade handle: unreachable in practice
+        drop(slot);
+        return local(StatusCode::BAD_GATEWAY, "Bad Gateway");
+    };
+    forward::prepare_upgrade_response(&mut head.headers);
+    let busy = info.activity.as_ref().map(Activity::begin);
+    let drain = info.drain.clone();
+    let peer = info.client;
+    tokio::spawn(async move {
+        let _slot = slot;
+        let _busy = busy;
+        let _drain = drain;
+        match client.await {
+            Ok(io) => match crate::tunnel::splice(TokioIo::new(io), backend, early, idle).await {
+                Ok(m) => tracing::debug!(
+                    client = %peer,
+                    to_backend = m.to_backend,
+                    to_client = m.to_client,
+                    "upgraded connection closed"
+                ),
+                Err(e) => tracing::debug!(client = %peer, error = %e, "upgraded connection ended"),
+            },
+            Err(e) => {
+                tracing::debug!(client = %peer, error = %e, "client connection did not upgrade")
+            }
+        }
+    });
+    Response::from_parts(head, RespBody::Local(None))
 }
 
 /// Read a whole (small) request body, waiting at most `per_read` for each

@@ -98,14 +98,33 @@ async fn killed_backend_under_load_gives_zero_failed_gets() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // load flows through all three servers before the kill
+    wait_for("load on every server", Duration::from_secs(20), || {
+        ok.load(Ordering::SeqCst) >= 60 && a.count() > 0 && b.count() > 0 && c.count() > 0
+    })
+    .await;
     let before_kill = ok.load(Ordering::SeqCst);
     a.kill();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // the proxy meets the dead server (and marks it failed)...
+    let a_errors = format!(
+        "syncd_proxy_upstream_errors_total{{upstream=\"web\",server=\"{}\"}}",
+        a.addr
+    );
+    wait_metric_at_least(&p, &a_errors, 1.0).await;
+    // ...while the load keeps flowing on the others
+    wait_for("load after the kill", Duration::from_secs(20), || {
+        ok.load(Ordering::SeqCst) > before_kill * 2
+    })
+    .await;
     let a_after_kill = a.count();
     a.restart().await;
     // fail_timeout (2s) passes, a is probed and used again
-    tokio::time::sleep(Duration::from_millis(3000)).await;
+    wait_for(
+        "the restarted backend to be used again",
+        Duration::from_secs(20),
+        || a.count() > a_after_kill,
+    )
+    .await;
     stop.store(true, Ordering::SeqCst);
     for c in clients {
         c.await.unwrap();
@@ -237,7 +256,12 @@ async fn reload_keeps_in_flight_requests_and_health_state() {
     let p = Proxy::start(&cfg1).await;
     let listen = p.listen;
     let slow = tokio::spawn(async move { request(listen, "GET", "/slow", b"").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for(
+        "the slow request to reach a",
+        Duration::from_secs(10),
+        || a.count() == 1,
+    )
+    .await;
     let cfg2 = http_listener("web")
         + &upstream("web", "", &[(a.addr, "weight = 1"), (b.addr, "weight = 3")]);
     p.reload(&cfg2).await;
@@ -397,6 +421,34 @@ async fn active_health_check_removes_and_restores_after_rise() {
     }
 }
 
+/// Poll `cond` until it holds; fail naming `what` after `limit`. Tests wait
+/// for the condition itself, never for a guessed time.
+async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn wait_metric_at_least(p: &Proxy, name: &str, min: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = p.metric(name).await;
+        if v >= min {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} stuck at {v}, want at least {min}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn wait_metric(p: &Proxy, name: &str, want: f64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -446,7 +498,12 @@ async fn sigterm_finishes_in_flight_requests() {
     let mut p = Proxy::start(&cfg).await;
     let listen = p.listen;
     let slow = tokio::spawn(async move { request(listen, "GET", "/slow", b"").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for(
+        "the slow request to reach a",
+        Duration::from_secs(10),
+        || a.count() == 1,
+    )
+    .await;
     p.signal(libc::SIGTERM);
     let r = slow.await.unwrap().unwrap();
     assert_eq!(r.status, 200, "{r:?}");
@@ -507,7 +564,8 @@ fn check_flag_reports_errors_naming_the_key() {
         .arg(&path)
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    // the README documents `--check`: exit 0 valid, 2 invalid
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("upstream \"web\".server[1].weight: 0 is invalid; use a positive integer"),
@@ -686,25 +744,44 @@ async fn client_abort_mid_upload_neither_marks_servers_down_nor_leaks() {
     let b = Backend::start("b").await;
     let cfg = http_listener("web") + &upstream("web", "", &[(a.addr, ""), (b.addr, "")]);
     let p = Proxy::start(&cfg).await;
-    for _ in 0..4 {
+    let arrived = || a.count() + b.count();
+    for i in 0..4 {
         let mut s = tokio::net::TcpStream::connect(p.listen).await.unwrap();
         s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
             .await
             .unwrap();
         s.write_all(&[b'q'; 10_000]).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        drop(s); // the client goes away mid-body
+        // the upload is being streamed to a server...
+        wait_for(
+            "the upload to reach a server",
+            Duration::from_secs(10),
+            || arrived() == i + 1,
+        )
+        .await;
+        drop(s); // ...when the client goes away mid-body
     }
     // and a client that gives up while the backend is still thinking
-    for _ in 0..2 {
+    for i in 0..2 {
         let mut s = tokio::net::TcpStream::connect(p.listen).await.unwrap();
         s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        wait_for(
+            "the slow GET to reach a server",
+            Duration::from_secs(10),
+            || arrived() == 5 + i,
+        )
+        .await;
         drop(s);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // every abandoned attempt has been released before servers are judged
+    for be in [&a, &b] {
+        let name = format!(
+            "syncd_proxy_upstream_active_connections{{upstream=\"web\",server=\"{}\"}}",
+            be.addr
+        );
+        wait_metric(&p, &name, 0.0).await;
+    }
     let mut seen = std::collections::HashSet::new();
     for _ in 0..6 {
         let r = p.get("/").await;
@@ -997,4 +1074,453 @@ async fn ambiguous_requests_and_responses_are_refused_or_normalised() {
         "{r:?}"
     );
     assert!(r.text().contains("hello"), "{r:?}");
+}
+
+/// A WebSocket backend: greets each client with `hello from <name>`, then
+/// echoes every message. Counts handshakes.
+async fn ws_echo_backend(name: &'static str) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                if ws
+                    .send(Message::text(format!("hello from {name}")))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                while let Some(Ok(m)) = ws.next().await {
+                    if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+async fn next_ws<S>(ws: &mut S) -> tokio_tungstenite::tungstenite::Message
+where
+    S: futures_util::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    use futures_util::StreamExt;
+    tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("a message within 10 s")
+        .expect("stream open")
+        .expect("a valid message")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_is_spliced_both_ways_and_releases_the_slot() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (addr, accepted) = ws_echo_backend("ws1").await;
+    // max_conns = 1: the open tunnel must hold the server's only slot;
+    // the client connection's idle_timeout and header_timeout (meant for
+    // keep-alive waits and request heads) must not cut a tunnel
+    let cfg = "[[listener]]\nlisten = \"{listen}\"\nupstream = \"ws\"\nidle_timeout = \"1s\"\nheader_timeout = \"1s\"\n\n"
+        .to_string()
+        + &upstream("ws", "", &[(addr, "max_conns = 1")]);
+    let p = Proxy::start(&cfg).await;
+    let url = format!("ws://{}/chat", p.listen);
+    let (mut ws, resp) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("WebSocket handshake through the proxy");
+    assert_eq!(resp.status(), 101);
+    assert_eq!(next_ws(&mut ws).await, Message::text("hello from ws1"));
+    for i in 0..20 {
+        let text = format!("message {i}");
+        ws.send(Message::text(text.clone())).await.unwrap();
+        assert_eq!(next_ws(&mut ws).await, Message::text(text));
+    }
+    let big = vec![7u8; 256 * 1024];
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    assert_eq!(next_ws(&mut ws).await, Message::binary(big));
+
+    // while the tunnel is open, the server's one slot is taken
+    let busy = p.get("/").await;
+    assert!(
+        busy.status == 502 || busy.status == 503,
+        "max_conns reached by the tunnel: {busy:?}"
+    );
+
+    // quiet for longer than those limits: a tunnel is neither a keep-alive
+    // wait nor a request head, so it stays open
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    ws.send(Message::text("still there")).await.unwrap();
+    assert_eq!(next_ws(&mut ws).await, Message::text("still there"));
+    assert_eq!(
+        p.metric("syncd_proxy_responses_total{class=\"1xx\"}").await,
+        1.0,
+        "the 101 is counted as 1xx"
+    );
+
+    ws.close(None).await.unwrap();
+    // the close handshake completes: the server's close frame, then the end
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("close within 10 s")
+        {
+            Some(Ok(Message::Close(_))) | None => break,
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("close failed: {e}"),
+        }
+    }
+    drop(ws);
+
+    // the slot comes back when the tunnel ends; a new tunnel then works
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut ws = loop {
+        match tokio_tungstenite::connect_async(&url).await {
+            Ok((ws, _)) => break ws,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("slot never released after the tunnel closed: {e}"),
+        }
+    };
+    assert_eq!(next_ws(&mut ws).await, Message::text("hello from ws1"));
+    ws.send(Message::text("again")).await.unwrap();
+    assert_eq!(next_ws(&mut ws).await, Message::text("again"));
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_websocket_tunnel_closes_after_read_timeout() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let (addr, _) = ws_echo_backend("ws1").await;
+    let cfg = http_listener("ws") + &upstream("ws", "read_timeout = \"1s\"", &[(addr, "")]);
+    let p = Proxy::start(&cfg).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/", p.listen))
+        .await
+        .unwrap();
+    assert_eq!(next_ws(&mut ws).await, Message::text("hello from ws1"));
+    let t = std::time::Instant::now();
+    // nothing is sent either way: the proxy ends the tunnel
+    let end = tokio::time::timeout(Duration::from_secs(15), ws.next())
+        .await
+        .expect("an idle tunnel must be closed by the proxy");
+    assert!(
+        !matches!(end, Some(Ok(Message::Text(_)))),
+        "unexpected message: {end:?}"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_request_answered_without_101_is_relayed_normally() {
+    let a = Backend::start("a").await;
+    let cfg = http_listener("web") + &upstream("web", "", &[(a.addr, "")]);
+    let p = Proxy::start(&cfg).await;
+    let raw = b"GET /ws HTTP/1.1\r\nHost: site.example\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let r = send_raw(p.listen, raw).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.text(), "a 0");
+    // the backend was asked to upgrade (nginx's Upgrade/Connection pass-on)
+    let h = a.stats.last_headers.lock().unwrap().clone().unwrap();
+    assert_eq!(h["upgrade"], "websocket");
+    assert_eq!(h["connection"], "upgrade");
+    // and the connection to it is still a plain HTTP one: reused normally
+    assert_eq!(p.get("/").await.status, 200);
+    assert_eq!(a.count(), 2);
+}
+
+/// An address whose connects hang (time out) rather than fail: a listener
+/// with a full accept queue, never accepting; Linux drops further SYNs.
+struct Blackhole {
+    addr: std::net::SocketAddr,
+    _listener: socket2::Socket,
+    _queued: Vec<std::net::TcpStream>,
+}
+
+fn blackhole() -> Blackhole {
+    use socket2::{Domain, Socket, Type};
+    let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    l.bind(&any.into()).unwrap();
+    l.listen(0).unwrap();
+    let addr = l.local_addr().unwrap().as_socket().unwrap();
+    let mut queued = Vec::new();
+    // fill the queue until a connect times out: from then on, connects hang
+    for _ in 0..16 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            Ok(s) => queued.push(s),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return Blackhole {
+                    addr,
+                    _listener: l,
+                    _queued: queued,
+                }
+            }
+            Err(e) => panic!("blackhole: {e}"),
+        }
+    }
+    panic!("blackhole: the accept queue never filled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_read_timeout_gives_504() {
+    let a = Backend::start("a").await;
+    let cfg = http_listener("web") + &upstream("web", "read_timeout = \"500ms\"", &[(a.addr, "")]);
+    let p = Proxy::start(&cfg).await;
+    let t = std::time::Instant::now();
+    let r = p.get("/slow").await; // the backend answers after 1.5 s
+    assert_eq!(r.status, 504, "{r:?}");
+    assert_eq!(r.text(), "504 Gateway Timeout\n");
+    assert!(
+        t.elapsed() < Duration::from_millis(1400),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        p.metric("syncd_proxy_local_errors_total{code=\"504\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout_moves_on_to_the_next_server() {
+    let hole = tokio::task::block_in_place(blackhole);
+    let b = Backend::start("b").await;
+    let cfg = http_listener("web")
+        + &upstream(
+            "web",
+            "connect_timeout = \"400ms\"",
+            &[(hole.addr, ""), (b.addr, "")],
+        );
+    let p = Proxy::start(&cfg).await;
+    // round-robin starts with the first server: the connect hangs, then
+    // times out, and the request goes on to b
+    let t = std::time::Instant::now();
+    let r = p.get("/").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.backend(), "b");
+    assert!(
+        t.elapsed() >= Duration::from_millis(350),
+        "waited for connect_timeout, not a refusal: {:?}",
+        t.elapsed()
+    );
+    let errors = format!(
+        "syncd_proxy_upstream_errors_total{{upstream=\"web\",server=\"{}\"}}",
+        hole.addr
+    );
+    assert_eq!(p.metric(&errors).await, 1.0);
+    // marked failed (max_fails 1): the next requests go straight to b
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        assert_eq!(p.get("/").await.backend(), "b");
+        assert!(t.elapsed() < Duration::from_millis(350));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_upstream_timeout_stops_retrying() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let servers = [(a.addr, ""), (b.addr, "")];
+    // each attempt times out after 400 ms; retrying stops once 300 ms have
+    // passed since the first attempt, so b is never tried
+    let cfg = http_listener("web")
+        + &upstream(
+            "web",
+            "read_timeout = \"400ms\"\nnext_upstream_timeout = \"300ms\"",
+            &servers,
+        );
+    let p = Proxy::start(&cfg).await;
+    let r = p.get("/slow").await;
+    assert_eq!(r.status, 504, "{r:?}");
+    assert_eq!(
+        a.count() + b.count(),
+        1,
+        "no retry after next_upstream_timeout"
+    );
+    drop(p);
+    // control: without it, the same request is tried on both servers
+    let cfg = http_listener("web") + &upstream("web", "read_timeout = \"400ms\"", &servers);
+    let p = Proxy::start(&cfg).await;
+    let r = p.get("/slow").await;
+    assert_eq!(r.status, 504, "{r:?}");
+    assert_eq!(a.count() + b.count(), 3, "retried on the other server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_with_an_unbindable_address_is_refused_and_logged() {
+    let a = Backend::start("a").await;
+    let cfg = http_listener("web") + &upstream("web", "", &[(a.addr, "")]);
+    let p = Proxy::start(&cfg).await;
+    // held without SO_REUSEPORT: the proxy cannot bind it
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap();
+    let generation = p.metric("syncd_proxy_config_generation").await;
+    let bad =
+        cfg.clone() + &format!("[[listener]]\nlisten = \"{taken_addr}\"\nupstream = \"web\"\n\n");
+    std::fs::write(
+        &p.config,
+        format!(
+            "[admin]\nlisten = \"{}\"\n\n{}",
+            p.admin,
+            bad.replace("{listen}", &p.listen.to_string())
+        ),
+    )
+    .unwrap();
+    p.signal(libc::SIGHUP);
+    wait_metric_at_least(&p, "syncd_proxy_reload_failures_total", 1.0).await;
+    assert_eq!(p.metric("syncd_proxy_config_generation").await, generation);
+    let want = format!("cannot listen on {taken_addr}");
+    wait_for(
+        "the reload error in the log",
+        Duration::from_secs(10),
+        || {
+            let log = p.log();
+            log.contains("reload failed") && log.contains(&want)
+        },
+    )
+    .await;
+    // the old configuration keeps serving
+    for _ in 0..3 {
+        let r = p.get("/").await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    drop(taken);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_max_replay_body_are_not_retried() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    a.behaviour.reset.store(true, Ordering::SeqCst);
+    b.behaviour.reset.store(true, Ordering::SeqCst);
+    let cfg = "[retry]\nmax_replay_body = 16\n\n".to_string()
+        + &http_listener("web")
+        + &upstream(
+            "web",
+            "",
+            &[(a.addr, "max_fails = 0"), (b.addr, "max_fails = 0")],
+        );
+    let p = Proxy::start(&cfg).await;
+    let puts = || a.stats.method("PUT") + b.stats.method("PUT");
+    // within the limit: buffered, so replayed on the other server
+    let r = request(p.listen, "PUT", "/doc", &[b'x'; 16]).await.unwrap();
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(puts(), 2, "a small idempotent body is retried");
+    // over the limit: streamed, so sent once
+    let r = request(p.listen, "PUT", "/doc", &[b'x'; 17]).await.unwrap();
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(puts(), 3, "a body over max_replay_body is not retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_budget_limits_retries_end_to_end() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    a.behaviour.reset.store(true, Ordering::SeqCst);
+    b.behaviour.reset.store(true, Ordering::SeqCst);
+    // half a retry per request and no free per-second allowance: every
+    // second request may retry, deterministically
+    let cfg = "[retry]\nbudget_ratio = 0.5\nbudget_min_per_sec = 0\n\n".to_string()
+        + &http_listener("web")
+        + &upstream(
+            "web",
+            "",
+            &[(a.addr, "max_fails = 0"), (b.addr, "max_fails = 0")],
+        );
+    let p = Proxy::start(&cfg).await;
+    let gets = || a.stats.method("GET") + b.stats.method("GET");
+    let mut tries = Vec::new();
+    for _ in 0..4 {
+        let before = gets();
+        let r = p.get("/").await;
+        assert_eq!(r.status, 502, "{r:?}");
+        tries.push(gets() - before);
+    }
+    assert_eq!(tries, [1, 2, 1, 2], "attempts per request");
+    // the budget is asked only when another attempt could follow: after the
+    // last server failed, nothing is spent and nothing is "denied"
+    assert_eq!(p.metric("syncd_proxy_retries_total").await, 2.0);
+    assert_eq!(p.metric("syncd_proxy_retries_denied_total").await, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_a_request_head_is_closed_after_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Backend::start("a").await;
+    let cfg = "[[listener]]\nlisten = \"{listen}\"\nupstream = \"web\"\nheader_timeout = \"1s\"\n\n"
+        .to_string() + &upstream("web", "", &[(a.addr, "")]);
+    let p = Proxy::start(&cfg).await;
+    let mut s = tokio::net::TcpStream::connect(p.listen).await.unwrap();
+    let t = std::time::Instant::now();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    assert!(end.is_ok(), "a half-sent head was never closed");
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "closed before header_timeout: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(a.count(), 0, "nothing reached the backend");
+    assert_eq!(p.get("/").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_open_websocket_tunnels() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (addr, _) = ws_echo_backend("ws1").await;
+    let cfg = http_listener("ws") + &upstream("ws", "", &[(addr, "")]);
+    let mut p = Proxy::start(&cfg).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/", p.listen))
+        .await
+        .unwrap();
+    assert_eq!(next_ws(&mut ws).await, Message::text("hello from ws1"));
+    p.signal(libc::SIGTERM);
+    // the listener stops accepting...
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(p.listen).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still listening after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...while the open tunnel is drained like a request in flight
+    ws.send(Message::text("after SIGTERM")).await.unwrap();
+    assert_eq!(next_ws(&mut ws).await, Message::text("after SIGTERM"));
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "exited under a tunnel"
+    );
+    ws.close(None).await.unwrap();
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await {}
+    let status = tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(10)));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "clean exit once the tunnel closed: {status:?}"
+    );
 }

@@ -221,7 +221,18 @@ pub async fn run_with(
                         lost(&mut session, &mut live, &stats, e).await;
                     }
                     _ = tokio::time::sleep_until(deadline) => {}
-                    _ = &mut shutdown => live.handle_shutdown(),
+                    _ = &mut shutdown => {
+                        // A change made just before the stop may still be on
+                        // its way from inotify: collect it, so the last batch
+                        // carries it (a planned switchover loses nothing).
+                        let until = Instant::now() + SHUTDOWN_COLLECT;
+                        if let Some(w) = &mut watch {
+                            while let Ok(Some(c)) = tokio::time::timeout_at(until, w.rx.recv()).await {
+                                accept(&stats, &mut live, c);
+                            }
+                        }
+                        live.handle_shutdown();
+                    }
                 }
             }
         }
@@ -255,6 +266,9 @@ async fn stop(
     let _ = tokio::time::timeout(GRACE, s.drain_transfers(tsum, index)).await;
     let _ = tokio::time::timeout(GRACE, s.finish()).await;
 }
+
+/// How long a stopping primary keeps reading the watch for last changes.
+const SHUTDOWN_COLLECT: Duration = Duration::from_millis(50);
 
 /// The session failed: reconnect, unless another primary took the standby.
 async fn lost(session: &mut Option<Session>, live: &mut Live, stats: &Stats, e: ClientError) {

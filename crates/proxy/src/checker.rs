@@ -42,14 +42,18 @@ async fn probe(addr: SocketAddr, kind: &CheckKind) -> bool {
             Ok(k) => n += k,
         }
     }
-    let line = &buf[..n];
-    if !line.starts_with(b"HTTP/1.") {
-        return false;
+    parse_status_line(&buf[..n]).is_some_and(|s| kind.status_ok(s))
+}
+
+/// The status code of a response that starts `HTTP/1.x NNN`; `None` if
+/// fewer than 12 bytes or not such a line.
+pub fn parse_status_line(line: &[u8]) -> Option<u16> {
+    if line.len() < 12 || !line.starts_with(b"HTTP/1.") {
+        return None;
     }
-    let status = std::str::from_utf8(&line[9..12])
+    std::str::from_utf8(&line[9..12])
         .ok()
-        .and_then(|s| s.parse::<u16>().ok());
-    status.is_some_and(|s| kind.status_ok(s))
+        .and_then(|s| s.parse::<u16>().ok())
 }
 
 /// Start checker tasks for every server of `up` that has a health check.

@@ -78,6 +78,7 @@ for t in "${targets[@]}"; do
     before=$(find "fuzz/artifacts/$t" -type f | wc -l)
     log=$scratch/$t.log
     # New inputs land in $new (the first directory); $corpus is read.
+    start=$SECONDS
     set +e
     # shellcheck disable=SC2086
     cargo +nightly fuzz run -a "$t" "$new" "$corpus" -- \
@@ -85,9 +86,8 @@ for t in "${targets[@]}"; do
     rc=$?
     set -e
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
-    took=$(sed -n 's/^stat::.*//; s/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -1)
     runs=${runs:-0}
-    took=${took:-$secs}
+    took=$((SECONDS - start))
     after=$(find "fuzz/artifacts/$t" -type f | wc -l)
     crashes=$((after - before))
     if [[ $rc -ne 0 && $crashes -eq 0 ]]; then

@@ -11,8 +11,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+/// A target's body.
+pub type Target = fn(&[u8]);
+
 /// Every target: name (as under `fuzz_targets/` and `corpus/`) and body.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("wire_request", wire_request),
     ("wire_reply", wire_reply),
     ("relpath", relpath),
@@ -109,8 +112,9 @@ thread_local! {
     };
 }
 
-/// A per-process scratch directory (removed at exit only on a clean run;
-/// it lives under the system temp dir).
+/// A per-process scratch directory, `syncd-fuzz-PID` in /dev/shm (or the
+/// temp dir). A fuzzer exits without cleaning up, so the directories of
+/// processes that are gone are removed when the next one starts.
 fn scratch() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -120,6 +124,15 @@ fn scratch() -> PathBuf {
         } else {
             std::env::temp_dir()
         };
+        for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            let name = e.file_name();
+            let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("syncd-fuzz-")) else {
+                continue;
+            };
+            if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
         let d = root.join(format!("syncd-fuzz-{}", std::process::id()));
         std::fs::create_dir_all(&d).expect("scratch dir");
         d

@@ -1,5 +1,7 @@
-//! Replays every committed corpus file of every target through the target
-//! bodies on the stable toolchain (no libFuzzer): the cheap CI smoke.
+//! Replays every committed corpus file of every target, and the inputs of
+//! past findings under `regressions/` (which `-merge=1` would drop, as they
+//! add no coverage), through the target bodies on the stable toolchain (no
+//! libFuzzer): the cheap CI smoke.
 //!
 //!     cargo test --manifest-path fuzz/Cargo.toml --no-default-features
 
@@ -18,6 +20,9 @@ fn every_corpus_file_passes_its_target() {
             .collect();
         files.sort();
         assert!(!files.is_empty(), "{name}: empty corpus");
+        if let Ok(rd) = std::fs::read_dir(root.join("../regressions").join(name)) {
+            files.extend(rd.map(|e| e.unwrap().path()));
+        }
         for f in &files {
             let data = std::fs::read(f).unwrap();
             let r = std::panic::catch_unwind(|| body(&data));

@@ -209,16 +209,23 @@ pub struct Config {
 
 impl Config {
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.display().to_string(),
+            msg: format!("cannot read the config file: {e}; pass an existing file with --config"),
+        })?;
+        Config::parse(&text, file)
+    }
+
+    /// Parses and validates configuration `text` as if read from `file`:
+    /// `file` names the configuration in errors and relative paths are
+    /// resolved against its directory. The export, cert, key and peer_cert
+    /// must exist (they are checked, not read); host names are resolved.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         let err = |msg: String| ConfigError {
             file: file.display().to_string(),
             msg,
         };
-        let text = std::fs::read_to_string(file).map_err(|e| {
-            err(format!(
-                "cannot read the config file: {e}; pass an existing file with --config"
-            ))
-        })?;
-        let raw: Raw = toml::from_str(&text).map_err(|e| {
+        let raw: Raw = toml::from_str(text).map_err(|e| {
             let m = e.message().to_string();
             let hint = if m.contains("missing field") {
                 " (see contrib/syncd.example.toml for every key)"

@@ -254,6 +254,10 @@ pub fn apply_segment_file(
                 let n = (op - 0x45) as usize;
                 let mut off = be(&mut d, W[n / 4])?;
                 let mut len = be(&mut d, W[n % 4])?;
+                if len == 0 {
+                    // As fast_rsync: the differ never writes one.
+                    return Err(DeltaError::Apply("empty copy".into()));
+                }
                 room(len)?;
                 if buf.len() < 1 << 20 {
                     buf.resize(1 << 20, 0);
@@ -406,6 +410,12 @@ mod tests {
             0x54, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0,
         ]);
         assert!(apply_segment_file(&bf, &evil, &mut Vec::new(), u64::MAX, &mut buf).is_err());
+        // Found by fuzz/ (delta_apply): a zero-length copy was accepted
+        // here and refused by fast_rsync.
+        let mut empty = DELTA_MAGIC.to_be_bytes().to_vec();
+        empty.extend_from_slice(&[0x45, 0, 0, 0]);
+        assert!(apply_segment(&base, &empty, &mut Vec::new(), 100).is_err());
+        assert!(apply_segment_file(&bf, &empty, &mut Vec::new(), 100, &mut buf).is_err());
         let mut beyond = DELTA_MAGIC.to_be_bytes().to_vec();
         beyond.extend_from_slice(&[0x4f, 0x00, 0x40, 0x00, 0x00, 0x10, 0x00, 0]);
         assert!(apply_segment_file(&bf, &beyond, &mut Vec::new(), u64::MAX, &mut buf).is_err());

@@ -42,14 +42,14 @@ async fn probe(addr: SocketAddr, kind: &CheckKind) -> bool {
             Ok(k) => n += k,
         }
     }
-    let line = &buf[..n];
-    if !line.starts_with(b"HTTP/1.") {
-        return false;
-    }
-    let status = std::str::from_utf8(&line[9..12])
-        .ok()
-        .and_then(|s| s.parse::<u16>().ok());
-    status.is_some_and(|s| kind.status_ok(s))
+    parse_status_line(&buf[..n]).is_some_and(|s| kind.status_ok(s))
+}
+
+/// The status code of a response that starts `HTTP/1.x NNN`; `None` if
+/// fewer than 12 bytes or not such a line (the same rule as the VRRP
+/// checks: three plain digits, no sign).
+pub fn parse_status_line(line: &[u8]) -> Option<u16> {
+    syncd_vrrp::io::checks::parse_status(line)
 }
 
 /// Start checker tasks for every server of `up` that has a health check.
@@ -139,6 +139,16 @@ mod tests {
         };
         assert!(check_once(ok, &hc(kind.clone())).await);
         assert!(!check_once(bad, &hc(kind)).await);
+    }
+
+    #[test]
+    fn status_line_is_version_space_three_digits() {
+        assert_eq!(parse_status_line(b"HTTP/1.1 204 No Content"), Some(204));
+        assert_eq!(parse_status_line(b"HTTP/1.0 50"), None); // fewer than 12 bytes
+        assert_eq!(parse_status_line(b"HTTP/1.0 500 "), Some(500));
+        // Found by fuzz/ (status_line): a sign was taken by `str::parse`.
+        assert_eq!(parse_status_line(b"HTTP/1.1 +20 OK"), None);
+        assert_eq!(parse_status_line(b"HTTP/1.\xd0\xe5500 x"), None);
     }
 
     #[tokio::test]

@@ -236,53 +236,10 @@ impl Conn {
     /// read buffer (no copy); the head's bytes are consumed from the buffer.
     /// `limit` bounds each read, like nginx's `proxy_read_timeout`.
     async fn read_head(&mut self, limit: Duration) -> Result<Response<()>, ExchangeError> {
-        type Span = (usize, usize, usize, usize);
         let mut got_any = !self.rbuf.is_empty();
         loop {
             if !self.rbuf.is_empty() {
-                let parsed = {
-                    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                    let mut r = httparse::Response::new(&mut storage);
-                    match r.parse(&self.rbuf) {
-                        Ok(httparse::Status::Complete(n)) => {
-                            let base = self.rbuf.as_ptr() as usize;
-                            let mut spans: [Span; MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
-                            for (span, h) in spans.iter_mut().zip(r.headers.iter()) {
-                                let ns = h.name.as_ptr() as usize - base;
-                                let vs = h.value.as_ptr() as usize - base;
-                                *span = (ns, ns + h.name.len(), vs, vs + h.value.len());
-                            }
-                            Some((n, r.code, r.version, spans, r.headers.len()))
-                        }
-                        Ok(httparse::Status::Partial) => None,
-                        Err(e) => return Err(ExchangeError::Invalid(e.to_string())),
-                    }
-                };
-                if let Some((n, code, version, spans, count)) = parsed {
-                    let head = self.rbuf.split_to(n).freeze();
-                    let status = code
-                        .and_then(|c| StatusCode::from_u16(c).ok())
-                        .ok_or_else(|| ExchangeError::Invalid("bad status code".into()))?;
-                    let mut resp = Response::new(());
-                    *resp.status_mut() = status;
-                    *resp.version_mut() = if version == Some(0) {
-                        Version::HTTP_10
-                    } else {
-                        Version::HTTP_11
-                    };
-                    let map = resp.headers_mut();
-                    map.reserve(count);
-                    for &(ns, ne, vs, ve) in &spans[..count] {
-                        let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| {
-                            ExchangeError::Invalid(format!(
-                                "bad header name {:?}",
-                                String::from_utf8_lossy(&head[ns..ne])
-                            ))
-                        })?;
-                        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
-                            .map_err(|_| ExchangeError::Invalid(format!("bad value for {name}")))?;
-                        map.append(name, value);
-                    }
+                if let Some(resp) = parse_response_head(&mut self.rbuf)? {
                     return Ok(resp);
                 }
                 if self.rbuf.len() > MAX_HEAD {
@@ -307,6 +264,59 @@ impl Conn {
             got_any = true;
         }
     }
+}
+
+/// Parses one response head at the start of `buf`. A complete head is
+/// consumed from `buf` and returned (header values are slices of its bytes,
+/// no copy); `Ok(None)` means more bytes are needed and leaves `buf` as is.
+pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, ExchangeError> {
+    type Span = (usize, usize, usize, usize);
+    let parsed = {
+        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut r = httparse::Response::new(&mut storage);
+        match r.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => {
+                let base = buf.as_ptr() as usize;
+                let mut spans: [Span; MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
+                for (span, h) in spans.iter_mut().zip(r.headers.iter()) {
+                    let ns = h.name.as_ptr() as usize - base;
+                    let vs = h.value.as_ptr() as usize - base;
+                    *span = (ns, ns + h.name.len(), vs, vs + h.value.len());
+                }
+                Some((n, r.code, r.version, spans, r.headers.len()))
+            }
+            Ok(httparse::Status::Partial) => None,
+            Err(e) => return Err(ExchangeError::Invalid(e.to_string())),
+        }
+    };
+    let Some((n, code, version, spans, count)) = parsed else {
+        return Ok(None);
+    };
+    let head = buf.split_to(n).freeze();
+    let status = code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or_else(|| ExchangeError::Invalid("bad status code".into()))?;
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
+    *resp.version_mut() = if version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let map = resp.headers_mut();
+    map.reserve(count);
+    for &(ns, ne, vs, ve) in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| {
+            ExchangeError::Invalid(format!(
+                "bad header name {:?}",
+                String::from_utf8_lossy(&head[ns..ne])
+            ))
+        })?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+            .map_err(|_| ExchangeError::Invalid(format!("bad value for {name}")))?;
+        map.append(name, value);
+    }
+    Ok(Some(resp))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -401,6 +411,13 @@ fn body_framing(
             })
         }
     }
+}
+
+/// The size on a chunk-size line (without its CRLF): hex digits only,
+/// surrounding whitespace and any `;extension` ignored.
+pub fn chunk_size_line(line: &[u8]) -> Option<u64> {
+    let hex = line.split(|b| *b == b';').next().unwrap_or(b"");
+    chunk_size(hex.trim_ascii())
 }
 
 /// A chunk size: hex digits only (`from_str_radix` would accept `+5`).
@@ -583,9 +600,7 @@ impl Body for BackendBody {
                         Decode::Trailers if line.is_empty() => Decode::Done,
                         Decode::Trailers => Decode::Trailers, // trailer fields are dropped
                         _ => {
-                            let hex = line.split(|b| *b == b';').next().unwrap_or(b"");
-                            let size =
-                                chunk_size(hex.trim_ascii()).ok_or_else(|| bad("bad chunk size"));
+                            let size = chunk_size_line(line).ok_or_else(|| bad("bad chunk size"));
                             match size {
                                 Ok(0) => Decode::Trailers,
                                 Ok(n) => Decode::ChunkData(n),

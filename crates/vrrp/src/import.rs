@@ -144,7 +144,7 @@ fn q(s: &str) -> String {
             '\\' => o.push_str("\\\\"),
             '\n' => o.push_str("\\n"),
             '\t' => o.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
                 let _ = write!(o, "\\u{:04x}", c as u32);
             }
             c => o.push(c),
@@ -164,8 +164,15 @@ struct Script {
     rise: Option<String>,
 }
 
-fn is_num(s: &str) -> bool {
-    s.parse::<f64>().is_ok_and(|v| v.is_finite())
+/// A finite number written as TOML: an integer when it is one, else a
+/// float (keepalived takes `01`, `5.` or `.5`, which TOML does not).
+fn toml_num(s: &str) -> Option<String> {
+    let v = s.parse::<f64>().ok().filter(|v| v.is_finite())?;
+    Some(if v.fract() == 0.0 && v.abs() < 9.0e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v:?}")
+    })
 }
 
 /// Convert keepalived.conf text.
@@ -277,7 +284,9 @@ pub fn convert(text: &str) -> Imported {
             let a1 = c.arg(1);
             let simple_num =
                 |key: &str, kv: &mut Vec<(String, String)>, warnings: &mut Vec<String>| match a1 {
-                    Some(v) if is_num(v) => kv.push((key.into(), v.to_string())),
+                    Some(v) if toml_num(v).is_some() => {
+                        kv.push((key.into(), toml_num(v).unwrap_or_default()))
+                    }
                     _ => warnings.push(w(format!("`{}` needs a number", c.key()))),
                 };
             match c.key() {
@@ -406,7 +415,15 @@ pub fn convert(text: &str) -> Imported {
             }
             None => warnings.push(w("has no `interface`; set one".into())),
         }
-        for (k, v) in &kv {
+        // A key given twice: the last one counts, as in keepalived (and
+        // TOML refuses a key twice in a table).
+        for (i, (k, v)) in kv.iter().enumerate() {
+            if kv[i + 1..].iter().any(|(later, _)| later == k) {
+                warnings.push(w(format!(
+                    "`{k}` is set more than once; the last one is used"
+                )));
+                continue;
+            }
             let _ = writeln!(out, "{k} = {v}");
         }
         if skip_check_adv_addr {
@@ -457,7 +474,7 @@ pub fn convert(text: &str) -> Imported {
                 ("fall", &s.fall),
                 ("rise", &s.rise),
             ] {
-                if let Some(v) = v.as_deref().filter(|v| is_num(v)) {
+                if let Some(v) = v.as_deref().and_then(toml_num) {
                     let _ = writeln!(out, "{k} = {v}");
                 }
             }
@@ -643,6 +660,22 @@ vrrp_instance VI_9 {
         let r = convert(&SEED.replace("auth_type PASS", "auth_type AH"));
         assert!(!r.errors.is_empty());
         assert!(convert(SEED).errors.is_empty());
+    }
+
+    #[test]
+    fn output_is_valid_toml() {
+        // Found by fuzz/ (keepalived_import): a repeated key was written
+        // twice; numbers TOML does not take and DEL were written as is.
+        let conf = "vrrp_instance V\u{7f}I {\n interface eth0\n advert_int 1\n advert_int 2\n priority 0100\n virtual_router_id 5.\n preempt_delay .5\n virtual_ipaddress {\n 10.0.0.1\n }\n}\n";
+        let out = convert(conf);
+        let v: toml::Value = toml::from_str(&out.toml).unwrap();
+        let i = &v["vrrp"][0];
+        assert_eq!(i["advert_int"].as_integer(), Some(2));
+        assert_eq!(i["priority"].as_integer(), Some(100));
+        assert_eq!(i["vrid"].as_integer(), Some(5));
+        assert_eq!(i["preempt_delay"].as_float(), Some(0.5));
+        assert_eq!(i["name"].as_str(), Some("V\u{7f}I"));
+        assert!(out.warnings.iter().any(|w| w.contains("advert_int")));
     }
 
     #[test]

@@ -68,13 +68,16 @@ async fn http_ok(host_port: &str, path: &str) -> bool {
     parse_status(&buf[..n]).is_some_and(|c| (200..400).contains(&c))
 }
 
-/// Status code of an HTTP/1.x status line.
+/// Status code of an HTTP/1.x status line: `HTTP/1.`, a digit, a space
+/// and three digits (`str::parse` alone would take `+20`).
 pub fn parse_status(b: &[u8]) -> Option<u16> {
-    let s = std::str::from_utf8(b.get(..12)?).ok()?;
-    if !s.starts_with("HTTP/1.") {
+    let b = b.get(..12)?;
+    if !b.starts_with(b"HTTP/1.") || !b[7].is_ascii_digit() || b[8] != b' ' {
         return None;
     }
-    s.get(9..12)?.parse().ok()
+    b[9..12].iter().try_fold(0u16, |n, &d| {
+        d.is_ascii_digit().then(|| n * 10 + u16::from(d - b'0'))
+    })
 }
 
 /// Is a process with this `comm` (or argv[0] basename) running?
@@ -115,6 +118,12 @@ mod tests {
         assert_eq!(parse_status(b"HTTP/1.0 500 x"), Some(500));
         assert_eq!(parse_status(b"SSH-2.0-OpenSSH"), None);
         assert_eq!(parse_status(b"HTTP/1.1"), None);
+        // Found by fuzz/ (status_line): a sign, or bytes that are not a
+        // version digit and a space, were accepted.
+        assert_eq!(parse_status(b"HTTP/1.1 +20 OK"), None);
+        assert_eq!(parse_status(b"HTTP/1.\xd0\xe5500 x"), None);
+        assert_eq!(parse_status(b"HTTP/1.1X200 OK"), None);
+        assert_eq!(parse_status(b"HTTP/1.1 2 0 OK"), None);
     }
 
     #[tokio::test]

@@ -533,6 +533,31 @@ fn vrrp_tables(
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_contrib_examples_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib");
+        let tmp = tempfile::tempdir().unwrap();
+        let export = tmp.path().join("export");
+        std::fs::create_dir(&export).unwrap();
+        let keys = tmp.path().join("keys");
+        crate::tls::keygen(&keys, "example").unwrap();
+        for f in ["syncd.example.toml", "syncd-auto.example.toml"] {
+            // what must exist on this machine: the export and the keys
+            let text = std::fs::read_to_string(dir.join(f))
+                .unwrap()
+                .replace("\"/srv/export\"", &format!("{:?}", export.display().to_string()))
+                .replace("/etc/syncd/node.", &format!("{}/node.", keys.display()))
+                .replace("/etc/syncd/peer.crt", &format!("{}/node.crt", keys.display()));
+            let copy = tmp.path().join(f);
+            std::fs::write(&copy, text).unwrap();
+            let c = Config::load(&copy).unwrap_or_else(|e| panic!("{f}: {e}"));
+            if f.contains("auto") {
+                assert!(c.vrrp_config().unwrap().is_some(), "{f}: a [[vrrp]] table");
+                assert_eq!(c.pair.heartbeat_timeout, std::time::Duration::from_millis(2500));
+            }
+        }
+    }
+
     fn setup() -> (tempfile::TempDir, PathBuf) {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir(d.path().join("export")).unwrap();

@@ -514,19 +514,7 @@ fn hostname() -> String {
 fn vrrp_tables(
     tables: &[syncd_vrrp::config::VrrpConfig],
 ) -> Result<Option<syncd_vrrp::config::Config>, String> {
-    use syncd_vrrp::config::{validate, ConfigError as VrrpError, VrrpFile};
-    if tables.is_empty() {
-        return Ok(None);
-    }
-    let file = VrrpFile {
-        admin: None,
-        vrrp: tables.to_vec(),
-    };
-    match validate(&file) {
-        Ok(c) => Ok(Some(c)),
-        Err(VrrpError::Invalid(lines)) => Err(lines.join("\n")),
-        Err(other) => Err(format!("vrrp: {other}")),
-    }
+    syncd_vrrp::config::validate_tables(tables).map_err(|lines| lines.join("\n"))
 }
 
 #[cfg(test)]
@@ -545,15 +533,24 @@ mod tests {
             // what must exist on this machine: the export and the keys
             let text = std::fs::read_to_string(dir.join(f))
                 .unwrap()
-                .replace("\"/srv/export\"", &format!("{:?}", export.display().to_string()))
+                .replace(
+                    "\"/srv/export\"",
+                    &format!("{:?}", export.display().to_string()),
+                )
                 .replace("/etc/syncd/node.", &format!("{}/node.", keys.display()))
-                .replace("/etc/syncd/peer.crt", &format!("{}/node.crt", keys.display()));
+                .replace(
+                    "/etc/syncd/peer.crt",
+                    &format!("{}/node.crt", keys.display()),
+                );
             let copy = tmp.path().join(f);
             std::fs::write(&copy, text).unwrap();
             let c = Config::load(&copy).unwrap_or_else(|e| panic!("{f}: {e}"));
             if f.contains("auto") {
                 assert!(c.vrrp_config().unwrap().is_some(), "{f}: a [[vrrp]] table");
-                assert_eq!(c.pair.heartbeat_timeout, std::time::Duration::from_millis(2500));
+                assert_eq!(
+                    c.pair.heartbeat_timeout,
+                    std::time::Duration::from_millis(2500)
+                );
             }
         }
     }

@@ -286,12 +286,7 @@ async fn session_inner(
             lineage,
         }) => {
             peer_node = node;
-            let ours = shared
-                .record
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .lineage
-                .clone();
+            let ours = shared.lineage();
             let mut newer = None;
             let refuse = if version != wire::PROTOCOL_VERSION {
                 Some(format!("protocol version {version} is not supported (this standby speaks {}); upgrade both nodes to the same syncd release", wire::PROTOCOL_VERSION))
@@ -383,12 +378,7 @@ async fn session_inner(
             }
         }
     };
-    let ours = shared
-        .record
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .lineage
-        .clone();
+    let ours = shared.lineage();
     wire::write_msg(
         &mut send,
         &Reply::Welcome {
@@ -542,6 +532,14 @@ pub enum StandbyEvent {
 }
 
 impl Shared {
+    fn lineage(&self) -> Lineage {
+        self.record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .lineage
+            .clone()
+    }
+
     fn emit(&self, e: StandbyEvent) {
         if let Some(tx) = self.events.get() {
             let _ = tx.try_send(e);

@@ -11,3 +11,5 @@ pub mod live;
 pub mod model;
 pub mod pair;
 pub mod path;
+#[cfg(test)]
+mod testing;

@@ -472,17 +472,9 @@ fn parse_status_ranges(key: &str, items: Vec<String>) -> Result<Vec<(u16, u16)>,
 fn vrrp(
     tables: &[syncd_vrrp::config::VrrpConfig],
 ) -> Result<Option<syncd_vrrp::config::Config>, ConfigError> {
-    use syncd_vrrp::config::{validate, ConfigError as VrrpError, VrrpFile};
-    if tables.is_empty() {
-        return Ok(None);
-    }
-    let file = VrrpFile {
-        admin: None,
-        vrrp: tables.to_vec(),
-    };
-    match validate(&file) {
-        Ok(c) => Ok(Some(c)),
-        Err(VrrpError::Invalid(lines)) => {
+    match syncd_vrrp::config::validate_tables(tables) {
+        Ok(c) => Ok(c),
+        Err(lines) => {
             let first = lines.first().map(String::as_str).unwrap_or("vrrp: invalid");
             let (key, msg) = first.split_once(": ").unwrap_or(("vrrp", first));
             let mut message = msg.to_string();
@@ -492,7 +484,6 @@ fn vrrp(
             }
             Err(invalid(key, message))
         }
-        Err(other) => Err(invalid("vrrp", other.to_string())),
     }
 }
 

@@ -290,6 +290,24 @@ pub fn parse_vip(s: &str) -> Result<Vip, String> {
 }
 
 /// Validate everything, collecting all errors.
+/// `[[vrrp]]` tables embedded in another program's config (syncd's
+/// `--role auto`, syncd-proxy): `None` when there are none; otherwise every
+/// problem, each line naming `vrrp[i].key` and the fix.
+pub fn validate_tables(tables: &[VrrpConfig]) -> Result<Option<Config>, Vec<String>> {
+    if tables.is_empty() {
+        return Ok(None);
+    }
+    let file = VrrpFile {
+        admin: None,
+        vrrp: tables.to_vec(),
+    };
+    match validate(&file) {
+        Ok(c) => Ok(Some(c)),
+        Err(ConfigError::Invalid(lines)) => Err(lines),
+        Err(other) => Err(vec![format!("vrrp: {other}")]),
+    }
+}
+
 pub fn validate(file: &VrrpFile) -> Result<Config, ConfigError> {
     let mut errs = Vec::new();
     let admin = match &file.admin {

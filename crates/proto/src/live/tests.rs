@@ -4,6 +4,7 @@
 //! standby and that the loop never spins.
 
 use super::*;
+use crate::testing::Rng;
 use std::collections::BTreeMap;
 
 fn p(s: &str) -> RelPath {
@@ -347,23 +348,6 @@ fn shutdown_flushes_what_is_seen_and_waits_for_a_ship_in_progress() {
     let mut l = Live::new(cfg(), t0);
     l.handle_shutdown();
     assert_eq!(l.poll_action(t0), Some(Action::Stop { flush: None }));
-}
-
-/// Deterministic choices for the seeded runs (xorshift).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// A standby that applies a ship unless told to fail: what it holds is, per

@@ -5,6 +5,7 @@
 
 use super::*;
 use crate::pair::lineage::HISTORY_MAX;
+use crate::testing::Rng;
 
 const A: NodeId = NodeId(0xa);
 const B: NodeId = NodeId(0xb);
@@ -323,20 +324,6 @@ fn a_failed_promotion_demotes_and_waits() {
             .any(|x| matches!(x, Action::Promote { .. })),
         "retries"
     );
-}
-
-/// Deterministic choices (xorshift).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
 }
 
 struct SimNode {

@@ -41,6 +41,8 @@ pub enum AutoError {
     Vrrp(#[from] syncd_vrrp::RunError),
     #[error("--role auto needs at least one [[vrrp]] table (the service address that follows the leader)")]
     NoVrrp,
+    #[error("--role auto takes exactly one [[vrrp]] table (the service address); found {0}")]
+    OneVrrp(usize),
     #[error("admin: cannot listen on {0}: {1}")]
     Admin(std::net::SocketAddr, std::io::Error),
 }
@@ -61,7 +63,17 @@ pub async fn run(
     tokio::pin!(shutdown);
     cfg.require_listen()?;
     cfg.require_peer()?;
-    let vrrp_cfg = cfg.vrrp_config()?.ok_or(AutoError::NoVrrp)?;
+    let mut vrrp_cfg = cfg.vrrp_config()?.ok_or(AutoError::NoVrrp)?;
+    if vrrp_cfg.instances.len() != 1 {
+        return Err(AutoError::OneVrrp(vrrp_cfg.instances.len()));
+    }
+    // The leader keeps leading: a returning node with a higher priority
+    // that preempted would send its first advert before the pair's rules are
+    // asked (they would refuse it) and make the leadership flap. Fail back
+    // with a planned switchover (SIGTERM the leader) instead.
+    for i in &mut vrrp_cfg.instances {
+        i.preempt = false;
+    }
     let priority = vrrp_cfg.instances.first().map_or(100, |i| i.priority);
     let me = generation::node_id(&Identity::from_config(&cfg)?);
 
@@ -184,7 +196,7 @@ pub async fn run(
                 // The source ended on its own (a fatal error): stop leading.
                 tracing::error!("the replication source stopped; stepping down");
                 d.source = None;
-                role.handle_vrrp(false, now());
+                role.handle_source_failed("it ended on its own (see the error above)", now());
             }
             _ = &mut shutdown => {
                 role.handle_shutdown(now());
@@ -194,8 +206,16 @@ pub async fn run(
         }
         d.apply(&mut role).await;
     }
-    // Demoted above (source stopped). Tell the peer we are gone (it then
+    // Demoted above (source stopped). VRRP may be waiting on its hook: it
+    // gets a refusal, so it can resign. Tell the peer we are gone (it then
     // takes over without waiting for our consent), then resign the address.
+    if let Some(w) = d.waiter.take() {
+        let _ = w.send(Err("stopping".into()));
+    }
+    wants.close();
+    while let Ok(w) = wants.try_recv() {
+        let _ = w.send(Err("stopping".into()));
+    }
     drop(d);
     if tokio::time::timeout(Duration::from_secs(2), link)
         .await
@@ -274,6 +294,9 @@ impl Driver<'_> {
                     self.why = why.clone();
                     let _ = self.gate.send((!open).then_some(why));
                 }
+                // A promotion whose generation could not be saved was turned
+                // into a demotion already: no source for it.
+                Action::Promote { .. } if role.state() != RoleState::Promoting => {}
                 Action::Promote { gen } => {
                     tracing::info!(generation = %gen, "promoting: becoming the replication source");
                     self.source = Some(start_source(self.cfg, self.stats.clone()));
@@ -283,13 +306,16 @@ impl Driver<'_> {
                 }
                 Action::Demote { why } => {
                     tracing::info!("demoting: {why}");
-                    if let Some(s) = self.source.take() {
+                    if let Some(mut s) = self.source.take() {
                         let _ = s.stop.send(());
-                        if tokio::time::timeout(Duration::from_secs(15), s.task)
+                        if tokio::time::timeout(Duration::from_secs(15), &mut s.task)
                             .await
                             .is_err()
                         {
-                            tracing::error!("the replication source did not stop within 15 s");
+                            tracing::error!(
+                                "the replication source did not stop within 15 s; ending it"
+                            );
+                            s.task.abort();
                         }
                     }
                     role.handle_demoted(now);
@@ -373,7 +399,7 @@ fn start_source(cfg: &Config, stats: Arc<Stats>) -> Source {
     let (stop, stop_rx) = oneshot::channel::<()>();
     let cfg = cfg.clone();
     let task = tokio::spawn(async move {
-        let r = crate::primary::run_with(cfg, stats, async {
+        let r = crate::primary::run_source(cfg, stats, async {
             let _ = stop_rx.await;
         })
         .await;

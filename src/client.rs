@@ -490,8 +490,19 @@ impl std::fmt::Display for Summary {
 /// One-shot: make the standby equal to this primary.
 pub async fn resync(cfg: &Config, o: &ResyncOptions) -> Result<Summary, ClientError> {
     let t0 = Instant::now();
-    let mut me = Leading::start(cfg, o.take_over).map_err(record_error)?;
-    let mut s = match Session::connect(cfg, Purpose::Resync, &me).await {
+    // A dry run changes nothing, neither the generations: it only lists.
+    let (purpose, mut me) = if o.dry_run {
+        (
+            Purpose::Verify,
+            Leading::current(cfg).map_err(record_error)?,
+        )
+    } else {
+        (
+            Purpose::Resync,
+            Leading::start(cfg, o.take_over).map_err(record_error)?,
+        )
+    };
+    let mut s = match Session::connect(cfg, purpose.clone(), &me).await {
         Err(ClientError::Refused(reason, Some(theirs))) => {
             me.saw_peer(&theirs);
             if !o.take_over {
@@ -499,7 +510,7 @@ pub async fn resync(cfg: &Config, o: &ResyncOptions) -> Result<Summary, ClientEr
             }
             // Taking over: start a generation above the one that refused us.
             me = Leading::start(cfg, true).map_err(record_error)?;
-            Session::connect(cfg, Purpose::Resync, &me).await?
+            Session::connect(cfg, purpose, &me).await?
         }
         r => r?,
     };
@@ -509,8 +520,14 @@ pub async fn resync(cfg: &Config, o: &ResyncOptions) -> Result<Summary, ClientEr
     let mut index = Index::load(&cfg.state_dir.join("index.bin"));
     let mut sum = reconcile(&mut s, cfg, o, &mut index, None).await?;
     sum.failures_dropped = s.take_failures_dropped();
+    if !o.dry_run && sum.failures.is_empty() && sum.failures_dropped == 0 {
+        // All of it is on the standby: it follows our generation from now.
+        s.send(&Request::CaughtUp).await?;
+    }
     let (_committed, stats, tx, rx) = s.finish().await?;
-    me.save();
+    if !o.dry_run {
+        me.save();
+    }
     if !o.dry_run {
         if let Err(e) = index.save() {
             tracing::warn!("could not save the primary's index: {e}");

@@ -114,6 +114,9 @@ pub struct Leading {
     store: Store,
     pub node: NodeId,
     pub record: Record,
+    /// Whether [`Leading::save`] writes (not when another owner keeps the
+    /// record, as the `--role auto` driver does).
+    pub persist: bool,
 }
 
 impl Leading {
@@ -140,6 +143,7 @@ impl Leading {
             store,
             node,
             record,
+            persist: true,
         })
     }
 
@@ -155,6 +159,7 @@ impl Leading {
             store,
             node: node_id(&id),
             record,
+            persist: true,
         })
     }
 
@@ -172,6 +177,9 @@ impl Leading {
     }
 
     pub fn save(&self) {
+        if !self.persist {
+            return;
+        }
         if let Err(e) = self.store.save(&self.record) {
             tracing::warn!("{e}");
         }
@@ -239,8 +247,8 @@ mod tests {
         let mut la = Lineage::default();
         la.promote(a, None);
         let mut lb = Lineage::default();
-        // a fresh standby follows
-        assert_eq!(judge(b, &lb, &la), Verdict::Follow { preserve: false });
+        // a fresh standby follows, keeping what its export held
+        assert_eq!(judge(b, &lb, &la), Verdict::Follow { preserve: true });
         lb.follow(&la);
         assert_eq!(judge(b, &lb, &la), Verdict::Follow { preserve: false });
         // b took over; a comes back as the primary with its old data

@@ -45,6 +45,25 @@ pub async fn run_with(
     stats: Arc<Stats>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ClientError> {
+    run_inner(cfg, stats, shutdown, true).await
+}
+
+/// The replication source of `--role auto`: the generation record is the
+/// pair driver's (it saved the promotion), so this loop never writes it.
+pub async fn run_source(
+    cfg: Config,
+    stats: Arc<Stats>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ClientError> {
+    run_inner(cfg, stats, shutdown, false).await
+}
+
+async fn run_inner(
+    cfg: Config,
+    stats: Arc<Stats>,
+    shutdown: impl std::future::Future<Output = ()>,
+    own_record: bool,
+) -> Result<(), ClientError> {
     tokio::pin!(shutdown);
     let mut watch = match Watch::start(&cfg.export) {
         Ok(w) => Some(w),
@@ -64,6 +83,7 @@ pub async fn run_with(
     );
     let mut me = Leading::start(&cfg, false)
         .map_err(|e| ClientError::Io(std::io::Error::other(e.to_string())))?;
+    me.persist = own_record;
     live.resume_commits(me.record.lineage.commit);
     stats.set_generation(&me.record.lineage, None);
     let mut index = Index::load(&cfg.state_dir.join("index.bin"));
@@ -84,6 +104,19 @@ pub async fn run_with(
     let mut tsum = client::Summary::default();
     loop {
         while let Some(e) = live.poll_event() {
+            if e == Event::InSync {
+                // The catch-up is complete: the standby follows our
+                // generation from here (it stops keeping what we overwrite).
+                if let Some(s) = session.as_mut() {
+                    let sent = async {
+                        s.send(&crate::wire::Request::CaughtUp).await?;
+                        s.flush().await
+                    };
+                    if let Err(e) = sent.await {
+                        lost(&mut session, &mut live, &stats, e).await;
+                    }
+                }
+            }
             on_event(e);
         }
         let now = std::time::Instant::now();

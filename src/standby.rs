@@ -97,6 +97,9 @@ struct Shared {
     record: Mutex<generation::Record>,
     /// Where events go when a program embeds this standby.
     events: std::sync::OnceLock<mpsc::Sender<StandbyEvent>>,
+    /// Peer sessions open: an old one timing out after the peer redialled
+    /// must not report the peer gone.
+    peer_sessions: AtomicUsize,
     /// Bytes that files in flight (all sessions) have declared but not yet
     /// written: room already promised on the export's filesystem.
     reserved: AtomicU64,
@@ -160,6 +163,7 @@ impl Standby {
             store,
             record: Mutex::new(record),
             events: std::sync::OnceLock::new(),
+            peer_sessions: AtomicUsize::new(0),
             reserved: AtomicU64::new(0),
             verifies: AtomicUsize::new(0),
         });
@@ -183,7 +187,7 @@ impl Standby {
 
     /// For an embedder that changes the generation record while this runs.
     pub fn handle(&self) -> StandbyHandle {
-        StandbyHandle(self.shared.clone())
+        StandbyHandle(self.shared.clone(), self.busy.clone())
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -378,6 +382,20 @@ async fn session_inner(
             }
         }
     };
+    // This node may have been promoted while the session waited its turn.
+    if let Some((primary, _)) = &follow {
+        let now = shared.lineage();
+        if let generation::Verdict::Refuse(reason) = generation::judge(shared.node, &now, primary) {
+            tracing::error!(peer = %conn.remote_address(), "refused a primary: {reason}");
+            let r = Reply::Refused {
+                reason: reason.clone(),
+                lineage: Some(now),
+            };
+            wire::write_msg(&mut send, &r, &mut wbuf).await?;
+            let _ = send.finish();
+            return Err(SessionError::Refused(reason));
+        }
+    }
     let ours = shared.lineage();
     wire::write_msg(
         &mut send,
@@ -488,7 +506,7 @@ async fn session_inner(
 
 /// An embedder's view of a running standby's generation record.
 #[derive(Clone)]
-pub struct StandbyHandle(Arc<Shared>);
+pub struct StandbyHandle(Arc<Shared>, Arc<Busy>);
 
 impl StandbyHandle {
     pub fn record(&self) -> generation::Record {
@@ -505,7 +523,23 @@ impl StandbyHandle {
         let mut cur = self.0.record.lock().unwrap_or_else(|p| p.into_inner());
         self.0.store.save(&r)?;
         self.0.stats.set_generation(&r.lineage, None);
+        let promoted = r.lineage.gen != cur.lineage.gen && r.lineage.gen.node == self.0.node;
         *cur = r;
+        drop(cur);
+        if promoted {
+            // This node leads now: a session of the former leader that
+            // survived a short cut must not write here any more.
+            let old = self
+                .1
+                .current
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(c) = old {
+                tracing::warn!(peer = %c.remote_address(), "closing the former leader's session: this node leads now");
+                c.close(2u32.into(), b"the standby leads a newer generation");
+            }
+        }
         Ok(())
     }
 }
@@ -555,6 +589,7 @@ async fn peer_session(
     shared: &Shared,
     node: NodeId,
 ) -> Result<(), SessionError> {
+    shared.peer_sessions.fetch_add(1, Ordering::AcqRel);
     let r = loop {
         let msg = match wire::read_msg::<_, Request>(recv, rbuf).await {
             Ok(Some(m)) => m,
@@ -577,7 +612,9 @@ async fn peer_session(
             }
         });
     };
-    shared.emit(StandbyEvent::PeerGone);
+    if shared.peer_sessions.fetch_sub(1, Ordering::AcqRel) == 1 {
+        shared.emit(StandbyEvent::PeerGone);
+    }
     r
 }
 
@@ -615,15 +652,20 @@ struct Dispatch<'a> {
 }
 
 impl Dispatch<'_> {
-    /// A durable commit: the first one ends the catch-up, and this node's
-    /// generation becomes the primary's; each records its batch. Written
-    /// before the commit's `syncfs` (the state directory is on the export's
-    /// filesystem), so it is as durable as the batch.
-    fn record_commit(&mut self, id: u64) {
+    /// The primary says the catch-up is complete (`CaughtUp`, after every
+    /// file of it is durable here): this node's generation becomes the
+    /// primary's, saved durably, and nothing more is kept.
+    fn caught_up(&mut self) {
         let sh = self.shared;
         let mut r = sh.record.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(l) = self.follow.take() {
+            let commit = r.lineage.commit;
             r.lineage.follow(&l);
+            r.lineage.commit = r.lineage.commit.max(commit.min(l.commit));
+            if let Err(e) = sh.store.save(&r) {
+                tracing::error!("{e}");
+            }
+            sh.stats.set_generation(&r.lineage, None);
             sh.emit(StandbyEvent::Adopted(l.clone()));
             tracing::info!(generation = %r.lineage.gen, "caught up; following the primary's generation");
             if let Some(k) = self
@@ -637,6 +679,15 @@ impl Dispatch<'_> {
                 }
             }
         }
+    }
+
+    /// A durable commit of the generation this node follows records its
+    /// batch (written before the commit's `syncfs`: the state directory is
+    /// on the export's filesystem). During a catch-up nothing is recorded:
+    /// the data is not the primary's yet.
+    fn record_commit(&mut self, id: u64) {
+        let sh = self.shared;
+        let mut r = sh.record.lock().unwrap_or_else(|p| p.into_inner());
         if self.follow.is_none() && *self.purpose == Purpose::Resync {
             r.lineage.commit = r.lineage.commit.max(id);
             sh.emit(StandbyEvent::Committed(id));
@@ -679,7 +730,7 @@ async fn dispatch(
         };
         let mutating = !matches!(
             msg,
-            Request::List { .. } | Request::ListScope { .. } | Request::Finish
+            Request::List { .. } | Request::ListScope { .. } | Request::Finish | Request::CaughtUp
         );
         if *purpose == Purpose::Verify && mutating {
             return Err(SessionError::Protocol(
@@ -744,10 +795,12 @@ async fn dispatch(
                     let _ = reply.send(r).await;
                 }
             }
+            Request::CaughtUp => {
+                flush_all(txs).await?;
+                cx.caught_up();
+            }
             Request::Finish => {
                 flush_all(txs).await?;
-                // A one-shot resync ends here: its data is the primary's now.
-                cx.record_commit(0);
                 let sh = shared.clone();
                 tokio::task::spawn_blocking(move || -> std::io::Result<()> {
                     if sh.durable {

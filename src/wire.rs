@@ -179,6 +179,12 @@ pub enum Request {
     },
     /// Make everything durable and close the session.
     Finish,
+    /// Everything the standby needs to equal the primary as of the last
+    /// commit is on it: the first full compare and every file of it,
+    /// including large ones on their own streams and retried failures. The
+    /// standby then takes the primary's generation as its own and stops
+    /// keeping what is overwritten (it follows; it no longer catches up).
+    CaughtUp,
     /// Peer sessions: the sender's role and data, sent at every change and
     /// at least every heartbeat period (syncd's own heartbeat: QUIC
     /// keep-alives are answered by a hung process too).

@@ -148,6 +148,10 @@ fn the_old_primary_rejoining_as_standby_keeps_its_unacknowledged_writes() {
     swapped_configs(&p);
     std::fs::write(p.standby_dir().join("b.txt"), b"from B").unwrap();
     let a = start_standby(&p, "a-standby.toml", "a-standby.log");
+    // a dry run first: it changes nothing, not even A's generation (else
+    // the real run would no longer know to keep A's writes)
+    let (ok, out) = run(&p, &["resync", "--dry-run", "--config", "b-primary.toml"]);
+    assert!(ok, "{out}");
     let (ok, out) = run(&p, &["resync", "--config", "b-primary.toml"]);
     assert!(ok, "{out}");
     stop(a);

@@ -245,7 +245,9 @@ impl Live {
         } else {
             self.retry.delay = RETRY_MIN;
         }
-        if !self.in_sync && transfers_idle {
+        // In sync: the first compare, its large files and every retried
+        // failure are on the standby (what is batched since is new).
+        if !self.in_sync && transfers_idle && self.retry.paths.is_empty() {
             self.in_sync = true;
             self.events.push_back(Event::InSync);
         }

@@ -107,7 +107,13 @@ impl Lineage {
 
     /// Starts a new generation led by `me`, above any counter in `seen`.
     pub fn promote(&mut self, me: NodeId, seen: Option<Generation>) -> Generation {
-        let counter = self.gen.counter.max(seen.map_or(0, |g| g.counter)) + 1;
+        // Saturating: a peer's counter is input; u64::MAX must not wrap to
+        // a generation older than everything.
+        let counter = self
+            .gen
+            .counter
+            .max(seen.map_or(0, |g| g.counter))
+            .saturating_add(1);
         let next = Generation { counter, node: me };
         if self.synced() {
             self.history.push((self.gen, self.commit));
@@ -145,7 +151,9 @@ impl Lineage {
             };
         }
         if !self.synced() {
-            return Relation::Behind { preserve: false };
+            // Never synced, or its record was lost: its export may still
+            // hold data (even the newest). Keep whatever is overwritten.
+            return Relation::Behind { preserve: true };
         }
         if self.gen == peer.gen {
             return if we_led {
@@ -197,7 +205,11 @@ mod tests {
         let b = Lineage::default();
         assert!(!b.synced());
         assert_eq!(a.relation(A, &b), Relation::Ahead);
-        assert_eq!(b.relation(B, &a), Relation::Behind { preserve: false });
+        assert_eq!(
+            b.relation(B, &a),
+            Relation::Behind { preserve: true },
+            "its export may hold data: keep what is overwritten"
+        );
         assert_eq!(b.relation(B, &Lineage::default()), Relation::Same);
     }
 

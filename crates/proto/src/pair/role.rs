@@ -322,6 +322,19 @@ impl Role {
         self.update(now);
     }
 
+    /// The replication source stopped on its own while leading: step down
+    /// (the gate closes, so VRRP resigns the address) and wait a while
+    /// before leading again.
+    pub fn handle_source_failed(&mut self, why: &str, now: Instant) {
+        if matches!(self.state, RoleState::Leader | RoleState::Promoting) {
+            self.retry_at = Some(now + self.cfg.promote_retry);
+            let why = format!("the replication source stopped: {why}");
+            self.set_state(RoleState::Demoting, why.clone());
+            self.actions.push_back(Action::Demote { why });
+        }
+        self.update(now);
+    }
+
     pub fn handle_demoted(&mut self, now: Instant) {
         if self.state == RoleState::Demoting {
             if self.stopping {

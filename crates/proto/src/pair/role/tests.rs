@@ -136,7 +136,7 @@ fn the_follower_takes_over_at_once_when_the_leader_dies() {
     b.handle_peer(hello(A, &la, true), t0);
     let acts = drain(&mut b);
     assert!(
-        acts.contains(&Action::Follow { preserve: false }),
+        acts.contains(&Action::Follow { preserve: true }),
         "{acts:?}"
     );
     assert!(acts
@@ -543,4 +543,22 @@ fn run_seed(seed: u64) {
             }
         }
     }
+}
+
+#[test]
+fn a_leader_whose_source_stops_steps_down_and_waits() {
+    let t0 = Instant::now();
+    let mut a = Role::new(A, cfg(), synced(A), None, t0);
+    let t1 = t0 + cfg().peer_wait;
+    a.handle_timeout(t1);
+    lead(&mut a, t1);
+    a.handle_source_failed("watch failed", t1);
+    let acts = drain(&mut a);
+    assert!(
+        matches!(&acts[0], Action::Demote { why } if why.contains("watch failed")),
+        "{acts:?}"
+    );
+    a.handle_demoted(t1);
+    assert!(!a.gate_open(), "the address is resigned");
+    assert_eq!(a.poll_timeout(), Some(t1 + cfg().promote_retry));
 }

@@ -1,7 +1,9 @@
 //! The role rules under a simulated clock: each rule alone, then seeded runs
 //! of two nodes with a simplified VRRP, crashes, and partitions of either
-//! path, checking that no two leaders coexist while a path is up and that a
-//! node behind its live peer never leads.
+//! path, checking that no two leaders coexist while a path is up, that a
+//! node behind its live peer never leads, and that once everything heals
+//! one leader remains and the roles stop changing (the VRRP model does not
+//! preempt, as `--role auto` runs it; with preemption the roles flap).
 
 use super::*;
 use crate::pair::lineage::HISTORY_MAX;
@@ -334,6 +336,10 @@ struct SimNode {
     disk: (Lineage, Option<Generation>),
     /// Currently holds the VIP (VRRP master with the gate open and promoted).
     master: bool,
+    /// The VRRP instance's own state: MASTER.
+    vrrp: bool,
+    /// Role changes so far.
+    changes: u64,
 }
 
 /// A message between the two nodes over the replication path.
@@ -359,7 +365,9 @@ impl SimNode {
                 Action::Gate { .. } | Action::Follow { .. } => {}
             }
         }
-        while r.poll_change().is_some() {}
+        while r.poll_change().is_some() {
+            self.changes += 1;
+        }
         out
     }
 }
@@ -406,6 +414,8 @@ fn run_seed(seed: u64) {
         role: None,
         disk: (Lineage::default(), None),
         master: false,
+        vrrp: false,
+        changes: 0,
     });
     // bootstrap: A was forced once, B followed it
     nodes[0].disk.0 = synced(A);
@@ -416,22 +426,36 @@ fn run_seed(seed: u64) {
     let (mut vrrp_up, mut link_up) = (true, true);
     let mut link_since = t0;
     let mut now = t0;
+    let mut settled_changes = 0u64;
     for i in 0..400 {
         now += step;
-        // faults: crash/restart a node, cut or heal a path
-        if rng.chance(3) {
+        // faults (in the first 300 steps): crash/restart a node, cut or heal
+        // a path; then everything heals and the pair must settle
+        let faulty = i < 300;
+        if i == 300 {
+            vrrp_up = true;
+            if !link_up {
+                link_up = true;
+                link_since = now;
+            }
+            for n in nodes.iter_mut().filter(|n| n.role.is_none()) {
+                n.role = Some(Role::new(n.id, cfg(), n.disk.0.clone(), n.disk.1, now));
+            }
+        }
+        if faulty && rng.chance(3) {
             let n = &mut nodes[(rng.next() % 2) as usize];
             if n.role.is_some() {
                 n.role = None;
                 n.master = false;
+                n.vrrp = false;
             } else {
                 n.role = Some(Role::new(n.id, cfg(), n.disk.0.clone(), n.disk.1, now));
             }
         }
-        if rng.chance(3) {
+        if faulty && rng.chance(3) {
             vrrp_up = !vrrp_up;
         }
-        if rng.chance(3) {
+        if faulty && rng.chance(3) {
             link_up = !link_up;
             link_since = now;
         }
@@ -470,17 +494,39 @@ fn run_seed(seed: u64) {
         }
         let link = link_up;
         settle(&mut nodes, link, now);
-        // a simplified VRRP: gate-open nodes elect the higher priority when
-        // they hear each other, else each is master alone
+        // a simplified VRRP without preemption (as --role auto runs it): a
+        // closed gate is FAULT; a master stays master; with no master the
+        // higher priority gate-open node wins; two masters that hear each
+        // other resolve by priority; without adverts each is master alone
         let open: Vec<bool> = nodes
             .iter()
             .map(|n| n.role.as_ref().is_some_and(|r| r.gate_open()))
             .collect();
+        let mut next = [nodes[0].vrrp && open[0], nodes[1].vrrp && open[1]];
+        if !vrrp_up {
+            next = [open[0], open[1]];
+        } else if next[0] && next[1] {
+            next = if nodes[0].prio > nodes[1].prio {
+                [true, false]
+            } else {
+                [false, true]
+            };
+        } else if !next[0] && !next[1] {
+            next = match (open[0], open[1]) {
+                (true, true) => {
+                    if nodes[0].prio > nodes[1].prio {
+                        [true, false]
+                    } else {
+                        [false, true]
+                    }
+                }
+                (a, b) => [a, b],
+            };
+        }
         for j in 0..2 {
-            let other_competes = vrrp_up && open[1 - j];
-            let want = open[j] && (!other_competes || nodes[j].prio > nodes[1 - j].prio);
+            nodes[j].vrrp = next[j];
             if let Some(r) = nodes[j].role.as_mut() {
-                r.handle_vrrp(want, now);
+                r.handle_vrrp(next[j], now);
             }
             settle(&mut nodes, link, now);
         }
@@ -531,6 +577,23 @@ fn run_seed(seed: u64) {
                     );
                 }
             }
+        }
+        // liveness: healed at step 300; by 340 exactly one leader, and no
+        // role change from then on (no flapping)
+        if i == 340 {
+            let leaders = nodes.iter().filter(|n| n.master).count();
+            assert_eq!(
+                leaders, 1,
+                "seed {seed}: {leaders} leaders 20 s after healing"
+            );
+            settled_changes = nodes.iter().map(|n| n.changes).sum();
+        }
+        if i > 340 {
+            let c: u64 = nodes.iter().map(|n| n.changes).sum();
+            assert_eq!(
+                c, settled_changes,
+                "seed {seed} step {i}: role changes after settling (flapping)"
+            );
         }
         for n in &nodes {
             if let Some(r) = &n.role {

@@ -186,6 +186,19 @@ impl Leading {
     }
 }
 
+/// `syncd promote --force`: a new generation led by this node, saved.
+pub fn promote_here(cfg: &Config) -> Result<Generation, RecordError> {
+    let id = Identity::from_config(cfg).map_err(|e| RecordError::Io {
+        path: cfg.cert.clone(),
+        err: io::Error::other(e),
+    })?;
+    let store = Store::new(&cfg.state_dir);
+    let mut r = store.load()?;
+    let gen = r.lineage.promote(node_id(&id), r.peer_seen);
+    store.save(&r)?;
+    Ok(gen)
+}
+
 /// How a standby answers a primary, from its own record and the primary's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {

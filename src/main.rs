@@ -97,6 +97,14 @@ enum Cmd {
     },
     /// Compare both trees by content and metadata; change nothing. Exit 0 iff equal.
     Verify,
+    /// Bootstrap a pair: make this node's data the current generation, so
+    /// `--role auto` may lead with it (a node that never synced may not).
+    /// Run it on one node while syncd is stopped there.
+    Promote {
+        /// Required: this declares this node's export the newest data.
+        #[arg(long)]
+        force: bool,
+    },
     /// Files a catch-up kept instead of overwriting or deleting them.
     Conflicts {
         #[command(subcommand)]
@@ -267,6 +275,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{} difference(s)", diffs.len());
                 Ok(ExitCode::from(1))
             }
+        }
+        Some(Cmd::Promote { force }) => {
+            let cfg = load(&cli.config)?;
+            if !force {
+                bail!("syncd promote declares this node's export the newest data of the pair; pass --force to do it");
+            }
+            let gen = syncd::generation::promote_here(&cfg)?;
+            println!("this node leads generation {gen}; start `syncd --role auto` on both nodes");
+            Ok(ExitCode::SUCCESS)
         }
         Some(Cmd::Conflicts { what }) => {
             let cfg = load(&cli.config)?;

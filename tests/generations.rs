@@ -238,3 +238,18 @@ fn a_second_primary_holding_the_key_is_told_at_once() {
     assert_eq!(p.metric("superseded_total"), 1.0);
     stop(clone);
 }
+
+#[test]
+fn promote_force_makes_a_node_lead_a_new_generation() {
+    let p = Pair::new();
+    let (ok, out) = run(&p, &["promote", "--config", "primary.toml"]);
+    assert!(!ok && out.contains("--force"), "{out}");
+    let (ok, out) = run(&p, &["promote", "--force", "--config", "primary.toml"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("leads generation 1-"), "{out}");
+    let (ok, out) = run(&p, &["promote", "--force", "--config", "primary.toml"]);
+    assert!(
+        ok && out.contains("leads generation 2-"),
+        "a second one is newer: {out}"
+    );
+}

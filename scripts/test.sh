@@ -31,7 +31,9 @@ status=0
 cargo test --workspace "$@" || status=$?
 # Every parser's fuzz corpus and saved crash inputs, replayed through the
 # fuzz targets' bodies on the stable toolchain (scripts/fuzz.sh fuzzes).
-cargo test --manifest-path fuzz/Cargo.toml --no-default-features || status=$?
+# The same target directory as the workspace: the libraries are built once.
+CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}" \
+  cargo test --manifest-path fuzz/Cargo.toml --no-default-features || status=$?
 if [ -s "$SYNCD_SKIP_LOG" ]; then
   echo "tests skipped here:" >&2
   sort -u "$SYNCD_SKIP_LOG" >&2

@@ -381,22 +381,8 @@ pub fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, String> {
     out
 }
 
-/// Deterministic incompressible data and choices (xorshift).
-pub struct Rng(pub u64);
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
+#[allow(unused_imports)] // not every test binary uses it
+pub use syncd_testkit::rng::Rng;
 
 /// inotify watches held by process `pid` (from /proc/PID/fdinfo).
 pub fn watches_of(pid: u32) -> usize {

@@ -11,5 +11,3 @@ pub mod live;
 pub mod model;
 pub mod pair;
 pub mod path;
-#[cfg(test)]
-mod testing;

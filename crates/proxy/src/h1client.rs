@@ -688,6 +688,20 @@ mod tests {
         (status, data, body.take_reusable())
     }
 
+    /// `GET /` with no body on a fresh connection to `addr`.
+    async fn plain_get(addr: std::net::SocketAddr) -> Result<Response<BackendBody>, ExchangeError> {
+        Conn::new(TcpStream::connect(addr).await.unwrap())
+            .exchange(
+                &Method::GET,
+                &Uri::from_static("/"),
+                &HeaderMap::new(),
+                None,
+                &mut None,
+                LIMITS,
+            )
+            .await
+    }
+
     #[tokio::test]
     async fn content_length_body_and_reuse() {
         let addr = backend(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello").await;
@@ -741,17 +755,7 @@ mod tests {
     #[tokio::test]
     async fn garbage_is_invalid_and_silence_is_closed() {
         let addr = backend(b"NOT HTTP AT ALL\r\n\r\n").await;
-        let conn = Conn::new(TcpStream::connect(addr).await.unwrap());
-        let r = conn
-            .exchange(
-                &Method::GET,
-                &Uri::from_static("/"),
-                &HeaderMap::new(),
-                None,
-                &mut None,
-                LIMITS,
-            )
-            .await;
+        let r = plain_get(addr).await;
         assert!(matches!(r, Err(ExchangeError::Invalid(_))));
 
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -762,17 +766,7 @@ mod tests {
             let _ = s.read(&mut b).await;
             // close without a response
         });
-        let conn = Conn::new(TcpStream::connect(addr).await.unwrap());
-        let r = conn
-            .exchange(
-                &Method::GET,
-                &Uri::from_static("/"),
-                &HeaderMap::new(),
-                None,
-                &mut None,
-                LIMITS,
-            )
-            .await;
+        let r = plain_get(addr).await;
         assert!(matches!(r, Err(ExchangeError::ClosedBeforeResponse)));
     }
 
@@ -888,17 +882,7 @@ mod tests {
         assert_eq!(rest, b"EARLY");
 
         // a 101 nobody asked for is not HTTP any more: refused
-        let conn = Conn::new(TcpStream::connect(addr).await.unwrap());
-        let r = conn
-            .exchange(
-                &Method::GET,
-                &Uri::from_static("/"),
-                &HeaderMap::new(),
-                None,
-                &mut None,
-                LIMITS,
-            )
-            .await;
+        let r = plain_get(addr).await;
         assert!(matches!(r, Err(ExchangeError::Invalid(_))));
     }
 
@@ -928,17 +912,7 @@ mod tests {
     #[tokio::test]
     async fn signed_lengths_are_invalid() {
         let addr = backend(b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello").await;
-        let conn = Conn::new(TcpStream::connect(addr).await.unwrap());
-        let r = conn
-            .exchange(
-                &Method::GET,
-                &Uri::from_static("/"),
-                &HeaderMap::new(),
-                None,
-                &mut None,
-                LIMITS,
-            )
-            .await;
+        let r = plain_get(addr).await;
         assert!(matches!(r, Err(ExchangeError::Invalid(_))));
 
         let addr = backend(

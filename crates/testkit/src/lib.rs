@@ -1,3 +1,4 @@
 //! What the test suites of `syncd`, `syncd-vrrp` and `syncd-proxy` share.
 
+pub mod rng;
 pub mod skip;

@@ -4,8 +4,8 @@
 //! standby and that the loop never spins.
 
 use super::*;
-use crate::testing::Rng;
 use std::collections::BTreeMap;
+use syncd_testkit::rng::Rng;
 
 fn p(s: &str) -> RelPath {
     RelPath::new(s.as_bytes().to_vec()).unwrap()
@@ -431,12 +431,12 @@ fn run_seed(seed: u64) {
                 }
                 // next input: a change while faults last, else the timer
                 let input = faulty && rng.chance(70);
-                let step = Duration::from_millis(rng.below(400));
+                let step = Duration::from_millis(rng.below(400) as u64);
                 match due {
                     Some(d) if !input || d <= now + step => now = d,
                     _ if input => {
                         now += step;
-                        let path = names[rng.below(names.len() as u64) as usize].clone();
+                        let path = names[rng.below(names.len())].clone();
                         // also while down: the next connect's full compare
                         // must carry it
                         dirty.insert(path.clone(), now);

@@ -7,7 +7,7 @@
 
 use super::*;
 use crate::pair::lineage::HISTORY_MAX;
-use crate::testing::Rng;
+use syncd_testkit::rng::Rng;
 
 const A: NodeId = NodeId(0xa);
 const B: NodeId = NodeId(0xb);
@@ -443,7 +443,7 @@ fn run_seed(seed: u64) {
             }
         }
         if faulty && rng.chance(3) {
-            let n = &mut nodes[(rng.next() % 2) as usize];
+            let n = &mut nodes[(rng.next_u64() % 2) as usize];
             if n.role.is_some() {
                 n.role = None;
                 n.master = false;

@@ -4,9 +4,9 @@
 //! (a syncd pair scraped on loopback; syncd-proxy with built-in VRRP scraped
 //! in a network namespace). A renamed metric fails here, not on a pager.
 
+mod common;
 #[path = "../crates/vrrp/tests/common/mod.rs"]
 mod netns;
-mod common;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -20,7 +20,9 @@ use netns::{can_run, have, serial, wait_for, Lan};
 const SYNCD: &str = env!("CARGO_BIN_EXE_syncd");
 
 fn contrib(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib").join(p)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("contrib")
+        .join(p)
 }
 
 #[test]
@@ -113,7 +115,11 @@ fn get_in(ns: &str, addr: &'static str, path: &'static str) -> Option<String> {
         }
         let mut s = std::net::TcpStream::connect(addr).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
         let mut out = String::new();
         s.read_to_string(&mut out).ok()?;
         out.starts_with("HTTP/1.1 200")
@@ -212,8 +218,8 @@ fn every_metric_in_rules_and_dashboard_is_exported() {
     );
     let mut scrape = None;
     wait_for(Duration::from_secs(10), || {
-        scrape = get_in(lan.ns(0), "127.0.0.1:9901", "/metrics")
-            .filter(|m| m.contains("vrrp_state{"));
+        scrape =
+            get_in(lan.ns(0), "127.0.0.1:9901", "/metrics").filter(|m| m.contains("vrrp_state{"));
         scrape.is_some()
     });
     let scrape = scrape.unwrap_or_else(|| {

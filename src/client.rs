@@ -75,6 +75,8 @@ pub struct Session {
     conn: quinn::Connection,
     /// The standby's node and generation, from its Welcome.
     pub peer: Option<(NodeId, Lineage)>,
+    /// The protocol version and node name its Welcome gave.
+    pub peer_version: (u32, String),
     /// Requests and replies in order: metadata, small files, barriers.
     ctl: Stream,
     _endpoint: quinn::Endpoint,
@@ -136,6 +138,7 @@ impl Session {
             .map_err(|e| ClientError::Connect(peer, e.to_string()))?;
         let mut s = Session {
             peer: None,
+            peer_version: (0, String::new()),
             transfers: Transfers::new(conn.clone(), cfg.export.clone(), cfg.sync.reply_timeout),
             conn,
             ctl: Stream::new(send, recv),
@@ -157,8 +160,14 @@ impl Session {
         })
         .await?;
         match s.reply().await? {
-            Reply::Welcome { node, lineage, .. } => {
+            Reply::Welcome {
+                node,
+                lineage,
+                version,
+                node_id,
+            } => {
                 s.peer = Some((node, lineage));
+                s.peer_version = (version, node_id);
                 Ok(s)
             }
             Reply::Refused { reason, lineage } => Err(ClientError::Refused(reason, lineage)),

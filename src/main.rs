@@ -66,6 +66,24 @@ enum ConflictsCmd {
 }
 
 #[derive(Subcommand)]
+enum PairCmd {
+    /// Report every setting that would split or stall the pair: export id,
+    /// addresses, certificate pins, VRRP (vrid, version, interval, auth,
+    /// addresses, unicast peers, priorities), [pair] and [sync] options; and,
+    /// unless --offline, what the running peer says in an authenticated
+    /// handshake (protocol version, export id, generation). Exit 1 on errors.
+    Check {
+        /// The peer's config file (a copy of it); without it only the
+        /// handshake is checked.
+        #[arg(long)]
+        peer_config: Option<PathBuf>,
+        /// Do not contact the peer.
+        #[arg(long)]
+        offline: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Create this node's certificate and key for mutual TLS; prints the fingerprint.
     Keygen {
@@ -109,6 +127,11 @@ enum Cmd {
     Conflicts {
         #[command(subcommand)]
         what: ConflictsCmd,
+    },
+    /// Checks of the two nodes together.
+    Pair {
+        #[command(subcommand)]
+        what: PairCmd,
     },
     /// Print the running daemon's status (role, peer, lag, counters) from its admin address.
     Status {
@@ -310,6 +333,53 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Some(Cmd::Pair {
+            what:
+                PairCmd::Check {
+                    peer_config,
+                    offline,
+                },
+        }) => {
+            use syncd::paircheck::{self, Severity};
+            let cfg = load(&cli.config)?;
+            let mut findings = Vec::new();
+            if let Some(p) = &peer_config {
+                let peer = Config::load(p)?;
+                findings.extend(paircheck::compare(
+                    &paircheck::node("this node", &cfg),
+                    &paircheck::node("the peer", &peer),
+                ));
+            } else if offline {
+                bail!(
+                    "nothing to check: give --peer-config FILE, or drop --offline to ask the peer"
+                );
+            }
+            if !offline {
+                let (r, me, ours) = runtime()?.block_on(paircheck::reach(&cfg));
+                if let paircheck::Reached::Welcome {
+                    version, node_id, ..
+                } = &r
+                {
+                    println!(
+                        "reached the peer \"{node_id}\" (protocol {version}); pins match both ways"
+                    );
+                }
+                findings.extend(paircheck::reached(&r, me, &ours));
+            }
+            for f in &findings {
+                println!("{f}");
+            }
+            let errors = findings
+                .iter()
+                .filter(|f| f.severity == Severity::Error)
+                .count();
+            println!("{errors} errors, {} warnings", findings.len() - errors);
+            Ok(if errors == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Some(Cmd::Status { metrics }) => {
             let cfg = load(&cli.config)?;

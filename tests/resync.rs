@@ -549,3 +549,60 @@ fn standby_killed_mid_transfer_leaves_no_partial_file() {
     assert_eq!(syncd::scan::hash_file(&target).unwrap(), expect);
     p.assert_equal();
 }
+
+/// `syncd pair check`: a matching pair passes, with the running peer's
+/// handshake; a node holding a certificate the peer does not pin is
+/// reported from the configs and from the handshake, exit 1.
+#[test]
+fn pair_check_reports_a_matching_pair_and_a_wrong_pin() {
+    let mut p = Pair::new();
+    p.start_standby();
+    let cfg = |n: &str| p.path(n).to_str().unwrap().to_string();
+    let (primary, standby, mallory) = (
+        cfg("primary.toml"),
+        cfg("standby.toml"),
+        cfg("mallory.toml"),
+    );
+
+    let o = p.syncd(&[
+        "pair",
+        "check",
+        "--config",
+        &primary,
+        "--peer-config",
+        &standby,
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("reached the peer \"") && out.contains("pins match both ways"), "{out}");
+    assert!(out.contains("0 errors, 0 warnings"), "{out}");
+
+    let o = p.syncd(&[
+        "pair",
+        "check",
+        "--config",
+        &mallory,
+        "--peer-config",
+        &standby,
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("error: the peer pins sha256:") && out.contains("cannot reach the peer"),
+        "{out}"
+    );
+
+    // Offline: only the files.
+    let o = p.syncd(&[
+        "pair",
+        "check",
+        "--offline",
+        "--config",
+        &mallory,
+        "--peer-config",
+        &standby,
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(!out.contains("reach"), "{out}");
+}

@@ -1,0 +1,560 @@
+//! `syncd pair check`: every difference between the two nodes' settings
+//! that would split or stall the pair, found before it does.
+//!
+//! [`compare`] is pure (two loaded configs and what was read beside them in,
+//! findings out); `main.rs` loads the files and, unless told not to, adds
+//! what only the running peer can say ([`reached`]: the authenticated
+//! handshake, its protocol version, export and generation).
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use syncd_proto::pair::lineage::{Lineage, NodeId, Relation};
+use syncd_vrrp::config::VrrpConfig;
+
+use crate::config::{Config, PeerPin};
+use crate::tls::Fingerprint;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// The pair will not work (or will split) as configured.
+    Error,
+    /// It works, but not as an operator would expect.
+    Warning,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub severity: Severity,
+    pub what: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{s}: {}", self.what)
+    }
+}
+
+/// One node as the check sees it: its config and its own certificate's
+/// fingerprint (`None` when the file could not be read where the check runs).
+pub struct Node<'a> {
+    pub name: &'a str,
+    pub cfg: &'a Config,
+    pub cert: Option<Fingerprint>,
+}
+
+#[derive(Default)]
+struct Findings(Vec<Finding>);
+
+impl Findings {
+    fn error(&mut self, what: String) {
+        self.0.push(Finding {
+            severity: Severity::Error,
+            what,
+        });
+    }
+    fn warn(&mut self, what: String) {
+        self.0.push(Finding {
+            severity: Severity::Warning,
+            what,
+        });
+    }
+}
+
+/// Compares two nodes' configurations.
+pub fn compare(a: &Node, b: &Node) -> Vec<Finding> {
+    let mut f = Findings::default();
+    if a.cfg.export_id != b.cfg.export_id {
+        f.error(format!(
+            "export_id differs: {} has \"{}\", {} has \"{}\" (the standby refuses the session)",
+            a.name, a.cfg.export_id, b.name, b.cfg.export_id
+        ));
+    }
+    for (x, y) in [(a, b), (b, a)] {
+        addresses(x, y, &mut f);
+        pins(x, y, &mut f);
+    }
+    if let (Some(x), Some(y)) = (a.cert, b.cert) {
+        if x == y {
+            f.error(format!(
+                "{} and {} use the same certificate ({x}): each node needs its own (`syncd keygen`); the pair tells its nodes apart by it",
+                a.name, b.name
+            ));
+        }
+    }
+    let (pa, pb) = (&a.cfg.pair, &b.cfg.pair);
+    if a.cfg.vrrp.is_empty() != b.cfg.vrrp.is_empty() {
+        f.error(format!(
+            "only {} has a [[vrrp]] table: --role auto needs the same service address on both nodes",
+            if a.cfg.vrrp.is_empty() { b.name } else { a.name }
+        ));
+    }
+    if !a.cfg.vrrp.is_empty() && !b.cfg.vrrp.is_empty() {
+        if pa.heartbeat != pb.heartbeat || pa.heartbeat_timeout != pb.heartbeat_timeout {
+            f.warn(format!(
+                "[pair] heartbeat differs: {} {:?}/{:?}, {} {:?}/{:?} (heartbeat/timeout): one node declares its peer lost sooner than the other",
+                a.name, pa.heartbeat, pa.heartbeat_timeout, b.name, pb.heartbeat, pb.heartbeat_timeout
+            ));
+        }
+        vrrp(a, b, &mut f);
+    }
+    if a.cfg.sync.delete != b.cfg.sync.delete {
+        f.warn(format!(
+            "[sync] delete differs ({} {}, {} {}): after a failover deletions replicate differently",
+            a.name, a.cfg.sync.delete, b.name, b.cfg.sync.delete
+        ));
+    }
+    if a.cfg.sync.durable != b.cfg.sync.durable {
+        f.warn(format!(
+            "[sync] durable differs ({} {}, {} {}): one direction of replication may lose the last acknowledged changes at a power cut",
+            a.name, a.cfg.sync.durable, b.name, b.cfg.sync.durable
+        ));
+    }
+    f.0.sort_by_key(|x| x.severity);
+    f.0
+}
+
+/// `x` dials `y`: x's `peer` must be where y listens.
+fn addresses(x: &Node, y: &Node, f: &mut Findings) {
+    let (Some(peer), Some(listen)) = (x.cfg.peer, y.cfg.listen) else {
+        if x.cfg.peer.is_some() && y.cfg.listen.is_none() {
+            f.error(format!(
+                "{} sends to {} but {} has no `listen` address",
+                x.name,
+                x.cfg.peer.map_or(String::new(), |p| p.to_string()),
+                y.name
+            ));
+        }
+        return;
+    };
+    if peer.port() != listen.port() {
+        f.error(format!(
+            "{}'s peer {peer} and {}'s listen {listen} use different ports",
+            x.name, y.name
+        ));
+    } else if !listen.ip().is_unspecified() && peer.ip() != listen.ip() {
+        f.error(format!(
+            "{}'s peer is {peer} but {} listens on {listen}",
+            x.name, y.name
+        ));
+    }
+    if peer.ip().is_loopback() && !listen.ip().is_loopback() {
+        f.warn(format!("{}'s peer {peer} is a loopback address", x.name));
+    }
+}
+
+/// `x` pins `y`'s certificate.
+fn pins(x: &Node, y: &Node, f: &mut Findings) {
+    let pinned = match &x.cfg.peer_pin {
+        PeerPin::Fingerprint(p) => Some(*p),
+        PeerPin::Cert(path) => crate::tls::cert_fingerprint(path).ok(),
+    };
+    match (pinned, y.cert) {
+        (Some(p), Some(c)) if p != c => f.error(format!(
+            "{} pins {p} but {}'s certificate is {c}: the TLS handshake fails both ways (copy {}'s node.crt as {}'s peer_cert)",
+            x.name, y.name, y.name, x.name
+        )),
+        (Some(_), Some(_)) => {}
+        _ => f.warn(format!(
+            "could not compare {}'s pin with {}'s certificate (a file not readable here)",
+            x.name, y.name
+        )),
+    }
+}
+
+fn vrrp(a: &Node, b: &Node, f: &mut Findings) {
+    let (va, vb) = (&a.cfg.vrrp, &b.cfg.vrrp);
+    if va.len() != vb.len() {
+        f.error(format!(
+            "{} has {} [[vrrp]] tables, {} has {}",
+            a.name,
+            va.len(),
+            b.name,
+            vb.len()
+        ));
+    }
+    for (x, y) in va.iter().zip(vb) {
+        let label = x.name.clone().unwrap_or_else(|| format!("VI_{}", x.vrid));
+        let mut diff = |field: &str, l: String, r: String, err: bool, why: &str| {
+            if l != r {
+                let msg = format!(
+                    "[[vrrp]] {label}: {field} differs ({} {l}, {} {r}): {why}",
+                    a.name, b.name
+                );
+                if err {
+                    f.error(msg)
+                } else {
+                    f.warn(msg)
+                }
+            }
+        };
+        diff(
+            "vrid",
+            x.vrid.to_string(),
+            y.vrid.to_string(),
+            true,
+            "the nodes are in different virtual routers and both become master",
+        );
+        diff(
+            "version",
+            x.version.to_string(),
+            y.version.to_string(),
+            true,
+            "each drops the other's adverts; both become master",
+        );
+        diff(
+            "advert_int",
+            x.advert_int.to_string(),
+            y.advert_int.to_string(),
+            true,
+            "adverts with another interval are dropped (RFC 5798); both become master",
+        );
+        // Never print a password; say only whether they match.
+        let (pa, pb) = match (&x.auth_pass, &y.auth_pass) {
+            (Some(p), Some(q)) if p != q => ("one password", "another"),
+            (Some(_), Some(_)) => ("set", "set"),
+            (Some(_), None) => ("set", "unset"),
+            (None, Some(_)) => ("unset", "set"),
+            (None, None) => ("unset", "unset"),
+        };
+        diff(
+            "auth_pass",
+            pa.into(),
+            pb.into(),
+            true,
+            "adverts fail authentication; both become master",
+        );
+        diff(
+            "virtual_ips",
+            format!("{:?}", vips(x)),
+            format!("{:?}", vips(y)),
+            true,
+            "the service address moves to a different address set",
+        );
+        diff(
+            "nopreempt",
+            x.nopreempt.to_string(),
+            y.nopreempt.to_string(),
+            false,
+            "fail-back behaves differently per direction",
+        );
+        if x.priority == y.priority {
+            f.warn(format!(
+                "[[vrrp]] {label}: both nodes have priority {}: the higher IP address wins ties; give the preferred leader a higher priority",
+                x.priority
+            ));
+        }
+        unicast(a, x, b, y, &label, f);
+    }
+}
+
+fn vips(v: &VrrpConfig) -> BTreeSet<String> {
+    v.virtual_ips
+        .iter()
+        .map(|s| match syncd_vrrp::config::parse_vip(s) {
+            Ok(v) => v.to_string(),
+            Err(_) => s.clone(),
+        })
+        .collect()
+}
+
+fn unicast(a: &Node, x: &VrrpConfig, b: &Node, y: &VrrpConfig, label: &str, f: &mut Findings) {
+    match (x.unicast_peers.is_empty(), y.unicast_peers.is_empty()) {
+        (true, true) => {}
+        (false, false) => {
+            for (n, mine, other, theirs) in [(a, x, b, y), (b, y, a, x)] {
+                // The peer's adverts come from its unicast_src, else from
+                // its interface address (its replication address is the
+                // best guess we have here).
+                let src = theirs.unicast_src.or_else(|| {
+                    other
+                        .cfg
+                        .listen
+                        .map(|l: SocketAddr| l.ip())
+                        .filter(|ip: &IpAddr| !ip.is_unspecified())
+                });
+                if let Some(src) = src {
+                    if !mine.unicast_peers.contains(&src) {
+                        f.error(format!(
+                            "[[vrrp]] {label}: {}'s unicast_peers {:?} lack {}'s address {src}: its adverts are dropped",
+                            n.name, mine.unicast_peers, other.name
+                        ));
+                    }
+                }
+            }
+        }
+        _ => f.error(format!(
+            "[[vrrp]] {label}: one node uses unicast_peers and the other multicast: neither hears the other"
+        )),
+    }
+}
+
+/// What the handshake with the running peer said.
+pub enum Reached {
+    /// Welcomed: the peer's protocol version, node name and generation.
+    Welcome {
+        version: u32,
+        node_id: String,
+        lineage: Lineage,
+    },
+    /// The peer answered and refused (export id, version, a pin it lacks).
+    Refused(String),
+    /// Nothing answered, or the TLS handshake failed.
+    Unreachable(String),
+}
+
+/// Findings from reaching the peer; `ours` is this node's generation.
+pub fn reached(r: &Reached, me: NodeId, ours: &Lineage) -> Vec<Finding> {
+    let mut f = Findings::default();
+    match r {
+        Reached::Welcome {
+            version, lineage, ..
+        } => {
+            if *version != crate::wire::PROTOCOL_VERSION {
+                f.warn(format!(
+                    "the peer speaks protocol version {version}, this node {}: upgrade the older node",
+                    crate::wire::PROTOCOL_VERSION
+                ));
+            }
+            match ours.relation(me, lineage) {
+                Relation::Diverged { .. } => f.warn(format!(
+                    "this node and the peer hold diverged generations ({} here, {} there): the follower keeps what it would lose in its conflicts area",
+                    crate::generation::describe(ours),
+                    crate::generation::describe(lineage)
+                )),
+                Relation::Same | Relation::Ahead | Relation::Behind { .. } => {}
+            }
+        }
+        Reached::Refused(why) => f.error(format!("the peer refused this node: {why}")),
+        Reached::Unreachable(why) => f.error(format!("cannot reach the peer: {why}")),
+    }
+    f.0
+}
+
+/// Reads a node's own certificate for the comparison (`None`: unreadable here).
+pub fn node<'a>(name: &'a str, cfg: &'a Config) -> Node<'a> {
+    Node {
+        name,
+        cfg,
+        cert: crate::tls::cert_fingerprint(&cfg.cert).ok(),
+    }
+}
+
+/// Opens a session to the peer that changes nothing (`Purpose::Verify`) and
+/// reports its handshake; the findings of [`reached`] follow from it.
+pub async fn reach(cfg: &Config) -> (Reached, NodeId, Lineage) {
+    let me = match crate::tls::Identity::from_config(cfg) {
+        Ok(id) => crate::generation::node_id(&id),
+        Err(e) => {
+            return (
+                Reached::Unreachable(e.to_string()),
+                NodeId::default(),
+                Lineage::default(),
+            )
+        }
+    };
+    let ours = crate::generation::Store::new(&cfg.state_dir)
+        .load()
+        .map(|r| r.lineage)
+        .unwrap_or_default();
+    let r = match crate::client::Session::connect_as(cfg, crate::wire::Purpose::Verify, me, &ours)
+        .await
+    {
+        Ok(s) => {
+            let (version, node_id) = s.peer_version.clone();
+            let lineage = s.peer.as_ref().map(|p| p.1.clone()).unwrap_or_default();
+            s.close().await;
+            Reached::Welcome {
+                version,
+                node_id,
+                lineage,
+            }
+        }
+        Err(crate::client::ClientError::Refused(why, _)) => Reached::Refused(why),
+        Err(e) => Reached::Unreachable(e.to_string()),
+    };
+    (r, me, ours)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn cfg(dir: &Path, body: &str) -> Config {
+        Config::parse(body, &dir.join("x.toml")).unwrap()
+    }
+
+    struct Lab {
+        _d: tempfile::TempDir,
+        a: Config,
+        b: Config,
+        fa: Fingerprint,
+        fb: Fingerprint,
+    }
+
+    fn lab(extra_a: &str, extra_b: &str, vrrp_a: &str, vrrp_b: &str) -> Lab {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        std::fs::create_dir(p.join("export")).unwrap();
+        let fa = crate::tls::keygen(&p.join("a"), "a").unwrap();
+        let fb = crate::tls::keygen(&p.join("b"), "b").unwrap();
+        let base = |me: &str, other: &str, ip: &str, pip: &str, extra: &str, v: &str| {
+            format!(
+                "export = \"export\"\nlisten = \"{ip}:7400\"\npeer = \"{pip}:7400\"\ncert = \"{me}/node.crt\"\nkey = \"{me}/node.key\"\npeer_cert = \"{other}/node.crt\"\n{extra}\n{v}"
+            )
+        };
+        let a = cfg(p, &base("a", "b", "10.0.0.1", "10.0.0.2", extra_a, vrrp_a));
+        let b = cfg(p, &base("b", "a", "10.0.0.2", "10.0.0.1", extra_b, vrrp_b));
+        Lab {
+            _d: d,
+            a,
+            b,
+            fa,
+            fb,
+        }
+    }
+
+    fn run(l: &Lab) -> Vec<Finding> {
+        compare(
+            &Node {
+                name: "a",
+                cfg: &l.a,
+                cert: Some(l.fa),
+            },
+            &Node {
+                name: "b",
+                cfg: &l.b,
+                cert: Some(l.fb),
+            },
+        )
+    }
+
+    fn vrrp(prio: u32, extra: &str) -> String {
+        format!("[[vrrp]]\ninterface = \"eth0\"\nvrid = 51\npriority = {prio}\nvirtual_ips = [\"10.0.0.100/24\"]\n{extra}\n")
+    }
+
+    #[test]
+    fn a_matching_pair_has_no_findings() {
+        let l = lab("", "", &vrrp(150, ""), &vrrp(100, ""));
+        assert_eq!(run(&l), vec![]);
+    }
+
+    #[test]
+    fn every_splitting_difference_is_an_error() {
+        let l = lab(
+            "export_id = \"web\"",
+            "",
+            &vrrp(150, "advert_int = 2\nauth_pass = \"x\"\nversion = 2"),
+            &vrrp(100, "version = 3").replace("vrid = 51", "vrid = 1"),
+        );
+        let f = run(&l);
+        let text: Vec<String> = f.iter().map(|x| x.to_string()).collect();
+        for want in [
+            "export_id differs",
+            "vrid differs (a 51, b 1)",
+            "version differs",
+            "advert_int differs",
+            "auth_pass differs",
+        ] {
+            assert!(
+                text.iter()
+                    .any(|t| t.starts_with("error:") && t.contains(want)),
+                "{want} missing in {text:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_pins_and_addresses_are_errors() {
+        let mut l = lab("", "", "", "");
+        // b pins a fingerprint that is not a's, and dials the wrong port.
+        l.b.peer_pin = PeerPin::Fingerprint(l.fb);
+        l.b.peer = Some("10.0.0.1:7401".parse().unwrap());
+        let text: Vec<String> = run(&l).iter().map(|x| x.to_string()).collect();
+        assert!(
+            text.iter().any(|t| t.starts_with("error: b pins")),
+            "{text:#?}"
+        );
+        assert!(
+            text.iter().any(|t| t.contains("use different ports")),
+            "{text:#?}"
+        );
+        // The same certificate on both nodes.
+        l.b.peer_pin = PeerPin::Fingerprint(l.fa);
+        l.b.peer = Some("10.0.0.1:7400".parse().unwrap());
+        l.fb = l.fa;
+        l.a.peer_pin = PeerPin::Fingerprint(l.fa);
+        let text: Vec<String> = run(&l).iter().map(|x| x.to_string()).collect();
+        assert_eq!(text.len(), 1, "{text:#?}");
+        assert!(text[0].contains("use the same certificate"), "{text:#?}");
+    }
+
+    #[test]
+    fn unicast_peers_must_name_each_other() {
+        let l = lab(
+            "",
+            "",
+            &vrrp(
+                150,
+                "unicast_src = \"10.0.0.1\"\nunicast_peers = [\"10.0.0.9\"]",
+            ),
+            &vrrp(
+                100,
+                "unicast_src = \"10.0.0.2\"\nunicast_peers = [\"10.0.0.1\"]",
+            ),
+        );
+        let text: Vec<String> = run(&l).iter().map(|x| x.to_string()).collect();
+        assert_eq!(text.len(), 1, "{text:#?}");
+        assert!(
+            text[0].contains("a's unicast_peers [10.0.0.9] lack b's address 10.0.0.2"),
+            "{text:#?}"
+        );
+        let l = lab(
+            "",
+            "",
+            &vrrp(150, "unicast_peers = [\"10.0.0.2\"]"),
+            &vrrp(100, ""),
+        );
+        let text: Vec<String> = run(&l).iter().map(|x| x.to_string()).collect();
+        assert!(
+            text.iter().any(|t| t.contains("the other multicast")),
+            "{text:#?}"
+        );
+    }
+
+    #[test]
+    fn equal_priorities_and_sync_options_are_warnings() {
+        let l = lab("[sync]\ndelete = false", "", &vrrp(100, ""), &vrrp(100, ""));
+        let f = run(&l);
+        assert!(f.iter().all(|x| x.severity == Severity::Warning), "{f:#?}");
+        assert_eq!(f.len(), 2, "{f:#?}");
+    }
+
+    #[test]
+    fn the_handshake_reports_refusals_and_versions() {
+        let ours = Lineage::default();
+        let f = reached(
+            &Reached::Refused("export_id \"x\"".into()),
+            NodeId(1),
+            &ours,
+        );
+        assert_eq!(f[0].severity, Severity::Error);
+        let f = reached(
+            &Reached::Welcome {
+                version: crate::wire::PROTOCOL_VERSION - 1,
+                node_id: "b".into(),
+                lineage: Lineage::default(),
+            },
+            NodeId(1),
+            &ours,
+        );
+        assert_eq!(f.len(), 1);
+        assert!(f[0].what.contains("protocol version"), "{f:?}");
+    }
+}

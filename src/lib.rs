@@ -16,6 +16,7 @@ pub mod fsroot;
 pub mod generation;
 pub mod index;
 pub mod lease;
+pub mod migrate;
 pub mod paircheck;
 pub mod plan;
 pub mod primary;

@@ -101,7 +101,7 @@ pub fn compare(a: &Node, b: &Node) -> Vec<Finding> {
                 a.name, pa.heartbeat, pa.heartbeat_timeout, b.name, pb.heartbeat, pb.heartbeat_timeout
             ));
         }
-        vrrp(a, b, &mut f);
+        vrrp(&Tables::of(a), &Tables::of(b), &mut f);
     }
     if a.cfg.sync.delete != b.cfg.sync.delete {
         f.warn(format!(
@@ -167,8 +167,39 @@ fn pins(x: &Node, y: &Node, f: &mut Findings) {
     }
 }
 
-fn vrrp(a: &Node, b: &Node, f: &mut Findings) {
-    let (va, vb) = (&a.cfg.vrrp, &b.cfg.vrrp);
+/// One node's `[[vrrp]]` tables, and its address when known (the source of
+/// its adverts when it sets no `unicast_src`).
+pub struct Tables<'a> {
+    pub name: &'a str,
+    pub tables: &'a [VrrpConfig],
+    pub addr: Option<IpAddr>,
+}
+
+impl<'a> Tables<'a> {
+    fn of(n: &Node<'a>) -> Tables<'a> {
+        Tables {
+            name: n.name,
+            tables: &n.cfg.vrrp,
+            addr: n
+                .cfg
+                .listen
+                .map(|l: SocketAddr| l.ip())
+                .filter(|ip: &IpAddr| !ip.is_unspecified()),
+        }
+    }
+}
+
+/// Compares two nodes' `[[vrrp]]` tables (also used by `syncd migrate` on
+/// two imported keepalived.conf files).
+pub fn compare_vrrp(a: &Tables, b: &Tables) -> Vec<Finding> {
+    let mut f = Findings::default();
+    vrrp(a, b, &mut f);
+    f.0.sort_by_key(|x| x.severity);
+    f.0
+}
+
+fn vrrp(a: &Tables, b: &Tables, f: &mut Findings) {
+    let (va, vb) = (a.tables, b.tables);
     if va.len() != vb.len() {
         f.error(format!(
             "{} has {} [[vrrp]] tables, {} has {}",
@@ -263,7 +294,7 @@ fn vips(v: &VrrpConfig) -> BTreeSet<String> {
         .collect()
 }
 
-fn unicast(a: &Node, x: &VrrpConfig, b: &Node, y: &VrrpConfig, label: &str, f: &mut Findings) {
+fn unicast(a: &Tables, x: &VrrpConfig, b: &Tables, y: &VrrpConfig, label: &str, f: &mut Findings) {
     match (x.unicast_peers.is_empty(), y.unicast_peers.is_empty()) {
         (true, true) => {}
         (false, false) => {
@@ -271,14 +302,7 @@ fn unicast(a: &Node, x: &VrrpConfig, b: &Node, y: &VrrpConfig, label: &str, f: &
                 // The peer's adverts come from its unicast_src, else from
                 // its interface address (its replication address is the
                 // best guess we have here).
-                let src = theirs.unicast_src.or_else(|| {
-                    other
-                        .cfg
-                        .listen
-                        .map(|l: SocketAddr| l.ip())
-                        .filter(|ip: &IpAddr| !ip.is_unspecified())
-                });
-                if let Some(src) = src {
+                if let Some(src) = theirs.unicast_src.or(other.addr) {
                     if !mine.unicast_peers.contains(&src) {
                         f.error(format!(
                             "[[vrrp]] {label}: {}'s unicast_peers {:?} lack {}'s address {src}: its adverts are dropped",

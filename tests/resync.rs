@@ -574,7 +574,10 @@ fn pair_check_reports_a_matching_pair_and_a_wrong_pin() {
     ]);
     let out = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{out}");
-    assert!(out.contains("reached the peer \"") && out.contains("pins match both ways"), "{out}");
+    assert!(
+        out.contains("reached the peer \"") && out.contains("pins match both ways"),
+        "{out}"
+    );
     assert!(out.contains("0 errors, 0 warnings"), "{out}");
 
     let o = p.syncd(&[

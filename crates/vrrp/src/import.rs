@@ -73,20 +73,28 @@ fn tokenize(text: &str) -> Vec<Tok> {
 
 /// A statement: words on one line, optionally followed by a `{ ... }` block.
 #[derive(Debug, Clone, Default)]
-struct Node {
-    words: Vec<String>,
-    line: usize,
-    children: Vec<Node>,
-    has_block: bool,
+pub struct Node {
+    pub words: Vec<String>,
+    pub line: usize,
+    pub children: Vec<Node>,
+    pub has_block: bool,
 }
 
 impl Node {
-    fn key(&self) -> &str {
+    pub fn key(&self) -> &str {
         self.words.first().map_or("", |s| s.as_str())
     }
-    fn arg(&self, i: usize) -> Option<&str> {
+    pub fn arg(&self, i: usize) -> Option<&str> {
         self.words.get(i).map(|s| s.as_str())
     }
+}
+
+/// keepalived.conf as a tree of statements (what `syncd migrate` reads
+/// beyond the VRRP blocks [`convert`] maps: `virtual_server`, the scripts).
+pub fn parse(text: &str) -> Vec<Node> {
+    let toks = tokenize(text);
+    let mut pos = 0;
+    parse_nodes(&toks, &mut pos, 0)
 }
 
 fn parse_nodes(toks: &[Tok], pos: &mut usize, depth: usize) -> Vec<Node> {
@@ -177,9 +185,7 @@ fn toml_num(s: &str) -> Option<String> {
 
 /// Convert keepalived.conf text.
 pub fn convert(text: &str) -> Imported {
-    let toks = tokenize(text);
-    let mut pos = 0;
-    let top = parse_nodes(&toks, &mut pos, 0);
+    let top = parse(text);
     let mut warnings = Vec::new();
     let mut scripts: BTreeMap<String, Script> = BTreeMap::new();
     let mut global_version: Option<String> = None;

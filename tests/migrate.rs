@@ -1,0 +1,344 @@
+//! `syncd migrate` on the seeds' own configurations (as found, in
+//! `tests/fixtures/migrate/seed*`) and on a pair of real ones that
+//! keepalived 2.2 accepts (`fixtures/migrate/real`): every trap the seeds
+//! hold is reported, and every generated config passes its daemon's
+//! `--check`.
+
+#[path = "../crates/vrrp/tests/common/mod.rs"]
+mod netns;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const SYNCD: &str = env!("CARGO_BIN_EXE_syncd");
+
+fn fixture(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/migrate")
+        .join(p)
+}
+
+/// `syncd ARGS`: (exit code, stdout + stderr).
+fn syncd(args: &[&str]) -> (Option<i32>, String) {
+    let o = Command::new(SYNCD).args(args).output().unwrap();
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr),
+    )
+}
+
+fn migrate(args: &[&str], out: &Path) -> String {
+    let mut a = vec!["migrate"];
+    a.extend_from_slice(args);
+    a.extend_from_slice(&["--out", out.to_str().unwrap()]);
+    let (code, text) = syncd(&a);
+    assert_eq!(code, Some(0), "{text}");
+    let report = std::fs::read_to_string(out.join("report.txt")).unwrap();
+    assert!(text.contains(&report), "the report is printed and written");
+    report
+}
+
+fn traps(report: &str) -> Vec<&str> {
+    report.lines().filter(|l| l.starts_with("TRAP: ")).collect()
+}
+
+/// Every generated file passes its daemon's own check. syncd's configs
+/// need their keys where they say; they are made here.
+fn check_all(out: &Path) -> usize {
+    let proxy = Path::new(SYNCD).with_file_name("syncd-proxy");
+    let mut n = 0;
+    for e in walkdir::WalkDir::new(out) {
+        let e = e.unwrap();
+        let p = e.path();
+        let s = p.to_str().unwrap();
+        let (code, text) = match p.file_name().and_then(|f| f.to_str()) {
+            Some("proxy.toml") => {
+                let o = Command::new(&proxy)
+                    .args(["--check", "--config", s])
+                    .output()
+                    .unwrap_or_else(|e| panic!("{}: {e} (build the workspace)", proxy.display()));
+                (
+                    o.status.code(),
+                    String::from_utf8_lossy(&o.stdout).to_string()
+                        + &String::from_utf8_lossy(&o.stderr),
+                )
+            }
+            Some("vrrp.toml") => syncd(&["vrrp", "--check", "--config", s]),
+            Some("syncd.toml") => {
+                let dir = p.parent().unwrap();
+                syncd::tls::keygen(dir, "node").unwrap();
+                std::fs::copy(dir.join("node.crt"), dir.join("peer.crt")).unwrap();
+                let role = if s.contains("standby") {
+                    "standby"
+                } else {
+                    "primary"
+                };
+                std::fs::create_dir_all(dir.join("export")).unwrap();
+                // The export the config names need not exist here: point
+                // the check at a local one.
+                let text = std::fs::read_to_string(p).unwrap();
+                let local = dir.join("local.toml");
+                let export = text
+                    .lines()
+                    .find(|l| l.starts_with("export = "))
+                    .unwrap()
+                    .to_string();
+                std::fs::write(&local, text.replace(&export, "export = \"export\"")).unwrap();
+                syncd(&[
+                    "--role",
+                    role,
+                    "--check",
+                    "--config",
+                    local.to_str().unwrap(),
+                ])
+            }
+            _ => continue,
+        };
+        assert_eq!(code, Some(0), "{s}:\n{text}");
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn migrate_carries_seed_000_over_and_reports_its_traps() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out");
+    let f = |p| {
+        fixture(&format!("seed000/{p}"))
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    let report = migrate(
+        &[
+            "--keepalived",
+            &f("node1-keepalived.conf"),
+            "--keepalived",
+            &f("node2-keepalived.conf"),
+            "--nginx",
+            &f("nginx.conf"),
+            "--sync-script",
+            &f("ino.sh"),
+        ],
+        &out,
+    );
+    let t = traps(&report);
+    for want in [
+        // the two nodes' virtual_router_id (51 and 1)
+        "vrid differs (node1 51, node2 1)",
+        // rsync sends to 192.168.1.40, the load balancers' VIP
+        "rsync target 192.168.1.40 is the virtual IP of keepalived instance VI_1",
+        // `if [ $(pgrep rsync | wc -l) -gt 0 ]`
+        "`pgrep rsync`",
+        "without --delete",
+    ] {
+        assert!(t.iter().any(|l| l.contains(want)), "{want}:\n{report}");
+    }
+    assert!(
+        report.contains("carried over: nginx upstream backend (2 servers)"),
+        "{report}"
+    );
+    let proxy = std::fs::read_to_string(out.join("node1/proxy.toml")).unwrap();
+    assert!(
+        proxy.contains(
+            "addr = \"192.168.1.11:90\"\nweight = 1\nmax_fails = 2\nfail_timeout = \"10s\""
+        ),
+        "{proxy}"
+    );
+    assert!(proxy.contains("vrid = 51"), "{proxy}");
+    let syncd_toml = std::fs::read_to_string(out.join("nfs-primary/syncd.toml")).unwrap();
+    assert!(
+        syncd_toml.contains("export = \"/database\""),
+        "{syncd_toml}"
+    );
+    // The VIP is not the standby: the address is a placeholder, said so.
+    assert!(
+        syncd_toml.contains("peer = \"192.0.2.1:7400\""),
+        "{syncd_toml}"
+    );
+    assert_eq!(check_all(&out), 4);
+
+    // Never over existing files.
+    let (code, text) = syncd(&[
+        "migrate",
+        "--sync-script",
+        &f("ino.sh"),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("never overwritten"), "{text}");
+}
+
+#[test]
+fn migrate_finds_the_check_script_that_stops_keepalived_and_carries_lvs() {
+    let d = tempfile::tempdir().unwrap();
+    // Seed 003: a unicast pair whose track script restarts nginx and else
+    // stops keepalived, exiting 0 either way.
+    let out = d.path().join("s3");
+    let f = |p| {
+        fixture(&format!("seed003/{p}"))
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    let report = migrate(
+        &[
+            "--keepalived",
+            &f("node1-keepalived.conf"),
+            "--keepalived",
+            &f("node2-keepalived.conf"),
+            "--scripts",
+            fixture("seed003").to_str().unwrap(),
+        ],
+        &out,
+    );
+    let t = traps(&report);
+    assert_eq!(t.len(), 2, "{report}");
+    assert!(
+        t.iter()
+            .all(|l| l.contains("stops keepalived and always exits 0")),
+        "{report}"
+    );
+    let vrrp = std::fs::read_to_string(out.join("node1/vrrp.toml")).unwrap();
+    assert!(
+        vrrp.contains("process = \"nginx\"  # was \"/etc/keepalived/check_nginx.sh\""),
+        "{vrrp}"
+    );
+    assert!(!vrrp.contains("script = "), "{vrrp}");
+    assert_eq!(check_all(&out), 2);
+
+    // Seed 002: LVS-DR (as pasted, with no-break spaces) → a TCP listener.
+    let out = d.path().join("s2");
+    let report = migrate(
+        &[
+            "--keepalived",
+            fixture("seed002/keepalived.conf").to_str().unwrap(),
+        ],
+        &out,
+    );
+    assert!(
+        report.contains("carried over: LVS virtual_server 10.1.1.140:80 (2 real servers)"),
+        "{report}"
+    );
+    assert!(
+        report.contains("lb_kind DR → syncd-proxy terminates connections"),
+        "{report}"
+    );
+    let proxy = std::fs::read_to_string(out.join("node1/proxy.toml")).unwrap();
+    assert!(proxy.contains("mode = \"tcp\""), "{proxy}");
+    assert!(proxy.contains("addr = \"10.1.1.133:80\""), "{proxy}");
+    assert_eq!(check_all(&out), 1);
+
+    // A `nopreempt` that keepalived ignored.
+    let conf = d.path().join("np.conf");
+    std::fs::write(
+        &conf,
+        "vrrp_instance VI_1 {\n state MASTER\n interface eth0\n virtual_router_id 7\n priority 150\n nopreempt\n virtual_ipaddress {\n 10.0.0.5\n }\n}\n",
+    )
+    .unwrap();
+    let report = migrate(
+        &["--keepalived", conf.to_str().unwrap()],
+        &d.path().join("np"),
+    );
+    assert!(
+        traps(&report)
+            .iter()
+            .any(|l| l.contains("`nopreempt` with `state MASTER`")),
+        "{report}"
+    );
+}
+
+#[test]
+fn migrate_real_configs_that_keepalived_accepts() {
+    let name = "migrate_real_configs_that_keepalived_accepts";
+    if !netns::can_run(name) || !netns::have("keepalived", name) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    // keepalived wants its check script at an absolute, root-owned path.
+    let scripts = d.path().join("scripts");
+    std::fs::create_dir(&scripts).unwrap();
+    std::fs::copy(
+        fixture("real/check_nginx.sh"),
+        scripts.join("check_nginx.sh"),
+    )
+    .unwrap();
+    let confs: Vec<PathBuf> = (1..=2)
+        .map(|n| {
+            let text = std::fs::read_to_string(fixture(&format!("real/node{n}-keepalived.conf")))
+                .unwrap()
+                .replace("SCRIPTS", scripts.to_str().unwrap());
+            let p = d.path().join(format!("node{n}.conf"));
+            std::fs::write(&p, text).unwrap();
+            p
+        })
+        .collect();
+    // keepalived -t needs the interface: a namespace with one.
+    let ns = format!("mig{}", std::process::id());
+    let ip = |args: &[&str]| {
+        assert!(
+            Command::new("ip").args(args).status().unwrap().success(),
+            "ip {args:?}"
+        )
+    };
+    ip(&["netns", "add", &ns]);
+    let _cleanup = Cleanup(ns.clone());
+    ip(&[
+        "-n", &ns, "link", "add", "ens33", "type", "veth", "peer", "name", "p0",
+    ]);
+    for c in &confs {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &ns, "keepalived", "--config-test", "-f"])
+            .arg(c)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "keepalived -t {}: {}",
+            c.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let out = d.path().join("out");
+    let report = migrate(
+        &[
+            "--keepalived",
+            confs[0].to_str().unwrap(),
+            "--keepalived",
+            confs[1].to_str().unwrap(),
+            "--nginx",
+            fixture("real/nginx.conf").to_str().unwrap(),
+            "--lsyncd",
+            fixture("real/lsyncd.conf.lua").to_str().unwrap(),
+        ],
+        &out,
+    );
+    let t = traps(&report);
+    for want in [
+        "stops keepalived and always exits 0",
+        "advert_int differs (node1 1, node2 2)",
+        "node2's unicast_peers [10.20.0.13] lack node1's address 10.20.0.11",
+        "`delete = running`",
+    ] {
+        assert!(t.iter().any(|l| l.contains(want)), "{want}:\n{report}");
+    }
+    let proxy = std::fs::read_to_string(out.join("node2/proxy.toml")).unwrap();
+    assert!(proxy.contains("algorithm = \"least_conn\""), "{proxy}");
+    assert!(
+        proxy.contains("http = \"http://127.0.0.1:9901/healthz\""),
+        "{proxy}"
+    );
+    let standby = std::fs::read_to_string(out.join("nfs-primary/syncd.toml")).unwrap();
+    assert!(standby.contains("peer = \"10.20.0.32:7400\""), "{standby}");
+    assert_eq!(check_all(&out), 4);
+}
+
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}

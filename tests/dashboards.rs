@@ -9,13 +9,11 @@ mod common;
 mod netns;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use netns::{can_run, have, serial, wait_for, Lan};
+use netns::{can_run, get, have, serial, wait_for, Lan};
 
 const SYNCD: &str = env!("CARGO_BIN_EXE_syncd");
 
@@ -102,31 +100,6 @@ fn exported(scrape: &str, into: &mut BTreeSet<String>) {
             into.insert(line[..end].to_string());
         }
     }
-}
-
-/// `GET path` on `addr` from inside namespace `ns` (a thread that joined it).
-fn get_in(ns: &str, addr: &'static str, path: &'static str) -> Option<String> {
-    let ns = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(&ns).ok()?;
-        // SAFETY: setns(2) with a valid namespace fd; it affects this thread only.
-        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return None;
-        }
-        let mut s = std::net::TcpStream::connect(addr).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        out.starts_with("HTTP/1.1 200")
-            .then(|| out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()))?
-    })
-    .join()
-    .ok()?
 }
 
 const PROXY_TOML: &str = r#"[global]
@@ -218,8 +191,9 @@ fn every_metric_in_rules_and_dashboard_is_exported() {
     );
     let mut scrape = None;
     wait_for(Duration::from_secs(10), || {
-        scrape =
-            get_in(lan.ns(0), "127.0.0.1:9901", "/metrics").filter(|m| m.contains("vrrp_state{"));
+        scrape = get(lan.ns(0), "127.0.0.1:9901", "/metrics")
+            .filter(|(code, m)| *code == 200 && m.contains("vrrp_state{"))
+            .map(|(_, m)| m);
         scrape.is_some()
     });
     let scrape = scrape.unwrap_or_else(|| {

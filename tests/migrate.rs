@@ -9,6 +9,9 @@ mod netns;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
+
+use netns::{backend_at, get, serial, wait_for, Lan};
 
 const SYNCD: &str = env!("CARGO_BIN_EXE_syncd");
 
@@ -147,6 +150,15 @@ fn migrate_carries_seed_000_over_and_reports_its_traps() {
         "{proxy}"
     );
     assert!(proxy.contains("vrid = 51"), "{proxy}");
+    // node2's vrid is node1's, so the migrated pair hears itself.
+    let proxy2 = std::fs::read_to_string(out.join("node2/proxy.toml")).unwrap();
+    assert!(proxy2.contains("vrid = 51  # was 1"), "{proxy2}");
+    assert!(
+        report.contains(
+            "carried over: node2's vrrp_instance VI_1: vrid set to 51 (node1's) instead of 1"
+        ),
+        "{report}"
+    );
     let syncd_toml = std::fs::read_to_string(out.join("nfs-primary/syncd.toml")).unwrap();
     assert!(
         syncd_toml.contains("export = \"/database\""),
@@ -341,4 +353,132 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
+}
+
+/// The load-balancer half of README's migration guide, followed step by
+/// step on seed 000's own files (with the lab's addresses): the seed as
+/// found splits (its nodes' vrids differ, both hold the address); the
+/// backup is replaced first and joins keepalived's master as a backup (the
+/// VRRP is wire-compatible); stopping keepalived on the master moves the
+/// address to syncd-proxy and clients keep being served; the master's
+/// syncd-proxy takes it back; and the rollback (keepalived again) works.
+#[test]
+fn migration_guide_load_balancers_of_seed_000() {
+    let name = "migration_guide_load_balancers_of_seed_000";
+    if !netns::can_run(name) || !netns::have("keepalived", name) {
+        return;
+    }
+    let _g = serial();
+    // n0, n1: the load balancers; n2: both web servers; n3: a client.
+    let mut lan = Lan::new("mg", 4);
+    let vip = lan.vip();
+    let web = lan.ip(2);
+    let _w1 = backend_at(lan.ns(2), &format!("{web}:90"), "web1");
+    let _w2 = backend_at(lan.ns(2), &format!("{web}:91"), "web2");
+    let lab = |text: String| {
+        text.replace("ens33", "eth0")
+            .replace("192.168.1.40", &vip)
+            .replace("192.168.1.11:90", &format!("{web}:90"))
+            .replace("192.168.1.13:90", &format!("{web}:91"))
+    };
+    let read = |p: &str| std::fs::read_to_string(fixture(&format!("seed000/{p}"))).unwrap();
+    let files = [
+        ("node1-keepalived.conf", lab(read("node1-keepalived.conf"))),
+        ("node2-keepalived.conf", lab(read("node2-keepalived.conf"))),
+        ("nginx.conf", lab(read("nginx.conf"))),
+    ];
+    for (f, text) in &files {
+        std::fs::write(lan.path(f), text).unwrap();
+    }
+    let holders = |lan: &Lan, want: Vec<usize>, why: &str| {
+        assert!(
+            wait_for(Duration::from_secs(15), || lan.holders(&[0, 1]) == want).is_some(),
+            "{why}: holders {:?}, want {want:?}",
+            lan.holders(&[0, 1])
+        );
+    };
+    let served = |lan: &Lan| {
+        assert!(
+            wait_for(Duration::from_secs(5), || get(
+                lan.ns(3),
+                &format!("{vip}:80"),
+                "/"
+            )
+            .is_some_and(|(s, b)| s == 200 && b.starts_with("web")))
+            .is_some(),
+            "the client must be served through the VIP"
+        );
+    };
+
+    // Before: the seed as found. Two vrids, two masters.
+    let ka0 = lan.start_keepalived(0, &files[0].1);
+    let ka1 = lan.start_keepalived(1, &files[1].1);
+    holders(
+        &lan,
+        vec![0, 1],
+        "the seed's nodes (vrid 51 and 1) both hold the VIP",
+    );
+
+    // Step 1: syncd migrate.
+    let out = lan.path("migrated");
+    let report = migrate(
+        &[
+            "--keepalived",
+            lan.path("node1-keepalived.conf").to_str().unwrap(),
+            "--keepalived",
+            lan.path("node2-keepalived.conf").to_str().unwrap(),
+            "--nginx",
+            lan.path("nginx.conf").to_str().unwrap(),
+        ],
+        &out,
+    );
+    assert!(report.contains("vrid differs"), "{report}");
+    let proxy = Path::new(SYNCD).with_file_name("syncd-proxy");
+    let proxy = proxy.to_str().unwrap();
+
+    // Step 2: the backup first. It joins keepalived's master as a backup.
+    lan.term(ka1);
+    let p1 = out.join("node2/proxy.toml");
+    lan.start(1, "proxy", proxy, &["--config", p1.to_str().unwrap()]);
+    holders(
+        &lan,
+        vec![0],
+        "keepalived (priority 100) stays master beside syncd-proxy (99)",
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || get(
+            lan.ns(1),
+            "127.0.0.1:9901",
+            "/metrics"
+        )
+        .is_some_and(|(_, m)| m.contains("state=\"BACKUP\"} 1")))
+        .is_some(),
+        "syncd-proxy on node2 must be BACKUP"
+    );
+
+    // Step 3: stop keepalived (and nginx) on the master: the address moves.
+    lan.term(ka0);
+    holders(&lan, vec![1], "syncd-proxy on node2 takes the address");
+    served(&lan);
+
+    // Step 4: syncd-proxy on the master; it takes the address back.
+    let p0 = out.join("node1/proxy.toml");
+    let px0 = lan.start(0, "proxy", proxy, &["--config", p0.to_str().unwrap()]);
+    holders(
+        &lan,
+        vec![0],
+        "syncd-proxy on node1 (priority 100) preempts",
+    );
+    served(&lan);
+
+    // Rollback of step 4: keepalived again on node1, beside node2's proxy.
+    lan.term(px0);
+    holders(&lan, vec![1], "node2 takes over when node1's proxy stops");
+    let fixed = files[0].1.clone();
+    lan.start_keepalived(0, &fixed);
+    holders(
+        &lan,
+        vec![0],
+        "keepalived on node1 preempts syncd-proxy (one vrid now)",
+    );
 }

@@ -206,6 +206,12 @@ pub fn plan(inp: &Inputs) -> Migration {
                 o.note(kind, f.what);
             }
         }
+        if let (Some(a), Some(b)) = (&parsed[0], &parsed[1]) {
+            // What must match or both nodes become master: node1's wins,
+            // so the pair works as migrated (keepalived's split ends here).
+            let fixed = align(a, b, &tables[1].1, &mut o);
+            tables[1].1 = fixed;
+        }
         let masters = kas
             .iter()
             .filter(|k| {
@@ -242,6 +248,53 @@ pub fn plan(inp: &Inputs) -> Migration {
     Migration {
         files,
         notes: o.notes,
+    }
+}
+
+/// node2's imported TOML with each instance's `vrid` and `advert_int` set
+/// to node1's (instances matched by name).
+fn align(
+    a: &syncd_vrrp::config::VrrpFile,
+    b: &syncd_vrrp::config::VrrpFile,
+    toml_b: &str,
+    o: &mut Out,
+) -> String {
+    let mut blocks: Vec<String> = toml_b.split("\n\n").map(str::to_string).collect();
+    for y in &b.vrrp {
+        let Some(x) = a.vrrp.iter().find(|x| x.name == y.name) else {
+            continue;
+        };
+        let name_line = format!("name = {}", q(y.name.as_deref().unwrap_or("")));
+        let Some(block) = blocks
+            .iter_mut()
+            .find(|bl| bl.starts_with("[[vrrp]]") && bl.lines().any(|l| l == name_line))
+        else {
+            continue;
+        };
+        let label = y.name.clone().unwrap_or_default();
+        let mut set = |key: &str, from: String, to: String| {
+            if from != to {
+                *block = block.replace(
+                    &format!("{key} = {from}\n"),
+                    &format!(
+                        "{key} = {to}  # was {from}; node1's value, so the nodes hear each other\n"
+                    ),
+                );
+                o.note(Kind::Carried, format!("node2's vrrp_instance {label}: {key} set to {to} (node1's) instead of {from}"));
+            }
+        };
+        set("vrid", y.vrid.to_string(), x.vrid.to_string());
+        set("advert_int", toml_num(y.advert_int), toml_num(x.advert_int));
+    }
+    blocks.join("\n\n")
+}
+
+/// A number as the importer writes it.
+fn toml_num(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 9.0e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v:?}")
     }
 }
 

@@ -75,7 +75,12 @@ impl Watch {
         // Symlinks are replicated as links, never followed: a link to `/`
         // would otherwise walk the host and use up the per-user watch limit
         // shared with every other service.
-        let config = notify::Config::default().with_follow_symlinks(false);
+        // Only what changes the tree: no IN_OPEN or IN_CLOSE_NOWRITE, or
+        // every read (ours while shipping, a backup, the NFS server's) is an
+        // event, and a first sync of a large tree overflows the kernel queue.
+        let config = notify::Config::default()
+            .with_follow_symlinks(false)
+            .with_event_kinds(notify::EventKindMask::CORE | notify::EventKindMask::ACCESS_CLOSE);
         let mut watcher =
             notify::RecommendedWatcher::new(handler, config).map_err(|err| WatchError {
                 path: export.display().to_string(),

@@ -412,11 +412,12 @@ fn inotify_overflow_still_converges() {
     // A burst far beyond 16 queued events while the primary cannot read them.
     let pid = rustix::process::Pid::from_raw(p.primary.as_ref().unwrap().id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::Stop).unwrap();
+    // Into watched directories (a new directory is watched only once the
+    // stopped primary reads its creation, so files in it queue nothing).
     for d in 0..10 {
-        let dir = p.primary().join(format!("burst{d}"));
-        std::fs::create_dir(&dir).unwrap();
+        let dir = p.primary().join(format!("d{}", d % 5));
         for f in 0..100 {
-            std::fs::write(dir.join(format!("f{f}")), [d as u8; 10]).unwrap();
+            std::fs::write(dir.join(format!("burst{d}-{f}")), [d as u8; 10]).unwrap();
         }
     }
     rustix::process::kill_process(pid, rustix::process::Signal::Cont).unwrap();
@@ -519,4 +520,51 @@ fn the_watch_does_not_follow_symlinks_out_of_the_export() {
     // and the export itself is still followed live
     std::fs::write(p.primary().join("a/b/f"), b"y").unwrap();
     p.wait_equal(Duration::from_secs(10));
+}
+
+/// Reading the export is not a change: the primary's own reads of every file
+/// it ships, a backup, or an NFS server serving reads must not fill the
+/// kernel's event queue (notify 8 watched IN_OPEN: on a 1,000,000-file tree
+/// the first sync's reads overflowed it and forced a second full reconcile).
+/// With the queue cut to 64 events, the first sync of 3,000 files and two
+/// full reads of the export must see no overflow.
+#[test]
+fn reading_the_export_queues_no_events() {
+    const Q: &str = "/proc/sys/fs/inotify/max_queued_events";
+    let name = "reading_the_export_queues_no_events";
+    let Ok(old) = std::fs::read_to_string(Q) else {
+        syncd_testkit::skip::skip(name, &format!("no {Q}"));
+        return;
+    };
+    let mut p = Pair::new();
+    let mut files = Vec::new();
+    for d in 0..30 {
+        let dir = p.primary().join(format!("d{d}"));
+        std::fs::create_dir(&dir).unwrap();
+        for f in 0..100 {
+            files.push(dir.join(format!("f{f}")));
+            std::fs::write(files.last().unwrap(), [d as u8; 100]).unwrap();
+        }
+    }
+    p.start_standby();
+    {
+        let _g = START.lock().unwrap_or_else(|e| e.into_inner());
+        if std::fs::write(Q, "64").is_err() {
+            syncd_testkit::skip::skip(name, &format!("cannot set {Q} (needs root)"));
+            return;
+        }
+        let _restore = Sysctl(Q, old);
+        p.start_primary();
+    }
+    p.wait_live();
+    p.wait_equal(Duration::from_secs(60));
+    for _ in 0..2 {
+        for f in &files {
+            assert_eq!(std::fs::read(f).unwrap().len(), 100);
+        }
+    }
+    // A change after the reads still arrives by its event.
+    std::fs::write(p.primary().join("after"), b"x").unwrap();
+    p.wait_equal(Duration::from_secs(10));
+    assert_eq!(p.metric("overflows_total"), 0.0, "{}", p.primary_log());
 }

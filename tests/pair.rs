@@ -297,3 +297,124 @@ fn the_pair_fails_over_and_back_without_losing_a_file() {
         lan.dump_logs();
     }
 }
+
+/// A pair running the primary/standby units moves to `--role auto` without
+/// a full resync: the live primary's generation is the standby's once it
+/// caught up, so in auto both are current; the former primary leads, sends
+/// no file again, and nothing lands in a conflicts area.
+#[test]
+fn a_primary_standby_pair_moves_to_auto_without_a_resync() {
+    let name = "a_primary_standby_pair_moves_to_auto_without_a_resync";
+    if !can_run(name) {
+        return;
+    }
+    let _g = serial();
+    let mut lan = Lan::new("upg", 2);
+    let n = nodes(&lan);
+    for i in 0..300 {
+        std::fs::write(n[0].export().join(format!("f{i}.txt")), format!("file {i}")).unwrap();
+    }
+    // As the old units ran them.
+    let role = |r: &'static str, i: usize| {
+        move |lan: &mut Lan, n: &[Node; 2]| {
+            lan.start(
+                i,
+                r,
+                SYNCD,
+                &["--role", r, "--config", n[i].config().to_str().unwrap()],
+            )
+        }
+    };
+    let sb = role("standby", 1)(&mut lan, &n);
+    assert!(
+        wait_for(Duration::from_secs(10), || lan
+            .log(sb)
+            .contains("standby listening"))
+        .is_some(),
+        "{}",
+        lan.log(sb)
+    );
+    let pr = role("primary", 0)(&mut lan, &n);
+    let live = wait_for(Duration::from_secs(30), || {
+        lan.log(pr).contains("in sync")
+            && (0..300).all(|i| same(&n[0].export(), &n[1].export(), &format!("f{i}.txt")))
+    });
+    if live.is_none() {
+        lan.dump_logs();
+    }
+    assert!(live.is_some(), "the primary/standby pair must be in sync");
+    std::fs::write(n[0].export().join("late.txt"), b"written live").unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || same(
+            &n[0].export(),
+            &n[1].export(),
+            "late.txt"
+        ))
+        .is_some(),
+        "a live write must arrive"
+    );
+    assert_eq!(lan.term(pr), Some(0));
+    assert_eq!(lan.term(sb), Some(0));
+
+    // The upgrade: both nodes restart as `--role auto` (same files, plus
+    // the [[vrrp]] table the auto units need).
+    start_auto(&mut lan, &n, 0);
+    start_auto(&mut lan, &n, 1);
+    let led = wait_for(Duration::from_secs(30), || lan.holders(&[0, 1]) == vec![0]);
+    if led.is_none() {
+        lan.dump_logs();
+    }
+    assert!(led.is_some(), "the former primary leads");
+    assert!(
+        wait_for(Duration::from_secs(15), || status(&lan, &n, 1)
+            .contains("data: current"))
+        .is_some(),
+        "the former standby follows, current: {}",
+        status(&lan, &n, 1)
+    );
+    std::fs::write(n[0].export().join("after.txt"), b"after the upgrade").unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || same(
+            &n[0].export(),
+            &n[1].export(),
+            "after.txt"
+        ))
+        .is_some(),
+        "replication continues in auto"
+    );
+    // Only the new file travelled: the 301 replicated before were not sent again.
+    let (ok, m) = syncd(
+        &lan,
+        0,
+        &[
+            "status",
+            "--metrics",
+            "--config",
+            n[0].config().to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{m}");
+    let sent: f64 = m
+        .lines()
+        .filter(|l| {
+            l.starts_with("syncd_files_sent_whole_total")
+                || l.starts_with("syncd_files_sent_delta_total")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(sent, 1.0, "files sent after the upgrade:\n{m}");
+    for i in 0..2 {
+        let (ok, list) = syncd(
+            &lan,
+            i,
+            &[
+                "conflicts",
+                "list",
+                "--config",
+                n[i].config().to_str().unwrap(),
+            ],
+        );
+        assert!(ok, "{list}");
+        assert!(!list.contains(".txt"), "node {i} kept conflicts: {list}");
+    }
+}

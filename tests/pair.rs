@@ -418,3 +418,173 @@ fn a_primary_standby_pair_moves_to_auto_without_a_resync() {
         assert!(!list.contains(".txt"), "node {i} kept conflicts: {list}");
     }
 }
+
+/// Bootstraps the lab's pair (one resync from node 0), as an existing pair.
+fn bootstrap(lan: &mut Lan, n: &[Node; 2]) {
+    std::fs::write(n[0].export().join("seed.txt"), b"seed").unwrap();
+    let sb = lan.start(
+        1,
+        "standby",
+        SYNCD,
+        &[
+            "--role",
+            "standby",
+            "--config",
+            n[1].config().to_str().unwrap(),
+        ],
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || lan
+            .log(sb)
+            .contains("standby listening"))
+        .is_some(),
+        "{}",
+        lan.log(sb)
+    );
+    let (ok, out) = syncd(
+        lan,
+        0,
+        &["resync", "--config", n[0].config().to_str().unwrap()],
+    );
+    assert!(ok, "bootstrap resync: {out}");
+    assert_eq!(lan.term(sb), Some(0));
+}
+
+/// Watches the address for `d`: never on both nodes. Returns the holders
+/// seen last.
+fn never_two(lan: &Lan, d: Duration, why: &str) -> Vec<usize> {
+    let t = std::time::Instant::now();
+    let mut last = lan.holders(&[0, 1]);
+    while t.elapsed() < d {
+        last = lan.holders(&[0, 1]);
+        if last.len() > 1 {
+            lan.dump_logs();
+        }
+        assert!(last.len() < 2, "{why}: both nodes hold the address");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    last
+}
+
+/// Cold starts in both orders, and with the second node late (after the
+/// first's peer wait): never two holders, then exactly one, and it stays.
+#[test]
+fn cold_starts_in_either_order_elect_one_leader() {
+    let name = "cold_starts_in_either_order_elect_one_leader";
+    if !can_run(name) {
+        return;
+    }
+    let _g = serial();
+    let mut lan = Lan::new("cold", 2);
+    let n = nodes(&lan);
+    bootstrap(&mut lan, &n);
+    for (first, gap_ms) in [(0, 0), (1, 0), (0, 1000), (1, 1000), (1, 4000), (0, 4000)] {
+        let a = start_auto(&mut lan, &n, first);
+        never_two(
+            &lan,
+            Duration::from_millis(gap_ms),
+            "before the second start",
+        );
+        let b = start_auto(&mut lan, &n, 1 - first);
+        never_two(
+            &lan,
+            mdi(100, 1.0) + Duration::from_secs(4),
+            "while electing",
+        );
+        let led = lan.holders(&[0, 1]);
+        assert_eq!(led.len(), 1, "node {first} first, {gap_ms} ms: one leader");
+        // The leader stays (no flapping) and replicates.
+        let f = format!("cold-{first}-{gap_ms}.txt");
+        std::fs::write(n[led[0]].export().join(&f), b"x").unwrap();
+        assert!(
+            wait_for(Duration::from_secs(10), || same(
+                &n[led[0]].export(),
+                &n[1 - led[0]].export(),
+                &f
+            ))
+            .is_some(),
+            "node {first} first, {gap_ms} ms: the leader replicates"
+        );
+        assert_eq!(never_two(&lan, Duration::from_secs(1), "after"), led);
+        eprintln!(
+            "cold start: node {first} first, gap {gap_ms} ms: node {} leads",
+            led[0]
+        );
+        // Stop both (the leader first, as a planned stop).
+        let (lk, fk) = if led[0] == first { (a, b) } else { (b, a) };
+        assert_eq!(lan.term(lk), Some(0));
+        assert_eq!(lan.term(fk), Some(0));
+    }
+    // Every line of each node's role log is well formed and its changes
+    // chain: each change starts from the state the previous one ended in.
+    for (i, node) in n.iter().enumerate() {
+        let state = syncd::config::Config::load(&node.config())
+            .unwrap()
+            .state_dir;
+        let log = std::fs::read_to_string(state.join("role.log")).unwrap();
+        assert!(log.lines().count() >= 6, "node {i}: {log}");
+        let mut last_to: Option<String> = None;
+        for line in log.lines() {
+            // "<unix> <from> -> <to> (<gen>): <why>"
+            let w: Vec<&str> = line.split_whitespace().collect();
+            assert!(
+                w.len() >= 5 && w[2] == "->",
+                "node {i}: bad role.log line {line:?}"
+            );
+            if let Some(prev) = &last_to {
+                // A new process starts after "stopped" from its own state.
+                assert!(
+                    w[1] == prev || prev == "stopped",
+                    "node {i}: {line:?} does not follow {prev}"
+                );
+            }
+            last_to = Some(w[3].to_string());
+        }
+    }
+}
+
+/// VRRP adverts blocked (multicast off on the bridge) while the replication
+/// link works: keepalived's nodes would both take the address; here the
+/// follower hears its peer lead over the pair's own heartbeat and is kept
+/// from it.
+#[test]
+fn vrrp_blocked_with_the_peer_link_up_keeps_one_leader() {
+    let name = "vrrp_blocked_with_the_peer_link_up_keeps_one_leader";
+    if !can_run(name) {
+        return;
+    }
+    let _g = serial();
+    let mut lan = Lan::new("vblk", 2);
+    let n = nodes(&lan);
+    bootstrap(&mut lan, &n);
+    start_auto(&mut lan, &n, 0);
+    let f1 = start_auto(&mut lan, &n, 1);
+    assert!(
+        wait_for(Duration::from_secs(30), || lan.holders(&[0, 1]) == vec![0]).is_some(),
+        "node 0 leads"
+    );
+    lan.block_multicast(2);
+    let held = never_two(
+        &lan,
+        mdi(100, 1.0) + Duration::from_secs(4),
+        "VRRP blocked, peer link up",
+    );
+    assert_eq!(held, vec![0], "the leader keeps the address");
+    // It did try (its VRRP heard no master) and was refused by its peer.
+    assert!(
+        lan.log(f1)
+            .contains("the peer did not consent to our leading"),
+        "{}",
+        lan.log(f1)
+    );
+    std::fs::write(n[0].export().join("while-blocked.txt"), b"x").unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || same(
+            &n[0].export(),
+            &n[1].export(),
+            "while-blocked.txt"
+        ))
+        .is_some(),
+        "replication goes on"
+    );
+}

@@ -403,7 +403,7 @@ fn a_primary_standby_pair_moves_to_auto_without_a_resync() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(sent, 1.0, "files sent after the upgrade:\n{m}");
-    for i in 0..2 {
+    for (i, node) in n.iter().enumerate() {
         let (ok, list) = syncd(
             &lan,
             i,
@@ -411,7 +411,7 @@ fn a_primary_standby_pair_moves_to_auto_without_a_resync() {
                 "conflicts",
                 "list",
                 "--config",
-                n[i].config().to_str().unwrap(),
+                node.config().to_str().unwrap(),
             ],
         );
         assert!(ok, "{list}");

@@ -79,6 +79,10 @@ enum After {
 /// print, or why it could not hand over.
 pub type SwitchoverReply = oneshot::Sender<Result<String, String>>;
 
+/// How long a demoting node keeps its source for the peer to adopt its
+/// generation.
+const ADOPT_WAIT: Duration = Duration::from_secs(10);
+
 /// How long the drain may take before the switchover gives up.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -220,6 +224,8 @@ pub async fn run(
         source: None,
         hook: None,
         fenced: false,
+        adopt_until: None,
+        stopping: false,
         switch: None,
         last_change: "none".into(),
         why: "starting".into(),
@@ -231,7 +237,7 @@ pub async fn run(
             Instant::from_std,
         );
         let now = || std::time::Instant::now();
-        let ticking = d.switch.is_some();
+        let ticking = d.switch.is_some() || d.adopt_until.is_some();
         tokio::select! {
             r = async {
                 match d.hook.as_mut() {
@@ -258,7 +264,8 @@ pub async fn run(
             r = vrrp_state.changed() => {
                 if r.is_err() {
                     tracing::error!("VRRP stopped; stepping down");
-                    role.handle_shutdown(now());
+                    d.stopping = true;
+                role.handle_shutdown(now());
                     d.apply(&mut role).await;
                     d.finish_hooks(&mut role).await;
                     break;
@@ -281,6 +288,7 @@ pub async fn run(
                 role.handle_source_failed("it ended on its own (see the error above)", now());
             }
             _ = &mut shutdown => {
+                d.stopping = true;
                 role.handle_shutdown(now());
                 d.apply(&mut role).await;
                 d.finish_hooks(&mut role).await;
@@ -289,6 +297,7 @@ pub async fn run(
         }
         d.apply(&mut role).await;
         d.check_switchover(&mut role);
+        d.check_adopted(&mut role).await;
         d.apply(&mut role).await;
     }
     // Demoted above (source stopped). VRRP may be waiting on its hook: it
@@ -336,6 +345,10 @@ struct Driver<'a> {
     hook: Option<Pending>,
     /// Switchover: the demote hook ran while we still lead.
     fenced: bool,
+    /// Demoting: the source runs on until the peer adopts our generation
+    /// (or this time), so it can take over.
+    adopt_until: Option<Instant>,
+    stopping: bool,
     switch: Option<Switch>,
     last_change: String,
     why: String,
@@ -541,7 +554,7 @@ impl Driver<'_> {
                     // may not lead would be worse than an export left up.
                     tracing::error!("{why}; demoting anyway");
                 }
-                self.finish_demote(role).await;
+                self.stop_source(role).await;
             }
             After::Fence => match failed {
                 None => {
@@ -575,6 +588,41 @@ impl Driver<'_> {
         }
     }
 
+    /// Not serving any more: the source stops, unless the peer (heard, not
+    /// leading) has yet to adopt our generation: without it the peer could
+    /// never take over from us (our data would stay newer than its), so
+    /// the source runs on until then, bounded.
+    async fn stop_source(&mut self, role: &mut Role) {
+        if self.waits_for_adoption(role) {
+            tracing::info!(
+                "demoting: the source runs until the peer holds generation {} (at most {:?}), so it can take over",
+                role.lineage().gen,
+                ADOPT_WAIT
+            );
+            self.adopt_until = Some(Instant::now() + ADOPT_WAIT);
+            return;
+        }
+        self.finish_demote(role).await;
+    }
+
+    fn waits_for_adoption(&self, role: &Role) -> bool {
+        let gen = role.lineage().gen;
+        self.source.is_some()
+            && !self.stopping
+            && role
+                .peer()
+                .is_some_and(|p| !p.leading && p.lineage.gen != gen)
+    }
+
+    async fn check_adopted(&mut self, role: &mut Role) {
+        if let Some(t) = self.adopt_until {
+            if Instant::now() >= t || !self.waits_for_adoption(role) {
+                self.adopt_until = None;
+                self.finish_demote(role).await;
+            }
+        }
+    }
+
     /// The source stops; the node follows.
     async fn finish_demote(&mut self, role: &mut Role) {
         if let Some(mut s) = self.source.take() {
@@ -598,6 +646,10 @@ impl Driver<'_> {
             if let Ok(run) = p.task.await {
                 self.on_hook(role, after, run).await;
             }
+            self.apply(role).await;
+        }
+        if self.adopt_until.take().is_some() {
+            self.finish_demote(role).await;
             self.apply(role).await;
         }
         self.reply_switch(Err("this node is shutting down".into()));
@@ -693,7 +745,9 @@ impl Driver<'_> {
                 let lag = self.stats.lag_ops.load(Relaxed) + self.stats.queue.load(Relaxed);
                 let connected = self.stats.connected_since.load(Relaxed) > 0;
                 let adopted = peer.lineage.gen == role.lineage().gen;
-                if now >= settle_until && lag == 0 && connected && adopted {
+                // The source's stop ships what is left; a session that is down
+                // shows as lag (changes unacknowledged), not as drained.
+                if now >= settle_until && lag == 0 && adopted {
                     if role.handle_handover(now.into_std()) {
                         tracing::info!("switchover: drained; handing over to peer {}", peer.node);
                         if let Some(sw) = self.switch.as_mut() {

@@ -292,9 +292,16 @@ impl Role {
         );
         let busy = matches!(self.state, RoleState::Leader | RoleState::Promoting);
         let we_win_tie = self.asking.is_some() && ours > theirs;
-        // Handing over: we led the generation, so our data counts as newer,
-        // but the peer holds all of it (checked before the hand-over began).
-        let grant = !(busy || (newer && self.handing_over.is_none()) || we_win_tie);
+        // Handing over, or just failed to lead (promotion or source): we led
+        // the generation, so our data counts as newer, but a peer that
+        // adopted it holds all of it and may take over.
+        let stepped_aside = self.handing_over.is_some() || self.retry_at.is_some_and(|t| now < t);
+        let holds_ours = self
+            .peer
+            .as_ref()
+            .is_some_and(|p| p.lineage.gen == self.lineage.gen);
+        let yielding = stepped_aside && holds_ours;
+        let grant = !(busy || (newer && !yielding) || we_win_tie);
         if grant {
             self.asking = None;
             self.granted_until = Some(now + self.cfg.heartbeat_timeout);

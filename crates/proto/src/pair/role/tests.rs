@@ -725,3 +725,48 @@ fn a_handover_needs_a_peer_holding_our_generation_and_ends_after_a_wait() {
     assert!(!a.handing_over());
     assert!(a.gate_open(), "{:?}", drain(&mut a));
 }
+
+#[test]
+fn after_a_failed_promotion_a_peer_holding_the_generation_may_take_over() {
+    let t0 = Instant::now();
+    let (mut a, mut b, t1) = pair_led_by_a(t0);
+    // A leads generation G; B adopted it. A's next promotion fails: it
+    // already started generation G+1 (durable), which B adopts from A's
+    // source before the source stops.
+    a.handle_vrrp(false, t1);
+    drain(&mut a);
+    a.handle_demoted(t1);
+    drain(&mut a);
+    a.handle_timeout(t1);
+    a.handle_vrrp(true, t1);
+    let acts = drain(&mut a);
+    let ask = acts.iter().any(|x| matches!(x, Action::Ask { .. }));
+    if ask {
+        a.handle_peer_answer(true, t1);
+        drain(&mut a);
+    }
+    assert_eq!(a.state(), RoleState::Promoting);
+    a.handle_promote_failed("promote hook failed", t1);
+    let acts = drain(&mut a);
+    assert!(acts.iter().any(|x| matches!(x, Action::Demote { .. })));
+    // B has not adopted G+1 yet: A refuses (its data is newer).
+    b.handle_peer(hello(A, a.lineage(), false), t1);
+    a.handle_peer(hello(B, b.lineage(), false), t1);
+    a.handle_peer_ask(100, t1);
+    assert!(drain(&mut a).contains(&Action::Answer { grant: false }));
+    // Adopted: A consents while it waits before leading again.
+    b.handle_caught_up(&a.lineage().clone(), t1);
+    a.handle_peer(hello(B, b.lineage(), false), t1);
+    a.handle_vrrp(false, t1);
+    a.handle_demoted(t1);
+    drain(&mut a);
+    a.handle_peer_ask(100, t1);
+    assert!(drain(&mut a).contains(&Action::Answer { grant: true }));
+    // After the wait, the leader of the generation is the authority again.
+    let t2 = t1 + cfg().promote_retry;
+    a.handle_peer(hello(B, b.lineage(), false), t2);
+    a.handle_timeout(t2);
+    drain(&mut a);
+    a.handle_peer_ask(100, t2);
+    assert!(drain(&mut a).contains(&Action::Answer { grant: false }));
+}

@@ -26,6 +26,8 @@ fn hooks(lan: &Lan, dir: &Path, timeout_ms: u64) -> String {
     let cfg = cfg.display();
     let promote = format!(
         r#"#!/bin/sh
+# A moment for an address added too early (the bug this would catch) to show.
+sleep 0.3
 if ip -o addr show dev eth0 | grep -q " {vip}/"; then vip=present; else vip=absent; fi
 role=$({SYNCD} status --config {cfg} | sed -n 's/^pair role: //p')
 n=$(cat {d}/hooks.log 2>/dev/null | wc -l)

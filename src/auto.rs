@@ -98,6 +98,9 @@ struct Switch {
     reply: Option<SwitchoverReply>,
     phase: Phase,
     fenced_at: Instant,
+    /// When the fence (demote hook) was done, and when the drain.
+    fenced: Option<Instant>,
+    drained: Option<Instant>,
     /// Drained no earlier than this (changes made just before the fence
     /// are still on their way from inotify and the batcher).
     settle_until: Instant,
@@ -253,6 +256,19 @@ pub async fn run(
                 }
             }
             Some(reply) = switches.recv() => d.start_switchover(&role, reply),
+            _ = async {
+                match d.waiter.as_mut() {
+                    Some(w) => w.closed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                // VRRP heard a better master while waiting for us and gave
+                // the mastership up: a promotion under way becomes a
+                // demotion once it is done (a leader without VRRP master).
+                tracing::info!("VRRP no longer waits for our promotion");
+                d.waiter = None;
+                role.handle_vrrp(false, now());
+            }
             _ = tokio::time::sleep(Duration::from_millis(50)), if ticking => {}
             Some(e) = events.recv() => d.on_event(&mut role, e),
             Some(w) = wants.recv() => {
@@ -561,6 +577,7 @@ impl Driver<'_> {
                     self.fenced = true;
                     if let Some(sw) = self.switch.as_mut() {
                         sw.phase = Phase::Draining;
+                        sw.fenced = Some(Instant::now());
                     }
                 }
                 Some(why) => {
@@ -694,6 +711,8 @@ impl Driver<'_> {
             reply: Some(reply),
             phase: Phase::Fencing,
             fenced_at: now,
+            fenced: None,
+            drained: None,
             settle_until: now + settle,
             until: now + DRAIN_TIMEOUT,
         });
@@ -701,6 +720,7 @@ impl Driver<'_> {
             self.fenced = true;
             if let Some(sw) = self.switch.as_mut() {
                 sw.phase = Phase::Draining;
+                sw.fenced = Some(now);
             }
         }
     }
@@ -752,6 +772,7 @@ impl Driver<'_> {
                         tracing::info!("switchover: drained; handing over to peer {}", peer.node);
                         if let Some(sw) = self.switch.as_mut() {
                             sw.phase = Phase::HandingOver;
+                            sw.drained = Some(now);
                             sw.until = now + RoleConfig::default().handover_wait;
                         }
                     }
@@ -769,9 +790,19 @@ impl Driver<'_> {
             Phase::HandingOver => {
                 if let Some(p) = role.peer().filter(|p| p.leading) {
                     let ms = now.duration_since(fenced_at).as_millis();
+                    let (f, d) = self
+                        .switch
+                        .as_ref()
+                        .map_or((None, None), |sw| (sw.fenced, sw.drained));
+                    let at = |t: Option<Instant>| {
+                        t.map_or(0, |t| t.duration_since(fenced_at).as_millis())
+                    };
                     let msg = format!(
-                        "handed over to peer {} (generation {}); writes were unavailable for {ms} ms (fence to the peer leading)",
-                        p.node, p.lineage.gen
+                        "handed over to peer {} (generation {}); writes were unavailable for {ms} ms (fence to the peer leading: fenced after {} ms, drained after {} ms)",
+                        p.node,
+                        p.lineage.gen,
+                        at(f),
+                        at(d)
                     );
                     tracing::info!("switchover: {msg}");
                     role_log(self.cfg, &format!("{} switchover: {msg}", unix_now()));

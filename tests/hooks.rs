@@ -426,4 +426,7 @@ fn a_switchover_under_load_moves_the_address_and_loses_nothing() {
             .any(|l| l.contains("reason=planned switchover")),
         "{hooks0:?}"
     );
+    if std::env::var_os("PAIR_LOGS").is_some() {
+        lan.dump_logs();
+    }
 }

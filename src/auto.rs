@@ -229,6 +229,7 @@ pub async fn run(
         fenced: false,
         adopt_until: None,
         stopping: false,
+        peer_fresh: None,
         switch: None,
         last_change: "none".into(),
         why: "starting".into(),
@@ -365,6 +366,10 @@ struct Driver<'a> {
     /// (or this time), so it can take over.
     adopt_until: Option<Instant>,
     stopping: bool,
+    /// When the peer's state last arrived (a switchover hands over only to
+    /// a peer heard within two heartbeats, not one dead for less than the
+    /// heartbeat timeout).
+    peer_fresh: Option<Instant>,
     switch: Option<Switch>,
     last_change: String,
     why: String,
@@ -378,14 +383,17 @@ impl Driver<'_> {
                 node,
                 leading,
                 lineage,
-            } => role.handle_peer(
-                PeerState {
-                    node,
-                    lineage,
-                    leading,
-                },
-                now,
-            ),
+            } => {
+                self.peer_fresh = Some(Instant::now());
+                role.handle_peer(
+                    PeerState {
+                        node,
+                        lineage,
+                        leading,
+                    },
+                    now,
+                )
+            }
             StandbyEvent::Ask { priority } => role.handle_peer_ask(priority, now),
             StandbyEvent::Answer { grant } => role.handle_peer_answer(grant, now),
             StandbyEvent::PeerGone => role.handle_peer_lost(now),
@@ -765,9 +773,12 @@ impl Driver<'_> {
                 let lag = self.stats.lag_ops.load(Relaxed) + self.stats.queue.load(Relaxed);
                 let connected = self.stats.connected_since.load(Relaxed) > 0;
                 let adopted = peer.lineage.gen == role.lineage().gen;
+                let alive = self
+                    .peer_fresh
+                    .is_some_and(|t| now.duration_since(t) <= 2 * self.cfg.pair.heartbeat);
                 // The source's stop ships what is left; a session that is down
                 // shows as lag (changes unacknowledged), not as drained.
-                if now >= settle_until && lag == 0 && adopted {
+                if now >= settle_until && lag == 0 && adopted && alive {
                     if role.handle_handover(now.into_std()) {
                         tracing::info!("switchover: drained; handing over to peer {}", peer.node);
                         if let Some(sw) = self.switch.as_mut() {
@@ -778,9 +789,10 @@ impl Driver<'_> {
                     }
                 } else if now >= until {
                     let why = format!(
-                        "the peer did not catch up within {:?} ({lag} changes unacknowledged, session {}, peer generation {}, ours {})",
+                        "the peer did not catch up within {:?} ({lag} changes unacknowledged, session {}, peer {}, peer generation {}, ours {})",
                         DRAIN_TIMEOUT,
                         if connected { "up" } else { "down" },
+                        if alive { "heard" } else { "silent" },
                         peer.lineage.gen,
                         role.lineage().gen
                     );

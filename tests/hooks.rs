@@ -327,7 +327,8 @@ fn a_switchover_under_load_moves_the_address_and_loses_nothing() {
     }
     let _g = serial();
     let (mut lan, n) = setup("hks", 30_000);
-    let _a0 = start_auto(&mut lan, &n, 0);
+    let vip = lan.vip();
+    let a0 = start_auto(&mut lan, &n, 0);
     let _a1 = start_auto(&mut lan, &n, 1);
     let led = wait_for(Duration::from_secs(30), || lan.holders(&[0, 1]) == vec![0]);
     assert!(
@@ -426,6 +427,23 @@ fn a_switchover_under_load_moves_the_address_and_loses_nothing() {
             .any(|l| l.contains("reason=planned switchover")),
         "{hooks0:?}"
     );
+
+    // Node 0 (now the follower) dies: a switchover on node 1 cannot hand
+    // over (a peer silent for two heartbeats is not handed anything); node 1
+    // says so, serves again if it had fenced, and keeps leading.
+    lan.kill9(a0);
+    lan.port_state(0, 0);
+    std::thread::sleep(Duration::from_millis(1200));
+    let (ok, out) = syncd(&lan, 1, &["switchover", "--config", &n[1].cfg()]);
+    let unfenced = hook_log(&n[1])
+        .iter()
+        .any(|l| l.contains("reason=switchover abandoned"));
+    eprintln!("switchover without a live peer (un-fenced: {unfenced}): {out}");
+    assert!(!ok, "{out}");
+    assert!(out.contains("peer"), "{out}");
+    assert!(lan.has_addr(1, &vip), "node 1 keeps the address");
+    assert!(n[1].dir.join("serving").exists(), "node 1 serves again");
+    assert!(status(&lan, &n, 1).contains("pair role: leader"));
     if std::env::var_os("PAIR_LOGS").is_some() {
         lan.dump_logs();
     }

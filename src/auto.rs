@@ -282,7 +282,7 @@ pub async fn run(
                 if r.is_err() {
                     tracing::error!("VRRP stopped; stepping down");
                     d.stopping = true;
-                role.handle_shutdown(now());
+                    role.handle_shutdown(now());
                     d.apply(&mut role).await;
                     d.finish_hooks(&mut role).await;
                     break;
@@ -443,6 +443,11 @@ impl Driver<'_> {
                             "stopping the running service hook ({:?}): demoting",
                             p.after
                         );
+                        // An un-fence cut short may have served again: the
+                        // demote hook must run.
+                        if matches!(p.after, After::Unfence(_)) {
+                            self.fenced = false;
+                        }
                         p.task.abort();
                         let _ = p.task.await;
                     }

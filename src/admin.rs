@@ -184,3 +184,54 @@ async fn request(
         .to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn listen() -> (TcpListener, SocketAddr) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = l.local_addr().unwrap();
+        (l, a)
+    }
+
+    #[tokio::test]
+    async fn switchover_answers_travel_back_to_the_command() {
+        let (l, a) = listen().await;
+        let (tx, mut rx) = mpsc::channel::<oneshot::Sender<Result<String, String>>>(1);
+        let stats = Arc::new(Stats::new("auto", String::new()));
+        tokio::spawn(serve(
+            l,
+            stats,
+            Some((tx, std::time::Duration::from_secs(5))),
+        ));
+        tokio::spawn(async move {
+            let mut n = 0;
+            while let Some(reply) = rx.recv().await {
+                n += 1;
+                let _ = reply.send(if n == 1 {
+                    Ok("handed over".into())
+                } else {
+                    Err("the peer is not heard".into())
+                });
+            }
+        });
+        let (code, body) = post(a, "/switchover").await.unwrap();
+        assert_eq!((code, body.as_str()), (StatusCode::OK, "handed over\n"));
+        let (code, body) = post(a, "/switchover").await.unwrap();
+        assert_eq!(code, StatusCode::CONFLICT);
+        assert_eq!(body, "the peer is not heard\n");
+        // A GET is the status page, not a switchover.
+        assert!(fetch(a, "/status").await.unwrap().contains("role: auto"));
+        assert!(fetch(a, "/switchover").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn only_auto_nodes_take_a_switchover() {
+        let (l, a) = listen().await;
+        tokio::spawn(serve(l, Arc::new(Stats::default()), None));
+        let (code, body) = post(a, "/switchover").await.unwrap();
+        assert_eq!(code, StatusCode::NOT_FOUND);
+        assert!(body.contains("--role auto"), "{body}");
+    }
+}

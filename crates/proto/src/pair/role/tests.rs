@@ -340,6 +340,9 @@ struct SimNode {
     vrrp: bool,
     /// Role changes so far.
     changes: u64,
+    /// Its promote hook fails now; how often it did.
+    promote_fails: bool,
+    failed: u64,
 }
 
 /// A message between the two nodes over the replication path.
@@ -358,6 +361,10 @@ impl SimNode {
         while let Some(a) = r.poll_action() {
             match a {
                 Action::Persist { lineage, peer_seen } => self.disk = (lineage, peer_seen),
+                Action::Promote { .. } if self.promote_fails => {
+                    self.failed += 1;
+                    r.handle_promote_failed("promote hook failed", now)
+                }
                 Action::Promote { .. } => r.handle_promoted(now),
                 Action::Demote { .. } => r.handle_demoted(now),
                 Action::Ask { priority } => out.push(Msg::Ask(priority)),
@@ -399,12 +406,22 @@ fn settle(nodes: &mut [SimNode; 2], link: bool, now: Instant) {
 
 #[test]
 fn seeded_runs_never_have_two_leaders_while_a_path_is_up() {
+    let (mut handovers, mut failed) = (0, 0);
     for seed in 1..=2000u64 {
-        run_seed(seed);
+        let (h, f) = run_seed(seed);
+        handovers += h;
+        failed += f;
     }
+    // the runs do exercise both
+    assert!(
+        handovers > 100 && failed > 100,
+        "{handovers} hand-overs, {failed} failed promotions"
+    );
 }
 
-fn run_seed(seed: u64) {
+/// Returns the hand-overs begun and the promotions failed.
+fn run_seed(seed: u64) -> (u64, u64) {
+    let mut handovers = 0u64;
     let mut rng = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
     let t0 = Instant::now();
     let step = Duration::from_millis(500);
@@ -416,6 +433,8 @@ fn run_seed(seed: u64) {
         master: false,
         vrrp: false,
         changes: 0,
+        promote_fails: false,
+        failed: 0,
     });
     // bootstrap: A was forced once, B followed it
     nodes[0].disk.0 = synced(A);
@@ -454,6 +473,18 @@ fn run_seed(seed: u64) {
         }
         if faulty && rng.chance(3) {
             vrrp_up = !vrrp_up;
+        }
+        // service hooks that fail, and planned hand-overs
+        for n in nodes.iter_mut() {
+            n.promote_fails = faulty && rng.chance(5);
+        }
+        if faulty && rng.chance(3) {
+            let j = (rng.next_u64() % 2) as usize;
+            if let Some(r) = nodes[j].role.as_mut() {
+                handovers += u64::from(r.handle_handover(now));
+            }
+            let link = link_up;
+            settle(&mut nodes, link, now);
         }
         if faulty && rng.chance(3) {
             link_up = !link_up;
@@ -606,6 +637,8 @@ fn run_seed(seed: u64) {
             }
         }
     }
+    let failed = nodes.iter().map(|n| n.failed).sum();
+    (handovers, failed)
 }
 
 #[test]

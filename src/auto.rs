@@ -11,7 +11,13 @@
 //! - promotion (VRRP would make us master): the new generation is saved,
 //!   the replication source (`primary::run_with`) starts, *then* VRRP adds
 //!   the address (its `before_master` hook waits for us);
-//! - demotion: the source stops first, then the node follows.
+//! - demotion: the demote hook first (stop serving), then the source
+//!   stops, then the node follows;
+//! - hooks run as tasks whose results come back as events, so the peer
+//!   session and the standby are heard while a hook runs (`hooks.rs`);
+//! - a planned switchover (`POST /switchover` on the admin address): fence
+//!   (demote hook), drain, hand over ([`Role::handle_handover`]); un-fence
+//!   (promote hook) and keep leading if the hand-over cannot start.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +30,7 @@ use tokio::time::Instant;
 use crate::client::Session;
 use crate::config::Config;
 use crate::generation::{self, Record};
+use crate::hooks::{HookEnv, HookKind, HookRun, Outcome};
 use crate::standby::{Standby, StandbyError, StandbyEvent, StandbyHandle};
 use crate::stats::{unix_now, PairView, Stats};
 use crate::tls::Identity;
@@ -49,6 +56,56 @@ pub enum AutoError {
 
 /// A promotion the VRRP instance waits for before adding the address.
 type Waiter = oneshot::Sender<Result<(), String>>;
+
+/// A hook run in flight, and what its result continues.
+struct Pending {
+    after: After,
+    task: tokio::task::JoinHandle<HookRun>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum After {
+    /// Promotion: then the address (or, failed, the promotion is undone).
+    Promote,
+    /// Demotion: then the source stops.
+    Demote,
+    /// Switchover: writes fenced, then drain.
+    Fence,
+    /// Switchover abandoned (why): serving again, keep leading.
+    Unfence(String),
+}
+
+/// A switchover request from the admin endpoint; answered with what to
+/// print, or why it could not hand over.
+pub type SwitchoverReply = oneshot::Sender<Result<String, String>>;
+
+/// How long a demoting node keeps its source for the peer to adopt its
+/// generation.
+const ADOPT_WAIT: Duration = Duration::from_secs(10);
+
+/// How long the drain may take before the switchover gives up.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Fencing,
+    Draining,
+    HandingOver,
+    Unfencing,
+}
+
+struct Switch {
+    reply: Option<SwitchoverReply>,
+    phase: Phase,
+    fenced_at: Instant,
+    /// When the fence (demote hook) was done, and when the drain.
+    fenced: Option<Instant>,
+    drained: Option<Instant>,
+    /// Drained no earlier than this (changes made just before the fence
+    /// are still on their way from inotify and the batcher).
+    settle_until: Instant,
+    until: Instant,
+}
 
 /// The replication source while this node leads.
 struct Source {
@@ -83,8 +140,12 @@ pub async fn run(
     standby.events(ev_tx);
     let record = standby.handle();
     let stats = standby.stats();
+    let (switch_tx, mut switches) = mpsc::channel::<SwitchoverReply>(4);
     if let Some(a) = cfg.admin {
-        crate::admin::start(a, stats.clone())
+        // Long enough for a whole switchover: fence, drain, hand over or
+        // un-fence.
+        let longest = 2 * cfg.hooks.timeout + DRAIN_TIMEOUT + RoleConfig::default().handover_wait;
+        crate::admin::start_with(a, stats.clone(), Some((switch_tx, longest)))
             .await
             .map_err(|e| AutoError::Admin(a, e))?;
     }
@@ -108,6 +169,14 @@ pub async fn run(
         rec.peer_seen,
         std::time::Instant::now(),
     );
+
+    // A node that does not lead never serves the export read-write: stop
+    // serving before joining the election, whatever a previous run left.
+    if let Some(argv) = cfg.hooks.get(HookKind::Demote) {
+        let env = hook_env(&cfg, role.lineage(), "starting as a follower");
+        let r = crate::hooks::run(HookKind::Demote, argv, &env, cfg.hooks.timeout).await;
+        record_hook(&cfg, &stats, &r);
+    }
 
     // VRRP, gated by the role machine, adding the address only once promoted.
     let (gate_tx, gate_rx) = watch::channel(Some("starting".to_string()));
@@ -156,6 +225,12 @@ pub async fn run(
         heard: false,
         waiter: None,
         source: None,
+        hook: None,
+        fenced: false,
+        adopt_until: None,
+        stopping: false,
+        peer_fresh: None,
+        switch: None,
         last_change: "none".into(),
         why: "starting".into(),
     };
@@ -166,7 +241,36 @@ pub async fn run(
             Instant::from_std,
         );
         let now = || std::time::Instant::now();
+        let ticking = d.switch.is_some() || d.adopt_until.is_some();
         tokio::select! {
+            r = async {
+                match d.hook.as_mut() {
+                    Some(p) => (&mut p.task).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let after = d.hook.take().map(|p| p.after);
+                match (after, r) {
+                    (Some(after), Ok(run)) => d.on_hook(&mut role, after, run).await,
+                    (_, Err(e)) => tracing::error!("a service hook task ended: {e}"),
+                    (None, Ok(_)) => {}
+                }
+            }
+            Some(reply) = switches.recv() => d.start_switchover(&role, reply),
+            _ = async {
+                match d.waiter.as_mut() {
+                    Some(w) => w.closed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                // VRRP heard a better master while waiting for us and gave
+                // the mastership up: a promotion under way becomes a
+                // demotion once it is done (a leader without VRRP master).
+                tracing::info!("VRRP no longer waits for our promotion");
+                d.waiter = None;
+                role.handle_vrrp(false, now());
+            }
+            _ = tokio::time::sleep(Duration::from_millis(50)), if ticking => {}
             Some(e) = events.recv() => d.on_event(&mut role, e),
             Some(w) = wants.recv() => {
                 if let Some(old) = d.waiter.replace(w) {
@@ -177,8 +281,10 @@ pub async fn run(
             r = vrrp_state.changed() => {
                 if r.is_err() {
                     tracing::error!("VRRP stopped; stepping down");
+                    d.stopping = true;
                     role.handle_shutdown(now());
                     d.apply(&mut role).await;
+                    d.finish_hooks(&mut role).await;
                     break;
                 }
                 let master = vrrp_state.borrow().state == syncd_vrrp::State::Master;
@@ -199,11 +305,16 @@ pub async fn run(
                 role.handle_source_failed("it ended on its own (see the error above)", now());
             }
             _ = &mut shutdown => {
+                d.stopping = true;
                 role.handle_shutdown(now());
                 d.apply(&mut role).await;
+                d.finish_hooks(&mut role).await;
                 break;
             }
         }
+        d.apply(&mut role).await;
+        d.check_switchover(&mut role);
+        d.check_adopted(&mut role).await;
         d.apply(&mut role).await;
     }
     // Demoted above (source stopped). VRRP may be waiting on its hook: it
@@ -247,6 +358,19 @@ struct Driver<'a> {
     /// VRRP waiting for our promotion before it adds the address.
     waiter: Option<Waiter>,
     source: Option<Source>,
+    /// The service hook running now, if any.
+    hook: Option<Pending>,
+    /// Switchover: the demote hook ran while we still lead.
+    fenced: bool,
+    /// Demoting: the source runs on until the peer adopts our generation
+    /// (or this time), so it can take over.
+    adopt_until: Option<Instant>,
+    stopping: bool,
+    /// When the peer's state last arrived (a switchover hands over only to
+    /// a peer heard within two heartbeats, not one dead for less than the
+    /// heartbeat timeout).
+    peer_fresh: Option<Instant>,
+    switch: Option<Switch>,
     last_change: String,
     why: String,
 }
@@ -259,14 +383,17 @@ impl Driver<'_> {
                 node,
                 leading,
                 lineage,
-            } => role.handle_peer(
-                PeerState {
-                    node,
-                    lineage,
-                    leading,
-                },
-                now,
-            ),
+            } => {
+                self.peer_fresh = Some(Instant::now());
+                role.handle_peer(
+                    PeerState {
+                        node,
+                        lineage,
+                        leading,
+                    },
+                    now,
+                )
+            }
             StandbyEvent::Ask { priority } => role.handle_peer_ask(priority, now),
             StandbyEvent::Answer { grant } => role.handle_peer_answer(grant, now),
             StandbyEvent::PeerGone => role.handle_peer_lost(now),
@@ -300,25 +427,49 @@ impl Driver<'_> {
                 Action::Promote { gen } => {
                     tracing::info!(generation = %gen, "promoting: becoming the replication source");
                     self.source = Some(start_source(self.cfg, self.stats.clone()));
-                    // The service hooks (NFS export) will run here, before
-                    // the address; none are configured yet.
-                    role.handle_promoted(now);
+                    // Serve (NFS export) before the address; the answer
+                    // comes back as an event (`on_hook`).
+                    if !self.spawn_hook(HookKind::Promote, After::Promote, role, "promotion") {
+                        role.handle_promoted(now);
+                    }
                 }
                 Action::Demote { why } => {
                     tracing::info!("demoting: {why}");
-                    if let Some(mut s) = self.source.take() {
-                        let _ = s.stop.send(());
-                        if tokio::time::timeout(Duration::from_secs(15), &mut s.task)
-                            .await
-                            .is_err()
-                        {
-                            tracing::error!(
-                                "the replication source did not stop within 15 s; ending it"
-                            );
-                            s.task.abort();
+                    // A demotion overtakes a promotion (or a switchover)
+                    // still in its hook: that hook is killed (its task
+                    // dropped), then the demote hook undoes what it did.
+                    if let Some(p) = self.hook.take() {
+                        tracing::warn!(
+                            "stopping the running service hook ({:?}): demoting",
+                            p.after
+                        );
+                        // An un-fence cut short may have served again: the
+                        // demote hook must run.
+                        if matches!(p.after, After::Unfence(_)) {
+                            self.fenced = false;
+                        }
+                        p.task.abort();
+                        let _ = p.task.await;
+                    }
+                    if let Some(mut sw) = self.switch.take() {
+                        if let Some(r) = sw.reply.take() {
+                            if sw.phase != Phase::HandingOver {
+                                let _ = r.send(Err(format!(
+                                    "this node stopped leading during the switchover: {why}"
+                                )));
+                            } else {
+                                self.switch = Some(Switch {
+                                    reply: Some(r),
+                                    ..sw
+                                });
+                            }
                         }
                     }
-                    role.handle_demoted(now);
+                    // Stop serving first (unless the switchover's fence did).
+                    if self.fenced || !self.spawn_hook(HookKind::Demote, After::Demote, role, &why)
+                    {
+                        self.finish_demote(role).await;
+                    }
                 }
                 Action::Follow { preserve } => {
                     if preserve {
@@ -357,7 +508,9 @@ impl Driver<'_> {
             if let Some(w) = self.waiter.take() {
                 let _ = w.send(Ok(()));
             }
-        } else if !role.gate_open() || role.state() != RoleState::Follower {
+        } else if !role.gate_open()
+            || !matches!(role.state(), RoleState::Follower | RoleState::Promoting)
+        {
             if let Some(w) = self.waiter.take() {
                 let _ = w.send(Err(self.why.clone()));
             }
@@ -392,6 +545,310 @@ impl Driver<'_> {
             last_change: self.last_change.clone(),
         });
     }
+}
+
+impl Driver<'_> {
+    /// Starts the hook for `kind` as a task; `false` if none is configured.
+    fn spawn_hook(&mut self, kind: HookKind, after: After, role: &Role, why: &str) -> bool {
+        let Some(argv) = self.cfg.hooks.get(kind) else {
+            return false;
+        };
+        let argv = argv.to_vec();
+        let env = hook_env(self.cfg, role.lineage(), why);
+        let timeout = self.cfg.hooks.timeout;
+        let task = tokio::spawn(async move { crate::hooks::run(kind, &argv, &env, timeout).await });
+        self.hook = Some(Pending { after, task });
+        true
+    }
+
+    /// A hook finished: continue what it was part of.
+    async fn on_hook(&mut self, role: &mut Role, after: After, run: HookRun) {
+        record_hook(self.cfg, &self.stats, &run);
+        let now = std::time::Instant::now();
+        let failed = match &run.outcome {
+            Outcome::Ok => None,
+            _ => Some(run.to_string()),
+        };
+        match after {
+            After::Promote => match failed {
+                None => role.handle_promoted(now),
+                // Undone by the demotion this asks for: the demote hook,
+                // then the source stops; the gate stays closed a while so
+                // the peer keeps or takes the lead.
+                Some(why) => role.handle_promote_failed(&why, now),
+            },
+            After::Demote => {
+                if let Some(why) = failed {
+                    // Stepping down goes on: holding the address while we
+                    // may not lead would be worse than an export left up.
+                    tracing::error!("{why}; demoting anyway");
+                }
+                self.stop_source(role).await;
+            }
+            After::Fence => match failed {
+                None => {
+                    self.fenced = true;
+                    if let Some(sw) = self.switch.as_mut() {
+                        sw.phase = Phase::Draining;
+                        sw.fenced = Some(Instant::now());
+                    }
+                }
+                Some(why) => {
+                    self.fenced = true;
+                    self.unfence(role, format!("fencing writes failed: {why}"));
+                }
+            },
+            After::Unfence(why) => {
+                self.fenced = false;
+                let why = match failed {
+                    None => {
+                        format!("{why}; writes are served here again and this node keeps leading")
+                    }
+                    Some(f) => {
+                        // Leading without serving helps nobody: step down.
+                        role.handle_source_failed(
+                            &format!("un-fencing after a switchover failed: {f}"),
+                            now,
+                        );
+                        format!("{why}; un-fencing failed too ({f}), so this node steps down")
+                    }
+                };
+                self.reply_switch(Err(why));
+            }
+        }
+    }
+
+    /// Not serving any more: the source stops, unless the peer (heard, not
+    /// leading) has yet to adopt our generation: without it the peer could
+    /// never take over from us (our data would stay newer than its), so
+    /// the source runs on until then, bounded.
+    async fn stop_source(&mut self, role: &mut Role) {
+        if self.waits_for_adoption(role) {
+            tracing::info!(
+                "demoting: the source runs until the peer holds generation {} (at most {:?}), so it can take over",
+                role.lineage().gen,
+                ADOPT_WAIT
+            );
+            self.adopt_until = Some(Instant::now() + ADOPT_WAIT);
+            return;
+        }
+        self.finish_demote(role).await;
+    }
+
+    fn waits_for_adoption(&self, role: &Role) -> bool {
+        let gen = role.lineage().gen;
+        self.source.is_some()
+            && !self.stopping
+            && role
+                .peer()
+                .is_some_and(|p| !p.leading && p.lineage.gen != gen)
+    }
+
+    async fn check_adopted(&mut self, role: &mut Role) {
+        if let Some(t) = self.adopt_until {
+            if Instant::now() >= t || !self.waits_for_adoption(role) {
+                self.adopt_until = None;
+                self.finish_demote(role).await;
+            }
+        }
+    }
+
+    /// The source stops; the node follows.
+    async fn finish_demote(&mut self, role: &mut Role) {
+        if let Some(mut s) = self.source.take() {
+            let _ = s.stop.send(());
+            if tokio::time::timeout(Duration::from_secs(15), &mut s.task)
+                .await
+                .is_err()
+            {
+                tracing::error!("the replication source did not stop within 15 s; ending it");
+                s.task.abort();
+            }
+        }
+        self.fenced = false;
+        role.handle_demoted(std::time::Instant::now());
+    }
+
+    /// Stopping: let a demotion's hook finish (it is bounded by its timeout).
+    async fn finish_hooks(&mut self, role: &mut Role) {
+        while let Some(p) = self.hook.take() {
+            let after = p.after.clone();
+            if let Ok(run) = p.task.await {
+                self.on_hook(role, after, run).await;
+            }
+            self.apply(role).await;
+        }
+        if self.adopt_until.take().is_some() {
+            self.finish_demote(role).await;
+            self.apply(role).await;
+        }
+        self.reply_switch(Err("this node is shutting down".into()));
+    }
+
+    fn reply_switch(&mut self, r: Result<String, String>) {
+        if let Some(mut sw) = self.switch.take() {
+            if let Err(e) = &r {
+                tracing::warn!("switchover failed: {e}");
+            }
+            if let Some(reply) = sw.reply.take() {
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    /// `syncd switchover`: checks it can begin, then fences writes.
+    fn start_switchover(&mut self, role: &Role, reply: SwitchoverReply) {
+        let refuse = if self.switch.is_some() {
+            Some("a switchover is already under way".to_string())
+        } else if role.state() != RoleState::Leader {
+            Some(format!(
+                "this node does not lead (it is {}); run `syncd switchover` on the leader",
+                role.state()
+            ))
+        } else if role.peer().is_none() {
+            Some("the peer is not heard: there is nobody to hand over to".to_string())
+        } else if self.hook.is_some() {
+            Some("a service hook is running; try again".to_string())
+        } else {
+            None
+        };
+        if let Some(why) = refuse {
+            tracing::warn!("switchover refused: {why}");
+            let _ = reply.send(Err(why));
+            return;
+        }
+        let now = Instant::now();
+        tracing::info!("switchover: fencing writes (demote hook)");
+        let settle = self.cfg.sync.batch.max_delay + Duration::from_millis(200);
+        self.switch = Some(Switch {
+            reply: Some(reply),
+            phase: Phase::Fencing,
+            fenced_at: now,
+            fenced: None,
+            drained: None,
+            settle_until: now + settle,
+            until: now + DRAIN_TIMEOUT,
+        });
+        if !self.spawn_hook(HookKind::Demote, After::Fence, role, "planned switchover") {
+            self.fenced = true;
+            if let Some(sw) = self.switch.as_mut() {
+                sw.phase = Phase::Draining;
+                sw.fenced = Some(now);
+            }
+        }
+    }
+
+    /// The switchover gives up before handing over: serve again.
+    fn unfence(&mut self, role: &Role, why: String) {
+        tracing::warn!("switchover: {why}; un-fencing");
+        if let Some(sw) = self.switch.as_mut() {
+            sw.phase = Phase::Unfencing;
+        }
+        if role.state() != RoleState::Leader
+            || !self.spawn_hook(
+                HookKind::Promote,
+                After::Unfence(why.clone()),
+                role,
+                "switchover abandoned",
+            )
+        {
+            self.fenced = false;
+            self.reply_switch(Err(format!("{why}; this node keeps leading")));
+        }
+    }
+
+    /// Drives a switchover from what is known now.
+    fn check_switchover(&mut self, role: &mut Role) {
+        let Some((phase, settle_until, until, fenced_at)) = self
+            .switch
+            .as_ref()
+            .map(|sw| (sw.phase, sw.settle_until, sw.until, sw.fenced_at))
+        else {
+            return;
+        };
+        let now = Instant::now();
+        match phase {
+            Phase::Fencing | Phase::Unfencing => {}
+            Phase::Draining => {
+                use std::sync::atomic::Ordering::Relaxed;
+                let Some(peer) = role.peer().cloned() else {
+                    self.unfence(role, "the peer was lost while draining".into());
+                    return;
+                };
+                let lag = self.stats.lag_ops.load(Relaxed) + self.stats.queue.load(Relaxed);
+                let connected = self.stats.connected_since.load(Relaxed) > 0;
+                let adopted = peer.lineage.gen == role.lineage().gen;
+                let alive = self
+                    .peer_fresh
+                    .is_some_and(|t| now.duration_since(t) <= 2 * self.cfg.pair.heartbeat);
+                // The source's stop ships what is left; a session that is down
+                // shows as lag (changes unacknowledged), not as drained.
+                if now >= settle_until && lag == 0 && adopted && alive {
+                    if role.handle_handover(now.into_std()) {
+                        tracing::info!("switchover: drained; handing over to peer {}", peer.node);
+                        if let Some(sw) = self.switch.as_mut() {
+                            sw.phase = Phase::HandingOver;
+                            sw.drained = Some(now);
+                            sw.until = now + RoleConfig::default().handover_wait;
+                        }
+                    }
+                } else if now >= until {
+                    let why = format!(
+                        "the peer did not catch up within {:?} ({lag} changes unacknowledged, session {}, peer {}, peer generation {}, ours {})",
+                        DRAIN_TIMEOUT,
+                        if connected { "up" } else { "down" },
+                        if alive { "heard" } else { "silent" },
+                        peer.lineage.gen,
+                        role.lineage().gen
+                    );
+                    self.unfence(role, why);
+                }
+            }
+            Phase::HandingOver => {
+                if let Some(p) = role.peer().filter(|p| p.leading) {
+                    let ms = now.duration_since(fenced_at).as_millis();
+                    let (f, d) = self
+                        .switch
+                        .as_ref()
+                        .map_or((None, None), |sw| (sw.fenced, sw.drained));
+                    let at = |t: Option<Instant>| {
+                        t.map_or(0, |t| t.duration_since(fenced_at).as_millis())
+                    };
+                    let msg = format!(
+                        "handed over to peer {} (generation {}); writes were unavailable for {ms} ms (fence to the peer leading: fenced after {} ms, drained after {} ms)",
+                        p.node,
+                        p.lineage.gen,
+                        at(f),
+                        at(d)
+                    );
+                    tracing::info!("switchover: {msg}");
+                    role_log(self.cfg, &format!("{} switchover: {msg}", unix_now()));
+                    self.reply_switch(Ok(msg));
+                } else if now >= until {
+                    self.reply_switch(Err(format!(
+                        "handed over, but the peer did not lead within {:?}; this node follows the pair's rules again (it may lead again)",
+                        RoleConfig::default().handover_wait
+                    )));
+                }
+            }
+        }
+    }
+}
+
+fn hook_env(cfg: &Config, lineage: &Lineage, why: &str) -> HookEnv {
+    HookEnv {
+        export: cfg.export.display().to_string(),
+        export_id: cfg.export_id.clone(),
+        node: cfg.node_id.clone(),
+        generation: lineage.gen.to_string(),
+        reason: why.to_string(),
+    }
+}
+
+/// Counts a hook run and writes it to the role log.
+fn record_hook(cfg: &Config, stats: &Stats, r: &HookRun) {
+    stats.record_hook(r);
+    role_log(cfg, &format!("{} hook: {r}", unix_now()));
 }
 
 /// Starts `primary::run_with` (it continues the generation just saved).

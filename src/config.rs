@@ -41,6 +41,9 @@ struct Raw {
     vrrp: Vec<syncd_vrrp::config::VrrpConfig>,
     #[serde(default)]
     pair: RawPair,
+    /// `--role auto`: service hooks (see `hooks.rs`).
+    #[serde(default)]
+    hooks: crate::hooks::RawHooks,
 }
 
 #[derive(Deserialize, Debug)]
@@ -205,6 +208,7 @@ pub struct Config {
     /// `[[vrrp]]` as written (validated at load).
     pub vrrp: Vec<syncd_vrrp::config::VrrpConfig>,
     pub pair: PairOptions,
+    pub hooks: crate::hooks::HookOptions,
 }
 
 impl Config {
@@ -381,6 +385,7 @@ impl Config {
                 default_heartbeat_ms()
             )));
         }
+        let hooks = crate::hooks::validate(&raw.hooks).map_err(&err)?;
         let pair = PairOptions {
             heartbeat: ms(rp.heartbeat_ms),
             heartbeat_timeout: ms(rp.heartbeat_timeout_ms),
@@ -411,6 +416,7 @@ impl Config {
             },
             vrrp: raw.vrrp,
             pair,
+            hooks,
         })
     }
 
@@ -648,6 +654,32 @@ mod tests {
         }
         write(&f, BASE);
         Config::load(&f).unwrap();
+    }
+
+    #[test]
+    fn bad_hooks_are_config_errors() {
+        let (_d, f) = setup();
+        write(
+            &f,
+            &format!("{BASE}[hooks]\npromote = [\"exportfs\", \"-a\"]\n"),
+        );
+        let e = Config::load(&f).unwrap_err().to_string();
+        assert!(
+            e.contains("syncd.toml: hooks.promote:") && e.contains("absolute path"),
+            "{e}"
+        );
+        write(
+            &f,
+            &format!(
+                "{BASE}[hooks]\ndemote = [\"/bin/sh\", \"-c\", \"true\"]\ntimeout_ms = 5000\n"
+            ),
+        );
+        let c = Config::load(&f).unwrap();
+        assert_eq!(c.hooks.timeout, std::time::Duration::from_secs(5));
+        assert!(c.hooks.promote.is_none());
+        write(&f, &format!("{BASE}[hooks]\ntimeout = 5\n"));
+        let e = Config::load(&f).unwrap_err().to_string();
+        assert!(e.contains("timeout"), "{e}");
     }
 
     #[test]

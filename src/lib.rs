@@ -14,6 +14,7 @@ pub mod delta;
 pub mod demo;
 pub mod fsroot;
 pub mod generation;
+pub mod hooks;
 pub mod index;
 pub mod lease;
 pub mod migrate;

@@ -166,6 +166,11 @@ enum Cmd {
         #[arg(long)]
         metrics: bool,
     },
+    /// Planned hand-over (`--role auto`): on the leader, fence writes (demote
+    /// hook), drain to the peer, hand the address over; prints how long
+    /// writes were unavailable. Exits 1 if it could not hand over (the
+    /// leader then serves again and keeps leading).
+    Switchover,
     /// Self-contained demo on loopback: generated tree, certificates, a standby, a resync.
     Demo {
         /// Where to put the demo (default: a new temporary directory).
@@ -495,6 +500,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let text = runtime()?.block_on(syncd::admin::fetch(admin, path))?;
             print!("{text}");
             Ok(ExitCode::SUCCESS)
+        }
+        Some(Cmd::Switchover) => {
+            let cfg = load(&cli.config)?;
+            let Some(admin) = cfg.admin else {
+                bail!(
+                    "{}: admin: missing; set admin = \"127.0.0.1:7401\" (the switchover is asked there)",
+                    cfg.file.display()
+                )
+            };
+            let (code, text) = runtime()?.block_on(syncd::admin::post(admin, "/switchover"))?;
+            if code.is_success() {
+                print!("{text}");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprint!("syncd: switchover not done: {text}");
+                Ok(ExitCode::from(1))
+            }
         }
         Some(Cmd::Demo {
             dir,

@@ -57,7 +57,20 @@ pub struct Stats {
     pub role_changes: AtomicU64,
     /// This node's generation, and the peer's as last heard.
     pub generation: Mutex<(Lineage, Option<Lineage>)>,
+    /// Service hook runs (`--role auto`).
+    pub hooks: Mutex<HookStats>,
 }
+
+/// Runs per hook (promote, demote) and result (ok, failed, timeout), and
+/// the last run of each: (result, milliseconds, unix time).
+#[derive(Debug, Default, Clone)]
+pub struct HookStats {
+    pub runs: [[u64; 3]; 2],
+    pub last: [Option<(&'static str, u64, u64)>; 2],
+}
+
+const HOOKS: [&str; 2] = ["promote", "demote"];
+const RESULTS: [&str; 3] = ["ok", "failed", "timeout"];
 
 /// What `--role auto` shows of the pair.
 #[derive(Debug, Clone, Default)]
@@ -96,6 +109,15 @@ impl Stats {
 
     pub fn set_pair(&self, v: PairView) {
         *self.pair.lock().unwrap_or_else(|p| p.into_inner()) = Some(v);
+    }
+
+    pub fn record_hook(&self, r: &crate::hooks::HookRun) {
+        let h = usize::from(r.kind == crate::hooks::HookKind::Demote);
+        let label = r.outcome.label();
+        let k = RESULTS.iter().position(|x| *x == label).unwrap_or(1);
+        let mut st = self.hooks.lock().unwrap_or_else(|p| p.into_inner());
+        st.runs[h][k] += 1;
+        st.last[h] = Some((label, r.took.as_millis() as u64, unix_now()));
     }
 
     /// Our generation, and the peer's when it is known (`None` keeps it).
@@ -294,6 +316,27 @@ impl Stats {
         for (name, help, v) in self.gauges() {
             let _ = writeln!(s, "# HELP syncd_{name} {help}\n# TYPE syncd_{name} gauge\nsyncd_{name}{{role=\"{}\"}} {v}", self.role);
         }
+        let h = self.hooks.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let _ = writeln!(s, "# HELP syncd_hook_runs_total service hook runs (--role auto)\n# TYPE syncd_hook_runs_total counter");
+        for (i, hook) in HOOKS.iter().enumerate() {
+            for (k, result) in RESULTS.iter().enumerate() {
+                let _ = writeln!(
+                    s,
+                    "syncd_hook_runs_total{{role=\"{}\",hook=\"{hook}\",result=\"{result}\"}} {}",
+                    self.role, h.runs[i][k]
+                );
+            }
+        }
+        let _ = writeln!(s, "# HELP syncd_hook_last_duration_seconds duration of the last run of each service hook\n# TYPE syncd_hook_last_duration_seconds gauge");
+        for (i, hook) in HOOKS.iter().enumerate() {
+            let ms = h.last[i].map_or(0, |l| l.1);
+            let _ = writeln!(
+                s,
+                "syncd_hook_last_duration_seconds{{role=\"{}\",hook=\"{hook}\"}} {}",
+                self.role,
+                ms as f64 / 1e3
+            );
+        }
         s
     }
 
@@ -319,6 +362,18 @@ impl Stats {
             );
             let _ = writeln!(s, "data: {}", p.data);
             let _ = writeln!(s, "last role change: {}", p.last_change);
+            let h = self.hooks.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            for (i, hook) in HOOKS.iter().enumerate() {
+                let r = h.runs[i];
+                let last = h.last[i].map_or("never run".to_string(), |(res, ms, at)| {
+                    format!("last {res} in {ms} ms at {at} (unix)")
+                });
+                let _ = writeln!(
+                    s,
+                    "{hook} hook: ok {}, failed {}, timeout {}; {last}",
+                    r[0], r[1], r[2]
+                );
+            }
         }
         let _ = writeln!(
             s,
@@ -387,5 +442,20 @@ mod tests {
         assert!(st.contains("lag: 2 operations, 0 bytes, 90."), "{st}");
         assert!(st.contains("last error: ") && st.contains("boom"));
         assert!(st.contains("connected since: not connected"));
+        s.record_hook(&crate::hooks::HookRun {
+            kind: crate::hooks::HookKind::Demote,
+            outcome: crate::hooks::Outcome::TimedOut,
+            took: std::time::Duration::from_millis(1500),
+        });
+        let m = s.prometheus();
+        assert!(
+            m.contains(
+                "syncd_hook_runs_total{role=\"primary\",hook=\"demote\",result=\"timeout\"} 1\n"
+            ),
+            "{m}"
+        );
+        assert!(
+            m.contains("syncd_hook_last_duration_seconds{role=\"primary\",hook=\"demote\"} 1.5\n")
+        );
     }
 }

@@ -6,89 +6,13 @@
 #[path = "../crates/vrrp/tests/common/mod.rs"]
 mod netns;
 
-use std::path::{Path, PathBuf};
+#[path = "common/auto.rs"]
+mod auto;
+
 use std::time::Duration;
 
+use auto::{bootstrap, nodes, same, start_auto, status, syncd, Node, SYNCD};
 use netns::{can_run, mdi, serial, wait_for, Lan};
-
-const SYNCD: &str = env!("CARGO_BIN_EXE_syncd");
-
-struct Node {
-    dir: PathBuf,
-}
-
-impl Node {
-    fn export(&self) -> PathBuf {
-        self.dir.join("export")
-    }
-    fn config(&self) -> PathBuf {
-        self.dir.join("node.toml")
-    }
-}
-
-/// Two nodes' directories, keys and `--role auto` configs (prio 150 / 100).
-fn nodes(lan: &Lan) -> [Node; 2] {
-    let dirs: Vec<PathBuf> = (0..2).map(|i| lan.path(&format!("node{i}"))).collect();
-    for (i, d) in dirs.iter().enumerate() {
-        std::fs::create_dir_all(d.join("export")).unwrap();
-        syncd::tls::keygen(&d.join("keys"), &format!("node{i}")).unwrap();
-    }
-    for i in 0..2 {
-        let other = 1 - i;
-        let prio = if i == 0 { 150 } else { 100 };
-        let cfg = format!(
-            "export = \"export\"\nlisten = \"{me}:7400\"\npeer = \"{peer}:7400\"\nadmin = \"127.0.0.1:7401\"\n\
-             cert = \"keys/node.crt\"\nkey = \"keys/node.key\"\npeer_cert = \"{pc}\"\n\
-             [pair]\npeer_wait_secs = 3\nunsure_wait_secs = 30\n\
-             [[vrrp]]\nname = \"VI_NFS\"\ninterface = \"eth0\"\nvrid = 61\npriority = {prio}\nadvert_int = 1\nversion = 3\nvirtual_ips = [\"{vip}/24\"]\n",
-            me = lan.ip(i),
-            peer = lan.ip(other),
-            pc = dirs[other].join("keys/node.crt").display(),
-            vip = lan.vip(),
-        );
-        std::fs::write(dirs[i].join("node.toml"), cfg).unwrap();
-    }
-    let mut it = dirs.into_iter().map(|dir| Node { dir });
-    [it.next().unwrap(), it.next().unwrap()]
-}
-
-/// `syncd ARGS` in node `i`'s namespace; (success, output).
-fn syncd(lan: &Lan, i: usize, args: &[&str]) -> (bool, String) {
-    let o = std::process::Command::new("ip")
-        .args(["netns", "exec", lan.ns(i), SYNCD])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        o.status.success(),
-        String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr),
-    )
-}
-
-fn status(lan: &Lan, n: &[Node; 2], i: usize) -> String {
-    syncd(
-        lan,
-        i,
-        &["status", "--config", n[i].config().to_str().unwrap()],
-    )
-    .1
-}
-
-fn start_auto(lan: &mut Lan, n: &[Node; 2], i: usize) -> usize {
-    let cfg = n[i].config();
-    lan.start(
-        i,
-        "auto",
-        SYNCD,
-        &["--role", "auto", "--config", cfg.to_str().unwrap()],
-    )
-}
-
-fn same(a: &Path, b: &Path, name: &str) -> bool {
-    std::fs::read(a.join(name))
-        .ok()
-        .is_some_and(|x| std::fs::read(b.join(name)).ok() == Some(x))
-}
 
 #[test]
 fn the_pair_fails_over_and_back_without_losing_a_file() {
@@ -103,32 +27,7 @@ fn the_pair_fails_over_and_back_without_losing_a_file() {
 
     // Bootstrap as an existing primary/standby pair would be: one resync.
     std::fs::write(n[0].export().join("seed.txt"), b"seed").unwrap();
-    let sb = lan.start(
-        1,
-        "standby",
-        SYNCD,
-        &[
-            "--role",
-            "standby",
-            "--config",
-            n[1].config().to_str().unwrap(),
-        ],
-    );
-    assert!(
-        wait_for(Duration::from_secs(10), || lan
-            .log(sb)
-            .contains("standby listening"))
-        .is_some(),
-        "{}",
-        lan.log(sb)
-    );
-    let (ok, out) = syncd(
-        &lan,
-        0,
-        &["resync", "--config", n[0].config().to_str().unwrap()],
-    );
-    assert!(ok, "bootstrap resync: {out}");
-    lan.term(sb);
+    bootstrap(&mut lan, &n);
 
     // Both in auto: the higher priority leads, the other follows.
     let a0 = start_auto(&mut lan, &n, 0);
@@ -417,37 +316,6 @@ fn a_primary_standby_pair_moves_to_auto_without_a_resync() {
         assert!(ok, "{list}");
         assert!(!list.contains(".txt"), "node {i} kept conflicts: {list}");
     }
-}
-
-/// Bootstraps the lab's pair (one resync from node 0), as an existing pair.
-fn bootstrap(lan: &mut Lan, n: &[Node; 2]) {
-    std::fs::write(n[0].export().join("seed.txt"), b"seed").unwrap();
-    let sb = lan.start(
-        1,
-        "standby",
-        SYNCD,
-        &[
-            "--role",
-            "standby",
-            "--config",
-            n[1].config().to_str().unwrap(),
-        ],
-    );
-    assert!(
-        wait_for(Duration::from_secs(10), || lan
-            .log(sb)
-            .contains("standby listening"))
-        .is_some(),
-        "{}",
-        lan.log(sb)
-    );
-    let (ok, out) = syncd(
-        lan,
-        0,
-        &["resync", "--config", n[0].config().to_str().unwrap()],
-    );
-    assert!(ok, "bootstrap resync: {out}");
-    assert_eq!(lan.term(sb), Some(0));
 }
 
 /// Watches the address for `d`: never on both nodes. Returns the holders

@@ -152,8 +152,10 @@ pub struct Hooks {
     /// `Some(reason)`: the embedder forbids this node to hold the address
     /// now; the instance is held in FAULT (a master resigns first).
     pub gate: Option<watch::Receiver<Option<String>>>,
-    /// Awaited before the addresses are added on becoming master; an error
-    /// leaves them off (the embedder is expected to close the gate).
+    /// Run (as a task) before the addresses are added on becoming master;
+    /// meanwhile the instance advertises and hears adverts as master, and a
+    /// better master cancels it (the future is dropped). An error leaves
+    /// the addresses off: the instance resigns and goes back to BACKUP.
     pub before_master: Option<BeforeMaster>,
 }
 
@@ -303,9 +305,13 @@ pub async fn run(
     };
     let (notifier, notify_task) = Notifier::spawn(name.clone(), hooks);
 
+    let mut mc = cfg.machine_config(src);
+    // The embedder's promotion may take a while (service hooks): the
+    // instance runs on meanwhile, as master without its addresses.
+    mc.confirm_master = before_master.is_some();
     let mut shell = Shell {
         cfg: &cfg,
-        machine: Machine::new(cfg.machine_config(src)),
+        machine: Machine::new(mc),
         sock: &sock,
         announcer: &announcer,
         net: &net,
@@ -317,6 +323,7 @@ pub async fn run(
         status: &status,
         notifier: &notifier,
         before_master,
+        confirm: None,
     };
     tracing::info!(
         instance = %name, interface = %cfg.interface, vrid = cfg.vrid, priority = cfg.priority,
@@ -347,6 +354,19 @@ pub async fn run(
                 }
             } => {
                 shell.machine.handle_timeout(std::time::Instant::now());
+            }
+            r = async {
+                match shell.confirm.as_mut() {
+                    Some(t) => t.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                shell.confirm = None;
+                let r = r.unwrap_or_else(|e| Err(format!("the promotion task ended: {e}")));
+                if let Err(why) = &r {
+                    tracing::warn!(instance = %name, "not taking the virtual addresses: {why}");
+                }
+                let _ = shell.machine.handle_event(std::time::Instant::now(), Event::MasterConfirmed(r));
             }
             r = sock.recv() => {
                 if shell.on_packet(r).is_err() {
@@ -411,6 +431,8 @@ struct Shell<'a> {
     status: &'a watch::Sender<InstanceStatus>,
     notifier: &'a Notifier,
     before_master: Option<BeforeMaster>,
+    /// The embedder's promotion in flight ([`Action::ConfirmMaster`]).
+    confirm: Option<tokio::task::JoinHandle<Result<(), String>>>,
 }
 
 impl Shell<'_> {
@@ -500,8 +522,6 @@ impl Shell<'_> {
     }
 
     async fn drain(&mut self) {
-        // Set when the embedder refused the addresses: nothing to announce.
-        let mut refused = false;
         while let Some(a) = self.machine.poll_action() {
             match a {
                 Action::SendAdvert { priority } => {
@@ -521,16 +541,26 @@ impl Shell<'_> {
                         }
                     }
                 }
-                Action::AddAddresses => {
-                    if let Some(hook) = &self.before_master {
-                        // The embedder's promotion comes first (e.g. become
-                        // the replication source, export NFS), then the address.
-                        if let Err(why) = hook().await {
-                            tracing::warn!(instance = %self.cfg.name, "not taking the virtual addresses: {why}");
-                            refused = true;
-                            continue;
-                        }
+                Action::ConfirmMaster => {
+                    // The embedder's promotion comes first (e.g. become the
+                    // replication source, export NFS), then the address; it
+                    // runs as a task so adverts are still sent and heard.
+                    if let Some(old) = self.confirm.take() {
+                        old.abort();
                     }
+                    let fut = match &self.before_master {
+                        Some(hook) => hook(),
+                        None => Box::pin(async { Ok(()) }),
+                    };
+                    self.confirm = Some(tokio::spawn(fut));
+                }
+                Action::CancelConfirm => {
+                    if let Some(t) = self.confirm.take() {
+                        tracing::info!(instance = %self.cfg.name, "left MASTER before the promotion finished; cancelling it");
+                        t.abort();
+                    }
+                }
+                Action::AddAddresses => {
                     let r = self.add_all().await;
                     // The machine decides: a master without its VIPs goes FAULT.
                     let _ = self
@@ -549,7 +579,6 @@ impl Shell<'_> {
                         .handle_event(std::time::Instant::now(), Event::AddressResult(r));
                 }
                 Action::RemoveAddresses => self.remove_all().await,
-                Action::Announce { .. } if refused => {}
                 Action::Announce { count } => match self.announcer.announce(&self.vip_addrs, count)
                 {
                     Ok(n) => {

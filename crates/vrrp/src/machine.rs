@@ -76,6 +76,11 @@ pub struct MachineConfig {
     pub garp_delay: Duration,
     /// Periodic refresh (keepalived `garp_master_refresh`, default off).
     pub garp_refresh: Option<Duration>,
+    /// An embedder confirms each mastership before the addresses are added
+    /// ([`Action::ConfirmMaster`]); meanwhile the machine runs on as master
+    /// without them: it advertises, hears adverts, and yields to a better
+    /// master (which cancels the confirmation).
+    pub confirm_master: bool,
 }
 
 impl MachineConfig {
@@ -102,6 +107,7 @@ impl MachineConfig {
             garp_repeat: 5,
             garp_delay: Duration::from_secs(5),
             garp_refresh: None,
+            confirm_master: false,
         }
     }
 }
@@ -128,6 +134,9 @@ pub enum Event {
     /// Outcome of [`Action::AddAddresses`] or [`Action::ProbeAddresses`]:
     /// `Err` carries the cause (e.g. the netlink error) for the log.
     AddressResult(Result<(), String>),
+    /// The embedder's answer to [`Action::ConfirmMaster`]: `Err(why)`
+    /// refuses the mastership (we resign and go back to BACKUP).
+    MasterConfirmed(Result<(), String>),
 }
 
 /// Output of the machine; the I/O layer performs these in order.
@@ -144,6 +153,12 @@ pub enum Action {
     ProbeAddresses,
     /// Send `count` gratuitous ARPs / unsolicited NAs for every virtual address.
     Announce { count: u32 },
+    /// Ask the embedder to confirm this mastership (`confirm_master`);
+    /// answer with [`Event::MasterConfirmed`]. The addresses and the
+    /// announcements wait for it.
+    ConfirmMaster,
+    /// The confirmation asked for is moot (we left MASTER): stop it.
+    CancelConfirm,
     /// A state change, with its reason (to log, notify and publish).
     Transition {
         from: State,
@@ -208,6 +223,8 @@ pub struct Machine {
     last_reannounce: Option<Instant>,
     master_ip: Option<IpAddr>,
     started: bool,
+    /// MASTER, waiting for [`Event::MasterConfirmed`]: no addresses yet.
+    confirming: bool,
     actions: VecDeque<Action>,
 }
 
@@ -230,6 +247,7 @@ impl Machine {
             last_reannounce: None,
             master_ip: None,
             started: false,
+            confirming: false,
             actions: VecDeque::new(),
         }
     }
@@ -304,8 +322,17 @@ impl Machine {
         .min()
     }
 
+    /// MASTER with the addresses (not waiting for a confirmation).
+    pub fn holds_addresses(&self) -> bool {
+        self.state == State::Master && !self.confirming
+    }
+
     fn transition(&mut self, to: State, reason: String) {
         let from = self.state;
+        if from == State::Master && to != State::Master && self.confirming {
+            self.confirming = false;
+            self.actions.push_back(Action::CancelConfirm);
+        }
         self.state = to;
         if to != State::Backup {
             self.preempt_at = None;
@@ -318,17 +345,42 @@ impl Machine {
         self.actions.push_back(Action::SendAdvert {
             priority: self.effective_priority(),
         });
+        if self.cfg.confirm_master {
+            self.confirming = true;
+            self.actions.push_back(Action::ConfirmMaster);
+        } else {
+            self.add_and_announce(now);
+        }
+        self.adver_timer = Some(now + self.cfg.advert_int);
+        self.master_down_timer = None;
+        self.master_adver_interval = self.cfg.advert_int;
+        self.master_ip = Some(self.cfg.primary_ip);
+        self.transition(State::Master, reason);
+    }
+
+    fn add_and_announce(&mut self, now: Instant) {
         self.actions.push_back(Action::AddAddresses);
         self.actions.push_back(Action::Announce {
             count: self.cfg.garp_repeat,
         });
-        self.adver_timer = Some(now + self.cfg.advert_int);
-        self.master_down_timer = None;
         self.garp_delay_timer = (!self.cfg.garp_delay.is_zero()).then(|| now + self.cfg.garp_delay);
         self.garp_refresh_timer = self.cfg.garp_refresh.map(|r| now + r);
-        self.master_adver_interval = self.cfg.advert_int;
-        self.master_ip = Some(self.cfg.primary_ip);
-        self.transition(State::Master, reason);
+    }
+
+    fn on_confirmed(&mut self, now: Instant, r: Result<(), String>) {
+        if self.state != State::Master || !self.confirming {
+            return; // cancelled meanwhile: a stale answer
+        }
+        self.confirming = false;
+        match r {
+            Ok(()) => self.add_and_announce(now),
+            Err(why) => {
+                // Let a backup take over after Skew_Time; try again only
+                // after a whole Master_Down_Interval without a master.
+                self.leave_master_resigning();
+                self.become_backup(now, format!("mastership refused: {why}"));
+            }
+        }
     }
 
     fn become_backup(&mut self, now: Instant, reason: String) {
@@ -466,6 +518,10 @@ impl Machine {
             Event::Advert { src, ttl, advert } => self.on_advert(now, src, ttl, advert),
             Event::AddressResult(r) => {
                 self.on_address_result(now, r);
+                Ok(())
+            }
+            Event::MasterConfirmed(r) => {
+                self.on_confirmed(now, r);
                 Ok(())
             }
         }
@@ -608,9 +664,10 @@ impl Machine {
                     self.actions
                         .push_back(Action::SendAdvert { priority: ours });
                     self.adver_timer = Some(now + self.cfg.advert_int);
-                    let due = self
-                        .last_reannounce
-                        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+                    let due = !self.confirming
+                        && self
+                            .last_reannounce
+                            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
                     if due {
                         self.last_reannounce = Some(now);
                         self.actions.push_back(Action::Announce {

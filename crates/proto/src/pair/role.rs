@@ -25,6 +25,11 @@
 //! run the promote hook, *then* the address ([`Action::Promote`], answered
 //! by [`Role::handle_promoted`]). Demotion: the demote hook first, stop
 //! sending, follow ([`Action::Demote`]).
+//!
+//! Planned switchover ([`Role::handle_handover`]): once the shell has fenced
+//! writes and the peer holds our whole generation, the leader steps down,
+//! keeps out of the election and consents to the peer's promotion (though
+//! it led the generation), until the peer leads or `handover_wait` ends.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -47,6 +52,9 @@ pub struct RoleConfig {
     pub unsure_wait: Duration,
     /// After a failed promotion, how long the gate stays closed.
     pub promote_retry: Duration,
+    /// A planned hand-over: how long the former leader stays out of the
+    /// election waiting for the peer to lead.
+    pub handover_wait: Duration,
 }
 
 impl Default for RoleConfig {
@@ -57,6 +65,7 @@ impl Default for RoleConfig {
             peer_wait: Duration::from_secs(10),
             unsure_wait: Duration::from_secs(60),
             promote_retry: Duration::from_secs(10),
+            handover_wait: Duration::from_secs(10),
         }
     }
 }
@@ -160,6 +169,8 @@ pub struct Role {
     recheck: Option<Instant>,
     /// The generation we were told to follow (one `Follow` per generation).
     following: Option<Generation>,
+    /// Handing over (planned switchover) until then, or until the peer leads.
+    handing_over: Option<Instant>,
     gate: Option<bool>,
     actions: VecDeque<Action>,
     changes: VecDeque<RoleChange>,
@@ -194,6 +205,7 @@ impl Role {
             heard: false,
             recheck: None,
             following: None,
+            handing_over: None,
             gate: None,
             actions: VecDeque::new(),
             changes: VecDeque::new(),
@@ -236,6 +248,9 @@ impl Role {
             self.peer_seen = Some(peer.lineage.gen);
             self.persist();
         }
+        if peer.leading {
+            self.handing_over = None;
+        }
         self.peer = Some(peer);
         self.peer_heard = Some(now);
         self.heard = true;
@@ -277,7 +292,16 @@ impl Role {
         );
         let busy = matches!(self.state, RoleState::Leader | RoleState::Promoting);
         let we_win_tie = self.asking.is_some() && ours > theirs;
-        let grant = !(busy || newer || we_win_tie);
+        // Handing over, or just failed to lead (promotion or source): we led
+        // the generation, so our data counts as newer, but a peer that
+        // adopted it holds all of it and may take over.
+        let stepped_aside = self.handing_over.is_some() || self.retry_at.is_some_and(|t| now < t);
+        let holds_ours = self
+            .peer
+            .as_ref()
+            .is_some_and(|p| p.lineage.gen == self.lineage.gen);
+        let yielding = stepped_aside && holds_ours;
+        let grant = !(busy || (newer && !yielding) || we_win_tie);
         if grant {
             self.asking = None;
             self.granted_until = Some(now + self.cfg.heartbeat_timeout);
@@ -361,6 +385,34 @@ impl Role {
         self.update(now);
     }
 
+    /// Planned switchover: the shell has fenced writes (the demote hook ran
+    /// while we still led) and the peer holds everything we wrote (it
+    /// adopted our generation, nothing is unacknowledged). Step down, stay
+    /// out of the election until the peer leads (at most `handover_wait`),
+    /// and consent to its promotion. `false`: not leading, or the peer has
+    /// not adopted our generation; nothing changes.
+    pub fn handle_handover(&mut self, now: Instant) -> bool {
+        let current = self
+            .peer
+            .as_ref()
+            .is_some_and(|p| p.lineage.gen == self.lineage.gen && !p.leading);
+        if self.state != RoleState::Leader || self.stopping || !current {
+            return false;
+        }
+        self.handing_over = Some(now + self.cfg.handover_wait);
+        let why = "planned switchover: handing over to the peer".to_string();
+        self.set_state(RoleState::Demoting, why.clone());
+        self.actions.push_back(Action::Demote { why });
+        self.close_gate("handing over to the peer");
+        self.update(now);
+        true
+    }
+
+    /// Whether a planned hand-over is under way (the peer does not lead yet).
+    pub fn handing_over(&self) -> bool {
+        self.handing_over.is_some()
+    }
+
     /// Stop: a leader demotes first (hook, source off), so the peer can
     /// take over at once.
     pub fn handle_shutdown(&mut self, now: Instant) {
@@ -397,6 +449,7 @@ impl Role {
             self.asking.map(|t| t + self.cfg.heartbeat_timeout),
             self.granted_until,
             self.ask_again,
+            self.handing_over,
         ]
         .into_iter()
         .flatten()
@@ -416,6 +469,9 @@ impl Role {
         }
         if self.granted_until.is_some_and(|t| now >= t) {
             self.granted_until = None;
+        }
+        if self.handing_over.is_some_and(|t| now >= t) {
+            self.handing_over = None;
         }
         if self
             .asking
@@ -476,6 +532,9 @@ impl Role {
                 "the peer did not consent to our leading; asking again soon".into(),
                 Some(t),
             );
+        }
+        if let Some(t) = self.handing_over.filter(|&t| now < t) {
+            return (false, "handing over to the peer".into(), Some(t));
         }
         if let Some(t) = self.retry_at.filter(|&t| now < t) {
             return (

@@ -144,7 +144,8 @@ fn one_shot_resync_into_a_full_disk_fails_clearly() {
     let o = p.syncd(&["resync", "--config", "primary.toml"]);
     let out = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
     eprintln!("{out}");
-    assert!(!o.status.success(), "resync must fail:\n{out}");
+    // Exit 1: files that could not be replicated (README, exit codes).
+    assert_eq!(o.status.code(), Some(1), "resync must fail:\n{out}");
     assert!(
         out.contains("huge.bin") && out.contains("No space left on device"),
         "names the file and the cause:\n{out}"

@@ -609,3 +609,40 @@ fn pair_check_reports_a_matching_pair_and_a_wrong_pin() {
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(!out.contains("reach"), "{out}");
 }
+
+/// The exit codes README documents, exactly: `verify` 0 when equal, 1 on a
+/// difference (and then changes nothing), 2 when it cannot connect.
+#[test]
+fn verify_exit_codes_are_exact_and_verify_changes_nothing() {
+    let mut p = Pair::new();
+    std::fs::write(p.primary().join("a.txt"), b"same").unwrap();
+    p.start_standby();
+    p.resync(&[]);
+    let o = p.syncd(&["verify", "--config", "primary.toml"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    std::fs::write(p.standby_dir().join("a.txt"), b"diff").unwrap();
+    std::fs::write(p.standby_dir().join("extra.txt"), b"only here").unwrap();
+    let o = p.syncd(&["verify", "--config", "primary.toml"]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("a.txt") && out.contains("extra.txt"), "{out}");
+    // A verify session is read-only.
+    assert_eq!(
+        std::fs::read(p.standby_dir().join("a.txt")).unwrap(),
+        b"diff"
+    );
+    assert!(p.standby_dir().join("extra.txt").exists());
+    p.kill_standby();
+    let o = p.syncd(&["verify", "--config", "primary.toml"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -595,3 +595,70 @@ fn a_live_primary_gives_up_on_a_hung_standby_and_says_so() {
     assert!(text.contains("no reply from the standby"), "{text}");
     assert!(p.stop_primary());
 }
+
+/// A primary speaking another protocol version is refused with a message
+/// that says what to do, before anything is touched; and a primary pinned
+/// by `peer_fingerprint` instead of `peer_cert` is accepted.
+#[test]
+fn another_protocol_version_is_refused_and_fingerprint_pins_work() {
+    let mut p = pair_with_base();
+    let before = visible(&p);
+    let cfg = primary_cfg(&p);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reply = rt.block_on(async {
+        let id = syncd::tls::Identity::from_config(&cfg).unwrap();
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(syncd::tls::client_config(&id).unwrap());
+        let conn = ep
+            .connect(cfg.peer.unwrap(), "syncd")
+            .unwrap()
+            .await
+            .unwrap();
+        let (send, recv) = conn.open_bi().await.unwrap();
+        let mut s = syncd::stream::Stream::new(send, recv);
+        s.send(&Request::Hello {
+            version: 1,
+            export_id: cfg.export_id.clone(),
+            node_id: "old".into(),
+            purpose: Purpose::Resync,
+            node: Default::default(),
+            lineage: Default::default(),
+        })
+        .await
+        .unwrap();
+        s.flush().await.unwrap();
+        s.reply().await.unwrap()
+    });
+    match reply {
+        syncd::wire::Reply::Refused { reason, .. } => assert!(
+            reason.contains("protocol version 1 is not supported") && reason.contains("upgrade"),
+            "{reason}"
+        ),
+        other => panic!("version 1 was not refused: {other:?}"),
+    }
+    assert_eq!(visible(&p), before, "the export changed");
+
+    // peer_fingerprint instead of peer_cert, on both sides.
+    let fp = |who: &str| {
+        syncd::tls::cert_fingerprint(&p.path(&format!("{who}-keys/node.crt")))
+            .unwrap()
+            .to_string()
+    };
+    for (file, pinned) in [("primary.toml", "standby"), ("standby.toml", "primary")] {
+        let text = std::fs::read_to_string(p.path(file)).unwrap();
+        let text = text.replace(
+            &format!("peer_cert = \"{pinned}-keys/node.crt\""),
+            &format!("peer_fingerprint = \"{}\"", fp(pinned)),
+        );
+        assert!(text.contains("peer_fingerprint"), "{text}");
+        std::fs::write(p.path(file), text).unwrap();
+    }
+    p.kill_standby();
+    p.start_standby();
+    std::fs::write(p.primary().join("by-fingerprint.txt"), b"pinned").unwrap();
+    p.resync(&[]);
+    assert_eq!(
+        std::fs::read(p.standby_dir().join("by-fingerprint.txt")).unwrap(),
+        b"pinned"
+    );
+}

@@ -131,6 +131,12 @@ fn nopreempt_returning_node_stays_backup() {
     );
     assert!(lan.log(pa2).contains("INIT -> BACKUP"));
     assert!(!lan.log(pa2).contains("-> MASTER"));
+    // kill -9 left node 0's address on its interface; the restart removed it.
+    assert!(
+        lan.log(pa2).contains("removed a stale virtual address"),
+        "{}",
+        lan.log(pa2)
+    );
 }
 
 /// Planned switchover: SIGTERM sends priority 0; the backup takes over after Skew_Time.

@@ -482,3 +482,170 @@ fn migration_guide_load_balancers_of_seed_000() {
         "keepalived on node1 preempts syncd-proxy (one vrid now)",
     );
 }
+
+/// The NFS half of README's migration guide, followed on loopback: seed
+/// 000's `inotifywait | rsync` loop keeps a standby copy; `syncd migrate`
+/// writes the configs; the loop is stopped, `syncd resync` finds the copy
+/// equal and sends nothing, `syncd verify` agrees, the live primary takes
+/// over; and the rollback (the loop again) works.
+#[test]
+fn migration_guide_nfs_loop_of_seed_000() {
+    let name = "migration_guide_nfs_loop_of_seed_000";
+    if !netns::have("inotifywait", name) || !netns::have("rsync", name) {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (src, dst) = (d.path().join("database"), d.path().join("standby"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&dst).unwrap();
+    for i in 0..50 {
+        std::fs::write(src.join(format!("old{i}.html")), format!("page {i}")).unwrap();
+    }
+    // The seed's loop, with the lab's paths: rsync to a local directory
+    // instead of the daemon module, and without its `pgrep rsync` guard
+    // (no rsync daemon here).
+    let script = std::fs::read_to_string(fixture("seed000/ino.sh"))
+        .unwrap()
+        .replace("/database/", &format!("{}/", src.display()))
+        .replace("192.168.1.40::wwwroot", dst.to_str().unwrap())
+        .replace(
+            "if [ $(pgrep rsync | wc -l) -gt 0 ] ; then",
+            "if true; then",
+        );
+    let ino = d.path().join("ino.sh");
+    std::fs::write(&ino, &script).unwrap();
+    let start_loop = || {
+        let mut c = Command::new("setsid");
+        c.arg("bash").arg(&ino);
+        c.stdout(std::process::Stdio::null());
+        c.stderr(std::process::Stdio::null());
+        c.spawn().unwrap()
+    };
+    let stop_loop = |c: &mut std::process::Child| {
+        // The loop and its inotifywait/rsync children: its process group.
+        let pg = rustix::process::Pid::from_raw(c.id() as i32).unwrap();
+        let _ = rustix::process::kill_process_group(pg, rustix::process::Signal::Term);
+        let _ = c.wait();
+    };
+    let arrives = |name: &str, what: &[u8]| {
+        wait_for(Duration::from_secs(20), || {
+            std::fs::read(dst.join(name)).ok().as_deref() == Some(what)
+        })
+        .is_some()
+    };
+    // Before: the loop replicates (an initial rsync, as the seed's users ran).
+    assert!(Command::new("rsync")
+        .args(["-a", &format!("{}/", src.display()), dst.to_str().unwrap()])
+        .status()
+        .unwrap()
+        .success());
+    let mut lp = start_loop();
+    std::thread::sleep(Duration::from_millis(500)); // inotifywait sets its watches
+    std::fs::write(src.join("before.html"), b"written under the loop").unwrap();
+    assert!(
+        arrives("before.html", b"written under the loop"),
+        "the loop replicates"
+    );
+
+    // Step 1: generate.
+    let out = d.path().join("migrated");
+    let report = migrate(
+        &[
+            "--sync-script",
+            fixture("seed000/ino.sh").to_str().unwrap(),
+            "--standby",
+            "127.0.0.1",
+        ],
+        &out,
+    );
+    assert!(report.contains("`pgrep rsync`"), "{report}");
+    // With the lab's paths and a free port; keys as README's "Setting up a pair".
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = |role: &str, export: &Path| {
+        let dir = out.join(format!("nfs-{role}"));
+        syncd::tls::keygen(&dir, role).unwrap();
+        let text = std::fs::read_to_string(dir.join("syncd.toml"))
+            .unwrap()
+            .replace("\"/database\"", &format!("{:?}", export.to_str().unwrap()))
+            .replace(":7400", &format!(":{port}"))
+            .replace("admin = \"127.0.0.1:7401\"\n", "");
+        std::fs::write(dir.join("syncd.toml"), text).unwrap();
+        dir.join("syncd.toml")
+    };
+    let (pc, sc) = (conf("primary", &src), conf("standby", &dst));
+    std::fs::copy(
+        out.join("nfs-standby/node.crt"),
+        out.join("nfs-primary/peer.crt"),
+    )
+    .unwrap();
+    std::fs::copy(
+        out.join("nfs-primary/node.crt"),
+        out.join("nfs-standby/peer.crt"),
+    )
+    .unwrap();
+    let (pc, sc) = (pc.to_str().unwrap(), sc.to_str().unwrap());
+
+    // Step 2: stop the loop; start the standby; resync (the copy is equal:
+    // nothing is sent); verify.
+    stop_loop(&mut lp);
+    let mut standby = Command::new(SYNCD)
+        .args(["--role", "standby", "--config", sc])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _reap = Reap(vec![standby.id()]);
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, text) = syncd(&["resync", "--config", pc]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("sent whole 0, sent as delta 0, deleted 0"),
+        "the loop's copy is equal:\n{text}"
+    );
+    let (code, text) = syncd(&["verify", "--config", pc]);
+    assert_eq!(code, Some(0), "{text}");
+
+    // Step 3: the live primary.
+    let mut primary = Command::new(SYNCD)
+        .args(["--role", "primary", "--config", pc])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _reap2 = Reap(vec![primary.id()]);
+    std::fs::write(src.join("after.html"), b"written under syncd").unwrap();
+    assert!(
+        arrives("after.html", b"written under syncd"),
+        "syncd replicates"
+    );
+
+    // Rollback: stop syncd, start the loop again.
+    for c in [&mut primary, &mut standby] {
+        let pid = rustix::process::Pid::from_raw(c.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::Term).unwrap();
+        assert!(c.wait().unwrap().success());
+    }
+    let mut lp = start_loop();
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(src.join("rolled-back.html"), b"the loop again").unwrap();
+    assert!(
+        arrives("rolled-back.html", b"the loop again"),
+        "the rollback replicates"
+    );
+    stop_loop(&mut lp);
+}
+
+/// Kills leftover children of a failed test.
+struct Reap(Vec<u32>);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::Kill);
+            }
+        }
+    }
+}

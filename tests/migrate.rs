@@ -15,6 +15,11 @@ use netns::{backend_at, get, serial, wait_for, Lan};
 
 const SYNCD: &str = env!("CARGO_BIN_EXE_syncd");
 
+/// A seed's fixture file, as a command-line argument.
+fn seed(s: &str, p: &str) -> String {
+    fixture(&format!("{s}/{p}")).to_str().unwrap().to_string()
+}
+
 fn fixture(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/migrate")
@@ -107,12 +112,7 @@ fn check_all(out: &Path) -> usize {
 fn migrate_carries_seed_000_over_and_reports_its_traps() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("out");
-    let f = |p| {
-        fixture(&format!("seed000/{p}"))
-            .to_str()
-            .unwrap()
-            .to_string()
-    };
+    let f = |p| seed("seed000", p);
     let report = migrate(
         &[
             "--keepalived",
@@ -189,12 +189,7 @@ fn migrate_finds_the_check_script_that_stops_keepalived_and_carries_lvs() {
     // Seed 003: a unicast pair whose track script restarts nginx and else
     // stops keepalived, exiting 0 either way.
     let out = d.path().join("s3");
-    let f = |p| {
-        fixture(&format!("seed003/{p}"))
-            .to_str()
-            .unwrap()
-            .to_string()
-    };
+    let f = |p| seed("seed003", p);
     let report = migrate(
         &[
             "--keepalived",

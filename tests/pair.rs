@@ -11,7 +11,7 @@ mod auto;
 
 use std::time::Duration;
 
-use auto::{bootstrap, nodes, same, start_auto, status, syncd, Node, SYNCD};
+use auto::{bootstrap, nodes, same, start_auto, start_role, status, syncd};
 use netns::{can_run, mdi, serial, wait_for, Lan};
 
 #[test]
@@ -214,26 +214,8 @@ fn a_primary_standby_pair_moves_to_auto_without_a_resync() {
         std::fs::write(n[0].export().join(format!("f{i}.txt")), format!("file {i}")).unwrap();
     }
     // As the old units ran them.
-    let role = |r: &'static str, i: usize| {
-        move |lan: &mut Lan, n: &[Node; 2]| {
-            lan.start(
-                i,
-                r,
-                SYNCD,
-                &["--role", r, "--config", n[i].config().to_str().unwrap()],
-            )
-        }
-    };
-    let sb = role("standby", 1)(&mut lan, &n);
-    assert!(
-        wait_for(Duration::from_secs(10), || lan
-            .log(sb)
-            .contains("standby listening"))
-        .is_some(),
-        "{}",
-        lan.log(sb)
-    );
-    let pr = role("primary", 0)(&mut lan, &n);
+    let sb = start_role(&mut lan, &n, "standby", 1);
+    let pr = start_role(&mut lan, &n, "primary", 0);
     let live = wait_for(Duration::from_secs(30), || {
         lan.log(pr).contains("in sync")
             && (0..300).all(|i| same(&n[0].export(), &n[1].export(), &format!("f{i}.txt")))

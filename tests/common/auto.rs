@@ -89,21 +89,25 @@ pub fn same(a: &Path, b: &Path, name: &str) -> bool {
 
 /// As an existing primary/standby pair would be: node 1 a standby, one
 /// resync from node 0, standby stopped.
+/// `syncd --role standby|primary` on node `i`, as the old units ran it; a
+/// standby is waited for until it listens.
+pub fn start_role(lan: &mut Lan, n: &[Node; 2], role: &str, i: usize) -> usize {
+    let k = lan.start(i, role, SYNCD, &["--role", role, "--config", &n[i].cfg()]);
+    if role == "standby" {
+        assert!(
+            wait_for(Duration::from_secs(10), || lan
+                .log(k)
+                .contains("standby listening"))
+            .is_some(),
+            "{}",
+            lan.log(k)
+        );
+    }
+    k
+}
+
 pub fn bootstrap(lan: &mut Lan, n: &[Node; 2]) {
-    let sb = lan.start(
-        1,
-        "standby",
-        SYNCD,
-        &["--role", "standby", "--config", &n[1].cfg()],
-    );
-    assert!(
-        wait_for(Duration::from_secs(10), || lan
-            .log(sb)
-            .contains("standby listening"))
-        .is_some(),
-        "{}",
-        lan.log(sb)
-    );
+    let sb = start_role(lan, n, "standby", 1);
     let (ok, out) = syncd(lan, 0, &["resync", "--config", &n[0].cfg()]);
     assert!(ok, "bootstrap resync: {out}");
     lan.term(sb);

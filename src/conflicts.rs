@@ -141,6 +141,11 @@ pub struct Kept {
     pub mtime: i64,
 }
 
+/// Where a kept entry is.
+pub fn path_of(state_dir: &Path, k: &Kept) -> PathBuf {
+    state_dir.join(DIR).join(&k.name)
+}
+
 /// Every kept entry (a kept directory is listed with its contents).
 pub fn list(state_dir: &Path) -> io::Result<Vec<Kept>> {
     let base = state_dir.join(DIR);

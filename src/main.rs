@@ -185,6 +185,12 @@ enum Cmd {
         /// Time between the live part's writes, in milliseconds.
         #[arg(long, default_value_t = 500)]
         interval_ms: u64,
+        /// The pair instead (root): two nodes in network namespaces running
+        /// `--role auto`, a client writing through the service address, the
+        /// leader's host dying, the address and replication moving, the old
+        /// leader returning; counts every acknowledged write at the end.
+        #[arg(long)]
+        failover: bool,
     },
     /// VRRP failover (keepalived replacement); see crates/vrrp/README.md.
     #[command(disable_help_flag = true)]
@@ -520,9 +526,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Some(Cmd::Demo {
             dir,
+            failover: true,
+            ..
+        }) => {
+            syncd::demo::failover::run(dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Cmd::Demo {
+            dir,
             files,
             seconds,
             interval_ms,
+            failover: false,
         }) => {
             syncd::demo::run(
                 dir,

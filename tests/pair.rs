@@ -438,3 +438,40 @@ fn vrrp_blocked_with_the_peer_link_up_keeps_one_leader() {
         "replication goes on"
     );
 }
+
+/// `syncd demo --failover` runs its story to the end with nothing lost, and
+/// leaves no namespace behind.
+#[test]
+fn the_failover_demo_loses_nothing_and_cleans_up() {
+    let name = "the_failover_demo_loses_nothing_and_cleans_up";
+    if !can_run(name) {
+        return;
+    }
+    let _g = serial();
+    let d = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_syncd"))
+        .args(["demo", "--failover", "--dir"])
+        .arg(d.path())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("  gone: 0\n"), "{out}");
+    assert!(out.contains("node 1 holds the address"), "{out}");
+    assert!(out.contains("node 0 caught up and follows"), "{out}");
+    let written: u64 = out
+        .split("the client was told ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(written > 100, "{out}");
+    let ns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&ns.stdout).contains("sdemo"),
+        "the demo left namespaces behind"
+    );
+}

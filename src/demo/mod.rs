@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod failover;
+
 use crate::client::{self, ResyncOptions};
 use crate::config::Config;
 

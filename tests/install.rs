@@ -252,3 +252,47 @@ fn unit_capabilities_are_checked() {
     );
     assert!(unknown_caps("CapabilityBoundingSet=~CAP_SYS_ADMIN\n").is_empty());
 }
+
+/// The README's nftables rules are what nft accepts (checked with `nft -c`
+/// in a new network namespace: nothing is applied).
+#[test]
+fn readme_nftables_rules_parse() {
+    let t = "readme_nftables_rules_parse";
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        syncd_testkit::skip::skip(t, "needs root for a network namespace");
+        return;
+    }
+    if Command::new("nft").arg("--version").output().is_err() {
+        syncd_testkit::skip::skip(t, "nft is not installed (Debian: nftables)");
+        return;
+    }
+    let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
+    let at = readme
+        .find("**nftables**")
+        .expect("README has the nftables rules");
+    let rules = readme[at..]
+        .split("```\n")
+        .nth(1)
+        .expect("a code block after **nftables**");
+    assert!(rules.contains("ip protocol vrrp"), "{rules}");
+    let d = tempfile::tempdir().unwrap();
+    let check = |text: &str| {
+        let f = d.path().join("rules.nft");
+        std::fs::write(&f, text).unwrap();
+        Command::new("unshare")
+            .args(["--net", "nft", "-c", "-f"])
+            .arg(&f)
+            .output()
+            .unwrap()
+    };
+    let o = check(rules);
+    assert!(
+        o.status.success(),
+        "nft -c rejects the README's rules:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // The check can fail: a misspelt protocol is refused.
+    let o = check(&rules.replace("ip protocol vrrp", "ip protocol vrrrp"));
+    assert!(!o.status.success(), "nft -c accepted a typo");
+}

@@ -106,14 +106,15 @@ async fn run(cli: Cli, cfg: Config, handles: Vec<tokio::runtime::Handle>) -> any
     // VRRP starts after the listeners are bound: a node must be able to
     // serve before it can claim the virtual IP.
     let (vrrp_stop, vrrp_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut vrrp_started = true;
     let mut vrrp = match vrrp_cfg {
         None => None,
         Some(vc) => {
             let n = vc.instances.len();
             let v = Vrrp::start(vc).await.context("starting built-in VRRP")?;
-            // Not ready before the instances run: a failed one ends the
-            // select loop below at once.
-            v.started().await;
+            // Not ready before the instances run; a failed one ends the
+            // select loop below at once, and no READY=1 is sent for it.
+            vrrp_started = v.started().await;
             app.shared().set_vrrp(v.view());
             tracing::info!(instances = n, "built-in VRRP started");
             Some(tokio::spawn(v.run_until(async {
@@ -131,7 +132,9 @@ async fn run(cli: Cli, cfg: Config, handles: Vec<tokio::runtime::Handle>) -> any
             c.config.upstreams.len()
         )
     };
-    syncd_sdnotify::send(&[State::Ready, State::Status(&status(&app, "serving"))]);
+    if vrrp_started {
+        syncd_sdnotify::send(&[State::Ready, State::Status(&status(&app, "serving"))]);
+    }
     let mut failed = None;
     loop {
         tokio::select! {

@@ -96,3 +96,29 @@ fn ready_when_listening_reload_and_stop_are_announced() {
     let st = child.wait().unwrap();
     assert!(st.success(), "{st}\n{}", logs());
 }
+
+/// Built-in VRRP that cannot start (no such interface): the proxy exits
+/// with an error and never says READY=1, so systemd sees a failed start.
+#[test]
+fn no_ready_when_builtin_vrrp_cannot_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("proxy.toml");
+    let body = config(&[free_port()])
+        + "\n[[vrrp]]\nname = \"VI_LB\"\ninterface = \"nope0\"\nvrid = 52\npriority = 100\nadvert_int = 1\nversion = 3\nvirtual_ips = [\"192.0.2.100/24\"]\n";
+    std::fs::write(&cfg, body).unwrap();
+    let mut n = NotifySocket::path(&dir.path().join("notify.sock"));
+    let out = Command::new(PROXY)
+        .arg("--config")
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &n.addr)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("nope0"), "{err}");
+    assert!(
+        n.wait_for("READY=1", Duration::from_millis(200)).is_none(),
+        "READY=1 from a proxy whose VRRP failed: {:?}",
+        n.seen
+    );
+}

@@ -358,6 +358,8 @@ impl Driver<'_> {
                 c.why
             );
             role_log(self.cfg, &self.last_change);
+            let status = format!("auto: {} (generation {}): {}", c.to, c.gen, c.why);
+            syncd_sdnotify::send(&[syncd_sdnotify::State::Status(&status)]);
         }
         // Answer VRRP: the address once we lead; a refusal once we will not.
         if role.state() == RoleState::Leader {

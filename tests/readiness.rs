@@ -157,6 +157,7 @@ fn auto_is_ready_when_its_standby_listens_and_vrrp_runs() {
         format!(
             "export = \"export\"\nlisten = \"{me}:7400\"\npeer = \"{peer}:7400\"\nadmin = \"127.0.0.1:7401\"\n\
              cert = \"keys/node.crt\"\nkey = \"keys/node.key\"\npeer_cert = \"{pc}\"\n\
+             [pair]\npeer_wait_secs = 1\n\
              [[vrrp]]\nname = \"VI_NFS\"\ninterface = \"eth0\"\nvrid = 62\npriority = 100\nadvert_int = 1\nversion = 3\nvirtual_ips = [\"{vip}/24\"]\n",
             me = lan.ip(0),
             peer = lan.ip(1),
@@ -165,6 +166,12 @@ fn auto_is_ready_when_its_standby_listens_and_vrrp_runs() {
         ),
     )
     .unwrap();
+    let o = Command::new(BIN)
+        .args(["promote", "--force", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // A path socket: abstract names do not cross network namespaces.
     let mut n = NotifySocket::path(&lan.path("notify.sock"));
     let env = format!("NOTIFY_SOCKET={}", n.addr);
@@ -198,6 +205,16 @@ fn auto_is_ready_when_its_standby_listens_and_vrrp_runs() {
     );
     let log = lan.log(k);
     assert!(log.contains("standby listening"), "{log}");
+    // Role changes show in `systemctl status`: promoted, alone, this node
+    // leads once peer_wait_secs is over.
+    let ready_line = "STATUS=auto: standby listening, VRRP running";
+    assert!(
+        n.wait_until(|l| l.starts_with("STATUS=auto: ") && l != ready_line, WAIT)
+            .is_some(),
+        "no role STATUS: {:?}\n{}",
+        n.seen,
+        lan.log(k)
+    );
     lan.term(k);
     // Datagrams sent before the exit wait in the socket's queue.
     assert!(

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pair in keepalived:keepalived ip:iproute2 bridge:iproute2 tcpdump:tcpdump promtool:prometheus inotifywait:inotify-tools rsync:rsync; do
+for pair in keepalived:keepalived ip:iproute2 bridge:iproute2 tcpdump:tcpdump promtool:prometheus inotifywait:inotify-tools rsync:rsync systemd-analyze:systemd nft:nftables; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ]; then need+=("$pkg"); fi
 done

@@ -202,6 +202,13 @@ pub async fn run(
         .into_iter()
         .next()
         .ok_or(AutoError::NoVrrp)?;
+    // Ready (sd_notify): the standby listens and VRRP runs the protocol.
+    if vrrp.started().await {
+        syncd_sdnotify::send(&[
+            syncd_sdnotify::State::Ready,
+            syncd_sdnotify::State::Status("auto: standby listening, VRRP running"),
+        ]);
+    }
     let (vrrp_stop, vrrp_stop_rx) = oneshot::channel::<()>();
     let vrrp_task = tokio::spawn(vrrp.run_until(async {
         let _ = vrrp_stop_rx.await;
@@ -502,6 +509,8 @@ impl Driver<'_> {
                 c.why
             );
             role_log(self.cfg, &self.last_change);
+            let status = format!("auto: {} (generation {}): {}", c.to, c.gen, c.why);
+            syncd_sdnotify::send(&[syncd_sdnotify::State::Status(&status)]);
         }
         // Answer VRRP: the address once we lead; a refusal once we will not.
         if role.state() == RoleState::Leader {

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use syncd_sdnotify::State;
 
 use syncd::client::{self, ResyncOptions};
 use syncd::config::Config;
@@ -559,6 +560,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 let rt = runtime()?;
                 rt.block_on(async {
+                    let shutdown = shutdown_signal();
                     let admin = cfg.admin;
                     let s = Standby::bind(cfg)?;
                     if let Some(a) = admin {
@@ -566,7 +568,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             .await
                             .with_context(|| format!("admin: cannot listen on {a}"))?;
                     }
-                    s.run(shutdown_signal()).await;
+                    // Bound: a primary connecting from now on is accepted.
+                    let status = format!(
+                        "standby: listening on {}",
+                        s.local_addr().map(|a| a.to_string()).unwrap_or_default()
+                    );
+                    syncd_sdnotify::send(&[State::Ready, State::Status(&status)]);
+                    s.run(shutdown).await;
                     anyhow::Ok(())
                 })?;
                 Ok(ExitCode::SUCCESS)
@@ -580,7 +588,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     return Ok(ExitCode::SUCCESS);
                 }
                 let rt = runtime()?;
-                rt.block_on(syncd::primary::run(cfg, shutdown_signal()))?;
+                rt.block_on(async { syncd::primary::run(cfg, shutdown_signal()).await })?;
                 Ok(ExitCode::SUCCESS)
             }
             Some(Role::Auto) => {
@@ -599,7 +607,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     return Ok(ExitCode::SUCCESS);
                 }
                 let rt = runtime()?;
-                rt.block_on(syncd::auto::run(cfg, shutdown_signal()))?;
+                rt.block_on(async { syncd::auto::run(cfg, shutdown_signal()).await })?;
                 Ok(ExitCode::SUCCESS)
             }
             None => {
@@ -609,14 +617,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM/SIGINT handlers now, so that a SIGTERM arriving
+/// right after READY=1 is a clean stop rather than the default kill; the
+/// future resolves at the first of them. Call it inside the runtime.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: shutting down"),
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let (Ok(mut term), Ok(mut int)) = (term, int) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("interrupt: shutting down"),
+        }
+        syncd_sdnotify::send(&[State::Stopping]);
     }
 }

@@ -21,6 +21,7 @@ use crate::live::{Action, Event, Followups, Live, LiveConfig, PERIODIC_NO_WATCH,
 use crate::stats::{unix_now, Stats};
 use crate::watch::Watch;
 use crate::wire::Purpose;
+use syncd_sdnotify::State;
 
 /// Runs until `shutdown`; serves `/metrics` and `/status` on `admin` if set.
 pub async fn run(
@@ -100,11 +101,31 @@ async fn run_inner(
     };
     let wake = watch.as_ref().map(|w| w.wake.clone());
     let mut session: Option<Session> = None;
+    // Ready (sd_notify) once changes are being recorded, not once the
+    // standby answers: a standby that is down must not fail the primary's
+    // start; it catches up when it returns. STATUS says whether it is
+    // connected. Under --role auto the pair driver reports instead.
+    let standalone = own_record;
+    if standalone {
+        let status = format!(
+            "primary: watching {}; connecting to {}",
+            cfg.export.display(),
+            peer_name(&cfg)
+        );
+        syncd_sdnotify::send(&[State::Ready, State::Status(&status)]);
+    }
     // Outcomes of large transfers that ended between batches.
     let mut tsum = client::Summary::default();
     loop {
         while let Some(e) = live.poll_event() {
             if e == Event::InSync {
+                if standalone {
+                    let status = format!(
+                        "primary: in sync with {}; following changes",
+                        peer_name(&cfg)
+                    );
+                    syncd_sdnotify::send(&[State::Status(&status)]);
+                }
                 // The catch-up is complete: the standby follows our
                 // generation from here (it stops keeping what we overwrite).
                 if let Some(s) = session.as_mut() {
@@ -151,6 +172,11 @@ async fn run_inner(
                         stats.connects.fetch_add(1, Relaxed);
                         stats.connected_since.store(unix_now(), Relaxed);
                         tracing::info!(peer = %cfg.peer.map(|p| p.to_string()).unwrap_or_default(), "connected to the standby; reconciling");
+                        if standalone {
+                            let status =
+                                format!("primary: connected to {}; reconciling", peer_name(&cfg));
+                            syncd_sdnotify::send(&[State::Status(&status)]);
+                        }
                     }
                     Err(e) => {
                         if let ClientError::Refused(_, Some(theirs)) = &e {
@@ -159,6 +185,13 @@ async fn run_inner(
                         }
                         let wait = live.handle_connect_failed(std::time::Instant::now());
                         tracing::warn!("standby unavailable: {e}; retrying in {wait:?}");
+                        if standalone {
+                            let status = format!(
+                                "primary: standby {} unavailable, retrying in {wait:?}: {e}",
+                                peer_name(&cfg)
+                            );
+                            syncd_sdnotify::send(&[State::Status(&status)]);
+                        }
                         stats.error(&e);
                     }
                 }
@@ -298,6 +331,10 @@ async fn stop(
     }
     let _ = tokio::time::timeout(GRACE, s.drain_transfers(tsum, index)).await;
     let _ = tokio::time::timeout(GRACE, s.finish()).await;
+}
+
+fn peer_name(cfg: &Config) -> String {
+    cfg.peer.map(|p| p.to_string()).unwrap_or_default()
 }
 
 /// How long a stopping primary keeps reading the watch for last changes.

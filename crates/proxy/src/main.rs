@@ -8,6 +8,7 @@ use clap::Parser;
 use syncd_proxy::config::Config;
 use syncd_proxy::reload::App;
 use syncd_proxy::workers::Workers;
+use syncd_sdnotify::State;
 use syncd_vrrp::daemon::Vrrp;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -105,11 +106,15 @@ async fn run(cli: Cli, cfg: Config, handles: Vec<tokio::runtime::Handle>) -> any
     // VRRP starts after the listeners are bound: a node must be able to
     // serve before it can claim the virtual IP.
     let (vrrp_stop, vrrp_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut vrrp_started = true;
     let mut vrrp = match vrrp_cfg {
         None => None,
         Some(vc) => {
             let n = vc.instances.len();
             let v = Vrrp::start(vc).await.context("starting built-in VRRP")?;
+            // Not ready before the instances run; a failed one ends the
+            // select loop below at once, and no READY=1 is sent for it.
+            vrrp_started = v.started().await;
             app.shared().set_vrrp(v.view());
             tracing::info!(instances = n, "built-in VRRP started");
             Some(tokio::spawn(v.run_until(async {
@@ -118,29 +123,49 @@ async fn run(cli: Cli, cfg: Config, handles: Vec<tokio::runtime::Handle>) -> any
         }
     };
     tracing::info!(config = %cli.config.display(), workers, "syncd-proxy started");
+    // Listeners are bound (App::start) and VRRP runs: ready for systemd.
+    let status = |app: &App, what: &str| {
+        let c = app.shared().current();
+        format!(
+            "{what}: {} listener(s), {} upstream(s)",
+            c.config.listeners.len(),
+            c.config.upstreams.len()
+        )
+    };
+    if vrrp_started {
+        syncd_sdnotify::send(&[State::Ready, State::Status(&status(&app, "serving"))]);
+    }
     let mut failed = None;
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                match Config::load(&cli.config) {
+                syncd_sdnotify::send(&[State::Reloading]);
+                let outcome = match Config::load(&cli.config) {
                     Ok(mut new) => {
                         if let Some(w) = cli.workers { new.global.workers = w; }
                         if new.vrrp != vrrp_written {
                             tracing::warn!("[[vrrp]] changed: VRRP changes take effect at restart; the instances keep running as started");
                         }
                         match app.reload(new) {
-                            Ok(()) => tracing::info!("configuration reloaded"),
+                            Ok(()) => {
+                                tracing::info!("configuration reloaded");
+                                "reloaded"
+                            }
                             Err(e) => {
                                 app.shared().metrics.reload_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 tracing::error!(error = %e, "reload failed; keeping the running configuration");
+                                "reload failed, serving the previous configuration"
                             }
                         }
                     }
                     Err(e) => {
                         app.shared().metrics.reload_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         tracing::error!(error = %e, "reload failed; keeping the running configuration");
+                        "reload failed, serving the previous configuration"
                     }
-                }
+                };
+                // READY=1 ends the reload either way: the proxy serves.
+                syncd_sdnotify::send(&[State::Ready, State::Status(&status(&app, outcome))]);
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -162,6 +187,10 @@ async fn run(cli: Cli, cfg: Config, handles: Vec<tokio::runtime::Handle>) -> any
             }
         }
     }
+    syncd_sdnotify::send(&[
+        State::Stopping,
+        State::Status("stopping: draining connections"),
+    ]);
     // Resign first (priority 0, addresses removed) so the peer takes the
     // virtual IP at once, then drain what this node still has in flight.
     if let Some(h) = vrrp.take() {

@@ -1,4 +1,5 @@
 //! What the test suites of `syncd`, `syncd-vrrp` and `syncd-proxy` share.
 
+pub mod notify;
 pub mod rng;
 pub mod skip;

@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use syncd_sdnotify::State;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -160,8 +161,16 @@ pub fn cli_main(args: Vec<OsString>) -> i32 {
         return 0;
     }
     let r = rt.block_on(async move {
+        let shutdown = shutdown_signal();
+        let n = config.instances.len();
         let vrrp = crate::daemon::Vrrp::start(config).await?;
-        vrrp.run_until(shutdown_signal()).await
+        // Ready once every instance runs the protocol; one that failed to
+        // start makes run_until return its error at once.
+        if vrrp.started().await {
+            let status = format!("{n} VRRP instance(s) running");
+            syncd_sdnotify::send(&[State::Ready, State::Status(&status)]);
+        }
+        vrrp.run_until(shutdown).await
     });
     match r {
         Ok(()) => 0,
@@ -173,17 +182,24 @@ pub fn cli_main(args: Vec<OsString>) -> i32 {
     }
 }
 
-async fn shutdown_signal() {
+/// Installs the handlers now (a SIGTERM right after READY=1 must release
+/// the addresses, not kill the process); resolves at the first signal.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: releasing virtual addresses (priority 0)"),
-        _ = int.recv() => tracing::info!("SIGINT: releasing virtual addresses (priority 0)"),
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let (Ok(mut term), Ok(mut int)) = (term, int) else {
+            std::future::pending::<()>().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: releasing virtual addresses (priority 0)"),
+            _ = int.recv() => tracing::info!("SIGINT: releasing virtual addresses (priority 0)"),
+        }
+        syncd_sdnotify::send(&[
+            State::Stopping,
+            State::Status("stopping: releasing virtual addresses"),
+        ]);
     }
 }

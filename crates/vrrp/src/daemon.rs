@@ -89,6 +89,24 @@ impl Vrrp {
         self.view.clone()
     }
 
+    /// Resolves once every instance has opened its sockets and entered the
+    /// protocol (left INIT for BACKUP, MASTER or FAULT): what a supervisor's
+    /// "ready" means. `false` if one stopped before that (its error comes
+    /// from [`Vrrp::run_until`]).
+    pub async fn started(&self) -> bool {
+        for rx in &self.statuses {
+            let mut rx = rx.clone();
+            if rx
+                .wait_for(|s| s.state != crate::machine::State::Initialize)
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+        true
+    }
+
     /// One receiver per instance, in configuration order.
     pub fn subscribe(&self) -> Vec<watch::Receiver<InstanceStatus>> {
         self.statuses.clone()

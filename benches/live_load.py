@@ -4,6 +4,7 @@
     live_load.py prep  --src DIR [--dirs N]
     live_load.py load  --src DIR --dst DIR --rate R --seconds S [--size B]
                        [--dirs N] [--tag T] [--grace S] [--label L] [--tsv FILE]
+                       [--nfs URL --netns NS --stage DIR]
     live_load.py probe --src DIR --dst DIR [--timeout S]
     live_load.py gen   --dir DIR --files N [--size B]
     live_load.py waitlive --log FILE --pattern TEXT --src DIR --dst DIR --t0 T
@@ -25,6 +26,13 @@ it finds are counted separately ("by sweep"; expected to be 0). After the
 last write it keeps watching for GRACE seconds (or until all arrived), then
 reads every arrived file back and compares its content.
 
+With --nfs, each file is written through an NFS server instead: staged
+in --stage, then copied by a fresh libnfs client (`ip netns exec NS nfs-cp
+STAGED URL/d00/NAME?QUERY`, URL may carry a ?query), started without
+waiting (at most --nfs-jobs at once, default 16); a file's time is taken when its nfs-cp has exited successfully
+(every WRITE and the CLOSE answered), seen by a poll at least every
+millisecond. Failed copies are counted (nfs_failed) and not measured.
+
 The result is one human line and one `RESULT key=value ...` line for the
 harness. Latencies are in milliseconds.
 """
@@ -35,6 +43,7 @@ import errno
 import os
 import select
 import struct
+import subprocess
 import sys
 import time
 
@@ -177,6 +186,35 @@ def cmd_load(a):
             if check(i, now):
                 by_sweep += 1
 
+    running = {}  # i -> nfs-cp process (--nfs)
+    nfs_failed = 0
+    if a.nfs:
+        base, _, query = a.nfs.partition("?")
+        query = "?" + query if query else ""
+
+    def start_nfs(i):
+        name = "%s-%08d" % (tag, i)
+        head = ("%s %d\n" % (tag, i)).encode()
+        staged = os.path.join(a.stage, name)
+        with open(staged, "wb") as f:
+            f.write(head + blob[: size - len(head)])
+        url = "%s/%s/%s%s" % (base, dirname(i, ndirs), name, query)
+        running[i] = subprocess.Popen(["ip", "netns", "exec", a.netns, "nfs-cp", staged, url],
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def reap():
+        nonlocal nfs_failed
+        for i, p in list(running.items()):
+            if p.poll() is None:
+                continue
+            del running[i]
+            if p.returncode != 0:
+                nfs_failed += 1
+                continue
+            t_close[i] = clock()
+            outstanding.add(i)
+            check(i, t_close[i])
+
     burst_max = 64
     ru0 = os.times()
     t0 = clock() + 0.05
@@ -188,19 +226,24 @@ def cmd_load(a):
         due = t0 + i / rate
         if due <= now:
             k = 0
-            while i < n and k < burst_max and t0 + i / rate <= now:
-                fd = os.open(src_paths[i], flags, 0o644)
-                os.write(fd, ("%s %d\n" % (tag, i)).encode() + blob[: size - len("%s %d\n" % (tag, i))])
-                os.close(fd)
-                t = clock()
-                t_close[i] = t
+            while i < n and k < burst_max and t0 + i / rate <= now and len(running) < a.nfs_jobs:
+                if a.nfs:
+                    start_nfs(i)
+                    t = clock()
+                else:
+                    fd = os.open(src_paths[i], flags, 0o644)
+                    os.write(fd, ("%s %d\n" % (tag, i)).encode() + blob[: size - len("%s %d\n" % (tag, i))])
+                    os.close(fd)
+                    t = clock()
+                    t_close[i] = t
+                    outstanding.add(i)
                 late = t - (t0 + i / rate)
                 if late > max_late:
                     max_late = late
-                outstanding.add(i)
                 i += 1
                 k += 1
                 now = t
+        reap()
         handle_events()
         if now >= next_sweep:
             if overflows:
@@ -210,11 +253,18 @@ def cmd_load(a):
             next_sweep = now + 1.0
         if i < n:
             wait = t0 + i / rate - clock()
+            if running:
+                wait = min(wait, 0.001)
             if wait > 0:
                 select.select([ino.fd], [], [], wait)
+    while running:
+        reap()
+        handle_events()
+        select.select([ino.fd], [], [], 0.001)
     t_end = clock()
-    write_secs = t_close[n - 1] - t_close[0] if n > 1 else 0.0
-    achieved = (n - 1) / write_secs if write_secs > 0 else float("nan")
+    closes = sorted(t for t in t_close if t)
+    write_secs = closes[-1] - closes[0] if len(closes) > 1 else 0.0
+    achieved = (len(closes) - 1) / write_secs if write_secs > 0 else float("nan")
     # Grace: wait for the rest.
     deadline = t_end + a.grace
     last_sweep = clock()
@@ -263,6 +313,7 @@ def cmd_load(a):
         p50_thirds_ms="/".join("%.1f" % x for x in thirds),
         drain_s=round(drained, 3), by_sweep=by_sweep, overflows=overflows,
         partial_seen=partial_seen, bad_content=bad, load_cpu_s=round(self_cpu, 2),
+        nfs_failed=nfs_failed,
     )
     print("%-8s %6d files at %d/s (achieved %.0f/s, writer max %.1f ms late): p50 %.1f ms  p90 %.1f  p99 %.1f  p99.9 %.1f  max %.1f ms; "
           "p50 by third %s ms; %d never arrived (grace %.0f s); %d found by sweep, %d inotify overflows, %d bad content; "
@@ -378,6 +429,10 @@ def main():
     p.add_argument("--dir-timeout", type=float, default=120)
     p.add_argument("--label", default="load")
     p.add_argument("--tsv")
+    p.add_argument("--nfs", help="write through NFS: libnfs URL of the export (nfs://HOST/PATH?QUERY)")
+    p.add_argument("--netns", help="--nfs: the client's network namespace")
+    p.add_argument("--stage", help="--nfs: a local directory for the files to copy")
+    p.add_argument("--nfs-jobs", type=int, default=16, help="--nfs: at most this many nfs-cp at once")
     p.set_defaults(fn=cmd_load)
     p = sub.add_parser("probe")
     p.add_argument("--src", required=True)

@@ -275,3 +275,236 @@ fn open_for_writing(pid: u32, dir: &Path) -> usize {
         })
         .count()
 }
+
+/// `--role auto` configs for nodes 0 and 1 (priority 150 / 100), the
+/// address `lan.vip()` moving between them.
+fn auto_configs(lan: &Lan) -> [PathBuf; 2] {
+    let dirs: Vec<PathBuf> = (0..2).map(|i| lan.path(&format!("node{i}"))).collect();
+    for (i, d) in dirs.iter().enumerate() {
+        std::fs::create_dir_all(d.join("export")).unwrap();
+        syncd::tls::keygen(&d.join("keys"), &format!("node{i}")).unwrap();
+    }
+    (0..2)
+        .map(|i| {
+            let cfg = dirs[i].join("node.toml");
+            std::fs::write(
+                &cfg,
+                format!(
+                    "export = \"export\"\nlisten = \"{me}:7400\"\npeer = \"{peer}:7400\"\nadmin = \"127.0.0.1:7401\"\n\
+                     cert = \"keys/node.crt\"\nkey = \"keys/node.key\"\npeer_cert = \"{pc}\"\n\
+                     [pair]\npeer_wait_secs = 3\nunsure_wait_secs = 30\n\
+                     [[vrrp]]\nname = \"VI_NFS\"\ninterface = \"eth0\"\nvrid = 62\npriority = {prio}\nadvert_int = 1\nversion = 3\nvirtual_ips = [\"{vip}/24\"]\n",
+                    me = lan.ip(i),
+                    peer = lan.ip(1 - i),
+                    pc = dirs[1 - i].join("keys/node.crt").display(),
+                    prio = if i == 0 { 150 } else { 100 },
+                    vip = lan.vip(),
+                ),
+            )
+            .unwrap();
+            cfg
+        })
+        .collect::<Vec<_>>()
+        .try_into()
+        .unwrap()
+}
+
+/// One write the client made: its name, content, and when it ended.
+struct Write1 {
+    name: String,
+    data: Vec<u8>,
+    ok: bool,
+    at: std::time::Instant,
+}
+
+/// A client writing new small files through `host` (fresh nfs-cp each,
+/// NFSv4) one after another until stopped.
+fn client_loop(
+    ns: String,
+    host: String,
+    stage: PathBuf,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Write1>> {
+    std::thread::spawn(move || {
+        std::fs::create_dir_all(&stage).unwrap();
+        let mut rng = Rng(0x6661_696c);
+        let mut out = Vec::new();
+        let mut i = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let name = format!("c{i:05}.txt");
+            let n = 1 + rng.below(nfs::V4_MAX);
+            let data = rng.bytes(n);
+            std::fs::write(stage.join(&name), &data).unwrap();
+            let url = nfs::url(&host, Path::new("/"), &name, Version::V4);
+            let ok = nfs::put(&ns, &stage.join(&name), &url).is_ok();
+            out.push(Write1 {
+                name,
+                data,
+                ok,
+                at: std::time::Instant::now(),
+            });
+            if !ok {
+                // A failed create may still have made the file: the next
+                // try uses a new name. Do not spin while the service is away.
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            i += 1;
+        }
+        out
+    })
+}
+
+/// Where each acknowledged write is: (readable through `host` with its
+/// content, only in a conflicts area of `nodes`, gone).
+fn count(
+    lan: &Lan,
+    host: &str,
+    nodes: &[PathBuf],
+    writes: &[Write1],
+) -> (usize, usize, usize, Vec<String>) {
+    let (mut served, mut kept, mut gone, mut names) = (0, 0, 0, Vec::new());
+    for w in writes.iter().filter(|w| w.ok) {
+        let url = nfs::url(host, Path::new("/"), &w.name, Version::V4);
+        if nfs::cat(lan.ns(CLIENT), &url).is_ok_and(|d| d == w.data) {
+            served += 1;
+        } else if nodes
+            .iter()
+            .any(|n| in_conflicts(&n.join("export/.syncd/conflicts"), &w.name, &w.data))
+        {
+            kept += 1;
+        } else {
+            gone += 1;
+            names.push(w.name.clone());
+        }
+    }
+    (served, kept, gone, names)
+}
+
+/// Is a file `name` with content `data` under `conflicts/<generation>/`?
+fn in_conflicts(conflicts: &Path, name: &str, data: &[u8]) -> bool {
+    std::fs::read_dir(conflicts).is_ok_and(|gens| {
+        gens.flatten()
+            .any(|g| std::fs::read(g.path().join(name)).is_ok_and(|d| d == data))
+    })
+}
+
+#[test]
+fn nfs_clients_lose_no_acknowledged_write_when_the_leader_dies() {
+    let name = "nfs_clients_lose_no_acknowledged_write_when_the_leader_dies";
+    if !can_run(name) || !nfs::available(name) {
+        return;
+    }
+    let _g = serial();
+    let mut lan = Lan::new("nfsf", 3);
+    let vip = lan.vip();
+    let cfg = auto_configs(&lan);
+    let nodes: Vec<PathBuf> = (0..2).map(|i| lan.path(&format!("node{i}"))).collect();
+    let node = |i: usize| nodes[i].clone();
+    // Bootstrap as an existing pair: one resync from node 0.
+    let sb = lan.start(
+        1,
+        "standby",
+        SYNCD,
+        &["--role", "standby", "--config", cfg[1].to_str().unwrap()],
+    );
+    assert!(wait_for(Duration::from_secs(20), || lan
+        .log(sb)
+        .contains("standby listening"))
+    .is_some());
+    let o = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            lan.ns(0),
+            SYNCD,
+            "resync",
+            "--config",
+            cfg[0].to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "bootstrap resync: {o:?}");
+    lan.term(sb);
+
+    // Each node serves its own export all the time; the client uses the address.
+    let mut g0 = Ganesha::start(lan.ns(0), &node(0).join("ganesha"), &node(0).join("export"));
+    let _g1 = Ganesha::start(lan.ns(1), &node(1).join("ganesha"), &node(1).join("export"));
+    let start_auto = |lan: &mut Lan, i: usize| {
+        lan.start(
+            i,
+            "auto",
+            SYNCD,
+            &["--role", "auto", "--config", cfg[i].to_str().unwrap()],
+        )
+    };
+    let a0 = start_auto(&mut lan, 0);
+    let _a1 = start_auto(&mut lan, 1);
+    assert!(
+        wait_for(Duration::from_secs(30), || lan.holders(&[0, 1]) == vec![0]).is_some(),
+        "node 0 must lead; holders {:?}",
+        lan.holders(&[0, 1])
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = client_loop(
+        lan.ns(CLIENT).to_string(),
+        vip.clone(),
+        lan.path("stage"),
+        stop.clone(),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+
+    // Node 0 dies: syncd and ganesha SIGKILLed, its port silent.
+    lan.kill9(a0);
+    g0.kill();
+    lan.port_state(0, 0);
+    let killed = std::time::Instant::now();
+    let took = wait_for(Duration::from_secs(30), || lan.has_addr(1, &vip));
+    assert!(took.is_some(), "node 1 never took the address");
+    std::thread::sleep(Duration::from_secs(4));
+    stop.store(true, Ordering::Relaxed);
+    let writes = client.join().unwrap();
+    let before = writes.iter().filter(|w| w.ok && w.at < killed).count();
+    let after: Vec<_> = writes.iter().filter(|w| w.ok && w.at >= killed).collect();
+    let failed = writes.iter().filter(|w| !w.ok).count();
+    let first_ok = after.first().map(|w| w.at - killed);
+    eprintln!(
+        "NFS failover: address moved after {took:?}; client writes acknowledged before the kill {before}, \
+         failed {failed}, acknowledged after {}; first acknowledged write {first_ok:?} after the kill",
+        after.len()
+    );
+    assert!(
+        before > 0 && !after.is_empty(),
+        "the client must write before and after the failover"
+    );
+    let (served, kept, gone, names) = count(&lan, &vip, &[node(1)], &writes);
+    eprintln!("after the failover: served through the address {served}, only in a conflicts area {kept}, not on node 1 {gone} {names:?}");
+
+    // The old leader returns (as follower): what it held that node 1 missed
+    // is kept in its conflicts area; nothing acknowledged is gone.
+    lan.port_state(0, 3);
+    let _g0 = Ganesha::start(lan.ns(0), &node(0).join("ganesha"), &node(0).join("export"));
+    let _a0 = start_auto(&mut lan, 0);
+    let current = wait_for(Duration::from_secs(60), || {
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                lan.ns(0),
+                SYNCD,
+                "status",
+                "--config",
+                cfg[0].to_str().unwrap(),
+            ])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("data: current"))
+    });
+    assert!(
+        current.is_some(),
+        "node 0 must come back as a current follower"
+    );
+    let (served, kept, gone, names) = count(&lan, &vip, &[node(0), node(1)], &writes);
+    eprintln!("after the old leader's return: served {served}, only in a conflicts area {kept}, gone {gone}");
+    assert_eq!(gone, 0, "acknowledged writes gone: {names:?}");
+    assert_eq!(served + kept, writes.iter().filter(|w| w.ok).count());
+}

@@ -373,6 +373,56 @@ mod tests {
         assert!(busy(&settle), "written after its close: held back");
     }
 
+    /// The record follows a rename and a metadata change, and is dropped
+    /// by a write, a delete and a rename over it.
+    #[test]
+    fn the_close_record_follows_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().canonicalize().unwrap();
+        let closed = Closed::default();
+        let ev = |k: EventKind, paths: &[&str]| {
+            paths
+                .iter()
+                .fold(notify::Event::new(k), |e, x| e.add_path(root.join(x)))
+        };
+        let stat = |x: &str| std::fs::metadata(root.join(x)).unwrap();
+        let close = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        std::fs::write(root.join("a"), b"1").unwrap();
+        note(&closed, &root, &ev(close, &["a"]));
+        assert!(closed.unchanged(&p("a"), &stat("a")));
+        std::fs::rename(root.join("a"), root.join("b")).unwrap();
+        let both = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
+        note(&closed, &root, &ev(both, &["a", "b"]));
+        assert!(closed.unchanged(&p("b"), &stat("b")), "renamed (new ctime)");
+        assert!(!closed.unchanged(&p("a"), &stat("b")));
+        std::fs::set_permissions(
+            root.join("b"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let attrib = EventKind::Modify(ModifyKind::Metadata(notify::event::MetadataKind::Any));
+        note(&closed, &root, &ev(attrib, &["b"]));
+        assert!(closed.unchanged(&p("b"), &stat("b")), "chmod");
+        let write = EventKind::Modify(ModifyKind::Data(notify::event::DataChange::Any));
+        note(&closed, &root, &ev(write, &["b"]));
+        assert!(!closed.unchanged(&p("b"), &stat("b")), "written since");
+        // a closed file replaced by a rename over it
+        std::fs::write(root.join("c"), b"2").unwrap();
+        note(&closed, &root, &ev(close, &["c"]));
+        std::fs::rename(root.join("b"), root.join("c")).unwrap();
+        note(&closed, &root, &ev(both, &["b", "c"]));
+        assert!(!closed.unchanged(&p("c"), &stat("c")), "replaced");
+        std::fs::write(root.join("e"), b"3").unwrap();
+        note(&closed, &root, &ev(close, &["e"]));
+        let m = stat("e");
+        note(
+            &closed,
+            &root,
+            &ev(EventKind::Remove(notify::event::RemoveKind::File), &["e"]),
+        );
+        assert!(!closed.unchanged(&p("e"), &m), "deleted");
+    }
+
     #[test]
     fn overflow_is_lost() {
         let ev = notify::Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);

@@ -3,9 +3,9 @@
 # client in one network namespace writes new files through nfs-ganesha
 # (NFSv4, then NFSv3) serving the primary's export from another; syncd
 # --role primary / --role standby replicate it on loopback. Latency is from
-# the client's successful end of nfs-cp (every WRITE and, over NFSv4, the
-# CLOSE answered) to the complete file under its name on the standby
-# (benches/live_load.py load --nfs). Root; needs nfs-ganesha(-vfs), rpcbind,
+# the file's last change in the primary's export (the server's close at the
+# client's NFSv4 CLOSE; over NFSv3, which has no close, its last WRITE) to the
+# complete file under its name on the standby (benches/live_load.py nfs). Root; needs nfs-ganesha(-vfs), rpcbind,
 # libnfs-utils.
 #
 #   benches/nfs_latency.sh
@@ -87,7 +87,6 @@ printf '%s\n' "export = \"$DIR/dst\"" "listen = \"127.0.0.1:$port\"" \
 printf '%s\n' "export = \"$DIR/src\"" "peer = \"127.0.0.1:$port\"" \
   "cert = \"$DIR/keys/p/node.crt\"" "key = \"$DIR/keys/p/node.key\"" "peer_cert = \"$DIR/keys/s/node.crt\"" \
   "[sync]" "settle_ms = $SETTLE_MS" > "$DIR/primary.toml"
-"${LOAD[@]}" prep --src "$DIR/src" --dirs 1
 spawn "$DIR/standby.log" "$SYNCD" --role standby --config "$DIR/standby.toml"
 wait_for_line "$DIR/standby.log" "standby listening" 30
 spawn "$DIR/primary.log" "$SYNCD" --role primary --config "$DIR/primary.toml"
@@ -99,11 +98,11 @@ echo "syncd $(git describe --always --dirty 2>/dev/null || true), settle_ms $SET
 for v in $VERSIONS; do
   if [ "$v" = 4 ]; then url="nfs://10.253.0.1/export?version=4"; else url="nfs://10.253.0.1$DIR/src?version=3"; fi
   r=$DIR/result-v$v.txt
-  "${LOAD[@]}" load --src "$DIR/src" --dst "$DIR/dst" --dirs 1 --rate "$RATE" --seconds "$LOAD_SECONDS" \
-    --size "$SIZE" --tag "v$v" --label "NFSv$v" --grace 30 --nfs "$url" --netns "${NS}c" --stage "$DIR/stage" \
+  "${LOAD[@]}" nfs --src "$DIR/src" --dst "$DIR/dst" --url "$url" --netns "${NS}c" --stage "$DIR/stage" \
+    --rate "$RATE" --seconds "$LOAD_SECONDS" --size "$SIZE" --tag "v$v" --label "NFSv$v" --grace 30 \
     --tsv "$DIR/latency-v$v.tsv" > "$r"
   echo "NFSv$v: change->replica p50 $(getv "$r" p50_ms) ms, p99 $(getv "$r" p99_ms) ms, max $(getv "$r" max_ms) ms;" \
-    "$(getv "$r" arrived) of $(getv "$r" files) arrived (client achieved $(getv "$r" achieved)/s," \
-    "nfs-cp failed $(getv "$r" nfs_failed), bad content $(getv "$r" bad_content), partial seen $(getv "$r" partial_seen))"
+    "$(getv "$r" arrived) of $(getv "$r" written) written arrived (offered $RATE/s, client achieved $(getv "$r" achieved)/s," \
+    "nfs-cp failed $(getv "$r" nfs_failed), bad content $(getv "$r" bad_content))"
 done
 echo "files ganesha holds open for writing at the end: $(writers "$(cat "$DIR/ganesha/ganesha.pid")" "$DIR/src")"

@@ -445,6 +445,7 @@ fn nfs_clients_lose_no_acknowledged_write_when_the_leader_dies() {
         lan.holders(&[0, 1])
     );
 
+    let long = nfs::LongClient::start(lan.ns(CLIENT), &vip, "l", 20);
     let stop = Arc::new(AtomicBool::new(false));
     let client = client_loop(
         lan.ns(CLIENT).to_string(),
@@ -463,7 +464,45 @@ fn nfs_clients_lose_no_acknowledged_write_when_the_leader_dies() {
     assert!(took.is_some(), "node 1 never took the address");
     std::thread::sleep(Duration::from_secs(4));
     stop.store(true, Ordering::Relaxed);
-    let writes = client.join().unwrap();
+    let mut writes = client.join().unwrap();
+    // The long-lived client: what it saw after the kill, and its writes.
+    let long_lines = long.lines.lock().unwrap().clone();
+    drop(long);
+    let long_before = long_lines
+        .iter()
+        .filter(|(t, l)| *t < killed && l.starts_with("ok "))
+        .count();
+    let long_first_ok = long_lines
+        .iter()
+        .find(|(t, l)| *t >= killed && l.starts_with("ok "))
+        .map(|(t, _)| *t - killed);
+    let mut long_errors: Vec<String> = long_lines
+        .iter()
+        .filter(|(t, l)| *t >= killed && l.starts_with("err "))
+        .map(|(_, l)| l.splitn(3, ' ').nth(2).unwrap_or("").to_string())
+        .collect();
+    let long_failed = long_errors.len();
+    long_errors.dedup();
+    eprintln!(
+        "long-lived client (one session, kept root handle): acknowledged before the kill {long_before}; \
+         after it {long_failed} failures, first acknowledged write {long_first_ok:?} after the kill; errors seen: {long_errors:?}"
+    );
+    assert!(
+        long_before > 0,
+        "the long-lived client must write before the kill: {long_lines:?}"
+    );
+    let long_writes: Vec<Write1> = long_lines
+        .iter()
+        .filter_map(|(t, l)| {
+            let name = l.strip_prefix("ok ")?;
+            Some(Write1 {
+                name: name.to_string(),
+                data: nfs::LongClient::content(name),
+                ok: true,
+                at: *t,
+            })
+        })
+        .collect();
     let before = writes.iter().filter(|w| w.ok && w.at < killed).count();
     let after: Vec<_> = writes.iter().filter(|w| w.ok && w.at >= killed).collect();
     let failed = writes.iter().filter(|w| !w.ok).count();
@@ -477,6 +516,7 @@ fn nfs_clients_lose_no_acknowledged_write_when_the_leader_dies() {
         before > 0 && !after.is_empty(),
         "the client must write before and after the failover"
     );
+    writes.extend(long_writes);
     let (served, kept, gone, names) = count(&lan, &vip, &[node(1)], &writes);
     eprintln!("after the failover: served through the address {served}, only in a conflicts area {kept}, not on node 1 {gone} {names:?}");
 

@@ -179,3 +179,50 @@ pub fn cat(ns: &str, url: &str) -> Result<Vec<u8>, String> {
         Err(String::from_utf8_lossy(&o.stderr).to_string())
     }
 }
+
+/// A long-lived NFSv4 client (`nfs_client.py`: one libnfs session and root
+/// file handle, mounted once) in namespace `ns`, creating new files through
+/// `host` every `interval_ms`; each attempt's outcome is recorded with the
+/// time its line arrived. Killed (its process group) on drop.
+pub struct LongClient {
+    child: Child,
+    pub lines: std::sync::Arc<std::sync::Mutex<Vec<(Instant, String)>>>,
+}
+
+impl LongClient {
+    pub fn start(ns: &str, host: &str, prefix: &str, interval_ms: u32) -> LongClient {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/nfs_client.py");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "python3", script, host, prefix])
+            .arg(interval_ms.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .process_group(0)
+            .spawn()
+            .expect("spawn nfs_client.py");
+        let out = child.stdout.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                l.lock().unwrap().push((Instant::now(), line));
+            }
+        });
+        LongClient { child, lines }
+    }
+
+    /// The content it writes into file `name`.
+    pub fn content(name: &str) -> Vec<u8> {
+        format!("{name}\n").repeat(20).into_bytes()
+    }
+}
+
+impl Drop for LongClient {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process group we created for this child.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}

@@ -336,6 +336,9 @@ def cmd_nfs(a):
         os.close(r)
         try:
             nfs_writer(a, names, w)
+        except BaseException:
+            import traceback
+            traceback.print_exc()
         finally:
             os._exit(0)
     os.close(w)
@@ -378,6 +381,8 @@ def cmd_nfs(a):
         handle_events()
         if os.waitpid(child, os.WNOHANG)[0]:
             done = os.read(r, 100).split()
+    if len(done) != 2:
+        sys.exit("live_load nfs: the writer died (see above)")
     failed, write_secs = int(done[0]), float(done[1])
     deadline = clock() + a.grace
     while clock() < deadline and any(t_change[i] and not t_seen[i] for i in range(n)):

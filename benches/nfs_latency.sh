@@ -12,7 +12,8 @@
 #
 # Environment: RATE (200 files/s), SECONDS (30), SIZE (1024 bytes; NFSv4
 # writes of 4 KiB or more fail in libnfs 4.0), VERSIONS ("4 3"),
-# SETTLE_MS (500: syncd's settle_ms), BENCH_DIR (/tmp/syncd-nfs-bench),
+# SETTLE_MS (500: syncd's settle_ms), DURABLE (true: syncd's durable, a
+# syncfs on the standby before each commit is acknowledged), BENCH_DIR (/tmp/syncd-nfs-bench),
 # SYNCD (the binary; default: the release build, built when missing).
 LOAD_SECONDS=$(printenv SECONDS || true)
 LOAD_SECONDS=${LOAD_SECONDS:-30}
@@ -23,6 +24,7 @@ RATE=${RATE:-200}
 SIZE=${SIZE:-1024}
 VERSIONS=${VERSIONS:-"4 3"}
 SETTLE_MS=${SETTLE_MS:-500}
+DURABLE=${DURABLE:-true}
 DIR=${BENCH_DIR:-/tmp/syncd-nfs-bench}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 SYNCD=${SYNCD:-$TARGET/release/syncd}
@@ -83,16 +85,16 @@ wait_for_line "$DIR/ganesha/ganesha.log" "NFS SERVER INITIALIZED" 30
 port=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 printf '%s\n' "export = \"$DIR/dst\"" "listen = \"127.0.0.1:$port\"" \
   "cert = \"$DIR/keys/s/node.crt\"" "key = \"$DIR/keys/s/node.key\"" "peer_cert = \"$DIR/keys/p/node.crt\"" \
-  > "$DIR/standby.toml"
+  "[sync]" "durable = $DURABLE" > "$DIR/standby.toml"
 printf '%s\n' "export = \"$DIR/src\"" "peer = \"127.0.0.1:$port\"" \
   "cert = \"$DIR/keys/p/node.crt\"" "key = \"$DIR/keys/p/node.key\"" "peer_cert = \"$DIR/keys/s/node.crt\"" \
-  "[sync]" "settle_ms = $SETTLE_MS" > "$DIR/primary.toml"
+  "[sync]" "settle_ms = $SETTLE_MS" "durable = $DURABLE" > "$DIR/primary.toml"
 spawn "$DIR/standby.log" "$SYNCD" --role standby --config "$DIR/standby.toml"
 wait_for_line "$DIR/standby.log" "standby listening" 30
 spawn "$DIR/primary.log" "$SYNCD" --role primary --config "$DIR/primary.toml"
 wait_for_line "$DIR/primary.log" "in sync; following changes" 60
 
-echo "syncd $(git describe --always --dirty 2>/dev/null || true), settle_ms $SETTLE_MS;" \
+echo "syncd $(git describe --always --dirty 2>/dev/null || true), settle_ms $SETTLE_MS, durable $DURABLE;" \
   "$RATE new $SIZE-byte files/s for $LOAD_SECONDS s, each by a fresh nfs-cp through nfs-ganesha" \
   "$(dpkg-query -W -f '${Version}' nfs-ganesha 2>/dev/null || true)"
 for v in $VERSIONS; do

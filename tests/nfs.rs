@@ -218,9 +218,11 @@ fn files_written_through_ganesha_reach_the_standby_whole() {
     eprintln!("ganesha still has {writers} files open for writing after the clients' CLOSE");
 
     // 2. Multi-MiB files over NFSv3 (no CLOSE in the protocol: syncd ships
-    // them after settle_ms of quiet, here the default), beside more small ones.
+    // them after settle_ms of quiet; 2 s, so that a client or server starved
+    // of CPU mid-file on a loaded machine still counts as writing), beside
+    // more small ones.
     lan.term(p1);
-    let [primary_cfg, _] = configs(&lan, 500);
+    let [primary_cfg, _] = configs(&lan, 2000);
     let _p2 = start_primary(&mut lan, &primary_cfg);
     let mut mixed = Vec::new();
     for i in 0..6 {

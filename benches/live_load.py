@@ -4,6 +4,9 @@
     live_load.py prep  --src DIR [--dirs N]
     live_load.py load  --src DIR --dst DIR --rate R --seconds S [--size B]
                        [--dirs N] [--tag T] [--grace S] [--label L] [--tsv FILE]
+    live_load.py nfs   --src DIR --dst DIR --url URL --netns NS --stage DIR
+                       --rate R --seconds S [--size B] [--tag T] [--grace S]
+                       [--jobs J] [--label L] [--tsv FILE]
     live_load.py probe --src DIR --dst DIR [--timeout S]
     live_load.py gen   --dir DIR --files N [--size B]
     live_load.py waitlive --log FILE --pattern TEXT --src DIR --dst DIR --t0 T
@@ -25,6 +28,16 @@ it finds are counted separately ("by sweep"; expected to be 0). After the
 last write it keeps watching for GRACE seconds (or until all arrived), then
 reads every arrived file back and compares its content.
 
+`nfs` writes through an NFS server instead: a child process starts, at
+rate R, a fresh libnfs client per file (`ip netns exec NS nfs-cp STAGED
+URL/NAME`, URL may end in a ?query; at most J at once, default 16), SRC
+being the export the server serves. The parent only measures: it watches
+SRC and DST with inotify; a file's time is its last change in SRC
+(IN_MODIFY, or IN_CLOSE_WRITE: over NFSv4 the server closes the file just
+before it answers the client's CLOSE; NFSv3 has no close, so there it is
+the last WRITE), and it has arrived when DST has it complete under its
+name. Failed copies are counted (nfs_failed), not measured.
+
 The result is one human line and one `RESULT key=value ...` line for the
 harness. Latencies are in milliseconds.
 """
@@ -35,11 +48,13 @@ import errno
 import os
 import select
 import struct
+import subprocess
 import sys
 import time
 
 clock = time.monotonic  # CLOCK_MONOTONIC on Linux
 
+IN_MODIFY = 0x00000002
 IN_CLOSE_WRITE = 0x00000008
 IN_MOVED_TO = 0x00000080
 IN_CREATE = 0x00000100
@@ -272,6 +287,137 @@ def cmd_load(a):
     print("RESULT " + " ".join("%s=%s" % kv for kv in res.items()))
 
 
+def nfs_writer(a, names, w):
+    """The child of `nfs`: R files/s by a fresh nfs-cp each; writes the
+    number of failed copies to pipe `w`."""
+    base, _, query = a.url.partition("?")
+    query = "?" + query if query else ""
+    blob = b"x" * a.size
+    running, failed = [], 0
+    t0 = clock()
+    for i, name in enumerate(names):
+        while True:
+            still = []
+            for p in running:
+                if p.poll() is None:
+                    still.append(p)
+                elif p.returncode != 0:
+                    failed += 1
+            running = still
+            wait = t0 + i / a.rate - clock()
+            if wait <= 0 and len(running) < a.jobs:
+                break
+            time.sleep(max(min(wait, 0.001), 0.0005))
+        head = ("%s %d\n" % (a.tag, i)).encode()
+        staged = os.path.join(a.stage, name)
+        with open(staged, "wb") as f:
+            f.write(head + blob[: a.size - len(head)])
+        running.append(subprocess.Popen(["ip", "netns", "exec", a.netns, "nfs-cp", staged, "%s/%s%s" % (base, name, query)],
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    for p in running:
+        if p.wait() != 0:
+            failed += 1
+    os.write(w, b"%d %.3f\n" % (failed, clock() - t0))
+
+
+def cmd_nfs(a):
+    n, size, tag = int(a.rate * a.seconds), a.size, a.tag
+    names = ["%s-%08d" % (tag, i) for i in range(n)]
+    ino = Inotify()
+    src_wd = ino.add(a.src, IN_MODIFY | IN_CLOSE_WRITE | IN_ONLYDIR)
+    ino.add(a.dst, IN_CREATE | IN_MOVED_TO | IN_CLOSE_WRITE | IN_ONLYDIR)
+    prefix = (tag + "-").encode()
+    t_change = [0.0] * n
+    t_seen = [0.0] * n
+    partial_seen = overflows = 0
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(r)
+        try:
+            nfs_writer(a, names, w)
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+        finally:
+            os._exit(0)
+    os.close(w)
+
+    def check(i, now):
+        nonlocal partial_seen
+        try:
+            st = os.stat(os.path.join(a.dst, names[i]))
+        except FileNotFoundError:
+            return
+        if st.st_size != size:
+            partial_seen += 1
+            return
+        t_seen[i] = now
+
+    def handle_events():
+        nonlocal overflows
+        evs = ino.read()
+        now = clock()
+        for wd, mask, name in evs:
+            if mask & IN_Q_OVERFLOW:
+                overflows += 1
+                continue
+            if not name.startswith(prefix):
+                continue
+            try:
+                i = int(name[len(prefix):])
+            except ValueError:
+                continue
+            if i >= n:
+                continue
+            if wd == src_wd:
+                t_change[i] = now
+            elif not t_seen[i]:
+                check(i, now)
+
+    done = None
+    while done is None:
+        select.select([ino.fd, r], [], [], 1.0)
+        handle_events()
+        if os.waitpid(child, os.WNOHANG)[0]:
+            done = os.read(r, 100).split()
+    if len(done) != 2:
+        sys.exit("live_load nfs: the writer died (see above)")
+    failed, write_secs = int(done[0]), float(done[1])
+    deadline = clock() + a.grace
+    while clock() < deadline and any(t_change[i] and not t_seen[i] for i in range(n)):
+        select.select([ino.fd], [], [], 0.2)
+        handle_events()
+        for i in range(n):  # a sweep for late files
+            if t_change[i] and not t_seen[i]:
+                check(i, clock())
+    bad = 0
+    for i in range(n):
+        if t_seen[i]:
+            with open(os.path.join(a.dst, names[i]), "rb") as f:
+                if f.read() != content(tag, i, size):
+                    bad += 1
+    lat = sorted((t_seen[i] - t_change[i]) * 1e3 for i in range(n) if t_seen[i] and t_change[i])
+    if a.tsv:
+        with open(a.tsv, "w") as f:
+            f.write("i\tlatency_ms\n")
+            for i in range(n):
+                f.write("%d\t%s\n" % (i, "%.3f" % ((t_seen[i] - t_change[i]) * 1e3) if t_seen[i] and t_change[i] else "NA"))
+    res = dict(
+        label=a.label, rate=a.rate, seconds=a.seconds, files=n, achieved=round(n / write_secs, 1) if write_secs else "nan",
+        nfs_failed=failed, written=sum(1 for t in t_change if t), arrived=len(lat),
+        missing=sum(1 for i in range(n) if t_change[i] and not t_seen[i]),
+        p50_ms=round(pct(lat, 0.5), 2), p90_ms=round(pct(lat, 0.9), 2), p99_ms=round(pct(lat, 0.99), 2),
+        max_ms=round(lat[-1], 2) if lat else float("nan"),
+        partial_seen=partial_seen, bad_content=bad, overflows=overflows,
+    )
+    print("%-8s %6d files offered at %g/s through NFS (client achieved %s/s, %d failed): p50 %.1f ms  p90 %.1f  p99 %.1f  max %.1f ms; "
+          "%d never arrived (grace %.0f s); %d bad content"
+          % (a.label, n, a.rate, res["achieved"], failed, res["p50_ms"], res["p90_ms"], res["p99_ms"], res["max_ms"],
+             res["missing"], a.grace, bad), file=sys.stderr)
+    print("RESULT " + " ".join("%s=%s" % kv for kv in res.items()))
+
+
 def cmd_probe(a):
     """Write one file in SRC and print how long (ms) until it is in DST."""
     name = "probe-%d-%d" % (os.getpid(), time.time_ns())
@@ -379,6 +525,21 @@ def main():
     p.add_argument("--label", default="load")
     p.add_argument("--tsv")
     p.set_defaults(fn=cmd_load)
+    p = sub.add_parser("nfs")
+    p.add_argument("--src", required=True)
+    p.add_argument("--dst", required=True)
+    p.add_argument("--url", required=True, help="libnfs URL of SRC on the server (nfs://HOST/PATH?QUERY)")
+    p.add_argument("--netns", required=True, help="the client's network namespace")
+    p.add_argument("--stage", required=True, help="a local directory for the files to copy")
+    p.add_argument("--rate", type=float, default=200)
+    p.add_argument("--seconds", type=float, default=30)
+    p.add_argument("--size", type=int, default=1024)
+    p.add_argument("--tag", default="n")
+    p.add_argument("--grace", type=float, default=30)
+    p.add_argument("--jobs", type=int, default=16)
+    p.add_argument("--label", default="nfs")
+    p.add_argument("--tsv")
+    p.set_defaults(fn=cmd_nfs)
     p = sub.add_parser("probe")
     p.add_argument("--src", required=True)
     p.add_argument("--dst", required=True)

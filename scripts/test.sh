@@ -7,7 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pair in keepalived:keepalived ip:iproute2 bridge:iproute2 tcpdump:tcpdump promtool:prometheus inotifywait:inotify-tools rsync:rsync systemd-analyze:systemd nft:nftables; do
+for pair in keepalived:keepalived ip:iproute2 bridge:iproute2 tcpdump:tcpdump \
+    promtool:prometheus inotifywait:inotify-tools rsync:rsync systemd-analyze:systemd nft:nftables \
+    ganesha.nfsd:nfs-ganesha ganesha.nfsd:nfs-ganesha-vfs nfs-cp:libnfs-utils rpcbind:rpcbind; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ]; then need+=("$pkg"); fi
 done
@@ -24,6 +26,13 @@ fi
 # (its VRRP adverts would reach the test namespaces' bridges).
 if command -v systemctl >/dev/null 2>&1; then systemctl stop keepalived >/dev/null 2>&1 || true; fi
 if [ -r /run/keepalived.pid ]; then kill "$(cat /run/keepalived.pid)" 2>/dev/null || true; fi
+# Nor nfs-ganesha and rpcbind: the NFS tests start their own in namespaces.
+if command -v systemctl >/dev/null 2>&1; then
+  systemctl stop nfs-ganesha rpcbind.socket rpcbind >/dev/null 2>&1 || true
+fi
+for pidfile in /run/ganesha/ganesha.pid /run/rpcbind.pid; do
+  if [ -r "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || true; fi
+done
 
 SYNCD_SKIP_LOG=$(mktemp)
 export SYNCD_SKIP_LOG

@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::config::Config;
 use crate::generation::Leading;
 use crate::index::{Index, Stamp};
+use crate::lease::Settle;
 use crate::path::RelPath;
 use crate::plan::{self, FileOp, Plan, PlanOptions};
 use crate::scan::{self, Scan};
@@ -397,7 +398,7 @@ impl Session {
 pub struct ResyncOptions {
     /// Live replication: hold back files open for writing until closed or
     /// quiet this long (see [`crate::lease`]). `None` for one-shot resync.
-    pub settle: Option<Duration>,
+    pub settle: Option<Settle>,
     /// Live replication: large transfers keep running after `reconcile`
     /// returns; their outcomes come from [`Session::next_transfer`].
     pub background: bool,
@@ -691,7 +692,7 @@ async fn execute(
     index: &mut Index,
     bar: &ProgressBar,
 ) -> Result<(), ClientError> {
-    let (settle, background) = (o.settle, o.background);
+    let (settle, background) = (o.settle.clone(), o.background);
     let mut barrier_id = 0u64;
     let mut next_barrier = || {
         barrier_id += 1;
@@ -731,11 +732,21 @@ async fn execute(
             // Still going from an earlier batch; its end re-checks the path.
             continue;
         }
-        if let Some(o) = s.transfers.start(f.clone(), settle, bar).await {
+        if let Some(o) = s.transfers.start(f.clone(), settle.clone(), bar).await {
             s.absorb(o, sum, index);
         }
     }
-    send_whole(s, cfg, settle, &small, &mut next_id, sum, index, bar).await?;
+    send_whole(
+        s,
+        cfg,
+        settle.clone(),
+        &small,
+        &mut next_id,
+        sum,
+        index,
+        bar,
+    )
+    .await?;
     for (path, target, meta) in &p.symlinks {
         s.send(&Request::Symlink {
             path: path.clone(),
@@ -799,9 +810,9 @@ fn read_small(
     export: &std::path::Path,
     op: FileOp,
     id: u64,
-    settle: Option<Duration>,
+    settle: Option<Settle>,
 ) -> std::io::Result<Option<Read1>> {
-    let (f, before, lease) = match open_source(export, &op.path, settle)? {
+    let (f, before, lease) = match open_source(export, &op.path, settle.as_ref())? {
         Opened::Gone => return Ok(Some(Read1::Vanished)),
         Opened::Busy => return Ok(Some(Read1::Busy)),
         Opened::File(f, m, leased) => (f, m, leased),
@@ -837,7 +848,7 @@ fn read_small(
 async fn send_whole(
     s: &mut Session,
     cfg: &Config,
-    settle: Option<Duration>,
+    settle: Option<Settle>,
     files: &[&FileOp],
     next_id: &mut u64,
     sum: &mut Summary,
@@ -860,6 +871,7 @@ async fn send_whole(
                     let id = *next_id;
                     let export = cfg.export.clone();
                     let op = f.clone();
+                    let settle = settle.clone();
                     queue.push_back((
                         f,
                         tokio::task::spawn_blocking(move || read_small(&export, op, id, settle)),
@@ -878,6 +890,7 @@ async fn send_whole(
             tries += 1;
             *next_id += 1;
             let (export, op, id) = (cfg.export.clone(), f.clone(), *next_id);
+            let settle = settle.clone();
             res = tokio::task::spawn_blocking(move || read_small(&export, op, id, settle))
                 .await
                 .map_err(|e| ClientError::Protocol(e.to_string()))?;

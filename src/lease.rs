@@ -6,9 +6,24 @@
 //! closed, unchanging file: what inotify cannot say for a rewrite that starts
 //! after its close event was seen. Needs to own the file or CAP_LEASE (root);
 //! where leases are unavailable the caller falls back to stamp checks.
+//!
+//! A file server keeps descriptors open after its client is done: nfs-ganesha
+//! closes the descriptor of an NFSv4 OPEN at the client's CLOSE (so
+//! `IN_CLOSE_WRITE` arrives), but keeps another one, opened for writing,
+//! cached for later requests. The lease is then refused for as long as the
+//! server likes. [`Closed`] is the rule for that case: a file whose writer
+//! closed it and which has not changed since (same size, mtime, ctime and
+//! inode as at the close) is complete, whoever still holds it open; it is
+//! read without a lease, and the read is checked by those stamps instead.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::index::Stamp;
+use crate::path::RelPath;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lease {
@@ -47,6 +62,58 @@ pub fn intact(f: &File) -> bool {
     // SAFETY: as above.
     let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLEASE) };
     r == libc::F_RDLCK
+}
+
+/// How live replication treats a file someone has open for writing.
+#[derive(Clone, Debug)]
+pub struct Settle {
+    /// Shipped anyway after this much quiet (`settle_ms`).
+    pub quiet: Duration,
+    /// Files closed by a writer, as they were then.
+    pub closed: Arc<Closed>,
+}
+
+/// Beyond this many remembered closes the record starts over: files then
+/// wait for their lease or `settle_ms`, as without it.
+const CLOSED_MAX: usize = 1 << 16;
+
+/// Each file's stamp when a writer last closed it (`IN_CLOSE_WRITE`),
+/// forgotten when it is written to again. Kept by the watch thread.
+#[derive(Default, Debug)]
+pub struct Closed(Mutex<HashMap<RelPath, Stamp>>);
+
+impl Closed {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<RelPath, Stamp>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A writer closed `rel`, which now looks like `m`.
+    pub fn closed(&self, rel: RelPath, m: &std::fs::Metadata) {
+        let mut map = self.map();
+        if map.len() >= CLOSED_MAX {
+            map.clear();
+        }
+        map.insert(rel, Stamp::of(m));
+    }
+
+    /// `rel` was written to, truncated, removed or replaced.
+    pub fn forget(&self, rel: &RelPath) {
+        self.map().remove(rel);
+    }
+
+    /// Its metadata changed (chmod, utimes) or it was renamed to `to`,
+    /// but not its content: still the closed file, now looking like `m`.
+    pub fn moved(&self, from: &RelPath, to: RelPath, m: &std::fs::Metadata) {
+        let mut map = self.map();
+        if map.remove(from).is_some() {
+            map.insert(to, Stamp::of(m));
+        }
+    }
+
+    /// `rel` is, as `m` shows, exactly what its writer closed.
+    pub fn unchanged(&self, rel: &RelPath, m: &std::fs::Metadata) -> bool {
+        self.map().get(rel) == Some(&Stamp::of(m))
+    }
 }
 
 #[cfg(test)]

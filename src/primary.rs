@@ -89,8 +89,12 @@ async fn run_inner(
     stats.set_generation(&me.record.lineage, None);
     let mut index = Index::load(&cfg.state_dir.join("index.bin"));
     crate::lease::ignore_break_signal();
+    let settle = crate::lease::Settle {
+        quiet: cfg.sync.batch.settle,
+        closed: watch.as_ref().map(|w| w.closed.clone()).unwrap_or_default(),
+    };
     let mut opts = ResyncOptions {
-        settle: Some(cfg.sync.batch.settle),
+        settle: Some(settle),
         background: true,
         defer_links: Some(Default::default()),
         dry_run: false,

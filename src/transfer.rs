@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 
 use crate::delta;
 use crate::index::Stamp;
+use crate::lease::Settle;
 use crate::path::RelPath;
 use crate::plan::FileOp;
 use crate::scan;
@@ -89,7 +90,7 @@ impl Transfers {
     pub async fn start(
         &mut self,
         op: FileOp,
-        settle: Option<Duration>,
+        settle: Option<Settle>,
         bar: &ProgressBar,
     ) -> Option<Outcome> {
         let done = if self.running.len() >= MAX_STREAMS {
@@ -142,7 +143,7 @@ impl Transfers {
 async fn transfer(
     conn: quinn::Connection,
     export: &Path,
-    settle: Option<Duration>,
+    settle: Option<Settle>,
     op: FileOp,
     bar: &ProgressBar,
     deadline: Option<Duration>,
@@ -184,7 +185,7 @@ enum TransferError {
 async fn transfer_inner(
     conn: &quinn::Connection,
     export: &Path,
-    settle: Option<Duration>,
+    settle: Option<Settle>,
     bar: &ProgressBar,
     o: &mut Outcome,
     deadline: Option<Duration>,
@@ -215,7 +216,7 @@ async fn transfer_inner(
                         let s = send_delta(
                             &mut st,
                             export,
-                            settle,
+                            settle.clone(),
                             &op,
                             data,
                             2,
@@ -237,7 +238,7 @@ async fn transfer_inner(
             Some(s) => s,
             None => {
                 whole_tries += 1;
-                send_large(&mut st, export, settle, &op, 3, bar).await?
+                send_large(&mut st, export, settle.clone(), &op, 3, bar).await?
             }
         };
         st.finish().await?;
@@ -294,11 +295,12 @@ pub(crate) enum Opened {
 /// FIFO or device (a FIFO would hang the reader, `/dev/zero` never ends).
 /// Either counts as gone: the compare that follows sees what is there now.
 /// With `settle` (live replication), a file another process has open for
-/// writing is held back unless quiet that long.
+/// writing is held back unless quiet that long or unchanged since a writer
+/// closed it (see [`crate::lease::Closed`]).
 pub(crate) fn open_source(
     export: &Path,
     rel: &RelPath,
-    settle: Option<Duration>,
+    settle: Option<&Settle>,
 ) -> std::io::Result<Opened> {
     use rustix::fs::{Mode, OFlags, ResolveFlags};
     let gone = |e: &rustix::io::Errno| {
@@ -334,8 +336,13 @@ pub(crate) fn open_source(
     let leased = match settle {
         Some(settle) => match crate::lease::take(&f) {
             crate::lease::Lease::Busy => {
+                // Still open for writing, but unchanged since a writer
+                // closed it: a server's cached descriptor, not a writer.
+                if settle.closed.unchanged(rel, &m) {
+                    return Ok(Opened::File(f, m, false));
+                }
                 let age = m.modified().ok().and_then(|t| t.elapsed().ok());
-                if age.is_none_or(|a| a < settle) {
+                if age.is_none_or(|a| a < settle.quiet) {
                     return Ok(Opened::Busy);
                 }
                 false
@@ -356,7 +363,7 @@ pub(crate) fn untouched(f: &std::fs::File, leased: bool) -> bool {
 async fn send_large(
     st: &mut Stream,
     export: &Path,
-    settle: Option<Duration>,
+    settle: Option<Settle>,
     f: &FileOp,
     id: u64,
     bar: &ProgressBar,
@@ -368,7 +375,7 @@ async fn send_large(
     let busy2 = busy.clone();
     let reader =
         tokio::task::spawn_blocking(move || -> std::io::Result<Option<(Stamp, wire::Hash)>> {
-            let (mut file, before, leased) = match open_source(&export, &rel, settle)? {
+            let (mut file, before, leased) = match open_source(&export, &rel, settle.as_ref())? {
                 Opened::Gone => return Ok(None),
                 Opened::Busy => {
                     busy2.store(true, Ordering::Relaxed);
@@ -473,7 +480,7 @@ async fn forward(
 async fn send_delta(
     st: &mut Stream,
     export: &Path,
-    settle: Option<Duration>,
+    settle: Option<Settle>,
     f: &FileOp,
     sig: Vec<u8>,
     id: u64,
@@ -493,7 +500,7 @@ async fn send_delta(
                 Err(_) => return Ok(Err(())),
             };
             let ix = differ.indexed();
-            let (mut file, before, leased) = match open_source(&export, &rel, settle)? {
+            let (mut file, before, leased) = match open_source(&export, &rel, settle.as_ref())? {
                 Opened::Gone => return Ok(Ok(None)),
                 Opened::Busy => {
                     busy2.store(true, Ordering::Relaxed);

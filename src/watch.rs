@@ -14,6 +14,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, Notify};
 
 use crate::batch::Change;
+use crate::lease::Closed;
 use crate::path::RelPath;
 
 /// Changes queued between the notify thread and the daemon; beyond this the
@@ -28,6 +29,8 @@ pub struct Watch {
     /// Set when a watch could not be added (e.g. `max_user_watches`).
     pub limit_hit: Arc<AtomicBool>,
     pub wake: Arc<Notify>,
+    /// What writers closed and nobody wrote since (see [`Closed`]).
+    pub closed: Arc<Closed>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,11 +55,20 @@ impl Watch {
         let dropped = Arc::new(AtomicBool::new(false));
         let limit_hit = Arc::new(AtomicBool::new(false));
         let wake = Arc::new(Notify::new());
+        let closed = Arc::new(Closed::default());
         let root = export.to_path_buf();
-        let (d, l, w) = (dropped.clone(), limit_hit.clone(), wake.clone());
+        let (d, l, w, c) = (
+            dropped.clone(),
+            limit_hit.clone(),
+            wake.clone(),
+            closed.clone(),
+        );
         let handler = move |res: notify::Result<notify::Event>| {
             let changes = match res {
-                Ok(ev) => translate(&root, &ev),
+                Ok(ev) => {
+                    note(&c, &root, &ev);
+                    translate(&root, &ev)
+                }
                 Err(e) => {
                     if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
                         l.store(true, Ordering::Relaxed);
@@ -100,6 +112,7 @@ impl Watch {
             dropped,
             limit_hit,
             wake,
+            closed,
         })
     }
 
@@ -123,6 +136,47 @@ impl Watch {
 fn rel(root: &Path, p: &Path) -> Option<RelPath> {
     // Paths outside the export, the root itself and the state directory are not replicated.
     RelPath::from_path(p.strip_prefix(root).ok()?).ok()
+}
+
+/// Keeps the record of closed files (see [`Closed`]) from one event: a
+/// close by a writer records the file as it is now; a metadata change or a
+/// rename carries a record along; anything else that touches the file
+/// (a write, a truncate, a create, a delete) drops it. Events arrive in
+/// order, so a write after the close drops the record it follows.
+pub fn note(closed: &Closed, root: &Path, ev: &notify::Event) {
+    let Some((abs, r)) = ev
+        .paths
+        .first()
+        .and_then(|p| rel(root, p).map(|r| (p.as_path(), r)))
+    else {
+        return;
+    };
+    let stat = |p: &Path| std::fs::symlink_metadata(p).ok().filter(|m| m.is_file());
+    match ev.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => match stat(abs) {
+            Some(m) => closed.closed(r, &m),
+            None => closed.forget(&r),
+        },
+        EventKind::Access(_) => {}
+        EventKind::Modify(ModifyKind::Metadata(_)) => match stat(abs) {
+            Some(m) => closed.moved(&r, r.clone(), &m),
+            None => closed.forget(&r),
+        },
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+            let to = ev.paths.get(1).and_then(|p| rel(root, p).map(|t| (p, t)));
+            match to {
+                Some((abs_to, to)) => {
+                    closed.forget(&to);
+                    match stat(abs_to) {
+                        Some(m) => closed.moved(&r, to, &m),
+                        None => closed.forget(&r),
+                    }
+                }
+                None => closed.forget(&r),
+            }
+        }
+        _ => closed.forget(&r),
+    }
 }
 
 /// What one notify event means for replication.
@@ -250,6 +304,128 @@ mod tests {
             "state dir leaked: {got:?}"
         );
         w.ensure(&root.join("a/b"));
+    }
+
+    /// The rule for servers that keep a descriptor open after their
+    /// client's close (nfs-ganesha): a file closed by its writer and unchanged
+    /// since is sent although another descriptor still has it open for
+    /// writing; once written through that descriptor it waits again.
+    #[tokio::test]
+    async fn a_closed_file_is_sent_while_a_server_keeps_it_open() {
+        use crate::lease::{Lease, Settle};
+        use crate::transfer::{open_source, Opened};
+        use std::io::Write;
+        crate::lease::ignore_break_signal();
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().canonicalize().unwrap();
+        let mut w = Watch::start(&root).unwrap();
+        let settle = Settle {
+            quiet: Duration::from_secs(3600),
+            closed: w.closed.clone(),
+        };
+        let f = root.join("f");
+        let busy = |settle: &Settle| {
+            matches!(
+                open_source(&root, &p("f"), Some(settle)).unwrap(),
+                Opened::Busy
+            )
+        };
+        // the "server's cached descriptor", open for writing throughout
+        let mut cached = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&f)
+            .unwrap();
+        if crate::lease::take(&std::fs::File::open(&f).unwrap()) == Lease::Unsupported {
+            syncd_testkit::skip::skip(
+                "a_closed_file_is_sent_while_a_server_keeps_it_open",
+                "file leases are not supported here",
+            );
+            return;
+        }
+        // a client's writes, then its close
+        let mut client = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+        client.write_all(b"complete").unwrap();
+        assert!(busy(&settle), "open for writing twice and never closed");
+        drop(client);
+        let mut closed = false;
+        while let Ok(Some(c)) = tokio::time::timeout(Duration::from_secs(5), w.rx.recv()).await {
+            if c == Change::Settled(p("f")) {
+                closed = true;
+                break;
+            }
+        }
+        assert!(closed, "no close event");
+        assert!(
+            !busy(&settle),
+            "closed and unchanged: sent despite the cached descriptor"
+        );
+        // a chmod does not change the content: still complete
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let t = std::time::Instant::now();
+        while busy(&settle) && t.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!busy(&settle), "a metadata change keeps the record");
+        // written through the cached descriptor: a writer again, held back
+        cached.write_all(b" and more").unwrap();
+        let t = std::time::Instant::now();
+        while !busy(&settle) && t.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(busy(&settle), "written after its close: held back");
+    }
+
+    /// The record follows a rename and a metadata change, and is dropped
+    /// by a write, a delete and a rename over it.
+    #[test]
+    fn the_close_record_follows_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().canonicalize().unwrap();
+        let closed = Closed::default();
+        let ev = |k: EventKind, paths: &[&str]| {
+            paths
+                .iter()
+                .fold(notify::Event::new(k), |e, x| e.add_path(root.join(x)))
+        };
+        let stat = |x: &str| std::fs::metadata(root.join(x)).unwrap();
+        let close = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        std::fs::write(root.join("a"), b"1").unwrap();
+        note(&closed, &root, &ev(close, &["a"]));
+        assert!(closed.unchanged(&p("a"), &stat("a")));
+        std::fs::rename(root.join("a"), root.join("b")).unwrap();
+        let both = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
+        note(&closed, &root, &ev(both, &["a", "b"]));
+        assert!(closed.unchanged(&p("b"), &stat("b")), "renamed (new ctime)");
+        assert!(!closed.unchanged(&p("a"), &stat("b")));
+        std::fs::set_permissions(
+            root.join("b"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let attrib = EventKind::Modify(ModifyKind::Metadata(notify::event::MetadataKind::Any));
+        note(&closed, &root, &ev(attrib, &["b"]));
+        assert!(closed.unchanged(&p("b"), &stat("b")), "chmod");
+        let write = EventKind::Modify(ModifyKind::Data(notify::event::DataChange::Any));
+        note(&closed, &root, &ev(write, &["b"]));
+        assert!(!closed.unchanged(&p("b"), &stat("b")), "written since");
+        // a closed file replaced by a rename over it
+        std::fs::write(root.join("c"), b"2").unwrap();
+        note(&closed, &root, &ev(close, &["c"]));
+        std::fs::rename(root.join("b"), root.join("c")).unwrap();
+        note(&closed, &root, &ev(both, &["b", "c"]));
+        assert!(!closed.unchanged(&p("c"), &stat("c")), "replaced");
+        std::fs::write(root.join("e"), b"3").unwrap();
+        note(&closed, &root, &ev(close, &["e"]));
+        let m = stat("e");
+        note(
+            &closed,
+            &root,
+            &ev(EventKind::Remove(notify::event::RemoveKind::File), &["e"]),
+        );
+        assert!(!closed.unchanged(&p("e"), &m), "deleted");
     }
 
     #[test]

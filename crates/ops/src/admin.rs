@@ -333,6 +333,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_idle_keep_alive_connection_is_closed_at_the_header_deadline() {
+        let a = start(Limits {
+            header: Duration::from_millis(300),
+            lifetime: Duration::from_secs(30),
+            ..Limits::default()
+        })
+        .await;
+        let mut s = TcpStream::connect(a).await.unwrap();
+        s.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(
+            buf[..n].ends_with(b"hi\n"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        closed_within(&mut s, Duration::from_secs(5))
+            .await
+            .expect("idle keep-alive connection never closed");
+    }
+
+    #[tokio::test]
     async fn a_connection_is_closed_at_its_lifetime_even_when_busy() {
         let a = start(Limits {
             header: Duration::from_secs(30),

@@ -2,6 +2,7 @@
 //! `/metrics` (Prometheus text format) and `/vrrp` (built-in VRRP state, JSON).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use syncd_ops::admin::{self, Limits, Reply, Request, StatusCode};
 use tokio::net::TcpListener;
@@ -40,13 +41,19 @@ pub fn respond(path: &str, shared: &Shared) -> Reply {
     }
 }
 
-/// Serves until `stop` changes; the answers are small and local, so the
-/// shared server's short fixed limits apply (a scraper or health checker
-/// that stalls does not hold a connection for long).
+/// The answers are small and local: a scraper or health checker that
+/// stalls (sends no request, reads no answer) is cut off within 10 s.
+const ADMIN_LIMITS: Limits = Limits {
+    max_connections: 64,
+    header: Duration::from_secs(10),
+    lifetime: Duration::from_secs(10),
+};
+
+/// Serves until `stop` changes.
 pub async fn run(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let routes = move |r: Request| std::future::ready(respond(&r.path, &shared));
     tokio::select! {
-        _ = admin::serve(listener, Limits::default(), routes) => {}
+        _ = admin::serve(listener, ADMIN_LIMITS, routes) => {}
         _ = stop.changed() => {}
     }
 }

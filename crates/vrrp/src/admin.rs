@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use syncd_ops::admin::{self, Limits, Reply, Request, StatusCode};
 use tokio::net::TcpListener;
@@ -40,9 +41,16 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     admin::bind(addr).await
 }
 
+/// A request and its answer take at most this long: both are tiny and local.
+const ADMIN_LIMITS: Limits = Limits {
+    max_connections: 64,
+    header: Duration::from_secs(5),
+    lifetime: Duration::from_secs(5),
+};
+
 /// Serves `/status` and `/metrics` on `listener` until dropped.
 pub async fn serve(listener: TcpListener, state: AdminState) {
-    admin::serve(listener, Limits::default(), move |r: Request| {
+    admin::serve(listener, ADMIN_LIMITS, move |r: Request| {
         let reply = route(&state, &r.path);
         std::future::ready(reply)
     })

@@ -1,16 +1,15 @@
 //! The admin endpoint (HTTP/1.1 on the `admin` address): `/metrics` in
 //! Prometheus text format, `/status` for `syncd status`; `POST /switchover`
-//! for `syncd switchover` (`--role auto`, from loopback only).
+//! for `syncd switchover` (`--role auto`, from loopback only). The server
+//! and client are the shared ones of `syncd-ops`; the routes are here.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+pub use syncd_ops::admin::StatusCode;
+use syncd_ops::admin::{self, ClientError, Limits, Method, Reply, Request};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::stats::Stats;
@@ -23,103 +22,78 @@ pub enum AdminError {
     Http(SocketAddr, String),
 }
 
-fn respond(st: &Stats, path: &str) -> Response<Full<Bytes>> {
-    let (code, ctype, body) = match path {
-        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", st.prometheus()),
-        "/status" => (StatusCode::OK, "text/plain", st.status()),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "try /metrics or /status\n".to_string(),
-        ),
-    };
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = code;
-    if let Ok(v) = ctype.parse() {
-        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+impl From<ClientError> for AdminError {
+    fn from(e: ClientError) -> AdminError {
+        match e {
+            ClientError::Connect(a, e) => AdminError::Connect(a, e),
+            ClientError::Http(a, e) => AdminError::Http(a, e),
+        }
     }
-    r
+}
+
+fn respond(st: &Stats, path: &str) -> Reply {
+    match path {
+        "/metrics" => Reply::metrics(st.prometheus()),
+        "/status" => Reply::text(StatusCode::OK, st.status()),
+        _ => Reply::text(StatusCode::NOT_FOUND, "try /metrics or /status\n"),
+    }
 }
 
 /// `--role auto`: where `POST /switchover` goes (answered with what to
 /// print, or why not), and how long a switchover may take at most.
 pub type Switchover = (
     mpsc::Sender<oneshot::Sender<Result<String, String>>>,
-    std::time::Duration,
+    Duration,
 );
-
-fn text(code: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = code;
-    r
-}
 
 /// `POST /switchover`: only from this host (the admin address is meant to
 /// be loopback; a hand-over is not for anyone who can reach it).
-async fn switchover(from: SocketAddr, sw: Option<&Switchover>) -> Response<Full<Bytes>> {
+async fn switchover(from: SocketAddr, sw: Option<&Switchover>) -> Reply {
     let Some((tx, _)) = sw else {
-        return text(
+        return Reply::text(
             StatusCode::NOT_FOUND,
-            "a switchover needs a node running --role auto\n".into(),
+            "a switchover needs a node running --role auto\n",
         );
     };
     if !from.ip().is_loopback() {
-        return text(
+        return Reply::text(
             StatusCode::FORBIDDEN,
-            "a switchover is accepted from this host only (loopback)\n".into(),
+            "a switchover is accepted from this host only (loopback)\n",
         );
     }
+    let stopping = || Reply::text(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping\n");
     let (reply, answer) = oneshot::channel();
     if tx.send(reply).await.is_err() {
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the node is stopping\n".into(),
-        );
+        return stopping();
     }
     match answer.await {
-        Ok(Ok(msg)) => text(StatusCode::OK, format!("{msg}\n")),
-        Ok(Err(why)) => text(StatusCode::CONFLICT, format!("{why}\n")),
-        Err(_) => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the node is stopping\n".into(),
-        ),
+        Ok(Ok(msg)) => Reply::text(StatusCode::OK, format!("{msg}\n")),
+        Ok(Err(why)) => Reply::text(StatusCode::CONFLICT, format!("{why}\n")),
+        Err(_) => stopping(),
     }
 }
 
 /// Serves until the task is dropped.
 pub async fn serve(listener: TcpListener, stats: Arc<Stats>, sw: Option<Switchover>) {
+    // a switchover answers when the hand-over is done: the connection may
+    // live as long as the longest one
+    let limits = Limits {
+        lifetime: Duration::from_secs(30) + sw.as_ref().map_or(Duration::ZERO, |s| s.1),
+        ..Limits::default()
+    };
     let sw = Arc::new(sw);
-    let limit = std::time::Duration::from_secs(30)
-        + sw.as_ref()
-            .as_ref()
-            .map_or(std::time::Duration::ZERO, |s| s.1);
-    loop {
-        let Ok((stream, from)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            continue;
-        };
-        let st = stats.clone();
+    admin::serve(listener, limits, move |r: Request| {
+        let stats = stats.clone();
         let sw = sw.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let st = st.clone();
-                let sw = sw.clone();
-                async move {
-                    let r = if req.method() == hyper::Method::POST
-                        && req.uri().path() == "/switchover"
-                    {
-                        switchover(from, sw.as_ref().as_ref()).await
-                    } else {
-                        respond(&st, req.uri().path())
-                    };
-                    Ok::<_, Infallible>(r)
-                }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc);
-            let _ = tokio::time::timeout(limit, conn).await;
-        });
-    }
+        async move {
+            if r.method == Method::POST && r.path == "/switchover" {
+                switchover(r.peer, sw.as_ref().as_ref()).await
+            } else {
+                respond(&stats, &r.path)
+            }
+        }
+    })
+    .await
 }
 
 /// Binds `addr` and serves in the background; the error names the address.
@@ -133,56 +107,19 @@ pub async fn start_with(
     stats: Arc<Stats>,
     sw: Option<Switchover>,
 ) -> std::io::Result<()> {
-    let l = TcpListener::bind(addr).await?;
+    let l = admin::bind(addr).await?;
     tokio::spawn(serve(l, stats, sw));
     Ok(())
 }
 
 /// GETs `path` from a daemon's admin address.
 pub async fn fetch(addr: SocketAddr, path: &str) -> Result<String, AdminError> {
-    let (status, body) = request(addr, hyper::Method::GET, path).await?;
-    if !status.is_success() {
-        return Err(AdminError::Http(addr, format!("HTTP {status}")));
-    }
-    Ok(body)
+    Ok(admin::get_ok(addr, path).await?)
 }
 
 /// POSTs to `path` (no body); the status and the text answered.
 pub async fn post(addr: SocketAddr, path: &str) -> Result<(StatusCode, String), AdminError> {
-    request(addr, hyper::Method::POST, path).await
-}
-
-async fn request(
-    addr: SocketAddr,
-    method: hyper::Method,
-    path: &str,
-) -> Result<(StatusCode, String), AdminError> {
-    let http = |e: String| AdminError::Http(addr, e);
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| AdminError::Connect(addr, e))?;
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| http(e.to_string()))?;
-    tokio::spawn(conn);
-    let req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(hyper::header::HOST, addr.to_string())
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| http(e.to_string()))?;
-    let res = tx
-        .send_request(req)
-        .await
-        .map_err(|e| http(e.to_string()))?;
-    let status = res.status();
-    let body = res
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| http(e.to_string()))?
-        .to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    Ok(admin::post(addr, path).await?)
 }
 
 #[cfg(test)]
@@ -233,5 +170,15 @@ mod tests {
         let (code, body) = post(a, "/switchover").await.unwrap();
         assert_eq!(code, StatusCode::NOT_FOUND);
         assert!(body.contains("--role auto"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn switchover_is_refused_from_another_host() {
+        let (tx, mut rx) = mpsc::channel::<oneshot::Sender<Result<String, String>>>(1);
+        let sw = (tx, Duration::from_secs(5));
+        let r = switchover("192.0.2.7:4000".parse().unwrap(), Some(&sw)).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
+        assert!(r.body.contains("loopback"), "{}", r.body);
+        assert!(rx.try_recv().is_err(), "a remote request reached the node");
     }
 }

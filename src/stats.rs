@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use syncd_ops::prom::{Kind, Writer};
 use syncd_proto::pair::lineage::Lineage;
 
 #[derive(Default)]
@@ -309,35 +310,40 @@ impl Stats {
 
     /// Prometheus text exposition format.
     pub fn prometheus(&self) -> String {
-        let mut s = String::new();
+        let mut w = Writer::new();
+        let role = [("role", self.role)];
         for (name, help, v) in self.counters() {
-            let _ = writeln!(s, "# HELP syncd_{name} {help}\n# TYPE syncd_{name} counter\nsyncd_{name}{{role=\"{}\"}} {}", self.role, v.load(Relaxed));
+            w.family(&format!("syncd_{name}"), Kind::Counter, help)
+                .sample(&role, v.load(Relaxed));
         }
         for (name, help, v) in self.gauges() {
-            let _ = writeln!(s, "# HELP syncd_{name} {help}\n# TYPE syncd_{name} gauge\nsyncd_{name}{{role=\"{}\"}} {v}", self.role);
+            w.family(&format!("syncd_{name}"), Kind::Gauge, help)
+                .sample(&role, v);
         }
         let h = self.hooks.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let _ = writeln!(s, "# HELP syncd_hook_runs_total service hook runs (--role auto)\n# TYPE syncd_hook_runs_total counter");
+        let mut f = w.family(
+            "syncd_hook_runs_total",
+            Kind::Counter,
+            "service hook runs (--role auto)",
+        );
         for (i, hook) in HOOKS.iter().enumerate() {
             for (k, result) in RESULTS.iter().enumerate() {
-                let _ = writeln!(
-                    s,
-                    "syncd_hook_runs_total{{role=\"{}\",hook=\"{hook}\",result=\"{result}\"}} {}",
-                    self.role, h.runs[i][k]
+                f.sample(
+                    &[("role", self.role), ("hook", hook), ("result", result)],
+                    h.runs[i][k],
                 );
             }
         }
-        let _ = writeln!(s, "# HELP syncd_hook_last_duration_seconds duration of the last run of each service hook\n# TYPE syncd_hook_last_duration_seconds gauge");
+        let mut f = w.family(
+            "syncd_hook_last_duration_seconds",
+            Kind::Gauge,
+            "duration of the last run of each service hook",
+        );
         for (i, hook) in HOOKS.iter().enumerate() {
             let ms = h.last[i].map_or(0, |l| l.1);
-            let _ = writeln!(
-                s,
-                "syncd_hook_last_duration_seconds{{role=\"{}\",hook=\"{hook}\"}} {}",
-                self.role,
-                ms as f64 / 1e3
-            );
+            f.sample(&[("role", self.role), ("hook", hook)], ms as f64 / 1e3);
         }
-        s
+        w.finish()
     }
 
     /// Human-readable status, one `key: value` per line.

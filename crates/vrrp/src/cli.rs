@@ -130,7 +130,8 @@ pub fn cli_main(args: Vec<OsString>) -> i32 {
                 0
             }
             Err(e) => {
-                eprintln!("error: cannot read status from {addr}: {e} (is the daemon running?)");
+                // the error names the address
+                eprintln!("error: {e} (is the daemon running?)");
                 1
             }
         };

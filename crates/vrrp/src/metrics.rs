@@ -1,10 +1,11 @@
 //! Per-instance counters and the published status.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+
+use syncd_ops::prom::{Kind, Writer};
 
 use crate::machine::State;
 
@@ -75,112 +76,94 @@ impl Counters {
     }
 }
 
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 /// Prometheus text exposition for all instances.
 pub fn render(instances: &[(InstanceStatus, &Counters)]) -> String {
-    let mut o = String::new();
-    let _ = writeln!(
-        o,
-        "# HELP vrrp_state Current state (1 for the active state label)."
+    let mut w = Writer::new();
+    let mut f = w.family(
+        "vrrp_state",
+        Kind::Gauge,
+        "Current state (1 for the active state label).",
     );
-    let _ = writeln!(o, "# TYPE vrrp_state gauge");
     for (s, _) in instances {
+        let vrid = s.vrid.to_string();
         for st in [
             State::Initialize,
             State::Backup,
             State::Master,
             State::Fault,
         ] {
-            let _ = writeln!(
-                o,
-                "vrrp_state{{instance=\"{}\",vrid=\"{}\",state=\"{}\"}} {}",
-                esc(&s.name),
-                s.vrid,
-                st.as_str(),
-                u8::from(s.state == st)
+            f.sample(
+                &[
+                    ("instance", &s.name),
+                    ("vrid", &vrid),
+                    ("state", st.as_str()),
+                ],
+                s.state == st,
             );
         }
     }
-    let gauge = |o: &mut String,
-                 name: &str,
-                 help: &str,
-                 f: &dyn Fn(&InstanceStatus, &Counters) -> u64,
-                 ty: &str| {
-        let _ = writeln!(o, "# HELP {name} {help}");
-        let _ = writeln!(o, "# TYPE {name} {ty}");
+    type Read = fn(&InstanceStatus, &Counters) -> u64;
+    let per_instance: [(&str, Kind, &str, Read); 7] = [
+        (
+            "vrrp_priority",
+            Kind::Gauge,
+            "Effective priority.",
+            |s, _| u64::from(s.effective_priority),
+        ),
+        (
+            "vrrp_transitions_total",
+            Kind::Counter,
+            "State transitions.",
+            |s, _| s.transitions,
+        ),
+        (
+            "vrrp_adverts_sent_total",
+            Kind::Counter,
+            "Advertisements sent.",
+            |_, c| c.adverts_sent.load(Ordering::Relaxed),
+        ),
+        (
+            "vrrp_adverts_received_total",
+            Kind::Counter,
+            "Valid advertisements received for this VRID.",
+            |_, c| c.adverts_received.load(Ordering::Relaxed),
+        ),
+        (
+            "vrrp_announcements_sent_total",
+            Kind::Counter,
+            "Gratuitous ARPs / unsolicited NAs sent.",
+            |_, c| c.announcements_sent.load(Ordering::Relaxed),
+        ),
+        (
+            "vrrp_send_errors_total",
+            Kind::Counter,
+            "Failed sends.",
+            |_, c| c.send_errors.load(Ordering::Relaxed),
+        ),
+        (
+            "vrrp_netlink_errors_total",
+            Kind::Counter,
+            "Failed address changes.",
+            |_, c| c.netlink_errors.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, kind, help, read) in per_instance {
+        let mut f = w.family(name, kind, help);
         for (s, c) in instances {
-            let _ = writeln!(o, "{name}{{instance=\"{}\"}} {}", esc(&s.name), f(s, c));
+            f.sample(&[("instance", &s.name)], read(s, c));
         }
-    };
-    gauge(
-        &mut o,
-        "vrrp_priority",
-        "Effective priority.",
-        &|s, _| u64::from(s.effective_priority),
-        "gauge",
+    }
+    let mut f = w.family(
+        "vrrp_bad_packets_total",
+        Kind::Counter,
+        "Packets dropped, by reason.",
     );
-    gauge(
-        &mut o,
-        "vrrp_transitions_total",
-        "State transitions.",
-        &|s, _| s.transitions,
-        "counter",
-    );
-    gauge(
-        &mut o,
-        "vrrp_adverts_sent_total",
-        "Advertisements sent.",
-        &|_, c| c.adverts_sent.load(Ordering::Relaxed),
-        "counter",
-    );
-    gauge(
-        &mut o,
-        "vrrp_adverts_received_total",
-        "Valid advertisements received for this VRID.",
-        &|_, c| c.adverts_received.load(Ordering::Relaxed),
-        "counter",
-    );
-    gauge(
-        &mut o,
-        "vrrp_announcements_sent_total",
-        "Gratuitous ARPs / unsolicited NAs sent.",
-        &|_, c| c.announcements_sent.load(Ordering::Relaxed),
-        "counter",
-    );
-    gauge(
-        &mut o,
-        "vrrp_send_errors_total",
-        "Failed sends.",
-        &|_, c| c.send_errors.load(Ordering::Relaxed),
-        "counter",
-    );
-    gauge(
-        &mut o,
-        "vrrp_netlink_errors_total",
-        "Failed address changes.",
-        &|_, c| c.netlink_errors.load(Ordering::Relaxed),
-        "counter",
-    );
-    let _ = writeln!(
-        o,
-        "# HELP vrrp_bad_packets_total Packets dropped, by reason."
-    );
-    let _ = writeln!(o, "# TYPE vrrp_bad_packets_total counter");
     for (s, c) in instances {
         for (r, n) in c.bad_snapshot() {
-            let _ = writeln!(
-                o,
-                "vrrp_bad_packets_total{{instance=\"{}\",reason=\"{r}\"}} {n}",
-                esc(&s.name)
-            );
+            f.sample(&[("instance", &s.name), ("reason", r)], n);
         }
     }
-    o
+    w.finish()
 }
 
 #[cfg(test)]

@@ -90,4 +90,5 @@ fn status_without_daemon_fails_clearly() {
     let _ = std::fs::remove_file(&p);
     assert_eq!(code, 1);
     assert!(err.contains("is the daemon running"), "{err}");
+    assert!(err.contains("127.0.0.1:1"), "names the address: {err}");
 }

@@ -1,0 +1,11 @@
+//! The ops layer shared by the three binaries (`syncd`, `syncd vrrp`,
+//! `syncd-proxy`): what an operator or a scraper talks to, written once.
+//!
+//! - [`admin`]: the admin HTTP/1.1 server (routes given as a closure) and a
+//!   small client for the CLIs' `status` commands;
+//! - [`prom`]: the Prometheus text exposition writer;
+//! - [`duration`]: duration strings such as `"500ms"` or `"1m30s"`.
+
+pub mod admin;
+pub mod duration;
+pub mod prom;

@@ -16,6 +16,7 @@ pub mod fsroot;
 pub mod generation;
 pub mod index;
 pub mod lease;
+pub mod meta_policy;
 pub mod plan;
 pub mod primary;
 pub mod scan;

@@ -210,7 +210,8 @@ impl Standby {
     }
 
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        tracing::info!(addr = %self.local_addr().map(|a| a.to_string()).unwrap_or_default(), export = %self.cfg.export.display(), "standby listening");
+        let policy = self.shared.root.policy();
+        tracing::info!(addr = %self.local_addr().map(|a| a.to_string()).unwrap_or_default(), export = %self.cfg.export.display(), owners = ?policy.owners, strip_setid = policy.strip_setid, "standby listening");
         tokio::pin!(shutdown);
         loop {
             let incoming = tokio::select! {

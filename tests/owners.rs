@@ -185,3 +185,99 @@ fn bad_standby_options_are_refused_at_start_with_the_key_named() {
         "{err}"
     );
 }
+
+/// A hostile primary (right certificate) sends setuid-root content and
+/// metadata directly: the standby's policy holds whatever it is sent, and
+/// the standby announces that policy.
+#[test]
+fn a_hostile_primary_cannot_plant_a_setuid_root_file() {
+    use syncd::client::Session;
+    use syncd::meta_policy::{MetaPolicy, Owners};
+    use syncd::path::RelPath;
+    use syncd::wire::{Encoding, Meta, Purpose, Request};
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("note: not root, ownership cannot be exercised");
+        return;
+    }
+    let mut p = pair_with("owners = \"4242:4343\"\n");
+    p.start_standby();
+    let cfg = syncd::config::Config::load(&p.path("primary.toml")).unwrap();
+    let me = syncd::generation::Leading::start(&cfg, false).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let evil = Meta {
+        mode: 0o6755,
+        uid: 0,
+        gid: 0,
+        mtime_sec: 1,
+        mtime_nsec: 0,
+    };
+    let rp = |s: &str| RelPath::new(s.as_bytes().to_vec()).unwrap();
+    rt.block_on(async {
+        let mut s = Session::connect(&cfg, Purpose::Resync, &me).await.unwrap();
+        assert_eq!(
+            s.standby_policy,
+            Some(MetaPolicy {
+                owners: Owners::Fixed {
+                    uid: 4242,
+                    gid: 4343
+                },
+                strip_setid: true
+            })
+        );
+        let body = b"#!/bin/sh\nid\n";
+        s.send(&Request::FileBegin {
+            id: 1,
+            path: rp("rootshell"),
+            meta: evil,
+            size: body.len() as u64,
+            encoding: Encoding::Whole,
+        })
+        .await
+        .unwrap();
+        s.send(&Request::FileData {
+            id: 1,
+            data: body.to_vec(),
+        })
+        .await
+        .unwrap();
+        s.send(&Request::FileEnd {
+            id: 1,
+            hash: *blake3::hash(body).as_bytes(),
+        })
+        .await
+        .unwrap();
+        assert_eq!(s.barrier(1).await.unwrap(), vec![]);
+        s.send(&Request::Symlink {
+            path: rp("link"),
+            target: b"rootshell".to_vec(),
+            meta: evil,
+        })
+        .await
+        .unwrap();
+        // Metadata alone, on a file already there (from a local user).
+        std::fs::write(p.standby_dir().join("local"), b"x").unwrap();
+        for path in ["rootshell", "local"] {
+            s.send(&Request::SetMeta {
+                path: rp(path),
+                meta: Meta {
+                    mode: 0o4711,
+                    ..evil
+                },
+            })
+            .await
+            .unwrap();
+        }
+        assert_eq!(s.barrier(2).await.unwrap(), vec![]);
+        s.finish().await.unwrap();
+    });
+    let sb = p.standby_dir();
+    assert_eq!(
+        std::fs::read(sb.join("rootshell")).unwrap(),
+        b"#!/bin/sh\nid\n"
+    );
+    for (e, m) in [("rootshell", 0o711), ("local", 0o711)] {
+        assert_eq!(mode(&sb.join(e)), m, "{e}");
+        assert_eq!(owner(&sb.join(e)), (4242, 4343), "{e}");
+    }
+    assert_eq!(owner(&sb.join("link")), (4242, 4343));
+}

@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::generation::Leading;
 use crate::index::{Index, Stamp};
 use crate::lease::Settle;
+use crate::meta_policy::MetaPolicy;
 use crate::path::RelPath;
 use crate::plan::{self, FileOp, Plan, PlanOptions};
 use crate::scan::{self, Scan};
@@ -92,6 +93,9 @@ pub struct Session {
     failures_dropped: u64,
     /// Caps on a manifest (tests lower them).
     list_limits: (usize, u64),
+    /// What the standby does with owners and modes, from its Welcome;
+    /// `None` from a standby that predates it.
+    pub standby_policy: Option<MetaPolicy>,
 }
 
 impl Session {
@@ -149,6 +153,7 @@ impl Session {
             files_rx: 0,
             failures_dropped: 0,
             list_limits: (MAX_LIST_ENTRIES, MAX_LIST_BYTES),
+            standby_policy: None,
         };
         s.ctl.deadline = cfg.sync.reply_timeout;
         s.send(&Request::Hello {
@@ -169,6 +174,9 @@ impl Session {
             } => {
                 s.peer = Some((node, lineage));
                 s.peer_version = (version, node_id);
+                s.standby_policy = wire::welcome_policy(s.ctl.last_frame()).map_err(|e| {
+                    ClientError::Protocol(format!("the standby's metadata policy: {e}"))
+                })?;
                 Ok(s)
             }
             Reply::Refused { reason, lineage } => Err(ClientError::Refused(reason, lineage)),
@@ -212,6 +220,21 @@ impl Session {
 
     async fn reply(&mut self) -> Result<Reply, ClientError> {
         Ok(self.ctl.reply().await?)
+    }
+
+    /// Our entries as the standby stores them (its `[standby]` policy), and
+    /// whether owners are worth comparing: a mapped owner or a stripped bit
+    /// is not a difference to re-send on every compare.
+    pub fn as_standby_stores(&self, entries: &mut [Entry]) -> bool {
+        match &self.standby_policy {
+            Some(p) => {
+                p.map_entries(entries);
+                p.compares_owners()
+            }
+            // An older standby keeps owners when it runs as root; that we
+            // do is the best guess there is.
+            None => rustix::process::geteuid().is_root(),
+        }
     }
 
     /// Failures the standby reported only as a number since the last call:
@@ -610,7 +633,7 @@ pub async fn reconcile(
                 .any(|p| unknown.contains(&p))
         });
     }
-    let owners = rustix::process::geteuid().is_root();
+    let owners = s.as_standby_stores(&mut local.entries);
     let p = plan::plan(
         &local.entries,
         &remote,
@@ -940,15 +963,12 @@ pub async fn verify(cfg: &Config) -> Result<Vec<Difference>, ClientError> {
         scan::scan(&c2.export, &mut ix, true, true)
     });
     let remote = s.list(true).await?;
-    let local = local
+    let mut local = local
         .await
         .map_err(|e| ClientError::Protocol(e.to_string()))??;
+    let owners = s.as_standby_stores(&mut local.entries);
     let _ = s.finish().await;
-    Ok(compare(
-        &local.entries,
-        &remote,
-        rustix::process::geteuid().is_root(),
-    ))
+    Ok(compare(&local.entries, &remote, owners))
 }
 
 pub fn compare(local: &[Entry], remote: &[Entry], owners: bool) -> Vec<Difference> {

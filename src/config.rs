@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::batch::BatchConfig;
 
+use crate::meta_policy::MetaPolicy;
 use crate::tls::Fingerprint;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +37,9 @@ struct Raw {
     admin: Option<String>,
     #[serde(default)]
     sync: RawSync,
+    /// What this node does with owners and modes while it is the standby.
+    #[serde(default)]
+    standby: RawStandby,
     /// `--role auto`: the service address, same tables as `syncd vrrp`.
     #[serde(default)]
     vrrp: Vec<syncd_vrrp::config::VrrpConfig>,
@@ -44,6 +48,13 @@ struct Raw {
     /// `--role auto`: service hooks (see `hooks.rs`).
     #[serde(default)]
     hooks: crate::hooks::RawHooks,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStandby {
+    owners: Option<String>,
+    strip_setid: Option<bool>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -205,6 +216,8 @@ pub struct Config {
     pub peer_pin: PeerPin,
     pub admin: Option<SocketAddr>,
     pub sync: SyncOptions,
+    /// `[standby]`: owners and set-ID bits of what the primary sends.
+    pub standby: MetaPolicy,
     /// `[[vrrp]]` as written (validated at load).
     pub vrrp: Vec<syncd_vrrp::config::VrrpConfig>,
     pub pair: PairOptions,
@@ -375,6 +388,9 @@ impl Config {
         };
         let full_reconcile = (rs.full_reconcile_secs > 0)
             .then(|| std::time::Duration::from_secs(rs.full_reconcile_secs));
+        let standby =
+            MetaPolicy::from_config(raw.standby.owners.as_deref(), raw.standby.strip_setid)
+                .map_err(&err)?;
         vrrp_tables(&raw.vrrp).map_err(&err)?;
         let rp = &raw.pair;
         if rp.heartbeat_ms == 0 || rp.heartbeat_timeout_ms < 2 * rp.heartbeat_ms {
@@ -414,6 +430,7 @@ impl Config {
                 reply_timeout: (rs.reply_timeout_secs > 0)
                     .then(|| std::time::Duration::from_secs(rs.reply_timeout_secs)),
             },
+            standby,
             vrrp: raw.vrrp,
             pair,
             hooks,
@@ -680,6 +697,40 @@ mod tests {
         write(&f, &format!("{BASE}[hooks]\ntimeout = 5\n"));
         let e = Config::load(&f).unwrap_err().to_string();
         assert!(e.contains("timeout"), "{e}");
+    }
+
+    #[test]
+    fn standby_owner_policy_loads_and_bad_values_are_named() {
+        use crate::meta_policy::Owners;
+        let (_d, f) = setup();
+        write(&f, BASE);
+        let c = Config::load(&f).unwrap();
+        assert_eq!(c.standby, MetaPolicy::default());
+        write(
+            &f,
+            &format!("{BASE}[standby]\nowners = \"65534:65533\"\nstrip_setid = true\n"),
+        );
+        let c = Config::load(&f).unwrap();
+        assert_eq!(
+            c.standby.owners,
+            Owners::Fixed {
+                uid: 65534,
+                gid: 65533
+            }
+        );
+        assert!(c.standby.strip_setid);
+        for (bad, want) in [
+            ("owners = \"nobody\"", "standby.owners: \"nobody\" is not"),
+            ("owners = \"-1:0\"", "standby.owners: "),
+            ("owners = \"4294967295:0\"", "out of range"),
+            ("owners = 0", "line 6"),
+            ("strip_setid = \"yes\"", "line 6"),
+            ("strip_suid = true", "unknown field"),
+        ] {
+            write(&f, &format!("{BASE}[standby]\n{bad}\n"));
+            let e = Config::load(&f).unwrap_err().to_string();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
 
+use crate::meta_policy::MetaPolicy;
 use crate::path::RelPath;
 use crate::wire::Meta;
 
@@ -24,7 +25,9 @@ pub struct Root {
     dir: OwnedFd,
     staging: OwnedFd,
     path: PathBuf,
-    is_root_user: bool,
+    /// Applied to every owner and mode the primary sends; already reduced
+    /// to what this process can do (no chown without root).
+    policy: MetaPolicy,
     seq: AtomicU64,
 }
 
@@ -103,7 +106,7 @@ impl Root {
             dir,
             staging,
             path: export.to_path_buf(),
-            is_root_user: rustix::process::geteuid().is_root(),
+            policy: MetaPolicy::default().effective(rustix::process::geteuid().is_root()),
             seq: AtomicU64::new(0),
         };
         let n = root.clean_staging()?;
@@ -118,6 +121,17 @@ impl Root {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Applies `policy` (`[standby]`) to all metadata from now on.
+    pub fn with_policy(mut self, policy: MetaPolicy) -> Root {
+        self.policy = policy.effective(rustix::process::geteuid().is_root());
+        self
+    }
+
+    /// The policy in force (what the standby announces to the primary).
+    pub fn policy(&self) -> MetaPolicy {
+        self.policy
     }
 
     fn clean_staging(&self) -> io::Result<usize> {
@@ -226,10 +240,11 @@ impl Root {
     /// Applies metadata to a staged file and renames it over `p`.
     pub fn commit(&self, mut s: Staged<'_>, p: &RelPath, meta: &Meta) -> io::Result<File> {
         let fd = s.file.as_fd();
-        if self.is_root_user {
-            rustix::fs::fchown(fd, Some(uid(meta.uid)), Some(gid(meta.gid)))?;
+        // chown before chmod: chown clears set-ID bits the mode may keep.
+        if let Some((u, g)) = self.policy.owner(meta) {
+            rustix::fs::fchown(fd, Some(uid(u)), Some(gid(g)))?;
         }
-        rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))?;
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(self.policy.mode(meta.mode, true)))?;
         rustix::fs::futimens(fd, &times(meta))?;
         match &s.name {
             Some(n) => self.place(n, p)?,
@@ -338,7 +353,7 @@ impl Root {
         rustix::fs::symlinkat(os(target), &self.staging, name.as_str())?;
         let r = (|| {
             let fd = open_nofollow(&self.staging, name.as_bytes())?;
-            apply_meta(&fd, rustix::fs::FileType::Symlink, meta, self.is_root_user)?;
+            apply_meta(&fd, rustix::fs::FileType::Symlink, meta, &self.policy)?;
             self.place(&name, p)
         })();
         if r.is_err() {
@@ -381,7 +396,7 @@ impl Root {
             &fd,
             rustix::fs::FileType::from_raw_mode(st.st_mode),
             meta,
-            self.is_root_user,
+            &self.policy,
         )
     }
 
@@ -401,22 +416,16 @@ fn open_nofollow(dir: &impl AsFd, name: &[u8]) -> io::Result<OwnedFd> {
     )?)
 }
 
-/// Applies owner (as root), mode and mtime to the inode behind an `O_PATH`
-/// descriptor, never by name.
+/// Applies owner, mode and mtime, as `policy` maps them, to the inode
+/// behind an `O_PATH` descriptor, never by name.
 fn apply_meta(
     fd: &OwnedFd,
     ft: rustix::fs::FileType,
     meta: &Meta,
-    as_root: bool,
+    policy: &MetaPolicy,
 ) -> io::Result<()> {
-    if as_root {
-        rustix::fs::chownat(
-            fd,
-            "",
-            Some(uid(meta.uid)),
-            Some(gid(meta.gid)),
-            AtFlags::EMPTY_PATH,
-        )?;
+    if let Some((u, g)) = policy.owner(meta) {
+        rustix::fs::chownat(fd, "", Some(uid(u)), Some(gid(g)), AtFlags::EMPTY_PATH)?;
     }
     // Symlinks have no mode of their own. Otherwise chmod through the
     // descriptor's /proc entry, which names this inode, not a path
@@ -426,7 +435,7 @@ fn apply_meta(
         rustix::fs::chmodat(
             rustix::fs::CWD,
             proc_path.as_str(),
-            Mode::from_raw_mode(meta.mode),
+            Mode::from_raw_mode(policy.mode(meta.mode, ft == rustix::fs::FileType::RegularFile)),
             AtFlags::empty(),
         )?;
     }
@@ -627,6 +636,77 @@ mod tests {
         stop.store(true, Ordering::Relaxed);
         swapper.join().unwrap();
         assert!(applied > 0, "the race never let an apply through");
+    }
+
+    #[test]
+    fn the_policy_maps_owners_and_strips_setid_on_every_apply() {
+        use crate::meta_policy::Owners;
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let ex = d.path().join("ex");
+        std::fs::create_dir(&ex).unwrap();
+        let root = Root::open(&ex, &ex.join(".syncd")).unwrap().with_policy(
+            crate::meta_policy::MetaPolicy {
+                owners: Owners::Fixed {
+                    uid: 4242,
+                    gid: 4343,
+                },
+                strip_setid: true,
+            },
+        );
+        let as_root = rustix::process::geteuid().is_root();
+        let owner = |p: &str| {
+            let m = std::fs::symlink_metadata(ex.join(p)).unwrap();
+            (m.uid(), m.gid())
+        };
+        let mode = |p: &str| std::fs::symlink_metadata(ex.join(p)).unwrap().mode() & 0o7777;
+        // Content commit.
+        let s = root.stage().unwrap();
+        root.commit(s, &rp("f"), &evil_meta()).unwrap();
+        assert_eq!(mode("f"), 0o777);
+        // Metadata on an existing file, a directory and a symlink.
+        std::fs::write(ex.join("g"), b"x").unwrap();
+        root.set_meta(&rp("g"), &evil_meta()).unwrap();
+        assert_eq!(mode("g"), 0o777);
+        root.mkdir(&rp("d")).unwrap();
+        let dir_meta = Meta {
+            mode: 0o2775,
+            ..evil_meta()
+        };
+        root.set_meta(&rp("d"), &dir_meta).unwrap();
+        assert_eq!(mode("d"), 0o2775, "a directory keeps set-group-ID");
+        root.symlink(&rp("l"), b"f", &evil_meta()).unwrap();
+        if as_root {
+            for p in ["f", "g", "d", "l"] {
+                assert_eq!(owner(p), (4242, 4343), "{p}");
+            }
+        }
+        // "standby": owners are left as created, whatever is sent.
+        let root = Root::open(&ex, &ex.join(".syncd")).unwrap().with_policy(
+            crate::meta_policy::MetaPolicy {
+                owners: Owners::Standby,
+                strip_setid: true,
+            },
+        );
+        let s = root.stage().unwrap();
+        root.commit(s, &rp("h"), &evil_meta()).unwrap();
+        let me = (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        );
+        assert_eq!(owner("h"), me);
+        assert_eq!(mode("h"), 0o777);
+        root.set_meta(&rp("g"), &evil_meta()).unwrap();
+        if as_root {
+            assert_eq!(owner("g"), (4242, 4343));
+        }
+        // The default keeps both, as rsync -a does.
+        let root = Root::open(&ex, &ex.join(".syncd")).unwrap();
+        root.set_meta(&rp("g"), &evil_meta()).unwrap();
+        assert_eq!(mode("g"), 0o4777);
+        if as_root {
+            assert_eq!(owner("g"), (12345, 12345));
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod generation;
 pub mod hooks;
 pub mod index;
 pub mod lease;
+pub mod meta_policy;
 pub mod migrate;
 pub mod paircheck;
 pub mod plan;

@@ -481,6 +481,8 @@ async fn ship(
             whole = sum.sent_whole,
             delta = sum.sent_delta,
             deleted = sum.deleted,
+            meta = sum.meta_only,
+            symlinks = sum.symlinks,
             renames = b.renames.len(),
             ms = sum.elapsed.as_millis() as u64,
             "replicated"

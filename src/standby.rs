@@ -134,7 +134,15 @@ impl Standby {
         let listen = cfg.require_listen()?;
         let id = Identity::from_config(&cfg)?;
         let root = Root::open(&cfg.export, &cfg.state_dir)
-            .map_err(|e| StandbyError::Export(cfg.export.display().to_string(), e))?;
+            .map_err(|e| StandbyError::Export(cfg.export.display().to_string(), e))?
+            .with_policy(cfg.standby);
+        if let crate::meta_policy::Owners::Fixed { uid, gid } = cfg.standby.owners {
+            if root.policy().owners != cfg.standby.owners {
+                tracing::warn!(
+                    "standby.owners = \"{uid}:{gid}\" needs root; not root, so entries keep the owner syncd creates them with"
+                );
+            }
+        }
         let index = Index::load(&cfg.state_dir.join("index.bin"));
         let store = generation::Store::new(&cfg.state_dir);
         let record = store.load().map_err(|e| {
@@ -202,7 +210,8 @@ impl Standby {
     }
 
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        tracing::info!(addr = %self.local_addr().map(|a| a.to_string()).unwrap_or_default(), export = %self.cfg.export.display(), "standby listening");
+        let policy = self.shared.root.policy();
+        tracing::info!(addr = %self.local_addr().map(|a| a.to_string()).unwrap_or_default(), export = %self.cfg.export.display(), owners = ?policy.owners, strip_setid = policy.strip_setid, "standby listening");
         tokio::pin!(shutdown);
         loop {
             let incoming = tokio::select! {
@@ -397,17 +406,14 @@ async fn session_inner(
         }
     }
     let ours = shared.lineage();
-    wire::write_msg(
-        &mut send,
-        &Reply::Welcome {
-            version: wire::PROTOCOL_VERSION,
-            node_id: cfg.node_id.clone(),
-            node: shared.node,
-            lineage: ours,
-        },
-        &mut wbuf,
-    )
-    .await?;
+    let welcome = Reply::Welcome {
+        version: wire::PROTOCOL_VERSION,
+        node_id: cfg.node_id.clone(),
+        node: shared.node,
+        lineage: ours,
+    };
+    // The policy trails the Welcome in the same frame (see `wire::welcome_policy`).
+    wire::write_msg(&mut send, &(&welcome, &shared.root.policy()), &mut wbuf).await?;
     if purpose == Purpose::Peer {
         return peer_session(&mut recv, &mut rbuf, &shared, peer_node).await;
     }

@@ -90,6 +90,11 @@ impl Stream {
         Ok(())
     }
 
+    /// The payload of the last frame read (for what trails a `Welcome`).
+    pub fn last_frame(&self) -> &[u8] {
+        &self.rbuf
+    }
+
     pub async fn reply(&mut self) -> Result<Reply, StreamError> {
         self.flush().await?;
         let read = wire::read_msg::<_, Reply>(&mut self.recv, &mut self.rbuf);

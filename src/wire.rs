@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::meta_policy::MetaPolicy;
 use crate::path::RelPath;
 use syncd_proto::pair::lineage::{Lineage, NodeId};
 
@@ -263,6 +264,21 @@ pub enum Reply {
     },
 }
 
+/// The standby's [`MetaPolicy`] from a `Welcome` frame, where it follows
+/// the `Reply` (the standby writes the pair `(Welcome, MetaPolicy)`).
+/// Protocol 7 without a version bump: a primary that predates it decodes
+/// the `Welcome` and ignores the bytes after it (postcard's `from_bytes`),
+/// and a standby that predates it sends none, which is `Ok(None)` here (it
+/// preserves owners and modes, as root). Anything after the policy is left
+/// for later extensions.
+pub fn welcome_policy(frame: &[u8]) -> Result<Option<MetaPolicy>, postcard::Error> {
+    let (_, rest) = postcard::take_from_bytes::<Reply>(frame)?;
+    if rest.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(postcard::take_from_bytes::<MetaPolicy>(rest)?.0))
+}
+
 /// The replies answering barrier `id`: `FailureChunk`s of at most about
 /// [`FAILURE_CHUNK_BYTES`] each, `FailuresDropped` when `dropped` more
 /// were only counted, then `BarrierDone` with the remainder.
@@ -463,6 +479,41 @@ mod tests {
         let n = bytes.len();
         bytes[n - 6..n - 4].copy_from_slice(b"..");
         assert!(decode::<Request>(&bytes).is_err());
+    }
+
+    #[test]
+    fn the_policy_after_welcome_is_optional_and_invisible_to_older_primaries() {
+        use crate::meta_policy::{MetaPolicy, Owners};
+        use syncd_proto::pair::lineage::Lineage;
+        let welcome = Reply::Welcome {
+            version: PROTOCOL_VERSION,
+            node_id: "b".into(),
+            node: NodeId::default(),
+            lineage: Lineage::default(),
+        };
+        let pol = MetaPolicy {
+            owners: Owners::Fixed { uid: 1, gid: 2 },
+            strip_setid: true,
+        };
+        let old = postcard::to_stdvec(&welcome).unwrap();
+        let new = postcard::to_stdvec(&(&welcome, &pol)).unwrap();
+        assert!(new.starts_with(&old));
+        // An older primary decodes the new frame as it always did.
+        assert!(matches!(decode::<Reply>(&new), Ok(Reply::Welcome { .. })));
+        assert_eq!(welcome_policy(&new).unwrap(), Some(pol));
+        // An older standby sends no policy.
+        assert_eq!(welcome_policy(&old).unwrap(), None);
+        // Room for later extensions after the policy.
+        let mut longer = new.clone();
+        longer.extend_from_slice(&[1, 2, 3]);
+        assert_eq!(welcome_policy(&longer).unwrap(), Some(pol));
+        // A garbled policy is an error, not a silent default.
+        let mut bad = old.clone();
+        bad.push(9);
+        assert!(welcome_policy(&bad).is_err());
+        for cut in old.len() + 1..new.len() {
+            assert!(welcome_policy(&new[..cut]).is_err(), "{cut}");
+        }
     }
 
     #[test]

@@ -62,6 +62,13 @@ pub fn wire_request(data: &[u8]) {
 /// `wire::decode::<Reply>`; same round trip.
 pub fn wire_reply(data: &[u8]) {
     wire_round_trip::<syncd::wire::Reply>(data);
+    // The standby's policy trailing a Welcome: decoded, it encodes back
+    // after the same reply to the same policy.
+    if let Ok(Some(p)) = syncd::wire::welcome_policy(data) {
+        let (r, _) = postcard::take_from_bytes::<syncd::wire::Reply>(data).unwrap();
+        let enc = postcard::to_stdvec(&(&r, &p)).unwrap();
+        assert_eq!(syncd::wire::welcome_policy(&enc).unwrap(), Some(p));
+    }
 }
 
 fn check_relpath(p: &syncd_proto::path::RelPath) {
@@ -303,6 +310,10 @@ pub fn syncd_config(data: &[u8]) {
         assert!(c.export.is_absolute());
         assert!(!c.export_id.is_empty() && c.export_id.len() <= 128);
         assert!(c.sync.delta_min_size >= 1);
+        // chown(2) reads u32::MAX as "leave unchanged".
+        if let syncd::meta_policy::Owners::Fixed { uid, gid } = c.standby.owners {
+            assert!(uid != u32::MAX && gid != u32::MAX);
+        }
     }
 }
 

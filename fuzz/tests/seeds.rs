@@ -153,6 +153,19 @@ fn write_seeds() {
         },
         Reply::Finished { committed: 10 },
     ];
+    // A Welcome with the standby's metadata policy after it, as sent.
+    put(
+        "wire_reply",
+        "welcome-policy",
+        &postcard::to_stdvec(&(
+            &replies[0],
+            &syncd::meta_policy::MetaPolicy {
+                owners: syncd::meta_policy::Owners::Fixed { uid: 1, gid: 2 },
+                strip_setid: true,
+            },
+        ))
+        .unwrap(),
+    );
     for (i, r) in replies.iter().enumerate() {
         put(
             "wire_reply",
@@ -267,6 +280,11 @@ fn write_seeds() {
         "syncd_config",
         "fingerprint",
         b"export = \"export\"\ncert = \"keys/node.crt\"\nkey = \"keys/node.key\"\npeer_fingerprint = \"sha256:0000000000000000000000000000000000000000000000000000000000000000\"\npeer = \"[::1]:7400\"\n",
+    );
+    put(
+        "syncd_config",
+        "standby",
+        b"export = \"export\"\ncert = \"keys/node.crt\"\nkey = \"keys/node.key\"\npeer_cert = \"keys/peer.crt\"\nlisten = \"127.0.0.1:7400\"\n[standby]\nowners = \"65534:65534\"\nstrip_setid = true\n",
     );
     put("keepalived_import", "conf", KEEPALIVED.as_bytes());
 

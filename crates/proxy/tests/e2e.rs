@@ -656,23 +656,14 @@ async fn request_on_pooled_connection_closed_by_backend_is_retried_fresh() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_termination_forwards_with_https_proto() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let a = Backend::start("a").await;
+/// A self-signed certificate for `localhost` in `dir`: the `tls = { .. }`
+/// value for a listener, and a client connector that trusts it.
+fn localhost_tls(dir: &std::path::Path) -> (String, tokio_rustls::TlsConnector) {
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cert_path = dir.path().join("cert.pem");
-    let key_path = dir.path().join("key.pem");
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
     std::fs::write(&cert_path, certified.cert.pem()).unwrap();
     std::fs::write(&key_path, certified.key_pair.serialize_pem()).unwrap();
-    let cfg = format!(
-        "[[listener]]\nlisten = \"{{listen}}\"\nupstream = \"web\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n\n",
-        cert_path.display(),
-        key_path.display()
-    ) + &upstream("web", "", &[(a.addr, "")]);
-    let p = Proxy::start(&cfg).await;
-
     let mut roots = rustls::RootCertStore::empty();
     roots.add(certified.cert.der().clone()).unwrap();
     let client = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -682,7 +673,26 @@ async fn tls_termination_forwards_with_https_proto() {
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    (
+        format!(
+            "{{ cert = \"{}\", key = \"{}\" }}",
+            cert_path.display(),
+            key_path.display()
+        ),
+        tokio_rustls::TlsConnector::from(Arc::new(client)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_termination_forwards_with_https_proto() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Backend::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (tls, connector) = localhost_tls(dir.path());
+    let cfg = format!("[[listener]]\nlisten = \"{{listen}}\"\nupstream = \"web\"\ntls = {tls}\n\n")
+        + &upstream("web", "", &[(a.addr, "")]);
+    let p = Proxy::start(&cfg).await;
+
     for _ in 0..3 {
         let tcp = tokio::net::TcpStream::connect(p.listen).await.unwrap();
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
@@ -1200,6 +1210,74 @@ async fn websocket_upgrade_is_spliced_both_ways_and_releases_the_slot() {
         }
     };
     assert_eq!(next_ws(&mut ws).await, Message::text("hello from ws1"));
+    ws.send(Message::text("again")).await.unwrap();
+    assert_eq!(next_ws(&mut ws).await, Message::text("again"));
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+/// The same tunnel behind a TLS listener (wss://): the splice runs over
+/// rustls on the client side, so whatever TLS buffers must still flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_works_through_a_tls_listener() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (addr, accepted) = ws_echo_backend("wss1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (tls, connector) = localhost_tls(dir.path());
+    let cfg = format!(
+        "[[listener]]\nlisten = \"{{listen}}\"\nupstream = \"ws\"\ntls = {tls}\nidle_timeout = \"1s\"\nheader_timeout = \"1s\"\n\n"
+    ) + &upstream("ws", "", &[(addr, "max_conns = 1")]);
+    let p = Proxy::start(&cfg).await;
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(p.listen).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let stream = connector.connect(name, tcp).await.unwrap();
+        tokio_tungstenite::client_async("wss://localhost/chat", stream).await
+    };
+    let (mut ws, resp) = connect()
+        .await
+        .expect("WebSocket handshake through the TLS listener");
+    assert_eq!(resp.status(), 101);
+    // the backend speaks first: its bytes must cross without a client read
+    assert_eq!(next_ws(&mut ws).await, Message::text("hello from wss1"));
+    for i in 0..20 {
+        let text = format!("message {i}");
+        ws.send(Message::text(text.clone())).await.unwrap();
+        assert_eq!(next_ws(&mut ws).await, Message::text(text));
+    }
+    // many TLS records each way
+    let big: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    assert_eq!(next_ws(&mut ws).await, Message::binary(big));
+    // neither the header nor the idle limit cuts a quiet tunnel
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    ws.send(Message::text("still there")).await.unwrap();
+    assert_eq!(next_ws(&mut ws).await, Message::text("still there"));
+
+    ws.close(None).await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("close within 10 s")
+        {
+            Some(Ok(Message::Close(_))) | None => break,
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("close failed: {e}"),
+        }
+    }
+    drop(ws);
+    // the server's only slot comes back; a second tunnel works
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut ws = loop {
+        match connect().await {
+            Ok((ws, _)) => break ws,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("slot never released after the tunnel closed: {e}"),
+        }
+    };
+    assert_eq!(next_ws(&mut ws).await, Message::text("hello from wss1"));
     ws.send(Message::text("again")).await.unwrap();
     assert_eq!(next_ws(&mut ws).await, Message::text("again"));
     assert_eq!(accepted.load(Ordering::SeqCst), 2);

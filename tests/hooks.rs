@@ -15,7 +15,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use auto::{bootstrap, nodes_with, same, start_auto, status, syncd, Node, SYNCD};
+use auto::{bootstrap, nodes_with, same, start_auto, status, syncd, wait_led_by, Node, SYNCD};
 use netns::{can_run, have, serial, wait_for, Lan};
 
 /// Writes node `i`'s hook scripts into `dir` and returns its `[hooks]`.
@@ -106,12 +106,7 @@ fn hooks_run_in_the_safe_order_and_a_follower_never_serves() {
     let vip = lan.vip();
     let a0 = start_auto(&mut lan, &n, 0);
     let _a1 = start_auto(&mut lan, &n, 1);
-    let led = wait_for(Duration::from_secs(30), || lan.holders(&[0, 1]) == vec![0]);
-    assert!(
-        led.is_some(),
-        "node 0 must lead; holders {:?}",
-        lan.holders(&[0, 1])
-    );
+    wait_led_by(&lan, 0);
 
     // Each node stopped serving at start, before the election.
     for node in &n {
@@ -330,12 +325,7 @@ fn a_switchover_under_load_moves_the_address_and_loses_nothing() {
     let vip = lan.vip();
     let a0 = start_auto(&mut lan, &n, 0);
     let _a1 = start_auto(&mut lan, &n, 1);
-    let led = wait_for(Duration::from_secs(30), || lan.holders(&[0, 1]) == vec![0]);
-    assert!(
-        led.is_some(),
-        "node 0 must lead; holders {:?}",
-        lan.holders(&[0, 1])
-    );
+    wait_led_by(&lan, 0);
     assert!(
         wait_for(Duration::from_secs(15), || status(&lan, &n, 1)
             .contains("data: current"))

@@ -11,7 +11,7 @@ mod auto;
 
 use std::time::Duration;
 
-use auto::{bootstrap, nodes, same, start_auto, start_role, status, syncd};
+use auto::{bootstrap, nodes, same, start_auto, start_role, status, syncd, wait_led_by};
 use netns::{can_run, mdi, serial, wait_for, Lan};
 
 #[test]
@@ -32,15 +32,7 @@ fn the_pair_fails_over_and_back_without_losing_a_file() {
     // Both in auto: the higher priority leads, the other follows.
     let a0 = start_auto(&mut lan, &n, 0);
     let a1 = start_auto(&mut lan, &n, 1);
-    let led = wait_for(Duration::from_secs(30), || lan.holders(&[0, 1]) == vec![0]);
-    if led.is_none() {
-        lan.dump_logs();
-    }
-    assert!(
-        led.is_some(),
-        "node 0 must lead; holders {:?}",
-        lan.holders(&[0, 1])
-    );
+    wait_led_by(&lan, 0);
     let s0 = status(&lan, &n, 0);
     assert!(s0.contains("pair role: leader"), "{s0}");
     for i in 0..20 {
@@ -241,11 +233,7 @@ fn a_primary_standby_pair_moves_to_auto_without_a_resync() {
     // the [[vrrp]] table the auto units need).
     start_auto(&mut lan, &n, 0);
     start_auto(&mut lan, &n, 1);
-    let led = wait_for(Duration::from_secs(30), || lan.holders(&[0, 1]) == vec![0]);
-    if led.is_none() {
-        lan.dump_logs();
-    }
-    assert!(led.is_some(), "the former primary leads");
+    wait_led_by(&lan, 0);
     assert!(
         wait_for(Duration::from_secs(15), || status(&lan, &n, 1)
             .contains("data: current"))
@@ -409,10 +397,7 @@ fn vrrp_blocked_with_the_peer_link_up_keeps_one_leader() {
     bootstrap(&mut lan, &n);
     start_auto(&mut lan, &n, 0);
     let f1 = start_auto(&mut lan, &n, 1);
-    assert!(
-        wait_for(Duration::from_secs(30), || lan.holders(&[0, 1]) == vec![0]).is_some(),
-        "node 0 leads"
-    );
+    wait_led_by(&lan, 0);
     lan.block_multicast(2);
     let held = never_two(
         &lan,

@@ -112,3 +112,12 @@ pub fn bootstrap(lan: &mut Lan, n: &[Node; 2]) {
     assert!(ok, "bootstrap resync: {out}");
     lan.term(sb);
 }
+
+/// Waits until node `i` alone holds the service address (30 s); otherwise
+/// dumps every log and fails.
+pub fn wait_led_by(lan: &Lan, i: usize) {
+    if wait_for(Duration::from_secs(30), || lan.holders(&[0, 1]) == vec![i]).is_none() {
+        lan.dump_logs();
+        panic!("node {i} must lead; holders {:?}", lan.holders(&[0, 1]));
+    }
+}

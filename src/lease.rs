@@ -97,6 +97,11 @@ impl Closed {
     }
 
     /// `rel` was written to, truncated, removed or replaced.
+    /// Forgets every record (events were lost).
+    pub fn clear(&self) {
+        self.map().clear();
+    }
+
     pub fn forget(&self, rel: &RelPath) {
         self.map().remove(rel);
     }

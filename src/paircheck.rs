@@ -209,8 +209,22 @@ fn vrrp(a: &Tables, b: &Tables, f: &mut Findings) {
             vb.len()
         ));
     }
-    for (x, y) in va.iter().zip(vb) {
+    // Instances pair up by name (the order of the tables may differ), and
+    // by position when they have none.
+    let pairs: Vec<(&VrrpConfig, &VrrpConfig)> = va
+        .iter()
+        .enumerate()
+        .filter_map(|(i, x)| match &x.name {
+            Some(n) => vb
+                .iter()
+                .find(|y| y.name.as_ref() == Some(n))
+                .map(|y| (x, y)),
+            None => vb.get(i).map(|y| (x, y)),
+        })
+        .collect();
+    for (x, y) in pairs {
         let label = x.name.clone().unwrap_or_else(|| format!("VI_{}", x.vrid));
+        let v2 = x.version == 2 || y.version == 2;
         let mut diff = |field: &str, l: String, r: String, err: bool, why: &str| {
             if l != r {
                 let msg = format!(
@@ -238,12 +252,17 @@ fn vrrp(a: &Tables, b: &Tables, f: &mut Findings) {
             true,
             "each drops the other's adverts; both become master",
         );
+        // VRRPv2 drops adverts with another interval; v3 learns the master's.
         diff(
             "advert_int",
             x.advert_int.to_string(),
             y.advert_int.to_string(),
-            true,
-            "adverts with another interval are dropped (RFC 5798); both become master",
+            v2,
+            if v2 {
+                "VRRPv2 drops adverts with another interval; both become master"
+            } else {
+                "a backup learns the master's interval (v3), but failover times differ by direction"
+            },
         );
         // Never print a password; say only whether they match.
         let (pa, pb) = match (&x.auth_pass, &y.auth_pass) {
@@ -257,8 +276,12 @@ fn vrrp(a: &Tables, b: &Tables, f: &mut Findings) {
             "auth_pass",
             pa.into(),
             pb.into(),
-            true,
-            "adverts fail authentication; both become master",
+            v2,
+            if v2 {
+                "adverts fail authentication; both become master"
+            } else {
+                "VRRPv3 has no authentication; the setting is ignored"
+            },
         );
         diff(
             "virtual_ips",
@@ -492,6 +515,35 @@ mod tests {
                 "{want} missing in {text:#?}"
             );
         }
+    }
+
+    #[test]
+    fn instances_pair_by_name_and_v3_intervals_are_warnings() {
+        let two = |a: &str, b: &str| {
+            format!(
+                "{}{}",
+                vrrp(150, &format!("name = \"{a}\"\nversion = 3")).replace(
+                    "vrid = 51",
+                    &format!("vrid = {}", if a == "A" { 51 } else { 52 })
+                ),
+                vrrp(150, &format!("name = \"{b}\"\nversion = 3")).replace(
+                    "vrid = 51",
+                    &format!("vrid = {}", if b == "A" { 51 } else { 52 })
+                ),
+            )
+        };
+        // Same instances, listed in another order, other priorities.
+        let l = lab("", "", &two("A", "B"), &two("B", "A").replace("150", "100"));
+        assert_eq!(run(&l), vec![], "{:#?}", run(&l));
+        let l = lab(
+            "",
+            "",
+            &vrrp(150, "version = 3\nadvert_int = 2"),
+            &vrrp(100, "version = 3"),
+        );
+        let f = run(&l);
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert_eq!(f[0].severity, Severity::Warning, "{f:#?}");
     }
 
     #[test]

@@ -144,6 +144,11 @@ fn rel(root: &Path, p: &Path) -> Option<RelPath> {
 /// (a write, a truncate, a create, a delete) drops it. Events arrive in
 /// order, so a write after the close drops the record it follows.
 pub fn note(closed: &Closed, root: &Path, ev: &notify::Event) {
+    // Events were lost: any record may be stale.
+    if ev.need_rescan() {
+        closed.clear();
+        return;
+    }
     let Some((abs, r)) = ev
         .paths
         .first()

@@ -274,13 +274,18 @@ fn align(
         let label = y.name.clone().unwrap_or_default();
         let mut set = |key: &str, from: String, to: String| {
             if from != to {
-                *block = block.replace(
-                    &format!("{key} = {from}\n"),
-                    &format!(
-                        "{key} = {to}  # was {from}; node1's value, so the nodes hear each other\n"
-                    ),
-                );
-                o.note(Kind::Carried, format!("node2's vrrp_instance {label}: {key} set to {to} (node1's) instead of {from}"));
+                let line = format!("{key} = {from}\n");
+                if block.contains(&line) {
+                    *block = block.replace(
+                        &line,
+                        &format!(
+                            "{key} = {to}  # was {from}; node1's value, so the nodes hear each other\n"
+                        ),
+                    );
+                    o.note(Kind::Carried, format!("node2's vrrp_instance {label}: {key} set to {to} (node1's) instead of {from}"));
+                } else {
+                    o.note(Kind::NotCarried, format!("node2's vrrp_instance {label}: {key} is {from}, node1's {to}: set it to {to} by hand"));
+                }
             }
         };
         set("vrid", y.vrid.to_string(), x.vrid.to_string());
@@ -434,11 +439,20 @@ fn proxy_toml(
             s.push('\n');
             for sv in &u.servers {
                 let _ = writeln!(s, "[[upstream.server]]\naddr = {}", q(&sv.addr));
-                if let Some(w) = &sv.weight {
-                    let _ = writeln!(s, "weight = {w}");
-                }
-                if let Some(m) = &sv.max_fails {
-                    let _ = writeln!(s, "max_fails = {m}");
+                for (key, v) in [("weight", &sv.weight), ("max_fails", &sv.max_fails)] {
+                    match v.as_deref().map(|x| (x, x.parse::<u32>())) {
+                        Some((_, Ok(n))) => {
+                            let _ = writeln!(s, "{key} = {n}");
+                        }
+                        Some((x, Err(_))) if first => o.note(
+                            Kind::NotCarried,
+                            format!(
+                                "upstream {} server {}: {key}={x} is not a number; left out",
+                                u.name, sv.addr
+                            ),
+                        ),
+                        _ => {}
+                    }
                 }
                 if let Some(t) = &sv.fail_timeout {
                     let _ = writeln!(s, "fail_timeout = {}", q(t));
@@ -502,8 +516,12 @@ fn proxy_toml(
             s.push('\n');
             for r in &v.reals {
                 let _ = writeln!(s, "[[upstream.server]]\naddr = {}", q(&r.addr));
-                if let Some(w) = &r.weight {
-                    let _ = writeln!(s, "weight = {w}");
+                match r.weight.as_deref().map(|x| (x, x.parse::<u32>())) {
+                    Some((_, Ok(n))) => {
+                        let _ = writeln!(s, "weight = {n}");
+                    }
+                    Some((x, Err(_))) if first => o.note(Kind::NotCarried, format!("virtual_server {} real_server {}: weight {x} is not a number; left out", v.addr, r.addr)),
+                    _ => {}
                 }
                 s.push('\n');
             }

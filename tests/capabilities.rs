@@ -12,7 +12,6 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::{snapshot, Pair, BIN};
 
@@ -86,17 +85,7 @@ fn start_standby(p: &Pair, caps: &[String], log: &str) -> Child {
         .stderr(std::fs::File::create(p.path(log)).unwrap())
         .spawn()
         .unwrap();
-    let t = Instant::now();
-    while !std::fs::read_to_string(p.path(log))
-        .unwrap_or_default()
-        .contains("standby listening")
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "standby did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_standby_listening(&p.path(log), 30);
     c
 }
 

@@ -47,17 +47,7 @@ fn start_standby(p: &Pair, config: &str, log: &str) -> Child {
         .stderr(std::fs::File::create(p.path(log)).unwrap())
         .spawn()
         .unwrap();
-    let t = Instant::now();
-    while !std::fs::read_to_string(p.path(log))
-        .unwrap_or_default()
-        .contains("standby listening")
-    {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "standby did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_standby_listening(&p.path(log), 20);
     child
 }
 

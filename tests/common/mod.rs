@@ -394,3 +394,19 @@ pub fn watches_of(pid: u32) -> usize {
         .map(|s| s.lines().filter(|l| l.starts_with("inotify wd:")).count())
         .sum()
 }
+
+/// Waits until the log file at `log` says the standby listens (`secs`).
+pub fn wait_standby_listening(log: &Path, secs: u64) {
+    let t = Instant::now();
+    while !std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains("standby listening")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "standby did not start: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -4,7 +4,8 @@
 //! The decision-making core is sans-IO and tested with simulated time:
 //! [`balancer`] (selection algorithms and passive failure accounting),
 //! [`health`] (rise/fall), [`retry`] (retry rules and budget), [`forward`]
-//! (header rewriting). The rest is a thin tokio/hyper layer around it:
+//! (header rewriting), [`framing`] (HTTP/1 head parsing and body framing,
+//! both directions). The rest is a thin tokio/hyper layer around it:
 //! [`listener`], [`proxy`], [`tcp`], [`tunnel`], [`checker`], [`admin`], [`reload`].
 
 pub mod admin;
@@ -13,6 +14,7 @@ pub mod checker;
 pub mod client_io;
 pub mod config;
 pub mod forward;
+pub mod framing;
 pub mod h1client;
 pub mod health;
 pub mod listener;

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Response, StatusCode, Uri, Version};
 use tokio::io::AsyncWriteExt;
@@ -38,7 +38,7 @@ pub enum OutBody {
     /// Buffered (possibly empty): can be sent again on another connection.
     Bytes(Bytes),
     /// Streamed from the client: can be sent once.
-    Stream(Incoming),
+    Stream(crate::server_wire::ReqBody),
 }
 
 /// Per-operation time limits of one exchange, nginx style: each limit is

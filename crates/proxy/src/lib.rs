@@ -5,8 +5,8 @@
 //! [`balancer`] (selection algorithms and passive failure accounting),
 //! [`health`] (rise/fall), [`retry`] (retry rules and budget), [`forward`]
 //! (header rewriting), [`framing`] (HTTP/1 head parsing and body framing,
-//! both directions). The rest is a thin tokio/hyper layer around it:
-//! [`listener`], [`proxy`], [`tcp`], [`tunnel`], [`checker`], [`admin`], [`reload`].
+//! both directions). The rest is a thin tokio layer around it:
+//! [`listener`], [`server`] (the client side of HTTP/1.1), [`proxy`], [`tcp`], [`tunnel`], [`checker`], [`admin`], [`reload`].
 
 pub mod admin;
 pub mod balancer;
@@ -22,6 +22,9 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod retry;
+pub mod server;
+pub mod server_wire;
+pub mod server_write;
 pub mod state;
 pub mod tcp;
 pub mod tunnel;

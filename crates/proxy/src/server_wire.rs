@@ -1,0 +1,233 @@
+//! The client connection as the HTTP/1 server side shares it: the socket,
+//! the read buffer the request heads are parsed from (reused for the life
+//! of the connection), and the state of the request body being read. The
+//! connection loop and the request body ([`ReqBody`], handed to the proxy
+//! as the request's body) take turns on it; both run in the connection's
+//! own task, so the lock is never contended.
+
+use std::future::Future;
+use std::io;
+use std::pin::{pin, Pin};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{ready, Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+
+use crate::framing::{Decode, MAX_CHUNK_LINE};
+
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Read size: one head, or one slice of a body.
+const READ_CHUNK: usize = 8192;
+
+/// One client connection.
+pub struct Wire<IO> {
+    /// `None` once handed to a tunnel.
+    pub io: Option<IO>,
+    pub rbuf: BytesMut,
+    /// The current request's body.
+    pub decode: Decode,
+    /// `Expect: 100-continue`: bytes of the interim response still to send
+    /// before the body is first read (sent only if the body is wanted).
+    continue_left: usize,
+    /// The body failed (bad framing, early close): the connection ends
+    /// after this request.
+    pub broken: bool,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Wire<IO> {
+    pub fn new(io: IO) -> Wire<IO> {
+        Wire {
+            io: Some(io),
+            rbuf: BytesMut::with_capacity(READ_CHUNK),
+            decode: Decode::Done,
+            continue_left: 0,
+            broken: false,
+        }
+    }
+
+    /// A new request's body starts.
+    pub fn start_body(&mut self, decode: Decode, expect_continue: bool) {
+        self.decode = decode;
+        self.broken = false;
+        self.continue_left = if expect_continue && decode != Decode::Done {
+            CONTINUE.len()
+        } else {
+            0
+        };
+    }
+
+    /// Read more bytes into `rbuf`: `Ok(0)` is end of stream.
+    pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let Some(io) = self.io.as_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        self.rbuf.reserve(READ_CHUNK);
+        // read_buf's future holds only borrows: dropping it when pending
+        // loses nothing
+        pin!(io.read_buf(&mut self.rbuf)).poll(cx)
+    }
+
+    /// Send what is left of `100 Continue`.
+    fn poll_continue(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.continue_left > 0 {
+            let Some(io) = self.io.as_mut() else {
+                return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+            };
+            let from = CONTINUE.len() - self.continue_left;
+            let n = ready!(Pin::new(&mut *io).poll_write(cx, &CONTINUE[from..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.continue_left -= n;
+            if self.continue_left == 0 {
+                ready!(Pin::new(io).poll_flush(cx))?;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// More body bytes are needed: ask for them (once) and read.
+    fn poll_body_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_continue(cx))?;
+        match ready!(self.poll_fill(cx))? {
+            0 => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "client closed the connection mid-body",
+            ))),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+
+    /// The next piece of the request body; `None` at its end.
+    pub fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        let r = self.poll_body_inner(cx);
+        if let Poll::Ready(Some(Err(_))) = r {
+            self.broken = true;
+            self.decode = Decode::Done;
+        }
+        r
+    }
+
+    fn poll_body_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        loop {
+            match self.decode {
+                Decode::Done | Decode::UntilClose => return Poll::Ready(None),
+                Decode::Length(rem) | Decode::ChunkData(rem) => {
+                    if self.rbuf.is_empty() {
+                        if let Err(e) = ready!(self.poll_body_fill(cx)) {
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                    }
+                    let n = (self.rbuf.len() as u64).min(rem) as usize;
+                    let data = self.rbuf.split_to(n).freeze();
+                    self.decode = self.decode.on_data(n as u64);
+                    return Poll::Ready(Some(Ok(data)));
+                }
+                Decode::ChunkSize | Decode::ChunkCrlf | Decode::Trailers => {
+                    let Some(pos) = self.rbuf.iter().position(|&b| b == b'\n') else {
+                        if self.rbuf.len() > MAX_CHUNK_LINE {
+                            return Poll::Ready(Some(Err(invalid("chunk line too long"))));
+                        }
+                        if let Err(e) = ready!(self.poll_body_fill(cx)) {
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                        continue;
+                    };
+                    let line = self.rbuf.split_to(pos + 1);
+                    // a chunk line ends in CRLF; a bare LF is refused
+                    let Some(line) = line[..pos].strip_suffix(b"\r") else {
+                        return Poll::Ready(Some(Err(invalid("bare LF in chunked body"))));
+                    };
+                    match self.decode.on_line(line) {
+                        Ok(next) => self.decode = next,
+                        Err(e) => return Poll::Ready(Some(Err(invalid(&e.to_string())))),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn invalid(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
+}
+
+/// What [`ReqBody`] needs from the connection, without its socket type.
+pub trait BodySource: Send {
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>>;
+    fn body_done(&self) -> bool;
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send> BodySource for Wire<IO> {
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        Wire::poll_body(self, cx)
+    }
+
+    fn body_done(&self) -> bool {
+        self.decode == Decode::Done
+    }
+}
+
+pub type Shared = Arc<Mutex<dyn BodySource>>;
+
+/// A client's request body, read from its connection as it is consumed.
+pub struct ReqBody {
+    src: Option<Shared>,
+    hint: SizeHint,
+}
+
+impl ReqBody {
+    pub fn new(src: Shared, decode: Decode) -> ReqBody {
+        let hint = match decode {
+            Decode::Done => SizeHint::with_exact(0),
+            Decode::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        };
+        let src = (decode != Decode::Done).then_some(src);
+        ReqBody { src, hint }
+    }
+
+    /// No body (tests, local use).
+    pub fn empty() -> ReqBody {
+        ReqBody {
+            src: None,
+            hint: SizeHint::with_exact(0),
+        }
+    }
+}
+
+fn lock(src: &Shared) -> MutexGuard<'_, dyn BodySource + 'static> {
+    // plain state: a poisoned lock is still coherent
+    src.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        let Some(src) = &this.src else {
+            return Poll::Ready(None);
+        };
+        let r = ready!(lock(src).poll_body(cx));
+        if !matches!(r, Some(Ok(_))) {
+            this.src = None;
+        }
+        Poll::Ready(r.map(|r| r.map(Frame::data)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.src.as_ref().is_none_or(|s| lock(s).body_done())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint
+    }
+}

@@ -11,6 +11,7 @@
 //! our own backends and follow the lenient reading nginx uses:
 //! Transfer-Encoding wins over Content-Length, identical lengths are one.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// How a message's body is delimited.
@@ -107,15 +108,17 @@ pub fn parse_request(
     spans: &mut Vec<HeaderSpan>,
 ) -> Result<Option<RequestHead>, FramingError> {
     spans.clear();
+    // uninitialised storage: nothing to zero per request
+    let mut storage = [const { MaybeUninit::uninit() }; STACK_HEADERS];
     let r = if limits.max_headers < STACK_HEADERS {
-        let mut storage = [httparse::EMPTY_HEADER; STACK_HEADERS];
         parse_into(buf, &mut storage[..limits.max_headers + 1], spans)
     } else {
-        let mut storage = [httparse::EMPTY_HEADER; STACK_HEADERS];
         match parse_into(buf, &mut storage, spans) {
             Err(FramingError::TooManyHeaders(_)) => {
                 spans.clear();
-                let mut heap = vec![httparse::EMPTY_HEADER; limits.max_headers + 1];
+                let mut heap: Vec<_> = (0..=limits.max_headers)
+                    .map(|_| MaybeUninit::uninit())
+                    .collect();
                 parse_into(buf, &mut heap, spans)
             }
             r => r,
@@ -138,11 +141,11 @@ pub fn parse_request(
 
 fn parse_into<'a>(
     buf: &'a [u8],
-    storage: &mut [httparse::Header<'a>],
+    storage: &mut [MaybeUninit<httparse::Header<'a>>],
     spans: &mut Vec<HeaderSpan>,
 ) -> Result<Option<RequestHead>, FramingError> {
-    let mut req = httparse::Request::new(storage);
-    let len = match req.parse(buf) {
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, storage) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(map_parse_error(e, buf)),

@@ -274,18 +274,27 @@ impl Conn {
 pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, ExchangeError> {
     type Span = (usize, usize, usize, usize);
     let parsed = {
-        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut r = httparse::Response::new(&mut storage);
-        match r.parse(buf) {
+        // uninitialised storage: nothing to zero per response
+        let mut storage = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut r = httparse::Response::new(&mut []);
+        match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut r,
+            buf,
+            &mut storage,
+        ) {
             Ok(httparse::Status::Complete(n)) => {
                 let base = buf.as_ptr() as usize;
-                let mut spans: [Span; MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
-                for (span, h) in spans.iter_mut().zip(r.headers.iter()) {
-                    let ns = h.name.as_ptr() as usize - base;
-                    let vs = h.value.as_ptr() as usize - base;
-                    *span = (ns, ns + h.name.len(), vs, vs + h.value.len());
-                }
-                Some((n, r.code, r.version, spans, r.headers.len()))
+                let spans: Vec<Span> = r
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        let ns = h.name.as_ptr() as usize - base;
+                        let vs = h.value.as_ptr() as usize - base;
+                        (ns, ns + h.name.len(), vs, vs + h.value.len())
+                    })
+                    .collect();
+                let count = spans.len();
+                Some((n, r.code, r.version, spans, count))
             }
             Ok(httparse::Status::Partial) => None,
             Err(e) => return Err(ExchangeError::Invalid(e.to_string())),

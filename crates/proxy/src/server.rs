@@ -218,7 +218,8 @@ fn build(head: &RequestHead, bytes: &Bytes, spans: &[HeaderSpan]) -> Result<Pars
         .map_err(|_| FramingError::Malformed("method"))?;
     let uri = Uri::from_maybe_shared(bytes.slice(head.target.clone()))
         .map_err(|_| FramingError::Malformed("request target"))?;
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // room for the X-Forwarded-* and X-Real-IP the proxy adds
+    let mut headers = HeaderMap::with_capacity(spans.len() + 4);
     for s in spans {
         let name = HeaderName::from_bytes(&bytes[s.name.clone()])
             .map_err(|_| FramingError::BadHeaderName)?;

@@ -112,6 +112,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Wire<IO> {
     }
 
     fn poll_body_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        if !self.rbuf.is_empty() && self.continue_left == CONTINUE.len() {
+            // the client sent its body without waiting: no 100 mid-body
+            self.continue_left = 0;
+        }
         loop {
             match self.decode {
                 Decode::Done | Decode::UntilClose => return Poll::Ready(None),

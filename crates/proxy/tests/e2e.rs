@@ -1161,7 +1161,8 @@ async fn read_response(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, head: b
 
 /// One connection carries pipelined requests (answered in order, bodies by
 /// length and chunked), an `Expect: 100-continue` upload (the interim 100
-/// comes before the body is sent), and a HEAD (length, no body); HTTP/1.0
+/// comes before the body is sent; none when the body comes unasked), and a
+/// HEAD (length, no body); HTTP/1.0
 /// keeps the connection only when asked to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelining_expect_continue_head_and_http10_keep_alive() {
@@ -1190,6 +1191,14 @@ async fn pipelining_expect_continue_head_and_http10_keep_alive() {
     s.write_all(b"hello").await.unwrap();
     let r = read_response(&mut s, &mut buf, false).await;
     assert_eq!((r.status, r.text()), (200, "a 5".to_string()), "{r:?}");
+    // a client that sends its body without waiting gets no 100 at all
+    s.write_all(
+        b"PUT /4 HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi",
+    )
+    .await
+    .unwrap();
+    let r = read_response(&mut s, &mut buf, false).await;
+    assert_eq!((r.status, r.text()), (200, "a 2".to_string()), "{r:?}");
     s.write_all(b"HEAD /5 HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
@@ -1199,7 +1208,7 @@ async fn pipelining_expect_continue_head_and_http10_keep_alive() {
         r.head.to_ascii_lowercase().contains("content-length: 3"),
         "{r:?}"
     );
-    assert_eq!(a.count(), 5);
+    assert_eq!(a.count(), 6);
 
     let mut s = tokio::net::TcpStream::connect(p.listen).await.unwrap();
     let mut buf = Vec::new();
@@ -1223,7 +1232,7 @@ async fn pipelining_expect_continue_head_and_http10_keep_alive() {
         .expect("HTTP/1.0 without keep-alive is closed")
         .unwrap();
     assert_eq!(n, 0);
-    assert_eq!(a.count(), 7);
+    assert_eq!(a.count(), 8);
 }
 
 /// A WebSocket backend: greets each client with `hello from <name>`, then

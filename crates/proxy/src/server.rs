@@ -81,20 +81,7 @@ where
         };
         let p = match parsed {
             Ok(p) => p,
-            Err(e) => {
-                tracing::debug!(client = %c.info.client, error = %e, "bad request head");
-                let status = if e.is_too_large() {
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
-                } else {
-                    StatusCode::BAD_REQUEST
-                };
-                let msg = status.canonical_reason().unwrap_or("Bad Request");
-                let resp = proxy::local(status, msg);
-                if respond(&wire, &mut wbuf, resp, false, true, false).await {
-                    close(&wire).await;
-                }
-                return;
-            }
+            Err(e) => return refuse(&wire, &mut wbuf, e, &c.info).await,
         };
         let busy = c.activity.begin();
         lock(&wire).start_body(p.decode, p.expect_continue);
@@ -141,6 +128,25 @@ where
         if !keep {
             return close(&wire).await;
         }
+    }
+}
+
+/// Answer a head that cannot be served (400, or 431 when too large) and
+/// close: what follows it cannot be framed.
+async fn refuse<IO>(wire: &Mutex<Wire<IO>>, wbuf: &mut Vec<u8>, e: FramingError, info: &ConnInfo)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    tracing::debug!(client = %info.client, error = %e, "bad request head");
+    let status = if e.is_too_large() {
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    let msg = status.canonical_reason().unwrap_or("Bad Request");
+    let resp = proxy::local(status, msg);
+    if respond(wire, wbuf, resp, false, true, false).await {
+        close(wire).await;
     }
 }
 

@@ -235,3 +235,76 @@ impl Body for ReqBody {
         self.hint
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The body `decode` reads from a client that sends `early` (already
+    /// buffered with the head) and then `input`, and what was written back.
+    async fn read_body(
+        early: &[u8],
+        input: &[u8],
+        decode: Decode,
+        expect: bool,
+    ) -> (io::Result<Vec<u8>>, Vec<u8>) {
+        let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+        theirs.write_all(input).await.unwrap();
+        theirs.shutdown().await.unwrap();
+        let wire = Arc::new(Mutex::new(Wire::new(ours)));
+        {
+            let mut w = wire.lock().unwrap();
+            w.rbuf.extend_from_slice(early);
+            w.start_body(decode, expect);
+        }
+        let mut body = ReqBody::new(wire.clone(), decode);
+        let mut got = Vec::new();
+        let r = loop {
+            match body.frame().await {
+                None => break Ok(got),
+                Some(Ok(f)) => got.extend_from_slice(&f.into_data().unwrap()),
+                Some(Err(e)) => break Err(e),
+            }
+        };
+        drop((body, wire));
+        let mut written = Vec::new();
+        theirs.read_to_end(&mut written).await.unwrap();
+        (r, written)
+    }
+
+    #[tokio::test]
+    async fn chunked_and_length_bodies() {
+        let chunked = Decode::new(crate::framing::Framing::Chunked);
+        let (r, w) = read_body(b"", b"5;x=1\r\nhello\r\n0\r\nT: v\r\n\r\n", chunked, false).await;
+        assert_eq!(r.unwrap(), b"hello");
+        assert!(w.is_empty());
+        let (r, _) = read_body(b"", b"5\nhello\r\n0\r\n\r\n", chunked, false).await;
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::InvalidData, "bare LF");
+        let (r, _) = read_body(b"", b"+5\r\nhello\r\n0\r\n\r\n", chunked, false).await;
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::InvalidData, "signed");
+        let (r, _) = read_body(b"", b"5\r\nhelloX\r\n0\r\n\r\n", chunked, false).await;
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::InvalidData, "no CRLF");
+        let (r, _) = read_body(b"hel", b"lo", Decode::Length(5), false).await;
+        assert_eq!(r.unwrap(), b"hello");
+        let (r, _) = read_body(b"", b"hello", Decode::Length(10), false).await;
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[tokio::test]
+    async fn continue_is_sent_only_when_the_body_is_awaited() {
+        let (r, w) = read_body(b"", b"hello", Decode::Length(5), true).await;
+        assert_eq!(r.unwrap(), b"hello");
+        assert_eq!(w, CONTINUE, "asked for before the first read");
+        let (r, w) = read_body(b"he", b"llo", Decode::Length(5), true).await;
+        assert_eq!(r.unwrap(), b"hello");
+        assert!(
+            w.is_empty(),
+            "the client sent its body unasked: no 100 mid-body"
+        );
+        let (r, w) = read_body(b"", b"", Decode::Done, true).await;
+        assert_eq!(r.unwrap(), b"");
+        assert!(w.is_empty(), "no body, no 100");
+    }
+}

@@ -33,7 +33,10 @@ fn list(root: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
         .flatten()
     {
         let rel = e.path().strip_prefix(root).unwrap().to_path_buf();
-        assert!(!rel.starts_with(".syncd"), "syncd's own {rel:?} in the export");
+        assert!(
+            !rel.starts_with(".syncd"),
+            "syncd's own {rel:?} in the export"
+        );
         if e.file_type().is_dir() {
             dirs.push(rel);
         } else {

@@ -264,8 +264,14 @@ fn files_written_through_ganesha_reach_the_standby_whole() {
     // (state lives in the state directory, staging is unnamed).
     let url = nfs::url(&lan.ip(PRIMARY), &export, "", Version::V3);
     let walk = nfs::ls_recursive(lan.ns(CLIENT), &url).unwrap();
-    assert!(walk.contains(&mixed[0].0), "the walk lists the data: {walk}");
-    assert!(!walk.contains(".syncd"), "syncd's own files over NFS: {walk}");
+    assert!(
+        walk.contains(&mixed[0].0),
+        "the walk lists the data: {walk}"
+    );
+    assert!(
+        !walk.contains(".syncd"),
+        "syncd's own files over NFS: {walk}"
+    );
     ganesha.kill();
 }
 

@@ -73,25 +73,44 @@ fn an_upgraded_standby_moves_its_state_out_of_the_export_and_stays_in_sync() {
     let dest = Path::new(syncd::config::DEFAULT_STATE_BASE).join(&id);
     let _cleanup = RemoveOnDrop(dest.clone());
     set_config(&p, "standby.toml", |t| {
-        t.replace("state_dir = \"standby-state\"\n", &format!("export_id = \"{id}\"\n"))
+        t.replace(
+            "state_dir = \"standby-state\"\n",
+            &format!("export_id = \"{id}\"\n"),
+        )
     });
     set_config(&p, "primary.toml", |t| format!("export_id = \"{id}\"\n{t}"));
     let cfg = syncd::config::Config::load(&p.path("standby.toml")).unwrap();
-    assert!(cfg.legacy_state, "the old place is found: {}", cfg.state_dir.display());
+    assert!(
+        cfg.legacy_state,
+        "the old place is found: {}",
+        cfg.state_dir.display()
+    );
 
     p.start_standby();
     let log = p.log();
-    assert!(log.contains("moved the state directory out of the export"), "{log}");
+    assert!(
+        log.contains("moved the state directory out of the export"),
+        "{log}"
+    );
     assert!(!old.exists(), "nothing of syncd's stays in the export");
     assert_eq!(syncd::generation::Store::new(&dest).load().unwrap(), before);
-    assert_eq!(&std::fs::read(dest.join("index.bin")).unwrap()[..8], b"SYNCDIDX");
-    assert_eq!(&std::fs::read(dest.join("lineage")).unwrap()[..8], b"SYNCDGEN");
+    assert_eq!(
+        &std::fs::read(dest.join("index.bin")).unwrap()[..8],
+        b"SYNCDIDX"
+    );
+    assert_eq!(
+        &std::fs::read(dest.join("lineage")).unwrap()[..8],
+        b"SYNCDGEN"
+    );
     use std::os::unix::fs::MetadataExt;
     assert_eq!(std::fs::metadata(&dest).unwrap().mode() & 0o777, 0o700);
 
     // In sync at once: nothing re-sent, nothing kept as diverged.
     let again = p.resync(&[]);
-    assert!(again.contains("sent whole 0, sent as delta 0, deleted 0"), "{again}");
+    assert!(
+        again.contains("sent whole 0, sent as delta 0, deleted 0"),
+        "{again}"
+    );
     assert!(!p.log().contains("diverged"), "{}", p.log());
     assert_eq!(
         &std::fs::read(p.path("primary-state/lineage")).unwrap()[..8],
@@ -117,5 +136,9 @@ fn a_state_file_from_a_newer_release_stops_the_daemon() {
         err.contains("format version 99") && err.contains("newer"),
         "{err}"
     );
-    assert_eq!(std::fs::read(state.join("index.bin")).unwrap(), b, "left as it was");
+    assert_eq!(
+        std::fs::read(state.join("index.bin")).unwrap(),
+        b,
+        "left as it was"
+    );
 }

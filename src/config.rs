@@ -516,7 +516,7 @@ fn state_location(
     }
     let dir = Path::new(DEFAULT_STATE_BASE).join(export_id);
     let legacy = export.join(std::ffi::OsStr::from_bytes(crate::path::STATE_DIR_NAME));
-    if !crate::relocate::holds_state(&dir) && crate::relocate::holds_state(&legacy) {
+    if !crate::relocate::holds_state(&dir) && crate::relocate::holds_legacy_state(&legacy) {
         return Ok((legacy, true));
     }
     Ok((dir, false))
@@ -719,6 +719,11 @@ mod tests {
             c.state_dir,
             d.path().join("export/.syncd").canonicalize().unwrap()
         );
+        if rustix::process::geteuid().is_root() {
+            // Planted by a client of the export (another owner): not adopted.
+            std::os::unix::fs::chown(d.path().join("export/.syncd"), Some(4321), None).unwrap();
+            assert!(!Config::load(&f).unwrap().legacy_state);
+        }
         // An export_id that cannot name a directory needs state_dir.
         for bad in ["../etc", ".hidden", "a/b"] {
             write(&f, &format!("{BASE}export_id = \"{bad}\"\n"));

@@ -144,7 +144,12 @@ impl Root {
         let staging = match existing {
             Ok(fd) => fd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(e),
+            Err(e) => {
+                // Not ours (planted by a client of the export, say): not
+                // cleaned, and never staged in (`staging` refuses it too).
+                tracing::warn!(export = %self.path.display(), "not cleaning .syncd/staging: {e}");
+                return Ok(0);
+            }
         };
         let mut names = Vec::new();
         for e in rustix::fs::Dir::read_from(&staging)? {

@@ -30,6 +30,16 @@ pub fn holds_state(dir: &Path) -> bool {
     fs::read_dir(dir).is_ok_and(|rd| rd.flatten().any(|e| e.file_name() != STAGING))
 }
 
+/// Whether `<export>/.syncd` holds state an older release of this daemon
+/// left: owned by us (a client of the export that planted a directory there
+/// must not get its "index" adopted), holding more than staging leftovers.
+pub fn holds_legacy_state(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ours = fs::symlink_metadata(dir)
+        .is_ok_and(|m| m.is_dir() && m.uid() == rustix::process::geteuid().as_raw());
+    ours && holds_state(dir)
+}
+
 /// Prepares the state directory for a daemon: moves legacy state out of
 /// the export (or, when that fails, keeps using it with a warning saying
 /// how to move it by hand), then checks and migrates the durable formats.

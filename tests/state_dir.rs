@@ -133,8 +133,24 @@ fn a_state_file_from_a_newer_release_stops_the_daemon() {
     let mut b = b"SYNCDIDX".to_vec();
     b.extend_from_slice(&99u32.to_le_bytes());
     std::fs::write(state.join("index.bin"), &b).unwrap();
-    let o = p.syncd(&["--role", "standby", "--config", "standby.toml"]);
+    let mut c = std::process::Command::new(common::BIN)
+        .args(["--role", "standby", "--config", "standby.toml"])
+        .current_dir(p.path(""))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It must stop by itself; one that serves instead is killed, not waited on.
+    let exited = (0..600).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        c.try_wait().unwrap().is_some()
+    });
+    if !exited {
+        let _ = c.kill();
+    }
+    let o = c.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
+    assert!(exited, "the standby started over a newer index: {err}");
     assert!(!o.status.success());
     assert!(
         err.contains("format version 99") && err.contains("newer"),

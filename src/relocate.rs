@@ -67,6 +67,17 @@ pub fn prepare(mut cfg: Config) -> Result<Config, crate::state::StateError> {
             ),
         }
     }
+    let old = cfg.export.join(".syncd");
+    if !cfg.legacy_state && holds_legacy_state(&old) {
+        // Both places hold state (a move interrupted after its copy was in
+        // place, or state copied by hand): the new place is used.
+        tracing::warn!(
+            "{} holds state of an older release, unused (the state is in {}); \
+             remove it: NFS clients can read it",
+            old.display(),
+            cfg.state_dir.display()
+        );
+    }
     crate::state::check_formats(&cfg.state_dir)?;
     Ok(cfg)
 }

@@ -37,7 +37,13 @@ if [ -d old ] && [ -n "$(ls -A old 2>/dev/null)" ]; then
   echo "removing earlier runs' trees, then waiting 65 s (ext4 recently-deleted window)" >&2
   rm -rf old; sync; sleep 65
 fi
-fresh() { mkdir -p old; for d in "$@"; do [ -e "$d" ] && mv "$d" "old/$d.$RANDOM$RANDOM"; mkdir -p "$d"; done; }
+fresh() { # a destination and its syncd state (beside it, outside the export)
+  mkdir -p old
+  for d in "$@"; do
+    for x in "$d" "$d.state"; do [ -e "$x" ] && mv "$x" "old/$x.$RANDOM$RANDOM"; done
+    mkdir -p "$d"
+  done
+}
 
 now() { date +%s.%N; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
@@ -89,6 +95,7 @@ setup_syncd() { # $1 primary export, $2 standby export
   [ -f keys/p/node.crt ] || { "$SYNCD" keygen --out keys/p --name p >/dev/null; "$SYNCD" keygen --out keys/s --name s >/dev/null; }
   cat > standby.toml <<EOF
 export = "$2"
+state_dir = "$2.state"
 listen = "127.0.0.1:$SYNCD_PORT"
 cert = "keys/s/node.crt"
 key = "keys/s/node.key"
@@ -98,6 +105,7 @@ durable = $DURABLE
 EOF
   cat > primary.toml <<EOF
 export = "$1"
+state_dir = "$1.state"
 peer = "127.0.0.1:$SYNCD_PORT"
 cert = "keys/p/node.crt"
 key = "keys/p/node.key"

@@ -159,6 +159,7 @@ setup_syncd() { # base: writes base/{primary,standby}.toml for base/src -> base/
   cat > "$b/standby.toml" <<EOF
 node_id = "standby"
 export = "$b/dst"
+state_dir = "$b/dst.state"
 listen = "127.0.0.1:$port"
 admin = "127.0.0.1:$sadmin"
 cert = "$DIR/keys/s/node.crt"
@@ -171,6 +172,7 @@ EOF
   cat > "$b/primary.toml" <<EOF
 node_id = "primary"
 export = "$b/src"
+state_dir = "$b/src.state"
 peer = "127.0.0.1:$port"
 admin = "127.0.0.1:$admin"
 cert = "$DIR/keys/p/node.crt"

@@ -83,10 +83,10 @@ wait_for_line "$DIR/ganesha/ganesha.log" "NFS SERVER INITIALIZED" 30
 "$SYNCD" keygen --out "$DIR/keys/p" >/dev/null
 "$SYNCD" keygen --out "$DIR/keys/s" >/dev/null
 port=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-printf '%s\n' "export = \"$DIR/dst\"" "listen = \"127.0.0.1:$port\"" \
+printf '%s\n' "export = \"$DIR/dst\"" "state_dir = \"$DIR/dst.state\"" "listen = \"127.0.0.1:$port\"" \
   "cert = \"$DIR/keys/s/node.crt\"" "key = \"$DIR/keys/s/node.key\"" "peer_cert = \"$DIR/keys/p/node.crt\"" \
   "[sync]" "durable = $DURABLE" > "$DIR/standby.toml"
-printf '%s\n' "export = \"$DIR/src\"" "peer = \"127.0.0.1:$port\"" \
+printf '%s\n' "export = \"$DIR/src\"" "state_dir = \"$DIR/src.state\"" "peer = \"127.0.0.1:$port\"" \
   "cert = \"$DIR/keys/p/node.crt\"" "key = \"$DIR/keys/p/node.key\"" "peer_cert = \"$DIR/keys/s/node.crt\"" \
   "[sync]" "settle_ms = $SETTLE_MS" "durable = $DURABLE" > "$DIR/primary.toml"
 spawn "$DIR/standby.log" "$SYNCD" --role standby --config "$DIR/standby.toml"

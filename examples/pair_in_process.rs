@@ -31,14 +31,14 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(
         d.join("standby.toml"),
         format!(
-            "export = \"standby\"\nlisten = \"127.0.0.1:{port}\"\n{}",
+            "export = \"standby\"\nstate_dir = \"standby-state\"\nlisten = \"127.0.0.1:{port}\"\n{}",
             common("standby", "primary")
         ),
     )?;
     std::fs::write(
         d.join("primary.toml"),
         format!(
-            "export = \"primary\"\npeer = \"127.0.0.1:{port}\"\n{}",
+            "export = \"primary\"\nstate_dir = \"primary-state\"\npeer = \"127.0.0.1:{port}\"\n{}",
             common("primary", "standby")
         ),
     )?;

@@ -75,4 +75,6 @@ Next: write $SYSCONFDIR/syncd/syncd.toml from syncd.example.toml (or
 syncd-auto.example.toml), set the export in the unit
 (systemctl edit syncd-standby: ReadWritePaths=/your/export), then
 systemctl daemon-reload && systemctl enable --now syncd-standby
+(state goes to /var/lib/syncd/<export_id>, the units' StateDirectory;
+an older release's <export>/.syncd is moved there at the first start)
 MSG

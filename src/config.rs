@@ -208,7 +208,12 @@ pub struct Config {
     pub node_id: String,
     pub export: PathBuf,
     pub export_id: String,
+    /// Where the index, generation record, signature cache and conflicts
+    /// live (see [`state_location`]).
     pub state_dir: PathBuf,
+    /// `state_dir` is the pre-0.x default `<export>/.syncd`, still holding
+    /// state; the daemon moves it at start (`state::adopt_legacy`).
+    pub legacy_state: bool,
     pub listen: Option<SocketAddr>,
     pub peer: Option<SocketAddr>,
     pub cert: PathBuf,
@@ -288,26 +293,6 @@ impl Config {
         let export = export
             .canonicalize()
             .map_err(|e| err(format!("export: {e}")))?;
-        let state_dir = raw
-            .state_dir
-            .as_deref()
-            .map(abs)
-            .unwrap_or_else(|| export.join(".syncd"));
-        // Inside the export, anything but the reserved `.syncd` would be
-        // listed, replicated and deleted like data (the index, lineage and
-        // conflicts with it).
-        let reserved = export.join(std::ffi::OsStr::from_bytes(crate::path::STATE_DIR_NAME));
-        let resolved = resolve_path(&state_dir);
-        if resolved.starts_with(&export) && !resolved.starts_with(&reserved) {
-            return Err(err(format!(
-                "state_dir: {} is inside the export {}, where it would be replicated and deleted like data; \
-                 remove state_dir to use the default {}, or point it outside the export",
-                state_dir.display(),
-                export.display(),
-                reserved.display()
-            )));
-        }
-
         for (key, p) in [("cert", &raw.cert), ("key", &raw.key)] {
             let p = abs(p);
             if let Err(e) = std::fs::File::open(&p) {
@@ -359,6 +344,8 @@ impl Config {
             return Err(err("export_id: must be 1 to 128 characters".into()));
         }
         let node_id = raw.node_id.unwrap_or_else(hostname);
+        let (state_dir, legacy_state) =
+            state_location(&export, &export_id, raw.state_dir.as_deref().map(abs)).map_err(err)?;
         if raw.sync.delta_min_size == 0 {
             return Err(err(
                 "sync.delta_min_size: must be at least 1 (bytes); the default is 65536".into(),
@@ -414,6 +401,7 @@ impl Config {
             export,
             export_id,
             state_dir,
+            legacy_state,
             listen,
             peer,
             cert: abs(&raw.cert),
@@ -492,6 +480,48 @@ fn resolve(s: &str) -> Result<SocketAddr, String> {
 
 /// `p` made absolute with `..`, `.` and symlinks resolved as far as it
 /// exists (a state directory may not exist yet).
+/// Where state lives by default: never in the export, where every NFS
+/// client could read the index (each path and hash) and delete it.
+pub const DEFAULT_STATE_BASE: &str = "/var/lib/syncd";
+
+/// The state directory and whether it is the legacy `<export>/.syncd`.
+///
+/// A configured `state_dir` is used as is, unless it is inside the export.
+/// Otherwise `/var/lib/syncd/<export_id>`, except when that holds nothing
+/// yet and the old default `<export>/.syncd` holds state: an upgraded node
+/// keeps its index and generation record (moved at daemon start).
+fn state_location(
+    export: &Path,
+    export_id: &str,
+    configured: Option<PathBuf>,
+) -> Result<(PathBuf, bool), String> {
+    if let Some(dir) = configured {
+        let resolved = resolve_path(&dir);
+        if resolved.starts_with(export) {
+            return Err(format!(
+                "state_dir: {} is inside the export {}, where NFS clients could read and delete it \
+                 (and it would be replicated like data); point it outside the export, or remove \
+                 state_dir to use the default {DEFAULT_STATE_BASE}/<export_id>",
+                dir.display(),
+                export.display(),
+            ));
+        }
+        return Ok((dir, false));
+    }
+    if export_id.starts_with('.') || export_id.contains('/') || export_id.contains('\0') {
+        return Err(format!(
+            "export_id: {export_id:?} cannot name the default state directory \
+             {DEFAULT_STATE_BASE}/<export_id>; use letters, digits, '-' and '_', or set state_dir"
+        ));
+    }
+    let dir = Path::new(DEFAULT_STATE_BASE).join(export_id);
+    let legacy = export.join(std::ffi::OsStr::from_bytes(crate::path::STATE_DIR_NAME));
+    if !crate::relocate::holds_state(&dir) && crate::relocate::holds_legacy_state(&legacy) {
+        return Ok((legacy, true));
+    }
+    Ok((dir, false))
+}
+
 fn resolve_path(p: &Path) -> PathBuf {
     use std::path::Component;
     let mut lexical = PathBuf::new();
@@ -599,7 +629,8 @@ mod tests {
         let c = Config::load(&f).unwrap();
         assert!(c.sync.delete);
         assert_eq!(c.export_id, "default");
-        assert!(c.state_dir.ends_with(".syncd"));
+        assert_eq!(c.state_dir, Path::new("/var/lib/syncd/default"));
+        assert!(!c.legacy_state);
         assert!(c
             .require_peer()
             .unwrap_err()
@@ -645,13 +676,15 @@ mod tests {
             "export",
             "export/sub/../state",
             "./export/a/b",
+            "export/.syncd",
         ] {
             write(&f, &format!("{BASE}state_dir = \"{bad}\"\n"));
             let e = Config::load(&f).unwrap_err().to_string();
             assert!(
                 e.contains("state_dir: ")
                     && e.contains("inside the export")
-                    && e.contains("outside the export"),
+                    && e.contains("outside the export")
+                    && e.contains("/var/lib/syncd/<export_id>"),
                 "{bad}: {e}"
             );
         }
@@ -659,18 +692,49 @@ mod tests {
         std::os::unix::fs::symlink(d.path().join("export"), d.path().join("alias")).unwrap();
         write(&f, &format!("{BASE}state_dir = \"alias/st\"\n"));
         assert!(Config::load(&f).is_err());
-        // The default, the reserved directory, and anywhere outside are fine.
-        for good in [
-            "export/.syncd",
-            "export/.syncd/deeper",
-            "state",
-            "/var/lib/x",
-        ] {
+        // Anywhere outside is fine.
+        for good in ["state", "/var/lib/x"] {
             write(&f, &format!("{BASE}state_dir = \"{good}\"\n"));
             Config::load(&f).unwrap_or_else(|e| panic!("{good}: {e}"));
         }
         write(&f, BASE);
         Config::load(&f).unwrap();
+    }
+
+    #[test]
+    fn state_left_in_the_export_by_an_older_release_is_found() {
+        let (d, f) = setup();
+        let id = format!("unit-legacy-{}", std::process::id());
+        let body = format!("{BASE}export_id = \"{id}\"\n");
+        write(&f, &body);
+        let c = Config::load(&f).unwrap();
+        assert_eq!(c.state_dir, Path::new("/var/lib/syncd").join(&id));
+        // Only staging leftovers: not state.
+        std::fs::create_dir_all(d.path().join("export/.syncd/staging")).unwrap();
+        assert!(!Config::load(&f).unwrap().legacy_state);
+        std::fs::write(d.path().join("export/.syncd/index.bin"), b"x").unwrap();
+        let c = Config::load(&f).unwrap();
+        assert!(c.legacy_state);
+        assert_eq!(
+            c.state_dir,
+            d.path().join("export/.syncd").canonicalize().unwrap()
+        );
+        if rustix::process::geteuid().is_root() {
+            // Planted by a client of the export (another owner): not adopted.
+            std::os::unix::fs::chown(d.path().join("export/.syncd"), Some(4321), None).unwrap();
+            assert!(!Config::load(&f).unwrap().legacy_state);
+        }
+        // An export_id that cannot name a directory needs state_dir.
+        for bad in ["../etc", ".hidden", "a/b"] {
+            write(&f, &format!("{BASE}export_id = \"{bad}\"\n"));
+            let e = Config::load(&f).unwrap_err().to_string();
+            assert!(e.contains("export_id") && e.contains("state_dir"), "{e}");
+            write(
+                &f,
+                &format!("{BASE}export_id = \"{bad}\"\nstate_dir = \"st\"\n"),
+            );
+            Config::load(&f).unwrap();
+        }
     }
 
     #[test]

@@ -6,9 +6,11 @@
 //! every entry the catch-up replaces or removes is first kept under
 //! `<state_dir>/conflicts/<generation>-<node>/<path>` (the generation whose
 //! writes they may be): a hard link for a file or symlink, the directory
-//! itself for a directory. The state directory is on the export's
-//! filesystem (staging needs that), so keeping costs no copy. Nothing here is
-//! replicated or visible in the export.
+//! itself for a directory, when the state directory is on the export's
+//! filesystem (no copy). When it is not (the default `/var/lib/syncd` often
+//! is not), a file or symlink is copied and fsync'd (the catch-up then
+//! replaces or removes the original), and a directory is copied, fsync'd,
+//! and only then removed. Nothing here is replicated or visible in the export.
 
 use std::ffi::OsStr;
 use std::io;
@@ -81,13 +83,24 @@ impl Keeper {
             return Ok(false);
         }
         let (dd, dname) = self.destination(p)?;
-        if is_dir {
-            rustix::fs::renameat(&pd, os(&name), &dd, os(&dname))?;
+        let r = if is_dir {
+            rustix::fs::renameat(&pd, os(&name), &dd, os(&dname))
         } else {
             // A second name for the same inode: the catch-up's rename over
             // `p` then leaves the old content here, with no copy and no
             // moment where `p` is missing.
-            rustix::fs::linkat(&pd, os(&name), &dd, os(&dname), AtFlags::empty())?;
+            rustix::fs::linkat(&pd, os(&name), &dd, os(&dname), AtFlags::empty())
+        };
+        match r {
+            Ok(()) => {}
+            Err(rustix::io::Errno::XDEV) => {
+                copy_entry(&pd, &name, &dd, &dname)?;
+                if is_dir {
+                    // Removed only once the copy is durable.
+                    crate::fsroot::remove_any(&pd, &name)?;
+                }
+            }
+            Err(e) => return Err(e.into()),
         }
         self.kept.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(path = %p, kept = %self.path.display(), "kept a diverged entry in the conflicts area");
@@ -129,6 +142,79 @@ impl Keeper {
         }
         Ok((dir, candidate))
     }
+}
+
+/// Copies `name` in `from` to `dname` in `to` (recursively, never following
+/// a symlink, modes and mtimes kept), fsyncing each file and directory.
+fn copy_entry(from: &OwnedFd, name: &[u8], to: &OwnedFd, dname: &[u8]) -> io::Result<()> {
+    let st = rustix::fs::statat(from, os(name), AtFlags::SYMLINK_NOFOLLOW)?;
+    let mtime = rustix::fs::Timespec {
+        tv_sec: st.st_mtime as _,
+        tv_nsec: st.st_mtime_nsec as _,
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: mtime,
+        last_modification: mtime,
+    };
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::Symlink => {
+            let target = rustix::fs::readlinkat(from, os(name), Vec::new())?;
+            rustix::fs::symlinkat(target.as_c_str(), to, os(dname))?;
+        }
+        FileType::RegularFile => {
+            let src = rustix::fs::openat(
+                from,
+                os(name),
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            let dst = rustix::fs::openat(
+                to,
+                os(dname),
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )?;
+            let (mut r, mut w) = (std::fs::File::from(src), std::fs::File::from(dst));
+            io::copy(&mut r, &mut w)?;
+            rustix::fs::fchmod(&w, Mode::from_raw_mode(st.st_mode & 0o777))?;
+            rustix::fs::futimens(&w, &times)?;
+            w.sync_all()?;
+        }
+        FileType::Directory => {
+            rustix::fs::mkdirat(to, os(dname), Mode::from_raw_mode(0o700))?;
+            let open = |d: &OwnedFd, n: &[u8]| {
+                rustix::fs::openat(
+                    d,
+                    os(n),
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+            };
+            let (src, dst) = (open(from, name)?, open(to, dname)?);
+            let mut names = Vec::new();
+            for e in rustix::fs::Dir::read_from(&src)? {
+                let n = e?.file_name().to_bytes().to_vec();
+                if n != b"." && n != b".." {
+                    names.push(n);
+                }
+            }
+            for n in names {
+                copy_entry(&src, &n, &dst, &n)?;
+            }
+            rustix::fs::fchmod(&dst, Mode::from_raw_mode(st.st_mode & 0o777))?;
+            rustix::fs::futimens(&dst, &times)?;
+            rustix::fs::fsync(&dst)?;
+        }
+        // A FIFO, socket or device is not data syncd replicates.
+        _ => return Ok(()),
+    }
+    let parent = rustix::fs::openat(
+        to,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok(rustix::fs::fsync(&parent)?)
 }
 
 /// One kept entry, for `syncd conflicts list`.
@@ -248,13 +334,34 @@ mod tests {
     #[test]
     fn kept_entries_survive_replacement_and_removal_and_can_be_restored() {
         let d = tempfile::tempdir().unwrap();
-        let ex = d.path().join("ex");
+        keep_and_restore(d.path(), &d.path().join("state"));
+    }
+
+    /// The state directory on another filesystem: entries are copied (a
+    /// directory copied, then removed), with the same result.
+    #[test]
+    fn across_filesystems_entries_are_copied() {
+        let Some(t) = crate::testmount::Tmpfs::new() else {
+            eprintln!("SKIP: mounting a tmpfs needs root");
+            return;
+        };
+        let d = tempfile::tempdir().unwrap();
+        keep_and_restore(d.path(), &t.path().join("state"));
+        let kept = t.path().join("state/conflicts/1-000000000000000a");
+        use std::os::unix::fs::MetadataExt;
+        let a = std::fs::metadata(kept.join("a/f")).unwrap();
+        assert_eq!(a.nlink(), 1, "a copy, not a link");
+        assert_eq!(std::fs::read_link(kept.join("l")).unwrap(), Path::new("t"));
+    }
+
+    fn keep_and_restore(d: &Path, state: &Path) {
+        let ex = d.join("ex");
         std::fs::create_dir_all(ex.join("a/b")).unwrap();
         std::fs::write(ex.join("a/f"), b"mine").unwrap();
         std::fs::write(ex.join("a/b/g"), b"deep").unwrap();
         std::os::unix::fs::symlink("t", ex.join("l")).unwrap();
-        let state = ex.join(".syncd");
-        let root = Root::open(&ex, &state).unwrap();
+        let state = state.to_path_buf();
+        let root = Root::open(&ex).unwrap();
         let k = Keeper::open(&state, "1-000000000000000a").unwrap();
         assert!(k.keep(&root, &rel("a/f"), false).unwrap());
         // the catch-up replaces a/f: the kept one still has the old content
@@ -293,7 +400,7 @@ mod tests {
         // restore: never over an existing file; to its path when free
         let e = restore(&state, &ex, "1-000000000000000a/a/f", None).unwrap_err();
         assert!(matches!(e, RestoreError::Exists(_)), "{e}");
-        let to = d.path().join("out/f");
+        let to = d.join("out/f");
         restore(&state, &ex, "1-000000000000000a/a/f", Some(&to)).unwrap();
         assert_eq!(std::fs::read(&to).unwrap(), b"mine");
         let back = restore(&state, &ex, "1-000000000000000a/a/b/g", None).unwrap();

@@ -1,9 +1,12 @@
 //! The standby's only way to touch its export: every operation resolves its
 //! parent with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` from the root
 //! descriptor, so neither `..` nor a symlink planted in a parent directory can
-//! lead a write outside the export. New content is written in the staging
-//! directory (same filesystem) and renamed into place, so a reader sees each
-//! file old or new, never partial.
+//! lead a write outside the export. New content is written to an unnamed
+//! `O_TMPFILE` in its destination directory and given its name only when
+//! complete, so a reader sees each file old or new, never partial, and the
+//! export holds nothing of syncd's. Only where the filesystem lacks
+//! `O_TMPFILE` is a staging directory used: `<export>/.syncd/staging`, 0700,
+//! created on first need (invisible to root-squashed NFS clients).
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -19,11 +22,13 @@ use crate::meta_policy::MetaPolicy;
 use crate::path::RelPath;
 use crate::wire::Meta;
 
-const STAGING: &str = "staging";
+/// The fallback staging directory, `<export>/.syncd/staging`.
+const STAGING: [&[u8]; 2] = [crate::path::STATE_DIR_NAME, b"staging"];
 
 pub struct Root {
     dir: OwnedFd,
-    staging: OwnedFd,
+    /// Opened (and created) only when a filesystem lacks `O_TMPFILE`.
+    staging: std::sync::OnceLock<OwnedFd>,
     path: PathBuf,
     /// Applied to every owner and mode the primary sends; already reduced
     /// to what this process can do (no chown without root).
@@ -54,7 +59,7 @@ fn times(m: &Meta) -> Timestamps {
     }
 }
 
-/// A file being written in the staging area; removed on drop unless committed.
+/// A file being written; removed on drop unless committed.
 ///
 /// Preferably an unnamed `O_TMPFILE` in the destination's own directory: it
 /// has no name until committed, so a crash leaves nothing to clean up, and
@@ -71,40 +76,24 @@ pub struct Staged<'r> {
 
 impl Drop for Staged<'_> {
     fn drop(&mut self) {
-        if let (false, Some(n)) = (self.done, &self.name) {
-            let _ = rustix::fs::unlinkat(&self.root.staging, n.as_str(), AtFlags::empty());
+        if let (false, Some(n), Some(st)) = (self.done, &self.name, self.root.staging.get()) {
+            let _ = rustix::fs::unlinkat(st, n.as_str(), AtFlags::empty());
         }
     }
 }
 
 impl Root {
-    /// Opens the export and its staging area (`state_dir/staging`, which must be
-    /// on the same filesystem), removing staging leftovers from a crash.
-    pub fn open(export: &Path, state_dir: &Path) -> io::Result<Root> {
+    /// Opens the export, removing fallback staging leftovers from a crash.
+    pub fn open(export: &Path) -> io::Result<Root> {
+        // Readable, not O_PATH: `sync` needs it for syncfs.
         let dir = rustix::fs::open(
             export,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        let sp = state_dir.join(STAGING);
-        crate::state::private_dir(state_dir)?;
-        crate::state::private_dir(&sp)?;
-        let staging = rustix::fs::open(
-            &sp,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        let a = rustix::fs::fstat(&dir)?;
-        let b = rustix::fs::fstat(&staging)?;
-        if a.st_dev != b.st_dev {
-            return Err(io::Error::other(format!(
-                "staging directory {} is not on the export's filesystem; renames could not be atomic (set state_dir inside the export's filesystem)",
-                sp.display()
-            )));
-        }
         let root = Root {
             dir,
-            staging,
+            staging: std::sync::OnceLock::new(),
             path: export.to_path_buf(),
             policy: MetaPolicy::default().effective(rustix::process::geteuid().is_root()),
             seq: AtomicU64::new(0),
@@ -117,6 +106,21 @@ impl Root {
             );
         }
         Ok(root)
+    }
+
+    /// The fallback staging directory, created (0700, owned by us, no
+    /// symlink on the way) on first use.
+    fn staging(&self) -> io::Result<&OwnedFd> {
+        if let Some(fd) = self.staging.get() {
+            return Ok(fd);
+        }
+        let top = crate::state::private_subdir(&self.dir, STAGING[0], true)?;
+        let fd = crate::state::private_subdir(&top, STAGING[1], true)?;
+        tracing::info!(
+            dir = %self.path.join(".syncd/staging").display(),
+            "this filesystem lacks O_TMPFILE: staging new content in the export's .syncd/staging"
+        );
+        Ok(self.staging.get_or_init(|| fd))
     }
 
     pub fn path(&self) -> &Path {
@@ -135,20 +139,30 @@ impl Root {
     }
 
     fn clean_staging(&self) -> io::Result<usize> {
-        let mut n = 0;
+        let existing = crate::state::private_subdir(&self.dir, STAGING[0], false)
+            .and_then(|top| crate::state::private_subdir(&top, STAGING[1], false));
+        let staging = match existing {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => {
+                // Not ours (planted by a client of the export, say): not
+                // cleaned, and never staged in (`staging` refuses it too).
+                tracing::warn!(export = %self.path.display(), "not cleaning .syncd/staging: {e}");
+                return Ok(0);
+            }
+        };
         let mut names = Vec::new();
-        for e in rustix::fs::Dir::read_from(&self.staging)? {
+        for e in rustix::fs::Dir::read_from(&staging)? {
             let e = e?;
             let name = e.file_name().to_bytes();
             if name != b"." && name != b".." {
                 names.push(name.to_vec());
             }
         }
-        for name in names {
-            remove_any(&self.staging, &name)?;
-            n += 1;
+        for name in &names {
+            remove_any(&staging, name)?;
         }
-        Ok(n)
+        Ok(names.len())
     }
 
     /// Opens a directory beneath the root (empty = the root itself).
@@ -192,9 +206,12 @@ impl Root {
         Ok(File::from(fd))
     }
 
+    /// A temporary name, only ever seen between a link and a rename (a
+    /// crash in that window leaves it; the next reconcile removes it, as
+    /// the primary has no such file).
     fn tmp_name(&self) -> String {
         format!(
-            "{}.{}.tmp",
+            ".syncd-{}.{}.tmp",
             std::process::id(),
             self.seq.fetch_add(1, Ordering::Relaxed)
         )
@@ -220,11 +237,11 @@ impl Root {
         }
     }
 
-    /// Stages new content as a named file in the staging directory.
+    /// Stages new content as a named file in the fallback staging directory.
     pub fn stage(&self) -> io::Result<Staged<'_>> {
         let name = self.tmp_name();
         let fd = rustix::fs::openat(
-            &self.staging,
+            self.staging()?,
             name.as_str(),
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
@@ -247,10 +264,11 @@ impl Root {
         rustix::fs::fchmod(fd, Mode::from_raw_mode(self.policy.mode(meta.mode, true)))?;
         rustix::fs::futimens(fd, &times(meta))?;
         match &s.name {
-            Some(n) => self.place(n, p)?,
+            Some(n) => self.place(self.staging()?, n, p)?,
             None => {
                 // Give the unnamed file a name: directly when the destination
-                // is free (one syscall), else via staging + atomic rename.
+                // is free (one syscall), else a temporary name beside it and
+                // an atomic rename over it.
                 let (pd, name) = self.parent(p)?;
                 let proc_path =
                     format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&s.file));
@@ -267,10 +285,9 @@ impl Root {
                     Ok(()) => {}
                     Err(rustix::io::Errno::EXIST) => {
                         let tmp = self.tmp_name();
-                        link(&self.staging, OsStr::new(&tmp))?;
-                        if let Err(e) = self.place(&tmp, p) {
-                            let _ =
-                                rustix::fs::unlinkat(&self.staging, tmp.as_str(), AtFlags::empty());
+                        link(&pd, OsStr::new(&tmp))?;
+                        if let Err(e) = self.place(&pd, &tmp, p) {
+                            let _ = rustix::fs::unlinkat(&pd, tmp.as_str(), AtFlags::empty());
                             return Err(e);
                         }
                     }
@@ -283,11 +300,11 @@ impl Root {
         Ok(f)
     }
 
-    /// Renames a staging entry onto `p`, replacing whatever is there (a
+    /// Renames `staged` in `from` onto `p`, replacing whatever is there (a
     /// directory in the way is removed: the primary no longer has it).
-    fn place(&self, staged: &str, p: &RelPath) -> io::Result<()> {
+    fn place(&self, from: &impl AsFd, staged: &str, p: &RelPath) -> io::Result<()> {
         let (pd, name) = self.parent(p)?;
-        match rustix::fs::renameat(&self.staging, staged, &pd, os(&name)) {
+        match rustix::fs::renameat(from, staged, &pd, os(&name)) {
             Ok(()) => Ok(()),
             Err(e)
                 if e == rustix::io::Errno::ISDIR
@@ -295,7 +312,7 @@ impl Root {
                     || e == rustix::io::Errno::EXIST =>
             {
                 remove_any(&pd, &name)?;
-                Ok(rustix::fs::renameat(&self.staging, staged, &pd, os(&name))?)
+                Ok(rustix::fs::renameat(from, staged, &pd, os(&name))?)
             }
             Err(e) => Err(e.into()),
         }
@@ -345,19 +362,18 @@ impl Root {
     }
 
     pub fn symlink(&self, p: &RelPath, target: &[u8], meta: &Meta) -> io::Result<()> {
-        let name = format!(
-            "{}.{}.lnk",
-            std::process::id(),
-            self.seq.fetch_add(1, Ordering::Relaxed)
-        );
-        rustix::fs::symlinkat(os(target), &self.staging, name.as_str())?;
+        // Made under a temporary name beside `p`, its metadata set, then
+        // renamed over `p`: never seen half-made.
+        let (pd, _) = self.parent(p)?;
+        let name = self.tmp_name();
+        rustix::fs::symlinkat(os(target), &pd, name.as_str())?;
         let r = (|| {
-            let fd = open_nofollow(&self.staging, name.as_bytes())?;
+            let fd = open_nofollow(&pd, name.as_bytes())?;
             apply_meta(&fd, rustix::fs::FileType::Symlink, meta, &self.policy)?;
-            self.place(&name, p)
+            self.place(&pd, &name, p)
         })();
         if r.is_err() {
-            let _ = rustix::fs::unlinkat(&self.staging, name.as_str(), AtFlags::empty());
+            let _ = rustix::fs::unlinkat(&pd, name.as_str(), AtFlags::empty());
         }
         r
     }
@@ -365,21 +381,17 @@ impl Root {
     /// Makes `p` another name of `leader` (atomically replacing `p`).
     pub fn link(&self, p: &RelPath, leader: &RelPath) -> io::Result<()> {
         let (ld, lname) = self.parent(leader)?;
-        let name = format!(
-            "{}.{}.lnk",
-            std::process::id(),
-            self.seq.fetch_add(1, Ordering::Relaxed)
-        );
-        rustix::fs::linkat(
-            &ld,
-            os(&lname),
-            &self.staging,
-            name.as_str(),
-            AtFlags::empty(),
-        )?;
-        let r = self.place(&name, p);
+        let (pd, pname) = self.parent(p)?;
+        let link = |n: &OsStr| rustix::fs::linkat(&ld, os(&lname), &pd, n, AtFlags::empty());
+        match link(os(&pname)) {
+            Err(rustix::io::Errno::EXIST) => {}
+            r => return Ok(r?),
+        }
+        let name = self.tmp_name();
+        link(OsStr::new(&name))?;
+        let r = self.place(&pd, &name, p);
         if r.is_err() {
-            let _ = rustix::fs::unlinkat(&self.staging, name.as_str(), AtFlags::empty());
+            let _ = rustix::fs::unlinkat(&pd, name.as_str(), AtFlags::empty());
         }
         r
     }
@@ -402,7 +414,7 @@ impl Root {
 
     /// Flushes everything written on the export's filesystem.
     pub fn sync(&self) -> io::Result<()> {
-        Ok(rustix::fs::syncfs(&self.staging)?)
+        Ok(rustix::fs::syncfs(&self.dir)?)
     }
 }
 
@@ -453,7 +465,7 @@ fn gid(g: u32) -> rustix::fs::Gid {
 }
 
 /// Removes `name` in `dir`, recursively if it is a directory, never following symlinks.
-fn remove_any(dir: &impl AsFd, name: &[u8]) -> io::Result<()> {
+pub(crate) fn remove_any(dir: &impl AsFd, name: &[u8]) -> io::Result<()> {
     match rustix::fs::unlinkat(dir, os(name), AtFlags::empty()) {
         Ok(()) => return Ok(()),
         Err(rustix::io::Errno::ISDIR) | Err(rustix::io::Errno::PERM) => {}
@@ -503,7 +515,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let ex = d.path().join("ex");
         std::fs::create_dir(&ex).unwrap();
-        let root = Root::open(&ex, &ex.join(".syncd")).unwrap();
+        let root = Root::open(&ex).unwrap();
         root.mkdir(&rp("a")).unwrap();
         let mut s = root.stage().unwrap();
         s.file.write_all(b"data").unwrap();
@@ -522,12 +534,46 @@ mod tests {
         );
         // Leftovers from a "crash" are removed at open.
         std::fs::write(ex.join(".syncd/staging/old.tmp"), b"x").unwrap();
-        Root::open(&ex, &ex.join(".syncd")).unwrap();
+        Root::open(&ex).unwrap();
         assert_eq!(
             std::fs::read_dir(ex.join(".syncd/staging"))
                 .unwrap()
                 .count(),
             0
+        );
+    }
+
+    #[test]
+    fn writing_through_o_tmpfile_leaves_nothing_of_syncds_in_the_export() {
+        let d = tempfile::tempdir().unwrap();
+        let ex = d.path().join("ex");
+        std::fs::create_dir(&ex).unwrap();
+        let root = Root::open(&ex).unwrap();
+        root.mkdir(&rp("a")).unwrap();
+        for content in [&b"one"[..], b"two"] {
+            // New, then replacing an existing file.
+            let mut s = root.stage_for(&rp("a/f")).unwrap();
+            s.file.write_all(content).unwrap();
+            root.commit(s, &rp("a/f"), &meta()).unwrap();
+            assert_eq!(std::fs::read(ex.join("a/f")).unwrap(), content);
+            root.symlink(&rp("a/l"), content, &meta()).unwrap();
+            assert_eq!(
+                std::fs::read_link(ex.join("a/l"))
+                    .unwrap()
+                    .as_os_str()
+                    .as_bytes(),
+                content
+            );
+            root.link(&rp("a/h"), &rp("a/f")).unwrap();
+        }
+        drop(root.stage_for(&rp("a/g")).unwrap());
+        root.sync().unwrap();
+        let all = crate::relocate::walk(&ex).unwrap();
+        let names: Vec<_> = all.iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(
+            names,
+            ["a", "a/f", "a/h", "a/l"],
+            "only data, no staging or temporaries"
         );
     }
 
@@ -538,7 +584,7 @@ mod tests {
         let outside = d.path().join("outside");
         std::fs::create_dir(&ex).unwrap();
         std::fs::create_dir(&outside).unwrap();
-        let root = Root::open(&ex, &ex.join(".syncd")).unwrap();
+        let root = Root::open(&ex).unwrap();
         root.symlink(&rp("evil"), outside.as_os_str().as_bytes(), &meta())
             .unwrap();
         let s = root.stage().unwrap();
@@ -563,7 +609,7 @@ mod tests {
             std::os::unix::fs::PermissionsExt::from_mode(0o600),
         )
         .unwrap();
-        let root = Root::open(&ex, &ex.join(".syncd")).unwrap();
+        let root = Root::open(&ex).unwrap();
         (ex, outside, root)
     }
 
@@ -645,15 +691,15 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let ex = d.path().join("ex");
         std::fs::create_dir(&ex).unwrap();
-        let root = Root::open(&ex, &ex.join(".syncd")).unwrap().with_policy(
-            crate::meta_policy::MetaPolicy {
+        let root = Root::open(&ex)
+            .unwrap()
+            .with_policy(crate::meta_policy::MetaPolicy {
                 owners: Owners::Fixed {
                     uid: 4242,
                     gid: 4343,
                 },
                 strip_setid: true,
-            },
-        );
+            });
         let as_root = rustix::process::geteuid().is_root();
         let owner = |p: &str| {
             let m = std::fs::symlink_metadata(ex.join(p)).unwrap();
@@ -682,12 +728,12 @@ mod tests {
             }
         }
         // "standby": owners are left as created, whatever is sent.
-        let root = Root::open(&ex, &ex.join(".syncd")).unwrap().with_policy(
-            crate::meta_policy::MetaPolicy {
+        let root = Root::open(&ex)
+            .unwrap()
+            .with_policy(crate::meta_policy::MetaPolicy {
                 owners: Owners::Standby,
                 strip_setid: true,
-            },
-        );
+            });
         let s = root.stage().unwrap();
         root.commit(s, &rp("h"), &evil_meta()).unwrap();
         let me = (
@@ -701,7 +747,7 @@ mod tests {
             assert_eq!(owner("g"), (4242, 4343));
         }
         // The default keeps both, as rsync -a does.
-        let root = Root::open(&ex, &ex.join(".syncd")).unwrap();
+        let root = Root::open(&ex).unwrap();
         root.set_meta(&rp("g"), &evil_meta()).unwrap();
         assert_eq!(mode("g"), 0o4777);
         if as_root {
@@ -722,7 +768,7 @@ mod tests {
             0,
         )
         .unwrap();
-        let root = Root::open(&ex, &ex.join(".syncd")).unwrap();
+        let root = Root::open(&ex).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let _ = tx.send(root.open_file(&rp("fifo")).is_err());
@@ -739,7 +785,7 @@ mod tests {
         let ex = d.path().join("ex");
         std::fs::create_dir_all(ex.join("x/y")).unwrap();
         std::fs::write(ex.join("x/y/z"), b"1").unwrap();
-        let root = Root::open(&ex, &ex.join(".syncd")).unwrap();
+        let root = Root::open(&ex).unwrap();
         let s = root.stage().unwrap();
         root.commit(s, &rp("x"), &meta()).unwrap();
         assert!(std::fs::metadata(ex.join("x")).unwrap().is_file());

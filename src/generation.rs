@@ -16,6 +16,10 @@ use crate::config::Config;
 use crate::tls::{Fingerprint, Identity};
 
 const FILE: &str = "lineage";
+/// `MAGIC`, the format version (u32, little endian), then postcard.
+/// Version 1 was the bare postcard record; read and migrated.
+const MAGIC: &[u8; 8] = b"SYNCDGEN";
+pub const VERSION: u32 = 2;
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct Record {
@@ -39,6 +43,11 @@ pub enum RecordError {
     Io { path: PathBuf, err: io::Error },
     #[error("generation record {path} is damaged ({err}); move it away to start this node as never synced")]
     Damaged { path: PathBuf, err: postcard::Error },
+    #[error(
+        "generation record {path} has format version {version}, newer than this release's {VERSION} \
+         (written by a newer syncd); run that release"
+    )]
+    Newer { path: PathBuf, version: u32 },
 }
 
 /// Where the record lives.
@@ -59,14 +68,40 @@ impl Store {
 
     /// The stored record; a node that never stored one has never synced.
     pub fn load(&self) -> Result<Record, RecordError> {
-        let path = self.path();
-        match crate::state::read_private(&path) {
-            Ok(bytes) => {
-                postcard::from_bytes(&bytes).map_err(|err| RecordError::Damaged { path, err })
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Record::default()),
-            Err(err) => Err(RecordError::Io { path, err }),
+        Ok(self.read()?.0)
+    }
+
+    /// Rewrites a record of an older format in the current one; whether
+    /// there was one.
+    pub fn migrate(&self) -> Result<bool, RecordError> {
+        match self.read()? {
+            (r, true) => self.save(&r).map(|()| true),
+            _ => Ok(false),
         }
+    }
+
+    /// The record and whether it is in an older format.
+    fn read(&self) -> Result<(Record, bool), RecordError> {
+        let path = self.path();
+        let bytes = match crate::state::read_private(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Record::default(), false)),
+            Err(err) => return Err(RecordError::Io { path, err }),
+        };
+        let Some(rest) = bytes.strip_prefix(MAGIC.as_slice()) else {
+            let r =
+                postcard::from_bytes(&bytes).map_err(|err| RecordError::Damaged { path, err })?;
+            return Ok((r, true));
+        };
+        let (version, body) = match rest.split_first_chunk::<4>() {
+            Some((v, body)) => (u32::from_le_bytes(*v), body),
+            None => (0, rest),
+        };
+        if version > VERSION {
+            return Err(RecordError::Newer { path, version });
+        }
+        let r = postcard::from_bytes(body).map_err(|err| RecordError::Damaged { path, err })?;
+        Ok((r, false))
     }
 
     /// Writes `r` durably (see the module comment).
@@ -85,7 +120,9 @@ impl Store {
             err,
         };
         crate::state::private_dir(&self.dir).map_err(io)?;
-        let bytes = postcard::to_stdvec(r).map_err(|e| io(io::Error::other(e)))?;
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&VERSION.to_le_bytes());
+        let bytes = postcard::to_extend(r, bytes).map_err(|e| io(io::Error::other(e)))?;
         // A name of its own per write: two writers (the standby and the
         // source of one node) must not rename each other's file away.
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -252,6 +289,31 @@ mod tests {
         std::fs::write(d.path().join("state/lineage"), b"\xff\xff\xff").unwrap();
         let e = s.load().unwrap_err().to_string();
         assert!(e.contains("damaged"), "{e}");
+    }
+
+    #[test]
+    fn the_unversioned_record_is_migrated_and_a_newer_one_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::new(d.path());
+        let mut r = Record::default();
+        r.lineage.promote(NodeId(0x1234_5678_9abc_def0), None);
+        r.lineage.commit = 9;
+        // What releases before the version header wrote.
+        std::fs::write(d.path().join(FILE), postcard::to_stdvec(&r).unwrap()).unwrap();
+        assert_eq!(s.load().unwrap(), r);
+        assert!(s.migrate().unwrap());
+        let b = std::fs::read(d.path().join(FILE)).unwrap();
+        assert_eq!(&b[..8], MAGIC);
+        assert!(!s.migrate().unwrap(), "already current");
+        assert_eq!(s.load().unwrap(), r);
+
+        let mut newer = MAGIC.to_vec();
+        newer.extend_from_slice(&(VERSION + 1).to_le_bytes());
+        std::fs::write(d.path().join(FILE), &newer).unwrap();
+        let e = s.load().unwrap_err().to_string();
+        assert!(e.contains("newer"), "{e}");
+        assert!(s.migrate().is_err());
+        assert_eq!(std::fs::read(d.path().join(FILE)).unwrap(), newer);
     }
 
     #[test]

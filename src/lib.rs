@@ -22,12 +22,15 @@ pub mod migrate;
 pub mod paircheck;
 pub mod plan;
 pub mod primary;
+pub mod relocate;
 pub mod scan;
 pub mod sigcache;
 pub mod standby;
 pub mod state;
 pub mod stats;
 pub mod stream;
+#[cfg(test)]
+mod testmount;
 pub mod tls;
 pub mod transfer;
 pub mod watch;

@@ -307,6 +307,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 progress: std::io::stderr().is_terminal(),
                 take_over,
             };
+            // Formats checked, but the state not moved: a daemon may be
+            // running from the old place; its next start moves it.
+            syncd::state::check_formats(&cfg.state_dir)?;
             let sum = runtime()?.block_on(client::resync(&cfg, &o))?;
             println!("{sum}");
             Ok(if sum.failures.is_empty() {
@@ -558,6 +561,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     println!("config OK: {}", cfg.file.display());
                     return Ok(ExitCode::SUCCESS);
                 }
+                let cfg = syncd::relocate::prepare(cfg)?;
                 let rt = runtime()?;
                 rt.block_on(async {
                     let shutdown = shutdown_signal();
@@ -587,6 +591,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     println!("config OK: {}", cfg.file.display());
                     return Ok(ExitCode::SUCCESS);
                 }
+                let cfg = syncd::relocate::prepare(cfg)?;
                 let rt = runtime()?;
                 rt.block_on(async { syncd::primary::run(cfg, shutdown_signal()).await })?;
                 Ok(ExitCode::SUCCESS)
@@ -606,6 +611,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     println!("config OK: {}", cfg.file.display());
                     return Ok(ExitCode::SUCCESS);
                 }
+                let cfg = syncd::relocate::prepare(cfg)?;
                 let rt = runtime()?;
                 rt.block_on(async { syncd::auto::run(cfg, shutdown_signal()).await })?;
                 Ok(ExitCode::SUCCESS)

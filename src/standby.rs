@@ -133,7 +133,7 @@ impl Standby {
     pub fn bind_as(cfg: Config, role: &'static str) -> Result<Standby, StandbyError> {
         let listen = cfg.require_listen()?;
         let id = Identity::from_config(&cfg)?;
-        let root = Root::open(&cfg.export, &cfg.state_dir)
+        let root = Root::open(&cfg.export)
             .map_err(|e| StandbyError::Export(cfg.export.display().to_string(), e))?
             .with_policy(cfg.standby);
         if let crate::meta_policy::Owners::Fixed { uid, gid } = cfg.standby.owners {

@@ -1,16 +1,42 @@
-//! Files syncd keeps for itself (index, signature cache, staging): private to
-//! the daemon. Directories are 0700 and files 0600, and none is opened
-//! through a symlink, so a local user who can write where the state lives
-//! (by default `.syncd` in the export) can neither read the index nor plant
-//! a link that makes the daemon write somewhere else.
+//! Files syncd keeps for itself (index, generation record, signature cache,
+//! conflicts): private to the daemon, in `/var/lib/syncd/<export_id>` by
+//! default, never in the export. Directories are 0700 and files 0600, and
+//! none is opened through a symlink, so a local user who can write where the
+//! state lives can neither read the index nor plant a link that makes the
+//! daemon write somewhere else.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
 use rustix::fs::{Mode, OFlags};
+
+/// A durable state file this release cannot use as it is.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Index(#[from] crate::index::IndexError),
+    #[error(transparent)]
+    Record(#[from] crate::generation::RecordError),
+}
+
+/// Checks the durable formats in `dir` at start, migrating older ones in
+/// place and refusing newer ones (a newer index read as empty would mean a
+/// full resync; a newer generation record, a wrong verdict).
+pub fn check_formats(dir: &Path) -> Result<(), StateError> {
+    let mut ix = crate::index::Index::open(&dir.join(crate::index::FILE))?;
+    if ix.migrated() {
+        ix.save()?;
+        tracing::info!(entries = ix.len(), "index migrated to the current format");
+    }
+    if crate::generation::Store::new(dir).migrate()? {
+        tracing::info!("generation record migrated to the current format");
+    }
+    Ok(())
+}
 
 /// Creates `path` (and missing parents) mode 0700, or checks an existing
 /// one: a real directory (not a symlink), owned by this process's user;
@@ -50,6 +76,44 @@ pub fn private_dir(path: &Path) -> io::Result<()> {
         chmod_fd(&fd, 0o700)?;
     }
     Ok(())
+}
+
+/// Opens the directory `name` in `parent` (one component, never through a
+/// symlink), creating it 0700 when `create`; like [`private_dir`], refuses
+/// one owned by another user and removes group and other access.
+pub fn private_subdir(
+    parent: &impl AsFd,
+    name: &[u8],
+    create: bool,
+) -> io::Result<std::os::fd::OwnedFd> {
+    let name = std::ffi::OsStr::from_bytes(name);
+    if create {
+        match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let fd = rustix::fs::openat(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let st = rustix::fs::fstat(&fd)?;
+    if st.st_uid != rustix::process::geteuid().as_raw() {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is owned by uid {}; refusing to stage files where another user controls them",
+                name.to_string_lossy(),
+                st.st_uid
+            ),
+        ));
+    }
+    if st.st_mode & 0o077 != 0 {
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700))?;
+    }
+    Ok(fd)
 }
 
 /// chmod of the inode behind `fd` (an `O_PATH` descriptor), never by name.
@@ -110,9 +174,8 @@ mod tests {
         // An older release left .syncd world-readable.
         std::fs::create_dir(ex.join(".syncd")).unwrap();
         std::fs::set_permissions(ex.join(".syncd"), PermissionsExt::from_mode(0o755)).unwrap();
-        let _root = crate::fsroot::Root::open(&ex, &ex.join(".syncd")).unwrap();
+        private_dir(&ex.join(".syncd")).unwrap();
         assert_eq!(mode(&ex.join(".syncd")), 0o700);
-        assert_eq!(mode(&ex.join(".syncd/staging")), 0o700);
 
         let mut ix = crate::index::Index::load(&ex.join(".syncd/index.bin"));
         let st = crate::index::Stamp {
@@ -152,7 +215,22 @@ mod tests {
         let elsewhere = d.path().join("elsewhere");
         std::fs::create_dir(&elsewhere).unwrap();
         std::os::unix::fs::symlink(&elsewhere, ex2.join(".syncd")).unwrap();
-        assert!(crate::fsroot::Root::open(&ex2, &ex2.join(".syncd")).is_err());
+        assert!(private_dir(&ex2.join(".syncd")).is_err());
         assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+
+        // The fallback staging directory: 0700, never through a symlink.
+        let ex3 = d.path().join("ex3");
+        std::fs::create_dir(&ex3).unwrap();
+        let fd = rustix::fs::open(&ex3, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        assert!(
+            private_subdir(&fd, b".syncd", false).is_err(),
+            "not made unless asked"
+        );
+        assert!(!ex3.join(".syncd").exists());
+        std::os::unix::fs::symlink(&elsewhere, ex3.join(".syncd")).unwrap();
+        assert!(private_subdir(&fd, b".syncd", true).is_err());
+        std::fs::remove_file(ex3.join(".syncd")).unwrap();
+        private_subdir(&fd, b".syncd", true).unwrap();
+        assert_eq!(mode(&ex3.join(".syncd")), 0o700);
     }
 }

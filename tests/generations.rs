@@ -20,12 +20,12 @@ fn swapped_configs(p: &Pair) -> u16 {
         .port();
     std::fs::write(
         p.path("a-standby.toml"),
-        format!("export = \"primary\"\nlisten = \"127.0.0.1:{port}\"\ncert = \"primary-keys/node.crt\"\nkey = \"primary-keys/node.key\"\npeer_cert = \"standby-keys/node.crt\"\n"),
+        format!("export = \"primary\"\nstate_dir = \"primary-state\"\nlisten = \"127.0.0.1:{port}\"\ncert = \"primary-keys/node.crt\"\nkey = \"primary-keys/node.key\"\npeer_cert = \"standby-keys/node.crt\"\n"),
     )
     .unwrap();
     std::fs::write(
         p.path("b-primary.toml"),
-        format!("export = \"standby\"\npeer = \"127.0.0.1:{port}\"\ncert = \"standby-keys/node.crt\"\nkey = \"standby-keys/node.key\"\npeer_cert = \"primary-keys/node.crt\"\n"),
+        format!("export = \"standby\"\nstate_dir = \"standby-state\"\npeer = \"127.0.0.1:{port}\"\ncert = \"standby-keys/node.crt\"\nkey = \"standby-keys/node.key\"\npeer_cert = \"primary-keys/node.crt\"\n"),
     )
     .unwrap();
     port
@@ -195,6 +195,7 @@ fn a_second_primary_holding_the_key_is_told_at_once() {
     let cfg = std::fs::read_to_string(p.path("primary.toml"))
         .unwrap()
         .replace("export = \"primary\"", "export = \"clone\"")
+        .replace("primary-state", "clone-state")
         .lines()
         .filter(|l| !l.starts_with("admin"))
         .collect::<Vec<_>>()

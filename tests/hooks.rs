@@ -31,7 +31,7 @@ sleep 0.3
 if ip -o addr show dev eth0 | grep -q " {vip}/"; then vip=present; else vip=absent; fi
 role=$({SYNCD} status --config {cfg} | sed -n 's/^pair role: //p')
 n=$(cat {d}/hooks.log 2>/dev/null | wc -l)
-mkdir -p {d}/snap$n && cp -p "$SYNCD_EXPORT/.syncd/lineage" {d}/snap$n/
+mkdir -p {d}/snap$n && cp -p {d}/state/lineage {d}/snap$n/
 echo "promote gen=$SYNCD_GENERATION vip=$vip role=$role snap=$n reason=$SYNCD_REASON" >> {d}/hooks.log
 if [ -e {d}/hang-promote ]; then sleep 600 & echo $! > {d}/hang.pid; wait; fi
 if [ -e {d}/fail-promote ]; then echo "cannot export: test says no" >&2; exit 1; fi
@@ -144,7 +144,7 @@ fn hooks_run_in_the_safe_order_and_a_follower_never_serves() {
     assert!(!n[1].dir.join("serving").exists());
     assert_eq!(hook_runs(&lan, &n, 0, "promote", "ok"), 1);
     assert_eq!(hook_runs(&lan, &n, 1, "demote", "ok"), 1);
-    let rl = std::fs::read_to_string(n[0].export().join(".syncd/role.log")).unwrap();
+    let rl = std::fs::read_to_string(n[0].dir.join("state/role.log")).unwrap();
     assert!(rl.contains("hook: promote hook ok in"), "{rl}");
 
     // SIGTERM the leader: its demote hook runs while its source still

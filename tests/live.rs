@@ -23,7 +23,8 @@ fn start_primary(p: &mut Pair) {
     p.start_primary();
 }
 
-/// Every file, directory and symlink under `root` (not `.syncd`), relative.
+/// Every file, directory and symlink under `root`, relative (none of them
+/// syncd's own).
 fn list(root: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
     let (mut files, mut dirs) = (Vec::new(), Vec::new());
     for e in walkdir::WalkDir::new(root)
@@ -32,9 +33,10 @@ fn list(root: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
         .flatten()
     {
         let rel = e.path().strip_prefix(root).unwrap().to_path_buf();
-        if rel.starts_with(".syncd") {
-            continue;
-        }
+        assert!(
+            !rel.starts_with(".syncd"),
+            "syncd's own {rel:?} in the export"
+        );
         if e.file_type().is_dir() {
             dirs.push(rel);
         } else {

@@ -565,7 +565,14 @@ fn migration_guide_nfs_loop_of_seed_000() {
         syncd::tls::keygen(&dir, role).unwrap();
         let text = std::fs::read_to_string(dir.join("syncd.toml"))
             .unwrap()
-            .replace("\"/database\"", &format!("{:?}", export.to_str().unwrap()))
+            .replace(
+                "\"/database\"",
+                &format!(
+                    "{:?}\nstate_dir = {:?}",
+                    export.to_str().unwrap(),
+                    dir.join("state").to_str().unwrap()
+                ),
+            )
             .replace(":7400", &format!(":{port}"))
             .replace("admin = \"127.0.0.1:7401\"\n", "");
         std::fs::write(dir.join("syncd.toml"), text).unwrap();

@@ -38,8 +38,9 @@ fn configs(lan: &Lan, settle_ms: u64) -> [PathBuf; 2] {
     }
     let common = |i: usize| {
         format!(
-            "export = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\npeer_cert = \"{}\"\n",
+            "export = \"{}\"\nstate_dir = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\npeer_cert = \"{}\"\n",
             dirs[i].join("export").display(),
+            dirs[i].join("state").display(),
             dirs[i].join("keys/node.crt").display(),
             dirs[i].join("keys/node.key").display(),
             dirs[1 - i].join("keys/node.crt").display(),
@@ -101,7 +102,12 @@ impl Watcher {
                 };
                 for e in dir.flatten() {
                     let name = e.file_name().as_bytes().to_vec();
-                    if name == b".syncd" || !e.file_type().is_ok_and(|t| t.is_file()) {
+                    if name.starts_with(b".syncd") {
+                        // State lives outside the export, staging unnamed.
+                        bad.push(format!("syncd's own {} in the export", e.path().display()));
+                        continue;
+                    }
+                    if !e.file_type().is_ok_and(|t| t.is_file()) {
                         continue;
                     }
                     // Gone meanwhile is fine; what is read is one inode, whole.
@@ -254,6 +260,18 @@ fn files_written_through_ganesha_reach_the_standby_whole() {
         &nfs::cat(lan.ns(CLIENT), &nfs::url(&lan.ip(PRIMARY), &export, n, *v)).unwrap(),
         data
     );
+    // A walk of the export through the server finds nothing of syncd's
+    // (state lives in the state directory, staging is unnamed).
+    let url = nfs::url(&lan.ip(PRIMARY), &export, "", Version::V3);
+    let walk = nfs::ls_recursive(lan.ns(CLIENT), &url).unwrap();
+    assert!(
+        walk.contains(&mixed[0].0),
+        "the walk lists the data: {walk}"
+    );
+    assert!(
+        !walk.contains(".syncd"),
+        "syncd's own files over NFS: {walk}"
+    );
     ganesha.kill();
 }
 
@@ -292,7 +310,7 @@ fn auto_configs(lan: &Lan) -> [PathBuf; 2] {
             std::fs::write(
                 &cfg,
                 format!(
-                    "export = \"export\"\nlisten = \"{me}:7400\"\npeer = \"{peer}:7400\"\nadmin = \"127.0.0.1:7401\"\n\
+                    "export = \"export\"\nstate_dir = \"state\"\nlisten = \"{me}:7400\"\npeer = \"{peer}:7400\"\nadmin = \"127.0.0.1:7401\"\n\
                      cert = \"keys/node.crt\"\nkey = \"keys/node.key\"\npeer_cert = \"{pc}\"\n\
                      [pair]\npeer_wait_secs = 3\nunsure_wait_secs = 30\n\
                      [[vrrp]]\nname = \"VI_NFS\"\ninterface = \"eth0\"\nvrid = 62\npriority = {prio}\nadvert_int = 1\nversion = 3\nvirtual_ips = [\"{vip}/24\"]\n",
@@ -371,7 +389,7 @@ fn count(
             served += 1;
         } else if nodes
             .iter()
-            .any(|n| in_conflicts(&n.join("export/.syncd/conflicts"), &w.name, &w.data))
+            .any(|n| in_conflicts(&n.join("state/conflicts"), &w.name, &w.data))
         {
             kept += 1;
         } else {

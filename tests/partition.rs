@@ -101,12 +101,12 @@ fn silent_partition_while_primary_changes_then_heals() {
     let (pa, sa) = (format!("10.{net}.77.1"), format!("10.{net}.77.2"));
     std::fs::write(
         p.path("standby.toml"),
-        format!("export = \"standby\"\nlisten = \"{sa}:7400\"\ncert = \"standby-keys/node.crt\"\nkey = \"standby-keys/node.key\"\npeer_cert = \"primary-keys/node.crt\"\n"),
+        format!("export = \"standby\"\nstate_dir = \"standby-state\"\nlisten = \"{sa}:7400\"\ncert = \"standby-keys/node.crt\"\nkey = \"standby-keys/node.key\"\npeer_cert = \"primary-keys/node.crt\"\n"),
     )
     .unwrap();
     std::fs::write(
         p.path("primary.toml"),
-        format!("export = \"primary\"\npeer = \"{sa}:7400\"\nadmin = \"{pa}:7401\"\ncert = \"primary-keys/node.crt\"\nkey = \"primary-keys/node.key\"\npeer_cert = \"standby-keys/node.crt\"\n"),
+        format!("export = \"primary\"\nstate_dir = \"primary-state\"\npeer = \"{sa}:7400\"\nadmin = \"{pa}:7401\"\ncert = \"primary-keys/node.crt\"\nkey = \"primary-keys/node.key\"\npeer_cert = \"standby-keys/node.crt\"\n"),
     )
     .unwrap();
     p.primary_ns = Some(hosts[0].clone());

@@ -155,7 +155,7 @@ fn auto_is_ready_when_its_standby_listens_and_vrrp_runs() {
     std::fs::write(
         &cfg,
         format!(
-            "export = \"export\"\nlisten = \"{me}:7400\"\npeer = \"{peer}:7400\"\nadmin = \"127.0.0.1:7401\"\n\
+            "export = \"export\"\nstate_dir = \"state\"\nlisten = \"{me}:7400\"\npeer = \"{peer}:7400\"\nadmin = \"127.0.0.1:7401\"\n\
              cert = \"keys/node.crt\"\nkey = \"keys/node.key\"\npeer_cert = \"{pc}\"\n\
              [pair]\npeer_wait_secs = 1\n\
              [[vrrp]]\nname = \"VI_NFS\"\ninterface = \"eth0\"\nvrid = 62\npriority = 100\nadvert_int = 1\nversion = 3\nvirtual_ips = [\"{vip}/24\"]\n",

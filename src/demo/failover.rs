@@ -250,7 +250,7 @@ pub fn run(dir: Option<PathBuf>) -> Result<(), DemoError> {
     for i in 0..2 {
         let prio = if i == 0 { 150 } else { 100 };
         let body = format!(
-            "node_id = \"node{i}\"\nexport = \"export\"\nlisten = \"{NET}.{me}:7400\"\npeer = \"{NET}.{peer}:7400\"\n\
+            "node_id = \"node{i}\"\nexport = \"export\"\nstate_dir = \"state\"\nlisten = \"{NET}.{me}:7400\"\npeer = \"{NET}.{peer}:7400\"\n\
              admin = \"127.0.0.1:7401\"\ncert = \"keys/node.crt\"\nkey = \"keys/node.key\"\npeer_fingerprint = \"{fp}\"\n\
              [pair]\npeer_wait_secs = 3\n\n[[vrrp]]\nname = \"VI_NFS\"\ninterface = \"eth0\"\nvrid = 61\npriority = {prio}\n\
              advert_int = 1\nversion = 3\nvirtual_ips = [\"{VIP}/24\"]\n",

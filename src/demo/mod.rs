@@ -118,11 +118,11 @@ pub fn run(
     let admin = free_tcp_port()?;
     write_config(
         &base.join("standby.toml"),
-        &format!("node_id = \"standby\"\nexport = \"standby\"\nlisten = \"127.0.0.1:{port}\"\ncert = \"standby-keys/node.crt\"\nkey = \"standby-keys/node.key\"\npeer_cert = \"primary-keys/node.crt\"\n"),
+        &format!("node_id = \"standby\"\nexport = \"standby\"\nstate_dir = \"standby-state\"\nlisten = \"127.0.0.1:{port}\"\ncert = \"standby-keys/node.crt\"\nkey = \"standby-keys/node.key\"\npeer_cert = \"primary-keys/node.crt\"\n"),
     )?;
     write_config(
         &base.join("primary.toml"),
-        &format!("node_id = \"primary\"\nexport = \"primary\"\npeer = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin}\"\ncert = \"primary-keys/node.crt\"\nkey = \"primary-keys/node.key\"\npeer_cert = \"standby-keys/node.crt\"\n"),
+        &format!("node_id = \"primary\"\nexport = \"primary\"\nstate_dir = \"primary-state\"\npeer = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin}\"\ncert = \"primary-keys/node.crt\"\nkey = \"primary-keys/node.key\"\npeer_cert = \"standby-keys/node.crt\"\n"),
     )?;
     let t = Instant::now();
     let bytes = generate_tree(&pex, files, 42)?;

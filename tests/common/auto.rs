@@ -43,7 +43,7 @@ pub fn nodes_with(lan: &Lan, extra: impl Fn(usize, &Path) -> String) -> [Node; 2
         let other = 1 - i;
         let prio = if i == 0 { 150 } else { 100 };
         let cfg = format!(
-            "export = \"export\"\nlisten = \"{me}:7400\"\npeer = \"{peer}:7400\"\nadmin = \"127.0.0.1:7401\"\n\
+            "export = \"export\"\nstate_dir = \"state\"\nlisten = \"{me}:7400\"\npeer = \"{peer}:7400\"\nadmin = \"127.0.0.1:7401\"\n\
              cert = \"keys/node.crt\"\nkey = \"keys/node.key\"\npeer_cert = \"{pc}\"\n\
              [pair]\npeer_wait_secs = 3\nunsure_wait_secs = 30\n\
              [[vrrp]]\nname = \"VI_NFS\"\ninterface = \"eth0\"\nvrid = 61\npriority = {prio}\nadvert_int = 1\nversion = 3\nvirtual_ips = [\"{vip}/24\"]\n{extra}",

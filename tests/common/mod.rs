@@ -53,7 +53,7 @@ impl Pair {
             .port();
         std::fs::write(
             b.join("standby.toml"),
-            format!("export = \"standby\"\nlisten = \"127.0.0.1:{port}\"\ncert = \"standby-keys/node.crt\"\nkey = \"standby-keys/node.key\"\npeer_cert = \"primary-keys/node.crt\"\n"),
+            format!("export = \"standby\"\nstate_dir = \"standby-state\"\nlisten = \"127.0.0.1:{port}\"\ncert = \"standby-keys/node.crt\"\nkey = \"standby-keys/node.key\"\npeer_cert = \"primary-keys/node.crt\"\n"),
         )
         .unwrap();
         let admin = std::net::TcpListener::bind("127.0.0.1:0")
@@ -63,13 +63,13 @@ impl Pair {
             .port();
         std::fs::write(
             b.join("primary.toml"),
-            format!("export = \"primary\"\npeer = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin}\"\ncert = \"primary-keys/node.crt\"\nkey = \"primary-keys/node.key\"\npeer_cert = \"standby-keys/node.crt\"\n"),
+            format!("export = \"primary\"\nstate_dir = \"primary-state\"\npeer = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin}\"\ncert = \"primary-keys/node.crt\"\nkey = \"primary-keys/node.key\"\npeer_cert = \"standby-keys/node.crt\"\n"),
         )
         .unwrap();
         // A primary holding a certificate the standby does not pin.
         std::fs::write(
             b.join("mallory.toml"),
-            format!("export = \"primary\"\npeer = \"127.0.0.1:{port}\"\ncert = \"mallory-keys/node.crt\"\nkey = \"mallory-keys/node.key\"\npeer_cert = \"standby-keys/node.crt\"\n"),
+            format!("export = \"primary\"\nstate_dir = \"mallory-state\"\npeer = \"127.0.0.1:{port}\"\ncert = \"mallory-keys/node.crt\"\nkey = \"mallory-keys/node.key\"\npeer_cert = \"standby-keys/node.crt\"\n"),
         )
         .unwrap();
         Pair {
@@ -295,9 +295,14 @@ pub fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, String> {
                 .as_os_str()
                 .as_bytes()
                 .to_vec();
-            if rel == b".syncd" {
-                continue;
-            }
+            // State lives outside the export; O_TMPFILE staging leaves no
+            // name: a walk of the export finds nothing of syncd's.
+            assert!(
+                !rel.starts_with(b".syncd"),
+                "syncd's own {} in the export {}",
+                p.display(),
+                root.display()
+            );
             let m = std::fs::symlink_metadata(&p).unwrap();
             let ft = m.file_type();
             let desc = if ft.is_dir() {
@@ -349,9 +354,7 @@ pub fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, String> {
         for e in std::fs::read_dir(&d).unwrap() {
             let e = e.unwrap();
             let m = std::fs::symlink_metadata(e.path()).unwrap();
-            if m.is_dir()
-                && e.path().strip_prefix(root).unwrap().as_os_str().as_bytes() != b".syncd"
-            {
+            if m.is_dir() {
                 stack.push(e.path());
             } else if m.is_file() && m.nlink() > 1 {
                 groups.entry(m.ino()).or_default().push(

@@ -180,6 +180,20 @@ pub fn cat(ns: &str, url: &str) -> Result<Vec<u8>, String> {
     }
 }
 
+/// A fresh libnfs client in `ns` lists `url` recursively (`nfs-ls -R`).
+pub fn ls_recursive(ns: &str, url: &str) -> Result<String, String> {
+    let o = Command::new("ip")
+        .args(["netns", "exec", ns, "nfs-ls", "-R", url])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).to_string())
+    }
+}
+
 /// A long-lived NFSv4 client (`nfs_client.py`: one libnfs session and root
 /// file handle, mounted once) in namespace `ns`, creating new files through
 /// `host` every `interval_ms`; each attempt's outcome is recorded with the

@@ -1,0 +1,164 @@
+//! Where state lives, end to end: an upgraded standby finds its state where
+//! older releases kept it (`<export>/.syncd`, unversioned formats), moves it
+//! to `/var/lib/syncd/<export_id>` at start, and the pair is still in sync
+//! without re-sending anything; a state file from a newer release stops the
+//! daemon with a clear error. Needs root (writes under /var/lib/syncd, with
+//! an export_id of its own, removed at the end); skips visibly otherwise.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::Pair;
+
+/// Removes the test's own state directory however the test ends.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        // /var/lib/syncd itself too, when this test made it (empty).
+        if let Some(base) = self.0.parent() {
+            let _ = std::fs::remove_dir(base);
+        }
+    }
+}
+
+/// Rewrites a current state file as the release before the version header
+/// wrote it: `new_magic` + u32 version replaced by `old_prefix`.
+fn downgrade(p: &Path, new_magic: &[u8], old_prefix: &[u8]) {
+    let b = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    assert_eq!(&b[..8], new_magic, "{}", p.display());
+    std::fs::write(p, [old_prefix, &b[12..]].concat()).unwrap();
+}
+
+fn set_config(p: &Pair, file: &str, edit: impl Fn(&str) -> String) {
+    let f = p.path(file);
+    let text = std::fs::read_to_string(&f).unwrap();
+    std::fs::write(&f, edit(&text)).unwrap();
+}
+
+fn can_run(name: &str) -> bool {
+    if !rustix::process::geteuid().is_root() {
+        syncd_testkit::skip::skip(name, "needs root to write under /var/lib/syncd");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn an_upgraded_standby_moves_its_state_out_of_the_export_and_stays_in_sync() {
+    if !can_run("an_upgraded_standby_moves_its_state_out_of_the_export_and_stays_in_sync") {
+        return;
+    }
+    let mut p = Pair::new();
+    std::fs::create_dir(p.primary().join("dir")).unwrap();
+    for i in 0..20 {
+        std::fs::write(p.primary().join(format!("dir/f{i}")), vec![i as u8; 5000]).unwrap();
+    }
+    p.start_standby();
+    let first = p.resync(&[]);
+    assert!(first.contains("sent whole 20"), "{first}");
+    p.kill_standby();
+
+    // What an older release left: the standby's state inside its export,
+    // index and generation record in the formats without a version.
+    let old = p.standby_dir().join(".syncd");
+    std::fs::rename(p.path("standby-state"), &old).unwrap();
+    for dir in [old.clone(), p.path("primary-state")] {
+        downgrade(&dir.join("index.bin"), b"SYNCDIDX", b"SYNCDIX1");
+        downgrade(&dir.join("lineage"), b"SYNCDGEN", b"");
+    }
+    let before = syncd::generation::Store::new(&old).load().unwrap();
+    assert!(before.lineage.synced());
+    // Its config as it was: no state_dir (the default), and an export_id
+    // of this test's own so that /var/lib/syncd/<id> is ours alone.
+    let id = format!("test-upgrade-{}", std::process::id());
+    let dest = Path::new(syncd::config::DEFAULT_STATE_BASE).join(&id);
+    let _cleanup = RemoveOnDrop(dest.clone());
+    set_config(&p, "standby.toml", |t| {
+        t.replace(
+            "state_dir = \"standby-state\"\n",
+            &format!("export_id = \"{id}\"\n"),
+        )
+    });
+    set_config(&p, "primary.toml", |t| format!("export_id = \"{id}\"\n{t}"));
+    let cfg = syncd::config::Config::load(&p.path("standby.toml")).unwrap();
+    assert!(
+        cfg.legacy_state,
+        "the old place is found: {}",
+        cfg.state_dir.display()
+    );
+
+    p.start_standby();
+    let log = p.log();
+    assert!(
+        log.contains("moved the state directory out of the export"),
+        "{log}"
+    );
+    assert!(!old.exists(), "nothing of syncd's stays in the export");
+    assert_eq!(syncd::generation::Store::new(&dest).load().unwrap(), before);
+    assert_eq!(
+        &std::fs::read(dest.join("index.bin")).unwrap()[..8],
+        b"SYNCDIDX"
+    );
+    assert_eq!(
+        &std::fs::read(dest.join("lineage")).unwrap()[..8],
+        b"SYNCDGEN"
+    );
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&dest).unwrap().mode() & 0o777, 0o700);
+
+    // In sync at once: nothing re-sent, nothing kept as diverged.
+    let again = p.resync(&[]);
+    assert!(
+        again.contains("sent whole 0, sent as delta 0, deleted 0"),
+        "{again}"
+    );
+    assert!(!p.log().contains("diverged"), "{}", p.log());
+    assert_eq!(
+        &std::fs::read(p.path("primary-state/lineage")).unwrap()[..8],
+        b"SYNCDGEN",
+        "the primary's record migrated too"
+    );
+    // `snapshot` (in assert_equal) also fails on anything of syncd's.
+    p.assert_equal();
+}
+
+#[test]
+fn a_state_file_from_a_newer_release_stops_the_daemon() {
+    let p = Pair::new();
+    let state = p.path("standby-state");
+    std::fs::create_dir(&state).unwrap();
+    let mut b = b"SYNCDIDX".to_vec();
+    b.extend_from_slice(&99u32.to_le_bytes());
+    std::fs::write(state.join("index.bin"), &b).unwrap();
+    let mut c = std::process::Command::new(common::BIN)
+        .args(["--role", "standby", "--config", "standby.toml"])
+        .current_dir(p.path(""))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It must stop by itself; one that serves instead is killed, not waited on.
+    let exited = (0..600).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        c.try_wait().unwrap().is_some()
+    });
+    if !exited {
+        let _ = c.kill();
+    }
+    let o = c.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(exited, "the standby started over a newer index: {err}");
+    assert!(!o.status.success());
+    assert!(
+        err.contains("format version 99") && err.contains("newer"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(state.join("index.bin")).unwrap(),
+        b,
+        "left as it was"
+    );
+}

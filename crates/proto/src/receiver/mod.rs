@@ -89,7 +89,8 @@ pub enum Input<'a> {
 }
 
 impl Input<'_> {
-    fn name(&self) -> &'static str {
+    /// How errors name it.
+    pub fn name(&self) -> &'static str {
         match self {
             Input::Hello => "Hello",
             Input::Peer => "a peer message",

@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::generation;
 use crate::wire::{self, Purpose, Reply, Request};
 use syncd_proto::pair::lineage::{Lineage, NodeId};
+use syncd_proto::receiver::{check_hello, check_verify_slot, HelloError};
 
 /// One writing session at a time. A new session from the (authenticated)
 /// primary supersedes the current one, which is most likely a primary that
@@ -173,19 +174,16 @@ fn judge(
         follow: None,
         _verify: None,
     };
-    if version != wire::PROTOCOL_VERSION {
-        return Err((format!("protocol version {version} is not supported (this standby speaks {}); upgrade both nodes to the same syncd release", wire::PROTOCOL_VERSION), None));
-    }
-    if export_id != cfg.export_id {
-        return Err((format!("export_id \"{export_id}\" does not match this standby's \"{}\"; set the same export_id on both nodes", cfg.export_id), None));
-    }
+    let refused = |e: HelloError| (e.to_string(), None);
+    check_hello(version, &export_id, wire::PROTOCOL_VERSION, &cfg.export_id).map_err(refused)?;
     match &h.purpose {
         Purpose::Verify => {
             // Read-only: any generation may compare; but each one hashes
             // the whole export, so only a few at once.
-            if shared.verifies.fetch_add(1, Ordering::AcqRel) >= MAX_VERIFY_SESSIONS {
+            let running = shared.verifies.fetch_add(1, Ordering::AcqRel);
+            if let Err(e) = check_verify_slot(running, MAX_VERIFY_SESSIONS) {
                 shared.verifies.fetch_sub(1, Ordering::AcqRel);
-                return Err((format!("too many verify sessions at once (limit {MAX_VERIFY_SESSIONS}); try again when one has finished"), None));
+                return Err(refused(e));
             }
             h._verify = Some(VerifySlot(shared.clone()));
         }

@@ -17,12 +17,14 @@
 //!   error.
 
 mod failures;
+mod hello;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{HashMap, VecDeque};
 
 pub use failures::FailureLog;
+pub use hello::{check_hello, check_verify_slot, HelloError};
 
 use crate::model::Failure;
 use crate::path::RelPath;

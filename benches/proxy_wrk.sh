@@ -4,7 +4,11 @@
 # in front of the same three nginx backends on loopback.
 #
 # Usage: benches/proxy_wrk.sh   (env: WORKERS=1 CONNS=64 DURATION=10 THREADS=1 ROUNDS=5
-#                                               PROXY_BIN=path/to/syncd-proxy)
+#                                               PROXY_BIN=path/to/syncd-proxy
+#                                               PROXY_BIN_B=another/syncd-proxy  (e.g. the previous
+#                                                 build: runs as "syncd-proxy-B" in the same rounds)
+#                                               PERF_OUT=file.data  (perf record -g of syncd-proxy
+#                                                 during one extra run; prints the top symbols))
 # Runs ROUNDS alternating wrk runs per proxy and prints per-round and median
 # req/s, p50, p99, CPU time per request, and the ratios; then a failover run in which
 # one of the three backends is killed (SIGKILL) and restarted during the load,
@@ -101,6 +105,16 @@ CONF
 SYNCD_PROXY_LOG=warn "$PROXY_BIN" --config "$WORK/proxy.toml" 2>"$WORK/proxy.log" &
 SP_PID=$!
 PIDS+=($!)
+SB_PORT=18082; SB_PID=
+WHO="sp nx"
+if [ -n "${PROXY_BIN_B:-}" ]; then
+    sed -e "s/127.0.0.1:$SP_PORT/127.0.0.1:$SB_PORT/" -e "s/127.0.0.1:$ADMIN_PORT/127.0.0.1:$((ADMIN_PORT + 1))/" \
+        "$WORK/proxy.toml" > "$WORK/proxy-b.toml"
+    SYNCD_PROXY_LOG=warn "$PROXY_BIN_B" --config "$WORK/proxy-b.toml" 2>"$WORK/proxy-b.log" &
+    SB_PID=$!
+    PIDS+=($!)
+    WHO="sp sb nx"
+fi
 
 # ---- nginx, configured the same way
 mkdir -p "$WORK/nx"
@@ -138,6 +152,8 @@ CONF
 NX_PID=$!
 PIDS+=($!)
 wait_port $SP_PORT; wait_port $NX_PORT
+[ -z "$SB_PID" ] || wait_port $SB_PORT
+label() { case $1 in sp) echo syncd-proxy ;; sb) echo syncd-proxy-B ;; *) echo nginx ;; esac; }
 
 run_wrk() { # port outfile
     wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$1/" > "$2" 2>&1 || true
@@ -178,9 +194,14 @@ echo "== syncd-proxy vs nginx $("$NGINX" -v 2>&1 | sed 's/.*\///') | workers=$WO
 # load affects both proxies alike; medians are reported
 wrk -t1 -c8 -d2s "http://127.0.0.1:$SP_PORT/" >/dev/null 2>&1 || true
 wrk -t1 -c8 -d2s "http://127.0.0.1:$NX_PORT/" >/dev/null 2>&1 || true
+[ -z "$SB_PID" ] || wrk -t1 -c8 -d2s "http://127.0.0.1:$SB_PORT/" >/dev/null 2>&1 || true
 for r in $(seq "$ROUNDS"); do
-    for who in sp nx; do
-        if [ $who = sp ]; then port=$SP_PORT; pid=$SP_PID; else port=$NX_PORT; pid=$NX_PID; fi
+    for who in $WHO; do
+        case $who in
+            sp) port=$SP_PORT; pid=$SP_PID ;;
+            sb) port=$SB_PORT; pid=$SB_PID ;;
+            *) port=$NX_PORT; pid=$NX_PID ;;
+        esac
         read -r u0 s0 < <(cpu_ticks "$pid")
         run_wrk "$port" "$WORK/$who-$r.txt"
         read -r u1 s1 < <(cpu_ticks "$pid")
@@ -188,7 +209,7 @@ for r in $(seq "$ROUNDS"); do
         awk -v t=$((u1 - u0 + s1 - s0)) -v n="${n:-1}" -v hz="$HZ" 'BEGIN {printf "%.2f\n", t * 1e6 / hz / n}' > "$WORK/$who-$r.cpu"
         awk -v t=$((u1 - u0)) -v n="${n:-1}" -v hz="$HZ" 'BEGIN {printf "%.2f\n", t * 1e6 / hz / n}' > "$WORK/$who-$r.ucpu"
         printf 'round %d %-12s %10s req/s  p99 %8s ms  cpu %6s us/req (user %6s)  %s\n' "$r" \
-            "$([ $who = sp ] && echo syncd-proxy || echo nginx)" "$(rps "$WORK/$who-$r.txt")" \
+            "$(label $who)" "$(rps "$WORK/$who-$r.txt")" \
             "$(pct "$WORK/$who-$r.txt" 99%)" "$(cat "$WORK/$who-$r.cpu")" "$(cat "$WORK/$who-$r.ucpu")" \
             "$(errs "$WORK/$who-$r.txt")"
     done
@@ -207,8 +228,25 @@ echo "-- medians"
 printf '%-12s %12s %10s %10s %14s %14s\n' proxy req/s p50_ms p99_ms cpu_us/req user_us/req
 printf '%-12s %12s %10s %10s %14s %14s\n' syncd-proxy "$SP_RPS" "$SP_P50" "$SP_P99" "$SP_CPU" "$SP_UCPU"
 printf '%-12s %12s %10s %10s %14s %14s\n' nginx "$NX_RPS" "$NX_P50" "$NX_P99" "$NX_CPU" "$NX_UCPU"
+if [ -n "$SB_PID" ]; then
+    summary sb
+    printf '%-12s %12s %10s %10s %14s %14s\n' syncd-proxy-B "$RPS" "$P50" "$P99" "$CPU" "$UCPU"
+    awk -v a="$RPS" -v b="$NX_RPS" -v c="$P99" -v d="$NX_P99" -v e="$UCPU" -v f="$NX_UCPU" \
+        'BEGIN { printf "ratio syncd-B/nginx: req/s %.2fx, p99 %.2fx, user cpu per request %.2fx\n", a / b, c / d, e / f }'
+fi
 awk -v a="$SP_RPS" -v b="$NX_RPS" -v c="$SP_P99" -v d="$NX_P99" -v e="$SP_CPU" -v f="$NX_CPU" \
     'BEGIN { printf "ratio syncd/nginx: req/s %.2fx (target >= 1.00), p99 %.2fx (target <= 1.00), cpu per request %.2fx\n", a / b, c / d, e / f }'
+awk -v e="$SP_UCPU" -v f="$NX_UCPU" 'BEGIN { printf "user cpu per request syncd/nginx: %.2fx\n", e / f }'
+
+if [ -n "${PERF_OUT:-}" ]; then
+    echo "== perf record -g of syncd-proxy during one more ${DURATION}s run -> $PERF_OUT"
+    perf record -q -F 999 -g -p "$SP_PID" -o "$PERF_OUT" -- sleep "$DURATION" 2>/dev/null &
+    perf_pid=$!
+    run_wrk "$SP_PORT" "$WORK/perf.txt"
+    wait $perf_pid || true
+    perf report -i "$PERF_OUT" --no-children --percent-limit 1.5 --stdio -g none 2>/dev/null \
+        | grep -v '^#' | grep -v '^$' | head -40
+fi
 
 failover() { # port name
     local port=$1 name=$2

@@ -30,6 +30,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("sigcache", sigcache),
     ("proxy_head", proxy_head),
     ("proxy_lengths", proxy_lengths),
+    ("proxy_request", proxy_request),
     ("status_line", status_line),
 ];
 
@@ -451,6 +452,56 @@ pub fn proxy_lengths(data: &[u8]) {
         "length {:?}",
         String::from_utf8_lossy(data)
     );
+}
+
+/// The client request-head parser (`framing::parse_request`) and the strict
+/// request framing (`framing::request_framing`). The first byte picks the
+/// limits, so small ones are exercised too. Offsets stay inside the head,
+/// limits hold, a length is one plain-digit Content-Length, chunked is
+/// HTTP/1.1 without any Content-Length.
+pub fn proxy_request(data: &[u8]) {
+    use syncd_proxy::framing::{self, Framing, HeadLimits};
+    let Some((&sel, data)) = data.split_first() else {
+        return;
+    };
+    let limits = HeadLimits {
+        max_size: 64 + usize::from(sel) * 64,
+        max_headers: 1 + usize::from(sel % 100),
+    };
+    let mut spans = Vec::new();
+    let head = match framing::parse_request(data, limits, &mut spans) {
+        Ok(Some(head)) => head,
+        Ok(None) => {
+            assert!(data.len() <= limits.max_size, "an incomplete head within limits");
+            return;
+        }
+        Err(_) => return,
+    };
+    assert!(head.len <= data.len() && head.len <= limits.max_size);
+    assert!(spans.len() <= limits.max_headers);
+    assert!(head.method.end <= head.len && head.target.end <= head.len);
+    let field = |i: usize| (&data[spans[i].name.clone()], &data[spans[i].value.clone()]);
+    let named = |name: &[u8]| {
+        (0..spans.len())
+            .map(field)
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .collect::<Vec<_>>()
+    };
+    match framing::request_framing(head.minor, (0..spans.len()).map(field)) {
+        Ok(Framing::Length(n)) => {
+            let cl = named(b"content-length");
+            assert_eq!(cl.len(), 1);
+            assert_eq!(want_digits(cl[0].1.trim_ascii()), Some(n));
+            assert!(named(b"transfer-encoding").is_empty());
+        }
+        Ok(Framing::Chunked) => {
+            assert_eq!(head.minor, 1);
+            assert!(named(b"content-length").is_empty());
+        }
+        Ok(Framing::None) => assert!(named(b"transfer-encoding").is_empty()),
+        Ok(Framing::UntilClose) => panic!("a request is never close-delimited"),
+        Err(_) => {}
+    }
 }
 
 /// The health checks' status-line parsers (vrrp `checks::parse_status`,

@@ -341,6 +341,21 @@ fn write_seeds() {
         b"HTTP/1.0 404 Not Found\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\nhello",
     );
     put("proxy_head", "partial", b"HTTP/1.1 100 Continue\r\nX: y");
+    put(
+        "proxy_request",
+        "get",
+        b"\x10GET /a?b=c HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
+    );
+    put(
+        "proxy_request",
+        "chunked",
+        b"\x20POST /u HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    );
+    put(
+        "proxy_request",
+        "cl-te",
+        b"\x20POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+    );
     put("proxy_lengths", "hex", b"1aF;name=value");
     put("proxy_lengths", "dec", b"12345");
     put("proxy_lengths", "plus", b"+5");

@@ -1,4 +1,4 @@
-//! Client-side connection limits that hyper's server does not have, with
+//! Client-side connection limits, with
 //! nginx semantics: `send_timeout` (the client accepts no response bytes
 //! for that long: close, so the backend connection and the server's
 //! least_conn/max_conns slot are released), `client_header_timeout` (from
@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -103,38 +102,6 @@ impl Drop for Busy {
         if let Some(w) = reader {
             w.wake();
         }
-    }
-}
-
-/// A response body that keeps its connection busy until it is done.
-pub struct WithBusy<B> {
-    inner: B,
-    _busy: Busy,
-}
-
-impl<B> WithBusy<B> {
-    pub fn new(inner: B, busy: Busy) -> WithBusy<B> {
-        WithBusy { inner, _busy: busy }
-    }
-}
-
-impl<B: Body + Unpin> Body for WithBusy<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

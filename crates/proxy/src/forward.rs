@@ -45,6 +45,11 @@ pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// Remove hop-by-hop headers, including any header named in `Connection`
 /// except the end-to-end essentials above.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // most messages carry none: one pass over the names (cheap compares of
+    // standard names) instead of seven hashed removals
+    if !headers.keys().any(|n| HOP_BY_HOP.contains(n)) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let listed: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -116,11 +121,19 @@ pub enum Reject {
     /// HTTP/1.1 requires Host (RFC 9112 §3.2: 400), as nginx enforces.
     #[error("HTTP/1.1 request without Host")]
     MissingHost,
+    /// Framing two parsers could read differently (request smuggling).
+    #[error("{0}")]
+    Framing(#[from] crate::framing::FramingError),
 }
 
-/// Refuse requests whose target site is ambiguous. An absolute-form target
-/// names the site itself, so it needs no Host.
+/// Refuse requests whose target site or body framing is ambiguous. An
+/// absolute-form target names the site itself, so it needs no Host.
 pub fn check_request(version: Version, uri: &Uri, headers: &HeaderMap) -> Result<(), Reject> {
+    let minor = u8::from(version != Version::HTTP_10);
+    let fields = headers
+        .iter()
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+    crate::framing::request_framing(minor, fields)?;
     let mut hosts = headers.get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
         (Some(_), Some(_)) => Err(Reject::DuplicateHost),
@@ -223,20 +236,7 @@ pub fn body_len(headers: &HeaderMap) -> BodyLen {
     }
 }
 
-/// A decimal length: digits only (`str::parse` would accept `+5`, which
-/// another parser may read differently).
-pub fn digits(s: &[u8]) -> Option<u64> {
-    if s.is_empty() {
-        return None;
-    }
-    s.iter().try_fold(0u64, |n, &b| {
-        if b.is_ascii_digit() {
-            n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
-        } else {
-            None
-        }
-    })
-}
+pub use crate::framing::digits;
 
 #[cfg(test)]
 mod tests {

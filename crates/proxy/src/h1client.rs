@@ -20,12 +20,14 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Response, StatusCode, Uri, Version};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
+
+use crate::framing::{self, Decode};
 
 /// Largest response head accepted from a backend.
 const MAX_HEAD: usize = 64 * 1024;
@@ -36,7 +38,7 @@ pub enum OutBody {
     /// Buffered (possibly empty): can be sent again on another connection.
     Bytes(Bytes),
     /// Streamed from the client: can be sent once.
-    Stream(Incoming),
+    Stream(crate::server_wire::ReqBody),
 }
 
 /// Per-operation time limits of one exchange, nginx style: each limit is
@@ -272,18 +274,27 @@ impl Conn {
 pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, ExchangeError> {
     type Span = (usize, usize, usize, usize);
     let parsed = {
-        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut r = httparse::Response::new(&mut storage);
-        match r.parse(buf) {
+        // uninitialised storage: nothing to zero per response
+        let mut storage = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut r = httparse::Response::new(&mut []);
+        match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut r,
+            buf,
+            &mut storage,
+        ) {
             Ok(httparse::Status::Complete(n)) => {
                 let base = buf.as_ptr() as usize;
-                let mut spans: [Span; MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
-                for (span, h) in spans.iter_mut().zip(r.headers.iter()) {
-                    let ns = h.name.as_ptr() as usize - base;
-                    let vs = h.value.as_ptr() as usize - base;
-                    *span = (ns, ns + h.name.len(), vs, vs + h.value.len());
-                }
-                Some((n, r.code, r.version, spans, r.headers.len()))
+                let spans: Vec<Span> = r
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        let ns = h.name.as_ptr() as usize - base;
+                        let vs = h.value.as_ptr() as usize - base;
+                        (ns, ns + h.name.len(), vs, vs + h.value.len())
+                    })
+                    .collect();
+                let count = spans.len();
+                Some((n, r.code, r.version, spans, count))
             }
             Ok(httparse::Status::Partial) => None,
             Err(e) => return Err(ExchangeError::Invalid(e.to_string())),
@@ -375,72 +386,22 @@ fn has_token(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// The response body's framing, by the rules in [`crate::framing`] shared
+/// with the request side.
 fn body_framing(
     headers: &HeaderMap,
     status: StatusCode,
     head_request: bool,
 ) -> Result<Decode, ExchangeError> {
-    if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Ok(Decode::Done);
-    }
-    if let Some(te) = headers.get(header::TRANSFER_ENCODING) {
-        let chunked = te
-            .to_str()
-            .ok()
-            .and_then(|s| s.rsplit(',').next())
-            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-        return Ok(if chunked {
-            Decode::ChunkSize
-        } else {
-            Decode::UntilClose
-        });
-    }
-    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
-    match lengths.next() {
-        None => Ok(Decode::UntilClose),
-        Some(v) => {
-            let n = crate::forward::digits(v.as_bytes().trim_ascii())
-                .ok_or_else(|| ExchangeError::Invalid("bad content-length".into()))?;
-            if lengths.any(|o| o != v) {
-                return Err(ExchangeError::Invalid("conflicting content-length".into()));
-            }
-            Ok(if n == 0 {
-                Decode::Done
-            } else {
-                Decode::Length(n)
-            })
-        }
-    }
+    let fields = headers
+        .iter()
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+    framing::response_framing(status.as_u16(), head_request, fields)
+        .map(Decode::new)
+        .map_err(|e| ExchangeError::Invalid(e.to_string()))
 }
 
-/// The size on a chunk-size line (without its CRLF): hex digits only,
-/// surrounding whitespace and any `;extension` ignored.
-pub fn chunk_size_line(line: &[u8]) -> Option<u64> {
-    let hex = line.split(|b| *b == b';').next().unwrap_or(b"");
-    chunk_size(hex.trim_ascii())
-}
-
-/// A chunk size: hex digits only (`from_str_radix` would accept `+5`).
-fn chunk_size(s: &[u8]) -> Option<u64> {
-    if s.is_empty() {
-        return None;
-    }
-    s.iter().try_fold(0u64, |n, &b| {
-        let d = (b as char).to_digit(16)?;
-        n.checked_mul(16)?.checked_add(u64::from(d))
-    })
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Decode {
-    Length(u64),
-    ChunkSize,
-    ChunkData(u64),
-    ChunkCrlf,
-    Trailers,
-    UntilClose,
-    Done,
-}
+pub use crate::framing::chunk_size_line;
 
 /// A backend response body, read from the connection as the client reads it.
 pub struct BackendBody {
@@ -545,13 +506,7 @@ impl Body for BackendBody {
                     }
                     let n = (conn.rbuf.len() as u64).min(rem) as usize;
                     let data = conn.rbuf.split_to(n).freeze();
-                    let left = rem - n as u64;
-                    this.decode = match (this.decode, left) {
-                        (Decode::Length(_), 0) => Decode::Done,
-                        (Decode::Length(_), l) => Decode::Length(l),
-                        (_, 0) => Decode::ChunkCrlf,
-                        (_, l) => Decode::ChunkData(l),
-                    };
+                    this.decode = this.decode.on_data(n as u64);
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Decode::UntilClose => {
@@ -576,7 +531,7 @@ impl Body for BackendBody {
                 }
                 Decode::ChunkSize | Decode::ChunkCrlf | Decode::Trailers => {
                     let Some(pos) = conn.rbuf.windows(2).position(|w| w == b"\r\n") else {
-                        if conn.rbuf.len() > 4096 {
+                        if conn.rbuf.len() > framing::MAX_CHUNK_LINE {
                             return Poll::Ready(Some(Err(bad("chunk line too long"))));
                         }
                         match ready!(Self::poll_fill(
@@ -591,23 +546,10 @@ impl Body for BackendBody {
                         }
                     };
                     let line = conn.rbuf.split_to(pos + 2);
-                    let line = &line[..pos];
-                    this.decode = match this.decode {
-                        Decode::ChunkCrlf if line.is_empty() => Decode::ChunkSize,
-                        Decode::ChunkCrlf => {
-                            return Poll::Ready(Some(Err(bad("missing CRLF after chunk"))))
-                        }
-                        Decode::Trailers if line.is_empty() => Decode::Done,
-                        Decode::Trailers => Decode::Trailers, // trailer fields are dropped
-                        _ => {
-                            let size = chunk_size_line(line).ok_or_else(|| bad("bad chunk size"));
-                            match size {
-                                Ok(0) => Decode::Trailers,
-                                Ok(n) => Decode::ChunkData(n),
-                                Err(e) => return Poll::Ready(Some(Err(e))),
-                            }
-                        }
-                    };
+                    match this.decode.on_line(&line[..pos]) {
+                        Ok(next) => this.decode = next,
+                        Err(e) => return Poll::Ready(Some(Err(bad(&e.to_string())))),
+                    }
                 }
             }
         }
@@ -932,9 +874,9 @@ mod tests {
             .await
             .unwrap();
         assert!(resp.into_body().collect().await.is_err());
-        assert_eq!(chunk_size(b"1aF"), Some(0x1af));
-        assert_eq!(chunk_size(b"-5"), None);
-        assert_eq!(chunk_size(b"11111111111111111"), None, "overflow");
+        assert_eq!(chunk_size_line(b"1aF"), Some(0x1af));
+        assert_eq!(chunk_size_line(b"-5"), None);
+        assert_eq!(chunk_size_line(b"11111111111111111"), None, "overflow");
     }
 
     #[test]

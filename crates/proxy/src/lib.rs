@@ -4,8 +4,9 @@
 //! The decision-making core is sans-IO and tested with simulated time:
 //! [`balancer`] (selection algorithms and passive failure accounting),
 //! [`health`] (rise/fall), [`retry`] (retry rules and budget), [`forward`]
-//! (header rewriting). The rest is a thin tokio/hyper layer around it:
-//! [`listener`], [`proxy`], [`tcp`], [`tunnel`], [`checker`], [`admin`], [`reload`].
+//! (header rewriting), [`framing`] (HTTP/1 head parsing and body framing,
+//! both directions). The rest is a thin tokio layer around it:
+//! [`listener`], [`server`] (the client side of HTTP/1.1), [`proxy`], [`tcp`], [`tunnel`], [`checker`], [`admin`], [`reload`].
 
 pub mod admin;
 pub mod balancer;
@@ -13,6 +14,7 @@ pub mod checker;
 pub mod client_io;
 pub mod config;
 pub mod forward;
+pub mod framing;
 pub mod h1client;
 pub mod health;
 pub mod listener;
@@ -20,6 +22,9 @@ pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod retry;
+pub mod server;
+pub mod server_wire;
+pub mod server_write;
 pub mod state;
 pub mod tcp;
 pub mod tunnel;

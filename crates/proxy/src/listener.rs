@@ -1,21 +1,19 @@
 //! Listening sockets and accept loops for HTTP (optionally TLS) listeners.
 
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::client_io::{ClientIo, Limits, WithBusy};
+use crate::client_io::{ClientIo, Limits};
 use crate::config::{self, Mode};
-use crate::proxy::{self, ConnInfo};
+use crate::framing::HeadLimits;
+use crate::proxy::ConnInfo;
+use crate::server;
 use crate::state::Shared;
 
 #[derive(Debug, thiserror::Error)]
@@ -150,23 +148,10 @@ pub async fn run(
             return;
         }
     };
-    const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        // hyper's header timer also runs while a keep-alive connection is
-        // idle; ClientIo times header and idle separately (nginx
-        // client_header_timeout / keepalive_timeout) and adds send_timeout
-        .header_read_timeout(None)
-        .max_buf_size(cfg.max_header_size.max(8192) * 2)
-        .max_header_size(cfg.max_header_size);
-    // hyper's default limit is 100 headers in an array on the stack; setting
-    // any limit explicitly makes it build that array on every request.
-    if cfg.max_headers != HYPER_DEFAULT_MAX_HEADERS {
-        builder.max_headers(cfg.max_headers);
-    }
-    let builder = Arc::new(builder);
+    let head_limits = HeadLimits {
+        max_size: cfg.max_header_size,
+        max_headers: cfg.max_headers,
+    };
     // HTTP connections, their upgraded tunnels and TCP sessions each hold a
     // clone; draining waits for the count to drop
     let sessions = Arc::new(());
@@ -209,28 +194,21 @@ pub async fn run(
                     listener: cfg.name.clone(),
                     upstream: cfg.upstream.clone(),
                     client_body_timeout: cfg.client_body_timeout,
-                    activity: Some(activity.clone()),
-                    drain: Some(sessions.clone()),
                 });
-                let shared = shared.clone();
-                let svc = service_fn(move |req| {
-                    // busy until the response body is done: no header/idle
-                    // limit meanwhile (the handler times the request body)
-                    let busy = activity.begin();
-                    let resp = proxy::handle(req, info.clone(), shared.clone());
-                    async move {
-                        let resp = resp.await?;
-                        Ok::<_, Infallible>(resp.map(|b| WithBusy::new(b, busy)))
-                    }
-                });
-                let builder = builder.clone();
-                let stop = stop.clone();
+                let conn = server::Conn {
+                    info,
+                    shared: shared.clone(),
+                    limits: head_limits,
+                    activity,
+                    stop: stop.clone(),
+                };
+                // the connection, and a tunnel it becomes, hold a drain token
                 let token = sessions.clone();
                 match &tls {
                     None => {
                         tokio::spawn(async move {
-                            let conn = builder.serve_connection(TokioIo::new(io), svc);
-                            drive(conn.with_upgrades(), stop, token).await;
+                            server::serve(io, conn).await;
+                            drop(token);
                         });
                     }
                     Some(acceptor) => {
@@ -250,8 +228,8 @@ pub async fn run(
                                 }
                                 Err(_) => return,
                             };
-                            let conn = builder.serve_connection(TokioIo::new(tls_stream), svc);
-                            drive(conn.with_upgrades(), stop, token).await;
+                            server::serve(tls_stream, conn).await;
+                            drop(token);
                         });
                     }
                 }
@@ -266,38 +244,5 @@ pub async fn run(
     );
     while Arc::strong_count(&sessions) > 1 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Serve one HTTP connection; once `stop` flips (or its sender is gone),
-/// finish the request in flight and close. hyper-util's GracefulShutdown
-/// cannot watch a connection with upgrades, hence this. A connection that
-/// upgraded is finished here: its tunnel runs on in its own task, holding
-/// its own drain token.
-async fn drive<I, S, B>(
-    conn: http1::UpgradeableConnection<I, S>,
-    mut stop: watch::Receiver<bool>,
-    _token: Arc<()>,
-) where
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    B: hyper::body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let mut conn = std::pin::pin!(conn);
-    // the guard wait_for returns must not live across an await (not Send)
-    let stopped = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
-    let r = tokio::select! {
-        r = conn.as_mut() => r,
-        () = stopped => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = r {
-        tracing::debug!(error = %e, "client connection ended with error");
     }
 }

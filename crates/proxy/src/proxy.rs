@@ -11,20 +11,19 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
 
 use crate::balancer::hash::KeyVars;
 use crate::balancer::{Attempt, Key, Outcome};
-use crate::client_io::Activity;
 use crate::config;
 use crate::forward::{self, BodyLen};
 use crate::h1client::{BackendBody, Conn, ExchangeError, OutBody, Timeouts};
 use crate::retry::{self, Failure};
+use crate::server_wire::ReqBody;
 use crate::state::Shared;
+use crate::tunnel::{PendingTunnel, Tunnel};
 use crate::upstream::{ConnectError, ServerRt, UpstreamRt};
 
 /// What a connection handler knows about its client.
@@ -39,13 +38,6 @@ pub struct ConnInfo {
     /// Longest wait for each read of the request body (nginx
     /// `client_body_timeout`).
     pub client_body_timeout: Duration,
-    /// The connection's header/idle clock: an upgraded tunnel keeps it busy,
-    /// so the keep-alive idle limit never cuts a live tunnel.
-    pub activity: Option<Activity>,
-    /// Held by upgraded tunnels so that a stopping listener (reload,
-    /// SIGTERM) drains them too, within `shutdown_timeout`, as nginx keeps
-    /// them until `worker_shutdown_timeout`.
-    pub drain: Option<Arc<()>>,
 }
 
 /// Response body to the client: a short local message or a proxied stream.
@@ -151,7 +143,7 @@ impl Drop for TrackedBody {
 }
 
 /// Releases a selected server if the attempt is abandoned (the client went
-/// away and hyper dropped the request future), so `least_conn` and
+/// away and the connection dropped the request future), so `least_conn` and
 /// `max_conns` never see a leaked connection.
 struct PeerGuard {
     up: Arc<UpstreamRt>,
@@ -262,7 +254,7 @@ impl KeyVars for ReqVars<'_> {
 
 /// Entry point for one client request.
 pub async fn handle(
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
     info: Arc<ConnInfo>,
     shared: Arc<Shared>,
 ) -> Result<Response<RespBody>, Infallible> {
@@ -306,7 +298,7 @@ pub async fn handle(
 }
 
 async fn proxy(
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
     info: &ConnInfo,
     shared: &Shared,
     up: Arc<UpstreamRt>,
@@ -335,10 +327,8 @@ async fn proxy(
     // framing is read before hop-by-hop headers (Transfer-Encoding) go
     let body_len = forward::body_len(&parts.headers);
     let upgrade = forward::upgrade_request(&parts.method, parts.version, &parts.headers);
-    let mut on_upgrade = None;
     forward::prepare_request(&mut parts, &info.client_ip, info.tls);
     if let Some(u) = upgrade {
-        on_upgrade = parts.extensions.remove::<OnUpgrade>();
         forward::keep_upgrade(&mut parts.headers, u);
     }
     let idempotent = retry::is_idempotent(&parts.method);
@@ -403,14 +393,7 @@ async fn proxy(
                         peer,
                         armed: true,
                     };
-                    let resp = switch_protocols(
-                        rparts,
-                        upgraded,
-                        on_upgrade.take(),
-                        guard,
-                        info,
-                        cfg.read_timeout,
-                    );
+                    let resp = switch_protocols(rparts, upgraded, guard, cfg.read_timeout);
                     return (resp, Some(server));
                 }
                 forward::prepare_response(&mut rparts.headers);
@@ -512,53 +495,35 @@ fn max_tries(cfg: &config::Upstream, servers: usize) -> usize {
     }
 }
 
-/// Relay a backend's 101 to the client and splice the two connections once
-/// hyper hands over the client's. The tunnel holds the server's slot
-/// (least_conn / max_conns) and the client connection's busy mark until it
-/// ends; the backend connection is never pooled again.
+/// Relay a backend's 101 to the client; the client connection splices the
+/// two once the 101 is written. The tunnel holds the server's slot
+/// (least_conn / max_conns) until it ends; the backend connection is never
+/// pooled again.
 fn switch_protocols(
     mut head: hyper::http::response::Parts,
     backend: Option<(tokio::net::TcpStream, bytes::BytesMut)>,
-    client: Option<OnUpgrade>,
     slot: PeerGuard,
-    info: &ConnInfo,
     idle: Duration,
 ) -> Response<RespBody> {
-    let (Some((backend, early)), Some(client)) = (backend, client) else {
-        // h1client accepts a 101 only for a request carrying Upgrade, and
-        // those always take hyper's upgrade handle: unreachable in practice
+    let Some((backend, early)) = backend else {
+        // h1client accepts a 101 only for a request carrying Upgrade, with
+        // its connection: unreachable in practice
         drop(slot);
         return local(StatusCode::BAD_GATEWAY, "Bad Gateway");
     };
     forward::prepare_upgrade_response(&mut head.headers);
-    let busy = info.activity.as_ref().map(Activity::begin);
-    let drain = info.drain.clone();
-    let peer = info.client;
-    tokio::spawn(async move {
-        let _slot = slot;
-        let _busy = busy;
-        let _drain = drain;
-        match client.await {
-            Ok(io) => match crate::tunnel::splice(TokioIo::new(io), backend, early, idle).await {
-                Ok(m) => tracing::debug!(
-                    client = %peer,
-                    to_backend = m.to_backend,
-                    to_client = m.to_client,
-                    "upgraded connection closed"
-                ),
-                Err(e) => tracing::debug!(client = %peer, error = %e, "upgraded connection ended"),
-            },
-            Err(e) => {
-                tracing::debug!(client = %peer, error = %e, "client connection did not upgrade")
-            }
-        }
-    });
+    head.extensions.insert(PendingTunnel::new(Tunnel {
+        backend,
+        early,
+        idle,
+        hold: Box::new(slot),
+    }));
     Response::from_parts(head, RespBody::Local(None))
 }
 
 /// Read a whole (small) request body, waiting at most `per_read` for each
 /// part of it (nginx `client_body_timeout` is per read, not per body).
-async fn collect_body(mut body: Incoming, per_read: Duration) -> Result<Bytes, ExchangeError> {
+async fn collect_body(mut body: ReqBody, per_read: Duration) -> Result<Bytes, ExchangeError> {
     let mut buf = bytes::BytesMut::new();
     loop {
         match tokio::time::timeout(per_read, body.frame()).await {

@@ -6,12 +6,65 @@
 //! connections with `proxy_read_timeout` the same way).
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
+
+/// The backend side of a protocol switch, handed from the request path to
+/// the client connection with the 101 response.
+pub struct Tunnel {
+    pub backend: tokio::net::TcpStream,
+    /// Backend bytes that arrived behind the 101 head.
+    pub early: BytesMut,
+    /// Longest silence in both directions (the upstream's `read_timeout`).
+    pub idle: Duration,
+    /// Held until the tunnel ends (the server's least_conn/max_conns slot).
+    pub hold: Box<dyn Send + Sync>,
+}
+
+/// A [`Tunnel`] riding in a response's extensions (which must be `Clone`).
+#[derive(Clone)]
+pub struct PendingTunnel(Arc<Mutex<Option<Tunnel>>>);
+
+impl PendingTunnel {
+    pub fn new(t: Tunnel) -> PendingTunnel {
+        PendingTunnel(Arc::new(Mutex::new(Some(t))))
+    }
+
+    pub fn take(&self) -> Option<Tunnel> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Run a tunnel on a client connection whose 101 was sent. `leftover`:
+/// client bytes that came behind the request head; they go first.
+pub async fn run<C>(client: C, leftover: BytesMut, mut t: Tunnel, peer: SocketAddr)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let _hold = t.hold;
+    if !leftover.is_empty() {
+        let sent = tokio::time::timeout(t.idle, t.backend.write_all(&leftover)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            tracing::debug!(client = %peer, "upgraded connection: backend took no early bytes");
+            return;
+        }
+    }
+    match splice(client, t.backend, t.early, t.idle).await {
+        Ok(m) => tracing::debug!(
+            client = %peer,
+            to_backend = m.to_backend + leftover.len() as u64,
+            to_client = m.to_client,
+            "upgraded connection closed"
+        ),
+        Err(e) => tracing::debug!(client = %peer, error = %e, "upgraded connection ended"),
+    }
+}
 
 /// Bytes moved by a tunnel that ended cleanly.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

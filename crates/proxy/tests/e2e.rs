@@ -1086,6 +1086,155 @@ async fn ambiguous_requests_and_responses_are_refused_or_normalised() {
     assert!(r.text().contains("hello"), "{r:?}");
 }
 
+/// Request smuggling shapes (framing two parsers could read differently)
+/// are refused with 400 and nothing reaches the backend: a length next to
+/// chunked encoding (here with a second request inside the chunked body),
+/// duplicate or list-valued lengths. hyper's server, before, normalised the
+/// first three (chunked won; one of two equal lengths) and forwarded them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_smuggling_shapes_are_refused() {
+    let a = Backend::start("a").await;
+    let cfg = http_listener("web") + &upstream("web", "", &[(a.addr, "")]);
+    let p = Proxy::start(&cfg).await;
+    let hidden = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut cl_te = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n",
+        hidden.len()
+    )
+    .into_bytes();
+    cl_te.extend_from_slice(hidden);
+    cl_te.extend_from_slice(b"\r\n0\r\n\r\n");
+    for raw in [
+        &cl_te[..],
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\nConnection: close\r\n\r\nhello",
+    ] {
+        let r = send_raw(p.listen, raw).await.unwrap();
+        assert_eq!(r.status, 400, "{}: {r:?}", String::from_utf8_lossy(raw));
+    }
+    assert_eq!(a.count(), 0, "nothing ambiguous reached the backend");
+    // the same bodies framed one way are fine
+    let ok = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let r = send_raw(p.listen, ok).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(a.count(), 1);
+}
+
+/// Read one response from a kept-alive connection (bodies framed by
+/// Content-Length; none for HEAD and 1xx). Bytes after it stay in `buf`.
+async fn read_response(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, head: bool) -> Reply {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let text = String::from_utf8_lossy(&buf[..i]).to_string();
+            let len = if head || text.starts_with("HTTP/1.1 1") {
+                0
+            } else {
+                text.lines()
+                    .find_map(|l| {
+                        let l = l.to_ascii_lowercase();
+                        l.strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or_else(|| panic!("no length in {text:?}"))
+            };
+            if buf.len() >= i + 4 + len {
+                let reply = parse_reply(&buf[..i + 4 + len]);
+                buf.drain(..i + 4 + len);
+                return reply;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .expect("a response in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed early; have {:?}",
+            String::from_utf8_lossy(buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// One connection carries pipelined requests (answered in order, bodies by
+/// length and chunked), an `Expect: 100-continue` upload (the interim 100
+/// comes before the body is sent; none when the body comes unasked), and a
+/// HEAD (length, no body); HTTP/1.0
+/// keeps the connection only when asked to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelining_expect_continue_head_and_http10_keep_alive() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Backend::start("a").await;
+    let cfg = http_listener("web") + &upstream("web", "", &[(a.addr, "")]);
+    let p = Proxy::start(&cfg).await;
+    let mut s = tokio::net::TcpStream::connect(p.listen).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(
+        b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n\
+          POST /2 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc\
+          POST /3 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    for want in ["a 0", "a 3", "a 2"] {
+        let r = read_response(&mut s, &mut buf, false).await;
+        assert_eq!((r.status, r.text()), (200, want.to_string()), "{r:?}");
+    }
+    s.write_all(b"PUT /4 HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_response(&mut s, &mut buf, false).await;
+    assert_eq!(r.status, 100, "{r:?}");
+    s.write_all(b"hello").await.unwrap();
+    let r = read_response(&mut s, &mut buf, false).await;
+    assert_eq!((r.status, r.text()), (200, "a 5".to_string()), "{r:?}");
+    // a client that sends its body without waiting gets no 100 at all
+    s.write_all(
+        b"PUT /4 HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi",
+    )
+    .await
+    .unwrap();
+    let r = read_response(&mut s, &mut buf, false).await;
+    assert_eq!((r.status, r.text()), (200, "a 2".to_string()), "{r:?}");
+    s.write_all(b"HEAD /5 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_response(&mut s, &mut buf, true).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.head.to_ascii_lowercase().contains("content-length: 3"),
+        "{r:?}"
+    );
+    assert_eq!(a.count(), 6);
+
+    let mut s = tokio::net::TcpStream::connect(p.listen).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(b"GET /6 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_response(&mut s, &mut buf, false).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.head
+            .to_ascii_lowercase()
+            .contains("connection: keep-alive"),
+        "{r:?}"
+    );
+    s.write_all(b"GET /7 HTTP/1.0\r\n\r\n").await.unwrap();
+    let r = read_response(&mut s, &mut buf, false).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+        .await
+        .expect("HTTP/1.0 without keep-alive is closed")
+        .unwrap();
+    assert_eq!(n, 0);
+    assert_eq!(a.count(), 8);
+}
+
 /// A WebSocket backend: greets each client with `hello from <name>`, then
 /// echoes every message. Counts handshakes.
 async fn ws_echo_backend(name: &'static str) -> (std::net::SocketAddr, Arc<AtomicUsize>) {

@@ -16,8 +16,8 @@ struct Case {
     failure: Option<(&'static str, bool)>,
 }
 
-/// Sequences that end the session.
-fn fatal_cases() -> Vec<Case> {
+/// Sequences that break a file's accounting: they end the session.
+fn file_order_cases() -> Vec<Case> {
     let a = || rp("a");
     let case = |name, mode, script, fatal| Case {
         name,
@@ -59,6 +59,21 @@ fn fatal_cases() -> Vec<Case> {
             vec![Req::Begin(1, a(), 1, false), Req::Begin(1, a(), 1, false)],
             ReceiverError::AlreadyOpen(1),
         ),
+    ]
+}
+
+/// Sequences that break a session rule: they end the session.
+fn session_cases() -> Vec<Case> {
+    let a = || rp("a");
+    let case = |name, mode, script, fatal| Case {
+        name,
+        mode,
+        script,
+        fatal: Some(fatal),
+        failure: None,
+    };
+    let w = Mode::Write;
+    vec![
         case(
             "a second Hello",
             w,
@@ -200,7 +215,8 @@ fn failing_file_cases() -> Vec<Case> {
 
 #[test]
 fn hostile_sequences_end_the_session_or_fail_the_file_and_change_nothing() {
-    for c in fatal_cases().into_iter().chain(failing_file_cases()) {
+    let cases = file_order_cases().into_iter().chain(session_cases());
+    for c in cases.chain(failing_file_cases()) {
         let mut f = Fake::new(c.mode);
         let r = f.script(c.script);
         match (&c.fatal, r) {

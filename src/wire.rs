@@ -203,13 +203,9 @@ pub enum Request {
     },
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    pub path: RelPath,
-    pub error: String,
-    /// True when resending the file whole may fix it (hash mismatch, bad delta).
-    pub retry_whole: bool,
-}
+/// A file the standby could not apply (moved to the sans-IO core, where the
+/// receiver's failure log keeps them).
+pub use syncd_proto::model::Failure;
 
 /// Standby → primary.
 #[derive(Serialize, Deserialize, Debug)]

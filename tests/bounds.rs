@@ -661,3 +661,57 @@ fn another_protocol_version_is_refused_and_fingerprint_pins_work() {
         b"pinned"
     );
 }
+
+#[test]
+fn hostile_request_sequences_end_the_session_with_a_clear_error() {
+    let mut p = pair_with_base();
+    let before = visible(&p);
+    let cfg = primary_cfg(&p);
+    let me = syncd::generation::Leading::start(&cfg, false).unwrap();
+    let begin = |id| Request::FileBegin {
+        id,
+        path: rp("new"),
+        meta: META,
+        size: 1,
+        encoding: Encoding::Whole,
+    };
+    let data = |id| Request::FileData { id, data: vec![1] };
+    let cases: Vec<(&str, Vec<Request>, &str)> = vec![
+        (
+            "data for a file never opened",
+            vec![data(9)],
+            "never opened",
+        ),
+        (
+            "a file opened twice",
+            vec![begin(1), data(1), begin(1)],
+            "already open",
+        ),
+        (
+            "a commit replayed",
+            vec![Request::Commit { id: 3 }, Request::Commit { id: 3 }],
+            "commit ids must increase",
+        ),
+    ];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for (name, script, want) in cases {
+        let r = rt.block_on(async {
+            let mut s = Session::connect(&cfg, Purpose::Resync, &me).await.unwrap();
+            for m in script {
+                if let Request::Commit { id } = m {
+                    // Answered (the first) or refused (the replay).
+                    s.commit(id).await?;
+                } else if s.send(&m).await.is_err() {
+                    break;
+                }
+            }
+            s.barrier(1).await
+        });
+        match r {
+            Err(ClientError::Fatal(why)) => assert!(why.contains(want), "{name}: {why}"),
+            other => panic!("{name}: accepted: {other:?}"),
+        }
+        assert_eq!(visible(&p), before, "{name}: the export changed");
+    }
+    assert_serving(&mut p);
+}

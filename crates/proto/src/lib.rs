@@ -11,3 +11,4 @@ pub mod live;
 pub mod model;
 pub mod pair;
 pub mod path;
+pub mod receiver;

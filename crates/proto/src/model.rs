@@ -11,3 +11,12 @@ pub struct Scope {
     pub path: RelPath,
     pub recursive: bool,
 }
+
+/// A file the standby could not apply, reported with the next barrier.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub path: RelPath,
+    pub error: String,
+    /// True when resending the file whole may fix it (hash mismatch, bad delta).
+    pub retry_whole: bool,
+}

@@ -1,0 +1,393 @@
+//! The shell of one request stream: decode, feed the sans-IO
+//! [`Receiver`], carry out its effects (lanes, scans, syncs, the generation
+//! record), write replies. One writer and one set of lanes per stream, for
+//! the control stream and for each large file's own stream alike.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+
+use super::accept::{Hello, SessionError};
+use super::commit::{batch_files, keeper, Follow, Preserve};
+use super::stage::{InFlightCount, Job, Lanes};
+use super::{lock, Shared, REPLY_QUEUE};
+use crate::config::Config;
+use crate::conflicts::Keeper;
+use crate::index::Index;
+use crate::scan;
+use crate::wire::{self, Purpose, Reply, Request};
+use syncd_proto::receiver::{Effect, Input, Mode, Receiver};
+
+/// What the Receiver needs to know of a request.
+pub(super) fn input(r: &Request) -> Input<'_> {
+    match r {
+        Request::Hello { .. } => Input::Hello,
+        Request::PeerState { .. } | Request::Ask { .. } | Request::Answer { .. } => Input::Peer,
+        Request::List { .. } => Input::List,
+        Request::ListScope { .. } => Input::ListScope,
+        Request::Mkdir { .. }
+        | Request::Rename { .. }
+        | Request::Delete { .. }
+        | Request::Symlink { .. }
+        | Request::Link { .. }
+        | Request::SetMeta { .. } => Input::Meta,
+        Request::SigRequest { id, .. } => Input::Sig { id: *id },
+        Request::FileBegin {
+            id,
+            path,
+            size,
+            encoding,
+            ..
+        } => Input::Begin {
+            id: *id,
+            path,
+            size: *size,
+            delta: *encoding == wire::Encoding::Delta,
+        },
+        Request::FileData { id, data } => Input::Data {
+            id: *id,
+            len: data.len() as u64,
+        },
+        Request::DeltaSegment { id, .. } => Input::Delta { id: *id },
+        Request::FileEnd { id, .. } => Input::End { id: *id },
+        Request::FileAbort { id } => Input::Abort { id: *id },
+        Request::Barrier { id } => Input::Barrier { id: *id },
+        Request::Commit { id } => Input::Commit { id: *id },
+        Request::CaughtUp => Input::CaughtUp,
+        Request::Finish => Input::Finish,
+    }
+}
+
+/// Writes the replies queued on `rx`; ends the stream after the last one
+/// (`Finished`, `Fatal`) or when every sender is gone.
+fn spawn_writer(
+    mut send: quinn::SendStream,
+    mut rx: mpsc::Receiver<Reply>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf = Vec::new();
+        while let Some(r) = rx.recv().await {
+            let last = matches!(r, Reply::Finished { .. } | Reply::Fatal { .. });
+            if let Err(e) = wire::write_msg(&mut send, &r, &mut buf).await {
+                reply_failed(&mut send, &mut buf, e).await;
+                return;
+            }
+            if last {
+                break;
+            }
+        }
+        let _ = send.finish();
+    })
+}
+
+/// A reply writer cannot go on. A reply that could not be encoded is a bug
+/// or a limit hit: say so in the log and to the primary (as `Fatal`) rather
+/// than leave it to guess from a closed stream.
+async fn reply_failed(send: &mut quinn::SendStream, buf: &mut Vec<u8>, e: wire::WireError) {
+    match e {
+        wire::WireError::TooLarge(_) | wire::WireError::Decode(_) => {
+            let reason = format!("standby could not encode a reply: {e}");
+            tracing::error!("{reason}; ending the session");
+            let _ = wire::write_msg(send, &Reply::Fatal { reason }, buf).await;
+            let _ = send.finish();
+        }
+        // The stream is gone; the session ends on its own.
+        e => tracing::debug!("reply not sent: {e}"),
+    }
+}
+
+/// A writing or verify session, after its Welcome.
+pub(super) async fn run(
+    conn: &quinn::Connection,
+    (send, mut recv): (quinn::SendStream, quinn::RecvStream),
+    shared: Arc<Shared>,
+    cfg: &Config,
+    hello: Hello,
+) -> Result<(), SessionError> {
+    let (reply_tx, reply_rx) = mpsc::channel::<Reply>(REPLY_QUEUE);
+    let writer = spawn_writer(send, reply_rx);
+    // Catching up with data that may overwrite our own writes: keep them.
+    let preserve: Preserve = Arc::default();
+    if let Some((_, true)) = &hello.follow {
+        let ours = lock(&shared.record).lineage.gen;
+        let k = Keeper::open(&cfg.state_dir, &ours.to_string())?;
+        tracing::warn!(
+            conflicts = %k.path().display(),
+            "this node may hold writes the primary never received (it led generation {ours}); \
+             what the catch-up replaces or deletes is kept in the conflicts area"
+        );
+        *lock(&preserve) = Some(Arc::new(k));
+    }
+    let nworkers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 8);
+    let in_flight = InFlightCount::default();
+    let lanes = Lanes::spawn(
+        nworkers,
+        batch_files(nworkers),
+        &shared,
+        &reply_tx,
+        &preserve,
+        &in_flight,
+    );
+    let verify = hello.purpose == Purpose::Verify;
+    // Large files arrive on streams of their own, beside this one.
+    let streams = (!verify).then(|| {
+        let (conn, sh, pr) = (conn.clone(), shared.clone(), preserve.clone());
+        tokio::spawn(accept_file_streams(conn, sh, pr, in_flight.clone()))
+    });
+    let mode = if verify { Mode::Verify } else { Mode::Write };
+    let mut shell = Shell {
+        rx: Receiver::new(mode, nworkers),
+        lanes,
+        reply: reply_tx,
+        shared: shared.clone(),
+        follow: Some(Follow {
+            shared,
+            writing: hello.purpose == Purpose::Resync,
+            lineage: hello.follow.map(|(l, _)| l),
+            preserve,
+        }),
+    };
+    let result = shell.serve(&mut recv).await;
+    if let Some(s) = streams {
+        s.abort();
+    }
+    shell.close(&result, writer).await;
+    if result.is_ok() {
+        tracing::info!(peer = %conn.remote_address(), "session finished");
+    }
+    result
+}
+
+/// One stream's Receiver and the means to carry out its effects.
+struct Shell {
+    rx: Receiver,
+    lanes: Lanes,
+    reply: mpsc::Sender<Reply>,
+    shared: Arc<Shared>,
+    /// The generation record's side (the control stream of a session).
+    follow: Option<Follow>,
+}
+
+impl Shell {
+    /// Reads and carries out requests until `Finish` (or, on a file
+    /// stream, the end of the stream).
+    async fn serve(&mut self, recv: &mut quinn::RecvStream) -> Result<(), SessionError> {
+        let mut rbuf = Vec::new();
+        loop {
+            if self.reply.is_closed() {
+                // The writer has gone: a worker sent a Fatal (e.g. too many
+                // files in flight) or the stream broke. Nothing more is answered.
+                let e = "session ended by a fatal error";
+                return Err(SessionError::Protocol(e.into()));
+            }
+            let Some(msg) = wire::read_msg::<_, Request>(recv, &mut rbuf).await? else {
+                if self.follow.is_none() {
+                    // A file stream ends with its last file.
+                    self.rx.handle_stream_end();
+                    return self.effects(None).await;
+                }
+                let e = "primary closed the stream without Finish";
+                return Err(SessionError::Protocol(e.into()));
+            };
+            self.rx.handle(input(&msg))?;
+            self.effects(Some(msg)).await?;
+            if self.rx.is_finished() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Carries out what the Receiver asks, in order, for request `msg`.
+    async fn effects(&mut self, mut msg: Option<Request>) -> Result<(), SessionError> {
+        while let Some(e) = self.rx.poll_effect() {
+            match e {
+                Effect::Forward { lane } => {
+                    let op = msg
+                        .take()
+                        .ok_or_else(|| SessionError::Protocol("request forwarded twice".into()))?;
+                    self.lanes.send(lane, Job::Op(op)).await?
+                }
+                Effect::Drop { lane, id } => self.lanes.send(lane, Job::Drop(id)).await?,
+                Effect::Flush => {
+                    let failures = self.lanes.flush().await?;
+                    self.rx.handle_flushed(failures);
+                }
+                Effect::Sync => {
+                    let sh = self.shared.clone();
+                    blocking(move || if sh.durable { sh.root.sync() } else { Ok(()) }).await?;
+                    self.rx.handle_synced();
+                }
+                Effect::List => self.list(msg.take()).await?,
+                Effect::RecordCommit { id } => {
+                    if let Some(f) = &mut self.follow {
+                        f.record_commit(id)
+                    }
+                }
+                Effect::CaughtUp => {
+                    if let Some(f) = &mut self.follow {
+                        f.caught_up()
+                    }
+                }
+                Effect::BarrierDone {
+                    id,
+                    failures,
+                    dropped,
+                } => {
+                    for r in wire::barrier_replies(id, failures, dropped) {
+                        let _ = self.reply.send(r).await;
+                    }
+                }
+                Effect::Finished => {
+                    let sh = self.shared.clone();
+                    blocking(move || lock(&sh.index).save().map_err(std::io::Error::other)).await?;
+                    let committed = self.shared.committed.swap(0, Ordering::Relaxed);
+                    let _ = self.reply.send(Reply::Finished { committed }).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn list(&self, msg: Option<Request>) -> Result<(), SessionError> {
+        let sh = self.shared.clone();
+        let scanned = match msg {
+            Some(Request::List { checksum }) => blocking(move || list_all(&sh, checksum)).await?,
+            Some(Request::ListScope { scope }) => {
+                // Without hashes a scoped scan never reads the index.
+                blocking(move || {
+                    scan::scan_scoped(sh.root.path(), &mut Index::default(), &scope, false)
+                })
+                .await?
+            }
+            _ => {
+                return Err(SessionError::Protocol(
+                    "a list without a List request".into(),
+                ))
+            }
+        };
+        send_list(scanned, &self.reply).await;
+        Ok(())
+    }
+
+    /// Ends the stream: a `Fatal` for an error, workers stopped, the last
+    /// reply written.
+    async fn close(self, result: &Result<(), SessionError>, writer: tokio::task::JoinHandle<()>) {
+        if let Err(e) = result {
+            // Not forever: the writer may be stuck behind a primary that reads nothing.
+            let fatal = Reply::Fatal {
+                reason: e.to_string(),
+            };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.reply.send(fatal))
+                .await;
+        }
+        drop(self.reply);
+        self.lanes.join().await;
+        let _ = writer.await;
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, SessionError> {
+    let r = tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SessionError::Protocol(e.to_string()))?;
+    Ok(r?)
+}
+
+/// The whole export's manifest, hashed when `checksum`.
+fn list_all(sh: &Shared, checksum: bool) -> std::io::Result<scan::Scan> {
+    // Not under the index lock: a verify rehashes the whole export, and
+    // commits (which update the index) must go on meanwhile. A list either
+    // hashes everything (forced) or nothing, so it needs no cached hashes:
+    // it scans with an index of its own, then records what it learnt.
+    let mut fresh = Index::default();
+    let scanned = scan::scan(sh.root.path(), &mut fresh, checksum, checksum)?;
+    let live: std::collections::HashSet<&[u8]> =
+        scanned.entries.iter().map(|e| e.path.as_bytes()).collect();
+    let mut ix = lock(&sh.index);
+    // A file committed during the scan may be forgotten here: the index is
+    // only a cache.
+    ix.retain(|k| live.contains(k));
+    ix.absorb(fresh);
+    drop(ix);
+    Ok(scanned)
+}
+
+/// Sends a manifest in chunks of about 1 MiB (well under the frame limit).
+async fn send_list(scanned: scan::Scan, reply: &mpsc::Sender<Reply>) {
+    for e in &scanned.skipped {
+        tracing::warn!("standby scan skipped {e}");
+    }
+    let mut chunk = Vec::new();
+    let mut bytes = 0;
+    for e in scanned.entries {
+        bytes += e.path.as_bytes().len() + 64;
+        if let wire::Kind::Symlink { target } = &e.kind {
+            bytes += target.len();
+        }
+        chunk.push(e);
+        if bytes > 1 << 20 {
+            let entries = std::mem::take(&mut chunk);
+            let _ = reply.send(Reply::ListChunk { entries }).await;
+            bytes = 0;
+        }
+    }
+    let _ = reply.send(Reply::ListChunk { entries: chunk }).await;
+    let _ = reply.send(Reply::ListEnd).await;
+}
+
+/// Streams at once are bounded by QUIC itself (`max_concurrent_bidi_streams`
+/// in `tls.rs`): the primary cannot open more than that before some end.
+async fn accept_file_streams(
+    conn: quinn::Connection,
+    sh: Arc<Shared>,
+    preserve: Preserve,
+    in_flight: InFlightCount,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let sh = sh.clone();
+        let n = in_flight.clone();
+        let peer = conn.remote_address();
+        // A stream begun during the catch-up keeps preserving to its end.
+        let pr: Preserve = Arc::new(Mutex::new(keeper(&preserve)));
+        tasks.spawn(async move {
+            if let Err(e) = file_stream(send, recv, sh, pr, n).await {
+                tracing::warn!(%peer, "file stream: {e}");
+            }
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    // Connection gone: the tasks end as their streams fail.
+    tasks.detach_all();
+}
+
+/// One large file's stream: a signature request (for a delta), the content,
+/// then the verdict once the file is committed (`BarrierDone` 0). Runs on a
+/// worker thread of its own, so it proceeds beside the control stream.
+async fn file_stream(
+    send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    sh: Arc<Shared>,
+    preserve: Preserve,
+    in_flight: InFlightCount,
+) -> Result<(), SessionError> {
+    let (reply_tx, reply_rx) = mpsc::channel::<Reply>(REPLY_QUEUE);
+    let writer = spawn_writer(send, reply_rx);
+    let lanes = Lanes::spawn(1, 1, &sh, &reply_tx, &preserve, &in_flight);
+    let mut shell = Shell {
+        rx: Receiver::new(Mode::FileStream, 1),
+        lanes,
+        reply: reply_tx,
+        shared: sh,
+        follow: None,
+    };
+    let result = shell.serve(&mut recv).await;
+    shell.close(&result, writer).await;
+    result
+}

@@ -41,7 +41,10 @@ fn os(b: &[u8]) -> &OsStr {
 }
 
 fn resolve() -> ResolveFlags {
-    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS
+    ResolveFlags::BENEATH
+        | ResolveFlags::NO_SYMLINKS
+        | ResolveFlags::NO_MAGICLINKS
+        | ResolveFlags::NO_XDEV
 }
 
 fn ts(sec: i64, nsec: u32) -> Timespec {
@@ -369,6 +372,19 @@ impl Root {
         rustix::fs::symlinkat(os(target), &pd, name.as_str())?;
         let r = (|| {
             let fd = open_nofollow(&pd, name.as_bytes())?;
+            // Users who can write this directory could have swapped the
+            // name for a file of theirs: never chown that to the owner the
+            // primary asked for.
+            let st = rustix::fs::fstat(&fd)?;
+            if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Symlink
+                || st.st_uid != rustix::process::geteuid().as_raw()
+                || st.st_nlink != 1
+            {
+                return Err(io::Error::other(format!(
+                    "{}: the temporary symlink was replaced while it was made",
+                    p
+                )));
+            }
             apply_meta(&fd, rustix::fs::FileType::Symlink, meta, &self.policy)?;
             self.place(&pd, &name, p)
         })();
@@ -508,6 +524,38 @@ mod tests {
 
     fn rp(s: &str) -> RelPath {
         RelPath::new(s.as_bytes().to_vec()).unwrap()
+    }
+
+    /// Content is staged beside its destination and `Commit` syncs the
+    /// export's filesystem: a file under another filesystem mounted inside
+    /// the export would be acknowledged unflushed. Refused instead.
+    #[test]
+    fn paths_below_a_nested_mount_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let ex = d.path().join("ex");
+        std::fs::create_dir(&ex).unwrap();
+        let Some(t) = crate::testmount::Tmpfs::new() else {
+            syncd_testkit::skip::skip(
+                "paths_below_a_nested_mount_are_refused",
+                "cannot mount a tmpfs (not root)",
+            );
+            return;
+        };
+        let root = Root::open(&ex).unwrap();
+        std::fs::create_dir(ex.join("mnt")).unwrap();
+        let bind = std::process::Command::new("mount")
+            .args(["--bind"])
+            .arg(t.path())
+            .arg(ex.join("mnt"))
+            .status()
+            .unwrap();
+        assert!(bind.success());
+        let r = root.stage_for(&rp("mnt/f")).map(|_| ());
+        let _ = std::process::Command::new("umount")
+            .arg(ex.join("mnt"))
+            .status();
+        assert!(r.is_err(), "a file below a nested mount must not be staged");
+        root.stage_for(&rp("f")).unwrap();
     }
 
     #[test]

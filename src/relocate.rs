@@ -12,6 +12,7 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -78,6 +79,10 @@ pub fn prepare(mut cfg: Config) -> Result<Config, crate::state::StateError> {
             cfg.state_dir.display()
         );
     }
+    // Checked before anything in it is read: a configured or legacy
+    // state dir that is a link, or another user's, is refused.
+    crate::state::private_dir(&cfg.state_dir)?;
+    crate::state::claim(&cfg.state_dir, &cfg.export)?;
     crate::state::check_formats(&cfg.state_dir)?;
     Ok(cfg)
 }
@@ -91,6 +96,29 @@ pub fn relocate(from: &Path, to: &Path) -> io::Result<&'static str> {
             format!("{} already holds state", to.display()),
         ));
     }
+    // Pinned once: `from` sits in the export, whose root users may be able
+    // to write, so its name may be swapped (for a link to a directory of
+    // theirs) between the ownership check and the move. What is moved or
+    // copied must be the directory checked here.
+    let pin = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(from)?;
+    let (dev, ino) = {
+        use std::os::unix::fs::MetadataExt;
+        let m = pin.metadata()?;
+        if m.uid() != rustix::process::geteuid().as_raw() {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{} is not owned by this daemon's user", from.display()),
+            ));
+        }
+        (m.dev(), m.ino())
+    };
+    let same = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        fs::symlink_metadata(p).is_ok_and(|m| m.is_dir() && m.dev() == dev && m.ino() == ino)
+    };
     let staging = from.join(STAGING);
     if fs::symlink_metadata(&staging).is_ok() {
         fs::remove_dir_all(&staging)?;
@@ -105,6 +133,17 @@ pub fn relocate(from: &Path, to: &Path) -> io::Result<&'static str> {
         fs::remove_dir(to)?;
     }
     match fs::rename(from, to) {
+        Ok(()) if !same(to) => {
+            // The name was swapped before the rename: put it back, refuse.
+            let _ = fs::rename(to, from);
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} changed while it was being moved; not adopted",
+                    from.display()
+                ),
+            ));
+        }
         Ok(()) => {
             sync_dir(parent)?;
             sync_dir(from.parent().unwrap_or(Path::new("/")))?;
@@ -118,10 +157,16 @@ pub fn relocate(from: &Path, to: &Path) -> io::Result<&'static str> {
     if fs::symlink_metadata(&tmp).is_ok() {
         fs::remove_dir_all(&tmp)?; // an interrupted earlier copy
     }
-    copy_tree(from, &tmp)?;
+    // Copied through the pinned descriptor, never by the swappable name.
+    copy_tree(
+        Path::new(&format!("/proc/self/fd/{}", pin.as_raw_fd())),
+        &tmp,
+    )?;
     fs::rename(&tmp, to)?;
     sync_dir(parent)?;
-    fs::remove_dir_all(from)?;
+    if same(from) {
+        fs::remove_dir_all(from)?;
+    }
     sync_dir(from.parent().unwrap_or(Path::new("/")))?;
     Ok("copied")
 }
@@ -129,7 +174,8 @@ pub fn relocate(from: &Path, to: &Path) -> io::Result<&'static str> {
 /// Copies a directory tree without following symlinks, keeping modes and
 /// fsyncing every file and directory it writes.
 pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
-    let mode = fs::symlink_metadata(from)?.permissions().mode() & 0o7777;
+    // `from` may be the pinned `/proc/self/fd/N`: its target's mode.
+    let mode = fs::metadata(from)?.permissions().mode() & 0o7777;
     fs::DirBuilder::new().mode(0o700).create(to)?;
     for e in fs::read_dir(from)? {
         let e = e?;
@@ -234,6 +280,28 @@ mod tests {
         );
         assert_eq!(fs::metadata(to).unwrap().mode() & 0o777, 0o700);
         assert!(!holds_state(&ex.join(".syncd")) && holds_state(to));
+    }
+
+    /// A user who can write the export root swaps `.syncd` for a link to a
+    /// directory of theirs: nothing of theirs is adopted as state.
+    #[test]
+    fn a_swapped_legacy_name_is_not_adopted() {
+        let d = tempfile::tempdir().unwrap();
+        let ex = d.path().join("ex");
+        let ours = legacy(&ex);
+        let forged = d.path().join("forged");
+        fs::create_dir_all(&forged).unwrap();
+        fs::write(forged.join("lineage"), b"FORGED").unwrap();
+        fs::rename(&ours, d.path().join("ours")).unwrap();
+        std::os::unix::fs::symlink(&forged, &ours).unwrap();
+        let to = d.path().join("var/lib/syncd/default");
+        assert!(relocate(&ours, &to).is_err(), "a link is never moved in");
+        assert!(!to.join("lineage").exists());
+        if let Some(t) = crate::testmount::Tmpfs::new() {
+            let to = t.path().join("default");
+            assert!(relocate(&ours, &to).is_err(), "nor copied through");
+            assert!(!to.join("lineage").exists());
+        }
     }
 
     #[test]

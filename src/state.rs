@@ -21,6 +21,51 @@ pub enum StateError {
     Index(#[from] crate::index::IndexError),
     #[error(transparent)]
     Record(#[from] crate::generation::RecordError),
+    #[error("{0}")]
+    Dir(#[from] io::Error),
+    #[error(
+        "state directory {dir} belongs to the export {theirs}, not {ours}: two exports on this host share an export_id; \
+         give each its own export_id (both nodes of a pair must agree) or set state_dir; \
+         if this export was moved, remove {dir}/export"
+    )]
+    OtherExport {
+        dir: String,
+        theirs: String,
+        ours: String,
+    },
+}
+
+/// The file in the state dir naming the export it belongs to.
+const EXPORT_FILE: &str = "export";
+
+/// Binds the state dir to `export`: the default `/var/lib/syncd/<export_id>`
+/// is shared by every export with one `export_id`, and two exports' state
+/// in one place would mix their indexes and generation records.
+pub fn claim(dir: &Path, export: &Path) -> Result<(), StateError> {
+    let ours = std::fs::canonicalize(export).unwrap_or_else(|_| export.to_path_buf());
+    let file = dir.join(EXPORT_FILE);
+    match read_private(&file) {
+        Ok(b) => {
+            let theirs = String::from_utf8_lossy(&b);
+            let theirs = theirs.trim_end_matches('\n');
+            if Path::new(theirs) != ours {
+                return Err(StateError::OtherExport {
+                    dir: dir.display().to_string(),
+                    theirs: theirs.to_string(),
+                    ours: ours.display().to_string(),
+                });
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            use std::io::Write;
+            let mut f = create_private(&file)?;
+            f.write_all(format!("{}\n", ours.display()).as_bytes())?;
+            f.sync_all()?;
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Checks the durable formats in `dir` at start, migrating older ones in
@@ -29,8 +74,14 @@ pub enum StateError {
 pub fn check_formats(dir: &Path) -> Result<(), StateError> {
     let mut ix = crate::index::Index::open(&dir.join(crate::index::FILE))?;
     if ix.migrated() {
-        ix.save()?;
-        tracing::info!(entries = ix.len(), "index migrated to the current format");
+        // The index is a cache: a failed rewrite (full or read-only /var)
+        // leaves the old file, which this release still reads.
+        match ix.save() {
+            Ok(()) => tracing::info!(entries = ix.len(), "index migrated to the current format"),
+            Err(e) => {
+                tracing::warn!("index not migrated to the current format (kept as it is): {e}")
+            }
+        }
     }
     if crate::generation::Store::new(dir).migrate()? {
         tracing::info!("generation record migrated to the current format");
@@ -159,6 +210,20 @@ pub fn read_private(path: &Path) -> io::Result<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_state_dir_serves_one_export() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b, st) = (d.path().join("a"), d.path().join("b"), d.path().join("st"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        private_dir(&st).unwrap();
+        claim(&st, &a).unwrap();
+        claim(&st, &a).unwrap();
+        let e = claim(&st, &b).unwrap_err().to_string();
+        assert!(e.contains("export_id") && e.contains("state_dir"), "{e}");
+    }
+
     use super::*;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 

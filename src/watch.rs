@@ -204,14 +204,15 @@ pub fn translate(root: &Path, ev: &notify::Event) -> Vec<Change> {
                     to: to.clone(),
                 }],
                 // Moved out of the export: a delete; moved in: a new tree.
-                (Some((_, Some(from))), _) => vec![Change::Settled(from.clone())],
+                (Some((_, Some(from))), _) => vec![Change::MovedAway(from.clone())],
                 (_, Some((_, Some(to)))) => vec![Change::Tree(to.clone())],
                 _ => vec![],
             }
         }
-        // The `From` half is also what a move out of the export looks like.
+        // The `From` half is also what a move out of the export looks like:
+        // a delete, unless a `Both` pairs it.
         EventKind::Modify(ModifyKind::Name(RenameMode::From)) => one()
-            .map(|(_, r)| vec![Change::Settled(r)])
+            .map(|(_, r)| vec![Change::MovedAway(r)])
             .unwrap_or_default(),
         // Moved in (or the `To` half of a rename): the whole subtree is new here.
         EventKind::Modify(ModifyKind::Name(_)) => one()
@@ -442,7 +443,7 @@ mod tests {
             .add_path("/elsewhere/a".into());
         assert_eq!(
             translate(Path::new("/x"), &out),
-            vec![Change::Settled(p("a"))]
+            vec![Change::MovedAway(p("a"))]
         );
     }
 }

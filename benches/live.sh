@@ -25,7 +25,9 @@
 # throughput steps between the last bounded and first unbounded rate),
 # IDLE_SECONDS (30), SYNCD_DURABLE (true), SYNCD_SYNC (extra TOML lines for
 # syncd's [sync] table, e.g. "batch_max_delay_ms = 20"), RESTART_COLD (0; 1:
-# drop the page cache between stop and start, as after a reboot; root only).
+# drop the page cache between stop and start, as after a reboot; root only),
+# SYNCD_BIN (the syncd binary; default target/release/syncd, built if
+# missing, under CARGO_TARGET_DIR when set).
 #
 # The load generator and latency meter is benches/live_load.py (one process,
 # CLOCK_MONOTONIC; inotify on the standby directories, one stat per arrival).
@@ -69,8 +71,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "missing packages: ${missing[*]} (run as root to install them)" >&2; exit 2
   fi
 fi
-[ -x target/release/syncd ] || cargo build --release -q --bin syncd
-SYNCD=$ROOT/target/release/syncd
+if [ -z "${SYNCD_BIN:-}" ]; then
+  SYNCD_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/syncd
+  [ -x "$SYNCD_BIN" ] || cargo build --release -q --bin syncd
+fi
+SYNCD=$SYNCD_BIN
 LOAD=(python3 "$ROOT/benches/live_load.py")
 HZ=$(getconf CLK_TCK)
 

@@ -392,8 +392,8 @@ mod tests {
         let w = t0 + ms(1);
         let ctime = w - ms(3); // the coarse clock's last tick
         let event = w + ms(1); // the write returns: its event is queued
-        // Drained to just before the write's event: the record may be the
-        // partial file, so it is not trusted, however late we look.
+                               // Drained to just before the write's event: the record may be the
+                               // partial file, so it is not trusted, however late we look.
         for now in [w, w + ms(5), w + Duration::from_secs(60)] {
             assert_ne!(trust(ctime, Some(event - ms(1)), now, margin), Trust::Yes);
         }

@@ -218,7 +218,10 @@ fn a_deferred_file_comes_back_at_its_time_unless_an_event_comes_first() {
     // a write supersedes the deferral: the settle rule applies
     b.defer(p("h"), t0 + ms(9), t0 + ms(5));
     b.push(Change::Writing(p("h")), t0 + ms(6));
-    assert_eq!(b.deadline(), Some(t0 + ms(6) + BatchConfig::default().settle));
+    assert_eq!(
+        b.deadline(),
+        Some(t0 + ms(6) + BatchConfig::default().settle)
+    );
     // renamed away: it moves with its directory's recursive compare
     b.defer(p("d/k"), t0 + ms(9), t0 + ms(6));
     b.push(

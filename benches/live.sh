@@ -26,8 +26,8 @@
 # IDLE_SECONDS (30), SYNCD_DURABLE (true), SYNCD_SYNC (extra TOML lines for
 # syncd's [sync] table, e.g. "batch_max_delay_ms = 20"), RESTART_COLD (0; 1:
 # drop the page cache between stop and start, as after a reboot; root only),
-# SYNCD_BIN (the syncd binary; default target/release/syncd, built if
-# missing, under CARGO_TARGET_DIR when set).
+# SYNCD (the binary; default: the release build, under CARGO_TARGET_DIR
+# when set, built when missing).
 #
 # The load generator and latency meter is benches/live_load.py (one process,
 # CLOCK_MONOTONIC; inotify on the standby directories, one stat per arrival).
@@ -71,11 +71,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "missing packages: ${missing[*]} (run as root to install them)" >&2; exit 2
   fi
 fi
-if [ -z "${SYNCD_BIN:-}" ]; then
-  SYNCD_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/syncd
-  [ -x "$SYNCD_BIN" ] || cargo build --release -q --bin syncd
-fi
-SYNCD=$SYNCD_BIN
+SYNCD=${SYNCD:-${CARGO_TARGET_DIR:-$ROOT/target}/release/syncd}
+[ -x "$SYNCD" ] || cargo build --release -q --bin syncd
 LOAD=(python3 "$ROOT/benches/live_load.py")
 HZ=$(getconf CLK_TCK)
 

@@ -252,7 +252,7 @@ impl Closed {
             Trust::Yes => true,
             Trust::Wait(_) => false,
             Trust::Sync => {
-                let drained = self.sync_watch();
+                let drained = self.sync_watch(ctime + self.margin);
                 // Still recorded once the events before the sync point are
                 // handled: no write dropped it.
                 drained.is_some_and(|d| d >= ctime + self.margin)
@@ -336,14 +336,18 @@ impl Closed {
         true
     }
 
-    /// Makes a cookie now and waits (bounded) until the watch thread has
-    /// seen it; returns the drained point then.
-    fn sync_watch(&self) -> Option<SystemTime> {
+    /// Waits (bounded) until the watch thread is seen past `want` (not in
+    /// the future), making a cookie unless one made since serves; returns
+    /// the drained point then.
+    fn sync_watch(&self, want: SystemTime) -> Option<SystemTime> {
         let cookie = self.cookie.get()?;
         let mut st = self.state();
-        let want = SystemTime::now();
-        // A cookie made at or after `want` by another reader serves too.
+        if st.drained.is_some_and(|d| d >= want) {
+            return st.drained;
+        }
+        // Readers of many young files share one cookie.
         if st.asked.back().is_none_or(|(_, t)| *t < want) {
+            let made = SystemTime::now();
             let n = st.next;
             st.next += 1;
             let p = cookie.dir.join(format!("c{n}"));
@@ -352,7 +356,7 @@ impl Closed {
                 return st.drained;
             }
             let _ = std::fs::remove_dir(&p);
-            st.asked.push_back((n, want));
+            st.asked.push_back((n, made));
         }
         let deadline = std::time::Instant::now() + SYNC_WAIT;
         while st.drained.is_none_or(|d| d < want) {

@@ -8,10 +8,11 @@
 //! side, so it costs one stat; chained renames replay in order.
 //!
 //! Group commit: with the default `window` of 0 a batch is due as soon as
-//! something is ready, and the live loop takes one only when no batch is in
-//! flight, so a change made while the link is idle goes at once and changes
-//! made while a batch is in flight gather for the next one (big batches
-//! under load, no waiting when quiet). A `window` above 0 lingers for that
+//! something is ready (and [`PACE`] after the previous one), and the live
+//! loop takes one only when no batch is in flight, so a change made while
+//! the link is idle goes at once and changes made while a batch is in
+//! flight gather for the next one (big batches under load, no waiting when
+//! quiet). A `window` above 0 lingers for that
 //! much quiet instead, bounded by `max_delay`.
 //!
 //! A file that is still being written (data changed, no close yet) waits
@@ -52,6 +53,13 @@ impl Default for BatchConfig {
         }
     }
 }
+
+/// Batches start at least this far apart (unless `max_paths` are pending):
+/// each costs both daemons a fixed amount of CPU and the standby two
+/// `syncfs`, so when ships are quick, back-to-back batches of a file or two
+/// would spend the CPU a steady stream needs. An idle link is never held
+/// back by more than this.
+pub const PACE: Duration = Duration::from_millis(3);
 
 /// How long the first half of a rename (`IN_MOVED_FROM`) waits for its
 /// second: the kernel queues both at once, so only a batch cut between them
@@ -119,6 +127,8 @@ pub struct Batcher {
     changes: u64,
     oldest: Option<Instant>,
     last: Option<Instant>,
+    /// When the last batch was taken (see [`PACE`]).
+    taken: Option<Instant>,
 }
 
 impl Batcher {
@@ -134,6 +144,7 @@ impl Batcher {
             changes: 0,
             oldest: None,
             last: None,
+            taken: None,
         }
     }
 
@@ -228,6 +239,7 @@ impl Batcher {
             let linger = [
                 self.last.map(|l| l + self.cfg.window),
                 self.unpaired.values().max().map(|t| *t + PAIR_WAIT),
+                self.taken.map(|t| t + PACE),
             ]
             .into_iter()
             .flatten()
@@ -277,8 +289,9 @@ impl Batcher {
         }
         let quiet = self.last.is_none_or(|l| now >= l + self.cfg.window);
         let paired = self.unpaired.values().all(|t| now >= *t + PAIR_WAIT);
+        let paced = self.taken.is_none_or(|t| now >= t + PACE);
         let due = self.ready.len() + self.renames.len() >= self.cfg.max_paths
-            || (quiet && paired)
+            || (quiet && paired && paced)
             || self.oldest.is_none_or(|o| now >= o + self.cfg.max_delay);
         if !due {
             return None;
@@ -313,6 +326,7 @@ impl Batcher {
             .min()
             .copied();
         self.last = None;
+        self.taken = Some(now);
         self.unpaired.clear();
         Some(b)
     }

@@ -165,9 +165,12 @@ fn by_default_a_closed_file_is_due_at_once_and_a_written_one_is_not() {
     b.push(Change::Settled(p("f")), t0);
     assert_eq!(b.deadline(), Some(t0));
     assert_eq!(scope(&b.take(t0).unwrap()), [("f".into(), false)]);
+    // the next batch: PACE after this one
     b.push(Change::Meta(p("g")), t0);
     b.push(Change::Tree(p("h")), t0);
-    assert_eq!(b.take(t0).unwrap().scope.len(), 2);
+    assert!(b.take(t0).is_none());
+    assert_eq!(b.deadline(), Some(t0 + PACE));
+    assert_eq!(b.take(t0 + PACE).unwrap().scope.len(), 2);
 }
 
 #[test]
@@ -189,10 +192,11 @@ fn the_first_half_of_a_rename_waits_for_its_second() {
     let got = b.take(t0).expect("paired: due at once");
     assert_eq!(got.renames, [(p("a"), p("b"))]);
     // never paired (moved out of the export): goes after PAIR_WAIT
-    b.push(Change::MovedAway(p("c")), t0);
-    assert!(b.take(t0 + PAIR_WAIT - Duration::from_micros(1)).is_none());
+    let t1 = t0 + PACE;
+    b.push(Change::MovedAway(p("c")), t1);
+    assert!(b.take(t1 + PAIR_WAIT - Duration::from_micros(1)).is_none());
     assert_eq!(
-        scope(&b.take(t0 + PAIR_WAIT).unwrap()),
+        scope(&b.take(t1 + PAIR_WAIT).unwrap()),
         [("c".into(), false)]
     );
 }
@@ -211,9 +215,9 @@ fn a_deferred_file_comes_back_at_its_time_unless_an_event_comes_first() {
     assert_eq!(scope(&b.take(t0 + ms(3)).unwrap()), [("g".into(), false)]);
     assert_eq!(b.oldest(), Some(t0), "f is still lag");
     assert_eq!(b.deadline(), Some(t0 + ms(8)));
-    // its close event arrives first: due at once
-    b.push(Change::Settled(p("f")), t0 + ms(4));
-    assert_eq!(scope(&b.take(t0 + ms(4)).unwrap()), [("f".into(), false)]);
+    // its close event arrives first: due at once (once PACE has passed)
+    b.push(Change::Settled(p("f")), t0 + ms(6));
+    assert_eq!(scope(&b.take(t0 + ms(6)).unwrap()), [("f".into(), false)]);
     assert_eq!(b.pending(), 0);
     // a write supersedes the deferral: the settle rule applies
     b.defer(p("h"), t0 + ms(9), t0 + ms(5));
@@ -231,7 +235,7 @@ fn a_deferred_file_comes_back_at_its_time_unless_an_event_comes_first() {
         },
         t0 + ms(6),
     );
-    let got = b.take(t0 + ms(6)).unwrap();
+    let got = b.take(t0 + ms(9)).unwrap();
     assert_eq!(scope(&got), [("d".into(), false), ("e".into(), true)]);
     assert_eq!(b.pending(), 1, "only h, being written");
 }

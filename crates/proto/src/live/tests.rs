@@ -80,6 +80,7 @@ fn connect_backoff_doubles_to_a_cap_and_resets_on_success() {
 fn group_commit_ships_at_once_when_idle_and_gathers_while_in_flight() {
     let t0 = Instant::now();
     let mut l = up(t0);
+    let t0 = t0 + crate::batch::PACE;
     // Idle link: a closed file goes at once, no window.
     l.handle_change(Change::Settled(p("a/x")), t0);
     let b = ship(&mut l, t0);
@@ -111,6 +112,22 @@ fn group_commit_ships_at_once_when_idle_and_gathers_while_in_flight() {
 }
 
 #[test]
+fn quick_batches_start_at_least_pace_apart() {
+    let pace = crate::batch::PACE;
+    let t0 = Instant::now();
+    let mut l = up(t0);
+    let t = t0 + pace;
+    l.handle_change(Change::Settled(p("a")), t);
+    let _ = ship(&mut l, t);
+    let t1 = t + Duration::from_micros(500);
+    l.handle_shipped(t1, Followups::default(), 0, true);
+    l.handle_change(Change::Settled(p("b")), t1);
+    assert_eq!(l.poll_action(t1), None, "the last batch started just now");
+    assert_eq!(l.poll_timeout(), Some(t + pace));
+    assert_eq!(scope_of(&ship(&mut l, t + pace)), ["b"]);
+}
+
+#[test]
 fn a_configured_window_still_lingers_up_to_max_delay() {
     let t0 = Instant::now();
     let mut c = cfg();
@@ -138,6 +155,7 @@ fn a_configured_window_still_lingers_up_to_max_delay() {
 fn a_young_close_record_is_compared_again_after_just_the_remainder() {
     let t0 = Instant::now();
     let mut l = up(t0);
+    let t0 = t0 + crate::batch::PACE;
     l.handle_change(Change::Settled(p("nfs")), t0);
     let _ = ship(&mut l, t0);
     let at = t0 + Duration::from_millis(9);
@@ -172,6 +190,7 @@ fn a_young_close_record_is_compared_again_after_just_the_remainder() {
 fn a_rename_is_not_cut_in_half() {
     let t0 = Instant::now();
     let mut l = up(t0);
+    let t0 = t0 + crate::batch::PACE;
     l.handle_change(Change::MovedAway(p("a")), t0);
     assert_eq!(l.poll_action(t0), None, "waits for the second half");
     l.handle_change(Change::Tree(p("b")), t0);
@@ -186,10 +205,11 @@ fn a_rename_is_not_cut_in_half() {
     assert_eq!(b.renames, [(p("a"), p("b"))]);
     l.handle_shipped(t0, Followups::default(), 0, true);
     // moved out of the export: no second half comes; a delete after PAIR_WAIT
-    l.handle_change(Change::MovedAway(p("c")), t0);
-    assert_eq!(l.poll_action(t0), None);
-    assert_eq!(l.poll_timeout(), Some(t0 + crate::batch::PAIR_WAIT));
-    assert_eq!(scope_of(&ship(&mut l, t0 + crate::batch::PAIR_WAIT)), ["c"]);
+    let t1 = t0 + crate::batch::PACE;
+    l.handle_change(Change::MovedAway(p("c")), t1);
+    assert_eq!(l.poll_action(t1), None);
+    assert_eq!(l.poll_timeout(), Some(t1 + crate::batch::PAIR_WAIT));
+    assert_eq!(scope_of(&ship(&mut l, t1 + crate::batch::PAIR_WAIT)), ["c"]);
 }
 
 fn scope_of(b: &Batch) -> Vec<String> {

@@ -93,8 +93,9 @@ const RECHECK_BEHIND: Duration = Duration::from_millis(5);
 /// events are still queued: such a record describes a file in progress. So
 /// a record is trusted only once the watch thread is known to have handled
 /// every event queued up to a point `margin` past the file's ctime (see
-/// [`trust`]): any write that the stamps do not show set the ctime, so its
-/// event was queued by then and has dropped the record. The point is a sync
+/// [`trust`]): a write that a record could hide was the file's last change
+/// (it set the ctime the stamp holds) or fell in that ctime's tick (it left
+/// it), so its event was queued by then and has dropped the record. The point is a sync
 /// cookie: a directory made in a private directory that this inotify
 /// instance also watches, queued behind everything before it (watchman's
 /// cookie files); each has its own name, so none is merged or mistaken.
@@ -164,7 +165,9 @@ pub fn trust(
     now: SystemTime,
     margin: Duration,
 ) -> Trust {
-    let at = ctime + margin;
+    let Some(at) = ctime.checked_add(margin) else {
+        return Trust::Wait(Duration::MAX);
+    };
     if drained.is_some_and(|d| d >= at) {
         Trust::Yes
     } else if now >= at {
@@ -191,14 +194,15 @@ fn margin() -> Duration {
     tick.clamp(Duration::from_millis(1), Duration::from_millis(10)) * 2 + Duration::from_millis(2)
 }
 
-fn ctime_of(s: &Stamp) -> SystemTime {
+/// `None` for a time `SystemTime` cannot hold (a corrupt inode).
+fn ctime_of(s: &Stamp) -> Option<SystemTime> {
     let (sec, nsec) = s.ctime;
     let base = if sec >= 0 {
-        UNIX_EPOCH + Duration::from_secs(sec as u64)
+        UNIX_EPOCH.checked_add(Duration::from_secs(sec as u64))
     } else {
-        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs())
+        UNIX_EPOCH.checked_sub(Duration::from_secs(sec.unsigned_abs()))
     };
-    base + Duration::from_nanos(u64::from(nsec))
+    base?.checked_add(Duration::from_nanos(u64::from(nsec)))
 }
 
 impl Closed {
@@ -246,17 +250,20 @@ impl Closed {
         if self.map().get(rel) != Some(&stamp) {
             return false;
         }
-        let ctime = ctime_of(&stamp);
+        let Some((ctime, at)) =
+            ctime_of(&stamp).and_then(|c| Some((c, c.checked_add(self.margin)?)))
+        else {
+            return false;
+        };
         let drained = self.state().drained;
         match trust(ctime, drained, SystemTime::now(), self.margin) {
             Trust::Yes => true,
             Trust::Wait(_) => false,
             Trust::Sync => {
-                let drained = self.sync_watch(ctime + self.margin);
+                let drained = self.sync_watch(at);
                 // Still recorded once the events before the sync point are
                 // handled: no write dropped it.
-                drained.is_some_and(|d| d >= ctime + self.margin)
-                    && self.map().get(rel) == Some(&stamp)
+                drained.is_some_and(|d| d >= at) && self.map().get(rel) == Some(&stamp)
             }
         }
     }
@@ -281,7 +288,7 @@ impl Closed {
             return None;
         }
         let now = SystemTime::now();
-        let at = ctime_of(&stamp) + self.margin;
+        let at = ctime_of(&stamp)?.checked_add(self.margin)?;
         match at.duration_since(now) {
             Ok(left) => Some(left.clamp(RECHECK_MIN, limit)),
             // Past it and still not trusted: the watch thread is behind.

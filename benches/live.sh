@@ -25,7 +25,9 @@
 # throughput steps between the last bounded and first unbounded rate),
 # IDLE_SECONDS (30), SYNCD_DURABLE (true), SYNCD_SYNC (extra TOML lines for
 # syncd's [sync] table, e.g. "batch_max_delay_ms = 20"), RESTART_COLD (0; 1:
-# drop the page cache between stop and start, as after a reboot; root only).
+# drop the page cache between stop and start, as after a reboot; root only),
+# SYNCD (the binary; default: the release build, under CARGO_TARGET_DIR
+# when set, built when missing).
 #
 # The load generator and latency meter is benches/live_load.py (one process,
 # CLOCK_MONOTONIC; inotify on the standby directories, one stat per arrival).
@@ -69,8 +71,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "missing packages: ${missing[*]} (run as root to install them)" >&2; exit 2
   fi
 fi
-[ -x target/release/syncd ] || cargo build --release -q --bin syncd
-SYNCD=$ROOT/target/release/syncd
+SYNCD=${SYNCD:-${CARGO_TARGET_DIR:-$ROOT/target}/release/syncd}
+[ -x "$SYNCD" ] || cargo build --release -q --bin syncd
 LOAD=(python3 "$ROOT/benches/live_load.py")
 HZ=$(getconf CLK_TCK)
 

@@ -255,7 +255,7 @@ async fn run_inner(
                         if let Some(s) = &session {
                             record(&stats, s, &tsum);
                         }
-                        let f = followups(std::mem::take(&mut tsum), &stats, &cfg.export);
+                        let f = followups(std::mem::take(&mut tsum), &stats, &cfg.export, opts.settle.as_ref());
                         live.handle_transfer_done(std::time::Instant::now(), t, f);
                         // Not in sync yet: the batch that compares this file
                         // once more says so, so "in sync" means settled.
@@ -489,7 +489,8 @@ async fn ship(
         );
     }
     // A whole-tree compare soon: the same path that links deferred links.
-    Ok((followups(sum, stats, &cfg.export), deferred_links + dropped))
+    let f = followups(sum, stats, &cfg.export, opts.settle.as_ref());
+    Ok((f, deferred_links + dropped))
 }
 
 /// Counts what a reconcile (or a large transfer) sent.
@@ -505,13 +506,28 @@ fn record(stats: &Stats, s: &Session, sum: &client::Summary) {
     stats.wire_rx.store(rx, Relaxed);
 }
 
-/// Files busy elsewhere wait for their close; failed ones are retried
-/// (their size counts as lag: data at risk).
-fn followups(sum: client::Summary, stats: &Stats, export: &std::path::Path) -> Followups {
-    let mut f = Followups {
-        busy: sum.busy,
-        failed: Vec::new(),
-    };
+/// Files busy elsewhere wait for their close, or, when a writer closed them
+/// and only the close record is too young to trust, for just the rest of
+/// its margin; failed ones are retried (their size counts as lag: data at
+/// risk).
+fn followups(
+    sum: client::Summary,
+    stats: &Stats,
+    export: &std::path::Path,
+    settle: Option<&crate::lease::Settle>,
+) -> Followups {
+    let mut f = Followups::default();
+    let now = std::time::Instant::now();
+    for p in sum.busy {
+        let young = settle.and_then(|s| {
+            let m = std::fs::symlink_metadata(export.join(p.as_path())).ok()?;
+            s.closed.recheck_in(&p, &m, s.quiet)
+        });
+        match young {
+            Some(d) => f.later.push((p, now + d)),
+            None => f.busy.push(p),
+        }
+    }
     for e in sum.failures {
         tracing::warn!(path = %e.path, "not replicated, will retry: {}", e.error);
         stats.error(format!("{}: {}", e.path, e.error));

@@ -296,7 +296,8 @@ pub(crate) enum Opened {
 /// Either counts as gone: the compare that follows sees what is there now.
 /// With `settle` (live replication), a file another process has open for
 /// writing is held back unless quiet that long or unchanged since a writer
-/// closed it (see [`crate::lease::Closed`]).
+/// closed it, with every event up to its stamps handled (see
+/// [`crate::lease::Closed`]; may wait briefly for the watch thread).
 pub(crate) fn open_source(
     export: &Path,
     rel: &RelPath,
@@ -337,7 +338,8 @@ pub(crate) fn open_source(
         Some(settle) => match crate::lease::take(&f) {
             crate::lease::Lease::Busy => {
                 // Still open for writing, but unchanged since a writer
-                // closed it: a server's cached descriptor, not a writer.
+                // closed it (proven, not just recorded): a server's cached
+                // descriptor, not a writer.
                 if settle.closed.unchanged(rel, &m) {
                     return Ok(Opened::File(f, m, false));
                 }

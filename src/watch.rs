@@ -65,6 +65,8 @@ impl Watch {
         );
         let handler = move |res: notify::Result<notify::Event>| {
             let changes = match res {
+                // A sync cookie (see `Closed`): not a change.
+                Ok(ev) if ev.paths.first().is_some_and(|p| c.cookie_seen(p)) => return,
                 Ok(ev) => {
                     note(&c, &root, &ev);
                     translate(&root, &ev)
@@ -106,6 +108,19 @@ impl Watch {
                 hint: hint(&err),
                 err,
             })?;
+        // The closed-file rule's sync point (see `Closed`): without it,
+        // files a server holds open wait for their lease or `settle_ms`.
+        match closed.make_cookie_dir() {
+            Ok(dir) => {
+                if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                    tracing::warn!("cannot watch {}: {e}; files that a server keeps open wait for settle_ms", dir.display());
+                }
+            }
+            Err(e) => tracing::warn!(
+                "cannot make the watch's sync directory in {}: {e}; files that a server keeps open wait for settle_ms",
+                std::env::temp_dir().display()
+            ),
+        }
         Ok(Watch {
             watcher,
             rx,
@@ -204,14 +219,15 @@ pub fn translate(root: &Path, ev: &notify::Event) -> Vec<Change> {
                     to: to.clone(),
                 }],
                 // Moved out of the export: a delete; moved in: a new tree.
-                (Some((_, Some(from))), _) => vec![Change::Settled(from.clone())],
+                (Some((_, Some(from))), _) => vec![Change::MovedAway(from.clone())],
                 (_, Some((_, Some(to)))) => vec![Change::Tree(to.clone())],
                 _ => vec![],
             }
         }
-        // The `From` half is also what a move out of the export looks like.
+        // The `From` half is also what a move out of the export looks like:
+        // a delete, unless a `Both` pairs it.
         EventKind::Modify(ModifyKind::Name(RenameMode::From)) => one()
-            .map(|(_, r)| vec![Change::Settled(r)])
+            .map(|(_, r)| vec![Change::MovedAway(r)])
             .unwrap_or_default(),
         // Moved in (or the `To` half of a rename): the whole subtree is new here.
         EventKind::Modify(ModifyKind::Name(_)) => one()
@@ -256,193 +272,4 @@ pub fn translate(root: &Path, ev: &notify::Event) -> Vec<Change> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    fn p(s: &str) -> RelPath {
-        RelPath::new(s.as_bytes().to_vec()).unwrap()
-    }
-
-    /// Real inotify: the events of common operations become the right changes.
-    #[tokio::test]
-    async fn real_events_translate() {
-        let d = tempfile::tempdir().unwrap();
-        let root = d.path().canonicalize().unwrap();
-        let mut w = Watch::start(&root).unwrap();
-        std::fs::write(root.join("f"), b"x").unwrap();
-        std::fs::create_dir_all(root.join("a/b")).unwrap();
-        let mut got = Vec::new();
-        // A rename into a directory is only seen whole once that directory is
-        // watched; notify adds the watch just after emitting the create, so do
-        // what the primary does before scanning a new tree: `ensure` it.
-        // (Before then the move reads as a delete plus the Tree scan of `a`.)
-        while !got.contains(&Change::Tree(p("a"))) {
-            match tokio::time::timeout(Duration::from_secs(5), w.rx.recv()).await {
-                Ok(Some(c)) => got.push(c),
-                other => panic!("no Tree(a) after mkdir: {other:?} {got:?}"),
-            }
-        }
-        w.ensure(&root.join("a"));
-        std::fs::rename(root.join("f"), root.join("a/g")).unwrap();
-        std::fs::create_dir(root.join(".syncd")).unwrap();
-        std::fs::write(root.join(".syncd/ignored"), b"x").unwrap();
-        while let Ok(Some(c)) = tokio::time::timeout(Duration::from_millis(300), w.rx.recv()).await
-        {
-            got.push(c);
-        }
-        assert!(got.contains(&Change::Writing(p("f"))), "{got:?}");
-        assert!(
-            got.contains(&Change::Settled(p("f"))),
-            "close-write: {got:?}"
-        );
-        assert!(got.contains(&Change::Tree(p("a"))), "{got:?}");
-        assert!(
-            got.contains(&Change::Renamed {
-                from: p("f"),
-                to: p("a/g")
-            }),
-            "{got:?}"
-        );
-        assert!(
-            !got.iter().any(|c| format!("{c:?}").contains("ignored")),
-            "state dir leaked: {got:?}"
-        );
-        w.ensure(&root.join("a/b"));
-    }
-
-    /// The rule for servers that keep a descriptor open after their
-    /// client's close (nfs-ganesha): a file closed by its writer and unchanged
-    /// since is sent although another descriptor still has it open for
-    /// writing; once written through that descriptor it waits again.
-    #[tokio::test]
-    async fn a_closed_file_is_sent_while_a_server_keeps_it_open() {
-        use crate::lease::{Lease, Settle};
-        use crate::transfer::{open_source, Opened};
-        use std::io::Write;
-        crate::lease::ignore_break_signal();
-        let d = tempfile::tempdir().unwrap();
-        let root = d.path().canonicalize().unwrap();
-        let mut w = Watch::start(&root).unwrap();
-        let settle = Settle {
-            quiet: Duration::from_secs(3600),
-            closed: w.closed.clone(),
-        };
-        let f = root.join("f");
-        let busy = |settle: &Settle| {
-            matches!(
-                open_source(&root, &p("f"), Some(settle)).unwrap(),
-                Opened::Busy
-            )
-        };
-        // the "server's cached descriptor", open for writing throughout
-        let mut cached = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&f)
-            .unwrap();
-        if crate::lease::take(&std::fs::File::open(&f).unwrap()) == Lease::Unsupported {
-            syncd_testkit::skip::skip(
-                "a_closed_file_is_sent_while_a_server_keeps_it_open",
-                "file leases are not supported here",
-            );
-            return;
-        }
-        // a client's writes, then its close
-        let mut client = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
-        client.write_all(b"complete").unwrap();
-        assert!(busy(&settle), "open for writing twice and never closed");
-        drop(client);
-        let mut closed = false;
-        while let Ok(Some(c)) = tokio::time::timeout(Duration::from_secs(5), w.rx.recv()).await {
-            if c == Change::Settled(p("f")) {
-                closed = true;
-                break;
-            }
-        }
-        assert!(closed, "no close event");
-        assert!(
-            !busy(&settle),
-            "closed and unchanged: sent despite the cached descriptor"
-        );
-        // a chmod does not change the content: still complete
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let t = std::time::Instant::now();
-        while busy(&settle) && t.elapsed() < Duration::from_secs(5) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert!(!busy(&settle), "a metadata change keeps the record");
-        // written through the cached descriptor: a writer again, held back
-        cached.write_all(b" and more").unwrap();
-        let t = std::time::Instant::now();
-        while !busy(&settle) && t.elapsed() < Duration::from_secs(5) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert!(busy(&settle), "written after its close: held back");
-    }
-
-    /// The record follows a rename and a metadata change, and is dropped
-    /// by a write, a delete and a rename over it.
-    #[test]
-    fn the_close_record_follows_the_file() {
-        let d = tempfile::tempdir().unwrap();
-        let root = d.path().canonicalize().unwrap();
-        let closed = Closed::default();
-        let ev = |k: EventKind, paths: &[&str]| {
-            paths
-                .iter()
-                .fold(notify::Event::new(k), |e, x| e.add_path(root.join(x)))
-        };
-        let stat = |x: &str| std::fs::metadata(root.join(x)).unwrap();
-        let close = EventKind::Access(AccessKind::Close(AccessMode::Write));
-        std::fs::write(root.join("a"), b"1").unwrap();
-        note(&closed, &root, &ev(close, &["a"]));
-        assert!(closed.unchanged(&p("a"), &stat("a")));
-        std::fs::rename(root.join("a"), root.join("b")).unwrap();
-        let both = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
-        note(&closed, &root, &ev(both, &["a", "b"]));
-        assert!(closed.unchanged(&p("b"), &stat("b")), "renamed (new ctime)");
-        assert!(!closed.unchanged(&p("a"), &stat("b")));
-        std::fs::set_permissions(
-            root.join("b"),
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        )
-        .unwrap();
-        let attrib = EventKind::Modify(ModifyKind::Metadata(notify::event::MetadataKind::Any));
-        note(&closed, &root, &ev(attrib, &["b"]));
-        assert!(closed.unchanged(&p("b"), &stat("b")), "chmod");
-        let write = EventKind::Modify(ModifyKind::Data(notify::event::DataChange::Any));
-        note(&closed, &root, &ev(write, &["b"]));
-        assert!(!closed.unchanged(&p("b"), &stat("b")), "written since");
-        // a closed file replaced by a rename over it
-        std::fs::write(root.join("c"), b"2").unwrap();
-        note(&closed, &root, &ev(close, &["c"]));
-        std::fs::rename(root.join("b"), root.join("c")).unwrap();
-        note(&closed, &root, &ev(both, &["b", "c"]));
-        assert!(!closed.unchanged(&p("c"), &stat("c")), "replaced");
-        std::fs::write(root.join("e"), b"3").unwrap();
-        note(&closed, &root, &ev(close, &["e"]));
-        let m = stat("e");
-        note(
-            &closed,
-            &root,
-            &ev(EventKind::Remove(notify::event::RemoveKind::File), &["e"]),
-        );
-        assert!(!closed.unchanged(&p("e"), &m), "deleted");
-    }
-
-    #[test]
-    fn overflow_is_lost() {
-        let ev = notify::Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
-        assert_eq!(translate(Path::new("/x"), &ev), vec![Change::Lost]);
-        let out = notify::Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::Both)))
-            .add_path("/x/a".into())
-            .add_path("/elsewhere/a".into());
-        assert_eq!(
-            translate(Path::new("/x"), &out),
-            vec![Change::Settled(p("a"))]
-        );
-    }
-}
+mod tests;

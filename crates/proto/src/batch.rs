@@ -7,10 +7,20 @@
 //! are one scope entry; a create then delete is a path that exists on neither
 //! side, so it costs one stat; chained renames replay in order.
 //!
+//! Group commit: with the default `window` of 0 a batch is due as soon as
+//! something is ready (and [`PACE`] after the previous one), and the live
+//! loop takes one only when no batch is in flight, so a change made while
+//! the link is idle goes at once and changes made while a batch is in
+//! flight gather for the next one (big batches under load, no waiting when
+//! quiet). A `window` above 0 lingers for that
+//! much quiet instead, bounded by `max_delay`.
+//!
 //! A file that is still being written (data changed, no close yet) waits
 //! until it is closed or quiet for `settle`, so it is not shipped half-written;
 //! a file that changes while it is read is caught by the sender's stamp check
-//! and its newer events bring it back in a later batch.
+//! and its newer events bring it back in a later batch. The first half of a
+//! rename waits [`PAIR_WAIT`] for its second half, so a move is replayed as a
+//! rename instead of a delete and a copy.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -21,10 +31,11 @@ use crate::path::RelPath;
 /// Tunables (see `[sync]` in the config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchConfig {
-    /// Wait this long without new changes before shipping.
+    /// Wait this long without new changes before shipping; 0 (the
+    /// default) is group commit: ship at once when no batch is in flight.
     pub window: Duration,
-    /// Never hold a change longer than this. Under a steady stream the
-    /// window never goes quiet, so this is what bounds the latency.
+    /// Never hold a change longer than this (for a `window` or a rename's
+    /// first half) once no batch is in flight.
     pub max_delay: Duration,
     /// Ship at once when this many paths are pending.
     pub max_paths: usize,
@@ -35,13 +46,25 @@ pub struct BatchConfig {
 impl Default for BatchConfig {
     fn default() -> Self {
         BatchConfig {
-            window: Duration::from_millis(5),
+            window: Duration::ZERO,
             max_delay: Duration::from_millis(10),
             max_paths: 4096,
             settle: Duration::from_millis(500),
         }
     }
 }
+
+/// Batches start at least this far apart (unless `max_paths` are pending):
+/// each costs both daemons a fixed amount of CPU and the standby two
+/// `syncfs`, so when ships are quick, back-to-back batches of a file or two
+/// would spend the CPU a steady stream needs. An idle link is never held
+/// back by more than this.
+pub const PACE: Duration = Duration::from_millis(3);
+
+/// How long the first half of a rename (`IN_MOVED_FROM`) waits for its
+/// second: the kernel queues both at once, so only a batch cut between them
+/// is avoided; a move out of the export never gets one and goes after this.
+pub const PAIR_WAIT: Duration = Duration::from_millis(2);
 
 /// One observed change, in export-relative paths.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +80,9 @@ pub enum Change {
     /// A directory appeared (created or moved in): its whole subtree is new,
     /// including anything written before its watch was installed.
     Tree(RelPath),
+    /// `path` was moved away: the first half of a rename, or a move out of
+    /// the export (then it is a delete). A [`Change::Renamed`] pairs it.
+    MovedAway(RelPath),
     /// A rename inside the export.
     Renamed { from: RelPath, to: RelPath },
     /// Events were lost (queue overflow, a failed watch): compare everything.
@@ -94,9 +120,15 @@ pub struct Batcher {
     ready: BTreeMap<RelPath, bool>,
     /// Files being written: last data change.
     writing: HashMap<RelPath, Instant>,
+    /// Files to compare again later (since, at): not yet provably complete.
+    later: HashMap<RelPath, (Instant, Instant)>,
+    /// First halves of renames waiting for their second: when seen.
+    unpaired: HashMap<RelPath, Instant>,
     changes: u64,
     oldest: Option<Instant>,
     last: Option<Instant>,
+    /// When the last batch was taken (see [`PACE`]).
+    taken: Option<Instant>,
 }
 
 impl Batcher {
@@ -107,15 +139,22 @@ impl Batcher {
             renames: Vec::new(),
             ready: BTreeMap::new(),
             writing: HashMap::new(),
+            later: HashMap::new(),
+            unpaired: HashMap::new(),
             changes: 0,
             oldest: None,
             last: None,
+            taken: None,
         }
     }
 
     /// Paths and renames waiting (the queue depth).
     pub fn pending(&self) -> usize {
-        self.ready.len() + self.writing.len() + self.renames.len() + usize::from(self.full)
+        self.ready.len()
+            + self.writing.len()
+            + self.later.len()
+            + self.renames.len()
+            + usize::from(self.full)
     }
 
     /// When the oldest pending change was seen.
@@ -130,9 +169,17 @@ impl Batcher {
         match c {
             Change::Settled(p) => {
                 self.writing.remove(&p);
+                self.later.remove(&p);
+                self.ready.entry(p).or_insert(false);
+            }
+            Change::MovedAway(p) => {
+                self.writing.remove(&p);
+                self.later.remove(&p);
+                self.unpaired.insert(p.clone(), now);
                 self.ready.entry(p).or_insert(false);
             }
             Change::Writing(p) => {
+                self.later.remove(&p);
                 // Written again after a close: wait for the new close.
                 if self.ready.get(&p) == Some(&false) {
                     self.ready.remove(&p);
@@ -146,18 +193,33 @@ impl Batcher {
             }
             Change::Tree(p) => {
                 self.writing.remove(&p);
+                self.later.remove(&p);
                 self.ready.insert(p, true);
             }
             Change::Renamed { from, to } => {
                 // Whatever was pending under `from` now lives under `to`,
                 // and `to` is compared recursively, which covers it.
                 self.writing.retain(|p, _| !p.starts_with(&from));
+                self.later.retain(|p, _| !p.starts_with(&from));
+                self.unpaired.remove(&from);
                 self.ready.entry(from.clone()).or_insert(false);
                 self.ready.insert(to.clone(), true);
                 self.renames.push((from, to));
             }
             Change::Lost => self.full = true,
         }
+    }
+
+    /// `path` is to be compared again at `at`, not before (a file not yet
+    /// provably complete). A new event for it supersedes this.
+    pub fn defer(&mut self, path: RelPath, at: Instant, now: Instant) {
+        self.changes += 1;
+        self.oldest.get_or_insert(now);
+        if self.writing.contains_key(&path) || self.ready.contains_key(&path) {
+            return;
+        }
+        let e = self.later.entry(path).or_insert((now, at));
+        e.1 = e.1.min(at);
     }
 
     /// Asks for a full compare on the next batch (reconnect, periodic check).
@@ -171,17 +233,28 @@ impl Batcher {
         let mut d: Option<Instant> = None;
         let mut min = |t: Instant| d = Some(d.map_or(t, |x| x.min(t)));
         if self.full || !self.ready.is_empty() || !self.renames.is_empty() {
-            match (self.last, self.oldest) {
-                (Some(last), Some(oldest)) => {
-                    min((last + self.cfg.window).min(oldest + self.cfg.max_delay))
-                }
-                // Forced without a change: due now.
-                (None, Some(oldest)) => min(oldest),
-                (_, None) => {}
+            // Due once the window is quiet and every rename is paired (or
+            // gave up), but never after max_delay; forced without a change:
+            // due now.
+            let linger = [
+                self.last.map(|l| l + self.cfg.window),
+                self.unpaired.values().max().map(|t| *t + PAIR_WAIT),
+                self.taken.map(|t| t + PACE),
+            ]
+            .into_iter()
+            .flatten()
+            .max();
+            match (linger, self.oldest) {
+                (Some(l), Some(o)) => min(l.min(o + self.cfg.max_delay)),
+                (Some(t), None) | (None, Some(t)) => min(t),
+                (None, None) => {}
             }
         }
         for t in self.writing.values() {
             min(*t + self.cfg.settle);
+        }
+        for (_, at) in self.later.values() {
+            min(*at);
         }
         d
     }
@@ -200,12 +273,25 @@ impl Batcher {
             self.writing.remove(&p);
             self.ready.entry(p).or_insert(false);
         }
+        let due_later: Vec<RelPath> = self
+            .later
+            .iter()
+            .filter(|(_, (_, at))| now >= *at)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in due_later {
+            self.later.remove(&p);
+            self.ready.entry(p).or_insert(false);
+        }
         let has = self.full || !self.ready.is_empty() || !self.renames.is_empty();
         if !has {
             return None;
         }
+        let quiet = self.last.is_none_or(|l| now >= l + self.cfg.window);
+        let paired = self.unpaired.values().all(|t| now >= *t + PAIR_WAIT);
+        let paced = self.taken.is_none_or(|t| now >= t + PACE);
         let due = self.ready.len() + self.renames.len() >= self.cfg.max_paths
-            || self.last.is_none_or(|l| now >= l + self.cfg.window)
+            || (quiet && paired && paced)
             || self.oldest.is_none_or(|o| now >= o + self.cfg.max_delay);
         if !due {
             return None;
@@ -231,167 +317,20 @@ impl Batcher {
             changes: std::mem::take(&mut self.changes),
             oldest: self.oldest.take(),
         };
-        // Files still being written stay; their age restarts the lag clock.
-        self.oldest = self.writing.values().min().copied();
+        // Files still being written or deferred stay; their age restarts
+        // the lag clock.
+        self.oldest = self
+            .writing
+            .values()
+            .chain(self.later.values().map(|(since, _)| since))
+            .min()
+            .copied();
         self.last = None;
+        self.taken = Some(now);
+        self.unpaired.clear();
         Some(b)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn p(s: &str) -> RelPath {
-        RelPath::new(s.as_bytes().to_vec()).unwrap()
-    }
-
-    fn cfg() -> BatchConfig {
-        BatchConfig {
-            window: Duration::from_millis(10),
-            max_delay: Duration::from_millis(100),
-            max_paths: 3,
-            settle: Duration::from_millis(500),
-        }
-    }
-
-    fn scope(b: &Batch) -> Vec<(String, bool)> {
-        b.scope
-            .iter()
-            .map(|s| (s.path.to_string(), s.recursive))
-            .collect()
-    }
-
-    #[test]
-    fn many_writes_to_one_file_are_one_entry_after_the_window() {
-        let t0 = Instant::now();
-        let mut b = Batcher::new(cfg());
-        for i in 0..5 {
-            b.push(Change::Writing(p("d/f")), t0 + Duration::from_millis(i));
-        }
-        b.push(Change::Settled(p("d/f")), t0 + Duration::from_millis(5));
-        assert_eq!(
-            b.take(t0 + Duration::from_millis(10)),
-            None,
-            "window not over"
-        );
-        assert_eq!(b.deadline(), Some(t0 + Duration::from_millis(15)));
-        let got = b.take(t0 + Duration::from_millis(15)).unwrap();
-        assert_eq!(scope(&got), [("d".into(), false), ("d/f".into(), false)]);
-        assert_eq!(got.changes, 6);
-        assert_eq!(got.oldest, Some(t0));
-        assert!(b.take(t0 + Duration::from_secs(9)).is_none());
-        assert_eq!(b.pending(), 0);
-    }
-
-    #[test]
-    fn max_delay_bounds_a_steady_stream() {
-        let t0 = Instant::now();
-        let mut b = Batcher::new(BatchConfig {
-            max_paths: 10_000,
-            ..cfg()
-        });
-        let mut shipped = None;
-        for i in 0..200u64 {
-            let now = t0 + Duration::from_millis(i);
-            b.push(Change::Settled(p(&format!("f{i}"))), now);
-            if let Some(x) = b.take(now) {
-                shipped = Some((i, x));
-                break;
-            }
-        }
-        let (i, x) = shipped.expect("a batch within max_delay");
-        assert_eq!(i, 100);
-        assert_eq!(x.scope.len(), 101);
-    }
-
-    #[test]
-    fn max_paths_ships_at_once() {
-        let t0 = Instant::now();
-        let mut b = Batcher::new(cfg());
-        b.push(Change::Settled(p("a")), t0);
-        b.push(Change::Settled(p("b")), t0);
-        assert!(b.take(t0).is_none());
-        b.push(Change::Settled(p("c")), t0);
-        assert_eq!(b.take(t0).unwrap().scope.len(), 3);
-    }
-
-    #[test]
-    fn a_file_being_written_waits_for_close_or_quiet() {
-        let t0 = Instant::now();
-        let mut b = Batcher::new(cfg());
-        b.push(Change::Writing(p("log")), t0);
-        assert!(b.take(t0 + Duration::from_millis(200)).is_none());
-        assert_eq!(b.deadline(), Some(t0 + Duration::from_millis(500)));
-        b.push(Change::Writing(p("log")), t0 + Duration::from_millis(300));
-        assert!(
-            b.take(t0 + Duration::from_millis(600)).is_none(),
-            "still written"
-        );
-        let got = b.take(t0 + Duration::from_millis(800)).unwrap();
-        assert_eq!(scope(&got), [("log".into(), false)]);
-        // Rewritten after a close: waits for the new close.
-        b.push(Change::Settled(p("y")), t0 + Duration::from_millis(900));
-        b.push(Change::Writing(p("y")), t0 + Duration::from_millis(901));
-        assert!(b.take(t0 + Duration::from_millis(950)).is_none());
-        b.push(Change::Settled(p("y")), t0 + Duration::from_millis(960));
-        assert_eq!(
-            scope(&b.take(t0 + Duration::from_millis(970)).unwrap()),
-            [("y".into(), false)]
-        );
-        // Closed: ships after the window, not after settle.
-        b.push(Change::Writing(p("x")), t0 + Duration::from_secs(1));
-        b.push(Change::Settled(p("x")), t0 + Duration::from_millis(1001));
-        assert!(b.take(t0 + Duration::from_millis(1011)).is_some());
-    }
-
-    #[test]
-    fn renames_keep_order_and_compare_the_new_tree() {
-        let t0 = Instant::now();
-        let mut b = Batcher::new(BatchConfig {
-            max_paths: 100,
-            ..cfg()
-        });
-        b.push(Change::Writing(p("a/x")), t0);
-        b.push(
-            Change::Renamed {
-                from: p("a"),
-                to: p("b"),
-            },
-            t0,
-        );
-        b.push(
-            Change::Renamed {
-                from: p("b"),
-                to: p("c/d"),
-            },
-            t0,
-        );
-        let got = b.take(t0 + Duration::from_millis(10)).unwrap();
-        assert_eq!(got.renames, [(p("a"), p("b")), (p("b"), p("c/d"))]);
-        assert_eq!(
-            scope(&got),
-            [
-                ("a".into(), false),
-                ("b".into(), true),
-                ("c".into(), false),
-                ("c/d".into(), true)
-            ]
-        );
-        assert_eq!(b.pending(), 0, "the write under a/ moved with it");
-    }
-
-    #[test]
-    fn new_tree_is_recursive_and_lost_events_mean_full() {
-        let t0 = Instant::now();
-        let mut b = Batcher::new(cfg());
-        b.push(Change::Tree(p("x/y")), t0);
-        b.push(Change::Settled(p("x/y")), t0);
-        b.push(Change::Lost, t0);
-        let got = b.take(t0 + Duration::from_millis(10)).unwrap();
-        assert!(got.full);
-        assert_eq!(scope(&got), [("x".into(), false), ("x/y".into(), true)]);
-        b.force_full(t0);
-        assert!(b.take(t0 + Duration::from_millis(20)).unwrap().full);
-    }
-}
+mod tests;

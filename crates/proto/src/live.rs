@@ -17,6 +17,10 @@
 //! }
 //! ```
 //!
+//! Batches are group commits: one `Ship` at a time, taken as soon as the
+//! batcher has something due, so what arrives while one is in flight goes
+//! together in the next (see [`crate::batch`]).
+//!
 //! Correctness comes from reconcile: a connection starts with a full compare,
 //! so changes seen while no session is up are not kept (they would only grow
 //! memory); lost events force a full compare; files the standby could not
@@ -90,6 +94,9 @@ pub struct Followups {
     pub failed: Vec<(RelPath, u64)>,
     /// Files that changed while they were read: still being written.
     pub busy: Vec<RelPath>,
+    /// Files not yet provably complete (a close record too young to
+    /// trust): compare them again at this time, not after `settle`.
+    pub later: Vec<(RelPath, Instant)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -370,6 +377,9 @@ impl Live {
     fn followups(&mut self, now: Instant, f: Followups) {
         for p in f.busy {
             self.batcher.push(Change::Writing(p), now);
+        }
+        for (p, at) in f.later {
+            self.batcher.defer(p, at, now);
         }
         if !f.failed.is_empty() {
             self.retry.since.get_or_insert(now);

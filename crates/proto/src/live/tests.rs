@@ -77,21 +77,143 @@ fn connect_backoff_doubles_to_a_cap_and_resets_on_success() {
 }
 
 #[test]
-fn changes_wait_for_the_window_then_ship_as_one_scope() {
+fn group_commit_ships_at_once_when_idle_and_gathers_while_in_flight() {
     let t0 = Instant::now();
     let mut l = up(t0);
+    let t0 = t0 + crate::batch::PACE;
+    // Idle link: a closed file goes at once, no window.
     l.handle_change(Change::Settled(p("a/x")), t0);
-    l.handle_change(Change::Settled(p("a/x")), t0);
-    l.handle_change(Change::Settled(p("b")), t0);
-    assert_eq!(l.poll_action(t0), None);
-    let due = l.poll_timeout().expect("a batch deadline");
-    assert_eq!(due, t0 + cfg().batch.window);
-    let b = ship(&mut l, due);
-    assert!(!b.full);
+    let b = ship(&mut l, t0);
+    let paths: Vec<_> = b.scope.iter().map(|s| s.path.to_string()).collect();
+    assert_eq!(paths, ["a", "a/x"]);
+    // In flight: what arrives gathers, however long the ship takes.
+    let t1 = t0 + Duration::from_millis(1);
+    l.handle_change(Change::Settled(p("b")), t1);
+    l.handle_change(Change::Settled(p("a/x")), t1);
+    l.handle_change(Change::Writing(p("c")), t1);
+    let t2 = t0 + Duration::from_millis(50);
+    assert_eq!(l.poll_action(t2), None, "one ship at a time");
+    assert_eq!(l.poll_timeout(), None, "nothing to time while in flight");
+    assert_eq!(l.lag().ops, 3);
+    l.handle_shipped(t2, Followups::default(), 0, true);
+    // Completed: the gathered changes go at once, as one batch; the file
+    // still being written keeps waiting for its close.
+    let b = ship(&mut l, t2);
     let paths: Vec<_> = b.scope.iter().map(|s| s.path.to_string()).collect();
     assert_eq!(paths, ["a", "a/x", "b"]);
-    assert_eq!(l.lag().ops, 0);
-    assert_eq!(l.poll_action(due), None, "one ship at a time");
+    assert_eq!(b.changes, 3, "the write to c counts too");
+    assert_eq!(b.oldest, Some(t1));
+    assert_eq!(l.lag().ops, 1, "c is still being written");
+    l.handle_shipped(t2, Followups::default(), 0, true);
+    assert_eq!(l.poll_action(t2), None);
+    assert_eq!(l.poll_timeout(), Some(t1 + cfg().batch.settle));
+    l.handle_change(Change::Settled(p("c")), t2);
+    assert_eq!(scope_of(&ship(&mut l, t2)), ["c"]);
+}
+
+#[test]
+fn quick_batches_start_at_least_pace_apart() {
+    let pace = crate::batch::PACE;
+    let t0 = Instant::now();
+    let mut l = up(t0);
+    let t = t0 + pace;
+    l.handle_change(Change::Settled(p("a")), t);
+    let _ = ship(&mut l, t);
+    let t1 = t + Duration::from_micros(500);
+    l.handle_shipped(t1, Followups::default(), 0, true);
+    l.handle_change(Change::Settled(p("b")), t1);
+    assert_eq!(l.poll_action(t1), None, "the last batch started just now");
+    assert_eq!(l.poll_timeout(), Some(t + pace));
+    assert_eq!(scope_of(&ship(&mut l, t + pace)), ["b"]);
+}
+
+#[test]
+fn a_configured_window_still_lingers_up_to_max_delay() {
+    let t0 = Instant::now();
+    let mut c = cfg();
+    c.batch.window = Duration::from_millis(5);
+    c.batch.max_delay = Duration::from_millis(10);
+    let mut l = Live::new(c, t0);
+    assert_eq!(l.poll_action(t0), Some(Action::Connect));
+    l.handle_connected(t0);
+    let _ = ship(&mut l, t0);
+    l.handle_shipped(t0, Followups::default(), 0, true);
+    l.handle_change(Change::Settled(p("a")), t0);
+    assert_eq!(l.poll_action(t0), None);
+    assert_eq!(l.poll_timeout(), Some(t0 + Duration::from_millis(5)));
+    // a steady stream: max_delay bounds it
+    for i in 1..10 {
+        let now = t0 + Duration::from_millis(i);
+        l.handle_change(Change::Settled(p(&format!("f{i}"))), now);
+        assert_eq!(l.poll_action(now), None);
+    }
+    assert_eq!(l.poll_timeout(), Some(t0 + Duration::from_millis(10)));
+    assert_eq!(ship(&mut l, t0 + Duration::from_millis(10)).scope.len(), 10);
+}
+
+#[test]
+fn a_young_close_record_is_compared_again_after_just_the_remainder() {
+    let t0 = Instant::now();
+    let mut l = up(t0);
+    let t0 = t0 + crate::batch::PACE;
+    l.handle_change(Change::Settled(p("nfs")), t0);
+    let _ = ship(&mut l, t0);
+    let at = t0 + Duration::from_millis(9);
+    l.handle_shipped(
+        t0 + Duration::from_millis(1),
+        Followups {
+            later: vec![(p("nfs"), at)],
+            ..Followups::default()
+        },
+        0,
+        true,
+    );
+    assert_eq!(l.lag().ops, 1, "not on the standby yet");
+    assert_eq!(l.poll_timeout(), Some(at), "the remainder, not settle");
+    assert_eq!(l.poll_action(at - Duration::from_millis(1)), None);
+    assert_eq!(scope_of(&ship(&mut l, at)), ["nfs"]);
+    // a write seen meanwhile puts it back under the settle rule
+    l.handle_shipped(
+        at,
+        Followups {
+            later: vec![(p("nfs"), at + Duration::from_millis(5))],
+            ..Followups::default()
+        },
+        0,
+        true,
+    );
+    l.handle_change(Change::Writing(p("nfs")), at);
+    assert_eq!(l.poll_timeout(), Some(at + cfg().batch.settle));
+}
+
+#[test]
+fn a_rename_is_not_cut_in_half() {
+    let t0 = Instant::now();
+    let mut l = up(t0);
+    let t0 = t0 + crate::batch::PACE;
+    l.handle_change(Change::MovedAway(p("a")), t0);
+    assert_eq!(l.poll_action(t0), None, "waits for the second half");
+    l.handle_change(Change::Tree(p("b")), t0);
+    l.handle_change(
+        Change::Renamed {
+            from: p("a"),
+            to: p("b"),
+        },
+        t0,
+    );
+    let b = ship(&mut l, t0);
+    assert_eq!(b.renames, [(p("a"), p("b"))]);
+    l.handle_shipped(t0, Followups::default(), 0, true);
+    // moved out of the export: no second half comes; a delete after PAIR_WAIT
+    let t1 = t0 + crate::batch::PACE;
+    l.handle_change(Change::MovedAway(p("c")), t1);
+    assert_eq!(l.poll_action(t1), None);
+    assert_eq!(l.poll_timeout(), Some(t1 + crate::batch::PAIR_WAIT));
+    assert_eq!(scope_of(&ship(&mut l, t1 + crate::batch::PAIR_WAIT)), ["c"]);
+}
+
+fn scope_of(b: &Batch) -> Vec<String> {
+    b.scope.iter().map(|s| s.path.to_string()).collect()
 }
 
 #[test]
@@ -110,7 +232,7 @@ fn failed_files_come_back_after_a_doubling_delay_until_they_succeed() {
         );
         let failed = Followups {
             failed: vec![(p("big"), 1000)],
-            busy: vec![],
+            ..Followups::default()
         };
         l.handle_shipped(now, failed, 0, true);
         let lag = l.lag();
@@ -121,9 +243,8 @@ fn failed_files_come_back_after_a_doubling_delay_until_they_succeed() {
         delays.push(after.as_secs());
         assert_eq!(l.poll_action(now + after - Duration::from_millis(1)), None);
         now += after;
-        // the retried path is batched like a change: window, then ship
-        assert_eq!(l.poll_action(now), None);
-        now = l.poll_timeout().unwrap();
+        // the retried path is batched like a change: due at once
+        assert_eq!(l.poll_timeout(), Some(now));
     }
     assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
     let _ = ship(&mut l, now);
@@ -137,7 +258,7 @@ fn failed_files_come_back_after_a_doubling_delay_until_they_succeed() {
         now,
         Followups {
             failed: vec![(p("c"), 1)],
-            busy: vec![],
+            ..Followups::default()
         },
         0,
         true,
@@ -271,6 +392,7 @@ fn busy_files_wait_to_settle() {
         Followups {
             failed: vec![],
             busy: vec![p("log")],
+            ..Followups::default()
         },
         0,
         true,

@@ -30,8 +30,18 @@ here each node pushes to its peer. The `--delete` variant is what lsyncd's
 default.rsync does. keepalived uses the seed's settings with one vrid on
 both nodes (the seed's 51 vs 1 would give two masters).
 
-Usage: benches/failover.sh [--rounds N] [--only syncd|loop|loop-delete]
-Needs root, keepalived, rsync, inotify-tools, iproute2.
+`--nfs` (nfs.py): each node also runs nfs-ganesha on its export (in the
+node's process group, so the kill takes it and its rpcbind too), and the
+client is a third namespace on the bridge running two libnfs writers
+through the service address (nfs_writer.py): one offering ~200 files/s that
+mounts afresh after an error, one at 20/s that keeps its first session.
+Timed: the kill to the reconnecting writer's next acknowledged write; for
+syncd also a planned `syncd switchover` on the leader after the old leader
+has returned and caught up (what it prints, and the writer's longest gap).
+
+Usage: benches/failover.sh [--rounds N] [--only syncd|loop|loop-delete] [--nfs]
+Needs root, keepalived, rsync, inotify-tools, iproute2; --nfs also
+nfs-ganesha (ganesha.nfsd, FSAL VFS), rpcbind and libnfs 4 (libnfs.so.13).
 """
 
 import argparse
@@ -53,6 +63,7 @@ NET = "10.214.0"
 VIP = f"{NET}.100"
 WARM, OUTAGE, AFTER, DRAIN = 4.0, 6.0, 6.0, 5.0
 PERIOD = 0.005
+FENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fence.sh")
 
 
 def sh(*args, check=True):
@@ -127,8 +138,11 @@ class Group:
 class Syncd:
     name = "syncd --role auto"
 
-    def __init__(self, binary, base):
+    def __init__(self, binary, base, fence=False):
         self.bin, self.base = binary, base
+        # NFS mode: hooks fence the NFS port while a node does not lead.
+        hooks = (f'[hooks]\npromote = ["{FENCE}", "start"]\ndemote = ["{FENCE}", "stop"]\n\n'
+                 if fence else "")
         fps = []
         for i in range(2):
             d = self.dir(i)
@@ -142,7 +156,7 @@ class Syncd:
                     f'node_id = "node{i}"\nexport = "export"\nstate_dir = "state"\n'
                     f'listen = "{NET}.{i + 1}:7400"\npeer = "{NET}.{2 - i}:7400"\n'
                     f'admin = "127.0.0.1:7401"\ncert = "keys/node.crt"\nkey = "keys/node.key"\n'
-                    f'peer_fingerprint = "{fps[1 - i]}"\n[pair]\npeer_wait_secs = 3\n\n'
+                    f'peer_fingerprint = "{fps[1 - i]}"\n[pair]\npeer_wait_secs = 3\n\n{hooks}'
                     f'[[vrrp]]\nname = "VI_NFS"\ninterface = "eth0"\nvrid = 61\npriority = {prio}\n'
                     f'advert_int = 1\nversion = 2\nvirtual_ips = ["{VIP}/24"]\n'
                 )
@@ -184,6 +198,12 @@ class Syncd:
                     except OSError:
                         pass
         return kept
+
+    def connected(self, i):
+        """Node i's replication session is up (`connected since` a time)."""
+        out = subprocess.run(["ip", "netns", "exec", ns(i), self.bin, "status", "--config", self.config(i)],
+                             capture_output=True, text=True).stdout
+        return "connected since: " in out and "connected since: not connected" not in out
 
     def switchover(self, i):
         """`syncd switchover` on leader i: (exit code, its output)."""
@@ -401,38 +421,6 @@ def one_round(tool):
 NAMES = {"syncd": "syncd --role auto", "loop": "keepalived + loop", "loop-delete": "keepalived + loop --delete"}
 
 
-def secs(v):
-    return "never" if v is None else f"{v:.2f} s"
-
-
-def print_nfs_round(r, tool, res):
-    print(f"round {r + 1} {tool.name:26} written {res['written']:5} ({res['rate']:.0f}/s, failed {res['errors']})  "
-          f"address moved {secs(res['failover_s']):>8}  first write after kill {secs(res['first_write_s']):>8}  "
-          f"longest no-write {res['no_write_s']:.2f} s  | on leader {res['on_leader']:5}  "
-          f"conflicts {res['conflicts']:4}  other node only {res['other_node_only']:4}  gone {res['gone']:4}  "
-          f"| kept-session client: {res['keep_ok_after_kill']} writes after the kill", flush=True)
-    if "switchover" in res:
-        so = res.get("switchover_printed_s")
-        print(f"        switchover: {res['switchover']}, printed {secs(so)}, client's longest gap "
-              f"{secs(res.get('switchover_gap_s'))}, address moved: {res.get('switchover_moved')}"
-              f"  [{res.get('switchover_out', '')}]", flush=True)
-
-
-def print_nfs_summary(kinds, results):
-    def med(xs):
-        xs = [x for x in xs if x is not None]
-        return f"{statistics.median(xs):.2f}" if xs else "-"
-    print()
-    print(f"{'':28}{'first write after kill s':>26}{'longest no-write s':>20}{'gone':>8}"
-          f"{'switchover printed / client gap s':>36}   (medians; gone: worst)")
-    for k in kinds:
-        rs = results[k]
-        so = (f"{med(x.get('switchover_printed_s') for x in rs)} / {med(x.get('switchover_gap_s') for x in rs)}"
-              if k == "syncd" else "-")
-        print(f"{NAMES[k]:28}{med(x['first_write_s'] for x in rs):>26}{med(x['no_write_s'] for x in rs):>20}"
-              f"{max(x['gone'] for x in rs):>8}{so:>36}")
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -457,13 +445,13 @@ def main():
             base = tempfile.mkdtemp(prefix=f"syncd-failover-bench-{k}-")
             lab_up(3 if a.nfs else 2)
             try:
-                tool = (Syncd(a.syncd, base) if k == "syncd" else Loop(base, k == "loop-delete"))
+                tool = (Syncd(a.syncd, base, fence=a.nfs) if k == "syncd" else Loop(base, k == "loop-delete"))
                 res = nfs.one_round(tool, sys.modules[__name__], base) if a.nfs else one_round(tool)
             finally:
                 lab_down()
             results[k].append(res)
             if a.nfs:
-                print_nfs_round(r, tool, res)
+                nfs.print_round(r, tool, res)
                 if not os.environ.get("FAILOVER_DEBUG"):
                     shutil.rmtree(base, ignore_errors=True)
                 continue
@@ -477,7 +465,7 @@ def main():
             else:
                 print(f"  kept {base}")
     if a.nfs:
-        print_nfs_summary(kinds, results)
+        nfs.print_summary(kinds, results, NAMES)
         return
     print()
     print(f"{'':28}{'no-write s (median, worst)':>28}{'not served (median, worst)':>30}{'gone (median, worst)':>24}")

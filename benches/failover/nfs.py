@@ -6,6 +6,7 @@ service address included) and the libnfs writers in the client namespace.
 
 import os
 import re
+import statistics
 import shutil
 import subprocess
 import threading
@@ -171,6 +172,13 @@ def one_round(tool, h, base):
     written = {**w.written(), **k.written()}
     when = {name: (t, "?") for t, name in w.ok + k.ok}
     res.update(h.count(tool, written, when, leader, t_kill))
+    if "switchover_t0" in res:
+        # No demote hook fences the export here: writes go on through the
+        # drain, so count the ones made from the switchover on separately.
+        since = {n: b for n, b in written.items() if when[n][0] >= res["switchover_t0"]}
+        c = h.count(tool, since, when, leader, t_kill)
+        res["switchover_not_on_leader"] = c["conflicts"] + c["other_node_only"] + c["gone"]
+        res["switchover_written"] = len(since)
     res.update(written=len(written), errors=w.errors, leader=leader)
     tool.stop_all()
     return res
@@ -185,6 +193,10 @@ def switchover(tool, h, w):
         return {"switchover": "no leader"}
     if h.wait(lambda: tool.ready(1 - leader), 60) is None:
         return {"switchover": "follower never current"}
+    # `data: current` compares generations only; the drain needs the session.
+    # Tried anyway if the leader never says it is connected (seen: its status
+    # said "not connected" while its primary logged "in sync").
+    h.wait(lambda: tool.connected(leader), 10)
     time.sleep(2.0)
     t0 = time.monotonic()
     rc, out = tool.switchover(leader)
@@ -192,9 +204,43 @@ def switchover(tool, h, w):
     time.sleep(h.AFTER)
     m = re.search(r"unavailable for (\d+) ms", out)
     return {
+        "switchover_t0": t0,
         "switchover": f"exit {rc}" if rc or not m else "ok",
         "switchover_out": out.splitlines()[-1] if out else "",
         "switchover_printed_s": int(m.group(1)) / 1000 if m else None,
         "switchover_gap_s": w.longest_gap(t0, time.monotonic()),
         "switchover_moved": moved is not None,
     }
+
+
+def secs(v):
+    return "never" if v is None else f"{v:.2f} s"
+
+
+def print_round(r, tool, res):
+    print(f"round {r + 1} {tool.name:26} written {res['written']:5} ({res['rate']:.0f}/s, failed {res['errors']})  "
+          f"address moved {secs(res['failover_s']):>8}  first write after kill {secs(res['first_write_s']):>8}  "
+          f"longest no-write {res['no_write_s']:.2f} s  | on leader {res['on_leader']:5}  "
+          f"conflicts {res['conflicts']:4}  other node only {res['other_node_only']:4}  gone {res['gone']:4}  "
+          f"| kept-session client: {res['keep_ok_after_kill']} writes after the kill", flush=True)
+    if "switchover" in res:
+        so = res.get("switchover_printed_s")
+        print(f"        switchover: {res['switchover']}, printed {secs(so)}, client's longest gap "
+              f"{secs(res.get('switchover_gap_s'))}, address moved: {res.get('switchover_moved')}, "
+              f"{res.get('switchover_not_on_leader')} of {res.get('switchover_written')} writes since not on the leader"
+              f"  [{res.get('switchover_out', '')}]", flush=True)
+
+
+def print_summary(kinds, results, names):
+    def med(xs):
+        xs = [x for x in xs if x is not None]
+        return f"{statistics.median(xs):.2f}" if xs else "-"
+    print()
+    print(f"{'':28}{'first write after kill s':>26}{'longest no-write s':>20}{'gone':>8}"
+          f"{'switchover printed / client gap s':>36}   (medians; gone: worst)")
+    for k in kinds:
+        rs = results[k]
+        so = (f"{med(x.get('switchover_printed_s') for x in rs)} / {med(x.get('switchover_gap_s') for x in rs)}"
+              if k == "syncd" else "-")
+        print(f"{names[k]:28}{med(x['first_write_s'] for x in rs):>26}{med(x['no_write_s'] for x in rs):>20}"
+              f"{max(x['gone'] for x in rs):>8}{so:>36}")

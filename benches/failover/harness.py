@@ -30,8 +30,18 @@ here each node pushes to its peer. The `--delete` variant is what lsyncd's
 default.rsync does. keepalived uses the seed's settings with one vrid on
 both nodes (the seed's 51 vs 1 would give two masters).
 
-Usage: benches/failover.sh [--rounds N] [--only syncd|loop|loop-delete]
-Needs root, keepalived, rsync, inotify-tools, iproute2.
+`--nfs` (nfs.py): each node also runs nfs-ganesha on its export (in the
+node's process group, so the kill takes it and its rpcbind too), and the
+client is a third namespace on the bridge running two libnfs writers
+through the service address (nfs_writer.py): one offering ~200 files/s that
+mounts afresh after an error, one at 20/s that keeps its first session.
+Timed: the kill to the reconnecting writer's next acknowledged write; for
+syncd also a planned `syncd switchover` on the leader after the old leader
+has returned and caught up (what it prints, and the writer's longest gap).
+
+Usage: benches/failover.sh [--rounds N] [--only syncd|loop|loop-delete] [--nfs]
+Needs root, keepalived, rsync, inotify-tools, iproute2; --nfs also
+nfs-ganesha (ganesha.nfsd, FSAL VFS), rpcbind and libnfs 4 (libnfs.so.13).
 """
 
 import argparse
@@ -45,12 +55,15 @@ import tempfile
 import threading
 import time
 
+import nfs
+
 PFX = f"sfb{os.getpid() % 100000}"
 BR = f"{PFX}br"
 NET = "10.214.0"
 VIP = f"{NET}.100"
 WARM, OUTAGE, AFTER, DRAIN = 4.0, 6.0, 6.0, 5.0
 PERIOD = 0.005
+FENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fence.sh")
 
 
 def sh(*args, check=True):
@@ -64,11 +77,12 @@ def ns(i):
     return f"{PFX}n{i}"
 
 
-def lab_up():
+def lab_up(nodes=2):
+    """Two nodes (.1, .2) and, for the NFS mode, a client namespace (.3)."""
     sh("ip", "netns", "add", BR)
     sh("ip", "-n", BR, "link", "add", "br0", "type", "bridge")
     sh("ip", "-n", BR, "link", "set", "br0", "up")
-    for i in range(2):
+    for i in range(nodes):
         sh("ip", "netns", "add", ns(i))
         sh("ip", "link", "add", "eth0", "netns", ns(i), "type", "veth", "peer", "name", f"p{i}", "netns", BR)
         sh("ip", "-n", BR, "link", "set", f"p{i}", "master", "br0", "up")
@@ -78,7 +92,7 @@ def lab_up():
 
 
 def lab_down():
-    for n in (ns(0), ns(1), BR):
+    for n in (ns(0), ns(1), ns(2), BR):
         subprocess.run(["ip", "netns", "del", n], capture_output=True)
 
 
@@ -124,8 +138,11 @@ class Group:
 class Syncd:
     name = "syncd --role auto"
 
-    def __init__(self, binary, base):
+    def __init__(self, binary, base, fence=False):
         self.bin, self.base = binary, base
+        # NFS mode: hooks fence the NFS port while a node does not lead.
+        hooks = (f'[hooks]\npromote = ["{FENCE}", "start"]\ndemote = ["{FENCE}", "stop"]\n\n'
+                 if fence else "")
         fps = []
         for i in range(2):
             d = self.dir(i)
@@ -139,7 +156,7 @@ class Syncd:
                     f'node_id = "node{i}"\nexport = "export"\nstate_dir = "state"\n'
                     f'listen = "{NET}.{i + 1}:7400"\npeer = "{NET}.{2 - i}:7400"\n'
                     f'admin = "127.0.0.1:7401"\ncert = "keys/node.crt"\nkey = "keys/node.key"\n'
-                    f'peer_fingerprint = "{fps[1 - i]}"\n[pair]\npeer_wait_secs = 3\n\n'
+                    f'peer_fingerprint = "{fps[1 - i]}"\n[pair]\npeer_wait_secs = 3\n\n{hooks}'
                     f'[[vrrp]]\nname = "VI_NFS"\ninterface = "eth0"\nvrid = 61\npriority = {prio}\n'
                     f'advert_int = 1\nversion = 2\nvirtual_ips = ["{VIP}/24"]\n'
                 )
@@ -162,9 +179,9 @@ class Syncd:
     def kill(self, i):
         self.groups[i].kill()
 
-    def ready(self):
-        """The follower has synced once: a node that never synced may not lead."""
-        out = subprocess.run(["ip", "netns", "exec", ns(1), self.bin, "status", "--config", self.config(1)],
+    def ready(self, i=1):
+        """Follower i has synced once: a node that never synced may not lead."""
+        out = subprocess.run(["ip", "netns", "exec", ns(i), self.bin, "status", "--config", self.config(i)],
                              capture_output=True, text=True).stdout
         return "data: current" in out
 
@@ -181,6 +198,18 @@ class Syncd:
                     except OSError:
                         pass
         return kept
+
+    def connected(self, i):
+        """Node i's replication session is up (`connected since` a time)."""
+        out = subprocess.run(["ip", "netns", "exec", ns(i), self.bin, "status", "--config", self.config(i)],
+                             capture_output=True, text=True).stdout
+        return "connected since: " in out and "connected since: not connected" not in out
+
+    def switchover(self, i):
+        """`syncd switchover` on leader i: (exit code, its output)."""
+        r = subprocess.run(["ip", "netns", "exec", ns(i), self.bin, "switchover", "--config", self.config(i)],
+                           capture_output=True, text=True)
+        return r.returncode, (r.stdout + r.stderr).strip()
 
     def stop_all(self):
         for g in self.groups:
@@ -240,7 +269,7 @@ class Loop:
     def kill(self, i):
         self.groups[i].kill()
 
-    def ready(self):
+    def ready(self, i=1):
         return True
 
     def conflicts(self):
@@ -315,6 +344,43 @@ def wait(cond, timeout):
     return None
 
 
+def count(tool, written, when, leader, t_kill):
+    """Every write the client was told succeeded: readable on the leader with
+    its content / only in a conflicts area / only on the other node / gone.
+    `when` maps a name to (time, node) for FAILOVER_DEBUG's lines."""
+    kept = tool.conflicts()
+    on_leader = in_conflicts = elsewhere = gone = 0
+    for name, body in written.items():
+        def has(i):
+            try:
+                with open(os.path.join(tool.export(i), name)) as f:
+                    return f.read() == body
+            except OSError:
+                return False
+        if has(leader):
+            on_leader += 1
+        elif body in kept.get(name, []):
+            in_conflicts += 1
+            if os.environ.get("FAILOVER_DEBUG"):
+                t, h = when.get(name, (t_kill, "?"))
+                print(f"  in conflicts: {name} written to node {h} at {t - t_kill:+.3f} s from the kill")
+        elif has(1 - leader):
+            elsewhere += 1
+        else:
+            gone += 1
+            if os.environ.get("FAILOVER_DEBUG"):
+                t, h = when.get(name, (t_kill, "?"))
+                seen = []
+                for i in range(2):
+                    try:
+                        with open(os.path.join(tool.export(i), name)) as f:
+                            seen.append(f"node {i}: {len(f.read())} of {len(body)} bytes")
+                    except OSError:
+                        seen.append(f"node {i}: missing")
+                print(f"  gone: {name} written to node {h} at {t - t_kill:+.3f} s from the kill; {', '.join(seen)}")
+    return {"on_leader": on_leader, "conflicts": in_conflicts, "other_node_only": elsewhere, "gone": gone}
+
+
 def one_round(tool):
     c = Client(tool)
     for i in range(2):
@@ -341,47 +407,18 @@ def one_round(tool):
     c.finish()
     time.sleep(DRAIN)
     leader = next((i for i in range(2) if holds_vip(i)), 1)
-    kept = tool.conflicts()
-    on_leader = in_conflicts = elsewhere = gone = 0
-    for name, body in c.written.items():
-        def has(i):
-            try:
-                with open(os.path.join(tool.export(i), name)) as f:
-                    return f.read() == body
-            except OSError:
-                return False
-        if has(leader):
-            on_leader += 1
-        elif body in kept.get(name, []):
-            in_conflicts += 1
-            if os.environ.get("FAILOVER_DEBUG"):
-                t, h = c.when[name]
-                print(f"  in conflicts: {name} written to node {h} at {t - t_kill:+.3f} s from the kill")
-        elif has(1 - leader):
-            elsewhere += 1
-        else:
-            gone += 1
-            if os.environ.get("FAILOVER_DEBUG"):
-                t, h = c.when[name]
-                seen = []
-                for i in range(2):
-                    try:
-                        with open(os.path.join(tool.export(i), name)) as f:
-                            seen.append(f"node {i}: {len(f.read())} of {len(body)} bytes")
-                    except OSError:
-                        seen.append(f"node {i}: missing")
-                print(f"  gone: {name} written to node {h} at {t - t_kill:+.3f} s from the kill; {', '.join(seen)}")
+    counts = count(tool, c.written, c.when, leader, t_kill)
     tool.stop_all()
     return {
         "written": len(c.written),
         "leader": leader,
         "failover_s": took,
         "no_write_s": max(c.gaps) if c.gaps else 0.0,
-        "on_leader": on_leader,
-        "conflicts": in_conflicts,
-        "other_node_only": elsewhere,
-        "gone": gone,
+        **counts,
     }
+
+
+NAMES = {"syncd": "syncd --role auto", "loop": "keepalived + loop", "loop-delete": "keepalived + loop --delete"}
 
 
 def main():
@@ -389,12 +426,16 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", choices=["syncd", "loop", "loop-delete"])
     ap.add_argument("--syncd", required=True, help="path to the syncd binary")
+    ap.add_argument("--nfs", action="store_true",
+                    help="ganesha on each node, a libnfs client writing through the address")
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces)")
     for tool in ("keepalived", "rsync", "inotifywait"):
         if not shutil.which(tool):
             sys.exit(f"needs {tool}")
+    if a.nfs and nfs.missing():
+        sys.exit(f"--nfs needs {nfs.missing()}")
     kinds = [a.only] if a.only else ["syncd", "loop", "loop-delete"]
     results = {k: [] for k in kinds}
     for r in range(a.rounds):
@@ -402,13 +443,18 @@ def main():
         order = kinds if r % 2 == 0 else list(reversed(kinds))
         for k in order:
             base = tempfile.mkdtemp(prefix=f"syncd-failover-bench-{k}-")
-            lab_up()
+            lab_up(3 if a.nfs else 2)
             try:
-                tool = (Syncd(a.syncd, base) if k == "syncd" else Loop(base, k == "loop-delete"))
-                res = one_round(tool)
+                tool = (Syncd(a.syncd, base, fence=a.nfs) if k == "syncd" else Loop(base, k == "loop-delete"))
+                res = nfs.one_round(tool, sys.modules[__name__], base) if a.nfs else one_round(tool)
             finally:
                 lab_down()
             results[k].append(res)
+            if a.nfs:
+                nfs.print_round(r, tool, res)
+                if not os.environ.get("FAILOVER_DEBUG"):
+                    shutil.rmtree(base, ignore_errors=True)
+                continue
             fo = "never" if res["failover_s"] is None else f"{res['failover_s']:.2f} s"
             print(f"round {r + 1} {tool.name:26} written {res['written']:5}  address moved {fo:>8}  "
                   f"longest no-write {res['no_write_s']:.2f} s  | on leader {res['on_leader']:5}  "
@@ -418,6 +464,9 @@ def main():
                 shutil.rmtree(base, ignore_errors=True)
             else:
                 print(f"  kept {base}")
+    if a.nfs:
+        nfs.print_summary(kinds, results, NAMES)
+        return
     print()
     print(f"{'':28}{'no-write s (median, worst)':>28}{'not served (median, worst)':>30}{'gone (median, worst)':>24}")
     for k in kinds:

@@ -1,0 +1,246 @@
+"""NFS pieces of the failover bench: nfs-ganesha on each node (the recipe of
+tests/common/nfs.rs: its own rpcbind in a private /run, `Graceless`, FSAL
+VFS on the node's export, listening on every address of the namespace, the
+service address included) and the libnfs writers in the client namespace.
+"""
+
+import os
+import re
+import statistics
+import shutil
+import subprocess
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOOLS = ("ganesha.nfsd", "rpcbind", "unshare")
+
+
+def missing():
+    """The first tool the NFS mode needs that is not installed, or None."""
+    for t in TOOLS:
+        if not shutil.which(t):
+            return t
+    try:
+        import ctypes
+        ctypes.CDLL("libnfs.so.13")
+    except OSError:
+        return "libnfs (libnfs.so.13)"
+    return None
+
+
+def start_ganesha(group, netns, d, export, seq):
+    """Starts ganesha and its rpcbind in `group` (one process group: a host
+    death SIGKILLs both). Returns the log path ready() reads."""
+    g = f"{d}/ganesha"
+    os.makedirs(f"{g}/recovery", exist_ok=True)
+    conf, log = f"{g}/ganesha-{seq}.conf", f"{g}/ganesha-{seq}.log"
+    with open(conf, "w") as f:
+        f.write("NFS_CORE_PARAM { Protocols = 3, 4; NFS_Port = 2049; Enable_NLM = false; "
+                "Enable_RQUOTA = false; Nb_Worker = 8; MaxWrite = 65536; MaxRead = 65536; }\n"
+                f'NFSV4 {{ Graceless = true; RecoveryBackend = fs; RecoveryRoot = "{g}/recovery"; }}\n'
+                f'EXPORT {{ Export_Id = 1; Path = "{export}"; Pseudo = "/export"; '
+                "Access_Type = RW; Squash = No_Root_Squash; Protocols = 3, 4; Transports = TCP; "
+                "SecType = sys; FSAL { Name = VFS; } }\n"
+                "LOG { Default_Log_Level = EVENT; }\n")
+    script = (f"mount -t tmpfs tmpfs /run || exit 1; rpcbind -f -w & sleep 0.3; "
+              f"exec ganesha.nfsd -F -f {conf} -L {log} -p {g}/ganesha-{seq}.pid")
+    group.spawn(["ip", "netns", "exec", netns, "unshare", "--mount", "sh", "-c", script], f"{g}/ganesha.out")
+    return log
+
+
+def ganesha_ready(log):
+    try:
+        with open(log) as f:
+            return "NFS SERVER INITIALIZED" in f.read()
+    except OSError:
+        return False
+
+
+def content(name):
+    return (name + "\n") * 20
+
+
+class Writer:
+    """One nfs_writer.py in the client namespace; collects its lines."""
+
+    def __init__(self, netns, host, prefix, interval_ms, mode, log):
+        self.ok = []  # (t, name), in order
+        self.errors = 0
+        self.log = open(log, "w")
+        self.p = subprocess.Popen(
+            ["ip", "netns", "exec", netns, "python3", f"{HERE}/nfs_writer.py", host, prefix,
+             str(interval_ms), mode],
+            stdout=subprocess.PIPE, stderr=self.log, stdin=subprocess.DEVNULL, text=True,
+            start_new_session=True)
+        self.t = threading.Thread(target=self.read, daemon=True)
+        self.t.start()
+
+    def read(self):
+        for line in self.p.stdout:
+            self.log.write(line)
+            parts = line.split()
+            if len(parts) >= 3 and parts[0] == "ok":
+                try:
+                    self.ok.append((float(parts[2]), parts[1]))
+                except ValueError:
+                    pass
+            elif parts and parts[0] == "err":
+                self.errors += 1
+
+    def finish(self):
+        try:
+            os.killpg(self.p.pid, 9)
+        except OSError:
+            pass
+        self.p.wait()
+        self.t.join(timeout=5)
+        self.log.close()
+
+    def written(self):
+        return {name: content(name) for _, name in self.ok}
+
+    def first_ok_after(self, t0):
+        return next((t - t0 for t, _ in self.ok if t > t0), None)
+
+    def longest_gap(self, t0=None, t1=None):
+        """Longest time between successive acknowledged writes (within [t0, t1])."""
+        ts = [t for t, _ in self.ok if (t0 is None or t >= t0) and (t1 is None or t <= t1)]
+        if t0 is not None and self.ok:
+            # The gap that spans t0 counts from the last write before it.
+            before = [t for t, _ in self.ok if t < t0]
+            if before:
+                ts.insert(0, before[-1])
+        return max((b - a for a, b in zip(ts, ts[1:])), default=0.0)
+
+
+def must(v, what):
+    if v is None:
+        raise RuntimeError(what)
+    return v
+
+
+def one_round(tool, h, base):
+    """A round of the harness's with ganesha serving each node's export and
+    the writers in the client namespace going through the service address;
+    for syncd, then a planned switchover under the same load. `h` is the
+    harness (lab helpers and the counting)."""
+    logs, seq = [None, None], [0]
+
+    def start(i):
+        tool.start(i)
+        seq[0] += 1
+        logs[i] = start_ganesha(tool.groups[i], h.ns(i), tool.dir(i), tool.export(i), seq[0])
+
+    for i in range(2):
+        start(i)
+    must(h.wait(lambda: h.holds_vip(0), 30), f"{tool.name}: node 0 never took the address")
+    must(h.wait(tool.ready, 60), f"{tool.name}: node 1 never reported its data current")
+    must(h.wait(lambda: all(ganesha_ready(x) for x in logs), 60), f"ganesha did not start: see {base}")
+    time.sleep(1.0)
+    w = Writer(h.ns(2), h.VIP, "r", 5, "reconnect", f"{base}/writer-reconnect.log")
+    k = Writer(h.ns(2), h.VIP, "k", 50, "keep", f"{base}/writer-keep.log")
+    try:
+        must(h.wait(lambda: w.ok and k.ok, 30), f"the NFS client never wrote: see {base}")
+        time.sleep(h.WARM)
+        t_kill = time.monotonic()
+        tool.kill(0)
+        h.port(0, 0)
+        took = h.wait(lambda: h.holds_vip(1), 20)
+        time.sleep(max(0.0, h.OUTAGE - (time.monotonic() - t_kill)))
+        # Reboot: the address a dead host held is gone with it.
+        subprocess.run(["ip", "-n", h.ns(0), "addr", "del", f"{h.VIP}/24", "dev", "eth0"], capture_output=True)
+        h.port(0, 3)
+        start(0)
+        time.sleep(h.AFTER)
+        t_back = time.monotonic()
+        res = {
+            "failover_s": took,
+            "first_write_s": w.first_ok_after(t_kill),
+            "no_write_s": w.longest_gap(None, t_back),
+            "keep_ok_after_kill": sum(1 for t, _ in k.ok if t > t_kill),
+            # What the reconnecting writer reached before the kill (it offers ~200/s).
+            "rate": sum(1 for t, _ in w.ok if t <= t_kill) / max(1e-9, t_kill - w.ok[0][0]),
+        }
+        if hasattr(tool, "switchover"):
+            res.update(switchover(tool, h, w))
+    finally:
+        w.finish()
+        k.finish()
+    time.sleep(h.DRAIN)
+    leader = next((i for i in range(2) if h.holds_vip(i)), 1)
+    written = {**w.written(), **k.written()}
+    when = {name: (t, "?") for t, name in w.ok + k.ok}
+    res.update(h.count(tool, written, when, leader, t_kill))
+    if "switchover_t0" in res:
+        # No demote hook fences the export here: writes go on through the
+        # drain, so count the ones made from the switchover on separately.
+        since = {n: b for n, b in written.items() if when[n][0] >= res["switchover_t0"]}
+        c = h.count(tool, since, when, leader, t_kill)
+        res["switchover_not_on_leader"] = c["conflicts"] + c["other_node_only"] + c["gone"]
+        res["switchover_written"] = len(since)
+    res.update(written=len(written), errors=w.errors, leader=leader)
+    tool.stop_all()
+    return res
+
+
+def switchover(tool, h, w):
+    """`syncd switchover` on the leader once its follower is current: what it
+    prints, and the client's longest gap between acknowledged writes from
+    the command's start to AFTER seconds after the address moved."""
+    leader = next((i for i in range(2) if h.holds_vip(i)), None)
+    if leader is None:
+        return {"switchover": "no leader"}
+    if h.wait(lambda: tool.ready(1 - leader), 60) is None:
+        return {"switchover": "follower never current"}
+    # `data: current` compares generations only; the drain needs the session.
+    # Tried anyway if the leader never says it is connected (seen: its status
+    # said "not connected" while its primary logged "in sync").
+    h.wait(lambda: tool.connected(leader), 10)
+    time.sleep(2.0)
+    t0 = time.monotonic()
+    rc, out = tool.switchover(leader)
+    moved = h.wait(lambda: h.holds_vip(1 - leader), 20)
+    time.sleep(h.AFTER)
+    m = re.search(r"unavailable for (\d+) ms", out)
+    return {
+        "switchover_t0": t0,
+        "switchover": f"exit {rc}" if rc or not m else "ok",
+        "switchover_out": out.splitlines()[-1] if out else "",
+        "switchover_printed_s": int(m.group(1)) / 1000 if m else None,
+        "switchover_gap_s": w.longest_gap(t0, time.monotonic()),
+        "switchover_moved": moved is not None,
+    }
+
+
+def secs(v):
+    return "never" if v is None else f"{v:.2f} s"
+
+
+def print_round(r, tool, res):
+    print(f"round {r + 1} {tool.name:26} written {res['written']:5} ({res['rate']:.0f}/s, failed {res['errors']})  "
+          f"address moved {secs(res['failover_s']):>8}  first write after kill {secs(res['first_write_s']):>8}  "
+          f"longest no-write {res['no_write_s']:.2f} s  | on leader {res['on_leader']:5}  "
+          f"conflicts {res['conflicts']:4}  other node only {res['other_node_only']:4}  gone {res['gone']:4}  "
+          f"| kept-session client: {res['keep_ok_after_kill']} writes after the kill", flush=True)
+    if "switchover" in res:
+        so = res.get("switchover_printed_s")
+        print(f"        switchover: {res['switchover']}, printed {secs(so)}, client's longest gap "
+              f"{secs(res.get('switchover_gap_s'))}, address moved: {res.get('switchover_moved')}, "
+              f"{res.get('switchover_not_on_leader')} of {res.get('switchover_written')} writes since not on the leader"
+              f"  [{res.get('switchover_out', '')}]", flush=True)
+
+
+def print_summary(kinds, results, names):
+    def med(xs):
+        xs = [x for x in xs if x is not None]
+        return f"{statistics.median(xs):.2f}" if xs else "-"
+    print()
+    print(f"{'':28}{'first write after kill s':>26}{'longest no-write s':>20}{'gone':>8}"
+          f"{'switchover printed / client gap s':>36}   (medians; gone: worst)")
+    for k in kinds:
+        rs = results[k]
+        so = (f"{med(x.get('switchover_printed_s') for x in rs)} / {med(x.get('switchover_gap_s') for x in rs)}"
+              if k == "syncd" else "-")
+        print(f"{names[k]:28}{med(x['first_write_s'] for x in rs):>26}{med(x['no_write_s'] for x in rs):>20}"
+              f"{max(x['gone'] for x in rs):>8}{so:>36}")

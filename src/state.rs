@@ -111,20 +111,25 @@ pub fn private_dir(path: &Path) -> io::Result<()> {
             ),
         )
     })?;
-    let st = rustix::fs::fstat(&fd)?;
+    owned_private(&fd, &format!("state directory {}", path.display()))
+}
+
+/// Refuses a directory another user owns (whoever controls it controls
+/// what syncd reads from it) and removes group and other access.
+fn owned_private(fd: &impl AsFd, what: &str) -> io::Result<()> {
+    let st = rustix::fs::fstat(fd)?;
     let me = rustix::process::geteuid().as_raw();
     if st.st_uid != me {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(
-                "state directory {} is owned by uid {}, not {me}; refusing to keep state where another user controls it",
-                path.display(),
+                "{what} is owned by uid {}, not {me}; refusing to keep files where another user controls them",
                 st.st_uid
             ),
         ));
     }
     if st.st_mode & 0o077 != 0 {
-        chmod_fd(&fd, 0o700)?;
+        chmod_fd(fd, 0o700)?;
     }
     Ok(())
 }
@@ -150,20 +155,7 @@ pub fn private_subdir(
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    let st = rustix::fs::fstat(&fd)?;
-    if st.st_uid != rustix::process::geteuid().as_raw() {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!(
-                "{} is owned by uid {}; refusing to stage files where another user controls them",
-                name.to_string_lossy(),
-                st.st_uid
-            ),
-        ));
-    }
-    if st.st_mode & 0o077 != 0 {
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700))?;
-    }
+    owned_private(&fd, &name.to_string_lossy())?;
     Ok(fd)
 }
 

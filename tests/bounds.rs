@@ -715,3 +715,54 @@ fn hostile_request_sequences_end_the_session_with_a_clear_error() {
     }
     assert_serving(&mut p);
 }
+
+/// A verify session that ends says nothing about the writing session beside
+/// it: the standby stays "connected" (before, any session's end cleared it,
+/// so `status` said "not connected" and a switchover waited on a session
+/// that was up).
+#[test]
+fn a_verify_session_ending_leaves_the_writing_session_connected() {
+    let mut p = Pair::new();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let toml = std::fs::read_to_string(p.path("standby.toml")).unwrap();
+    std::fs::write(
+        p.path("standby.toml"),
+        format!("admin = \"127.0.0.1:{admin}\"\n{toml}"),
+    )
+    .unwrap();
+    p.start_standby();
+    let connected = || -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", admin)).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out.lines()
+            .find(|l| l.starts_with("syncd_connected{"))
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or_else(|| panic!("no syncd_connected in:\n{out}"))
+            .to_string()
+    };
+    let cfg = primary_cfg(&p);
+    let me = syncd::generation::Leading::start(&cfg, false).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let w = Session::connect(&cfg, Purpose::Resync, &me).await.unwrap();
+        assert_eq!(connected(), "1");
+        let mut v = Session::connect(&cfg, Purpose::Verify, &me).await.unwrap();
+        v.list(false).await.unwrap();
+        v.finish().await.unwrap();
+        // The verify session's end is handled by the standby shortly after.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(connected(), "1", "the writing session is still up");
+        drop(w);
+    });
+}

@@ -81,11 +81,21 @@ async fn session(
     busy: Arc<Busy>,
 ) -> Result<(), SessionError> {
     let stats = shared.stats.clone();
-    let r = session_inner(&conn, shared, cfg, &busy).await;
+    let since = std::sync::atomic::AtomicU64::new(0);
+    let r = session_inner(&conn, shared, cfg, &busy, &since).await;
     if let Err(e) = &r {
         stats.error(e);
     }
-    stats.connected_since.store(0, Ordering::Relaxed);
+    // Only the writing session that set it clears it: a verify or peer
+    // session ending, or a superseded one, says nothing about the current
+    // one; and in `--role auto` this node's own source shares the field.
+    let mine = since.load(Ordering::Relaxed);
+    if mine != 0 {
+        let _ =
+            stats
+                .connected_since
+                .compare_exchange(mine, 0, Ordering::Relaxed, Ordering::Relaxed);
+    }
     // Let the primary read our last reply and close first; do not hang on a dead one.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn.closed()).await;
     let mut cur = lock(&busy.current);
@@ -100,6 +110,7 @@ async fn session_inner(
     shared: Arc<Shared>,
     cfg: Config,
     busy: &Busy,
+    since: &std::sync::atomic::AtomicU64,
 ) -> Result<(), SessionError> {
     let (mut send, mut recv) = conn.accept_bi().await?;
     let mut rbuf = Vec::new();
@@ -115,7 +126,7 @@ async fn session_inner(
             return refuse(&mut send, reason, newer).await;
         }
     };
-    announce(conn, &shared, &hello);
+    since.store(announce(conn, &shared, &hello), Ordering::Relaxed);
     let _guard = if hello.purpose != Purpose::Resync {
         None // read-only: runs beside a writing session
     } else {
@@ -202,18 +213,22 @@ fn judge(
     Ok(h)
 }
 
-fn announce(conn: &quinn::Connection, shared: &Shared, hello: &Hello) {
+/// Logs the session; a writing one marks the standby connected. Returns
+/// the `connected_since` it stored (0 if none).
+fn announce(conn: &quinn::Connection, shared: &Shared, hello: &Hello) -> u64 {
     let peer = conn.remote_address();
     if hello.purpose == Purpose::Peer {
         tracing::debug!(%peer, node = %hello.peer, "peer session");
-        return;
+        return 0;
     }
     tracing::info!(%peer, node = %hello.peer, purpose = ?hello.purpose, "primary connected");
-    if hello.purpose == Purpose::Resync {
-        shared.stats.connects.fetch_add(1, Ordering::Relaxed);
-        let now = crate::stats::unix_now();
-        shared.stats.connected_since.store(now, Ordering::Relaxed);
+    if hello.purpose != Purpose::Resync {
+        return 0;
     }
+    shared.stats.connects.fetch_add(1, Ordering::Relaxed);
+    let now = crate::stats::unix_now().max(1);
+    shared.stats.connected_since.store(now, Ordering::Relaxed);
+    now
 }
 
 /// Supersedes the current writing session and waits (30 s at most) for it

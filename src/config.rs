@@ -14,12 +14,8 @@ use crate::batch::BatchConfig;
 use crate::meta_policy::MetaPolicy;
 use crate::tls::Fingerprint;
 
-#[derive(Debug, thiserror::Error)]
-#[error("{file}: {msg}")]
-pub struct ConfigError {
-    pub file: String,
-    pub msg: String,
-}
+pub use syncd_ops::config::ConfigError;
+use syncd_ops::config::Problems;
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
@@ -231,10 +227,7 @@ pub struct Config {
 
 impl Config {
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
-            file: file.display().to_string(),
-            msg: format!("cannot read the config file: {e}; pass an existing file with --config"),
-        })?;
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError::unreadable(file, &e))?;
         Config::parse(&text, file)
     }
 
@@ -242,29 +235,11 @@ impl Config {
     /// `file` names the configuration in errors and relative paths are
     /// resolved against its directory. The export, cert, key and peer_cert
     /// must exist (they are checked, not read); host names are resolved.
+    /// Every problem is reported at once.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        let err = |msg: String| ConfigError {
-            file: file.display().to_string(),
-            msg,
-        };
-        let raw: Raw = toml::from_str(text).map_err(|e| {
-            let m = e.message().to_string();
-            let hint = if m.contains("missing field") {
-                " (see contrib/syncd.example.toml for every key)"
-            } else if m.contains("unknown field") {
-                " (check the spelling; see contrib/syncd.example.toml)"
-            } else {
-                ""
-            };
-            let at = e
-                .span()
-                .map(|s| {
-                    let line = text[..s.start.min(text.len())].lines().count().max(1);
-                    format!(" at line {line}")
-                })
-                .unwrap_or_default();
-            err(format!("{m}{at}{hint}"))
-        })?;
+        let raw: Raw = toml::from_str(text)
+            .map_err(|e| ConfigError::syntax(text, e.message(), e.span().map(|s| s.start)))
+            .map_err(|e| e.in_file(file))?;
         let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
         let abs = |p: &Path| {
             if p.is_absolute() {
@@ -273,127 +248,65 @@ impl Config {
                 base.join(p)
             }
         };
+        let line = |m: String| ConfigError::from_line(&m);
+        let mut p = Problems::new();
 
-        let export = abs(&raw.export);
-        match std::fs::metadata(&export) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(err(format!(
-                    "export: {} is not a directory; point it at the directory to replicate",
-                    export.display()
-                )))
-            }
-            Err(e) => {
-                return Err(err(format!(
-                    "export: {}: {e}; create the directory or fix the path",
-                    export.display()
-                )))
+        let export = p.take(export_dir(&abs(&raw.export)));
+        for (key, f) in [("cert", &raw.cert), ("key", &raw.key)] {
+            let f = abs(f);
+            if let Err(e) = std::fs::File::open(&f) {
+                p.push(
+                    key,
+                    format!(
+                        "cannot read {}: {e}; run `syncd keygen --out DIR` and point {key} at the file",
+                        f.display()
+                    ),
+                );
             }
         }
-        let export = export
-            .canonicalize()
-            .map_err(|e| err(format!("export: {e}")))?;
-        for (key, p) in [("cert", &raw.cert), ("key", &raw.key)] {
-            let p = abs(p);
-            if let Err(e) = std::fs::File::open(&p) {
-                return Err(err(format!(
-                    "{key}: cannot read {}: {e}; run `syncd keygen --out DIR` and point {key} at the file",
-                    p.display()
-                )));
-            }
-        }
-        let peer_pin = match (&raw.peer_cert, &raw.peer_fingerprint) {
-            (Some(_), Some(_)) => {
-                return Err(err("peer_cert and peer_fingerprint are both set; keep exactly one".into()))
-            }
-            (None, None) => {
-                return Err(err(
-                    "peer_cert: missing; set peer_cert to the peer's certificate file, or peer_fingerprint to the \"sha256:...\" that `syncd keygen` printed on the peer"
-                        .into(),
-                ))
-            }
-            (Some(c), None) => {
-                let c = abs(c);
-                if let Err(e) = std::fs::File::open(&c) {
-                    return Err(err(format!(
-                        "peer_cert: cannot read {}: {e}; copy the peer's node.crt here",
-                        c.display()
-                    )));
-                }
-                PeerPin::Cert(c)
-            }
-            (None, Some(f)) => PeerPin::Fingerprint(f.parse().map_err(|e| err(format!("peer_fingerprint: {e}")))?),
+        let peer_pin = p.take(peer_pin(&raw, &abs));
+        let mut addr = |key: &str, v: Option<&str>| {
+            v.map(|s| resolve(s).map_err(|e| ConfigError::new(key, e)))
+                .transpose()
+                .unwrap_or_else(|e| {
+                    p.add(e);
+                    None
+                })
         };
-        let listen = raw
-            .listen
-            .as_deref()
-            .map(|s| resolve(s).map_err(|e| err(format!("listen: {e}"))))
-            .transpose()?;
-        let peer = raw
-            .peer
-            .as_deref()
-            .map(|s| resolve(s).map_err(|e| err(format!("peer: {e}"))))
-            .transpose()?;
-        let admin = raw
-            .admin
-            .as_deref()
-            .map(|s| resolve(s).map_err(|e| err(format!("admin: {e}"))))
-            .transpose()?;
+        let listen = addr("listen", raw.listen.as_deref());
+        let peer = addr("peer", raw.peer.as_deref());
+        let admin = addr("admin", raw.admin.as_deref());
         let export_id = raw.export_id.unwrap_or_else(|| "default".into());
         if export_id.is_empty() || export_id.len() > 128 {
-            return Err(err("export_id: must be 1 to 128 characters".into()));
+            p.push("export_id", "must be 1 to 128 characters");
         }
         let node_id = raw.node_id.unwrap_or_else(hostname);
-        let (state_dir, legacy_state) =
-            state_location(&export, &export_id, raw.state_dir.as_deref().map(abs)).map_err(err)?;
-        if raw.sync.delta_min_size == 0 {
-            return Err(err(
-                "sync.delta_min_size: must be at least 1 (bytes); the default is 65536".into(),
-            ));
-        }
-        let rs = &raw.sync;
-        if rs.batch_max_delay_ms == 0 || rs.batch_window_ms > rs.batch_max_delay_ms {
-            return Err(err(format!(
-                "sync.batch_max_delay_ms: must be at least 1 and at least sync.batch_window_ms ({}); the defaults are {} and {}",
-                rs.batch_window_ms,
-                default_max_delay_ms(),
-                default_window_ms()
-            )));
-        }
-        if rs.batch_max_paths == 0 {
-            return Err(err(format!(
-                "sync.batch_max_paths: must be at least 1; the default is {}",
-                default_max_paths()
-            )));
-        }
-        let ms = std::time::Duration::from_millis;
-        let batch = BatchConfig {
-            window: ms(rs.batch_window_ms),
-            max_delay: ms(rs.batch_max_delay_ms),
-            max_paths: rs.batch_max_paths,
-            settle: ms(rs.settle_ms),
-        };
-        let full_reconcile = (rs.full_reconcile_secs > 0)
-            .then(|| std::time::Duration::from_secs(rs.full_reconcile_secs));
-        let standby =
+        let state = export.as_ref().and_then(|export| {
+            p.take(
+                state_location(export, &export_id, raw.state_dir.as_deref().map(abs)).map_err(line),
+            )
+        });
+        let sync = p.take(sync_options(&raw.sync));
+        let standby = p.take(
             MetaPolicy::from_config(raw.standby.owners.as_deref(), raw.standby.strip_setid)
-                .map_err(&err)?;
-        vrrp_tables(&raw.vrrp).map_err(&err)?;
-        let rp = &raw.pair;
-        if rp.heartbeat_ms == 0 || rp.heartbeat_timeout_ms < 2 * rp.heartbeat_ms {
-            return Err(err(format!(
-                "pair.heartbeat_timeout_ms: must be at least twice pair.heartbeat_ms ({}) so one lost heartbeat is not a dead peer; the defaults are {} and {}",
-                rp.heartbeat_ms,
-                default_heartbeat_timeout_ms(),
-                default_heartbeat_ms()
-            )));
-        }
-        let hooks = crate::hooks::validate(&raw.hooks).map_err(&err)?;
-        let pair = PairOptions {
-            heartbeat: ms(rp.heartbeat_ms),
-            heartbeat_timeout: ms(rp.heartbeat_timeout_ms),
-            peer_wait: std::time::Duration::from_secs(rp.peer_wait_secs),
-            unsure_wait: std::time::Duration::from_secs(rp.unsure_wait_secs),
+                .map_err(line),
+        );
+        p.take(vrrp_tables(&raw.vrrp));
+        let pair = p.take(pair_options(&raw.pair));
+        let hooks = p.take(crate::hooks::validate(&raw.hooks).map_err(line));
+        p.finish().map_err(|e| e.in_file(file))?;
+        let (
+            Some(export),
+            Some(peer_pin),
+            Some((state_dir, legacy_state)),
+            Some(sync),
+            Some(standby),
+            Some(pair),
+            Some(hooks),
+        ) = (export, peer_pin, state, sync, standby, pair, hooks)
+        else {
+            // Each None above left a problem, so finish() returned.
+            return Err(ConfigError::new("", "invalid configuration").in_file(file));
         };
         Ok(Config {
             file: file.to_path_buf(),
@@ -408,16 +321,7 @@ impl Config {
             key: abs(&raw.key),
             peer_pin,
             admin,
-            sync: SyncOptions {
-                delete: raw.sync.delete,
-                delta_min_size: raw.sync.delta_min_size,
-                checksum: raw.sync.checksum,
-                durable: raw.sync.durable,
-                batch,
-                full_reconcile,
-                reply_timeout: (rs.reply_timeout_secs > 0)
-                    .then(|| std::time::Duration::from_secs(rs.reply_timeout_secs)),
-            },
+            sync,
             standby,
             vrrp: raw.vrrp,
             pair,
@@ -427,14 +331,11 @@ impl Config {
 
     /// The validated `[[vrrp]]` instances (`--role auto`), if any.
     pub fn vrrp_config(&self) -> Result<Option<syncd_vrrp::config::Config>, ConfigError> {
-        vrrp_tables(&self.vrrp).map_err(|m| self.err(m))
+        vrrp_tables(&self.vrrp).map_err(|e| e.in_file(&self.file))
     }
 
     fn err(&self, msg: String) -> ConfigError {
-        ConfigError {
-            file: self.file.display().to_string(),
-            msg,
-        }
+        ConfigError::from_line(&msg).in_file(&self.file)
     }
 
     pub fn require_listen(&self) -> Result<SocketAddr, ConfigError> {
@@ -566,8 +467,125 @@ fn hostname() -> String {
 /// name `vrrp[i].key` and the fix, and every problem is reported at once.
 fn vrrp_tables(
     tables: &[syncd_vrrp::config::VrrpConfig],
-) -> Result<Option<syncd_vrrp::config::Config>, String> {
-    syncd_vrrp::config::validate_tables(tables).map_err(|lines| lines.join("\n"))
+) -> Result<Option<syncd_vrrp::config::Config>, ConfigError> {
+    syncd_vrrp::config::validate_tables(tables)
+}
+
+/// `export`: an existing directory, canonicalized.
+fn export_dir(export: &Path) -> Result<PathBuf, ConfigError> {
+    let bad = |m: String| ConfigError::new("export", m);
+    match std::fs::metadata(export) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(bad(format!(
+                "{} is not a directory; point it at the directory to replicate",
+                export.display()
+            )))
+        }
+        Err(e) => {
+            return Err(bad(format!(
+                "{}: {e}; create the directory or fix the path",
+                export.display()
+            )))
+        }
+    }
+    export.canonicalize().map_err(|e| bad(e.to_string()))
+}
+
+/// How the peer's certificate is pinned: exactly one of `peer_cert` and
+/// `peer_fingerprint`.
+fn peer_pin(raw: &Raw, abs: &dyn Fn(&Path) -> PathBuf) -> Result<PeerPin, ConfigError> {
+    match (&raw.peer_cert, &raw.peer_fingerprint) {
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            "peer_cert",
+            "peer_cert and peer_fingerprint are both set; keep exactly one",
+        )),
+        (None, None) => Err(ConfigError::new(
+            "peer_cert",
+            "missing; set peer_cert to the peer's certificate file, or peer_fingerprint to the \"sha256:...\" that `syncd keygen` printed on the peer",
+        )),
+        (Some(c), None) => {
+            let c = abs(c);
+            match std::fs::File::open(&c) {
+                Ok(_) => Ok(PeerPin::Cert(c)),
+                Err(e) => Err(ConfigError::new(
+                    "peer_cert",
+                    format!("cannot read {}: {e}; copy the peer's node.crt here", c.display()),
+                )),
+            }
+        }
+        (None, Some(f)) => f
+            .parse()
+            .map(PeerPin::Fingerprint)
+            .map_err(|e| ConfigError::new("peer_fingerprint", e.to_string())),
+    }
+}
+
+/// `[sync]`: each bound checked, every problem kept.
+fn sync_options(rs: &RawSync) -> Result<SyncOptions, ConfigError> {
+    let mut p = Problems::new();
+    if rs.delta_min_size == 0 {
+        p.push(
+            "sync.delta_min_size",
+            "must be at least 1 (bytes); the default is 65536",
+        );
+    }
+    if rs.batch_max_delay_ms == 0 || rs.batch_window_ms > rs.batch_max_delay_ms {
+        p.push(
+            "sync.batch_max_delay_ms",
+            format!(
+                "must be at least 1 and at least sync.batch_window_ms ({}); the defaults are {} and {}",
+                rs.batch_window_ms,
+                default_max_delay_ms(),
+                default_window_ms()
+            ),
+        );
+    }
+    if rs.batch_max_paths == 0 {
+        p.push(
+            "sync.batch_max_paths",
+            format!("must be at least 1; the default is {}", default_max_paths()),
+        );
+    }
+    p.finish()?;
+    let ms = std::time::Duration::from_millis;
+    let secs = |s: u64| (s > 0).then(|| std::time::Duration::from_secs(s));
+    Ok(SyncOptions {
+        delete: rs.delete,
+        delta_min_size: rs.delta_min_size,
+        checksum: rs.checksum,
+        durable: rs.durable,
+        batch: BatchConfig {
+            window: ms(rs.batch_window_ms),
+            max_delay: ms(rs.batch_max_delay_ms),
+            max_paths: rs.batch_max_paths,
+            settle: ms(rs.settle_ms),
+        },
+        full_reconcile: secs(rs.full_reconcile_secs),
+        reply_timeout: secs(rs.reply_timeout_secs),
+    })
+}
+
+/// `[pair]`: heartbeats and waits.
+fn pair_options(rp: &RawPair) -> Result<PairOptions, ConfigError> {
+    if rp.heartbeat_ms == 0 || rp.heartbeat_timeout_ms < 2 * rp.heartbeat_ms {
+        return Err(ConfigError::new(
+            "pair.heartbeat_timeout_ms",
+            format!(
+                "must be at least twice pair.heartbeat_ms ({}) so one lost heartbeat is not a dead peer; the defaults are {} and {}",
+                rp.heartbeat_ms,
+                default_heartbeat_timeout_ms(),
+                default_heartbeat_ms()
+            ),
+        ));
+    }
+    let ms = std::time::Duration::from_millis;
+    Ok(PairOptions {
+        heartbeat: ms(rp.heartbeat_ms),
+        heartbeat_timeout: ms(rp.heartbeat_timeout_ms),
+        peer_wait: std::time::Duration::from_secs(rp.peer_wait_secs),
+        unsure_wait: std::time::Duration::from_secs(rp.unsure_wait_secs),
+    })
 }
 
 #[cfg(test)]
@@ -666,6 +684,32 @@ mod tests {
             .contains("listen: "));
         write(&f, &format!("{BASE}[sync]\ndelete = \"yes\"\n"));
         assert!(Config::load(&f).unwrap_err().to_string().contains("line 6"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let (_d, f) = setup();
+        write(
+            &f,
+            &format!(
+                "{}listen = \"nohost\"\n[sync]\ndelta_min_size = 0\n[pair]\nheartbeat_ms = 500\nheartbeat_timeout_ms = 600\n",
+                BASE.replace("keys/node.key", "keys/missing.key")
+            ),
+        );
+        let e = Config::load(&f).unwrap_err();
+        for key in [
+            "key",
+            "listen",
+            "sync.delta_min_size",
+            "pair.heartbeat_timeout_ms",
+        ] {
+            assert!(e.names(key), "{key} not reported in:\n{e}");
+        }
+        // One line per problem, each naming the file.
+        let text = e.to_string();
+        assert_eq!(text.lines().count(), 4, "{text}");
+        let file = f.display().to_string();
+        assert!(text.lines().all(|l| l.starts_with(&file)), "{text}");
     }
 
     #[test]

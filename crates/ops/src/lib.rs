@@ -4,8 +4,11 @@
 //! - [`admin`]: the admin HTTP/1.1 server (routes given as a closure) and a
 //!   small client for the CLIs' `status` commands;
 //! - [`prom`]: the Prometheus text exposition writer;
+//! - [`config`]: configuration errors, every problem at once naming file,
+//!   key and fix;
 //! - [`duration`]: duration strings such as `"500ms"` or `"1m30s"`.
 
 pub mod admin;
+pub mod config;
 pub mod duration;
 pub mod prom;

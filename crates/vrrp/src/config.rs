@@ -223,42 +223,34 @@ pub struct Config {
     pub instances: Vec<InstanceConfig>,
 }
 
-/// Configuration problems; each line names the key and the fix.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {err}")]
-    Read { path: String, err: std::io::Error },
-    #[error("{path}: {err}")]
-    Parse { path: String, err: String },
-    #[error("{}", .0.join("\n"))]
-    Invalid(Vec<String>),
-}
+pub use syncd_ops::config::ConfigError;
+use syncd_ops::config::Problems;
 
 /// Read and validate a config file.
 pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
-        path: path.display().to_string(),
-        err,
-    })?;
-    parse(&text).map_err(|e| match e {
-        ConfigError::Parse { err, .. } => ConfigError::Parse {
-            path: path.display().to_string(),
-            err,
-        },
-        other => other,
-    })
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::unreadable(path, &e))?;
+    parse(&text).map_err(|e| e.in_file(path))
 }
 
 /// Parse and validate TOML text.
 pub fn parse(text: &str) -> Result<Config, ConfigError> {
-    let file: VrrpFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
-        path: "<config>".into(),
-        err: e.to_string(),
-    })?;
+    let file: VrrpFile = toml::from_str(text)
+        .map_err(|e| ConfigError::syntax(text, e.message(), e.span().map(|s| s.start)))?;
     validate(&file)
 }
 
-fn secs(key: &str, v: f64, min: f64, errs: &mut Vec<String>) -> Duration {
+/// Problems collected as `"key: message"` lines, the form every check
+/// below writes.
+#[derive(Default)]
+struct Errs(Problems);
+
+impl Errs {
+    fn push(&mut self, line: String) {
+        self.0.push_line(&line);
+    }
+}
+
+fn secs(key: &str, v: f64, min: f64, errs: &mut Errs) -> Duration {
     if !v.is_finite() || v < min || v > 86_400.0 {
         errs.push(format!(
             "{key}: {v} is out of range; use seconds between {min} and 86400"
@@ -293,7 +285,7 @@ pub fn parse_vip(s: &str) -> Result<Vip, String> {
 /// `[[vrrp]]` tables embedded in another program's config (syncd's
 /// `--role auto`, syncd-proxy): `None` when there are none; otherwise every
 /// problem, each line naming `vrrp[i].key` and the fix.
-pub fn validate_tables(tables: &[VrrpConfig]) -> Result<Option<Config>, Vec<String>> {
+pub fn validate_tables(tables: &[VrrpConfig]) -> Result<Option<Config>, ConfigError> {
     if tables.is_empty() {
         return Ok(None);
     }
@@ -301,15 +293,11 @@ pub fn validate_tables(tables: &[VrrpConfig]) -> Result<Option<Config>, Vec<Stri
         admin: None,
         vrrp: tables.to_vec(),
     };
-    match validate(&file) {
-        Ok(c) => Ok(Some(c)),
-        Err(ConfigError::Invalid(lines)) => Err(lines),
-        Err(other) => Err(vec![format!("vrrp: {other}")]),
-    }
+    validate(&file).map(Some)
 }
 
 pub fn validate(file: &VrrpFile) -> Result<Config, ConfigError> {
-    let mut errs = Vec::new();
+    let mut errs = Errs::default();
     let admin = match &file.admin {
         None => None,
         Some(a) => match a.parse::<SocketAddr>() {
@@ -658,11 +646,8 @@ pub fn validate(file: &VrrpFile) -> Result<Config, ConfigError> {
             }
         }
     }
-    if errs.is_empty() {
-        Ok(Config { admin, instances })
-    } else {
-        Err(ConfigError::Invalid(errs))
-    }
+    errs.0.finish()?;
+    Ok(Config { admin, instances })
 }
 
 #[cfg(test)]

@@ -35,7 +35,8 @@ pub struct BatchConfig {
     /// default) is group commit: ship at once when no batch is in flight.
     pub window: Duration,
     /// Never hold a change longer than this (for a `window` or a rename's
-    /// first half) once no batch is in flight.
+    /// first half) once no batch is in flight, counted from when it could
+    /// ship (a file's close, not its first write).
     pub max_delay: Duration,
     /// Ship at once when this many paths are pending.
     pub max_paths: usize,
@@ -125,7 +126,13 @@ pub struct Batcher {
     /// First halves of renames waiting for their second: when seen.
     unpaired: HashMap<RelPath, Instant>,
     changes: u64,
+    /// When the oldest pending change was seen, files still being written
+    /// included: the lag.
     oldest: Option<Instant>,
+    /// When the oldest change that could ship became ready: `max_delay`
+    /// counts from here, so a file written for minutes does not make every
+    /// batch overdue.
+    ready_since: Option<Instant>,
     last: Option<Instant>,
     /// When the last batch was taken (see [`PACE`]).
     taken: Option<Instant>,
@@ -143,6 +150,7 @@ impl Batcher {
             unpaired: HashMap::new(),
             changes: 0,
             oldest: None,
+            ready_since: None,
             last: None,
             taken: None,
         }
@@ -166,6 +174,9 @@ impl Batcher {
         self.changes += 1;
         self.oldest.get_or_insert(now);
         self.last = Some(now);
+        if !matches!(c, Change::Writing(_)) {
+            self.ready_since.get_or_insert(now);
+        }
         match c {
             Change::Settled(p) => {
                 self.writing.remove(&p);
@@ -226,6 +237,7 @@ impl Batcher {
     pub fn force_full(&mut self, now: Instant) {
         self.full = true;
         self.oldest.get_or_insert(now);
+        self.ready_since.get_or_insert(now);
     }
 
     /// When [`Batcher::take`] may next return something.
@@ -244,7 +256,7 @@ impl Batcher {
             .into_iter()
             .flatten()
             .max();
-            match (linger, self.oldest) {
+            match (linger, self.ready_since) {
                 (Some(l), Some(o)) => min(l.min(o + self.cfg.max_delay)),
                 (Some(t), None) | (None, Some(t)) => min(t),
                 (None, None) => {}
@@ -272,6 +284,7 @@ impl Batcher {
         for p in quiet {
             self.writing.remove(&p);
             self.ready.entry(p).or_insert(false);
+            self.ready_since.get_or_insert(now);
         }
         let due_later: Vec<RelPath> = self
             .later
@@ -282,6 +295,7 @@ impl Batcher {
         for p in due_later {
             self.later.remove(&p);
             self.ready.entry(p).or_insert(false);
+            self.ready_since.get_or_insert(now);
         }
         let has = self.full || !self.ready.is_empty() || !self.renames.is_empty();
         if !has {
@@ -292,7 +306,9 @@ impl Batcher {
         let paced = self.taken.is_none_or(|t| now >= t + PACE);
         let due = self.ready.len() + self.renames.len() >= self.cfg.max_paths
             || (quiet && paired && paced)
-            || self.oldest.is_none_or(|o| now >= o + self.cfg.max_delay);
+            || self
+                .ready_since
+                .is_none_or(|o| now >= o + self.cfg.max_delay);
         if !due {
             return None;
         }
@@ -325,6 +341,7 @@ impl Batcher {
             .chain(self.later.values().map(|(since, _)| since))
             .min()
             .copied();
+        self.ready_since = None;
         self.last = None;
         self.taken = Some(now);
         self.unpaired.clear();

@@ -239,3 +239,47 @@ fn a_deferred_file_comes_back_at_its_time_unless_an_event_comes_first() {
     assert_eq!(scope(&got), [("d".into(), false), ("e".into(), true)]);
     assert_eq!(b.pending(), 1, "only h, being written");
 }
+
+/// A file written for a long time must not make every other change overdue:
+/// `max_delay` counts from when a change could ship, not from the oldest
+/// write still in progress.
+#[test]
+fn a_long_writer_does_not_make_every_batch_due_at_once() {
+    let ms = Duration::from_millis;
+    let t0 = Instant::now();
+    let mut b = Batcher::new(BatchConfig {
+        window: ms(20),
+        max_delay: ms(100),
+        max_paths: 10_000,
+        settle: Duration::from_secs(60),
+    });
+    // A log file written every 10 ms for 2 s.
+    for i in 0..200 {
+        b.push(Change::Writing(p("log")), t0 + ms(10 * i));
+    }
+    b.push(Change::Settled(p("a")), t0 + ms(1_990));
+    // The window of 20 ms after the last event still applies...
+    assert_eq!(b.take(t0 + ms(1_995)), None, "a's window is not over");
+    assert_eq!(b.deadline(), Some(t0 + ms(2_010)));
+    let got = b.take(t0 + ms(2_010)).expect("a ships after its window");
+    assert_eq!(scope(&got), [("a".into(), false)]);
+    // ...and the lag still counts from the writer's first event.
+    assert_eq!(got.oldest, Some(t0));
+    assert_eq!(
+        b.oldest(),
+        Some(t0 + ms(1_990)),
+        "the writer is still pending"
+    );
+    // The next change waits for its own window, not for nothing.
+    b.push(Change::Writing(p("log")), t0 + ms(2_011));
+    b.push(Change::Settled(p("b")), t0 + ms(2_012));
+    assert_eq!(b.take(t0 + ms(2_013)), None, "b's window is not over");
+    // A change under a steady stream of events still ships by max_delay.
+    for i in 0..20 {
+        b.push(Change::Writing(p("log")), t0 + ms(2_012 + 10 * i));
+    }
+    assert!(
+        b.take(t0 + ms(2_112)).is_some(),
+        "max_delay from b's arrival"
+    );
+}

@@ -107,8 +107,11 @@ fn group_commit_ships_at_once_when_idle_and_gathers_while_in_flight() {
     l.handle_shipped(t2, Followups::default(), 0, true);
     assert_eq!(l.poll_action(t2), None);
     assert_eq!(l.poll_timeout(), Some(t1 + cfg().batch.settle));
+    // Its close ships it once PACE after the last batch has passed (the
+    // write's age does not make it overdue).
     l.handle_change(Change::Settled(p("c")), t2);
-    assert_eq!(scope_of(&ship(&mut l, t2)), ["c"]);
+    assert_eq!(l.poll_action(t2), None);
+    assert_eq!(scope_of(&ship(&mut l, t2 + crate::batch::PACE)), ["c"]);
 }
 
 #[test]

@@ -1,0 +1,335 @@
+use super::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const LIMITS: Timeouts = Timeouts {
+    client_body: Duration::from_secs(60),
+    backend: Duration::from_secs(60),
+};
+
+/// A backend that answers every request on a connection with `reply`.
+async fn backend(reply: &'static [u8]) -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let mut have = Vec::new();
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => have.extend_from_slice(&buf[..n]),
+                    }
+                    while let Some(p) = have.windows(4).position(|w| w == b"\r\n\r\n") {
+                        have.drain(..p + 4);
+                        if s.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn get(addr: std::net::SocketAddr, method: Method) -> (u16, Vec<u8>, Option<Conn>) {
+    let conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+    let resp = conn
+        .exchange(
+            &method,
+            &Uri::from_static("/x"),
+            &HeaderMap::new(),
+            None,
+            &mut None,
+            LIMITS,
+        )
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    let mut data = Vec::new();
+    while let Some(f) = body.frame().await {
+        if let Ok(d) = f.unwrap().into_data() {
+            data.extend_from_slice(&d);
+        }
+    }
+    (status, data, body.take_reusable())
+}
+
+/// `GET /` with no body on a fresh connection to `addr`.
+async fn plain_get(addr: std::net::SocketAddr) -> Result<Response<BackendBody>, ExchangeError> {
+    Conn::new(TcpStream::connect(addr).await.unwrap())
+        .exchange(
+            &Method::GET,
+            &Uri::from_static("/"),
+            &HeaderMap::new(),
+            None,
+            &mut None,
+            LIMITS,
+        )
+        .await
+}
+
+#[tokio::test]
+async fn content_length_body_and_reuse() {
+    let addr = backend(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello").await;
+    let (s, body, conn) = get(addr, Method::GET).await;
+    assert_eq!((s, body.as_slice()), (200, &b"hello"[..]));
+    let conn = conn.expect("reusable");
+    assert!(conn.looks_alive());
+    let resp = conn
+        .exchange(
+            &Method::GET,
+            &Uri::from_static("/"),
+            &HeaderMap::new(),
+            None,
+            &mut None,
+            LIMITS,
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn chunked_body_with_trailers_and_interim_response() {
+    let addr = backend(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nX-Trailer: t\r\n\r\n",
+    )
+    .await;
+    let (s, body, conn) = get(addr, Method::GET).await;
+    assert_eq!(s, 200);
+    assert_eq!(body, b"hello, world");
+    assert!(conn.is_some(), "chunked body read to the end: reusable");
+}
+
+#[tokio::test]
+async fn close_delimited_and_connection_close_are_not_reused() {
+    let addr =
+        backend(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok").await;
+    let (_, body, conn) = get(addr, Method::GET).await;
+    assert_eq!(body, b"ok");
+    assert!(conn.is_none());
+}
+
+#[tokio::test]
+async fn head_response_has_no_body() {
+    let addr = backend(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n").await;
+    let (s, body, conn) = get(addr, Method::HEAD).await;
+    assert_eq!((s, body.len()), (200, 0));
+    assert!(conn.is_some());
+}
+
+#[tokio::test]
+async fn garbage_is_invalid_and_silence_is_closed() {
+    let addr = backend(b"NOT HTTP AT ALL\r\n\r\n").await;
+    let r = plain_get(addr).await;
+    assert!(matches!(r, Err(ExchangeError::Invalid(_))));
+
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut b = [0u8; 1024];
+        let _ = s.read(&mut b).await;
+        // close without a response
+    });
+    let r = plain_get(addr).await;
+    assert!(matches!(r, Err(ExchangeError::ClosedBeforeResponse)));
+}
+
+/// A backend that writes `parts` with `gap` between them, then stalls.
+async fn dripping(parts: &'static [&'static [u8]], gap: Duration) -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut b = [0u8; 4096];
+        let _ = s.read(&mut b).await;
+        for p in parts {
+            tokio::time::sleep(gap).await;
+            if s.write_all(p).await.is_err() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    addr
+}
+
+#[tokio::test]
+async fn read_timeout_is_per_read_and_covers_the_body() {
+    let limits = Timeouts {
+        client_body: Duration::from_secs(60),
+        backend: Duration::from_millis(600),
+    };
+    // the head arrives in pieces over ~1s, each within the limit: fine
+    let addr = dripping(
+        &[
+            b"HTTP/1.1 200 OK\r\n",
+            b"Content-Length: 10\r\n",
+            b"\r\n",
+            b"01234",
+        ],
+        Duration::from_millis(250),
+    )
+    .await;
+    let conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+    let resp = conn
+        .exchange(
+            &Method::GET,
+            &Uri::from_static("/"),
+            &HeaderMap::new(),
+            None,
+            &mut None,
+            limits,
+        )
+        .await
+        .expect("slow but moving head is not a timeout");
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    let err = loop {
+        match body.frame().await {
+            Some(Ok(f)) => got.extend_from_slice(&f.into_data().unwrap()),
+            Some(Err(e)) => break e,
+            None => panic!("body cannot complete: the backend stalls"),
+        }
+    };
+    // then the body stalls: a timeout, not a hang
+    assert_eq!(got, b"01234");
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+
+    // a backend that never answers: Timeout after the request was sent
+    let addr = dripping(&[], Duration::ZERO).await;
+    let conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+    let r = conn
+        .exchange(
+            &Method::GET,
+            &Uri::from_static("/"),
+            &HeaderMap::new(),
+            None,
+            &mut None,
+            limits,
+        )
+        .await;
+    assert!(matches!(r, Err(ExchangeError::Timeout)));
+}
+
+#[tokio::test]
+async fn switching_protocols_hands_over_the_connection_with_early_bytes() {
+    let addr = backend(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nEARLY",
+    )
+    .await;
+    let mut h = HeaderMap::new();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    let conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+    let resp = conn
+        .exchange(
+            &Method::GET,
+            &Uri::from_static("/ws"),
+            &h,
+            None,
+            &mut None,
+            LIMITS,
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    let mut body = resp.into_body();
+    assert!(body.is_end_stream());
+    let (mut io, early) = body.take_upgraded().expect("the raw connection");
+    assert!(body.take_reusable().is_none(), "never pooled");
+    let mut rest = early.to_vec();
+    while rest.len() < 5 {
+        let mut b = [0u8; 16];
+        let n = io.read(&mut b).await.unwrap();
+        assert_ne!(n, 0);
+        rest.extend_from_slice(&b[..n]);
+    }
+    assert_eq!(rest, b"EARLY");
+
+    // a 101 nobody asked for is not HTTP any more: refused
+    let r = plain_get(addr).await;
+    assert!(matches!(r, Err(ExchangeError::Invalid(_))));
+}
+
+#[tokio::test]
+async fn transfer_encoding_wins_over_content_length() {
+    let addr = backend(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+    let resp = conn
+        .exchange(
+            &Method::GET,
+            &Uri::from_static("/"),
+            &HeaderMap::new(),
+            None,
+            &mut None,
+            LIMITS,
+        )
+        .await
+        .unwrap();
+    assert!(!resp.headers().contains_key(header::CONTENT_LENGTH));
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"hello");
+}
+
+#[tokio::test]
+async fn signed_lengths_are_invalid() {
+    let addr = backend(b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello").await;
+    let r = plain_get(addr).await;
+    assert!(matches!(r, Err(ExchangeError::Invalid(_))));
+
+    let addr =
+        backend(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n")
+            .await;
+    let conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+    let resp = conn
+        .exchange(
+            &Method::GET,
+            &Uri::from_static("/"),
+            &HeaderMap::new(),
+            None,
+            &mut None,
+            LIMITS,
+        )
+        .await
+        .unwrap();
+    assert!(resp.into_body().collect().await.is_err());
+    assert_eq!(chunk_size_line(b"1aF"), Some(0x1af));
+    assert_eq!(chunk_size_line(b"-5"), None);
+    assert_eq!(chunk_size_line(b"11111111111111111"), None, "overflow");
+}
+
+#[test]
+fn request_head_encoding() {
+    let mut h = HeaderMap::new();
+    h.insert(header::HOST, HeaderValue::from_static("site"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+    h.append("x-a", HeaderValue::from_static("1"));
+    h.append("x-a", HeaderValue::from_static("2"));
+    let mut out = Vec::new();
+    let host = HeaderValue::from_static("10.0.0.1:80");
+    encode_head(
+        &mut out,
+        &Method::PUT,
+        &Uri::from_static("/p?q=1"),
+        &h,
+        Some(&host),
+        Framing::Length(3),
+    );
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.starts_with("PUT /p?q=1 HTTP/1.1\r\nhost: 10.0.0.1:80\r\n"),
+        "{text}"
+    );
+    assert!(!text.contains("site"));
+    assert!(text.contains("x-a: 1\r\nx-a: 2\r\n"));
+    assert!(text.contains("content-length: 3\r\n") && !text.contains("99"));
+    assert!(text.ends_with("\r\n\r\n"));
+}

@@ -15,6 +15,7 @@ use crate::tls::Fingerprint;
 mod raw;
 pub use syncd_ops::config::ConfigError;
 use syncd_ops::config::Problems;
+use syncd_ops::duration::{Unit, Written};
 
 use raw::{
     default_heartbeat_ms, default_heartbeat_timeout_ms, default_max_delay_ms, default_max_paths,
@@ -384,22 +385,30 @@ fn peer_pin(raw: &Raw, abs: &dyn Fn(&Path) -> PathBuf) -> Result<PeerPin, Config
 /// `[sync]`: each bound checked, every problem kept.
 fn sync_options(rs: &RawSync) -> Result<SyncOptions, ConfigError> {
     let mut p = Problems::new();
+    let mut ms = |key: &str, w: &Written| p.take(w.resolve(&format!("sync.{key}"), Unit::Millis));
+    let window = ms("batch_window_ms", &rs.batch_window_ms);
+    let max_delay = ms("batch_max_delay_ms", &rs.batch_max_delay_ms);
+    let settle = ms("settle_ms", &rs.settle_ms);
+    let mut secs = |key: &str, w: &Written| p.take(w.resolve(&format!("sync.{key}"), Unit::Secs));
+    let full_reconcile = secs("full_reconcile_secs", &rs.full_reconcile_secs);
+    let reply_timeout = secs("reply_timeout_secs", &rs.reply_timeout_secs);
     if rs.delta_min_size == 0 {
         p.push(
             "sync.delta_min_size",
             "must be at least 1 (bytes); the default is 65536",
         );
     }
-    if rs.batch_max_delay_ms == 0 || rs.batch_window_ms > rs.batch_max_delay_ms {
-        p.push(
-            "sync.batch_max_delay_ms",
-            format!(
-                "must be at least 1 and at least sync.batch_window_ms ({}); the defaults are {} and {}",
-                rs.batch_window_ms,
-                default_max_delay_ms(),
-                default_window_ms()
-            ),
-        );
+    if let (Some(window), Some(max_delay)) = (window, max_delay) {
+        if max_delay.is_zero() || window > max_delay {
+            p.push(
+                "sync.batch_max_delay_ms",
+                format!(
+                    "must be at least 1 ms and at least sync.batch_window_ms ({window:?}); the defaults are {} and {}",
+                    default_max_delay_ms(),
+                    default_window_ms()
+                ),
+            );
+        }
     }
     if rs.batch_max_paths == 0 {
         p.push(
@@ -408,44 +417,66 @@ fn sync_options(rs: &RawSync) -> Result<SyncOptions, ConfigError> {
         );
     }
     p.finish()?;
-    let ms = std::time::Duration::from_millis;
-    let secs = |s: u64| (s > 0).then(|| std::time::Duration::from_secs(s));
+    let (Some(window), Some(max_delay), Some(settle), Some(full), Some(reply)) =
+        (window, max_delay, settle, full_reconcile, reply_timeout)
+    else {
+        return Err(ConfigError::new("sync", "invalid"));
+    };
+    // Zero turns the periodic compare and the reply deadline off.
+    let nonzero = |d: std::time::Duration| (!d.is_zero()).then_some(d);
     Ok(SyncOptions {
         delete: rs.delete,
         delta_min_size: rs.delta_min_size,
         checksum: rs.checksum,
         durable: rs.durable,
         batch: BatchConfig {
-            window: ms(rs.batch_window_ms),
-            max_delay: ms(rs.batch_max_delay_ms),
+            window,
+            max_delay,
             max_paths: rs.batch_max_paths,
-            settle: ms(rs.settle_ms),
+            settle,
         },
-        full_reconcile: secs(rs.full_reconcile_secs),
-        reply_timeout: secs(rs.reply_timeout_secs),
+        full_reconcile: nonzero(full),
+        reply_timeout: nonzero(reply),
     })
 }
 
 /// `[pair]`: heartbeats and waits.
 fn pair_options(rp: &RawPair) -> Result<PairOptions, ConfigError> {
-    if rp.heartbeat_ms == 0 || rp.heartbeat_timeout_ms < 2 * rp.heartbeat_ms {
-        return Err(ConfigError::new(
-            "pair.heartbeat_timeout_ms",
-            format!(
-                "must be at least twice pair.heartbeat_ms ({}) so one lost heartbeat is not a dead peer; the defaults are {} and {}",
-                rp.heartbeat_ms,
-                default_heartbeat_timeout_ms(),
-                default_heartbeat_ms()
-            ),
-        ));
+    let mut p = Problems::new();
+    let heartbeat = p.take(rp.heartbeat_ms.resolve("pair.heartbeat_ms", Unit::Millis));
+    let timeout = p.take(
+        rp.heartbeat_timeout_ms
+            .resolve("pair.heartbeat_timeout_ms", Unit::Millis),
+    );
+    let peer_wait = p.take(rp.peer_wait_secs.resolve("pair.peer_wait_secs", Unit::Secs));
+    let unsure_wait = p.take(
+        rp.unsure_wait_secs
+            .resolve("pair.unsure_wait_secs", Unit::Secs),
+    );
+    if let (Some(heartbeat), Some(timeout)) = (heartbeat, timeout) {
+        if heartbeat.is_zero() || timeout < 2 * heartbeat {
+            p.push(
+                "pair.heartbeat_timeout_ms",
+                format!(
+                    "must be at least twice pair.heartbeat_ms ({heartbeat:?}) so one lost heartbeat is not a dead peer; the defaults are {} and {}",
+                    default_heartbeat_timeout_ms(),
+                    default_heartbeat_ms()
+                ),
+            );
+        }
     }
-    let ms = std::time::Duration::from_millis;
-    Ok(PairOptions {
-        heartbeat: ms(rp.heartbeat_ms),
-        heartbeat_timeout: ms(rp.heartbeat_timeout_ms),
-        peer_wait: std::time::Duration::from_secs(rp.peer_wait_secs),
-        unsure_wait: std::time::Duration::from_secs(rp.unsure_wait_secs),
-    })
+    p.finish()?;
+    match (heartbeat, timeout, peer_wait, unsure_wait) {
+        (Some(heartbeat), Some(heartbeat_timeout), Some(peer_wait), Some(unsure_wait)) => {
+            Ok(PairOptions {
+                heartbeat,
+                heartbeat_timeout,
+                peer_wait,
+                unsure_wait,
+            })
+        }
+        _ => Err(ConfigError::new("pair", "invalid")),
+    }
 }
 
 #[cfg(test)]

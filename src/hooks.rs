@@ -18,7 +18,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 pub struct RawHooks {
     promote: Option<Vec<String>>,
     demote: Option<Vec<String>>,
-    timeout_ms: Option<u64>,
+    timeout_ms: Option<syncd_ops::duration::Written>,
 }
 
 /// Long enough for an NFS server to export with its grace period set up,
@@ -58,21 +58,27 @@ impl HookOptions {
 
 /// Checks `[hooks]`; the message names the key and the fix.
 pub fn validate(raw: &RawHooks) -> Result<HookOptions, String> {
-    let timeout = match raw.timeout_ms {
+    let timeout = match &raw.timeout_ms {
         None => DEFAULT_TIMEOUT,
-        Some(0) => {
-            return Err(format!(
-                "hooks.timeout_ms: must be at least 1; the default is {}",
-                DEFAULT_TIMEOUT.as_millis()
-            ))
+        Some(w) => {
+            let t = w
+                .resolve("hooks.timeout_ms", syncd_ops::duration::Unit::Millis)
+                .map_err(|e| e.to_string())?;
+            if t.is_zero() {
+                return Err(format!(
+                    "hooks.timeout_ms: must be at least 1; the default is {}",
+                    DEFAULT_TIMEOUT.as_millis()
+                ));
+            }
+            if t > MAX_TIMEOUT {
+                return Err(format!(
+                    "hooks.timeout_ms: {} is more than {} (10 minutes); a hook that slow holds every failover",
+                    t.as_millis(),
+                    MAX_TIMEOUT.as_millis()
+                ));
+            }
+            t
         }
-        Some(ms) if Duration::from_millis(ms) > MAX_TIMEOUT => {
-            return Err(format!(
-                "hooks.timeout_ms: {ms} is more than {} (10 minutes); a hook that slow holds every failover",
-                MAX_TIMEOUT.as_millis()
-            ))
-        }
-        Some(ms) => Duration::from_millis(ms),
     };
     Ok(HookOptions {
         promote: raw
@@ -353,6 +359,11 @@ mod tests {
                 "timeout_ms = 700000",
                 "hooks.timeout_ms: 700000 is more than",
             ),
+            (
+                "timeout_ms = \"11m\"",
+                "hooks.timeout_ms: 660000 is more than",
+            ),
+            ("timeout_ms = \"soon\"", "\"soon\" is not a duration"),
         ];
         for (text, want) in cases {
             let e = validate(&raw(text)).unwrap_err();

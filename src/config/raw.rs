@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::batch::BatchConfig;
+use syncd_ops::duration::Written;
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
@@ -46,23 +47,23 @@ pub(super) struct RawStandby {
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPair {
-    #[serde(default = "default_heartbeat_ms")]
-    pub(super) heartbeat_ms: u64,
-    #[serde(default = "default_heartbeat_timeout_ms")]
-    pub(super) heartbeat_timeout_ms: u64,
-    #[serde(default = "default_peer_wait_secs")]
-    pub(super) peer_wait_secs: u64,
-    #[serde(default = "default_unsure_wait_secs")]
-    pub(super) unsure_wait_secs: u64,
+    #[serde(default = "w_heartbeat_ms")]
+    pub(super) heartbeat_ms: Written,
+    #[serde(default = "w_heartbeat_timeout_ms")]
+    pub(super) heartbeat_timeout_ms: Written,
+    #[serde(default = "w_peer_wait_secs")]
+    pub(super) peer_wait_secs: Written,
+    #[serde(default = "w_unsure_wait_secs")]
+    pub(super) unsure_wait_secs: Written,
 }
 
 impl Default for RawPair {
     fn default() -> Self {
         RawPair {
-            heartbeat_ms: default_heartbeat_ms(),
-            heartbeat_timeout_ms: default_heartbeat_timeout_ms(),
-            peer_wait_secs: default_peer_wait_secs(),
-            unsure_wait_secs: default_unsure_wait_secs(),
+            heartbeat_ms: w_heartbeat_ms(),
+            heartbeat_timeout_ms: w_heartbeat_timeout_ms(),
+            peer_wait_secs: w_peer_wait_secs(),
+            unsure_wait_secs: w_unsure_wait_secs(),
         }
     }
 }
@@ -93,18 +94,18 @@ pub(super) struct RawSync {
     pub(super) checksum: bool,
     #[serde(default = "yes")]
     pub(super) durable: bool,
-    #[serde(default = "default_window_ms")]
-    pub(super) batch_window_ms: u64,
-    #[serde(default = "default_max_delay_ms")]
-    pub(super) batch_max_delay_ms: u64,
+    #[serde(default = "w_window_ms")]
+    pub(super) batch_window_ms: Written,
+    #[serde(default = "w_max_delay_ms")]
+    pub(super) batch_max_delay_ms: Written,
     #[serde(default = "default_max_paths")]
     pub(super) batch_max_paths: usize,
-    #[serde(default = "default_settle_ms")]
-    pub(super) settle_ms: u64,
-    #[serde(default = "default_full_secs")]
-    pub(super) full_reconcile_secs: u64,
-    #[serde(default = "default_reply_timeout_secs")]
-    pub(super) reply_timeout_secs: u64,
+    #[serde(default = "w_settle_ms")]
+    pub(super) settle_ms: Written,
+    #[serde(default = "w_full_secs")]
+    pub(super) full_reconcile_secs: Written,
+    #[serde(default = "w_reply_timeout_secs")]
+    pub(super) reply_timeout_secs: Written,
 }
 
 impl Default for RawSync {
@@ -114,12 +115,12 @@ impl Default for RawSync {
             delta_min_size: default_delta_min(),
             checksum: false,
             durable: true,
-            batch_window_ms: default_window_ms(),
-            batch_max_delay_ms: default_max_delay_ms(),
+            batch_window_ms: w_window_ms(),
+            batch_max_delay_ms: w_max_delay_ms(),
             batch_max_paths: default_max_paths(),
-            settle_ms: default_settle_ms(),
-            full_reconcile_secs: default_full_secs(),
-            reply_timeout_secs: default_reply_timeout_secs(),
+            settle_ms: w_settle_ms(),
+            full_reconcile_secs: w_full_secs(),
+            reply_timeout_secs: w_reply_timeout_secs(),
         }
     }
 }
@@ -149,4 +150,33 @@ pub(super) fn yes() -> bool {
 }
 pub(super) fn default_delta_min() -> u64 {
     64 << 10
+}
+
+// The defaults as written values: numbers in each key's unit.
+pub(super) fn w_heartbeat_ms() -> Written {
+    Written::number(default_heartbeat_ms())
+}
+pub(super) fn w_heartbeat_timeout_ms() -> Written {
+    Written::number(default_heartbeat_timeout_ms())
+}
+pub(super) fn w_peer_wait_secs() -> Written {
+    Written::number(default_peer_wait_secs())
+}
+pub(super) fn w_unsure_wait_secs() -> Written {
+    Written::number(default_unsure_wait_secs())
+}
+pub(super) fn w_window_ms() -> Written {
+    Written::number(default_window_ms())
+}
+pub(super) fn w_max_delay_ms() -> Written {
+    Written::number(default_max_delay_ms())
+}
+pub(super) fn w_settle_ms() -> Written {
+    Written::number(default_settle_ms())
+}
+pub(super) fn w_full_secs() -> Written {
+    Written::number(default_full_secs())
+}
+pub(super) fn w_reply_timeout_secs() -> Written {
+    Written::number(default_reply_timeout_secs())
 }

@@ -1,4 +1,5 @@
 use super::*;
+use std::time::Duration;
 
 #[test]
 fn the_contrib_examples_load() {
@@ -62,6 +63,34 @@ fn minimal_config_loads_with_defaults() {
         .unwrap_err()
         .to_string()
         .contains("peer: missing"));
+}
+
+#[test]
+fn durations_take_a_number_in_the_keys_unit_or_a_string_with_units() {
+    let (_d, f) = setup();
+    write(&f, BASE);
+    let c = Config::load(&f).unwrap();
+    assert_eq!(c.sync.batch, BatchConfig::default(), "defaults unchanged");
+    assert_eq!(c.sync.full_reconcile, Some(Duration::from_secs(3600)));
+    assert_eq!(c.pair.heartbeat, Duration::from_millis(500));
+    write(
+        &f,
+        &format!(
+            "{BASE}[sync]\nsettle_ms = 250\nbatch_max_delay_ms = \"1s\"\nfull_reconcile_secs = \"1m30s\"\nreply_timeout_secs = 0\n[pair]\npeer_wait_secs = \"500ms\"\n"
+        ),
+    );
+    let c = Config::load(&f).unwrap();
+    assert_eq!(c.sync.batch.settle, Duration::from_millis(250));
+    assert_eq!(c.sync.batch.max_delay, Duration::from_secs(1));
+    assert_eq!(c.sync.full_reconcile, Some(Duration::from_secs(90)));
+    assert_eq!(c.sync.reply_timeout, None, "0 turns the deadline off");
+    assert_eq!(c.pair.peer_wait, Duration::from_millis(500));
+    write(
+        &f,
+        &format!("{BASE}[sync]\nsettle_ms = \"half a second\"\n"),
+    );
+    let e = Config::load(&f).unwrap_err();
+    assert!(e.names("sync.settle_ms"), "{e}");
 }
 
 #[test]

@@ -110,12 +110,8 @@ pub(super) struct RawHealth {
     pub(super) port: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub(super) enum RawDuration {
-    Secs(i64),
-    Text(String),
-}
+/// A number of seconds or a string such as `"500ms"`.
+pub(super) type RawDuration = syncd_ops::duration::Written;
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]

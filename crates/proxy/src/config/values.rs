@@ -4,6 +4,8 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
+use syncd_ops::duration::Unit;
+
 use super::raw::{RawDuration, RawStrings};
 use super::{invalid, ConfigError};
 
@@ -15,20 +17,7 @@ pub(super) fn duration(
     raw: Option<RawDuration>,
     default: Duration,
 ) -> Result<Duration, ConfigError> {
-    match raw {
-        None => Ok(default),
-        Some(RawDuration::Secs(s)) if s >= 0 => Ok(Duration::from_secs(s as u64)),
-        Some(RawDuration::Secs(s)) => Err(invalid(
-            key,
-            format!("{s} is invalid; use a duration such as \"10s\" or \"500ms\""),
-        )),
-        Some(RawDuration::Text(t)) => parse_duration(&t).ok_or_else(|| {
-            invalid(
-                key,
-                format!("{t:?} is not a duration; use e.g. \"10s\", \"500ms\", \"2m\" or \"1h\""),
-            )
-        }),
-    }
+    raw.map_or(Ok(default), |w| w.resolve(key, Unit::Secs))
 }
 
 pub(super) fn positive_duration(

@@ -21,6 +21,7 @@ pub mod listener;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
+pub mod response;
 pub mod retry;
 pub mod server;
 pub mod server_wire;

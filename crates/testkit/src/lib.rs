@@ -1,5 +1,9 @@
-//! What the test suites of `syncd`, `syncd-vrrp` and `syncd-proxy` share.
+//! What the test suites of `syncd`, `syncd-vrrp` and `syncd-proxy` share:
+//! network-namespace labs with their processes killed and reaped on drop
+//! (`netns`), skips that CI can forbid (`skip`), a seeded RNG (`rng`) and a
+//! stand-in for systemd's notification socket (`notify`).
 
+pub mod netns;
 pub mod notify;
 pub mod rng;
 pub mod skip;

@@ -475,11 +475,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if !offline {
                 let (r, me, ours) = runtime()?.block_on(paircheck::reach(&cfg));
                 if let paircheck::Reached::Welcome {
-                    version, node_id, ..
+                    version,
+                    speaks,
+                    node_id,
+                    ..
                 } = &r
                 {
+                    let ours = syncd::wire::Speaks::OURS;
                     println!(
-                        "reached the peer \"{node_id}\" (protocol {version}); pins match both ways"
+                        "reached the peer \"{node_id}\" (it speaks protocol {speaks}, this node {ours}: they pair on {version}); pins match both ways"
                     );
                 }
                 findings.extend(paircheck::reached(&r, me, &ours));

@@ -276,6 +276,20 @@ fn a_pair_upgrades_one_node_at_a_time() {
     // The new primary's first Hello offers 7, which the old standby refuses
     // (its log and status say so once); every later one offers 6 first.
     assert!(st.contains("sessions_refused: 1\n"), "{st}");
+    // `pair check` names both nodes' versions, and they pair.
+    let o = Command::new(BIN)
+        .args(["pair", "check", "--config", "syncd.toml"])
+        .current_dir(n.node(1))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("it speaks protocol 6, this node 6 to 7: they pair on 6"),
+        "{out}"
+    );
+    assert!(out.contains("upgrade the peer next"), "{out}");
+
     // A reconnect (the old standby restarted) offers 6 first: no refusal.
     n.stop(old_sb);
     let old_sb = n.start(&prev, 0, "standby");

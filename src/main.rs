@@ -566,6 +566,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     return Ok(ExitCode::SUCCESS);
                 }
                 let cfg = syncd::relocate::prepare(cfg)?;
+                syncd::scan::sweep_leftovers_from_before(std::time::SystemTime::now());
                 let rt = runtime()?;
                 rt.block_on(async {
                     let shutdown = shutdown_signal();
@@ -596,6 +597,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     return Ok(ExitCode::SUCCESS);
                 }
                 let cfg = syncd::relocate::prepare(cfg)?;
+                syncd::scan::sweep_leftovers_from_before(std::time::SystemTime::now());
                 let rt = runtime()?;
                 rt.block_on(async { syncd::primary::run(cfg, shutdown_signal()).await })?;
                 Ok(ExitCode::SUCCESS)
@@ -616,6 +618,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     return Ok(ExitCode::SUCCESS);
                 }
                 let cfg = syncd::relocate::prepare(cfg)?;
+                syncd::scan::sweep_leftovers_from_before(std::time::SystemTime::now());
                 let rt = runtime()?;
                 rt.block_on(async { syncd::auto::run(cfg, shutdown_signal()).await })?;
                 Ok(ExitCode::SUCCESS)

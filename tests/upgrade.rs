@@ -226,9 +226,20 @@ fn a_pair_upgrades_one_node_at_a_time() {
     let pr = n.start(&prev, 0, "primary");
     n.wait_equal("both nodes on the previous release");
 
-    // 1. The standby is upgraded: the old primary replicates to it.
+    // 1. The standby is upgraded: the old primary's one-shot resync, then
+    // its live replication, reach it.
+    n.stop(pr);
     n.stop(sb);
     let sb = n.start(BIN, 1, "standby");
+    std::fs::write(n.export(0).join("r0/resync.txt"), b"by resync").unwrap();
+    let o = Command::new(&prev)
+        .args(["resync", "--config", "syncd.toml"])
+        .current_dir(n.node(0))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    n.wait_equal("old resync, new standby");
+    let pr = n.start(&prev, 0, "primary");
     changes(&n.export(0), "r1");
     n.wait_equal("old primary, new standby: whole files");
     more_changes(&n.export(0), "r1");

@@ -548,19 +548,19 @@ impl Driver<'_> {
             let status = format!("auto: {} (generation {}): {}", c.to, c.gen, c.why);
             syncd_sdnotify::send(&[syncd_sdnotify::State::Status(&status)]);
         }
+        self.send_gate(role);
         // Answer VRRP: the address once we lead; a refusal once we will not.
         if role.state() == RoleState::Leader {
             if let Some(w) = self.waiter.take() {
                 let _ = w.send(Ok(()));
             }
-        } else if !role.gate_open()
+        } else if self.gate.borrow().is_some()
             || !matches!(role.state(), RoleState::Follower | RoleState::Promoting)
         {
             if let Some(w) = self.waiter.take() {
                 let _ = w.send(Err(self.why.clone()));
             }
         }
-        self.send_gate(role);
         let heard = role.peer().is_some();
         if self.heard && !heard {
             self.redial.send_modify(|n| *n += 1);

@@ -193,11 +193,13 @@ fn judge(
     // A release that predates ranges speaks exactly the version it sent.
     let theirs = speaks.unwrap_or(Speaks::only(version));
     let chosen = check_hello(theirs, &export_id, Speaks::OURS, &cfg.export_id);
-    // Also when no version is common: `--role auto` must know it cannot
-    // judge this peer.
-    shared.emit(StandbyEvent::PeerProtocol(
-        *chosen.as_ref().unwrap_or(&theirs.max),
-    ));
+    // The peer daemon's own session says what it runs (a `pair check` or
+    // `verify` may come from a binary upgraded under a daemon still old);
+    // also when no version is common: `--role auto` cannot judge that peer.
+    if purpose == Purpose::Peer {
+        let v = *chosen.as_ref().unwrap_or(&theirs.max);
+        shared.emit(StandbyEvent::PeerProtocol(v));
+    }
     let version = chosen.map_err(refused)?;
     let Some(features) = features(version) else {
         return Err((

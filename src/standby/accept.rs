@@ -122,8 +122,13 @@ async fn session_inner(
         Some(h @ Request::Hello { .. }) => h,
         _ => return Err(SessionError::Protocol("expected Hello".into())),
     };
-    let speaks = wire::hello_speaks(&rbuf)
-        .map_err(|e| SessionError::Protocol(format!("the versions after the Hello: {e}")))?;
+    let speaks = match wire::hello_speaks(&rbuf) {
+        Ok(s) => s,
+        Err(e) => {
+            let reason = format!("malformed protocol versions after the Hello: {e}");
+            return refuse(&mut send, reason, None).await;
+        }
+    };
     let hello = match judge(&shared, &cfg, hello, speaks) {
         Ok(h) => h,
         Err((reason, newer)) => {

@@ -34,6 +34,41 @@ for pidfile in /run/ganesha/ganesha.pid /run/rpcbind.pid; do
   if [ -r "$pidfile" ]; then kill "$(cat "$pidfile")" 2>/dev/null || true; fi
 done
 
+# The previous release's syncd for tests/upgrade.rs (a rolling upgrade
+# against the real binary): built from git once per commit, into the same
+# target directory so the registry dependencies are reused, and passed as
+# SYNCD_PREV_BIN. Its workspace packages get a "-prev" version and the binary
+# another name, so none of its artifacts shares a name with this tree's.
+# PREV is the last commit of protocol 6 (the one before 819df69 made it 7).
+PREV=d7fd876716bcd77169b74a1af87d60ceab74e73d
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+prev_bin="$target/prev/syncd-$PREV"
+if [ -z "${SYNCD_PREV_BIN:-}" ] && [ ! -x "$prev_bin" ]; then
+  if ! git cat-file -e "$PREV^{commit}" 2>/dev/null; then
+    # A shallow clone: fetch just that commit.
+    git fetch --quiet --depth=1 origin "$PREV" 2>/dev/null || true
+  fi
+  if git cat-file -e "$PREV^{commit}" 2>/dev/null; then
+    src="$target/prev/src"
+    rm -rf "$src" && mkdir -p "$src"
+    git archive "$PREV" | tar -x -C "$src"
+    sed -i 's/^version = "0.1.0"$/version = "0.1.0-prev"/' "$src/Cargo.toml" "$src"/crates/*/Cargo.toml
+    sed -i '/^\[\[bin\]\]/,/^path/ s/^name = "syncd"$/name = "syncd-prev"/' "$src/Cargo.toml"
+    echo "building the previous release's syncd ($PREV) for tests/upgrade.rs"
+    if (cd "$src" && CARGO_TARGET_DIR="$target" cargo build --quiet --bin syncd-prev); then
+      mv "$target/debug/syncd-prev" "$prev_bin"
+    else
+      echo "note: the previous release did not build; tests/upgrade.rs will skip" >&2
+    fi
+    rm -rf "$src"
+  else
+    echo "note: commit $PREV is not in this clone and could not be fetched; tests/upgrade.rs will skip (fails under SYNCD_NO_SKIP=1)" >&2
+  fi
+fi
+if [ -z "${SYNCD_PREV_BIN:-}" ] && [ -x "$prev_bin" ]; then
+  export SYNCD_PREV_BIN="$prev_bin"
+fi
+
 SYNCD_SKIP_LOG=$(mktemp)
 export SYNCD_SKIP_LOG
 status=0

@@ -240,6 +240,7 @@ pub async fn run(
         switch: None,
         last_change: "none".into(),
         why: "starting".into(),
+        peer_protocol: crate::wire::PROTOCOL_VERSION,
     };
     d.apply(&mut role).await;
     loop {
@@ -380,6 +381,19 @@ struct Driver<'a> {
     switch: Option<Switch>,
     last_change: String,
     why: String,
+    /// The protocol version of the peer's latest session.
+    peer_protocol: u32,
+}
+
+fn may_lead_beside(v: u32) -> bool {
+    syncd_proto::version::features(v).is_some_and(|f| f.may_lead_beside)
+}
+
+fn older_peer(v: u32) -> String {
+    format!(
+        "the peer speaks protocol {v}, this node {}: this node follows it but does not take the lead beside it (a follower of protocol {v} takes a generation before its catch-up is complete, so data cannot be judged); upgrade the peer too (README: Upgrading)",
+        crate::wire::Speaks::OURS
+    )
 }
 
 impl Driver<'_> {
@@ -406,7 +420,29 @@ impl Driver<'_> {
             StandbyEvent::PeerGone => role.handle_peer_lost(now),
             StandbyEvent::Adopted(l) => role.handle_caught_up(&l, now),
             StandbyEvent::Committed(id) => role.handle_commit(id),
+            StandbyEvent::PeerProtocol(v) => {
+                if v != self.peer_protocol && !may_lead_beside(v) {
+                    tracing::warn!("{}", older_peer(v));
+                }
+                self.peer_protocol = v;
+            }
         }
+    }
+
+    /// VRRP's gate: the role machine's, closed also while a follower's
+    /// peer speaks a version whose data this node cannot judge (a leader
+    /// keeps leading: its data is the newest).
+    fn send_gate(&mut self, role: &Role) {
+        let closed = if !role.leading() && !may_lead_beside(self.peer_protocol) {
+            Some(older_peer(self.peer_protocol))
+        } else {
+            (!role.gate_open()).then(|| self.why.clone())
+        };
+        self.gate.send_if_modified(|g| {
+            let changed = *g != closed;
+            *g = closed.clone();
+            changed
+        });
     }
 
     /// Carries out what the role machine asks, until it asks nothing more.
@@ -425,8 +461,8 @@ impl Driver<'_> {
                 }
                 Action::Gate { open, why } => {
                     tracing::info!(open, "VRRP gate: {why}");
-                    self.why = why.clone();
-                    let _ = self.gate.send((!open).then_some(why));
+                    self.why = why;
+                    self.send_gate(role);
                 }
                 // A promotion whose generation could not be saved was turned
                 // into a demotion already: no source for it.
@@ -512,12 +548,13 @@ impl Driver<'_> {
             let status = format!("auto: {} (generation {}): {}", c.to, c.gen, c.why);
             syncd_sdnotify::send(&[syncd_sdnotify::State::Status(&status)]);
         }
+        self.send_gate(role);
         // Answer VRRP: the address once we lead; a refusal once we will not.
         if role.state() == RoleState::Leader {
             if let Some(w) = self.waiter.take() {
                 let _ = w.send(Ok(()));
             }
-        } else if !role.gate_open()
+        } else if self.gate.borrow().is_some()
             || !matches!(role.state(), RoleState::Follower | RoleState::Promoting)
         {
             if let Some(w) = self.waiter.take() {
@@ -545,11 +582,12 @@ impl Driver<'_> {
         let _ = self.me;
         self.stats
             .set_generation(role.lineage(), role.peer().map(|p| &p.lineage));
+        let closed = self.gate.borrow().clone();
         self.stats.set_pair(PairView {
             role: role.state().to_string(),
             leading: role.leading(),
-            gate_open: role.gate_open(),
-            why: self.why.clone(),
+            gate_open: closed.is_none(),
+            why: closed.unwrap_or_else(|| self.why.clone()),
             data,
             last_change: self.last_change.clone(),
         });
@@ -880,9 +918,13 @@ fn start_source(cfg: &Config, stats: Arc<Stats>) -> Source {
 fn role_log(cfg: &Config, line: &str) {
     use std::io::Write;
     let path = cfg.state_dir.join("role.log");
+    use std::os::unix::fs::OpenOptionsExt;
+    // Never through a link planted in the state directory.
     let r = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
         .and_then(|mut f| {
             writeln!(f, "{line}")?;

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Read;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,7 @@ use crate::scan::{self, Scan};
 use crate::stream::{Stream, StreamError};
 use crate::tls::{self, Identity};
 use crate::transfer::{changed, open_source, untouched, Opened, Outcome, Sent, Transfers};
-use crate::wire::{self, Encoding, Entry, Failure, Kind, Purpose, Reply, Request, Scope};
+use crate::wire::{self, Encoding, Entry, Failure, Kind, Purpose, Reply, Request, Scope, Speaks};
 use syncd_proto::pair::lineage::{Lineage, NodeId};
 
 /// Files at most this big are read in one go and pipelined on the control
@@ -73,12 +74,20 @@ fn record_error(e: crate::generation::RecordError) -> ClientError {
     ClientError::Io(std::io::Error::other(e.to_string()))
 }
 
+/// The version the peer last chose: the next Hello says it first, so a
+/// standby of the previous release is not refused at every reconnect. Our
+/// whole range follows it, so an upgraded peer still chooses the highest.
+static LAST_SPOKEN: AtomicU32 = AtomicU32::new(0);
+
 pub struct Session {
     conn: quinn::Connection,
     /// The standby's node and generation, from its Welcome.
     pub peer: Option<(NodeId, Lineage)>,
-    /// The protocol version and node name its Welcome gave.
+    /// The protocol version of this session and the node name its Welcome gave.
     pub peer_version: (u32, String),
+    /// The versions the standby speaks (only the session's, from a release
+    /// that predates ranges).
+    pub peer_speaks: Speaks,
     /// Requests and replies in order: metadata, small files, barriers.
     ctl: Stream,
     _endpoint: quinn::Endpoint,
@@ -109,12 +118,48 @@ impl Session {
     }
 
     /// [`Session::connect`] with the node and lineage given directly.
+    /// Speaks the highest protocol version both nodes do.
     pub async fn connect_as(
         cfg: &Config,
         purpose: Purpose,
         node: NodeId,
         lineage: &Lineage,
     ) -> Result<Session, ClientError> {
+        use syncd_proto::version::{refused_for_version, VersionError};
+        let ours = Speaks::OURS;
+        let first = match LAST_SPOKEN.load(Ordering::Relaxed) {
+            v if ours.contains(v) => v,
+            _ => ours.max,
+        };
+        match Session::connect_speaking(cfg, purpose.clone(), node, lineage, first).await {
+            // Release 6 refuses any version but its own (it closed this
+            // connection): speak its version on a new one, if we can.
+            Err(ClientError::Refused(reason, None)) => match refused_for_version(&reason) {
+                Some(v) if ours.contains(v) && v != first => {
+                    tracing::info!("the standby runs an older release: speaking protocol {v}");
+                    Session::connect_speaking(cfg, purpose, node, lineage, v).await
+                }
+                Some(v) if !ours.contains(v) => {
+                    let theirs = Speaks::only(v);
+                    let e = VersionError::TooOld { theirs, ours };
+                    Err(ClientError::Refused(e.to_string(), None))
+                }
+                _ => Err(ClientError::Refused(reason, None)),
+            },
+            r => r,
+        }
+    }
+
+    /// Opens a session whose Hello says `version` (all a release before
+    /// ranges reads) followed by every version we speak.
+    async fn connect_speaking(
+        cfg: &Config,
+        purpose: Purpose,
+        node: NodeId,
+        lineage: &Lineage,
+        version: u32,
+    ) -> Result<Session, ClientError> {
+        let speaks = Speaks::OURS;
         let peer = cfg.require_peer()?;
         let id = Identity::from_config(cfg)?;
         let bind: SocketAddr = if peer.is_ipv4() {
@@ -144,6 +189,7 @@ impl Session {
         let mut s = Session {
             peer: None,
             peer_version: (0, String::new()),
+            peer_speaks: speaks,
             transfers: Transfers::new(conn.clone(), cfg.export.clone(), cfg.sync.reply_timeout),
             conn,
             ctl: Stream::new(send, recv),
@@ -156,15 +202,18 @@ impl Session {
             standby_policy: None,
         };
         s.ctl.deadline = cfg.sync.reply_timeout;
-        s.send(&Request::Hello {
-            version: wire::PROTOCOL_VERSION,
+        // Our versions trail the Hello; a release that predates ranges
+        // reads only `version` (the highest we speak) and ignores them.
+        let hello = Request::Hello {
+            version,
             export_id: cfg.export_id.clone(),
             node_id: cfg.node_id.clone(),
             purpose,
             node,
             lineage: lineage.clone(),
-        })
-        .await?;
+        };
+        let frame = postcard::to_stdvec(&(&hello, &speaks)).map_err(wire::WireError::from)?;
+        s.send_frame(&frame).await?;
         match s.reply().await? {
             Reply::Welcome {
                 node,
@@ -172,11 +221,20 @@ impl Session {
                 version,
                 node_id,
             } => {
+                if !speaks.contains(version) {
+                    let e = format!(
+                        "the standby chose protocol version {version}; this node speaks {speaks}"
+                    );
+                    return Err(ClientError::Protocol(e));
+                }
                 s.peer = Some((node, lineage));
                 s.peer_version = (version, node_id);
-                s.standby_policy = wire::welcome_policy(s.ctl.last_frame()).map_err(|e| {
-                    ClientError::Protocol(format!("the standby's metadata policy: {e}"))
-                })?;
+                let frame = s.ctl.last_frame();
+                let bad = |e| ClientError::Protocol(format!("after the standby's Welcome: {e}"));
+                s.standby_policy = wire::welcome_policy(frame).map_err(bad)?;
+                let theirs = wire::welcome_speaks(frame).map_err(bad)?;
+                s.peer_speaks = theirs.unwrap_or(Speaks::only(version));
+                LAST_SPOKEN.store(version, Ordering::Relaxed);
                 Ok(s)
             }
             Reply::Refused { reason, lineage } => Err(ClientError::Refused(reason, lineage)),
@@ -208,6 +266,16 @@ impl Session {
     /// into larger stream writes, and everything queued is flushed before we
     /// wait for a reply.
     pub async fn send(&mut self, r: &Request) -> Result<(), ClientError> {
+        use wire::compat::{encode_request, Outgoing};
+        let v = self.peer_version.0;
+        if v != wire::PROTOCOL_VERSION {
+            // An older standby: the few messages it encodes otherwise.
+            match encode_request(v, r).map_err(wire::WireError::from)? {
+                Outgoing::Same => {}
+                Outgoing::Skip => return Ok(()),
+                Outgoing::Bytes(b) => return Ok(self.ctl.send_frame(&b).await?),
+            }
+        }
         Ok(self.ctl.send(r).await?)
     }
 

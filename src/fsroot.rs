@@ -210,14 +210,12 @@ impl Root {
     }
 
     /// A temporary name, only ever seen between a link and a rename (a
-    /// crash in that window leaves it; the next reconcile removes it, as
-    /// the primary has no such file).
+    /// crash in that window leaves it: scans skip such names, and a
+    /// daemon's walk removes its own from before it started, see
+    /// `scan::sweep_leftovers_from_before`).
     fn tmp_name(&self) -> String {
-        format!(
-            ".syncd-{}.{}.tmp",
-            std::process::id(),
-            self.seq.fetch_add(1, Ordering::Relaxed)
-        )
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        crate::path::temp_name(std::process::id(), n)
     }
 
     /// Stages new content for `p` (see [`Staged`]).

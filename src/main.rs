@@ -475,11 +475,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if !offline {
                 let (r, me, ours) = runtime()?.block_on(paircheck::reach(&cfg));
                 if let paircheck::Reached::Welcome {
-                    version, node_id, ..
+                    version,
+                    speaks,
+                    node_id,
+                    ..
                 } = &r
                 {
+                    let ours = syncd::wire::Speaks::OURS;
                     println!(
-                        "reached the peer \"{node_id}\" (protocol {version}); pins match both ways"
+                        "reached the peer \"{node_id}\" (it speaks protocol {speaks}, this node {ours}: they pair on {version}); pins match both ways"
                     );
                 }
                 findings.extend(paircheck::reached(&r, me, &ours));
@@ -562,6 +566,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     return Ok(ExitCode::SUCCESS);
                 }
                 let cfg = syncd::relocate::prepare(cfg)?;
+                syncd::scan::sweep_leftovers_from_before(std::time::SystemTime::now());
                 let rt = runtime()?;
                 rt.block_on(async {
                     let shutdown = shutdown_signal();
@@ -592,6 +597,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     return Ok(ExitCode::SUCCESS);
                 }
                 let cfg = syncd::relocate::prepare(cfg)?;
+                syncd::scan::sweep_leftovers_from_before(std::time::SystemTime::now());
                 let rt = runtime()?;
                 rt.block_on(async { syncd::primary::run(cfg, shutdown_signal()).await })?;
                 Ok(ExitCode::SUCCESS)
@@ -612,6 +618,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     return Ok(ExitCode::SUCCESS);
                 }
                 let cfg = syncd::relocate::prepare(cfg)?;
+                syncd::scan::sweep_leftovers_from_before(std::time::SystemTime::now());
                 let rt = runtime()?;
                 rt.block_on(async { syncd::auto::run(cfg, shutdown_signal()).await })?;
                 Ok(ExitCode::SUCCESS)

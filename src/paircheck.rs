@@ -6,6 +6,7 @@
 //! what only the running peer can say ([`reached`]: the authenticated
 //! handshake, its protocol version, export and generation).
 
+use crate::wire::Speaks;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -343,9 +344,11 @@ fn unicast(a: &Tables, x: &VrrpConfig, b: &Tables, y: &VrrpConfig, label: &str, 
 
 /// What the handshake with the running peer said.
 pub enum Reached {
-    /// Welcomed: the peer's protocol version, node name and generation.
+    /// Welcomed: the session's protocol version, the versions the peer
+    /// speaks, its node name and generation.
     Welcome {
         version: u32,
+        speaks: Speaks,
         node_id: String,
         lineage: Lineage,
     },
@@ -360,12 +363,19 @@ pub fn reached(r: &Reached, me: NodeId, ours: &Lineage) -> Vec<Finding> {
     let mut f = Findings::default();
     match r {
         Reached::Welcome {
-            version, lineage, ..
+            version,
+            speaks,
+            lineage,
+            ..
         } => {
-            if *version != crate::wire::PROTOCOL_VERSION {
+            let mine = Speaks::OURS;
+            if *version < mine.max {
                 f.warn(format!(
-                    "the peer speaks protocol version {version}, this node {}: upgrade the older node",
-                    crate::wire::PROTOCOL_VERSION
+                    "the peer speaks protocol {speaks}, this node {mine}: they pair on protocol {version} while you upgrade; upgrade the peer next (a --role auto node does not take the lead beside it; see README, Upgrading)"
+                ));
+            } else if speaks.max > mine.max {
+                f.warn(format!(
+                    "the peer speaks protocol {speaks}, this node {mine}: they pair on protocol {version} while you upgrade; upgrade this node next"
                 ));
             }
             match ours.relation(me, lineage) {
@@ -415,9 +425,11 @@ pub async fn reach(cfg: &Config) -> (Reached, NodeId, Lineage) {
         Ok(s) => {
             let (version, node_id) = s.peer_version.clone();
             let lineage = s.peer.as_ref().map(|p| p.1.clone()).unwrap_or_default();
+            let speaks = s.peer_speaks;
             s.close().await;
             Reached::Welcome {
                 version,
+                speaks,
                 node_id,
                 lineage,
             }
@@ -621,16 +633,26 @@ mod tests {
             &ours,
         );
         assert_eq!(f[0].severity, Severity::Error);
-        let f = reached(
-            &Reached::Welcome {
-                version: crate::wire::PROTOCOL_VERSION - 1,
-                node_id: "b".into(),
-                lineage: Lineage::default(),
-            },
-            NodeId(1),
-            &ours,
-        );
+        let welcome = |version, speaks| Reached::Welcome {
+            version,
+            speaks,
+            node_id: "b".into(),
+            lineage: Lineage::default(),
+        };
+        // The previous release: they pair, and the warning says what next.
+        let f = reached(&welcome(6, Speaks::only(6)), NodeId(1), &ours);
         assert_eq!(f.len(), 1);
-        assert!(f[0].what.contains("protocol version"), "{f:?}");
+        assert_eq!(f[0].severity, Severity::Warning);
+        assert!(
+            f[0].what
+                .contains("the peer speaks protocol 6, this node 6 to 7"),
+            "{f:?}"
+        );
+        assert!(f[0].what.contains("upgrade the peer next"), "{f:?}");
+        // A later release that still speaks ours.
+        let f = reached(&welcome(7, Speaks { min: 7, max: 8 }), NodeId(1), &ours);
+        assert!(f[0].what.contains("upgrade this node next"), "{f:?}");
+        // The same release: nothing to say.
+        assert!(reached(&welcome(7, Speaks::OURS), NodeId(1), &ours).is_empty());
     }
 }

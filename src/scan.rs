@@ -22,6 +22,9 @@ use std::path::Path;
 
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
+mod leftovers;
+pub use leftovers::sweep_leftovers_from_before;
+
 use crate::index::{Index, Stamp};
 use crate::path::{RelPath, STATE_DIR_NAME};
 use crate::wire::{Entry, Hash, Kind, Meta, Scope};
@@ -161,6 +164,8 @@ struct Collector {
     stamps: Vec<Option<Stamp>>,
     /// Per hard-linked inode: its names seen so far (the first leads) and its link count.
     groups: HashMap<(u64, u64), (Vec<RelPath>, u64)>,
+    /// A daemon's walk removes the temporary files of its earlier runs.
+    sweep: Option<leftovers::Sweep>,
 }
 
 impl Collector {
@@ -258,6 +263,15 @@ impl Collector {
             if top.rel.is_none() && name == STATE_DIR_NAME {
                 continue;
             }
+            if crate::path::is_temp_name(&name) {
+                // Never replicated: content a crash left half-placed.
+                if let Some(s) = &self.sweep {
+                    if let Err(e) = leftovers::remove_if_leftover(&top.dir, &name, s) {
+                        tracing::debug!("a temporary file left by a crash: {e}");
+                    }
+                }
+                continue;
+            }
             let full = match &top.rel {
                 Some(r) => [r.as_bytes(), b"/", &name].concat(),
                 None => name.clone(),
@@ -312,7 +326,10 @@ impl Collector {
 pub fn scan(root: &Path, index: &mut Index, hash: bool, force: bool) -> std::io::Result<Scan> {
     let dir = open_root(root)?;
     let names = read_names(&dir)?;
-    let mut c = Collector::default();
+    let mut c = Collector {
+        sweep: leftovers::current(),
+        ..Collector::default()
+    };
     c.walk(vec![Frame {
         dir: dir.try_clone()?,
         rel: None,
@@ -344,6 +361,9 @@ pub fn scan_scoped(
     for s in items {
         if covered.is_some_and(|d| s.path.starts_with(d)) || last == Some(&s.path) {
             continue;
+        }
+        if crate::path::is_temp_name(s.path.split_last().1) {
+            continue; // see `walk`
         }
         last = Some(&s.path);
         // Ancestors must be directories, never symlinks that lead out of the
@@ -483,6 +503,44 @@ fn hash_entries(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn syncds_temporary_names_are_never_listed() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        std::fs::create_dir_all(r.join("a")).unwrap();
+        for n in [
+            ".syncd-7.1.tmp",
+            "a/.syncd-7.2.tmp",
+            "a/.syncd-7.2.tmp.mine",
+            "a/f",
+        ] {
+            std::fs::write(r.join(n), b"x").unwrap();
+        }
+        let names =
+            |s: &Scan| -> Vec<String> { s.entries.iter().map(|e| e.path.to_string()).collect() };
+        let s = scan(r, &mut Index::default(), true, false).unwrap();
+        assert_eq!(names(&s), ["a", "a/.syncd-7.2.tmp.mine", "a/f"]);
+        let p = |x: &str| RelPath::new(x.as_bytes().to_vec()).unwrap();
+        let scope = [
+            Scope {
+                path: p("a/.syncd-7.2.tmp"),
+                recursive: false,
+            },
+            Scope {
+                path: p(".syncd-7.1.tmp"),
+                recursive: true,
+            },
+            Scope {
+                path: p("a/f"),
+                recursive: false,
+            },
+        ];
+        let s = scan_scoped(r, &mut Index::default(), &scope, false).unwrap();
+        assert_eq!(names(&s), ["a/f"]);
+        // Listed or not, nothing was removed: no daemon set a sweep here.
+        assert!(r.join("a/.syncd-7.2.tmp").exists());
+    }
 
     #[test]
     fn kinds_links_and_index_reuse() {

@@ -149,8 +149,10 @@ impl Watch {
 }
 
 fn rel(root: &Path, p: &Path) -> Option<RelPath> {
-    // Paths outside the export, the root itself and the state directory are not replicated.
-    RelPath::from_path(p.strip_prefix(root).ok()?).ok()
+    // Paths outside the export, the root itself, the state directory and
+    // syncd's temporary names are not replicated.
+    let r = RelPath::from_path(p.strip_prefix(root).ok()?).ok()?;
+    (!crate::path::is_temp_name(r.split_last().1)).then_some(r)
 }
 
 /// Keeps the record of closed files (see [`Closed`]) from one event: a

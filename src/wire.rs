@@ -12,9 +12,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::meta_policy::MetaPolicy;
 use crate::path::RelPath;
 use syncd_proto::pair::lineage::{Lineage, NodeId};
+pub use syncd_proto::version::Speaks;
 
-/// Bumped on any incompatible change to the messages below.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub mod compat;
+
+/// Bumped on any incompatible change to the messages below; the versions
+/// spoken and what each carries are `syncd_proto::version`.
+pub const PROTOCOL_VERSION: u32 = syncd_proto::version::CURRENT;
 /// ALPN identifier for the QUIC/TLS handshake.
 pub const ALPN: &[u8] = b"syncd/1";
 /// The standby's close reason for a session replaced by a newer one.
@@ -275,6 +279,33 @@ pub fn welcome_policy(frame: &[u8]) -> Result<Option<MetaPolicy>, postcard::Erro
     Ok(Some(postcard::take_from_bytes::<MetaPolicy>(rest)?.0))
 }
 
+/// The versions the sender of a `Hello` frame speaks, where they follow the
+/// `Request` (the pair `(Hello, Speaks)`); `None` from a release that
+/// predates ranges (it speaks only the Hello's `version`). A standby that
+/// predates them ignores the bytes, as it does after a `Welcome`.
+pub fn hello_speaks(frame: &[u8]) -> Result<Option<Speaks>, postcard::Error> {
+    let (_, rest) = postcard::take_from_bytes::<Request>(frame)?;
+    if rest.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(postcard::take_from_bytes::<Speaks>(rest)?.0))
+}
+
+/// The versions the standby speaks, after the policy in a `Welcome` frame
+/// (the triple `(Welcome, MetaPolicy, Speaks)`); `None` from a release that
+/// predates ranges.
+pub fn welcome_speaks(frame: &[u8]) -> Result<Option<Speaks>, postcard::Error> {
+    let (_, rest) = postcard::take_from_bytes::<Reply>(frame)?;
+    if rest.is_empty() {
+        return Ok(None);
+    }
+    let (_, rest) = postcard::take_from_bytes::<MetaPolicy>(rest)?;
+    if rest.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(postcard::take_from_bytes::<Speaks>(rest)?.0))
+}
+
 /// The replies answering barrier `id`: `FailureChunk`s of at most about
 /// [`FAILURE_CHUNK_BYTES`] each, `FailuresDropped` when `dropped` more
 /// were only counted, then `BarrierDone` with the remainder.
@@ -358,10 +389,31 @@ pub async fn read_msg<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
     r: &mut R,
     buf: &mut Vec<u8>,
 ) -> Result<Option<T>, WireError> {
+    if !read_frame(r, buf).await? {
+        return Ok(None);
+    }
+    Ok(Some(decode(buf)?))
+}
+
+/// Reads one request from a primary speaking protocol `version` (older
+/// versions translated, see [`compat`]). `Ok(None)` on a clean end of stream.
+pub async fn read_request<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    version: u32,
+) -> Result<Option<Request>, WireError> {
+    if !read_frame(r, buf).await? {
+        return Ok(None);
+    }
+    Ok(Some(compat::decode_request(version, buf)?))
+}
+
+/// Reads one frame's payload into `buf`; `false` on a clean end of stream.
+async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> Result<bool, WireError> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
         Err(e) => return Err(e.into()),
     }
     let len = u32::from_le_bytes(len) as usize;
@@ -376,7 +428,7 @@ pub async fn read_msg<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
             WireError::Io(e)
         }
     })?;
-    Ok(Some(decode(buf)?))
+    Ok(true)
 }
 
 pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, postcard::Error> {
@@ -510,6 +562,45 @@ mod tests {
         for cut in old.len() + 1..new.len() {
             assert!(welcome_policy(&new[..cut]).is_err(), "{cut}");
         }
+    }
+
+    #[test]
+    fn ranges_trail_the_hello_and_the_welcome_unseen_by_older_releases() {
+        use crate::meta_policy::{MetaPolicy, Owners};
+        let hello = Request::Hello {
+            version: PROTOCOL_VERSION,
+            export_id: "e".into(),
+            node_id: "a".into(),
+            purpose: Purpose::Resync,
+            node: NodeId(1),
+            lineage: Lineage::default(),
+        };
+        let old = postcard::to_stdvec(&hello).unwrap();
+        let new = postcard::to_stdvec(&(&hello, &Speaks::OURS)).unwrap();
+        assert!(matches!(decode::<Request>(&new), Ok(Request::Hello { .. })));
+        assert_eq!(hello_speaks(&new).unwrap(), Some(Speaks::OURS));
+        assert_eq!(hello_speaks(&old).unwrap(), None);
+        assert!(hello_speaks(&new[..new.len() - 1]).is_err());
+        let welcome = Reply::Welcome {
+            version: 6,
+            node_id: "b".into(),
+            node: NodeId(2),
+            lineage: Lineage::default(),
+        };
+        let pol = MetaPolicy {
+            owners: Owners::Preserve,
+            strip_setid: false,
+        };
+        let full = postcard::to_stdvec(&(&welcome, &pol, &Speaks::OURS)).unwrap();
+        assert!(matches!(decode::<Reply>(&full), Ok(Reply::Welcome { .. })));
+        assert_eq!(welcome_policy(&full).unwrap(), Some(pol));
+        assert_eq!(welcome_speaks(&full).unwrap(), Some(Speaks::OURS));
+        let policy_only = postcard::to_stdvec(&(&welcome, &pol)).unwrap();
+        assert_eq!(welcome_speaks(&policy_only).unwrap(), None);
+        assert_eq!(
+            welcome_speaks(&postcard::to_stdvec(&welcome).unwrap()).unwrap(),
+            None
+        );
     }
 
     #[test]

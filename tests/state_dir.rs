@@ -162,3 +162,67 @@ fn a_state_file_from_a_newer_release_stops_the_daemon() {
         "left as it was"
     );
 }
+
+#[test]
+fn an_upgraded_primary_moves_its_state_out_of_the_export_and_sends_nothing_again() {
+    let name = "an_upgraded_primary_moves_its_state_out_of_the_export_and_sends_nothing_again";
+    if !can_run(name) {
+        return;
+    }
+    let mut p = Pair::new();
+    for i in 0..20 {
+        std::fs::write(p.primary().join(format!("f{i}")), vec![i as u8; 5000]).unwrap();
+    }
+    p.start_standby();
+    let first = p.resync(&[]);
+    assert!(first.contains("sent whole 20"), "{first}");
+
+    // What an older release left on the primary: its state inside its
+    // export, in the formats without a version.
+    let old = p.primary().join(".syncd");
+    std::fs::rename(p.path("primary-state"), &old).unwrap();
+    downgrade(&old.join("index.bin"), b"SYNCDIDX", b"SYNCDIX1");
+    downgrade(&old.join("lineage"), b"SYNCDGEN", b"");
+    let before = syncd::generation::Store::new(&old).load().unwrap();
+    assert!(before.lineage.synced());
+    let id = format!("test-upgrade-primary-{}", std::process::id());
+    let dest = Path::new(syncd::config::DEFAULT_STATE_BASE).join(&id);
+    let _cleanup = RemoveOnDrop(dest.clone());
+    set_config(&p, "primary.toml", |t| {
+        t.replace(
+            "state_dir = \"primary-state\"\n",
+            &format!("export_id = \"{id}\"\n"),
+        )
+    });
+    set_config(&p, "standby.toml", |t| format!("export_id = \"{id}\"\n{t}"));
+    p.kill_standby();
+    p.start_standby();
+
+    // The live primary: moves its state at start, then finds nothing to send.
+    p.start_primary();
+    p.wait_live();
+    let log = p.primary_log();
+    assert!(
+        log.contains("moved the state directory out of the export"),
+        "{log}"
+    );
+    assert!(!old.exists(), "nothing of syncd's stays in the export");
+    let after = syncd::generation::Store::new(&dest).load().unwrap();
+    assert_eq!(after.lineage.gen, before.lineage.gen, "the same generation");
+    assert_eq!(
+        &std::fs::read(dest.join("lineage")).unwrap()[..8],
+        b"SYNCDGEN"
+    );
+    let status = p.syncd(&["status", "--config", "primary.toml"]);
+    let status = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(status.contains("files_sent_whole: 0\n"), "{status}");
+    assert!(status.contains("files_sent_delta: 0\n"), "{status}");
+    assert!(!p.log().contains("refused"), "{}", p.log());
+    assert!(!p.log().contains("diverged"), "{}", p.log());
+
+    // And it goes on replicating.
+    std::fs::write(p.primary().join("after.txt"), b"after").unwrap();
+    p.wait_equal(std::time::Duration::from_secs(30));
+    assert!(p.stop_primary());
+    p.assert_equal();
+}

@@ -7,9 +7,10 @@ use std::sync::{Arc, Mutex};
 use super::{lock, session, Shared, StandbyEvent, MAX_VERIFY_SESSIONS};
 use crate::config::Config;
 use crate::generation;
-use crate::wire::{self, Purpose, Reply, Request};
+use crate::wire::{self, Purpose, Reply, Request, Speaks};
 use syncd_proto::pair::lineage::{Lineage, NodeId};
 use syncd_proto::receiver::{check_hello, check_verify_slot, HelloError};
+use syncd_proto::version::{features, Features};
 
 /// One writing session at a time. A new session from the (authenticated)
 /// primary supersedes the current one, which is most likely a primary that
@@ -39,6 +40,9 @@ pub(super) enum SessionError {
 /// A session the Hello let in.
 pub(super) struct Hello {
     pub(super) purpose: Purpose,
+    /// The protocol version of this session: the highest both speak.
+    pub(super) version: u32,
+    pub(super) features: Features,
     peer: NodeId,
     /// The primary's generation, and whether to keep what catching up with
     /// it overwrites (a writing session).
@@ -118,7 +122,14 @@ async fn session_inner(
         Some(h @ Request::Hello { .. }) => h,
         _ => return Err(SessionError::Protocol("expected Hello".into())),
     };
-    let hello = match judge(&shared, &cfg, hello) {
+    let speaks = match wire::hello_speaks(&rbuf) {
+        Ok(s) => s,
+        Err(e) => {
+            let reason = format!("malformed protocol versions after the Hello: {e}");
+            return refuse(&mut send, reason, None).await;
+        }
+    };
+    let hello = match judge(&shared, &cfg, hello, speaks) {
         Ok(h) => h,
         Err((reason, newer)) => {
             shared.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -147,16 +158,19 @@ async fn session_inner(
         }
     }
     let welcome = Reply::Welcome {
-        version: wire::PROTOCOL_VERSION,
+        version: hello.version,
         node_id: cfg.node_id.clone(),
         node: shared.node,
         lineage: shared.lineage(),
     };
-    // The policy trails the Welcome in the same frame (see `wire::welcome_policy`).
+    // The policy and our versions trail the Welcome in the same frame (see
+    // `wire::welcome_policy`, `wire::welcome_speaks`); older primaries
+    // ignore them.
     let mut wbuf = Vec::new();
-    wire::write_msg(&mut send, &(&welcome, &shared.root.policy()), &mut wbuf).await?;
+    let frame = (&welcome, &shared.root.policy(), &Speaks::OURS);
+    wire::write_msg(&mut send, &frame, &mut wbuf).await?;
     if hello.purpose == Purpose::Peer {
-        return peer_session(&mut recv, &mut rbuf, &shared, hello.peer).await;
+        return peer_session(&mut recv, &mut rbuf, &shared, &hello).await;
     }
     session::run(conn, (send, recv), shared, &cfg, hello).await
 }
@@ -167,6 +181,7 @@ fn judge(
     shared: &Arc<Shared>,
     cfg: &Config,
     hello: Request,
+    speaks: Option<Speaks>,
 ) -> Result<Hello, (String, Option<Lineage>)> {
     let Request::Hello {
         version,
@@ -179,14 +194,38 @@ fn judge(
     else {
         return Err(("expected Hello".into(), None));
     };
+    let refused = |e: HelloError| (e.to_string(), None);
+    // A release that predates ranges speaks exactly the version it sent.
+    let theirs = speaks.unwrap_or(Speaks::only(version));
+    let chosen = check_hello(theirs, &export_id, Speaks::OURS, &cfg.export_id);
+    // The peer daemon's own session says what it runs (a `pair check` or
+    // `verify` may come from a binary upgraded under a daemon still old);
+    // also when no version is common: `--role auto` cannot judge that peer.
+    if purpose == Purpose::Peer {
+        let v = *chosen.as_ref().unwrap_or(&theirs.max);
+        shared.emit(StandbyEvent::PeerProtocol(v));
+    }
+    let version = chosen.map_err(refused)?;
+    let Some(features) = features(version) else {
+        return Err((
+            format!("protocol version {version} has no rules here"),
+            None,
+        ));
+    };
+    if version != wire::PROTOCOL_VERSION {
+        tracing::info!(
+            version,
+            "the primary runs an older release: speaking protocol {version}"
+        );
+    }
     let mut h = Hello {
         purpose,
+        version,
+        features,
         peer: node,
         follow: None,
         _verify: None,
     };
-    let refused = |e: HelloError| (e.to_string(), None);
-    check_hello(version, &export_id, wire::PROTOCOL_VERSION, &cfg.export_id).map_err(refused)?;
     match &h.purpose {
         Purpose::Verify => {
             // Read-only: any generation may compare; but each one hashes
@@ -266,11 +305,12 @@ async fn peer_session(
     recv: &mut quinn::RecvStream,
     rbuf: &mut Vec<u8>,
     shared: &Shared,
-    node: NodeId,
+    hello: &Hello,
 ) -> Result<(), SessionError> {
+    let node = hello.peer;
     shared.peer_sessions.fetch_add(1, Ordering::AcqRel);
     let r = loop {
-        let msg = match wire::read_msg::<_, Request>(recv, rbuf).await {
+        let msg = match wire::read_request(recv, rbuf, hello.version).await {
             Ok(Some(m)) => m,
             Ok(None) => break Ok(()),
             Err(e) => break Err(e.into()),

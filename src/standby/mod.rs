@@ -258,4 +258,9 @@ pub enum StandbyEvent {
     Adopted(Lineage),
     /// Batch `id` of the followed generation is durable here.
     Committed(u64),
+    /// The protocol version of the peer's latest peer session (from its
+    /// Hello): a `--role auto` node does not take the lead beside
+    /// a peer of a version that cannot be judged (see
+    /// `syncd_proto::version::Features::may_lead_beside`).
+    PeerProtocol(u32),
 }

@@ -18,6 +18,7 @@ use crate::index::Index;
 use crate::scan;
 use crate::wire::{self, Purpose, Reply, Request};
 use syncd_proto::receiver::{Effect, Input, Mode, Receiver};
+use syncd_proto::version::Features;
 
 /// What the Receiver needs to know of a request.
 pub(super) fn input(r: &Request) -> Input<'_> {
@@ -136,10 +137,13 @@ pub(super) async fn run(
     // Large files arrive on streams of their own, beside this one.
     let streams = (!verify).then(|| {
         let (conn, sh, pr) = (conn.clone(), shared.clone(), preserve.clone());
-        tokio::spawn(accept_file_streams(conn, sh, pr, in_flight.clone()))
+        let v = (hello.version, hello.features);
+        tokio::spawn(accept_file_streams(conn, sh, pr, in_flight.clone(), v))
     });
     let mode = if verify { Mode::Verify } else { Mode::Write };
     let mut shell = Shell {
+        version: hello.version,
+        features: hello.features,
         rx: Receiver::new(mode, nworkers),
         lanes,
         reply: reply_tx,
@@ -164,6 +168,10 @@ pub(super) async fn run(
 
 /// One stream's Receiver and the means to carry out its effects.
 struct Shell {
+    /// The session's protocol version (older ones translated at the edge),
+    /// and what it carries.
+    version: u32,
+    features: Features,
     rx: Receiver,
     lanes: Lanes,
     reply: mpsc::Sender<Reply>,
@@ -184,7 +192,7 @@ impl Shell {
                 let e = "session ended by a fatal error";
                 return Err(SessionError::Protocol(e.into()));
             }
-            let Some(msg) = wire::read_msg::<_, Request>(recv, &mut rbuf).await? else {
+            let Some(msg) = wire::read_request(recv, &mut rbuf, self.version).await? else {
                 if self.follow.is_none() {
                     // A file stream ends with its last file.
                     self.rx.handle_stream_end();
@@ -193,8 +201,15 @@ impl Shell {
                 let e = "primary closed the stream without Finish";
                 return Err(SessionError::Protocol(e.into()));
             };
+            let commit = matches!(msg, Request::Commit { .. });
+            if matches!(msg, Request::Finish) {
+                self.implied_catch_up().await?;
+            }
             self.rx.handle(input(&msg))?;
             self.effects(Some(msg)).await?;
+            if commit {
+                self.implied_catch_up().await?;
+            }
             if self.rx.is_finished() {
                 return Ok(());
             }
@@ -237,6 +252,18 @@ impl Shell {
                     failures,
                     dropped,
                 } => {
+                    if dropped > 0 && !self.features.failures_dropped {
+                        // The primary cannot hear "and N more": end the
+                        // session; its reconnect compares the whole tree.
+                        let reason = format!("{dropped} more files failed than the standby reports one by one; reconnect to compare the whole tree");
+                        let _ = self
+                            .reply
+                            .send(Reply::Fatal {
+                                reason: reason.clone(),
+                            })
+                            .await;
+                        return Err(SessionError::Protocol(reason));
+                    }
                     for r in wire::barrier_replies(id, failures, dropped) {
                         let _ = self.reply.send(r).await;
                     }
@@ -250,6 +277,18 @@ impl Shell {
             }
         }
         Ok(())
+    }
+
+    /// Before 7 the primary sends no `CaughtUp`: its first durable commit
+    /// (after the reply) or its `Finish` (before) completes the catch-up, as
+    /// version 6 did.
+    async fn implied_catch_up(&mut self) -> Result<(), SessionError> {
+        let catching_up = self.follow.as_ref().is_some_and(|f| f.lineage.is_some());
+        if self.features.caught_up || !catching_up {
+            return Ok(());
+        }
+        self.rx.handle(Input::CaughtUp)?;
+        self.effects(None).await
     }
 
     async fn list(&self, msg: Option<Request>) -> Result<(), SessionError> {
@@ -348,6 +387,7 @@ async fn accept_file_streams(
     sh: Arc<Shared>,
     preserve: Preserve,
     in_flight: InFlightCount,
+    version: (u32, Features),
 ) {
     let mut tasks = tokio::task::JoinSet::new();
     while let Ok((send, recv)) = conn.accept_bi().await {
@@ -357,7 +397,7 @@ async fn accept_file_streams(
         // A stream begun during the catch-up keeps preserving to its end.
         let pr: Preserve = Arc::new(Mutex::new(keeper(&preserve)));
         tasks.spawn(async move {
-            if let Err(e) = file_stream(send, recv, sh, pr, n).await {
+            if let Err(e) = file_stream(send, recv, sh, pr, n, version).await {
                 tracing::warn!(%peer, "file stream: {e}");
             }
         });
@@ -376,11 +416,14 @@ async fn file_stream(
     sh: Arc<Shared>,
     preserve: Preserve,
     in_flight: InFlightCount,
+    (version, features): (u32, Features),
 ) -> Result<(), SessionError> {
     let (reply_tx, reply_rx) = mpsc::channel::<Reply>(REPLY_QUEUE);
     let writer = spawn_writer(send, reply_rx);
     let lanes = Lanes::spawn(1, 1, &sh, &reply_tx, &preserve, &in_flight);
     let mut shell = Shell {
+        version,
+        features,
         rx: Receiver::new(Mode::FileStream, 1),
         lanes,
         reply: reply_tx,

@@ -17,6 +17,29 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// Name of the reserved directory at the export root (staging, index, state).
 pub const STATE_DIR_NAME: &[u8] = b".syncd";
 
+/// The name the standby gives new content between linking it into its
+/// directory and renaming it into place: `.syncd-<pid>.<n>.tmp`.
+pub fn temp_name(pid: u32, n: u64) -> String {
+    format!(".syncd-{pid}.{n}.tmp")
+}
+
+/// Whether `name` is exactly a [`temp_name`] (a crash between the link
+/// and the rename leaves one). Never replicated; removed at start.
+pub fn is_temp_name(name: &[u8]) -> bool {
+    let Some(mid) = name
+        .strip_prefix(b".syncd-")
+        .and_then(|r| r.strip_suffix(b".tmp"))
+    else {
+        return false;
+    };
+    let digits = |s: &[u8]| !s.is_empty() && s.len() <= 20 && s.iter().all(u8::is_ascii_digit);
+    let mut parts = mid.split(|&b| b == b'.');
+    matches!(
+        (parts.next(), parts.next(), parts.next()),
+        (Some(pid), Some(n), None) if digits(pid) && digits(n)
+    )
+}
+
 /// Longest path we accept (Linux PATH_MAX).
 pub const MAX_PATH_LEN: usize = 4096;
 /// Longest single component (Linux NAME_MAX).
@@ -258,5 +281,25 @@ mod tests {
         assert!(p.starts_with(&a));
         assert!(!RelPath::new(b"ab".to_vec()).unwrap().starts_with(&a));
         assert!(RelPath::new(b"x".to_vec()).unwrap().parent().is_none());
+    }
+
+    #[test]
+    fn temp_names_match_exactly() {
+        assert!(is_temp_name(temp_name(4242, 7).as_bytes()));
+        assert!(is_temp_name(b".syncd-1.0.tmp"));
+        for other in [
+            &b".syncd-1.0.tmp~"[..],
+            b"x.syncd-1.0.tmp",
+            b".syncd-1.tmp",
+            b".syncd-1.0.0.tmp",
+            b".syncd-a.0.tmp",
+            b".syncd-.0.tmp",
+            b".syncd-1..tmp",
+            b".syncd",
+            b".syncd-1.0.TMP",
+            b"report.tmp",
+        ] {
+            assert!(!is_temp_name(other), "{}", String::from_utf8_lossy(other));
+        }
     }
 }

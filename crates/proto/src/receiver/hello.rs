@@ -1,38 +1,36 @@
 //! The standby's first rules for a session, before any generation is
-//! judged: the same protocol, the same export.
+//! judged: a protocol version both speak, the same export.
+
+use crate::version::{choose, Speaks, VersionError};
 
 /// Why a Hello is refused: the text goes to the primary as `Refused`, so it
 /// says which side to fix.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HelloError {
-    #[error("protocol version {theirs} is not supported (this standby speaks {ours}); upgrade both nodes to the same syncd release")]
-    Version { theirs: u32, ours: u32 },
+    #[error(transparent)]
+    Version(#[from] VersionError),
     #[error("export_id \"{theirs}\" does not match this standby's \"{ours}\"; set the same export_id on both nodes")]
     Export { theirs: String, ours: String },
     #[error("too many verify sessions at once (limit {0}); try again when one has finished")]
     TooManyVerifies(usize),
 }
 
-/// A Hello speaking `version` for `export_id`, against this standby's own.
+/// A Hello from a primary speaking `theirs` for `export_id`, against this
+/// standby's own: the version the session uses.
 pub fn check_hello(
-    version: u32,
+    theirs: Speaks,
     export_id: &str,
-    our_version: u32,
+    ours: Speaks,
     our_export_id: &str,
-) -> Result<(), HelloError> {
-    if version != our_version {
-        return Err(HelloError::Version {
-            theirs: version,
-            ours: our_version,
-        });
-    }
+) -> Result<u32, HelloError> {
+    let v = choose(ours, theirs)?;
     if export_id != our_export_id {
         return Err(HelloError::Export {
             theirs: export_id.into(),
             ours: our_export_id.into(),
         });
     }
-    Ok(())
+    Ok(v)
 }
 
 /// A verify session hashes the whole export: `running` others at once are
@@ -50,21 +48,28 @@ mod tests {
 
     #[test]
     fn another_version_or_export_is_refused_saying_what_to_fix() {
-        assert_eq!(check_hello(7, "web", 7, "web"), Ok(()));
-        let e = check_hello(1, "web", 7, "web").unwrap_err().to_string();
+        let ours = Speaks::OURS;
+        assert_eq!(check_hello(Speaks::only(7), "web", ours, "web"), Ok(7));
+        // The previous release: its version, for the whole session.
+        assert_eq!(check_hello(Speaks::only(6), "web", ours, "web"), Ok(6));
+        let e = check_hello(Speaks::only(1), "web", ours, "web")
+            .unwrap_err()
+            .to_string();
         assert!(
-            e.contains("protocol version 1 is not supported") && e.contains("speaks 7"),
+            e.contains("protocol version 1 is not supported") && e.contains("speaks 6 to 7"),
             "{e}"
         );
-        let e = check_hello(7, "web", 7, "mail").unwrap_err().to_string();
+        let e = check_hello(Speaks::only(7), "web", ours, "mail")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("\"web\" does not match this standby's \"mail\""),
             "{e}"
         );
         // The version is checked first: a newer release may name exports otherwise.
         assert!(matches!(
-            check_hello(8, "x", 7, "y"),
-            Err(HelloError::Version { .. })
+            check_hello(Speaks::only(9), "x", ours, "y"),
+            Err(HelloError::Version(_))
         ));
     }
 

@@ -12,3 +12,4 @@ pub mod model;
 pub mod pair;
 pub mod path;
 pub mod receiver;
+pub mod sender;

@@ -4,25 +4,27 @@
 //! [`MAX_STREAMS`] large transfers run beside it. Each stream is one
 //! self-contained transaction: signature request, content, then the
 //! standby's verdict once the file is committed (durably, if configured).
+//! What to try next is the sans-IO [`FileJob`]'s; this carries it out.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use indicatif::ProgressBar;
+use syncd_proto::sender::{Answer, Encoding, Expect, FileJob, Next, Outcome as Done};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::reply::{answer, ReplyError, StreamReply};
+use super::source::{self, Read, Sink};
+use super::stream::{Stream, StreamError};
+use super::summary::Progress;
 use crate::delta;
 use crate::index::Stamp;
 use crate::lease::Settle;
 use crate::path::RelPath;
 use crate::plan::FileOp;
-use crate::scan;
-use crate::stream::{Stream, StreamError};
-use crate::wire::{self, Encoding, Failure, Reply, Request, CHUNK};
+use crate::wire::{self, Failure, Request, CHUNK};
 
 /// Large transfers running at once, beside the control stream (the standby
 /// allows 16 bidirectional streams per connection).
@@ -40,6 +42,15 @@ pub struct Outcome {
     pub delta_bytes: u64,
 }
 
+/// A transfer that did not fail.
+pub enum Sent {
+    /// Sent and verified; what the index records for it.
+    Done(Stamp, wire::Hash),
+    Vanished,
+    /// Open for writing elsewhere (live replication): send once closed.
+    Busy,
+}
+
 /// The large transfers of one connection.
 pub struct Transfers {
     conn: quinn::Connection,
@@ -51,7 +62,7 @@ pub struct Transfers {
 }
 
 impl Transfers {
-    /// `deadline`: how long each stream waits for a reply (see `stream.rs`).
+    /// `deadline`: how long each stream waits for a reply.
     pub fn new(conn: quinn::Connection, export: PathBuf, deadline: Option<Duration>) -> Transfers {
         Transfers {
             deadline,
@@ -91,18 +102,22 @@ impl Transfers {
         &mut self,
         op: FileOp,
         settle: Option<Settle>,
-        bar: &ProgressBar,
+        progress: Arc<dyn Progress>,
     ) -> Option<Outcome> {
         let done = if self.running.len() >= MAX_STREAMS {
             self.next().await
         } else {
             None
         };
-        let (conn, export, bar) = (self.conn.clone(), self.export.clone(), bar.clone());
-        let (path, size, deadline) = (op.path.clone(), op.size, self.deadline);
-        let h = self
-            .set
-            .spawn(async move { transfer(conn, &export, settle, op, &bar, deadline).await });
+        let file = File {
+            conn: self.conn.clone(),
+            export: self.export.clone(),
+            settle,
+            progress,
+            deadline: self.deadline,
+        };
+        let (path, size) = (op.path.clone(), op.size);
+        let h = self.set.spawn(async move { file.transfer(op).await });
         self.running.insert(h.id(), (path, Instant::now(), size));
         done
     }
@@ -140,34 +155,6 @@ impl Transfers {
     }
 }
 
-async fn transfer(
-    conn: quinn::Connection,
-    export: &Path,
-    settle: Option<Settle>,
-    op: FileOp,
-    bar: &ProgressBar,
-    deadline: Option<Duration>,
-) -> Outcome {
-    let mut o = Outcome {
-        op,
-        as_delta: false,
-        result: Ok(Sent::Vanished),
-        tx: 0,
-        rx: 0,
-        delta_bytes: 0,
-    };
-    let r = transfer_inner(&conn, export, settle, bar, &mut o, deadline).await;
-    o.result = match r {
-        Ok(r) => r,
-        Err(e) => Err(Failure {
-            path: o.op.path.clone(),
-            error: e.to_string(),
-            retry_whole: false,
-        }),
-    };
-    o
-}
-
 #[derive(Debug, thiserror::Error)]
 enum TransferError {
     #[error("stream: {0}")]
@@ -176,281 +163,258 @@ enum TransferError {
     Open(#[from] quinn::ConnectionError),
     #[error("local read: {0}")]
     Io(#[from] std::io::Error),
-    #[error("protocol: unexpected {0}")]
+    #[error("protocol: {0}")]
     Protocol(String),
 }
 
-/// One file on one stream: delta if asked for and possible, else whole;
-/// a content-check failure is retried whole once.
-async fn transfer_inner(
-    conn: &quinn::Connection,
-    export: &Path,
+/// What one transfer task holds.
+struct File {
+    conn: quinn::Connection,
+    export: Arc<PathBuf>,
     settle: Option<Settle>,
-    bar: &ProgressBar,
-    o: &mut Outcome,
+    progress: Arc<dyn Progress>,
     deadline: Option<Duration>,
-) -> Result<Result<Sent, Failure>, TransferError> {
-    let op = o.op.clone();
-    let mut try_delta = op.delta;
-    let mut whole_tries = 0;
-    loop {
-        let (send, recv) = conn.open_bi().await?;
+}
+
+/// One file stream and the Sender core that keeps its replies.
+struct On {
+    st: Stream,
+    tx: syncd_proto::sender::Sender,
+}
+
+impl File {
+    async fn transfer(self, op: FileOp) -> Outcome {
+        let mut o = Outcome {
+            op,
+            as_delta: false,
+            result: Ok(Sent::Vanished),
+            tx: 0,
+            rx: 0,
+            delta_bytes: 0,
+        };
+        o.result = match self.run(&mut o).await {
+            Ok(r) => r,
+            Err(e) => Err(Failure {
+                path: o.op.path.clone(),
+                error: e.to_string(),
+                retry_whole: false,
+            }),
+        };
+        o
+    }
+
+    async fn open(&self) -> Result<On, TransferError> {
+        let (send, recv) = self.conn.open_bi().await?;
         let mut st = Stream::new(send, recv);
-        st.deadline = deadline;
-        let mut sent = None;
-        o.as_delta = false;
-        if try_delta {
-            // Block size follows the base (the standby's file), like rsync, so
-            // a signature the standby cached when it wrote that file matches.
-            let (block, strong) = delta::options_for(op.base_size);
-            if delta::check_options(block, strong, op.base_size).is_ok() {
-                st.send(&Request::SigRequest {
-                    id: 1,
-                    path: op.path.clone(),
-                    block_size: block,
-                    strong_len: strong,
-                })
-                .await?;
-                match st.reply().await? {
-                    Reply::Signature { data, .. } => {
-                        let s = send_delta(
-                            &mut st,
-                            export,
-                            settle.clone(),
-                            &op,
-                            data,
-                            2,
-                            &mut o.delta_bytes,
-                            bar,
-                        )
+        // The deadline is the Sender core's.
+        st.deadline = None;
+        let tx = syncd_proto::sender::Sender::new(syncd_proto::sender::SenderConfig {
+            reply_deadline: self.deadline,
+            ..Default::default()
+        });
+        Ok(On { st, tx })
+    }
+
+    /// One file on one stream: delta if asked for and possible, else whole;
+    /// a content-check failure is resent whole (see [`FileJob`]).
+    async fn run(&self, o: &mut Outcome) -> Result<Result<Sent, Failure>, TransferError> {
+        let op = o.op.clone();
+        // Block size follows the base (the standby's file), like rsync, so
+        // a signature the standby cached when it wrote that file matches.
+        let (block, strong) = delta::options_for(op.base_size);
+        let can_delta = op.delta && delta::check_options(block, strong, op.base_size).is_ok();
+        let (mut job, mut next) = FileJob::new(op.path.clone(), op.size, can_delta);
+        let mut on = self.open().await?;
+        let (mut sig, mut done) = (None, None);
+        loop {
+            next = match next {
+                Next::Send(Encoding::Delta) if sig.is_none() => {
+                    on.st
+                        .send(&Request::SigRequest {
+                            id: 1,
+                            path: op.path.clone(),
+                            block_size: block,
+                            strong_len: strong,
+                        })
                         .await?;
-                        if !matches!(s, Sent::Fallback) {
-                            o.as_delta = true;
-                            sent = Some(s);
+                    on.tx.expect(Expect::Signature, std::time::Instant::now());
+                    match answer(&mut on.st, &mut on.tx).await.map_err(proto)? {
+                        (Answer::Signature(true), StreamReply::Signature(data)) => {
+                            sig = Some(data);
+                            job.handle_signature(true)
                         }
+                        _ => job.handle_signature(false),
                     }
-                    Reply::NoSignature { .. } => {}
-                    other => return Err(TransferError::Protocol(format!("{other:?}"))),
+                }
+                Next::Send(e) => {
+                    let r = self.read(&mut on.st, &op.path, e, sig.take(), o).await?;
+                    done = r.done;
+                    o.as_delta = e == Encoding::Delta && done.is_some();
+                    job.handle_read(r.end)
+                }
+                Next::Verdict => {
+                    on.st.finish().await?;
+                    on.tx.expect(Expect::StreamEnd, std::time::Instant::now());
+                    let failures = match answer(&mut on.st, &mut on.tx).await.map_err(proto)? {
+                        (Answer::BarrierDone { failures, .. }, _) => failures,
+                        (a, _) => return Err(TransferError::Protocol(format!("unexpected {a:?}"))),
+                    };
+                    (o.tx, o.rx) = (o.tx + on.st.tx, o.rx + on.st.rx);
+                    let f = failures.into_iter().next();
+                    let n = job.handle_verdict(f.clone());
+                    if let (Next::Send(_), Some(f)) = (&n, f) {
+                        tracing::info!(path = %op.path, "resending whole after: {}", f.error);
+                        on = self.open().await?;
+                        o.as_delta = false;
+                    }
+                    n
+                }
+                Next::Done(d) => {
+                    return Ok(match (d, done) {
+                        (Done::Sent { .. }, Some((stamp, h))) => Ok(Sent::Done(stamp, h)),
+                        (Done::Sent { .. }, None) | (Done::Vanished, _) => Ok(Sent::Vanished),
+                        (Done::Busy, _) => Ok(Sent::Busy),
+                        (Done::Failed(f), _) => Err(f),
+                    })
                 }
             }
         }
-        let sent = match sent {
-            Some(s) => s,
-            None => {
-                whole_tries += 1;
-                send_large(&mut st, export, settle.clone(), &op, 3, bar).await?
+    }
+
+    /// One read of the file onto the stream: a reader thread (the one
+    /// source reader, plus the rolling diff for a delta) feeds this task.
+    async fn read(
+        &self,
+        st: &mut Stream,
+        rel: &RelPath,
+        e: Encoding,
+        sig: Option<Vec<u8>>,
+        o: &mut Outcome,
+    ) -> Result<Read, TransferError> {
+        let (export, rel, settle) = (self.export.clone(), rel.clone(), self.settle.clone());
+        let progress = self.progress.clone();
+        let (tx, rx) = mpsc::channel::<Request>(8);
+        let reader = tokio::task::spawn_blocking(move || match (e, sig) {
+            (Encoding::Delta, Some(sig)) => {
+                read_delta(&export, &rel, settle.as_ref(), sig, tx, progress)
             }
-        };
-        st.finish().await?;
-        let failures = match st.reply().await? {
-            Reply::BarrierDone { failures, .. } => failures,
-            other => return Err(TransferError::Protocol(format!("{other:?}"))),
-        };
-        o.tx += st.tx;
-        o.rx += st.rx;
-        if let Some(f) = failures.into_iter().next() {
-            if f.retry_whole && whole_tries < 2 {
-                tracing::info!(path = %op.path, "resending whole after: {}", f.error);
-                try_delta = false;
-                continue;
+            _ => {
+                let mut sink = Chunks { tx, progress };
+                let settle = settle.as_ref();
+                source::read(&export, &rel, settle, 3, Encoding::Whole, CHUNK, &mut sink)
             }
-            return Ok(Err(f));
-        }
-        return Ok(match sent {
-            Sent::Fallback => Err(Failure {
-                path: op.path.clone(),
-                error: "kept changing while being read; skipped (the next run will send it)".into(),
-                retry_whole: false,
-            }),
-            s => Ok(s),
         });
+        forward(st, rx, &mut o.delta_bytes).await?;
+        Ok(reader.await.map_err(std::io::Error::other)??)
     }
 }
 
-pub enum Sent {
-    /// Sent and verified; what the index records for it.
-    Done(Stamp, wire::Hash),
-    Vanished,
-    /// Open for writing elsewhere (live replication): send once closed.
-    Busy,
-    /// Could not produce a delta: send whole instead.
-    Fallback,
+fn proto(e: ReplyError) -> TransferError {
+    match e {
+        ReplyError::Stream(e) => TransferError::Stream(e),
+        ReplyError::Sender(e) => TransferError::Protocol(e.to_string()),
+    }
 }
 
-pub(crate) fn changed(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
-    Stamp::of(a) != Stamp::of(b)
+/// Whole content onto the stream, chunk by chunk.
+struct Chunks {
+    tx: mpsc::Sender<Request>,
+    progress: Arc<dyn Progress>,
 }
 
-/// A source file opened for sending.
-pub(crate) enum Opened {
-    Gone,
-    /// Open for writing elsewhere and not quiet: send it once closed.
-    Busy,
-    /// `leased`: a read lease is held and must still be intact after reading.
-    File(std::fs::File, std::fs::Metadata, bool),
+impl Sink for Chunks {
+    fn send(&mut self, r: Request) -> bool {
+        self.tx.blocking_send(r).is_ok()
+    }
+
+    fn content(&mut self, id: u64, data: Vec<u8>) -> bool {
+        self.progress.advance(data.len() as u64);
+        self.tx
+            .blocking_send(Request::FileData { id, data })
+            .is_ok()
+    }
 }
 
-/// Opens a file to send: `rel` beneath `export`, never through a symlink
-/// (neither the file nor a parent swapped for one since the scan), never a
-/// FIFO or device (a FIFO would hang the reader, `/dev/zero` never ends).
-/// Either counts as gone: the compare that follows sees what is there now.
-/// With `settle` (live replication), a file another process has open for
-/// writing is held back unless quiet that long or unchanged since a writer
-/// closed it, with every event up to its stamps handled (see
-/// [`crate::lease::Closed`]; may wait briefly for the watch thread).
-pub(crate) fn open_source(
+/// A delta: the source reader (read + BLAKE3) feeds a second thread that
+/// runs the rolling diff, in order, so both stages run at once.
+fn read_delta(
     export: &Path,
     rel: &RelPath,
     settle: Option<&Settle>,
-) -> std::io::Result<Opened> {
-    use rustix::fs::{Mode, OFlags, ResolveFlags};
-    let gone = |e: &rustix::io::Errno| {
-        matches!(
-            *e,
-            rustix::io::Errno::NOENT
-                | rustix::io::Errno::LOOP
-                | rustix::io::Errno::NOTDIR
-                | rustix::io::Errno::XDEV
-        )
+    sig: Vec<u8>,
+    tx: mpsc::Sender<Request>,
+    progress: Arc<dyn Progress>,
+) -> std::io::Result<Read> {
+    const ID: u64 = 2;
+    let no_delta = || Read {
+        end: syncd_proto::sender::ReadEnd::NoDelta,
+        done: None,
     };
-    let root = rustix::fs::open(
-        export,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    let fd = match rustix::fs::openat2(
-        &root,
-        rel.as_path(),
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-    ) {
-        Ok(fd) => fd,
-        Err(e) if gone(&e) => return Ok(Opened::Gone),
-        Err(e) => return Err(e.into()),
+    let Ok(differ) = delta::Differ::new(sig) else {
+        return Ok(no_delta());
     };
-    let f = std::fs::File::from(fd);
-    let m = f.metadata()?;
-    if !m.file_type().is_file() {
-        return Ok(Opened::Gone);
-    }
-    let leased = match settle {
-        Some(settle) => match crate::lease::take(&f) {
-            crate::lease::Lease::Busy => {
-                // Still open for writing, but unchanged since a writer
-                // closed it (proven, not just recorded): a server's cached
-                // descriptor, not a writer.
-                if settle.closed.unchanged(rel, &m) {
-                    return Ok(Opened::File(f, m, false));
-                }
-                let age = m.modified().ok().and_then(|t| t.elapsed().ok());
-                if age.is_none_or(|a| a < settle.quiet) {
-                    return Ok(Opened::Busy);
-                }
-                false
-            }
-            l => l == crate::lease::Lease::Held,
-        },
-        None => false,
-    };
-    Ok(Opened::File(f, m, leased))
-}
-
-/// No writer opened or truncated the file since [`open_source`].
-pub(crate) fn untouched(f: &std::fs::File, leased: bool) -> bool {
-    !leased || crate::lease::intact(f)
-}
-
-/// Streams a large file chunk by chunk from a reader thread.
-async fn send_large(
-    st: &mut Stream,
-    export: &Path,
-    settle: Option<Settle>,
-    f: &FileOp,
-    id: u64,
-    bar: &ProgressBar,
-) -> Result<Sent, TransferError> {
-    let export = export.to_path_buf();
-    let rel = f.path.clone();
-    let (tx, rx) = mpsc::channel::<Request>(8);
-    let busy = Arc::new(AtomicBool::new(false));
-    let busy2 = busy.clone();
-    let reader =
-        tokio::task::spawn_blocking(move || -> std::io::Result<Option<(Stamp, wire::Hash)>> {
-            let (mut file, before, leased) = match open_source(&export, &rel, settle.as_ref())? {
-                Opened::Gone => return Ok(None),
-                Opened::Busy => {
-                    busy2.store(true, Ordering::Relaxed);
-                    return Ok(None);
-                }
-                Opened::File(f, m, l) => (f, m, l),
-            };
-            let size = before.len();
-            if tx
-                .blocking_send(Request::FileBegin {
-                    id,
-                    path: rel,
-                    meta: scan::meta_of(&before),
-                    size,
-                    encoding: Encoding::Whole,
-                })
-                .is_err()
-            {
-                return Ok(None);
-            }
-            let mut h = blake3::Hasher::new();
-            let mut total = 0u64;
-            loop {
-                let mut buf = vec![0u8; CHUNK];
-                let n = delta::read_full(&mut file, &mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                buf.truncate(n);
-                h.update(&buf);
-                total += n as u64;
-                if total > size
-                    || tx
-                        .blocking_send(Request::FileData { id, data: buf })
-                        .is_err()
-                {
-                    break;
-                }
-            }
-            let after = file.metadata()?;
-            if !untouched(&file, leased) {
-                busy2.store(true, Ordering::Relaxed);
-                let _ = tx.blocking_send(Request::FileAbort { id });
-                return Ok(None);
-            }
-            if changed(&before, &after) || total != size {
-                let _ = tx.blocking_send(Request::FileAbort { id });
-                return Ok(None);
-            }
-            let hash = *h.finalize().as_bytes();
-            let _ = tx.blocking_send(Request::FileEnd { id, hash });
-            Ok(Some((Stamp::of(&after), hash)))
+    let (ix, win) = (differ.indexed(), differ.window());
+    let (ftx, frx) = std::sync::mpsc::sync_channel::<Feed>(2);
+    let (read, diffed) = std::thread::scope(|sc| {
+        let reader = sc.spawn(move || {
+            let mut sink = Feeder(ftx);
+            source::read(export, rel, settle, ID, Encoding::Delta, win, &mut sink)
         });
-    let sent = forward(st, rx, bar, &mut 0).await?;
-    let r = reader.await.map_err(std::io::Error::other)??;
-    if busy.load(Ordering::Relaxed) {
-        return Ok(Sent::Busy);
+        let mut seg = Vec::new();
+        let mut diffed = true;
+        for f in frx.iter() {
+            let r = match f {
+                Feed::Req(r) => r,
+                Feed::Content(buf) => {
+                    if ix.diff(&buf, &mut seg).is_err() {
+                        diffed = false;
+                        break;
+                    }
+                    progress.advance(buf.len() as u64);
+                    let data = std::mem::take(&mut seg);
+                    Request::DeltaSegment { id: ID, data }
+                }
+            };
+            if tx.blocking_send(r).is_err() {
+                break;
+            }
+        }
+        drop(frx);
+        let read = reader
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("reader thread panicked")));
+        (read, diffed)
+    });
+    if !diffed {
+        let _ = tx.blocking_send(Request::FileAbort { id: ID });
+        return Ok(no_delta());
     }
-    Ok(match (r, sent) {
-        (Some((stamp, h)), _) => Sent::Done(stamp, h),
-        (None, false) => Sent::Vanished,
-        (None, true) => Sent::Fallback,
-    })
+    read
 }
 
-/// Sends what a reader thread produces; true if a FileBegin went out.
+enum Feed {
+    Req(Request),
+    Content(Vec<u8>),
+}
+
+struct Feeder(std::sync::mpsc::SyncSender<Feed>);
+
+impl Sink for Feeder {
+    fn send(&mut self, r: Request) -> bool {
+        self.0.send(Feed::Req(r)).is_ok()
+    }
+
+    fn content(&mut self, _id: u64, data: Vec<u8>) -> bool {
+        self.0.send(Feed::Content(data)).is_ok()
+    }
+}
+
+/// Sends what a reader thread produces.
 async fn forward(
     st: &mut Stream,
     mut rx: mpsc::Receiver<Request>,
-    bar: &ProgressBar,
     delta_bytes: &mut u64,
-) -> Result<bool, StreamError> {
-    let mut began = false;
+) -> Result<(), StreamError> {
     loop {
         // Flush whenever the producer has nothing more ready: a delta of a
         // mostly unchanged file is a trickle of tiny segments, and holding
@@ -462,206 +426,14 @@ async fn forward(
                 st.flush().await?;
                 match rx.recv().await {
                     Some(m) => m,
-                    None => break,
+                    None => return Ok(()),
                 }
             }
-            Err(mpsc::error::TryRecvError::Disconnected) => break,
+            Err(mpsc::error::TryRecvError::Disconnected) => return Ok(()),
         };
-        match &m {
-            Request::FileBegin { .. } => began = true,
-            Request::FileData { data, .. } => bar.inc(data.len() as u64),
-            Request::DeltaSegment { data, .. } => *delta_bytes += data.len() as u64,
-            _ => {}
+        if let Request::DeltaSegment { data, .. } = &m {
+            *delta_bytes += data.len() as u64;
         }
         st.send(&m).await?;
-    }
-    Ok(began)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn send_delta(
-    st: &mut Stream,
-    export: &Path,
-    settle: Option<Settle>,
-    f: &FileOp,
-    sig: Vec<u8>,
-    id: u64,
-    delta_bytes: &mut u64,
-    bar: &ProgressBar,
-) -> Result<Sent, TransferError> {
-    let export = export.to_path_buf();
-    let rel = f.path.clone();
-    let (tx, rx) = mpsc::channel::<Request>(4);
-    let barc = bar.clone();
-    let busy = Arc::new(AtomicBool::new(false));
-    let busy2 = busy.clone();
-    let worker = tokio::task::spawn_blocking(
-        move || -> std::io::Result<Result<Option<(Stamp, wire::Hash)>, ()>> {
-            let differ = match delta::Differ::new(sig) {
-                Ok(d) => d,
-                Err(_) => return Ok(Err(())),
-            };
-            let ix = differ.indexed();
-            let (mut file, before, leased) = match open_source(&export, &rel, settle.as_ref())? {
-                Opened::Gone => return Ok(Ok(None)),
-                Opened::Busy => {
-                    busy2.store(true, Ordering::Relaxed);
-                    return Ok(Ok(None));
-                }
-                Opened::File(f, m, l) => (f, m, l),
-            };
-            let size = before.len();
-            if tx
-                .blocking_send(Request::FileBegin {
-                    id,
-                    path: rel,
-                    meta: scan::meta_of(&before),
-                    size,
-                    encoding: Encoding::Delta,
-                })
-                .is_err()
-            {
-                return Ok(Ok(None));
-            }
-            let mut h = blake3::Hasher::new();
-            // Two stages on two threads: read + BLAKE3, and rolling diff.
-            let win = differ.window();
-            let (wtx, wrx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(2);
-            let (rtx, rrx) = std::sync::mpsc::channel::<Vec<u8>>();
-            let (total, diffed) = std::thread::scope(|sc| {
-                let (file, h) = (&mut file, &mut h);
-                let reader = sc.spawn(move || -> std::io::Result<u64> {
-                    let mut total = 0u64;
-                    loop {
-                        let mut buf = rrx.try_recv().unwrap_or_else(|_| vec![0u8; win]);
-                        let n = delta::read_full(file, &mut buf)?;
-                        h.update(&buf[..n]);
-                        total += n as u64;
-                        let last = n < win;
-                        if wtx.send((buf, n)).is_err() || last {
-                            return Ok(total);
-                        }
-                    }
-                });
-                let mut diffed = Ok(Ok(()));
-                let mut seg = Vec::new();
-                for (buf, n) in wrx.iter() {
-                    if ix.diff(&buf[..n], &mut seg).is_err() {
-                        diffed = Ok(Err(()));
-                        break;
-                    }
-                    barc.inc(n as u64);
-                    let _ = rtx.send(buf);
-                    if tx
-                        .blocking_send(Request::DeltaSegment {
-                            id,
-                            data: std::mem::take(&mut seg),
-                        })
-                        .is_err()
-                    {
-                        diffed = Err(());
-                        break;
-                    }
-                }
-                drop(wrx);
-                (
-                    reader
-                        .join()
-                        .unwrap_or_else(|_| Err(std::io::Error::other("reader thread panicked"))),
-                    diffed,
-                )
-            });
-            let total = total?;
-            match diffed {
-                Ok(Ok(())) => {}
-                Ok(Err(())) => {
-                    let _ = tx.blocking_send(Request::FileAbort { id });
-                    return Ok(Err(()));
-                }
-                Err(()) => return Ok(Ok(None)),
-            }
-            let after = file.metadata()?;
-            if !untouched(&file, leased) {
-                busy2.store(true, Ordering::Relaxed);
-                let _ = tx.blocking_send(Request::FileAbort { id });
-                return Ok(Ok(None));
-            }
-            if changed(&before, &after) || total != size {
-                let _ = tx.blocking_send(Request::FileAbort { id });
-                return Ok(Err(()));
-            }
-            let hash = *h.finalize().as_bytes();
-            let _ = tx.blocking_send(Request::FileEnd { id, hash });
-            Ok(Ok(Some((Stamp::of(&after), hash))))
-        },
-    );
-    let began = forward(st, rx, &ProgressBar::hidden(), delta_bytes).await?;
-    let r = worker.await.map_err(std::io::Error::other)??;
-    if busy.load(Ordering::Relaxed) {
-        return Ok(Sent::Busy);
-    }
-    Ok(match r {
-        Ok(Some((stamp, h))) => Sent::Done(stamp, h),
-        Ok(None) if !began => Sent::Vanished,
-        _ => Sent::Fallback,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rel(s: &str) -> RelPath {
-        RelPath::new(s.as_bytes().to_vec()).unwrap()
-    }
-
-    fn is_file(o: Opened) -> bool {
-        matches!(o, Opened::File(..))
-    }
-
-    #[test]
-    fn a_source_is_read_only_through_no_symlink_and_only_if_regular() {
-        let d = tempfile::tempdir().unwrap();
-        let export = d.path().join("export");
-        std::fs::create_dir_all(export.join("dir")).unwrap();
-        std::fs::write(d.path().join("secret"), b"root only").unwrap();
-        std::fs::write(export.join("dir/ok"), b"fine").unwrap();
-        assert!(is_file(open_source(&export, &rel("dir/ok"), None).unwrap()));
-
-        // swapped for a symlink to a file outside the export
-        std::os::unix::fs::symlink(d.path().join("secret"), export.join("link")).unwrap();
-        assert!(matches!(
-            open_source(&export, &rel("link"), None).unwrap(),
-            Opened::Gone
-        ));
-        // a parent swapped for a symlink
-        std::os::unix::fs::symlink(d.path(), export.join("up")).unwrap();
-        assert!(matches!(
-            open_source(&export, &rel("up/secret"), None).unwrap(),
-            Opened::Gone
-        ));
-        // a FIFO: opening must not hang, and it is not sent
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            export.join("fifo"),
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-            0,
-        )
-        .unwrap();
-        assert!(matches!(
-            open_source(&export, &rel("fifo"), None).unwrap(),
-            Opened::Gone
-        ));
-        // a device
-        std::os::unix::fs::symlink("/dev/zero", export.join("zero")).unwrap();
-        assert!(matches!(
-            open_source(&export, &rel("zero"), None).unwrap(),
-            Opened::Gone
-        ));
-        assert!(matches!(
-            open_source(&export, &rel("missing"), None).unwrap(),
-            Opened::Gone
-        ));
     }
 }

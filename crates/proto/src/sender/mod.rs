@@ -176,12 +176,12 @@ pub enum SenderError {
     },
     #[error("standby reported a fatal error: {0}")]
     Fatal(String),
-    #[error("protocol: expected {expected}, got {got}")]
+    #[error("expected {expected}, got {got}")]
     Unexpected {
         expected: &'static str,
         got: &'static str,
     },
-    #[error("protocol: the standby's list exceeds {entries} entries or {bytes} bytes of names; refusing it (is the standby's export the right directory?)")]
+    #[error("the standby's list exceeds {entries} entries or {bytes} bytes of names; refusing it (is the standby's export the right directory?)")]
     ListTooLarge { entries: usize, bytes: u64 },
     #[error(
         "no reply from the standby within {0:?}: it is hung or overloaded; ending the session"
@@ -393,6 +393,11 @@ impl Sender {
     fn end(&mut self) {
         self.ended = true;
         self.awaiting.clear();
+    }
+
+    /// Caps on a manifest (tests play a standby with an endless one).
+    pub fn set_list_limits(&mut self, entries: usize, bytes: u64) {
+        (self.cfg.max_list_entries, self.cfg.max_list_bytes) = (entries, bytes);
     }
 
     /// The last batch the standby acknowledged in this session.

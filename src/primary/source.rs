@@ -242,4 +242,106 @@ mod tests {
             Opened::Gone
         ));
     }
+
+    /// Records what a read sends; `grow` appends to the file at the first piece.
+    struct Tape {
+        reqs: Vec<Request>,
+        grow: Option<std::path::PathBuf>,
+    }
+
+    impl Sink for Tape {
+        fn send(&mut self, r: Request) -> bool {
+            self.reqs.push(r);
+            true
+        }
+
+        fn content(&mut self, id: u64, data: Vec<u8>) -> bool {
+            if let Some(p) = self.grow.take() {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new().append(true).open(p).unwrap();
+                f.write_all(&[7u8; 100_000]).unwrap();
+            }
+            self.reqs.push(Request::FileData { id, data });
+            true
+        }
+    }
+
+    fn data_bytes(t: &Tape) -> usize {
+        t.reqs
+            .iter()
+            .map(|r| match r {
+                Request::FileData { data, .. } => data.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    #[test]
+    fn the_reader_sends_a_quiet_file_with_its_hash_and_stamp() {
+        let d = tempfile::tempdir().unwrap();
+        let content: Vec<u8> = (0..600_000u32).map(|i| i as u8).collect();
+        std::fs::write(d.path().join("f"), &content).unwrap();
+        let mut t = Tape {
+            reqs: vec![],
+            grow: None,
+        };
+        let r = read(
+            d.path(),
+            &rel("f"),
+            None,
+            5,
+            Encoding::Whole,
+            256 << 10,
+            &mut t,
+        )
+        .unwrap();
+        assert_eq!(r.end, ReadEnd::Sent);
+        let want = *blake3::hash(&content).as_bytes();
+        assert_eq!(r.done.map(|(_, h)| h), Some(want));
+        assert!(matches!(
+            t.reqs.first(),
+            Some(Request::FileBegin {
+                id: 5,
+                size: 600_000,
+                ..
+            })
+        ));
+        assert!(matches!(t.reqs.last(), Some(Request::FileEnd { id: 5, hash }) if *hash == want));
+        assert_eq!(data_bytes(&t), content.len());
+        // Gone: nothing is announced.
+        let mut t = Tape {
+            reqs: vec![],
+            grow: None,
+        };
+        let r = read(
+            d.path(),
+            &rel("nope"),
+            None,
+            6,
+            Encoding::Whole,
+            1024,
+            &mut t,
+        )
+        .unwrap();
+        assert_eq!((r.end, t.reqs.len()), (ReadEnd::Vanished, 0));
+    }
+
+    #[test]
+    fn a_file_growing_under_the_reader_is_aborted_within_its_announced_size() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        for chunk in [256 << 10, 1 << 20] {
+            // In pieces (a large file) and in one (a small one).
+            std::fs::write(&p, vec![1u8; 300_000]).unwrap();
+            let mut t = Tape {
+                reqs: vec![],
+                grow: Some(p.clone()),
+            };
+            let r = read(d.path(), &rel("f"), None, 1, Encoding::Whole, chunk, &mut t).unwrap();
+            assert_eq!(r.end, ReadEnd::Changed);
+            assert!(r.done.is_none());
+            assert!(matches!(t.reqs.last(), Some(Request::FileAbort { id: 1 })));
+            assert!(data_bytes(&t) <= 300_000, "sent past the announced size");
+        }
+    }
 }

@@ -7,7 +7,6 @@ pub mod admin;
 pub mod auto;
 // The sans-IO rules live in `syncd-proto`; these names keep their old paths.
 pub use syncd_proto::{batch, live, path};
-pub mod client;
 pub mod config;
 pub mod conflicts;
 pub mod delta;
@@ -22,16 +21,22 @@ pub mod migrate;
 pub mod paircheck;
 pub mod plan;
 pub mod primary;
+/// The primary's session API under its earlier names (`client`, `stream`).
+pub use primary as client;
+pub use primary::stream;
 pub mod relocate;
 pub mod scan;
 pub mod sigcache;
 pub mod standby;
 pub mod state;
 pub mod stats;
-pub mod stream;
 #[cfg(test)]
 mod testmount;
 pub mod tls;
-pub mod transfer;
+/// The source reader under its earlier name (the watch's tests use it).
+#[cfg(test)]
+pub(crate) mod transfer {
+    pub(crate) use crate::primary::source::{open_source, Opened};
+}
 pub mod watch;
 pub mod wire;

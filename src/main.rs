@@ -9,6 +9,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use syncd_sdnotify::State;
 
+mod progress;
+
 use syncd::client::{self, ResyncOptions};
 use syncd::config::Config;
 use syncd::standby::Standby;
@@ -310,7 +312,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             // Formats checked, but the state not moved: a daemon may be
             // running from the old place; its next start moves it.
             syncd::state::check_formats(&cfg.state_dir)?;
-            let sum = runtime()?.block_on(client::resync(&cfg, &o))?;
+            let bar = progress::bar(o.progress);
+            let sum = runtime()?.block_on(client::resync_with(&cfg, &o, bar))?;
             println!("{sum}");
             Ok(if sum.failures.is_empty() {
                 ExitCode::SUCCESS

@@ -12,4 +12,5 @@ pub mod model;
 pub mod pair;
 pub mod path;
 pub mod receiver;
+pub mod sender;
 pub mod version;

@@ -1,0 +1,337 @@
+//! The one comparison behind `syncd resync`, reconnects and live
+//! replication: both sides list (the scope), `plan.rs` compares, and what
+//! differs is sent in order: deletes, directories, content (small files on
+//! the control stream, large ones and deltas on their own), symlinks, hard
+//! links, metadata; each step closed by a barrier.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::session::{record_error, ClientError, Session};
+use super::small::{send_small, Small};
+use super::summary::{NoProgress, Progress, ResyncOptions, Summary};
+use crate::config::Config;
+use crate::generation::Leading;
+use crate::index::Index;
+use crate::path::RelPath;
+use crate::plan::{self, FileOp, Plan, PlanOptions};
+use crate::scan::{self, Scan};
+use crate::wire::{self, Entry, Purpose, Request, Scope};
+
+/// One-shot: make the standby equal to this primary.
+pub async fn resync(cfg: &Config, o: &ResyncOptions) -> Result<Summary, ClientError> {
+    resync_with(cfg, o, Arc::new(NoProgress)).await
+}
+
+/// [`resync`], reporting the content's progress to `progress`.
+pub async fn resync_with(
+    cfg: &Config,
+    o: &ResyncOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<Summary, ClientError> {
+    let t0 = Instant::now();
+    let (mut s, mut me) = connect(cfg, o).await?;
+    if let Some((_, theirs)) = &s.peer {
+        me.saw_peer(&theirs.clone());
+    }
+    let mut index = Index::load(&cfg.state_dir.join("index.bin"));
+    let mut sum = reconcile_with(&mut s, cfg, o, &mut index, None, progress).await?;
+    sum.failures_dropped = s.take_failures_dropped();
+    if !o.dry_run && sum.failures.is_empty() && sum.failures_dropped == 0 {
+        // All of it is on the standby: it follows our generation from now.
+        s.send(&Request::CaughtUp).await?;
+    }
+    let (_committed, stats, tx, rx) = s.finish().await?;
+    if !o.dry_run {
+        me.save();
+        if let Err(e) = index.save() {
+            tracing::warn!("could not save the primary's index: {e}");
+        }
+    }
+    sum.wire_tx = tx;
+    sum.wire_rx = rx;
+    sum.udp_bytes = stats.udp_tx.bytes + stats.udp_rx.bytes;
+    sum.elapsed = t0.elapsed();
+    Ok(sum)
+}
+
+/// A resync's session, taking over from a standby with newer data when asked.
+async fn connect(cfg: &Config, o: &ResyncOptions) -> Result<(Session, Leading), ClientError> {
+    // A dry run changes nothing, neither the generations: it only lists.
+    let (purpose, mut me) = if o.dry_run {
+        (
+            Purpose::Verify,
+            Leading::current(cfg).map_err(record_error)?,
+        )
+    } else {
+        (
+            Purpose::Resync,
+            Leading::start(cfg, o.take_over).map_err(record_error)?,
+        )
+    };
+    let s = match Session::connect(cfg, purpose.clone(), &me).await {
+        Err(ClientError::Refused(reason, Some(theirs))) => {
+            me.saw_peer(&theirs);
+            if !o.take_over {
+                return Err(ClientError::Refused(reason, Some(theirs)));
+            }
+            // Taking over: start a generation above the one that refused us.
+            me = Leading::start(cfg, true).map_err(record_error)?;
+            Session::connect(cfg, purpose, &me).await?
+        }
+        r => r?,
+    };
+    Ok((s, me))
+}
+
+/// Compares this primary with the standby, over the whole tree or just
+/// `scope`, and sends what differs; ends with a barrier (not yet durable).
+pub async fn reconcile(
+    s: &mut Session,
+    cfg: &Config,
+    o: &ResyncOptions,
+    index: &mut Index,
+    scope: Option<Vec<Scope>>,
+) -> Result<Summary, ClientError> {
+    reconcile_with(s, cfg, o, index, scope, Arc::new(NoProgress)).await
+}
+
+async fn reconcile_with(
+    s: &mut Session,
+    cfg: &Config,
+    o: &ResyncOptions,
+    index: &mut Index,
+    scope: Option<Vec<Scope>>,
+    progress: Arc<dyn Progress>,
+) -> Result<Summary, ClientError> {
+    let t0 = Instant::now();
+    let scoped = scope.is_some();
+    let (mut local, mut remote) = both_sides(s, cfg, o, index, scope).await?;
+    let mut deferred_links = 0;
+    let mut links_outside = HashSet::new();
+    if !scoped {
+        links_outside = local.partial_links.iter().map(|g| g.key).collect();
+    } else if let Some(outside) = &o.defer_links {
+        deferred_links = defer_links(&mut local, &mut remote, outside);
+    }
+    if !local.unreadable.is_empty() {
+        // What is there locally is unknown: leave the standby's copy alone
+        // rather than delete it as if it were gone here.
+        let unknown: HashSet<&RelPath> = local.unreadable.iter().collect();
+        remote.retain(|e| {
+            !std::iter::successors(Some(e.path.clone()), |p| p.parent())
+                .any(|p| unknown.contains(&p))
+        });
+    }
+    let owners = s.as_standby_stores(&mut local.entries);
+    let p = plan::plan(
+        &local.entries,
+        &remote,
+        &PlanOptions {
+            delete: o.delete,
+            checksum: o.checksum,
+            delta_min_size: cfg.sync.delta_min_size,
+            owners,
+        },
+    );
+    let bytes_delta = p.files.iter().filter(|f| f.delta).map(|f| f.size).sum();
+    let mut sum = Summary {
+        scanned: local.entries.len() as u64,
+        unchanged: p.unchanged,
+        skipped: local.skipped.clone(),
+        content_bytes: p.content_bytes,
+        bytes_whole: p.content_bytes - bytes_delta,
+        bytes_delta,
+        deferred_links,
+        links_outside,
+        dry_run: o.dry_run,
+        ..Default::default()
+    };
+    if o.dry_run {
+        dry_run(&p, &mut sum);
+    } else {
+        progress.start(p.content_bytes, p.files.len());
+        execute(s, cfg, o, &p, &mut sum, index, progress.clone()).await?;
+        progress.finish();
+    }
+    sum.elapsed = t0.elapsed();
+    Ok(sum)
+}
+
+/// Our scan (on a blocking thread, with the index) and the standby's list, at once.
+async fn both_sides(
+    s: &mut Session,
+    cfg: &Config,
+    o: &ResyncOptions,
+    index: &mut Index,
+    scope: Option<Vec<Scope>>,
+) -> Result<(Scan, Vec<Entry>), ClientError> {
+    let checksum = o.checksum;
+    let root = cfg.export.clone();
+    let mut ix = std::mem::take(index);
+    let local_scope = scope.clone();
+    let local = tokio::task::spawn_blocking(move || {
+        let r = match &local_scope {
+            None => scan::scan(&root, &mut ix, checksum, checksum),
+            Some(sc) => scan::scan_scoped(&root, &mut ix, sc, checksum),
+        };
+        (r, ix)
+    });
+    let remote = match scope {
+        None => s.list(o.checksum).await,
+        Some(sc) => s.list_scope(sc).await,
+    };
+    let (local, ix) = local
+        .await
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    *index = ix;
+    Ok((local?, remote?))
+}
+
+/// Leaves out of both sides' lists (neither sent nor deleted now) the
+/// hard-linked files with names outside a scoped reconcile; returns how many.
+fn defer_links(local: &mut Scan, remote: &mut Vec<Entry>, outside: &HashSet<(u64, u64)>) -> u64 {
+    let defer: HashSet<RelPath> = local
+        .partial_links
+        .iter()
+        .filter(|g| !outside.contains(&g.key))
+        .flat_map(|g| &g.names)
+        .cloned()
+        .collect();
+    if !defer.is_empty() {
+        local.entries.retain(|e| !defer.contains(&e.path));
+        remote.retain(|e| !defer.contains(&e.path));
+    }
+    defer.len() as u64
+}
+
+/// What a dry run would do, as lines of the summary.
+fn dry_run(p: &Plan, sum: &mut Summary) {
+    let lines = &mut sum.planned;
+    lines.extend(p.deletes.iter().map(|d| format!("delete {d}")));
+    lines.extend(p.mkdirs.iter().map(|d| format!("mkdir  {d}")));
+    for f in &p.files {
+        let how = if f.delta { "delta " } else { "send  " };
+        lines.push(format!("{how} {} ({} bytes)", f.path, f.size));
+    }
+    lines.extend(p.symlinks.iter().map(|(l, _, _)| format!("link   {l}")));
+    lines.extend(p.links.iter().map(|(l, t)| format!("hard   {l} => {t}")));
+    sum.sent_whole = p.files.iter().filter(|f| !f.delta).count() as u64;
+    sum.sent_delta = p.files.len() as u64 - sum.sent_whole;
+    sum.deleted = p.deletes.len() as u64;
+}
+
+async fn execute(
+    s: &mut Session,
+    cfg: &Config,
+    o: &ResyncOptions,
+    p: &Plan,
+    sum: &mut Summary,
+    index: &mut Index,
+    progress: Arc<dyn Progress>,
+) -> Result<(), ClientError> {
+    let mut barrier_id = 0u64;
+    let mut next_barrier = || {
+        barrier_id += 1;
+        barrier_id
+    };
+    // 1. Deletes, then directories, parents first (worker 0 keeps the order).
+    for d in &p.deletes {
+        s.send(&Request::Delete { path: d.clone() }).await?;
+    }
+    sum.deleted = p.deletes.len() as u64;
+    for d in &p.mkdirs {
+        let meta = wire::Meta {
+            mode: 0o700,
+            uid: 0,
+            gid: 0,
+            mtime_sec: 0,
+            mtime_nsec: 0,
+        };
+        s.send(&Request::Mkdir {
+            path: d.clone(),
+            meta,
+        })
+        .await?;
+    }
+    sum.dirs_created = p.mkdirs.len() as u64;
+    let f = s.barrier(next_barrier()).await?;
+    sum.failures.extend(f);
+    // 2. Content, and symlinks.
+    content(s, cfg, o, p, sum, index, progress, &mut next_barrier).await?;
+    // 3. Hard links (their leaders are now in place), then metadata, deepest first.
+    for (path, leader) in &p.links {
+        s.send(&Request::Link {
+            path: path.clone(),
+            leader: leader.clone(),
+        })
+        .await?;
+    }
+    sum.hard_links = p.links.len() as u64;
+    for (path, meta) in &p.metas {
+        s.send(&Request::SetMeta {
+            path: path.clone(),
+            meta: *meta,
+        })
+        .await?;
+    }
+    sum.meta_only = p.meta_changes;
+    sum.failures.extend(s.barrier(next_barrier()).await?);
+    Ok(())
+}
+
+/// Large files and deltas start on their own streams first, so they run
+/// while the small files stream in order on the control stream; a small
+/// file that failed its content check is resent whole.
+#[allow(clippy::too_many_arguments)]
+async fn content(
+    s: &mut Session,
+    cfg: &Config,
+    o: &ResyncOptions,
+    p: &Plan,
+    sum: &mut Summary,
+    index: &mut Index,
+    progress: Arc<dyn Progress>,
+    next_barrier: &mut impl FnMut() -> u64,
+) -> Result<(), ClientError> {
+    let settle = o.settle.clone();
+    let (large, small): (Vec<&FileOp>, Vec<&FileOp>) = p
+        .files
+        .iter()
+        .partition(|f| f.delta || f.size > syncd_proto::sender::SMALL);
+    for f in large {
+        if s.transfers().busy(&f.path) {
+            // Still going from an earlier batch; its end re-checks the path.
+            continue;
+        }
+        if let Some(o) = s
+            .start_transfer(f.clone(), settle.clone(), progress.clone())
+            .await
+        {
+            s.absorb_transfer(o, sum, index);
+        }
+    }
+    let mut small = Small::new(cfg.export.clone(), settle, progress, small);
+    send_small(s, &mut small, sum, index).await?;
+    for (path, target, meta) in &p.symlinks {
+        s.send(&Request::Symlink {
+            path: path.clone(),
+            target: target.clone(),
+            meta: *meta,
+        })
+        .await?;
+    }
+    sum.symlinks = p.symlinks.len() as u64;
+    if !o.background {
+        s.drain_transfers(sum, index).await;
+    }
+    let mut failures = s.barrier(next_barrier()).await?;
+    // Failures of the small files go back to them: one worth resending
+    // goes again and waits for the next barrier.
+    while small.verdicts(failures, sum) {
+        send_small(s, &mut small, sum, index).await?;
+        failures = s.barrier(next_barrier()).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,493 @@
+//! The primary's side of a session: connect and say Hello, then requests
+//! on the ordered control stream and their replies. Which reply a request
+//! awaits, the verdict on our Hello, the manifest's caps, when a batch is
+//! acknowledged and how long to wait are the sans-IO `Sender`'s
+//! (`syncd_proto::sender`); this carries out the I/O.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use syncd_proto::sender::{Answer, Expect, Sender, SenderConfig, SenderError};
+
+use super::reply::{answer, ReplyError, StreamReply};
+use super::stream::{Stream, StreamError};
+use super::summary::Summary;
+use super::transfer::{Outcome, Sent, Transfers};
+use crate::config::Config;
+use crate::generation::Leading;
+use crate::index::Index;
+use crate::meta_policy::MetaPolicy;
+use crate::path::RelPath;
+use crate::tls::{self, Identity};
+use crate::wire::{self, Entry, Failure, Purpose, Request, Scope, Speaks};
+use syncd_proto::pair::lineage::{Lineage, NodeId};
+
+impl From<StreamError> for ClientError {
+    fn from(e: StreamError) -> ClientError {
+        match e {
+            StreamError::Fatal(r) => ClientError::Fatal(r),
+            StreamError::Closed => ClientError::Protocol("standby closed the session".into()),
+            StreamError::Wire(w) => ClientError::Wire(w),
+            StreamError::Timeout(d) => ClientError::Timeout(d),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot connect to standby {0}: {1}")]
+    Connect(SocketAddr, String),
+    #[error("standby refused the session: {0}")]
+    Refused(String, Option<Lineage>),
+    #[error("standby reported a fatal error: {0}")]
+    Fatal(String),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error(transparent)]
+    Wire(#[from] wire::WireError),
+    #[error("local export: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(
+        "no reply from the standby within {0:?}: it is hung or overloaded; ending the session"
+    )]
+    Timeout(Duration),
+}
+
+impl From<SenderError> for ClientError {
+    fn from(e: SenderError) -> ClientError {
+        match e {
+            SenderError::Refused { reason, lineage } => ClientError::Refused(reason, lineage),
+            SenderError::Fatal(r) => ClientError::Fatal(r),
+            SenderError::Timeout(d) => ClientError::Timeout(d),
+            SenderError::Ended => ClientError::Protocol("standby closed the session".into()),
+            e => ClientError::Protocol(e.to_string()),
+        }
+    }
+}
+
+impl From<ReplyError> for ClientError {
+    fn from(e: ReplyError) -> ClientError {
+        match e {
+            ReplyError::Stream(e) => e.into(),
+            ReplyError::Sender(e) => e.into(),
+        }
+    }
+}
+
+pub use syncd_proto::sender::{MAX_LIST_BYTES, MAX_LIST_ENTRIES};
+
+pub(crate) fn record_error(e: crate::generation::RecordError) -> ClientError {
+    ClientError::Io(std::io::Error::other(e.to_string()))
+}
+
+/// The version the peer last chose: the next Hello says it first, so a
+/// standby of the previous release is not refused at every reconnect. Our
+/// whole range follows it, so an upgraded peer still chooses the highest.
+static LAST_SPOKEN: AtomicU32 = AtomicU32::new(0);
+
+pub struct Session {
+    conn: quinn::Connection,
+    /// The standby's node and generation, from its Welcome.
+    pub peer: Option<(NodeId, Lineage)>,
+    /// The protocol version of this session and the node name its Welcome gave.
+    pub peer_version: (u32, String),
+    /// The versions the standby speaks (only the session's, from a release
+    /// that predates ranges).
+    pub peer_speaks: Speaks,
+    /// Requests and replies in order: metadata, small files, barriers.
+    ctl: Stream,
+    _endpoint: quinn::Endpoint,
+    /// Large files, each on its own stream beside `ctl`.
+    transfers: Transfers,
+    /// Delta payload sent in this session (for the summary).
+    pub delta_bytes: u64,
+    /// Frame bytes of file streams that have ended.
+    files_tx: u64,
+    files_rx: u64,
+    /// The protocol rules of the control stream.
+    sender: Sender,
+    /// What the standby does with owners and modes, from its Welcome;
+    /// `None` from a standby that predates it.
+    pub standby_policy: Option<MetaPolicy>,
+}
+
+impl Session {
+    /// Opens a session as `me` (our node and generation, sent in the Hello).
+    pub async fn connect(
+        cfg: &Config,
+        purpose: Purpose,
+        me: &Leading,
+    ) -> Result<Session, ClientError> {
+        Session::connect_as(cfg, purpose, me.node, &me.record.lineage).await
+    }
+
+    /// [`Session::connect`] with the node and lineage given directly.
+    /// Speaks the highest protocol version both nodes do.
+    pub async fn connect_as(
+        cfg: &Config,
+        purpose: Purpose,
+        node: NodeId,
+        lineage: &Lineage,
+    ) -> Result<Session, ClientError> {
+        use syncd_proto::version::{refused_for_version, VersionError};
+        let ours = Speaks::OURS;
+        let first = match LAST_SPOKEN.load(Ordering::Relaxed) {
+            v if ours.contains(v) => v,
+            _ => ours.max,
+        };
+        match Session::connect_speaking(cfg, purpose.clone(), node, lineage, first).await {
+            // Release 6 refuses any version but its own (it closed this
+            // connection): speak its version on a new one, if we can.
+            Err(ClientError::Refused(reason, None)) => match refused_for_version(&reason) {
+                Some(v) if ours.contains(v) && v != first => {
+                    tracing::info!("the standby runs an older release: speaking protocol {v}");
+                    Session::connect_speaking(cfg, purpose, node, lineage, v).await
+                }
+                Some(v) if !ours.contains(v) => {
+                    let theirs = Speaks::only(v);
+                    let e = VersionError::TooOld { theirs, ours };
+                    Err(ClientError::Refused(e.to_string(), None))
+                }
+                _ => Err(ClientError::Refused(reason, None)),
+            },
+            r => r,
+        }
+    }
+
+    /// Opens a session whose Hello says `version` (all a release before
+    /// ranges reads) followed by every version we speak.
+    async fn connect_speaking(
+        cfg: &Config,
+        purpose: Purpose,
+        node: NodeId,
+        lineage: &Lineage,
+        version: u32,
+    ) -> Result<Session, ClientError> {
+        let speaks = Speaks::OURS;
+        let (endpoint, conn, send, recv) = dial(cfg).await?;
+        let sender = Sender::new(SenderConfig {
+            reply_deadline: cfg.sync.reply_timeout,
+            ..SenderConfig::default()
+        });
+        let mut ctl = Stream::new(send, recv);
+        // The deadline is the Sender core's.
+        ctl.deadline = None;
+        let mut s = Session {
+            peer: None,
+            peer_version: (0, String::new()),
+            peer_speaks: speaks,
+            transfers: Transfers::new(conn.clone(), cfg.export.clone(), cfg.sync.reply_timeout),
+            conn,
+            ctl,
+            _endpoint: endpoint,
+            delta_bytes: 0,
+            files_tx: 0,
+            files_rx: 0,
+            sender,
+            standby_policy: None,
+        };
+        // Our versions trail the Hello; a release that predates ranges
+        // reads only `version` and ignores them.
+        let hello = Request::Hello {
+            version,
+            export_id: cfg.export_id.clone(),
+            node_id: cfg.node_id.clone(),
+            purpose,
+            node,
+            lineage: lineage.clone(),
+        };
+        let frame = postcard::to_stdvec(&(&hello, &speaks)).map_err(wire::WireError::from)?;
+        s.send_frame(&frame).await?;
+        s.sender.expect(Expect::Welcome, Instant::now());
+        // A refusal (another version, another export, newer data) is the
+        // Sender's error value, with the standby's reason and generation.
+        match s.answer().await? {
+            (
+                Answer::Welcome {
+                    node,
+                    lineage,
+                    version,
+                },
+                StreamReply::Welcome(node_id),
+            ) => {
+                if !speaks.contains(version) {
+                    let e = format!(
+                        "the standby chose protocol version {version}; this node speaks {speaks}"
+                    );
+                    return Err(ClientError::Protocol(e));
+                }
+                s.peer = Some((node, lineage));
+                s.peer_version = (version, node_id);
+                let frame = s.ctl.last_frame();
+                let bad = |e| ClientError::Protocol(format!("after the standby's Welcome: {e}"));
+                s.standby_policy = wire::welcome_policy(frame).map_err(bad)?;
+                let theirs = wire::welcome_speaks(frame).map_err(bad)?;
+                s.peer_speaks = theirs.unwrap_or(Speaks::only(version));
+                LAST_SPOKEN.store(version, Ordering::Relaxed);
+                Ok(s)
+            }
+            (other, _) => Err(ClientError::Protocol(format!(
+                "expected Welcome, got {other:?}"
+            ))),
+        }
+    }
+
+    /// The next answer of the Sender core to what the standby replied.
+    async fn answer(&mut self) -> Result<(Answer, StreamReply), ClientError> {
+        Ok(answer(&mut self.ctl, &mut self.sender).await?)
+    }
+
+    /// Sends everything queued (for sessions that expect no reply).
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
+        Ok(self.ctl.flush().await?)
+    }
+
+    /// A handle to watch for the connection's end (e.g. the standby closing
+    /// it for another primary) while the session is idle.
+    pub fn connection(&self) -> quinn::Connection {
+        self.conn.clone()
+    }
+
+    /// Closes the connection and gives the close a moment to reach the standby,
+    /// so it can start the next session at once.
+    pub async fn close(&self) {
+        self.conn.close(0u32.into(), b"done");
+        let _ = tokio::time::timeout(Duration::from_millis(50), self._endpoint.wait_idle()).await;
+    }
+
+    /// Queues a request on the control stream; small messages are batched
+    /// into larger stream writes, and everything queued is flushed before we
+    /// wait for a reply.
+    pub async fn send(&mut self, r: &Request) -> Result<(), ClientError> {
+        use wire::compat::{encode_request, Outgoing};
+        let v = self.peer_version.0;
+        if v != wire::PROTOCOL_VERSION {
+            // An older standby: the few messages it encodes otherwise.
+            match encode_request(v, r).map_err(wire::WireError::from)? {
+                Outgoing::Same => {}
+                Outgoing::Skip => return Ok(()),
+                Outgoing::Bytes(b) => return Ok(self.ctl.send_frame(&b).await?),
+            }
+        }
+        Ok(self.ctl.send(r).await?)
+    }
+
+    /// Sends an already-encoded payload as one frame. Exists so tests can
+    /// play a hostile primary; a real primary only sends typed requests.
+    #[doc(hidden)]
+    pub async fn send_frame(&mut self, payload: &[u8]) -> Result<(), ClientError> {
+        Ok(self.ctl.send_frame(payload).await?)
+    }
+
+    /// Our entries as the standby stores them (its `[standby]` policy), and
+    /// whether owners are worth comparing: a mapped owner or a stripped bit
+    /// is not a difference to re-send on every compare.
+    pub fn as_standby_stores(&self, entries: &mut [Entry]) -> bool {
+        match &self.standby_policy {
+            Some(p) => {
+                p.map_entries(entries);
+                p.compares_owners()
+            }
+            // An older standby keeps owners when it runs as root; that we
+            // do is the best guess there is.
+            None => rustix::process::geteuid().is_root(),
+        }
+    }
+
+    /// Failures the standby reported only as a number since the last call:
+    /// which files they were is unknown, so a whole-tree compare retries them.
+    pub fn take_failures_dropped(&mut self) -> u64 {
+        self.sender.take_failures_dropped()
+    }
+
+    /// The last batch the standby acknowledged (durable) in this session.
+    pub fn acknowledged(&self) -> Option<u64> {
+        self.sender.acknowledged()
+    }
+
+    /// Lowers the caps on a manifest (tests play a standby with an endless one).
+    #[doc(hidden)]
+    pub fn set_list_limits(&mut self, entries: usize, bytes: u64) {
+        self.sender.set_list_limits(entries, bytes);
+    }
+
+    /// Application bytes (frames) sent and received on all streams, the
+    /// figure comparable with rsync's "Total bytes sent/received".
+    pub fn wire_bytes(&self) -> (u64, u64) {
+        (self.ctl.tx + self.files_tx, self.ctl.rx + self.files_rx)
+    }
+
+    /// Large transfers still running (live replication leaves them running
+    /// between batches).
+    pub fn transfers(&self) -> &Transfers {
+        &self.transfers
+    }
+
+    /// The next large transfer to end, already accounted in `sum` and
+    /// `index`; never resolves while none is running. Cancel-safe.
+    pub async fn next_transfer(&mut self, sum: &mut Summary, index: &mut Index) -> Option<RelPath> {
+        let o = self.transfers.next().await?;
+        let p = o.op.path.clone();
+        self.absorb_transfer(o, sum, index);
+        Some(p)
+    }
+
+    /// Waits for every large transfer (before Finish, or before a barrier
+    /// that must cover them).
+    pub async fn drain_transfers(&mut self, sum: &mut Summary, index: &mut Index) {
+        for o in self.transfers.drain().await {
+            self.absorb_transfer(o, sum, index);
+        }
+    }
+
+    /// Starts a large file or delta on its own stream (see [`Transfers::start`]).
+    pub(super) async fn start_transfer(
+        &mut self,
+        op: crate::plan::FileOp,
+        settle: Option<crate::lease::Settle>,
+        progress: std::sync::Arc<dyn super::summary::Progress>,
+    ) -> Option<Outcome> {
+        self.transfers.start(op, settle, progress).await
+    }
+
+    /// Accounts a large transfer's outcome in `sum` and `index`.
+    pub(super) fn absorb_transfer(&mut self, o: Outcome, sum: &mut Summary, index: &mut Index) {
+        self.files_tx += o.tx;
+        self.files_rx += o.rx;
+        self.delta_bytes += o.delta_bytes;
+        sum.delta_bytes += o.delta_bytes;
+        match o.result {
+            Ok(Sent::Done(stamp, hash)) => {
+                index.insert(o.op.path.as_bytes().to_vec(), stamp, hash);
+                if o.as_delta {
+                    sum.sent_delta += 1;
+                } else {
+                    sum.sent_whole += 1;
+                }
+            }
+            Ok(Sent::Vanished) => sum.vanished += 1,
+            Ok(Sent::Busy) => sum.busy.push(o.op.path),
+            Err(f) => sum.failures.push(f),
+        }
+    }
+
+    pub async fn list(&mut self, checksum: bool) -> Result<Vec<Entry>, ClientError> {
+        self.send(&Request::List { checksum }).await?;
+        self.list_reply(Expect::List { checksum }).await
+    }
+
+    /// Like [`Session::list`] for part of the tree.
+    pub async fn list_scope(&mut self, scope: Vec<Scope>) -> Result<Vec<Entry>, ClientError> {
+        self.send(&Request::ListScope { scope }).await?;
+        self.list_reply(Expect::List { checksum: false }).await
+    }
+
+    async fn list_reply(&mut self, what: Expect) -> Result<Vec<Entry>, ClientError> {
+        self.sender.expect(what, Instant::now());
+        let mut out = Vec::new();
+        loop {
+            match self.answer().await? {
+                (Answer::ListChunk, StreamReply::Entries(e)) => out.extend(e),
+                (Answer::ListEnd, _) => return Ok(out),
+                (other, _) => {
+                    return Err(ClientError::Protocol(format!(
+                        "expected a list, got {other:?}"
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Everything sent so far is committed and durable on the standby: the
+    /// batch is acknowledged ([`Session::acknowledged`]).
+    pub async fn commit(&mut self, id: u64) -> Result<Vec<Failure>, ClientError> {
+        self.send(&Request::Commit { id }).await?;
+        self.barrier_reply(Expect::Commit(id)).await
+    }
+
+    /// Barrier or commit failures: any `FailureChunk`s, then `BarrierDone`.
+    async fn barrier_reply(&mut self, what: Expect) -> Result<Vec<Failure>, ClientError> {
+        self.sender.expect(what, Instant::now());
+        match self.answer().await? {
+            (Answer::BarrierDone { failures, .. } | Answer::Committed { failures, .. }, _) => {
+                Ok(failures)
+            }
+            (other, _) => Err(ClientError::Protocol(format!(
+                "expected BarrierDone, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Sends a rename to replay (best effort on the standby).
+    pub async fn rename(&mut self, from: RelPath, to: RelPath) -> Result<(), ClientError> {
+        self.send(&Request::Rename { from, to }).await
+    }
+
+    pub async fn barrier(&mut self, id: u64) -> Result<Vec<Failure>, ClientError> {
+        self.send(&Request::Barrier { id }).await?;
+        self.barrier_reply(Expect::Barrier(id)).await
+    }
+
+    pub async fn finish(mut self) -> Result<(u64, quinn::ConnectionStats, u64, u64), ClientError> {
+        self.send(&Request::Finish).await?;
+        self.sender.expect(Expect::Finished, Instant::now());
+        let r = self.answer().await;
+        let stats = self.conn.stats();
+        self.close().await;
+        match r? {
+            (Answer::Finished { committed }, _) => {
+                let (tx, rx) = self.wire_bytes();
+                Ok((committed, stats, tx, rx))
+            }
+            (other, _) => Err(ClientError::Protocol(format!(
+                "expected Finished, got {other:?}"
+            ))),
+        }
+    }
+}
+
+/// A QUIC connection to the standby and its first (control) stream.
+async fn dial(
+    cfg: &Config,
+) -> Result<
+    (
+        quinn::Endpoint,
+        quinn::Connection,
+        quinn::SendStream,
+        quinn::RecvStream,
+    ),
+    ClientError,
+> {
+    let peer = cfg.require_peer()?;
+    let id = Identity::from_config(cfg)?;
+    let bind: SocketAddr = if peer.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap_or(peer)
+    } else {
+        "[::]:0".parse().unwrap_or(peer)
+    };
+    let mut endpoint =
+        quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(peer, e.to_string()))?;
+    endpoint.set_default_client_config(tls::client_config(&id)?);
+    let conn = endpoint
+        .connect(peer, "syncd")
+        .map_err(|e| ClientError::Connect(peer, e.to_string()))?;
+    let conn = tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .map_err(|_| {
+            ClientError::Connect(
+                peer,
+                "no answer within 10 s (is the standby running and the port open?)".into(),
+            )
+        })?
+        .map_err(|e| ClientError::Connect(peer, e.to_string()))?;
+    let (send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| ClientError::Connect(peer, e.to_string()))?;
+    Ok((endpoint, conn, send, recv))
+}

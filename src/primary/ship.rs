@@ -1,0 +1,257 @@
+//! The primary's replication functions, after the live loop's helpers:
+//! shipping a batch, stopping, and what a session's loss means.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::session::{ClientError, Session};
+use super::summary::{ResyncOptions, Summary};
+use crate::batch::{Batch, Change};
+use crate::config::Config;
+use crate::index::Index;
+use crate::live::{Event, Followups, Live, PERIODIC_NO_WATCH, SUPERSEDED_WAIT};
+use crate::stats::Stats;
+use crate::watch::Watch;
+
+/// Ships what was seen before the stop, lets large transfers finish, and
+/// closes the session, each under a deadline: what does not make it is
+/// found by the full reconcile at the next start (the standby never shows
+/// a partial file).
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn stop(
+    mut s: Session,
+    cfg: &Config,
+    opts: &mut ResyncOptions,
+    index: &mut Index,
+    watch: &mut Option<Watch>,
+    flush: Option<(Batch, u64)>,
+    live: &Live,
+    stats: &Stats,
+    tsum: &mut Summary,
+) {
+    const GRACE: Duration = Duration::from_secs(10);
+    if let Some((b, id)) = flush {
+        let _ = tokio::time::timeout(
+            GRACE,
+            ship(&mut s, cfg, opts, index, watch, b, live, stats, id),
+        )
+        .await;
+    }
+    let _ = tokio::time::timeout(GRACE, s.drain_transfers(tsum, index)).await;
+    let _ = tokio::time::timeout(GRACE, s.finish()).await;
+}
+
+pub(super) fn peer_name(cfg: &Config) -> String {
+    cfg.peer.map(|p| p.to_string()).unwrap_or_default()
+}
+
+/// How long a stopping primary keeps reading the watch for last changes.
+pub(super) const SHUTDOWN_COLLECT: Duration = Duration::from_millis(50);
+
+/// The session failed: reconnect, unless another primary took the standby.
+pub(super) async fn lost(
+    session: &mut Option<Session>,
+    live: &mut Live,
+    stats: &Stats,
+    e: ClientError,
+) {
+    stats.error(&e);
+    stats.connected_since.store(0, Relaxed);
+    if let Some(s) = session.take() {
+        s.close().await;
+    }
+    if superseded(&e) {
+        // Another primary with our key (a cloned VM, a restored backup)
+        // took the standby: say so at once and do not fight over it.
+        stats.superseded.fetch_add(1, Relaxed);
+        tracing::error!("another primary took over the standby ({e}): two primaries must never run for one export; stop one of them. Trying again in {SUPERSEDED_WAIT:?}");
+        live.handle_superseded(std::time::Instant::now());
+    } else {
+        tracing::warn!("lost the standby: {e}; reconnecting");
+        live.handle_session_lost(std::time::Instant::now());
+    }
+}
+
+/// The standby closed our session for a newer one (see `standby.rs`).
+fn superseded(e: &ClientError) -> bool {
+    e.to_string().contains(crate::wire::SUPERSEDED)
+}
+
+pub(super) fn on_event(e: Event) {
+    match e {
+        Event::InSync => tracing::info!("in sync; following changes"),
+        Event::EventsLost => {}
+        Event::WatchLimit => {
+            // Directories without a watch change silently: only a periodic
+            // compare finds those changes.
+            tracing::error!("inotify watch limit reached (raise fs.inotify.max_user_watches); adding a full reconcile every {PERIODIC_NO_WATCH:?} until restart");
+        }
+        Event::Retrying { files, after } => {
+            tracing::debug!(
+                files,
+                ?after,
+                "files the standby could not apply are retried"
+            );
+        }
+    }
+}
+
+pub(super) fn accept(stats: &Stats, live: &mut Live, c: Change) {
+    stats.events.fetch_add(1, Relaxed);
+    if c == Change::Lost {
+        stats.overflows.fetch_add(1, Relaxed);
+        tracing::warn!(
+            "inotify lost events (queue overflow or a failed watch); a full reconcile follows"
+        );
+    }
+    live.handle_change(c, std::time::Instant::now());
+}
+
+pub(super) async fn save_index(index: &mut Index) {
+    let mut ix = std::mem::take(index);
+    let r = tokio::task::spawn_blocking(move || {
+        let r = ix.save();
+        (ix, r)
+    })
+    .await;
+    if let Ok((ix, r)) = r {
+        *index = ix;
+        if let Err(e) = r {
+            tracing::warn!("could not save the primary's index: {e}");
+        }
+    }
+}
+
+/// Replays renames, reconciles the batch's scope, and waits for the standby's
+/// durable commit. Returns the paths the standby could not apply, and how
+/// many hard-linked files were left for a full reconcile.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn ship(
+    s: &mut Session,
+    cfg: &Config,
+    opts: &mut ResyncOptions,
+    index: &mut Index,
+    watch: &mut Option<Watch>,
+    b: Batch,
+    live: &Live,
+    stats: &Stats,
+    commit_id: u64,
+) -> Result<(Followups, u64), ClientError> {
+    let pending = live.pending() as u64;
+    stats.set_lag(b.changes + pending, b.oldest);
+    for (from, to) in &b.renames {
+        s.rename(from.clone(), to.clone()).await?;
+    }
+    stats.renames.fetch_add(b.renames.len() as u64, Relaxed);
+    if let Some(w) = watch {
+        for sc in b.scope.iter().filter(|s| s.recursive) {
+            let abs = cfg.export.join(sc.path.as_path());
+            if abs.is_dir() {
+                w.ensure(&abs);
+            }
+        }
+    }
+    let full = b.full;
+    let scope = (!full).then_some(b.scope);
+    let mut sum = super::reconcile::reconcile(s, cfg, opts, index, scope).await?;
+    stats.lag_bytes.store(sum.content_bytes, Relaxed);
+    sum.failures.extend(s.commit(commit_id).await?);
+    stats.lag_bytes.store(s.transfers().bytes(), Relaxed);
+    stats.reconciles.fetch_add(1, Relaxed);
+    stats.batches.fetch_add(1, Relaxed);
+    record(stats, s, &sum);
+    if let Some(o) = b.oldest {
+        stats
+            .last_batch_us
+            .store(o.elapsed().as_micros() as u64, Relaxed);
+    }
+    if full {
+        stats.full_reconciles.fetch_add(1, Relaxed);
+        save_index(index).await;
+        opts.defer_links = Some(Arc::new(std::mem::take(&mut sum.links_outside)));
+    }
+    let deferred_links = sum.deferred_links;
+    if deferred_links > 0 {
+        tracing::debug!(
+            deferred_links,
+            "hard links with names outside the batch; a full reconcile links them"
+        );
+    }
+    let dropped = s.take_failures_dropped();
+    if dropped > 0 {
+        let e = format!("{dropped} more files failed on the standby than it lists; a full reconcile retries them");
+        tracing::warn!("{e}");
+        stats.error(e);
+    }
+    let changed = sum.sent_whole + sum.sent_delta + sum.deleted + sum.meta_only + sum.symlinks;
+    if full || changed > 0 {
+        tracing::debug!(
+            full,
+            whole = sum.sent_whole,
+            delta = sum.sent_delta,
+            deleted = sum.deleted,
+            meta = sum.meta_only,
+            symlinks = sum.symlinks,
+            renames = b.renames.len(),
+            ms = sum.elapsed.as_millis() as u64,
+            "replicated"
+        );
+    }
+    // A whole-tree compare soon: the same path that links deferred links.
+    let f = followups(sum, stats, &cfg.export, opts.settle.as_ref());
+    Ok((f, deferred_links + dropped))
+}
+
+/// Counts what a reconcile (or a large transfer) sent.
+pub(super) fn record(stats: &Stats, s: &Session, sum: &Summary) {
+    stats.files_whole.fetch_add(sum.sent_whole, Relaxed);
+    stats.files_delta.fetch_add(sum.sent_delta, Relaxed);
+    stats.bytes_whole.fetch_add(sum.bytes_whole, Relaxed);
+    stats.bytes_delta.fetch_add(sum.bytes_delta, Relaxed);
+    stats.delta_wire_bytes.fetch_add(sum.delta_bytes, Relaxed);
+    stats.deletes.fetch_add(sum.deleted, Relaxed);
+    let (tx, rx) = s.wire_bytes();
+    stats.wire_tx.store(tx, Relaxed);
+    stats.wire_rx.store(rx, Relaxed);
+}
+
+/// Files busy elsewhere wait for their close, or, when a writer closed them
+/// and only the close record is too young to trust, for just the rest of
+/// its margin; failed ones are retried (their size counts as lag: data at
+/// risk).
+pub(super) fn followups(
+    sum: Summary,
+    stats: &Stats,
+    export: &std::path::Path,
+    settle: Option<&crate::lease::Settle>,
+) -> Followups {
+    let mut f = Followups::default();
+    let now = std::time::Instant::now();
+    for p in sum.busy {
+        let young = settle.and_then(|s| {
+            let m = std::fs::symlink_metadata(export.join(p.as_path())).ok()?;
+            s.closed.recheck_in(&p, &m, s.quiet)
+        });
+        match young {
+            Some(d) => f.later.push((p, now + d)),
+            None => f.busy.push(p),
+        }
+    }
+    for e in sum.failures {
+        tracing::warn!(path = %e.path, "not replicated, will retry: {}", e.error);
+        stats.error(format!("{}: {}", e.path, e.error));
+        let bytes = std::fs::symlink_metadata(export.join(e.path.as_path())).map_or(0, |m| m.len());
+        f.failed.push((e.path, bytes));
+    }
+    f
+}
+
+/// Lag: changes not yet acknowledged, queued or on their way.
+pub(super) fn set_lag(stats: &Stats, live: &Live, s: &Session) {
+    let t = s.transfers();
+    let l = live.lag();
+    let oldest = [l.oldest, t.oldest()].into_iter().flatten().min();
+    stats.set_lag(l.ops + t.len() as u64, oldest);
+    stats.lag_bytes.store(t.bytes() + l.bytes, Relaxed);
+}

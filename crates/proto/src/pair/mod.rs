@@ -2,4 +2,5 @@
 //! rules (who may lead), without I/O.
 
 pub mod lineage;
+pub mod local;
 pub mod role;

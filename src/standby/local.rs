@@ -27,7 +27,7 @@ fn stamp_of(st: &rustix::fs::Stat) -> Stamp {
         size: st.st_size as u64,
         mtime: (st.st_mtime as i64, st.st_mtime_nsec as u32),
         ctime: (st.st_ctime as i64, st.st_ctime_nsec as u32),
-        ino: st.st_ino as u64,
+        ino: st.st_ino,
     }
 }
 
@@ -95,7 +95,11 @@ pub(super) fn keep_local(sh: &Shared, p: &RelPath, spare_dirs: bool) -> Result<(
         if k.keep(&sh.root, &q, false).map_err(cannot)? {
             sh.stats.conflicts_kept.fetch_add(1, Ordering::Relaxed);
             sh.stats.local_kept.fetch_add(1, Ordering::Relaxed);
-            let how = if why == Origin::New { "a new path" } else { "changed" };
+            let how = if why == Origin::New {
+                "a new path"
+            } else {
+                "changed"
+            };
             tracing::warn!(path = %q, kept = %k.path().display(), "a file written on this follower by something other than syncd ({how}) is about to be replaced; kept in the conflicts area");
         }
     }
@@ -252,10 +256,11 @@ pub(super) fn rebase_if_unknown(sh: &Shared) -> io::Result<()> {
         Ok(())
     })?;
     let n = entries.len();
-    lock(&sh.placed)
-        .rebase(entries)
-        .map_err(io::Error::other)?;
+    lock(&sh.placed).rebase(entries).map_err(io::Error::other)?;
     sh.stats.local_writes.store(0, Ordering::Relaxed);
-    tracing::info!(entries = n, "caught up: local writes on this follower are detected from now on");
+    tracing::info!(
+        entries = n,
+        "caught up: local writes on this follower are detected from now on"
+    );
     Ok(())
 }

@@ -235,7 +235,6 @@ impl Placed {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,7 +254,10 @@ mod tests {
         let mut p = Placed::load(d.path());
         assert!(!p.is_valid(), "no snapshot: nothing is known");
         p.apply(Change::Put(b"a".to_vec(), st(1)));
-        assert!(!d.path().join(LOG).exists(), "an invalid ledger journals nothing");
+        assert!(
+            !d.path().join(LOG).exists(),
+            "an invalid ledger journals nothing"
+        );
         p.rebase(vec![(b"a".to_vec(), st(1))]).unwrap();
         p.apply(Change::Put(b"d/b".to_vec(), st(2)));
         p.apply(Change::MoveUnder(b"d".to_vec(), b"e".to_vec()));

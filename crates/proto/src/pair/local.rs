@@ -228,10 +228,20 @@ mod tests {
 
     #[test]
     fn removal_and_moves_cover_the_subtree_only() {
-        let mut x = l(&[("d", 0), ("d/f", 1), ("d/g/h", 2), ("d-x", 3), ("d.y", 4), ("e", 5)]);
+        let mut x = l(&[
+            ("d", 0),
+            ("d/f", 1),
+            ("d/g/h", 2),
+            ("d-x", 3),
+            ("d.y", 4),
+            ("e", 5),
+        ]);
         x.apply(&Change::MoveUnder(b("d"), b("m")));
         let keys: Vec<_> = x.entries().map(|(k, _)| k.clone()).collect();
-        assert_eq!(keys, [b("d-x"), b("d.y"), b("e"), b("m"), b("m/f"), b("m/g/h")]);
+        assert_eq!(
+            keys,
+            [b("d-x"), b("d.y"), b("e"), b("m"), b("m/f"), b("m/g/h")]
+        );
         assert_eq!(x.get(b"m/g/h"), Some(&2));
         x.apply(&Change::RemoveUnder(b("m")));
         assert_eq!(x.len(), 3);
@@ -273,7 +283,8 @@ mod tests {
                     }
                     _ => {
                         let (from, to) = (b("d"), b("e"));
-                        let moved: Vec<_> = fs.keys().filter(|k| under(k, &from)).cloned().collect();
+                        let moved: Vec<_> =
+                            fs.keys().filter(|k| under(k, &from)).cloned().collect();
                         fs.retain(|k, _| !under(k, &to));
                         for k in moved {
                             if let Some(v) = fs.remove(&k) {

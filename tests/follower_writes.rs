@@ -1,0 +1,173 @@
+//! Files written on a follower by anything but syncd (an admin, a restore,
+//! a client on its own address): detected, kept in the conflicts area
+//! before the leader's version replaces or deletes them, and reported by
+//! `status`, `/metrics` and `syncd conflicts list`. A plain restart of the
+//! follower reports nothing. Two real processes on loopback.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Pair;
+
+/// The pair, the standby serving its status on an admin address of its own.
+fn pair() -> Pair {
+    let p = Pair::new();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = std::fs::read_to_string(p.path("standby.toml")).unwrap();
+    std::fs::write(
+        p.path("standby.toml"),
+        format!("{cfg}admin = \"127.0.0.1:{admin}\"\n"),
+    )
+    .unwrap();
+    p
+}
+
+fn out(o: std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
+}
+
+fn standby_status(p: &Pair) -> String {
+    out(p.syncd(&["status", "--config", "standby.toml"]))
+}
+
+/// A value from the standby's `/metrics`.
+fn metric(p: &Pair, name: &str) -> f64 {
+    let m = out(p.syncd(&["status", "--metrics", "--config", "standby.toml"]));
+    m.lines()
+        .find(|l| l.starts_with(&format!("syncd_{name}{{")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in:\n{m}"))
+}
+
+/// `syncd conflicts list` on the standby: the kept names.
+fn conflicts(p: &Pair) -> Vec<String> {
+    let o = out(p.syncd(&["conflicts", "list", "--config", "standby.toml"]));
+    o.lines()
+        .filter(|l| l.contains('\t'))
+        .map(|l| l.split('\t').next().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The content kept for `path` (the only local entry for it).
+fn kept(p: &Pair, path: &str) -> String {
+    let names = conflicts(p);
+    let name = names
+        .iter()
+        .find(|n| n.starts_with("local-") && n.ends_with(&format!("/{path}")))
+        .unwrap_or_else(|| panic!("{path} not kept as a local write: {names:?}"));
+    std::fs::read_to_string(p.path(&format!("standby-state/conflicts/{name}"))).unwrap()
+}
+
+fn write(root: &std::path::Path, path: &str, body: &str) {
+    let f = root.join(path);
+    std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+    std::fs::write(f, body).unwrap();
+}
+
+fn read(root: &std::path::Path, path: &str) -> String {
+    std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| format!("<{e}>"))
+}
+
+#[test]
+fn local_writes_on_a_follower_are_kept_and_reported_and_a_restart_reports_none() {
+    let mut p = pair();
+    for (f, b) in [
+        ("a.txt", "a1"),
+        ("b.txt", "b1"),
+        ("d/c.txt", "c1"),
+        ("m.txt", "m1"),
+    ] {
+        write(&p.primary(), f, b);
+    }
+    p.start_standby();
+    p.resync(&[]);
+    assert_eq!(read(&p.standby_dir(), "d/c.txt"), "c1");
+
+    // Control: a plain restart of the follower; then the leader changes
+    // files syncd put there before the restart (content, and a mode only).
+    p.kill_standby();
+    p.start_standby();
+    write(&p.primary(), "a.txt", "a2");
+    std::fs::set_permissions(
+        p.primary().join("m.txt"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    p.resync(&[]);
+    p.resync(&[]);
+    assert_eq!(read(&p.standby_dir(), "a.txt"), "a2");
+    assert_eq!(
+        conflicts(&p),
+        Vec::<String>::new(),
+        "nothing foreign after a restart"
+    );
+    assert_eq!(metric(&p, "local_writes"), 0.0, "{}", p.log());
+    assert!(!p.log().contains("written on this follower"), "{}", p.log());
+
+    // Written directly into the follower's export: a replicated file
+    // changed, a new file, a new directory with a file, a file inside a
+    // directory the leader will delete.
+    write(&p.standby_dir(), "a.txt", "local a");
+    write(&p.standby_dir(), "new.txt", "local new");
+    write(&p.standby_dir(), "ldir/x.txt", "local x");
+    write(&p.standby_dir(), "d/local.txt", "local in d");
+    std::fs::remove_dir_all(p.primary().join("d")).unwrap();
+
+    // A dry run touches nothing, but the follower reports them already.
+    let o = p.syncd(&["resync", "--dry-run", "--config", "primary.toml"]);
+    assert!(o.status.success(), "{}", out(o));
+    assert_eq!(metric(&p, "local_writes"), 4.0, "{}", p.log());
+    assert_eq!(read(&p.standby_dir(), "new.txt"), "local new");
+
+    // The reconcile (delete on): the leader's version wins the names,
+    // the local ones are in the conflicts area.
+    p.resync(&[]);
+    assert_eq!(read(&p.standby_dir(), "a.txt"), "a2");
+    assert!(!p.standby_dir().join("new.txt").exists());
+    assert!(!p.standby_dir().join("ldir").exists());
+    assert!(!p.standby_dir().join("d").exists());
+    assert_eq!(kept(&p, "a.txt"), "local a");
+    assert_eq!(kept(&p, "new.txt"), "local new");
+    assert_eq!(kept(&p, "ldir/x.txt"), "local x");
+    assert_eq!(kept(&p, "d/local.txt"), "local in d");
+    assert_eq!(conflicts(&p).len(), 4, "{:?}", conflicts(&p));
+    assert_eq!(metric(&p, "local_writes_kept_total"), 4.0);
+    let st = standby_status(&p);
+    assert!(
+        st.contains("local writes: 4 at the last full compare, 4 kept"),
+        "{st}"
+    );
+    assert!(
+        p.log().contains("path=a.txt"),
+        "the warning names the path: {}",
+        p.log()
+    );
+
+    // The leader writes a path the follower changed locally meanwhile (a
+    // live batch this time).
+    p.start_primary();
+    p.wait_live();
+    write(&p.standby_dir(), "b.txt", "local b");
+    write(&p.primary(), "b.txt", "b2 from the leader");
+    let t = Instant::now();
+    while read(&p.standby_dir(), "b.txt") != "b2 from the leader" {
+        assert!(t.elapsed() < Duration::from_secs(30), "{}", p.primary_log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(kept(&p, "b.txt"), "local b");
+    assert!(p.stop_primary());
+
+    // Restored with the usual command, then the control again: a restart
+    // reports nothing new.
+    p.kill_standby();
+    p.start_standby();
+    p.resync(&[]);
+    assert_eq!(metric(&p, "local_writes"), 0.0, "{}", p.log());
+    assert_eq!(conflicts(&p).len(), 5);
+}

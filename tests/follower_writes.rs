@@ -171,3 +171,63 @@ fn local_writes_on_a_follower_are_kept_and_reported_and_a_restart_reports_none()
     assert_eq!(metric(&p, "local_writes"), 0.0, "{}", p.log());
     assert_eq!(conflicts(&p).len(), 5);
 }
+
+/// Everything syncd itself does on the follower — files, big files and
+/// deltas, renames of files and directories, hard links made and removed,
+/// symlinks, modes, deletes — is never taken for a local write, before or
+/// after a restart.
+#[test]
+fn syncd_own_changes_are_never_reported() {
+    let mut p = pair();
+    let big: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(p.primary().join("big.bin"), &big).unwrap();
+    write(&p.primary(), "t/a/one.txt", "1");
+    write(&p.primary(), "t/a/two.txt", "2");
+    write(&p.primary(), "f.txt", "f");
+    p.start_standby();
+    p.resync(&[]);
+    p.start_primary();
+    p.wait_live();
+    let pr = p.primary();
+    std::fs::rename(pr.join("t/a"), pr.join("t/b")).unwrap();
+    std::fs::hard_link(pr.join("f.txt"), pr.join("g.txt")).unwrap();
+    std::fs::hard_link(pr.join("f.txt"), pr.join("h.txt")).unwrap();
+    std::os::unix::fs::symlink("f.txt", pr.join("s")).unwrap();
+    write(&pr, "u.txt", "u");
+    std::fs::rename(pr.join("u.txt"), pr.join("t/b/one.txt")).unwrap();
+    std::fs::set_permissions(
+        pr.join("t/b/two.txt"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )
+    .unwrap();
+    let mut big2 = big.clone();
+    big2[300_000..300_010].copy_from_slice(b"0123456789");
+    std::fs::write(pr.join("big.bin"), &big2).unwrap();
+    p.wait_equal(Duration::from_secs(30));
+    std::fs::remove_file(pr.join("g.txt")).unwrap();
+    write(&pr, "d/x.txt", "x");
+    p.wait_equal(Duration::from_secs(30));
+    std::fs::remove_dir_all(pr.join("d")).unwrap();
+    p.wait_equal(Duration::from_secs(30));
+    assert!(p.stop_primary());
+    p.resync(&[]);
+    assert_eq!(metric(&p, "local_writes"), 0.0, "{}", p.log());
+    assert_eq!(conflicts(&p), Vec::<String>::new(), "{}", p.log());
+
+    // After a restart of the follower, the leader replaces and deletes
+    // what syncd put there before it.
+    p.kill_standby();
+    p.start_standby();
+    for f in ["t/b/one.txt", "t/b/two.txt", "f.txt"] {
+        write(&pr, f, "changed by the leader");
+    }
+    std::fs::remove_file(pr.join("s")).unwrap();
+    std::fs::remove_file(pr.join("h.txt")).unwrap();
+    big2[10] ^= 1;
+    std::fs::write(pr.join("big.bin"), &big2).unwrap();
+    p.resync(&[]);
+    p.assert_equal();
+    assert_eq!(metric(&p, "local_writes"), 0.0, "{}", p.log());
+    assert_eq!(conflicts(&p), Vec::<String>::new(), "{}", p.log());
+    assert_eq!(metric(&p, "local_writes_kept_total"), 0.0);
+}

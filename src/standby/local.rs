@@ -22,11 +22,17 @@ fn os(b: &[u8]) -> &std::ffi::OsStr {
     std::os::unix::ffi::OsStrExt::from_bytes(b)
 }
 
+/// The ledger's stamp of an entry; no ctime for an inode with several
+/// names (see `placed::same`).
 fn stamp_of(st: &rustix::fs::Stat) -> Stamp {
+    let ctime = match st.st_nlink {
+        1 => (st.st_ctime as i64, st.st_ctime_nsec as u32),
+        _ => super::placed::NO_CTIME,
+    };
     Stamp {
         size: st.st_size as u64,
         mtime: (st.st_mtime as i64, st.st_mtime_nsec as u32),
-        ctime: (st.st_ctime as i64, st.st_ctime_nsec as u32),
+        ctime,
         ino: st.st_ino,
     }
 }
@@ -182,8 +188,17 @@ pub(super) fn record(sh: &Shared, p: &RelPath) {
     }
 }
 
-pub(super) fn record_stamp(sh: &Shared, p: &RelPath, st: Stamp) {
+fn record_stamp(sh: &Shared, p: &RelPath, st: Stamp) {
     lock(&sh.placed).apply(Change::Put(p.as_bytes().to_vec(), st));
+}
+
+/// After a batch of files was linked in: their stamps, written out at once.
+pub(super) fn record_batch<'a>(sh: &Shared, done: impl Iterator<Item = (&'a RelPath, Stamp)>) {
+    let mut placed = lock(&sh.placed);
+    for (p, st) in done {
+        placed.apply(Change::Put(p.as_bytes().to_vec(), st));
+    }
+    placed.flush();
 }
 
 /// After syncd removed `p` and everything beneath it.

@@ -27,7 +27,7 @@ mod session;
 mod stage;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::mpsc;
@@ -253,6 +253,7 @@ impl StandbyHandle {
             if let Err(e) = lock(&self.0.placed).invalidate() {
                 tracing::warn!("{e}");
             }
+            self.0.stats.local_writes.store(0, Ordering::Relaxed);
             // This node leads now: a session of the former leader that
             // survived a short cut must not write here any more.
             if let Some(c) = lock(&self.1.current).take() {

@@ -30,7 +30,8 @@ const COMPACT_AT: u64 = 32 << 20;
 pub(super) struct Placed {
     ledger: Ledger<Stamp>,
     dir: PathBuf,
-    log: Option<std::fs::File>,
+    /// Buffered: one write per commit, not per file.
+    log: Option<io::BufWriter<std::fs::File>>,
     log_len: u64,
     /// Appended since the last flush.
     unsynced: bool,
@@ -41,6 +42,20 @@ pub(super) struct Placed {
 pub(super) struct PlacedError {
     path: String,
     err: io::Error,
+}
+
+/// A ctime of zero: not comparable (see [`same`]).
+pub(super) const NO_CTIME: (i64, u32) = (0, 0);
+
+/// Whether `cur` is still what syncd recorded as `rec`: same inode, size
+/// and mtime, and the same ctime unless either could not be kept (an inode
+/// with several names changes ctime whenever one of them is made or
+/// removed, which syncd's own links and deletes do).
+pub(super) fn same(rec: &Stamp, cur: &Stamp) -> bool {
+    rec.ino == cur.ino
+        && rec.size == cur.size
+        && rec.mtime == cur.mtime
+        && (rec.ctime == cur.ctime || rec.ctime == NO_CTIME || cur.ctime == NO_CTIME)
 }
 
 fn decode_snapshot(b: &[u8]) -> Option<Vec<(Vec<u8>, Stamp)>> {
@@ -120,7 +135,7 @@ impl Placed {
     }
 
     pub(super) fn judge(&self, path: &[u8], current: Option<&Stamp>) -> Origin {
-        self.ledger.judge(path, current)
+        self.ledger.judge_by(path, current, same)
     }
 
     pub(super) fn get(&self, path: &[u8]) -> Option<&Stamp> {
@@ -151,7 +166,7 @@ impl Placed {
                 .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .open(self.dir.join(LOG))?;
             self.log_len = f.metadata()?.len();
-            self.log = Some(f);
+            self.log = Some(io::BufWriter::with_capacity(64 << 10, f));
         }
         if let Some(f) = &mut self.log {
             f.write_all(&rec)?;
@@ -161,15 +176,30 @@ impl Placed {
         Ok(())
     }
 
-    /// Makes the changes so far durable (with a commit's `syncfs`, before
-    /// its acknowledgement); folds a big log into a snapshot.
-    pub(super) fn sync(&mut self) -> Result<(), PlacedError> {
+    /// Hands the changes so far to the kernel: a crash of the process
+    /// loses none of them (a crash of the host may, until [`Placed::sync`]).
+    pub(super) fn flush(&mut self) {
+        if let Some(f) = &mut self.log {
+            if let Err(e) = f.flush() {
+                tracing::warn!("{}: {e}", self.dir.join(LOG).display());
+            }
+        }
+    }
+
+    /// Writes out the changes so far, durably with `durable` (with a
+    /// commit's `syncfs`, before its acknowledgement); folds a big log into
+    /// a snapshot.
+    pub(super) fn sync(&mut self, durable: bool) -> Result<(), PlacedError> {
         if self.log_len > COMPACT_AT {
             return self.compact();
         }
         if self.unsynced {
-            if let Some(f) = &self.log {
-                f.sync_data().map_err(|e| self.err(LOG, e))?;
+            if let Some(f) = &mut self.log {
+                let r = f.flush().and_then(|()| match durable {
+                    true => f.get_ref().sync_data(),
+                    false => Ok(()),
+                });
+                r.map_err(|e| self.err(LOG, e))?;
             }
             self.unsynced = false;
         }
@@ -179,7 +209,10 @@ impl Placed {
     /// Writes the whole ledger as the snapshot and empties the log (a valid
     /// ledger), or removes both (an invalid one).
     pub(super) fn compact(&mut self) -> Result<(), PlacedError> {
-        self.log = None;
+        // Whatever is buffered is in the snapshot below.
+        if let Some(f) = self.log.take() {
+            let _ = f.into_parts();
+        }
         self.log_len = 0;
         self.unsynced = false;
         if !self.ledger.is_valid() {
@@ -261,7 +294,7 @@ mod tests {
         p.rebase(vec![(b"a".to_vec(), st(1))]).unwrap();
         p.apply(Change::Put(b"d/b".to_vec(), st(2)));
         p.apply(Change::MoveUnder(b"d".to_vec(), b"e".to_vec()));
-        p.sync().unwrap();
+        p.sync(true).unwrap();
         drop(p);
         // A crash mid-append: a record cut short.
         let mut f = std::fs::OpenOptions::new()
@@ -278,13 +311,53 @@ mod tests {
         assert_eq!(p.judge(b"a", Some(&st(3))), Origin::Changed);
         // Records after the torn tail are still read after the next restart.
         p.apply(Change::Put(b"c".to_vec(), st(4)));
-        p.sync().unwrap();
+        p.sync(true).unwrap();
         drop(p);
         let mut p = Placed::load(d.path());
         assert_eq!(p.judge(b"c", Some(&st(4))), Origin::Ours);
         p.invalidate().unwrap();
         assert!(!d.path().join(SNAPSHOT).exists());
         assert!(!Placed::load(d.path()).is_valid());
+    }
+
+    #[test]
+    fn ctime_counts_unless_the_inode_has_several_names() {
+        let rec = st(1);
+        assert!(same(&rec, &st(1)));
+        assert!(
+            !same(
+                &rec,
+                &Stamp {
+                    ctime: (9, 9),
+                    ..rec
+                }
+            ),
+            "rewritten in place, mtime restored"
+        );
+        assert!(!same(
+            &rec,
+            &Stamp {
+                mtime: (9, 0),
+                ..rec
+            }
+        ));
+        assert!(
+            !same(&rec, &Stamp { ino: 9, ..rec }),
+            "replaced by another file"
+        );
+        assert!(!same(&rec, &Stamp { size: 9, ..rec }));
+        let linked = Stamp {
+            ctime: NO_CTIME,
+            ..rec
+        };
+        assert!(same(
+            &linked,
+            &Stamp {
+                ctime: (9, 9),
+                ..rec
+            }
+        ));
+        assert!(same(&rec, &linked));
     }
 
     #[test]

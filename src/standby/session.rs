@@ -215,6 +215,7 @@ impl Shell {
                 Effect::Drop { lane, id } => self.lanes.send(lane, Job::Drop(id)).await?,
                 Effect::Flush => {
                     let failures = self.lanes.flush().await?;
+                    lock(&self.shared.placed).flush();
                     self.rx.handle_flushed(failures);
                 }
                 Effect::Sync => {
@@ -222,10 +223,10 @@ impl Shell {
                     blocking(move || {
                         if sh.durable {
                             sh.root.sync()?;
-                            // What syncd put, durable before the acknowledgement.
-                            lock(&sh.placed).sync().map_err(std::io::Error::other)?;
                         }
-                        Ok(())
+                        // What syncd put, durable before the acknowledgement.
+                        let mut placed = lock(&sh.placed);
+                        placed.sync(sh.durable).map_err(std::io::Error::other)
                     })
                     .await?;
                     self.rx.handle_synced();

@@ -117,6 +117,18 @@ impl<S: Clone + PartialEq> Ledger<S> {
 
     /// What the non-directory entry at `path`, now stamped `current`, is.
     pub fn judge(&self, path: &[u8], current: Option<&S>) -> Origin {
+        self.judge_by(path, current, |a, b| a == b)
+    }
+
+    /// [`Ledger::judge`], with `same` telling whether a recorded stamp
+    /// matches the current one (the shell's stamps hold fields it cannot
+    /// always compare).
+    pub fn judge_by(
+        &self,
+        path: &[u8],
+        current: Option<&S>,
+        same: impl Fn(&S, &S) -> bool,
+    ) -> Origin {
         let Some(cur) = current else {
             return Origin::Absent;
         };
@@ -124,7 +136,7 @@ impl<S: Clone + PartialEq> Ledger<S> {
             return Origin::Ours;
         }
         match self.map.get(path) {
-            Some(rec) if rec == cur => Origin::Ours,
+            Some(rec) if same(rec, cur) => Origin::Ours,
             Some(_) => Origin::Changed,
             None => Origin::New,
         }

@@ -6,6 +6,12 @@
 
 mod common;
 
+#[path = "../crates/vrrp/tests/common/mod.rs"]
+mod netns;
+
+#[path = "common/auto.rs"]
+mod auto;
+
 use std::time::{Duration, Instant};
 
 use common::Pair;
@@ -230,4 +236,138 @@ fn syncd_own_changes_are_never_reported() {
     assert_eq!(metric(&p, "local_writes"), 0.0, "{}", p.log());
     assert_eq!(conflicts(&p), Vec::<String>::new(), "{}", p.log());
     assert_eq!(metric(&p, "local_writes_kept_total"), 0.0);
+}
+
+/// Node `i`'s kept names (`syncd conflicts list`).
+fn auto_conflicts(lan: &netns::Lan, n: &[auto::Node; 2], i: usize) -> Vec<String> {
+    let (ok, list) = auto::syncd(lan, i, &["conflicts", "list", "--config", &n[i].cfg()]);
+    assert!(ok, "{list}");
+    list.lines()
+        .filter(|l| l.contains('\t'))
+        .map(|l| l.split('\t').next().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Waits until `path` on node `i` reads `body`.
+fn wait_body(lan: &netns::Lan, n: &[auto::Node; 2], i: usize, path: &str, body: &str) {
+    let ok = netns::wait_for(Duration::from_secs(20), || {
+        read(&n[i].export(), path) == body
+    });
+    if ok.is_none() {
+        lan.dump_logs();
+        panic!(
+            "node {i}: {path} is {:?}, not {body:?}",
+            read(&n[i].export(), path)
+        );
+    }
+}
+
+/// Terms the leader `from` (a planned switchover), waits until `to` leads,
+/// restarts `from` and waits until it follows, current; its new process.
+fn switch(lan: &mut netns::Lan, n: &[auto::Node; 2], from: (usize, usize), to: usize) -> usize {
+    assert_eq!(lan.term(from.1), Some(0));
+    auto::wait_led_by(lan, to);
+    let k = auto::start_auto(lan, n, from.0);
+    let current = netns::wait_for(Duration::from_secs(30), || {
+        auto::status(lan, n, from.0).contains("data: current")
+    });
+    if current.is_none() {
+        lan.dump_logs();
+    }
+    assert!(current.is_some(), "{}", auto::status(lan, n, from.0));
+    k
+}
+
+/// Node `i` is written to locally at `path`, then the leader `1 - i`
+/// writes the same path: the local version is kept on `i`.
+fn local_write_kept(lan: &netns::Lan, n: &[auto::Node; 2], i: usize, path: &str) {
+    let before = auto_conflicts(lan, n, i).len();
+    let local = format!("local on {i}");
+    write(&n[i].export(), path, &local);
+    write(&n[1 - i].export(), path, "from the leader");
+    wait_body(lan, n, i, path, "from the leader");
+    let kept = auto_conflicts(lan, n, i);
+    assert_eq!(kept.len(), before + 1, "{kept:?}");
+    let k = kept
+        .iter()
+        .find(|k| k.starts_with("local-") && k.ends_with(&format!("/{path}")))
+        .unwrap_or_else(|| panic!("{path} not kept on node {i}: {kept:?}"));
+    let body = std::fs::read_to_string(n[i].dir.join("state/conflicts").join(k)).unwrap();
+    assert_eq!(body, local);
+}
+
+/// A `--role auto` pair whose nodes swap roles: a follower written to
+/// locally keeps that write when the leader writes the same path, and
+/// counts it; what a node's own clients wrote while it led is never taken
+/// for a local write once it follows again.
+#[test]
+fn auto_followers_keep_local_writes_and_a_former_leader_reports_none() {
+    let name = "auto_followers_keep_local_writes_and_a_former_leader_reports_none";
+    if !netns::can_run(name) {
+        return;
+    }
+    let _g = netns::serial();
+    let mut lan = netns::Lan::new("fwr", 2);
+    let n = auto::nodes(&lan);
+    write(&n[0].export(), "seed.txt", "seed");
+    auto::bootstrap(&mut lan, &n);
+    let mut k0 = auto::start_auto(&mut lan, &n, 0);
+    let mut k1 = auto::start_auto(&mut lan, &n, 1);
+    auto::wait_led_by(&lan, 0);
+    write(&n[0].export(), "x.txt", "x1");
+    wait_body(&lan, &n, 1, "x.txt", "x1");
+    local_write_kept(&lan, &n, 1, "x.txt");
+    let st = auto::status(&lan, &n, 1);
+    assert!(st.contains(", 1 kept in conflicts"), "{st}");
+
+    // Node 0 follows node 1, then leads again and its clients write.
+    k0 = switch(&mut lan, &n, (0, k0), 1);
+    local_write_kept(&lan, &n, 0, "seed.txt");
+    k1 = switch(&mut lan, &n, (1, k1), 0);
+    for i in 0..20 {
+        write(
+            &n[0].export(),
+            &format!("led-by-0/{i}.txt"),
+            &format!("client {i}"),
+        );
+    }
+    wait_body(&lan, &n, 1, "led-by-0/19.txt", "client 19");
+
+    // Node 0 follows again: its clients' files are not local writes.
+    switch(&mut lan, &n, (0, k0), 1);
+    write(&n[1].export(), "y.txt", "y1");
+    wait_body(&lan, &n, 0, "y.txt", "y1");
+    let st = auto::status(&lan, &n, 0);
+    assert!(
+        st.contains("local writes: 0 at the last full compare, 0 kept"),
+        "{st}"
+    );
+    assert_eq!(
+        auto_conflicts(&lan, &n, 0).len(),
+        1,
+        "only the one from before"
+    );
+    for i in [3, 7] {
+        write(
+            &n[1].export(),
+            &format!("led-by-0/{i}.txt"),
+            "rewritten by node 1",
+        );
+        wait_body(
+            &lan,
+            &n,
+            0,
+            &format!("led-by-0/{i}.txt"),
+            "rewritten by node 1",
+        );
+    }
+    assert_eq!(
+        auto_conflicts(&lan, &n, 0).len(),
+        1,
+        "{:?}",
+        auto_conflicts(&lan, &n, 0)
+    );
+    // And it tells local writes apart again.
+    local_write_kept(&lan, &n, 0, "led-by-0/5.txt");
+    let _ = k1;
 }

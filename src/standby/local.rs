@@ -11,8 +11,10 @@ use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
+use super::placed::Placed;
 use super::{lock, Shared};
 use crate::conflicts::Keeper;
+use crate::fsroot::Root;
 use crate::index::Stamp;
 use crate::path::{RelPath, STATE_DIR_NAME};
 use crate::wire::{Entry, Kind};
@@ -39,7 +41,11 @@ fn stamp_of(st: &rustix::fs::Stat) -> Stamp {
 
 /// What is at `p` now: its stamp and whether it is a directory.
 fn stat_at(sh: &Shared, p: &RelPath) -> io::Result<Option<(Stamp, bool)>> {
-    let (pd, name) = match sh.root.parent_of(p) {
+    stat_in(&sh.root, p)
+}
+
+fn stat_in(root: &Root, p: &RelPath) -> io::Result<Option<(Stamp, bool)>> {
+    let (pd, name) = match root.parent_of(p) {
         Ok(x) => x,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
@@ -81,17 +87,12 @@ fn keeper(sh: &Shared) -> io::Result<Arc<Keeper>> {
 /// failure of the operation: nothing is lost.
 pub(super) fn keep_local(sh: &Shared, p: &RelPath, spare_dirs: bool) -> Result<(), String> {
     let cannot = |e: io::Error| format!("cannot keep the local write in the conflicts area: {e}");
-    if !lock(&sh.placed).is_valid() {
-        return Ok(());
-    }
-    let local = match stat_at(sh, p).map_err(cannot)? {
-        None => return Ok(()),
-        Some((_, true)) if spare_dirs => return Ok(()),
-        Some((_, true)) => local_beneath(sh, p).map_err(cannot)?,
-        Some((st, false)) => match lock(&sh.placed).judge(p.as_bytes(), Some(&st)) {
-            o if o.is_local() => vec![(p.clone(), o)],
-            _ => return Ok(()),
-        },
+    let local = {
+        let placed = lock(&sh.placed);
+        if !placed.is_valid() {
+            return Ok(());
+        }
+        local_at(&sh.root, &placed, p, spare_dirs).map_err(cannot)?
     };
     if local.is_empty() {
         return Ok(());
@@ -112,20 +113,37 @@ pub(super) fn keep_local(sh: &Shared, p: &RelPath, spare_dirs: bool) -> Result<(
     Ok(())
 }
 
-/// The local entries beneath the directory `p`.
-fn local_beneath(sh: &Shared, p: &RelPath) -> io::Result<Vec<(RelPath, Origin)>> {
-    let (pd, name) = sh.root.parent_of(p)?;
-    let dir = open_dir(&pd, &name)?;
+/// The entries written locally at `p`, or beneath it for a directory
+/// (none with `spare_dirs`).
+fn local_at(
+    root: &Root,
+    placed: &Placed,
+    p: &RelPath,
+    spare_dirs: bool,
+) -> io::Result<Vec<(RelPath, Origin)>> {
     let mut out = Vec::new();
-    let placed = lock(&sh.placed);
-    walk(dir, p.as_bytes().to_vec(), &mut |path, st| {
-        let o = placed.judge(path, Some(st));
-        if o.is_local() {
-            let rel = RelPath::new(path.to_vec()).map_err(io::Error::other)?;
-            out.push((rel, o));
+    match stat_in(root, p)? {
+        None => {}
+        Some((_, true)) if spare_dirs => {}
+        Some((_, true)) => {
+            let (pd, name) = root.parent_of(p)?;
+            let dir = open_dir(&pd, &name)?;
+            walk(dir, p.as_bytes().to_vec(), &mut |path, st| {
+                let o = placed.judge(path, Some(st));
+                if o.is_local() {
+                    let rel = RelPath::new(path.to_vec()).map_err(io::Error::other)?;
+                    out.push((rel, o));
+                }
+                Ok(())
+            })?;
         }
-        Ok(())
-    })?;
+        Some((st, false)) => {
+            let o = placed.judge(p.as_bytes(), Some(&st));
+            if o.is_local() {
+                out.push((p.clone(), o));
+            }
+        }
+    }
     Ok(out)
 }
 
@@ -179,6 +197,21 @@ fn walk(
         }
     }
     Ok(())
+}
+
+/// Every file and symlink in the export, with its stamp.
+fn walk_export(root: &Root) -> io::Result<Vec<(Vec<u8>, Stamp)>> {
+    let dir = rustix::fs::open(
+        root.path(),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut entries = Vec::new();
+    walk(dir, Vec::new(), &mut |p, st| {
+        entries.push((p.to_vec(), *st));
+        Ok(())
+    })?;
+    Ok(entries)
 }
 
 /// After syncd put `p` (a file, symlink or link): its stamp now.
@@ -260,16 +293,7 @@ pub(super) fn rebase_if_unknown(sh: &Shared) -> io::Result<()> {
     if lock(&sh.placed).is_valid() {
         return Ok(());
     }
-    let root = rustix::fs::open(
-        sh.root.path(),
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    let mut entries = Vec::new();
-    walk(root, Vec::new(), &mut |p, st| {
-        entries.push((p.to_vec(), *st));
-        Ok(())
-    })?;
+    let entries = walk_export(&sh.root)?;
     let n = entries.len();
     lock(&sh.placed).rebase(entries).map_err(io::Error::other)?;
     sh.stats.local_writes.store(0, Ordering::Relaxed);
@@ -278,4 +302,75 @@ pub(super) fn rebase_if_unknown(sh: &Shared) -> io::Result<()> {
         "caught up: local writes on this follower are detected from now on"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rel(s: &str) -> RelPath {
+        RelPath::new(s.as_bytes().to_vec()).unwrap()
+    }
+
+    fn local(root: &Root, placed: &Placed, p: &str) -> Vec<(String, Origin)> {
+        let mut v: Vec<_> = local_at(root, placed, &rel(p), false)
+            .unwrap()
+            .into_iter()
+            .map(|(p, o)| (p.to_string(), o))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    #[test]
+    fn local_entries_are_found_and_syncd_own_are_not() {
+        let d = tempfile::tempdir().unwrap();
+        let ex = d.path().join("ex");
+        std::fs::create_dir_all(ex.join("dir/sub")).unwrap();
+        for f in ["a", "b", "dir/x", "dir/sub/y"] {
+            std::fs::write(ex.join(f), f).unwrap();
+        }
+        std::os::unix::fs::symlink("a", ex.join("l")).unwrap();
+        std::fs::create_dir(ex.join(".syncd")).unwrap();
+        std::fs::write(ex.join(".syncd/state"), b"not the export's").unwrap();
+        let root = Root::open(&ex).unwrap();
+        let mut placed = Placed::load(&d.path().join("state"));
+        let all = walk_export(&root).unwrap();
+        let names: Vec<_> = all
+            .iter()
+            .map(|(p, _)| String::from_utf8_lossy(p))
+            .collect();
+        assert_eq!(names.len(), 5, "files and the symlink, no state: {names:?}");
+        placed.rebase(all).unwrap();
+        assert_eq!(local(&root, &placed, "dir"), []);
+        assert_eq!(local(&root, &placed, "a"), []);
+
+        // Another name for `a` (its ctime changes): not a write.
+        std::fs::hard_link(ex.join("a"), ex.join("dir/a2")).unwrap();
+        assert_eq!(local(&root, &placed, "a"), []);
+        // Local writes: rewritten, replaced by a rename, new, in a new
+        // directory; syncd's own temporary name is none.
+        std::fs::write(ex.join("dir/x"), b"changed").unwrap();
+        std::fs::write(ex.join("b.new"), b"b").unwrap();
+        std::fs::rename(ex.join("b.new"), ex.join("b")).unwrap();
+        std::fs::create_dir(ex.join("dir/sub/new")).unwrap();
+        std::fs::write(ex.join("dir/sub/new/z"), b"z").unwrap();
+        std::fs::write(ex.join("dir/.syncd-1.2.tmp"), b"t").unwrap();
+        assert_eq!(
+            local(&root, &placed, "dir"),
+            [
+                ("dir/a2".to_string(), Origin::New),
+                ("dir/sub/new/z".to_string(), Origin::New),
+                ("dir/x".to_string(), Origin::Changed),
+            ]
+        );
+        assert_eq!(
+            local(&root, &placed, "b"),
+            [("b".to_string(), Origin::Changed)]
+        );
+        assert_eq!(local(&root, &placed, "l"), []);
+        assert_eq!(local(&root, &placed, "missing/f"), []);
+        let spared = local_at(&root, &placed, &rel("dir"), true).unwrap();
+        assert!(spared.is_empty(), "mkdir keeps the directory in place");
+    }
 }

@@ -206,6 +206,15 @@ impl Placed {
         Ok(())
     }
 
+    /// At a session's end: folds the log into the snapshot if anything was
+    /// logged (a restart then replays nothing).
+    pub(super) fn checkpoint(&mut self) -> Result<(), PlacedError> {
+        match self.log_len {
+            0 => Ok(()),
+            _ => self.compact(),
+        }
+    }
+
     /// Writes the whole ledger as the snapshot and empties the log (a valid
     /// ledger), or removes both (an invalid one).
     pub(super) fn compact(&mut self) -> Result<(), PlacedError> {

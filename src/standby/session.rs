@@ -258,7 +258,7 @@ impl Shell {
                 Effect::Finished => {
                     let sh = self.shared.clone();
                     blocking(move || {
-                        if let Err(e) = lock(&sh.placed).compact() {
+                        if let Err(e) = lock(&sh.placed).checkpoint() {
                             tracing::warn!("{e}");
                         }
                         lock(&sh.index).save().map_err(std::io::Error::other)

@@ -235,6 +235,7 @@ impl Lane {
         let fail = |p: &RelPath, e: String, r: bool| self.fail(p, e, r);
         commit_batch(&self.sh, &mut w.pending, &fail, &|p, d| self.keep(p, d));
         w.pending_bytes = 0;
+        lock(&self.sh.placed).flush(); // metadata changes recorded too
     }
 
     /// One forwarded request; `Err` when the session must end.

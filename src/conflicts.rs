@@ -11,6 +11,10 @@
 //! is not), a file or symlink is copied and fsync'd (the catch-up then
 //! replaces or removes the original), and a directory is copied, fsync'd,
 //! and only then removed. Nothing here is replicated or visible in the export.
+//!
+//! A follower keeps here too what was written on it by anything but syncd
+//! (see `standby/local.rs`), under `local-<generation>-<node>/<path>`,
+//! before the leader's version replaces or deletes it.
 
 use std::ffi::OsStr;
 use std::io;
@@ -31,6 +35,9 @@ pub struct Keeper {
     dir: OwnedFd,
     path: PathBuf,
     kept: AtomicU64,
+    /// A local write on a follower (its caller says so), not a diverged
+    /// generation's entry.
+    local: bool,
 }
 
 fn os(b: &[u8]) -> &OsStr {
@@ -52,7 +59,15 @@ impl Keeper {
             dir,
             path,
             kept: AtomicU64::new(0),
+            local: false,
         })
+    }
+
+    /// For writes made on a follower by anything but syncd: the caller
+    /// logs each kept entry itself, naming why.
+    pub fn written_locally(mut self) -> Keeper {
+        self.local = true;
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -103,7 +118,9 @@ impl Keeper {
             Err(e) => return Err(e.into()),
         }
         self.kept.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(path = %p, kept = %self.path.display(), "kept a diverged entry in the conflicts area");
+        if !self.local {
+            tracing::warn!(path = %p, kept = %self.path.display(), "kept a diverged entry in the conflicts area");
+        }
         Ok(true)
     }
 

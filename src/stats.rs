@@ -52,6 +52,11 @@ pub struct Stats {
     pub superseded: AtomicU64,
     /// Entries kept in the conflicts area by catch-ups.
     pub conflicts_kept: AtomicU64,
+    /// Of those, files written on this follower by anything but syncd.
+    pub local_kept: AtomicU64,
+    /// Entries written locally on this follower, as of its last full
+    /// listing (they are kept before the leader replaces them).
+    pub local_writes: AtomicU64,
     /// `--role auto`: leader/follower/..., the VRRP gate, and why.
     pub pair: Mutex<Option<PairView>>,
     /// Role changes (`--role auto`).
@@ -166,6 +171,11 @@ impl Stats {
                 &self.conflicts_kept,
             ),
             (
+                "local_writes_kept_total",
+                "files written on this follower by anything but syncd, kept in the conflicts area before the leader's version replaced them",
+                &self.local_kept,
+            ),
+            (
                 "batches_total",
                 "batches shipped and acknowledged",
                 &self.batches,
@@ -269,6 +279,11 @@ impl Stats {
                 "peer_generation",
                 "the peer's generation counter as last heard (0: unknown)",
                 peer.map_or(0.0, |p| p.gen.counter as f64),
+            ),
+            (
+                "local_writes",
+                "entries written on this follower by anything but syncd, at its last full compare",
+                g(&self.local_writes),
             ),
             (
                 "queue_depth",
@@ -396,6 +411,12 @@ impl Stats {
         } else {
             let _ = writeln!(s, "connected since: not connected");
         }
+        let _ = writeln!(
+            s,
+            "local writes: {} at the last full compare, {} kept in conflicts",
+            self.local_writes.load(Relaxed),
+            self.local_kept.load(Relaxed)
+        );
         let _ = writeln!(s, "queue depth: {}", self.queue.load(Relaxed));
         let _ = writeln!(
             s,

@@ -104,6 +104,7 @@ pub(super) fn commit_batch(
     let n = done.len() as u64;
     sh.committed.fetch_add(n, Ordering::Relaxed);
     sh.stats.committed.fetch_add(n, Ordering::Relaxed);
+    super::local::record_batch(sh, done.iter().map(|(p, st, _)| (p, *st)));
     let mut ix = lock(&sh.index);
     for (p, st, h) in done {
         ix.insert(p.as_bytes().to_vec(), st, h);

@@ -12,18 +12,22 @@
 //!   apply deltas and check files; metadata all goes to lane 0 so it keeps
 //!   its order;
 //!   (`room.rs` reserves each file's declared size on the export);
+//! - `local.rs` (with `placed.rs`, its durable record): files written on
+//!   this follower by anything but syncd, kept before they are replaced;
 //! - `commit.rs`: the committer — per batch, `syncfs` first and rename after,
 //!   so a name never points at content that is not yet on disk, and
 //!   durability costs one flush per batch rather than one per file.
 
 mod accept;
 mod commit;
+mod local;
+mod placed;
 mod room;
 mod session;
 mod stage;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::mpsc;
@@ -87,6 +91,11 @@ struct Shared {
     reserved: AtomicU64,
     /// Verify sessions running.
     verifies: AtomicUsize,
+    /// What syncd last put at each path (local writes are told apart).
+    placed: Mutex<placed::Placed>,
+    /// Where local writes are kept (opened when the first one is).
+    local_keeper: Mutex<Option<Arc<crate::conflicts::Keeper>>>,
+    state_dir: std::path::PathBuf,
 }
 
 impl Shared {
@@ -144,6 +153,15 @@ impl Standby {
         })?;
         let stats = Arc::new(crate::stats::Stats::new(role, listen.to_string()));
         stats.set_generation(&record.lineage, None);
+        let node = generation::node_id(&id);
+        let mut placed = placed::Placed::load(&cfg.state_dir);
+        if record.lineage.gen.node == node && record.lineage.gen.counter > 0 {
+            // This node leads or led its current data: its own clients
+            // wrote it, and the ledger (if any) is older than that.
+            if let Err(e) = placed.invalidate() {
+                tracing::warn!("{e}");
+            }
+        }
         let shared = Arc::new(Shared {
             root,
             index: Mutex::new(index),
@@ -152,13 +170,16 @@ impl Standby {
             sigs: SigCache::new(&cfg.state_dir),
             sig_min: cfg.sync.delta_min_size,
             stats,
-            node: generation::node_id(&id),
+            node,
             store,
             record: Mutex::new(record),
             events: std::sync::OnceLock::new(),
             peer_sessions: AtomicUsize::new(0),
             reserved: AtomicU64::new(0),
             verifies: AtomicUsize::new(0),
+            placed: Mutex::new(placed),
+            local_keeper: Mutex::new(None),
+            state_dir: cfg.state_dir.clone(),
         });
         Ok(Standby {
             endpoint,
@@ -228,6 +249,11 @@ impl StandbyHandle {
         *cur = r;
         drop(cur);
         if promoted {
+            // Its clients write here now, none of it through syncd.
+            if let Err(e) = lock(&self.0.placed).invalidate() {
+                tracing::warn!("{e}");
+            }
+            self.0.stats.local_writes.store(0, Ordering::Relaxed);
             // This node leads now: a session of the former leader that
             // survived a short cut must not write here any more.
             if let Some(c) = lock(&self.1.current).take() {

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use super::accept::{Hello, SessionError};
 use super::commit::{batch_files, keeper, Follow, Preserve};
+use super::local;
 use super::stage::{InFlightCount, Job, Lanes};
 use super::{lock, Shared, REPLY_QUEUE};
 use crate::config::Config;
@@ -233,7 +234,19 @@ impl Shell {
                 }
                 Effect::Sync => {
                     let sh = self.shared.clone();
-                    blocking(move || if sh.durable { sh.root.sync() } else { Ok(()) }).await?;
+                    blocking(move || {
+                        if sh.durable {
+                            sh.root.sync()?;
+                        }
+                        // What syncd put, durable before the acknowledgement;
+                        // a failure here costs at most false reports after a
+                        // crash, never the commit.
+                        if let Err(e) = lock(&sh.placed).sync(sh.durable) {
+                            tracing::warn!("{e}");
+                        }
+                        Ok(())
+                    })
+                    .await?;
                     self.rx.handle_synced();
                 }
                 Effect::List => self.list(msg.take()).await?,
@@ -245,6 +258,10 @@ impl Shell {
                 Effect::CaughtUp => {
                     if let Some(f) = &mut self.follow {
                         f.caught_up()
+                    }
+                    let sh = self.shared.clone();
+                    if let Err(e) = blocking(move || local::rebase_if_unknown(&sh)).await {
+                        tracing::warn!("cannot record the export after the catch-up: {e}");
                     }
                 }
                 Effect::BarrierDone {
@@ -270,7 +287,13 @@ impl Shell {
                 }
                 Effect::Finished => {
                     let sh = self.shared.clone();
-                    blocking(move || lock(&sh.index).save().map_err(std::io::Error::other)).await?;
+                    blocking(move || {
+                        if let Err(e) = lock(&sh.placed).checkpoint() {
+                            tracing::warn!("{e}");
+                        }
+                        lock(&sh.index).save().map_err(std::io::Error::other)
+                    })
+                    .await?;
                     let committed = self.shared.committed.swap(0, Ordering::Relaxed);
                     let _ = self.reply.send(Reply::Finished { committed }).await;
                 }
@@ -354,6 +377,7 @@ fn list_all(sh: &Shared, checksum: bool) -> std::io::Result<scan::Scan> {
     ix.retain(|k| live.contains(k));
     ix.absorb(fresh);
     drop(ix);
+    super::local::count_listed(sh, &scanned.entries);
     Ok(scanned)
 }
 

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use super::accept::SessionError;
 use super::commit::{self, commit_batch, keeper, Preserve, Verified};
+use super::local;
 use super::room::{begin_slot, Slot};
 use super::{lock, Shared};
 use crate::delta;
@@ -202,7 +203,14 @@ impl Lane {
     /// failure to keep is a failure of the operation (never lose it).
     fn keep(&self, p: &RelPath, spare_dirs: bool) -> bool {
         let Some(k) = keeper(&self.preserve) else {
-            return true;
+            // Following plainly: only what was written here locally.
+            return match local::keep_local(&self.sh, p, spare_dirs) {
+                Ok(()) => true,
+                Err(e) => {
+                    self.fail(p, e, false);
+                    false
+                }
+            };
         };
         match k.keep(&self.sh.root, p, spare_dirs) {
             Ok(kept) => {
@@ -227,6 +235,7 @@ impl Lane {
         let fail = |p: &RelPath, e: String, r: bool| self.fail(p, e, r);
         commit_batch(&self.sh, &mut w.pending, &fail, &|p, d| self.keep(p, d));
         w.pending_bytes = 0;
+        lock(&self.sh.placed).flush(); // metadata changes recorded too
     }
 
     /// One forwarded request; `Err` when the session must end.
@@ -262,8 +271,9 @@ impl Lane {
         match op {
             Request::Mkdir { path, meta: _ } => {
                 if self.keep(&path, true) {
-                    if let Err(e) = root.mkdir(&path) {
-                        self.fail(&path, format!("mkdir: {e}"), false);
+                    match root.mkdir(&path) {
+                        Ok(()) => local::forget_entry(&self.sh, &path),
+                        Err(e) => self.fail(&path, format!("mkdir: {e}"), false),
                     }
                 }
             }
@@ -274,7 +284,8 @@ impl Lane {
                 match root.delete(&path) {
                     Ok(()) => {
                         self.sh.sigs.remove(&path);
-                        lock(&self.sh.index).remove(path.as_bytes())
+                        lock(&self.sh.index).remove(path.as_bytes());
+                        local::forget(&self.sh, &path);
                     }
                     Err(e) => self.fail(&path, format!("delete: {e}"), false),
                 }
@@ -285,22 +296,35 @@ impl Lane {
                     let e = "symlink target is empty, too long or contains NUL";
                     self.fail(&path, e.into(), false);
                 } else if self.keep(&path, false) {
-                    if let Err(e) = root.symlink(&path, &target, &meta) {
-                        self.fail(&path, format!("symlink: {e}"), false);
+                    match root.symlink(&path, &target, &meta) {
+                        Ok(()) => local::record(&self.sh, &path),
+                        Err(e) => self.fail(&path, format!("symlink: {e}"), false),
                     }
                 }
             }
             Request::Link { path, leader } => {
+                let ours = local::is_ours(&self.sh, &leader);
                 if self.keep(&path, false) {
-                    if let Err(e) = root.link(&path, &leader) {
-                        self.fail(&path, format!("hard link to {leader}: {e}"), false);
+                    match root.link(&path, &leader) {
+                        Ok(()) => {
+                            // A new link changes the inode's ctime: both names.
+                            local::record(&self.sh, &path);
+                            if ours {
+                                local::record(&self.sh, &leader);
+                            }
+                        }
+                        Err(e) => self.fail(&path, format!("hard link to {leader}: {e}"), false),
                     }
                 }
             }
             Request::Rename { from, to } => self.rename(&from, &to),
             Request::SetMeta { path, meta } => {
-                if let Err(e) = root.set_meta(&path, &meta) {
-                    self.fail(&path, format!("set metadata: {e}"), false);
+                // A local write stays one: only syncd's own entry is re-stamped.
+                let ours = local::is_ours(&self.sh, &path);
+                match root.set_meta(&path, &meta) {
+                    Ok(()) if ours => local::record(&self.sh, &path),
+                    Ok(()) => {}
+                    Err(e) => self.fail(&path, format!("set metadata: {e}"), false),
                 }
             }
             other => tracing::warn!("unexpected request in worker: {other:?}"),
@@ -311,8 +335,10 @@ impl Lane {
         if !self.keep(to, false) {
             return;
         }
+        let ours = local::is_ours(&self.sh, from);
         match self.sh.root.rename(from, to) {
             Ok(()) => {
+                local::moved(&self.sh, from, to, ours);
                 self.sh.sigs.remove(from);
                 self.sh.sigs.remove(to);
                 let mut ix = lock(&self.sh.index);

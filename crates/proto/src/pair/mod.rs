@@ -1,5 +1,7 @@
-//! The pair as one system: generations (which data is newer) and the role
-//! rules (who may lead), without I/O.
+//! The pair as one system: generations (which data is newer), the role
+//! rules (who may lead) and what a follower tells apart as written locally,
+//! without I/O.
 
 pub mod lineage;
+pub mod local;
 pub mod role;

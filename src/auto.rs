@@ -240,8 +240,14 @@ pub async fn run(
         switch: None,
         last_change: "none".into(),
         why: "starting".into(),
-        peer_protocol: crate::wire::PROTOCOL_VERSION,
+        peer_protocol: load_peer_protocol(&cfg.state_dir),
     };
+    if !may_lead_beside(d.peer_protocol) {
+        tracing::warn!(
+            "{} (remembered from before this start)",
+            older_peer(d.peer_protocol)
+        );
+    }
     d.apply(&mut role).await;
     loop {
         let deadline = role.poll_timeout().map_or(
@@ -389,6 +395,46 @@ fn may_lead_beside(v: u32) -> bool {
     syncd_proto::version::features(v).is_some_and(|f| f.may_lead_beside)
 }
 
+/// The peer's protocol, kept across restarts while it is one this node may
+/// not lead beside: a node that followed a previous-release peer took its
+/// generation before the catch-up was complete, and a restart must not make
+/// that data leadable (until a peer of this release is heard).
+const PEER_PROTOCOL_FILE: &str = "peer_protocol";
+
+fn load_peer_protocol(state_dir: &std::path::Path) -> u32 {
+    let current = crate::wire::PROTOCOL_VERSION;
+    match crate::state::read_private(&state_dir.join(PEER_PROTOCOL_FILE)) {
+        Ok(b) => std::str::from_utf8(&b)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or_else(|| {
+                tracing::warn!(
+                    "{PEER_PROTOCOL_FILE} in the state directory is not a number; ignored"
+                );
+                current
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => current,
+        Err(e) => {
+            tracing::warn!("cannot read {PEER_PROTOCOL_FILE} in the state directory: {e}; ignored");
+            current
+        }
+    }
+}
+
+fn save_peer_protocol(state_dir: &std::path::Path, v: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = state_dir.join(PEER_PROTOCOL_FILE);
+    if may_lead_beside(v) {
+        return match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    }
+    let mut f = crate::state::create_private(&path)?;
+    f.write_all(format!("{v}\n").as_bytes())?;
+    f.sync_all()
+}
+
 fn older_peer(v: u32) -> String {
     format!(
         "the peer speaks protocol {v}, this node {}: this node follows it but does not take the lead beside it (a follower of protocol {v} takes a generation before its catch-up is complete, so data cannot be judged); upgrade the peer too (README: Upgrading)",
@@ -421,8 +467,13 @@ impl Driver<'_> {
             StandbyEvent::Adopted(l) => role.handle_caught_up(&l, now),
             StandbyEvent::Committed(id) => role.handle_commit(id),
             StandbyEvent::PeerProtocol(v) => {
-                if v != self.peer_protocol && !may_lead_beside(v) {
-                    tracing::warn!("{}", older_peer(v));
+                if v != self.peer_protocol {
+                    if !may_lead_beside(v) {
+                        tracing::warn!("{}", older_peer(v));
+                    }
+                    if let Err(e) = save_peer_protocol(&self.cfg.state_dir, v) {
+                        tracing::warn!("cannot record the peer's protocol {v}: {e}");
+                    }
                 }
                 self.peer_protocol = v;
             }
@@ -996,5 +1047,29 @@ async fn peer_link(
             Ok(()) => return,
             Err(e) => tracing::info!("peer session ended: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_previous_release_peer_is_remembered_across_restarts() {
+        let d = tempfile::tempdir().unwrap();
+        let current = crate::wire::PROTOCOL_VERSION;
+        assert_eq!(load_peer_protocol(d.path()), current, "nothing heard yet");
+        save_peer_protocol(d.path(), 6).unwrap();
+        assert_eq!(load_peer_protocol(d.path()), 6, "a restart keeps it");
+        assert!(!may_lead_beside(load_peer_protocol(d.path())));
+        save_peer_protocol(d.path(), current).unwrap();
+        assert_eq!(
+            load_peer_protocol(d.path()),
+            current,
+            "a current peer clears it"
+        );
+        assert!(!d.path().join(PEER_PROTOCOL_FILE).exists());
+        std::fs::write(d.path().join(PEER_PROTOCOL_FILE), "six").unwrap();
+        assert_eq!(load_peer_protocol(d.path()), current, "garbage is ignored");
     }
 }

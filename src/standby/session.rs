@@ -99,6 +99,24 @@ async fn reply_failed(send: &mut quinn::SendStream, buf: &mut Vec<u8>, e: wire::
     }
 }
 
+/// A primary of a version without `FailuresDropped` hears every failure
+/// (as that release's standby told it); a bound stays, far above a real
+/// barrier's, so a peer still cannot grow the list without end.
+const MAX_FAILURES_LISTED: usize = 1_000_000;
+
+fn receiver_for(mode: Mode, lanes: usize, features: Features) -> Receiver {
+    if features.failures_dropped {
+        Receiver::new(mode, lanes)
+    } else {
+        Receiver::with_limits(
+            mode,
+            lanes,
+            syncd_proto::receiver::MAX_IN_FLIGHT,
+            MAX_FAILURES_LISTED,
+        )
+    }
+}
+
 /// A writing or verify session, after its Welcome.
 pub(super) async fn run(
     conn: &quinn::Connection,
@@ -145,7 +163,7 @@ pub(super) async fn run(
     let mut shell = Shell {
         version: hello.version,
         features: hello.features,
-        rx: Receiver::new(mode, nworkers),
+        rx: receiver_for(mode, nworkers, hello.features),
         lanes,
         reply: reply_tx,
         shared: shared.clone(),

@@ -79,7 +79,11 @@ impl ConfigError {
         // The line's number and text: the text names the key or table.
         let at = offset
             .map(|o| {
-                let o = o.min(text.len());
+                // A parser's offset is a character boundary; clamp it anyway.
+                let mut o = o.min(text.len());
+                while !text.is_char_boundary(o) {
+                    o -= 1;
+                }
                 let start = text[..o].rfind('\n').map_or(0, |i| i + 1);
                 let number = text[..start].lines().count() + 1;
                 let line: String = text[start..]
@@ -239,6 +243,12 @@ mod tests {
         assert_eq!(e.to_string(), "expected a value at line 2 (b = = 2)");
         let e = ConfigError::syntax(text, "unknown field `lisen`", None);
         assert!(e.to_string().contains("check the spelling"), "{e}");
+    }
+
+    #[test]
+    fn an_offset_inside_a_character_does_not_panic() {
+        let e = ConfigError::syntax("k = \"é\"\nx", "bad", Some(6));
+        assert_eq!(e.to_string(), "bad at line 1 (k = \"é\")");
     }
 
     #[test]

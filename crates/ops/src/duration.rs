@@ -42,7 +42,12 @@ impl Written {
         };
         match self {
             Written::Int(n) => u64::try_from(*n).map(of).map_err(|_| bad(n.to_string())),
-            Written::Text(t) => parse(t).ok_or_else(|| bad(format!("{t:?}"))),
+            // A quoted bare number is in the key's unit too, never silently
+            // seconds in a `_ms` key.
+            Written::Text(t) => match t.trim().parse::<u64>() {
+                Ok(n) => Ok(of(n)),
+                Err(_) => parse(t).ok_or_else(|| bad(format!("{t:?}"))),
+            },
         }
     }
 }
@@ -97,6 +102,12 @@ mod tests {
         assert_eq!(s, Ok(Duration::from_secs(3)));
         let t = Written::Text("1m30s".into()).resolve("settle_ms", Unit::Millis);
         assert_eq!(t, Ok(Duration::from_secs(90)));
+        let q = Written::Text("500".into()).resolve("settle_ms", Unit::Millis);
+        assert_eq!(
+            q,
+            Ok(Duration::from_millis(500)),
+            "a quoted number keeps the unit"
+        );
         let e = Written::Int(-1)
             .resolve("settle_ms", Unit::Millis)
             .unwrap_err();

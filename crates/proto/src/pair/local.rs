@@ -71,8 +71,9 @@ impl<S> Default for Ledger<S> {
 /// syncd's own temporary names beside their destination (`.syncd-*.tmp`),
 /// seen only between a link and a rename.
 pub fn is_own_temp(path: &[u8]) -> bool {
+    // Exactly syncd's pattern: a user's `.syncd-notes.tmp` is theirs.
     let name = path.rsplit(|b| *b == b'/').next().unwrap_or(path);
-    name.starts_with(b".syncd-") && name.ends_with(b".tmp")
+    crate::path::is_temp_name(name)
 }
 
 /// `p` is `dir` or beneath it.
@@ -224,6 +225,9 @@ mod tests {
         assert_eq!(x.judge(b"d/.syncd-12.3.tmp", Some(&1)), Origin::Ours);
         assert_eq!(x.judge(b"d/.syncd-12.3.tmpx", Some(&1)), Origin::New);
         assert_eq!(x.judge(b".syncd-notes", Some(&1)), Origin::New);
+        // Only syncd's exact pattern: a user's file shaped like it is theirs.
+        assert_eq!(x.judge(b"d/.syncd-notes.tmp", Some(&1)), Origin::New);
+        assert_eq!(x.judge(b".syncd-1.tmp", Some(&1)), Origin::New);
     }
 
     #[test]

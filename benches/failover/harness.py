@@ -39,7 +39,11 @@ Timed: the kill to the reconnecting writer's next acknowledged write; for
 syncd also a planned `syncd switchover` on the leader after the old leader
 has returned and caught up (what it prints, and the writer's longest gap).
 
-Usage: benches/failover.sh [--rounds N] [--only syncd|loop|loop-delete] [--nfs]
+`--switchover-only` (implies `--nfs --only syncd`): no kill; each round
+node 0 leads, the writers run, `syncd switchover` hands over to node 1, and
+each step's time is printed from both nodes' logs and the writer's lines.
+
+Usage: benches/failover.sh [--rounds N] [--only syncd|loop|loop-delete] [--nfs] [--switchover-only]
 Needs root, keepalived, rsync, inotify-tools, iproute2; --nfs also
 nfs-ganesha (ganesha.nfsd, FSAL VFS), rpcbind and libnfs 4 (libnfs.so.13).
 """
@@ -63,7 +67,8 @@ NET = "10.214.0"
 VIP = f"{NET}.100"
 WARM, OUTAGE, AFTER, DRAIN = 4.0, 6.0, 6.0, 5.0
 PERIOD = 0.005
-FENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fence.sh")
+# FENCE_HOOK: another fence script, e.g. to compare with an earlier one.
+FENCE = os.environ.get("FENCE_HOOK") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "fence.sh")
 
 
 def sh(*args, check=True):
@@ -428,7 +433,11 @@ def main():
     ap.add_argument("--syncd", required=True, help="path to the syncd binary")
     ap.add_argument("--nfs", action="store_true",
                     help="ganesha on each node, a libnfs client writing through the address")
+    ap.add_argument("--switchover-only", action="store_true",
+                    help="with --nfs: only planned switchovers under load (no kill), with each step's time")
     a = ap.parse_args()
+    if a.switchover_only:
+        a.nfs, a.only = True, "syncd"
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces)")
     for tool in ("keepalived", "rsync", "inotifywait"):
@@ -446,10 +455,18 @@ def main():
             lab_up(3 if a.nfs else 2)
             try:
                 tool = (Syncd(a.syncd, base, fence=a.nfs) if k == "syncd" else Loop(base, k == "loop-delete"))
-                res = nfs.one_round(tool, sys.modules[__name__], base) if a.nfs else one_round(tool)
+                if a.switchover_only:
+                    res = nfs.switchover_round(tool, sys.modules[__name__], base)
+                else:
+                    res = nfs.one_round(tool, sys.modules[__name__], base) if a.nfs else one_round(tool)
             finally:
                 lab_down()
             results[k].append(res)
+            if a.switchover_only:
+                nfs.print_switchover_round(r, res)
+                if not os.environ.get("FAILOVER_DEBUG"):
+                    shutil.rmtree(base, ignore_errors=True)
+                continue
             if a.nfs:
                 nfs.print_round(r, tool, res)
                 if not os.environ.get("FAILOVER_DEBUG"):
@@ -464,6 +481,9 @@ def main():
                 shutil.rmtree(base, ignore_errors=True)
             else:
                 print(f"  kept {base}")
+    if a.switchover_only:
+        nfs.print_switchover_summary(results["syncd"])
+        return
     if a.nfs:
         nfs.print_summary(kinds, results, NAMES)
         return

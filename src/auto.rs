@@ -237,6 +237,7 @@ pub async fn run(
         heard: false,
         waiter: None,
         source: None,
+        source_stop: None,
         hook: None,
         fenced: false,
         adopt_until: None,
@@ -319,6 +320,12 @@ pub async fn run(
                 d.source = None;
                 role.handle_source_failed("it ended on its own (see the error above)", now());
             }
+            _ = async {
+                match d.source_stop.as_mut() {
+                    Some(t) => { let _ = t.await; }
+                    None => std::future::pending().await,
+                }
+            } => d.source_stopped(&mut role),
             _ = &mut shutdown => {
                 d.stopping = true;
                 role.handle_shutdown(now());
@@ -374,6 +381,8 @@ struct Driver<'a> {
     /// VRRP waiting for our promotion before it adds the address.
     waiter: Option<Waiter>,
     source: Option<Source>,
+    /// A hand-over's source stopping in the background.
+    source_stop: Option<tokio::task::JoinHandle<()>>,
     /// The service hook running now, if any.
     hook: Option<Pending>,
     /// Switchover: the demote hook ran while we still lead.
@@ -497,7 +506,17 @@ impl Driver<'_> {
                     // Stop serving first (unless the switchover's fence did).
                     if self.fenced || !self.spawn_hook(HookKind::Demote, After::Demote, role, &why)
                     {
-                        self.finish_demote(role).await;
+                        if self.handing_over() {
+                            // Tell the peer we no longer lead and stop the
+                            // source without blocking (seen taking 7.7 s):
+                            // the peer's VRRP takes over meanwhile and its
+                            // promotion, which we consent to, closes our
+                            // source's session.
+                            self.publish_state(role);
+                            self.stop_source_in_background();
+                        } else {
+                            self.finish_demote(role).await;
+                        }
                     }
                 }
                 Action::Follow { preserve } => {
@@ -551,12 +570,7 @@ impl Driver<'_> {
             self.redial.send_modify(|n| *n += 1);
         }
         self.heard = heard;
-        let _ = self.state.send_if_modified(|s| {
-            let next = (role.leading(), role.lineage().clone());
-            let changed = *s != next;
-            *s = next;
-            changed
-        });
+        self.publish_state(role);
         let data = match role.relation() {
             None => "unknown (peer not heard)",
             Some(Relation::Same) => "current",
@@ -579,6 +593,51 @@ impl Driver<'_> {
 }
 
 impl Driver<'_> {
+    fn handing_over(&self) -> bool {
+        self.switch
+            .as_ref()
+            .is_some_and(|sw| sw.phase == Phase::HandingOver)
+    }
+
+    /// A hand-over's source stop: the loop goes on (answers the peer's
+    /// request to lead) and `source_stopped` follows when it is done.
+    fn stop_source_in_background(&mut self) {
+        let Some(mut s) = self.source.take() else {
+            self.source_stop = Some(tokio::spawn(async {}));
+            return;
+        };
+        let _ = s.stop.send(());
+        self.source_stop = Some(tokio::spawn(async move {
+            if tokio::time::timeout(Duration::from_secs(15), &mut s.task)
+                .await
+                .is_err()
+            {
+                tracing::error!("the replication source did not stop within 15 s; ending it");
+                s.task.abort();
+            }
+        }));
+    }
+
+    /// The background source stop is done: the node follows.
+    fn source_stopped(&mut self, role: &mut Role) {
+        self.source_stop = None;
+        if let Some(sw) = self.switch.as_mut() {
+            sw.stopped.get_or_insert_with(Instant::now);
+        }
+        self.fenced = false;
+        role.handle_demoted(std::time::Instant::now());
+    }
+
+    /// Our state to the peer (leading, lineage), if it changed.
+    fn publish_state(&self, role: &Role) {
+        let _ = self.state.send_if_modified(|s| {
+            let next = (role.leading(), role.lineage().clone());
+            let changed = *s != next;
+            *s = next;
+            changed
+        });
+    }
+
     /// Starts the hook for `kind` as a task; `false` if none is configured.
     fn spawn_hook(&mut self, kind: HookKind, after: After, role: &Role, why: &str) -> bool {
         let Some(argv) = self.cfg.hooks.get(kind) else {
@@ -708,9 +767,6 @@ impl Driver<'_> {
 
     /// The source stops; the node follows.
     async fn finish_demote(&mut self, role: &mut Role) {
-        if let Some(sw) = self.switch.as_mut() {
-            sw.stopped.get_or_insert_with(Instant::now);
-        }
         if let Some(mut s) = self.source.take() {
             let _ = s.stop.send(());
             if tokio::time::timeout(Duration::from_secs(15), &mut s.task)
@@ -736,6 +792,11 @@ impl Driver<'_> {
         }
         if self.adopt_until.take().is_some() {
             self.finish_demote(role).await;
+            self.apply(role).await;
+        }
+        if let Some(t) = self.source_stop.take() {
+            let _ = t.await;
+            self.source_stopped(role);
             self.apply(role).await;
         }
         self.reply_switch(Err("this node is shutting down".into()));

@@ -50,6 +50,70 @@ def start_ganesha(group, netns, d, export, seq):
     return log
 
 
+def serve_hook(d, export, grace):
+    """The production recipe as a syncd service hook (`promote`/`demote`):
+    ganesha runs only on the leader, started by the promote hook with its
+    grace period on (`Graceless = false`, Grace_Period `grace` s,
+    Lease_Lifetime `grace` - 5 s) and stopped by the demote hook. The NFSv4
+    recovery directory is the node's own, outside the export (not
+    replicated: syncd replicates the export only, and clients must not see
+    it). Its process group id goes to serve.pgid so the bench's host death
+    kills it too (it runs in a session of its own). Returns the script path."""
+    g = f"{d}/ganesha"
+    os.makedirs(f"{g}/recovery", exist_ok=True)
+    conf, log = f"{g}/ganesha-serve.conf", f"{g}/ganesha-serve.log"
+    with open(conf, "w") as f:
+        f.write("NFS_CORE_PARAM { Protocols = 3, 4; NFS_Port = 2049; Enable_NLM = false; "
+                "Enable_RQUOTA = false; Nb_Worker = 8; MaxWrite = 65536; MaxRead = 65536; }\n"
+                f"NFSV4 {{ Graceless = false; Grace_Period = {grace}; Lease_Lifetime = {max(1, grace - 5)}; "
+                f'RecoveryBackend = fs; RecoveryRoot = "{g}/recovery"; }}\n'
+                f'EXPORT {{ Export_Id = 1; Path = "{export}"; Pseudo = "/export"; '
+                "Access_Type = RW; Squash = No_Root_Squash; Protocols = 3, 4; Transports = TCP; "
+                "SecType = sys; FSAL { Name = VFS; } }\n"
+                "LOG { Default_Log_Level = EVENT; }\n")
+    script = f"{d}/serve.sh"
+    inner = (f"mount -t tmpfs tmpfs /run || exit 1; rpcbind -f -w & sleep 0.3; "
+             f"exec ganesha.nfsd -F -f {conf} -L {log} -p {g}/ganesha-serve.pid")
+    with open(script, "w") as f:
+        f.write(f"""#!/bin/sh
+# promote: start ganesha (grace on) and return once it serves; demote: stop it.
+P={d}/serve.pgid
+running() {{ [ -s $P ] && kill -0 -"$(cat $P)" 2>/dev/null; }}
+case "$1" in
+start)
+    running && exit 0
+    : > {log}
+    setsid unshare --mount sh -c '{inner}' </dev/null >>{g}/ganesha.out 2>&1 &
+    echo $! > $P
+    for i in $(seq 200); do
+        grep -q "NFS SERVER INITIALIZED" {log} 2>/dev/null && exit 0
+        running || {{ echo "ganesha exited"; exit 1; }}
+        sleep 0.05
+    done
+    echo "ganesha did not start in 10 s"; exit 1 ;;
+stop)
+    if running; then
+        kill -TERM -"$(cat $P)"
+        for i in $(seq 60); do running || break; sleep 0.05; done
+        running && kill -KILL -"$(cat $P)"
+        while running; do sleep 0.05; done
+    fi
+    rm -f $P ;;
+esac
+""")
+    os.chmod(script, 0o755)
+    return script
+
+
+def kill_served(d):
+    """Host death: the hook-started ganesha dies with the node."""
+    try:
+        with open(f"{d}/serve.pgid") as f:
+            os.killpg(int(f.read().strip()), 9)
+    except (OSError, ValueError):
+        pass
+
+
 def ganesha_ready(log):
     try:
         with open(log) as f:
@@ -69,6 +133,7 @@ class Writer:
         self.ok = []  # (t, name), in order
         self.errors = 0
         self.err_t = []
+        self.err_lines = []  # (t, message)
         self.log = open(log, "w")
         self.p = subprocess.Popen(
             ["ip", "netns", "exec", netns, "python3", f"{HERE}/nfs_writer.py", host, prefix,
@@ -91,6 +156,7 @@ class Writer:
                 self.errors += 1
                 try:
                     self.err_t.append(float(parts[2]))
+                    self.err_lines.append((float(parts[2]), " ".join(parts[3:])))
                 except (IndexError, ValueError):
                     pass
 
@@ -102,6 +168,15 @@ class Writer:
         self.p.wait()
         self.t.join(timeout=5)
         self.log.close()
+
+    def error_kinds(self, t0, t1=None):
+        """{message: count} of the errors in [t0, t1], file names left out."""
+        kinds = {}
+        for t, m in self.err_lines:
+            if t >= t0 and (t1 is None or t <= t1):
+                m = re.sub(r"[a-z]\d{6}", "FILE", m)
+                kinds[m] = kinds.get(m, 0) + 1
+        return kinds
 
     def written(self):
         return {name: content(name) for _, name in self.ok}
@@ -136,13 +211,14 @@ def one_round(tool, h, base):
     def start(i):
         tool.start(i)
         seq[0] += 1
-        logs[i] = start_ganesha(tool.groups[i], h.ns(i), tool.dir(i), tool.export(i), seq[0])
+        if not getattr(tool, "serves", False):
+            logs[i] = start_ganesha(tool.groups[i], h.ns(i), tool.dir(i), tool.export(i), seq[0])
 
     for i in range(2):
         start(i)
     must(h.wait(lambda: h.holds_vip(0), 30), f"{tool.name}: node 0 never took the address")
     must(h.wait(tool.ready, 60), f"{tool.name}: node 1 never reported its data current")
-    must(h.wait(lambda: all(ganesha_ready(x) for x in logs), 60), f"ganesha did not start: see {base}")
+    must(h.wait(lambda: all(ganesha_ready(x) for x in logs if x), 60), f"ganesha did not start: see {base}")
     time.sleep(1.0)
     w = Writer(h.ns(2), h.VIP, "r", 5, "reconnect", f"{base}/writer-reconnect.log")
     k = Writer(h.ns(2), h.VIP, "k", 50, "keep", f"{base}/writer-keep.log")
@@ -160,7 +236,10 @@ def one_round(tool, h, base):
         start(0)
         time.sleep(h.AFTER)
         t_back = time.monotonic()
+        first = w.first_ok_after(t_kill)
         res = {
+            "errors_after_kill": w.error_kinds(t_kill, None if first is None else t_kill + first),
+            "keep_errors_after_kill": k.error_kinds(t_kill),
             "failover_s": took,
             "first_write_s": w.first_ok_after(t_kill),
             "no_write_s": w.longest_gap(None, t_back),
@@ -209,8 +288,11 @@ def switchover(tool, h, w):
     moved = h.wait(lambda: h.holds_vip(1 - leader), 20)
     time.sleep(h.AFTER)
     m = re.search(r"unavailable for (\d+) ms", out)
+    steps = breakdown(tool, leader, t0_wall, w, t0)
+    end = next((ms for label, ms in steps if label.startswith("client's first write after")), None)
     return {
-        "switchover_steps": breakdown(tool, leader, t0_wall, w, t0),
+        "switchover_errors": w.error_kinds(t0, None if end is None else t0 + end / 1000),
+        "switchover_steps": steps,
         "switchover_t0": t0,
         "switchover": f"exit {rc}" if rc or not m else "ok",
         "switchover_out": out.splitlines()[-1] if out else "",
@@ -288,22 +370,28 @@ def switchover_round(tool, h, base):
     logs = [None, None]
     for i in range(2):
         tool.start(i)
-        logs[i] = start_ganesha(tool.groups[i], h.ns(i), tool.dir(i), tool.export(i), i + 1)
+        if not getattr(tool, "serves", False):
+            logs[i] = start_ganesha(tool.groups[i], h.ns(i), tool.dir(i), tool.export(i), i + 1)
     must(h.wait(lambda: h.holds_vip(0), 30), f"{tool.name}: node 0 never took the address")
     must(h.wait(tool.ready, 60), f"{tool.name}: node 1 never reported its data current")
-    must(h.wait(lambda: all(ganesha_ready(x) for x in logs), 60), f"ganesha did not start: see {base}")
+    must(h.wait(lambda: all(ganesha_ready(x) for x in logs if x), 60), f"ganesha did not start: see {base}")
     time.sleep(1.0)
     w = Writer(h.ns(2), h.VIP, "r", 5, "reconnect", f"{base}/writer-reconnect.log")
+    k = Writer(h.ns(2), h.VIP, "k", 50, "keep", f"{base}/writer-keep.log")
     try:
-        must(h.wait(lambda: w.ok, 30), f"the NFS client never wrote: see {base}")
+        must(h.wait(lambda: w.ok and k.ok, 30), f"the NFS client never wrote: see {base}")
         time.sleep(3.0)
         res = switchover(tool, h, w)
+        t0 = res.get("switchover_t0", 0)
+        res["keep_ok_after"] = sum(1 for t, _ in k.ok if t > t0)
+        res["keep_errors_after"] = k.error_kinds(t0)
     finally:
         w.finish()
+        k.finish()
     time.sleep(h.DRAIN)
     leader = next((i for i in range(2) if h.holds_vip(i)), 1)
-    written = w.written()
-    when = {name: (t, "?") for t, name in w.ok}
+    written = {**w.written(), **k.written()}
+    when = {name: (t, "?") for t, name in w.ok + k.ok}
     since = {n: b for n, b in written.items() if when[n][0] >= res.get("switchover_t0", 0)}
     c = h.count(tool, since, when, leader, 0)
     res["switchover_not_on_leader"] = c["conflicts"] + c["other_node_only"] + c["gone"]
@@ -321,12 +409,24 @@ def print_switchover_round(r, res):
           flush=True)
     for line in res.get("switchover_all", "").splitlines():
         print(f"          | {line}")
+    print(f"          errors until the first write after it: {kinds(res.get('switchover_errors'))}")
+    if "keep_ok_after" in res:
+        print(f"          kept-session client: {res['keep_ok_after']} writes after the switchover; "
+              f"errors {kinds(res.get('keep_errors_after'))}")
     print_breakdown(res.get("switchover_steps", []))
 
 
 def print_breakdown(steps):
     for label, ms in steps:
         print(f"          {'-' if ms is None else f'{ms:8.0f} ms'}  {label}", flush=True)
+
+
+def kinds(d):
+    """The commonest error messages, with counts."""
+    if not d:
+        return "none"
+    top = sorted(d.items(), key=lambda x: -x[1])[:4]
+    return "; ".join(f"{n}x {m}" for m, n in top)
 
 
 def secs(v):
@@ -339,6 +439,8 @@ def print_round(r, tool, res):
           f"longest no-write {res['no_write_s']:.2f} s  | on leader {res['on_leader']:5}  "
           f"conflicts {res['conflicts']:4}  other node only {res['other_node_only']:4}  gone {res['gone']:4}  "
           f"| kept-session client: {res['keep_ok_after_kill']} writes after the kill", flush=True)
+    print(f"        errors until the first write after the kill: {kinds(res.get('errors_after_kill'))}; "
+          f"kept-session client's: {kinds(res.get('keep_errors_after_kill'))}", flush=True)
     if "switchover" in res:
         so = res.get("switchover_printed_s")
         print(f"        switchover: {res['switchover']}, printed {secs(so)}, client's longest gap "

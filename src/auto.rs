@@ -726,8 +726,9 @@ impl Driver<'_> {
             ms(from.elapsed()),
             ms(began.duration_since(from)),
         );
+        // The log only: role.log holds state changes, hook runs and
+        // switchovers, one kind per line.
         tracing::info!("{msg}");
-        self.log.write(format!("{} {msg}", unix_now()));
     }
 
     /// Not serving any more: the source stops, unless the peer (heard, not

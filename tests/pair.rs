@@ -424,19 +424,15 @@ fn vrrp_blocked_with_the_peer_link_up_keeps_one_leader() {
     );
 }
 
-/// `syncd demo --failover` runs its story to the end with nothing lost, and
-/// leaves no namespace behind.
-#[test]
-fn the_failover_demo_loses_nothing_and_cleans_up() {
-    let name = "the_failover_demo_loses_nothing_and_cleans_up";
-    if !can_run(name) {
-        return;
-    }
-    let _g = serial();
+/// Runs `syncd demo --failover` (with `env`) and checks its story: ended
+/// well, nothing gone, the failover and the return told, at least
+/// `min_written` writes, no namespace left. Returns its output.
+fn run_failover_demo(env: &[(&str, &str)], min_written: u64) -> String {
     let d = tempfile::tempdir().unwrap();
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_syncd"))
         .args(["demo", "--failover", "--dir"])
         .arg(d.path())
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
@@ -450,7 +446,7 @@ fn the_failover_demo_loses_nothing_and_cleans_up() {
         .and_then(|s| s.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    assert!(written > 100, "{out}");
+    assert!(written >= min_written, "{out}");
     let ns = std::process::Command::new("ip")
         .args(["netns", "list"])
         .output()
@@ -459,4 +455,44 @@ fn the_failover_demo_loses_nothing_and_cleans_up() {
         !String::from_utf8_lossy(&ns.stdout).contains("sdemo"),
         "the demo left namespaces behind"
     );
+    out
+}
+
+/// `syncd demo --failover` runs its story to the end with nothing lost, and
+/// leaves no namespace behind (plain writes into the exports, forced).
+#[test]
+fn the_failover_demo_loses_nothing_and_cleans_up() {
+    let name = "the_failover_demo_loses_nothing_and_cleans_up";
+    if !can_run(name) {
+        return;
+    }
+    let _g = serial();
+    let out = run_failover_demo(&[("SYNCD_DEMO_PLAIN", "1")], 100);
+    assert!(out.contains("client: plain writes"), "{out}");
+}
+
+/// With nfs-ganesha and libnfs's tools installed, the demo's client writes
+/// through the service address with NFS, and nothing it was told was
+/// written is gone.
+#[test]
+fn the_failover_demo_writes_through_ganesha_when_installed() {
+    let name = "the_failover_demo_writes_through_ganesha_when_installed";
+    if !can_run(name) {
+        return;
+    }
+    for tool in ["ganesha.nfsd", "rpcbind", "nfs-cp", "unshare"] {
+        let found = std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            syncd_testkit::skip::skip(name, &format!("`{tool}` is not installed"));
+            return;
+        }
+    }
+    let _g = serial();
+    let out = run_failover_demo(&[], 50);
+    assert!(out.contains("client: NFSv4 through"), "{out}");
+    assert!(out.contains("writes through NFS failed for"), "{out}");
 }

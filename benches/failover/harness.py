@@ -39,7 +39,11 @@ Timed: the kill to the reconnecting writer's next acknowledged write; for
 syncd also a planned `syncd switchover` on the leader after the old leader
 has returned and caught up (what it prints, and the writer's longest gap).
 
-Usage: benches/failover.sh [--rounds N] [--only syncd|loop|loop-delete] [--nfs]
+`--switchover-only` (implies `--nfs --only syncd`): no kill; each round
+node 0 leads, the writers run, `syncd switchover` hands over to node 1, and
+each step's time is printed from both nodes' logs and the writer's lines.
+
+Usage: benches/failover.sh [--rounds N] [--only syncd|loop|loop-delete] [--nfs] [--switchover-only]
 Needs root, keepalived, rsync, inotify-tools, iproute2; --nfs also
 nfs-ganesha (ganesha.nfsd, FSAL VFS), rpcbind and libnfs 4 (libnfs.so.13).
 """
@@ -63,7 +67,8 @@ NET = "10.214.0"
 VIP = f"{NET}.100"
 WARM, OUTAGE, AFTER, DRAIN = 4.0, 6.0, 6.0, 5.0
 PERIOD = 0.005
-FENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fence.sh")
+# FENCE_HOOK: another fence script, e.g. to compare with an earlier one.
+FENCE = os.environ.get("FENCE_HOOK") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "fence.sh")
 
 
 def sh(*args, check=True):
@@ -138,15 +143,18 @@ class Group:
 class Syncd:
     name = "syncd --role auto"
 
-    def __init__(self, binary, base, fence=False):
+    def __init__(self, binary, base, fence=False, grace=None):
         self.bin, self.base = binary, base
-        # NFS mode: hooks fence the NFS port while a node does not lead.
-        hooks = (f'[hooks]\npromote = ["{FENCE}", "start"]\ndemote = ["{FENCE}", "stop"]\n\n'
-                 if fence else "")
-        fps = []
+        # NFS mode: hooks fence the NFS port while a node does not lead;
+        # with `grace` (the production recipe) they start and stop ganesha.
+        self.serves = grace is not None
+        fps, hooks = [], []
         for i in range(2):
             d = self.dir(i)
             os.makedirs(f"{d}/export")
+            hook = nfs.serve_hook(d, self.export(i), grace) if self.serves else FENCE
+            hooks.append(f'[hooks]\npromote = ["{hook}", "start"]\ndemote = ["{hook}", "stop"]\n\n'
+                         if fence or self.serves else "")
             out = sh(self.bin, "keygen", "--out", f"{d}/keys", "--name", f"node{i}")
             fps.append(next(l.split()[1] for l in out.splitlines() if l.startswith("fingerprint")))
         for i in range(2):
@@ -156,7 +164,7 @@ class Syncd:
                     f'node_id = "node{i}"\nexport = "export"\nstate_dir = "state"\n'
                     f'listen = "{NET}.{i + 1}:7400"\npeer = "{NET}.{2 - i}:7400"\n'
                     f'admin = "127.0.0.1:7401"\ncert = "keys/node.crt"\nkey = "keys/node.key"\n'
-                    f'peer_fingerprint = "{fps[1 - i]}"\n[pair]\npeer_wait_secs = 3\n\n{hooks}'
+                    f'peer_fingerprint = "{fps[1 - i]}"\n[pair]\npeer_wait_secs = 3\n\n{hooks[i]}'
                     f'[[vrrp]]\nname = "VI_NFS"\ninterface = "eth0"\nvrid = 61\npriority = {prio}\n'
                     f'advert_int = 1\nversion = 2\nvirtual_ips = ["{VIP}/24"]\n'
                 )
@@ -178,6 +186,7 @@ class Syncd:
 
     def kill(self, i):
         self.groups[i].kill()
+        nfs.kill_served(self.dir(i))
 
     def ready(self, i=1):
         """Follower i has synced once: a node that never synced may not lead."""
@@ -214,6 +223,8 @@ class Syncd:
     def stop_all(self):
         for g in self.groups:
             g.kill(signal.SIGTERM)
+        for i in range(2):
+            nfs.kill_served(self.dir(i))
 
 
 class Loop:
@@ -428,7 +439,14 @@ def main():
     ap.add_argument("--syncd", required=True, help="path to the syncd binary")
     ap.add_argument("--nfs", action="store_true",
                     help="ganesha on each node, a libnfs client writing through the address")
+    ap.add_argument("--grace", type=int, metavar="SECS",
+                    help="with --nfs: the production recipe (ganesha started by the promote hook, "
+                         "stopped by the demote hook, Graceless = false, Grace_Period SECS)")
+    ap.add_argument("--switchover-only", action="store_true",
+                    help="with --nfs: only planned switchovers under load (no kill), with each step's time")
     a = ap.parse_args()
+    if a.switchover_only:
+        a.nfs, a.only = True, "syncd"
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces)")
     for tool in ("keepalived", "rsync", "inotifywait"):
@@ -445,11 +463,20 @@ def main():
             base = tempfile.mkdtemp(prefix=f"syncd-failover-bench-{k}-")
             lab_up(3 if a.nfs else 2)
             try:
-                tool = (Syncd(a.syncd, base, fence=a.nfs) if k == "syncd" else Loop(base, k == "loop-delete"))
-                res = nfs.one_round(tool, sys.modules[__name__], base) if a.nfs else one_round(tool)
+                tool = (Syncd(a.syncd, base, fence=a.nfs, grace=a.grace) if k == "syncd"
+                        else Loop(base, k == "loop-delete"))
+                if a.switchover_only:
+                    res = nfs.switchover_round(tool, sys.modules[__name__], base)
+                else:
+                    res = nfs.one_round(tool, sys.modules[__name__], base) if a.nfs else one_round(tool)
             finally:
                 lab_down()
             results[k].append(res)
+            if a.switchover_only:
+                nfs.print_switchover_round(r, res)
+                if not os.environ.get("FAILOVER_DEBUG"):
+                    shutil.rmtree(base, ignore_errors=True)
+                continue
             if a.nfs:
                 nfs.print_round(r, tool, res)
                 if not os.environ.get("FAILOVER_DEBUG"):
@@ -464,6 +491,9 @@ def main():
                 shutil.rmtree(base, ignore_errors=True)
             else:
                 print(f"  kept {base}")
+    if a.switchover_only:
+        nfs.print_switchover_summary(results["syncd"])
+        return
     if a.nfs:
         nfs.print_summary(kinds, results, NAMES)
         return

@@ -4,6 +4,7 @@ VFS on the node's export, listening on every address of the namespace, the
 service address included) and the libnfs writers in the client namespace.
 """
 
+import datetime
 import os
 import re
 import statistics
@@ -49,6 +50,70 @@ def start_ganesha(group, netns, d, export, seq):
     return log
 
 
+def serve_hook(d, export, grace):
+    """The production recipe as a syncd service hook (`promote`/`demote`):
+    ganesha runs only on the leader, started by the promote hook with its
+    grace period on (`Graceless = false`, Grace_Period `grace` s,
+    Lease_Lifetime `grace` - 5 s) and stopped by the demote hook. The NFSv4
+    recovery directory is the node's own, outside the export (not
+    replicated: syncd replicates the export only, and clients must not see
+    it). Its process group id goes to serve.pgid so the bench's host death
+    kills it too (it runs in a session of its own). Returns the script path."""
+    g = f"{d}/ganesha"
+    os.makedirs(f"{g}/recovery", exist_ok=True)
+    conf, log = f"{g}/ganesha-serve.conf", f"{g}/ganesha-serve.log"
+    with open(conf, "w") as f:
+        f.write("NFS_CORE_PARAM { Protocols = 3, 4; NFS_Port = 2049; Enable_NLM = false; "
+                "Enable_RQUOTA = false; Nb_Worker = 8; MaxWrite = 65536; MaxRead = 65536; }\n"
+                f"NFSV4 {{ Graceless = false; Grace_Period = {grace}; Lease_Lifetime = {max(1, grace - 5)}; "
+                f'RecoveryBackend = fs; RecoveryRoot = "{g}/recovery"; }}\n'
+                f'EXPORT {{ Export_Id = 1; Path = "{export}"; Pseudo = "/export"; '
+                "Access_Type = RW; Squash = No_Root_Squash; Protocols = 3, 4; Transports = TCP; "
+                "SecType = sys; FSAL { Name = VFS; } }\n"
+                "LOG { Default_Log_Level = EVENT; }\n")
+    script = f"{d}/serve.sh"
+    inner = (f"mount -t tmpfs tmpfs /run || exit 1; rpcbind -f -w & sleep 0.3; "
+             f"exec ganesha.nfsd -F -f {conf} -L {log} -p {g}/ganesha-serve.pid")
+    with open(script, "w") as f:
+        f.write(f"""#!/bin/sh
+# promote: start ganesha (grace on) and return once it serves; demote: stop it.
+P={d}/serve.pgid
+running() {{ [ -s $P ] && kill -0 -"$(cat $P)" 2>/dev/null; }}
+case "$1" in
+start)
+    running && exit 0
+    : > {log}
+    setsid unshare --mount sh -c '{inner}' </dev/null >>{g}/ganesha.out 2>&1 &
+    echo $! > $P
+    for i in $(seq 200); do
+        grep -q "NFS SERVER INITIALIZED" {log} 2>/dev/null && exit 0
+        running || {{ echo "ganesha exited"; exit 1; }}
+        sleep 0.05
+    done
+    echo "ganesha did not start in 10 s"; exit 1 ;;
+stop)
+    if running; then
+        kill -TERM -"$(cat $P)"
+        for i in $(seq 60); do running || break; sleep 0.05; done
+        running && kill -KILL -"$(cat $P)"
+        while running; do sleep 0.05; done
+    fi
+    rm -f $P ;;
+esac
+""")
+    os.chmod(script, 0o755)
+    return script
+
+
+def kill_served(d):
+    """Host death: the hook-started ganesha dies with the node."""
+    try:
+        with open(f"{d}/serve.pgid") as f:
+            os.killpg(int(f.read().strip()), 9)
+    except (OSError, ValueError):
+        pass
+
+
 def ganesha_ready(log):
     try:
         with open(log) as f:
@@ -67,6 +132,8 @@ class Writer:
     def __init__(self, netns, host, prefix, interval_ms, mode, log):
         self.ok = []  # (t, name), in order
         self.errors = 0
+        self.err_t = []
+        self.err_lines = []  # (t, message)
         self.log = open(log, "w")
         self.p = subprocess.Popen(
             ["ip", "netns", "exec", netns, "python3", f"{HERE}/nfs_writer.py", host, prefix,
@@ -87,6 +154,11 @@ class Writer:
                     pass
             elif parts and parts[0] == "err":
                 self.errors += 1
+                try:
+                    self.err_t.append(float(parts[2]))
+                    self.err_lines.append((float(parts[2]), " ".join(parts[3:])))
+                except (IndexError, ValueError):
+                    pass
 
     def finish(self):
         try:
@@ -96,6 +168,15 @@ class Writer:
         self.p.wait()
         self.t.join(timeout=5)
         self.log.close()
+
+    def error_kinds(self, t0, t1=None):
+        """{message: count} of the errors in [t0, t1], file names left out."""
+        kinds = {}
+        for t, m in self.err_lines:
+            if t >= t0 and (t1 is None or t <= t1):
+                m = re.sub(r"[a-z]\d{6}", "FILE", m)
+                kinds[m] = kinds.get(m, 0) + 1
+        return kinds
 
     def written(self):
         return {name: content(name) for _, name in self.ok}
@@ -130,13 +211,14 @@ def one_round(tool, h, base):
     def start(i):
         tool.start(i)
         seq[0] += 1
-        logs[i] = start_ganesha(tool.groups[i], h.ns(i), tool.dir(i), tool.export(i), seq[0])
+        if not getattr(tool, "serves", False):
+            logs[i] = start_ganesha(tool.groups[i], h.ns(i), tool.dir(i), tool.export(i), seq[0])
 
     for i in range(2):
         start(i)
     must(h.wait(lambda: h.holds_vip(0), 30), f"{tool.name}: node 0 never took the address")
     must(h.wait(tool.ready, 60), f"{tool.name}: node 1 never reported its data current")
-    must(h.wait(lambda: all(ganesha_ready(x) for x in logs), 60), f"ganesha did not start: see {base}")
+    must(h.wait(lambda: all(ganesha_ready(x) for x in logs if x), 60), f"ganesha did not start: see {base}")
     time.sleep(1.0)
     w = Writer(h.ns(2), h.VIP, "r", 5, "reconnect", f"{base}/writer-reconnect.log")
     k = Writer(h.ns(2), h.VIP, "k", 50, "keep", f"{base}/writer-keep.log")
@@ -154,7 +236,10 @@ def one_round(tool, h, base):
         start(0)
         time.sleep(h.AFTER)
         t_back = time.monotonic()
+        first = w.first_ok_after(t_kill)
         res = {
+            "errors_after_kill": w.error_kinds(t_kill, None if first is None else t_kill + first),
+            "keep_errors_after_kill": k.error_kinds(t_kill),
             "failover_s": took,
             "first_write_s": w.first_ok_after(t_kill),
             "no_write_s": w.longest_gap(None, t_back),
@@ -198,19 +283,150 @@ def switchover(tool, h, w):
     # said "not connected" while its primary logged "in sync").
     h.wait(lambda: tool.connected(leader), 10)
     time.sleep(2.0)
-    t0 = time.monotonic()
+    t0_wall, t0 = time.time(), time.monotonic()
     rc, out = tool.switchover(leader)
     moved = h.wait(lambda: h.holds_vip(1 - leader), 20)
     time.sleep(h.AFTER)
     m = re.search(r"unavailable for (\d+) ms", out)
+    steps = breakdown(tool, leader, t0_wall, w, t0)
+    end = next((ms for label, ms in steps if label.startswith("client's first write after")), None)
     return {
+        "switchover_errors": w.error_kinds(t0, None if end is None else t0 + end / 1000),
+        "switchover_steps": steps,
         "switchover_t0": t0,
         "switchover": f"exit {rc}" if rc or not m else "ok",
         "switchover_out": out.splitlines()[-1] if out else "",
+        "switchover_all": out,
         "switchover_printed_s": int(m.group(1)) / 1000 if m else None,
         "switchover_gap_s": w.longest_gap(t0, time.monotonic()),
         "switchover_moved": moved is not None,
     }
+
+
+# Log lines of the switchover's steps, in order: (label, node, pattern).
+# "old" is the leader handing over, "new" the peer taking over.
+STEPS = [
+    ("fence asked", "old", "switchover: fencing writes"),
+    ("fenced (demote hook done)", "old", "demote hook (ok|failed|timeout)"),
+    ("drained, handing over", "old", "switchover: drained"),
+    ("old left MASTER (priority 0 sent, address removed)", "old", "MASTER -> (FAULT|BACKUP)"),
+    ("new VRRP MASTER (skew time over)", "new", "-> MASTER"),
+    ("new asks consent", "new", "asking the peer's consent"),
+    ("new promoting (generation durable, source started)", "new", "promoting: becoming the replication source"),
+    ("old source stopped", "old", "primary stopped"),
+    ("new promote hook started", "new", "running .*hook=\"promote\""),
+    ("new promote hook done", "new", "promote hook (ok|failed|timeout)"),
+    ("new leads (address added, ARP sent)", "new", "role: promoted"),
+    ("old hears the peer lead (command answers)", "old", "switchover: handed over"),
+]
+STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT[\d:.]+)Z")
+
+
+def log_times(path, since_wall):
+    """(wall time, line) of each log line at or after `since_wall`."""
+    out = []
+    try:
+        with open(path, errors="replace") as f:
+            for line in f:
+                m = STAMP.match(line)
+                if not m:
+                    continue
+                t = datetime.datetime.fromisoformat(m.group(1)).replace(
+                    tzinfo=datetime.timezone.utc).timestamp()
+                if t >= since_wall:
+                    out.append((t, line))
+    except OSError:
+        pass
+    return out
+
+
+def breakdown(tool, old, t0_wall, w, t0_mono):
+    """Each step of a switchover in ms from the command's start, from both
+    nodes' logs (wall clock) and the writer's lines (monotonic)."""
+    lines = {"old": log_times(f"{tool.dir(old)}/syncd.log", t0_wall),
+             "new": log_times(f"{tool.dir(1 - old)}/syncd.log", t0_wall)}
+    steps = []
+    for label, who, pat in STEPS:
+        rx = re.compile(pat)
+        t = next((t for t, l in lines[who] if rx.search(l)), None)
+        steps.append((label, None if t is None else (t - t0_wall) * 1000))
+    last_ok = max((t for t, _ in w.ok if t < t0_mono), default=None)
+    # No write gets through from the drain's end to the new leader's promotion.
+    drained = next((ms for label, ms in steps if label.startswith("drained")), None)
+    since = t0_mono + (drained or 0) / 1000
+    first_ok = next((t - t0_mono for t, _ in w.ok if t > since), None)
+    steps.insert(0, ("client's last write before", None if last_ok is None else (last_ok - t0_mono) * 1000))
+    if first_ok is not None:
+        errs = [t for t in w.err_t if t0_mono <= t < t0_mono + first_ok]
+        if errs:
+            steps.append((f"client's last error before it ({len(errs)} errors)", (errs[-1] - t0_mono) * 1000))
+    steps.append(("client's first write after the drain", None if first_ok is None else first_ok * 1000))
+    return steps
+
+
+def switchover_round(tool, h, base):
+    """Only a planned switchover under the writers' load: node 0 leads, node
+    1 follows; `syncd switchover` on node 0; counted like a round."""
+    logs = [None, None]
+    for i in range(2):
+        tool.start(i)
+        if not getattr(tool, "serves", False):
+            logs[i] = start_ganesha(tool.groups[i], h.ns(i), tool.dir(i), tool.export(i), i + 1)
+    must(h.wait(lambda: h.holds_vip(0), 30), f"{tool.name}: node 0 never took the address")
+    must(h.wait(tool.ready, 60), f"{tool.name}: node 1 never reported its data current")
+    must(h.wait(lambda: all(ganesha_ready(x) for x in logs if x), 60), f"ganesha did not start: see {base}")
+    time.sleep(1.0)
+    w = Writer(h.ns(2), h.VIP, "r", 5, "reconnect", f"{base}/writer-reconnect.log")
+    k = Writer(h.ns(2), h.VIP, "k", 50, "keep", f"{base}/writer-keep.log")
+    try:
+        must(h.wait(lambda: w.ok and k.ok, 30), f"the NFS client never wrote: see {base}")
+        time.sleep(3.0)
+        res = switchover(tool, h, w)
+        t0 = res.get("switchover_t0", 0)
+        res["keep_ok_after"] = sum(1 for t, _ in k.ok if t > t0)
+        res["keep_errors_after"] = k.error_kinds(t0)
+    finally:
+        w.finish()
+        k.finish()
+    time.sleep(h.DRAIN)
+    leader = next((i for i in range(2) if h.holds_vip(i)), 1)
+    written = {**w.written(), **k.written()}
+    when = {name: (t, "?") for t, name in w.ok + k.ok}
+    since = {n: b for n, b in written.items() if when[n][0] >= res.get("switchover_t0", 0)}
+    c = h.count(tool, since, when, leader, 0)
+    res["switchover_not_on_leader"] = c["conflicts"] + c["other_node_only"] + c["gone"]
+    res["switchover_written"] = len(since)
+    res.update(written=len(written), errors=w.errors, leader=leader)
+    tool.stop_all()
+    return res
+
+
+def print_switchover_round(r, res):
+    so = res.get("switchover_printed_s")
+    print(f"round {r + 1} switchover: {res['switchover']}, printed {secs(so)}, client's longest gap "
+          f"{secs(res.get('switchover_gap_s'))}, address moved: {res.get('switchover_moved')}, "
+          f"{res.get('switchover_not_on_leader')} of {res.get('switchover_written')} writes since not on the leader",
+          flush=True)
+    for line in res.get("switchover_all", "").splitlines():
+        print(f"          | {line}")
+    print(f"          errors until the first write after it: {kinds(res.get('switchover_errors'))}")
+    if "keep_ok_after" in res:
+        print(f"          kept-session client: {res['keep_ok_after']} writes after the switchover; "
+              f"errors {kinds(res.get('keep_errors_after'))}")
+    print_breakdown(res.get("switchover_steps", []))
+
+
+def print_breakdown(steps):
+    for label, ms in steps:
+        print(f"          {'-' if ms is None else f'{ms:8.0f} ms'}  {label}", flush=True)
+
+
+def kinds(d):
+    """The commonest error messages, with counts."""
+    if not d:
+        return "none"
+    top = sorted(d.items(), key=lambda x: -x[1])[:4]
+    return "; ".join(f"{n}x {m}" for m, n in top)
 
 
 def secs(v):
@@ -223,12 +439,15 @@ def print_round(r, tool, res):
           f"longest no-write {res['no_write_s']:.2f} s  | on leader {res['on_leader']:5}  "
           f"conflicts {res['conflicts']:4}  other node only {res['other_node_only']:4}  gone {res['gone']:4}  "
           f"| kept-session client: {res['keep_ok_after_kill']} writes after the kill", flush=True)
+    print(f"        errors until the first write after the kill: {kinds(res.get('errors_after_kill'))}; "
+          f"kept-session client's: {kinds(res.get('keep_errors_after_kill'))}", flush=True)
     if "switchover" in res:
         so = res.get("switchover_printed_s")
         print(f"        switchover: {res['switchover']}, printed {secs(so)}, client's longest gap "
               f"{secs(res.get('switchover_gap_s'))}, address moved: {res.get('switchover_moved')}, "
               f"{res.get('switchover_not_on_leader')} of {res.get('switchover_written')} writes since not on the leader"
               f"  [{res.get('switchover_out', '')}]", flush=True)
+        print_breakdown(res.get("switchover_steps", []))
 
 
 def print_summary(kinds, results, names):
@@ -244,3 +463,13 @@ def print_summary(kinds, results, names):
               if k == "syncd" else "-")
         print(f"{names[k]:28}{med(x['first_write_s'] for x in rs):>26}{med(x['no_write_s'] for x in rs):>20}"
               f"{max(x['gone'] for x in rs):>8}{so:>36}")
+
+
+def print_switchover_summary(rs):
+    def med(xs):
+        xs = [x for x in xs if x is not None]
+        return f"{statistics.median(xs):.2f}" if xs else "-"
+    print()
+    print(f"switchover, {len(rs)} rounds: printed {med(x.get('switchover_printed_s') for x in rs)} s, "
+          f"client's longest gap {med(x.get('switchover_gap_s') for x in rs)} s (medians); "
+          f"writes since not on the leader: worst {max(x.get('switchover_not_on_leader') or 0 for x in rs)}")

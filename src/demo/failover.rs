@@ -2,7 +2,11 @@
 //!
 //! Two nodes in network namespaces joined by a bridge, each running
 //! `syncd --role auto` with the service address 10.213.0.100. A client
-//! writes a file every 50 ms to whichever node holds the address; the
+//! writes a file every 50 ms through the address: with NFS when
+//! nfs-ganesha and libnfs's tools are installed (each node serves its
+//! export with ganesha; the client is a third namespace running `nfs-cp`,
+//! `nfs.rs`), otherwise straight into the export of the node holding it
+//! (`SYNCD_DEMO_PLAIN=1` forces that). The
 //! leader's host dies (its daemon SIGKILLed, its bridge port silenced); the
 //! other node takes the address and the replication direction; the old
 //! leader returns and follows. At the end every file the client was told
@@ -43,6 +47,9 @@ struct Lab {
     prefix: String,
     dir: PathBuf,
     nodes: Vec<Option<Child>>,
+    /// Each node's ganesha, when the client writes through NFS.
+    servers: Vec<Option<Child>>,
+    nfs: bool,
     /// A dead host serves nothing, whatever its interface still holds.
     dead: [bool; 2],
     made: Vec<String>,
@@ -56,12 +63,18 @@ impl Lab {
         format!("{}br", self.prefix)
     }
 
-    fn new(dir: &Path) -> Result<Lab, DemoError> {
+    fn client_ns(&self) -> String {
+        format!("{}c", self.prefix)
+    }
+
+    fn new(dir: &Path, nfs: bool) -> Result<Lab, DemoError> {
         let prefix = format!("sdemo{}", std::process::id());
         let mut lab = Lab {
             prefix,
             dir: dir.to_path_buf(),
             nodes: vec![None, None],
+            servers: vec![None, None],
+            nfs,
             dead: [false; 2],
             made: Vec::new(),
         };
@@ -70,8 +83,9 @@ impl Lab {
         lab.made.push(br.clone());
         ip(&["-n", &br, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &br, "link", "set", "br0", "up"])?;
-        for i in 0..2 {
-            let ns = lab.ns(i);
+        // Nodes 0 and 1, and the NFS client (.3) when there is one.
+        for i in 0..(if nfs { 3 } else { 2 }) {
+            let ns = if i < 2 { lab.ns(i) } else { lab.client_ns() };
             ip(&["netns", "add", &ns])?;
             lab.made.push(ns.clone());
             let port = format!("p{i}");
@@ -123,10 +137,17 @@ impl Lab {
         // Its own process group: the "host death" ends it whole.
         std::os::unix::process::CommandExt::process_group(&mut c, 0);
         self.nodes[i] = Some(c.spawn()?);
+        if self.nfs {
+            let dir = self.node_dir(i).join("ganesha");
+            self.servers[i] = Some(super::nfs::start(&self.ns(i), &dir, &self.export(i))?);
+        }
         Ok(())
     }
 
     fn kill(&mut self, i: usize) {
+        if let Some(mut g) = self.servers[i].take() {
+            super::nfs::kill(&mut g);
+        }
         if let Some(mut c) = self.nodes[i].take() {
             if let Some(pg) = rustix::process::Pid::from_raw(c.id() as i32) {
                 let _ = rustix::process::kill_process_group(pg, rustix::process::Signal::Kill);
@@ -222,6 +243,17 @@ struct Written {
     content: String,
 }
 
+/// Whether the client writes through NFS (and why not, if not).
+fn nfs_client() -> Result<(), String> {
+    if std::env::var_os("SYNCD_DEMO_PLAIN").is_some() {
+        return Err("SYNCD_DEMO_PLAIN is set".into());
+    }
+    match super::nfs::missing() {
+        Some(t) => Err(format!("`{t}` is not installed")),
+        None => Ok(()),
+    }
+}
+
 pub fn run(dir: Option<PathBuf>) -> Result<(), DemoError> {
     if !rustix::process::geteuid().is_root() {
         return Err(msg(
@@ -234,12 +266,27 @@ pub fn run(dir: Option<PathBuf>) -> Result<(), DemoError> {
     };
     std::fs::create_dir_all(&base)?;
     println!("demo directory: {}", base.display());
-    let mut lab = Lab::new(&base)?;
+    let nfs = nfs_client();
+    let mut lab = Lab::new(&base, nfs.is_ok())?;
     println!(
         "two nodes in network namespaces {} and {}, one bridge; service address {VIP}",
         lab.ns(0),
         lab.ns(1)
     );
+    match &nfs {
+        Ok(()) => println!(
+            "client: NFSv4 through {VIP} (nfs-ganesha serves each node's export; a fresh libnfs nfs-cp per file, from namespace {})",
+            lab.client_ns()
+        ),
+        Err(why) => println!(
+            "client: plain writes into the export of the node holding {VIP} (no NFS: {why})"
+        ),
+    }
+    let client_nfs = nfs.is_ok().then(|| super::nfs::Client {
+        ns: lab.client_ns(),
+        host: VIP.to_string(),
+        tmp: base.clone(),
+    });
     let mut fps = Vec::new();
     for i in 0..2 {
         std::fs::create_dir_all(lab.export(i))?;
@@ -297,6 +344,29 @@ pub fn run(dir: Option<PathBuf>) -> Result<(), DemoError> {
                     (h, h.map(|i| l.export(i)))
                 };
                 let mut u = unavailable.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(c) = &client_nfs {
+                    drop(u);
+                    let name = format!("w{n:05}.txt");
+                    let content = format!("write {n} through NFS at the service address\n");
+                    let ok = c.put(&name, &content);
+                    let mut u = unavailable.lock().unwrap_or_else(|p| p.into_inner());
+                    if ok {
+                        if let Some(since) = u.1.take() {
+                            u.2 = u.2.max(since.elapsed());
+                        }
+                        written
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(name, Written { content });
+                    } else {
+                        u.0 += 1;
+                        u.1.get_or_insert_with(Instant::now);
+                    }
+                    n += 1;
+                    drop(u);
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
                 match (holder, export) {
                     (Some(h), Some(dir)) => {
                         if let Some(since) = u.1.take() {
@@ -406,8 +476,13 @@ pub fn run(dir: Option<PathBuf>) -> Result<(), DemoError> {
     println!("  readable on the leader (node {leader}) with the right content: {on_leader}");
     println!("  only in a conflicts area (written on a node cut off before they replicated): {in_conflicts}");
     println!("  gone: {}", gone.len());
+    let what = if nfs.is_ok() {
+        "writes through NFS failed"
+    } else {
+        "no node held the address"
+    };
     println!(
-        "no node held the address for {:.2} s at most ({} client attempts found no service); failover {:.2} s after the death",
+        "{what} for {:.2} s at most ({} client attempts found no service); failover {:.2} s after the death",
         u.2.as_secs_f64(),
         u.0,
         took.as_secs_f64()

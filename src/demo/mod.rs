@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod failover;
+mod nfs;
 
 use crate::client::{self, ResyncOptions};
 use crate::config::Config;

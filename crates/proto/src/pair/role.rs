@@ -402,8 +402,11 @@ impl Role {
         self.handing_over = Some(now + self.cfg.handover_wait);
         let why = "planned switchover: handing over to the peer".to_string();
         self.set_state(RoleState::Demoting, why.clone());
-        self.actions.push_back(Action::Demote { why });
+        // The gate first: VRRP resigns (the peer's Skew_Time starts) while
+        // the source stops. Writes are fenced and the peer holds all of
+        // them, so the source has nothing left to send.
         self.close_gate("handing over to the peer");
+        self.actions.push_back(Action::Demote { why });
         self.update(now);
         true
     }

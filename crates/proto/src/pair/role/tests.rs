@@ -681,10 +681,19 @@ fn a_planned_handover_steps_down_and_consents_to_the_current_peer() {
     assert_eq!(a.relation(), Some(Relation::Ahead), "A led the generation");
     assert!(a.handle_handover(t1));
     let acts = drain(&mut a);
-    assert!(matches!(&acts[0], Action::Demote { why } if why.contains("switchover")));
+    // The gate closes before the source is told to stop, so VRRP resigns
+    // (and the peer's Skew_Time runs) while the source stops.
+    assert!(
+        matches!(&acts[0], Action::Gate { open: false, .. }),
+        "{acts:?}"
+    );
+    assert!(matches!(&acts[1], Action::Demote { why } if why.contains("switchover")));
     assert_eq!(gate(&acts), Some(false));
     // The closed gate makes VRRP resign the address.
     a.handle_vrrp(false, t1);
+    // The peer may ask while our source is still stopping: granted.
+    a.handle_peer_ask(100, t1);
+    assert_eq!(drain(&mut a), vec![Action::Answer { grant: true }]);
     a.handle_demoted(t1);
     assert_eq!(a.state(), RoleState::Follower);
     // Out of the election while handing over: the peer's VRRP takes over.

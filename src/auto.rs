@@ -140,7 +140,7 @@ pub async fn run(
     // The follower side, always on.
     let standby = Standby::bind_as(cfg.clone(), "auto")?;
     let (ev_tx, mut events) = mpsc::channel(1024);
-    standby.events(ev_tx);
+    standby.events(ev_tx.clone());
     let record = standby.handle();
     let stats = standby.stats();
     let (switch_tx, mut switches) = mpsc::channel::<SwitchoverReply>(4);
@@ -222,7 +222,14 @@ pub async fn run(
     let (state_tx, state_rx) = watch::channel((false, role.lineage().clone()));
     let (out_tx, out_rx) = mpsc::channel::<Request>(16);
     let (redial_tx, redial_rx) = watch::channel(0u64);
-    let link = tokio::spawn(peer_link(cfg.clone(), me, state_rx, out_rx, redial_rx));
+    let link = tokio::spawn(peer_link(
+        cfg.clone(),
+        me,
+        state_rx,
+        out_rx,
+        redial_rx,
+        ev_tx,
+    ));
 
     let mut d = Driver {
         cfg: &cfg,
@@ -1147,6 +1154,7 @@ async fn peer_link(
     mut state: watch::Receiver<(bool, Lineage)>,
     mut out: mpsc::Receiver<Request>,
     mut redial: watch::Receiver<u64>,
+    events: mpsc::Sender<StandbyEvent>,
 ) {
     let heartbeat = cfg.pair.heartbeat;
     loop {
@@ -1172,6 +1180,9 @@ async fn peer_link(
             }
         };
         tracing::info!("peer session up");
+        // What the peer runs is known now, whichever side dials first: an
+        // older peer's own session may come much later.
+        let _ = events.try_send(StandbyEvent::PeerProtocol(s.peer_speaks.max));
         let conn = s.connection();
         // Ok(()): we are stopping.
         let r: Result<(), crate::client::ClientError> = async {

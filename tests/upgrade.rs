@@ -386,12 +386,14 @@ fn an_auto_node_does_not_lead_beside_the_previous_release() {
         synced.is_some(),
         "the old leader's writes reach the new follower"
     );
-    let s1 = status(&lan, &n, 1);
+    // Heard from either session, whichever comes first.
+    let mut s1 = String::new();
+    let heard = wait_for(Duration::from_secs(10), || {
+        s1 = status(&lan, &n, 1);
+        s1.contains("may lead: no (the peer speaks protocol 6")
+    });
+    assert!(heard.is_some(), "{s1}");
     assert!(s1.contains("pair role: follower"), "{s1}");
-    assert!(
-        s1.contains("may lead: no (the peer speaks protocol 6"),
-        "{s1}"
-    );
 
     // The old leader dies: the new node does not take the address (it
     // would without the rule, within the Master_Down_Interval).

@@ -165,33 +165,13 @@ impl Lan {
 
     /// Has node `i` an IPv6 link-local address on eth0 whose duplicate address detection is over?
     pub fn dad_done(&self, i: usize) -> bool {
-        let all = output(&[
-            "ip",
-            "-n",
-            self.ns(i),
-            "-6",
-            "-o",
-            "addr",
-            "show",
-            "dev",
-            "eth0",
-            "scope",
-            "link",
-        ]);
-        let tentative = output(&[
-            "ip",
-            "-n",
-            self.ns(i),
-            "-6",
-            "-o",
-            "addr",
-            "show",
-            "dev",
-            "eth0",
-            "scope",
-            "link",
-            "tentative",
-        ]);
+        let link = |extra: &[&str]| {
+            let mut args = vec!["ip", "-n", self.ns(i), "-6", "-o", "addr", "show"];
+            args.extend(["dev", "eth0", "scope", "link"]);
+            args.extend(extra);
+            output(&args)
+        };
+        let (all, tentative) = (link(&[]), link(&["tentative"]));
         all.contains("fe80::") && tentative.trim().is_empty()
     }
 

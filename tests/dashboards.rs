@@ -5,8 +5,7 @@
 //! in a network namespace). A renamed metric fails here, not on a pager.
 
 mod common;
-#[path = "../crates/vrrp/tests/common/mod.rs"]
-mod netns;
+use syncd_testkit::netns;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -5,8 +5,7 @@
 //! node, under the same lock the hooks take). Needs root (skips visibly
 //! otherwise).
 
-#[path = "../crates/vrrp/tests/common/mod.rs"]
-mod netns;
+use syncd_testkit::netns;
 
 #[path = "common/auto.rs"]
 mod auto;

@@ -4,8 +4,7 @@
 //! hold is reported, and every generated config passes its daemon's
 //! `--check`.
 
-#[path = "../crates/vrrp/tests/common/mod.rs"]
-mod netns;
+use syncd_testkit::netns;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -283,21 +282,22 @@ fn migrate_real_configs_that_keepalived_accepts() {
         })
         .collect();
     // keepalived -t needs the interface: a namespace with one.
-    let ns = format!("mig{}", std::process::id());
-    let ip = |args: &[&str]| {
-        assert!(
-            Command::new("ip").args(args).status().unwrap().success(),
-            "ip {args:?}"
-        )
-    };
-    ip(&["netns", "add", &ns]);
-    let _cleanup = Cleanup(ns.clone());
-    ip(&[
-        "-n", &ns, "link", "add", "ens33", "type", "veth", "peer", "name", "p0",
-    ]);
+    let lan = Lan::new("mig", 1);
+    let ns = lan.ns(0);
+    let o = Command::new("ip")
+        .args([
+            "-n", ns, "link", "add", "ens33", "type", "veth", "peer", "name", "x0",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "ip link add: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     for c in &confs {
         let o = Command::new("ip")
-            .args(["netns", "exec", &ns, "keepalived", "--config-test", "-f"])
+            .args(["netns", "exec", ns, "keepalived", "--config-test", "-f"])
             .arg(c)
             .output()
             .unwrap();
@@ -340,14 +340,6 @@ fn migrate_real_configs_that_keepalived_accepts() {
     let standby = std::fs::read_to_string(out.join("nfs-primary/syncd.toml")).unwrap();
     assert!(standby.contains("peer = \"10.20.0.32:7400\""), "{standby}");
     assert_eq!(check_all(&out), 4);
-}
-
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
 }
 
 /// The load-balancer half of README's migration guide, followed step by

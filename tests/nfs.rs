@@ -5,8 +5,7 @@
 //! standby with its content, and no partial file may ever be visible there.
 //! Needs root, ganesha, rpcbind and libnfs-utils (skips visibly otherwise).
 
-#[path = "../crates/vrrp/tests/common/mod.rs"]
-mod netns;
+use syncd_testkit::netns;
 #[path = "common/nfs.rs"]
 mod nfs;
 

@@ -4,48 +4,10 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Pair;
-
-fn ip(args: &[&str]) {
-    let o = Command::new("ip").args(args).output().expect("ip");
-    assert!(
-        o.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-/// Bridge port state of the standby: 0 disabled (silent partition), 3 forwarding.
-fn bridge(br: &str, state: &str) {
-    let o = Command::new("bridge")
-        .args(["-n", br, "link", "set", "dev", "p1", "state", state])
-        .output()
-        .expect("bridge");
-    assert!(
-        o.status.success(),
-        "bridge: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-/// Two hosts on a bridge; removed on drop.
-struct Net {
-    names: Vec<String>,
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        for n in self.names.iter().rev() {
-            let _ = Command::new("ip")
-                .args(["netns", "del", n])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
+use syncd_testkit::netns::{can_run, Lan};
 
 fn status(p: &Pair) -> String {
     String::from_utf8_lossy(&p.syncd(&["status", "--config", "primary.toml"]).stdout).into_owned()
@@ -53,52 +15,12 @@ fn status(p: &Pair) -> String {
 
 #[test]
 fn silent_partition_while_primary_changes_then_heals() {
-    let root = unsafe { libc::geteuid() } == 0;
-    let netns = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !root || !netns {
-        syncd_testkit::skip::skip(
-            "silent_partition_while_primary_changes_then_heals",
-            "needs root and `ip netns`",
-        );
+    if !can_run("silent_partition_while_primary_changes_then_heals") {
         return;
     }
-    let tag = format!("sp{}", std::process::id());
-    let net = 10 + (std::process::id() % 200) as u8;
-    let mut n = Net { names: vec![] };
-    let br = format!("{tag}br");
-    ip(&["netns", "add", &br]);
-    n.names.push(br.clone());
-    ip(&["-n", &br, "link", "add", "br0", "type", "bridge"]);
-    ip(&["-n", &br, "link", "set", "br0", "up"]);
-    let mut hosts = vec![];
-    for i in 0..2 {
-        let ns = format!("{tag}h{i}");
-        ip(&["netns", "add", &ns]);
-        n.names.push(ns.clone());
-        let port = format!("p{i}");
-        ip(&[
-            "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port, "netns",
-            &br,
-        ]);
-        ip(&["-n", &br, "link", "set", &port, "master", "br0", "up"]);
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("10.{net}.77.{}/24", i + 1),
-            "dev",
-            "eth0",
-        ]);
-        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
-        ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        hosts.push(ns);
-    }
+    let lan = Lan::new("sp", 2);
     let mut p = Pair::new();
-    let (pa, sa) = (format!("10.{net}.77.1"), format!("10.{net}.77.2"));
+    let (pa, sa) = (lan.ip(0), lan.ip(1));
     std::fs::write(
         p.path("standby.toml"),
         format!("export = \"standby\"\nstate_dir = \"standby-state\"\nlisten = \"{sa}:7400\"\ncert = \"standby-keys/node.crt\"\nkey = \"standby-keys/node.key\"\npeer_cert = \"primary-keys/node.crt\"\n"),
@@ -109,8 +31,8 @@ fn silent_partition_while_primary_changes_then_heals() {
         format!("export = \"primary\"\nstate_dir = \"primary-state\"\npeer = \"{sa}:7400\"\nadmin = \"{pa}:7401\"\ncert = \"primary-keys/node.crt\"\nkey = \"primary-keys/node.key\"\npeer_cert = \"standby-keys/node.crt\"\n"),
     )
     .unwrap();
-    p.primary_ns = Some(hosts[0].clone());
-    p.standby_ns = Some(hosts[1].clone());
+    p.primary_ns = Some(lan.ns(0).to_string());
+    p.standby_ns = Some(lan.ns(1).to_string());
     for i in 0..50 {
         std::fs::write(p.primary().join(format!("f{i}")), vec![i as u8; 4096]).unwrap();
     }
@@ -120,7 +42,7 @@ fn silent_partition_while_primary_changes_then_heals() {
     p.wait_equal(Duration::from_secs(20));
 
     // Partition: the standby's bridge port stops forwarding; both links stay up.
-    bridge(&br, "0");
+    lan.port_state(1, 0);
     std::fs::create_dir_all(p.primary().join("during/deep/tree")).unwrap();
     for i in 0..200 {
         std::fs::write(
@@ -142,7 +64,7 @@ fn silent_partition_while_primary_changes_then_heals() {
         std::thread::sleep(Duration::from_millis(200));
     }
     // Heal.
-    bridge(&br, "3");
+    lan.port_state(1, 3);
     p.wait_equal(Duration::from_secs(60));
     p.assert_equal();
     let st = status(&p);
@@ -150,6 +72,7 @@ fn silent_partition_while_primary_changes_then_heals() {
         st.contains("connects: ") && !st.contains("connects: 1\n"),
         "no reconnect:\n{st}"
     );
+    // The daemons stop before their namespaces go.
     drop(p);
-    drop(n);
+    drop(lan);
 }

@@ -6,8 +6,7 @@
 
 mod common;
 
-#[path = "../crates/vrrp/tests/common/mod.rs"]
-mod netns;
+use syncd_testkit::netns;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

@@ -9,6 +9,8 @@
 pub mod keepalived;
 pub mod nginx;
 pub mod replication;
+mod to_proxy;
+mod to_syncd;
 
 use std::collections::BTreeMap;
 use std::fmt::{self, Write};
@@ -20,6 +22,8 @@ use nginx::Nginx;
 use replication::Replication;
 
 use crate::paircheck::{self, Severity, Tables};
+use to_proxy::proxy_toml;
+use to_syncd::replication_files;
 
 /// One keepalived.conf: its file name (for the report) and text.
 pub struct KeepalivedFile {
@@ -92,18 +96,18 @@ impl Migration {
     }
 }
 
-struct Out {
+pub(crate) struct Out {
     notes: Vec<Note>,
 }
 
 impl Out {
-    fn note(&mut self, kind: Kind, text: String) {
+    pub(crate) fn note(&mut self, kind: Kind, text: String) {
         self.notes.push(Note { kind, text });
     }
 }
 
 /// A TOML string literal.
-fn q(s: &str) -> String {
+pub(crate) fn q(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
@@ -295,7 +299,7 @@ fn align(
 }
 
 /// A number as the importer writes it.
-fn toml_num(v: f64) -> String {
+pub(crate) fn toml_num(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 9.0e15 {
         format!("{}", v as i64)
     } else {
@@ -303,7 +307,7 @@ fn toml_num(v: f64) -> String {
     }
 }
 
-fn strip_header(t: &str) -> String {
+pub(crate) fn strip_header(t: &str) -> String {
     t.lines()
         .filter(|l| !l.starts_with("# Converted from") && !l.starts_with("# Review the warnings"))
         .collect::<Vec<_>>()
@@ -381,263 +385,6 @@ fn rewrite_track(toml: &str, cmd: &str, fix: Option<TrackFix>) -> String {
         }
     }
     out.trim_end().to_string() + "\n"
-}
-
-fn listen_addr(l: &str) -> String {
-    if l.chars().all(|c| c.is_ascii_digit()) {
-        format!("0.0.0.0:{l}")
-    } else if let Some(p) = l.strip_prefix("*:") {
-        format!("0.0.0.0:{p}")
-    } else {
-        l.to_string()
-    }
-}
-
-fn proxy_toml(
-    node: &str,
-    ngx: Option<&Nginx>,
-    kas: &[Keepalived],
-    vrrp: &str,
-    o: &mut Out,
-) -> String {
-    let mut s = format!(
-        "# syncd-proxy for {node}; written by `syncd migrate`.\n# Check: syncd-proxy --check --config proxy.toml\n\n[global]\nworkers = 0\n\n[admin]\nlisten = \"127.0.0.1:9901\"\n\n"
-    );
-    let first = node == "node1" || node == "the load balancer";
-    let mut ups: Vec<String> = Vec::new();
-    if let Some(n) = ngx {
-        for site in &n.sites {
-            if !n.upstreams.iter().any(|u| u.name == site.upstream) {
-                if first {
-                    o.note(Kind::NotCarried, format!("proxy_pass http://{}: no `upstream {}` block given (a host name?); not carried over", site.upstream, site.upstream));
-                }
-                continue;
-            }
-            let listen: Vec<String> = site.listen.iter().map(|l| q(&listen_addr(l))).collect();
-            let _ = write!(
-                s,
-                "[[listener]]\nlisten = [{}]\nupstream = {}\n\n",
-                listen.join(", "),
-                q(&site.upstream)
-            );
-        }
-        for u in &n.upstreams {
-            ups.push(u.name.clone());
-            let _ = writeln!(s, "[[upstream]]\nname = {}", q(&u.name));
-            match u.algorithm.as_deref() {
-                Some("least_conn") => s.push_str("algorithm = \"least_conn\"\n"),
-                Some("ip_hash") => s.push_str("algorithm = \"ip_hash\"\n"),
-                Some(h) if h.starts_with("hash") => {
-                    let key = h.split_whitespace().nth(1).unwrap_or("$request_uri");
-                    let _ = writeln!(s, "algorithm = \"hash\"\nhash_key = {}", q(key));
-                    if !h.contains("consistent") && first {
-                        o.note(Kind::NotCarried, format!("upstream {}: `hash` without `consistent` becomes syncd-proxy's consistent (ketama) hash", u.name));
-                    }
-                }
-                _ => {}
-            }
-            s.push('\n');
-            for sv in &u.servers {
-                let _ = writeln!(s, "[[upstream.server]]\naddr = {}", q(&sv.addr));
-                for (key, v) in [("weight", &sv.weight), ("max_fails", &sv.max_fails)] {
-                    match v.as_deref().map(|x| (x, x.parse::<u32>())) {
-                        Some((_, Ok(n))) => {
-                            let _ = writeln!(s, "{key} = {n}");
-                        }
-                        Some((x, Err(_))) if first => o.note(
-                            Kind::NotCarried,
-                            format!(
-                                "upstream {} server {}: {key}={x} is not a number; left out",
-                                u.name, sv.addr
-                            ),
-                        ),
-                        _ => {}
-                    }
-                }
-                if let Some(t) = &sv.fail_timeout {
-                    let _ = writeln!(s, "fail_timeout = {}", q(t));
-                }
-                if sv.backup {
-                    s.push_str("backup = true\n");
-                }
-                if sv.down {
-                    s.push_str("down = true\n");
-                }
-                if !sv.ignored.is_empty() && first {
-                    o.note(
-                        Kind::NotCarried,
-                        format!(
-                            "upstream {} server {}: {} not carried over",
-                            u.name,
-                            sv.addr,
-                            sv.ignored.join(" ")
-                        ),
-                    );
-                }
-                s.push('\n');
-            }
-            if first {
-                o.note(
-                    Kind::Carried,
-                    format!(
-                        "nginx upstream {} ({} servers) → [[upstream]]",
-                        u.name,
-                        u.servers.len()
-                    ),
-                );
-            }
-        }
-        if first {
-            for note in &n.notes {
-                o.note(Kind::NotCarried, note.clone());
-            }
-        }
-    }
-    // LVS virtual servers become TCP listeners (the first node's blocks;
-    // both nodes carry the same in a keepalived LVS pair).
-    if let Some(k) = kas.iter().find(|k| !k.virtual_servers.is_empty()) {
-        for v in &k.virtual_servers {
-            let port = v.addr.rsplit_once(':').map_or("0", |(_, p)| p);
-            let name = format!("lvs_{}", v.addr.replace([':', '.', '[', ']'], "_"));
-            let _ = write!(
-                s,
-                "# was LVS virtual_server {} (lb_kind {})\n[[listener]]\nlisten = {}\nmode = \"tcp\"\nupstream = {}\n\n[[upstream]]\nname = {}\n",
-                v.addr,
-                v.kind.as_deref().unwrap_or("NAT"),
-                q(&format!("0.0.0.0:{port}")),
-                q(&name),
-                q(&name)
-            );
-            match v.algo.as_deref() {
-                Some("lc" | "wlc" | "sed" | "nq") => s.push_str("algorithm = \"least_conn\"\n"),
-                Some("sh") => s.push_str("algorithm = \"ip_hash\"\n"),
-                _ => {}
-            }
-            s.push('\n');
-            for r in &v.reals {
-                let _ = writeln!(s, "[[upstream.server]]\naddr = {}", q(&r.addr));
-                match r.weight.as_deref().map(|x| (x, x.parse::<u32>())) {
-                    Some((_, Ok(n))) => {
-                        let _ = writeln!(s, "weight = {n}");
-                    }
-                    Some((x, Err(_))) if first => o.note(Kind::NotCarried, format!("virtual_server {} real_server {}: weight {x} is not a number; left out", v.addr, r.addr)),
-                    _ => {}
-                }
-                s.push('\n');
-            }
-            match v.reals.iter().find_map(|r| r.check.clone()) {
-                Some((kind, path)) if kind == "http" => {
-                    let _ = write!(s, "[upstream.health_check]\ntype = \"http\"\npath = {}\ninterval = \"2s\"\n\n", q(path.as_deref().unwrap_or("/")));
-                }
-                Some(_) => {
-                    s.push_str("[upstream.health_check]\ntype = \"tcp\"\ninterval = \"2s\"\n\n")
-                }
-                None => {}
-            }
-            if first {
-                o.note(
-                    Kind::Carried,
-                    format!(
-                        "LVS virtual_server {} ({} real servers) → a TCP listener and upstream",
-                        v.addr,
-                        v.reals.len()
-                    ),
-                );
-                if matches!(v.kind.as_deref(), Some("DR" | "TUN")) {
-                    o.note(Kind::NotCarried, format!("virtual_server {}: lb_kind {} → syncd-proxy terminates connections, so real servers see the proxy's address, not the client's; the VIP on their lo and the arp_ignore/arp_announce sysctls are no longer needed", v.addr, v.kind.as_deref().unwrap_or("")));
-                }
-                if v.protocol.as_deref() == Some("UDP") {
-                    o.note(
-                        Kind::Trap,
-                        format!(
-                            "virtual_server {}: UDP is not proxied by syncd-proxy",
-                            v.addr
-                        ),
-                    );
-                }
-            }
-        }
-    }
-    s.push_str(&strip_header(vrrp));
-    s
-}
-
-fn replication_files(
-    r: &Replication,
-    vips: &BTreeMap<String, String>,
-    standby: Option<IpAddr>,
-    files: &mut Vec<(PathBuf, String)>,
-    o: &mut Out,
-) {
-    for t in &r.traps {
-        o.note(Kind::Trap, format!("the {}: {t}", r.from));
-    }
-    let export = r
-        .source
-        .as_deref()
-        .map(|s| s.trim_end_matches('/'))
-        .filter(|s| !s.is_empty())
-        .unwrap_or("/srv/export")
-        .to_string();
-    if r.source.is_none() {
-        o.note(
-            Kind::NotCarried,
-            format!(
-                "the {}: no watched directory found; the export is written as {export}: fix it",
-                r.from
-            ),
-        );
-    }
-    let target: Option<IpAddr> = r.target_host.as_deref().and_then(|h| h.parse().ok());
-    let standby_ip = match (standby, target, r.target_host.as_deref()) {
-        (Some(s), _, _) => Some(s),
-        (None, Some(t), Some(h)) if vips.contains_key(h) => {
-            o.note(Kind::Trap, format!(
-                "the {}'s rsync target {h} is the virtual IP of keepalived instance {} (the load balancers), not the standby: replication went to whichever node held that address. Give the standby's address with --standby; the configs say 192.0.2.1 until then",
-                r.from, vips[h]
-            ));
-            let _ = t;
-            None
-        }
-        (None, Some(t), _) => Some(t),
-        (None, None, Some(h)) => {
-            o.note(Kind::NotCarried, format!("the {}'s rsync target {h} is a host name: syncd needs an address (give it with --standby)", r.from));
-            None
-        }
-        (None, None, None) => None,
-    };
-    let peer = standby_ip.map_or("192.0.2.1".to_string(), |ip| ip.to_string());
-    let peer = if peer.contains(':') {
-        format!("[{peer}]:7400")
-    } else {
-        format!("{peer}:7400")
-    };
-    let delete = if r.delete {
-        String::new()
-    } else {
-        "# the loop ran rsync without --delete; syncd replicates deletions (set delete = false to keep them)\n".to_string()
-    };
-    files.push((
-        PathBuf::from("nfs-primary/syncd.toml"),
-        format!(
-            "# syncd --role primary on the NFS primary; written by `syncd migrate`.\n# Keys: syncd keygen --out /etc/syncd; copy the standby's node.crt here as peer.crt.\nexport = {}\npeer = {}\ncert = \"node.crt\"\nkey = \"node.key\"\npeer_cert = \"peer.crt\"\nadmin = \"127.0.0.1:7401\"\n\n[sync]\n{delete}delete = true\n",
-            q(&export),
-            q(&peer)
-        ),
-    ));
-    files.push((
-        PathBuf::from("nfs-standby/syncd.toml"),
-        format!(
-            "# syncd --role standby on the NFS standby; written by `syncd migrate`.\n# Keys: syncd keygen --out /etc/syncd; copy the primary's node.crt here as peer.crt.\nexport = {}\nlisten = \"0.0.0.0:7400\"\ncert = \"node.crt\"\nkey = \"node.key\"\npeer_cert = \"peer.crt\"\nadmin = \"127.0.0.1:7401\"\n",
-            q(&export)
-        ),
-    ));
-    o.note(Kind::Carried, format!(
-        "the {}: {export} → {} replicated by `syncd --role primary` to `--role standby` at {peer} (the standby's export is {export}; a module path on the rsync daemon is not known here — change it if it differs)",
-        r.from,
-        r.target_host.as_deref().unwrap_or("?")
-    ));
-    o.note(Kind::NotCarried, "the NFS service address: the loop had none; for a failover of NFS itself, add a [[vrrp]] table with the NFS address to both nodes and run `syncd --role auto` (see README, the pair as one system)".into());
 }
 
 #[cfg(test)]

@@ -186,7 +186,13 @@ impl Lan {
 
     /// Bridge port of node `i`: state 0 = disabled (silent partition), 3 = forwarding.
     pub fn port_state(&self, i: usize, state: u8) {
-        run(&[
+        self.bridge_port(i, &["state", &state.to_string()]);
+    }
+
+    /// `bridge link set dev p<i> ARGS` in the bridge namespace.
+    fn bridge_port(&self, i: usize, args: &[&str]) {
+        let port = format!("p{i}");
+        let mut cmd = vec![
             "ip",
             "netns",
             "exec",
@@ -195,10 +201,10 @@ impl Lan {
             "link",
             "set",
             "dev",
-            &format!("p{i}"),
-            "state",
-            &state.to_string(),
-        ]);
+        ];
+        cmd.push(&port);
+        cmd.extend(args);
+        run(&cmd);
     }
 
     /// Carrier loss on node `i` (its bridge-side veth goes down).
@@ -217,19 +223,7 @@ impl Lan {
     /// Stop the bridge flooding multicast to every port (unicast-only LAN).
     pub fn block_multicast(&self, n: usize) {
         for i in 0..n {
-            run(&[
-                "ip",
-                "netns",
-                "exec",
-                self.br(),
-                "bridge",
-                "link",
-                "set",
-                "dev",
-                &format!("p{i}"),
-                "mcast_flood",
-                "off",
-            ]);
+            self.bridge_port(i, &["mcast_flood", "off"]);
         }
     }
 

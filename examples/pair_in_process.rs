@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use syncd::client::{self, ResyncOptions};
 use syncd::config::Config;
+use syncd::primary::{self, ResyncOptions};
 use syncd::standby::Standby;
 
 #[tokio::main]
@@ -60,8 +60,8 @@ async fn main() -> anyhow::Result<()> {
         progress: false,
         take_over: false,
     };
-    println!("{}", client::resync(&cfg, &o).await?);
-    let diffs = client::verify(&cfg).await?;
+    println!("{}", primary::resync(&cfg, &o).await?);
+    let diffs = primary::verify(&cfg).await?;
     println!("verify: {} difference(s)", diffs.len());
     println!(
         "standby has: {:?}",

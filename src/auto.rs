@@ -27,10 +27,10 @@ use syncd_proto::pair::role::{Action, PeerState, Role, RoleConfig, RoleState};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::client::Session;
 use crate::config::Config;
 use crate::generation::{self, Record};
 use crate::hooks::{HookEnv, HookKind, HookRun, Outcome};
+use crate::primary::Session;
 use crate::standby::{Standby, StandbyError, StandbyEvent, StandbyHandle};
 use crate::stats::{unix_now, PairView, Stats};
 use crate::tls::Identity;
@@ -1167,7 +1167,7 @@ async fn peer_link(
         let attempt = Session::connect_as(&cfg, Purpose::Peer, me, &lineage);
         let r = match tokio::time::timeout(cfg.pair.heartbeat_timeout, attempt).await {
             Ok(r) => r,
-            Err(_) => Err(crate::client::ClientError::Protocol("no answer".into())),
+            Err(_) => Err(crate::primary::ClientError::Protocol("no answer".into())),
         };
         let mut s = match r {
             Ok(s) => s,
@@ -1185,7 +1185,7 @@ async fn peer_link(
         let _ = events.try_send(StandbyEvent::PeerProtocol(s.peer_speaks.max));
         let conn = s.connection();
         // Ok(()): we are stopping.
-        let r: Result<(), crate::client::ClientError> = async {
+        let r: Result<(), crate::primary::ClientError> = async {
             loop {
                 let (leading, lineage) = state.borrow_and_update().clone();
                 s.send(&Request::PeerState { leading, lineage }).await?;
@@ -1199,8 +1199,8 @@ async fn peer_link(
                         return Ok(()); // stopping: our last state is sent
                     },
                     _ = tokio::time::sleep(heartbeat) => {}
-                    _ = redial.changed() => return Err(crate::client::ClientError::Protocol("the peer fell silent; dialling again".into())),
-                    e = conn.closed() => return Err(crate::client::ClientError::Protocol(e.to_string())),
+                    _ = redial.changed() => return Err(crate::primary::ClientError::Protocol("the peer fell silent; dialling again".into())),
+                    e = conn.closed() => return Err(crate::primary::ClientError::Protocol(e.to_string())),
                 }
             }
         }

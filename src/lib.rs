@@ -21,9 +21,6 @@ pub mod migrate;
 pub mod paircheck;
 pub mod plan;
 pub mod primary;
-/// The primary's session API under its earlier names (`client`, `stream`).
-pub use primary as client;
-pub use primary::stream;
 pub mod relocate;
 pub mod scan;
 pub mod sigcache;
@@ -33,10 +30,5 @@ pub mod stats;
 #[cfg(test)]
 mod testmount;
 pub mod tls;
-/// The source reader under its earlier name (the watch's tests use it).
-#[cfg(test)]
-pub(crate) mod transfer {
-    pub(crate) use crate::primary::source::{open_source, Opened};
-}
 pub mod watch;
 pub mod wire;

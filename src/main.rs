@@ -11,8 +11,8 @@ use syncd_sdnotify::State;
 
 mod progress;
 
-use syncd::client::{self, ResyncOptions};
 use syncd::config::Config;
+use syncd::primary::{self, ResyncOptions};
 use syncd::standby::Standby;
 
 #[derive(Parser)]
@@ -313,7 +313,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             // running from the old place; its next start moves it.
             syncd::state::check_formats(&cfg.state_dir)?;
             let bar = progress::bar(o.progress);
-            let sum = runtime()?.block_on(client::resync_with(&cfg, &o, bar))?;
+            let sum = runtime()?.block_on(primary::resync_with(&cfg, &o, bar))?;
             println!("{sum}");
             Ok(if sum.failures.is_empty() {
                 ExitCode::SUCCESS
@@ -328,7 +328,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("config OK: {}", cfg.file.display());
                 return Ok(ExitCode::SUCCESS);
             }
-            let diffs = runtime()?.block_on(client::verify(&cfg))?;
+            let diffs = runtime()?.block_on(primary::verify(&cfg))?;
             if diffs.is_empty() {
                 println!(
                     "equal: primary {} and standby {} match",

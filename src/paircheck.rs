@@ -419,7 +419,7 @@ pub async fn reach(cfg: &Config) -> (Reached, NodeId, Lineage) {
         .load()
         .map(|r| r.lineage)
         .unwrap_or_default();
-    let r = match crate::client::Session::connect_as(cfg, crate::wire::Purpose::Verify, me, &ours)
+    let r = match crate::primary::Session::connect_as(cfg, crate::wire::Purpose::Verify, me, &ours)
         .await
     {
         Ok(s) => {
@@ -434,7 +434,7 @@ pub async fn reach(cfg: &Config) -> (Reached, NodeId, Lineage) {
                 lineage,
             }
         }
-        Err(crate::client::ClientError::Refused(why, _)) => Reached::Refused(why),
+        Err(crate::primary::ClientError::Refused(why, _)) => Reached::Refused(why),
         Err(e) => Reached::Unreachable(e.to_string()),
     };
     (r, me, ours)

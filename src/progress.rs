@@ -1,10 +1,10 @@
 //! The resync's progress bar: the library reports through
-//! `syncd::client::Progress`; drawing is the binary's.
+//! `syncd::primary::Progress`; drawing is the binary's.
 
 use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use syncd::client::{NoProgress, Progress};
+use syncd::primary::{NoProgress, Progress};
 
 struct Bar(ProgressBar);
 

@@ -8,8 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{snapshot, Pair};
-use syncd::client::{ClientError, Session};
 use syncd::path::RelPath;
+use syncd::primary::{ClientError, Session};
 use syncd::wire::{Encoding, Meta, Purpose, Reply, Request};
 
 const META: Meta = Meta {
@@ -614,7 +614,7 @@ fn another_protocol_version_is_refused_and_fingerprint_pins_work() {
             .await
             .unwrap();
         let (send, recv) = conn.open_bi().await.unwrap();
-        let mut s = syncd::stream::Stream::new(send, recv);
+        let mut s = syncd::primary::stream::Stream::new(send, recv);
         s.send(&Request::Hello {
             version: 1,
             export_id: cfg.export_id.clone(),

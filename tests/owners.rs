@@ -191,9 +191,9 @@ fn bad_standby_options_are_refused_at_start_with_the_key_named() {
 /// the standby announces that policy.
 #[test]
 fn a_hostile_primary_cannot_plant_a_setuid_root_file() {
-    use syncd::client::Session;
     use syncd::meta_policy::{MetaPolicy, Owners};
     use syncd::path::RelPath;
+    use syncd::primary::Session;
     use syncd::wire::{Encoding, Meta, Purpose, Request};
     if !rustix::process::geteuid().is_root() {
         eprintln!("note: not root, ownership cannot be exercised");

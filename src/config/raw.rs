@@ -142,7 +142,7 @@ pub(super) fn default_full_secs() -> u64 {
 }
 
 pub(super) fn default_reply_timeout_secs() -> u64 {
-    crate::stream::REPLY_DEADLINE.as_secs()
+    crate::primary::stream::REPLY_DEADLINE.as_secs()
 }
 
 pub(super) fn yes() -> bool {

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 pub mod failover;
 mod nfs;
 
-use crate::client::{self, ResyncOptions};
 use crate::config::Config;
+use crate::primary::{self, ResyncOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -164,8 +164,8 @@ pub fn run(
     let first = rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match client::resync(&cfg, &o).await {
-                Err(client::ClientError::Connect(..)) if Instant::now() < deadline => {
+            match primary::resync(&cfg, &o).await {
+                Err(primary::ClientError::Connect(..)) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(100)).await
                 }
                 r => return r,
@@ -185,9 +185,9 @@ pub fn run(
     }
     std::fs::write(pex.join("new-file.txt"), b"hello from the primary\n")?;
     let _ = std::fs::remove_file(pex.join("zero-length"));
-    let second = rt.block_on(client::resync(&cfg, &o)).map_err(msg)?;
+    let second = rt.block_on(primary::resync(&cfg, &o)).map_err(msg)?;
     println!("\n== after editing 4 KiB of big.bin, adding and deleting a file ==\n{second}");
-    let diffs = rt.block_on(client::verify(&cfg)).map_err(msg)?;
+    let diffs = rt.block_on(primary::verify(&cfg)).map_err(msg)?;
     if diffs.is_empty() {
         println!(
             "\n== verify ==\nequal: {} and {} match by content and metadata",

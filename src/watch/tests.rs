@@ -60,7 +60,7 @@ async fn real_events_translate() {
 #[tokio::test]
 async fn a_closed_file_is_sent_while_a_server_keeps_it_open() {
     use crate::lease::{Lease, Settle};
-    use crate::transfer::{open_source, Opened};
+    use crate::primary::source::{open_source, Opened};
     use std::io::Write;
     crate::lease::ignore_break_signal();
     let d = tempfile::tempdir().unwrap();
@@ -140,7 +140,7 @@ async fn a_closed_file_is_sent_while_a_server_keeps_it_open() {
 #[test]
 fn a_write_before_the_close_is_handled_is_not_taken_for_the_closed_file() {
     use crate::lease::{Lease, Settle};
-    use crate::transfer::{open_source, Opened};
+    use crate::primary::source::{open_source, Opened};
     use std::io::Write;
     crate::lease::ignore_break_signal();
     let d = tempfile::tempdir().unwrap();

@@ -10,7 +10,6 @@ pub use syncd_proto::{batch, live, path};
 pub mod config;
 pub mod conflicts;
 pub mod delta;
-pub mod demo;
 pub mod fsroot;
 pub mod generation;
 pub mod hooks;

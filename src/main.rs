@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use syncd_sdnotify::State;
 
+mod demo;
 mod progress;
 
 use syncd::config::Config;
@@ -540,7 +541,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             failover: true,
             ..
         }) => {
-            syncd::demo::failover::run(dir)?;
+            demo::failover::run(dir)?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Cmd::Demo {
@@ -550,7 +551,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             interval_ms,
             failover: false,
         }) => {
-            syncd::demo::run(
+            demo::run(
                 dir,
                 files,
                 seconds,

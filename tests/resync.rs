@@ -1,6 +1,8 @@
 //! End-to-end: real `syncd` processes on loopback.
 
 mod common;
+#[path = "../src/demo/tree.rs"]
+mod tree;
 
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, PermissionsExt};
@@ -30,7 +32,7 @@ fn set_mtime_ns(p: &Path, sec: i64, nsec: i64) {
 /// dirs, symlinks (relative, absolute, dangling), hard links, zero-length
 /// files, non-UTF-8 names, and a FIFO that must be skipped.
 fn rich_tree(root: &Path) {
-    syncd::demo::generate_tree(root, 300, 7).unwrap();
+    tree::generate_tree(root, 300, 7).unwrap();
     std::fs::create_dir_all(root.join("deep/a/b/c/d/e")).unwrap();
     std::fs::write(root.join("deep/a/b/c/d/e/leaf"), b"leaf").unwrap();
     std::fs::write(root.join("exec.sh"), b"#!/bin/sh\n").unwrap();

@@ -4,27 +4,22 @@
 //! and verifies.
 
 use std::io::Write;
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod failover;
 mod nfs;
+mod tree;
 
-use crate::config::Config;
-use crate::primary::{self, ResyncOptions};
+use syncd::config::Config;
+use syncd::primary::{self, ResyncOptions};
 
-#[derive(Debug, thiserror::Error)]
-pub enum DemoError {
-    #[error("demo: {0}")]
-    Msg(String),
-    #[error("demo: {0}")]
-    Io(#[from] std::io::Error),
-}
+/// The demo is part of the binary: its errors are for a person to read.
+pub type DemoError = anyhow::Error;
 
 fn msg(e: impl std::fmt::Display) -> DemoError {
-    DemoError::Msg(e.to_string())
+    anyhow::anyhow!("demo: {e}")
 }
 
 struct KillOnDrop(Child);
@@ -33,40 +28,6 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// Writes a pseudo-random tree of `files` small files plus one of each special case.
-pub fn generate_tree(root: &Path, files: usize, seed: u64) -> std::io::Result<u64> {
-    let mut x = seed | 1;
-    let mut rnd = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    let mut bytes = 0;
-    for i in 0..files {
-        let d = root.join(format!("d{:02}/e{:02}", i % 17, i % 5));
-        std::fs::create_dir_all(&d)?;
-        let len = (rnd() % 16384) as usize;
-        let data: Vec<u8> = (0..len).map(|_| rnd() as u8).collect();
-        std::fs::write(d.join(format!("f{i:05}.dat")), &data)?;
-        bytes += len as u64;
-    }
-    std::fs::create_dir_all(root.join("empty/dir"))?;
-    std::fs::write(root.join("zero-length"), b"")?;
-    let big: Vec<u8> = (0..(8usize << 20)).map(|_| rnd() as u8).collect();
-    std::fs::write(root.join("big.bin"), &big)?;
-    bytes += big.len() as u64;
-    std::fs::hard_link(root.join("big.bin"), root.join("big-hardlink.bin"))?;
-    symlink("big.bin", root.join("link-to-big"))?;
-    symlink("/nonexistent/target", root.join("dangling-link"))?;
-    use std::os::unix::ffi::OsStrExt;
-    std::fs::write(
-        root.join(std::ffi::OsStr::from_bytes(b"caf\xe9-latin1-name")),
-        b"non-UTF-8 name",
-    )?;
-    Ok(bytes)
 }
 
 fn write_config(path: &Path, body: &str) -> std::io::Result<()> {
@@ -94,39 +55,16 @@ pub fn run(
     interval: Duration,
 ) -> Result<(), DemoError> {
     let base = match dir {
-        Some(d) => {
-            std::fs::create_dir_all(&d)?;
-            d
-        }
-        None => {
-            let d = std::env::temp_dir().join(format!("syncd-demo-{}", std::process::id()));
-            std::fs::create_dir_all(&d)?;
-            d
-        }
+        Some(d) => d,
+        None => std::env::temp_dir().join(format!("syncd-demo-{}", std::process::id())),
     };
     let (pex, sex) = (base.join("primary"), base.join("standby"));
     std::fs::create_dir_all(&pex)?;
     std::fs::create_dir_all(&sex)?;
     println!("demo directory: {}", base.display());
-    for n in ["primary", "standby"] {
-        let k = base.join(format!("{n}-keys"));
-        if !k.join("node.crt").exists() {
-            let fp = crate::tls::keygen(&k, n).map_err(msg)?;
-            println!("  {n} certificate {fp}");
-        }
-    }
-    let port = free_udp_port()?;
-    let admin = free_tcp_port()?;
-    write_config(
-        &base.join("standby.toml"),
-        &format!("node_id = \"standby\"\nexport = \"standby\"\nstate_dir = \"standby-state\"\nlisten = \"127.0.0.1:{port}\"\ncert = \"standby-keys/node.crt\"\nkey = \"standby-keys/node.key\"\npeer_cert = \"primary-keys/node.crt\"\n"),
-    )?;
-    write_config(
-        &base.join("primary.toml"),
-        &format!("node_id = \"primary\"\nexport = \"primary\"\nstate_dir = \"primary-state\"\npeer = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin}\"\ncert = \"primary-keys/node.crt\"\nkey = \"primary-keys/node.key\"\npeer_cert = \"standby-keys/node.crt\"\n"),
-    )?;
+    let port = write_setup(&base)?;
     let t = Instant::now();
-    let bytes = generate_tree(&pex, files, 42)?;
+    let bytes = tree::generate_tree(&pex, files, 42)?;
     println!(
         "generated {files} files + special cases ({:.1} MiB) in {:.2} s",
         bytes as f64 / 1048576.0,
@@ -147,10 +85,46 @@ pub fn run(
         base.join("standby.log").display()
     );
 
-    let cfg = Config::load(&base.join("primary.toml")).map_err(msg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    resyncs(&rt, &base, &pex, &sex)?;
+    live(&rt, &exe, &base, &pex, &sex, seconds, interval)?;
+    println!("\nTry it yourself:\n  syncd resync --config {0}/primary.toml --dry-run\n  syncd verify --config {0}/primary.toml\n(the daemons stop when the demo exits; start them with `syncd --role standby --config {0}/standby.toml` and `syncd --role primary --config {0}/primary.toml`)", base.display());
+    Ok(())
+}
+
+/// Keys (kept across runs) and both nodes' configs on fresh loopback ports;
+/// returns the standby's port.
+fn write_setup(base: &Path) -> Result<u16, DemoError> {
+    for n in ["primary", "standby"] {
+        let k = base.join(format!("{n}-keys"));
+        if !k.join("node.crt").exists() {
+            let fp = syncd::tls::keygen(&k, n).map_err(msg)?;
+            println!("  {n} certificate {fp}");
+        }
+    }
+    let port = free_udp_port()?;
+    let admin = free_tcp_port()?;
+    write_config(
+        &base.join("standby.toml"),
+        &format!("node_id = \"standby\"\nexport = \"standby\"\nstate_dir = \"standby-state\"\nlisten = \"127.0.0.1:{port}\"\ncert = \"standby-keys/node.crt\"\nkey = \"standby-keys/node.key\"\npeer_cert = \"primary-keys/node.crt\"\n"),
+    )?;
+    write_config(
+        &base.join("primary.toml"),
+        &format!("node_id = \"primary\"\nexport = \"primary\"\nstate_dir = \"primary-state\"\npeer = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin}\"\ncert = \"primary-keys/node.crt\"\nkey = \"primary-keys/node.key\"\npeer_cert = \"standby-keys/node.crt\"\n"),
+    )?;
+    Ok(port)
+}
+
+/// The initial resync, a small edit and its delta resync, then verify.
+fn resyncs(
+    rt: &tokio::runtime::Runtime,
+    base: &Path,
+    pex: &Path,
+    sex: &Path,
+) -> Result<(), DemoError> {
+    let cfg = Config::load(&base.join("primary.toml")).map_err(msg)?;
     let o = ResyncOptions {
         settle: None,
         background: false,
@@ -188,24 +162,65 @@ pub fn run(
     let second = rt.block_on(primary::resync(&cfg, &o)).map_err(msg)?;
     println!("\n== after editing 4 KiB of big.bin, adding and deleting a file ==\n{second}");
     let diffs = rt.block_on(primary::verify(&cfg)).map_err(msg)?;
-    if diffs.is_empty() {
-        println!(
-            "\n== verify ==\nequal: {} and {} match by content and metadata",
-            pex.display(),
-            sex.display()
-        );
-    } else {
+    if !diffs.is_empty() {
         for d in &diffs {
             println!("{}: {}", d.path, d.what);
         }
-        return Err(DemoError::Msg(format!(
-            "{} differences after resync",
-            diffs.len()
-        )));
+        return Err(msg(format!("{} differences after resync", diffs.len())));
     }
-    live(&rt, &exe, &base, &pex, &sex, seconds, interval)?;
-    println!("\nTry it yourself:\n  syncd resync --config {0}/primary.toml --dry-run\n  syncd verify --config {0}/primary.toml\n(the daemons stop when the demo exits; start them with `syncd --role standby --config {0}/standby.toml` and `syncd --role primary --config {0}/primary.toml`)", base.display());
+    println!(
+        "\n== verify ==\nequal: {} and {} match by content and metadata",
+        pex.display(),
+        sex.display()
+    );
     Ok(())
+}
+
+/// Writes `live/<i>.txt` (and every tenth, renames it) on the primary and
+/// prints when the standby has it; returns the write's latency.
+async fn write_and_time(
+    base: &Path,
+    pex: &Path,
+    sex: &Path,
+    i: u64,
+    start: Instant,
+) -> Result<Option<Duration>, DemoError> {
+    let name = format!("live/{i:05}.txt");
+    let body = format!("write {i} at {:?}\n", start.elapsed());
+    std::fs::write(pex.join(&name), &body)?;
+    let t = Instant::now();
+    let seen = loop {
+        if std::fs::read(sex.join(&name)).is_ok_and(|b| b == body.as_bytes()) {
+            break Some(t.elapsed());
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    };
+    match seen {
+        Some(d) => println!(
+            "  {name}: on the standby after {:6.1} ms",
+            d.as_secs_f64() * 1e3
+        ),
+        None => println!(
+            "  {name}: not on the standby after 10 s (see {}/primary.log)",
+            base.display()
+        ),
+    }
+    if i.is_multiple_of(10) {
+        let to = format!("live/renamed-{i:05}.txt");
+        std::fs::rename(pex.join(&name), pex.join(&to))?;
+        let t = Instant::now();
+        while !sex.join(&to).exists() && t.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        println!(
+            "  renamed {name} -> {to}: on the standby after {:6.1} ms",
+            t.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    Ok(seen)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -253,47 +268,12 @@ fn live(
                 break;
             }
             i += 1;
-            let name = format!("live/{i:05}.txt");
-            let body = format!("write {i} at {:?}\n", start.elapsed());
-            std::fs::write(pex.join(&name), &body)?;
-            let t = Instant::now();
-            let seen = loop {
-                if std::fs::read(sex.join(&name)).is_ok_and(|b| b == body.as_bytes()) {
-                    break Some(t.elapsed());
-                }
-                if t.elapsed() > Duration::from_secs(10) {
-                    break None;
-                }
-                tokio::time::sleep(Duration::from_micros(500)).await;
-            };
-            match seen {
-                Some(d) => {
-                    println!(
-                        "  {name}: on the standby after {:6.1} ms",
-                        d.as_secs_f64() * 1e3
-                    );
-                    lat.push(d);
-                }
-                None => println!(
-                    "  {name}: not on the standby after 10 s (see {}/primary.log)",
-                    base.display()
-                ),
-            }
-            if i.is_multiple_of(10) {
-                let to = format!("live/renamed-{i:05}.txt");
-                std::fs::rename(pex.join(&name), pex.join(&to))?;
-                let t = Instant::now();
-                while !sex.join(&to).exists() && t.elapsed() < Duration::from_secs(10) {
-                    tokio::time::sleep(Duration::from_micros(500)).await;
-                }
-                println!(
-                    "  renamed {name} -> {to}: on the standby after {:6.1} ms",
-                    t.elapsed().as_secs_f64() * 1e3
-                );
+            if let Some(d) = write_and_time(base, pex, sex, i, start).await? {
+                lat.push(d);
             }
         }
         if let Some(a) = cfg.admin {
-            if let Ok(st) = crate::admin::fetch(a, "/status").await {
+            if let Ok(st) = syncd::admin::fetch(a, "/status").await {
                 println!("\n== syncd status (primary) ==\n{st}");
             }
         }

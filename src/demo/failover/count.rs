@@ -42,14 +42,14 @@ pub(super) fn count(l: &Lab, written: &BTreeMap<String, String>) -> Counts {
 fn kept(l: &Lab) -> Vec<(PathBuf, PathBuf)> {
     (0..2)
         .filter_map(|i| {
-            let cfg = crate::config::Config::load(&l.config(i)).ok()?;
-            let list = crate::conflicts::list(&cfg.state_dir).ok()?;
+            let cfg = syncd::config::Config::load(&l.config(i)).ok()?;
+            let list = syncd::conflicts::list(&cfg.state_dir).ok()?;
             Some(
                 list.into_iter()
                     .map(|k| {
                         (
                             k.name.clone(),
-                            crate::conflicts::path_of(&cfg.state_dir, &k),
+                            syncd::conflicts::path_of(&cfg.state_dir, &k),
                         )
                     })
                     .collect::<Vec<_>>(),

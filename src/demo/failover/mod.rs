@@ -128,7 +128,7 @@ fn configure(lab: &Lab) -> Result<(), DemoError> {
     for i in 0..2 {
         std::fs::create_dir_all(lab.export(i))?;
         fps.push(
-            crate::tls::keygen(&lab.node_dir(i).join("keys"), &format!("node{i}")).map_err(msg)?,
+            syncd::tls::keygen(&lab.node_dir(i).join("keys"), &format!("node{i}")).map_err(msg)?,
         );
     }
     for i in 0..2 {
@@ -144,8 +144,8 @@ fn configure(lab: &Lab) -> Result<(), DemoError> {
         );
         std::fs::write(lab.config(i), body)?;
     }
-    let cfg0 = crate::config::Config::load(&lab.config(0)).map_err(msg)?;
-    crate::generation::promote_here(&cfg0).map_err(msg)?;
+    let cfg0 = syncd::config::Config::load(&lab.config(0)).map_err(msg)?;
+    syncd::generation::promote_here(&cfg0).map_err(msg)?;
     Ok(())
 }
 

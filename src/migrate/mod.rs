@@ -138,97 +138,17 @@ pub fn plan(inp: &Inputs) -> Migration {
         .collect();
     let lb = inp.nginx.is_some() || kas.iter().any(|k| !k.virtual_servers.is_empty());
 
-    let mut tables = Vec::new();
-    for (n, (file, ka)) in inp.keepalived.iter().zip(&kas).enumerate() {
-        let node = format!("node{}", n + 1);
-        let imp = syncd_vrrp::import::convert(&file.text);
-        for w in &imp.warnings {
-            // LVS blocks are carried over below, to syncd-proxy.
-            if lb && w.contains("`virtual_server`") {
-                continue;
-            }
-            o.note(Kind::NotCarried, format!("{node} ({}): {w}", file.file));
-        }
-        for e in &imp.errors {
-            o.note(Kind::Trap, format!("{node} ({}): {e}", file.file));
-        }
-        for i in &ka.instances {
-            if i.nopreempt && i.state.as_deref() == Some("MASTER") {
-                o.note(Kind::Trap, format!(
-                    "{node} ({}): vrrp_instance {} has `nopreempt` with `state MASTER`: keepalived ignores nopreempt unless the state is BACKUP, so this node took the address back whenever it returned; syncd honours nopreempt as written",
-                    file.file, i.name
-                ));
-            }
-        }
-        let mut toml = imp.toml.clone();
-        for (name, cmd) in &ka.scripts {
-            let fix = script_fix(&node, &file.file, name, cmd, inp, lb, &mut o);
-            toml = rewrite_track(&toml, cmd, fix);
-        }
-        if imp.instances > 0 {
-            o.note(
-                Kind::Carried,
-                format!(
-                    "{node} ({}): {} vrrp_instance block(s) → [[vrrp]]",
-                    file.file, imp.instances
-                ),
-            );
-        }
-        tables.push((node, toml));
-    }
-
-    // Both nodes' tables side by side: what would split the pair.
-    if tables.len() == 2 {
-        let parsed: Vec<_> = tables
-            .iter()
-            .map(|(_, t)| toml::from_str::<syncd_vrrp::config::VrrpFile>(t).ok())
-            .collect();
-        if let (Some(a), Some(b)) = (&parsed[0], &parsed[1]) {
-            let by_name = |f: &syncd_vrrp::config::VrrpFile| {
-                let mut v = f.vrrp.clone();
-                v.sort_by(|x, y| x.name.cmp(&y.name));
-                v
-            };
-            let (va, vb) = (by_name(a), by_name(b));
-            for f in paircheck::compare_vrrp(
-                &Tables {
-                    name: "node1",
-                    tables: &va,
-                    addr: None,
-                },
-                &Tables {
-                    name: "node2",
-                    tables: &vb,
-                    addr: None,
-                },
-            ) {
-                let kind = if f.severity == Severity::Error {
-                    Kind::Trap
-                } else {
-                    Kind::NotCarried
-                };
-                o.note(kind, f.what);
-            }
-        }
-        if let (Some(a), Some(b)) = (&parsed[0], &parsed[1]) {
-            // What must match or both nodes become master: node1's wins,
-            // so the pair works as migrated (keepalived's split ends here).
-            let fixed = align(a, b, &tables[1].1, &mut o);
-            tables[1].1 = fixed;
-        }
-        let masters = kas
-            .iter()
-            .filter(|k| {
-                k.instances
-                    .iter()
-                    .any(|i| i.state.as_deref() == Some("MASTER"))
-            })
-            .count();
-        if masters == 2 {
-            o.note(Kind::NotCarried, "both nodes say `state MASTER`: only a start-up hint in keepalived and ignored by syncd, which elects by priority".into());
-        }
-    } else if tables.len() == 1 {
-        o.note(Kind::NotCarried, "only one keepalived.conf given: the other node's could not be compared (give --keepalived twice)".into());
+    let mut tables: Vec<(String, String)> = inp
+        .keepalived
+        .iter()
+        .zip(&kas)
+        .enumerate()
+        .map(|(n, (file, ka))| vrrp_tables(&format!("node{}", n + 1), file, ka, inp, lb, &mut o))
+        .collect();
+    match tables.len() {
+        2 => compare_nodes(&kas, &mut tables, &mut o),
+        1 => o.note(Kind::NotCarried, "only one keepalived.conf given: the other node's could not be compared (give --keepalived twice)".into()),
+        _ => {}
     }
 
     for (node, vrrp_toml) in &tables {
@@ -252,6 +172,96 @@ pub fn plan(inp: &Inputs) -> Migration {
     Migration {
         files,
         notes: o.notes,
+    }
+}
+
+/// One node's keepalived.conf as `[[vrrp]]` tables (its check scripts
+/// rewritten), with what the importer could not carry.
+fn vrrp_tables(
+    node: &str,
+    file: &KeepalivedFile,
+    ka: &Keepalived,
+    inp: &Inputs,
+    lb: bool,
+    o: &mut Out,
+) -> (String, String) {
+    let imp = syncd_vrrp::import::convert(&file.text);
+    for w in &imp.warnings {
+        // LVS blocks are carried over to syncd-proxy instead.
+        if lb && w.contains("`virtual_server`") {
+            continue;
+        }
+        o.note(Kind::NotCarried, format!("{node} ({}): {w}", file.file));
+    }
+    for e in &imp.errors {
+        o.note(Kind::Trap, format!("{node} ({}): {e}", file.file));
+    }
+    for i in &ka.instances {
+        if i.nopreempt && i.state.as_deref() == Some("MASTER") {
+            o.note(Kind::Trap, format!(
+                "{node} ({}): vrrp_instance {} has `nopreempt` with `state MASTER`: keepalived ignores nopreempt unless the state is BACKUP, so this node took the address back whenever it returned; syncd honours nopreempt as written",
+                file.file, i.name
+            ));
+        }
+    }
+    let mut toml = imp.toml.clone();
+    for (name, cmd) in &ka.scripts {
+        let fix = script_fix(node, &file.file, name, cmd, inp, lb, o);
+        toml = rewrite_track(&toml, cmd, fix);
+    }
+    if imp.instances > 0 {
+        o.note(
+            Kind::Carried,
+            format!(
+                "{node} ({}): {} vrrp_instance block(s) → [[vrrp]]",
+                file.file, imp.instances
+            ),
+        );
+    }
+    (node.to_string(), toml)
+}
+
+/// Both nodes' tables side by side: what would split the pair is reported,
+/// and node2's settings that must match are aligned to node1's.
+fn compare_nodes(kas: &[Keepalived], tables: &mut [(String, String)], o: &mut Out) {
+    let parsed: Vec<_> = tables
+        .iter()
+        .map(|(_, t)| toml::from_str::<syncd_vrrp::config::VrrpFile>(t).ok())
+        .collect();
+    if let (Some(a), Some(b)) = (&parsed[0], &parsed[1]) {
+        let by_name = |f: &syncd_vrrp::config::VrrpFile| {
+            let mut v = f.vrrp.clone();
+            v.sort_by(|x, y| x.name.cmp(&y.name));
+            v
+        };
+        let (va, vb) = (by_name(a), by_name(b));
+        let node = |name, tables| Tables {
+            name,
+            tables,
+            addr: None,
+        };
+        for f in paircheck::compare_vrrp(&node("node1", &va), &node("node2", &vb)) {
+            let kind = if f.severity == Severity::Error {
+                Kind::Trap
+            } else {
+                Kind::NotCarried
+            };
+            o.note(kind, f.what);
+        }
+        // What must match or both nodes become master: node1's wins,
+        // so the pair works as migrated (keepalived's split ends here).
+        tables[1].1 = align(a, b, &tables[1].1, o);
+    }
+    let masters = kas
+        .iter()
+        .filter(|k| {
+            k.instances
+                .iter()
+                .any(|i| i.state.as_deref() == Some("MASTER"))
+        })
+        .count();
+    if masters == 2 {
+        o.note(Kind::NotCarried, "both nodes say `state MASTER`: only a start-up hint in keepalived and ignored by syncd, which elects by priority".into());
     }
 }
 

@@ -235,7 +235,10 @@ pub(super) fn followups(
         });
         match young {
             Some(d) => f.later.push((p, now + d)),
-            None => f.busy.push(p),
+            None => {
+                tracing::debug!(path = %p, "held back: open for writing and not quiet");
+                f.busy.push(p)
+            }
         }
     }
     for e in sum.failures {

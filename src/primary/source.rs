@@ -266,14 +266,17 @@ mod tests {
             );
             return;
         }
-        let settle = Settle {
-            quiet: Duration::from_millis(100),
+        let settle = |ms| Settle {
+            quiet: Duration::from_millis(ms),
             closed: std::sync::Arc::default(),
         };
-        let opened = || open_source(d.path(), &rel("f"), Some(&settle)).unwrap();
-        assert!(matches!(opened(), Opened::Busy), "just written");
+        let opened = |ms| open_source(d.path(), &rel("f"), Some(&settle(ms))).unwrap();
+        assert!(
+            matches!(opened(60_000), Opened::Busy),
+            "not quiet for a minute"
+        );
         std::thread::sleep(Duration::from_millis(150));
-        match opened() {
+        match opened(100) {
             Opened::File(_, m, leased) => assert_eq!((m.len(), leased), (10, false)),
             _ => panic!("quiet for settle but held back"),
         }

@@ -991,7 +991,13 @@ impl Driver<'_> {
                     self.unfence(role, "the peer was lost while draining".into());
                     return;
                 };
-                let lag = self.stats.lag_ops.load(Relaxed) + self.stats.queue.load(Relaxed);
+                // `lag_ops` (set at each ship) already counts what was
+                // queued then; `queue` is fresh. Either nonzero: not drained.
+                let lag = self
+                    .stats
+                    .lag_ops
+                    .load(Relaxed)
+                    .max(self.stats.queue.load(Relaxed));
                 let connected = self.stats.connected_since.load(Relaxed) > 0;
                 let adopted = peer.lineage.gen == role.lineage().gen;
                 let alive = self

@@ -74,6 +74,27 @@ pub struct Settle {
     pub closed: Arc<Closed>,
 }
 
+impl Settle {
+    /// How long until `m`, held open for writing by someone, has been
+    /// quiet for `quiet` (zero: it has); see [`quiet_left`].
+    pub fn quiet_left(&self, m: &std::fs::Metadata) -> Option<Duration> {
+        quiet_left(ctime_of(&Stamp::of(m)), SystemTime::now(), self.quiet)
+    }
+}
+
+/// The settle rule on times alone: how long until a file last changed at
+/// `ctime` has been quiet for `quiet` (zero: it has). The ctime, because
+/// the kernel sets it at every change and nobody can set it otherwise: an
+/// mtime can be anything, and an NFSv4 exclusive create stores its
+/// verifier there (decades ahead) until the first WRITE, so a file whose
+/// client was cut off between OPEN and WRITE (a switchover's fence) would
+/// never look quiet by it. `None`: no ctime to go by (a time `SystemTime`
+/// cannot hold), or one ahead of the clock (it was stepped back): not quiet.
+pub fn quiet_left(ctime: Option<SystemTime>, now: SystemTime, quiet: Duration) -> Option<Duration> {
+    let age = now.duration_since(ctime?).ok()?;
+    Some(quiet.saturating_sub(age))
+}
+
 /// Beyond this many remembered closes the record starts over: files then
 /// wait for their lease or `settle_ms`, as without it.
 const CLOSED_MAX: usize = 1 << 16;
@@ -430,6 +451,18 @@ mod tests {
             Trust::Yes
         );
         assert!(rewrite_event <= ctime + margin);
+    }
+
+    /// Quiet is counted from the ctime, whatever the mtime says.
+    #[test]
+    fn a_file_is_quiet_by_its_ctime_not_its_mtime() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let quiet = ms(500);
+        assert_eq!(quiet_left(Some(now - ms(600)), now, quiet), Some(ms(0)));
+        assert_eq!(quiet_left(Some(now - ms(200)), now, quiet), Some(ms(300)));
+        // A ctime ahead of the clock (stepped back) or unknown: not quiet.
+        assert_eq!(quiet_left(Some(now + ms(1)), now, quiet), None);
+        assert_eq!(quiet_left(None, now, quiet), None);
     }
 
     #[test]

@@ -437,3 +437,55 @@ fn a_switchover_under_load_moves_the_address_and_loses_nothing() {
         lan.dump_logs();
     }
 }
+
+/// A client cut off mid-file by the fence (an NFSv4 client between its
+/// OPEN and its first WRITE: the server keeps the file open for writing,
+/// with the exclusive create's verifier, decades ahead, as its mtime) does
+/// not hold the drain back until the switchover gives up: the file is quiet
+/// and fenced, so it goes as it is, and the peer has exactly the leader's
+/// content when it takes over.
+#[test]
+fn a_file_held_open_through_the_fence_does_not_stop_the_switchover() {
+    use std::io::Write;
+    let name = "a_file_held_open_through_the_fence_does_not_stop_the_switchover";
+    if !ready(name) {
+        return;
+    }
+    let _g = serial();
+    let (mut lan, n) = setup("hkh", 30_000);
+    let _a0 = start_auto(&mut lan, &n, 0);
+    let _a1 = start_auto(&mut lan, &n, 1);
+    wait_led_by(&lan, 0);
+    assert!(
+        wait_for(Duration::from_secs(15), || status(&lan, &n, 1)
+            .contains("data: current"))
+        .is_some(),
+        "node 1 catches up first: {}",
+        status(&lan, &n, 1)
+    );
+    std::fs::write(n[0].export().join("whole.txt"), b"closed before").unwrap();
+    let mut held = std::fs::File::create(n[0].export().join("cut.bin")).unwrap();
+    held.write_all(&[7u8; 3000]).unwrap();
+    held.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(3_500_000_000))
+        .unwrap();
+
+    let (ok, out) = syncd(&lan, 0, &["switchover", "--config", &n[0].cfg()]);
+    eprintln!("switchover with a file held open: {out}");
+    if !ok {
+        lan.dump_logs();
+    }
+    assert!(ok, "switchover refused: {out}");
+    assert!(
+        wait_for(Duration::from_secs(5), || lan.holders(&[0, 1]) == vec![1]).is_some(),
+        "the address moves to node 1: holders {:?}",
+        lan.holders(&[0, 1])
+    );
+    for f in ["whole.txt", "cut.bin"] {
+        assert!(same(&n[0].export(), &n[1].export(), f), "{f} differs");
+    }
+    assert_eq!(
+        std::fs::read(n[1].export().join("cut.bin")).unwrap().len(),
+        3000
+    );
+    drop(held);
+}

@@ -43,7 +43,17 @@ has returned and caught up (what it prints, and the writer's longest gap).
 node 0 leads, the writers run, `syncd switchover` hands over to node 1, and
 each step's time is printed from both nodes' logs and the writer's lines.
 
-Usage: benches/failover.sh [--rounds N] [--only syncd|loop|loop-delete] [--nfs] [--switchover-only]
+`--hold-open` (with `--switchover-only`): just before each switchover a
+third client creates a file and keeps it open without writing it, as a
+client the fence cuts off between OPEN and WRITE leaves it (ganesha holds
+it open for writing, the create verifier as its mtime); the drain must
+ship it as it is (empty) once quiet for `settle_ms`.
+
+FAILOVER_DEBUG=1 keeps each round's directory (logs, exports) and prints
+more; the syncd nodes then log at debug unless SYNCD_LOG says otherwise
+(the environment is passed on).
+
+Usage: benches/failover.sh [--rounds N] [--only syncd|loop|loop-delete] [--nfs] [--switchover-only] [--hold-open]
 Needs root, keepalived, rsync, inotify-tools, iproute2; --nfs also
 nfs-ganesha (ganesha.nfsd, FSAL VFS), rpcbind and libnfs 4 (libnfs.so.13).
 """
@@ -67,6 +77,7 @@ NET = "10.214.0"
 VIP = f"{NET}.100"
 WARM, OUTAGE, AFTER, DRAIN = 4.0, 6.0, 6.0, 5.0
 PERIOD = 0.005
+HOLD_OPEN = False
 # FENCE_HOOK: another fence script, e.g. to compare with an earlier one.
 FENCE = os.environ.get("FENCE_HOOK") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "fence.sh")
 
@@ -444,9 +455,15 @@ def main():
                          "stopped by the demote hook, Graceless = false, Grace_Period SECS)")
     ap.add_argument("--switchover-only", action="store_true",
                     help="with --nfs: only planned switchovers under load (no kill), with each step's time")
+    ap.add_argument("--hold-open", action="store_true",
+                    help="with --switchover-only: a client keeps a created file open, unwritten, through the fence")
     a = ap.parse_args()
     if a.switchover_only:
         a.nfs, a.only = True, "syncd"
+    global HOLD_OPEN
+    HOLD_OPEN = a.hold_open
+    if os.environ.get("FAILOVER_DEBUG"):
+        os.environ.setdefault("SYNCD_LOG", "info,syncd=debug")
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces)")
     for tool in ("keepalived", "rsync", "inotifywait"):

@@ -131,6 +131,7 @@ class Writer:
 
     def __init__(self, netns, host, prefix, interval_ms, mode, log):
         self.ok = []  # (t, name), in order
+        self.held = None  # the file a `hold` writer keeps open
         self.errors = 0
         self.err_t = []
         self.err_lines = []  # (t, message)
@@ -152,6 +153,8 @@ class Writer:
                     self.ok.append((float(parts[2]), parts[1]))
                 except ValueError:
                     pass
+            elif len(parts) >= 2 and parts[0] == "held":
+                self.held = parts[1]
             elif parts and parts[0] == "err":
                 self.errors += 1
                 try:
@@ -283,12 +286,23 @@ def switchover(tool, h, w):
     # said "not connected" while its primary logged "in sync").
     h.wait(lambda: tool.connected(leader), 10)
     time.sleep(2.0)
+    holder = None
+    if getattr(h, "HOLD_OPEN", False):
+        # A client that created a file and was cut off before writing it:
+        # the fence finds it open for writing in the leader's ganesha.
+        holder = Writer(h.ns(2), h.VIP, "h", 0, "hold", f"{tool.base}/writer-hold.log")
+        h.wait(lambda: holder.held or holder.p.poll() is not None, 10)
+        time.sleep(0.2)
     t0_wall, t0 = time.time(), time.monotonic()
     rc, out = tool.switchover(leader)
     moved = h.wait(lambda: h.holds_vip(1 - leader), 20)
     time.sleep(h.AFTER)
     m = re.search(r"unavailable for (\d+) ms", out)
     steps = breakdown(tool, leader, t0_wall, w, t0)
+    held = None
+    if holder is not None:
+        holder.finish()
+        held = holder.held and [file_state(tool.export(i), holder.held) for i in range(2)]
     end = next((ms for label, ms in steps if label.startswith("client's first write after")), None)
     return {
         "switchover_errors": w.error_kinds(t0, None if end is None else t0 + end / 1000),
@@ -300,7 +314,17 @@ def switchover(tool, h, w):
         "switchover_printed_s": int(m.group(1)) / 1000 if m else None,
         "switchover_gap_s": w.longest_gap(t0, time.monotonic()),
         "switchover_moved": moved is not None,
+        "held": held,
     }
+
+
+def file_state(export, name):
+    """(size, mtime year) of a file, or None."""
+    try:
+        st = os.stat(os.path.join(export, name))
+    except OSError:
+        return None
+    return st.st_size, time.gmtime(st.st_mtime).tm_year
 
 
 # Log lines of the switchover's steps, in order: (label, node, pattern).
@@ -410,6 +434,8 @@ def print_switchover_round(r, res):
     for line in res.get("switchover_all", "").splitlines():
         print(f"          | {line}")
     print(f"          errors until the first write after it: {kinds(res.get('switchover_errors'))}")
+    if res.get("held") is not None:
+        print(f"          file held open through the fence (size, mtime year) on node 0, node 1: {res['held']}")
     if "keep_ok_after" in res:
         print(f"          kept-session client: {res['keep_ok_after']} writes after the switchover; "
               f"errors {kinds(res.get('keep_errors_after'))}")

@@ -2,7 +2,7 @@
 """The failover bench's NFS client: libnfs 4.0 over ctypes, NFSv4, creating
 new files by path through HOST one after another:
 
-    nfs_writer.py HOST PREFIX INTERVAL_MS reconnect|keep
+    nfs_writer.py HOST PREFIX INTERVAL_MS reconnect|keep|hold
 
 File i is PREFIX + "%06d" % i, its content the name and a newline repeated
 20 times (one WRITE, under libnfs 4.0's NFSv4 limit of ~3,000 bytes).
@@ -11,6 +11,10 @@ answer: "ok NAME T" or "err NAME T MESSAGE".
 
 `keep`: one context mounted once, as tests/common/nfs_client.py (libnfs
 does not reconnect, so after a failover it never writes again).
+`hold`: creates one file, PREFIX + "held", and keeps it open without
+writing (a client cut off between its OPEN and its first WRITE: the server
+holds the file open for writing, the create verifier as its mtime); prints
+"held NAME T" and sleeps until killed.
 `reconnect`: after any error the context is dropped and the export mounted
 afresh through HOST, as an application that reopens by path would; a
 kernel client reconnects by itself but would see its old handles stale.
@@ -65,6 +69,17 @@ def put(nfs, name):
 
 def main():
     host, prefix, interval, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]) / 1000, sys.argv[4]
+    if mode == "hold":
+        nfs = mount(host)
+        fh = P()
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        name = prefix + "held"
+        if nfs is None or lib.nfs_create(nfs, ("/" + name).encode(), flags, 0o644, ctypes.byref(fh)) != 0:
+            print("err %s %.6f create: %s" % (name, time.monotonic(), nfs and error(nfs)), flush=True)
+            sys.exit(1)
+        print("held %s %.6f" % (name, time.monotonic()), flush=True)
+        while True:
+            time.sleep(3600)
     nfs, i = None, 0
     while True:
         if nfs is None:

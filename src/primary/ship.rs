@@ -218,7 +218,9 @@ pub(super) fn record(stats: &Stats, s: &Session, sum: &Summary) {
 
 /// Files busy elsewhere wait for their close, or, when a writer closed them
 /// and only the close record is too young to trust, for just the rest of
-/// its margin; failed ones are retried (their size counts as lag: data at
+/// its margin, or else until quiet for `settle_ms` by their ctime (not
+/// `settle_ms` from now: a file a fenced client left open goes as soon as
+/// it may); failed ones are retried (their size counts as lag: data at
 /// risk).
 pub(super) fn followups(
     sum: Summary,
@@ -231,8 +233,10 @@ pub(super) fn followups(
     for p in sum.busy {
         let young = settle.and_then(|s| {
             let m = std::fs::symlink_metadata(export.join(p.as_path())).ok()?;
-            s.closed.recheck_in(&p, &m, s.quiet)
+            let quiet = s.quiet_left(&m).filter(|d| !d.is_zero());
+            s.closed.recheck_in(&p, &m, s.quiet).or(quiet)
         });
+        tracing::debug!(path = %p, again_in = ?young, "held back: open for writing");
         match young {
             Some(d) => f.later.push((p, now + d)),
             None => f.busy.push(p),
@@ -254,4 +258,46 @@ pub(super) fn set_lag(stats: &Stats, live: &Live, s: &Session) {
     let oldest = [l.oldest, t.oldest()].into_iter().flatten().min();
     stats.set_lag(l.ops + t.len() as u64, oldest);
     stats.lag_bytes.store(t.bytes() + l.bytes, Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file held open and not yet quiet is compared again when its ctime
+    /// is `settle_ms` old, not `settle_ms` after this look at it.
+    #[test]
+    fn a_busy_file_is_looked_at_again_when_quiet_by_its_ctime() {
+        use std::time::Duration;
+        let d = tempfile::tempdir().unwrap();
+        let _held = std::fs::File::create(d.path().join("f")).unwrap();
+        let p = crate::path::RelPath::new(b"f".to_vec()).unwrap();
+        let settle = crate::lease::Settle {
+            quiet: Duration::from_secs(60),
+            closed: std::sync::Arc::default(),
+        };
+        let before = std::time::Instant::now();
+        std::thread::sleep(Duration::from_millis(20));
+        let sum = Summary {
+            busy: vec![p.clone()],
+            ..Summary::default()
+        };
+        let f = followups(sum, &Stats::default(), d.path(), Some(&settle));
+        assert!(f.busy.is_empty(), "{f:?}");
+        let [(q, at)] = f.later.as_slice() else {
+            panic!("{f:?}")
+        };
+        assert_eq!(q, &p);
+        // Due a minute after the file's change, so earlier than a minute
+        // from now (and not long before).
+        assert!(*at < std::time::Instant::now() + settle.quiet, "{f:?}");
+        assert!(*at > before + Duration::from_secs(50), "{f:?}");
+        // Without a settle rule it waits for its close, as before.
+        let sum = Summary {
+            busy: vec![p],
+            ..Summary::default()
+        };
+        let f = followups(sum, &Stats::default(), d.path(), None);
+        assert_eq!((f.busy.len(), f.later.len()), (1, 0));
+    }
 }

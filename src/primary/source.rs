@@ -167,8 +167,9 @@ pub(crate) fn open_source(
                 if settle.closed.unchanged(rel, &m) {
                     return Ok(Opened::File(f, m, false));
                 }
-                let age = m.modified().ok().and_then(|t| t.elapsed().ok());
-                if age.is_none_or(|a| a < settle.quiet) {
+                // Quiet for `settle_ms` (by its ctime): shipped as it is.
+                // While writes are fenced it can no longer change at all.
+                if settle.quiet_left(&m) != Some(std::time::Duration::ZERO) {
                     return Ok(Opened::Busy);
                 }
                 false
@@ -241,6 +242,45 @@ mod tests {
             open_source(&export, &rel("missing"), None).unwrap(),
             Opened::Gone
         ));
+    }
+
+    /// A writer cut off mid-file (a switchover's fence between an NFSv4
+    /// OPEN and its WRITE) leaves it held open for writing, with the create
+    /// verifier as its mtime, decades ahead: it is sent once quiet for
+    /// `settle` by its ctime, as it is, not held back for ever.
+    #[test]
+    fn a_file_held_open_goes_once_quiet_whatever_its_mtime() {
+        use std::io::Write;
+        use std::time::{Duration, UNIX_EPOCH};
+        crate::lease::ignore_break_signal();
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        let mut w = std::fs::File::create(&p).unwrap();
+        w.write_all(b"half of it").unwrap();
+        w.set_modified(UNIX_EPOCH + Duration::from_secs(3_500_000_000))
+            .unwrap();
+        if crate::lease::take(&std::fs::File::open(&p).unwrap()) != crate::lease::Lease::Busy {
+            syncd_testkit::skip::skip(
+                "a_file_held_open_goes_once_quiet_whatever_its_mtime",
+                "file leases are not supported here",
+            );
+            return;
+        }
+        let settle = |ms| Settle {
+            quiet: Duration::from_millis(ms),
+            closed: std::sync::Arc::default(),
+        };
+        let opened = |ms| open_source(d.path(), &rel("f"), Some(&settle(ms))).unwrap();
+        assert!(
+            matches!(opened(60_000), Opened::Busy),
+            "not quiet for a minute"
+        );
+        std::thread::sleep(Duration::from_millis(150));
+        match opened(100) {
+            Opened::File(_, m, leased) => assert_eq!((m.len(), leased), (10, false)),
+            _ => panic!("quiet for settle but held back"),
+        }
+        drop(w);
     }
 
     /// Records what a read sends; `grow` appends to the file at the first piece.

@@ -95,7 +95,8 @@ pub struct Followups {
     /// Files that changed while they were read: still being written.
     pub busy: Vec<RelPath>,
     /// Files not yet provably complete (a close record too young to
-    /// trust): compare them again at this time, not after `settle`.
+    /// trust, or a file held open that will have been quiet for `settle`
+    /// by then): compare them again at this time, not `settle` from now.
     pub later: Vec<(RelPath, Instant)>,
 }
 

@@ -645,7 +645,7 @@ mod tests {
         assert_eq!(f[0].severity, Severity::Warning);
         assert!(
             f[0].what
-                .contains("the peer speaks protocol 6, this node 6 to 7"),
+                .contains("the peer speaks protocol 6, this node 6 to 8"),
             "{f:?}"
         );
         assert!(f[0].what.contains("upgrade the peer next"), "{f:?}");

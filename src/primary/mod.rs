@@ -14,6 +14,7 @@
 //! and `ship.rs` are the live loop around `syncd_proto::live::Live`. The
 //! protocol rules are `syncd_proto::sender`'s.
 
+mod digests;
 mod reconcile;
 mod reply;
 mod session;

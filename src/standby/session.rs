@@ -28,6 +28,7 @@ pub(super) fn input(r: &Request) -> Input<'_> {
         Request::PeerState { .. } | Request::Ask { .. } | Request::Answer { .. } => Input::Peer,
         Request::List { .. } => Input::List,
         Request::ListScope { .. } => Input::ListScope,
+        Request::Digests { .. } => Input::List,
         Request::Mkdir { .. }
         | Request::Rename { .. }
         | Request::Delete { .. }
@@ -173,6 +174,7 @@ pub(super) async fn run(
             lineage: hello.follow.map(|(l, _)| l),
             preserve,
         }),
+        digests: None,
     };
     let result = shell.serve(&mut recv).await;
     if let Some(s) = streams {
@@ -197,6 +199,9 @@ struct Shell {
     shared: Arc<Shared>,
     /// The generation record's side (the control stream of a session).
     follow: Option<Follow>,
+    /// This side's directory digests during a digest walk (built at its
+    /// first query, dropped at the listing that ends it).
+    digests: Option<Arc<syncd_proto::digest::Tree>>,
 }
 
 impl Shell {
@@ -332,8 +337,12 @@ impl Shell {
         self.effects(None).await
     }
 
-    async fn list(&self, msg: Option<Request>) -> Result<(), SessionError> {
+    async fn list(&mut self, msg: Option<Request>) -> Result<(), SessionError> {
         let sh = self.shared.clone();
+        if let Some(Request::Digests { owners, queries }) = msg {
+            return self.digests(owners, queries).await;
+        }
+        self.digests = None;
         let scanned = match msg {
             Some(Request::List { checksum }) => blocking(move || list_all(&sh, checksum)).await?,
             Some(Request::ListScope { scope }) => {
@@ -350,6 +359,56 @@ impl Shell {
             }
         };
         send_list(scanned, &self.reply).await;
+        Ok(())
+    }
+
+    /// Answers one round of the primary's digest walk. An empty round
+    /// (sent while the primary scans) builds this side's digests from a full
+    /// listing; the rounds after it reuse them.
+    async fn digests(
+        &mut self,
+        owners: bool,
+        queries: Vec<syncd_proto::digest::Query>,
+    ) -> Result<(), SessionError> {
+        if !self.features.digests {
+            return Err(SessionError::Protocol(format!(
+                "digests asked on a protocol {} session",
+                self.version
+            )));
+        }
+        let tree = match (&self.digests, queries.is_empty()) {
+            (Some(t), false) => t.clone(),
+            _ => {
+                let sh = self.shared.clone();
+                let t = blocking(move || {
+                    let scanned = list_all(&sh, false)?;
+                    for e in &scanned.skipped {
+                        tracing::warn!("standby scan skipped {e}");
+                    }
+                    let side = crate::scan::digest::Side::Standby;
+                    Ok(crate::scan::digest::tree(&scanned.entries, owners, side))
+                })
+                .await?;
+                let t = Arc::new(t);
+                self.digests = Some(t.clone());
+                t
+            }
+        };
+        let mut chunk = Vec::new();
+        let mut bytes = 0;
+        for q in &queries {
+            let a = tree.answer(q);
+            bytes += a.path.len() + 64 + a.size().1 as usize + 24 * a.size().0;
+            chunk.push(a);
+            // Chunks of about 1 MiB, well under the frame limit.
+            if bytes > 1 << 20 {
+                let answers = std::mem::take(&mut chunk);
+                let _ = self.reply.send(Reply::Digests { answers }).await;
+                bytes = 0;
+            }
+        }
+        let _ = self.reply.send(Reply::Digests { answers: chunk }).await;
+        let _ = self.reply.send(Reply::ListEnd).await;
         Ok(())
     }
 
@@ -471,6 +530,7 @@ async fn file_stream(
         reply: reply_tx,
         shared: sh,
         follow: None,
+        digests: None,
     };
     let result = shell.serve(&mut recv).await;
     shell.close(&result, writer).await;

@@ -122,6 +122,7 @@ impl Tree {
         let state = match self.dirs.get(&q.path) {
             None => State::Missing,
             Some(d) if d.tree == q.tree => State::Same,
+            Some(d) if weight(d, d.own != q.own) > MAX_ANSWER => State::Large,
             Some(d) => State::Differs {
                 subdirs: d.subdirs.clone(),
                 leaves: (d.own != q.own).then(|| d.leaves.clone()),
@@ -132,6 +133,15 @@ impl Tree {
             state,
         }
     }
+}
+
+/// An answer's names and digests beyond this are not sent: the directory
+/// is listed whole instead (one answer must fit a frame).
+pub const MAX_ANSWER: usize = 1 << 20;
+
+fn weight(d: &Dir, leaves: bool) -> usize {
+    let names = |v: &[(Vec<u8>, Digest)]| v.iter().map(|(n, _)| n.len() + 18).sum::<usize>();
+    names(&d.subdirs) + if leaves { names(&d.leaves) } else { 0 }
 }
 
 fn depth(p: &[u8]) -> usize {
@@ -165,6 +175,9 @@ pub enum State {
     Same,
     /// Not a directory there.
     Missing,
+    /// Differs, with more entries than an answer carries ([`MAX_ANSWER`]):
+    /// the whole subtree is listed.
+    Large,
     /// Its subdirectories' trees; its direct entries' leaves when `own`
     /// differs too.
     Differs {
@@ -257,6 +270,11 @@ impl<'a> Walk<'a> {
         round
     }
 
+    /// Queries of the current round not answered yet.
+    pub fn unanswered(&self) -> usize {
+        self.asked.len()
+    }
+
     /// True once every directory that differs was answered.
     pub fn done(&self) -> bool {
         self.asked.is_empty() && self.next.is_empty()
@@ -279,7 +297,7 @@ impl<'a> Walk<'a> {
         };
         match a.state {
             State::Same => {}
-            State::Missing => self.found.push(Differs::Subtree(a.path)),
+            State::Missing | State::Large => self.found.push(Differs::Subtree(a.path)),
             State::Differs { subdirs, leaves } => {
                 self.subdirs(&a.path, mine, &subdirs);
                 if let Some(theirs) = leaves {

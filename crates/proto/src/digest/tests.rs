@@ -178,3 +178,15 @@ fn the_answer_size_counts_every_name() {
     // subdir d; leaves d and e
     assert_eq!(a.size(), (3, 3));
 }
+
+#[test]
+fn a_directory_too_large_to_answer_is_a_whole_subtree() {
+    let n = MAX_ANSWER / 20 + 1;
+    let ours: Vec<(String, String, bool)> =
+        (0..n).map(|i| (format!("big/{i:08}"), "a".to_string(), false)).collect();
+    let mut theirs = ours.clone();
+    theirs[7].1 = "b".into();
+    let (o, t) = (build(&ours), build(&theirs));
+    let (d, _) = walk(&o, &t);
+    assert_eq!(d, vec![s("big")]);
+}

@@ -73,8 +73,8 @@ pub struct Entry {
     pub ino: u64,
 }
 
-pub use syncd_proto::model::Scope;
 use syncd_proto::digest;
+pub use syncd_proto::model::Scope;
 
 /// How the content of a file travels.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]

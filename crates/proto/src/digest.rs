@@ -327,8 +327,11 @@ impl<'a> Walk<'a> {
                 None => self.found.push(Differs::Subtree(path)),
             }
         }
-        let mine: BTreeMap<&[u8], &Digest> =
-            mine.subdirs.iter().map(|(n, d)| (n.as_slice(), d)).collect();
+        let mine: BTreeMap<&[u8], &Digest> = mine
+            .subdirs
+            .iter()
+            .map(|(n, d)| (n.as_slice(), d))
+            .collect();
         for name in theirs.keys().filter(|n| !mine.contains_key(*n)) {
             self.found.push(Differs::Subtree(join(dir, name)));
         }
@@ -385,7 +388,9 @@ fn path_of(d: &Differs) -> &Vec<u8> {
 }
 
 fn under(p: &[u8], dir: &[u8]) -> bool {
-    dir.is_empty() || p == dir || (p.len() > dir.len() && p.starts_with(dir) && p[dir.len()] == b'/')
+    dir.is_empty()
+        || p == dir
+        || (p.len() > dir.len() && p.starts_with(dir) && p[dir.len()] == b'/')
 }
 
 #[cfg(test)]

@@ -135,9 +135,17 @@ fn metadata_of_a_directory_alone_is_its_entry() {
 fn an_answer_not_asked_for_is_an_error() {
     let t = tree(&[("d", "dir", true)]);
     let mut w = Walk::new(&t);
-    assert!(w.handle_answer(Answer { path: b"d".to_vec(), state: State::Same }).is_err());
+    assert!(w
+        .handle_answer(Answer {
+            path: b"d".to_vec(),
+            state: State::Same
+        })
+        .is_err());
     let _ = w.poll_queries(10);
-    let bogus = Answer { path: b"zz".to_vec(), state: State::Same };
+    let bogus = Answer {
+        path: b"zz".to_vec(),
+        state: State::Same,
+    };
     assert!(matches!(w.handle_answer(bogus), Err(WalkError::Unasked(_))));
 }
 
@@ -173,7 +181,11 @@ fn queries_come_in_rounds_of_at_most_max() {
 #[test]
 fn the_answer_size_counts_every_name() {
     let t = tree(&[("d", "dir", true), ("d/abc", "1", false), ("e", "f", false)]);
-    let q = Query { path: Vec::new(), own: [0; 16], tree: [0; 16] };
+    let q = Query {
+        path: Vec::new(),
+        own: [0; 16],
+        tree: [0; 16],
+    };
     let a = t.answer(&q);
     // subdir d; leaves d and e
     assert_eq!(a.size(), (3, 3));
@@ -182,8 +194,9 @@ fn the_answer_size_counts_every_name() {
 #[test]
 fn a_directory_too_large_to_answer_is_a_whole_subtree() {
     let n = MAX_ANSWER / 20 + 1;
-    let ours: Vec<(String, String, bool)> =
-        (0..n).map(|i| (format!("big/{i:08}"), "a".to_string(), false)).collect();
+    let ours: Vec<(String, String, bool)> = (0..n)
+        .map(|i| (format!("big/{i:08}"), "a".to_string(), false))
+        .collect();
     let mut theirs = ours.clone();
     theirs[7].1 = "b".into();
     let (o, t) = (build(&ours), build(&theirs));

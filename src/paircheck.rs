@@ -370,8 +370,15 @@ pub fn reached(r: &Reached, me: NodeId, ours: &Lineage) -> Vec<Finding> {
         } => {
             let mine = Speaks::OURS;
             if *version < mine.max {
+                let may_lead =
+                    syncd_proto::version::features(*version).is_some_and(|f| f.may_lead_beside);
+                let auto = if may_lead {
+                    ""
+                } else {
+                    " (a --role auto node does not take the lead beside it; see README, Upgrading)"
+                };
                 f.warn(format!(
-                    "the peer speaks protocol {speaks}, this node {mine}: they pair on protocol {version} while you upgrade; upgrade the peer next (a --role auto node does not take the lead beside it; see README, Upgrading)"
+                    "the peer speaks protocol {speaks}, this node {mine}: they pair on protocol {version} while you upgrade; upgrade the peer next{auto}"
                 ));
             } else if speaks.max > mine.max {
                 f.warn(format!(
@@ -649,10 +656,15 @@ mod tests {
             "{f:?}"
         );
         assert!(f[0].what.contains("upgrade the peer next"), "{f:?}");
+        assert!(f[0].what.contains("does not take the lead"), "{f:?}");
+        // A release of protocol 7: it pairs, and an auto node may lead.
+        let f = reached(&welcome(7, Speaks { min: 6, max: 7 }), NodeId(1), &ours);
+        assert!(f[0].what.contains("upgrade the peer next"), "{f:?}");
+        assert!(!f[0].what.contains("does not take the lead"), "{f:?}");
         // A later release that still speaks ours.
-        let f = reached(&welcome(7, Speaks { min: 7, max: 8 }), NodeId(1), &ours);
+        let f = reached(&welcome(8, Speaks { min: 8, max: 9 }), NodeId(1), &ours);
         assert!(f[0].what.contains("upgrade this node next"), "{f:?}");
         // The same release: nothing to say.
-        assert!(reached(&welcome(7, Speaks::OURS), NodeId(1), &ours).is_empty());
+        assert!(reached(&welcome(8, Speaks::OURS), NodeId(1), &ours).is_empty());
     }
 }

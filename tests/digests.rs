@@ -121,3 +121,47 @@ fn a_change_on_the_standby_alone_is_found_too() {
     p.wait_equal(Duration::from_secs(30));
     p.assert_equal();
 }
+
+fn quick(p: &Pair) -> (bool, String) {
+    let o = p.syncd(&["verify", "--quick", "--config", "primary.toml"]);
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr),
+    )
+}
+
+#[test]
+fn verify_quick_compares_metadata_by_digests_and_plain_verify_content() {
+    let mut p = synced_pair();
+    // The daemons stopped, so nothing repairs what we break below.
+    restart(&mut p);
+    p.start_standby();
+    let (ok, out) = quick(&p);
+    assert!(ok, "{out}");
+    assert!(out.contains("equal"), "{out}");
+    // A size change deep down on the standby: found, by name.
+    let f = p.standby_dir().join("a3/b1/c4/f6");
+    std::fs::write(&f, b"longer than before").unwrap();
+    let (ok, out) = quick(&p);
+    assert!(!ok, "{out}");
+    assert!(out.contains("a3/b1/c4/f6: size"), "{out}");
+    assert!(out.contains("1 difference"), "{out}");
+    // Same size and mtime, other bytes: only the content says so, and
+    // only plain verify reads content.
+    let g = p.standby_dir().join("a0/b0/c0/f0");
+    let m = std::fs::metadata(&g).unwrap();
+    let mut bytes = std::fs::read(&g).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&g, &bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&g)
+        .unwrap()
+        .set_modified(m.modified().unwrap())
+        .unwrap();
+    let (_, out) = quick(&p);
+    assert!(!out.contains("a0/b0/c0/f0"), "{out}");
+    let (ok, out) = p.verify();
+    assert!(!ok);
+    assert!(out.contains("a0/b0/c0/f0: content differs"), "{out}");
+}

@@ -165,3 +165,26 @@ fn verify_quick_compares_metadata_by_digests_and_plain_verify_content() {
     assert!(!ok);
     assert!(out.contains("a0/b0/c0/f0: content differs"), "{out}");
 }
+
+#[test]
+fn hard_links_made_while_both_were_down_arrive_as_links() {
+    use std::os::unix::fs::MetadataExt;
+    let mut p = synced_pair();
+    restart(&mut p);
+    let root = p.primary();
+    // A second name for an old file, in another deep directory.
+    std::fs::hard_link(root.join("a1/b1/c1/f3"), root.join("a2/b3/c4/link")).unwrap();
+    start_again(&mut p);
+    p.wait_equal(Duration::from_secs(30));
+    let s = p.standby_dir();
+    let (a, b) = (
+        std::fs::metadata(s.join("a1/b1/c1/f3")).unwrap(),
+        std::fs::metadata(s.join("a2/b3/c4/link")).unwrap(),
+    );
+    assert_eq!(a.ino(), b.ino(), "not a hard link on the standby");
+    // And an unchanged restart after it still agrees.
+    restart(&mut p);
+    start_again(&mut p);
+    p.wait_equal(Duration::from_secs(30));
+    assert_eq!(p.metric("files_sent_whole_total"), 0.0);
+}

@@ -242,6 +242,11 @@ impl Shell {
 
     /// Carries out what the Receiver asks, in order, for request `msg`.
     async fn effects(&mut self, mut msg: Option<Request>) -> Result<(), SessionError> {
+        // A digest walk's rounds come one after another: anything else
+        // ends it, and its tree (a hundred bytes a file) is not kept.
+        if msg.is_some() && !matches!(msg, Some(Request::Digests { .. })) {
+            self.digests = None;
+        }
         while let Some(e) = self.rx.poll_effect() {
             match e {
                 Effect::Forward { lane } => {

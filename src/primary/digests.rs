@@ -85,10 +85,15 @@ pub(super) async fn differing(
         }
         scopes.push(Scope { path, recursive });
     }
+    // By prefixes of the bytes, without allocating per entry.
+    let subtrees: HashSet<&[u8]> = subtrees.iter().map(|p| p.as_bytes()).collect();
     local.entries.retain(|e| {
+        let b = e.path.as_bytes();
         paths.contains(&e.path)
-            || std::iter::successors(Some(e.path.clone()), |p| p.parent())
-                .any(|p| subtrees.contains(&p))
+            || subtrees.contains(b)
+            || b.iter()
+                .enumerate()
+                .any(|(i, &c)| c == b'/' && subtrees.contains(&b[..i]))
     });
     s.list_scope(scopes).await
 }

@@ -67,13 +67,19 @@ impl Tree {
         dirs.insert(Vec::new(), Dir::default());
         for (path, d, is_dir) in entries {
             let (parent, name) = split(path);
-            if is_dir {
-                dirs.entry(path.to_vec()).or_default();
+            if is_dir && !dirs.contains_key(path) {
+                dirs.insert(path.to_vec(), Dir::default());
             }
-            dirs.entry(parent.to_vec())
-                .or_default()
-                .leaves
-                .push((name.to_vec(), d));
+            // A lookup first: a key is allocated once per directory, not per entry.
+            let leaf = (name.to_vec(), d);
+            match dirs.get_mut(parent) {
+                Some(dir) => dir.leaves.push(leaf),
+                None => {
+                    let mut dir = Dir::default();
+                    dir.leaves.push(leaf);
+                    dirs.insert(parent.to_vec(), dir);
+                }
+            }
         }
         // Deepest first, so each subdirectory's tree is known before its parent's.
         let mut order: Vec<Vec<u8>> = dirs.keys().cloned().collect();

@@ -14,7 +14,7 @@
 #   3. restart of the in-sync pair (both SIGTERMed, both started): time to
 #      "in sync", protocol bytes each way (the primary's wire counters),
 #      each daemon's peak RSS (VmHWM) and its RSS while idle watching;
-#   4. `syncd verify` (and `verify --quick` when the binary has it);
+#   4. `syncd verify --quick` (when the binary has it), then `syncd verify`;
 #   5. lsyncd (default.rsync) started on the same in-sync pair: time to its
 #      "Startup of ... finished" (its inotify watches plus one rsync run),
 #      and rsync's own bytes for that no-change run (--stats).
@@ -197,14 +197,15 @@ rss_line "watching, ${SETTLE} s later,"
 
 # --- 4. verify ------------------------------------------------------------------
 echo "== 4. verify =="
-t0=$(now)
-if "$SYNCD" verify --config "$B/primary.toml" >"$B/verify.txt" 2>&1; then v=equal; else v="DIFFERENT (see $B/verify.txt)"; fi
-echo "  syncd verify: $v in $(secs "$t0" "$(now)") s"
+# --quick first: plain verify reads every file, minutes on a large tree.
 if "$SYNCD" verify --help 2>&1 | grep -q -- --quick; then
   t0=$(now)
   if "$SYNCD" verify --quick --config "$B/primary.toml" >"$B/verify-quick.txt" 2>&1; then v=equal; else v="DIFFERENT (see $B/verify-quick.txt)"; fi
   echo "  syncd verify --quick: $v in $(secs "$t0" "$(now)") s"
 fi
+t0=$(now)
+if "$SYNCD" verify --config "$B/primary.toml" >"$B/verify.txt" 2>&1; then v=equal; else v="DIFFERENT (see $B/verify.txt)"; fi
+echo "  syncd verify: $v in $(secs "$t0" "$(now)") s"
 stop "$PR"; stop "$SB"
 
 # --- 5. lsyncd beside it ---------------------------------------------------------

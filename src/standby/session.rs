@@ -367,9 +367,7 @@ impl Shell {
         Ok(())
     }
 
-    /// Answers one round of the primary's digest walk. An empty round
-    /// (sent while the primary scans) builds this side's digests from a full
-    /// listing; the rounds after it reuse them.
+    /// One round of the primary's digest walk (see `digests.rs`).
     async fn digests(
         &mut self,
         owners: bool,
@@ -381,40 +379,8 @@ impl Shell {
                 self.version
             )));
         }
-        let tree = match (&self.digests, queries.is_empty()) {
-            (Some(t), false) => t.clone(),
-            _ => {
-                let sh = self.shared.clone();
-                let t = blocking(move || {
-                    let scanned = list_all(&sh, false)?;
-                    for e in &scanned.skipped {
-                        tracing::warn!("standby scan skipped {e}");
-                    }
-                    let side = crate::scan::digest::Side::Standby;
-                    Ok(crate::scan::digest::tree(&scanned.entries, owners, side))
-                })
-                .await?;
-                let t = Arc::new(t);
-                self.digests = Some(t.clone());
-                t
-            }
-        };
-        let mut chunk = Vec::new();
-        let mut bytes = 0;
-        for q in &queries {
-            let a = tree.answer(q);
-            bytes += a.path.len() + 64 + a.size().1 as usize + 24 * a.size().0;
-            chunk.push(a);
-            // Chunks of about 1 MiB, well under the frame limit.
-            if bytes > 1 << 20 {
-                let answers = std::mem::take(&mut chunk);
-                let _ = self.reply.send(Reply::Digests { answers }).await;
-                bytes = 0;
-            }
-        }
-        let _ = self.reply.send(Reply::Digests { answers: chunk }).await;
-        let _ = self.reply.send(Reply::ListEnd).await;
-        Ok(())
+        let sh = self.shared.clone();
+        super::digests::answer(&sh, &mut self.digests, owners, queries, &self.reply).await
     }
 
     /// Ends the stream: a `Fatal` for an error, workers stopped, the last
@@ -434,7 +400,7 @@ impl Shell {
     }
 }
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> Result<T, SessionError> {
     let r = tokio::task::spawn_blocking(f)
@@ -444,7 +410,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// The whole export's manifest, hashed when `checksum`.
-fn list_all(sh: &Shared, checksum: bool) -> std::io::Result<scan::Scan> {
+pub(super) fn list_all(sh: &Shared, checksum: bool) -> std::io::Result<scan::Scan> {
     // Not under the index lock: a verify rehashes the whole export, and
     // commits (which update the index) must go on meanwhile. A list either
     // hashes everything (forced) or nothing, so it needs no cached hashes:

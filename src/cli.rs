@@ -107,7 +107,12 @@ pub(crate) enum Cmd {
         take_over: bool,
     },
     /// Compare both trees by content and metadata; change nothing. Exit 0 iff equal.
-    Verify,
+    Verify {
+        /// Metadata only (type, size, mtime, mode, owners), by directory
+        /// digests: seconds on a large tree, but content is not read.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Bootstrap a pair: make this node's data the current generation, so
     /// `--role auto` may lead with it (a node that never synced may not).
     /// Run it on one node while syncd is stopped there.

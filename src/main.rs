@@ -88,7 +88,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 take_over,
             },
         ),
-        Some(Cmd::Verify) => cmd::verify(&g),
+        Some(Cmd::Verify { quick }) => cmd::verify(&g, quick),
         Some(Cmd::Promote { force }) => cmd::promote(&g, force),
         Some(Cmd::Conflicts { what }) => cmd::conflicts(&g, what),
         Some(Cmd::Migrate {

@@ -370,8 +370,15 @@ pub fn reached(r: &Reached, me: NodeId, ours: &Lineage) -> Vec<Finding> {
         } => {
             let mine = Speaks::OURS;
             if *version < mine.max {
+                let may_lead =
+                    syncd_proto::version::features(*version).is_some_and(|f| f.may_lead_beside);
+                let auto = if may_lead {
+                    ""
+                } else {
+                    " (a --role auto node does not take the lead beside it; see README, Upgrading)"
+                };
                 f.warn(format!(
-                    "the peer speaks protocol {speaks}, this node {mine}: they pair on protocol {version} while you upgrade; upgrade the peer next (a --role auto node does not take the lead beside it; see README, Upgrading)"
+                    "the peer speaks protocol {speaks}, this node {mine}: they pair on protocol {version} while you upgrade; upgrade the peer next{auto}"
                 ));
             } else if speaks.max > mine.max {
                 f.warn(format!(

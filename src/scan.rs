@@ -22,6 +22,7 @@ use std::path::Path;
 
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
+pub mod digest;
 mod leftovers;
 pub use leftovers::sweep_leftovers_from_before;
 

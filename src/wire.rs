@@ -73,6 +73,7 @@ pub struct Entry {
     pub ino: u64,
 }
 
+use syncd_proto::digest;
 pub use syncd_proto::model::Scope;
 
 /// How the content of a file travels.
@@ -205,6 +206,13 @@ pub enum Request {
     Answer {
         grant: bool,
     },
+    /// Protocol 8: the primary's digests of these directories (the root
+    /// first); the standby answers each (`Reply::Digests` chunks, then
+    /// `ListEnd`). `owners`: whether uid/gid count (see `MetaPolicy`).
+    Digests {
+        owners: bool,
+        queries: Vec<digest::Query>,
+    },
 }
 
 /// A file the standby could not apply (moved to the sans-IO core, where the
@@ -261,6 +269,10 @@ pub enum Reply {
     FailuresDropped {
         id: u64,
         count: u64,
+    },
+    /// Protocol 8: answers to a `Request::Digests`, in the order asked.
+    Digests {
+        answers: Vec<digest::Answer>,
     },
 }
 

@@ -296,7 +296,7 @@ fn a_pair_upgrades_one_node_at_a_time() {
     let out = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{out}");
     assert!(
-        out.contains("it speaks protocol 6, this node 6 to 7: they pair on 6"),
+        out.contains("it speaks protocol 6, this node 6 to 8: they pair on 6"),
         "{out}"
     );
     assert!(out.contains("upgrade the peer next"), "{out}");

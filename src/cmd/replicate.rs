@@ -48,14 +48,18 @@ pub(crate) fn resync(cli: &Global, f: ResyncFlags) -> Result<ExitCode> {
     })
 }
 
-pub(crate) fn verify(cli: &Global) -> Result<ExitCode> {
+pub(crate) fn verify(cli: &Global, quick: bool) -> Result<ExitCode> {
     let cfg = load(&cli.config)?;
     cfg.require_peer()?;
     if cli.check {
         println!("config OK: {}", cfg.file.display());
         return Ok(ExitCode::SUCCESS);
     }
-    let diffs = runtime()?.block_on(primary::verify(&cfg))?;
+    let diffs = if quick {
+        runtime()?.block_on(primary::verify_quick(&cfg))?
+    } else {
+        runtime()?.block_on(primary::verify(&cfg))?
+    };
     if diffs.is_empty() {
         println!(
             "equal: primary {} and standby {} match",

@@ -201,13 +201,18 @@ fn the_handshake_reports_refusals_and_versions() {
     assert_eq!(f[0].severity, Severity::Warning);
     assert!(
         f[0].what
-            .contains("the peer speaks protocol 6, this node 6 to 7"),
+            .contains("the peer speaks protocol 6, this node 6 to 8"),
         "{f:?}"
     );
     assert!(f[0].what.contains("upgrade the peer next"), "{f:?}");
+    assert!(f[0].what.contains("does not take the lead"), "{f:?}");
+    // A release of protocol 7: it pairs, and an auto node may lead.
+    let f = reached(&welcome(7, Speaks { min: 6, max: 7 }), NodeId(1), &ours);
+    assert!(f[0].what.contains("upgrade the peer next"), "{f:?}");
+    assert!(!f[0].what.contains("does not take the lead"), "{f:?}");
     // A later release that still speaks ours.
-    let f = reached(&welcome(7, Speaks { min: 7, max: 8 }), NodeId(1), &ours);
+    let f = reached(&welcome(8, Speaks { min: 8, max: 9 }), NodeId(1), &ours);
     assert!(f[0].what.contains("upgrade this node next"), "{f:?}");
     // The same release: nothing to say.
-    assert!(reached(&welcome(7, Speaks::OURS), NodeId(1), &ours).is_empty());
+    assert!(reached(&welcome(8, Speaks::OURS), NodeId(1), &ours).is_empty());
 }

@@ -14,6 +14,7 @@
 //! and `ship.rs` are the live loop around `syncd_proto::live::Live`. The
 //! protocol rules are `syncd_proto::sender`'s.
 
+mod digests;
 mod reconcile;
 mod reply;
 mod session;
@@ -34,7 +35,7 @@ use tokio::time::Instant;
 pub use reconcile::{reconcile, resync, resync_with};
 pub use session::{ClientError, Session, MAX_LIST_BYTES, MAX_LIST_ENTRIES};
 pub use summary::{NoProgress, Progress, ResyncOptions, Summary};
-pub use verify::{compare, verify, Difference};
+pub use verify::{compare, verify, verify_quick, Difference};
 
 use crate::config::Config;
 use crate::generation::Leading;

@@ -107,7 +107,7 @@ async fn reconcile_with(
 ) -> Result<Summary, ClientError> {
     let t0 = Instant::now();
     let scoped = scope.is_some();
-    let (mut local, mut remote) = both_sides(s, cfg, o, index, scope).await?;
+    let (mut local, mut remote, owners, scanned) = both_sides(s, cfg, o, index, scope).await?;
     let mut deferred_links = 0;
     let mut links_outside = HashSet::new();
     if !scoped {
@@ -124,7 +124,6 @@ async fn reconcile_with(
                 .any(|p| unknown.contains(&p))
         });
     }
-    let owners = s.as_standby_stores(&mut local.entries);
     let p = plan::plan(
         &local.entries,
         &remote,
@@ -137,7 +136,7 @@ async fn reconcile_with(
     );
     let bytes_delta = p.files.iter().filter(|f| f.delta).map(|f| f.size).sum();
     let mut sum = Summary {
-        scanned: local.entries.len() as u64,
+        scanned,
         unchanged: p.unchanged,
         skipped: local.skipped.clone(),
         content_bytes: p.content_bytes,
@@ -159,14 +158,18 @@ async fn reconcile_with(
     Ok(sum)
 }
 
-/// Our scan (on a blocking thread, with the index) and the standby's list, at once.
+/// Our scan (on a blocking thread, with the index) and the standby's list,
+/// at once; our entries as the standby stores them, whether owners count,
+/// and how many entries we scanned. A whole-tree compare with a standby
+/// that speaks digests lists only the subtrees whose digests differ (and
+/// our entries are cut to those).
 async fn both_sides(
     s: &mut Session,
     cfg: &Config,
     o: &ResyncOptions,
     index: &mut Index,
     scope: Option<Vec<Scope>>,
-) -> Result<(Scan, Vec<Entry>), ClientError> {
+) -> Result<(Scan, Vec<Entry>, bool, u64), ClientError> {
     let checksum = o.checksum;
     let root = cfg.export.clone();
     let mut ix = std::mem::take(index);
@@ -178,7 +181,11 @@ async fn both_sides(
         };
         (r, ix)
     });
+    let owners = s.as_standby_stores(&mut []);
+    let by_digests = scope.is_none() && !checksum && s.digests();
+    // The standby lists (or builds its digests) while we scan.
     let remote = match scope {
+        None if by_digests => s.ask_digests(owners, Vec::new()).await.map(|_| Vec::new()),
         None => s.list(o.checksum).await,
         Some(sc) => s.list_scope(sc).await,
     };
@@ -186,7 +193,13 @@ async fn both_sides(
         .await
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
     *index = ix;
-    Ok((local?, remote?))
+    let (mut local, mut remote) = (local?, remote?);
+    let owners = s.as_standby_stores(&mut local.entries);
+    let scanned = local.entries.len() as u64;
+    if by_digests {
+        remote = super::digests::differing(s, &mut local, owners).await?;
+    }
+    Ok((local, remote, owners, scanned))
 }
 
 /// Leaves out of both sides' lists (neither sent nor deleted now) the

@@ -15,6 +15,7 @@ pub(super) enum StreamReply {
     Welcome(String),
     Entries(Vec<Entry>),
     Signature(Vec<u8>),
+    Digests(Vec<syncd_proto::digest::Answer>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +93,17 @@ fn split(r: Reply) -> (sender::Reply, StreamReply) {
             )
         }
         Reply::ListEnd => (R::ListEnd, none),
+        // Digest answers count against the manifest's bounds, name by name.
+        Reply::Digests { answers } => {
+            let (n, bytes) = answers.iter().fold((answers.len(), 0), |(n, b), a| {
+                let (an, ab) = a.size();
+                (n + an, b + ab + a.path.len() as u64)
+            });
+            (
+                R::ListChunk { entries: n, bytes },
+                StreamReply::Digests(answers),
+            )
+        }
         Reply::Signature { data, .. } => (R::Signature, StreamReply::Signature(data)),
         Reply::NoSignature { .. } => (R::NoSignature, none),
         Reply::BarrierDone { id, failures } => (R::BarrierDone { id, failures }, none),

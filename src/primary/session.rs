@@ -381,6 +381,34 @@ impl Session {
         self.list_reply(Expect::List { checksum }).await
     }
 
+    /// Whether the standby answers directory digests (protocol 8).
+    pub fn digests(&self) -> bool {
+        syncd_proto::version::features(self.peer_version.0).is_some_and(|f| f.digests)
+    }
+
+    /// One round of the digest walk: the standby's answers, in order.
+    pub async fn ask_digests(
+        &mut self,
+        owners: bool,
+        queries: Vec<syncd_proto::digest::Query>,
+    ) -> Result<Vec<syncd_proto::digest::Answer>, ClientError> {
+        self.send(&Request::Digests { owners, queries }).await?;
+        self.sender
+            .expect(Expect::List { checksum: false }, Instant::now());
+        let mut out = Vec::new();
+        loop {
+            match self.answer().await? {
+                (Answer::ListChunk, StreamReply::Digests(a)) => out.extend(a),
+                (Answer::ListEnd, _) => return Ok(out),
+                (other, _) => {
+                    return Err(ClientError::Protocol(format!(
+                        "expected digests, got {other:?}"
+                    )))
+                }
+            }
+        }
+    }
+
     /// Like [`Session::list`] for part of the tree.
     pub async fn list_scope(&mut self, scope: Vec<Scope>) -> Result<Vec<Entry>, ClientError> {
         self.send(&Request::ListScope { scope }).await?;

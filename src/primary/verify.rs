@@ -36,6 +36,35 @@ pub async fn verify(cfg: &Config) -> Result<Vec<Difference>, ClientError> {
     Ok(compare(&local.entries, &remote, owners))
 }
 
+/// `syncd verify --quick`: both trees stat'ed, not read; equal directory
+/// digests (protocol 8) stand for equal subtrees, and only what differs
+/// is listed and compared (size, type, mtime, mode, owners: no content).
+pub async fn verify_quick(cfg: &Config) -> Result<Vec<Difference>, ClientError> {
+    let me = Leading::current(cfg).map_err(record_error)?;
+    let mut s = Session::connect(cfg, Purpose::Verify, &me).await?;
+    if !s.digests() {
+        return Err(ClientError::Protocol(format!(
+            "the standby speaks protocol {}, which has no directory digests; run `syncd verify` without --quick",
+            s.peer_version.0
+        )));
+    }
+    let c2 = cfg.clone();
+    let local = tokio::task::spawn_blocking(move || {
+        // Stat only: the index is neither needed nor updated.
+        scan::scan(&c2.export, &mut Index::default(), false, false)
+    });
+    let owners = s.as_standby_stores(&mut []);
+    // The standby builds its digests while we scan.
+    s.ask_digests(owners, Vec::new()).await?;
+    let mut local = local
+        .await
+        .map_err(|e| ClientError::Protocol(e.to_string()))??;
+    let owners = s.as_standby_stores(&mut local.entries);
+    let remote = super::digests::differing(&mut s, &mut local, owners).await?;
+    let _ = s.finish().await;
+    Ok(compare(&local.entries, &remote, owners))
+}
+
 pub fn compare(local: &[Entry], remote: &[Entry], owners: bool) -> Vec<Difference> {
     let rmap: HashMap<&RelPath, &Entry> = remote.iter().map(|e| (&e.path, e)).collect();
     let lset: std::collections::HashSet<&RelPath> = local.iter().map(|e| &e.path).collect();

@@ -20,6 +20,7 @@
 
 mod accept;
 mod commit;
+mod digests;
 mod local;
 mod placed;
 mod room;

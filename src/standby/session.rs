@@ -28,6 +28,7 @@ pub(super) fn input(r: &Request) -> Input<'_> {
         Request::PeerState { .. } | Request::Ask { .. } | Request::Answer { .. } => Input::Peer,
         Request::List { .. } => Input::List,
         Request::ListScope { .. } => Input::ListScope,
+        Request::Digests { .. } => Input::List,
         Request::Mkdir { .. }
         | Request::Rename { .. }
         | Request::Delete { .. }
@@ -173,6 +174,7 @@ pub(super) async fn run(
             lineage: hello.follow.map(|(l, _)| l),
             preserve,
         }),
+        digests: None,
     };
     let result = shell.serve(&mut recv).await;
     if let Some(s) = streams {
@@ -197,6 +199,9 @@ struct Shell {
     shared: Arc<Shared>,
     /// The generation record's side (the control stream of a session).
     follow: Option<Follow>,
+    /// This side's directory digests during a digest walk (built at its
+    /// first query, dropped at the listing that ends it).
+    digests: Option<Arc<syncd_proto::digest::Tree>>,
 }
 
 impl Shell {
@@ -237,6 +242,11 @@ impl Shell {
 
     /// Carries out what the Receiver asks, in order, for request `msg`.
     async fn effects(&mut self, mut msg: Option<Request>) -> Result<(), SessionError> {
+        // A digest walk's rounds come one after another: anything else
+        // ends it, and its tree (a hundred bytes a file) is not kept.
+        if msg.is_some() && !matches!(msg, Some(Request::Digests { .. })) {
+            self.digests = None;
+        }
         while let Some(e) = self.rx.poll_effect() {
             match e {
                 Effect::Forward { lane } => {
@@ -332,8 +342,12 @@ impl Shell {
         self.effects(None).await
     }
 
-    async fn list(&self, msg: Option<Request>) -> Result<(), SessionError> {
+    async fn list(&mut self, msg: Option<Request>) -> Result<(), SessionError> {
         let sh = self.shared.clone();
+        if let Some(Request::Digests { owners, queries }) = msg {
+            return self.digests(owners, queries).await;
+        }
+        self.digests = None;
         let scanned = match msg {
             Some(Request::List { checksum }) => blocking(move || list_all(&sh, checksum)).await?,
             Some(Request::ListScope { scope }) => {
@@ -353,6 +367,22 @@ impl Shell {
         Ok(())
     }
 
+    /// One round of the primary's digest walk (see `digests.rs`).
+    async fn digests(
+        &mut self,
+        owners: bool,
+        queries: Vec<syncd_proto::digest::Query>,
+    ) -> Result<(), SessionError> {
+        if !self.features.digests {
+            return Err(SessionError::Protocol(format!(
+                "digests asked on a protocol {} session",
+                self.version
+            )));
+        }
+        let sh = self.shared.clone();
+        super::digests::answer(&sh, &mut self.digests, owners, queries, &self.reply).await
+    }
+
     /// Ends the stream: a `Fatal` for an error, workers stopped, the last
     /// reply written.
     async fn close(self, result: &Result<(), SessionError>, writer: tokio::task::JoinHandle<()>) {
@@ -370,7 +400,7 @@ impl Shell {
     }
 }
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> Result<T, SessionError> {
     let r = tokio::task::spawn_blocking(f)
@@ -380,7 +410,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// The whole export's manifest, hashed when `checksum`.
-fn list_all(sh: &Shared, checksum: bool) -> std::io::Result<scan::Scan> {
+pub(super) fn list_all(sh: &Shared, checksum: bool) -> std::io::Result<scan::Scan> {
     // Not under the index lock: a verify rehashes the whole export, and
     // commits (which update the index) must go on meanwhile. A list either
     // hashes everything (forced) or nothing, so it needs no cached hashes:
@@ -471,6 +501,7 @@ async fn file_stream(
         reply: reply_tx,
         shared: sh,
         follow: None,
+        digests: None,
     };
     let result = shell.serve(&mut recv).await;
     shell.close(&result, writer).await;

@@ -7,6 +7,7 @@
 //! or the filesystem, so each rule is unit-tested with a simulated clock.
 
 pub mod batch;
+pub mod digest;
 pub mod live;
 pub mod model;
 pub mod pair;

@@ -10,8 +10,10 @@
 use serde::{Deserialize, Serialize};
 
 /// The version this release prefers (bumped on any incompatible change).
-pub const CURRENT: u32 = 7;
-/// The oldest version this release still speaks: the previous one.
+pub const CURRENT: u32 = 8;
+/// The oldest version this release still speaks. 8 only adds messages at
+/// the end of 7's (`Digests`, [`Features::digests`]), so this release keeps
+/// speaking 6 too: no release of 7 alone was ever the previous one.
 pub const OLDEST: u32 = 6;
 
 /// The versions a node speaks, inclusive. Travels after the Hello and after
@@ -67,6 +69,10 @@ pub struct Features {
     /// version. Not beside 6: its follower takes a generation at the first
     /// commit, before the catch-up is complete, so its data cannot be judged.
     pub may_lead_beside: bool,
+    /// A full compare asks for directory digests (`Request::Digests`)
+    /// before any listing, and lists only what differs. Without it (6, 7)
+    /// the standby sends its whole manifest.
+    pub digests: bool,
 }
 
 /// What version `v` supports; `None` for a version this release does not speak.
@@ -77,12 +83,14 @@ pub fn features(v: u32) -> Option<Features> {
             failures_dropped: false,
             caught_up_variant: false,
             may_lead_beside: false,
+            digests: false,
         }),
-        7 => Some(Features {
+        7 | 8 => Some(Features {
             caught_up: true,
             failures_dropped: true,
             caught_up_variant: true,
             may_lead_beside: true,
+            digests: v >= 8,
         }),
         _ => None,
     }
@@ -134,10 +142,10 @@ mod tests {
         let ours = Speaks::OURS;
         assert_eq!(choose(ours, Speaks::only(6)), Ok(6));
         assert_eq!(choose(ours, Speaks::only(7)), Ok(7));
-        assert_eq!(choose(ours, ours), Ok(7));
-        // A later release speaking 7 and 8 meets this one at 7.
-        assert_eq!(choose(ours, Speaks { min: 7, max: 8 }), Ok(7));
-        assert_eq!(choose(Speaks { min: 7, max: 8 }, ours), Ok(7));
+        assert_eq!(choose(ours, ours), Ok(8));
+        // A later release speaking 8 and 9 meets this one at 8.
+        assert_eq!(choose(ours, Speaks { min: 8, max: 9 }), Ok(8));
+        assert_eq!(choose(Speaks { min: 8, max: 9 }, ours), Ok(8));
     }
 
     #[test]
@@ -146,14 +154,14 @@ mod tests {
         assert!(matches!(e, VersionError::TooOld { .. }));
         let t = e.to_string();
         assert!(t.contains("protocol version 5 is not supported"), "{t}");
-        assert!(t.contains("this node speaks 6 to 7"), "{t}");
+        assert!(t.contains("this node speaks 6 to 8"), "{t}");
         assert!(
             t.contains("upgrade it to a release that speaks protocol 6"),
             "{t}"
         );
-        let e = choose(Speaks::OURS, Speaks { min: 8, max: 9 }).unwrap_err();
+        let e = choose(Speaks::OURS, Speaks { min: 9, max: 10 }).unwrap_err();
         assert!(matches!(e, VersionError::TooNew { .. }));
-        assert!(e.to_string().contains("8 to 9"), "{e}");
+        assert!(e.to_string().contains("9 to 10"), "{e}");
         assert!(e.to_string().contains("upgrade this node first"), "{e}");
     }
 
@@ -164,6 +172,8 @@ mod tests {
         }
         assert!(features(CURRENT).is_some_and(|f| f.caught_up && f.may_lead_beside));
         assert!(features(6).is_some_and(|f| !f.caught_up && !f.may_lead_beside));
+        assert!(features(7).is_some_and(|f| f.caught_up && !f.digests));
+        assert!(features(CURRENT).is_some_and(|f| f.digests));
     }
 
     #[test]

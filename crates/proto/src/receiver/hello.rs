@@ -56,7 +56,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("protocol version 1 is not supported") && e.contains("speaks 6 to 7"),
+            e.contains("protocol version 1 is not supported") && e.contains("speaks 6 to 8"),
             "{e}"
         );
         let e = check_hello(Speaks::only(7), "web", ours, "mail")

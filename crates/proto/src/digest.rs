@@ -1,0 +1,403 @@
+//! Directory digests (a Merkle tree over the export) and the top-down walk
+//! that compares two of them, so an in-sync pair exchanges a few digests
+//! instead of a manifest of every file.
+//!
+//! Each entry has a *leaf* digest (its kind and the metadata a comparison
+//! looks at; the shells encode it, the same way on both sides). A
+//! directory's `own` digest covers its direct entries' names and leaves; its
+//! `tree` digest covers `own` and its subdirectories' `tree`s. Equal trees
+//! mean equal subtrees, so the walk descends only where trees differ, and
+//! names only the entries (or whole subtrees present on one side) that a
+//! scoped comparison must then look at.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+/// 128 bits of BLAKE3: collisions are out of reach even for a hostile peer
+/// (it can only make its own side look different, never equal).
+pub type Digest = [u8; 16];
+
+fn hash(parts: &[&[u8]]) -> Digest {
+    let mut h = blake3::Hasher::new();
+    for p in parts {
+        // Length-prefixed, so no two sequences of parts hash alike.
+        h.update(&(p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    let mut d = [0; 16];
+    d.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    d
+}
+
+/// A leaf digest from the shell's canonical encoding of one entry.
+pub fn leaf(encoded: &[u8]) -> Digest {
+    hash(&[b"leaf", encoded])
+}
+
+/// One directory of a [`Tree`]: its direct entries (sorted by name) and
+/// its subdirectories' tree digests (sorted by name).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dir {
+    pub own: Digest,
+    pub tree: Digest,
+    pub leaves: Vec<(Vec<u8>, Digest)>,
+    pub subdirs: Vec<(Vec<u8>, Digest)>,
+}
+
+/// The digests of a whole listing, by directory path (`b""` is the root).
+#[derive(Clone, Debug, Default)]
+pub struct Tree {
+    dirs: BTreeMap<Vec<u8>, Dir>,
+}
+
+fn split(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&[], path),
+    }
+}
+
+impl Tree {
+    /// Builds the digests from every entry of a listing: its path, leaf, and
+    /// whether it is a directory. Entries whose parent is not listed as a
+    /// directory are still counted under it (the parent gets a node).
+    pub fn build<'a>(entries: impl IntoIterator<Item = (&'a [u8], Digest, bool)>) -> Tree {
+        let mut dirs: BTreeMap<Vec<u8>, Dir> = BTreeMap::new();
+        dirs.insert(Vec::new(), Dir::default());
+        for (path, d, is_dir) in entries {
+            let (parent, name) = split(path);
+            if is_dir && !dirs.contains_key(path) {
+                dirs.insert(path.to_vec(), Dir::default());
+            }
+            // A lookup first: a key is allocated once per directory, not per entry.
+            let leaf = (name.to_vec(), d);
+            match dirs.get_mut(parent) {
+                Some(dir) => dir.leaves.push(leaf),
+                None => {
+                    let mut dir = Dir::default();
+                    dir.leaves.push(leaf);
+                    dirs.insert(parent.to_vec(), dir);
+                }
+            }
+        }
+        // Deepest first, so each subdirectory's tree is known before its parent's.
+        let mut order: Vec<Vec<u8>> = dirs.keys().cloned().collect();
+        order.sort_by_key(|p| std::cmp::Reverse(depth(p)));
+        for p in order {
+            let Some(mut dir) = dirs.remove(&p) else {
+                continue;
+            };
+            dir.leaves.sort();
+            dir.subdirs.sort();
+            let mut parts: Vec<&[u8]> = vec![b"own"];
+            for (n, d) in &dir.leaves {
+                parts.push(n);
+                parts.push(d);
+            }
+            dir.own = hash(&parts);
+            let mut parts: Vec<&[u8]> = vec![b"tree", &dir.own];
+            for (n, d) in &dir.subdirs {
+                parts.push(n);
+                parts.push(d);
+            }
+            dir.tree = hash(&parts);
+            if !p.is_empty() {
+                let (parent, name) = split(&p);
+                let entry = (name.to_vec(), dir.tree);
+                dirs.entry(parent.to_vec()).or_default().subdirs.push(entry);
+            }
+            dirs.insert(p, dir);
+        }
+        Tree { dirs }
+    }
+
+    pub fn dir(&self, path: &[u8]) -> Option<&Dir> {
+        self.dirs.get(path)
+    }
+
+    pub fn root(&self) -> &Dir {
+        static EMPTY: std::sync::OnceLock<Dir> = std::sync::OnceLock::new();
+        self.dirs
+            .get(&b""[..])
+            .unwrap_or_else(|| EMPTY.get_or_init(Dir::default))
+    }
+
+    /// The standby's answer to one query.
+    pub fn answer(&self, q: &Query) -> Answer {
+        let state = match self.dirs.get(&q.path) {
+            None => State::Missing,
+            Some(d) if d.tree == q.tree => State::Same,
+            Some(d) if weight(d, d.own != q.own) > MAX_ANSWER => State::Large,
+            Some(d) => State::Differs {
+                subdirs: d.subdirs.clone(),
+                leaves: (d.own != q.own).then(|| d.leaves.clone()),
+            },
+        };
+        Answer {
+            path: q.path.clone(),
+            state,
+        }
+    }
+}
+
+/// An answer's names and digests beyond this are not sent: the directory
+/// is listed whole instead (one answer must fit a frame).
+pub const MAX_ANSWER: usize = 1 << 20;
+
+fn weight(d: &Dir, leaves: bool) -> usize {
+    let names = |v: &[(Vec<u8>, Digest)]| v.iter().map(|(n, _)| n.len() + 18).sum::<usize>();
+    names(&d.subdirs) + if leaves { names(&d.leaves) } else { 0 }
+}
+
+fn depth(p: &[u8]) -> usize {
+    if p.is_empty() {
+        0
+    } else {
+        1 + p.iter().filter(|&&b| b == b'/').count()
+    }
+}
+
+/// The primary's digests of one directory, asked about.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Query {
+    #[serde(with = "bytes")]
+    pub path: Vec<u8>,
+    pub own: Digest,
+    pub tree: Digest,
+}
+
+/// The standby's side of one directory.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    #[serde(with = "bytes")]
+    pub path: Vec<u8>,
+    pub state: State,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum State {
+    /// The subtree is equal.
+    Same,
+    /// Not a directory there.
+    Missing,
+    /// Differs, with more entries than an answer carries ([`MAX_ANSWER`]):
+    /// the whole subtree is listed.
+    Large,
+    /// Its subdirectories' trees; its direct entries' leaves when `own`
+    /// differs too.
+    Differs {
+        subdirs: Vec<(Vec<u8>, Digest)>,
+        leaves: Option<Vec<(Vec<u8>, Digest)>>,
+    },
+}
+
+impl Answer {
+    /// Names and digests it carries, to bound what a peer may send.
+    pub fn size(&self) -> (usize, u64) {
+        match &self.state {
+            State::Differs { subdirs, leaves } => {
+                let all = subdirs.iter().chain(leaves.iter().flatten());
+                all.fold((0, 0), |(n, b), (name, _)| (n + 1, b + name.len() as u64))
+            }
+            _ => (0, 0),
+        }
+    }
+}
+
+mod bytes {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        v.serialize(s)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        Vec::<u8>::deserialize(d)
+    }
+}
+
+/// What a scoped comparison must look at: one path, or a whole subtree.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Differs {
+    Entry(Vec<u8>),
+    Subtree(Vec<u8>),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WalkError {
+    #[error("the standby answered about {0:?}, which was not asked")]
+    Unasked(String),
+}
+
+/// The primary's walk: ask about the root; each answer either closes a
+/// directory or names the differences in it and the subdirectories to ask
+/// about next. Driven by the shell, one round trip per level.
+pub struct Walk<'a> {
+    ours: &'a Tree,
+    asked: VecDeque<Vec<u8>>,
+    next: Vec<Query>,
+    found: Vec<Differs>,
+}
+
+fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    if dir.is_empty() {
+        return name.to_vec();
+    }
+    let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
+    p.extend_from_slice(dir);
+    p.push(b'/');
+    p.extend_from_slice(name);
+    p
+}
+
+impl<'a> Walk<'a> {
+    pub fn new(ours: &'a Tree) -> Walk<'a> {
+        let root = ours.root();
+        Walk {
+            ours,
+            asked: VecDeque::new(),
+            next: vec![Query {
+                path: Vec::new(),
+                own: root.own,
+                tree: root.tree,
+            }],
+            found: Vec::new(),
+        }
+    }
+
+    /// The next round's queries (empty when the walk is over); at most
+    /// `max` at once, the rest in later rounds.
+    pub fn poll_queries(&mut self, max: usize) -> Vec<Query> {
+        if !self.asked.is_empty() {
+            return Vec::new();
+        }
+        let n = self.next.len().min(max.max(1));
+        let round: Vec<Query> = self.next.drain(..n).collect();
+        self.asked = round.iter().map(|q| q.path.clone()).collect();
+        round
+    }
+
+    /// Queries of the current round not answered yet.
+    pub fn unanswered(&self) -> usize {
+        self.asked.len()
+    }
+
+    /// True once every directory that differs was answered.
+    pub fn done(&self) -> bool {
+        self.asked.is_empty() && self.next.is_empty()
+    }
+
+    pub fn handle_answer(&mut self, a: Answer) -> Result<(), WalkError> {
+        match self.asked.front() {
+            Some(p) if *p == a.path => {
+                self.asked.pop_front();
+            }
+            _ => {
+                return Err(WalkError::Unasked(
+                    String::from_utf8_lossy(&a.path).into_owned(),
+                ))
+            }
+        }
+        let Some(mine) = self.ours.dir(&a.path) else {
+            self.found.push(Differs::Subtree(a.path));
+            return Ok(());
+        };
+        match a.state {
+            State::Same => {}
+            State::Missing | State::Large => self.found.push(Differs::Subtree(a.path)),
+            State::Differs { subdirs, leaves } => {
+                self.subdirs(&a.path, mine, &subdirs);
+                if let Some(theirs) = leaves {
+                    self.leaves(&a.path, mine, &theirs);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn subdirs(&mut self, dir: &[u8], mine: &Dir, theirs: &[(Vec<u8>, Digest)]) {
+        let theirs: BTreeMap<&[u8], &Digest> =
+            theirs.iter().map(|(n, d)| (n.as_slice(), d)).collect();
+        for (name, tree) in &mine.subdirs {
+            let path = join(dir, name);
+            match theirs.get(name.as_slice()) {
+                Some(t) if *t == tree => {}
+                Some(_) => {
+                    if let Some(d) = self.ours.dir(&path) {
+                        self.next.push(Query {
+                            path,
+                            own: d.own,
+                            tree: d.tree,
+                        });
+                    }
+                }
+                None => self.found.push(Differs::Subtree(path)),
+            }
+        }
+        let mine: BTreeMap<&[u8], &Digest> = mine
+            .subdirs
+            .iter()
+            .map(|(n, d)| (n.as_slice(), d))
+            .collect();
+        for name in theirs.keys().filter(|n| !mine.contains_key(*n)) {
+            self.found.push(Differs::Subtree(join(dir, name)));
+        }
+    }
+
+    fn leaves(&mut self, dir: &[u8], mine: &Dir, theirs: &[(Vec<u8>, Digest)]) {
+        // A subdirectory's contents were compared above (by its own query,
+        // or as a subtree on one side); its leaf is its own entry only.
+        let theirs: BTreeMap<&[u8], &Digest> =
+            theirs.iter().map(|(n, d)| (n.as_slice(), d)).collect();
+        let mine_l: BTreeMap<&[u8], &Digest> =
+            mine.leaves.iter().map(|(n, d)| (n.as_slice(), d)).collect();
+        for (name, d) in &mine_l {
+            if theirs.get(name) != Some(d) {
+                self.found.push(Differs::Entry(join(dir, name)));
+            }
+        }
+        for name in theirs.keys().filter(|n| !mine_l.contains_key(*n)) {
+            self.found.push(Differs::Entry(join(dir, name)));
+        }
+        if !dir.is_empty() {
+            // The directory's own entry is in its parent; its contents
+            // changed, so its mtime may need setting again.
+            self.found.push(Differs::Entry(dir.to_vec()));
+        }
+    }
+
+    /// What differs, sorted and without paths inside a subtree already named.
+    pub fn into_differences(mut self) -> Vec<Differs> {
+        // A subtree sorts before an entry at the same path, which it covers.
+        let key = |d: &Differs| (path_of(d).clone(), matches!(d, Differs::Entry(_)));
+        self.found.sort_by_key(key);
+        self.found.dedup();
+        let mut out: Vec<Differs> = Vec::new();
+        let mut subtree: Option<Vec<u8>> = None;
+        for d in self.found {
+            let p = path_of(&d);
+            if subtree.as_ref().is_some_and(|s| under(p, s)) {
+                continue;
+            }
+            if let Differs::Subtree(s) = &d {
+                subtree = Some(s.clone());
+            }
+            out.push(d);
+        }
+        out
+    }
+}
+
+fn path_of(d: &Differs) -> &Vec<u8> {
+    match d {
+        Differs::Entry(p) | Differs::Subtree(p) => p,
+    }
+}
+
+fn under(p: &[u8], dir: &[u8]) -> bool {
+    dir.is_empty()
+        || p == dir
+        || (p.len() > dir.len() && p.starts_with(dir) && p[dir.len()] == b'/')
+}
+
+#[cfg(test)]
+mod tests;

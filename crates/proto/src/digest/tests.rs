@@ -1,0 +1,205 @@
+use super::*;
+
+/// A listing: (path, content stand-in, is_dir).
+fn tree(entries: &[(&str, &str, bool)]) -> Tree {
+    Tree::build(
+        entries
+            .iter()
+            .map(|(p, c, d)| (p.as_bytes(), leaf(c.as_bytes()), *d)),
+    )
+}
+
+/// Runs the walk between `ours` and `theirs` as the shells would (postcard
+/// across, as on the wire); returns the differences and the round trips.
+fn walk(ours: &Tree, theirs: &Tree) -> (Vec<Differs>, usize) {
+    let mut w = Walk::new(ours);
+    let mut rounds = 0;
+    while !w.done() {
+        let qs = w.poll_queries(1000);
+        assert!(!qs.is_empty(), "a walk that is not done asks something");
+        rounds += 1;
+        for q in qs {
+            let q: Query = postcard::from_bytes(&postcard::to_stdvec(&q).unwrap()).unwrap();
+            let a = theirs.answer(&q);
+            let a: Answer = postcard::from_bytes(&postcard::to_stdvec(&a).unwrap()).unwrap();
+            w.handle_answer(a).unwrap();
+        }
+    }
+    (w.into_differences(), rounds)
+}
+
+fn e(p: &str) -> Differs {
+    Differs::Entry(p.as_bytes().to_vec())
+}
+fn s(p: &str) -> Differs {
+    Differs::Subtree(p.as_bytes().to_vec())
+}
+
+/// A deep tree: a/b{0..4}/c/f{0..9}.
+fn deep() -> Vec<(String, String, bool)> {
+    let mut v = vec![("a".to_string(), "dir".to_string(), true)];
+    for b in 0..5 {
+        v.push((format!("a/b{b}"), "dir".into(), true));
+        v.push((format!("a/b{b}/c"), "dir".into(), true));
+        for f in 0..10 {
+            v.push((format!("a/b{b}/c/f{f}"), format!("x{b}{f}"), false));
+        }
+    }
+    v
+}
+
+fn build(v: &[(String, String, bool)]) -> Tree {
+    Tree::build(
+        v.iter()
+            .map(|(p, c, d)| (p.as_bytes(), leaf(c.as_bytes()), *d)),
+    )
+}
+
+#[test]
+fn equal_trees_take_one_round_trip_and_differ_nowhere() {
+    let v = deep();
+    // The order of a listing does not matter.
+    let mut r = v.clone();
+    r.reverse();
+    let (d, rounds) = walk(&build(&v), &build(&r));
+    assert_eq!(d, vec![]);
+    assert_eq!(rounds, 1);
+    assert_eq!(build(&v).root().tree, build(&r).root().tree);
+}
+
+#[test]
+fn a_changed_file_deep_down_is_named_alone() {
+    let v = deep();
+    let mut r = v.clone();
+    let i = r.iter().position(|x| x.0 == "a/b3/c/f7").unwrap();
+    r[i].1 = "same size, other content".into();
+    let (d, rounds) = walk(&build(&v), &build(&r));
+    assert_eq!(d, vec![e("a/b3/c"), e("a/b3/c/f7")]);
+    // root, a, a/b3, a/b3/c
+    assert_eq!(rounds, 4);
+}
+
+#[test]
+fn a_new_and_a_deleted_file_are_named_from_either_side() {
+    let v = deep();
+    let mut ours = v.clone();
+    ours.push(("a/b1/c/new".into(), "n".into(), false));
+    let mut theirs = v.clone();
+    theirs.retain(|x| x.0 != "a/b4/c/f0");
+    theirs.push(("a/b2/c/gone-here".into(), "g".into(), false));
+    let (d, _) = walk(&build(&ours), &build(&theirs));
+    assert_eq!(
+        d,
+        vec![
+            e("a/b1/c"),
+            e("a/b1/c/new"),
+            e("a/b2/c"),
+            e("a/b2/c/gone-here"),
+            e("a/b4/c"),
+            e("a/b4/c/f0"),
+        ]
+    );
+}
+
+#[test]
+fn a_directory_on_one_side_only_is_a_whole_subtree() {
+    let v = deep();
+    let mut ours = v.clone();
+    ours.push(("a/b0/extra".into(), "dir".into(), true));
+    ours.push(("a/b0/extra/f".into(), "1".into(), false));
+    let mut theirs = v.clone();
+    theirs.retain(|x| !x.0.starts_with("a/b4"));
+    let (d, _) = walk(&build(&ours), &build(&theirs));
+    assert_eq!(d, vec![e("a"), e("a/b0"), s("a/b0/extra"), s("a/b4")]);
+}
+
+#[test]
+fn a_file_replaced_by_a_directory_is_a_subtree() {
+    let ours = tree(&[("x", "file", false)]);
+    let theirs = tree(&[("x", "dir", true), ("x/y", "1", false)]);
+    let (d, _) = walk(&ours, &theirs);
+    assert_eq!(d, vec![s("x")]);
+    let (d, _) = walk(&theirs, &ours);
+    assert_eq!(d, vec![s("x")]);
+}
+
+#[test]
+fn metadata_of_a_directory_alone_is_its_entry() {
+    let ours = tree(&[("d", "dir mode 755", true), ("d/f", "1", false)]);
+    let theirs = tree(&[("d", "dir mode 700", true), ("d/f", "1", false)]);
+    let (d, _) = walk(&ours, &theirs);
+    assert_eq!(d, vec![e("d")]);
+}
+
+#[test]
+fn an_answer_not_asked_for_is_an_error() {
+    let t = tree(&[("d", "dir", true)]);
+    let mut w = Walk::new(&t);
+    assert!(w
+        .handle_answer(Answer {
+            path: b"d".to_vec(),
+            state: State::Same
+        })
+        .is_err());
+    let _ = w.poll_queries(10);
+    let bogus = Answer {
+        path: b"zz".to_vec(),
+        state: State::Same,
+    };
+    assert!(matches!(w.handle_answer(bogus), Err(WalkError::Unasked(_))));
+}
+
+#[test]
+fn queries_come_in_rounds_of_at_most_max() {
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for i in 0..25 {
+        ours.push((format!("d{i}"), "dir".to_string(), true));
+        ours.push((format!("d{i}/f"), "a".to_string(), false));
+        theirs.push((format!("d{i}"), "dir".to_string(), true));
+        theirs.push((format!("d{i}/f"), "b".to_string(), false));
+    }
+    let (o, t) = (build(&ours), build(&theirs));
+    let mut w = Walk::new(&o);
+    let root = w.poll_queries(10);
+    assert_eq!(root.len(), 1);
+    w.handle_answer(t.answer(&root[0])).unwrap();
+    let mut sizes = Vec::new();
+    while !w.done() {
+        let qs = w.poll_queries(10);
+        // Nothing new while a round is unanswered.
+        assert!(w.poll_queries(10).is_empty());
+        sizes.push(qs.len());
+        for q in qs {
+            w.handle_answer(t.answer(&q)).unwrap();
+        }
+    }
+    assert_eq!(sizes, vec![10, 10, 5]);
+    assert_eq!(w.into_differences().len(), 50);
+}
+
+#[test]
+fn the_answer_size_counts_every_name() {
+    let t = tree(&[("d", "dir", true), ("d/abc", "1", false), ("e", "f", false)]);
+    let q = Query {
+        path: Vec::new(),
+        own: [0; 16],
+        tree: [0; 16],
+    };
+    let a = t.answer(&q);
+    // subdir d; leaves d and e
+    assert_eq!(a.size(), (3, 3));
+}
+
+#[test]
+fn a_directory_too_large_to_answer_is_a_whole_subtree() {
+    let n = MAX_ANSWER / 20 + 1;
+    let ours: Vec<(String, String, bool)> = (0..n)
+        .map(|i| (format!("big/{i:08}"), "a".to_string(), false))
+        .collect();
+    let mut theirs = ours.clone();
+    theirs[7].1 = "b".into();
+    let (o, t) = (build(&ours), build(&theirs));
+    let (d, _) = walk(&o, &t);
+    assert_eq!(d, vec![s("big")]);
+}

@@ -1,0 +1,134 @@
+//! Directory digests of a listing (the rules are `syncd_proto::digest`'s):
+//! how one entry becomes a leaf, the same way on both sides.
+
+use std::collections::HashMap;
+
+use syncd_proto::digest::{self, Digest, Tree};
+
+use crate::wire::{Entry, Kind};
+
+/// Which side built a tree: the hard-linked names of each side get leaves
+/// that never match the other's, so they are always compared by listing
+/// (which names share an inode is the plan's business, not a digest's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Primary,
+    Standby,
+}
+
+/// What a comparison looks at of one entry: kind, size, symlink target,
+/// mode, mtime, and the owners when they count. Never a content hash: a
+/// list without `checksum` trusts size and mtime, and so does this.
+fn leaf(e: &Entry, owners: bool, linked: Option<Side>) -> Digest {
+    let mut b = Vec::with_capacity(64);
+    match linked {
+        Some(side) => {
+            b.extend_from_slice(b"link");
+            b.push(side as u8);
+            b.extend_from_slice(e.path.as_bytes());
+        }
+        None => match &e.kind {
+            Kind::File { size, .. } => {
+                b.push(b'f');
+                b.extend_from_slice(&size.to_le_bytes());
+            }
+            Kind::Dir => b.push(b'd'),
+            Kind::Symlink { target } => {
+                b.push(b'l');
+                b.extend_from_slice(&(target.len() as u64).to_le_bytes());
+                b.extend_from_slice(target);
+            }
+            Kind::HardLink { .. } => b.push(b'h'),
+        },
+    }
+    let m = &e.meta;
+    b.extend_from_slice(&m.mode.to_le_bytes());
+    b.extend_from_slice(&m.mtime_sec.to_le_bytes());
+    b.extend_from_slice(&m.mtime_nsec.to_le_bytes());
+    if owners {
+        b.extend_from_slice(&m.uid.to_le_bytes());
+        b.extend_from_slice(&m.gid.to_le_bytes());
+    }
+    digest::leaf(&b)
+}
+
+/// The digests of one side's whole listing.
+pub fn tree(entries: &[Entry], owners: bool, side: Side) -> Tree {
+    // Files sharing an inode within the listing, and every hard-link name.
+    let mut inodes: HashMap<u64, u32> = HashMap::new();
+    for e in entries {
+        if matches!(e.kind, Kind::File { .. } | Kind::HardLink { .. }) && e.ino != 0 {
+            *inodes.entry(e.ino).or_default() += 1;
+        }
+    }
+    let linked = |e: &Entry| match e.kind {
+        Kind::HardLink { .. } => true,
+        Kind::File { .. } => e.ino != 0 && inodes.get(&e.ino).is_some_and(|&n| n > 1),
+        _ => false,
+    };
+    Tree::build(entries.iter().map(|e| {
+        let l = leaf(e, owners, linked(e).then_some(side));
+        (e.path.as_bytes(), l, matches!(e.kind, Kind::Dir))
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::path::RelPath;
+    use crate::wire::Meta;
+
+    fn file(p: &str, size: u64, ino: u64) -> Entry {
+        Entry {
+            path: RelPath::new(p.as_bytes().to_vec()).unwrap(),
+            kind: Kind::File { size, hash: None },
+            meta: Meta {
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                mtime_sec: 1,
+                mtime_nsec: 0,
+            },
+            ino,
+        }
+    }
+
+    #[test]
+    fn equal_listings_have_equal_roots_and_hashes_do_not_count() {
+        let a = vec![file("x", 3, 1), file("y", 4, 2)];
+        let mut b = vec![file("x", 3, 7), file("y", 4, 8)];
+        b[0].kind = Kind::File {
+            size: 3,
+            hash: Some([1; 32]),
+        };
+        let ta = tree(&a, true, Side::Primary);
+        let tb = tree(&b, true, Side::Standby);
+        assert_eq!(ta.root().tree, tb.root().tree);
+        b[1].meta.mtime_nsec = 1;
+        assert_ne!(ta.root().tree, tree(&b, true, Side::Standby).root().tree);
+    }
+
+    #[test]
+    fn owners_count_only_when_asked() {
+        let a = vec![file("x", 3, 1)];
+        let mut b = a.clone();
+        b[0].meta.uid = 1000;
+        assert_eq!(
+            tree(&a, false, Side::Primary).root().tree,
+            tree(&b, false, Side::Standby).root().tree
+        );
+        assert_ne!(
+            tree(&a, true, Side::Primary).root().tree,
+            tree(&b, true, Side::Standby).root().tree
+        );
+    }
+
+    #[test]
+    fn hard_linked_names_never_match_across_sides() {
+        let a = vec![file("x", 3, 5), file("y", 3, 5)];
+        assert_ne!(
+            tree(&a, true, Side::Primary).root().tree,
+            tree(&a, true, Side::Standby).root().tree
+        );
+    }
+}

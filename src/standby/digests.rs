@@ -1,0 +1,60 @@
+//! The standby's side of a digest walk (protocol 8; the rules are
+//! `syncd_proto::digest`'s): an empty round, sent while the primary scans,
+//! builds this side's directory digests from a full listing; the rounds
+//! after it are answered from them.
+
+use std::sync::Arc;
+
+use syncd_proto::digest::{Query, Tree};
+use tokio::sync::mpsc;
+
+use super::accept::SessionError;
+use super::session::{blocking, list_all};
+use super::Shared;
+use crate::scan::digest::{tree, Side};
+use crate::wire::Reply;
+
+/// Answers `queries` from `cache` (built first when the round is empty or
+/// nothing is cached), in chunks of about 1 MiB, then `ListEnd`.
+pub(super) async fn answer(
+    sh: &Arc<Shared>,
+    cache: &mut Option<Arc<Tree>>,
+    owners: bool,
+    queries: Vec<Query>,
+    reply: &mpsc::Sender<Reply>,
+) -> Result<(), SessionError> {
+    let t = match (&*cache, queries.is_empty()) {
+        (Some(t), false) => t.clone(),
+        _ => {
+            let sh = sh.clone();
+            let t = blocking(move || {
+                let scanned = list_all(&sh, false)?;
+                for e in &scanned.skipped {
+                    tracing::warn!("standby scan skipped {e}");
+                }
+                Ok(tree(&scanned.entries, owners, Side::Standby))
+            })
+            .await?;
+            let t = Arc::new(t);
+            *cache = Some(t.clone());
+            t
+        }
+    };
+    let mut chunk = Vec::new();
+    let mut bytes = 0;
+    for q in &queries {
+        let a = t.answer(q);
+        let (names, name_bytes) = a.size();
+        bytes += a.path.len() + 64 + name_bytes as usize + 24 * names;
+        chunk.push(a);
+        // Well under the frame limit.
+        if bytes > 1 << 20 {
+            let answers = std::mem::take(&mut chunk);
+            let _ = reply.send(Reply::Digests { answers }).await;
+            bytes = 0;
+        }
+    }
+    let _ = reply.send(Reply::Digests { answers: chunk }).await;
+    let _ = reply.send(Reply::ListEnd).await;
+    Ok(())
+}

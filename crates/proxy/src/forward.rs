@@ -38,6 +38,22 @@ const END_TO_END: [HeaderName; 11] = [
     header::CACHE_CONTROL,
 ];
 
+/// Is `name` (any case) a hop-by-hop header? For heads forwarded as raw
+/// bytes ([`crate::rawhead`]).
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
+}
+
+/// Is `name` (any case) one of the end-to-end essentials a `Connection`
+/// token must not remove?
+pub fn is_end_to_end(name: &[u8]) -> bool {
+    END_TO_END
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
+}
+
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");

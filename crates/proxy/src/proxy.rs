@@ -220,7 +220,8 @@ async fn proxy(
     let out_body = match body_len {
         BodyLen::None => OutBody::Bytes(Bytes::new()),
         BodyLen::Known(n) if idempotent && n <= max_replay as u64 => {
-            match collect_body(body, info.client_body_timeout).await {
+            // boxed: the rare path's state stays out of every request's future
+            match Box::pin(collect_body(body, info.client_body_timeout)).await {
                 Ok(b) => OutBody::Bytes(b),
                 Err(ExchangeError::ClientBodyTimeout) => {
                     return (local(StatusCode::REQUEST_TIMEOUT, "Request Timeout"), None)
@@ -270,7 +271,7 @@ async fn proxy(
         match result {
             Ok(resp) => {
                 server.metrics.observe(sent_at.elapsed());
-                let (mut rparts, mut rbody) = resp.into_parts();
+                let (rparts, mut rbody) = resp.into_parts();
                 if rparts.status == StatusCode::SWITCHING_PROTOCOLS {
                     let upgraded = rbody.take_upgraded();
                     let guard = PeerGuard {
@@ -281,7 +282,7 @@ async fn proxy(
                     let resp = switch_protocols(rparts, upgraded, guard, cfg.read_timeout);
                     return (resp, Some(server));
                 }
-                forward::prepare_response(&mut rparts.headers);
+                // hop-by-hop fields were left out as the head was parsed
                 let body = TrackedBody::new(rbody, up.clone(), server.clone(), peer);
                 return (
                     Response::from_parts(rparts, RespBody::Proxied(body)),
@@ -444,7 +445,9 @@ async fn send_attempt(
         let reused = pooled.is_some();
         let conn = match pooled {
             Some(c) => c,
-            None => match server.connect_http(cfg.connect_timeout).await {
+            // boxed: with a warm pool connecting is rare, and its timer
+            // would otherwise enlarge every request's future
+            None => match Box::pin(server.connect_http(cfg.connect_timeout)).await {
                 Ok(c) => c,
                 Err(ConnectError::Timeout(_)) => return Err(Failure::ConnectTimeout),
                 Err(e) => {

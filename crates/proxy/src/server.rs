@@ -13,10 +13,11 @@
 //! handling (the attempt is released), as a proxy must not keep a server
 //! busy for nobody.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io::IoSlice;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Poll;
+use std::pin::pin;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -81,7 +82,7 @@ where
         };
         let p = match parsed {
             Ok(p) => p,
-            Err(e) => return refuse(&wire, &mut wbuf, e, &c.info).await,
+            Err(e) => return Box::pin(refuse(&wire, &mut wbuf, e, &c.info)).await,
         };
         let busy = c.activity.begin();
         lock(&wire).start_body(p.decode, p.expect_continue);
@@ -89,14 +90,20 @@ where
         let http11 = p.req.version() == Version::HTTP_11;
         let (parts, ()) = p.req.into_parts();
         let req = Request::from_parts(parts, ReqBody::new(src.clone(), p.decode));
-        let handling = proxy::handle(req, c.info.clone(), c.shared.clone());
-        let resp = tokio::select! {
-            biased;
-            r = handling => match r {
-                Ok(r) => r,
-                Err(never) => match never {},
-            },
-            () = client_gone(&wire) => {
+        // pinned where it is built and polled beside the client watch by
+        // hand: a `select!` would move the whole request future again
+        let mut handling = pin!(proxy::handle(req, c.info.clone(), c.shared.clone()));
+        let resp = poll_fn(|cx| {
+            if let Poll::Ready(r) = handling.as_mut().poll(cx) {
+                return Poll::Ready(Some(r));
+            }
+            poll_client_gone(&wire, cx).map(|()| None)
+        })
+        .await;
+        let resp = match resp {
+            Some(Ok(r)) => r,
+            Some(Err(never)) => match never {},
+            None => {
                 tracing::debug!(client = %c.info.client, "client closed while its request was handled");
                 return;
             }
@@ -120,7 +127,7 @@ where
                 (w.io.take(), w.rbuf.split())
             };
             if let Some(io) = io {
-                crate::tunnel::run(io, leftover, t, c.info.client).await;
+                Box::pin(crate::tunnel::run(io, leftover, t, c.info.client)).await;
             }
             return;
         }
@@ -191,26 +198,23 @@ where
     .await
 }
 
-/// Resolves when the client closes while its request is handled (its body
+/// Ready when the client closes while its request is handled (its body
 /// fully read). Pipelined bytes are buffered, up to a bound.
-async fn client_gone<IO>(wire: &Mutex<Wire<IO>>)
+fn poll_client_gone<IO>(wire: &Mutex<Wire<IO>>, cx: &mut Context<'_>) -> Poll<()>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    poll_fn(|cx| {
-        let mut w = lock(wire);
-        // while the handler reads the body, the body owns the reads; the
-        // task is polled again on its progress
-        while w.decode == Decode::Done && w.rbuf.len() < PIPELINE_BUFFER {
-            match w.poll_fill(cx) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
-                Poll::Ready(Ok(_)) => {}
-                Poll::Pending => return Poll::Pending,
-            }
+    let mut w = lock(wire);
+    // while the handler reads the body, the body owns the reads; the task
+    // is polled again on its progress
+    while w.decode == Decode::Done && w.rbuf.len() < PIPELINE_BUFFER {
+        match w.poll_fill(cx) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
+            Poll::Ready(Ok(_)) => {}
+            Poll::Pending => return Poll::Pending,
         }
-        Poll::Pending
-    })
-    .await
+    }
+    Poll::Pending
 }
 
 /// The request for the proxy, from a parsed head. Header values are
@@ -283,16 +287,21 @@ async fn respond<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let (parts, body) = resp.into_parts();
+    let (parts, mut body) = resp.into_parts();
+    let raw = body.take_head();
+    let has_length = match &raw {
+        Some(r) => r.has_length,
+        None => parts.headers.contains_key(header::CONTENT_LENGTH),
+    };
     let plan = server_write::plan(
         parts.status,
-        &parts.headers,
+        has_length,
         body.size_hint().exact(),
         head_request,
         http11,
         keep_alive,
     );
-    server_write::encode_head(wbuf, parts.status, &parts.headers, &plan);
+    server_write::encode_head(wbuf, parts.status, &parts.headers, raw.as_ref(), &plan);
     // the body is written from this task alone: take the socket meanwhile
     let Some(mut io) = lock(wire).io.take() else {
         return false;

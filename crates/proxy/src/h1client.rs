@@ -21,13 +21,13 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
-use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Method, Response, StatusCode, Uri};
+use hyper::{Method, Response, StatusCode};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use crate::framing::{self, Decode};
 use crate::rawhead::{Parsed, RawHead, Span};
+use crate::reqhead::{BodyFraming, Forward};
 use crate::stall::Stall;
 
 /// Largest response head accepted from a backend.
@@ -107,10 +107,7 @@ impl Conn {
     /// owns the connection; see [`BackendBody::take_reusable`].
     pub async fn exchange(
         mut self,
-        method: &Method,
-        uri: &Uri,
-        headers: &HeaderMap,
-        host: Option<&HeaderValue>,
+        req: &Forward<'_>,
         body: &mut Option<OutBody>,
         limits: Timeouts,
     ) -> Result<Response<BackendBody>, ExchangeError> {
@@ -122,13 +119,13 @@ impl Conn {
             None => Some(Bytes::new()),
         };
         let framing = match &body_bytes {
-            Some(b) if b.is_empty() => Framing::AsIs,
-            Some(b) => Framing::Length(b.len() as u64),
-            None if headers.contains_key(header::CONTENT_LENGTH) => Framing::AsIs,
-            None => Framing::Chunked,
+            Some(b) if b.is_empty() => BodyFraming::AsIs,
+            Some(b) => BodyFraming::Length(b.len() as u64),
+            None if req.head.get(b"content-length").is_some() => BodyFraming::AsIs,
+            None => BodyFraming::Chunked,
         };
         let mut head = Vec::with_capacity(512);
-        encode_head(&mut head, method, uri, headers, host, framing);
+        req.encode(&mut head, framing);
         if let Some(b) = &body_bytes {
             if b.len() <= 16 * 1024 {
                 head.extend_from_slice(b);
@@ -144,14 +141,14 @@ impl Conn {
         if let Some(OutBody::Stream(s)) = body.take_if(|b| matches!(b, OutBody::Stream(_))) {
             // the rare path, boxed: its state would otherwise enlarge every
             // request's future
-            let chunked = matches!(framing, Framing::Chunked);
+            let chunked = matches!(framing, BodyFraming::Chunked);
             Box::pin(self.send_stream(s, chunked, limits)).await?;
         }
-        let head_request = method == Method::HEAD;
+        let head_request = req.head.method == Method::HEAD;
         loop {
             let head = self.read_head(limits.backend).await?;
             if head.code == 101 {
-                if !headers.contains_key(header::UPGRADE) {
+                if req.upgrade.is_none() {
                     // what follows would not be HTTP: never parse it as such
                     return Err(ExchangeError::Invalid(
                         "101 without an Upgrade request".into(),
@@ -352,53 +349,6 @@ pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<Parsed>, Exchang
         bytes: buf.split_to(n).freeze(),
         spans,
     }))
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Framing {
-    /// Keep the request's own Content-Length (or no body).
-    AsIs,
-    Length(u64),
-    Chunked,
-}
-
-fn encode_head(
-    out: &mut Vec<u8>,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    host: Option<&HeaderValue>,
-    framing: Framing,
-) {
-    out.extend_from_slice(method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    if let Some(h) = host {
-        out.extend_from_slice(b"host: ");
-        out.extend_from_slice(h.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    for (name, value) in headers {
-        if host.is_some() && name == header::HOST {
-            continue;
-        }
-        if !matches!(framing, Framing::AsIs) && name == header::CONTENT_LENGTH {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    match framing {
-        Framing::AsIs => {}
-        Framing::Length(n) => {
-            out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
-        }
-        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-    }
-    out.extend_from_slice(b"\r\n");
 }
 
 pub use crate::framing::chunk_size_line;

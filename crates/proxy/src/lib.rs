@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod rawhead;
 pub mod reload;
+pub mod reqhead;
 pub mod response;
 pub mod retry;
 pub mod server;

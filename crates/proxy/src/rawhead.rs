@@ -42,10 +42,9 @@ impl Parsed {
             let (n, _) = field(&self.bytes, s);
             let name = HeaderName::from_bytes(n)
                 .map_err(|_| format!("bad header name {:?}", String::from_utf8_lossy(n)))?;
-            let value = HeaderValue::from_maybe_shared(
-                self.bytes.slice(s[2] as usize..s[3] as usize),
-            )
-            .map_err(|_| format!("bad value for {name}"))?;
+            let value =
+                HeaderValue::from_maybe_shared(self.bytes.slice(s[2] as usize..s[3] as usize))
+                    .map_err(|_| format!("bad value for {name}"))?;
             map.append(name, value);
         }
         Ok(map)
@@ -156,7 +155,10 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nServer: x\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: timeout=5\r\n\
               X-Secret: 1\r\nContent-Length:  5\r\nSet-Cookie: a=1\r\nUpgrade: h2\r\nTE: trailers\r\n\r\n",
         );
-        assert_eq!(lines, ["Server: x", "Content-Length:  5", "Set-Cookie: a=1"]);
+        assert_eq!(
+            lines,
+            ["Server: x", "Content-Length:  5", "Set-Cookie: a=1"]
+        );
         assert!(length);
         assert!(!date);
     }

@@ -15,21 +15,22 @@
 
 use std::future::{poll_fn, Future};
 use std::io::IoSlice;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::pin::pin;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Body;
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, Request, StatusCode, Uri, Version};
+use hyper::header;
+use hyper::{Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::client_io::Activity;
 use crate::framing::{self, Decode, Framing, FramingError, HeadLimits, HeaderSpan, RequestHead};
 use crate::proxy::{self, ConnInfo, RespBody};
+use crate::reqhead::ReqHead;
 use crate::server_wire::{self, ReqBody, Wire};
 use crate::server_write::{self, BodyMode};
 use crate::state::Shared;
@@ -54,7 +55,7 @@ fn lock<IO>(w: &Mutex<Wire<IO>>) -> MutexGuard<'_, Wire<IO>> {
 
 /// A request head turned into what the proxy handles.
 struct Parsed {
-    req: Request<()>,
+    head: ReqHead,
     decode: Decode,
     keep_alive: bool,
     expect_continue: bool,
@@ -76,7 +77,7 @@ where
             _ = c.stop.wait_for(|s| *s) => return,
         };
         let parsed = match next {
-            Ok(Some((head, bytes))) => build(&head, &bytes, &spans),
+            Ok(Some((head, bytes))) => build(&head, bytes, &spans),
             Ok(None) => return,
             Err(e) => Err(e),
         };
@@ -86,13 +87,13 @@ where
         };
         let busy = c.activity.begin();
         lock(&wire).start_body(p.decode, p.expect_continue);
-        let head_request = p.req.method() == Method::HEAD;
-        let http11 = p.req.version() == Version::HTTP_11;
-        let (parts, ()) = p.req.into_parts();
-        let req = Request::from_parts(parts, ReqBody::new(src.clone(), p.decode));
+        let head_request = p.head.method == Method::HEAD;
+        let http11 = p.head.http11;
+        let body = ReqBody::new(src.clone(), p.decode);
         // pinned where it is built and polled beside the client watch by
         // hand: a `select!` would move the whole request future again
-        let mut handling = pin!(proxy::handle(req, c.info.clone(), c.shared.clone()));
+        let handle = proxy::handle(p.head, body, c.info.clone(), c.shared.clone());
+        let mut handling = pin!(handle);
         let resp = poll_fn(|cx| {
             if let Poll::Ready(r) = handling.as_mut().poll(cx) {
                 return Poll::Ready(Some(r));
@@ -217,61 +218,30 @@ where
     Poll::Pending
 }
 
-/// The request for the proxy, from a parsed head. Header values are
-/// slices of the head's bytes (no copy).
-fn build(head: &RequestHead, bytes: &Bytes, spans: &[HeaderSpan]) -> Result<Parsed, FramingError> {
+/// The request for the proxy, from a parsed head: its bytes and field
+/// spans, no header map.
+fn build(head: &RequestHead, bytes: Bytes, spans: &[HeaderSpan]) -> Result<Parsed, FramingError> {
     let fields = spans
         .iter()
         .map(|s| (&bytes[s.name.clone()], &bytes[s.value.clone()]));
     let framing = framing::request_framing(head.minor, fields)?;
-    let method = Method::from_bytes(&bytes[head.method.clone()])
-        .map_err(|_| FramingError::Malformed("method"))?;
-    let uri = Uri::from_maybe_shared(bytes.slice(head.target.clone()))
-        .map_err(|_| FramingError::Malformed("request target"))?;
-    // room for the X-Forwarded-* and X-Real-IP the proxy adds
-    let mut headers = HeaderMap::with_capacity(spans.len() + 4);
-    for s in spans {
-        let name = HeaderName::from_bytes(&bytes[s.name.clone()])
-            .map_err(|_| FramingError::BadHeaderName)?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice(s.value.clone()))
-            .map_err(|_| FramingError::Malformed("header value"))?;
-        headers.append(name, value);
-    }
-    let http11 = head.minor == 1;
-    let keep_alive = if http11 {
-        !has_token(&headers, header::CONNECTION, "close")
+    let head = ReqHead::new(head, bytes, spans.to_vec())?;
+    let keep_alive = if head.http11 {
+        !head.has_token(b"connection", b"close")
     } else {
-        has_token(&headers, header::CONNECTION, "keep-alive")
+        head.has_token(b"connection", b"keep-alive")
     };
-    let expect_continue = http11 && has_token(&headers, header::EXPECT, "100-continue");
-    let mut req = Request::new(());
-    *req.method_mut() = method;
-    *req.uri_mut() = uri;
-    *req.version_mut() = if http11 {
-        Version::HTTP_11
-    } else {
-        Version::HTTP_10
-    };
-    *req.headers_mut() = headers;
+    let expect_continue = head.http11 && head.has_token(b"expect", b"100-continue");
     let decode = Decode::new(match framing {
         Framing::UntilClose => Framing::None, // never for a request
         f => f,
     });
     Ok(Parsed {
-        req,
+        head,
         decode,
         keep_alive,
         expect_continue,
     })
-}
-
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// Write a response; false when the connection cannot go on (write error,

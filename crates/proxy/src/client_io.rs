@@ -203,27 +203,29 @@ impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
                 let Some(deadline) = deadline else {
                     return Poll::Pending;
                 };
-                let timer = match &mut this.read_timer {
-                    Some((at, t)) => {
-                        if *at != deadline {
-                            t.as_mut().reset(deadline);
-                            *at = deadline;
-                        }
-                        t
+                let (at, timer) = this.read_timer.get_or_insert_with(|| {
+                    (deadline, Box::pin(tokio::time::sleep_until(deadline)))
+                });
+                // each keep-alive request moves the deadline later; the timer
+                // is left armed for the earlier one and re-armed only when it
+                // fires, so a busy connection does not touch the timer wheel
+                // per request
+                if deadline < *at {
+                    timer.as_mut().reset(deadline);
+                    *at = deadline;
+                }
+                loop {
+                    if timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
                     }
-                    None => {
-                        let t = Box::pin(tokio::time::sleep_until(deadline));
-                        &mut this.read_timer.insert((deadline, t)).1
-                    }
-                };
-                match timer.as_mut().poll(cx) {
-                    // report end of stream: hyper closes an idle connection
-                    // quietly and drops one with a partial head
-                    Poll::Ready(()) => {
+                    if Instant::now() >= deadline {
+                        // end of stream: the connection closes an idle
+                        // connection quietly and drops a partial head
                         tracing::debug!("client header or keep-alive idle timeout; closing");
-                        Poll::Ready(Ok(()))
+                        return Poll::Ready(Ok(()));
                     }
-                    Poll::Pending => Poll::Pending,
+                    timer.as_mut().reset(deadline);
+                    *at = deadline;
                 }
             }
         }

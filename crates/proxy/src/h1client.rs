@@ -12,7 +12,7 @@
 //! `Upgrade`: it ends the exchange and hands over the raw connection. A connection is reusable when the response was
 //! HTTP/1.1 without `Connection: close` and its body was read to the end.
 
-use std::future::Future;
+use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -21,13 +21,14 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, Response, StatusCode, Uri, Version};
-use tokio::io::AsyncWriteExt;
+use hyper::{Method, Response, StatusCode};
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
-use tokio::time::Sleep;
 
 use crate::framing::{self, Decode};
+use crate::rawhead::{Parsed, RawHead, Span};
+use crate::reqhead::{BodyFraming, Forward};
+use crate::stall::Stall;
 
 /// Largest response head accepted from a backend.
 const MAX_HEAD: usize = 64 * 1024;
@@ -82,6 +83,8 @@ pub enum ExchangeError {
 pub struct Conn {
     io: TcpStream,
     rbuf: BytesMut,
+    /// The read/write limit's timer, one for the connection's life.
+    stall: Stall,
 }
 
 impl Conn {
@@ -89,6 +92,7 @@ impl Conn {
         Conn {
             io,
             rbuf: BytesMut::with_capacity(8192),
+            stall: Stall::new(),
         }
     }
 
@@ -103,10 +107,7 @@ impl Conn {
     /// owns the connection; see [`BackendBody::take_reusable`].
     pub async fn exchange(
         mut self,
-        method: &Method,
-        uri: &Uri,
-        headers: &HeaderMap,
-        host: Option<&HeaderValue>,
+        req: &Forward<'_>,
         body: &mut Option<OutBody>,
         limits: Timeouts,
     ) -> Result<Response<BackendBody>, ExchangeError> {
@@ -118,13 +119,13 @@ impl Conn {
             None => Some(Bytes::new()),
         };
         let framing = match &body_bytes {
-            Some(b) if b.is_empty() => Framing::AsIs,
-            Some(b) => Framing::Length(b.len() as u64),
-            None if headers.contains_key(header::CONTENT_LENGTH) => Framing::AsIs,
-            None => Framing::Chunked,
+            Some(b) if b.is_empty() => BodyFraming::AsIs,
+            Some(b) => BodyFraming::Length(b.len() as u64),
+            None if req.head.get(b"content-length").is_some() => BodyFraming::AsIs,
+            None => BodyFraming::Chunked,
         };
         let mut head = Vec::with_capacity(512);
-        encode_head(&mut head, method, uri, headers, host, framing);
+        req.encode(&mut head, framing);
         if let Some(b) = &body_bytes {
             if b.len() <= 16 * 1024 {
                 head.extend_from_slice(b);
@@ -137,41 +138,17 @@ impl Conn {
                 self.write(b, send, ExchangeError::WriteBody).await?;
             }
         }
-        if let Some(OutBody::Stream(mut s)) = body.take_if(|b| matches!(b, OutBody::Stream(_))) {
-            let chunked = matches!(framing, Framing::Chunked);
-            loop {
-                // the client's pace is timed on its own: a slow upload must
-                // never look like a slow server
-                let frame = match tokio::time::timeout(limits.client_body, s.frame()).await {
-                    Err(_) => return Err(ExchangeError::ClientBodyTimeout),
-                    Ok(None) => break,
-                    Ok(Some(f)) => f.map_err(|_| ExchangeError::ClientBody)?,
-                };
-                if let Ok(data) = frame.into_data() {
-                    if data.is_empty() {
-                        continue;
-                    }
-                    if chunked {
-                        let size = format!("{:x}\r\n", data.len());
-                        self.write(size.as_bytes(), send, ExchangeError::WriteBody)
-                            .await?;
-                    }
-                    self.write(&data, send, ExchangeError::WriteBody).await?;
-                    if chunked {
-                        self.write(b"\r\n", send, ExchangeError::WriteBody).await?;
-                    }
-                }
-            }
-            if chunked {
-                self.write(b"0\r\n\r\n", send, ExchangeError::WriteBody)
-                    .await?;
-            }
+        if let Some(OutBody::Stream(s)) = body.take_if(|b| matches!(b, OutBody::Stream(_))) {
+            // the rare path, boxed: its state would otherwise enlarge every
+            // request's future
+            let chunked = matches!(framing, BodyFraming::Chunked);
+            Box::pin(self.send_stream(s, chunked, limits)).await?;
         }
-        let head_request = method == Method::HEAD;
+        let head_request = req.head.method == Method::HEAD;
         loop {
-            let resp = self.read_head(limits.backend).await?;
-            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                if !headers.contains_key(header::UPGRADE) {
+            let head = self.read_head(limits.backend).await?;
+            if head.code == 101 {
+                if req.upgrade.is_none() {
                     // what follows would not be HTTP: never parse it as such
                     return Err(ExchangeError::Invalid(
                         "101 without an Upgrade request".into(),
@@ -179,39 +156,67 @@ impl Conn {
                 }
                 // the connection now belongs to the new protocol: no body,
                 // never reused; see BackendBody::take_upgraded
-                let (mut parts, ()) = resp.into_parts();
-                parts.version = Version::HTTP_11;
-                let body = BackendBody {
-                    conn: Some(self),
-                    decode: Decode::Done,
-                    keep_alive: false,
-                    read_timeout: limits.backend,
-                    timer: None,
-                };
-                return Ok(Response::from_parts(parts, body));
+                let map = head.header_map().map_err(ExchangeError::Invalid)?;
+                let mut resp = Response::new(BackendBody::new(self, Decode::Done, false, limits));
+                *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                *resp.headers_mut() = map;
+                return Ok(resp);
             }
-            if resp.status().is_informational() {
+            if (100..200).contains(&head.code) {
                 continue; // 100 Continue and friends
             }
-            let (mut parts, ()) = resp.into_parts();
-            let decode = body_framing(&parts.headers, parts.status, head_request)?;
-            if parts.headers.contains_key(header::TRANSFER_ENCODING) {
-                // Transfer-Encoding wins (RFC 9112 §6.3); passing the stale
-                // length on would let the client frame the body differently
-                parts.headers.remove(header::CONTENT_LENGTH);
-            }
-            let keep_alive =
-                parts.version == Version::HTTP_11 && !has_token(&parts.headers, "close");
-            parts.version = Version::HTTP_11;
-            let body = BackendBody {
-                conn: Some(self),
-                decode,
-                keep_alive,
-                read_timeout: limits.backend,
-                timer: None,
-            };
-            return Ok(Response::from_parts(parts, body));
+            let status = StatusCode::from_u16(head.code)
+                .map_err(|_| ExchangeError::Invalid("bad status code".into()))?;
+            let decode = framing::response_framing(head.code, head_request, head.fields())
+                .map(Decode::new)
+                .map_err(|e| ExchangeError::Invalid(e.to_string()))?;
+            let keep_alive = !head.http10 && !head.has_connection_token(b"close");
+            // the client's head: hop-by-hop fields out, no header map
+            let mut body = BackendBody::new(self, decode, keep_alive, limits);
+            body.head = Some(head.into_forwarded());
+            let mut resp = Response::new(body);
+            *resp.status_mut() = status;
+            return Ok(resp);
         }
+    }
+
+    /// Stream the client's body to the backend, chunk-encoded when its
+    /// length is unknown.
+    async fn send_stream(
+        &mut self,
+        mut s: crate::server_wire::ReqBody,
+        chunked: bool,
+        limits: Timeouts,
+    ) -> Result<(), ExchangeError> {
+        let send = limits.backend;
+        loop {
+            // the client's pace is timed on its own: a slow upload must
+            // never look like a slow server
+            let frame = match tokio::time::timeout(limits.client_body, s.frame()).await {
+                Err(_) => return Err(ExchangeError::ClientBodyTimeout),
+                Ok(None) => break,
+                Ok(Some(f)) => f.map_err(|_| ExchangeError::ClientBody)?,
+            };
+            if let Ok(data) = frame.into_data() {
+                if data.is_empty() {
+                    continue;
+                }
+                if chunked {
+                    let size = format!("{:x}\r\n", data.len());
+                    self.write(size.as_bytes(), send, ExchangeError::WriteBody)
+                        .await?;
+                }
+                self.write(&data, send, ExchangeError::WriteBody).await?;
+                if chunked {
+                    self.write(b"\r\n", send, ExchangeError::WriteBody).await?;
+                }
+            }
+        }
+        if chunked {
+            self.write(b"0\r\n\r\n", send, ExchangeError::WriteBody)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Write all of `buf`, waiting at most `limit` for the backend to accept
@@ -223,21 +228,53 @@ impl Conn {
         err: fn(io::Error) -> ExchangeError,
     ) -> Result<(), ExchangeError> {
         while !buf.is_empty() {
-            let n = match tokio::time::timeout(limit, self.io.write(buf)).await {
-                Err(_) => return Err(ExchangeError::Timeout),
-                Ok(Ok(0)) => return Err(err(io::ErrorKind::WriteZero.into())),
-                Ok(Ok(n)) => n,
-                Ok(Err(e)) => return Err(err(e)),
+            let Conn { io, stall, .. } = self;
+            let written = poll_fn(|cx| match Pin::new(&mut *io).poll_write(cx, buf) {
+                Poll::Ready(r) => {
+                    stall.progress();
+                    Poll::Ready(Some(r))
+                }
+                Poll::Pending => stall.poll_stalled(limit, cx).map(|()| None),
+            });
+            let n = match written.await {
+                None => return Err(ExchangeError::Timeout),
+                Some(Ok(0)) => return Err(err(io::ErrorKind::WriteZero.into())),
+                Some(Ok(n)) => n,
+                Some(Err(e)) => return Err(err(e)),
             };
             buf = &buf[n..];
         }
         Ok(())
     }
 
+    /// Read more bytes into the buffer, waiting at most `limit` for them.
+    /// The socket is checked before the timer, so a pause in which nobody
+    /// read (the client not taking the body) never counts as a stall.
+    fn poll_fill(&mut self, limit: Duration, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        loop {
+            if self.io.poll_read_ready(cx)?.is_pending() {
+                ready!(self.stall.poll_stalled(limit, cx));
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "backend sent no response bytes within read_timeout",
+                )));
+            }
+            self.rbuf.reserve(8192);
+            match self.io.try_read_buf(&mut self.rbuf) {
+                Ok(n) => {
+                    self.stall.progress();
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
     /// Read and parse a response head. Header values are slices of the
     /// read buffer (no copy); the head's bytes are consumed from the buffer.
     /// `limit` bounds each read, like nginx's `proxy_read_timeout`.
-    async fn read_head(&mut self, limit: Duration) -> Result<Response<()>, ExchangeError> {
+    async fn read_head(&mut self, limit: Duration) -> Result<Parsed, ExchangeError> {
         let mut got_any = !self.rbuf.is_empty();
         loop {
             if !self.rbuf.is_empty() {
@@ -248,13 +285,13 @@ impl Conn {
                     return Err(ExchangeError::Invalid("response head too large".into()));
                 }
             }
-            self.rbuf.reserve(8192);
-            let read = tokio::io::AsyncReadExt::read_buf(&mut self.io, &mut self.rbuf);
-            let n = match tokio::time::timeout(limit, read).await {
-                Err(_) => return Err(ExchangeError::Timeout),
-                Ok(Ok(n)) => n,
-                Ok(Err(_)) if !got_any => return Err(ExchangeError::ClosedBeforeResponse),
-                Ok(Err(_)) => return Err(ExchangeError::Incomplete),
+            let n = match poll_fn(|cx| self.poll_fill(limit, cx)).await {
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    return Err(ExchangeError::Timeout)
+                }
+                Ok(n) => n,
+                Err(_) if !got_any => return Err(ExchangeError::ClosedBeforeResponse),
+                Err(_) => return Err(ExchangeError::Incomplete),
             };
             if n == 0 {
                 return Err(if got_any {
@@ -269,11 +306,11 @@ impl Conn {
 }
 
 /// Parses one response head at the start of `buf`. A complete head is
-/// consumed from `buf` and returned (header values are slices of its bytes,
-/// no copy); `Ok(None)` means more bytes are needed and leaves `buf` as is.
-pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, ExchangeError> {
-    type Span = (usize, usize, usize, usize);
-    let parsed = {
+/// consumed from `buf` and returned with its fields as spans of its bytes
+/// (no copy, no header map); `Ok(None)` means more bytes are needed and
+/// leaves `buf` as is.
+pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<Parsed>, ExchangeError> {
+    let (n, code, version, spans) = {
         // uninitialised storage: nothing to zero per response
         let mut storage = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
         let mut r = httparse::Response::new(&mut []);
@@ -284,121 +321,34 @@ pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<Response<()>>, E
         ) {
             Ok(httparse::Status::Complete(n)) => {
                 let base = buf.as_ptr() as usize;
+                // offsets fit: a head is at most MAX_HEAD bytes
+                let off = |p: *const u8| (p as usize - base) as u32;
                 let spans: Vec<Span> = r
                     .headers
                     .iter()
                     .map(|h| {
-                        let ns = h.name.as_ptr() as usize - base;
-                        let vs = h.value.as_ptr() as usize - base;
-                        (ns, ns + h.name.len(), vs, vs + h.value.len())
+                        let (ns, vs) = (off(h.name.as_ptr()), off(h.value.as_ptr()));
+                        [ns, ns + h.name.len() as u32, vs, vs + h.value.len() as u32]
                     })
                     .collect();
-                let count = spans.len();
-                Some((n, r.code, r.version, spans, count))
+                (n, r.code, r.version, spans)
             }
-            Ok(httparse::Status::Partial) => None,
+            Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => return Err(ExchangeError::Invalid(e.to_string())),
         }
     };
-    let Some((n, code, version, spans, count)) = parsed else {
-        return Ok(None);
-    };
-    let head = buf.split_to(n).freeze();
-    let status = code
-        .and_then(|c| StatusCode::from_u16(c).ok())
+    if n > MAX_HEAD {
+        return Err(ExchangeError::Invalid("response head too large".into()));
+    }
+    let code = code
+        .filter(|c| StatusCode::from_u16(*c).is_ok())
         .ok_or_else(|| ExchangeError::Invalid("bad status code".into()))?;
-    let mut resp = Response::new(());
-    *resp.status_mut() = status;
-    *resp.version_mut() = if version == Some(0) {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    };
-    let map = resp.headers_mut();
-    map.reserve(count);
-    for &(ns, ne, vs, ve) in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| {
-            ExchangeError::Invalid(format!(
-                "bad header name {:?}",
-                String::from_utf8_lossy(&head[ns..ne])
-            ))
-        })?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
-            .map_err(|_| ExchangeError::Invalid(format!("bad value for {name}")))?;
-        map.append(name, value);
-    }
-    Ok(Some(resp))
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Framing {
-    /// Keep the request's own Content-Length (or no body).
-    AsIs,
-    Length(u64),
-    Chunked,
-}
-
-fn encode_head(
-    out: &mut Vec<u8>,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    host: Option<&HeaderValue>,
-    framing: Framing,
-) {
-    out.extend_from_slice(method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    if let Some(h) = host {
-        out.extend_from_slice(b"host: ");
-        out.extend_from_slice(h.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    for (name, value) in headers {
-        if host.is_some() && name == header::HOST {
-            continue;
-        }
-        if !matches!(framing, Framing::AsIs) && name == header::CONTENT_LENGTH {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    match framing {
-        Framing::AsIs => {}
-        Framing::Length(n) => {
-            out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
-        }
-        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-    }
-    out.extend_from_slice(b"\r\n");
-}
-
-fn has_token(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
-/// The response body's framing, by the rules in [`crate::framing`] shared
-/// with the request side.
-fn body_framing(
-    headers: &HeaderMap,
-    status: StatusCode,
-    head_request: bool,
-) -> Result<Decode, ExchangeError> {
-    let fields = headers
-        .iter()
-        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
-    framing::response_framing(status.as_u16(), head_request, fields)
-        .map(Decode::new)
-        .map_err(|e| ExchangeError::Invalid(e.to_string()))
+    Ok(Some(Parsed {
+        code,
+        http10: version == Some(0),
+        bytes: buf.split_to(n).freeze(),
+        spans,
+    }))
 }
 
 pub use crate::framing::chunk_size_line;
@@ -410,11 +360,28 @@ pub struct BackendBody {
     keep_alive: bool,
     /// Longest wait for the next bytes of the body (`read_timeout`).
     read_timeout: Duration,
-    /// Runs while a read waits; cleared whenever bytes arrive.
-    timer: Option<Pin<Box<Sleep>>>,
+    /// The response head's forwarded fields, until the server takes them.
+    head: Option<RawHead>,
 }
 
 impl BackendBody {
+    fn new(conn: Conn, decode: Decode, keep_alive: bool, limits: Timeouts) -> BackendBody {
+        BackendBody {
+            conn: Some(conn),
+            decode,
+            keep_alive,
+            read_timeout: limits.backend,
+            head: None,
+        }
+    }
+
+    /// The response head's fields as the client gets them (hop-by-hop
+    /// fields left out); `None` for a 101, whose fields are in the
+    /// response's header map.
+    pub fn take_head(&mut self) -> Option<RawHead> {
+        self.head.take()
+    }
+
     /// After the body is complete, the connection if it can serve another request.
     pub fn take_reusable(&mut self) -> Option<Conn> {
         if self.decode == Decode::Done && self.keep_alive {
@@ -432,36 +399,6 @@ impl BackendBody {
     pub fn take_upgraded(&mut self) -> Option<(TcpStream, BytesMut)> {
         self.keep_alive = false;
         self.conn.take().map(|c| (c.io, c.rbuf))
-    }
-
-    /// Read more bytes into the buffer. The socket is checked before the
-    /// timer, so a client that paused reading never turns bytes that did
-    /// arrive into a backend timeout.
-    fn poll_fill(
-        conn: &mut Conn,
-        timer: &mut Option<Pin<Box<Sleep>>>,
-        limit: Duration,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            if conn.io.poll_read_ready(cx)?.is_pending() {
-                let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-                ready!(t.as_mut().poll(cx));
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "backend sent no response bytes within read_timeout",
-                )));
-            }
-            conn.rbuf.reserve(8192);
-            match conn.io.try_read_buf(&mut conn.rbuf) {
-                Ok(n) => {
-                    *timer = None;
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
     }
 }
 
@@ -493,12 +430,7 @@ impl Body for BackendBody {
                 Decode::Done => return Poll::Ready(None),
                 Decode::Length(rem) | Decode::ChunkData(rem) => {
                     if conn.rbuf.is_empty() {
-                        match ready!(Self::poll_fill(
-                            conn,
-                            &mut this.timer,
-                            this.read_timeout,
-                            cx
-                        )) {
+                        match ready!(conn.poll_fill(this.read_timeout, cx)) {
                             Ok(0) => return Poll::Ready(Some(Err(eof()))),
                             Ok(_) => {}
                             Err(e) => return Poll::Ready(Some(Err(e))),
@@ -511,12 +443,7 @@ impl Body for BackendBody {
                 }
                 Decode::UntilClose => {
                     if conn.rbuf.is_empty() {
-                        match ready!(Self::poll_fill(
-                            conn,
-                            &mut this.timer,
-                            this.read_timeout,
-                            cx
-                        )) {
+                        match ready!(conn.poll_fill(this.read_timeout, cx)) {
                             Ok(0) => {
                                 this.decode = Decode::Done;
                                 this.keep_alive = false;
@@ -534,12 +461,7 @@ impl Body for BackendBody {
                         if conn.rbuf.len() > framing::MAX_CHUNK_LINE {
                             return Poll::Ready(Some(Err(bad("chunk line too long"))));
                         }
-                        match ready!(Self::poll_fill(
-                            conn,
-                            &mut this.timer,
-                            this.read_timeout,
-                            cx
-                        )) {
+                        match ready!(conn.poll_fill(this.read_timeout, cx)) {
                             Ok(0) => return Poll::Ready(Some(Err(eof()))),
                             Ok(_) => continue,
                             Err(e) => return Poll::Ready(Some(Err(e))),

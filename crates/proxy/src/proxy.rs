@@ -9,14 +9,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper::header::HeaderValue;
+use hyper::{Response, StatusCode};
 
 use crate::balancer::hash::KeyVars;
 use crate::balancer::{Attempt, Key, Outcome};
 use crate::config;
 use crate::forward::{self, BodyLen};
 use crate::h1client::{BackendBody, ExchangeError, OutBody, Timeouts};
+use crate::reqhead::{Forward, ReqHead};
 use crate::response::TrackedBody;
 pub use crate::response::{local, RespBody};
 use crate::retry::{self, Failure};
@@ -67,9 +68,7 @@ impl Drop for PeerGuard {
 /// The request to send. The head is serialised from here for each attempt;
 /// a buffered body can be sent any number of times, a streamed one once.
 struct Outgoing {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    head: ReqHead,
     body: Option<OutBody>,
 }
 
@@ -80,40 +79,38 @@ impl Outgoing {
 }
 
 struct ReqVars<'a> {
-    uri: &'a Uri,
-    headers: &'a HeaderMap,
+    head: &'a ReqHead,
     client: SocketAddr,
+}
+
+impl ReqVars<'_> {
+    fn header(&self, name: &str) -> impl Iterator<Item = &str> {
+        let name = name.as_bytes().to_vec();
+        self.head
+            .fields()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(&name))
+            .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+    }
 }
 
 impl KeyVars for ReqVars<'_> {
     fn var(&self, name: &str) -> Option<String> {
-        let query = self.uri.query().unwrap_or("");
+        let uri = &self.head.uri;
+        let query = uri.query().unwrap_or("");
         match name {
             "remote_addr" => Some(self.client.ip().to_canonical().to_string()),
-            "host" => self
-                .headers
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .map(|h| {
-                    h.rsplit_once(':')
-                        .map_or(h, |(host, _)| host)
-                        .to_ascii_lowercase()
-                }),
-            "uri" => Some(self.uri.path().to_string()),
-            "request_uri" => Some(
-                self.uri
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .to_string(),
-            ),
+            "host" => self.header("host").next().map(|h| {
+                h.rsplit_once(':')
+                    .map_or(h, |(host, _)| host)
+                    .to_ascii_lowercase()
+            }),
+            "uri" => Some(uri.path().to_string()),
+            "request_uri" => Some(uri.path_and_query().map_or("/", |p| p.as_str()).to_string()),
             "args" => Some(query.to_string()),
             _ => {
                 if let Some(h) = name.strip_prefix("http_") {
                     let h = h.replace('_', "-");
-                    self.headers
-                        .get(h.as_str())
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string)
+                    self.header(&h).next().map(str::to_string)
                 } else if let Some(a) = name.strip_prefix("arg_") {
                     query
                         .split('&')
@@ -121,10 +118,7 @@ impl KeyVars for ReqVars<'_> {
                         .find(|(k, _)| *k == a)
                         .map(|(_, v)| v.to_string())
                 } else if let Some(c) = name.strip_prefix("cookie_") {
-                    self.headers
-                        .get_all(header::COOKIE)
-                        .iter()
-                        .filter_map(|v| v.to_str().ok())
+                    self.header("cookie")
                         .flat_map(|s| s.split(';'))
                         .filter_map(|kv| kv.trim().split_once('='))
                         .find(|(k, _)| *k == c)
@@ -139,19 +133,21 @@ impl KeyVars for ReqVars<'_> {
 
 /// Entry point for one client request.
 pub async fn handle(
-    req: Request<ReqBody>,
+    head: ReqHead,
+    body: ReqBody,
     info: Arc<ConnInfo>,
     shared: Arc<Shared>,
 ) -> Result<Response<RespBody>, Infallible> {
     let start = Instant::now();
     shared.metrics.requests.fetch_add(1, Ordering::Relaxed);
     let access = shared.access_log();
-    let log = access.then(|| (req.method().clone(), req.uri().clone()));
+    let log = access.then(|| (head.method.clone(), head.uri.clone()));
     let snap = shared.current();
     let (resp, server) = match snap.upstreams.get(&info.upstream) {
         Some(up) => {
             proxy(
-                req,
+                head,
+                body,
                 &info,
                 &shared,
                 up.clone(),
@@ -183,14 +179,15 @@ pub async fn handle(
 }
 
 async fn proxy(
-    req: Request<ReqBody>,
+    head: ReqHead,
+    body: ReqBody,
     info: &ConnInfo,
     shared: &Shared,
     up: Arc<UpstreamRt>,
     max_replay: usize,
 ) -> (Response<RespBody>, Option<Arc<ServerRt>>) {
     let cfg = &up.cfg;
-    if let Err(e) = forward::check_request(req.version(), req.uri(), req.headers()) {
+    if let Err(e) = forward::check_request(&head) {
         tracing::debug!(client = %info.client, error = %e, "request refused");
         return (
             local(StatusCode::BAD_REQUEST, &format!("Bad Request ({e})")),
@@ -202,25 +199,18 @@ async fn proxy(
         client_ip: Some(info.client.ip().to_canonical()),
         hash: up.key.as_ref().map(|t| {
             t.hash(&ReqVars {
-                uri: req.uri(),
-                headers: req.headers(),
+                head: &head,
                 client: info.client,
             })
         }),
     };
-    let (mut parts, body) = req.into_parts();
-    // framing is read before hop-by-hop headers (Transfer-Encoding) go
-    let body_len = forward::body_len(&parts.headers);
-    let upgrade = forward::upgrade_request(&parts.method, parts.version, &parts.headers);
-    forward::prepare_request(&mut parts, &info.client_ip, info.tls);
-    if let Some(u) = upgrade {
-        forward::keep_upgrade(&mut parts.headers, u);
-    }
-    let idempotent = retry::is_idempotent(&parts.method);
+    let body_len = forward::body_len(&head);
+    let idempotent = retry::is_idempotent(&head.method);
     let out_body = match body_len {
         BodyLen::None => OutBody::Bytes(Bytes::new()),
         BodyLen::Known(n) if idempotent && n <= max_replay as u64 => {
-            match collect_body(body, info.client_body_timeout).await {
+            // boxed: the rare path's state stays out of every request's future
+            match Box::pin(collect_body(body, info.client_body_timeout)).await {
                 Ok(b) => OutBody::Bytes(b),
                 Err(ExchangeError::ClientBodyTimeout) => {
                     return (local(StatusCode::REQUEST_TIMEOUT, "Request Timeout"), None)
@@ -231,12 +221,9 @@ async fn proxy(
         _ => OutBody::Stream(body),
     };
     let mut out = Outgoing {
-        method: parts.method,
-        uri: parts.uri,
-        headers: parts.headers,
+        head,
         body: Some(out_body),
     };
-    let method = out.method.clone();
 
     let started = Instant::now();
     let mut attempt = Attempt::new();
@@ -265,12 +252,12 @@ async fn proxy(
             client_body: info.client_body_timeout,
             backend: cfg.read_timeout,
         };
-        let result = send_attempt(&server, cfg, &mut out, idempotent, limits).await;
+        let result = send_attempt(&server, cfg, info, &mut out, idempotent, limits).await;
         guard.disarm(); // from here on, Finish or the error path releases
         match result {
             Ok(resp) => {
                 server.metrics.observe(sent_at.elapsed());
-                let (mut rparts, mut rbody) = resp.into_parts();
+                let (rparts, mut rbody) = resp.into_parts();
                 if rparts.status == StatusCode::SWITCHING_PROTOCOLS {
                     let upgraded = rbody.take_upgraded();
                     let guard = PeerGuard {
@@ -281,7 +268,7 @@ async fn proxy(
                     let resp = switch_protocols(rparts, upgraded, guard, cfg.read_timeout);
                     return (resp, Some(server));
                 }
-                forward::prepare_response(&mut rparts.headers);
+                // hop-by-hop fields were left out as the head was parsed
                 let body = TrackedBody::new(rbody, up.clone(), server.clone(), peer);
                 return (
                     Response::from_parts(rparts, RespBody::Proxied(body)),
@@ -313,12 +300,12 @@ async fn proxy(
                         upstream = %cfg.name,
                         server = %server.name,
                         failure = ?f,
-                        method = %method,
+                        method = %out.head.method,
                         "upstream attempt failed"
                     );
                 }
                 last = Some(f);
-                if !retry::retryable(f, &method, out.can_resend()) {
+                if !retry::retryable(f, &out.head.method, out.can_resend()) {
                     break;
                 }
                 if !cfg.next_upstream_timeout.is_zero()
@@ -425,15 +412,11 @@ async fn collect_body(mut body: ReqBody, per_read: Duration) -> Result<Bytes, Ex
 async fn send_attempt(
     server: &ServerRt,
     cfg: &config::Upstream,
+    info: &ConnInfo,
     out: &mut Outgoing,
     idempotent: bool,
     limits: Timeouts,
 ) -> Result<Response<BackendBody>, Failure> {
-    let host = match &cfg.host_header {
-        config::HostHeader::Preserve => None,
-        config::HostHeader::Upstream => HeaderValue::from_str(&server.addr.to_string()).ok(),
-        config::HostHeader::Fixed(h) => HeaderValue::from_str(h).ok(),
-    };
     let mut fresh_only = false;
     loop {
         let pooled = if fresh_only {
@@ -444,7 +427,9 @@ async fn send_attempt(
         let reused = pooled.is_some();
         let conn = match pooled {
             Some(c) => c,
-            None => match server.connect_http(cfg.connect_timeout).await {
+            // boxed: with a warm pool connecting is rare, and its timer
+            // would otherwise enlarge every request's future
+            None => match Box::pin(server.connect_http(cfg.connect_timeout)).await {
                 Ok(c) => c,
                 Err(ConnectError::Timeout(_)) => return Err(Failure::ConnectTimeout),
                 Err(e) => {
@@ -459,18 +444,19 @@ async fn send_attempt(
         server.metrics.requests.fetch_add(1, Ordering::Relaxed);
         // no timeout around the whole exchange: the client's upload pace and
         // the backend's are timed separately, per read/write, inside it
-        let exchange = conn.exchange(
-            &out.method,
-            &out.uri,
-            &out.headers,
-            host.as_ref(),
-            &mut out.body,
-            limits,
-        );
+        let req = Forward {
+            head: &out.head,
+            client_ip: info.client_ip.to_str().unwrap_or("unknown"),
+            tls: info.tls,
+            upgrade: forward::upgrade_request(&out.head),
+            host: &cfg.host_header,
+            server: server.addr,
+        };
+        let exchange = conn.exchange(&req, &mut out.body, limits);
         match exchange.await {
             Ok(resp) => return Ok(resp),
             Err(e) => {
-                tracing::debug!(error = ?e, reused, method = %out.method, "exchange failed");
+                tracing::debug!(error = ?e, reused, method = %out.head.method, "exchange failed");
                 match e {
                     ExchangeError::WriteHead(_) if reused => continue,
                     ExchangeError::WriteHead(_) => return Err(Failure::Connect),

@@ -14,12 +14,24 @@ use hyper::{Response, StatusCode};
 
 use crate::balancer::Outcome;
 use crate::h1client::{BackendBody, Conn};
+use crate::rawhead::RawHead;
 use crate::upstream::{ServerRt, UpstreamRt};
 
 /// Response body to the client: a short local message or a proxied stream.
 pub enum RespBody {
     Local(Option<Bytes>),
     Proxied(TrackedBody),
+}
+
+impl RespBody {
+    /// A proxied response's head fields, forwarded as the backend sent
+    /// them (hop-by-hop ones left out); taken once, by the writer.
+    pub fn take_head(&mut self) -> Option<RawHead> {
+        match self {
+            RespBody::Local(_) => None,
+            RespBody::Proxied(t) => t.inner.take_head(),
+        }
+    }
 }
 
 impl Body for RespBody {

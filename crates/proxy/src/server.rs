@@ -13,22 +13,24 @@
 //! handling (the attempt is released), as a proxy must not keep a server
 //! busy for nobody.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io::IoSlice;
+use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Body;
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, Request, StatusCode, Uri, Version};
+use hyper::header;
+use hyper::{Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::client_io::Activity;
 use crate::framing::{self, Decode, Framing, FramingError, HeadLimits, HeaderSpan, RequestHead};
 use crate::proxy::{self, ConnInfo, RespBody};
+use crate::reqhead::ReqHead;
 use crate::server_wire::{self, ReqBody, Wire};
 use crate::server_write::{self, BodyMode};
 use crate::state::Shared;
@@ -53,7 +55,7 @@ fn lock<IO>(w: &Mutex<Wire<IO>>) -> MutexGuard<'_, Wire<IO>> {
 
 /// A request head turned into what the proxy handles.
 struct Parsed {
-    req: Request<()>,
+    head: ReqHead,
     decode: Decode,
     keep_alive: bool,
     expect_continue: bool,
@@ -75,28 +77,34 @@ where
             _ = c.stop.wait_for(|s| *s) => return,
         };
         let parsed = match next {
-            Ok(Some((head, bytes))) => build(&head, &bytes, &spans),
+            Ok(Some((head, bytes))) => build(&head, bytes, &spans),
             Ok(None) => return,
             Err(e) => Err(e),
         };
         let p = match parsed {
             Ok(p) => p,
-            Err(e) => return refuse(&wire, &mut wbuf, e, &c.info).await,
+            Err(e) => return Box::pin(refuse(&wire, &mut wbuf, e, &c.info)).await,
         };
         let busy = c.activity.begin();
         lock(&wire).start_body(p.decode, p.expect_continue);
-        let head_request = p.req.method() == Method::HEAD;
-        let http11 = p.req.version() == Version::HTTP_11;
-        let (parts, ()) = p.req.into_parts();
-        let req = Request::from_parts(parts, ReqBody::new(src.clone(), p.decode));
-        let handling = proxy::handle(req, c.info.clone(), c.shared.clone());
-        let resp = tokio::select! {
-            biased;
-            r = handling => match r {
-                Ok(r) => r,
-                Err(never) => match never {},
-            },
-            () = client_gone(&wire) => {
+        let head_request = p.head.method == Method::HEAD;
+        let http11 = p.head.http11;
+        let body = ReqBody::new(src.clone(), p.decode);
+        // pinned where it is built and polled beside the client watch by
+        // hand: a `select!` would move the whole request future again
+        let handle = proxy::handle(p.head, body, c.info.clone(), c.shared.clone());
+        let mut handling = pin!(handle);
+        let resp = poll_fn(|cx| {
+            if let Poll::Ready(r) = handling.as_mut().poll(cx) {
+                return Poll::Ready(Some(r));
+            }
+            poll_client_gone(&wire, cx).map(|()| None)
+        })
+        .await;
+        let resp = match resp {
+            Some(Ok(r)) => r,
+            Some(Err(never)) => match never {},
+            None => {
                 tracing::debug!(client = %c.info.client, "client closed while its request was handled");
                 return;
             }
@@ -120,7 +128,7 @@ where
                 (w.io.take(), w.rbuf.split())
             };
             if let Some(io) = io {
-                crate::tunnel::run(io, leftover, t, c.info.client).await;
+                Box::pin(crate::tunnel::run(io, leftover, t, c.info.client)).await;
             }
             return;
         }
@@ -191,83 +199,49 @@ where
     .await
 }
 
-/// Resolves when the client closes while its request is handled (its body
+/// Ready when the client closes while its request is handled (its body
 /// fully read). Pipelined bytes are buffered, up to a bound.
-async fn client_gone<IO>(wire: &Mutex<Wire<IO>>)
+fn poll_client_gone<IO>(wire: &Mutex<Wire<IO>>, cx: &mut Context<'_>) -> Poll<()>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    poll_fn(|cx| {
-        let mut w = lock(wire);
-        // while the handler reads the body, the body owns the reads; the
-        // task is polled again on its progress
-        while w.decode == Decode::Done && w.rbuf.len() < PIPELINE_BUFFER {
-            match w.poll_fill(cx) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
-                Poll::Ready(Ok(_)) => {}
-                Poll::Pending => return Poll::Pending,
-            }
+    let mut w = lock(wire);
+    // while the handler reads the body, the body owns the reads; the task
+    // is polled again on its progress
+    while w.decode == Decode::Done && w.rbuf.len() < PIPELINE_BUFFER {
+        match w.poll_fill(cx) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
+            Poll::Ready(Ok(_)) => {}
+            Poll::Pending => return Poll::Pending,
         }
-        Poll::Pending
-    })
-    .await
+    }
+    Poll::Pending
 }
 
-/// The request for the proxy, from a parsed head. Header values are
-/// slices of the head's bytes (no copy).
-fn build(head: &RequestHead, bytes: &Bytes, spans: &[HeaderSpan]) -> Result<Parsed, FramingError> {
+/// The request for the proxy, from a parsed head: its bytes and field
+/// spans, no header map.
+fn build(head: &RequestHead, bytes: Bytes, spans: &[HeaderSpan]) -> Result<Parsed, FramingError> {
     let fields = spans
         .iter()
         .map(|s| (&bytes[s.name.clone()], &bytes[s.value.clone()]));
     let framing = framing::request_framing(head.minor, fields)?;
-    let method = Method::from_bytes(&bytes[head.method.clone()])
-        .map_err(|_| FramingError::Malformed("method"))?;
-    let uri = Uri::from_maybe_shared(bytes.slice(head.target.clone()))
-        .map_err(|_| FramingError::Malformed("request target"))?;
-    // room for the X-Forwarded-* and X-Real-IP the proxy adds
-    let mut headers = HeaderMap::with_capacity(spans.len() + 4);
-    for s in spans {
-        let name = HeaderName::from_bytes(&bytes[s.name.clone()])
-            .map_err(|_| FramingError::BadHeaderName)?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice(s.value.clone()))
-            .map_err(|_| FramingError::Malformed("header value"))?;
-        headers.append(name, value);
-    }
-    let http11 = head.minor == 1;
-    let keep_alive = if http11 {
-        !has_token(&headers, header::CONNECTION, "close")
+    let head = ReqHead::new(head, bytes, spans.to_vec())?;
+    let keep_alive = if head.http11 {
+        !head.has_token(b"connection", b"close")
     } else {
-        has_token(&headers, header::CONNECTION, "keep-alive")
+        head.has_token(b"connection", b"keep-alive")
     };
-    let expect_continue = http11 && has_token(&headers, header::EXPECT, "100-continue");
-    let mut req = Request::new(());
-    *req.method_mut() = method;
-    *req.uri_mut() = uri;
-    *req.version_mut() = if http11 {
-        Version::HTTP_11
-    } else {
-        Version::HTTP_10
-    };
-    *req.headers_mut() = headers;
+    let expect_continue = head.http11 && head.has_token(b"expect", b"100-continue");
     let decode = Decode::new(match framing {
         Framing::UntilClose => Framing::None, // never for a request
         f => f,
     });
     Ok(Parsed {
-        req,
+        head,
         decode,
         keep_alive,
         expect_continue,
     })
-}
-
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// Write a response; false when the connection cannot go on (write error,
@@ -283,16 +257,21 @@ async fn respond<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let (parts, body) = resp.into_parts();
+    let (parts, mut body) = resp.into_parts();
+    let raw = body.take_head();
+    let has_length = match &raw {
+        Some(r) => r.has_length,
+        None => parts.headers.contains_key(header::CONTENT_LENGTH),
+    };
     let plan = server_write::plan(
         parts.status,
-        &parts.headers,
+        has_length,
         body.size_hint().exact(),
         head_request,
         http11,
         keep_alive,
     );
-    server_write::encode_head(wbuf, parts.status, &parts.headers, &plan);
+    server_write::encode_head(wbuf, parts.status, &parts.headers, raw.as_ref(), &plan);
     // the body is written from this task alone: take the socket meanwhile
     let Some(mut io) = lock(wire).io.take() else {
         return false;

@@ -10,6 +10,8 @@ use hyper::header::{self, HeaderMap};
 use hyper::StatusCode;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use crate::rawhead::RawHead;
+
 /// How the response body goes on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyMode {
@@ -35,7 +37,7 @@ pub struct HeadPlan {
 /// Decide a response's framing. `exact`: the body's exact size if known.
 pub fn plan(
     status: StatusCode,
-    headers: &HeaderMap,
+    has_length: bool,
     exact: Option<u64>,
     head_request: bool,
     http11: bool,
@@ -45,7 +47,6 @@ pub fn plan(
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let has_length = headers.contains_key(header::CONTENT_LENGTH);
     let (mode, add_length, keep_alive) = if no_body {
         (BodyMode::None, None, keep_alive)
     } else if has_length {
@@ -70,8 +71,15 @@ pub fn plan(
     }
 }
 
-/// Serialise a response head into `out` (cleared first).
-pub fn encode_head(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap, plan: &HeadPlan) {
+/// Serialise a response head into `out` (cleared first): the fields of
+/// `headers`, then a backend's forwarded lines (`raw`), then ours.
+pub fn encode_head(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    raw: Option<&RawHead>,
+    plan: &HeadPlan,
+) {
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
@@ -89,6 +97,10 @@ pub fn encode_head(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap, p
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    for line in raw.iter().flat_map(|r| r.lines()) {
+        out.extend_from_slice(line);
+        out.extend_from_slice(b"\r\n");
+    }
     if let Some(n) = plan.add_length {
         out.extend_from_slice(b"content-length: ");
         let mut digits = itoa_buf(n);
@@ -98,7 +110,7 @@ pub fn encode_head(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap, p
     if plan.mode == BodyMode::Chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
-    if !headers.contains_key(header::DATE) {
+    if !raw.is_some_and(|r| r.has_date) && !headers.contains_key(header::DATE) {
         out.extend_from_slice(b"date: ");
         with_date(|d| out.extend_from_slice(d));
         out.extend_from_slice(b"\r\n");
@@ -253,17 +265,17 @@ mod tests {
     #[test]
     fn framing_plans() {
         let h = HeaderMap::new();
-        let p = plan(StatusCode::OK, &h, Some(5), false, true, true);
+        let p = plan(StatusCode::OK, false, Some(5), false, true, true);
         assert_eq!((p.mode, p.add_length), (BodyMode::Length, Some(5)));
-        let p = plan(StatusCode::OK, &h, None, false, true, true);
+        let p = plan(StatusCode::OK, false, None, false, true, true);
         assert_eq!(p.mode, BodyMode::Chunked);
-        let p = plan(StatusCode::OK, &h, None, false, false, true);
+        let p = plan(StatusCode::OK, false, None, false, false, true);
         assert_eq!((p.mode, p.keep_alive), (BodyMode::Close, false));
-        let p = plan(StatusCode::OK, &h, Some(5), true, true, true);
+        let p = plan(StatusCode::OK, false, Some(5), true, true, true);
         assert_eq!(p.mode, BodyMode::None, "HEAD");
         let mut out = Vec::new();
-        let p = plan(StatusCode::BAD_GATEWAY, &h, Some(3), false, true, false);
-        encode_head(&mut out, StatusCode::BAD_GATEWAY, &h, &p);
+        let p = plan(StatusCode::BAD_GATEWAY, false, Some(3), false, true, false);
+        encode_head(&mut out, StatusCode::BAD_GATEWAY, &h, None, &p);
         let s = String::from_utf8(out).unwrap();
         assert!(s.starts_with("HTTP/1.1 502 Bad Gateway\r\ncontent-length: 3\r\ndate: "));
         assert!(s.ends_with("GMT\r\nconnection: close\r\n\r\n"), "{s}");

@@ -2,6 +2,21 @@ use super::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::config::HostHeader;
+use crate::reqhead::tests::head;
+use crate::reqhead::{Forward, ReqHead};
+
+fn fwd(head: &ReqHead) -> Forward<'_> {
+    Forward {
+        upgrade: crate::forward::upgrade_request(head),
+        head,
+        client_ip: "127.0.0.1",
+        tls: false,
+        host: &HostHeader::Preserve,
+        server: "127.0.0.1:1".parse().unwrap(),
+    }
+}
+
 const LIMITS: Timeouts = Timeouts {
     client_body: Duration::from_secs(60),
     backend: Duration::from_secs(60),
@@ -38,10 +53,7 @@ async fn get(addr: std::net::SocketAddr, method: Method) -> (u16, Vec<u8>, Optio
     let conn = Conn::new(TcpStream::connect(addr).await.unwrap());
     let resp = conn
         .exchange(
-            &method,
-            &Uri::from_static("/x"),
-            &HeaderMap::new(),
-            None,
+            &fwd(&head(&format!("{method} /x HTTP/1.1\r\nHost: t\r\n\r\n"))),
             &mut None,
             LIMITS,
         )
@@ -62,10 +74,7 @@ async fn get(addr: std::net::SocketAddr, method: Method) -> (u16, Vec<u8>, Optio
 async fn plain_get(addr: std::net::SocketAddr) -> Result<Response<BackendBody>, ExchangeError> {
     Conn::new(TcpStream::connect(addr).await.unwrap())
         .exchange(
-            &Method::GET,
-            &Uri::from_static("/"),
-            &HeaderMap::new(),
-            None,
+            &fwd(&head("GET / HTTP/1.1\r\nHost: t\r\n\r\n")),
             &mut None,
             LIMITS,
         )
@@ -81,10 +90,7 @@ async fn content_length_body_and_reuse() {
     assert!(conn.looks_alive());
     let resp = conn
         .exchange(
-            &Method::GET,
-            &Uri::from_static("/"),
-            &HeaderMap::new(),
-            None,
+            &fwd(&head("GET / HTTP/1.1\r\nHost: t\r\n\r\n")),
             &mut None,
             LIMITS,
         )
@@ -179,10 +185,7 @@ async fn read_timeout_is_per_read_and_covers_the_body() {
     let conn = Conn::new(TcpStream::connect(addr).await.unwrap());
     let resp = conn
         .exchange(
-            &Method::GET,
-            &Uri::from_static("/"),
-            &HeaderMap::new(),
-            None,
+            &fwd(&head("GET / HTTP/1.1\r\nHost: t\r\n\r\n")),
             &mut None,
             limits,
         )
@@ -206,10 +209,7 @@ async fn read_timeout_is_per_read_and_covers_the_body() {
     let conn = Conn::new(TcpStream::connect(addr).await.unwrap());
     let r = conn
         .exchange(
-            &Method::GET,
-            &Uri::from_static("/"),
-            &HeaderMap::new(),
-            None,
+            &fwd(&head("GET / HTTP/1.1\r\nHost: t\r\n\r\n")),
             &mut None,
             limits,
         )
@@ -223,15 +223,12 @@ async fn switching_protocols_hands_over_the_connection_with_early_bytes() {
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nEARLY",
     )
     .await;
-    let mut h = HeaderMap::new();
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     let conn = Conn::new(TcpStream::connect(addr).await.unwrap());
     let resp = conn
         .exchange(
-            &Method::GET,
-            &Uri::from_static("/ws"),
-            &h,
-            None,
+            &fwd(&head(
+                "GET /ws HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            )),
             &mut None,
             LIMITS,
         )
@@ -265,17 +262,17 @@ async fn transfer_encoding_wins_over_content_length() {
     let conn = Conn::new(TcpStream::connect(addr).await.unwrap());
     let resp = conn
         .exchange(
-            &Method::GET,
-            &Uri::from_static("/"),
-            &HeaderMap::new(),
-            None,
+            &fwd(&head("GET / HTTP/1.1\r\nHost: t\r\n\r\n")),
             &mut None,
             LIMITS,
         )
         .await
         .unwrap();
-    assert!(!resp.headers().contains_key(header::CONTENT_LENGTH));
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let mut body = resp.into_body();
+    let head = body.take_head().expect("a forwarded head");
+    assert!(!head.has_length);
+    assert_eq!(head.lines().count(), 0, "no length, no Transfer-Encoding");
+    let body = body.collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"hello");
 }
 
@@ -291,10 +288,7 @@ async fn signed_lengths_are_invalid() {
     let conn = Conn::new(TcpStream::connect(addr).await.unwrap());
     let resp = conn
         .exchange(
-            &Method::GET,
-            &Uri::from_static("/"),
-            &HeaderMap::new(),
-            None,
+            &fwd(&head("GET / HTTP/1.1\r\nHost: t\r\n\r\n")),
             &mut None,
             LIMITS,
         )
@@ -304,32 +298,4 @@ async fn signed_lengths_are_invalid() {
     assert_eq!(chunk_size_line(b"1aF"), Some(0x1af));
     assert_eq!(chunk_size_line(b"-5"), None);
     assert_eq!(chunk_size_line(b"11111111111111111"), None, "overflow");
-}
-
-#[test]
-fn request_head_encoding() {
-    let mut h = HeaderMap::new();
-    h.insert(header::HOST, HeaderValue::from_static("site"));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
-    h.append("x-a", HeaderValue::from_static("1"));
-    h.append("x-a", HeaderValue::from_static("2"));
-    let mut out = Vec::new();
-    let host = HeaderValue::from_static("10.0.0.1:80");
-    encode_head(
-        &mut out,
-        &Method::PUT,
-        &Uri::from_static("/p?q=1"),
-        &h,
-        Some(&host),
-        Framing::Length(3),
-    );
-    let text = String::from_utf8(out).unwrap();
-    assert!(
-        text.starts_with("PUT /p?q=1 HTTP/1.1\r\nhost: 10.0.0.1:80\r\n"),
-        "{text}"
-    );
-    assert!(!text.contains("site"));
-    assert!(text.contains("x-a: 1\r\nx-a: 2\r\n"));
-    assert!(text.contains("content-length: 3\r\n") && !text.contains("99"));
-    assert!(text.ends_with("\r\n\r\n"));
 }

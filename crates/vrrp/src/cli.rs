@@ -1,10 +1,13 @@
 //! `syncd vrrp ...` command line.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 use syncd_sdnotify::State;
+use tokio::runtime::Runtime;
+
+use crate::config::{Config, InstanceConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -64,32 +67,7 @@ pub fn cli_main(args: Vec<OsString>) -> i32 {
     };
     init_tracing(cli.log_json);
     if let Some(path) = &cli.import_keepalived {
-        return match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let r = crate::import::convert(&text);
-                for w in &r.warnings {
-                    eprintln!("warning: {w}");
-                }
-                if !r.errors.is_empty() {
-                    // No TOML at all: a half-converted file could be deployed by mistake.
-                    for e in &r.errors {
-                        eprintln!("error: {e}");
-                    }
-                    return 1;
-                }
-                print!("{}", r.toml);
-                if r.instances == 0 {
-                    eprintln!("error: no vrrp_instance block found in {}", path.display());
-                    1
-                } else {
-                    0
-                }
-            }
-            Err(e) => {
-                eprintln!("error: cannot read {}: {e}", path.display());
-                1
-            }
-        };
+        return import_keepalived(path);
     }
     let Some(path) = cli.config.clone() else {
         eprintln!("error: --config FILE is required (or --import-keepalived FILE)");
@@ -114,53 +92,95 @@ pub fn cli_main(args: Vec<OsString>) -> i32 {
         }
     };
     if let Some(Cmd::Status { metrics }) = cli.cmd {
-        let Some(addr) = config.admin else {
-            eprintln!(
-                "error: {} has no `admin = \"127.0.0.1:PORT\"`; status needs it",
-                path.display()
-            );
-            return 1;
-        };
-        return match rt.block_on(crate::admin::fetch(
-            addr,
-            if metrics { "/metrics" } else { "/status" },
-        )) {
-            Ok(body) => {
-                print!("{body}");
-                0
-            }
-            Err(e) => {
-                // the error names the address
-                eprintln!("error: {e} (is the daemon running?)");
-                1
-            }
-        };
+        return status(&rt, &config, &path, metrics);
     }
     if cli.check {
         for i in &config.instances {
-            println!(
-                "{}: {} vrid {} priority {} v{} advert_int {:.2}s {} [{}]",
-                i.name,
-                i.interface,
-                i.vrid,
-                i.priority,
-                i.version.number(),
-                i.advert_int.as_secs_f64(),
-                if i.unicast_peers.is_empty() {
-                    "multicast".to_string()
-                } else {
-                    format!("unicast to {:?}", i.unicast_peers)
-                },
-                i.vips
-                    .iter()
-                    .map(|v| v.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+            println!("{}", describe(i));
         }
         println!("configuration OK");
         return 0;
     }
+    run_daemon(&rt, config)
+}
+
+/// keepalived.conf → TOML on stdout, warnings and errors on stderr.
+fn import_keepalived(path: &Path) -> i32 {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", path.display());
+            return 1;
+        }
+    };
+    let r = crate::import::convert(&text);
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+    if !r.errors.is_empty() {
+        // No TOML at all: a half-converted file could be deployed by mistake.
+        for e in &r.errors {
+            eprintln!("error: {e}");
+        }
+        return 1;
+    }
+    print!("{}", r.toml);
+    if r.instances == 0 {
+        eprintln!("error: no vrrp_instance block found in {}", path.display());
+        1
+    } else {
+        0
+    }
+}
+
+/// Print the running daemon's /status (or /metrics) from its admin address.
+fn status(rt: &Runtime, config: &Config, path: &Path, metrics: bool) -> i32 {
+    let Some(addr) = config.admin else {
+        eprintln!(
+            "error: {} has no `admin = \"127.0.0.1:PORT\"`; status needs it",
+            path.display()
+        );
+        return 1;
+    };
+    let route = if metrics { "/metrics" } else { "/status" };
+    match rt.block_on(crate::admin::fetch(addr, route)) {
+        Ok(body) => {
+            print!("{body}");
+            0
+        }
+        Err(e) => {
+            // the error names the address
+            eprintln!("error: {e} (is the daemon running?)");
+            1
+        }
+    }
+}
+
+/// One `--check` line: what the instance will do.
+fn describe(i: &InstanceConfig) -> String {
+    format!(
+        "{}: {} vrid {} priority {} v{} advert_int {:.2}s {} [{}]",
+        i.name,
+        i.interface,
+        i.vrid,
+        i.priority,
+        i.version.number(),
+        i.advert_int.as_secs_f64(),
+        if i.unicast_peers.is_empty() {
+            "multicast".to_string()
+        } else {
+            format!("unicast to {:?}", i.unicast_peers)
+        },
+        i.vips
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// Run every instance until SIGTERM/SIGINT; READY=1 once all have started.
+fn run_daemon(rt: &Runtime, config: Config) -> i32 {
     let r = rt.block_on(async move {
         let shutdown = shutdown_signal();
         let n = config.instances.len();
@@ -202,5 +222,29 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             State::Stopping,
             State::Status("stopping: releasing virtual addresses"),
         ]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+
+    fn one(toml: &str) -> crate::config::InstanceConfig {
+        crate::config::parse(toml).unwrap().instances.remove(0)
+    }
+
+    #[test]
+    fn check_line_names_the_mode_and_the_addresses() {
+        let base = "[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 7\npriority = 150\nvirtual_ips = [\"10.0.0.100/24\", \"10.0.0.101\"]\n";
+        assert_eq!(
+            describe(&one(base)),
+            "VI_1: eth0 vrid 7 priority 150 v2 advert_int 1.00s multicast [10.0.0.100/24, 10.0.0.101/32]"
+        );
+        let uni = format!("{base}unicast_peers = [\"10.0.0.2\"]\n");
+        assert!(
+            describe(&one(&uni)).contains("unicast to [10.0.0.2]"),
+            "{}",
+            describe(&one(&uni))
+        );
     }
 }

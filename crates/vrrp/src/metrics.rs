@@ -79,6 +79,28 @@ impl Counters {
 /// Prometheus text exposition for all instances.
 pub fn render(instances: &[(InstanceStatus, &Counters)]) -> String {
     let mut w = Writer::new();
+    render_states(&mut w, instances);
+    for (name, kind, help, read) in PER_INSTANCE {
+        let mut f = w.family(name, kind, help);
+        for (s, c) in instances {
+            f.sample(&[("instance", &s.name)], read(s, c));
+        }
+    }
+    let mut f = w.family(
+        "vrrp_bad_packets_total",
+        Kind::Counter,
+        "Packets dropped, by reason.",
+    );
+    for (s, c) in instances {
+        for (r, n) in c.bad_snapshot() {
+            f.sample(&[("instance", &s.name), ("reason", r)], n);
+        }
+    }
+    w.finish()
+}
+
+/// One sample per state and instance, 1 for the state it is in.
+fn render_states(w: &mut Writer, instances: &[(InstanceStatus, &Counters)]) {
     let mut f = w.family(
         "vrrp_state",
         Kind::Gauge,
@@ -102,69 +124,55 @@ pub fn render(instances: &[(InstanceStatus, &Counters)]) -> String {
             );
         }
     }
-    type Read = fn(&InstanceStatus, &Counters) -> u64;
-    let per_instance: [(&str, Kind, &str, Read); 7] = [
-        (
-            "vrrp_priority",
-            Kind::Gauge,
-            "Effective priority.",
-            |s, _| u64::from(s.effective_priority),
-        ),
-        (
-            "vrrp_transitions_total",
-            Kind::Counter,
-            "State transitions.",
-            |s, _| s.transitions,
-        ),
-        (
-            "vrrp_adverts_sent_total",
-            Kind::Counter,
-            "Advertisements sent.",
-            |_, c| c.adverts_sent.load(Ordering::Relaxed),
-        ),
-        (
-            "vrrp_adverts_received_total",
-            Kind::Counter,
-            "Valid advertisements received for this VRID.",
-            |_, c| c.adverts_received.load(Ordering::Relaxed),
-        ),
-        (
-            "vrrp_announcements_sent_total",
-            Kind::Counter,
-            "Gratuitous ARPs / unsolicited NAs sent.",
-            |_, c| c.announcements_sent.load(Ordering::Relaxed),
-        ),
-        (
-            "vrrp_send_errors_total",
-            Kind::Counter,
-            "Failed sends.",
-            |_, c| c.send_errors.load(Ordering::Relaxed),
-        ),
-        (
-            "vrrp_netlink_errors_total",
-            Kind::Counter,
-            "Failed address changes.",
-            |_, c| c.netlink_errors.load(Ordering::Relaxed),
-        ),
-    ];
-    for (name, kind, help, read) in per_instance {
-        let mut f = w.family(name, kind, help);
-        for (s, c) in instances {
-            f.sample(&[("instance", &s.name)], read(s, c));
-        }
-    }
-    let mut f = w.family(
-        "vrrp_bad_packets_total",
-        Kind::Counter,
-        "Packets dropped, by reason.",
-    );
-    for (s, c) in instances {
-        for (r, n) in c.bad_snapshot() {
-            f.sample(&[("instance", &s.name), ("reason", r)], n);
-        }
-    }
-    w.finish()
 }
+
+type Read = fn(&InstanceStatus, &Counters) -> u64;
+
+/// The families with one sample per instance: name, kind, help, value.
+const PER_INSTANCE: [(&str, Kind, &str, Read); 7] = [
+    (
+        "vrrp_priority",
+        Kind::Gauge,
+        "Effective priority.",
+        |s, _| u64::from(s.effective_priority),
+    ),
+    (
+        "vrrp_transitions_total",
+        Kind::Counter,
+        "State transitions.",
+        |s, _| s.transitions,
+    ),
+    (
+        "vrrp_adverts_sent_total",
+        Kind::Counter,
+        "Advertisements sent.",
+        |_, c| c.adverts_sent.load(Ordering::Relaxed),
+    ),
+    (
+        "vrrp_adverts_received_total",
+        Kind::Counter,
+        "Valid advertisements received for this VRID.",
+        |_, c| c.adverts_received.load(Ordering::Relaxed),
+    ),
+    (
+        "vrrp_announcements_sent_total",
+        Kind::Counter,
+        "Gratuitous ARPs / unsolicited NAs sent.",
+        |_, c| c.announcements_sent.load(Ordering::Relaxed),
+    ),
+    (
+        "vrrp_send_errors_total",
+        Kind::Counter,
+        "Failed sends.",
+        |_, c| c.send_errors.load(Ordering::Relaxed),
+    ),
+    (
+        "vrrp_netlink_errors_total",
+        Kind::Counter,
+        "Failed address changes.",
+        |_, c| c.netlink_errors.load(Ordering::Relaxed),
+    ),
+];
 
 #[cfg(test)]
 mod tests {
@@ -186,5 +194,34 @@ mod tests {
         assert!(t.contains("vrrp_state{instance=\"VI_1\",vrid=\"51\",state=\"BACKUP\"} 0"));
         assert!(t.contains("vrrp_bad_packets_total{instance=\"VI_1\",reason=\"bad_checksum\"} 2"));
         assert!(t.contains("vrrp_adverts_sent_total{instance=\"VI_1\"} 1"));
+    }
+
+    #[test]
+    fn families_come_in_a_fixed_order_with_one_sample_per_instance() {
+        let a = InstanceStatus::new("A", "eth0", 1, 100);
+        let b = InstanceStatus::new("B", "eth1", 2, 50);
+        let (ca, cb) = (Counters::default(), Counters::default());
+        cb.bad("bad_ttl");
+        let t = render(&[(a, &ca), (b, &cb)]);
+        let order = [
+            "vrrp_state{",
+            "vrrp_priority{",
+            "vrrp_transitions_total{",
+            "vrrp_adverts_sent_total{",
+            "vrrp_adverts_received_total{",
+            "vrrp_announcements_sent_total{",
+            "vrrp_send_errors_total{",
+            "vrrp_netlink_errors_total{",
+            "vrrp_bad_packets_total{",
+        ];
+        let at: Vec<usize> = order
+            .iter()
+            .map(|f| t.find(f).unwrap_or(usize::MAX))
+            .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{t}");
+        assert!(t.contains("vrrp_priority{instance=\"B\"} 50"), "{t}");
+        assert_eq!(t.matches("vrrp_netlink_errors_total{").count(), 2, "{t}");
+        assert_eq!(t.matches("vrrp_state{").count(), 8, "{t}");
+        assert_eq!(t.matches("vrrp_bad_packets_total{").count(), 1, "{t}");
     }
 }

@@ -180,13 +180,19 @@ fn checksum_for(
     })
 }
 
-impl Advert {
-    /// Decode a VRRP message (the IP payload). `src`/`dst` are the IP header's
-    /// addresses; they decide the address family and feed the v3 pseudo-header.
-    pub fn decode(buf: &[u8], src: IpAddr, dst: IpAddr) -> Result<Advert, PacketError> {
-        if src.is_ipv4() != dst.is_ipv4() {
-            return Err(PacketError::FamilyMismatch);
-        }
+/// The fixed first part of a message, checked.
+struct Header {
+    version: Version,
+    vrid: u8,
+    priority: u8,
+    count: u8,
+    /// Address length of the family: 4 or 16.
+    alen: usize,
+}
+
+impl Header {
+    /// Version, type, VRID and family, in the order a reader meets them.
+    fn parse(buf: &[u8], src: IpAddr) -> Result<Header, PacketError> {
         if buf.len() < 8 {
             return Err(PacketError::TooShort {
                 len: buf.len(),
@@ -206,64 +212,76 @@ impl Advert {
         if vrid == 0 {
             return Err(PacketError::ZeroVrid);
         }
-        let priority = buf[2];
-        let count = buf[3];
         let v6 = src.is_ipv6();
         if v6 && version == Version::V2 {
             return Err(PacketError::V2OverIpv6);
         }
-        let alen = if v6 { 16 } else { 4 };
-        let need =
-            8 + usize::from(count) * alen + if version == Version::V2 { AUTH_LEN } else { 0 };
-        if buf.len() < need {
-            return Err(PacketError::Truncated {
-                count,
-                need,
-                have: buf.len(),
-            });
+        Ok(Header {
+            version,
+            vrid,
+            priority: buf[2],
+            count: buf[3],
+            alen: if v6 { 16 } else { 4 },
+        })
+    }
+
+    /// The exact message length the header promises.
+    fn len(&self) -> usize {
+        let auth = if self.version == Version::V2 {
+            AUTH_LEN
+        } else {
+            0
+        };
+        8 + usize::from(self.count) * self.alen + auth
+    }
+
+    /// The buffer must be exactly as long as promised.
+    fn check_len(&self, have: usize) -> Result<usize, PacketError> {
+        let (count, need) = (self.count, self.len());
+        if have < need {
+            return Err(PacketError::Truncated { count, need, have });
         }
         // keepalived and RFC senders emit exactly this much; extra bytes mean a
         // forged or corrupted packet (or one whose count field lies).
-        if buf.len() > need {
+        if have > need {
             return Err(PacketError::TrailingBytes {
                 count,
                 need,
-                extra: buf.len() - need,
+                extra: have - need,
             });
         }
-        let got = u16::from_be_bytes([buf[6], buf[7]]);
-        let mut copy = buf.to_vec();
-        copy[6] = 0;
-        copy[7] = 0;
-        let want = checksum_for(version, &copy, src, dst)?;
-        if got != want {
-            return Err(PacketError::BadChecksum { got, want });
-        }
-        let (interval_cs, auth) = match version {
+        Ok(need)
+    }
+
+    /// Interval (centiseconds) and authentication; `need` is the checked length.
+    fn interval_and_auth(&self, buf: &[u8], need: usize) -> Result<(u16, Auth), PacketError> {
+        let (interval_cs, auth) = match self.version {
             Version::V2 => {
-                let auth_type = buf[4];
-                let secs = u16::from(buf[5]);
-                let auth = match auth_type {
+                let auth = match buf[4] {
                     0 => Auth::None,
                     1 => {
-                        let off = need - AUTH_LEN;
                         let mut a = [0u8; AUTH_LEN];
-                        a.copy_from_slice(&buf[off..need]);
+                        a.copy_from_slice(&buf[need - AUTH_LEN..need]);
                         Auth::Simple(a)
                     }
                     t => return Err(PacketError::BadAuthType(t)),
                 };
-                (secs * 100, auth)
+                (u16::from(buf[5]) * 100, auth)
             }
             Version::V3 => (u16::from_be_bytes([buf[4] & 0x0f, buf[5]]), Auth::None),
         };
         if interval_cs == 0 {
             return Err(PacketError::ZeroInterval);
         }
-        let addrs = buf[8..8 + usize::from(count) * alen]
-            .chunks_exact(alen)
+        Ok((interval_cs, auth))
+    }
+
+    /// The `count` addresses after the fixed part (length already checked).
+    fn addrs(&self, buf: &[u8]) -> Vec<IpAddr> {
+        buf[8..8 + usize::from(self.count) * self.alen]
+            .chunks_exact(self.alen)
             .map(|c| {
-                if v6 {
+                if self.alen == 16 {
                     let mut o = [0u8; 16];
                     o.copy_from_slice(c);
                     IpAddr::V6(Ipv6Addr::from(o))
@@ -271,14 +289,46 @@ impl Advert {
                     IpAddr::V4(Ipv4Addr::new(c[0], c[1], c[2], c[3]))
                 }
             })
-            .collect();
+            .collect()
+    }
+}
+
+/// The checksum field against the one computed with it zeroed.
+fn verify_checksum(
+    version: Version,
+    buf: &[u8],
+    src: IpAddr,
+    dst: IpAddr,
+) -> Result<(), PacketError> {
+    let got = u16::from_be_bytes([buf[6], buf[7]]);
+    let mut copy = buf.to_vec();
+    copy[6] = 0;
+    copy[7] = 0;
+    let want = checksum_for(version, &copy, src, dst)?;
+    if got != want {
+        return Err(PacketError::BadChecksum { got, want });
+    }
+    Ok(())
+}
+
+impl Advert {
+    /// Decode a VRRP message (the IP payload). `src`/`dst` are the IP header's
+    /// addresses; they decide the address family and feed the v3 pseudo-header.
+    pub fn decode(buf: &[u8], src: IpAddr, dst: IpAddr) -> Result<Advert, PacketError> {
+        if src.is_ipv4() != dst.is_ipv4() {
+            return Err(PacketError::FamilyMismatch);
+        }
+        let h = Header::parse(buf, src)?;
+        let need = h.check_len(buf.len())?;
+        verify_checksum(h.version, buf, src, dst)?;
+        let (interval_cs, auth) = h.interval_and_auth(buf, need)?;
         Ok(Advert {
-            version,
-            vrid,
-            priority,
+            version: h.version,
+            vrid: h.vrid,
+            priority: h.priority,
             interval_cs,
             auth,
-            addrs,
+            addrs: h.addrs(buf),
         })
     }
 

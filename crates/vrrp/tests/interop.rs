@@ -17,10 +17,51 @@ fn mixed(version: u8, syncd_is_higher: bool, test: &str) {
     let _g = serial();
     let mut lan = Lan::new(if version == 2 { "k2" } else { "k3" }, 2);
     let vip = lan.vip();
-    let (hi, lo) = (150u8, 100u8);
-    let (syncd_prio, ka_prio) = if syncd_is_higher { (hi, lo) } else { (lo, hi) };
+    let lo = 100u8;
     // node 0 runs the higher priority, node 1 the lower
     let (syncd_node, ka_node) = if syncd_is_higher { (0, 1) } else { (1, 0) };
+    let (scfg, kconf) = mixed_configs(&lan, version, syncd_is_higher, &vip);
+    let mut ps = lan.start_syncd(syncd_node, &scfg);
+    let mut pk = lan.start_keepalived(ka_node, &kconf);
+    assert_node0_holds(&lan, 3, "higher priority node 0 must win");
+    let slog = lan.log(ps);
+    assert!(
+        !slog.contains("version_mismatch") && !slog.contains("bad_checksum"),
+        "{slog}"
+    );
+
+    // kill -9 the master; the lower-priority node takes over
+    let master = if syncd_is_higher { ps } else { pk };
+    let peer = if syncd_is_higher {
+        "keepalived"
+    } else {
+        "syncd"
+    };
+    let took = crash_master(&mut lan, master, &vip, lo);
+    eprintln!("v{version} failover to {peer}: {took:?}");
+
+    // the master returns and preempts
+    if syncd_is_higher {
+        ps = lan.start_syncd(0, &scfg);
+    } else {
+        pk = lan.start_keepalived(0, &kconf);
+    }
+    assert_node0_holds(&lan, 2, "returning higher-priority node must preempt");
+    let master = if syncd_is_higher { ps } else { pk };
+    assert_planned_switchover(&mut lan, master, &vip, lo);
+}
+
+/// The syncd config path and the keepalived.conf text: priority 150 for
+/// node 0, 100 for node 1; v2 pairs share a PASS password.
+fn mixed_configs(
+    lan: &Lan,
+    version: u8,
+    syncd_is_higher: bool,
+    vip: &str,
+) -> (std::path::PathBuf, String) {
+    let (hi, lo) = (150u8, 100u8);
+    let (syncd_prio, ka_prio) = if syncd_is_higher { (hi, lo) } else { (lo, hi) };
+    let syncd_node = if syncd_is_higher { 0 } else { 1 };
     let (s_extra, k_extra) = if version == 2 {
         (
             "auth_pass = \"pa55\"",
@@ -31,42 +72,31 @@ fn mixed(version: u8, syncd_is_higher: bool, test: &str) {
     };
     let scfg = lan.syncd_config(
         syncd_node,
-        &syncd_toml(version, syncd_prio, &vip, 1.0, s_extra),
+        &syncd_toml(version, syncd_prio, vip, 1.0, s_extra),
     );
-    let kconf = keepalived_conf(version, ka_prio, &vip, 1.0, k_extra);
-    let mut ps = lan.start_syncd(syncd_node, &scfg);
-    let mut pk = lan.start_keepalived(ka_node, &kconf);
+    (scfg, keepalived_conf(version, ka_prio, vip, 1.0, k_extra))
+}
 
+/// Node 0 ends up the only holder, and is still after `settle` seconds.
+fn assert_node0_holds(lan: &Lan, settle: u64, why: &str) {
     assert!(
         wait_for(Duration::from_secs(20), || lan.holders(&[0, 1]) == vec![0]).is_some(),
-        "higher priority node 0 must win; holders {:?}",
+        "{why}; holders {:?}",
         lan.holders(&[0, 1])
     );
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(settle));
     assert_eq!(lan.holders(&[0, 1]), vec![0], "exactly one holder, stable");
-    let slog = lan.log(ps);
-    assert!(
-        !slog.contains("version_mismatch") && !slog.contains("bad_checksum"),
-        "{slog}"
-    );
+}
 
-    // kill -9 the master; the lower-priority node takes over
-    let master = if syncd_is_higher { ps } else { pk };
+/// kill -9 of node 0 (the master): node 1 (priority `lo`) takes the VIP.
+fn crash_master(lan: &mut Lan, master: usize, vip: &str, lo: u8) -> Option<Duration> {
     lan.kill9(master);
     let took = wait_for(mdi(lo, 1.0) + MARGIN + Duration::from_secs(1), || {
-        lan.has_addr(1, &vip)
+        lan.has_addr(1, vip)
     });
     assert!(
         took.is_some(),
         "backup (node 1) did not take over after kill -9 of node 0"
-    );
-    eprintln!(
-        "v{version} failover to {}: {took:?}",
-        if syncd_is_higher {
-            "keepalived"
-        } else {
-            "syncd"
-        }
     );
     // a crashed node keeps its address configured; a reboot would clear it
     let _ = std::process::Command::new("ip")
@@ -80,28 +110,16 @@ fn mixed(version: u8, syncd_is_higher: bool, test: &str) {
             "eth0",
         ])
         .status();
+    took
+}
 
-    // the master returns and preempts
-    if syncd_is_higher {
-        ps = lan.start_syncd(0, &scfg);
-    } else {
-        pk = lan.start_keepalived(0, &kconf);
-    }
-    assert!(
-        wait_for(Duration::from_secs(20), || lan.holders(&[0, 1]) == vec![0]).is_some(),
-        "returning higher-priority node must preempt; holders {:?}",
-        lan.holders(&[0, 1])
-    );
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(lan.holders(&[0, 1]), vec![0]);
-
-    // planned switchover back: SIGTERM the master (priority 0); the peer
-    // must take over after Skew_Time, well before Master_Down_Interval (a
-    // crash would take that long)
-    let master = if syncd_is_higher { ps } else { pk };
+/// Planned switchover back: SIGTERM the master (priority 0); the peer must
+/// take over after Skew_Time, well before Master_Down_Interval (a crash
+/// would take that long).
+fn assert_planned_switchover(lan: &mut Lan, master: usize, vip: &str, lo: u8) {
     let start = std::time::Instant::now();
     lan.term(master);
-    let took = wait_for(Duration::from_secs(10), || lan.has_addr(1, &vip))
+    let took = wait_for(Duration::from_secs(10), || lan.has_addr(1, vip))
         .map(|_| start.elapsed())
         .expect("the peer never took the VIP after SIGTERM");
     assert!(

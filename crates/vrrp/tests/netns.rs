@@ -29,9 +29,37 @@ fn elect_failover_garp_and_preempt() {
     );
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(lan.holders(&[0, 1]), vec![0], "exactly one holder");
+    assert_master_and_counting_backup(&lan, &a, &b);
+
+    let cap = lan.start_capture(2, "arp");
+    lan.kill9(pa);
+    let took = wait_for(Duration::from_secs(20), || lan.has_addr(1, &vip))
+        .expect("backup never took the VIP");
+    eprintln!("failover after kill -9: {took:?}");
+    assert!(
+        took <= mdi(100, 1.0) + MARGIN,
+        "took {took:?}, Master_Down_Interval is {:?}",
+        mdi(100, 1.0)
+    );
+    assert_garp_burst(&lan, cap, &vip);
+
+    // the old master comes back (its stale VIP is cleaned at start) and preempts
+    let _pa2 = lan.start_syncd(0, &a);
+    assert!(
+        wait_for(Duration::from_secs(15), || lan.holders(&[0, 1]) == vec![0]).is_some(),
+        "returning higher-priority node must preempt; holders {:?}",
+        lan.holders(&[0, 1])
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(lan.holders(&[0, 1]), vec![0]);
+}
+
+/// `status` on node 0 says MASTER; `status --metrics` on node 1 says BACKUP
+/// and counts the adverts it hears.
+fn assert_master_and_counting_backup(lan: &Lan, a: &std::path::Path, b: &std::path::Path) {
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", lan.ns(0), BIN, "status", "--config"])
-        .arg(&a)
+        .arg(a)
         .output()
         .unwrap();
     let status = String::from_utf8_lossy(&out.stdout);
@@ -46,7 +74,7 @@ fn elect_failover_garp_and_preempt() {
             "--metrics",
             "--config",
         ])
-        .arg(&b)
+        .arg(b)
         .output()
         .unwrap();
     let metrics = String::from_utf8_lossy(&out.stdout);
@@ -63,17 +91,11 @@ fn elect_failover_garp_and_preempt() {
         received >= 2,
         "backup must count received adverts:\n{metrics}"
     );
+}
 
-    let cap = lan.start_capture(2, "arp");
-    lan.kill9(pa);
-    let took = wait_for(Duration::from_secs(20), || lan.has_addr(1, &vip))
-        .expect("backup never took the VIP");
-    eprintln!("failover after kill -9: {took:?}");
-    assert!(
-        took <= mdi(100, 1.0) + MARGIN,
-        "took {took:?}, Master_Down_Interval is {:?}",
-        mdi(100, 1.0)
-    );
+/// Node 1's takeover is announced: a burst of gratuitous ARPs for the VIP
+/// from its MAC, seen from node 2.
+fn assert_garp_burst(lan: &Lan, cap: usize, vip: &str) {
     let mac_b = lan.mac(1);
     let seen = wait_for(Duration::from_secs(5), || {
         lan.log(cap)
@@ -94,16 +116,6 @@ fn elect_failover_garp_and_preempt() {
         garps >= 5,
         "expected a burst of 5 gratuitous ARPs, saw {garps}"
     );
-
-    // the old master comes back (its stale VIP is cleaned at start) and preempts
-    let _pa2 = lan.start_syncd(0, &a);
-    assert!(
-        wait_for(Duration::from_secs(15), || lan.holders(&[0, 1]) == vec![0]).is_some(),
-        "returning higher-priority node must preempt; holders {:?}",
-        lan.holders(&[0, 1])
-    );
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(lan.holders(&[0, 1]), vec![0]);
 }
 
 /// nopreempt: the returning higher-priority node stays backup.

@@ -280,42 +280,14 @@ fn addresses(i: usize, c: &VrrpConfig, version: Version, errs: &mut Errs) -> (Ve
 /// One `[[vrrp.track]]`; `None` when it names no single check.
 fn track(i: usize, j: usize, t: &TrackConfig, priority: i64, errs: &mut Errs) -> Option<Track> {
     let tk = |f: &str| format!("vrrp[{i}].track[{j}].{f}");
-    let kinds: Vec<CheckKind> = [
-        t.script.clone().map(CheckKind::Script),
-        t.tcp.clone().map(CheckKind::Tcp),
-        t.http.as_deref().map(|u| match u.strip_prefix("http://") {
-            Some(rest) => {
-                let (hp, path) = match rest.find('/') {
-                    Some(p) => (rest[..p].to_string(), rest[p..].to_string()),
-                    None => (rest.to_string(), "/".to_string()),
-                };
-                let hp = if hp.contains(':') {
-                    hp
-                } else {
-                    format!("{hp}:80")
-                };
-                CheckKind::Http {
-                    host_port: hp,
-                    path,
-                }
-            }
-            None => CheckKind::Http {
-                host_port: String::new(),
-                path: u.to_string(),
-            },
-        }),
-        t.process.clone().map(CheckKind::Process),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
+    let mut kinds = check_kinds(t);
     if kinds.len() != 1 {
         errs.push(format!(
             "vrrp[{i}].track[{j}]: set exactly one of script, tcp, http, process"
         ));
         return None;
     }
-    let kind = kinds[0].clone();
+    let kind = kinds.remove(0);
     if let CheckKind::Http { host_port, .. } = &kind {
         if host_port.is_empty() {
             errs.push(format!(
@@ -326,6 +298,55 @@ fn track(i: usize, j: usize, t: &TrackConfig, priority: i64, errs: &mut Errs) ->
     }
     let interval = secs(&tk("interval"), t.interval, 0.01, errs);
     let timeout = secs(&tk("timeout"), t.timeout.unwrap_or(t.interval), 0.01, errs);
+    check_weight_fall_rise(i, j, t, priority, errs);
+    let name = t.name.clone().unwrap_or_else(|| default_name(&kind));
+    Some(Track {
+        name,
+        kind,
+        interval,
+        timeout,
+        weight: t.weight.clamp(-253, 253) as i32,
+        fall: t.fall.max(1),
+        rise: t.rise.max(1),
+    })
+}
+
+/// Every check the table names (one is right).
+fn check_kinds(t: &TrackConfig) -> Vec<CheckKind> {
+    [
+        t.script.clone().map(CheckKind::Script),
+        t.tcp.clone().map(CheckKind::Tcp),
+        t.http.as_deref().map(http_check),
+        t.process.clone().map(CheckKind::Process),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// `http://host[:port][/path]`, port 80 and path `/` by default; anything
+/// else gets an empty `host_port`, which [`track`] refuses.
+fn http_check(url: &str) -> CheckKind {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return CheckKind::Http {
+            host_port: String::new(),
+            path: url.to_string(),
+        };
+    };
+    let (hp, path) = match rest.find('/') {
+        Some(p) => (rest[..p].to_string(), rest[p..].to_string()),
+        None => (rest.to_string(), "/".to_string()),
+    };
+    let host_port = if hp.contains(':') {
+        hp
+    } else {
+        format!("{hp}:80")
+    };
+    CheckKind::Http { host_port, path }
+}
+
+fn check_weight_fall_rise(i: usize, j: usize, t: &TrackConfig, priority: i64, errs: &mut Errs) {
+    let tk = |f: &str| format!("vrrp[{i}].track[{j}].{f}");
     if !(-253..=253).contains(&t.weight) {
         errs.push(format!(
             "{}: {} is out of range -253..=253",
@@ -344,21 +365,16 @@ fn track(i: usize, j: usize, t: &TrackConfig, priority: i64, errs: &mut Errs) ->
             tk("weight")
         ));
     }
-    let name = t.name.clone().unwrap_or_else(|| match &kind {
+}
+
+/// A track without a `name` is called after its check.
+fn default_name(kind: &CheckKind) -> String {
+    match kind {
         CheckKind::Script(s) => s.clone(),
         CheckKind::Tcp(a) => format!("tcp:{a}"),
         CheckKind::Http { host_port, path } => format!("http:{host_port}{path}"),
         CheckKind::Process(p) => format!("process:{p}"),
-    });
-    Some(Track {
-        name,
-        kind,
-        interval,
-        timeout,
-        weight: t.weight.clamp(-253, 253) as i32,
-        fall: t.fall.max(1),
-        rise: t.rise.max(1),
-    })
+    }
 }
 
 /// With `script_security`, every script and notify command must be safe to run.
@@ -391,5 +407,26 @@ fn check_scripts(i: usize, c: &VrrpConfig, errs: &mut Errs) {
                 "{key}: {cmd:?} is not safe to run: {e}. A non-root user could change what runs; make the program and every directory above it owned by root and not writable by group or others (chown root:root; chmod go-w), or set script_security = false"
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod track_tests {
+    use super::{default_name, http_check, CheckKind};
+
+    #[test]
+    fn http_urls_default_to_port_80_and_root_path() {
+        let hc = |u| match http_check(u) {
+            CheckKind::Http { host_port, path } => (host_port, path),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(hc("http://10.0.0.1"), ("10.0.0.1:80".into(), "/".into()));
+        assert_eq!(
+            hc("http://h:8080/health?x=1"),
+            ("h:8080".into(), "/health?x=1".into())
+        );
+        // refused later, by its empty host_port
+        assert_eq!(hc("https://h/"), (String::new(), "https://h/".into()));
+        assert_eq!(default_name(&http_check("http://h/x")), "http:h:80/x");
     }
 }

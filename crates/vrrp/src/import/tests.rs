@@ -196,3 +196,21 @@ fn garbage_does_not_panic() {
         let _ = convert(s);
     }
 }
+
+#[test]
+fn last_of_a_repeated_key_wins_and_non_numbers_are_said() {
+    let conf = "vrrp_instance V {\n interface eth0\n priority 50\n priority 90\n advert_int x\n unicast_src_ip 10.0.0.1\n virtual_ipaddress {\n 10.0.0.100\n }\n}\n";
+    let r = convert(conf);
+    assert!(r.toml.contains("priority = 90"), "{}", r.toml);
+    assert!(!r.toml.contains("priority = 50"), "{}", r.toml);
+    assert!(!r.toml.contains("advert_int"), "{}", r.toml);
+    // multicast is used: the unicast source would be a lie
+    assert!(!r.toml.contains("unicast_src"), "{}", r.toml);
+    let want = [
+        "line 1: vrrp_instance V: `advert_int` needs a number",
+        "line 1: vrrp_instance V: `priority` is set more than once; the last one is used",
+        "line 1: vrrp_instance V: unicast_src_ip without unicast_peer is not mapped (multicast is used)",
+    ];
+    assert_eq!(r.warnings, want);
+    assert!(toml::from_str::<toml::Value>(&r.toml).is_ok(), "{}", r.toml);
+}

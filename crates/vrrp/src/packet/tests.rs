@@ -223,3 +223,36 @@ fn random_bytes_never_panic() {
     // the biased half must reach the success path sometimes, or the test is vacuous
     assert!(accepted > 100, "accepted only {accepted}");
 }
+
+/// The checks run in a fixed order: the checksum before the fields it
+/// covers, so a corrupted auth type reads as corruption.
+#[test]
+fn checksum_is_checked_before_auth_type_and_v2_needs_ipv4() {
+    let src = v4("10.0.0.1");
+    let dst = v4("224.0.0.18");
+    let mut b = Advert {
+        version: Version::V2,
+        vrid: 9,
+        priority: 100,
+        interval_cs: 100,
+        auth: Auth::None,
+        addrs: vec![v4("10.0.0.100")],
+    }
+    .encode(src, dst)
+    .unwrap();
+    b[4] = 2; // AH, not supported
+    assert!(matches!(
+        Advert::decode(&b, src, dst),
+        Err(PacketError::BadChecksum { .. })
+    ));
+    b[6] = 0;
+    b[7] = 0;
+    let cs = crate::packet::inet_checksum(&[&b]);
+    b[6..8].copy_from_slice(&cs.to_be_bytes());
+    assert_eq!(
+        Advert::decode(&b, src, dst),
+        Err(PacketError::BadAuthType(2))
+    );
+    let (s6, d6): (IpAddr, IpAddr) = ("fe80::1".parse().unwrap(), "ff02::12".parse().unwrap());
+    assert_eq!(Advert::decode(&b, s6, d6), Err(PacketError::V2OverIpv6));
+}

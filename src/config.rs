@@ -7,7 +7,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::batch::BatchConfig;
+use syncd_proto::batch::BatchConfig;
 
 use crate::meta_policy::MetaPolicy;
 use crate::tls::Fingerprint;
@@ -277,7 +277,9 @@ fn state_location(
         ));
     }
     let dir = Path::new(DEFAULT_STATE_BASE).join(export_id);
-    let legacy = export.join(std::ffi::OsStr::from_bytes(crate::path::STATE_DIR_NAME));
+    let legacy = export.join(std::ffi::OsStr::from_bytes(
+        syncd_proto::path::STATE_DIR_NAME,
+    ));
     if !crate::relocate::holds_state(&dir) && crate::relocate::holds_legacy_state(&legacy) {
         return Ok((legacy, true));
     }

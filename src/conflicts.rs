@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use crate::fsroot::Root;
-use crate::path::RelPath;
+use syncd_proto::path::RelPath;
 
 const DIR: &str = "conflicts";
 

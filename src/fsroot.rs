@@ -19,11 +19,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
 
 use crate::meta_policy::MetaPolicy;
-use crate::path::RelPath;
 use crate::wire::Meta;
+use syncd_proto::path::RelPath;
 
 /// The fallback staging directory, `<export>/.syncd/staging`.
-const STAGING: [&[u8]; 2] = [crate::path::STATE_DIR_NAME, b"staging"];
+const STAGING: [&[u8]; 2] = [syncd_proto::path::STATE_DIR_NAME, b"staging"];
 
 pub struct Root {
     dir: OwnedFd,
@@ -215,7 +215,7 @@ impl Root {
     /// `scan::sweep_leftovers_from_before`).
     fn tmp_name(&self) -> String {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        crate::path::temp_name(std::process::id(), n)
+        syncd_proto::path::temp_name(std::process::id(), n)
     }
 
     /// Stages new content for `p` (see [`Staged`]).

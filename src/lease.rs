@@ -24,7 +24,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::index::Stamp;
-use crate::path::RelPath;
+use syncd_proto::path::RelPath;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lease {

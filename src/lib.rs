@@ -5,8 +5,6 @@
 
 pub mod admin;
 pub mod auto;
-// The sans-IO rules live in `syncd-proto`; these names keep their old paths.
-pub use syncd_proto::{batch, live, path};
 pub mod config;
 pub mod conflicts;
 pub mod delta;

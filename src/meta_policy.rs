@@ -147,7 +147,7 @@ fn parse_owners(s: &str) -> Result<Owners, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::path::RelPath;
+    use syncd_proto::path::RelPath;
 
     fn meta(mode: u32) -> Meta {
         Meta {

@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 
-use crate::path::RelPath;
 use crate::wire::{Entry, Kind, Meta};
+use syncd_proto::path::RelPath;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileOp {

@@ -27,8 +27,8 @@ mod leftovers;
 pub use leftovers::sweep_leftovers_from_before;
 
 use crate::index::{Index, Stamp};
-use crate::path::{RelPath, STATE_DIR_NAME};
 use crate::wire::{Entry, Hash, Kind, Meta, Scope};
+use syncd_proto::path::{RelPath, STATE_DIR_NAME};
 
 #[derive(Default, Debug)]
 pub struct Scan {
@@ -155,7 +155,7 @@ pub fn hash_reader(mut r: impl Read) -> std::io::Result<Hash> {
     Ok(*h.finalize().as_bytes())
 }
 
-pub use crate::path::walk_order;
+pub use syncd_proto::path::walk_order;
 
 /// Accumulates entries in walk order, grouping hard links.
 #[derive(Default)]
@@ -264,7 +264,7 @@ impl Collector {
             if top.rel.is_none() && name == STATE_DIR_NAME {
                 continue;
             }
-            if crate::path::is_temp_name(&name) {
+            if syncd_proto::path::is_temp_name(&name) {
                 // Never replicated: content a crash left half-placed.
                 if let Some(s) = &self.sweep {
                     if let Err(e) = leftovers::remove_if_leftover(&top.dir, &name, s) {
@@ -363,7 +363,7 @@ pub fn scan_scoped(
         if covered.is_some_and(|d| s.path.starts_with(d)) || last == Some(&s.path) {
             continue;
         }
-        if crate::path::is_temp_name(s.path.split_last().1) {
+        if syncd_proto::path::is_temp_name(s.path.split_last().1) {
             continue; // see `walk`
         }
         last = Some(&s.path);

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::index::Stamp;
-use crate::path::RelPath;
+use syncd_proto::path::RelPath;
 
 const MAGIC: &[u8; 8] = b"SYNCDSG1";
 

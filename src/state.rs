@@ -246,7 +246,7 @@ mod tests {
         assert_eq!(mode(&ex.join(".syncd/index.bin")), 0o600);
 
         let sigs = crate::sigcache::SigCache::new(&ex.join(".syncd"));
-        let p = crate::path::RelPath::new(b"a".to_vec()).unwrap();
+        let p = syncd_proto::path::RelPath::new(b"a".to_vec()).unwrap();
         sigs.put(&p, &st, 1024, 8, b"sig");
         assert_eq!(mode(&ex.join(".syncd/sigs")), 0o700);
         for e in std::fs::read_dir(ex.join(".syncd/sigs")).unwrap() {

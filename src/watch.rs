@@ -13,9 +13,9 @@ use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, Notify};
 
-use crate::batch::Change;
 use crate::lease::Closed;
-use crate::path::RelPath;
+use syncd_proto::batch::Change;
+use syncd_proto::path::RelPath;
 
 /// Changes queued between the notify thread and the daemon; beyond this the
 /// oldest are not kept and a full reconcile takes their place.
@@ -152,7 +152,7 @@ fn rel(root: &Path, p: &Path) -> Option<RelPath> {
     // Paths outside the export, the root itself, the state directory and
     // syncd's temporary names are not replicated.
     let r = RelPath::from_path(p.strip_prefix(root).ok()?).ok()?;
-    (!crate::path::is_temp_name(r.split_last().1)).then_some(r)
+    (!syncd_proto::path::is_temp_name(r.split_last().1)).then_some(r)
 }
 
 /// Keeps the record of closed files (see [`Closed`]) from one event: a

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::meta_policy::MetaPolicy;
-use crate::path::RelPath;
 use syncd_proto::pair::lineage::{Lineage, NodeId};
+use syncd_proto::path::RelPath;
 pub use syncd_proto::version::Speaks;
 
 pub mod compat;

@@ -8,9 +8,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{snapshot, Pair};
-use syncd::path::RelPath;
 use syncd::primary::{ClientError, Session};
 use syncd::wire::{Encoding, Meta, Purpose, Reply, Request};
+use syncd_proto::path::RelPath;
 
 const META: Meta = Meta {
     mode: 0o644,

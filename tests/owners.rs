@@ -192,9 +192,9 @@ fn bad_standby_options_are_refused_at_start_with_the_key_named() {
 #[test]
 fn a_hostile_primary_cannot_plant_a_setuid_root_file() {
     use syncd::meta_policy::{MetaPolicy, Owners};
-    use syncd::path::RelPath;
     use syncd::primary::Session;
     use syncd::wire::{Encoding, Meta, Purpose, Request};
+    use syncd_proto::path::RelPath;
     if !rustix::process::geteuid().is_root() {
         eprintln!("note: not root, ownership cannot be exercised");
         return;

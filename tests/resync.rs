@@ -325,9 +325,9 @@ fn export_id_and_version_mismatch_are_refused() {
 /// Plays a hostile primary (with the right certificate) against the real standby.
 #[test]
 fn hostile_paths_are_refused_and_nothing_escapes() {
-    use syncd::path::RelPath;
     use syncd::primary::Session;
     use syncd::wire::{Encoding, Meta, Purpose, Request};
+    use syncd_proto::path::RelPath;
     let mut p = Pair::new();
     let outside = p.path("outside");
     std::fs::create_dir(&outside).unwrap();

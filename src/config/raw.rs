@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::batch::BatchConfig;
 use syncd_ops::duration::Written;
+use syncd_proto::batch::BatchConfig;
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]

@@ -9,10 +9,10 @@ use std::time::Instant;
 use syncd_proto::digest::{Differs, Walk};
 
 use super::session::{ClientError, Session};
-use crate::path::RelPath;
 use crate::scan::digest::{tree, Side};
 use crate::scan::Scan;
 use crate::wire::{Entry, Scope};
+use syncd_proto::path::RelPath;
 
 /// Directories asked about in one round trip.
 const QUERIES_PER_ROUND: usize = 4096;

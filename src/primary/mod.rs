@@ -40,11 +40,11 @@ pub use verify::{compare, verify, verify_quick, Difference};
 use crate::config::Config;
 use crate::generation::Leading;
 use crate::index::Index;
-use crate::live::{Action, Event, Live, LiveConfig, PERIODIC_NO_WATCH};
 use crate::stats::{unix_now, Stats};
 use crate::watch::Watch;
 use crate::wire::Purpose;
 use ship::{accept, followups, lost, on_event, peer_name, record, set_lag, ship, stop};
+use syncd_proto::live::{Action, Event, Live, LiveConfig, PERIODIC_NO_WATCH};
 use syncd_sdnotify::State;
 
 /// Runs until `shutdown`; serves `/metrics` and `/status` on `admin` if set.
@@ -233,7 +233,8 @@ impl Driver {
             if w.dropped.swap(false, Relaxed) {
                 self.stats.overflows.fetch_add(1, Relaxed);
                 tracing::warn!("change queue overflowed; a full reconcile follows");
-                self.live.handle_change(crate::batch::Change::Lost, now);
+                self.live
+                    .handle_change(syncd_proto::batch::Change::Lost, now);
             }
             if w.limit_hit.swap(false, Relaxed) {
                 self.live.handle_watch_limit(now);
@@ -275,7 +276,12 @@ impl Driver {
         }
     }
 
-    async fn ship(&mut self, batch: crate::batch::Batch, commit_id: u64, now: std::time::Instant) {
+    async fn ship(
+        &mut self,
+        batch: syncd_proto::batch::Batch,
+        commit_id: u64,
+        now: std::time::Instant,
+    ) {
         let batch_full = batch.full;
         let Some(s) = self.session.as_mut() else {
             self.live.handle_session_lost(now);
@@ -312,7 +318,7 @@ impl Driver {
         }
     }
 
-    async fn stop(&mut self, flush: Option<(crate::batch::Batch, u64)>) {
+    async fn stop(&mut self, flush: Option<(syncd_proto::batch::Batch, u64)>) {
         if let Some(s) = self.session.take() {
             let (cfg, opts, index) = (&self.cfg, &mut self.opts, &mut self.index);
             let (watch, live, stats) = (&mut self.watch, &self.live, &self.stats);
@@ -381,7 +387,7 @@ impl Driver {
         }
     }
 
-    fn transfer_done(&mut self, t: Option<crate::path::RelPath>) {
+    fn transfer_done(&mut self, t: Option<syncd_proto::path::RelPath>) {
         if let Some(s) = &self.session {
             record(&self.stats, s, &self.tsum);
         }

@@ -14,10 +14,10 @@ use super::summary::{NoProgress, Progress, ResyncOptions, Summary};
 use crate::config::Config;
 use crate::generation::Leading;
 use crate::index::Index;
-use crate::path::RelPath;
 use crate::plan::{self, FileOp, Plan, PlanOptions};
 use crate::scan::{self, Scan};
 use crate::wire::{self, Entry, Purpose, Request, Scope};
+use syncd_proto::path::RelPath;
 
 /// One-shot: make the standby equal to this primary.
 pub async fn resync(cfg: &Config, o: &ResyncOptions) -> Result<Summary, ClientError> {

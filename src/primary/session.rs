@@ -18,10 +18,10 @@ use crate::config::Config;
 use crate::generation::Leading;
 use crate::index::Index;
 use crate::meta_policy::MetaPolicy;
-use crate::path::RelPath;
 use crate::tls::{self, Identity};
 use crate::wire::{self, Entry, Failure, Purpose, Request, Scope, Speaks};
 use syncd_proto::pair::lineage::{Lineage, NodeId};
+use syncd_proto::path::RelPath;
 
 impl From<StreamError> for ClientError {
     fn from(e: StreamError) -> ClientError {

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use super::session::{ClientError, Session};
 use super::summary::{ResyncOptions, Summary};
-use crate::batch::{Batch, Change};
 use crate::config::Config;
 use crate::index::Index;
-use crate::live::{Event, Followups, Live, PERIODIC_NO_WATCH, SUPERSEDED_WAIT};
 use crate::stats::Stats;
 use crate::watch::Watch;
+use syncd_proto::batch::{Batch, Change};
+use syncd_proto::live::{Event, Followups, Live, PERIODIC_NO_WATCH, SUPERSEDED_WAIT};
 
 /// Ships what was seen before the stop, lets large transfers finish, and
 /// closes the session, each under a deadline: what does not make it is
@@ -271,7 +271,7 @@ mod tests {
         use std::time::Duration;
         let d = tempfile::tempdir().unwrap();
         let _held = std::fs::File::create(d.path().join("f")).unwrap();
-        let p = crate::path::RelPath::new(b"f".to_vec()).unwrap();
+        let p = syncd_proto::path::RelPath::new(b"f".to_vec()).unwrap();
         let settle = crate::lease::Settle {
             quiet: Duration::from_secs(60),
             closed: std::sync::Arc::default(),

@@ -12,9 +12,9 @@ use syncd_proto::sender::{Encoding, FileMsg, Finish, ReadEnd, Reading};
 use crate::delta;
 use crate::index::Stamp;
 use crate::lease::Settle;
-use crate::path::RelPath;
 use crate::scan;
 use crate::wire::{self, Request};
+use syncd_proto::path::RelPath;
 
 /// Where a read's requests go.
 pub(crate) trait Sink {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::lease::Settle;
-use crate::path::RelPath;
 use crate::wire::Failure;
+use syncd_proto::path::RelPath;
 
 #[derive(Debug, Clone, Default)]
 pub struct ResyncOptions {

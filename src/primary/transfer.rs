@@ -22,9 +22,9 @@ use super::summary::Progress;
 use crate::delta;
 use crate::index::Stamp;
 use crate::lease::Settle;
-use crate::path::RelPath;
 use crate::plan::FileOp;
 use crate::wire::{self, Failure, Request, CHUNK};
+use syncd_proto::path::RelPath;
 
 /// Large transfers running at once, beside the control stream (the standby
 /// allows 16 bidirectional streams per connection).

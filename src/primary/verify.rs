@@ -7,9 +7,9 @@ use super::session::{record_error, ClientError, Session};
 use crate::config::Config;
 use crate::generation::Leading;
 use crate::index::Index;
-use crate::path::RelPath;
 use crate::scan;
 use crate::wire::{Entry, Kind, Purpose};
+use syncd_proto::path::RelPath;
 
 /// One difference found by `verify`.
 #[derive(Debug, PartialEq, Eq)]

@@ -75,8 +75,8 @@ pub fn tree(entries: &[Entry], owners: bool, side: Side) -> Tree {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::path::RelPath;
     use crate::wire::Meta;
+    use syncd_proto::path::RelPath;
 
     fn file(p: &str, size: u64, ino: u64) -> Entry {
         Entry {

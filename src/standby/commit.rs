@@ -9,9 +9,9 @@ use super::{lock, Shared, StandbyEvent};
 use crate::conflicts::Keeper;
 use crate::fsroot::Staged;
 use crate::index::Stamp;
-use crate::path::RelPath;
 use crate::wire::{Hash, Meta};
 use syncd_proto::pair::lineage::Lineage;
+use syncd_proto::path::RelPath;
 
 /// Verified files held back before one `syncfs` + rename pass.
 const BATCH_FILES: usize = 4096;

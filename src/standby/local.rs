@@ -16,9 +16,9 @@ use super::{lock, Shared};
 use crate::conflicts::Keeper;
 use crate::fsroot::Root;
 use crate::index::Stamp;
-use crate::path::{RelPath, STATE_DIR_NAME};
 use crate::wire::{Entry, Kind};
 use syncd_proto::pair::local::{Change, Origin};
+use syncd_proto::path::{RelPath, STATE_DIR_NAME};
 
 fn os(b: &[u8]) -> &std::ffi::OsStr {
     std::os::unix::ffi::OsStrExt::from_bytes(b)

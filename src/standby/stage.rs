@@ -17,8 +17,8 @@ use super::{lock, Shared};
 use crate::delta;
 use crate::fsroot::Staged;
 use crate::index::Stamp;
-use crate::path::RelPath;
 use crate::wire::{self, Encoding, Failure, Meta, Reply, Request};
+use syncd_proto::path::RelPath;
 use syncd_proto::receiver::{content_check, FailureLog};
 
 pub(super) enum Job {

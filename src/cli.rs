@@ -129,30 +129,7 @@ pub(crate) enum Cmd {
     /// Write syncd, syncd vrrp and syncd-proxy configs from what a
     /// keepalived + nginx + inotifywait|rsync (or lsyncd) setup runs, with a
     /// report of what was carried over, what was not, and the traps found.
-    Migrate {
-        /// A node's keepalived.conf; give both nodes' (node1 first).
-        #[arg(long)]
-        keepalived: Vec<PathBuf>,
-        /// The `inotifywait ... | while read; do rsync ...; done` script.
-        #[arg(long, conflicts_with = "lsyncd")]
-        sync_script: Option<PathBuf>,
-        /// An lsyncd configuration (`sync { default.rsync, ... }`).
-        #[arg(long)]
-        lsyncd: Option<PathBuf>,
-        /// nginx.conf (or the part with `upstream` and `proxy_pass`).
-        #[arg(long)]
-        nginx: Option<PathBuf>,
-        /// Where the vrrp_script check scripts are (looked up by file name;
-        /// default: the paths keepalived.conf gives).
-        #[arg(long)]
-        scripts: Option<PathBuf>,
-        /// The NFS standby's address, when the rsync target is not it.
-        #[arg(long)]
-        standby: Option<std::net::IpAddr>,
-        /// Output directory (created; existing files are never overwritten).
-        #[arg(long)]
-        out: PathBuf,
-    },
+    Migrate(MigrateArgs),
     /// Checks of the two nodes together.
     Pair {
         #[command(subcommand)]
@@ -202,4 +179,31 @@ pub(crate) enum Cmd {
 pub(crate) struct Global {
     pub config: Option<PathBuf>,
     pub check: bool,
+}
+
+/// `syncd migrate`'s inputs, as given on the command line.
+#[derive(clap::Args)]
+pub(crate) struct MigrateArgs {
+    /// A node's keepalived.conf; give both nodes' (node1 first).
+    #[arg(long)]
+    pub keepalived: Vec<PathBuf>,
+    /// The `inotifywait ... | while read; do rsync ...; done` script.
+    #[arg(long, conflicts_with = "lsyncd")]
+    pub sync_script: Option<PathBuf>,
+    /// An lsyncd configuration (`sync { default.rsync, ... }`).
+    #[arg(long)]
+    pub lsyncd: Option<PathBuf>,
+    /// nginx.conf (or the part with `upstream` and `proxy_pass`).
+    #[arg(long)]
+    pub nginx: Option<PathBuf>,
+    /// Where the vrrp_script check scripts are (looked up by file name;
+    /// default: the paths keepalived.conf gives).
+    #[arg(long)]
+    pub scripts: Option<PathBuf>,
+    /// The NFS standby's address, when the rsync target is not it.
+    #[arg(long)]
+    pub standby: Option<std::net::IpAddr>,
+    /// Output directory (created; existing files are never overwritten).
+    #[arg(long)]
+    pub out: PathBuf,
 }

@@ -91,23 +91,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Cmd::Verify { quick }) => cmd::verify(&g, quick),
         Some(Cmd::Promote { force }) => cmd::promote(&g, force),
         Some(Cmd::Conflicts { what }) => cmd::conflicts(&g, what),
-        Some(Cmd::Migrate {
-            keepalived,
-            sync_script,
-            lsyncd,
-            nginx,
-            scripts,
-            standby,
-            out,
-        }) => cmd::migrate(cmd::MigrateArgs {
-            keepalived,
-            sync_script,
-            lsyncd,
-            nginx,
-            scripts,
-            standby,
-            out,
-        }),
+        Some(Cmd::Migrate(a)) => cmd::migrate(a),
         Some(Cmd::Pair {
             what:
                 PairCmd::Check {

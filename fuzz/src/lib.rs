@@ -416,24 +416,28 @@ fn want_hex(s: &[u8]) -> Option<u64> {
 }
 
 /// The backend response-head parser (`h1client::parse_response_head`) and
-/// the framing read from its headers (`forward::body_len`); the bytes after
-/// the head go line by line through the chunk-size parser.
+/// the framing read from its fields (`framing::response_framing`); the bytes
+/// after the head go line by line through the chunk-size parser.
 pub fn proxy_head(data: &[u8]) {
-    use syncd_proxy::forward::{body_len, BodyLen};
+    use syncd_proxy::framing::{response_framing, Framing};
     let mut buf = bytes::BytesMut::from(data);
     match syncd_proxy::h1client::parse_response_head(&mut buf) {
         Ok(Some(resp)) => {
             assert!(buf.len() < data.len(), "a head consumes bytes");
             assert_eq!(&data[data.len() - buf.len()..], &buf[..]);
-            let h = resp.headers();
-            match body_len(h) {
-                BodyLen::Chunked => assert!(h.contains_key(hyper::header::TRANSFER_ENCODING)),
-                BodyLen::Known(n) => {
-                    let v = h.get(hyper::header::CONTENT_LENGTH).expect("a length");
+            let field = |name: &[u8]| {
+                resp.fields()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v)
+            };
+            match response_framing(resp.code, false, resp.fields()) {
+                Ok(Framing::Chunked) => assert!(field(b"transfer-encoding").is_some()),
+                Ok(Framing::Length(n)) => {
+                    let v = field(b"content-length").expect("a length");
                     assert!(n > 0);
-                    assert_eq!(want_digits(v.as_bytes().trim_ascii()), Some(n));
+                    assert_eq!(want_digits(v.trim_ascii()), Some(n));
                 }
-                BodyLen::None => {}
+                _ => {}
             }
             for line in buf[..].split(|&b| b == b'\n') {
                 let line = line.strip_suffix(b"\r").unwrap_or(line);

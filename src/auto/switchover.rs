@@ -86,6 +86,7 @@ impl Driver<'_> {
             until: now + DRAIN_TIMEOUT,
         });
         if !self.spawn_hook(HookKind::Demote, After::Fence, role, "planned switchover") {
+            tracing::warn!("switchover: no demote hook is configured, so nothing fences writes; a writer still at work while the drain runs may change files after the hand-over (configure [hooks] demote, README: Planned switchover)");
             self.fenced = true;
             if let Some(sw) = self.switch.as_mut() {
                 sw.phase = Phase::Draining;

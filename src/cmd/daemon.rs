@@ -3,22 +3,33 @@
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use syncd::config::Config;
 use syncd::standby::Standby;
 use syncd_sdnotify::State;
 
 use super::{load, runtime, shutdown_signal};
 use crate::cli::Global;
 
-pub(crate) fn standby(cli: &Global) -> Result<ExitCode> {
-    let cfg = load(&cli.config)?;
-    cfg.require_listen()?;
+/// `--check`: the ports are checked and `None` returned. Otherwise the state
+/// directory is moved to where this release keeps it and an earlier run's
+/// temporary files are swept: the daemon may start.
+fn prepare(cli: &Global, cfg: Config) -> Result<Option<Config>> {
     if cli.check {
         cfg.check_ports()?;
         println!("config OK: {}", cfg.file.display());
-        return Ok(ExitCode::SUCCESS);
+        return Ok(None);
     }
     let cfg = syncd::relocate::prepare(cfg)?;
     syncd::scan::sweep_leftovers_from_before(std::time::SystemTime::now());
+    Ok(Some(cfg))
+}
+
+pub(crate) fn standby(cli: &Global) -> Result<ExitCode> {
+    let cfg = load(&cli.config)?;
+    cfg.require_listen()?;
+    let Some(cfg) = prepare(cli, cfg)? else {
+        return Ok(ExitCode::SUCCESS);
+    };
     let rt = runtime()?;
     rt.block_on(async {
         let shutdown = shutdown_signal();
@@ -44,13 +55,9 @@ pub(crate) fn standby(cli: &Global) -> Result<ExitCode> {
 pub(crate) fn primary(cli: &Global) -> Result<ExitCode> {
     let cfg = load(&cli.config)?;
     cfg.require_peer()?;
-    if cli.check {
-        cfg.check_ports()?;
-        println!("config OK: {}", cfg.file.display());
+    let Some(cfg) = prepare(cli, cfg)? else {
         return Ok(ExitCode::SUCCESS);
-    }
-    let cfg = syncd::relocate::prepare(cfg)?;
-    syncd::scan::sweep_leftovers_from_before(std::time::SystemTime::now());
+    };
     let rt = runtime()?;
     rt.block_on(async { syncd::primary::run(cfg, shutdown_signal()).await })?;
     Ok(ExitCode::SUCCESS)
@@ -66,13 +73,9 @@ pub(crate) fn auto(cli: &Global) -> Result<ExitCode> {
             cfg.file.display()
         );
     }
-    if cli.check {
-        cfg.check_ports()?;
-        println!("config OK: {}", cfg.file.display());
+    let Some(cfg) = prepare(cli, cfg)? else {
         return Ok(ExitCode::SUCCESS);
-    }
-    let cfg = syncd::relocate::prepare(cfg)?;
-    syncd::scan::sweep_leftovers_from_before(std::time::SystemTime::now());
+    };
     let rt = runtime()?;
     rt.block_on(async { syncd::auto::run(cfg, shutdown_signal()).await })?;
     Ok(ExitCode::SUCCESS)

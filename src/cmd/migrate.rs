@@ -5,19 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 
-/// `syncd migrate`'s inputs, as given on the command line.
-pub(crate) struct Args {
-    pub keepalived: Vec<PathBuf>,
-    pub sync_script: Option<PathBuf>,
-    pub lsyncd: Option<PathBuf>,
-    pub nginx: Option<PathBuf>,
-    pub scripts: Option<PathBuf>,
-    pub standby: Option<std::net::IpAddr>,
-    pub out: PathBuf,
-}
+use crate::cli::MigrateArgs;
 
-pub(crate) fn migrate(a: Args) -> Result<ExitCode> {
-    let Args {
+pub(crate) fn migrate(a: MigrateArgs) -> Result<ExitCode> {
+    let MigrateArgs {
         keepalived,
         sync_script,
         lsyncd,

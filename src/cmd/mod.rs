@@ -15,7 +15,7 @@ use syncd_sdnotify::State;
 use crate::cli::{ConflictsCmd, Global};
 
 pub(crate) use daemon::{auto, primary, standby};
-pub(crate) use migrate::{migrate, Args as MigrateArgs};
+pub(crate) use migrate::migrate;
 pub(crate) use pair::check as pair_check;
 pub(crate) use replicate::{resync, verify, ResyncFlags};
 

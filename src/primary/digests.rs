@@ -14,8 +14,16 @@ use crate::scan::Scan;
 use crate::wire::{Entry, Scope};
 use syncd_proto::path::RelPath;
 
-/// Directories asked about in one round trip.
-const QUERIES_PER_ROUND: usize = 4096;
+/// Directories asked about in one round trip: each query is at most a
+/// path (4 KiB) and its digest, so a round stays under the frame limit.
+const QUERIES_PER_ROUND: usize = 1024;
+
+/// What differs is listed in one `ListScope`; past this many bytes of
+/// paths it would not fit a frame, and the standby lists the whole tree.
+const SCOPE_BYTES: usize = crate::wire::MAX_FRAME / 2;
+
+// Each query: a path of at most 4 KiB, a 32-byte digest, framing.
+const _: () = assert!(QUERIES_PER_ROUND * (4096 + 64) < crate::wire::MAX_FRAME);
 
 /// The standby's entries where they may differ from ours; `local` is cut
 /// to the same paths. Equal trees cost one round trip and no listing.
@@ -66,24 +74,17 @@ pub(super) async fn differing(
         local.entries.clear();
         return Ok(Vec::new());
     }
-    let mut scopes = Vec::with_capacity(found.len());
+    let Some(scopes) = scopes(found, SCOPE_BYTES) else {
+        tracing::info!("too much differs to list by scope; the standby lists the whole tree");
+        return s.list(false).await;
+    };
     let (mut paths, mut subtrees) = (HashSet::new(), HashSet::new());
-    for d in found {
-        let (p, recursive) = match d {
-            Differs::Entry(p) => (p, false),
-            Differs::Subtree(p) => (p, true),
-        };
-        // The root is never one path; its subtree is everything.
-        let path = match RelPath::new(p) {
-            Ok(p) => p,
-            Err(_) => return s.list(false).await,
-        };
-        if recursive {
-            subtrees.insert(path.clone());
+    for sc in &scopes {
+        if sc.recursive {
+            subtrees.insert(sc.path.clone());
         } else {
-            paths.insert(path.clone());
+            paths.insert(sc.path.clone());
         }
-        scopes.push(Scope { path, recursive });
     }
     // By prefixes of the bytes, without allocating per entry.
     let subtrees: HashSet<&[u8]> = subtrees.iter().map(|p| p.as_bytes()).collect();
@@ -96,4 +97,49 @@ pub(super) async fn differing(
                 .any(|(i, &c)| c == b'/' && subtrees.contains(&b[..i]))
     });
     s.list_scope(scopes).await
+}
+
+/// The scopes to list, or `None` when they would not fit one request
+/// (`budget` bytes of paths) or name the root (then everything differs).
+fn scopes(found: Vec<Differs>, budget: usize) -> Option<Vec<Scope>> {
+    let mut bytes = 0usize;
+    let mut out = Vec::with_capacity(found.len());
+    for d in found {
+        let (p, recursive) = match d {
+            Differs::Entry(p) => (p, false),
+            Differs::Subtree(p) => (p, true),
+        };
+        // A scope costs its path and a few bytes of framing.
+        bytes = bytes.saturating_add(p.len() + 8);
+        if bytes > budget {
+            return None;
+        }
+        out.push(Scope {
+            path: RelPath::new(p).ok()?,
+            recursive,
+        });
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_past_the_budget_mean_a_whole_listing() {
+        let found = |n: usize| -> Vec<Differs> {
+            (0..n)
+                .map(|i| Differs::Entry(format!("d/f{i:05}").into_bytes()))
+                .collect()
+        };
+        // 100 paths of 8 bytes cost 1,600 bytes with framing.
+        let fit = scopes(found(100), 1_600).unwrap();
+        assert_eq!(fit.len(), 100);
+        assert!(fit.iter().all(|s| !s.recursive));
+        assert!(scopes(found(101), 1_600).is_none());
+        assert!(scopes(vec![Differs::Subtree(Vec::new())], 1_600).is_none());
+        let sub = scopes(vec![Differs::Subtree(b"d".to_vec())], 1_600).unwrap();
+        assert!(sub[0].recursive);
+    }
 }

@@ -139,7 +139,9 @@ pub(super) async fn ship(
     commit_id: u64,
 ) -> Result<(Followups, u64), ClientError> {
     let pending = live.pending() as u64;
-    stats.set_lag(b.changes + pending, b.oldest);
+    // A whole-tree compare in flight is unacknowledged work too (a switchover
+    // must not see lag 0 while it runs, nor after it failed).
+    stats.set_lag(b.changes + pending + u64::from(b.full), b.oldest);
     for (from, to) in &b.renames {
         s.rename(from.clone(), to.clone()).await?;
     }

@@ -1,6 +1,7 @@
 //! The inotify watch limit (`fs.inotify.max_user_watches`) reached while the
 //! primary runs: it says so and falls back to periodic full reconciles, so a
-//! change in a directory it could not watch still arrives.
+//! change in a directory it could not watch still arrives, also when it is
+//! made just before the primary stops.
 //!
 //! A binary of its own: the limit is per user, and no other test may be
 //! adding watches while it is lowered.
@@ -81,4 +82,16 @@ fn watch_limit_falls_back_to_periodic_reconcile() {
     p.wait_equal(Duration::from_secs(30));
     p.assert_equal();
     assert!(p.metric("full_reconciles_total") >= 2.0);
+
+    // Written just before a stop (a switchover hands over by stopping the
+    // source): no event tells of it and the next periodic compare is
+    // seconds away, so the stop's own flush must compare the whole tree.
+    std::fs::write(p.primary().join("new/deeper/last"), b"4").unwrap();
+    assert!(p.stop_primary(), "the primary did not stop cleanly");
+    assert_eq!(
+        std::fs::read(p.standby_dir().join("new/deeper/last")).ok(),
+        Some(b"4".to_vec()),
+        "a change in an unwatched directory was left behind at the stop:\n{}",
+        p.primary_log()
+    );
 }

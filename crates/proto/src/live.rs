@@ -67,9 +67,10 @@ pub enum Action {
     /// `batch.full`), then a durable commit with this id; report
     /// [`Live::handle_shipped`] or [`Live::handle_session_lost`].
     Ship { batch: Batch, commit_id: u64 },
-    /// Stop. When a session is up, ship `flush` (changes already seen), let
-    /// large transfers finish and close it, all under a deadline; anything
-    /// left is found by the full compare at the next start.
+    /// Stop. When a session is up, ship `flush` (changes already seen; the
+    /// whole tree compared when not every directory is watched), let large
+    /// transfers finish and close it, all under a deadline; anything left
+    /// is found by the full compare at the next start.
     Stop { flush: Option<(Batch, u64)> },
 }
 
@@ -136,6 +137,8 @@ pub struct Live {
     conn: Conn,
     backoff: Duration,
     periodic: Option<Duration>,
+    /// Every directory is watched: the watch sees every change.
+    watched: bool,
     next_full: Option<Instant>,
     retry: Retry,
     commit_id: u64,
@@ -158,6 +161,7 @@ impl Live {
             conn: Conn::Down(now),
             backoff: BACKOFF_MIN,
             periodic,
+            watched: cfg.watching,
             next_full: periodic.map(|p| now + p),
             retry: Retry {
                 delay: RETRY_MIN,
@@ -185,6 +189,7 @@ impl Live {
 
     /// The watch could not add a directory (the inotify watch limit).
     pub fn handle_watch_limit(&mut self, now: Instant) {
+        self.watched = false;
         if self.periodic != Some(PERIODIC_NO_WATCH) {
             self.periodic = Some(PERIODIC_NO_WATCH);
             sooner(&mut self.next_full, now + PERIODIC_NO_WATCH);
@@ -292,6 +297,12 @@ impl Live {
         if self.stopping && self.conn != Conn::Shipping {
             self.stopped = true;
             let flush = if self.conn == Conn::Up {
+                // Unwatched directories hold changes no event reported (made
+                // since the last periodic compare): a stopping leader, say
+                // in a switchover, ships them too, so compare everything.
+                if !self.watched {
+                    self.batcher.force_full(now);
+                }
                 // Ship what is ready now, without waiting for the window.
                 let at = now + self.cfg.batch.max_delay;
                 self.batcher.take(at).map(|b| (b, self.next_commit()))

@@ -475,6 +475,42 @@ fn shutdown_flushes_what_is_seen_and_waits_for_a_ship_in_progress() {
     assert_eq!(l.poll_action(t0), Some(Action::Stop { flush: None }));
 }
 
+/// Without a watch on every directory (the watch limit, or none at all),
+/// a change since the last periodic compare is known to no one: the stop's
+/// flush compares the whole tree, so a leader handing over ships it first.
+#[test]
+fn a_stop_without_a_full_watch_compares_the_whole_tree() {
+    let t0 = Instant::now();
+    let stop_flush = |l: &mut Live| match l.poll_action(t0) {
+        Some(Action::Stop { flush }) => flush.map(|(b, _)| b.full),
+        a => panic!("expected a stop, got {a:?}"),
+    };
+    // watched: nothing seen, nothing to ship
+    let mut l = up(t0);
+    l.handle_shutdown();
+    assert_eq!(stop_flush(&mut l), None);
+
+    let mut l = up(t0);
+    l.handle_watch_limit(t0);
+    assert_eq!(l.poll_event(), Some(Event::WatchLimit));
+    l.handle_shutdown();
+    assert_eq!(stop_flush(&mut l), Some(true), "the watch limit was hit");
+
+    let mut l = Live::new(
+        LiveConfig {
+            watching: false,
+            ..cfg()
+        },
+        t0,
+    );
+    assert_eq!(l.poll_action(t0), Some(Action::Connect));
+    l.handle_connected(t0);
+    let _ = ship(&mut l, t0);
+    l.handle_shipped(t0, Followups::default(), 0, true);
+    l.handle_shutdown();
+    assert_eq!(stop_flush(&mut l), Some(true), "nothing is watched");
+}
+
 /// A standby that applies a ship unless told to fail: what it holds is, per
 /// path, the newest change time it has seen committed.
 fn covers(b: &Batch, path: &RelPath) -> bool {

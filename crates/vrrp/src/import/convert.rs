@@ -280,14 +280,16 @@ fn read_auth(i: &mut Instance, c: &Node, notes: &mut Notes) {
         // on the wire, and the peers would not interoperate anyway.
         notes.errors.push(i.note("auth_type AH is not supported (IPsec AH, dropped by RFC 3768); refusing to convert it into a cleartext password. Switch both nodes to no authentication (firewall protocol 112 to the peer, see the README) or to auth_type PASS, then import again"));
     } else if let Some(p) = pass {
-        i.kv.push((
-            "auth_pass".into(),
-            q(&p.chars().take(8).collect::<String>()),
-        ));
-        if p.len() > 8 {
-            notes
-                .warnings
-                .push(i.note("auth_pass longer than 8 bytes: truncated to 8, as keepalived does"));
+        // keepalived keeps the first 8 bytes, not characters.
+        if p.len() > 8 && !p.is_char_boundary(8) {
+            notes.errors.push(i.note("auth_pass: keepalived keeps its first 8 bytes, which end inside a multi-byte character (a password no TOML string can hold); set an ASCII password of at most 8 characters on both nodes, then import again"));
+        } else {
+            i.kv.push(("auth_pass".into(), q(&p[..p.len().min(8)])));
+            if p.len() > 8 {
+                notes.warnings.push(
+                    i.note("auth_pass longer than 8 bytes: truncated to 8, as keepalived does"),
+                );
+            }
         }
     }
 }

@@ -168,6 +168,25 @@ fn refuses_auth_type_ah() {
     assert!(convert(SEED).errors.is_empty());
 }
 
+/// keepalived keeps an auth_pass's first 8 bytes: a password of
+/// multi-byte characters is cut by bytes (a valid config results) or,
+/// where the cut falls inside a character, refused with a clear error.
+#[test]
+fn auth_pass_is_truncated_by_bytes_as_keepalived_does() {
+    let with = |pass: &str| SEED.replace("auth_pass 1111", &format!("auth_pass {pass}"));
+    let r = convert(&with("héllo-wörld"));
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert!(r.toml.contains("auth_pass = \"héllo-w\""), "{}", r.toml);
+    crate::config::parse(&r.toml).unwrap_or_else(|e| panic!("{e}\n{}", r.toml));
+    let r = convert(&with("aéééé"));
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert!(r.errors[0].contains("multi-byte"), "{:?}", r.errors);
+    assert!(!r.toml.contains("auth_pass"), "{}", r.toml);
+    let r = convert(&with("12345678"));
+    assert!(r.errors.is_empty(), "{r:?}");
+    assert!(!r.warnings.iter().any(|w| w.contains("auth_pass")), "{r:?}");
+}
+
 #[test]
 fn output_is_valid_toml() {
     // Found by fuzz/ (keepalived_import): a repeated key was written

@@ -70,9 +70,10 @@ impl Parsed {
             if forward::is_hop_by_hop(name) {
                 continue;
             }
+            // the listed tokens first: usually one, naming no field here
             if has_connection
-                && !forward::is_end_to_end(name)
                 && connection_tokens(self.fields()).any(|t| t.eq_ignore_ascii_case(name))
+                && !forward::is_end_to_end(name)
             {
                 continue;
             }

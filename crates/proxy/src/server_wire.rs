@@ -64,9 +64,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Wire<IO> {
         let Some(io) = self.io.as_mut() else {
             return Poll::Ready(Ok(0));
         };
-        // reserve only when little room is left: while a request's head
-        // (a slice of this buffer) is alive, reserving would allocate anew
-        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
+        // room for a full read in the same allocation if no slice of it is
+        // alive; else reserve only when little room is left: while a
+        // request's head (a slice of this buffer) lives, that allocates anew
+        let spare = self.rbuf.capacity() - self.rbuf.len();
+        if spare < READ_CHUNK && !self.rbuf.try_reclaim(READ_CHUNK) && spare < READ_CHUNK / 4 {
             self.rbuf.reserve(READ_CHUNK);
         }
         // read_buf's future holds only borrows: dropping it when pending

@@ -37,20 +37,45 @@ const END_TO_END: [HeaderName; 11] = [
     header::CACHE_CONTROL,
 ];
 
+/// [`HOP_BY_HOP`] and [`END_TO_END`] as bytes, for heads forwarded as raw
+/// bytes: compared without looking up each standard name's text.
+const HOP_BY_HOP_BYTES: [&[u8]; 7] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+];
+const END_TO_END_BYTES: [&[u8]; 11] = [
+    b"host",
+    b"authorization",
+    b"cookie",
+    b"set-cookie",
+    b"content-length",
+    b"content-type",
+    b"content-encoding",
+    b"content-range",
+    b"location",
+    b"www-authenticate",
+    b"cache-control",
+];
+
 /// Is `name` (any case) a hop-by-hop header? For heads forwarded as raw
 /// bytes ([`crate::rawhead`]).
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    HOP_BY_HOP
+    HOP_BY_HOP_BYTES
         .iter()
-        .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
+        .any(|h| name.eq_ignore_ascii_case(h))
 }
 
 /// Is `name` (any case) one of the end-to-end essentials a `Connection`
 /// token must not remove?
 pub fn is_end_to_end(name: &[u8]) -> bool {
-    END_TO_END
+    END_TO_END_BYTES
         .iter()
-        .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
+        .any(|h| name.eq_ignore_ascii_case(h))
 }
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -210,6 +235,20 @@ mod tests {
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["sec-websocket-accept"], "abc");
         assert!(!h.contains_key("x-secret"));
+    }
+
+    #[test]
+    fn byte_lists_match_the_header_names() {
+        assert!(HOP_BY_HOP
+            .iter()
+            .zip(HOP_BY_HOP_BYTES)
+            .all(|(n, b)| n.as_str().as_bytes() == b));
+        assert!(END_TO_END
+            .iter()
+            .zip(END_TO_END_BYTES)
+            .all(|(n, b)| n.as_str().as_bytes() == b));
+        assert!(is_hop_by_hop(b"Keep-Alive") && !is_hop_by_hop(b"keep"));
+        assert!(is_end_to_end(b"Set-Cookie") && !is_end_to_end(b"date"));
     }
 
     #[test]

@@ -20,19 +20,21 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, SizeHint};
 use hyper::{Method, Response, StatusCode};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use crate::framing::{self, Decode};
-use crate::rawhead::{Parsed, RawHead, Span};
+use crate::rawhead::{Parsed, Span};
 use crate::reqhead::{BodyFraming, Forward};
 use crate::stall::Stall;
 
 /// Largest response head accepted from a backend.
 const MAX_HEAD: usize = 64 * 1024;
-const MAX_HEADERS: usize = 128;
+const MAX_HEADERS: usize = crate::rawhead::MAX_FIELDS;
+/// A request buffer grown past this (a large head or small body) is not
+/// kept for the connection's next request.
+const KEEP_WBUF: usize = 32 * 1024;
 
 /// A request body for the backend.
 pub enum OutBody {
@@ -85,6 +87,11 @@ pub struct Conn {
     rbuf: BytesMut,
     /// The read/write limit's timer, one for the connection's life.
     stall: Stall,
+    /// The request head's bytes, reused by each request on the connection.
+    wbuf: Vec<u8>,
+    /// The response head's field spans, likewise (lent to each response's
+    /// head, given back by [`BackendBody::recycle_head`]).
+    spans: Vec<Span>,
 }
 
 impl Conn {
@@ -93,6 +100,8 @@ impl Conn {
             io,
             rbuf: BytesMut::with_capacity(8192),
             stall: Stall::new(),
+            wbuf: Vec::with_capacity(1024),
+            spans: Vec::with_capacity(16),
         }
     }
 
@@ -124,7 +133,8 @@ impl Conn {
             None if req.head.get(b"content-length").is_some() => BodyFraming::AsIs,
             None => BodyFraming::Chunked,
         };
-        let mut head = Vec::with_capacity(512);
+        let mut head = std::mem::take(&mut self.wbuf);
+        head.clear();
         req.encode(&mut head, framing);
         if let Some(b) = &body_bytes {
             if b.len() <= 16 * 1024 {
@@ -133,6 +143,9 @@ impl Conn {
         }
         let send = limits.backend;
         self.write(&head, send, ExchangeError::WriteHead).await?;
+        if head.capacity() <= KEEP_WBUF {
+            self.wbuf = head;
+        }
         if let Some(b) = &body_bytes {
             if b.len() > 16 * 1024 {
                 self.write(b, send, ExchangeError::WriteBody).await?;
@@ -278,7 +291,7 @@ impl Conn {
         let mut got_any = !self.rbuf.is_empty();
         loop {
             if !self.rbuf.is_empty() {
-                if let Some(resp) = parse_response_head(&mut self.rbuf)? {
+                if let Some(resp) = parse_head_into(&mut self.rbuf, &mut self.spans)? {
                     return Ok(resp);
                 }
                 if self.rbuf.len() > MAX_HEAD {
@@ -310,7 +323,16 @@ impl Conn {
 /// (no copy, no header map); `Ok(None)` means more bytes are needed and
 /// leaves `buf` as is.
 pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<Parsed>, ExchangeError> {
-    let (n, code, version, spans) = {
+    parse_head_into(buf, &mut Vec::new())
+}
+
+/// [`parse_response_head`] with the spans' vector lent by the connection:
+/// a complete head takes it (cleared and filled), else it stays.
+fn parse_head_into(
+    buf: &mut BytesMut,
+    spans: &mut Vec<Span>,
+) -> Result<Option<Parsed>, ExchangeError> {
+    let (n, code, version) = {
         // uninitialised storage: nothing to zero per response
         let mut storage = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
         let mut r = httparse::Response::new(&mut []);
@@ -323,15 +345,12 @@ pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<Parsed>, Exchang
                 let base = buf.as_ptr() as usize;
                 // offsets fit: a head is at most MAX_HEAD bytes
                 let off = |p: *const u8| (p as usize - base) as u32;
-                let spans: Vec<Span> = r
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        let (ns, vs) = (off(h.name.as_ptr()), off(h.value.as_ptr()));
-                        [ns, ns + h.name.len() as u32, vs, vs + h.value.len() as u32]
-                    })
-                    .collect();
-                (n, r.code, r.version, spans)
+                spans.clear();
+                spans.extend(r.headers.iter().map(|h| {
+                    let (ns, vs) = (off(h.name.as_ptr()), off(h.value.as_ptr()));
+                    [ns, ns + h.name.len() as u32, vs, vs + h.value.len() as u32]
+                }));
+                (n, r.code, r.version)
             }
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => return Err(ExchangeError::Invalid(e.to_string())),
@@ -347,148 +366,14 @@ pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<Parsed>, Exchang
         code,
         http10: version == Some(0),
         bytes: buf.split_to(n).freeze(),
-        spans,
+        spans: std::mem::take(spans),
     }))
 }
 
 pub use crate::framing::chunk_size_line;
 
-/// A backend response body, read from the connection as the client reads it.
-pub struct BackendBody {
-    conn: Option<Conn>,
-    decode: Decode,
-    keep_alive: bool,
-    /// Longest wait for the next bytes of the body (`read_timeout`).
-    read_timeout: Duration,
-    /// The response head's forwarded fields, until the server takes them.
-    head: Option<RawHead>,
-}
-
-impl BackendBody {
-    fn new(conn: Conn, decode: Decode, keep_alive: bool, limits: Timeouts) -> BackendBody {
-        BackendBody {
-            conn: Some(conn),
-            decode,
-            keep_alive,
-            read_timeout: limits.backend,
-            head: None,
-        }
-    }
-
-    /// The response head's fields as the client gets them (hop-by-hop
-    /// fields left out); `None` for a 101, whose fields are in the
-    /// response's header map.
-    pub fn take_head(&mut self) -> Option<RawHead> {
-        self.head.take()
-    }
-
-    /// After the body is complete, the connection if it can serve another request.
-    pub fn take_reusable(&mut self) -> Option<Conn> {
-        if self.decode == Decode::Done && self.keep_alive {
-            let c = self.conn.take()?;
-            // bytes beyond the response would be a protocol error: do not reuse
-            if c.rbuf.is_empty() {
-                return Some(c);
-            }
-        }
-        None
-    }
-
-    /// After a 101 response: the raw connection and any bytes of the new
-    /// protocol the backend sent right behind the response head.
-    pub fn take_upgraded(&mut self) -> Option<(TcpStream, BytesMut)> {
-        self.keep_alive = false;
-        self.conn.take().map(|c| (c.io, c.rbuf))
-    }
-}
-
-fn eof() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::UnexpectedEof,
-        "backend closed the connection mid-body",
-    )
-}
-
-fn bad(msg: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
-}
-
-impl Body for BackendBody {
-    type Data = Bytes;
-    type Error = io::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        let this = self.get_mut();
-        loop {
-            let Some(conn) = this.conn.as_mut() else {
-                return Poll::Ready(None);
-            };
-            match this.decode {
-                Decode::Done => return Poll::Ready(None),
-                Decode::Length(rem) | Decode::ChunkData(rem) => {
-                    if conn.rbuf.is_empty() {
-                        match ready!(conn.poll_fill(this.read_timeout, cx)) {
-                            Ok(0) => return Poll::Ready(Some(Err(eof()))),
-                            Ok(_) => {}
-                            Err(e) => return Poll::Ready(Some(Err(e))),
-                        }
-                    }
-                    let n = (conn.rbuf.len() as u64).min(rem) as usize;
-                    let data = conn.rbuf.split_to(n).freeze();
-                    this.decode = this.decode.on_data(n as u64);
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Decode::UntilClose => {
-                    if conn.rbuf.is_empty() {
-                        match ready!(conn.poll_fill(this.read_timeout, cx)) {
-                            Ok(0) => {
-                                this.decode = Decode::Done;
-                                this.keep_alive = false;
-                                return Poll::Ready(None);
-                            }
-                            Ok(_) => {}
-                            Err(e) => return Poll::Ready(Some(Err(e))),
-                        }
-                    }
-                    let data = conn.rbuf.split().freeze();
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Decode::ChunkSize | Decode::ChunkCrlf | Decode::Trailers => {
-                    let Some(pos) = conn.rbuf.windows(2).position(|w| w == b"\r\n") else {
-                        if conn.rbuf.len() > framing::MAX_CHUNK_LINE {
-                            return Poll::Ready(Some(Err(bad("chunk line too long"))));
-                        }
-                        match ready!(conn.poll_fill(this.read_timeout, cx)) {
-                            Ok(0) => return Poll::Ready(Some(Err(eof()))),
-                            Ok(_) => continue,
-                            Err(e) => return Poll::Ready(Some(Err(e))),
-                        }
-                    };
-                    let line = conn.rbuf.split_to(pos + 2);
-                    match this.decode.on_line(&line[..pos]) {
-                        Ok(next) => this.decode = next,
-                        Err(e) => return Poll::Ready(Some(Err(bad(&e.to_string())))),
-                    }
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.decode == Decode::Done
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.decode {
-            Decode::Done => SizeHint::with_exact(0),
-            Decode::Length(n) => SizeHint::with_exact(n),
-            _ => SizeHint::default(),
-        }
-    }
-}
+mod body;
+pub use body::BackendBody;
 
 #[cfg(test)]
 mod tests;

@@ -5,11 +5,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::client_io::{ClientIo, Limits};
+use crate::client_io::{Activity, ClientIo, Limits};
 use crate::config::{self, Mode};
 use crate::framing::HeadLimits;
 use crate::proxy::ConnInfo;
@@ -132,6 +132,78 @@ pub fn prepare(cfg: &config::Listener, copies: usize) -> Result<Bound, ListenErr
     })
 }
 
+/// The client socket's time limits.
+fn io_limits(cfg: &config::Listener) -> Limits {
+    Limits {
+        header: cfg.header_timeout,
+        idle: cfg.idle_timeout,
+        send: cfg.send_timeout,
+    }
+}
+
+/// What an HTTP connection from `client` needs besides its socket.
+fn http_conn(
+    cfg: &config::Listener,
+    client: SocketAddr,
+    tls: bool,
+    shared: &Arc<Shared>,
+    stop: &watch::Receiver<bool>,
+    limits: HeadLimits,
+    activity: Activity,
+) -> server::Conn {
+    let info = Arc::new(ConnInfo {
+        client,
+        client_ip: crate::forward::ip_value(client),
+        tls,
+        listener: cfg.name.clone(),
+        upstream: cfg.upstream.clone(),
+        client_body_timeout: cfg.client_body_timeout,
+    });
+    server::Conn {
+        info,
+        shared: shared.clone(),
+        limits,
+        activity,
+        stop: stop.clone(),
+    }
+}
+
+/// Serve an accepted HTTP connection on its own task (after the TLS
+/// handshake, which `handshake` bounds, when the listener has TLS). The
+/// connection, and a tunnel it becomes, hold the drain token.
+fn spawn_http(
+    io: ClientIo<TcpStream>,
+    client: SocketAddr,
+    conn: server::Conn,
+    handshake: Duration,
+    tls: Option<&TlsAcceptor>,
+    token: Arc<()>,
+) {
+    match tls {
+        None => {
+            tokio::spawn(async move {
+                server::serve(io, conn).await;
+                drop(token);
+            });
+        }
+        Some(acceptor) => {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let tls_stream = match tokio::time::timeout(handshake, acceptor.accept(io)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, %client, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                server::serve(tls_stream, conn).await;
+                drop(token);
+            });
+        }
+    }
+}
+
 /// Run one listening socket until `stop` flips, then drain its connections.
 pub async fn run(
     socket: std::net::TcpListener,
@@ -170,69 +242,18 @@ pub async fn run(
             }
         };
         let _ = stream.set_nodelay(true);
+        let token = sessions.clone();
         match cfg.mode {
             Mode::Tcp => {
                 let shared = shared.clone();
                 let cfg = cfg.clone();
-                let token = sessions.clone();
                 tokio::spawn(crate::tcp::serve(stream, client, cfg, shared, token));
             }
             Mode::Http => {
-                let io = ClientIo::new(
-                    stream,
-                    Limits {
-                        header: cfg.header_timeout,
-                        idle: cfg.idle_timeout,
-                        send: cfg.send_timeout,
-                    },
-                );
-                let activity = io.activity();
-                let info = Arc::new(ConnInfo {
-                    client,
-                    client_ip: crate::forward::ip_value(client),
-                    tls: tls.is_some(),
-                    listener: cfg.name.clone(),
-                    upstream: cfg.upstream.clone(),
-                    client_body_timeout: cfg.client_body_timeout,
-                });
-                let conn = server::Conn {
-                    info,
-                    shared: shared.clone(),
-                    limits: head_limits,
-                    activity,
-                    stop: stop.clone(),
-                };
-                // the connection, and a tunnel it becomes, hold a drain token
-                let token = sessions.clone();
-                match &tls {
-                    None => {
-                        tokio::spawn(async move {
-                            server::serve(io, conn).await;
-                            drop(token);
-                        });
-                    }
-                    Some(acceptor) => {
-                        let acceptor = acceptor.clone();
-                        let timeout = cfg.header_timeout;
-                        tokio::spawn(async move {
-                            let tls_stream = match tokio::time::timeout(
-                                timeout,
-                                acceptor.accept(io),
-                            )
-                            .await
-                            {
-                                Ok(Ok(s)) => s,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(error = %e, %client, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => return,
-                            };
-                            server::serve(tls_stream, conn).await;
-                            drop(token);
-                        });
-                    }
-                }
+                let io = ClientIo::new(stream, io_limits(&cfg));
+                let (tls_on, activity) = (tls.is_some(), io.activity());
+                let conn = http_conn(&cfg, client, tls_on, &shared, &stop, head_limits, activity);
+                spawn_http(io, client, conn, cfg.header_timeout, tls.as_ref(), token);
             }
         }
     }

@@ -106,32 +106,15 @@ async fn run(cli: Cli, cfg: Config, handles: Vec<tokio::runtime::Handle>) -> any
     // VRRP starts after the listeners are bound: a node must be able to
     // serve before it can claim the virtual IP.
     let (vrrp_stop, vrrp_stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut vrrp_started = true;
-    let mut vrrp = match vrrp_cfg {
-        None => None,
+    let (mut vrrp, vrrp_started) = match vrrp_cfg {
+        None => (None, true),
         Some(vc) => {
-            let n = vc.instances.len();
-            let v = Vrrp::start(vc).await.context("starting built-in VRRP")?;
-            // Not ready before the instances run; a failed one ends the
-            // select loop below at once, and no READY=1 is sent for it.
-            vrrp_started = v.started().await;
-            app.shared().set_vrrp(v.view());
-            tracing::info!(instances = n, "built-in VRRP started");
-            Some(tokio::spawn(v.run_until(async {
-                let _ = vrrp_stopped.await;
-            })))
+            let (task, started) = start_vrrp(vc, &app, vrrp_stopped).await?;
+            (Some(task), started)
         }
     };
     tracing::info!(config = %cli.config.display(), workers, "syncd-proxy started");
     // Listeners are bound (App::start) and VRRP runs: ready for systemd.
-    let status = |app: &App, what: &str| {
-        let c = app.shared().current();
-        format!(
-            "{what}: {} listener(s), {} upstream(s)",
-            c.config.listeners.len(),
-            c.config.upstreams.len()
-        )
-    };
     if vrrp_started {
         syncd_sdnotify::send(&[State::Ready, State::Status(&status(&app, "serving"))]);
     }
@@ -140,30 +123,7 @@ async fn run(cli: Cli, cfg: Config, handles: Vec<tokio::runtime::Handle>) -> any
         tokio::select! {
             _ = hup.recv() => {
                 syncd_sdnotify::send(&[State::Reloading]);
-                let outcome = match Config::load(&cli.config) {
-                    Ok(mut new) => {
-                        if let Some(w) = cli.workers { new.global.workers = w; }
-                        if new.vrrp != vrrp_written {
-                            tracing::warn!("[[vrrp]] changed: VRRP changes take effect at restart; the instances keep running as started");
-                        }
-                        match app.reload(new) {
-                            Ok(()) => {
-                                tracing::info!("configuration reloaded");
-                                "reloaded"
-                            }
-                            Err(e) => {
-                                app.shared().metrics.reload_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                tracing::error!(error = %e, "reload failed; keeping the running configuration");
-                                "reload failed, serving the previous configuration"
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        app.shared().metrics.reload_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        tracing::error!(error = %e, "reload failed; keeping the running configuration");
-                        "reload failed, serving the previous configuration"
-                    }
-                };
+                let outcome = reload(&cli, &mut app, &vrrp_written);
                 // READY=1 ends the reload either way: the proxy serves.
                 syncd_sdnotify::send(&[State::Ready, State::Status(&status(&app, outcome))]);
             }
@@ -187,13 +147,87 @@ async fn run(cli: Cli, cfg: Config, handles: Vec<tokio::runtime::Handle>) -> any
             }
         }
     }
+    stop(app, vrrp, vrrp_stop).await;
+    match failed {
+        None => Ok(()),
+        Some(why) => Err(anyhow::anyhow!("built-in VRRP: {why}")),
+    }
+}
+
+type VrrpTask = tokio::task::JoinHandle<Result<(), syncd_vrrp::RunError>>;
+
+/// Start the built-in VRRP instances, running until `stopped` fires; also
+/// whether they all started (no READY=1 otherwise).
+async fn start_vrrp(
+    vc: syncd_vrrp::config::Config,
+    app: &App,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<(VrrpTask, bool)> {
+    let n = vc.instances.len();
+    let v = Vrrp::start(vc).await.context("starting built-in VRRP")?;
+    // Not ready before the instances run; a failed one ends the select
+    // loop of `run` at once, and no READY=1 is sent for it.
+    let started = v.started().await;
+    app.shared().set_vrrp(v.view());
+    tracing::info!(instances = n, "built-in VRRP started");
+    let task = tokio::spawn(v.run_until(async {
+        let _ = stopped.await;
+    }));
+    Ok((task, started))
+}
+
+/// The status line systemd shows.
+fn status(app: &App, what: &str) -> String {
+    let c = app.shared().current();
+    format!(
+        "{what}: {} listener(s), {} upstream(s)",
+        c.config.listeners.len(),
+        c.config.upstreams.len()
+    )
+}
+
+/// SIGHUP: load the configuration again and apply it, or keep the running
+/// one; what happened, for the status line.
+fn reload(
+    cli: &Cli,
+    app: &mut App,
+    vrrp_written: &[syncd_vrrp::config::VrrpConfig],
+) -> &'static str {
+    let failed = |app: &App, e: &dyn std::fmt::Display| {
+        app.shared()
+            .metrics
+            .reload_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::error!(error = %e, "reload failed; keeping the running configuration");
+        "reload failed, serving the previous configuration"
+    };
+    let mut new = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => return failed(app, &e),
+    };
+    if let Some(w) = cli.workers {
+        new.global.workers = w;
+    }
+    if new.vrrp != vrrp_written {
+        tracing::warn!("[[vrrp]] changed: VRRP changes take effect at restart; the instances keep running as started");
+    }
+    match app.reload(new) {
+        Ok(()) => {
+            tracing::info!("configuration reloaded");
+            "reloaded"
+        }
+        Err(e) => failed(app, &e),
+    }
+}
+
+/// Resign VRRP first (priority 0, addresses removed) so the peer takes the
+/// virtual IP at once, then drain what this node still has in flight.
+async fn stop(app: App, vrrp: Option<VrrpTask>, vrrp_stop: tokio::sync::oneshot::Sender<()>) {
     syncd_sdnotify::send(&[
         State::Stopping,
         State::Status("stopping: draining connections"),
     ]);
-    // Resign first (priority 0, addresses removed) so the peer takes the
-    // virtual IP at once, then drain what this node still has in flight.
-    if let Some(h) = vrrp.take() {
+    if let Some(h) = vrrp {
         let _ = vrrp_stop.send(());
         match h.await {
             Ok(Ok(())) => tracing::info!("built-in VRRP stopped; virtual IPs released"),
@@ -208,8 +242,4 @@ async fn run(cli: Cli, cfg: Config, handles: Vec<tokio::runtime::Handle>) -> any
     );
     app.shutdown(timeout.max(Duration::from_millis(1))).await;
     tracing::info!("stopped");
-    match failed {
-        None => Ok(()),
-        Some(why) => Err(anyhow::anyhow!("built-in VRRP: {why}")),
-    }
 }

@@ -86,9 +86,19 @@ fn labels<'a>(s: &ServerView<'a>) -> [(&'static str, &'a str); 2] {
     [("upstream", s.upstream), ("server", s.server)]
 }
 
+fn g(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
 pub fn render(global: &GlobalMetrics, servers: &[ServerView<'_>]) -> String {
     let mut w = Writer::new();
-    let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    render_global(&mut w, global);
+    render_servers(&mut w, servers);
+    w.finish()
+}
+
+/// The proxy-wide counters.
+fn render_global(w: &mut Writer, global: &GlobalMetrics) {
     for (name, kind, help, c) in [
         (
             "syncd_proxy_requests_total",
@@ -155,7 +165,10 @@ pub fn render(global: &GlobalMetrics, servers: &[ServerView<'_>]) -> String {
     ] {
         f.sample(&[("code", code)], g(c));
     }
+}
 
+/// One sample per server and family, and the response-time histograms.
+fn render_servers(w: &mut Writer, servers: &[ServerView<'_>]) {
     type Read = fn(&ServerView<'_>) -> u64;
     let families: [(&str, Kind, &str, Read); 6] = [
         (
@@ -218,7 +231,6 @@ pub fn render(global: &GlobalMetrics, servers: &[ServerView<'_>]) -> String {
             g(&s.metrics.count),
         );
     }
-    w.finish()
 }
 
 #[cfg(test)]

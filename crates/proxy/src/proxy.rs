@@ -12,7 +12,6 @@ use http_body_util::BodyExt;
 use hyper::header::HeaderValue;
 use hyper::{Response, StatusCode};
 
-use crate::balancer::hash::KeyVars;
 use crate::balancer::{Attempt, Key, Outcome};
 use crate::config;
 use crate::forward::{self, BodyLen};
@@ -67,93 +66,32 @@ impl Drop for PeerGuard {
 
 /// The request to send. The head is serialised from here for each attempt;
 /// a buffered body can be sent any number of times, a streamed one once.
-struct Outgoing {
-    head: ReqHead,
+struct Outgoing<'a> {
+    head: &'a ReqHead,
     body: Option<OutBody>,
 }
 
-impl Outgoing {
+impl Outgoing<'_> {
     fn can_resend(&self) -> bool {
         matches!(self.body, Some(OutBody::Bytes(_)))
     }
 }
 
-struct ReqVars<'a> {
-    head: &'a ReqHead,
-    client: SocketAddr,
-}
-
-impl ReqVars<'_> {
-    fn header(&self, name: &str) -> impl Iterator<Item = &str> {
-        let name = name.as_bytes().to_vec();
-        self.head
-            .fields()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(&name))
-            .filter_map(|(_, v)| std::str::from_utf8(v).ok())
-    }
-}
-
-impl KeyVars for ReqVars<'_> {
-    fn var(&self, name: &str) -> Option<String> {
-        let uri = &self.head.uri;
-        let query = uri.query().unwrap_or("");
-        match name {
-            "remote_addr" => Some(self.client.ip().to_canonical().to_string()),
-            "host" => self.header("host").next().map(|h| {
-                h.rsplit_once(':')
-                    .map_or(h, |(host, _)| host)
-                    .to_ascii_lowercase()
-            }),
-            "uri" => Some(uri.path().to_string()),
-            "request_uri" => Some(uri.path_and_query().map_or("/", |p| p.as_str()).to_string()),
-            "args" => Some(query.to_string()),
-            _ => {
-                if let Some(h) = name.strip_prefix("http_") {
-                    let h = h.replace('_', "-");
-                    self.header(&h).next().map(str::to_string)
-                } else if let Some(a) = name.strip_prefix("arg_") {
-                    query
-                        .split('&')
-                        .filter_map(|kv| kv.split_once('='))
-                        .find(|(k, _)| *k == a)
-                        .map(|(_, v)| v.to_string())
-                } else if let Some(c) = name.strip_prefix("cookie_") {
-                    self.header("cookie")
-                        .flat_map(|s| s.split(';'))
-                        .filter_map(|kv| kv.trim().split_once('='))
-                        .find(|(k, _)| *k == c)
-                        .map(|(_, v)| v.to_string())
-                } else {
-                    None
-                }
-            }
-        }
-    }
-}
-
-/// Entry point for one client request.
+/// Entry point for one client request. The head is borrowed: the
+/// connection keeps its buffers for the next request.
 pub async fn handle(
-    head: ReqHead,
+    head: &ReqHead,
     body: ReqBody,
-    info: Arc<ConnInfo>,
-    shared: Arc<Shared>,
+    info: &ConnInfo,
+    shared: &Shared,
 ) -> Result<Response<RespBody>, Infallible> {
     let start = Instant::now();
     shared.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    let access = shared.access_log();
-    let log = access.then(|| (head.method.clone(), head.uri.clone()));
     let snap = shared.current();
     let (resp, server) = match snap.upstreams.get(&info.upstream) {
         Some(up) => {
-            proxy(
-                head,
-                body,
-                &info,
-                &shared,
-                up.clone(),
-                snap.config.retry.max_replay_body,
-            )
-            .await
+            let max_replay = snap.config.retry.max_replay_body;
+            proxy(head, body, info, shared, up, max_replay).await
         }
         None => (
             local(StatusCode::SERVICE_UNAVAILABLE, "upstream not configured"),
@@ -162,13 +100,13 @@ pub async fn handle(
     };
     let status = resp.status().as_u16();
     shared.metrics.count_status(status);
-    if let Some((method, uri)) = log {
+    if shared.access_log() {
         tracing::info!(
             target: "access",
             client = %info.client,
             listener = %info.listener,
-            method = %method,
-            uri = %uri,
+            method = %head.method,
+            uri = %head.uri,
             status,
             upstream = %info.upstream,
             server = server.as_ref().map_or("-", |s| s.name.as_str()),
@@ -178,68 +116,31 @@ pub async fn handle(
     Ok(resp)
 }
 
+/// A request ready for its attempts.
+struct Prepared<'a> {
+    out: Outgoing<'a>,
+    key: Key,
+    idempotent: bool,
+}
+
 async fn proxy(
-    head: ReqHead,
+    head: &ReqHead,
     body: ReqBody,
     info: &ConnInfo,
     shared: &Shared,
-    up: Arc<UpstreamRt>,
+    up: &Arc<UpstreamRt>,
     max_replay: usize,
 ) -> (Response<RespBody>, Option<Arc<ServerRt>>) {
+    let mut req = match prepare(head, body, info, shared, up, max_replay).await {
+        Ok(r) => r,
+        Err(resp) => return (resp, None),
+    };
     let cfg = &up.cfg;
-    if let Err(e) = forward::check_request(&head) {
-        tracing::debug!(client = %info.client, error = %e, "request refused");
-        return (
-            local(StatusCode::BAD_REQUEST, &format!("Bad Request ({e})")),
-            None,
-        );
-    }
-    shared.deposit_retry_token();
-    let key = Key {
-        client_ip: Some(info.client.ip().to_canonical()),
-        hash: up.key.as_ref().map(|t| {
-            t.hash(&ReqVars {
-                head: &head,
-                client: info.client,
-            })
-        }),
-    };
-    let body_len = forward::body_len(&head);
-    let idempotent = retry::is_idempotent(&head.method);
-    let out_body = match body_len {
-        BodyLen::None => OutBody::Bytes(Bytes::new()),
-        BodyLen::Known(n) if idempotent && n <= max_replay as u64 => {
-            // boxed: the rare path's state stays out of every request's future
-            match Box::pin(collect_body(body, info.client_body_timeout)).await {
-                Ok(b) => OutBody::Bytes(b),
-                Err(ExchangeError::ClientBodyTimeout) => {
-                    return (local(StatusCode::REQUEST_TIMEOUT, "Request Timeout"), None)
-                }
-                Err(_) => return (local(StatusCode::BAD_REQUEST, "Bad Request (body)"), None),
-            }
-        }
-        _ => OutBody::Stream(body),
-    };
-    let mut out = Outgoing {
-        head,
-        body: Some(out_body),
-    };
-
     let started = Instant::now();
     let mut attempt = Attempt::new();
     let mut last: Option<Failure> = None;
     loop {
-        let now = Instant::now();
-        let selected = {
-            let mut g = up.group();
-            if attempt.count() >= max_tries(cfg, g.len()) {
-                None
-            } else {
-                g.select(now, key, &mut attempt)
-                    .map(|(id, s)| (id, s.clone()))
-            }
-        };
-        let Some((peer, server)) = selected else {
+        let Some((peer, server)) = select(up, req.key, &mut attempt) else {
             break;
         };
         let mut guard = PeerGuard {
@@ -252,80 +153,189 @@ async fn proxy(
             client_body: info.client_body_timeout,
             backend: cfg.read_timeout,
         };
-        let result = send_attempt(&server, cfg, info, &mut out, idempotent, limits).await;
+        let result = send_attempt(&server, cfg, info, &mut req.out, req.idempotent, limits).await;
         guard.disarm(); // from here on, Finish or the error path releases
         match result {
             Ok(resp) => {
                 server.metrics.observe(sent_at.elapsed());
-                let (rparts, mut rbody) = resp.into_parts();
-                if rparts.status == StatusCode::SWITCHING_PROTOCOLS {
-                    let upgraded = rbody.take_upgraded();
-                    let guard = PeerGuard {
-                        up: up.clone(),
-                        peer,
-                        armed: true,
-                    };
-                    let resp = switch_protocols(rparts, upgraded, guard, cfg.read_timeout);
-                    return (resp, Some(server));
-                }
-                // hop-by-hop fields were left out as the head was parsed
-                let body = TrackedBody::new(rbody, up.clone(), server.clone(), peer);
-                return (
-                    Response::from_parts(rparts, RespBody::Proxied(body)),
-                    Some(server),
-                );
+                let resp = answer(resp, up, &server, peer);
+                return (resp, Some(server));
             }
             Err(f) => {
-                let client_fault = matches!(f, Failure::ClientAborted | Failure::ClientTimeout);
-                if !client_fault {
-                    server.metrics.errors.fetch_add(1, Ordering::Relaxed);
-                }
-                let outcome = if f.counts_as_server_failure() {
-                    Outcome::Failure
-                } else {
-                    Outcome::Success
-                };
-                up.group().release(peer, Instant::now(), outcome);
-                if client_fault {
-                    // the client's doing: not an upstream problem to alert on
-                    tracing::info!(
-                        upstream = %cfg.name,
-                        server = %server.name,
-                        client = %info.client,
-                        failure = ?f,
-                        "client request body failed or stalled; attempt abandoned"
-                    );
-                } else {
-                    tracing::warn!(
-                        upstream = %cfg.name,
-                        server = %server.name,
-                        failure = ?f,
-                        method = %out.head.method,
-                        "upstream attempt failed"
-                    );
-                }
+                failed(up, &server, peer, f, info, &req.out);
                 last = Some(f);
-                if !retry::retryable(f, &out.head.method, out.can_resend()) {
-                    break;
-                }
-                if !cfg.next_upstream_timeout.is_zero()
-                    && started.elapsed() >= cfg.next_upstream_timeout
-                {
-                    break;
-                }
-                // the budget pays only for an attempt that can follow: after
-                // the last try it would be spent (or "denied") for nothing
-                if attempt.count() >= max_tries(cfg, up.group().len()) {
-                    break;
-                }
-                if !shared.withdraw_retry(Instant::now()) {
-                    tracing::warn!(upstream = %cfg.name, "retry budget exhausted; not retrying");
+                if !retry_after(f, up, &req.out, started, &attempt, shared) {
                     break;
                 }
             }
         }
     }
-    let resp = match last {
+    (no_answer(last, shared), None)
+}
+
+/// Refuse what cannot be forwarded, evaluate the balancing key, and buffer
+/// a small replayable body.
+async fn prepare<'a>(
+    head: &'a ReqHead,
+    mut body: ReqBody,
+    info: &ConnInfo,
+    shared: &Shared,
+    up: &UpstreamRt,
+    max_replay: usize,
+) -> Result<Prepared<'a>, Response<RespBody>> {
+    if let Err(e) = forward::check_request(head) {
+        tracing::debug!(client = %info.client, error = %e, "request refused");
+        return Err(local(
+            StatusCode::BAD_REQUEST,
+            &format!("Bad Request ({e})"),
+        ));
+    }
+    shared.deposit_retry_token();
+    let key = Key {
+        client_ip: Some(info.client.ip().to_canonical()),
+        hash: up.key.as_ref().map(|t| {
+            t.hash(&ReqVars {
+                head,
+                client: info.client,
+            })
+        }),
+    };
+    let idempotent = retry::is_idempotent(&head.method);
+    let out_body = match forward::body_len(head) {
+        BodyLen::None => OutBody::Bytes(Bytes::new()),
+        BodyLen::Known(n) if idempotent && n <= max_replay as u64 => {
+            // boxed: the rare path's state stays out of every request's future
+            match Box::pin(collect_body(body, info.client_body_timeout)).await {
+                Ok(b) => OutBody::Bytes(b),
+                Err(ExchangeError::ClientBodyTimeout) => {
+                    return Err(local(StatusCode::REQUEST_TIMEOUT, "Request Timeout"))
+                }
+                Err(_) => return Err(local(StatusCode::BAD_REQUEST, "Bad Request (body)")),
+            }
+        }
+        // already here with the head (the common small POST): sent with
+        // the request head, no stream; not replayed (not idempotent)
+        BodyLen::Known(_) if !idempotent => match body.take_whole() {
+            Some(b) => OutBody::Bytes(b),
+            None => OutBody::Stream(body),
+        },
+        _ => OutBody::Stream(body),
+    };
+    let out = Outgoing {
+        head,
+        body: Some(out_body),
+    };
+    Ok(Prepared {
+        out,
+        key,
+        idempotent,
+    })
+}
+
+/// The next server to try, unless the request's tries are used up.
+fn select(up: &UpstreamRt, key: Key, attempt: &mut Attempt) -> Option<(u64, Arc<ServerRt>)> {
+    let mut g = up.group();
+    if attempt.count() >= max_tries(&up.cfg, g.len()) {
+        return None;
+    }
+    g.select(Instant::now(), key, attempt)
+        .map(|(id, s)| (id, s.clone()))
+}
+
+/// The client's response from a backend's: streamed, releasing the server
+/// when it ends, or a protocol switch.
+fn answer(
+    resp: Response<BackendBody>,
+    up: &Arc<UpstreamRt>,
+    server: &Arc<ServerRt>,
+    peer: u64,
+) -> Response<RespBody> {
+    let (rparts, mut rbody) = resp.into_parts();
+    if rparts.status == StatusCode::SWITCHING_PROTOCOLS {
+        let upgraded = rbody.take_upgraded();
+        let guard = PeerGuard {
+            up: up.clone(),
+            peer,
+            armed: true,
+        };
+        return switch_protocols(rparts, upgraded, guard, up.cfg.read_timeout);
+    }
+    // hop-by-hop fields were left out as the head was parsed
+    let body = TrackedBody::new(rbody, up.clone(), server.clone(), peer);
+    Response::from_parts(rparts, RespBody::Proxied(body))
+}
+
+/// Account for a failed attempt: release the server and log whose fault
+/// it was.
+fn failed(
+    up: &UpstreamRt,
+    server: &ServerRt,
+    peer: u64,
+    f: Failure,
+    info: &ConnInfo,
+    out: &Outgoing,
+) {
+    let client_fault = matches!(f, Failure::ClientAborted | Failure::ClientTimeout);
+    if !client_fault {
+        server.metrics.errors.fetch_add(1, Ordering::Relaxed);
+    }
+    let outcome = if f.counts_as_server_failure() {
+        Outcome::Failure
+    } else {
+        Outcome::Success
+    };
+    up.group().release(peer, Instant::now(), outcome);
+    if client_fault {
+        // the client's doing: not an upstream problem to alert on
+        tracing::info!(
+            upstream = %up.cfg.name,
+            server = %server.name,
+            client = %info.client,
+            failure = ?f,
+            "client request body failed or stalled; attempt abandoned"
+        );
+    } else {
+        tracing::warn!(
+            upstream = %up.cfg.name,
+            server = %server.name,
+            failure = ?f,
+            method = %out.head.method,
+            "upstream attempt failed"
+        );
+    }
+}
+
+/// May another attempt follow failure `f`?
+fn retry_after(
+    f: Failure,
+    up: &UpstreamRt,
+    out: &Outgoing,
+    started: Instant,
+    attempt: &Attempt,
+    shared: &Shared,
+) -> bool {
+    let cfg = &up.cfg;
+    if !retry::retryable(f, &out.head.method, out.can_resend()) {
+        return false;
+    }
+    if !cfg.next_upstream_timeout.is_zero() && started.elapsed() >= cfg.next_upstream_timeout {
+        return false;
+    }
+    // the budget pays only for an attempt that can follow: after the last
+    // try it would be spent (or "denied") for nothing
+    if attempt.count() >= max_tries(cfg, up.group().len()) {
+        return false;
+    }
+    if !shared.withdraw_retry(Instant::now()) {
+        tracing::warn!(upstream = %cfg.name, "retry budget exhausted; not retrying");
+        return false;
+    }
+    true
+}
+
+/// The local answer when no attempt succeeded (`last`: the last failure).
+fn no_answer(last: Option<Failure>, shared: &Shared) -> Response<RespBody> {
+    match last {
         None => {
             shared.metrics.local_503.fetch_add(1, Ordering::Relaxed);
             local(
@@ -346,8 +356,7 @@ async fn proxy(
             shared.metrics.local_502.fetch_add(1, Ordering::Relaxed);
             local(StatusCode::BAD_GATEWAY, "Bad Gateway")
         }
-    };
-    (resp, None)
+    }
 }
 
 /// Attempts allowed per request (nginx `proxy_next_upstream_tries`; 0 means
@@ -413,7 +422,7 @@ async fn send_attempt(
     server: &ServerRt,
     cfg: &config::Upstream,
     info: &ConnInfo,
-    out: &mut Outgoing,
+    out: &mut Outgoing<'_>,
     idempotent: bool,
     limits: Timeouts,
 ) -> Result<Response<BackendBody>, Failure> {
@@ -445,10 +454,10 @@ async fn send_attempt(
         // no timeout around the whole exchange: the client's upload pace and
         // the backend's are timed separately, per read/write, inside it
         let req = Forward {
-            head: &out.head,
+            head: out.head,
             client_ip: info.client_ip.to_str().unwrap_or("unknown"),
             tls: info.tls,
-            upgrade: forward::upgrade_request(&out.head),
+            upgrade: forward::upgrade_request(out.head),
             host: &cfg.host_header,
             server: server.addr,
         };
@@ -476,6 +485,9 @@ async fn send_attempt(
         }
     }
 }
+
+mod vars;
+use vars::ReqVars;
 
 #[cfg(test)]
 mod tests;

@@ -53,7 +53,8 @@ impl Parsed {
     /// The head to forward to the client: hop-by-hop fields (and those
     /// `Connection` lists, except end-to-end essentials) left out, and a
     /// Content-Length that Transfer-Encoding overrides (RFC 9112 §6.3)
-    /// dropped, so the client cannot frame the body differently.
+    /// dropped, so the client cannot frame the body differently. The spans'
+    /// vector is kept (filtered in place): no allocation per response.
     pub fn into_forwarded(self) -> RawHead {
         let te = self
             .fields()
@@ -61,16 +62,18 @@ impl Parsed {
         let has_connection = self
             .fields()
             .any(|(n, _)| n.eq_ignore_ascii_case(b"connection"));
-        let mut lines = Vec::with_capacity(self.spans.len());
+        // decide every field before the vector is filtered: a decision reads
+        // the Connection fields, which filtering would overwrite
+        let mut keep = Keep::default();
         let (mut has_length, mut has_date) = (false, false);
-        for s in &self.spans {
-            let (name, _) = field(&self.bytes, s);
+        for (i, (name, _)) in self.fields().enumerate() {
             if forward::is_hop_by_hop(name) {
                 continue;
             }
+            // the listed tokens first: usually one, naming no field here
             if has_connection
-                && !forward::is_end_to_end(name)
                 && connection_tokens(self.fields()).any(|t| t.eq_ignore_ascii_case(name))
+                && !forward::is_end_to_end(name)
             {
                 continue;
             }
@@ -80,14 +83,42 @@ impl Parsed {
             }
             has_length |= length;
             has_date |= name.eq_ignore_ascii_case(b"date");
-            lines.push((s[0], s[3]));
+            keep.set(i);
         }
+        let Parsed {
+            bytes, mut spans, ..
+        } = self;
+        let mut i = 0;
+        spans.retain(|_| {
+            i += 1;
+            keep.get(i - 1)
+        });
         RawHead {
-            bytes: self.bytes,
-            lines,
+            bytes,
+            lines: spans,
             has_length,
             has_date,
         }
+    }
+}
+
+/// Which fields of a head are kept: one bit each, on the stack (a parsed
+/// head has at most [`MAX_FIELDS`] fields).
+#[derive(Default)]
+struct Keep([u64; MAX_FIELDS / 64]);
+
+/// Most fields in a head that [`Parsed`] holds (the response parser's
+/// limit).
+pub const MAX_FIELDS: usize = 128;
+
+impl Keep {
+    fn set(&mut self, i: usize) {
+        if let Some(w) = self.0.get_mut(i / 64) {
+            *w |= 1 << (i % 64);
+        }
+    }
+    fn get(&self, i: usize) -> bool {
+        self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
 }
 
@@ -112,8 +143,9 @@ fn connection_tokens<'a>(
 #[derive(Debug)]
 pub struct RawHead {
     bytes: Bytes,
-    /// Start and end of each forwarded `name: value` line, without CRLF.
-    lines: Vec<(u32, u32)>,
+    /// The forwarded fields; each line runs from its name's start to its
+    /// value's end (without CRLF).
+    lines: Vec<Span>,
     /// A Content-Length is among the lines.
     pub has_length: bool,
     /// A Date is among the lines.
@@ -125,7 +157,14 @@ impl RawHead {
     pub fn lines(&self) -> impl Iterator<Item = &[u8]> {
         self.lines
             .iter()
-            .map(|&(s, e)| &self.bytes[s as usize..e as usize])
+            .map(|s| &self.bytes[s[0] as usize..s[3] as usize])
+    }
+
+    /// The spans' vector, emptied, for the next head on the connection.
+    pub fn into_buffer(self) -> Vec<Span> {
+        let mut v = self.lines;
+        v.clear();
+        v
     }
 }
 
@@ -175,6 +214,16 @@ mod tests {
         // Date is not among the essentials: a Connection token removes it,
         // and the proxy adds its own
         assert!(!date);
+    }
+
+    #[test]
+    fn listed_fields_after_kept_ones_are_left_out() {
+        // the filter runs in place: a kept field must not overwrite the
+        // Connection field that later decisions read
+        let (lines, _, _) = forwarded(
+            b"HTTP/1.1 200 OK\r\nA: 1\r\nConnection: x-b\r\nC: 2\r\nX-B: 3\r\nD: 4\r\n\r\n",
+        );
+        assert_eq!(lines, ["A: 1", "C: 2", "D: 4"]);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! [`crate::forward`]'s rules (hop-by-hop removal, X-Forwarded-*, Host,
 //! origin-form target) on the way.
 
+use std::io::Write as _;
+
 use bytes::Bytes;
 use hyper::{Method, Uri};
 
@@ -43,6 +45,14 @@ impl ReqHead {
             bytes,
             spans,
         })
+    }
+
+    /// The field spans' vector, emptied, for the connection's next head
+    /// (the head's bytes are released).
+    pub fn into_spans(self) -> Vec<HeaderSpan> {
+        let mut v = self.spans;
+        v.clear();
+        v
     }
 
     /// `(name, value)` of every field, in order.
@@ -145,7 +155,8 @@ impl Forward<'_> {
         match framing {
             BodyFraming::AsIs => {}
             BodyFraming::Length(n) => {
-                field(out, b"content-length", n.to_string().as_bytes());
+                // formatted straight into the buffer: no String per request
+                let _ = write!(out, "content-length: {n}\r\n");
             }
             BodyFraming::Chunked => field(out, b"transfer-encoding", b"chunked"),
         }

@@ -18,6 +18,8 @@ use crate::rawhead::RawHead;
 use crate::upstream::{ServerRt, UpstreamRt};
 
 /// Response body to the client: a short local message or a proxied stream.
+// the proxied variant is the common one: boxing it would allocate per response
+#[allow(clippy::large_enum_variant)]
 pub enum RespBody {
     Local(Option<Bytes>),
     Proxied(TrackedBody),
@@ -30,6 +32,15 @@ impl RespBody {
         match self {
             RespBody::Local(_) => None,
             RespBody::Proxied(t) => t.inner.take_head(),
+        }
+    }
+}
+
+impl RespBody {
+    /// Give a taken head's buffer back to the backend connection.
+    pub fn recycle_head(&mut self, head: RawHead) {
+        if let RespBody::Proxied(t) = self {
+            t.inner.recycle_head(head);
         }
     }
 }

@@ -77,7 +77,7 @@ where
             _ = c.stop.wait_for(|s| *s) => return,
         };
         let parsed = match next {
-            Ok(Some((head, bytes))) => build(&head, bytes, &spans),
+            Ok(Some((head, bytes))) => build(&head, bytes, &mut spans),
             Ok(None) => return,
             Err(e) => Err(e),
         };
@@ -90,17 +90,9 @@ where
         let head_request = p.head.method == Method::HEAD;
         let http11 = p.head.http11;
         let body = ReqBody::new(src.clone(), p.decode);
-        // pinned where it is built and polled beside the client watch by
-        // hand: a `select!` would move the whole request future again
-        let handle = proxy::handle(p.head, body, c.info.clone(), c.shared.clone());
-        let mut handling = pin!(handle);
-        let resp = poll_fn(|cx| {
-            if let Poll::Ready(r) = handling.as_mut().poll(cx) {
-                return Poll::Ready(Some(r));
-            }
-            poll_client_gone(&wire, cx).map(|()| None)
-        })
-        .await;
+        let resp = handle(&wire, &p.head, body, &c).await;
+        // the head's spans serve the next request on this connection
+        spans = p.head.into_spans();
         let resp = match resp {
             Some(Ok(r)) => r,
             Some(Err(never)) => match never {},
@@ -137,6 +129,29 @@ where
             return close(&wire).await;
         }
     }
+}
+
+/// Handle one request, unless the client goes away meanwhile (`None`).
+async fn handle<IO>(
+    wire: &Mutex<Wire<IO>>,
+    head: &ReqHead,
+    body: ReqBody,
+    c: &Conn,
+) -> Option<Result<hyper::Response<RespBody>, std::convert::Infallible>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    // pinned where it is built and polled beside the client watch by
+    // hand: a `select!` would move the whole request future again
+    let handle = proxy::handle(head, body, &c.info, &c.shared);
+    let mut handling = pin!(handle);
+    poll_fn(|cx| {
+        if let Poll::Ready(r) = handling.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        poll_client_gone(wire, cx).map(|()| None)
+    })
+    .await
 }
 
 /// Answer a head that cannot be served (400, or 431 when too large) and
@@ -180,6 +195,7 @@ async fn read_head<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
+    lock(wire).reclaim();
     poll_fn(|cx| {
         let mut w = lock(wire);
         loop {
@@ -220,12 +236,16 @@ where
 
 /// The request for the proxy, from a parsed head: its bytes and field
 /// spans, no header map.
-fn build(head: &RequestHead, bytes: Bytes, spans: &[HeaderSpan]) -> Result<Parsed, FramingError> {
+fn build(
+    head: &RequestHead,
+    bytes: Bytes,
+    spans: &mut Vec<HeaderSpan>,
+) -> Result<Parsed, FramingError> {
     let fields = spans
         .iter()
         .map(|s| (&bytes[s.name.clone()], &bytes[s.value.clone()]));
     let framing = framing::request_framing(head.minor, fields)?;
-    let head = ReqHead::new(head, bytes, spans.to_vec())?;
+    let head = ReqHead::new(head, bytes, std::mem::take(spans))?;
     let keep_alive = if head.http11 {
         !head.has_token(b"connection", b"close")
     } else {
@@ -272,6 +292,9 @@ where
         keep_alive,
     );
     server_write::encode_head(wbuf, parts.status, &parts.headers, raw.as_ref(), &plan);
+    if let Some(r) = raw {
+        body.recycle_head(r);
+    }
     // the body is written from this task alone: take the socket meanwhile
     let Some(mut io) = lock(wire).io.take() else {
         return false;

@@ -64,10 +64,38 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Wire<IO> {
         let Some(io) = self.io.as_mut() else {
             return Poll::Ready(Ok(0));
         };
-        self.rbuf.reserve(READ_CHUNK);
+        // room for a full read in the same allocation if no slice of it is
+        // alive; else reserve only when little room is left: while a
+        // request's head (a slice of this buffer) lives, that allocates anew
+        let spare = self.rbuf.capacity() - self.rbuf.len();
+        if spare < READ_CHUNK && !self.rbuf.try_reclaim(READ_CHUNK) && spare < READ_CHUNK / 4 {
+            self.rbuf.reserve(READ_CHUNK);
+        }
         // read_buf's future holds only borrows: dropping it when pending
         // loses nothing
         pin!(io.read_buf(&mut self.rbuf)).poll(cx)
+    }
+
+    /// Between requests, when no slice of the buffer is alive: make room
+    /// for a full read in the same allocation (no new one).
+    pub fn reclaim(&mut self) {
+        let _ = self.rbuf.try_reclaim(READ_CHUNK);
+    }
+
+    /// The whole rest of a Content-Length body, if the client already sent
+    /// it (it came with the head): taken at once, no body stream needed.
+    pub fn take_whole(&mut self) -> Option<Bytes> {
+        let Decode::Length(rem) = self.decode else {
+            return None;
+        };
+        let unasked = self.continue_left == CONTINUE.len() || self.continue_left == 0;
+        if (self.rbuf.len() as u64) < rem || !unasked {
+            return None;
+        }
+        // the client sent its body unasked: no 100 Continue
+        self.continue_left = 0;
+        self.decode = Decode::Done;
+        Some(self.rbuf.split_to(rem as usize).freeze())
     }
 
     /// Send what is left of `100 Continue`.
@@ -163,6 +191,7 @@ fn invalid(msg: &str) -> io::Error {
 pub trait BodySource: Send {
     fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>>;
     fn body_done(&self) -> bool;
+    fn take_whole(&mut self) -> Option<Bytes>;
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin + Send> BodySource for Wire<IO> {
@@ -172,6 +201,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> BodySource for Wire<IO> {
 
     fn body_done(&self) -> bool {
         self.decode == Decode::Done
+    }
+
+    fn take_whole(&mut self) -> Option<Bytes> {
+        Wire::take_whole(self)
     }
 }
 
@@ -192,6 +225,14 @@ impl ReqBody {
         };
         let src = (decode != Decode::Done).then_some(src);
         ReqBody { src, hint }
+    }
+
+    /// The whole body if the client already sent it (a Content-Length
+    /// body that came with the head); else the body stays a stream.
+    pub fn take_whole(&mut self) -> Option<Bytes> {
+        let data = lock(self.src.as_ref()?).take_whole()?;
+        self.src = None;
+        Some(data)
     }
 
     /// No body (tests, local use).
@@ -290,6 +331,26 @@ mod tests {
         assert_eq!(r.unwrap(), b"hello");
         let (r, _) = read_body(b"", b"hello", Decode::Length(10), false).await;
         assert_eq!(r.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[tokio::test]
+    async fn a_buffered_body_is_taken_whole() {
+        let (ours, _theirs) = tokio::io::duplex(1024);
+        let wire = Arc::new(Mutex::new(Wire::new(ours)));
+        wire.lock().unwrap().rbuf.extend_from_slice(b"hell");
+        wire.lock().unwrap().start_body(Decode::Length(5), true);
+        let mut body = ReqBody::new(wire.clone(), Decode::Length(5));
+        assert!(body.take_whole().is_none(), "not all there yet");
+        wire.lock().unwrap().rbuf.clear();
+        wire.lock().unwrap().rbuf.extend_from_slice(b"helloGET");
+        assert_eq!(body.take_whole().unwrap(), "hello");
+        assert!(body.is_end_stream());
+        let w = wire.lock().unwrap();
+        assert_eq!(&w.rbuf[..], b"GET", "the next request stays");
+        assert_eq!((w.decode, w.continue_left), (Decode::Done, 0), "no 100");
+        drop(w);
+        let mut chunked = ReqBody::new(wire.clone(), Decode::ChunkSize);
+        assert!(chunked.take_whole().is_none(), "only Content-Length bodies");
     }
 
     #[tokio::test]

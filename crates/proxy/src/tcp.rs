@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use crate::balancer::{Attempt, Key, Outcome};
 use crate::config;
 use crate::state::Shared;
+use crate::upstream::{ServerRt, UpstreamRt};
 
 /// Wraps a stream and stamps the time of the last successful read.
 struct Activity<S> {
@@ -80,7 +81,30 @@ pub async fn serve(
         return;
     };
     shared.deposit_retry_token();
-    let key = Key {
+    let started = Instant::now();
+    let Some((peer, server, backend)) = connect(&up, &cfg, &shared, peer_addr).await else {
+        return;
+    };
+    server.metrics.observe(started.elapsed());
+    let epoch = Instant::now();
+    relay(client, backend, epoch, cfg.idle_timeout, peer_addr).await;
+    up.group().release(peer, Instant::now(), Outcome::Success);
+    if shared.access_log() {
+        tracing::info!(
+            target: "access",
+            listener = %cfg.name,
+            client = %peer_addr,
+            upstream = %up.cfg.name,
+            server = %server.name,
+            secs = epoch.elapsed().as_secs_f64(),
+            "tcp session"
+        );
+    }
+}
+
+/// The balancing key of a TCP session: the client's address only.
+fn key(up: &UpstreamRt, peer_addr: SocketAddr) -> Key {
+    Key {
         client_ip: Some(peer_addr.ip().to_canonical()),
         hash: up.key.as_ref().map(|t| {
             struct V(SocketAddr);
@@ -91,10 +115,21 @@ pub async fn serve(
             }
             t.hash(&V(peer_addr))
         }),
-    };
+    }
+}
+
+/// Connect to a server, trying others on connect failure as the retry
+/// rules allow; the selected server (to release) and its stream.
+async fn connect(
+    up: &UpstreamRt,
+    cfg: &config::Listener,
+    shared: &Shared,
+    peer_addr: SocketAddr,
+) -> Option<(u64, Arc<ServerRt>, TcpStream)> {
+    let key = key(up, peer_addr);
     let mut attempt = Attempt::new();
     let started = Instant::now();
-    let (peer, server, backend) = loop {
+    loop {
         let selected = {
             let mut g = up.group();
             let max_tries = if up.cfg.tries == 0 {
@@ -111,11 +146,11 @@ pub async fn serve(
         };
         let Some((peer, server)) = selected else {
             tracing::warn!(listener = %cfg.name, client = %peer_addr, "no upstream server could take the TCP connection");
-            return;
+            return None;
         };
         server.metrics.requests.fetch_add(1, Ordering::Relaxed);
         match server.connect_tcp(up.cfg.connect_timeout).await {
-            Ok(s) => break (peer, server, s),
+            Ok(s) => return Some((peer, server, s)),
             Err(e) => {
                 server.metrics.errors.fetch_add(1, Ordering::Relaxed);
                 up.group().release(peer, Instant::now(), Outcome::Failure);
@@ -123,13 +158,21 @@ pub async fn serve(
                 let over = !up.cfg.next_upstream_timeout.is_zero()
                     && started.elapsed() >= up.cfg.next_upstream_timeout;
                 if over || !shared.withdraw_retry(Instant::now()) {
-                    return;
+                    return None;
                 }
             }
         }
-    };
-    server.metrics.observe(started.elapsed());
-    let epoch = Instant::now();
+    }
+}
+
+/// Copy both ways until either side closes or nothing moved for `idle`.
+async fn relay(
+    client: TcpStream,
+    backend: TcpStream,
+    epoch: Instant,
+    idle: Duration,
+    peer_addr: SocketAddr,
+) {
     let last = Arc::new(AtomicU64::new(0));
     let mut a = Activity {
         inner: client,
@@ -141,7 +184,6 @@ pub async fn serve(
         epoch,
         last: last.clone(),
     };
-    let idle = cfg.idle_timeout;
     let watchdog = async {
         loop {
             let since = epoch
@@ -162,17 +204,5 @@ pub async fn serve(
         _ = watchdog => {
             tracing::debug!(client = %peer_addr, "TCP session idle timeout");
         }
-    }
-    up.group().release(peer, Instant::now(), Outcome::Success);
-    if shared.access_log() {
-        tracing::info!(
-            target: "access",
-            listener = %cfg.name,
-            client = %peer_addr,
-            upstream = %up.cfg.name,
-            server = %server.name,
-            secs = epoch.elapsed().as_secs_f64(),
-            "tcp session"
-        );
     }
 }

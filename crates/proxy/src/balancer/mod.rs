@@ -27,6 +27,7 @@
 pub mod hash;
 pub mod least_conn;
 pub mod rr;
+mod tried;
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -165,7 +166,7 @@ pub struct Key {
 /// hash walk state (ip_hash re-hashes from where the previous try stopped).
 #[derive(Debug, Default, Clone)]
 pub struct Attempt {
-    tried: Vec<u64>,
+    tried: tried::Tried,
     pub(crate) hash_state: Option<u32>,
     pub(crate) hash_tries: u32,
 }
@@ -175,10 +176,10 @@ impl Attempt {
         Attempt::default()
     }
     pub fn tried(&self, id: u64) -> bool {
-        self.tried.contains(&id)
+        self.tried.contains(id)
     }
     pub fn mark_tried(&mut self, id: u64) {
-        if !self.tried.contains(&id) {
+        if !self.tried.contains(id) {
             self.tried.push(id);
         }
     }

@@ -5,16 +5,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::raw::RawListener;
+use super::raw::{RawListener, RawStrings, RawTls};
 use super::values::{int, positive_duration, strings};
 use super::{invalid, ConfigError, Listener, Mode, Tls};
 
 pub(super) fn listener(
     i: usize,
-    l: RawListener,
+    mut l: RawListener,
     upstreams: &HashSet<String>,
 ) -> Result<Listener, ConfigError> {
-    let name = l.name.unwrap_or_else(|| format!("listener{i}"));
+    let name = l.name.take().unwrap_or_else(|| format!("listener{i}"));
     let k = |field: &str| format!("listener {name:?}.{field}");
     let mode = match l.mode.as_deref() {
         None | Some("http") => Mode::Http,
@@ -26,7 +26,40 @@ pub(super) fn listener(
             ))
         }
     };
-    let listen_raw = l.listen.ok_or_else(|| {
+    let listen = addresses(&k, l.listen.take())?;
+    let upstream = upstream(&k, l.upstream.take(), upstreams)?;
+    if mode == Mode::Tcp {
+        // HTTP-only limits: reject rather than silently ignore them
+        for (key, set) in [
+            ("client_body_timeout", l.client_body_timeout.is_some()),
+            ("send_timeout", l.send_timeout.is_some()),
+        ] {
+            if set {
+                return Err(invalid(
+                    k(key),
+                    "applies to mode = \"http\" listeners only; for tcp use idle_timeout",
+                ));
+            }
+        }
+    }
+    let tls = match l.tls.take() {
+        None => None,
+        Some(t) => Some(tls(&k, t, mode)?),
+    };
+    let mut out = limits(&k, l, mode)?;
+    out.name = name;
+    out.listen = listen;
+    out.upstream = upstream;
+    out.tls = tls;
+    Ok(out)
+}
+
+/// `listen`: one address or a list, at least one.
+fn addresses(
+    k: &dyn Fn(&str) -> String,
+    raw: Option<RawStrings>,
+) -> Result<Vec<SocketAddr>, ConfigError> {
+    let listen_raw = raw.ok_or_else(|| {
         invalid(
             k("listen"),
             "is missing; add e.g. listen = \"0.0.0.0:80\" or a list of addresses",
@@ -45,7 +78,16 @@ pub(super) fn listener(
     if listen.is_empty() {
         return Err(invalid(k("listen"), "is empty; give at least one address"));
     }
-    let upstream = l.upstream.ok_or_else(|| {
+    Ok(listen)
+}
+
+/// `upstream`: the name of a defined `[[upstream]]`.
+fn upstream(
+    k: &dyn Fn(&str) -> String,
+    raw: Option<String>,
+    upstreams: &HashSet<String>,
+) -> Result<String, ConfigError> {
+    let upstream = raw.ok_or_else(|| {
         invalid(
             k("upstream"),
             "is missing; name the [[upstream]] this listener forwards to",
@@ -57,44 +99,34 @@ pub(super) fn listener(
             format!("{upstream:?} is not defined; add an [[upstream]] with name = {upstream:?}"),
         ));
     }
+    Ok(upstream)
+}
+
+fn tls(k: &dyn Fn(&str) -> String, t: RawTls, mode: Mode) -> Result<Tls, ConfigError> {
     if mode == Mode::Tcp {
-        // HTTP-only limits: reject rather than silently ignore them
-        for (key, set) in [
-            ("client_body_timeout", l.client_body_timeout.is_some()),
-            ("send_timeout", l.send_timeout.is_some()),
-        ] {
-            if set {
-                return Err(invalid(
-                    k(key),
-                    "applies to mode = \"http\" listeners only; for tcp use idle_timeout",
-                ));
-            }
-        }
+        return Err(invalid(
+            k("tls"),
+            "TLS termination is only supported on mode = \"http\" listeners",
+        ));
     }
-    let tls = match l.tls {
-        None => None,
-        Some(t) => {
-            if mode == Mode::Tcp {
-                return Err(invalid(
-                    k("tls"),
-                    "TLS termination is only supported on mode = \"http\" listeners",
-                ));
-            }
-            let cert = t.cert.ok_or_else(|| {
-                invalid(
-                    k("tls.cert"),
-                    "is missing; give a PEM certificate chain file",
-                )
-            })?;
-            let key = t
-                .key
-                .ok_or_else(|| invalid(k("tls.key"), "is missing; give a PEM private key file"))?;
-            Some(Tls {
-                cert: PathBuf::from(cert),
-                key: PathBuf::from(key),
-            })
-        }
-    };
+    let cert = t.cert.ok_or_else(|| {
+        invalid(
+            k("tls.cert"),
+            "is missing; give a PEM certificate chain file",
+        )
+    })?;
+    let key = t
+        .key
+        .ok_or_else(|| invalid(k("tls.key"), "is missing; give a PEM private key file"))?;
+    Ok(Tls {
+        cert: PathBuf::from(cert),
+        key: PathBuf::from(key),
+    })
+}
+
+/// The timeouts and size limits; name, addresses, upstream and TLS are
+/// filled in by the caller.
+fn limits(k: &dyn Fn(&str) -> String, l: RawListener, mode: Mode) -> Result<Listener, ConfigError> {
     let idle_default = match mode {
         Mode::Http => Duration::from_secs(75),
         Mode::Tcp => Duration::from_secs(600),
@@ -140,10 +172,10 @@ pub(super) fn listener(
             65535,
             "use a value between 1 and 65535",
         )? as u32,
-        name,
-        listen,
+        name: String::new(),
+        listen: Vec::new(),
         mode,
-        upstream,
-        tls,
+        upstream: String::new(),
+        tls: None,
     })
 }

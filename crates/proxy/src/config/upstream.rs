@@ -3,123 +3,23 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use super::raw::{RawHealth, RawUpstream};
+use super::raw::{RawHealth, RawServer, RawUpstream};
 use super::values::{duration, int, parse_status_ranges, positive_duration, resolve, strings};
 use super::{
     invalid, Algorithm, CheckKind, ConfigError, HealthCheck, HostHeader, Server, Upstream,
 };
 
 pub(super) fn upstream(i: usize, u: RawUpstream) -> Result<Upstream, ConfigError> {
-    let name = u.name.ok_or_else(|| {
+    let name = u.name.clone().ok_or_else(|| {
         invalid(
             format!("upstream[{i}].name"),
             "is missing; every [[upstream]] needs a name",
         )
     })?;
     let k = |field: &str| format!("upstream {name:?}.{field}");
-    let algorithm = match u.algorithm.as_deref() {
-        None | Some("round_robin") => Algorithm::RoundRobin,
-        Some("least_conn") => Algorithm::LeastConn,
-        Some("ip_hash") => Algorithm::IpHash,
-        Some("hash") => {
-            let key = u.hash_key.clone().ok_or_else(|| {
-                invalid(k("hash_key"), "is missing; algorithm = \"hash\" needs a key such as \"$request_uri\"")
-            })?;
-            crate::balancer::hash::KeyTemplate::parse(&key).map_err(|m| invalid(k("hash_key"), m))?;
-            Algorithm::Hash(key)
-        }
-        Some(other) => {
-            return Err(invalid(
-                k("algorithm"),
-                format!("{other:?} is unknown; use \"round_robin\", \"least_conn\", \"ip_hash\" or \"hash\""),
-            ))
-        }
-    };
-    if u.hash_key.is_some() && !matches!(algorithm, Algorithm::Hash(_)) {
-        return Err(invalid(
-            k("hash_key"),
-            "is only used with algorithm = \"hash\"; remove it or set the algorithm",
-        ));
-    }
-    let host_header = match u.host_header.as_deref() {
-        None | Some("$host") | Some("preserve") => HostHeader::Preserve,
-        Some("$proxy_host") | Some("upstream") => HostHeader::Upstream,
-        Some("") => {
-            return Err(invalid(
-                k("host_header"),
-                "is empty; use \"$host\", \"$proxy_host\" or a host name",
-            ))
-        }
-        Some(other) => HostHeader::Fixed(other.to_string()),
-    };
-    if u.server.is_empty() {
-        return Err(invalid(
-            k("server"),
-            "is empty; add at least one [[upstream.server]] with addr = \"IP:port\"",
-        ));
-    }
-    let mut servers = Vec::new();
-    let mut seen = HashSet::new();
-    for (j, s) in u.server.into_iter().enumerate() {
-        let sk = |field: &str| format!("upstream {name:?}.server[{j}].{field}");
-        let text = s
-            .addr
-            .ok_or_else(|| invalid(sk("addr"), "is missing; write addr = \"IP:port\""))?;
-        let addr = resolve(&sk("addr"), &text)?;
-        if !seen.insert(text.clone()) {
-            return Err(invalid(
-                sk("addr"),
-                format!("{text:?} is listed twice in this upstream"),
-            ));
-        }
-        let weight = match s.weight {
-            None => 1,
-            Some(w) if (1..=1000).contains(&w) => w as u32,
-            Some(w) => {
-                return Err(invalid(
-                    sk("weight"),
-                    format!("{w} is invalid; use a positive integer up to 1000 (nginx default 1)"),
-                ))
-            }
-        };
-        let backup = s.backup.unwrap_or(false);
-        if backup && matches!(algorithm, Algorithm::IpHash | Algorithm::Hash(_)) {
-            return Err(invalid(
-                sk("backup"),
-                "backup servers cannot be used with ip_hash or hash (as in nginx); remove backup or use round_robin/least_conn",
-            ));
-        }
-        servers.push(Server {
-            name: text,
-            addr,
-            weight,
-            max_fails: int(
-                &sk("max_fails"),
-                s.max_fails,
-                1,
-                0,
-                1_000_000,
-                "use 0 (never mark down) or a positive count (nginx default 1)",
-            )? as u32,
-            fail_timeout: duration(&sk("fail_timeout"), s.fail_timeout, Duration::from_secs(10))?,
-            backup,
-            down: s.down.unwrap_or(false),
-            max_conns: int(
-                &sk("max_conns"),
-                s.max_conns,
-                0,
-                0,
-                10_000_000,
-                "use 0 (unlimited) or a positive count",
-            )? as u32,
-        });
-    }
-    if servers.iter().all(|s| s.backup) {
-        return Err(invalid(
-            k("server"),
-            "has only backup servers; mark at least one server as primary (backup = false)",
-        ));
-    }
+    let algorithm = algorithm(&u, &k)?;
+    let host_header = host_header(&u, &k)?;
+    let servers = servers(&name, u.server, &algorithm)?;
     let health_check = match u.health_check {
         None => None,
         Some(h) => Some(health(&k("health_check"), h)?),
@@ -166,6 +66,136 @@ pub(super) fn upstream(i: usize, u: RawUpstream) -> Result<Upstream, ConfigError
         servers,
         health_check,
         name,
+    })
+}
+
+/// `algorithm` and the `hash_key` it may need.
+fn algorithm(u: &RawUpstream, k: &dyn Fn(&str) -> String) -> Result<Algorithm, ConfigError> {
+    let algorithm = match u.algorithm.as_deref() {
+        None | Some("round_robin") => Algorithm::RoundRobin,
+        Some("least_conn") => Algorithm::LeastConn,
+        Some("ip_hash") => Algorithm::IpHash,
+        Some("hash") => {
+            let key = u.hash_key.clone().ok_or_else(|| {
+                invalid(k("hash_key"), "is missing; algorithm = \"hash\" needs a key such as \"$request_uri\"")
+            })?;
+            crate::balancer::hash::KeyTemplate::parse(&key).map_err(|m| invalid(k("hash_key"), m))?;
+            Algorithm::Hash(key)
+        }
+        Some(other) => {
+            return Err(invalid(
+                k("algorithm"),
+                format!("{other:?} is unknown; use \"round_robin\", \"least_conn\", \"ip_hash\" or \"hash\""),
+            ))
+        }
+    };
+    if u.hash_key.is_some() && !matches!(algorithm, Algorithm::Hash(_)) {
+        return Err(invalid(
+            k("hash_key"),
+            "is only used with algorithm = \"hash\"; remove it or set the algorithm",
+        ));
+    }
+    Ok(algorithm)
+}
+
+fn host_header(u: &RawUpstream, k: &dyn Fn(&str) -> String) -> Result<HostHeader, ConfigError> {
+    Ok(match u.host_header.as_deref() {
+        None | Some("$host") | Some("preserve") => HostHeader::Preserve,
+        Some("$proxy_host") | Some("upstream") => HostHeader::Upstream,
+        Some("") => {
+            return Err(invalid(
+                k("host_header"),
+                "is empty; use \"$host\", \"$proxy_host\" or a host name",
+            ))
+        }
+        Some(other) => HostHeader::Fixed(other.to_string()),
+    })
+}
+
+/// The `[[upstream.server]]` list: at least one, no address twice, not
+/// only backups.
+fn servers(
+    name: &str,
+    raw: Vec<RawServer>,
+    algorithm: &Algorithm,
+) -> Result<Vec<Server>, ConfigError> {
+    if raw.is_empty() {
+        return Err(invalid(
+            format!("upstream {name:?}.server"),
+            "is empty; add at least one [[upstream.server]] with addr = \"IP:port\"",
+        ));
+    }
+    let mut servers = Vec::new();
+    let mut seen = HashSet::new();
+    for (j, s) in raw.into_iter().enumerate() {
+        let sk = |field: &str| format!("upstream {name:?}.server[{j}].{field}");
+        servers.push(server(&sk, s, algorithm, &mut seen)?);
+    }
+    if servers.iter().all(|s| s.backup) {
+        return Err(invalid(
+            format!("upstream {name:?}.server"),
+            "has only backup servers; mark at least one server as primary (backup = false)",
+        ));
+    }
+    Ok(servers)
+}
+
+fn server(
+    sk: &dyn Fn(&str) -> String,
+    s: RawServer,
+    algorithm: &Algorithm,
+    seen: &mut HashSet<String>,
+) -> Result<Server, ConfigError> {
+    let text = s
+        .addr
+        .ok_or_else(|| invalid(sk("addr"), "is missing; write addr = \"IP:port\""))?;
+    let addr = resolve(&sk("addr"), &text)?;
+    if !seen.insert(text.clone()) {
+        return Err(invalid(
+            sk("addr"),
+            format!("{text:?} is listed twice in this upstream"),
+        ));
+    }
+    let weight = match s.weight {
+        None => 1,
+        Some(w) if (1..=1000).contains(&w) => w as u32,
+        Some(w) => {
+            return Err(invalid(
+                sk("weight"),
+                format!("{w} is invalid; use a positive integer up to 1000 (nginx default 1)"),
+            ))
+        }
+    };
+    let backup = s.backup.unwrap_or(false);
+    if backup && matches!(algorithm, Algorithm::IpHash | Algorithm::Hash(_)) {
+        return Err(invalid(
+            sk("backup"),
+            "backup servers cannot be used with ip_hash or hash (as in nginx); remove backup or use round_robin/least_conn",
+        ));
+    }
+    Ok(Server {
+        name: text,
+        addr,
+        weight,
+        max_fails: int(
+            &sk("max_fails"),
+            s.max_fails,
+            1,
+            0,
+            1_000_000,
+            "use 0 (never mark down) or a positive count (nginx default 1)",
+        )? as u32,
+        fail_timeout: duration(&sk("fail_timeout"), s.fail_timeout, Duration::from_secs(10))?,
+        backup,
+        down: s.down.unwrap_or(false),
+        max_conns: int(
+            &sk("max_conns"),
+            s.max_conns,
+            0,
+            0,
+            10_000_000,
+            "use 0 (unlimited) or a positive count",
+        )? as u32,
     })
 }
 

@@ -1,4 +1,5 @@
 use super::*;
+use hyper::body::Body as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 

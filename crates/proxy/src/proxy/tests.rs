@@ -1,4 +1,5 @@
 use super::*;
+use crate::balancer::hash::KeyVars as _;
 
 #[test]
 fn hash_key_variables_come_from_the_request() {

@@ -97,11 +97,23 @@ type Counter = (&'static str, &'static str, fn(&Stats) -> &AtomicU64);
 
 const COUNTERS: &[Counter] = &[
     ("events_total", "filesystem events seen", |s| &s.events),
-    ("sessions_refused_total", "writing sessions refused because the standby holds newer data", |s| &s.refused),
-    ("superseded_total", "times another primary took the standby over from this one", |s| &s.superseded),
+    (
+        "sessions_refused_total",
+        "writing sessions refused because the standby holds newer data",
+        |s| &s.refused,
+    ),
+    (
+        "superseded_total",
+        "times another primary took the standby over from this one",
+        |s| &s.superseded,
+    ),
     ("role_changes_total", "role changes of this node (--role auto)", |s| &s.role_changes),
     ("conflicts_kept_total", "diverged entries kept in the conflicts area", |s| &s.conflicts_kept),
-    ("local_writes_kept_total", "files written on this follower by anything but syncd, kept in the conflicts area before the leader's version replaced them", |s| &s.local_kept),
+    (
+        "local_writes_kept_total",
+        "files written on this follower by anything but syncd, kept in the conflicts area before the leader's version replaced them",
+        |s| &s.local_kept,
+    ),
     ("batches_total", "batches shipped and acknowledged", |s| &s.batches),
     ("files_sent_whole_total", "files sent whole", |s| &s.files_whole),
     ("files_sent_delta_total", "files sent as rsync deltas", |s| &s.files_delta),

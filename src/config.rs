@@ -114,29 +114,12 @@ impl Config {
 
         let export = p.take(export_dir(&abs(&raw.export)));
         for (key, f) in [("cert", &raw.cert), ("key", &raw.key)] {
-            let f = abs(f);
-            if let Err(e) = std::fs::File::open(&f) {
-                p.push(
-                    key,
-                    format!(
-                        "cannot read {}: {e}; run `syncd keygen --out DIR` and point {key} at the file",
-                        f.display()
-                    ),
-                );
-            }
+            p.take(readable(key, &abs(f)));
         }
         let peer_pin = p.take(peer_pin(&raw, &abs));
-        let mut addr = |key: &str, v: Option<&str>| {
-            v.map(|s| resolve(s).map_err(|e| ConfigError::new(key, e)))
-                .transpose()
-                .unwrap_or_else(|e| {
-                    p.add(e);
-                    None
-                })
-        };
-        let listen = addr("listen", raw.listen.as_deref());
-        let peer = addr("peer", raw.peer.as_deref());
-        let admin = addr("admin", raw.admin.as_deref());
+        let listen = p.take(address("listen", raw.listen.as_deref())).flatten();
+        let peer = p.take(address("peer", raw.peer.as_deref())).flatten();
+        let admin = p.take(address("admin", raw.admin.as_deref())).flatten();
         let export_id = raw.export_id.unwrap_or_else(|| "default".into());
         if export_id.is_empty() || export_id.len() > 128 {
             p.push("export_id", "must be 1 to 128 characters");
@@ -230,6 +213,25 @@ impl Config {
         };
         self.err(format!("{key}: {a} {what}"))
     }
+}
+
+/// A key or certificate file exists and can be opened (it is read later).
+fn readable(key: &str, f: &Path) -> Result<(), ConfigError> {
+    std::fs::File::open(f).map(drop).map_err(|e| {
+        ConfigError::new(
+            key,
+            format!(
+                "cannot read {}: {e}; run `syncd keygen --out DIR` and point {key} at the file",
+                f.display()
+            ),
+        )
+    })
+}
+
+/// An optional address, resolved.
+fn address(key: &str, v: Option<&str>) -> Result<Option<SocketAddr>, ConfigError> {
+    v.map(|s| resolve(s).map_err(|e| ConfigError::new(key, e)))
+        .transpose()
 }
 
 fn resolve(s: &str) -> Result<SocketAddr, String> {

@@ -224,87 +224,110 @@ fn vrrp(a: &Tables, b: &Tables, f: &mut Findings) {
         })
         .collect();
     for (x, y) in pairs {
-        let label = x.name.clone().unwrap_or_else(|| format!("VI_{}", x.vrid));
-        let v2 = x.version == 2 || y.version == 2;
-        let mut diff = |field: &str, l: String, r: String, err: bool, why: &str| {
-            if l != r {
-                let msg = format!(
-                    "[[vrrp]] {label}: {field} differs ({} {l}, {} {r}): {why}",
-                    a.name, b.name
-                );
-                if err {
-                    f.error(msg)
-                } else {
-                    f.warn(msg)
-                }
+        instance(a, x, b, y, f);
+    }
+}
+
+/// One instance as each node has it.
+fn instance(a: &Tables, x: &VrrpConfig, b: &Tables, y: &VrrpConfig, f: &mut Findings) {
+    let label = x.name.clone().unwrap_or_else(|| format!("VI_{}", x.vrid));
+    let v2 = x.version == 2 || y.version == 2;
+    let mut d = Differ {
+        a: a.name,
+        b: b.name,
+        label: &label,
+        f: &mut *f,
+    };
+    d.diff(
+        "vrid",
+        x.vrid.to_string(),
+        y.vrid.to_string(),
+        true,
+        "the nodes are in different virtual routers and both become master",
+    );
+    d.diff(
+        "version",
+        x.version.to_string(),
+        y.version.to_string(),
+        true,
+        "each drops the other's adverts; both become master",
+    );
+    // VRRPv2 drops adverts with another interval; v3 learns the master's.
+    d.diff(
+        "advert_int",
+        x.advert_int.to_string(),
+        y.advert_int.to_string(),
+        v2,
+        if v2 {
+            "VRRPv2 drops adverts with another interval; both become master"
+        } else {
+            "a backup learns the master's interval (v3), but failover times differ by direction"
+        },
+    );
+    // Never print a password; say only whether they match.
+    let (pa, pb) = match (&x.auth_pass, &y.auth_pass) {
+        (Some(p), Some(q)) if p != q => ("one password", "another"),
+        (Some(_), Some(_)) => ("set", "set"),
+        (Some(_), None) => ("set", "unset"),
+        (None, Some(_)) => ("unset", "set"),
+        (None, None) => ("unset", "unset"),
+    };
+    d.diff(
+        "auth_pass",
+        pa.into(),
+        pb.into(),
+        v2,
+        if v2 {
+            "adverts fail authentication; both become master"
+        } else {
+            "VRRPv3 has no authentication; the setting is ignored"
+        },
+    );
+    d.diff(
+        "virtual_ips",
+        format!("{:?}", vips(x)),
+        format!("{:?}", vips(y)),
+        true,
+        "the service address moves to a different address set",
+    );
+    d.diff(
+        "nopreempt",
+        x.nopreempt.to_string(),
+        y.nopreempt.to_string(),
+        false,
+        "fail-back behaves differently per direction",
+    );
+    if x.priority == y.priority {
+        f.warn(format!(
+            "[[vrrp]] {label}: both nodes have priority {}: the higher IP address wins ties; give the preferred leader a higher priority",
+            x.priority
+        ));
+    }
+    unicast(a, x, b, y, &label, f);
+}
+
+/// Reports a field that differs between the nodes' copies of an instance.
+struct Differ<'a> {
+    a: &'a str,
+    b: &'a str,
+    label: &'a str,
+    f: &'a mut Findings,
+}
+
+impl Differ<'_> {
+    /// An error if `err`, else a warning, when `l` and `r` differ.
+    fn diff(&mut self, field: &str, l: String, r: String, err: bool, why: &str) {
+        if l != r {
+            let msg = format!(
+                "[[vrrp]] {}: {field} differs ({} {l}, {} {r}): {why}",
+                self.label, self.a, self.b
+            );
+            if err {
+                self.f.error(msg)
+            } else {
+                self.f.warn(msg)
             }
-        };
-        diff(
-            "vrid",
-            x.vrid.to_string(),
-            y.vrid.to_string(),
-            true,
-            "the nodes are in different virtual routers and both become master",
-        );
-        diff(
-            "version",
-            x.version.to_string(),
-            y.version.to_string(),
-            true,
-            "each drops the other's adverts; both become master",
-        );
-        // VRRPv2 drops adverts with another interval; v3 learns the master's.
-        diff(
-            "advert_int",
-            x.advert_int.to_string(),
-            y.advert_int.to_string(),
-            v2,
-            if v2 {
-                "VRRPv2 drops adverts with another interval; both become master"
-            } else {
-                "a backup learns the master's interval (v3), but failover times differ by direction"
-            },
-        );
-        // Never print a password; say only whether they match.
-        let (pa, pb) = match (&x.auth_pass, &y.auth_pass) {
-            (Some(p), Some(q)) if p != q => ("one password", "another"),
-            (Some(_), Some(_)) => ("set", "set"),
-            (Some(_), None) => ("set", "unset"),
-            (None, Some(_)) => ("unset", "set"),
-            (None, None) => ("unset", "unset"),
-        };
-        diff(
-            "auth_pass",
-            pa.into(),
-            pb.into(),
-            v2,
-            if v2 {
-                "adverts fail authentication; both become master"
-            } else {
-                "VRRPv3 has no authentication; the setting is ignored"
-            },
-        );
-        diff(
-            "virtual_ips",
-            format!("{:?}", vips(x)),
-            format!("{:?}", vips(y)),
-            true,
-            "the service address moves to a different address set",
-        );
-        diff(
-            "nopreempt",
-            x.nopreempt.to_string(),
-            y.nopreempt.to_string(),
-            false,
-            "fail-back behaves differently per direction",
-        );
-        if x.priority == y.priority {
-            f.warn(format!(
-                "[[vrrp]] {label}: both nodes have priority {}: the higher IP address wins ties; give the preferred leader a higher priority",
-                x.priority
-            ));
         }
-        unicast(a, x, b, y, &label, f);
     }
 }
 

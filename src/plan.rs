@@ -1,9 +1,9 @@
 //! Compares the primary's manifest with the standby's and decides what to
 //! send: pure logic, no I/O, so it is unit-tested directly.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use crate::wire::{Entry, Kind, Meta};
+use crate::wire::{Entry, Hash, Kind, Meta};
 use syncd_proto::path::RelPath;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,95 +51,29 @@ fn same_meta(a: &Meta, b: &Meta, owners: bool, mode: bool) -> bool {
         && (!owners || (a.uid == b.uid && a.gid == b.gid))
 }
 
+type Index<'a> = HashMap<&'a RelPath, &'a Entry>;
+
 pub fn plan(local: &[Entry], remote: &[Entry], o: &PlanOptions) -> Plan {
-    let rmap: HashMap<&RelPath, &Entry> = remote.iter().map(|e| (&e.path, e)).collect();
-    let lmap: HashMap<&RelPath, &Entry> = local.iter().map(|e| (&e.path, e)).collect();
+    let rmap: Index = remote.iter().map(|e| (&e.path, e)).collect();
+    let lmap: Index = local.iter().map(|e| (&e.path, e)).collect();
     let mut p = Plan::default();
-
     if o.delete {
-        let mut last: Option<&RelPath> = None;
-        for e in remote {
-            if lmap.contains_key(&e.path) || last.is_some_and(|d| e.path.starts_with(d)) {
-                continue;
-            }
-            p.deletes.push(e.path.clone());
-            last = Some(&e.path);
-        }
-        p.deletes.reverse();
+        p.deletes = deletes(remote, &lmap);
     }
-
     // Leaders whose content is re-sent get a new inode on the standby, so
     // their followers must be re-linked.
-    let mut resent: std::collections::HashSet<&RelPath> = Default::default();
+    let mut resent: HashSet<&RelPath> = HashSet::new();
     let mut dir_metas = Vec::new();
     for e in local {
         let r = rmap.get(&e.path).copied();
         match &e.kind {
-            Kind::Dir => match r.map(|r| &r.kind) {
-                Some(Kind::Dir) => {
-                    if !same_meta(&e.meta, &r.unwrap_or(e).meta, o.owners, true) {
-                        p.meta_changes += 1;
-                        dir_metas.push((e.path.clone(), e.meta));
-                    } else {
-                        p.unchanged += 1;
-                    }
-                }
-                _ => {
-                    p.mkdirs.push(e.path.clone());
-                    dir_metas.push((e.path.clone(), e.meta));
-                }
-            },
+            Kind::Dir => plan_dir(&mut p, &mut dir_metas, e, r, o),
             Kind::File { size, hash } => {
-                let content_same = match r.map(|r| (&r.kind, r)) {
-                    Some((Kind::File { size: rs, hash: rh }, r)) if rs == size => {
-                        if o.checksum {
-                            hash.is_some() && hash == rh
-                        } else {
-                            r.meta.mtime_sec == e.meta.mtime_sec
-                                && r.meta.mtime_nsec == e.meta.mtime_nsec
-                        }
-                    }
-                    _ => false,
-                };
-                if content_same {
-                    if same_meta(
-                        &e.meta,
-                        &r.map(|r| r.meta).unwrap_or(e.meta),
-                        o.owners,
-                        true,
-                    ) {
-                        p.unchanged += 1;
-                    } else {
-                        p.meta_changes += 1;
-                        p.metas.push((e.path.clone(), e.meta));
-                    }
-                } else {
-                    let base = matches!(r.map(|r| &r.kind), Some(Kind::File { size: rs, .. }) if *rs >= o.delta_min_size);
-                    p.files.push(FileOp {
-                        path: e.path.clone(),
-                        meta: e.meta,
-                        size: *size,
-                        delta: base && *size >= o.delta_min_size,
-                        base_size: match r.map(|r| &r.kind) {
-                            Some(Kind::File { size, .. }) => *size,
-                            _ => 0,
-                        },
-                    });
-                    p.content_bytes += size;
+                if plan_file(&mut p, e, r, *size, hash, o) {
                     resent.insert(&e.path);
                 }
             }
-            Kind::Symlink { target } => match r.map(|r| (&r.kind, r.meta)) {
-                Some((Kind::Symlink { target: rt }, rm)) if rt == target => {
-                    if same_meta(&e.meta, &rm, o.owners, false) {
-                        p.unchanged += 1;
-                    } else {
-                        p.meta_changes += 1;
-                        p.metas.push((e.path.clone(), e.meta));
-                    }
-                }
-                _ => p.symlinks.push((e.path.clone(), target.clone(), e.meta)),
-            },
+            Kind::Symlink { target } => plan_symlink(&mut p, e, r, target, o),
             Kind::HardLink { leader } => {
                 let linked = !resent.contains(leader)
                     && match (r, rmap.get(leader)) {
@@ -157,15 +91,122 @@ pub fn plan(local: &[Entry], remote: &[Entry], o: &PlanOptions) -> Plan {
             }
         }
     }
-    // Creating, replacing or removing an entry changes its parent's mtime on
-    // the standby, so every touched parent gets its metadata re-applied.
+    touched_parents(&p, &lmap, &mut dir_metas);
+    dir_metas.sort_by_key(|(path, _)| std::cmp::Reverse(path.depth()));
+    p.metas.extend(dir_metas);
+    p
+}
+
+/// The top-most standby paths the primary lacks, deepest first.
+fn deletes(remote: &[Entry], lmap: &Index) -> Vec<RelPath> {
+    let mut out = Vec::new();
+    let mut last: Option<&RelPath> = None;
+    for e in remote {
+        if lmap.contains_key(&e.path) || last.is_some_and(|d| e.path.starts_with(d)) {
+            continue;
+        }
+        out.push(e.path.clone());
+        last = Some(&e.path);
+    }
+    out.reverse();
+    out
+}
+
+fn plan_dir(
+    p: &mut Plan,
+    dir_metas: &mut Vec<(RelPath, Meta)>,
+    e: &Entry,
+    r: Option<&Entry>,
+    o: &PlanOptions,
+) {
+    match r {
+        Some(r) if r.kind == Kind::Dir => {
+            if !same_meta(&e.meta, &r.meta, o.owners, true) {
+                p.meta_changes += 1;
+                dir_metas.push((e.path.clone(), e.meta));
+            } else {
+                p.unchanged += 1;
+            }
+        }
+        _ => {
+            p.mkdirs.push(e.path.clone());
+            dir_metas.push((e.path.clone(), e.meta));
+        }
+    }
+}
+
+/// `true` if the file's content is sent.
+fn plan_file(
+    p: &mut Plan,
+    e: &Entry,
+    r: Option<&Entry>,
+    size: u64,
+    hash: &Option<Hash>,
+    o: &PlanOptions,
+) -> bool {
+    let content_same = match r.map(|r| (&r.kind, r)) {
+        Some((Kind::File { size: rs, hash: rh }, r)) if *rs == size => {
+            if o.checksum {
+                hash.is_some() && hash == rh
+            } else {
+                r.meta.mtime_sec == e.meta.mtime_sec && r.meta.mtime_nsec == e.meta.mtime_nsec
+            }
+        }
+        _ => false,
+    };
+    if content_same {
+        if same_meta(
+            &e.meta,
+            &r.map(|r| r.meta).unwrap_or(e.meta),
+            o.owners,
+            true,
+        ) {
+            p.unchanged += 1;
+        } else {
+            p.meta_changes += 1;
+            p.metas.push((e.path.clone(), e.meta));
+        }
+        return false;
+    }
+    let base_size = match r.map(|r| &r.kind) {
+        Some(Kind::File { size, .. }) => Some(*size),
+        _ => None,
+    };
+    let base = base_size.is_some_and(|b| b >= o.delta_min_size);
+    p.files.push(FileOp {
+        path: e.path.clone(),
+        meta: e.meta,
+        size,
+        delta: base && size >= o.delta_min_size,
+        base_size: base_size.unwrap_or(0),
+    });
+    p.content_bytes += size;
+    true
+}
+
+fn plan_symlink(p: &mut Plan, e: &Entry, r: Option<&Entry>, target: &[u8], o: &PlanOptions) {
+    match r.map(|r| (&r.kind, r.meta)) {
+        Some((Kind::Symlink { target: rt }, rm)) if rt.as_slice() == target => {
+            if same_meta(&e.meta, &rm, o.owners, false) {
+                p.unchanged += 1;
+            } else {
+                p.meta_changes += 1;
+                p.metas.push((e.path.clone(), e.meta));
+            }
+        }
+        _ => p.symlinks.push((e.path.clone(), target.to_vec(), e.meta)),
+    }
+}
+
+/// Creating, replacing or removing an entry changes its parent's mtime on
+/// the standby, so every touched parent gets its metadata re-applied.
+fn touched_parents(p: &Plan, lmap: &Index, dir_metas: &mut Vec<(RelPath, Meta)>) {
     let mut touched: Vec<&RelPath> = p.files.iter().map(|f| &f.path).collect();
     touched.extend(p.symlinks.iter().map(|(x, _, _)| x));
     touched.extend(p.links.iter().map(|(x, _)| x));
     touched.extend(p.deletes.iter());
     touched.extend(p.mkdirs.iter());
-    let mut seen: std::collections::HashSet<RelPath> =
-        dir_metas.iter().map(|(x, _)| x.clone()).collect();
+    let mut seen: HashSet<RelPath> = dir_metas.iter().map(|(x, _)| x.clone()).collect();
     for t in touched {
         if let Some(parent) = t.parent() {
             if let Some(e) = lmap.get(&parent).filter(|e| e.kind == Kind::Dir) {
@@ -175,9 +216,6 @@ pub fn plan(local: &[Entry], remote: &[Entry], o: &PlanOptions) -> Plan {
             }
         }
     }
-    dir_metas.sort_by_key(|(path, _)| std::cmp::Reverse(path.depth()));
-    p.metas.extend(dir_metas);
-    p
 }
 
 #[cfg(test)]

@@ -100,25 +100,8 @@ pub fn relocate(from: &Path, to: &Path) -> io::Result<&'static str> {
     // to write, so its name may be swapped (for a link to a directory of
     // theirs) between the ownership check and the move. What is moved or
     // copied must be the directory checked here.
-    let pin = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(from)?;
-    let (dev, ino) = {
-        use std::os::unix::fs::MetadataExt;
-        let m = pin.metadata()?;
-        if m.uid() != rustix::process::geteuid().as_raw() {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!("{} is not owned by this daemon's user", from.display()),
-            ));
-        }
-        (m.dev(), m.ino())
-    };
-    let same = |p: &Path| {
-        use std::os::unix::fs::MetadataExt;
-        fs::symlink_metadata(p).is_ok_and(|m| m.is_dir() && m.dev() == dev && m.ino() == ino)
-    };
+    let (pin, id) = pin_owned(from)?;
+    let same = |p: &Path| same_dir(p, id);
     let staging = from.join(STAGING);
     if fs::symlink_metadata(&staging).is_ok() {
         fs::remove_dir_all(&staging)?;
@@ -152,6 +135,40 @@ pub fn relocate(from: &Path, to: &Path) -> io::Result<&'static str> {
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {}
         Err(e) => return Err(e),
     }
+    copy_pinned(&pin, to, parent)?;
+    if same(from) {
+        fs::remove_dir_all(from)?;
+    }
+    sync_dir(from.parent().unwrap_or(Path::new("/")))?;
+    Ok("copied")
+}
+
+/// Opens `from` without following a link and checks that this daemon's user
+/// owns it; the descriptor and the directory's (device, inode).
+fn pin_owned(from: &Path) -> io::Result<(fs::File, (u64, u64))> {
+    use std::os::unix::fs::MetadataExt;
+    let pin = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(from)?;
+    let m = pin.metadata()?;
+    if m.uid() != rustix::process::geteuid().as_raw() {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{} is not owned by this daemon's user", from.display()),
+        ));
+    }
+    Ok((pin, (m.dev(), m.ino())))
+}
+
+/// `p` is (still) the directory with this (device, inode).
+fn same_dir(p: &Path, (dev, ino): (u64, u64)) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(p).is_ok_and(|m| m.is_dir() && m.dev() == dev && m.ino() == ino)
+}
+
+/// Across filesystems: the pinned tree copied beside `to`, then renamed in.
+fn copy_pinned(pin: &fs::File, to: &Path, parent: &Path) -> io::Result<()> {
     let name = to.file_name().unwrap_or_default().to_string_lossy();
     let tmp = parent.join(format!(".{name}.moving"));
     if fs::symlink_metadata(&tmp).is_ok() {
@@ -163,12 +180,7 @@ pub fn relocate(from: &Path, to: &Path) -> io::Result<&'static str> {
         &tmp,
     )?;
     fs::rename(&tmp, to)?;
-    sync_dir(parent)?;
-    if same(from) {
-        fs::remove_dir_all(from)?;
-    }
-    sync_dir(from.parent().unwrap_or(Path::new("/")))?;
-    Ok("copied")
+    sync_dir(parent)
 }
 
 /// Copies a directory tree without following symlinks, keeping modes and

@@ -92,6 +92,46 @@ pub struct PairView {
     pub last_change: String,
 }
 
+/// A counter: its name, its help, where it is kept.
+type Counter = (&'static str, &'static str, fn(&Stats) -> &AtomicU64);
+
+const COUNTERS: &[Counter] = &[
+    ("events_total", "filesystem events seen", |s| &s.events),
+    (
+        "sessions_refused_total",
+        "writing sessions refused because the standby holds newer data",
+        |s| &s.refused,
+    ),
+    (
+        "superseded_total",
+        "times another primary took the standby over from this one",
+        |s| &s.superseded,
+    ),
+    ("role_changes_total", "role changes of this node (--role auto)", |s| &s.role_changes),
+    ("conflicts_kept_total", "diverged entries kept in the conflicts area", |s| &s.conflicts_kept),
+    (
+        "local_writes_kept_total",
+        "files written on this follower by anything but syncd, kept in the conflicts area before the leader's version replaced them",
+        |s| &s.local_kept,
+    ),
+    ("batches_total", "batches shipped and acknowledged", |s| &s.batches),
+    ("files_sent_whole_total", "files sent whole", |s| &s.files_whole),
+    ("files_sent_delta_total", "files sent as rsync deltas", |s| &s.files_delta),
+    ("bytes_sent_whole_total", "content bytes of files sent whole", |s| &s.bytes_whole),
+    ("bytes_sent_delta_total", "content bytes of files sent as deltas", |s| &s.bytes_delta),
+    ("delta_wire_bytes_total", "delta instructions and literals sent", |s| &s.delta_wire_bytes),
+    ("wire_tx_bytes_total", "protocol bytes sent", |s| &s.wire_tx),
+    ("wire_rx_bytes_total", "protocol bytes received", |s| &s.wire_rx),
+    ("deletes_total", "paths deleted on the standby", |s| &s.deletes),
+    ("renames_total", "renames replayed", |s| &s.renames),
+    ("reconciles_total", "reconcile runs (scoped or full)", |s| &s.reconciles),
+    ("full_reconciles_total", "full-tree reconcile runs", |s| &s.full_reconciles),
+    ("overflows_total", "inotify queue overflows and lost watches", |s| &s.overflows),
+    ("errors_total", "errors (failed files, lost sessions)", |s| &s.errors),
+    ("connects_total", "sessions established", |s| &s.connects),
+    ("committed_files_total", "files committed (standby)", |s| &s.committed),
+];
+
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -147,103 +187,10 @@ impl Stats {
         since.map_or(0.0, |o| now.saturating_duration_since(o).as_secs_f64())
     }
 
-    fn counters(&self) -> Vec<(&'static str, &'static str, &AtomicU64)> {
-        vec![
-            ("events_total", "filesystem events seen", &self.events),
-            (
-                "sessions_refused_total",
-                "writing sessions refused because the standby holds newer data",
-                &self.refused,
-            ),
-            (
-                "superseded_total",
-                "times another primary took the standby over from this one",
-                &self.superseded,
-            ),
-            (
-                "role_changes_total",
-                "role changes of this node (--role auto)",
-                &self.role_changes,
-            ),
-            (
-                "conflicts_kept_total",
-                "diverged entries kept in the conflicts area",
-                &self.conflicts_kept,
-            ),
-            (
-                "local_writes_kept_total",
-                "files written on this follower by anything but syncd, kept in the conflicts area before the leader's version replaced them",
-                &self.local_kept,
-            ),
-            (
-                "batches_total",
-                "batches shipped and acknowledged",
-                &self.batches,
-            ),
-            (
-                "files_sent_whole_total",
-                "files sent whole",
-                &self.files_whole,
-            ),
-            (
-                "files_sent_delta_total",
-                "files sent as rsync deltas",
-                &self.files_delta,
-            ),
-            (
-                "bytes_sent_whole_total",
-                "content bytes of files sent whole",
-                &self.bytes_whole,
-            ),
-            (
-                "bytes_sent_delta_total",
-                "content bytes of files sent as deltas",
-                &self.bytes_delta,
-            ),
-            (
-                "delta_wire_bytes_total",
-                "delta instructions and literals sent",
-                &self.delta_wire_bytes,
-            ),
-            ("wire_tx_bytes_total", "protocol bytes sent", &self.wire_tx),
-            (
-                "wire_rx_bytes_total",
-                "protocol bytes received",
-                &self.wire_rx,
-            ),
-            (
-                "deletes_total",
-                "paths deleted on the standby",
-                &self.deletes,
-            ),
-            ("renames_total", "renames replayed", &self.renames),
-            (
-                "reconciles_total",
-                "reconcile runs (scoped or full)",
-                &self.reconciles,
-            ),
-            (
-                "full_reconciles_total",
-                "full-tree reconcile runs",
-                &self.full_reconciles,
-            ),
-            (
-                "overflows_total",
-                "inotify queue overflows and lost watches",
-                &self.overflows,
-            ),
-            (
-                "errors_total",
-                "errors (failed files, lost sessions)",
-                &self.errors,
-            ),
-            ("connects_total", "sessions established", &self.connects),
-            (
-                "committed_files_total",
-                "files committed (standby)",
-                &self.committed,
-            ),
-        ]
+    fn counters(&self) -> impl Iterator<Item = (&'static str, &'static str, &AtomicU64)> {
+        COUNTERS
+            .iter()
+            .map(|(name, help, get)| (*name, *help, get(self)))
     }
 
     fn gauges(&self) -> Vec<(&'static str, &'static str, f64)> {
@@ -363,7 +310,6 @@ impl Stats {
 
     /// Human-readable status, one `key: value` per line.
     pub fn status(&self) -> String {
-        let since = self.connected_since.load(Relaxed);
         let mut s = String::new();
         let _ = writeln!(s, "role: {}", self.role);
         let _ = writeln!(s, "peer: {}", self.peer);
@@ -373,35 +319,56 @@ impl Stats {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let _ = writeln!(s, "generation: {}", crate::generation::describe(&ours));
-        if let Some(p) = self.pair.lock().unwrap_or_else(|p| p.into_inner()).clone() {
-            let _ = writeln!(s, "pair role: {}", p.role);
-            let _ = writeln!(
-                s,
-                "may lead: {} ({})",
-                if p.gate_open { "yes" } else { "no" },
-                p.why
-            );
-            let _ = writeln!(s, "data: {}", p.data);
-            let _ = writeln!(s, "last role change: {}", p.last_change);
-            let h = self.hooks.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            for (i, hook) in HOOKS.iter().enumerate() {
-                let r = h.runs[i];
-                let last = h.last[i].map_or("never run".to_string(), |(res, ms, at)| {
-                    format!("last {res} in {ms} ms at {at} (unix)")
-                });
-                let _ = writeln!(
-                    s,
-                    "{hook} hook: ok {}, failed {}, timeout {}; {last}",
-                    r[0], r[1], r[2]
-                );
-            }
-        }
+        self.pair_status(&mut s);
         let _ = writeln!(
             s,
             "peer generation: {}",
             peer.as_ref()
                 .map_or("unknown".into(), crate::generation::describe)
         );
+        self.replication_status(&mut s);
+        for (name, _, v) in self.counters() {
+            let _ = writeln!(
+                s,
+                "{}: {}",
+                name.trim_end_matches("_total"),
+                v.load(Relaxed)
+            );
+        }
+        s
+    }
+
+    /// `--role auto`: the role, the gate, the data, the hooks.
+    fn pair_status(&self, s: &mut String) {
+        let Some(p) = self.pair.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return;
+        };
+        let _ = writeln!(s, "pair role: {}", p.role);
+        let _ = writeln!(
+            s,
+            "may lead: {} ({})",
+            if p.gate_open { "yes" } else { "no" },
+            p.why
+        );
+        let _ = writeln!(s, "data: {}", p.data);
+        let _ = writeln!(s, "last role change: {}", p.last_change);
+        let h = self.hooks.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (i, hook) in HOOKS.iter().enumerate() {
+            let r = h.runs[i];
+            let last = h.last[i].map_or("never run".to_string(), |(res, ms, at)| {
+                format!("last {res} in {ms} ms at {at} (unix)")
+            });
+            let _ = writeln!(
+                s,
+                "{hook} hook: ok {}, failed {}, timeout {}; {last}",
+                r[0], r[1], r[2]
+            );
+        }
+    }
+
+    /// The session, the queue, the lag, the last error.
+    fn replication_status(&self, s: &mut String) {
+        let since = self.connected_since.load(Relaxed);
         if since > 0 {
             let _ = writeln!(
                 s,
@@ -435,15 +402,6 @@ impl Stats {
             "last error: {}",
             if err.is_empty() { "none" } else { &err }
         );
-        for (name, _, v) in self.counters() {
-            let _ = writeln!(
-                s,
-                "{}: {}",
-                name.trim_end_matches("_total"),
-                v.load(Relaxed)
-            );
-        }
-        s
     }
 }
 

@@ -108,89 +108,121 @@ impl Driver<'_> {
                 Instant::now() + Duration::from_secs(3600),
                 Instant::from_std,
             );
-            let now = || std::time::Instant::now();
+            let now = std::time::Instant::now;
             let ticking = self.switch.is_some() || self.adopt_until.is_some();
-            tokio::select! {
-                r = async {
-                    match self.hook.as_mut() {
-                        Some(p) => (&mut p.task).await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    let after = self.hook.take().map(|p| p.after);
-                    match (after, r) {
-                        (Some(after), Ok(run)) => self.on_hook(role, after, run).await,
-                        (_, Err(e)) => tracing::error!("a service hook task ended: {e}"),
-                        (None, Ok(_)) => {}
-                    }
+            let stop = tokio::select! {
+                r = ended(self.hook.as_mut().map(|p| &mut p.task)) => {
+                    self.on_hook_ended(role, r).await;
+                    false
                 }
-                Some(reply) = inputs.switches.recv() => self.start_switchover(role, reply),
-                _ = async {
-                    match self.waiter.as_mut() {
-                        Some(w) => w.closed().await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    // VRRP heard a better master while waiting for us and gave
-                    // the mastership up: a promotion under way becomes a
-                    // demotion once it is done (a leader without VRRP master).
-                    tracing::info!("VRRP no longer waits for our promotion");
-                    self.waiter = None;
-                    role.handle_vrrp(false, now());
+                Some(reply) = inputs.switches.recv() => {
+                    self.start_switchover(role, reply);
+                    false
                 }
-                _ = tokio::time::sleep(Duration::from_millis(50)), if ticking => {}
-                Some(e) = inputs.events.recv() => self.on_event(role, e),
+                _ = closed(self.waiter.as_mut()) => {
+                    self.on_waiter_gone(role);
+                    false
+                }
+                _ = tokio::time::sleep(Duration::from_millis(50)), if ticking => false,
+                Some(e) = inputs.events.recv() => {
+                    self.on_event(role, e);
+                    false
+                }
                 Some(w) = inputs.wants.recv() => {
-                    if let Some(old) = self.waiter.replace(w) {
-                        let _ = old.send(Err("superseded by a newer request".into()));
-                    }
-                    self.vrrp_asked = Some(Instant::now());
-                    role.handle_vrrp(true, now());
+                    self.on_want(role, w);
+                    false
                 }
-                r = inputs.vrrp_state.changed() => {
-                    if r.is_err() {
-                        tracing::error!("VRRP stopped; stepping down");
-                        self.stopping = true;
-                        role.handle_shutdown(now());
-                        self.apply(role).await;
-                        self.finish_hooks(role).await;
-                        break;
-                    }
-                    let master = inputs.vrrp_state.borrow().state == syncd_vrrp::State::Master;
-                    if !master {
-                        role.handle_vrrp(false, now());
-                    }
+                r = inputs.vrrp_state.changed() => on_vrrp_state(role, inputs, r.is_err()),
+                _ = tokio::time::sleep_until(deadline) => {
+                    role.handle_timeout(now());
+                    false
                 }
-                _ = tokio::time::sleep_until(deadline) => role.handle_timeout(now()),
-                _ = async {
-                    match self.source.as_mut() {
-                        Some(s) => { let _ = (&mut s.task).await; }
-                        None => std::future::pending().await,
-                    }
-                } => {
+                _ = ended(self.source.as_mut().map(|s| &mut s.task)) => {
                     // The source ended on its own (a fatal error): stop leading.
                     tracing::error!("the replication source stopped; stepping down");
                     self.source = None;
                     role.handle_source_failed("it ended on its own (see the error above)", now());
+                    false
                 }
-                _ = async {
-                    match self.source_stop.as_mut() {
-                        Some(t) => { let _ = t.await; }
-                        None => std::future::pending().await,
-                    }
-                } => self.source_stopped(role),
-                _ = &mut *shutdown => {
-                    self.stopping = true;
-                    role.handle_shutdown(now());
-                    self.apply(role).await;
-                    self.finish_hooks(role).await;
-                    break;
+                _ = ended(self.source_stop.as_mut()) => {
+                    self.source_stopped(role);
+                    false
                 }
+                _ = &mut *shutdown => true,
+            };
+            if stop {
+                self.stopping = true;
+                role.handle_shutdown(now());
+                self.apply(role).await;
+                self.finish_hooks(role).await;
+                break;
             }
             self.apply(role).await;
             self.check_switchover(role);
             self.check_adopted(role).await;
             self.apply(role).await;
         }
+    }
+
+    async fn on_hook_ended(
+        &mut self,
+        role: &mut Role,
+        r: Result<crate::hooks::HookRun, tokio::task::JoinError>,
+    ) {
+        let after = self.hook.take().map(|p| p.after);
+        match (after, r) {
+            (Some(after), Ok(run)) => self.on_hook(role, after, run).await,
+            (_, Err(e)) => tracing::error!("a service hook task ended: {e}"),
+            (None, Ok(_)) => {}
+        }
+    }
+
+    /// VRRP heard a better master while waiting for us and gave the
+    /// mastership up: a promotion under way becomes a demotion once it is
+    /// done (a leader without VRRP master).
+    fn on_waiter_gone(&mut self, role: &mut Role) {
+        tracing::info!("VRRP no longer waits for our promotion");
+        self.waiter = None;
+        role.handle_vrrp(false, std::time::Instant::now());
+    }
+
+    /// VRRP asks for our promotion before it adds the address.
+    fn on_want(&mut self, role: &mut Role, w: Waiter) {
+        if let Some(old) = self.waiter.replace(w) {
+            let _ = old.send(Err("superseded by a newer request".into()));
+        }
+        self.vrrp_asked = Some(Instant::now());
+        role.handle_vrrp(true, std::time::Instant::now());
+    }
+}
+
+/// VRRP's state changed (or, `stopped`, VRRP is gone): `true` to step down.
+fn on_vrrp_state(role: &mut Role, inputs: &Inputs, stopped: bool) -> bool {
+    if stopped {
+        tracing::error!("VRRP stopped; stepping down");
+        return true;
+    }
+    let master = inputs.vrrp_state.borrow().state == syncd_vrrp::State::Master;
+    if !master {
+        role.handle_vrrp(false, std::time::Instant::now());
+    }
+    false
+}
+
+/// The end of a task, if there is one; never otherwise.
+async fn ended<T>(
+    task: Option<&mut tokio::task::JoinHandle<T>>,
+) -> Result<T, tokio::task::JoinError> {
+    match task {
+        Some(t) => t.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The waiter's receiver gone, if there is a waiter; never otherwise.
+async fn closed(waiter: Option<&mut Waiter>) {
+    match waiter {
+        Some(w) => w.closed().await,
+        None => std::future::pending().await,
     }
 }

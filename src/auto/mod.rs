@@ -19,6 +19,7 @@
 //!   (demote hook), drain, hand over ([`Role::handle_handover`]); un-fence
 //!   (promote hook) and keep leading if the hand-over cannot start.
 
+mod apply;
 mod events;
 mod hooks;
 mod peer;
@@ -29,20 +30,20 @@ mod switchover;
 use std::sync::Arc;
 use std::time::Duration;
 
-use syncd_proto::pair::lineage::{Lineage, NodeId, Relation};
-use syncd_proto::pair::role::{Action, PeerState, Role, RoleConfig, RoleState};
+use syncd_proto::pair::lineage::{Lineage, NodeId};
+use syncd_proto::pair::role::{PeerState, Role, RoleConfig};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::generation::{self, Record};
+use crate::generation;
 use crate::hooks::HookKind;
 use crate::standby::{Standby, StandbyError, StandbyEvent, StandbyHandle};
-use crate::stats::{unix_now, PairView, Stats};
+use crate::stats::Stats;
 use crate::tls::Identity;
 use crate::wire::Request;
 use events::{service_vrrp, start_vrrp};
-use hooks::{hook_env, record_hook, After, Pending};
+use hooks::{hook_env, record_hook, Pending};
 use peer::{load_peer_protocol, may_lead_beside, older_peer, peer_link, save_peer_protocol};
 use role_log::RoleLog;
 use source::{start_source, Source};
@@ -91,6 +92,71 @@ pub async fn run(
     let record = standby.handle();
     let stats = standby.stats();
     let (switch_tx, switches) = mpsc::channel::<SwitchoverReply>(4);
+    start_admin(&cfg, &stats, switch_tx).await?;
+    let (standby_stop, standby_stop_rx) = oneshot::channel::<()>();
+    let standby_task = tokio::spawn(standby.run(async {
+        let _ = standby_stop_rx.await;
+    }));
+
+    let rec = record.record();
+    let mut role = Role::new(
+        me,
+        role_config(&cfg, priority),
+        rec.lineage,
+        rec.peer_seen,
+        std::time::Instant::now(),
+    );
+
+    let role_log = RoleLog::start(&cfg);
+    demote_at_start(&cfg, &role, &role_log, &stats).await;
+
+    // VRRP, gated by the role machine, adding the address only once promoted.
+    let (gate_tx, gate_rx) = watch::channel(Some("starting".to_string()));
+    let (vrrp, mut inputs) = start_vrrp(vrrp_cfg, gate_rx, events, switches).await?;
+
+    let (peer, link) = start_peer_link(&cfg, me, role.lineage(), ev_tx);
+    let mut d = Driver::new(&cfg, &role_log, record, stats, gate_tx, peer);
+    d.apply(&mut role).await;
+    d.event_loop(&mut role, &mut inputs, &mut shutdown).await;
+    wind_down(d, &mut inputs, link, vrrp, standby_stop, standby_task).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Our side of the peer session: our state out, every change and every
+/// heartbeat; redial when the peer falls silent.
+struct PeerChannels {
+    state: watch::Sender<(bool, Lineage)>,
+    out: mpsc::Sender<Request>,
+    redial: watch::Sender<u64>,
+}
+
+fn start_peer_link(
+    cfg: &Config,
+    me: NodeId,
+    lineage: &Lineage,
+    events: mpsc::Sender<StandbyEvent>,
+) -> (PeerChannels, tokio::task::JoinHandle<()>) {
+    let (state, state_rx) = watch::channel((false, lineage.clone()));
+    let (out, out_rx) = mpsc::channel::<Request>(16);
+    let (redial, redial_rx) = watch::channel(0u64);
+    let link = tokio::spawn(peer_link(
+        cfg.clone(),
+        me,
+        state_rx,
+        out_rx,
+        redial_rx,
+        events,
+    ));
+    (PeerChannels { state, out, redial }, link)
+}
+
+/// The admin endpoint, with switchover requests to the driver.
+async fn start_admin(
+    cfg: &Config,
+    stats: &Arc<Stats>,
+    switch_tx: mpsc::Sender<SwitchoverReply>,
+) -> Result<(), AutoError> {
     if let Some(a) = cfg.admin {
         // Long enough for a whole switchover: fence, drain, hand over or
         // un-fence.
@@ -99,87 +165,39 @@ pub async fn run(
             .await
             .map_err(|e| AutoError::Admin(a, e))?;
     }
-    let (standby_stop, standby_stop_rx) = oneshot::channel::<()>();
-    let standby_task = tokio::spawn(standby.run(async {
-        let _ = standby_stop_rx.await;
-    }));
+    Ok(())
+}
 
-    let rec = record.record();
-    let rcfg = RoleConfig {
+fn role_config(cfg: &Config, priority: u8) -> RoleConfig {
+    RoleConfig {
         priority,
         heartbeat_timeout: cfg.pair.heartbeat_timeout,
         peer_wait: cfg.pair.peer_wait,
         unsure_wait: cfg.pair.unsure_wait,
         ..RoleConfig::default()
-    };
-    let mut role = Role::new(
-        me,
-        rcfg,
-        rec.lineage,
-        rec.peer_seen,
-        std::time::Instant::now(),
-    );
+    }
+}
 
-    let role_log = RoleLog::start(&cfg);
-    // A node that does not lead never serves the export read-write: stop
-    // serving before joining the election, whatever a previous run left.
+/// A node that does not lead never serves the export read-write: stop
+/// serving before joining the election, whatever a previous run left.
+async fn demote_at_start(cfg: &Config, role: &Role, role_log: &RoleLog, stats: &Stats) {
     if let Some(argv) = cfg.hooks.get(HookKind::Demote) {
-        let env = hook_env(&cfg, role.lineage(), "starting as a follower");
+        let env = hook_env(cfg, role.lineage(), "starting as a follower");
         let r = crate::hooks::run(HookKind::Demote, argv, &env, cfg.hooks.timeout).await;
-        record_hook(&role_log, &stats, &r);
+        record_hook(role_log, stats, &r);
     }
+}
 
-    // VRRP, gated by the role machine, adding the address only once promoted.
-    let (gate_tx, gate_rx) = watch::channel(Some("starting".to_string()));
-    let (vrrp, mut inputs) = start_vrrp(vrrp_cfg, gate_rx, events, switches).await?;
-
-    // The peer session: our state out, every change and every heartbeat.
-    let (state_tx, state_rx) = watch::channel((false, role.lineage().clone()));
-    let (out_tx, out_rx) = mpsc::channel::<Request>(16);
-    let (redial_tx, redial_rx) = watch::channel(0u64);
-    let link = tokio::spawn(peer_link(
-        cfg.clone(),
-        me,
-        state_rx,
-        out_rx,
-        redial_rx,
-        ev_tx,
-    ));
-
-    let mut d = Driver {
-        cfg: &cfg,
-        log: &role_log,
-        me,
-        record,
-        stats: stats.clone(),
-        gate: gate_tx,
-        state: state_tx,
-        out: out_tx,
-        redial: redial_tx,
-        heard: false,
-        waiter: None,
-        source: None,
-        source_stop: None,
-        hook: None,
-        fenced: false,
-        adopt_until: None,
-        stopping: false,
-        peer_fresh: None,
-        switch: None,
-        vrrp_asked: None,
-        promoting: None,
-        last_change: "none".into(),
-        why: "starting".into(),
-        peer_protocol: load_peer_protocol(&cfg.state_dir),
-    };
-    if !may_lead_beside(d.peer_protocol) {
-        tracing::warn!(
-            "{} (remembered from before this start)",
-            older_peer(d.peer_protocol)
-        );
-    }
-    d.apply(&mut role).await;
-    d.event_loop(&mut role, &mut inputs, &mut shutdown).await;
+/// After the event loop: VRRP's waits refused, the peer session, VRRP and
+/// the standby stopped, in that order.
+async fn wind_down<T>(
+    mut d: Driver<'_>,
+    inputs: &mut events::Inputs,
+    link: tokio::task::JoinHandle<()>,
+    vrrp: events::VrrpTask,
+    standby_stop: oneshot::Sender<()>,
+    standby_task: tokio::task::JoinHandle<T>,
+) {
     // Demoted above (source stopped). VRRP may be waiting on its hook: it
     // gets a refusal, so it can resign. Tell the peer we are gone (it then
     // takes over without waiting for our consent), then resign the address.
@@ -201,14 +219,11 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(10), vrrp.task).await;
     let _ = standby_stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), standby_task).await;
-    tracing::info!("stopped");
-    Ok(())
 }
 
 struct Driver<'a> {
     cfg: &'a Config,
     log: &'a RoleLog,
-    me: NodeId,
     record: StandbyHandle,
     stats: Arc<Stats>,
     gate: watch::Sender<Option<String>>,
@@ -247,7 +262,49 @@ struct Driver<'a> {
     peer_protocol: u32,
 }
 
-impl Driver<'_> {
+impl<'a> Driver<'a> {
+    fn new(
+        cfg: &'a Config,
+        log: &'a RoleLog,
+        record: StandbyHandle,
+        stats: Arc<Stats>,
+        gate: watch::Sender<Option<String>>,
+        peer: PeerChannels,
+    ) -> Driver<'a> {
+        let peer_protocol = load_peer_protocol(&cfg.state_dir);
+        if !may_lead_beside(peer_protocol) {
+            tracing::warn!(
+                "{} (remembered from before this start)",
+                older_peer(peer_protocol)
+            );
+        }
+        Driver {
+            cfg,
+            log,
+            record,
+            stats,
+            gate,
+            state: peer.state,
+            out: peer.out,
+            redial: peer.redial,
+            heard: false,
+            waiter: None,
+            source: None,
+            source_stop: None,
+            hook: None,
+            fenced: false,
+            adopt_until: None,
+            stopping: false,
+            peer_fresh: None,
+            switch: None,
+            vrrp_asked: None,
+            promoting: None,
+            last_change: "none".into(),
+            why: "starting".into(),
+            peer_protocol,
+        }
+    }
+
     fn on_event(&mut self, role: &mut Role, e: StandbyEvent) {
         let now = std::time::Instant::now();
         match e {
@@ -298,168 +355,6 @@ impl Driver<'_> {
             let changed = *g != closed;
             *g = closed.clone();
             changed
-        });
-    }
-
-    /// Carries out what the role machine asks, until it asks nothing more.
-    async fn apply(&mut self, role: &mut Role) {
-        while let Some(a) = role.poll_action() {
-            let now = std::time::Instant::now();
-            match a {
-                Action::Persist { lineage, peer_seen } => {
-                    if let Err(e) = self.record.save_record(Record { lineage, peer_seen }) {
-                        // Never lead on a generation that is not on disk.
-                        tracing::error!("{e}");
-                        if role.state() == RoleState::Promoting {
-                            role.handle_promote_failed(&e.to_string(), now);
-                        }
-                    }
-                }
-                Action::Gate { open, why } => {
-                    tracing::info!(open, "VRRP gate: {why}");
-                    if let Some(sw) = self
-                        .switch
-                        .as_mut()
-                        .filter(|s| !open && s.phase == Phase::HandingOver)
-                    {
-                        sw.released.get_or_insert_with(Instant::now);
-                    }
-                    self.why = why;
-                    self.send_gate(role);
-                }
-                // A promotion whose generation could not be saved was turned
-                // into a demotion already: no source for it.
-                Action::Promote { .. } if role.state() != RoleState::Promoting => {}
-                Action::Promote { gen } => {
-                    tracing::info!(generation = %gen, "promoting: becoming the replication source");
-                    self.source = Some(start_source(self.cfg, self.stats.clone()));
-                    self.promoting = Some((self.vrrp_asked.take(), Instant::now()));
-                    // Serve (NFS export) before the address; the answer
-                    // comes back as an event (`on_hook`).
-                    if !self.spawn_hook(HookKind::Promote, After::Promote, role, "promotion") {
-                        self.log_promoted(None);
-                        role.handle_promoted(now);
-                    }
-                }
-                Action::Demote { why } => {
-                    tracing::info!("demoting: {why}");
-                    // A demotion overtakes a promotion (or a switchover)
-                    // still in its hook: that hook is killed (its task
-                    // dropped), then the demote hook undoes what it did.
-                    if let Some(p) = self.hook.take() {
-                        tracing::warn!(
-                            "stopping the running service hook ({:?}): demoting",
-                            p.after
-                        );
-                        // An un-fence cut short may have served again: the
-                        // demote hook must run.
-                        if matches!(p.after, After::Unfence(_)) {
-                            self.fenced = false;
-                        }
-                        p.task.abort();
-                        let _ = p.task.await;
-                    }
-                    if let Some(mut sw) = self.switch.take() {
-                        if let Some(r) = sw.reply.take() {
-                            if sw.phase != Phase::HandingOver {
-                                let _ = r.send(Err(format!(
-                                    "this node stopped leading during the switchover: {why}"
-                                )));
-                            } else {
-                                self.switch = Some(Switch {
-                                    reply: Some(r),
-                                    ..sw
-                                });
-                            }
-                        }
-                    }
-                    // Stop serving first (unless the switchover's fence did).
-                    if self.fenced || !self.spawn_hook(HookKind::Demote, After::Demote, role, &why)
-                    {
-                        if self.handing_over() {
-                            // Tell the peer we no longer lead and stop the
-                            // source without blocking (seen taking 7.7 s):
-                            // the peer's VRRP takes over meanwhile and its
-                            // promotion, which we consent to, closes our
-                            // source's session.
-                            self.publish_state(role);
-                            self.stop_source_in_background();
-                        } else {
-                            self.finish_demote(role).await;
-                        }
-                    }
-                }
-                Action::Follow { preserve } => {
-                    if preserve {
-                        tracing::warn!("following the peer's newer data; what the catch-up replaces or deletes here is kept in the conflicts area");
-                    } else {
-                        tracing::info!("following the peer");
-                    }
-                }
-                Action::Ask { priority } => {
-                    tracing::info!("asking the peer's consent to lead");
-                    let _ = self.out.try_send(Request::Ask { priority });
-                }
-                Action::Answer { grant } => {
-                    tracing::info!(grant, "answering the peer's request to lead");
-                    let _ = self.out.try_send(Request::Answer { grant });
-                }
-            }
-        }
-        while let Some(c) = role.poll_change() {
-            self.stats
-                .role_changes
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!(from = %c.from, to = %c.to, generation = %c.gen, "role: {}", c.why);
-            self.last_change = format!(
-                "{} {} -> {} ({}): {}",
-                unix_now(),
-                c.from,
-                c.to,
-                c.gen,
-                c.why
-            );
-            self.log.write(self.last_change.clone());
-            let status = format!("auto: {} (generation {}): {}", c.to, c.gen, c.why);
-            syncd_sdnotify::send(&[syncd_sdnotify::State::Status(&status)]);
-        }
-        self.send_gate(role);
-        // Answer VRRP: the address once we lead; a refusal once we will not.
-        if role.state() == RoleState::Leader {
-            if let Some(w) = self.waiter.take() {
-                let _ = w.send(Ok(()));
-            }
-        } else if self.gate.borrow().is_some()
-            || !matches!(role.state(), RoleState::Follower | RoleState::Promoting)
-        {
-            if let Some(w) = self.waiter.take() {
-                let _ = w.send(Err(self.why.clone()));
-            }
-        }
-        let heard = role.peer().is_some();
-        if self.heard && !heard {
-            self.redial.send_modify(|n| *n += 1);
-        }
-        self.heard = heard;
-        self.publish_state(role);
-        let data = match role.relation() {
-            None => "unknown (peer not heard)",
-            Some(Relation::Same) => "current",
-            Some(Relation::Ahead) => "ahead of the peer",
-            Some(Relation::Behind { .. }) => "behind the peer",
-            Some(Relation::Diverged { .. }) => "diverged from the peer",
-        };
-        let _ = self.me;
-        self.stats
-            .set_generation(role.lineage(), role.peer().map(|p| &p.lineage));
-        let closed = self.gate.borrow().clone();
-        self.stats.set_pair(PairView {
-            role: role.state().to_string(),
-            leading: role.leading(),
-            gate_open: closed.is_none(),
-            why: closed.unwrap_or_else(|| self.why.clone()),
-            data,
-            last_change: self.last_change.clone(),
         });
     }
 }

@@ -3,23 +3,23 @@
 //! record), write replies. One writer and one set of lanes per stream, for
 //! the control stream and for each large file's own stream alike.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
 use super::accept::{Hello, SessionError};
 use super::commit::{batch_files, keeper, Follow, Preserve};
-use super::local;
-use super::stage::{InFlightCount, Job, Lanes};
+use super::stage::{InFlightCount, Lanes};
 use super::{lock, Shared, REPLY_QUEUE};
 use crate::config::Config;
 use crate::conflicts::Keeper;
 use crate::index::Index;
 use crate::scan;
 use crate::wire::{self, Purpose, Reply, Request};
-use syncd_proto::receiver::{Effect, Input, Mode, Receiver};
+use syncd_proto::receiver::{Input, Mode, Receiver};
 use syncd_proto::version::Features;
+
+mod effects;
 
 /// What the Receiver needs to know of a request.
 pub(super) fn input(r: &Request) -> Input<'_> {
@@ -238,96 +238,6 @@ impl Shell {
                 return Ok(());
             }
         }
-    }
-
-    /// Carries out what the Receiver asks, in order, for request `msg`.
-    async fn effects(&mut self, mut msg: Option<Request>) -> Result<(), SessionError> {
-        // A digest walk's rounds come one after another: anything else
-        // ends it, and its tree (a hundred bytes a file) is not kept.
-        if msg.is_some() && !matches!(msg, Some(Request::Digests { .. })) {
-            self.digests = None;
-        }
-        while let Some(e) = self.rx.poll_effect() {
-            match e {
-                Effect::Forward { lane } => {
-                    let op = msg
-                        .take()
-                        .ok_or_else(|| SessionError::Protocol("request forwarded twice".into()))?;
-                    self.lanes.send(lane, Job::Op(op)).await?
-                }
-                Effect::Drop { lane, id } => self.lanes.send(lane, Job::Drop(id)).await?,
-                Effect::Flush => {
-                    let failures = self.lanes.flush().await?;
-                    self.rx.handle_flushed(failures);
-                }
-                Effect::Sync => {
-                    let sh = self.shared.clone();
-                    blocking(move || {
-                        if sh.durable {
-                            sh.root.sync()?;
-                        }
-                        // What syncd put, durable before the acknowledgement;
-                        // a failure here costs at most false reports after a
-                        // crash, never the commit.
-                        if let Err(e) = lock(&sh.placed).sync(sh.durable) {
-                            tracing::warn!("{e}");
-                        }
-                        Ok(())
-                    })
-                    .await?;
-                    self.rx.handle_synced();
-                }
-                Effect::List => self.list(msg.take()).await?,
-                Effect::RecordCommit { id } => {
-                    if let Some(f) = &mut self.follow {
-                        f.record_commit(id)
-                    }
-                }
-                Effect::CaughtUp => {
-                    if let Some(f) = &mut self.follow {
-                        f.caught_up()
-                    }
-                    let sh = self.shared.clone();
-                    if let Err(e) = blocking(move || local::rebase_if_unknown(&sh)).await {
-                        tracing::warn!("cannot record the export after the catch-up: {e}");
-                    }
-                }
-                Effect::BarrierDone {
-                    id,
-                    failures,
-                    dropped,
-                } => {
-                    if dropped > 0 && !self.features.failures_dropped {
-                        // The primary cannot hear "and N more": end the
-                        // session; its reconnect compares the whole tree.
-                        let reason = format!("{dropped} more files failed than the standby reports one by one; reconnect to compare the whole tree");
-                        let _ = self
-                            .reply
-                            .send(Reply::Fatal {
-                                reason: reason.clone(),
-                            })
-                            .await;
-                        return Err(SessionError::Protocol(reason));
-                    }
-                    for r in wire::barrier_replies(id, failures, dropped) {
-                        let _ = self.reply.send(r).await;
-                    }
-                }
-                Effect::Finished => {
-                    let sh = self.shared.clone();
-                    blocking(move || {
-                        if let Err(e) = lock(&sh.placed).checkpoint() {
-                            tracing::warn!("{e}");
-                        }
-                        lock(&sh.index).save().map_err(std::io::Error::other)
-                    })
-                    .await?;
-                    let committed = self.shared.committed.swap(0, Ordering::Relaxed);
-                    let _ = self.reply.send(Reply::Finished { committed }).await;
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Before 7 the primary sends no `CaughtUp`: its first durable commit

@@ -3,23 +3,22 @@
 //! content check — and hold verified files for the committer.
 
 use std::collections::HashMap;
-use std::io::{BufWriter, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
 use super::accept::SessionError;
-use super::commit::{self, commit_batch, keeper, Preserve, Verified};
+use super::commit::{commit_batch, keeper, Preserve, Verified};
 use super::local;
-use super::room::{begin_slot, Slot};
 use super::{lock, Shared};
-use crate::delta;
-use crate::fsroot::Staged;
-use crate::index::Stamp;
-use crate::wire::{self, Encoding, Failure, Meta, Reply, Request};
+use crate::wire::{self, Failure, Reply, Request};
 use syncd_proto::path::RelPath;
-use syncd_proto::receiver::{content_check, FailureLog};
+use syncd_proto::receiver::FailureLog;
+
+mod file;
+
+use file::InFlight;
 
 pub(super) enum Job {
     Op(Request),
@@ -108,39 +107,6 @@ impl Lanes {
 
 fn stopped() -> SessionError {
     SessionError::Protocol("worker stopped".into())
-}
-
-struct InFlight<'r> {
-    /// Released (count and reserved room) when the file is ended or dropped.
-    slot: Slot<'r>,
-    path: RelPath,
-    meta: Meta,
-    size: u64,
-    written: u64,
-    out: BufWriter<HashingFile<'r>>,
-    base: Option<std::fs::File>,
-}
-
-/// The staged file, with BLAKE3 (and for large files the block signature)
-/// computed over exactly the bytes written.
-struct HashingFile<'r> {
-    staged: Staged<'r>,
-    hasher: blake3::Hasher,
-    sig: Option<(u32, u32, delta::SigBuilder)>,
-}
-
-impl Write for HashingFile<'_> {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        let n = self.staged.file.write(b)?;
-        self.hasher.update(&b[..n]);
-        if let Some((_, _, sb)) = &mut self.sig {
-            sb.update(&b[..n]);
-        }
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.staged.file.flush()
-    }
 }
 
 /// One worker thread.
@@ -347,159 +313,6 @@ impl Lane {
             }
             // Best effort: the scoped reconcile that follows fixes both names.
             Err(e) => tracing::debug!(%from, %to, "rename not applied: {e}"),
-        }
-    }
-
-    fn signature(&self, id: u64, path: &RelPath, block_size: u32, strong_len: u32) {
-        let sh = &self.sh;
-        let sig = sh.root.open_file(path).and_then(|f| {
-            let m = f.metadata()?;
-            let stamp = Stamp::of(&m);
-            if let Some(cached) = sh.sigs.get(path, &stamp, block_size, strong_len) {
-                return Ok(cached);
-            }
-            let r = std::io::BufReader::with_capacity(1 << 20, f);
-            let sig = delta::signature(r, m.len(), block_size, strong_len)
-                .map_err(std::io::Error::other)?;
-            sh.sigs.put(path, &stamp, block_size, strong_len, &sig);
-            Ok(sig)
-        });
-        let _ = self.reply.blocking_send(match sig {
-            Ok(data) => Reply::Signature { id, data },
-            Err(_) => Reply::NoSignature { id },
-        });
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn begin<'r>(
-        &self,
-        sh: &'r Shared,
-        w: &mut Work<'r>,
-        id: u64,
-        path: RelPath,
-        meta: Meta,
-        size: u64,
-        encoding: Encoding,
-    ) -> Result<(), ()> {
-        let slot = match begin_slot(sh, &self.in_flight, size) {
-            Ok(s) => s,
-            Err((true, reason)) => {
-                // Fatal: this worker stops (its files in flight are
-                // dropped, staging removed) and the session ends.
-                tracing::error!("{reason}; ending the session");
-                let _ = self.reply.blocking_send(Reply::Fatal { reason });
-                return Err(());
-            }
-            Err((false, e)) => {
-                self.fail(&path, e, false);
-                return Ok(());
-            }
-        };
-        let base = match encoding {
-            Encoding::Whole => None,
-            Encoding::Delta => match sh.root.open_file(&path) {
-                Ok(m) => Some(m),
-                Err(e) => {
-                    self.fail(&path, format!("delta base unavailable: {e}"), true);
-                    return Ok(());
-                }
-            },
-        };
-        let staged = match sh.root.stage_for(&path) {
-            Ok(s) => s,
-            Err(e) => {
-                self.fail(&path, format!("staging: {e}"), false);
-                return Ok(());
-            }
-        };
-        let sig = (size >= sh.sig_min).then(|| {
-            let (b, st) = delta::options_for(size);
-            delta::SigBuilder::new(b, st, size)
-                .ok()
-                .map(|sb| (b, st, sb))
-        });
-        let hf = HashingFile {
-            staged,
-            hasher: blake3::Hasher::new(),
-            sig: sig.flatten(),
-        };
-        // Whole files arrive in big chunks; only delta output is fragmented.
-        let out = BufWriter::with_capacity(if base.is_some() { 1 << 20 } else { 0 }, hf);
-        let f = InFlight {
-            slot,
-            path,
-            meta,
-            size,
-            written: 0,
-            out,
-            base,
-        };
-        w.inflight.insert(id, f);
-        Ok(())
-    }
-
-    /// Whole-file bytes; the Receiver has checked they fit the announced size.
-    fn data(&self, w: &mut Work<'_>, id: u64, data: &[u8]) {
-        let Some(f) = w.inflight.get_mut(&id) else {
-            return; // failed at its begin, already reported
-        };
-        f.written += data.len() as u64;
-        f.slot.wrote(data.len() as u64);
-        if let Err(e) = f.out.write_all(data) {
-            if let Some(f) = w.inflight.remove(&id) {
-                self.fail(&f.path, format!("write: {e}"), false);
-            }
-        }
-    }
-
-    fn delta(&self, w: &mut Work<'_>, id: u64, data: &[u8]) {
-        let Some(f) = w.inflight.get_mut(&id) else {
-            return;
-        };
-        let limit = f.size.saturating_sub(f.written);
-        let r = match &f.base {
-            Some(base) => delta::apply_segment_file(base, data, &mut f.out, limit, &mut w.copy_buf),
-            None => Err(delta::DeltaError::Apply(
-                "delta for a file announced whole".into(),
-            )),
-        };
-        match r {
-            Ok(n) => {
-                f.written += n;
-                f.slot.wrote(n);
-            }
-            Err(e) => {
-                if let Some(f) = w.inflight.remove(&id) {
-                    self.fail(&f.path, format!("{e}"), true);
-                }
-            }
-        }
-    }
-
-    /// The content check; a file that passes waits for its batch.
-    fn end(&self, w: &mut Work<'_>, id: u64, hash: wire::Hash) {
-        let Some(f) = w.inflight.remove(&id) else {
-            return;
-        };
-        let hf = match f.out.into_inner() {
-            Ok(h) => h,
-            Err(e) => return self.fail(&f.path, format!("write: {}", e.error()), false),
-        };
-        let got = *hf.hasher.finalize().as_bytes();
-        if let Err(e) = content_check(f.size, f.written, &hash, &got) {
-            return self.fail(&f.path, e, true);
-        }
-        w.pending_bytes += f.size;
-        w.pending.push(Verified {
-            staged: hf.staged,
-            path: f.path,
-            meta: f.meta,
-            hash,
-            sig: hf.sig.map(|(b, st, sb)| (b, st, sb.finish())),
-            base: f.base,
-        });
-        if w.pending.len() >= self.batch_max || w.pending_bytes >= commit::BATCH_BYTES {
-            self.commit(w);
         }
     }
 }

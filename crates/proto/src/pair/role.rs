@@ -32,10 +32,14 @@
 //! it led the generation), until the peer leads or `handover_wait` ends.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use super::lineage::{Generation, Lineage, NodeId, Relation};
+
+mod action;
+mod decide;
+
+pub use action::{Action, RoleChange, RoleState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RoleConfig {
@@ -76,64 +80,6 @@ pub struct PeerState {
     pub node: NodeId,
     pub lineage: Lineage,
     pub leading: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RoleState {
-    Follower,
-    Promoting,
-    Leader,
-    Demoting,
-    Stopped,
-}
-
-impl fmt::Display for RoleState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            RoleState::Follower => "follower",
-            RoleState::Promoting => "promoting",
-            RoleState::Leader => "leader",
-            RoleState::Demoting => "demoting",
-            RoleState::Stopped => "stopped",
-        })
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// Write these durably (fsync) before carrying out any later action.
-    Persist {
-        lineage: Lineage,
-        peer_seen: Option<Generation>,
-    },
-    /// Open or close the VRRP gate.
-    Gate { open: bool, why: String },
-    /// Become the replication source for `gen` (already persisted), run
-    /// the promote hook; answer [`Role::handle_promoted`] or
-    /// [`Role::handle_promote_failed`]. Only then may the address be held.
-    Promote { gen: Generation },
-    /// Ask the peer for consent to lead (it is heard, so two nodes that both
-    /// lost VRRP adverts must not both promote); deliver it with
-    /// [`Role::handle_peer_ask`] on the peer, answer with
-    /// [`Role::handle_peer_answer`] here.
-    Ask { priority: u8 },
-    /// Send this answer to the peer's `Ask`.
-    Answer { grant: bool },
-    /// Run the demote hook, stop sending; answer [`Role::handle_demoted`].
-    Demote { why: String },
-    /// Follow the peer: accept its session and catch up. `preserve`: keep
-    /// every local file the catch-up would overwrite or delete in the
-    /// conflicts area (we may hold writes it never acknowledged).
-    Follow { preserve: bool },
-}
-
-/// A role change, for the durable role log and `status`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoleChange {
-    pub from: RoleState,
-    pub to: RoleState,
-    pub gen: Generation,
-    pub why: String,
 }
 
 #[derive(Debug)]
@@ -516,179 +462,6 @@ impl Role {
             self.actions.push_back(Action::Gate {
                 open: false,
                 why: why.into(),
-            });
-        }
-    }
-
-    /// Whether this node may lead now, and why (or why not).
-    fn verdict(&self, now: Instant) -> (bool, String, Option<Instant>) {
-        if matches!(self.state, RoleState::Leader | RoleState::Promoting) {
-            return (true, "leading".into(), None);
-        }
-        if self.stopping {
-            return (false, "shutting down".into(), None);
-        }
-        if let Some(t) = self.ask_again.filter(|&t| now < t) {
-            // Stepping out of the election lets the peer's VRRP settle.
-            return (
-                false,
-                "the peer did not consent to our leading; asking again soon".into(),
-                Some(t),
-            );
-        }
-        if let Some(t) = self.handing_over.filter(|&t| now < t) {
-            return (false, "handing over to the peer".into(), Some(t));
-        }
-        if let Some(t) = self.retry_at.filter(|&t| now < t) {
-            return (
-                false,
-                "a promotion failed; waiting before the next".into(),
-                Some(t),
-            );
-        }
-        if !self.lineage.synced() && !self.forced {
-            return (
-                false,
-                "never synced: follow a peer, or bootstrap with `syncd promote --force`".into(),
-                None,
-            );
-        }
-        if let Some(p) = &self.peer {
-            if p.leading {
-                // Stay in the election (BACKUP) so that, once its heartbeats
-                // stop, VRRP's own Master_Down_Interval is the whole
-                // failover; promotion is refused while it is heard.
-                return (
-                    true,
-                    format!(
-                        "peer {} leads generation {}; standing by",
-                        p.node, p.lineage.gen
-                    ),
-                    None,
-                );
-            }
-            return match self.lineage.relation(self.me, &p.lineage) {
-                Relation::Same | Relation::Ahead | Relation::Diverged { we_win: true } => {
-                    (true, "data current".into(), None)
-                }
-                Relation::Behind { .. } | Relation::Diverged { we_win: false } => (
-                    false,
-                    format!(
-                        "data behind peer {} (generation {} batch {}, ours {} batch {})",
-                        p.node,
-                        p.lineage.gen,
-                        p.lineage.commit,
-                        self.lineage.gen,
-                        self.lineage.commit
-                    ),
-                    None,
-                ),
-            };
-        }
-        let stale = self.peer_seen.is_some_and(|g| g > self.lineage.gen);
-        if stale {
-            let at = self.alone_since + self.cfg.unsure_wait;
-            return if now >= at {
-                let why = format!(
-                    "peer unreachable; leading with data older than its generation {} after waiting {:?}",
-                    self.peer_seen.unwrap_or_default(),
-                    self.cfg.unsure_wait
-                );
-                (true, why, None)
-            } else {
-                (
-                    false,
-                    "peer unreachable and it had newer data: waiting".into(),
-                    Some(at),
-                )
-            };
-        }
-        let at = self.started + self.cfg.peer_wait;
-        if !self.heard && now < at {
-            return (false, "waiting to hear the peer".into(), Some(at));
-        }
-        (
-            true,
-            "peer unreachable; our data is the newest seen".into(),
-            None,
-        )
-    }
-
-    fn update(&mut self, now: Instant) {
-        let (open, why, recheck) = self.verdict(now);
-        self.recheck = recheck;
-        if self.gate != Some(open) {
-            self.gate = Some(open);
-            self.actions.push_back(Action::Gate {
-                open,
-                why: why.clone(),
-            });
-        }
-        // A peer that leads newer data: follow it (and stop leading).
-        if let Some(p) = self.peer.clone() {
-            let rel = self.lineage.relation(self.me, &p.lineage);
-            let peer_wins = matches!(
-                rel,
-                Relation::Behind { .. } | Relation::Diverged { we_win: false }
-            );
-            let leading = matches!(self.state, RoleState::Leader | RoleState::Promoting);
-            if peer_wins && (p.leading || leading) {
-                if leading {
-                    // Data decides: a leader whose live peer holds newer
-                    // data steps down even if the peer does not lead (VRRP
-                    // priorities may favour us), so the newer side leads.
-                    let why = format!("peer {} has newer generation {}", p.node, p.lineage.gen);
-                    self.set_state(RoleState::Demoting, why.clone());
-                    self.actions.push_back(Action::Demote { why });
-                    self.gate = Some(false);
-                    self.actions.push_back(Action::Gate {
-                        open: false,
-                        why: "demoting".into(),
-                    });
-                } else if self.state == RoleState::Follower && self.following != Some(p.lineage.gen)
-                {
-                    self.following = Some(p.lineage.gen);
-                    let preserve = match rel {
-                        Relation::Behind { preserve } => preserve,
-                        _ => true,
-                    };
-                    self.actions.push_back(Action::Follow { preserve });
-                }
-            }
-        }
-        let want = self.state == RoleState::Follower && self.vrrp_master && open;
-        if want && self.peer.as_ref().is_some_and(|p| p.leading) {
-            // VRRP lost the peer's adverts, but its heartbeats arrive: the
-            // second path says it lives. Step out of the election a while.
-            if self.ask_again.is_none() {
-                self.ask_again = Some(now + self.cfg.heartbeat_timeout);
-                self.update(now);
-            }
-            return;
-        }
-        if want && self.peer.is_some() && !self.consent {
-            if self.asking.is_none() && self.granted_until.is_none() && self.ask_again.is_none() {
-                self.asking = Some(now);
-                self.actions.push_back(Action::Ask {
-                    priority: self.cfg.priority,
-                });
-            }
-            return;
-        }
-        if want {
-            self.consent = false;
-            let gen = self.lineage.promote(self.me, self.peer_seen);
-            self.persist();
-            self.set_state(
-                RoleState::Promoting,
-                format!("VRRP master; starting generation {gen}"),
-            );
-            self.actions.push_back(Action::Promote { gen });
-        }
-        if self.state == RoleState::Leader && !self.vrrp_master {
-            self.set_state(RoleState::Demoting, "VRRP left master".into());
-            self.actions.push_back(Action::Demote {
-                why: "VRRP left master".into(),
             });
         }
     }

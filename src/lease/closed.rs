@@ -1,0 +1,317 @@
+//! [`Closed`]: which files a writer closed and nobody changed since, and
+//! when such a record may be trusted (sync cookies through the watch).
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::index::Stamp;
+use syncd_proto::path::RelPath;
+
+/// Beyond this many remembered closes the record starts over: files then
+/// wait for their lease or `settle_ms`, as without it.
+const CLOSED_MAX: usize = 1 << 16;
+
+/// How long a reader waits for the watch thread to reach a sync point.
+const SYNC_WAIT: Duration = Duration::from_millis(50);
+/// Shortest wait before a young record is looked at again.
+const RECHECK_MIN: Duration = Duration::from_millis(1);
+/// Wait before looking again when the watch thread was not seen in time.
+const RECHECK_BEHIND: Duration = Duration::from_millis(5);
+
+/// Each file's stamp when a writer last closed it (`IN_CLOSE_WRITE`),
+/// forgotten when it is written to again. Kept by the watch thread.
+///
+/// The stamp is taken when the watch thread *handles* the close, which may
+/// be after further writes through a server's cached descriptor whose own
+/// events are still queued: such a record describes a file in progress. So
+/// a record is trusted only once the watch thread is known to have handled
+/// every event queued up to a point `margin` past the file's ctime (see
+/// [`trust`]): a write that a record could hide was the file's last change
+/// (it set the ctime the stamp holds) or fell in that ctime's tick (it left
+/// it), so its event was queued by then and has dropped the record. The point is a sync
+/// cookie: a directory made in a private directory that this inotify
+/// instance also watches, queued behind everything before it (watchman's
+/// cookie files); each has its own name, so none is merged or mistaken.
+#[derive(Debug)]
+pub struct Closed {
+    map: Mutex<HashMap<RelPath, Stamp>>,
+    sync: Mutex<SyncState>,
+    acked: Condvar,
+    cookie: OnceLock<Cookie>,
+    margin: Duration,
+}
+
+#[derive(Debug, Default)]
+struct SyncState {
+    /// Cookies made and not yet seen, oldest first: number, when made.
+    asked: VecDeque<(u64, SystemTime)>,
+    next: u64,
+    /// Every event queued before this time has been handled.
+    drained: Option<SystemTime>,
+}
+
+/// The private directory cookies are made in; removed with the watch.
+#[derive(Debug)]
+struct Cookie {
+    dir: PathBuf,
+}
+
+impl Drop for Cookie {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Default for Closed {
+    fn default() -> Self {
+        Closed {
+            map: Mutex::default(),
+            sync: Mutex::default(),
+            acked: Condvar::new(),
+            cookie: OnceLock::new(),
+            margin: margin(),
+        }
+    }
+}
+
+/// What the record says about a file that someone holds open for writing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    /// Complete: the record matches and is old enough.
+    Yes,
+    /// Matches, but the watch thread must first be seen past `margin`
+    /// beyond the ctime: sync with it now.
+    Sync,
+    /// Matches, but too young: look again after this long.
+    Wait(Duration),
+}
+
+/// The rule, on times alone: a record whose file has `ctime` is trusted
+/// once every event queued before `ctime + margin` is known handled
+/// (`drained`). `margin` covers the coarse clock the kernel stamps files
+/// with (a stamp is up to one tick older than the write that set it) and
+/// the time from that stamp to the write's event (queued when the write
+/// returns).
+pub fn trust(
+    ctime: SystemTime,
+    drained: Option<SystemTime>,
+    now: SystemTime,
+    margin: Duration,
+) -> Trust {
+    let Some(at) = ctime.checked_add(margin) else {
+        return Trust::Wait(Duration::MAX);
+    };
+    if drained.is_some_and(|d| d >= at) {
+        Trust::Yes
+    } else if now >= at {
+        Trust::Sync
+    } else {
+        Trust::Wait(at.duration_since(now).unwrap_or_default())
+    }
+}
+
+/// Two ticks of the kernel's coarse clock (the file timestamp granularity,
+/// `CONFIG_HZ`) plus 2 ms for a write to return after stamping the file.
+pub(super) fn margin() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_getres writes one timespec we own.
+    let r = unsafe { libc::clock_getres(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+    let tick = if r == 0 && ts.tv_sec == 0 && ts.tv_nsec > 0 {
+        Duration::from_nanos(ts.tv_nsec as u64)
+    } else {
+        Duration::from_millis(10)
+    };
+    tick.clamp(Duration::from_millis(1), Duration::from_millis(10)) * 2 + Duration::from_millis(2)
+}
+
+/// `None` for a time `SystemTime` cannot hold (a corrupt inode).
+pub(super) fn ctime_of(s: &Stamp) -> Option<SystemTime> {
+    let (sec, nsec) = s.ctime;
+    let base = if sec >= 0 {
+        UNIX_EPOCH.checked_add(Duration::from_secs(sec as u64))
+    } else {
+        UNIX_EPOCH.checked_sub(Duration::from_secs(sec.unsigned_abs()))
+    };
+    base?.checked_add(Duration::from_nanos(u64::from(nsec)))
+}
+
+impl Closed {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<RelPath, Stamp>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, SyncState> {
+        self.sync.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A writer closed `rel`, which now looks like `m`.
+    pub fn closed(&self, rel: RelPath, m: &std::fs::Metadata) {
+        let mut map = self.map();
+        if map.len() >= CLOSED_MAX {
+            map.clear();
+        }
+        map.insert(rel, Stamp::of(m));
+    }
+
+    /// Forgets every record (events were lost).
+    pub fn clear(&self) {
+        self.map().clear();
+    }
+
+    /// `rel` was written to, truncated, removed or replaced.
+    pub fn forget(&self, rel: &RelPath) {
+        self.map().remove(rel);
+    }
+
+    /// Its metadata changed (chmod, utimes) or it was renamed to `to`,
+    /// but not its content: still the closed file, now looking like `m`.
+    pub fn moved(&self, from: &RelPath, to: RelPath, m: &std::fs::Metadata) {
+        let mut map = self.map();
+        if map.remove(from).is_some() {
+            map.insert(to, Stamp::of(m));
+        }
+    }
+
+    /// `rel` is, as `m` shows, exactly what its writer closed, and every
+    /// event that could say otherwise has been handled. May wait up to
+    /// [`SYNC_WAIT`] for the watch thread.
+    pub fn unchanged(&self, rel: &RelPath, m: &std::fs::Metadata) -> bool {
+        let stamp = Stamp::of(m);
+        if self.map().get(rel) != Some(&stamp) {
+            return false;
+        }
+        let Some((ctime, at)) =
+            ctime_of(&stamp).and_then(|c| Some((c, c.checked_add(self.margin)?)))
+        else {
+            return false;
+        };
+        let drained = self.state().drained;
+        match trust(ctime, drained, SystemTime::now(), self.margin) {
+            Trust::Yes => true,
+            Trust::Wait(_) => false,
+            Trust::Sync => {
+                let drained = self.sync_watch(at);
+                // Still recorded once the events before the sync point are
+                // handled: no write dropped it.
+                drained.is_some_and(|d| d >= at) && self.map().get(rel) == Some(&stamp)
+            }
+        }
+    }
+
+    /// The record matches `m` (trusted or not).
+    #[cfg(test)]
+    pub(crate) fn recorded(&self, rel: &RelPath, m: &std::fs::Metadata) -> bool {
+        self.map().get(rel) == Some(&Stamp::of(m))
+    }
+
+    /// For a file held back although a writer closed it: when to look again
+    /// (its record matches but is young), or `None` (a writer is at work:
+    /// its close or `settle_ms` of quiet decides). Bounded by `limit`.
+    pub fn recheck_in(
+        &self,
+        rel: &RelPath,
+        m: &std::fs::Metadata,
+        limit: Duration,
+    ) -> Option<Duration> {
+        let stamp = Stamp::of(m);
+        if self.map().get(rel) != Some(&stamp) {
+            return None;
+        }
+        let now = SystemTime::now();
+        let at = ctime_of(&stamp)?.checked_add(self.margin)?;
+        match at.duration_since(now) {
+            Ok(left) => Some(left.clamp(RECHECK_MIN, limit)),
+            // Past it and still not trusted: the watch thread is behind.
+            // Try again soon, but a record that stays unproven for
+            // `limit` is left to the settle rule.
+            Err(e) if e.duration() < limit => Some(RECHECK_BEHIND),
+            Err(_) => None,
+        }
+    }
+
+    /// Makes the private directory for sync cookies (see [`Closed`]);
+    /// the watch must then watch it. Without it no record is trusted.
+    pub(crate) fn make_cookie_dir(&self) -> std::io::Result<PathBuf> {
+        use std::os::unix::fs::DirBuilderExt;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let dir = std::env::temp_dir().join(format!(
+            "syncd-watch-{}-{}",
+            std::process::id(),
+            now.as_nanos()
+        ));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let _ = self.cookie.set(Cookie { dir: dir.clone() });
+        Ok(dir)
+    }
+
+    /// If `p` is a cookie, notes that the watch thread handled it (so every
+    /// event queued before it) and returns true.
+    pub(crate) fn cookie_seen(&self, p: &Path) -> bool {
+        let Some(c) = self.cookie.get() else {
+            return false;
+        };
+        if p.parent() != Some(c.dir.as_path()) {
+            return p == c.dir;
+        }
+        let n = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix('c'))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(n) = n {
+            let mut st = self.state();
+            // Earlier cookies were queued before this one: covered too.
+            while st.asked.front().is_some_and(|(k, _)| *k <= n) {
+                if let Some((_, t)) = st.asked.pop_front() {
+                    st.drained = Some(st.drained.map_or(t, |d| d.max(t)));
+                }
+            }
+            self.acked.notify_all();
+        }
+        true
+    }
+
+    /// Waits (bounded) until the watch thread is seen past `want` (not in
+    /// the future), making a cookie unless one made since serves; returns
+    /// the drained point then.
+    fn sync_watch(&self, want: SystemTime) -> Option<SystemTime> {
+        let cookie = self.cookie.get()?;
+        let mut st = self.state();
+        if st.drained.is_some_and(|d| d >= want) {
+            return st.drained;
+        }
+        // Readers of many young files share one cookie.
+        if st.asked.back().is_none_or(|(_, t)| *t < want) {
+            let made = SystemTime::now();
+            let n = st.next;
+            st.next += 1;
+            let p = cookie.dir.join(format!("c{n}"));
+            if let Err(e) = std::fs::create_dir(&p) {
+                tracing::debug!("watch sync cookie {}: {e}", p.display());
+                return st.drained;
+            }
+            let _ = std::fs::remove_dir(&p);
+            st.asked.push_back((n, made));
+        }
+        let deadline = std::time::Instant::now() + SYNC_WAIT;
+        while st.drained.is_none_or(|d| d < want) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            st = self
+                .acked
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        st.drained
+    }
+}

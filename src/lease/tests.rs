@@ -1,0 +1,116 @@
+use super::closed::margin;
+use super::*;
+use std::io::Write;
+use std::time::UNIX_EPOCH;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// The rule on a simulated clock. A server writes through its cached
+/// descriptor at `w` after its client's CLOSE, before the watch thread
+/// handled that close: the record then holds the written file's stamps
+/// (its ctime is `w` on a coarse clock, up to a tick earlier), and the
+/// write's own event is queued when the write returns.
+#[test]
+fn a_record_is_trusted_only_once_the_watch_is_drained_past_it() {
+    let tick = ms(4);
+    let margin = tick * 2 + ms(2);
+    let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let w = t0 + ms(1);
+    let ctime = w - ms(3); // the coarse clock's last tick
+    let event = w + ms(1); // the write returns: its event is queued
+                           // Drained to just before the write's event: the record may be the
+                           // partial file, so it is not trusted, however late we look.
+    for now in [w, w + ms(5), w + Duration::from_secs(60)] {
+        assert_ne!(trust(ctime, Some(event - ms(1)), now, margin), Trust::Yes);
+    }
+    // Too young to sync: wait for just the rest of the margin.
+    assert_eq!(
+        trust(ctime, None, ctime + ms(4), margin),
+        Trust::Wait(margin - ms(4))
+    );
+    // Old enough: a sync point is needed, and a sync point made after
+    // ctime + margin is after the write's event, which drops the record.
+    assert_eq!(trust(ctime, None, ctime + margin, margin), Trust::Sync);
+    assert!(ctime + margin >= event, "the margin covers tick and write");
+    assert_eq!(
+        trust(ctime, Some(ctime + margin), ctime + margin, margin),
+        Trust::Yes
+    );
+    // A same-size rewrite within the tick of the record leaves the
+    // stamps as they were; its event is queued before ctime + margin,
+    // so a drain point that does not cover it does not trust either.
+    let rewrite_event = ctime + tick - ms(1) + ms(2);
+    assert_ne!(
+        trust(ctime, Some(rewrite_event - ms(1)), ctime + ms(30), margin),
+        Trust::Yes
+    );
+    assert!(rewrite_event <= ctime + margin);
+}
+
+/// Quiet is counted from the ctime, whatever the mtime says.
+#[test]
+fn a_file_is_quiet_by_its_ctime_not_its_mtime() {
+    let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let quiet = ms(500);
+    assert_eq!(quiet_left(Some(now - ms(600)), now, quiet), Some(ms(0)));
+    assert_eq!(quiet_left(Some(now - ms(200)), now, quiet), Some(ms(300)));
+    // A ctime ahead of the clock (stepped back) or unknown: not quiet.
+    assert_eq!(quiet_left(Some(now + ms(1)), now, quiet), None);
+    assert_eq!(quiet_left(None, now, quiet), None);
+}
+
+#[test]
+fn the_margin_is_at_least_two_ticks_of_the_file_clock() {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: as in `margin`.
+    assert_eq!(
+        unsafe { libc::clock_getres(libc::CLOCK_REALTIME_COARSE, &mut ts) },
+        0
+    );
+    let tick = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+    assert!(margin() >= tick.min(ms(10)) * 2 + ms(2), "{:?}", margin());
+}
+
+#[test]
+fn a_writer_makes_the_file_busy_and_breaks_a_lease() {
+    ignore_break_signal();
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("f");
+    std::fs::write(&p, b"x").unwrap();
+    let r = File::open(&p).unwrap();
+    if take(&r) == Lease::Unsupported {
+        syncd_testkit::skip::skip(
+            "a_writer_makes_the_file_busy_and_breaks_a_lease",
+            "file leases are not supported here",
+        );
+        return;
+    }
+    assert!(intact(&r));
+    drop(r);
+    let mut w = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+    let r = File::open(&p).unwrap();
+    assert_eq!(take(&r), Lease::Busy, "open for writing elsewhere");
+    w.write_all(b"y").unwrap();
+    drop(w);
+    drop(r);
+    let r = File::open(&p).unwrap();
+    assert_eq!(take(&r), Lease::Held);
+    // A writer arriving breaks it (the opener waits for our release or the
+    // break timeout, so it runs on another thread).
+    let p2 = p.clone();
+    let t = std::thread::spawn(move || {
+        std::fs::OpenOptions::new().append(true).open(p2).unwrap();
+    });
+    let t0 = std::time::Instant::now();
+    while intact(&r) && t0.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(!intact(&r));
+    drop(r);
+    t.join().unwrap();
+}

@@ -1,0 +1,124 @@
+//! Carrying out the Receiver's effects: lanes, syncs, replies.
+
+use std::sync::atomic::Ordering;
+
+use super::{blocking, Shell};
+use crate::standby::accept::SessionError;
+use crate::standby::local;
+use crate::standby::lock;
+use crate::standby::stage::Job;
+use crate::wire::{self, Failure, Reply, Request};
+use syncd_proto::receiver::Effect;
+
+impl Shell {
+    /// Carries out what the Receiver asks, in order, for request `msg`.
+    pub(super) async fn effects(&mut self, mut msg: Option<Request>) -> Result<(), SessionError> {
+        // A digest walk's rounds come one after another: anything else
+        // ends it, and its tree (a hundred bytes a file) is not kept.
+        if msg.is_some() && !matches!(msg, Some(Request::Digests { .. })) {
+            self.digests = None;
+        }
+        while let Some(e) = self.rx.poll_effect() {
+            match e {
+                Effect::Forward { lane } => {
+                    let op = msg
+                        .take()
+                        .ok_or_else(|| SessionError::Protocol("request forwarded twice".into()))?;
+                    self.lanes.send(lane, Job::Op(op)).await?
+                }
+                Effect::Drop { lane, id } => self.lanes.send(lane, Job::Drop(id)).await?,
+                Effect::Flush => {
+                    let failures = self.lanes.flush().await?;
+                    self.rx.handle_flushed(failures);
+                }
+                Effect::Sync => {
+                    self.sync().await?;
+                    self.rx.handle_synced();
+                }
+                Effect::List => self.list(msg.take()).await?,
+                Effect::RecordCommit { id } => {
+                    if let Some(f) = &mut self.follow {
+                        f.record_commit(id)
+                    }
+                }
+                Effect::CaughtUp => self.caught_up().await,
+                Effect::BarrierDone {
+                    id,
+                    failures,
+                    dropped,
+                } => self.barrier_done(id, failures, dropped).await?,
+                Effect::Finished => self.finished().await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The export, then the placed-file ledger, durable.
+    async fn sync(&self) -> Result<(), SessionError> {
+        let sh = self.shared.clone();
+        blocking(move || {
+            if sh.durable {
+                sh.root.sync()?;
+            }
+            // What syncd put, durable before the acknowledgement; a failure
+            // here costs at most false reports after a crash, never the
+            // commit.
+            if let Err(e) = lock(&sh.placed).sync(sh.durable) {
+                tracing::warn!("{e}");
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn caught_up(&mut self) {
+        if let Some(f) = &mut self.follow {
+            f.caught_up()
+        }
+        let sh = self.shared.clone();
+        if let Err(e) = blocking(move || local::rebase_if_unknown(&sh)).await {
+            tracing::warn!("cannot record the export after the catch-up: {e}");
+        }
+    }
+
+    async fn barrier_done(
+        &mut self,
+        id: u64,
+        failures: Vec<Failure>,
+        dropped: u64,
+    ) -> Result<(), SessionError> {
+        if dropped > 0 && !self.features.failures_dropped {
+            // The primary cannot hear "and N more": end the session; its
+            // reconnect compares the whole tree.
+            let reason = format!("{dropped} more files failed than the standby reports one by one; reconnect to compare the whole tree");
+            let _ = self
+                .reply
+                .send(Reply::Fatal {
+                    reason: reason.clone(),
+                })
+                .await;
+            return Err(SessionError::Protocol(reason));
+        }
+        for r in wire::barrier_replies(id, failures, dropped) {
+            let _ = self.reply.send(r).await;
+        }
+        Ok(())
+    }
+
+    /// The session's end: the ledger checkpointed, the index saved, then
+    /// the reply.
+    async fn finished(&mut self) -> Result<(), SessionError> {
+        let sh = self.shared.clone();
+        blocking(move || {
+            if let Err(e) = lock(&sh.placed).checkpoint() {
+                tracing::warn!("{e}");
+            }
+            lock(&sh.index).save().map_err(std::io::Error::other)
+        })
+        .await?;
+        let committed = self.shared.committed.swap(0, Ordering::Relaxed);
+        let _ = self.reply.send(Reply::Finished { committed }).await;
+        Ok(())
+    }
+}

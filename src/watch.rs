@@ -68,6 +68,7 @@ impl Watch {
                 // A sync cookie (see `Closed`): not a change.
                 Ok(ev) if ev.paths.first().is_some_and(|p| c.cookie_seen(p)) => return,
                 Ok(ev) => {
+                    tracing::trace!(kind = ?ev.kind, paths = ?ev.paths, "event");
                     note(&c, &root, &ev);
                     translate(&root, &ev)
                 }

@@ -55,17 +55,19 @@ pub(super) fn keeper(p: &Preserve) -> Option<Arc<Keeper>> {
     lock(p).clone()
 }
 
-/// Makes a batch of verified files durable, then renames them into place in order.
+/// Makes a batch of verified files durable (unless `synced`: flushed since
+/// they were written), then renames them into place in order.
 pub(super) fn commit_batch(
     sh: &Shared,
     pending: &mut Vec<Verified<'_>>,
+    synced: bool,
     fail: &impl Fn(&RelPath, String, bool),
     keep: &impl Fn(&RelPath, bool) -> bool,
 ) {
     if pending.is_empty() {
         return;
     }
-    if sh.durable {
+    if sh.durable && !synced {
         if let Err(e) = sh.root.sync() {
             for v in pending.drain(..) {
                 fail(&v.path, format!("syncfs: {e}"), false);

@@ -24,7 +24,15 @@ pub(super) enum Job {
     Op(Request),
     /// The Receiver refused more of this file: drop what was staged.
     Drop(u64),
-    Flush(std::sync::mpsc::Sender<()>),
+    /// Says whether verified files wait for a commit, once everything
+    /// sent before is done.
+    Ready(std::sync::mpsc::Sender<bool>),
+    /// Commits them; `synced`: the export was flushed after they were
+    /// written (one `syncfs` for every lane), else each lane flushes.
+    Commit {
+        synced: bool,
+        done: std::sync::mpsc::Sender<()>,
+    },
 }
 
 /// Failures the lanes met since the last barrier.
@@ -35,6 +43,7 @@ pub(super) type InFlightCount = Arc<AtomicUsize>;
 
 /// A stream's worker threads.
 pub(super) struct Lanes {
+    sh: Arc<Shared>,
     txs: Vec<mpsc::Sender<Job>>,
     threads: Vec<std::thread::JoinHandle<()>>,
     failures: Failures,
@@ -52,6 +61,7 @@ impl Lanes {
     ) -> Lanes {
         let failures = Failures::default();
         let mut lanes = Lanes {
+            sh: sh.clone(),
             txs: Vec::new(),
             threads: Vec::new(),
             failures: failures.clone(),
@@ -78,12 +88,31 @@ impl Lanes {
     }
 
     /// Every lane has done and committed what it was given; the failures
-    /// since the last flush.
+    /// since the last flush. One `syncfs` for all lanes' files, not one
+    /// per lane: it is most of a small batch's time at the standby.
     pub(super) async fn flush(&self) -> Result<FailureLog, SessionError> {
-        let mut waits = Vec::new();
+        let mut ready = Vec::new();
         for tx in &self.txs {
             let (t, r) = std::sync::mpsc::channel();
-            tx.send(Job::Flush(t)).await.map_err(|_| stopped())?;
+            tx.send(Job::Ready(t)).await.map_err(|_| stopped())?;
+            ready.push(r);
+        }
+        let sh = self.sh.clone();
+        let synced = tokio::task::spawn_blocking(move || {
+            // Every lane answers (or has stopped) before the flush.
+            let pending = ready
+                .into_iter()
+                .fold(false, |any, r| r.recv() == Ok(true) || any);
+            // A failed flush: each lane flushes and reports its own files.
+            pending && sh.durable && sh.root.sync().is_ok()
+        })
+        .await
+        .map_err(|e| SessionError::Protocol(e.to_string()))?;
+        let mut waits = Vec::new();
+        for tx in &self.txs {
+            let (done, r) = std::sync::mpsc::channel();
+            let job = Job::Commit { synced, done };
+            tx.send(job).await.map_err(|_| stopped())?;
             waits.push(r);
         }
         tokio::task::spawn_blocking(move || {
@@ -138,8 +167,11 @@ impl Lane {
         };
         while let Some(job) = rx.blocking_recv() {
             match job {
-                Job::Flush(done) => {
-                    self.commit(&mut w);
+                Job::Ready(tx) => {
+                    let _ = tx.send(!w.pending.is_empty());
+                }
+                Job::Commit { synced, done } => {
+                    self.commit(&mut w, synced);
                     let _ = done.send(());
                 }
                 Job::Drop(id) => {
@@ -197,9 +229,11 @@ impl Lane {
         }
     }
 
-    fn commit(&self, w: &mut Work<'_>) {
+    /// `synced`: the export was flushed since these files were written.
+    fn commit(&self, w: &mut Work<'_>, synced: bool) {
         let fail = |p: &RelPath, e: String, r: bool| self.fail(p, e, r);
-        commit_batch(&self.sh, &mut w.pending, &fail, &|p, d| self.keep(p, d));
+        let keep = |p: &RelPath, d| self.keep(p, d);
+        commit_batch(&self.sh, &mut w.pending, synced, &fail, &keep);
         w.pending_bytes = 0;
         lock(&self.sh.placed).flush(); // metadata changes recorded too
     }

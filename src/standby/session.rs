@@ -175,6 +175,7 @@ pub(super) async fn run(
             preserve,
         }),
         digests: None,
+        rebase: None,
     };
     let result = shell.serve(&mut recv).await;
     if let Some(s) = streams {
@@ -202,6 +203,8 @@ struct Shell {
     /// This side's directory digests during a digest walk (built at its
     /// first query, dropped at the listing that ends it).
     digests: Option<Arc<syncd_proto::digest::Tree>>,
+    /// The ledger's rebase after the catch-up, running beside the session.
+    rebase: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Shell {
@@ -287,10 +290,13 @@ impl Shell {
                     if let Some(f) = &mut self.follow {
                         f.caught_up()
                     }
+                    // Off the reply path: a walk of the whole export.
                     let sh = self.shared.clone();
-                    if let Err(e) = blocking(move || local::rebase_if_unknown(&sh)).await {
-                        tracing::warn!("cannot record the export after the catch-up: {e}");
-                    }
+                    self.rebase = Some(tokio::task::spawn_blocking(move || {
+                        if let Err(e) = local::rebase_if_unknown(&sh) {
+                            tracing::warn!("cannot record the export after the catch-up: {e}");
+                        }
+                    }));
                 }
                 Effect::BarrierDone {
                     id,
@@ -314,6 +320,10 @@ impl Shell {
                     }
                 }
                 Effect::Finished => {
+                    // Local writes are told apart once the session is over.
+                    if let Some(r) = self.rebase.take() {
+                        let _ = r.await;
+                    }
                     let sh = self.shared.clone();
                     blocking(move || {
                         if let Err(e) = lock(&sh.placed).checkpoint() {
@@ -502,6 +512,7 @@ async fn file_stream(
         shared: sh,
         follow: None,
         digests: None,
+        rebase: None,
     };
     let result = shell.serve(&mut recv).await;
     shell.close(&result, writer).await;

@@ -336,9 +336,8 @@ impl Lane {
             return;
         }
         let ours = local::is_ours(&self.sh, from);
-        match self.sh.root.rename(from, to) {
+        match local::rename(&self.sh, from, to, ours, || self.sh.root.rename(from, to)) {
             Ok(()) => {
-                local::moved(&self.sh, from, to, ours);
                 self.sh.sigs.remove(from);
                 self.sh.sigs.remove(to);
                 let mut ix = lock(&self.sh.index);

@@ -157,6 +157,10 @@ pub fn hash_reader(mut r: impl Read) -> std::io::Result<Hash> {
 
 pub use syncd_proto::path::walk_order;
 
+/// Called with each directory a scan enters, before it reads its names
+/// (the primary watches it there: see [`crate::watch::DirWatcher`]).
+pub type DirHook = Box<dyn FnMut(&RelPath) + Send>;
+
 /// Accumulates entries in walk order, grouping hard links.
 #[derive(Default)]
 struct Collector {
@@ -167,6 +171,7 @@ struct Collector {
     groups: HashMap<(u64, u64), (Vec<RelPath>, u64)>,
     /// A daemon's walk removes the temporary files of its earlier runs.
     sweep: Option<leftovers::Sweep>,
+    on_dir: Option<DirHook>,
 }
 
 impl Collector {
@@ -239,7 +244,7 @@ impl Collector {
             Err(e) => return self.unreadable(path, &e),
         };
         match self.visit(&f, path.clone(), &m) {
-            Ok(true) if m.is_dir() => match read_names(&f) {
+            Ok(true) if m.is_dir() => match self.read_dir(&f, &path) {
                 Ok(names) => stack.push(Frame {
                     dir: f,
                     rel: Some(path),
@@ -252,6 +257,14 @@ impl Collector {
             Err(e) if vanished(&e) => {}
             Err(e) => self.unreadable(path, &e),
         }
+    }
+
+    /// The names in the directory `f` at `path`, after the hook has seen it.
+    fn read_dir(&mut self, f: &File, path: &RelPath) -> std::io::Result<Vec<Vec<u8>>> {
+        if let Some(h) = &mut self.on_dir {
+            h(path);
+        }
+        read_names(f)
     }
 
     /// Walks depth-first, names sorted per directory, until `stack` is empty.
@@ -325,10 +338,23 @@ impl Collector {
 /// from `index` when the stamp still matches unless `force` is set. Only
 /// the root itself being unreadable is an error.
 pub fn scan(root: &Path, index: &mut Index, hash: bool, force: bool) -> std::io::Result<Scan> {
+    scan_with(root, index, hash, force, None)
+}
+
+/// [`scan`], calling `on_dir` with each directory beneath the root before
+/// reading it.
+pub fn scan_with(
+    root: &Path,
+    index: &mut Index,
+    hash: bool,
+    force: bool,
+    on_dir: Option<DirHook>,
+) -> std::io::Result<Scan> {
     let dir = open_root(root)?;
     let names = read_names(&dir)?;
     let mut c = Collector {
         sweep: leftovers::current(),
+        on_dir,
         ..Collector::default()
     };
     c.walk(vec![Frame {

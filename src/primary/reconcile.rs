@@ -174,9 +174,11 @@ async fn both_sides(
     let root = cfg.export.clone();
     let mut ix = std::mem::take(index);
     let local_scope = scope.clone();
+    // A whole-tree scan watches each directory before reading it.
+    let hook = o.watch_dirs.clone().map(|w| w.hook());
     let local = tokio::task::spawn_blocking(move || {
         let r = match &local_scope {
-            None => scan::scan(&root, &mut ix, checksum, checksum),
+            None => scan::scan_with(&root, &mut ix, checksum, checksum, hook),
             Some(sc) => scan::scan_scoped(&root, &mut ix, sc, checksum),
         };
         (r, ix)

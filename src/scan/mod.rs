@@ -92,10 +92,13 @@ pub fn scan_with(
         rel: None,
         names,
     }]);
-    // Forget paths that are gone so the index does not grow forever.
-    let live: std::collections::HashSet<&[u8]> =
-        c.out.entries.iter().map(|e| e.path.as_bytes()).collect();
-    index.retain(|k| live.contains(k));
+    // Forget paths that are gone so the index does not grow forever (an
+    // empty one, at a first start, needs no set of every path).
+    if !index.is_empty() {
+        let live: std::collections::HashSet<&[u8]> =
+            c.out.entries.iter().map(|e| e.path.as_bytes()).collect();
+        index.retain(|k| live.contains(k));
+    }
     c.finish(&dir, index, hash, force)
 }
 

@@ -86,7 +86,7 @@ pub fn scan_with(
 ) -> std::io::Result<Scan> {
     let dir = open_root(root)?;
     let names = read_names(&dir)?;
-    let mut c = Collector::sweeping(on_dir);
+    let mut c = Collector::sweeping(hash, on_dir);
     c.walk(vec![Frame {
         dir: dir.try_clone()?,
         rel: None,
@@ -99,7 +99,7 @@ pub fn scan_with(
             c.out.entries.iter().map(|e| e.path.as_bytes()).collect();
         index.retain(|k| live.contains(k));
     }
-    c.finish(&dir, index, hash, force)
+    c.finish(&dir, index, force)
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ pub fn scan_scoped(
     let dir = open_root(root)?;
     let mut items: Vec<&Scope> = scope.iter().collect();
     items.sort_by(|a, b| walk_order(&a.path, &b.path).then(b.recursive.cmp(&a.recursive)));
-    let mut c = Collector::default();
+    let mut c = Collector::new(hash);
     let mut covered: Option<&RelPath> = None; // last recursive scope: its subtree is done
     let mut last: Option<&RelPath> = None;
     for s in items {
@@ -47,7 +47,7 @@ pub fn scan_scoped(
             visit_one(&mut c, &f, &s.path);
         }
     }
-    c.finish(&dir, index, hash, false)
+    c.finish(&dir, index, false)
 }
 
 /// An `O_PATH` descriptor for the scope's path; `None` when it is gone, lies

@@ -7,7 +7,8 @@
 # Steps, one tree per run (FILES small files of a few bytes in FILES/10
 # directories, two levels: FILES/1000 top directories of 100 each):
 #   1. first sync: both daemons started on an empty standby, time until the
-#      primary says "in sync; following changes"; then SETTLE s idle, and
+#      primary connects (what its start took) and until it says "in sync;
+#      following changes"; then SETTLE s idle, and
 #      the primary's lost-event counters (overflows, full reconciles) read;
 #   2. latency: WRITES new small files written one by one after "in sync",
 #      change->replica p50/p99 (benches/live_load.py);
@@ -169,6 +170,8 @@ lost_line() {
 # --- 1. first sync -------------------------------------------------------------
 echo "== 1. first sync ($FILES files, durable=$DURABLE) =="
 start_pair ""
+wait_for_line "$B/primary.log" "connected to the standby" 3600
+echo "  connected after $(secs "$T_START" "$(now)") s"
 wait_for_line "$B/primary.log" "in sync; following changes" 7200
 echo "  in sync after $(secs "$T_START" "$(now)") s"
 sleep "$SETTLE"
@@ -187,6 +190,8 @@ echo "== 3. restart of the in-sync pair =="
 stop "$PR"; stop "$SB"
 sync
 start_pair .restart
+wait_for_line "$B/primary.restart.log" "connected to the standby" 3600
+echo "  connected after $(secs "$T_START" "$(now)") s"
 wait_for_line "$B/primary.restart.log" "in sync; following changes" 3600
 t1=$(now)
 echo "  in sync after $(secs "$T_START" "$t1") s; wire: primary sent $(metric wire_tx_bytes_total) B, received $(metric wire_rx_bytes_total) B"

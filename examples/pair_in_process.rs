@@ -59,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
         delete: true,
         progress: false,
         take_over: false,
+        watch_dirs: None,
     };
     println!("{}", primary::resync(&cfg, &o).await?);
     let diffs = primary::verify(&cfg).await?;

@@ -571,3 +571,53 @@ fn reading_the_export_queues_no_events() {
     p.wait_equal(Duration::from_secs(10));
     assert_eq!(p.metric("overflows_total"), 0.0, "{}", p.primary_log());
 }
+
+/// The start watches each directory as its first scan enters it (no
+/// separate walk adding every watch first): files written into many
+/// directories while the primary starts, scans and goes live all arrive,
+/// whether a directory was scanned before or after the write.
+#[test]
+fn writes_into_many_directories_during_the_start_all_arrive() {
+    let mut p = Pair::new();
+    let root = p.primary();
+    let dirs: Vec<PathBuf> = (0..300)
+        .map(|d| root.join(format!("d{d}/s{}", d % 7)))
+        .collect();
+    for d in &dirs {
+        std::fs::create_dir_all(d).unwrap();
+        for f in 0..4 {
+            std::fs::write(d.join(format!("f{f}")), b"seed").unwrap();
+        }
+    }
+    p.start_standby();
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writer = {
+        let (dirs, stop, rounds) = (dirs.clone(), stop.clone(), rounds.clone());
+        std::thread::spawn(move || {
+            let mut round = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                // Across the tree in a different order each round, so some
+                // writes land just before and some just after the scan.
+                for i in 0..dirs.len() {
+                    let d = &dirs[(i * 7 + round * 13) % dirs.len()];
+                    std::fs::write(d.join(format!("w{}", round % 3)), format!("{round}")).unwrap();
+                }
+                round += 1;
+                rounds.store(round, Ordering::Relaxed);
+            }
+        })
+    };
+    start_primary(&mut p);
+    p.wait_live();
+    // A few whole rounds after "in sync" too: every directory is watched.
+    let live_at = rounds.load(Ordering::Relaxed);
+    while rounds.load(Ordering::Relaxed) < live_at + 3 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    p.wait_equal(Duration::from_secs(60));
+    p.assert_equal();
+    assert_eq!(p.metric("overflows_total"), 0.0, "{}", p.primary_log());
+}

@@ -34,6 +34,7 @@ pub(crate) fn resync(cli: &Global, f: ResyncFlags) -> Result<ExitCode> {
         delete: if f.no_delete { false } else { cfg.sync.delete },
         progress: std::io::stderr().is_terminal(),
         take_over: f.take_over,
+        watch_dirs: None,
     };
     // Formats checked, but the state not moved: a daemon may be
     // running from the old place; its next start moves it.

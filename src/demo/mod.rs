@@ -134,6 +134,7 @@ fn resyncs(
         delete: true,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         take_over: false,
+        watch_dirs: None,
     };
     let first = rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -165,6 +165,7 @@ impl Driver {
             defer_links: Some(Default::default()),
             checksum: cfg.sync.checksum,
             delete: cfg.sync.delete,
+            watch_dirs: watch.as_ref().map(|w| w.dirs()),
             ..ResyncOptions::default()
         };
         // Ready once changes are being recorded, not once the standby

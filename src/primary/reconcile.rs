@@ -134,11 +134,16 @@ async fn reconcile_with(
             owners,
         },
     );
+    // Past the plan the listings are not needed: at a first sync of a
+    // million files they were the largest thing held while content went.
+    let skipped = std::mem::take(&mut local.skipped);
+    drop((local, remote));
+    let mut p = p;
     let bytes_delta = p.files.iter().filter(|f| f.delta).map(|f| f.size).sum();
     let mut sum = Summary {
         scanned,
         unchanged: p.unchanged,
-        skipped: local.skipped.clone(),
+        skipped,
         content_bytes: p.content_bytes,
         bytes_whole: p.content_bytes - bytes_delta,
         bytes_delta,
@@ -151,7 +156,7 @@ async fn reconcile_with(
         dry_run(&p, &mut sum);
     } else {
         progress.start(p.content_bytes, p.files.len());
-        execute(s, cfg, o, &p, &mut sum, index, progress.clone()).await?;
+        execute(s, cfg, o, &mut p, &mut sum, index, progress.clone()).await?;
         progress.finish();
     }
     sum.elapsed = t0.elapsed();
@@ -174,9 +179,11 @@ async fn both_sides(
     let root = cfg.export.clone();
     let mut ix = std::mem::take(index);
     let local_scope = scope.clone();
+    // A whole-tree scan watches each directory before reading it.
+    let hook = o.watch_dirs.clone().map(|w| w.hook());
     let local = tokio::task::spawn_blocking(move || {
         let r = match &local_scope {
-            None => scan::scan(&root, &mut ix, checksum, checksum),
+            None => scan::scan_with(&root, &mut ix, checksum, checksum, hook),
             Some(sc) => scan::scan_scoped(&root, &mut ix, sc, checksum),
         };
         (r, ix)
@@ -239,7 +246,7 @@ async fn execute(
     s: &mut Session,
     cfg: &Config,
     o: &ResyncOptions,
-    p: &Plan,
+    p: &mut Plan,
     sum: &mut Summary,
     index: &mut Index,
     progress: Arc<dyn Progress>,
@@ -272,7 +279,8 @@ async fn execute(
     let f = s.barrier(next_barrier()).await?;
     sum.failures.extend(f);
     // 2. Content, and symlinks.
-    content(s, cfg, o, p, sum, index, progress, &mut next_barrier).await?;
+    let files = std::mem::take(&mut p.files);
+    content(s, cfg, o, p, files, sum, index, progress, &mut next_barrier).await?;
     // 3. Hard links (their leaders are now in place), then metadata, deepest first.
     for (path, leader) in &p.links {
         s.send(&Request::Link {
@@ -294,34 +302,33 @@ async fn execute(
     Ok(())
 }
 
-/// Large files and deltas start on their own streams first, so they run
-/// while the small files stream in order on the control stream; a small
-/// file that failed its content check is resent whole.
+/// `files` (taken out of `p`) are sent: large files and deltas start on
+/// their own streams first, so they run while the small files stream in
+/// order on the control stream; a small file that failed its content check
+/// is resent whole.
 #[allow(clippy::too_many_arguments)]
 async fn content(
     s: &mut Session,
     cfg: &Config,
     o: &ResyncOptions,
     p: &Plan,
+    files: Vec<FileOp>,
     sum: &mut Summary,
     index: &mut Index,
     progress: Arc<dyn Progress>,
     next_barrier: &mut impl FnMut() -> u64,
 ) -> Result<(), ClientError> {
     let settle = o.settle.clone();
-    let (large, small): (Vec<&FileOp>, Vec<&FileOp>) = p
-        .files
-        .iter()
+    // Owned, not cloned: each file's path moves on into its job.
+    let (large, small): (Vec<FileOp>, Vec<FileOp>) = files
+        .into_iter()
         .partition(|f| f.delta || f.size > syncd_proto::sender::SMALL);
     for f in large {
         if s.transfers().busy(&f.path) {
             // Still going from an earlier batch; its end re-checks the path.
             continue;
         }
-        if let Some(o) = s
-            .start_transfer(f.clone(), settle.clone(), progress.clone())
-            .await
-        {
+        if let Some(o) = s.start_transfer(f, settle.clone(), progress.clone()).await {
             s.absorb_transfer(o, sum, index);
         }
     }

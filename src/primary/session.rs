@@ -8,10 +8,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use syncd_proto::sender::{Answer, Expect, Sender, SenderConfig, SenderError};
+use syncd_proto::sender::{Answer, Expect, Sender, SenderConfig};
 
-use super::reply::{answer, ReplyError, StreamReply};
-use super::stream::{Stream, StreamError};
+use super::reply::{answer, StreamReply};
+use super::stream::Stream;
 use super::summary::Summary;
 use super::transfer::{Outcome, Sent, Transfers};
 use crate::config::Config;
@@ -23,67 +23,10 @@ use crate::wire::{self, Entry, Failure, Purpose, Request, Scope, Speaks};
 use syncd_proto::pair::lineage::{Lineage, NodeId};
 use syncd_proto::path::RelPath;
 
-impl From<StreamError> for ClientError {
-    fn from(e: StreamError) -> ClientError {
-        match e {
-            StreamError::Fatal(r) => ClientError::Fatal(r),
-            StreamError::Closed => ClientError::Protocol("standby closed the session".into()),
-            StreamError::Wire(w) => ClientError::Wire(w),
-            StreamError::Timeout(d) => ClientError::Timeout(d),
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    #[error(transparent)]
-    Tls(#[from] tls::TlsError),
-    #[error("cannot connect to standby {0}: {1}")]
-    Connect(SocketAddr, String),
-    #[error("standby refused the session: {0}")]
-    Refused(String, Option<Lineage>),
-    #[error("standby reported a fatal error: {0}")]
-    Fatal(String),
-    #[error("protocol: {0}")]
-    Protocol(String),
-    #[error(transparent)]
-    Wire(#[from] wire::WireError),
-    #[error("local export: {0}")]
-    Io(#[from] std::io::Error),
-    #[error(
-        "no reply from the standby within {0:?}: it is hung or overloaded; ending the session"
-    )]
-    Timeout(Duration),
-}
-
-impl From<SenderError> for ClientError {
-    fn from(e: SenderError) -> ClientError {
-        match e {
-            SenderError::Refused { reason, lineage } => ClientError::Refused(reason, lineage),
-            SenderError::Fatal(r) => ClientError::Fatal(r),
-            SenderError::Timeout(d) => ClientError::Timeout(d),
-            SenderError::Ended => ClientError::Protocol("standby closed the session".into()),
-            e => ClientError::Protocol(e.to_string()),
-        }
-    }
-}
-
-impl From<ReplyError> for ClientError {
-    fn from(e: ReplyError) -> ClientError {
-        match e {
-            ReplyError::Stream(e) => e.into(),
-            ReplyError::Sender(e) => e.into(),
-        }
-    }
-}
-
-pub use syncd_proto::sender::{MAX_LIST_BYTES, MAX_LIST_ENTRIES};
-
-pub(crate) fn record_error(e: crate::generation::RecordError) -> ClientError {
-    ClientError::Io(std::io::Error::other(e.to_string()))
-}
+mod connect;
+mod error;
+pub(crate) use error::record_error;
+pub use error::{ClientError, MAX_LIST_BYTES, MAX_LIST_ENTRIES};
 
 /// The version the peer last chose: the next Hello says it first, so a
 /// standby of the previous release is not refused at every reconnect. Our
@@ -117,126 +60,6 @@ pub struct Session {
 }
 
 impl Session {
-    /// Opens a session as `me` (our node and generation, sent in the Hello).
-    pub async fn connect(
-        cfg: &Config,
-        purpose: Purpose,
-        me: &Leading,
-    ) -> Result<Session, ClientError> {
-        Session::connect_as(cfg, purpose, me.node, &me.record.lineage).await
-    }
-
-    /// [`Session::connect`] with the node and lineage given directly.
-    /// Speaks the highest protocol version both nodes do.
-    pub async fn connect_as(
-        cfg: &Config,
-        purpose: Purpose,
-        node: NodeId,
-        lineage: &Lineage,
-    ) -> Result<Session, ClientError> {
-        use syncd_proto::version::{refused_for_version, VersionError};
-        let ours = Speaks::OURS;
-        let first = match LAST_SPOKEN.load(Ordering::Relaxed) {
-            v if ours.contains(v) => v,
-            _ => ours.max,
-        };
-        match Session::connect_speaking(cfg, purpose.clone(), node, lineage, first).await {
-            // Release 6 refuses any version but its own (it closed this
-            // connection): speak its version on a new one, if we can.
-            Err(ClientError::Refused(reason, None)) => match refused_for_version(&reason) {
-                Some(v) if ours.contains(v) && v != first => {
-                    tracing::info!("the standby runs an older release: speaking protocol {v}");
-                    Session::connect_speaking(cfg, purpose, node, lineage, v).await
-                }
-                Some(v) if !ours.contains(v) => {
-                    let theirs = Speaks::only(v);
-                    let e = VersionError::TooOld { theirs, ours };
-                    Err(ClientError::Refused(e.to_string(), None))
-                }
-                _ => Err(ClientError::Refused(reason, None)),
-            },
-            r => r,
-        }
-    }
-
-    /// Opens a session whose Hello says `version` (all a release before
-    /// ranges reads) followed by every version we speak.
-    async fn connect_speaking(
-        cfg: &Config,
-        purpose: Purpose,
-        node: NodeId,
-        lineage: &Lineage,
-        version: u32,
-    ) -> Result<Session, ClientError> {
-        let speaks = Speaks::OURS;
-        let (endpoint, conn, send, recv) = dial(cfg).await?;
-        let sender = Sender::new(SenderConfig {
-            reply_deadline: cfg.sync.reply_timeout,
-            ..SenderConfig::default()
-        });
-        let mut ctl = Stream::new(send, recv);
-        // The deadline is the Sender core's.
-        ctl.deadline = None;
-        let mut s = Session {
-            peer: None,
-            peer_version: (0, String::new()),
-            peer_speaks: speaks,
-            transfers: Transfers::new(conn.clone(), cfg.export.clone(), cfg.sync.reply_timeout),
-            conn,
-            ctl,
-            _endpoint: endpoint,
-            delta_bytes: 0,
-            files_tx: 0,
-            files_rx: 0,
-            sender,
-            standby_policy: None,
-        };
-        // Our versions trail the Hello; a release that predates ranges
-        // reads only `version` and ignores them.
-        let hello = Request::Hello {
-            version,
-            export_id: cfg.export_id.clone(),
-            node_id: cfg.node_id.clone(),
-            purpose,
-            node,
-            lineage: lineage.clone(),
-        };
-        let frame = postcard::to_stdvec(&(&hello, &speaks)).map_err(wire::WireError::from)?;
-        s.send_frame(&frame).await?;
-        s.sender.expect(Expect::Welcome, Instant::now());
-        // A refusal (another version, another export, newer data) is the
-        // Sender's error value, with the standby's reason and generation.
-        match s.answer().await? {
-            (
-                Answer::Welcome {
-                    node,
-                    lineage,
-                    version,
-                },
-                StreamReply::Welcome(node_id),
-            ) => {
-                if !speaks.contains(version) {
-                    let e = format!(
-                        "the standby chose protocol version {version}; this node speaks {speaks}"
-                    );
-                    return Err(ClientError::Protocol(e));
-                }
-                s.peer = Some((node, lineage));
-                s.peer_version = (version, node_id);
-                let frame = s.ctl.last_frame();
-                let bad = |e| ClientError::Protocol(format!("after the standby's Welcome: {e}"));
-                s.standby_policy = wire::welcome_policy(frame).map_err(bad)?;
-                let theirs = wire::welcome_speaks(frame).map_err(bad)?;
-                s.peer_speaks = theirs.unwrap_or(Speaks::only(version));
-                LAST_SPOKEN.store(version, Ordering::Relaxed);
-                Ok(s)
-            }
-            (other, _) => Err(ClientError::Protocol(format!(
-                "expected Welcome, got {other:?}"
-            ))),
-        }
-    }
-
     /// The next answer of the Sender core to what the standby replied.
     async fn answer(&mut self) -> Result<(Answer, StreamReply), ClientError> {
         Ok(answer(&mut self.ctl, &mut self.sender).await?)
@@ -477,45 +300,4 @@ impl Session {
             ))),
         }
     }
-}
-
-/// A QUIC connection to the standby and its first (control) stream.
-async fn dial(
-    cfg: &Config,
-) -> Result<
-    (
-        quinn::Endpoint,
-        quinn::Connection,
-        quinn::SendStream,
-        quinn::RecvStream,
-    ),
-    ClientError,
-> {
-    let peer = cfg.require_peer()?;
-    let id = Identity::from_config(cfg)?;
-    let bind: SocketAddr = if peer.is_ipv4() {
-        "0.0.0.0:0".parse().unwrap_or(peer)
-    } else {
-        "[::]:0".parse().unwrap_or(peer)
-    };
-    let mut endpoint =
-        quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(peer, e.to_string()))?;
-    endpoint.set_default_client_config(tls::client_config(&id)?);
-    let conn = endpoint
-        .connect(peer, "syncd")
-        .map_err(|e| ClientError::Connect(peer, e.to_string()))?;
-    let conn = tokio::time::timeout(Duration::from_secs(10), conn)
-        .await
-        .map_err(|_| {
-            ClientError::Connect(
-                peer,
-                "no answer within 10 s (is the standby running and the port open?)".into(),
-            )
-        })?
-        .map_err(|e| ClientError::Connect(peer, e.to_string()))?;
-    let (send, recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| ClientError::Connect(peer, e.to_string()))?;
-    Ok((endpoint, conn, send, recv))
 }

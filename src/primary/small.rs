@@ -39,11 +39,11 @@ impl Small {
         export: PathBuf,
         settle: Option<Settle>,
         progress: Arc<dyn Progress>,
-        files: Vec<&FileOp>,
+        files: Vec<FileOp>,
     ) -> Small {
         let queue = files
             .into_iter()
-            .map(|f| (FileJob::new(f.path.clone(), f.size, false).0, f.size))
+            .map(|f| (FileJob::new(f.path, f.size, false).0, f.size))
             .collect();
         Small {
             export,

@@ -34,6 +34,9 @@ pub struct ResyncOptions {
     /// data (`syncd resync --take-over`): its diverged files are kept in
     /// its conflicts area.
     pub take_over: bool,
+    /// Live replication: a whole-tree scan watches each directory before
+    /// reading it (see [`crate::watch`]).
+    pub watch_dirs: Option<crate::watch::DirWatcher>,
 }
 
 /// Progress of a reconcile's content, for a bar the caller draws. Called

@@ -1,8 +1,6 @@
 //! Directory digests of a listing (the rules are `syncd_proto::digest`'s):
 //! how one entry becomes a leaf, the same way on both sides.
 
-use std::collections::HashMap;
-
 use syncd_proto::digest::{self, Digest, Tree};
 
 use crate::wire::{Entry, Kind};
@@ -55,15 +53,23 @@ fn leaf(e: &Entry, owners: bool, linked: Option<Side>) -> Digest {
 /// The digests of one side's whole listing.
 pub fn tree(entries: &[Entry], owners: bool, side: Side) -> Tree {
     // Files sharing an inode within the listing, and every hard-link name.
-    let mut inodes: HashMap<u64, u32> = HashMap::new();
-    for e in entries {
-        if matches!(e.kind, Kind::File { .. } | Kind::HardLink { .. }) && e.ino != 0 {
-            *inodes.entry(e.ino).or_default() += 1;
-        }
-    }
+    // A sorted list, not a map: 8 bytes an entry while it is built (a map
+    // of every inode was ~35 MB at a million files, beside the listing).
+    let mut inodes: Vec<u64> = entries
+        .iter()
+        .filter(|e| matches!(e.kind, Kind::File { .. } | Kind::HardLink { .. }) && e.ino != 0)
+        .map(|e| e.ino)
+        .collect();
+    inodes.sort_unstable();
+    let shared: Vec<u64> = inodes
+        .chunk_by(|a, b| a == b)
+        .filter(|g| g.len() > 1)
+        .map(|g| g[0])
+        .collect();
+    drop(inodes);
     let linked = |e: &Entry| match e.kind {
         Kind::HardLink { .. } => true,
-        Kind::File { .. } => e.ino != 0 && inodes.get(&e.ino).is_some_and(|&n| n > 1),
+        Kind::File { .. } => e.ino != 0 && shared.binary_search(&e.ino).is_ok(),
         _ => false,
     };
     Tree::build(entries.iter().map(|e| {

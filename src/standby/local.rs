@@ -17,7 +17,7 @@ use crate::conflicts::Keeper;
 use crate::fsroot::Root;
 use crate::index::Stamp;
 use crate::wire::{Entry, Kind};
-use syncd_proto::pair::local::{Change, Origin};
+use syncd_proto::pair::local::{Change, Origin, Rebased};
 use syncd_proto::path::{RelPath, STATE_DIR_NAME};
 
 fn os(b: &[u8]) -> &std::ffi::OsStr {
@@ -244,14 +244,27 @@ pub(super) fn forget_entry(sh: &Shared, p: &RelPath) {
     lock(&sh.placed).apply(Change::Remove(p.as_bytes().to_vec()));
 }
 
-/// After syncd renamed `from` to `to`; `ours`: `from` was syncd's own
-/// before (a rename changes the moved inode's ctime).
-pub(super) fn moved(sh: &Shared, from: &RelPath, to: &RelPath, ours: bool) {
+/// syncd renames `from` to `to` (`rename`); `ours`: `from` was syncd's
+/// own before (a rename changes the moved inode's ctime). The rename and
+/// its record are one step under the ledger's lock: a rebase folded in
+/// between would see the names moved and then move their records away.
+pub(super) fn rename(
+    sh: &Shared,
+    from: &RelPath,
+    to: &RelPath,
+    ours: bool,
+    rename: impl FnOnce() -> io::Result<()>,
+) -> io::Result<()> {
+    let mut placed = lock(&sh.placed);
+    rename()?;
     let c = Change::MoveUnder(from.as_bytes().to_vec(), to.as_bytes().to_vec());
-    lock(&sh.placed).apply(c);
+    placed.apply(c);
     if ours {
-        record(sh, to);
+        if let Ok(Some((st, false))) = stat_at(sh, to) {
+            placed.apply(Change::Put(to.as_bytes().to_vec(), st));
+        }
     }
+    Ok(())
 }
 
 /// Counts the entries of a full listing written locally (by size, mtime
@@ -288,20 +301,58 @@ pub(super) fn count_listed(sh: &Shared, entries: &[Entry]) {
 }
 
 /// After a catch-up: with no valid ledger, every entry in the export is
-/// now the leader's copy, as syncd made it.
+/// now the leader's copy, as syncd made it. The walk runs unlocked, beside
+/// the session's changes (a million entries take minutes); what syncd
+/// changed meanwhile is looked at again under the lock.
 pub(super) fn rebase_if_unknown(sh: &Shared) -> io::Result<()> {
-    if lock(&sh.placed).is_valid() {
-        return Ok(());
+    // Each try gives up when more than `MAX_TOUCHED` paths changed during
+    // its walk; the next catch-up tries again.
+    for _ in 0..3 {
+        let Some(token) = lock(&sh.placed).begin_rebase() else {
+            return Ok(());
+        };
+        let walked = match walk_export(&sh.root) {
+            Ok(w) => w,
+            Err(e) => {
+                lock(&sh.placed).abandon_rebase(token);
+                return Err(e);
+            }
+        };
+        let r = lock(&sh.placed).finish_rebase(token, walked, |p| entries_at(&sh.root, p));
+        match r.map_err(io::Error::other)? {
+            Rebased::Done(n) => {
+                sh.stats.local_writes.store(0, Ordering::Relaxed);
+                tracing::info!(
+                    entries = n,
+                    "caught up: local writes on this follower are detected from now on"
+                );
+                return Ok(());
+            }
+            Rebased::Stale => return Ok(()),
+            Rebased::Overflowed => {}
+        }
     }
-    let entries = walk_export(&sh.root)?;
-    let n = entries.len();
-    lock(&sh.placed).rebase(entries).map_err(io::Error::other)?;
-    sh.stats.local_writes.store(0, Ordering::Relaxed);
-    tracing::info!(
-        entries = n,
-        "caught up: local writes on this follower are detected from now on"
-    );
+    tracing::warn!("the export changed too much while it was recorded; local writes on this follower go unnoticed until the next catch-up");
     Ok(())
+}
+
+/// Every file and symlink at or beneath `p`, now.
+fn entries_at(root: &Root, p: &[u8]) -> io::Result<Vec<(Vec<u8>, Stamp)>> {
+    let p = RelPath::new(p.to_vec()).map_err(io::Error::other)?;
+    let mut out = Vec::new();
+    match stat_in(root, &p)? {
+        None => {}
+        Some((_, true)) => {
+            let (pd, name) = root.parent_of(&p)?;
+            let dir = open_dir(&pd, &name)?;
+            walk(dir, p.as_bytes().to_vec(), &mut |path, st| {
+                out.push((path.to_vec(), *st));
+                Ok(())
+            })?;
+        }
+        Some((st, false)) => out.push((p.as_bytes().to_vec(), st)),
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -341,7 +392,8 @@ mod tests {
             .map(|(p, _)| String::from_utf8_lossy(p))
             .collect();
         assert_eq!(names.len(), 5, "files and the symlink, no state: {names:?}");
-        placed.rebase(all).unwrap();
+        let t = placed.begin_rebase().unwrap();
+        placed.finish_rebase(t, all, |_| Ok(vec![])).unwrap();
         assert_eq!(local(&root, &placed, "dir"), []);
         assert_eq!(local(&root, &placed, "a"), []);
 

@@ -15,7 +15,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::index::Stamp;
-use syncd_proto::pair::local::{Change, Ledger, Origin};
+use syncd_proto::pair::local::{Change, Ledger, Origin, Rebased};
 
 const SNAPSHOT: &str = "placed.bin";
 const LOG: &str = "placed.log";
@@ -257,16 +257,41 @@ impl Placed {
     /// local writes; the ledger says nothing until rebased.
     pub(super) fn invalidate(&mut self) -> Result<(), PlacedError> {
         if !self.ledger.is_valid() {
+            self.ledger.invalidate(); // a rebase under way is void too
             return Ok(());
         }
         self.ledger.invalidate();
         self.compact()
     }
 
+    /// Starts a rebase (see `Ledger::begin_rebase`); `None`: not needed or
+    /// already under way.
+    pub(super) fn begin_rebase(&mut self) -> Option<u64> {
+        self.ledger.begin_rebase()
+    }
+
+    /// A rebase whose walk failed: the next catch-up tries again.
+    pub(super) fn abandon_rebase(&mut self, token: u64) {
+        self.ledger.abandon_rebase(token);
+    }
+
     /// The export is the leader's copy now: every entry in it is syncd's.
-    pub(super) fn rebase(&mut self, entries: Vec<(Vec<u8>, Stamp)>) -> Result<(), PlacedError> {
-        self.ledger = Ledger::rebased(entries);
-        self.compact()
+    /// `walked`: the walk begun at `token`; `look`: every entry at or
+    /// beneath a path, now.
+    pub(super) fn finish_rebase(
+        &mut self,
+        token: u64,
+        walked: Vec<(Vec<u8>, Stamp)>,
+        look: impl FnMut(&[u8]) -> io::Result<Vec<(Vec<u8>, Stamp)>>,
+    ) -> Result<Rebased, PlacedError> {
+        let r = self
+            .ledger
+            .finish_rebase(token, walked, look)
+            .map_err(|e| self.err(SNAPSHOT, e))?;
+        if let Rebased::Done(_) = r {
+            self.compact()?;
+        }
+        Ok(r)
     }
 
     fn err(&self, file: &str, err: io::Error) -> PlacedError {
@@ -300,7 +325,9 @@ mod tests {
             !d.path().join(LOG).exists(),
             "an invalid ledger journals nothing"
         );
-        p.rebase(vec![(b"a".to_vec(), st(1))]).unwrap();
+        let t = p.begin_rebase().unwrap();
+        let r = p.finish_rebase(t, vec![(b"a".to_vec(), st(1))], |_| Ok(vec![]));
+        assert_eq!(r.unwrap(), Rebased::Done(1));
         p.apply(Change::Put(b"d/b".to_vec(), st(2)));
         p.apply(Change::MoveUnder(b"d".to_vec(), b"e".to_vec()));
         p.sync(true).unwrap();

@@ -175,6 +175,7 @@ pub(super) async fn run(
             preserve,
         }),
         digests: None,
+        rebase: None,
     };
     let result = shell.serve(&mut recv).await;
     if let Some(s) = streams {
@@ -202,6 +203,8 @@ struct Shell {
     /// This side's directory digests during a digest walk (built at its
     /// first query, dropped at the listing that ends it).
     digests: Option<Arc<syncd_proto::digest::Tree>>,
+    /// The ledger's rebase after the catch-up, running beside the session.
+    rebase: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Shell {
@@ -412,6 +415,7 @@ async fn file_stream(
         shared: sh,
         follow: None,
         digests: None,
+        rebase: None,
     };
     let result = shell.serve(&mut recv).await;
     shell.close(&result, writer).await;

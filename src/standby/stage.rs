@@ -100,9 +100,8 @@ impl Lanes {
         let sh = self.sh.clone();
         let synced = tokio::task::spawn_blocking(move || {
             // Every lane answers (or has stopped) before the flush.
-            let pending = ready
-                .into_iter()
-                .fold(false, |any, r| r.recv() == Ok(true) || any);
+            let answers: Vec<bool> = ready.into_iter().map(|r| r.recv() == Ok(true)).collect();
+            let pending = answers.contains(&true);
             // A failed flush: each lane flushes and reports its own files.
             pending && sh.durable && sh.root.sync().is_ok()
         })
@@ -336,9 +335,8 @@ impl Lane {
             return;
         }
         let ours = local::is_ours(&self.sh, from);
-        match self.sh.root.rename(from, to) {
+        match local::rename(&self.sh, from, to, ours, || self.sh.root.rename(from, to)) {
             Ok(()) => {
-                local::moved(&self.sh, from, to, ours);
                 self.sh.sigs.remove(from);
                 self.sh.sigs.remove(to);
                 let mut ix = lock(&self.sh.index);

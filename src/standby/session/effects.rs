@@ -41,7 +41,7 @@ impl Shell {
                         f.record_commit(id)
                     }
                 }
-                Effect::CaughtUp => self.caught_up().await,
+                Effect::CaughtUp => self.caught_up(),
                 Effect::BarrierDone {
                     id,
                     failures,
@@ -72,14 +72,17 @@ impl Shell {
         Ok(())
     }
 
-    async fn caught_up(&mut self) {
+    fn caught_up(&mut self) {
         if let Some(f) = &mut self.follow {
             f.caught_up()
         }
+        // Off the reply path: a walk of the whole export.
         let sh = self.shared.clone();
-        if let Err(e) = blocking(move || local::rebase_if_unknown(&sh)).await {
-            tracing::warn!("cannot record the export after the catch-up: {e}");
-        }
+        self.rebase = Some(tokio::task::spawn_blocking(move || {
+            if let Err(e) = local::rebase_if_unknown(&sh) {
+                tracing::warn!("cannot record the export after the catch-up: {e}");
+            }
+        }));
     }
 
     async fn barrier_done(
@@ -109,6 +112,10 @@ impl Shell {
     /// The session's end: the ledger checkpointed, the index saved, then
     /// the reply.
     async fn finished(&mut self) -> Result<(), SessionError> {
+        // Local writes are told apart once the session is over.
+        if let Some(r) = self.rebase.take() {
+            let _ = r.await;
+        }
         let sh = self.shared.clone();
         blocking(move || {
             if let Err(e) = lock(&sh.placed).checkpoint() {

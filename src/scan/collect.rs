@@ -1,0 +1,218 @@
+//! The walk itself: entries in walk order, hard links grouped.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+use super::fs::{hash_entries, open_entry, read_names, vanished};
+use super::{leftovers, meta_of, DirHook, PartialLink, Scan};
+use crate::index::{Index, Stamp};
+use crate::wire::{Entry, Kind};
+use syncd_proto::path::{RelPath, STATE_DIR_NAME};
+
+/// A directory being walked: its descriptor, path (`None` for the export
+/// root) and the names not yet visited.
+pub(super) struct Frame {
+    pub(super) dir: File,
+    pub(super) rel: Option<RelPath>,
+    pub(super) names: Vec<Vec<u8>>,
+}
+
+/// Accumulates entries in walk order, grouping hard links.
+#[derive(Default)]
+pub(super) struct Collector {
+    pub(super) out: Scan,
+    /// Per entry: the stamp of a regular file, to hash it.
+    /// Kept only for a scan that hashes (56 bytes an entry, 60 MB at a
+    /// million files otherwise held for nothing).
+    stamps: Vec<Option<Stamp>>,
+    hashing: bool,
+    /// Per hard-linked inode: its names seen so far (the first leads) and its link count.
+    groups: HashMap<(u64, u64), (Vec<RelPath>, u64)>,
+    /// A daemon's walk removes the temporary files of its earlier runs.
+    sweep: Option<leftovers::Sweep>,
+    on_dir: Option<DirHook>,
+}
+
+impl Collector {
+    /// A scan's; `hash`: it hashes files (their stamps are kept).
+    pub(super) fn new(hash: bool) -> Collector {
+        Collector {
+            hashing: hash,
+            ..Collector::default()
+        }
+    }
+
+    /// A whole-tree walk's: sweeping leftovers, calling `on_dir`.
+    pub(super) fn sweeping(hash: bool, on_dir: Option<DirHook>) -> Collector {
+        Collector {
+            sweep: leftovers::current(),
+            on_dir,
+            ..Collector::new(hash)
+        }
+    }
+
+    /// Adds one entry (`f` is an `O_PATH` descriptor for it); `Ok(false)`
+    /// when it vanished meanwhile or is not replicated.
+    pub(super) fn visit(
+        &mut self,
+        f: &File,
+        path: RelPath,
+        m: &std::fs::Metadata,
+    ) -> std::io::Result<bool> {
+        let ft = m.file_type();
+        let kind = if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_symlink() {
+            match rustix::fs::readlinkat(f, "", Vec::new()) {
+                Ok(t) => Kind::Symlink {
+                    target: t.into_bytes(),
+                },
+                Err(rustix::io::Errno::NOENT) => return Ok(false),
+                Err(err) => return Err(err.into()),
+            }
+        } else if ft.is_file() {
+            let leader = (m.nlink() > 1).then(|| {
+                let g = self
+                    .groups
+                    .entry((m.dev(), m.ino()))
+                    .or_insert_with(|| (Vec::new(), m.nlink()));
+                g.0.push(path.clone());
+                g.0[0].clone()
+            });
+            match leader {
+                Some(l) if l != path => Kind::HardLink { leader: l },
+                _ => Kind::File {
+                    size: m.size(),
+                    hash: None,
+                },
+            }
+        } else {
+            let what = if ft.is_fifo() {
+                "FIFO"
+            } else if ft.is_socket() {
+                "socket"
+            } else {
+                "device"
+            };
+            tracing::warn!(path = %path, "skipping {what}: special files are not replicated");
+            self.out.skipped.push(format!("{path}: {what}"));
+            return Ok(false);
+        };
+        let is_file = matches!(kind, Kind::File { .. });
+        if self.hashing {
+            self.stamps.push(is_file.then(|| Stamp::of(m)));
+        }
+        self.out.entries.push(Entry {
+            path,
+            kind,
+            meta: meta_of(m),
+            ino: m.ino(),
+        });
+        Ok(true)
+    }
+
+    /// Records an entry that could not be read; the walk goes on without it.
+    pub(super) fn unreadable(&mut self, path: RelPath, err: &dyn std::fmt::Display) {
+        tracing::warn!(path = %path, "skipping an entry that cannot be read: {err}");
+        self.out.skipped.push(format!("{path}: {err}"));
+        self.out.unreadable.push(path);
+    }
+
+    /// Visits the entry `f` at `path` and, for a directory, queues its
+    /// children on `stack`.
+    pub(super) fn enter(&mut self, stack: &mut Vec<Frame>, f: File, path: RelPath) {
+        let m = match f.metadata() {
+            Ok(m) => m,
+            Err(e) if vanished(&e) => return,
+            Err(e) => return self.unreadable(path, &e),
+        };
+        match self.visit(&f, path.clone(), &m) {
+            Ok(true) if m.is_dir() => match self.read_dir(&f, &path) {
+                Ok(names) => stack.push(Frame {
+                    dir: f,
+                    rel: Some(path),
+                    names,
+                }),
+                Err(e) if vanished(&e) => {}
+                Err(e) => self.unreadable(path, &e),
+            },
+            Ok(_) => {}
+            Err(e) if vanished(&e) => {}
+            Err(e) => self.unreadable(path, &e),
+        }
+    }
+
+    /// The names in the directory `f` at `path`, after the hook has seen it.
+    fn read_dir(&mut self, f: &File, path: &RelPath) -> std::io::Result<Vec<Vec<u8>>> {
+        if let Some(h) = &mut self.on_dir {
+            h(path);
+        }
+        read_names(f)
+    }
+
+    /// Walks depth-first, names sorted per directory, until `stack` is empty.
+    pub(super) fn walk(&mut self, mut stack: Vec<Frame>) {
+        while let Some(top) = stack.last_mut() {
+            let Some(name) = top.names.pop() else {
+                stack.pop();
+                continue;
+            };
+            if top.rel.is_none() && name == STATE_DIR_NAME {
+                continue;
+            }
+            if syncd_proto::path::is_temp_name(&name) {
+                // Never replicated: content a crash left half-placed.
+                if let Some(s) = &self.sweep {
+                    if let Err(e) = leftovers::remove_if_leftover(&top.dir, &name, s) {
+                        tracing::debug!("a temporary file left by a crash: {e}");
+                    }
+                }
+                continue;
+            }
+            let full = match &top.rel {
+                Some(r) => [r.as_bytes(), b"/", &name].concat(),
+                None => name.clone(),
+            };
+            let path = match RelPath::new(full) {
+                Ok(p) => p,
+                Err(err) => {
+                    // Too long or otherwise unrepresentable on the wire: the
+                    // entry (and anything beneath) cannot be replicated.
+                    let shown = match &top.rel {
+                        Some(r) => format!("{r}/{}", String::from_utf8_lossy(&name)),
+                        None => String::from_utf8_lossy(&name).into_owned(),
+                    };
+                    tracing::warn!(path = %shown, "skipping: {err}");
+                    self.out.skipped.push(format!("{shown}: {err}"));
+                    continue;
+                }
+            };
+            match open_entry(&top.dir, &name) {
+                Ok(f) => self.enter(&mut stack, f, path),
+                Err(e) if vanished(&e) => {}
+                Err(e) => self.unreadable(path, &e),
+            }
+        }
+    }
+
+    pub(super) fn finish(
+        mut self,
+        root: &File,
+        index: &mut Index,
+        force: bool,
+    ) -> std::io::Result<Scan> {
+        let mut partial: Vec<PartialLink> = self
+            .groups
+            .drain()
+            .filter(|(_, (names, nlink))| (names.len() as u64) < *nlink)
+            .map(|(key, (names, _))| PartialLink { key, names })
+            .collect();
+        partial.sort_by_key(|a| a.key);
+        self.out.partial_links = partial;
+        if self.hashing {
+            hash_entries(root, &mut self.out, &self.stamps, index, force);
+        }
+        Ok(self.out)
+    }
+}

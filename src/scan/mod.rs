@@ -1,0 +1,106 @@
+//! Walks an export into a manifest of [`Entry`]s.
+//!
+//! Symlinks are recorded, never followed; special files are skipped with a
+//! warning; names are kept as raw bytes; the second and later names of a
+//! multiply-linked file become [`Kind::HardLink`] to the first (in sorted
+//! order, so both sides pick the same leader for the same tree).
+//!
+//! The walk goes from directory descriptor to directory descriptor, never
+//! through absolute paths: a tree deeper than PATH_MAX does not stop it, and
+//! no symlink swapped into a parent can lead it outside the export. An entry
+//! that cannot be read is skipped with a warning; the rest of the tree is
+//! still listed.
+
+use std::path::Path;
+
+mod collect;
+pub mod digest;
+mod fs;
+mod leftovers;
+mod scoped;
+pub use fs::{hash_file, hash_reader};
+pub use leftovers::sweep_leftovers_from_before;
+pub use scoped::scan_scoped;
+
+use crate::index::Index;
+use crate::wire::{Entry, Meta};
+use collect::{Collector, Frame};
+use fs::{open_root, read_names};
+use std::os::unix::fs::MetadataExt;
+use syncd_proto::path::RelPath;
+
+#[derive(Default, Debug)]
+pub struct Scan {
+    pub entries: Vec<Entry>,
+    /// Special files (FIFOs, sockets, devices), unrepresentable names and
+    /// entries that could not be read.
+    pub skipped: Vec<String>,
+    /// Entries that could not be read (their subtree, for a directory): what
+    /// is there is unknown, so a plan must neither send nor delete beneath them.
+    pub unreadable: Vec<RelPath>,
+    pub hashed_bytes: u64,
+    /// Hard-link groups of which this scan saw fewer names than the inode
+    /// has links: the other names are outside the scan's scope (or outside
+    /// the export).
+    pub partial_links: Vec<PartialLink>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartialLink {
+    /// (device, inode)
+    pub key: (u64, u64),
+    pub names: Vec<RelPath>,
+}
+
+pub fn meta_of(m: &std::fs::Metadata) -> Meta {
+    Meta {
+        mode: m.mode() & 0o7777,
+        uid: m.uid(),
+        gid: m.gid(),
+        mtime_sec: m.mtime(),
+        mtime_nsec: m.mtime_nsec() as u32,
+    }
+}
+
+pub use syncd_proto::path::walk_order;
+
+/// Called with each directory a scan enters, before it reads its names
+/// (the primary watches it there: see [`crate::watch::DirWatcher`]).
+pub type DirHook = Box<dyn FnMut(&RelPath) + Send>;
+
+/// Scans `root`. With `hash`, every regular file carries its BLAKE3, taken
+/// from `index` when the stamp still matches unless `force` is set. Only
+/// the root itself being unreadable is an error.
+pub fn scan(root: &Path, index: &mut Index, hash: bool, force: bool) -> std::io::Result<Scan> {
+    scan_with(root, index, hash, force, None)
+}
+
+/// [`scan`], calling `on_dir` with each directory beneath the root before
+/// reading it.
+pub fn scan_with(
+    root: &Path,
+    index: &mut Index,
+    hash: bool,
+    force: bool,
+    on_dir: Option<DirHook>,
+) -> std::io::Result<Scan> {
+    let dir = open_root(root)?;
+    let names = read_names(&dir)?;
+    let mut c = Collector::sweeping(hash, on_dir);
+    c.walk(vec![Frame {
+        dir: dir.try_clone()?,
+        rel: None,
+        names,
+    }]);
+    // Forget paths that are gone so the index does not grow forever (an
+    // empty one, at a first start, needs no set of every path).
+    if !index.is_empty() {
+        let live: std::collections::HashSet<&[u8]> =
+            c.out.entries.iter().map(|e| e.path.as_bytes()).collect();
+        index.retain(|k| live.contains(k));
+    }
+    c.finish(&dir, index, force)
+}
+
+#[cfg(test)]
+mod tests;

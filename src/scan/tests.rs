@@ -1,0 +1,203 @@
+//! The walk on real trees: names, kinds, links, long paths.
+
+use super::*;
+use crate::wire::{Kind, Scope};
+use rustix::fs::{Mode, OFlags};
+use std::fs::File;
+
+#[test]
+fn syncds_temporary_names_are_never_listed() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    std::fs::create_dir_all(r.join("a")).unwrap();
+    for n in [
+        ".syncd-7.1.tmp",
+        "a/.syncd-7.2.tmp",
+        "a/.syncd-7.2.tmp.mine",
+        "a/f",
+    ] {
+        std::fs::write(r.join(n), b"x").unwrap();
+    }
+    let names =
+        |s: &Scan| -> Vec<String> { s.entries.iter().map(|e| e.path.to_string()).collect() };
+    let s = scan(r, &mut Index::default(), true, false).unwrap();
+    assert_eq!(names(&s), ["a", "a/.syncd-7.2.tmp.mine", "a/f"]);
+    let p = |x: &str| RelPath::new(x.as_bytes().to_vec()).unwrap();
+    let scope = [
+        Scope {
+            path: p("a/.syncd-7.2.tmp"),
+            recursive: false,
+        },
+        Scope {
+            path: p(".syncd-7.1.tmp"),
+            recursive: true,
+        },
+        Scope {
+            path: p("a/f"),
+            recursive: false,
+        },
+    ];
+    let s = scan_scoped(r, &mut Index::default(), &scope, false).unwrap();
+    assert_eq!(names(&s), ["a/f"]);
+    // Listed or not, nothing was removed: no daemon set a sweep here.
+    assert!(r.join("a/.syncd-7.2.tmp").exists());
+}
+
+#[test]
+fn kinds_links_and_index_reuse() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    std::fs::create_dir_all(r.join("a/empty")).unwrap();
+    std::fs::write(r.join("a/f"), b"hello").unwrap();
+    std::fs::hard_link(r.join("a/f"), r.join("g")).unwrap();
+    std::os::unix::fs::symlink("../nowhere", r.join("a/l")).unwrap();
+    std::fs::create_dir(r.join(".syncd")).unwrap();
+    std::fs::write(r.join(".syncd/x"), b"no").unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        r.join("fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from(0o644),
+        0,
+    )
+    .unwrap();
+    let mut ix = Index::default();
+    let s = scan(r, &mut ix, true, false).unwrap();
+    let names: Vec<_> = s.entries.iter().map(|e| e.path.to_string()).collect();
+    assert_eq!(names, ["a", "a/empty", "a/f", "a/l", "g"]);
+    assert_eq!(s.skipped.len(), 1);
+    assert!(matches!(&s.entries[4].kind, Kind::HardLink { leader } if leader.to_string() == "a/f"));
+    assert!(matches!(&s.entries[3].kind, Kind::Symlink { target } if target == b"../nowhere"));
+    assert_eq!(s.hashed_bytes, 5);
+    // Second scan takes hashes from the index.
+    let s2 = scan(r, &mut ix, true, false).unwrap();
+    assert_eq!(s2.hashed_bytes, 0);
+    assert_eq!(s2.entries, s.entries);
+    // Forced re-hash reads again.
+    assert_eq!(scan(r, &mut ix, true, true).unwrap().hashed_bytes, 5);
+}
+
+#[test]
+fn hashing_refuses_symlinks_and_fifos_without_blocking() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path().to_path_buf();
+    std::fs::write(r.join("f"), b"x").unwrap();
+    std::os::unix::fs::symlink(r.join("f"), r.join("l")).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        r.join("fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from(0o644),
+        0,
+    )
+    .unwrap();
+    assert!(hash_file(&r.join("f")).is_ok());
+    assert!(hash_file(&r.join("l")).is_err());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(hash_file(&r.join("fifo")).is_err());
+    });
+    assert!(rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("hashing blocked on a FIFO"));
+}
+
+/// Creates `levels` nested directories of 250-byte names under `top`
+/// (relative to descriptors, so the total may exceed PATH_MAX), with a
+/// file `f` in each; returns the relative path of each level.
+fn deep_chain(top: &Path, levels: usize) -> Vec<String> {
+    let name = "d".repeat(250);
+    let mut dir = File::from(
+        rustix::fs::open(top, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap(),
+    );
+    let mut rels = Vec::new();
+    let mut rel = String::new();
+    for _ in 0..levels {
+        rustix::fs::mkdirat(&dir, name.as_str(), Mode::from_raw_mode(0o755)).unwrap();
+        dir = File::from(
+            rustix::fs::openat(
+                &dir,
+                name.as_str(),
+                OFlags::RDONLY | OFlags::DIRECTORY,
+                Mode::empty(),
+            )
+            .unwrap(),
+        );
+        let f = rustix::fs::openat(
+            &dir,
+            "f",
+            OFlags::WRONLY | OFlags::CREATE,
+            Mode::from_raw_mode(0o644),
+        )
+        .unwrap();
+        rustix::io::write(&f, b"deep").unwrap();
+        rel = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
+        rels.push(rel.clone());
+    }
+    rels
+}
+
+#[test]
+fn a_path_longer_than_path_max_is_skipped_not_fatal() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path();
+    std::fs::write(r.join("a"), b"1").unwrap();
+    std::fs::create_dir(r.join("z")).unwrap();
+    std::fs::write(r.join("z/b"), b"2").unwrap();
+    // 20 levels: about 5,000 bytes, past both PATH_MAX and RelPath's limit.
+    let rels = deep_chain(r, 20);
+    let mut ix = Index::default();
+    let s = scan(r, &mut ix, true, false).unwrap();
+    let names: Vec<String> = s.entries.iter().map(|e| e.path.to_string()).collect();
+    assert!(names.contains(&"a".to_string()) && names.contains(&"z/b".to_string()));
+    // Everything representable is listed and hashed, however deep it is.
+    let last_ok = rels.iter().rposition(|p| p.len() + 2 <= 4096).unwrap();
+    assert!(names.contains(&format!("{}/f", rels[last_ok])));
+    assert!(s
+        .entries
+        .iter()
+        .all(|e| !matches!(e.kind, Kind::File { hash: None, .. })));
+    // The first level too long for the wire is reported, not descended.
+    assert!(!names.iter().any(|n| n.len() > 4096));
+    assert!(
+        s.skipped.iter().any(|x| x.contains("longer than")),
+        "{:?}",
+        s.skipped
+    );
+    assert!(s.unreadable.is_empty());
+    // A scoped scan of the deep subtree works the same way.
+    let scope = [Scope {
+        path: RelPath::new(rels[0].clone()).unwrap(),
+        recursive: true,
+    }];
+    let sc = scan_scoped(r, &mut ix, &scope, true).unwrap();
+    assert!(sc.entries.len() > 2 * last_ok);
+    assert!(!sc.skipped.is_empty());
+}
+
+#[test]
+fn deep_entries_under_a_long_root_are_listed_and_hashed() {
+    // The root's own path plus a representable relative path exceed
+    // PATH_MAX: only a descriptor-relative walk can read them.
+    let d = tempfile::tempdir().unwrap();
+    let root_rels = deep_chain(d.path(), 2);
+    let root = d.path().join(&root_rels[1]);
+    let rels = deep_chain(&root, 15);
+    let mut ix = Index::default();
+    let s = scan(&root, &mut ix, true, false).unwrap();
+    assert!(root.as_os_str().len() + rels[14].len() > 4096);
+    assert!(s.skipped.is_empty(), "{:?}", s.skipped);
+    let deepest = format!("{}/f", rels[14]);
+    let e = s
+        .entries
+        .iter()
+        .find(|e| e.path.to_string() == deepest)
+        .expect("deepest file listed");
+    assert!(
+        matches!(e.kind, Kind::File { hash: Some(h), .. } if h == *blake3::hash(b"deep").as_bytes())
+    );
+}

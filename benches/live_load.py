@@ -400,9 +400,13 @@ def cmd_nfs(a):
     lat = sorted((t_seen[i] - t_change[i]) * 1e3 for i in range(n) if t_seen[i] and t_change[i])
     if a.tsv:
         with open(a.tsv, "w") as f:
-            f.write("i\tlatency_ms\n")
+            # Wall-clock times too, to line files up with the daemons' logs.
+            wall = time.time() - clock()
+            f.write("i\tlatency_ms\tchanged_unix\tseen_unix\n")
             for i in range(n):
-                f.write("%d\t%s\n" % (i, "%.3f" % ((t_seen[i] - t_change[i]) * 1e3) if t_seen[i] and t_change[i] else "NA"))
+                ms = "%.3f" % ((t_seen[i] - t_change[i]) * 1e3) if t_seen[i] and t_change[i] else "NA"
+                at = ["%.6f" % (t + wall) if t else "NA" for t in (t_change[i], t_seen[i])]
+                f.write("%d\t%s\t%s\t%s\n" % (i, ms, at[0], at[1]))
     res = dict(
         label=a.label, rate=a.rate, seconds=a.seconds, files=n, achieved=round(n / write_secs, 1) if write_secs else "nan",
         nfs_failed=failed, written=sum(1 for t in t_change if t), arrived=len(lat),

@@ -14,7 +14,10 @@
 # writes of 4 KiB or more fail in libnfs 4.0), VERSIONS ("4 3"),
 # SETTLE_MS (500: syncd's settle_ms), DURABLE (true: syncd's durable, a
 # syncfs on the standby before each commit is acknowledged), BENCH_DIR (/tmp/syncd-nfs-bench),
-# SYNCD (the binary; default: the release build, built when missing).
+# SYNCD (the binary; default: the release build, built when missing),
+# STANDBY_FS ("shared", the default: beside the primary's export, where
+# each of the standby's syncfs also flushes what ganesha wrote; "own": on a
+# filesystem of its own, a loop-mounted ext4 image, as on its own host).
 LOAD_SECONDS=$(printenv SECONDS || true)
 LOAD_SECONDS=${LOAD_SECONDS:-30}
 set -euo pipefail
@@ -26,6 +29,7 @@ VERSIONS=${VERSIONS:-"4 3"}
 SETTLE_MS=${SETTLE_MS:-500}
 DURABLE=${DURABLE:-true}
 DIR=${BENCH_DIR:-/tmp/syncd-nfs-bench}
+STANDBY_FS=${STANDBY_FS:-shared}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 SYNCD=${SYNCD:-$TARGET/release/syncd}
 [ "$(id -u)" = 0 ] || { echo "needs root (network namespaces)" >&2; exit 2; }
@@ -41,6 +45,7 @@ cleanup() {
   set +e
   for g in "${GROUPS_STARTED[@]}"; do kill -KILL -- "-$g" 2>/dev/null; wait "$g" 2>/dev/null; done
   ip netns del "${NS}s" 2>/dev/null; ip netns del "${NS}c" 2>/dev/null
+  mountpoint -q "$DIR/standby-fs" && umount "$DIR/standby-fs"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -64,7 +69,18 @@ writers() { # pid dir: files under dir it holds open for writing
   echo "$n"
 }
 
-rm -rf "$DIR"; mkdir -p "$DIR"/src "$DIR"/dst "$DIR"/stage "$DIR"/ganesha/recovery
+mountpoint -q "$DIR/standby-fs" && umount "$DIR/standby-fs"
+rm -rf "$DIR"; mkdir -p "$DIR"/src "$DIR"/stage "$DIR"/ganesha/recovery
+case $STANDBY_FS in
+  own)
+    truncate -s 2G "$DIR/standby.img"
+    mkfs.ext4 -q -F "$DIR/standby.img"
+    mkdir "$DIR/standby-fs"; mount -o loop "$DIR/standby.img" "$DIR/standby-fs"
+    SB=$DIR/standby-fs ;;
+  shared) SB=$DIR ;;
+  *) echo "STANDBY_FS is own or shared" >&2; exit 2 ;;
+esac
+mkdir -p "$SB/dst"
 # the server's namespace and the client's, joined by a veth pair
 ip netns add "${NS}s"; ip netns add "${NS}c"
 ip link add eth0 netns "${NS}s" type veth peer name eth0 netns "${NS}c"
@@ -83,7 +99,7 @@ wait_for_line "$DIR/ganesha/ganesha.log" "NFS SERVER INITIALIZED" 30
 "$SYNCD" keygen --out "$DIR/keys/p" >/dev/null
 "$SYNCD" keygen --out "$DIR/keys/s" >/dev/null
 port=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-printf '%s\n' "export = \"$DIR/dst\"" "state_dir = \"$DIR/dst.state\"" "listen = \"127.0.0.1:$port\"" \
+printf '%s\n' "export = \"$SB/dst\"" "state_dir = \"$SB/dst.state\"" "listen = \"127.0.0.1:$port\"" \
   "cert = \"$DIR/keys/s/node.crt\"" "key = \"$DIR/keys/s/node.key\"" "peer_cert = \"$DIR/keys/p/node.crt\"" \
   "[sync]" "durable = $DURABLE" > "$DIR/standby.toml"
 printf '%s\n' "export = \"$DIR/src\"" "state_dir = \"$DIR/src.state\"" "peer = \"127.0.0.1:$port\"" \
@@ -94,13 +110,13 @@ wait_for_line "$DIR/standby.log" "standby listening" 30
 spawn "$DIR/primary.log" "$SYNCD" --role primary --config "$DIR/primary.toml"
 wait_for_line "$DIR/primary.log" "in sync; following changes" 60
 
-echo "syncd $(git describe --always --dirty 2>/dev/null || true), settle_ms $SETTLE_MS, durable $DURABLE;" \
+echo "syncd $(git describe --always --dirty 2>/dev/null || true), settle_ms $SETTLE_MS, durable $DURABLE, standby filesystem $STANDBY_FS;" \
   "$RATE new $SIZE-byte files/s for $LOAD_SECONDS s, each by a fresh nfs-cp through nfs-ganesha" \
   "$(dpkg-query -W -f '${Version}' nfs-ganesha 2>/dev/null || true)"
 for v in $VERSIONS; do
   if [ "$v" = 4 ]; then url="nfs://10.253.0.1/export?version=4"; else url="nfs://10.253.0.1$DIR/src?version=3"; fi
   r=$DIR/result-v$v.txt
-  "${LOAD[@]}" nfs --src "$DIR/src" --dst "$DIR/dst" --url "$url" --netns "${NS}c" --stage "$DIR/stage" \
+  "${LOAD[@]}" nfs --src "$DIR/src" --dst "$SB/dst" --url "$url" --netns "${NS}c" --stage "$DIR/stage" \
     --rate "$RATE" --seconds "$LOAD_SECONDS" --size "$SIZE" --tag "v$v" --label "NFSv$v" --grace 30 \
     --tsv "$DIR/latency-v$v.tsv" > "$r"
   echo "NFSv$v: change->replica p50 $(getv "$r" p50_ms) ms, p99 $(getv "$r" p99_ms) ms, max $(getv "$r" max_ms) ms;" \

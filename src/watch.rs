@@ -177,12 +177,11 @@ fn add(w: &Shared, limit_hit: &AtomicBool, dir: &Path, mode: RecursiveMode) -> b
         // Gone meanwhile: nothing to watch, nothing to miss.
         Err(e) if matches!(e.kind, notify::ErrorKind::PathNotFound) => true,
         Err(e) => {
-            let limit = matches!(e.kind, notify::ErrorKind::MaxFilesWatch);
-            if limit {
-                limit_hit.store(true, Ordering::Relaxed);
-            }
+            // Whatever the cause, this directory changes silently from now
+            // on: only the periodic compare (the limit's fallback) finds it.
+            limit_hit.store(true, Ordering::Relaxed);
             tracing::warn!("cannot watch {}: {e}{}", dir.display(), hint(&e));
-            !limit
+            !matches!(e.kind, notify::ErrorKind::MaxFilesWatch)
         }
     }
 }

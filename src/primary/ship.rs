@@ -85,7 +85,7 @@ pub(super) fn on_event(e: Event) {
         Event::WatchLimit => {
             // Directories without a watch change silently: only a periodic
             // compare finds those changes.
-            tracing::error!("inotify watch limit reached (raise fs.inotify.max_user_watches); adding a full reconcile every {PERIODIC_NO_WATCH:?} until restart");
+            tracing::error!("a directory could not be watched (the inotify watch limit: raise fs.inotify.max_user_watches; or the warning before); adding a full reconcile every {PERIODIC_NO_WATCH:?} until restart");
         }
         Event::Retrying { files, after } => {
             tracing::debug!(

@@ -5,6 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use super::stage::Synced;
 use super::{lock, Shared, StandbyEvent};
 use crate::conflicts::Keeper;
 use crate::fsroot::Staged;
@@ -55,25 +56,29 @@ pub(super) fn keeper(p: &Preserve) -> Option<Arc<Keeper>> {
     lock(p).clone()
 }
 
-/// Makes a batch of verified files durable (unless `synced`: flushed since
-/// they were written), then renames them into place in order.
+/// Makes a batch of verified files durable (unless `synced` says that is
+/// done, or failed), then renames them into place in order.
 pub(super) fn commit_batch(
     sh: &Shared,
     pending: &mut Vec<Verified<'_>>,
-    synced: bool,
+    synced: Synced,
     fail: &impl Fn(&RelPath, String, bool),
     keep: &impl Fn(&RelPath, bool) -> bool,
 ) {
     if pending.is_empty() {
         return;
     }
-    if sh.durable && !synced {
-        if let Err(e) = sh.root.sync() {
-            for v in pending.drain(..) {
-                fail(&v.path, format!("syncfs: {e}"), false);
-            }
-            return;
+    let flushed = match synced {
+        Synced::Yes => Ok(()),
+        Synced::Failed(e) => Err(e),
+        Synced::No if sh.durable => sh.root.sync().map_err(|e| e.to_string()),
+        Synced::No => Ok(()),
+    };
+    if let Err(e) = flushed {
+        for v in pending.drain(..) {
+            fail(&v.path, format!("syncfs: {e}"), false);
         }
+        return;
     }
     let mut done = Vec::with_capacity(pending.len());
     let mut replaced = Vec::new();

@@ -168,8 +168,20 @@ fn walk(
     let mut stack = vec![(dir, prefix)];
     while let Some((d, pre)) = stack.pop() {
         let mut names = Vec::new();
-        for e in rustix::fs::Dir::read_from(&d)? {
-            let n = e?.file_name().to_bytes().to_vec();
+        // A directory removed meanwhile (syncd's own delete, beside a
+        // rebase) reads as ENOENT: it holds nothing any more.
+        let entries = match rustix::fs::Dir::read_from(&d) {
+            Ok(entries) => entries,
+            Err(rustix::io::Errno::NOENT) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for e in entries {
+            let e = match e {
+                Ok(e) => e,
+                Err(rustix::io::Errno::NOENT) => break,
+                Err(e) => return Err(e.into()),
+            };
+            let n = e.file_name().to_bytes().to_vec();
             if n != b"." && n != b".." && !(pre.is_empty() && n == STATE_DIR_NAME) {
                 names.push(n);
             }
@@ -336,6 +348,12 @@ pub(super) fn rebase_if_unknown(sh: &Shared) -> io::Result<()> {
     Ok(())
 }
 
+/// A path that vanished, or whose parent is no directory any more.
+fn gone(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound
+        || e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error())
+}
+
 /// Every file and symlink at or beneath `p`, now.
 fn entries_at(root: &Root, p: &[u8]) -> io::Result<Vec<(Vec<u8>, Stamp)>> {
     let p = RelPath::new(p.to_vec()).map_err(io::Error::other)?;
@@ -343,8 +361,15 @@ fn entries_at(root: &Root, p: &[u8]) -> io::Result<Vec<(Vec<u8>, Stamp)>> {
     match stat_in(root, &p)? {
         None => {}
         Some((_, true)) => {
-            let (pd, name) = root.parent_of(&p)?;
-            let dir = open_dir(&pd, &name)?;
+            // Removed or replaced since the stat: nothing there now.
+            let dir = match root
+                .parent_of(&p)
+                .and_then(|(pd, name)| open_dir(&pd, &name))
+            {
+                Ok(dir) => dir,
+                Err(e) if gone(&e) => return Ok(out),
+                Err(e) => return Err(e),
+            };
             walk(dir, p.as_bytes().to_vec(), &mut |path, st| {
                 out.push((path.to_vec(), *st));
                 Ok(())
@@ -371,6 +396,34 @@ mod tests {
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
+    }
+
+    /// The first recording walks beside syncd's own changes: a directory
+    /// it has open, removed meanwhile (a replayed delete), holds nothing;
+    /// it is not an error that would leave detection off.
+    #[test]
+    fn a_directory_removed_under_the_walk_reads_as_empty() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("gone/sub")).unwrap();
+        let dir = rustix::fs::open(
+            &d.path().join("gone"),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        std::fs::remove_dir_all(d.path().join("gone")).unwrap();
+        let mut seen = 0;
+        walk(dir, b"gone".to_vec(), &mut |_, _| {
+            seen += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, 0);
+        // Replaced by a file between the stat and the open: nothing beneath.
+        let root = Root::open(d.path()).unwrap();
+        std::fs::write(d.path().join("gone"), b"a file now").unwrap();
+        let e = root.parent_of(&rel("gone/sub")).and_then(|(pd, n)| open_dir(&pd, &n));
+        assert!(gone(&e.unwrap_err()));
     }
 
     #[test]

@@ -27,12 +27,25 @@ pub(super) enum Job {
     /// Says whether verified files wait for a commit, once everything
     /// sent before is done.
     Ready(std::sync::mpsc::Sender<bool>),
-    /// Commits them; `synced`: the export was flushed after they were
-    /// written (one `syncfs` for every lane), else each lane flushes.
+    /// Commits them, after the one flush for every lane (see [`Synced`]).
     Commit {
-        synced: bool,
+        synced: Synced,
         done: std::sync::mpsc::Sender<()>,
     },
+}
+
+/// The flush before a lane's files are renamed into place.
+#[derive(Clone, Debug)]
+pub(super) enum Synced {
+    /// Not done for them (none was pending, or not durable): the lane
+    /// flushes itself when durable.
+    No,
+    /// The export was flushed after they were written.
+    Yes,
+    /// The flush failed: their data may not be on disk, so none of them
+    /// is renamed (a second `syncfs` would not report the same writeback
+    /// error again and would pass).
+    Failed(String),
 }
 
 /// Failures the lanes met since the last barrier.
@@ -101,16 +114,28 @@ impl Lanes {
         let synced = tokio::task::spawn_blocking(move || {
             // Every lane answers (or has stopped) before the flush.
             let answers: Vec<bool> = ready.into_iter().map(|r| r.recv() == Ok(true)).collect();
-            let pending = answers.contains(&true);
-            // A failed flush: each lane flushes and reports its own files.
-            pending && sh.durable && sh.root.sync().is_ok()
+            if !(answers.contains(&true) && sh.durable) {
+                return Synced::No;
+            }
+            match sh.root.sync() {
+                Ok(()) => Synced::Yes,
+                Err(e) => {
+                    tracing::error!(
+                        "syncfs of the export: {e}; this batch's files are not committed"
+                    );
+                    Synced::Failed(e.to_string())
+                }
+            }
         })
         .await
         .map_err(|e| SessionError::Protocol(e.to_string()))?;
         let mut waits = Vec::new();
         for tx in &self.txs {
             let (done, r) = std::sync::mpsc::channel();
-            let job = Job::Commit { synced, done };
+            let job = Job::Commit {
+                synced: synced.clone(),
+                done,
+            };
             tx.send(job).await.map_err(|_| stopped())?;
             waits.push(r);
         }
@@ -228,8 +253,7 @@ impl Lane {
         }
     }
 
-    /// `synced`: the export was flushed since these files were written.
-    fn commit(&self, w: &mut Work<'_>, synced: bool) {
+    fn commit(&self, w: &mut Work<'_>, synced: Synced) {
         let fail = |p: &RelPath, e: String, r: bool| self.fail(p, e, r);
         let keep = |p: &RelPath, d| self.keep(p, d);
         commit_batch(&self.sh, &mut w.pending, synced, &fail, &keep);

@@ -10,6 +10,10 @@ use crate::standby::stage::Job;
 use crate::wire::{self, Failure, Reply, Request};
 use syncd_proto::receiver::Effect;
 
+/// How long a session's end waits for the export's first recording (for
+/// local-write detection): well inside the primary's reply deadline.
+const REBASE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 impl Shell {
     /// Carries out what the Receiver asks, in order, for request `msg`.
     pub(super) async fn effects(&mut self, mut msg: Option<Request>) -> Result<(), SessionError> {
@@ -76,7 +80,10 @@ impl Shell {
         if let Some(f) = &mut self.follow {
             f.caught_up()
         }
-        // Off the reply path: a walk of the whole export.
+        // Off the reply path: a walk of the whole export (one at a time).
+        if self.rebase.as_ref().is_some_and(|r| !r.is_finished()) {
+            return;
+        }
         let sh = self.shared.clone();
         self.rebase = Some(tokio::task::spawn_blocking(move || {
             if let Err(e) = local::rebase_if_unknown(&sh) {
@@ -112,9 +119,13 @@ impl Shell {
     /// The session's end: the ledger checkpointed, the index saved, then
     /// the reply.
     async fn finished(&mut self) -> Result<(), SessionError> {
-        // Local writes are told apart once the session is over.
+        // Local writes are told apart once the session is over, if the
+        // walk ends well within the primary's reply deadline; a longer one
+        // (a million entries) goes on beside whatever follows.
         if let Some(r) = self.rebase.take() {
-            let _ = r.await;
+            if tokio::time::timeout(REBASE_WAIT, r).await.is_err() {
+                tracing::info!("the export is still being recorded for local-write detection; the session ends meanwhile");
+            }
         }
         let sh = self.shared.clone();
         blocking(move || {

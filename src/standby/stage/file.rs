@@ -197,7 +197,7 @@ impl Lane {
             base: f.base,
         });
         if w.pending.len() >= self.batch_max || w.pending_bytes >= commit::BATCH_BYTES {
-            self.commit(w, false);
+            self.commit(w, super::Synced::No);
         }
     }
 }

@@ -406,7 +406,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("gone/sub")).unwrap();
         let dir = rustix::fs::open(
-            &d.path().join("gone"),
+            d.path().join("gone"),
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )
@@ -422,7 +422,9 @@ mod tests {
         // Replaced by a file between the stat and the open: nothing beneath.
         let root = Root::open(d.path()).unwrap();
         std::fs::write(d.path().join("gone"), b"a file now").unwrap();
-        let e = root.parent_of(&rel("gone/sub")).and_then(|(pd, n)| open_dir(&pd, &n));
+        let e = root
+            .parent_of(&rel("gone/sub"))
+            .and_then(|(pd, n)| open_dir(&pd, &n));
         assert!(gone(&e.unwrap_err()));
     }
 

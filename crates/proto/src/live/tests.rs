@@ -293,6 +293,16 @@ fn deferred_links_bring_a_full_compare_within_a_second() {
     );
 }
 
+/// A live loop with `c` that has connected and shipped its first compare.
+fn connected(c: LiveConfig, t0: Instant) -> Live {
+    let mut l = Live::new(c, t0);
+    assert_eq!(l.poll_action(t0), Some(Action::Connect));
+    l.handle_connected(t0);
+    let _ = ship(&mut l, t0);
+    l.handle_shipped(t0, Followups::default(), 0, true);
+    l
+}
+
 #[test]
 fn without_periodic_compares_a_deferred_link_is_one_full_compare() {
     let t0 = Instant::now();
@@ -496,17 +506,11 @@ fn a_stop_without_a_full_watch_compares_the_whole_tree() {
     l.handle_shutdown();
     assert_eq!(stop_flush(&mut l), Some(true), "the watch limit was hit");
 
-    let mut l = Live::new(
-        LiveConfig {
-            watching: false,
-            ..cfg()
-        },
-        t0,
-    );
-    assert_eq!(l.poll_action(t0), Some(Action::Connect));
-    l.handle_connected(t0);
-    let _ = ship(&mut l, t0);
-    l.handle_shipped(t0, Followups::default(), 0, true);
+    let c = LiveConfig {
+        watching: false,
+        ..cfg()
+    };
+    let mut l = connected(c, t0);
     l.handle_shutdown();
     assert_eq!(stop_flush(&mut l), Some(true), "nothing is watched");
 }

@@ -165,6 +165,7 @@ pub(crate) fn open_source(
                 // closed it (proven, not just recorded): a server's cached
                 // descriptor, not a writer.
                 if settle.closed.unchanged(rel, &m) {
+                    tracing::trace!(path = %rel, "held open, unchanged since its writer closed it");
                     return Ok(Opened::File(f, m, false));
                 }
                 // Quiet for `settle_ms` (by its ctime): shipped as it is.
@@ -172,6 +173,7 @@ pub(crate) fn open_source(
                 if settle.quiet_left(&m) != Some(std::time::Duration::ZERO) {
                     return Ok(Opened::Busy);
                 }
+                tracing::debug!(path = %rel, size = m.len(), "held open for writing but quiet for settle_ms: shipped as it is");
                 false
             }
             l => l == crate::lease::Lease::Held,

@@ -251,26 +251,36 @@ fn a_primary_standby_pair_moves_to_auto_without_a_resync() {
         .is_some(),
         "replication continues in auto"
     );
-    // Only the new file travelled: the 301 replicated before were not sent again.
-    let (ok, m) = syncd(
-        &lan,
-        0,
-        &[
-            "status",
-            "--metrics",
-            "--config",
-            n[0].config().to_str().unwrap(),
-        ],
-    );
-    assert!(ok, "{m}");
-    let sent: f64 = m
-        .lines()
-        .filter(|l| {
-            l.starts_with("syncd_files_sent_whole_total")
-                || l.starts_with("syncd_files_sent_delta_total")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    // Only the new file travelled: the 301 replicated before were not sent
+    // again. The counter moves at the standby's acknowledgement, which may
+    // come after the file is already readable there: wait for the one send.
+    let sent = || {
+        let (ok, m) = syncd(
+            &lan,
+            0,
+            &[
+                "status",
+                "--metrics",
+                "--config",
+                n[0].config().to_str().unwrap(),
+            ],
+        );
+        assert!(ok, "{m}");
+        let sent: f64 = m
+            .lines()
+            .filter(|l| {
+                l.starts_with("syncd_files_sent_whole_total")
+                    || l.starts_with("syncd_files_sent_delta_total")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        (sent, m)
+    };
+    wait_for(Duration::from_secs(10), || sent().0 >= 1.0);
+    let (sent, m) = sent();
+    if sent != 1.0 {
+        lan.dump_logs();
+    }
     assert_eq!(sent, 1.0, "files sent after the upgrade:\n{m}");
     for (i, node) in n.iter().enumerate() {
         let (ok, list) = syncd(

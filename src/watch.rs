@@ -13,7 +13,7 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
@@ -45,6 +45,34 @@ pub struct Watch {
     pub wake: Arc<Notify>,
     /// What writers closed and nobody wrote since (see [`Closed`]).
     pub closed: Arc<Closed>,
+    /// Changes sent to `rx` and not yet counted by the daemon (see
+    /// [`Watch::counted`]).
+    pub in_channel: Arc<AtomicUsize>,
+}
+
+/// Whether every change made before a point has reached the daemon's
+/// queue: what a planned switchover's drain needs besides "nothing queued,
+/// nothing unacknowledged", since a change can still be in the kernel's
+/// inotify queue or in the channel when those read zero.
+#[derive(Clone, Debug)]
+pub struct WatchSync {
+    closed: Arc<Closed>,
+    in_channel: Arc<AtomicUsize>,
+}
+
+impl WatchSync {
+    /// Marks this moment; `None` when the watch has no sync point.
+    pub fn ask(&self) -> Option<std::time::SystemTime> {
+        self.closed.ask_sync()
+    }
+
+    /// Every change made before `asked` is in the daemon's queue (and so in
+    /// its queue-depth and lag figures).
+    pub fn reached(&self, asked: std::time::SystemTime) -> bool {
+        // The watch thread sends a change before it handles the later
+        // cookie, and the daemon counts it before decrementing.
+        self.closed.drained_past(asked) && self.in_channel.load(Ordering::Acquire) == 0
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,12 +98,14 @@ impl Watch {
         let limit_hit = Arc::new(AtomicBool::new(false));
         let wake = Arc::new(Notify::new());
         let closed = Arc::new(Closed::default());
+        let in_channel = Arc::new(AtomicUsize::new(0));
         let root = export.to_path_buf();
-        let (d, l, w, c) = (
+        let (d, l, w, c, n) = (
             dropped.clone(),
             limit_hit.clone(),
             wake.clone(),
             closed.clone(),
+            in_channel.clone(),
         );
         let handler = move |res: notify::Result<notify::Event>| {
             let changes = match res {
@@ -95,7 +125,9 @@ impl Watch {
                 }
             };
             for c in changes {
+                n.fetch_add(1, Ordering::AcqRel);
                 if tx.try_send(c).is_err() {
+                    n.fetch_sub(1, Ordering::AcqRel);
                     d.store(true, Ordering::Relaxed);
                     w.notify_one();
                 }
@@ -145,6 +177,7 @@ impl Watch {
             limit_hit,
             wake,
             closed,
+            in_channel,
         })
     }
 
@@ -158,6 +191,21 @@ impl Watch {
             dir,
             RecursiveMode::Recursive,
         );
+    }
+
+    /// `n` changes taken from `rx` are now in the daemon's counted queue.
+    pub fn counted(&self, n: usize) {
+        if n > 0 {
+            self.in_channel.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+
+    /// For a drain: see [`WatchSync`].
+    pub fn sync(&self) -> WatchSync {
+        WatchSync {
+            closed: self.closed.clone(),
+            in_channel: self.in_channel.clone(),
+        }
     }
 
     /// What a whole-tree scan uses to watch each directory it enters.

@@ -5,10 +5,8 @@ use std::time::Duration;
 
 use syncd_proto::pair::lineage::Lineage;
 use syncd_proto::pair::role::Role;
-use tokio::time::Instant;
 
 use super::role_log::RoleLog;
-use super::switchover::Phase;
 use super::Driver;
 use crate::config::Config;
 use crate::hooks::{HookEnv, HookKind, HookRun, Outcome};
@@ -82,10 +80,7 @@ impl Driver<'_> {
             After::Fence => match failed {
                 None => {
                     self.fenced = true;
-                    if let Some(sw) = self.switch.as_mut() {
-                        sw.phase = Phase::Draining;
-                        sw.fenced = Some(Instant::now());
-                    }
+                    self.begin_drain();
                 }
                 Some(why) => {
                     self.fenced = true;

@@ -21,6 +21,14 @@ pub(super) const ADOPT_WAIT: Duration = Duration::from_secs(10);
 pub(super) struct Source {
     pub(super) stop: oneshot::Sender<()>,
     pub(super) task: tokio::task::JoinHandle<()>,
+    /// Its watch's sync handle, once its watch runs (see `WatchSync`).
+    pub(super) sync: crate::primary::SyncSlot,
+}
+
+impl Source {
+    pub(super) fn sync(&self) -> Option<crate::watch::WatchSync> {
+        self.sync.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 impl Driver<'_> {
@@ -109,8 +117,10 @@ impl Driver<'_> {
 pub(super) fn start_source(cfg: &Config, stats: Arc<Stats>) -> Source {
     let (stop, stop_rx) = oneshot::channel::<()>();
     let cfg = cfg.clone();
+    let sync = crate::primary::SyncSlot::default();
+    let slot = sync.clone();
     let task = tokio::spawn(async move {
-        let r = crate::primary::run_source(cfg, stats, async {
+        let r = crate::primary::run_source(cfg, stats, slot, async {
             let _ = stop_rx.await;
         })
         .await;
@@ -118,5 +128,5 @@ pub(super) fn start_source(cfg: &Config, stats: Arc<Stats>) -> Source {
             tracing::error!("replication source: {e}");
         }
     });
-    Source { stop, task }
+    Source { stop, task, sync }
 }

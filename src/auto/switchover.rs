@@ -33,8 +33,12 @@ pub(super) struct Switch {
     pub(super) released: Option<Instant>,
     pub(super) stopped: Option<Instant>,
     /// Drained no earlier than this (changes made just before the fence
-    /// are still on their way from inotify and the batcher).
+    /// are still on their way from inotify and the batcher): the fallback
+    /// when the watch has no sync point (`watch`).
     pub(super) settle_until: Instant,
+    /// The source's watch and the moment the fence was done: drained only
+    /// once every change made before it is in the source's queue.
+    pub(super) watch: Option<(crate::watch::WatchSync, std::time::SystemTime)>,
     pub(super) until: Instant,
 }
 
@@ -83,15 +87,27 @@ impl Driver<'_> {
             released: None,
             stopped: None,
             settle_until: now + settle,
+            watch: None,
             until: now + DRAIN_TIMEOUT,
         });
         if !self.spawn_hook(HookKind::Demote, After::Fence, role, "planned switchover") {
             tracing::warn!("switchover: no demote hook is configured, so nothing fences writes; a writer still at work while the drain runs may change files after the hand-over (configure [hooks] demote, README: Planned switchover)");
             self.fenced = true;
-            if let Some(sw) = self.switch.as_mut() {
-                sw.phase = Phase::Draining;
-                sw.fenced = Some(now);
-            }
+            self.begin_drain();
+        }
+    }
+
+    /// Writes are fenced: what was written before now must reach the peer.
+    pub(super) fn begin_drain(&mut self) {
+        let watch = self
+            .source
+            .as_ref()
+            .and_then(|s| s.sync())
+            .and_then(|w| Some((w.clone(), w.ask()?)));
+        if let Some(sw) = self.switch.as_mut() {
+            sw.phase = Phase::Draining;
+            sw.fenced = Some(Instant::now());
+            sw.watch = watch;
         }
     }
 
@@ -116,10 +132,11 @@ impl Driver<'_> {
 
     /// Drives a switchover from what is known now.
     pub(super) fn check_switchover(&mut self, role: &mut Role) {
-        let Some((phase, settle_until, until, fenced_at)) = self
-            .switch
-            .as_ref()
-            .map(|sw| (sw.phase, sw.settle_until, sw.until, sw.fenced_at))
+        let Some((phase, settle_until, until, fenced_at, watched)) =
+            self.switch.as_ref().map(|sw| {
+                let watched = sw.watch.as_ref().map(|(w, t)| w.reached(*t));
+                (sw.phase, sw.settle_until, sw.until, sw.fenced_at, watched)
+            })
         else {
             return;
         };
@@ -146,7 +163,10 @@ impl Driver<'_> {
                     .is_some_and(|t| now.duration_since(t) <= 2 * self.cfg.pair.heartbeat);
                 // The source's stop ships what is left; a session that is down
                 // shows as lag (changes unacknowledged), not as drained.
-                if now >= settle_until && lag == 0 && adopted && alive {
+                // Every change made before the fence is counted in `lag`
+                // (exact, by the watch's sync point; else after a while).
+                let collected = watched.unwrap_or(now >= settle_until);
+                if collected && lag == 0 && adopted && alive {
                     if role.handle_handover(now.into_std()) {
                         tracing::info!("switchover: drained; handing over to peer {}", peer.node);
                         if let Some(sw) = self.switch.as_mut() {

@@ -278,6 +278,34 @@ impl Closed {
         true
     }
 
+    /// Makes a cookie now, without waiting for it: once
+    /// [`Closed::drained_past`] the returned time, every event queued
+    /// before this call has been handled. `None`: no sync point here.
+    pub fn ask_sync(&self) -> Option<SystemTime> {
+        let cookie = self.cookie.get()?;
+        let mut st = self.state();
+        Self::make_cookie(cookie, &mut st)
+    }
+
+    /// The watch thread has handled every event queued before `t`.
+    pub fn drained_past(&self, t: SystemTime) -> bool {
+        self.state().drained.is_some_and(|d| d >= t)
+    }
+
+    fn make_cookie(cookie: &Cookie, st: &mut SyncState) -> Option<SystemTime> {
+        let made = SystemTime::now();
+        let n = st.next;
+        st.next += 1;
+        let p = cookie.dir.join(format!("c{n}"));
+        if let Err(e) = std::fs::create_dir(&p) {
+            tracing::debug!("watch sync cookie {}: {e}", p.display());
+            return None;
+        }
+        let _ = std::fs::remove_dir(&p);
+        st.asked.push_back((n, made));
+        Some(made)
+    }
+
     /// Waits (bounded) until the watch thread is seen past `want` (not in
     /// the future), making a cookie unless one made since serves; returns
     /// the drained point then.
@@ -288,17 +316,10 @@ impl Closed {
             return st.drained;
         }
         // Readers of many young files share one cookie.
-        if st.asked.back().is_none_or(|(_, t)| *t < want) {
-            let made = SystemTime::now();
-            let n = st.next;
-            st.next += 1;
-            let p = cookie.dir.join(format!("c{n}"));
-            if let Err(e) = std::fs::create_dir(&p) {
-                tracing::debug!("watch sync cookie {}: {e}", p.display());
-                return st.drained;
-            }
-            let _ = std::fs::remove_dir(&p);
-            st.asked.push_back((n, made));
+        if st.asked.back().is_none_or(|(_, t)| *t < want)
+            && Self::make_cookie(cookie, &mut st).is_none()
+        {
+            return st.drained;
         }
         let deadline = std::time::Instant::now() + SYNC_WAIT;
         while st.drained.is_none_or(|d| d < want) {

@@ -70,17 +70,22 @@ pub async fn run_with(
     stats: Arc<Stats>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ClientError> {
-    run_inner(cfg, stats, shutdown, true).await
+    run_inner(cfg, stats, shutdown, true, None).await
 }
+
+/// Where the replication source of `--role auto` leaves its watch's sync
+/// handle for the pair driver's switchover drain.
+pub type SyncSlot = Arc<std::sync::Mutex<Option<crate::watch::WatchSync>>>;
 
 /// The replication source of `--role auto`: the generation record is the
 /// pair driver's (it saved the promotion), so this loop never writes it.
 pub async fn run_source(
     cfg: Config,
     stats: Arc<Stats>,
+    sync: SyncSlot,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ClientError> {
-    run_inner(cfg, stats, shutdown, false).await
+    run_inner(cfg, stats, shutdown, false, Some(sync)).await
 }
 
 /// What the live loop holds; `Live` decides, this carries it out.
@@ -95,6 +100,8 @@ struct Driver {
     session: Option<Session>,
     /// Outcomes of large transfers that ended between batches.
     tsum: Summary,
+    /// Changes taken from the watch since the queue depth was last set.
+    taken: usize,
     /// Ready and STATUS (sd_notify) are ours; under --role auto the pair
     /// driver reports instead.
     standalone: bool,
@@ -105,9 +112,13 @@ async fn run_inner(
     stats: Arc<Stats>,
     shutdown: impl std::future::Future<Output = ()>,
     own_record: bool,
+    sync: Option<SyncSlot>,
 ) -> Result<(), ClientError> {
     tokio::pin!(shutdown);
     let mut d = Driver::start(cfg, stats, own_record)?;
+    if let (Some(slot), Some(w)) = (sync, &d.watch) {
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(w.sync());
+    }
     loop {
         d.events().await;
         let now = std::time::Instant::now();
@@ -182,6 +193,7 @@ impl Driver {
             watch,
             session: None,
             tsum: Summary::default(),
+            taken: 0,
             standalone: own_record,
         };
         let status = format!(
@@ -230,6 +242,7 @@ impl Driver {
         if let Some(w) = &mut self.watch {
             while let Ok(c) = w.rx.try_recv() {
                 accept(&self.stats, &mut self.live, c);
+                self.taken += 1;
             }
             if w.dropped.swap(false, Relaxed) {
                 self.stats.overflows.fetch_add(1, Relaxed);
@@ -242,6 +255,9 @@ impl Driver {
             }
         }
         self.stats.queue.store(self.live.pending() as u64, Relaxed);
+        if let Some(w) = &self.watch {
+            w.counted(std::mem::take(&mut self.taken));
+        }
     }
 
     fn connected(&mut self, r: Result<Session, ClientError>) {
@@ -364,6 +380,7 @@ impl Driver {
             } => {
                 if let Some(c) = c {
                     accept(&self.stats, &mut self.live, c);
+                    self.taken += 1;
                 }
             }
             _ = async {
@@ -412,10 +429,28 @@ impl Driver {
     /// inotify: collect it, so the last batch carries it (a planned
     /// switchover loses nothing).
     async fn shutdown(&mut self) {
-        let until = Instant::now() + ship::SHUTDOWN_COLLECT;
         if let Some(w) = &mut self.watch {
-            while let Ok(Some(c)) = tokio::time::timeout_at(until, w.rx.recv()).await {
-                accept(&self.stats, &mut self.live, c);
+            match w.closed.ask_sync() {
+                // Exact: every event queued before now is handled, so its
+                // change is in the channel.
+                Some(t) => {
+                    let limit = Instant::now() + ship::SHUTDOWN_SYNC;
+                    while !w.closed.drained_past(t) && Instant::now() < limit {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    if !w.closed.drained_past(t) {
+                        tracing::warn!("the watch did not catch up within {:?} at the stop; changes still on their way are left to the next start's compare", ship::SHUTDOWN_SYNC);
+                    }
+                    while let Ok(c) = w.rx.try_recv() {
+                        accept(&self.stats, &mut self.live, c);
+                    }
+                }
+                None => {
+                    let until = Instant::now() + ship::SHUTDOWN_COLLECT;
+                    while let Ok(Some(c)) = tokio::time::timeout_at(until, w.rx.recv()).await {
+                        accept(&self.stats, &mut self.live, c);
+                    }
+                }
             }
         }
         self.live.handle_shutdown();

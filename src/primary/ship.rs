@@ -46,8 +46,12 @@ pub(super) fn peer_name(cfg: &Config) -> String {
     cfg.peer.map(|p| p.to_string()).unwrap_or_default()
 }
 
-/// How long a stopping primary keeps reading the watch for last changes.
+/// How long a stopping primary keeps reading the watch for last changes
+/// when it has no sync point.
 pub(super) const SHUTDOWN_COLLECT: Duration = Duration::from_millis(50);
+/// How long a stopping primary waits for its watch to handle every event
+/// queued before the stop.
+pub(super) const SHUTDOWN_SYNC: Duration = Duration::from_secs(5);
 
 /// The session failed: reconnect, unless another primary took the standby.
 pub(super) async fn lost(

@@ -284,3 +284,33 @@ fn overflow_is_lost() {
         vec![Change::MovedAway(p("a"))]
     );
 }
+
+/// A switchover's drain: a sync point asked after a write is reached only
+/// once the watch thread has handled the write and the daemon has counted
+/// its change, not when the change sits in the channel.
+#[test]
+fn a_sync_point_is_reached_only_once_every_earlier_change_is_counted() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().canonicalize().unwrap();
+    let mut w = Watch::start(&root).unwrap();
+    let sync = w.sync();
+    std::fs::write(root.join("f"), b"x").unwrap();
+    let t = sync.ask().expect("a sync point");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !w.closed.drained_past(t) {
+        assert!(std::time::Instant::now() < deadline, "cookie never seen");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(
+        !sync.reached(t),
+        "the write's change is still in the channel, not yet counted"
+    );
+    let mut n = 0;
+    while let Ok(c) = w.rx.try_recv() {
+        assert_ne!(c, Change::Lost);
+        n += 1;
+    }
+    assert!(n >= 1, "the write's change was sent before the cookie");
+    w.counted(n);
+    assert!(sync.reached(t));
+}

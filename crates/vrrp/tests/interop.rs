@@ -15,7 +15,6 @@ fn mixed(version: u8, syncd_is_higher: bool, test: &str) {
     let _g = serial();
     let mut lan = Lan::new(if version == 2 { "k2" } else { "k3" }, 2);
     let vip = lan.vip();
-    let lo = 100u8;
     // node 0 runs the higher priority, node 1 the lower
     let (syncd_node, ka_node) = if syncd_is_higher { (0, 1) } else { (1, 0) };
     let (scfg, kconf) = mixed_configs(&lan, version, syncd_is_higher, &vip);

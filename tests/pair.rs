@@ -445,13 +445,21 @@ fn run_failover_demo(env: &[(&str, &str)], min_written: u64) -> String {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(written >= min_written, "{out}");
+    // Its own namespaces only (`sdemo<pid>…`): another demo may run beside it.
+    let prefix = out
+        .split("network namespaces ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.strip_suffix("n0"))
+        .unwrap_or_else(|| panic!("no namespace names in {out}"));
     let ns = std::process::Command::new("ip")
         .args(["netns", "list"])
         .output()
         .unwrap();
+    let ns = String::from_utf8_lossy(&ns.stdout);
     assert!(
-        !String::from_utf8_lossy(&ns.stdout).contains("sdemo"),
-        "the demo left namespaces behind"
+        !ns.contains(prefix),
+        "the demo left namespaces behind: {ns}"
     );
     out
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod conflicts;
 pub mod delta;
 pub mod fsroot;
+pub mod ganesha;
 pub mod generation;
 pub mod hooks;
 pub mod index;

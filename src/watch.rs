@@ -91,6 +91,63 @@ fn hint(e: &notify::Error) -> &'static str {
     }
 }
 
+/// What notify's thread runs for each event: changes onto the queue, a
+/// full queue or a watch error flagged for a full reconcile.
+struct Handler {
+    root: PathBuf,
+    tx: mpsc::Sender<Change>,
+    dropped: Arc<AtomicBool>,
+    limit_hit: Arc<AtomicBool>,
+    wake: Arc<Notify>,
+    closed: Arc<Closed>,
+    in_channel: Arc<AtomicUsize>,
+}
+
+impl Handler {
+    fn handle(&self, res: notify::Result<notify::Event>) {
+        let changes = match res {
+            // A sync cookie (see `Closed`): not a change.
+            Ok(ev) if ev.paths.first().is_some_and(|p| self.closed.cookie_seen(p)) => return,
+            Ok(ev) => {
+                tracing::trace!(kind = ?ev.kind, paths = ?ev.paths, "event");
+                note(&self.closed, &self.root, &ev);
+                translate(&self.root, &ev)
+            }
+            Err(e) => {
+                if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
+                    self.limit_hit.store(true, Ordering::Relaxed);
+                }
+                tracing::warn!("watch error: {e}{}; a full reconcile follows", hint(&e));
+                vec![Change::Lost]
+            }
+        };
+        for c in changes {
+            self.in_channel.fetch_add(1, Ordering::AcqRel);
+            if self.tx.try_send(c).is_err() {
+                self.in_channel.fetch_sub(1, Ordering::AcqRel);
+                self.dropped.store(true, Ordering::Relaxed);
+                self.wake.notify_one();
+            }
+        }
+    }
+}
+
+/// The closed-file rule's sync point (see `Closed`): without it, files a
+/// server holds open wait for their lease or `settle_ms`.
+fn watch_cookie_dir(watcher: &mut notify::RecommendedWatcher, closed: &Closed) {
+    match closed.make_cookie_dir() {
+        Ok(dir) => {
+            if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                tracing::warn!("cannot watch {}: {e}; files that a server keeps open wait for settle_ms", dir.display());
+            }
+        }
+        Err(e) => tracing::warn!(
+            "cannot make the watch's sync directory in {}: {e}; files that a server keeps open wait for settle_ms",
+            std::env::temp_dir().display()
+        ),
+    }
+}
+
 impl Watch {
     pub fn start(export: &Path) -> Result<Watch, WatchError> {
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -99,39 +156,19 @@ impl Watch {
         let wake = Arc::new(Notify::new());
         let closed = Arc::new(Closed::default());
         let in_channel = Arc::new(AtomicUsize::new(0));
-        let root = export.to_path_buf();
-        let (d, l, w, c, n) = (
-            dropped.clone(),
-            limit_hit.clone(),
-            wake.clone(),
-            closed.clone(),
-            in_channel.clone(),
-        );
-        let handler = move |res: notify::Result<notify::Event>| {
-            let changes = match res {
-                // A sync cookie (see `Closed`): not a change.
-                Ok(ev) if ev.paths.first().is_some_and(|p| c.cookie_seen(p)) => return,
-                Ok(ev) => {
-                    tracing::trace!(kind = ?ev.kind, paths = ?ev.paths, "event");
-                    note(&c, &root, &ev);
-                    translate(&root, &ev)
-                }
-                Err(e) => {
-                    if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
-                        l.store(true, Ordering::Relaxed);
-                    }
-                    tracing::warn!("watch error: {e}{}; a full reconcile follows", hint(&e));
-                    vec![Change::Lost]
-                }
-            };
-            for c in changes {
-                n.fetch_add(1, Ordering::AcqRel);
-                if tx.try_send(c).is_err() {
-                    n.fetch_sub(1, Ordering::AcqRel);
-                    d.store(true, Ordering::Relaxed);
-                    w.notify_one();
-                }
-            }
+        let handler = Handler {
+            root: export.to_path_buf(),
+            tx,
+            dropped: dropped.clone(),
+            limit_hit: limit_hit.clone(),
+            wake: wake.clone(),
+            closed: closed.clone(),
+            in_channel: in_channel.clone(),
+        };
+        let failed = |err: notify::Error| WatchError {
+            path: export.display().to_string(),
+            hint: hint(&err),
+            err,
         };
         // Symlinks are replicated as links, never followed: a link to `/`
         // would otherwise walk the host and use up the per-user watch limit
@@ -142,33 +179,13 @@ impl Watch {
         let config = notify::Config::default()
             .with_follow_symlinks(false)
             .with_event_kinds(notify::EventKindMask::CORE | notify::EventKindMask::ACCESS_CLOSE);
-        let mut watcher =
-            notify::RecommendedWatcher::new(handler, config).map_err(|err| WatchError {
-                path: export.display().to_string(),
-                hint: hint(&err),
-                err,
-            })?;
+        let mut watcher = notify::RecommendedWatcher::new(move |res| handler.handle(res), config)
+            .map_err(failed)?;
         // The root only: the first scan watches the rest as it walks.
         watcher
             .watch(export, RecursiveMode::NonRecursive)
-            .map_err(|err| WatchError {
-                path: export.display().to_string(),
-                hint: hint(&err),
-                err,
-            })?;
-        // The closed-file rule's sync point (see `Closed`): without it,
-        // files a server holds open wait for their lease or `settle_ms`.
-        match closed.make_cookie_dir() {
-            Ok(dir) => {
-                if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
-                    tracing::warn!("cannot watch {}: {e}; files that a server keeps open wait for settle_ms", dir.display());
-                }
-            }
-            Err(e) => tracing::warn!(
-                "cannot make the watch's sync directory in {}: {e}; files that a server keeps open wait for settle_ms",
-                std::env::temp_dir().display()
-            ),
-        }
+            .map_err(failed)?;
+        watch_cookie_dir(&mut watcher, &closed);
         Ok(Watch {
             watcher: Arc::new(Mutex::new(watcher)),
             root: export.to_path_buf(),

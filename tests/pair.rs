@@ -12,7 +12,7 @@ mod auto;
 use std::time::Duration;
 
 use auto::{bootstrap, nodes, same, start_auto, start_role, status, syncd, wait_led_by};
-use netns::{can_run, mdi, serial, wait_for, Lan};
+use netns::{can_run, mdi, serial, takeovers_on_release, wait_for, Lan};
 
 #[test]
 fn the_pair_fails_over_and_back_without_losing_a_file() {
@@ -152,22 +152,20 @@ fn the_pair_fails_over_and_back_without_losing_a_file() {
         b"written just before the switchover",
     )
     .unwrap();
-    let start = std::time::Instant::now();
     let code = lan.term(a1);
     assert_eq!(code, Some(0), "SIGTERM stops the node cleanly");
-    let took = wait_for(Duration::from_secs(10), || lan.has_addr(0, &vip)).map(|_| start.elapsed());
+    let took = wait_for(Duration::from_secs(30), || lan.has_addr(0, &vip));
     if took.is_none() {
         lan.dump_logs();
     }
     let took = took.expect("node 0 never took the address after the switchover");
     eprintln!("switchover: {took:?}");
-    if took >= mdi(150, 1.0) {
+    // By the rule: node 1 resigned with priority 0 and node 0 took over on
+    // hearing it, not after a crash's Master_Down_Interval.
+    if takeovers_on_release(&lan, a0b, 1) != 1 {
         lan.dump_logs();
+        panic!("a planned switchover must be a priority-0 release");
     }
-    assert!(
-        took < mdi(150, 1.0),
-        "a planned switchover must not wait for Master_Down_Interval: {took:?}"
-    );
     assert!(
         !lan.has_addr(1, &vip),
         "the stopped node released the address"
@@ -466,11 +464,12 @@ fn run_failover_demo(env: &[(&str, &str)], min_written: u64) -> String {
         .args(["netns", "list"])
         .output()
         .unwrap();
+    let ns = String::from_utf8_lossy(&ns.stdout);
     assert!(
-        !String::from_utf8_lossy(&ns.stdout).lines().any(|l| l
+        !ns.lines().any(|l| l
             .strip_prefix(&mine)
             .is_some_and(|r| !r.starts_with(|c: char| c.is_ascii_digit()))),
-        "the demo left namespaces behind"
+        "the demo left namespaces behind: {ns}"
     );
     out
 }

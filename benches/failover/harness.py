@@ -71,9 +71,13 @@ import time
 
 import nfs
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import lablib  # noqa: E402
+from lablib import sh  # noqa: E402
+
 PFX = f"sfb{os.getpid() % 100000}"
-BR = f"{PFX}br"
 NET = "10.214.0"
+LAB = lablib.Lab(PFX, NET)
 VIP = f"{NET}.100"
 WARM, OUTAGE, AFTER, DRAIN = 4.0, 6.0, 6.0, 5.0
 PERIOD = 0.005
@@ -82,44 +86,24 @@ HOLD_OPEN = False
 FENCE = os.environ.get("FENCE_HOOK") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "fence.sh")
 
 
-def sh(*args, check=True):
-    r = subprocess.run(args, capture_output=True, text=True)
-    if check and r.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)}: {r.stderr.strip()}")
-    return r.stdout
-
-
-def ns(i):
-    return f"{PFX}n{i}"
+ns = LAB.ns
 
 
 def lab_up(nodes=2):
     """Two nodes (.1, .2) and, for the NFS mode, a client namespace (.3)."""
-    sh("ip", "netns", "add", BR)
-    sh("ip", "-n", BR, "link", "add", "br0", "type", "bridge")
-    sh("ip", "-n", BR, "link", "set", "br0", "up")
-    for i in range(nodes):
-        sh("ip", "netns", "add", ns(i))
-        sh("ip", "link", "add", "eth0", "netns", ns(i), "type", "veth", "peer", "name", f"p{i}", "netns", BR)
-        sh("ip", "-n", BR, "link", "set", f"p{i}", "master", "br0", "up")
-        sh("ip", "-n", ns(i), "addr", "add", f"{NET}.{i + 1}/24", "dev", "eth0")
-        sh("ip", "-n", ns(i), "link", "set", "eth0", "up")
-        sh("ip", "-n", ns(i), "link", "set", "lo", "up")
+    LAB.up(nodes)
 
 
 def lab_down():
-    for n in (ns(0), ns(1), ns(2), BR):
-        subprocess.run(["ip", "netns", "del", n], capture_output=True)
+    LAB.down(3)
 
 
 def port(i, state):
-    sh("ip", "netns", "exec", BR, "bridge", "link", "set", "dev", f"p{i}", "state", str(state))
+    LAB.port(i, state)
 
 
 def holds_vip(i):
-    out = subprocess.run(["ip", "-n", ns(i), "-br", "addr", "show", "dev", "eth0"],
-                         capture_output=True, text=True).stdout
-    return f"{VIP}/" in out
+    return LAB.has_addr(i, VIP)
 
 
 class Group:

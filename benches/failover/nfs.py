@@ -15,6 +15,20 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOOLS = ("ganesha.nfsd", "rpcbind", "unshare")
+# The one ganesha configuration, shared with the demo and the tests (src/ganesha.rs).
+LAB_CONF = os.path.join(HERE, "..", "..", "contrib", "ganesha", "lab.conf")
+
+
+def ganesha_conf(export, recovery, grace=None):
+    """The template filled in as src/ganesha.rs `config` does: no grace
+    period (`grace` None), or `grace` s with leases 5 s shorter."""
+    with open(LAB_CONF) as f:
+        text = f.read()
+    if grace is None:
+        g = "Graceless = true;"
+    else:
+        g = f"Graceless = false; Grace_Period = {grace}; Lease_Lifetime = {max(1, grace - 5)};"
+    return text.replace("@GRACE@", g).replace("@RECOVERY@", recovery).replace("@EXPORT@", export)
 
 
 def missing():
@@ -37,13 +51,7 @@ def start_ganesha(group, netns, d, export, seq):
     os.makedirs(f"{g}/recovery", exist_ok=True)
     conf, log = f"{g}/ganesha-{seq}.conf", f"{g}/ganesha-{seq}.log"
     with open(conf, "w") as f:
-        f.write("NFS_CORE_PARAM { Protocols = 3, 4; NFS_Port = 2049; Enable_NLM = false; "
-                "Enable_RQUOTA = false; Nb_Worker = 8; MaxWrite = 65536; MaxRead = 65536; }\n"
-                f'NFSV4 {{ Graceless = true; RecoveryBackend = fs; RecoveryRoot = "{g}/recovery"; }}\n'
-                f'EXPORT {{ Export_Id = 1; Path = "{export}"; Pseudo = "/export"; '
-                "Access_Type = RW; Squash = No_Root_Squash; Protocols = 3, 4; Transports = TCP; "
-                "SecType = sys; FSAL { Name = VFS; } }\n"
-                "LOG { Default_Log_Level = EVENT; }\n")
+        f.write(ganesha_conf(export, f"{g}/recovery"))
     script = (f"mount -t tmpfs tmpfs /run || exit 1; rpcbind -f -w & sleep 0.3; "
               f"exec ganesha.nfsd -F -f {conf} -L {log} -p {g}/ganesha-{seq}.pid")
     group.spawn(["ip", "netns", "exec", netns, "unshare", "--mount", "sh", "-c", script], f"{g}/ganesha.out")
@@ -63,14 +71,7 @@ def serve_hook(d, export, grace):
     os.makedirs(f"{g}/recovery", exist_ok=True)
     conf, log = f"{g}/ganesha-serve.conf", f"{g}/ganesha-serve.log"
     with open(conf, "w") as f:
-        f.write("NFS_CORE_PARAM { Protocols = 3, 4; NFS_Port = 2049; Enable_NLM = false; "
-                "Enable_RQUOTA = false; Nb_Worker = 8; MaxWrite = 65536; MaxRead = 65536; }\n"
-                f"NFSV4 {{ Graceless = false; Grace_Period = {grace}; Lease_Lifetime = {max(1, grace - 5)}; "
-                f'RecoveryBackend = fs; RecoveryRoot = "{g}/recovery"; }}\n'
-                f'EXPORT {{ Export_Id = 1; Path = "{export}"; Pseudo = "/export"; '
-                "Access_Type = RW; Squash = No_Root_Squash; Protocols = 3, 4; Transports = TCP; "
-                "SecType = sys; FSAL { Name = VFS; } }\n"
-                "LOG { Default_Log_Level = EVENT; }\n")
+        f.write(ganesha_conf(export, f"{g}/recovery", grace))
     script = f"{d}/serve.sh"
     inner = (f"mount -t tmpfs tmpfs /run || exit 1; rpcbind -f -w & sleep 0.3; "
              f"exec ganesha.nfsd -F -f {conf} -L {log} -p {g}/ganesha-serve.pid")

@@ -27,6 +27,10 @@ import tempfile
 import time
 from datetime import datetime
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import lablib  # noqa: E402
+from lablib import sh  # noqa: E402
+
 RUNS = 5
 PID = os.getpid()
 PFX = f"vb{PID}"
@@ -34,37 +38,17 @@ NET = 100 + PID % 100
 DIR = tempfile.mkdtemp(prefix=f"vrrp-bench-{PID}-")
 
 
-def sh(*args, check=True):
-    r = subprocess.run(args, capture_output=True, text=True)
-    if check and r.returncode != 0:
-        raise RuntimeError(f"{args}: {r.stderr}")
-    return r.stdout
-
-
-def ns(i):
-    return f"{PFX}n{i}"
-
-
-BR = f"{PFX}br"
+LAB = lablib.Lab(PFX, f"10.{NET}.0")
+ns = LAB.ns
 VIP = f"10.{NET}.0.100"
 
 
 def setup():
-    sh("ip", "netns", "add", BR)
-    sh("ip", "-n", BR, "link", "add", "br0", "type", "bridge")
-    sh("ip", "-n", BR, "link", "set", "br0", "up")
-    for i in range(3):
-        sh("ip", "netns", "add", ns(i))
-        sh("ip", "link", "add", "eth0", "netns", ns(i), "type", "veth", "peer", "name", f"p{i}", "netns", BR)
-        sh("ip", "-n", BR, "link", "set", f"p{i}", "master", "br0", "up")
-        sh("ip", "-n", ns(i), "addr", "add", f"10.{NET}.0.{i + 1}/24", "dev", "eth0")
-        sh("ip", "-n", ns(i), "link", "set", "eth0", "up")
-        sh("ip", "-n", ns(i), "link", "set", "lo", "up")
+    LAB.up(3)
 
 
 def teardown():
-    for n in [ns(0), ns(1), ns(2), BR]:
-        subprocess.run(["ip", "netns", "del", n], capture_output=True)
+    LAB.down(3)
 
 
 def mac(i):
@@ -73,8 +57,7 @@ def mac(i):
 
 
 def has_vip(i):
-    out = sh("ip", "-n", ns(i), "-o", "addr", "show", "dev", "eth0", check=False)
-    return f" {VIP}/" in out
+    return LAB.has_addr(i, VIP)
 
 
 def wait(cond, timeout):

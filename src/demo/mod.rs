@@ -58,13 +58,18 @@ pub fn run(
         Some(d) => d,
         None => std::env::temp_dir().join(format!("syncd-demo-{}", std::process::id())),
     };
-    let (pex, sex) = (base.join("primary"), base.join("standby"));
-    std::fs::create_dir_all(&pex)?;
-    std::fs::create_dir_all(&sex)?;
+    let dirs = Dirs {
+        pex: base.join("primary"),
+        sex: base.join("standby"),
+        base,
+    };
+    let (base, pex) = (&dirs.base, &dirs.pex);
+    std::fs::create_dir_all(pex)?;
+    std::fs::create_dir_all(&dirs.sex)?;
     println!("demo directory: {}", base.display());
-    let port = write_setup(&base)?;
+    let port = write_setup(base)?;
     let t = Instant::now();
-    let bytes = tree::generate_tree(&pex, files, 42)?;
+    let bytes = tree::generate_tree(pex, files, 42)?;
     println!(
         "generated {files} files + special cases ({:.1} MiB) in {:.2} s",
         bytes as f64 / 1048576.0,
@@ -88,8 +93,8 @@ pub fn run(
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    resyncs(&rt, &base, &pex, &sex)?;
-    live(&rt, &exe, &base, &pex, &sex, seconds, interval)?;
+    resyncs(&rt, &dirs)?;
+    live(&rt, &exe, &dirs, seconds, interval)?;
     println!("\nTry it yourself:\n  syncd resync --config {0}/primary.toml --dry-run\n  syncd verify --config {0}/primary.toml\n(the daemons stop when the demo exits; start them with `syncd --role standby --config {0}/standby.toml` and `syncd --role primary --config {0}/primary.toml`)", base.display());
     Ok(())
 }
@@ -118,12 +123,17 @@ fn write_setup(base: &Path) -> Result<u16, DemoError> {
 }
 
 /// The initial resync, a small edit and its delta resync, then verify.
-fn resyncs(
-    rt: &tokio::runtime::Runtime,
-    base: &Path,
-    pex: &Path,
-    sex: &Path,
-) -> Result<(), DemoError> {
+/// The demo's directory and the two exports in it.
+struct Dirs {
+    base: PathBuf,
+    /// The primary's export.
+    pex: PathBuf,
+    /// The standby's export.
+    sex: PathBuf,
+}
+
+fn resyncs(rt: &tokio::runtime::Runtime, dirs: &Dirs) -> Result<(), DemoError> {
+    let (base, pex, sex) = (&dirs.base, &dirs.pex, &dirs.sex);
     let cfg = Config::load(&base.join("primary.toml")).map_err(msg)?;
     let o = ResyncOptions {
         settle: None,
@@ -180,12 +190,11 @@ fn resyncs(
 /// Writes `live/<i>.txt` (and every tenth, renames it) on the primary and
 /// prints when the standby has it; returns the write's latency.
 async fn write_and_time(
-    base: &Path,
-    pex: &Path,
-    sex: &Path,
+    dirs: &Dirs,
     i: u64,
     start: Instant,
 ) -> Result<Option<Duration>, DemoError> {
+    let (base, pex, sex) = (&dirs.base, &dirs.pex, &dirs.sex);
     let name = format!("live/{i:05}.txt");
     let body = format!("write {i} at {:?}\n", start.elapsed());
     std::fs::write(pex.join(&name), &body)?;
@@ -234,12 +243,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn live(
     rt: &tokio::runtime::Runtime,
     exe: &Path,
-    base: &Path,
-    pex: &Path,
-    sex: &Path,
+    dirs: &Dirs,
     seconds: Option<u64>,
     interval: Duration,
 ) -> Result<(), DemoError> {
+    let (base, pex) = (&dirs.base, &dirs.pex);
     let log = std::fs::File::create(base.join("primary.log"))?;
     let child = Command::new(exe)
         .args(["--role", "primary", "--config"])
@@ -269,7 +277,7 @@ fn live(
                 break;
             }
             i += 1;
-            if let Some(d) = write_and_time(base, pex, sex, i, start).await? {
+            if let Some(d) = write_and_time(dirs, i, start).await? {
                 lat.push(d);
             }
         }

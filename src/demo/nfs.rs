@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{msg, DemoError};
+use syncd::ganesha;
 
 /// Every tool the NFS path needs, or the first one missing.
 pub fn missing() -> Option<&'static str> {
@@ -36,27 +37,9 @@ pub fn start(ns: &str, dir: &Path, export: &Path) -> Result<Child, DemoError> {
     let conf = dir.join("ganesha.conf");
     let log = dir.join("ganesha.log");
     let _ = std::fs::remove_file(&log);
-    std::fs::write(
-        &conf,
-        format!(
-            "NFS_CORE_PARAM {{ Protocols = 4; NFS_Port = 2049; Enable_NLM = false; \
-             Enable_RQUOTA = false; Nb_Worker = 4; }}\n\
-             NFSV4 {{ Graceless = true; RecoveryBackend = fs; RecoveryRoot = \"{rec}\"; }}\n\
-             EXPORT {{ Export_Id = 1; Path = \"{export}\"; Pseudo = \"/export\"; \
-             Access_Type = RW; Squash = No_Root_Squash; Protocols = 4; Transports = TCP; \
-             SecType = sys; FSAL {{ Name = VFS; }} }}\n\
-             LOG {{ Default_Log_Level = EVENT; }}\n",
-            rec = dir.join("recovery").display(),
-            export = export.display(),
-        ),
-    )?;
-    let script = format!(
-        "mount -t tmpfs tmpfs /run || exit 1; rpcbind -f -w & sleep 0.3; \
-         exec ganesha.nfsd -F -f {} -L {} -p {}",
-        conf.display(),
-        log.display(),
-        dir.join("ganesha.pid").display()
-    );
+    let text = ganesha::config(export, &dir.join("recovery"), ganesha::Grace::Off);
+    std::fs::write(&conf, text)?;
+    let script = ganesha::launch_script(&conf, &log, &dir.join("ganesha.pid"));
     let out = std::fs::File::create(dir.join("ganesha.out"))?;
     let mut c = Command::new("ip");
     c.args([
@@ -70,7 +53,7 @@ pub fn start(ns: &str, dir: &Path, export: &Path) -> Result<Child, DemoError> {
     let t = Instant::now();
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("NFS SERVER INITIALIZED") {
+        if text.contains(ganesha::READY) {
             return Ok(child);
         }
         let exited = child.try_wait().ok().flatten();
@@ -109,7 +92,11 @@ impl Client {
         if std::fs::write(&src, content).is_err() {
             return false;
         }
-        let url = format!("nfs://{}/export/{name}?version=4&nfsport=2049", self.host);
+        let (pseudo, port) = (ganesha::PSEUDO, ganesha::PORT);
+        let url = format!(
+            "nfs://{}{pseudo}/{name}?version=4&nfsport={port}",
+            self.host
+        );
         Command::new("ip")
             .args(["netns", "exec", &self.ns, "nfs-cp"])
             .arg(&src)

@@ -206,7 +206,13 @@ fn vrrp_tables(
     }
     let mut toml = imp.toml.clone();
     for (name, cmd) in &ka.scripts {
-        let fix = script_fix(node, &file.file, name, cmd, inp, lb, o);
+        let script = Script {
+            node,
+            file: &file.file,
+            name,
+            cmd,
+        };
+        let fix = script_fix(script, inp, lb, o);
         toml = rewrite_track(&toml, cmd, fix);
     }
     if imp.instances > 0 {
@@ -327,15 +333,22 @@ pub(crate) fn strip_header(t: &str) -> String {
         + "\n"
 }
 
-fn script_fix(
-    node: &str,
-    file: &str,
-    name: &str,
-    cmd: &str,
-    inp: &Inputs,
-    lb: bool,
-    o: &mut Out,
-) -> Option<TrackFix> {
+/// One `vrrp_script` of a node's keepalived.conf, named as the report names it.
+#[derive(Clone, Copy)]
+struct Script<'a> {
+    node: &'a str,
+    file: &'a str,
+    name: &'a str,
+    cmd: &'a str,
+}
+
+fn script_fix(script: Script<'_>, inp: &Inputs, lb: bool, o: &mut Out) -> Option<TrackFix> {
+    let Script {
+        node,
+        file,
+        name,
+        cmd,
+    } = script;
     let path = cmd.split_whitespace().next().unwrap_or("");
     let Some(body) = inp.scripts.get(path) else {
         o.note(Kind::NotCarried, format!(

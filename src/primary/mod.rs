@@ -43,7 +43,7 @@ use crate::index::Index;
 use crate::stats::{unix_now, Stats};
 use crate::watch::Watch;
 use crate::wire::Purpose;
-use ship::{accept, followups, lost, on_event, peer_name, record, set_lag, ship, stop};
+use ship::{accept, followups, lost, on_event, peer_name, record, set_lag, ship, stop, Shipping};
 use syncd_proto::live::{Action, Event, Live, LiveConfig, PERIODIC_NO_WATCH};
 use syncd_sdnotify::State;
 
@@ -304,19 +304,16 @@ impl Driver {
             self.live.handle_session_lost(now);
             return;
         };
-        let (cfg, stats) = (&self.cfg, &self.stats);
-        let r = ship(
-            s,
-            cfg,
-            &mut self.opts,
-            &mut self.index,
-            &mut self.watch,
-            batch,
-            &self.live,
-            stats,
-            commit_id,
-        )
-        .await;
+        let mut with = Shipping {
+            cfg: &self.cfg,
+            opts: &mut self.opts,
+            index: &mut self.index,
+            watch: &mut self.watch,
+            live: &self.live,
+            stats: &self.stats,
+        };
+        let r = ship(s, &mut with, batch, commit_id).await;
+        let stats = &self.stats;
         match r {
             Ok((f, deferred_links)) => {
                 self.me.committed(commit_id);
@@ -337,20 +334,15 @@ impl Driver {
 
     async fn stop(&mut self, flush: Option<(syncd_proto::batch::Batch, u64)>) {
         if let Some(s) = self.session.take() {
-            let (cfg, opts, index) = (&self.cfg, &mut self.opts, &mut self.index);
-            let (watch, live, stats) = (&mut self.watch, &self.live, &self.stats);
-            stop(
-                s,
-                cfg,
-                opts,
-                index,
-                watch,
-                flush,
-                live,
-                stats,
-                &mut self.tsum,
-            )
-            .await;
+            let with = Shipping {
+                cfg: &self.cfg,
+                opts: &mut self.opts,
+                index: &mut self.index,
+                watch: &mut self.watch,
+                live: &self.live,
+                stats: &self.stats,
+            };
+            stop(s, with, flush, &mut self.tsum).await;
         }
         ship::save_index(&mut self.index).await;
         self.me.save();

@@ -36,7 +36,8 @@ pub async fn resync_with(
         me.saw_peer(&theirs.clone());
     }
     let mut index = Index::load(&cfg.state_dir.join("index.bin"));
-    let mut sum = reconcile_with(&mut s, cfg, o, &mut index, None, progress).await?;
+    let run = Run::new(&mut s, cfg, o, &mut index, progress);
+    let mut sum = reconcile_with(run, None).await?;
     sum.failures_dropped = s.take_failures_dropped();
     if !o.dry_run && sum.failures.is_empty() && sum.failures_dropped == 0 {
         // All of it is on the standby: it follows our generation from now.
@@ -94,20 +95,54 @@ pub async fn reconcile(
     index: &mut Index,
     scope: Option<Vec<Scope>>,
 ) -> Result<Summary, ClientError> {
-    reconcile_with(s, cfg, o, index, scope, Arc::new(NoProgress)).await
+    let run = Run::new(s, cfg, o, index, Arc::new(NoProgress));
+    reconcile_with(run, scope).await
+}
+
+/// What one reconcile works with, from the compare to its last barrier.
+struct Run<'a> {
+    s: &'a mut Session,
+    cfg: &'a Config,
+    o: &'a ResyncOptions,
+    index: &'a mut Index,
+    progress: Arc<dyn Progress>,
+    /// The last barrier's id: each step ends with the next one.
+    barrier_id: u64,
+}
+
+impl<'a> Run<'a> {
+    fn new(
+        s: &'a mut Session,
+        cfg: &'a Config,
+        o: &'a ResyncOptions,
+        index: &'a mut Index,
+        progress: Arc<dyn Progress>,
+    ) -> Self {
+        Run {
+            s,
+            cfg,
+            o,
+            index,
+            progress,
+            barrier_id: 0,
+        }
+    }
+
+    /// Closes a step: the failures the standby reports up to here.
+    async fn barrier(&mut self) -> Result<Vec<wire::Failure>, ClientError> {
+        self.barrier_id += 1;
+        self.s.barrier(self.barrier_id).await
+    }
 }
 
 async fn reconcile_with(
-    s: &mut Session,
-    cfg: &Config,
-    o: &ResyncOptions,
-    index: &mut Index,
+    mut run: Run<'_>,
     scope: Option<Vec<Scope>>,
-    progress: Arc<dyn Progress>,
 ) -> Result<Summary, ClientError> {
     let t0 = Instant::now();
+    let (cfg, o) = (run.cfg, run.o);
     let scoped = scope.is_some();
-    let (mut local, mut remote, owners, scanned) = both_sides(s, cfg, o, index, scope).await?;
+    let (mut local, mut remote, owners, scanned) = both_sides(&mut run, scope).await?;
     let mut deferred_links = 0;
     let mut links_outside = HashSet::new();
     if !scoped {
@@ -155,9 +190,9 @@ async fn reconcile_with(
     if o.dry_run {
         dry_run(&p, &mut sum);
     } else {
-        progress.start(p.content_bytes, p.files.len());
-        execute(s, cfg, o, &mut p, &mut sum, index, progress.clone()).await?;
-        progress.finish();
+        run.progress.start(p.content_bytes, p.files.len());
+        execute(&mut run, &mut p, &mut sum).await?;
+        run.progress.finish();
     }
     sum.elapsed = t0.elapsed();
     Ok(sum)
@@ -169,12 +204,10 @@ async fn reconcile_with(
 /// that speaks digests lists only the subtrees whose digests differ (and
 /// our entries are cut to those).
 async fn both_sides(
-    s: &mut Session,
-    cfg: &Config,
-    o: &ResyncOptions,
-    index: &mut Index,
+    run: &mut Run<'_>,
     scope: Option<Vec<Scope>>,
 ) -> Result<(Scan, Vec<Entry>, bool, u64), ClientError> {
+    let (s, cfg, o, index) = (&mut *run.s, run.cfg, run.o, &mut *run.index);
     let checksum = o.checksum;
     let root = cfg.export.clone();
     let mut ix = std::mem::take(index);
@@ -242,20 +275,8 @@ fn dry_run(p: &Plan, sum: &mut Summary) {
     sum.deleted = p.deletes.len() as u64;
 }
 
-async fn execute(
-    s: &mut Session,
-    cfg: &Config,
-    o: &ResyncOptions,
-    p: &mut Plan,
-    sum: &mut Summary,
-    index: &mut Index,
-    progress: Arc<dyn Progress>,
-) -> Result<(), ClientError> {
-    let mut barrier_id = 0u64;
-    let mut next_barrier = || {
-        barrier_id += 1;
-        barrier_id
-    };
+async fn execute(run: &mut Run<'_>, p: &mut Plan, sum: &mut Summary) -> Result<(), ClientError> {
+    let s = &mut *run.s;
     // 1. Deletes, then directories, parents first (worker 0 keeps the order).
     for d in &p.deletes {
         s.send(&Request::Delete { path: d.clone() }).await?;
@@ -276,11 +297,11 @@ async fn execute(
         .await?;
     }
     sum.dirs_created = p.mkdirs.len() as u64;
-    let f = s.barrier(next_barrier()).await?;
-    sum.failures.extend(f);
+    sum.failures.extend(run.barrier().await?);
     // 2. Content, and symlinks.
     let files = std::mem::take(&mut p.files);
-    content(s, cfg, o, p, files, sum, index, progress, &mut next_barrier).await?;
+    content(run, p, files, sum).await?;
+    let s = &mut *run.s;
     // 3. Hard links (their leaders are now in place), then metadata, deepest first.
     for (path, leader) in &p.links {
         s.send(&Request::Link {
@@ -298,7 +319,7 @@ async fn execute(
         .await?;
     }
     sum.meta_only = p.meta_changes;
-    sum.failures.extend(s.barrier(next_barrier()).await?);
+    sum.failures.extend(run.barrier().await?);
     Ok(())
 }
 
@@ -306,18 +327,13 @@ async fn execute(
 /// their own streams first, so they run while the small files stream in
 /// order on the control stream; a small file that failed its content check
 /// is resent whole.
-#[allow(clippy::too_many_arguments)]
 async fn content(
-    s: &mut Session,
-    cfg: &Config,
-    o: &ResyncOptions,
+    run: &mut Run<'_>,
     p: &Plan,
     files: Vec<FileOp>,
     sum: &mut Summary,
-    index: &mut Index,
-    progress: Arc<dyn Progress>,
-    next_barrier: &mut impl FnMut() -> u64,
 ) -> Result<(), ClientError> {
+    let (s, o, index, progress) = (&mut *run.s, run.o, &mut *run.index, run.progress.clone());
     let settle = o.settle.clone();
     // Owned, not cloned: each file's path moves on into its job.
     let (large, small): (Vec<FileOp>, Vec<FileOp>) = files
@@ -332,7 +348,7 @@ async fn content(
             s.absorb_transfer(o, sum, index);
         }
     }
-    let mut small = Small::new(cfg.export.clone(), settle, progress, small);
+    let mut small = Small::new(run.cfg.export.clone(), settle, progress, small);
     send_small(s, &mut small, sum, index).await?;
     for (path, target, meta) in &p.symlinks {
         s.send(&Request::Symlink {
@@ -346,12 +362,12 @@ async fn content(
     if !o.background {
         s.drain_transfers(sum, index).await;
     }
-    let mut failures = s.barrier(next_barrier()).await?;
+    let mut failures = run.barrier().await?;
     // Failures of the small files go back to them: one worth resending
     // goes again and waits for the next barrier.
     while small.verdicts(failures, sum) {
-        send_small(s, &mut small, sum, index).await?;
-        failures = s.barrier(next_barrier()).await?;
+        send_small(run.s, &mut small, sum, run.index).await?;
+        failures = run.barrier().await?;
     }
     Ok(())
 }

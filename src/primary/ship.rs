@@ -14,31 +14,32 @@ use crate::watch::Watch;
 use syncd_proto::batch::{Batch, Change};
 use syncd_proto::live::{Event, Followups, Live, PERIODIC_NO_WATCH, SUPERSEDED_WAIT};
 
+/// What shipping a batch works with, borrowed from the live loop's driver
+/// beside its session.
+pub(super) struct Shipping<'a> {
+    pub cfg: &'a Config,
+    pub opts: &'a mut ResyncOptions,
+    pub index: &'a mut Index,
+    pub watch: &'a mut Option<Watch>,
+    pub live: &'a Live,
+    pub stats: &'a Stats,
+}
+
 /// Ships what was seen before the stop, lets large transfers finish, and
 /// closes the session, each under a deadline: what does not make it is
 /// found by the full reconcile at the next start (the standby never shows
 /// a partial file).
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn stop(
     mut s: Session,
-    cfg: &Config,
-    opts: &mut ResyncOptions,
-    index: &mut Index,
-    watch: &mut Option<Watch>,
+    mut with: Shipping<'_>,
     flush: Option<(Batch, u64)>,
-    live: &Live,
-    stats: &Stats,
     tsum: &mut Summary,
 ) {
     const GRACE: Duration = Duration::from_secs(10);
     if let Some((b, id)) = flush {
-        let _ = tokio::time::timeout(
-            GRACE,
-            ship(&mut s, cfg, opts, index, watch, b, live, stats, id),
-        )
-        .await;
+        let _ = tokio::time::timeout(GRACE, ship(&mut s, &mut with, b, id)).await;
     }
-    let _ = tokio::time::timeout(GRACE, s.drain_transfers(tsum, index)).await;
+    let _ = tokio::time::timeout(GRACE, s.drain_transfers(tsum, with.index)).await;
     let _ = tokio::time::timeout(GRACE, s.finish()).await;
 }
 
@@ -130,18 +131,14 @@ pub(super) async fn save_index(index: &mut Index) {
 /// Replays renames, reconciles the batch's scope, and waits for the standby's
 /// durable commit. Returns the paths the standby could not apply, and how
 /// many hard-linked files were left for a full reconcile.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn ship(
     s: &mut Session,
-    cfg: &Config,
-    opts: &mut ResyncOptions,
-    index: &mut Index,
-    watch: &mut Option<Watch>,
+    with: &mut Shipping<'_>,
     b: Batch,
-    live: &Live,
-    stats: &Stats,
     commit_id: u64,
 ) -> Result<(Followups, u64), ClientError> {
+    let (cfg, live, stats) = (with.cfg, with.live, with.stats);
+    let (opts, index) = (&mut *with.opts, &mut *with.index);
     let pending = live.pending() as u64;
     // A whole-tree compare in flight is unacknowledged work too (a switchover
     // must not see lag 0 while it runs, nor after it failed).
@@ -150,7 +147,7 @@ pub(super) async fn ship(
         s.rename(from.clone(), to.clone()).await?;
     }
     stats.renames.fetch_add(b.renames.len() as u64, Relaxed);
-    if let Some(w) = watch {
+    if let Some(w) = with.watch {
         for sc in b.scope.iter().filter(|s| s.recursive) {
             let abs = cfg.export.join(sc.path.as_path());
             if abs.is_dir() {

@@ -9,10 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The port every server listens on (each in its own namespace).
-pub const PORT: u16 = 2049;
-/// The NFSv4 pseudo path of the export.
-pub const PSEUDO: &str = "/export";
+use syncd::ganesha::{self, Grace};
+pub use syncd::ganesha::{PORT, PSEUDO};
 
 /// Record a skip and return false unless ganesha, rpcbind and libnfs's tools are installed.
 pub fn available(test: &str) -> bool {
@@ -49,28 +47,9 @@ impl Ganesha {
         let conf = dir.join("ganesha.conf");
         let log = dir.join("ganesha.log");
         let _ = std::fs::remove_file(&log);
-        std::fs::write(
-            &conf,
-            format!(
-                "NFS_CORE_PARAM {{ Protocols = 3, 4; NFS_Port = {PORT}; Enable_NLM = false; \
-                 Enable_RQUOTA = false; Nb_Worker = 8; MaxWrite = 65536; MaxRead = 65536; }}\n\
-                 NFSV4 {{ Graceless = true; RecoveryBackend = fs; RecoveryRoot = \"{rec}\"; }}\n\
-                 EXPORT {{ Export_Id = 1; Path = \"{export}\"; Pseudo = \"{PSEUDO}\"; \
-                 Access_Type = RW; Squash = No_Root_Squash; Protocols = 3, 4; Transports = TCP; \
-                 SecType = sys; FSAL {{ Name = VFS; }} }}\n\
-                 LOG {{ Default_Log_Level = EVENT; }}\n",
-                rec = dir.join("recovery").display(),
-                export = export.display(),
-            ),
-        )
-        .unwrap();
-        let script = format!(
-            "mount -t tmpfs tmpfs /run || exit 1; rpcbind -f -w & sleep 0.3; \
-             exec ganesha.nfsd -F -f {} -L {} -p {}",
-            conf.display(),
-            log.display(),
-            dir.join("ganesha.pid").display()
-        );
+        let text = ganesha::config(export, &dir.join("recovery"), Grace::Off);
+        std::fs::write(&conf, text).unwrap();
+        let script = ganesha::launch_script(&conf, &log, &dir.join("ganesha.pid"));
         let out = std::fs::File::create(dir.join("ganesha.out")).unwrap();
         let child = Command::new("ip")
             .args([
@@ -88,7 +67,7 @@ impl Ganesha {
             export: export.to_path_buf(),
         };
         let t = Instant::now();
-        while !g.log().contains("NFS SERVER INITIALIZED") {
+        while !g.log().contains(ganesha::READY) {
             let exited = g.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
             assert!(
                 exited.is_none() && t.elapsed() < Duration::from_secs(30),

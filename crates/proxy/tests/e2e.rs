@@ -1515,15 +1515,13 @@ async fn backend_read_timeout_gives_504() {
     let a = Backend::start("a").await;
     let cfg = http_listener("web") + &upstream("web", "read_timeout = \"500ms\"", &[(a.addr, "")]);
     let p = Proxy::start(&cfg).await;
-    let t = std::time::Instant::now();
     let r = p.get("/slow").await; // the backend answers after 1.5 s
     assert_eq!(r.status, 504, "{r:?}");
     assert_eq!(r.text(), "504 Gateway Timeout\n");
-    assert!(
-        t.elapsed() < Duration::from_millis(1400),
-        "{:?}",
-        t.elapsed()
-    );
+    // The proxy's own timer answered: the backend had the request and was
+    // still waiting to answer it (it never answers in under 1.5 s).
+    assert_eq!(a.count(), 1);
+    assert_eq!(a.stats.slow_answered.load(Ordering::SeqCst), 0);
     assert_eq!(
         p.metric("syncd_proxy_local_errors_total{code=\"504\"}")
             .await,
@@ -1558,12 +1556,15 @@ async fn connect_timeout_moves_on_to_the_next_server() {
         hole.addr
     );
     assert_eq!(p.metric(&errors).await, 1.0);
-    // marked failed (max_fails 1): the next requests go straight to b
+    // marked failed (max_fails 1): the next requests go straight to b,
+    // never to the hole again, and none is a retry
     for _ in 0..3 {
-        let t = std::time::Instant::now();
         assert_eq!(p.get("/").await.backend(), "b");
-        assert!(t.elapsed() < Duration::from_millis(350));
     }
+    // (an attempt on the hole can only end as an error: still the first)
+    assert_eq!(p.metric(&errors).await, 1.0);
+    assert_eq!(p.metric("syncd_proxy_retries_total").await, 1.0);
+    assert_eq!(b.count(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

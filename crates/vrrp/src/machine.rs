@@ -225,6 +225,9 @@ pub struct Machine {
     preempt_at: Option<Instant>,
     last_reannounce: Option<Instant>,
     master_ip: Option<IpAddr>,
+    /// The master that released with priority 0 (the down timer then runs
+    /// for Skew_Time only), so the takeover's reason says so.
+    released_by: Option<IpAddr>,
     started: bool,
     /// MASTER, waiting for [`Event::MasterConfirmed`]: no addresses yet.
     confirming: bool,
@@ -249,6 +252,7 @@ impl Machine {
             preempt_at: None,
             last_reannounce: None,
             master_ip: None,
+            released_by: None,
             started: false,
             confirming: false,
             actions: VecDeque::new(),
@@ -384,12 +388,16 @@ impl Machine {
             }
         }
         if self.master_down_timer.is_some_and(|t| t <= now) && self.state == State::Backup {
-            let why = match self.master_ip {
-                Some(ip) => format!(
+            let why = match (self.released_by, self.master_ip) {
+                (Some(ip), _) => format!(
+                    "the master {ip} released the addresses (priority 0); Skew_Time ({:.3}s) passed",
+                    self.skew().as_secs_f64()
+                ),
+                (None, Some(ip)) => format!(
                     "master down timer expired ({:.3}s without an acceptable advert from {ip})",
                     self.master_down_interval().as_secs_f64()
                 ),
-                None => format!(
+                (None, None) => format!(
                     "master down timer expired ({:.3}s without any master)",
                     self.master_down_interval().as_secs_f64()
                 ),

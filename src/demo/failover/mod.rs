@@ -77,15 +77,14 @@ pub fn run(dir: Option<PathBuf>) -> Result<(), DemoError> {
     let lab = Arc::new(Mutex::new(lab));
     let stop = Arc::new(AtomicBool::new(false));
     let client = client::spawn(lab.clone(), via, stop.clone());
-    std::thread::sleep(Duration::from_secs(5));
-    let took = kill_leader(&lab)?;
-    std::thread::sleep(Duration::from_secs(5));
-    old_leader_returns(&lab)?;
-    std::thread::sleep(Duration::from_secs(2));
+    let story = fail_over_and_back(&lab);
+    // Even when a phase failed: the client holds the lab, whose drop stops
+    // the daemons and removes the namespaces.
     stop.store(true, Ordering::Relaxed);
     let rec = client
         .join()
         .map_err(|_| msg("the demo's client thread failed"))?;
+    let took = story?;
 
     let counts = count::count(&lock(&lab), &rec.written);
     report(&counts, &rec, nfs.is_ok(), took);
@@ -163,6 +162,18 @@ fn start_pair(lab: &mut Lab, base: &Path) -> Result<(), DemoError> {
         t.as_secs_f64()
     );
     Ok(())
+}
+
+/// The story's middle, while the client writes: node 0's host dies, node 1
+/// takes over, node 0 returns and follows. Returns how long the address
+/// was without a holder.
+fn fail_over_and_back(lab: &Mutex<Lab>) -> Result<Duration, DemoError> {
+    std::thread::sleep(Duration::from_secs(5));
+    let took = kill_leader(lab)?;
+    std::thread::sleep(Duration::from_secs(5));
+    old_leader_returns(lab)?;
+    std::thread::sleep(Duration::from_secs(2));
+    Ok(took)
 }
 
 /// Node 0's host dies; returns how long until node 1 held the address.

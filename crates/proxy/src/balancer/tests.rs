@@ -1,5 +1,6 @@
 use super::testutil::*;
 use super::*;
+use std::time::Duration;
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)

@@ -25,6 +25,8 @@ use tokio::task::AbortHandle;
 #[derive(Default)]
 pub struct Stats {
     pub requests: AtomicUsize,
+    /// `/slow` requests whose wait is over (their answer is on its way).
+    pub slow_answered: AtomicUsize,
     pub by_method: Mutex<HashMap<String, usize>>,
     pub last_headers: Mutex<Option<hyper::HeaderMap>>,
 }
@@ -188,6 +190,7 @@ async fn serve(
     }
     if path == "/slow" {
         tokio::time::sleep(Duration::from_millis(1500)).await;
+        stats.slow_answered.fetch_add(1, Ordering::SeqCst);
     }
     if path == "/huge" {
         // larger than every socket buffer between here and the client

@@ -72,6 +72,7 @@ impl Machine {
             State::Backup => {
                 if a.priority == 0 {
                     self.master_down_timer = Some(now + self.skew());
+                    self.released_by = Some(src);
                     return Ok(());
                 }
                 let lower = a.priority < ours;
@@ -86,6 +87,7 @@ impl Machine {
                     }
                     self.master_ip = Some(src);
                     self.master_down_timer = Some(now + self.master_down_interval());
+                    self.released_by = None;
                 }
                 // else: discard, so the master down timer fires and we preempt.
                 Ok(())

@@ -311,6 +311,8 @@ fn kill_master_backup_takes_over_after_master_down_interval() {
             last_advert + mdi,
             "{v:?} {int_ms}"
         );
+        let (_, _, why) = sim.nodes[1].transitions.last().unwrap();
+        assert!(why.contains("master down timer expired"), "{why}");
         // gratuitous ARP burst at takeover
         assert_eq!(sim.nodes[1].announces.first().map(|a| a.1), Some(5));
     }
@@ -331,6 +333,10 @@ fn priority_zero_release_takes_over_after_skew_time() {
         assert_eq!(sim.state(1), State::Master);
         let took = sim.became_master_at(1).unwrap() - 10 * S;
         assert_eq!(took, skew_time(v, 100, S), "{v:?}");
+        // The reason says why: the shells' tests check it in the log.
+        let (_, to, why) = sim.nodes[1].transitions.last().unwrap();
+        assert_eq!(*to, State::Master);
+        assert!(why.contains("released the addresses (priority 0)"), "{why}");
     }
 }
 

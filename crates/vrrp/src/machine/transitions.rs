@@ -32,6 +32,7 @@ impl Machine {
         }
         self.adver_timer = Some(now + self.cfg.advert_int);
         self.master_down_timer = None;
+        self.released_by = None;
         self.master_adver_interval = self.cfg.advert_int;
         self.master_ip = Some(self.cfg.primary_ip);
         self.transition(State::Master, reason);
@@ -68,6 +69,7 @@ impl Machine {
         self.garp_delay_timer = None;
         self.garp_refresh_timer = None;
         self.master_down_timer = Some(now + self.master_down_interval());
+        self.released_by = None;
         if was_master {
             self.actions.push_back(Action::RemoveAddresses);
         }

@@ -41,6 +41,28 @@ pub fn mdi(priority: u8, interval: f64) -> Duration {
     Duration::from_secs_f64(3.0 * interval + (256.0 - f64::from(priority)) / 256.0 * interval)
 }
 
+/// How often process `k`'s log (syncd's VRRP) says it took over because
+/// node `from`, the master, released the addresses with priority 0: a
+/// takeover by that rule (Skew_Time), not by a crash's Master_Down_Interval.
+pub fn takeovers_on_release(lan: &Lan, k: usize, from: usize) -> usize {
+    let line = format!(
+        "BACKUP -> MASTER: the master {} released the addresses (priority 0)",
+        lan.ip(from)
+    );
+    lan.log(k).matches(&line).count()
+}
+
+/// How often process `k`'s log says it took over because Master_Down_Interval
+/// passed without an acceptable advert from node `from` (a crash; also a
+/// preemption of a master whose priority fell below ours).
+pub fn takeovers_on_silence(lan: &Lan, k: usize, from: usize) -> usize {
+    let from = format!("without an acceptable advert from {})", lan.ip(from));
+    lan.log(k)
+        .lines()
+        .filter(|l| l.contains("BACKUP -> MASTER: master down timer expired") && l.contains(&from))
+        .count()
+}
+
 /// A syncd-vrrp config with one instance.
 pub fn syncd_toml(version: u8, priority: u8, vip: &str, advert_int: f64, extra: &str) -> String {
     format!(

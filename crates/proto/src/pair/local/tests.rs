@@ -1,0 +1,124 @@
+//! The ledger's rules: what is reported as written locally, and how
+//! puts, moves and removals change the record.
+
+use std::collections::BTreeMap;
+
+use super::*;
+
+fn l(entries: &[(&str, u32)]) -> Ledger<u32> {
+    Ledger::rebased(entries.iter().map(|(p, s)| (p.as_bytes().to_vec(), *s)))
+}
+
+fn b(s: &str) -> Vec<u8> {
+    s.as_bytes().to_vec()
+}
+
+#[test]
+fn unchanged_is_ours_changed_or_new_is_local() {
+    let x = l(&[("a", 1), ("d/f", 2)]);
+    assert_eq!(x.judge(b"a", Some(&1)), Origin::Ours);
+    assert_eq!(x.judge(b"a", Some(&9)), Origin::Changed);
+    assert_eq!(x.judge(b"n", Some(&1)), Origin::New);
+    assert_eq!(x.judge(b"a", None), Origin::Absent);
+    assert!(Origin::New.is_local() && Origin::Changed.is_local());
+    assert!(!Origin::Ours.is_local() && !Origin::Absent.is_local());
+}
+
+#[test]
+fn syncd_temp_names_are_never_local() {
+    let x = l(&[]);
+    assert_eq!(x.judge(b"d/.syncd-12.3.tmp", Some(&1)), Origin::Ours);
+    assert_eq!(x.judge(b"d/.syncd-12.3.tmpx", Some(&1)), Origin::New);
+    assert_eq!(x.judge(b".syncd-notes", Some(&1)), Origin::New);
+    // Only syncd's exact pattern: a user's file shaped like it is theirs.
+    assert_eq!(x.judge(b"d/.syncd-notes.tmp", Some(&1)), Origin::New);
+    assert_eq!(x.judge(b".syncd-1.tmp", Some(&1)), Origin::New);
+}
+
+#[test]
+fn an_invalid_ledger_reports_nothing_and_records_nothing() {
+    let mut x = Ledger::<u32>::invalid();
+    assert_eq!(x.judge(b"a", Some(&1)), Origin::Ours);
+    assert!(!x.apply(&Change::Put(b("a"), 1)));
+    assert!(x.is_empty());
+    let mut y = l(&[("a", 1)]);
+    y.invalidate();
+    assert!(!y.is_valid());
+    assert_eq!(y.judge(b"a", Some(&5)), Origin::Ours);
+}
+
+#[test]
+fn removal_and_moves_cover_the_subtree_only() {
+    let mut x = l(&[
+        ("d", 0),
+        ("d/f", 1),
+        ("d/g/h", 2),
+        ("d-x", 3),
+        ("d.y", 4),
+        ("e", 5),
+    ]);
+    x.apply(&Change::MoveUnder(b("d"), b("m")));
+    let keys: Vec<_> = x.entries().map(|(k, _)| k.clone()).collect();
+    assert_eq!(
+        keys,
+        [b("d-x"), b("d.y"), b("e"), b("m"), b("m/f"), b("m/g/h")]
+    );
+    assert_eq!(x.get(b"m/g/h"), Some(&2));
+    x.apply(&Change::RemoveUnder(b("m")));
+    assert_eq!(x.len(), 3);
+    x.apply(&Change::Put(b("m"), 7));
+    x.apply(&Change::Remove(b("m")));
+    assert_eq!(x.get(b"m"), None);
+    // A rename over an existing entry replaces it.
+    x.apply(&Change::MoveUnder(b("d-x"), b("e")));
+    assert_eq!(x.get(b"e"), Some(&3));
+    assert_eq!(x.len(), 2);
+}
+
+/// Seeded sequences: a path syncd put and nobody touched is never
+/// reported, and one touched locally always is, whatever moves and
+/// removals the leader made around it.
+#[test]
+fn seeded_histories_never_report_syncd_and_always_report_a_local_write() {
+    for seed in 0..500u64 {
+        let mut rng = syncd_testkit::rng::Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut x: Ledger<u32> = Ledger::rebased([]);
+        // The truth: path -> (stamp, written locally).
+        let mut fs: BTreeMap<Vec<u8>, (u32, bool)> = BTreeMap::new();
+        let names = ["a", "b", "d/a", "d/b", "e/a"];
+        for step in 0..60u32 {
+            let p = b(names[rng.below(names.len())]);
+            match rng.below(4) {
+                0 => {
+                    let s = step * 10 + 1;
+                    fs.insert(p.clone(), (s, false));
+                    x.apply(&Change::Put(p, s));
+                }
+                1 => {
+                    let s = step * 10 + 2;
+                    fs.insert(p, (s, true));
+                }
+                2 => {
+                    fs.remove(&p);
+                    x.apply(&Change::RemoveUnder(p));
+                }
+                _ => {
+                    let (from, to) = (b("d"), b("e"));
+                    let moved: Vec<_> = fs.keys().filter(|k| under(k, &from)).cloned().collect();
+                    fs.retain(|k, _| !under(k, &to));
+                    for k in moved {
+                        if let Some(v) = fs.remove(&k) {
+                            let mut n = to.clone();
+                            n.extend_from_slice(&k[from.len()..]);
+                            fs.insert(n, v);
+                        }
+                    }
+                    x.apply(&Change::MoveUnder(from, to));
+                }
+            }
+            for (k, (s, local)) in &fs {
+                assert_eq!(x.judge(k, Some(s)).is_local(), *local, "seed {seed} {k:?}");
+            }
+        }
+    }
+}

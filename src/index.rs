@@ -179,6 +179,11 @@ impl Index {
         self.dirty |= self.map.retain(keep) > 0;
     }
 
+    /// Drops the entries of every path not in `live` (a whole listing).
+    pub fn keep_only<'a>(&mut self, live: impl Iterator<Item = &'a [u8]>) {
+        self.dirty |= self.map.keep_only(live) > 0;
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }

@@ -165,7 +165,24 @@ impl Table {
         true
     }
 
-    /// Keeps the entries whose path `keep` accepts; how many went.
+    /// Keeps only the entries of `paths` (one bit an entry, where a set of
+    /// the paths was ~34 MB at a million); how many went.
+    pub(super) fn keep_only<'a>(&mut self, paths: impl Iterator<Item = &'a [u8]>) -> usize {
+        let mut seen = vec![false; self.slots.len()];
+        for p in paths {
+            if let Some(i) = self.slot_of(p) {
+                seen[i] = true;
+            }
+        }
+        let mut n = 0;
+        self.retain(|_| {
+            n += 1;
+            seen[n - 1]
+        })
+    }
+
+    /// Keeps the entries whose path `keep` accepts (called in slot
+    /// order); how many went.
     pub(super) fn retain(&mut self, mut keep: impl FnMut(&[u8]) -> bool) -> usize {
         let before = self.slots.len();
         let names = &self.names;
@@ -312,5 +329,13 @@ mod tests {
         }
         assert_eq!(t.len(), t.iter().count());
         assert_eq!(t.retain(|_| true), 0);
+        // Only the listed paths stay; a listed path not in the table is no entry.
+        let listed = [path(0), path(3), b"elsewhere".to_vec()];
+        let before = t.len();
+        assert_eq!(t.keep_only(listed.iter().map(|p| p.as_slice())), before - 2);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.get(&path(3)), Some((stamp(3), [3; 32])));
+        assert_eq!(t.get(&path(0)), Some((stamp(0), [0; 32])));
+        assert_eq!(t.get(b"elsewhere"), None);
     }
 }

@@ -108,6 +108,7 @@ impl Table {
             s.set(&stamp, hash);
             return true;
         }
+        self.compact_if_wasteful();
         let (Ok(len), Ok(at)) = (u16::try_from(path.len()), u32::try_from(self.names.len())) else {
             return false;
         };

@@ -4,7 +4,6 @@
 //! An entry is trusted only while size, mtime, ctime and inode all still match
 //! what `lstat` says; any change (even a `touch`) invalidates the hash.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -21,7 +20,8 @@ pub const VERSION: u32 = 2;
 /// Version 1 had only this magic, no version field; read and migrated.
 const MAGIC_V1: &[u8; 8] = b"SYNCDIX1";
 
-type Entries = Vec<(Vec<u8>, Stamp, Hash)>;
+mod table;
+use table::Table;
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stamp {
@@ -45,7 +45,7 @@ impl Stamp {
 
 #[derive(Default, Debug)]
 pub struct Index {
-    map: HashMap<Vec<u8>, (Stamp, Hash)>,
+    map: Table,
     path: PathBuf,
     dirty: bool,
     /// Read from an older format: the next save writes the current one.
@@ -71,9 +71,9 @@ pub enum IndexError {
 
 /// The entries in `b` and whether they came from an older format; a file
 /// that is neither format is `Ok(None)` (damaged: only a cache).
-fn decode(path: &Path, b: &[u8]) -> Result<Option<(Entries, bool)>, IndexError> {
+fn decode(path: &Path, b: &[u8]) -> Result<Option<(Table, bool)>, IndexError> {
     if let Some(rest) = b.strip_prefix(MAGIC_V1.as_slice()) {
-        return Ok(postcard::from_bytes(rest).ok().map(|v| (v, true)));
+        return Ok(entries(rest).map(|t| (t, true)));
     }
     let Some(rest) = b.strip_prefix(MAGIC.as_slice()) else {
         return Ok(None);
@@ -82,13 +82,30 @@ fn decode(path: &Path, b: &[u8]) -> Result<Option<(Entries, bool)>, IndexError> 
         return Ok(None);
     };
     match u32::from_le_bytes(*v) {
-        VERSION => Ok(postcard::from_bytes(rest).ok().map(|v| (v, false))),
+        VERSION => Ok(entries(rest).map(|t| (t, false))),
         version if version > VERSION => Err(IndexError::Newer {
             path: path.display().to_string(),
             version,
         }),
         _ => Ok(None),
     }
+}
+
+/// One entry as written: the path, its stamp, its hash.
+type Record<'a> = (&'a [u8], Stamp, Hash);
+
+/// Decodes postcard's `Vec<(Vec<u8>, Stamp, Hash)>` (both formats' body)
+/// one entry at a time into the table, never into a `Vec` of them all.
+fn entries(b: &[u8]) -> Option<Table> {
+    let (n, mut rest) = postcard::take_from_bytes::<u64>(b).ok()?;
+    // Each entry is at least 39 bytes: a damaged count allocates nothing big.
+    let mut t = Table::with_capacity(usize::try_from(n).ok()?.min(rest.len() / 39));
+    for _ in 0..n {
+        let ((k, s, h), r) = postcard::take_from_bytes::<Record>(rest).ok()?;
+        t.insert(k, s, h);
+        rest = r;
+    }
+    Some(t)
 }
 
 impl Index {
@@ -98,19 +115,16 @@ impl Index {
     pub fn open(path: &Path) -> Result<Index, IndexError> {
         let (map, migrated) = match crate::state::read_private(path) {
             Ok(b) => match decode(path, &b)? {
-                Some((v, migrated)) => (
-                    v.into_iter().map(|(k, s, h)| (k, (s, h))).collect(),
-                    migrated,
-                ),
+                Some((t, migrated)) => (t, migrated),
                 None => {
                     tracing::warn!(path = %path.display(), "index damaged; rehashing the export");
-                    (HashMap::new(), false)
+                    (Table::default(), false)
                 }
             },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (HashMap::new(), false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Table::default(), false),
             Err(e) => {
                 tracing::warn!(path = %path.display(), "index unreadable ({e}); rehashing the export");
-                (HashMap::new(), false)
+                (Table::default(), false)
             }
         };
         Ok(Index {
@@ -142,34 +156,32 @@ impl Index {
     }
 
     pub fn get(&self, key: &[u8], now: &Stamp) -> Option<Hash> {
-        self.map.get(key).filter(|(s, _)| s == now).map(|(_, h)| *h)
+        self.map.get(key).filter(|(s, _)| s == now).map(|(_, h)| h)
     }
 
     pub fn insert(&mut self, key: Vec<u8>, stamp: Stamp, hash: Hash) {
-        if self.map.get(&key) != Some(&(stamp, hash)) {
-            self.map.insert(key, (stamp, hash));
-            self.dirty = true;
-        }
+        self.dirty |= self.map.insert(&key, stamp, hash);
     }
 
     pub fn remove(&mut self, key: &[u8]) {
-        if self.map.remove(key).is_some() {
-            self.dirty = true;
-        }
+        self.dirty |= self.map.remove(key);
     }
 
     /// Takes in every entry of `other` (hashes learnt without holding this one).
     pub fn absorb(&mut self, other: Index) {
-        for (k, (s, h)) in other.map {
-            self.insert(k, s, h);
+        for (k, s, h) in other.map.iter() {
+            self.dirty |= self.map.insert(k, s, *h);
         }
     }
 
     /// Drops entries for paths that no longer exist.
-    pub fn retain(&mut self, mut keep: impl FnMut(&[u8]) -> bool) {
-        let before = self.map.len();
-        self.map.retain(|k, _| keep(k));
-        self.dirty |= self.map.len() != before;
+    pub fn retain(&mut self, keep: impl FnMut(&[u8]) -> bool) {
+        self.dirty |= self.map.retain(keep) > 0;
+    }
+
+    /// Drops the entries of every path not in `live` (a whole listing).
+    pub fn keep_only<'a>(&mut self, live: impl Iterator<Item = &'a [u8]>) {
+        self.dirty |= self.map.keep_only(live) > 0;
     }
 
     pub fn len(&self) -> usize {
@@ -177,7 +189,7 @@ impl Index {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.map.len() == 0
     }
 
     /// Writes the index atomically (temp file + fsync + rename) if it changed.
@@ -192,19 +204,30 @@ impl Index {
         if let Some(d) = self.path.parent() {
             crate::state::private_dir(d).map_err(err)?;
         }
-        let v: Vec<(&Vec<u8>, &Stamp, &Hash)> =
-            self.map.iter().map(|(k, (s, h))| (k, s, h)).collect();
-        let mut bytes = MAGIC.to_vec();
-        bytes.extend_from_slice(&VERSION.to_le_bytes());
-        bytes = postcard::to_extend(&v, bytes).map_err(|e| err(std::io::Error::other(e)))?;
         let tmp = self.path.with_extension("tmp");
-        let mut f = crate::state::create_private(&tmp).map_err(err)?;
-        f.write_all(&bytes).map_err(err)?;
+        let f = crate::state::create_private(&tmp).map_err(err)?;
+        let f = self.write_to(f).map_err(err)?;
         f.sync_all().map_err(err)?;
         std::fs::rename(&tmp, &self.path).map_err(err)?;
         self.dirty = false;
         self.migrated = false;
         Ok(())
+    }
+
+    /// Writes the format one entry at a time through a small buffer (one
+    /// buffer of the whole encoding was ~100 MB at a million files).
+    fn write_to(&self, f: std::fs::File) -> std::io::Result<std::fs::File> {
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, f);
+        w.write_all(MAGIC)?;
+        w.write_all(&VERSION.to_le_bytes())?;
+        // postcard's `Vec<(Vec<u8>, Stamp, Hash)>`: the count, then each.
+        let io = |e: postcard::Error| std::io::Error::other(e);
+        postcard::to_io(&(self.map.len() as u64), &mut w).map_err(io)?;
+        for (k, s, h) in self.map.iter() {
+            let rec: Record = (k, s, *h);
+            postcard::to_io(&rec, &mut w).map_err(io)?;
+        }
+        w.into_inner().map_err(|e| e.into_error())
     }
 }
 
@@ -259,6 +282,59 @@ mod tests {
         let ix = Index::open(&p).unwrap();
         assert!(!ix.migrated());
         assert_eq!(ix.get(b"a", &stamp()), Some([7; 32]));
+    }
+
+    #[test]
+    fn the_file_format_is_unchanged_byte_for_byte() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("index.bin");
+        // What the previous release wrote: one postcard buffer of it all.
+        let key = vec![b'd', 0xff, b'/', 0x80]; // not UTF-8
+        let old: Vec<(Vec<u8>, Stamp, Hash)> = vec![(key.clone(), stamp(), [7; 32])];
+        let mut want = MAGIC.to_vec();
+        want.extend_from_slice(&VERSION.to_le_bytes());
+        let want = postcard::to_extend(&old, want).unwrap();
+        let mut ix = Index::load(&p);
+        ix.insert(key.clone(), stamp(), [7; 32]);
+        ix.save().unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), want);
+        // And many entries, in whatever order, read back.
+        let mut ix = Index::load(&p);
+        for i in 0..1000u32 {
+            let s = Stamp {
+                size: i.into(),
+                ..stamp()
+            };
+            ix.insert(format!("a/{i}").into_bytes(), s, [i as u8; 32]);
+        }
+        ix.remove(&key);
+        ix.save().unwrap();
+        let b = std::fs::read(&p).unwrap();
+        let v: Vec<(Vec<u8>, Stamp, Hash)> = postcard::from_bytes(&b[12..]).unwrap();
+        assert_eq!(v.len(), 1000);
+        let ix = Index::open(&p).unwrap();
+        assert_eq!(ix.len(), 1000);
+        for i in 0..1000u32 {
+            let s = Stamp {
+                size: i.into(),
+                ..stamp()
+            };
+            assert_eq!(ix.get(format!("a/{i}").as_bytes(), &s), Some([i as u8; 32]));
+        }
+        assert_eq!(ix.get(&key, &stamp()), None);
+    }
+
+    #[test]
+    fn a_damaged_body_is_an_empty_index_not_a_huge_allocation() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("index.bin");
+        let mut b = MAGIC.to_vec();
+        b.extend_from_slice(&VERSION.to_le_bytes());
+        // A count of 2^62 entries, and one byte of them.
+        let mut huge = postcard::to_extend(&(1u64 << 62), b).unwrap();
+        huge.push(1);
+        std::fs::write(&p, &huge).unwrap();
+        assert!(Index::open(&p).unwrap().is_empty());
     }
 
     #[test]

@@ -92,12 +92,9 @@ pub fn scan_with(
         rel: None,
         names,
     }]);
-    // Forget paths that are gone so the index does not grow forever (an
-    // empty one, at a first start, needs no set of every path).
+    // Forget paths that are gone so the index does not grow forever.
     if !index.is_empty() {
-        let live: std::collections::HashSet<&[u8]> =
-            c.out.entries.iter().map(|e| e.path.as_bytes()).collect();
-        index.retain(|k| live.contains(k));
+        index.keep_only(c.out.entries.iter().map(|e| e.path.as_bytes()));
     }
     c.finish(&dir, index, force)
 }

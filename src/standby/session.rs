@@ -330,12 +330,10 @@ pub(super) fn list_all(sh: &Shared, checksum: bool) -> std::io::Result<scan::Sca
     // it scans with an index of its own, then records what it learnt.
     let mut fresh = Index::default();
     let scanned = scan::scan(sh.root.path(), &mut fresh, checksum, checksum)?;
-    let live: std::collections::HashSet<&[u8]> =
-        scanned.entries.iter().map(|e| e.path.as_bytes()).collect();
     let mut ix = lock(&sh.index);
     // A file committed during the scan may be forgotten here: the index is
-    // only a cache.
-    ix.retain(|k| live.contains(k));
+    // only a cache. One bit per entry, not a set of every listed path.
+    ix.keep_only(scanned.entries.iter().map(|e| e.path.as_bytes()));
     ix.absorb(fresh);
     drop(ix);
     super::local::count_listed(sh, &scanned.entries);

@@ -74,7 +74,7 @@ impl SigBuilder {
 
     /// Whether the data so far ends on a block boundary.
     pub fn aligned(&self) -> bool {
-        self.buf.len() % self.opts.block_size as usize == 0
+        self.buf.len().is_multiple_of(self.opts.block_size as usize)
     }
 
     /// Appends the entries of whole blocks whose signature is already known
@@ -82,7 +82,7 @@ impl SigBuilder {
     /// so they are not hashed again. Only at a block boundary: `false` (and
     /// nothing appended) elsewhere or for entries that are not whole.
     pub fn known(&mut self, entries: &[u8]) -> bool {
-        if !self.aligned() || entries.len() % self.entry_len() != 0 {
+        if !self.aligned() || !entries.len().is_multiple_of(self.entry_len()) {
             return false;
         }
         if !self.buf.is_empty() || self.out.is_empty() {
@@ -98,7 +98,7 @@ impl SigBuilder {
     pub fn copied(&mut self, base: Option<&[u8]>, offset: u64, data: &[u8]) {
         let (b, e) = (self.opts.block_size as usize, self.entry_len());
         let whole = data.len() / b;
-        if let Some(base) = base.filter(|_| whole > 0 && offset % b as u64 == 0) {
+        if let Some(base) = base.filter(|_| whole > 0 && offset.is_multiple_of(b as u64)) {
             let first = usize::try_from(offset / b as u64).unwrap_or(usize::MAX);
             let range = first
                 .checked_mul(e)
@@ -133,7 +133,7 @@ pub fn entries(sig: &[u8], block: u32, strong: u32) -> Option<&[u8]> {
         },
     );
     let body = &sig[HEADER..];
-    (head == want.serialized() && body.len() % (4 + strong as usize) == 0).then_some(body)
+    (head == want.serialized() && body.len().is_multiple_of(4 + strong as usize)).then_some(body)
 }
 
 /// Signature of the first `size` bytes of `file`, its windows read with

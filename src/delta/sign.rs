@@ -1,5 +1,5 @@
 //! Block signatures: built from a stream (what the standby writes), or from
-//! a file on every core. A signature's block entries are independent of
+//! a file on several cores. A signature's block entries are independent of
 //! each other, so per-window signatures concatenate to the one-shot one.
 
 use std::os::unix::fs::FileExt;

@@ -18,9 +18,10 @@ use crate::wire::Request;
 use syncd_proto::path::RelPath;
 
 /// Differ threads per delta: the diff (a rolling checksum and an MD4 per
-/// matched block) is the primary's main cost; more than a few would only
-/// hold more windows in memory.
-const MAX_DIFFERS: usize = 4;
+/// matched block) is the primary's main cost. Each holds up to two windows,
+/// and up to `MAX_STREAMS` deltas run at once: more would only hold more
+/// memory.
+const MAX_DIFFERS: usize = 2;
 
 /// The reader's output, dealt round-robin to the differs.
 enum Feed {

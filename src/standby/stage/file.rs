@@ -57,8 +57,9 @@ impl Lane {
             if let Some(cached) = sh.sigs.get(path, &stamp, block_size, strong_len) {
                 return Ok(cached);
             }
-            // Every core: the primary waits for this before it can diff.
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            // Cores: the primary waits for this before it can diff. At most
+            // 4 windows in memory per lane.
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
             let sig = delta::signature_file(&f, m.len(), block_size, strong_len, threads)
                 .map_err(std::io::Error::other)?;
             sh.sigs.put(path, &stamp, block_size, strong_len, &sig);

@@ -2,9 +2,11 @@
 # Side-by-side benchmark: syncd resync vs `rsync -a --delete` to an rsync
 # daemon, both on loopback, same generated data, same (warm) page cache.
 #
-#   benches/compare.sh [small|big|nochange|rss|all]     (default: all)
+#   benches/compare.sh [small|big|foreign|nochange|rss|all]  (default: all)
 #
 # Environment: FILES (100000), FILE_KIB (4), BIG_MIB (1024), HUGE_MIB (4096),
+# ROUNDS (3, for `foreign`), SYNCD_BIN (a syncd binary to use instead of
+# building this tree's release binary; for before/after comparisons),
 # BENCH_DIR (/tmp/syncd-bench), SYNCD_DURABLE (true: syncd flushes with
 # syncfs before it reports success; rsync never fsyncs, so "false" is the
 # like-for-like comparison and "true" is what syncd does by default).
@@ -17,11 +19,16 @@ BIG_MIB=${BIG_MIB:-1024}
 HUGE_MIB=${HUGE_MIB:-4096}
 DIR=${BENCH_DIR:-/tmp/syncd-bench}
 DURABLE=${SYNCD_DURABLE:-true}
+ROUNDS=${ROUNDS:-3}
 WHAT=${1:-all}
 
 command -v rsync >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync >/dev/null; }
-cargo build --release -q --bin syncd
-SYNCD=$PWD/target/release/syncd
+if [ -n "${SYNCD_BIN:-}" ]; then
+  SYNCD=$(realpath "$SYNCD_BIN")
+else
+  cargo build --release -q --bin syncd
+  SYNCD=${CARGO_TARGET_DIR:-$PWD/target}/release/syncd
+fi
 
 mkdir -p "$DIR"
 cd "$DIR"
@@ -194,6 +201,35 @@ big() {
   stop_standby; cleanup; PIDS=()
 }
 
+# 2b alone, ROUNDS times: each round the standby gets a fresh copy of the
+# source it did not write (no cached signature), 1 MiB of the source
+# changes, then rsync and syncd bring their copies up to date, in an order
+# that alternates across rounds. Every round is printed, then the medians
+# of both tools and of the same-round ratios.
+foreign() {
+  mkdir -p src-big dst-rsync-f dst-syncd-f
+  gen_big src-big/big.bin "$BIG_MIB"
+  start_rsyncd "$DIR/dst-rsync-f"
+  setup_syncd "$DIR/src-big" "$DIR/dst-syncd-f"; start_standby
+  run_rsync src-big >/dev/null
+  local i r s rs=() ss=() qs=()
+  for i in $(seq "$ROUNDS"); do
+    cp src-big/big.bin dst-syncd-f/big.bin.tmp && mv dst-syncd-f/big.bin.tmp dst-syncd-f/big.bin && touch -d 2000-01-01 dst-syncd-f/big.bin
+    head -c 1048576 /dev/urandom | dd of=src-big/big.bin bs=1M seek=$(( BIG_MIB * i / (ROUNDS + 2) )) conv=notrunc status=none
+    sync
+    if [ $((i % 2)) = 1 ]; then r=$(run_rsync src-big); s=$(run_syncd); else s=$(run_syncd); r=$(run_rsync src-big); fi
+    cmp -s src-big/big.bin dst-syncd-f/big.bin || { echo "round $i: syncd's copy differs"; exit 1; }
+    rs+=("$r"); ss+=("$s"); qs+=("$(ratio "$s" "$r")")
+    printf '2b round %d (%s first, load %s): syncd %ss  rsync %ss  ratio %s  wire syncd %s B rsync %s B (%s)\n' \
+      "$i" "$([ $((i % 2)) = 1 ] && echo rsync || echo syncd)" "$(cut -d' ' -f1 /proc/loadavg)" "$s" "$r" "$(ratio "$s" "$r")" \
+      "$(cat syncd-wire.txt)" "$(cat rsync-wire.txt)" "$(ratio "$(cat syncd-wire.txt)" "$(cat rsync-wire.txt)")"
+  done
+  med() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+  printf '2b. %s MiB, base not written by syncd, %s rounds: median syncd %ss  rsync %ss  same-round ratio %s (worst %s)  (target <= 1.0)\n' \
+    "$BIG_MIB" "$ROUNDS" "$(med "${ss[@]}")" "$(med "${rs[@]}")" "$(med "${qs[@]}")" "$(printf '%s\n' "${qs[@]}" | sort -g | tail -1)"
+  stop_standby; cleanup; PIDS=()
+}
+
 rss() {
   mkdir -p src-huge
   gen_big src-huge/huge.bin "$HUGE_MIB"
@@ -213,6 +249,13 @@ rss() {
   prim=$(tail -1 prim-rss.txt)
   sb=$(awk '/VmHWM/ {print $2}' /proc/$STANDBY_PID/status)
   printf '%-44s primary %6s MiB  standby %6s MiB  (target < 200 each)\n' "4. peak RSS, ${HUGE_MIB} MiB file as delta" "$((prim / 1024))" "$((sb / 1024))"
+  # And against a copy syncd did not write (signed on every core first).
+  cp src-huge/huge.bin dst-syncd/huge.bin.tmp && mv dst-syncd/huge.bin.tmp dst-syncd/huge.bin && touch -d 2000-01-01 dst-syncd/huge.bin
+  head -c 1048576 /dev/urandom | dd of=src-huge/huge.bin bs=1M seek=$(( HUGE_MIB / 3 )) conv=notrunc status=none
+  /usr/bin/time -o prim-rss.txt -f '%M' "$SYNCD" resync --config primary.toml >/dev/null 2>&1
+  prim=$(tail -1 prim-rss.txt)
+  sb=$(awk '/VmHWM/ {print $2}' /proc/$STANDBY_PID/status)
+  printf '%-44s primary %6s MiB  standby %6s MiB  (target < 200 each)\n' "4. peak RSS, ${HUGE_MIB} MiB, delta, foreign base" "$((prim / 1024))" "$((sb / 1024))"
   stop_standby; cleanup; PIDS=()
 }
 
@@ -220,8 +263,9 @@ echo "syncd $("$SYNCD" --version | awk '{print $2}') vs $(rsync --version | head
 case "$WHAT" in
   small) small ;;
   big) big ;;
-  nochange) nochange ;;
+  foreign) foreign ;;
+  nochange) small ;; # case 3 is the second run of `small`
   rss) rss ;;
   all) small; big; rss ;;
-  *) echo "usage: $0 [small|big|nochange|rss|all]"; exit 2 ;;
+  *) echo "usage: $0 [small|big|foreign|rss|all]"; exit 2 ;;
 esac

@@ -12,9 +12,15 @@
 
 use std::io::{Read, Write};
 
-use fast_rsync::{Signature, SignatureOptions};
+use fast_rsync::Signature;
+#[cfg(test)]
+use fast_rsync::SignatureOptions;
 
 use crate::wire::MAX_FRAME;
+
+mod sign;
+
+pub use sign::{entries, signature_file, SigBuilder};
 
 /// Bytes of new data covered by one delta segment (a multiple of the block size).
 pub const WINDOW: usize = 4 << 20;
@@ -59,60 +65,6 @@ pub fn check_options(block: u32, strong: u32, size: u64) -> Result<(), DeltaErro
         Ok(())
     } else {
         Err(DeltaError::BadOptions(block, strong))
-    }
-}
-
-/// Builds a signature from data as it streams past (e.g. while the standby
-/// writes a file), one window at a time.
-pub struct SigBuilder {
-    opts: SignatureOptions,
-    win: usize,
-    buf: Vec<u8>,
-    out: Vec<u8>,
-}
-
-impl SigBuilder {
-    pub fn new(block: u32, strong: u32, size: u64) -> Result<SigBuilder, DeltaError> {
-        check_options(block, strong, size)?;
-        Ok(SigBuilder {
-            opts: SignatureOptions {
-                block_size: block,
-                crypto_hash_size: strong,
-            },
-            win: (WINDOW / block as usize).max(1) * block as usize,
-            buf: Vec::new(),
-            out: Vec::new(),
-        })
-    }
-
-    fn emit(&mut self) {
-        let sig = Signature::calculate(&self.buf, self.opts);
-        let bytes = sig.serialized();
-        // Every window's signature starts with the same 12-byte header; keep the first.
-        self.out.extend_from_slice(if self.out.is_empty() {
-            bytes
-        } else {
-            &bytes[12..]
-        });
-        self.buf.clear();
-    }
-
-    pub fn update(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            let k = (self.win - self.buf.len()).min(data.len());
-            self.buf.extend_from_slice(&data[..k]);
-            data = &data[k..];
-            if self.buf.len() == self.win {
-                self.emit();
-            }
-        }
-    }
-
-    pub fn finish(mut self) -> Vec<u8> {
-        if !self.buf.is_empty() || self.out.is_empty() {
-            self.emit();
-        }
-        self.out
     }
 }
 
@@ -210,6 +162,27 @@ fn be(d: &mut &[u8], width: usize) -> Result<u64, DeltaError> {
         .fold(0u64, |acc, &b| (acc << 8) | b as u64))
 }
 
+/// Where a delta's output goes: literal bytes, and bytes copied from the
+/// base (with their base offset, so a signature of the output can reuse the
+/// base's entries for whole blocks).
+pub trait ApplyOut {
+    fn literal(&mut self, data: &[u8]) -> std::io::Result<()>;
+    /// `data` is the base's bytes at `offset`.
+    fn copied(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()>;
+}
+
+/// Any writer, which ignores where bytes came from.
+struct Plain<'a, W>(&'a mut W);
+
+impl<W: Write> ApplyOut for Plain<'_, W> {
+    fn literal(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.0.write_all(data)
+    }
+    fn copied(&mut self, _offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.0.write_all(data)
+    }
+}
+
 /// Applies one segment, reading copied ranges from the base *file* with
 /// `pread` (no mmap: faulting a mapped source inside `write` is slow, and
 /// mapped pages would count against our memory). Writes at most `limit`
@@ -218,6 +191,17 @@ pub fn apply_segment_file(
     base: &std::fs::File,
     segment: &[u8],
     out: &mut impl Write,
+    limit: u64,
+    buf: &mut Vec<u8>,
+) -> Result<u64, DeltaError> {
+    apply_segment_to(base, segment, &mut Plain(out), limit, buf)
+}
+
+/// [`apply_segment_file`] into an [`ApplyOut`].
+pub fn apply_segment_to(
+    base: &std::fs::File,
+    segment: &[u8],
+    out: &mut impl ApplyOut,
     limit: u64,
     buf: &mut Vec<u8>,
 ) -> Result<u64, DeltaError> {
@@ -248,7 +232,7 @@ pub fn apply_segment_file(
                 let len = usize::try_from(len)
                     .map_err(|_| DeltaError::Apply("literal too long".into()))?;
                 room(len as u64)?;
-                out.write_all(take(&mut d, len)?)?;
+                out.literal(take(&mut d, len)?)?;
             }
             0x45..=0x54 => {
                 let n = (op - 0x45) as usize;
@@ -271,7 +255,7 @@ pub fn apply_segment_file(
                             DeltaError::Io(e)
                         }
                     })?;
-                    out.write_all(&buf[..k])?;
+                    out.copied(off, &buf[..k])?;
                     off += k as u64;
                     len -= k as u64;
                 }

@@ -7,7 +7,7 @@
 //! What to try next is the sans-IO [`FileJob`]'s; this carries it out.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,10 @@ use crate::lease::Settle;
 use crate::plan::FileOp;
 use crate::wire::{self, Failure, Request, CHUNK};
 use syncd_proto::path::RelPath;
+
+mod diff;
+
+use diff::read_delta;
 
 /// Large transfers running at once, beside the control stream (the standby
 /// allows 16 bidirectional streams per connection).
@@ -332,80 +336,6 @@ impl Sink for Chunks {
         self.tx
             .blocking_send(Request::FileData { id, data })
             .is_ok()
-    }
-}
-
-/// A delta: the source reader (read + BLAKE3) feeds a second thread that
-/// runs the rolling diff, in order, so both stages run at once.
-fn read_delta(
-    export: &Path,
-    rel: &RelPath,
-    settle: Option<&Settle>,
-    sig: Vec<u8>,
-    tx: mpsc::Sender<Request>,
-    progress: Arc<dyn Progress>,
-) -> std::io::Result<Read> {
-    const ID: u64 = 2;
-    let no_delta = || Read {
-        end: syncd_proto::sender::ReadEnd::NoDelta,
-        done: None,
-    };
-    let Ok(differ) = delta::Differ::new(sig) else {
-        return Ok(no_delta());
-    };
-    let (ix, win) = (differ.indexed(), differ.window());
-    let (ftx, frx) = std::sync::mpsc::sync_channel::<Feed>(2);
-    let (read, diffed) = std::thread::scope(|sc| {
-        let reader = sc.spawn(move || {
-            let mut sink = Feeder(ftx);
-            source::read(export, rel, settle, ID, Encoding::Delta, win, &mut sink)
-        });
-        let mut seg = Vec::new();
-        let mut diffed = true;
-        for f in frx.iter() {
-            let r = match f {
-                Feed::Req(r) => r,
-                Feed::Content(buf) => {
-                    if ix.diff(&buf, &mut seg).is_err() {
-                        diffed = false;
-                        break;
-                    }
-                    progress.advance(buf.len() as u64);
-                    let data = std::mem::take(&mut seg);
-                    Request::DeltaSegment { id: ID, data }
-                }
-            };
-            if tx.blocking_send(r).is_err() {
-                break;
-            }
-        }
-        drop(frx);
-        let read = reader
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("reader thread panicked")));
-        (read, diffed)
-    });
-    if !diffed {
-        let _ = tx.blocking_send(Request::FileAbort { id: ID });
-        return Ok(no_delta());
-    }
-    read
-}
-
-enum Feed {
-    Req(Request),
-    Content(Vec<u8>),
-}
-
-struct Feeder(std::sync::mpsc::SyncSender<Feed>);
-
-impl Sink for Feeder {
-    fn send(&mut self, r: Request) -> bool {
-        self.0.send(Feed::Req(r)).is_ok()
-    }
-
-    fn content(&mut self, _id: u64, data: Vec<u8>) -> bool {
-        self.0.send(Feed::Content(data)).is_ok()
     }
 }
 

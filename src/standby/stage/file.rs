@@ -22,24 +22,25 @@ pub(super) struct InFlight<'r> {
     size: u64,
     written: u64,
     out: BufWriter<HashingFile<'r>>,
+    /// For large files, the block signature of the content, kept for
+    /// the next delta against it.
+    sig: Option<(u32, u32, delta::SigBuilder)>,
     base: Option<std::fs::File>,
+    /// The base's block entries when cached with the same options: blocks
+    /// a delta copies unchanged take their entry instead of being hashed.
+    base_sig: Option<Vec<u8>>,
 }
 
-/// The staged file, with BLAKE3 (and for large files the block signature)
-/// computed over exactly the bytes written.
+/// The staged file, with BLAKE3 computed over exactly the bytes written.
 struct HashingFile<'r> {
     staged: Staged<'r>,
     hasher: blake3::Hasher,
-    sig: Option<(u32, u32, delta::SigBuilder)>,
 }
 
 impl Write for HashingFile<'_> {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
         let n = self.staged.file.write(b)?;
         self.hasher.update(&b[..n]);
-        if let Some((_, _, sb)) = &mut self.sig {
-            sb.update(&b[..n]);
-        }
         Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -56,8 +57,10 @@ impl Lane {
             if let Some(cached) = sh.sigs.get(path, &stamp, block_size, strong_len) {
                 return Ok(cached);
             }
-            let r = std::io::BufReader::with_capacity(1 << 20, f);
-            let sig = delta::signature(r, m.len(), block_size, strong_len)
+            // Cores: the primary waits for this before it can diff. At most
+            // 4 windows in memory per lane.
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+            let sig = delta::signature_file(&f, m.len(), block_size, strong_len, threads)
                 .map_err(std::io::Error::other)?;
             sh.sigs.put(path, &stamp, block_size, strong_len, &sig);
             Ok(sig)
@@ -116,10 +119,17 @@ impl Lane {
                 .ok()
                 .map(|sb| (b, st, sb))
         });
+        let sig = sig.flatten();
+        let base_sig = match (&base, &sig) {
+            (Some(f), Some((b, st, _))) => f.metadata().ok().and_then(|m| {
+                let cached = sh.sigs.get(&path, &Stamp::of(&m), *b, *st)?;
+                delta::entries(&cached, *b, *st).map(<[u8]>::to_vec)
+            }),
+            _ => None,
+        };
         let hf = HashingFile {
             staged,
             hasher: blake3::Hasher::new(),
-            sig: sig.flatten(),
         };
         // Whole files arrive in big chunks; only delta output is fragmented.
         let out = BufWriter::with_capacity(if base.is_some() { 1 << 20 } else { 0 }, hf);
@@ -130,7 +140,9 @@ impl Lane {
             size,
             written: 0,
             out,
+            sig,
             base,
+            base_sig,
         };
         w.inflight.insert(id, f);
         Ok(())
@@ -143,6 +155,9 @@ impl Lane {
         };
         f.written += data.len() as u64;
         f.slot.wrote(data.len() as u64);
+        if let Some((_, _, sb)) = &mut f.sig {
+            sb.update(data);
+        }
         if let Err(e) = f.out.write_all(data) {
             if let Some(f) = w.inflight.remove(&id) {
                 self.fail(&f.path, format!("write: {e}"), false);
@@ -156,7 +171,14 @@ impl Lane {
         };
         let limit = f.size.saturating_sub(f.written);
         let r = match &f.base {
-            Some(base) => delta::apply_segment_file(base, data, &mut f.out, limit, &mut w.copy_buf),
+            Some(base) => {
+                let mut to = Output {
+                    out: &mut f.out,
+                    sig: f.sig.as_mut().map(|(_, _, sb)| sb),
+                    base_sig: f.base_sig.as_deref(),
+                };
+                delta::apply_segment_to(base, data, &mut to, limit, &mut w.copy_buf)
+            }
             None => Err(delta::DeltaError::Apply(
                 "delta for a file announced whole".into(),
             )),
@@ -193,11 +215,35 @@ impl Lane {
             path: f.path,
             meta: f.meta,
             hash,
-            sig: hf.sig.map(|(b, st, sb)| (b, st, sb.finish())),
+            sig: f.sig.map(|(b, st, sb)| (b, st, sb.finish())),
             base: f.base,
         });
         if w.pending.len() >= self.batch_max || w.pending_bytes >= commit::BATCH_BYTES {
             self.commit(w, super::Synced::No);
         }
+    }
+}
+
+/// A delta's output: into the staged file, and into the new signature,
+/// which takes the base's entries for blocks copied whole.
+struct Output<'a, 'r> {
+    out: &'a mut BufWriter<HashingFile<'r>>,
+    sig: Option<&'a mut delta::SigBuilder>,
+    base_sig: Option<&'a [u8]>,
+}
+
+impl delta::ApplyOut for Output<'_, '_> {
+    fn literal(&mut self, data: &[u8]) -> std::io::Result<()> {
+        if let Some(sb) = &mut self.sig {
+            sb.update(data);
+        }
+        self.out.write_all(data)
+    }
+
+    fn copied(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        if let Some(sb) = &mut self.sig {
+            sb.copied(self.base_sig, offset, data);
+        }
+        self.out.write_all(data)
     }
 }

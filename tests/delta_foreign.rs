@@ -1,0 +1,75 @@
+//! Deltas against a base syncd did not write (the standby was seeded by
+//! rsync or a restore), then against the result syncd wrote: the signature
+//! the standby keeps of that result reuses the base's entries for blocks
+//! copied whole, and must be exactly right for the second delta to stay a
+//! small delta (a wrong one fails the content check and goes whole).
+
+mod common;
+
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, UNIX_EPOCH};
+
+use common::Pair;
+
+fn pseudo(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn payload(out: &str) -> u64 {
+    let n = out
+        .split("delta payload ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok());
+    n.unwrap_or_else(|| panic!("no delta payload in: {out}"))
+}
+
+fn overwrite(p: &std::path::Path, at: u64, seed: u64) {
+    let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+    f.write_all_at(&pseudo(4096, seed), at).unwrap();
+}
+
+#[test]
+fn a_foreign_base_then_its_own_result_travel_as_small_deltas() {
+    let mut p = Pair::new();
+    // Several 4 MiB windows, a short last block.
+    let base = pseudo((24 << 20) + 1234, 1);
+    let (src, dst) = (p.primary().join("big.bin"), p.standby_dir().join("big.bin"));
+    std::fs::write(&src, &base).unwrap();
+    std::fs::write(&dst, &base).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&dst)
+        .unwrap()
+        .set_modified(UNIX_EPOCH + Duration::from_secs(946_684_800))
+        .unwrap();
+    // Unaligned, and across a window edge.
+    overwrite(&src, (5 << 20) + 123, 2);
+    overwrite(&src, (8 << 20) - 2000, 3);
+    p.start_standby();
+    let out = p.resync(&[]);
+    assert!(out.contains("sent whole 0, sent as delta 1"), "{out}");
+    assert!(payload(&out) < 256 << 10, "{out}");
+    p.assert_equal();
+
+    // Against what syncd wrote: the kept signature answers, and is right.
+    overwrite(&src, 17 << 20, 4);
+    let out = p.resync(&[]);
+    assert!(out.contains("sent whole 0, sent as delta 1"), "{out}");
+    assert!(payload(&out) < 256 << 10, "{out}");
+    p.assert_equal();
+    // And once more, on a signature that itself reused entries twice.
+    overwrite(&src, 1 << 20, 5);
+    let out = p.resync(&[]);
+    assert!(out.contains("sent whole 0, sent as delta 1"), "{out}");
+    assert!(payload(&out) < 256 << 10, "{out}");
+    p.assert_equal();
+}

@@ -58,20 +58,25 @@ pub struct Watch {
 pub struct WatchSync {
     closed: Arc<Closed>,
     in_channel: Arc<AtomicUsize>,
+    dropped: Arc<AtomicBool>,
 }
 
 impl WatchSync {
-    /// Marks this moment; `None` when the watch has no sync point.
-    pub fn ask(&self) -> Option<std::time::SystemTime> {
+    /// Marks this moment (a cookie's number); `None` when the watch has
+    /// no sync point.
+    pub fn ask(&self) -> Option<u64> {
         self.closed.ask_sync()
     }
 
     /// Every change made before `asked` is in the daemon's queue (and so in
     /// its queue-depth and lag figures).
-    pub fn reached(&self, asked: std::time::SystemTime) -> bool {
+    pub fn reached(&self, asked: u64) -> bool {
         // The watch thread sends a change before it handles the later
-        // cookie, and the daemon counts it before decrementing.
-        self.closed.drained_past(asked) && self.in_channel.load(Ordering::Acquire) == 0
+        // cookie, and the daemon counts it before decrementing; a change
+        // the channel had no room for is a pending full compare instead.
+        self.closed.cookie_reached(asked)
+            && self.in_channel.load(Ordering::Acquire) == 0
+            && !self.dropped.load(Ordering::Acquire)
     }
 }
 
@@ -124,8 +129,9 @@ impl Handler {
         for c in changes {
             self.in_channel.fetch_add(1, Ordering::AcqRel);
             if self.tx.try_send(c).is_err() {
+                // Dropped is seen before the count falls (see `reached`).
+                self.dropped.store(true, Ordering::Release);
                 self.in_channel.fetch_sub(1, Ordering::AcqRel);
-                self.dropped.store(true, Ordering::Relaxed);
                 self.wake.notify_one();
             }
         }
@@ -138,6 +144,7 @@ fn watch_cookie_dir(watcher: &mut notify::RecommendedWatcher, closed: &Closed) {
     match closed.make_cookie_dir() {
         Ok(dir) => {
             if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                closed.cookies_off();
                 tracing::warn!("cannot watch {}: {e}; files that a server keeps open wait for settle_ms", dir.display());
             }
         }
@@ -222,6 +229,7 @@ impl Watch {
         WatchSync {
             closed: self.closed.clone(),
             in_channel: self.in_channel.clone(),
+            dropped: self.dropped.clone(),
         }
     }
 

@@ -14,6 +14,31 @@ use crate::stats::unix_now;
 /// How long the drain may take before the switchover gives up.
 pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The fence's point in the source's watch (a cookie).
+pub(super) struct Fence {
+    watch: crate::watch::WatchSync,
+    cookie: u64,
+    asked: Instant,
+}
+
+impl Fence {
+    /// Every change made before the fence is counted in the source's
+    /// queue. A cookie not seen within a second (its event lost with an
+    /// overflow) is asked again: a later one covers everything before it.
+    fn reached(&mut self, now: Instant) -> bool {
+        if self.watch.reached(self.cookie) {
+            return true;
+        }
+        if now.duration_since(self.asked) >= Duration::from_secs(1) {
+            if let Some(c) = self.watch.ask() {
+                self.cookie = c;
+            }
+            self.asked = now;
+        }
+        false
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Phase {
     Fencing,
@@ -38,7 +63,7 @@ pub(super) struct Switch {
     pub(super) settle_until: Instant,
     /// The source's watch and the moment the fence was done: drained only
     /// once every change made before it is in the source's queue.
-    pub(super) watch: Option<(crate::watch::WatchSync, std::time::SystemTime)>,
+    pub(super) watch: Option<Fence>,
     pub(super) until: Instant,
 }
 
@@ -103,7 +128,14 @@ impl Driver<'_> {
             .source
             .as_ref()
             .and_then(|s| s.sync())
-            .and_then(|w| Some((w.clone(), w.ask()?)));
+            .and_then(|w| {
+                let cookie = w.ask()?;
+                Some(Fence {
+                    watch: w,
+                    cookie,
+                    asked: Instant::now(),
+                })
+            });
         if let Some(sw) = self.switch.as_mut() {
             sw.phase = Phase::Draining;
             sw.fenced = Some(Instant::now());
@@ -132,61 +164,18 @@ impl Driver<'_> {
 
     /// Drives a switchover from what is known now.
     pub(super) fn check_switchover(&mut self, role: &mut Role) {
+        let now = Instant::now();
         let Some((phase, settle_until, until, fenced_at, watched)) =
-            self.switch.as_ref().map(|sw| {
-                let watched = sw.watch.as_ref().map(|(w, t)| w.reached(*t));
+            self.switch.as_mut().map(|sw| {
+                let watched = sw.watch.as_mut().map(|f| f.reached(now));
                 (sw.phase, sw.settle_until, sw.until, sw.fenced_at, watched)
             })
         else {
             return;
         };
-        let now = Instant::now();
         match phase {
             Phase::Fencing | Phase::Unfencing => {}
-            Phase::Draining => {
-                use std::sync::atomic::Ordering::Relaxed;
-                let Some(peer) = role.peer().cloned() else {
-                    self.unfence(role, "the peer was lost while draining".into());
-                    return;
-                };
-                // `lag_ops` (set at each ship) already counts what was
-                // queued then; `queue` is fresh. Either nonzero: not drained.
-                let lag = self
-                    .stats
-                    .lag_ops
-                    .load(Relaxed)
-                    .max(self.stats.queue.load(Relaxed));
-                let connected = self.stats.connected_since.load(Relaxed) > 0;
-                let adopted = peer.lineage.gen == role.lineage().gen;
-                let alive = self
-                    .peer_fresh
-                    .is_some_and(|t| now.duration_since(t) <= 2 * self.cfg.pair.heartbeat);
-                // The source's stop ships what is left; a session that is down
-                // shows as lag (changes unacknowledged), not as drained.
-                // Every change made before the fence is counted in `lag`
-                // (exact, by the watch's sync point; else after a while).
-                let collected = watched.unwrap_or(now >= settle_until);
-                if collected && lag == 0 && adopted && alive {
-                    if role.handle_handover(now.into_std()) {
-                        tracing::info!("switchover: drained; handing over to peer {}", peer.node);
-                        if let Some(sw) = self.switch.as_mut() {
-                            sw.phase = Phase::HandingOver;
-                            sw.drained = Some(now);
-                            sw.until = now + RoleConfig::default().handover_wait;
-                        }
-                    }
-                } else if now >= until {
-                    let why = format!(
-                        "the peer did not catch up within {:?} ({lag} changes unacknowledged, session {}, peer {}, peer generation {}, ours {})",
-                        DRAIN_TIMEOUT,
-                        if connected { "up" } else { "down" },
-                        if alive { "heard" } else { "silent" },
-                        peer.lineage.gen,
-                        role.lineage().gen
-                    );
-                    self.unfence(role, why);
-                }
-            }
+            Phase::Draining => self.drain_step(role, now, watched, settle_until, until),
             Phase::HandingOver => {
                 if let Some(p) = role.peer().filter(|p| p.leading) {
                     let ms = now.duration_since(fenced_at).as_millis();
@@ -210,6 +199,61 @@ impl Driver<'_> {
                     )));
                 }
             }
+        }
+    }
+
+    /// Draining: hand over once every change made before the fence is
+    /// acknowledged and the peer holds our generation; give up at `until`.
+    fn drain_step(
+        &mut self,
+        role: &mut Role,
+        now: Instant,
+        watched: Option<bool>,
+        settle_until: Instant,
+        until: Instant,
+    ) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(peer) = role.peer().cloned() else {
+            self.unfence(role, "the peer was lost while draining".into());
+            return;
+        };
+        // `lag_ops` (set at each ship) already counts what was queued then;
+        // `queue` is fresh. Either nonzero: not drained.
+        let lag = self
+            .stats
+            .lag_ops
+            .load(Relaxed)
+            .max(self.stats.queue.load(Relaxed));
+        let connected = self.stats.connected_since.load(Relaxed) > 0;
+        let adopted = peer.lineage.gen == role.lineage().gen;
+        let alive = self
+            .peer_fresh
+            .is_some_and(|t| now.duration_since(t) <= 2 * self.cfg.pair.heartbeat);
+        // A session that is down shows as lag (changes unacknowledged), not
+        // as drained. Every change made before the fence is counted in `lag`
+        // once `collected` (exact, by the watch's sync point; else after a
+        // while).
+        let collected = watched.unwrap_or(now >= settle_until);
+        if collected && lag == 0 && adopted && alive {
+            if role.handle_handover(now.into_std()) {
+                tracing::info!("switchover: drained; handing over to peer {}", peer.node);
+                if let Some(sw) = self.switch.as_mut() {
+                    sw.phase = Phase::HandingOver;
+                    sw.drained = Some(now);
+                    sw.until = now + RoleConfig::default().handover_wait;
+                }
+            }
+        } else if now >= until {
+            let why = format!(
+                "the peer did not catch up within {:?} ({lag} changes unacknowledged, {}, session {}, peer {}, peer generation {}, ours {})",
+                DRAIN_TIMEOUT,
+                if collected { "all changes collected from the watch" } else { "the watch did not reach the fence" },
+                if connected { "up" } else { "down" },
+                if alive { "heard" } else { "silent" },
+                peer.lineage.gen,
+                role.lineage().gen
+            );
+            self.unfence(role, why);
         }
     }
 }

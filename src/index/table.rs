@@ -166,7 +166,7 @@ impl Table {
         true
     }
 
-    /// Keeps only the entries of `paths` (one bit an entry, where a set of
+    /// Keeps only the entries of `paths` (one flag byte an entry, where a set of
     /// the paths was ~34 MB at a million); how many went.
     pub(super) fn keep_only<'a>(&mut self, paths: impl Iterator<Item = &'a [u8]>) -> usize {
         let mut seen = vec![false; self.slots.len()];

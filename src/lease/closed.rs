@@ -50,6 +50,10 @@ struct SyncState {
     next: u64,
     /// Every event queued before this time has been handled.
     drained: Option<SystemTime>,
+    /// The highest cookie number handled (so every one before it).
+    seen: Option<u64>,
+    /// The cookie directory is not watched: no cookie would ever be seen.
+    off: bool,
 }
 
 /// The private directory cookies are made in; removed with the watch.
@@ -268,6 +272,7 @@ impl Closed {
         if let Some(n) = n {
             let mut st = self.state();
             // Earlier cookies were queued before this one: covered too.
+            st.seen = Some(st.seen.map_or(n, |s| s.max(n)));
             while st.asked.front().is_some_and(|(k, _)| *k <= n) {
                 if let Some((_, t)) = st.asked.pop_front() {
                     st.drained = Some(st.drained.map_or(t, |d| d.max(t)));
@@ -279,20 +284,31 @@ impl Closed {
     }
 
     /// Makes a cookie now, without waiting for it: once
-    /// [`Closed::drained_past`] the returned time, every event queued
-    /// before this call has been handled. `None`: no sync point here.
-    pub fn ask_sync(&self) -> Option<SystemTime> {
+    /// [`Closed::cookie_reached`] its number, every event queued before
+    /// this call has been handled. `None`: no sync point here.
+    pub fn ask_sync(&self) -> Option<u64> {
         let cookie = self.cookie.get()?;
         let mut st = self.state();
-        Self::make_cookie(cookie, &mut st)
+        Self::make_cookie(cookie, &mut st).map(|(n, _)| n)
     }
 
-    /// The watch thread has handled every event queued before `t`.
-    pub fn drained_past(&self, t: SystemTime) -> bool {
-        self.state().drained.is_some_and(|d| d >= t)
+    /// The watch thread has handled cookie `n` (from [`Closed::ask_sync`]),
+    /// so every event queued before it: by number, not by time, which a
+    /// clock step would mislead.
+    pub fn cookie_reached(&self, n: u64) -> bool {
+        self.state().seen.is_some_and(|s| s >= n)
     }
 
-    fn make_cookie(cookie: &Cookie, st: &mut SyncState) -> Option<SystemTime> {
+    /// The cookie directory could not be watched: make no cookies (none
+    /// would be seen), so callers take their fallback at once.
+    pub(crate) fn cookies_off(&self) {
+        self.state().off = true;
+    }
+
+    fn make_cookie(cookie: &Cookie, st: &mut SyncState) -> Option<(u64, SystemTime)> {
+        if st.off {
+            return None;
+        }
         let made = SystemTime::now();
         let n = st.next;
         st.next += 1;
@@ -303,7 +319,7 @@ impl Closed {
         }
         let _ = std::fs::remove_dir(&p);
         st.asked.push_back((n, made));
-        Some(made)
+        Some((n, made))
     }
 
     /// Waits (bounded) until the watch thread is seen past `want` (not in

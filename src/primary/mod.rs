@@ -424,13 +424,19 @@ impl Driver {
         if let Some(w) = &mut self.watch {
             match w.closed.ask_sync() {
                 // Exact: every event queued before now is handled, so its
-                // change is in the channel.
-                Some(t) => {
+                // change is in the channel. A cookie lost with an overflow
+                // is asked again (a later one covers the earlier).
+                Some(mut n) => {
                     let limit = Instant::now() + ship::SHUTDOWN_SYNC;
-                    while !w.closed.drained_past(t) && Instant::now() < limit {
+                    let mut again = Instant::now() + Duration::from_secs(1);
+                    while !w.closed.cookie_reached(n) && Instant::now() < limit {
                         tokio::time::sleep(Duration::from_millis(1)).await;
+                        if Instant::now() >= again {
+                            n = w.closed.ask_sync().unwrap_or(n);
+                            again = Instant::now() + Duration::from_secs(1);
+                        }
                     }
-                    if !w.closed.drained_past(t) {
+                    if !w.closed.cookie_reached(n) {
                         tracing::warn!("the watch did not catch up within {:?} at the stop; changes still on their way are left to the next start's compare", ship::SHUTDOWN_SYNC);
                     }
                     while let Ok(c) = w.rx.try_recv() {

@@ -332,7 +332,7 @@ pub(super) fn list_all(sh: &Shared, checksum: bool) -> std::io::Result<scan::Sca
     let scanned = scan::scan(sh.root.path(), &mut fresh, checksum, checksum)?;
     let mut ix = lock(&sh.index);
     // A file committed during the scan may be forgotten here: the index is
-    // only a cache. One bit per entry, not a set of every listed path.
+    // only a cache. One flag byte an entry, not a set of every listed path.
     ix.keep_only(scanned.entries.iter().map(|e| e.path.as_bytes()));
     ix.absorb(fresh);
     drop(ix);

@@ -297,7 +297,7 @@ fn a_sync_point_is_reached_only_once_every_earlier_change_is_counted() {
     std::fs::write(root.join("f"), b"x").unwrap();
     let t = sync.ask().expect("a sync point");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !w.closed.drained_past(t) {
+    while !w.closed.cookie_reached(t) {
         assert!(std::time::Instant::now() < deadline, "cookie never seen");
         std::thread::sleep(Duration::from_millis(2));
     }

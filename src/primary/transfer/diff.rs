@@ -18,9 +18,10 @@ use crate::wire::Request;
 use syncd_proto::path::RelPath;
 
 /// Differ threads per delta: the diff (a rolling checksum and an MD4 per
-/// matched block) is the primary's main cost. Each holds up to two windows,
-/// and up to `MAX_STREAMS` deltas run at once: more would only hold more
-/// memory.
+/// matched block) is the primary's main cost. A delta holds about nine
+/// windows at once (the reader's, one queued and one being diffed per
+/// differ, a queued and a building segment each), and up to `MAX_STREAMS`
+/// deltas run at once: more differs would only hold more memory.
 const MAX_DIFFERS: usize = 2;
 
 /// The reader's output, dealt round-robin to the differs.

@@ -723,11 +723,7 @@ fn hostile_request_sequences_end_the_session_with_a_clear_error() {
 #[test]
 fn a_verify_session_ending_leaves_the_writing_session_connected() {
     let mut p = Pair::new();
-    let admin = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let admin = syncd_testkit::port::free_port();
     let toml = std::fs::read_to_string(p.path("standby.toml")).unwrap();
     std::fs::write(
         p.path("standby.toml"),

@@ -18,11 +18,7 @@ use common::Pair;
 /// The pair, the standby serving its status on an admin address of its own.
 fn pair() -> Pair {
     let p = Pair::new();
-    let admin = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let admin = syncd_testkit::port::free_port();
     let cfg = std::fs::read_to_string(p.path("standby.toml")).unwrap();
     std::fs::write(
         p.path("standby.toml"),

@@ -13,11 +13,7 @@ use common::{snapshot, Pair, BIN};
 /// Node A is the harness's "primary" (export `primary`, keys
 /// `primary-keys`), node B its "standby". These configs swap the roles.
 fn swapped_configs(p: &Pair) -> u16 {
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = syncd_testkit::port::free_port();
     std::fs::write(
         p.path("a-standby.toml"),
         format!("export = \"primary\"\nstate_dir = \"primary-state\"\nlisten = \"127.0.0.1:{port}\"\ncert = \"primary-keys/node.crt\"\nkey = \"primary-keys/node.key\"\npeer_cert = \"standby-keys/node.crt\"\n"),

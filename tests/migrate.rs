@@ -547,11 +547,7 @@ fn migration_guide_nfs_loop_of_seed_000() {
     );
     assert!(report.contains("`pgrep rsync`"), "{report}");
     // With the lab's paths and a free port; keys as README's "Setting up a pair".
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = syncd_testkit::port::free_port();
     let conf = |role: &str, export: &Path| {
         let dir = out.join(format!("nfs-{role}"));
         syncd::tls::keygen(&dir, role).unwrap();

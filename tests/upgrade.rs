@@ -44,13 +44,11 @@ struct Nodes {
 }
 
 fn free_udp() -> u16 {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap().port()
+    syncd_testkit::port::free_port()
 }
 
 fn free_tcp() -> u16 {
-    let s = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap().port()
+    syncd_testkit::port::free_port()
 }
 
 impl Nodes {

@@ -124,18 +124,14 @@ impl Driver<'_> {
 
     /// Writes are fenced: what was written before now must reach the peer.
     pub(super) fn begin_drain(&mut self) {
-        let watch = self
-            .source
-            .as_ref()
-            .and_then(|s| s.sync())
-            .and_then(|w| {
-                let cookie = w.ask()?;
-                Some(Fence {
-                    watch: w,
-                    cookie,
-                    asked: Instant::now(),
-                })
-            });
+        let watch = self.source.as_ref().and_then(|s| s.sync()).and_then(|w| {
+            let cookie = w.ask()?;
+            Some(Fence {
+                watch: w,
+                cookie,
+                asked: Instant::now(),
+            })
+        });
         if let Some(sw) = self.switch.as_mut() {
             sw.phase = Phase::Draining;
             sw.fenced = Some(Instant::now());

@@ -46,21 +46,13 @@ impl Pair {
         for n in ["primary", "standby", "mallory"] {
             syncd::tls::keygen(&b.join(format!("{n}-keys")), n).unwrap();
         }
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = syncd_testkit::port::free_port();
         std::fs::write(
             b.join("standby.toml"),
             format!("export = \"standby\"\nstate_dir = \"standby-state\"\nlisten = \"127.0.0.1:{port}\"\ncert = \"standby-keys/node.crt\"\nkey = \"standby-keys/node.key\"\npeer_cert = \"primary-keys/node.crt\"\n"),
         )
         .unwrap();
-        let admin = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let admin = syncd_testkit::port::free_port();
         std::fs::write(
             b.join("primary.toml"),
             format!("export = \"primary\"\nstate_dir = \"primary-state\"\npeer = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin}\"\ncert = \"primary-keys/node.crt\"\nkey = \"primary-keys/node.key\"\npeer_cert = \"standby-keys/node.crt\"\n"),

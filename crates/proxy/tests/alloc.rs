@@ -117,11 +117,7 @@ fn requests(c: &mut TcpStream, buf: &mut Vec<u8>, n: usize) {
 #[test]
 fn proxied_requests_allocate_nothing_on_the_worker() {
     let backend = backend();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = syncd_testkit::port::free_port();
     let cfg = Config::parse(&format!(
         "[[listener]]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"web\"\n\
          [[upstream]]\nname = \"web\"\nkeepalive = 8\n\

@@ -12,11 +12,7 @@ const PROXY: &str = env!("CARGO_BIN_EXE_syncd-proxy");
 const WAIT: Duration = Duration::from_secs(20);
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    syncd_testkit::port::free_port()
 }
 
 fn config(ports: &[u16]) -> String {

@@ -210,11 +210,7 @@ async fn serve(
 
 /// A free loopback port (bound and released; fine for tests).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    syncd_testkit::port::free_port()
 }
 
 /// The real proxy binary, killed and reaped on drop.

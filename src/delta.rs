@@ -283,18 +283,7 @@ pub fn apply_segment(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pseudo(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use syncd_testkit::rng::Rng;
 
     fn round_trip(base: &[u8], new: &[u8]) -> usize {
         let (block, strong) = options_for(base.len() as u64);
@@ -319,7 +308,7 @@ mod tests {
 
     #[test]
     fn windowed_signature_equals_one_shot() {
-        let data = pseudo(10 << 20, 3);
+        let data = Rng(3).bytes(10 << 20);
         let (b, s) = options_for(data.len() as u64);
         let ours = signature(&data[..], data.len() as u64, b, s).unwrap();
         let one = Signature::calculate(
@@ -334,7 +323,7 @@ mod tests {
 
     #[test]
     fn streamed_signature_equals_read_signature() {
-        let data = pseudo((9 << 20) + 123, 4);
+        let data = Rng(5).bytes((9 << 20) + 123);
         let (b, s) = options_for(data.len() as u64);
         let mut sb = SigBuilder::new(b, s, data.len() as u64).unwrap();
         for c in data.chunks(100_000) {
@@ -350,26 +339,26 @@ mod tests {
 
     #[test]
     fn delta_round_trips_and_is_small() {
-        let base = pseudo(9 << 20, 1);
+        let base = Rng(1).bytes(9 << 20);
         let mut new = base.clone();
-        new[5 << 20..(5 << 20) + 1000].copy_from_slice(&pseudo(1000, 9));
+        new[5 << 20..(5 << 20) + 1000].copy_from_slice(&Rng(9).bytes(1000));
         new.extend_from_slice(b"tail");
         let wire = round_trip(&base, &new);
         assert!(wire < 64 << 10, "delta too big: {wire}");
         round_trip(&base, &[]);
         round_trip(&[], b"abc");
-        round_trip(&base[..10], &pseudo(3 << 20, 5));
+        round_trip(&base[..10], &Rng(5).bytes(3 << 20));
     }
 
     #[test]
     fn file_applier_matches_fast_rsync() {
         let d = tempfile::tempdir().unwrap();
-        let base = pseudo(3 << 20, 11);
+        let base = Rng(11).bytes(3 << 20);
         std::fs::write(d.path().join("b"), &base).unwrap();
         let bf = std::fs::File::open(d.path().join("b")).unwrap();
         let mut new = base.clone();
         new[100_000..100_100].copy_from_slice(&[9; 100]);
-        new.splice(2_000_000..2_000_000, pseudo(70_000, 2));
+        new.splice(2_000_000..2_000_000, Rng(3).bytes(70_000));
         let (block, strong) = options_for(base.len() as u64);
         let differ =
             Differ::new(signature(&base[..], base.len() as u64, block, strong).unwrap()).unwrap();
@@ -424,7 +413,7 @@ mod tests {
     fn hostile_signature_and_delta_are_errors() {
         assert!(Differ::new(vec![1, 2, 3]).is_err());
         let mut out = Vec::new();
-        assert!(apply_segment(b"base", &pseudo(100, 7), &mut out, 1000).is_err());
+        assert!(apply_segment(b"base", &Rng(7).bytes(100), &mut out, 1000).is_err());
         // A delta that would write more than the limit is refused.
         let (b, s) = options_for(0);
         let d = Differ::new(signature(&[][..], 0, b, s).unwrap()).unwrap();

@@ -10,18 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::time::{Duration, UNIX_EPOCH};
 
 use common::Pair;
-
-fn pseudo(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use syncd_testkit::rng::Rng;
 
 fn payload(out: &str) -> u64 {
     let n = out
@@ -34,14 +23,14 @@ fn payload(out: &str) -> u64 {
 
 fn overwrite(p: &std::path::Path, at: u64, seed: u64) {
     let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
-    f.write_all_at(&pseudo(4096, seed), at).unwrap();
+    f.write_all_at(&Rng(seed | 1).bytes(4096), at).unwrap();
 }
 
 #[test]
 fn a_foreign_base_then_its_own_result_travel_as_small_deltas() {
     let mut p = Pair::new();
     // Several 4 MiB windows, a short last block.
-    let base = pseudo((24 << 20) + 1234, 1);
+    let base = Rng(1).bytes((24 << 20) + 1234);
     let (src, dst) = (p.primary().join("big.bin"), p.standby_dir().join("big.bin"));
     std::fs::write(&src, &base).unwrap();
     std::fs::write(&dst, &base).unwrap();

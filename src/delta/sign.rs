@@ -200,18 +200,7 @@ fn poisoned() -> DeltaError {
 mod tests {
     use super::super::{options_for, signature};
     use super::*;
-
-    fn pseudo(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use syncd_testkit::rng::Rng;
 
     #[test]
     fn parallel_windows_concatenate_to_the_one_pass_signature() {
@@ -221,7 +210,7 @@ mod tests {
             .into_iter()
             .enumerate()
         {
-            let data = pseudo(size, i as u64 + 7);
+            let data = Rng((i as u64 + 7) | 1).bytes(size);
             let p = d.path().join(format!("f{i}"));
             std::fs::write(&p, &data).unwrap();
             let f = std::fs::File::open(&p).unwrap();
@@ -253,7 +242,7 @@ mod tests {
     fn a_file_shorter_than_announced_is_an_error() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("f");
-        std::fs::write(&p, pseudo(10_000, 1)).unwrap();
+        std::fs::write(&p, Rng(1).bytes(10_000)).unwrap();
         let f = std::fs::File::open(&p).unwrap();
         assert!(signature_file(&f, 20_000, 1024, 8, 2).is_err());
         assert!(signature_file(&f, 10_000, 1, 8, 2).is_err()); // bad options
@@ -265,7 +254,7 @@ mod tests {
     fn reused_base_entries_equal_hashing_the_output() {
         let b = 1024u32;
         let s = 6u32;
-        let base = pseudo(5 * WINDOW + 300, 3);
+        let base = Rng(3).bytes(5 * WINDOW + 300);
         let base_sig = signature(&base[..], base.len() as u64, b, s).unwrap();
         let ents = entries(&base_sig, b, s).unwrap();
         assert!(entries(&base_sig, 2048, s).is_none());
@@ -297,7 +286,7 @@ mod tests {
                     }
                     out.extend_from_slice(data);
                 } else {
-                    let lit = pseudo(len, x as u64);
+                    let lit = Rng(x as u64 | 1).bytes(len);
                     sb.update(&lit);
                     out.extend_from_slice(&lit);
                 }

@@ -144,33 +144,22 @@ pub(super) fn read_delta(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use syncd_testkit::rng::Rng;
 
     struct Quiet;
     impl Progress for Quiet {}
-
-    fn pseudo(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
 
     /// Windows diffed on several threads come out in file order, and are
     /// exactly what one differ makes of each window.
     #[test]
     fn parallel_diff_applies_to_the_same_bytes() {
         let d = tempfile::tempdir().unwrap();
-        let base = pseudo(5 * delta::WINDOW + 999, 1);
+        let base = Rng(1).bytes(5 * delta::WINDOW + 999);
         let mut new = base.clone();
         for at in [100, delta::WINDOW - 10, 3 * delta::WINDOW + 5] {
-            new[at..at + 3000].copy_from_slice(&pseudo(3000, at as u64));
+            new[at..at + 3000].copy_from_slice(&Rng(at as u64 | 1).bytes(3000));
         }
-        new.splice(2 * delta::WINDOW..2 * delta::WINDOW, pseudo(7777, 5));
+        new.splice(2 * delta::WINDOW..2 * delta::WINDOW, Rng(5).bytes(7777));
         std::fs::write(d.path().join("f"), &new).unwrap();
         std::fs::write(d.path().join("base"), &base).unwrap();
         let (block, strong) = delta::options_for(base.len() as u64);

@@ -53,14 +53,7 @@ fn kinds_links_and_index_reuse() {
     std::os::unix::fs::symlink("../nowhere", r.join("a/l")).unwrap();
     std::fs::create_dir(r.join(".syncd")).unwrap();
     std::fs::write(r.join(".syncd/x"), b"no").unwrap();
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        r.join("fifo"),
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from(0o644),
-        0,
-    )
-    .unwrap();
+    mkfifo(&r.join("fifo"));
     let mut ix = Index::default();
     let s = scan(r, &mut ix, true, false).unwrap();
     let names: Vec<_> = s.entries.iter().map(|e| e.path.to_string()).collect();
@@ -83,14 +76,7 @@ fn hashing_refuses_symlinks_and_fifos_without_blocking() {
     let r = d.path().to_path_buf();
     std::fs::write(r.join("f"), b"x").unwrap();
     std::os::unix::fs::symlink(r.join("f"), r.join("l")).unwrap();
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        r.join("fifo"),
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from(0o644),
-        0,
-    )
-    .unwrap();
+    mkfifo(&r.join("fifo"));
     assert!(hash_file(&r.join("f")).is_ok());
     assert!(hash_file(&r.join("l")).is_err());
     let (tx, rx) = std::sync::mpsc::channel();
@@ -200,4 +186,16 @@ fn deep_entries_under_a_long_root_are_listed_and_hashed() {
     assert!(
         matches!(e.kind, Kind::File { hash: Some(h), .. } if h == *blake3::hash(b"deep").as_bytes())
     );
+}
+
+/// A FIFO at `p`: what a scan must list as skipped and never open.
+fn mkfifo(p: &std::path::Path) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        p,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from(0o644),
+        0,
+    )
+    .unwrap();
 }

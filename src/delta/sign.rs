@@ -3,7 +3,7 @@
 //! each other, so per-window signatures concatenate to the one-shot one.
 
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use fast_rsync::{Signature, SignatureOptions};
@@ -12,6 +12,48 @@ use super::{check_options, DeltaError, WINDOW};
 
 /// Every signature starts with this much header (magic, block, strong).
 const HEADER: usize = 12;
+
+/// Helper threads for signing, process-wide. Each call signs on its own
+/// thread plus the helpers it can take here, so however many lanes sign at
+/// once (a peer asks for as many signatures as it likes), at most this many
+/// more windows ([`WINDOW`] bytes each) are in memory.
+static HELPERS: Permits = Permits::new(4);
+
+/// A counting pool taken from without waiting: a caller gets what is free.
+struct Permits(AtomicUsize);
+
+/// Permits taken from a [`Permits`]; given back on drop.
+struct Taken<'a> {
+    pool: &'a Permits,
+    n: usize,
+}
+
+impl Permits {
+    const fn new(n: usize) -> Permits {
+        Permits(AtomicUsize::new(n))
+    }
+
+    /// Up to `want` permits, as many as are free now (maybe none).
+    fn take(&self, want: usize) -> Taken<'_> {
+        let mut free = self.0.load(Ordering::Relaxed);
+        loop {
+            let n = free.min(want);
+            match self
+                .0
+                .compare_exchange_weak(free, free - n, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return Taken { pool: self, n },
+                Err(now) => free = now,
+            }
+        }
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        self.pool.0.fetch_add(self.n, Ordering::AcqRel);
+    }
+}
 
 fn window_for(block: u32) -> usize {
     (WINDOW / block as usize).max(1) * block as usize
@@ -138,7 +180,8 @@ pub fn entries(sig: &[u8], block: u32, strong: u32) -> Option<&[u8]> {
 
 /// Signature of the first `size` bytes of `file`, its windows read with
 /// `pread` and signed on up to `threads` threads at once (memory: one
-/// window per thread). A file shorter than `size` is an error.
+/// window per thread; the threads beyond the caller's come from the
+/// process-wide [`HELPERS`]). A file shorter than `size` is an error.
 pub fn signature_file(
     file: &std::fs::File,
     size: u64,
@@ -171,8 +214,9 @@ pub fn signature_file(
         }
     };
     let threads = threads.clamp(1, n.min(64) as usize);
+    let helpers = HELPERS.take(threads - 1);
     let results: Vec<Result<(), DeltaError>> = std::thread::scope(|sc| {
-        let hs: Vec<_> = (1..threads).map(|_| sc.spawn(worker)).collect();
+        let hs: Vec<_> = (0..helpers.n).map(|_| sc.spawn(worker)).collect();
         let mut rs = vec![worker()];
         for h in hs {
             // A panicking worker is an error, not a panic here.
@@ -236,6 +280,19 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn helpers_are_shared_out_never_beyond_the_pool() {
+        let pool = Permits::new(4);
+        let a = pool.take(3);
+        let b = pool.take(3);
+        let c = pool.take(3);
+        assert_eq!((a.n, b.n, c.n), (3, 1, 0));
+        drop(a);
+        assert_eq!(pool.take(5).n, 3);
+        drop((b, c));
+        assert_eq!(pool.take(9).n, 4);
     }
 
     #[test]

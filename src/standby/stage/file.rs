@@ -57,8 +57,8 @@ impl Lane {
             if let Some(cached) = sh.sigs.get(path, &stamp, block_size, strong_len) {
                 return Ok(cached);
             }
-            // Cores: the primary waits for this before it can diff. At most
-            // 4 windows in memory per lane.
+            // Cores: the primary waits for this before it can diff. One
+            // window in memory per lane, plus the process-wide helpers'.
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
             let sig = delta::signature_file(&f, m.len(), block_size, strong_len, threads)
                 .map_err(std::io::Error::other)?;

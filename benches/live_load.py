@@ -6,7 +6,7 @@
                        [--dirs N] [--tag T] [--grace S] [--label L] [--tsv FILE]
     live_load.py nfs   --src DIR --dst DIR --url URL --netns NS --stage DIR
                        --rate R --seconds S [--size B] [--tag T] [--grace S]
-                       [--jobs J] [--label L] [--tsv FILE]
+                       [--client keep|fresh] [--jobs J] [--label L] [--tsv FILE]
     live_load.py probe --src DIR --dst DIR [--timeout S]
     live_load.py gen   --dir DIR --files N [--size B]
     live_load.py waitlive --log FILE --pattern TEXT --src DIR --dst DIR --t0 T
@@ -28,10 +28,13 @@ it finds are counted separately ("by sweep"; expected to be 0). After the
 last write it keeps watching for GRACE seconds (or until all arrived), then
 reads every arrived file back and compares its content.
 
-`nfs` writes through an NFS server instead: a child process starts, at
-rate R, a fresh libnfs client per file (`ip netns exec NS nfs-cp STAGED
-URL/NAME`, URL may end in a ?query; at most J at once, default 16), SRC
-being the export the server serves. The parent only measures: it watches
+`nfs` writes through an NFS server instead, SRC being the export the
+server serves: a child process in namespace NS creates, writes and closes
+R files/s. With `--client keep` (the default) it is one libnfs session
+mounted once from URL (which may end in a ?query: version=, nfsport=) and
+kept, as a mount is; with `--client fresh` a new libnfs client per file
+(`ip netns exec NS nfs-cp STAGED URL/NAME`, at most J at once, default 16:
+a process, a connection and a mount per file). The parent only measures: it watches
 SRC and DST with inotify; a file's time is its last change in SRC
 (IN_MODIFY, or IN_CLOSE_WRITE: over NFSv4 the server closes the file just
 before it answers the client's CLOSE; NFSv3 has no close, so there it is
@@ -287,9 +290,82 @@ def cmd_load(a):
     print("RESULT " + " ".join("%s=%s" % kv for kv in res.items()))
 
 
+class NfsSession:
+    """One libnfs 4.0 context (ctypes), mounted once from a directory URL
+    and kept: the client a mount is, with its session and the export's
+    file handle, writing one file after another."""
+
+    class Url(ctypes.Structure):
+        _fields_ = [("server", ctypes.c_char_p), ("path", ctypes.c_char_p), ("file", ctypes.c_char_p)]
+
+    def __init__(self, url):
+        lib = self.lib = ctypes.CDLL("libnfs.so.13")
+        P = ctypes.c_void_p
+        lib.nfs_init_context.restype = P
+        lib.nfs_get_error.restype = ctypes.c_char_p
+        lib.nfs_get_error.argtypes = [P]
+        lib.nfs_set_timeout.argtypes = [P, ctypes.c_int]
+        lib.nfs_parse_url_dir.restype = ctypes.POINTER(self.Url)
+        lib.nfs_parse_url_dir.argtypes = [P, ctypes.c_char_p]
+        lib.nfs_destroy_url.argtypes = [ctypes.POINTER(self.Url)]
+        lib.nfs_mount.argtypes = [P, ctypes.c_char_p, ctypes.c_char_p]
+        lib.nfs_create.argtypes = [P, ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.POINTER(P)]
+        lib.nfs_write.argtypes = [P, P, ctypes.c_uint64, ctypes.c_char_p]
+        lib.nfs_close.argtypes = [P, P]
+        self.nfs = lib.nfs_init_context()
+        lib.nfs_set_timeout(self.nfs, 5000)
+        # The URL's query (version=, nfsport=) configures the context.
+        u = lib.nfs_parse_url_dir(self.nfs, url.encode())
+        if not u:
+            raise OSError("nfs url %s: %s" % (url, self.error()))
+        try:
+            if lib.nfs_mount(self.nfs, u.contents.server, u.contents.path) != 0:
+                raise OSError("nfs mount %s: %s" % (url, self.error()))
+        finally:
+            lib.nfs_destroy_url(u)
+
+    def error(self):
+        return (self.lib.nfs_get_error(self.nfs) or b"").decode(errors="replace")
+
+    def put(self, name, data):
+        """Create, write and close /NAME; True when the server said yes to all three."""
+        fh = ctypes.c_void_p()
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        if self.lib.nfs_create(self.nfs, ("/" + name).encode(), flags, 0o644, ctypes.byref(fh)) != 0:
+            return False
+        wrote = self.lib.nfs_write(self.nfs, fh, len(data), data) == len(data)
+        return self.lib.nfs_close(self.nfs, fh) == 0 and wrote
+
+
+def enter_netns(name):
+    """Move this process into network namespace NAME (as `ip netns exec`)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open("/run/netns/" + name) as f:
+        if libc.setns(f.fileno(), 0x40000000) != 0:  # CLONE_NEWNET
+            raise OSError(ctypes.get_errno(), "setns " + name)
+
+
+def nfs_writer_keep(a, names, w):
+    """The child of `nfs --client keep`: R files/s through one long-lived
+    libnfs session; writes the number of failed files to pipe `w`."""
+    enter_netns(a.netns)
+    session = NfsSession(a.url)
+    failed = 0
+    t0 = clock()
+    for i, name in enumerate(names):
+        wait = t0 + i / a.rate - clock()
+        if wait > 0:
+            time.sleep(wait)
+        if not session.put(name, content(a.tag, i, a.size)):
+            failed += 1
+    os.write(w, b"%d %.3f\n" % (failed, clock() - t0))
+
+
 def nfs_writer(a, names, w):
-    """The child of `nfs`: R files/s by a fresh nfs-cp each; writes the
-    number of failed copies to pipe `w`."""
+    """The child of `nfs --client fresh`: R files/s by a fresh nfs-cp each;
+    writes the number of failed copies to pipe `w`."""
+    if a.client == "keep":
+        return nfs_writer_keep(a, names, w)
     base, _, query = a.url.partition("?")
     query = "?" + query if query else ""
     blob = b"x" * a.size
@@ -541,6 +617,8 @@ def main():
     p.add_argument("--tag", default="n")
     p.add_argument("--grace", type=float, default=30)
     p.add_argument("--jobs", type=int, default=16)
+    p.add_argument("--client", choices=["keep", "fresh"], default="keep",
+                   help="keep: one long-lived libnfs session (as a mount); fresh: a new nfs-cp per file")
     p.add_argument("--label", default="nfs")
     p.add_argument("--tsv")
     p.set_defaults(fn=cmd_nfs)

@@ -17,7 +17,9 @@
 # SYNCD (the binary; default: the release build, built when missing),
 # STANDBY_FS ("shared", the default: beside the primary's export, where
 # each of the standby's syncfs also flushes what ganesha wrote; "own": on a
-# filesystem of its own, a loop-mounted ext4 image, as on its own host).
+# filesystem of its own, a loop-mounted ext4 image, as on its own host),
+# CLIENT ("keep", the default: one libnfs session mounted once and kept, as
+# a mount is; "fresh": a new nfs-cp process, connection and mount per file).
 LOAD_SECONDS=$(printenv SECONDS || true)
 LOAD_SECONDS=${LOAD_SECONDS:-30}
 set -euo pipefail
@@ -30,6 +32,7 @@ SETTLE_MS=${SETTLE_MS:-500}
 DURABLE=${DURABLE:-true}
 DIR=${BENCH_DIR:-/tmp/syncd-nfs-bench}
 STANDBY_FS=${STANDBY_FS:-shared}
+CLIENT=${CLIENT:-keep}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 SYNCD=${SYNCD:-$TARGET/release/syncd}
 [ "$(id -u)" = 0 ] || { echo "needs root (network namespaces)" >&2; exit 2; }
@@ -111,16 +114,16 @@ spawn "$DIR/primary.log" "$SYNCD" --role primary --config "$DIR/primary.toml"
 wait_for_line "$DIR/primary.log" "in sync; following changes" 60
 
 echo "syncd $(git describe --always --dirty 2>/dev/null || true), settle_ms $SETTLE_MS, durable $DURABLE, standby filesystem $STANDBY_FS;" \
-  "$RATE new $SIZE-byte files/s for $LOAD_SECONDS s, each by a fresh nfs-cp through nfs-ganesha" \
+  "$RATE new $SIZE-byte files/s for $LOAD_SECONDS s, $( [ "$CLIENT" = keep ] && echo "by one long-lived libnfs session" || echo "each by a fresh nfs-cp") through nfs-ganesha" \
   "$(dpkg-query -W -f '${Version}' nfs-ganesha 2>/dev/null || true)"
 for v in $VERSIONS; do
   if [ "$v" = 4 ]; then url="nfs://10.253.0.1/export?version=4"; else url="nfs://10.253.0.1$DIR/src?version=3"; fi
   r=$DIR/result-v$v.txt
-  "${LOAD[@]}" nfs --src "$DIR/src" --dst "$SB/dst" --url "$url" --netns "${NS}c" --stage "$DIR/stage" \
+  "${LOAD[@]}" nfs --src "$DIR/src" --dst "$SB/dst" --url "$url" --netns "${NS}c" --stage "$DIR/stage" --client "$CLIENT" \
     --rate "$RATE" --seconds "$LOAD_SECONDS" --size "$SIZE" --tag "v$v" --label "NFSv$v" --grace 30 \
     --tsv "$DIR/latency-v$v.tsv" > "$r"
   echo "NFSv$v: change->replica p50 $(getv "$r" p50_ms) ms, p99 $(getv "$r" p99_ms) ms, max $(getv "$r" max_ms) ms;" \
     "$(getv "$r" arrived) of $(getv "$r" written) written arrived (offered $RATE/s, client achieved $(getv "$r" achieved)/s," \
-    "nfs-cp failed $(getv "$r" nfs_failed), bad content $(getv "$r" bad_content))"
+    "client failed $(getv "$r" nfs_failed), bad content $(getv "$r" bad_content))"
 done
 echo "files ganesha holds open for writing at the end: $(writers "$(cat "$DIR/ganesha/ganesha.pid")" "$DIR/src")"

@@ -17,7 +17,8 @@ const CLOSED_MAX: usize = 1 << 16;
 const SYNC_WAIT: Duration = Duration::from_millis(50);
 /// Shortest wait before a young record is looked at again.
 const RECHECK_MIN: Duration = Duration::from_millis(1);
-/// Wait before looking again when the watch thread was not seen in time.
+/// Wait before looking again when the watch thread was not seen in time
+/// (a sync cookie has waited longer than [`SYNC_WAIT`]).
 const RECHECK_BEHIND: Duration = Duration::from_millis(5);
 
 /// Each file's stamp when a writer last closed it (`IN_CLOSE_WRITE`),
@@ -230,12 +231,26 @@ impl Closed {
         let at = ctime_of(&stamp)?.checked_add(self.margin)?;
         match at.duration_since(now) {
             Ok(left) => Some(left.clamp(RECHECK_MIN, limit)),
-            // Past it and still not trusted: the watch thread is behind.
-            // Try again soon, but a record that stays unproven for
-            // `limit` is left to the settle rule.
-            Err(e) if e.duration() < limit => Some(RECHECK_BEHIND),
+            // Past it and still not trusted. Most often the margin ran out
+            // while the file's batch was in flight: no sync was tried, so
+            // look again at once. If a cookie is overdue the watch thread
+            // is behind: back off a little. A record that stays unproven
+            // for `limit` is left to the settle rule.
+            Err(e) if e.duration() < limit => Some(if self.behind(now) {
+                RECHECK_BEHIND
+            } else {
+                RECHECK_MIN
+            }),
             Err(_) => None,
         }
+    }
+
+    /// A sync cookie made over [`SYNC_WAIT`] ago is still not seen.
+    fn behind(&self, now: SystemTime) -> bool {
+        self.state()
+            .asked
+            .front()
+            .is_some_and(|(_, made)| now.duration_since(*made).is_ok_and(|d| d >= SYNC_WAIT))
     }
 
     /// Makes the private directory for sync cookies (see [`Closed`]);

@@ -2,6 +2,7 @@ use super::closed::margin;
 use super::*;
 use std::io::Write;
 use std::time::UNIX_EPOCH;
+use syncd_proto::path::RelPath;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -113,4 +114,31 @@ fn a_writer_makes_the_file_busy_and_breaks_a_lease() {
     assert!(!intact(&r));
     drop(r);
     t.join().unwrap();
+}
+
+/// A record whose margin ran out while nobody asked the watch thread is
+/// looked at again at once; only an overdue sync cookie (the watch thread
+/// behind) makes the recheck back off.
+#[test]
+fn a_recheck_backs_off_only_while_a_sync_cookie_is_overdue() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("f");
+    std::fs::write(&p, b"closed").unwrap();
+    let m = std::fs::symlink_metadata(&p).unwrap();
+    let rel = RelPath::new("f").unwrap();
+    let c = Closed::default();
+    let limit = Duration::from_secs(60);
+    assert_eq!(c.recheck_in(&rel, &m, limit), None, "no record: a writer's");
+    c.closed(rel.clone(), &m);
+    // Let the margin past the file's ctime run out (at most 22 ms).
+    std::thread::sleep(ms(30));
+    assert_eq!(c.recheck_in(&rel, &m, limit), Some(ms(1)));
+    // A cookie nobody handles (no watch thread here) becomes overdue.
+    let dir = c.make_cookie_dir().unwrap();
+    let n = c.ask_sync().unwrap();
+    std::thread::sleep(ms(60));
+    assert_eq!(c.recheck_in(&rel, &m, limit), Some(ms(5)));
+    // Once the watch thread reports it, no more back-off.
+    assert!(c.cookie_seen(&dir.join(format!("c{n}"))));
+    assert_eq!(c.recheck_in(&rel, &m, limit), Some(ms(1)));
 }

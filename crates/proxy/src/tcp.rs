@@ -74,6 +74,7 @@ pub async fn serve(
 ) {
     shared
         .metrics
+        .local()
         .tcp_connections
         .fetch_add(1, Ordering::Relaxed);
     let snap = shared.current();
@@ -148,11 +149,19 @@ async fn connect(
             tracing::warn!(listener = %cfg.name, client = %peer_addr, "no upstream server could take the TCP connection");
             return None;
         };
-        server.metrics.requests.fetch_add(1, Ordering::Relaxed);
+        server
+            .metrics
+            .local()
+            .requests
+            .fetch_add(1, Ordering::Relaxed);
         match server.connect_tcp(up.cfg.connect_timeout).await {
             Ok(s) => return Some((peer, server, s)),
             Err(e) => {
-                server.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                server
+                    .metrics
+                    .local()
+                    .errors
+                    .fetch_add(1, Ordering::Relaxed);
                 up.group().release(peer, Instant::now(), Outcome::Failure);
                 tracing::warn!(upstream = %up.cfg.name, server = %server.name, error = %e, "TCP connect failed");
                 let over = !up.cfg.next_upstream_timeout.is_zero()

@@ -52,6 +52,11 @@ impl ServerMetrics {
         );
     }
 
+    /// Count one in a counter of the calling worker.
+    pub fn add(&self, field: fn(&ServerCounts) -> &AtomicU64) {
+        field(self.local()).fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn requests(&self) -> u64 {
         self.shards.sum(|c| &c.requests)
     }
@@ -105,6 +110,11 @@ impl GlobalMetrics {
     /// The calling worker's counters.
     pub fn local(&self) -> &GlobalCounts {
         self.shards.local()
+    }
+
+    /// Count one in a counter of the calling worker.
+    pub fn add(&self, field: fn(&GlobalCounts) -> &AtomicU64) {
+        field(self.local()).fetch_add(1, Ordering::Relaxed);
     }
 
     /// One counter summed over the workers.

@@ -3,7 +3,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -86,11 +85,7 @@ pub async fn handle(
     shared: &Shared,
 ) -> Result<Response<RespBody>, Infallible> {
     let start = Instant::now();
-    shared
-        .metrics
-        .local()
-        .requests
-        .fetch_add(1, Ordering::Relaxed);
+    shared.metrics.add(|c| &c.requests);
     let snap = shared.current();
     let (resp, server) = match snap.upstreams.get(&info.upstream) {
         Some(up) => {
@@ -281,11 +276,7 @@ fn failed(
 ) {
     let client_fault = matches!(f, Failure::ClientAborted | Failure::ClientTimeout);
     if !client_fault {
-        server
-            .metrics
-            .local()
-            .errors
-            .fetch_add(1, Ordering::Relaxed);
+        server.metrics.add(|c| &c.errors);
     }
     let outcome = if f.counts_as_server_failure() {
         Outcome::Failure
@@ -345,11 +336,7 @@ fn retry_after(
 fn no_answer(last: Option<Failure>, shared: &Shared) -> Response<RespBody> {
     match last {
         None => {
-            shared
-                .metrics
-                .local()
-                .local_503
-                .fetch_add(1, Ordering::Relaxed);
+            shared.metrics.add(|c| &c.local_503);
             local(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Service Unavailable (no live upstream)",
@@ -361,19 +348,11 @@ fn no_answer(last: Option<Failure>, shared: &Shared) -> Response<RespBody> {
         ),
         Some(Failure::ClientTimeout) => local(StatusCode::REQUEST_TIMEOUT, "Request Timeout"),
         Some(f) if f.is_timeout() => {
-            shared
-                .metrics
-                .local()
-                .local_504
-                .fetch_add(1, Ordering::Relaxed);
+            shared.metrics.add(|c| &c.local_504);
             local(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout")
         }
         Some(_) => {
-            shared
-                .metrics
-                .local()
-                .local_502
-                .fetch_add(1, Ordering::Relaxed);
+            shared.metrics.add(|c| &c.local_502);
             local(StatusCode::BAD_GATEWAY, "Bad Gateway")
         }
     }
@@ -470,11 +449,7 @@ async fn send_attempt(
         if out.body.is_none() {
             return Err(Failure::ResetAfterSend); // a streamed body already went out
         }
-        server
-            .metrics
-            .local()
-            .requests
-            .fetch_add(1, Ordering::Relaxed);
+        server.metrics.add(|c| &c.requests);
         // no timeout around the whole exchange: the client's upload pace and
         // the backend's are timed separately, per read/write, inside it
         let req = Forward {

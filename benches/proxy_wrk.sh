@@ -8,7 +8,9 @@
 #                                               PROXY_BIN_B=another/syncd-proxy  (e.g. the previous
 #                                                 build: runs as "syncd-proxy-B" in the same rounds)
 #                                               PERF_OUT=file.data  (perf record -g of syncd-proxy
-#                                                 during one extra run; prints the top symbols))
+#                                                 during one extra run; prints the top symbols)
+#                                               STRACE=1  (strace -c -f of each proxy during one
+#                                                 extra run: system calls per request, by name))
 # Runs ROUNDS alternating wrk runs per proxy and prints per-round and median
 # req/s, p50, p99, CPU time per request, and the ratios; then a failover run in which
 # one of the three backends is killed (SIGKILL) and restarted during the load,
@@ -246,6 +248,35 @@ if [ -n "${PERF_OUT:-}" ]; then
     wait $perf_pid || true
     perf report -i "$PERF_OUT" --no-children --percent-limit 1.5 --stdio -g none 2>/dev/null \
         | grep -v '^#' | grep -v '^$' | head -40
+fi
+
+# system calls per request: strace -c -f on the proxy's threads (syncd-proxy)
+# or worker processes (nginx) during one more run. strace slows the proxy a
+# lot, so only the counts per request mean anything, not the rate.
+strace_run() { # port pid name
+    local port=$1 pid=$2 name=$3 args=() p
+    for p in "$pid" $(ps -o pid= --ppid "$pid" 2>/dev/null); do args+=(-p "$p"); done
+    strace -c -f -o "$WORK/strace-$name.txt" "${args[@]}" 2>/dev/null &
+    local st=$!
+    sleep 1
+    run_wrk "$port" "$WORK/strace-$name.wrk"
+    kill -INT "$st" 2>/dev/null || true
+    wait "$st" 2>/dev/null || true
+    local n
+    n=$(requests "$WORK/strace-$name.wrk")
+    awk -v n="${n:-1}" -v who="$name" '
+        $1 ~ /^[0-9.]+$/ && NF >= 5 { name = $NF; calls = $4;
+            if (name == "total") total = calls; else { c[name] = calls; e[name] = (NF == 6) ? $5 : 0 } }
+        END { printf "%-14s %6.2f syscalls/request (%d requests):", who, total / n, n;
+              for (k in c) if (c[k] / n >= 0.01) printf " %s %.2f%s", k, c[k] / n, e[k] ? sprintf(" (%.2f failed)", e[k] / n) : "";
+              printf "\n" }' "$WORK/strace-$name.txt"
+}
+if [ -n "${STRACE:-}" ]; then
+    command -v strace >/dev/null || { echo "strace not found"; exit 1; }
+    echo "== strace -c -f during one more ${DURATION}s run per proxy (counts per request; the rate under strace means nothing)"
+    strace_run $SP_PORT "$SP_PID" syncd-proxy
+    [ -z "$SB_PID" ] || strace_run $SB_PORT "$SB_PID" syncd-proxy-B
+    strace_run $NX_PORT "$NX_PID" nginx
 fi
 
 failover() { # port name

@@ -12,16 +12,16 @@
 //! `Upgrade`: it ends the exchange and hands over the raw connection. A connection is reusable when the response was
 //! HTTP/1.1 without `Connection: close` and its body was read to the end.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
-use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::pin::{pin, Pin};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::{Method, Response, StatusCode};
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::framing::{self, Decode};
@@ -108,6 +108,14 @@ impl Conn {
     /// Is this idle pooled connection still usable? Detects a close (or
     /// unexpected bytes) already seen by the socket, without blocking.
     pub fn looks_alive(&self) -> bool {
+        // the last response's short read cleared the read readiness
+        // (`poll_fill`); while the runtime has seen no event since, nothing
+        // (no FIN, no stray byte) arrived: no probe, no system call. A close
+        // racing with our write is the keep-alive race `send_attempt` retries.
+        let mut cx = Context::from_waker(Waker::noop());
+        if self.io.poll_read_ready(&mut cx).is_pending() {
+            return true;
+        }
         let mut probe = [0u8; 1];
         matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
@@ -264,22 +272,23 @@ impl Conn {
     /// The socket is checked before the timer, so a pause in which nobody
     /// read (the client not taking the body) never counts as a stall.
     fn poll_fill(&mut self, limit: Duration, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        loop {
-            if self.io.poll_read_ready(cx)?.is_pending() {
+        self.rbuf.reserve(8192);
+        // through AsyncRead, not try_read: a short read clears the socket's
+        // read readiness, which is what lets `looks_alive` skip its probe.
+        // read_buf's future holds only borrows: dropping it when pending
+        // loses nothing
+        match pin!(self.io.read_buf(&mut self.rbuf)).poll(cx) {
+            Poll::Ready(Ok(n)) => {
+                self.stall.progress();
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
                 ready!(self.stall.poll_stalled(limit, cx));
-                return Poll::Ready(Err(io::Error::new(
+                Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "backend sent no response bytes within read_timeout",
-                )));
-            }
-            self.rbuf.reserve(8192);
-            match self.io.try_read_buf(&mut self.rbuf) {
-                Ok(n) => {
-                    self.stall.progress();
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
+                )))
             }
         }
     }

@@ -28,6 +28,7 @@ pub mod retry;
 pub mod server;
 pub mod server_wire;
 pub mod server_write;
+pub mod sharded;
 pub mod stall;
 pub mod state;
 pub mod tcp;

@@ -1,19 +1,21 @@
 //! Prometheus metrics: per upstream server counters and a latency histogram
-//! (lock-free atomics), rendered in the text exposition format.
+//! (lock-free atomics, a slot per worker), rendered in the text exposition format.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use syncd_ops::prom::{Kind, Writer};
 
+use crate::sharded::Sharded;
+
 /// Upper bounds (seconds) of the response-time histogram buckets.
 pub const BUCKETS: [f64; 13] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Counters for one upstream server. Survives reloads.
+/// One worker's counters for one upstream server.
 #[derive(Debug, Default)]
-pub struct ServerMetrics {
+pub struct ServerCounts {
     /// Attempts sent to this server.
     pub requests: AtomicU64,
     /// Attempts that failed (connect error, timeout, reset, invalid response).
@@ -23,24 +25,50 @@ pub struct ServerMetrics {
     sum_micros: AtomicU64,
 }
 
+/// Counters for one upstream server, a slot per worker (summed when
+/// rendered). Survives reloads.
+#[derive(Debug, Default)]
+pub struct ServerMetrics {
+    shards: Sharded<ServerCounts>,
+}
+
 impl ServerMetrics {
+    /// The calling worker's counters.
+    pub fn local(&self) -> &ServerCounts {
+        self.shards.local()
+    }
+
     /// Record the time from sending the request to the response header.
     pub fn observe(&self, d: Duration) {
+        let c = self.local();
         let secs = d.as_secs_f64();
         if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            c.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(
+        c.count.fetch_add(1, Ordering::Relaxed);
+        c.sum_micros.fetch_add(
             d.as_micros().min(u128::from(u64::MAX)) as u64,
             Ordering::Relaxed,
         );
     }
+
+    /// Count one in a counter of the calling worker.
+    pub fn add(&self, field: fn(&ServerCounts) -> &AtomicU64) {
+        field(self.local()).fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.shards.sum(|c| &c.requests)
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.shards.sum(|c| &c.errors)
+    }
 }
 
-/// Proxy-wide counters.
+/// One worker's proxy-wide counters.
 #[derive(Debug, Default)]
-pub struct GlobalMetrics {
+pub struct GlobalCounts {
     pub requests: AtomicU64,
     pub retries: AtomicU64,
     pub retries_denied: AtomicU64,
@@ -54,11 +82,9 @@ pub struct GlobalMetrics {
     pub local_503: AtomicU64,
     pub local_504: AtomicU64,
     pub tcp_connections: AtomicU64,
-    pub config_generation: AtomicU64,
-    pub reload_failures: AtomicU64,
 }
 
-impl GlobalMetrics {
+impl GlobalCounts {
     pub fn count_status(&self, status: u16) {
         let c = match status {
             100..=199 => &self.responses_1xx,
@@ -68,6 +94,32 @@ impl GlobalMetrics {
             _ => &self.responses_5xx,
         };
         c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Proxy-wide counters: per-request ones in a slot per worker, the rare
+/// ones (written by reloads) once.
+#[derive(Debug, Default)]
+pub struct GlobalMetrics {
+    shards: Sharded<GlobalCounts>,
+    pub config_generation: AtomicU64,
+    pub reload_failures: AtomicU64,
+}
+
+impl GlobalMetrics {
+    /// The calling worker's counters.
+    pub fn local(&self) -> &GlobalCounts {
+        self.shards.local()
+    }
+
+    /// Count one in a counter of the calling worker.
+    pub fn add(&self, field: fn(&GlobalCounts) -> &AtomicU64) {
+        field(self.local()).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One counter summed over the workers.
+    pub fn total(&self, field: fn(&GlobalCounts) -> &AtomicU64) -> u64 {
+        self.shards.sum(field)
     }
 }
 
@@ -104,40 +156,40 @@ fn render_global(w: &mut Writer, global: &GlobalMetrics) {
             "syncd_proxy_requests_total",
             Kind::Counter,
             "Client requests received.",
-            &global.requests,
+            global.total(|c| &c.requests),
         ),
         (
             "syncd_proxy_retries_total",
             Kind::Counter,
             "Attempts retried on another server.",
-            &global.retries,
+            global.total(|c| &c.retries),
         ),
         (
             "syncd_proxy_retries_denied_total",
             Kind::Counter,
             "Retries refused by the retry budget.",
-            &global.retries_denied,
+            global.total(|c| &c.retries_denied),
         ),
         (
             "syncd_proxy_tcp_connections_total",
             Kind::Counter,
             "TCP-mode connections accepted.",
-            &global.tcp_connections,
+            global.total(|c| &c.tcp_connections),
         ),
         (
             "syncd_proxy_config_generation",
             Kind::Gauge,
             "Configuration generation (1 at start, +1 per successful reload).",
-            &global.config_generation,
+            g(&global.config_generation),
         ),
         (
             "syncd_proxy_reload_failures_total",
             Kind::Counter,
             "Reloads rejected (invalid configuration).",
-            &global.reload_failures,
+            g(&global.reload_failures),
         ),
     ] {
-        w.single(name, kind, help, g(c));
+        w.single(name, kind, help, c);
     }
     let mut f = w.family(
         "syncd_proxy_responses_total",
@@ -145,13 +197,13 @@ fn render_global(w: &mut Writer, global: &GlobalMetrics) {
         "Responses sent to clients by status class.",
     );
     for (class, c) in [
-        ("1xx", &global.responses_1xx),
-        ("2xx", &global.responses_2xx),
-        ("3xx", &global.responses_3xx),
-        ("4xx", &global.responses_4xx),
-        ("5xx", &global.responses_5xx),
+        ("1xx", global.total(|c| &c.responses_1xx)),
+        ("2xx", global.total(|c| &c.responses_2xx)),
+        ("3xx", global.total(|c| &c.responses_3xx)),
+        ("4xx", global.total(|c| &c.responses_4xx)),
+        ("5xx", global.total(|c| &c.responses_5xx)),
     ] {
-        f.sample(&[("class", class)], g(c));
+        f.sample(&[("class", class)], c);
     }
     let mut f = w.family(
         "syncd_proxy_local_errors_total",
@@ -159,11 +211,11 @@ fn render_global(w: &mut Writer, global: &GlobalMetrics) {
         "Error responses generated by the proxy itself.",
     );
     for (code, c) in [
-        ("502", &global.local_502),
-        ("503", &global.local_503),
-        ("504", &global.local_504),
+        ("502", global.total(|c| &c.local_502)),
+        ("503", global.total(|c| &c.local_503)),
+        ("504", global.total(|c| &c.local_504)),
     ] {
-        f.sample(&[("code", code)], g(c));
+        f.sample(&[("code", code)], c);
     }
 }
 
@@ -175,13 +227,13 @@ fn render_servers(w: &mut Writer, servers: &[ServerView<'_>]) {
             "syncd_proxy_upstream_requests_total",
             Kind::Counter,
             "Attempts sent to the server.",
-            |s| s.metrics.requests.load(Ordering::Relaxed),
+            |s| s.metrics.requests(),
         ),
         (
             "syncd_proxy_upstream_errors_total",
             Kind::Counter,
             "Attempts that failed (connect error, timeout, reset, bad response).",
-            |s| s.metrics.errors.load(Ordering::Relaxed),
+            |s| s.metrics.errors(),
         ),
         (
             "syncd_proxy_upstream_active_connections",
@@ -220,15 +272,17 @@ fn render_servers(w: &mut Writer, servers: &[ServerView<'_>]) {
         "Time from sending the request to the response header.",
     );
     for s in servers {
+        let m = &s.metrics.shards;
         let mut buckets = [(0.0, 0); BUCKETS.len()];
         for (i, b) in BUCKETS.iter().enumerate() {
-            buckets[i] = (*b, g(&s.metrics.buckets[i]));
+            buckets[i] = (*b, m.sum(|c| &c.buckets[i]));
         }
+        let sum_micros = m.sum(|c| &c.sum_micros);
         f.histogram(
             &labels(s),
             &buckets,
-            g(&s.metrics.sum_micros) as f64 / 1e6,
-            g(&s.metrics.count),
+            sum_micros as f64 / 1e6,
+            m.sum(|c| &c.count),
         );
     }
 }
@@ -243,7 +297,7 @@ mod tests {
         m.observe(Duration::from_micros(500));
         m.observe(Duration::from_millis(30));
         m.observe(Duration::from_secs(60));
-        m.requests.fetch_add(3, Ordering::Relaxed);
+        m.local().requests.fetch_add(3, Ordering::Relaxed);
         let view = ServerView {
             upstream: "web",
             server: "127.0.0.1:81",

@@ -3,7 +3,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +22,7 @@ use crate::retry::{self, Failure};
 use crate::server_wire::ReqBody;
 use crate::state::Shared;
 use crate::tunnel::{PendingTunnel, Tunnel};
-use crate::upstream::{ConnectError, ServerRt, UpstreamRt};
+use crate::upstream::{ConnectError, ServerRef, ServerRt, UpstreamRt};
 
 /// What a connection handler knows about its client.
 #[derive(Debug)]
@@ -86,7 +85,7 @@ pub async fn handle(
     shared: &Shared,
 ) -> Result<Response<RespBody>, Infallible> {
     let start = Instant::now();
-    shared.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    shared.metrics.add(|c| &c.requests);
     let snap = shared.current();
     let (resp, server) = match snap.upstreams.get(&info.upstream) {
         Some(up) => {
@@ -99,7 +98,7 @@ pub async fn handle(
         ),
     };
     let status = resp.status().as_u16();
-    shared.metrics.count_status(status);
+    shared.metrics.local().count_status(status);
     if shared.access_log() {
         tracing::info!(
             target: "access",
@@ -130,7 +129,7 @@ async fn proxy(
     shared: &Shared,
     up: &Arc<UpstreamRt>,
     max_replay: usize,
-) -> (Response<RespBody>, Option<Arc<ServerRt>>) {
+) -> (Response<RespBody>, Option<ServerRef>) {
     let mut req = match prepare(head, body, info, shared, up, max_replay).await {
         Ok(r) => r,
         Err(resp) => return (resp, None),
@@ -233,13 +232,13 @@ async fn prepare<'a>(
 }
 
 /// The next server to try, unless the request's tries are used up.
-fn select(up: &UpstreamRt, key: Key, attempt: &mut Attempt) -> Option<(u64, Arc<ServerRt>)> {
+fn select(up: &UpstreamRt, key: Key, attempt: &mut Attempt) -> Option<(u64, ServerRef)> {
     let mut g = up.group();
     if attempt.count() >= max_tries(&up.cfg, g.len()) {
         return None;
     }
     g.select(Instant::now(), key, attempt)
-        .map(|(id, s)| (id, s.clone()))
+        .map(|(id, s)| (id, up.server_ref(id, s)))
 }
 
 /// The client's response from a backend's: streamed, releasing the server
@@ -247,7 +246,7 @@ fn select(up: &UpstreamRt, key: Key, attempt: &mut Attempt) -> Option<(u64, Arc<
 fn answer(
     resp: Response<BackendBody>,
     up: &Arc<UpstreamRt>,
-    server: &Arc<ServerRt>,
+    server: &ServerRef,
     peer: u64,
 ) -> Response<RespBody> {
     let (rparts, mut rbody) = resp.into_parts();
@@ -277,7 +276,7 @@ fn failed(
 ) {
     let client_fault = matches!(f, Failure::ClientAborted | Failure::ClientTimeout);
     if !client_fault {
-        server.metrics.errors.fetch_add(1, Ordering::Relaxed);
+        server.metrics.add(|c| &c.errors);
     }
     let outcome = if f.counts_as_server_failure() {
         Outcome::Failure
@@ -337,7 +336,7 @@ fn retry_after(
 fn no_answer(last: Option<Failure>, shared: &Shared) -> Response<RespBody> {
     match last {
         None => {
-            shared.metrics.local_503.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.add(|c| &c.local_503);
             local(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Service Unavailable (no live upstream)",
@@ -349,11 +348,11 @@ fn no_answer(last: Option<Failure>, shared: &Shared) -> Response<RespBody> {
         ),
         Some(Failure::ClientTimeout) => local(StatusCode::REQUEST_TIMEOUT, "Request Timeout"),
         Some(f) if f.is_timeout() => {
-            shared.metrics.local_504.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.add(|c| &c.local_504);
             local(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout")
         }
         Some(_) => {
-            shared.metrics.local_502.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.add(|c| &c.local_502);
             local(StatusCode::BAD_GATEWAY, "Bad Gateway")
         }
     }
@@ -450,7 +449,7 @@ async fn send_attempt(
         if out.body.is_none() {
             return Err(Failure::ResetAfterSend); // a streamed body already went out
         }
-        server.metrics.requests.fetch_add(1, Ordering::Relaxed);
+        server.metrics.add(|c| &c.requests);
         // no timeout around the whole exchange: the client's upload pace and
         // the backend's are timed separately, per read/write, inside it
         let req = Forward {

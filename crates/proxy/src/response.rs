@@ -15,7 +15,7 @@ use hyper::{Response, StatusCode};
 use crate::balancer::Outcome;
 use crate::h1client::{BackendBody, Conn};
 use crate::rawhead::RawHead;
-use crate::upstream::{ServerRt, UpstreamRt};
+use crate::upstream::{ServerRef, UpstreamRt};
 
 /// Response body to the client: a short local message or a proxied stream.
 // the proxied variant is the common one: boxing it would allocate per response
@@ -83,7 +83,7 @@ pub struct TrackedBody {
 }
 
 impl TrackedBody {
-    pub fn new(inner: BackendBody, up: Arc<UpstreamRt>, server: Arc<ServerRt>, peer: u64) -> Self {
+    pub fn new(inner: BackendBody, up: Arc<UpstreamRt>, server: ServerRef, peer: u64) -> Self {
         TrackedBody {
             inner,
             finish: Some(Finish { up, server, peer }),
@@ -93,7 +93,7 @@ impl TrackedBody {
 
 struct Finish {
     up: Arc<UpstreamRt>,
-    server: Arc<ServerRt>,
+    server: ServerRef,
     peer: u64,
 }
 

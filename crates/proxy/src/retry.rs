@@ -108,7 +108,13 @@ impl RetryBudget {
 
     /// A new request arrived.
     pub fn deposit(&mut self) {
-        self.balance_milli = (self.balance_milli + self.ratio_milli).min(self.cap_milli);
+        self.deposit_n(1);
+    }
+
+    /// `n` new requests arrived (the same as `n` single deposits).
+    pub fn deposit_n(&mut self, n: u64) {
+        let add = self.ratio_milli.saturating_mul(n);
+        self.balance_milli = self.balance_milli.saturating_add(add).min(self.cap_milli);
     }
 
     /// Try to spend one retry. Returns false when the budget is exhausted.
@@ -192,5 +198,20 @@ mod tests {
         }
         let granted = (0..10_000).filter(|_| b.withdraw(t0)).count();
         assert_eq!(granted, 200);
+    }
+
+    #[test]
+    fn a_batch_of_deposits_equals_single_ones_cap_included() {
+        let t0 = Instant::now();
+        for n in [0u64, 1, 7, 37, 1_000_000] {
+            let mut single = RetryBudget::new(0.2, 0);
+            let mut batch = single.clone();
+            for _ in 0..n {
+                single.deposit();
+            }
+            batch.deposit_n(n);
+            let granted = |b: &mut RetryBudget| (0..10_000).filter(|_| b.withdraw(t0)).count();
+            assert_eq!(granted(&mut single), granted(&mut batch), "{n} deposits");
+        }
     }
 }

@@ -72,10 +72,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     _session: Arc<()>,
 ) {
-    shared
-        .metrics
-        .tcp_connections
-        .fetch_add(1, Ordering::Relaxed);
+    shared.metrics.add(|c| &c.tcp_connections);
     let snap = shared.current();
     let Some(up) = snap.upstreams.get(&cfg.upstream).cloned() else {
         return;
@@ -148,11 +145,11 @@ async fn connect(
             tracing::warn!(listener = %cfg.name, client = %peer_addr, "no upstream server could take the TCP connection");
             return None;
         };
-        server.metrics.requests.fetch_add(1, Ordering::Relaxed);
+        server.metrics.add(|c| &c.requests);
         match server.connect_tcp(up.cfg.connect_timeout).await {
             Ok(s) => return Some((peer, server, s)),
             Err(e) => {
-                server.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                server.metrics.add(|c| &c.errors);
                 up.group().release(peer, Instant::now(), Outcome::Failure);
                 tracing::warn!(upstream = %up.cfg.name, server = %server.name, error = %e, "TCP connect failed");
                 let over = !up.cfg.next_upstream_timeout.is_zero()

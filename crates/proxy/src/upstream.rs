@@ -12,6 +12,7 @@ use crate::balancer::{hash::KeyTemplate, Group, Method, PeerSpec};
 use crate::config::{self, Algorithm};
 use crate::h1client::Conn;
 use crate::metrics::ServerMetrics;
+use crate::sharded::Sharded;
 
 /// Failure to open a backend connection.
 #[derive(Debug, thiserror::Error)]
@@ -34,18 +35,9 @@ struct Idle {
 /// the most recently used (least likely to be closed by the server) goes
 /// first. One shard per worker thread, like nginx's per-worker cache, so a
 /// connection stays with the worker (and reactor) that opened it.
+#[derive(Default)]
 pub struct Pool {
-    shards: Vec<Mutex<Vec<Idle>>>,
-}
-
-const POOL_SHARDS: usize = 16;
-
-impl Default for Pool {
-    fn default() -> Pool {
-        Pool {
-            shards: (0..POOL_SHARDS).map(|_| Mutex::new(Vec::new())).collect(),
-        }
-    }
+    shards: Sharded<Mutex<Vec<Idle>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -55,11 +47,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Pool {
-    /// Take the freshest idle connection not older than `max_idle`.
+    /// This worker's idle connections (its own lock and cache lines).
     fn shard(&self) -> &Mutex<Vec<Idle>> {
-        &self.shards[crate::workers::index() % self.shards.len()]
+        self.shards.local()
     }
 
+    /// Take the freshest idle connection not older than `max_idle`.
     pub fn take(&self, now: Instant, max_idle: Duration) -> Option<Conn> {
         let mut idle = lock(self.shard());
         while let Some(c) = idle.pop() {
@@ -89,7 +82,7 @@ impl Pool {
     }
 
     pub fn clear(&self) {
-        for s in &self.shards {
+        for s in self.shards.iter() {
             lock(s).clear();
         }
     }
@@ -125,16 +118,47 @@ impl ServerRt {
 
 pub type SharedGroup = Arc<Mutex<Group<Arc<ServerRt>>>>;
 
+/// A worker's handle on a server: requests clone this worker's own count
+/// and leave the shared `ServerRt`'s count (and its cache line) alone.
+pub type ServerRef = Arc<Arc<ServerRt>>;
+
 /// One upstream as configured now: settings plus the (persistent) group.
 pub struct UpstreamRt {
     pub cfg: config::Upstream,
     pub group: SharedGroup,
     pub key: Option<KeyTemplate>,
+    /// A worker copy's handles on the group's servers, by peer id.
+    servers: Vec<(u64, ServerRef)>,
 }
 
 impl UpstreamRt {
     pub fn group(&self) -> MutexGuard<'_, Group<Arc<ServerRt>>> {
         lock(&self.group)
+    }
+
+    /// The same upstream for one worker (see `Snapshot`): shares the group,
+    /// with the worker's own handles on its servers.
+    pub fn worker_copy(&self) -> UpstreamRt {
+        let servers = self
+            .group()
+            .peers()
+            .map(|p| (p.id, Arc::new(p.data.clone())))
+            .collect();
+        UpstreamRt {
+            cfg: self.cfg.clone(),
+            group: self.group.clone(),
+            key: self.key.clone(),
+            servers,
+        }
+    }
+
+    /// This worker's handle on server `id` (selected as `server`); a fresh
+    /// one if a reload changed the group since this copy was made.
+    pub fn server_ref(&self, id: u64, server: &Arc<ServerRt>) -> ServerRef {
+        match self.servers.iter().find(|(i, _)| *i == id) {
+            Some((_, s)) if Arc::ptr_eq(&**s, server) => s.clone(),
+            _ => Arc::new(server.clone()),
+        }
     }
 }
 
@@ -220,6 +244,7 @@ impl Registry {
                     cfg: u.clone(),
                     group,
                     key,
+                    servers: Vec::new(),
                 }),
             );
         }

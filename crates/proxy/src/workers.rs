@@ -1,8 +1,10 @@
 //! Worker threads, nginx style: one single-threaded tokio runtime per
 //! worker, each accepting on its own SO_REUSEPORT socket, so a connection and
 //! everything it does (client socket, backend sockets, timers) stays on one
-//! thread. Shared state (upstream health, failure counts, metrics, config)
-//! lives behind `Arc`s and short locks, so every worker sees the same health.
+//! thread. Upstream health and failure counts live behind `Arc`s and short
+//! locks, so every worker sees the same health; what every request writes
+//! (metrics, retry deposits, the config snapshot's reference count, pooled
+//! connections) has a slot per worker (`sharded`).
 
 use std::cell::Cell;
 use std::io;
@@ -18,6 +20,11 @@ thread_local! {
 /// Index of the worker running the current thread (0 outside workers).
 pub fn index() -> usize {
     WORKER.with(|w| w.get())
+}
+
+/// Mark the current thread as worker `i` (worker threads at start; tests).
+pub fn set_index(i: usize) {
+    WORKER.with(|w| w.set(i));
 }
 
 pub struct Workers {
@@ -40,7 +47,7 @@ impl Workers {
             let thread = std::thread::Builder::new()
                 .name(format!("syncd-proxy-w{i}"))
                 .spawn(move || {
-                    WORKER.with(|w| w.set(i));
+                    set_index(i);
                     let rt = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()

@@ -20,8 +20,8 @@ BIG_MIB=${BIG_MIB:-1024}
 HUGE_MIB=${HUGE_MIB:-4096}
 DIR=${BENCH_DIR:-/tmp/syncd-bench}
 DURABLE=${SYNCD_DURABLE:-true}
-ROUNDS=${ROUNDS:-3}
 ROUNDS_SMALL=${ROUNDS:-7}
+ROUNDS=${ROUNDS:-3}
 WHAT=${1:-all}
 
 command -v rsync >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync >/dev/null; }

@@ -349,8 +349,14 @@ fn unnamed_files_are_named_from_the_descriptor_or_through_proc() {
         let m = root.commit(s, &rp(name), &meta()).unwrap();
         assert_eq!(std::fs::read(ex.join(name)).unwrap(), name.as_bytes());
         let on_disk = std::fs::symlink_metadata(ex.join(name)).unwrap();
-        assert_eq!(std::os::unix::fs::MetadataExt::ino(&m), std::os::unix::fs::MetadataExt::ino(&on_disk));
-        assert_eq!(std::os::unix::fs::MetadataExt::mtime_nsec(&on_disk), 123_456_789);
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::ino(&m),
+            std::os::unix::fs::MetadataExt::ino(&on_disk)
+        );
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::mtime_nsec(&on_disk),
+            123_456_789
+        );
         if !refuse && rustix::process::geteuid().is_root() {
             assert!(root.links.works(), "root links from the descriptor");
         }
@@ -360,7 +366,10 @@ fn unnamed_files_are_named_from_the_descriptor_or_through_proc() {
     s.file.write_all(b"again").unwrap();
     root.commit(s, &rp("direct"), &meta()).unwrap();
     assert_eq!(std::fs::read(ex.join("direct")).unwrap(), b"again");
-    let names: Vec<_> = std::fs::read_dir(&ex).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(&ex)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names.len(), 2, "no temporary name left: {names:?}");
 }
 

@@ -5,8 +5,9 @@
 #   benches/compare.sh [small|big|foreign|nochange|rss|all]  (default: all)
 #
 # Environment: FILES (100000), FILE_KIB (4), BIG_MIB (1024), HUGE_MIB (4096),
-# ROUNDS (3, for `foreign`), SYNCD_BIN (a syncd binary to use instead of
-# building this tree's release binary; for before/after comparisons),
+# ROUNDS (rounds of `foreign`, default 3, and of `small`, default 7),
+# SYNCD_BIN (a syncd binary to use instead of building this tree's release
+# binary; for before/after comparisons),
 # BENCH_DIR (/tmp/syncd-bench), SYNCD_DURABLE (true: syncd flushes with
 # syncfs before it reports success; rsync never fsyncs, so "false" is the
 # like-for-like comparison and "true" is what syncd does by default).
@@ -19,6 +20,7 @@ BIG_MIB=${BIG_MIB:-1024}
 HUGE_MIB=${HUGE_MIB:-4096}
 DIR=${BENCH_DIR:-/tmp/syncd-bench}
 DURABLE=${SYNCD_DURABLE:-true}
+ROUNDS_SMALL=${ROUNDS:-7}
 ROUNDS=${ROUNDS:-3}
 WHAT=${1:-all}
 
@@ -153,22 +155,60 @@ report() { # name syncd rsync target
   printf '%-44s syncd %8ss  rsync %8ss  ratio %s  (target %s)\n' "$1" "$2" "$3" "$(ratio "$2" "$3")" "$4"
 }
 
+med() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+
+run_cp() { # $1 src tree, $2 fresh dest: one `cp -a` per top-level entry, nproc at a time
+  local t0 t1
+  t0=$(now)
+  (cd "$1" && ls -A | xargs -P "$(nproc)" -I{} cp -a {} "../$2/")
+  t1=$(now)
+  awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }'
+}
+
+check_copy() { # $1 src, $2 syncd's copy: same names and contents (or the round does not count)
+  diff -rq "$1" "$2" >/dev/null || { echo "syncd's copy $2 differs from $1"; exit 1; }
+}
+
 # Wire bytes: rsync's --stats totals (TCP payload both ways); syncd's QUIC UDP
 # payload both ways (includes QUIC/TLS overhead), from its summary line.
 
 # --- scenarios -----------------------------------------------------------
+# Case 1, ROUNDS rounds (default 7 here): each round both tools write a
+# fresh copy of the tree (syncd into a freshly started standby), in an order
+# that alternates (rsync first in odd rounds), with `sync` before each timed
+# run; then a local `cp -a` of the same tree, one `cp` per top-level
+# directory, nproc at a time, for scale: what this filesystem takes to create
+# the inodes right now. Absolute times swing with the filesystem's state on a
+# shared VM, so the same-round ratio is what counts. Every round, the medians
+# and the worst ratio are printed; then case 3, a no-change resync.
 small() {
   gen_small src-small
   sync
-  fresh dst-rsync dst-syncd
   start_rsyncd "$DIR/dst-rsync"
-  setup_syncd "$DIR/src-small" "$DIR/dst-syncd"; start_standby
-  local r s
-  r=$(run_rsync src-small)
-  s=$(run_syncd)
-  report "1. initial sync ${FILES} x ${FILE_KIB} KiB" "$s" "$r" "<= 0.5"
-  r=$(run_rsync src-small)
-  s=$(run_syncd)
+  setup_syncd "$DIR/src-small" "$DIR/dst-syncd"
+  local i r s c first rs=() ss=() cs=() qs=()
+  for i in $(seq "$ROUNDS_SMALL"); do
+    fresh dst-rsync dst-syncd dst-cp
+    start_standby
+    first=$([ $((i % 2)) = 1 ] && echo rsync || echo syncd)
+    if [ "$first" = rsync ]; then
+      sync; r=$(run_rsync src-small); sync; s=$(run_syncd)
+    else
+      sync; s=$(run_syncd); sync; r=$(run_rsync src-small)
+    fi
+    sync; c=$(run_cp src-small dst-cp)
+    check_copy src-small dst-syncd
+    stop_standby
+    rs+=("$r"); ss+=("$s"); cs+=("$c"); qs+=("$(ratio "$s" "$r")")
+    printf '1. round %d (%s first, load %s): syncd %ss  rsync %ss  ratio %s  cp -a %ss\n' \
+      "$i" "$first" "$(cut -d' ' -f1-3 /proc/loadavg)" "$s" "$r" "$(ratio "$s" "$r")" "$c"
+  done
+  printf '1. initial sync %s x %s KiB, %s rounds: median syncd %ss  rsync %ss  cp -a %ss  same-round ratio median %s, worst %s  (target median <= 0.7, worst <= 1.0)\n' \
+    "$FILES" "$FILE_KIB" "$ROUNDS_SMALL" "$(med "${ss[@]}")" "$(med "${rs[@]}")" "$(med "${cs[@]}")" \
+    "$(med "${qs[@]}")" "$(printf '%s\n' "${qs[@]}" | sort -g | tail -1)"
+  start_standby
+  sync; r=$(run_rsync src-small)
+  sync; s=$(run_syncd)
   report "3. no-change resync of the same tree" "$s" "$r" "<= 1.0"
   stop_standby; cleanup; PIDS=()
 }
@@ -224,7 +264,6 @@ foreign() {
       "$i" "$([ $((i % 2)) = 1 ] && echo rsync || echo syncd)" "$(cut -d' ' -f1 /proc/loadavg)" "$s" "$r" "$(ratio "$s" "$r")" \
       "$(cat syncd-wire.txt)" "$(cat rsync-wire.txt)" "$(ratio "$(cat syncd-wire.txt)" "$(cat rsync-wire.txt)")"
   done
-  med() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
   printf '2b. %s MiB, base not written by syncd, %s rounds: median syncd %ss  rsync %ss  same-round ratio %s (worst %s)  (target <= 1.0)\n' \
     "$BIG_MIB" "$ROUNDS" "$(med "${ss[@]}")" "$(med "${rs[@]}")" "$(med "${qs[@]}")" "$(printf '%s\n' "${qs[@]}" | sort -g | tail -1)"
   stop_standby; cleanup; PIDS=()

@@ -9,7 +9,7 @@
 //! created on first need (invisible to root-squashed NFS clients).
 
 use std::ffi::OsStr;
-use std::fs::File;
+use std::fs::{File, Metadata};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -22,8 +22,10 @@ use crate::meta_policy::MetaPolicy;
 use crate::wire::Meta;
 use syncd_proto::path::RelPath;
 
+mod link;
 mod meta;
 
+use link::EmptyPathLink;
 use meta::{apply_meta, gid, times, uid};
 
 /// The fallback staging directory, `<export>/.syncd/staging`.
@@ -38,6 +40,16 @@ pub struct Root {
     /// to what this process can do (no chown without root).
     policy: MetaPolicy,
     seq: AtomicU64,
+    links: EmptyPathLink,
+}
+
+/// The directory a lane last staged in, kept open: consecutive files of
+/// one directory skip the walk to it. Only where the unnamed file's inode
+/// is allocated depends on it (the name is resolved again at commit), so a
+/// directory renamed meanwhile costs locality, never correctness.
+#[derive(Default)]
+pub struct StageDirs {
+    last: Option<(Vec<u8>, OwnedFd)>,
 }
 
 fn os(b: &[u8]) -> &OsStr {
@@ -89,6 +101,7 @@ impl Root {
             path: export.to_path_buf(),
             policy: MetaPolicy::default().effective(rustix::process::geteuid().is_root()),
             seq: AtomicU64::new(0),
+            links: EmptyPathLink::default(),
         };
         let n = root.clean_staging()?;
         if n > 0 {
@@ -209,9 +222,30 @@ impl Root {
 
     /// Stages new content for `p` (see [`Staged`]).
     pub fn stage_for(&self, p: &RelPath) -> io::Result<Staged<'_>> {
-        let dir = self.open_dir(p.split_last().0)?;
+        self.stage_in(&mut StageDirs::default(), p)
+    }
+
+    /// [`Root::stage_for`], reusing the directory `dirs` last staged in.
+    pub fn stage_in(&self, dirs: &mut StageDirs, p: &RelPath) -> io::Result<Staged<'_>> {
+        let parent = p.split_last().0;
+        if let Some((name, fd)) = &dirs.last {
+            if name.as_slice() == parent {
+                match self.tmpfile(fd) {
+                    Ok(s) => return Ok(s),
+                    // Removed meanwhile, say: walk to it again.
+                    Err(_) => dirs.last = None,
+                }
+            }
+        }
+        let dir = self.open_dir(parent)?;
+        let s = self.tmpfile(&dir)?;
+        dirs.last = Some((parent.to_vec(), dir));
+        Ok(s)
+    }
+
+    fn tmpfile(&self, dir: &OwnedFd) -> io::Result<Staged<'_>> {
         match rustix::fs::openat(
-            &dir,
+            dir,
             ".",
             OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
@@ -244,8 +278,9 @@ impl Root {
         })
     }
 
-    /// Applies metadata to a staged file and renames it over `p`.
-    pub fn commit(&self, mut s: Staged<'_>, p: &RelPath, meta: &Meta) -> io::Result<File> {
+    /// Applies metadata to a staged file and gives it the name `p`
+    /// (replacing what is there); its metadata as placed.
+    pub fn commit(&self, mut s: Staged<'_>, p: &RelPath, meta: &Meta) -> io::Result<Metadata> {
         let fd = s.file.as_fd();
         // chown before chmod: chown clears set-ID bits the mode may keep.
         if let Some((u, g)) = self.policy.owner(meta) {
@@ -260,22 +295,12 @@ impl Root {
                 // is free (one syscall), else a temporary name beside it and
                 // an atomic rename over it.
                 let (pd, name) = self.parent(p)?;
-                let proc_path =
-                    format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&s.file));
-                let link = |dir: &dyn AsFd, n: &OsStr| {
-                    rustix::fs::linkat(
-                        rustix::fs::CWD,
-                        proc_path.as_str(),
-                        dir,
-                        n,
-                        AtFlags::SYMLINK_FOLLOW,
-                    )
-                };
-                match link(&pd, os(&name)) {
+                let link = |n: &OsStr| self.links.link(&s.file, &pd, n);
+                match link(os(&name)) {
                     Ok(()) => {}
                     Err(rustix::io::Errno::EXIST) => {
                         let tmp = self.tmp_name();
-                        link(&pd, OsStr::new(&tmp))?;
+                        link(OsStr::new(&tmp))?;
                         if let Err(e) = self.place(&pd, &tmp, p) {
                             let _ = rustix::fs::unlinkat(&pd, tmp.as_str(), AtFlags::empty());
                             return Err(e);
@@ -286,8 +311,8 @@ impl Root {
             }
         }
         s.done = true;
-        let f = s.file.try_clone()?;
-        Ok(f)
+        // After the link: the stamp recorded includes its ctime.
+        s.file.metadata()
     }
 
     /// Renames `staged` in `from` onto `p`, replacing whatever is there (a
@@ -413,6 +438,12 @@ impl Root {
             meta,
             &self.policy,
         )
+    }
+
+    /// The export's filesystem's space, through the root descriptor (no
+    /// path walk: it is asked once per file).
+    pub fn statvfs(&self) -> io::Result<rustix::fs::StatVfs> {
+        Ok(rustix::fs::fstatvfs(&self.dir)?)
     }
 
     /// Flushes everything written on the export's filesystem.

@@ -330,3 +330,73 @@ fn type_changes_replace() {
     assert!(std::fs::metadata(ex.join("x")).unwrap().is_dir());
     root.link(&rp("x2"), &rp("x")).unwrap_err();
 }
+
+/// Both ways of naming an unnamed file place the same content and
+/// metadata: from the descriptor (as root) and through /proc (without
+/// CAP_DAC_READ_SEARCH).
+#[test]
+fn unnamed_files_are_named_from_the_descriptor_or_through_proc() {
+    let d = tempfile::tempdir().unwrap();
+    let ex = d.path().join("ex");
+    std::fs::create_dir(&ex).unwrap();
+    let root = Root::open(&ex).unwrap();
+    for (name, refuse) in [("direct", false), ("proc", true)] {
+        if refuse {
+            root.links.refuse();
+        }
+        let mut s = root.stage_for(&rp(name)).unwrap();
+        s.file.write_all(name.as_bytes()).unwrap();
+        let m = root.commit(s, &rp(name), &meta()).unwrap();
+        assert_eq!(std::fs::read(ex.join(name)).unwrap(), name.as_bytes());
+        let on_disk = std::fs::symlink_metadata(ex.join(name)).unwrap();
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::ino(&m),
+            std::os::unix::fs::MetadataExt::ino(&on_disk)
+        );
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::mtime_nsec(&on_disk),
+            123_456_789
+        );
+        if !refuse && rustix::process::geteuid().is_root() {
+            assert!(root.links.works(), "root links from the descriptor");
+        }
+    }
+    // Over an existing name too (a temporary name, then a rename).
+    let mut s = root.stage_for(&rp("direct")).unwrap();
+    s.file.write_all(b"again").unwrap();
+    root.commit(s, &rp("direct"), &meta()).unwrap();
+    assert_eq!(std::fs::read(ex.join("direct")).unwrap(), b"again");
+    let names: Vec<_> = std::fs::read_dir(&ex)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 2, "no temporary name left: {names:?}");
+}
+
+/// A lane keeps the directory it last staged in; when that directory is
+/// removed and made again meanwhile, staging walks to the new one and the
+/// file is named there.
+#[test]
+fn a_kept_staging_directory_replaced_meanwhile_is_walked_to_again() {
+    let d = tempfile::tempdir().unwrap();
+    let ex = d.path().join("ex");
+    std::fs::create_dir(&ex).unwrap();
+    let root = Root::open(&ex).unwrap();
+    root.mkdir(&rp("a")).unwrap();
+    let mut dirs = StageDirs::default();
+    let s = root.stage_in(&mut dirs, &rp("a/1")).unwrap();
+    root.commit(s, &rp("a/1"), &meta()).unwrap();
+    root.delete(&rp("a")).unwrap();
+    root.mkdir(&rp("a")).unwrap();
+    let mut s = root.stage_in(&mut dirs, &rp("a/2")).unwrap();
+    s.file.write_all(b"two").unwrap();
+    root.commit(s, &rp("a/2"), &meta()).unwrap();
+    assert_eq!(std::fs::read(ex.join("a/2")).unwrap(), b"two");
+    assert!(!ex.join("a/1").exists());
+    // A directory renamed away meanwhile: the name is resolved at commit.
+    std::fs::rename(ex.join("a"), ex.join("b")).unwrap();
+    root.mkdir(&rp("a")).unwrap();
+    let s = root.stage_in(&mut dirs, &rp("a/3")).unwrap();
+    root.commit(s, &rp("a/3"), &meta()).unwrap();
+    assert!(ex.join("a/3").exists() && !ex.join("b/3").exists());
+}

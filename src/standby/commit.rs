@@ -88,15 +88,13 @@ pub(super) fn commit_batch(
             continue;
         }
         match sh.root.commit(v.staged, &v.path, &v.meta) {
-            Ok(f) => {
-                if let Ok(m) = f.metadata() {
-                    let stamp = Stamp::of(&m);
-                    // A stale entry for a small file is harmless: its stamp no longer matches.
-                    if let Some((b, st, sig)) = &v.sig {
-                        sh.sigs.put(&v.path, &stamp, *b, *st, sig);
-                    }
-                    done.push((v.path, stamp, v.hash));
+            Ok(m) => {
+                let stamp = Stamp::of(&m);
+                // A stale entry for a small file is harmless: its stamp no longer matches.
+                if let Some((b, st, sig)) = &v.sig {
+                    sh.sigs.put(&v.path, &stamp, *b, *st, sig);
                 }
+                done.push((v.path, stamp, v.hash));
             }
             Err(e) => fail(&v.path, format!("commit: {e}"), false),
         }

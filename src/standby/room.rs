@@ -60,7 +60,9 @@ pub(super) fn begin_slot<'r>(
         reserved: &sh.reserved,
         left: 0,
     };
-    let vfs = rustix::fs::statvfs(sh.root.path())
+    let vfs = sh
+        .root
+        .statvfs()
         .map_err(|e| (false, format!("cannot check free space on the export: {e}")))?;
     let frsize = vfs.f_frsize.max(1);
     let free = vfs.f_bavail.saturating_mul(frsize);

@@ -147,7 +147,8 @@ pub(super) async fn run(
     let in_flight = InFlightCount::default();
     let lanes = Lanes::spawn(
         nworkers,
-        batch_files(nworkers),
+        // Each lane holds up to two batches (one being committed).
+        batch_files(2 * nworkers),
         &shared,
         &reply_tx,
         &preserve,

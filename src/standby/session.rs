@@ -147,8 +147,7 @@ pub(super) async fn run(
     let in_flight = InFlightCount::default();
     let lanes = Lanes::spawn(
         nworkers,
-        // Each lane holds up to two batches (one being committed).
-        batch_files(2 * nworkers),
+        batch_files(nworkers),
         &shared,
         &reply_tx,
         &preserve,

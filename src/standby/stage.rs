@@ -81,7 +81,7 @@ impl Lanes {
         };
         for _ in 0..n {
             let (tx, rx) = mpsc::channel::<Job>(16);
-            let lane = Lane {
+            let mut lane = Lane {
                 sh: sh.clone(),
                 reply: reply.clone(),
                 failures: failures.clone(),
@@ -158,21 +158,6 @@ impl Lanes {
     }
 }
 
-/// Whole-file content for a new staged file, which needs nothing the
-/// lane's previous files are doing; everything else (metadata, a delta's
-/// base, a signature) waits for their commit.
-fn is_new_content(op: &Request) -> bool {
-    matches!(
-        op,
-        Request::FileBegin {
-            encoding: wire::Encoding::Whole,
-            ..
-        } | Request::FileData { .. }
-            | Request::FileEnd { .. }
-            | Request::FileAbort { .. }
-    )
-}
-
 fn stopped() -> SessionError {
     SessionError::Protocol("worker stopped".into())
 }
@@ -193,82 +178,37 @@ struct Work<'r> {
     pending: Vec<Verified<'r>>,
     pending_bytes: u64,
     copy_buf: Vec<u8>,
-    dirs: crate::fsroot::StageDirs,
-    /// A full batch goes to the lane's committer, which flushes and names
-    /// it while the lane writes the next one.
-    to_commit: std::sync::mpsc::SyncSender<Vec<Verified<'r>>>,
-    committed: std::sync::mpsc::Receiver<()>,
-    committing: bool,
-}
-
-impl Work<'_> {
-    /// Waits for the batch handed to the committer, if any: what the lane
-    /// does next may depend on it (a barrier's answer, a metadata change
-    /// of a path in it).
-    fn settle(&mut self) {
-        if std::mem::take(&mut self.committing) {
-            let _ = self.committed.recv();
-        }
-    }
 }
 
 impl Lane {
-    fn run(&self, mut rx: mpsc::Receiver<Job>) {
+    fn run(&mut self, mut rx: mpsc::Receiver<Job>) {
         let sh = self.sh.clone();
-        let (to_commit, batches) = std::sync::mpsc::sync_channel::<Vec<Verified<'_>>>(0);
-        let (ack, committed) = std::sync::mpsc::channel();
-        std::thread::scope(|sc| {
-            // The committer: a batch's syncfs overlaps the writing of the
-            // next. Batches stay in order (one at a time, the lane waits).
-            sc.spawn(move || {
-                for mut batch in batches {
-                    self.commit_now(&mut batch, Synced::No);
-                    let _ = ack.send(());
-                }
-            });
-            let mut w = Work {
-                inflight: HashMap::new(),
-                pending: Vec::new(),
-                pending_bytes: 0,
-                copy_buf: Vec::new(),
-                dirs: Default::default(),
-                to_commit,
-                committed,
-                committing: false,
-            };
-            self.serve(&sh, &mut w, &mut rx);
-            w.settle();
-            // Session over: uncommitted staged files are removed by their
-            // Drop; the committer ends with its channel.
-        });
-    }
-
-    fn serve<'r>(&self, sh: &'r Shared, w: &mut Work<'r>, rx: &mut mpsc::Receiver<Job>) {
+        let mut w = Work {
+            inflight: HashMap::new(),
+            pending: Vec::new(),
+            pending_bytes: 0,
+            copy_buf: Vec::new(),
+        };
         while let Some(job) = rx.blocking_recv() {
             match job {
                 Job::Ready(tx) => {
-                    w.settle();
                     let _ = tx.send(!w.pending.is_empty());
                 }
                 Job::Commit { synced, done } => {
-                    w.settle();
-                    self.commit(w, synced);
+                    self.commit(&mut w, synced);
                     let _ = done.send(());
                 }
                 Job::Drop(id) => {
                     w.inflight.remove(&id);
                 }
                 Job::Op(op) => {
-                    if !is_new_content(&op) {
-                        // Ordered after this lane's earlier files, as before.
-                        w.settle();
-                    }
-                    if self.op(sh, w, op).is_err() {
+                    if self.op(&sh, &mut w, op).is_err() {
                         return; // fatal: the session ends
                     }
                 }
             }
         }
+        // Session over: uncommitted staged files are removed by their Drop.
     }
 
     fn fail(&self, path: &RelPath, error: String, retry_whole: bool) {
@@ -313,29 +253,11 @@ impl Lane {
         }
     }
 
-    /// Commits the lane's verified files now (after its handed-off batch).
     fn commit(&self, w: &mut Work<'_>, synced: Synced) {
-        w.settle();
-        self.commit_now(&mut w.pending, synced);
-        w.pending_bytes = 0;
-    }
-
-    /// A full batch: to the committer, while the lane goes on writing.
-    fn hand_off(&self, w: &mut Work<'_>) {
-        w.settle();
-        let batch = std::mem::take(&mut w.pending);
-        w.pending_bytes = 0;
-        match w.to_commit.send(batch) {
-            Ok(()) => w.committing = true,
-            // The committer is gone (it panicked): commit here.
-            Err(std::sync::mpsc::SendError(mut batch)) => self.commit_now(&mut batch, Synced::No),
-        }
-    }
-
-    fn commit_now(&self, pending: &mut Vec<Verified<'_>>, synced: Synced) {
         let fail = |p: &RelPath, e: String, r: bool| self.fail(p, e, r);
         let keep = |p: &RelPath, d| self.keep(p, d);
-        commit_batch(&self.sh, pending, synced, &fail, &keep);
+        commit_batch(&self.sh, &mut w.pending, synced, &fail, &keep);
+        w.pending_bytes = 0;
         lock(&self.sh.placed).flush(); // metadata changes recorded too
     }
 

@@ -106,7 +106,7 @@ impl Lane {
                 }
             },
         };
-        let staged = match sh.root.stage_in(&mut w.dirs, &path) {
+        let staged = match sh.root.stage_for(&path) {
             Ok(s) => s,
             Err(e) => {
                 self.fail(&path, format!("staging: {e}"), false);
@@ -219,7 +219,7 @@ impl Lane {
             base: f.base,
         });
         if w.pending.len() >= self.batch_max || w.pending_bytes >= commit::BATCH_BYTES {
-            self.hand_off(w);
+            self.commit(w, super::Synced::No);
         }
     }
 }

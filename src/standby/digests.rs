@@ -32,7 +32,11 @@ pub(super) async fn answer(
                 for e in &scanned.skipped {
                     tracing::warn!("standby scan skipped {e}");
                 }
-                Ok(tree(&scanned.entries, owners, Side::Standby))
+                let t = tree(&scanned.entries, owners, Side::Standby);
+                drop(scanned);
+                // The listing was this side's peak; hold only the tree.
+                crate::scan::give_back_freed_heap();
+                Ok(t)
             })
             .await?;
             let t = Arc::new(t);

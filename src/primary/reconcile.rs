@@ -223,10 +223,14 @@ async fn both_sides(
     // A whole-tree scan watches each directory before reading it.
     let hook = o.watch_dirs.clone().map(|w| w.hook());
     let local = tokio::task::spawn_blocking(move || {
+        let t0 = Instant::now();
         let r = match &local_scope {
             None => scan::scan_with(&root, &mut ix, checksum, checksum, hook),
             Some(sc) => scan::scan_scoped(&root, &mut ix, sc, checksum),
         };
+        if let Ok(sc) = &r {
+            tracing::debug!(entries = sc.entries.len(), elapsed = ?t0.elapsed(), "scanned");
+        }
         (r, ix)
     });
     let owners = s.as_standby_stores(&mut []);

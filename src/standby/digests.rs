@@ -28,11 +28,19 @@ pub(super) async fn answer(
         _ => {
             let sh = sh.clone();
             let t = blocking(move || {
+                let t0 = std::time::Instant::now();
                 let scanned = list_all(&sh, false)?;
+                let listed = t0.elapsed();
                 for e in &scanned.skipped {
                     tracing::warn!("standby scan skipped {e}");
                 }
                 let t = tree(&scanned.entries, owners, Side::Standby);
+                tracing::debug!(
+                    entries = scanned.entries.len(),
+                    ?listed,
+                    elapsed = ?t0.elapsed(),
+                    "listed and built the directory digests"
+                );
                 drop(scanned);
                 // The listing was this side's peak; hold only the tree.
                 crate::scan::give_back_freed_heap();

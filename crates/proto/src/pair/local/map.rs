@@ -154,11 +154,10 @@ impl<S> PathMap<S> {
         Iter {
             map: self,
             at: self.run_seek(from).0,
-            recent: self.recent.range::<[u8], _>((
-                std::ops::Bound::Included(from),
-                std::ops::Bound::Unbounded,
-            ))
-            .peekable(),
+            recent: self
+                .recent
+                .range::<[u8], _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded))
+                .peekable(),
         }
     }
 
@@ -307,9 +306,8 @@ mod tests {
         for seed in 1..4u64 {
             let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
             let mut model: BTreeMap<Vec<u8>, u32> = BTreeMap::new();
-            let mut m = PathMap::from_entries(
-                (0..500u32).map(|i| (format!("r/{i:04}").into_bytes(), i)),
-            );
+            let mut m =
+                PathMap::from_entries((0..500u32).map(|i| (format!("r/{i:04}").into_bytes(), i)));
             model.extend((0..500u32).map(|i| (format!("r/{i:04}").into_bytes(), i)));
             for step in 0..30_000u32 {
                 let p = if rng.chance(50) {
@@ -331,7 +329,10 @@ mod tests {
             same_as(&m, &model);
             let from = b"a-b".as_slice();
             let got: Vec<_> = m.range_from(from).map(|(k, _)| k.to_vec()).collect();
-            let want: Vec<_> = model.range(from.to_vec()..).map(|(k, _)| k.clone()).collect();
+            let want: Vec<_> = model
+                .range(from.to_vec()..)
+                .map(|(k, _)| k.clone())
+                .collect();
             assert_eq!(got, want);
         }
     }
@@ -347,7 +348,10 @@ mod tests {
         m.insert(b"a".to_vec(), 3);
         assert_eq!((m.get(b"a"), m.len()), (Some(&3), 2));
         m.merge();
-        assert_eq!((m.get(b"a"), m.get(b"a/b"), m.len()), (Some(&3), Some(&2), 2));
+        assert_eq!(
+            (m.get(b"a"), m.get(b"a/b"), m.len()),
+            (Some(&3), Some(&2), 2)
+        );
         m.clear();
         assert_eq!((m.len(), m.iter().count()), (0, 0));
     }

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use syncd_proto::digest::{Query, Tree};
+use syncd_proto::digest::{Query, State, Tree};
 use tokio::sync::mpsc;
 
 use super::accept::SessionError;
@@ -54,8 +54,11 @@ pub(super) async fn answer(
     };
     let mut chunk = Vec::new();
     let mut bytes = 0;
+    // Only a subtree that differs is asked about again.
+    let mut more = queries.is_empty();
     for q in &queries {
         let a = t.answer(q);
+        more |= matches!(a.state, State::Differs { .. });
         let (names, name_bytes) = a.size();
         bytes += a.path.len() + 64 + name_bytes as usize + 24 * names;
         chunk.push(a);
@@ -68,5 +71,12 @@ pub(super) async fn answer(
     }
     let _ = reply.send(Reply::Digests { answers: chunk }).await;
     let _ = reply.send(Reply::ListEnd).await;
+    if !more {
+        // The walk is over: the tree (a leaf per entry, ~100 MB at a
+        // million) would otherwise be held as long as the session follows.
+        *cache = None;
+        drop(t);
+        crate::scan::give_back_freed_heap();
+    }
     Ok(())
 }

@@ -175,7 +175,7 @@ async fn reconcile_with(
     drop((local, remote));
     if !scoped {
         // Before the content fills the index, not only after.
-        give_back_freed_heap();
+        scan::give_back_freed_heap();
     }
     let mut p = p;
     let bytes_delta = p.files.iter().filter(|f| f.delta).map(|f| f.size).sum();
@@ -201,26 +201,9 @@ async fn reconcile_with(
     sum.elapsed = t0.elapsed();
     if !scoped {
         drop(p);
-        give_back_freed_heap();
+        scan::give_back_freed_heap();
     }
     Ok(sum)
-}
-
-/// Returns to the kernel what a whole-tree compare freed (the listings,
-/// the plan: hundreds of MB at a million files). glibc keeps freed small
-/// blocks in its arenas (the scan's and the digest tree's threads have
-/// their own), so the daemon's RSS would stay at the compare's peak all
-/// the while it watches. A few milliseconds, once per whole-tree compare.
-fn give_back_freed_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        let t0 = Instant::now();
-        // SAFETY: malloc_trim only releases the allocator's own free pages.
-        unsafe {
-            libc::malloc_trim(0);
-        }
-        tracing::debug!(elapsed = ?t0.elapsed(), "freed heap returned to the kernel");
-    }
 }
 
 /// Our scan (on a blocking thread, with the index) and the standby's list,
@@ -240,10 +223,14 @@ async fn both_sides(
     // A whole-tree scan watches each directory before reading it.
     let hook = o.watch_dirs.clone().map(|w| w.hook());
     let local = tokio::task::spawn_blocking(move || {
+        let t0 = Instant::now();
         let r = match &local_scope {
             None => scan::scan_with(&root, &mut ix, checksum, checksum, hook),
             Some(sc) => scan::scan_scoped(&root, &mut ix, sc, checksum),
         };
+        if let Ok(sc) = &r {
+            tracing::debug!(entries = sc.entries.len(), elapsed = ?t0.elapsed(), "scanned");
+        }
         (r, ix)
     });
     let owners = s.as_standby_stores(&mut []);

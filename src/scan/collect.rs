@@ -7,7 +7,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use super::fs::{hash_entries, open_entry, read_names, vanished};
 use super::{leftovers, meta_of, DirHook, PartialLink, Scan};
 use crate::index::{Index, Stamp};
-use crate::wire::{Entry, Kind};
+use crate::wire::{Entry, Kind, Meta};
 use syncd_proto::path::{RelPath, STATE_DIR_NAME};
 
 /// A directory being walked: its descriptor, path (`None` for the export
@@ -16,6 +16,57 @@ pub(super) struct Frame {
     pub(super) dir: File,
     pub(super) rel: Option<RelPath>,
     pub(super) names: Vec<Vec<u8>>,
+}
+
+/// What the walk keeps of a regular file's status (from std's metadata
+/// or a stat by name).
+struct Seen {
+    dev: u64,
+    nlink: u64,
+    meta: Meta,
+    stamp: Stamp,
+}
+
+impl Seen {
+    fn of(m: &std::fs::Metadata) -> Seen {
+        Seen {
+            dev: m.dev(),
+            nlink: m.nlink(),
+            meta: meta_of(m),
+            stamp: Stamp::of(m),
+        }
+    }
+}
+
+/// The regular file `name` in `dir` (not following a symlink); `None`
+/// when it is something else.
+fn file_at(dir: &File, name: &[u8]) -> std::io::Result<Option<Seen>> {
+    use std::os::unix::ffi::OsStrExt;
+    let st = rustix::fs::statat(
+        dir,
+        std::ffi::OsStr::from_bytes(name),
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Ok(None);
+    }
+    Ok(Some(Seen {
+        dev: st.st_dev as u64,
+        nlink: st.st_nlink as u64,
+        meta: Meta {
+            mode: st.st_mode as u32 & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mtime_sec: st.st_mtime as i64,
+            mtime_nsec: st.st_mtime_nsec as u32,
+        },
+        stamp: Stamp {
+            size: st.st_size as u64,
+            mtime: (st.st_mtime as i64, st.st_mtime_nsec as u32),
+            ctime: (st.st_ctime as i64, st.st_ctime_nsec as u32),
+            ino: st.st_ino as u64,
+        },
+    }))
 }
 
 /// Accumulates entries in walk order, grouping hard links.
@@ -72,21 +123,8 @@ impl Collector {
                 Err(err) => return Err(err.into()),
             }
         } else if ft.is_file() {
-            let leader = (m.nlink() > 1).then(|| {
-                let g = self
-                    .groups
-                    .entry((m.dev(), m.ino()))
-                    .or_insert_with(|| (Vec::new(), m.nlink()));
-                g.0.push(path.clone());
-                g.0[0].clone()
-            });
-            match leader {
-                Some(l) if l != path => Kind::HardLink { leader: l },
-                _ => Kind::File {
-                    size: m.size(),
-                    hash: None,
-                },
-            }
+            self.add_file(path, &Seen::of(m));
+            return Ok(true);
         } else {
             let what = if ft.is_fifo() {
                 "FIFO"
@@ -99,9 +137,8 @@ impl Collector {
             self.out.skipped.push(format!("{path}: {what}"));
             return Ok(false);
         };
-        let is_file = matches!(kind, Kind::File { .. });
         if self.hashing {
-            self.stamps.push(is_file.then(|| Stamp::of(m)));
+            self.stamps.push(None); // only regular files are hashed
         }
         self.out.entries.push(Entry {
             path,
@@ -110,6 +147,35 @@ impl Collector {
             ino: m.ino(),
         });
         Ok(true)
+    }
+
+    /// Adds a regular file (or a later name of a hard-linked one).
+    fn add_file(&mut self, path: RelPath, m: &Seen) {
+        let leader = (m.nlink > 1).then(|| {
+            let g = self
+                .groups
+                .entry((m.dev, m.stamp.ino))
+                .or_insert_with(|| (Vec::new(), m.nlink));
+            g.0.push(path.clone());
+            g.0[0].clone()
+        });
+        let kind = match leader {
+            Some(l) if l != path => Kind::HardLink { leader: l },
+            _ => Kind::File {
+                size: m.stamp.size,
+                hash: None,
+            },
+        };
+        if self.hashing {
+            let is_file = matches!(kind, Kind::File { .. });
+            self.stamps.push(is_file.then_some(m.stamp));
+        }
+        self.out.entries.push(Entry {
+            path,
+            kind,
+            meta: m.meta,
+            ino: m.stamp.ino,
+        });
     }
 
     /// Records an entry that could not be read; the walk goes on without it.
@@ -188,6 +254,20 @@ impl Collector {
                     continue;
                 }
             };
+            // A regular file costs one stat by name; anything else is
+            // opened (a directory is read through its descriptor).
+            match file_at(&top.dir, &name) {
+                Ok(Some(m)) => {
+                    self.add_file(path, &m);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) if vanished(&e) => continue,
+                Err(e) => {
+                    self.unreadable(path, &e);
+                    continue;
+                }
+            }
             match open_entry(&top.dir, &name) {
                 Ok(f) => self.enter(&mut stack, f, path),
                 Err(e) if vanished(&e) => {}

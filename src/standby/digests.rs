@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use syncd_proto::digest::{Query, Tree};
+use syncd_proto::digest::{Query, State, Tree};
 use tokio::sync::mpsc;
 
 use super::accept::SessionError;
@@ -28,11 +28,23 @@ pub(super) async fn answer(
         _ => {
             let sh = sh.clone();
             let t = blocking(move || {
+                let t0 = std::time::Instant::now();
                 let scanned = list_all(&sh, false)?;
+                let listed = t0.elapsed();
                 for e in &scanned.skipped {
                     tracing::warn!("standby scan skipped {e}");
                 }
-                Ok(tree(&scanned.entries, owners, Side::Standby))
+                let t = tree(&scanned.entries, owners, Side::Standby);
+                tracing::debug!(
+                    entries = scanned.entries.len(),
+                    ?listed,
+                    elapsed = ?t0.elapsed(),
+                    "listed and built the directory digests"
+                );
+                drop(scanned);
+                // The listing was this side's peak; hold only the tree.
+                crate::scan::give_back_freed_heap();
+                Ok(t)
             })
             .await?;
             let t = Arc::new(t);
@@ -42,8 +54,11 @@ pub(super) async fn answer(
     };
     let mut chunk = Vec::new();
     let mut bytes = 0;
+    // Only a subtree that differs is asked about again.
+    let mut more = queries.is_empty();
     for q in &queries {
         let a = t.answer(q);
+        more |= matches!(a.state, State::Differs { .. });
         let (names, name_bytes) = a.size();
         bytes += a.path.len() + 64 + name_bytes as usize + 24 * names;
         chunk.push(a);
@@ -56,5 +71,12 @@ pub(super) async fn answer(
     }
     let _ = reply.send(Reply::Digests { answers: chunk }).await;
     let _ = reply.send(Reply::ListEnd).await;
+    if !more {
+        // The walk is over: the tree (a leaf per entry, ~100 MB at a
+        // million) would otherwise be held as long as the session follows.
+        *cache = None;
+        drop(t);
+        crate::scan::give_back_freed_heap();
+    }
     Ok(())
 }

@@ -323,16 +323,20 @@ pub(super) fn rebase_if_unknown(sh: &Shared) -> io::Result<()> {
         let Some(token) = lock(&sh.placed).begin_rebase() else {
             return Ok(());
         };
-        let walked = match walk_export(&sh.root) {
+        let mut walked = match walk_export(&sh.root) {
             Ok(w) => w,
             Err(e) => {
                 lock(&sh.placed).abandon_rebase(token);
                 return Err(e);
             }
         };
+        // Sorted here, not under the lock (the ledger keeps path order).
+        walked.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let r = lock(&sh.placed).finish_rebase(token, walked, |p| entries_at(&sh.root, p));
         match r.map_err(io::Error::other)? {
             Rebased::Done(n) => {
+                // The walk's list of every entry was this side's peak.
+                crate::scan::give_back_freed_heap();
                 sh.stats.local_writes.store(0, Ordering::Relaxed);
                 tracing::info!(
                     entries = n,

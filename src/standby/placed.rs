@@ -234,7 +234,7 @@ impl Placed {
             }
             return Ok(());
         }
-        let entries: Vec<(&Vec<u8>, &Stamp)> = self.ledger.entries().collect();
+        let entries: Vec<(&[u8], &Stamp)> = self.ledger.entries().collect();
         let mut bytes = MAGIC.to_vec();
         bytes.extend_from_slice(&VERSION.to_le_bytes());
         let bytes = postcard::to_extend(&entries, bytes)

@@ -22,14 +22,14 @@
 //! walk's stamps for untouched paths and a fresh look (under the shell's
 //! lock) for touched ones, whose walked stamps may predate syncd's change.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
+mod map;
 mod rebase;
 #[cfg(test)]
 mod tests;
 
+use map::PathMap;
 use rebase::Rebase;
 pub use rebase::{Rebased, MAX_TOUCHED};
 
@@ -69,7 +69,8 @@ pub enum Change<S> {
 /// Per path, what syncd last put there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ledger<S> {
-    map: BTreeMap<Vec<u8>, S>,
+    /// Compact (paths back to back): it holds every file of the export.
+    map: PathMap<S>,
     valid: bool,
     /// A rebase under way (the ledger is invalid meanwhile).
     rebase: Option<Rebase>,
@@ -81,7 +82,7 @@ pub struct Ledger<S> {
 impl<S> Default for Ledger<S> {
     fn default() -> Self {
         Ledger {
-            map: BTreeMap::new(),
+            map: PathMap::default(),
             valid: false,
             rebase: None,
             epoch: 0,
@@ -112,7 +113,7 @@ impl<S: Clone + PartialEq> Ledger<S> {
     /// A valid ledger holding `entries`.
     pub fn rebased(entries: impl IntoIterator<Item = (Vec<u8>, S)>) -> Self {
         Ledger {
-            map: entries.into_iter().collect(),
+            map: PathMap::from_entries(entries),
             valid: true,
             ..Ledger::default()
         }
@@ -127,14 +128,15 @@ impl<S: Clone + PartialEq> Ledger<S> {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.map.len() == 0
     }
 
     pub fn get(&self, path: &[u8]) -> Option<&S> {
         self.map.get(path)
     }
 
-    pub fn entries(&self) -> impl Iterator<Item = (&Vec<u8>, &S)> {
+    /// Every entry, in path order.
+    pub fn entries(&self) -> impl Iterator<Item = (&[u8], &S)> {
         self.map.iter()
     }
 
@@ -205,10 +207,10 @@ impl<S: Clone + PartialEq> Ledger<S> {
     /// (a sorted range), less siblings such as `p-x`.
     fn beneath<'a>(&'a self, p: &'a [u8]) -> impl Iterator<Item = Vec<u8>> + 'a {
         self.map
-            .range(p.to_vec()..)
+            .range_from(p)
             .take_while(move |(k, _)| k.starts_with(p))
             .filter(move |(k, _)| under(k, p))
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| k.to_vec())
     }
 
     /// Forgets everything: this node's export is no longer the leader's

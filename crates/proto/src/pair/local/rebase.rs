@@ -1,9 +1,9 @@
 //! The ledger's rebase: a walk of the whole export beside the session,
 //! folded in with a fresh look at the paths syncd changed meanwhile.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
-use super::{Change, Ledger};
+use super::{Change, Ledger, PathMap};
 
 /// The paths syncd changed while a rebase walked the export.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,15 +69,15 @@ impl<S: Clone + PartialEq> Ledger<S> {
             return Ok(Rebased::Overflowed);
         }
         let roots = outermost(&r.touched);
-        let mut map: BTreeMap<Vec<u8>, S> = walked
+        let mut all: Vec<(Vec<u8>, S)> = walked
             .into_iter()
             .filter(|(p, _)| !touched_at(&roots, p))
             .collect();
         for root in &roots {
             // On error the ledger stays invalid (reports nothing).
-            map.extend(look(root)?);
+            all.extend(look(root)?);
         }
-        self.map = map;
+        self.map = PathMap::from_entries(all);
         self.valid = true;
         Ok(Rebased::Done(self.map.len()))
     }
@@ -139,6 +139,8 @@ fn touched_at(roots: &[Vec<u8>], p: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::super::under;
     use super::*;
     use crate::pair::local::Origin;

@@ -58,7 +58,7 @@ fn removal_and_moves_cover_the_subtree_only() {
         ("e", 5),
     ]);
     x.apply(&Change::MoveUnder(b("d"), b("m")));
-    let keys: Vec<_> = x.entries().map(|(k, _)| k.clone()).collect();
+    let keys: Vec<_> = x.entries().map(|(k, _)| k.to_vec()).collect();
     assert_eq!(
         keys,
         [b("d-x"), b("d.y"), b("e"), b("m"), b("m/f"), b("m/g/h")]

@@ -43,15 +43,6 @@ pub struct Root {
     links: EmptyPathLink,
 }
 
-/// The directory a lane last staged in, kept open: consecutive files of
-/// one directory skip the walk to it. Only where the unnamed file's inode
-/// is allocated depends on it (the name is resolved again at commit), so a
-/// directory renamed meanwhile costs locality, never correctness.
-#[derive(Default)]
-pub struct StageDirs {
-    last: Option<(Vec<u8>, OwnedFd)>,
-}
-
 fn os(b: &[u8]) -> &OsStr {
     OsStr::from_bytes(b)
 }
@@ -222,25 +213,8 @@ impl Root {
 
     /// Stages new content for `p` (see [`Staged`]).
     pub fn stage_for(&self, p: &RelPath) -> io::Result<Staged<'_>> {
-        self.stage_in(&mut StageDirs::default(), p)
-    }
-
-    /// [`Root::stage_for`], reusing the directory `dirs` last staged in.
-    pub fn stage_in(&self, dirs: &mut StageDirs, p: &RelPath) -> io::Result<Staged<'_>> {
-        let parent = p.split_last().0;
-        if let Some((name, fd)) = &dirs.last {
-            if name.as_slice() == parent {
-                match self.tmpfile(fd) {
-                    Ok(s) => return Ok(s),
-                    // Removed meanwhile, say: walk to it again.
-                    Err(_) => dirs.last = None,
-                }
-            }
-        }
-        let dir = self.open_dir(parent)?;
-        let s = self.tmpfile(&dir)?;
-        dirs.last = Some((parent.to_vec(), dir));
-        Ok(s)
+        let dir = self.open_dir(p.split_last().0)?;
+        self.tmpfile(&dir)
     }
 
     fn tmpfile(&self, dir: &OwnedFd) -> io::Result<Staged<'_>> {

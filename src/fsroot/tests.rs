@@ -372,31 +372,3 @@ fn unnamed_files_are_named_from_the_descriptor_or_through_proc() {
         .collect();
     assert_eq!(names.len(), 2, "no temporary name left: {names:?}");
 }
-
-/// A lane keeps the directory it last staged in; when that directory is
-/// removed and made again meanwhile, staging walks to the new one and the
-/// file is named there.
-#[test]
-fn a_kept_staging_directory_replaced_meanwhile_is_walked_to_again() {
-    let d = tempfile::tempdir().unwrap();
-    let ex = d.path().join("ex");
-    std::fs::create_dir(&ex).unwrap();
-    let root = Root::open(&ex).unwrap();
-    root.mkdir(&rp("a")).unwrap();
-    let mut dirs = StageDirs::default();
-    let s = root.stage_in(&mut dirs, &rp("a/1")).unwrap();
-    root.commit(s, &rp("a/1"), &meta()).unwrap();
-    root.delete(&rp("a")).unwrap();
-    root.mkdir(&rp("a")).unwrap();
-    let mut s = root.stage_in(&mut dirs, &rp("a/2")).unwrap();
-    s.file.write_all(b"two").unwrap();
-    root.commit(s, &rp("a/2"), &meta()).unwrap();
-    assert_eq!(std::fs::read(ex.join("a/2")).unwrap(), b"two");
-    assert!(!ex.join("a/1").exists());
-    // A directory renamed away meanwhile: the name is resolved at commit.
-    std::fs::rename(ex.join("a"), ex.join("b")).unwrap();
-    root.mkdir(&rp("a")).unwrap();
-    let s = root.stage_in(&mut dirs, &rp("a/3")).unwrap();
-    root.commit(s, &rp("a/3"), &meta()).unwrap();
-    assert!(ex.join("a/3").exists() && !ex.join("b/3").exists());
-}

@@ -224,7 +224,7 @@ impl Closed {
         limit: Duration,
     ) -> Option<Duration> {
         let stamp = Stamp::of(m);
-        if self.map().get(rel) != Some(&stamp) {
+        if self.map().get(rel) != Some(&stamp) || !self.can_sync() {
             return None;
         }
         let now = SystemTime::now();
@@ -243,6 +243,12 @@ impl Closed {
             }),
             Err(_) => None,
         }
+    }
+
+    /// Sync cookies can be made and seen: without them no record is ever
+    /// trusted, and `settle_ms` decides.
+    fn can_sync(&self) -> bool {
+        self.cookie.get().is_some() && !self.state().off
     }
 
     /// A sync cookie made over [`SYNC_WAIT`] ago is still not seen.

@@ -118,7 +118,8 @@ fn a_writer_makes_the_file_busy_and_breaks_a_lease() {
 
 /// A record whose margin ran out while nobody asked the watch thread is
 /// looked at again at once; only an overdue sync cookie (the watch thread
-/// behind) makes the recheck back off.
+/// behind) makes the recheck back off; without sync cookies the settle
+/// rule decides.
 #[test]
 fn a_recheck_backs_off_only_while_a_sync_cookie_is_overdue() {
     let d = tempfile::tempdir().unwrap();
@@ -130,15 +131,19 @@ fn a_recheck_backs_off_only_while_a_sync_cookie_is_overdue() {
     let limit = Duration::from_secs(60);
     assert_eq!(c.recheck_in(&rel, &m, limit), None, "no record: a writer's");
     c.closed(rel.clone(), &m);
+    assert_eq!(c.recheck_in(&rel, &m, limit), None, "no sync: settle_ms");
+    let dir = c.make_cookie_dir().unwrap();
     // Let the margin past the file's ctime run out (at most 22 ms).
     std::thread::sleep(ms(30));
     assert_eq!(c.recheck_in(&rel, &m, limit), Some(ms(1)));
     // A cookie nobody handles (no watch thread here) becomes overdue.
-    let dir = c.make_cookie_dir().unwrap();
     let n = c.ask_sync().unwrap();
     std::thread::sleep(ms(60));
     assert_eq!(c.recheck_in(&rel, &m, limit), Some(ms(5)));
     // Once the watch thread reports it, no more back-off.
     assert!(c.cookie_seen(&dir.join(format!("c{n}"))));
     assert_eq!(c.recheck_in(&rel, &m, limit), Some(ms(1)));
+    // The cookie directory cannot be watched: no record can be proven.
+    c.cookies_off();
+    assert_eq!(c.recheck_in(&rel, &m, limit), None);
 }

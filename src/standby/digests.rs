@@ -54,11 +54,12 @@ pub(super) async fn answer(
     };
     let mut chunk = Vec::new();
     let mut bytes = 0;
-    // Only a subtree that differs is asked about again.
+    // Kept while anything differs: a subtree that differs is asked about
+    // again, and the primary's queries may span several rounds.
     let mut more = queries.is_empty();
     for q in &queries {
         let a = t.answer(q);
-        more |= matches!(a.state, State::Differs { .. });
+        more |= !matches!(a.state, State::Same);
         let (names, name_bytes) = a.size();
         bytes += a.path.len() + 64 + name_bytes as usize + 24 * names;
         chunk.push(a);
@@ -74,9 +75,14 @@ pub(super) async fn answer(
     if !more {
         // The walk is over: the tree (a leaf per entry, ~100 MB at a
         // million) would otherwise be held as long as the session follows.
+        // Freed off the runtime's threads: that takes tens of ms there.
         *cache = None;
-        drop(t);
-        crate::scan::give_back_freed_heap();
+        blocking(move || {
+            drop(t);
+            crate::scan::give_back_freed_heap();
+            Ok(())
+        })
+        .await?;
     }
     Ok(())
 }

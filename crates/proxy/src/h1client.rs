@@ -112,8 +112,13 @@ impl Conn {
         // (`poll_fill`); while the runtime has seen no event since, nothing
         // (no FIN, no stray byte) arrived: no probe, no system call. A close
         // racing with our write is the keep-alive race `send_attempt` retries.
+        // Unconstrained: with the task's cooperative budget spent, a plain
+        // poll says pending without looking at the readiness at all.
         let mut cx = Context::from_waker(Waker::noop());
-        if self.io.poll_read_ready(&mut cx).is_pending() {
+        let ready = pin!(tokio::task::unconstrained(poll_fn(|cx| {
+            self.io.poll_read_ready(cx)
+        })));
+        if ready.poll(&mut cx).is_pending() {
             return true;
         }
         let mut probe = [0u8; 1];

@@ -1,6 +1,7 @@
 //! The daemons: `--role standby`, `--role primary`, `--role auto`.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use syncd::config::Config;
@@ -9,6 +10,20 @@ use syncd_sdnotify::State;
 
 use super::{load, runtime, shutdown_signal};
 use crate::cli::Global;
+
+/// How long a stopped daemon waits for blocking tasks still running (a
+/// content verify hashing the export, a walk): they only read, or write
+/// as a crash would leave it (staged files, atomic renames), so they are
+/// abandoned rather than let hold up the stop for minutes.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs a daemon to its stop, then gives its blocking tasks [`STOP_GRACE`].
+fn run_daemon(f: impl std::future::Future<Output = Result<()>>) -> Result<ExitCode> {
+    let rt = runtime()?;
+    let r = rt.block_on(f);
+    rt.shutdown_timeout(STOP_GRACE);
+    r.map(|()| ExitCode::SUCCESS)
+}
 
 /// `--check`: the ports are checked and `None` returned. Otherwise the state
 /// directory is moved to where this release keeps it and an earlier run's
@@ -30,8 +45,7 @@ pub(crate) fn standby(cli: &Global) -> Result<ExitCode> {
     let Some(cfg) = prepare(cli, cfg)? else {
         return Ok(ExitCode::SUCCESS);
     };
-    let rt = runtime()?;
-    rt.block_on(async {
+    run_daemon(async {
         let shutdown = shutdown_signal();
         let admin = cfg.admin;
         let s = Standby::bind(cfg)?;
@@ -48,8 +62,7 @@ pub(crate) fn standby(cli: &Global) -> Result<ExitCode> {
         syncd_sdnotify::send(&[State::Ready, State::Status(&status)]);
         s.run(shutdown).await;
         anyhow::Ok(())
-    })?;
-    Ok(ExitCode::SUCCESS)
+    })
 }
 
 pub(crate) fn primary(cli: &Global) -> Result<ExitCode> {
@@ -58,9 +71,7 @@ pub(crate) fn primary(cli: &Global) -> Result<ExitCode> {
     let Some(cfg) = prepare(cli, cfg)? else {
         return Ok(ExitCode::SUCCESS);
     };
-    let rt = runtime()?;
-    rt.block_on(async { syncd::primary::run(cfg, shutdown_signal()).await })?;
-    Ok(ExitCode::SUCCESS)
+    run_daemon(async { Ok(syncd::primary::run(cfg, shutdown_signal()).await?) })
 }
 
 pub(crate) fn auto(cli: &Global) -> Result<ExitCode> {
@@ -76,7 +87,5 @@ pub(crate) fn auto(cli: &Global) -> Result<ExitCode> {
     let Some(cfg) = prepare(cli, cfg)? else {
         return Ok(ExitCode::SUCCESS);
     };
-    let rt = runtime()?;
-    rt.block_on(async { syncd::auto::run(cfg, shutdown_signal()).await })?;
-    Ok(ExitCode::SUCCESS)
+    run_daemon(async { Ok(syncd::auto::run(cfg, shutdown_signal()).await?) })
 }

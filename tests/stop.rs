@@ -23,9 +23,13 @@ fn read_bytes(pid: u32) -> u64 {
 #[test]
 fn a_standby_stops_on_sigterm_in_the_middle_of_a_content_verify() {
     let mut p = Pair::new();
-    // A sparse 1 TiB file: hashing it takes minutes, and costs no disk.
+    // A sparse 1 TiB file (less where the filesystem's limit is lower):
+    // hashing it takes minutes, and costs no disk.
     let f = std::fs::File::create(p.standby_dir().join("huge")).unwrap();
-    f.set_len(1 << 40).unwrap();
+    assert!(
+        [40, 38, 36].iter().any(|b| f.set_len(1 << b).is_ok()),
+        "no sparse file of 64 GiB or more here"
+    );
     drop(f);
     p.start_standby();
     let pid = p.standby.as_ref().unwrap().id();

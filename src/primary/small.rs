@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use syncd_proto::path::RelPath;
 use syncd_proto::sender::{Encoding, FileJob, Next, Outcome};
 use tokio::task::JoinHandle;
 
@@ -32,7 +33,11 @@ pub(super) struct Small {
     next_id: u64,
 }
 
-type Reading = JoinHandle<std::io::Result<(Read, Vec<Request>)>>;
+/// A group's reads, in the group's order.
+type Reading = JoinHandle<Vec<std::io::Result<(Read, Vec<Request>)>>>;
+
+/// Files read by one blocking task.
+const GROUP: usize = 16;
 
 impl Small {
     pub fn new(
@@ -55,23 +60,37 @@ impl Small {
         }
     }
 
-    /// A read of `job`'s file on a blocking thread, collected whole.
-    fn spawn(&mut self, job: &FileJob) -> Reading {
-        self.next_id += 1;
-        let (export, rel, id) = (self.export.clone(), job.path().clone(), self.next_id);
-        let settle = self.settle.clone();
+    /// Reads of `jobs`' files, in order, on one blocking thread, each
+    /// collected whole: one thread hand-off per group rather than per file
+    /// (per file it cost more CPU than the read itself).
+    fn spawn(&mut self, jobs: &[&FileJob]) -> Reading {
+        let files: Vec<(RelPath, u64)> = jobs
+            .iter()
+            .map(|j| {
+                self.next_id += 1;
+                (j.path().clone(), self.next_id)
+            })
+            .collect();
+        let (export, settle) = (self.export.clone(), self.settle.clone());
         tokio::task::spawn_blocking(move || {
-            let mut c = Collect(Vec::new());
-            let r = source::read(
-                &export,
-                &rel,
-                settle.as_ref(),
-                id,
-                Encoding::Whole,
-                CHUNK,
-                &mut c,
-            )?;
-            Ok((r, c.0))
+            let root = source::open_export(&export);
+            let read = |(rel, id): &(RelPath, u64)| {
+                let root = root
+                    .as_ref()
+                    .map_err(|e| std::io::Error::new(e.kind(), e.to_string()))?;
+                let mut c = Collect(Vec::new());
+                let r = source::read_in(
+                    root,
+                    rel,
+                    settle.as_ref(),
+                    *id,
+                    Encoding::Whole,
+                    CHUNK,
+                    &mut c,
+                )?;
+                Ok((r, c.0))
+            };
+            files.iter().map(read).collect()
         })
     }
 
@@ -123,57 +142,79 @@ pub(super) async fn send_small(
     sum: &mut Summary,
     index: &mut Index,
 ) -> Result<(), ClientError> {
-    let mut reading: VecDeque<(FileJob, u64, Reading)> = VecDeque::new();
+    let mut reading: VecDeque<(Vec<(FileJob, u64)>, Reading)> = VecDeque::new();
+    let mut ahead = 0;
     loop {
-        while reading.len() < PIPELINE {
-            let Some((job, size)) = small.queue.pop_front() else {
-                break;
-            };
-            let h = small.spawn(&job);
-            reading.push_back((job, size, h));
+        while ahead < PIPELINE && !small.queue.is_empty() {
+            let n = GROUP.min(small.queue.len());
+            let group: Vec<(FileJob, u64)> = small.queue.drain(..n).collect();
+            let h = small.spawn(&group.iter().map(|(j, _)| j).collect::<Vec<_>>());
+            ahead += group.len();
+            reading.push_back((group, h));
         }
-        let Some((mut job, size, h)) = reading.pop_front() else {
+        let Some((group, h)) = reading.pop_front() else {
             return Ok(());
         };
-        let mut r = h.await.map_err(|e| ClientError::Protocol(e.to_string()))?;
-        loop {
-            let (end, msgs, done) = match r {
-                Ok((read, msgs)) => (read.end, msgs, read.done),
-                Err(e) => (
-                    syncd_proto::sender::ReadEnd::Failed(e.to_string()),
-                    vec![],
-                    None,
-                ),
-            };
-            match job.handle_read(end) {
-                // Changed while being read: read again, now.
-                Next::Send(_) => {
-                    let h = small.spawn(&job);
-                    r = h.await.map_err(|e| ClientError::Protocol(e.to_string()))?;
+        ahead -= group.len();
+        let results = h.await.map_err(|e| ClientError::Protocol(e.to_string()))?;
+        for ((job, size), r) in group.into_iter().zip(results) {
+            send_one(s, small, sum, index, job, size, r).await?;
+        }
+    }
+}
+
+/// Sends one small file read whole (reading it again if it changed meanwhile).
+async fn send_one(
+    s: &mut Session,
+    small: &mut Small,
+    sum: &mut Summary,
+    index: &mut Index,
+    mut job: FileJob,
+    size: u64,
+    mut r: std::io::Result<(Read, Vec<Request>)>,
+) -> Result<(), ClientError> {
+    loop {
+        let (end, msgs, done) = match r {
+            Ok((read, msgs)) => (read.end, msgs, read.done),
+            Err(e) => (
+                syncd_proto::sender::ReadEnd::Failed(e.to_string()),
+                vec![],
+                None,
+            ),
+        };
+        match job.handle_read(end) {
+            // Changed while being read: read again, now.
+            Next::Send(_) => {
+                let h = small.spawn(&[&job]);
+                let again = h.await.map_err(|e| ClientError::Protocol(e.to_string()))?;
+                r = again
+                    .into_iter()
+                    .next()
+                    .unwrap_or_else(|| Err(std::io::Error::other("no read")));
+            }
+            Next::Verdict => {
+                for m in &msgs {
+                    s.send(m).await?;
                 }
-                Next::Verdict => {
-                    for m in &msgs {
-                        s.send(m).await?;
-                    }
-                    if let Some((st, h)) = done {
-                        index.insert(job.path().as_bytes().to_vec(), st, h);
-                    }
-                    sum.sent_whole += 1;
-                    small.progress.advance(size);
-                    small.progress.files(sum.sent_whole + sum.sent_delta);
-                    small.sent.push(job);
-                    break;
+                if let Some((st, h)) = done {
+                    index.insert(job.path().as_bytes().to_vec(), st, h);
                 }
-                Next::Done(o) => {
-                    match o {
-                        Outcome::Vanished => sum.vanished += 1,
-                        Outcome::Busy => sum.busy.push(job.path().clone()),
-                        Outcome::Failed(f) => sum.failures.push(f),
-                        Outcome::Sent { .. } => {}
-                    }
-                    break;
+                sum.sent_whole += 1;
+                small.progress.advance(size);
+                small.progress.files(sum.sent_whole + sum.sent_delta);
+                small.sent.push(job);
+                break;
+            }
+            Next::Done(o) => {
+                match o {
+                    Outcome::Vanished => sum.vanished += 1,
+                    Outcome::Busy => sum.busy.push(job.path().clone()),
+                    Outcome::Failed(f) => sum.failures.push(f),
+                    Outcome::Sent { .. } => {}
                 }
+                break;
             }
         }
     }
+    Ok(())
 }

@@ -5,6 +5,7 @@
 //! (never more than announced; a file a writer touched is "busy", one that
 //! changed is "changed": values, not side channels).
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use syncd_proto::sender::{Encoding, FileMsg, Finish, ReadEnd, Reading};
@@ -53,7 +54,22 @@ pub(crate) fn read(
     chunk: usize,
     sink: &mut dyn Sink,
 ) -> std::io::Result<Read> {
-    let (mut file, before, leased) = match open_source(export, rel, settle)? {
+    let root = open_export(export)?;
+    read_in(&root, rel, settle, id, encoding, chunk, sink)
+}
+
+/// [`read`] beneath an export already opened by [`open_export`] (many small
+/// files share one descriptor).
+pub(crate) fn read_in(
+    root: &OwnedFd,
+    rel: &RelPath,
+    settle: Option<&Settle>,
+    id: u64,
+    encoding: Encoding,
+    chunk: usize,
+    sink: &mut dyn Sink,
+) -> std::io::Result<Read> {
+    let (mut file, before, leased) = match open_source_in(root, rel, settle)? {
         Opened::Gone => return Ok(Read::ended(ReadEnd::Vanished)),
         Opened::Busy => return Ok(Read::ended(ReadEnd::Busy)),
         Opened::File(f, m, leased) => (f, m, leased),
@@ -114,16 +130,36 @@ pub(crate) enum Opened {
     File(std::fs::File, std::fs::Metadata, bool),
 }
 
-/// Opens a file to send: `rel` beneath `export`, never through a symlink
-/// (neither the file nor a parent swapped for one since the scan), never a
-/// FIFO or device (a FIFO would hang the reader, `/dev/zero` never ends).
+/// [`open_source_in`] beneath `export`, opened for this one file.
+#[cfg(test)]
+pub(crate) fn open_source(
+    export: &Path,
+    rel: &RelPath,
+    settle: Option<&Settle>,
+) -> std::io::Result<Opened> {
+    open_source_in(&open_export(export)?, rel, settle)
+}
+
+/// The export's root, for [`read_in`] and [`open_source_in`].
+pub(crate) fn open_export(export: &Path) -> std::io::Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    Ok(rustix::fs::open(
+        export,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Opens a file to send: `rel` beneath `root` (from [`open_export`]),
+/// never through a symlink (neither the file nor a parent swapped for one
+/// since the scan), never a FIFO or device (a FIFO would hang the reader, `/dev/zero` never ends).
 /// Either counts as gone: the compare that follows sees what is there now.
 /// With `settle` (live replication), a file another process has open for
 /// writing is held back unless quiet that long or unchanged since a writer
 /// closed it, with every event up to its stamps handled (see
 /// [`crate::lease::Closed`]; may wait briefly for the watch thread).
-pub(crate) fn open_source(
-    export: &Path,
+pub(crate) fn open_source_in(
+    root: &OwnedFd,
     rel: &RelPath,
     settle: Option<&Settle>,
 ) -> std::io::Result<Opened> {
@@ -137,13 +173,8 @@ pub(crate) fn open_source(
                 | rustix::io::Errno::XDEV
         )
     };
-    let root = rustix::fs::open(
-        export,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
     let fd = match rustix::fs::openat2(
-        &root,
+        root,
         rel.as_path(),
         OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
         Mode::empty(),

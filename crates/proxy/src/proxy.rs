@@ -475,7 +475,12 @@ async fn send_attempt(
                     ExchangeError::Timeout => return Err(Failure::ResponseTimeout),
                     ExchangeError::ClosedBeforeResponse { unread }
                         if !fresh_only
-                            && retry::replay_fresh(reused, unread, idempotent, out.can_resend()) =>
+                            && retry::replay_fresh(
+                                reused,
+                                unread,
+                                idempotent,
+                                out.can_resend(),
+                            ) =>
                     {
                         fresh_only = true;
                         continue;

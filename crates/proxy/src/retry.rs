@@ -188,10 +188,22 @@ mod tests {
     fn a_reused_connection_replays_only_what_the_server_never_read() {
         // (reused, unread, idempotent, body in hand)
         assert!(replay_fresh(true, false, true, true), "GET after the race");
-        assert!(replay_fresh(true, true, false, true), "POST the server never read");
-        assert!(!replay_fresh(true, false, false, true), "POST maybe read: never twice");
-        assert!(!replay_fresh(true, true, false, false), "streamed body gone");
-        assert!(!replay_fresh(false, true, true, true), "fresh connection: no");
+        assert!(
+            replay_fresh(true, true, false, true),
+            "POST the server never read"
+        );
+        assert!(
+            !replay_fresh(true, false, false, true),
+            "POST maybe read: never twice"
+        );
+        assert!(
+            !replay_fresh(true, true, false, false),
+            "streamed body gone"
+        );
+        assert!(
+            !replay_fresh(false, true, true, true),
+            "fresh connection: no"
+        );
     }
 
     #[test]

@@ -69,7 +69,10 @@ fn serve_one(mut s: TcpStream, log: &Mutex<Seen>) {
     let line = head.lines().next().unwrap_or("").to_string();
     let target = line.rsplit_once(' ').map_or(line.as_str(), |(t, _)| t);
     log.lock().unwrap().answered.push(target.to_string());
-    let body = target.split_once(' ').map_or("", |(_, path)| path).as_bytes();
+    let body = target
+        .split_once(' ')
+        .map_or("", |(_, path)| path)
+        .as_bytes();
     let mut out = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
     out.extend_from_slice(body);
     let _ = s.write_all(&out);
@@ -206,7 +209,10 @@ async fn post_on_a_pooled_connection_the_backend_just_closed_is_sent_once_fresh(
     );
     eprintln!(
         "{} POSTs were in the backend's socket at its close; {} got 502 for it",
-        seen.unread_at_close.iter().filter(|t| t.starts_with("POST")).count(),
+        seen.unread_at_close
+            .iter()
+            .filter(|t| t.starts_with("POST"))
+            .count(),
         failed.len()
     );
 }

@@ -152,22 +152,25 @@ async fn garbage_is_invalid_and_silence_is_closed() {
 }
 
 /// A backend on a std thread that answers one request on its connection,
-/// closes it (its idle close), and reports once the FIN has been sent; a
-/// second connection is answered normally.
-fn answers_once_then_closes() -> (std::net::SocketAddr, std::sync::mpsc::Receiver<()>) {
+/// then, when told to, closes it (its idle close) and reports that the FIN
+/// has been sent.
+type Signals = (std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>);
+fn answers_once_then_closes() -> (std::net::SocketAddr, Signals) {
     use std::io::{Read, Write};
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (close_tx, close_rx) = std::sync::mpsc::channel();
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let (mut s, _) = l.accept().unwrap();
         let mut b = [0u8; 4096];
         let _ = s.read(&mut b);
         let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        let _ = close_rx.recv();
         drop(s);
-        let _ = tx.send(());
+        let _ = closed_tx.send(());
     });
-    (addr, rx)
+    (addr, (close_tx, closed_rx))
 }
 
 /// The keep-alive race at its worst: the backend's FIN is already in the
@@ -176,14 +179,19 @@ fn answers_once_then_closes() -> (std::net::SocketAddr, std::sync::mpsc::Receive
 /// say that the backend read none of it, so the request may be sent again.
 #[tokio::test(flavor = "current_thread")]
 async fn a_request_written_after_the_backends_close_is_known_unread() {
-    let (addr, closed) = answers_once_then_closes();
+    let (addr, (close, closed)) = answers_once_then_closes();
     let (s, body, conn) = get(addr, Method::GET).await;
     assert_eq!((s, body.as_slice()), (200, &b"ok"[..]));
     let conn = conn.expect("reusable");
+    assert!(conn.looks_alive());
     // blocking on purpose: the reactor must not run and see the FIN
+    close.send(()).unwrap();
     closed.recv().unwrap();
     std::thread::sleep(Duration::from_millis(20));
-    assert!(conn.looks_alive(), "the FIN is not known to the runtime yet");
+    assert!(
+        conn.looks_alive(),
+        "the FIN is not known to the runtime yet"
+    );
     let post = head("POST /order HTTP/1.1\r\nHost: t\r\nContent-Length: 6\r\n\r\n");
     let mut body = Some(OutBody::Bytes(Bytes::from_static(b"item=1")));
     let r = conn.exchange(&fwd(&post), &mut body, LIMITS).await;

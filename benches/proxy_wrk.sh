@@ -189,6 +189,20 @@ cpu_ticks() {
     echo "$u $s"
 }
 requests() { awk '/requests in/ {print $1}' "$1"; }
+# CPU ticks (user+sys) of each worker: syncd-proxy's worker threads, or
+# nginx's worker processes; one line "t1 t2 ..." (how evenly the
+# connections, and so the load, are spread over the workers)
+worker_ticks() { # pid
+    local t
+    if [ -d /proc/"$1"/task ] && grep -q syncd-proxy-w /proc/"$1"/task/*/comm 2>/dev/null; then
+        for t in /proc/"$1"/task/*; do
+            grep -q '^syncd-proxy-w' "$t/comm" 2>/dev/null && awk '{printf "%d ", $14 + $15}' "$t/stat"
+        done
+    else
+        for t in $(ps -o pid= --ppid "$1" 2>/dev/null); do awk '{printf "%d ", $14 + $15}' /proc/"$t"/stat; done
+    fi
+    echo
+}
 median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
 HZ=$(getconf CLK_TCK)
@@ -209,7 +223,7 @@ wrk -t1 -c8 -d2s "http://127.0.0.1:$NX_PORT/" >/dev/null 2>&1 || true
 
 # one series of alternating rounds: files $WORK/<mode>-<who>-<round>.*
 series() { # mode rounds [extra wrk args...]
-    local mode=$1 rounds=$2 r who order port pid u0 s0 u1 s1 n f
+    local mode=$1 rounds=$2 r who order port pid u0 s0 u1 s1 n f w0
     shift 2
     for r in $(seq "$rounds"); do
         # the order flips every round (ABBA...): neither proxy always runs
@@ -224,17 +238,22 @@ series() { # mode rounds [extra wrk args...]
             esac
             f=$WORK/$mode-$who-$r
             read -r u0 s0 < <(cpu_ticks "$pid")
+            w0=$(worker_ticks "$pid")
             run_wrk "$port" "$f.txt" "$@"
             read -r u1 s1 < <(cpu_ticks "$pid")
+            # each worker's share of the CPU the proxy used in this run
+            paste <(echo "$w0" | tr ' ' '\n') <(worker_ticks "$pid" | tr ' ' '\n') \
+                | awk 'NF == 2 {d[++n] = $2 - $1; t += $2 - $1}
+                       END {for (i = 1; i <= n; i++) printf "%s%.0f%%", (i > 1 ? "/" : ""), t ? 100 * d[i] / t : 0; print ""}' > "$f.split"
             n=$(requests "$f.txt")
             awk -v t=$((u1 - u0 + s1 - s0)) -v n="${n:-1}" -v hz="$HZ" 'BEGIN {printf "%.2f\n", t * 1e6 / hz / n}' > "$f.cpu"
             awk -v t=$((u1 - u0)) -v n="${n:-1}" -v hz="$HZ" 'BEGIN {printf "%.2f\n", t * 1e6 / hz / n}' > "$f.ucpu"
         done
         for who in $WHO; do
             f=$WORK/$mode-$who-$r
-            printf '%s round %d %-13s %10s req/s  p50 %7s  p99 %8s ms  cpu %6s us/req (user %6s)  %s\n' "$mode" "$r" \
+            printf '%s round %d %-13s %10s req/s  p50 %7s  p99 %8s ms  cpu %6s us/req (user %6s)  workers %s  %s\n' "$mode" "$r" \
                 "$(label $who)" "$(rps "$f.txt")" "$(pct "$f.txt" 50%)" \
-                "$(pct "$f.txt" 99%)" "$(cat "$f.cpu")" "$(cat "$f.ucpu")" "$(errs "$f.txt")"
+                "$(pct "$f.txt" 99%)" "$(cat "$f.cpu")" "$(cat "$f.ucpu")" "$(cat "$f.split")" "$(errs "$f.txt")"
         done
         # same-round ratios: the only figures this shared VM makes comparable
         pct "$WORK/$mode-sp-$r.txt" 99% > "$WORK/$mode-sp-$r.p99"

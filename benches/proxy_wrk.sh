@@ -11,10 +11,16 @@
 #                                                 during one extra run; prints the top symbols)
 #                                               STRACE=1  (strace -c -f of each proxy during one
 #                                                 extra run: system calls per request, by name))
-# Runs ROUNDS alternating wrk runs per proxy and prints per-round and median
-# req/s, p50, p99, CPU time per request, and the ratios; then a failover run in which
-# one of the three backends is killed (SIGKILL) and restarted during the load,
-# reporting client-visible errors for both proxies.
+#        RATE_ROUNDS=ROUNDS RATE_DELAY_MS=8  (fixed-rate rounds: each connection
+#                                               waits RATE_DELAY_MS between requests; 0 rounds skips them)
+# Runs ROUNDS rounds of one wrk run per proxy, the order flipping every round
+# (ABBA), and prints per round req/s, p50, p99, CPU time per request, each
+# worker's CPU share and the same-round syncd/nginx ratios of p99 and req/s;
+# then medians and the median/best/worst same-round p99 ratio (on a shared
+# machine only same-round ratios compare). The same again at a fixed rate
+# well under capacity (p99 without the queueing of an overload). Then a
+# failover run in which one of the three backends is killed (SIGKILL) and
+# restarted during the load, reporting client-visible errors for both proxies.
 #
 # Not a test: numbers depend on the machine. All traffic stays on 127.0.0.1.
 set -euo pipefail
@@ -263,6 +269,13 @@ series() { # mode rounds [extra wrk args...]
             'BEGIN { printf "%.3f %.3f\n", (b > 0 ? a / b : 99), (d > 0 ? c / d : 0) }' > "$WORK/$mode-ratio-$r"
         printf '%s round %d same-round syncd/nginx: p99 %sx, req/s %sx\n' "$mode" "$r" \
             "$(cut -d' ' -f1 "$WORK/$mode-ratio-$r")" "$(cut -d' ' -f2 "$WORK/$mode-ratio-$r")"
+        if [ -n "$SB_PID" ]; then
+            # the second build beside the first: how far two runs of (nearly)
+            # the same code drift apart in one round
+            awk -v a="$(pct "$WORK/$mode-sb-$r.txt" 99%)" -v b="$(cat "$WORK/$mode-nx-$r.p99")" \
+                'BEGIN { printf "%.3f\n", (b > 0 ? a / b : 99) }' > "$WORK/$mode-bratio-$r"
+            printf '%s round %d same-round syncd-B/nginx: p99 %sx\n' "$mode" "$r" "$(cat "$WORK/$mode-bratio-$r")"
+        fi
     done
 }
 
@@ -299,6 +312,9 @@ report() { # mode
     qwin=$(cat "$WORK/$mode"-ratio-* | awk '$2 >= 1' | wc -l)
     echo "same-round p99 syncd/nginx: median ${pmed}x, best ${pbest}x, worst ${pworst}x; syncd <= nginx in $pwin of $n rounds (target: median <= 1)"
     echo "same-round req/s syncd/nginx: median ${qmed}x, worst ${qworst}x; syncd >= nginx in $qwin of $n rounds"
+    if [ -n "$SB_PID" ]; then
+        echo "same-round p99 syncd-B/nginx: median $(cat "$WORK/$mode"-bratio-* | median)x, worst $(cat "$WORK/$mode"-bratio-* | sort -g | tail -1)x; <= nginx in $(cat "$WORK/$mode"-bratio-* | awk '$1 <= 1' | wc -l) of $n rounds"
+    fi
 }
 
 series closed "$ROUNDS"

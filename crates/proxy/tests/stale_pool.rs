@@ -175,6 +175,11 @@ async fn post_on_a_pooled_connection_the_backend_just_closed_is_sent_once_fresh(
     for c in clients {
         failed.extend(c.join().unwrap());
     }
+    let attempts = p
+        .metric(&format!(
+            "syncd_proxy_upstream_requests_total{{upstream=\"web\",server=\"{addr}\"}}"
+        ))
+        .await;
     let seen = seen.lock().unwrap();
     // a POST whose bytes the backend's kernel held when it closed may have
     // been read (the proxy cannot tell): a 502 is right for it, never a replay
@@ -207,12 +212,16 @@ async fn post_on_a_pooled_connection_the_backend_just_closed_is_sent_once_fresh(
         CLIENTS * ROUNDS - (failed.len() - unexcused.len()),
         "POSTs read by the backend"
     );
+    // how often the race was met: attempts on a connection the backend had
+    // closed (sent again, or the excused 502s) beyond the requests it read
     eprintln!(
-        "{} POSTs were in the backend's socket at its close; {} got 502 for it",
+        "{} POSTs were in the backend's socket at its close; {} got 502 for it; \
+         {} attempts met a closed connection",
         seen.unread_at_close
             .iter()
             .filter(|t| t.starts_with("POST"))
             .count(),
-        failed.len()
+        failed.len(),
+        attempts - seen.answered.len() as f64
     );
 }

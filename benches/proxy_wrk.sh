@@ -3,7 +3,7 @@
 # equivalently (same worker count, keep-alive upstream pool, no access log),
 # in front of the same three nginx backends on loopback.
 #
-# Usage: benches/proxy_wrk.sh   (env: WORKERS=1 CONNS=64 DURATION=10 THREADS=1 ROUNDS=5
+# Usage: benches/proxy_wrk.sh   (env: WORKERS=1 CONNS=64 DURATION=10 THREADS=1 ROUNDS=9
 #                                               PROXY_BIN=path/to/syncd-proxy
 #                                               PROXY_BIN_B=another/syncd-proxy  (e.g. the previous
 #                                                 build: runs as "syncd-proxy-B" in the same rounds)
@@ -11,10 +11,16 @@
 #                                                 during one extra run; prints the top symbols)
 #                                               STRACE=1  (strace -c -f of each proxy during one
 #                                                 extra run: system calls per request, by name))
-# Runs ROUNDS alternating wrk runs per proxy and prints per-round and median
-# req/s, p50, p99, CPU time per request, and the ratios; then a failover run in which
-# one of the three backends is killed (SIGKILL) and restarted during the load,
-# reporting client-visible errors for both proxies.
+#        RATE_ROUNDS=ROUNDS RATE_DELAY_MS=8  (fixed-rate rounds: each connection
+#                                               waits RATE_DELAY_MS between requests; 0 rounds skips them)
+# Runs ROUNDS rounds of one wrk run per proxy, the order flipping every round
+# (ABBA), and prints per round req/s, p50, p99, CPU time per request, each
+# worker's CPU share and the same-round syncd/nginx ratios of p99 and req/s;
+# then medians and the median/best/worst same-round p99 ratio (on a shared
+# machine only same-round ratios compare). The same again at a fixed rate
+# well under capacity (p99 without the queueing of an overload). Then a
+# failover run in which one of the three backends is killed (SIGKILL) and
+# restarted during the load, reporting client-visible errors for both proxies.
 #
 # Not a test: numbers depend on the machine. All traffic stays on 127.0.0.1.
 set -euo pipefail
@@ -157,8 +163,10 @@ wait_port $SP_PORT; wait_port $NX_PORT
 [ -z "$SB_PID" ] || wait_port $SB_PORT
 label() { case $1 in sp) echo syncd-proxy ;; sb) echo syncd-proxy-B ;; *) echo nginx ;; esac; }
 
-run_wrk() { # port outfile
-    wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$1/" > "$2" 2>&1 || true
+run_wrk() { # port outfile [extra wrk args...]
+    local port=$1 out=$2
+    shift 2
+    wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "$@" "http://127.0.0.1:$port/" > "$out" 2>&1 || true
 }
 
 # wrk prints latencies as 1.23ms / 456.78us / 1.02s: convert to ms
@@ -187,58 +195,135 @@ cpu_ticks() {
     echo "$u $s"
 }
 requests() { awk '/requests in/ {print $1}' "$1"; }
+# CPU ticks (user+sys) of each worker: syncd-proxy's worker threads, or
+# nginx's worker processes; one line "t1 t2 ..." (how evenly the
+# connections, and so the load, are spread over the workers)
+worker_ticks() { # pid
+    local t
+    if [ -d /proc/"$1"/task ] && grep -q syncd-proxy-w /proc/"$1"/task/*/comm 2>/dev/null; then
+        for t in /proc/"$1"/task/*; do
+            grep -q '^syncd-proxy-w' "$t/comm" 2>/dev/null && awk '{printf "%d ", $14 + $15}' "$t/stat"
+        done
+    else
+        for t in $(ps -o pid= --ppid "$1" 2>/dev/null); do awk '{printf "%d ", $14 + $15}' /proc/"$t"/stat; done
+    fi
+    echo
+}
 median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
 HZ=$(getconf CLK_TCK)
-ROUNDS=${ROUNDS:-5}
-echo "== syncd-proxy vs nginx $("$NGINX" -v 2>&1 | sed 's/.*\///') | workers=$WORKERS wrk -t$THREADS -c$CONNS -d${DURATION}s x $ROUNDS rounds, alternating | $(nproc) cores | load $(cut -d' ' -f1-3 /proc/loadavg)"
+ROUNDS=${ROUNDS:-9}
+# fixed-rate rounds: each connection waits RATE_DELAY_MS between its
+# requests (wrk's delay()), so the offered load is about
+# CONNS * 1000 / RATE_DELAY_MS req/s, well under either proxy's capacity:
+# p99 is then the proxies' own tail, not queueing behind an overload
+RATE_DELAY_MS=${RATE_DELAY_MS:-8}
+RATE_ROUNDS=${RATE_ROUNDS:-$ROUNDS}
+printf 'function delay()\n  return %d\nend\n' "$RATE_DELAY_MS" > "$WORK/rate.lua"
+echo "== syncd-proxy vs nginx $("$NGINX" -v 2>&1 | sed 's/.*\///') | workers=$WORKERS wrk -t$THREADS -c$CONNS -d${DURATION}s x $ROUNDS rounds, alternating order | $(nproc) cores | load $(cut -d' ' -f1-3 /proc/loadavg) | $(date -u +%FT%TZ)"
 # warm-up (pools, caches), then alternating measured runs so that background
 # load affects both proxies alike; medians are reported
 wrk -t1 -c8 -d2s "http://127.0.0.1:$SP_PORT/" >/dev/null 2>&1 || true
 wrk -t1 -c8 -d2s "http://127.0.0.1:$NX_PORT/" >/dev/null 2>&1 || true
 [ -z "$SB_PID" ] || wrk -t1 -c8 -d2s "http://127.0.0.1:$SB_PORT/" >/dev/null 2>&1 || true
-for r in $(seq "$ROUNDS"); do
-    for who in $WHO; do
-        case $who in
-            sp) port=$SP_PORT; pid=$SP_PID ;;
-            sb) port=$SB_PORT; pid=$SB_PID ;;
-            *) port=$NX_PORT; pid=$NX_PID ;;
-        esac
-        read -r u0 s0 < <(cpu_ticks "$pid")
-        run_wrk "$port" "$WORK/$who-$r.txt"
-        read -r u1 s1 < <(cpu_ticks "$pid")
-        n=$(requests "$WORK/$who-$r.txt")
-        awk -v t=$((u1 - u0 + s1 - s0)) -v n="${n:-1}" -v hz="$HZ" 'BEGIN {printf "%.2f\n", t * 1e6 / hz / n}' > "$WORK/$who-$r.cpu"
-        awk -v t=$((u1 - u0)) -v n="${n:-1}" -v hz="$HZ" 'BEGIN {printf "%.2f\n", t * 1e6 / hz / n}' > "$WORK/$who-$r.ucpu"
-        printf 'round %d %-12s %10s req/s  p99 %8s ms  cpu %6s us/req (user %6s)  %s\n' "$r" \
-            "$(label $who)" "$(rps "$WORK/$who-$r.txt")" \
-            "$(pct "$WORK/$who-$r.txt" 99%)" "$(cat "$WORK/$who-$r.cpu")" "$(cat "$WORK/$who-$r.ucpu")" \
-            "$(errs "$WORK/$who-$r.txt")"
+
+# one series of alternating rounds: files $WORK/<mode>-<who>-<round>.*
+series() { # mode rounds [extra wrk args...]
+    local mode=$1 rounds=$2 r who order port pid u0 s0 u1 s1 n f w0
+    shift 2
+    for r in $(seq "$rounds"); do
+        # the order flips every round (ABBA...): neither proxy always runs
+        # right after the other's load or always first after a quiet spell
+        order=$WHO
+        [ $((r % 2)) -eq 1 ] || order=$(echo "$WHO" | tr ' ' '\n' | tac | tr '\n' ' ')
+        for who in $order; do
+            case $who in
+                sp) port=$SP_PORT; pid=$SP_PID ;;
+                sb) port=$SB_PORT; pid=$SB_PID ;;
+                *) port=$NX_PORT; pid=$NX_PID ;;
+            esac
+            f=$WORK/$mode-$who-$r
+            read -r u0 s0 < <(cpu_ticks "$pid")
+            w0=$(worker_ticks "$pid")
+            run_wrk "$port" "$f.txt" "$@"
+            read -r u1 s1 < <(cpu_ticks "$pid")
+            # each worker's share of the CPU the proxy used in this run
+            paste <(echo "$w0" | tr ' ' '\n') <(worker_ticks "$pid" | tr ' ' '\n') \
+                | awk 'NF == 2 {d[++n] = $2 - $1; t += $2 - $1}
+                       END {for (i = 1; i <= n; i++) printf "%s%.0f%%", (i > 1 ? "/" : ""), t ? 100 * d[i] / t : 0; print ""}' > "$f.split"
+            n=$(requests "$f.txt")
+            awk -v t=$((u1 - u0 + s1 - s0)) -v n="${n:-1}" -v hz="$HZ" 'BEGIN {printf "%.2f\n", t * 1e6 / hz / n}' > "$f.cpu"
+            awk -v t=$((u1 - u0)) -v n="${n:-1}" -v hz="$HZ" 'BEGIN {printf "%.2f\n", t * 1e6 / hz / n}' > "$f.ucpu"
+        done
+        for who in $WHO; do
+            f=$WORK/$mode-$who-$r
+            printf '%s round %d %-13s %10s req/s  p50 %7s  p99 %8s ms  cpu %6s us/req (user %6s)  workers %s  %s\n' "$mode" "$r" \
+                "$(label $who)" "$(rps "$f.txt")" "$(pct "$f.txt" 50%)" \
+                "$(pct "$f.txt" 99%)" "$(cat "$f.cpu")" "$(cat "$f.ucpu")" "$(cat "$f.split")" "$(errs "$f.txt")"
+        done
+        # same-round ratios: the only figures this shared VM makes comparable
+        pct "$WORK/$mode-sp-$r.txt" 99% > "$WORK/$mode-sp-$r.p99"
+        pct "$WORK/$mode-nx-$r.txt" 99% > "$WORK/$mode-nx-$r.p99"
+        awk -v a="$(cat "$WORK/$mode-sp-$r.p99")" -v b="$(cat "$WORK/$mode-nx-$r.p99")" \
+            -v c="$(rps "$WORK/$mode-sp-$r.txt")" -v d="$(rps "$WORK/$mode-nx-$r.txt")" \
+            'BEGIN { printf "%.3f %.3f\n", (b > 0 ? a / b : 99), (d > 0 ? c / d : 0) }' > "$WORK/$mode-ratio-$r"
+        printf '%s round %d same-round syncd/nginx: p99 %sx, req/s %sx\n' "$mode" "$r" \
+            "$(cut -d' ' -f1 "$WORK/$mode-ratio-$r")" "$(cut -d' ' -f2 "$WORK/$mode-ratio-$r")"
+        if [ -n "$SB_PID" ]; then
+            # the second build beside the first: how far two runs of (nearly)
+            # the same code drift apart in one round
+            awk -v a="$(pct "$WORK/$mode-sb-$r.txt" 99%)" -v b="$(cat "$WORK/$mode-nx-$r.p99")" \
+                'BEGIN { printf "%.3f\n", (b > 0 ? a / b : 99) }' > "$WORK/$mode-bratio-$r"
+            printf '%s round %d same-round syncd-B/nginx: p99 %sx\n' "$mode" "$r" "$(cat "$WORK/$mode-bratio-$r")"
+        fi
     done
-done
-summary() { # who
-    local f
-    RPS=$(for f in "$WORK/$1"-*.txt; do rps "$f"; done | median)
-    P50=$(for f in "$WORK/$1"-*.txt; do pct "$f" 50%; done | median)
-    P99=$(for f in "$WORK/$1"-*.txt; do pct "$f" 99%; done | median)
-    CPU=$(cat "$WORK/$1"-*.cpu | median)
-    UCPU=$(cat "$WORK/$1"-*.ucpu | median)
 }
-summary sp; SP_RPS=$RPS; SP_P50=$P50; SP_P99=$P99; SP_CPU=$CPU; SP_UCPU=$UCPU
-summary nx; NX_RPS=$RPS; NX_P50=$P50; NX_P99=$P99; NX_CPU=$CPU; NX_UCPU=$UCPU
-echo "-- medians"
-printf '%-12s %12s %10s %10s %14s %14s\n' proxy req/s p50_ms p99_ms cpu_us/req user_us/req
-printf '%-12s %12s %10s %10s %14s %14s\n' syncd-proxy "$SP_RPS" "$SP_P50" "$SP_P99" "$SP_CPU" "$SP_UCPU"
-printf '%-12s %12s %10s %10s %14s %14s\n' nginx "$NX_RPS" "$NX_P50" "$NX_P99" "$NX_CPU" "$NX_UCPU"
-if [ -n "$SB_PID" ]; then
-    summary sb
-    printf '%-12s %12s %10s %10s %14s %14s\n' syncd-proxy-B "$RPS" "$P50" "$P99" "$CPU" "$UCPU"
-    awk -v a="$RPS" -v b="$NX_RPS" -v c="$P99" -v d="$NX_P99" -v e="$UCPU" -v f="$NX_UCPU" \
-        'BEGIN { printf "ratio syncd-B/nginx: req/s %.2fx, p99 %.2fx, user cpu per request %.2fx\n", a / b, c / d, e / f }'
+
+summary() { # mode who
+    local f
+    RPS=$(for f in "$WORK/$1-$2"-*.txt; do rps "$f"; done | median)
+    P50=$(for f in "$WORK/$1-$2"-*.txt; do pct "$f" 50%; done | median)
+    P99=$(for f in "$WORK/$1-$2"-*.txt; do pct "$f" 99%; done | median)
+    CPU=$(cat "$WORK/$1-$2"-*.cpu | median)
+    UCPU=$(cat "$WORK/$1-$2"-*.ucpu | median)
+}
+report() { # mode
+    local mode=$1
+    echo "-- $mode: medians over the rounds"
+    printf '%-13s %12s %10s %10s %14s %14s\n' proxy req/s p50_ms p99_ms cpu_us/req user_us/req
+    summary "$mode" sp; SP_RPS=$RPS; SP_P99=$P99; SP_CPU=$CPU; SP_UCPU=$UCPU
+    printf '%-13s %12s %10s %10s %14s %14s\n' syncd-proxy "$RPS" "$P50" "$P99" "$CPU" "$UCPU"
+    summary "$mode" nx; NX_RPS=$RPS; NX_P99=$P99; NX_CPU=$CPU; NX_UCPU=$UCPU
+    printf '%-13s %12s %10s %10s %14s %14s\n' nginx "$RPS" "$P50" "$P99" "$CPU" "$UCPU"
+    if [ -n "$SB_PID" ]; then
+        summary "$mode" sb
+        printf '%-13s %12s %10s %10s %14s %14s\n' syncd-proxy-B "$RPS" "$P50" "$P99" "$CPU" "$UCPU"
+    fi
+    awk -v a="$SP_RPS" -v b="$NX_RPS" -v c="$SP_P99" -v d="$NX_P99" -v e="$SP_CPU" -v f="$NX_CPU" -v g="$SP_UCPU" -v h="$NX_UCPU" \
+        'BEGIN { printf "ratio of medians syncd/nginx: req/s %.2fx, p99 %.2fx, cpu per request %.2fx, user cpu per request %.2fx\n", a / b, c / d, e / f, g / h }'
+    local n pmed pbest pworst pwin qmed qworst qwin
+    n=$(cat "$WORK/$mode"-ratio-* | wc -l)
+    pmed=$(cat "$WORK/$mode"-ratio-* | cut -d' ' -f1 | median)
+    pbest=$(cat "$WORK/$mode"-ratio-* | cut -d' ' -f1 | sort -g | head -1)
+    pworst=$(cat "$WORK/$mode"-ratio-* | cut -d' ' -f1 | sort -g | tail -1)
+    pwin=$(cat "$WORK/$mode"-ratio-* | awk '$1 <= 1' | wc -l)
+    qmed=$(cat "$WORK/$mode"-ratio-* | cut -d' ' -f2 | median)
+    qworst=$(cat "$WORK/$mode"-ratio-* | cut -d' ' -f2 | sort -g | head -1)
+    qwin=$(cat "$WORK/$mode"-ratio-* | awk '$2 >= 1' | wc -l)
+    echo "same-round p99 syncd/nginx: median ${pmed}x, best ${pbest}x, worst ${pworst}x; syncd <= nginx in $pwin of $n rounds (target: median <= 1)"
+    echo "same-round req/s syncd/nginx: median ${qmed}x, worst ${qworst}x; syncd >= nginx in $qwin of $n rounds"
+    if [ -n "$SB_PID" ]; then
+        echo "same-round p99 syncd-B/nginx: median $(cat "$WORK/$mode"-bratio-* | median)x, worst $(cat "$WORK/$mode"-bratio-* | sort -g | tail -1)x; <= nginx in $(cat "$WORK/$mode"-bratio-* | awk '$1 <= 1' | wc -l) of $n rounds"
+    fi
+}
+
+series closed "$ROUNDS"
+report closed
+if [ "$RATE_ROUNDS" -gt 0 ]; then
+    echo "== fixed rate: each of the $CONNS connections waits ${RATE_DELAY_MS} ms between requests (about $((CONNS * 1000 / RATE_DELAY_MS)) req/s offered), $RATE_ROUNDS rounds"
+    series rate "$RATE_ROUNDS" -s "$WORK/rate.lua"
+    report rate
 fi
-awk -v a="$SP_RPS" -v b="$NX_RPS" -v c="$SP_P99" -v d="$NX_P99" -v e="$SP_CPU" -v f="$NX_CPU" \
-    'BEGIN { printf "ratio syncd/nginx: req/s %.2fx (target >= 1.00), p99 %.2fx (target <= 1.00), cpu per request %.2fx\n", a / b, c / d, e / f }'
-awk -v e="$SP_UCPU" -v f="$NX_UCPU" 'BEGIN { printf "user cpu per request syncd/nginx: %.2fx\n", e / f }'
 
 if [ -n "${PERF_OUT:-}" ]; then
     echo "== perf record -g of syncd-proxy during one more ${DURATION}s run -> $PERF_OUT"

@@ -74,7 +74,11 @@ pub enum ExchangeError {
     /// for the `backend` time.
     Timeout,
     /// The connection closed (or reset) before any response byte.
-    ClosedBeforeResponse,
+    /// `unread`: the backend closed cleanly without having acknowledged a
+    /// byte of this request, so its application cannot have read any of
+    /// it (see [`Conn::exchange`]): the request may go out again even
+    /// when it is not idempotent.
+    ClosedBeforeResponse { unread: bool },
     /// The connection closed in the middle of the response head.
     Incomplete,
     /// The response head could not be parsed.
@@ -92,6 +96,9 @@ pub struct Conn {
     /// The response head's field spans, likewise (lent to each response's
     /// head, given back by [`BackendBody::recycle_head`]).
     spans: Vec<Span>,
+    /// Bytes written over the connection's life: compared with what the
+    /// backend acknowledged when it closes before answering.
+    sent: u64,
 }
 
 impl Conn {
@@ -102,6 +109,7 @@ impl Conn {
             stall: Stall::new(),
             wbuf: Vec::with_capacity(1024),
             spans: Vec::with_capacity(16),
+            sent: 0,
         }
     }
 
@@ -133,6 +141,38 @@ impl Conn {
         body: &mut Option<OutBody>,
         limits: Timeouts,
     ) -> Result<Response<BackendBody>, ExchangeError> {
+        let sent_before = self.sent;
+        let result = self.send_and_read(req, body, limits).await;
+        match result {
+            Err(ExchangeError::ClosedBeforeResponse { unread: true }) => {
+                Err(ExchangeError::ClosedBeforeResponse {
+                    unread: self.none_acked_since(sent_before),
+                })
+            }
+            Err(e) => Err(e),
+            Ok(head) => Ok(self.response(req, head, limits)?),
+        }
+    }
+
+    /// Did the backend acknowledge none of the bytes written after
+    /// `sent_before`? A backend that read (part of) a request and then
+    /// closed acknowledges it with its FIN at the latest; one that closed
+    /// an idle connection just before the request arrived (its FIN not yet
+    /// seen by the reactor, so the pool handed the connection out) never
+    /// does, and answers the bytes with a reset. One `getsockopt`, only on
+    /// this failure path.
+    fn none_acked_since(&self, sent_before: u64) -> bool {
+        // the SYN counts as one acknowledged byte
+        bytes_acked(&self.io).is_some_and(|acked| acked <= sent_before + 1)
+    }
+
+    /// Write the request and read up to a final (or 101) response head.
+    async fn send_and_read(
+        &mut self,
+        req: &Forward<'_>,
+        body: &mut Option<OutBody>,
+        limits: Timeouts,
+    ) -> Result<Parsed, ExchangeError> {
         // a streamed body is taken only once the head is written, so that a
         // request that never left can be sent again on another connection
         let body_bytes = match body {
@@ -170,40 +210,50 @@ impl Conn {
             let chunked = matches!(framing, BodyFraming::Chunked);
             Box::pin(self.send_stream(s, chunked, limits)).await?;
         }
-        let head_request = req.head.method == Method::HEAD;
         loop {
             let head = self.read_head(limits.backend).await?;
-            if head.code == 101 {
-                if req.upgrade.is_none() {
-                    // what follows would not be HTTP: never parse it as such
-                    return Err(ExchangeError::Invalid(
-                        "101 without an Upgrade request".into(),
-                    ));
-                }
-                // the connection now belongs to the new protocol: no body,
-                // never reused; see BackendBody::take_upgraded
-                let map = head.header_map().map_err(ExchangeError::Invalid)?;
-                let mut resp = Response::new(BackendBody::new(self, Decode::Done, false, limits));
-                *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-                *resp.headers_mut() = map;
-                return Ok(resp);
+            if head.code == 101 && req.upgrade.is_none() {
+                // what follows would not be HTTP: never parse it as such
+                return Err(ExchangeError::Invalid(
+                    "101 without an Upgrade request".into(),
+                ));
             }
-            if (100..200).contains(&head.code) {
-                continue; // 100 Continue and friends
+            if head.code == 101 || !(100..200).contains(&head.code) {
+                return Ok(head);
             }
-            let status = StatusCode::from_u16(head.code)
-                .map_err(|_| ExchangeError::Invalid("bad status code".into()))?;
-            let decode = framing::response_framing(head.code, head_request, head.fields())
-                .map(Decode::new)
-                .map_err(|e| ExchangeError::Invalid(e.to_string()))?;
-            let keep_alive = !head.http10 && !head.has_connection_token(b"close");
-            // the client's head: hop-by-hop fields out, no header map
-            let mut body = BackendBody::new(self, decode, keep_alive, limits);
-            body.head = Some(head.into_forwarded());
-            let mut resp = Response::new(body);
-            *resp.status_mut() = status;
+            // 100 Continue and friends
+        }
+    }
+
+    /// The response for a final (or 101) head; the body owns the connection.
+    fn response(
+        self,
+        req: &Forward<'_>,
+        head: Parsed,
+        limits: Timeouts,
+    ) -> Result<Response<BackendBody>, ExchangeError> {
+        if head.code == 101 {
+            // the connection now belongs to the new protocol: no body,
+            // never reused; see BackendBody::take_upgraded
+            let map = head.header_map().map_err(ExchangeError::Invalid)?;
+            let mut resp = Response::new(BackendBody::new(self, Decode::Done, false, limits));
+            *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            *resp.headers_mut() = map;
             return Ok(resp);
         }
+        let status = StatusCode::from_u16(head.code)
+            .map_err(|_| ExchangeError::Invalid("bad status code".into()))?;
+        let head_request = req.head.method == Method::HEAD;
+        let decode = framing::response_framing(head.code, head_request, head.fields())
+            .map(Decode::new)
+            .map_err(|e| ExchangeError::Invalid(e.to_string()))?;
+        let keep_alive = !head.http10 && !head.has_connection_token(b"close");
+        // the client's head: hop-by-hop fields out, no header map
+        let mut body = BackendBody::new(self, decode, keep_alive, limits);
+        body.head = Some(head.into_forwarded());
+        let mut resp = Response::new(body);
+        *resp.status_mut() = status;
+        Ok(resp)
     }
 
     /// Stream the client's body to the backend, chunk-encoded when its
@@ -268,6 +318,7 @@ impl Conn {
                 Some(Ok(n)) => n,
                 Some(Err(e)) => return Err(err(e)),
             };
+            self.sent += n as u64;
             buf = &buf[n..];
         }
         Ok(())
@@ -317,14 +368,19 @@ impl Conn {
                     return Err(ExchangeError::Timeout)
                 }
                 Ok(n) => n,
-                Err(_) if !got_any => return Err(ExchangeError::ClosedBeforeResponse),
+                // a reset: the backend may have read part of the request
+                Err(_) if !got_any => {
+                    return Err(ExchangeError::ClosedBeforeResponse { unread: false })
+                }
                 Err(_) => return Err(ExchangeError::Incomplete),
             };
             if n == 0 {
+                // a clean close: `exchange` asks the socket whether any of
+                // the request was acknowledged
                 return Err(if got_any {
                     ExchangeError::Incomplete
                 } else {
-                    ExchangeError::ClosedBeforeResponse
+                    ExchangeError::ClosedBeforeResponse { unread: true }
                 });
             }
             got_any = true;
@@ -382,6 +438,29 @@ fn parse_head_into(
         bytes: buf.split_to(n).freeze(),
         spans: std::mem::take(spans),
     }))
+}
+
+/// The kernel's count of bytes the peer acknowledged on `s` (the SYN
+/// included), from `TCP_INFO`; `None` if the kernel does not say.
+fn bytes_acked(s: &TcpStream) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, a plain C
+    // struct for which all-zero bytes are a valid value, and sets `len` to
+    // what it wrote; the fd is open for the call (borrowed from `s`)
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    // kernels before 4.1 stop short of the field: unknown, not zero
+    let end = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8;
+    (rc == 0 && len as usize >= end).then_some(info.tcpi_bytes_acked)
 }
 
 pub use crate::framing::chunk_size_line;

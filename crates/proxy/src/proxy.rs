@@ -416,7 +416,8 @@ async fn collect_body(mut body: ReqBody, per_read: Duration) -> Result<Bytes, Ex
 /// else a fresh one. A pooled connection that fails before the request head
 /// is written is skipped silently; one closed by the server just as we wrote
 /// (the classic keep-alive race: no response byte at all) is retried once on a
-/// fresh connection when the request may be replayed.
+/// fresh connection when the request may be replayed: an idempotent one, or
+/// any whose bytes the server provably never read (`retry::replay_fresh`).
 async fn send_attempt(
     server: &ServerRt,
     cfg: &config::Upstream,
@@ -472,8 +473,14 @@ async fn send_attempt(
                     ExchangeError::ClientBody => return Err(Failure::ClientAborted),
                     ExchangeError::ClientBodyTimeout => return Err(Failure::ClientTimeout),
                     ExchangeError::Timeout => return Err(Failure::ResponseTimeout),
-                    ExchangeError::ClosedBeforeResponse
-                        if reused && !fresh_only && idempotent && out.can_resend() =>
+                    ExchangeError::ClosedBeforeResponse { unread }
+                        if !fresh_only
+                            && retry::replay_fresh(
+                                reused,
+                                unread,
+                                idempotent,
+                                out.can_resend(),
+                            ) =>
                     {
                         fresh_only = true;
                         continue;

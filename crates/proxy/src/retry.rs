@@ -70,6 +70,18 @@ pub fn retryable(failure: Failure, method: &Method, body_replayable: bool) -> bo
     is_idempotent(method) && body_replayable
 }
 
+/// A reused keep-alive connection closed before any response byte: may the
+/// request go out once more, on a fresh connection to the same server?
+/// An idempotent one may (nginx retries it too); a POST only when the
+/// server provably read none of it (`unread`: it closed the idle
+/// connection before the request arrived and acknowledged none of its
+/// bytes), which nginx cannot tell and answers with 502. The body must
+/// still be in hand. Never on a fresh connection: that is the server's
+/// failure, for the attempt loop to judge.
+pub fn replay_fresh(reused: bool, unread: bool, idempotent: bool, body_replayable: bool) -> bool {
+    reused && body_replayable && (idempotent || unread)
+}
+
 /// A token bucket shared by all requests: each request deposits `ratio`
 /// tokens, each retry withdraws one; on top, `min_per_sec` retries per
 /// second are always allowed (so a quiet proxy can still retry).
@@ -170,6 +182,28 @@ mod tests {
         assert!(!retryable(Failure::ClientTimeout, &Method::PUT, true));
         assert!(!Failure::ClientTimeout.counts_as_server_failure());
         assert!(!Failure::ClientTimeout.is_timeout(), "408, not 504");
+    }
+
+    #[test]
+    fn a_reused_connection_replays_only_what_the_server_never_read() {
+        // (reused, unread, idempotent, body in hand)
+        assert!(replay_fresh(true, false, true, true), "GET after the race");
+        assert!(
+            replay_fresh(true, true, false, true),
+            "POST the server never read"
+        );
+        assert!(
+            !replay_fresh(true, false, false, true),
+            "POST maybe read: never twice"
+        );
+        assert!(
+            !replay_fresh(true, true, false, false),
+            "streamed body gone"
+        );
+        assert!(
+            !replay_fresh(false, true, true, true),
+            "fresh connection: no"
+        );
     }
 
     #[test]

@@ -144,7 +144,63 @@ async fn garbage_is_invalid_and_silence_is_closed() {
         // close without a response
     });
     let r = plain_get(addr).await;
-    assert!(matches!(r, Err(ExchangeError::ClosedBeforeResponse)));
+    // the backend read the request before closing: its FIN acknowledged it
+    assert!(matches!(
+        r,
+        Err(ExchangeError::ClosedBeforeResponse { unread: false })
+    ));
+}
+
+/// A backend on a std thread that answers one request on its connection,
+/// then, when told to, closes it (its idle close) and reports that the FIN
+/// has been sent.
+type Signals = (std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>);
+fn answers_once_then_closes() -> (std::net::SocketAddr, Signals) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (close_tx, close_rx) = std::sync::mpsc::channel();
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut b = [0u8; 4096];
+        let _ = s.read(&mut b);
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        let _ = close_rx.recv();
+        drop(s);
+        let _ = closed_tx.send(());
+    });
+    (addr, (close_tx, closed_rx))
+}
+
+/// The keep-alive race at its worst: the backend's FIN is already in the
+/// socket but the reactor has not reported it (nothing ran it since), so
+/// the connection looks alive and a POST goes out on it. The failure must
+/// say that the backend read none of it, so the request may be sent again.
+#[tokio::test(flavor = "current_thread")]
+async fn a_request_written_after_the_backends_close_is_known_unread() {
+    let (addr, (close, closed)) = answers_once_then_closes();
+    let (s, body, conn) = get(addr, Method::GET).await;
+    assert_eq!((s, body.as_slice()), (200, &b"ok"[..]));
+    let conn = conn.expect("reusable");
+    assert!(conn.looks_alive());
+    // blocking on purpose: the reactor must not run and see the FIN
+    close.send(()).unwrap();
+    closed.recv().unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(
+        conn.looks_alive(),
+        "the FIN is not known to the runtime yet"
+    );
+    let post = head("POST /order HTTP/1.1\r\nHost: t\r\nContent-Length: 6\r\n\r\n");
+    let mut body = Some(OutBody::Bytes(Bytes::from_static(b"item=1")));
+    let r = conn.exchange(&fwd(&post), &mut body, LIMITS).await;
+    assert!(
+        matches!(r, Err(ExchangeError::ClosedBeforeResponse { unread: true })),
+        "{:?}",
+        r.err()
+    );
+    assert!(matches!(body, Some(OutBody::Bytes(_))), "still replayable");
 }
 
 /// A backend that writes `parts` with `gap` between them, then stalls.

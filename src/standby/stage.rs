@@ -24,9 +24,9 @@ pub(super) enum Job {
     Op(Request),
     /// The Receiver refused more of this file: drop what was staged.
     Drop(u64),
-    /// Says whether verified files wait for a commit, once everything
+    /// Says how many verified files wait for a commit, once everything
     /// sent before is done.
-    Ready(std::sync::mpsc::Sender<bool>),
+    Ready(std::sync::mpsc::Sender<usize>),
     /// Commits them, after the one flush for every lane (see [`Synced`]).
     Commit {
         synced: Synced,
@@ -113,11 +113,14 @@ impl Lanes {
         let sh = self.sh.clone();
         let synced = tokio::task::spawn_blocking(move || {
             // Every lane answers (or has stopped) before the flush.
-            let answers: Vec<bool> = ready.into_iter().map(|r| r.recv() == Ok(true)).collect();
-            if !(answers.contains(&true) && sh.durable) {
+            let files: usize = ready.into_iter().map(|r| r.recv().unwrap_or(0)).sum();
+            if files == 0 || !sh.durable {
                 return Synced::No;
             }
-            match sh.root.sync() {
+            let t = std::time::Instant::now();
+            let r = sh.root.sync();
+            tracing::debug!(files, ms = ms(t), "durable flush before rename (syncfs)");
+            match r {
                 Ok(()) => Synced::Yes,
                 Err(e) => {
                     tracing::error!(
@@ -158,6 +161,11 @@ impl Lanes {
     }
 }
 
+/// Milliseconds since `t`, for the flush logs.
+pub(super) fn ms(t: std::time::Instant) -> f64 {
+    (t.elapsed().as_secs_f64() * 1e4).round() / 10.0
+}
+
 fn stopped() -> SessionError {
     SessionError::Protocol("worker stopped".into())
 }
@@ -192,7 +200,7 @@ impl Lane {
         while let Some(job) = rx.blocking_recv() {
             match job {
                 Job::Ready(tx) => {
-                    let _ = tx.send(!w.pending.is_empty());
+                    let _ = tx.send(w.pending.len());
                 }
                 Job::Commit { synced, done } => {
                     self.commit(&mut w, synced);

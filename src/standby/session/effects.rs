@@ -61,14 +61,20 @@ impl Shell {
     async fn sync(&self) -> Result<(), SessionError> {
         let sh = self.shared.clone();
         blocking(move || {
+            let t = std::time::Instant::now();
             if sh.durable {
                 sh.root.sync()?;
             }
+            let fs_ms = crate::standby::stage::ms(t);
             // What syncd put, durable before the acknowledgement; a failure
             // here costs at most false reports after a crash, never the
             // commit.
             if let Err(e) = lock(&sh.placed).sync(sh.durable) {
                 tracing::warn!("{e}");
+            }
+            if sh.durable {
+                let ms = crate::standby::stage::ms(t);
+                tracing::debug!(syncfs_ms = fs_ms, ms, "durable flush before the commit's reply");
             }
             Ok(())
         })

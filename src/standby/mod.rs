@@ -21,6 +21,7 @@
 mod accept;
 mod commit;
 mod digests;
+mod durable;
 mod local;
 mod placed;
 mod room;
@@ -97,6 +98,8 @@ struct Shared {
     /// Where local writes are kept (opened when the first one is).
     local_keeper: Mutex<Option<Arc<crate::conflicts::Keeper>>>,
     state_dir: std::path::PathBuf,
+    /// What changed since the last durable point (see `durable.rs`).
+    window: Mutex<durable::Window>,
 }
 
 impl Shared {
@@ -181,6 +184,7 @@ impl Standby {
             placed: Mutex::new(placed),
             local_keeper: Mutex::new(None),
             state_dir: cfg.state_dir.clone(),
+            window: Mutex::default(),
         });
         Ok(Standby {
             endpoint,

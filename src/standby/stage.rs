@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use super::accept::SessionError;
 use super::commit::{commit_batch, keeper, Preserve, Verified};
+use super::durable::{self, Flush};
 use super::local;
 use super::{lock, Shared};
 use crate::wire::{self, Failure, Reply, Request};
@@ -42,6 +43,8 @@ pub(super) enum Synced {
     No,
     /// The export was flushed after they were written.
     Yes,
+    /// Each lane `fsync`s its own files (a small batch: see `durable.rs`).
+    Each,
     /// The flush failed: their data may not be on disk, so none of them
     /// is renamed (a second `syncfs` would not report the same writeback
     /// error again and would pass).
@@ -114,8 +117,10 @@ impl Lanes {
         let synced = tokio::task::spawn_blocking(move || {
             // Every lane answers (or has stopped) before the flush.
             let files: usize = ready.into_iter().map(|r| r.recv().unwrap_or(0)).sum();
-            if files == 0 || !sh.durable {
-                return Synced::No;
+            match durable::choose(sh.durable, files, false) {
+                Flush::Nothing => return Synced::No,
+                Flush::Each => return Synced::Each,
+                Flush::Whole => {}
             }
             let t = std::time::Instant::now();
             let r = sh.root.sync();
@@ -298,6 +303,8 @@ impl Lane {
 
     /// Ordered metadata changes (all on lane 0).
     fn metadata(&self, op: Request) {
+        // Their directories are not tracked: the commit flushes by syncfs.
+        lock(&self.sh.window).untracked();
         let root = &self.sh.root;
         match op {
             Request::Mkdir { path, meta: _ } => {

@@ -4,6 +4,7 @@ use std::sync::atomic::Ordering;
 
 use super::{blocking, Shell};
 use crate::standby::accept::SessionError;
+use crate::standby::durable::Flush;
 use crate::standby::local;
 use crate::standby::lock;
 use crate::standby::stage::Job;
@@ -62,8 +63,12 @@ impl Shell {
         let sh = self.shared.clone();
         blocking(move || {
             let t = std::time::Instant::now();
-            if sh.durable {
-                sh.root.sync()?;
+            let kept = sh.stats.conflicts_kept.load(Ordering::Relaxed);
+            let (plan, dirs) = lock(&sh.window).take(sh.durable, kept);
+            match plan {
+                Flush::Whole => sh.root.sync()?,
+                Flush::Each => crate::standby::durable::sync_dirs(&sh.root, &dirs)?,
+                Flush::Nothing => {}
             }
             let fs_ms = crate::standby::stage::ms(t);
             // What syncd put, durable before the acknowledgement; a failure
@@ -72,9 +77,10 @@ impl Shell {
             if let Err(e) = lock(&sh.placed).sync(sh.durable) {
                 tracing::warn!("{e}");
             }
-            if sh.durable {
+            if plan != Flush::Nothing {
                 let ms = crate::standby::stage::ms(t);
-                tracing::debug!(syncfs_ms = fs_ms, ms, "durable flush before the commit's reply");
+                let dirs = dirs.len();
+                tracing::debug!(?plan, dirs, flush_ms = fs_ms, ms, "durable flush before the commit's reply");
             }
             Ok(())
         })

@@ -127,7 +127,11 @@ fn sync_each(pending: &mut Vec<Verified<'_>>, fail: &impl Fn(&RelPath, String, b
     let t = std::time::Instant::now();
     let files: Vec<&std::fs::File> = pending.iter().map(|v| &v.staged.file).collect();
     let results = super::durable::sync_each(&files);
-    tracing::debug!(files = files.len(), ms = super::stage::ms(t), "durable flush before rename (fsync each)");
+    tracing::debug!(
+        files = files.len(),
+        ms = super::stage::ms(t),
+        "durable flush before rename (fsync each)"
+    );
     let mut results = results.into_iter();
     pending.retain(|v| match results.next() {
         Some(Ok(())) => true,

@@ -10,9 +10,9 @@
 //! measures both). A directory entry is only made durable by an `fsync` of
 //! its directory, so this is used only when every change since the last
 //! durable point is one this module knows the directory of: a verified
-//! file put in place. Any other change (a mkdir, delete, rename, symlink,
-//! metadata change, or something kept in the conflicts area) or a large
-//! batch falls back to `syncfs`.
+//! file put in place, a directory's metadata (its mtime) set. Any other
+//! change (a mkdir, delete, rename, symlink, link, or something kept in the
+//! conflicts area) or a large batch falls back to `syncfs`.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -67,10 +67,20 @@ pub(super) struct Window {
 }
 
 impl Window {
-    /// A verified file was put in place at `p`.
+    /// A verified file was put in place at `p`: its directory's entry.
     pub(super) fn placed(&mut self, p: &RelPath) {
+        self.add(p.split_last().0);
+    }
+
+    /// The metadata of `p` itself changed (flushed by an `fsync` of `p`,
+    /// which must be a directory: anything else falls back to `syncfs`).
+    pub(super) fn changed(&mut self, p: &RelPath) {
+        self.add(p.as_bytes());
+    }
+
+    fn add(&mut self, dir: &[u8]) {
         if self.dirs.len() <= EACH_MAX {
-            self.dirs.insert(p.split_last().0.to_vec());
+            self.dirs.insert(dir.to_vec());
         }
     }
 
@@ -82,7 +92,11 @@ impl Window {
     /// How the window would be flushed now; `kept` is the conflicts-area
     /// counter.
     pub(super) fn plan(&self, durable: bool, kept: u64) -> Flush {
-        choose(durable, self.dirs.len(), self.untracked || kept != self.kept)
+        choose(
+            durable,
+            self.dirs.len(),
+            self.untracked || kept != self.kept,
+        )
     }
 
     /// Ends the window: how to flush it, and the directories to `fsync`
@@ -126,9 +140,10 @@ pub(super) fn sync_each(files: &[&File]) -> Vec<io::Result<()>> {
     })
 }
 
-/// Makes the entries of `dirs` (beneath `root`) durable: an `fsync` of
-/// each, together; `syncfs` if one cannot be opened (moved or removed
-/// meanwhile: what it held is then found nowhere else).
+/// Makes the entries and metadata of `dirs` (beneath `root`) durable: an
+/// `fsync` of each, together; `syncfs` if one cannot be opened as a
+/// directory (moved or removed meanwhile, or a file whose metadata
+/// changed).
 pub(super) fn sync_dirs(root: &Root, dirs: &[Vec<u8>]) -> io::Result<()> {
     let Ok(files) = dirs
         .iter()
@@ -171,6 +186,15 @@ mod tests {
         let (plan, dirs) = w.take(true, 0);
         assert_eq!(plan, Flush::Each);
         assert_eq!(dirs, vec![b"".to_vec(), b"a".to_vec()]);
+        assert_eq!(w.take(true, 0), (Flush::Nothing, vec![]));
+        // A directory's own metadata (its mtime) is its own fsync.
+        w.placed(&rel("a/x"));
+        w.changed(&rel("a"));
+        w.changed(&rel("b"));
+        assert_eq!(
+            w.take(true, 0),
+            (Flush::Each, vec![b"a".to_vec(), b"b".to_vec()])
+        );
         assert_eq!(w.take(true, 0), (Flush::Nothing, vec![]));
     }
 

@@ -303,8 +303,13 @@ impl Lane {
 
     /// Ordered metadata changes (all on lane 0).
     fn metadata(&self, op: Request) {
-        // Their directories are not tracked: the commit flushes by syncfs.
-        lock(&self.sh.window).untracked();
+        // A metadata change is flushed with its own inode (a directory's
+        // mtime, mostly: it comes with every batch that changes one); the
+        // directories of the others are not tracked: syncfs.
+        match &op {
+            Request::SetMeta { path, .. } => lock(&self.sh.window).changed(path),
+            _ => lock(&self.sh.window).untracked(),
+        }
         let root = &self.sh.root;
         match op {
             Request::Mkdir { path, meta: _ } => {

@@ -80,7 +80,13 @@ impl Shell {
             if plan != Flush::Nothing {
                 let ms = crate::standby::stage::ms(t);
                 let dirs = dirs.len();
-                tracing::debug!(?plan, dirs, flush_ms = fs_ms, ms, "durable flush before the commit's reply");
+                tracing::debug!(
+                    ?plan,
+                    dirs,
+                    flush_ms = fs_ms,
+                    ms,
+                    "durable flush before the commit's reply"
+                );
             }
             Ok(())
         })

@@ -1,6 +1,6 @@
-//! The committer: verified files become visible in batches, `syncfs` first
-//! and rename after; and what a commit means for this node's generation
-//! record.
+//! The committer: verified files become visible in batches, flushed first
+//! (see `durable.rs`) and renamed after; and what a commit means for this
+//! node's generation record.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};

@@ -14,9 +14,10 @@
 //!   (`room.rs` reserves each file's declared size on the export);
 //! - `local.rs` (with `placed.rs`, its durable record): files written on
 //!   this follower by anything but syncd, kept before they are replaced;
-//! - `commit.rs`: the committer — per batch, `syncfs` first and rename after,
-//!   so a name never points at content that is not yet on disk, and
-//!   durability costs one flush per batch rather than one per file.
+//! - `commit.rs`: the committer — per batch, content flushed first and
+//!   rename after, so a name never points at content that is not yet on
+//!   disk; `durable.rs`: the one rule for how a batch is flushed (`fsync`
+//!   of each file and directory for a small batch, one `syncfs` else).
 
 mod accept;
 mod commit;

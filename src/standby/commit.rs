@@ -1,10 +1,11 @@
-//! The committer: verified files become visible in batches, `syncfs` first
-//! and rename after; and what a commit means for this node's generation
-//! record.
+//! The committer: verified files become visible in batches, flushed first
+//! (see `durable.rs`) and renamed after; and what a commit means for this
+//! node's generation record.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use super::durable::Flush;
 use super::stage::Synced;
 use super::{lock, Shared, StandbyEvent};
 use crate::conflicts::Keeper;
@@ -70,6 +71,10 @@ pub(super) fn commit_batch(
     }
     let flushed = match synced {
         Synced::Yes => Ok(()),
+        Synced::Each => {
+            sync_each(pending, fail);
+            Ok(())
+        }
         Synced::Failed(e) => Err(e),
         Synced::No if sh.durable => sh.root.sync().map_err(|e| e.to_string()),
         Synced::No => Ok(()),
@@ -89,6 +94,7 @@ pub(super) fn commit_batch(
         }
         match sh.root.commit(v.staged, &v.path, &v.meta) {
             Ok(m) => {
+                lock(&sh.window).placed(&v.path);
                 let stamp = Stamp::of(&m);
                 // A stale entry for a small file is harmless: its stamp no longer matches.
                 if let Some((b, st, sig)) = &v.sig {
@@ -114,6 +120,30 @@ pub(super) fn commit_batch(
     for (p, st, h) in done {
         ix.insert(p.as_bytes().to_vec(), st, h);
     }
+}
+
+/// `fsync`s each pending file together; one that fails is not renamed.
+fn sync_each(pending: &mut Vec<Verified<'_>>, fail: &impl Fn(&RelPath, String, bool)) {
+    let t = std::time::Instant::now();
+    let files: Vec<&std::fs::File> = pending.iter().map(|v| &v.staged.file).collect();
+    let results = super::durable::sync_each(&files);
+    tracing::debug!(
+        files = files.len(),
+        ms = super::stage::ms(t),
+        "durable flush before rename (fsync each)"
+    );
+    let mut results = results.into_iter();
+    pending.retain(|v| match results.next() {
+        Some(Ok(())) => true,
+        Some(Err(e)) => {
+            fail(&v.path, format!("fsync: {e}"), false);
+            false
+        }
+        None => {
+            fail(&v.path, "fsync: not done".into(), false);
+            false
+        }
+    });
 }
 
 /// What a writing session's commits and catch-up mean for this node's
@@ -165,7 +195,14 @@ impl Follow {
         let mut r = lock(&sh.record);
         r.lineage.commit = r.lineage.commit.max(id);
         sh.emit(StandbyEvent::Committed(id));
-        if let Err(e) = sh.store.save_unsynced(&r) {
+        // Flushed by the commit's syncfs, unless that flush goes file by
+        // file (then this record is one of the files).
+        let kept = sh.stats.conflicts_kept.load(Ordering::Relaxed);
+        let saved = match lock(&sh.window).plan(sh.durable, kept) {
+            Flush::Each => sh.store.save(&r),
+            Flush::Whole | Flush::Nothing => sh.store.save_unsynced(&r),
+        };
+        if let Err(e) = saved {
             tracing::warn!("{e}");
         }
         sh.stats.set_generation(&r.lineage, None);

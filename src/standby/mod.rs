@@ -14,13 +14,15 @@
 //!   (`room.rs` reserves each file's declared size on the export);
 //! - `local.rs` (with `placed.rs`, its durable record): files written on
 //!   this follower by anything but syncd, kept before they are replaced;
-//! - `commit.rs`: the committer — per batch, `syncfs` first and rename after,
-//!   so a name never points at content that is not yet on disk, and
-//!   durability costs one flush per batch rather than one per file.
+//! - `commit.rs`: the committer — per batch, content flushed first and
+//!   rename after, so a name never points at content that is not yet on
+//!   disk; `durable.rs`: the one rule for how a batch is flushed (`fsync`
+//!   of each file and directory for a small batch, one `syncfs` else).
 
 mod accept;
 mod commit;
 mod digests;
+mod durable;
 mod local;
 mod placed;
 mod room;
@@ -97,6 +99,8 @@ struct Shared {
     /// Where local writes are kept (opened when the first one is).
     local_keeper: Mutex<Option<Arc<crate::conflicts::Keeper>>>,
     state_dir: std::path::PathBuf,
+    /// What changed since the last durable point (see `durable.rs`).
+    window: Mutex<durable::Window>,
 }
 
 impl Shared {
@@ -181,6 +185,7 @@ impl Standby {
             placed: Mutex::new(placed),
             local_keeper: Mutex::new(None),
             state_dir: cfg.state_dir.clone(),
+            window: Mutex::default(),
         });
         Ok(Standby {
             endpoint,

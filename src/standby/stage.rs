@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use super::accept::SessionError;
 use super::commit::{commit_batch, keeper, Preserve, Verified};
+use super::durable::{self, Flush};
 use super::local;
 use super::{lock, Shared};
 use crate::wire::{self, Failure, Reply, Request};
@@ -24,9 +25,9 @@ pub(super) enum Job {
     Op(Request),
     /// The Receiver refused more of this file: drop what was staged.
     Drop(u64),
-    /// Says whether verified files wait for a commit, once everything
+    /// Says how many verified files wait for a commit, once everything
     /// sent before is done.
-    Ready(std::sync::mpsc::Sender<bool>),
+    Ready(std::sync::mpsc::Sender<usize>),
     /// Commits them, after the one flush for every lane (see [`Synced`]).
     Commit {
         synced: Synced,
@@ -42,6 +43,8 @@ pub(super) enum Synced {
     No,
     /// The export was flushed after they were written.
     Yes,
+    /// Each lane `fsync`s its own files (a small batch: see `durable.rs`).
+    Each,
     /// The flush failed: their data may not be on disk, so none of them
     /// is renamed (a second `syncfs` would not report the same writeback
     /// error again and would pass).
@@ -113,11 +116,16 @@ impl Lanes {
         let sh = self.sh.clone();
         let synced = tokio::task::spawn_blocking(move || {
             // Every lane answers (or has stopped) before the flush.
-            let answers: Vec<bool> = ready.into_iter().map(|r| r.recv() == Ok(true)).collect();
-            if !(answers.contains(&true) && sh.durable) {
-                return Synced::No;
+            let files: usize = ready.into_iter().map(|r| r.recv().unwrap_or(0)).sum();
+            match durable::choose(sh.durable, files, false) {
+                Flush::Nothing => return Synced::No,
+                Flush::Each => return Synced::Each,
+                Flush::Whole => {}
             }
-            match sh.root.sync() {
+            let t = std::time::Instant::now();
+            let r = sh.root.sync();
+            tracing::debug!(files, ms = ms(t), "durable flush before rename (syncfs)");
+            match r {
                 Ok(()) => Synced::Yes,
                 Err(e) => {
                     tracing::error!(
@@ -158,6 +166,11 @@ impl Lanes {
     }
 }
 
+/// Milliseconds since `t`, for the flush logs.
+pub(super) fn ms(t: std::time::Instant) -> f64 {
+    (t.elapsed().as_secs_f64() * 1e4).round() / 10.0
+}
+
 fn stopped() -> SessionError {
     SessionError::Protocol("worker stopped".into())
 }
@@ -192,7 +205,7 @@ impl Lane {
         while let Some(job) = rx.blocking_recv() {
             match job {
                 Job::Ready(tx) => {
-                    let _ = tx.send(!w.pending.is_empty());
+                    let _ = tx.send(w.pending.len());
                 }
                 Job::Commit { synced, done } => {
                     self.commit(&mut w, synced);
@@ -290,6 +303,13 @@ impl Lane {
 
     /// Ordered metadata changes (all on lane 0).
     fn metadata(&self, op: Request) {
+        // A metadata change is flushed with its own inode (a directory's
+        // mtime, mostly: it comes with every batch that changes one); the
+        // directories of the others are not tracked: syncfs.
+        match &op {
+            Request::SetMeta { path, .. } => lock(&self.sh.window).changed(path),
+            _ => lock(&self.sh.window).untracked(),
+        }
         let root = &self.sh.root;
         match op {
             Request::Mkdir { path, meta: _ } => {

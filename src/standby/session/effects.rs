@@ -4,6 +4,7 @@ use std::sync::atomic::Ordering;
 
 use super::{blocking, Shell};
 use crate::standby::accept::SessionError;
+use crate::standby::durable::Flush;
 use crate::standby::local;
 use crate::standby::lock;
 use crate::standby::stage::Job;
@@ -61,14 +62,31 @@ impl Shell {
     async fn sync(&self) -> Result<(), SessionError> {
         let sh = self.shared.clone();
         blocking(move || {
-            if sh.durable {
-                sh.root.sync()?;
+            let t = std::time::Instant::now();
+            let kept = sh.stats.conflicts_kept.load(Ordering::Relaxed);
+            let (plan, dirs) = lock(&sh.window).take(sh.durable, kept);
+            match plan {
+                Flush::Whole => sh.root.sync()?,
+                Flush::Each => crate::standby::durable::sync_dirs(&sh.root, &dirs)?,
+                Flush::Nothing => {}
             }
+            let fs_ms = crate::standby::stage::ms(t);
             // What syncd put, durable before the acknowledgement; a failure
             // here costs at most false reports after a crash, never the
             // commit.
             if let Err(e) = lock(&sh.placed).sync(sh.durable) {
                 tracing::warn!("{e}");
+            }
+            if plan != Flush::Nothing {
+                let ms = crate::standby::stage::ms(t);
+                let dirs = dirs.len();
+                tracing::debug!(
+                    ?plan,
+                    dirs,
+                    flush_ms = fs_ms,
+                    ms,
+                    "durable flush before the commit's reply"
+                );
             }
             Ok(())
         })

@@ -254,7 +254,22 @@ impl Root {
 
     /// Applies metadata to a staged file and gives it the name `p`
     /// (replacing what is there); its metadata as placed.
-    pub fn commit(&self, mut s: Staged<'_>, p: &RelPath, meta: &Meta) -> io::Result<Metadata> {
+    pub fn commit(&self, s: Staged<'_>, p: &RelPath, meta: &Meta) -> io::Result<Metadata> {
+        self.commit_keeping(s, p, meta, || true)?
+            .ok_or_else(|| io::Error::other("not placed"))
+    }
+
+    /// [`Root::commit`], asking `keep` first only when something is at
+    /// `p` to be replaced (a new name needs no check: the link that makes
+    /// it fails when the name is taken). `None`, nothing placed, when
+    /// `keep` says no.
+    pub fn commit_keeping(
+        &self,
+        mut s: Staged<'_>,
+        p: &RelPath,
+        meta: &Meta,
+        keep: impl FnOnce() -> bool,
+    ) -> io::Result<Option<Metadata>> {
         let fd = s.file.as_fd();
         // chown before chmod: chown clears set-ID bits the mode may keep.
         if let Some((u, g)) = self.policy.owner(meta) {
@@ -263,7 +278,12 @@ impl Root {
         rustix::fs::fchmod(fd, Mode::from_raw_mode(self.policy.mode(meta.mode, true)))?;
         rustix::fs::futimens(fd, &times(meta))?;
         match &s.name {
-            Some(n) => self.place(self.staging()?, n, p)?,
+            Some(n) => {
+                if !keep() {
+                    return Ok(None);
+                }
+                self.place(self.staging()?, n, p)?
+            }
             None => {
                 // Give the unnamed file a name: directly when the destination
                 // is free (one syscall), else a temporary name beside it and
@@ -273,6 +293,9 @@ impl Root {
                 match link(os(&name)) {
                     Ok(()) => {}
                     Err(rustix::io::Errno::EXIST) => {
+                        if !keep() {
+                            return Ok(None);
+                        }
                         let tmp = self.tmp_name();
                         link(OsStr::new(&tmp))?;
                         if let Err(e) = self.place(&pd, &tmp, p) {
@@ -286,7 +309,7 @@ impl Root {
         }
         s.done = true;
         // After the link: the stamp recorded includes its ctime.
-        s.file.metadata()
+        s.file.metadata().map(Some)
     }
 
     /// Renames `staged` in `from` onto `p`, replacing whatever is there (a

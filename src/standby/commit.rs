@@ -89,11 +89,14 @@ pub(super) fn commit_batch(
     let mut replaced = Vec::new();
     for v in pending.drain(..) {
         replaced.extend(v.base);
-        if !keep(&v.path, false) {
-            continue;
-        }
-        match sh.root.commit(v.staged, &v.path, &v.meta) {
-            Ok(m) => {
+        // Kept (conflicts area, a follower's own write) only if a name is
+        // replaced: no lookup per new file.
+        match sh
+            .root
+            .commit_keeping(v.staged, &v.path, &v.meta, || keep(&v.path, false))
+        {
+            Ok(None) => {}
+            Ok(Some(m)) => {
                 lock(&sh.window).placed(&v.path);
                 let stamp = Stamp::of(&m);
                 // A stale entry for a small file is harmless: its stamp no longer matches.

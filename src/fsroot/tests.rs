@@ -372,3 +372,61 @@ fn unnamed_files_are_named_from_the_descriptor_or_through_proc() {
         .collect();
     assert_eq!(names.len(), 2, "no temporary name left: {names:?}");
 }
+
+/// The keeper is asked only when a name is replaced, before anything is
+/// replaced; when it says no, what was there stays and nothing of the
+/// staged file is left.
+#[test]
+fn the_keeper_is_asked_only_when_a_name_is_taken() {
+    let d = tempfile::tempdir().unwrap();
+    let ex = d.path().join("ex");
+    std::fs::create_dir(&ex).unwrap();
+    let root = Root::open(&ex).unwrap();
+    root.mkdir(&rp("a")).unwrap();
+    let asked = std::cell::Cell::new(0);
+    let commit = |staged: &str, p: &str, yes: bool| {
+        let mut s = if staged == "named" {
+            root.stage().unwrap()
+        } else {
+            root.stage_for(&rp(p)).unwrap()
+        };
+        s.file.write_all(p.as_bytes()).unwrap();
+        root.commit_keeping(s, &rp(p), &meta(), || {
+            asked.set(asked.get() + 1);
+            yes
+        })
+        .unwrap()
+        .is_some()
+    };
+    assert!(
+        commit("tmpfile", "a/new", false),
+        "a new name needs no keeper"
+    );
+    assert_eq!(asked.get(), 0);
+    std::fs::write(ex.join("a/mine"), b"mine").unwrap();
+    std::fs::create_dir(ex.join("a/dir")).unwrap();
+    for (staged, p) in [
+        ("tmpfile", "a/mine"),
+        ("tmpfile", "a/dir"),
+        ("named", "a/mine"),
+    ] {
+        let before = asked.get();
+        assert!(!commit(staged, p, false), "{staged} {p}: refused");
+        assert_eq!(asked.get(), before + 1, "{staged} {p}: asked once");
+    }
+    assert_eq!(std::fs::read(ex.join("a/mine")).unwrap(), b"mine");
+    assert!(ex.join("a/dir").is_dir());
+    assert!(commit("tmpfile", "a/mine", true));
+    assert_eq!(std::fs::read(ex.join("a/mine")).unwrap(), b"a/mine");
+    let names: Vec<_> = std::fs::read_dir(ex.join("a"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 3, "nothing staged left beside them: {names:?}");
+    assert_eq!(
+        std::fs::read_dir(ex.join(".syncd/staging"))
+            .unwrap()
+            .count(),
+        0
+    );
+}

@@ -447,20 +447,6 @@ impl Root {
     pub fn sync(&self) -> io::Result<()> {
         Ok(rustix::fs::syncfs(&self.dir)?)
     }
-
-    /// An existing directory beneath the root, readable (an `O_PATH`
-    /// descriptor cannot be `fsync`ed).
-    pub fn dir_file(&self, rel: &[u8]) -> io::Result<File> {
-        let p = if rel.is_empty() { os(b".") } else { os(rel) };
-        let fd = rustix::fs::openat2(
-            &self.dir,
-            p,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-            resolve(),
-        )?;
-        Ok(File::from(fd))
-    }
 }
 
 /// An `O_PATH` descriptor for `name` itself (a symlink stays a symlink).

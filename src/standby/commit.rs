@@ -5,7 +5,6 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use super::durable::Flush;
 use super::stage::Synced;
 use super::{lock, Shared, StandbyEvent};
 use crate::conflicts::Keeper;
@@ -71,10 +70,6 @@ pub(super) fn commit_batch(
     }
     let flushed = match synced {
         Synced::Yes => Ok(()),
-        Synced::Each => {
-            sync_each(pending, fail);
-            Ok(())
-        }
         Synced::Failed(e) => Err(e),
         Synced::No if sh.durable => sh.root.sync().map_err(|e| e.to_string()),
         Synced::No => Ok(()),
@@ -97,7 +92,6 @@ pub(super) fn commit_batch(
         {
             Ok(None) => {}
             Ok(Some(m)) => {
-                lock(&sh.window).placed(&v.path);
                 let stamp = Stamp::of(&m);
                 // A stale entry for a small file is harmless: its stamp no longer matches.
                 if let Some((b, st, sig)) = &v.sig {
@@ -123,30 +117,6 @@ pub(super) fn commit_batch(
     for (p, st, h) in done {
         ix.insert(p.as_bytes().to_vec(), st, h);
     }
-}
-
-/// `fsync`s each pending file together; one that fails is not renamed.
-fn sync_each(pending: &mut Vec<Verified<'_>>, fail: &impl Fn(&RelPath, String, bool)) {
-    let t = std::time::Instant::now();
-    let files: Vec<&std::fs::File> = pending.iter().map(|v| &v.staged.file).collect();
-    let results = super::durable::sync_each(&files);
-    tracing::debug!(
-        files = files.len(),
-        ms = super::stage::ms(t),
-        "durable flush before rename (fsync each)"
-    );
-    let mut results = results.into_iter();
-    pending.retain(|v| match results.next() {
-        Some(Ok(())) => true,
-        Some(Err(e)) => {
-            fail(&v.path, format!("fsync: {e}"), false);
-            false
-        }
-        None => {
-            fail(&v.path, "fsync: not done".into(), false);
-            false
-        }
-    });
 }
 
 /// What a writing session's commits and catch-up mean for this node's
@@ -187,8 +157,8 @@ impl Follow {
     }
 
     /// A durable commit of the generation this node follows records its
-    /// batch (written before the commit's `syncfs`: the state directory is
-    /// on the export's filesystem). During a catch-up nothing is recorded:
+    /// batch (written before the commit's flush, which covers the state
+    /// directory's filesystem too). During a catch-up nothing is recorded:
     /// the data is not the primary's yet.
     pub(super) fn record_commit(&mut self, id: u64) {
         if self.lineage.is_some() || !self.writing {
@@ -198,14 +168,7 @@ impl Follow {
         let mut r = lock(&sh.record);
         r.lineage.commit = r.lineage.commit.max(id);
         sh.emit(StandbyEvent::Committed(id));
-        // Flushed by the commit's syncfs, unless that flush goes file by
-        // file (then this record is one of the files).
-        let kept = sh.stats.conflicts_kept.load(Ordering::Relaxed);
-        let saved = match lock(&sh.window).plan(sh.durable, kept) {
-            Flush::Each => sh.store.save(&r),
-            Flush::Whole | Flush::Nothing => sh.store.save_unsynced(&r),
-        };
-        if let Err(e) = saved {
+        if let Err(e) = sh.store.save_unsynced(&r) {
             tracing::warn!("{e}");
         }
         sh.stats.set_generation(&r.lineage, None);

@@ -22,7 +22,6 @@
 mod accept;
 mod commit;
 mod digests;
-mod durable;
 mod local;
 mod placed;
 mod room;
@@ -99,8 +98,10 @@ struct Shared {
     /// Where local writes are kept (opened when the first one is).
     local_keeper: Mutex<Option<Arc<crate::conflicts::Keeper>>>,
     state_dir: std::path::PathBuf,
-    /// What changed since the last durable point (see `durable.rs`).
-    window: Mutex<durable::Window>,
+    /// The state directory, when it is on another filesystem than the
+    /// export: a durable commit flushes it too (the generation record and
+    /// the ledger are written there before the flush).
+    state_fs: Option<std::fs::File>,
 }
 
 impl Shared {
@@ -185,7 +186,7 @@ impl Standby {
             placed: Mutex::new(placed),
             local_keeper: Mutex::new(None),
             state_dir: cfg.state_dir.clone(),
-            window: Mutex::default(),
+            state_fs: elsewhere(&cfg.export, &cfg.state_dir),
         });
         Ok(Standby {
             endpoint,
@@ -295,4 +296,14 @@ pub enum StandbyEvent {
     /// a peer of a version that cannot be judged (see
     /// `syncd_proto::version::Features::may_lead_beside`).
     PeerProtocol(u32),
+}
+
+/// `state` opened, unless it is on the export's filesystem (by device).
+fn elsewhere(export: &std::path::Path, state: &std::path::Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+    match (dev(export), dev(state)) {
+        (Some(a), Some(b)) if a == b => None,
+        _ => std::fs::File::open(state).ok(),
+    }
 }

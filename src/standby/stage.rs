@@ -10,7 +10,6 @@ use tokio::sync::mpsc;
 
 use super::accept::SessionError;
 use super::commit::{commit_batch, keeper, Preserve, Verified};
-use super::durable::{self, Flush};
 use super::local;
 use super::{lock, Shared};
 use crate::wire::{self, Failure, Reply, Request};
@@ -43,8 +42,6 @@ pub(super) enum Synced {
     No,
     /// The export was flushed after they were written.
     Yes,
-    /// Each lane `fsync`s its own files (a small batch: see `durable.rs`).
-    Each,
     /// The flush failed: their data may not be on disk, so none of them
     /// is renamed (a second `syncfs` would not report the same writeback
     /// error again and would pass).
@@ -117,10 +114,8 @@ impl Lanes {
         let synced = tokio::task::spawn_blocking(move || {
             // Every lane answers (or has stopped) before the flush.
             let files: usize = ready.into_iter().map(|r| r.recv().unwrap_or(0)).sum();
-            match durable::choose(sh.durable, files, false) {
-                Flush::Nothing => return Synced::No,
-                Flush::Each => return Synced::Each,
-                Flush::Whole => {}
+            if files == 0 || !sh.durable {
+                return Synced::No;
             }
             let t = std::time::Instant::now();
             let r = sh.root.sync();
@@ -303,13 +298,6 @@ impl Lane {
 
     /// Ordered metadata changes (all on lane 0).
     fn metadata(&self, op: Request) {
-        // A metadata change is flushed with its own inode (a directory's
-        // mtime, mostly: it comes with every batch that changes one); the
-        // directories of the others are not tracked: syncfs.
-        match &op {
-            Request::SetMeta { path, .. } => lock(&self.sh.window).changed(path),
-            _ => lock(&self.sh.window).untracked(),
-        }
         let root = &self.sh.root;
         match op {
             Request::Mkdir { path, meta: _ } => {

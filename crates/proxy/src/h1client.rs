@@ -146,7 +146,7 @@ impl Conn {
         match result {
             Err(ExchangeError::ClosedBeforeResponse { unread: true }) => {
                 Err(ExchangeError::ClosedBeforeResponse {
-                    unread: self.none_acked_since(sent_before),
+                    unread: self.none_acked_since(sent_before).await,
                 })
             }
             Err(e) => Err(e),
@@ -154,16 +154,31 @@ impl Conn {
         }
     }
 
-    /// Did the backend acknowledge none of the bytes written after
-    /// `sent_before`? A backend that read (part of) a request and then
-    /// closed acknowledges it with its FIN at the latest; one that closed
-    /// an idle connection just before the request arrived (its FIN not yet
-    /// seen by the reactor, so the pool handed the connection out) never
-    /// does, and answers the bytes with a reset. One `getsockopt`, only on
-    /// this failure path.
-    fn none_acked_since(&self, sent_before: u64) -> bool {
+    /// Did the backend read none of the bytes written after `sent_before`?
+    /// Proven when its kernel reset the connection in answer to them and
+    /// acknowledged none: a backend that closed an idle connection just
+    /// before the request arrived (its FIN not yet seen by the reactor, so
+    /// the pool handed the connection out). One that read (part of) the
+    /// request acknowledges it with its FIN at the latest, and one that only
+    /// half-closed still reads, sends no reset and may delay its
+    /// acknowledgement: neither is proven unread. The reset takes a round
+    /// trip: asked again after twice the smoothed RTT (at least 1 ms, at
+    /// most 100 ms). A `getsockopt` or two, only on this failure path.
+    async fn none_acked_since(&self, sent_before: u64) -> bool {
         // the SYN counts as one acknowledged byte
-        bytes_acked(&self.io).is_some_and(|acked| acked <= sent_before + 1)
+        let acked = |i: &TcpInfo| i.bytes_acked > sent_before + 1;
+        let Some(first) = tcp_info(&self.io) else {
+            return false;
+        };
+        if acked(&first) {
+            return false;
+        }
+        if first.reset {
+            return true;
+        }
+        let wait = (2 * u64::from(first.rtt_us)).clamp(1_000, 100_000);
+        tokio::time::sleep(std::time::Duration::from_micros(wait)).await;
+        tcp_info(&self.io).is_some_and(|i| i.reset && !acked(&i))
     }
 
     /// Write the request and read up to a final (or 101) response head.
@@ -440,33 +455,12 @@ fn parse_head_into(
     }))
 }
 
-/// The kernel's count of bytes the peer acknowledged on `s` (the SYN
-/// included), from `TCP_INFO`; `None` if the kernel does not say.
-fn bytes_acked(s: &TcpStream) -> Option<u64> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: getsockopt writes at most `len` bytes into `info`, a plain C
-    // struct for which all-zero bytes are a valid value, and sets `len` to
-    // what it wrote; the fd is open for the call (borrowed from `s`)
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    // kernels before 4.1 stop short of the field: unknown, not zero
-    let end = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8;
-    (rc == 0 && len as usize >= end).then_some(info.tcpi_bytes_acked)
-}
-
 pub use crate::framing::chunk_size_line;
 
 mod body;
+mod tcp_info;
 pub use body::BackendBody;
+use tcp_info::{tcp_info, TcpInfo};
 
 #[cfg(test)]
 mod tests;

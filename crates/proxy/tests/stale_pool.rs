@@ -76,11 +76,11 @@ fn serve_one(mut s: TcpStream, log: &Mutex<Seen>) {
     let mut out = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
     out.extend_from_slice(body);
     let _ = s.write_all(&out);
-    // the idle close, right behind the response. Shut down first: from
-    // then on the kernel answers new bytes with a reset, so a request is
-    // either in the socket now (the FIN acknowledges it: the proxy must
-    // not replay a POST it cannot prove unread) or never reaches the
-    // backend; the peek tells the two apart for the test
+    // the idle close, right behind the response. Until the drop below the
+    // kernel still acknowledges and queues new bytes (the proxy must not
+    // replay a POST it cannot prove unread: 502); after it, it answers
+    // them with a reset (unread: replayed). The peek tells the two apart
+    // for the test
     let _ = s.shutdown(std::net::Shutdown::Both);
     let _ = s.set_nonblocking(true);
     let mut rest = [0u8; 256];

@@ -4,7 +4,6 @@ use std::sync::atomic::Ordering;
 
 use super::{blocking, Shell};
 use crate::standby::accept::SessionError;
-use crate::standby::durable::Flush;
 use crate::standby::local;
 use crate::standby::lock;
 use crate::standby::stage::Job;
@@ -63,12 +62,11 @@ impl Shell {
         let sh = self.shared.clone();
         blocking(move || {
             let t = std::time::Instant::now();
-            let kept = sh.stats.conflicts_kept.load(Ordering::Relaxed);
-            let (plan, dirs) = lock(&sh.window).take(sh.durable, kept);
-            match plan {
-                Flush::Whole => sh.root.sync()?,
-                Flush::Each => crate::standby::durable::sync_dirs(&sh.root, &dirs)?,
-                Flush::Nothing => {}
+            if sh.durable {
+                sh.root.sync()?;
+                if let Some(state) = &sh.state_fs {
+                    rustix::fs::syncfs(state).map_err(std::io::Error::from)?;
+                }
             }
             let fs_ms = crate::standby::stage::ms(t);
             // What syncd put, durable before the acknowledgement; a failure
@@ -77,13 +75,10 @@ impl Shell {
             if let Err(e) = lock(&sh.placed).sync(sh.durable) {
                 tracing::warn!("{e}");
             }
-            if plan != Flush::Nothing {
+            if sh.durable {
                 let ms = crate::standby::stage::ms(t);
-                let dirs = dirs.len();
                 tracing::debug!(
-                    ?plan,
-                    dirs,
-                    flush_ms = fs_ms,
+                    syncfs_ms = fs_ms,
                     ms,
                     "durable flush before the commit's reply"
                 );

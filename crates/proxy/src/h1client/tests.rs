@@ -203,6 +203,51 @@ async fn a_request_written_after_the_backends_close_is_known_unread() {
     assert!(matches!(body, Some(OutBody::Bytes(_))), "still replayable");
 }
 
+/// A backend that answers once, then half-closes (its FIN sent) and goes
+/// on reading: what it reads after the FIN comes back on the channel.
+fn answers_once_then_half_closes() -> (std::net::SocketAddr, std::sync::mpsc::Receiver<Vec<u8>>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut b = [0u8; 4096];
+        let _ = s.read(&mut b);
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let n = s.read(&mut b).unwrap_or(0);
+        let _ = tx.send(b[..n].to_vec());
+        std::thread::sleep(Duration::from_secs(2));
+    });
+    (addr, rx)
+}
+
+/// A backend that half-closed still reads: its kernel sends no reset and
+/// may delay its acknowledgement, so a request written after its FIN is
+/// not proven unread and must not be sent again.
+#[tokio::test(flavor = "current_thread")]
+async fn a_request_a_half_closed_backend_may_read_is_not_replayable() {
+    let (addr, got) = answers_once_then_half_closes();
+    let (s, body, conn) = get(addr, Method::GET).await;
+    assert_eq!((s, body.as_slice()), (200, &b"ok"[..]));
+    let conn = conn.expect("reusable");
+    std::thread::sleep(Duration::from_millis(20));
+    let post = head("POST /order HTTP/1.1\r\nHost: t\r\nContent-Length: 6\r\n\r\n");
+    let mut body = Some(OutBody::Bytes(Bytes::from_static(b"item=1")));
+    let r = conn.exchange(&fwd(&post), &mut body, LIMITS).await;
+    assert!(
+        matches!(
+            r,
+            Err(ExchangeError::ClosedBeforeResponse { unread: false })
+        ),
+        "{:?}",
+        r.err()
+    );
+    let read = got.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(read.starts_with(b"POST /order"), "the backend read it");
+}
+
 /// A backend that writes `parts` with `gap` between them, then stalls.
 async fn dripping(parts: &'static [&'static [u8]], gap: Duration) -> std::net::SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

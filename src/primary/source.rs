@@ -44,22 +44,8 @@ fn wire_encoding(e: Encoding) -> wire::Encoding {
     }
 }
 
-/// Reads `rel` for sending as file `id` in pieces of `chunk` bytes.
-pub(crate) fn read(
-    export: &Path,
-    rel: &RelPath,
-    settle: Option<&Settle>,
-    id: u64,
-    encoding: Encoding,
-    chunk: usize,
-    sink: &mut dyn Sink,
-) -> std::io::Result<Read> {
-    let root = open_export(export)?;
-    read_in(&root, rel, settle, id, encoding, chunk, sink)
-}
-
-/// [`read`] beneath an export already opened by [`open_export`] (many small
-/// files share one descriptor).
+/// Reads `rel` beneath `root` (from [`open_export`]; many small files share
+/// one) for sending as file `id` in pieces of `chunk` bytes.
 pub(crate) fn read_in(
     root: &OwnedFd,
     rel: &RelPath,
@@ -358,8 +344,8 @@ mod tests {
             reqs: vec![],
             grow: None,
         };
-        let r = read(
-            d.path(),
+        let r = read_in(
+            &open_export(d.path()).unwrap(),
             &rel("f"),
             None,
             5,
@@ -386,8 +372,8 @@ mod tests {
             reqs: vec![],
             grow: None,
         };
-        let r = read(
-            d.path(),
+        let r = read_in(
+            &open_export(d.path()).unwrap(),
             &rel("nope"),
             None,
             6,
@@ -410,7 +396,16 @@ mod tests {
                 reqs: vec![],
                 grow: Some(p.clone()),
             };
-            let r = read(d.path(), &rel("f"), None, 1, Encoding::Whole, chunk, &mut t).unwrap();
+            let r = read_in(
+                &open_export(d.path()).unwrap(),
+                &rel("f"),
+                None,
+                1,
+                Encoding::Whole,
+                chunk,
+                &mut t,
+            )
+            .unwrap();
             assert_eq!(r.end, ReadEnd::Changed);
             assert!(r.done.is_none());
             assert!(matches!(t.reqs.last(), Some(Request::FileAbort { id: 1 })));

@@ -305,7 +305,8 @@ impl File {
             _ => {
                 let mut sink = Chunks { tx, progress };
                 let settle = settle.as_ref();
-                source::read(&export, &rel, settle, 3, Encoding::Whole, CHUNK, &mut sink)
+                let root = source::open_export(&export)?;
+                source::read_in(&root, &rel, settle, 3, Encoding::Whole, CHUNK, &mut sink)
             }
         });
         forward(st, rx, &mut o.delta_bytes).await?;

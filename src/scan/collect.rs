@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::sync::Arc;
 
 use super::fs::{hash_entries, open_entry, read_names, vanished};
 use super::{leftovers, meta_of, DirHook, PartialLink, Scan};
@@ -70,36 +69,6 @@ fn file_at(dir: &File, name: &[u8]) -> std::io::Result<Option<Seen>> {
     }))
 }
 
-/// How long each of a collector's lists was at one point of its walk:
-/// where a subtree walked elsewhere is spliced back in.
-#[derive(Clone, Copy, Default, Debug)]
-pub(super) struct Marks {
-    pub(super) entries: usize,
-    pub(super) skipped: usize,
-    pub(super) unreadable: usize,
-    pub(super) stamps: usize,
-    pub(super) links: usize,
-}
-
-/// A regular file with more than one link, grouped once the whole walk is
-/// in order (a parallel walk meets the names out of order).
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Link {
-    /// Its entry's position.
-    pub(super) at: usize,
-    pub(super) key: (u64, u64),
-    pub(super) nlink: u64,
-}
-
-/// A directory listed but not entered: its subtree is walked later (on
-/// another thread) and spliced in at `at`. It keeps its parent's
-/// descriptor, not its own, so thousands of them hold no descriptors.
-pub(super) struct Hole {
-    pub(super) at: Marks,
-    pub(super) parent: Arc<File>,
-    pub(super) path: RelPath,
-}
-
 /// Accumulates entries in walk order, grouping hard links.
 #[derive(Default)]
 pub(super) struct Collector {
@@ -107,19 +76,13 @@ pub(super) struct Collector {
     /// Per entry: the stamp of a regular file, to hash it.
     /// Kept only for a scan that hashes (56 bytes an entry, 60 MB at a
     /// million files otherwise held for nothing).
-    pub(super) stamps: Vec<Option<Stamp>>,
+    stamps: Vec<Option<Stamp>>,
     hashing: bool,
     /// Per hard-linked inode: its names seen so far (the first leads) and its link count.
     groups: HashMap<(u64, u64), (Vec<RelPath>, u64)>,
     /// A daemon's walk removes the temporary files of its earlier runs.
     sweep: Option<leftovers::Sweep>,
     on_dir: Option<DirHook>,
-    /// Set: hard links are recorded here, not grouped (see [`Link`]).
-    pub(super) links: Option<Vec<Link>>,
-    /// Set: directories become [`Hole`]s (their parent, this descriptor)
-    /// instead of being entered.
-    shallow: Option<Arc<File>>,
-    pub(super) holes: Vec<Hole>,
 }
 
 impl Collector {
@@ -137,74 +100,6 @@ impl Collector {
             sweep: leftovers::current(),
             on_dir,
             ..Collector::new(hash)
-        }
-    }
-
-    /// A parallel walk's: hard links recorded, not grouped.
-    pub(super) fn deferring(hash: bool, on_dir: Option<DirHook>) -> Collector {
-        Collector {
-            links: Some(Vec::new()),
-            ..Collector::sweeping(hash, on_dir)
-        }
-    }
-
-    pub(super) fn marks(&self) -> Marks {
-        Marks {
-            entries: self.out.entries.len(),
-            skipped: self.out.skipped.len(),
-            unreadable: self.out.unreadable.len(),
-            stamps: self.stamps.len(),
-            links: self.links.as_ref().map_or(0, Vec::len),
-        }
-    }
-
-    pub(super) fn hashing(&self) -> bool {
-        self.hashing
-    }
-
-    /// Walks `frame`'s names only, leaving a [`Hole`] for each directory.
-    pub(super) fn walk_shallow(&mut self, frame: Frame) -> std::io::Result<()> {
-        self.shallow = Some(Arc::new(frame.dir.try_clone()?));
-        self.walk(vec![frame]);
-        self.shallow = None;
-        Ok(())
-    }
-
-    /// Opens a hole's directory, lets the hook see it and reads its names;
-    /// `None` when it vanished, is no longer a directory or is unreadable
-    /// (recorded, as the sequential walk does).
-    pub(super) fn open_hole(&mut self, h: &Hole) -> Option<Frame> {
-        let (_, name) = h.path.split_last();
-        let f = match open_entry(&*h.parent, name) {
-            Ok(f) => f,
-            Err(e) if vanished(&e) => return None,
-            Err(e) => {
-                self.unreadable(h.path.clone(), &e);
-                return None;
-            }
-        };
-        // Replaced by something else since it was listed: its events
-        // (the parent is watched) bring the change.
-        match f.metadata() {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => return None,
-            Err(e) if vanished(&e) => return None,
-            Err(e) => {
-                self.unreadable(h.path.clone(), &e);
-                return None;
-            }
-        }
-        match self.read_dir(&f, &h.path) {
-            Ok(names) => Some(Frame {
-                dir: f,
-                rel: Some(h.path.clone()),
-                names,
-            }),
-            Err(e) if vanished(&e) => None,
-            Err(e) => {
-                self.unreadable(h.path.clone(), &e);
-                None
-            }
         }
     }
 
@@ -254,27 +149,16 @@ impl Collector {
         Ok(true)
     }
 
-    /// Adds `path` to the hard-link group of `key`; the group's leader.
-    pub(super) fn add_to_group(&mut self, key: (u64, u64), nlink: u64, path: RelPath) -> RelPath {
-        let g = self
-            .groups
-            .entry(key)
-            .or_insert_with(|| (Vec::new(), nlink));
-        g.0.push(path);
-        g.0[0].clone()
-    }
-
     /// Adds a regular file (or a later name of a hard-linked one).
     fn add_file(&mut self, path: RelPath, m: &Seen) {
-        if let (Some(links), true) = (&mut self.links, m.nlink > 1) {
-            links.push(Link {
-                at: self.out.entries.len(),
-                key: (m.dev, m.stamp.ino),
-                nlink: m.nlink,
-            });
-        }
-        let leader = (m.nlink > 1 && self.links.is_none())
-            .then(|| self.add_to_group((m.dev, m.stamp.ino), m.nlink, path.clone()));
+        let leader = (m.nlink > 1).then(|| {
+            let g = self
+                .groups
+                .entry((m.dev, m.stamp.ino))
+                .or_insert_with(|| (Vec::new(), m.nlink));
+            g.0.push(path.clone());
+            g.0[0].clone()
+        });
         let kind = match leader {
             Some(l) if l != path => Kind::HardLink { leader: l },
             _ => Kind::File {
@@ -310,14 +194,6 @@ impl Collector {
             Err(e) => return self.unreadable(path, &e),
         };
         match self.visit(&f, path.clone(), &m) {
-            Ok(true) if m.is_dir() && self.shallow.is_some() => {
-                if let Some(parent) = &self.shallow {
-                    // After the directory's own entry: its subtree follows it.
-                    let at = self.marks();
-                    let parent = parent.clone();
-                    self.holes.push(Hole { at, parent, path });
-                }
-            }
             Ok(true) if m.is_dir() => match self.read_dir(&f, &path) {
                 Ok(names) => stack.push(Frame {
                     dir: f,

@@ -17,7 +17,6 @@ mod collect;
 pub mod digest;
 mod fs;
 mod leftovers;
-mod parallel;
 mod scoped;
 pub use fs::{hash_file, hash_reader};
 pub use leftovers::sweep_leftovers_from_before;
@@ -85,32 +84,14 @@ pub fn scan_with(
     force: bool,
     on_dir: Option<DirHook>,
 ) -> std::io::Result<Scan> {
-    scan_on(root, index, hash, force, on_dir, parallel::threads())
-}
-
-/// [`scan_with`] on `threads` threads (1: the sequential walk itself).
-fn scan_on(
-    root: &Path,
-    index: &mut Index,
-    hash: bool,
-    force: bool,
-    on_dir: Option<DirHook>,
-    threads: usize,
-) -> std::io::Result<Scan> {
     let dir = open_root(root)?;
     let names = read_names(&dir)?;
-    let frame = Frame {
+    let mut c = Collector::sweeping(hash, on_dir);
+    c.walk(vec![Frame {
         dir: dir.try_clone()?,
         rel: None,
         names,
-    };
-    let c = if threads <= 1 {
-        let mut c = Collector::sweeping(hash, on_dir);
-        c.walk(vec![frame]);
-        c
-    } else {
-        parallel::walk(frame, hash, on_dir, threads)?
-    };
+    }]);
     // Forget paths that are gone so the index does not grow forever.
     if !index.is_empty() {
         index.keep_only(c.out.entries.iter().map(|e| e.path.as_bytes()));

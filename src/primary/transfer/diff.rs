@@ -106,7 +106,8 @@ pub(super) fn read_delta(
         }
         let reader = sc.spawn(move || {
             let mut sink = Dealer { to, next: 0 };
-            source::read(export, rel, settle, ID, Encoding::Delta, win, &mut sink)
+            let root = source::open_export(export)?;
+            source::read_in(&root, rel, settle, ID, Encoding::Delta, win, &mut sink)
         });
         // Results in the order they were dealt; a differ that has ended
         // means the reader has (or a window failed, reported first).

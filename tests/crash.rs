@@ -2,7 +2,7 @@
 //! acknowledged, the standby's filesystem is cut off as by a power loss
 //! (ext4's shutdown ioctl without a journal flush: nothing more reaches
 //! the disk), then remounted. Every acknowledged file must be there, whole,
-//! under its name. The standby's export is a loop-mounted ext4 image, so
+//! under its name, and every acknowledged delete stays done. The standby's export is a loop-mounted ext4 image, so
 //! this needs root; it skips visibly otherwise.
 
 mod common;
@@ -142,6 +142,26 @@ fn acknowledged_files_survive_a_crash_of_the_standby() {
         all.retain(|(f, _)| !batch.iter().any(|(g, _)| g == f));
         all.extend(batch);
     }
+    // A last batch of deletes and a rename: acknowledged, so they must not
+    // come back after the crash.
+    let gone = ["r0-0", "sub/r0-1", "r0-2", "r2-0"];
+    for g in gone {
+        std::fs::remove_file(p.primary().join(g)).unwrap();
+    }
+    std::fs::rename(p.primary().join("r0-4"), p.primary().join("sub/moved")).unwrap();
+    let moved = (p.standby_dir().join("sub/moved"), content(0, 4));
+    all.retain(|(f, _)| {
+        !gone.iter().any(|g| *f == p.standby_dir().join(g)) && *f != p.standby_dir().join("r0-4")
+    });
+    all.push(moved.clone());
+    let t = Instant::now();
+    while gone.iter().any(|g| p.standby_dir().join(g).exists())
+        || p.standby_dir().join("r0-4").exists()
+    {
+        assert!(t.elapsed() < Duration::from_secs(30), "deletes not applied");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_acknowledged(&p, &[moved]);
     let log = p.log();
     for l in log.lines().filter(|l| l.contains("durable flush")) {
         eprintln!("{l}");
@@ -165,5 +185,15 @@ fn acknowledged_files_survive_a_crash_of_the_standby() {
     assert!(
         lost.is_empty(),
         "acknowledged files lost or damaged by the crash: {lost:?}\nstandby log:\n{log}"
+    );
+    let back: Vec<_> = gone
+        .iter()
+        .copied()
+        .chain(["r0-4"])
+        .filter(|g| p.standby_dir().join(g).exists())
+        .collect();
+    assert!(
+        back.is_empty(),
+        "acknowledged deletes undone by the crash: {back:?}\nstandby log:\n{log}"
     );
 }

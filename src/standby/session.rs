@@ -131,11 +131,20 @@ pub(super) async fn run(
     // Catching up with data that may overwrite our own writes: keep them.
     let preserve: Preserve = Arc::default();
     if let Some((_, true)) = &hello.follow {
-        let ours = lock(&shared.record).lineage.gen;
+        let lineage = lock(&shared.record).lineage.clone();
+        let ours = lineage.gen;
         let k = Keeper::open(&cfg.state_dir, &ours.to_string())?;
+        // A never-synced node is told apart: "it led generation 0" misleads
+        // whoever starts a fresh standby.
+        let why = if lineage.synced() {
+            format!("it led generation {ours}")
+        } else {
+            "it has no record of an earlier catch-up: a new node, or its state directory was lost"
+                .into()
+        };
         tracing::warn!(
             conflicts = %k.path().display(),
-            "this node may hold writes the primary never received (it led generation {ours}); \
+            "this node may hold writes the primary never received ({why}); \
              what the catch-up replaces or deletes is kept in the conflicts area"
         );
         *lock(&preserve) = Some(Arc::new(k));

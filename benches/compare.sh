@@ -247,6 +247,10 @@ big() {
 # that alternates across rounds. Every round is printed, then the medians
 # of both tools and of the same-round ratios.
 foreign() {
+  # A fresh standby state: the standby keeps each replaced foreign copy
+  # among its conflicts (a local write on a follower), 1 GiB per round,
+  # so those are removed before every round, outside the timing.
+  rm -rf dst-syncd-f.state
   mkdir -p src-big dst-rsync-f dst-syncd-f
   gen_big src-big/big.bin "$BIG_MIB"
   start_rsyncd "$DIR/dst-rsync-f"
@@ -254,6 +258,7 @@ foreign() {
   run_rsync src-big >/dev/null
   local i r s rs=() ss=() qs=()
   for i in $(seq "$ROUNDS"); do
+    find dst-syncd-f.state/conflicts -type f -delete 2>/dev/null || true
     cp src-big/big.bin dst-syncd-f/big.bin.tmp && mv dst-syncd-f/big.bin.tmp dst-syncd-f/big.bin && touch -d 2000-01-01 dst-syncd-f/big.bin
     head -c 1048576 /dev/urandom | dd of=src-big/big.bin bs=1M seek=$(( BIG_MIB * i / (ROUNDS + 2) )) conv=notrunc status=none
     sync

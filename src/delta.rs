@@ -12,12 +12,11 @@
 
 use std::io::{Read, Write};
 
-use fast_rsync::Signature;
-#[cfg(test)]
-use fast_rsync::SignatureOptions;
+use fast_rsync::{Signature, SignatureOptions};
 
 use crate::wire::MAX_FRAME;
 
+mod aligned;
 mod sign;
 
 pub use sign::{entries, signature_file, SigBuilder};
@@ -105,6 +104,7 @@ pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 pub struct Differ {
     sig: Signature,
     pub block: u32,
+    strong: u32,
 }
 
 impl Differ {
@@ -113,11 +113,15 @@ impl Differ {
             Some(b) => u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
             None => return Err(DeltaError::BadSignature),
         };
+        let strong = match sig.get(8..12) {
+            Some(b) => u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+            None => return Err(DeltaError::BadSignature),
+        };
         let sig = Signature::deserialize(sig).map_err(|_| DeltaError::BadSignature)?;
-        if !(512..=1 << 24).contains(&block) {
+        if !(512..=1 << 24).contains(&block) || !(1..=16).contains(&strong) {
             return Err(DeltaError::BadSignature);
         }
-        Ok(Differ { sig, block })
+        Ok(Differ { sig, block, strong })
     }
 
     /// Window length for the new file: whole blocks, about [`WINDOW`] bytes.
@@ -127,17 +131,40 @@ impl Differ {
 
     /// Builds the block lookup table once per file.
     pub fn indexed(&self) -> Indexed<'_> {
-        Indexed(self.sig.index())
+        Indexed {
+            ix: self.sig.index(),
+            entries: self.sig.serialized().get(12..).unwrap_or_default(),
+            opts: SignatureOptions {
+                block_size: self.block,
+                crypto_hash_size: self.strong,
+            },
+        }
     }
 }
 
-pub struct Indexed<'a>(fast_rsync::IndexedSignature<'a>);
+pub struct Indexed<'a> {
+    ix: fast_rsync::IndexedSignature<'a>,
+    entries: &'a [u8],
+    opts: SignatureOptions,
+}
 
 impl Indexed<'_> {
     /// One delta segment for `window`.
     pub fn diff(&self, window: &[u8], out: &mut Vec<u8>) -> Result<(), DeltaError> {
         out.clear();
-        fast_rsync::diff(&self.0, window, out).map_err(|e| DeltaError::Diff(e.to_string()))
+        fast_rsync::diff(&self.ix, window, out).map_err(|e| DeltaError::Diff(e.to_string()))
+    }
+
+    /// One delta segment for `window`, the new file's bytes at offset
+    /// `pos`: blocks still at their base offset are found without the
+    /// per-block hashing of [`Indexed::diff`] (see `aligned`).
+    pub fn diff_at(&self, pos: u64, window: &[u8], out: &mut Vec<u8>) -> Result<(), DeltaError> {
+        let base = aligned::Base {
+            ix: &self.ix,
+            entries: self.entries,
+            opts: self.opts,
+        };
+        aligned::diff_at(&base, pos, window, out)
     }
 }
 

@@ -62,3 +62,47 @@ fn a_foreign_base_then_its_own_result_travel_as_small_deltas() {
     assert!(payload(&out) < 256 << 10, "{out}");
     p.assert_equal();
 }
+
+/// A foreign base that is only the first part of the file, then one that
+/// is another file entirely, then a source with bytes inserted (nothing
+/// after them at its base offset): each ends equal, the first and last as
+/// small deltas, the unrelated one with about the whole file as payload.
+#[test]
+fn truncated_unrelated_and_shifted_foreign_bases_end_equal() {
+    let mut p = Pair::new();
+    let data = Rng(11).bytes((13 << 20) + 77);
+    let (src, dst) = (p.primary().join("big.bin"), p.standby_dir().join("big.bin"));
+    let foreign = |bytes: &[u8]| {
+        std::fs::write(&dst, bytes).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&dst)
+            .unwrap()
+            .set_modified(UNIX_EPOCH + Duration::from_secs(946_684_800))
+            .unwrap();
+    };
+    std::fs::write(&src, &data).unwrap();
+    foreign(&data[..(9 << 20) + 5]);
+    p.start_standby();
+    let out = p.resync(&[]);
+    assert!(out.contains("sent as delta 1"), "{out}");
+    assert!(payload(&out) < (5 << 20), "{out}");
+    p.assert_equal();
+
+    foreign(&Rng(12).bytes(data.len()));
+    overwrite(&src, 3 << 20, 6);
+    let out = p.resync(&[]);
+    p.assert_equal();
+    if out.contains("sent as delta 1") {
+        assert!(payload(&out) > 12 << 20, "{out}");
+    }
+
+    let mut shifted = data.clone();
+    shifted.splice(6 << 20..6 << 20, Rng(13).bytes(999));
+    std::fs::write(&src, &shifted).unwrap();
+    foreign(&data);
+    let out = p.resync(&[]);
+    assert!(out.contains("sent whole 0, sent as delta 1"), "{out}");
+    assert!(payload(&out) < 256 << 10, "{out}");
+    p.assert_equal();
+}

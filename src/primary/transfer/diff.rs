@@ -27,7 +27,8 @@ const MAX_DIFFERS: usize = 2;
 /// The reader's output, dealt round-robin to the differs.
 enum Feed {
     Req(Request),
-    Content(Vec<u8>),
+    /// A window of the new file and its offset.
+    Content(u64, Vec<u8>),
 }
 
 /// A differ's result: the request, and how many content bytes it covers.
@@ -36,6 +37,8 @@ type Diffed = Result<(Request, u64), ()>;
 struct Dealer {
     to: Vec<SyncSender<Feed>>,
     next: usize,
+    /// Offset of the next window.
+    pos: u64,
 }
 
 impl Dealer {
@@ -52,7 +55,9 @@ impl Sink for Dealer {
     }
 
     fn content(&mut self, _id: u64, data: Vec<u8>) -> bool {
-        self.deal(Feed::Content(data))
+        let pos = self.pos;
+        self.pos += data.len() as u64;
+        self.deal(Feed::Content(pos, data))
     }
 }
 
@@ -60,9 +65,9 @@ fn differ(ix: &delta::Indexed<'_>, id: u64, rx: Receiver<Feed>, tx: SyncSender<D
     for f in rx {
         let r = match f {
             Feed::Req(r) => Ok((r, 0)),
-            Feed::Content(buf) => {
+            Feed::Content(pos, buf) => {
                 let mut seg = Vec::new();
-                ix.diff(&buf, &mut seg)
+                ix.diff_at(pos, &buf, &mut seg)
                     .map(|()| (Request::DeltaSegment { id, data: seg }, buf.len() as u64))
                     .map_err(|_| ())
             }
@@ -105,7 +110,11 @@ pub(super) fn read_delta(
             from.push(drx);
         }
         let reader = sc.spawn(move || {
-            let mut sink = Dealer { to, next: 0 };
+            let mut sink = Dealer {
+                to,
+                next: 0,
+                pos: 0,
+            };
             let root = source::open_export(export)?;
             source::read_in(&root, rel, settle, ID, Encoding::Delta, win, &mut sink)
         });
@@ -192,8 +201,12 @@ mod tests {
         assert_eq!(segs.len(), windows.len());
         let bf = std::fs::File::open(d.path().join("base")).unwrap();
         let (mut out, mut buf, mut one) = (Vec::new(), Vec::new(), Vec::new());
-        for (seg, w) in segs.iter().zip(&windows) {
-            ix.diff(w, &mut one).unwrap();
+        for ((seg, w), pos) in segs
+            .iter()
+            .zip(&windows)
+            .zip((0..).step_by(differ.window()))
+        {
+            ix.diff_at(pos, w, &mut one).unwrap();
             assert_eq!(*seg, &one);
             delta::apply_segment_file(&bf, seg, &mut out, u64::MAX, &mut buf).unwrap();
         }

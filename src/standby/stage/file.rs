@@ -37,12 +37,41 @@ struct HashingFile<'r> {
     hasher: blake3::Hasher,
 }
 
+/// Writes from this size up are hashed on a second thread while the
+/// write runs: the copy into the page cache and BLAKE3 are each about as
+/// long, and a large delta's apply is one lane's serial work.
+const HASH_BESIDE: usize = 256 << 10;
+
 impl Write for HashingFile<'_> {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        let n = self.staged.file.write(b)?;
-        self.hasher.update(&b[..n]);
-        Ok(n)
+        if b.len() < HASH_BESIDE {
+            let n = self.staged.file.write(b)?;
+            self.hasher.update(&b[..n]);
+            return Ok(n);
+        }
+        // All of `b` is written or the write fails (and with it the file),
+        // so hashing all of it beside the write is exact.
+        let (file, hasher) = (&mut self.staged.file, &mut self.hasher);
+        let (written, hashed) = std::thread::scope(|sc| {
+            let beside = std::thread::Builder::new().spawn_scoped(sc, || {
+                hasher.update(b);
+            });
+            let w = file.write_all(b);
+            // A panicked hash is an error, not a panic here.
+            let hashed = beside.map(|h| h.join().is_ok());
+            (w, hashed)
+        });
+        match hashed {
+            Ok(true) => {}
+            Ok(false) => return Err(std::io::Error::other("hash thread panicked")),
+            // No thread to spare: hash here, after the write.
+            Err(_) => {
+                self.hasher.update(b);
+            }
+        }
+        written.map(|()| b.len())
     }
+
     fn flush(&mut self) -> std::io::Result<()> {
         self.staged.file.flush()
     }

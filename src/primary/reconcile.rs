@@ -309,7 +309,11 @@ async fn execute(run: &mut Run<'_>, p: &mut Plan, sum: &mut Summary) -> Result<(
         .await?;
     }
     sum.dirs_created = p.mkdirs.len() as u64;
-    sum.failures.extend(run.barrier().await?);
+    // Files wait for their directories (and deletes) only when there are
+    // any: a live batch of new files in existing directories has neither.
+    if !p.deletes.is_empty() || !p.mkdirs.is_empty() {
+        sum.failures.extend(run.barrier().await?);
+    }
     // 2. Content, and symlinks.
     let files = std::mem::take(&mut p.files);
     content(run, p, files, sum).await?;
@@ -331,7 +335,9 @@ async fn execute(run: &mut Run<'_>, p: &mut Plan, sum: &mut Summary) -> Result<(
         .await?;
     }
     sum.meta_only = p.meta_changes;
-    sum.failures.extend(run.barrier().await?);
+    if !run.o.commit_follows {
+        sum.failures.extend(run.barrier().await?);
+    }
     Ok(())
 }
 

@@ -173,7 +173,6 @@ impl Driver {
         let opts = ResyncOptions {
             settle: Some(settle),
             background: true,
-            commit_follows: true,
             defer_links: Some(Default::default()),
             checksum: cfg.sync.checksum,
             delete: cfg.sync.delete,

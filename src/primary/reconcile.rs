@@ -87,7 +87,8 @@ async fn connect(cfg: &Config, o: &ResyncOptions) -> Result<(Session, Leading), 
 }
 
 /// Compares this primary with the standby, over the whole tree or just
-/// `scope`, and sends what differs; ends with a barrier (not yet durable).
+/// `scope`, and sends what differs; ends with a barrier (not yet durable),
+/// except with `o.background`, where the caller's `Commit` closes it.
 pub async fn reconcile(
     s: &mut Session,
     cfg: &Config,
@@ -335,7 +336,7 @@ async fn execute(run: &mut Run<'_>, p: &mut Plan, sum: &mut Summary) -> Result<(
         .await?;
     }
     sum.meta_only = p.meta_changes;
-    if !run.o.commit_follows {
+    if !run.o.background {
         sum.failures.extend(run.barrier().await?);
     }
     Ok(())

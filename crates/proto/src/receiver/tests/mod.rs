@@ -325,15 +325,23 @@ fn lanes_are_flushed_only_when_they_were_given_something() {
     assert_eq!(rx.poll_effect(), Some(done(1)));
     // A dropped file is lane work too (its staging is removed).
     let p = rp("f");
-    rx.handle(Input::Begin { id: 3, path: &p, size: 1, delta: false })
-        .unwrap();
+    rx.handle(Input::Begin {
+        id: 3,
+        path: &p,
+        size: 1,
+        delta: false,
+    })
+    .unwrap();
     assert_eq!(rx.poll_effect(), Some(Effect::Forward { lane: 1 }));
     rx.handle(Input::Data { id: 3, len: 2 }).unwrap();
     assert_eq!(rx.poll_effect(), Some(Effect::Drop { lane: 1, id: 3 }));
     rx.handle(Input::Barrier { id: 2 }).unwrap();
     assert_eq!(rx.poll_effect(), Some(Effect::Flush));
     rx.handle_flushed(FailureLog::default());
-    assert!(matches!(rx.poll_effect(), Some(Effect::BarrierDone { id: 2, .. })));
+    assert!(matches!(
+        rx.poll_effect(),
+        Some(Effect::BarrierDone { id: 2, .. })
+    ));
     // Nothing since: the commit goes straight to its record and sync.
     rx.handle(Input::Commit { id: 9 }).unwrap();
     assert_eq!(rx.poll_effect(), Some(Effect::RecordCommit { id: 9 }));

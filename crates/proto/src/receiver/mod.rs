@@ -279,7 +279,7 @@ impl Receiver {
             Input::Peer => return Err(ReceiverError::NotHere(name)),
             Input::List => self.effects.push_back(Effect::List),
             Input::ListScope => self.flush_then(Then::List),
-            Input::Meta => self.to_lane(Effect::Forward { lane: 0 }),
+            Input::Meta => self.give_lane(Effect::Forward { lane: 0 }),
             Input::Sig { id } => self.forward(id),
             Input::Begin {
                 id,
@@ -362,11 +362,11 @@ impl Receiver {
 
     fn forward(&mut self, id: u64) {
         let lane = self.lane(id);
-        self.to_lane(Effect::Forward { lane });
+        self.give_lane(Effect::Forward { lane });
     }
 
     /// A job for a lane: the next flush has something to wait for.
-    fn to_lane(&mut self, e: Effect) {
+    fn give_lane(&mut self, e: Effect) {
         self.lanes_dirty = true;
         self.effects.push_back(e);
     }
@@ -491,7 +491,7 @@ impl Receiver {
                 error,
                 retry_whole,
             });
-            self.to_lane(Effect::Drop { lane, id });
+            self.give_lane(Effect::Drop { lane, id });
         }
     }
 }

@@ -87,7 +87,8 @@ async fn connect(cfg: &Config, o: &ResyncOptions) -> Result<(Session, Leading), 
 }
 
 /// Compares this primary with the standby, over the whole tree or just
-/// `scope`, and sends what differs; ends with a barrier (not yet durable).
+/// `scope`, and sends what differs; ends with a barrier (not yet durable),
+/// except with `o.background`, where the caller's `Commit` closes it.
 pub async fn reconcile(
     s: &mut Session,
     cfg: &Config,
@@ -309,7 +310,11 @@ async fn execute(run: &mut Run<'_>, p: &mut Plan, sum: &mut Summary) -> Result<(
         .await?;
     }
     sum.dirs_created = p.mkdirs.len() as u64;
-    sum.failures.extend(run.barrier().await?);
+    // Files wait for their directories (and deletes) only when there are
+    // any: a live batch of new files in existing directories has neither.
+    if !p.deletes.is_empty() || !p.mkdirs.is_empty() {
+        sum.failures.extend(run.barrier().await?);
+    }
     // 2. Content, and symlinks.
     let files = std::mem::take(&mut p.files);
     content(run, p, files, sum).await?;
@@ -331,7 +336,9 @@ async fn execute(run: &mut Run<'_>, p: &mut Plan, sum: &mut Summary) -> Result<(
         .await?;
     }
     sum.meta_only = p.meta_changes;
-    sum.failures.extend(run.barrier().await?);
+    if !run.o.background {
+        sum.failures.extend(run.barrier().await?);
+    }
     Ok(())
 }
 

@@ -157,9 +157,22 @@ pub(super) async fn ship(
     }
     let full = b.full;
     let scope = (!full).then_some(b.scope);
+    // Where a batch's time goes (debug): its oldest change's wait before
+    // the batch started, the reconcile (lists, content, barriers), the
+    // durable commit.
+    let t0 = std::time::Instant::now();
+    let waited = b.oldest.map(|o| t0.saturating_duration_since(o));
     let mut sum = super::reconcile::reconcile(s, cfg, opts, index, scope).await?;
     stats.lag_bytes.store(sum.content_bytes, Relaxed);
+    let t1 = std::time::Instant::now();
     sum.failures.extend(s.commit(commit_id).await?);
+    tracing::debug!(
+        changes = b.changes,
+        waited_us = waited.map_or(0, |d| d.as_micros() as u64),
+        reconcile_us = (t1 - t0).as_micros() as u64,
+        commit_us = t1.elapsed().as_micros() as u64,
+        "batch timing"
+    );
     stats.lag_bytes.store(s.transfers().bytes(), Relaxed);
     stats.reconciles.fetch_add(1, Relaxed);
     stats.batches.fetch_add(1, Relaxed);

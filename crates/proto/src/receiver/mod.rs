@@ -11,7 +11,9 @@
 //!   the size it announced, and only so many are open at once;
 //! - a barrier is answered only after every lane has committed what came
 //!   before it, and a commit only after that is durable (acknowledged means
-//!   flushed);
+//!   flushed); lanes given nothing since the last flush are not asked again
+//!   (a live batch's listing and its commit after the last barrier would
+//!   each cost a round of thread hand-offs for nothing);
 //! - hostile sequences (data for a file never opened, a file opened twice,
 //!   a commit replayed, a second Hello, a request after Finish) end the session with a clear
 //!   error.
@@ -225,6 +227,8 @@ pub struct Receiver {
     finished: bool,
     /// The last commit answered in this session: a batch is acknowledged once.
     last_commit: Option<u64>,
+    /// Something went to the lanes since their last flush.
+    lanes_dirty: bool,
 }
 
 impl Receiver {
@@ -249,6 +253,7 @@ impl Receiver {
             waiting: None,
             finished: false,
             last_commit: None,
+            lanes_dirty: false,
         }
     }
 
@@ -274,7 +279,7 @@ impl Receiver {
             Input::Peer => return Err(ReceiverError::NotHere(name)),
             Input::List => self.effects.push_back(Effect::List),
             Input::ListScope => self.flush_then(Then::List),
-            Input::Meta => self.effects.push_back(Effect::Forward { lane: 0 }),
+            Input::Meta => self.give_lane(Effect::Forward { lane: 0 }),
             Input::Sig { id } => self.forward(id),
             Input::Begin {
                 id,
@@ -357,12 +362,24 @@ impl Receiver {
 
     fn forward(&mut self, id: u64) {
         let lane = self.lane(id);
-        self.effects.push_back(Effect::Forward { lane });
+        self.give_lane(Effect::Forward { lane });
+    }
+
+    /// A job for a lane: the next flush has something to wait for.
+    fn give_lane(&mut self, e: Effect) {
+        self.lanes_dirty = true;
+        self.effects.push_back(e);
     }
 
     fn flush_then(&mut self, then: Then) {
         self.waiting = Some(Wait::Flush(then));
-        self.effects.push_back(Effect::Flush);
+        if std::mem::take(&mut self.lanes_dirty) {
+            self.effects.push_back(Effect::Flush);
+        } else {
+            // Every job so far was committed, and its failures reported,
+            // at the last flush: nothing for the lanes to do.
+            self.handle_flushed(FailureLog::default());
+        }
     }
 
     fn sync_then(&mut self, then: Then) {
@@ -474,7 +491,7 @@ impl Receiver {
                 error,
                 retry_whole,
             });
-            self.effects.push_back(Effect::Drop { lane, id });
+            self.give_lane(Effect::Drop { lane, id });
         }
     }
 }

@@ -278,6 +278,8 @@ fn a_commit_is_answered_after_its_files_are_durable() {
 #[test]
 fn effects_come_in_order_and_wait_for_the_shell() {
     let mut rx = Receiver::new(Mode::Write, 2);
+    rx.handle(Input::Meta).unwrap();
+    assert_eq!(rx.poll_effect(), Some(Effect::Forward { lane: 0 }));
     rx.handle(Input::Commit { id: 1 }).unwrap();
     assert_eq!(rx.poll_effect(), Some(Effect::Flush));
     assert_eq!(rx.poll_effect(), None);
@@ -298,12 +300,61 @@ fn effects_come_in_order_and_wait_for_the_shell() {
     };
     assert_eq!(rx.poll_effect(), Some(done));
     rx.handle(Input::Finish).unwrap();
-    assert_eq!(rx.poll_effect(), Some(Effect::Flush));
-    rx.handle_flushed(FailureLog::default());
+    // Nothing went to the lanes since the commit's flush: straight to the sync.
     assert_eq!(rx.poll_effect(), Some(Effect::Sync));
     rx.handle_synced();
     assert_eq!(rx.poll_effect(), Some(Effect::Finished));
     assert!(rx.is_finished());
+}
+
+/// A live batch asks for its listing, and commits right after its last
+/// metadata: lanes that were given nothing since their last flush are not
+/// asked again, but a commit is still durable before its answer, and
+/// whatever went to a lane is flushed before the next answer.
+#[test]
+fn lanes_are_flushed_only_when_they_were_given_something() {
+    let mut rx = Receiver::new(Mode::Write, 2);
+    rx.handle(Input::ListScope).unwrap();
+    assert_eq!(rx.poll_effect(), Some(Effect::List), "an idle flush first");
+    rx.handle(Input::Barrier { id: 1 }).unwrap();
+    let done = |id| Effect::BarrierDone {
+        id,
+        failures: vec![],
+        dropped: 0,
+    };
+    assert_eq!(rx.poll_effect(), Some(done(1)));
+    // A dropped file is lane work too (its staging is removed).
+    let p = rp("f");
+    rx.handle(Input::Begin {
+        id: 3,
+        path: &p,
+        size: 1,
+        delta: false,
+    })
+    .unwrap();
+    assert_eq!(rx.poll_effect(), Some(Effect::Forward { lane: 1 }));
+    rx.handle(Input::Data { id: 3, len: 2 }).unwrap();
+    assert_eq!(rx.poll_effect(), Some(Effect::Drop { lane: 1, id: 3 }));
+    rx.handle(Input::Barrier { id: 2 }).unwrap();
+    assert_eq!(rx.poll_effect(), Some(Effect::Flush));
+    rx.handle_flushed(FailureLog::default());
+    assert!(matches!(
+        rx.poll_effect(),
+        Some(Effect::BarrierDone { id: 2, .. })
+    ));
+    // Nothing since: the commit goes straight to its record and sync.
+    rx.handle(Input::Commit { id: 9 }).unwrap();
+    assert_eq!(rx.poll_effect(), Some(Effect::RecordCommit { id: 9 }));
+    assert_eq!(rx.poll_effect(), Some(Effect::Sync));
+    assert_eq!(rx.poll_effect(), None, "answered before the sync");
+    rx.handle_synced();
+    assert_eq!(rx.poll_effect(), Some(done(9)));
+    // Metadata after the content's barrier: the commit flushes it.
+    rx.handle(Input::Meta).unwrap();
+    assert_eq!(rx.poll_effect(), Some(Effect::Forward { lane: 0 }));
+    rx.handle(Input::Commit { id: 10 }).unwrap();
+    assert_eq!(rx.poll_effect(), Some(Effect::Flush));
+    assert_eq!(rx.poll_effect(), None, "recorded before the flush");
 }
 
 #[test]

@@ -277,8 +277,9 @@ impl Receiver {
         match input {
             Input::Hello => return Err(ReceiverError::DuplicateHello),
             Input::Peer => return Err(ReceiverError::NotHere(name)),
-            Input::List => self.effects.push_back(Effect::List),
-            Input::ListScope => self.flush_then(Then::List),
+            // A listing sees what came before it (a full batch's renames
+            // on lane 0); with idle lanes that costs nothing.
+            Input::List | Input::ListScope => self.flush_then(Then::List),
             Input::Meta => self.give_lane(Effect::Forward { lane: 0 }),
             Input::Sig { id } => self.forward(id),
             Input::Begin {

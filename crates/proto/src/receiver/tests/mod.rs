@@ -354,7 +354,24 @@ fn lanes_are_flushed_only_when_they_were_given_something() {
     assert_eq!(rx.poll_effect(), Some(Effect::Forward { lane: 0 }));
     rx.handle(Input::Commit { id: 10 }).unwrap();
     assert_eq!(rx.poll_effect(), Some(Effect::Flush));
-    assert_eq!(rx.poll_effect(), None, "recorded before the flush");
+    assert_eq!(rx.poll_effect(), None, "the commit waits for its flush");
+}
+
+/// A listing (a full batch's digest rounds included) comes after what the
+/// lanes were given before it, e.g. lane 0's renames; idle lanes are not
+/// asked.
+#[test]
+fn a_listing_waits_for_work_given_to_the_lanes() {
+    let mut rx = Receiver::new(Mode::Write, 2);
+    rx.handle(Input::List).unwrap();
+    assert_eq!(rx.poll_effect(), Some(Effect::List), "idle lanes: at once");
+    rx.handle(Input::Meta).unwrap();
+    assert_eq!(rx.poll_effect(), Some(Effect::Forward { lane: 0 }));
+    rx.handle(Input::List).unwrap();
+    assert_eq!(rx.poll_effect(), Some(Effect::Flush));
+    assert_eq!(rx.poll_effect(), None, "the listing waits for the flush");
+    rx.handle_flushed(FailureLog::default());
+    assert_eq!(rx.poll_effect(), Some(Effect::List));
 }
 
 #[test]

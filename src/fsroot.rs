@@ -9,7 +9,7 @@
 //! created on first need (invisible to root-squashed NFS clients).
 
 use std::ffi::OsStr;
-use std::fs::File;
+use std::fs::{File, Metadata};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -22,14 +22,11 @@ use crate::meta_policy::MetaPolicy;
 use crate::wire::Meta;
 use syncd_proto::path::RelPath;
 
-mod commit;
-mod dirs;
 mod link;
 mod meta;
 
-pub use dirs::Dirs;
 use link::EmptyPathLink;
-use meta::apply_meta;
+use meta::{apply_meta, gid, times, uid};
 
 /// The fallback staging directory, `<export>/.syncd/staging`.
 const STAGING: [&[u8]; 2] = [syncd_proto::path::STATE_DIR_NAME, b"staging"];
@@ -44,10 +41,6 @@ pub struct Root {
     policy: MetaPolicy,
     seq: AtomicU64,
     links: EmptyPathLink,
-    /// Bumped whenever syncd changes names in the export (see `dirs.rs`).
-    names: AtomicU64,
-    /// Our effective uid and gid: the owner of what we create.
-    ids: (u32, u32),
 }
 
 fn os(b: &[u8]) -> &OsStr {
@@ -74,9 +67,6 @@ pub struct Staged<'r> {
     name: Option<String>,
     pub file: File,
     done: bool,
-    /// The owner it was created with, when known (`chown` is skipped
-    /// when that is already the one asked for).
-    owner: Option<(u32, u32)>,
 }
 
 impl Drop for Staged<'_> {
@@ -103,11 +93,6 @@ impl Root {
             policy: MetaPolicy::default().effective(rustix::process::geteuid().is_root()),
             seq: AtomicU64::new(0),
             links: EmptyPathLink::default(),
-            names: AtomicU64::new(0),
-            ids: (
-                rustix::process::geteuid().as_raw(),
-                rustix::process::getegid().as_raw(),
-            ),
         };
         let n = root.clean_staging()?;
         if n > 0 {
@@ -189,12 +174,8 @@ impl Root {
     }
 
     /// The directory holding `p` (resolved beneath the root) and `p`'s name.
-    /// (Callers may rename or remove through it: cached parents are
-    /// dropped.)
     pub fn parent_of(&self, p: &RelPath) -> io::Result<(OwnedFd, Vec<u8>)> {
-        let r = self.parent(p);
-        self.names_changed();
-        r
+        self.parent(p)
     }
 
     fn parent(&self, p: &RelPath) -> io::Result<(OwnedFd, Vec<u8>)> {
@@ -232,16 +213,11 @@ impl Root {
 
     /// Stages new content for `p` (see [`Staged`]).
     pub fn stage_for(&self, p: &RelPath) -> io::Result<Staged<'_>> {
-        self.stage_in(&mut Dirs::default(), p)
+        let dir = self.open_dir(p.split_last().0)?;
+        self.tmpfile(&dir)
     }
 
-    /// [`Root::stage_for`], reusing the parent cached in `dirs`.
-    pub fn stage_in(&self, dirs: &mut Dirs, p: &RelPath) -> io::Result<Staged<'_>> {
-        let (dir, owner) = self.parent_in(dirs, p.split_last().0)?;
-        self.tmpfile(dir, owner)
-    }
-
-    fn tmpfile(&self, dir: &OwnedFd, owner: (u32, u32)) -> io::Result<Staged<'_>> {
+    fn tmpfile(&self, dir: &OwnedFd) -> io::Result<Staged<'_>> {
         match rustix::fs::openat(
             dir,
             ".",
@@ -253,7 +229,6 @@ impl Root {
                 name: None,
                 file: File::from(fd),
                 done: false,
-                owner: Some(owner),
             }),
             Err(rustix::io::Errno::OPNOTSUPP) | Err(rustix::io::Errno::ISDIR) => self.stage(),
             Err(e) => Err(e.into()),
@@ -274,19 +249,72 @@ impl Root {
             name: Some(name),
             file: File::from(fd),
             done: false,
-            owner: None,
         })
+    }
+
+    /// Applies metadata to a staged file and gives it the name `p`
+    /// (replacing what is there); its metadata as placed.
+    pub fn commit(&self, s: Staged<'_>, p: &RelPath, meta: &Meta) -> io::Result<Metadata> {
+        self.commit_keeping(s, p, meta, || true)?
+            .ok_or_else(|| io::Error::other("not placed"))
+    }
+
+    /// [`Root::commit`], asking `keep` first only when something is at
+    /// `p` to be replaced (a new name needs no check: the link that makes
+    /// it fails when the name is taken). `None`, nothing placed, when
+    /// `keep` says no.
+    pub fn commit_keeping(
+        &self,
+        mut s: Staged<'_>,
+        p: &RelPath,
+        meta: &Meta,
+        keep: impl FnOnce() -> bool,
+    ) -> io::Result<Option<Metadata>> {
+        let fd = s.file.as_fd();
+        // chown before chmod: chown clears set-ID bits the mode may keep.
+        if let Some((u, g)) = self.policy.owner(meta) {
+            rustix::fs::fchown(fd, Some(uid(u)), Some(gid(g)))?;
+        }
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(self.policy.mode(meta.mode, true)))?;
+        rustix::fs::futimens(fd, &times(meta))?;
+        match &s.name {
+            Some(n) => {
+                if !keep() {
+                    return Ok(None);
+                }
+                self.place(self.staging()?, n, p)?
+            }
+            None => {
+                // Give the unnamed file a name: directly when the destination
+                // is free (one syscall), else a temporary name beside it and
+                // an atomic rename over it.
+                let (pd, name) = self.parent(p)?;
+                let link = |n: &OsStr| self.links.link(&s.file, &pd, n);
+                match link(os(&name)) {
+                    Ok(()) => {}
+                    Err(rustix::io::Errno::EXIST) => {
+                        if !keep() {
+                            return Ok(None);
+                        }
+                        let tmp = self.tmp_name();
+                        link(OsStr::new(&tmp))?;
+                        if let Err(e) = self.place(&pd, &tmp, p) {
+                            let _ = rustix::fs::unlinkat(&pd, tmp.as_str(), AtFlags::empty());
+                            return Err(e);
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        s.done = true;
+        // After the link: the stamp recorded includes its ctime.
+        s.file.metadata().map(Some)
     }
 
     /// Renames `staged` in `from` onto `p`, replacing whatever is there (a
     /// directory in the way is removed: the primary no longer has it).
     fn place(&self, from: &impl AsFd, staged: &str, p: &RelPath) -> io::Result<()> {
-        let r = self.place_inner(from, staged, p);
-        self.names_changed();
-        r
-    }
-
-    fn place_inner(&self, from: &impl AsFd, staged: &str, p: &RelPath) -> io::Result<()> {
         let (pd, name) = self.parent(p)?;
         match rustix::fs::renameat(from, staged, &pd, os(&name)) {
             Ok(()) => Ok(()),
@@ -303,12 +331,6 @@ impl Root {
     }
 
     pub fn mkdir(&self, p: &RelPath) -> io::Result<()> {
-        let r = self.mkdir_inner(p);
-        self.names_changed();
-        r
-    }
-
-    fn mkdir_inner(&self, p: &RelPath) -> io::Result<()> {
         let (pd, name) = self.parent(p)?;
         match rustix::fs::mkdirat(&pd, os(&name), Mode::from_raw_mode(0o700)) {
             Ok(()) => Ok(()),
@@ -337,12 +359,10 @@ impl Root {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
-        let r = match remove_any(&pd, &name) {
+        match remove_any(&pd, &name) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             r => r,
-        };
-        self.names_changed();
-        r
+        }
     }
 
     /// Renames `from` to `to` beneath the root (both parents resolved with
@@ -350,9 +370,7 @@ impl Root {
     pub fn rename(&self, from: &RelPath, to: &RelPath) -> io::Result<()> {
         let (fd, fname) = self.parent(from)?;
         let (td, tname) = self.parent(to)?;
-        let r = rustix::fs::renameat(&fd, os(&fname), &td, os(&tname));
-        self.names_changed();
-        Ok(r?)
+        Ok(rustix::fs::renameat(&fd, os(&fname), &td, os(&tname))?)
     }
 
     pub fn symlink(&self, p: &RelPath, target: &[u8], meta: &Meta) -> io::Result<()> {

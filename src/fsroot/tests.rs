@@ -391,7 +391,7 @@ fn the_keeper_is_asked_only_when_a_name_is_taken() {
             root.stage_for(&rp(p)).unwrap()
         };
         s.file.write_all(p.as_bytes()).unwrap();
-        root.commit_keeping(&mut Dirs::default(), s, &rp(p), &meta(), || {
+        root.commit_keeping(s, &rp(p), &meta(), || {
             asked.set(asked.get() + 1);
             yes
         })
@@ -429,87 +429,4 @@ fn the_keeper_is_asked_only_when_a_name_is_taken() {
             .count(),
         0
     );
-}
-
-/// A parent reused from the cache must still be the directory the path
-/// names: after syncd renames or replaces a directory, the next file goes
-/// to the new one.
-#[test]
-fn cached_parent_follows_syncd_own_renames() {
-    let d = tempfile::tempdir().unwrap();
-    let root = Root::open(d.path()).unwrap();
-    root.mkdir(&rp("a")).unwrap();
-    let mut dirs = Dirs::default();
-    let mut commit = |name: &str| {
-        let mut s = root.stage_in(&mut dirs, &rp(name)).unwrap();
-        s.file.write_all(name.as_bytes()).unwrap();
-        root.commit_keeping(&mut dirs, s, &rp(name), &meta(), || true)
-            .unwrap()
-            .unwrap();
-    };
-    commit("a/f");
-    root.rename(&rp("a"), &rp("b")).unwrap();
-    root.mkdir(&rp("a")).unwrap();
-    commit("a/g");
-    assert_eq!(std::fs::read(d.path().join("a/g")).unwrap(), b"a/g");
-    assert!(!d.path().join("b/g").exists());
-    assert_eq!(std::fs::read(d.path().join("b/f")).unwrap(), b"a/f");
-    // Removed and made again by syncd: the same.
-    root.delete(&rp("a")).unwrap();
-    root.mkdir(&rp("a")).unwrap();
-    commit("a/h");
-    assert_eq!(std::fs::read(d.path().join("a/h")).unwrap(), b"a/h");
-}
-
-/// chown is skipped when the new file already has the owner asked for;
-/// in a set-group-ID directory a new file takes the directory's group, so
-/// asking for another group still changes it, and a file created with an
-/// owner other than foreseen is corrected after the link.
-#[test]
-fn owner_is_right_whether_or_not_chown_is_skipped() {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    if !rustix::process::geteuid().is_root() {
-        syncd_testkit::skip::skip("owner_is_right_whether_or_not_chown_is_skipped", "not root");
-        return;
-    }
-    let d = tempfile::tempdir().unwrap();
-    let root = Root::open(d.path()).unwrap();
-    root.mkdir(&rp("g")).unwrap();
-    let g = d.path().join("g");
-    std::os::unix::fs::chown(&g, Some(0), Some(4242)).unwrap();
-    std::fs::set_permissions(&g, std::fs::Permissions::from_mode(0o2755)).unwrap();
-    let place = |name: &str, uid: u32, gid: u32, tamper: bool| {
-        let mut dirs = Dirs::default();
-        let mut s = root.stage_in(&mut dirs, &rp(name)).unwrap();
-        s.file.write_all(b"x").unwrap();
-        if tamper {
-            // As if the filesystem gave the new inode an owner of its own.
-            rustix::fs::fchown(
-                &s.file,
-                Some(super::meta::uid(7)),
-                Some(super::meta::gid(7)),
-            )
-            .unwrap();
-        }
-        let m = Meta { uid, gid, ..meta() };
-        let placed = root
-            .commit_keeping(&mut dirs, s, &rp(name), &m, || true)
-            .unwrap()
-            .unwrap();
-        let now = std::fs::symlink_metadata(d.path().join(name)).unwrap();
-        assert_eq!((now.uid(), now.gid()), (uid, gid), "{name}");
-        assert_eq!(now.mode() & 0o7777, 0o640, "{name}");
-        // The stamp returned is the file as it now is.
-        assert_eq!(
-            (placed.uid(), placed.gid(), placed.ctime_nsec()),
-            (now.uid(), now.gid(), now.ctime_nsec())
-        );
-        assert_eq!(placed.ctime(), now.ctime(), "{name}");
-    };
-    place("plain", 0, 0, false);
-    place("g/other-group", 0, 0, false);
-    place("g/dir-group", 0, 4242, false);
-    place("g/someone", 1000, 1000, false);
-    place("tampered", 0, 0, true);
-    place("g/tampered", 0, 4242, true);
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use super::stage::Synced;
 use super::{lock, Shared, StandbyEvent};
 use crate::conflicts::Keeper;
-use crate::fsroot::{Dirs, Staged};
+use crate::fsroot::Staged;
 use crate::index::Stamp;
 use crate::wire::{Hash, Meta};
 use syncd_proto::pair::lineage::Lineage;
@@ -82,16 +82,13 @@ pub(super) fn commit_batch(
     }
     let mut done = Vec::with_capacity(pending.len());
     let mut replaced = Vec::new();
-    // A batch's files come a directory at a time: each parent opened once.
-    let mut dirs = Dirs::default();
     for v in pending.drain(..) {
         replaced.extend(v.base);
         // Kept (conflicts area, a follower's own write) only if a name is
         // replaced: no lookup per new file.
-        let keep = || keep(&v.path, false);
         match sh
             .root
-            .commit_keeping(&mut dirs, v.staged, &v.path, &v.meta, keep)
+            .commit_keeping(v.staged, &v.path, &v.meta, || keep(&v.path, false))
         {
             Ok(None) => {}
             Ok(Some(m)) => {

@@ -186,8 +186,6 @@ struct Work<'r> {
     pending: Vec<Verified<'r>>,
     pending_bytes: u64,
     copy_buf: Vec<u8>,
-    /// The parent the last file was staged in (dropped at each commit).
-    dirs: crate::fsroot::Dirs,
 }
 
 impl Lane {
@@ -198,7 +196,6 @@ impl Lane {
             pending: Vec::new(),
             pending_bytes: 0,
             copy_buf: Vec::new(),
-            dirs: Default::default(),
         };
         while let Some(job) = rx.blocking_recv() {
             match job {
@@ -269,7 +266,6 @@ impl Lane {
         let keep = |p: &RelPath, d| self.keep(p, d);
         commit_batch(&self.sh, &mut w.pending, synced, &fail, &keep);
         w.pending_bytes = 0;
-        w.dirs.clear();
         lock(&self.sh.placed).flush(); // metadata changes recorded too
     }
 

@@ -135,7 +135,7 @@ impl Lane {
                 }
             },
         };
-        let staged = match sh.root.stage_in(&mut w.dirs, &path) {
+        let staged = match sh.root.stage_for(&path) {
             Ok(s) => s,
             Err(e) => {
                 self.fail(&path, format!("staging: {e}"), false);

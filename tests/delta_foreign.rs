@@ -26,6 +26,18 @@ fn overwrite(p: &std::path::Path, at: u64, seed: u64) {
     f.write_all_at(&Rng(seed | 1).bytes(4096), at).unwrap();
 }
 
+/// `bytes` on the standby as another tool would leave them: not written by
+/// syncd (no cached signature), an old mtime so the file differs.
+fn write_foreign(dst: &std::path::Path, bytes: &[u8]) {
+    std::fs::write(dst, bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(dst)
+        .unwrap()
+        .set_modified(UNIX_EPOCH + Duration::from_secs(946_684_800))
+        .unwrap();
+}
+
 #[test]
 fn a_foreign_base_then_its_own_result_travel_as_small_deltas() {
     let mut p = Pair::new();
@@ -33,13 +45,7 @@ fn a_foreign_base_then_its_own_result_travel_as_small_deltas() {
     let base = Rng(1).bytes((24 << 20) + 1234);
     let (src, dst) = (p.primary().join("big.bin"), p.standby_dir().join("big.bin"));
     std::fs::write(&src, &base).unwrap();
-    std::fs::write(&dst, &base).unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&dst)
-        .unwrap()
-        .set_modified(UNIX_EPOCH + Duration::from_secs(946_684_800))
-        .unwrap();
+    write_foreign(&dst, &base);
     // Unaligned, and across a window edge.
     overwrite(&src, (5 << 20) + 123, 2);
     overwrite(&src, (8 << 20) - 2000, 3);
@@ -72,15 +78,7 @@ fn truncated_unrelated_and_shifted_foreign_bases_end_equal() {
     let mut p = Pair::new();
     let data = Rng(11).bytes((13 << 20) + 77);
     let (src, dst) = (p.primary().join("big.bin"), p.standby_dir().join("big.bin"));
-    let foreign = |bytes: &[u8]| {
-        std::fs::write(&dst, bytes).unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(&dst)
-            .unwrap()
-            .set_modified(UNIX_EPOCH + Duration::from_secs(946_684_800))
-            .unwrap();
-    };
+    let foreign = |bytes: &[u8]| write_foreign(&dst, bytes);
     std::fs::write(&src, &data).unwrap();
     foreign(&data[..(9 << 20) + 5]);
     p.start_standby();

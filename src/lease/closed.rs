@@ -358,7 +358,8 @@ impl Closed {
         {
             return st.drained;
         }
-        let deadline = std::time::Instant::now() + SYNC_WAIT;
+        let start = std::time::Instant::now();
+        let deadline = start + SYNC_WAIT;
         while st.drained.is_none_or(|d| d < want) {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
@@ -369,6 +370,15 @@ impl Closed {
                 .wait_timeout(st, left)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+        }
+        // A reader waiting on the watch thread waits with its whole batch.
+        let waited = start.elapsed();
+        if waited >= Duration::from_millis(1) {
+            tracing::debug!(
+                waited_us = waited.as_micros() as u64,
+                reached = st.drained.is_some_and(|d| d >= want),
+                "synced with the watch thread"
+            );
         }
         st.drained
     }

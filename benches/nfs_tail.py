@@ -206,6 +206,20 @@ def main():
         print("  client: create+write+close p50 %.1f p99 %.1f max %.1f ms; start behind schedule p50 %.1f p99 %.1f max %.1f ms"
               % (pct(cl, 50), pct(cl, 99), max(cl), pct(late, 50), pct(late, 99), max(late)))
 
+    # Every file: read busy first (its close record young), and then left
+    # out of the very next batch.
+    young = skipped_any = 0
+    for x in files.values():
+        rb = [q[0] for q in x["reads"] if q[1] == "busy"]
+        sent = [q[0] for q in x["reads"] if q[1] == "Sent"]
+        if not rb or not sent:
+            continue
+        young += 1
+        bb, bs = batch_at(rb[-1]), batch_at(sent[-1])
+        if bb and bs and any(bb[2] < s0 < bs[0] for s0 in bstart[bisect.bisect_left(bstart, bb[0]):bisect.bisect_left(bstart, bs[0])]):
+            skipped_any += 1
+    print("  files read while their close record was young: %d; of them left out of the next batch: %d" % (young, skipped_any))
+
     slow = sorted((i for i, x in files.items() if x["lat"] > a.slow), key=lambda i: files[i]["change"])
     causes, rows = {}, []
     for i in slow:
@@ -229,7 +243,14 @@ def main():
             cause = "watch thread behind: " + explain(t0, w)
         elif part == "wait for batch":
             inflight = batch_at(ready)
-            if inflight is not None and inflight[2] - inflight[0] > a.slow / 1e3:
+            # Read busy (a young record) in one batch, then not in the
+            # next one although due: a deferral that missed it.
+            rb = [q[0] for q in x["reads"] if q[1] == "busy"]
+            bb = batch_at(rb[-1]) if rb else None
+            skipped = sum(1 for s0 in bstart if bb and b and bb[2] < s0 < b[0])
+            if skipped:
+                cause = "deferred past the next batch (%d skipped)" % skipped
+            elif inflight is not None and inflight[2] - inflight[0] > a.slow / 1e3:
                 cause = "batch in flight slow: " + explain(inflight[0], inflight[2])
             elif busy > 1:
                 cause = "rechecks (%d busy reads)" % busy

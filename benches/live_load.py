@@ -11,6 +11,7 @@
     live_load.py gen   --dir DIR --files N [--size B]
     live_load.py waitlive --log FILE --pattern TEXT --src DIR --dst DIR --t0 T
     live_load.py cpu PGID...
+    live_load.py pressure --out FILE [--interval S]
 
 `load` writes R new files per second (B bytes each, spread over N
 subdirectories d00..) into SRC for S seconds, paced on an absolute schedule
@@ -327,14 +328,20 @@ class NfsSession:
     def error(self):
         return (self.lib.nfs_get_error(self.nfs) or b"").decode(errors="replace")
 
-    def put(self, name, data):
-        """Create, write and close /NAME; True when the server said yes to all three."""
+    def put(self, name, data, times=None):
+        """Create, write and close /NAME; True when the server said yes to all three.
+        `times`, a list, gets the clock when each of the three returned."""
         fh = ctypes.c_void_p()
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        mark = times.append if times is not None else (lambda _t: None)
         if self.lib.nfs_create(self.nfs, ("/" + name).encode(), flags, 0o644, ctypes.byref(fh)) != 0:
             return False
+        mark(clock())
         wrote = self.lib.nfs_write(self.nfs, fh, len(data), data) == len(data)
-        return self.lib.nfs_close(self.nfs, fh) == 0 and wrote
+        mark(clock())
+        closed = self.lib.nfs_close(self.nfs, fh) == 0
+        mark(clock())
+        return closed and wrote
 
 
 def enter_netns(name):
@@ -351,13 +358,26 @@ def nfs_writer_keep(a, names, w):
     enter_netns(a.netns)
     session = NfsSession(a.url)
     failed = 0
+    rows = []
     t0 = clock()
     for i, name in enumerate(names):
-        wait = t0 + i / a.rate - clock()
+        due = t0 + i / a.rate
+        wait = due - clock()
         if wait > 0:
             time.sleep(wait)
-        if not session.put(name, content(a.tag, i, a.size)):
+        times = [clock()]
+        if not session.put(name, content(a.tag, i, a.size), times):
             failed += 1
+        rows.append([due] + times)
+    if a.client_tsv:
+        # Where the client's time went, per file (unix seconds): due, the
+        # call began, CREATE (OPEN), WRITE and CLOSE answered.
+        wall = time.time() - clock()
+        with open(a.client_tsv, "w") as f:
+            f.write("i\tdue_unix\tbegin_unix\tcreated_unix\twritten_unix\tclosed_unix\n")
+            for i, r in enumerate(rows):
+                r = r + [None] * (5 - len(r))
+                f.write("%d\t%s\n" % (i, "\t".join("%.6f" % (t + wall) if t else "NA" for t in r)))
     os.write(w, b"%d %.3f\n" % (failed, clock() - t0))
 
 
@@ -565,6 +585,38 @@ def cmd_waitlive(a):
     print("RESULT sync_s=%.3f probe_ms=%.1f live_s=%.3f" % (t_sync - a.t0, (t_live - t_w) * 1e3, t_live - a.t0))
 
 
+def cmd_pressure(a):
+    """Samples, every INTERVAL s until killed, the kernel's pressure stall
+    counters (/proc/pressure/{cpu,io}: "some" and "full" microseconds, as
+    totals) and the CPU time of the whole machine (/proc/stat, clock
+    ticks: busy = user+nice+system+irq+softirq, iowait, idle) into OUT, a
+    TSV with unix times: the difference of two rows is what that interval
+    held (a stall, a saturated CPU)."""
+    import signal
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
+    def psi(kind):
+        with open("/proc/pressure/" + kind) as f:
+            some, full = f.read().splitlines()[:2]
+        return [some.rsplit("=", 1)[1], full.rsplit("=", 1)[1]]
+
+    def cpu():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:8]]
+        return [str(v[0] + v[1] + v[2] + v[5] + v[6]), str(v[4]), str(v[3])]
+
+    with open(a.out, "w", buffering=1 << 16) as f:
+        f.write("unix\tcpu_some_us\tcpu_full_us\tio_some_us\tio_full_us\tbusy_ticks\tiowait_ticks\tidle_ticks\n")
+        nxt = time.time()
+        try:
+            while True:
+                f.write("%.6f\t%s\n" % (time.time(), "\t".join(psi("cpu") + psi("io") + cpu())))
+                nxt += a.interval
+                time.sleep(max(0.0, nxt - time.time()))
+        finally:
+            f.flush()
+
+
 def cmd_cpu(a):
     """Sum of utime+stime+cutime+cstime (clock ticks) over the processes
     whose process group is one of PGID..."""
@@ -621,6 +673,7 @@ def main():
                    help="keep: one long-lived libnfs session (as a mount); fresh: a new nfs-cp per file")
     p.add_argument("--label", default="nfs")
     p.add_argument("--tsv")
+    p.add_argument("--client-tsv", help="with --client keep: each file's client-side times")
     p.set_defaults(fn=cmd_nfs)
     p = sub.add_parser("probe")
     p.add_argument("--src", required=True)
@@ -640,6 +693,10 @@ def main():
     p.add_argument("--t0", type=float, required=True)
     p.add_argument("--timeout", type=float, default=600)
     p.set_defaults(fn=cmd_waitlive)
+    p = sub.add_parser("pressure")
+    p.add_argument("--out", required=True)
+    p.add_argument("--interval", type=float, default=0.01)
+    p.set_defaults(fn=cmd_pressure)
     p = sub.add_parser("cpu")
     p.add_argument("pgid", type=int, nargs="+")
     p.set_defaults(fn=cmd_cpu)

@@ -20,6 +20,11 @@
 # filesystem of its own, a loop-mounted ext4 image, as on its own host),
 # CLIENT ("keep", the default: one libnfs session mounted once and kept, as
 # a mount is; "fresh": a new nfs-cp process, connection and mount per file).
+# Besides the latencies ($BENCH_DIR/latency-vN.tsv) it keeps the client's
+# per-file times (client-vN.tsv, CLIENT=keep), pressure stalls and CPU time
+# sampled every 10 ms (pressure-vN.tsv), and both daemons' logs
+# (primary.log, standby.log; SYNCD_LOG sets what they hold):
+# benches/nfs_tail.py lines them up per slow file.
 LOAD_SECONDS=$(printenv SECONDS || true)
 LOAD_SECONDS=${LOAD_SECONDS:-30}
 set -euo pipefail
@@ -119,9 +124,13 @@ echo "syncd $(git describe --always --dirty 2>/dev/null || true), settle_ms $SET
 for v in $VERSIONS; do
   if [ "$v" = 4 ]; then url="nfs://10.253.0.1/export?version=4"; else url="nfs://10.253.0.1$DIR/src?version=3"; fi
   r=$DIR/result-v$v.txt
+  # Pressure stalls and CPU time beside the run (benches/nfs_tail.py).
+  spawn "$DIR/pressure-v$v.log" "${LOAD[@]}" pressure --out "$DIR/pressure-v$v.tsv"
+  sampler=${GROUPS_STARTED[-1]}
   "${LOAD[@]}" nfs --src "$DIR/src" --dst "$SB/dst" --url "$url" --netns "${NS}c" --stage "$DIR/stage" --client "$CLIENT" \
     --rate "$RATE" --seconds "$LOAD_SECONDS" --size "$SIZE" --tag "v$v" --label "NFSv$v" --grace 30 \
-    --tsv "$DIR/latency-v$v.tsv" > "$r"
+    --tsv "$DIR/latency-v$v.tsv" --client-tsv "$DIR/client-v$v.tsv" > "$r"
+  kill -TERM -- "-$sampler" 2>/dev/null || true
   echo "NFSv$v: change->replica p50 $(getv "$r" p50_ms) ms, p99 $(getv "$r" p99_ms) ms, max $(getv "$r" max_ms) ms;" \
     "$(getv "$r" arrived) of $(getv "$r" written) written arrived (offered $RATE/s, client achieved $(getv "$r" achieved)/s," \
     "client failed $(getv "$r" nfs_failed), bad content $(getv "$r" bad_content))"

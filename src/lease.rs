@@ -95,7 +95,8 @@ pub fn quiet_left(ctime: Option<SystemTime>, now: SystemTime, quiet: Duration) -
 mod closed;
 
 use closed::ctime_of;
-pub use closed::{trust, Closed, Trust};
+pub use closed::margin;
+pub use closed::{probe_fine_ctime, proof_point, trust, Closed, Trust};
 
 #[cfg(test)]
 mod tests;

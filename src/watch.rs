@@ -193,6 +193,13 @@ impl Watch {
             .watch(export, RecursiveMode::NonRecursive)
             .map_err(failed)?;
         watch_cookie_dir(&mut watcher, &closed);
+        match crate::lease::probe_fine_ctime(export) {
+            Some(dev) => {
+                closed.set_fine_ctime(dev);
+                tracing::info!("the export's filesystem gives a file a new ctime at every change after a read of it: a closed file is trusted once the watch is synced 2 ms past the stat of its close");
+            }
+            None => tracing::info!("the export's filesystem can keep a file's ctime across a change (a coarse clock): a closed file is trusted once the watch is synced {:?} past its ctime", crate::lease::margin()),
+        }
         Ok(Watch {
             watcher: Arc::new(Mutex::new(watcher)),
             root: export.to_path_buf(),

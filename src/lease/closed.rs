@@ -17,9 +17,20 @@ const CLOSED_MAX: usize = 1 << 16;
 const SYNC_WAIT: Duration = Duration::from_millis(50);
 /// Shortest wait before a young record is looked at again.
 const RECHECK_MIN: Duration = Duration::from_millis(1);
+/// A reader finding a record this close to its proof point waits for it
+/// (then syncs) rather than leave the file to a later batch: with group
+/// commit that costs the whole next batch (measured: 25 ms batches under
+/// load made such files 60-80 ms late).
+const WAIT_IN_READ: Duration = Duration::from_millis(3);
 /// Wait before looking again when the watch thread was not seen in time
 /// (a sync cookie has waited longer than [`SYNC_WAIT`]).
 const RECHECK_BEHIND: Duration = Duration::from_millis(5);
+/// The longest a `write` takes from stamping the file to returning, when
+/// its event is queued: the rule's one assumption about writers.
+const WRITE_RETURN: Duration = Duration::from_millis(2);
+/// Changes made on the probe's unnamed file, each right after reading its
+/// ctime (see [`probe_fine_ctime`]).
+const PROBE_WRITES: u8 = 32;
 
 /// Each file's stamp when a writer last closed it (`IN_CLOSE_WRITE`),
 /// forgotten when it is written to again. Kept by the watch thread.
@@ -35,13 +46,33 @@ const RECHECK_BEHIND: Duration = Duration::from_millis(5);
 /// cookie: a directory made in a private directory that this inotify
 /// instance also watches, queued behind everything before it (watchman's
 /// cookie files); each has its own name, so none is merged or mistaken.
+///
+/// On a filesystem whose files get a new ctime at any change after their
+/// ctime was read (the kernel's multigrain timestamps: Linux 6.13 on ext4,
+/// xfs, btrfs, tmpfs; [`probe_fine_ctime`] finds out), a write the record
+/// could hide began before the watch thread's own stat (any later one
+/// changes the ctime the record holds), so its event is queued by
+/// [`WRITE_RETURN`] after that stat: a point usually well before the
+/// coarse margin runs out (see [`proof_point`]).
 #[derive(Debug)]
 pub struct Closed {
-    map: Mutex<HashMap<RelPath, Stamp>>,
+    map: Mutex<HashMap<RelPath, Record>>,
     sync: Mutex<SyncState>,
     acked: Condvar,
     cookie: OnceLock<Cookie>,
     margin: Duration,
+    /// The device of the filesystem found to give every change after a
+    /// read of the ctime a new ctime.
+    fine: OnceLock<u64>,
+}
+
+/// A file as its writer closed it, and from when on that may be trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Record {
+    stamp: Stamp,
+    /// Every event that could show a write hidden by `stamp` is queued by
+    /// then (see [`proof_point`]); `None`: never provable.
+    proof: Option<SystemTime>,
 }
 
 #[derive(Debug, Default)]
@@ -77,6 +108,7 @@ impl Default for Closed {
             acked: Condvar::new(),
             cookie: OnceLock::new(),
             margin: margin(),
+            fine: OnceLock::new(),
         }
     }
 }
@@ -93,19 +125,33 @@ pub enum Trust {
     Wait(Duration),
 }
 
-/// The rule, on times alone: a record whose file has `ctime` is trusted
-/// once every event queued before `ctime + margin` is known handled
-/// (`drained`). `margin` covers the coarse clock the kernel stamps files
-/// with (a stamp is up to one tick older than the write that set it) and
-/// the time from that stamp to the write's event (queued when the write
-/// returns).
-pub fn trust(
-    ctime: SystemTime,
-    drained: Option<SystemTime>,
-    now: SystemTime,
+/// When a record may be proven: the time by which every event that could
+/// show a write hidden by the record is queued. Always `ctime + margin`:
+/// `margin` covers the coarse clock the kernel stamps files with (a stamp
+/// is up to one tick older than the write that set it, and a write in the
+/// same tick leaves it) and the time from that stamp to the write's event
+/// (queued when the write returns). With `stat_at`, the time the record's
+/// stat was taken on a filesystem where every change after a read of the
+/// ctime gets a new one, a hidden write began before that stat, so its
+/// event is queued by `stat_at +` [`WRITE_RETURN`]; whichever comes first.
+pub fn proof_point(
+    ctime: Option<SystemTime>,
     margin: Duration,
-) -> Trust {
-    let Some(at) = ctime.checked_add(margin) else {
+    stat_at: Option<SystemTime>,
+) -> Option<SystemTime> {
+    let coarse = ctime.and_then(|c| c.checked_add(margin));
+    let fine = stat_at.and_then(|s| s.checked_add(WRITE_RETURN));
+    match (coarse, fine) {
+        (Some(c), Some(f)) => Some(c.min(f)),
+        (c, f) => c.or(f),
+    }
+}
+
+/// The rule, on times alone: a record is trusted once every event queued
+/// before its proof point `at` ([`proof_point`]) is known handled
+/// (`drained`).
+pub fn trust(at: Option<SystemTime>, drained: Option<SystemTime>, now: SystemTime) -> Trust {
+    let Some(at) = at else {
         return Trust::Wait(Duration::MAX);
     };
     if drained.is_some_and(|d| d >= at) {
@@ -119,7 +165,7 @@ pub fn trust(
 
 /// Two ticks of the kernel's coarse clock (the file timestamp granularity,
 /// `CONFIG_HZ`) plus 2 ms for a write to return after stamping the file.
-pub(super) fn margin() -> Duration {
+pub fn margin() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -134,6 +180,36 @@ pub(super) fn margin() -> Duration {
     tick.clamp(Duration::from_millis(1), Duration::from_millis(10)) * 2 + Duration::from_millis(2)
 }
 
+/// The device of `dir`'s filesystem if a change to a file there after its
+/// ctime was read always gets a new ctime (the kernel's multigrain
+/// timestamps; a coarse clock leaves it as it was within a tick): tried on
+/// an unnamed file (`O_TMPFILE`: no name, no event, gone at close), each
+/// of [`PROBE_WRITES`] writes right after a read. `None`: not so, or it
+/// cannot be tried (read-only, no `O_TMPFILE`): the coarse margin alone.
+pub fn probe_fine_ctime(dir: &Path) -> Option<u64> {
+    use rustix::fs::{Mode, OFlags};
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .ok()?;
+    let f = std::fs::File::from(fd);
+    let m = f.metadata().ok()?;
+    let mut last = (m.ctime(), m.ctime_nsec());
+    for i in 0..PROBE_WRITES {
+        f.write_at(&[i], 0).ok()?;
+        let m = f.metadata().ok()?;
+        let c = (m.ctime(), m.ctime_nsec());
+        if c == last {
+            return None;
+        }
+        last = c;
+    }
+    Some(m.dev())
+}
+
 /// `None` for a time `SystemTime` cannot hold (a corrupt inode).
 pub(super) fn ctime_of(s: &Stamp) -> Option<SystemTime> {
     let (sec, nsec) = s.ctime;
@@ -146,7 +222,7 @@ pub(super) fn ctime_of(s: &Stamp) -> Option<SystemTime> {
 }
 
 impl Closed {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<RelPath, Stamp>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<RelPath, Record>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -154,13 +230,33 @@ impl Closed {
         self.sync.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A writer closed `rel`, which now looks like `m`.
+    /// Files on the filesystem of device `dev` get a new ctime at any
+    /// change after a read of it (see [`probe_fine_ctime`]).
+    pub fn set_fine_ctime(&self, dev: u64) {
+        let _ = self.fine.set(dev);
+    }
+
+    /// The record of `m`, just read (so from now on, on a filesystem of
+    /// fine ctimes, any change gives it a new ctime).
+    fn record(&self, m: &std::fs::Metadata) -> Record {
+        use std::os::unix::fs::MetadataExt;
+        let stamp = Stamp::of(m);
+        // Taken after the stat: later is the safe side.
+        let stat_at = (self.fine.get() == Some(&m.dev())).then(SystemTime::now);
+        Record {
+            stamp,
+            proof: proof_point(ctime_of(&stamp), self.margin, stat_at),
+        }
+    }
+
+    /// A writer closed `rel`, which now looks like `m` (just read).
     pub fn closed(&self, rel: RelPath, m: &std::fs::Metadata) {
+        let r = self.record(m);
         let mut map = self.map();
         if map.len() >= CLOSED_MAX {
             map.clear();
         }
-        map.insert(rel, Stamp::of(m));
+        map.insert(rel, r);
     }
 
     /// Forgets every record (events were lost).
@@ -174,36 +270,48 @@ impl Closed {
     }
 
     /// Its metadata changed (chmod, utimes) or it was renamed to `to`,
-    /// but not its content: still the closed file, now looking like `m`.
+    /// but not its content: still the closed file, now looking like `m`
+    /// (just read).
     pub fn moved(&self, from: &RelPath, to: RelPath, m: &std::fs::Metadata) {
+        let r = self.record(m);
         let mut map = self.map();
         if map.remove(from).is_some() {
-            map.insert(to, Stamp::of(m));
+            map.insert(to, r);
         }
+    }
+
+    /// The record of `rel` if it matches `m`.
+    fn matching(&self, rel: &RelPath, m: &std::fs::Metadata) -> Option<Record> {
+        let stamp = Stamp::of(m);
+        self.map().get(rel).copied().filter(|r| r.stamp == stamp)
     }
 
     /// `rel` is, as `m` shows, exactly what its writer closed, and every
     /// event that could say otherwise has been handled. May wait up to
     /// [`SYNC_WAIT`] for the watch thread.
     pub fn unchanged(&self, rel: &RelPath, m: &std::fs::Metadata) -> bool {
-        let stamp = Stamp::of(m);
-        if self.map().get(rel) != Some(&stamp) {
+        let Some(rec) = self.matching(rel, m) else {
             return false;
-        }
-        let Some((ctime, at)) =
-            ctime_of(&stamp).and_then(|c| Some((c, c.checked_add(self.margin)?)))
-        else {
+        };
+        let Some(at) = rec.proof else {
             return false;
         };
         let drained = self.state().drained;
-        match trust(ctime, drained, SystemTime::now(), self.margin) {
+        let mut verdict = trust(Some(at), drained, SystemTime::now());
+        if let Trust::Wait(d) = verdict {
+            if d <= WAIT_IN_READ {
+                std::thread::sleep(d);
+                verdict = Trust::Sync;
+            }
+        }
+        match verdict {
             Trust::Yes => true,
             Trust::Wait(_) => false,
             Trust::Sync => {
                 let drained = self.sync_watch(at);
                 // Still recorded once the events before the sync point are
                 // handled: no write dropped it.
-                drained.is_some_and(|d| d >= at) && self.map().get(rel) == Some(&stamp)
+                drained.is_some_and(|d| d >= at) && self.matching(rel, m) == Some(rec)
             }
         }
     }
@@ -211,7 +319,7 @@ impl Closed {
     /// The record matches `m` (trusted or not).
     #[cfg(test)]
     pub(crate) fn recorded(&self, rel: &RelPath, m: &std::fs::Metadata) -> bool {
-        self.map().get(rel) == Some(&Stamp::of(m))
+        self.matching(rel, m).is_some()
     }
 
     /// For a file held back although a writer closed it: when to look again
@@ -223,23 +331,25 @@ impl Closed {
         m: &std::fs::Metadata,
         limit: Duration,
     ) -> Option<Duration> {
-        let stamp = Stamp::of(m);
-        if self.map().get(rel) != Some(&stamp) || !self.can_sync() {
+        let rec = self.matching(rel, m)?;
+        if !self.can_sync() {
             return None;
         }
         let now = SystemTime::now();
-        let at = ctime_of(&stamp)?.checked_add(self.margin)?;
+        let at = rec.proof?;
         match at.duration_since(now) {
             Ok(left) => Some(left.clamp(RECHECK_MIN, limit)),
             // Past it and still not trusted. Most often the margin ran out
             // while the file's batch was in flight: no sync was tried, so
-            // look again at once. If a cookie is overdue the watch thread
-            // is behind: back off a little. A record that stays unproven
-            // for `limit` is left to the settle rule.
+            // look again at once, in the very next batch (a millisecond
+            // later missed it: the next batch starts as this one ends). If
+            // a cookie is overdue the watch thread is behind: back off a
+            // little. A record that stays unproven for `limit` is left to
+            // the settle rule.
             Err(e) if e.duration() < limit => Some(if self.behind(now) {
                 RECHECK_BEHIND
             } else {
-                RECHECK_MIN
+                Duration::ZERO
             }),
             Err(_) => None,
         }
@@ -358,7 +468,8 @@ impl Closed {
         {
             return st.drained;
         }
-        let deadline = std::time::Instant::now() + SYNC_WAIT;
+        let start = std::time::Instant::now();
+        let deadline = start + SYNC_WAIT;
         while st.drained.is_none_or(|d| d < want) {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
@@ -369,6 +480,15 @@ impl Closed {
                 .wait_timeout(st, left)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+        }
+        // A reader waiting on the watch thread waits with its whole batch.
+        let waited = start.elapsed();
+        if waited >= Duration::from_millis(1) {
+            tracing::debug!(
+                waited_us = waited.as_micros() as u64,
+                reached = st.drained.is_some_and(|d| d >= want),
+                "synced with the watch thread"
+            );
         }
         st.drained
     }

@@ -21,33 +21,109 @@ fn a_record_is_trusted_only_once_the_watch_is_drained_past_it() {
     let w = t0 + ms(1);
     let ctime = w - ms(3); // the coarse clock's last tick
     let event = w + ms(1); // the write returns: its event is queued
-                           // Drained to just before the write's event: the record may be the
-                           // partial file, so it is not trusted, however late we look.
+    let at = proof_point(Some(ctime), margin, None);
+    assert_eq!(at, Some(ctime + margin));
+    // Drained to just before the write's event: the record may be the
+    // partial file, so it is not trusted, however late we look.
     for now in [w, w + ms(5), w + Duration::from_secs(60)] {
-        assert_ne!(trust(ctime, Some(event - ms(1)), now, margin), Trust::Yes);
+        assert_ne!(trust(at, Some(event - ms(1)), now), Trust::Yes);
     }
     // Too young to sync: wait for just the rest of the margin.
-    assert_eq!(
-        trust(ctime, None, ctime + ms(4), margin),
-        Trust::Wait(margin - ms(4))
-    );
+    assert_eq!(trust(at, None, ctime + ms(4)), Trust::Wait(margin - ms(4)));
     // Old enough: a sync point is needed, and a sync point made after
     // ctime + margin is after the write's event, which drops the record.
-    assert_eq!(trust(ctime, None, ctime + margin, margin), Trust::Sync);
+    assert_eq!(trust(at, None, ctime + margin), Trust::Sync);
     assert!(ctime + margin >= event, "the margin covers tick and write");
-    assert_eq!(
-        trust(ctime, Some(ctime + margin), ctime + margin, margin),
-        Trust::Yes
-    );
+    assert_eq!(trust(at, Some(ctime + margin), ctime + margin), Trust::Yes);
     // A same-size rewrite within the tick of the record leaves the
     // stamps as they were; its event is queued before ctime + margin,
     // so a drain point that does not cover it does not trust either.
     let rewrite_event = ctime + tick - ms(1) + ms(2);
     assert_ne!(
-        trust(ctime, Some(rewrite_event - ms(1)), ctime + ms(30), margin),
+        trust(at, Some(rewrite_event - ms(1)), ctime + ms(30)),
         Trust::Yes
     );
     assert!(rewrite_event <= ctime + margin);
+    // No ctime to go by: never trusted.
+    assert_eq!(
+        trust(None, Some(t0 + ms(100)), t0 + ms(100)),
+        Trust::Wait(Duration::MAX)
+    );
+}
+
+/// The same window on a filesystem of fine ctimes (any change after a read
+/// of the ctime gets a new one): the record's stat at `s` saw the server's
+/// write in progress (stamped before `s`, returning after it). Its event
+/// is queued by `s + 2 ms`, so a drain point before that does not trust;
+/// a write stamped after `s` would have changed the ctime the record holds.
+#[test]
+fn with_fine_ctimes_a_record_is_proven_soon_after_its_stat() {
+    let margin = ms(10);
+    let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let ctime = t0; // the server's write stamped the file
+    let s = t0 + ms(1); // the watch thread's stat, the write not yet returned
+    let event = t0 + ms(2); // it returns: its event is queued
+    let at = proof_point(Some(ctime), margin, Some(s));
+    assert_eq!(at, Some(s + ms(2)), "before the coarse margin");
+    assert!(at.unwrap() >= event, "covers the write in progress");
+    assert_ne!(trust(at, Some(event - ms(1)), t0 + ms(60)), Trust::Yes);
+    assert_eq!(trust(at, None, s), Trust::Wait(ms(2)));
+    assert_eq!(trust(at, Some(s + ms(2)), s + ms(2)), Trust::Yes);
+    // A stat taken long after the last change (a watch thread behind):
+    // the coarse margin is the earlier, still valid, point.
+    assert_eq!(
+        proof_point(Some(ctime), margin, Some(t0 + ms(500))),
+        Some(ctime + margin)
+    );
+    // Without a ctime it still has the fine point (the stat is what
+    // counts there), and without either nothing is ever provable.
+    assert_eq!(proof_point(None, margin, Some(s)), Some(s + ms(2)));
+    assert_eq!(proof_point(None, margin, None), None);
+}
+
+/// What the fine rule stands on, checked on this machine's temporary
+/// directory: the probe's verdict matches what a file there does. When
+/// the probe says fine, a change right after reading the ctime always
+/// shows in it (tried again here, on a named file, many times within a
+/// tick); when it does not, the coarse margin alone applies.
+#[test]
+fn the_fine_ctime_probe_matches_the_filesystem() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let d = tempfile::tempdir().unwrap();
+    let f = std::fs::File::create_new(d.path().join("f")).unwrap();
+    let mut last = f.metadata().unwrap();
+    let mut kept = 0;
+    for i in 0..1000u32 {
+        f.write_at(&i.to_le_bytes(), 0).unwrap();
+        let m = f.metadata().unwrap();
+        if (m.ctime(), m.ctime_nsec()) == (last.ctime(), last.ctime_nsec()) {
+            kept += 1;
+        }
+        last = m;
+    }
+    match probe_fine_ctime(d.path()) {
+        Some(dev) => {
+            assert_eq!(dev, last.dev());
+            assert_eq!(kept, 0, "fine by the probe, yet a change kept its ctime");
+        }
+        // A coarse clock keeps the ctime of most of 1000 writes in a row
+        // (unless the probe could not run: no unnamed files here).
+        None => {
+            let tmpfile = rustix::fs::open(
+                d.path(),
+                rustix::fs::OFlags::TMPFILE | rustix::fs::OFlags::RDWR,
+                rustix::fs::Mode::from_raw_mode(0o600),
+            );
+            if tmpfile.is_ok() {
+                assert!(
+                    kept > 0,
+                    "every change got a new ctime, yet not fine by the probe"
+                );
+            }
+        }
+    }
+    // The probe leaves nothing behind.
+    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
 }
 
 /// Quiet is counted from the ctime, whatever the mtime says.
@@ -135,14 +211,14 @@ fn a_recheck_backs_off_only_while_a_sync_cookie_is_overdue() {
     let dir = c.make_cookie_dir().unwrap();
     // Let the margin past the file's ctime run out (at most 22 ms).
     std::thread::sleep(ms(30));
-    assert_eq!(c.recheck_in(&rel, &m, limit), Some(ms(1)));
+    assert_eq!(c.recheck_in(&rel, &m, limit), Some(ms(0)), "at once");
     // A cookie nobody handles (no watch thread here) becomes overdue.
     let n = c.ask_sync().unwrap();
     std::thread::sleep(ms(60));
     assert_eq!(c.recheck_in(&rel, &m, limit), Some(ms(5)));
     // Once the watch thread reports it, no more back-off.
     assert!(c.cookie_seen(&dir.join(format!("c{n}"))));
-    assert_eq!(c.recheck_in(&rel, &m, limit), Some(ms(1)));
+    assert_eq!(c.recheck_in(&rel, &m, limit), Some(ms(0)));
     // The cookie directory cannot be watched: no record can be proven.
     c.cookies_off();
     assert_eq!(c.recheck_in(&rel, &m, limit), None);

@@ -312,7 +312,19 @@ impl Driver {
             live: &self.live,
             stats: &self.stats,
         };
+        let lost_before = s.connection().stats().path.lost_packets;
         let r = ship(s, &mut with, batch, commit_id).await;
+        // A lost packet on loopback costs a probe timeout or more: say so
+        // beside the batch's timing.
+        let path = s.connection().stats().path;
+        if path.lost_packets > lost_before {
+            tracing::debug!(
+                lost = path.lost_packets - lost_before,
+                rtt_us = path.rtt.as_micros() as u64,
+                cwnd = path.cwnd,
+                "QUIC packets lost during the batch"
+            );
+        }
         let stats = &self.stats;
         match r {
             Ok((f, deferred_links)) => {

@@ -56,7 +56,10 @@ pub(crate) fn read_in(
 ) -> std::io::Result<Read> {
     let (mut file, before, leased) = match open_source_in(root, rel, settle)? {
         Opened::Gone => return Ok(Read::ended(ReadEnd::Vanished)),
-        Opened::Busy => return Ok(Read::ended(ReadEnd::Busy)),
+        Opened::Busy => {
+            tracing::trace!(path = %rel, "read: busy");
+            return Ok(Read::ended(ReadEnd::Busy));
+        }
         Opened::File(f, m, leased) => (f, m, leased),
     };
     let (mut reading, _) = Reading::begin(id, before.len(), encoding);
@@ -100,6 +103,8 @@ pub(crate) fn read_in(
         FileMsg::End { id } => sink.send(Request::FileEnd { id, hash }),
         FileMsg::Abort { id } | FileMsg::Begin { id, .. } => sink.send(Request::FileAbort { id }),
     };
+    // With the watch's trace: when each file was read (benches/nfs_tail.py).
+    tracing::trace!(path = %rel, ?end, "read");
     let done = (end == ReadEnd::Sent).then(|| (Stamp::of(&after), hash));
     Ok(Read { end, done })
 }

@@ -222,6 +222,92 @@ fn a_write_before_the_close_is_handled_is_not_taken_for_the_closed_file() {
     drop(cached);
 }
 
+/// What the sooner proof on a filesystem of fine ctimes stands on: a
+/// same-size rewrite through the server's descriptor right after the watch
+/// thread's stat of the close (so within the file clock's tick) is not
+/// taken for the closed file even before its event is handled, because it
+/// gave the file a new ctime (what the rule stands on); and a file left
+/// alone is sent by a read right after its close, which waits out the
+/// 2 ms and syncs (the coarse margin, 2 ticks + 2 ms, would have left it
+/// to a later batch).
+#[test]
+fn with_fine_ctimes_a_rewrite_after_the_close_record_is_not_sent() {
+    use crate::lease::{Lease, Settle};
+    use crate::primary::source::{open_source, Opened};
+    use std::io::{Seek, Write};
+    crate::lease::ignore_break_signal();
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().canonicalize().unwrap();
+    let Some(dev) = crate::lease::probe_fine_ctime(&root) else {
+        syncd_testkit::skip::skip(
+            "with_fine_ctimes_a_rewrite_after_the_close_record_is_not_sent",
+            "this filesystem can keep a ctime across a change",
+        );
+        return;
+    };
+    let closed = Arc::new(Closed::default());
+    closed.set_fine_ctime(dev);
+    let dir = closed.make_cookie_dir().unwrap();
+    let settle = Settle {
+        quiet: Duration::from_secs(3600),
+        closed: closed.clone(),
+    };
+    let close = notify::Event::new(EventKind::Access(AccessKind::Close(AccessMode::Write)))
+        .add_path(root.join("f"));
+    let sent = || {
+        matches!(
+            open_source(&root, &p("f"), Some(&settle)).unwrap(),
+            Opened::File(..)
+        )
+    };
+    // The watch thread, played by hand: it has handled every event (of
+    // which there are none but the close) whenever asked.
+    let acking = |closed: Arc<Closed>, dir: std::path::PathBuf| {
+        std::thread::spawn(move || {
+            for _ in 0..100 {
+                closed.cookie_seen(&dir.join("c999"));
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let f = root.join("f");
+    let mut cached = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&f)
+        .unwrap();
+    if crate::lease::take(&std::fs::File::open(&f).unwrap()) == Lease::Unsupported {
+        syncd_testkit::skip::skip(
+            "with_fine_ctimes_a_rewrite_after_the_close_record_is_not_sent",
+            "file leases are not supported here",
+        );
+        return;
+    }
+    let mut client = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+    client.write_all(b"complete").unwrap();
+    drop(client);
+    note(&closed, &root, &close);
+    // Same size, at once: the coarse clock has not ticked.
+    cached.rewind().unwrap();
+    cached.write_all(b"rewrote!").unwrap();
+    std::thread::sleep(Duration::from_millis(30));
+    let acker = acking(closed.clone(), dir.clone());
+    assert!(!sent(), "rewritten after the record's stat: a new ctime");
+    acker.join().unwrap();
+    // Closed again and left alone: its proof point is 2 ms after the
+    // record's stat, so a reader right after the close waits for it and
+    // syncs, and sends the file now rather than leave it to a later batch.
+    let mut client = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+    client.write_all(b"complete").unwrap();
+    drop(client);
+    let acker = acking(closed.clone(), dir);
+    note(&closed, &root, &close);
+    assert!(sent(), "closed, unchanged and synced: sent by this read");
+    acker.join().unwrap();
+    drop(cached);
+}
+
 /// The record follows a rename and a metadata change, and is dropped
 /// by a write, a delete and a rename over it.
 #[test]

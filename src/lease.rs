@@ -96,7 +96,7 @@ mod closed;
 
 use closed::ctime_of;
 pub use closed::margin;
-pub use closed::{probe_fine_ctime, proof_point, trust, Closed, Trust};
+pub use closed::{fine_slack, probe_fine_ctime, proof_point, trust, Closed, Trust};
 
 #[cfg(test)]
 mod tests;

@@ -188,18 +188,21 @@ impl Watch {
             .with_event_kinds(notify::EventKindMask::CORE | notify::EventKindMask::ACCESS_CLOSE);
         let mut watcher = notify::RecommendedWatcher::new(move |res| handler.handle(res), config)
             .map_err(failed)?;
+        // Before the root is watched: the probe's unnamed file has no name
+        // but a watched directory still gets its modify and close events
+        // (as `#<inode>`), which could name a real file.
+        match crate::lease::probe_fine_ctime(export) {
+            Some(dev) => {
+                closed.set_fine_ctime(dev);
+                tracing::info!("the export's filesystem gives a file a new ctime at every change after a read of it: a closed file is trusted once the watch is synced {:?} past the stat of its close", crate::lease::fine_slack(crate::lease::margin()));
+            }
+            None => tracing::info!("the export's filesystem can keep a file's ctime across a change (a coarse clock), or the probe could not write there: a closed file is trusted once the watch is synced {:?} past its ctime", crate::lease::margin()),
+        }
         // The root only: the first scan watches the rest as it walks.
         watcher
             .watch(export, RecursiveMode::NonRecursive)
             .map_err(failed)?;
         watch_cookie_dir(&mut watcher, &closed);
-        match crate::lease::probe_fine_ctime(export) {
-            Some(dev) => {
-                closed.set_fine_ctime(dev);
-                tracing::info!("the export's filesystem gives a file a new ctime at every change after a read of it: a closed file is trusted once the watch is synced 2 ms past the stat of its close");
-            }
-            None => tracing::info!("the export's filesystem can keep a file's ctime across a change (a coarse clock): a closed file is trusted once the watch is synced {:?} past its ctime", crate::lease::margin()),
-        }
         Ok(Watch {
             watcher: Arc::new(Mutex::new(watcher)),
             root: export.to_path_buf(),

@@ -51,9 +51,10 @@ const PROBE_WRITES: u8 = 32;
 /// ctime was read (the kernel's multigrain timestamps: Linux 6.13 on ext4,
 /// xfs, btrfs, tmpfs; [`probe_fine_ctime`] finds out), a write the record
 /// could hide began before the watch thread's own stat (any later one
-/// changes the ctime the record holds), so its event is queued by
-/// [`WRITE_RETURN`] after that stat: a point usually well before the
-/// coarse margin runs out (see [`proof_point`]).
+/// changes the ctime the record holds), so its event is queued within
+/// [`fine_slack`] of that stat (if it returns as fast as the coarse rule
+/// assumes at worst): a point usually before the coarse margin runs out
+/// (see [`proof_point`]).
 #[derive(Debug)]
 pub struct Closed {
     map: Mutex<HashMap<RelPath, Record>>,
@@ -133,18 +134,30 @@ pub enum Trust {
 /// (queued when the write returns). With `stat_at`, the time the record's
 /// stat was taken on a filesystem where every change after a read of the
 /// ctime gets a new one, a hidden write began before that stat, so its
-/// event is queued by `stat_at +` [`WRITE_RETURN`]; whichever comes first.
+/// event is queued by `stat_at +` [`fine_slack`]; whichever comes first.
 pub fn proof_point(
     ctime: Option<SystemTime>,
     margin: Duration,
     stat_at: Option<SystemTime>,
 ) -> Option<SystemTime> {
     let coarse = ctime.and_then(|c| c.checked_add(margin));
-    let fine = stat_at.and_then(|s| s.checked_add(WRITE_RETURN));
+    // A write may be stamped (its ctime visible) and still running when the
+    // watch thread stats the file; it must get no less time to return than
+    // the coarse rule gives at worst (one tick plus WRITE_RETURN: margin is
+    // two ticks plus WRITE_RETURN, and a coarse stamp can be a tick old).
+    let fine = stat_at.and_then(|s| s.checked_add(fine_slack(margin)));
     match (coarse, fine) {
         (Some(c), Some(f)) => Some(c.min(f)),
         (c, f) => c.or(f),
     }
+}
+
+/// How long after the close's stat a hidden write has to return on a
+/// filesystem of fine ctimes: one tick plus [`WRITE_RETURN`], the least the
+/// coarse rule's `margin` (two ticks plus it) leaves a write.
+pub fn fine_slack(margin: Duration) -> Duration {
+    let tick = margin.saturating_sub(WRITE_RETURN) / 2;
+    tick + WRITE_RETURN
 }
 
 /// The rule, on times alone: a record is trusted once every event queued
@@ -183,7 +196,8 @@ pub fn margin() -> Duration {
 /// The device of `dir`'s filesystem if a change to a file there after its
 /// ctime was read always gets a new ctime (the kernel's multigrain
 /// timestamps; a coarse clock leaves it as it was within a tick): tried on
-/// an unnamed file (`O_TMPFILE`: no name, no event, gone at close), each
+/// an unnamed file (`O_TMPFILE`: no name, gone at close; its events
+/// still reach a watch on `dir`, so probe before watching it), each
 /// of [`PROBE_WRITES`] writes right after a read. `None`: not so, or it
 /// cannot be tried (read-only, no `O_TMPFILE`): the coarse margin alone.
 pub fn probe_fine_ctime(dir: &Path) -> Option<u64> {
@@ -338,7 +352,8 @@ impl Closed {
         let now = SystemTime::now();
         let at = rec.proof?;
         match at.duration_since(now) {
-            Ok(left) => Some(left.clamp(RECHECK_MIN, limit)),
+            // Not `clamp`: `limit` (settle_ms) may be under RECHECK_MIN.
+            Ok(left) => Some(left.max(RECHECK_MIN).min(limit)),
             // Past it and still not trusted. Most often the margin ran out
             // while the file's batch was in flight: no sync was tried, so
             // look again at once, in the very next batch (a millisecond

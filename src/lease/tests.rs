@@ -53,22 +53,25 @@ fn a_record_is_trusted_only_once_the_watch_is_drained_past_it() {
 
 /// The same window on a filesystem of fine ctimes (any change after a read
 /// of the ctime gets a new one): the record's stat at `s` saw the server's
-/// write in progress (stamped before `s`, returning after it). Its event
-/// is queued by `s + 2 ms`, so a drain point before that does not trust;
-/// a write stamped after `s` would have changed the ctime the record holds.
+/// write in progress (stamped before `s`, returning after it). The write
+/// gets as long to return after that stat as the coarse rule gives it at
+/// worst (one tick plus 2 ms; here a 4 ms tick, so 6 ms): a drain point
+/// before that does not trust; a write stamped after `s` would have changed
+/// the ctime the record holds.
 #[test]
 fn with_fine_ctimes_a_record_is_proven_soon_after_its_stat() {
-    let margin = ms(10);
+    let margin = ms(10); // two 4 ms ticks plus 2 ms
     let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     let ctime = t0; // the server's write stamped the file
     let s = t0 + ms(1); // the watch thread's stat, the write not yet returned
-    let event = t0 + ms(2); // it returns: its event is queued
+    let event = s + ms(5); // a slow write returns 5 ms later: its event is queued
     let at = proof_point(Some(ctime), margin, Some(s));
-    assert_eq!(at, Some(s + ms(2)), "before the coarse margin");
+    assert_eq!(at, Some(s + ms(6)), "before the coarse margin");
+    assert!(at.unwrap() < ctime + margin);
     assert!(at.unwrap() >= event, "covers the write in progress");
     assert_ne!(trust(at, Some(event - ms(1)), t0 + ms(60)), Trust::Yes);
-    assert_eq!(trust(at, None, s), Trust::Wait(ms(2)));
-    assert_eq!(trust(at, Some(s + ms(2)), s + ms(2)), Trust::Yes);
+    assert_eq!(trust(at, None, s), Trust::Wait(ms(6)));
+    assert_eq!(trust(at, Some(s + ms(6)), s + ms(6)), Trust::Yes);
     // A stat taken long after the last change (a watch thread behind):
     // the coarse margin is the earlier, still valid, point.
     assert_eq!(
@@ -77,7 +80,7 @@ fn with_fine_ctimes_a_record_is_proven_soon_after_its_stat() {
     );
     // Without a ctime it still has the fine point (the stat is what
     // counts there), and without either nothing is ever provable.
-    assert_eq!(proof_point(None, margin, Some(s)), Some(s + ms(2)));
+    assert_eq!(proof_point(None, margin, Some(s)), Some(s + ms(6)));
     assert_eq!(proof_point(None, margin, None), None);
 }
 

@@ -295,14 +295,17 @@ fn with_fine_ctimes_a_rewrite_after_the_close_record_is_not_sent() {
     let acker = acking(closed.clone(), dir.clone());
     assert!(!sent(), "rewritten after the record's stat: a new ctime");
     acker.join().unwrap();
-    // Closed again and left alone: its proof point is 2 ms after the
-    // record's stat, so a reader right after the close waits for it and
-    // syncs, and sends the file now rather than leave it to a later batch.
+    // Closed again and left alone: its proof point is a tick plus 2 ms
+    // after the record's stat, so a reader that comes within 3 ms of it
+    // waits for it and syncs, and sends the file now rather than leave it
+    // to a later batch.
     let mut client = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
     client.write_all(b"complete").unwrap();
     drop(client);
     let acker = acking(closed.clone(), dir);
     note(&closed, &root, &close);
+    let slack = crate::lease::fine_slack(crate::lease::margin());
+    std::thread::sleep(slack.saturating_sub(Duration::from_millis(2)));
     assert!(sent(), "closed, unchanged and synced: sent by this read");
     acker.join().unwrap();
     drop(cached);

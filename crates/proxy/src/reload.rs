@@ -75,10 +75,11 @@ impl App {
             None => None,
         };
         let upstreams = registry.apply(&cfg);
-        let shared = Arc::new(Shared::new(Snapshot {
+        let snapshot = Snapshot {
             config: Arc::new(cfg),
             upstreams,
-        }));
+        };
+        let shared = Arc::new(Shared::with_workers(snapshot, workers.clone()));
         shared.metrics.config_generation.store(1, Ordering::Relaxed);
         let mut app = App {
             workers,

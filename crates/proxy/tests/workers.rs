@@ -54,3 +54,42 @@ async fn metrics_add_up_over_workers() {
     assert_eq!(sent, n);
     assert_eq!(timed, n);
 }
+
+/// The kernel spreads SO_REUSEPORT connections by a hash of their
+/// addresses (16 connections land 8/8 only one time in five); the workers
+/// even them out at accept, and a handed-over connection serves as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_spread_evenly_over_the_workers() {
+    let a = Backend::start("a").await;
+    let cfg = "[global]\nworkers = 2\n\n".to_string()
+        + &http_listener("web")
+        + &upstream("web", "", &[(a.addr, "")]);
+    let p = Proxy::start(&cfg).await;
+    let open = |w: usize| format!("syncd_proxy_worker_connections{{worker=\"{w}\"}}");
+    // one at a time: each is counted before the next arrives
+    let mut conns = Vec::new();
+    for _ in 0..16 {
+        let mut conn = None;
+        let (status, _) = keepalive_get(&mut conn, p.listen, "/").await.unwrap();
+        assert_eq!(status, 200);
+        conns.push(conn);
+    }
+    assert_eq!(p.metric(&open(0)).await, 8.0);
+    assert_eq!(p.metric(&open(1)).await, 8.0);
+    // every connection, wherever it runs now, keeps serving
+    for conn in &mut conns {
+        let (status, _) = keepalive_get(conn, p.listen, "/").await.unwrap();
+        assert_eq!(status, 200);
+    }
+    assert_eq!(a.count(), 32);
+    // closed connections are no longer counted
+    drop(conns);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while p.metric(&open(0)).await + p.metric(&open(1)).await != 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "closed connections still counted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

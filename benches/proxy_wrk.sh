@@ -10,7 +10,9 @@
 #                                               PERF_OUT=file.data  (perf record -g of syncd-proxy
 #                                                 during one extra run; prints the top symbols)
 #                                               STRACE=1  (strace -c -f of each proxy during one
-#                                                 extra run: system calls per request, by name))
+#                                                 extra run: system calls per request, by name)
+#                                               PROFILE_RATE=1  (the PERF_OUT and STRACE runs at the
+#                                                 fixed rate below instead of closed-loop))
 #        RATE_ROUNDS=ROUNDS RATE_DELAY_MS=8  (fixed-rate rounds: each connection
 #                                               waits RATE_DELAY_MS between requests; 0 rounds skips them)
 # Runs ROUNDS rounds of one wrk run per proxy, the order flipping every round
@@ -348,11 +350,13 @@ if [ "$RATE_ROUNDS" -gt 0 ]; then
     report rate
 fi
 
+PROFILE_ARGS=()
+[ -z "${PROFILE_RATE:-}" ] || PROFILE_ARGS=(-s "$WORK/rate.lua")
 if [ -n "${PERF_OUT:-}" ]; then
     echo "== perf record -g of syncd-proxy during one more ${DURATION}s run -> $PERF_OUT"
-    perf record -q -F 999 -g -p "$SP_PID" -o "$PERF_OUT" -- sleep "$DURATION" 2>/dev/null &
+    perf record -q -F "${PERF_FREQ:-999}" --call-graph "${PERF_CALLGRAPH:-fp}" -p "$SP_PID" -o "$PERF_OUT" -- sleep "$DURATION" 2>/dev/null &
     perf_pid=$!
-    run_wrk "$SP_PORT" "$WORK/perf.txt"
+    run_wrk "$SP_PORT" "$WORK/perf.txt" "${PROFILE_ARGS[@]}"
     wait $perf_pid || true
     perf report -i "$PERF_OUT" --no-children --percent-limit 1.5 --stdio -g none 2>/dev/null \
         | grep -v '^#' | grep -v '^$' | head -40
@@ -367,7 +371,7 @@ strace_run() { # port pid name
     strace -c -f -o "$WORK/strace-$name.txt" "${args[@]}" 2>/dev/null &
     local st=$!
     sleep 1
-    run_wrk "$port" "$WORK/strace-$name.wrk"
+    run_wrk "$port" "$WORK/strace-$name.wrk" "${PROFILE_ARGS[@]}"
     kill -INT "$st" 2>/dev/null || true
     wait "$st" 2>/dev/null || true
     local n

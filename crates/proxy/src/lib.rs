@@ -29,7 +29,6 @@ pub mod server;
 pub mod server_wire;
 pub mod server_write;
 pub mod sharded;
-pub mod spread;
 pub mod stall;
 pub mod state;
 pub mod tcp;

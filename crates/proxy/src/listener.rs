@@ -14,7 +14,6 @@ use crate::config::{self, Mode};
 use crate::framing::HeadLimits;
 use crate::proxy::ConnInfo;
 use crate::server;
-use crate::spread::Open;
 use crate::state::Shared;
 
 #[derive(Debug, thiserror::Error)]
@@ -171,15 +170,14 @@ fn http_conn(
 
 /// Serve an accepted HTTP connection on its own task (after the TLS
 /// handshake, which `handshake` bounds, when the listener has TLS). The
-/// connection, and a tunnel it becomes, hold the drain token and the
-/// worker's open-connection count.
+/// connection, and a tunnel it becomes, hold the drain token.
 fn spawn_http(
     io: ClientIo<TcpStream>,
     client: SocketAddr,
     conn: server::Conn,
     handshake: Duration,
     tls: Option<&TlsAcceptor>,
-    token: (Arc<()>, Open),
+    token: Arc<()>,
 ) {
     match tls {
         None => {
@@ -206,47 +204,7 @@ fn spawn_http(
     }
 }
 
-/// What an accepted connection needs from its listener.
-struct Ctx<'a> {
-    cfg: &'a Arc<config::Listener>,
-    tls: Option<&'a TlsAcceptor>,
-    shared: &'a Arc<Shared>,
-    stop: &'a watch::Receiver<bool>,
-    head_limits: HeadLimits,
-}
-
-/// Serve an accepted connection on a task of the current runtime. It holds
-/// the drain token and its worker's open-connection count until it ends.
-fn serve_accepted(stream: TcpStream, client: SocketAddr, ctx: Ctx<'_>, token: Arc<()>, open: Open) {
-    let cfg = ctx.cfg;
-    match cfg.mode {
-        Mode::Tcp => {
-            let serve = crate::tcp::serve(stream, client, cfg.clone(), ctx.shared.clone(), token);
-            tokio::spawn(async move {
-                serve.await;
-                drop(open);
-            });
-        }
-        Mode::Http => {
-            let io = ClientIo::new(stream, io_limits(cfg));
-            let (tls_on, activity) = (ctx.tls.is_some(), io.activity());
-            let conn = http_conn(
-                cfg,
-                client,
-                tls_on,
-                ctx.shared,
-                ctx.stop,
-                ctx.head_limits,
-                activity,
-            );
-            spawn_http(io, client, conn, cfg.header_timeout, ctx.tls, (token, open));
-        }
-    }
-}
-
 /// Run one listening socket until `stop` flips, then drain its connections.
-/// A connection accepted here runs on the worker with the fewest open
-/// connections (`Shared::spread`), this one unless another has fewer.
 pub async fn run(
     socket: std::net::TcpListener,
     cfg: Arc<config::Listener>,
@@ -285,45 +243,19 @@ pub async fn run(
         };
         let _ = stream.set_nodelay(true);
         let token = sessions.clone();
-        let (open, elsewhere) = shared.spread.place(crate::workers::index());
-        let Some(worker) = elsewhere else {
-            let ctx = Ctx {
-                cfg: &cfg,
-                tls: tls.as_ref(),
-                shared: &shared,
-                stop: &stop,
-                head_limits,
-            };
-            serve_accepted(stream, client, ctx, token, open);
-            continue;
-        };
-        // moved to the other worker's reactor: out of this one's epoll set
-        // here, into that one's there
-        let std = match stream.into_std() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(listener = %cfg.name, error = %e, %client, "cannot hand the connection over");
-                continue;
+        match cfg.mode {
+            Mode::Tcp => {
+                let shared = shared.clone();
+                let cfg = cfg.clone();
+                tokio::spawn(crate::tcp::serve(stream, client, cfg, shared, token));
             }
-        };
-        let (cfg, tls, shared, stop) = (cfg.clone(), tls.clone(), shared.clone(), stop.clone());
-        worker.spawn(async move {
-            let stream = match TcpStream::from_std(std) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(listener = %cfg.name, error = %e, %client, "cannot register a handed-over connection");
-                    return;
-                }
-            };
-            let ctx = Ctx {
-                cfg: &cfg,
-                tls: tls.as_ref(),
-                shared: &shared,
-                stop: &stop,
-                head_limits,
-            };
-            serve_accepted(stream, client, ctx, token, open);
-        });
+            Mode::Http => {
+                let io = ClientIo::new(stream, io_limits(&cfg));
+                let (tls_on, activity) = (tls.is_some(), io.activity());
+                let conn = http_conn(&cfg, client, tls_on, &shared, &stop, head_limits, activity);
+                spawn_http(io, client, conn, cfg.header_timeout, tls.as_ref(), token);
+            }
+        }
     }
     drop(socket);
     tracing::debug!(

@@ -219,23 +219,6 @@ fn render_global(w: &mut Writer, global: &GlobalMetrics) {
     }
 }
 
-/// Open client connections per worker thread (how evenly accepts spread
-/// them); nothing without worker threads.
-pub fn render_workers(open: &[usize]) -> String {
-    let mut w = Writer::new();
-    if !open.is_empty() {
-        let mut f = w.family(
-            "syncd_proxy_worker_connections",
-            Kind::Gauge,
-            "Open client connections per worker thread.",
-        );
-        for (i, n) in open.iter().enumerate() {
-            f.sample(&[("worker", &i.to_string())], *n as u64);
-        }
-    }
-    w.finish()
-}
-
 /// One sample per server and family, and the response-time histograms.
 fn render_servers(w: &mut Writer, servers: &[ServerView<'_>]) {
     type Read = fn(&ServerView<'_>) -> u64;

@@ -75,11 +75,10 @@ impl App {
             None => None,
         };
         let upstreams = registry.apply(&cfg);
-        let snapshot = Snapshot {
+        let shared = Arc::new(Shared::new(Snapshot {
             config: Arc::new(cfg),
             upstreams,
-        };
-        let shared = Arc::new(Shared::with_workers(snapshot, workers.clone()));
+        }));
         shared.metrics.config_generation.store(1, Ordering::Relaxed);
         let mut app = App {
             workers,

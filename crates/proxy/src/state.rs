@@ -12,7 +12,6 @@ use crate::config::Config;
 use crate::metrics::{self, GlobalMetrics, ServerView};
 use crate::retry::RetryBudget;
 use crate::sharded::Sharded;
-use crate::spread::Spread;
 use crate::upstream::UpstreamRt;
 
 /// Everything a request needs from one configuration generation. Requests
@@ -51,18 +50,10 @@ pub struct Shared {
     access_log: AtomicBool,
     /// Built-in VRRP instances, once started (read by `/metrics` and `/vrrp`).
     vrrp: OnceLock<syncd_vrrp::admin::AdminState>,
-    /// The workers and their open client connections (accepts even them out).
-    pub spread: Arc<Spread>,
 }
 
 impl Shared {
-    /// State for connections served without worker threads (tests).
     pub fn new(snapshot: Snapshot) -> Shared {
-        Shared::with_workers(snapshot, Vec::new())
-    }
-
-    /// State for connections served by the `workers` runtimes.
-    pub fn with_workers(snapshot: Snapshot, workers: Vec<tokio::runtime::Handle>) -> Shared {
         let r = &snapshot.config.retry;
         let budget = RetryBudget::new(r.budget_ratio, r.budget_min_per_sec);
         let access = snapshot.config.global.access_log;
@@ -74,7 +65,6 @@ impl Shared {
             metrics: GlobalMetrics::default(),
             access_log: AtomicBool::new(access),
             vrrp: OnceLock::new(),
-            spread: Arc::new(Spread::new(workers)),
         }
     }
 
@@ -203,7 +193,6 @@ impl Shared {
             })
             .collect();
         let mut out = metrics::render(&self.metrics, &views);
-        out.push_str(&metrics::render_workers(&self.spread.counts()));
         if let Some(v) = self.vrrp.get() {
             out.push_str(&v.metrics());
         }

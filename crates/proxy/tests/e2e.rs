@@ -520,8 +520,8 @@ async fn sigterm_finishes_in_flight_requests() {
 
 /// Idle keep-alive connections that already served requests (their wait
 /// for the stop signal registered long before it comes) close at SIGTERM
-/// instead of holding the drain for `shutdown_timeout` (30 s here): on
-/// both workers, handed-over connections included.
+/// instead of holding the drain for `shutdown_timeout` (30 s here), on
+/// both workers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_idle_keepalive_connections() {
     let a = Backend::start("a").await;

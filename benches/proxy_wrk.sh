@@ -10,7 +10,9 @@
 #                                               PERF_OUT=file.data  (perf record -g of syncd-proxy
 #                                                 during one extra run; prints the top symbols)
 #                                               STRACE=1  (strace -c -f of each proxy during one
-#                                                 extra run: system calls per request, by name))
+#                                                 extra run: system calls per request, by name)
+#                                               PROFILE_RATE=1  (the PERF_OUT and STRACE runs at the
+#                                                 fixed rate below instead of closed-loop))
 #        RATE_ROUNDS=ROUNDS RATE_DELAY_MS=8  (fixed-rate rounds: each connection
 #                                               waits RATE_DELAY_MS between requests; 0 rounds skips them)
 # Runs ROUNDS rounds of one wrk run per proxy, the order flipping every round
@@ -209,6 +211,26 @@ worker_ticks() { # pid
     fi
     echo
 }
+# client connections per worker, sampled once during a run: syncd-proxy's
+# per thread (the sockets registered in each worker runtime's epoll set),
+# nginx's per worker process; one line "n1/n2/...". With a closed loop the
+# worker holding more connections gives each of them less CPU, so an
+# uneven split lengthens the tail even when the workers' CPU shares are even.
+conn_split() { # pid port
+    local fds e
+    fds=$(ss -tnpH state established "( sport = :$2 )" 2>/dev/null | grep -o "pid=[0-9]*,fd=[0-9]*" | sort -u)
+    if grep -q syncd-proxy-w /proc/"$1"/task/*/comm 2>/dev/null; then
+        # mio keeps a dup of each epoll fd: one line per distinct set
+        for e in $(ls -l /proc/"$1"/fd 2>/dev/null | awk '/eventpoll/ {print $9}'); do
+            awk '/^tfd:/ {print $2}' /proc/"$1"/fdinfo/"$e" 2>/dev/null | sort -n | paste -sd,
+        done | sort -u | awk -v fds="$(echo "$fds" | sed 's/.*fd=//' | tr '\n' ' ')" \
+            'BEGIN {n = split(fds, a, " "); for (i = 1; i <= n; i++) c[a[i]] = 1}
+             {k = 0; m = split($0, t, ","); for (i = 1; i <= m; i++) if (t[i] in c) k++; if (k) print k}' \
+            | sort -rn | paste -sd/
+    else
+        echo "$fds" | sed 's/,fd=.*//' | sort | uniq -c | awk '{print $1}' | sort -rn | paste -sd/
+    fi
+}
 median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
 HZ=$(getconf CLK_TCK)
@@ -245,7 +267,10 @@ series() { # mode rounds [extra wrk args...]
             f=$WORK/$mode-$who-$r
             read -r u0 s0 < <(cpu_ticks "$pid")
             w0=$(worker_ticks "$pid")
+            (sleep $(((DURATION + 1) / 2)); conn_split "$pid" "$port" > "$f.conns") &
+            local sampler=$!
             run_wrk "$port" "$f.txt" "$@"
+            wait "$sampler" 2>/dev/null || true
             read -r u1 s1 < <(cpu_ticks "$pid")
             # each worker's share of the CPU the proxy used in this run
             paste <(echo "$w0" | tr ' ' '\n') <(worker_ticks "$pid" | tr ' ' '\n') \
@@ -257,9 +282,9 @@ series() { # mode rounds [extra wrk args...]
         done
         for who in $WHO; do
             f=$WORK/$mode-$who-$r
-            printf '%s round %d %-13s %10s req/s  p50 %7s  p99 %8s ms  cpu %6s us/req (user %6s)  workers %s  %s\n' "$mode" "$r" \
+            printf '%s round %d %-13s %10s req/s  p50 %7s  p99 %8s ms  cpu %6s us/req (user %6s)  workers %s  conns %s  %s\n' "$mode" "$r" \
                 "$(label $who)" "$(rps "$f.txt")" "$(pct "$f.txt" 50%)" \
-                "$(pct "$f.txt" 99%)" "$(cat "$f.cpu")" "$(cat "$f.ucpu")" "$(cat "$f.split")" "$(errs "$f.txt")"
+                "$(pct "$f.txt" 99%)" "$(cat "$f.cpu")" "$(cat "$f.ucpu")" "$(cat "$f.split")" "$(cat "$f.conns")" "$(errs "$f.txt")"
         done
         # same-round ratios: the only figures this shared VM makes comparable
         pct "$WORK/$mode-sp-$r.txt" 99% > "$WORK/$mode-sp-$r.p99"
@@ -325,11 +350,13 @@ if [ "$RATE_ROUNDS" -gt 0 ]; then
     report rate
 fi
 
+PROFILE_ARGS=()
+[ -z "${PROFILE_RATE:-}" ] || PROFILE_ARGS=(-s "$WORK/rate.lua")
 if [ -n "${PERF_OUT:-}" ]; then
     echo "== perf record -g of syncd-proxy during one more ${DURATION}s run -> $PERF_OUT"
-    perf record -q -F 999 -g -p "$SP_PID" -o "$PERF_OUT" -- sleep "$DURATION" 2>/dev/null &
+    perf record -q -F "${PERF_FREQ:-999}" --call-graph "${PERF_CALLGRAPH:-fp}" -p "$SP_PID" -o "$PERF_OUT" -- sleep "$DURATION" 2>/dev/null &
     perf_pid=$!
-    run_wrk "$SP_PORT" "$WORK/perf.txt"
+    run_wrk "$SP_PORT" "$WORK/perf.txt" "${PROFILE_ARGS[@]}"
     wait $perf_pid || true
     perf report -i "$PERF_OUT" --no-children --percent-limit 1.5 --stdio -g none 2>/dev/null \
         | grep -v '^#' | grep -v '^$' | head -40
@@ -344,7 +371,7 @@ strace_run() { # port pid name
     strace -c -f -o "$WORK/strace-$name.txt" "${args[@]}" 2>/dev/null &
     local st=$!
     sleep 1
-    run_wrk "$port" "$WORK/strace-$name.wrk"
+    run_wrk "$port" "$WORK/strace-$name.wrk" "${PROFILE_ARGS[@]}"
     kill -INT "$st" 2>/dev/null || true
     wait "$st" 2>/dev/null || true
     local n

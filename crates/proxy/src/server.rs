@@ -15,7 +15,7 @@
 
 use std::future::{poll_fn, Future};
 use std::io::IoSlice;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
@@ -63,7 +63,7 @@ struct Parsed {
 
 /// Serve one client connection until it closes, fails, or `stop` flips
 /// between requests.
-pub async fn serve<IO>(io: IO, mut c: Conn)
+pub async fn serve<IO>(io: IO, c: Conn)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -71,10 +71,18 @@ where
     let src: server_wire::Shared = wire.clone();
     let mut spans: Vec<HeaderSpan> = Vec::new();
     let mut wbuf: Vec<u8> = Vec::with_capacity(1024);
+    let mut stop_rx = c.stop.clone();
+    let mut stopping = Stopping {
+        wait: pin!(async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        }),
+        registered: false,
+    };
     loop {
         let next = tokio::select! {
+            biased;
             r = read_head(&wire, c.limits, &mut spans) => r,
-            _ = c.stop.wait_for(|s| *s) => return,
+            () = poll_fn(|cx| stopping.poll(&c.stop, cx)) => return,
         };
         let parsed = match next {
             Ok(Some((head, bytes))) => build(&head, bytes, &mut spans),
@@ -109,7 +117,7 @@ where
             let w = lock(&wire);
             w.decode == Decode::Done && !w.broken
         };
-        let keep = p.keep_alive && body_read && !*c.stop.borrow() && tunnel.is_none();
+        let keep = p.keep_alive && body_read && !stop_flipped(&c.stop) && tunnel.is_none();
         let ok = respond(&wire, &mut wbuf, resp, head_request, http11, keep).await;
         if !ok {
             return;
@@ -129,6 +137,34 @@ where
             return close(&wire).await;
         }
     }
+}
+
+/// The connection's wait for `stop` (or for its sender to go, which ends
+/// the connection as well). Its waiter is registered with the channel on
+/// the first idle wait and kept for the connection's life: a fresh wait per
+/// request, or a re-poll of the registered one, takes the channel's locks,
+/// which every connection of the listener on every worker shares. Between
+/// requests only the channel's version is read (an atomic load), and the
+/// waiter is polled again once the channel changed.
+struct Stopping<F> {
+    wait: Pin<F>,
+    registered: bool,
+}
+
+impl<F: std::ops::DerefMut<Target: Future<Output = ()>>> Stopping<F> {
+    fn poll(&mut self, stop: &watch::Receiver<bool>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.registered && !stop_flipped(stop) {
+            // the registered waiter wakes this task when it changes
+            return Poll::Pending;
+        }
+        self.registered = true;
+        self.wait.as_mut().poll(cx)
+    }
+}
+
+/// Has `stop` been sent (it only ever goes to true) or its sender dropped?
+fn stop_flipped(stop: &watch::Receiver<bool>) -> bool {
+    !matches!(stop.has_changed(), Ok(false))
 }
 
 /// Handle one request, unless the client goes away meanwhile (`None`).

@@ -518,6 +518,42 @@ async fn sigterm_finishes_in_flight_requests() {
     );
 }
 
+/// Idle keep-alive connections that already served requests (their wait
+/// for the stop signal registered long before it comes) close at SIGTERM
+/// instead of holding the drain for `shutdown_timeout` (30 s here), on
+/// both workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_idle_keepalive_connections() {
+    let a = Backend::start("a").await;
+    let cfg = "[global]\nworkers = 2\n\n".to_string()
+        + &http_listener("web")
+        + &upstream("web", "", &[(a.addr, "")]);
+    let mut p = Proxy::start(&cfg).await;
+    let mut conns: Vec<_> = (0..4).map(|_| None).collect();
+    for _ in 0..3 {
+        for conn in &mut conns {
+            let (status, _) = keepalive_get(conn, p.listen, "/").await.unwrap();
+            assert_eq!(status, 200);
+        }
+    }
+    p.signal(libc::SIGTERM);
+    let status = tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(10)));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit without waiting out the drain: {status:?}"
+    );
+    wait_for(
+        "the clients to see their connections closed",
+        Duration::from_secs(10),
+        || {
+            conns
+                .iter()
+                .all(|c| c.as_ref().is_some_and(|s| s.is_closed()))
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_mode_forwards_bytes_and_skips_dead_servers() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -632,3 +632,44 @@ fn writes_into_many_directories_during_the_start_all_arrive() {
     p.assert_equal();
     assert_eq!(p.metric("overflows_total"), 0.0, "{}", p.primary_log());
 }
+
+/// Pipelined commits: a batch starts while the previous one's commit is
+/// still awaited, and the standby applies a session's requests in order, so
+/// a path rewritten batch after batch ends with its last content (and every
+/// new file arrives).
+#[test]
+fn a_path_rewritten_while_commits_overlap_ends_with_its_last_content() {
+    let mut p = Pair::new();
+    p.start_standby();
+    start_primary(&mut p);
+    p.wait_live();
+    let t = Instant::now();
+    let mut i = 0;
+    // At least 2,000 rewrites, until the log shows overlapping batches
+    // (the primary logs each batch's timing at debug).
+    loop {
+        std::fs::write(p.primary().join("same"), format!("version {i}\n")).unwrap();
+        if i % 4 == 0 {
+            std::fs::write(p.primary().join(format!("n{i}")), format!("{i}\n")).unwrap();
+        }
+        i += 1;
+        if i >= 2000 && i % 200 == 0 && p.primary_log().contains("overlapped=true") {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(500));
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no batch started while a commit was in flight:\n{}",
+            p.primary_log()
+        );
+    }
+    p.wait_equal(Duration::from_secs(60));
+    p.assert_equal();
+    let last = format!("version {}\n", i - 1);
+    assert_eq!(
+        std::fs::read_to_string(p.standby_dir().join("same")).unwrap(),
+        last
+    );
+    assert_eq!(p.metric("lag_operations"), 0.0);
+    assert!(p.stop_primary(), "primary did not exit cleanly on SIGTERM");
+}

@@ -43,7 +43,10 @@ use crate::index::Index;
 use crate::stats::{unix_now, Stats};
 use crate::watch::Watch;
 use crate::wire::Purpose;
-use ship::{accept, followups, lost, on_event, peer_name, record, set_lag, ship, stop, Shipping};
+use ship::{
+    accept, acknowledged, followups, lost, on_event, peer_name, record, set_lag, ship, stop,
+    Shipped, Shipping,
+};
 use syncd_proto::live::{Action, Event, Live, LiveConfig, PERIODIC_NO_WATCH};
 use syncd_sdnotify::State;
 
@@ -100,6 +103,9 @@ struct Driver {
     session: Option<Session>,
     /// Outcomes of large transfers that ended between batches.
     tsum: Summary,
+    /// Batches whose commits are sent and not yet answered, oldest first
+    /// (`Live` holds the same ids).
+    shipped: std::collections::VecDeque<Shipped>,
     /// Changes taken from the watch since the queue depth was last set.
     taken: usize,
     /// Ready and STATUS (sd_notify) are ours; under --role auto the pair
@@ -193,6 +199,7 @@ impl Driver {
             watch,
             session: None,
             tsum: Summary::default(),
+            shipped: Default::default(),
             taken: 0,
             standalone: own_record,
         };
@@ -230,7 +237,7 @@ impl Driver {
                         s.flush().await
                     };
                     if let Err(e) = sent.await {
-                        lost(&mut self.session, &mut self.live, &self.stats, e).await;
+                        self.lose(e).await;
                     }
                 }
             }
@@ -293,15 +300,17 @@ impl Driver {
         }
     }
 
+    /// Ships a batch up to its commit sent; answers that arrived meanwhile
+    /// (the previous batch's) are taken after it.
     async fn ship(
         &mut self,
         batch: syncd_proto::batch::Batch,
         commit_id: u64,
         now: std::time::Instant,
     ) {
-        let batch_full = batch.full;
         let Some(s) = self.session.as_mut() else {
             self.live.handle_session_lost(now);
+            self.shipped.clear();
             return;
         };
         let mut with = Shipping {
@@ -325,26 +334,85 @@ impl Driver {
                 "QUIC packets lost during the batch"
             );
         }
-        let stats = &self.stats;
         match r {
-            Ok((f, deferred_links)) => {
-                self.me.committed(commit_id);
-                if batch_full {
-                    self.me.save();
-                }
-                // Acknowledged: the standby follows our generation up to this batch.
-                let lineage = &self.me.record.lineage;
-                stats.set_generation(lineage, Some(lineage));
-                let idle = s.transfers().is_empty();
-                self.live
-                    .handle_shipped(std::time::Instant::now(), f, deferred_links, idle);
-                set_lag(stats, &self.live, s);
+            Ok(sh) => {
+                self.shipped.push_back(sh);
+                self.live.handle_commit_sent();
             }
-            Err(e) => lost(&mut self.session, &mut self.live, &self.stats, e).await,
+            Err(e) => return self.lose(e).await,
+        }
+        while let Some(c) = self.session.as_mut().and_then(Session::take_committed) {
+            if let Err(e) = self.committed(c).await {
+                return self.lose(e).await;
+            }
         }
     }
 
+    /// The session failed: nothing in flight is acknowledged.
+    async fn lose(&mut self, e: ClientError) {
+        self.shipped.clear();
+        lost(&mut self.session, &mut self.live, &self.stats, e).await;
+    }
+
+    /// The oldest batch in flight is durable on the standby: acknowledged.
+    async fn committed(
+        &mut self,
+        (id, failures, at): (u64, Vec<crate::wire::Failure>, std::time::Instant),
+    ) -> Result<(), ClientError> {
+        let (Some(s), Some(sh)) = (self.session.as_mut(), self.shipped.pop_front()) else {
+            return Err(ClientError::Protocol(format!(
+                "commit {id} answered, none awaited"
+            )));
+        };
+        if sh.commit_id != id {
+            return Err(ClientError::Protocol(format!(
+                "commit {id} answered before commit {}",
+                sh.commit_id
+            )));
+        }
+        let full = sh.full;
+        let mut with = Shipping {
+            cfg: &self.cfg,
+            opts: &mut self.opts,
+            index: &mut self.index,
+            watch: &mut self.watch,
+            live: &self.live,
+            stats: &self.stats,
+        };
+        let (f, deferred_links) = acknowledged(s, &mut with, sh, failures, at).await;
+        self.me.committed(id);
+        if full {
+            self.me.save();
+        }
+        // Acknowledged: the standby follows our generation up to this batch.
+        let stats = &self.stats;
+        let lineage = &self.me.record.lineage;
+        stats.set_generation(lineage, Some(lineage));
+        let idle = s.transfers().is_empty();
+        let now = std::time::Instant::now();
+        self.live
+            .handle_committed(id, now, f, deferred_links, idle)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        set_lag(stats, &self.live, s);
+        Ok(())
+    }
+
     async fn stop(&mut self, flush: Option<(syncd_proto::batch::Batch, u64)>) {
+        // Commits in flight first: acknowledged as in the loop.
+        while !self.shipped.is_empty() {
+            let Some(s) = self.session.as_mut() else {
+                break;
+            };
+            let grace = std::time::Duration::from_secs(10);
+            let ok = match tokio::time::timeout(grace, s.next_committed()).await {
+                Ok(Ok(c)) => self.committed(c).await.is_ok(),
+                _ => false,
+            };
+            if !ok {
+                self.shipped.clear();
+                break;
+            }
+        }
         if let Some(s) = self.session.take() {
             let with = Shipping {
                 cfg: &self.cfg,
@@ -362,8 +430,17 @@ impl Driver {
     }
 
     /// Waits for a transfer's end, a change, the session's end, the next
-    /// deadline of `Live`, or shutdown.
+    /// deadline of `Live`, or shutdown; with a commit in flight, for its
+    /// answer instead of a transfer's end or the session's (reading the
+    /// answer notices that).
     async fn idle(&mut self, shutdown: &mut (impl std::future::Future<Output = ()> + Unpin)) {
+        if self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.commits_pending() > 0)
+        {
+            return self.idle_committing(shutdown).await;
+        }
         let far = Instant::now() + Duration::from_secs(3600);
         let conn = self.session.as_ref().map(Session::connection);
         let deadline = self.live.poll_timeout().map_or(far, Instant::from_std);
@@ -402,8 +479,52 @@ impl Driver {
                 // Noticed while idle, not only at the next batch: a
                 // primary whose session is gone must not look in sync.
                 let e = ClientError::Protocol(format!("session closed: {e}"));
-                lost(&mut self.session, &mut self.live, &self.stats, e).await;
+                self.lose(e).await;
             }
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = shutdown => self.shutdown().await,
+        }
+    }
+
+    async fn idle_committing(
+        &mut self,
+        shutdown: &mut (impl std::future::Future<Output = ()> + Unpin),
+    ) {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let deadline = self.live.poll_timeout().map_or(far, Instant::from_std);
+        let wake = self.watch.as_ref().map(|w| w.wake.clone());
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        // Every branch is cancel-safe: the answer's read keeps what it has
+        // read of a frame for the next call.
+        tokio::select! {
+            c = s.next_committed() => {
+                let r = match c {
+                    Ok(c) => self.committed(c).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = r {
+                    self.lose(e).await;
+                }
+            }
+            c = async {
+                match &mut self.watch {
+                    Some(w) => w.rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(c) = c {
+                    accept(&self.stats, &mut self.live, c);
+                    self.taken += 1;
+                }
+            }
+            _ = async {
+                match &wake {
+                    Some(w) => w.notified().await,
+                    None => std::future::pending().await,
+                }
+            } => {}
             _ = tokio::time::sleep_until(deadline) => {}
             _ = shutdown => self.shutdown().await,
         }

@@ -57,12 +57,71 @@ pub struct Session {
     /// What the standby does with owners and modes, from its Welcome;
     /// `None` from a standby that predates it.
     pub standby_policy: Option<MetaPolicy>,
+    /// Commits answered while another reply was awaited (pipelined: the
+    /// previous batch's answer arrives during the next one's listing), in
+    /// order, until [`Session::next_committed`] takes them.
+    committed: std::collections::VecDeque<(u64, Vec<Failure>, Instant)>,
+    /// Commits sent and not yet answered.
+    commits_awaited: usize,
 }
 
 impl Session {
-    /// The next answer of the Sender core to what the standby replied.
+    /// The next answer of the Sender core to what the standby replied; a
+    /// commit's answer on the way is kept for [`Session::next_committed`].
     async fn answer(&mut self) -> Result<(Answer, StreamReply), ClientError> {
-        Ok(answer(&mut self.ctl, &mut self.sender).await?)
+        loop {
+            match answer(&mut self.ctl, &mut self.sender).await? {
+                (Answer::Committed { id, failures }, _) if self.commits_awaited > 0 => {
+                    self.commits_awaited -= 1;
+                    self.committed.push_back((id, failures, Instant::now()));
+                }
+                a => return Ok(a),
+            }
+        }
+    }
+
+    /// Sends `Commit id` without waiting for its answer: everything sent
+    /// before it becomes durable on the standby, and the batch is
+    /// acknowledged at its answer ([`Session::next_committed`]). The
+    /// standby takes the requests that follow only after it.
+    pub async fn send_commit(&mut self, id: u64) -> Result<(), ClientError> {
+        self.send(&Request::Commit { id }).await?;
+        self.sender.expect(Expect::Commit(id), Instant::now());
+        self.commits_awaited += 1;
+        self.ctl.flush().await?;
+        Ok(())
+    }
+
+    /// Commits sent and not yet taken by [`Session::next_committed`].
+    pub fn commits_pending(&self) -> usize {
+        self.commits_awaited + self.committed.len()
+    }
+
+    /// A commit answered already (and when), without waiting.
+    pub fn take_committed(&mut self) -> Option<(u64, Vec<Failure>, Instant)> {
+        self.committed.pop_front()
+    }
+
+    /// The oldest commit's answer: its id, the failures its batch met, and
+    /// when it arrived. Cancel-safe (the live loop waits for it beside the
+    /// watch), as long as nothing else is awaited: a commit is the last
+    /// thing a batch sends.
+    pub async fn next_committed(&mut self) -> Result<(u64, Vec<Failure>, Instant), ClientError> {
+        if let Some(c) = self.committed.pop_front() {
+            return Ok(c);
+        }
+        if self.commits_awaited == 0 {
+            return Err(ClientError::Protocol("no commit awaited".into()));
+        }
+        match answer(&mut self.ctl, &mut self.sender).await? {
+            (Answer::Committed { id, failures }, _) => {
+                self.commits_awaited -= 1;
+                Ok((id, failures, Instant::now()))
+            }
+            (other, _) => Err(ClientError::Protocol(format!(
+                "expected a commit's answer, got {other:?}"
+            ))),
+        }
     }
 
     /// Sends everything queued (for sessions that expect no reply).
@@ -255,10 +314,26 @@ impl Session {
     }
 
     /// Everything sent so far is committed and durable on the standby: the
-    /// batch is acknowledged ([`Session::acknowledged`]).
+    /// batch is acknowledged ([`Session::acknowledged`]). Commits sent
+    /// before and not yet taken are answered first; their answers wait for
+    /// [`Session::next_committed`].
     pub async fn commit(&mut self, id: u64) -> Result<Vec<Failure>, ClientError> {
-        self.send(&Request::Commit { id }).await?;
-        self.barrier_reply(Expect::Commit(id)).await
+        self.send_commit(id).await?;
+        loop {
+            let (got, failures) = match answer(&mut self.ctl, &mut self.sender).await? {
+                (Answer::Committed { id, failures }, _) => (id, failures),
+                (other, _) => {
+                    return Err(ClientError::Protocol(format!(
+                        "expected a commit's answer, got {other:?}"
+                    )))
+                }
+            };
+            self.commits_awaited -= 1;
+            if got == id {
+                return Ok(failures);
+            }
+            self.committed.push_back((got, failures, Instant::now()));
+        }
     }
 
     /// Barrier or commit failures: any `FailureChunk`s, then `BarrierDone`.

@@ -37,7 +37,12 @@ pub(super) async fn stop(
 ) {
     const GRACE: Duration = Duration::from_secs(10);
     if let Some((b, id)) = flush {
-        let _ = tokio::time::timeout(GRACE, ship(&mut s, &mut with, b, id)).await;
+        let shipped = async {
+            ship(&mut s, &mut with, b, id).await?;
+            while s.next_committed().await?.0 != id {}
+            Ok::<_, ClientError>(())
+        };
+        let _ = tokio::time::timeout(GRACE, shipped).await;
     }
     let _ = tokio::time::timeout(GRACE, s.drain_transfers(tsum, with.index)).await;
     let _ = tokio::time::timeout(GRACE, s.finish()).await;
@@ -128,21 +133,38 @@ pub(super) async fn save_index(index: &mut Index) {
     }
 }
 
-/// Replays renames, reconciles the batch's scope, and waits for the standby's
-/// durable commit. Returns the paths the standby could not apply, and how
-/// many hard-linked files were left for a full reconcile.
+/// A batch applied on the standby whose commit is sent: what its answer
+/// completes.
+pub(super) struct Shipped {
+    pub commit_id: u64,
+    sum: Summary,
+    pub full: bool,
+    changes: u64,
+    renames: usize,
+    oldest: Option<std::time::Instant>,
+    /// Its oldest change's wait before the batch started, its reconcile
+    /// (lists, content, barriers), and when its commit went out.
+    waited: Option<Duration>,
+    reconcile: Duration,
+    sent: std::time::Instant,
+    /// Started while the previous batch's commit was still awaited.
+    overlapped: bool,
+}
+
+/// Replays renames, reconciles the batch's scope and sends its durable
+/// commit; the commit's answer (awaited by the caller, possibly after the
+/// next batch has started) completes it in [`acknowledged`].
 pub(super) async fn ship(
     s: &mut Session,
     with: &mut Shipping<'_>,
     b: Batch,
     commit_id: u64,
-) -> Result<(Followups, u64), ClientError> {
+) -> Result<Shipped, ClientError> {
     let (cfg, live, stats) = (with.cfg, with.live, with.stats);
     let (opts, index) = (&mut *with.opts, &mut *with.index);
-    let pending = live.pending() as u64;
-    // A whole-tree compare in flight is unacknowledged work too (a switchover
-    // must not see lag 0 while it runs, nor after it failed).
-    stats.set_lag(b.changes + pending + u64::from(b.full), b.oldest);
+    // What is in flight (this batch too) is lag until acknowledged.
+    set_lag(stats, live, s);
+    let overlapped = s.commits_pending() > 0;
     for (from, to) in &b.renames {
         s.rename(from.clone(), to.clone()).await?;
     }
@@ -157,27 +179,61 @@ pub(super) async fn ship(
     }
     let full = b.full;
     let scope = (!full).then_some(b.scope);
-    // Where a batch's time goes (debug): its oldest change's wait before
-    // the batch started, the reconcile (lists, content, barriers), the
-    // durable commit.
     let t0 = std::time::Instant::now();
     let waited = b.oldest.map(|o| t0.saturating_duration_since(o));
     let mut sum = super::reconcile::reconcile(s, cfg, opts, index, scope).await?;
-    stats.lag_bytes.store(sum.content_bytes, Relaxed);
-    let t1 = std::time::Instant::now();
-    sum.failures.extend(s.commit(commit_id).await?);
+    if full {
+        // The next batch plans with them, whether or not this one's
+        // commit has been answered by then.
+        opts.defer_links = Some(Arc::new(std::mem::take(&mut sum.links_outside)));
+    }
+    let reconcile = t0.elapsed();
+    s.send_commit(commit_id).await?;
+    Ok(Shipped {
+        commit_id,
+        sum,
+        full,
+        changes: b.changes,
+        renames: b.renames.len(),
+        oldest: b.oldest,
+        waited,
+        reconcile,
+        sent: std::time::Instant::now(),
+        overlapped,
+    })
+}
+
+/// Batch `sh` is durable on the standby (its commit answered at `at`, with
+/// `failures`): counts it and returns the paths to compare again or retry,
+/// and how many hard-linked files were left for a full reconcile.
+pub(super) async fn acknowledged(
+    s: &mut Session,
+    with: &mut Shipping<'_>,
+    sh: Shipped,
+    failures: Vec<crate::wire::Failure>,
+    at: std::time::Instant,
+) -> (Followups, u64) {
+    let (cfg, stats) = (with.cfg, with.stats);
+    let (opts, index) = (&mut *with.opts, &mut *with.index);
+    let Shipped { mut sum, full, .. } = sh;
+    sum.failures.extend(failures);
+    // Where a batch's time goes (debug): its oldest change's wait before
+    // the batch started, the reconcile (lists, content, barriers), the
+    // durable commit (sent to answered; pipelined, the next batch's
+    // listing and content go meanwhile).
     tracing::debug!(
-        changes = b.changes,
-        waited_us = waited.map_or(0, |d| d.as_micros() as u64),
-        reconcile_us = (t1 - t0).as_micros() as u64,
-        commit_us = t1.elapsed().as_micros() as u64,
+        changes = sh.changes,
+        waited_us = sh.waited.map_or(0, |d| d.as_micros() as u64),
+        reconcile_us = sh.reconcile.as_micros() as u64,
+        commit_us = at.saturating_duration_since(sh.sent).as_micros() as u64,
+        overlapped = sh.overlapped,
         "batch timing"
     );
     stats.lag_bytes.store(s.transfers().bytes(), Relaxed);
     stats.reconciles.fetch_add(1, Relaxed);
     stats.batches.fetch_add(1, Relaxed);
     record(stats, s, &sum);
-    if let Some(o) = b.oldest {
+    if let Some(o) = sh.oldest {
         stats
             .last_batch_us
             .store(o.elapsed().as_micros() as u64, Relaxed);
@@ -185,7 +241,6 @@ pub(super) async fn ship(
     if full {
         stats.full_reconciles.fetch_add(1, Relaxed);
         save_index(index).await;
-        opts.defer_links = Some(Arc::new(std::mem::take(&mut sum.links_outside)));
     }
     let deferred_links = sum.deferred_links;
     if deferred_links > 0 {
@@ -209,14 +264,14 @@ pub(super) async fn ship(
             deleted = sum.deleted,
             meta = sum.meta_only,
             symlinks = sum.symlinks,
-            renames = b.renames.len(),
+            renames = sh.renames,
             ms = sum.elapsed.as_millis() as u64,
             "replicated"
         );
     }
     // A whole-tree compare soon: the same path that links deferred links.
     let f = followups(sum, stats, &cfg.export, opts.settle.as_ref());
-    Ok((f, deferred_links + dropped))
+    (f, deferred_links + dropped)
 }
 
 /// Counts what a reconcile (or a large transfer) sent.

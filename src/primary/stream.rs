@@ -28,6 +28,11 @@ pub struct Stream {
     recv: quinn::RecvStream,
     wbuf: Vec<u8>,
     rbuf: Vec<u8>,
+    /// Bytes received and not yet taken as frames (from `inpos`): reads
+    /// take what has arrived, so waiting for a reply is cancel-safe (the
+    /// live loop waits for a commit's answer beside the watch).
+    inbuf: Vec<u8>,
+    inpos: usize,
     /// Frame bytes sent and received (comparable with rsync's --stats totals).
     pub tx: u64,
     pub rx: u64,
@@ -42,6 +47,8 @@ impl Stream {
             recv,
             wbuf: Vec::new(),
             rbuf: Vec::new(),
+            inbuf: Vec::new(),
+            inpos: 0,
             tx: 0,
             rx: 0,
             deadline: Some(REPLY_DEADLINE),
@@ -95,20 +102,62 @@ impl Stream {
         &self.rbuf
     }
 
+    /// The next reply. Cancel-safe once nothing is left to flush: what was
+    /// read of a frame stays buffered for the next call.
     pub async fn reply(&mut self) -> Result<Reply, StreamError> {
         self.flush().await?;
-        let read = wire::read_msg::<_, Reply>(&mut self.recv, &mut self.rbuf);
         let r = match self.deadline {
-            Some(d) => tokio::time::timeout(d, read)
+            Some(d) => tokio::time::timeout(d, self.read_frame())
                 .await
                 .map_err(|_| StreamError::Timeout(d))??,
-            None => read.await?,
+            None => self.read_frame().await?,
         };
         self.rx += 4 + self.rbuf.len() as u64;
         match r {
             Some(Reply::Fatal { reason }) => Err(StreamError::Fatal(reason)),
             Some(r) => Ok(r),
             None => Err(StreamError::Closed),
+        }
+    }
+
+    /// One frame's payload into `rbuf`, decoded; `None` at a clean end.
+    async fn read_frame(&mut self) -> Result<Option<Reply>, wire::WireError> {
+        loop {
+            let have = &self.inbuf[self.inpos..];
+            if have.len() >= 4 {
+                let len = u32::from_le_bytes([have[0], have[1], have[2], have[3]]) as usize;
+                if len > wire::MAX_FRAME {
+                    return Err(wire::WireError::TooLarge(len));
+                }
+                if have.len() >= 4 + len {
+                    self.rbuf.clear();
+                    self.rbuf.extend_from_slice(&have[4..4 + len]);
+                    self.inpos += 4 + len;
+                    if self.inpos == self.inbuf.len() {
+                        self.inbuf.clear();
+                        self.inpos = 0;
+                    }
+                    return Ok(Some(wire::decode(&self.rbuf)?));
+                }
+            }
+            // The only await: quinn's read_chunk is cancel-safe, and
+            // nothing above has changed until a frame is complete.
+            let chunk = self
+                .recv
+                .read_chunk(usize::MAX, true)
+                .await
+                .map_err(|e| wire::WireError::Io(e.into()))?;
+            let Some(chunk) = chunk else {
+                if self.inpos == self.inbuf.len() {
+                    return Ok(None);
+                }
+                return Err(wire::WireError::Closed);
+            };
+            if self.inpos > 0 {
+                self.inbuf.drain(..self.inpos);
+                self.inpos = 0;
+            }
+            self.inbuf.extend_from_slice(&chunk.bytes);
         }
     }
 }

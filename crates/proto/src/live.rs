@@ -10,7 +10,8 @@
 //!     while let Some(e) = live.poll_event() { log and count e }
 //!     match live.poll_action(now) {
 //!         Some(Connect)         => connect; handle_connected | handle_connect_failed
-//!         Some(Ship { .. })     => renames, reconcile, commit; handle_shipped | handle_session_lost
+//!         Some(Ship { .. })     => renames, reconcile, send the commit; handle_commit_sent | handle_session_lost
+//!         (a commit's answer)   => handle_committed | handle_session_lost
 //!         Some(Stop { flush })  => ship flush, drain, close; return
 //!         None => wait for a change, a transfer, shutdown, or poll_timeout()
 //!     }
@@ -20,6 +21,18 @@
 //! Batches are group commits: one `Ship` at a time, taken as soon as the
 //! batcher has something due, so what arrives while one is in flight goes
 //! together in the next (see [`crate::batch`]).
+//!
+//! Commits are pipelined: once a batch is applied on the standby (its
+//! content barrier answered, the renames done) the shell sends its `Commit`
+//! and reports [`Live::handle_commit_sent`]; the next batch may then start
+//! while the standby makes the previous one durable, at most
+//! [`MAX_IN_FLIGHT`] batches unacknowledged. The standby takes a session's
+//! requests strictly in order, so a later batch touching the same path is
+//! applied after the earlier one. A batch counts as acknowledged (lag,
+//! in sync, retries) only at its own commit's answer, and answers come in
+//! order ([`Live::handle_committed`] refuses any other); a session lost with
+//! batches in flight loses nothing: the next session starts with a full
+//! compare.
 //!
 //! Correctness comes from reconcile: a connection starts with a full compare,
 //! so changes seen while no session is up are not kept (they would only grow
@@ -46,6 +59,10 @@ pub const SUPERSEDED_WAIT: Duration = Duration::from_secs(60);
 /// A hard link made to a file outside a batch's scope is linked on the
 /// standby by a full reconcile this soon (one for all that arrive meanwhile).
 pub const LINKS_DELAY: Duration = Duration::from_secs(1);
+/// Batches shipped and not yet acknowledged, at most: one being committed
+/// while the next is listed and sent. More would only queue behind the
+/// standby's flushes (it takes a session's requests in order).
+pub const MAX_IN_FLIGHT: usize = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LiveConfig {
@@ -64,8 +81,9 @@ pub enum Action {
     /// [`Live::handle_connect_failed`].
     Connect,
     /// Replay the renames, reconcile the scope (or the whole tree when
-    /// `batch.full`), then a durable commit with this id; report
-    /// [`Live::handle_shipped`] or [`Live::handle_session_lost`].
+    /// `batch.full`), then send a durable commit with this id; report
+    /// [`Live::handle_commit_sent`] (then, at its answer,
+    /// [`Live::handle_committed`]) or [`Live::handle_session_lost`].
     Ship { batch: Batch, commit_id: u64 },
     /// Stop. When a session is up, ship `flush` (changes already seen; the
     /// whole tree compared when not every directory is watched), let large
@@ -107,8 +125,24 @@ enum Conn {
     Down(Instant),
     Connecting,
     Up,
-    /// A `Ship` is being carried out.
+    /// A `Ship` is being carried out (up to its commit being sent).
     Shipping,
+}
+
+/// A batch shipped and not yet acknowledged: still lag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct InFlight {
+    commit_id: u64,
+    changes: u64,
+    full: bool,
+    oldest: Option<Instant>,
+}
+
+/// A commit's answer the loop cannot take: the session must end.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LiveError {
+    #[error("commit {got} answered while commit {want:?} was the oldest awaited (answers come in order)")]
+    OutOfOrder { got: u64, want: Option<u64> },
 }
 
 #[derive(Debug, Default)]
@@ -142,6 +176,8 @@ pub struct Live {
     next_full: Option<Instant>,
     retry: Retry,
     commit_id: u64,
+    /// Shipped, oldest first, until their commits are answered.
+    in_flight: VecDeque<InFlight>,
     in_sync: bool,
     stopping: bool,
     stopped: bool,
@@ -168,6 +204,7 @@ impl Live {
                 ..Retry::default()
             },
             commit_id: 0,
+            in_flight: VecDeque::new(),
             in_sync: false,
             stopping: false,
             stopped: false,
@@ -200,6 +237,7 @@ impl Live {
     pub fn handle_connected(&mut self, now: Instant) {
         debug_assert_eq!(self.conn, Conn::Connecting);
         self.conn = Conn::Up;
+        self.in_flight.clear();
         self.backoff = BACKOFF_MIN;
         self.in_sync = false;
         // Everything seen so far is covered by one full compare.
@@ -216,13 +254,17 @@ impl Live {
     }
 
     /// The session failed (mid-ship or while idle): reconnect at once.
+    /// Batches in flight are not acknowledged; the full compare that starts
+    /// the next session redoes them.
     pub fn handle_session_lost(&mut self, now: Instant) {
         self.conn = Conn::Down(now);
+        self.in_flight.clear();
     }
 
     /// The standby dropped us for a newer session of another primary.
     pub fn handle_superseded(&mut self, now: Instant) {
         self.conn = Conn::Down(now + SUPERSEDED_WAIT);
+        self.in_flight.clear();
     }
 
     /// Batch ids continue from the last one committed (in this generation).
@@ -230,8 +272,19 @@ impl Live {
         self.commit_id = self.commit_id.max(last);
     }
 
-    /// The last `Ship` completed: the standby committed it durably, except
-    /// for the files in `f`.
+    /// The last `Ship` is applied on the standby and its commit sent: the
+    /// next batch may start (up to [`MAX_IN_FLIGHT`]) while it is made
+    /// durable.
+    pub fn handle_commit_sent(&mut self) {
+        debug_assert_eq!(self.conn, Conn::Shipping);
+        if self.conn == Conn::Shipping {
+            self.conn = Conn::Up;
+        }
+    }
+
+    /// The last `Ship` completed and its commit was answered (the shell
+    /// waited for it): [`Live::handle_commit_sent`] then
+    /// [`Live::handle_committed`].
     pub fn handle_shipped(
         &mut self,
         now: Instant,
@@ -239,8 +292,32 @@ impl Live {
         deferred_links: u64,
         transfers_idle: bool,
     ) {
-        debug_assert_eq!(self.conn, Conn::Shipping);
-        self.conn = Conn::Up;
+        self.handle_commit_sent();
+        if let Some(id) = self.in_flight.back().map(|b| b.commit_id) {
+            let r = self.handle_committed(id, now, f, deferred_links, transfers_idle);
+            debug_assert!(r.is_ok(), "{r:?}");
+        }
+    }
+
+    /// Commit `commit_id` was answered: the standby holds that batch
+    /// durably, except for the files in `f`. Answers come in order; any
+    /// other is an error and the session must end.
+    pub fn handle_committed(
+        &mut self,
+        commit_id: u64,
+        now: Instant,
+        f: Followups,
+        deferred_links: u64,
+        transfers_idle: bool,
+    ) -> Result<(), LiveError> {
+        let want = self.in_flight.front().map(|b| b.commit_id);
+        if want != Some(commit_id) {
+            return Err(LiveError::OutOfOrder {
+                got: commit_id,
+                want,
+            });
+        }
+        self.in_flight.pop_front();
         if deferred_links > 0 {
             // Link them soon, in one compare of the whole tree.
             sooner(&mut self.next_full, now + LINKS_DELAY);
@@ -264,6 +341,7 @@ impl Live {
             self.in_sync = true;
             self.events.push_back(Event::InSync);
         }
+        Ok(())
     }
 
     /// A large file finished on its own stream. `path` is compared once
@@ -316,6 +394,8 @@ impl Live {
                 self.conn = Conn::Connecting;
                 Some(Action::Connect)
             }
+            // The cap: the oldest commit's answer comes first.
+            Conn::Up if self.in_flight.len() >= MAX_IN_FLIGHT => None,
             Conn::Up => {
                 if self.next_full.is_some_and(|t| now >= t) {
                     self.batcher.force_full(now);
@@ -331,10 +411,14 @@ impl Live {
                 }
                 let batch = self.batcher.take(now)?;
                 self.conn = Conn::Shipping;
-                Some(Action::Ship {
-                    batch,
-                    commit_id: self.next_commit(),
-                })
+                let commit_id = self.next_commit();
+                self.in_flight.push_back(InFlight {
+                    commit_id,
+                    changes: batch.changes,
+                    full: batch.full,
+                    oldest: batch.oldest,
+                });
+                Some(Action::Ship { batch, commit_id })
             }
             _ => None,
         }
@@ -348,6 +432,7 @@ impl Live {
         }
         match self.conn {
             Conn::Down(at) => Some(at),
+            Conn::Up if self.in_flight.len() >= MAX_IN_FLIGHT => None,
             Conn::Up => [self.batcher.deadline(), self.next_full, self.retry.at]
                 .into_iter()
                 .flatten()
@@ -361,16 +446,29 @@ impl Live {
         self.batcher.pending()
     }
 
-    /// What is not yet on the standby, as far as this loop knows.
+    /// What is not yet on the standby, as far as this loop knows: queued,
+    /// shipped and not yet acknowledged (a whole-tree compare counts one:
+    /// a switchover must not see lag 0 while it runs), or to be retried.
     pub fn lag(&self) -> Lag {
+        let shipped: u64 = self
+            .in_flight
+            .iter()
+            .map(|b| b.changes + u64::from(b.full))
+            .sum();
+        let oldest = self.in_flight.iter().filter_map(|b| b.oldest).min();
         Lag {
-            ops: (self.batcher.pending() + self.retry.paths.len()) as u64,
+            ops: (self.batcher.pending() + self.retry.paths.len()) as u64 + shipped,
             bytes: self.retry.bytes,
-            oldest: [self.batcher.oldest(), self.retry.since]
+            oldest: [self.batcher.oldest(), self.retry.since, oldest]
                 .into_iter()
                 .flatten()
                 .min(),
         }
+    }
+
+    /// Batches shipped whose commits are not yet answered, oldest first.
+    pub fn in_flight(&self) -> impl Iterator<Item = u64> + '_ {
+        self.in_flight.iter().map(|b| b.commit_id)
     }
 
     pub fn connected(&self) -> bool {

@@ -76,6 +76,8 @@ impl Session {
             files_rx: 0,
             sender,
             standby_policy: None,
+            committed: Default::default(),
+            commits_awaited: 0,
         };
         // Our versions trail the Hello; a release that predates ranges
         // reads only `version` and ignores them.

@@ -94,7 +94,7 @@ fn group_commit_ships_at_once_when_idle_and_gathers_while_in_flight() {
     let t2 = t0 + Duration::from_millis(50);
     assert_eq!(l.poll_action(t2), None, "one ship at a time");
     assert_eq!(l.poll_timeout(), None, "nothing to time while in flight");
-    assert_eq!(l.lag().ops, 3);
+    assert_eq!(l.lag().ops, 4, "three queued, a/x unacknowledged");
     l.handle_shipped(t2, Followups::default(), 0, true);
     // Completed: the gathered changes go at once, as one batch; the file
     // still being written keeps waiting for its close.
@@ -103,8 +103,9 @@ fn group_commit_ships_at_once_when_idle_and_gathers_while_in_flight() {
     assert_eq!(paths, ["a", "a/x", "b"]);
     assert_eq!(b.changes, 3, "the write to c counts too");
     assert_eq!(b.oldest, Some(t1));
-    assert_eq!(l.lag().ops, 1, "c is still being written");
+    assert_eq!(l.lag().ops, 4, "the batch in flight, and c");
     l.handle_shipped(t2, Followups::default(), 0, true);
+    assert_eq!(l.lag().ops, 1, "c is still being written");
     assert_eq!(l.poll_action(t2), None);
     assert_eq!(l.poll_timeout(), Some(t1 + cfg().batch.settle));
     // Its close ships it once PACE after the last batch has passed (the
@@ -642,4 +643,287 @@ fn a_superseded_primary_waits_before_it_reconnects_and_ids_resume() {
         l.poll_action(t0),
         Some(Action::Ship { commit_id: 42, .. })
     ));
+}
+
+/// Ships the next batch at `now` and reports its commit sent; its id.
+fn ship_sent(l: &mut Live, now: Instant) -> (Batch, u64) {
+    match l.poll_action(now) {
+        Some(Action::Ship { batch, commit_id }) => {
+            l.handle_commit_sent();
+            (batch, commit_id)
+        }
+        a => panic!("expected a ship at {now:?}, got {a:?}"),
+    }
+}
+
+fn acked(l: &mut Live, id: u64, now: Instant) {
+    l.handle_committed(id, now, Followups::default(), 0, true)
+        .unwrap();
+}
+
+#[test]
+fn the_next_batch_starts_while_the_last_commits_and_two_at_most_are_in_flight() {
+    let pace = crate::batch::PACE;
+    let t0 = Instant::now();
+    let mut l = up(t0);
+    let t1 = t0 + pace;
+    l.handle_change(Change::Settled(p("a")), t1);
+    let (b, one) = ship_sent(&mut l, t1);
+    assert_eq!(scope_of(&b), ["a"]);
+    // Its commit is on its way: the next change ships once PACE allows,
+    // without waiting for the answer.
+    let t2 = t1 + Duration::from_micros(500);
+    l.handle_change(Change::Settled(p("b")), t2);
+    assert_eq!(l.poll_action(t2), None, "PACE still holds");
+    assert_eq!(l.poll_timeout(), Some(t1 + pace));
+    let t3 = t1 + pace;
+    let (b, two) = ship_sent(&mut l, t3);
+    assert_eq!(scope_of(&b), ["b"]);
+    assert_eq!(two, one + 1);
+    assert_eq!(l.in_flight().collect::<Vec<_>>(), [one, two]);
+    // The cap: a third waits for the oldest answer, however long it takes.
+    let t4 = t3 + Duration::from_secs(5);
+    l.handle_change(Change::Settled(p("c")), t3);
+    assert_eq!(l.poll_action(t4), None, "two batches in flight at most");
+    assert_eq!(l.poll_timeout(), None, "only an answer frees a slot");
+    // Unacknowledged batches are lag, from the oldest change shipped.
+    let lag = l.lag();
+    assert_eq!((lag.ops, lag.oldest), (3, Some(t1)));
+    acked(&mut l, one, t4);
+    assert_eq!(l.lag().oldest, Some(t2), "b is still in flight");
+    let (b, three) = ship_sent(&mut l, t4);
+    assert_eq!((scope_of(&b), three), (vec!["c".to_string()], two + 1));
+    acked(&mut l, two, t4);
+    acked(&mut l, three, t4);
+    assert_eq!(l.lag().ops, 0);
+    assert_eq!(l.in_flight().count(), 0);
+}
+
+#[test]
+fn commits_are_acknowledged_in_order_and_only_at_their_answer() {
+    let t0 = Instant::now();
+    let mut l = Live::new(cfg(), t0);
+    assert_eq!(l.poll_action(t0), Some(Action::Connect));
+    l.handle_connected(t0);
+    let (b, full) = ship_sent(&mut l, t0);
+    assert!(b.full);
+    assert_eq!(l.poll_event(), None, "not in sync at the commit's sending");
+    assert!(!l.in_sync());
+    let t1 = t0 + crate::batch::PACE;
+    l.handle_change(Change::Settled(p("a")), t1);
+    let (_, next) = ship_sent(&mut l, t1);
+    // The later answer first: refused, nothing acknowledged.
+    assert_eq!(
+        l.handle_committed(next, t1, Followups::default(), 0, true),
+        Err(LiveError::OutOfOrder {
+            got: next,
+            want: Some(full)
+        })
+    );
+    assert!(!l.in_sync());
+    assert_eq!(l.lag().ops, 2, "the full compare and a");
+    // A failure reported with the full compare's answer is retried.
+    let f = Followups {
+        failed: vec![(p("x"), 7)],
+        ..Followups::default()
+    };
+    l.handle_committed(full, t1, f, 0, true).unwrap();
+    assert!(matches!(
+        l.poll_event(),
+        Some(Event::Retrying { files: 1, .. })
+    ));
+    assert!(!l.in_sync(), "x is not on the standby");
+    acked(&mut l, next, t1);
+    assert_eq!(l.lag().ops, 1, "x, to be retried");
+    assert_eq!(
+        l.handle_committed(next, t1, Followups::default(), 0, true),
+        Err(LiveError::OutOfOrder {
+            got: next,
+            want: None
+        }),
+        "an answer is taken once"
+    );
+}
+
+#[test]
+fn a_session_lost_with_two_batches_in_flight_loses_nothing() {
+    let pace = crate::batch::PACE;
+    let t0 = Instant::now();
+    let mut l = up(t0);
+    let t1 = t0 + pace;
+    l.handle_change(Change::Settled(p("a")), t1);
+    let (_, one) = ship_sent(&mut l, t1);
+    let t2 = t1 + pace;
+    l.handle_change(Change::Settled(p("b")), t2);
+    let (_, two) = ship_sent(&mut l, t2);
+    acked(&mut l, one, t2);
+    l.handle_session_lost(t2);
+    assert_eq!(l.in_flight().count(), 0);
+    // An answer read after the loss is not an acknowledgement.
+    assert!(l
+        .handle_committed(two, t2, Followups::default(), 0, true)
+        .is_err());
+    // The next session starts with a full compare: b is redone by it, and
+    // commit ids go on (the standby refuses a replayed one).
+    assert_eq!(l.poll_action(t2), Some(Action::Connect));
+    l.handle_connected(t2);
+    assert!(!l.in_sync());
+    let (b, id) = ship_sent(&mut l, t2);
+    assert!(b.full, "both batches are covered by the full compare");
+    assert_eq!(id, two + 1);
+    acked(&mut l, id, t2);
+    assert_eq!(l.poll_event(), Some(Event::InSync));
+}
+
+#[test]
+fn a_stop_with_a_commit_in_flight_flushes_after_it() {
+    let t0 = Instant::now();
+    let mut l = up(t0);
+    let t1 = t0 + crate::batch::PACE;
+    l.handle_change(Change::Settled(p("a")), t1);
+    let (_, one) = ship_sent(&mut l, t1);
+    l.handle_change(Change::Settled(p("b")), t1);
+    l.handle_shutdown();
+    // The shell waits for commit `one`'s answer before it ships the flush.
+    match l.poll_action(t1) {
+        Some(Action::Stop {
+            flush: Some((b, id)),
+        }) => {
+            assert_eq!(scope_of(&b), ["b"]);
+            assert_eq!(id, one + 1);
+        }
+        a => panic!("expected a stop with a flush, got {a:?}"),
+    }
+}
+
+#[test]
+fn seeded_pipelined_runs_deliver_every_change() {
+    let most = (1..=3000u64).map(run_pipelined).max();
+    assert_eq!(most, Some(MAX_IN_FLIGHT), "the cap was never reached");
+}
+
+/// Like [`run_seed`], with commits answered some time after they are sent
+/// (the next batch shipped meanwhile), answers now and then offered out of
+/// order (refused: the session ends), and sessions lost with one or two
+/// batches in flight.
+fn run_pipelined(seed: u64) -> usize {
+    let mut rng = Rng(seed.wrapping_mul(0xD1B5_4A32_D192_ED03) | 1);
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut l = Live::new(cfg(), t0);
+    let names: Vec<RelPath> = (0..12).map(|i| p(&format!("d{}/f{i}", i % 3))).collect();
+    let mut dirty: BTreeMap<RelPath, Instant> = BTreeMap::new();
+    // commits sent, oldest first: batch, when taken, id
+    let mut sent: VecDeque<(Batch, Instant, u64)> = VecDeque::new();
+    let mut connecting = false;
+    let mut max_in_flight = 0;
+    let faults_until = t0 + Duration::from_secs(120);
+    let mut steps = 0;
+    loop {
+        steps += 1;
+        assert!(steps < 200_000, "seed {seed}: no progress");
+        let faulty = now < faults_until;
+        while l.poll_event().is_some() {}
+        if connecting {
+            connecting = false;
+            if faulty && rng.chance(30) {
+                l.handle_connect_failed(now);
+            } else {
+                l.handle_connected(now);
+            }
+            continue;
+        }
+        max_in_flight = max_in_flight.max(sent.len());
+        assert!(sent.len() <= MAX_IN_FLIGHT, "seed {seed}: over the cap");
+        assert_eq!(
+            l.in_flight().collect::<Vec<_>>(),
+            sent.iter().map(|s| s.2).collect::<Vec<_>>(),
+            "seed {seed}"
+        );
+        // An answer arrives (or the session fails) before the next action.
+        if !sent.is_empty() && rng.chance(50) {
+            if faulty && rng.chance(5) {
+                l.handle_session_lost(now);
+                sent.clear();
+                continue;
+            }
+            if sent.len() == 2 && faulty && rng.chance(5) {
+                let got = sent[1].2;
+                assert!(l
+                    .handle_committed(got, now, Followups::default(), 0, true)
+                    .is_err());
+                l.handle_session_lost(now);
+                sent.clear();
+                continue;
+            }
+            let (b, taken, id) = sent.pop_front().unwrap();
+            let mut f = Followups::default();
+            let mut keep = Vec::new();
+            for (path, &changed) in &dirty {
+                if changed <= taken && covers(&b, path) {
+                    if faulty && rng.chance(10) {
+                        f.failed.push((path.clone(), 10));
+                    } else if faulty && rng.chance(5) {
+                        f.busy.push(path.clone());
+                    } else {
+                        keep.push(path.clone());
+                    }
+                }
+            }
+            for path in keep {
+                dirty.remove(&path);
+            }
+            l.handle_committed(id, now, f, u64::from(rng.chance(3)), true)
+                .unwrap();
+            continue;
+        }
+        match l.poll_action(now) {
+            Some(Action::Connect) => connecting = true,
+            Some(Action::Ship { batch, commit_id }) => {
+                if faulty && rng.chance(5) {
+                    l.handle_session_lost(now);
+                    sent.clear();
+                    continue;
+                }
+                l.handle_commit_sent();
+                sent.push_back((batch, now, commit_id));
+            }
+            Some(Action::Stop { .. }) => panic!("seed {seed}: no shutdown was asked"),
+            None if !sent.is_empty() => {
+                // waiting for an answer: time passes
+                now += Duration::from_millis(rng.below(5) as u64);
+            }
+            None => {
+                let due = l.poll_timeout();
+                if let Some(d) = due {
+                    assert!(d > now, "seed {seed}: idle with a timer already due (spin)");
+                }
+                let input = faulty && rng.chance(70);
+                let step = Duration::from_millis(rng.below(400) as u64);
+                match due {
+                    Some(d) if !input || d <= now + step => now = d,
+                    _ if input => {
+                        now += step;
+                        let path = names[rng.below(names.len())].clone();
+                        dirty.insert(path.clone(), now);
+                        l.handle_change(Change::Settled(path), now);
+                    }
+                    _ => break,
+                }
+            }
+        }
+        if !faulty && dirty.is_empty() && sent.is_empty() && l.lag().ops == 0 {
+            break;
+        }
+        if now > faults_until + Duration::from_secs(600) {
+            break;
+        }
+    }
+    assert!(
+        dirty.is_empty(),
+        "seed {seed}: changes never reached the standby: {:?}",
+        dirty.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(l.lag().ops, 0, "seed {seed}: lag left after convergence");
+    max_in_flight
 }

@@ -307,6 +307,30 @@ fn effects_come_in_order_and_wait_for_the_shell() {
     assert!(rx.is_finished());
 }
 
+/// Pipelined commits rely on this: the next batch's listing, sent right
+/// behind a commit, is taken only once that commit is durable and answered,
+/// so replies stay in order and a later batch is applied after it.
+#[test]
+fn a_request_behind_a_commit_waits_for_its_sync_and_answer() {
+    let mut rx = Receiver::new(Mode::Write, 2);
+    rx.handle(Input::Commit { id: 1 }).unwrap();
+    assert_eq!(rx.poll_effect(), Some(Effect::RecordCommit { id: 1 }));
+    assert_eq!(rx.poll_effect(), Some(Effect::Sync));
+    for early in [Input::ListScope, Input::Meta, Input::Barrier { id: 2 }] {
+        assert!(
+            matches!(rx.handle(early), Err(ReceiverError::Busy(_))),
+            "{early:?} taken during the commit's sync"
+        );
+    }
+    rx.handle_synced();
+    assert!(matches!(
+        rx.poll_effect(),
+        Some(Effect::BarrierDone { id: 1, .. })
+    ));
+    rx.handle(Input::ListScope).unwrap();
+    assert_eq!(rx.poll_effect(), Some(Effect::List));
+}
+
 /// A live batch asks for its listing, and commits right after its last
 /// metadata: lanes that were given nothing since their last flush are not
 /// asked again, but a commit is still durable before its answer, and

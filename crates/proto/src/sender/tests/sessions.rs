@@ -353,3 +353,67 @@ fn seeded_sessions_keep_the_invariants() {
         }
     }
 }
+
+/// Pipelined commits: batch 2 is listed and sent while commit 1 is still
+/// awaited. Its answer comes first (the standby takes requests in order),
+/// each acknowledgement means durable with what its batch read, and the
+/// later write of the same path is the one that stays.
+#[test]
+fn pipelined_commits_are_answered_in_order_and_a_later_write_lands_last() {
+    let mut sh = Shell::new(
+        primary(&[("a", b"first"), ("b", b"bee")]),
+        Standby::default(),
+    );
+    // Small files on the control stream: batch 2 waits for its barrier.
+    sh.deltas = false;
+    sh.hello().unwrap();
+    sh.ship_pipelined(1).unwrap();
+    assert_eq!(sh.ctl.acknowledged(), None, "not before its answer");
+    sh.pri.files.insert(rp("a"), b"second".to_vec());
+    sh.pri.files.remove(&rp("b"));
+    sh.ship_pipelined(2).unwrap();
+    // Commit 1's answer arrived before batch 2's barrier's.
+    assert_eq!(sh.acked, [1]);
+    assert_eq!(sh.ctl.awaiting(), 1, "commit 2 in flight");
+    sh.await_commits().unwrap();
+    assert_eq!(sh.acked, [1, 2]);
+    assert_eq!(sh.ctl.acknowledged(), Some(2));
+    assert_eq!(sh.sb.durable[&rp("a")], b"second");
+    assert_eq!(sh.sb.names[&rp("a")], b"second");
+}
+
+/// Every cut point of a session with two batches in flight: what is
+/// acknowledged is durable as read (checked at each answer), answers are
+/// taken in order, and a lost session acknowledges nothing more.
+#[test]
+fn a_connection_lost_with_two_commits_in_flight_acknowledges_only_what_is_durable() {
+    let files: &[(&str, &[u8])] = &[("a", b"first"), ("b", b"second file")];
+    let mut n = 0;
+    loop {
+        n += 1;
+        let sb = Standby {
+            cut_after: Some(n),
+            ..Standby::default()
+        };
+        let mut sh = Shell::new(primary(files), sb);
+        sh.hello().unwrap();
+        let r = sh.ship_pipelined(1).and_then(|()| {
+            sh.pri.files.insert(rp("a"), b"changed".to_vec());
+            sh.ship_pipelined(2)
+        });
+        let r = r.and_then(|()| sh.await_commits());
+        let want: &[u64] = match sh.ctl.acknowledged() {
+            None => &[],
+            Some(1) => &[1],
+            Some(2) => &[1, 2],
+            a => panic!("cut after {n}: {a:?}"),
+        };
+        assert_eq!(sh.acked, want, "cut after {n}");
+        if r.is_ok() {
+            assert_eq!(sh.acked, [1, 2]);
+            break;
+        }
+        assert!(sh.ctl.is_ended(), "cut after {n}");
+    }
+    assert!(n > 10);
+}

@@ -19,6 +19,10 @@ pub(super) struct Shell {
     read: BTreeMap<RelPath, Vec<u8>>,
     /// Mutations that happened, per file.
     pub mutated: HashMap<RelPath, Vec<Mutation>>,
+    /// Commits sent and not yet answered, with what their batch read.
+    in_flight: VecDeque<(u64, BTreeMap<RelPath, Vec<u8>>)>,
+    /// Commits answered, in the order their answers came.
+    pub acked: Vec<u64>,
 }
 
 impl Shell {
@@ -38,6 +42,8 @@ impl Shell {
             outcomes: BTreeMap::new(),
             read: BTreeMap::new(),
             mutated: HashMap::new(),
+            in_flight: VecDeque::new(),
+            acked: Vec::new(),
         }
     }
 
@@ -247,7 +253,53 @@ impl Shell {
         r
     }
 
+    /// Sends every primary file and commit `commit` without waiting for
+    /// its answer (pipelined: the next batch may follow at once).
+    pub fn ship_pipelined(&mut self, commit: u64) -> Result<(), SenderError> {
+        let r = self.send_batch(commit);
+        if r.is_err() {
+            self.ctl.handle_lost();
+        }
+        r
+    }
+
+    /// Waits for every commit in flight to be answered.
+    pub fn await_commits(&mut self) -> Result<(), SenderError> {
+        while !self.in_flight.is_empty() {
+            let a = Self::answer(&mut self.sb, &mut self.now, &mut self.ctl, 0)?;
+            self.committed(a);
+        }
+        Ok(())
+    }
+
+    /// A commit's answer: the oldest in flight, and durable with what its
+    /// batch read.
+    fn committed(&mut self, a: Answer) {
+        let Answer::Committed { id, .. } = a else {
+            panic!("expected a commit's answer, got {a:?}")
+        };
+        let (want, read) = self.in_flight.pop_front().expect("no commit in flight");
+        assert_eq!(id, want, "commits answered out of order");
+        assert_eq!(self.ctl.acknowledged(), Some(id));
+        self.acked.push(id);
+        for (p, d) in read {
+            // A batch sent after this one may already have replaced it
+            // (the in-memory standby runs ahead of its answers being read).
+            let later = self.in_flight.iter().filter_map(|(_, r)| r.get(&p));
+            let durable = self.sb.durable.get(&p);
+            assert!(
+                durable == Some(&d) || later.into_iter().any(|l| durable == Some(l)),
+                "{p} acknowledged, not durable"
+            );
+        }
+    }
+
     fn ship_inner(&mut self, commit: u64) -> Result<(), SenderError> {
+        self.send_batch(commit)?;
+        self.await_commits()
+    }
+
+    fn send_batch(&mut self, commit: u64) -> Result<(), SenderError> {
         let mut pending = Vec::new();
         let paths: Vec<RelPath> = self.pri.files.keys().cloned().collect();
         for path in paths {
@@ -264,9 +316,13 @@ impl Shell {
             barrier += 1;
             self.put(0, Msg::Barrier(barrier))?;
             self.ctl.expect(Expect::Barrier(barrier), self.now);
-            let Answer::BarrierDone { id, failures } =
-                Self::answer(&mut self.sb, &mut self.now, &mut self.ctl, 0)?
-            else {
+            let mut a = Self::answer(&mut self.sb, &mut self.now, &mut self.ctl, 0)?;
+            // The previous batch's commit is answered first.
+            while matches!(a, Answer::Committed { .. }) {
+                self.committed(a);
+                a = Self::answer(&mut self.sb, &mut self.now, &mut self.ctl, 0)?;
+            }
+            let Answer::BarrierDone { id, failures } = a else {
                 panic!("no barrier")
             };
             assert_eq!(id, barrier);
@@ -278,19 +334,9 @@ impl Shell {
         }
         self.put(0, Msg::Commit(commit))?;
         self.ctl.expect(Expect::Commit(commit), self.now);
-        match Self::answer(&mut self.sb, &mut self.now, &mut self.ctl, 0)? {
-            Answer::Committed { id, .. } => assert_eq!(id, commit),
-            a => panic!("{a:?}"),
-        }
-        assert_eq!(self.ctl.acknowledged(), Some(commit));
-        // Acknowledged means durable, with what was read.
-        for (p, d) in std::mem::take(&mut self.read) {
-            assert_eq!(
-                self.sb.durable.get(&p),
-                Some(&d),
-                "{p} acknowledged, not durable"
-            );
-        }
+        // Acknowledged (at its answer) means durable, with what was read.
+        let read = std::mem::take(&mut self.read);
+        self.in_flight.push_back((commit, read));
         Ok(())
     }
 }

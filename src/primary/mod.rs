@@ -404,12 +404,19 @@ impl Driver {
                 break;
             };
             let grace = std::time::Duration::from_secs(10);
-            let ok = match tokio::time::timeout(grace, s.next_committed()).await {
-                Ok(Ok(c)) => self.committed(c).await.is_ok(),
-                _ => false,
+            let r = match tokio::time::timeout(grace, s.next_committed()).await {
+                Ok(Ok(c)) => self.committed(c).await,
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(ClientError::Protocol(format!("no answer within {grace:?}"))),
             };
-            if !ok {
+            if let Err(e) = r {
+                let ids: Vec<u64> = self.shipped.iter().map(|sh| sh.commit_id).collect();
+                tracing::warn!(
+                    "stopping: commits {ids:?} not acknowledged ({e}); the next start's full compare redoes them"
+                );
                 self.shipped.clear();
+                // Not flushed through a session that failed.
+                self.session = None;
                 break;
             }
         }

@@ -745,6 +745,59 @@ fn commits_are_acknowledged_in_order_and_only_at_their_answer() {
     );
 }
 
+/// A retry in flight may fail again: "in sync" waits for its own answer,
+/// even when an earlier batch's answer comes first.
+#[test]
+fn in_sync_waits_for_a_retry_in_flight() {
+    let t0 = Instant::now();
+    let mut l = Live::new(cfg(), t0);
+    assert_eq!(l.poll_action(t0), Some(Action::Connect));
+    l.handle_connected(t0);
+    let (_, full) = ship_sent(&mut l, t0);
+    let f = Followups {
+        failed: vec![(p("x"), 7)],
+        ..Followups::default()
+    };
+    l.handle_committed(full, t0, f, 0, true).unwrap();
+    let Some(Event::Retrying { after, .. }) = l.poll_event() else {
+        panic!("a retry must be announced")
+    };
+    // A change ships; while its commit is in flight, the retry comes due
+    // and ships too.
+    let t1 = t0 + after;
+    l.handle_change(Change::Settled(p("a")), t1 - Duration::from_millis(100));
+    let (b, one) = ship_sent(&mut l, t1 - Duration::from_millis(100));
+    assert_eq!(scope_of(&b), ["a"]);
+    let (b, two) = ship_sent(&mut l, t1);
+    assert_eq!(scope_of(&b), ["x"]);
+    acked(&mut l, one, t1);
+    assert_eq!(l.poll_event(), None, "x may fail again");
+    assert!(!l.in_sync());
+    acked(&mut l, two, t1);
+    assert_eq!(l.poll_event(), Some(Event::InSync));
+}
+
+/// A batch in flight is lag even when it counts no new change (a file
+/// still being written when an earlier batch took the change count, now
+/// settled): a switchover must not see lag 0 then.
+#[test]
+fn a_batch_in_flight_is_lag_even_without_new_changes() {
+    let t0 = Instant::now();
+    let mut l = up(t0);
+    let t1 = t0 + crate::batch::PACE;
+    l.handle_change(Change::Writing(p("w")), t1);
+    l.handle_change(Change::Settled(p("a")), t1);
+    let (b, id) = ship_sent(&mut l, t1);
+    assert_eq!(scope_of(&b), ["a"], "w is still being written");
+    acked(&mut l, id, t1);
+    let t2 = t1 + cfg().batch.settle;
+    let (b, id) = ship_sent(&mut l, t2);
+    assert_eq!(scope_of(&b), ["w"]);
+    assert!(l.lag().ops >= 1, "w is not on the standby yet");
+    acked(&mut l, id, t2);
+    assert_eq!(l.lag().ops, 0);
+}
+
 #[test]
 fn a_session_lost_with_two_batches_in_flight_loses_nothing() {
     let pace = crate::batch::PACE;

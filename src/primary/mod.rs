@@ -460,23 +460,8 @@ impl Driver {
                     None => std::future::pending().await,
                 }
             } => self.transfer_done(t),
-            c = async {
-                match &mut self.watch {
-                    Some(w) => w.rx.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                if let Some(c) = c {
-                    accept(&self.stats, &mut self.live, c);
-                    self.taken += 1;
-                }
-            }
-            _ = async {
-                match &wake {
-                    Some(w) => w.notified().await,
-                    None => std::future::pending().await,
-                }
-            } => {}
+            c = next_change(&mut self.watch) => self.took(c),
+            () = woken(wake.as_deref()) => {}
             e = async {
                 match &conn {
                     Some(c) => c.closed().await,
@@ -515,25 +500,18 @@ impl Driver {
                     self.lose(e).await;
                 }
             }
-            c = async {
-                match &mut self.watch {
-                    Some(w) => w.rx.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                if let Some(c) = c {
-                    accept(&self.stats, &mut self.live, c);
-                    self.taken += 1;
-                }
-            }
-            _ = async {
-                match &wake {
-                    Some(w) => w.notified().await,
-                    None => std::future::pending().await,
-                }
-            } => {}
+            c = next_change(&mut self.watch) => self.took(c),
+            () = woken(wake.as_deref()) => {}
             _ = tokio::time::sleep_until(deadline) => {}
             _ = shutdown => self.shutdown().await,
+        }
+    }
+
+    /// A change from the watch (`None`: the watch ended).
+    fn took(&mut self, c: Option<syncd_proto::batch::Change>) {
+        if let Some(c) = c {
+            accept(&self.stats, &mut self.live, c);
+            self.taken += 1;
         }
     }
 
@@ -592,5 +570,21 @@ impl Driver {
             }
         }
         self.live.handle_shutdown();
+    }
+}
+
+/// The watch's next change; never, without a watch.
+async fn next_change(watch: &mut Option<Watch>) -> Option<syncd_proto::batch::Change> {
+    match watch {
+        Some(w) => w.rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The watch's wake-up (its queue needs a look); never, without a watch.
+async fn woken(wake: Option<&tokio::sync::Notify>) {
+    match wake {
+        Some(w) => w.notified().await,
+        None => std::future::pending().await,
     }
 }

@@ -52,7 +52,8 @@ async fn main() -> anyhow::Result<()> {
     let cfg = Config::load(&d.join("primary.toml"))?;
     let o = ResyncOptions {
         settle: None,
-        background: false,
+        detach_transfers: false,
+        commit_follows: false,
         defer_links: None,
         dry_run: false,
         checksum: false,

@@ -27,7 +27,8 @@ pub(crate) fn resync(cli: &Global, f: ResyncFlags) -> Result<ExitCode> {
     }
     let o = ResyncOptions {
         settle: None,
-        background: false,
+        detach_transfers: false,
+        commit_follows: false,
         defer_links: None,
         dry_run: f.dry_run,
         checksum: f.checksum || cfg.sync.checksum,

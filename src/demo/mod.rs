@@ -137,7 +137,8 @@ fn resyncs(rt: &tokio::runtime::Runtime, dirs: &Dirs) -> Result<(), DemoError> {
     let cfg = Config::load(&base.join("primary.toml")).map_err(msg)?;
     let o = ResyncOptions {
         settle: None,
-        background: false,
+        detach_transfers: false,
+        commit_follows: false,
         defer_links: None,
         dry_run: false,
         checksum: false,

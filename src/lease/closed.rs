@@ -176,6 +176,16 @@ pub fn trust(at: Option<SystemTime>, drained: Option<SystemTime>, now: SystemTim
     }
 }
 
+/// What a reader does with a verdict: a record at most [`WAIT_IN_READ`]
+/// short of its proof point is waited for in the read (sleep this long,
+/// then sync), since leaving the file to a later batch costs more.
+pub(super) fn in_read(verdict: Trust) -> (Option<Duration>, Trust) {
+    match verdict {
+        Trust::Wait(d) if d <= WAIT_IN_READ => (Some(d), Trust::Sync),
+        v => (None, v),
+    }
+}
+
 /// Two ticks of the kernel's coarse clock (the file timestamp granularity,
 /// `CONFIG_HZ`) plus 2 ms for a write to return after stamping the file.
 pub fn margin() -> Duration {
@@ -311,12 +321,9 @@ impl Closed {
             return false;
         };
         let drained = self.state().drained;
-        let mut verdict = trust(Some(at), drained, SystemTime::now());
-        if let Trust::Wait(d) = verdict {
-            if d <= WAIT_IN_READ {
-                std::thread::sleep(d);
-                verdict = Trust::Sync;
-            }
+        let (sleep, verdict) = in_read(trust(Some(at), drained, SystemTime::now()));
+        if let Some(d) = sleep {
+            std::thread::sleep(d);
         }
         match verdict {
             Trust::Yes => true,

@@ -1,4 +1,4 @@
-use super::closed::margin;
+use super::closed::{in_read, margin};
 use super::*;
 use std::io::Write;
 use std::time::UNIX_EPOCH;
@@ -225,4 +225,22 @@ fn a_recheck_backs_off_only_while_a_sync_cookie_is_overdue() {
     // The cookie directory cannot be watched: no record can be proven.
     c.cookies_off();
     assert_eq!(c.recheck_in(&rel, &m, limit), None);
+}
+
+/// A reader waits in the read for a record at most 3 ms short of its proof
+/// point (then syncs); a younger one is left to a later look, and the other
+/// verdicts pass through unchanged.
+#[test]
+fn a_reader_waits_only_for_a_record_nearly_proven() {
+    assert_eq!(in_read(Trust::Wait(ms(3))), (Some(ms(3)), Trust::Sync));
+    assert_eq!(in_read(Trust::Wait(ms(1))), (Some(ms(1)), Trust::Sync));
+    let young = ms(3) + Duration::from_micros(1);
+    assert_eq!(in_read(Trust::Wait(young)), (None, Trust::Wait(young)));
+    assert_eq!(
+        in_read(Trust::Wait(Duration::MAX)),
+        (None, Trust::Wait(Duration::MAX)),
+        "a record that can never be proven is not waited for"
+    );
+    assert_eq!(in_read(Trust::Yes), (None, Trust::Yes));
+    assert_eq!(in_read(Trust::Sync), (None, Trust::Sync));
 }

@@ -178,7 +178,8 @@ impl Driver {
         };
         let opts = ResyncOptions {
             settle: Some(settle),
-            background: true,
+            detach_transfers: true,
+            commit_follows: true,
             defer_links: Some(Default::default()),
             checksum: cfg.sync.checksum,
             delete: cfg.sync.delete,

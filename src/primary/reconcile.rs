@@ -88,7 +88,7 @@ async fn connect(cfg: &Config, o: &ResyncOptions) -> Result<(Session, Leading), 
 
 /// Compares this primary with the standby, over the whole tree or just
 /// `scope`, and sends what differs; ends with a barrier (not yet durable),
-/// except with `o.background`, where the caller's `Commit` closes it.
+/// except with `o.commit_follows`, where the caller's `Commit` closes it.
 pub async fn reconcile(
     s: &mut Session,
     cfg: &Config,
@@ -336,7 +336,7 @@ async fn execute(run: &mut Run<'_>, p: &mut Plan, sum: &mut Summary) -> Result<(
         .await?;
     }
     sum.meta_only = p.meta_changes;
-    if !run.o.background {
+    if !run.o.commit_follows {
         sum.failures.extend(run.barrier().await?);
     }
     Ok(())
@@ -378,7 +378,7 @@ async fn content(
         .await?;
     }
     sum.symlinks = p.symlinks.len() as u64;
-    if !o.background {
+    if !o.detach_transfers {
         s.drain_transfers(sum, index).await;
     }
     let mut failures = run.barrier().await?;

@@ -17,10 +17,11 @@ pub struct ResyncOptions {
     pub settle: Option<Settle>,
     /// Live replication: large transfers keep running after `reconcile`
     /// returns; their outcomes come from [`super::Session::next_transfer`].
-    /// And a durable `Commit` follows every reconcile at once, its reply
-    /// carrying the last step's failures, so that step ends without a
-    /// barrier of its own (a round trip less a batch).
-    pub background: bool,
+    pub detach_transfers: bool,
+    /// Live replication: a durable `Commit` follows every reconcile at
+    /// once, its reply carrying the metadata step's failures, so that step
+    /// ends without a barrier of its own (a round trip less a batch).
+    pub commit_follows: bool,
     /// Live replication: a scoped reconcile leaves out hard-linked files
     /// whose other names are outside its scope (sending one as a file would
     /// break the link on the standby) and counts them in

@@ -192,11 +192,12 @@ impl Watch {
         // but a watched directory still gets its modify and close events
         // (as `#<inode>`), which could name a real file.
         match crate::lease::probe_fine_ctime(export) {
-            Some(dev) => {
+            Ok(Some(dev)) => {
                 closed.set_fine_ctime(dev);
                 tracing::info!("the export's filesystem gives a file a new ctime at every change after a read of it: a closed file is trusted once the watch is synced {:?} past the stat of its close", crate::lease::fine_slack(crate::lease::margin()));
             }
-            None => tracing::info!("the export's filesystem can keep a file's ctime across a change (a coarse clock), or the probe could not write there: a closed file is trusted once the watch is synced {:?} past its ctime", crate::lease::margin()),
+            Ok(None) => tracing::info!("the export's filesystem can keep a file's ctime across a change (a coarse clock): a closed file is trusted once the watch is synced {:?} past its ctime", crate::lease::margin()),
+            Err(e) => tracing::info!("could not probe the export's ctimes with an unnamed file ({e}): a closed file is trusted once the watch is synced {:?} past its ctime", crate::lease::margin()),
         }
         // The root only: the first scan watches the rest as it walks.
         watcher

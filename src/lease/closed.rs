@@ -208,30 +208,30 @@ pub fn margin() -> Duration {
 /// timestamps; a coarse clock leaves it as it was within a tick): tried on
 /// an unnamed file (`O_TMPFILE`: no name, gone at close; its events
 /// still reach a watch on `dir`, so probe before watching it), each
-/// of [`PROBE_WRITES`] writes right after a read. `None`: not so, or it
-/// cannot be tried (read-only, no `O_TMPFILE`): the coarse margin alone.
-pub fn probe_fine_ctime(dir: &Path) -> Option<u64> {
+/// of [`PROBE_WRITES`] writes right after a read. `Ok(None)`: a change
+/// kept its ctime (a coarse clock); `Err`: it cannot be tried (read-only,
+/// no `O_TMPFILE`, a full disk). Either way the coarse margin alone.
+pub fn probe_fine_ctime(dir: &Path) -> std::io::Result<Option<u64>> {
     use rustix::fs::{Mode, OFlags};
     use std::os::unix::fs::{FileExt, MetadataExt};
     let fd = rustix::fs::open(
         dir,
         OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
         Mode::from_raw_mode(0o600),
-    )
-    .ok()?;
+    )?;
     let f = std::fs::File::from(fd);
-    let m = f.metadata().ok()?;
+    let m = f.metadata()?;
     let mut last = (m.ctime(), m.ctime_nsec());
     for i in 0..PROBE_WRITES {
-        f.write_at(&[i], 0).ok()?;
-        let m = f.metadata().ok()?;
+        f.write_at(&[i], 0)?;
+        let m = f.metadata()?;
         let c = (m.ctime(), m.ctime_nsec());
         if c == last {
-            return None;
+            return Ok(None);
         }
         last = c;
     }
-    Some(m.dev())
+    Ok(Some(m.dev()))
 }
 
 /// `None` for a time `SystemTime` cannot hold (a corrupt inode).

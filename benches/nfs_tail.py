@@ -32,7 +32,19 @@ import re
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 TS = re.compile(r"^(\d{4}-\d\d-\d\dT\S+Z)\s+(\w+)\s+(\S+?):?\s(.*)$")
-MARGIN = 0.010  # the closed-file rule's margin on this VM (4 ms ticks)
+MARGIN = 0.010  # the coarse rule's margin with 4 ms ticks, if the log does not say
+# The primary says at start how long after a close (its stat, or the file's
+# ctime) a closed file's record can be trusted, as a Rust Duration.
+TRUSTED = re.compile(r"trusted once the watch is synced ([\d.]+)(ns|µs|us|ms|s) past")
+UNIT = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def margin_of(log):
+    for _, _, _, msg in lines(log):
+        m = TRUSTED.search(msg)
+        if m:
+            return float(m.group(1)) * UNIT[m.group(2)]
+    return None
 
 
 def unix(ts):
@@ -111,6 +123,12 @@ def main():
             client[int(f[0])] = [None if x == "NA" else float(x) for x in f[1:]]
     except FileNotFoundError:
         pass
+
+    global MARGIN
+    said = margin_of(d + "/primary.log")
+    if said is not None:
+        MARGIN = said
+    print("  closed-file margin: %.1f ms (%s)" % (MARGIN * 1e3, "from primary.log" if said is not None else "assumed"))
 
     name = re.compile(re.escape(tag) + r"(\d{8})")
     batches, syncs, losses = [], [], []

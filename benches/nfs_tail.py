@@ -35,7 +35,7 @@ TS = re.compile(r"^(\d{4}-\d\d-\d\dT\S+Z)\s+(\w+)\s+(\S+?):?\s(.*)$")
 MARGIN = 0.010  # the coarse rule's margin with 4 ms ticks, if the log does not say
 # The primary says at start how long after a close (its stat, or the file's
 # ctime) a closed file's record can be trusted, as a Rust Duration.
-TRUSTED = re.compile(r"trusted once the watch is synced ([\d.]+)(ns|µs|us|ms|s) past")
+TRUSTED = re.compile(r"trusted once the watch is synced ([\d.]+) ?(ns|µs|us|ms|s) past")
 UNIT = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0}
 
 

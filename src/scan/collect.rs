@@ -229,8 +229,8 @@ impl Collector {
             .into_iter()
             .rev()
             .filter(|n| {
-                !(parent.is_none() && n.as_slice() == STATE_DIR_NAME)
-                    && !syncd_proto::path::is_temp_name(n)
+                let state = parent.is_none() && n.as_slice() == STATE_DIR_NAME;
+                !state && !syncd_proto::path::is_temp_name(n)
             })
             .filter_map(|n| {
                 RelPath::new(match parent {

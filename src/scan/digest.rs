@@ -72,7 +72,7 @@ pub fn tree_of(mut entries: Vec<Entry>, owners: bool, side: Side) -> Tree {
     Tree::build(std::iter::from_fn(move || {
         let e = entries.pop()?;
         n += 1;
-        if n % SHRINK_EVERY == 0 {
+        if n.is_multiple_of(SHRINK_EVERY) {
             entries.shrink_to_fit();
         }
         let l = leaf(&e, owners, linked.is(&e).then_some(side));
@@ -175,11 +175,7 @@ mod tests {
             e.kind = Kind::Dir;
             v.push(e);
             for f in 0..250 {
-                v.push(file(
-                    &format!("d{d:03}/f{f}"),
-                    f,
-                    (d * 1000 + f + 10) as u64,
-                ));
+                v.push(file(&format!("d{d:03}/f{f}"), f, d * 1000 + f + 10));
             }
         }
         v.push(file("x", 3, 5));

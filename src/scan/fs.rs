@@ -59,10 +59,14 @@ pub(super) fn read_names(dir: &impl AsFd) -> std::io::Result<Vec<Vec<u8>>> {
     Ok(read_names_typed(dir)?.0)
 }
 
+/// A directory's names, and those of them whose type the listing gives
+/// as a directory.
+pub(super) type Names = (Vec<Vec<u8>>, Vec<Vec<u8>>);
+
 /// [`read_names`], and the names whose type the listing gives as a
 /// directory (in the same order; a file system that gives no types
 /// gives none here).
-pub(super) fn read_names_typed(dir: &impl AsFd) -> std::io::Result<(Vec<Vec<u8>>, Vec<Vec<u8>>)> {
+pub(super) fn read_names_typed(dir: &impl AsFd) -> std::io::Result<Names> {
     let fd = rustix::fs::openat(
         dir,
         ".",

@@ -301,9 +301,8 @@ impl DirWatcher {
     }
 
     /// Watches every directory of `rels` in one round trip to notify's
-    /// thread (one each was most of the primary's restart walk: ~50 us a
-    /// directory at 20,000 directories). Returns those now watched (or
-    /// gone) and false when the watch limit is reached.
+    /// thread instead of one each. Returns those now watched (or gone)
+    /// and false when the watch limit is reached.
     pub fn add_many(&self, rels: &[RelPath]) -> (Vec<RelPath>, bool) {
         let mut done = Vec::with_capacity(rels.len());
         let mut rest: &[RelPath] = rels;
@@ -319,12 +318,13 @@ impl DirWatcher {
             };
             // The ops before the failed one were applied; the failed one
             // goes through `add` (its error handling), the rest again.
-            let Some(origin) = &e.origin else {
-                // Unknown how far it got: the caller adds them one by one.
-                break;
-            };
-            let failed = rest.len() - e.remaining.len() - 1;
-            debug_assert_eq!(origin.as_path(), self.root.join(rest[failed].as_path()));
+            // Where it stopped; unknown (no failed op, or not one of
+            // ours): the caller adds what is left one by one.
+            let failed = e.origin.as_ref().and_then(|o| {
+                let i = rest.len().checked_sub(e.remaining.len() + 1)?;
+                (o.as_path() == self.root.join(rest[i].as_path())).then_some(i)
+            });
+            let Some(failed) = failed else { break };
             done.extend_from_slice(&rest[..failed]);
             if !self.add(&rest[failed]) {
                 return (done, false);

@@ -454,3 +454,27 @@ async fn a_scans_batched_watches_cover_every_directory_it_reads() {
         "state dir watched: {got:?}"
     );
 }
+
+/// A batch with a directory that is gone: the ones before and after it
+/// are still watched (the batch goes on past the failed one), and the gone
+/// one counts as done (nothing to watch, nothing to miss).
+#[tokio::test]
+async fn a_batch_goes_on_past_a_directory_that_is_gone() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().canonicalize().unwrap();
+    for sub in ["a", "c"] {
+        std::fs::create_dir(root.join(sub)).unwrap();
+    }
+    let mut w = Watch::start(&root).unwrap();
+    let (done, on) = w.dirs().add_many(&[p("a"), p("b"), p("c")]);
+    assert!(on);
+    assert_eq!(done, [p("a"), p("b"), p("c")]);
+    std::fs::write(root.join("c/new"), b"x").unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), w.rx.recv()).await {
+            Ok(Some(Change::Settled(x) | Change::Writing(x))) if x == p("c/new") => break,
+            Ok(Some(_)) => {}
+            other => panic!("c/new not seen after the gone b: {other:?}"),
+        }
+    }
+}

@@ -25,7 +25,9 @@
 # Environment: FILES (1000000), BENCH_DIR (/tmp/syncd-million-bench),
 # WRITES (300), WRITE_RATE (100/s), SETTLE (10), SYNCD_DURABLE (true),
 # SYNCD (the binary; default: the release build, under CARGO_TARGET_DIR when
-# set, built when missing), KEEP (1: leave the trees).
+# set, built when missing), KEEP (1: leave the trees), STEPS (the steps
+# to run, default "1 2 3 4 5"; step 1 always runs, as the others start
+# from its in-sync pair: "1 3" measures the first sync and the restart alone).
 #
 # DISK: each side costs about 4 KiB per file and directory in inodes and
 # blocks (a 1,000,000-file tree ~5 GiB per side on ext4). The script
@@ -42,6 +44,8 @@ WRITE_RATE=${WRITE_RATE:-100}
 SETTLE=${SETTLE:-10}
 DURABLE=${SYNCD_DURABLE:-true}
 KEEP=${KEEP:-0}
+STEPS=" ${STEPS:-1 2 3 4 5} "
+step() { [[ $STEPS == *" $1 "* ]]; }
 SYNCD=${SYNCD:-${CARGO_TARGET_DIR:-$ROOT/target}/release/syncd}
 [ -x "$SYNCD" ] || cargo build --release -q --bin syncd
 LOAD=(python3 "$ROOT/benches/live_load.py")
@@ -179,13 +183,16 @@ lost_line ""
 rss_line "after the first sync,"
 
 # --- 2. latency after "in sync" ----------------------------------------------
+if step 2; then
 echo "== 2. change->replica latency: $WRITES small files at ${WRITE_RATE}/s after in sync =="
 secs_needed=$(( (WRITES + WRITE_RATE - 1) / WRITE_RATE ))
 "${LOAD[@]}" load --src "$B/src" --dst "$B/dst" --rate "$WRITE_RATE" --seconds "$secs_needed" --size 32 --grace 60 \
   --label syncd --tsv "$B/latency.tsv" >"$B/latency.txt"
 echo "  p50 $(getv "$B/latency.txt" p50_ms) ms, p99 $(getv "$B/latency.txt" p99_ms) ms, max $(getv "$B/latency.txt" max_ms) ms, missing $(getv "$B/latency.txt" missing)"
+fi
 
 # --- 3. restart of the in-sync pair --------------------------------------------
+if step 3; then
 echo "== 3. restart of the in-sync pair =="
 stop "$PR"; stop "$SB"
 sync
@@ -199,8 +206,10 @@ rss_line "at in sync,"
 sleep "$SETTLE"
 lost_line .restart
 rss_line "watching, ${SETTLE} s later,"
+fi
 
 # --- 4. verify ------------------------------------------------------------------
+if step 4; then
 echo "== 4. verify =="
 # --quick first: plain verify reads every file, minutes on a large tree.
 if "$SYNCD" verify --help 2>&1 | grep -q -- --quick; then
@@ -211,10 +220,13 @@ fi
 t0=$(now)
 if "$SYNCD" verify --config "$B/primary.toml" >"$B/verify.txt" 2>&1; then v=equal; else v="DIFFERENT (see $B/verify.txt)"; fi
 echo "  syncd verify: $v in $(secs "$t0" "$(now)") s"
+fi
 stop "$PR"; stop "$SB"
 
 # --- 5. lsyncd beside it ---------------------------------------------------------
-if command -v lsyncd >/dev/null; then
+if ! step 5; then
+  :
+elif command -v lsyncd >/dev/null; then
   echo "== 5. lsyncd (default.rsync) started on the same in-sync pair =="
   cat > "$B/lsyncd.lua" <<EOF
 settings { nodaemon = true, logfile = "$B/lsyncd.log", statusFile = "$B/lsyncd.status", statusInterval = 60 }

@@ -51,32 +51,50 @@ fn same_meta(a: &Meta, b: &Meta, owners: bool, mode: bool) -> bool {
         && (!owners || (a.uid == b.uid && a.gid == b.gid))
 }
 
-type Index<'a> = HashMap<&'a RelPath, &'a Entry>;
+/// The standby's entries by path, as indices into its listing.
+type Index<'a> = HashMap<&'a RelPath, usize>;
 
 pub fn plan(local: &[Entry], remote: &[Entry], o: &PlanOptions) -> Plan {
-    let rmap: Index = remote.iter().map(|e| (&e.path, e)).collect();
-    let lmap: Index = local.iter().map(|e| (&e.path, e)).collect();
+    // Maps of the standby's side only (empty at a first sync, a few
+    // entries after a digest compare) and of our directories: a map of
+    // every local path cost ~36 MB at a million files, and which remote
+    // paths we have is known from the walk over ours (`matched`).
+    let rmap: Index = remote
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (&e.path, i))
+        .collect();
+    let mut matched = vec![false; remote.len()];
+    // Only leaders that some local name links to need to be remembered
+    // as re-sent (a set of every re-sent file was ~18 MB at a first sync).
+    let leaders: HashSet<&RelPath> = local
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Kind::HardLink { leader } => Some(leader),
+            _ => None,
+        })
+        .collect();
     let mut p = Plan::default();
-    if o.delete {
-        p.deletes = deletes(remote, &lmap);
-    }
     // Leaders whose content is re-sent get a new inode on the standby, so
     // their followers must be re-linked.
     let mut resent: HashSet<&RelPath> = HashSet::new();
     let mut dir_metas = Vec::new();
     for e in local {
-        let r = rmap.get(&e.path).copied();
+        let r = rmap.get(&e.path).map(|&i| {
+            matched[i] = true;
+            &remote[i]
+        });
         match &e.kind {
             Kind::Dir => plan_dir(&mut p, &mut dir_metas, e, r, o),
             Kind::File { size, hash } => {
-                if plan_file(&mut p, e, r, *size, hash, o) {
+                if plan_file(&mut p, e, r, *size, hash, o) && leaders.contains(&e.path) {
                     resent.insert(&e.path);
                 }
             }
             Kind::Symlink { target } => plan_symlink(&mut p, e, r, target, o),
             Kind::HardLink { leader } => {
                 let linked = !resent.contains(leader)
-                    && match (r, rmap.get(leader)) {
+                    && match (r, rmap.get(leader).map(|&i| &remote[i])) {
                         (Some(r), Some(rl)) => {
                             matches!(r.kind, Kind::File { .. } | Kind::HardLink { .. })
                                 && r.ino == rl.ino
@@ -91,18 +109,31 @@ pub fn plan(local: &[Entry], remote: &[Entry], o: &PlanOptions) -> Plan {
             }
         }
     }
-    touched_parents(&p, &lmap, &mut dir_metas);
+    if o.delete {
+        // A remote path we have is matched at the index `rmap` gives it
+        // (the one a duplicated path maps to), so look it up there.
+        let ours = |path: &RelPath| rmap.get(path).is_some_and(|&i| matched[i]);
+        p.deletes = deletes(remote, ours);
+    }
+    drop((rmap, matched, leaders, resent));
+    let dirs: HashMap<&RelPath, &Meta> = local
+        .iter()
+        .filter(|e| e.kind == Kind::Dir)
+        .map(|e| (&e.path, &e.meta))
+        .collect();
+    touched_parents(&p, &dirs, &mut dir_metas);
     dir_metas.sort_by_key(|(path, _)| std::cmp::Reverse(path.depth()));
     p.metas.extend(dir_metas);
     p
 }
 
-/// The top-most standby paths the primary lacks, deepest first.
-fn deletes(remote: &[Entry], lmap: &Index) -> Vec<RelPath> {
+/// The top-most standby paths the primary lacks (`ours` is false),
+/// deepest first.
+fn deletes(remote: &[Entry], ours: impl Fn(&RelPath) -> bool) -> Vec<RelPath> {
     let mut out = Vec::new();
     let mut last: Option<&RelPath> = None;
     for e in remote {
-        if lmap.contains_key(&e.path) || last.is_some_and(|d| e.path.starts_with(d)) {
+        if ours(&e.path) || last.is_some_and(|d| e.path.starts_with(d)) {
             continue;
         }
         out.push(e.path.clone());
@@ -200,19 +231,26 @@ fn plan_symlink(p: &mut Plan, e: &Entry, r: Option<&Entry>, target: &[u8], o: &P
 
 /// Creating, replacing or removing an entry changes its parent's mtime on
 /// the standby, so every touched parent gets its metadata re-applied.
-fn touched_parents(p: &Plan, lmap: &Index, dir_metas: &mut Vec<(RelPath, Meta)>) {
-    let mut touched: Vec<&RelPath> = p.files.iter().map(|f| &f.path).collect();
-    touched.extend(p.symlinks.iter().map(|(x, _, _)| x));
-    touched.extend(p.links.iter().map(|(x, _)| x));
-    touched.extend(p.deletes.iter());
-    touched.extend(p.mkdirs.iter());
+fn touched_parents(
+    p: &Plan,
+    dirs: &HashMap<&RelPath, &Meta>,
+    dir_metas: &mut Vec<(RelPath, Meta)>,
+) {
+    // Walked, not collected: a first sync touches every path.
+    let touched = (p.files.iter().map(|f| &f.path))
+        .chain(p.symlinks.iter().map(|(x, _, _)| x))
+        .chain(p.links.iter().map(|(x, _)| x))
+        .chain(p.deletes.iter())
+        .chain(p.mkdirs.iter());
     let mut seen: HashSet<RelPath> = dir_metas.iter().map(|(x, _)| x.clone()).collect();
     for t in touched {
         if let Some(parent) = t.parent() {
-            if let Some(e) = lmap.get(&parent).filter(|e| e.kind == Kind::Dir) {
-                if seen.insert(parent.clone()) {
-                    dir_metas.push((parent, e.meta));
-                }
+            if seen.contains(&parent) {
+                continue;
+            }
+            if let Some(&meta) = dirs.get(&parent) {
+                seen.insert(parent.clone());
+                dir_metas.push((parent, *meta));
             }
         }
     }

@@ -251,6 +251,10 @@ async fn both_sides(
     let scanned = local.entries.len() as u64;
     if by_digests {
         remote = super::digests::differing(s, &mut local, owners).await?;
+        // The digest tree (~100 MB at a million entries) was built and
+        // freed on another thread, whose arena the plan does not use:
+        // give it back before the plan, the primary's peak otherwise.
+        scan::give_back_freed_heap();
     }
     Ok((local, remote, owners, scanned))
 }

@@ -26,7 +26,13 @@ pub(super) struct Small {
     export: PathBuf,
     settle: Option<Settle>,
     progress: Arc<dyn Progress>,
-    /// To read and send, with their planned size.
+    /// The plan's files not yet taken, last first: each becomes a job when
+    /// it is taken, and the buffer shrinks as they go (jobs made all at
+    /// once beside the plan's list were ~160 MB at a million files).
+    pending: Vec<FileOp>,
+    pending_cap: usize,
+    /// To read and send again after a verdict (after `pending`), with
+    /// their planned size.
     queue: VecDeque<(FileJob, u64)>,
     /// Sent; waiting for the barrier's verdict.
     sent: Vec<FileJob>,
@@ -44,17 +50,16 @@ impl Small {
         export: PathBuf,
         settle: Option<Settle>,
         progress: Arc<dyn Progress>,
-        files: Vec<FileOp>,
+        mut files: Vec<FileOp>,
     ) -> Small {
-        let queue = files
-            .into_iter()
-            .map(|f| (FileJob::new(f.path, f.size, false).0, f.size))
-            .collect();
+        files.reverse();
         Small {
             export,
             settle,
             progress,
-            queue,
+            pending_cap: files.capacity(),
+            pending: files,
+            queue: VecDeque::new(),
             sent: Vec::new(),
             next_id: 0,
         }
@@ -63,6 +68,28 @@ impl Small {
     /// Reads of `jobs`' files, in order, on one blocking thread, each
     /// collected whole: one thread hand-off per group rather than per file
     /// (per file it cost more CPU than the read itself).
+    fn is_empty(&self) -> bool {
+        self.pending.is_empty() && self.queue.is_empty()
+    }
+
+    /// The next `n` jobs at most, in the plan's order, then the resends.
+    fn take(&mut self, n: usize) -> Vec<(FileJob, u64)> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let Some(f) = self.pending.pop() else { break };
+            out.push((FileJob::new(f.path, f.size, false).0, f.size));
+        }
+        // Halving the buffer as it empties: a copy of at most what is
+        // left each time, and the rest of it back to the allocator.
+        if self.pending.len() < self.pending_cap / 2 && self.pending_cap > 4096 {
+            self.pending.shrink_to_fit();
+            self.pending_cap = self.pending.capacity();
+        }
+        let more = n - out.len();
+        out.extend(self.queue.drain(..more.min(self.queue.len())));
+        out
+    }
+
     fn spawn(&mut self, jobs: &[&FileJob]) -> Reading {
         let files: Vec<(RelPath, u64)> = jobs
             .iter()
@@ -116,7 +143,7 @@ impl Small {
                 _ => {}
             }
         }
-        !self.queue.is_empty()
+        !self.is_empty()
     }
 }
 
@@ -145,9 +172,8 @@ pub(super) async fn send_small(
     let mut reading: VecDeque<(Vec<(FileJob, u64)>, Reading)> = VecDeque::new();
     let mut ahead = 0;
     loop {
-        while ahead < PIPELINE && !small.queue.is_empty() {
-            let n = GROUP.min(small.queue.len());
-            let group: Vec<(FileJob, u64)> = small.queue.drain(..n).collect();
+        while ahead < PIPELINE && !small.is_empty() {
+            let group = small.take(GROUP);
             let h = small.spawn(&group.iter().map(|(j, _)| j).collect::<Vec<_>>());
             ahead += group.len();
             reading.push_back((group, h));

@@ -199,3 +199,32 @@ fn mkfifo(p: &std::path::Path) {
     )
     .unwrap();
 }
+
+/// The primary's watch of a directory must exist before the directory is
+/// read: a change between the two would otherwise be in neither the
+/// listing nor the events. Here the hook itself makes that change (a new
+/// file in the directory it is called with): the listing must hold it,
+/// which it cannot if the hook runs after the read.
+#[test]
+fn the_dir_hook_runs_before_its_directory_is_read() {
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path().to_path_buf();
+    for sub in ["a/b", "a/c", "d"] {
+        std::fs::create_dir_all(r.join(sub)).unwrap();
+    }
+    std::fs::write(r.join("a/b/old"), b"x").unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (root, log) = (r.clone(), seen.clone());
+    let hook: DirHook = Box::new(move |rel: &RelPath| {
+        std::fs::write(root.join(rel.as_path()).join("made-in-hook"), b"y").unwrap();
+        log.lock().unwrap().push(rel.to_string());
+    });
+    let s = scan_with(&r, &mut Index::default(), false, false, Some(hook)).unwrap();
+    let names: Vec<_> = s.entries.iter().map(|e| e.path.to_string()).collect();
+    for dir in ["a", "a/b", "a/c", "d"] {
+        let made = format!("{dir}/made-in-hook");
+        assert!(names.contains(&made), "{made} not listed: {names:?}");
+    }
+    // Every directory beneath the root once, in walk order.
+    assert_eq!(*seen.lock().unwrap(), ["a", "a/b", "a/c", "d"]);
+}

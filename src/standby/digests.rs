@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::accept::SessionError;
 use super::session::{blocking, list_all};
 use super::Shared;
-use crate::scan::digest::{tree, Side};
+use crate::scan::digest::{tree_of, Side};
 use crate::wire::Reply;
 
 /// Answers `queries` from `cache` (built first when the round is empty or
@@ -29,14 +29,17 @@ pub(super) async fn answer(
             let sh = sh.clone();
             let t = blocking(move || {
                 let t0 = std::time::Instant::now();
-                let scanned = list_all(&sh, false)?;
+                let mut scanned = list_all(&sh, false)?;
                 let listed = t0.elapsed();
                 for e in &scanned.skipped {
                     tracing::warn!("standby scan skipped {e}");
                 }
-                let t = tree(&scanned.entries, owners, Side::Standby);
+                let entries = std::mem::take(&mut scanned.entries);
+                let n = entries.len();
+                // The listing is freed as the tree grows (not both at once).
+                let t = tree_of(entries, owners, Side::Standby);
                 tracing::debug!(
-                    entries = scanned.entries.len(),
+                    entries = n,
                     ?listed,
                     elapsed = ?t0.elapsed(),
                     "listed and built the directory digests"

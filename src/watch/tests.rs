@@ -403,3 +403,78 @@ fn a_sync_point_is_reached_only_once_every_earlier_change_is_counted() {
     w.counted(n);
     assert!(sync.reached(t));
 }
+
+/// A whole-tree scan with the primary's hook watches every directory it
+/// reads (subdirectories in batches, `DirWatcher::add_many`), and not the
+/// state directory, which it skips: a write in each watched directory is
+/// seen, none in the state directory.
+#[tokio::test]
+async fn a_scans_batched_watches_cover_every_directory_it_reads() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().canonicalize().unwrap();
+    let dirs = ["a", "a/b", "a/b/c", "a/d", "e"];
+    for sub in dirs.iter().chain([&".syncd"]) {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    let mut w = Watch::start(&root).unwrap();
+    let hook = w.dirs().hook();
+    let r = root.clone();
+    let s = tokio::task::spawn_blocking(move || {
+        crate::scan::scan_with(
+            &r,
+            &mut crate::index::Index::default(),
+            false,
+            false,
+            Some(hook),
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(s.entries.len(), dirs.len());
+    std::fs::write(root.join(".syncd/state"), b"x").unwrap();
+    for sub in dirs {
+        std::fs::write(root.join(sub).join("new"), b"x").unwrap();
+    }
+    let mut want: Vec<RelPath> = dirs.iter().map(|s| p(&format!("{s}/new"))).collect();
+    let mut got = Vec::new();
+    while !want.is_empty() {
+        match tokio::time::timeout(Duration::from_secs(5), w.rx.recv()).await {
+            Ok(Some(c)) => {
+                if let Change::Settled(path) | Change::Writing(path) = &c {
+                    want.retain(|x| x != path);
+                }
+                got.push(c);
+            }
+            other => panic!("not seen: {want:?}; got {got:?} ({other:?})"),
+        }
+    }
+    assert!(
+        !got.iter().any(|c| format!("{c:?}").contains("state")),
+        "state dir watched: {got:?}"
+    );
+}
+
+/// A batch with a directory that is gone: the ones before and after it
+/// are still watched (the batch goes on past the failed one), and the gone
+/// one counts as done (nothing to watch, nothing to miss).
+#[tokio::test]
+async fn a_batch_goes_on_past_a_directory_that_is_gone() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().canonicalize().unwrap();
+    for sub in ["a", "c"] {
+        std::fs::create_dir(root.join(sub)).unwrap();
+    }
+    let mut w = Watch::start(&root).unwrap();
+    let (done, on) = w.dirs().add_many(&[p("a"), p("b"), p("c")]);
+    assert!(on);
+    assert_eq!(done, [p("a"), p("b"), p("c")]);
+    std::fs::write(root.join("c/new"), b"x").unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), w.rx.recv()).await {
+            Ok(Some(Change::Settled(x) | Change::Writing(x))) if x == p("c/new") => break,
+            Ok(Some(_)) => {}
+            other => panic!("c/new not seen after the gone b: {other:?}"),
+        }
+    }
+}

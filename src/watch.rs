@@ -11,14 +11,13 @@
 //! (minutes on a cold cache at 100,000 directories) delays the start. New
 //! directories are watched by [`Watch::ensure`] before they are scanned.
 
-use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
-use notify::{EventKind, PathOp, RecursiveMode, Watcher};
+use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, Notify};
 
 use crate::lease::Closed;
@@ -301,74 +300,14 @@ impl DirWatcher {
         )
     }
 
-    /// Watches every directory of `rels` in one round trip to notify's
-    /// thread instead of one each. Returns those now watched (or gone)
-    /// and false when the watch limit is reached.
-    pub fn add_many(&self, rels: &[RelPath]) -> (Vec<RelPath>, bool) {
-        let mut done = Vec::with_capacity(rels.len());
-        let mut rest: &[RelPath] = rels;
-        while !rest.is_empty() {
-            let ops = rest
-                .iter()
-                .map(|r| PathOp::watch_non_recursive(self.root.join(r.as_path())))
-                .collect();
-            let r = lock(&self.watcher).update_paths(ops);
-            let Err(e) = r else {
-                done.extend_from_slice(rest);
-                break;
-            };
-            // The ops before the failed one were applied; the failed one
-            // goes through `add` (its error handling), the rest again.
-            // Where it stopped; unknown (no failed op, or not one of
-            // ours): the caller adds what is left one by one.
-            let failed = e.origin.as_ref().and_then(|o| {
-                let i = rest.len().checked_sub(e.remaining.len() + 1)?;
-                (o.as_path() == self.root.join(rest[i].as_path())).then_some(i)
-            });
-            let Some(failed) = failed else { break };
-            done.extend_from_slice(&rest[..failed]);
-            if !self.add(&rest[failed]) {
-                return (done, false);
-            }
-            done.push(rest[failed].clone());
-            rest = &rest[failed + 1..];
-        }
-        (done, true)
-    }
-
     /// A hook for [`crate::scan::scan_with`]: watches until the limit.
     pub fn hook(self) -> crate::scan::DirHook {
-        Box::new(WatchHook {
-            w: self,
-            on: true,
-            batched: HashSet::new(),
+        let mut on = true;
+        Box::new(move |rel: &RelPath| {
+            if on {
+                on = self.add(rel);
+            }
         })
-    }
-}
-
-/// The scan's hook: each directory watched before it is read, a
-/// directory's subdirectories in one batch as soon as it is listed.
-struct WatchHook {
-    w: DirWatcher,
-    on: bool,
-    /// Watched in a batch, not yet read: at most the unvisited
-    /// subdirectories of the directories on the walk's stack.
-    batched: HashSet<RelPath>,
-}
-
-impl crate::scan::WatchDirs for WatchHook {
-    fn before_read(&mut self, dir: &RelPath) {
-        if !self.batched.remove(dir) && self.on {
-            self.on = self.w.add(dir);
-        }
-    }
-
-    fn before_subdirs(&mut self, dirs: &[RelPath]) {
-        if self.on {
-            let (done, on) = self.w.add_many(dirs);
-            self.on = on;
-            self.batched.extend(done);
-        }
     }
 }
 

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
-use super::fs::{hash_entries, open_entry, read_names, read_names_typed, vanished};
+use super::fs::{hash_entries, open_entry, read_names, vanished};
 use super::{leftovers, meta_of, DirHook, PartialLink, Scan};
 use crate::index::{Index, Stamp};
 use crate::wire::{Entry, Kind, Meta};
@@ -211,38 +211,10 @@ impl Collector {
 
     /// The names in the directory `f` at `path`, after the hook has seen it.
     fn read_dir(&mut self, f: &File, path: &RelPath) -> std::io::Result<Vec<Vec<u8>>> {
-        let Some(h) = &mut self.on_dir else {
-            return read_names(f);
-        };
-        h.before_read(path);
-        let (names, subdirs) = read_names_typed(f)?;
-        self.found_subdirs(Some(path), subdirs);
-        Ok(names)
-    }
-
-    /// Tells the hook of the subdirectories just listed in `parent` (the
-    /// export root for `None`) that the walk will enter: not the state
-    /// directory nor temporary names, which it skips.
-    pub(super) fn found_subdirs(&mut self, parent: Option<&RelPath>, names: Vec<Vec<u8>>) {
-        let Some(h) = &mut self.on_dir else { return };
-        let dirs: Vec<RelPath> = names
-            .into_iter()
-            .rev()
-            .filter(|n| {
-                let state = parent.is_none() && n.as_slice() == STATE_DIR_NAME;
-                !state && !syncd_proto::path::is_temp_name(n)
-            })
-            .filter_map(|n| {
-                RelPath::new(match parent {
-                    Some(p) => [p.as_bytes(), b"/", &n].concat(),
-                    None => n,
-                })
-                .ok()
-            })
-            .collect();
-        if !dirs.is_empty() {
-            h.before_subdirs(&dirs);
+        if let Some(h) = &mut self.on_dir {
+            h(path);
         }
+        read_names(f)
     }
 
     /// Walks depth-first, names sorted per directory, until `stack` is empty.

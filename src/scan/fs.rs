@@ -56,37 +56,22 @@ pub(super) fn open_entry(dir: &impl AsFd, name: &[u8]) -> std::io::Result<File> 
 
 /// The names in a directory, in reverse byte order (popped in order).
 pub(super) fn read_names(dir: &impl AsFd) -> std::io::Result<Vec<Vec<u8>>> {
-    Ok(read_names_typed(dir)?.0)
-}
-
-/// A directory's names, and those of them whose type the listing gives
-/// as a directory.
-pub(super) type Names = (Vec<Vec<u8>>, Vec<Vec<u8>>);
-
-/// [`read_names`], and the names whose type the listing gives as a
-/// directory (in the same order; a file system that gives no types
-/// gives none here).
-pub(super) fn read_names_typed(dir: &impl AsFd) -> std::io::Result<Names> {
     let fd = rustix::fs::openat(
         dir,
         ".",
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    let (mut names, mut dirs) = (Vec::new(), Vec::new());
+    let mut names = Vec::new();
     for e in rustix::fs::Dir::new(fd)? {
         let e = e?;
         let n = e.file_name().to_bytes();
         if n != b"." && n != b".." {
-            if e.file_type() == rustix::fs::FileType::Directory {
-                dirs.push(n.to_vec());
-            }
             names.push(n.to_vec());
         }
     }
     names.sort_unstable_by(|a, b| b.cmp(a));
-    dirs.sort_unstable_by(|a, b| b.cmp(a));
-    Ok((names, dirs))
+    Ok(names)
 }
 
 pub(super) fn open_root(root: &Path) -> std::io::Result<File> {

@@ -25,7 +25,7 @@ pub use scoped::scan_scoped;
 use crate::index::Index;
 use crate::wire::{Entry, Meta};
 use collect::{Collector, Frame};
-use fs::{open_root, read_names_typed};
+use fs::{open_root, read_names};
 use std::os::unix::fs::MetadataExt;
 use syncd_proto::path::RelPath;
 
@@ -64,25 +64,9 @@ pub fn meta_of(m: &std::fs::Metadata) -> Meta {
 
 pub use syncd_proto::path::walk_order;
 
-/// What a whole-tree scan tells of the directories it will read, each
-/// before it reads it (the primary watches them there: see
-/// [`crate::watch::DirWatcher`]).
-pub trait WatchDirs: Send {
-    /// `dir` is about to be read.
-    fn before_read(&mut self, dir: &RelPath);
-    /// The subdirectories just found in one directory (by the type its
-    /// listing gives), none of them read yet: each is read later, after
-    /// its own `before_read`. Lets the watches be added in one batch.
-    fn before_subdirs(&mut self, _dirs: &[RelPath]) {}
-}
-
-impl<F: FnMut(&RelPath) + Send> WatchDirs for F {
-    fn before_read(&mut self, dir: &RelPath) {
-        self(dir)
-    }
-}
-
-pub type DirHook = Box<dyn WatchDirs>;
+/// Called with each directory a scan enters, before it reads its names
+/// (the primary watches it there: see [`crate::watch::DirWatcher`]).
+pub type DirHook = Box<dyn FnMut(&RelPath) + Send>;
 
 /// Scans `root`. With `hash`, every regular file carries its BLAKE3, taken
 /// from `index` when the stamp still matches unless `force` is set. Only
@@ -101,9 +85,8 @@ pub fn scan_with(
     on_dir: Option<DirHook>,
 ) -> std::io::Result<Scan> {
     let dir = open_root(root)?;
-    let (names, subdirs) = read_names_typed(&dir)?;
+    let names = read_names(&dir)?;
     let mut c = Collector::sweeping(hash, on_dir);
-    c.found_subdirs(None, subdirs);
     c.walk(vec![Frame {
         dir: dir.try_clone()?,
         rel: None,

@@ -30,7 +30,6 @@ pub(super) struct Small {
     /// it is taken, and the buffer shrinks as they go (jobs made all at
     /// once beside the plan's list were ~160 MB at a million files).
     pending: Vec<FileOp>,
-    pending_cap: usize,
     /// To read and send again after a verdict (after `pending`), with
     /// their planned size.
     queue: VecDeque<(FileJob, u64)>,
@@ -57,7 +56,6 @@ impl Small {
             export,
             settle,
             progress,
-            pending_cap: files.capacity(),
             pending: files,
             queue: VecDeque::new(),
             sent: Vec::new(),
@@ -65,9 +63,7 @@ impl Small {
         }
     }
 
-    /// Reads of `jobs`' files, in order, on one blocking thread, each
-    /// collected whole: one thread hand-off per group rather than per file
-    /// (per file it cost more CPU than the read itself).
+    /// Nothing left to take.
     fn is_empty(&self) -> bool {
         self.pending.is_empty() && self.queue.is_empty()
     }
@@ -81,15 +77,18 @@ impl Small {
         }
         // Halving the buffer as it empties: a copy of at most what is
         // left each time, and the rest of it back to the allocator.
-        if self.pending.len() < self.pending_cap / 2 && self.pending_cap > 4096 {
+        let cap = self.pending.capacity();
+        if self.pending.len() < cap / 2 && cap > 4096 {
             self.pending.shrink_to_fit();
-            self.pending_cap = self.pending.capacity();
         }
         let more = n - out.len();
         out.extend(self.queue.drain(..more.min(self.queue.len())));
         out
     }
 
+    /// Reads of `jobs`' files, in order, on one blocking thread, each
+    /// collected whole: one thread hand-off per group rather than per file
+    /// (per file it cost more CPU than the read itself).
     fn spawn(&mut self, jobs: &[&FileJob]) -> Reading {
         let files: Vec<(RelPath, u64)> = jobs
             .iter()

@@ -228,7 +228,7 @@ impl Shell {
                 let e = "session ended by a fatal error";
                 return Err(SessionError::Protocol(e.into()));
             }
-            let Some(msg) = wire::read_request(recv, &mut rbuf, self.version).await? else {
+            let Some(msg) = self.next_request(recv, &mut rbuf).await? else {
                 if self.follow.is_none() {
                     // A file stream ends with its last file.
                     self.rx.handle_stream_end();
@@ -250,6 +250,28 @@ impl Shell {
                 return Ok(());
             }
         }
+    }
+
+    /// The next request. What was gathered for the lanes is handed on only
+    /// when the next request is not already here: a burst of small files
+    /// reaches each lane as a few jobs, not three wake-ups a file.
+    async fn next_request(
+        &mut self,
+        recv: &mut quinn::RecvStream,
+        rbuf: &mut Vec<u8>,
+    ) -> Result<Option<Request>, SessionError> {
+        use std::future::Future;
+        use std::task::Poll;
+        let mut read = std::pin::pin!(wire::read_request(recv, rbuf, self.version));
+        let now = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
+        let r = match now {
+            Poll::Ready(r) => r,
+            Poll::Pending => {
+                self.lanes.hand_on().await?;
+                read.await
+            }
+        };
+        Ok(r?)
     }
 
     /// Before 7 the primary sends no `CaughtUp`: its first durable commit

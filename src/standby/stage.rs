@@ -21,7 +21,9 @@ mod file;
 use file::InFlight;
 
 pub(super) enum Job {
-    Op(Request),
+    /// Requests in the order they came: a small file's begin, data and end
+    /// (or several files') as one hand-off, not a wake-up each.
+    Ops(Vec<Request>),
     /// The Receiver refused more of this file: drop what was staged.
     Drop(u64),
     /// Says how many verified files wait for a commit, once everything
@@ -54,10 +56,18 @@ type Failures = Arc<std::sync::Mutex<FailureLog>>;
 /// Files in flight on one connection.
 pub(super) type InFlightCount = Arc<AtomicUsize>;
 
+/// Requests gathered for one lane before they are handed on: bounded so
+/// a lane never waits long for work that has arrived, and a batch's memory
+/// stays small (up to 16 batches queue per lane).
+const BATCH_OPS: usize = 48;
+const BATCH_BYTES: usize = 256 << 10;
+
 /// A stream's worker threads.
 pub(super) struct Lanes {
     sh: Arc<Shared>,
     txs: Vec<mpsc::Sender<Job>>,
+    /// Per lane: requests not yet handed on, and their payload bytes.
+    gathered: Vec<(Vec<Request>, usize)>,
     threads: Vec<std::thread::JoinHandle<()>>,
     failures: Failures,
 }
@@ -76,6 +86,7 @@ impl Lanes {
         let mut lanes = Lanes {
             sh: sh.clone(),
             txs: Vec::new(),
+            gathered: (0..n).map(|_| (Vec::new(), 0)).collect(),
             threads: Vec::new(),
             failures: failures.clone(),
         };
@@ -95,7 +106,45 @@ impl Lanes {
         lanes
     }
 
-    pub(super) async fn send(&self, lane: usize, job: Job) -> Result<(), SessionError> {
+    /// Request `op` for `lane`, handed on with others once enough are
+    /// gathered or [`Lanes::hand_on`] is called (the shell does when it has
+    /// nothing more to read at once, or before anything else for a lane).
+    pub(super) async fn queue(&mut self, lane: usize, op: Request) -> Result<(), SessionError> {
+        let bytes = match &op {
+            Request::FileData { data, .. } | Request::DeltaSegment { data, .. } => data.len(),
+            _ => 0,
+        };
+        let g = self.gathered.get_mut(lane).ok_or_else(stopped)?;
+        g.0.push(op);
+        g.1 += bytes;
+        if g.0.len() >= BATCH_OPS || g.1 >= BATCH_BYTES {
+            self.hand_on_lane(lane).await?;
+        }
+        Ok(())
+    }
+
+    /// Hands every lane what was gathered for it.
+    pub(super) async fn hand_on(&mut self) -> Result<(), SessionError> {
+        for lane in 0..self.gathered.len() {
+            self.hand_on_lane(lane).await?;
+        }
+        Ok(())
+    }
+
+    async fn hand_on_lane(&mut self, lane: usize) -> Result<(), SessionError> {
+        let g = self.gathered.get_mut(lane).ok_or_else(stopped)?;
+        if g.0.is_empty() {
+            return Ok(());
+        }
+        let ops = std::mem::take(&mut g.0);
+        g.1 = 0;
+        let tx = self.txs.get(lane).ok_or_else(stopped)?;
+        tx.send(Job::Ops(ops)).await.map_err(|_| stopped())
+    }
+
+    /// `job` for `lane`, after what was gathered for it (order kept).
+    pub(super) async fn send(&mut self, lane: usize, job: Job) -> Result<(), SessionError> {
+        self.hand_on_lane(lane).await?;
         let tx = self.txs.get(lane).ok_or_else(stopped)?;
         tx.send(job).await.map_err(|_| stopped())
     }
@@ -103,7 +152,8 @@ impl Lanes {
     /// Every lane has done and committed what it was given; the failures
     /// since the last flush. One `syncfs` for all lanes' files, not one
     /// per lane: it is most of a small batch's time at the standby.
-    pub(super) async fn flush(&self) -> Result<FailureLog, SessionError> {
+    pub(super) async fn flush(&mut self) -> Result<FailureLog, SessionError> {
+        self.hand_on().await?;
         let mut ready = Vec::new();
         for tx in &self.txs {
             let (t, r) = std::sync::mpsc::channel();
@@ -209,9 +259,11 @@ impl Lane {
                 Job::Drop(id) => {
                     w.inflight.remove(&id);
                 }
-                Job::Op(op) => {
-                    if self.op(&sh, &mut w, op).is_err() {
-                        return; // fatal: the session ends
+                Job::Ops(ops) => {
+                    for op in ops {
+                        if self.op(&sh, &mut w, op).is_err() {
+                            return; // fatal: the session ends
+                        }
                     }
                 }
             }

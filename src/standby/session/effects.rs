@@ -28,7 +28,7 @@ impl Shell {
                     let op = msg
                         .take()
                         .ok_or_else(|| SessionError::Protocol("request forwarded twice".into()))?;
-                    self.lanes.send(lane, Job::Op(op)).await?
+                    self.lanes.queue(lane, op).await?
                 }
                 Effect::Drop { lane, id } => self.lanes.send(lane, Job::Drop(id)).await?,
                 Effect::Flush => {

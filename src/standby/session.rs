@@ -232,7 +232,7 @@ impl Shell {
                 if self.follow.is_none() {
                     // A file stream ends with its last file.
                     self.rx.handle_stream_end();
-                    return self.effects(None).await;
+                    return self.effects(None, 0).await;
                 }
                 let e = "primary closed the stream without Finish";
                 return Err(SessionError::Protocol(e.into()));
@@ -242,7 +242,7 @@ impl Shell {
                 self.implied_catch_up().await?;
             }
             self.rx.handle(input(&msg))?;
-            self.effects(Some(msg)).await?;
+            self.effects(Some(msg), rbuf.len()).await?;
             if commit {
                 self.implied_catch_up().await?;
             }
@@ -283,7 +283,7 @@ impl Shell {
             return Ok(());
         }
         self.rx.handle(Input::CaughtUp)?;
-        self.effects(None).await
+        self.effects(None, 0).await
     }
 
     async fn list(&mut self, msg: Option<Request>) -> Result<(), SessionError> {

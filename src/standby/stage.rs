@@ -17,8 +17,10 @@ use syncd_proto::path::RelPath;
 use syncd_proto::receiver::FailureLog;
 
 mod file;
+mod gather;
 
 use file::InFlight;
+use gather::Gather;
 
 pub(super) enum Job {
     /// Requests in the order they came: a small file's begin, data and end
@@ -56,18 +58,17 @@ type Failures = Arc<std::sync::Mutex<FailureLog>>;
 /// Files in flight on one connection.
 pub(super) type InFlightCount = Arc<AtomicUsize>;
 
-/// Requests gathered for one lane before they are handed on: bounded so
-/// a lane never waits long for work that has arrived, and a batch's memory
-/// stays small (up to 16 batches queue per lane).
-const BATCH_OPS: usize = 48;
-const BATCH_BYTES: usize = 256 << 10;
+/// Jobs waiting for one lane. With [`gather::BYTES`] per job (plus one
+/// frame), a lane holds at most `LANE_QUEUE + 2` jobs' worth: the queue,
+/// the one it works on and the one being gathered.
+const LANE_QUEUE: usize = 16;
 
 /// A stream's worker threads.
 pub(super) struct Lanes {
     sh: Arc<Shared>,
     txs: Vec<mpsc::Sender<Job>>,
-    /// Per lane: requests not yet handed on, and their payload bytes.
-    gathered: Vec<(Vec<Request>, usize)>,
+    /// Per lane: requests not yet handed on.
+    gathered: Vec<Gather>,
     threads: Vec<std::thread::JoinHandle<()>>,
     failures: Failures,
 }
@@ -86,12 +87,12 @@ impl Lanes {
         let mut lanes = Lanes {
             sh: sh.clone(),
             txs: Vec::new(),
-            gathered: (0..n).map(|_| (Vec::new(), 0)).collect(),
+            gathered: (0..n).map(|_| Gather::default()).collect(),
             threads: Vec::new(),
             failures: failures.clone(),
         };
         for _ in 0..n {
-            let (tx, rx) = mpsc::channel::<Job>(16);
+            let (tx, rx) = mpsc::channel::<Job>(LANE_QUEUE);
             let mut lane = Lane {
                 sh: sh.clone(),
                 reply: reply.clone(),
@@ -109,15 +110,14 @@ impl Lanes {
     /// Request `op` for `lane`, handed on with others once enough are
     /// gathered or [`Lanes::hand_on`] is called (the shell does when it has
     /// nothing more to read at once, or before anything else for a lane).
-    pub(super) async fn queue(&mut self, lane: usize, op: Request) -> Result<(), SessionError> {
-        let bytes = match &op {
-            Request::FileData { data, .. } | Request::DeltaSegment { data, .. } => data.len(),
-            _ => 0,
-        };
+    pub(super) async fn queue(
+        &mut self,
+        lane: usize,
+        op: Request,
+        frame: usize,
+    ) -> Result<(), SessionError> {
         let g = self.gathered.get_mut(lane).ok_or_else(stopped)?;
-        g.0.push(op);
-        g.1 += bytes;
-        if g.0.len() >= BATCH_OPS || g.1 >= BATCH_BYTES {
+        if g.push(op, frame) {
             self.hand_on_lane(lane).await?;
         }
         Ok(())
@@ -133,11 +133,10 @@ impl Lanes {
 
     async fn hand_on_lane(&mut self, lane: usize) -> Result<(), SessionError> {
         let g = self.gathered.get_mut(lane).ok_or_else(stopped)?;
-        if g.0.is_empty() {
+        if g.is_empty() {
             return Ok(());
         }
-        let ops = std::mem::take(&mut g.0);
-        g.1 = 0;
+        let ops = g.take();
         let tx = self.txs.get(lane).ok_or_else(stopped)?;
         tx.send(Job::Ops(ops)).await.map_err(|_| stopped())
     }
@@ -202,7 +201,9 @@ impl Lanes {
         Ok(std::mem::take(&mut *lock(&self.failures)))
     }
 
-    /// Stops the workers; what they staged and did not commit is removed.
+    /// Stops the workers; what they staged and did not commit is removed,
+    /// and requests still gathered are dropped unapplied (the session
+    /// ended without a flush: none of them was acknowledged).
     pub(super) async fn join(self) {
         drop(self.txs);
         for t in self.threads {

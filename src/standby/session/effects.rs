@@ -15,8 +15,13 @@ use syncd_proto::receiver::Effect;
 const REBASE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 impl Shell {
-    /// Carries out what the Receiver asks, in order, for request `msg`.
-    pub(super) async fn effects(&mut self, mut msg: Option<Request>) -> Result<(), SessionError> {
+    /// Carries out what the Receiver asks, in order, for request `msg`
+    /// (read as a frame of `frame` bytes).
+    pub(super) async fn effects(
+        &mut self,
+        mut msg: Option<Request>,
+        frame: usize,
+    ) -> Result<(), SessionError> {
         // A digest walk's rounds come one after another: anything else
         // ends it, and its tree (a hundred bytes a file) is not kept.
         if msg.is_some() && !matches!(msg, Some(Request::Digests { .. })) {
@@ -28,7 +33,7 @@ impl Shell {
                     let op = msg
                         .take()
                         .ok_or_else(|| SessionError::Protocol("request forwarded twice".into()))?;
-                    self.lanes.queue(lane, op).await?
+                    self.lanes.queue(lane, op, frame).await?
                 }
                 Effect::Drop { lane, id } => self.lanes.send(lane, Job::Drop(id)).await?,
                 Effect::Flush => {

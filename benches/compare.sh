@@ -84,7 +84,8 @@ gen_big() { # $1 file $2 MiB
 
 # --- peers ---------------------------------------------------------------
 # Free ports by default, so two runs (two builds, two engineers) can share
-# the machine; set RSYNC_PORT / SYNCD_PORT to pin them.
+# the machine, each with its own BENCH_DIR; set RSYNC_PORT / SYNCD_PORT to
+# pin them.
 free_port() { # $1 tcp|udp
   python3 -c 'import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if sys.argv[1] == "udp" else socket.SOCK_STREAM)

@@ -53,7 +53,7 @@ def unix(ts):
 
 def lines(path):
     try:
-        f = open(path, errors="replace")
+        f = open(path, encoding="utf-8", errors="replace")
     except FileNotFoundError:
         return
     for raw in f:

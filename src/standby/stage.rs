@@ -58,9 +58,11 @@ type Failures = Arc<std::sync::Mutex<FailureLog>>;
 /// Files in flight on one connection.
 pub(super) type InFlightCount = Arc<AtomicUsize>;
 
-/// Jobs waiting for one lane. With [`gather::BYTES`] per job (plus one
-/// frame), a lane holds at most `LANE_QUEUE + 2` jobs' worth: the queue,
-/// the one it works on and the one being gathered.
+/// Jobs waiting for one lane. A job is under [`gather::BYTES`] plus one
+/// frame (`wire::MAX_FRAME`, 8 MiB), so a lane holds at most
+/// `LANE_QUEUE + 2` of them (the queue, the one it works on, the one being
+/// gathered): ~150 MiB per lane from a peer sending only maximal frames,
+/// as before gathering (one frame a job then).
 const LANE_QUEUE: usize = 16;
 
 /// A stream's worker threads.

@@ -8,8 +8,8 @@ use crate::wire::Request;
 pub(super) const OPS: usize = 48;
 /// ...or this many bytes of frames. Every request counts its whole frame,
 /// not only file data: a peer's long symlink targets or paths are bounded
-/// as data is. A whole-file chunk (`wire::CHUNK`, the same size) goes on
-/// by itself.
+/// as data is. A whole-file chunk (`wire::CHUNK`, the same size) ends a
+/// job.
 pub(super) const BYTES: usize = 256 << 10;
 
 #[derive(Default)]

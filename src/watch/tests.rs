@@ -139,7 +139,7 @@ async fn a_closed_file_is_sent_while_a_server_keeps_it_open() {
 /// thread is played by hand here, events in their kernel order).
 #[test]
 fn a_write_before_the_close_is_handled_is_not_taken_for_the_closed_file() {
-    use crate::lease::{Lease, Settle};
+    use crate::lease::Settle;
     use crate::primary::source::{open_source, Opened};
     use std::io::Write;
     crate::lease::ignore_break_signal();
@@ -161,19 +161,12 @@ fn a_write_before_the_close_is_handled_is_not_taken_for_the_closed_file() {
         )
     };
     let f = root.join("f");
-    let mut cached = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(&f)
-        .unwrap();
-    if crate::lease::take(&std::fs::File::open(&f).unwrap()) == Lease::Unsupported {
-        syncd_testkit::skip::skip(
-            "a_write_before_the_close_is_handled_is_not_taken_for_the_closed_file",
-            "file leases are not supported here",
-        );
+    let Some(mut cached) = held_open(
+        &f,
+        "a_write_before_the_close_is_handled_is_not_taken_for_the_closed_file",
+    ) else {
         return;
-    }
+    };
     let mut client = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
     client.write_all(b"complete").unwrap();
     drop(client);
@@ -232,7 +225,7 @@ fn a_write_before_the_close_is_handled_is_not_taken_for_the_closed_file() {
 /// to a later batch).
 #[test]
 fn with_fine_ctimes_a_rewrite_after_the_close_record_is_not_sent() {
-    use crate::lease::{Lease, Settle};
+    use crate::lease::Settle;
     use crate::primary::source::{open_source, Opened};
     use std::io::{Seek, Write};
     crate::lease::ignore_break_signal();
@@ -281,19 +274,12 @@ fn with_fine_ctimes_a_rewrite_after_the_close_record_is_not_sent() {
         })
     };
     let f = root.join("f");
-    let mut cached = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(&f)
-        .unwrap();
-    if crate::lease::take(&std::fs::File::open(&f).unwrap()) == Lease::Unsupported {
-        syncd_testkit::skip::skip(
-            "with_fine_ctimes_a_rewrite_after_the_close_record_is_not_sent",
-            "file leases are not supported here",
-        );
+    let Some(mut cached) = held_open(
+        &f,
+        "with_fine_ctimes_a_rewrite_after_the_close_record_is_not_sent",
+    ) else {
         return;
-    }
+    };
     let mut client = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
     client.write_all(b"complete").unwrap();
     drop(client);
@@ -412,4 +398,20 @@ fn a_sync_point_is_reached_only_once_every_earlier_change_is_counted() {
     assert!(n >= 1, "the write's change was sent before the cookie");
     w.counted(n);
     assert!(sync.reached(t));
+}
+
+/// `f` created and held open for writing, as a server's cached descriptor
+/// is; `None` (the test skipped) where file leases are not supported.
+fn held_open(f: &std::path::Path, test: &str) -> Option<std::fs::File> {
+    let cached = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(f)
+        .unwrap();
+    if crate::lease::take(&std::fs::File::open(f).unwrap()) == crate::lease::Lease::Unsupported {
+        syncd_testkit::skip::skip(test, "file leases are not supported here");
+        return None;
+    }
+    Some(cached)
 }

@@ -55,6 +55,10 @@ const PROBE_WRITES: u8 = 32;
 /// [`fine_slack`] of that stat (if it returns as fast as the coarse rule
 /// assumes at worst): a point usually before the coarse margin runs out
 /// (see [`proof_point`]).
+///
+/// Both rest on a change's event following its stamp soon; a truncate or
+/// a long write may not, so the reader also waits for any change running on
+/// the file and syncs past that ([`finish_in_progress`]).
 #[derive(Debug)]
 pub struct Closed {
     map: Mutex<HashMap<RelPath, Record>>,
@@ -186,6 +190,18 @@ pub(super) fn in_read(verdict: Trust) -> (Option<Duration>, Trust) {
     }
 }
 
+/// Waits until no change that has already stamped `f` is still running,
+/// and returns the time after: `SEEK_DATA` takes the inode's lock (on ext4,
+/// btrfs and tmpfs), which a write holds from stamping the file until its
+/// data is in, and a truncate until its event is queued. A write's event
+/// follows its unlock at once; a truncate's comes before it. Elsewhere
+/// (no such lock) it returns at once and the margin alone applies.
+pub(crate) fn finish_in_progress(f: &std::fs::File) -> SystemTime {
+    // ENXIO (no data at or past 0: an empty file) comes after the lock too.
+    let _ = rustix::fs::seek(f, rustix::fs::SeekFrom::Data(0));
+    SystemTime::now()
+}
+
 /// Two ticks of the kernel's coarse clock (the file timestamp granularity,
 /// `CONFIG_HZ`) plus 2 ms for a write to return after stamping the file.
 pub fn margin() -> Duration {
@@ -310,10 +326,11 @@ impl Closed {
         self.map().get(rel).copied().filter(|r| r.stamp == stamp)
     }
 
-    /// `rel` is, as `m` shows, exactly what its writer closed, and every
-    /// event that could say otherwise has been handled. May wait up to
-    /// [`SYNC_WAIT`] for the watch thread.
-    pub fn unchanged(&self, rel: &RelPath, m: &std::fs::Metadata) -> bool {
+    /// `rel` (open as `f`) is, as `m` shows, exactly what its writer
+    /// closed, and every event that could say otherwise has been handled.
+    /// May wait up to [`SYNC_WAIT`] for the watch thread, and for a change
+    /// in progress on the file (see [`finish_in_progress`]).
+    pub fn unchanged(&self, rel: &RelPath, f: &std::fs::File, m: &std::fs::Metadata) -> bool {
         let Some(rec) = self.matching(rel, m) else {
             return false;
         };
@@ -325,16 +342,19 @@ impl Closed {
         if let Some(d) = sleep {
             std::thread::sleep(d);
         }
-        match verdict {
-            Trust::Yes => true,
-            Trust::Wait(_) => false,
-            Trust::Sync => {
-                let drained = self.sync_watch(at);
-                // Still recorded once the events before the sync point are
-                // handled: no write dropped it.
-                drained.is_some_and(|d| d >= at) && self.matching(rel, m) == Some(rec)
-            }
+        if matches!(verdict, Trust::Wait(_)) {
+            return false;
         }
+        // Proven by the margin alone, the record still rests on how soon a
+        // change's event follows its stamp: a truncate freeing blocks or a
+        // long write can stamp the file and queue its event much later
+        // (seen once under load: an empty file shipped as closed). Wait for
+        // any change in progress, then sync past that point too.
+        let want = at.max(finish_in_progress(f));
+        let drained = self.sync_watch(want);
+        // Still recorded once the events before the sync point are handled:
+        // no write dropped it.
+        drained.is_some_and(|d| d >= want) && self.matching(rel, m) == Some(rec)
     }
 
     /// The record matches `m` (trusted or not).

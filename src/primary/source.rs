@@ -187,7 +187,7 @@ pub(crate) fn open_source_in(
                 // Still open for writing, but unchanged since a writer
                 // closed it (proven, not just recorded): a server's cached
                 // descriptor, not a writer.
-                if settle.closed.unchanged(rel, &m) {
+                if settle.closed.unchanged(rel, &f, &m) {
                     tracing::trace!(path = %rel, "held open, unchanged since its writer closed it");
                     return Ok(Opened::File(f, m, false));
                 }

@@ -215,6 +215,96 @@ fn a_write_before_the_close_is_handled_is_not_taken_for_the_closed_file() {
     drop(cached);
 }
 
+/// A change that stamps the file long before its event is queued: one
+/// same-size rewrite through the server's descriptor, stamped before the
+/// real watch thread stats the close and still running once the record's
+/// proof point (the margin) has passed. The margin alone trusts the record
+/// (the write's event is queued only when it returns) and reads the file
+/// half rewritten; the reader must instead wait for the write to finish
+/// (`lease::closed::finish_in_progress`), so whatever it sends is whole.
+/// The same order with a truncate freeing blocks is what once shipped an
+/// empty file. The write must outlast the margin: a bigger one is tried
+/// until it does.
+#[tokio::test]
+async fn a_write_running_past_the_proof_point_is_not_read_half_done() {
+    use crate::primary::source::{open_source, Opened};
+    use std::io::{Read, Write};
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    const NAME: &str = "a_write_running_past_the_proof_point_is_not_read_half_done";
+    crate::lease::ignore_break_signal();
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().canonicalize().unwrap();
+    let w = Watch::start(&root).unwrap();
+    let settle = crate::lease::Settle {
+        quiet: Duration::from_secs(3600),
+        closed: w.closed.clone(),
+    };
+    let f = root.join("f");
+    let Some(cached) = held_open(&f, NAME) else {
+        return;
+    };
+    let cached = Arc::new(cached);
+    let ctime = |f: &std::path::Path| {
+        let m = std::fs::metadata(f).unwrap();
+        (m.ctime(), m.ctime_nsec())
+    };
+    for mib in [64usize, 128, 256, 512] {
+        let n = mib << 20;
+        let mut client = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+        client.write_all(&vec![b'a'; n]).unwrap();
+        let before = ctime(&f);
+        // The rewrite gets a new ctime even on a coarse clock.
+        std::thread::sleep(Duration::from_millis(25));
+        let done = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (cached, done) = (cached.clone(), done.clone());
+            std::thread::spawn(move || {
+                cached.write_all_at(&vec![b'b'; n], 0).unwrap();
+                done.store(true, Ordering::Release);
+            })
+        };
+        let t = std::time::Instant::now();
+        while ctime(&f) == before && t.elapsed() < Duration::from_secs(10) {
+            std::hint::spin_loop();
+        }
+        // The client's close, handled by the watch thread mid-rewrite.
+        drop(client);
+        let mid = std::fs::metadata(&f).unwrap();
+        let t = std::time::Instant::now();
+        while !settle.closed.recorded(&p("f"), &mid) && t.elapsed() < Duration::from_millis(200) {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        // Past the proof point however the record was proven.
+        std::thread::sleep(crate::lease::margin() + Duration::from_millis(1));
+        let running = !done.load(Ordering::Acquire) && settle.closed.recorded(&p("f"), &mid);
+        if !running {
+            // The write ended first (or its event was seen): the window did
+            // not open; try a longer write.
+            writer.join().unwrap();
+            continue;
+        }
+        match open_source(&root, &p("f"), Some(&settle)).unwrap() {
+            Opened::File(mut src, _, _) => {
+                // The rewrite goes front to back: its last byte is written last.
+                let mut last = [0u8];
+                src.read_exact_at(&mut last, n as u64 - 1).unwrap();
+                assert_eq!(last[0], b'b', "sent while a write was still running");
+                let mut got = Vec::new();
+                src.read_to_end(&mut got).unwrap();
+                assert!(
+                    got.len() == n && got.iter().all(|b| *b == b'b'),
+                    "a file in the middle of a write sent as the closed one"
+                );
+            }
+            Opened::Busy => {}
+            Opened::Gone => panic!("the file is there"),
+        }
+        writer.join().unwrap();
+        return;
+    }
+    syncd_testkit::skip::skip(NAME, "a 512 MiB write ended within the margin here");
+}
+
 /// What the sooner proof on a filesystem of fine ctimes stands on: a
 /// same-size rewrite through the server's descriptor right after the watch
 /// thread's stat of the close (so within the file clock's tick) is not

@@ -179,20 +179,8 @@ fn a_write_before_the_close_is_handled_is_not_taken_for_the_closed_file() {
     // Later: a sync point past the margin is reached only after the
     // write's event, which drops the record.
     std::thread::sleep(Duration::from_millis(30));
-    let acker = {
-        let (closed, root, dir) = (closed.clone(), root.clone(), dir.clone());
-        std::thread::spawn(move || {
-            note(
-                &closed,
-                &root,
-                &notify::Event::new(write).add_path(root.join("f")),
-            );
-            for _ in 0..200 {
-                closed.cookie_seen(&dir.join("c9"));
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        })
-    };
+    note(&closed, &root, &ev(write, "f"));
+    let acker = acking(&closed, &dir, 200);
     assert!(!sent("f"), "its write was handled: no record");
     acker.join().unwrap();
     // The same with no write after the close: trusted once synced.
@@ -201,15 +189,7 @@ fn a_write_before_the_close_is_handled_is_not_taken_for_the_closed_file() {
     drop(client);
     note(&closed, &root, &ev(close, "f"));
     std::thread::sleep(Duration::from_millis(30));
-    let acker = {
-        let (closed, dir) = (closed.clone(), dir.clone());
-        std::thread::spawn(move || {
-            for _ in 0..200 {
-                closed.cookie_seen(&dir.join("c9"));
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        })
-    };
+    let acker = acking(&closed, &dir, 200);
     assert!(sent("f"), "closed, unchanged and synced: sent");
     acker.join().unwrap();
     drop(cached);
@@ -353,16 +333,6 @@ fn with_fine_ctimes_a_rewrite_after_the_close_record_is_not_sent() {
             Opened::File(..)
         )
     };
-    // The watch thread, played by hand: it has handled every event (of
-    // which there are none but the close) whenever asked.
-    let acking = |closed: Arc<Closed>, dir: std::path::PathBuf| {
-        std::thread::spawn(move || {
-            for _ in 0..100 {
-                closed.cookie_seen(&dir.join("c999"));
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        })
-    };
     let f = root.join("f");
     let Some(mut cached) = held_open(
         &f,
@@ -378,7 +348,7 @@ fn with_fine_ctimes_a_rewrite_after_the_close_record_is_not_sent() {
     cached.rewind().unwrap();
     cached.write_all(b"rewrote!").unwrap();
     std::thread::sleep(Duration::from_millis(30));
-    let acker = acking(closed.clone(), dir.clone());
+    let acker = acking(&closed, &dir, 100);
     assert!(!sent(), "rewritten after the record's stat: a new ctime");
     acker.join().unwrap();
     // Closed again and left alone: its proof point is a tick plus 2 ms
@@ -388,7 +358,7 @@ fn with_fine_ctimes_a_rewrite_after_the_close_record_is_not_sent() {
     let mut client = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
     client.write_all(b"complete").unwrap();
     drop(client);
-    let acker = acking(closed.clone(), dir);
+    let acker = acking(&closed, &dir, 100);
     note(&closed, &root, &close);
     let slack = crate::lease::fine_slack(crate::lease::margin());
     std::thread::sleep(slack.saturating_sub(Duration::from_millis(2)));
@@ -488,6 +458,18 @@ fn a_sync_point_is_reached_only_once_every_earlier_change_is_counted() {
     assert!(n >= 1, "the write's change was sent before the cookie");
     w.counted(n);
     assert!(sync.reached(t));
+}
+
+/// The watch thread played by hand, having handled every event noted so
+/// far: for `ms` milliseconds it answers each sync cookie made.
+fn acking(closed: &Arc<Closed>, dir: &std::path::Path, ms: u32) -> std::thread::JoinHandle<()> {
+    let (closed, cookie) = (closed.clone(), dir.join("c999999"));
+    std::thread::spawn(move || {
+        for _ in 0..ms {
+            closed.cookie_seen(&cookie);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    })
 }
 
 /// `f` created and held open for writing, as a server's cached descriptor

@@ -94,11 +94,7 @@ fn a_configured_window_still_lingers_up_to_max_delay() {
     let mut c = cfg();
     c.batch.window = Duration::from_millis(5);
     c.batch.max_delay = Duration::from_millis(10);
-    let mut l = Live::new(c, t0);
-    assert_eq!(l.poll_action(t0), Some(Action::Connect));
-    l.handle_connected(t0);
-    let _ = ship(&mut l, t0);
-    l.handle_shipped(t0, Followups::default(), 0, true);
+    let mut l = connected(c, t0);
     l.handle_change(Change::Settled(p("a")), t0);
     assert_eq!(l.poll_action(t0), None);
     assert_eq!(l.poll_timeout(), Some(t0 + Duration::from_millis(5)));
@@ -270,32 +266,24 @@ fn without_periodic_compares_a_deferred_link_is_one_full_compare() {
 fn periodic_and_fallback_compares() {
     let t0 = Instant::now();
     // configured period
-    let mut l = Live::new(
+    let mut l = connected(
         LiveConfig {
             full_reconcile: Some(Duration::from_secs(60)),
             ..cfg()
         },
         t0,
     );
-    assert_eq!(l.poll_action(t0), Some(Action::Connect));
-    l.handle_connected(t0);
-    let _ = ship(&mut l, t0);
-    l.handle_shipped(t0, Followups::default(), 0, true);
     assert_eq!(l.poll_timeout(), Some(t0 + Duration::from_secs(60)));
     assert!(ship(&mut l, t0 + Duration::from_secs(60)).full);
 
     // no watch at all: every 5 s
-    let mut l = Live::new(
+    let l = connected(
         LiveConfig {
             watching: false,
             ..cfg()
         },
         t0,
     );
-    assert_eq!(l.poll_action(t0), Some(Action::Connect));
-    l.handle_connected(t0);
-    let _ = ship(&mut l, t0);
-    l.handle_shipped(t0, Followups::default(), 0, true);
     assert_eq!(l.poll_timeout(), Some(t0 + PERIODIC_NO_WATCH));
 
     // the watch limit is hit while running: every 5 s from then on, once

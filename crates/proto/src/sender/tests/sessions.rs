@@ -258,19 +258,26 @@ fn barrier_failures_in_chunks_and_counted_ones_add_up() {
     assert_eq!(tx.handle_reply(Reply::ListEnd, t), Err(SenderError::Ended));
 }
 
+/// A session, past its hello, over files "a" and "b" whose standby cuts
+/// the connection after taking `n` messages: each cut point in turn.
+fn two_files_cut_after(n: usize) -> Shell {
+    let files: &[(&str, &[u8])] = &[("a", b"first"), ("b", b"second file")];
+    let sb = Standby {
+        cut_after: Some(n),
+        ..Standby::default()
+    };
+    let mut sh = Shell::new(primary(files), sb);
+    sh.hello().unwrap();
+    sh
+}
+
 #[test]
 fn a_connection_lost_mid_batch_acknowledges_nothing_uncommitted() {
     // Every cut point of a two-batch session.
-    let files: &[(&str, &[u8])] = &[("a", b"first"), ("b", b"second file")];
     let mut n = 0;
     loop {
         n += 1;
-        let sb = Standby {
-            cut_after: Some(n),
-            ..Standby::default()
-        };
-        let mut sh = Shell::new(primary(files), sb);
-        sh.hello().unwrap();
+        let mut sh = two_files_cut_after(n);
         let first = sh.ship(1);
         if first.is_ok() {
             sh.pri.files.insert(rp("a"), b"changed".to_vec());
@@ -387,16 +394,10 @@ fn pipelined_commits_are_answered_in_order_and_a_later_write_lands_last() {
 /// taken in order, and a lost session acknowledges nothing more.
 #[test]
 fn a_connection_lost_with_two_commits_in_flight_acknowledges_only_what_is_durable() {
-    let files: &[(&str, &[u8])] = &[("a", b"first"), ("b", b"second file")];
     let mut n = 0;
     loop {
         n += 1;
-        let sb = Standby {
-            cut_after: Some(n),
-            ..Standby::default()
-        };
-        let mut sh = Shell::new(primary(files), sb);
-        sh.hello().unwrap();
+        let mut sh = two_files_cut_after(n);
         let r = sh.ship_pipelined(1).and_then(|()| {
             sh.pri.files.insert(rp("a"), b"changed".to_vec());
             sh.ship_pipelined(2)

@@ -416,6 +416,47 @@ mod tests {
         assert_eq!(plan(&local, &changed, &opts()).links.len(), 1);
     }
 
+    /// Removing or replacing an entry changes its directory's mtime on the
+    /// standby, so the directory's metadata is applied again even when both
+    /// sides' listings agree on it; after its children's, deepest first.
+    #[test]
+    fn a_delete_or_type_change_reapplies_the_parent_metadata() {
+        let sym = |p: &str| Entry {
+            path: rp(p),
+            kind: Kind::Symlink {
+                target: b"t".to_vec(),
+            },
+            meta: m(1),
+            ino: 0,
+        };
+        let parent_meta = |p: &Plan, d: &str| {
+            p.metas
+                .iter()
+                .position(|(x, meta)| *x == rp(d) && *meta == m(1))
+        };
+        // a delete
+        let local = vec![dir("a"), file("a/keep", 5, 1, 1)];
+        let remote = vec![dir("a"), file("a/gone", 5, 1, 8), file("a/keep", 5, 1, 9)];
+        let p = plan(&local, &remote, &opts());
+        assert_eq!(p.deletes, vec![rp("a/gone")]);
+        assert!(parent_meta(&p, "a").is_some(), "{:?}", p.metas);
+        // a file become a directory: made, then its metadata, then the parent's
+        let local = vec![dir("a"), dir("a/x")];
+        let remote = vec![dir("a"), file("a/x", 5, 1, 9)];
+        let p = plan(&local, &remote, &opts());
+        assert_eq!(p.mkdirs, vec![rp("a/x")]);
+        let (x, a) = (parent_meta(&p, "a/x"), parent_meta(&p, "a"));
+        assert!(x.is_some() && a.is_some() && x < a, "{:?}", p.metas);
+        // a file become a symlink
+        let local = vec![dir("a"), sym("a/x")];
+        let p = plan(&local, &remote, &opts());
+        assert_eq!(p.symlinks.len(), 1);
+        assert!(parent_meta(&p, "a").is_some(), "{:?}", p.metas);
+        // nothing removed or replaced: the agreed metadata is left alone
+        let p = plan(&local, &local, &opts());
+        assert_eq!(parent_meta(&p, "a"), None);
+    }
+
     #[test]
     fn dir_metas_deepest_first() {
         let local = vec![dir("a"), dir("a/b"), dir("a/b/c")];

@@ -342,6 +342,15 @@ impl Driver {
             }
             Err(e) => return self.lose(e).await,
         }
+        // Large transfers that ended while the batch waited for a free
+        // stream: each path is compared once more, as at any transfer's end.
+        while let Some(t) = self
+            .session
+            .as_mut()
+            .and_then(|s| s.ended_transfer(&mut self.tsum, &mut self.index))
+        {
+            self.transfer_done(Some(t));
+        }
         while let Some(c) = self.session.as_mut().and_then(Session::take_committed) {
             if let Err(e) = self.committed(c).await {
                 return self.lose(e).await;

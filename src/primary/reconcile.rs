@@ -367,9 +367,12 @@ async fn content(
             // Still going from an earlier batch; its end re-checks the path.
             continue;
         }
-        if let Some(o) = s.start_transfer(f, settle.clone(), progress.clone()).await {
-            s.absorb_transfer(o, sum, index);
-        }
+        // One that ends meanwhile (to free a stream) is not accounted here:
+        // detached, it ends like the others, through the live loop, which
+        // compares its path again (placed after this batch listed its
+        // directory, or written again while it ran); else the drain below
+        // takes it.
+        s.start_transfer(f, settle.clone(), progress.clone()).await;
     }
     let mut small = Small::new(run.cfg.export.clone(), settle, progress, small);
     send_small(s, &mut small, sum, index).await?;

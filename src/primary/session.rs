@@ -227,13 +227,23 @@ impl Session {
         }
     }
 
+    /// A large transfer that already ended (while a start waited for a
+    /// free stream), accounted like [`Session::next_transfer`]'s; `None`
+    /// without waiting when there is none.
+    pub fn ended_transfer(&mut self, sum: &mut Summary, index: &mut Index) -> Option<RelPath> {
+        let o = self.transfers.take_ended()?;
+        let p = o.op.path.clone();
+        self.absorb_transfer(o, sum, index);
+        Some(p)
+    }
+
     /// Starts a large file or delta on its own stream (see [`Transfers::start`]).
     pub(super) async fn start_transfer(
         &mut self,
         op: crate::plan::FileOp,
         settle: Option<crate::lease::Settle>,
         progress: std::sync::Arc<dyn super::summary::Progress>,
-    ) -> Option<Outcome> {
+    ) {
         self.transfers.start(op, settle, progress).await
     }
 

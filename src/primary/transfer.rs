@@ -6,7 +6,7 @@
 //! standby's verdict once the file is committed (durably, if configured).
 //! What to try next is the sans-IO [`FileJob`]'s; this carries it out.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,6 +62,11 @@ pub struct Transfers {
     set: JoinSet<Outcome>,
     /// Path, start, size of each running transfer.
     running: HashMap<tokio::task::Id, (RelPath, Instant, u64)>,
+    /// Ended while a start waited for a free stream, not yet taken: they
+    /// end through [`Transfers::next`] like any other, whose caller compares
+    /// the path once more (its placement on the standby may postdate the
+    /// batch that listed its directory, or a newer write skipped as busy).
+    ended: VecDeque<Outcome>,
     deadline: Option<Duration>,
 }
 
@@ -74,6 +79,7 @@ impl Transfers {
             export: Arc::new(export),
             set: JoinSet::new(),
             running: HashMap::new(),
+            ended: VecDeque::new(),
         }
     }
 
@@ -82,12 +88,18 @@ impl Transfers {
         self.running.values().any(|(q, _, _)| q == p)
     }
 
+    /// Running, or ended and not yet taken by [`Transfers::next`].
     pub fn len(&self) -> usize {
-        self.running.len()
+        self.running.len() + self.ended.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.running.is_empty()
+        self.running.is_empty() && self.ended.is_empty()
+    }
+
+    /// An outcome already ended (see `ended`), without waiting.
+    pub fn take_ended(&mut self) -> Option<Outcome> {
+        self.ended.pop_front()
     }
 
     /// When the oldest running transfer started.
@@ -101,18 +113,14 @@ impl Transfers {
     }
 
     /// Starts `op` on its own stream; with [`MAX_STREAMS`] already running,
-    /// first waits for one to end and returns its outcome.
-    pub async fn start(
-        &mut self,
-        op: FileOp,
-        settle: Option<Settle>,
-        progress: Arc<dyn Progress>,
-    ) -> Option<Outcome> {
-        let done = if self.running.len() >= MAX_STREAMS {
-            self.next().await
-        } else {
-            None
-        };
+    /// first waits for one to end, whose outcome [`Transfers::next`] (or
+    /// [`Transfers::take_ended`]) gives.
+    pub async fn start(&mut self, op: FileOp, settle: Option<Settle>, progress: Arc<dyn Progress>) {
+        if self.running.len() >= MAX_STREAMS {
+            if let Some(o) = self.next_running().await {
+                self.ended.push_back(o);
+            }
+        }
         let file = File {
             conn: self.conn.clone(),
             export: self.export.clone(),
@@ -123,12 +131,19 @@ impl Transfers {
         let (path, size) = (op.path.clone(), op.size);
         let h = self.set.spawn(async move { file.transfer(op).await });
         self.running.insert(h.id(), (path, Instant::now(), size));
-        done
     }
 
-    /// The next transfer to end; never resolves while none is running
-    /// (so it can sit in a `select!`). Cancel-safe.
+    /// The next transfer to end (one that already ended first); never
+    /// resolves while none is running (so it can sit in a `select!`).
+    /// Cancel-safe.
     pub async fn next(&mut self) -> Option<Outcome> {
+        if let Some(o) = self.ended.pop_front() {
+            return Some(o);
+        }
+        self.next_running().await
+    }
+
+    async fn next_running(&mut self) -> Option<Outcome> {
         if self.running.is_empty() {
             return std::future::pending().await;
         }
@@ -149,7 +164,7 @@ impl Transfers {
 
     /// Waits for every running transfer.
     pub async fn drain(&mut self) -> Vec<Outcome> {
-        let mut out = Vec::new();
+        let mut out: Vec<Outcome> = self.ended.drain(..).collect();
         while !self.running.is_empty() {
             if let Some(o) = self.next().await {
                 out.push(o);

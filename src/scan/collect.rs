@@ -195,17 +195,54 @@ impl Collector {
         };
         match self.visit(&f, path.clone(), &m) {
             Ok(true) if m.is_dir() => match self.read_dir(&f, &path) {
-                Ok(names) => stack.push(Frame {
-                    dir: f,
-                    rel: Some(path),
-                    names,
-                }),
+                Ok(mut names) => {
+                    self.sweep_leftovers(&f, &path, &mut names);
+                    stack.push(Frame {
+                        dir: f,
+                        rel: Some(path),
+                        names,
+                    })
+                }
                 Err(e) if vanished(&e) => {}
                 Err(e) => self.unreadable(path, &e),
             },
             Ok(_) => {}
             Err(e) if vanished(&e) => {}
             Err(e) => self.unreadable(path, &e),
+        }
+    }
+
+    /// Removes the leftovers of earlier runs among `names` (a whole-tree
+    /// walk's sweep) and from `names`. Each removal changes the directory's
+    /// mtime, so its entry, just pushed, takes the new one: listed with the
+    /// old, it would look unchanged to a compare while differing for good.
+    fn sweep_leftovers(&mut self, dir: &File, path: &RelPath, names: &mut Vec<Vec<u8>>) {
+        let Some(s) = self.sweep else {
+            return;
+        };
+        let before = names.len();
+        names.retain(|n| {
+            if !syncd_proto::path::is_temp_name(n) {
+                return true;
+            }
+            match leftovers::remove_if_leftover(dir, n, &s) {
+                Ok(removed) => !removed,
+                Err(e) => {
+                    tracing::debug!("a temporary file left by a crash: {e}");
+                    true
+                }
+            }
+        });
+        if names.len() == before {
+            return;
+        }
+        let Ok(m) = dir.metadata() else {
+            return;
+        };
+        if let Some(e) = self.out.entries.last_mut() {
+            if &e.path == path && e.kind == Kind::Dir {
+                e.meta = meta_of(&m);
+            }
         }
     }
 
@@ -294,5 +331,57 @@ impl Collector {
             hash_entries(root, &mut self.out, &self.stamps, index, force);
         }
         Ok(self.out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    /// A leftover removed inside a directory changes its mtime: the walk
+    /// lists the directory as it is after the removal, not before.
+    #[test]
+    fn a_directory_swept_of_a_leftover_is_listed_with_its_new_mtime() {
+        let d = tempfile::tempdir().unwrap();
+        let sub = d.path().join("d");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(sub.join("f"), b"x").unwrap();
+        std::fs::write(sub.join(".syncd-7.1.tmp"), b"half-placed").unwrap();
+        // Older than any removal can make it.
+        let old = std::fs::FileTimes::new()
+            .set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1000));
+        std::fs::File::open(&sub).unwrap().set_times(old).unwrap();
+        let me = std::fs::metadata(&sub).unwrap().uid();
+        let mut c = Collector::new(false);
+        c.sweep = Some(leftovers::Sweep::new(
+            me,
+            SystemTime::now() + Duration::from_secs(5),
+        ));
+        let root = File::open(d.path()).unwrap();
+        let names = super::super::fs::read_names(&root).unwrap();
+        c.walk(vec![Frame {
+            dir: root,
+            rel: None,
+            names,
+        }]);
+        assert!(
+            sub.join(".syncd-7.1.tmp").symlink_metadata().is_err(),
+            "not swept"
+        );
+        let listed = c
+            .out
+            .entries
+            .iter()
+            .find(|e| e.path.as_bytes() == b"d")
+            .unwrap();
+        let now = meta_of(&std::fs::metadata(&sub).unwrap());
+        assert_ne!(now.mtime_sec, 1000, "the removal did not change the mtime");
+        assert_eq!(
+            (listed.meta.mtime_sec, listed.meta.mtime_nsec),
+            (now.mtime_sec, now.mtime_nsec)
+        );
+        let files: Vec<_> = c.out.entries.iter().map(|e| e.path.to_string()).collect();
+        assert_eq!(files, ["d", "d/f"]);
     }
 }

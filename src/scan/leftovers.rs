@@ -2,8 +2,9 @@
 //! (`.syncd-<pid>.<n>.tmp`, see `path::temp_name`). Every walk skips them,
 //! so a node that leads before it reconciles never replicates one; a
 //! daemon's walks also remove the ones from before it started: exactly
-//! that pattern, regular files owned by the daemon's user, changed before
-//! its start (its own, made since, are in use).
+//! that pattern, regular files or symlinks (a symlink is made under a
+//! temporary name too, then renamed) owned by the daemon's user, changed
+//! before its start (its own, made since, are in use).
 
 use std::fs::File;
 use std::sync::OnceLock;
@@ -45,16 +46,20 @@ pub(super) fn current() -> Option<Sweep> {
 }
 
 /// Removes `name` in `dir` if it is a leftover by `sweep`'s rules; whether
-/// it did. Not following links: a symlink or a directory by that name stays.
+/// it did. Not following links: a symlink is removed itself, never its
+/// target; a directory by that name stays.
 pub fn remove_if_leftover(dir: &File, name: &[u8], sweep: &Sweep) -> std::io::Result<bool> {
     if !syncd_proto::path::is_temp_name(name) {
         return Ok(false);
     }
     let name = std::ffi::OsStr::from_bytes(name);
     let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
-    let regular = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
+    let ours = matches!(
+        FileType::from_raw_mode(st.st_mode),
+        FileType::RegularFile | FileType::Symlink
+    );
     let older = (st.st_ctime as i64, st.st_ctime_nsec as i64) < sweep.before;
-    if !(regular && st.st_uid == sweep.uid && older) {
+    if !(ours && st.st_uid == sweep.uid && older) {
         return Ok(false);
     }
     rustix::fs::unlinkat(dir, name, AtFlags::empty())?;
@@ -95,19 +100,23 @@ mod tests {
         assert!(!remove_if_leftover(&dir, b".syncd-12.3.tmp", &s).unwrap());
         let s = Sweep::new(me.wrapping_add(1), later);
         assert!(!remove_if_leftover(&dir, b".syncd-12.3.tmp", &s).unwrap());
-        // Not exactly the pattern, or not a regular file: kept.
+        // Not exactly the pattern, or a directory: kept.
         let s = Sweep::new(me, later);
         for n in [
             ".syncd-12.3.tmp.keep",
             "a.tmp",
             ".syncd-x.3.tmp",
             ".syncd-9.9.tmp",
-            ".syncd-8.8.tmp",
         ] {
             assert!(!remove_if_leftover(&dir, n.as_bytes(), &s).unwrap(), "{n}");
             assert!(p(n).symlink_metadata().is_ok(), "{n}");
         }
         assert!(remove_if_leftover(&dir, b".syncd-12.3.tmp", &s).unwrap());
         assert!(!p(".syncd-12.3.tmp").exists());
+        // A symlink made under a temporary name (a crash before its rename,
+        // as a killed standby leaves one): removed, its target not.
+        assert!(remove_if_leftover(&dir, b".syncd-8.8.tmp", &s).unwrap());
+        assert!(p(".syncd-8.8.tmp").symlink_metadata().is_err());
+        assert!(p("a.tmp").exists());
     }
 }

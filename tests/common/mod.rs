@@ -268,6 +268,12 @@ impl Drop for Pair {
             let _ = c.wait();
         }
         self.kill_standby();
+        // A failure's logs and trees, for reading afterwards (opt-in: a kept
+        // tree can be large).
+        if std::thread::panicking() && std::env::var_os("SYNCD_TEST_KEEP").is_some() {
+            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+            eprintln!("SYNCD_TEST_KEEP: kept {}", kept.keep().display());
+        }
     }
 }
 

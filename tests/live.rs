@@ -363,7 +363,7 @@ fn standby_killed_mid_workload_then_restarted_converges() {
 #[test]
 fn large_files_ending_while_others_wait_for_a_stream_are_compared_again() {
     let mut p = Pair::new();
-    let dirs = 8; // twice the primary's streams for large files
+    let dirs = 2 * syncd::primary::transfer::MAX_STREAMS;
     let big =
         |d: usize, gen: usize| Rng((gen * dirs + d) as u64 + 1).bytes((2 << 20) + gen * 100 + d);
     for d in 0..dirs {
@@ -384,6 +384,11 @@ fn large_files_ending_while_others_wait_for_a_stream_are_compared_again() {
         p.wait_equal(Duration::from_secs(120));
     }
     p.assert_equal();
+    assert!(
+        p.primary_log()
+            .contains("every stream busy: waiting for a transfer to end"),
+        "no batch waited for a stream: the case was not exercised"
+    );
 }
 
 #[test]

@@ -211,7 +211,7 @@ impl Session {
     }
 
     /// The next large transfer to end, already accounted in `sum` and
-    /// `index`; never resolves while none is running. Cancel-safe.
+    /// `index`; never resolves while none is running or ended. Cancel-safe.
     pub async fn next_transfer(&mut self, sum: &mut Summary, index: &mut Index) -> Option<RelPath> {
         let o = self.transfers.next().await?;
         let p = o.op.path.clone();
@@ -230,7 +230,11 @@ impl Session {
     /// A large transfer that already ended (while a start waited for a
     /// free stream), accounted like [`Session::next_transfer`]'s; `None`
     /// without waiting when there is none.
-    pub fn ended_transfer(&mut self, sum: &mut Summary, index: &mut Index) -> Option<RelPath> {
+    pub(super) fn ended_transfer(
+        &mut self,
+        sum: &mut Summary,
+        index: &mut Index,
+    ) -> Option<RelPath> {
         let o = self.transfers.take_ended()?;
         let p = o.op.path.clone();
         self.absorb_transfer(o, sum, index);

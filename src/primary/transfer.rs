@@ -62,10 +62,12 @@ pub struct Transfers {
     set: JoinSet<Outcome>,
     /// Path, start, size of each running transfer.
     running: HashMap<tokio::task::Id, (RelPath, Instant, u64)>,
-    /// Ended while a start waited for a free stream, not yet taken: they
-    /// end through [`Transfers::next`] like any other, whose caller compares
-    /// the path once more (its placement on the standby may postdate the
-    /// batch that listed its directory, or a newer write skipped as busy).
+    /// Ended while a start waited for a free stream, not yet taken: the
+    /// live loop takes them once the batch's commit is sent
+    /// ([`Transfers::take_ended`]), else [`Transfers::next`] or
+    /// [`Transfers::drain`] does; the live loop compares each path once more,
+    /// as at any transfer's end (its placement on the standby may postdate
+    /// the batch that listed its directory, or a newer write skipped as busy).
     ended: VecDeque<Outcome>,
     deadline: Option<Duration>,
 }
@@ -98,7 +100,7 @@ impl Transfers {
     }
 
     /// An outcome already ended (see `ended`), without waiting.
-    pub fn take_ended(&mut self) -> Option<Outcome> {
+    pub(super) fn take_ended(&mut self) -> Option<Outcome> {
         self.ended.pop_front()
     }
 
@@ -117,6 +119,7 @@ impl Transfers {
     /// [`Transfers::take_ended`]) gives.
     pub async fn start(&mut self, op: FileOp, settle: Option<Settle>, progress: Arc<dyn Progress>) {
         if self.running.len() >= MAX_STREAMS {
+            tracing::debug!(path = %op.path, "every stream busy: waiting for a transfer to end");
             if let Some(o) = self.next_running().await {
                 self.ended.push_back(o);
             }
@@ -134,7 +137,8 @@ impl Transfers {
     }
 
     /// The next transfer to end (one that already ended first); never
-    /// resolves while none is running (so it can sit in a `select!`).
+    /// resolves while none is running or ended (so it can sit in a
+    /// `select!`).
     /// Cancel-safe.
     pub async fn next(&mut self) -> Option<Outcome> {
         if let Some(o) = self.ended.pop_front() {
@@ -164,8 +168,8 @@ impl Transfers {
 
     /// Waits for every running transfer.
     pub async fn drain(&mut self) -> Vec<Outcome> {
-        let mut out: Vec<Outcome> = self.ended.drain(..).collect();
-        while !self.running.is_empty() {
+        let mut out = Vec::new();
+        while !self.is_empty() {
             if let Some(o) = self.next().await {
                 out.push(o);
             }

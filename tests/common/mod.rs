@@ -271,8 +271,9 @@ impl Drop for Pair {
         // A failure's logs and trees, for reading afterwards (opt-in: a kept
         // tree can be large).
         if std::thread::panicking() && std::env::var_os("SYNCD_TEST_KEEP").is_some() {
-            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
-            eprintln!("SYNCD_TEST_KEEP: kept {}", kept.keep().display());
+            // No second panic here (it would abort the run).
+            self.dir.disable_cleanup(true);
+            eprintln!("SYNCD_TEST_KEEP: kept {}", self.dir.path().display());
         }
     }
 }

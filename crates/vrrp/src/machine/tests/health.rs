@@ -1,5 +1,18 @@
 use super::*;
 
+/// Two nodes (priority 150, and `backup`) after the first has won.
+fn led_by_the_first(backup: u8) -> Sim {
+    let mut sim = Sim::new(vec![
+        cfg(Version::V3, 150, 1, 1000),
+        cfg(Version::V3, backup, 2, 1000),
+    ]);
+    sim.start(0);
+    sim.start(1);
+    sim.run_until(10 * S);
+    assert_eq!(sim.holders(), vec![0]);
+    sim
+}
+
 #[test]
 fn address_owner_starts_as_master_and_ignores_weights() {
     let mut m = Machine::new(cfg(Version::V3, 255, 1, 1000));
@@ -20,14 +33,7 @@ fn address_owner_starts_as_master_and_ignores_weights() {
 
 #[test]
 fn weights_adjust_priority_and_move_the_master() {
-    let mut sim = Sim::new(vec![
-        cfg(Version::V3, 150, 1, 1000),
-        cfg(Version::V3, 120, 2, 1000),
-    ]);
-    sim.start(0);
-    sim.start(1);
-    sim.run_until(10 * S);
-    assert_eq!(sim.holders(), vec![0]);
+    let mut sim = led_by_the_first(120);
     // track script with weight -50 fails on the master: 150 - 50 = 100 < 120
     sim.event(
         0,
@@ -63,14 +69,7 @@ fn weights_adjust_priority_and_move_the_master() {
 
 #[test]
 fn fault_releases_and_recovers() {
-    let mut sim = Sim::new(vec![
-        cfg(Version::V3, 150, 1, 1000),
-        cfg(Version::V3, 100, 2, 1000),
-    ]);
-    sim.start(0);
-    sim.start(1);
-    sim.run_until(10 * S);
-    assert_eq!(sim.holders(), vec![0]);
+    let mut sim = led_by_the_first(100);
     sim.event(
         0,
         Event::Health {

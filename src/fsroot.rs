@@ -69,6 +69,16 @@ pub struct Staged<'r> {
     done: bool,
 }
 
+/// A staged file with its metadata applied ([`Root::prepare`]): ready to
+/// be placed.
+pub struct Prepared<'r>(Staged<'r>);
+
+impl Prepared<'_> {
+    pub fn file(&self) -> &File {
+        &self.0.file
+    }
+}
+
 impl Drop for Staged<'_> {
     fn drop(&mut self) {
         if let (false, Some(n), Some(st)) = (self.done, &self.name, self.root.staging.get()) {
@@ -255,21 +265,14 @@ impl Root {
     /// Applies metadata to a staged file and gives it the name `p`
     /// (replacing what is there); its metadata as placed.
     pub fn commit(&self, s: Staged<'_>, p: &RelPath, meta: &Meta) -> io::Result<Metadata> {
-        self.commit_keeping(s, p, meta, || true)?
+        let s = self.prepare(s, meta)?;
+        self.commit_keeping(s, p, || true)?
             .ok_or_else(|| io::Error::other("not placed"))
     }
 
-    /// [`Root::commit`], asking `keep` first only when something is at
-    /// `p` to be replaced (a new name needs no check: the link that makes
-    /// it fails when the name is taken). `None`, nothing placed, when
-    /// `keep` says no.
-    pub fn commit_keeping(
-        &self,
-        mut s: Staged<'_>,
-        p: &RelPath,
-        meta: &Meta,
-        keep: impl FnOnce() -> bool,
-    ) -> io::Result<Option<Metadata>> {
+    /// Applies metadata to a staged file: what it will be once placed,
+    /// but for its ctime.
+    pub fn prepare<'r>(&self, s: Staged<'r>, meta: &Meta) -> io::Result<Prepared<'r>> {
         let fd = s.file.as_fd();
         // chown before chmod: chown clears set-ID bits the mode may keep.
         if let Some((u, g)) = self.policy.owner(meta) {
@@ -277,6 +280,20 @@ impl Root {
         }
         rustix::fs::fchmod(fd, Mode::from_raw_mode(self.policy.mode(meta.mode, true)))?;
         rustix::fs::futimens(fd, &times(meta))?;
+        Ok(Prepared(s))
+    }
+
+    /// Gives a prepared file the name `p` (replacing what is there), asking
+    /// `keep` first only when something is at `p` to be replaced (a new
+    /// name needs no check: the link that makes it fails when the name is
+    /// taken). `None`, nothing placed, when `keep` says no.
+    pub fn commit_keeping(
+        &self,
+        s: Prepared<'_>,
+        p: &RelPath,
+        keep: impl FnOnce() -> bool,
+    ) -> io::Result<Option<Metadata>> {
+        let mut s = s.0;
         match &s.name {
             Some(n) => {
                 if !keep() {
@@ -374,6 +391,18 @@ impl Root {
     }
 
     pub fn symlink(&self, p: &RelPath, target: &[u8], meta: &Meta) -> io::Result<()> {
+        self.symlink_announced(p, target, meta, |_| ())
+    }
+
+    /// [`Root::symlink`], telling `announce` what the symlink is (but for
+    /// its ctime) just before it takes the name `p`.
+    pub fn symlink_announced(
+        &self,
+        p: &RelPath,
+        target: &[u8],
+        meta: &Meta,
+        announce: impl FnOnce(&rustix::fs::Stat),
+    ) -> io::Result<()> {
         // Made under a temporary name beside `p`, its metadata set, then
         // renamed over `p`: never seen half-made.
         let (pd, _) = self.parent(p)?;
@@ -395,6 +424,7 @@ impl Root {
                 )));
             }
             apply_meta(&fd, rustix::fs::FileType::Symlink, meta, &self.policy)?;
+            announce(&rustix::fs::fstat(&fd)?);
             self.place(&pd, &name, p)
         })();
         if r.is_err() {

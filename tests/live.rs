@@ -340,6 +340,13 @@ fn standby_killed_mid_workload_then_restarted_converges() {
     p.start_standby();
     start_primary(&mut p);
     p.wait_live();
+    // The ledger of what syncd placed is kept from here on: the kill below
+    // lands among its placements.
+    let t = Instant::now();
+    while !p.log().contains("caught up: local writes on this follower") {
+        assert!(t.elapsed() < Duration::from_secs(30), "{}", p.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let root = p.primary();
     let s2 = stop.clone();
@@ -353,6 +360,13 @@ fn standby_killed_mid_workload_then_restarted_converges() {
     p.wait_equal(Duration::from_secs(60));
     p.assert_equal();
     assert!(p.metric("connects_total") >= 2.0, "never reconnected");
+    // What the killed standby had placed but not yet recorded is still
+    // syncd's own after the restart, not a write made on the follower.
+    assert!(
+        !p.log().contains("written on this follower"),
+        "syncd's own placements taken for local writes:\n{}",
+        p.log()
+    );
 }
 
 /// More large files changing at once than there are streams for them: a

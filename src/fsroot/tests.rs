@@ -391,7 +391,8 @@ fn the_keeper_is_asked_only_when_a_name_is_taken() {
             root.stage_for(&rp(p)).unwrap()
         };
         s.file.write_all(p.as_bytes()).unwrap();
-        root.commit_keeping(s, &rp(p), &meta(), || {
+        let s = root.prepare(s, &meta()).unwrap();
+        root.commit_keeping(s, &rp(p), || {
             asked.set(asked.get() + 1);
             yes
         })

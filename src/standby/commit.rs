@@ -80,26 +80,54 @@ pub(super) fn commit_batch(
         }
         return;
     }
-    let mut done = Vec::with_capacity(pending.len());
-    let mut replaced = Vec::new();
+    // Metadata first, then what each file will be is written ahead of the
+    // renames (one write for the batch): a crash among them leaves none
+    // looking like a local write after the restart.
+    let expecting = super::local::expecting(sh);
+    let mut ready = Vec::with_capacity(pending.len());
+    let mut expected = Vec::new();
     for v in pending.drain(..) {
-        replaced.extend(v.base);
+        let Verified {
+            staged,
+            path,
+            meta,
+            hash,
+            sig,
+            base,
+        } = v;
+        match sh.root.prepare(staged, &meta) {
+            Ok(prepared) => {
+                if expecting {
+                    if let Ok(m) = prepared.file().metadata() {
+                        expected.push((path.clone(), Stamp::of(&m)));
+                    }
+                }
+                ready.push((prepared, path, hash, sig, base));
+            }
+            Err(e) => fail(&path, format!("commit: {e}"), false),
+        }
+    }
+    super::local::expect(sh, expected);
+    let mut done = Vec::with_capacity(ready.len());
+    let mut replaced = Vec::new();
+    for (prepared, path, hash, sig, base) in ready {
+        replaced.extend(base);
         // Kept (conflicts area, a follower's own write) only if a name is
         // replaced: no lookup per new file.
         match sh
             .root
-            .commit_keeping(v.staged, &v.path, &v.meta, || keep(&v.path, false))
+            .commit_keeping(prepared, &path, || keep(&path, false))
         {
             Ok(None) => {}
             Ok(Some(m)) => {
                 let stamp = Stamp::of(&m);
                 // A stale entry for a small file is harmless: its stamp no longer matches.
-                if let Some((b, st, sig)) = &v.sig {
-                    sh.sigs.put(&v.path, &stamp, *b, *st, sig);
+                if let Some((b, st, sig)) = &sig {
+                    sh.sigs.put(&path, &stamp, *b, *st, sig);
                 }
-                done.push((v.path, stamp, v.hash));
+                done.push((path, stamp, hash));
             }
-            Err(e) => fail(&v.path, format!("commit: {e}"), false),
+            Err(e) => fail(&path, format!("commit: {e}"), false),
         }
     }
     if !replaced.is_empty() {

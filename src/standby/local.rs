@@ -226,6 +226,72 @@ fn walk_export(root: &Root) -> io::Result<Vec<(Vec<u8>, Stamp)>> {
     Ok(entries)
 }
 
+/// What syncd is about to put at a path, written ahead (see
+/// `Change::Expect`): a crash before the change is recorded then leaves
+/// nothing that looks like a local write. Without ctime (the placement
+/// changes it). One write to the kernel for the lot.
+pub(super) fn expect(sh: &Shared, entries: impl IntoIterator<Item = (RelPath, Stamp)>) {
+    let mut placed = lock(&sh.placed);
+    if !placed.is_valid() {
+        return;
+    }
+    for (p, st) in entries {
+        let st = Stamp {
+            ctime: super::placed::NO_CTIME,
+            ..st
+        };
+        placed.apply(Change::Expect(p.into_bytes(), st));
+    }
+    placed.flush();
+}
+
+/// Whether expectations are recorded at all (a valid ledger): callers skip
+/// the stats that would feed [`expect`] otherwise.
+pub(super) fn expecting(sh: &Shared) -> bool {
+    lock(&sh.placed).is_valid()
+}
+
+/// Before `p`, syncd's own, gets `meta`'s mtime: what it will be.
+pub(super) fn expect_meta(sh: &Shared, p: &RelPath, meta: &crate::wire::Meta) {
+    if !expecting(sh) {
+        return;
+    }
+    if let Ok(Some((st, false))) = stat_at(sh, p) {
+        let mtime = (meta.mtime_sec, meta.mtime_nsec);
+        expect(sh, [(p.clone(), Stamp { mtime, ..st })]);
+    }
+}
+
+/// Before `p` becomes another name of `leader`: the same inode.
+pub(super) fn expect_link(sh: &Shared, p: &RelPath, leader: &RelPath) {
+    if !expecting(sh) {
+        return;
+    }
+    if let Ok(Some((st, false))) = stat_at(sh, leader) {
+        expect(sh, [(p.clone(), st)]);
+    }
+}
+
+/// The stamp of a symlink about to be placed (see `Root::symlink_announced`).
+pub(super) fn stamp_of_stat(st: &rustix::fs::Stat) -> Stamp {
+    stamp_of(st)
+}
+
+/// At start, before any change: what a crash left expected is recorded
+/// where it was made and dropped where it was not.
+pub(super) fn settle(root: &Root, placed: &mut Placed) {
+    let look = |p: &[u8]| {
+        let p = RelPath::new(p.to_vec()).ok()?;
+        match stat_in(root, &p) {
+            Ok(Some((st, false))) => Some(st),
+            _ => None,
+        }
+    };
+    if let Err(e) = placed.settle(look) {
+        tracing::warn!("{e}");
+    }
+}
+
 /// After syncd put `p` (a file, symlink or link): its stamp now.
 pub(super) fn record(sh: &Shared, p: &RelPath) {
     if let Ok(Some((st, false))) = stat_at(sh, p) {
@@ -268,6 +334,26 @@ pub(super) fn rename(
     rename: impl FnOnce() -> io::Result<()>,
 ) -> io::Result<()> {
     let mut placed = lock(&sh.placed);
+    if placed.is_valid() {
+        // Ahead of the rename: what it moves, under its new names (the
+        // move below then replaces these expectations).
+        let (from_b, to_b) = (from.as_bytes(), to.as_bytes());
+        let moved: Vec<_> = placed
+            .under(from_b)
+            .map(|(k, st)| {
+                let n = [to_b, &k[from_b.len()..]].concat();
+                let st = Stamp {
+                    ctime: super::placed::NO_CTIME,
+                    ..*st
+                };
+                Change::Expect(n, st)
+            })
+            .collect();
+        for c in moved {
+            placed.apply(c);
+        }
+        placed.flush();
+    }
     rename()?;
     let c = Change::MoveUnder(from.as_bytes().to_vec(), to.as_bytes().to_vec());
     placed.apply(c);
@@ -302,7 +388,10 @@ pub(super) fn count_listed(sh: &Shared, entries: &[Entry]) {
                 && r.mtime == (e.meta.mtime_sec, e.meta.mtime_nsec)
                 && size.is_none_or(|s| s == r.size)
         });
-        if !same {
+        // The listing may predate a placement the session made since (or
+        // show one not yet recorded): judged again by what is there now,
+        // under the lock that records follow placements under.
+        if !same && local_now(&sh.root, &placed, &e.path) {
             n += 1;
             if n <= 20 {
                 tracing::warn!(path = %e.path, "written on this follower by something other than syncd; it is kept in the conflicts area before the leader replaces or deletes it");
@@ -310,6 +399,14 @@ pub(super) fn count_listed(sh: &Shared, entries: &[Entry]) {
         }
     }
     sh.stats.local_writes.store(n, Ordering::Relaxed);
+}
+
+/// Whether the non-directory at `p` was written locally, by its stamp now.
+fn local_now(root: &Root, placed: &Placed, p: &RelPath) -> bool {
+    match stat_in(root, p) {
+        Ok(Some((st, false))) => placed.judge(p.as_bytes(), Some(&st)).is_local(),
+        _ => false,
+    }
 }
 
 /// After a catch-up: with no valid ledger, every entry in the export is

@@ -168,6 +168,7 @@ impl Standby {
                 tracing::warn!("{e}");
             }
         }
+        local::settle(&root, &mut placed);
         let shared = Arc::new(Shared {
             root,
             index: Mutex::new(index),

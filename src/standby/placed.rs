@@ -142,6 +142,32 @@ impl Placed {
         self.ledger.get(path)
     }
 
+    /// The recorded entries at or beneath `path`.
+    pub(super) fn under<'a>(
+        &'a self,
+        path: &'a [u8],
+    ) -> impl Iterator<Item = (&'a [u8], &'a Stamp)> {
+        self.ledger.entries_under(path)
+    }
+
+    /// At start, before any change is made: records what a crash left
+    /// expected where it was made (`look`: the stamp at a path now) and
+    /// forgets the rest, then writes the ledger out.
+    pub(super) fn settle(
+        &mut self,
+        look: impl FnMut(&[u8]) -> Option<Stamp>,
+    ) -> Result<(), PlacedError> {
+        if self.ledger.expected().next().is_none() {
+            return Ok(());
+        }
+        let n = self.ledger.settle(look, same);
+        tracing::info!(
+            recorded = n,
+            "entries being placed when syncd stopped are recorded as its own"
+        );
+        self.compact()
+    }
+
     /// Records `c`, appending it to the log (flushed by [`Placed::sync`]).
     pub(super) fn apply(&mut self, c: Change<Stamp>) {
         if !self.ledger.apply(&c) {
@@ -250,7 +276,19 @@ impl Placed {
             crate::state::create_private(&self.dir.join(LOG))?.sync_all()?;
             std::fs::File::open(&self.dir)?.sync_all()
         };
-        write().map_err(|e| self.err(SNAPSHOT, e))
+        write().map_err(|e| self.err(SNAPSHOT, e))?;
+        // The snapshot holds records only: what is still expected (a lane
+        // placing a file right now) starts the new log.
+        let expected: Vec<_> = self
+            .ledger
+            .expected()
+            .map(|(p, s)| Change::Expect(p.to_vec(), *s))
+            .collect();
+        for c in &expected {
+            self.append(c).map_err(|e| self.err(LOG, e))?;
+        }
+        self.flush();
+        Ok(())
     }
 
     /// This node leads (or led) its data: its clients' writes are not
@@ -403,5 +441,55 @@ mod tests {
         let p = Placed::load(d.path());
         assert!(!p.is_valid());
         assert_eq!(p.judge(b"x", Some(&st(1))), Origin::Ours);
+    }
+
+    /// A process killed between a placement and its record: what was
+    /// written ahead is read back and settled by looking, also when a
+    /// compaction came in between.
+    #[test]
+    fn an_expectation_written_ahead_survives_a_kill_and_is_settled() {
+        let d = tempfile::tempdir().unwrap();
+        let mut p = Placed::load(d.path());
+        let t = p.begin_rebase().unwrap();
+        let all = vec![(b"a".to_vec(), st(1)), (b"b".to_vec(), st(1))];
+        p.finish_rebase(t, all, |_| Ok(vec![])).unwrap();
+        let ahead = |n| Stamp {
+            ctime: NO_CTIME,
+            ..st(n)
+        };
+        p.apply(Change::Expect(b"a".to_vec(), ahead(2)));
+        p.compact().unwrap(); // the log started over: still expected
+        p.apply(Change::Expect(b"b".to_vec(), ahead(3)));
+        p.apply(Change::Expect(b"c".to_vec(), ahead(4)));
+        p.flush();
+        // The records after the placements, never handed to the kernel.
+        p.apply(Change::Put(b"a".to_vec(), st(2)));
+        std::mem::forget(p);
+
+        let mut p = Placed::load(d.path());
+        let placed_now = Stamp {
+            ctime: (7, 7), // the rename changed it
+            ..st(2)
+        };
+        assert_eq!(p.judge(b"a", Some(&placed_now)), Origin::Ours);
+        // `a` and `c` were placed; `b` was not (still syncd's old one).
+        let now = |q: &[u8]| match q {
+            b"a" => Some(placed_now),
+            b"b" => Some(st(1)),
+            b"c" => Some(Stamp {
+                ctime: (8, 8),
+                ..st(4)
+            }),
+            _ => None,
+        };
+        p.settle(now).unwrap();
+        assert_eq!(p.ledger.expected().count(), 0);
+        drop(p);
+        let p = Placed::load(d.path());
+        assert_eq!(p.judge(b"a", Some(&placed_now)), Origin::Ours);
+        assert_eq!(p.judge(b"a", Some(&st(1))), Origin::Changed);
+        assert_eq!(p.judge(b"b", Some(&st(1))), Origin::Ours);
+        assert_eq!(p.judge(b"b", Some(&ahead(3))), Origin::Changed);
+        assert_eq!(p.judge(b"c", Some(&now(b"c").unwrap())), Origin::Ours);
     }
 }

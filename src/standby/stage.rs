@@ -382,7 +382,10 @@ impl Lane {
                     let e = "symlink target is empty, too long or contains NUL";
                     self.fail(&path, e.into(), false);
                 } else if self.keep(&path, false) {
-                    match root.symlink(&path, &target, &meta) {
+                    let announce = |st: &rustix::fs::Stat| {
+                        local::expect(&self.sh, [(path.clone(), local::stamp_of_stat(st))]);
+                    };
+                    match root.symlink_announced(&path, &target, &meta, announce) {
                         Ok(()) => local::record(&self.sh, &path),
                         Err(e) => self.fail(&path, format!("symlink: {e}"), false),
                     }
@@ -391,6 +394,7 @@ impl Lane {
             Request::Link { path, leader } => {
                 let ours = local::is_ours(&self.sh, &leader);
                 if self.keep(&path, false) {
+                    local::expect_link(&self.sh, &path, &leader);
                     match root.link(&path, &leader) {
                         Ok(()) => {
                             // A new link changes the inode's ctime: both names.
@@ -407,6 +411,9 @@ impl Lane {
             Request::SetMeta { path, meta } => {
                 // A local write stays one: only syncd's own entry is re-stamped.
                 let ours = local::is_ours(&self.sh, &path);
+                if ours {
+                    local::expect_meta(&self.sh, &path, &meta);
+                }
                 match root.set_meta(&path, &meta) {
                     Ok(()) if ours => local::record(&self.sh, &path),
                     Ok(()) => {}

@@ -15,12 +15,21 @@
 //! as before this rule) until a catch-up makes the export the leader's and
 //! the shell rebases the ledger on it.
 //!
+//! A change is recorded after it is made, so a crash between the two would
+//! make syncd's own entry look like a local write after the restart. The
+//! shell therefore writes an [`Change::Expect`] ahead of each change it is
+//! about to make: until a `Put` (or a removal) settles the path, both the
+//! recorded and the expected stamp are syncd's; a restart settles what is
+//! left by looking at the entries.
+//!
 //! The rebase walks the whole export (a million entries take minutes on a
 //! loaded disk), so it runs beside the session, not inside its reply path:
 //! [`Ledger::begin_rebase`] starts it, the changes syncd makes meanwhile
 //! mark their paths as touched, and [`Ledger::finish_rebase`] takes the
 //! walk's stamps for untouched paths and a fresh look (under the shell's
 //! lock) for touched ones, whose walked stamps may predate syncd's change.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +73,10 @@ pub enum Change<S> {
     Remove(Vec<u8>),
     /// A rename: the path and everything beneath it moved.
     MoveUnder(Vec<u8>, Vec<u8>),
+    /// syncd is about to put this entry at the path (journalled ahead of
+    /// the change): until the path is settled, it is syncd's as well as
+    /// what is recorded. Last, so that older journals still decode.
+    Expect(Vec<u8>, S),
 }
 
 /// Per path, what syncd last put there.
@@ -71,6 +84,9 @@ pub enum Change<S> {
 pub struct Ledger<S> {
     /// Compact (paths back to back): it holds every file of the export.
     map: PathMap<S>,
+    /// Entries syncd is putting, not yet settled (a few per lane, or what
+    /// a crash left until the restart settles it).
+    expected: BTreeMap<Vec<u8>, S>,
     valid: bool,
     /// A rebase under way (the ledger is invalid meanwhile).
     rebase: Option<Rebase>,
@@ -83,6 +99,7 @@ impl<S> Default for Ledger<S> {
     fn default() -> Self {
         Ledger {
             map: PathMap::default(),
+            expected: BTreeMap::new(),
             valid: false,
             rebase: None,
             epoch: 0,
@@ -96,6 +113,11 @@ pub fn is_own_temp(path: &[u8]) -> bool {
     // Exactly syncd's pattern: a user's `.syncd-notes.tmp` is theirs.
     let name = path.rsplit(|b| *b == b'/').next().unwrap_or(path);
     crate::path::is_temp_name(name)
+}
+
+/// `k`, at or beneath `from`, as moved to `to`.
+fn moved_to(k: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    [to, &k[from.len()..]].concat()
 }
 
 /// `p` is `dir` or beneath it.
@@ -162,6 +184,7 @@ impl<S: Clone + PartialEq> Ledger<S> {
         }
         match self.map.get(path) {
             Some(rec) if same(rec, cur) => Origin::Ours,
+            _ if self.expected.get(path).is_some_and(|e| same(e, cur)) => Origin::Ours,
             Some(_) => Origin::Changed,
             None => Origin::New,
         }
@@ -176,9 +199,11 @@ impl<S: Clone + PartialEq> Ledger<S> {
         }
         match c {
             Change::Put(p, s) => {
+                self.expected.remove(p);
                 self.map.insert(p.clone(), s.clone());
             }
             Change::Remove(p) => {
+                self.expected.remove(p);
                 self.map.remove(p);
             }
             Change::RemoveUnder(p) => {
@@ -186,6 +211,7 @@ impl<S: Clone + PartialEq> Ledger<S> {
                 for k in gone {
                     self.map.remove(&k);
                 }
+                self.expected.retain(|k, _| !under(k, p));
             }
             Change::MoveUnder(from, to) => {
                 // Whatever was at the destination is replaced.
@@ -193,14 +219,61 @@ impl<S: Clone + PartialEq> Ledger<S> {
                 let moved: Vec<_> = self.beneath(from).collect();
                 for k in moved {
                     if let Some(s) = self.map.remove(&k) {
-                        let mut n = to.clone();
-                        n.extend_from_slice(&k[from.len()..]);
-                        self.map.insert(n, s);
+                        self.map.insert(moved_to(&k, from, to), s);
+                    }
+                }
+                let moved: Vec<_> = self
+                    .expected
+                    .keys()
+                    .filter(|k| under(k, from))
+                    .cloned()
+                    .collect();
+                for k in moved {
+                    if let Some(s) = self.expected.remove(&k) {
+                        self.expected.insert(moved_to(&k, from, to), s);
                     }
                 }
             }
+            Change::Expect(p, s) => {
+                self.expected.insert(p.clone(), s.clone());
+            }
         }
         true
+    }
+
+    /// The entries expected and not yet settled, in path order.
+    pub fn expected(&self) -> impl Iterator<Item = (&[u8], &S)> {
+        self.expected.iter().map(|(p, s)| (p.as_slice(), s))
+    }
+
+    /// Settles what a crash left expected (at a restart, before any change
+    /// is made): `look` gives the stamp at a path now; an entry that
+    /// became what was expected is recorded, any other expectation is
+    /// dropped (the change never happened). Returns how many were recorded.
+    pub fn settle(
+        &mut self,
+        mut look: impl FnMut(&[u8]) -> Option<S>,
+        same: impl Fn(&S, &S) -> bool,
+    ) -> usize {
+        let mut n = 0;
+        for (p, s) in std::mem::take(&mut self.expected) {
+            match look(&p) {
+                Some(cur) if same(&s, &cur) => {
+                    self.map.insert(p, cur);
+                    n += 1;
+                }
+                _ => {}
+            }
+        }
+        n
+    }
+
+    /// The recorded entries at or beneath `p`.
+    pub fn entries_under<'a>(&'a self, p: &'a [u8]) -> impl Iterator<Item = (&'a [u8], &'a S)> {
+        self.map
+            .range_from(p)
+            .take_while(move |(k, _)| k.starts_with(p))
+            .filter(move |(k, _)| under(k, p))
     }
 
     /// The recorded paths at or beneath `p`: every key starting with `p`
@@ -217,6 +290,7 @@ impl<S: Clone + PartialEq> Ledger<S> {
     /// copy as syncd made it (it leads, or the record was lost).
     pub fn invalidate(&mut self) {
         self.map.clear();
+        self.expected.clear();
         self.valid = false;
         self.rebase = None;
     }

@@ -94,6 +94,8 @@ impl<S: Clone + PartialEq> Ledger<S> {
         let paths: [Option<&Vec<u8>>; 2] = match c {
             Change::Put(p, _) | Change::RemoveUnder(p) | Change::Remove(p) => [Some(p), None],
             Change::MoveUnder(from, to) => [Some(from), Some(to)],
+            // Not applied while invalid; the change it announces touches.
+            Change::Expect(..) => [None, None],
         };
         for p in paths.into_iter().flatten() {
             if r.touched.len() >= MAX_TOUCHED {

@@ -88,7 +88,24 @@ fn seeded_histories_never_report_syncd_and_always_report_a_local_write() {
         let names = ["a", "b", "d/a", "d/b", "e/a"];
         for step in 0..60u32 {
             let p = b(names[rng.below(names.len())]);
-            match rng.below(4) {
+            match rng.below(6) {
+                // syncd puts an entry, journalled ahead; the process may die
+                // before or after the change, before its record: the
+                // restart settles what was expected by looking.
+                4 | 5 => {
+                    let s = step * 10 + 3;
+                    x.apply(&Change::Expect(p.clone(), s));
+                    let made = rng.below(2) == 0;
+                    if made {
+                        fs.insert(p.clone(), (s, false));
+                    }
+                    if made && rng.below(2) == 0 {
+                        x.apply(&Change::Put(p, s));
+                    } else {
+                        x.settle(|q| fs.get(q).map(|(s, _)| *s), |a, b| a == b);
+                    }
+                    assert_eq!(x.expected().count(), 0);
+                }
                 0 => {
                     let s = step * 10 + 1;
                     fs.insert(p.clone(), (s, false));
@@ -121,4 +138,50 @@ fn seeded_histories_never_report_syncd_and_always_report_a_local_write() {
             }
         }
     }
+}
+
+#[test]
+fn an_expected_entry_is_syncds_until_settled() {
+    let mut x = l(&[("a", 1), ("d/f", 2)]);
+    x.apply(&Change::Expect(b("a"), 5));
+    x.apply(&Change::Expect(b("n"), 6));
+    assert_eq!(x.judge(b"a", Some(&1)), Origin::Ours, "not made yet");
+    assert_eq!(x.judge(b"a", Some(&5)), Origin::Ours, "made, not recorded");
+    assert_eq!(x.judge(b"a", Some(&9)), Origin::Changed);
+    assert_eq!(x.judge(b"n", Some(&6)), Origin::Ours);
+    assert_eq!(x.judge(b"n", Some(&1)), Origin::New);
+    // The record settles it: the old stamp is no longer syncd's.
+    x.apply(&Change::Put(b("a"), 5));
+    assert_eq!(x.judge(b"a", Some(&1)), Origin::Changed);
+    // Expectations move and go with their subtree.
+    x.apply(&Change::Expect(b("d/g"), 7));
+    x.apply(&Change::MoveUnder(b("d"), b("m")));
+    assert_eq!(x.judge(b"m/g", Some(&7)), Origin::Ours);
+    assert_eq!(x.judge(b"d/g", Some(&7)), Origin::New);
+    x.apply(&Change::RemoveUnder(b("m")));
+    assert_eq!(x.judge(b"m/g", Some(&7)), Origin::New);
+    x.apply(&Change::Remove(b("n")));
+    assert_eq!(x.expected().count(), 0);
+    // An invalid ledger expects nothing.
+    x.invalidate();
+    assert!(!x.apply(&Change::Expect(b("a"), 1)));
+    assert_eq!(x.expected().count(), 0);
+}
+
+#[test]
+fn a_restart_settles_what_a_crash_left_expected() {
+    let mut x = l(&[("a", 1), ("b", 1)]);
+    x.apply(&Change::Expect(b("a"), 2)); // made before the crash
+    x.apply(&Change::Expect(b("b"), 3)); // not made
+    x.apply(&Change::Expect(b("c"), 4)); // a new entry, made
+    x.apply(&Change::Expect(b("e"), 5)); // a new entry, not made
+    let now: BTreeMap<&[u8], u32> = [(&b"a"[..], 2), (b"b", 1), (b"c", 4)].into();
+    assert_eq!(x.settle(|p| now.get(p).copied(), |a, b| a == b), 2);
+    assert_eq!(x.expected().count(), 0);
+    assert_eq!(x.judge(b"a", Some(&2)), Origin::Ours);
+    assert_eq!(x.judge(b"a", Some(&1)), Origin::Changed);
+    assert_eq!(x.judge(b"b", Some(&1)), Origin::Ours);
+    assert_eq!(x.judge(b"b", Some(&3)), Origin::Changed);
+    assert_eq!(x.judge(b"c", Some(&4)), Origin::Ours);
+    assert_eq!(x.judge(b"e", Some(&5)), Origin::New);
 }

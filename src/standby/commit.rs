@@ -71,7 +71,17 @@ pub(super) fn commit_batch(
     let flushed = match synced {
         Synced::Yes => Ok(()),
         Synced::Failed(e) => Err(e),
-        Synced::No if sh.durable => sh.root.sync().map_err(|e| e.to_string()),
+        Synced::No if sh.durable => {
+            let t = std::time::Instant::now();
+            let r = sh.root.sync().map_err(|e| e.to_string());
+            let (files, ms) = (pending.len(), super::stage::ms(t));
+            tracing::debug!(
+                files,
+                ms,
+                "durable flush before rename (syncfs, a lane's full batch)"
+            );
+            r
+        }
         Synced::No => Ok(()),
     };
     if let Err(e) = flushed {

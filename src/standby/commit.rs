@@ -93,9 +93,8 @@ pub(super) fn commit_batch(
     // Metadata first, then what each file will be is written ahead of the
     // renames (one write for the batch): a crash among them leaves none
     // looking like a local write after the restart.
-    let expecting = super::local::expecting(sh);
     let mut ready = Vec::with_capacity(pending.len());
-    let mut expected = Vec::new();
+    let mut expected = Vec::with_capacity(pending.len());
     for v in pending.drain(..) {
         let Verified {
             staged,
@@ -107,12 +106,13 @@ pub(super) fn commit_batch(
         } = v;
         match sh.root.prepare(staged, &meta) {
             Ok(prepared) => {
-                if expecting {
-                    if let Ok(m) = prepared.file().metadata() {
-                        expected.push((path.clone(), Stamp::of(&m)));
-                    }
+                // Taken whether the ledger expects or not: `expect` decides
+                // under its lock (a rebase may end meanwhile).
+                let ahead = prepared.file().metadata().ok().map(|m| Stamp::of(&m));
+                if let Some(st) = ahead {
+                    expected.push((path.clone(), st));
                 }
-                ready.push((prepared, path, hash, sig, base));
+                ready.push((prepared, path, hash, sig, base, ahead));
             }
             Err(e) => fail(&path, format!("commit: {e}"), false),
         }
@@ -120,14 +120,17 @@ pub(super) fn commit_batch(
     super::local::expect(sh, expected);
     let mut done = Vec::with_capacity(ready.len());
     let mut replaced = Vec::new();
-    for (prepared, path, hash, sig, base) in ready {
+    for (prepared, path, hash, sig, base, ahead) in ready {
         replaced.extend(base);
         // Kept (conflicts area, a follower's own write) only if a name is
         // replaced: no lookup per new file.
-        match sh
+        let placed = sh
             .root
-            .commit_keeping(prepared, &path, || keep(&path, false))
-        {
+            .commit_keeping(prepared, &path, || keep(&path, false));
+        if let (Ok(None) | Err(_), Some(st)) = (&placed, ahead) {
+            super::local::unexpect(sh, &path, st);
+        }
+        match placed {
             Ok(None) => {}
             Ok(Some(m)) => {
                 let stamp = Stamp::of(&m);

@@ -232,44 +232,61 @@ fn walk_export(root: &Root) -> io::Result<Vec<(Vec<u8>, Stamp)>> {
 /// changes it). One write to the kernel for the lot.
 pub(super) fn expect(sh: &Shared, entries: impl IntoIterator<Item = (RelPath, Stamp)>) {
     let mut placed = lock(&sh.placed);
-    if !placed.is_valid() {
+    // Decided here, under the lock: a rebase may have ended since the
+    // caller took its stamps.
+    if !placed.is_expecting() {
         return;
     }
     for (p, st) in entries {
-        let st = Stamp {
-            ctime: super::placed::NO_CTIME,
-            ..st
-        };
-        placed.apply(Change::Expect(p.into_bytes(), st));
+        placed.apply(Change::Expect(p.into_bytes(), ahead(st)));
     }
     placed.flush();
 }
 
-/// Whether expectations are recorded at all (a valid ledger): callers skip
-/// the stats that would feed [`expect`] otherwise.
+/// A stamp as expected: without ctime.
+fn ahead(st: Stamp) -> Stamp {
+    Stamp {
+        ctime: super::placed::NO_CTIME,
+        ..st
+    }
+}
+
+/// The change expected at `p` as `st` failed: it is no longer syncd's
+/// (in memory; a restart finds it was not made).
+pub(super) fn unexpect(sh: &Shared, p: &RelPath, st: Stamp) {
+    lock(&sh.placed).unexpect(p.as_bytes(), &ahead(st));
+}
+
+/// Whether expectations are recorded at all: callers skip the stats that
+/// would feed [`expect`] otherwise.
 pub(super) fn expecting(sh: &Shared) -> bool {
-    lock(&sh.placed).is_valid()
+    lock(&sh.placed).is_expecting()
 }
 
 /// Before `p`, syncd's own, gets `meta`'s mtime: what it will be.
-pub(super) fn expect_meta(sh: &Shared, p: &RelPath, meta: &crate::wire::Meta) {
+pub(super) fn expect_meta(sh: &Shared, p: &RelPath, meta: &crate::wire::Meta) -> Option<Stamp> {
     if !expecting(sh) {
-        return;
+        return None;
     }
-    if let Ok(Some((st, false))) = stat_at(sh, p) {
-        let mtime = (meta.mtime_sec, meta.mtime_nsec);
-        expect(sh, [(p.clone(), Stamp { mtime, ..st })]);
-    }
+    let Ok(Some((st, false))) = stat_at(sh, p) else {
+        return None;
+    };
+    let mtime = (meta.mtime_sec, meta.mtime_nsec);
+    let st = Stamp { mtime, ..st };
+    expect(sh, [(p.clone(), st)]);
+    Some(st)
 }
 
 /// Before `p` becomes another name of `leader`: the same inode.
-pub(super) fn expect_link(sh: &Shared, p: &RelPath, leader: &RelPath) {
+pub(super) fn expect_link(sh: &Shared, p: &RelPath, leader: &RelPath) -> Option<Stamp> {
     if !expecting(sh) {
-        return;
+        return None;
     }
-    if let Ok(Some((st, false))) = stat_at(sh, leader) {
-        expect(sh, [(p.clone(), st)]);
-    }
+    let Ok(Some((st, false))) = stat_at(sh, leader) else {
+        return None;
+    };
+    expect(sh, [(p.clone(), st)]);
+    Some(st)
 }
 
 /// The stamp of a symlink about to be placed (see `Root::symlink_announced`).
@@ -334,27 +351,23 @@ pub(super) fn rename(
     rename: impl FnOnce() -> io::Result<()>,
 ) -> io::Result<()> {
     let mut placed = lock(&sh.placed);
-    if placed.is_valid() {
-        // Ahead of the rename: what it moves, under its new names (the
-        // move below then replaces these expectations).
-        let (from_b, to_b) = (from.as_bytes(), to.as_bytes());
-        let moved: Vec<_> = placed
-            .under(from_b)
-            .map(|(k, st)| {
-                let n = [to_b, &k[from_b.len()..]].concat();
-                let st = Stamp {
-                    ctime: super::placed::NO_CTIME,
-                    ..*st
-                };
-                Change::Expect(n, st)
-            })
-            .collect();
-        for c in moved {
-            placed.apply(c);
-        }
-        placed.flush();
+    // Ahead of the rename: what it moves (recorded, or placed by another
+    // lane and not recorded yet), under its new names; the move below
+    // then replaces these expectations.
+    let moved: Vec<_> = match placed.is_expecting() {
+        true => placed.moving(from.as_bytes(), to.as_bytes()),
+        false => Vec::new(),
+    };
+    for (p, st) in &moved {
+        placed.apply(Change::Expect(p.clone(), ahead(*st)));
     }
-    rename()?;
+    placed.flush();
+    if let Err(e) = rename() {
+        for (p, st) in &moved {
+            placed.unexpect(p, &ahead(*st));
+        }
+        return Err(e);
+    }
     let c = Change::MoveUnder(from.as_bytes().to_vec(), to.as_bytes().to_vec());
     placed.apply(c);
     if ours {
@@ -362,6 +375,7 @@ pub(super) fn rename(
             placed.apply(Change::Put(to.as_bytes().to_vec(), st));
         }
     }
+    placed.flush();
     Ok(())
 }
 

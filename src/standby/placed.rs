@@ -2,13 +2,19 @@
 //! per path, the stamp of what syncd last put there, so that a write made
 //! on this node by anything else is told apart, also after a restart.
 //!
-//! `<state_dir>/placed.bin` is a snapshot (magic, version, postcard);
+//! `<state_dir>/placed.bin` is a snapshot (magic, version, sequence
+//! number, postcard: the records and what is expected);
 //! `<state_dir>/placed.log` the changes since, appended as they happen
-//! (length-prefixed postcard records) and flushed with each commit's
-//! `syncfs`, before the commit is acknowledged. A restart replays the log
-//! up to its first damaged record (a crash mid-append). No snapshot means
-//! no valid ledger (never rebased, or this node led since): nothing is
-//! reported until the next catch-up rebases it.
+//! (a header naming the snapshot's sequence number, then length-prefixed
+//! postcard records) and flushed with each commit's `syncfs`, before the
+//! commit is acknowledged. A restart replays the log up to its first
+//! damaged record (a crash mid-append), and only beside the snapshot it
+//! names. No snapshot means no valid ledger (never rebased, or this node
+//! led since): nothing is reported until the next catch-up rebases it.
+//!
+//! A compaction writes both files aside and renames them in, the snapshot
+//! first: a kill at any point leaves either the old pair or a new snapshot
+//! (whose expectations are in it) beside a log it ignores.
 
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -20,7 +26,14 @@ use syncd_proto::pair::local::{Change, Ledger, Origin, Rebased};
 const SNAPSHOT: &str = "placed.bin";
 const LOG: &str = "placed.log";
 const MAGIC: &[u8; 8] = b"SYNCDPLC";
-const VERSION: u32 = 1;
+/// 2: a sequence number, and the expectations, in the snapshot; a header
+/// in the log. An older syncd finds a version-2 snapshot damaged and
+/// reports nothing until its next catch-up (never a false alarm).
+const VERSION: u32 = 2;
+/// Version 1: records only, and a log without a header.
+const VERSION_1: u32 = 1;
+const LOG_MAGIC: &[u8; 8] = b"SYNCDPLL";
+const LOG_HEADER: usize = 16;
 /// A record longer than this is damage, not a record (paths are bounded
 /// far below it).
 const MAX_RECORD: usize = 1 << 16;
@@ -32,9 +45,12 @@ pub(super) struct Placed {
     dir: PathBuf,
     /// Buffered: one write per commit, not per file.
     log: Option<io::BufWriter<std::fs::File>>,
+    /// Bytes of records in the log (its header not counted).
     log_len: u64,
     /// Appended since the last flush.
     unsynced: bool,
+    /// The snapshot's sequence number, which its log's header names.
+    seq: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,12 +74,46 @@ pub(super) fn same(rec: &Stamp, cur: &Stamp) -> bool {
         && (rec.ctime == cur.ctime || rec.ctime == NO_CTIME || cur.ctime == NO_CTIME)
 }
 
-fn decode_snapshot(b: &[u8]) -> Option<Vec<(Vec<u8>, Stamp)>> {
+/// A snapshot as read: its sequence number (none: version 1), records and
+/// expectations.
+type Snapshot = (Option<u64>, Vec<(Vec<u8>, Stamp)>, Vec<(Vec<u8>, Stamp)>);
+
+fn decode_snapshot(b: &[u8]) -> Option<Snapshot> {
     let rest = b.strip_prefix(MAGIC.as_slice())?;
     let (v, rest) = rest.split_first_chunk::<4>()?;
-    (u32::from_le_bytes(*v) == VERSION)
-        .then(|| postcard::from_bytes(rest).ok())
-        .flatten()
+    match u32::from_le_bytes(*v) {
+        VERSION_1 => Some((None, postcard::from_bytes(rest).ok()?, Vec::new())),
+        VERSION => {
+            let (seq, rest) = rest.split_first_chunk::<8>()?;
+            let (entries, expected) = postcard::from_bytes(rest).ok()?;
+            Some((Some(u64::from_le_bytes(*seq)), entries, expected))
+        }
+        _ => None,
+    }
+}
+
+fn log_header(seq: u64) -> [u8; LOG_HEADER] {
+    let mut h = [0; LOG_HEADER];
+    h[..8].copy_from_slice(LOG_MAGIC);
+    h[8..].copy_from_slice(&seq.to_le_bytes());
+    h
+}
+
+/// The records of the log `b` that belong to the snapshot `seq` (none:
+/// version 1, whose log has no header); `None`: a log the snapshot already
+/// holds (a kill between a compaction's two renames).
+fn log_body(b: &[u8], seq: Option<u64>) -> Option<&[u8]> {
+    match seq {
+        None => Some(b),
+        Some(_) if b.is_empty() => Some(b),
+        Some(seq) => b.strip_prefix(log_header(seq).as_slice()),
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = crate::state::create_private(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 /// The records of a log, up to the first damaged one; and the length of
@@ -95,6 +145,7 @@ impl Placed {
             log: None,
             log_len: 0,
             unsynced: false,
+            seq: 0,
         };
         let snap = match crate::state::read_private(&dir.join(SNAPSHOT)) {
             Ok(b) => b,
@@ -104,25 +155,36 @@ impl Placed {
                 return p;
             }
         };
-        let Some(entries) = decode_snapshot(&snap) else {
+        let Some((seq, entries, expected)) = decode_snapshot(&snap) else {
             tracing::warn!("{SNAPSHOT} is damaged; local writes on this node go unnoticed until the next catch-up");
             return p;
         };
         p.ledger = Ledger::rebased(entries);
+        for (path, s) in expected {
+            p.ledger.apply(&Change::Expect(path, s));
+        }
+        p.seq = seq.unwrap_or(0);
         let log = crate::state::read_private(&dir.join(LOG)).unwrap_or_default();
-        let (changes, good) = decode_log(&log);
-        if good < log.len() {
+        let (body, stale) = match log_body(&log, seq) {
+            Some(b) => (b, false),
+            None => {
+                tracing::info!("{LOG} predates {SNAPSHOT}, which holds its changes: ignored");
+                (&[][..], true)
+            }
+        };
+        let (changes, good) = decode_log(body);
+        if good < body.len() {
             tracing::warn!(
                 "{LOG}: {} bytes after the last whole record ignored",
-                log.len() - good
+                body.len() - good
             );
         }
         for c in &changes {
             p.ledger.apply(c);
         }
-        if !changes.is_empty() || good < log.len() {
+        if !changes.is_empty() || good < body.len() || stale || seq.is_none() {
             // Fold the log in now: appending after a damaged tail would hide
-            // every later record.
+            // every later record (and a version-1 pair is rewritten).
             if let Err(e) = p.compact() {
                 tracing::warn!("{e}");
             }
@@ -142,12 +204,21 @@ impl Placed {
         self.ledger.get(path)
     }
 
-    /// The recorded entries at or beneath `path`.
-    pub(super) fn under<'a>(
-        &'a self,
-        path: &'a [u8],
-    ) -> impl Iterator<Item = (&'a [u8], &'a Stamp)> {
-        self.ledger.entries_under(path)
+    /// Whether changes are expected at all: a valid ledger, or one being
+    /// rebased (which may become valid before the change is made).
+    pub(super) fn is_expecting(&self) -> bool {
+        self.ledger.is_valid() || self.ledger.is_rebasing()
+    }
+
+    /// What a rename of `from` to `to` is about to make (see
+    /// `Ledger::moving`).
+    pub(super) fn moving(&self, from: &[u8], to: &[u8]) -> Vec<(Vec<u8>, Stamp)> {
+        self.ledger.moving(from, to)
+    }
+
+    /// Drops the expectation of a change that failed.
+    pub(super) fn unexpect(&mut self, path: &[u8], s: &Stamp) {
+        self.ledger.unexpect(path, s);
     }
 
     /// At start, before any change is made: records what a crash left
@@ -185,13 +256,26 @@ impl Placed {
         let mut rec = (body.len() as u32).to_le_bytes().to_vec();
         rec.extend_from_slice(&body);
         if self.log.is_none() {
-            let f = std::fs::OpenOptions::new()
+            use std::os::unix::fs::FileExt;
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
                 .append(true)
                 .create(true)
                 .mode(0o600)
                 .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .open(self.dir.join(LOG))?;
-            self.log_len = f.metadata()?.len();
+            let header = log_header(self.seq);
+            let mut head = [0; LOG_HEADER];
+            let len = f.metadata()?.len();
+            if len < LOG_HEADER as u64 || f.read_exact_at(&mut head, 0).is_err() || head != header {
+                // New, or one the snapshot holds (a compaction that failed
+                // after its snapshot was in): it starts over.
+                f.set_len(0)?;
+                f.write_all(&header)?;
+                self.log_len = 0;
+            } else {
+                self.log_len = len - LOG_HEADER as u64;
+            }
             self.log = Some(io::BufWriter::with_capacity(64 << 10, f));
         }
         if let Some(f) = &mut self.log {
@@ -244,9 +328,10 @@ impl Placed {
     /// Writes the whole ledger as the snapshot and empties the log (a valid
     /// ledger), or removes both (an invalid one).
     pub(super) fn compact(&mut self) -> Result<(), PlacedError> {
-        // Whatever is buffered is in the snapshot below.
-        if let Some(f) = self.log.take() {
-            let _ = f.into_parts();
+        // Handed to the kernel in case the snapshot below fails (the log
+        // then goes on); otherwise the snapshot holds it.
+        if let Some(mut f) = self.log.take() {
+            let _ = f.flush();
         }
         self.log_len = 0;
         self.unsynced = false;
@@ -260,35 +345,31 @@ impl Placed {
             }
             return Ok(());
         }
+        let seq = self.seq + 1;
         let entries: Vec<(&[u8], &Stamp)> = self.ledger.entries().collect();
+        // What is expected (a lane placing a file right now, unlocked) is
+        // in the snapshot too: no moment where it is on disk nowhere.
+        let expected: Vec<(&[u8], &Stamp)> = self.ledger.expected().collect();
         let mut bytes = MAGIC.to_vec();
         bytes.extend_from_slice(&VERSION.to_le_bytes());
-        let bytes = postcard::to_extend(&entries, bytes)
+        bytes.extend_from_slice(&seq.to_le_bytes());
+        let bytes = postcard::to_extend(&(entries, expected), bytes)
             .map_err(|e| self.err(SNAPSHOT, io::Error::other(e)))?;
-        let tmp = self.dir.join(format!("{SNAPSHOT}.tmp"));
-        let write = || -> io::Result<()> {
-            crate::state::private_dir(&self.dir)?;
-            let mut f = crate::state::create_private(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, self.dir.join(SNAPSHOT))?;
-            // The snapshot holds every change: the log starts over.
-            crate::state::create_private(&self.dir.join(LOG))?.sync_all()?;
-            std::fs::File::open(&self.dir)?.sync_all()
-        };
-        write().map_err(|e| self.err(SNAPSHOT, e))?;
-        // The snapshot holds records only: what is still expected (a lane
-        // placing a file right now) starts the new log.
-        let expected: Vec<_> = self
-            .ledger
-            .expected()
-            .map(|(p, s)| Change::Expect(p.to_vec(), *s))
-            .collect();
-        for c in &expected {
-            self.append(c).map_err(|e| self.err(LOG, e))?;
-        }
-        self.flush();
-        Ok(())
+        let (snap_tmp, log_tmp) = (
+            self.dir.join(format!("{SNAPSHOT}.tmp")),
+            self.dir.join(format!("{LOG}.tmp")),
+        );
+        let written = crate::state::private_dir(&self.dir)
+            .and_then(|()| write_synced(&snap_tmp, &bytes))
+            .and_then(|()| write_synced(&log_tmp, &log_header(seq)))
+            .and_then(|()| std::fs::rename(&snap_tmp, self.dir.join(SNAPSHOT)));
+        written.map_err(|e| self.err(SNAPSHOT, e))?;
+        // The snapshot is in: a log not naming it is stale from here on
+        // (`append` starts one over should the rename below fail).
+        self.seq = seq;
+        std::fs::rename(&log_tmp, self.dir.join(LOG))
+            .and_then(|()| std::fs::File::open(&self.dir)?.sync_all())
+            .map_err(|e| self.err(LOG, e))
     }
 
     /// This node leads (or led) its data: its clients' writes are not
@@ -491,5 +572,89 @@ mod tests {
         assert_eq!(p.judge(b"b", Some(&st(1))), Origin::Ours);
         assert_eq!(p.judge(b"b", Some(&ahead(3))), Origin::Changed);
         assert_eq!(p.judge(b"c", Some(&now(b"c").unwrap())), Origin::Ours);
+    }
+
+    fn rebased(d: &Path, all: Vec<(Vec<u8>, Stamp)>) -> Placed {
+        let mut p = Placed::load(d);
+        let t = p.begin_rebase().unwrap();
+        p.finish_rebase(t, all, |_| Ok(vec![])).unwrap();
+        p
+    }
+
+    /// A kill between a compaction's two renames leaves the new snapshot
+    /// beside the old log, whose changes it holds: replayed again, its
+    /// move would carry a later placement away.
+    #[test]
+    fn a_log_the_snapshot_holds_is_not_replayed() {
+        let d = tempfile::tempdir().unwrap();
+        let mut p = rebased(d.path(), vec![(b"a/x".to_vec(), st(1))]);
+        p.apply(Change::MoveUnder(b"a".to_vec(), b"b".to_vec()));
+        p.apply(Change::Put(b"a/x".to_vec(), st(2)));
+        p.sync(true).unwrap();
+        let old_log = std::fs::read(d.path().join(LOG)).unwrap();
+        p.checkpoint().unwrap();
+        drop(p);
+        std::fs::write(d.path().join(LOG), &old_log).unwrap();
+        let mut p = Placed::load(d.path());
+        assert_eq!(p.judge(b"b/x", Some(&st(1))), Origin::Ours);
+        assert_eq!(p.judge(b"a/x", Some(&st(2))), Origin::Ours);
+        // The stale log starts over: what follows is read back.
+        p.apply(Change::Put(b"c".to_vec(), st(3)));
+        p.sync(true).unwrap();
+        drop(p);
+        let p = Placed::load(d.path());
+        assert_eq!(p.judge(b"c", Some(&st(3))), Origin::Ours);
+        assert_eq!(p.judge(b"a/x", Some(&st(2))), Origin::Ours);
+    }
+
+    /// What is expected is in the snapshot itself: a compaction never has
+    /// a moment where a lane's expectation is on disk nowhere.
+    #[test]
+    fn a_compaction_keeps_expectations_in_its_snapshot() {
+        let d = tempfile::tempdir().unwrap();
+        let mut p = rebased(d.path(), vec![(b"a".to_vec(), st(1))]);
+        p.apply(Change::Expect(b"a".to_vec(), st(2)));
+        p.apply(Change::Expect(b"a".to_vec(), st(4)));
+        p.compact().unwrap();
+        std::mem::forget(p);
+        std::fs::remove_file(d.path().join(LOG)).unwrap();
+        let p = Placed::load(d.path());
+        assert_eq!(p.ledger.expected().count(), 2);
+        for n in [1, 2, 4] {
+            assert_eq!(p.judge(b"a", Some(&st(n))), Origin::Ours, "{n}");
+        }
+        assert_eq!(p.judge(b"a", Some(&st(3))), Origin::Changed);
+    }
+
+    /// A ledger written by an earlier syncd (version 1: records only, a
+    /// log without a header) is read and rewritten in this version.
+    #[test]
+    fn a_version_1_ledger_is_read_and_rewritten() {
+        let d = tempfile::tempdir().unwrap();
+        let entries = vec![(b"a".to_vec(), st(1)), (b"b".to_vec(), st(2))];
+        let mut snap = MAGIC.to_vec();
+        snap.extend_from_slice(&VERSION_1.to_le_bytes());
+        let snap = postcard::to_extend(&entries, snap).unwrap();
+        std::fs::write(d.path().join(SNAPSHOT), snap).unwrap();
+        let mut log = Vec::new();
+        for c in [
+            Change::Put(b"c".to_vec(), st(3)),
+            Change::Remove(b"b".to_vec()),
+        ] {
+            let body = postcard::to_stdvec(&c).unwrap();
+            log.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            log.extend_from_slice(&body);
+        }
+        std::fs::write(d.path().join(LOG), log).unwrap();
+        let check = |p: &Placed| {
+            assert!(p.is_valid());
+            assert_eq!(p.judge(b"a", Some(&st(1))), Origin::Ours);
+            assert_eq!(p.judge(b"c", Some(&st(3))), Origin::Ours);
+            assert_eq!(p.judge(b"b", Some(&st(2))), Origin::New);
+        };
+        check(&Placed::load(d.path()));
+        let snap = std::fs::read(d.path().join(SNAPSHOT)).unwrap();
+        assert_eq!(snap[8..12], VERSION.to_le_bytes(), "rewritten");
+        check(&Placed::load(d.path()));
     }
 }

@@ -382,19 +382,27 @@ impl Lane {
                     let e = "symlink target is empty, too long or contains NUL";
                     self.fail(&path, e.into(), false);
                 } else if self.keep(&path, false) {
+                    let mut ahead = None;
                     let announce = |st: &rustix::fs::Stat| {
-                        local::expect(&self.sh, [(path.clone(), local::stamp_of_stat(st))]);
+                        let st = local::stamp_of_stat(st);
+                        ahead = Some(st);
+                        local::expect(&self.sh, [(path.clone(), st)]);
                     };
                     match root.symlink_announced(&path, &target, &meta, announce) {
                         Ok(()) => local::record(&self.sh, &path),
-                        Err(e) => self.fail(&path, format!("symlink: {e}"), false),
+                        Err(e) => {
+                            if let Some(st) = ahead {
+                                local::unexpect(&self.sh, &path, st);
+                            }
+                            self.fail(&path, format!("symlink: {e}"), false)
+                        }
                     }
                 }
             }
             Request::Link { path, leader } => {
                 let ours = local::is_ours(&self.sh, &leader);
                 if self.keep(&path, false) {
-                    local::expect_link(&self.sh, &path, &leader);
+                    let ahead = local::expect_link(&self.sh, &path, &leader);
                     match root.link(&path, &leader) {
                         Ok(()) => {
                             // A new link changes the inode's ctime: both names.
@@ -403,7 +411,12 @@ impl Lane {
                                 local::record(&self.sh, &leader);
                             }
                         }
-                        Err(e) => self.fail(&path, format!("hard link to {leader}: {e}"), false),
+                        Err(e) => {
+                            if let Some(st) = ahead {
+                                local::unexpect(&self.sh, &path, st);
+                            }
+                            self.fail(&path, format!("hard link to {leader}: {e}"), false)
+                        }
                     }
                 }
             }
@@ -411,13 +424,19 @@ impl Lane {
             Request::SetMeta { path, meta } => {
                 // A local write stays one: only syncd's own entry is re-stamped.
                 let ours = local::is_ours(&self.sh, &path);
-                if ours {
-                    local::expect_meta(&self.sh, &path, &meta);
-                }
+                let ahead = match ours {
+                    true => local::expect_meta(&self.sh, &path, &meta),
+                    false => None,
+                };
                 match root.set_meta(&path, &meta) {
                     Ok(()) if ours => local::record(&self.sh, &path),
                     Ok(()) => {}
-                    Err(e) => self.fail(&path, format!("set metadata: {e}"), false),
+                    Err(e) => {
+                        if let Some(st) = ahead {
+                            local::unexpect(&self.sh, &path, st);
+                        }
+                        self.fail(&path, format!("set metadata: {e}"), false)
+                    }
                 }
             }
             other => tracing::warn!("unexpected request in worker: {other:?}"),

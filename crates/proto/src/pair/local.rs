@@ -42,6 +42,10 @@ use map::PathMap;
 use rebase::Rebase;
 pub use rebase::{Rebased, MAX_TOUCHED};
 
+/// Bounds the expectations kept per path (the oldest goes): each is settled
+/// or dropped within its batch, so only a stream of failures could pile up.
+const MAX_EXPECTED_PER_PATH: usize = 4;
+
 /// What an entry is, by the ledger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
@@ -85,8 +89,9 @@ pub struct Ledger<S> {
     /// Compact (paths back to back): it holds every file of the export.
     map: PathMap<S>,
     /// Entries syncd is putting, not yet settled (a few per lane, or what
-    /// a crash left until the restart settles it).
-    expected: BTreeMap<Vec<u8>, S>,
+    /// a crash left until the restart settles it); a path may expect more
+    /// than one (a rename moves a record and a placement onto one name).
+    expected: BTreeMap<Vec<u8>, Vec<S>>,
     valid: bool,
     /// A rebase under way (the ledger is invalid meanwhile).
     rebase: Option<Rebase>,
@@ -184,7 +189,13 @@ impl<S: Clone + PartialEq> Ledger<S> {
         }
         match self.map.get(path) {
             Some(rec) if same(rec, cur) => Origin::Ours,
-            _ if self.expected.get(path).is_some_and(|e| same(e, cur)) => Origin::Ours,
+            _ if self
+                .expected
+                .get(path)
+                .is_some_and(|v| v.iter().any(|e| same(e, cur))) =>
+            {
+                Origin::Ours
+            }
             Some(_) => Origin::Changed,
             None => Origin::New,
         }
@@ -195,15 +206,19 @@ impl<S: Clone + PartialEq> Ledger<S> {
     pub fn apply(&mut self, c: &Change<S>) -> bool {
         if !self.valid {
             self.touch(c);
+            if self.rebase.is_some() {
+                // A rebase may end between an expectation and its change:
+                // the ledger it makes valid must still hold it.
+                self.follow_expected(c);
+            }
             return false;
         }
+        self.follow_expected(c);
         match c {
             Change::Put(p, s) => {
-                self.expected.remove(p);
                 self.map.insert(p.clone(), s.clone());
             }
             Change::Remove(p) => {
-                self.expected.remove(p);
                 self.map.remove(p);
             }
             Change::RemoveUnder(p) => {
@@ -211,17 +226,35 @@ impl<S: Clone + PartialEq> Ledger<S> {
                 for k in gone {
                     self.map.remove(&k);
                 }
-                self.expected.retain(|k, _| !under(k, p));
             }
             Change::MoveUnder(from, to) => {
                 // Whatever was at the destination is replaced.
-                self.apply(&Change::RemoveUnder(to.clone()));
+                let gone: Vec<_> = self.beneath(to).collect();
+                for k in gone {
+                    self.map.remove(&k);
+                }
                 let moved: Vec<_> = self.beneath(from).collect();
                 for k in moved {
                     if let Some(s) = self.map.remove(&k) {
                         self.map.insert(moved_to(&k, from, to), s);
                     }
                 }
+            }
+            Change::Expect(..) => {}
+        }
+        true
+    }
+
+    /// What `c` does to the expectations: a change settles those at its
+    /// paths, a move takes them along.
+    fn follow_expected(&mut self, c: &Change<S>) {
+        match c {
+            Change::Put(p, _) | Change::Remove(p) => {
+                self.expected.remove(p);
+            }
+            Change::RemoveUnder(p) => self.expected.retain(|k, _| !under(k, p)),
+            Change::MoveUnder(from, to) => {
+                self.expected.retain(|k, _| !under(k, to));
                 let moved: Vec<_> = self
                     .expected
                     .keys()
@@ -229,21 +262,56 @@ impl<S: Clone + PartialEq> Ledger<S> {
                     .cloned()
                     .collect();
                 for k in moved {
-                    if let Some(s) = self.expected.remove(&k) {
-                        self.expected.insert(moved_to(&k, from, to), s);
+                    if let Some(v) = self.expected.remove(&k) {
+                        self.expected.insert(moved_to(&k, from, to), v);
                     }
                 }
             }
             Change::Expect(p, s) => {
-                self.expected.insert(p.clone(), s.clone());
+                let v = self.expected.entry(p.clone()).or_default();
+                if !v.contains(s) {
+                    if v.len() >= MAX_EXPECTED_PER_PATH {
+                        v.remove(0);
+                    }
+                    v.push(s.clone());
+                }
             }
         }
-        true
+    }
+
+    /// Drops an expectation whose change failed (in memory: a restart
+    /// settles a journalled one by looking, and finds it was not made).
+    pub fn unexpect(&mut self, path: &[u8], s: &S) {
+        if let Some(v) = self.expected.get_mut(path) {
+            v.retain(|e| e != s);
+            if v.is_empty() {
+                self.expected.remove(path);
+            }
+        }
+    }
+
+    /// What a rename of `from` to `to` is about to make: every entry at or
+    /// beneath `from` recorded or expected, under its new name: expected
+    /// ahead of the rename, whose `MoveUnder` then replaces them.
+    pub fn moving(&self, from: &[u8], to: &[u8]) -> Vec<(Vec<u8>, S)> {
+        let recorded = self.entries_under(from);
+        let expected = self
+            .expected
+            .range(from.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(from))
+            .filter(|(k, _)| under(k, from))
+            .flat_map(|(k, v)| v.iter().map(move |s| (k.as_slice(), s)));
+        recorded
+            .chain(expected)
+            .map(|(k, s)| (moved_to(k, from, to), s.clone()))
+            .collect()
     }
 
     /// The entries expected and not yet settled, in path order.
     pub fn expected(&self) -> impl Iterator<Item = (&[u8], &S)> {
-        self.expected.iter().map(|(p, s)| (p.as_slice(), s))
+        self.expected
+            .iter()
+            .flat_map(|(p, v)| v.iter().map(move |s| (p.as_slice(), s)))
     }
 
     /// Settles what a crash left expected (at a restart, before any change
@@ -256,9 +324,9 @@ impl<S: Clone + PartialEq> Ledger<S> {
         same: impl Fn(&S, &S) -> bool,
     ) -> usize {
         let mut n = 0;
-        for (p, s) in std::mem::take(&mut self.expected) {
+        for (p, v) in std::mem::take(&mut self.expected) {
             match look(&p) {
-                Some(cur) if same(&s, &cur) => {
+                Some(cur) if v.iter().any(|s| same(s, &cur)) => {
                     self.map.insert(p, cur);
                     n += 1;
                 }

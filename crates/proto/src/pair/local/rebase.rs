@@ -66,6 +66,7 @@ impl<S: Clone + PartialEq> Ledger<S> {
             return Ok(Rebased::Stale);
         };
         if r.overflowed {
+            self.expected.clear();
             return Ok(Rebased::Overflowed);
         }
         let roots = outermost(&r.touched);
@@ -75,7 +76,13 @@ impl<S: Clone + PartialEq> Ledger<S> {
             .collect();
         for root in &roots {
             // On error the ledger stays invalid (reports nothing).
-            all.extend(look(root)?);
+            match look(root) {
+                Ok(v) => all.extend(v),
+                Err(e) => {
+                    self.expected.clear();
+                    return Err(e);
+                }
+            }
         }
         self.map = PathMap::from_entries(all);
         self.valid = true;
@@ -85,7 +92,9 @@ impl<S: Clone + PartialEq> Ledger<S> {
     /// Ends the rebase `token` without a result (its walk failed): the
     /// ledger stays invalid, and the next catch-up begins again.
     pub fn abandon_rebase(&mut self, token: u64) {
-        self.rebase.take_if(|r| r.epoch == token);
+        if self.rebase.take_if(|r| r.epoch == token).is_some() {
+            self.expected.clear();
+        }
     }
 
     /// Notes the paths `c` changes, during a rebase.
@@ -94,7 +103,8 @@ impl<S: Clone + PartialEq> Ledger<S> {
         let paths: [Option<&Vec<u8>>; 2] = match c {
             Change::Put(p, _) | Change::RemoveUnder(p) | Change::Remove(p) => [Some(p), None],
             Change::MoveUnder(from, to) => [Some(from), Some(to)],
-            // Not applied while invalid; the change it announces touches.
+            // Kept beside the rebase (see `apply`); the change it
+            // announces touches.
             Change::Expect(..) => [None, None],
         };
         for p in paths.into_iter().flatten() {

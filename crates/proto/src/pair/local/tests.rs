@@ -185,3 +185,76 @@ fn a_restart_settles_what_a_crash_left_expected() {
     assert_eq!(x.judge(b"c", Some(&4)), Origin::Ours);
     assert_eq!(x.judge(b"e", Some(&5)), Origin::New);
 }
+
+/// A rename written ahead carries both what is recorded beneath it and
+/// what a lane placed there and has not recorded yet (either may be on
+/// disk when the process dies).
+#[test]
+fn a_rename_written_ahead_carries_records_and_placements_beneath_it() {
+    let mut x = l(&[("d/x", 1), ("d/y", 3), ("dx", 4)]);
+    x.apply(&Change::Expect(b("d/x"), 2)); // placed by a lane, not recorded
+    x.apply(&Change::Expect(b("d/z"), 5)); // a new entry, not recorded
+    let ahead = x.moving(b"d", b"e");
+    assert_eq!(
+        ahead,
+        [(b("e/x"), 1), (b("e/y"), 3), (b("e/x"), 2), (b("e/z"), 5)]
+    );
+    for (p, s) in ahead {
+        x.apply(&Change::Expect(p, s));
+    }
+    // Killed after the rename, before its move was recorded: whichever
+    // of the two was at d/x is syncd's at e/x.
+    for on_disk in [1, 2] {
+        let mut y = x.clone();
+        let now: BTreeMap<&[u8], u32> = [(&b"e/x"[..], on_disk), (b"e/y", 3), (b"e/z", 5)].into();
+        assert_eq!(y.settle(|p| now.get(p).copied(), |a, b| a == b), 3);
+        for (p, s) in &now {
+            assert_eq!(y.judge(p, Some(s)), Origin::Ours, "{on_disk}");
+        }
+    }
+    // Recorded in time: the move replaces the expectations.
+    x.apply(&Change::MoveUnder(b("d"), b("e")));
+    assert_eq!(x.judge(b"e/x", Some(&1)), Origin::Ours);
+    assert_eq!(x.judge(b"e/x", Some(&2)), Origin::Ours);
+    assert_eq!(x.expected().count(), 2, "e/x's placement and e/z");
+    assert_eq!(x.judge(b"dx", Some(&4)), Origin::Ours);
+}
+
+#[test]
+fn a_failed_change_drops_its_expectation_only() {
+    let mut x = l(&[("a", 1)]);
+    x.apply(&Change::Expect(b("a"), 2));
+    x.apply(&Change::Expect(b("a"), 3));
+    assert_eq!(x.expected().count(), 2);
+    x.unexpect(b"a", &2);
+    assert_eq!(x.judge(b"a", Some(&2)), Origin::Changed);
+    assert_eq!(x.judge(b"a", Some(&3)), Origin::Ours);
+    x.unexpect(b"a", &3);
+    assert_eq!(x.expected().count(), 0);
+    // Bounded per path: the oldest goes.
+    for s in 10..20 {
+        x.apply(&Change::Expect(b("a"), s));
+    }
+    assert_eq!(x.expected().count(), MAX_EXPECTED_PER_PATH);
+    assert_eq!(x.judge(b"a", Some(&19)), Origin::Ours);
+    assert_eq!(x.judge(b"a", Some(&10)), Origin::Changed);
+}
+
+/// A rebase that ends between an expectation and its change: the valid
+/// ledger it makes still holds the expectation.
+#[test]
+fn an_expectation_made_during_a_rebase_outlives_it() {
+    let mut x = Ledger::<u32>::invalid();
+    let t = x.begin_rebase().unwrap();
+    assert!(!x.apply(&Change::Expect(b("a"), 5)), "nothing to journal");
+    let r = x.finish_rebase(t, vec![(b("a"), 1)], |_| Ok::<_, ()>(vec![]));
+    assert_eq!(r, Ok(Rebased::Done(1)));
+    assert_eq!(x.judge(b"a", Some(&5)), Origin::Ours);
+    assert_eq!(x.expected().count(), 1);
+    // A rebase that fails forgets them with it.
+    x.invalidate();
+    let t = x.begin_rebase().unwrap();
+    x.apply(&Change::Expect(b("a"), 5));
+    x.abandon_rebase(t);
+    assert_eq!(x.expected().count(), 0);
+}

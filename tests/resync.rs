@@ -173,6 +173,50 @@ fn resync_copies_every_kind_then_sends_nothing() {
     assert!(out.contains("metadata-only 0"), "{out}");
 }
 
+/// A standby with few descriptors commits in small batches, each placed by
+/// the lane's committer while the lane stages the next (two batches held
+/// per lane): thousands of files, links and symlinks across dozens of
+/// batches arrive whole, none failing for want of a descriptor.
+#[test]
+fn many_small_batches_placed_beside_staging_lose_nothing() {
+    let mut p = Pair::new();
+    let root = p.primary();
+    for d in 0..20 {
+        std::fs::create_dir(root.join(format!("d{d:02}"))).unwrap();
+        for f in 0..150 {
+            let body = format!("{d}/{f} ").repeat(1 + f % 7);
+            std::fs::write(root.join(format!("d{d:02}/f{f:03}")), body).unwrap();
+        }
+        std::os::unix::fs::symlink("f000", root.join(format!("d{d:02}/l"))).unwrap();
+        std::fs::hard_link(
+            root.join(format!("d{d:02}/f001")),
+            root.join(format!("d{d:02}/h")),
+        )
+        .unwrap();
+    }
+    // (600 - 256 reserved) / (2 lanes or more × 2 batches): under 90 files
+    // a batch, so 3,000 files take over 30 batches.
+    p.start_standby_with_nofile(600);
+    let out = p.resync(&[]);
+    eprintln!("{out}");
+    assert!(out.contains("sent whole 3000,"), "{out}");
+    assert!(out.contains("symlinks 20, hard links 20"), "{out}");
+    p.assert_equal();
+    let log = p.log();
+    // No failure (each is a warning), no descriptor shortage; only the
+    // new node's notice.
+    let warned: Vec<_> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") && !l.contains("may hold writes the primary never"))
+        .collect();
+    assert!(warned.is_empty(), "{warned:?}");
+    let batches = log.matches("a lane's full batch").count();
+    assert!(batches >= 30, "{batches} full batches: {log}");
+    // Nothing left to send.
+    let again = p.resync(&[]);
+    assert!(again.contains("sent whole 0,"), "{again}");
+}
+
 #[test]
 fn edits_deletes_renames_and_type_changes_converge() {
     let mut p = Pair::new();

@@ -20,7 +20,8 @@ pub(super) const BATCH_BYTES: u64 = 256 << 20;
 
 /// Each verified-but-uncommitted file holds a descriptor until its batch is
 /// committed, so the batch size also respects the descriptor limit (raised
-/// to the hard limit at start; the usual soft default of 1024 is too small).
+/// to the hard limit at start; the usual soft default of 1024 is too small):
+/// a lane holds two batches, one staging and one being placed.
 pub(super) fn batch_files(workers: usize) -> usize {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let mut lim = getrlimit(Resource::Nofile);
@@ -31,7 +32,7 @@ pub(super) fn batch_files(workers: usize) -> usize {
         }
     }
     let soft = getrlimit(Resource::Nofile).current.unwrap_or(1 << 20) as usize;
-    (soft.saturating_sub(256) / workers.max(1)).clamp(16, BATCH_FILES)
+    (soft.saturating_sub(256) / (2 * workers.max(1))).clamp(16, BATCH_FILES)
 }
 
 /// A staged file whose size and hash checked out, waiting for its batch.

@@ -95,7 +95,7 @@ impl Lanes {
         };
         for _ in 0..n {
             let (tx, rx) = mpsc::channel::<Job>(LANE_QUEUE);
-            let mut lane = Lane {
+            let lane = Lane {
                 sh: sh.clone(),
                 reply: reply.clone(),
                 failures: failures.clone(),
@@ -239,39 +239,95 @@ struct Work<'r> {
     pending: Vec<Verified<'r>>,
     pending_bytes: u64,
     copy_buf: Vec<u8>,
+    /// The lane's committer: a full batch is flushed and renamed there
+    /// while the lane stages the next one.
+    committer: std::sync::mpsc::SyncSender<Vec<Verified<'r>>>,
+    committed: std::sync::mpsc::Receiver<()>,
+    /// A batch is with the committer.
+    committing: bool,
 }
 
 impl Lane {
-    fn run(&mut self, mut rx: mpsc::Receiver<Job>) {
+    fn run(&self, mut rx: mpsc::Receiver<Job>) {
         let sh = self.sh.clone();
-        let mut w = Work {
-            inflight: HashMap::new(),
-            pending: Vec::new(),
-            pending_bytes: 0,
-            copy_buf: Vec::new(),
-        };
-        while let Some(job) = rx.blocking_recv() {
-            match job {
-                Job::Ready(tx) => {
-                    let _ = tx.send(w.pending.len());
-                }
-                Job::Commit { synced, done } => {
-                    self.commit(&mut w, synced);
-                    let _ = done.send(());
-                }
-                Job::Drop(id) => {
-                    w.inflight.remove(&id);
-                }
-                Job::Ops(ops) => {
-                    for op in ops {
-                        if self.op(&sh, &mut w, op).is_err() {
-                            return; // fatal: the session ends
+        let (committer, batches) = std::sync::mpsc::sync_channel::<Vec<Verified<'_>>>(0);
+        let (done, committed) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            let sh = &sh;
+            let spawned = std::thread::Builder::new()
+                .name("syncd-commit".into())
+                .spawn_scoped(scope, move || {
+                    for mut batch in batches {
+                        self.commit_pending(sh, &mut batch, Synced::No);
+                        if done.send(()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                // Its channel is closed with it: the lane places its batches.
+                tracing::warn!("no commit thread ({e}); this lane places its own batches");
+            }
+            let mut w = Work {
+                inflight: HashMap::new(),
+                pending: Vec::new(),
+                pending_bytes: 0,
+                copy_buf: Vec::new(),
+                committer,
+                committed,
+                committing: false,
+            };
+            while let Some(job) = rx.blocking_recv() {
+                match job {
+                    Job::Ready(tx) => {
+                        self.wait_committed(&mut w);
+                        let _ = tx.send(w.pending.len());
+                    }
+                    Job::Commit { synced, done } => {
+                        self.commit(&mut w, synced);
+                        let _ = done.send(());
+                    }
+                    Job::Drop(id) => {
+                        w.inflight.remove(&id);
+                    }
+                    Job::Ops(ops) => {
+                        for op in ops {
+                            if self.op(sh, &mut w, op).is_err() {
+                                return; // fatal: the session ends
+                            }
                         }
                     }
                 }
             }
+            // Session over: uncommitted staged files are removed by their
+            // Drop; a batch with the committer is placed (as it would have
+            // been by the lane itself), and the scope waits for it.
+        });
+    }
+
+    /// Waits until the batch handed to the committer is placed: before a
+    /// flush, and before anything but staging (the lane's own order, as if
+    /// it had committed the batch itself).
+    fn wait_committed(&self, w: &mut Work<'_>) {
+        if std::mem::take(&mut w.committing) {
+            let _ = w.committed.recv();
         }
-        // Session over: uncommitted staged files are removed by their Drop.
+    }
+
+    /// A full batch goes to the committer (after the one before it); the
+    /// lane goes on staging while it is flushed and renamed.
+    fn commit_full<'r>(&self, w: &mut Work<'r>) {
+        self.wait_committed(w);
+        let batch = std::mem::take(&mut w.pending);
+        w.pending_bytes = 0;
+        match w.committer.send(batch) {
+            Ok(()) => w.committing = true,
+            // The committer is gone (it panicked): placed here instead.
+            Err(e) => {
+                let mut batch = e.0;
+                self.commit_pending(&self.sh, &mut batch, Synced::No);
+            }
+        }
     }
 
     fn fail(&self, path: &RelPath, error: String, retry_whole: bool) {
@@ -317,15 +373,34 @@ impl Lane {
     }
 
     fn commit(&self, w: &mut Work<'_>, synced: Synced) {
+        self.wait_committed(w);
+        self.commit_pending(&self.sh, &mut w.pending, synced);
+        w.pending_bytes = 0;
+    }
+
+    fn commit_pending(&self, sh: &Shared, pending: &mut Vec<Verified<'_>>, synced: Synced) {
         let fail = |p: &RelPath, e: String, r: bool| self.fail(p, e, r);
         let keep = |p: &RelPath, d| self.keep(p, d);
-        commit_batch(&self.sh, &mut w.pending, synced, &fail, &keep);
-        w.pending_bytes = 0;
-        lock(&self.sh.placed).flush(); // metadata changes recorded too
+        commit_batch(sh, pending, synced, &fail, &keep);
+        lock(&sh.placed).flush(); // metadata changes recorded too
     }
 
     /// One forwarded request; `Err` when the session must end.
     fn op<'r>(&self, sh: &'r Shared, w: &mut Work<'r>, op: Request) -> Result<(), ()> {
+        // Only staging goes on beside a batch being placed.
+        let staging = matches!(
+            op,
+            Request::FileBegin {
+                encoding: wire::Encoding::Whole,
+                ..
+            } | Request::FileData { .. }
+                | Request::DeltaSegment { .. }
+                | Request::FileAbort { .. }
+                | Request::FileEnd { .. }
+        );
+        if !staging {
+            self.wait_committed(w);
+        }
         match op {
             Request::FileBegin {
                 id,

@@ -93,10 +93,34 @@ impl Pair {
 
     /// Starts the standby process and waits until it listens.
     pub fn start_standby(&mut self) {
+        self.start_standby_with(command(&self.standby_ns));
+    }
+
+    /// The standby, allowed only `n` open descriptors (soft and hard),
+    /// logging at debug level.
+    pub fn start_standby_with_nofile(&mut self, n: u64) {
+        use std::os::unix::process::CommandExt;
+        let mut c = command(&self.standby_ns);
+        c.env("SYNCD_LOG", "debug");
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
+        unsafe {
+            c.pre_exec(move || {
+                let lim = rustix::process::Rlimit {
+                    current: Some(n),
+                    maximum: Some(n),
+                };
+                rustix::process::setrlimit(rustix::process::Resource::Nofile, lim)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        self.start_standby_with(c);
+    }
+
+    fn start_standby_with(&mut self, mut c: Command) {
         self.starts += 1;
         let log =
             std::fs::File::create(self.path(&format!("standby-{}.log", self.starts))).unwrap();
-        let child = command(&self.standby_ns)
+        let child = c
             .args(["--role", "standby", "--config"])
             .arg(self.path("standby.toml"))
             .stdout(Stdio::null())

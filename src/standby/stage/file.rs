@@ -248,7 +248,7 @@ impl Lane {
             base: f.base,
         });
         if w.pending.len() >= self.batch_max || w.pending_bytes >= commit::BATCH_BYTES {
-            self.commit(w, super::Synced::No);
+            self.commit_full(w);
         }
     }
 }

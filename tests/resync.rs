@@ -217,6 +217,42 @@ fn many_small_batches_placed_beside_staging_lose_nothing() {
     assert!(again.contains("sent whole 0,"), "{again}");
 }
 
+/// A root standby gives a temporary file its owner before the rename, so
+/// one killed in between leaves it owned by someone else: the next
+/// standby removes it all the same (named by an earlier standby's pid),
+/// and keeps a file of that shape named by another pid.
+#[test]
+fn a_temporary_file_a_killed_standby_left_goes_whoever_owns_it() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("note: not root, ownership is not exercised");
+        return;
+    }
+    let mut p = Pair::new();
+    std::fs::write(p.primary().join("a"), b"a").unwrap();
+    p.start_standby();
+    let pid = p.standby.as_ref().unwrap().id();
+    p.kill_standby();
+    let left = p.standby_dir().join(format!(".syncd-{pid}.3.tmp"));
+    let other = p.standby_dir().join(".syncd-1.3.tmp");
+    // SAFETY: plain ids, not the caller's (what `rich_tree` does too).
+    let (u, g) = unsafe {
+        (
+            rustix::fs::Uid::from_raw(1234),
+            rustix::fs::Gid::from_raw(5678),
+        )
+    };
+    for f in [&left, &other] {
+        std::fs::write(f, b"half-placed").unwrap();
+        rustix::fs::chown(f, Some(u), Some(g)).unwrap();
+    }
+    p.start_standby();
+    let out = p.resync(&[]);
+    assert!(!left.exists(), "{out}\n{}", p.log());
+    assert!(other.exists(), "not an earlier standby's: kept");
+    assert!(p.log().contains("removed a temporary file"), "{}", p.log());
+    assert_eq!(std::fs::read(p.standby_dir().join("a")).unwrap(), b"a");
+}
+
 #[test]
 fn edits_deletes_renames_and_type_changes_converge() {
     let mut p = Pair::new();

@@ -35,7 +35,7 @@ fn prepare(cli: &Global, cfg: Config) -> Result<Option<Config>> {
         return Ok(None);
     }
     let cfg = syncd::relocate::prepare(cfg)?;
-    syncd::scan::sweep_leftovers_from_before(std::time::SystemTime::now());
+    syncd::scan::sweep_leftovers_from_before(std::time::SystemTime::now(), &cfg.state_dir);
     Ok(Some(cfg))
 }
 

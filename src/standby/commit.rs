@@ -45,6 +45,8 @@ pub(super) struct Verified<'r> {
     /// The delta base (the file being replaced), held open until the rename
     /// so that freeing its blocks happens off the reply path.
     pub(super) base: Option<std::fs::File>,
+    /// Write-back errors counted when it was begun (`Shared::sync_export`).
+    pub(super) wb_errors: u64,
 }
 
 /// While catching up with a primary whose data may overwrite writes of this
@@ -70,11 +72,11 @@ pub(super) fn commit_batch(
         return;
     }
     let flushed = match synced {
-        Synced::Yes => Ok(()),
+        Synced::Yes(n) => Ok(Some(n)),
         Synced::Failed(e) => Err(e),
         Synced::No if sh.durable => {
             let t = std::time::Instant::now();
-            let r = sh.root.sync().map_err(|e| e.to_string());
+            let r = sh.sync_export().map(Some).map_err(|e| e.to_string());
             let (files, ms) = (pending.len(), super::stage::ms(t));
             tracing::debug!(
                 files,
@@ -83,13 +85,26 @@ pub(super) fn commit_batch(
             );
             r
         }
-        Synced::No => Ok(()),
+        Synced::No => Ok(None),
     };
-    if let Err(e) = flushed {
-        for v in pending.drain(..) {
-            fail(&v.path, format!("syncfs: {e}"), false);
+    let errors = match flushed {
+        Ok(n) => n,
+        Err(e) => {
+            for v in pending.drain(..) {
+                fail(&v.path, format!("syncfs: {e}"), false);
+            }
+            return;
         }
-        return;
+    };
+    if let Some(n) = errors {
+        // A flush since a file was begun reported a write-back error: its
+        // pages may be what failed (reported there, not here).
+        let (ok, suspect): (Vec<_>, Vec<_>) = pending.drain(..).partition(|v| v.wb_errors == n);
+        for v in suspect {
+            let e = "a write-back error was reported (syncfs) while it was written; not placed";
+            fail(&v.path, e.into(), false);
+        }
+        *pending = ok;
     }
     // Metadata first, then what each file will be is written ahead of the
     // renames (one write for the batch): a crash among them leaves none
@@ -104,6 +119,7 @@ pub(super) fn commit_batch(
             hash,
             sig,
             base,
+            wb_errors: _,
         } = v;
         match sh.root.prepare(staged, &meta) {
             Ok(prepared) => {

@@ -460,7 +460,8 @@ pub(super) fn rebase_if_unknown(sh: &Shared) -> io::Result<()> {
         }
     }
     tracing::warn!("the export changed too much while it was recorded; local writes on this follower go unnoticed until the next catch-up");
-    Ok(())
+    // What was expected meanwhile waits for no rebase now.
+    lock(&sh.placed).invalidate().map_err(io::Error::other)
 }
 
 /// A path that vanished, or whose parent is no directory any more.

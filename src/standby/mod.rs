@@ -91,6 +91,11 @@ struct Shared {
     /// Bytes that files in flight (all sessions) have declared but not yet
     /// written: room already promised on the export's filesystem.
     reserved: AtomicU64,
+    /// Write-back errors the export's flushes have reported (see
+    /// [`Shared::sync_export`]).
+    wb_errors: AtomicU64,
+    /// One flush of the export at a time.
+    sync_lock: Mutex<()>,
     /// Verify sessions running.
     verifies: AtomicUsize,
     /// What syncd last put at each path (local writes are told apart).
@@ -107,6 +112,24 @@ struct Shared {
 impl Shared {
     fn lineage(&self) -> Lineage {
         lock(&self.record).lineage.clone()
+    }
+
+    /// `syncfs` of the export; the count of write-back errors after it. An
+    /// error is reported once (per descriptor, and every flush shares one),
+    /// maybe to a flush for other files than the ones whose pages failed:
+    /// so each is counted, under the lock that makes flushes one at a
+    /// time, and a file begun before the count moved is not placed
+    /// (`commit_batch`).
+    fn sync_export(&self) -> std::io::Result<u64> {
+        let _one = lock(&self.sync_lock);
+        match self.root.sync() {
+            Ok(()) => Ok(self.wb_errors.load(std::sync::atomic::Ordering::SeqCst)),
+            Err(e) => {
+                self.wb_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Err(e)
+            }
+        }
     }
 
     fn emit(&self, e: StandbyEvent) {
@@ -183,6 +206,8 @@ impl Standby {
             events: std::sync::OnceLock::new(),
             peer_sessions: AtomicUsize::new(0),
             reserved: AtomicU64::new(0),
+            wb_errors: AtomicU64::new(0),
+            sync_lock: Mutex::new(()),
             verifies: AtomicUsize::new(0),
             placed: Mutex::new(placed),
             local_keeper: Mutex::new(None),

@@ -51,6 +51,9 @@ pub(super) struct Placed {
     unsynced: bool,
     /// The snapshot's sequence number, which its log's header names.
     seq: u64,
+    /// The snapshot on disk is version 1 (its rewrite failed): the log
+    /// goes on without a header, as it expects.
+    legacy: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +113,13 @@ fn log_body(b: &[u8], seq: Option<u64>) -> Option<&[u8]> {
     }
 }
 
+/// A sequence number no earlier log names (nanoseconds since the epoch).
+fn fresh_seq() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+}
+
 fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut f = crate::state::create_private(path)?;
     f.write_all(bytes)?;
@@ -145,7 +155,10 @@ impl Placed {
             log: None,
             log_len: 0,
             unsynced: false,
-            seq: 0,
+            // No snapshot: a log left beside none (a kill inside an
+            // invalidation) must not name the first one written.
+            seq: fresh_seq(),
+            legacy: false,
         };
         let snap = match crate::state::read_private(&dir.join(SNAPSHOT)) {
             Ok(b) => b,
@@ -163,7 +176,8 @@ impl Placed {
         for (path, s) in expected {
             p.ledger.apply(&Change::Expect(path, s));
         }
-        p.seq = seq.unwrap_or(0);
+        p.seq = seq.unwrap_or(p.seq);
+        p.legacy = seq.is_none();
         let log = crate::state::read_private(&dir.join(LOG)).unwrap_or_default();
         let (body, stale) = match log_body(&log, seq) {
             Some(b) => (b, false),
@@ -187,6 +201,19 @@ impl Placed {
             // every later record (and a version-1 pair is rewritten).
             if let Err(e) = p.compact() {
                 tracing::warn!("{e}");
+                if good < body.len() && !stale {
+                    // Appended after the damage, later records would be
+                    // hidden: the log ends at its last whole record.
+                    let end = (log.len() - body.len() + good) as u64;
+                    let cut = std::fs::OpenOptions::new()
+                        .write(true)
+                        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                        .open(dir.join(LOG))
+                        .and_then(|f| f.set_len(end));
+                    if let Err(e) = cut {
+                        tracing::warn!("{LOG}: {e}");
+                    }
+                }
             }
         }
         p
@@ -267,7 +294,13 @@ impl Placed {
             let header = log_header(self.seq);
             let mut head = [0; LOG_HEADER];
             let len = f.metadata()?.len();
-            if len < LOG_HEADER as u64 || f.read_exact_at(&mut head, 0).is_err() || head != header {
+            if self.legacy {
+                // Beside a version-1 snapshot: its records, no header.
+                self.log_len = len;
+            } else if len < LOG_HEADER as u64
+                || f.read_exact_at(&mut head, 0).is_err()
+                || head != header
+            {
                 // New, or one the snapshot holds (a compaction that failed
                 // after its snapshot was in): it starts over.
                 f.set_len(0)?;
@@ -301,7 +334,11 @@ impl Placed {
     /// a snapshot.
     pub(super) fn sync(&mut self, durable: bool) -> Result<(), PlacedError> {
         if self.log_len > COMPACT_AT {
-            return self.compact();
+            match self.compact() {
+                Ok(()) => return Ok(()),
+                // The log goes on, flushed below.
+                Err(e) => tracing::warn!("{e}"),
+            }
         }
         if self.unsynced {
             if let Some(f) = &mut self.log {
@@ -329,13 +366,16 @@ impl Placed {
     /// ledger), or removes both (an invalid one).
     pub(super) fn compact(&mut self) -> Result<(), PlacedError> {
         // Handed to the kernel in case the snapshot below fails (the log
-        // then goes on); otherwise the snapshot holds it.
-        if let Some(mut f) = self.log.take() {
+        // then goes on, and `unsynced` still asks for its flush);
+        // otherwise the snapshot holds it.
+        if let Some(f) = &mut self.log {
             let _ = f.flush();
         }
+        // A failed compaction is tried again only after as much more log.
         self.log_len = 0;
-        self.unsynced = false;
         if !self.ledger.is_valid() {
+            self.log = None;
+            self.unsynced = false;
             for f in [SNAPSHOT, LOG] {
                 match std::fs::remove_file(self.dir.join(f)) {
                     Ok(()) => {}
@@ -365,10 +405,17 @@ impl Placed {
             .and_then(|()| std::fs::rename(&snap_tmp, self.dir.join(SNAPSHOT)));
         written.map_err(|e| self.err(SNAPSHOT, e))?;
         // The snapshot is in: a log not naming it is stale from here on
-        // (`append` starts one over should the rename below fail).
+        // (`append` starts one over should what follows fail).
         self.seq = seq;
-        std::fs::rename(&log_tmp, self.dir.join(LOG))
-            .and_then(|()| std::fs::File::open(&self.dir)?.sync_all())
+        self.legacy = false;
+        self.log = None;
+        self.unsynced = false;
+        let sync_dir = || std::fs::File::open(&self.dir)?.sync_all();
+        // Durable before the log is replaced: a power loss must not keep
+        // the new log beside the old snapshot.
+        sync_dir()
+            .and_then(|()| std::fs::rename(&log_tmp, self.dir.join(LOG)))
+            .and_then(|()| sync_dir())
             .map_err(|e| self.err(LOG, e))
     }
 
@@ -652,7 +699,18 @@ mod tests {
             assert_eq!(p.judge(b"c", Some(&st(3))), Origin::Ours);
             assert_eq!(p.judge(b"b", Some(&st(2))), Origin::New);
         };
-        check(&Placed::load(d.path()));
+        // The rewrite fails at first (the state disk full, say): the log
+        // goes on in version 1's form, nothing it held is lost.
+        std::fs::create_dir(d.path().join(format!("{SNAPSHOT}.tmp"))).unwrap();
+        let mut p = Placed::load(d.path());
+        check(&p);
+        p.apply(Change::Put(b"e".to_vec(), st(5)));
+        p.sync(true).unwrap();
+        drop(p);
+        std::fs::remove_dir(d.path().join(format!("{SNAPSHOT}.tmp"))).unwrap();
+        let p = Placed::load(d.path());
+        check(&p);
+        assert_eq!(p.judge(b"e", Some(&st(5))), Origin::Ours);
         let snap = std::fs::read(d.path().join(SNAPSHOT)).unwrap();
         assert_eq!(snap[8..12], VERSION.to_le_bytes(), "rewritten");
         check(&Placed::load(d.path()));

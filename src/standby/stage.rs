@@ -44,8 +44,9 @@ pub(super) enum Synced {
     /// Not done for them (none was pending, or not durable): the lane
     /// flushes itself when durable.
     No,
-    /// The export was flushed after they were written.
-    Yes,
+    /// The export was flushed after they were written; the count of
+    /// write-back errors then (see `Shared::sync_export`).
+    Yes(u64),
     /// The flush failed: their data may not be on disk, so none of them
     /// is renamed (a second `syncfs` would not report the same writeback
     /// error again and would pass).
@@ -169,10 +170,10 @@ impl Lanes {
                 return Synced::No;
             }
             let t = std::time::Instant::now();
-            let r = sh.root.sync();
+            let r = sh.sync_export();
             tracing::debug!(files, ms = ms(t), "durable flush before rename (syncfs)");
             match r {
-                Ok(()) => Synced::Yes,
+                Ok(n) => Synced::Yes(n),
                 Err(e) => {
                     tracing::error!(
                         "syncfs of the export: {e}; this batch's files are not committed"
@@ -193,13 +194,14 @@ impl Lanes {
             tx.send(job).await.map_err(|_| stopped())?;
             waits.push(r);
         }
-        tokio::task::spawn_blocking(move || {
-            for w in waits {
-                let _ = w.recv();
-            }
-        })
-        .await
-        .map_err(|e| SessionError::Protocol(e.to_string()))?;
+        let all = tokio::task::spawn_blocking(move || waits.iter().all(|w| w.recv().is_ok()))
+            .await
+            .map_err(|e| SessionError::Protocol(e.to_string()))?;
+        if !all {
+            // A lane stopped before its files were placed: nothing of
+            // this flush is acknowledged.
+            return Err(stopped());
+        }
         Ok(std::mem::take(&mut *lock(&self.failures)))
     }
 
@@ -280,11 +282,15 @@ impl Lane {
             while let Some(job) = rx.blocking_recv() {
                 match job {
                     Job::Ready(tx) => {
-                        self.wait_committed(&mut w);
+                        if self.wait_committed(&mut w).is_err() {
+                            return;
+                        }
                         let _ = tx.send(w.pending.len());
                     }
                     Job::Commit { synced, done } => {
-                        self.commit(&mut w, synced);
+                        if self.commit(&mut w, synced).is_err() {
+                            return;
+                        }
                         let _ = done.send(());
                     }
                     Job::Drop(id) => {
@@ -308,16 +314,21 @@ impl Lane {
     /// Waits until the batch handed to the committer is placed: before a
     /// flush, and before anything but staging (the lane's own order, as if
     /// it had committed the batch itself).
-    fn wait_committed(&self, w: &mut Work<'_>) {
-        if std::mem::take(&mut w.committing) {
-            let _ = w.committed.recv();
+    fn wait_committed(&self, w: &mut Work<'_>) -> Result<(), ()> {
+        if std::mem::take(&mut w.committing) && w.committed.recv().is_err() {
+            // It stopped with the batch (a panic): what became of its
+            // files is unknown, so this lane stops and the session ends
+            // without acknowledging them.
+            tracing::error!("a commit thread stopped with its batch; ending the session");
+            return Err(());
         }
+        Ok(())
     }
 
     /// A full batch goes to the committer (after the one before it); the
     /// lane goes on staging while it is flushed and renamed.
-    fn commit_full<'r>(&self, w: &mut Work<'r>) {
-        self.wait_committed(w);
+    fn commit_full<'r>(&self, w: &mut Work<'r>) -> Result<(), ()> {
+        self.wait_committed(w)?;
         let batch = std::mem::take(&mut w.pending);
         w.pending_bytes = 0;
         match w.committer.send(batch) {
@@ -328,6 +339,7 @@ impl Lane {
                 self.commit_pending(&self.sh, &mut batch, Synced::No);
             }
         }
+        Ok(())
     }
 
     fn fail(&self, path: &RelPath, error: String, retry_whole: bool) {
@@ -372,10 +384,11 @@ impl Lane {
         }
     }
 
-    fn commit(&self, w: &mut Work<'_>, synced: Synced) {
-        self.wait_committed(w);
+    fn commit(&self, w: &mut Work<'_>, synced: Synced) -> Result<(), ()> {
+        self.wait_committed(w)?;
         self.commit_pending(&self.sh, &mut w.pending, synced);
         w.pending_bytes = 0;
+        Ok(())
     }
 
     fn commit_pending(&self, sh: &Shared, pending: &mut Vec<Verified<'_>>, synced: Synced) {
@@ -399,7 +412,7 @@ impl Lane {
                 | Request::FileEnd { .. }
         );
         if !staging {
-            self.wait_committed(w);
+            self.wait_committed(w)?;
         }
         match op {
             Request::FileBegin {
@@ -414,7 +427,7 @@ impl Lane {
             Request::FileAbort { id } => {
                 w.inflight.remove(&id);
             }
-            Request::FileEnd { id, hash } => self.end(w, id, hash),
+            Request::FileEnd { id, hash } => return self.end(w, id, hash),
             Request::SigRequest {
                 id,
                 path,

@@ -26,18 +26,26 @@ pub fn temp_name(pid: u32, n: u64) -> String {
 /// Whether `name` is exactly a [`temp_name`] (a crash between the link
 /// and the rename leaves one). Never replicated; removed at start.
 pub fn is_temp_name(name: &[u8]) -> bool {
-    let Some(mid) = name
-        .strip_prefix(b".syncd-")
-        .and_then(|r| r.strip_suffix(b".tmp"))
-    else {
-        return false;
-    };
+    temp_name_pid(name).is_some()
+}
+
+/// The pid in a [`temp_name`] (as written: it may not fit a `u32` if
+/// someone else made the name), or `None` for any other name.
+pub fn temp_name_pid(name: &[u8]) -> Option<u64> {
+    let mid = name.strip_prefix(b".syncd-")?.strip_suffix(b".tmp")?;
     let digits = |s: &[u8]| !s.is_empty() && s.len() <= 20 && s.iter().all(u8::is_ascii_digit);
     let mut parts = mid.split(|&b| b == b'.');
-    matches!(
-        (parts.next(), parts.next(), parts.next()),
-        (Some(pid), Some(n), None) if digits(pid) && digits(n)
-    )
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(pid), Some(n), None) if digits(pid) && digits(n) => {
+            // Up to 20 digits: at most u64::MAX's length, not its value.
+            std::str::from_utf8(pid)
+                .ok()?
+                .parse()
+                .ok()
+                .or(Some(u64::MAX))
+        }
+        _ => None,
+    }
 }
 
 /// Longest path we accept (Linux PATH_MAX).
@@ -290,6 +298,12 @@ mod tests {
     #[test]
     fn temp_names_match_exactly() {
         assert!(is_temp_name(temp_name(4242, 7).as_bytes()));
+        assert_eq!(temp_name_pid(temp_name(4242, 7).as_bytes()), Some(4242));
+        assert_eq!(
+            temp_name_pid(b".syncd-99999999999999999999.1.tmp"),
+            Some(u64::MAX)
+        );
+        assert_eq!(temp_name_pid(b".syncd-1.tmp"), None);
         assert!(is_temp_name(b".syncd-1.0.tmp"));
         for other in [
             &b".syncd-1.0.tmp~"[..],

@@ -68,7 +68,7 @@ impl Shell {
         blocking(move || {
             let t = std::time::Instant::now();
             if sh.durable {
-                sh.root.sync()?;
+                sh.sync_export()?;
                 if let Some(state) = &sh.state_fs {
                     rustix::fs::syncfs(state).map_err(std::io::Error::from)?;
                 }

@@ -29,6 +29,8 @@ pub(super) struct InFlight<'r> {
     /// The base's block entries when cached with the same options: blocks
     /// a delta copies unchanged take their entry instead of being hashed.
     base_sig: Option<Vec<u8>>,
+    /// Write-back errors counted before its first byte was written.
+    wb_errors: u64,
 }
 
 /// The staged file, with BLAKE3 computed over exactly the bytes written.
@@ -111,6 +113,7 @@ impl Lane {
         size: u64,
         encoding: Encoding,
     ) -> Result<(), ()> {
+        let wb_errors = sh.wb_errors.load(std::sync::atomic::Ordering::SeqCst);
         let slot = match begin_slot(sh, &self.in_flight, size) {
             Ok(s) => s,
             Err((true, reason)) => {
@@ -172,6 +175,7 @@ impl Lane {
             sig,
             base,
             base_sig,
+            wb_errors,
         };
         w.inflight.insert(id, f);
         Ok(())
@@ -225,18 +229,23 @@ impl Lane {
         }
     }
 
-    /// The content check; a file that passes waits for its batch.
-    pub(super) fn end(&self, w: &mut Work<'_>, id: u64, hash: wire::Hash) {
+    /// The content check; a file that passes waits for its batch. `Err`:
+    /// the session ends (see `Lane::wait_committed`).
+    pub(super) fn end(&self, w: &mut Work<'_>, id: u64, hash: wire::Hash) -> Result<(), ()> {
         let Some(f) = w.inflight.remove(&id) else {
-            return;
+            return Ok(());
         };
         let hf = match f.out.into_inner() {
             Ok(h) => h,
-            Err(e) => return self.fail(&f.path, format!("write: {}", e.error()), false),
+            Err(e) => {
+                self.fail(&f.path, format!("write: {}", e.error()), false);
+                return Ok(());
+            }
         };
         let got = *hf.hasher.finalize().as_bytes();
         if let Err(e) = content_check(f.size, f.written, &hash, &got) {
-            return self.fail(&f.path, e, true);
+            self.fail(&f.path, e, true);
+            return Ok(());
         }
         w.pending_bytes += f.size;
         w.pending.push(Verified {
@@ -246,10 +255,12 @@ impl Lane {
             hash,
             sig: f.sig.map(|(b, st, sb)| (b, st, sb.finish())),
             base: f.base,
+            wb_errors: f.wb_errors,
         });
         if w.pending.len() >= self.batch_max || w.pending_bytes >= commit::BATCH_BYTES {
-            self.commit_full(w);
+            return self.commit_full(w);
         }
+        Ok(())
     }
 }
 

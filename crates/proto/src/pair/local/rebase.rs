@@ -66,7 +66,8 @@ impl<S: Clone + PartialEq> Ledger<S> {
             return Ok(Rebased::Stale);
         };
         if r.overflowed {
-            self.expected.clear();
+            // Kept: the shell begins again at once, and a batch may be
+            // between its expectations and its changes.
             return Ok(Rebased::Overflowed);
         }
         let roots = outermost(&r.touched);

@@ -150,6 +150,30 @@ impl Index {
         })
     }
 
+    /// Whether the file at `path` is in an older format, read from its
+    /// first bytes only (a start-up check need not decode a million
+    /// entries); a newer format is an error; a missing, unreadable or
+    /// damaged file is not older (it is rebuilt when loaded).
+    pub fn older_format(path: &Path) -> Result<bool, IndexError> {
+        // The magic and the version field.
+        let Ok(head) = crate::state::read_private_head(path, 12) else {
+            return Ok(false);
+        };
+        if head.starts_with(MAGIC_V1) {
+            return Ok(true);
+        }
+        match head
+            .strip_prefix(MAGIC.as_slice())
+            .map(|v| v.first_chunk::<4>())
+        {
+            Some(Some(v)) if u32::from_le_bytes(*v) > VERSION => Err(IndexError::Newer {
+                path: path.display().to_string(),
+                version: u32::from_le_bytes(*v),
+            }),
+            _ => Ok(false),
+        }
+    }
+
     /// Whether this was read from an older format (and not saved since).
     pub fn migrated(&self) -> bool {
         self.migrated
@@ -271,7 +295,7 @@ mod tests {
         // What releases before the version field wrote.
         let old: Vec<(Vec<u8>, Stamp, Hash)> = vec![(b"a".to_vec(), stamp(), [7; 32])];
         let bytes = postcard::to_extend(&old, MAGIC_V1.to_vec()).unwrap();
-        std::fs::write(&p, bytes).unwrap();
+        std::fs::write(&p, &bytes).unwrap();
         let mut ix = Index::open(&p).unwrap();
         assert!(ix.migrated());
         assert_eq!(ix.get(b"a", &stamp()), Some([7; 32]));
@@ -282,6 +306,20 @@ mod tests {
         let ix = Index::open(&p).unwrap();
         assert!(!ix.migrated());
         assert_eq!(ix.get(b"a", &stamp()), Some([7; 32]));
+        // The start-up check tells the formats apart by the header alone,
+        // and migrates the older one in place.
+        assert!(!Index::older_format(&p).unwrap());
+        std::fs::write(&p, &bytes).unwrap();
+        assert!(Index::older_format(&p).unwrap());
+        crate::state::check_formats(d.path()).unwrap();
+        assert_eq!(&std::fs::read(&p).unwrap()[..8], MAGIC);
+        assert_eq!(Index::open(&p).unwrap().get(b"a", &stamp()), Some([7; 32]));
+        for not_older in [&b"SYNCD"[..], b"", b"garbage and more garbage"] {
+            std::fs::write(&p, not_older).unwrap();
+            assert!(!Index::older_format(&p).unwrap());
+        }
+        std::fs::remove_file(&p).unwrap();
+        assert!(!Index::older_format(&p).unwrap());
     }
 
     #[test]

@@ -72,7 +72,13 @@ pub fn claim(dir: &Path, export: &Path) -> Result<(), StateError> {
 /// place and refusing newer ones (a newer index read as empty would mean a
 /// full resync; a newer generation record, a wrong verdict).
 pub fn check_formats(dir: &Path) -> Result<(), StateError> {
-    let mut ix = crate::index::Index::open(&dir.join(crate::index::FILE))?;
+    let path = dir.join(crate::index::FILE);
+    // Decoded only when its header says older: a million entries take a
+    // while, and a one-shot command loads it again anyway.
+    let mut ix = match crate::index::Index::older_format(&path)? {
+        true => crate::index::Index::open(&path)?,
+        false => crate::index::Index::default(),
+    };
     if ix.migrated() {
         // The index is a cache: a failed rewrite (full or read-only /var)
         // leaves the old file, which this release still reads.
@@ -187,8 +193,13 @@ pub fn create_private(path: &Path) -> io::Result<File> {
 /// Reads a whole state file, refusing a symlink or anything not regular
 /// (O_NONBLOCK: a FIFO must not block).
 pub fn read_private(path: &Path) -> io::Result<Vec<u8>> {
+    read_private_head(path, u64::MAX)
+}
+
+/// [`read_private`], at most the first `max` bytes.
+pub fn read_private_head(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     use std::io::Read;
-    let mut f = std::fs::OpenOptions::new()
+    let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)?;
@@ -196,7 +207,7 @@ pub fn read_private(path: &Path) -> io::Result<Vec<u8>> {
         return Err(io::Error::other("not a regular file"));
     }
     let mut v = Vec::new();
-    f.read_to_end(&mut v)?;
+    f.take(max).read_to_end(&mut v)?;
     Ok(v)
 }
 

@@ -93,6 +93,42 @@ struct SyncState {
     off: bool,
 }
 
+/// Cookie directories are `<tmp>/syncd-watch-<pid>-<nanoseconds>`.
+const COOKIE_DIR_PREFIX: &str = "syncd-watch-";
+
+/// Removes the cookie directories of daemons that are gone: a killed one
+/// never drops its [`Cookie`], and one directory per kill would pile up
+/// in `/tmp`. Only this user's, only of pids no process has now (a pid
+/// reused since keeps its old directory: harmless, and rare).
+pub(super) fn sweep_cookie_dirs_of_the_dead(tmp: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(names) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    let me = rustix::process::geteuid().as_raw();
+    for e in names.flatten() {
+        let name = e.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(COOKIE_DIR_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok());
+        let Some(pid) = pid else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let path = e.path();
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() && m.uid() == me => {
+                let _ = std::fs::remove_dir_all(&path);
+            }
+            _ => {}
+        }
+    }
+}
+
 /// The private directory cookies are made in; removed with the watch.
 #[derive(Debug)]
 struct Cookie {
@@ -418,8 +454,10 @@ impl Closed {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        let dir = std::env::temp_dir().join(format!(
-            "syncd-watch-{}-{}",
+        let tmp = std::env::temp_dir();
+        sweep_cookie_dirs_of_the_dead(&tmp);
+        let dir = tmp.join(format!(
+            "{COOKIE_DIR_PREFIX}{}-{}",
             std::process::id(),
             now.as_nanos()
         ));

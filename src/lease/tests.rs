@@ -1,4 +1,4 @@
-use super::closed::{in_read, margin};
+use super::closed::{in_read, margin, sweep_cookie_dirs_of_the_dead};
 use super::*;
 use std::io::Write;
 use std::time::UNIX_EPOCH;
@@ -245,4 +245,32 @@ fn a_reader_waits_only_for_a_record_nearly_proven() {
     );
     assert_eq!(in_read(Trust::Yes), (None, Trust::Yes));
     assert_eq!(in_read(Trust::Sync), (None, Trust::Sync));
+}
+
+/// A killed daemon leaves its cookie directory behind; the next one to
+/// make its own removes those of pids that are gone, and nothing else.
+#[test]
+fn cookie_directories_of_dead_daemons_are_swept() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A pid that no process has now: a child that has exited and been reaped.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let dir = |name: String| {
+        let p = tmp.path().join(name);
+        std::fs::create_dir(&p).unwrap();
+        std::fs::write(p.join("c1"), b"").unwrap();
+        p
+    };
+    let gone = dir(format!("syncd-watch-{dead}-123"));
+    let mine = dir(format!("syncd-watch-{}-456", std::process::id()));
+    let init = dir("syncd-watch-1-789".into());
+    let other = dir(format!("syncd-watcher-{dead}-1"));
+    let file = tmp.path().join(format!("syncd-watch-{dead}-999"));
+    std::fs::write(&file, b"not a directory").unwrap();
+    sweep_cookie_dirs_of_the_dead(tmp.path());
+    assert!(!gone.exists(), "a dead daemon's directory goes");
+    for kept in [&mine, &init, &other, &file] {
+        assert!(kept.exists(), "{} is kept", kept.display());
+    }
 }

@@ -6,9 +6,9 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use syncd_proto::digest::{Differs, Walk};
+use syncd_proto::digest::{Differs, Tree, Walk};
 
-use super::session::{ClientError, Session};
+use super::session::{ClientError, Session, StandbyView};
 use crate::scan::digest::{tree, Side};
 use crate::scan::Scan;
 use crate::wire::{Entry, Scope};
@@ -25,28 +25,35 @@ const SCOPE_BYTES: usize = crate::wire::MAX_FRAME / 2;
 // Each query: a path of at most 4 KiB, a 32-byte digest, framing.
 const _: () = assert!(QUERIES_PER_ROUND * (4096 + 64) < crate::wire::MAX_FRAME);
 
+/// Our side of a digest walk, made on the scan's thread right after the
+/// scan (so while the standby is still listing its side): our entries as
+/// the standby stores them, whether owners count, and our tree (none when
+/// part of the export is unreadable: then the standby lists it all).
+pub(super) fn prepare(local: &mut Scan, view: StandbyView) -> (bool, Option<Tree>) {
+    let owners = view.apply(&mut local.entries);
+    let ours = local
+        .unreadable
+        .is_empty()
+        .then(|| tree(&local.entries, owners, Side::Primary));
+    (owners, ours)
+}
+
 /// The standby's entries where they may differ from ours; `local` is cut
 /// to the same paths. Equal trees cost one round trip and no listing.
+/// `ours` is [`prepare`]'s tree.
 pub(super) async fn differing(
     s: &mut Session,
     local: &mut Scan,
     owners: bool,
+    ours: Option<Tree>,
 ) -> Result<Vec<Entry>, ClientError> {
-    if !local.unreadable.is_empty() {
+    let Some(ours) = ours.filter(|_| local.unreadable.is_empty()) else {
         // What is under them is unknown here: compare everything else the
         // old way rather than reason about digests of a partial tree.
         tracing::info!("part of the export is unreadable; the standby lists the whole tree");
         return s.list(false).await;
-    }
+    };
     let t0 = Instant::now();
-    let entries = std::mem::take(&mut local.entries);
-    let (entries, ours) = tokio::task::spawn_blocking(move || {
-        let t = tree(&entries, owners, Side::Primary);
-        (entries, t)
-    })
-    .await
-    .map_err(|e| ClientError::Protocol(e.to_string()))?;
-    local.entries = entries;
     let mut walk = Walk::new(&ours);
     let mut rounds = 0u32;
     while !walk.done() {

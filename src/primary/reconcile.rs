@@ -31,11 +31,16 @@ pub async fn resync_with(
     progress: Arc<dyn Progress>,
 ) -> Result<Summary, ClientError> {
     let t0 = Instant::now();
+    // Decoded while the handshake runs (tens of ms at 100,000 entries).
+    let path = cfg.state_dir.join("index.bin");
+    let loading = tokio::task::spawn_blocking(move || Index::load(&path));
     let (mut s, mut me) = connect(cfg, o).await?;
     if let Some((_, theirs)) = &s.peer {
         me.saw_peer(&theirs.clone());
     }
-    let mut index = Index::load(&cfg.state_dir.join("index.bin"));
+    let mut index = loading
+        .await
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
     let run = Run::new(&mut s, cfg, o, &mut index, progress);
     let mut sum = reconcile_with(run, None).await?;
     sum.failures_dropped = s.take_failures_dropped();
@@ -223,19 +228,25 @@ async fn both_sides(
     let local_scope = scope.clone();
     // A whole-tree scan watches each directory before reading it.
     let hook = o.watch_dirs.clone().map(|w| w.hook());
+    let by_digests = scope.is_none() && !checksum && s.digests();
+    let view = s.standby_view();
     let local = tokio::task::spawn_blocking(move || {
         let t0 = Instant::now();
         let r = match &local_scope {
             None => scan::scan_with(&root, &mut ix, checksum, checksum, hook),
             Some(sc) => scan::scan_scoped(&root, &mut ix, sc, checksum),
         };
-        if let Ok(sc) = &r {
+        let r = r.map(|mut sc| {
             tracing::debug!(entries = sc.entries.len(), elapsed = ?t0.elapsed(), "scanned");
-        }
+            let (owners, ours) = match by_digests {
+                true => super::digests::prepare(&mut sc, view),
+                false => (view.apply(&mut sc.entries), None),
+            };
+            (sc, owners, ours)
+        });
         (r, ix)
     });
     let owners = s.as_standby_stores(&mut []);
-    let by_digests = scope.is_none() && !checksum && s.digests();
     // The standby lists (or builds its digests) while we scan.
     let remote = match scope {
         None if by_digests => s.ask_digests(owners, Vec::new()).await.map(|_| Vec::new()),
@@ -246,11 +257,10 @@ async fn both_sides(
         .await
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
     *index = ix;
-    let (mut local, mut remote) = (local?, remote?);
-    let owners = s.as_standby_stores(&mut local.entries);
+    let ((mut local, owners, ours), mut remote) = (local?, remote?);
     let scanned = local.entries.len() as u64;
     if by_digests {
-        remote = super::digests::differing(s, &mut local, owners).await?;
+        remote = super::digests::differing(s, &mut local, owners, ours).await?;
         // The digest tree (~100 MB at a million entries) was built and
         // freed on another thread, whose arena the plan does not use:
         // give it back before the plan, the primary's peak otherwise.

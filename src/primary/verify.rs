@@ -49,18 +49,20 @@ pub async fn verify_quick(cfg: &Config) -> Result<Vec<Difference>, ClientError> 
         )));
     }
     let c2 = cfg.clone();
+    let view = s.standby_view();
     let local = tokio::task::spawn_blocking(move || {
         // Stat only: the index is neither needed nor updated.
-        scan::scan(&c2.export, &mut Index::default(), false, false)
+        let mut sc = scan::scan(&c2.export, &mut Index::default(), false, false)?;
+        let ours = super::digests::prepare(&mut sc, view);
+        Ok::<_, std::io::Error>((sc, ours))
     });
     let owners = s.as_standby_stores(&mut []);
-    // The standby builds its digests while we scan.
+    // The standby builds its digests while we scan and build ours.
     s.ask_digests(owners, Vec::new()).await?;
-    let mut local = local
+    let (mut local, (owners, ours)) = local
         .await
         .map_err(|e| ClientError::Protocol(e.to_string()))??;
-    let owners = s.as_standby_stores(&mut local.entries);
-    let remote = super::digests::differing(&mut s, &mut local, owners).await?;
+    let remote = super::digests::differing(&mut s, &mut local, owners, ours).await?;
     let _ = s.finish().await;
     Ok(compare(&local.entries, &remote, owners))
 }

@@ -283,6 +283,46 @@ impl Identity {
 /// Bidirectional streams a peer may have open at once.
 pub const MAX_STREAMS: u32 = 16;
 
+/// The largest UDP payload QUIC may use (IPv6's limit; IPv4's is higher).
+const MAX_UDP_PAYLOAD: u16 = 65_527;
+
+/// A QUIC endpoint on `addr` that accepts datagrams up to
+/// [`MAX_UDP_PAYLOAD`] (quinn's default endpoint tells the peer 1,472).
+pub fn endpoint(
+    addr: std::net::SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
+    let mut cfg = quinn::EndpointConfig::default();
+    cfg.max_udp_payload_size(MAX_UDP_PAYLOAD)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if addr.is_ipv6() {
+        // As `UdpSocket::bind` would: `[::]` takes IPv4 peers too.
+        let _ = socket.set_only_v6(false);
+    }
+    // A bulk transfer fills the default buffer (~200 KiB) within
+    // milliseconds whenever the receiving thread waits for a core; every
+    // datagram dropped there is sent again and halves the sending rate.
+    // The kernel caps this at net.core.rmem_max (README: Tuning).
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    tracing::debug!(
+        recv = socket.recv_buffer_size().unwrap_or(0),
+        send = socket.send_buffer_size().unwrap_or(0),
+        "UDP socket buffers"
+    );
+    socket.bind(&addr.into())?;
+    quinn::Endpoint::new(cfg, server, socket.into(), Arc::new(quinn::TokioRuntime))
+}
+
+/// What the QUIC socket asks for each way (the kernel doubles it, within
+/// its limits).
+const SOCKET_BUFFER: usize = 8 << 20;
+
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     // Generous windows: loopback and LAN links are fast and the standby

@@ -49,6 +49,14 @@ pub async fn resync_with(
         s.send(&Request::CaughtUp).await?;
     }
     let (_committed, stats, tx, rx) = s.finish().await?;
+    tracing::debug!(
+        datagrams_sent = stats.udp_tx.datagrams,
+        datagrams_received = stats.udp_rx.datagrams,
+        mtu = stats.path.current_mtu,
+        lost_packets = stats.path.lost_packets,
+        rtt = ?stats.path.rtt,
+        "connection"
+    );
     if !o.dry_run {
         me.save();
         if let Err(e) = index.save() {

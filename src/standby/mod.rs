@@ -173,7 +173,7 @@ impl Standby {
             .load()
             .map_err(|e| export_err(std::io::Error::other(e.to_string())))?;
         let sc = tls::server_config(&id)?;
-        let endpoint = quinn::Endpoint::server(sc, listen).map_err(|e| {
+        let endpoint = tls::endpoint(listen, Some(sc)).map_err(|e| {
             if e.kind() == std::io::ErrorKind::AddrInUse {
                 StandbyError::Config(cfg.port_error("listen", listen, e))
             } else {

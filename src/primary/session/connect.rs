@@ -146,7 +146,7 @@ async fn dial(
         "[::]:0".parse().unwrap_or(peer)
     };
     let mut endpoint =
-        quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(peer, e.to_string()))?;
+        tls::endpoint(bind, None).map_err(|e| ClientError::Connect(peer, e.to_string()))?;
     endpoint.set_default_client_config(tls::client_config(&id)?);
     let conn = endpoint
         .connect(peer, "syncd")

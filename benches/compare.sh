@@ -5,7 +5,7 @@
 #   benches/compare.sh [small|big|foreign|nochange|rss|all]  (default: all)
 #
 # Environment: FILES (100000), FILE_KIB (4), BIG_MIB (1024), HUGE_MIB (4096),
-# ROUNDS (rounds of `foreign`, default 3, and of `small`, default 7),
+# ROUNDS (rounds of `foreign`, default 3, and of `small` and `nochange`, default 7),
 # SYNCD_BIN (a syncd binary to use instead of building this tree's release
 # binary; for before/after comparisons),
 # RSYNC_PORT, SYNCD_PORT (free ports by default),
@@ -222,6 +222,38 @@ small() {
   stop_standby; cleanup; PIDS=()
 }
 
+# Case 3 alone, ROUNDS rounds (default 7): both tools first bring a fresh
+# copy of the small-file tree up to date once, then each round runs both
+# against their in-sync copy (a standby started fresh for syncd, as after a
+# restart), the order alternating, `sync` before each. One no-change run
+# lasts under a second, so a single one (the end of `small`) says little.
+nochange() {
+  gen_small src-small
+  fresh dst-rsync dst-syncd
+  start_rsyncd "$DIR/dst-rsync"
+  setup_syncd "$DIR/src-small" "$DIR/dst-syncd"
+  start_standby
+  run_rsync src-small >/dev/null; run_syncd >/dev/null
+  check_copy src-small dst-syncd
+  local i r s first rs=() ss=() qs=()
+  for i in $(seq "$ROUNDS_SMALL"); do
+    stop_standby; start_standby
+    first=$([ $((i % 2)) = 1 ] && echo rsync || echo syncd)
+    if [ "$first" = rsync ]; then
+      sync; r=$(run_rsync src-small); sync; s=$(run_syncd)
+    else
+      sync; s=$(run_syncd); sync; r=$(run_rsync src-small)
+    fi
+    rs+=("$r"); ss+=("$s"); qs+=("$(ratio "$s" "$r")")
+    printf '3. round %d (%s first, load %s): syncd %ss  rsync %ss  ratio %s\n' \
+      "$i" "$first" "$(cut -d' ' -f1-3 /proc/loadavg)" "$s" "$r" "$(ratio "$s" "$r")"
+  done
+  printf '3. no-change resync of %s files, %s rounds: median syncd %ss  rsync %ss  same-round ratio median %s, worst %s  (target <= 0.5)\n' \
+    "$FILES" "$ROUNDS_SMALL" "$(med "${ss[@]}")" "$(med "${rs[@]}")" \
+    "$(med "${qs[@]}")" "$(printf '%s\n' "${qs[@]}" | sort -g | tail -1)"
+  stop_standby; cleanup; PIDS=()
+}
+
 big() {
   mkdir -p src-big
   gen_big src-big/big.bin "$BIG_MIB"
@@ -317,8 +349,8 @@ case "$WHAT" in
   small) small ;;
   big) big ;;
   foreign) foreign ;;
-  nochange) small ;; # case 3 is the second run of `small`
+  nochange) nochange ;;
   rss) rss ;;
   all) small; big; rss ;;
-  *) echo "usage: $0 [small|big|foreign|rss|all]"; exit 2 ;;
+  *) echo "usage: $0 [small|big|foreign|nochange|rss|all]"; exit 2 ;;
 esac

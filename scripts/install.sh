@@ -8,7 +8,8 @@
 # Installs: $PREFIX/bin/{syncd,syncd-proxy}; the systemd units in
 # $PREFIX/lib/systemd/system (ExecStart pointing at $PREFIX/bin); example
 # configurations as $SYSCONFDIR/syncd/*.example.toml (never over a file
-# that exists); README and the proxy's VRRP drop-in in $PREFIX/share/doc/syncd.
+# that exists); README, the proxy's VRRP drop-in and the sysctl example in
+# $PREFIX/share/doc/syncd.
 # Options: --debug (dev profile), --no-build (install what target/ holds).
 # Environment: DESTDIR, PREFIX (/usr/local), SYSCONFDIR (/etc), CARGO (cargo),
 # CARGO_TARGET_DIR (target).
@@ -66,7 +67,7 @@ for c in syncd syncd-auto vrrp proxy; do
 done
 
 install -d -m 0755 "$docdir"
-install -m 0644 README.md contrib/systemd/syncd-proxy-vrrp.conf "$docdir/"
+install -m 0644 README.md contrib/systemd/syncd-proxy-vrrp.conf contrib/sysctl/90-syncd.conf "$docdir/"
 
 cat <<MSG
 installed syncd and syncd-proxy ($profile) into $DESTDIR$PREFIX/bin,

@@ -187,6 +187,23 @@ fn check_layout(prefix: &str) {
             "{c} example"
         );
     }
+    // The sysctl example names only settings this kernel has.
+    let sysctl = std::fs::read_to_string(p(&format!("{prefix}/share/doc/syncd/90-syncd.conf")))
+        .expect("the sysctl example is installed");
+    let keys: Vec<&str> = sysctl
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && l.contains('='))
+        .filter_map(|l| l.split('=').next().map(str::trim))
+        .collect();
+    assert_eq!(keys.len(), 4, "{sysctl}");
+    for k in keys {
+        let proc = Path::new("/proc/sys").join(k.replace('.', "/"));
+        assert!(
+            proc.exists(),
+            "{k} is not a sysctl here ({})",
+            proc.display()
+        );
+    }
     // The proxy with built-in VRRP: the documented drop-in, verified too.
     let dropin = p("/etc/systemd/system/syncd-proxy.service.d");
     std::fs::create_dir_all(&dropin).unwrap();

@@ -173,6 +173,46 @@ fn local_writes_on_a_follower_are_kept_and_reported_and_a_restart_reports_none()
     assert_eq!(conflicts(&p).len(), 5);
 }
 
+/// A first catch-up into an export holding no file is recorded as it
+/// goes: no walk of the whole export after it, and a local write made
+/// right after it is told apart. Into an export that holds a file, the
+/// walk after the catch-up records it as before.
+#[test]
+fn a_first_catch_up_into_an_empty_export_is_recorded_as_it_goes() {
+    let mut p = pair();
+    for i in 0..50 {
+        write(
+            &p.primary(),
+            &format!("d{}/f{i}", i % 5),
+            &format!("body {i}"),
+        );
+    }
+    // Directories are never recorded: an empty one does not count.
+    std::fs::create_dir_all(p.standby_dir().join("lost+found")).unwrap();
+    p.start_standby();
+    p.resync(&[]);
+    assert!(p.log().contains("the export holds no file"), "{}", p.log());
+    assert!(!p.log().contains("caught up: local writes"), "{}", p.log());
+    write(&p.standby_dir(), "d1/f1", "changed on the follower");
+    write(&p.standby_dir(), "local.txt", "new on the follower");
+    let o = p.syncd(&["resync", "--dry-run", "--config", "primary.toml"]);
+    assert!(o.status.success(), "{}", out(o));
+    assert_eq!(metric(&p, "local_writes"), 2.0, "{}", p.log());
+
+    let mut q = pair();
+    write(&q.primary(), "a.txt", "from the leader");
+    write(&q.standby_dir(), "old/b.txt", "there before syncd");
+    q.start_standby();
+    q.resync(&[]);
+    let t = Instant::now();
+    while !q.log().contains("caught up: local writes") {
+        assert!(t.elapsed() < Duration::from_secs(30), "{}", q.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!q.log().contains("the export holds no file"), "{}", q.log());
+    assert_eq!(read(&q.standby_dir(), "a.txt"), "from the leader");
+}
+
 /// Everything syncd itself does on the follower — files, big files and
 /// deltas, renames of files and directories, hard links made and removed,
 /// symlinks, modes, deletes — is never taken for a local write, before or

@@ -343,7 +343,10 @@ fn standby_killed_mid_workload_then_restarted_converges() {
     // The ledger of what syncd placed is kept from here on: the kill below
     // lands among its placements.
     let t = Instant::now();
-    while !p.log().contains("caught up: local writes on this follower") {
+    while !p
+        .log()
+        .contains("local writes on this follower are detected from now on")
+    {
         assert!(t.elapsed() < Duration::from_secs(30), "{}", p.log());
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -464,6 +464,63 @@ pub(super) fn rebase_if_unknown(sh: &Shared) -> io::Result<()> {
     lock(&sh.placed).invalidate().map_err(io::Error::other)
 }
 
+/// Before a catch-up: an unknown ledger over an export that holds no file
+/// or symlink (a new standby; directories are never recorded) is known at
+/// once, empty. The catch-up's placements are then recorded as they are
+/// made, a local write during it is told apart, and no walk of the whole
+/// export follows it (at a first sync that walk was a second stat of
+/// every file the sync had just written). The look stops at the first
+/// file. `Ok(true)`: the ledger is known now.
+pub(super) fn know_if_empty(sh: &Shared) -> io::Result<bool> {
+    let Some(token) = lock(&sh.placed).begin_rebase() else {
+        return Ok(false);
+    };
+    let found = walk_until_a_file(&sh.root);
+    let mut placed = lock(&sh.placed);
+    match found {
+        Ok(false) => {}
+        Ok(true) => {
+            placed.abandon_rebase(token);
+            return Ok(false);
+        }
+        Err(e) => {
+            placed.abandon_rebase(token);
+            return Err(e);
+        }
+    }
+    let r = placed.finish_rebase(token, Vec::new(), |p| entries_at(&sh.root, p));
+    match r.map_err(io::Error::other)? {
+        Rebased::Done(n) => {
+            tracing::info!(
+                entries = n,
+                "local writes on this follower are detected from now on (the export holds no file: the catch-up is recorded as it goes)"
+            );
+            Ok(true)
+        }
+        Rebased::Stale | Rebased::Overflowed => Ok(false),
+    }
+}
+
+/// Whether the export holds a file or symlink (not looking further once
+/// it finds one).
+fn walk_until_a_file(root: &Root) -> io::Result<bool> {
+    let dir = rustix::fs::open(
+        root.path(),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut found = false;
+    let r = walk(dir, Vec::new(), &mut |_, _| {
+        found = true;
+        Err(io::Error::other("a file: the look ends here"))
+    });
+    match r {
+        Err(_) if found => Ok(true),
+        Err(e) => Err(e),
+        Ok(()) => Ok(false),
+    }
+}
+
 /// A path that vanished, or whose parent is no directory any more.
 fn gone(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::NotFound

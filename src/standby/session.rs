@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use super::accept::{Hello, SessionError};
 use super::commit::{batch_files, keeper, Follow, Preserve};
 use super::stage::{InFlightCount, Lanes};
-use super::{lock, Shared, REPLY_QUEUE};
+use super::{local, lock, Shared, REPLY_QUEUE};
 use crate::config::Config;
 use crate::conflicts::Keeper;
 use crate::index::Index;
@@ -148,6 +148,14 @@ pub(super) async fn run(
              what the catch-up replaces or deletes is kept in the conflicts area"
         );
         *lock(&preserve) = Some(Arc::new(k));
+    }
+    if hello.purpose == Purpose::Resync {
+        let sh = shared.clone();
+        match tokio::task::spawn_blocking(move || local::know_if_empty(&sh)).await {
+            Ok(Err(e)) => tracing::warn!("cannot look into the export before the catch-up: {e}"),
+            Ok(Ok(_)) => {}
+            Err(e) => tracing::warn!("the look into the export before the catch-up failed: {e}"),
+        }
     }
     let nworkers = std::thread::available_parallelism()
         .map(|n| n.get())

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::fs::{hash_entries, open_entry, read_names, vanished};
 use super::{leftovers, meta_of, DirHook, PartialLink, Scan};
@@ -82,7 +83,8 @@ pub(super) struct Collector {
     groups: HashMap<(u64, u64), (Vec<RelPath>, u64)>,
     /// A daemon's walk removes the temporary files of its earlier runs.
     sweep: Option<leftovers::Sweep>,
-    on_dir: Option<DirHook>,
+    /// Shared by the collectors of a walk on several threads.
+    on_dir: Option<Arc<Mutex<DirHook>>>,
 }
 
 impl Collector {
@@ -98,9 +100,76 @@ impl Collector {
     pub(super) fn sweeping(hash: bool, on_dir: Option<DirHook>) -> Collector {
         Collector {
             sweep: leftovers::current(),
-            on_dir,
+            on_dir: on_dir.map(|h| Arc::new(Mutex::new(h))),
             ..Collector::new(hash)
         }
+    }
+
+    /// An empty collector for another part of the same walk: it hashes,
+    /// sweeps and calls the hook as this one does.
+    pub(super) fn sibling(&self) -> Collector {
+        Collector {
+            hashing: self.hashing,
+            sweep: self.sweep,
+            on_dir: self.on_dir.clone(),
+            ..Collector::default()
+        }
+    }
+
+    /// Entries collected so far.
+    pub(super) fn len(&self) -> usize {
+        self.out.entries.len()
+    }
+
+    /// Room for `more` entries.
+    pub(super) fn reserve(&mut self, more: usize) {
+        self.out.entries.reserve(more);
+        if self.hashing {
+            self.stamps.reserve(more);
+        }
+    }
+
+    /// Appends what `next` collected, which follows everything here in
+    /// walk order. A hard-linked inode both have seen keeps the leader
+    /// named here (the first in walk order, as one walk would have it):
+    /// `next`'s own leader becomes a link to it, and so do its links.
+    pub(super) fn absorb(&mut self, mut next: Collector) {
+        let mut releads: HashMap<RelPath, RelPath> = HashMap::new();
+        for (key, (names, nlink)) in next.groups.drain() {
+            match self.groups.get_mut(&key) {
+                Some(g) => {
+                    if let (Some(local), Some(lead)) = (names.first(), g.0.first()) {
+                        releads.insert(local.clone(), lead.clone());
+                    }
+                    g.0.extend(names);
+                }
+                None => {
+                    self.groups.insert(key, (names, nlink));
+                }
+            }
+        }
+        if !releads.is_empty() {
+            for (i, e) in next.out.entries.iter_mut().enumerate() {
+                let lead = match &e.kind {
+                    Kind::File { .. } => releads.get(&e.path),
+                    Kind::HardLink { leader } => releads.get(leader),
+                    _ => None,
+                };
+                if let Some(lead) = lead {
+                    e.kind = Kind::HardLink {
+                        leader: lead.clone(),
+                    };
+                    if let Some(st) = next.stamps.get_mut(i) {
+                        *st = None; // a link is not hashed
+                    }
+                }
+            }
+        }
+        let out = &mut self.out;
+        out.entries.append(&mut next.out.entries);
+        out.skipped.append(&mut next.out.skipped);
+        out.unreadable.append(&mut next.out.unreadable);
+        self.stamps.append(&mut next.stamps);
     }
 
     /// Adds one entry (`f` is an `O_PATH` descriptor for it); `Ok(false)`
@@ -188,13 +257,25 @@ impl Collector {
     /// Visits the entry `f` at `path` and, for a directory, queues its
     /// children on `stack`.
     pub(super) fn enter(&mut self, stack: &mut Vec<Frame>, f: File, path: RelPath) {
-        let m = match f.metadata() {
+        let mut m = match f.metadata() {
             Ok(m) => m,
             Err(e) if vanished(&e) => return,
             Err(e) => return self.unreadable(path, &e),
         };
+        if m.is_dir() && self.on_dir.is_some() {
+            // Watched first, then its status taken: a change between the
+            // two would otherwise be in the listing (names are read later)
+            // but neither in the directory's listed mtime nor in an event,
+            // and the standby's copy would keep the older mtime for good.
+            self.call_hook(&path);
+            m = match f.metadata() {
+                Ok(m) => m,
+                Err(e) if vanished(&e) => return,
+                Err(e) => return self.unreadable(path, &e),
+            };
+        }
         match self.visit(&f, path.clone(), &m) {
-            Ok(true) if m.is_dir() => match self.read_dir(&f, &path) {
+            Ok(true) if m.is_dir() => match read_names(&f) {
                 Ok(mut names) => {
                     self.sweep_leftovers(&f, &path, &mut names);
                     stack.push(Frame {
@@ -246,12 +327,11 @@ impl Collector {
         }
     }
 
-    /// The names in the directory `f` at `path`, after the hook has seen it.
-    fn read_dir(&mut self, f: &File, path: &RelPath) -> std::io::Result<Vec<Vec<u8>>> {
-        if let Some(h) = &mut self.on_dir {
-            h(path);
+    /// Shows the hook the directory at `path`, before it is listed.
+    fn call_hook(&self, path: &RelPath) {
+        if let Some(h) = &self.on_dir {
+            (h.lock().unwrap_or_else(PoisonError::into_inner))(path);
         }
-        read_names(f)
     }
 
     /// Walks depth-first, names sorted per directory, until `stack` is empty.
@@ -261,56 +341,81 @@ impl Collector {
                 stack.pop();
                 continue;
             };
-            if top.rel.is_none() && name == STATE_DIR_NAME {
-                continue;
-            }
-            if syncd_proto::path::is_temp_name(&name) {
-                // Never replicated: content a crash left half-placed.
-                if let Some(s) = &self.sweep {
-                    if let Err(e) = leftovers::remove_if_leftover(&top.dir, &name, s) {
-                        tracing::debug!("a temporary file left by a crash: {e}");
-                    }
-                }
-                continue;
-            }
-            let full = match &top.rel {
-                Some(r) => [r.as_bytes(), b"/", &name].concat(),
-                None => name.clone(),
-            };
-            let path = match RelPath::new(full) {
-                Ok(p) => p,
-                Err(err) => {
-                    // Too long or otherwise unrepresentable on the wire: the
-                    // entry (and anything beneath) cannot be replicated.
-                    let shown = match &top.rel {
-                        Some(r) => format!("{r}/{}", String::from_utf8_lossy(&name)),
-                        None => String::from_utf8_lossy(&name).into_owned(),
-                    };
-                    tracing::warn!(path = %shown, "skipping: {err}");
-                    self.out.skipped.push(format!("{shown}: {err}"));
-                    continue;
-                }
-            };
-            // A regular file costs one stat by name; anything else is
-            // opened (a directory is read through its descriptor).
-            match file_at(&top.dir, &name) {
-                Ok(Some(m)) => {
-                    self.add_file(path, &m);
-                    continue;
-                }
-                Ok(None) => {}
-                Err(e) if vanished(&e) => continue,
-                Err(e) => {
-                    self.unreadable(path, &e);
-                    continue;
-                }
-            }
-            match open_entry(&top.dir, &name) {
-                Ok(f) => self.enter(&mut stack, f, path),
-                Err(e) if vanished(&e) => {}
-                Err(e) => self.unreadable(path, &e),
+            if let Some((name, path)) = self.name_in(&top.dir, top.rel.as_ref(), name) {
+                let opened = open_entry(&top.dir, &name);
+                self.enter_opened(&mut stack, opened, path);
             }
         }
+    }
+
+    /// Enters the entry at `path` that `opened` opened.
+    pub(super) fn enter_opened(
+        &mut self,
+        stack: &mut Vec<Frame>,
+        opened: std::io::Result<File>,
+        path: RelPath,
+    ) {
+        match opened {
+            Ok(f) => self.enter(stack, f, path),
+            Err(e) if vanished(&e) => {}
+            Err(e) => self.unreadable(path, &e),
+        }
+    }
+
+    /// Lists `name` of the directory `dir` (at `rel`, `None` for the root)
+    /// when it is a regular file, or leaves it out; anything else is
+    /// returned with its path, to be opened and entered.
+    pub(super) fn name_in(
+        &mut self,
+        dir: &File,
+        rel: Option<&RelPath>,
+        name: Vec<u8>,
+    ) -> Option<(Vec<u8>, RelPath)> {
+        if rel.is_none() && name == STATE_DIR_NAME {
+            return None;
+        }
+        if syncd_proto::path::is_temp_name(&name) {
+            // Never replicated: content a crash left half-placed.
+            if let Some(s) = &self.sweep {
+                if let Err(e) = leftovers::remove_if_leftover(dir, &name, s) {
+                    tracing::debug!("a temporary file left by a crash: {e}");
+                }
+            }
+            return None;
+        }
+        let full = match rel {
+            Some(r) => [r.as_bytes(), b"/", &name].concat(),
+            None => name.clone(),
+        };
+        let path = match RelPath::new(full) {
+            Ok(p) => p,
+            Err(err) => {
+                // Too long or otherwise unrepresentable on the wire: the
+                // entry (and anything beneath) cannot be replicated.
+                let shown = match rel {
+                    Some(r) => format!("{r}/{}", String::from_utf8_lossy(&name)),
+                    None => String::from_utf8_lossy(&name).into_owned(),
+                };
+                tracing::warn!(path = %shown, "skipping: {err}");
+                self.out.skipped.push(format!("{shown}: {err}"));
+                return None;
+            }
+        };
+        // A regular file costs one stat by name; anything else is
+        // opened (a directory is read through its descriptor).
+        match file_at(dir, &name) {
+            Ok(Some(m)) => {
+                self.add_file(path, &m);
+                return None;
+            }
+            Ok(None) => {}
+            Err(e) if vanished(&e) => return None,
+            Err(e) => {
+                self.unreadable(path, &e);
+                return None;
+            }
+        }
+        Some((name, path))
     }
 
     pub(super) fn finish(

@@ -5,6 +5,9 @@
 //! multiply-linked file become [`Kind::HardLink`] to the first (in sorted
 //! order, so both sides pick the same leader for the same tree).
 //!
+//! A whole-tree walk runs on every core (up to 8; [`parallel`]) and lists
+//! exactly what one walk would, in the same order.
+//!
 //! The walk goes from directory descriptor to directory descriptor, never
 //! through absolute paths: a tree deeper than PATH_MAX does not stop it, and
 //! no symlink swapped into a parent can lead it outside the export. An entry
@@ -17,6 +20,7 @@ mod collect;
 pub mod digest;
 mod fs;
 mod leftovers;
+mod parallel;
 mod scoped;
 pub use fs::{hash_file, hash_reader};
 pub use leftovers::sweep_leftovers_from_before;
@@ -65,7 +69,9 @@ pub fn meta_of(m: &std::fs::Metadata) -> Meta {
 pub use syncd_proto::path::walk_order;
 
 /// Called with each directory a scan enters, before it reads its names
-/// (the primary watches it there: see [`crate::watch::DirWatcher`]).
+/// (the primary watches it there: see [`crate::watch::DirWatcher`]); a
+/// whole-tree walk calls it from its threads, one call at a time, not in
+/// walk order.
 pub type DirHook = Box<dyn FnMut(&RelPath) + Send>;
 
 /// Scans `root`. With `hash`, every regular file carries its BLAKE3, taken
@@ -86,12 +92,12 @@ pub fn scan_with(
 ) -> std::io::Result<Scan> {
     let dir = open_root(root)?;
     let names = read_names(&dir)?;
-    let mut c = Collector::sweeping(hash, on_dir);
-    c.walk(vec![Frame {
+    let root = Frame {
         dir: dir.try_clone()?,
         rel: None,
         names,
-    }]);
+    };
+    let c = parallel::walk(Collector::sweeping(hash, on_dir), root, parallel::threads());
     // Forget paths that are gone so the index does not grow forever.
     if !index.is_empty() {
         index.keep_only(c.out.entries.iter().map(|e| e.path.as_bytes()));

@@ -201,8 +201,8 @@ fn mkfifo(p: &std::path::Path) {
 }
 
 /// The primary's watch of a directory must exist before the directory is
-/// read: a change between the two would otherwise be in neither the
-/// listing nor the events. Here the hook itself makes that change (a new
+/// read, and before its own status is taken: a change between the two
+/// would otherwise be in neither the listing (or its mtime) nor the events. Here the hook itself makes that change (a new
 /// file in the directory it is called with): the listing must hold it,
 /// which it cannot if the hook runs after the read.
 #[test]
@@ -215,6 +215,12 @@ fn the_dir_hook_runs_before_its_directory_is_read() {
     std::fs::write(r.join("a/b/old"), b"x").unwrap();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let (root, log) = (r.clone(), seen.clone());
+    // Directories made to look old, so the hook's change moves their mtime.
+    let old = std::fs::FileTimes::new()
+        .set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000));
+    for dir in ["a", "a/b", "a/c", "d"] {
+        File::open(r.join(dir)).unwrap().set_times(old).unwrap();
+    }
     let hook: DirHook = Box::new(move |rel: &RelPath| {
         std::fs::write(root.join(rel.as_path()).join("made-in-hook"), b"y").unwrap();
         log.lock().unwrap().push(rel.to_string());
@@ -224,7 +230,24 @@ fn the_dir_hook_runs_before_its_directory_is_read() {
     for dir in ["a", "a/b", "a/c", "d"] {
         let made = format!("{dir}/made-in-hook");
         assert!(names.contains(&made), "{made} not listed: {names:?}");
+        // Listed as it is once watched: with the mtime from before the
+        // watch, the listing would hold the new file but the old mtime,
+        // and no event would ever say the directory changed.
+        let listed = s
+            .entries
+            .iter()
+            .find(|e| e.path.to_string() == dir)
+            .unwrap();
+        let now = meta_of(&std::fs::metadata(r.join(dir)).unwrap());
+        assert_eq!(
+            (listed.meta.mtime_sec, listed.meta.mtime_nsec),
+            (now.mtime_sec, now.mtime_nsec),
+            "{dir} listed with its mtime from before the watch"
+        );
     }
-    // Every directory beneath the root once, in walk order.
-    assert_eq!(*seen.lock().unwrap(), ["a", "a/b", "a/c", "d"]);
+    // Every directory beneath the root once (in any order: subtrees are
+    // walked on several threads).
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(seen, ["a", "a/b", "a/c", "d"]);
 }

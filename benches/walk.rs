@@ -4,6 +4,9 @@
 //! `benches/walk.sh`, which sets the cores and compares rsync's listing.
 //!
 //!   cargo bench --bench walk -- DIR [ROUNDS]
+//!
+//! With `WATCH=1`, each walk also watches every directory before reading
+//! it, as the primary's does (a fresh inotify watch each round).
 
 use std::time::Instant;
 
@@ -14,10 +17,19 @@ fn main() {
         std::process::exit(2);
     };
     let rounds: usize = args.next().and_then(|r| r.parse().ok()).unwrap_or(1);
+    let watching = std::env::var_os("WATCH").is_some_and(|v| v == "1");
+    let root = std::path::Path::new(&dir);
     for _ in 0..rounds {
+        let watch = watching.then(|| {
+            syncd::watch::Watch::start(root).unwrap_or_else(|e| {
+                eprintln!("walk: {e}");
+                std::process::exit(1);
+            })
+        });
         let t0 = Instant::now();
         let mut index = syncd::index::Index::default();
-        match syncd::scan::scan(std::path::Path::new(&dir), &mut index, false, false) {
+        let hook = watch.as_ref().map(|w| w.dirs().hook());
+        match syncd::scan::scan_with(root, &mut index, false, false, hook) {
             Ok(s) => println!("{:.3} {}", t0.elapsed().as_secs_f64(), s.entries.len()),
             Err(e) => {
                 eprintln!("walk: {dir}: {e}");

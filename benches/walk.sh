@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole-tree walk alone: syncd's listing of a tree (what each side of a
-# restart, `verify --quick` and every full compare makes) on all cores and
-# on one (`taskset -c 0`), beside rsync's own listing of the same tree
+# restart, `verify --quick` and every full compare makes) on all cores,
+# on all cores adding an inotify watch for each directory before reading
+# it (the primary's walk at a start), and on one core (`taskset -c 0`),
+# beside rsync's own listing of the same tree
 # (`rsync -a --list-only`, single-threaded by design), ROUNDS rounds, the
 # order rotating, `sync` before each timed run. Prints every round, the
 # medians and the ratios.
@@ -50,27 +52,29 @@ run() { # name -> seconds on stdout
   prepare
   case $1 in
     all) "$WALK" "$TREE" | awk '{print $1}' ;;
+    watching) WATCH=1 "$WALK" "$TREE" | awk '{print $1}' ;;
     one) taskset -c 0 "$WALK" "$TREE" | awk '{print $1}' ;;
     rsync) t0=$(now); rsync -a --list-only "$TREE/" >/dev/null; t1=$(now)
            echo "$t1 - $t0" | bc -l | xargs printf '%.3f\n' ;;
   esac
 }
 echo "== walk of $TREE ($("$WALK" "$TREE" | awk '{print $2}') entries) | $(nproc) cores | cold=$COLD | load $(cut -d' ' -f1-3 /proc/loadavg) | $(date -u +%FT%TZ)"
-ORDER=(all one rsync)
-declare -A T=([all]="" [one]="" [rsync]="")
+ORDER=(all watching one rsync)
+declare -A T=([all]="" [watching]="" [one]="" [rsync]="")
 for r in $(seq 1 "$ROUNDS"); do
   line="round $r:"
-  for k in 0 1 2; do
-    name=${ORDER[$(( (r + k) % 3 ))]}
+  for k in 0 1 2 3; do
+    name=${ORDER[$(( (r + k) % 4 ))]}
     s=$(run "$name"); T[$name]+="$s "
     line+=" $name $s"
   done
   echo "$line (load $(cut -d' ' -f1 /proc/loadavg))"
 done
 median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-ma=$(echo "${T[all]}" | median); mo=$(echo "${T[one]}" | median); mr=$(echo "${T[rsync]}" | median)
+ma=$(echo "${T[all]}" | median); mw=$(echo "${T[watching]}" | median); mo=$(echo "${T[one]}" | median); mr=$(echo "${T[rsync]}" | median)
 echo "syncd, all cores: ${T[all]}-> median $ma s"
+echo "syncd, all cores, watching each directory (the primary's walk): ${T[watching]}-> median $mw s"
 echo "syncd, one core:  ${T[one]}-> median $mo s"
 echo "rsync --list-only: ${T[rsync]}-> median $mr s"
-printf 'median ratios: all cores / one core %.2fx, syncd (all cores) / rsync %.2fx, syncd (one core) / rsync %.2fx\n' \
-  "$(echo "$ma / $mo" | bc -l)" "$(echo "$ma / $mr" | bc -l)" "$(echo "$mo / $mr" | bc -l)"
+printf 'median ratios: all cores / one core %.2fx, syncd (all cores) / rsync %.2fx, watching / rsync %.2fx, syncd (one core) / rsync %.2fx\n' \
+  "$(echo "$ma / $mo" | bc -l)" "$(echo "$ma / $mr" | bc -l)" "$(echo "$mw / $mr" | bc -l)" "$(echo "$mo / $mr" | bc -l)"

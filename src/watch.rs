@@ -11,13 +11,14 @@
 //! (minutes on a cold cache at 100,000 directories) delays the start. New
 //! directories are watched by [`Watch::ensure`] before they are scanned.
 
+use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
-use notify::{EventKind, RecursiveMode, Watcher};
+use notify::{EventKind, PathOp, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, Notify};
 
 use crate::lease::Closed;
@@ -300,14 +301,86 @@ impl DirWatcher {
         )
     }
 
+    /// Watches every directory of `rels` in one round trip to notify's
+    /// thread. Returns those now watched (or gone meanwhile) and false
+    /// when the watch limit is reached.
+    fn add_many(&self, rels: &[RelPath]) -> (Vec<RelPath>, bool) {
+        let mut done = Vec::with_capacity(rels.len());
+        let mut rest = rels;
+        while !rest.is_empty() {
+            let ops = rest
+                .iter()
+                .map(|r| PathOp::watch_non_recursive(self.root.join(r.as_path())))
+                .collect();
+            let Err(e) = lock(&self.watcher).update_paths(ops) else {
+                done.extend_from_slice(rest);
+                break;
+            };
+            // The ops before the failed one were applied; the failed one
+            // goes through `add` (its error handling), the rest again.
+            if e.origin.is_none() || e.remaining.len() >= rest.len() {
+                // How far it got is unknown: each is added on its own
+                // before it is read.
+                break;
+            }
+            let failed = rest.len() - e.remaining.len() - 1;
+            done.extend_from_slice(&rest[..failed]);
+            if !self.add(&rest[failed]) {
+                return (done, false);
+            }
+            done.push(rest[failed].clone());
+            rest = &rest[failed + 1..];
+        }
+        (done, true)
+    }
+
     /// A hook for [`crate::scan::scan_with`]: watches until the limit.
     pub fn hook(self) -> crate::scan::DirHook {
-        let mut on = true;
-        Box::new(move |rel: &RelPath| {
-            if on {
-                on = self.add(rel);
-            }
+        Arc::new(WatchHook {
+            w: self,
+            on: AtomicBool::new(true),
+            batched: Mutex::new(HashSet::new()),
         })
+    }
+}
+
+/// The scan's hook: each directory watched before it is read, a
+/// directory's subdirectories in one batch as soon as it is listed (one
+/// round trip to notify's thread each was most of a restart's walk: 5 of
+/// 6.5 s at 101,101 directories, the walk's threads queued behind it).
+struct WatchHook {
+    w: DirWatcher,
+    /// Off once the watch limit is reached.
+    on: AtomicBool,
+    /// Watched in a batch, not read yet: at most the unvisited
+    /// subdirectories of the directories the walk has listed.
+    batched: Mutex<HashSet<RelPath>>,
+}
+
+impl crate::scan::WatchDirs for WatchHook {
+    fn before_read(&self, dir: &RelPath) {
+        let batched = self
+            .batched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(dir);
+        if !batched && self.on.load(Ordering::Relaxed) && !self.w.add(dir) {
+            self.on.store(false, Ordering::Relaxed);
+        }
+    }
+
+    fn before_subdirs(&self, dirs: Vec<RelPath>) {
+        if !self.on.load(Ordering::Relaxed) {
+            return;
+        }
+        let (done, on) = self.w.add_many(&dirs);
+        if !on {
+            self.on.store(false, Ordering::Relaxed);
+        }
+        self.batched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(done);
     }
 }
 

@@ -1,14 +1,12 @@
 //! The walk itself: entries in walk order, hard links grouped.
 
-use std::collections::HashMap;
-use std::fs::File;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::sync::{Arc, Mutex, PoisonError};
-
-use super::fs::{hash_entries, open_entry, read_names, vanished};
+use super::fs::{hash_entries, open_entry, read_names, read_names_typed, vanished};
 use super::{leftovers, meta_of, DirHook, PartialLink, Scan};
 use crate::index::{Index, Stamp};
 use crate::wire::{Entry, Kind, Meta};
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use syncd_proto::path::{RelPath, STATE_DIR_NAME};
 
 /// A directory being walked: its descriptor, path (`None` for the export
@@ -84,7 +82,7 @@ pub(super) struct Collector {
     /// A daemon's walk removes the temporary files of its earlier runs.
     sweep: Option<leftovers::Sweep>,
     /// Shared by the collectors of a walk on several threads.
-    on_dir: Option<Arc<Mutex<DirHook>>>,
+    on_dir: Option<DirHook>,
 }
 
 impl Collector {
@@ -100,7 +98,7 @@ impl Collector {
     pub(super) fn sweeping(hash: bool, on_dir: Option<DirHook>) -> Collector {
         Collector {
             sweep: leftovers::current(),
-            on_dir: on_dir.map(|h| Arc::new(Mutex::new(h))),
+            on_dir,
             ..Collector::new(hash)
         }
     }
@@ -275,15 +273,12 @@ impl Collector {
             };
         }
         match self.visit(&f, path.clone(), &m) {
-            Ok(true) if m.is_dir() => match read_names(&f) {
-                Ok(mut names) => {
-                    self.sweep_leftovers(&f, &path, &mut names);
-                    stack.push(Frame {
-                        dir: f,
-                        rel: Some(path),
-                        names,
-                    })
-                }
+            Ok(true) if m.is_dir() => match self.read_dir(&f, Some(&path)) {
+                Ok(names) => stack.push(Frame {
+                    dir: f,
+                    rel: Some(path),
+                    names,
+                }),
                 Err(e) if vanished(&e) => {}
                 Err(e) => self.unreadable(path, &e),
             },
@@ -291,6 +286,48 @@ impl Collector {
             Err(e) if vanished(&e) => {}
             Err(e) => self.unreadable(path, &e),
         }
+    }
+
+    /// The names in the directory `f` at `path` (`None`: the export root),
+    /// its leftovers swept; the hook is told of its subdirectories before
+    /// any of them is read.
+    pub(super) fn read_dir(
+        &mut self,
+        f: &File,
+        path: Option<&RelPath>,
+    ) -> std::io::Result<Vec<Vec<u8>>> {
+        let Some(h) = self.on_dir.clone() else {
+            let mut names = read_names(f)?;
+            if let Some(path) = path {
+                self.sweep_leftovers(f, path, &mut names);
+            }
+            return Ok(names);
+        };
+        let mut dirs = Vec::new();
+        let mut names = read_names_typed(f, Some(&mut dirs))?;
+        if let Some(path) = path {
+            self.sweep_leftovers(f, path, &mut names);
+        }
+        // Those the walk skips (the state directory, temporary names) or
+        // cannot name are never read: not announced.
+        let dirs: Vec<RelPath> = dirs
+            .into_iter()
+            .filter(|n| {
+                let state_dir = path.is_none() && n.as_slice() == STATE_DIR_NAME;
+                !state_dir && !syncd_proto::path::is_temp_name(n)
+            })
+            .filter_map(|n| {
+                RelPath::new(match path {
+                    Some(p) => [p.as_bytes(), b"/", &n].concat(),
+                    None => n,
+                })
+                .ok()
+            })
+            .collect();
+        if !dirs.is_empty() {
+            h.before_subdirs(dirs);
+        }
+        Ok(names)
     }
 
     /// Removes the leftovers of earlier runs among `names` (a whole-tree
@@ -330,7 +367,7 @@ impl Collector {
     /// Shows the hook the directory at `path`, before it is listed.
     fn call_hook(&self, path: &RelPath) {
         if let Some(h) = &self.on_dir {
-            (h.lock().unwrap_or_else(PoisonError::into_inner))(path);
+            h.before_read(path);
         }
     }
 

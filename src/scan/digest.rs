@@ -17,8 +17,9 @@ pub enum Side {
 /// What a comparison looks at of one entry: kind, size, symlink target,
 /// mode, mtime, and the owners when they count. Never a content hash: a
 /// list without `checksum` trusts size and mtime, and so does this.
-fn leaf(e: &Entry, owners: bool, linked: Option<Side>) -> Digest {
-    let mut b = Vec::with_capacity(64);
+/// `b` is a buffer reused from entry to entry.
+fn leaf(e: &Entry, owners: bool, linked: Option<Side>, b: &mut Vec<u8>) -> Digest {
+    b.clear();
     match linked {
         Some(side) => {
             b.extend_from_slice(b"link");
@@ -47,14 +48,15 @@ fn leaf(e: &Entry, owners: bool, linked: Option<Side>) -> Digest {
         b.extend_from_slice(&m.uid.to_le_bytes());
         b.extend_from_slice(&m.gid.to_le_bytes());
     }
-    digest::leaf(&b)
+    digest::leaf(b)
 }
 
 /// The digests of one side's whole listing.
 pub fn tree(entries: &[Entry], owners: bool, side: Side) -> Tree {
     let linked = Linked::of(entries);
+    let mut b = Vec::with_capacity(64);
     Tree::build(entries.iter().map(|e| {
-        let l = leaf(e, owners, linked.is(e).then_some(side));
+        let l = leaf(e, owners, linked.is(e).then_some(side), &mut b);
         (e.path.as_bytes(), l, matches!(e.kind, Kind::Dir))
     }))
 }
@@ -69,13 +71,14 @@ pub fn tree_of(mut entries: Vec<Entry>, owners: bool, side: Side) -> Tree {
     // its tail back to the kernel.
     const SHRINK_EVERY: usize = 1 << 16;
     let mut n = 0usize;
+    let mut b = Vec::with_capacity(64);
     Tree::build(std::iter::from_fn(move || {
         let e = entries.pop()?;
         n += 1;
         if n.is_multiple_of(SHRINK_EVERY) {
             entries.shrink_to_fit();
         }
-        let l = leaf(&e, owners, linked.is(&e).then_some(side));
+        let l = leaf(&e, owners, linked.is(&e).then_some(side), &mut b);
         let is_dir = matches!(e.kind, Kind::Dir);
         Some((e.path.into_bytes(), l, is_dir))
     }))
@@ -185,7 +188,7 @@ mod tests {
             let b = tree_of(v.clone(), true, side);
             assert_eq!(a.root(), b.root());
             assert_eq!(a.dir(b"d007"), b.dir(b"d007"));
-            assert!(b.dir(b"d299").is_some_and(|d| d.leaves.len() == 250));
+            assert!(b.dir(b"d299").is_some_and(|d| d.leaves().len() == 250));
         }
         let mut w = v.clone();
         w[1].meta.mtime_sec = 9;

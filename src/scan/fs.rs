@@ -56,6 +56,15 @@ pub(super) fn open_entry(dir: &impl AsFd, name: &[u8]) -> std::io::Result<File> 
 
 /// The names in a directory, in reverse byte order (popped in order).
 pub(super) fn read_names(dir: &impl AsFd) -> std::io::Result<Vec<Vec<u8>>> {
+    read_names_typed(dir, None)
+}
+
+/// [`read_names`]; with `dirs`, also the names the listing gives the
+/// type directory (a file system that gives no types gives none there).
+pub(super) fn read_names_typed(
+    dir: &impl AsFd,
+    mut dirs: Option<&mut Vec<Vec<u8>>>,
+) -> std::io::Result<Vec<Vec<u8>>> {
     let fd = rustix::fs::openat(
         dir,
         ".",
@@ -67,6 +76,11 @@ pub(super) fn read_names(dir: &impl AsFd) -> std::io::Result<Vec<Vec<u8>>> {
         let e = e?;
         let n = e.file_name().to_bytes();
         if n != b"." && n != b".." {
+            if let Some(d) = dirs.as_mut() {
+                if e.file_type() == rustix::fs::FileType::Directory {
+                    d.push(n.to_vec());
+                }
+            }
             names.push(n.to_vec());
         }
     }

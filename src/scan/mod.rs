@@ -29,7 +29,7 @@ pub use scoped::scan_scoped;
 use crate::index::Index;
 use crate::wire::{Entry, Meta};
 use collect::{Collector, Frame};
-use fs::{open_root, read_names};
+use fs::open_root;
 use std::os::unix::fs::MetadataExt;
 use syncd_proto::path::RelPath;
 
@@ -68,11 +68,26 @@ pub fn meta_of(m: &std::fs::Metadata) -> Meta {
 
 pub use syncd_proto::path::walk_order;
 
-/// Called with each directory a scan enters, before it reads its names
-/// (the primary watches it there: see [`crate::watch::DirWatcher`]); a
-/// whole-tree walk calls it from its threads, one call at a time, not in
+/// What a whole-tree scan tells of the directories it reads, each before
+/// it reads it (the primary watches them there: see
+/// [`crate::watch::DirWatcher`]). Called from the walk's threads, not in
 /// walk order.
-pub type DirHook = Box<dyn FnMut(&RelPath) + Send>;
+pub trait WatchDirs: Send + Sync {
+    /// `dir` is about to be read: its status taken, its names listed.
+    fn before_read(&self, dir: &RelPath);
+    /// The subdirectories just found in one directory (by the type its
+    /// listing gives), none of them read yet; each is read later, after
+    /// its own `before_read`. Lets their watches be added in one batch.
+    fn before_subdirs(&self, _dirs: Vec<RelPath>) {}
+}
+
+impl<F: Fn(&RelPath) + Send + Sync> WatchDirs for F {
+    fn before_read(&self, dir: &RelPath) {
+        self(dir)
+    }
+}
+
+pub type DirHook = std::sync::Arc<dyn WatchDirs>;
 
 /// Scans `root`. With `hash`, every regular file carries its BLAKE3, taken
 /// from `index` when the stamp still matches unless `force` is set. Only
@@ -91,13 +106,14 @@ pub fn scan_with(
     on_dir: Option<DirHook>,
 ) -> std::io::Result<Scan> {
     let dir = open_root(root)?;
-    let names = read_names(&dir)?;
+    let mut c = Collector::sweeping(hash, on_dir);
+    let names = c.read_dir(&dir, None)?;
     let root = Frame {
         dir: dir.try_clone()?,
         rel: None,
         names,
     };
-    let c = parallel::walk(Collector::sweeping(hash, on_dir), root, parallel::threads());
+    let c = parallel::walk(c, root, parallel::threads());
     // Forget paths that are gone so the index does not grow forever.
     if !index.is_empty() {
         index.keep_only(c.out.entries.iter().map(|e| e.path.as_bytes()));

@@ -92,6 +92,11 @@ pub(super) fn walk(mut first: Collector, root: Frame, threads: usize) -> Collect
     for c in parts {
         first.absorb(c);
     }
+    // The parts were the walkers' (freed into their threads' arenas, which
+    // nothing here reuses): without this the daemon's RSS holds the
+    // listing twice through what follows it (the digest tree: the
+    // primary's restart peaked at 546 MiB instead of 438 at a million).
+    super::give_back_freed_heap();
     first
 }
 

@@ -221,7 +221,7 @@ fn the_dir_hook_runs_before_its_directory_is_read() {
     for dir in ["a", "a/b", "a/c", "d"] {
         File::open(r.join(dir)).unwrap().set_times(old).unwrap();
     }
-    let hook: DirHook = Box::new(move |rel: &RelPath| {
+    let hook: DirHook = std::sync::Arc::new(move |rel: &RelPath| {
         std::fs::write(root.join(rel.as_path()).join("made-in-hook"), b"y").unwrap();
         log.lock().unwrap().push(rel.to_string());
     });
@@ -250,4 +250,78 @@ fn the_dir_hook_runs_before_its_directory_is_read() {
     let mut seen = seen.lock().unwrap().clone();
     seen.sort();
     assert_eq!(seen, ["a", "a/b", "a/c", "d"]);
+}
+
+/// A hook told of a directory's subdirectories as soon as it is listed
+/// (the primary watches them in one batch there): each is announced
+/// before it is read, so a change the hook makes in the batch is in the
+/// listing, with the mtime it gives; and every directory is either
+/// announced or shown to `before_read`, the state directory neither.
+#[test]
+fn subdirectories_are_announced_before_they_are_read() {
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+    struct Batching {
+        root: std::path::PathBuf,
+        announced: Mutex<BTreeSet<String>>,
+        read: Mutex<BTreeSet<String>>,
+    }
+    impl WatchDirs for Batching {
+        fn before_read(&self, dir: &RelPath) {
+            self.read.lock().unwrap().insert(dir.to_string());
+        }
+        fn before_subdirs(&self, dirs: Vec<RelPath>) {
+            for d in dirs {
+                let read = self.read.lock().unwrap();
+                assert!(!read.contains(&d.to_string()), "{d} read before announced");
+                std::fs::write(self.root.join(d.as_path()).join("made-in-batch"), b"y").unwrap();
+                self.announced.lock().unwrap().insert(d.to_string());
+            }
+        }
+    }
+    let d = tempfile::tempdir().unwrap();
+    let r = d.path().to_path_buf();
+    let dirs = ["a", "a/b", "a/b/c", "a/d", "e", "f/g/h/i"];
+    for sub in dirs.iter().chain(&[".syncd/x"]) {
+        std::fs::create_dir_all(r.join(sub)).unwrap();
+    }
+    let old = std::fs::FileTimes::new()
+        .set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000));
+    let all = [
+        "a", "a/b", "a/b/c", "a/d", "e", "f", "f/g", "f/g/h", "f/g/h/i",
+    ];
+    for dir in all {
+        File::open(r.join(dir)).unwrap().set_times(old).unwrap();
+    }
+    let hook = std::sync::Arc::new(Batching {
+        root: r.clone(),
+        announced: Mutex::default(),
+        read: Mutex::default(),
+    });
+    let s = scan_with(&r, &mut Index::default(), false, false, Some(hook.clone())).unwrap();
+    for dir in all {
+        let made = format!("{dir}/made-in-batch");
+        assert!(
+            s.entries.iter().any(|e| e.path.to_string() == made),
+            "{made} not listed"
+        );
+        let listed = s
+            .entries
+            .iter()
+            .find(|e| e.path.to_string() == dir)
+            .unwrap();
+        let now = meta_of(&std::fs::metadata(r.join(dir)).unwrap());
+        assert_eq!(
+            (listed.meta.mtime_sec, listed.meta.mtime_nsec),
+            (now.mtime_sec, now.mtime_nsec),
+            "{dir} listed with its mtime from before its batch"
+        );
+    }
+    let announced = hook.announced.lock().unwrap().clone();
+    assert_eq!(announced, all.iter().map(|s| s.to_string()).collect());
+    assert_eq!(
+        *hook.read.lock().unwrap(),
+        announced,
+        "each read is still shown"
+    );
 }

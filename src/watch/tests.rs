@@ -487,3 +487,53 @@ fn held_open(f: &std::path::Path, test: &str) -> Option<std::fs::File> {
     }
     Some(cached)
 }
+/// A whole-tree scan with the primary's hook watches every directory it
+/// reads (subdirectories in batches, `DirWatcher::add_many`), and not the
+/// state directory, which it skips: a write in each watched directory is
+/// seen, none in the state directory.
+#[tokio::test]
+async fn a_scans_batched_watches_cover_every_directory_it_reads() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().canonicalize().unwrap();
+    let dirs = ["a", "a/b", "a/b/c", "a/d", "e"];
+    for sub in dirs.iter().chain([&".syncd"]) {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    let mut w = Watch::start(&root).unwrap();
+    let hook = w.dirs().hook();
+    let r = root.clone();
+    let s = tokio::task::spawn_blocking(move || {
+        crate::scan::scan_with(
+            &r,
+            &mut crate::index::Index::default(),
+            false,
+            false,
+            Some(hook),
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(s.entries.len(), dirs.len());
+    std::fs::write(root.join(".syncd/state"), b"x").unwrap();
+    for sub in dirs {
+        std::fs::write(root.join(sub).join("new"), b"x").unwrap();
+    }
+    let mut want: Vec<RelPath> = dirs.iter().map(|s| p(&format!("{s}/new"))).collect();
+    let mut got = Vec::new();
+    while !want.is_empty() {
+        match tokio::time::timeout(Duration::from_secs(5), w.rx.recv()).await {
+            Ok(Some(c)) => {
+                if let Change::Settled(path) | Change::Writing(path) = &c {
+                    want.retain(|x| x != path);
+                }
+                got.push(c);
+            }
+            other => panic!("not seen: {want:?}; got {got:?} ({other:?})"),
+        }
+    }
+    assert!(
+        !got.iter().any(|c| format!("{c:?}").contains("state")),
+        "state dir watched: {got:?}"
+    );
+}

@@ -10,7 +10,7 @@
 //! names only the entries (or whole subtrees present on one side) that a
 //! scoped comparison must then look at.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -18,21 +18,34 @@ use serde::{Deserialize, Serialize};
 /// (it can only make its own side look different, never equal).
 pub type Digest = [u8; 16];
 
-fn hash(parts: &[&[u8]]) -> Digest {
-    let mut h = blake3::Hasher::new();
-    for p in parts {
-        // Length-prefixed, so no two sequences of parts hash alike.
-        h.update(&(p.len() as u64).to_le_bytes());
-        h.update(p);
+/// A digest over parts, each length-prefixed, so no two sequences of
+/// parts hash alike.
+struct Parts(blake3::Hasher);
+
+impl Parts {
+    fn new(first: &[u8]) -> Parts {
+        let mut p = Parts(blake3::Hasher::new());
+        p.part(first);
+        p
     }
-    let mut d = [0; 16];
-    d.copy_from_slice(&h.finalize().as_bytes()[..16]);
-    d
+
+    fn part(&mut self, p: &[u8]) {
+        self.0.update(&(p.len() as u64).to_le_bytes());
+        self.0.update(p);
+    }
+
+    fn digest(&self) -> Digest {
+        let mut d = [0; 16];
+        d.copy_from_slice(&self.0.finalize().as_bytes()[..16]);
+        d
+    }
 }
 
 /// A leaf digest from the shell's canonical encoding of one entry.
 pub fn leaf(encoded: &[u8]) -> Digest {
-    hash(&[b"leaf", encoded])
+    let mut p = Parts::new(b"leaf");
+    p.part(encoded);
+    p.digest()
 }
 
 /// One directory of a [`Tree`]: its direct entries (sorted by name) and
@@ -41,8 +54,76 @@ pub fn leaf(encoded: &[u8]) -> Digest {
 pub struct Dir {
     pub own: Digest,
     pub tree: Digest,
-    pub leaves: Vec<(Vec<u8>, Digest)>,
+    /// The leaves' names back to back (a million names are not a million
+    /// allocations: ~25 bytes a leaf instead of ~70).
+    names: Vec<u8>,
+    /// Per leaf, in name order: where its name ends in `names`, its digest.
+    leaves: Vec<(usize, Digest)>,
     pub subdirs: Vec<(Vec<u8>, Digest)>,
+}
+
+impl Dir {
+    /// Its direct entries' names and leaves, sorted by name.
+    pub fn leaves(&self) -> impl ExactSizeIterator<Item = (&[u8], &Digest)> {
+        let mut start = 0;
+        self.leaves.iter().map(move |(end, d)| {
+            let name = self.names.get(start..*end).unwrap_or_default();
+            start = *end;
+            (name, d)
+        })
+    }
+}
+
+/// A directory while its tree is built: leaves in arrival order.
+#[derive(Default)]
+struct Building {
+    names: Vec<u8>,
+    /// Per leaf: where its name starts and ends in `names`, its digest.
+    leaves: Vec<(usize, usize, Digest)>,
+    subdirs: Vec<(Vec<u8>, Digest)>,
+}
+
+impl Building {
+    /// Sorted and hashed: the directory's `own` and `tree` digests.
+    fn finish(mut self) -> Dir {
+        let Building { names, leaves, .. } = &mut self;
+        leaves.sort_unstable_by(|a, b| (&names[a.0..a.1], &a.2).cmp(&(&names[b.0..b.1], &b.2)));
+        self.subdirs.sort();
+        let mut dir = self.into_dir();
+        let mut own = Parts::new(b"own");
+        for (n, d) in dir.leaves() {
+            own.part(n);
+            own.part(d);
+        }
+        dir.own = own.digest();
+        let mut tree = Parts::new(b"tree");
+        tree.part(&dir.own);
+        for (n, d) in &dir.subdirs {
+            tree.part(n);
+            tree.part(d);
+        }
+        dir.tree = tree.digest();
+        dir
+    }
+
+    /// Packed in the leaves' present order, digests unset.
+    fn into_dir(self) -> Dir {
+        let mut names = Vec::with_capacity(self.names.len());
+        let leaves = self
+            .leaves
+            .iter()
+            .map(|&(start, end, d)| {
+                names.extend_from_slice(&self.names[start..end]);
+                (names.len(), d)
+            })
+            .collect();
+        Dir {
+            names,
+            leaves,
+            subdirs: self.subdirs,
+            ..Dir::default()
+        }
+    }
 }
 
 /// The digests of a whole listing, by directory path (`b""` is the root).
@@ -58,6 +139,26 @@ fn split(path: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
+/// The directories of a tree being built, by path; each a slot.
+struct Slots {
+    at: HashMap<Vec<u8>, usize>,
+    paths: Vec<Vec<u8>>,
+    dirs: Vec<Building>,
+}
+
+impl Slots {
+    fn of(&mut self, path: &[u8]) -> usize {
+        if let Some(&i) = self.at.get(path) {
+            return i;
+        }
+        let i = self.dirs.len();
+        self.at.insert(path.to_vec(), i);
+        self.paths.push(path.to_vec());
+        self.dirs.push(Building::default());
+        i
+    }
+}
+
 impl Tree {
     /// Builds the digests from every entry of a listing: its path, leaf, and
     /// whether it is a directory. Entries whose parent is not listed as a
@@ -65,56 +166,56 @@ impl Tree {
     /// In any order; the paths may be owned, so that a caller can free its
     /// listing as the tree grows.
     pub fn build<P: AsRef<[u8]>>(entries: impl IntoIterator<Item = (P, Digest, bool)>) -> Tree {
-        let mut dirs: BTreeMap<Vec<u8>, Dir> = BTreeMap::new();
-        dirs.insert(Vec::new(), Dir::default());
+        let mut slots = Slots {
+            at: HashMap::new(),
+            paths: Vec::new(),
+            dirs: Vec::new(),
+        };
+        slots.of(b"");
+        // A listing names a directory's entries one after another: the
+        // parent's slot is looked up once for each run of them.
+        let mut last = 0;
         for (path, d, is_dir) in entries {
             let path = path.as_ref();
             let (parent, name) = split(path);
-            if is_dir && !dirs.contains_key(path) {
-                dirs.insert(path.to_vec(), Dir::default());
+            if is_dir {
+                slots.of(path);
             }
-            // A lookup first: a key is allocated once per directory, not per entry.
-            let leaf = (name.to_vec(), d);
-            match dirs.get_mut(parent) {
-                Some(dir) => dir.leaves.push(leaf),
-                None => {
-                    let mut dir = Dir::default();
-                    dir.leaves.push(leaf);
-                    dirs.insert(parent.to_vec(), dir);
-                }
+            if slots.paths[last] != parent {
+                last = slots.of(parent);
             }
+            let b = &mut slots.dirs[last];
+            let start = b.names.len();
+            b.names.extend_from_slice(name);
+            b.leaves.push((start, b.names.len(), d));
         }
         // Deepest first, so each subdirectory's tree is known before its parent's.
-        let mut order: Vec<Vec<u8>> = dirs.keys().cloned().collect();
-        order.sort_by_key(|p| std::cmp::Reverse(depth(p)));
-        for p in order {
-            let Some(mut dir) = dirs.remove(&p) else {
-                continue;
-            };
-            dir.leaves.sort();
-            dir.subdirs.sort();
-            // Grown by doubling: up to half of each is spare (~24 MB of a
-            // million leaves), held as long as the tree is.
-            dir.leaves.shrink_to_fit();
-            let mut parts: Vec<&[u8]> = vec![b"own"];
-            for (n, d) in &dir.leaves {
-                parts.push(n);
-                parts.push(d);
-            }
-            dir.own = hash(&parts);
-            let mut parts: Vec<&[u8]> = vec![b"tree", &dir.own];
-            for (n, d) in &dir.subdirs {
-                parts.push(n);
-                parts.push(d);
-            }
-            dir.tree = hash(&parts);
-            if !p.is_empty() {
-                let (parent, name) = split(&p);
+        let mut order: Vec<usize> = (0..slots.dirs.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(depth(&slots.paths[i])));
+        let mut done: Vec<Option<Dir>> = Vec::new();
+        done.resize_with(slots.dirs.len(), || None);
+        for i in order {
+            let dir = std::mem::take(&mut slots.dirs[i]).finish();
+            let path = &slots.paths[i];
+            if !path.is_empty() {
+                let (parent, name) = split(path);
                 let entry = (name.to_vec(), dir.tree);
-                dirs.entry(parent.to_vec()).or_default().subdirs.push(entry);
+                let parent = parent.to_vec();
+                let p = slots.of(&parent);
+                slots.dirs[p].subdirs.push(entry);
             }
-            dirs.insert(p, dir);
+            done[i] = Some(dir);
         }
+        // A parent made above for an unlisted directory's child is never
+        // finished: it keeps its subdirectories and no digests.
+        done.resize_with(slots.dirs.len(), || None);
+        let dirs = slots
+            .paths
+            .into_iter()
+            .zip(slots.dirs)
+            .zip(done)
+            .map(|((p, b), d)| (p, d.unwrap_or_else(|| b.into_dir())))
+            .collect();
         Tree { dirs }
     }
 
@@ -137,7 +238,8 @@ impl Tree {
             Some(d) if weight(d, d.own != q.own) > MAX_ANSWER => State::Large,
             Some(d) => State::Differs {
                 subdirs: d.subdirs.clone(),
-                leaves: (d.own != q.own).then(|| d.leaves.clone()),
+                leaves: (d.own != q.own)
+                    .then(|| d.leaves().map(|(n, l)| (n.to_vec(), *l)).collect()),
             },
         };
         Answer {
@@ -152,8 +254,13 @@ impl Tree {
 pub const MAX_ANSWER: usize = 1 << 20;
 
 fn weight(d: &Dir, leaves: bool) -> usize {
-    let names = |v: &[(Vec<u8>, Digest)]| v.iter().map(|(n, _)| n.len() + 18).sum::<usize>();
-    names(&d.subdirs) + if leaves { names(&d.leaves) } else { 0 }
+    let subdirs: usize = d.subdirs.iter().map(|(n, _)| n.len() + 18).sum();
+    subdirs
+        + if leaves {
+            d.names.len() + 18 * d.leaves.len()
+        } else {
+            0
+        }
 }
 
 fn depth(p: &[u8]) -> usize {
@@ -354,8 +461,7 @@ impl<'a> Walk<'a> {
         // or as a subtree on one side); its leaf is its own entry only.
         let theirs: BTreeMap<&[u8], &Digest> =
             theirs.iter().map(|(n, d)| (n.as_slice(), d)).collect();
-        let mine_l: BTreeMap<&[u8], &Digest> =
-            mine.leaves.iter().map(|(n, d)| (n.as_slice(), d)).collect();
+        let mine_l: BTreeMap<&[u8], &Digest> = mine.leaves().collect();
         for (name, d) in &mine_l {
             if theirs.get(name) != Some(d) {
                 self.found.push(Differs::Entry(join(dir, name)));

@@ -203,3 +203,35 @@ fn a_directory_too_large_to_answer_is_a_whole_subtree() {
     let (d, _) = walk(&o, &t);
     assert_eq!(d, vec![s("big")]);
 }
+
+/// The digests are part of the protocol: a peer of an earlier release
+/// computes them the same way, so how the tree is built may change but
+/// not what it yields (values from the first implementation).
+#[test]
+fn digests_are_those_every_release_computes() {
+    let mut v = deep();
+    v.push(("z".into(), "top".into(), false));
+    v.push(("a/b1/c/f3".into(), "dup name, other content".into(), false));
+    v.push(("orphan/x/f".into(), "its parents unlisted".into(), false));
+    v.push(("a/e".into(), "dir".into(), true));
+    let t = build(&v);
+    let hex = |d: &Digest| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let r = t.root();
+    let got = [
+        hex(&r.own),
+        hex(&r.tree),
+        hex(&t.dir(b"a/b1/c").unwrap().own),
+        hex(&t.dir(b"a/e").unwrap().tree),
+        hex(&t.dir(b"orphan/x").unwrap().tree),
+    ];
+    assert_eq!(
+        got,
+        [
+            "23b08992b66ca8b6ecc4aad2941a132a",
+            "01ea0eaedea09af8c2d41697e1a3c503",
+            "7e430910a7ac41f05d410cc526278cf9",
+            "fdb538af87bc7d869da7ec7c68972c88",
+            "d8f154e65b8302086870a054943386f1",
+        ]
+    );
+}

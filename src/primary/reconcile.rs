@@ -31,16 +31,12 @@ pub async fn resync_with(
     progress: Arc<dyn Progress>,
 ) -> Result<Summary, ClientError> {
     let t0 = Instant::now();
-    // Decoded while the handshake runs (tens of ms at 100,000 entries).
-    let path = cfg.state_dir.join("index.bin");
-    let loading = tokio::task::spawn_blocking(move || Index::load(&path));
+    // Decoded while the handshake runs and the scan walks.
+    let mut index = Index::load_behind(&cfg.state_dir.join("index.bin"));
     let (mut s, mut me) = connect(cfg, o).await?;
     if let Some((_, theirs)) = &s.peer {
         me.saw_peer(&theirs.clone());
     }
-    let mut index = loading
-        .await
-        .map_err(|e| ClientError::Protocol(e.to_string()))?;
     let run = Run::new(&mut s, cfg, o, &mut index, progress);
     let mut sum = reconcile_with(run, None).await?;
     sum.failures_dropped = s.take_failures_dropped();

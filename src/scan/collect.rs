@@ -470,6 +470,7 @@ impl Collector {
         partial.sort_by_key(|a| a.key);
         self.out.partial_links = partial;
         if self.hashing {
+            index.ready();
             hash_entries(root, &mut self.out, &self.stamps, index, force);
         }
         Ok(self.out)

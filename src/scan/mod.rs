@@ -114,6 +114,9 @@ pub fn scan_with(
         names,
     };
     let c = parallel::walk(c, root, parallel::threads());
+    // Read meanwhile when the daemon started (`Index::load_behind`): the
+    // walk itself needs no index.
+    index.ready();
     // Forget paths that are gone so the index does not grow forever.
     if !index.is_empty() {
         index.keep_only(c.out.entries.iter().map(|e| e.path.as_bytes()));

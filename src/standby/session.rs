@@ -367,15 +367,25 @@ pub(super) fn list_all(sh: &Shared, checksum: bool) -> std::io::Result<scan::Sca
     // commits (which update the index) must go on meanwhile. A list either
     // hashes everything (forced) or nothing, so it needs no cached hashes:
     // it scans with an index of its own, then records what it learnt.
+    let t0 = std::time::Instant::now();
     let mut fresh = Index::default();
     let scanned = scan::scan(sh.root.path(), &mut fresh, checksum, checksum)?;
+    let walked = t0.elapsed();
     let mut ix = lock(&sh.index);
     // A file committed during the scan may be forgotten here: the index is
     // only a cache. One flag byte an entry, not a set of every listed path.
     ix.keep_only(scanned.entries.iter().map(|e| e.path.as_bytes()));
     ix.absorb(fresh);
     drop(ix);
+    let indexed = t0.elapsed();
     super::local::count_listed(sh, &scanned.entries);
+    tracing::debug!(
+        entries = scanned.entries.len(),
+        ?walked,
+        ?indexed,
+        elapsed = ?t0.elapsed(),
+        "listed the export"
+    );
     Ok(scanned)
 }
 

@@ -27,7 +27,8 @@
 # SYNCD (the binary; default: the release build, under CARGO_TARGET_DIR when
 # set, built when missing), KEEP (1: leave the trees), STEPS (the steps
 # to run, default "1 2 3 4 5"; step 1 always runs, as the others start
-# from its in-sync pair: "1 3" measures the first sync and the restart alone).
+# from its in-sync pair: "1 3" measures the first sync and the restart alone),
+# RESTARTS (1: how many times step 3 restarts the pair, one after another).
 #
 # DISK: each side costs about 4 KiB per file and directory in inodes and
 # blocks (a 1,000,000-file tree ~5 GiB per side on ext4). The script
@@ -44,6 +45,7 @@ WRITE_RATE=${WRITE_RATE:-100}
 SETTLE=${SETTLE:-10}
 DURABLE=${SYNCD_DURABLE:-true}
 KEEP=${KEEP:-0}
+RESTARTS=${RESTARTS:-1}
 STEPS=" ${STEPS:-1 2 3 4 5} "
 step() { [[ $STEPS == *" $1 "* ]]; }
 SYNCD=${SYNCD:-${CARGO_TARGET_DIR:-$ROOT/target}/release/syncd}
@@ -193,19 +195,22 @@ fi
 
 # --- 3. restart of the in-sync pair --------------------------------------------
 if step 3; then
-echo "== 3. restart of the in-sync pair =="
+for n in $(seq "$RESTARTS"); do
+echo "== 3. restart of the in-sync pair ($n of $RESTARTS) =="
 stop "$PR"; stop "$SB"
 sync
-start_pair .restart
-wait_for_line "$B/primary.restart.log" "connected to the standby" 3600
+sfx=.restart; [ "$n" = 1 ] || sfx=.restart$n
+start_pair "$sfx"
+wait_for_line "$B/primary$sfx.log" "connected to the standby" 3600
 echo "  connected after $(secs "$T_START" "$(now)") s"
-wait_for_line "$B/primary.restart.log" "in sync; following changes" 3600
+wait_for_line "$B/primary$sfx.log" "in sync; following changes" 3600
 t1=$(now)
 echo "  in sync after $(secs "$T_START" "$t1") s; wire: primary sent $(metric wire_tx_bytes_total) B, received $(metric wire_rx_bytes_total) B"
 rss_line "at in sync,"
 sleep "$SETTLE"
-lost_line .restart
+lost_line "$sfx"
 rss_line "watching, ${SETTLE} s later,"
+done
 fi
 
 # --- 4. verify ------------------------------------------------------------------

@@ -170,7 +170,6 @@ impl Driver {
         me.persist = own_record;
         live.resume_commits(me.record.lineage.commit);
         stats.set_generation(&me.record.lineage, None);
-        // Read while the session connects and the first scan walks.
         let index = Index::load_behind(&cfg.state_dir.join("index.bin"));
         crate::lease::ignore_break_signal();
         let settle = crate::lease::Settle {

@@ -200,6 +200,29 @@ fn mkfifo(p: &std::path::Path) {
     .unwrap();
 }
 
+/// Each of `dirs` is listed with the file `made` in it and with the
+/// mtime it has now (the file's making changed it).
+fn holds_as_now(s: &Scan, root: &std::path::Path, dirs: &[&str], made: &str) {
+    for dir in dirs {
+        let file = format!("{dir}/{made}");
+        assert!(
+            s.entries.iter().any(|e| e.path.to_string() == file),
+            "{file} not listed"
+        );
+        let listed = s
+            .entries
+            .iter()
+            .find(|e| e.path.to_string() == *dir)
+            .unwrap();
+        let now = meta_of(&std::fs::metadata(root.join(dir)).unwrap());
+        assert_eq!(
+            (listed.meta.mtime_sec, listed.meta.mtime_nsec),
+            (now.mtime_sec, now.mtime_nsec),
+            "{dir} listed with its mtime from before {made} was made"
+        );
+    }
+}
+
 /// The primary's watch of a directory must exist before the directory is
 /// read, and before its own status is taken: a change between the two
 /// would otherwise be in neither the listing (or its mtime) nor the events. Here the hook itself makes that change (a new
@@ -226,25 +249,10 @@ fn the_dir_hook_runs_before_its_directory_is_read() {
         log.lock().unwrap().push(rel.to_string());
     });
     let s = scan_with(&r, &mut Index::default(), false, false, Some(hook)).unwrap();
-    let names: Vec<_> = s.entries.iter().map(|e| e.path.to_string()).collect();
-    for dir in ["a", "a/b", "a/c", "d"] {
-        let made = format!("{dir}/made-in-hook");
-        assert!(names.contains(&made), "{made} not listed: {names:?}");
-        // Listed as it is once watched: with the mtime from before the
-        // watch, the listing would hold the new file but the old mtime,
-        // and no event would ever say the directory changed.
-        let listed = s
-            .entries
-            .iter()
-            .find(|e| e.path.to_string() == dir)
-            .unwrap();
-        let now = meta_of(&std::fs::metadata(r.join(dir)).unwrap());
-        assert_eq!(
-            (listed.meta.mtime_sec, listed.meta.mtime_nsec),
-            (now.mtime_sec, now.mtime_nsec),
-            "{dir} listed with its mtime from before the watch"
-        );
-    }
+    // Listed as it is once watched: with the mtime from before the watch,
+    // the listing would hold the new file but the old mtime, and no event
+    // would ever say the directory changed.
+    holds_as_now(&s, &r, &["a", "a/b", "a/c", "d"], "made-in-hook");
     // Every directory beneath the root once (in any order: subtrees are
     // walked on several threads).
     let mut seen = seen.lock().unwrap().clone();
@@ -299,24 +307,7 @@ fn subdirectories_are_announced_before_they_are_read() {
         read: Mutex::default(),
     });
     let s = scan_with(&r, &mut Index::default(), false, false, Some(hook.clone())).unwrap();
-    for dir in all {
-        let made = format!("{dir}/made-in-batch");
-        assert!(
-            s.entries.iter().any(|e| e.path.to_string() == made),
-            "{made} not listed"
-        );
-        let listed = s
-            .entries
-            .iter()
-            .find(|e| e.path.to_string() == dir)
-            .unwrap();
-        let now = meta_of(&std::fs::metadata(r.join(dir)).unwrap());
-        assert_eq!(
-            (listed.meta.mtime_sec, listed.meta.mtime_nsec),
-            (now.mtime_sec, now.mtime_nsec),
-            "{dir} listed with its mtime from before its batch"
-        );
-    }
+    holds_as_now(&s, &r, &all, "made-in-batch");
     let announced = hook.announced.lock().unwrap().clone();
     assert_eq!(announced, all.iter().map(|s| s.to_string()).collect());
     assert_eq!(

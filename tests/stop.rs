@@ -1,6 +1,7 @@
 //! A daemon stops on SIGTERM even while one of its blocking tasks is
-//! still busy: here the standby hashing a huge file for a content
-//! `verify`, which would take minutes.
+//! still busy (here the standby hashing a huge file for a content
+//! `verify`, which would take minutes), and a stopping standby tells its
+//! primary so.
 
 mod common;
 
@@ -77,4 +78,44 @@ fn a_standby_stops_on_sigterm_in_the_middle_of_a_content_verify() {
         p.log()
     );
     assert!(p.log().contains("standby stopped"), "{}", p.log());
+}
+
+/// A standby stopped by SIGTERM closes its session before it exits, so the
+/// primary learns why at once ("closed by peer: shutdown") instead of
+/// waiting out the idle timeout (6 s: a stop of both nodes at once took
+/// that long). The close used to leave with the process unsent in most
+/// stops, so several rounds.
+#[test]
+fn a_stopping_standby_tells_its_primary() {
+    for round in 1..=4 {
+        let mut p = Pair::new();
+        p.start_standby();
+        p.start_primary();
+        p.wait_live();
+        let mut standby = p.standby.take().unwrap();
+        let pid = rustix::process::Pid::from_raw(standby.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::Term).unwrap();
+        assert!(
+            standby.wait().unwrap().success(),
+            "round {round}: {}",
+            p.log()
+        );
+        let t = Instant::now();
+        let lost = loop {
+            let log = p.primary_log();
+            if let Some(l) = log.lines().find(|l| l.contains("lost the standby")) {
+                break l.to_string();
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "round {round}: the primary never noticed its standby's stop:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            lost.contains("closed by peer: shutdown"),
+            "round {round}: the primary did not hear the standby's close: {lost}"
+        );
+        assert!(p.stop_primary(), "round {round}: {}", p.primary_log());
+    }
 }

@@ -49,6 +49,8 @@ pub use syncd_proto::receiver::{MAX_FAILURES, MAX_IN_FLIGHT};
 /// replies cannot grow the standby's memory. A reply is at most a frame
 /// (8 MiB; list chunks about 1 MiB), so this bounds the queue to 128 MiB.
 pub const REPLY_QUEUE: usize = 16;
+/// How long a stopping standby waits for its connections' closes to go out.
+const STOP_DRAIN: std::time::Duration = std::time::Duration::from_millis(100);
 /// Verify sessions at once: each hashes the whole export on threads of its own.
 pub const MAX_VERIFY_SESSIONS: usize = 4;
 
@@ -259,6 +261,11 @@ impl Standby {
             tokio::spawn(accept::connection(incoming, shared, cfg, busy));
         }
         self.endpoint.close(0u32.into(), b"shutdown");
+        // The close is only queued: a process that exits now often takes
+        // it along unsent, and the primary then waits out the idle timeout
+        // (6 s) before it knows. Draining takes three probe timeouts; the
+        // close goes out at once, so a short bound keeps the stop quick.
+        let _ = tokio::time::timeout(STOP_DRAIN, self.endpoint.wait_idle()).await;
         tracing::info!("standby stopped");
     }
 }

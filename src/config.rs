@@ -88,8 +88,14 @@ pub struct Config {
 
 impl Config {
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_text(file).map(|(c, _)| c)
+    }
+
+    /// [`Config::load`], with the text it was made from (what a daemon
+    /// compares the file with when asked to look at it again).
+    pub fn load_with_text(file: &Path) -> Result<(Config, String), ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|e| ConfigError::unreadable(file, &e))?;
-        Config::parse(&text, file)
+        Ok((Config::parse(&text, file)?, text))
     }
 
     /// Parses and validates configuration `text` as if read from `file`:

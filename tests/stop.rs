@@ -1,7 +1,7 @@
 //! A daemon stops on SIGTERM even while one of its blocking tasks is
 //! still busy (here the standby hashing a huge file for a content
-//! `verify`, which would take minutes), and a stopping standby tells its
-//! primary so.
+//! `verify`, which would take minutes); a stopping standby tells its
+//! primary so; SIGHUP stops neither.
 
 mod common;
 
@@ -93,8 +93,7 @@ fn a_stopping_standby_tells_its_primary() {
         p.start_primary();
         p.wait_live();
         let mut standby = p.standby.take().unwrap();
-        let pid = rustix::process::Pid::from_raw(standby.id() as i32).unwrap();
-        rustix::process::kill_process(pid, rustix::process::Signal::Term).unwrap();
+        signal(&standby, rustix::process::Signal::Term);
         assert!(
             standby.wait().unwrap().success(),
             "round {round}: {}",
@@ -118,4 +117,81 @@ fn a_stopping_standby_tells_its_primary() {
         );
         assert!(p.stop_primary(), "round {round}: {}", p.primary_log());
     }
+}
+
+/// Sends `sig` to a child this test started.
+fn signal(c: &std::process::Child, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(c.id() as i32).unwrap();
+    rustix::process::kill_process(pid, sig).unwrap();
+}
+
+/// The `n`th "SIGHUP:" line of a log, once it is there.
+fn nth_hangup(log: impl Fn() -> String, n: usize) -> String {
+    let t = Instant::now();
+    loop {
+        let text = log();
+        if let Some(l) = text.lines().filter(|l| l.contains("SIGHUP:")).nth(n - 1) {
+            return l.to_string();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no SIGHUP line {n}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGHUP (a logrotate `postrotate`, a keepalived habit) used to end the
+/// daemon, its default action. Now it checks the config file again, names
+/// what changed since the start, and the daemon goes on replicating.
+#[test]
+fn sighup_checks_the_config_file_and_stops_nothing() {
+    use rustix::process::Signal::Hup;
+    let mut p = Pair::new();
+    p.start_standby();
+    p.start_primary();
+    p.wait_live();
+    let cfg = p.path("primary.toml");
+    let at_start = std::fs::read_to_string(&cfg).unwrap();
+
+    std::fs::write(&cfg, format!("# edited, same values\n{at_start}")).unwrap();
+    signal(p.primary.as_ref().unwrap(), Hup);
+    let l = nth_hangup(|| p.primary_log(), 1);
+    assert!(l.contains("valid, unchanged since the start"), "{l}");
+
+    std::fs::write(&cfg, format!("{at_start}[sync]\ndurable = false\n")).unwrap();
+    signal(p.primary.as_ref().unwrap(), Hup);
+    let l = nth_hangup(|| p.primary_log(), 2);
+    assert!(
+        l.contains("changed since the start: sync.durable.") && l.contains("restart it"),
+        "{l}"
+    );
+
+    std::fs::write(&cfg, format!("{at_start}peer_cert = \"nowhere.crt\"\n")).unwrap();
+    signal(p.primary.as_ref().unwrap(), Hup);
+    let l = nth_hangup(|| p.primary_log(), 3);
+    assert!(l.contains("does not load"), "{l}");
+    assert!(p.primary_log().contains("peer_cert"), "{}", p.primary_log());
+
+    signal(p.standby.as_ref().unwrap(), Hup);
+    let l = nth_hangup(|| p.log(), 1);
+    assert!(l.contains("valid, unchanged since the start"), "{l}");
+
+    // Both still run and replicate, as started.
+    std::fs::write(p.primary().join("after-hup"), b"still here").unwrap();
+    let t = Instant::now();
+    while std::fs::read(p.standby_dir().join("after-hup"))
+        .ok()
+        .as_deref()
+        != Some(b"still here")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "not replicated after the SIGHUPs:\n{}",
+            p.primary_log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(p.standby.as_mut().unwrap().try_wait().unwrap().is_none());
+    assert!(p.stop_primary(), "{}", p.primary_log());
 }

@@ -8,7 +8,7 @@ use syncd::config::Config;
 use syncd::standby::Standby;
 use syncd_sdnotify::State;
 
-use super::{load, runtime, shutdown_signal};
+use super::{load_with_text, on_hangup, runtime, shutdown_signal};
 use crate::cli::Global;
 
 /// How long a stopped daemon waits for blocking tasks still running (a
@@ -40,13 +40,14 @@ fn prepare(cli: &Global, cfg: Config) -> Result<Option<Config>> {
 }
 
 pub(crate) fn standby(cli: &Global) -> Result<ExitCode> {
-    let cfg = load(&cli.config)?;
+    let (cfg, text) = load_with_text(&cli.config)?;
     cfg.require_listen()?;
     let Some(cfg) = prepare(cli, cfg)? else {
         return Ok(ExitCode::SUCCESS);
     };
     run_daemon(async {
         let shutdown = shutdown_signal();
+        on_hangup(cfg.file.clone(), text);
         let admin = cfg.admin;
         let s = Standby::bind(cfg)?;
         if let Some(a) = admin {
@@ -66,16 +67,20 @@ pub(crate) fn standby(cli: &Global) -> Result<ExitCode> {
 }
 
 pub(crate) fn primary(cli: &Global) -> Result<ExitCode> {
-    let cfg = load(&cli.config)?;
+    let (cfg, text) = load_with_text(&cli.config)?;
     cfg.require_peer()?;
     let Some(cfg) = prepare(cli, cfg)? else {
         return Ok(ExitCode::SUCCESS);
     };
-    run_daemon(async { Ok(syncd::primary::run(cfg, shutdown_signal()).await?) })
+    run_daemon(async {
+        let shutdown = shutdown_signal();
+        on_hangup(cfg.file.clone(), text);
+        Ok(syncd::primary::run(cfg, shutdown).await?)
+    })
 }
 
 pub(crate) fn auto(cli: &Global) -> Result<ExitCode> {
-    let cfg = load(&cli.config)?;
+    let (cfg, text) = load_with_text(&cli.config)?;
     cfg.require_listen()?;
     cfg.require_peer()?;
     if cfg.vrrp.is_empty() {
@@ -87,5 +92,9 @@ pub(crate) fn auto(cli: &Global) -> Result<ExitCode> {
     let Some(cfg) = prepare(cli, cfg)? else {
         return Ok(ExitCode::SUCCESS);
     };
-    run_daemon(async { Ok(syncd::auto::run(cfg, shutdown_signal()).await?) })
+    run_daemon(async {
+        let shutdown = shutdown_signal();
+        on_hangup(cfg.file.clone(), text);
+        Ok(syncd::auto::run(cfg, shutdown).await?)
+    })
 }

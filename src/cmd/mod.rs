@@ -106,10 +106,24 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 pub(crate) fn load(cli_config: &Option<PathBuf>) -> Result<Config> {
+    Ok(load_with_text(cli_config)?.0)
+}
+
+/// [`load`], with the file's text (see [`on_hangup`]).
+pub(crate) fn load_with_text(cli_config: &Option<PathBuf>) -> Result<(Config, String)> {
     let Some(p) = cli_config else {
         bail!("--config FILE is required (see contrib/syncd.example.toml)")
     };
-    Ok(Config::load(p)?)
+    Ok(Config::load_with_text(p)?)
+}
+
+/// SIGHUP checks the config file again and changes nothing (see
+/// [`syncd_ops::hangup`]). Call it inside the runtime.
+pub(crate) fn on_hangup(file: PathBuf, at_start: String) {
+    let f = file.clone();
+    syncd_ops::hangup::recheck_on_hangup("syncd", file, at_start, move |text| {
+        Config::parse(text, &f).map(drop)
+    });
 }
 
 /// Installs the SIGTERM/SIGINT handlers now, so that a SIGTERM arriving

@@ -6,9 +6,12 @@
 //! - [`prom`]: the Prometheus text exposition writer;
 //! - [`config`]: configuration errors, every problem at once naming file,
 //!   key and fix;
-//! - [`duration`]: duration strings such as `"500ms"` or `"1m30s"`.
+//! - [`duration`]: duration strings such as `"500ms"` or `"1m30s"`;
+//! - [`hangup`]: SIGHUP for the daemons that take their configuration at
+//!   start only (check the file again, name what changed).
 
 pub mod admin;
 pub mod config;
 pub mod duration;
+pub mod hangup;
 pub mod prom;

@@ -356,6 +356,22 @@ impl Lan {
         self.procs[k].kill(libc::SIGTERM)
     }
 
+    /// Sends `sig` to process `k` without waiting for anything.
+    pub fn signal(&self, k: usize, sig: i32) {
+        if let Some(c) = &self.procs[k].child {
+            // SAFETY: a signal to a child this lab started and has not reaped.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
+    /// Whether process `k` is still running.
+    pub fn running(&mut self, k: usize) -> bool {
+        self.procs[k]
+            .child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Dump all logs (on failure).
     pub fn dump_logs(&self) {
         for p in &self.procs {

@@ -73,7 +73,7 @@ pub fn cli_main(args: Vec<OsString>) -> i32 {
         eprintln!("error: --config FILE is required (or --import-keepalived FILE)");
         return 2;
     };
-    let config = match crate::config::load(&path) {
+    let (config, text) = match crate::config::load_with_text(&path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: invalid configuration:\n{e}");
@@ -101,7 +101,7 @@ pub fn cli_main(args: Vec<OsString>) -> i32 {
         println!("configuration OK");
         return 0;
     }
-    run_daemon(&rt, config)
+    run_daemon(&rt, config, path, text)
 }
 
 /// keepalived.conf → TOML on stdout, warnings and errors on stderr.
@@ -180,9 +180,17 @@ fn describe(i: &InstanceConfig) -> String {
 }
 
 /// Run every instance until SIGTERM/SIGINT; READY=1 once all have started.
-fn run_daemon(rt: &Runtime, config: Config) -> i32 {
+/// SIGHUP checks `path` again (`text` is what `config` was made from) and
+/// changes nothing: the instances keep running as started.
+fn run_daemon(rt: &Runtime, config: Config, path: PathBuf, text: String) -> i32 {
     let r = rt.block_on(async move {
         let shutdown = shutdown_signal();
+        let file = path.clone();
+        syncd_ops::hangup::recheck_on_hangup("syncd vrrp", path, text, move |t| {
+            crate::config::parse(t)
+                .map(drop)
+                .map_err(|e| e.in_file(&file))
+        });
         let n = config.instances.len();
         let vrrp = crate::daemon::Vrrp::start(config).await?;
         // Ready once every instance runs the protocol; one that failed to

@@ -231,8 +231,15 @@ pub use validate::validate;
 
 /// Read and validate a config file.
 pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+    load_with_text(path).map(|(c, _)| c)
+}
+
+/// [`load`], with the text it was made from (what SIGHUP compares the
+/// file with).
+pub fn load_with_text(path: &std::path::Path) -> Result<(Config, String), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::unreadable(path, &e))?;
-    parse(&text).map_err(|e| e.in_file(path))
+    let c = parse(&text).map_err(|e| e.in_file(path))?;
+    Ok((c, text))
 }
 
 /// Parse and validate TOML text.

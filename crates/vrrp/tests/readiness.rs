@@ -1,6 +1,6 @@
 //! `Type=notify` readiness of `syncd vrrp`: READY=1 once every instance runs
-//! the protocol, STOPPING=1 at SIGTERM. Needs root for a network namespace
-//! (skips visibly otherwise).
+//! the protocol, STOPPING=1 at SIGTERM; SIGHUP stops nothing. Needs root
+//! for a network namespace (skips visibly otherwise).
 
 mod common;
 
@@ -83,4 +83,75 @@ fn no_ready_when_an_instance_cannot_start() {
         "READY=1 from a daemon whose instance failed: {:?}",
         n.seen
     );
+}
+
+/// SIGHUP (keepalived's reload signal; a keepalived user sends it by
+/// habit) used to end `syncd vrrp` with its default action, leaving the
+/// master's address on the interface. Now it checks the file again and
+/// names what changed; the instance keeps running, still master.
+#[test]
+fn sighup_checks_the_file_and_the_master_stays() {
+    let t = "sighup_checks_the_file_and_the_master_stays";
+    if !can_run(t) {
+        return;
+    }
+    let _g = serial();
+    let mut lan = Lan::new("hu", 1);
+    let body = syncd_toml(3, 100, &lan.vip(), 0.1, "");
+    let cfg = lan.syncd_config(0, &body);
+    let k = lan.start_syncd(0, &cfg);
+    let vip = lan.vip();
+    assert!(
+        wait_for(WAIT, || lan.has_addr(0, &vip)).is_some(),
+        "never master: {}",
+        lan.log(k)
+    );
+    let hangups = |lan: &Lan| {
+        lan.log(k)
+            .lines()
+            .filter(|l| l.contains("SIGHUP:"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+
+    lan.signal(k, libc::SIGHUP);
+    assert!(
+        wait_for(WAIT, || hangups(&lan).len() == 1).is_some(),
+        "{}",
+        lan.log(k)
+    );
+    assert!(
+        hangups(&lan)[0].contains("valid, unchanged since the start"),
+        "{}",
+        lan.log(k)
+    );
+
+    std::fs::write(&cfg, body.replace("priority = 100", "priority = 150")).unwrap();
+    lan.signal(k, libc::SIGHUP);
+    assert!(
+        wait_for(WAIT, || hangups(&lan).len() == 2).is_some(),
+        "{}",
+        lan.log(k)
+    );
+    assert!(
+        hangups(&lan)[1].contains("changed since the start: vrrp.")
+            && hangups(&lan)[1].contains("restart it"),
+        "{}",
+        lan.log(k)
+    );
+
+    std::fs::write(&cfg, body.replace("vrid = 51", "vrid = 0")).unwrap();
+    lan.signal(k, libc::SIGHUP);
+    assert!(
+        wait_for(WAIT, || hangups(&lan).len() == 3).is_some(),
+        "{}",
+        lan.log(k)
+    );
+    assert!(hangups(&lan)[2].contains("does not load"), "{}", lan.log(k));
+
+    assert!(lan.running(k), "{}", lan.log(k));
+    assert!(lan.has_addr(0, &vip), "{}", lan.log(k));
+    assert!(!lan.log(k).contains("MASTER -> "), "{}", lan.log(k));
+    assert_eq!(lan.term(k), Some(0), "{}", lan.log(k));
+    assert!(!lan.has_addr(0, &vip), "the address stayed after SIGTERM");
 }

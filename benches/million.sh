@@ -18,7 +18,11 @@
 #   4. `syncd verify --quick` (when the binary has it), then `syncd verify`;
 #   5. lsyncd (default.rsync) started on the same in-sync pair: time to its
 #      "Startup of ... finished" (its inotify watches plus one rsync run),
-#      and rsync's own bytes for that no-change run (--stats).
+#      and rsync's own bytes for that no-change run (--stats);
+#   6. (before 4) a full reconcile while live: the primary restarted with
+#      full_reconcile_secs = FULL_EVERY (30), and the first periodic full
+#      reconcile after "in sync" timed from the primary's own log (its
+#      "replicated full=true ... ms=" line), the standby running throughout.
 # The trees are deleted at the end (and at the start, if an earlier run left
 # them).
 #
@@ -26,7 +30,7 @@
 # WRITES (300), WRITE_RATE (100/s), SETTLE (10), SYNCD_DURABLE (true),
 # SYNCD (the binary; default: the release build, under CARGO_TARGET_DIR when
 # set, built when missing), KEEP (1: leave the trees), STEPS (the steps
-# to run, default "1 2 3 4 5"; step 1 always runs, as the others start
+# to run, default "1 2 3 4 5 6"; step 1 always runs, as the others start
 # from its in-sync pair: "1 3" measures the first sync and the restart alone),
 # RESTARTS (1: how many times step 3 restarts the pair, one after another).
 #
@@ -46,7 +50,8 @@ SETTLE=${SETTLE:-10}
 DURABLE=${SYNCD_DURABLE:-true}
 KEEP=${KEEP:-0}
 RESTARTS=${RESTARTS:-1}
-STEPS=" ${STEPS:-1 2 3 4 5} "
+STEPS=" ${STEPS:-1 2 3 4 5 6} "
+FULL_EVERY=${FULL_EVERY:-30}
 step() { [[ $STEPS == *" $1 "* ]]; }
 SYNCD=${SYNCD:-${CARGO_TARGET_DIR:-$ROOT/target}/release/syncd}
 [ -x "$SYNCD" ] || cargo build --release -q --bin syncd
@@ -211,6 +216,27 @@ sleep "$SETTLE"
 lost_line "$sfx"
 rss_line "watching, ${SETTLE} s later,"
 done
+fi
+
+# --- 6. a full reconcile while live --------------------------------------------
+if step 6; then
+echo "== 6. a full reconcile while live (full_reconcile_secs = $FULL_EVERY) =="
+stop "$PR"
+# [sync] is the file's last table.
+echo "full_reconcile_secs = $FULL_EVERY" >> "$B/primary.toml"
+spawn "$B/primary.full.log" env SYNCD_LOG=info,syncd::primary::ship=debug "$SYNCD" --role primary --config "$B/primary.toml"; PR=$SPAWNED
+wait_for_line "$B/primary.full.log" "in sync; following changes" 3600
+full_lines() { grep -c 'replicated.*full=true' "$B/primary.full.log" || true; }
+n0=$(full_lines)
+for _ in $(seq $(( (FULL_EVERY + 600) * 10 ))); do [ "$(full_lines)" -gt "$n0" ] && break; sleep 0.1; done
+line=$(grep 'replicated.*full=true' "$B/primary.full.log" | tail -1)
+if [ "$(full_lines)" -gt "$n0" ]; then
+  echo "  periodic full reconcile: $(echo "$line" | sed -n 's/.* ms=\([0-9]*\).*/\1/p') ms; $(echo "$line" | grep -oE 'whole=[0-9]+ delta=[0-9]+ deleted=[0-9]+')"
+else
+  echo "  no periodic full reconcile within $((FULL_EVERY + 600)) s (see $B/primary.full.log)"
+fi
+rss_line "after it,"
+sed -i '/^full_reconcile_secs = /d' "$B/primary.toml"
 fi
 
 # --- 4. verify ------------------------------------------------------------------

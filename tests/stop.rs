@@ -1,7 +1,7 @@
 //! A daemon stops on SIGTERM even while one of its blocking tasks is
 //! still busy (here the standby hashing a huge file for a content
 //! `verify`, which would take minutes); a stopping standby tells its
-//! primary so; SIGHUP stops neither.
+//! primary so; SIGHUP, SIGUSR1 and SIGUSR2 stop neither.
 
 mod common;
 
@@ -141,12 +141,14 @@ fn nth_hangup(log: impl Fn() -> String, n: usize) -> String {
     }
 }
 
-/// SIGHUP (a logrotate `postrotate`, a keepalived habit) used to end the
-/// daemon, its default action. Now it checks the config file again, names
-/// what changed since the start, and the daemon goes on replicating.
+/// SIGHUP (a logrotate `postrotate`, a keepalived habit) and SIGUSR1/2
+/// (keepalived's dumps) used to end the daemon, their default action. Now
+/// SIGHUP checks the config file again and names what changed since the
+/// start, the user signals are answered in the log, and the daemons go on
+/// replicating.
 #[test]
-fn sighup_checks_the_config_file_and_stops_nothing() {
-    use rustix::process::Signal::Hup;
+fn sighup_checks_the_config_file_and_no_signal_stops_a_daemon() {
+    use rustix::process::Signal::{Hup, Usr1, Usr2};
     let mut p = Pair::new();
     p.start_standby();
     p.start_primary();
@@ -176,6 +178,17 @@ fn sighup_checks_the_config_file_and_stops_nothing() {
     signal(p.standby.as_ref().unwrap(), Hup);
     let l = nth_hangup(|| p.log(), 1);
     assert!(l.contains("valid, unchanged since the start"), "{l}");
+
+    // keepalived's dump signals, sent by habit: said where the status is.
+    for (sig, name) in [(Usr1, "SIGUSR1:"), (Usr2, "SIGUSR2:")] {
+        signal(p.primary.as_ref().unwrap(), sig);
+        let t = Instant::now();
+        while !p.primary_log().contains(name) {
+            assert!(t.elapsed() < Duration::from_secs(30), "{}", p.primary_log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    assert!(p.primary_log().contains("`syncd status` prints the status"));
 
     // Both still run and replicate, as started.
     std::fs::write(p.primary().join("after-hup"), b"still here").unwrap();

@@ -8,7 +8,7 @@ use syncd::config::Config;
 use syncd::standby::Standby;
 use syncd_sdnotify::State;
 
-use super::{load_with_text, on_hangup, runtime, shutdown_signal};
+use super::{load_with_text, on_signals, runtime, shutdown_signal};
 use crate::cli::Global;
 
 /// How long a stopped daemon waits for blocking tasks still running (a
@@ -47,7 +47,7 @@ pub(crate) fn standby(cli: &Global) -> Result<ExitCode> {
     };
     run_daemon(async {
         let shutdown = shutdown_signal();
-        on_hangup(cfg.file.clone(), text);
+        on_signals(cfg.file.clone(), text);
         let admin = cfg.admin;
         let s = Standby::bind(cfg)?;
         if let Some(a) = admin {
@@ -74,7 +74,7 @@ pub(crate) fn primary(cli: &Global) -> Result<ExitCode> {
     };
     run_daemon(async {
         let shutdown = shutdown_signal();
-        on_hangup(cfg.file.clone(), text);
+        on_signals(cfg.file.clone(), text);
         Ok(syncd::primary::run(cfg, shutdown).await?)
     })
 }
@@ -94,7 +94,7 @@ pub(crate) fn auto(cli: &Global) -> Result<ExitCode> {
     };
     run_daemon(async {
         let shutdown = shutdown_signal();
-        on_hangup(cfg.file.clone(), text);
+        on_signals(cfg.file.clone(), text);
         Ok(syncd::auto::run(cfg, shutdown).await?)
     })
 }

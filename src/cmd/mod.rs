@@ -109,7 +109,7 @@ pub(crate) fn load(cli_config: &Option<PathBuf>) -> Result<Config> {
     Ok(load_with_text(cli_config)?.0)
 }
 
-/// [`load`], with the file's text (see [`on_hangup`]).
+/// [`load`], with the file's text (see [`on_signals`]).
 pub(crate) fn load_with_text(cli_config: &Option<PathBuf>) -> Result<(Config, String)> {
     let Some(p) = cli_config else {
         bail!("--config FILE is required (see contrib/syncd.example.toml)")
@@ -117,13 +117,20 @@ pub(crate) fn load_with_text(cli_config: &Option<PathBuf>) -> Result<(Config, St
     Ok(Config::load_with_text(p)?)
 }
 
-/// SIGHUP checks the config file again and changes nothing (see
-/// [`syncd_ops::hangup`]). Call it inside the runtime.
-pub(crate) fn on_hangup(file: PathBuf, at_start: String) {
+/// SIGHUP checks the config file again and changes nothing; SIGUSR1 and
+/// SIGUSR2 (keepalived's dumps, sent by habit to `--role auto`) say where
+/// the status is. None of them ends the daemon (see
+/// [`syncd_ops::signals`]). Call it inside the runtime.
+pub(crate) fn on_signals(file: PathBuf, at_start: String) {
     let f = file.clone();
-    syncd_ops::hangup::recheck_on_hangup("syncd", file, at_start, move |text| {
+    syncd_ops::signals::recheck_on_hangup("syncd", file, at_start, move |text| {
         Config::parse(text, &f).map(drop)
     });
+    let status = || {
+        "no dump: `syncd status` prints the status, `syncd status --metrics` the counters"
+            .to_string()
+    };
+    syncd_ops::signals::log_on_user_signals(status, status);
 }
 
 /// Installs the SIGTERM/SIGINT handlers now, so that a SIGTERM arriving

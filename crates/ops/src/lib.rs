@@ -7,11 +7,11 @@
 //! - [`config`]: configuration errors, every problem at once naming file,
 //!   key and fix;
 //! - [`duration`]: duration strings such as `"500ms"` or `"1m30s"`;
-//! - [`hangup`]: SIGHUP for the daemons that take their configuration at
-//!   start only (check the file again, name what changed).
+//! - [`signals`]: SIGHUP, SIGUSR1 and SIGUSR2, which would otherwise end
+//!   a daemon (SIGHUP checks the file again and names what changed).
 
 pub mod admin;
 pub mod config;
 pub mod duration;
-pub mod hangup;
 pub mod prom;
+pub mod signals;

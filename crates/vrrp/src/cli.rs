@@ -181,18 +181,25 @@ fn describe(i: &InstanceConfig) -> String {
 
 /// Run every instance until SIGTERM/SIGINT; READY=1 once all have started.
 /// SIGHUP checks `path` again (`text` is what `config` was made from) and
-/// changes nothing: the instances keep running as started.
+/// changes nothing: the instances keep running as started; SIGUSR1 logs
+/// the status, SIGUSR2 the counters.
 fn run_daemon(rt: &Runtime, config: Config, path: PathBuf, text: String) -> i32 {
     let r = rt.block_on(async move {
         let shutdown = shutdown_signal();
         let file = path.clone();
-        syncd_ops::hangup::recheck_on_hangup("syncd vrrp", path, text, move |t| {
+        syncd_ops::signals::recheck_on_hangup("syncd vrrp", path, text, move |t| {
             crate::config::parse(t)
                 .map(drop)
                 .map_err(|e| e.in_file(&file))
         });
         let n = config.instances.len();
         let vrrp = crate::daemon::Vrrp::start(config).await?;
+        // keepalived's dumps (SIGUSR1 data, SIGUSR2 stats), to the log.
+        let (v1, v2) = (vrrp.view(), vrrp.view());
+        syncd_ops::signals::log_on_user_signals(
+            move || format!("status:\n{}", v1.status_json()),
+            move || format!("counters:\n{}", v2.metrics()),
+        );
         // Ready once every instance runs the protocol; one that failed to
         // start makes run_until return its error at once.
         if vrrp.started().await {

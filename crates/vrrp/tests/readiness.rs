@@ -1,5 +1,5 @@
 //! `Type=notify` readiness of `syncd vrrp`: READY=1 once every instance runs
-//! the protocol, STOPPING=1 at SIGTERM; SIGHUP stops nothing. Needs root
+//! the protocol, STOPPING=1 at SIGTERM; SIGHUP, SIGUSR1, SIGUSR2 stop nothing. Needs root
 //! for a network namespace (skips visibly otherwise).
 
 mod common;
@@ -85,13 +85,15 @@ fn no_ready_when_an_instance_cannot_start() {
     );
 }
 
-/// SIGHUP (keepalived's reload signal; a keepalived user sends it by
-/// habit) used to end `syncd vrrp` with its default action, leaving the
-/// master's address on the interface. Now it checks the file again and
-/// names what changed; the instance keeps running, still master.
+/// SIGHUP (keepalived's reload signal) and SIGUSR1/SIGUSR2 (its dumps),
+/// sent by a keepalived user's habit, used to end `syncd vrrp` with their
+/// default action, leaving the master's address on the interface. Now
+/// SIGHUP checks the file again and names what changed, the user signals
+/// log the status and the counters; the instance keeps running, still
+/// master.
 #[test]
-fn sighup_checks_the_file_and_the_master_stays() {
-    let t = "sighup_checks_the_file_and_the_master_stays";
+fn keepalived_signals_check_or_dump_and_the_master_stays() {
+    let t = "keepalived_signals_check_or_dump_and_the_master_stays";
     if !can_run(t) {
         return;
     }
@@ -148,6 +150,24 @@ fn sighup_checks_the_file_and_the_master_stays() {
         lan.log(k)
     );
     assert!(hangups(&lan)[2].contains("does not load"), "{}", lan.log(k));
+
+    // keepalived's dumps: the status (SIGUSR1) and counters (SIGUSR2) logged.
+    lan.signal(k, libc::SIGUSR1);
+    lan.signal(k, libc::SIGUSR2);
+    assert!(
+        wait_for(WAIT, || {
+            let log = lan.log(k);
+            log.contains("SIGUSR1: status:") && log.contains("SIGUSR2: counters:")
+        })
+        .is_some(),
+        "{}",
+        lan.log(k)
+    );
+    assert!(
+        lan.log(k).contains("\"state\": \"MASTER\""),
+        "{}",
+        lan.log(k)
+    );
 
     assert!(lan.running(k), "{}", lan.log(k));
     assert!(lan.has_addr(0, &vip), "{}", lan.log(k));

@@ -1,9 +1,10 @@
-//! SIGHUP for a daemon that takes its configuration at start only
-//! (`syncd`'s roles, `syncd vrrp`): its default action ends the process —
-//! a logrotate `postrotate`, a keepalived habit, a closed terminal — and a
-//! VRRP master ended so leaves its address behind. Instead the file is
-//! read and checked again, and what changed since the start is named, for
-//! a restart to apply.
+//! Signals whose default action would end a daemon that has no use for
+//! them: SIGHUP (a logrotate `postrotate`, keepalived's reload, a closed
+//! terminal) and SIGUSR1/SIGUSR2 (keepalived's data and stats dumps). A
+//! VRRP master ended so leaves its address behind. SIGHUP, for a daemon
+//! that takes its configuration at start only (`syncd`'s roles, `syncd
+//! vrrp`), checks the file again and names what changed since the start,
+//! for a restart to apply; SIGUSR1/SIGUSR2 log what the daemon says.
 
 use std::path::PathBuf;
 
@@ -32,6 +33,30 @@ pub fn recheck_on_hangup(
             let _ =
                 tokio::task::spawn_blocking(move || recheck(program, &file, &at_start, &*check))
                     .await;
+        }
+    });
+}
+
+/// On every SIGUSR1 and SIGUSR2 from now on, logs what `usr1` and `usr2`
+/// say (a status, counters). Call it inside the runtime.
+pub fn log_on_user_signals(
+    usr1: impl Fn() -> String + Send + 'static,
+    usr2: impl Fn() -> String + Send + 'static,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut one), Ok(mut two)) = (
+        signal(SignalKind::user_defined1()),
+        signal(SignalKind::user_defined2()),
+    ) else {
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                Some(()) = one.recv() => tracing::info!("SIGUSR1: {}", usr1()),
+                Some(()) = two.recv() => tracing::info!("SIGUSR2: {}", usr2()),
+                else => return,
+            }
         }
     });
 }

@@ -103,6 +103,14 @@ async fn run(cli: Cli, cfg: Config, handles: Vec<tokio::runtime::Handle>) -> any
     let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    // nginx's reopen (SIGUSR1) and binary upgrade (SIGUSR2), sent by habit
+    // (a logrotate postrotate): their default action would end the proxy.
+    syncd_ops::signals::log_on_user_signals(
+        || "nothing to reopen: syncd-proxy logs to stderr (the journal)".to_string(),
+        || {
+            "no binary upgrade by signal: restart syncd-proxy (with a VRRP peer, one node at a time)".to_string()
+        },
+    );
     // VRRP starts after the listeners are bound: a node must be able to
     // serve before it can claim the virtual IP.
     let (vrrp_stop, vrrp_stopped) = tokio::sync::oneshot::channel::<()>();

@@ -1,6 +1,7 @@
 //! `Type=notify` readiness of the real `syncd-proxy`: READY=1 once the
 //! listeners accept, RELOADING=1 then READY=1 around a SIGHUP reload (also
-//! a failed one: the proxy keeps serving), STOPPING=1 at SIGTERM.
+//! a failed one: the proxy keeps serving), SIGUSR1/SIGUSR2 answered in the
+//! log, STOPPING=1 at SIGTERM.
 
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
@@ -81,6 +82,20 @@ fn ready_when_listening_reload_and_stop_are_announced() {
         .unwrap_or_else(|| panic!("no READY=1 after a failed reload: {:?}", n.seen));
     assert!(failed.contains("STATUS=reload failed"), "{failed}");
     TcpStream::connect(("127.0.0.1", a)).expect("serving after a failed reload");
+
+    // nginx's reopen and upgrade signals, sent by habit (a logrotate
+    // postrotate): answered in the log; the proxy serves on.
+    signal(child.id(), libc::SIGUSR1);
+    signal(child.id(), libc::SIGUSR2);
+    let t = std::time::Instant::now();
+    while !(logs().contains("SIGUSR1: nothing to reopen")
+        && logs().contains("SIGUSR2: no binary upgrade"))
+    {
+        assert!(t.elapsed() < WAIT, "{}", logs());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "{}", logs());
+    TcpStream::connect(("127.0.0.1", a)).expect("serving after SIGUSR1/SIGUSR2");
 
     signal(child.id(), libc::SIGTERM);
     assert!(

@@ -83,6 +83,7 @@ pub fn prepare(mut cfg: Config) -> Result<Config, crate::state::StateError> {
     // state dir that is a link, or another user's, is refused.
     crate::state::private_dir(&cfg.state_dir)?;
     crate::state::claim(&cfg.state_dir, &cfg.export)?;
+    crate::state::check_mounted(&cfg.state_dir, &cfg.export)?;
     crate::state::check_formats(&cfg.state_dir)?;
     Ok(cfg)
 }

@@ -33,6 +33,14 @@ pub enum StateError {
         theirs: String,
         ours: String,
     },
+    #[error(
+        "the export {export} was a mount point when this node last ran and is not one now: \
+         its filesystem is not mounted (a failed disk, a mount that did not come up at boot?). \
+         Refusing to start: the empty directory beneath it would be taken for the data, and \
+         replicating it would delete the peer's copy. Mount it; if the export is meant to be a \
+         plain directory from now on, remove {marker}"
+    )]
+    NotMounted { export: String, marker: String },
 }
 
 /// The file in the state dir naming the export it belongs to.
@@ -63,6 +71,60 @@ pub fn claim(dir: &Path, export: &Path) -> Result<(), StateError> {
             f.write_all(format!("{}\n", ours.display()).as_bytes())?;
             f.sync_all()?;
             Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The file in the state dir saying the export was a mount point.
+const MOUNTED_FILE: &str = "export-mounted";
+
+/// Refuses an export that was the root of a mounted filesystem when the
+/// state dir `dir` first saw it and is not one now: what is left is the
+/// empty directory beneath the mount (a failed disk at boot), and taking
+/// it for the data would make a primary delete the standby's copy, the
+/// one left, and a standby fill the root filesystem. An export that is a
+/// mount point is recorded as one the first time.
+pub fn check_mounted(dir: &Path, export: &Path) -> Result<(), StateError> {
+    let marker = dir.join(MOUNTED_FILE);
+    let now = is_mount_point(export)?;
+    match read_private(&marker) {
+        Ok(_) if !now => Err(StateError::NotMounted {
+            export: export.display().to_string(),
+            marker: marker.display().to_string(),
+        }),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if now {
+                use std::io::Write;
+                // A one-shot resync may come before any daemon made it.
+                private_dir(dir)?;
+                let mut f = create_private(&marker)?;
+                f.write_all(
+                    b"the export is a mount point: syncd refuses to start while it is not one\n",
+                )?;
+                f.sync_all()?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether `path` is the root of a mount (bind mounts too), by `statx`'s
+/// mount-root attribute, or where the kernel lacks it by a device that
+/// differs from the parent's.
+fn is_mount_point(path: &Path) -> io::Result<bool> {
+    use rustix::fs::{AtFlags, StatxFlags, CWD};
+    let root = libc::STATX_ATTR_MOUNT_ROOT as u64;
+    let flags = AtFlags::NO_AUTOMOUNT;
+    match rustix::fs::statx(CWD, path, flags, StatxFlags::BASIC_STATS) {
+        Ok(st) if st.stx_attributes_mask & root != 0 => Ok(st.stx_attributes & root != 0),
+        Ok(_) | Err(rustix::io::Errno::NOSYS) => {
+            use std::os::unix::fs::MetadataExt;
+            let me = std::fs::metadata(path)?;
+            let up = std::fs::metadata(path.join(".."))?;
+            Ok(me.dev() != up.dev() || me.ino() == up.ino())
         }
         Err(e) => Err(e.into()),
     }
@@ -300,5 +362,39 @@ mod tests {
         std::fs::remove_file(ex3.join(".syncd")).unwrap();
         private_subdir(&fd, b".syncd", true).unwrap();
         assert_eq!(mode(&ex3.join(".syncd")), 0o700);
+    }
+
+    #[test]
+    fn an_export_that_was_a_mount_point_and_is_not_now_is_refused() {
+        let Some(m) = crate::testmount::Tmpfs::new() else {
+            eprintln!("SKIP: mounting a tmpfs needs root");
+            return;
+        };
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path().join("state");
+        private_dir(&state).unwrap();
+        // A plain directory: nothing recorded, nothing refused.
+        let plain = d.path().join("plain");
+        std::fs::create_dir(&plain).unwrap();
+        check_mounted(&state, &plain).unwrap();
+        assert!(!state.join(MOUNTED_FILE).exists());
+        // Mounted: recorded, and fine while it stays so.
+        check_mounted(&state, m.path()).unwrap();
+        assert!(state.join(MOUNTED_FILE).exists());
+        check_mounted(&state, m.path()).unwrap();
+        // Not mounted any more: the directory beneath is refused.
+        assert!(std::process::Command::new("umount")
+            .arg(m.path())
+            .status()
+            .unwrap()
+            .success());
+        let e = check_mounted(&state, m.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("is not one now") && e.contains("export-mounted"),
+            "{e}"
+        );
+        // Removing the record accepts it as a plain directory.
+        std::fs::remove_file(state.join(MOUNTED_FILE)).unwrap();
+        check_mounted(&state, m.path()).unwrap();
     }
 }

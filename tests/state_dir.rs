@@ -2,7 +2,8 @@
 //! older releases kept it (`<export>/.syncd`, unversioned formats), moves it
 //! to `/var/lib/syncd/<export_id>` at start, and the pair is still in sync
 //! without re-sending anything; a state file from a newer release stops the
-//! daemon with a clear error. Needs root (writes under /var/lib/syncd, with
+//! daemon with a clear error; an export whose filesystem is no longer
+//! mounted is refused. Needs root (writes under /var/lib/syncd, with
 //! an export_id of its own, removed at the end); skips visibly otherwise.
 
 mod common;
@@ -225,4 +226,99 @@ fn an_upgraded_primary_moves_its_state_out_of_the_export_and_sends_nothing_again
     p.wait_equal(std::time::Duration::from_secs(30));
     assert!(p.stop_primary());
     p.assert_equal();
+}
+
+/// Unmounts on drop (however the test ends).
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(&self.0)
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// The classic `rsync --delete` disaster: the primary's export is a mount
+/// point whose filesystem did not come up (a failed disk at boot), and the
+/// empty directory beneath it is taken for the data. Before, a start, a
+/// `resync` or a running primary's next whole-tree compare then deleted the
+/// standby's copy, the one left. Now each refuses, naming the export, and
+/// the standby keeps every file.
+#[test]
+fn an_export_whose_filesystem_is_not_mounted_is_refused() {
+    let name = "an_export_whose_filesystem_is_not_mounted_is_refused";
+    if !can_run(name) {
+        return;
+    }
+    let mut p = Pair::new();
+    let export = p.primary();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "syncd-test"])
+        .arg(&export)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        syncd_testkit::skip::skip(name, "cannot mount a tmpfs");
+        return;
+    }
+    let mounted = Mounted(export.clone());
+    for i in 0..20 {
+        std::fs::write(export.join(format!("f{i}")), format!("file {i}")).unwrap();
+    }
+    p.start_standby();
+    p.resync(&[]);
+    let standby = p.standby_dir();
+    let count = || std::fs::read_dir(&standby).unwrap().count();
+    assert_eq!(count(), 20);
+
+    // Unmounted under a running primary: its next whole-tree compare (here
+    // the periodic one, every second) refuses, again and again.
+    set_config(&p, "primary.toml", |t| {
+        format!("{t}[sync]\nfull_reconcile_secs = 1\n")
+    });
+    p.start_primary();
+    p.wait_live();
+    assert!(std::process::Command::new("umount")
+        .arg("-l")
+        .arg(&export)
+        .status()
+        .unwrap()
+        .success());
+    let t = std::time::Instant::now();
+    while p.primary_log().matches("is not one now").count() < 2 {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(30),
+            "no refusal: {}",
+            p.primary_log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(count(), 20, "the standby's copy was touched");
+    assert!(p.stop_primary());
+    set_config(&p, "primary.toml", |t| {
+        t.replace("[sync]\nfull_reconcile_secs = 1\n", "")
+    });
+
+    drop(mounted);
+    assert_eq!(std::fs::read_dir(&export).unwrap().count(), 0, "unmounted");
+    let r = p.syncd(&["resync", "--config", "primary.toml"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success(),
+        "resync ran on an unmounted export: {err}"
+    );
+    assert!(
+        err.contains("was a mount point") && err.contains("is not one now"),
+        "{err}"
+    );
+    let d = p.syncd(&["--role", "primary", "--config", "primary.toml"]);
+    let err = String::from_utf8_lossy(&d.stderr);
+    assert!(
+        !d.status.success(),
+        "the primary started on an unmounted export: {err}"
+    );
+    assert!(err.contains("is not one now"), "{err}");
+    assert_eq!(count(), 20, "the standby's copy was touched");
 }

@@ -40,6 +40,8 @@ pub(crate) fn resync(cli: &Global, f: ResyncFlags) -> Result<ExitCode> {
     // Formats checked, but the state not moved: a daemon may be
     // running from the old place; its next start moves it.
     syncd::state::check_formats(&cfg.state_dir)?;
+    // An unmounted export would be sent as empty: every file deleted there.
+    syncd::state::check_mounted(&cfg.state_dir, &cfg.export)?;
     let bar = progress::bar(o.progress);
     let sum = runtime()?.block_on(primary::resync_with(&cfg, &o, bar))?;
     println!("{sum}");

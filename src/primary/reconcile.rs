@@ -228,6 +228,7 @@ async fn both_sides(
     let (s, cfg, o, index) = (&mut *run.s, run.cfg, run.o, &mut *run.index);
     let checksum = o.checksum;
     let root = cfg.export.clone();
+    let state_dir = cfg.state_dir.clone();
     let mut ix = std::mem::take(index);
     let local_scope = scope.clone();
     // A whole-tree scan watches each directory before reading it.
@@ -237,7 +238,11 @@ async fn both_sides(
     let local = tokio::task::spawn_blocking(move || {
         let t0 = Instant::now();
         let r = match &local_scope {
-            None => scan::scan_with(&root, &mut ix, checksum, checksum, hook),
+            // A filesystem unmounted under a running primary leaves the
+            // empty directory beneath: compared, it would delete every file.
+            None => crate::state::check_mounted(&state_dir, &root)
+                .map_err(std::io::Error::other)
+                .and_then(|()| scan::scan_with(&root, &mut ix, checksum, checksum, hook)),
             Some(sc) => scan::scan_scoped(&root, &mut ix, sc, checksum),
         };
         let r = r.map(|mut sc| {

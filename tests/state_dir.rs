@@ -322,3 +322,61 @@ fn an_export_whose_filesystem_is_not_mounted_is_refused() {
     assert!(err.contains("is not one now"), "{err}");
     assert_eq!(count(), 20, "the standby's copy was touched");
 }
+
+/// The standby's side of it: its export unmounted under it, a full listing
+/// (a resync) refuses instead of listing it empty and taking the whole
+/// export again into the filesystem beneath; a restart refuses too.
+#[test]
+fn a_standby_whose_export_is_not_mounted_refuses_to_list_it() {
+    let name = "a_standby_whose_export_is_not_mounted_refuses_to_list_it";
+    if !can_run(name) {
+        return;
+    }
+    let mut p = Pair::new();
+    let export = p.standby_dir();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "syncd-test"])
+        .arg(&export)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        syncd_testkit::skip::skip(name, "cannot mount a tmpfs");
+        return;
+    }
+    let mounted = Mounted(export.clone());
+    for i in 0..20 {
+        std::fs::write(p.primary().join(format!("f{i}")), format!("file {i}")).unwrap();
+    }
+    p.start_standby();
+    p.resync(&[]);
+    assert_eq!(std::fs::read_dir(&export).unwrap().count(), 20);
+
+    assert!(std::process::Command::new("umount")
+        .arg("-l")
+        .arg(&export)
+        .status()
+        .unwrap()
+        .success());
+    let r = p.syncd(&["resync", "--config", "primary.toml"]);
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&r.stdout),
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(
+        !r.status.success(),
+        "a resync listed an unmounted standby: {out}"
+    );
+    assert!(out.contains("is not one now"), "{out}\n{}", p.log());
+    assert_eq!(
+        std::fs::read_dir(&export).unwrap().count(),
+        0,
+        "files were written beneath the mount"
+    );
+    p.kill_standby();
+    let d = p.syncd(&["--role", "standby", "--config", "standby.toml"]);
+    let err = String::from_utf8_lossy(&d.stderr);
+    assert!(!d.status.success(), "the standby started: {err}");
+    assert!(err.contains("is not one now"), "{err}");
+    drop(mounted);
+}

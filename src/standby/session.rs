@@ -368,6 +368,9 @@ pub(super) fn list_all(sh: &Shared, checksum: bool) -> std::io::Result<scan::Sca
     // hashes everything (forced) or nothing, so it needs no cached hashes:
     // it scans with an index of its own, then records what it learnt.
     let t0 = std::time::Instant::now();
+    // Unmounted under a running standby: listed empty, the whole export
+    // would be sent again, into the filesystem beneath.
+    crate::state::check_mounted(&sh.state_dir, sh.root.path()).map_err(std::io::Error::other)?;
     let mut fresh = Index::default();
     let scanned = scan::scan(sh.root.path(), &mut fresh, checksum, checksum)?;
     let walked = t0.elapsed();

@@ -236,7 +236,11 @@ else
   echo "  no periodic full reconcile within $((FULL_EVERY + 600)) s (see $B/primary.full.log)"
 fi
 rss_line "after it,"
+# Step 4 must not share the cores with a compare every FULL_EVERY s.
+stop "$PR"
 sed -i '/^full_reconcile_secs = /d' "$B/primary.toml"
+spawn "$B/primary.after-full.log" "$SYNCD" --role primary --config "$B/primary.toml"; PR=$SPAWNED
+wait_for_line "$B/primary.after-full.log" "in sync; following changes" 3600
 fi
 
 # --- 4. verify ------------------------------------------------------------------

@@ -111,23 +111,18 @@ pub fn check_mounted(dir: &Path, export: &Path) -> Result<(), StateError> {
     }
 }
 
-/// Whether `path` is the root of a mount (bind mounts too), by `statx`'s
-/// mount-root attribute, or where the kernel lacks it by a device that
-/// differs from the parent's.
+/// Whether `path` is a filesystem of its own: its device differs from
+/// its parent's (or it is `/`). Not statx's mount-root attribute: systemd
+/// bind-mounts a unit's `ReadWritePaths=` onto themselves, which makes an
+/// empty directory beneath a failed mount a mount root too; a bind keeps
+/// the device of what lies beneath.
 fn is_mount_point(path: &Path) -> io::Result<bool> {
-    use rustix::fs::{AtFlags, StatxFlags, CWD};
-    let root = libc::STATX_ATTR_MOUNT_ROOT as u64;
-    let flags = AtFlags::NO_AUTOMOUNT;
-    match rustix::fs::statx(CWD, path, flags, StatxFlags::BASIC_STATS) {
-        Ok(st) if st.stx_attributes_mask & root != 0 => Ok(st.stx_attributes & root != 0),
-        Ok(_) | Err(rustix::io::Errno::NOSYS) => {
-            use std::os::unix::fs::MetadataExt;
-            let me = std::fs::metadata(path)?;
-            let up = std::fs::metadata(path.join(".."))?;
-            Ok(me.dev() != up.dev() || me.ino() == up.ino())
-        }
-        Err(e) => Err(e.into()),
-    }
+    use std::os::unix::fs::MetadataExt;
+    let named = |p: &Path, e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", p.display()));
+    let me = std::fs::metadata(path).map_err(|e| named(path, e))?;
+    let up_path = path.join("..");
+    let up = std::fs::metadata(&up_path).map_err(|e| named(&up_path, e))?;
+    Ok(me.dev() != up.dev() || me.ino() == up.ino())
 }
 
 /// Checks the durable formats in `dir` at start, migrating older ones in

@@ -228,7 +228,16 @@ async fn both_sides(
     let (s, cfg, o, index) = (&mut *run.s, run.cfg, run.o, &mut *run.index);
     let checksum = o.checksum;
     let root = cfg.export.clone();
-    let state_dir = cfg.state_dir.clone();
+    if scope.is_none() {
+        // A filesystem unmounted under a running primary leaves the empty
+        // directory beneath: compared, it would delete every file. Checked
+        // before the standby is asked to walk its tree.
+        let (dir, export) = (cfg.state_dir.clone(), root.clone());
+        tokio::task::spawn_blocking(move || crate::state::check_mounted(&dir, &export))
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+            .map_err(std::io::Error::other)?;
+    }
     let mut ix = std::mem::take(index);
     let local_scope = scope.clone();
     // A whole-tree scan watches each directory before reading it.
@@ -238,11 +247,7 @@ async fn both_sides(
     let local = tokio::task::spawn_blocking(move || {
         let t0 = Instant::now();
         let r = match &local_scope {
-            // A filesystem unmounted under a running primary leaves the
-            // empty directory beneath: compared, it would delete every file.
-            None => crate::state::check_mounted(&state_dir, &root)
-                .map_err(std::io::Error::other)
-                .and_then(|()| scan::scan_with(&root, &mut ix, checksum, checksum, hook)),
+            None => scan::scan_with(&root, &mut ix, checksum, checksum, hook),
             Some(sc) => scan::scan_scoped(&root, &mut ix, sc, checksum),
         };
         let r = r.map(|mut sc| {

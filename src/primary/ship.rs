@@ -77,10 +77,21 @@ pub(super) async fn lost(
         stats.superseded.fetch_add(1, Relaxed);
         tracing::error!("another primary took over the standby ({e}): two primaries must never run for one export; stop one of them. Trying again in {SUPERSEDED_WAIT:?}");
         live.handle_superseded(std::time::Instant::now());
+    } else if recurs(&e) {
+        // The next session would meet it again at once: not in a loop of
+        // connects and whole-tree walks.
+        let wait = live.handle_session_failed(std::time::Instant::now());
+        tracing::error!("session failed: {e}; trying again in {wait:?}");
     } else {
         tracing::warn!("lost the standby: {e}; reconnecting");
         live.handle_session_lost(std::time::Instant::now());
     }
+}
+
+/// A failure the next session meets again at once: the standby's fatal
+/// error (its export refused, full, unreadable) or our own export's.
+pub(super) fn recurs(e: &ClientError) -> bool {
+    matches!(e, ClientError::Fatal(_) | ClientError::Io(_))
 }
 
 /// The standby closed our session for a newer one (see `standby.rs`).

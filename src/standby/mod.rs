@@ -50,7 +50,7 @@ pub use syncd_proto::receiver::{MAX_FAILURES, MAX_IN_FLIGHT};
 /// (8 MiB; list chunks about 1 MiB), so this bounds the queue to 128 MiB.
 pub const REPLY_QUEUE: usize = 16;
 /// How long a stopping standby waits for its connections' closes to go out.
-const STOP_DRAIN: std::time::Duration = std::time::Duration::from_millis(100);
+const STOP_DRAIN: std::time::Duration = std::time::Duration::from_millis(500);
 /// Verify sessions at once: each hashes the whole export on threads of its own.
 pub const MAX_VERIFY_SESSIONS: usize = 4;
 
@@ -263,8 +263,9 @@ impl Standby {
         self.endpoint.close(0u32.into(), b"shutdown");
         // The close is only queued: a process that exits now often takes
         // it along unsent, and the primary then waits out the idle timeout
-        // (6 s) before it knows. Draining takes three probe timeouts; the
-        // close goes out at once, so a short bound keeps the stop quick.
+        // (6 s) before it knows. Draining takes three probe timeouts (~80 ms
+        // on a LAN); the bound keeps a stop quick on a slow link or a
+        // starved machine.
         let _ = tokio::time::timeout(STOP_DRAIN, self.endpoint.wait_idle()).await;
         tracing::info!("standby stopped");
     }

@@ -22,8 +22,9 @@ pub fn recheck_on_hangup(
     check: impl Fn(&str) -> Result<(), ConfigError> + Send + Sync + 'static,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(h) => h,
+        Err(e) => return tracing::warn!("cannot handle SIGHUP ({e}): it ends this process"),
     };
     let check = std::sync::Arc::new(check);
     tokio::spawn(async move {
@@ -44,11 +45,14 @@ pub fn log_on_user_signals(
     usr2: impl Fn() -> String + Send + 'static,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut one), Ok(mut two)) = (
+    let (mut one, mut two) = match (
         signal(SignalKind::user_defined1()),
         signal(SignalKind::user_defined2()),
-    ) else {
-        return;
+    ) {
+        (Ok(one), Ok(two)) => (one, two),
+        (Err(e), _) | (_, Err(e)) => {
+            return tracing::warn!("cannot handle SIGUSR1/SIGUSR2 ({e}): they end this process")
+        }
     };
     tokio::spawn(async move {
         loop {

@@ -10,8 +10,8 @@
 //!     while let Some(e) = live.poll_event() { log and count e }
 //!     match live.poll_action(now) {
 //!         Some(Connect)         => connect; handle_connected | handle_connect_failed
-//!         Some(Ship { .. })     => renames, reconcile, send the commit; handle_commit_sent | handle_session_lost
-//!         (a commit's answer)   => handle_committed | handle_session_lost
+//!         Some(Ship { .. })     => renames, reconcile, send the commit; handle_commit_sent | handle_session_lost | handle_session_failed
+//!         (a commit's answer)   => handle_committed | handle_session_lost | handle_session_failed
 //!         Some(Stop { flush })  => ship flush, drain, close; return
 //!         None => wait for a change, a transfer, shutdown, or poll_timeout()
 //!     }
@@ -174,6 +174,10 @@ pub struct Live {
     batcher: Batcher,
     conn: Conn,
     backoff: Duration,
+    /// Before the next session after one that failed the way the next
+    /// would again (see [`Live::handle_session_failed`]); reset by a
+    /// completed first compare, not by a connect.
+    failed_backoff: Duration,
     periodic: Option<Duration>,
     /// Every directory is watched: the watch sees every change.
     watched: bool,
@@ -200,6 +204,7 @@ impl Live {
             batcher: Batcher::new(cfg.batch),
             conn: Conn::Down(now),
             backoff: BACKOFF_MIN,
+            failed_backoff: BACKOFF_MIN,
             periodic,
             watched: cfg.watching,
             next_full: periodic.map(|p| now + p),
@@ -264,6 +269,19 @@ impl Live {
     pub fn handle_session_lost(&mut self, now: Instant) {
         self.conn = Conn::Down(now);
         self.in_flight.clear();
+    }
+
+    /// The session failed the way the next would again at once (the
+    /// standby's fatal error, our own export refused): reconnect after a
+    /// wait that doubles, up to [`BACKOFF_MAX`], until a session gets
+    /// through its first compare, so such a failure is not retried in a
+    /// loop of connects and whole-tree walks. Returns the wait.
+    pub fn handle_session_failed(&mut self, now: Instant) -> Duration {
+        let wait = self.failed_backoff;
+        self.conn = Conn::Down(now + wait);
+        self.in_flight.clear();
+        self.failed_backoff = (wait * 2).min(BACKOFF_MAX);
+        wait
     }
 
     /// The standby dropped us for a newer session of another primary.
@@ -347,6 +365,7 @@ impl Live {
         let retrying = self.retry.queued || self.in_flight.iter().any(|b| b.retried);
         if !self.in_sync && transfers_idle && self.retry.paths.is_empty() && !retrying {
             self.in_sync = true;
+            self.failed_backoff = BACKOFF_MIN;
             self.events.push_back(Event::InSync);
         }
         Ok(())

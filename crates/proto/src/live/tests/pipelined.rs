@@ -203,3 +203,28 @@ fn a_stop_with_a_commit_in_flight_flushes_after_it() {
         a => panic!("expected a stop with a flush, got {a:?}"),
     }
 }
+
+#[test]
+fn sessions_that_fail_again_and_again_wait_longer_each_time_until_one_is_in_sync() {
+    let t0 = Instant::now();
+    let mut l = up(t0);
+    let mut now = t0;
+    let mut waits = Vec::new();
+    for _ in 0..8 {
+        let wait = l.handle_session_failed(now);
+        waits.push(wait);
+        assert_eq!(l.poll_action(now), None, "no connect before the wait");
+        assert_eq!(l.poll_action(now + wait - Duration::from_millis(1)), None);
+        now += wait;
+        assert_eq!(l.poll_action(now), Some(Action::Connect));
+        // A connect does not reset it: the failure comes after the connect.
+        l.handle_connected(now);
+    }
+    let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
+    assert_eq!(ms, [200, 400, 800, 1600, 3200, 6400, 10000, 10000]);
+    // A session that gets through its first compare resets it.
+    let (_, id) = ship_sent(&mut l, now);
+    acked(&mut l, id, now);
+    assert_eq!(l.poll_event(), Some(Event::InSync));
+    assert_eq!(l.handle_session_failed(now), BACKOFF_MIN);
+}

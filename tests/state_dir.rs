@@ -231,6 +231,22 @@ fn an_upgraded_primary_moves_its_state_out_of_the_export_and_sends_nothing_again
 /// Unmounts on drop (however the test ends).
 struct Mounted(PathBuf);
 
+impl Mounted {
+    /// A small tmpfs mounted on `dir`; `None` (the test skipped) when that
+    /// cannot be done.
+    fn tmpfs(test: &str, dir: &Path) -> Option<Mounted> {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16m", "syncd-test"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            syncd_testkit::skip::skip(test, "cannot mount a tmpfs");
+        }
+        ok.then(|| Mounted(dir.to_path_buf()))
+    }
+}
+
 impl Drop for Mounted {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount")
@@ -254,16 +270,9 @@ fn an_export_whose_filesystem_is_not_mounted_is_refused() {
     }
     let mut p = Pair::new();
     let export = p.primary();
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m", "syncd-test"])
-        .arg(&export)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        syncd_testkit::skip::skip(name, "cannot mount a tmpfs");
+    let Some(mounted) = Mounted::tmpfs(name, &export) else {
         return;
-    }
-    let mounted = Mounted(export.clone());
+    };
     for i in 0..20 {
         std::fs::write(export.join(format!("f{i}")), format!("file {i}")).unwrap();
     }
@@ -344,16 +353,9 @@ fn a_standby_whose_export_is_not_mounted_refuses_to_list_it() {
     }
     let mut p = Pair::new();
     let export = p.standby_dir();
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m", "syncd-test"])
-        .arg(&export)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        syncd_testkit::skip::skip(name, "cannot mount a tmpfs");
+    let Some(mounted) = Mounted::tmpfs(name, &export) else {
         return;
-    }
-    let mounted = Mounted(export.clone());
+    };
     for i in 0..20 {
         std::fs::write(p.primary().join(format!("f{i}")), format!("file {i}")).unwrap();
     }

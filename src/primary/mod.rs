@@ -42,7 +42,6 @@ use crate::generation::Leading;
 use crate::index::Index;
 use crate::stats::{unix_now, Stats};
 use crate::watch::Watch;
-use crate::wire::Purpose;
 use ship::{
     accept, acknowledged, followups, lost, on_event, peer_name, record, set_lag, ship, stop,
     Shipped, Shipping,
@@ -132,7 +131,7 @@ async fn run_inner(
         match d.live.poll_action(now) {
             Some(Action::Connect) => {
                 let r = tokio::select! {
-                    r = connect(&d.cfg, &d.me) => r,
+                    r = ship::connect(&d.cfg, &d.me) => r,
                     _ = &mut shutdown => return Ok(()),
                 };
                 d.connected(r);
@@ -290,20 +289,7 @@ impl Driver {
                     stats.refused.fetch_add(1, Relaxed);
                 }
                 let wait = self.live.handle_connect_failed(std::time::Instant::now());
-                let status = match &e {
-                    ClientError::Io(_) => {
-                        tracing::error!("cannot replicate: {e}; retrying in {wait:?}");
-                        format!("primary: cannot replicate, retrying in {wait:?}: {e}")
-                    }
-                    _ => {
-                        tracing::warn!("standby unavailable: {e}; retrying in {wait:?}");
-                        format!(
-                            "primary: standby {} unavailable, retrying in {wait:?}: {e}",
-                            peer_name(cfg)
-                        )
-                    }
-                };
-                self.notify(&[], &status);
+                self.notify(&[], &ship::connect_failed(cfg, &e, wait));
                 self.stats.error(&e);
             }
         }
@@ -589,17 +575,6 @@ impl Driver {
         }
         self.live.handle_shutdown();
     }
-}
-
-/// A session, once our export is checked (a filesystem unmounted under us
-/// would be compared as an empty tree).
-async fn connect(cfg: &Config, me: &Leading) -> Result<Session, ClientError> {
-    let (dir, export) = (cfg.state_dir.clone(), cfg.export.clone());
-    tokio::task::spawn_blocking(move || crate::state::check_mounted(&dir, &export))
-        .await
-        .map_err(|e| ClientError::Protocol(e.to_string()))?
-        .map_err(std::io::Error::other)?;
-    Session::connect(cfg, Purpose::Resync, me).await
 }
 
 /// The watch's next change; never, without a watch.

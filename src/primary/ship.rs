@@ -48,6 +48,37 @@ pub(super) async fn stop(
     let _ = tokio::time::timeout(GRACE, s.finish()).await;
 }
 
+/// A session, once our export is checked (a filesystem unmounted under us
+/// would be compared as an empty tree).
+pub(super) async fn connect(
+    cfg: &Config,
+    me: &crate::generation::Leading,
+) -> Result<Session, ClientError> {
+    let (dir, export) = (cfg.state_dir.clone(), cfg.export.clone());
+    tokio::task::spawn_blocking(move || crate::state::check_mounted(&dir, &export))
+        .await
+        .map_err(|e| ClientError::Protocol(e.to_string()))?
+        .map_err(std::io::Error::other)?;
+    Session::connect(cfg, crate::wire::Purpose::Resync, me).await
+}
+
+/// Logs a failed connect, retried after `wait`; returns the unit's status.
+pub(super) fn connect_failed(cfg: &Config, e: &ClientError, wait: Duration) -> String {
+    match e {
+        ClientError::Io(_) => {
+            tracing::error!("cannot replicate: {e}; retrying in {wait:?}");
+            format!("primary: cannot replicate, retrying in {wait:?}: {e}")
+        }
+        _ => {
+            tracing::warn!("standby unavailable: {e}; retrying in {wait:?}");
+            format!(
+                "primary: standby {} unavailable, retrying in {wait:?}: {e}",
+                peer_name(cfg)
+            )
+        }
+    }
+}
+
 pub(super) fn peer_name(cfg: &Config) -> String {
     cfg.peer.map(|p| p.to_string()).unwrap_or_default()
 }

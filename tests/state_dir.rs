@@ -256,6 +256,22 @@ impl Drop for Mounted {
     }
 }
 
+/// A pair with one side's export (`side`) on a tmpfs, 20 files resynced
+/// onto it; `None` when the test cannot run here (skipped visibly).
+fn synced_on_tmpfs(test: &str, side: fn(&Pair) -> PathBuf) -> Option<(Pair, Mounted)> {
+    if !can_run(test) {
+        return None;
+    }
+    let mut p = Pair::new();
+    let mounted = Mounted::tmpfs(test, &side(&p))?;
+    for i in 0..20 {
+        std::fs::write(p.primary().join(format!("f{i}")), format!("file {i}")).unwrap();
+    }
+    p.start_standby();
+    p.resync(&[]);
+    Some((p, mounted))
+}
+
 /// The classic `rsync --delete` disaster: the primary's export is a mount
 /// point whose filesystem did not come up (a failed disk at boot), and the
 /// empty directory beneath it is taken for the data. Before, a start, a
@@ -265,19 +281,10 @@ impl Drop for Mounted {
 #[test]
 fn an_export_whose_filesystem_is_not_mounted_is_refused() {
     let name = "an_export_whose_filesystem_is_not_mounted_is_refused";
-    if !can_run(name) {
-        return;
-    }
-    let mut p = Pair::new();
-    let export = p.primary();
-    let Some(mounted) = Mounted::tmpfs(name, &export) else {
+    let Some((mut p, mounted)) = synced_on_tmpfs(name, Pair::primary) else {
         return;
     };
-    for i in 0..20 {
-        std::fs::write(export.join(format!("f{i}")), format!("file {i}")).unwrap();
-    }
-    p.start_standby();
-    p.resync(&[]);
+    let export = mounted.0.clone();
     let standby = p.standby_dir();
     let count = || std::fs::read_dir(&standby).unwrap().count();
     assert_eq!(count(), 20);
@@ -348,19 +355,10 @@ fn an_export_whose_filesystem_is_not_mounted_is_refused() {
 #[test]
 fn a_standby_whose_export_is_not_mounted_refuses_to_list_it() {
     let name = "a_standby_whose_export_is_not_mounted_refuses_to_list_it";
-    if !can_run(name) {
-        return;
-    }
-    let mut p = Pair::new();
-    let export = p.standby_dir();
-    let Some(mounted) = Mounted::tmpfs(name, &export) else {
+    let Some((mut p, mounted)) = synced_on_tmpfs(name, Pair::standby_dir) else {
         return;
     };
-    for i in 0..20 {
-        std::fs::write(p.primary().join(format!("f{i}")), format!("file {i}")).unwrap();
-    }
-    p.start_standby();
-    p.resync(&[]);
+    let export = mounted.0.clone();
     assert_eq!(std::fs::read_dir(&export).unwrap().count(), 20);
 
     assert!(std::process::Command::new("umount")

@@ -108,48 +108,34 @@ fn keepalived_signals_check_or_dump_and_the_master_stays() {
         "never master: {}",
         lan.log(k)
     );
-    let hangups = |lan: &Lan| {
-        lan.log(k)
-            .lines()
-            .filter(|l| l.contains("SIGHUP:"))
-            .map(str::to_string)
-            .collect::<Vec<_>>()
+    // SIGHUP, then the daemon's answer: its `n`th "SIGHUP:" line.
+    let hup = |lan: &Lan, n: usize| {
+        lan.signal(k, libc::SIGHUP);
+        let line = || {
+            lan.log(k)
+                .lines()
+                .filter(|l| l.contains("SIGHUP:"))
+                .nth(n)
+                .map(str::to_string)
+        };
+        assert!(
+            wait_for(WAIT, || line().is_some()).is_some(),
+            "{}",
+            lan.log(k)
+        );
+        line().unwrap_or_default()
     };
-
-    lan.signal(k, libc::SIGHUP);
-    assert!(
-        wait_for(WAIT, || hangups(&lan).len() == 1).is_some(),
-        "{}",
-        lan.log(k)
-    );
-    assert!(
-        hangups(&lan)[0].contains("valid, unchanged since the start"),
-        "{}",
-        lan.log(k)
-    );
-
+    let l = hup(&lan, 0);
+    assert!(l.contains("valid, unchanged since the start"), "{l}");
     std::fs::write(&cfg, body.replace("priority = 100", "priority = 150")).unwrap();
-    lan.signal(k, libc::SIGHUP);
+    let l = hup(&lan, 1);
     assert!(
-        wait_for(WAIT, || hangups(&lan).len() == 2).is_some(),
-        "{}",
-        lan.log(k)
+        l.contains("changed since the start: vrrp.") && l.contains("restart it"),
+        "{l}"
     );
-    assert!(
-        hangups(&lan)[1].contains("changed since the start: vrrp.")
-            && hangups(&lan)[1].contains("restart it"),
-        "{}",
-        lan.log(k)
-    );
-
     std::fs::write(&cfg, body.replace("vrid = 51", "vrid = 0")).unwrap();
-    lan.signal(k, libc::SIGHUP);
-    assert!(
-        wait_for(WAIT, || hangups(&lan).len() == 3).is_some(),
-        "{}",
-        lan.log(k)
-    );
-    assert!(hangups(&lan)[2].contains("does not load"), "{}", lan.log(k));
+    let l = hup(&lan, 2);
+    assert!(l.contains("does not load"), "{l}");
 
     // keepalived's dumps: the status (SIGUSR1) and counters (SIGUSR2) logged.
     lan.signal(k, libc::SIGUSR1);

@@ -6,7 +6,9 @@
 //!   cargo bench --bench walk -- DIR [ROUNDS]
 //!
 //! With `WATCH=1`, each walk also watches every directory before reading
-//! it, as the primary's does (a fresh inotify watch each round).
+//! it, as the primary's does (a fresh inotify watch each round). With
+//! `DIGESTS=1`, each round also builds the listing's directory digests (what
+//! both sides do next at a restart) and prints that build's seconds.
 
 use std::time::Instant;
 
@@ -18,6 +20,7 @@ fn main() {
     };
     let rounds: usize = args.next().and_then(|r| r.parse().ok()).unwrap_or(1);
     let watching = std::env::var_os("WATCH").is_some_and(|v| v == "1");
+    let digests = std::env::var_os("DIGESTS").is_some_and(|v| v == "1");
     let root = std::path::Path::new(&dir);
     for _ in 0..rounds {
         let watch = watching.then(|| {
@@ -30,6 +33,19 @@ fn main() {
         let mut index = syncd::index::Index::default();
         let hook = watch.as_ref().map(|w| w.dirs().hook());
         match syncd::scan::scan_with(root, &mut index, false, false, hook) {
+            Ok(s) if digests => {
+                let walked = t0.elapsed().as_secs_f64();
+                let t1 = Instant::now();
+                let side = syncd::scan::digest::Side::Primary;
+                let tree = syncd::scan::digest::tree(&s.entries, false, side);
+                let built = t1.elapsed().as_secs_f64();
+                let root = tree.root().tree;
+                println!(
+                    "{walked:.3} {} digests {built:.3} root {:02x?}",
+                    s.entries.len(),
+                    &root[..4]
+                );
+            }
             Ok(s) => println!("{:.3} {}", t0.elapsed().as_secs_f64(), s.entries.len()),
             Err(e) => {
                 eprintln!("walk: {dir}: {e}");

@@ -55,6 +55,8 @@ pub struct Index {
     read_only: bool,
     /// Still being read (see [`Index::load_behind`]).
     loading: Option<std::thread::JoinHandle<Index>>,
+    /// While being read: the count of entries the file announces.
+    announced: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +92,38 @@ fn decode(path: &Path, b: &[u8]) -> Result<Option<(Table, bool)>, IndexError> {
             version,
         }),
         _ => Ok(None),
+    }
+}
+
+/// The count of entries the file at `path` announces, read from its first
+/// bytes only (0 when there is none to read).
+fn announced_entries(path: &Path) -> usize {
+    // The magic, the version and the count (a varint of at most 10 bytes).
+    let Ok(head) = crate::state::read_private_head(path, 22) else {
+        return 0;
+    };
+    let body = match head.strip_prefix(MAGIC_V1.as_slice()) {
+        Some(rest) => rest,
+        None => match head.strip_prefix(MAGIC.as_slice()) {
+            Some(rest) => rest.get(4..).unwrap_or_default(),
+            None => return 0,
+        },
+    };
+    postcard::take_from_bytes::<u64>(body)
+        .ok()
+        .and_then(|(n, _)| usize::try_from(n).ok())
+        .unwrap_or(0)
+}
+
+/// Lowers the calling thread's priority (Linux: a thread's own nice
+/// value), so a background load takes the cores only when the walk
+/// beside it leaves them idle.
+fn yield_to_the_walk() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority on the calling thread's id changes nothing else.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
     }
 }
 
@@ -136,6 +170,7 @@ impl Index {
             migrated,
             read_only: false,
             loading: None,
+            announced: 0,
         })
     }
 
@@ -154,22 +189,37 @@ impl Index {
     }
 
     /// [`Index::load`] on a thread of its own, so that a start need not
-    /// wait for it (a million entries take ~0.4 s): what needs the entries
-    /// waits for them (every `&mut self` method, [`Index::ready`]); until
-    /// then [`Index::get`] finds nothing (a hash is taken again) and the
-    /// counts are of nothing.
+    /// wait for it (a million entries take ~0.4 s of a core): what needs
+    /// the entries waits for them (every `&mut self` method, [`Index::ready`]);
+    /// until then [`Index::get`] finds nothing (a hash is taken again),
+    /// [`Index::len`] counts nothing and [`Index::size_hint`] is the count
+    /// the file announces. The thread runs at a lower priority: a restart's
+    /// walk needs no index and has the cores first.
     pub fn load_behind(path: &Path) -> Index {
         let p = path.to_path_buf();
+        let announced = announced_entries(path);
         match std::thread::Builder::new()
             .name("index-load".into())
-            .spawn(move || Index::load(&p))
-        {
+            .spawn(move || {
+                yield_to_the_walk();
+                Index::load(&p)
+            }) {
             Ok(h) => Index {
                 path: path.to_path_buf(),
                 loading: Some(h),
+                announced,
                 ..Index::default()
             },
             Err(_) => Index::load(path),
+        }
+    }
+
+    /// The entries held, or while they are read the count the file
+    /// announces (a damaged file may announce anything: only a hint).
+    pub fn size_hint(&self) -> usize {
+        match self.loading {
+            Some(_) => self.announced,
+            None => self.map.len(),
         }
     }
 
@@ -229,8 +279,11 @@ impl Index {
 
     /// Takes in every entry of `other` (hashes learnt without holding this one).
     pub fn absorb(&mut self, mut other: Index) {
-        self.ready();
         other.ready();
+        if other.map.len() == 0 {
+            return;
+        }
+        self.ready();
         for (k, s, h) in other.map.iter() {
             self.dirty |= self.map.insert(k, s, *h);
         }
@@ -299,6 +352,29 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// While it is read behind, an index tells the count its file
+    /// announces (what a whole scan's pruning looks at) and no more.
+    #[test]
+    fn an_index_read_behind_announces_its_count_from_its_head() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("index.bin");
+        assert_eq!(Index::load_behind(&p).size_hint(), 0, "no file");
+        let mut ix = Index::load(&p);
+        for i in 0..300u32 {
+            ix.insert(format!("f{i}").into_bytes(), stamp(), [1; 32]);
+        }
+        ix.save().unwrap();
+        let mut behind = Index::load_behind(&p);
+        assert_eq!(behind.size_hint(), 300);
+        assert_eq!(behind.len(), 0, "nothing counted before it is read");
+        behind.ready();
+        assert_eq!((behind.len(), behind.size_hint()), (300, 300));
+        std::fs::write(&p, b"SYNCDIDX\x02\x00\x00\x00").unwrap();
+        assert_eq!(Index::load_behind(&p).size_hint(), 0, "no count");
+        std::fs::write(&p, b"garbage").unwrap();
+        assert_eq!(Index::load_behind(&p).size_hint(), 0);
+    }
 
     #[test]
     fn save_load_and_staleness() {

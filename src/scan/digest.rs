@@ -54,11 +54,15 @@ fn leaf(e: &Entry, owners: bool, linked: Option<Side>, b: &mut Vec<u8>) -> Diges
 /// The digests of one side's whole listing.
 pub fn tree(entries: &[Entry], owners: bool, side: Side) -> Tree {
     let linked = Linked::of(entries);
-    let mut b = Vec::with_capacity(64);
-    Tree::build(entries.iter().map(|e| {
-        let l = leaf(e, owners, linked.is(e).then_some(side), &mut b);
-        (e.path.as_bytes(), l, matches!(e.kind, Kind::Dir))
-    }))
+    let threads = compute_threads(entries.len());
+    let leaves = leaves(entries, owners, &linked, side, threads);
+    Tree::build_on(
+        entries
+            .iter()
+            .zip(leaves)
+            .map(|(e, l)| (e.path.as_bytes(), l, matches!(e.kind, Kind::Dir))),
+        threads,
+    )
 }
 
 /// [`tree`], freeing the listing as the tree grows: the standby holds
@@ -66,22 +70,71 @@ pub fn tree(entries: &[Entry], owners: bool, side: Side) -> Tree {
 /// restart (~240 bytes an entry together).
 pub fn tree_of(mut entries: Vec<Entry>, owners: bool, side: Side) -> Tree {
     let linked = Linked::of(&entries);
+    let threads = compute_threads(entries.len());
+    // 16 bytes an entry beside the listing, freed with it.
+    let mut leaves = leaves(&entries, owners, &linked, side, threads);
+    drop(linked);
     // Taken from the end (the tree does not care about order), and the
-    // buffer shrunk every so often: past glibc's mmap threshold that gives
-    // its tail back to the kernel.
+    // buffers shrunk every so often: past glibc's mmap threshold that gives
+    // their tails back to the kernel.
     const SHRINK_EVERY: usize = 1 << 16;
     let mut n = 0usize;
-    let mut b = Vec::with_capacity(64);
-    Tree::build(std::iter::from_fn(move || {
-        let e = entries.pop()?;
-        n += 1;
-        if n.is_multiple_of(SHRINK_EVERY) {
-            entries.shrink_to_fit();
-        }
-        let l = leaf(&e, owners, linked.is(&e).then_some(side), &mut b);
-        let is_dir = matches!(e.kind, Kind::Dir);
-        Some((e.path.into_bytes(), l, is_dir))
-    }))
+    Tree::build_on(
+        std::iter::from_fn(move || {
+            let (e, l) = (entries.pop()?, leaves.pop()?);
+            n += 1;
+            if n.is_multiple_of(SHRINK_EVERY) {
+                entries.shrink_to_fit();
+                leaves.shrink_to_fit();
+            }
+            let is_dir = matches!(e.kind, Kind::Dir);
+            Some((e.path.into_bytes(), l, is_dir))
+        }),
+        threads,
+    )
+}
+
+/// Listings shorter than this are hashed on the calling thread.
+const PARALLEL_MIN_ENTRIES: usize = 1 << 16;
+
+/// Threads for hashing a listing of `n` entries: the cores, at most 8
+/// (both sides' trees are built right after a walk, the restart's serial
+/// end).
+fn compute_threads(n: usize) -> usize {
+    if n < PARALLEL_MIN_ENTRIES {
+        return 1;
+    }
+    std::thread::available_parallelism().map_or(1, |c| c.get().min(8))
+}
+
+/// Every entry's leaf, in order, on up to `threads` threads.
+fn leaves(
+    entries: &[Entry],
+    owners: bool,
+    linked: &Linked,
+    side: Side,
+    threads: usize,
+) -> Vec<Digest> {
+    let part = |part: &[Entry]| -> Vec<Digest> {
+        let mut b = Vec::with_capacity(64);
+        part.iter()
+            .map(|e| leaf(e, owners, linked.is(e).then_some(side), &mut b))
+            .collect()
+    };
+    if threads <= 1 {
+        return part(entries);
+    }
+    let per = entries.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let running: Vec<_> = entries
+            .chunks(per)
+            .map(|c| s.spawn(move || part(c)))
+            .collect();
+        running
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
 }
 
 /// Which entries of a listing are hard-linked: files sharing an inode
@@ -183,10 +236,23 @@ mod tests {
         }
         v.push(file("x", 3, 5));
         v.push(file("y", 3, 5));
+        assert!(
+            v.len() >= PARALLEL_MIN_ENTRIES,
+            "the threaded build is taken"
+        );
         for side in [Side::Primary, Side::Standby] {
             let a = tree(&v, true, side);
             let b = tree_of(v.clone(), true, side);
             assert_eq!(a.root(), b.root());
+            // The tree of one thread, leaf after leaf.
+            let linked = Linked::of(&v);
+            let mut buf = Vec::new();
+            let one = Tree::build(v.iter().map(|e| {
+                let l = leaf(e, true, linked.is(e).then_some(side), &mut buf);
+                (e.path.as_bytes(), l, matches!(e.kind, Kind::Dir))
+            }));
+            assert_eq!(one.root(), a.root());
+            assert_eq!(one.dir(b"d150"), a.dir(b"d150"));
             assert_eq!(a.dir(b"d007"), b.dir(b"d007"));
             assert!(b.dir(b"d299").is_some_and(|d| d.leaves().len() == 250));
         }

@@ -27,7 +27,7 @@ pub use leftovers::sweep_leftovers_from_before;
 pub use scoped::scan_scoped;
 
 use crate::index::Index;
-use crate::wire::{Entry, Meta};
+use crate::wire::{Entry, Kind, Meta};
 use collect::{Collector, Frame};
 use fs::open_root;
 use std::os::unix::fs::MetadataExt;
@@ -114,14 +114,26 @@ pub fn scan_with(
         names,
     };
     let c = parallel::walk(c, root, parallel::threads());
-    // Read meanwhile when the daemon started (`Index::load_behind`): the
-    // walk itself needs no index.
-    index.ready();
-    // Forget paths that are gone so the index does not grow forever.
-    if !index.is_empty() {
-        index.keep_only(c.out.entries.iter().map(|e| e.path.as_bytes()));
-    }
+    prune_index(index, &c.out.entries);
     c.finish(&dir, index, force)
+}
+
+/// Forgets the index's paths that a whole listing no longer has, so the
+/// index does not grow forever; only once it holds more entries than the
+/// listing has files (it holds files' hashes alone), which bounds it by
+/// the export's file count. An index no bigger is left as it is, even
+/// still being read (`Index::load_behind`): an in-sync restart at a
+/// million files then looks up no path and need not wait for the load. A
+/// stale entry is harmless meanwhile: it is trusted only for a file of
+/// the same path, size, times and inode.
+pub fn prune_index(index: &mut Index, listing: &[Entry]) {
+    let files = listing
+        .iter()
+        .filter(|e| matches!(e.kind, Kind::File { .. } | Kind::HardLink { .. }))
+        .count();
+    if index.size_hint() > files {
+        index.keep_only(listing.iter().map(|e| e.path.as_bytes()));
+    }
 }
 
 /// Returns to the kernel what a whole-tree walk and its products freed

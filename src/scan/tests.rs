@@ -316,3 +316,57 @@ fn subdirectories_are_announced_before_they_are_read() {
         "each read is still shown"
     );
 }
+
+/// A whole listing prunes the index only once it holds more entries than
+/// the listing has files: an in-sync restart leaves it as read.
+#[test]
+fn the_index_is_pruned_only_when_it_outgrows_the_files() {
+    use crate::index::Stamp;
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("index.bin");
+    let st = Stamp {
+        size: 1,
+        mtime: (2, 3),
+        ctime: (4, 5),
+        ino: 6,
+    };
+    let mut ix = Index::load(&p);
+    for f in ["a", "b", "gone"] {
+        ix.insert(f.as_bytes().to_vec(), st, [7; 32]);
+    }
+    ix.save().unwrap();
+    let file = |p: &str| Entry {
+        path: syncd_proto::path::RelPath::new(p.as_bytes().to_vec()).unwrap(),
+        kind: Kind::File {
+            size: 1,
+            hash: None,
+        },
+        meta: Meta {
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_sec: 1,
+            mtime_nsec: 0,
+        },
+        ino: 0,
+    };
+    let dir = |p: &str| Entry {
+        kind: Kind::Dir,
+        ..file(p)
+    };
+    // Three files listed (and a directory, which counts for nothing).
+    let same_count = [file("a"), file("b"), file("new"), dir("d")];
+    let mut ix = Index::load_behind(&p);
+    prune_index(&mut ix, &same_count);
+    assert_eq!(ix.len(), 0, "not waited for: still being read");
+    assert_eq!(ix.get(b"gone", &st), None);
+    ix.ready();
+    assert_eq!(ix.get(b"gone", &st), Some([7; 32]), "not pruned");
+    // Two files listed: the index outgrew them.
+    let fewer = [file("a"), file("b"), dir("d")];
+    let mut ix = Index::load_behind(&p);
+    prune_index(&mut ix, &fewer);
+    assert_eq!(ix.len(), 2);
+    assert_eq!(ix.get(b"gone", &st), None);
+    assert_eq!(ix.get(b"a", &st), Some([7; 32]));
+}

@@ -377,7 +377,7 @@ pub(super) fn list_all(sh: &Shared, checksum: bool) -> std::io::Result<scan::Sca
     let mut ix = lock(&sh.index);
     // A file committed during the scan may be forgotten here: the index is
     // only a cache. One flag byte an entry, not a set of every listed path.
-    ix.keep_only(scanned.entries.iter().map(|e| e.path.as_bytes()));
+    scan::prune_index(&mut ix, &scanned.entries);
     ix.absorb(fresh);
     drop(ix);
     let indexed = t0.elapsed();

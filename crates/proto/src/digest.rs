@@ -19,24 +19,39 @@ use serde::{Deserialize, Serialize};
 pub type Digest = [u8; 16];
 
 /// A digest over parts, each length-prefixed, so no two sequences of
-/// parts hash alike.
-struct Parts(blake3::Hasher);
+/// parts hash alike. The parts are gathered and hashed in pieces of 64 KiB:
+/// BLAKE3 of the same bytes in one call, several times faster than a call
+/// per part (a million leaves make four million parts).
+struct Parts {
+    hasher: blake3::Hasher,
+    buf: Vec<u8>,
+}
 
 impl Parts {
+    const FLUSH: usize = 1 << 16;
+
     fn new(first: &[u8]) -> Parts {
-        let mut p = Parts(blake3::Hasher::new());
+        let mut p = Parts {
+            hasher: blake3::Hasher::new(),
+            buf: Vec::with_capacity(256),
+        };
         p.part(first);
         p
     }
 
     fn part(&mut self, p: &[u8]) {
-        self.0.update(&(p.len() as u64).to_le_bytes());
-        self.0.update(p);
+        self.buf.extend_from_slice(&(p.len() as u64).to_le_bytes());
+        self.buf.extend_from_slice(p);
+        if self.buf.len() >= Self::FLUSH {
+            self.hasher.update(&self.buf);
+            self.buf.clear();
+        }
     }
 
-    fn digest(&self) -> Digest {
+    fn digest(mut self) -> Digest {
+        self.hasher.update(&self.buf);
         let mut d = [0; 16];
-        d.copy_from_slice(&self.0.finalize().as_bytes()[..16]);
+        d.copy_from_slice(&self.hasher.finalize().as_bytes()[..16]);
         d
     }
 }
@@ -166,6 +181,16 @@ impl Tree {
     /// In any order; the paths may be owned, so that a caller can free its
     /// listing as the tree grows.
     pub fn build<P: AsRef<[u8]>>(entries: impl IntoIterator<Item = (P, Digest, bool)>) -> Tree {
+        Tree::build_on(entries, 1)
+    }
+
+    /// [`Tree::build`], finishing the directories of each depth on up to
+    /// `threads` threads (a million entries take ~0.3 s on one core: the
+    /// serial end of a restart, after both walks). The same tree.
+    pub fn build_on<P: AsRef<[u8]>>(
+        entries: impl IntoIterator<Item = (P, Digest, bool)>,
+        threads: usize,
+    ) -> Tree {
         let mut slots = Slots {
             at: HashMap::new(),
             paths: Vec::new(),
@@ -189,22 +214,34 @@ impl Tree {
             b.names.extend_from_slice(name);
             b.leaves.push((start, b.names.len(), d));
         }
-        // Deepest first, so each subdirectory's tree is known before its parent's.
-        let mut order: Vec<usize> = (0..slots.dirs.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(depth(&slots.paths[i])));
+        // Deepest first, so each subdirectory's tree is known before its
+        // parent's; the directories of one depth are independent.
+        let mut levels: Vec<Vec<usize>> = Vec::new();
+        for (i, p) in slots.paths.iter().enumerate() {
+            let d = depth(p);
+            if levels.len() <= d {
+                levels.resize_with(d + 1, Vec::new);
+            }
+            levels[d].push(i);
+        }
         let mut done: Vec<Option<Dir>> = Vec::new();
         done.resize_with(slots.dirs.len(), || None);
-        for i in order {
-            let dir = std::mem::take(&mut slots.dirs[i]).finish();
-            let path = &slots.paths[i];
-            if !path.is_empty() {
-                let (parent, name) = split(path);
-                let entry = (name.to_vec(), dir.tree);
-                let parent = parent.to_vec();
-                let p = slots.of(&parent);
-                slots.dirs[p].subdirs.push(entry);
+        for level in levels.iter().rev() {
+            let building: Vec<Building> = level
+                .iter()
+                .map(|&i| std::mem::take(&mut slots.dirs[i]))
+                .collect();
+            for (&i, dir) in level.iter().zip(finish_all(building, threads)) {
+                let path = &slots.paths[i];
+                if !path.is_empty() {
+                    let (parent, name) = split(path);
+                    let entry = (name.to_vec(), dir.tree);
+                    let parent = parent.to_vec();
+                    let p = slots.of(&parent);
+                    slots.dirs[p].subdirs.push(entry);
+                }
+                done[i] = Some(dir);
             }
-            done[i] = Some(dir);
         }
         // A parent made above for an unlisted directory's child is never
         // finished: it keeps its subdirectories and no digests.
@@ -261,6 +298,35 @@ fn weight(d: &Dir, leaves: bool) -> usize {
         } else {
             0
         }
+}
+
+/// Directories fewer than this are finished on the calling thread.
+const PARALLEL_MIN_DIRS: usize = 512;
+
+/// Each directory finished, in order, on up to `threads` threads.
+fn finish_all(building: Vec<Building>, threads: usize) -> Vec<Dir> {
+    if threads <= 1 || building.len() < PARALLEL_MIN_DIRS {
+        return building.into_iter().map(Building::finish).collect();
+    }
+    let per = building.len().div_ceil(threads);
+    let mut parts: Vec<Vec<Building>> = Vec::new();
+    let mut rest = building;
+    while rest.len() > per {
+        let tail = rest.split_off(per);
+        parts.push(rest);
+        rest = tail;
+    }
+    parts.push(rest);
+    std::thread::scope(|s| {
+        let running: Vec<_> = parts
+            .into_iter()
+            .map(|part| s.spawn(move || part.into_iter().map(Building::finish).collect::<Vec<_>>()))
+            .collect();
+        running
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
 }
 
 fn depth(p: &[u8]) -> usize {

@@ -235,3 +235,47 @@ fn digests_are_those_every_release_computes() {
         ]
     );
 }
+
+#[test]
+fn a_tree_built_on_several_threads_is_the_one_built_on_one() {
+    // More directories at one depth than are finished on the caller's
+    // thread, an entry whose parent is not listed, and a mix of depths.
+    let mut v = Vec::new();
+    for d in 0..40 {
+        v.push((format!("d{d:02}"), "dir".to_string(), true));
+        for s in 0..30 {
+            v.push((format!("d{d:02}/s{s:02}"), "dir".into(), true));
+            for f in 0..3 {
+                v.push((
+                    format!("d{d:02}/s{s:02}/f{f}"),
+                    format!("x{d}{s}{f}"),
+                    false,
+                ));
+            }
+        }
+        v.push((format!("d{d:02}/top"), format!("t{d}"), false));
+    }
+    v.push(("unlisted/child".into(), "orphan".into(), false));
+    v.push(("file".into(), "f".into(), false));
+    let one = build(&v);
+    for threads in [2, 3, 8] {
+        let many = Tree::build_on(
+            v.iter()
+                .map(|(p, c, d)| (p.as_bytes(), leaf(c.as_bytes()), *d)),
+            threads,
+        );
+        assert_eq!(many.root(), one.root(), "{threads} threads");
+        assert_eq!(many.dirs, one.dirs, "{threads} threads");
+    }
+    let mut changed = v.clone();
+    changed[2].1 = "other".into();
+    let other = Tree::build_on(
+        changed
+            .iter()
+            .map(|(p, c, d)| (p.as_bytes(), leaf(c.as_bytes()), *d)),
+        4,
+    );
+    assert_ne!(other.root().tree, one.root().tree);
+    assert_eq!(changed[2].0, "d00/s00/f0");
+    assert!(walk(&other, &one).0.contains(&e("d00/s00/f0")));
+}

@@ -67,39 +67,36 @@ pub fn tree(entries: &[Entry], owners: bool, side: Side) -> Tree {
 
 /// [`tree`], freeing the listing as the tree grows: the standby holds
 /// only the tree afterwards, and holding both at once was its peak at a
-/// restart (~240 bytes an entry together).
+/// restart (~240 bytes an entry together). On one thread: the tree's
+/// allocations then reuse what the listing gives back (hashed and finished
+/// on several threads, in their own malloc arenas, the standby's peak at a
+/// million grew from 354 to 404-427 MiB).
 pub fn tree_of(mut entries: Vec<Entry>, owners: bool, side: Side) -> Tree {
     let linked = Linked::of(&entries);
-    let threads = compute_threads(entries.len());
-    // 16 bytes an entry beside the listing, freed with it.
-    let mut leaves = leaves(&entries, owners, &linked, side, threads);
-    drop(linked);
     // Taken from the end (the tree does not care about order), and the
-    // buffers shrunk every so often: past glibc's mmap threshold that gives
-    // their tails back to the kernel.
+    // buffer shrunk every so often: past glibc's mmap threshold that gives
+    // its tail back to the kernel.
     const SHRINK_EVERY: usize = 1 << 16;
     let mut n = 0usize;
-    Tree::build_on(
-        std::iter::from_fn(move || {
-            let (e, l) = (entries.pop()?, leaves.pop()?);
-            n += 1;
-            if n.is_multiple_of(SHRINK_EVERY) {
-                entries.shrink_to_fit();
-                leaves.shrink_to_fit();
-            }
-            let is_dir = matches!(e.kind, Kind::Dir);
-            Some((e.path.into_bytes(), l, is_dir))
-        }),
-        threads,
-    )
+    let mut b = Vec::with_capacity(64);
+    Tree::build(std::iter::from_fn(move || {
+        let e = entries.pop()?;
+        n += 1;
+        if n.is_multiple_of(SHRINK_EVERY) {
+            entries.shrink_to_fit();
+        }
+        let l = leaf(&e, owners, linked.is(&e).then_some(side), &mut b);
+        let is_dir = matches!(e.kind, Kind::Dir);
+        Some((e.path.into_bytes(), l, is_dir))
+    }))
 }
 
 /// Listings shorter than this are hashed on the calling thread.
 const PARALLEL_MIN_ENTRIES: usize = 1 << 16;
 
 /// Threads for hashing a listing of `n` entries: the cores, at most 8
-/// (both sides' trees are built right after a walk, the restart's serial
-/// end).
+/// (the primary builds its tree right after its walk, at the end of a
+/// restart's critical path).
 fn compute_threads(n: usize) -> usize {
     if n < PARALLEL_MIN_ENTRIES {
         return 1;

@@ -169,7 +169,7 @@ impl Standby {
                 );
             }
         }
-        let index = Index::load_behind(&cfg.state_dir.join("index.bin"));
+        let index = Index::load(&cfg.state_dir.join("index.bin"));
         let store = generation::Store::new(&cfg.state_dir);
         let record = store
             .load()

@@ -115,18 +115,6 @@ fn announced_entries(path: &Path) -> usize {
         .unwrap_or(0)
 }
 
-/// Lowers the calling thread's priority (Linux: a thread's own nice
-/// value), so a background load takes the cores only when the walk
-/// beside it leaves them idle.
-fn yield_to_the_walk() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: setpriority on the calling thread's id changes nothing else.
-    unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
-    }
-}
-
 /// One entry as written: the path, its stamp, its hash.
 type Record<'a> = (&'a [u8], Stamp, Hash);
 
@@ -190,20 +178,17 @@ impl Index {
 
     /// [`Index::load`] on a thread of its own, so that a start need not
     /// wait for it (a million entries take ~0.4 s of a core): what needs
-    /// the entries waits for them (every `&mut self` method, [`Index::ready`]);
-    /// until then [`Index::get`] finds nothing (a hash is taken again),
-    /// [`Index::len`] counts nothing and [`Index::size_hint`] is the count
-    /// the file announces. The thread runs at a lower priority: a restart's
-    /// walk needs no index and has the cores first.
+    /// the entries waits for them (every `&mut self` method but
+    /// [`Index::save`], [`Index::ready`]); until then [`Index::get`] finds
+    /// nothing (a hash is taken again), [`Index::len`] counts nothing and
+    /// [`Index::size_hint`] is the count the file announces.
     pub fn load_behind(path: &Path) -> Index {
         let p = path.to_path_buf();
         let announced = announced_entries(path);
         match std::thread::Builder::new()
             .name("index-load".into())
-            .spawn(move || {
-                yield_to_the_walk();
-                Index::load(&p)
-            }) {
+            .spawn(move || Index::load(&p))
+        {
             Ok(h) => Index {
                 path: path.to_path_buf(),
                 loading: Some(h),
@@ -311,7 +296,11 @@ impl Index {
 
     /// Writes the index atomically (temp file + fsync + rename) if it changed.
     pub fn save(&mut self) -> Result<(), IndexError> {
-        self.ready();
+        // Still being read: nothing changed it (a change waits for the
+        // load), so the file already holds it; not waited for.
+        if self.loading.is_some() {
+            return Ok(());
+        }
         if !self.dirty {
             return Ok(());
         }
@@ -365,8 +354,11 @@ mod tests {
             ix.insert(format!("f{i}").into_bytes(), stamp(), [1; 32]);
         }
         ix.save().unwrap();
+        let before = std::fs::read(&p).unwrap();
         let mut behind = Index::load_behind(&p);
         assert_eq!(behind.size_hint(), 300);
+        behind.save().unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), before, "nothing to save yet");
         assert_eq!(behind.len(), 0, "nothing counted before it is read");
         behind.ready();
         assert_eq!((behind.len(), behind.size_hint()), (300, 300));

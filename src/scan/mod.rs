@@ -127,12 +127,12 @@ pub fn scan_with(
 /// stale entry is harmless meanwhile: it is trusted only for a file of
 /// the same path, size, times and inode.
 pub fn prune_index(index: &mut Index, listing: &[Entry]) {
-    let files = listing
-        .iter()
-        .filter(|e| matches!(e.kind, Kind::File { .. } | Kind::HardLink { .. }))
-        .count();
+    let file = |e: &&Entry| matches!(e.kind, Kind::File { .. } | Kind::HardLink { .. });
+    let files = listing.iter().filter(file).count();
     if index.size_hint() > files {
-        index.keep_only(listing.iter().map(|e| e.path.as_bytes()));
+        // Only files': a path that is a directory now goes too, or the
+        // index would stay above the count and be pruned at every walk.
+        index.keep_only(listing.iter().filter(file).map(|e| e.path.as_bytes()));
     }
 }
 

@@ -331,7 +331,7 @@ fn the_index_is_pruned_only_when_it_outgrows_the_files() {
         ino: 6,
     };
     let mut ix = Index::load(&p);
-    for f in ["a", "b", "gone"] {
+    for f in ["a", "b", "gone", "d"] {
         ix.insert(f.as_bytes().to_vec(), st, [7; 32]);
     }
     ix.save().unwrap();
@@ -354,19 +354,21 @@ fn the_index_is_pruned_only_when_it_outgrows_the_files() {
         kind: Kind::Dir,
         ..file(p)
     };
-    // Three files listed (and a directory, which counts for nothing).
-    let same_count = [file("a"), file("b"), file("new"), dir("d")];
+    // Four files listed (and a directory, which counts for nothing).
+    let same_count = [file("a"), file("b"), file("new"), file("x"), dir("d")];
     let mut ix = Index::load_behind(&p);
     prune_index(&mut ix, &same_count);
     assert_eq!(ix.len(), 0, "not waited for: still being read");
     assert_eq!(ix.get(b"gone", &st), None);
     ix.ready();
     assert_eq!(ix.get(b"gone", &st), Some([7; 32]), "not pruned");
-    // Two files listed: the index outgrew them.
+    // Two files listed: the index outgrew them. A path that is a
+    // directory now goes too.
     let fewer = [file("a"), file("b"), dir("d")];
     let mut ix = Index::load_behind(&p);
     prune_index(&mut ix, &fewer);
     assert_eq!(ix.len(), 2);
     assert_eq!(ix.get(b"gone", &st), None);
+    assert_eq!(ix.get(b"d", &st), None);
     assert_eq!(ix.get(b"a", &st), Some([7; 32]));
 }

@@ -377,8 +377,8 @@ pub(super) fn list_all(sh: &Shared, checksum: bool) -> std::io::Result<scan::Sca
     let mut ix = lock(&sh.index);
     // A file committed during the scan may be forgotten here: the index is
     // only a cache. One flag byte an entry, not a set of every listed path.
-    scan::prune_index(&mut ix, &scanned.entries);
     ix.absorb(fresh);
+    scan::prune_index(&mut ix, &scanned.entries);
     drop(ix);
     let indexed = t0.elapsed();
     super::local::count_listed(sh, &scanned.entries);

@@ -11,6 +11,7 @@
 //! scoped comparison must then look at.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -56,11 +57,18 @@ impl Parts {
     }
 }
 
-/// A leaf digest from the shell's canonical encoding of one entry.
+/// A leaf digest from the shell's canonical encoding of one entry: the
+/// parts `b"leaf"` and `encoded`, as [`Parts`] frames them, hashed without
+/// a buffer (a million leaves are not a million allocations).
 pub fn leaf(encoded: &[u8]) -> Digest {
-    let mut p = Parts::new(b"leaf");
-    p.part(encoded);
-    p.digest()
+    let mut h = blake3::Hasher::new();
+    for p in [&b"leaf"[..], encoded] {
+        h.update(&(p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    let mut d = [0; 16];
+    d.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    d
 }
 
 /// One directory of a [`Tree`]: its direct entries (sorted by name) and
@@ -317,14 +325,36 @@ fn finish_all(building: Vec<Building>, threads: usize) -> Vec<Dir> {
         rest = tail;
     }
     parts.push(rest);
+    in_parallel(parts, |part| {
+        part.into_iter().map(Building::finish).collect::<Vec<_>>()
+    })
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// `f` of each part, in order, a thread each; a part whose thread cannot
+/// be made (a process or memory limit) is done on the calling thread.
+pub fn in_parallel<T: Send, R: Send>(parts: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    // Each part in a cell, so that one whose thread was refused can be
+    // taken back (the refused closure is dropped with its captures).
+    let cells: Vec<Mutex<Option<T>>> = parts.into_iter().map(|p| Mutex::new(Some(p))).collect();
+    let take = |c: &Mutex<Option<T>>| c.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let (f, take) = (&f, &take);
     std::thread::scope(|s| {
-        let running: Vec<_> = parts
-            .into_iter()
-            .map(|part| s.spawn(move || part.into_iter().map(Building::finish).collect::<Vec<_>>()))
+        let running: Vec<_> = cells
+            .iter()
+            .map(|c| {
+                let h = std::thread::Builder::new().spawn_scoped(s, move || take(c).map(f));
+                (c, h)
+            })
             .collect();
         running
             .into_iter()
-            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .filter_map(|(c, h)| match h {
+                Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                Err(_) => take(c).map(f),
+            })
             .collect()
     })
 }

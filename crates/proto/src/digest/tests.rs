@@ -256,6 +256,12 @@ fn a_tree_built_on_several_threads_is_the_one_built_on_one() {
         v.push((format!("d{d:02}/top"), format!("t{d}"), false));
     }
     v.push(("unlisted/child".into(), "orphan".into(), false));
+    // Parents never listed, of directories never listed either: `u` gets
+    // its slot only while the level below it is finished. And 1,801
+    // directories at depth 2, which no thread count here divides.
+    for i in 0..601 {
+        v.push((format!("u/v{i:03}/f"), format!("y{i}"), false));
+    }
     v.push(("file".into(), "f".into(), false));
     let one = build(&v);
     for threads in [2, 3, 8] {
@@ -278,4 +284,42 @@ fn a_tree_built_on_several_threads_is_the_one_built_on_one() {
     assert_ne!(other.root().tree, one.root().tree);
     assert_eq!(changed[2].0, "d00/s00/f0");
     assert!(walk(&other, &one).0.contains(&e("d00/s00/f0")));
+}
+
+/// Parts are hashed in pieces of 64 KiB: a directory past that has the
+/// digest of one part after the other, as every release computed it.
+#[test]
+fn a_directory_past_one_hashing_piece_has_the_per_part_digest() {
+    let names: Vec<String> = (0..5000)
+        .map(|i| format!("file-{i:06}-of-a-large-directory"))
+        .collect();
+    let mut v: Vec<(String, String, bool)> = vec![("big".into(), "dir".into(), true)];
+    for n in &names {
+        v.push((format!("big/{n}"), n.clone(), false));
+    }
+    let t = build(&v);
+    let per_part = |parts: &[&[u8]]| {
+        let mut h = blake3::Hasher::new();
+        for p in parts {
+            h.update(&(p.len() as u64).to_le_bytes());
+            h.update(p);
+        }
+        let mut d = [0; 16];
+        d.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        d
+    };
+    let leaves: Vec<Digest> = names
+        .iter()
+        .map(|n| per_part(&[b"leaf", n.as_bytes()]))
+        .collect();
+    let mut parts: Vec<&[u8]> = vec![b"own"];
+    for (n, l) in names.iter().zip(&leaves) {
+        parts.push(n.as_bytes());
+        parts.push(l);
+    }
+    assert!(parts.iter().map(|p| p.len() + 8).sum::<usize>() > 4 * (1 << 16));
+    let big = t.dir(b"big").unwrap();
+    assert_eq!(big.own, per_part(&parts));
+    assert_eq!(big.tree, per_part(&[b"tree", &big.own]));
+    assert_eq!(leaf(b"x"), per_part(&[b"leaf", b"x"]));
 }

@@ -160,12 +160,13 @@ impl Linked {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::wire::Meta;
     use syncd_proto::path::RelPath;
 
-    fn file(p: &str, size: u64, ino: u64) -> Entry {
+    /// A file entry of `size` bytes (also the scan tests').
+    pub(in crate::scan) fn file(p: &str, size: u64, ino: u64) -> Entry {
         Entry {
             path: RelPath::new(p.as_bytes().to_vec()).unwrap(),
             kind: Kind::File { size, hash: None },

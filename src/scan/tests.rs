@@ -335,21 +335,7 @@ fn the_index_is_pruned_only_when_it_outgrows_the_files() {
         ix.insert(f.as_bytes().to_vec(), st, [7; 32]);
     }
     ix.save().unwrap();
-    let file = |p: &str| Entry {
-        path: syncd_proto::path::RelPath::new(p.as_bytes().to_vec()).unwrap(),
-        kind: Kind::File {
-            size: 1,
-            hash: None,
-        },
-        meta: Meta {
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime_sec: 1,
-            mtime_nsec: 0,
-        },
-        ino: 0,
-    };
+    let file = |p: &str| super::digest::tests::file(p, 1, 0);
     let dir = |p: &str| Entry {
         kind: Kind::Dir,
         ..file(p)
